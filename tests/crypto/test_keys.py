@@ -1,0 +1,52 @@
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+import pytest
+
+from veracity.crypto.keys import (
+    VerifyKey,
+    generate_signing_key,
+    load_signing_key,
+    load_verify_key,
+    write_key_pair,
+)
+from veracity.errors import ConfigError, CryptoError, SignatureError
+
+
+def test_key_pair_files_round_trip_with_private_key_mode_0600(tmp_path: Path) -> None:
+    key = generate_signing_key()
+    private_path, public_path = write_key_pair(tmp_path, "hospital-a", key)
+    assert stat.S_IMODE(private_path.stat().st_mode) == 0o600
+    assert load_signing_key(private_path).public == key.public
+    assert load_verify_key(public_path) == key.public
+
+
+def test_existing_key_is_never_overwritten(tmp_path: Path) -> None:
+    write_key_pair(tmp_path, "root", generate_signing_key())
+    with pytest.raises(ConfigError, match="refusing to overwrite"):
+        write_key_pair(tmp_path, "root", generate_signing_key())
+
+
+def test_private_key_readable_by_others_is_refused(tmp_path: Path) -> None:
+    private_path, _ = write_key_pair(tmp_path, "root", generate_signing_key())
+    os.chmod(private_path, 0o644)
+    with pytest.raises(ConfigError, match="chmod 600"):
+        load_signing_key(private_path)
+
+
+def test_signature_by_another_key_is_rejected() -> None:
+    signer, other = generate_signing_key(), generate_signing_key()
+    signature = signer.sign(b"message")
+    signer.public.verify(signature, b"message")
+    with pytest.raises(SignatureError):
+        other.public.verify(signature, b"message")
+    with pytest.raises(SignatureError):
+        signer.public.verify(signature, b"messagE")
+
+
+def test_garbage_is_not_a_public_key() -> None:
+    with pytest.raises(CryptoError):
+        VerifyKey.from_pem("-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----\n")

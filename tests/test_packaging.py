@@ -1,0 +1,48 @@
+"""The built wheel installs exactly one top-level name: ``veracity``."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.integration
+def test_wheel_has_only_the_veracity_top_level_package(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(tmp_path),
+            str(REPO),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    wheels = list(tmp_path.glob("veracity-*.whl"))
+    assert len(wheels) == 1
+    with zipfile.ZipFile(wheels[0]) as wheel:
+        names = wheel.namelist()
+        top_level_file = next(n for n in names if n.endswith(".dist-info/top_level.txt"))
+        declared = wheel.read(top_level_file).decode().split()
+    roots = {
+        name.split("/", 1)[0] for name in names if not name.split("/", 1)[0].endswith(".dist-info")
+    }
+    assert roots == {"veracity"}
+    assert declared == ["veracity"]
+    assert "veracity/py.typed" in names
+    assert not any(name.startswith(("tests/", "examples/", "benchmarks/")) for name in names)

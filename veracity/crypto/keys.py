@@ -1,0 +1,234 @@
+"""Ed25519 signing keys: generation, PEM files with 0600 permissions, signing, verification.
+
+Private keys are PKCS#8 PEM files (``NAME.pem``, mode 0600); public keys are
+SubjectPublicKeyInfo PEM files (``NAME.pub``). A key's id is the SHA-256 of its raw 32-byte
+public key, in hex.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from veracity.errors import ConfigError, CryptoError, SignatureError
+
+__all__ = [
+    "SigningKey",
+    "VerifyKey",
+    "generate_signing_key",
+    "write_key_pair",
+    "load_signing_key",
+    "load_verify_key",
+    "private_key_path",
+    "public_key_path",
+]
+
+
+@dataclass(frozen=True)
+class VerifyKey:
+    """An Ed25519 public key."""
+
+    key: Ed25519PublicKey
+
+    @classmethod
+    def from_pem(cls, pem: str | bytes) -> VerifyKey:
+        """Parse a PEM public key.
+
+        Raises
+        ------
+        CryptoError
+            If the text is not an Ed25519 public key in PEM form.
+        """
+        data = pem.encode() if isinstance(pem, str) else pem
+        try:
+            key = serialization.load_pem_public_key(data)
+        except ValueError as err:
+            raise CryptoError("not a PEM public key") from err
+        if not isinstance(key, Ed25519PublicKey):
+            raise CryptoError("public key is not Ed25519")
+        return cls(key)
+
+    @classmethod
+    def from_raw(cls, raw: bytes) -> VerifyKey:
+        """Build a key from its 32 raw bytes.
+
+        Raises
+        ------
+        CryptoError
+            If ``raw`` is not 32 bytes.
+        """
+        try:
+            return cls(Ed25519PublicKey.from_public_bytes(raw))
+        except ValueError as err:
+            raise CryptoError("an Ed25519 public key is 32 bytes") from err
+
+    @property
+    def raw(self) -> bytes:
+        """The 32 raw public-key bytes."""
+        return self.key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+
+    @property
+    def key_id(self) -> str:
+        """SHA-256 of the raw public key, hex."""
+        return hashlib.sha256(self.raw).hexdigest()
+
+    def pem(self) -> str:
+        """The key as PEM text (SubjectPublicKeyInfo)."""
+        return self.key.public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        ).decode("ascii")
+
+    def verify(self, signature: bytes, message: bytes) -> None:
+        """Check ``signature`` over ``message``.
+
+        Raises
+        ------
+        SignatureError
+            If the signature does not verify under this key.
+        """
+        try:
+            self.key.verify(signature, message)
+        except InvalidSignature as err:
+            raise SignatureError(f"signature does not verify under key {self.key_id[:16]}") from err
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, VerifyKey) and self.raw == other.raw
+
+    def __hash__(self) -> int:
+        return hash(self.raw)
+
+
+@dataclass(frozen=True)
+class SigningKey:
+    """An Ed25519 private key."""
+
+    key: Ed25519PrivateKey
+
+    @property
+    def public(self) -> VerifyKey:
+        """The matching public key."""
+        return VerifyKey(self.key.public_key())
+
+    def sign(self, message: bytes) -> bytes:
+        """Sign ``message``; returns the 64-byte signature."""
+        return self.key.sign(message)
+
+    def pem(self) -> bytes:
+        """The private key as unencrypted PKCS#8 PEM bytes."""
+        return self.key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+
+    @classmethod
+    def from_pem(cls, pem: bytes) -> SigningKey:
+        """Parse an unencrypted PKCS#8 PEM private key.
+
+        Raises
+        ------
+        CryptoError
+            If the data is not an Ed25519 private key.
+        """
+        try:
+            key = serialization.load_pem_private_key(pem, password=None)
+        except (ValueError, TypeError) as err:
+            raise CryptoError("not an unencrypted PEM private key") from err
+        if not isinstance(key, Ed25519PrivateKey):
+            raise CryptoError("private key is not Ed25519")
+        return cls(key)
+
+
+def generate_signing_key() -> SigningKey:
+    """Create a new random Ed25519 key."""
+    return SigningKey(Ed25519PrivateKey.generate())
+
+
+def private_key_path(key_dir: Path, name: str) -> Path:
+    """Where the private key ``name`` lives in ``key_dir``."""
+    return key_dir / f"{name}.pem"
+
+
+def public_key_path(key_dir: Path, name: str) -> Path:
+    """Where the public key ``name`` lives in ``key_dir``."""
+    return key_dir / f"{name}.pub"
+
+
+def _check_name(name: str) -> None:
+    if not name or not all(c.isalnum() or c in "-_." for c in name) or name.startswith("."):
+        raise ConfigError(f"key name {name!r} must be letters, digits, '-', '_' or '.'")
+
+
+def write_key_pair(key_dir: Path, name: str, key: SigningKey) -> tuple[Path, Path]:
+    """Write ``NAME.pem`` (mode 0600) and ``NAME.pub`` into ``key_dir``.
+
+    The private key is created with 0600 from the start (never world-readable, even
+    briefly) and an existing file is never overwritten.
+
+    Raises
+    ------
+    ConfigError
+        If the name is unusable or either file already exists.
+    """
+    _check_name(name)
+    key_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    private_path = private_key_path(key_dir, name)
+    public_path = public_key_path(key_dir, name)
+    for path in (private_path, public_path):
+        if path.exists():
+            raise ConfigError(f"{path} already exists; refusing to overwrite a key")
+    fd = os.open(private_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(key.pem())
+    os.chmod(private_path, 0o600)
+    public_path.write_text(key.public.pem(), encoding="ascii")
+    return private_path, public_path
+
+
+def load_signing_key(path: Path) -> SigningKey:
+    """Load a private key, refusing files that others can read.
+
+    Raises
+    ------
+    ConfigError
+        If the file is missing or its permissions allow group or others access.
+    CryptoError
+        If the file is not an Ed25519 private key.
+    """
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError as err:
+        raise ConfigError(f"private key {path} not found") from err
+    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise ConfigError(f"private key {path} is readable by others; run: chmod 600 {path}")
+    try:
+        return SigningKey.from_pem(path.read_bytes())
+    except CryptoError as err:
+        raise CryptoError(f"{path}: {err}") from err
+
+
+def load_verify_key(path: Path) -> VerifyKey:
+    """Load a PEM public key file.
+
+    Raises
+    ------
+    ConfigError
+        If the file is missing.
+    CryptoError
+        If the file is not an Ed25519 public key.
+    """
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError as err:
+        raise ConfigError(f"public key {path} not found") from err
+    try:
+        return VerifyKey.from_pem(data)
+    except CryptoError as err:
+        raise CryptoError(f"{path}: {err}") from err

@@ -1,0 +1,101 @@
+"""Every error Veracity raises on purpose.
+
+The tree, one root::
+
+    VeracityError                   root; callers may catch this and nothing broader
+    ├── ConfigError                 bad settings, missing key files, unusable DB URL (exit 2)
+    ├── InputError                  refused input: malformed CSV, payload or request (exit 1)
+    ├── VerificationError           something checked and found wrong (exit 1)
+    │   ├── LedgerIntegrityError    an entry, chain link or checkpoint is wrong; names the seq
+    │   ├── SignatureError          a signature does not verify, or the key is not trusted
+    │   └── ProofError              a Merkle inclusion or consistency proof does not verify
+    ├── PrivacyBudgetExceeded       training would pass a dataset's or study's epsilon (exit 1)
+    ├── ApprovalMissing             no approval from the site operator for this study (exit 1)
+    └── CryptoError                 key, HE context or ciphertext problems (exit 1)
+
+Functions named ``verify*`` return ``None`` and raise one of the ``VerificationError``
+subclasses; they never return a bool. Public messages are short and say what to do;
+details go to the log.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "VeracityError",
+    "ConfigError",
+    "InputError",
+    "VerificationError",
+    "LedgerIntegrityError",
+    "SignatureError",
+    "ProofError",
+    "PrivacyBudgetExceeded",
+    "ApprovalMissing",
+    "CryptoError",
+    "exit_code_for",
+]
+
+
+class VeracityError(Exception):
+    """Root of every error Veracity raises on purpose."""
+
+    #: Process exit status when this error reaches the CLI.
+    exit_code: int = 1
+
+
+class ConfigError(VeracityError):
+    """Settings, key files or a database URL that cannot be used."""
+
+    exit_code = 2
+
+
+class InputError(VeracityError):
+    """Input refused: a malformed file, payload, request or wire message."""
+
+
+class VerificationError(VeracityError):
+    """Something was checked and found wrong."""
+
+
+class LedgerIntegrityError(VerificationError):
+    """A ledger entry, chain link or checkpoint is wrong.
+
+    Parameters
+    ----------
+    seq
+        The first bad entry's sequence number, when one is determinable.
+    reason
+        What was wrong with it.
+    """
+
+    def __init__(self, reason: str, *, seq: int | None = None) -> None:
+        self.seq = seq
+        self.reason = reason
+        where = f"entry {seq}: " if seq is not None else ""
+        super().__init__(f"{where}{reason}")
+
+
+class SignatureError(VerificationError):
+    """A signature does not verify, or was made by a key that is not trusted."""
+
+
+class ProofError(VerificationError):
+    """A Merkle inclusion or consistency proof does not verify."""
+
+
+class PrivacyBudgetExceeded(VeracityError):
+    """Training would take a dataset or a study past its epsilon budget."""
+
+
+class ApprovalMissing(VeracityError):
+    """The site operator has not approved this study (or approved different terms)."""
+
+
+class CryptoError(VeracityError):
+    """Key generation or loading, homomorphic-encryption context or ciphertext problems."""
+
+
+def exit_code_for(error: BaseException) -> int:
+    """Return the CLI exit status for ``error``: 1 refused or failed, 2 configuration."""
+    if isinstance(error, VeracityError):
+        return error.exit_code
+    return 2

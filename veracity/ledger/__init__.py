@@ -1,0 +1,1 @@
+"""The audit ledger: events, chain, Merkle proofs, signatures, checkpoints, storage."""

@@ -1,0 +1,84 @@
+"""How commands talk to people: data on stdout, logs and progress on stderr.
+
+``--format json`` prints exactly one JSON document on stdout. Colour follows rich's rules,
+which honour ``NO_COLOR``.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+__all__ = [
+    "OutputFormat",
+    "FormatOption",
+    "stderr_console",
+    "stdout_console",
+    "emit_json",
+    "emit_table",
+    "configure_logging",
+]
+
+
+class OutputFormat(enum.StrEnum):
+    """How a command prints its result on stdout."""
+
+    TEXT = "text"
+    JSON = "json"
+
+
+FormatOption = Annotated[
+    OutputFormat,
+    typer.Option(
+        "--format",
+        envvar="VERACITY_FORMAT",
+        case_sensitive=False,
+        help="Output format on stdout: text for people, json for tools.",
+    ),
+]
+
+
+def stderr_console() -> Console:
+    """A console for progress, hints and errors (never data)."""
+    return Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+def stdout_console() -> Console:
+    """A console for data shown to people (tables, summaries)."""
+    return Console(highlight=False, soft_wrap=True)
+
+
+def emit_json(document: Any) -> None:
+    """Write one JSON document (and a newline) to stdout."""
+    sys.stdout.write(json.dumps(document, indent=2, sort_keys=True, default=str))
+    sys.stdout.write("\n")
+    sys.stdout.flush()
+
+
+def emit_table(title: str | None, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+    """Print a table of data on stdout."""
+    table = Table(title=title, show_lines=False)
+    for column in columns:
+        table.add_column(column)
+    for row in rows:
+        table.add_row(*("" if cell is None else str(cell) for cell in row))
+    stdout_console().print(table)
+
+
+def configure_logging(*, verbose: bool) -> None:
+    """Send log records to stderr: warnings by default, everything with ``-v``."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    for existing in list(root.handlers):
+        root.removeHandler(existing)
+    root.addHandler(handler)
+    root.setLevel(logging.DEBUG if verbose else logging.WARNING)

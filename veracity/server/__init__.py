@@ -1,0 +1,1 @@
+"""The coordinator: Flower ServerApp, runs, model registry, admin API and encrypted inference."""

@@ -1,0 +1,1 @@
+"""What sites and coordinator share: model architectures and data schemas."""

@@ -1,0 +1,134 @@
+"""A study: what is trained, on which columns, under which privacy terms, by whom.
+
+The coordinator proposes a study (``study.proposed``); each site operator approves exactly
+that document, identified by its :attr:`Study.study_hash` (SHA-256 of its RFC 8785
+canonical JSON). A site agent trains only for a study whose hash, code hash and dataset
+match what its operator approved.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from veracity.errors import InputError
+from veracity.ledger.canonical import canonical_hash
+from veracity.tasks.models import ModelFamily, ModelSpec
+
+__all__ = ["DPConfig", "TrainingConfig", "Study", "parse_study"]
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class DPConfig(_Frozen):
+    """Record-level DP-SGD terms every site trains under (Opacus, Poisson sampling)."""
+
+    noise_multiplier: float = Field(gt=0, le=100)
+    max_grad_norm: float = Field(gt=0, le=1000)
+    delta: float = Field(gt=0, lt=1)
+    accountant: Literal["prv"] = "prv"
+    secure_mode: bool = False
+
+    @field_validator("noise_multiplier", "max_grad_norm", "delta")
+    @classmethod
+    def _finite(cls, value: float) -> float:
+        if not math.isfinite(value):
+            raise ValueError("must be finite")
+        return value
+
+
+class TrainingConfig(_Frozen):
+    """Local optimisation each round: expected batch size, epochs, learning rate."""
+
+    batch_size: int = Field(ge=1, le=100_000)
+    local_epochs: int = Field(ge=1, le=100)
+    learning_rate: float = Field(gt=0, le=100)
+
+
+class Study(_Frozen):
+    """The document the coordinator proposes and each site approves."""
+
+    study_id: str = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    title: str = Field(default="", max_length=500)
+    model: dict[str, Any]
+    features: tuple[str, ...] = Field(min_length=1)
+    label: str = Field(min_length=1)
+    #: Public standardisation, one ``(mean, std)`` per feature, applied before the model.
+    scaling: tuple[tuple[float, float], ...]
+    dp: DPConfig
+    training: TrainingConfig
+    rounds: int = Field(ge=1, le=1000)
+    min_sites: int = Field(ge=1, le=1000)
+    #: The most epsilon each named site may spend on this study.
+    epsilon_caps: dict[str, float]
+    #: SHA-256 of the Flower app bundle (FAB) that will run; what sites approve as code.
+    code_hash: str = Field(pattern=r"^[0-9a-f]{64}$")
+    #: Seed of the initial global model (public; sites' noise is drawn locally).
+    model_seed: int = Field(default=0, ge=0, le=2**31 - 1)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Study:
+        spec = self.model_spec  # validates the model dict
+        if spec.n_features != len(self.features):
+            raise ValueError(
+                f"model has {spec.n_features} inputs but {len(self.features)} features"
+            )
+        if len(set(self.features)) != len(self.features):
+            raise ValueError("features must be distinct")
+        if self.label in self.features:
+            raise ValueError("the label cannot also be a feature")
+        if len(self.scaling) != len(self.features):
+            raise ValueError("scaling needs one (mean, std) per feature")
+        for mean, std in self.scaling:
+            if not (math.isfinite(mean) and math.isfinite(std) and std > 0):
+                raise ValueError("scaling needs finite means and positive finite stds")
+        if not self.epsilon_caps:
+            raise ValueError("epsilon_caps must name at least one site")
+        for site, cap in self.epsilon_caps.items():
+            if not site or not (math.isfinite(cap) and cap > 0):
+                raise ValueError(f"epsilon cap for {site!r} must be positive and finite")
+        if self.min_sites > len(self.epsilon_caps):
+            raise ValueError("min_sites exceeds the number of sites with an epsilon cap")
+        return self
+
+    @property
+    def model_spec(self) -> ModelSpec:
+        """The architecture, parsed."""
+        try:
+            return ModelSpec.from_dict(self.model)
+        except InputError as err:
+            raise ValueError(str(err)) from err
+
+    def to_document(self) -> dict[str, Any]:
+        """The JSON document that is hashed, signed and recorded."""
+        return self.model_dump(mode="json")
+
+    @property
+    def study_hash(self) -> str:
+        """SHA-256 (hex) of the study's canonical JSON."""
+        return canonical_hash(self.to_document())
+
+    @property
+    def family(self) -> ModelFamily:
+        """The model family."""
+        return self.model_spec.family
+
+
+def parse_study(document: dict[str, Any]) -> Study:
+    """Validate a study document.
+
+    Raises
+    ------
+    InputError
+        Naming the first invalid field.
+    """
+    try:
+        return Study.model_validate(document)
+    except ValidationError as err:
+        first = err.errors()[0]
+        where = ".".join(str(p) for p in first.get("loc", ())) or "study"
+        raise InputError(f"invalid study ({where}): {first.get('msg', 'invalid')}") from err
