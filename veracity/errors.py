@@ -11,7 +11,8 @@ The tree, one root::
     │   └── ProofError              a Merkle inclusion or consistency proof does not verify
     ├── PrivacyBudgetExceeded       training would pass a dataset's or study's epsilon (exit 1)
     ├── ApprovalMissing             no approval from the site operator for this study (exit 1)
-    └── CryptoError                 key, HE context or ciphertext problems (exit 1)
+    ├── CryptoError                 key, HE context or ciphertext problems (exit 1)
+    └── TransportError              the SuperLink or a SuperNode failed to answer (exit 1)
 
 Functions named ``verify*`` return ``None`` and raise one of the ``VerificationError``
 subclasses; they never return a bool. Public messages are short and say what to do;
@@ -31,6 +32,7 @@ __all__ = [
     "PrivacyBudgetExceeded",
     "ApprovalMissing",
     "CryptoError",
+    "TransportError",
     "exit_code_for",
 ]
 
@@ -92,6 +94,10 @@ class ApprovalMissing(VeracityError):
 
 class CryptoError(VeracityError):
     """Key generation or loading, homomorphic-encryption context or ciphertext problems."""
+
+
+class TransportError(VeracityError):
+    """A service Veracity drives (the SuperLink, a SuperNode) failed or did not answer in time."""
 
 
 def exit_code_for(error: BaseException) -> int:

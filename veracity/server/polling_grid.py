@@ -1,0 +1,81 @@
+"""A Flower ``Grid`` that polls for replies at a chosen interval.
+
+flwr 1.42's ``Grid.send_and_receive`` sleeps a hard-coded 3 s between pulls, so a phase
+that needs half a second costs 3. ``push_messages`` and ``pull_messages`` are public Grid
+methods, so this wrapper delegates everything to the Grid Flower hands the ServerApp and
+only replaces the wait loop.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+
+from flwr.app import Message, RecordDict
+from flwr.proto.node_pb2 import NodeInfo
+from flwr.serverapp import Grid
+from flwr.supercore.run import Run
+
+__all__ = ["PollingGrid"]
+
+
+class PollingGrid(Grid):
+    """Delegates to ``inner``; ``send_and_receive`` pulls every ``poll_interval`` seconds."""
+
+    def __init__(self, inner: Grid, *, poll_interval: float) -> None:
+        if poll_interval <= 0:
+            raise ValueError("poll_interval must be positive")
+        self._inner = inner
+        self.poll_interval = poll_interval
+
+    def set_run(self, run: Run) -> None:
+        """Delegate."""
+        self._inner.set_run(run)
+
+    @property
+    def run(self) -> Run:
+        """The run this grid operates in."""
+        return self._inner.run
+
+    def create_message(
+        self,
+        content: RecordDict,
+        message_type: str,
+        dst_node_id: int,
+        group_id: str,
+        ttl: float | None = None,
+    ) -> Message:
+        """Build a message (the same way Flower's Grid does)."""
+        return Message(content, dst_node_id, message_type, ttl=ttl, group_id=group_id)
+
+    def get_node_ids(self) -> Iterable[int]:
+        """Delegate."""
+        return self._inner.get_node_ids()
+
+    def get_nodes(self) -> Iterable[NodeInfo]:
+        """Delegate (registered names and public keys under SuperNode authentication)."""
+        return self._inner.get_nodes()
+
+    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
+        """Delegate."""
+        return self._inner.push_messages(messages)
+
+    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
+        """Delegate."""
+        return self._inner.pull_messages(message_ids)
+
+    def send_and_receive(
+        self, messages: Iterable[Message], *, timeout: float | None = None
+    ) -> Iterable[Message]:
+        """Push ``messages`` and pull replies until all arrived or ``timeout`` passed."""
+        pending = {mid for mid in self._inner.push_messages(list(messages)) if mid}
+        deadline = None if timeout is None else time.monotonic() + timeout
+        replies: list[Message] = []
+        while pending:
+            got = list(self._inner.pull_messages(list(pending)))
+            replies.extend(got)
+            pending -= {reply.metadata.reply_to_message_id for reply in got}
+            if not pending or (deadline is not None and time.monotonic() >= deadline):
+                break
+            time.sleep(self.poll_interval)
+        return replies

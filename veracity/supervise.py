@@ -1,0 +1,221 @@
+"""Starting and stopping the long-lived processes Veracity runs.
+
+The SuperLink, SuperNodes, executors and uvicorn each run in their own process group with
+a log file and are stopped with SIGTERM then SIGKILL, so that nothing outlives the command
+that started it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO
+
+from veracity.errors import ConfigError, TransportError
+
+__all__ = [
+    "ManagedProcess",
+    "ProcessGroup",
+    "free_port",
+    "wait_for",
+    "flower_environment",
+    "python_module_argv",
+    "stopping_on_signals",
+]
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """An unused TCP port on ``host`` (the kernel's choice)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind((host, 0))
+        return int(probe.getsockname()[1])
+
+
+def python_module_argv(module: str, *args: str) -> list[str]:
+    """``python -m module args...`` with this interpreter."""
+    return [sys.executable, "-m", module, *args]
+
+
+def flower_environment(flwr_home: Path, extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The environment Flower's processes run with.
+
+    Their own home, no telemetry, no update check and no run-time ``uv sync`` of app
+    dependencies.
+    """
+    env = dict(os.environ)
+    env.update(
+        {
+            "FLWR_HOME": str(flwr_home),
+            "FLWR_TELEMETRY_ENABLED": "0",
+            "FLWR_DISABLE_UPDATE_CHECK": "1",
+            "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
+    if extra:
+        env.update(extra)
+    return env
+
+
+@dataclass
+class ManagedProcess:
+    """One child process with its own process group and log file."""
+
+    name: str
+    argv: Sequence[str]
+    log_path: Path
+    env: Mapping[str, str] | None = None
+    cwd: Path | None = None
+    popen: subprocess.Popen[bytes] | None = field(default=None, init=False)
+    _log: IO[bytes] | None = field(default=None, init=False, repr=False)
+
+    def start(self) -> None:
+        """Start the process (stdout and stderr to the log file).
+
+        Raises
+        ------
+        ConfigError
+            If the executable cannot be started.
+        """
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        self._log = self.log_path.open("ab")
+        try:
+            self.popen = subprocess.Popen(
+                list(self.argv),
+                stdout=self._log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=dict(self.env) if self.env is not None else None,
+                cwd=self.cwd,
+                start_new_session=True,
+            )
+        except OSError as err:
+            self._log.close()
+            raise ConfigError(f"could not start {self.name}: {err}") from err
+
+    @property
+    def pid(self) -> int | None:
+        """The process id, once started."""
+        return self.popen.pid if self.popen is not None else None
+
+    def alive(self) -> bool:
+        """True while the process runs."""
+        return self.popen is not None and self.popen.poll() is None
+
+    def tail(self, lines: int = 15) -> str:
+        """The last ``lines`` lines of the log, for error messages."""
+        try:
+            text = self.log_path.read_text(encoding="utf-8", errors="replace")
+        except FileNotFoundError:
+            return ""
+        return "\n".join(text.splitlines()[-lines:])
+
+    def stop(self, *, timeout: float = 10.0) -> None:
+        """SIGTERM the process group, wait up to ``timeout`` s, then SIGKILL it."""
+        if self.popen is not None and self.popen.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.popen.pid, signal.SIGTERM)
+            try:
+                self.popen.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self.popen.pid, signal.SIGKILL)
+                self.popen.wait(timeout=timeout)
+        if self.popen is not None:
+            # Children the process started in its group (executors, app processes).
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.popen.pid, signal.SIGKILL)
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+
+class ProcessGroup:
+    """Processes that stop together, in reverse start order, however the block exits."""
+
+    def __init__(self) -> None:
+        self.processes: list[ManagedProcess] = []
+
+    def start(self, process: ManagedProcess) -> ManagedProcess:
+        """Start ``process`` and remember it for :meth:`stop_all`."""
+        process.start()
+        self.processes.append(process)
+        return process
+
+    def stop_all(self, *, timeout: float = 10.0) -> None:
+        """Stop every process, newest first."""
+        while self.processes:
+            self.processes.pop().stop(timeout=timeout)
+
+    def __enter__(self) -> ProcessGroup:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop_all()
+
+    def check_alive(self) -> None:
+        """Raise if any process has exited.
+
+        Raises
+        ------
+        TransportError
+            Naming the process that died and the end of its log.
+        """
+        for process in self.processes:
+            if not process.alive():
+                raise TransportError(
+                    f"{process.name} exited unexpectedly; log {process.log_path}:\n{process.tail()}"
+                )
+
+
+@contextlib.contextmanager
+def stopping_on_signals(group: ProcessGroup) -> Iterator[None]:
+    """Turn SIGTERM into KeyboardInterrupt while the block runs, so ``group`` is stopped."""
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        group.stop_all()
+
+
+def wait_for(
+    predicate: Callable[[], bool],
+    *,
+    timeout: float,
+    what: str,
+    interval: float = 0.2,
+    watch: Sequence[ManagedProcess] = (),
+) -> None:
+    """Poll ``predicate`` until it is true, ``timeout`` passes, or a watched process dies.
+
+    Raises
+    ------
+    TransportError
+        On timeout, or if a watched process exits first (with the end of its log).
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        for process in watch:
+            if not process.alive():
+                raise TransportError(
+                    f"{process.name} exited while waiting for {what}; log {process.log_path}:\n"
+                    f"{process.tail()}"
+                )
+        if predicate():
+            return
+        if time.monotonic() >= deadline:
+            raise TransportError(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(interval)
