@@ -22,11 +22,18 @@ __all__ = ["PollingGrid"]
 class PollingGrid(Grid):
     """Delegates to ``inner``; ``send_and_receive`` pulls every ``poll_interval`` seconds."""
 
-    def __init__(self, inner: Grid, *, poll_interval: float) -> None:
+    def __init__(
+        self, inner: Grid, *, poll_interval: float, only_nodes: frozenset[int] | None = None
+    ) -> None:
         if poll_interval <= 0:
             raise ValueError("poll_interval must be positive")
         self._inner = inner
         self.poll_interval = poll_interval
+        self.only_nodes = only_nodes
+
+    def restricted_to(self, node_ids: frozenset[int]) -> PollingGrid:
+        """A view of this grid that sees only ``node_ids`` (strategies sample from it)."""
+        return PollingGrid(self._inner, poll_interval=self.poll_interval, only_nodes=node_ids)
 
     def set_run(self, run: Run) -> None:
         """Delegate."""
@@ -49,12 +56,16 @@ class PollingGrid(Grid):
         return Message(content, dst_node_id, message_type, ttl=ttl, group_id=group_id)
 
     def get_node_ids(self) -> Iterable[int]:
-        """Delegate."""
-        return self._inner.get_node_ids()
+        """Connected nodes (only those in ``only_nodes``, when set)."""
+        ids = list(self._inner.get_node_ids())
+        return ids if self.only_nodes is None else [n for n in ids if n in self.only_nodes]
 
     def get_nodes(self) -> Iterable[NodeInfo]:
-        """Delegate (registered names and public keys under SuperNode authentication)."""
-        return self._inner.get_nodes()
+        """Connected nodes with their registered names and public keys."""
+        nodes = list(self._inner.get_nodes())
+        if self.only_nodes is None:
+            return nodes
+        return [n for n in nodes if n.node_id in self.only_nodes]
 
     def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
         """Delegate."""
