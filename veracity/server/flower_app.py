@@ -1,34 +1,39 @@
-"""The coordinator's Flower ServerApp."""
+"""The coordinator's Flower ServerApp: unpack the run config, run the study, nothing more.
+
+It runs in the ``flwr-serverapp`` process the SuperLink starts for each run, on the
+coordinator's host, and reaches the coordinator's ledger, keys and model registry through
+the ``coordinator-dir`` the run was submitted with.
+"""
 
 from __future__ import annotations
 
-import time
+import logging
+from pathlib import Path
 
-from flwr.app import Context, Message, RecordDict
+from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
+from veracity.server.coordinator import Coordinator
 from veracity.server.polling_grid import PollingGrid
+from veracity.server.study_run import RunSettings, execute_run
+
+__all__ = ["app"]
 
 app = ServerApp()
 
 
 @app.main()
 def main(grid: Grid, context: Context) -> None:
-    """Run one study."""
-    grid = PollingGrid(grid, poll_interval=float(context.run_config.get("poll-interval", 0.2)))
-    t0 = time.time()
-    deadline = t0 + 60
-    while len(list(grid.get_node_ids())) < 3 and time.time() < deadline:
-        time.sleep(0.5)
-    nodes = list(grid.get_node_ids())
-    print("NODES", nodes, time.time() - t0, flush=True)
-    for _ in range(3):
-        t1 = time.time()
-        msgs = [Message(RecordDict(), dst_node_id=n, message_type="query.hello") for n in nodes]
-        replies = list(grid.send_and_receive(msgs, timeout=60))
-        print(
-            "HELLO",
-            [r.content["site"]["site"] if r.has_content() else r.error for r in replies],
-            time.time() - t1,
-            flush=True,
-        )
+    """Run the study named by the run config."""
+    logging.getLogger("veracity").setLevel(logging.INFO)
+    config = context.run_config
+    settings = RunSettings(
+        run_id=str(context.run_id),
+        study_hash=str(config["study-hash"]),
+        fab_hash=grid.run.fab_hash,
+        round_timeout=float(config["round-timeout"]),
+        node_wait=float(config["node-wait"]),
+    )
+    polling = PollingGrid(grid, poll_interval=float(config["poll-interval"]))
+    with Coordinator.open(Path(str(config["coordinator-dir"]))) as coordinator:
+        execute_run(coordinator, polling, settings)

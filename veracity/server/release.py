@@ -1,0 +1,147 @@
+"""Releasing a trained model: its card, the registry, and ``model.released``.
+
+The model card says what the model is, where its data came from (each site's dataset
+commitment), what privacy each site spent (record-level DP-SGD, cumulative epsilon per
+dataset from the sites' signed receipts, which an auditor can recompute), how it was
+trained, and what it is for.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from veracity import __version__
+from veracity.ledger.canonical import canonical_hash
+from veracity.ledger.events import ROOT_ACTOR
+from veracity.server.coordinator import Coordinator, package_versions
+from veracity.server.registry import ModelRegistry
+from veracity.server.strategy import RoundOutcome
+from veracity.tasks.study import Study
+from veracity.tasks.weights import Weights, weights_hash
+
+__all__ = ["build_model_card", "release_model"]
+
+
+def build_model_card(
+    coordinator: Coordinator,
+    study: Study,
+    run_id: str,
+    weights: Weights,
+    outcomes: list[RoundOutcome],
+) -> dict[str, Any]:
+    """The model card of a run's final model."""
+    completed = [o for o in outcomes if o.aggregated_model_hash is not None]
+    last_receipt: dict[str, dict[str, Any]] = {}
+    for outcome in completed:
+        for update in outcome.accepted:
+            last_receipt[update.site] = update.receipt
+    lineage = []
+    privacy: dict[str, Any] = {}
+    for site, receipt in sorted(last_receipt.items()):
+        registered = coordinator.dataset(site, receipt["dataset_id"]) or {}
+        lineage.append(
+            {
+                "site": site,
+                "dataset_id": receipt["dataset_id"],
+                "commitment": receipt["dataset_commitment"],
+                "rows": registered.get("rows"),
+                "schema_hash": registered.get("schema_hash"),
+            }
+        )
+        privacy[site] = {
+            "epsilon": receipt["epsilon"],
+            "epsilon_cap": study.epsilon_caps.get(site),
+            "delta": receipt["delta"],
+            "accountant": receipt["accountant"],
+            "history": receipt["history"],
+            "max_grad_norm": receipt["max_grad_norm"],
+        }
+    secure = study.dp.secure_mode
+    return {
+        "model_hash": weights_hash(weights),
+        "name": study.study_id,
+        "title": study.title,
+        "model": study.model_spec.to_dict(),
+        "features": list(study.features),
+        "label": study.label,
+        "scaling": [list(pair) for pair in study.scaling],
+        "output": "one logit for the positive class; probability = sigmoid(logit), decision at 0.5",
+        "intended_use": (
+            study.title or study.study_id
+        )
+        + ". Research use within the approving network; not validated for clinical decisions.",
+        "limitations": [
+            "Trained on the approving sites' cohorts only; performance elsewhere is unknown.",
+            "Differential privacy protects individual records, not site-level statistics.",
+        ],
+        "training": {
+            "study_hash": study.study_hash,
+            "run_id": run_id,
+            "code_hash": study.code_hash,
+            "rounds": len(completed),
+            "aggregation": "FedAvg weighted by examples",
+            "round_model_hashes": [o.aggregated_model_hash for o in completed],
+            "train_loss_by_round": [o.metrics.get("train-loss") for o in completed],
+            "packages": package_versions(),
+        },
+        "data_lineage": lineage,
+        "privacy": {
+            "unit": "one patient record in one site's dataset",
+            "mechanism": "DP-SGD (Opacus) with Poisson sampling at every site",
+            "noise_generator": (
+                "torchcsprng CSPRNG (Opacus secure_mode)"
+                if secure
+                else "PyTorch's default generator (Opacus secure_mode off)"
+            ),
+            "noise_multiplier": study.dp.noise_multiplier,
+            "per_site": privacy,
+            "client_level": None,
+        },
+        "released_at": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+        "veracity_version": __version__,
+        "coordinator": ROOT_ACTOR,
+    }
+
+
+def release_model(
+    coordinator: Coordinator,
+    study: Study,
+    run_id: str,
+    weights: Weights,
+    outcomes: list[RoundOutcome],
+) -> str:
+    """Store the model with its card and record ``model.released``; returns its hash."""
+    card = build_model_card(coordinator, study, run_id, weights, outcomes)
+    registry = ModelRegistry(coordinator.paths.models)
+    model_hash = registry.put(
+        study.model_spec,
+        weights,
+        features=list(study.features),
+        label=study.label,
+        scaling=[(float(m), float(s)) for m, s in study.scaling],
+        card=card,
+    )
+    privacy = card["privacy"]["per_site"]
+    last_metrics = next(
+        (o.metrics for o in reversed(outcomes) if o.aggregated_model_hash is not None), {}
+    )
+    coordinator.ledger.append(
+        "model.released",
+        ROOT_ACTOR,
+        {
+            "model_hash": model_hash,
+            "run_id": run_id,
+            "study_hash": study.study_hash,
+            "model": study.model_spec.to_dict(),
+            "datasets": [
+                {"site": d["site"], "dataset_id": d["dataset_id"], "commitment": d["commitment"]}
+                for d in card["data_lineage"]
+            ],
+            "epsilon": {site: float(p["epsilon"]) for site, p in privacy.items()},
+            "metrics": {k: float(v) for k, v in last_metrics.items()},
+            "card_hash": canonical_hash(card),
+        },
+        signer=coordinator.root_key,
+    )
+    return model_hash

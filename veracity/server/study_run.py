@@ -1,0 +1,213 @@
+"""One run of a study, from the ServerApp's side: checks, rounds, release, record.
+
+The Flower adapter (:mod:`veracity.server.flower_app`) hands a Grid and the run config to
+:func:`execute_run`; everything else is here. Before any training it checks that the run
+was started through the coordinator (``run.started`` is in the ledger), that the code
+running is the code the sites approved, and which connected nodes belong to approving
+sites (the node's registered name and SuperNode key must match the site's enrolment). It
+ends every run with exactly one ``run.finished`` saying why.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from flwr.app import ConfigRecord
+from flwr.serverapp.strategy import FedAvg
+
+from veracity.errors import VeracityError
+from veracity.flower_serde import weights_from_record, weights_to_record
+from veracity.ledger.events import ROOT_ACTOR
+from veracity.server.coordinator import Coordinator
+from veracity.server.polling_grid import PollingGrid
+from veracity.server.release import release_model
+from veracity.server.strategy import AuditedStrategy, RoundOutcome
+from veracity.tasks.models import build_model, model_weights
+from veracity.tasks.study import Study
+
+__all__ = ["RunSettings", "execute_run", "match_nodes_to_sites"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """The run config the coordinator submitted with the run."""
+
+    run_id: str
+    study_hash: str
+    fab_hash: str
+    round_timeout: float
+    node_wait: float
+    started_timeout: float = 30.0
+
+
+def _openssh_key_matches(enrolled_openssh: str, node_public_key_pem: str) -> bool:
+    from cryptography.hazmat.primitives import serialization
+
+    try:
+        enrolled = serialization.load_ssh_public_key(enrolled_openssh.encode())
+        connected = serialization.load_pem_public_key(node_public_key_pem.encode())
+    except (ValueError, TypeError):
+        return False
+    raw = serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    return bool(enrolled.public_bytes(*raw) == connected.public_bytes(*raw))
+
+
+def match_nodes_to_sites(
+    coordinator: Coordinator, grid: PollingGrid, approved: set[str]
+) -> dict[int, str]:
+    """Connected nodes whose registered name is an approving site and whose SuperNode key
+    is the one that site enrolled."""
+    matched: dict[int, str] = {}
+    for node in grid.get_nodes():
+        if node.name not in approved:
+            continue
+        enrolled = coordinator.enrolment(node.name).get("supernode_public_key") or ""
+        if node.public_key and not _openssh_key_matches(enrolled, node.public_key):
+            log.warning("node %s claims %s with another key; ignored", node.node_id, node.name)
+            continue
+        matched[int(node.node_id)] = node.name
+    return matched
+
+
+class _Finished(Exception):
+    """Ends a run early with a recorded status."""
+
+    def __init__(self, status: str, reason: str) -> None:
+        super().__init__(reason)
+        self.status, self.reason = status, reason
+
+
+def _wait_for_sites(
+    coordinator: Coordinator, grid: PollingGrid, study: Study, approved: set[str], wait: float
+) -> dict[int, str]:
+    deadline = time.monotonic() + wait
+    while True:
+        matched = match_nodes_to_sites(coordinator, grid, approved)
+        if len(matched) == len(approved) or (
+            len(matched) >= study.min_sites and time.monotonic() >= deadline
+        ):
+            return matched
+        if time.monotonic() >= deadline:
+            raise _Finished(
+                "insufficient_sites",
+                f"{len(matched)} approving site(s) connected within {wait:.0f} s; "
+                f"the study needs {study.min_sites}",
+            )
+        time.sleep(0.5)
+
+
+def execute_run(coordinator: Coordinator, grid: PollingGrid, settings: RunSettings) -> None:
+    """Run the study ``settings.study_hash`` as Flower run ``settings.run_id``.
+
+    Raises
+    ------
+    VeracityError
+        Re-raised after ``run.finished`` (failed) is recorded, so Flower marks the run
+        failed too.
+    """
+    study_hash, run_id = settings.study_hash, settings.run_id
+    rounds_done = 0
+    try:
+        started = coordinator.wait_run_started(run_id, timeout=settings.started_timeout)
+        if started is None:
+            raise _Finished("failed", "run was not started through the coordinator")
+        if started["study_hash"] != study_hash:
+            raise _Finished("failed", "run config names another study than run.started")
+        study = coordinator.study(study_hash)
+        if settings.fab_hash != study.code_hash:
+            raise _Finished("failed", "the app bundle is not the code the sites approved")
+        approvals = coordinator.approvals(study_hash)
+        if len(approvals) < study.min_sites:
+            raise _Finished(
+                "insufficient_sites",
+                f"{len(approvals)} site(s) approved; the study needs {study.min_sites}",
+            )
+        sites_by_node = _wait_for_sites(
+            coordinator, grid, study, set(approvals), settings.node_wait
+        )
+
+        def record_round(outcome: RoundOutcome) -> None:
+            if outcome.aggregated_model_hash is None:
+                return  # an aborted round: run.finished will say why
+            coordinator.ledger.append(
+                "round.completed",
+                ROOT_ACTOR,
+                outcome.payload(run_id=run_id, study_hash=study_hash),
+                signer=coordinator.root_key,
+            )
+            coordinator.ledger.checkpoint()
+
+        def record_refusal(site: str, kind: str, payload: dict[str, Any], signature: str) -> None:
+            if kind in {"budget.refused", "study.refused"}:
+                coordinator.ledger.append(kind, site, payload, signature=signature)
+
+        nodes = len(sites_by_node)
+        strategy = AuditedStrategy(
+            FedAvg(
+                fraction_train=1.0,
+                fraction_evaluate=0.0,
+                min_train_nodes=nodes,
+                min_available_nodes=nodes,
+            ),
+            study_hash=study_hash,
+            run_id=run_id,
+            min_sites=study.min_sites,
+            sites_by_node=sites_by_node,
+            site_key=coordinator.site_key,
+            record_round=record_round,
+            record_refusal=record_refusal,
+        )
+        initial = model_weights(build_model(study.model_spec, seed=study.model_seed))
+        train_config = ConfigRecord(
+            {
+                "study": study.model_dump_json(),
+                "study_hash": study_hash,
+                "run_id": run_id,
+                "code_hash": settings.fab_hash,
+            }
+        )
+        result = strategy.start(
+            grid=grid,
+            initial_arrays=weights_to_record(initial),
+            num_rounds=study.rounds,
+            timeout=settings.round_timeout,
+            train_config=train_config,
+        )
+        rounds_done = sum(1 for o in strategy.outcomes if o.aggregated_model_hash is not None)
+        if strategy.abort_reason is not None:
+            raise _Finished("insufficient_sites", strategy.abort_reason)
+        final = weights_from_record(result.arrays)
+        model_hash = release_model(coordinator, study, run_id, final, strategy.outcomes)
+        coordinator.finish_run(
+            run_id,
+            study_hash,
+            status="completed",
+            reason=f"{rounds_done} round(s) completed",
+            rounds_completed=rounds_done,
+            model_hash=model_hash,
+        )
+    except _Finished as finished:
+        log.warning("run %s ends: %s", run_id, finished.reason)
+        coordinator.finish_run(
+            run_id,
+            study_hash,
+            status=finished.status,
+            reason=finished.reason,
+            rounds_completed=rounds_done,
+            model_hash=None,
+        )
+    except VeracityError as err:
+        coordinator.finish_run(
+            run_id,
+            study_hash,
+            status="failed",
+            reason=str(err),
+            rounds_completed=rounds_done,
+            model_hash=None,
+        )
+        raise
