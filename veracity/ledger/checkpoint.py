@@ -100,7 +100,12 @@ def sign_checkpoint(
     key: SigningKey, *, log_id: str, tree_size: int, root_hash: str, timestamp: str
 ) -> Checkpoint:
     """Sign a checkpoint with the root key."""
-    body = {"log_id": log_id, "root_hash": root_hash, "timestamp": timestamp, "tree_size": tree_size}
+    body = {
+        "log_id": log_id,
+        "root_hash": root_hash,
+        "timestamp": timestamp,
+        "tree_size": tree_size,
+    }
     return Checkpoint(
         log_id=log_id,
         tree_size=tree_size,
@@ -133,4 +138,6 @@ def verify_cosignature(
     SignatureError
         If it is malformed or not made by ``key`` over this tree head.
     """
-    verify_document(key, COSIGNATURE_DOMAIN, _cosigned_body(log_id, tree_size, root_hash), signature)
+    verify_document(
+        key, COSIGNATURE_DOMAIN, _cosigned_body(log_id, tree_size, root_hash), signature
+    )

@@ -150,7 +150,9 @@ def parse_body(body: bytes) -> Entry:
     """
     document = decode_canonical(body)
     if not isinstance(document, dict) or set(document) != ENTRY_FIELDS:
-        raise InputError("entry is not an object with exactly actor, kind, payload, prev, seq, signature, ts")
+        raise InputError(
+            "entry is not an object with exactly actor, kind, payload, prev, seq, signature, ts"
+        )
     seq, ts, kind, actor = document["seq"], document["ts"], document["kind"], document["actor"]
     prev, signature, payload = document["prev"], document["signature"], document["payload"]
     if not isinstance(seq, int) or isinstance(seq, bool) or seq < 0:

@@ -105,9 +105,9 @@ class KeyEnrolled(_Payload):
     role: Literal["root", "site", "coordinator", "auditor", "clinic"]
     public_key: PublicKeyPem
     valid_from: Timestamp
-    supernode_public_key: Annotated[str, StringConstraints(min_length=1, max_length=4096)] | None = (
-        None
-    )
+    supernode_public_key: (
+        Annotated[str, StringConstraints(min_length=1, max_length=4096)] | None
+    ) = None
 
 
 class KeyRevoked(_Payload):
@@ -347,7 +347,13 @@ ROOT_KINDS: frozenset[str] = frozenset(
 )
 #: Kinds a site records about itself (the payload's ``site`` must be the actor).
 SITE_KINDS: frozenset[str] = frozenset(
-    {"dataset.registered", "study.approved", "study.refused", "budget.refused", "checkpoint.cosigned"}
+    {
+        "dataset.registered",
+        "study.approved",
+        "study.refused",
+        "budget.refused",
+        "checkpoint.cosigned",
+    }
 )
 #: Kinds any enrolled actor may record.
 ANY_ACTOR_KINDS: frozenset[str] = frozenset({"note.recorded"})

@@ -86,14 +86,20 @@ class KeyHistory:
             key = VerifyKey.from_pem(payload["public_key"])
             if seq == 0:
                 if name != ROOT_ACTOR or role is not Role.ROOT:
-                    raise InputError(f"genesis must enrol the root as {ROOT_ACTOR!r} with role root")
+                    raise InputError(
+                        f"genesis must enrol the root as {ROOT_ACTOR!r} with role root"
+                    )
             elif role is Role.ROOT or name == ROOT_ACTOR:
-                raise InputError("the root key is enrolled only by genesis; a new root needs a new log")
+                raise InputError(
+                    "the root key is enrolled only by genesis; a new root needs a new log"
+                )
             holder = self._holders.get(key.key_id)
             if holder is not None and holder != name:
                 raise InputError(f"this public key is already enrolled for {holder!r}")
             if current is not None and current.role is not role:
-                raise InputError(f"{name!r} is enrolled as {current.role.value}; roles do not change")
+                raise InputError(
+                    f"{name!r} is enrolled as {current.role.value}; roles do not change"
+                )
             record: KeyRecord | None = KeyRecord(name=name, role=role, key=key, enrolled_seq=seq)
             self._holders[key.key_id] = name
             key_id = key.key_id

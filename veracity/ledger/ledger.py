@@ -39,10 +39,21 @@ from veracity.ledger.entry import (
     statement_bytes,
     statement_message,
 )
-from veracity.ledger.events import ROOT_ACTOR, Role, allowed_roles, validate_actor_name, validate_payload
+from veracity.ledger.events import (
+    ROOT_ACTOR,
+    Role,
+    allowed_roles,
+    validate_actor_name,
+    validate_payload,
+)
 from veracity.ledger.keyring import KeyRecord
 from veracity.ledger.merkle import MerkleTree, leaf_hash, verify_consistency, verify_inclusion
-from veracity.ledger.statement import RECEIPT_DOMAIN, decode_signature, encode_signature, verify_document
+from veracity.ledger.statement import (
+    RECEIPT_DOMAIN,
+    decode_signature,
+    encode_signature,
+    verify_document,
+)
 from veracity.ledger.verify import KeyEvent, RootSignatures, VerifyReport, verify_database
 
 __all__ = ["Ledger", "EventRequest", "InclusionProof", "ConsistencyProof"]
@@ -189,7 +200,7 @@ class ConsistencyProof:
 class _Prepared:
     request: EventRequest
     statement: bytes
-    signature: str | None
+    signature: str
 
 
 def _entry_from_row(row: Any) -> Entry:
@@ -494,11 +505,10 @@ class Ledger:
         if (request.signer is None) == (request.signature is None):
             raise SignatureError("give exactly one of signer= or signature=")
         statement = statement_bytes(request.kind, request.actor, request.payload)
-        signature = request.signature
         if request.signer is not None:
             signature = encode_signature(request.signer.sign(statement_message(statement)))
-        else:
-            assert signature is not None
+        elif request.signature is not None:
+            signature = request.signature
             decode_signature(signature)
         return _Prepared(request=request, statement=statement, signature=signature)
 
@@ -517,7 +527,6 @@ class Ledger:
             if request.signer.public != record.key:
                 raise SignatureError(f"the signer is not the key enrolled for {request.actor!r}")
         else:
-            assert item.signature is not None
             record.key.verify(decode_signature(item.signature), statement_message(item.statement))
         payload = request.payload
         if request.kind == "round.completed":
@@ -527,13 +536,17 @@ class Ledger:
                 if site_record is None or site_record.role is not Role.SITE:
                     raise SignatureError(f"receipt of {site!r}: the site holds no enrolled key")
                 try:
-                    verify_document(site_record.key, RECEIPT_DOMAIN, signed["receipt"], signed["signature"])
+                    verify_document(
+                        site_record.key, RECEIPT_DOMAIN, signed["receipt"], signed["signature"]
+                    )
                 except SignatureError as err:
                     raise SignatureError(f"receipt of {site!r} is not signed by its key") from err
         if request.kind == "key.enrolled":
             name, role = payload["name"], Role(payload["role"])
             if role is Role.ROOT or name == ROOT_ACTOR:
-                raise InputError("the root key is enrolled only by genesis; a new root needs a new log")
+                raise InputError(
+                    "the root key is enrolled only by genesis; a new root needs a new log"
+                )
             try:
                 key = VerifyKey.from_pem(payload["public_key"])
             except CryptoError as err:  # pragma: no cover - the schema checked it
@@ -543,7 +556,9 @@ class Ledger:
                 raise InputError(f"this public key is already enrolled for {holder!r}")
             current = keys.key_at(name, seq + 1)
             if current is not None and current.role is not role:
-                raise InputError(f"{name!r} is enrolled as {current.role.value}; roles do not change")
+                raise InputError(
+                    f"{name!r} is enrolled as {current.role.value}; roles do not change"
+                )
             return KeyRecord(name=name, role=role, key=key, enrolled_seq=seq)
         if request.kind == "key.revoked":
             name = payload["name"]
@@ -556,7 +571,9 @@ class Ledger:
 
     def _append_locked(self, session: Session, prepared: list[_Prepared], ts: str) -> list[Entry]:
         head = session.execute(
-            select(store.EntryRow.seq, store.EntryRow.hash).order_by(store.EntryRow.seq.desc()).limit(1)
+            select(store.EntryRow.seq, store.EntryRow.hash)
+            .order_by(store.EntryRow.seq.desc())
+            .limit(1)
         ).first()
         if head is None:
             raise ConfigError("the ledger has no genesis entry; run `veracity ledger init`")
@@ -575,8 +592,9 @@ class Ledger:
                 for item in prepared:
                     change = self._check_event(keys, seq, item)
                     request = item.request
-                    assert item.signature is not None
-                    body = build_body(item.statement, prev=prev.hex(), seq=seq, signature=item.signature, ts=ts)
+                    body = build_body(
+                        item.statement, prev=prev.hex(), seq=seq, signature=item.signature, ts=ts
+                    )
                     digest = leaf_hash(body)
                     entry_rows.append(
                         {
@@ -611,7 +629,9 @@ class Ledger:
                                 "name": payload["name"],
                                 "action": "enrolled" if change is not None else "revoked",
                                 "role": change.role.value if change is not None else None,
-                                "key_id": change.key_id if change is not None else payload["key_id"],
+                                "key_id": change.key_id
+                                if change is not None
+                                else payload["key_id"],
                                 "public_key": payload["public_key"] if change is not None else None,
                             }
                         )
@@ -649,7 +669,8 @@ class Ledger:
         self, keys: _KeyView, tree: MerkleTree, seq: int, prev: bytes, ts: str
     ) -> tuple[tuple[dict[str, Any], Entry], dict[str, Any]]:
         """Sign a checkpoint of the first ``seq`` entries and build its entry at ``seq``."""
-        assert self.root_key is not None
+        if self.root_key is None:
+            raise ConfigError("signing a checkpoint needs the root key (root.pem)")
         root = tree.root(seq)
         checkpoint = sign_checkpoint(
             self.root_key, log_id=self.log_id, tree_size=seq, root_hash=root.hex(), timestamp=ts
@@ -662,7 +683,6 @@ class Ledger:
         }
         item = self._prepare(EventRequest("checkpoint", ROOT_ACTOR, payload, signer=self.root_key))
         self._check_event(keys, seq, item)
-        assert item.signature is not None
         body = build_body(item.statement, prev=prev.hex(), seq=seq, signature=item.signature, ts=ts)
         digest = leaf_hash(body)
         row = {
@@ -694,7 +714,9 @@ class Ledger:
         }
         return (row, entry), checkpoint_row
 
-    def checkpoint(self, *, now: datetime | None = None, session: Session | None = None) -> Checkpoint:
+    def checkpoint(
+        self, *, now: datetime | None = None, session: Session | None = None
+    ) -> Checkpoint:
         """Sign a checkpoint of the whole ledger now and record it (as an entry too).
 
         Raises
@@ -713,7 +735,9 @@ class Ledger:
 
     def _checkpoint_locked(self, session: Session, ts: str) -> Checkpoint:
         head = session.execute(
-            select(store.EntryRow.seq, store.EntryRow.hash).order_by(store.EntryRow.seq.desc()).limit(1)
+            select(store.EntryRow.seq, store.EntryRow.hash)
+            .order_by(store.EntryRow.seq.desc())
+            .limit(1)
         ).first()
         if head is None:
             raise ConfigError("the ledger has no genesis entry; run `veracity ledger init`")
@@ -721,7 +745,9 @@ class Ledger:
         with self._tree_lock:
             tree = self._synced_tree(session, upto=size)
             keys = _KeyView(session)
-            (row, _entry), checkpoint_row = self._make_checkpoint(keys, tree, size, bytes(head.hash), ts)
+            (row, _entry), checkpoint_row = self._make_checkpoint(
+                keys, tree, size, bytes(head.hash), ts
+            )
             session.execute(insert(store.EntryRow), [row])
             session.execute(insert(store.CheckpointRow), [checkpoint_row])
             session.flush()
@@ -817,7 +843,9 @@ class Ledger:
             current = self._size(session)
             new = current if new_size is None else new_size
             if not 0 < old_size <= new <= current:
-                raise InputError(f"no consistency proof from {old_size} to {new} (ledger has {current})")
+                raise InputError(
+                    f"no consistency proof from {old_size} to {new} (ledger has {current})"
+                )
             tree = self._synced_tree(session, upto=current)
             return ConsistencyProof(
                 log_id=self.log_id,
@@ -894,14 +922,18 @@ class Ledger:
         """Every key event of ``name``: (seq, ``enrolled``/``revoked``, key id)."""
         with store.read_session(self.engine) as session:
             rows = session.execute(
-                select(store.KeyEventRow).where(store.KeyEventRow.name == name).order_by(store.KeyEventRow.seq)
+                select(store.KeyEventRow)
+                .where(store.KeyEventRow.name == name)
+                .order_by(store.KeyEventRow.seq)
             ).scalars()
             return [(row.seq, row.action, row.key_id) for row in rows]
 
     def checkpoints(self) -> list[Checkpoint]:
         """Every signed checkpoint, oldest first."""
         with store.read_session(self.engine) as session:
-            rows = session.execute(select(store.CheckpointRow).order_by(store.CheckpointRow.tree_size)).scalars()
+            rows = session.execute(
+                select(store.CheckpointRow).order_by(store.CheckpointRow.tree_size)
+            ).scalars()
             return [_checkpoint_from_row(row) for row in rows]
 
     def latest_checkpoint(self) -> Checkpoint | None:
@@ -915,7 +947,9 @@ class Ledger:
     def _key_events(self, session: Session, size: int) -> list[KeyEvent]:
         rows = session.execute(
             select(store.EntryRow.seq, store.EntryRow.body)
-            .where(store.EntryRow.kind.in_(("key.enrolled", "key.revoked")), store.EntryRow.seq < size)
+            .where(
+                store.EntryRow.kind.in_(("key.enrolled", "key.revoked")), store.EntryRow.seq < size
+            )
             .order_by(store.EntryRow.seq)
         )
         events: list[KeyEvent] = []

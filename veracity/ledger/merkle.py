@@ -219,7 +219,7 @@ def root_of(leaves: Sequence[bytes]) -> bytes:
 
 
 def _check_hash(value: bytes, what: str) -> None:
-    if not isinstance(value, bytes | bytearray) or len(value) != HASH_SIZE:
+    if len(value) != HASH_SIZE:
         raise ProofError(f"{what} is not a 32-byte hash")
 
 

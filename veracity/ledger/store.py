@@ -157,7 +157,11 @@ def is_sqlite(bind: Engine | Connection | Session) -> bool:
 def sqlite_path(url: str) -> Path | None:
     """The file of a SQLite URL (``None`` for other databases or in-memory SQLite)."""
     parsed = sa.engine.make_url(url)
-    if parsed.get_backend_name() != "sqlite" or not parsed.database or parsed.database == ":memory:":
+    if (
+        parsed.get_backend_name() != "sqlite"
+        or not parsed.database
+        or parsed.database == ":memory:"
+    ):
         return None
     return Path(parsed.database)
 
@@ -273,7 +277,9 @@ def _run(engine: Engine, action: str, revision: str) -> None:
     options = {_SQLITE_BEGIN: "IMMEDIATE"} if is_sqlite(engine) else {}
     with engine.connect().execution_options(**options) as connection, connection.begin():
         if not is_sqlite(engine):
-            connection.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": WRITE_LOCK_ID})
+            connection.execute(
+                sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": WRITE_LOCK_ID}
+            )
         getattr(command, action)(alembic_config(connection), revision)
 
 

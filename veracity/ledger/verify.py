@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import itertools
 import json
 import os
 from collections.abc import Iterable, Iterator, Sequence
@@ -72,7 +73,9 @@ RootSignatures = Literal["all", "tail"]
 #: (seq, kind, payload) of a ``key.*`` entry.
 KeyEvent = tuple[int, str, dict[str, Any]]
 #: A stored row: seq, hash, prev_seq, prev, kind, actor, ts, body (``None`` where unknown).
-Row = tuple[int | None, bytes | None, int | None, bytes | None, str | None, str | None, str | None, bytes]
+Row = tuple[
+    int | None, bytes | None, int | None, bytes | None, str | None, str | None, str | None, bytes
+]
 
 #: Entries per chunk; a power of two so chunks align with Merkle subtrees.
 DEFAULT_CHUNK = 1 << 15
@@ -183,7 +186,9 @@ def _check_rows(rows: Iterable[Row], task: _Task) -> _Chunk:
             seq = expected
             if seq_col is not None and seq_col != seq:
                 if seq_col > seq:
-                    raise _Failure(seq, f"entry {seq} is missing (the next stored entry is {seq_col})")
+                    raise _Failure(
+                        seq, f"entry {seq} is missing (the next stored entry is {seq_col})"
+                    )
                 raise _Failure(seq, f"entry {seq_col} is stored out of order")
             digest = leaf_hash(body)
             if hash_col is not None and bytes(hash_col) != digest:
@@ -193,7 +198,9 @@ def _check_rows(rows: Iterable[Row], task: _Task) -> _Chunk:
             except InputError as err:
                 raise _Failure(seq, f"entry bytes are malformed: {err}") from err
             if entry.seq != seq:
-                raise _Failure(seq, f"entry bytes say seq {entry.seq} (entries reordered or inserted)")
+                raise _Failure(
+                    seq, f"entry bytes say seq {entry.seq} (entries reordered or inserted)"
+                )
             if prev_hash is None:
                 chunk.first_prev = entry.prev
                 if seq == 0 and entry.prev != GENESIS_PREV:
@@ -243,7 +250,9 @@ def _check_rows(rows: Iterable[Row], task: _Task) -> _Chunk:
             if check_signature:
                 try:
                     raw_signature = _decode_signature(entry.signature)
-                    signer.key.verify(raw_signature, statement_message(statement_of_body(entry.body)))
+                    signer.key.verify(
+                        raw_signature, statement_message(statement_of_body(entry.body))
+                    )
                 except (SignatureError, InvalidSignature) as err:
                     raise _Failure(
                         seq, f"signature does not verify under {actor!r}'s enrolled key"
@@ -268,7 +277,9 @@ def _check_rows(rows: Iterable[Row], task: _Task) -> _Chunk:
                     chunk.receipts += 1
             elif kind == "checkpoint":
                 if payload["tree_size"] != seq:
-                    raise _Failure(seq, "a checkpoint entry must record the tree of the entries before it")
+                    raise _Failure(
+                        seq, "a checkpoint entry must record the tree of the entries before it"
+                    )
                 chunk.checkpoint_entries.append((seq, entry.ts, payload))
             elif kind == "checkpoint.cosigned":
                 if payload["tree_size"] > seq:
@@ -404,14 +415,26 @@ def _check_checkpoints(
         try:
             checkpoint.verify(trusted_root)
         except SignatureError:
-            errors.append((None, f"checkpoint of size {checkpoint.tree_size} is not signed by the trusted root key (forged)"))
+            errors.append(
+                (
+                    None,
+                    f"checkpoint of size {checkpoint.tree_size} is forged: not signed by "
+                    + "the trusted root key",
+                )
+            )
             continue
         if checkpoint.log_id != log_id:
             errors.append((None, f"checkpoint of size {checkpoint.tree_size} names another log"))
             continue
         other = by_size.get(checkpoint.tree_size)
         if other is not None and other.root_hash != checkpoint.root_hash:
-            errors.append((None, f"two checkpoints of size {checkpoint.tree_size} with different roots: the log forked"))
+            errors.append(
+                (
+                    None,
+                    f"two checkpoints of size {checkpoint.tree_size} with different roots: "
+                    + "the log forked",
+                )
+            )
             continue
         by_size[checkpoint.tree_size] = checkpoint
         if checkpoint.tree_size >= size:
@@ -451,7 +474,7 @@ def _check_checkpoints(
             break
         previous_good = checkpoint.tree_size
     _fail(errors)
-    for older, newer in zip(ordered, ordered[1:], strict=False):
+    for older, newer in itertools.pairwise(ordered):
         try:
             verify_consistency(
                 older.tree_size,
@@ -469,7 +492,8 @@ def _check_checkpoints(
             pinned.verify(trusted_root)
         except SignatureError as err:
             raise LedgerIntegrityError(
-                f"the pinned checkpoint of size {pinned.tree_size} is not signed by the trusted root"
+                f"the pinned checkpoint of size {pinned.tree_size} is not signed by the "
+                "trusted root"
             ) from err
         if pinned.log_id != log_id:
             raise LedgerIntegrityError("the pinned checkpoint belongs to another log")
@@ -525,9 +549,15 @@ def _finish(
             errors.append(chunk.error)
         if chunk.start != expected:
             errors.append((expected, f"entry {expected} is missing"))
-        if chunk.count and chunk.start > 0 and previous_last is not None:
-            if chunk.first_prev != previous_last.hex():
-                errors.append((chunk.start, f"prev is not the hash of entry {chunk.start - 1} (chain broken)"))
+        if (
+            chunk.count
+            and chunk.start > 0
+            and previous_last is not None
+            and chunk.first_prev != previous_last.hex()
+        ):
+            errors.append(
+                (chunk.start, f"prev is not the hash of entry {chunk.start - 1} (chain broken)")
+            )
         if chunk.error is not None:
             break
         expected = chunk.start + chunk.count
@@ -600,7 +630,9 @@ def verify_rows(
         root_signatures=root_signatures,
     )
     chunk = _check_rows(materialised, task)
-    return _finish([chunk], len(materialised), key_events, trusted_root, checkpoints, known_checkpoints)
+    return _finish(
+        [chunk], len(materialised), key_events, trusted_root, checkpoints, known_checkpoints
+    )
 
 
 def verify_database(
@@ -690,8 +722,10 @@ def _read_bundle_layout(path: Path, chunk_size: int) -> _BundleLayout:
     seen = set()
     for document in documents:
         if not isinstance(document, dict) or len(document) != 1:
-            raise LedgerIntegrityError("bundle trailer records must be {checkpoints} or {key_events}")
-        (name, value), = document.items()
+            raise LedgerIntegrityError(
+                "bundle trailer records must be {checkpoints} or {key_events}"
+            )
+        ((name, value),) = document.items()
         seen.add(name)
         try:
             if name == "checkpoints":
