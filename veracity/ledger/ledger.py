@@ -12,6 +12,7 @@ seq, its role, the signature (made here with ``signer=`` or passed in as base64 
 
 from __future__ import annotations
 
+import hashlib
 import os
 import threading
 from collections.abc import Iterator, Sequence
@@ -41,6 +42,7 @@ from veracity.ledger.entry import (
 )
 from veracity.ledger.events import (
     ROOT_ACTOR,
+    SITE_KINDS,
     Role,
     allowed_roles,
     validate_actor_name,
@@ -583,6 +585,7 @@ class Ledger:
         keys = _KeyView(session)
         entry_rows: list[dict[str, Any]] = []
         key_rows: list[dict[str, Any]] = []
+        statement_rows: dict[bytes, int] = {}
         checkpoint_rows: list[dict[str, Any]] = []
         entries: list[Entry] = []
         tree: MerkleTree | None = None
@@ -635,6 +638,11 @@ class Ledger:
                                 "public_key": payload["public_key"] if change is not None else None,
                             }
                         )
+                    if request.kind in SITE_KINDS:
+                        statement_digest = hashlib.sha256(item.statement).digest()
+                        if statement_digest in statement_rows:
+                            raise InputError("this signed statement appears twice in the batch")
+                        statement_rows[statement_digest] = seq
                     if tree is not None:
                         tree.append(digest)
                     seq, prev = seq + 1, digest
@@ -653,7 +661,22 @@ class Ledger:
                         tree.append(digest)
                         last_checkpoint = seq
                         seq, prev = seq + 1, digest
+                if statement_rows:
+                    already = session.execute(
+                        select(store.SiteStatementRow.seq).where(
+                            store.SiteStatementRow.digest.in_(list(statement_rows))
+                        )
+                    ).first()
+                    if already is not None:
+                        raise InputError(
+                            f"this signed statement is already recorded at seq {already.seq}"
+                        )
                 session.execute(insert(store.EntryRow), entry_rows)
+                if statement_rows:
+                    session.execute(
+                        insert(store.SiteStatementRow),
+                        [{"digest": d, "seq": s} for d, s in statement_rows.items()],
+                    )
                 if key_rows:
                     session.execute(insert(store.KeyEventRow), key_rows)
                 if checkpoint_rows:

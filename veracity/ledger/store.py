@@ -16,6 +16,9 @@ Tables (append-only; the store offers append and read, no update or delete):
 ``ledger_key_event``
     An index of the ``key.*`` entries for fast key lookups when appending. Verification
     never trusts it: it replays the key history from the entries.
+``ledger_site_statement``
+    The SHA-256 of every site-signed statement, unique: a site's signed statement is
+    recorded once, never replayed at another position.
 
 Appenders serialise on a write lock: ``BEGIN IMMEDIATE`` on SQLite (pysqlite would
 otherwise run the head read outside any transaction) and ``pg_advisory_xact_lock`` on
@@ -58,6 +61,7 @@ __all__ = [
     "EntryRow",
     "CheckpointRow",
     "KeyEventRow",
+    "SiteStatementRow",
     "create_engine",
     "is_sqlite",
     "sqlite_path",
@@ -146,6 +150,15 @@ class KeyEventRow(Base):
     public_key: Mapped[str | None] = mapped_column(Text)
 
     __table_args__ = (Index(None, "name", "seq"),)
+
+
+class SiteStatementRow(Base):
+    """The digest of a site-signed statement, so that none is recorded twice."""
+
+    __tablename__ = "ledger_site_statement"
+
+    digest: Mapped[bytes] = mapped_column(LargeBinary(32), primary_key=True)
+    seq: Mapped[int] = mapped_column(BigInteger, sa.ForeignKey("ledger_entry.seq"))
 
 
 def is_sqlite(bind: Engine | Connection | Session) -> bool:

@@ -54,7 +54,7 @@ from veracity.errors import (
 )
 from veracity.ledger.checkpoint import Checkpoint, verify_cosignature
 from veracity.ledger.entry import GENESIS_PREV, parse_body, statement_message, statement_of_body
-from veracity.ledger.events import ROOT_ACTOR, Role, allowed_roles, validate_payload
+from veracity.ledger.events import ROOT_ACTOR, SITE_KINDS, Role, allowed_roles, validate_payload
 from veracity.ledger.keyring import KeyHistory
 from veracity.ledger.merkle import MerkleTree, leaf_hash, verify_consistency
 from veracity.ledger.statement import RECEIPT_DOMAIN, verify_document
@@ -123,6 +123,7 @@ class _Chunk:
     key_events: list[KeyEvent] = field(default_factory=list)
     checkpoint_entries: list[tuple[int, str, dict[str, Any]]] = field(default_factory=list)
     cosignatures: list[tuple[int, str, dict[str, Any]]] = field(default_factory=list)
+    site_statements: list[tuple[bytes, int]] = field(default_factory=list)
     signatures: int = 0
     receipts: int = 0
     error: tuple[int, str] | None = None
@@ -248,16 +249,17 @@ def _check_rows(rows: Iterable[Row], task: _Task) -> _Chunk:
                 or seq >= task.covered_size
             )
             if check_signature:
+                message = statement_message(statement_of_body(entry.body))
                 try:
                     raw_signature = _decode_signature(entry.signature)
-                    signer.key.verify(
-                        raw_signature, statement_message(statement_of_body(entry.body))
-                    )
+                    signer.key.verify(raw_signature, message)
                 except (SignatureError, InvalidSignature) as err:
                     raise _Failure(
                         seq, f"signature does not verify under {actor!r}'s enrolled key"
                     ) from err
                 chunk.signatures += 1
+                if kind in SITE_KINDS:
+                    chunk.site_statements.append((message, seq))
             if kind in _KEY_KINDS:
                 chunk.key_events.append((seq, kind, payload))
             elif kind == "round.completed":
@@ -576,6 +578,15 @@ def _finish(
             where = min(e[0] for e in (mine, theirs) if e is not None)
             errors.append((where, "the key events in the entries differ from the key index here"))
             break
+    _fail(errors)
+    first_seen: dict[bytes, int] = {}
+    for chunk in chunks:
+        for message, seq in chunk.site_statements:
+            earlier = first_seen.setdefault(message, seq)
+            if earlier != seq:
+                errors.append(
+                    (seq, f"replays the site statement already recorded at seq {earlier}")
+                )
     _fail(errors)
     try:
         history = _history(found)

@@ -1,4 +1,4 @@
-"""Ledger tables: entries, checkpoints, key-event index.
+"""Ledger tables: entries, checkpoints, key-event and site-statement indexes.
 
 Revision ID: 0001_ledger_tables
 Revises:
@@ -69,10 +69,20 @@ def upgrade() -> None:
         ),
     )
     op.create_index("ix_ledger_key_event_name_seq", "ledger_key_event", ["name", "seq"])
+    op.create_table(
+        "ledger_site_statement",
+        sa.Column("digest", sa.LargeBinary(length=32), nullable=False),
+        sa.Column("seq", sa.BigInteger(), nullable=False),
+        sa.PrimaryKeyConstraint("digest", name="pk_ledger_site_statement"),
+        sa.ForeignKeyConstraint(
+            ["seq"], ["ledger_entry.seq"], name="fk_ledger_site_statement_seq_ledger_entry"
+        ),
+    )
 
 
 def downgrade() -> None:
     """Drop the ledger tables."""
+    op.drop_table("ledger_site_statement")
     op.drop_index("ix_ledger_key_event_name_seq", table_name="ledger_key_event")
     op.drop_table("ledger_key_event")
     op.drop_table("ledger_checkpoint")
