@@ -181,7 +181,7 @@ class RunFinished(_Payload):
     model_hash: Hash | None
 
 
-def _check_history(value: list[list[float]]) -> list[list[float]]:
+def _check_history(value: list[list[int | float]]) -> list[list[int | float]]:
     for step in value:
         if len(step) != 3:
             raise ValueError("each history item is [noise_multiplier, sample_rate, steps]")
@@ -206,7 +206,7 @@ class Receipt(_Payload):
     accountant: Literal["prv"]
     delta: Annotated[Number, Field(gt=0, lt=1)]
     epsilon: Annotated[Number, Field(ge=0)]
-    history: Annotated[list[list[float]], AfterValidator(_check_history)]
+    history: Annotated[list[list[int | float]], AfterValidator(_check_history)]
     max_grad_norm: Annotated[Number, Field(gt=0)]
     num_examples: Count
 

@@ -315,10 +315,13 @@ class Ledger:
                 f"{store.head_revision()}; run `veracity ledger init` to migrate"
             )
         ledger = cls(engine, url, root_key=root_key, checkpoint_every=checkpoint_every)
-        genesis = ledger._genesis()
-        if root_key is not None and genesis.payload["public_key"] != root_key.public.pem():
+        try:
+            genesis = ledger._genesis()
+            if root_key is not None and genesis.payload["public_key"] != root_key.public.pem():
+                raise ConfigError("the given root key is not this ledger's root key")
+        except BaseException:
             engine.dispose()
-            raise ConfigError("the given root key is not this ledger's root key")
+            raise
         return ledger
 
     @classmethod
@@ -347,13 +350,16 @@ class Ledger:
             engine.dispose()
             raise ConfigError(f"cannot create the ledger: {str(err).splitlines()[0]}") from err
         ledger = cls(engine, url, root_key=root_key, checkpoint_every=checkpoint_every)
-        with store.write_session(engine) as session:
-            row = session.get(store.EntryRow, 0)
-            if row is None:
-                ledger._write_genesis(session, root_key, now)
-            elif parse_body(bytes(row.body)).payload["public_key"] != root_key.public.pem():
-                engine.dispose()
-                raise ConfigError("this ledger was created under another root key")
+        try:
+            with store.write_session(engine) as session:
+                row = session.get(store.EntryRow, 0)
+                if row is None:
+                    ledger._write_genesis(session, root_key, now)
+                elif parse_body(bytes(row.body)).payload["public_key"] != root_key.public.pem():
+                    raise ConfigError("this ledger was created under another root key")
+        except BaseException:
+            engine.dispose()
+            raise
         return ledger
 
     def close(self) -> None:
@@ -932,8 +938,12 @@ class Ledger:
         if limit is not None:
             query = query.limit(limit)
         with store.read_session(self.engine) as session:
-            for body in session.execute(query.execution_options(yield_per=2048)).scalars():
-                yield parse_body(bytes(body))
+            result = session.execute(query.execution_options(yield_per=2048))
+            try:
+                for body in result.scalars():
+                    yield parse_body(bytes(body))
+            finally:
+                result.close()
 
     def key_at(self, name: str, seq: int | None = None) -> KeyRecord | None:
         """The key ``name`` holds for signing entry ``seq`` (default: the next entry)."""

@@ -275,14 +275,14 @@ def verify_consistency(
         _check_hash(item, "proof element")
     if old_size < 0 or new_size < old_size:
         raise ProofError(f"no consistency proof from size {old_size} to {new_size}")
+    if old_size == 0:
+        raise ProofError("a consistency proof from the empty tree proves nothing")
     if old_size == new_size:
         if proof:
             raise ProofError("trees of equal size need an empty consistency proof")
         if old_root != new_root:
             raise ProofError("trees of equal size have different roots")
         return
-    if old_size == 0:
-        raise ProofError("a consistency proof from the empty tree proves nothing")
     _check_hash(old_root, "old root hash")
     _check_hash(new_root, "new root hash")
     if not proof:

@@ -89,7 +89,7 @@ def build_provenance(ledger: Ledger, model_hash: str) -> dict[str, Any]:
         return sites[name]
 
     study = None
-    for entry in ledger.iter_entries(kind="study.proposed"):
+    for entry in ledger.entries(kind="study.proposed"):
         if entry.payload["study_hash"] == study_hash:
             study = doc.entity(
                 f"veracity:study/{study_hash}",
@@ -140,12 +140,10 @@ def build_provenance(ledger: Ledger, model_hash: str) -> dict[str, Any]:
         return datasets[key]
 
     run_attrs: dict[str, Any] = {"prov:type": "veracity:Run", "veracity:runId": run_id}
-    started = next(
-        (e for e in ledger.iter_entries(kind="run.started") if e.payload["run_id"] == run_id), None
-    )
-    ended = next(
-        (e for e in ledger.iter_entries(kind="run.finished") if e.payload["run_id"] == run_id), None
-    )
+    starts = [e for e in ledger.iter_entries(kind="run.started") if e.payload["run_id"] == run_id]
+    ends = [e for e in ledger.iter_entries(kind="run.finished") if e.payload["run_id"] == run_id]
+    started = starts[0] if starts else None
+    ended = ends[-1] if ends else None
     if started is not None:
         run_attrs.update({"veracity:fabHash": started.payload["fab_hash"], **_stamp(started)})
     if ended is not None:

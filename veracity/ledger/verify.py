@@ -37,6 +37,7 @@ import json
 import os
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
+from contextlib import closing
 from dataclasses import dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
@@ -313,17 +314,20 @@ def _db_rows(url: str, start: int, end: int) -> Iterator[Row]:
             result = connection.execution_options(yield_per=4096).execute(
                 query, {"start": start, "end": end}
             )
-            for row in result:
-                yield (
-                    row[0],
-                    bytes(row[1]),
-                    row[2],
-                    bytes(row[3]),
-                    row[4],
-                    row[5],
-                    row[6],
-                    bytes(row[7]),
-                )
+            try:
+                for row in result:
+                    yield (
+                        row[0],
+                        bytes(row[1]),
+                        row[2],
+                        bytes(row[3]),
+                        row[4],
+                        row[5],
+                        row[6],
+                        bytes(row[7]),
+                    )
+            finally:
+                result.close()
     finally:
         engine.dispose()
 
@@ -343,10 +347,11 @@ def _bundle_rows(path: str, byte_start: int, byte_end: int) -> Iterator[Row]:
 def _run_task(task: _Task) -> _Chunk:
     kind, where = task.source
     if kind == "db":
-        rows: Iterable[Row] = _db_rows(where, task.start, task.end)
+        rows: Iterator[Row] = _db_rows(where, task.start, task.end)
     else:
         rows = _bundle_rows(where, task.byte_start, task.end)
-    return _check_rows(rows, task)
+    with closing(rows):
+        return _check_rows(rows, task)
 
 
 def _run_tasks(tasks: Sequence[_Task], workers: int) -> list[_Chunk]:
