@@ -1,0 +1,155 @@
+"""Payload schemas: every documented kind validates; bad payloads are refused naming the field."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from veracity.errors import InputError
+from veracity.ledger.canonical import canonical_hash
+from veracity.ledger.events import KINDS, validate_payload
+
+from .conftest import STUDY, STUDY_HASH, dataset_payload, round_payload, seeded_key
+
+H = "a" * 64
+TS = "2026-11-27T15:47:52.123456Z"
+SIG = "A" * 86 + "=="
+
+VALID: dict[str, dict[str, Any]] = {
+    "key.enrolled": {
+        "name": "hospital-a",
+        "role": "site",
+        "public_key": seeded_key("x").public.pem(),
+        "valid_from": TS,
+    },
+    "key.revoked": {"name": "hospital-a", "key_id": H, "reason": "lost laptop"},
+    "dataset.registered": dataset_payload("hospital-a", "d1", signed_at=TS),
+    "study.proposed": {
+        "study_id": "bc-1",
+        "study_hash": STUDY_HASH,
+        "study": STUDY,
+        "code_hash": "c" * 64,
+    },
+    "study.approved": {
+        "study_hash": H,
+        "site": "hospital-a",
+        "dataset_id": "d1",
+        "epsilon_cap": 3,
+        "signed_at": TS,
+    },
+    "study.refused": {"study_hash": H, "site": "hospital-a", "reason": "no", "signed_at": TS},
+    "run.started": {
+        "run_id": "1234567890123456789",
+        "study_hash": H,
+        "fab_hash": H,
+        "config_hash": H,
+        "package_versions": {"flwr": "1.42.0"},
+        "seed_commitment": H,
+    },
+    "run.finished": {
+        "run_id": "1",
+        "study_hash": H,
+        "status": "completed",
+        "reason": "",
+        "rounds_completed": 2,
+        "model_hash": None,
+    },
+    "round.completed": round_payload(
+        {"hospital-a": seeded_key("a")}, "1", H, 1, ["hospital-a"], H
+    ),
+    "budget.refused": {
+        "site": "hospital-a",
+        "study_hash": H,
+        "dataset_id": "d1",
+        "run_id": "1",
+        "round": 3,
+        "epsilon_requested": 3.5,
+        "epsilon_left": 0.2,
+        "signed_at": TS,
+    },
+    "model.released": {
+        "model_hash": H,
+        "run_id": "1",
+        "study_hash": H,
+        "model": {"family": "logistic", "n_features": 2},
+        "datasets": [{"site": "hospital-a", "dataset_id": "d1", "commitment": H}],
+        "epsilon": {"hospital-a": 1.5},
+        "metrics": {"auc": 0.93},
+        "card_hash": H,
+    },
+    "inference.served": {
+        "model_hash": H,
+        "requester": "clinic-1",
+        "he_params_hash": H,
+        "batch_size": 16,
+        "request_hash": H,
+    },
+    "checkpoint": {"tree_size": 10, "root_hash": H, "log_id": H, "signature": SIG},
+    "checkpoint.cosigned": {
+        "site": "hospital-a",
+        "tree_size": 10,
+        "root_hash": H,
+        "log_id": H,
+        "signature": SIG,
+    },
+    "note.recorded": {"text": "ethics approval REC-2026-114"},
+}
+
+
+def test_every_documented_kind_has_a_valid_example() -> None:
+    assert set(VALID) == KINDS
+    for kind, payload in VALID.items():
+        validate_payload(kind, payload)
+
+
+def test_unknown_kind_is_refused() -> None:
+    with pytest.raises(InputError, match="unknown event kind 'model.deleted'"):
+        validate_payload("model.deleted", {})
+
+
+@pytest.mark.parametrize(
+    ("kind", "change", "field"),
+    [
+        ("note.recorded", {"text": 1}, "text"),
+        ("note.recorded", {"colour": "red"}, "colour"),
+        ("key.enrolled", {"public_key": "not a key"}, "public_key"),
+        ("key.enrolled", {"role": "admin"}, "role"),
+        ("key.enrolled", {"valid_from": "yesterday"}, "valid_from"),
+        ("dataset.registered", {"rows": "152"}, "rows"),
+        ("dataset.registered", {"commitment": "ABC"}, "commitment"),
+        ("study.approved", {"epsilon_cap": -1}, "epsilon_cap"),
+        ("run.finished", {"status": "exploded"}, "status"),
+        ("inference.served", {"batch_size": 0}, "batch_size"),
+        ("checkpoint", {"signature": "short"}, "signature"),
+    ],
+)
+def test_invalid_payload_is_refused_naming_the_field(kind: str, change: dict[str, Any], field: str) -> None:
+    with pytest.raises(InputError, match=f"field '{field}'"):
+        validate_payload(kind, {**VALID[kind], **change})
+
+
+def test_missing_field_is_named() -> None:
+    payload = dict(VALID["dataset.registered"])
+    del payload["label"]
+    with pytest.raises(InputError, match="field 'label' field required"):
+        validate_payload("dataset.registered", payload)
+
+
+def test_site_event_must_name_its_actor() -> None:
+    with pytest.raises(InputError, match="must be the actor 'hospital-b'"):
+        validate_payload("dataset.registered", VALID["dataset.registered"], actor="hospital-b")
+
+
+def test_study_hash_must_be_the_hash_of_the_study() -> None:
+    payload = {**VALID["study.proposed"], "study_hash": canonical_hash({"other": 1})}
+    with pytest.raises(InputError, match="study_hash"):
+        validate_payload("study.proposed", payload)
+
+
+def test_round_receipts_must_match_participants_and_round() -> None:
+    payload = VALID["round.completed"]
+    with pytest.raises(InputError, match="one per participant"):
+        validate_payload("round.completed", {**payload, "participants": ["hospital-a", "hospital-b"]})
+    with pytest.raises(InputError, match="another run"):
+        validate_payload("round.completed", {**payload, "round": 2})

@@ -1,0 +1,474 @@
+"""``veracity ledger``: create, append to, verify, export, prove and explain the ledger.
+
+Every command takes ``--db URL`` (default: the data directory's SQLite database) and
+``--format json``. Verification failures exit 1 with the first bad seq and the reason;
+configuration problems exit 2; nothing is written when a command fails.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, Literal
+
+import typer
+
+from veracity.errors import InputError, LedgerIntegrityError, VerificationError
+from veracity.output import FormatOption, OutputFormat, emit_json, emit_table
+
+if TYPE_CHECKING:
+    from veracity.crypto.keys import SigningKey
+    from veracity.ledger.checkpoint import Checkpoint
+    from veracity.ledger.ledger import Ledger
+
+__all__ = ["app"]
+
+app = typer.Typer(
+    name="ledger",
+    help="The signed, hash-chained, Merkle-proved audit ledger.",
+    no_args_is_help=True,
+    add_completion=False,
+    rich_markup_mode=None,
+)
+
+DbOption = Annotated[
+    str | None,
+    typer.Option(
+        "--db",
+        envvar="VERACITY_DATABASE_URL",
+        help="Database URL (default: SQLite in the data directory).",
+    ),
+]
+DataDirOption = Annotated[
+    Path | None,
+    typer.Option("--data-dir", envvar="VERACITY_DATA_DIR", help="Data directory."),
+]
+KeyDirOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--key-dir", envvar="VERACITY_KEY_DIR", help="Key directory (default: DATA_DIR/keys)."
+    ),
+]
+TrustOption = Annotated[
+    Path,
+    typer.Option(
+        "--trust", envvar="VERACITY_TRUST", help="The root public key you trust (root.pub)."
+    ),
+]
+_ROOT_KEY_NAME = "root"
+
+
+def _db_url(db: str | None, data_dir: Path | None) -> str:
+    from veracity.config import load_settings, normalise_database_url
+
+    if db:
+        return normalise_database_url(db)
+    return load_settings(data_dir=data_dir).db_url
+
+
+def _key_dir(key_dir: Path | None, data_dir: Path | None) -> Path:
+    from veracity.config import load_settings
+
+    return key_dir if key_dir is not None else load_settings(data_dir=data_dir).key_dir
+
+
+def _root_key_if_present(directory: Path) -> SigningKey | None:
+    from veracity.crypto.keys import load_signing_key, private_key_path
+
+    path = private_key_path(directory, _ROOT_KEY_NAME)
+    return load_signing_key(path) if path.exists() else None
+
+
+def _read_json(path: Path, what: str) -> Any:
+    try:
+        text = sys.stdin.read() if str(path) == "-" else path.read_text(encoding="utf-8")
+    except OSError as err:
+        raise InputError(f"cannot read {what} {path}: {err.strerror}") from err
+    except UnicodeDecodeError as err:
+        raise InputError(f"{what} {path} is not UTF-8 text") from err
+    try:
+        return json.loads(text, parse_constant=_refuse_constant)
+    except ValueError as err:
+        raise InputError(f"{what} {path} is not valid JSON: {err}") from err
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not allowed in JSON")
+
+
+def _trusted_root(path: Path) -> Any:
+    from veracity.crypto.keys import load_verify_key
+
+    return load_verify_key(path)
+
+
+def _open(url: str, **kwargs: Any) -> Ledger:
+    from veracity.ledger.ledger import Ledger
+
+    return Ledger.open(url, **kwargs)
+
+
+@app.command("init")
+def init(
+    db: DbOption = None,
+    key_dir: KeyDirOption = None,
+    data_dir: DataDirOption = None,
+    output_format: FormatOption = OutputFormat.TEXT,
+) -> None:
+    """Create the root key (root.pem, root.pub) if absent, the ledger tables and genesis."""
+    from veracity.crypto.keys import (
+        generate_signing_key,
+        load_signing_key,
+        private_key_path,
+        public_key_path,
+        write_key_pair,
+    )
+    from veracity.ledger.ledger import Ledger
+
+    url = _db_url(db, data_dir)
+    directory = _key_dir(key_dir, data_dir)
+    private_path = private_key_path(directory, _ROOT_KEY_NAME)
+    created_key = not private_path.exists()
+    if created_key:
+        root = generate_signing_key()
+        write_key_pair(directory, _ROOT_KEY_NAME, root)
+    else:
+        root = load_signing_key(private_path)
+    try:
+        ledger = Ledger.init(url, root_key=root)
+    except BaseException:
+        if created_key:
+            private_path.unlink(missing_ok=True)
+            public_key_path(directory, _ROOT_KEY_NAME).unlink(missing_ok=True)
+        raise
+    with ledger:
+        shown = {
+            "db": url,
+            "log_id": ledger.log_id,
+            "entries": ledger.size(),
+            "root_key_id": root.public.key_id,
+            "root_public_key": str(public_key_path(directory, _ROOT_KEY_NAME)),
+            "created_root_key": created_key,
+        }
+    if output_format is OutputFormat.JSON:
+        emit_json(shown)
+    else:
+        emit_table(None, ["field", "value"], list(shown.items()))
+
+
+@app.command("append")
+def append(
+    kind: Annotated[str, typer.Option("--kind", envvar="VERACITY_KIND", help="Event kind.")],
+    payload_file: Annotated[
+        Path,
+        typer.Option(
+            "--payload-file", envvar="VERACITY_PAYLOAD_FILE", help="JSON payload file ('-': stdin)."
+        ),
+    ],
+    actor: Annotated[
+        str,
+        typer.Option(
+            "--actor", envvar="VERACITY_ACTOR", help="Enrolled actor whose key signs (NAME.pem)."
+        ),
+    ] = "root",
+    db: DbOption = None,
+    key_dir: KeyDirOption = None,
+    data_dir: DataDirOption = None,
+    output_format: FormatOption = OutputFormat.TEXT,
+) -> None:
+    """Record an event signed by the actor's key from the key directory (default: root)."""
+    from veracity.crypto.keys import load_signing_key, private_key_path
+    from veracity.ledger.events import ROOT_ACTOR
+
+    url = _db_url(db, data_dir)
+    directory = _key_dir(key_dir, data_dir)
+    payload = _read_json(payload_file, "payload file")
+    if actor in (_ROOT_KEY_NAME, ROOT_ACTOR):
+        actor, key_name = ROOT_ACTOR, _ROOT_KEY_NAME
+    else:
+        key_name = actor
+    signer = load_signing_key(private_key_path(directory, key_name))
+    root = signer if key_name == _ROOT_KEY_NAME else _root_key_if_present(directory)
+    with _open(url, root_key=root) as ledger:
+        entry = ledger.append(kind, actor, payload, signer=signer)
+    if output_format is OutputFormat.JSON:
+        emit_json(entry.to_json())
+    else:
+        emit_table(
+            None,
+            ["seq", "ts", "kind", "actor", "hash"],
+            [[entry.seq, entry.ts, entry.kind, entry.actor, entry.hash]],
+        )
+
+
+def _load_checkpoints(paths: list[Path]) -> list[Checkpoint]:
+    from veracity.ledger.checkpoint import Checkpoint
+
+    found: list[Checkpoint] = []
+    for path in paths:
+        document = _read_json(path, "checkpoint file")
+        items = document if isinstance(document, list) else [document]
+        found.extend(Checkpoint.from_json(item) for item in items)
+    return found
+
+
+@app.command("verify")
+def verify(
+    trust: TrustOption,
+    db: DbOption = None,
+    bundle: Annotated[
+        Path | None,
+        typer.Option("--bundle", envvar="VERACITY_BUNDLE", help="Verify an exported bundle."),
+    ] = None,
+    checkpoint: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--checkpoint",
+            envvar="VERACITY_CHECKPOINT",
+            help="A checkpoint you saw before (JSON); the ledger must extend it.",
+        ),
+    ] = None,
+    root_signatures: Annotated[
+        str,
+        typer.Option(
+            "--root-signatures",
+            envvar="VERACITY_ROOT_SIGNATURES",
+            help="'all' checks every signature; 'tail' skips the root's own entries "
+            "below the newest checkpoint (which commits to them).",
+        ),
+    ] = "all",
+    workers: Annotated[
+        int | None,
+        typer.Option("--workers", envvar="VERACITY_WORKERS", help="Verifier processes."),
+    ] = None,
+    data_dir: DataDirOption = None,
+    output_format: FormatOption = OutputFormat.TEXT,
+) -> None:
+    """Recompute everything and check it against the trusted root key (exit 1 if bad)."""
+    from veracity.ledger.verify import verify_bundle_file
+
+    if db is not None and bundle is not None:
+        raise typer.BadParameter("give --db or --bundle, not both")
+    if root_signatures not in ("all", "tail"):
+        raise typer.BadParameter("--root-signatures is 'all' or 'tail'")
+    policy: Literal["all", "tail"] = "all" if root_signatures == "all" else "tail"
+    trusted = _trusted_root(trust)
+    known = _load_checkpoints(checkpoint or [])
+    try:
+        if bundle is not None:
+            report = verify_bundle_file(
+                bundle,
+                trusted_root=trusted,
+                known_checkpoints=known,
+                root_signatures=policy,
+                workers=workers,
+            )
+        else:
+            with _open(_db_url(db, data_dir)) as ledger:
+                report = ledger.verify(
+                    trusted, known_checkpoints=known, root_signatures=policy, workers=workers
+                )
+    except LedgerIntegrityError as err:
+        if output_format is OutputFormat.JSON:
+            emit_json(
+                {
+                    "ok": False,
+                    "entries": None,
+                    "checkpoints": None,
+                    "first_bad_seq": err.seq,
+                    "reason": err.reason,
+                }
+            )
+            raise typer.Exit(1) from err
+        raise
+    if output_format is OutputFormat.JSON:
+        emit_json(report.to_json())
+    else:
+        emit_table(
+            "ledger verified",
+            ["entries", "checkpoints", "signatures", "receipts", "root"],
+            [
+                [
+                    report.entries,
+                    report.checkpoints,
+                    report.signatures,
+                    report.receipts,
+                    report.root_hash,
+                ]
+            ],
+        )
+
+
+@app.command("export")
+def export(
+    out: Annotated[
+        Path, typer.Option("--out", envvar="VERACITY_OUT", help="Bundle file to write.")
+    ],
+    db: DbOption = None,
+    data_dir: DataDirOption = None,
+    output_format: FormatOption = OutputFormat.TEXT,
+) -> None:
+    """Write the whole ledger into one bundle an auditor verifies offline."""
+    with _open(_db_url(db, data_dir)) as ledger:
+        info = ledger.export_bundle(out)
+    if output_format is OutputFormat.JSON:
+        emit_json(info)
+    else:
+        emit_table(None, ["field", "value"], list(info.items()))
+
+
+def _emit_checkpoints(
+    items: list[Checkpoint], output_format: OutputFormat, *, single: bool
+) -> None:
+    if output_format is OutputFormat.JSON:
+        documents = [c.to_json() for c in items]
+        emit_json(documents[0] if single else documents)
+    else:
+        emit_table(
+            None,
+            ["tree_size", "root_hash", "timestamp"],
+            [[c.tree_size, c.root_hash, c.timestamp] for c in items],
+        )
+
+
+@app.command("checkpoint")
+def checkpoint_now(
+    db: DbOption = None,
+    key_dir: KeyDirOption = None,
+    data_dir: DataDirOption = None,
+    output_format: FormatOption = OutputFormat.TEXT,
+) -> None:
+    """Sign a checkpoint of the ledger now with the root key."""
+    from veracity.crypto.keys import load_signing_key, private_key_path
+
+    root = load_signing_key(private_key_path(_key_dir(key_dir, data_dir), _ROOT_KEY_NAME))
+    with _open(_db_url(db, data_dir), root_key=root) as ledger:
+        signed = ledger.checkpoint()
+    _emit_checkpoints([signed], output_format, single=True)
+
+
+@app.command("checkpoints")
+def checkpoints(
+    db: DbOption = None,
+    data_dir: DataDirOption = None,
+    output_format: FormatOption = OutputFormat.TEXT,
+) -> None:
+    """List the signed checkpoints, oldest first."""
+    with _open(_db_url(db, data_dir)) as ledger:
+        items = ledger.checkpoints()
+    _emit_checkpoints(items, output_format, single=False)
+
+
+@app.command("prove")
+def prove(
+    seq: Annotated[int, typer.Argument(help="Entry to prove.", min=0)],
+    size: Annotated[
+        int | None,
+        typer.Option(
+            "--size", envvar="VERACITY_SIZE", help="Tree size (default: newest checkpoint)."
+        ),
+    ] = None,
+    db: DbOption = None,
+    data_dir: DataDirOption = None,
+    output_format: FormatOption = OutputFormat.TEXT,
+) -> None:
+    """Print an inclusion proof of entry SEQ (and the checkpoint of that size, if any)."""
+    with _open(_db_url(db, data_dir)) as ledger:
+        proof = ledger.inclusion_proof(seq, size)
+        matching = [c for c in ledger.checkpoints() if c.tree_size == proof.tree_size]
+    document = proof.to_json()
+    document["checkpoint"] = matching[0].to_json() if matching else None
+    if output_format is OutputFormat.JSON:
+        emit_json(document)
+    else:
+        sys.stdout.write(json.dumps(document, indent=2) + "\n")
+
+
+@app.command("verify-proof")
+def verify_proof(
+    proof: Annotated[Path, typer.Option("--proof", envvar="VERACITY_PROOF", help="Proof file.")],
+    checkpoint: Annotated[
+        Path,
+        typer.Option("--checkpoint", envvar="VERACITY_CHECKPOINT", help="Checkpoint file (JSON)."),
+    ],
+    trust: TrustOption,
+    output_format: FormatOption = OutputFormat.TEXT,
+) -> None:
+    """Check an inclusion proof against a checkpoint signed by the trusted root."""
+    from veracity.ledger.ledger import InclusionProof
+
+    trusted = _trusted_root(trust)
+    parsed = InclusionProof.from_json(_read_json(proof, "proof file"))
+    candidates = _load_checkpoints([checkpoint])
+    chosen = next((c for c in candidates if c.tree_size == parsed.tree_size), candidates[0])
+    try:
+        parsed.verify(chosen, trusted)
+    except VerificationError as err:
+        if output_format is OutputFormat.JSON:
+            emit_json(
+                {"ok": False, "seq": parsed.seq, "tree_size": parsed.tree_size, "reason": str(err)}
+            )
+            raise typer.Exit(1) from err
+        raise
+    shown = {
+        "ok": True,
+        "seq": parsed.seq,
+        "tree_size": parsed.tree_size,
+        "root_hash": chosen.root_hash,
+    }
+    if output_format is OutputFormat.JSON:
+        emit_json(shown)
+    else:
+        emit_table("proof verified", list(shown), [list(shown.values())])
+
+
+@app.command("show")
+def show(
+    kind: Annotated[
+        str | None, typer.Option("--kind", envvar="VERACITY_KIND", help="Only this kind.")
+    ] = None,
+    since: Annotated[
+        int, typer.Option("--since", envvar="VERACITY_SINCE", help="From this seq.", min=0)
+    ] = 0,
+    limit: Annotated[
+        int | None,
+        typer.Option("--limit", envvar="VERACITY_LIMIT", help="At most this many.", min=1),
+    ] = None,
+    db: DbOption = None,
+    data_dir: DataDirOption = None,
+    output_format: FormatOption = OutputFormat.TEXT,
+) -> None:
+    """Print entries (optionally of one kind, from a seq)."""
+    with _open(_db_url(db, data_dir)) as ledger:
+        items = ledger.entries(since=since, kind=kind, limit=limit)
+    if output_format is OutputFormat.JSON:
+        emit_json([entry.to_json() for entry in items])
+    else:
+        emit_table(
+            None,
+            ["seq", "ts", "kind", "actor", "payload"],
+            [
+                [e.seq, e.ts, e.kind, e.actor, json.dumps(e.payload, sort_keys=True)[:80]]
+                for e in items
+            ],
+        )
+
+
+@app.command("provenance")
+def provenance(
+    model_hash: Annotated[str, typer.Argument(help="SHA-256 of the model (hex).")],
+    db: DbOption = None,
+    data_dir: DataDirOption = None,
+    output_format: FormatOption = OutputFormat.TEXT,
+) -> None:
+    """W3C PROV lineage of a model (PROV-JSON with --format json, PROV-N otherwise)."""
+    with _open(_db_url(db, data_dir)) as ledger:
+        document = ledger.provenance(model_hash)
+    if output_format is OutputFormat.JSON:
+        emit_json(document)
+        return
+    from prov.model import ProvDocument
+
+    parsed = ProvDocument.deserialize(content=json.dumps(document), format="json")
+    sys.stdout.write(parsed.get_provn() + "\n")

@@ -1,0 +1,1096 @@
+"""The :class:`Ledger` facade: append, checkpoint, read, prove, verify, export, provenance.
+
+Appends are linear under concurrent writers and processes: each runs in a transaction that
+holds the store's write lock (``BEGIN IMMEDIATE`` / ``pg_advisory_xact_lock``) while it
+reads the head, and the schema itself refuses a fork. Everything about an append is
+checked before anything is written: the payload schema, the actor's enrolled key at that
+seq, its role, the signature (made here with ``signer=`` or passed in as base64 with
+``signature=``), the key rules for ``key.*`` events and every receipt of
+``round.completed``. A caller that must commit its own rows together with the entry opens
+:meth:`Ledger.transaction` and passes the session as ``session=``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy import func, insert, select
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import Session
+
+from veracity.crypto.keys import SigningKey, VerifyKey
+from veracity.errors import ConfigError, CryptoError, InputError, ProofError, SignatureError
+from veracity.ledger import store
+from veracity.ledger.checkpoint import Checkpoint, sign_checkpoint
+from veracity.ledger.entry import (
+    GENESIS_PREV,
+    Entry,
+    build_body,
+    format_timestamp,
+    parse_body,
+    statement_bytes,
+    statement_message,
+)
+from veracity.ledger.events import (
+    ROOT_ACTOR,
+    SITE_KINDS,
+    Role,
+    allowed_roles,
+    validate_actor_name,
+    validate_payload,
+)
+from veracity.ledger.keyring import KeyRecord
+from veracity.ledger.merkle import MerkleTree, leaf_hash, verify_consistency, verify_inclusion
+from veracity.ledger.statement import (
+    RECEIPT_DOMAIN,
+    decode_signature,
+    encode_signature,
+    verify_document,
+)
+from veracity.ledger.verify import KeyEvent, RootSignatures, VerifyReport, verify_database
+
+__all__ = ["Ledger", "EventRequest", "InclusionProof", "ConsistencyProof"]
+
+
+@dataclass(frozen=True)
+class EventRequest:
+    """One event to append: exactly one of ``signer`` or ``signature`` must be given."""
+
+    kind: str
+    actor: str
+    payload: dict[str, Any]
+    signer: SigningKey | None = None
+    signature: str | None = None
+
+
+@dataclass(frozen=True)
+class InclusionProof:
+    """RFC 9162 inclusion proof of entry ``seq`` in the tree of ``tree_size`` leaves."""
+
+    log_id: str
+    seq: int
+    tree_size: int
+    entry: bytes
+    proof: tuple[bytes, ...]
+
+    def to_json(self) -> dict[str, Any]:
+        """JSON-ready form (hashes in hex, the entry bytes as UTF-8 text)."""
+        return {
+            "type": "inclusion",
+            "log_id": self.log_id,
+            "seq": self.seq,
+            "tree_size": self.tree_size,
+            "leaf_hash": leaf_hash(self.entry).hex(),
+            "entry": self.entry.decode("utf-8"),
+            "proof": [item.hex() for item in self.proof],
+        }
+
+    @classmethod
+    def from_json(cls, document: Any) -> InclusionProof:
+        """Parse :meth:`to_json` output.
+
+        Raises
+        ------
+        InputError
+            If the document is not an inclusion proof.
+        """
+        try:
+            if document["type"] != "inclusion":
+                raise InputError("not an inclusion proof")
+            proof = cls(
+                log_id=str(document["log_id"]),
+                seq=int(document["seq"]),
+                tree_size=int(document["tree_size"]),
+                entry=str(document["entry"]).encode("utf-8"),
+                proof=tuple(bytes.fromhex(item) for item in document["proof"]),
+            )
+        except (KeyError, TypeError, ValueError) as err:
+            raise InputError(f"malformed inclusion proof: {err}") from err
+        if document.get("leaf_hash") not in (None, leaf_hash(proof.entry).hex()):
+            raise InputError("inclusion proof's leaf_hash is not the hash of its entry")
+        return proof
+
+    def verify(self, checkpoint: Checkpoint, trusted_root: VerifyKey) -> None:
+        """Check the proof against a checkpoint signed by ``trusted_root``.
+
+        The tree size comes from the signed checkpoint, never from the proof alone.
+
+        Raises
+        ------
+        SignatureError
+            If the checkpoint is not signed by ``trusted_root``.
+        ProofError
+            If the proof is for another log or size, or does not lead to the root.
+        """
+        checkpoint.verify(trusted_root)
+        if checkpoint.log_id != self.log_id:
+            raise ProofError("the proof and the checkpoint belong to different logs")
+        if checkpoint.tree_size != self.tree_size:
+            raise ProofError(
+                f"the proof is for tree size {self.tree_size} but the checkpoint is for "
+                f"{checkpoint.tree_size}"
+            )
+        try:
+            entry = parse_body(self.entry)
+        except InputError as err:
+            raise ProofError(f"the proved entry is malformed: {err}") from err
+        if entry.seq != self.seq:
+            raise ProofError(f"the proved entry is seq {entry.seq}, not {self.seq}")
+        verify_inclusion(
+            leaf_hash(self.entry),
+            self.seq,
+            self.tree_size,
+            list(self.proof),
+            bytes.fromhex(checkpoint.root_hash),
+        )
+
+
+@dataclass(frozen=True)
+class ConsistencyProof:
+    """RFC 9162 consistency proof that the tree of ``new_size`` extends ``old_size``."""
+
+    log_id: str
+    old_size: int
+    new_size: int
+    proof: tuple[bytes, ...]
+
+    def to_json(self) -> dict[str, Any]:
+        """JSON-ready form (hashes in hex)."""
+        return {
+            "type": "consistency",
+            "log_id": self.log_id,
+            "old_size": self.old_size,
+            "new_size": self.new_size,
+            "proof": [item.hex() for item in self.proof],
+        }
+
+    def verify(self, old: Checkpoint, new: Checkpoint, trusted_root: VerifyKey) -> None:
+        """Check the proof between two checkpoints signed by ``trusted_root``.
+
+        Raises
+        ------
+        SignatureError
+            If either checkpoint is not signed by ``trusted_root``.
+        ProofError
+            If the sizes or logs do not match or the trees diverge.
+        """
+        old.verify(trusted_root)
+        new.verify(trusted_root)
+        if {old.log_id, new.log_id} != {self.log_id}:
+            raise ProofError("the proof and the checkpoints belong to different logs")
+        if (old.tree_size, new.tree_size) != (self.old_size, self.new_size):
+            raise ProofError("the proof is for other tree sizes than the checkpoints")
+        verify_consistency(
+            self.old_size,
+            self.new_size,
+            list(self.proof),
+            bytes.fromhex(old.root_hash),
+            bytes.fromhex(new.root_hash),
+        )
+
+
+@dataclass
+class _Prepared:
+    request: EventRequest
+    statement: bytes
+    signature: str
+
+
+def _entry_from_row(row: Any) -> Entry:
+    return parse_body(bytes(row.body))
+
+
+def _checkpoint_from_row(row: store.CheckpointRow) -> Checkpoint:
+    return Checkpoint(
+        log_id=row.log_id,
+        tree_size=row.tree_size,
+        root_hash=bytes(row.root_hash).hex(),
+        timestamp=row.timestamp,
+        signature=row.signature,
+    )
+
+
+class _KeyView:
+    """Key lookups while appending: the key index plus the batch's own key events."""
+
+    def __init__(self, session: Session) -> None:
+        self._session = session
+        self._pending: dict[str, list[tuple[int, KeyRecord | None]]] = {}
+        self._pending_holders: dict[str, str] = {}
+
+    def key_at(self, name: str, seq: int) -> KeyRecord | None:
+        for event_seq, record in reversed(self._pending.get(name, [])):
+            if event_seq < seq:
+                return record
+        row = self._session.execute(
+            select(store.KeyEventRow)
+            .where(store.KeyEventRow.name == name, store.KeyEventRow.seq < seq)
+            .order_by(store.KeyEventRow.seq.desc())
+            .limit(1)
+        ).scalar_one_or_none()
+        if row is None or row.action != "enrolled" or row.public_key is None or row.role is None:
+            return None
+        return KeyRecord(
+            name=row.name,
+            role=Role(row.role),
+            key=VerifyKey.from_pem(row.public_key),
+            enrolled_seq=row.seq,
+        )
+
+    def holder_of(self, key_id: str) -> str | None:
+        if key_id in self._pending_holders:
+            return self._pending_holders[key_id]
+        return self._session.execute(
+            select(store.KeyEventRow.name)
+            .where(store.KeyEventRow.key_id == key_id, store.KeyEventRow.action == "enrolled")
+            .limit(1)
+        ).scalar_one_or_none()
+
+    def record(self, seq: int, name: str, record: KeyRecord | None) -> None:
+        self._pending.setdefault(name, []).append((seq, record))
+        if record is not None:
+            self._pending_holders[record.key_id] = name
+
+
+class Ledger:
+    """A signed, hash-chained, Merkle-proved ledger in a SQL database.
+
+    Open one with :meth:`open` (existing ledger) or :meth:`init` (new one, writes genesis).
+    ``root_key`` is needed to sign checkpoints; with it, a checkpoint is signed
+    automatically whenever ``checkpoint_every`` entries have passed since the last one.
+    """
+
+    def __init__(
+        self, engine: Engine, url: str, *, root_key: SigningKey | None, checkpoint_every: int
+    ) -> None:
+        if checkpoint_every < 0:
+            raise ConfigError("checkpoint_every must be >= 0 (0 turns automatic checkpoints off)")
+        self.engine = engine
+        self.url = url
+        self.root_key = root_key
+        self.checkpoint_every = checkpoint_every
+        self._tree = MerkleTree()
+        self._tree_lock = threading.RLock()
+        self._log_id: str | None = None
+
+    # ------------------------------------------------------------------ opening
+
+    @classmethod
+    def open(
+        cls, url: str, *, root_key: SigningKey | None = None, checkpoint_every: int = 1000
+    ) -> Ledger:
+        """Open an existing ledger.
+
+        Raises
+        ------
+        ConfigError
+            If there is no database, no ledger schema at the current revision, or no
+            genesis entry, or ``root_key`` is not the ledger's root.
+        """
+        path = store.sqlite_path(url)
+        if path is not None and not path.exists():
+            raise ConfigError(f"no ledger database at {path}; run `veracity ledger init`")
+        engine = store.create_engine(url)
+        try:
+            revision = store.current_revision(engine)
+        except sa.exc.DatabaseError as err:
+            engine.dispose()
+            raise ConfigError(f"cannot read the database: {str(err).splitlines()[0]}") from err
+        if revision is None:
+            engine.dispose()
+            raise ConfigError("the database holds no ledger; run `veracity ledger init`")
+        if revision != store.head_revision():
+            engine.dispose()
+            raise ConfigError(
+                f"the ledger schema is at {revision}, this version needs "
+                f"{store.head_revision()}; run `veracity ledger init` to migrate"
+            )
+        ledger = cls(engine, url, root_key=root_key, checkpoint_every=checkpoint_every)
+        try:
+            genesis = ledger._genesis()
+            if root_key is not None and genesis.payload["public_key"] != root_key.public.pem():
+                raise ConfigError("the given root key is not this ledger's root key")
+        except BaseException:
+            engine.dispose()
+            raise
+        return ledger
+
+    @classmethod
+    def init(
+        cls,
+        url: str,
+        *,
+        root_key: SigningKey,
+        now: datetime | None = None,
+        checkpoint_every: int = 1000,
+    ) -> Ledger:
+        """Create (or migrate) the ledger tables and write genesis if there is none.
+
+        Genesis is the root's own ``key.enrolled`` entry (name ``coordinator``, role
+        ``root``), signed by the root key.
+
+        Raises
+        ------
+        ConfigError
+            If the ledger already has a genesis for another root key.
+        """
+        engine = store.create_engine(url)
+        try:
+            store.upgrade(engine)
+        except sa.exc.DatabaseError as err:
+            engine.dispose()
+            raise ConfigError(f"cannot create the ledger: {str(err).splitlines()[0]}") from err
+        ledger = cls(engine, url, root_key=root_key, checkpoint_every=checkpoint_every)
+        try:
+            with store.write_session(engine) as session:
+                row = session.get(store.EntryRow, 0)
+                if row is None:
+                    ledger._write_genesis(session, root_key, now)
+                elif parse_body(bytes(row.body)).payload["public_key"] != root_key.public.pem():
+                    raise ConfigError("this ledger was created under another root key")
+        except BaseException:
+            engine.dispose()
+            raise
+        return ledger
+
+    def close(self) -> None:
+        """Release the database connections."""
+        self.engine.dispose()
+
+    def __enter__(self) -> Ledger:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _write_genesis(self, session: Session, root_key: SigningKey, now: datetime | None) -> None:
+        ts = format_timestamp(now)
+        payload = {
+            "name": ROOT_ACTOR,
+            "role": Role.ROOT.value,
+            "public_key": root_key.public.pem(),
+            "valid_from": ts,
+        }
+        statement = statement_bytes("key.enrolled", ROOT_ACTOR, payload)
+        signature = encode_signature(root_key.sign(statement_message(statement)))
+        body = build_body(statement, prev=GENESIS_PREV, seq=0, signature=signature, ts=ts)
+        session.execute(
+            insert(store.EntryRow),
+            [
+                {
+                    "seq": 0,
+                    "ts": ts,
+                    "kind": "key.enrolled",
+                    "actor": ROOT_ACTOR,
+                    "prev_seq": None,
+                    "prev": bytes(32),
+                    "hash": leaf_hash(body),
+                    "body": body,
+                }
+            ],
+        )
+        session.execute(
+            insert(store.KeyEventRow),
+            [
+                {
+                    "seq": 0,
+                    "name": ROOT_ACTOR,
+                    "action": "enrolled",
+                    "role": Role.ROOT.value,
+                    "key_id": root_key.public.key_id,
+                    "public_key": payload["public_key"],
+                }
+            ],
+        )
+
+    def _genesis(self) -> Entry:
+        with store.read_session(self.engine) as session:
+            row = session.get(store.EntryRow, 0)
+        if row is None:
+            raise ConfigError("the ledger has no genesis entry; run `veracity ledger init`")
+        return _entry_from_row(row)
+
+    @property
+    def log_id(self) -> str:
+        """The log's id: the genesis entry's leaf hash (hex)."""
+        if self._log_id is None:
+            self._log_id = self._genesis().hash
+        return self._log_id
+
+    @property
+    def root_public_key(self) -> VerifyKey:
+        """The root key this ledger's genesis enrols (not a trust anchor: pin your own)."""
+        return VerifyKey.from_pem(self._genesis().payload["public_key"])
+
+    def transaction(self) -> AbstractContextManager[Session]:
+        """A session holding the write lock; pass it as ``session=`` to append.
+
+        The caller's own rows and the ledger entries commit together when the block ends
+        and roll back together when it raises.
+        """
+        return store.write_session(self.engine)
+
+    # ------------------------------------------------------------------ appending
+
+    def append(
+        self,
+        kind: str,
+        actor: str,
+        payload: dict[str, Any],
+        *,
+        signer: SigningKey | None = None,
+        signature: str | None = None,
+        session: Session | None = None,
+        now: datetime | None = None,
+    ) -> Entry:
+        """Record one event.
+
+        Parameters
+        ----------
+        kind, actor, payload
+            The event; ``payload`` must match the kind's schema.
+        signer
+            The actor's private key, to sign here; or
+        signature
+            a base64 statement signature made elsewhere (``sign_statement``).
+        session
+            Append inside this session's transaction (from :meth:`transaction`); it is
+            not committed here.
+        now
+            The entry's timestamp (default: the current time).
+
+        Raises
+        ------
+        InputError
+            Unknown kind, invalid payload or actor name, or a refused key event.
+        SignatureError
+            Neither or both of ``signer``/``signature``, a malformed signature, or one not
+            made by the key the actor holds at this seq (never enrolled, or revoked); a
+            receipt not signed by its site.
+        """
+        request = EventRequest(kind, actor, payload, signer=signer, signature=signature)
+        return self.append_batch([request], session=session, now=now)[0]
+
+    def append_batch(
+        self,
+        requests: Sequence[EventRequest],
+        *,
+        session: Session | None = None,
+        now: datetime | None = None,
+    ) -> list[Entry]:
+        """Record several events in one transaction: all of them, or none.
+
+        This is the fast path: canonicalisation and signing happen before the write lock
+        is taken, and the rows go in with one multi-row insert per checkpoint interval.
+
+        Raises
+        ------
+        InputError, SignatureError
+            As for :meth:`append`; nothing is written.
+        """
+        prepared = [self._prepare(request) for request in requests]
+        if not prepared:
+            return []
+        ts = format_timestamp(now)
+        if session is not None:
+            store.acquire_write_lock(session)
+            return self._append_locked(session, prepared, ts)
+        with store.write_session(self.engine) as own:
+            return self._append_locked(own, prepared, ts)
+
+    def _prepare(self, request: EventRequest) -> _Prepared:
+        validate_actor_name(request.actor)
+        validate_payload(request.kind, request.payload, actor=request.actor)
+        if (request.signer is None) == (request.signature is None):
+            raise SignatureError("give exactly one of signer= or signature=")
+        statement = statement_bytes(request.kind, request.actor, request.payload)
+        if request.signer is not None:
+            signature = encode_signature(request.signer.sign(statement_message(statement)))
+        elif request.signature is not None:
+            signature = request.signature
+            decode_signature(signature)
+        return _Prepared(request=request, statement=statement, signature=signature)
+
+    def _check_event(self, keys: _KeyView, seq: int, item: _Prepared) -> KeyRecord | None:
+        """Every check that needs the ledger's state; returns the key change, if any."""
+        request = item.request
+        record = keys.key_at(request.actor, seq)
+        if record is None:
+            raise SignatureError(
+                f"{request.actor!r} holds no enrolled key (never enrolled, or revoked)"
+            )
+        roles = allowed_roles(request.kind)
+        if roles is not None and record.role not in roles:
+            raise SignatureError(f"a {record.role.value} key may not record {request.kind}")
+        if request.signer is not None:
+            if request.signer.public != record.key:
+                raise SignatureError(f"the signer is not the key enrolled for {request.actor!r}")
+        else:
+            record.key.verify(decode_signature(item.signature), statement_message(item.statement))
+        payload = request.payload
+        if request.kind == "round.completed":
+            for signed in payload["receipts"]:
+                site = signed["receipt"]["site"]
+                site_record = keys.key_at(site, seq)
+                if site_record is None or site_record.role is not Role.SITE:
+                    raise SignatureError(f"receipt of {site!r}: the site holds no enrolled key")
+                try:
+                    verify_document(
+                        site_record.key, RECEIPT_DOMAIN, signed["receipt"], signed["signature"]
+                    )
+                except SignatureError as err:
+                    raise SignatureError(f"receipt of {site!r} is not signed by its key") from err
+        if request.kind == "key.enrolled":
+            name, role = payload["name"], Role(payload["role"])
+            if role is Role.ROOT or name == ROOT_ACTOR:
+                raise InputError(
+                    "the root key is enrolled only by genesis; a new root needs a new log"
+                )
+            try:
+                key = VerifyKey.from_pem(payload["public_key"])
+            except CryptoError as err:  # pragma: no cover - the schema checked it
+                raise InputError(str(err)) from err
+            holder = keys.holder_of(key.key_id)
+            if holder is not None and holder != name:
+                raise InputError(f"this public key is already enrolled for {holder!r}")
+            current = keys.key_at(name, seq + 1)
+            if current is not None and current.role is not role:
+                raise InputError(
+                    f"{name!r} is enrolled as {current.role.value}; roles do not change"
+                )
+            return KeyRecord(name=name, role=role, key=key, enrolled_seq=seq)
+        if request.kind == "key.revoked":
+            name = payload["name"]
+            if name == ROOT_ACTOR:
+                raise InputError("the root key cannot be revoked inside its own log")
+            current = keys.key_at(name, seq + 1)
+            if current is None or current.key_id != payload["key_id"]:
+                raise InputError(f"key {payload['key_id'][:16]} is not {name!r}'s current key")
+        return None
+
+    def _append_locked(self, session: Session, prepared: list[_Prepared], ts: str) -> list[Entry]:
+        head = session.execute(
+            select(store.EntryRow.seq, store.EntryRow.hash)
+            .order_by(store.EntryRow.seq.desc())
+            .limit(1)
+        ).first()
+        if head is None:
+            raise ConfigError("the ledger has no genesis entry; run `veracity ledger init`")
+        seq, prev = head.seq + 1, bytes(head.hash)
+        last_checkpoint = session.scalar(select(func.max(store.CheckpointRow.tree_size))) or 0
+        auto = self.root_key is not None and self.checkpoint_every > 0
+        keys = _KeyView(session)
+        entry_rows: list[dict[str, Any]] = []
+        key_rows: list[dict[str, Any]] = []
+        statement_rows: dict[bytes, int] = {}
+        checkpoint_rows: list[dict[str, Any]] = []
+        entries: list[Entry] = []
+        tree: MerkleTree | None = None
+        tree_start = 0
+        with self._tree_lock:
+            try:
+                for item in prepared:
+                    change = self._check_event(keys, seq, item)
+                    request = item.request
+                    body = build_body(
+                        item.statement, prev=prev.hex(), seq=seq, signature=item.signature, ts=ts
+                    )
+                    digest = leaf_hash(body)
+                    entry_rows.append(
+                        {
+                            "seq": seq,
+                            "ts": ts,
+                            "kind": request.kind,
+                            "actor": request.actor,
+                            "prev_seq": seq - 1,
+                            "prev": prev,
+                            "hash": digest,
+                            "body": body,
+                        }
+                    )
+                    entries.append(
+                        Entry(
+                            seq=seq,
+                            ts=ts,
+                            kind=request.kind,
+                            actor=request.actor,
+                            payload=request.payload,
+                            prev=prev.hex(),
+                            signature=item.signature,
+                            body=body,
+                        )
+                    )
+                    if request.kind in ("key.enrolled", "key.revoked"):
+                        payload = request.payload
+                        keys.record(seq, payload["name"], change)
+                        key_rows.append(
+                            {
+                                "seq": seq,
+                                "name": payload["name"],
+                                "action": "enrolled" if change is not None else "revoked",
+                                "role": change.role.value if change is not None else None,
+                                "key_id": change.key_id
+                                if change is not None
+                                else payload["key_id"],
+                                "public_key": payload["public_key"] if change is not None else None,
+                            }
+                        )
+                    if request.kind in SITE_KINDS:
+                        statement_digest = hashlib.sha256(item.statement).digest()
+                        if statement_digest in statement_rows:
+                            raise InputError("this signed statement appears twice in the batch")
+                        statement_rows[statement_digest] = seq
+                    if tree is not None:
+                        tree.append(digest)
+                    seq, prev = seq + 1, digest
+                    if auto and seq - last_checkpoint >= self.checkpoint_every:
+                        if tree is None:
+                            tree = self._synced_tree(session, upto=seq - len(entry_rows))
+                            tree_start = tree.size
+                            tree.extend(row["hash"] for row in entry_rows)
+                        checkpoint_entry, checkpoint_row = self._make_checkpoint(
+                            keys, tree, seq, prev, ts
+                        )
+                        entry_rows.append(checkpoint_entry[0])
+                        entries.append(checkpoint_entry[1])
+                        checkpoint_rows.append(checkpoint_row)
+                        digest = checkpoint_entry[0]["hash"]
+                        tree.append(digest)
+                        last_checkpoint = seq
+                        seq, prev = seq + 1, digest
+                if statement_rows:
+                    already = session.execute(
+                        select(store.SiteStatementRow.seq).where(
+                            store.SiteStatementRow.digest.in_(list(statement_rows))
+                        )
+                    ).first()
+                    if already is not None:
+                        raise InputError(
+                            f"this signed statement is already recorded at seq {already.seq}"
+                        )
+                session.execute(insert(store.EntryRow), entry_rows)
+                if statement_rows:
+                    session.execute(
+                        insert(store.SiteStatementRow),
+                        [{"digest": d, "seq": s} for d, s in statement_rows.items()],
+                    )
+                if key_rows:
+                    session.execute(insert(store.KeyEventRow), key_rows)
+                if checkpoint_rows:
+                    session.execute(insert(store.CheckpointRow), checkpoint_rows)
+                session.flush()
+            except BaseException:
+                if tree is not None:
+                    tree.truncate(tree_start)
+                raise
+        return entries
+
+    def _make_checkpoint(
+        self, keys: _KeyView, tree: MerkleTree, seq: int, prev: bytes, ts: str
+    ) -> tuple[tuple[dict[str, Any], Entry], dict[str, Any]]:
+        """Sign a checkpoint of the first ``seq`` entries and build its entry at ``seq``."""
+        if self.root_key is None:
+            raise ConfigError("signing a checkpoint needs the root key (root.pem)")
+        root = tree.root(seq)
+        checkpoint = sign_checkpoint(
+            self.root_key, log_id=self.log_id, tree_size=seq, root_hash=root.hex(), timestamp=ts
+        )
+        payload = {
+            "tree_size": seq,
+            "root_hash": checkpoint.root_hash,
+            "log_id": checkpoint.log_id,
+            "signature": checkpoint.signature,
+        }
+        item = self._prepare(EventRequest("checkpoint", ROOT_ACTOR, payload, signer=self.root_key))
+        self._check_event(keys, seq, item)
+        body = build_body(item.statement, prev=prev.hex(), seq=seq, signature=item.signature, ts=ts)
+        digest = leaf_hash(body)
+        row = {
+            "seq": seq,
+            "ts": ts,
+            "kind": "checkpoint",
+            "actor": ROOT_ACTOR,
+            "prev_seq": seq - 1,
+            "prev": prev,
+            "hash": digest,
+            "body": body,
+        }
+        entry = Entry(
+            seq=seq,
+            ts=ts,
+            kind="checkpoint",
+            actor=ROOT_ACTOR,
+            payload=payload,
+            prev=prev.hex(),
+            signature=item.signature,
+            body=body,
+        )
+        checkpoint_row = {
+            "tree_size": seq,
+            "root_hash": root,
+            "timestamp": ts,
+            "log_id": checkpoint.log_id,
+            "signature": checkpoint.signature,
+        }
+        return (row, entry), checkpoint_row
+
+    def checkpoint(
+        self, *, now: datetime | None = None, session: Session | None = None
+    ) -> Checkpoint:
+        """Sign a checkpoint of the whole ledger now and record it (as an entry too).
+
+        Raises
+        ------
+        ConfigError
+            If this ledger was opened without the root key.
+        """
+        if self.root_key is None:
+            raise ConfigError("signing a checkpoint needs the root key (root.pem)")
+        ts = format_timestamp(now)
+        if session is not None:
+            store.acquire_write_lock(session)
+            return self._checkpoint_locked(session, ts)
+        with store.write_session(self.engine) as own:
+            return self._checkpoint_locked(own, ts)
+
+    def _checkpoint_locked(self, session: Session, ts: str) -> Checkpoint:
+        head = session.execute(
+            select(store.EntryRow.seq, store.EntryRow.hash)
+            .order_by(store.EntryRow.seq.desc())
+            .limit(1)
+        ).first()
+        if head is None:
+            raise ConfigError("the ledger has no genesis entry; run `veracity ledger init`")
+        size = head.seq + 1
+        with self._tree_lock:
+            tree = self._synced_tree(session, upto=size)
+            keys = _KeyView(session)
+            (row, _entry), checkpoint_row = self._make_checkpoint(
+                keys, tree, size, bytes(head.hash), ts
+            )
+            session.execute(insert(store.EntryRow), [row])
+            session.execute(insert(store.CheckpointRow), [checkpoint_row])
+            session.flush()
+        return Checkpoint(
+            log_id=checkpoint_row["log_id"],
+            tree_size=size,
+            root_hash=checkpoint_row["root_hash"].hex(),
+            timestamp=ts,
+            signature=checkpoint_row["signature"],
+        )
+
+    # ------------------------------------------------------------------ Merkle cache
+
+    def _synced_tree(self, session: Session, *, upto: int) -> MerkleTree:
+        """The cached tree brought to exactly ``upto`` leaves from ``session``'s view."""
+        tree = self._tree
+        if tree.size > upto:
+            tree.truncate(upto)
+        if tree.size:
+            stored = session.execute(
+                select(store.EntryRow.hash).where(store.EntryRow.seq == tree.size - 1)
+            ).scalar_one_or_none()
+            if stored is None or bytes(stored) != tree.leaf(tree.size - 1):
+                tree.truncate(0)
+        if tree.size < upto:
+            result = session.execute(
+                select(store.EntryRow.hash)
+                .where(store.EntryRow.seq >= tree.size, store.EntryRow.seq < upto)
+                .order_by(store.EntryRow.seq)
+                .execution_options(yield_per=65536)
+            )
+            expected = upto - tree.size
+            blob = b"".join(bytes(value) for value in result.scalars())
+            if len(blob) != expected * 32:
+                raise InputError("the ledger has gaps; run `veracity ledger verify`")
+            tree.extend_blob(blob)
+        return tree
+
+    def root(self, size: int | None = None) -> bytes:
+        """The Merkle root of the first ``size`` entries (default: all).
+
+        Raises
+        ------
+        InputError
+            If ``size`` exceeds the ledger.
+        """
+        with store.read_session(self.engine) as session, self._tree_lock:
+            current = self._size(session)
+            wanted = current if size is None else size
+            if not 0 <= wanted <= current:
+                raise InputError(f"the ledger has {current} entries, not {wanted}")
+            return self._synced_tree(session, upto=current).root(wanted)
+
+    def inclusion_proof(self, seq: int, size: int | None = None) -> InclusionProof:
+        """Prove entry ``seq`` is in the tree of ``size`` entries.
+
+        ``size`` defaults to the newest checkpoint that covers ``seq`` (so the proof can
+        be checked against a signed root), else the current size.
+
+        Raises
+        ------
+        InputError
+            If ``seq`` is not below ``size`` or ``size`` exceeds the ledger.
+        """
+        with store.read_session(self.engine) as session, self._tree_lock:
+            current = self._size(session)
+            if size is None:
+                latest = session.scalar(select(func.max(store.CheckpointRow.tree_size)))
+                size = latest if latest is not None and latest > seq else current
+            if not 0 <= seq < size <= current:
+                raise InputError(f"no entry {seq} in a tree of size {size} (ledger has {current})")
+            tree = self._synced_tree(session, upto=current)
+            body = session.execute(
+                select(store.EntryRow.body).where(store.EntryRow.seq == seq)
+            ).scalar_one()
+            return InclusionProof(
+                log_id=self.log_id,
+                seq=seq,
+                tree_size=size,
+                entry=bytes(body),
+                proof=tuple(tree.inclusion_proof(seq, size)),
+            )
+
+    def consistency_proof(self, old_size: int, new_size: int | None = None) -> ConsistencyProof:
+        """Prove the tree of ``new_size`` entries (default: all) extends ``old_size``.
+
+        Raises
+        ------
+        InputError
+            If the sizes are not ``0 < old_size <= new_size <= size()``.
+        """
+        with store.read_session(self.engine) as session, self._tree_lock:
+            current = self._size(session)
+            new = current if new_size is None else new_size
+            if not 0 < old_size <= new <= current:
+                raise InputError(
+                    f"no consistency proof from {old_size} to {new} (ledger has {current})"
+                )
+            tree = self._synced_tree(session, upto=current)
+            return ConsistencyProof(
+                log_id=self.log_id,
+                old_size=old_size,
+                new_size=new,
+                proof=tuple(tree.consistency_proof(old_size, new)),
+            )
+
+    # ------------------------------------------------------------------ reading
+
+    @staticmethod
+    def _size(session: Session) -> int:
+        top = session.scalar(select(func.max(store.EntryRow.seq)))
+        return 0 if top is None else int(top) + 1
+
+    def size(self) -> int:
+        """Number of entries (genesis included)."""
+        with store.read_session(self.engine) as session:
+            return self._size(session)
+
+    def get(self, seq: int) -> Entry:
+        """The entry at ``seq``.
+
+        Raises
+        ------
+        InputError
+            If there is no such entry.
+        """
+        with store.read_session(self.engine) as session:
+            row = session.get(store.EntryRow, seq)
+        if row is None:
+            raise InputError(f"no entry {seq} in the ledger")
+        return _entry_from_row(row)
+
+    def entries(
+        self,
+        *,
+        since: int = 0,
+        kind: str | None = None,
+        actor: str | None = None,
+        limit: int | None = None,
+    ) -> list[Entry]:
+        """Entries with ``seq >= since`` in order, optionally of one kind or actor."""
+        return list(self.iter_entries(since=since, kind=kind, actor=actor, limit=limit))
+
+    def iter_entries(
+        self,
+        *,
+        since: int = 0,
+        kind: str | None = None,
+        actor: str | None = None,
+        limit: int | None = None,
+    ) -> Iterator[Entry]:
+        """Like :meth:`entries`, streaming."""
+        query = select(store.EntryRow.body).where(store.EntryRow.seq >= since)
+        if kind is not None:
+            query = query.where(store.EntryRow.kind == kind)
+        if actor is not None:
+            query = query.where(store.EntryRow.actor == actor)
+        query = query.order_by(store.EntryRow.seq)
+        if limit is not None:
+            query = query.limit(limit)
+        with store.read_session(self.engine) as session:
+            result = session.execute(query.execution_options(yield_per=2048))
+            try:
+                for body in result.scalars():
+                    yield parse_body(bytes(body))
+            finally:
+                result.close()
+
+    def key_at(self, name: str, seq: int | None = None) -> KeyRecord | None:
+        """The key ``name`` holds for signing entry ``seq`` (default: the next entry)."""
+        with store.read_session(self.engine) as session:
+            where = self._size(session) if seq is None else seq
+            return _KeyView(session).key_at(name, where)
+
+    def key_history(self, name: str) -> list[tuple[int, str, str]]:
+        """Every key event of ``name``: (seq, ``enrolled``/``revoked``, key id)."""
+        with store.read_session(self.engine) as session:
+            rows = session.execute(
+                select(store.KeyEventRow)
+                .where(store.KeyEventRow.name == name)
+                .order_by(store.KeyEventRow.seq)
+            ).scalars()
+            return [(row.seq, row.action, row.key_id) for row in rows]
+
+    def checkpoints(self) -> list[Checkpoint]:
+        """Every signed checkpoint, oldest first."""
+        with store.read_session(self.engine) as session:
+            rows = session.execute(
+                select(store.CheckpointRow).order_by(store.CheckpointRow.tree_size)
+            ).scalars()
+            return [_checkpoint_from_row(row) for row in rows]
+
+    def latest_checkpoint(self) -> Checkpoint | None:
+        """The newest signed checkpoint, if any."""
+        with store.read_session(self.engine) as session:
+            row = session.execute(
+                select(store.CheckpointRow).order_by(store.CheckpointRow.tree_size.desc()).limit(1)
+            ).scalar_one_or_none()
+            return None if row is None else _checkpoint_from_row(row)
+
+    def _key_events(self, session: Session, size: int) -> list[KeyEvent]:
+        rows = session.execute(
+            select(store.EntryRow.seq, store.EntryRow.body)
+            .where(
+                store.EntryRow.kind.in_(("key.enrolled", "key.revoked")), store.EntryRow.seq < size
+            )
+            .order_by(store.EntryRow.seq)
+        )
+        events: list[KeyEvent] = []
+        for seq, body in rows:
+            try:
+                entry = parse_body(bytes(body))
+            except InputError:
+                continue  # the chunk check reports the malformed entry at its seq
+            events.append((int(seq), entry.kind, entry.payload))
+        return events
+
+    # ------------------------------------------------------------------ verify, export
+
+    def verify(
+        self,
+        trusted_root: VerifyKey,
+        *,
+        known_checkpoints: Sequence[Checkpoint] = (),
+        root_signatures: RootSignatures = "all",
+        workers: int | None = None,
+    ) -> VerifyReport:
+        """Recompute and check everything (see :mod:`veracity.ledger.verify`).
+
+        Parameters
+        ----------
+        trusted_root
+            The auditor's pinned root public key (not the one the ledger names).
+        known_checkpoints
+            Checkpoints the auditor saw before; the ledger must extend each of them.
+        root_signatures
+            ``"all"`` checks every entry's signature; ``"tail"`` skips the root's own
+            per-entry signatures below the newest checkpoint (which already commits to
+            them) and still checks every site signature and receipt.
+        workers
+            Processes for the entry checks (default: one per CPU for large ledgers).
+
+        Raises
+        ------
+        LedgerIntegrityError
+            Naming the first bad seq (where determinable) and what was wrong.
+        """
+        with store.read_session(self.engine) as session:
+            size = self._size(session)
+            events = self._key_events(session, size)
+            listed = [
+                _checkpoint_from_row(row)
+                for row in session.execute(
+                    select(store.CheckpointRow).order_by(store.CheckpointRow.tree_size)
+                ).scalars()
+            ]
+        return verify_database(
+            self.url,
+            size=size,
+            trusted_root=trusted_root,
+            key_events=events,
+            checkpoints=listed,
+            known_checkpoints=known_checkpoints,
+            root_signatures=root_signatures,
+            workers=workers,
+        )
+
+    def export_bundle(self, path: Path) -> dict[str, Any]:
+        """Write every entry, checkpoint and key event into one offline-verifiable file.
+
+        The file appears atomically (written beside it, then renamed).
+
+        Returns
+        -------
+        dict
+            ``{"path", "entries", "checkpoints", "bytes", "sha256"}``.
+        """
+        from veracity.ledger.bundle import write_bundle
+
+        with store.read_session(self.engine) as session:
+            size = self._size(session)
+            events = self._key_events(session, size)
+            listed = [
+                _checkpoint_from_row(row)
+                for row in session.execute(
+                    select(store.CheckpointRow).order_by(store.CheckpointRow.tree_size)
+                ).scalars()
+            ]
+            bodies = (
+                bytes(body)
+                for body in session.execute(
+                    select(store.EntryRow.body)
+                    .where(store.EntryRow.seq < size)
+                    .order_by(store.EntryRow.seq)
+                    .execution_options(yield_per=4096)
+                ).scalars()
+            )
+            return write_bundle(
+                Path(os.fspath(path)),
+                log_id=self.log_id,
+                size=size,
+                bodies=bodies,
+                checkpoints=listed,
+                key_events=events,
+            )
+
+    def provenance(self, model_hash: str) -> dict[str, Any]:
+        """W3C PROV-JSON of one model's lineage, derived from the entries.
+
+        Raises
+        ------
+        InputError
+            If no entry mentions the model.
+        """
+        from veracity.ledger.provenance import build_provenance
+
+        return build_provenance(self, model_hash)

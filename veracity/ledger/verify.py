@@ -1,0 +1,796 @@
+"""Offline verification: recompute everything from the entry bytes and the pinned root key.
+
+What is checked, for every entry ``seq``:
+
+* the stored leaf hash is ``SHA-256(0x00 || bytes)`` and the bytes are RFC 8785 canonical
+  JSON of exactly ``{actor, kind, payload, prev, seq, signature, ts}``;
+* ``seq`` is contiguous from 0 and ``prev`` is the previous entry's leaf hash (64 zeros for
+  genesis); the stored columns (``prev``, ``prev_seq``, ``kind``, ``actor``, ``ts``) agree
+  with the bytes;
+* the payload passes its kind's schema;
+* the actor holds an enrolled key at ``seq`` (key history replayed from the ``key.*``
+  entries), its role may record this kind, and the statement signature verifies under it;
+  genesis must enrol the *trusted* root key and be signed by it;
+* every receipt inside ``round.completed`` is signed by the named site's enrolled key;
+* every checkpoint (recorded entries, the checkpoint list, and any the auditor pins) is
+  signed by the trusted root, names this log, matches the recomputed tree, and each
+  consecutive pair is proved consistent; a checkpoint beyond the end of the ledger means
+  entries were cut; site cosignatures verify and match the tree.
+
+The entries are checked in chunks that run in parallel processes when the ledger is large
+(Ed25519 verification dominates: about 130 us per signature with OpenSSL here). The key
+history is read first from the ``key.*`` entries (an index), each chunk looks keys up in it,
+and afterwards the key events the chunks actually found must be exactly that index.
+
+With ``root_signatures="tail"`` the per-entry signatures of the *root's own* entries are
+checked only after the newest checkpoint: below it, the root's checkpoint signature already
+commits to those exact bytes (including the per-entry signature), so checking them again
+proves nothing more. Site signatures and receipts are always checked.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import itertools
+import json
+import os
+from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from contextlib import closing
+from dataclasses import dataclass, field
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any, Literal
+
+from cryptography.exceptions import InvalidSignature
+
+from veracity.crypto.keys import VerifyKey
+from veracity.errors import (
+    CryptoError,
+    InputError,
+    LedgerIntegrityError,
+    ProofError,
+    SignatureError,
+)
+from veracity.ledger.checkpoint import Checkpoint, verify_cosignature
+from veracity.ledger.entry import GENESIS_PREV, parse_body, statement_message, statement_of_body
+from veracity.ledger.events import ROOT_ACTOR, SITE_KINDS, Role, allowed_roles, validate_payload
+from veracity.ledger.keyring import KeyHistory
+from veracity.ledger.merkle import MerkleTree, leaf_hash, verify_consistency
+from veracity.ledger.statement import RECEIPT_DOMAIN, verify_document
+
+__all__ = [
+    "RootSignatures",
+    "VerifyReport",
+    "KeyEvent",
+    "verify_rows",
+    "verify_database",
+    "verify_bundle_file",
+    "DEFAULT_CHUNK",
+]
+
+RootSignatures = Literal["all", "tail"]
+#: (seq, kind, payload) of a ``key.*`` entry.
+KeyEvent = tuple[int, str, dict[str, Any]]
+#: A stored row: seq, hash, prev_seq, prev, kind, actor, ts, body (``None`` where unknown).
+Row = tuple[
+    int | None, bytes | None, int | None, bytes | None, str | None, str | None, str | None, bytes
+]
+
+#: Entries per chunk; a power of two so chunks align with Merkle subtrees.
+DEFAULT_CHUNK = 1 << 15
+#: Below this many entries, verification runs in this process.
+PARALLEL_THRESHOLD = 20_000
+_KEY_KINDS = ("key.enrolled", "key.revoked")
+_ZERO_HASH = bytes(32)
+
+
+@dataclass(frozen=True)
+class VerifyReport:
+    """What a successful verification covered."""
+
+    entries: int
+    checkpoints: int
+    log_id: str
+    root_hash: str
+    signatures: int
+    receipts: int
+
+    def to_json(self) -> dict[str, Any]:
+        """The report in the CLI's JSON shape (plus details)."""
+        return {
+            "ok": True,
+            "entries": self.entries,
+            "checkpoints": self.checkpoints,
+            "first_bad_seq": None,
+            "reason": None,
+            "log_id": self.log_id,
+            "root_hash": self.root_hash,
+            "signatures_checked": self.signatures,
+            "receipts_checked": self.receipts,
+        }
+
+
+@dataclass
+class _Chunk:
+    """What one chunk of entries showed."""
+
+    start: int
+    count: int = 0
+    first_prev: str | None = None
+    last_hash: bytes | None = None
+    leaves: bytes = b""
+    key_events: list[KeyEvent] = field(default_factory=list)
+    checkpoint_entries: list[tuple[int, str, dict[str, Any]]] = field(default_factory=list)
+    cosignatures: list[tuple[int, str, dict[str, Any]]] = field(default_factory=list)
+    site_statements: list[tuple[bytes, int]] = field(default_factory=list)
+    signatures: int = 0
+    receipts: int = 0
+    error: tuple[int, str] | None = None
+
+
+@dataclass(frozen=True)
+class _Task:
+    """A chunk to check: where its rows come from and what it needs to know."""
+
+    source: tuple[str, str]  # ("db", url) or ("bundle", path)
+    start: int
+    end: int  # seq bound (db) or byte bound (bundle)
+    byte_start: int
+    trusted_root: bytes
+    key_events: tuple[KeyEvent, ...]
+    covered_size: int
+    root_signatures: RootSignatures
+
+
+class _Failure(Exception):
+    def __init__(self, seq: int, reason: str) -> None:
+        super().__init__(reason)
+        self.seq = seq
+        self.reason = reason
+
+
+def _history(events: Iterable[KeyEvent]) -> KeyHistory:
+    history = KeyHistory()
+    for seq, kind, payload in events:
+        try:
+            history.apply(seq, kind, payload)
+        except (InputError, CryptoError, KeyError, ValueError) as err:
+            raise _Failure(seq, f"invalid key event: {err}") from err
+    return history
+
+
+def _decode_signature(text: str) -> bytes:
+    try:
+        raw = base64.b64decode(text.encode("ascii"), validate=True)
+    except (binascii.Error, UnicodeEncodeError) as err:
+        raise SignatureError("signature is not base64") from err
+    if len(raw) != 64:
+        raise SignatureError("an Ed25519 signature is 64 bytes")
+    return raw
+
+
+def _check_rows(rows: Iterable[Row], task: _Task) -> _Chunk:
+    """Check consecutive rows starting at ``task.start``; stops at the first failure."""
+    chunk = _Chunk(start=task.start)
+    leaves = bytearray()
+    try:
+        history = _history(task.key_events)
+    except _Failure as failure:
+        chunk.error = (failure.seq, failure.reason)
+        return chunk
+    trusted_root = VerifyKey.from_raw(task.trusted_root)
+    expected = task.start
+    prev_hash: bytes | None = None
+    try:
+        for seq_col, hash_col, prev_seq_col, prev_col, kind_col, actor_col, ts_col, body in rows:
+            seq = expected
+            if seq_col is not None and seq_col != seq:
+                if seq_col > seq:
+                    raise _Failure(
+                        seq, f"entry {seq} is missing (the next stored entry is {seq_col})"
+                    )
+                raise _Failure(seq, f"entry {seq_col} is stored out of order")
+            digest = leaf_hash(body)
+            if hash_col is not None and bytes(hash_col) != digest:
+                raise _Failure(seq, "stored hash does not match the entry bytes")
+            try:
+                entry = parse_body(bytes(body))
+            except InputError as err:
+                raise _Failure(seq, f"entry bytes are malformed: {err}") from err
+            if entry.seq != seq:
+                raise _Failure(
+                    seq, f"entry bytes say seq {entry.seq} (entries reordered or inserted)"
+                )
+            if prev_hash is None:
+                chunk.first_prev = entry.prev
+                if seq == 0 and entry.prev != GENESIS_PREV:
+                    raise _Failure(0, "genesis prev is not 64 zeros")
+            elif entry.prev != prev_hash.hex():
+                raise _Failure(seq, f"prev is not the hash of entry {seq - 1} (chain broken)")
+            if prev_col is not None:
+                stored_prev = bytes(prev_col)
+                wanted_prev = _ZERO_HASH if seq == 0 else bytes.fromhex(entry.prev)
+                if stored_prev != wanted_prev or prev_seq_col != (None if seq == 0 else seq - 1):
+                    raise _Failure(seq, "stored prev columns do not match the entry bytes")
+            if (kind_col, actor_col, ts_col) != (None, None, None) and (
+                kind_col,
+                actor_col,
+                ts_col,
+            ) != (entry.kind, entry.actor, entry.ts):
+                raise _Failure(seq, "stored kind, actor or ts columns do not match the entry bytes")
+            try:
+                validate_payload(entry.kind, entry.payload, actor=entry.actor)
+            except InputError as err:
+                raise _Failure(seq, str(err)) from err
+            kind, actor, payload = entry.kind, entry.actor, entry.payload
+            if seq == 0:
+                if kind != "key.enrolled" or actor != ROOT_ACTOR or payload["role"] != Role.ROOT:
+                    raise _Failure(0, f"genesis must be key.enrolled of {ROOT_ACTOR!r} as root")
+                if VerifyKey.from_pem(payload["public_key"]) != trusted_root:
+                    raise _Failure(0, "genesis enrols a root key other than the trusted root key")
+                signer = trusted_root
+                role = Role.ROOT
+            else:
+                record = history.key_at(actor, seq)
+                if record is None:
+                    raise _Failure(
+                        seq, f"{actor!r} holds no enrolled key here (never enrolled, or revoked)"
+                    )
+                signer = record.key
+                role = record.role
+            roles = allowed_roles(kind)
+            if roles is not None and role not in roles:
+                raise _Failure(seq, f"a {role.value} key may not record {kind}")
+            check_signature = (
+                seq == 0
+                or role is not Role.ROOT
+                or task.root_signatures == "all"
+                or seq >= task.covered_size
+            )
+            if check_signature:
+                message = statement_message(statement_of_body(entry.body))
+                try:
+                    raw_signature = _decode_signature(entry.signature)
+                    signer.key.verify(raw_signature, message)
+                except (SignatureError, InvalidSignature) as err:
+                    raise _Failure(
+                        seq, f"signature does not verify under {actor!r}'s enrolled key"
+                    ) from err
+                chunk.signatures += 1
+                if kind in SITE_KINDS:
+                    chunk.site_statements.append((message, seq))
+            if kind in _KEY_KINDS:
+                chunk.key_events.append((seq, kind, payload))
+            elif kind == "round.completed":
+                for signed in payload["receipts"]:
+                    site = signed["receipt"]["site"]
+                    site_record = history.key_at(site, seq)
+                    if site_record is None or site_record.role is not Role.SITE:
+                        raise _Failure(seq, f"receipt of {site!r}: no enrolled site key here")
+                    try:
+                        verify_document(
+                            site_record.key, RECEIPT_DOMAIN, signed["receipt"], signed["signature"]
+                        )
+                    except SignatureError as err:
+                        raise _Failure(
+                            seq, f"receipt of {site!r} is not signed by its enrolled key (forged)"
+                        ) from err
+                    chunk.receipts += 1
+            elif kind == "checkpoint":
+                if payload["tree_size"] != seq:
+                    raise _Failure(
+                        seq, "a checkpoint entry must record the tree of the entries before it"
+                    )
+                chunk.checkpoint_entries.append((seq, entry.ts, payload))
+            elif kind == "checkpoint.cosigned":
+                if payload["tree_size"] > seq:
+                    raise _Failure(seq, "a cosignature can only cover entries before it")
+                chunk.cosignatures.append((seq, actor, payload))
+            leaves += digest
+            prev_hash = digest
+            expected += 1
+            chunk.count += 1
+    except _Failure as failure:
+        chunk.error = (failure.seq, failure.reason)
+    chunk.last_hash = prev_hash
+    chunk.leaves = bytes(leaves)
+    return chunk
+
+
+def _db_rows(url: str, start: int, end: int) -> Iterator[Row]:
+    import sqlalchemy as sa
+
+    from veracity.ledger.store import create_engine
+
+    engine = create_engine(url)
+    query = sa.text(
+        "SELECT seq, hash, prev_seq, prev, kind, actor, ts, body FROM ledger_entry "
+        "WHERE seq >= :start AND seq < :end ORDER BY seq"
+    )
+    try:
+        with engine.connect() as connection:
+            result = connection.execution_options(yield_per=4096).execute(
+                query, {"start": start, "end": end}
+            )
+            try:
+                for row in result:
+                    yield (
+                        row[0],
+                        bytes(row[1]),
+                        row[2],
+                        bytes(row[3]),
+                        row[4],
+                        row[5],
+                        row[6],
+                        bytes(row[7]),
+                    )
+            finally:
+                result.close()
+    finally:
+        engine.dispose()
+
+
+def _bundle_rows(path: str, byte_start: int, byte_end: int) -> Iterator[Row]:
+    with open(path, "rb") as handle:
+        handle.seek(byte_start)
+        position = byte_start
+        while position < byte_end:
+            line = handle.readline()
+            if not line:
+                return
+            position += len(line)
+            yield (None, None, None, None, None, None, None, line.rstrip(b"\n"))
+
+
+def _run_task(task: _Task) -> _Chunk:
+    kind, where = task.source
+    if kind == "db":
+        rows: Iterator[Row] = _db_rows(where, task.start, task.end)
+    else:
+        rows = _bundle_rows(where, task.byte_start, task.end)
+    with closing(rows):
+        return _check_rows(rows, task)
+
+
+def _run_tasks(tasks: Sequence[_Task], workers: int) -> list[_Chunk]:
+    if workers <= 1 or len(tasks) <= 1:
+        return [_run_task(task) for task in tasks]
+    context = get_context("spawn")
+    with ProcessPoolExecutor(max_workers=min(workers, len(tasks)), mp_context=context) as pool:
+        return list(pool.map(_run_task, tasks))
+
+
+def _worker_count(workers: int | None, size: int) -> int:
+    if size < PARALLEL_THRESHOLD:
+        return 1
+    if workers is None:
+        return os.cpu_count() or 1
+    return max(1, workers)
+
+
+def _fail(errors: list[tuple[int | None, str]]) -> None:
+    if not errors:
+        return
+    with_seq = [(seq, reason) for seq, reason in errors if seq is not None]
+    if with_seq:
+        seq, reason = min(with_seq, key=lambda item: item[0])
+        raise LedgerIntegrityError(reason, seq=seq)
+    raise LedgerIntegrityError(errors[0][1])
+
+
+def _check_checkpoints(
+    tree: MerkleTree,
+    log_id: str,
+    trusted_root: VerifyKey,
+    listed: Sequence[Checkpoint],
+    chunks: Sequence[_Chunk],
+    known: Sequence[Checkpoint],
+) -> None:
+    size = tree.size
+    errors: list[tuple[int | None, str]] = []
+    recorded: dict[int, Checkpoint] = {}
+    for chunk in chunks:
+        for seq, ts, payload in chunk.checkpoint_entries:
+            checkpoint = Checkpoint(
+                log_id=payload["log_id"],
+                tree_size=payload["tree_size"],
+                root_hash=payload["root_hash"],
+                timestamp=ts,
+                signature=payload["signature"],
+            )
+            recorded[seq] = checkpoint
+            try:
+                checkpoint.verify(trusted_root)
+            except SignatureError:
+                errors.append((seq, "checkpoint entry is not signed by the trusted root key"))
+                continue
+            if checkpoint.log_id != log_id:
+                errors.append((seq, "checkpoint entry names another log"))
+            elif tree.root(seq).hex() != checkpoint.root_hash:
+                errors.append((seq, f"checkpoint entry's root does not match entries 0..{seq - 1}"))
+        for seq, site, payload in chunk.cosignatures:
+            cosigned_size = payload["tree_size"]
+            if payload["log_id"] != log_id:
+                errors.append((seq, "cosignature names another log"))
+            elif tree.root(cosigned_size).hex() != payload["root_hash"]:
+                errors.append((seq, f"{site!r} cosigned a root that does not match the entries"))
+    _fail(errors)
+    by_size: dict[int, Checkpoint] = {}
+    for checkpoint in listed:
+        try:
+            checkpoint.verify(trusted_root)
+        except SignatureError:
+            errors.append(
+                (
+                    None,
+                    f"checkpoint of size {checkpoint.tree_size} is forged: not signed by "
+                    + "the trusted root key",
+                )
+            )
+            continue
+        if checkpoint.log_id != log_id:
+            errors.append((None, f"checkpoint of size {checkpoint.tree_size} names another log"))
+            continue
+        other = by_size.get(checkpoint.tree_size)
+        if other is not None and other.root_hash != checkpoint.root_hash:
+            errors.append(
+                (
+                    None,
+                    f"two checkpoints of size {checkpoint.tree_size} with different roots: "
+                    + "the log forked",
+                )
+            )
+            continue
+        by_size[checkpoint.tree_size] = checkpoint
+        if checkpoint.tree_size >= size:
+            errors.append(
+                (
+                    size,
+                    f"the ledger ends at {size} entries but a checkpoint signed its size "
+                    f"{checkpoint.tree_size} (and its own entry): entries were cut",
+                )
+            )
+            continue
+        entry = recorded.get(checkpoint.tree_size)
+        if entry != checkpoint:
+            errors.append(
+                (
+                    checkpoint.tree_size,
+                    "the checkpoint list and the checkpoint entry at this seq differ",
+                )
+            )
+    listed_sizes = {c.tree_size for c in listed}
+    for seq in recorded:
+        if seq not in listed_sizes:
+            errors.append((seq, "checkpoint entry is missing from the checkpoint list"))
+    _fail(errors)
+    ordered = sorted(by_size.values(), key=lambda c: c.tree_size)
+    previous_good = 0
+    for checkpoint in ordered:
+        if tree.root(checkpoint.tree_size).hex() != checkpoint.root_hash:
+            errors.append(
+                (
+                    None,
+                    f"checkpoint of size {checkpoint.tree_size} does not match the entries: "
+                    f"some entry in {previous_good}..{checkpoint.tree_size - 1} differs from "
+                    "what the root signed",
+                )
+            )
+            break
+        previous_good = checkpoint.tree_size
+    _fail(errors)
+    for older, newer in itertools.pairwise(ordered):
+        try:
+            verify_consistency(
+                older.tree_size,
+                newer.tree_size,
+                tree.consistency_proof(older.tree_size, newer.tree_size),
+                bytes.fromhex(older.root_hash),
+                bytes.fromhex(newer.root_hash),
+            )
+        except ProofError as err:
+            raise LedgerIntegrityError(
+                f"checkpoints {older.tree_size} and {newer.tree_size} are not consistent: {err}"
+            ) from err
+    for pinned in known:
+        try:
+            pinned.verify(trusted_root)
+        except SignatureError as err:
+            raise LedgerIntegrityError(
+                f"the pinned checkpoint of size {pinned.tree_size} is not signed by the "
+                "trusted root"
+            ) from err
+        if pinned.log_id != log_id:
+            raise LedgerIntegrityError("the pinned checkpoint belongs to another log")
+        if pinned.tree_size > size:
+            raise LedgerIntegrityError(
+                f"the ledger has {size} entries but you hold a checkpoint of size "
+                f"{pinned.tree_size}: entries were cut or rolled back",
+                seq=size,
+            )
+        if pinned.tree_size and tree.root(pinned.tree_size).hex() != pinned.root_hash:
+            raise LedgerIntegrityError(
+                f"the ledger is not consistent with the checkpoint of size {pinned.tree_size} "
+                "you hold: its history was rewritten or forked"
+            )
+
+
+def _check_cosignature_keys(
+    chunks: Sequence[_Chunk], history: KeyHistory
+) -> list[tuple[int | None, str]]:
+    errors: list[tuple[int | None, str]] = []
+    for chunk in chunks:
+        for seq, site, payload in chunk.cosignatures:
+            record = history.key_at(site, seq)
+            if record is None:
+                errors.append((seq, f"{site!r} holds no key for its cosignature"))
+                continue
+            try:
+                verify_cosignature(
+                    record.key,
+                    log_id=payload["log_id"],
+                    tree_size=payload["tree_size"],
+                    root_hash=payload["root_hash"],
+                    signature=payload["signature"],
+                )
+            except SignatureError:
+                errors.append((seq, f"cosignature of {site!r} does not verify"))
+    return errors
+
+
+def _finish(
+    chunks: list[_Chunk],
+    size: int,
+    index_events: Sequence[KeyEvent],
+    trusted_root: VerifyKey,
+    listed: Sequence[Checkpoint],
+    known: Sequence[Checkpoint],
+) -> VerifyReport:
+    errors: list[tuple[int | None, str]] = []
+    expected = 0
+    previous_last: bytes | None = None
+    for chunk in chunks:
+        if chunk.error is not None:
+            errors.append(chunk.error)
+        if chunk.start != expected:
+            errors.append((expected, f"entry {expected} is missing"))
+        if (
+            chunk.count
+            and chunk.start > 0
+            and previous_last is not None
+            and chunk.first_prev != previous_last.hex()
+        ):
+            errors.append(
+                (chunk.start, f"prev is not the hash of entry {chunk.start - 1} (chain broken)")
+            )
+        if chunk.error is not None:
+            break
+        expected = chunk.start + chunk.count
+        previous_last = chunk.last_hash
+    if not errors and expected != size:
+        errors.append((expected, f"entry {expected} is missing"))
+    if size == 0:
+        errors.append((0, "the ledger is empty (no genesis)"))
+    limit = min((seq for seq, _ in errors if seq is not None), default=size)
+    found = [event for chunk in chunks for event in chunk.key_events if event[0] < limit]
+    indexed = [event for event in index_events if event[0] < limit]
+    for position in range(max(len(found), len(indexed))):
+        mine = found[position] if position < len(found) else None
+        theirs = indexed[position] if position < len(indexed) else None
+        if mine != theirs:
+            where = min(e[0] for e in (mine, theirs) if e is not None)
+            errors.append((where, "the key events in the entries differ from the key index here"))
+            break
+    _fail(errors)
+    first_seen: dict[bytes, int] = {}
+    for chunk in chunks:
+        for message, seq in chunk.site_statements:
+            earlier = first_seen.setdefault(message, seq)
+            if earlier != seq:
+                errors.append(
+                    (seq, f"replays the site statement already recorded at seq {earlier}")
+                )
+    _fail(errors)
+    try:
+        history = _history(found)
+    except _Failure as failure:
+        raise LedgerIntegrityError(failure.reason, seq=failure.seq) from failure
+    _fail(_check_cosignature_keys(chunks, history))
+    tree = MerkleTree()
+    for chunk in chunks:
+        tree.extend_blob(chunk.leaves)
+    genesis_hash = tree.leaf(0).hex()
+    _check_checkpoints(tree, genesis_hash, trusted_root, listed, chunks, known)
+    return VerifyReport(
+        entries=size,
+        checkpoints=len({c.tree_size for c in listed}),
+        log_id=genesis_hash,
+        root_hash=tree.root().hex(),
+        signatures=sum(chunk.signatures for chunk in chunks),
+        receipts=sum(chunk.receipts for chunk in chunks),
+    )
+
+
+def _covered_size(listed: Sequence[Checkpoint], size: int) -> int:
+    sizes = [c.tree_size for c in listed if c.tree_size < size]
+    return max(sizes, default=0)
+
+
+def verify_rows(
+    rows: Iterable[Row],
+    *,
+    trusted_root: VerifyKey,
+    key_events: Sequence[KeyEvent],
+    checkpoints: Sequence[Checkpoint] = (),
+    known_checkpoints: Sequence[Checkpoint] = (),
+    root_signatures: RootSignatures = "all",
+) -> VerifyReport:
+    """Verify a ledger given as rows in this process (small ledgers and tests).
+
+    Raises
+    ------
+    LedgerIntegrityError
+        Naming the first bad seq (where determinable) and what was wrong.
+    """
+    materialised = list(rows)
+    task = _Task(
+        source=("rows", ""),
+        start=0,
+        end=len(materialised),
+        byte_start=0,
+        trusted_root=trusted_root.raw,
+        key_events=tuple(key_events),
+        covered_size=_covered_size(checkpoints, len(materialised)),
+        root_signatures=root_signatures,
+    )
+    chunk = _check_rows(materialised, task)
+    return _finish(
+        [chunk], len(materialised), key_events, trusted_root, checkpoints, known_checkpoints
+    )
+
+
+def verify_database(
+    url: str,
+    *,
+    size: int,
+    trusted_root: VerifyKey,
+    key_events: Sequence[KeyEvent],
+    checkpoints: Sequence[Checkpoint],
+    known_checkpoints: Sequence[Checkpoint] = (),
+    root_signatures: RootSignatures = "all",
+    workers: int | None = None,
+    chunk_size: int = DEFAULT_CHUNK,
+) -> VerifyReport:
+    """Verify the first ``size`` entries of the ledger at ``url``, in parallel when large.
+
+    Raises
+    ------
+    LedgerIntegrityError
+        Naming the first bad seq (where determinable) and what was wrong.
+    """
+    covered = _covered_size(checkpoints, size)
+    tasks = [
+        _Task(
+            source=("db", url),
+            start=start,
+            end=min(start + chunk_size, size),
+            byte_start=0,
+            trusted_root=trusted_root.raw,
+            key_events=tuple(key_events),
+            covered_size=covered,
+            root_signatures=root_signatures,
+        )
+        for start in range(0, max(size, 1), chunk_size)
+    ]
+    chunks = _run_tasks(tasks, _worker_count(workers, size))
+    return _finish(chunks, size, key_events, trusted_root, checkpoints, known_checkpoints)
+
+
+@dataclass(frozen=True)
+class _BundleLayout:
+    size: int
+    offsets: list[int]  # byte offset of every chunk's first entry, plus the end of entries
+    checkpoints: list[Checkpoint]
+    key_events: list[KeyEvent]
+
+
+def _read_bundle_layout(path: Path, chunk_size: int) -> _BundleLayout:
+    from veracity.ledger.bundle import BUNDLE_FORMAT, BUNDLE_VERSION
+
+    try:
+        handle = path.open("rb")
+    except OSError as err:
+        raise InputError(f"cannot read bundle {path}: {err.strerror}") from err
+    with handle:
+        header_line = handle.readline()
+        try:
+            header = json.loads(header_line)
+        except ValueError as err:
+            raise LedgerIntegrityError("bundle header is not JSON: not a ledger bundle") from err
+        if not isinstance(header, dict) or header.get("format") != BUNDLE_FORMAT:
+            raise LedgerIntegrityError("not a Veracity ledger bundle")
+        if header.get("version") != BUNDLE_VERSION:
+            raise LedgerIntegrityError(f"unsupported bundle version {header.get('version')!r}")
+        size = header.get("entries")
+        if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+            raise LedgerIntegrityError("bundle header has no entry count")
+        offsets: list[int] = []
+        position = len(header_line)
+        for index in range(size):
+            if index % chunk_size == 0:
+                offsets.append(position)
+            line = handle.readline()
+            if not line.endswith(b"\n"):
+                raise LedgerIntegrityError(
+                    f"the bundle ends after {index} entries but its header says {size}", seq=index
+                )
+            position += len(line)
+        offsets.append(position)
+        trailer = handle.read()
+    try:
+        documents = [json.loads(line) for line in trailer.splitlines() if line.strip()]
+    except ValueError as err:
+        raise LedgerIntegrityError("bundle trailer (checkpoints, keys) is not JSON") from err
+    checkpoints: list[Checkpoint] = []
+    key_events: list[KeyEvent] = []
+    seen = set()
+    for document in documents:
+        if not isinstance(document, dict) or len(document) != 1:
+            raise LedgerIntegrityError(
+                "bundle trailer records must be {checkpoints} or {key_events}"
+            )
+        ((name, value),) = document.items()
+        seen.add(name)
+        try:
+            if name == "checkpoints":
+                checkpoints = [Checkpoint.from_json(item) for item in value]
+            elif name == "key_events":
+                key_events = [(int(s), str(k), dict(p)) for s, k, p in value]
+            else:
+                raise LedgerIntegrityError(f"unknown bundle record {name!r}")
+        except (InputError, TypeError, ValueError) as err:
+            raise LedgerIntegrityError(f"bundle {name} record is malformed: {err}") from err
+    if seen != {"checkpoints", "key_events"}:
+        raise LedgerIntegrityError("bundle lacks its checkpoints or key_events record")
+    return _BundleLayout(size=size, offsets=offsets, checkpoints=checkpoints, key_events=key_events)
+
+
+def verify_bundle_file(
+    path: Path,
+    *,
+    trusted_root: VerifyKey,
+    known_checkpoints: Sequence[Checkpoint] = (),
+    root_signatures: RootSignatures = "all",
+    workers: int | None = None,
+    chunk_size: int = DEFAULT_CHUNK,
+) -> VerifyReport:
+    """Verify an exported bundle with nothing but the trusted root public key.
+
+    Raises
+    ------
+    InputError
+        If the file cannot be read.
+    LedgerIntegrityError
+        If the bundle is malformed or any check fails (naming the first bad seq).
+    """
+    layout = _read_bundle_layout(path, chunk_size)
+    covered = _covered_size(layout.checkpoints, layout.size)
+    tasks = [
+        _Task(
+            source=("bundle", str(path)),
+            start=index * chunk_size,
+            end=layout.offsets[index + 1],
+            byte_start=layout.offsets[index],
+            trusted_root=trusted_root.raw,
+            key_events=tuple(layout.key_events),
+            covered_size=covered,
+            root_signatures=root_signatures,
+        )
+        for index in range(len(layout.offsets) - 1)
+    ]
+    chunks = _run_tasks(tasks, _worker_count(workers, layout.size))
+    return _finish(
+        chunks, layout.size, layout.key_events, trusted_root, layout.checkpoints, known_checkpoints
+    )
