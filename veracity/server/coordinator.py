@@ -132,7 +132,11 @@ class Coordinator:
     """Sites, studies, runs and models, each change recorded in the ledger."""
 
     def __init__(
-        self, paths: CoordinatorPaths, config: CoordinatorConfig, ledger: Ledger, root_key: SigningKey
+        self,
+        paths: CoordinatorPaths,
+        config: CoordinatorConfig,
+        ledger: Ledger,
+        root_key: SigningKey,
     ) -> None:
         self.paths = paths
         self.config = config
@@ -387,9 +391,7 @@ class Coordinator:
         return [latest[key] for key in sorted(latest)]
 
     # ----------------------------------------------------------------- studies
-    def propose_study(
-        self, document: dict[str, Any], *, session: Session | None = None
-    ) -> Study:
+    def propose_study(self, document: dict[str, Any], *, session: Session | None = None) -> Study:
         """Record a new study; its code hash is the FAB this coordinator will submit.
 
         Raises
@@ -443,7 +445,9 @@ class Coordinator:
 
     def studies(self) -> list[Study]:
         """Every proposed study, oldest first."""
-        return [parse_study(e.payload["study"]) for e in self.ledger.iter_entries(kind="study.proposed")]
+        return [
+            parse_study(e.payload["study"]) for e in self.ledger.iter_entries(kind="study.proposed")
+        ]
 
     def decisions(self, study_hash: str) -> dict[str, dict[str, Any]]:
         """Each site's latest decision on a study: the payload plus ``kind`` and ``seq``."""
@@ -491,7 +495,8 @@ class Coordinator:
         approved = self.approvals(study_hash)
         if len(approved) < study.min_sites:
             raise ApprovalMissing(
-                f"{len(approved)} site(s) approved study {study.study_id}; it needs {study.min_sites}"
+                f"{len(approved)} site(s) approved study {study.study_id}; "
+                f"it needs {study.min_sites}"
             )
         fab = build_fab()
         if fab.fab_hash != study.code_hash:

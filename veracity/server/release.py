@@ -67,9 +67,7 @@ def build_model_card(
         "label": study.label,
         "scaling": [list(pair) for pair in study.scaling],
         "output": "one logit for the positive class; probability = sigmoid(logit), decision at 0.5",
-        "intended_use": (
-            study.title or study.study_id
-        )
+        "intended_use": (study.title or study.study_id)
         + ". Research use within the approving network; not validated for clinical decisions.",
         "limitations": [
             "Trained on the approving sites' cohorts only; performance elsewhere is unknown.",
@@ -114,7 +112,7 @@ def release_model(
     """Store the model with its card and record ``model.released``; returns its hash."""
     card = build_model_card(coordinator, study, run_id, weights, outcomes)
     registry = ModelRegistry(coordinator.paths.models)
-    model_hash = registry.put(
+    model_hash: str = registry.put(
         study.model_spec,
         weights,
         features=list(study.features),

@@ -45,12 +45,12 @@ class RunSettings:
     started_timeout: float = 30.0
 
 
-def _openssh_key_matches(enrolled_openssh: str, node_public_key_pem: str) -> bool:
+def _openssh_key_matches(enrolled_openssh: str, node_public_key_pem: bytes) -> bool:
     from cryptography.hazmat.primitives import serialization
 
     try:
         enrolled = serialization.load_ssh_public_key(enrolled_openssh.encode())
-        connected = serialization.load_pem_public_key(node_public_key_pem.encode())
+        connected = serialization.load_pem_public_key(node_public_key_pem)
     except (ValueError, TypeError):
         return False
     raw = serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
@@ -60,8 +60,11 @@ def _openssh_key_matches(enrolled_openssh: str, node_public_key_pem: str) -> boo
 def match_nodes_to_sites(
     coordinator: Coordinator, grid: PollingGrid, approved: set[str]
 ) -> dict[int, str]:
-    """Connected nodes whose registered name is an approving site and whose SuperNode key
-    is the one that site enrolled."""
+    """Map connected nodes to approving sites.
+
+    A node counts for a site when its registered name is the site's and the SuperNode key
+    it authenticated with is the one the site enrolled.
+    """
     matched: dict[int, str] = {}
     for node in grid.get_nodes():
         if node.name not in approved:
