@@ -556,13 +556,15 @@ class PublicContext:
 
 
 def _check_parameters(runtime: _Runtime, data: bytes) -> None:
-    _check_seal_blob(data, "encryption parameters", max_bytes=64 * 1024)
     parms = sa.EncryptionParameters(sa.SCHEME_TYPE.CKKS)
     try:
+        _check_seal_blob(data, "encryption parameters", max_bytes=64 * 1024)
         parms.load(_scratch().stage(data))
-    except _SEAL_ERRORS as err:
+    except (InputError, *_SEAL_ERRORS) as err:
         if _load_as_secret_key(runtime, data):
             raise CryptoError("refused: the 'encryption_parameters' part is a secret key") from err
+        if isinstance(err, InputError):
+            raise
         raise InputError(f"malformed encryption parameters: {err}") from err
     if parms.scheme() != sa.SCHEME_TYPE.CKKS:
         raise CryptoError("the context's encryption parameters are not CKKS")
@@ -584,13 +586,15 @@ def _check_parameters(runtime: _Runtime, data: bytes) -> None:
 
 
 def _load_key(runtime: _Runtime, data: bytes, name: str) -> Any:
-    _check_seal_blob(data, name, max_bytes=32 * 1024 * 1024)
     key = sa.GaloisKeys() if name == "galois_keys" else sa.RelinKeys()
     try:
+        _check_seal_blob(data, name, max_bytes=32 * 1024 * 1024)
         key.load(runtime.context, _scratch().stage(data))
-    except _SEAL_ERRORS as err:
+    except (InputError, *_SEAL_ERRORS) as err:
         if _load_as_secret_key(runtime, data):
             raise CryptoError(f"refused: the {name!r} part is a secret key") from err
+        if isinstance(err, InputError):
+            raise
         raise CryptoError(f"{name} do not load under {runtime.parameter_set.name}: {err}") from err
     return key
 
