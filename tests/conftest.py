@@ -12,8 +12,12 @@ from __future__ import annotations
 import os
 import secrets
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import numpy as np
+import numpy.typing as npt
 import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import make_url
@@ -86,3 +90,76 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'veracity.db'}"
     return str(request.getfixturevalue("pg_url"))
+
+
+# ---- Encrypted inference: reference models trained in plaintext on breast-cancer data -------
+
+
+@dataclass(frozen=True)
+class BreastCancerSplit:
+    """scikit-learn's breast-cancer data, stratified 75/25 (seed 0), study scaling from train."""
+
+    feature_names: tuple[str, ...]
+    scaling: tuple[tuple[float, float], ...]
+    train_x: npt.NDArray[np.float64]
+    train_y: npt.NDArray[np.int64]
+    test_x: npt.NDArray[np.float64]
+    test_y: npt.NDArray[np.int64]
+    raw_test_x: npt.NDArray[np.float64]
+
+
+@pytest.fixture(scope="session")
+def breast_cancer() -> BreastCancerSplit:
+    """The split every encrypted-inference test uses (standardised and raw test rows)."""
+    from sklearn.datasets import load_breast_cancer
+    from sklearn.model_selection import train_test_split
+
+    data = load_breast_cancer()
+    x_train, x_test, y_train, y_test = train_test_split(
+        data.data, data.target, test_size=0.25, stratify=data.target, random_state=0
+    )
+    means, stds = x_train.mean(axis=0), x_train.std(axis=0)
+    return BreastCancerSplit(
+        feature_names=tuple(str(name) for name in data.feature_names),
+        scaling=tuple((float(m), float(s)) for m, s in zip(means, stds, strict=True)),
+        train_x=(x_train - means) / stds,
+        train_y=y_train,
+        test_x=(x_test - means) / stds,
+        test_y=y_test,
+        raw_test_x=x_test,
+    )
+
+
+@pytest.fixture(scope="session")
+def trained_models(breast_cancer: BreastCancerSplit) -> dict[str, tuple[Any, dict[str, Any]]]:
+    """``{"logistic": (spec, weights), "poly_mlp": (spec, weights)}`` trained in plaintext."""
+    import torch
+    from sklearn.linear_model import LogisticRegression
+
+    from veracity.tasks.models import ModelFamily, ModelSpec, build_model, model_weights
+
+    n = breast_cancer.train_x.shape[1]
+    lr = LogisticRegression(max_iter=5000).fit(breast_cancer.train_x, breast_cancer.train_y)
+    logistic = {
+        "linear.weight": lr.coef_.astype(np.float32),
+        "linear.bias": lr.intercept_.astype(np.float32),
+    }
+    spec = ModelSpec(ModelFamily.POLY_MLP, n)
+    state = torch.random.get_rng_state()
+    torch.manual_seed(0)
+    try:
+        model = build_model(spec, seed=0)
+        optimiser = torch.optim.Adam(model.parameters(), lr=3e-3, weight_decay=1e-2)
+        x = torch.tensor(breast_cancer.train_x, dtype=torch.float32)
+        y = torch.tensor(breast_cancer.train_y, dtype=torch.float32)
+        for _ in range(300):
+            optimiser.zero_grad()
+            loss = torch.nn.functional.binary_cross_entropy_with_logits(model(x), y)
+            torch.autograd.backward(loss)
+            optimiser.step()
+    finally:
+        torch.random.set_rng_state(state)
+    return {
+        "logistic": (ModelSpec(ModelFamily.LOGISTIC, n), logistic),
+        "poly_mlp": (spec, model_weights(model)),
+    }

@@ -90,11 +90,13 @@ def config_show(
 
 def _register_subcommands() -> None:
     """Attach the command groups of the subpackages (each imports its heavy deps lazily)."""
+    from veracity.client.predict_cli import register as register_predict
     from veracity.crypto.cli import app as keys_app
     from veracity.ledger.cli import app as ledger_app
 
     app.add_typer(keys_app, name="keys")
     app.add_typer(ledger_app, name="ledger")
+    register_predict(app)
 
 
 def _fail(message: str, code: int, error: BaseException) -> int:

@@ -1,0 +1,311 @@
+"""Encrypted evaluation against plaintext, and what the server accepts (TenSEAL / SEAL)."""
+
+from __future__ import annotations
+
+import itertools
+import struct
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from veracity.crypto.he import PublicContext, SecretContext, evaluate, seal_primes
+from veracity.crypto.he_circuit import compile_circuit
+from veracity.crypto.he_packing import ReplicatedGeometry, coefficients_from_slots
+from veracity.crypto.he_params import (
+    LOGISTIC_PARAMETERS,
+    POLY_MLP_PARAMETERS,
+    CKKSParameterSet,
+    PackingLayout,
+)
+from veracity.crypto.he_wire import KIND_CONTEXT, decode_envelope, encode_envelope
+from veracity.errors import CryptoError, InputError
+from veracity.tasks.models import predict_logits
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _circuit(parameter_set: CKKSParameterSet, spec: Any, weights: dict[str, Any]) -> Any:
+    return compile_circuit(
+        spec.family.value,
+        weights,
+        parameter_set=parameter_set,
+        primes=seal_primes(parameter_set),
+        n_features=spec.n_features,
+        hidden=spec.hidden,
+        activation=spec.activation,
+    )
+
+
+def secret_key_chunks(secret: SecretContext, count: int = 50, size: int = 64) -> list[bytes]:
+    """``count`` chunks of the serialised secret key, spread over its length (the note's check)."""
+    key = secret.secret_key_bytes()
+    step = max(1, (len(key) - size) // count)
+    return [key[i : i + size] for i in range(0, len(key) - size, step)][:count]
+
+
+CASES = [
+    ("logistic", LOGISTIC_PARAMETERS, PackingLayout.COLUMN_COMPLEX),
+    ("logistic", LOGISTIC_PARAMETERS, PackingLayout.COEFFICIENT),
+    ("poly_mlp", POLY_MLP_PARAMETERS, PackingLayout.COLUMN),
+    ("poly_mlp", POLY_MLP_PARAMETERS, PackingLayout.REPLICATED),
+]
+
+
+@pytest.mark.parametrize(("family", "parameter_set", "layout"), CASES)
+def test_encrypted_scores_match_plaintext_on_breast_cancer(
+    family: str,
+    parameter_set: CKKSParameterSet,
+    layout: PackingLayout,
+    breast_cancer: Any,
+    trained_models: dict[str, Any],
+) -> None:
+    spec, weights = trained_models[family]
+    x = breast_cancer.test_x
+    expected = predict_logits(spec, weights, x)
+    secret = SecretContext.generate(parameter_set)
+    steps = ReplicatedGeometry(30, spec.hidden, parameter_set.slots).rotation_steps()
+    public = secret.public(rotation_steps=steps if layout is PackingLayout.REPLICATED else ())
+    circuit = _circuit(parameter_set, spec, weights)
+
+    results = evaluate(public, circuit, layout, secret.encrypt(layout, x, hidden=spec.hidden))
+    logits = secret.decrypt(layout, results, batch_size=len(x), n_features=30, hidden=spec.hidden)
+
+    error = float(np.abs(logits - expected).max())
+    sys.stderr.write(
+        f"\n{family} {layout}: max abs logit error {error:.3g} over {len(x)} patients\n"
+    )
+    assert error < 1e-3
+    assert np.array_equal(logits > 0, expected > 0)  # every test patient's decision agrees
+    accuracy = float(((logits > 0) == breast_cancer.test_y).mean())
+    assert accuracy > 0.9
+
+
+def test_no_secret_key_bytes_in_public_contexts_or_ciphertexts(breast_cancer: Any) -> None:
+    secret = SecretContext.generate(POLY_MLP_PARAMETERS)
+    chunks = secret_key_chunks(secret)
+    assert len(chunks) == 50
+    blob_with_key = b"prefix" + secret.secret_key_bytes()
+    assert sum(chunk in blob_with_key for chunk in chunks) == 50  # the check can see a leak
+    steps = ReplicatedGeometry(30, 16, POLY_MLP_PARAMETERS.slots).rotation_steps()
+    outgoing = [
+        secret.public_context(),
+        secret.public_context(rotation_steps=steps),
+        *secret.encrypt(PackingLayout.COLUMN, breast_cancer.test_x[:5]),
+        *secret.encrypt(PackingLayout.REPLICATED, breast_cancer.test_x[:5], hidden=16),
+    ]
+    for blob in outgoing:
+        assert not any(chunk in blob for chunk in chunks)
+
+
+def test_server_context_cannot_decrypt_and_is_not_a_secret_context() -> None:
+    secret = SecretContext.generate(LOGISTIC_PARAMETERS)
+    public = secret.public()
+    assert isinstance(public, PublicContext)
+    assert not hasattr(public, "decrypt")
+    assert not hasattr(public, "secret_key_bytes")
+
+
+def _context_with(
+    parts: list[tuple[str, bytes]], parameter_set: str = LOGISTIC_PARAMETERS.name
+) -> bytes:
+    return encode_envelope(KIND_CONTEXT, {"parameter_set": parameter_set, "scheme": "ckks"}, parts)
+
+
+def _parts(context: bytes) -> list[tuple[str, bytes]]:
+    return list(decode_envelope(context, kind=KIND_CONTEXT, max_bytes=2**26).parts)
+
+
+def test_a_context_part_carrying_the_secret_key_is_refused() -> None:
+    secret = SecretContext.generate(LOGISTIC_PARAMETERS)
+    leaky = _context_with(
+        [*_parts(secret.public_context()), ("secret_key", secret.secret_key_bytes())]
+    )
+    with pytest.raises(CryptoError, match="secret key"):
+        PublicContext.from_bytes(leaky)
+
+
+def test_a_secret_key_disguised_as_parameters_or_keys_is_refused() -> None:
+    secret = SecretContext.generate(POLY_MLP_PARAMETERS)
+    key = secret.secret_key_bytes()
+    with pytest.raises(CryptoError, match="secret key"):
+        PublicContext.from_bytes(
+            _context_with([("encryption_parameters", key)], POLY_MLP_PARAMETERS.name)
+        )
+    steps = ReplicatedGeometry(30, 16, POLY_MLP_PARAMETERS.slots).rotation_steps()
+    parts = _parts(secret.public_context(rotation_steps=steps))
+    swapped = [(name, key if name == "relin_keys" else data) for name, data in parts]
+    with pytest.raises(CryptoError, match="secret key"):
+        PublicContext.from_bytes(_context_with(swapped, POLY_MLP_PARAMETERS.name))
+
+
+def test_a_raw_seal_secret_key_is_refused() -> None:
+    secret = SecretContext.generate(LOGISTIC_PARAMETERS)
+    with pytest.raises(CryptoError, match="secret key"):
+        PublicContext.from_bytes(secret.secret_key_bytes())
+
+
+def test_tenseal_contexts_are_refused_and_private_ones_say_why() -> None:
+    import tenseal as ts
+
+    context = ts.context(ts.SCHEME_TYPE.CKKS, 8192, coeff_mod_bit_sizes=[60, 40, 40, 60])
+    with pytest.raises(CryptoError, match="holds a secret key"):
+        PublicContext.from_bytes(context.serialize(save_secret_key=True))
+    with pytest.raises(CryptoError, match="not accepted"):
+        PublicContext.from_bytes(context.serialize(save_secret_key=False, save_galois_keys=False))
+
+
+def _parameters_blob(degree: int, bits: list[int]) -> bytes:
+    import tenseal.sealapi as sa
+
+    from veracity.crypto.he import _scratch
+
+    parms = sa.EncryptionParameters(sa.SCHEME_TYPE.CKKS)
+    parms.set_poly_modulus_degree(degree)
+    parms.set_coeff_modulus(sa.CoeffModulus.Create(degree, bits))
+    return _scratch().save(parms)
+
+
+def test_parameters_below_128_bit_security_are_refused() -> None:
+    weak = _context_with([("encryption_parameters", _parameters_blob(4096, [60, 60]))])
+    with pytest.raises(CryptoError, match="below 128-bit security"):
+        PublicContext.from_bytes(weak)
+
+
+def test_parameters_other_than_the_named_set_are_refused() -> None:
+    other = _context_with([("encryption_parameters", _parameters_blob(4096, [50]))])
+    with pytest.raises(CryptoError, match="not those of ckks-lr-n4096-v1"):
+        PublicContext.from_bytes(other)
+    mislabelled = _context_with(
+        [("encryption_parameters", _parameters_blob(4096, [60]))], POLY_MLP_PARAMETERS.name
+    )
+    with pytest.raises(CryptoError, match="not those of ckks-mlp"):
+        PublicContext.from_bytes(mislabelled)
+
+
+def test_malformed_and_truncated_contexts_are_input_errors() -> None:
+    context = SecretContext.generate(LOGISTIC_PARAMETERS).public_context()
+    for broken in (b"", b"garbage" * 10, context[:-1], context + b"x", context[:20]):
+        with pytest.raises(InputError):
+            PublicContext.from_bytes(broken)
+
+
+def test_ciphertexts_of_other_parameters_or_scales_are_refused(
+    breast_cancer: Any, trained_models: dict[str, Any]
+) -> None:
+    spec, weights = trained_models["logistic"]
+    secret = SecretContext.generate(LOGISTIC_PARAMETERS)
+    circuit = _circuit(LOGISTIC_PARAMETERS, spec, weights)
+    mlp_ciphertexts = SecretContext.generate(POLY_MLP_PARAMETERS).encrypt(
+        PackingLayout.COLUMN, breast_cancer.test_x[:3]
+    )
+    with pytest.raises((CryptoError, InputError)):
+        evaluate(secret.public(), circuit, PackingLayout.COLUMN_COMPLEX, mlp_ciphertexts)
+    good = secret.encrypt(PackingLayout.COLUMN_COMPLEX, breast_cancer.test_x[:3])
+    with pytest.raises(InputError, match="truncated"):
+        evaluate(secret.public(), circuit, PackingLayout.COLUMN_COMPLEX, [good[0][:-10], *good[1:]])
+    wrong_scale = _reencrypt_at_scale(secret, 2.0**30)
+    with pytest.raises(CryptoError, match="scale"):
+        evaluate(secret.public(), circuit, PackingLayout.COLUMN_COMPLEX, [wrong_scale, *good[1:]])
+    assert len(evaluate(secret.public(), circuit, PackingLayout.COLUMN_COMPLEX, good)) == 1
+
+
+def _reencrypt_at_scale(secret: SecretContext, scale: float) -> bytes:
+    import tenseal.sealapi as sa
+
+    from veracity.crypto.he import _scratch
+
+    runtime = secret._runtime
+    plaintext = sa.Plaintext()
+    runtime.encoder.encode([0.5] * runtime.parameter_set.slots, scale, plaintext)
+    return _scratch().save(secret._encryptor.encrypt_symmetric(plaintext))
+
+
+def test_a_layout_that_does_not_suit_the_model_is_refused(
+    breast_cancer: Any, trained_models: dict[str, Any]
+) -> None:
+    spec, weights = trained_models["poly_mlp"]
+    secret = SecretContext.generate(POLY_MLP_PARAMETERS)
+    circuit = _circuit(POLY_MLP_PARAMETERS, spec, weights)
+    ciphertexts = secret.encrypt(PackingLayout.COLUMN, breast_cancer.test_x[:2])
+    with pytest.raises(CryptoError, match="does not serve poly_mlp"):
+        evaluate(secret.public(), circuit, PackingLayout.COLUMN_COMPLEX, ciphertexts)
+    replicated = secret.encrypt(PackingLayout.REPLICATED, breast_cancer.test_x[:2], hidden=16)
+    with pytest.raises(CryptoError, match="Galois and relinearisation keys"):
+        evaluate(secret.public(), circuit, PackingLayout.REPLICATED, replicated)
+
+
+def test_coefficient_layout_masks_everything_but_the_logits(
+    breast_cancer: Any, trained_models: dict[str, Any]
+) -> None:
+    spec, weights = trained_models["logistic"]
+    secret = SecretContext.generate(LOGISTIC_PARAMETERS)
+    circuit = _circuit(LOGISTIC_PARAMETERS, spec, weights)
+    layout = PackingLayout.COEFFICIENT
+    (result,) = evaluate(
+        secret.public(), circuit, layout, secret.encrypt(layout, breast_cancer.test_x[:10])
+    )
+    # Raw coefficients of the decrypted result, in units of q.
+    prime = seal_primes(LOGISTIC_PARAMETERS)[0]
+    scale = LOGISTIC_PARAMETERS.input_scale * circuit.weight_scale
+    raw = coefficients_from_slots(secret._decrypt_values(result, 0)) * scale / prime
+    outputs = np.arange(4096 // 30) * 30
+    others = np.setdiff1d(np.arange(4096), outputs)
+    assert np.abs(raw[outputs]).max() < 0.01  # logits sit far below q / 2
+    # Uniform on (-1/2, 1/2]: about half beyond 1/4; an unmasked product would be tiny.
+    beyond = float((np.abs(raw[others]) > 0.25).mean())
+    assert 0.45 < beyond < 0.55
+
+
+def test_masks_come_from_the_injected_randomness(
+    breast_cancer: Any, trained_models: dict[str, Any]
+) -> None:
+    spec, weights = trained_models["logistic"]
+    secret = SecretContext.generate(LOGISTIC_PARAMETERS)
+    circuit = _circuit(LOGISTIC_PARAMETERS, spec, weights)
+    layout = PackingLayout.COEFFICIENT
+    ciphertexts = secret.encrypt(layout, breast_cancer.test_x[:3])
+    counter = itertools.count()
+
+    def fixed(n: int) -> bytes:
+        return b"".join(
+            struct.pack("<Q", next(counter) * 0x9E3779B97F4A7C15 % 2**64) for _ in range(n // 8)
+        )
+
+    (result,) = evaluate(secret.public(), circuit, layout, ciphertexts, random_bytes=fixed)
+    assert next(counter) == 4096  # one uniform word per coefficient
+    logits = secret.decrypt(layout, [result], batch_size=3, n_features=30)
+    np.testing.assert_allclose(
+        logits, predict_logits(spec, weights, breast_cancer.test_x[:3]), atol=1e-3
+    )
+
+
+@pytest.mark.slow
+def test_mypy_rejects_a_secret_context_where_server_code_expects_a_public_one(
+    tmp_path: Path,
+) -> None:
+    from mypy import api
+
+    snippet = tmp_path / "server_misuse.py"
+    snippet.write_text(
+        "from veracity.crypto.he import SecretContext, evaluate\n"
+        "from veracity.crypto.he_circuit import LinearCircuit\n"
+        "from veracity.crypto.he_params import LOGISTIC_PARAMETERS, PackingLayout\n"
+        "def serve(secret: SecretContext, circuit: LinearCircuit) -> None:\n"
+        "    evaluate(secret, circuit, PackingLayout.COLUMN_COMPLEX, [])\n"
+    )
+    stdout, _, status = api.run(
+        [
+            "--strict",
+            "--no-incremental",
+            "--cache-dir",
+            str(tmp_path / "cache"),
+            "--follow-imports",
+            "silent",
+            str(snippet),
+        ]
+    )
+    assert status == 1
+    assert 'incompatible type "SecretContext"; expected "PublicContext"' in stdout

@@ -1,0 +1,150 @@
+"""Folding models into CKKS circuits: same logits in plain arithmetic, scales that fit."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from veracity.crypto.he_circuit import LinearCircuit, QuadraticCircuit, compile_circuit
+from veracity.crypto.he_params import LOGISTIC_PARAMETERS, POLY_MLP_PARAMETERS
+from veracity.errors import CryptoError
+from veracity.tasks.models import ModelFamily, ModelSpec, build_model, model_weights, predict_logits
+
+# Primes of the right sizes (what SEAL picks lies within a factor of two of these).
+LR_PRIMES = (2**60 - 93,)
+MLP_PRIMES = (2**60 - 93, 2**60 - 173, 2**30 - 35, 2**60 - 257)
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    a=st.floats(0.1, 2.0) | st.floats(-2.0, -0.1),
+    b=st.floats(-1.0, 1.0),
+    c=st.floats(-2.0, 2.0),
+    seed=st.integers(0, 2**31 - 1),
+)
+def test_quadratic_circuit_computes_the_poly_mlp_logits(
+    a: float, b: float, c: float, seed: int
+) -> None:
+    spec = ModelSpec(ModelFamily.POLY_MLP, n_features=7, hidden=5, activation=(a, b, c))
+    weights = model_weights(build_model(spec, seed=seed))
+    circuit = compile_circuit(
+        "poly_mlp",
+        weights,
+        parameter_set=POLY_MLP_PARAMETERS,
+        primes=MLP_PRIMES,
+        n_features=7,
+        hidden=5,
+        activation=spec.activation,
+    )
+    assert isinstance(circuit, QuadraticCircuit)
+    x = np.random.default_rng(seed).normal(size=(20, 7))
+    u = x @ circuit.hidden_weights.T + circuit.hidden_bias
+    folded = (u * u) @ circuit.output_weights + circuit.output_bias
+    np.testing.assert_allclose(folded, predict_logits(spec, weights, x), rtol=1e-6, atol=1e-6)
+
+
+def test_logistic_scale_keeps_the_worst_case_logit_below_the_modulus() -> None:
+    spec = ModelSpec(ModelFamily.LOGISTIC, n_features=30)
+    weights = model_weights(build_model(spec, seed=1))
+    circuit = compile_circuit(
+        "logistic", weights, parameter_set=LOGISTIC_PARAMETERS, primes=LR_PRIMES, n_features=30
+    )
+    assert isinstance(circuit, LinearCircuit)
+    worst = math.sqrt(2) * circuit.logit_bound * LOGISTIC_PARAMETERS.input_scale
+    assert worst * circuit.weight_scale < LR_PRIMES[0] / 2
+    assert circuit.weight_scale >= 2**LOGISTIC_PARAMETERS.min_weight_scale_bits
+
+
+def test_mlp_output_scale_keeps_the_worst_case_logit_below_the_remaining_modulus() -> None:
+    spec = ModelSpec(ModelFamily.POLY_MLP, n_features=30)
+    weights = model_weights(build_model(spec, seed=2))
+    circuit = compile_circuit(
+        "poly_mlp",
+        weights,
+        parameter_set=POLY_MLP_PARAMETERS,
+        primes=MLP_PRIMES,
+        n_features=30,
+        hidden=16,
+        activation=spec.activation,
+    )
+    assert isinstance(circuit, QuadraticCircuit)
+    s_z = POLY_MLP_PARAMETERS.input_scale * circuit.hidden_weight_scale / MLP_PRIMES[2]
+    final_scale = s_z * s_z * circuit.output_weight_scale
+    assert final_scale * circuit.logit_bound < MLP_PRIMES[0] * MLP_PRIMES[1] / 2
+
+
+def test_weights_too_large_for_the_parameter_set_are_refused() -> None:
+    weights = {
+        "linear.weight": np.full((1, 30), 1e9, dtype=np.float32),
+        "linear.bias": np.zeros(1, dtype=np.float32),
+    }
+    with pytest.raises(CryptoError, match="weight scale"):
+        compile_circuit(
+            "logistic", weights, parameter_set=LOGISTIC_PARAMETERS, primes=LR_PRIMES, n_features=30
+        )
+
+
+def test_a_zero_quadratic_coefficient_is_refused() -> None:
+    spec = ModelSpec(ModelFamily.POLY_MLP, n_features=3, hidden=2, activation=(0.0, 1.0, 0.0))
+    with pytest.raises(CryptoError, match="quadratic coefficient"):
+        compile_circuit(
+            "poly_mlp",
+            model_weights(build_model(spec, seed=0)),
+            parameter_set=POLY_MLP_PARAMETERS,
+            primes=MLP_PRIMES,
+            n_features=3,
+            hidden=2,
+            activation=spec.activation,
+        )
+
+
+def test_non_finite_or_misshapen_weights_are_refused() -> None:
+    weights = {
+        "linear.weight": np.array([[np.nan, 1.0]], dtype=np.float32),
+        "linear.bias": np.zeros(1, dtype=np.float32),
+    }
+    with pytest.raises(CryptoError, match="NaN"):
+        compile_circuit(
+            "logistic", weights, parameter_set=LOGISTIC_PARAMETERS, primes=LR_PRIMES, n_features=2
+        )
+    with pytest.raises(CryptoError, match="shape"):
+        compile_circuit(
+            "logistic", weights, parameter_set=LOGISTIC_PARAMETERS, primes=LR_PRIMES, n_features=3
+        )
+
+
+def test_a_family_served_by_another_parameter_set_is_refused() -> None:
+    spec = ModelSpec(ModelFamily.LOGISTIC, n_features=3)
+    with pytest.raises(CryptoError, match="serves poly_mlp"):
+        compile_circuit(
+            "logistic",
+            model_weights(build_model(spec, seed=0)),
+            parameter_set=POLY_MLP_PARAMETERS,
+            primes=MLP_PRIMES,
+            n_features=3,
+        )
+
+
+def test_a_hidden_unit_without_inputs_folds_into_the_constant() -> None:
+    spec = ModelSpec(ModelFamily.POLY_MLP, n_features=4, hidden=3)
+    weights = model_weights(build_model(spec, seed=5))
+    weights["fc1.weight"][1] = 0.0
+    circuit = compile_circuit(
+        "poly_mlp",
+        weights,
+        parameter_set=POLY_MLP_PARAMETERS,
+        primes=MLP_PRIMES,
+        n_features=4,
+        hidden=3,
+        activation=spec.activation,
+    )
+    assert isinstance(circuit, QuadraticCircuit)
+    assert circuit.output_weights[1] == 0.0
+    x = np.random.default_rng(0).normal(size=(10, 4))
+    u = x @ circuit.hidden_weights.T + circuit.hidden_bias
+    folded = (u * u) @ circuit.output_weights + circuit.output_bias
+    np.testing.assert_allclose(folded, predict_logits(spec, weights, x), rtol=1e-5, atol=1e-5)

@@ -1,0 +1,500 @@
+"""Encrypted prediction from the requester's side: read, check, encrypt, send, decrypt.
+
+The flow behind ``veracity predict``: fetch the model's public description, check a
+patients CSV against the model's features, standardise with the published scaling,
+encrypt locally under a fresh CKKS secret key (which never leaves this process), send
+request envelopes, verify and decrypt the responses, and turn logits into probabilities
+and decisions. The HTTP transport is :class:`InferenceClient` (httpx); everything else is
+plain Python over :mod:`veracity.crypto.he`.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import ssl
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import numpy.typing as npt
+
+from veracity.crypto.he import SecretContext
+from veracity.crypto.he_params import CKKSParameterSet, PackingLayout, parameter_set_named
+from veracity.crypto.he_wire import (
+    CONTENT_TYPE,
+    DEFAULT_LIMITS,
+    RequestHeader,
+    WireLimits,
+    body_hash,
+    decode_response,
+    encode_request,
+)
+from veracity.errors import ConfigError, CryptoError, InputError
+
+__all__ = [
+    "ModelDescription",
+    "PatientTable",
+    "Prediction",
+    "InferenceClient",
+    "read_patients_csv",
+    "standardise",
+    "plan_batches",
+    "predict_encrypted",
+    "sigmoid",
+]
+
+#: Public contexts at most this large travel inline with every request; larger ones
+#: (Galois keys) are uploaded once and referenced by hash.
+INLINE_CONTEXT_MAX_BYTES = 64 * 1024
+
+
+@dataclass(frozen=True)
+class LayoutChoice:
+    """A layout the server accepts and its largest batch."""
+
+    layout: PackingLayout
+    max_batch: int
+    rotation_steps: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
+class ModelDescription:
+    """The public description of a released model (``GET /inference/models/{hash}``)."""
+
+    model_hash: str
+    family: str
+    n_features: int
+    hidden: int
+    features: tuple[str, ...]
+    label: str
+    scaling: tuple[tuple[float, float], ...]
+    parameter_set: CKKSParameterSet
+    he_params_hash: str
+    small: LayoutChoice
+    batch: LayoutChoice
+    threshold: float
+
+    @classmethod
+    def from_json(cls, document: Any, *, expected_hash: str) -> ModelDescription:
+        """Parse and check a description.
+
+        Raises
+        ------
+        InputError
+            If the document is not a consistent description of ``expected_hash``.
+        CryptoError
+            If it names a parameter set this client does not know or describes it
+            differently (a server cannot talk the client into weaker parameters).
+        """
+        try:
+            if document["model_hash"] != expected_hash:
+                raise InputError(
+                    f"the server described model {document['model_hash']}, not {expected_hash}"
+                )
+            model = document["model"]
+            he = document["he"]
+            described = he["parameter_set"]
+            parameter_set = parameter_set_named(str(described["name"]))
+            if described != parameter_set.describe():
+                raise CryptoError(
+                    f"the server describes {parameter_set.name} differently from this client"
+                )
+            layouts = he["layouts"]
+            small, batch = layouts["small"], layouts["batch"]
+            description = cls(
+                model_hash=expected_hash,
+                family=str(model["family"]),
+                n_features=int(model["n_features"]),
+                hidden=int(model.get("hidden", 0)),
+                features=tuple(str(f) for f in document["features"]),
+                label=str(document["label"]),
+                scaling=tuple((float(m), float(s)) for m, s in document["scaling"]),
+                parameter_set=parameter_set,
+                he_params_hash=str(he["he_params_hash"]),
+                small=LayoutChoice(
+                    PackingLayout(small["name"]),
+                    int(small["max_batch"]),
+                    tuple(int(s) for s in small.get("rotation_steps", ())),
+                ),
+                batch=LayoutChoice(PackingLayout(batch["name"]), int(batch["max_batch"])),
+                threshold=float(document.get("decision_threshold", 0.5)),
+            )
+        except (KeyError, TypeError, ValueError) as err:
+            raise InputError(f"malformed model description from the server: {err}") from err
+        if parameter_set.family != description.family:
+            raise CryptoError(f"{parameter_set.name} does not serve {description.family} models")
+        if len(description.features) != description.n_features or len(description.scaling) != len(
+            description.features
+        ):
+            raise InputError("the model description's features and scaling do not match")
+        if min(description.small.max_batch, description.batch.max_batch) < 1:
+            raise InputError("the model description has an empty layout")
+        return description
+
+
+@dataclass(frozen=True)
+class PatientTable:
+    """Rows read from a patients CSV: identifiers (or row numbers) and raw features."""
+
+    id_column: str
+    ids: tuple[str, ...]
+    values: npt.NDArray[np.float64]
+
+
+def read_patients_csv(
+    path: Path, features: Sequence[str], *, id_column: str | None = None
+) -> PatientTable:
+    """Read ``path`` and check its columns against ``features``.
+
+    The CSV must have a header with exactly the model's features (any order), plus
+    ``id_column`` if given; every feature cell must be a finite number.
+
+    Raises
+    ------
+    InputError
+        Naming the missing, extra, duplicated or non-numeric column (and the row), or if the
+        file is empty or unreadable as UTF-8 CSV.
+    ConfigError
+        If the file does not exist.
+    """
+    try:
+        handle = path.open(newline="", encoding="utf-8-sig")
+    except FileNotFoundError as err:
+        raise ConfigError(f"{path}: no such file") from err
+    with handle:
+        reader = csv.reader(handle)
+        try:
+            header = next(reader)
+        except StopIteration as err:
+            raise InputError(f"{path} is empty; expected a header row") from err
+        except (csv.Error, UnicodeDecodeError) as err:
+            raise InputError(f"{path} is not a readable CSV: {err}") from err
+        names = [name.strip() for name in header]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise InputError(f"{path}: column {duplicates[0]!r} appears more than once")
+        missing = [f for f in features if f not in names]
+        if missing:
+            raise InputError(
+                f"{path}: missing column {missing[0]!r} (the model needs {len(features)} "
+                f"features; {len(missing)} missing)"
+            )
+        allowed = set(features) | ({id_column} if id_column else set())
+        extra = [n for n in names if n not in allowed]
+        if extra:
+            raise InputError(
+                f"{path}: column {extra[0]!r} is not a feature of this model; remove it"
+                + ("" if id_column else " or name it with --id-column")
+            )
+        if id_column and id_column not in names:
+            raise InputError(f"{path}: missing id column {id_column!r}")
+        positions = [names.index(f) for f in features]
+        id_position = names.index(id_column) if id_column else None
+        ids: list[str] = []
+        rows: list[list[float]] = []
+        try:
+            for number, record in enumerate(reader, start=1):
+                if not record or all(not cell.strip() for cell in record):
+                    continue
+                if len(record) != len(names):
+                    raise InputError(
+                        f"{path}: row {number} has {len(record)} fields, the header {len(names)}"
+                    )
+                row = []
+                for feature, position in zip(features, positions, strict=True):
+                    cell = record[position].strip()
+                    try:
+                        value = float(cell)
+                    except ValueError:
+                        value = math.nan
+                    if not math.isfinite(value):
+                        raise InputError(
+                            f"{path}: row {number}, column {feature!r}: {cell!r} is not a number"
+                        )
+                    row.append(value)
+                rows.append(row)
+                ids.append(record[id_position] if id_position is not None else str(number))
+        except (csv.Error, UnicodeDecodeError) as err:
+            raise InputError(f"{path} is not a readable CSV: {err}") from err
+    if not rows:
+        raise InputError(f"{path} has a header but no patients")
+    return PatientTable(
+        id_column=id_column or "row", ids=tuple(ids), values=np.asarray(rows, dtype=np.float64)
+    )
+
+
+def standardise(
+    values: npt.NDArray[np.float64],
+    scaling: Sequence[tuple[float, float]],
+    *,
+    features: Sequence[str],
+    bound: float,
+    ids: Sequence[str],
+) -> npt.NDArray[np.float64]:
+    """``(x - mean) / std`` per feature, refusing values outside ``+-bound``.
+
+    Raises
+    ------
+    InputError
+        Naming the first row and column whose standardised value exceeds the bound (a value
+        in the wrong unit, usually).
+    """
+    means = np.array([m for m, _ in scaling], dtype=np.float64)
+    stds = np.array([s for _, s in scaling], dtype=np.float64)
+    z = (values - means) / stds
+    outside = np.argwhere(np.abs(z) > bound)
+    if outside.size:
+        row, column = (int(v) for v in outside[0])
+        raise InputError(
+            f"row {ids[row]}, column {features[column]!r}: {values[row, column]:g} is "
+            f"{z[row, column]:+.1f} standard deviations from the study mean, outside the "
+            f"+-{bound:g} the encrypted model accepts; check its unit"
+        )
+    return np.asarray(z, dtype=np.float64)
+
+
+def plan_batches(n: int, description: ModelDescription) -> list[tuple[LayoutChoice, int, int]]:
+    """Split ``n`` patients into requests: full batch-layout requests, then a small one.
+
+    The small-batch layout takes whatever remains once at most its ``max_batch`` patients
+    are left (the crossover the server publishes); everything before goes in batches.
+    """
+    plan: list[tuple[LayoutChoice, int, int]] = []
+    start = 0
+    while start < n:
+        remaining = n - start
+        if remaining <= description.small.max_batch:
+            plan.append((description.small, start, n))
+            break
+        stop = start + min(description.batch.max_batch, remaining)
+        plan.append((description.batch, start, stop))
+        start = stop
+    return plan
+
+
+def sigmoid(logits: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+    """The logistic function, without overflow for large ``|logit|``."""
+    out = np.empty_like(logits)
+    positive = logits >= 0
+    out[positive] = 1.0 / (1.0 + np.exp(-logits[positive]))
+    exp = np.exp(logits[~positive])
+    out[~positive] = exp / (1.0 + exp)
+    return out
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """Decrypted scores for the patients of one input, in input order."""
+
+    model_hash: str
+    logits: npt.NDArray[np.float64]
+    probabilities: npt.NDArray[np.float64]
+    decisions: npt.NDArray[np.int64]
+    requests: int
+    bytes_sent: int
+
+
+class InferenceClient:
+    """HTTP transport to the inference routes of a Veracity server.
+
+    Parameters
+    ----------
+    base_url
+        The API base, e.g. ``https://coordinator.example:8443/api/v1``.
+    token
+        Bearer token.
+    ca_cert
+        PEM file of a private CA to trust for HTTPS (instead of the system store).
+    timeout
+        Seconds per HTTP call.
+    limits
+        Size limits for responses.
+    audit
+        Keep every request body sent in :attr:`sent` (for secret-key leak checks).
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        token: str,
+        ca_cert: Path | None = None,
+        timeout: float = 300.0,
+        limits: WireLimits = DEFAULT_LIMITS,
+        audit: bool = False,
+    ) -> None:
+        if not base_url.startswith(("http://", "https://")):
+            raise ConfigError(f"server URL {base_url!r} must start with http:// or https://")
+        verify: ssl.SSLContext | bool = True
+        if ca_cert is not None:
+            try:
+                verify = ssl.create_default_context(cafile=str(ca_cert))
+            except (OSError, ssl.SSLError) as err:
+                raise ConfigError(f"cannot use CA certificate {ca_cert}: {err}") from err
+        self._limits = limits
+        self._http = httpx.Client(
+            base_url=base_url.rstrip("/"),
+            headers={"Authorization": f"Bearer {token}"},
+            verify=verify,
+            timeout=timeout,
+        )
+        #: Every request body sent, for leak audits (kept only when ``audit`` is set).
+        self.sent: list[bytes] | None = [] if audit else None
+
+    def close(self) -> None:
+        """Close the connection pool."""
+        self._http.close()
+
+    def __enter__(self) -> InferenceClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _call(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        try:
+            response = self._http.request(method, path, **kwargs)
+        except httpx.ConnectError as err:
+            hint = " (for a private CA pass --ca-cert)" if "CERTIFICATE" in str(err).upper() else ""
+            raise ConfigError(f"cannot reach {self._http.base_url}: {err}{hint}") from err
+        except httpx.HTTPError as err:
+            raise ConfigError(f"HTTP error talking to {self._http.base_url}: {err}") from err
+        if response.status_code in (401, 403):
+            raise ConfigError(f"the server refused the token ({response.status_code})")
+        if response.status_code >= 400:
+            try:
+                detail = str(response.json().get("detail", response.text))
+                code = str(response.json().get("error", ""))
+            except ValueError:
+                detail, code = response.text[:200], ""
+            message = f"server refused the request ({response.status_code}): {detail}"
+            if response.status_code >= 500:
+                raise ConfigError(message)
+            if code == "crypto_refused":
+                raise CryptoError(message)
+            raise InputError(message)
+        return response
+
+    def describe(self, model_hash: str) -> ModelDescription:
+        """Fetch and check the model's public description."""
+        response = self._call("GET", f"/inference/models/{model_hash}")
+        try:
+            document = response.json()
+        except ValueError as err:
+            raise InputError("the server's model description is not JSON") from err
+        return ModelDescription.from_json(document, expected_hash=model_hash)
+
+    def upload_context(self, context: bytes) -> str:
+        """Upload a public context; return the hash the server acknowledged."""
+        self._record(context)
+        response = self._call(
+            "POST", "/inference/contexts", content=context, headers={"Content-Type": CONTENT_TYPE}
+        )
+        acknowledged = str(response.json().get("context_hash", ""))
+        if acknowledged != body_hash(context):
+            raise CryptoError("the server acknowledged a different context hash")
+        return acknowledged
+
+    def predict(self, model_hash: str, request: bytes) -> bytes:
+        """Send one request envelope; return the response envelope."""
+        self._record(request)
+        response = self._call(
+            "POST",
+            f"/inference/models/{model_hash}/predict",
+            content=request,
+            headers={"Content-Type": CONTENT_TYPE},
+        )
+        if len(response.content) > self._limits.max_response_bytes:
+            raise InputError("the server's response exceeds the response size limit")
+        return response.content
+
+    def _record(self, body: bytes) -> None:
+        if self.sent is not None:
+            self.sent.append(body)
+
+
+def predict_encrypted(
+    client: InferenceClient,
+    description: ModelDescription,
+    features: npt.NDArray[np.float64],
+    *,
+    secret: SecretContext | None = None,
+    on_batch: Callable[[int], None] | None = None,
+) -> Prediction:
+    """Encrypt standardised ``features``, query the server batch by batch, decrypt.
+
+    Parameters
+    ----------
+    client
+        Transport to the server.
+    description
+        The model's description (from :meth:`InferenceClient.describe`).
+    features
+        Standardised features, patients x ``description.n_features``.
+    secret
+        The CKKS secret context to use (a fresh one by default; it never leaves the process).
+    on_batch
+        Called with the number of patients after each answered request (progress).
+
+    Raises
+    ------
+    CryptoError
+        If a response does not answer the request that was sent, was made under other
+        parameters or does not decrypt.
+    InputError
+        If the server refuses a request.
+    """
+    secret = secret or SecretContext.generate(description.parameter_set)
+    if secret.parameter_set != description.parameter_set:
+        raise CryptoError("the secret context's parameter set is not the model's")
+    if secret.he_params_hash != description.he_params_hash:
+        raise CryptoError("the server's HE parameters differ from this client's")
+    x = np.asarray(features, dtype=np.float64)
+    logits = np.empty(x.shape[0], dtype=np.float64)
+    uploaded: dict[tuple[int, ...], str] = {}
+    requests = sent = 0
+    for choice, start, stop in plan_batches(x.shape[0], description):
+        context = secret.public_context(rotation_steps=choice.rotation_steps)
+        context_hash = body_hash(context)
+        inline: bytes | None = context
+        if len(context) > INLINE_CONTEXT_MAX_BYTES:
+            if choice.rotation_steps not in uploaded:
+                uploaded[choice.rotation_steps] = client.upload_context(context)
+                sent += len(context)
+            inline = None
+        ciphertexts = secret.encrypt(choice.layout, x[start:stop], hidden=description.hidden)
+        header = RequestHeader(
+            model_hash=description.model_hash,
+            parameter_set=description.parameter_set.name,
+            context_hash=context_hash,
+            layout=choice.layout,
+            batch_size=stop - start,
+        )
+        request = encode_request(header, ciphertexts, context=inline)
+        answer, results = decode_response(client.predict(description.model_hash, request))
+        requests += 1
+        sent += len(request)
+        if (
+            answer.request_hash != body_hash(request)
+            or answer.model_hash != description.model_hash
+            or answer.layout is not choice.layout
+            or answer.batch_size != stop - start
+            or answer.he_params_hash != secret.he_params_hash
+        ):
+            raise CryptoError("the server's response does not answer the request that was sent")
+        logits[start:stop] = secret.decrypt(
+            choice.layout,
+            results,
+            batch_size=stop - start,
+            n_features=description.n_features,
+            hidden=description.hidden,
+        )
+        if on_batch is not None:
+            on_batch(stop - start)
+    probabilities = sigmoid(logits)
+    decisions = (probabilities >= description.threshold).astype(np.int64)
+    return Prediction(description.model_hash, logits, probabilities, decisions, requests, sent)

@@ -1,0 +1,182 @@
+"""``veracity predict``: encrypted predictions for a CSV of patients.
+
+Heavy modules (TenSEAL, NumPy, httpx) are imported inside the command so that
+``veracity --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+
+from veracity.output import FormatOption, OutputFormat, emit_json, emit_table, stderr_console
+
+if TYPE_CHECKING:
+    from veracity.client.predict import PatientTable, Prediction
+
+__all__ = ["register", "predict_command"]
+
+_OUTPUT_COLUMNS = ("logit", "probability", "decision")
+
+
+def _rows(table: PatientTable, prediction: Prediction) -> list[dict[str, Any]]:
+    return [
+        {
+            table.id_column: identifier,
+            "logit": round(float(logit), 6),
+            "probability": round(float(probability), 6),
+            "decision": int(decision),
+        }
+        for identifier, logit, probability, decision in zip(
+            table.ids,
+            prediction.logits,
+            prediction.probabilities,
+            prediction.decisions,
+            strict=True,
+        )
+    ]
+
+
+def _csv_text(id_column: str, rows: list[dict[str, Any]]) -> str:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=[id_column, *_OUTPUT_COLUMNS], lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buffer.getvalue()
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file and a rename (never half-written)."""
+    directory = path.resolve().parent
+    fd, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=directory)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def predict_command(
+    model: Annotated[
+        str, typer.Option("--model", envvar="VERACITY_MODEL", help="Hash of the released model.")
+    ],
+    input_path: Annotated[
+        Path,
+        typer.Option(
+            "--input", envvar="VERACITY_INPUT", help="CSV of patients with the model's features."
+        ),
+    ],
+    server: Annotated[
+        str,
+        typer.Option(
+            "--server",
+            envvar="VERACITY_SERVER",
+            help="API base URL, e.g. https://coordinator:8443/api/v1.",
+        ),
+    ],
+    token: Annotated[str, typer.Option("--token", envvar="VERACITY_TOKEN", help="Bearer token.")],
+    out: Annotated[
+        Path | None,
+        typer.Option("--out", envvar="VERACITY_OUT", help="Write scores to this CSV."),
+    ] = None,
+    ca_cert: Annotated[
+        Path | None,
+        typer.Option(
+            "--ca-cert", envvar="VERACITY_CA_CERT", help="PEM CA certificate to trust for HTTPS."
+        ),
+    ] = None,
+    id_column: Annotated[
+        str | None,
+        typer.Option(
+            "--id-column",
+            envvar="VERACITY_ID_COLUMN",
+            help="A CSV column copied to the output to identify patients (not a feature).",
+        ),
+    ] = None,
+    timeout: Annotated[
+        float,
+        typer.Option("--timeout", envvar="VERACITY_TIMEOUT", help="Seconds per HTTP call."),
+    ] = 300.0,
+    output_format: FormatOption = OutputFormat.TEXT,
+) -> None:
+    """Score patients with a released model without revealing them.
+
+    Checks the CSV against the model's features, standardises with the study's published
+    scaling, encrypts locally under a fresh CKKS key that never leaves this process, sends
+    only ciphertexts, and decrypts the scores. Writes probabilities and decisions
+    (probability >= 0.5).
+    """
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+
+    from veracity.client.predict import (
+        InferenceClient,
+        plan_batches,
+        predict_encrypted,
+        read_patients_csv,
+        standardise,
+    )
+
+    with InferenceClient(server, token=token, ca_cert=ca_cert, timeout=timeout) as client:
+        description = client.describe(model)
+        table = read_patients_csv(input_path, description.features, id_column=id_column)
+        features = standardise(
+            table.values,
+            description.scaling,
+            features=description.features,
+            bound=description.parameter_set.input_bound,
+            ids=table.ids,
+        )
+        batches = len(plan_batches(len(table.ids), description))
+        progress = Progress(
+            "[progress.description]{task.description}",
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=stderr_console(),
+            disable=batches < 2,
+        )
+        with progress:
+            task = progress.add_task("encrypted scoring", total=len(table.ids))
+            prediction = predict_encrypted(
+                client,
+                description,
+                features,
+                on_batch=lambda done: progress.advance(task, done),
+            )
+    rows = _rows(table, prediction)
+    positives = int(prediction.decisions.sum())
+    summary = {
+        "model_hash": model,
+        "patients": len(rows),
+        "positive_decisions": positives,
+        "requests": prediction.requests,
+        "bytes_sent": prediction.bytes_sent,
+        "out": str(out) if out is not None else None,
+    }
+    if out is not None:
+        _write_atomically(out, _csv_text(table.id_column, rows))
+    if output_format is OutputFormat.JSON:
+        emit_json(summary if out is not None else {**summary, "predictions": rows})
+    elif out is not None:
+        emit_table(None, ["", "value"], list(summary.items()))
+    else:
+        sys.stdout.write(_csv_text(table.id_column, rows))
+        stderr_console().print(
+            f"{len(rows)} patients scored, {positives} positive, {prediction.requests} requests"
+        )
+
+
+def register(app: typer.Typer) -> None:
+    """Attach ``predict`` to the root ``veracity`` command."""
+    app.command("predict")(predict_command)

@@ -1,0 +1,230 @@
+"""Model weights rewritten as the circuits CKKS evaluates, with scales that cannot overflow.
+
+Pure NumPy. :func:`compile_circuit` takes a model family's weights (the tensors of
+``veracity.tasks.models``), a parameter set and the primes SEAL chose for it, and returns
+what the evaluator needs: folded weights and the encoding scale of each layer. The scales are
+derived from worst-case bounds for inputs with ``|x| <= input_bound``, so no admissible input
+can wrap around the ciphertext modulus; a model whose bounds do not fit is refused.
+
+``poly_mlp`` folding
+    ``a*z**2 + b*z + c = a*(z + b/(2a))**2 + (c - b**2/(4a))``: the shift ``b/(2a)`` joins the
+    first-layer bias, ``a`` joins the output weights and the constants join the output bias,
+    so the circuit is ``y = sum_k alpha_k * u_k**2 + gamma`` with ``u = W1 x + b1'``: one
+    lazily rescaled linear layer, one square per hidden unit, one plaintext product each.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+from veracity.crypto.he_params import CKKSParameterSet
+from veracity.errors import CryptoError
+
+__all__ = ["LinearCircuit", "QuadraticCircuit", "Circuit", "compile_circuit"]
+
+FloatArray = npt.NDArray[np.float64]
+
+#: Largest worst-case value kept below modulus / 2**_HEADROOM_BITS (noise, complex packing).
+_HEADROOM_BITS = 3
+
+
+@dataclass(frozen=True)
+class LinearCircuit:
+    """``logit = w . x + b`` with weights encoded at ``weight_scale``.
+
+    Attributes
+    ----------
+    logit_bound
+        Worst-case ``|logit|`` over admissible inputs.
+    """
+
+    weights: FloatArray
+    bias: float
+    weight_scale: float
+    logit_bound: float
+
+    @property
+    def n_features(self) -> int:
+        """Input width."""
+        return int(self.weights.shape[0])
+
+
+@dataclass(frozen=True)
+class QuadraticCircuit:
+    """``logit = sum_k alpha_k * (W1 x + b1')_k**2 + gamma``.
+
+    Units with ``alpha_k == 0`` are skipped by the evaluator but keep their place, so the
+    ``replicated`` layout's geometry follows the architecture, not the weights.
+
+    Attributes
+    ----------
+    hidden_weight_scale
+        Scale of the first-layer weights (and of the shifted bias, at the product scale).
+    output_weight_scale
+        Scale of ``alpha``; chosen per model as large as the headroom allows.
+    hidden_bound / logit_bound
+        Worst-case ``|u_k|`` and ``|logit|`` over admissible inputs.
+    """
+
+    hidden_weights: FloatArray
+    hidden_bias: FloatArray
+    output_weights: FloatArray
+    output_bias: float
+    hidden_weight_scale: float
+    output_weight_scale: float
+    hidden_bound: float
+    logit_bound: float
+
+    @property
+    def n_features(self) -> int:
+        """Input width."""
+        return int(self.hidden_weights.shape[1])
+
+    @property
+    def hidden(self) -> int:
+        """Hidden units."""
+        return int(self.hidden_weights.shape[0])
+
+
+Circuit = LinearCircuit | QuadraticCircuit
+
+
+def _as_float(
+    weights: Mapping[str, npt.ArrayLike], name: str, shape: tuple[int, ...]
+) -> FloatArray:
+    try:
+        array = np.asarray(weights[name], dtype=np.float64)
+    except KeyError as err:
+        raise CryptoError(f"model weights lack tensor {name!r}") from err
+    if array.shape != shape:
+        raise CryptoError(f"model tensor {name!r} has shape {array.shape}, expected {shape}")
+    if not np.all(np.isfinite(array)):
+        raise CryptoError(f"model tensor {name!r} holds NaN or infinite values")
+    return array
+
+
+def _drop_unrepresentable(values: FloatArray, scale: float) -> FloatArray:
+    """Zero the weights that round to zero at ``scale`` (SEAL refuses all-zero products)."""
+    kept = values.copy()
+    kept[np.abs(kept) * scale < 1.0] = 0.0
+    return kept
+
+
+def _scale_bits(limit: float, parameter_set: CKKSParameterSet, what: str) -> int:
+    """Largest power-of-two exponent <= log2(limit), within the set's weight-scale range."""
+    if limit <= 0 or not math.isfinite(limit):
+        raise CryptoError(f"{what}: model's worst-case values do not fit {parameter_set.name}")
+    bits = min(parameter_set.max_weight_scale_bits, math.floor(math.log2(limit)))
+    if bits < parameter_set.min_weight_scale_bits:
+        raise CryptoError(
+            f"{what}: the model's worst-case values leave a weight scale of 2**{bits}, below "
+            f"the 2**{parameter_set.min_weight_scale_bits} that {parameter_set.name} needs for "
+            f"precision; shrink the weights or the input bound"
+        )
+    return bits
+
+
+def compile_circuit(
+    family: str,
+    weights: Mapping[str, npt.ArrayLike],
+    *,
+    parameter_set: CKKSParameterSet,
+    primes: Sequence[int],
+    n_features: int,
+    hidden: int = 0,
+    activation: tuple[float, float, float] = (0.0, 0.0, 0.0),
+) -> Circuit:
+    """Fold ``weights`` into the circuit for ``family`` and choose its scales.
+
+    Parameters
+    ----------
+    family
+        ``"logistic"`` or ``"poly_mlp"`` (a ``ModelFamily`` value).
+    weights
+        The model's tensors, keyed as in ``veracity.tasks.models``.
+    parameter_set, primes
+        The CKKS parameter set and the exact primes of its modulus chain (key level,
+        special prime last when there are several).
+    n_features, hidden, activation
+        The architecture (``hidden`` and ``activation`` for ``poly_mlp``).
+
+    Raises
+    ------
+    CryptoError
+        If the tensors do not match the architecture, hold non-finite values, the family is
+        not the one the parameter set serves, or the worst-case values cannot be encoded
+        within the parameter set's modulus at the precision it promises.
+    """
+    if family != parameter_set.family:
+        raise CryptoError(
+            f"parameter set {parameter_set.name} serves {parameter_set.family}, not {family}"
+        )
+    data_primes = list(primes) if len(primes) == 1 else list(primes[:-1])
+    if len(data_primes) != len(parameter_set.data_prime_bits):
+        raise CryptoError(f"primes do not match parameter set {parameter_set.name}")
+    bound = parameter_set.input_bound
+    if family == "logistic":
+        w = _as_float(weights, "linear.weight", (1, n_features))[0]
+        b = float(_as_float(weights, "linear.bias", (1,))[0])
+        logit_bound = abs(b) + bound * float(np.abs(w).sum())
+        # Complex packing: a slot holds two patients, |re + i*im| <= sqrt(2) * bound.
+        limit = (
+            data_primes[0]
+            / 2**_HEADROOM_BITS
+            / (math.sqrt(2) * max(logit_bound, 1.0) * parameter_set.input_scale)
+        )
+        bits = _scale_bits(limit, parameter_set, "logistic regression")
+        kept = _drop_unrepresentable(w, float(2**bits))
+        if not np.any(kept):
+            raise CryptoError("logistic regression with all-zero weights is a constant")
+        return LinearCircuit(kept, b, float(2**bits), logit_bound)
+    if family != "poly_mlp":
+        raise CryptoError(f"unknown model family {family!r}")
+    a, b_lin, c = (float(v) for v in activation)
+    if a == 0.0 or not all(math.isfinite(v) for v in (a, b_lin, c)):
+        raise CryptoError("poly_mlp needs a finite, non-zero quadratic coefficient to be served")
+    w1 = _as_float(weights, "fc1.weight", (hidden, n_features))
+    b1 = _as_float(weights, "fc1.bias", (hidden,))
+    w2 = _as_float(weights, "fc2.weight", (1, hidden))[0]
+    b2 = float(_as_float(weights, "fc2.bias", (1,))[0])
+    shift = b_lin / (2.0 * a)
+    hidden_bias = b1 + shift
+    alpha = a * w2
+    gamma = float(np.sum(w2) * (c - b_lin * b_lin / (4.0 * a)) + b2)
+    unit_bounds = np.abs(hidden_bias) + bound * np.abs(w1).sum(axis=1)
+    hidden_bound = float(unit_bounds.max())
+    logit_bound = float(np.sum(np.abs(alpha) * unit_bounds**2) + abs(gamma))
+    hidden_scale = float(2**parameter_set.hidden_weight_scale_bits)
+    top = math.prod(float(q) for q in data_primes)
+    product_scale = parameter_set.input_scale * hidden_scale
+    if product_scale * max(hidden_bound, 1.0) * 2**_HEADROOM_BITS > top:
+        raise CryptoError(f"poly_mlp: first layer overflows {parameter_set.name}")
+    # After one rescale by the last data prime, the square sits at s_z**2; the output layer
+    # multiplies by alpha at 2**bits and is summed without another rescale.
+    s_z = product_scale / data_primes[-1]
+    rest = math.prod(float(q) for q in data_primes[:-1])
+    limit = rest / 2**_HEADROOM_BITS / (s_z * s_z * max(logit_bound, 1.0))
+    bits = _scale_bits(limit, parameter_set, "poly_mlp output layer")
+    w1 = _drop_unrepresentable(w1, hidden_scale)
+    alpha = _drop_unrepresentable(alpha, float(2**bits))
+    for unit in np.flatnonzero(~np.any(w1, axis=1)):
+        # A unit without input weights is the constant alpha * bias**2: fold it into gamma.
+        gamma += float(alpha[unit] * hidden_bias[unit] ** 2)
+        alpha[unit] = 0.0
+    if not np.any(alpha):
+        raise CryptoError("poly_mlp whose output does not depend on its inputs is a constant")
+    return QuadraticCircuit(
+        hidden_weights=w1,
+        hidden_bias=hidden_bias,
+        output_weights=alpha,
+        output_bias=gamma,
+        hidden_weight_scale=hidden_scale,
+        output_weight_scale=float(2**bits),
+        hidden_bound=hidden_bound,
+        logit_bound=logit_bound,
+    )

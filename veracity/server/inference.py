@@ -1,0 +1,328 @@
+"""The encrypted-inference service: wire request in, wire response out, one ledger record.
+
+Plain Python (no web framework): :class:`InferenceService` takes request envelopes
+(docs/inference-wire.md), checks them against the released model and the public-context
+rules, evaluates the model on the ciphertexts with only public material, and hands the
+``inference.served`` payload of every served batch to an injected recorder (the ledger on
+the coordinator, a list in tests). The recorder sees the model hash, the requester, the HE
+parameter hash, the batch size and the request hash; never features or scores (the server
+never sees either in the clear).
+
+A batch is recorded before its response is returned; if the recorder fails, the response
+is withheld, so nothing is served unrecorded. Requests are evaluated one at a time per
+process (TenSEAL holds the GIL): run one worker process per core.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from veracity.crypto.he import PublicContext, RandomBytes, evaluate, seal_primes
+from veracity.crypto.he_circuit import Circuit, compile_circuit
+from veracity.crypto.he_packing import ReplicatedGeometry, ciphertext_count, layout_capacity
+from veracity.crypto.he_params import (
+    CKKSParameterSet,
+    PackingLayout,
+    he_params_hash,
+    parameter_set_for,
+)
+from veracity.crypto.he_wire import (
+    CONTENT_TYPE,
+    DEFAULT_LIMITS,
+    WIRE_VERSION,
+    ResponseHeader,
+    WireLimits,
+    body_hash,
+    decode_request,
+    encode_response,
+)
+from veracity.errors import CryptoError, InputError
+from veracity.server.registry import ModelRegistry, ReleasedModel
+
+__all__ = ["Recorder", "InferenceService", "served_payload"]
+
+#: Receives the ``inference.served`` payload of each served batch; raises to refuse it.
+Recorder = Callable[[Mapping[str, Any]], None]
+
+
+def served_payload(
+    *, model_hash: str, requester: str, he_params_hash: str, batch_size: int, request_hash: str
+) -> dict[str, Any]:
+    """The ``inference.served`` payload (docs/architecture.md): exactly these five fields."""
+    return {
+        "model_hash": model_hash,
+        "requester": requester,
+        "he_params_hash": he_params_hash,
+        "batch_size": batch_size,
+        "request_hash": request_hash,
+    }
+
+
+@dataclass(frozen=True)
+class _ServedModel:
+    released: ReleasedModel
+    parameter_set: CKKSParameterSet
+    circuit: Circuit
+
+    @property
+    def hidden(self) -> int:
+        return self.released.spec.hidden if self.released.spec.family == "poly_mlp" else 0
+
+    def layouts(self) -> dict[str, Any]:
+        ps = self.parameter_set
+        n = self.released.spec.n_features
+        small: dict[str, Any] = {
+            "name": ps.small_batch_layout.value,
+            "max_batch": layout_capacity(ps.small_batch_layout, ps),
+        }
+        if ps.small_batch_layout is PackingLayout.REPLICATED:
+            geometry = ReplicatedGeometry(n, self.hidden, ps.slots)
+            small["rotation_steps"] = list(geometry.rotation_steps())
+            small["patients_per_ciphertext"] = geometry.patients_per_ciphertext
+        return {
+            "small": small,
+            "batch": {
+                "name": ps.batch_layout.value,
+                "max_batch": layout_capacity(ps.batch_layout, ps),
+            },
+        }
+
+
+class InferenceService:
+    """Serve encrypted predictions for the models in a registry.
+
+    Parameters
+    ----------
+    registry
+        Where released models live.
+    recorder
+        Called with the ``inference.served`` payload of every batch before it is returned.
+    limits
+        Wire size limits.
+    max_contexts
+        Public contexts kept (uploaded or inline), least recently used evicted.
+    random_bytes
+        Randomness for response masks (``os.urandom``; injectable for tests).
+    """
+
+    def __init__(
+        self,
+        registry: ModelRegistry,
+        *,
+        recorder: Recorder,
+        limits: WireLimits = DEFAULT_LIMITS,
+        max_contexts: int = 16,
+        max_models: int = 32,
+        random_bytes: RandomBytes = os.urandom,
+    ) -> None:
+        self._registry = registry
+        self._recorder = recorder
+        self.limits = limits
+        self._max_contexts = max_contexts
+        self._max_models = max_models
+        self._random_bytes = random_bytes
+        self._contexts: OrderedDict[str, PublicContext] = OrderedDict()
+        self._models: OrderedDict[str, _ServedModel] = OrderedDict()
+        self._lock = threading.RLock()
+
+    def has_model(self, model_hash: str) -> bool:
+        """Whether ``model_hash`` names a released model."""
+        return model_hash in self._registry
+
+    def _served(self, model_hash: str) -> _ServedModel:
+        with self._lock:
+            served = self._models.get(model_hash)
+            if served is not None:
+                self._models.move_to_end(model_hash)
+                return served
+        released = self._registry.get(model_hash)
+        spec = released.spec
+        parameter_set = parameter_set_for(spec.family.value)
+        circuit = compile_circuit(
+            spec.family.value,
+            released.weights,
+            parameter_set=parameter_set,
+            primes=seal_primes(parameter_set),
+            n_features=spec.n_features,
+            hidden=spec.hidden,
+            activation=spec.activation,
+        )
+        served = _ServedModel(released, parameter_set, circuit)
+        with self._lock:
+            self._models[model_hash] = served
+            while len(self._models) > self._max_models:
+                self._models.popitem(last=False)
+        return served
+
+    def describe(self, model_hash: str) -> dict[str, Any]:
+        """The model's public description: what a requester needs to query it.
+
+        Raises
+        ------
+        InputError
+            If no such model is registered.
+        CryptoError
+            If the model cannot be served under its family's parameter set.
+        """
+        served = self._served(model_hash)
+        released = served.released
+        ps = served.parameter_set
+        return {
+            "model_hash": released.model_hash,
+            "model": released.spec.to_dict(),
+            "features": list(released.features),
+            "label": released.label,
+            "scaling": [[m, s] for m, s in released.scaling],
+            "card": dict(released.card),
+            "card_hash": released.card_hash,
+            "decision_threshold": 0.5,
+            "he": {
+                "parameter_set": ps.describe(),
+                "he_params_hash": he_params_hash(ps, seal_primes(ps)),
+                "layouts": served.layouts(),
+            },
+            "wire": {
+                "version": WIRE_VERSION,
+                "content_type": CONTENT_TYPE,
+                "max_request_bytes": self.limits.max_request_bytes,
+                "max_context_bytes": self.limits.max_context_bytes,
+            },
+        }
+
+    def _remember(self, context: PublicContext) -> None:
+        with self._lock:
+            self._contexts[context.context_hash] = context
+            self._contexts.move_to_end(context.context_hash)
+            while len(self._contexts) > self._max_contexts:
+                self._contexts.popitem(last=False)
+
+    def upload_context(self, data: bytes) -> str:
+        """Accept a public context for later requests; return its hash.
+
+        Raises
+        ------
+        CryptoError
+            If it holds a secret key or its parameters are insecure or unknown.
+        InputError
+            If it is malformed, truncated or too large.
+        """
+        context = PublicContext.from_bytes(data, limits=self.limits)
+        self._remember(context)
+        return context.context_hash
+
+    def _context(self, context_hash: str, inline: bytes | None) -> PublicContext:
+        if inline is not None:
+            if body_hash(inline) != context_hash:
+                raise InputError("the inline context does not hash to the request's context_hash")
+            with self._lock:
+                known = self._contexts.get(context_hash)
+            if known is None:
+                known = PublicContext.from_bytes(inline, limits=self.limits)
+            self._remember(known)
+            return known
+        with self._lock:
+            known = self._contexts.get(context_hash)
+            if known is not None:
+                self._contexts.move_to_end(context_hash)
+                return known
+        raise InputError(
+            f"context {context_hash[:16]}... is not known here; upload it (or send it inline) first"
+        )
+
+    def serve(self, data: bytes, *, requester: str, model_hash: str | None = None) -> bytes:
+        """Evaluate one request envelope; record the batch; return the response envelope.
+
+        Parameters
+        ----------
+        data
+            The request envelope.
+        requester
+            Who asks (the authenticated identity); recorded in ``inference.served``.
+        model_hash
+            If given (the model in the URL), the request must be for this model.
+
+        Raises
+        ------
+        InputError
+            If the request is malformed, truncated, oversized, for another or unknown model,
+            references an unknown context, or its batch does not fit the layout.
+        CryptoError
+            If the context or ciphertexts do not match the model's parameter set, the
+            layout does not serve the model, or the context holds a secret key.
+        """
+        if not requester:
+            raise InputError("a request needs an authenticated requester")
+        request_hash = body_hash(data)
+        header, inline, ciphertexts = decode_request(data, limits=self.limits)
+        if model_hash is not None and header.model_hash != model_hash:
+            raise InputError(f"the request is for model {header.model_hash}, not {model_hash}")
+        if header.model_hash not in self._registry:
+            raise InputError(f"no released model {header.model_hash}")
+        served = self._served(header.model_hash)
+        ps = served.parameter_set
+        if header.parameter_set != ps.name:
+            raise CryptoError(
+                f"model {header.model_hash[:16]}... is served under {ps.name}; "
+                f"the request uses {header.parameter_set}"
+            )
+        context = self._context(header.context_hash, inline)
+        if context.parameter_set.name != ps.name:
+            raise CryptoError(
+                f"the public context is for {context.parameter_set.name}; "
+                f"this model needs {ps.name}"
+            )
+        if header.layout not in (ps.batch_layout, ps.small_batch_layout):
+            raise CryptoError(
+                f"layout {header.layout} does not serve {served.released.spec.family.value} "
+                f"models; use {ps.batch_layout} or {ps.small_batch_layout}"
+            )
+        capacity = layout_capacity(header.layout, ps)
+        if header.batch_size > capacity:
+            raise InputError(
+                f"a batch of {header.batch_size} exceeds the {header.layout} layout's {capacity}"
+            )
+        expected = ciphertext_count(
+            header.layout,
+            header.batch_size,
+            n_features=served.released.spec.n_features,
+            hidden=served.hidden,
+            slots=ps.slots,
+        )
+        if len(ciphertexts) != expected:
+            raise InputError(
+                f"a {header.layout} batch of {header.batch_size} needs {expected} ciphertexts, "
+                f"got {len(ciphertexts)}"
+            )
+        with self._lock:
+            results = evaluate(
+                context,
+                served.circuit,
+                header.layout,
+                ciphertexts,
+                random_bytes=self._random_bytes,
+            )
+        response = encode_response(
+            ResponseHeader(
+                model_hash=header.model_hash,
+                request_hash=request_hash,
+                he_params_hash=context.he_params_hash,
+                layout=header.layout,
+                batch_size=header.batch_size,
+            ),
+            results,
+        )
+        self._recorder(
+            served_payload(
+                model_hash=header.model_hash,
+                requester=requester,
+                he_params_hash=context.he_params_hash,
+                batch_size=header.batch_size,
+                request_hash=request_hash,
+            )
+        )
+        return response
