@@ -151,6 +151,14 @@ class ControlClient:
             raise TransportError(f"SuperLink {self.address} did not register node {name!r}")
         return int(response.node_id)
 
+    def unregister_node(self, node_id: int) -> None:
+        """Withdraw a SuperNode's registration."""
+        from flwr.proto.control_pb2 import UnregisterNodeRequest
+
+        self._call(
+            "unregister-node", self._client.UnregisterNode, UnregisterNodeRequest(node_id=node_id)
+        )
+
     def list_nodes(self) -> list[NodeSummary]:
         """Every registered SuperNode."""
         from flwr.proto.control_pb2 import ListNodesRequest

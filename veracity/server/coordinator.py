@@ -34,7 +34,13 @@ from veracity.crypto.keys import (
     write_key_pair,
 )
 from veracity.crypto.tls import create_tls_material
-from veracity.errors import ApprovalMissing, ConfigError, InputError, VeracityError
+from veracity.errors import (
+    ApprovalMissing,
+    ConfigError,
+    InputError,
+    TransportError,
+    VeracityError,
+)
 from veracity.ledger.canonical import canonical_hash
 from veracity.ledger.entry import Entry
 from veracity.ledger.events import ROOT_ACTOR
@@ -326,12 +332,10 @@ class Coordinator:
         return EnrolledSite(name=name, key_id=public_key.key_id, node_id=node_id, seq=entry.seq)
 
     def _unregister_quietly(self, node_id: int) -> None:
-        from flwr.proto.control_pb2 import UnregisterNodeRequest
-
         try:
             with self.control() as control:
-                control._client.UnregisterNode(UnregisterNodeRequest(node_id=node_id))
-        except Exception as err:  # noqa: BLE001 - best effort; the original error matters
+                control.unregister_node(node_id)
+        except TransportError as err:  # best effort; the original error matters more
             log.warning("could not withdraw SuperNode %s: %s", node_id, err)
 
     # -------------------------------------------------------------- statements
