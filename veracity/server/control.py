@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import queue
+import ssl
 import threading
 import time
 from dataclasses import dataclass
@@ -95,8 +96,9 @@ class ControlClient:
 
         self.address = address
         self.timeout = timeout
+        verify = ssl.create_default_context(cafile=str(ca_cert))
         self._client = ControlHttpClient(
-            f"https://{address}", interceptors=(), verify=str(ca_cert), timeout=timeout
+            f"https://{address}", interceptors=(), verify=verify, timeout=timeout
         )
 
     def close(self) -> None:

@@ -1,0 +1,149 @@
+"""The coordinator service against a real SuperLink (TLS, SuperNode authentication)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from tests.server.conftest import make_site_identity
+from veracity.crypto.keys import generate_signing_key
+from veracity.errors import ApprovalMissing, InputError, SignatureError
+from veracity.ledger.statement import sign_statement
+from veracity.server.coordinator import Coordinator
+from veracity.server.fab import build_fab
+
+pytestmark = pytest.mark.integration
+
+
+def _study(**changes: Any) -> dict[str, Any]:
+    document: dict[str, Any] = {
+        "study_id": "bc-1",
+        "model": {"family": "logistic", "n_features": 2},
+        "features": ["a", "b"],
+        "label": "y",
+        "scaling": [[0.0, 1.0], [0.0, 1.0]],
+        "dp": {"noise_multiplier": 1.0, "max_grad_norm": 1.0, "delta": 1e-5},
+        "training": {"batch_size": 16, "local_epochs": 1, "learning_rate": 0.1},
+        "rounds": 2,
+        "min_sites": 2,
+        "epsilon_caps": {"hospital-a": 3.0, "hospital-b": 3.0},
+    }
+    document.update(changes)
+    return document
+
+
+def _dataset_statement(site: str) -> dict[str, Any]:
+    return {
+        "site": site,
+        "dataset_id": "bc",
+        "commitment": "11" * 32,
+        "schema_hash": "22" * 32,
+        "rows": 150,
+        "label": "y",
+        "features": ["a", "b"],
+        "signed_at": "2026-11-27T10:00:00.000000Z",
+    }
+
+
+def test_enrolment_registers_the_supernode_and_records_the_key(
+    coordinator_with_superlink: Coordinator,
+) -> None:
+    coordinator = coordinator_with_superlink
+    site = make_site_identity("hospital-a")
+    enrolled = coordinator.enrol_site(
+        "hospital-a",
+        public_key_pem=site.key.public.pem(),
+        supernode_public_key=site.supernode_public,
+    )
+    with coordinator.control() as control:
+        nodes = {node.name: node for node in control.list_nodes()}
+    assert nodes["hospital-a"].node_id == enrolled.node_id
+    assert coordinator.site_key("hospital-a") == site.key.public
+    assert coordinator.enrolment("hospital-a")["supernode_public_key"] == site.supernode_public
+    with pytest.raises(InputError, match="already enrolled"):
+        coordinator.enrol_site(
+            "hospital-a",
+            public_key_pem=site.key.public.pem(),
+            supernode_public_key=site.supernode_public,
+        )
+
+
+def test_a_study_flows_from_proposal_to_approvals_and_a_run_needs_enough_of_them(
+    coordinator_with_superlink: Coordinator,
+) -> None:
+    coordinator = coordinator_with_superlink
+    sites = [make_site_identity(name) for name in ("hospital-a", "hospital-b")]
+    for site in sites:
+        coordinator.enrol_site(
+            site.name,
+            public_key_pem=site.key.public.pem(),
+            supernode_public_key=site.supernode_public,
+        )
+        payload = _dataset_statement(site.name)
+        signature = sign_statement(site.key, "dataset.registered", site.name, payload)
+        coordinator.record_statement("dataset.registered", site.name, payload, signature)
+    study = coordinator.propose_study(_study())
+    assert study.code_hash == build_fab().fab_hash
+
+    first = sites[0]
+    approval = {
+        "study_hash": study.study_hash,
+        "site": first.name,
+        "dataset_id": "bc",
+        "epsilon_cap": 2.5,
+        "signed_at": "2026-11-27T10:01:00.000000Z",
+    }
+    coordinator.record_statement(
+        "study.approved",
+        first.name,
+        approval,
+        sign_statement(first.key, "study.approved", first.name, approval),
+    )
+    assert set(coordinator.approvals(study.study_hash)) == {"hospital-a"}
+    with pytest.raises(ApprovalMissing):
+        coordinator.start_run(study.study_hash)
+    report = coordinator.ledger.verify(coordinator.root_key.public)
+    assert report.entries == coordinator.ledger.size()
+
+
+def test_statements_that_do_not_fit_are_refused(coordinator_with_superlink: Coordinator) -> None:
+    coordinator = coordinator_with_superlink
+    site = make_site_identity("hospital-a")
+    coordinator.enrol_site(
+        site.name, public_key_pem=site.key.public.pem(), supernode_public_key=site.supernode_public
+    )
+    other = make_site_identity("hospital-b")
+    coordinator.enrol_site(
+        other.name,
+        public_key_pem=other.key.public.pem(),
+        supernode_public_key=other.supernode_public,
+    )
+    payload = _dataset_statement(site.name)
+    forged = sign_statement(generate_signing_key(), "dataset.registered", site.name, payload)
+    with pytest.raises(SignatureError):
+        coordinator.record_statement("dataset.registered", site.name, payload, forged)
+    with pytest.raises(InputError, match="names site"):
+        coordinator.record_statement(
+            "dataset.registered",
+            other.name,
+            payload,
+            sign_statement(other.key, "dataset.registered", other.name, payload),
+        )
+    study = coordinator.propose_study(_study())
+    too_much = {
+        "study_hash": study.study_hash,
+        "site": site.name,
+        "dataset_id": "bc",
+        "epsilon_cap": 9.0,
+        "signed_at": "2026-11-27T10:01:00.000000Z",
+    }
+    with pytest.raises(InputError, match="exceeds"):
+        coordinator.record_statement(
+            "study.approved",
+            site.name,
+            too_much,
+            sign_statement(site.key, "study.approved", site.name, too_much),
+        )
+    with pytest.raises(InputError, match="code_hash"):
+        coordinator.propose_study(_study(study_id="bc-2", code_hash="00" * 32))
