@@ -90,6 +90,9 @@ def config_show(
 
 def _register_subcommands() -> None:
     """Attach the command groups of the subpackages (each imports its heavy deps lazily)."""
+    from veracity.client.cli import site_app
+
+    app.add_typer(site_app, name="site")
 
 
 def _fail(message: str, code: int, error: BaseException) -> int:
