@@ -1,0 +1,350 @@
+"""Study approvals: what the operator reviews, approves or refuses, and what the agent enforces.
+
+The operator approves one exact study document (identified by its hash, which covers every
+term: model, features, DP parameters, rounds, caps and code hash) for one registered
+dataset, with the epsilon the site allows it (``--epsilon-cap``). The cap in force is the
+smaller of that and the study's own cap for this site. Decisions are signed by the site key
+and queued for the coordinator's ledger (``study.approved`` / ``study.refused``); the
+latest decision about a study is the one in force, so an approval can be withdrawn by
+refusing the study later.
+
+:func:`approved_terms` is what the agent asks before every round: it raises
+:class:`~veracity.errors.ApprovalMissing` unless the request's study is approved, its
+document matches its hash, its code hash is the approved one, and the approved dataset is
+still the registered file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from veracity.client.budget import (
+    epsilon_report,
+    merge_history,
+    poisson_sampling,
+)
+from veracity.client.site import Site, secure_mode_available
+from veracity.client.store import Dataset, Decision, SignedStatement
+from veracity.errors import ApprovalMissing, InputError
+from veracity.tasks.study import Study, parse_study
+
+__all__ = [
+    "load_study_file",
+    "StudyReview",
+    "review_study",
+    "approve_study",
+    "refuse_study",
+    "effective_cap",
+    "approved_terms",
+]
+
+_MAX_REASON = 2000
+
+
+def load_study_file(path: Path) -> Study:
+    """Read a study as the coordinator publishes it.
+
+    Accepts the study document itself, or a ``study.proposed`` payload
+    (``{"study": {...}, "study_hash": ...}``) whose hash must match the document.
+
+    Raises
+    ------
+    InputError
+        If the file is unreadable, not JSON, not a valid study, or its hash does not match.
+    """
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as err:
+        raise InputError(f"cannot read study file {path}: {err.strerror or err}") from err
+    except UnicodeDecodeError as err:
+        raise InputError(f"study file {path} is not UTF-8 text") from err
+    try:
+        document = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise InputError(
+            f"study file {path} is not JSON (line {err.lineno}, column {err.colno}: {err.msg})"
+        ) from err
+    if not isinstance(document, dict):
+        raise InputError(f"study file {path} must hold a JSON object")
+    if isinstance(document.get("study"), dict):
+        study = parse_study(document["study"])
+        claimed = document.get("study_hash")
+        if claimed is not None and claimed != study.study_hash:
+            raise InputError(
+                f"study file {path}: study_hash {claimed!r} does not match the document "
+                f"(its hash is {study.study_hash})"
+            )
+        return study
+    return parse_study(document)
+
+
+def effective_cap(study: Study, site_name: str, approved_cap: float) -> float:
+    """The cap in force: the smaller of the study's cap for this site and the approved one."""
+    return min(study.epsilon_caps.get(site_name, 0.0), approved_cap)
+
+
+@dataclass(frozen=True)
+class StudyReview:
+    """What an operator sees before deciding: the terms, the projected spend, any problems."""
+
+    study: Study
+    site: str
+    dataset: Dataset | None
+    epsilon_cap: float | None
+    sample_rate: float | None = None
+    steps_per_round: int | None = None
+    total_steps: int | None = None
+    projected_study_epsilon: float | None = None
+    projected_dataset_epsilon: float | None = None
+    dataset_epsilon_now: float | None = None
+    problems: tuple[str, ...] = ()
+    warnings: tuple[str, ...] = ()
+
+    @property
+    def study_cap(self) -> float | None:
+        """The study's own cap for this site (``None`` if it does not name the site)."""
+        return self.study.epsilon_caps.get(self.site)
+
+    @property
+    def cap_in_force(self) -> float | None:
+        """The cap that will be enforced if approved."""
+        if self.epsilon_cap is None or self.study_cap is None:
+            return None
+        return min(self.study_cap, self.epsilon_cap)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready summary."""
+        study = self.study
+        return {
+            "study_id": study.study_id,
+            "study_hash": study.study_hash,
+            "title": study.title,
+            "site": self.site,
+            "model": study.model,
+            "features": list(study.features),
+            "label": study.label,
+            "dp": study.dp.model_dump(mode="json"),
+            "training": study.training.model_dump(mode="json"),
+            "rounds": study.rounds,
+            "code_hash": study.code_hash,
+            "study_epsilon_cap": self.study_cap,
+            "approved_epsilon_cap": self.epsilon_cap,
+            "epsilon_cap_in_force": self.cap_in_force,
+            "dataset_id": self.dataset.dataset_id if self.dataset else None,
+            "dataset_rows": self.dataset.rows if self.dataset else None,
+            "dataset_epsilon_budget": self.dataset.epsilon_budget if self.dataset else None,
+            "dataset_epsilon_now": self.dataset_epsilon_now,
+            "sample_rate": self.sample_rate,
+            "steps_per_round": self.steps_per_round,
+            "total_steps": self.total_steps,
+            "projected_study_epsilon": self.projected_study_epsilon,
+            "projected_dataset_epsilon": self.projected_dataset_epsilon,
+            "problems": list(self.problems),
+            "warnings": list(self.warnings),
+        }
+
+
+def review_study(
+    site: Site, study: Study, *, dataset_id: str | None, epsilon_cap: float | None
+) -> StudyReview:
+    """Check a study against this site and a dataset, and project what it would spend.
+
+    Problems (which block an approval): the study does not name this site; the dataset is
+    not registered, lacks a study column, or has another label; the study's delta is
+    weaker than the dataset's; it needs secure mode that this site cannot provide; the cap
+    is not a positive number. Warnings: the full study would pass the cap in force or the
+    dataset's budget, so its last rounds would be refused.
+    """
+    problems: list[str] = []
+    warnings: list[str] = []
+    if site.name not in study.epsilon_caps:
+        problems.append(
+            f"the study gives no epsilon cap for site {site.name!r} "
+            f"(it names {', '.join(sorted(study.epsilon_caps))})"
+        )
+    if epsilon_cap is not None and not (math.isfinite(epsilon_cap) and epsilon_cap > 0):
+        problems.append(f"epsilon cap {epsilon_cap!r} must be positive and finite")
+    if study.dp.secure_mode and not (site.config.secure_mode or secure_mode_available()):
+        problems.append("the study requires secure mode; torchcsprng is not installed here")
+    dataset = site.store.get_dataset(dataset_id) if dataset_id is not None else None
+    if dataset_id is not None and dataset is None:
+        problems.append(f"no dataset {dataset_id!r} is registered at this site")
+    review = StudyReview(study=study, site=site.name, dataset=dataset, epsilon_cap=epsilon_cap)
+    if dataset is None:
+        return _with(review, problems, warnings)
+    if dataset.label != study.label:
+        problems.append(
+            f"the study's label is {study.label!r}; dataset {dataset.dataset_id!r} has "
+            f"label {dataset.label!r}"
+        )
+    missing = [column for column in study.features if column not in dataset.features]
+    if missing:
+        problems.append(
+            f"dataset {dataset.dataset_id!r} has no column {missing[0]!r} "
+            f"({len(missing)} of the study's features are missing)"
+        )
+    if study.dp.delta > dataset.delta:
+        problems.append(
+            f"the study's delta {study.dp.delta:g} is weaker than dataset "
+            f"{dataset.dataset_id!r}'s budget delta {dataset.delta:g}"
+        )
+    sampling = poisson_sampling(dataset.rows, study.training.batch_size)
+    per_round = sampling.segment(study.dp.noise_multiplier, study.training.local_epochs)
+    whole = sampling.segment(study.dp.noise_multiplier, study.training.local_epochs * study.rounds)
+    dataset_history = site.store.dataset_history(dataset.dataset_id)
+    study_history = site.store.study_history(dataset.dataset_id, study.study_hash)
+    projected_dataset = epsilon_report(merge_history([*dataset_history, whole]), study.dp.delta)
+    projected_study = epsilon_report(merge_history([*study_history, whole]), study.dp.delta)
+    now = epsilon_report(dataset_history, study.dp.delta)
+    cap = review.cap_in_force
+    if cap is not None and projected_study.prv > cap:
+        warnings.append(
+            f"the whole study needs epsilon {projected_study.prv:.3f} here but the cap in "
+            f"force is {cap:g}: rounds past the cap will be refused"
+        )
+    if projected_dataset.prv > dataset.epsilon_budget:
+        warnings.append(
+            f"the whole study would bring dataset {dataset.dataset_id!r} to epsilon "
+            f"{projected_dataset.prv:.3f}, over its budget {dataset.epsilon_budget:g}: "
+            "rounds past the budget will be refused"
+        )
+    reviewed = StudyReview(
+        study=study,
+        site=site.name,
+        dataset=dataset,
+        epsilon_cap=epsilon_cap,
+        sample_rate=sampling.sample_rate,
+        steps_per_round=per_round.steps,
+        total_steps=whole.steps,
+        projected_study_epsilon=projected_study.prv,
+        projected_dataset_epsilon=projected_dataset.prv,
+        dataset_epsilon_now=now.prv,
+    )
+    return _with(reviewed, problems, warnings)
+
+
+def _with(review: StudyReview, problems: list[str], warnings: list[str]) -> StudyReview:
+    return dataclasses.replace(review, problems=tuple(problems), warnings=tuple(warnings))
+
+
+def approve_study(
+    site: Site, study: Study, *, dataset_id: str, epsilon_cap: float
+) -> tuple[Decision, SignedStatement, StudyReview]:
+    """Approve ``study`` on ``dataset_id`` with ``epsilon_cap``; sign and queue ``study.approved``.
+
+    Raises
+    ------
+    InputError
+        If the review finds a problem (the first one is named); nothing is written then.
+    """
+    review = review_study(site, study, dataset_id=dataset_id, epsilon_cap=epsilon_cap)
+    if review.problems:
+        raise InputError(f"cannot approve study {study.study_id!r}: {review.problems[0]}")
+    now = site.now()
+    statement = site.sign(
+        "study.approved",
+        {
+            "study_hash": study.study_hash,
+            "site": site.name,
+            "dataset_id": dataset_id,
+            "epsilon_cap": float(epsilon_cap),
+        },
+        signed_at=now,
+    )
+    decision = site.store.add_decision(
+        study_hash=study.study_hash,
+        study_id=study.study_id,
+        decision="approved",
+        study_document=study.to_document(),
+        code_hash=study.code_hash,
+        dataset_id=dataset_id,
+        epsilon_cap=float(epsilon_cap),
+        reason=None,
+        decided_at=now,
+        statement=statement,
+    )
+    return decision, statement, review
+
+
+def refuse_study(site: Site, study: Study, *, reason: str) -> tuple[Decision, SignedStatement]:
+    """Refuse ``study`` (or withdraw an approval) with ``reason``; sign and queue ``study.refused``.
+
+    Raises
+    ------
+    InputError
+        If the reason is empty or longer than 2000 characters.
+    """
+    text = " ".join(reason.split())
+    if not text:
+        raise InputError("a refusal needs a reason")
+    if len(text) > _MAX_REASON:
+        raise InputError(f"a refusal reason is at most {_MAX_REASON} characters")
+    now = site.now()
+    statement = site.sign(
+        "study.refused",
+        {"study_hash": study.study_hash, "site": site.name, "reason": text},
+        signed_at=now,
+    )
+    decision = site.store.add_decision(
+        study_hash=study.study_hash,
+        study_id=study.study_id,
+        decision="refused",
+        study_document=study.to_document(),
+        code_hash=study.code_hash,
+        dataset_id=None,
+        epsilon_cap=None,
+        reason=text,
+        decided_at=now,
+        statement=statement,
+    )
+    return decision, statement
+
+
+def approved_terms(
+    site: Site, *, study: Study, study_hash: str, code_hash: str
+) -> tuple[Decision, Dataset, float]:
+    """The approval a training request relies on, its dataset and the cap in force.
+
+    Raises
+    ------
+    ApprovalMissing
+        If the document does not hash to ``study_hash``, the code hash differs from the
+        study's, the study does not name this site, it is not approved (or was refused),
+        or its dataset is no longer registered.
+    """
+    if study.study_hash != study_hash:
+        raise ApprovalMissing(
+            f"the study document does not match study_hash {study_hash[:16]}...: its terms "
+            "differ from the study that was proposed"
+        )
+    if code_hash != study.code_hash:
+        raise ApprovalMissing(
+            f"code hash {code_hash[:16]}... differs from the approved study's "
+            f"{study.code_hash[:16]}..."
+        )
+    if site.name not in study.epsilon_caps:
+        raise ApprovalMissing(f"study {study.study_id!r} does not include site {site.name!r}")
+    decision = site.store.latest_decision(study_hash)
+    if decision is None:
+        raise ApprovalMissing(
+            f"study {study.study_id!r} ({study_hash[:16]}...) is not approved at site {site.name!r}"
+        )
+    if decision.decision != "approved":
+        raise ApprovalMissing(
+            f"study {study.study_id!r} was refused at site {site.name!r}: {decision.reason}"
+        )
+    if (
+        decision.code_hash != code_hash
+        or decision.dataset_id is None
+        or decision.epsilon_cap is None
+    ):
+        raise ApprovalMissing(f"study {study.study_id!r} was approved with other terms")
+    dataset = site.store.get_dataset(decision.dataset_id)
+    if dataset is None:
+        raise ApprovalMissing(f"the approved dataset {decision.dataset_id!r} is not registered")
+    return decision, dataset, effective_cap(study, site.name, decision.epsilon_cap)

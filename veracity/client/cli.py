@@ -1,0 +1,561 @@
+"""``veracity site``: set up a site, register datasets, decide on studies, read the outbox.
+
+Every option can also be set as ``VERACITY_<NAME>``; ``--format json`` prints one JSON
+document on stdout. ``veracity site start`` (the Flower SuperNode) is attached by the
+Flower adapter's own module.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from veracity.config import load_settings
+from veracity.errors import ConfigError
+from veracity.output import FormatOption, OutputFormat, emit_json, emit_table, stderr_console
+
+__all__ = ["site_app"]
+
+site_app = typer.Typer(
+    name="site",
+    help="The site agent: keys, datasets, study approvals, privacy budget, outbox.",
+    no_args_is_help=True,
+    rich_markup_mode=None,
+)
+
+DataDirOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--data-dir",
+        envvar="VERACITY_DATA_DIR",
+        help="The site directory (default: ./veracity-data).",
+    ),
+]
+
+
+def _root(data_dir: Path | None) -> Path:
+    return load_settings(data_dir=data_dir).data_dir
+
+
+def _split(values: list[str] | None) -> list[str] | None:
+    """Features given as repeated options and/or comma-separated lists."""
+    if not values:
+        return None
+    return [part.strip() for value in values for part in value.split(",") if part.strip()]
+
+
+def _fmt(value: float | None, digits: int = 4) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.{digits}f}"
+
+
+@site_app.command("init")
+def init_command(
+    name: Annotated[
+        str, typer.Option("--name", envvar="VERACITY_SITE_NAME", help="The site's enrolled name.")
+    ],
+    data_dir: DataDirOption = None,
+    torch_threads: Annotated[
+        int,
+        typer.Option(
+            "--torch-threads", envvar="VERACITY_TORCH_THREADS", help="Threads torch trains with."
+        ),
+    ] = 1,
+    secure_mode: Annotated[
+        bool,
+        typer.Option(
+            "--secure-mode/--no-secure-mode",
+            envvar="VERACITY_SECURE_MODE",
+            help="Draw DP noise from torchcsprng (must be installed).",
+        ),
+    ] = False,
+    default_epsilon_budget: Annotated[
+        float,
+        typer.Option(
+            "--default-epsilon-budget",
+            envvar="VERACITY_DEFAULT_EPSILON_BUDGET",
+            help="Budget of datasets registered without --epsilon-budget.",
+        ),
+    ] = 10.0,
+    output_format: FormatOption = OutputFormat.TEXT,
+) -> None:
+    """Create a site: Ed25519 key, Flower SuperNode key, store and site.json."""
+    from veracity.client.site import SitePaths, init_site
+    from veracity.crypto.keys import load_verify_key
+
+    root = _root(data_dir)
+    config = init_site(
+        root,
+        name,
+        torch_threads=torch_threads,
+        secure_mode=secure_mode,
+        default_epsilon_budget=default_epsilon_budget,
+    )
+    paths = SitePaths(root, name)
+    shown = {
+        "site": name,
+        "data_dir": str(root.resolve()),
+        "signing_key": str(paths.signing_key.resolve()),
+        "public_key": str(paths.public_key.resolve()),
+        "key_id": load_verify_key(paths.public_key).key_id,
+        "supernode_key": str(paths.supernode_key.resolve()),
+        "supernode_public_key": str(paths.supernode_public_key.resolve()),
+        "database": str(paths.database.resolve()),
+        "config": config.model_dump(mode="json"),
+    }
+    if output_format is OutputFormat.JSON:
+        emit_json(shown)
+        return
+    emit_table(
+        f"Site {name}",
+        ["item", "value"],
+        [(key, value) for key, value in shown.items() if key != "config"],
+    )
+    stderr_console().print(
+        "Give the coordinator public_key and supernode_public_key to enrol this site."
+    )
+
+
+@site_app.command("register-dataset")
+def register_dataset_command(
+    dataset_id: Annotated[
+        str, typer.Option("--id", envvar="VERACITY_DATASET_ID", help="The dataset's id.")
+    ],
+    path: Annotated[
+        Path,
+        typer.Option("--path", envvar="VERACITY_DATASET_PATH", help="The .csv or .parquet file."),
+    ],
+    label: Annotated[
+        str, typer.Option("--label", envvar="VERACITY_LABEL", help="The 0/1 label column.")
+    ],
+    features: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--features",
+            envvar="VERACITY_FEATURES",
+            help="Feature columns (repeat, or comma-separated; default: all but the label).",
+        ),
+    ] = None,
+    epsilon_budget: Annotated[
+        float | None,
+        typer.Option(
+            "--epsilon-budget",
+            envvar="VERACITY_EPSILON_BUDGET",
+            help="The dataset's privacy budget (default: the site's).",
+        ),
+    ] = None,
+    delta: Annotated[
+        float | None,
+        typer.Option("--delta", envvar="VERACITY_DELTA", help="The budget's delta."),
+    ] = None,
+    min_rows: Annotated[
+        int | None,
+        typer.Option("--min-rows", envvar="VERACITY_MIN_ROWS", help="Fewest rows accepted."),
+    ] = None,
+    data_dir: DataDirOption = None,
+    output_format: FormatOption = OutputFormat.TEXT,
+) -> None:
+    """Validate a data file and register it (the file stays where it is)."""
+    from veracity.client.datasets import register_dataset
+    from veracity.client.site import Site
+
+    with Site.open(_root(data_dir)) as site:
+        dataset, statement = register_dataset(
+            site,
+            dataset_id=dataset_id,
+            path=path,
+            label=label,
+            features=_split(features),
+            epsilon_budget=epsilon_budget,
+            delta=delta,
+            min_rows=min_rows,
+        )
+    shown = {
+        "dataset_id": dataset.dataset_id,
+        "path": str(dataset.path),
+        "rows": dataset.rows,
+        "positives": dataset.positives,
+        "label": dataset.label,
+        "features": list(dataset.features),
+        "commitment": dataset.commitment,
+        "schema_hash": dataset.schema_hash,
+        "epsilon_budget": dataset.epsilon_budget,
+        "delta": dataset.delta,
+        "statement": statement.to_dict(),
+    }
+    if output_format is OutputFormat.JSON:
+        emit_json(shown)
+        return
+    emit_table(
+        f"Dataset {dataset.dataset_id} registered",
+        ["item", "value"],
+        [
+            ("rows", dataset.rows),
+            ("positives", dataset.positives),
+            ("label", dataset.label),
+            ("features", len(dataset.features)),
+            ("commitment", dataset.commitment),
+            ("schema hash", dataset.schema_hash),
+            ("epsilon budget", f"{dataset.epsilon_budget:g} (delta {dataset.delta:g})"),
+        ],
+    )
+
+
+@site_app.command("datasets")
+def datasets_command(
+    data_dir: DataDirOption = None, output_format: FormatOption = OutputFormat.TEXT
+) -> None:
+    """List datasets with the epsilon each has spent (PRV, at its budget's delta)."""
+    from veracity.client.budget import prv_epsilon, total_steps
+    from veracity.client.site import Site
+
+    rows: list[dict[str, Any]] = []
+    with Site.open(_root(data_dir)) as site:
+        for dataset in site.store.list_datasets():
+            history = site.store.dataset_history(dataset.dataset_id)
+            rows.append(
+                {
+                    "dataset_id": dataset.dataset_id,
+                    "rows": dataset.rows,
+                    "epsilon_spent": prv_epsilon(history, dataset.delta),
+                    "epsilon_budget": dataset.epsilon_budget,
+                    "delta": dataset.delta,
+                    "steps": total_steps(history),
+                    "path": str(dataset.path),
+                }
+            )
+    if output_format is OutputFormat.JSON:
+        emit_json({"datasets": rows})
+        return
+    emit_table(
+        "Datasets",
+        ["id", "rows", "epsilon spent", "budget", "steps", "path"],
+        [
+            (
+                r["dataset_id"],
+                r["rows"],
+                _fmt(r["epsilon_spent"]),
+                f"{r['epsilon_budget']:g}",
+                r["steps"],
+                r["path"],
+            )
+            for r in rows
+        ],
+    )
+
+
+def _print_review(review: Any) -> None:
+    summary = review.to_dict()
+    console = stderr_console()
+    console.print(f"Study {summary['study_id']}  ({summary['study_hash']})")
+    if summary["title"]:
+        console.print(f"  {summary['title']}")
+    model = summary["model"]
+    console.print(
+        f"  model {model['family']} on {len(summary['features'])} features, "
+        f"label {summary['label']!r}; code hash {summary['code_hash']}"
+    )
+    dp, training = summary["dp"], summary["training"]
+    console.print(
+        f"  DP-SGD: noise multiplier {dp['noise_multiplier']:g}, clipping norm "
+        f"{dp['max_grad_norm']:g}, delta {dp['delta']:g}, accountant {dp['accountant']}, "
+        f"secure mode {'on' if dp['secure_mode'] else 'off'}"
+    )
+    console.print(
+        f"  training: {summary['rounds']} rounds x {training['local_epochs']} local epoch(s), "
+        f"batch {training['batch_size']}, learning rate {training['learning_rate']:g}"
+    )
+    console.print(
+        f"  epsilon cap: study asks {summary['study_epsilon_cap']}, you allow "
+        f"{summary['approved_epsilon_cap']}, in force {summary['epsilon_cap_in_force']}"
+    )
+    if summary["dataset_id"] is not None:
+        console.print(
+            f"  dataset {summary['dataset_id']} ({summary['dataset_rows']} rows): sample rate "
+            f"{_fmt(summary['sample_rate'])}, {summary['steps_per_round']} steps per round, "
+            f"{summary['total_steps']} in all"
+        )
+        console.print(
+            f"  the whole study would spend epsilon {_fmt(summary['projected_study_epsilon'])}; "
+            f"the dataset would go from {_fmt(summary['dataset_epsilon_now'])} to "
+            f"{_fmt(summary['projected_dataset_epsilon'])} of its budget "
+            f"{summary['dataset_epsilon_budget']:g}"
+        )
+    for warning in summary["warnings"]:
+        console.print(f"  warning: {warning}")
+    for problem in summary["problems"]:
+        console.print(f"  problem: {problem}")
+
+
+@site_app.command("review")
+def review_command(
+    study_file: Annotated[
+        Path, typer.Argument(help="The study JSON as the coordinator publishes it.")
+    ],
+    dataset: Annotated[
+        str | None,
+        typer.Option("--dataset", envvar="VERACITY_DATASET_ID", help="Dataset it would train on."),
+    ] = None,
+    epsilon_cap: Annotated[
+        float | None,
+        typer.Option("--epsilon-cap", envvar="VERACITY_EPSILON_CAP", help="Cap you would allow."),
+    ] = None,
+    data_dir: DataDirOption = None,
+    output_format: FormatOption = OutputFormat.TEXT,
+) -> None:
+    """Show what a study asks of this site and what it would spend, without deciding."""
+    from veracity.client.approvals import load_study_file, review_study
+    from veracity.client.site import Site
+
+    study = load_study_file(study_file)
+    with Site.open(_root(data_dir)) as site:
+        review = review_study(site, study, dataset_id=dataset, epsilon_cap=epsilon_cap)
+    if output_format is OutputFormat.JSON:
+        emit_json(review.to_dict())
+    else:
+        _print_review(review)
+
+
+@site_app.command("approve")
+def approve_command(
+    study_file: Annotated[
+        Path, typer.Argument(help="The study JSON as the coordinator publishes it.")
+    ],
+    dataset: Annotated[
+        str, typer.Option("--dataset", envvar="VERACITY_DATASET_ID", help="Dataset to train on.")
+    ],
+    epsilon_cap: Annotated[
+        float,
+        typer.Option(
+            "--epsilon-cap",
+            envvar="VERACITY_EPSILON_CAP",
+            help="Most epsilon this study may spend.",
+        ),
+    ],
+    yes: Annotated[
+        bool, typer.Option("--yes", "-y", envvar="VERACITY_YES", help="Approve without asking.")
+    ] = False,
+    data_dir: DataDirOption = None,
+    output_format: FormatOption = OutputFormat.TEXT,
+) -> None:
+    """Approve a study on a dataset with an epsilon cap, signed by the site key."""
+    from veracity.client.approvals import approve_study, load_study_file, review_study
+    from veracity.client.site import Site
+
+    study = load_study_file(study_file)
+    with Site.open(_root(data_dir)) as site:
+        review = review_study(site, study, dataset_id=dataset, epsilon_cap=epsilon_cap)
+        _print_review(review)
+        if not review.problems and not yes:
+            if not sys.stdin.isatty():
+                raise ConfigError("confirm with --yes to approve without a terminal")
+            if not typer.confirm("Approve this study?", default=False, err=True):
+                stderr_console().print("Not approved.")
+                raise typer.Exit(1)
+        decision, statement, _ = approve_study(
+            site, study, dataset_id=dataset, epsilon_cap=epsilon_cap
+        )
+    shown = {
+        "decision": decision.decision,
+        "study_id": decision.study_id,
+        "study_hash": decision.study_hash,
+        "dataset_id": decision.dataset_id,
+        "epsilon_cap": decision.epsilon_cap,
+        "epsilon_cap_in_force": review.cap_in_force,
+        "statement": statement.to_dict(),
+    }
+    if output_format is OutputFormat.JSON:
+        emit_json(shown)
+    else:
+        emit_table(
+            None,
+            ["item", "value"],
+            [(k, v) for k, v in shown.items() if k != "statement"]
+            + [("statement", statement.statement_id)],
+        )
+
+
+@site_app.command("refuse")
+def refuse_command(
+    study_file: Annotated[
+        Path, typer.Argument(help="The study JSON as the coordinator publishes it.")
+    ],
+    reason: Annotated[
+        str, typer.Option("--reason", envvar="VERACITY_REASON", help="Why, for the ledger.")
+    ],
+    data_dir: DataDirOption = None,
+    output_format: FormatOption = OutputFormat.TEXT,
+) -> None:
+    """Refuse a study (or withdraw an approval), signed by the site key."""
+    from veracity.client.approvals import load_study_file, refuse_study
+    from veracity.client.site import Site
+
+    study = load_study_file(study_file)
+    with Site.open(_root(data_dir)) as site:
+        decision, statement = refuse_study(site, study, reason=reason)
+    shown = {
+        "decision": decision.decision,
+        "study_id": decision.study_id,
+        "study_hash": decision.study_hash,
+        "reason": decision.reason,
+        "statement": statement.to_dict(),
+    }
+    if output_format is OutputFormat.JSON:
+        emit_json(shown)
+    else:
+        emit_table(
+            None,
+            ["item", "value"],
+            [(k, v) for k, v in shown.items() if k != "statement"]
+            + [("statement", statement.statement_id)],
+        )
+
+
+@site_app.command("studies")
+def studies_command(
+    data_dir: DataDirOption = None, output_format: FormatOption = OutputFormat.TEXT
+) -> None:
+    """List the operator's decisions about studies, oldest first."""
+    from veracity.client.site import Site
+
+    with Site.open(_root(data_dir)) as site:
+        decisions = site.store.list_decisions()
+    rows = [
+        {
+            "study_id": d.study_id,
+            "study_hash": d.study_hash,
+            "decision": d.decision,
+            "dataset_id": d.dataset_id,
+            "epsilon_cap": d.epsilon_cap,
+            "reason": d.reason,
+            "decided_at": d.decided_at,
+        }
+        for d in decisions
+    ]
+    if output_format is OutputFormat.JSON:
+        emit_json({"decisions": rows})
+        return
+    emit_table(
+        "Decisions",
+        ["study", "hash", "decision", "dataset", "cap", "when"],
+        [
+            (
+                r["study_id"],
+                str(r["study_hash"])[:16],
+                r["decision"],
+                r["dataset_id"] or "-",
+                r["epsilon_cap"] if r["epsilon_cap"] is not None else "-",
+                r["decided_at"],
+            )
+            for r in rows
+        ],
+    )
+
+
+@site_app.command("outbox")
+def outbox_command(
+    include_delivered: Annotated[
+        bool,
+        typer.Option("--all", envvar="VERACITY_ALL", help="Include statements already delivered."),
+    ] = False,
+    data_dir: DataDirOption = None,
+    output_format: FormatOption = OutputFormat.TEXT,
+) -> None:
+    """List the signed statements waiting for the coordinator's ledger."""
+    from veracity.client.site import Site
+
+    with Site.open(_root(data_dir)) as site:
+        entries = site.store.outbox(include_delivered=include_delivered)
+    documents = [
+        {
+            **entry.statement.to_dict(),
+            "created_at": entry.created_at,
+            "delivered_at": entry.delivered_at,
+        }
+        for entry in entries
+    ]
+    if output_format is OutputFormat.JSON:
+        emit_json({"statements": documents})
+        return
+    emit_table(
+        "Outbox",
+        ["statement", "kind", "created", "delivered"],
+        [
+            (d["statement_id"], d["kind"], d["created_at"], d["delivered_at"] or "-")
+            for d in documents
+        ],
+    )
+
+
+@site_app.command("outbox-ack")
+def outbox_ack_command(
+    statement_ids: Annotated[list[str], typer.Argument(help="Statement ids the ledger recorded.")],
+    data_dir: DataDirOption = None,
+    output_format: FormatOption = OutputFormat.TEXT,
+) -> None:
+    """Mark statements as recorded by the coordinator's ledger."""
+    from veracity.client.site import Site
+
+    with Site.open(_root(data_dir)) as site:
+        changed = site.store.mark_delivered(statement_ids, now=site.now())
+    if output_format is OutputFormat.JSON:
+        emit_json({"delivered": changed})
+    else:
+        stderr_console().print(f"{changed} statement(s) marked delivered.")
+
+
+@site_app.command("canary-audit")
+def canary_audit_command(
+    study_file: Annotated[Path, typer.Argument(help="The study whose DP-SGD terms to audit.")],
+    seed: Annotated[int, typer.Option("--seed", envvar="VERACITY_SEED", help="Audit seed.")] = 0,
+    canaries: Annotated[
+        int, typer.Option("--canaries", envvar="VERACITY_CANARIES", help="Canary records.")
+    ] = 1000,
+    guesses: Annotated[
+        int, typer.Option("--guesses", envvar="VERACITY_GUESSES", help="Guesses scored.")
+    ] = 200,
+    data_dir: DataDirOption = None,
+    output_format: FormatOption = OutputFormat.TEXT,
+) -> None:
+    """Check on synthetic canaries that this site's DP noise is really there (exit 1 if not).
+
+    Uses no registered data and spends no budget.
+    """
+    from veracity.client.approvals import load_study_file
+    from veracity.client.canary import run_canary_audit, verify_canary_audit
+    from veracity.client.site import Site
+    from veracity.client.training import configure_threads
+
+    study = load_study_file(study_file)
+    with Site.open(_root(data_dir)) as site:
+        configure_threads(site.config.torch_threads)
+        clipping = site.config.clipping
+    audit = run_canary_audit(
+        noise_multiplier=study.dp.noise_multiplier,
+        max_grad_norm=study.dp.max_grad_norm,
+        delta=study.dp.delta,
+        batch_size=study.training.batch_size,
+        learning_rate=study.training.learning_rate,
+        canaries=canaries,
+        guesses=guesses,
+        clipping=clipping,
+        seed=seed,
+    )
+    if output_format is OutputFormat.JSON:
+        emit_json(audit.to_dict())
+    else:
+        emit_table(
+            "Canary audit",
+            ["item", "value"],
+            [
+                ("correct guesses", f"{audit.correct} of {audit.guesses}"),
+                ("empirical epsilon (lower bound)", _fmt(audit.epsilon_lower_bound, 3)),
+                ("accounted epsilon", _fmt(audit.epsilon_claimed, 3)),
+                ("flagged", "yes" if audit.flagged else "no"),
+            ],
+        )
+    verify_canary_audit(audit)

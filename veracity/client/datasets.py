@@ -1,0 +1,469 @@
+"""Registering a site's datasets: reading CSV or Parquet, validating, fingerprinting.
+
+A dataset is a table with one 0/1 label column and numeric feature columns, one row per
+patient. Validation refuses, each with its own message naming the row and column where it
+can: an unreadable or non-UTF-8 file, a file that is not comma-separated, a missing label
+or feature column, duplicate column names, rows with the wrong number of fields,
+non-numeric or non-finite values, missing values (empty, ``NA``, ``NaN``, ``null``, ...),
+label values other than 0 and 1, a label with a single class, and fewer rows than the
+site's minimum. Nothing is registered unless everything passes.
+
+Rows are numbered from 1 (the first data row); for CSV the physical line is given too
+(the header is line 1).
+
+The file stays where it is: the store records its absolute path and SHA-256, and the agent
+re-reads and re-hashes it before each round (:func:`load_registered`), refusing to train on
+a file that changed.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import math
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+
+from veracity.client.fingerprint import (
+    commitment,
+    content_digest,
+    new_salt,
+    schema_hash,
+)
+from veracity.client.site import Site
+from veracity.client.store import Dataset, SignedStatement
+from veracity.errors import ApprovalMissing, InputError
+from veracity.ledger.canonical import sha256_hex
+
+__all__ = [
+    "DATASET_ID_PATTERN",
+    "Table",
+    "parse_table",
+    "read_table",
+    "register_dataset",
+    "load_registered",
+]
+
+log = logging.getLogger(__name__)
+
+DATASET_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+_MISSING = frozenset({"", "na", "n/a", "nan", "null", "none", "?", "#n/a"})
+_OTHER_DELIMITERS = ((";", "semicolon"), ("\t", "tab"), ("|", "pipe"))
+_CSV_SUFFIXES = frozenset({".csv"})
+_PARQUET_SUFFIXES = frozenset({".parquet", ".pq"})
+
+
+@dataclass(frozen=True)
+class Table:
+    """A validated dataset: feature matrix, 0/1 labels, and the column names."""
+
+    features: tuple[str, ...]
+    label: str
+    x: npt.NDArray[np.float64]
+    y: npt.NDArray[np.int64]
+
+    @property
+    def rows(self) -> int:
+        """Number of rows (patients)."""
+        return int(self.y.shape[0])
+
+    @property
+    def positives(self) -> int:
+        """Number of rows labelled 1."""
+        return int(self.y.sum())
+
+
+def _file_format(path: Path) -> str:
+    suffix = path.suffix.lower()
+    if suffix in _CSV_SUFFIXES:
+        return "csv"
+    if suffix in _PARQUET_SUFFIXES:
+        return "parquet"
+    raise InputError(f"{path.name}: expected a .csv or .parquet file")
+
+
+def _select_columns(
+    name: str, header: Sequence[str], label: str, features: Sequence[str] | None
+) -> tuple[str, ...]:
+    seen: set[str] = set()
+    for column in header:
+        if column in seen:
+            raise InputError(f"{name}: column {column!r} appears twice in the header")
+        seen.add(column)
+    for index, column in enumerate(header, start=1):
+        if not column:
+            raise InputError(f"{name}: column {index} of the header has no name")
+    if label not in seen:
+        raise InputError(f"{name}: no label column {label!r}; the columns are {', '.join(header)}")
+    if features is None:
+        chosen = tuple(column for column in header if column != label)
+    else:
+        chosen = tuple(features)
+        if len(set(chosen)) != len(chosen):
+            raise InputError(f"{name}: a feature is listed twice")
+        if label in chosen:
+            raise InputError(f"{name}: the label {label!r} cannot also be a feature")
+        missing = [column for column in chosen if column not in seen]
+        if missing:
+            raise InputError(
+                f"{name}: no feature column {missing[0]!r}; the columns are {', '.join(header)}"
+            )
+    if not chosen:
+        raise InputError(f"{name}: there are no feature columns besides the label {label!r}")
+    return chosen
+
+
+def _check_delimiter(name: str, header: Sequence[str], label: str) -> None:
+    if label in header:
+        return
+    for delimiter, described in _OTHER_DELIMITERS:
+        if any(delimiter in column for column in header):
+            raise InputError(
+                f"{name}: the header looks {described}-separated ({header[0][:60]!r}); "
+                "Veracity reads comma-separated CSV: save the file with ',' as delimiter"
+            )
+
+
+def _number(name: str, text: str, where: str) -> float:
+    stripped = text.strip()
+    if stripped.lower() in _MISSING:
+        raise InputError(f"{name}: missing value at {where}")
+    try:
+        value = float(stripped)
+    except ValueError as err:
+        raise InputError(f"{name}: non-numeric value {stripped[:40]!r} at {where}") from err
+    if not math.isfinite(value):
+        raise InputError(f"{name}: non-finite value {stripped[:40]!r} at {where}")
+    return value
+
+
+def _label_value(name: str, value: float, shown: str, where: str, label: str) -> int:
+    if value == 0.0:
+        return 0
+    if value == 1.0:
+        return 1
+    raise InputError(f"{name}: label {label!r} must be 0 or 1, found {shown[:40]!r} at {where}")
+
+
+def _finish(
+    name: str,
+    label: str,
+    features: tuple[str, ...],
+    x: npt.NDArray[np.float64],
+    y: npt.NDArray[np.int64],
+    min_rows: int,
+) -> Table:
+    rows = int(y.shape[0])
+    if rows < min_rows:
+        raise InputError(f"{name}: {rows} data rows; at least {min_rows} are needed")
+    positives = int(y.sum())
+    if positives in (0, rows):
+        only = 1 if positives else 0
+        raise InputError(
+            f"{name}: label {label!r} has only the class {only} ({rows} rows); "
+            "training needs rows of both classes"
+        )
+    return Table(features=features, label=label, x=x, y=y)
+
+
+def _parse_csv(
+    name: str, data: bytes, label: str, features: Sequence[str] | None, min_rows: int
+) -> Table:
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise InputError(f"{name}: not UTF-8 text (byte {err.start}); save it as UTF-8") from err
+    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
+    try:
+        header_row = next(reader, None)
+        if header_row is None or not any(cell.strip() for cell in header_row):
+            raise InputError(f"{name}: the file is empty; expected a header row")
+        header = [cell.strip() for cell in header_row]
+        _check_delimiter(name, header, label)
+        chosen = _select_columns(name, header, label, features)
+        position = {column: index for index, column in enumerate(header)}
+        feature_index = [position[column] for column in chosen]
+        label_index = position[label]
+        matrix: list[list[float]] = []
+        labels: list[int] = []
+        data_row = 0
+        for row in reader:
+            if not row or (len(row) == 1 and not row[0].strip()):
+                continue  # blank line
+            data_row += 1
+            line = reader.line_num
+            if len(row) != len(header):
+                raise InputError(
+                    f"{name}: row {data_row} (line {line}) has {len(row)} fields; "
+                    f"the header has {len(header)}"
+                )
+            values = []
+            for column, index in zip(chosen, feature_index, strict=True):
+                where = f"row {data_row} (line {line}), column {column!r}"
+                values.append(_number(name, row[index], where))
+            where = f"row {data_row} (line {line}), column {label!r}"
+            raw_label = row[label_index]
+            labels.append(
+                _label_value(name, _number(name, raw_label, where), raw_label.strip(), where, label)
+            )
+            matrix.append(values)
+    except csv.Error as err:
+        raise InputError(f"{name}: malformed CSV at line {reader.line_num}: {err}") from err
+    x = np.asarray(matrix, dtype=np.float64).reshape(len(matrix), len(chosen))
+    y = np.asarray(labels, dtype=np.int64)
+    return _finish(name, label, chosen, x, y, min_rows)
+
+
+def _parquet_column(name: str, table: object, column: str) -> npt.NDArray[np.float64]:
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    if not isinstance(table, pa.Table):  # pragma: no cover - only called with tables
+        raise InputError(f"{name}: not a table")
+    values = table.column(column)
+    kind = values.type
+    if pa.types.is_string(kind) or pa.types.is_large_string(kind):
+        texts = values.to_pylist()
+        out = np.empty(len(texts), dtype=np.float64)
+        for index, text in enumerate(texts):
+            where = f"row {index + 1}, column {column!r}"
+            if text is None:
+                raise InputError(f"{name}: missing value at {where}")
+            out[index] = _number(name, str(text), where)
+        return out
+    if not (pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_boolean(kind)):
+        raise InputError(f"{name}: column {column!r} holds {kind}, not numbers")
+    if values.null_count:
+        first = int(pc.index(pc.is_null(values), True).as_py())
+        raise InputError(f"{name}: missing value at row {first + 1}, column {column!r}")
+    array = np.asarray(values.to_numpy(), dtype=np.float64)
+    bad = np.flatnonzero(~np.isfinite(array))
+    if bad.size:
+        first = int(bad[0])
+        problem = "missing value" if math.isnan(array[first]) else "non-finite value"
+        raise InputError(f"{name}: {problem} at row {first + 1}, column {column!r}")
+    return array
+
+
+def _parse_parquet(
+    name: str, data: bytes, label: str, features: Sequence[str] | None, min_rows: int
+) -> Table:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        table = pq.read_table(pa.BufferReader(data))
+    except (pa.ArrowException, OSError, ValueError) as err:
+        raise InputError(f"{name}: not a readable Parquet file ({err})") from err
+    chosen = _select_columns(name, table.column_names, label, features)
+    columns = [_parquet_column(name, table, column) for column in chosen]
+    x = np.column_stack(columns) if columns else np.empty((table.num_rows, 0))
+    raw_labels = _parquet_column(name, table, label)
+    y = np.empty(raw_labels.shape[0], dtype=np.int64)
+    for index, value in enumerate(raw_labels):
+        where = f"row {index + 1}, column {label!r}"
+        y[index] = _label_value(name, float(value), repr(float(value)), where, label)
+    return _finish(name, label, chosen, np.asarray(x, dtype=np.float64), y, min_rows)
+
+
+def parse_table(
+    name: str,
+    data: bytes,
+    file_format: str,
+    *,
+    label: str,
+    features: Sequence[str] | None = None,
+    min_rows: int = 2,
+) -> Table:
+    """Validate and parse a dataset held in memory.
+
+    Parameters
+    ----------
+    name
+        How messages name the file.
+    data
+        The file's bytes.
+    file_format
+        ``"csv"`` or ``"parquet"``.
+    label
+        The 0/1 label column.
+    features
+        The feature columns, in model order (default: every column but the label).
+    min_rows
+        The fewest rows accepted.
+
+    Raises
+    ------
+    InputError
+        Naming the first problem found, with its row and column where there is one.
+    """
+    if file_format == "csv":
+        return _parse_csv(name, data, label, features, min_rows)
+    if file_format == "parquet":
+        return _parse_parquet(name, data, label, features, min_rows)
+    raise InputError(f"{name}: unknown file format {file_format!r}")
+
+
+def _read_bytes(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except FileNotFoundError as err:
+        raise InputError(f"no such file: {path}") from err
+    except IsADirectoryError as err:
+        raise InputError(f"{path} is a directory, not a data file") from err
+    except OSError as err:
+        raise InputError(f"cannot read {path}: {err.strerror or err}") from err
+
+
+def read_table(
+    path: Path, *, label: str, features: Sequence[str] | None = None, min_rows: int = 2
+) -> tuple[Table, str]:
+    """Read, validate and parse a CSV or Parquet file; returns the table and the file's SHA-256.
+
+    The hash and the table come from the same bytes.
+
+    Raises
+    ------
+    InputError
+        If the file is missing, of an unknown type, or fails validation.
+    """
+    file_format = _file_format(path)
+    data = _read_bytes(path)
+    table = parse_table(
+        path.name, data, file_format, label=label, features=features, min_rows=min_rows
+    )
+    return table, sha256_hex(data)
+
+
+def register_dataset(
+    site: Site,
+    *,
+    dataset_id: str,
+    path: Path,
+    label: str,
+    features: Sequence[str] | None = None,
+    epsilon_budget: float | None = None,
+    delta: float | None = None,
+    min_rows: int | None = None,
+    salt: bytes | None = None,
+) -> tuple[Dataset, SignedStatement]:
+    """Validate a data file and register it, with a signed ``dataset.registered`` statement.
+
+    Parameters
+    ----------
+    site
+        The opened site.
+    dataset_id
+        The id studies are approved against.
+    path
+        The CSV or Parquet file; it stays where it is.
+    label, features
+        Label column and feature columns (default: all but the label).
+    epsilon_budget, delta
+        The dataset's privacy budget (default: the site's defaults). Every study's rounds
+        on this dataset compose against it.
+    min_rows
+        Minimum rows (default: the site's setting).
+    salt
+        The commitment salt (default: 32 fresh random bytes; tests inject one).
+
+    Returns
+    -------
+    tuple
+        The stored :class:`~veracity.client.store.Dataset` and its signed statement.
+
+    Raises
+    ------
+    InputError
+        If the id or budget is invalid, the file fails validation, the id is taken or the
+        same data is already registered. Nothing is written then.
+    """
+    if not DATASET_ID_PATTERN.match(dataset_id):
+        raise InputError(
+            f"dataset id {dataset_id!r} must be 1-128 letters, digits, '.', '_' or '-'"
+        )
+    budget = site.config.default_epsilon_budget if epsilon_budget is None else epsilon_budget
+    if not (math.isfinite(budget) and budget > 0):
+        raise InputError(f"epsilon budget {budget!r} must be positive and finite")
+    chosen_delta = site.config.default_delta if delta is None else delta
+    if not (math.isfinite(chosen_delta) and 0 < chosen_delta < 1):
+        raise InputError(f"delta {chosen_delta!r} must lie in (0, 1)")
+    resolved = path.expanduser().resolve()
+    table, file_hash = read_table(
+        resolved,
+        label=label,
+        features=features,
+        min_rows=site.config.min_rows if min_rows is None else min_rows,
+    )
+    digest = content_digest(table.features, table.label, table.x, table.y)
+    salt_bytes = new_salt() if salt is None else salt
+    now = site.now()
+    dataset = Dataset(
+        dataset_id=dataset_id,
+        path=resolved,
+        file_format=_file_format(resolved),
+        file_sha256=file_hash,
+        content_digest=digest,
+        salt=salt_bytes,
+        commitment=commitment(salt_bytes, digest),
+        schema_hash=schema_hash(table.features, table.label),
+        label=table.label,
+        features=table.features,
+        rows=table.rows,
+        positives=table.positives,
+        epsilon_budget=float(budget),
+        delta=float(chosen_delta),
+        registered_at=now,
+    )
+    statement = site.sign(
+        "dataset.registered",
+        {
+            "site": site.name,
+            "dataset_id": dataset_id,
+            "commitment": dataset.commitment,
+            "schema_hash": dataset.schema_hash,
+            "rows": dataset.rows,
+            "label": dataset.label,
+            "features": list(dataset.features),
+        },
+        signed_at=now,
+    )
+    site.store.add_dataset(dataset, statement)
+    log.info("registered dataset %s (%d rows) from %s", dataset_id, dataset.rows, resolved)
+    return dataset, statement
+
+
+def load_registered(dataset: Dataset) -> Table:
+    """Re-read a registered dataset for training, refusing a file that changed.
+
+    Raises
+    ------
+    ApprovalMissing
+        If the file is gone, unreadable, or no longer has the registered SHA-256.
+    """
+    try:
+        data = _read_bytes(dataset.path)
+    except InputError as err:
+        raise ApprovalMissing(
+            f"dataset {dataset.dataset_id!r} cannot be read ({err}); register it again"
+        ) from err
+    if sha256_hex(data) != dataset.file_sha256:
+        raise ApprovalMissing(
+            f"dataset {dataset.dataset_id!r} changed since it was registered "
+            f"({dataset.path}); register the new file under a new id"
+        )
+    return parse_table(
+        dataset.path.name,
+        data,
+        dataset.file_format,
+        label=dataset.label,
+        features=dataset.features,
+        min_rows=1,
+    )

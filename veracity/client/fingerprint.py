@@ -1,0 +1,138 @@
+"""Dataset fingerprints: the file hash, the content digest, the schema hash and the commitment.
+
+* ``file_sha256``: SHA-256 of the file's bytes. Kept at the site only; the agent refuses to
+  train when the file no longer has this hash.
+* ``content_digest``: SHA-256 of what training sees, independent of the file format::
+
+      SHA-256( "veracity.dataset-content.v1" || 0x00
+               || u32be(len(S)) || S          S = RFC 8785 JSON of {"features": [...], "label": L}
+               || u64be(rows)
+               || row-major float64 little-endian matrix [label, feature_1, ..., feature_n] )
+
+  Kept at the site only: over low-entropy data it could be confirmed by guessing.
+* ``commitment`` (public, in ``dataset.registered``)::
+
+      SHA-256( "veracity.dataset-commitment.v1" || 0x00 || salt || content_digest )
+
+  with ``salt`` 32 random bytes that never leave the site and ``content_digest`` the 32
+  raw digest bytes. Without the salt, the commitment reveals nothing that a dictionary of
+  candidate datasets could confirm; with the salt and the data, anyone can check it
+  (:func:`verify_commitment`), so the site can open it to an auditor.
+* ``schema_hash`` (public): SHA-256 of the RFC 8785 JSON of
+  ``{"features": [...], "label": L, "label_values": [0, 1], "type": "float64"}``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+import struct
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+
+from veracity.errors import InputError, VerificationError
+from veracity.ledger.canonical import canonical_hash, canonical_json
+
+__all__ = [
+    "SALT_BYTES",
+    "new_salt",
+    "file_sha256",
+    "content_digest",
+    "schema_hash",
+    "commitment",
+    "verify_commitment",
+]
+
+SALT_BYTES = 32
+_CONTENT_DOMAIN = b"veracity.dataset-content.v1\x00"
+_COMMITMENT_DOMAIN = b"veracity.dataset-commitment.v1\x00"
+
+
+def new_salt() -> bytes:
+    """32 random bytes from the operating system's CSPRNG."""
+    return secrets.token_bytes(SALT_BYTES)
+
+
+def file_sha256(path: Path) -> str:
+    """SHA-256 (hex) of a file's bytes, read in chunks.
+
+    Raises
+    ------
+    InputError
+        If the file cannot be read.
+    """
+    digest = hashlib.sha256()
+    try:
+        with path.open("rb") as handle:
+            for chunk in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(chunk)
+    except OSError as err:
+        raise InputError(f"cannot read {path}: {err.strerror or err}") from err
+    return digest.hexdigest()
+
+
+def content_digest(
+    features: tuple[str, ...],
+    label: str,
+    x: npt.NDArray[np.float64],
+    y: npt.NDArray[np.integer],
+) -> str:
+    """SHA-256 (hex) of the training content, as described in the module docstring.
+
+    Raises
+    ------
+    InputError
+        If the arrays' shapes do not match the column names.
+    """
+    if x.ndim != 2 or x.shape[1] != len(features) or y.shape != (x.shape[0],):
+        raise InputError("features and labels do not match the column names")
+    schema = canonical_json({"features": list(features), "label": label})
+    matrix = np.column_stack([np.asarray(y, dtype="<f8"), np.asarray(x, dtype="<f8")])
+    digest = hashlib.sha256(_CONTENT_DOMAIN)
+    digest.update(struct.pack(">I", len(schema)) + schema)
+    digest.update(struct.pack(">Q", x.shape[0]))
+    digest.update(np.ascontiguousarray(matrix, dtype="<f8").tobytes())
+    return digest.hexdigest()
+
+
+def schema_hash(features: tuple[str, ...], label: str) -> str:
+    """SHA-256 (hex) of the public schema description."""
+    return canonical_hash(
+        {"features": list(features), "label": label, "label_values": [0, 1], "type": "float64"}
+    )
+
+
+def commitment(salt: bytes, digest_hex: str) -> str:
+    """The salted commitment (hex) to a content digest.
+
+    Raises
+    ------
+    InputError
+        If the salt is not 32 bytes or the digest is not 64 hex characters.
+    """
+    if len(salt) != SALT_BYTES:
+        raise InputError(f"a commitment salt is {SALT_BYTES} bytes")
+    try:
+        raw = bytes.fromhex(digest_hex)
+    except ValueError as err:
+        raise InputError("a content digest is 64 hex characters") from err
+    if len(raw) != 32:
+        raise InputError("a content digest is 64 hex characters")
+    return hashlib.sha256(_COMMITMENT_DOMAIN + salt + raw).hexdigest()
+
+
+def verify_commitment(expected: str, salt: bytes, digest_hex: str) -> None:
+    """Check that ``salt`` and ``digest_hex`` open the commitment ``expected``.
+
+    Raises
+    ------
+    VerificationError
+        If they do not.
+    InputError
+        If the salt or digest are malformed.
+    """
+    if not hmac.compare_digest(commitment(salt, digest_hex), expected):
+        raise VerificationError("the dataset does not match its commitment")

@@ -1,0 +1,470 @@
+"""The site agent's service: one call per training request, answered by a reply or a refusal.
+
+The Flower ClientApp adapter only converts between Flower records and these types::
+
+    agent = SiteAgent.open(site_dir)
+    outcome = agent.handle_train(TrainRequest(study=..., study_hash=..., run_id=...,
+                                              round=..., code_hash=..., weights=...))
+    if isinstance(outcome, TrainReply): ...   # weights, signed receipt, metrics
+    else: ...                                 # Refusal: kind and signed statement
+
+For every request the agent, in order:
+
+1. validates the request (malformed input raises :class:`~veracity.errors.InputError`);
+2. checks the approval (:func:`veracity.client.approvals.approved_terms`) and that the
+   approved dataset's file is unchanged; if not, answers a signed ``approval.missing``
+   :class:`Refusal` and trains nothing;
+3. computes what the round would bring the dataset's and the study's epsilon to and, in
+   the same transaction, reserves the round's steps; if a cap would be crossed it answers
+   a signed ``budget.refused`` :class:`Refusal` (also queued in the outbox) and trains
+   nothing;
+4. trains one round of DP-SGD on the reused :class:`~veracity.client.training.PrivateTrainer`
+   of this run, checks that the accountant grew by exactly the reserved steps, marks the
+   spend completed and answers a :class:`TrainReply` with a receipt signed under
+   ``veracity.receipt.v1``. If training fails, the spend is marked failed; its steps still
+   count.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import re
+from collections import OrderedDict
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import numpy.typing as npt
+
+from veracity.client.approvals import approved_terms
+from veracity.client.budget import (
+    ACCOUNTANT,
+    RoundBudget,
+    Segment,
+    epsilon_left,
+    evaluate_round,
+    history_to_json,
+)
+from veracity.client.datasets import load_registered
+from veracity.client.site import Clock, Site, utc_now
+from veracity.client.store import Dataset, SignedStatement
+from veracity.errors import ApprovalMissing, InputError, VerificationError
+from veracity.ledger.statement import RECEIPT_DOMAIN, sign_document
+from veracity.tasks.study import Study, parse_study
+from veracity.tasks.weights import weights_hash
+
+__all__ = [
+    "TrainRequest",
+    "TrainReply",
+    "Refusal",
+    "TrainOutcome",
+    "RECEIPT_FIELDS",
+    "SiteAgent",
+]
+
+log = logging.getLogger(__name__)
+
+#: Exactly the fields of a receipt (docs/architecture.md).
+RECEIPT_FIELDS = (
+    "site",
+    "study",
+    "round",
+    "run_id",
+    "dataset_id",
+    "dataset_commitment",
+    "update_hash",
+    "accountant",
+    "delta",
+    "epsilon",
+    "history",
+    "max_grad_norm",
+    "num_examples",
+)
+
+_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+_RUN_ID = re.compile(r"^[\x21-\x7e]{1,128}$")
+_MAX_ROUND = 1_000_000
+_CACHED_TRAINERS = 4
+
+
+@dataclass(frozen=True)
+class TrainRequest:
+    """A coordinator's request to train one round.
+
+    ``study`` is the study document (the JSON object the coordinator proposed);
+    ``study_hash`` its hash as the coordinator states it; ``run_id`` the Flower run id as a
+    decimal string; ``round`` the round number; ``code_hash`` the hash of the app bundle
+    that sent the request; ``weights`` the global model, keyed like the model's
+    ``state_dict`` (``linear.weight`` ...).
+    """
+
+    study: Mapping[str, Any]
+    study_hash: str
+    run_id: str
+    round: int
+    code_hash: str
+    weights: Mapping[str, npt.NDArray[np.floating]]
+
+
+@dataclass(frozen=True)
+class TrainReply:
+    """A trained round: the update, its signed receipt, and metrics.
+
+    ``metrics`` holds ``num-examples`` (rows of the dataset), ``epsilon`` (the receipt's
+    cumulative dataset epsilon, PRV), ``epsilon-rdp`` (the same history by RDP, the
+    cross-check), ``study-epsilon`` (this study's own spend on the dataset, against its
+    cap), ``secure-mode`` (1.0 or 0.0) and, only where the operator shares it,
+    ``train-loss``. ``noise_generator`` names where the DP noise came from.
+    """
+
+    weights: dict[str, npt.NDArray[np.float32]]
+    receipt: dict[str, Any]
+    receipt_signature: str
+    metrics: dict[str, float]
+    noise_generator: str
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """A signed refusal: ``budget.refused`` or ``approval.missing``.
+
+    ``statement`` is the site-signed statement (kind, actor, payload, signature); its
+    payload is, for ``budget.refused``, the ledger event's fields (``site``,
+    ``study_hash``, ``dataset_id``, ``run_id``, ``round``, ``epsilon_requested``,
+    ``epsilon_left``, ``signed_at``) and, for ``approval.missing``, ``site``,
+    ``study_hash``, ``run_id``, ``round``, ``reason`` and ``signed_at``. ``reason`` says
+    why in words.
+    """
+
+    kind: Literal["budget.refused", "approval.missing"]
+    statement: SignedStatement
+    reason: str
+
+    @property
+    def payload(self) -> dict[str, Any]:
+        """The signed payload."""
+        return self.statement.payload
+
+    @property
+    def signature(self) -> str:
+        """The site's signature over the statement."""
+        return self.statement.signature
+
+
+TrainOutcome = TrainReply | Refusal
+
+
+@dataclass
+class _RunTrainer:
+    """A trainer cached for one (run, study, dataset file)."""
+
+    trainer: Any  # veracity.client.training.PrivateTrainer (torch is imported lazily)
+
+
+def _check_request(request: TrainRequest) -> Study:
+    # The adapter builds requests from wire data: check the types the annotations promise.
+    run_id: object = request.run_id
+    if not isinstance(run_id, str) or not _RUN_ID.match(run_id):
+        raise InputError("run_id must be 1-128 printable characters without spaces")
+    round_number: object = request.round
+    if isinstance(round_number, bool) or not isinstance(round_number, int):
+        raise InputError("round must be an integer")
+    if not 0 <= round_number <= _MAX_ROUND:
+        raise InputError(f"round {round_number} is out of range")
+    for name, value in (("study_hash", request.study_hash), ("code_hash", request.code_hash)):
+        text: object = value
+        if not isinstance(text, str) or not _HEX64.match(text):
+            raise InputError(f"{name} must be 64 lowercase hex characters")
+    document: object = request.study
+    if not isinstance(document, Mapping):
+        raise InputError("the study must be a JSON object")
+    study = parse_study(dict(document))
+    _check_weights(study, request.weights)
+    return study
+
+
+def _check_weights(study: Study, given: Mapping[str, Any]) -> None:
+    from veracity.tasks.models import build_model
+
+    expected = {
+        name: tuple(t.shape) for name, t in build_model(study.model_spec).state_dict().items()
+    }
+    weights: object = given
+    if not isinstance(weights, Mapping) or set(weights) != set(expected):
+        raise InputError(f"global weights must hold exactly {sorted(expected)}")
+    for name, shape in expected.items():
+        array = np.asarray(weights[name])
+        if not np.issubdtype(array.dtype, np.floating):
+            raise InputError(f"global weights {name!r} are {array.dtype}, not floating point")
+        if array.shape != shape:
+            raise InputError(f"global weights {name!r} have shape {array.shape}, expected {shape}")
+        if not np.all(np.isfinite(array)):
+            raise InputError(f"global weights {name!r} hold non-finite values")
+
+
+class SiteAgent:
+    """The site's training service (see the module docstring).
+
+    Parameters
+    ----------
+    site
+        The opened site.
+    seed
+        Seeds each run's sampling and noise generators deterministically (tests only);
+        ``None`` (production) draws them from the OS.
+    """
+
+    def __init__(self, site: Site, *, seed: int | None = None) -> None:
+        from veracity.client.training import configure_threads
+
+        self.site = site
+        self._seed = seed
+        self._trainers: OrderedDict[tuple[str, str, str, str], _RunTrainer] = OrderedDict()
+        configure_threads(site.config.torch_threads)
+
+    @classmethod
+    def open(
+        cls,
+        site_dir: Path | str,
+        *,
+        clock: Clock = utc_now,
+        seed: int | None = None,
+        database_url: str | None = None,
+    ) -> SiteAgent:
+        """Open the site in ``site_dir`` and start its agent.
+
+        Raises
+        ------
+        ConfigError
+            If the directory is not an initialised site or its store cannot be opened.
+        """
+        site = Site.open(Path(site_dir), clock=clock, database_url=database_url)
+        return cls(site, seed=seed)
+
+    def close(self) -> None:
+        """Drop cached trainers and close the store."""
+        self._trainers.clear()
+        self.site.close()
+
+    def __enter__(self) -> SiteAgent:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ training
+
+    def handle_train(self, request: TrainRequest) -> TrainOutcome:
+        """Train one round for ``request``, or refuse it with a signed statement.
+
+        Raises
+        ------
+        InputError
+            If the request is malformed (bad hashes, run id, round, study document, or
+            weights that do not fit the study's model).
+        VerificationError
+            If the PRV and RDP accountants disagree, or the accountant did not record
+            exactly the reserved steps (the spend is then marked failed).
+        ConfigError
+            If the site cannot provide what the study needs (e.g. secure mode).
+        """
+        study = _check_request(request)
+        try:
+            _decision, dataset, cap = approved_terms(
+                self.site, study=study, study_hash=request.study_hash, code_hash=request.code_hash
+            )
+            trainer = self._trainer(request.run_id, study, dataset)
+        except ApprovalMissing as err:
+            return self._refuse_approval(request, str(err))
+        planned: Segment = trainer.planned_segment(study.training.local_epochs)
+
+        def evaluate(
+            dataset_history: tuple[Segment, ...], study_history: tuple[Segment, ...]
+        ) -> RoundBudget:
+            return evaluate_round(
+                dataset_history=dataset_history,
+                study_history=study_history,
+                planned=planned,
+                delta=study.dp.delta,
+                dataset_budget=dataset.epsilon_budget,
+                study_cap=cap,
+            )
+
+        budget, dataset_before, study_before, spend_id = self.site.store.reserve_round(
+            dataset_id=dataset.dataset_id,
+            study_hash=study.study_hash,
+            run_id=request.run_id,
+            round=request.round,
+            planned=planned,
+            evaluate=evaluate,
+            now=self.site.now(),
+        )
+        if spend_id is None:
+            return self._refuse_budget(
+                request, study, dataset, budget, dataset_before, study_before, cap
+            )
+        try:
+            trainer.load_history(dataset_before)
+            result = trainer.train_round(request.weights, epochs=study.training.local_epochs)
+            recorded = trainer.accountant_history()
+            if result.steps != planned.steps or recorded != budget.dataset.history:
+                raise VerificationError(
+                    f"the accountant recorded {history_to_json(recorded)} after "
+                    f"{result.steps} steps, but the round reserved {planned.as_list()} "
+                    f"on {history_to_json(dataset_before)}; the update is withheld"
+                )
+        except BaseException as err:
+            self.site.store.finish_spend(
+                spend_id, status="failed", now=self.site.now(), note=f"{type(err).__name__}: {err}"
+            )
+            raise
+        update_hash = weights_hash(result.weights)
+        receipt = {
+            "site": self.site.name,
+            "study": study.study_hash,
+            "round": request.round,
+            "run_id": request.run_id,
+            "dataset_id": dataset.dataset_id,
+            "dataset_commitment": dataset.commitment,
+            "update_hash": update_hash,
+            "accountant": ACCOUNTANT,
+            "delta": study.dp.delta,
+            "epsilon": budget.dataset.prv,
+            "history": history_to_json(budget.dataset.history),
+            "max_grad_norm": study.dp.max_grad_norm,
+            "num_examples": dataset.rows,
+        }
+        signature = sign_document(self.site.key, RECEIPT_DOMAIN, receipt)
+        self.site.store.finish_spend(
+            spend_id, status="completed", now=self.site.now(), update_hash=update_hash
+        )
+        metrics: dict[str, float] = {
+            "num-examples": float(dataset.rows),
+            "epsilon": budget.dataset.prv,
+            "epsilon-rdp": budget.dataset.rdp,
+            "study-epsilon": budget.study.prv,
+            "secure-mode": 1.0 if trainer.secure_mode else 0.0,
+        }
+        if self.site.config.share_train_loss and math.isfinite(result.mean_loss):
+            metrics["train-loss"] = result.mean_loss
+        log.info(
+            "site %s trained round %s of run %s: epsilon %.4f (study %.4f)",
+            self.site.name,
+            request.round,
+            request.run_id,
+            budget.dataset.prv,
+            budget.study.prv,
+        )
+        return TrainReply(
+            weights=result.weights,
+            receipt=receipt,
+            receipt_signature=signature,
+            metrics=metrics,
+            noise_generator=trainer.noise_generator,
+        )
+
+    def _trainer(self, run_id: str, study: Study, dataset: Dataset) -> Any:
+        """The trainer of a run, built on first use and reused while the file is unchanged.
+
+        Raises
+        ------
+        ApprovalMissing
+            If the dataset file changed since registration.
+        """
+        from veracity.client.training import PrivateTrainer, standardise
+
+        key = (run_id, study.study_hash, dataset.dataset_id, dataset.file_sha256)
+        table = load_registered(dataset)  # re-hashes the file every round
+        cached = self._trainers.get(key)
+        if cached is not None:
+            self._trainers.move_to_end(key)
+            return cached.trainer
+        column = {name: index for index, name in enumerate(table.features)}
+        x = table.x[:, [column[name] for name in study.features]]
+        trainer = PrivateTrainer(
+            study.model_spec,
+            standardise(x, study.scaling),
+            table.y,
+            noise_multiplier=study.dp.noise_multiplier,
+            max_grad_norm=study.dp.max_grad_norm,
+            batch_size=study.training.batch_size,
+            learning_rate=study.training.learning_rate,
+            clipping=self.site.config.clipping,
+            secure_mode=study.dp.secure_mode or self.site.config.secure_mode,
+            seed=self._run_seed(key),
+        )
+        self._trainers[key] = _RunTrainer(trainer)
+        while len(self._trainers) > _CACHED_TRAINERS:
+            self._trainers.popitem(last=False)
+        return trainer
+
+    def _run_seed(self, key: tuple[str, ...]) -> int | None:
+        if self._seed is None:
+            return None
+        digest = hashlib.sha256("\x00".join((str(self._seed), *key)).encode()).digest()
+        return int.from_bytes(digest[:8], "big") >> 1
+
+    # ------------------------------------------------------------------ refusals
+
+    def _refuse_approval(self, request: TrainRequest, reason: str) -> Refusal:
+        statement = self.site.sign(
+            "approval.missing",
+            {
+                "site": self.site.name,
+                "study_hash": request.study_hash,
+                "run_id": request.run_id,
+                "round": request.round,
+                "reason": reason,
+            },
+        )
+        log.warning("site %s refused round %s: %s", self.site.name, request.round, reason)
+        return Refusal(kind="approval.missing", statement=statement, reason=reason)
+
+    def _refuse_budget(
+        self,
+        request: TrainRequest,
+        study: Study,
+        dataset: Dataset,
+        budget: RoundBudget,
+        dataset_before: tuple[Segment, ...],
+        study_before: tuple[Segment, ...],
+        cap: float,
+    ) -> Refusal:
+        delta = study.dp.delta
+        crossed: list[tuple[float, float, str]] = []
+        if not budget.study_allowed:
+            left = epsilon_left(cap, study_before, delta)
+            crossed.append((left, budget.study.prv, f"study {study.study_id!r} (cap {cap:g})"))
+        if not budget.dataset_allowed:
+            left = epsilon_left(dataset.epsilon_budget, dataset_before, delta)
+            crossed.append(
+                (
+                    left,
+                    budget.dataset.prv,
+                    f"dataset {dataset.dataset_id!r} (budget {dataset.epsilon_budget:g})",
+                )
+            )
+        left, requested, scope = min(crossed)
+        reason = (
+            f"round {request.round} would bring {scope} to epsilon {requested:.4f}; "
+            f"epsilon left {left:.4f}"
+        )
+        statement = self.site.sign(
+            "budget.refused",
+            {
+                "site": self.site.name,
+                "study_hash": study.study_hash,
+                "dataset_id": dataset.dataset_id,
+                "run_id": request.run_id,
+                "round": request.round,
+                "epsilon_requested": requested if math.isfinite(requested) else None,
+                "epsilon_left": left,
+            },
+        )
+        self.site.store.add_statement(statement, now=statement.payload["signed_at"])
+        log.warning("site %s refused round %s: %s", self.site.name, request.round, reason)
+        return Refusal(kind="budget.refused", statement=statement, reason=reason)

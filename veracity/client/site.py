@@ -1,0 +1,324 @@
+"""A site directory: its settings (``site.json``), keys and store, and how it signs statements.
+
+Layout of ``DIR`` after ``veracity site init --name NAME --data-dir DIR``::
+
+    DIR/site.json                 settings (this module's SiteConfig), written last
+    DIR/keys/NAME.pem  NAME.pub   the site's Ed25519 signing key (0600) and public key
+    DIR/keys/supernode(.pub)      the Flower SuperNode key, ECDSA P-384, OpenSSH format
+    DIR/site.db                   the SQLite store (datasets, decisions, spends, outbox)
+
+A directory is a site once ``site.json`` exists; ``init`` writes it last, and removes what
+it created if any earlier step fails.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import logging
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from veracity.client.store import SignedStatement, SiteStore
+from veracity.crypto.keys import (
+    SigningKey,
+    generate_signing_key,
+    load_signing_key,
+    private_key_path,
+    public_key_path,
+    write_key_pair,
+)
+from veracity.crypto.supernode import SUPERNODE_KEY_NAME, write_supernode_key_pair
+from veracity.errors import ConfigError, InputError
+from veracity.ledger.statement import sign_statement
+
+__all__ = [
+    "SITE_FORMAT",
+    "Clock",
+    "utc_now",
+    "rfc3339",
+    "SiteConfig",
+    "SitePaths",
+    "Site",
+    "init_site",
+    "secure_mode_available",
+]
+
+log = logging.getLogger(__name__)
+
+SITE_FORMAT = "veracity.site.v1"
+
+#: Returns the current time (timezone-aware); injected so that tests are deterministic.
+Clock = Callable[[], datetime]
+
+
+def utc_now() -> datetime:
+    """The current UTC time."""
+    return datetime.now(UTC)
+
+
+def secure_mode_available() -> bool:
+    """Whether torchcsprng, which Opacus's ``secure_mode`` needs, is installed."""
+    return importlib.util.find_spec("torchcsprng") is not None
+
+
+def rfc3339(moment: datetime) -> str:
+    """``2026-11-27T15:47:52.123456Z``: UTC with microseconds, as the ledger writes times.
+
+    Raises
+    ------
+    InputError
+        If ``moment`` has no timezone.
+    """
+    if moment.tzinfo is None:
+        raise InputError("timestamps must be timezone-aware")
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+class SiteConfig(BaseModel):
+    """The settings in ``site.json``.
+
+    ``torch_threads``: intra-op threads for training (1 by default: on a busy small machine
+    two threads ran 10-40 times slower than one). ``secure_mode``: draw DP noise and Poisson
+    samples from torchcsprng (needs that package). ``clipping``: how per-sample gradients
+    are clipped (see :mod:`veracity.client.training`). ``share_train_loss``: include the
+    mean training loss in replies; it is an aggregate of the private data that the DP
+    guarantee does not cover, so it is off unless the operator turns it on.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    format: Literal["veracity.site.v1"] = "veracity.site.v1"
+    name: str = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    created_at: str
+    torch_threads: int = Field(default=1, ge=1, le=256)
+    secure_mode: bool = False
+    clipping: Literal["linear-ghost", "opacus-hooks"] = "linear-ghost"
+    share_train_loss: bool = False
+    default_epsilon_budget: float = Field(default=10.0, gt=0, le=1000)
+    default_delta: float = Field(default=1e-5, gt=0, lt=1)
+    min_rows: int = Field(default=50, ge=2, le=10_000_000)
+
+
+@dataclass(frozen=True)
+class SitePaths:
+    """Where a site's files live."""
+
+    root: Path
+    name: str
+
+    @property
+    def config(self) -> Path:
+        """``site.json``."""
+        return self.root / "site.json"
+
+    @property
+    def keys(self) -> Path:
+        """The key directory."""
+        return self.root / "keys"
+
+    @property
+    def signing_key(self) -> Path:
+        """The Ed25519 private key."""
+        return private_key_path(self.keys, self.name)
+
+    @property
+    def public_key(self) -> Path:
+        """The Ed25519 public key."""
+        return public_key_path(self.keys, self.name)
+
+    @property
+    def supernode_key(self) -> Path:
+        """The SuperNode private key (OpenSSH)."""
+        return self.keys / SUPERNODE_KEY_NAME
+
+    @property
+    def supernode_public_key(self) -> Path:
+        """The SuperNode public key (OpenSSH line)."""
+        return self.keys / f"{SUPERNODE_KEY_NAME}.pub"
+
+    @property
+    def database(self) -> Path:
+        """The SQLite store."""
+        return self.root / "site.db"
+
+    @property
+    def database_url(self) -> str:
+        """SQLAlchemy URL of the store."""
+        return f"sqlite:///{self.database.resolve()}"
+
+
+def _read_config(root: Path) -> SiteConfig:
+    path = root / "site.json"
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError as err:
+        raise ConfigError(
+            f"{root} is not a site directory (no site.json); run: veracity site init"
+        ) from err
+    try:
+        return SiteConfig.model_validate(json.loads(text))
+    except (json.JSONDecodeError, ValidationError) as err:
+        raise ConfigError(f"{path} is not a valid site configuration: {err}") from err
+
+
+class Site:
+    """An opened site directory: settings, signing key and store."""
+
+    def __init__(
+        self,
+        paths: SitePaths,
+        config: SiteConfig,
+        key: SigningKey,
+        store: SiteStore,
+        *,
+        clock: Clock = utc_now,
+    ) -> None:
+        self.paths = paths
+        self.config = config
+        self.key = key
+        self.store = store
+        self._clock = clock
+
+    @classmethod
+    def open(cls, root: Path, *, clock: Clock = utc_now, database_url: str | None = None) -> Site:
+        """Open the site in ``root``.
+
+        Parameters
+        ----------
+        root
+            The site directory.
+        clock
+            Source of timestamps (injected by tests).
+        database_url
+            Use this store instead of ``root/site.db`` (the store contract tests run the
+            site on PostgreSQL this way).
+
+        Raises
+        ------
+        ConfigError
+            If ``root`` is not a site, its key is missing or readable by others, or the
+            store cannot be opened.
+        """
+        config = _read_config(root)
+        paths = SitePaths(root, config.name)
+        key = load_signing_key(paths.signing_key)
+        store = SiteStore.open(database_url or paths.database_url)
+        return cls(paths, config, key, store, clock=clock)
+
+    @property
+    def name(self) -> str:
+        """The site's enrolled name (the ``actor`` of its statements)."""
+        return self.config.name
+
+    def now(self) -> str:
+        """The current time as an RFC 3339 UTC string."""
+        return rfc3339(self._clock())
+
+    def sign(
+        self, kind: str, payload: dict[str, Any], *, signed_at: str | None = None
+    ) -> SignedStatement:
+        """Sign a statement for the coordinator's ledger, adding ``signed_at`` to the payload."""
+        body = {**payload, "signed_at": signed_at or self.now()}
+        signature = sign_statement(self.key, kind, self.name, body)
+        return SignedStatement(kind=kind, actor=self.name, payload=body, signature=signature)
+
+    def close(self) -> None:
+        """Close the store."""
+        self.store.close()
+
+    def __enter__(self) -> Site:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+
+def init_site(
+    root: Path,
+    name: str,
+    *,
+    torch_threads: int = 1,
+    secure_mode: bool = False,
+    default_epsilon_budget: float = 10.0,
+    default_delta: float = 1e-5,
+    min_rows: int = 50,
+    clock: Clock = utc_now,
+) -> SiteConfig:
+    """Create a site in ``root``: keys, store and ``site.json``.
+
+    Raises
+    ------
+    ConfigError
+        If ``root`` already holds a site or any of its files, or a setting is invalid.
+    """
+    try:
+        config = SiteConfig(
+            name=name,
+            created_at=rfc3339(clock()),
+            torch_threads=torch_threads,
+            secure_mode=secure_mode,
+            default_epsilon_budget=default_epsilon_budget,
+            default_delta=default_delta,
+            min_rows=min_rows,
+        )
+    except ValidationError as err:
+        first = err.errors()[0]
+        field = ".".join(str(p) for p in first.get("loc", ())) or "setting"
+        raise ConfigError(f"invalid site setting {field}: {first.get('msg', 'invalid')}") from err
+    if secure_mode and not secure_mode_available():
+        raise ConfigError(
+            "secure mode needs the torchcsprng package, which is not installed; "
+            "initialise without --secure-mode or install torchcsprng"
+        )
+    paths = SitePaths(root, name)
+    existing = [
+        path
+        for path in (
+            paths.config,
+            paths.signing_key,
+            paths.public_key,
+            paths.supernode_key,
+            paths.supernode_public_key,
+            paths.database,
+        )
+        if path.exists()
+    ]
+    if existing:
+        raise ConfigError(
+            f"{root} already holds {existing[0].name}; a site is initialised only once"
+        )
+    created: list[Path] = []
+    root_existed = root.exists()
+    keys_existed = paths.keys.exists()
+    try:
+        root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        created += list(write_key_pair(paths.keys, name, generate_signing_key()))
+        created += list(write_supernode_key_pair(paths.keys, comment=name))
+        # The store holds the commitment salts: readable by the site's user only.
+        fd = os.open(paths.database, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        os.close(fd)
+        created.append(paths.database)
+        SiteStore.open(paths.database_url).close()
+        for suffix in ("-wal", "-shm"):
+            created.append(paths.database.with_name(paths.database.name + suffix))
+        fd = os.open(paths.config, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(json.dumps(config.model_dump(mode="json"), indent=2, sort_keys=True))
+            handle.write("\n")
+    except BaseException:
+        for path in created:
+            path.unlink(missing_ok=True)
+        if not keys_existed and paths.keys.exists() and not any(paths.keys.iterdir()):
+            paths.keys.rmdir()
+        if not root_existed and root.exists() and not any(root.iterdir()):
+            root.rmdir()
+        raise
+    log.info("initialised site %s in %s", name, root)
+    return config

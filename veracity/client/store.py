@@ -1,0 +1,704 @@
+"""The site store: datasets, study decisions, the privacy ledger of each dataset, and the outbox.
+
+SQLAlchemy 2 typed ORM over the site's SQLite file (``DIR/site.db``); PostgreSQL works
+too (the contract tests run on both). The schema is created and upgraded by the Alembic
+revisions in ``veracity/client/migrations`` (version table ``site_alembic_version``);
+:meth:`SiteStore.open` refuses a store written by a newer Veracity.
+
+Invariants the store keeps:
+
+* A dataset, a study decision or a budget refusal is written in the same transaction as
+  its signed statement in the outbox: there is never one without the other.
+* Privacy spends are append-only and *every* row counts towards the dataset's history,
+  whatever its status (``reserved``, ``completed``, ``failed``). A round's steps are
+  reserved, under a lock on the dataset, in the same transaction that checked the budget
+  and before any training starts, so a crash can over-count a round but never
+  under-count one, and two processes can never both spend the last of a budget.
+* Decisions are append-only; the latest decision about a study is the one in force.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import sqlalchemy as sa
+from sqlalchemy import event
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+
+from veracity.client.budget import History, RoundBudget, Segment, merge_history
+from veracity.errors import ConfigError, InputError
+from veracity.ledger.canonical import canonical_hash, canonical_json
+from veracity.ledger.statement import statement_of
+
+__all__ = [
+    "VERSION_TABLE",
+    "Base",
+    "SignedStatement",
+    "Dataset",
+    "Decision",
+    "Spend",
+    "OutboxEntry",
+    "SiteStore",
+]
+
+log = logging.getLogger(__name__)
+
+#: Alembic's version table for the site store (kept apart from any other schema's).
+VERSION_TABLE = "site_alembic_version"
+
+_NAMING = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class Base(DeclarativeBase):
+    """Declarative base of the site store's tables."""
+
+    metadata = sa.MetaData(naming_convention=_NAMING)
+
+
+class DatasetRow(Base):
+    """A registered dataset and its budget."""
+
+    __tablename__ = "site_datasets"
+
+    dataset_id: Mapped[str] = mapped_column(sa.String(128), primary_key=True)
+    path: Mapped[str] = mapped_column(sa.Text)
+    file_format: Mapped[str] = mapped_column(sa.String(16))
+    file_sha256: Mapped[str] = mapped_column(sa.String(64))
+    content_digest: Mapped[str] = mapped_column(sa.String(64), unique=True)
+    salt_hex: Mapped[str] = mapped_column(sa.String(64))
+    commitment: Mapped[str] = mapped_column(sa.String(64))
+    schema_hash: Mapped[str] = mapped_column(sa.String(64))
+    label: Mapped[str] = mapped_column(sa.String(256))
+    features_json: Mapped[str] = mapped_column(sa.Text)
+    rows: Mapped[int] = mapped_column(sa.Integer)
+    positives: Mapped[int] = mapped_column(sa.Integer)
+    epsilon_budget: Mapped[float] = mapped_column(sa.Double)
+    delta: Mapped[float] = mapped_column(sa.Double)
+    registered_at: Mapped[str] = mapped_column(sa.String(40))
+
+
+class DecisionRow(Base):
+    """An operator's decision about a study (append-only; the latest one counts)."""
+
+    __tablename__ = "site_decisions"
+
+    id: Mapped[int] = mapped_column(sa.Integer, primary_key=True, autoincrement=True)
+    study_hash: Mapped[str] = mapped_column(sa.String(64), index=True)
+    study_id: Mapped[str] = mapped_column(sa.String(128))
+    decision: Mapped[str] = mapped_column(sa.String(16))
+    study_json: Mapped[str] = mapped_column(sa.Text)
+    code_hash: Mapped[str] = mapped_column(sa.String(64))
+    dataset_id: Mapped[str | None] = mapped_column(
+        sa.String(128), sa.ForeignKey("site_datasets.dataset_id"), nullable=True
+    )
+    epsilon_cap: Mapped[float | None] = mapped_column(sa.Double, nullable=True)
+    reason: Mapped[str | None] = mapped_column(sa.Text, nullable=True)
+    decided_at: Mapped[str] = mapped_column(sa.String(40))
+    statement_id: Mapped[str] = mapped_column(sa.String(64))
+
+
+class SpendRow(Base):
+    """DP-SGD steps reserved or run on a dataset for one round (append-only)."""
+
+    __tablename__ = "site_privacy_spends"
+
+    id: Mapped[int] = mapped_column(sa.Integer, primary_key=True, autoincrement=True)
+    dataset_id: Mapped[str] = mapped_column(
+        sa.String(128), sa.ForeignKey("site_datasets.dataset_id"), index=True
+    )
+    study_hash: Mapped[str] = mapped_column(sa.String(64), index=True)
+    run_id: Mapped[str] = mapped_column(sa.String(128))
+    round: Mapped[int] = mapped_column(sa.Integer)
+    noise_multiplier: Mapped[float] = mapped_column(sa.Double)
+    sample_rate: Mapped[float] = mapped_column(sa.Double)
+    steps: Mapped[int] = mapped_column(sa.Integer)
+    status: Mapped[str] = mapped_column(sa.String(16))
+    delta: Mapped[float] = mapped_column(sa.Double)
+    epsilon_dataset: Mapped[float] = mapped_column(sa.Double)
+    epsilon_study: Mapped[float] = mapped_column(sa.Double)
+    epsilon_rdp: Mapped[float] = mapped_column(sa.Double)
+    reserved_at: Mapped[str] = mapped_column(sa.String(40))
+    finished_at: Mapped[str | None] = mapped_column(sa.String(40), nullable=True)
+    update_hash: Mapped[str | None] = mapped_column(sa.String(64), nullable=True)
+    note: Mapped[str | None] = mapped_column(sa.Text, nullable=True)
+
+
+class OutboxRow(Base):
+    """A signed statement waiting for (or delivered to) the coordinator's ledger."""
+
+    __tablename__ = "site_outbox"
+
+    id: Mapped[int] = mapped_column(sa.Integer, primary_key=True, autoincrement=True)
+    statement_id: Mapped[str] = mapped_column(sa.String(64), unique=True)
+    kind: Mapped[str] = mapped_column(sa.String(64))
+    actor: Mapped[str] = mapped_column(sa.String(128))
+    payload_json: Mapped[str] = mapped_column(sa.Text)
+    signature: Mapped[str] = mapped_column(sa.String(128))
+    created_at: Mapped[str] = mapped_column(sa.String(40))
+    delivered_at: Mapped[str | None] = mapped_column(sa.String(40), nullable=True)
+
+
+@dataclass(frozen=True)
+class SignedStatement:
+    """A ledger event's statement (kind, actor, payload) and the actor's signature over it."""
+
+    kind: str
+    actor: str
+    payload: dict[str, Any]
+    signature: str
+
+    @property
+    def statement_id(self) -> str:
+        """SHA-256 of the canonical statement: the same for every copy of it."""
+        return canonical_hash(statement_of(self.kind, self.actor, self.payload))
+
+    def to_dict(self) -> dict[str, Any]:
+        """``{statement_id, kind, actor, payload, signature}``."""
+        return {
+            "statement_id": self.statement_id,
+            "kind": self.kind,
+            "actor": self.actor,
+            "payload": self.payload,
+            "signature": self.signature,
+        }
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """A registered dataset (its file stays where it is; only its fingerprints are stored)."""
+
+    dataset_id: str
+    path: Path
+    file_format: str
+    file_sha256: str
+    content_digest: str
+    salt: bytes
+    commitment: str
+    schema_hash: str
+    label: str
+    features: tuple[str, ...]
+    rows: int
+    positives: int
+    epsilon_budget: float
+    delta: float
+    registered_at: str
+
+
+@dataclass(frozen=True)
+class Decision:
+    """An operator's decision about a study."""
+
+    id: int
+    study_hash: str
+    study_id: str
+    decision: Literal["approved", "refused"]
+    study_document: dict[str, Any]
+    code_hash: str
+    dataset_id: str | None
+    epsilon_cap: float | None
+    reason: str | None
+    decided_at: str
+    statement_id: str
+
+
+@dataclass(frozen=True)
+class Spend:
+    """One round's reserved or spent DP-SGD steps on a dataset."""
+
+    id: int
+    dataset_id: str
+    study_hash: str
+    run_id: str
+    round: int
+    segment: Segment
+    status: Literal["reserved", "completed", "failed"]
+    delta: float
+    epsilon_dataset: float
+    epsilon_study: float
+    epsilon_rdp: float
+    reserved_at: str
+    finished_at: str | None
+    update_hash: str | None
+    note: str | None
+
+
+@dataclass(frozen=True)
+class OutboxEntry:
+    """A statement in the outbox, and when it was delivered (``None``: pending)."""
+
+    statement: SignedStatement
+    created_at: str
+    delivered_at: str | None
+
+
+def _dataset(row: DatasetRow) -> Dataset:
+    return Dataset(
+        dataset_id=row.dataset_id,
+        path=Path(row.path),
+        file_format=row.file_format,
+        file_sha256=row.file_sha256,
+        content_digest=row.content_digest,
+        salt=bytes.fromhex(row.salt_hex),
+        commitment=row.commitment,
+        schema_hash=row.schema_hash,
+        label=row.label,
+        features=tuple(json.loads(row.features_json)),
+        rows=row.rows,
+        positives=row.positives,
+        epsilon_budget=row.epsilon_budget,
+        delta=row.delta,
+        registered_at=row.registered_at,
+    )
+
+
+def _decision(row: DecisionRow) -> Decision:
+    decision: Literal["approved", "refused"] = (
+        "approved" if row.decision == "approved" else "refused"
+    )
+    return Decision(
+        id=row.id,
+        study_hash=row.study_hash,
+        study_id=row.study_id,
+        decision=decision,
+        study_document=json.loads(row.study_json),
+        code_hash=row.code_hash,
+        dataset_id=row.dataset_id,
+        epsilon_cap=row.epsilon_cap,
+        reason=row.reason,
+        decided_at=row.decided_at,
+        statement_id=row.statement_id,
+    )
+
+
+def _spend(row: SpendRow) -> Spend:
+    status: Literal["reserved", "completed", "failed"]
+    if row.status == "completed":
+        status = "completed"
+    elif row.status == "failed":
+        status = "failed"
+    else:
+        status = "reserved"
+    return Spend(
+        id=row.id,
+        dataset_id=row.dataset_id,
+        study_hash=row.study_hash,
+        run_id=row.run_id,
+        round=row.round,
+        segment=Segment(row.noise_multiplier, row.sample_rate, row.steps),
+        status=status,
+        delta=row.delta,
+        epsilon_dataset=row.epsilon_dataset,
+        epsilon_study=row.epsilon_study,
+        epsilon_rdp=row.epsilon_rdp,
+        reserved_at=row.reserved_at,
+        finished_at=row.finished_at,
+        update_hash=row.update_hash,
+        note=row.note,
+    )
+
+
+def _statement(row: OutboxRow) -> SignedStatement:
+    return SignedStatement(
+        kind=row.kind,
+        actor=row.actor,
+        payload=json.loads(row.payload_json),
+        signature=row.signature,
+    )
+
+
+def _outbox_row(statement: SignedStatement, created_at: str) -> OutboxRow:
+    return OutboxRow(
+        statement_id=statement.statement_id,
+        kind=statement.kind,
+        actor=statement.actor,
+        payload_json=canonical_json(statement.payload).decode("utf-8"),
+        signature=statement.signature,
+        created_at=created_at,
+    )
+
+
+def _configure_sqlite(engine: Engine) -> None:
+    """Serialise writers: every transaction takes SQLite's write lock when it begins."""
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        # Let SQLAlchemy's "begin" event issue BEGIN IMMEDIATE instead of pysqlite's BEGIN.
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute("PRAGMA busy_timeout=60000")
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(connection: sa.Connection) -> None:
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def create_store_engine(url: str) -> Engine:
+    """An engine for a site store URL (``sqlite:///PATH`` or ``postgresql+psycopg://``).
+
+    Raises
+    ------
+    ConfigError
+        If the URL cannot be used.
+    """
+    try:
+        parsed = sa.make_url(url)
+    except sa.exc.ArgumentError as err:
+        raise ConfigError(f"site store URL {url!r} is not a database URL") from err
+    if parsed.get_backend_name() == "sqlite":
+        if parsed.database in (None, "", ":memory:"):
+            raise ConfigError("the site store must be a SQLite file, not an in-memory database")
+        engine = sa.create_engine(parsed)
+        _configure_sqlite(engine)
+        return engine
+    if parsed.get_backend_name() == "postgresql":
+        return sa.create_engine(parsed, pool_pre_ping=True)
+    raise ConfigError(f"site store URL scheme {parsed.drivername!r} is not supported")
+
+
+class SiteStore:
+    """The site's database. Open it with :meth:`open`; close it with :meth:`close`."""
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+        self._sessions = sessionmaker(engine, expire_on_commit=False)
+
+    @classmethod
+    def open(cls, url: str) -> SiteStore:
+        """Open (creating or upgrading) the store at ``url``.
+
+        Raises
+        ------
+        ConfigError
+            If the URL is unusable, the database unreachable, or its schema was written by
+            a newer Veracity.
+        """
+        from veracity.client.migrations import upgrade_to_head
+
+        engine = create_store_engine(url)
+        try:
+            upgrade_to_head(engine)
+        except sa.exc.OperationalError as err:
+            engine.dispose()
+            raise ConfigError(f"cannot open the site store: {err.orig}") from err
+        except ConfigError:
+            engine.dispose()
+            raise
+        return cls(engine)
+
+    def close(self) -> None:
+        """Release the database connections."""
+        self._engine.dispose()
+
+    def __enter__(self) -> SiteStore:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+    @contextmanager
+    def _transaction(self) -> Iterator[Session]:
+        with self._sessions() as session, session.begin():
+            yield session
+
+    # ------------------------------------------------------------------ datasets
+
+    def add_dataset(self, dataset: Dataset, statement: SignedStatement) -> None:
+        """Register ``dataset`` and queue its ``dataset.registered`` statement, atomically.
+
+        Raises
+        ------
+        InputError
+            If the dataset id is taken, or the same content is already registered.
+        """
+        with self._transaction() as session:
+            if session.get(DatasetRow, dataset.dataset_id) is not None:
+                raise InputError(
+                    f"dataset {dataset.dataset_id!r} is already registered; choose another id"
+                )
+            twin = session.scalar(
+                sa.select(DatasetRow.dataset_id).where(
+                    DatasetRow.content_digest == dataset.content_digest
+                )
+            )
+            if twin is not None:
+                raise InputError(
+                    f"this data is already registered as dataset {twin!r}; its privacy "
+                    "budget stays with it (register different data, or use that id)"
+                )
+            session.add(
+                DatasetRow(
+                    dataset_id=dataset.dataset_id,
+                    path=str(dataset.path),
+                    file_format=dataset.file_format,
+                    file_sha256=dataset.file_sha256,
+                    content_digest=dataset.content_digest,
+                    salt_hex=dataset.salt.hex(),
+                    commitment=dataset.commitment,
+                    schema_hash=dataset.schema_hash,
+                    label=dataset.label,
+                    features_json=json.dumps(list(dataset.features)),
+                    rows=dataset.rows,
+                    positives=dataset.positives,
+                    epsilon_budget=dataset.epsilon_budget,
+                    delta=dataset.delta,
+                    registered_at=dataset.registered_at,
+                )
+            )
+            session.add(_outbox_row(statement, dataset.registered_at))
+
+    def get_dataset(self, dataset_id: str) -> Dataset | None:
+        """The dataset registered as ``dataset_id``, if any."""
+        with self._sessions() as session:
+            row = session.get(DatasetRow, dataset_id)
+            return _dataset(row) if row is not None else None
+
+    def list_datasets(self) -> list[Dataset]:
+        """Every registered dataset, by id."""
+        with self._sessions() as session:
+            rows = session.scalars(sa.select(DatasetRow).order_by(DatasetRow.dataset_id))
+            return [_dataset(row) for row in rows]
+
+    # ------------------------------------------------------------------ decisions
+
+    def add_decision(
+        self,
+        *,
+        study_hash: str,
+        study_id: str,
+        decision: Literal["approved", "refused"],
+        study_document: dict[str, Any],
+        code_hash: str,
+        dataset_id: str | None,
+        epsilon_cap: float | None,
+        reason: str | None,
+        decided_at: str,
+        statement: SignedStatement,
+    ) -> Decision:
+        """Record a decision and queue its signed statement, atomically.
+
+        Raises
+        ------
+        InputError
+            If an approval names a dataset that is not registered.
+        """
+        with self._transaction() as session:
+            if dataset_id is not None and session.get(DatasetRow, dataset_id) is None:
+                raise InputError(f"no dataset {dataset_id!r} is registered at this site")
+            row = DecisionRow(
+                study_hash=study_hash,
+                study_id=study_id,
+                decision=decision,
+                study_json=canonical_json(study_document).decode("utf-8"),
+                code_hash=code_hash,
+                dataset_id=dataset_id,
+                epsilon_cap=epsilon_cap,
+                reason=reason,
+                decided_at=decided_at,
+                statement_id=statement.statement_id,
+            )
+            session.add(row)
+            session.add(_outbox_row(statement, decided_at))
+            session.flush()
+            return _decision(row)
+
+    def latest_decision(self, study_hash: str) -> Decision | None:
+        """The decision in force for ``study_hash``, if any."""
+        with self._sessions() as session:
+            row = session.scalar(
+                sa.select(DecisionRow)
+                .where(DecisionRow.study_hash == study_hash)
+                .order_by(DecisionRow.id.desc())
+                .limit(1)
+            )
+            return _decision(row) if row is not None else None
+
+    def list_decisions(self) -> list[Decision]:
+        """Every decision, oldest first."""
+        with self._sessions() as session:
+            rows = session.scalars(sa.select(DecisionRow).order_by(DecisionRow.id))
+            return [_decision(row) for row in rows]
+
+    # ------------------------------------------------------------------ privacy ledger
+
+    @staticmethod
+    def _histories(session: Session, dataset_id: str, study_hash: str) -> tuple[History, History]:
+        rows = session.execute(
+            sa.select(
+                SpendRow.noise_multiplier,
+                SpendRow.sample_rate,
+                SpendRow.steps,
+                SpendRow.study_hash,
+            )
+            .where(SpendRow.dataset_id == dataset_id)
+            .order_by(SpendRow.id)
+        ).all()
+        every = [Segment(sigma, rate, steps) for sigma, rate, steps, _ in rows]
+        ours = [
+            Segment(sigma, rate, steps) for sigma, rate, steps, study in rows if study == study_hash
+        ]
+        return merge_history(every), merge_history(ours)
+
+    def dataset_history(self, dataset_id: str) -> History:
+        """The merged history of every step reserved or run on ``dataset_id``."""
+        with self._sessions() as session:
+            return self._histories(session, dataset_id, "")[0]
+
+    def study_history(self, dataset_id: str, study_hash: str) -> History:
+        """The merged history of the steps ``study_hash`` reserved or ran on ``dataset_id``."""
+        with self._sessions() as session:
+            return self._histories(session, dataset_id, study_hash)[1]
+
+    def reserve_round(
+        self,
+        *,
+        dataset_id: str,
+        study_hash: str,
+        run_id: str,
+        round: int,
+        planned: Segment,
+        evaluate: Callable[[History, History], RoundBudget],
+        now: str,
+    ) -> tuple[RoundBudget, History, History, int | None]:
+        """Check a planned round against the budget and, if allowed, reserve its steps.
+
+        Under a lock on the dataset (a row lock on PostgreSQL, SQLite's write lock), reads
+        the dataset's and the study's histories, calls ``evaluate(dataset_history,
+        study_history)``, and if the result is allowed inserts a ``reserved`` spend, all
+        in one transaction.
+
+        Returns
+        -------
+        tuple
+            ``(budget, dataset_history_before, study_history_before, spend_id)``;
+            ``spend_id`` is ``None`` when the round was not allowed (nothing written).
+
+        Raises
+        ------
+        InputError
+            If the dataset is not registered.
+        """
+        with self._transaction() as session:
+            locked = session.scalar(
+                sa.select(DatasetRow.dataset_id)
+                .where(DatasetRow.dataset_id == dataset_id)
+                .with_for_update()
+            )
+            if locked is None:
+                raise InputError(f"no dataset {dataset_id!r} is registered at this site")
+            dataset_before, study_before = self._histories(session, dataset_id, study_hash)
+            budget = evaluate(dataset_before, study_before)
+            if not budget.allowed:
+                return budget, dataset_before, study_before, None
+            row = SpendRow(
+                dataset_id=dataset_id,
+                study_hash=study_hash,
+                run_id=run_id,
+                round=round,
+                noise_multiplier=planned.noise_multiplier,
+                sample_rate=planned.sample_rate,
+                steps=planned.steps,
+                status="reserved",
+                delta=budget.dataset.delta,
+                epsilon_dataset=budget.dataset.prv,
+                epsilon_study=budget.study.prv,
+                epsilon_rdp=budget.dataset.rdp,
+                reserved_at=now,
+            )
+            session.add(row)
+            session.flush()
+            return budget, dataset_before, study_before, row.id
+
+    def finish_spend(
+        self,
+        spend_id: int,
+        *,
+        status: Literal["completed", "failed"],
+        now: str,
+        update_hash: str | None = None,
+        note: str | None = None,
+    ) -> None:
+        """Mark a reserved spend completed or failed (its steps count either way).
+
+        Raises
+        ------
+        InputError
+            If there is no reserved spend ``spend_id``.
+        """
+        with self._transaction() as session:
+            row = session.get(SpendRow, spend_id, with_for_update=True)
+            if row is None or row.status != "reserved":
+                raise InputError(f"no reserved privacy spend {spend_id}")
+            row.status = status
+            row.finished_at = now
+            row.update_hash = update_hash
+            row.note = note
+
+    def list_spends(self, dataset_id: str | None = None) -> list[Spend]:
+        """Every spend (of one dataset, or all), oldest first."""
+        with self._sessions() as session:
+            query = sa.select(SpendRow).order_by(SpendRow.id)
+            if dataset_id is not None:
+                query = query.where(SpendRow.dataset_id == dataset_id)
+            return [_spend(row) for row in session.scalars(query)]
+
+    # ------------------------------------------------------------------ outbox
+
+    def add_statement(self, statement: SignedStatement, *, now: str) -> None:
+        """Queue one signed statement (a no-op if it is already queued)."""
+        with self._transaction() as session:
+            exists = session.scalar(
+                sa.select(OutboxRow.id).where(OutboxRow.statement_id == statement.statement_id)
+            )
+            if exists is None:
+                session.add(_outbox_row(statement, now))
+
+    def outbox(self, *, include_delivered: bool = False) -> list[OutboxEntry]:
+        """Queued statements, oldest first (pending ones only, unless asked)."""
+        with self._sessions() as session:
+            query = sa.select(OutboxRow).order_by(OutboxRow.id)
+            if not include_delivered:
+                query = query.where(OutboxRow.delivered_at.is_(None))
+            return [
+                OutboxEntry(_statement(row), row.created_at, row.delivered_at)
+                for row in session.scalars(query)
+            ]
+
+    def mark_delivered(self, statement_ids: Sequence[str], *, now: str) -> int:
+        """Mark statements as delivered to the coordinator; returns how many changed.
+
+        Raises
+        ------
+        InputError
+            If an id is not in the outbox (nothing is changed then).
+        """
+        with self._transaction() as session:
+            rows = list(
+                session.scalars(
+                    sa.select(OutboxRow).where(OutboxRow.statement_id.in_(list(statement_ids)))
+                )
+            )
+            missing = set(statement_ids) - {row.statement_id for row in rows}
+            if missing:
+                raise InputError(f"not in the outbox: {', '.join(sorted(missing))}")
+            changed = 0
+            for row in rows:
+                if row.delivered_at is None:
+                    row.delivered_at = now
+                    changed += 1
+            return changed

@@ -1,0 +1,437 @@
+"""DP-SGD at a site with Opacus: the torch adapter of the site agent.
+
+One :class:`PrivateTrainer` per (site, dataset, run): it owns one Opacus
+``PrivacyEngine`` (PRV accountant), the model, the DP optimizer and the Poisson loader,
+and every round copies the global weights into the same model in place, so the engine's
+accountant keeps composing (the pattern the DP field notes found correct; a new engine per
+round reports one round's epsilon). The agent loads the persisted history into the
+accountant before each round and checks afterwards that it grew by exactly the round's
+planned steps, so the store, not this process, is the source of truth.
+
+Sampling is always Poisson (:func:`veracity.client.budget.poisson_sampling`): Opacus's
+``UniformWithReplacementSampler``, made to yield index tensors instead of Python lists.
+Empty batches are never skipped: the step still adds noise and is counted.
+
+Two ways to clip per-sample gradients (``site.json`` ``clipping``):
+
+``linear-ghost`` (default)
+    For models whose trainable parameters all sit in ``nn.Linear`` layers applied once to
+    2-D inputs, with parameter-free per-sample operations between them (both Veracity
+    model families). One backward pass gives each layer's per-sample output gradients
+    ``b``; with inputs ``a``, a sample's gradient for the layer is ``b a^T`` (plus ``b`` for
+    the bias), whose squared norm is ``|b|^2 (|a|^2 + 1)``. So per-sample norms and the
+    clipped sum ``(f * b)^T a`` come without materialising per-sample gradients (ghost
+    clipping, in one pass). The clipped sum goes to Opacus's
+    ``DPOptimizerFastGradientClipping``, which adds the Gaussian noise, scales by the
+    expected batch size and steps the accountant. Measured here about 1.6-1.9 times the
+    non-private epoch, against 2.6-3.5 times for Opacus's hooks.
+``opacus-hooks``
+    Opacus's ``GradSampleModule`` (``make_private`` with ``grad_sample_mode="hooks"``) and
+    ``DPOptimizer``: works for any model Opacus supports. The tests check that both give
+    the same clipped gradients.
+
+Noise and sampling randomness: with ``secure_mode`` both come from torchcsprng through
+Opacus (and the noise uses Opacus's floating-point-attack mitigation); otherwise from
+``torch.Generator`` (Mersenne Twister) instances seeded with 63 bits from ``os.urandom``,
+never from torch's global generator. Receipts say which (:attr:`PrivateTrainer.noise_generator`).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import secrets
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any, Literal, cast
+
+import numpy as np
+import numpy.typing as npt
+import torch
+from opacus import PrivacyEngine
+from opacus.optimizers import DPOptimizerFastGradientClipping
+from opacus.utils.uniform_sampler import UniformWithReplacementSampler
+from torch import nn
+from torch.utils.data import DataLoader
+from torch.utils.data import Dataset as TorchDataset
+
+from veracity.client.budget import History, Sampling, Segment, merge_history, poisson_sampling
+from veracity.errors import ConfigError, InputError
+from veracity.tasks.models import ModelSpec, build_model, load_weights, model_weights
+from veracity.tasks.weights import Weights
+
+__all__ = [
+    "Clipping",
+    "NOISE_GENERATOR_SECURE",
+    "NOISE_GENERATOR_DEFAULT",
+    "configure_threads",
+    "standardise",
+    "RoundResult",
+    "PrivateTrainer",
+]
+
+log = logging.getLogger(__name__)
+
+Clipping = Literal["linear-ghost", "opacus-hooks"]
+
+#: What receipts' metrics name as the noise source in secure mode.
+NOISE_GENERATOR_SECURE = "torchcsprng:/dev/urandom"
+#: ... and otherwise.
+NOISE_GENERATOR_DEFAULT = "torch.Generator:mt19937(seeded from os.urandom)"
+
+
+def configure_threads(threads: int) -> None:
+    """Set torch's intra-op thread count (a deliberate choice: 1 on small busy machines).
+
+    Raises
+    ------
+    ConfigError
+        If ``threads`` is not positive.
+    """
+    if threads < 1:
+        raise ConfigError("torch needs at least one thread")
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
+
+
+def standardise(
+    x: npt.NDArray[np.float64], scaling: tuple[tuple[float, float], ...]
+) -> npt.NDArray[np.float32]:
+    """``(x - mean) / std`` per column with a study's public scaling, as float32.
+
+    Raises
+    ------
+    InputError
+        If the scaling does not have one entry per column.
+    """
+    if x.ndim != 2 or x.shape[1] != len(scaling):
+        raise InputError(f"scaling has {len(scaling)} entries for {x.shape[1]} columns")
+    means = np.array([mean for mean, _ in scaling], dtype=np.float64)
+    stds = np.array([std for _, std in scaling], dtype=np.float64)
+    return np.asarray((x - means) / stds, dtype=np.float32)
+
+
+class _Rows(TorchDataset[tuple[torch.Tensor, torch.Tensor]]):
+    """Feature and label tensors, fetched a whole batch at a time by tensor indexing."""
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        self.x = x
+        self.y = y
+
+    def __len__(self) -> int:
+        return int(self.y.shape[0])
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.x[index], self.y[index]
+
+    def __getitems__(self, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.x[indices], self.y[indices]
+
+
+class _PoissonBatches(UniformWithReplacementSampler):  # type: ignore[misc]
+    """Opacus's Poisson sampler (each record joins each batch with probability ``q``).
+
+    Same draws as Opacus (``torch.rand(n, generator) < q`` per step) but yields the index
+    tensor rather than a Python list, which halves the time of a small step.
+    """
+
+    def __iter__(self) -> Iterator[torch.Tensor]:
+        for _ in range(self.steps):
+            mask = torch.rand(self.num_samples, generator=self.generator) < self.sample_rate
+            yield mask.nonzero().reshape(-1)
+
+
+def _batch(data: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    return data
+
+
+class _ClippedSumOptimizer(DPOptimizerFastGradientClipping):  # type: ignore[misc]
+    """Opacus's ghost-clipping DP optimizer, given the clipped per-sample sum in ``p.grad``.
+
+    It adds ``N(0, (noise_multiplier * max_grad_norm)^2)`` noise to every coordinate,
+    divides by the expected batch size, steps the accountant and the wrapped optimizer.
+    ``accumulate`` takes the fresh ``p.grad`` tensor instead of deep-copying it.
+    """
+
+    def accumulate(self) -> None:
+        for p in self.params:
+            p.summed_grad = p.grad if p.summed_grad is None else p.summed_grad + p.grad
+
+
+class _LinearGhostClipping:
+    """Per-sample clipping for models made of ``nn.Linear`` layers (see the module docstring)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.layers = [module for module in model.modules() if isinstance(module, nn.Linear)]
+        covered = {id(p) for layer in self.layers for p in layer.parameters()}
+        trainable = [p for p in model.parameters() if p.requires_grad]
+        if not self.layers or any(id(p) not in covered for p in trainable):
+            raise ConfigError(
+                "linear-ghost clipping needs a model whose parameters all belong to Linear "
+                "layers; set clipping to opacus-hooks in site.json"
+            )
+        self._inputs: list[torch.Tensor | None] = [None] * len(self.layers)
+        self._outputs: list[torch.Tensor | None] = [None] * len(self.layers)
+        for index, layer in enumerate(self.layers):
+            layer.register_forward_hook(self._capture(index))
+
+    def _capture(self, index: int) -> Any:
+        def hook(
+            _module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor
+        ) -> None:
+            if self._outputs[index] is not None:
+                raise ConfigError("linear-ghost clipping needs each Linear layer used once")
+            if inputs[0].dim() != 2:
+                raise ConfigError("linear-ghost clipping needs 2-D inputs to Linear layers")
+            self._inputs[index] = inputs[0]
+            self._outputs[index] = output
+
+        return hook
+
+    def reset(self) -> None:
+        """Forget the last forward pass."""
+        self._inputs = [None] * len(self.layers)
+        self._outputs = [None] * len(self.layers)
+
+    def clipped_sum(self, loss_sum: torch.Tensor, max_grad_norm: float) -> None:
+        """Write the sum of per-sample gradients, each clipped to ``max_grad_norm``, to ``.grad``.
+
+        ``loss_sum`` must be the *sum* of the per-sample losses of the last forward pass.
+        The clip factor is Opacus's: ``min(1, C / (norm + 1e-6))``.
+        """
+        outputs = [tensor for tensor in self._outputs if tensor is not None]
+        inputs = [tensor for tensor in self._inputs if tensor is not None]
+        if len(outputs) != len(self.layers):
+            raise ConfigError("a Linear layer was skipped in the forward pass")
+        backprops = torch.autograd.grad(loss_sum, outputs)
+        squared = torch.zeros(inputs[0].shape[0], dtype=inputs[0].dtype)
+        for layer, a, b in zip(self.layers, inputs, backprops, strict=True):
+            input_norm = (a * a).sum(1)
+            if layer.bias is not None:
+                input_norm = input_norm + 1.0
+            squared = squared + (b * b).sum(1) * input_norm
+        factor = (max_grad_norm / (squared.sqrt() + 1e-6)).clamp(max=1.0)
+        for layer, a, b in zip(self.layers, inputs, backprops, strict=True):
+            scaled = b.detach() * factor[:, None]
+            layer.weight.grad = scaled.T @ a.detach()
+            if layer.bias is not None:
+                layer.bias.grad = scaled.sum(0)
+        self.reset()
+
+
+@dataclass(frozen=True)
+class RoundResult:
+    """What one round of local training produced."""
+
+    weights: dict[str, npt.NDArray[np.float32]]
+    steps: int
+    examples: int
+    mean_loss: float
+
+
+class PrivateTrainer:
+    """DP-SGD on one dataset for one run (see the module docstring).
+
+    Parameters
+    ----------
+    spec
+        The model architecture.
+    x, y
+        Standardised features (float32) and 0/1 labels.
+    noise_multiplier, max_grad_norm
+        DP-SGD terms (``noise_multiplier`` 0 is accepted for tests of the mechanism).
+    batch_size, learning_rate
+        Expected batch size (sets the Poisson rate) and SGD step size.
+    clipping
+        ``"linear-ghost"`` or ``"opacus-hooks"``.
+    secure_mode
+        Draw noise and samples from torchcsprng (Opacus ``secure_mode``).
+    seed
+        Seeds the sampling and noise generators (tests); ``None`` draws 63 bits each from
+        the OS. Must be ``None`` in secure mode.
+
+    Raises
+    ------
+    ConfigError
+        If secure mode is asked without torchcsprng, or the model does not suit the
+        clipping method.
+    InputError
+        If the data do not match the model.
+    """
+
+    def __init__(
+        self,
+        spec: ModelSpec,
+        x: npt.NDArray[np.float32],
+        y: npt.NDArray[np.integer],
+        *,
+        noise_multiplier: float,
+        max_grad_norm: float,
+        batch_size: int,
+        learning_rate: float,
+        clipping: Clipping = "linear-ghost",
+        secure_mode: bool = False,
+        seed: int | None = None,
+    ) -> None:
+        if x.ndim != 2 or x.shape[1] != spec.n_features or y.shape != (x.shape[0],):
+            raise InputError(
+                f"data of shape {x.shape} do not fit a model of {spec.n_features} features"
+            )
+        if not (math.isfinite(noise_multiplier) and noise_multiplier >= 0):
+            raise InputError("the noise multiplier must be finite and non-negative")
+        if secure_mode and seed is not None:
+            raise ConfigError("a seed cannot be injected in secure mode")
+        self.spec = spec
+        self.sampling: Sampling = poisson_sampling(int(x.shape[0]), batch_size)
+        self.noise_multiplier = float(noise_multiplier)
+        self.max_grad_norm = float(max_grad_norm)
+        self.clipping: Clipping = clipping
+        self.secure_mode = secure_mode
+        try:
+            with warnings.catch_warnings():
+                # "Secure RNG turned off": the receipt's noise_generator says so instead.
+                warnings.filterwarnings("ignore", message="Secure RNG", category=UserWarning)
+                self.engine = PrivacyEngine(accountant="prv", secure_mode=secure_mode)
+        except ImportError as err:
+            raise ConfigError(
+                "secure mode needs the torchcsprng package, which is not installed"
+            ) from err
+        if secure_mode:
+            sample_generator = noise_generator = self.engine.secure_rng
+            self.noise_generator = NOISE_GENERATOR_SECURE
+        else:
+            sample_seed = secrets.randbits(63) if seed is None else seed
+            noise_seed = secrets.randbits(63) if seed is None else seed + 1
+            sample_generator = torch.Generator().manual_seed(sample_seed)
+            noise_generator = torch.Generator().manual_seed(noise_seed)
+            self.noise_generator = NOISE_GENERATOR_DEFAULT
+        self.model = build_model(spec)
+        rows = _Rows(
+            torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)),
+            torch.from_numpy(np.asarray(y, dtype=np.float32)),
+        )
+        sampler = _PoissonBatches(
+            num_samples=len(rows),
+            sample_rate=self.sampling.sample_rate,
+            generator=sample_generator,
+            steps=self.sampling.steps_per_epoch,
+        )
+        loader = DataLoader(rows, batch_sampler=sampler, collate_fn=cast(Any, _batch))
+        base_optimizer = torch.optim.SGD(self.model.parameters(), lr=learning_rate)
+        self._ghost: _LinearGhostClipping | None = None
+        if clipping == "linear-ghost":
+            self._ghost = _LinearGhostClipping(self.model)
+            self._forward: nn.Module = self.model
+            self.optimizer = _ClippedSumOptimizer(
+                base_optimizer,
+                noise_multiplier=self.noise_multiplier,
+                max_grad_norm=self.max_grad_norm,
+                expected_batch_size=self.sampling.expected_batch_size,
+                generator=noise_generator,
+                secure_mode=secure_mode,
+            )
+            self.optimizer.attach_step_hook(
+                self.engine.accountant.get_optimizer_hook_fn(sample_rate=self.sampling.sample_rate)
+            )
+            if secure_mode:
+                sampler.generator = self.engine.secure_rng
+            self.loader = loader
+        elif clipping == "opacus-hooks":
+            # The loader already samples Poisson batches at the exact rate, so Opacus must
+            # not re-wrap it (poisson_sampling=False); it then takes q = 1 / len(loader).
+            module, optimizer, wrapped_loader = self.engine.make_private(
+                module=self.model,
+                optimizer=base_optimizer,
+                data_loader=loader,
+                noise_multiplier=self.noise_multiplier,
+                max_grad_norm=self.max_grad_norm,
+                poisson_sampling=False,
+                noise_generator=None if secure_mode else noise_generator,
+                grad_sample_mode="hooks",
+            )
+            module.forbid_grad_accumulation()
+            self._forward = module
+            self.optimizer = optimizer
+            self.loader = wrapped_loader
+            if optimizer.expected_batch_size != self.sampling.expected_batch_size:
+                raise ConfigError("Opacus chose another expected batch size than planned")
+        else:
+            raise ConfigError(f"unknown clipping method {clipping!r}")
+
+    # ------------------------------------------------------------------ accounting
+
+    def load_history(self, history: History) -> None:
+        """Make the engine's accountant hold ``history`` (the persisted one)."""
+        self.engine.accountant.history = [
+            (s.noise_multiplier, s.sample_rate, s.steps) for s in history
+        ]
+
+    def accountant_history(self) -> History:
+        """The engine accountant's history, merged."""
+        return merge_history(
+            Segment(float(sigma), float(rate), int(steps))
+            for sigma, rate, steps in self.engine.accountant.history
+        )
+
+    def planned_segment(self, epochs: int) -> Segment:
+        """The history segment ``epochs`` local epochs add."""
+        return self.sampling.segment(self.noise_multiplier, epochs)
+
+    # ------------------------------------------------------------------ training
+
+    def _step(self, xb: torch.Tensor, yb: torch.Tensor) -> float:
+        """One DP-SGD step; returns the sum of the batch's per-sample losses."""
+        self.optimizer.zero_grad(set_to_none=True)
+        if self._ghost is not None:
+            if xb.shape[0] == 0:
+                for p in self.model.parameters():
+                    p.grad = torch.zeros_like(p)
+                self.optimizer.step()
+                return 0.0
+            logits = self._forward(xb)
+            losses = nn.functional.binary_cross_entropy_with_logits(logits, yb, reduction="none")
+            summed = losses.sum()
+            self._ghost.clipped_sum(summed, self.max_grad_norm)
+            self.optimizer.step()
+            return float(summed.detach())
+        logits = self._forward(xb)
+        loss_sum = 0.0
+        if xb.shape[0] == 0:
+            loss = logits.sum() * 0.0  # keeps Opacus's hooks firing on an empty batch
+        else:
+            losses = nn.functional.binary_cross_entropy_with_logits(logits, yb, reduction="none")
+            loss = losses.mean()
+            loss_sum = float(losses.detach().sum())
+        with warnings.catch_warnings():
+            # torch notes that Opacus's hooks fire on outputs when inputs need no gradient.
+            warnings.filterwarnings("ignore", message="Full backward hook", category=UserWarning)
+            loss.backward()
+        self.optimizer.step()
+        return loss_sum
+
+    def train_round(self, weights: Weights, *, epochs: int) -> RoundResult:
+        """Copy ``weights`` into the model in place, run ``epochs`` epochs of DP-SGD.
+
+        Raises
+        ------
+        InputError
+            If the weights do not match the model, or are not finite.
+        """
+        for name, value in weights.items():
+            if not np.all(np.isfinite(np.asarray(value))):
+                raise InputError(f"global weights {name!r} hold non-finite values")
+        with torch.no_grad():
+            load_weights(self.model, weights)
+        self.model.train()
+        steps = examples = 0
+        loss_total = 0.0
+        for _ in range(epochs):
+            for xb, yb in self.loader:
+                loss_total += self._step(xb, yb)
+                steps += 1
+                examples += int(xb.shape[0])
+        mean_loss = loss_total / examples if examples else math.nan
+        return RoundResult(
+            weights=model_weights(self.model), steps=steps, examples=examples, mean_loss=mean_loss
+        )
