@@ -91,7 +91,8 @@ def decode_canonical(data: bytes) -> Any:
         return float(text)
 
     try:
-        document = json.loads(data, parse_float=note_float, parse_constant=_refuse_constant)
+        text = data.decode("utf-8")
+        document = json.loads(text, parse_float=note_float, parse_constant=_refuse_constant)
     except (ValueError, UnicodeDecodeError) as err:
         raise InputError(f"not JSON: {err}") from err
     if not floats and data.isascii() and not _LONG_DIGITS.search(data):

@@ -316,9 +316,16 @@ class Ledger:
             )
         ledger = cls(engine, url, root_key=root_key, checkpoint_every=checkpoint_every)
         try:
-            genesis = ledger._genesis()
-            if root_key is not None and genesis.payload["public_key"] != root_key.public.pem():
-                raise ConfigError("the given root key is not this ledger's root key")
+            if root_key is not None:
+                genesis = ledger._genesis_body()
+                try:
+                    enrolled = parse_body(genesis).payload.get("public_key")
+                except InputError as err:
+                    raise ConfigError(
+                        "the genesis entry is unreadable; run `veracity ledger verify`"
+                    ) from err
+                if enrolled != root_key.public.pem():
+                    raise ConfigError("the given root key is not this ledger's root key")
         except BaseException:
             engine.dispose()
             raise
@@ -412,6 +419,15 @@ class Ledger:
             ],
         )
 
+    def _genesis_body(self) -> bytes:
+        with store.read_session(self.engine) as session:
+            body = session.execute(
+                select(store.EntryRow.body).where(store.EntryRow.seq == 0)
+            ).scalar_one_or_none()
+        if body is None:
+            raise ConfigError("the ledger has no genesis entry; run `veracity ledger init`")
+        return bytes(body)
+
     def _genesis(self) -> Entry:
         with store.read_session(self.engine) as session:
             row = session.get(store.EntryRow, 0)
@@ -423,7 +439,7 @@ class Ledger:
     def log_id(self) -> str:
         """The log's id: the genesis entry's leaf hash (hex)."""
         if self._log_id is None:
-            self._log_id = self._genesis().hash
+            self._log_id = leaf_hash(self._genesis_body()).hex()
         return self._log_id
 
     @property

@@ -152,13 +152,21 @@ class _Failure(Exception):
 
 
 def _history(events: Iterable[KeyEvent]) -> KeyHistory:
+    history, failure = _lenient_history(events)
+    if failure is not None:
+        raise failure
+    return history
+
+
+def _lenient_history(events: Iterable[KeyEvent]) -> tuple[KeyHistory, _Failure | None]:
+    """The key history up to the first invalid key event, and that event's failure."""
     history = KeyHistory()
     for seq, kind, payload in events:
         try:
             history.apply(seq, kind, payload)
-        except (InputError, CryptoError, KeyError, ValueError) as err:
-            raise _Failure(seq, f"invalid key event: {err}") from err
-    return history
+        except (InputError, CryptoError, KeyError, ValueError, TypeError) as err:
+            return history, _Failure(seq, f"invalid key event: {err}")
+    return history, None
 
 
 def _decode_signature(text: str) -> bytes:
@@ -175,17 +183,15 @@ def _check_rows(rows: Iterable[Row], task: _Task) -> _Chunk:
     """Check consecutive rows starting at ``task.start``; stops at the first failure."""
     chunk = _Chunk(start=task.start)
     leaves = bytearray()
-    try:
-        history = _history(task.key_events)
-    except _Failure as failure:
-        chunk.error = (failure.seq, failure.reason)
-        return chunk
+    history, bad_key_event = _lenient_history(task.key_events)
     trusted_root = VerifyKey.from_raw(task.trusted_root)
     expected = task.start
     prev_hash: bytes | None = None
     try:
         for seq_col, hash_col, prev_seq_col, prev_col, kind_col, actor_col, ts_col, body in rows:
             seq = expected
+            if bad_key_event is not None and seq >= bad_key_event.seq:
+                raise bad_key_event
             if seq_col is not None and seq_col != seq:
                 if seq_col > seq:
                     raise _Failure(
