@@ -66,24 +66,36 @@ class World:
             "public_key": key.public.pem(),
             "valid_from": format_timestamp(T0),
         }
-        return self.ledger.append("key.enrolled", ROOT_ACTOR, payload, signer=self.root, now=self.now())
+        return self.ledger.append(
+            "key.enrolled", ROOT_ACTOR, payload, signer=self.root, now=self.now()
+        )
 
     def revoke(self, name: str) -> Entry:
         payload = {"name": name, "key_id": self.keys[name].public.key_id, "reason": "retired"}
-        return self.ledger.append("key.revoked", ROOT_ACTOR, payload, signer=self.root, now=self.now())
+        return self.ledger.append(
+            "key.revoked", ROOT_ACTOR, payload, signer=self.root, now=self.now()
+        )
 
     def note(self, actor: str, text: str) -> Entry:
         signer = self.root if actor == ROOT_ACTOR else self.keys[actor]
-        return self.ledger.append("note.recorded", actor, {"text": text}, signer=signer, now=self.now())
+        return self.ledger.append(
+            "note.recorded", actor, {"text": text}, signer=signer, now=self.now()
+        )
 
     def dataset(self, site: str, dataset_id: str = "d1") -> Entry:
         payload = dataset_payload(site, dataset_id, signed_at=format_timestamp(self.now()))
         signature = sign_statement(self.keys[site], "dataset.registered", site, payload)
-        return self.ledger.append("dataset.registered", site, payload, signature=signature, now=self.now())
+        return self.ledger.append(
+            "dataset.registered", site, payload, signature=signature, now=self.now()
+        )
 
-    def round(self, run_id: str, study_hash: str, number: int, sites: list[str], model: str) -> Entry:
+    def round(
+        self, run_id: str, study_hash: str, number: int, sites: list[str], model: str
+    ) -> Entry:
         payload = round_payload(self.keys, run_id, study_hash, number, sites, model)
-        return self.ledger.append("round.completed", ROOT_ACTOR, payload, signer=self.root, now=self.now())
+        return self.ledger.append(
+            "round.completed", ROOT_ACTOR, payload, signer=self.root, now=self.now()
+        )
 
 
 def dataset_payload(site: str, dataset_id: str, *, signed_at: str) -> dict[str, Any]:
@@ -99,7 +111,9 @@ def dataset_payload(site: str, dataset_id: str, *, signed_at: str) -> dict[str, 
     }
 
 
-def receipt_for(site: str, run_id: str, study_hash: str, number: int, dataset_id: str = "d1") -> dict[str, Any]:
+def receipt_for(
+    site: str, run_id: str, study_hash: str, number: int, dataset_id: str = "d1"
+) -> dict[str, Any]:
     return {
         "site": site,
         "study": study_hash,
@@ -118,12 +132,19 @@ def receipt_for(site: str, run_id: str, study_hash: str, number: int, dataset_id
 
 
 def round_payload(
-    keys: dict[str, SigningKey], run_id: str, study_hash: str, number: int, sites: list[str], model: str
+    keys: dict[str, SigningKey],
+    run_id: str,
+    study_hash: str,
+    number: int,
+    sites: list[str],
+    model: str,
 ) -> dict[str, Any]:
     receipts = []
     for site in sites:
         receipt = receipt_for(site, run_id, study_hash, number)
-        receipts.append({"receipt": receipt, "signature": sign_document(keys[site], RECEIPT_DOMAIN, receipt)})
+        receipts.append(
+            {"receipt": receipt, "signature": sign_document(keys[site], RECEIPT_DOMAIN, receipt)}
+        )
     return {
         "run_id": run_id,
         "study_hash": study_hash,
@@ -151,7 +172,12 @@ def make_world(root_key: SigningKey) -> Iterator[Callable[..., World]]:
     """Build a ledger at a URL with hospital-a and hospital-b enrolled."""
     opened: list[Ledger] = []
 
-    def make(url: str, *, checkpoint_every: int = 1000, sites: tuple[str, ...] = ("hospital-a", "hospital-b")) -> World:
+    def make(
+        url: str,
+        *,
+        checkpoint_every: int = 1000,
+        sites: tuple[str, ...] = ("hospital-a", "hospital-b"),
+    ) -> World:
         ledger = Ledger.init(url, root_key=root_key, now=T0, checkpoint_every=checkpoint_every)
         opened.append(ledger)
         world = World(ledger=ledger, root=root_key)

@@ -55,9 +55,7 @@ VALID: dict[str, dict[str, Any]] = {
         "rounds_completed": 2,
         "model_hash": None,
     },
-    "round.completed": round_payload(
-        {"hospital-a": seeded_key("a")}, "1", H, 1, ["hospital-a"], H
-    ),
+    "round.completed": round_payload({"hospital-a": seeded_key("a")}, "1", H, 1, ["hospital-a"], H),
     "budget.refused": {
         "site": "hospital-a",
         "study_hash": H,
@@ -104,7 +102,7 @@ def test_every_documented_kind_has_a_valid_example() -> None:
 
 
 def test_unknown_kind_is_refused() -> None:
-    with pytest.raises(InputError, match="unknown event kind 'model.deleted'"):
+    with pytest.raises(InputError, match=r"unknown event kind 'model\.deleted'"):
         validate_payload("model.deleted", {})
 
 
@@ -124,7 +122,9 @@ def test_unknown_kind_is_refused() -> None:
         ("checkpoint", {"signature": "short"}, "signature"),
     ],
 )
-def test_invalid_payload_is_refused_naming_the_field(kind: str, change: dict[str, Any], field: str) -> None:
+def test_invalid_payload_is_refused_naming_the_field(
+    kind: str, change: dict[str, Any], field: str
+) -> None:
     with pytest.raises(InputError, match=f"field '{field}'"):
         validate_payload(kind, {**VALID[kind], **change})
 
@@ -150,6 +150,8 @@ def test_study_hash_must_be_the_hash_of_the_study() -> None:
 def test_round_receipts_must_match_participants_and_round() -> None:
     payload = VALID["round.completed"]
     with pytest.raises(InputError, match="one per participant"):
-        validate_payload("round.completed", {**payload, "participants": ["hospital-a", "hospital-b"]})
+        validate_payload(
+            "round.completed", {**payload, "participants": ["hospital-a", "hospital-b"]}
+        )
     with pytest.raises(InputError, match="another run"):
         validate_payload("round.completed", {**payload, "round": 2})

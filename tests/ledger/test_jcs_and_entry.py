@@ -137,17 +137,28 @@ def test_statement_message_is_what_sign_statement_signs() -> None:
     signature = key.sign(statement_message(statement))
     import base64
 
-    verify_statement(key.public, "note.recorded", "hospital-a", payload, base64.b64encode(signature).decode())
-    assert sign_statement(key, "note.recorded", "hospital-a", payload) == base64.b64encode(signature).decode()
+    verify_statement(
+        key.public, "note.recorded", "hospital-a", payload, base64.b64encode(signature).decode()
+    )
+    assert (
+        sign_statement(key, "note.recorded", "hospital-a", payload)
+        == base64.b64encode(signature).decode()
+    )
 
 
 @pytest.mark.parametrize(
     "body",
     [
         b'{"actor":"a","kind":"k","payload":{},"prev":"00","seq":1,"signature":"s","ts":"t"}',
-        b'{"actor":"a","kind":"k","payload":{},"prev":"' + b"0" * 64 + b'","seq":-1,"signature":"s","ts":"2026-11-27T15:47:52.123456Z"}',
-        b'{"actor":"a","extra":1,"kind":"k","payload":{},"prev":"' + b"0" * 64 + b'","seq":1,"signature":"s","ts":"2026-11-27T15:47:52.123456Z"}',
-        b'{"actor":"a","kind":"k","payload":[],"prev":"' + b"0" * 64 + b'","seq":1,"signature":"s","ts":"2026-11-27T15:47:52.123456Z"}',
+        b'{"actor":"a","kind":"k","payload":{},"prev":"'
+        + b"0" * 64
+        + b'","seq":-1,"signature":"s","ts":"2026-11-27T15:47:52.123456Z"}',
+        b'{"actor":"a","extra":1,"kind":"k","payload":{},"prev":"'
+        + b"0" * 64
+        + b'","seq":1,"signature":"s","ts":"2026-11-27T15:47:52.123456Z"}',
+        b'{"actor":"a","kind":"k","payload":[],"prev":"'
+        + b"0" * 64
+        + b'","seq":1,"signature":"s","ts":"2026-11-27T15:47:52.123456Z"}',
     ],
 )
 def test_parse_body_refuses_malformed_entries(body: bytes) -> None:

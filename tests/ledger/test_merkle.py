@@ -43,7 +43,9 @@ def test_roots_and_proofs_match_the_definition_for_every_size_up_to_70() -> None
 
 
 def test_leaf_and_node_hashes_are_domain_separated() -> None:
-    assert leaf_hash(b"") == bytes.fromhex("6e340b9cffb37a989ca544e6bb780a2c78901d3fb33738768511a30617afa01d")
+    assert leaf_hash(b"") == bytes.fromhex(
+        "6e340b9cffb37a989ca544e6bb780a2c78901d3fb33738768511a30617afa01d"
+    )
     assert node_hash(LEAVES[0], LEAVES[1]) != leaf_hash(LEAVES[0] + LEAVES[1])
 
 
@@ -65,7 +67,9 @@ def test_incremental_append_truncate_and_bulk_build_agree() -> None:
     size=st.integers(min_value=2, max_value=70),
     data=st.data(),
 )
-def test_any_changed_inclusion_proof_element_or_index_is_rejected(size: int, data: st.DataObject) -> None:
+def test_any_changed_inclusion_proof_element_or_index_is_rejected(
+    size: int, data: st.DataObject
+) -> None:
     tree = MerkleTree(LEAVES[:size])
     index = data.draw(st.integers(min_value=0, max_value=size - 1))
     proof = tree.inclusion_proof(index, size)
@@ -75,7 +79,13 @@ def test_any_changed_inclusion_proof_element_or_index_is_rejected(size: int, dat
     flipped = bytearray(proof[position])
     flipped[bit // 8] ^= 1 << (bit % 8)
     with pytest.raises(ProofError):
-        verify_inclusion(LEAVES[index], index, size, [*proof[:position], bytes(flipped), *proof[position + 1 :]], root)
+        verify_inclusion(
+            LEAVES[index],
+            index,
+            size,
+            [*proof[:position], bytes(flipped), *proof[position + 1 :]],
+            root,
+        )
     other = data.draw(st.integers(min_value=0, max_value=size - 1).filter(lambda i: i != index))
     with pytest.raises(ProofError):
         verify_inclusion(LEAVES[index], other, size, proof, root)
@@ -92,4 +102,6 @@ def test_consistency_with_a_rewritten_history_is_rejected(size: int, data: st.Da
     forked[changed] = leaf_hash(b"rewritten")
     honest, fork = MerkleTree(LEAVES[:size]), MerkleTree(forked)
     with pytest.raises(ProofError):
-        verify_consistency(old, size, fork.consistency_proof(old, size), honest.root(old), fork.root())
+        verify_consistency(
+            old, size, fork.consistency_proof(old, size), honest.root(old), fork.root()
+        )

@@ -43,13 +43,21 @@ def test_merkle_proof_verifiers_agree_with_rfc9162_vector(
 
         def check() -> None:
             verify_inclusion(
-                _b64(vector["leafHash"]), vector["leafIdx"], vector["treeSize"], proof, _b64(vector["root"])
+                _b64(vector["leafHash"]),
+                vector["leafIdx"],
+                vector["treeSize"],
+                proof,
+                _b64(vector["root"]),
             )
     else:
 
         def check() -> None:
             verify_consistency(
-                vector["size1"], vector["size2"], proof, _b64(vector["root1"]), _b64(vector["root2"])
+                vector["size1"],
+                vector["size2"],
+                proof,
+                _b64(vector["root1"]),
+                _b64(vector["root2"]),
             )
 
     if vector["wantErr"]:

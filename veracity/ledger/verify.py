@@ -35,9 +35,8 @@ import binascii
 import itertools
 import json
 import os
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Generator, Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor
-from contextlib import closing
 from dataclasses import dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
@@ -305,7 +304,7 @@ def _check_rows(rows: Iterable[Row], task: _Task) -> _Chunk:
     return chunk
 
 
-def _db_rows(url: str, start: int, end: int) -> Iterator[Row]:
+def _db_rows(url: str, start: int, end: int) -> Generator[Row, None, None]:
     import sqlalchemy as sa
 
     from veracity.ledger.store import create_engine
@@ -338,7 +337,7 @@ def _db_rows(url: str, start: int, end: int) -> Iterator[Row]:
         engine.dispose()
 
 
-def _bundle_rows(path: str, byte_start: int, byte_end: int) -> Iterator[Row]:
+def _bundle_rows(path: str, byte_start: int, byte_end: int) -> Generator[Row, None, None]:
     with open(path, "rb") as handle:
         handle.seek(byte_start)
         position = byte_start
@@ -353,11 +352,13 @@ def _bundle_rows(path: str, byte_start: int, byte_end: int) -> Iterator[Row]:
 def _run_task(task: _Task) -> _Chunk:
     kind, where = task.source
     if kind == "db":
-        rows: Iterator[Row] = _db_rows(where, task.start, task.end)
+        rows: Generator[Row, None, None] = _db_rows(where, task.start, task.end)
     else:
         rows = _bundle_rows(where, task.byte_start, task.end)
-    with closing(rows):
+    try:
         return _check_rows(rows, task)
+    finally:
+        rows.close()
 
 
 def _run_tasks(tasks: Sequence[_Task], workers: int) -> list[_Chunk]:
