@@ -222,15 +222,25 @@ def _checkpoint_from_row(row: store.CheckpointRow) -> Checkpoint:
 class _KeyView:
     """Key lookups while appending: the key index plus the batch's own key events."""
 
-    def __init__(self, session: Session) -> None:
+    def __init__(self, session: Session, *, head: int | None = None) -> None:
         self._session = session
         self._pending: dict[str, list[tuple[int, KeyRecord | None]]] = {}
         self._pending_holders: dict[str, str] = {}
+        #: Stored key state per name for seqs after ``head`` (fixed while the lock is held).
+        self._head = head
+        self._stored: dict[str, KeyRecord | None] = {}
 
     def key_at(self, name: str, seq: int) -> KeyRecord | None:
         for event_seq, record in reversed(self._pending.get(name, [])):
             if event_seq < seq:
                 return record
+        if self._head is not None and seq > self._head:
+            if name not in self._stored:
+                self._stored[name] = self._lookup(name, seq)
+            return self._stored[name]
+        return self._lookup(name, seq)
+
+    def _lookup(self, name: str, seq: int) -> KeyRecord | None:
         row = self._session.execute(
             select(store.KeyEventRow)
             .where(store.KeyEventRow.name == name, store.KeyEventRow.seq < seq)
@@ -604,7 +614,7 @@ class Ledger:
         seq, prev = head.seq + 1, bytes(head.hash)
         last_checkpoint = session.scalar(select(func.max(store.CheckpointRow.tree_size))) or 0
         auto = self.root_key is not None and self.checkpoint_every > 0
-        keys = _KeyView(session)
+        keys = _KeyView(session, head=head.seq)
         entry_rows: list[dict[str, Any]] = []
         key_rows: list[dict[str, Any]] = []
         statement_rows: dict[bytes, int] = {}

@@ -77,8 +77,8 @@ Row = tuple[
     int | None, bytes | None, int | None, bytes | None, str | None, str | None, str | None, bytes
 ]
 
-#: Entries per chunk; a power of two so chunks align with Merkle subtrees.
-DEFAULT_CHUNK = 1 << 15
+#: Entries per chunk (small enough to balance the processes).
+DEFAULT_CHUNK = 1 << 13
 #: Below this many entries, verification runs in this process.
 PARALLEL_THRESHOLD = 20_000
 _KEY_KINDS = ("key.enrolled", "key.revoked")
@@ -305,34 +305,46 @@ def _check_rows(rows: Iterable[Row], task: _Task) -> _Chunk:
 
 
 def _db_rows(url: str, start: int, end: int) -> Generator[Row, None, None]:
-    import sqlalchemy as sa
-
     from veracity.ledger.store import create_engine
 
     engine = create_engine(url)
-    query = sa.text(
-        "SELECT seq, hash, prev_seq, prev, kind, actor, ts, body FROM ledger_entry "
-        "WHERE seq >= :start AND seq < :end ORDER BY seq"
-    )
+    columns = "seq, hash, prev_seq, prev, kind, actor, ts, body"
     try:
         with engine.connect() as connection:
-            result = connection.execution_options(yield_per=4096).execute(
-                query, {"start": start, "end": end}
-            )
+            raw = connection.connection.dbapi_connection
+            if raw is None:  # pragma: no cover - a checked-out connection always has one
+                raise InputError("no database connection")
+            if engine.dialect.name == "sqlite":
+                cursor = raw.cursor()
+                cursor.execute(
+                    f"SELECT {columns} FROM ledger_entry WHERE seq >= ? AND seq < ? ORDER BY seq",  # noqa: S608
+                    (start, end),
+                )
+            else:
+                cursor = raw.cursor(name=f"veracity_verify_{start}")
+                cursor.execute(
+                    f"SELECT {columns} FROM ledger_entry WHERE seq >= %s AND seq < %s ORDER BY seq",  # noqa: S608
+                    (start, end),
+                )
             try:
-                for row in result:
-                    yield (
-                        row[0],
-                        bytes(row[1]),
-                        row[2],
-                        bytes(row[3]),
-                        row[4],
-                        row[5],
-                        row[6],
-                        bytes(row[7]),
-                    )
+                while True:
+                    batch = cursor.fetchmany(4096)
+                    if not batch:
+                        break
+                    for seq, digest, prev_seq, prev, kind, actor, ts, body in batch:
+                        yield (
+                            seq,
+                            bytes(digest),
+                            prev_seq,
+                            bytes(prev),
+                            kind,
+                            actor,
+                            ts,
+                            bytes(body),
+                        )
             finally:
-                result.close()
+                cursor.close()
+            connection.rollback()
     finally:
         engine.dispose()
 
