@@ -31,21 +31,20 @@ import tempfile
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
 
 import sqlalchemy as sa
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from harness import Figure, Report, percentile  # noqa: E402
+from harness import Figure, Report, percentile
 
-from veracity.crypto.keys import SigningKey, generate_signing_key  # noqa: E402
-from veracity.ledger.entry import format_timestamp  # noqa: E402
-from veracity.ledger.events import ROOT_ACTOR  # noqa: E402
-from veracity.ledger.ledger import EventRequest, Ledger  # noqa: E402
-from veracity.ledger.merkle import leaf_hash, node_hash  # noqa: E402
-from veracity.ledger.statement import sign_statement  # noqa: E402
-from veracity.ledger.store import create_engine  # noqa: E402
+from veracity.crypto.keys import SigningKey, generate_signing_key
+from veracity.ledger.entry import format_timestamp
+from veracity.ledger.events import ROOT_ACTOR
+from veracity.ledger.ledger import EventRequest, Ledger
+from veracity.ledger.merkle import leaf_hash, node_hash
+from veracity.ledger.statement import sign_statement
+from veracity.ledger.store import create_engine
 
 T0 = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
 
@@ -193,9 +192,9 @@ def main(argv: list[str] | None = None) -> int:
         ledger.close()
         ledger = new_ledger(workdir / "single.db", root, site)
         workload = Workload(root, site, args.site_fraction, seed=8)
+        requests = [workload.request() for _ in range(args.single_entries)]
         start = time.perf_counter()
-        for _ in range(args.single_entries):
-            request = workload.request()
+        for request in requests:
             ledger.append(
                 request.kind,
                 request.actor,
@@ -248,7 +247,8 @@ def main(argv: list[str] | None = None) -> int:
         tail_s = time.perf_counter() - start
         report.add(
             Figure(
-                f"full verification, root signatures below the last checkpoint elided ({tail.signatures:,} signatures)",
+                "full verification, root signatures below the last checkpoint elided "
+                f"({tail.signatures:,} signatures)",
                 tail_s,
                 "s",
                 baseline=chain_s,

@@ -24,7 +24,7 @@ from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy import func, insert, select
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.orm import Session
 
 from veracity.crypto.keys import SigningKey, VerifyKey
@@ -816,15 +816,23 @@ class Ledger:
 
     # ------------------------------------------------------------------ Merkle cache
 
-    def _synced_tree(self, session: Session, *, upto: int) -> MerkleTree:
-        """The cached tree brought to exactly ``upto`` leaves from ``session``'s view."""
+    def _synced_tree(
+        self, session: Session | Connection, *, upto: int, head_hash: bytes | None = None
+    ) -> MerkleTree:
+        """The cached tree brought to exactly ``upto`` leaves from ``session``'s view.
+
+        ``head_hash`` (the stored hash of entry ``upto - 1``), when known, saves a query.
+        """
         tree = self._tree
         if tree.size > upto:
             tree.truncate(upto)
         if tree.size:
-            stored = session.execute(
-                select(store.EntryRow.hash).where(store.EntryRow.seq == tree.size - 1)
-            ).scalar_one_or_none()
+            if head_hash is not None and tree.size == upto:
+                stored: bytes | None = head_hash
+            else:
+                stored = session.execute(
+                    select(store.EntryRow.hash).where(store.EntryRow.seq == tree.size - 1)
+                ).scalar_one_or_none()
             if stored is None or bytes(stored) != tree.leaf(tree.size - 1):
                 tree.truncate(0)
         if tree.size < upto:
@@ -840,6 +848,18 @@ class Ledger:
                 raise InputError("the ledger has gaps; run `veracity ledger verify`")
             tree.extend_blob(blob)
         return tree
+
+    @staticmethod
+    def _head(connection: Session | Connection) -> tuple[int, bytes | None]:
+        """(number of entries, hash of the last one)."""
+        head = connection.execute(
+            select(store.EntryRow.seq, store.EntryRow.hash)
+            .order_by(store.EntryRow.seq.desc())
+            .limit(1)
+        ).first()
+        if head is None:
+            return 0, None
+        return int(head.seq) + 1, bytes(head.hash)
 
     def root(self, size: int | None = None) -> bytes:
         """The Merkle root of the first ``size`` entries (default: all).
@@ -867,17 +887,20 @@ class Ledger:
         InputError
             If ``seq`` is not below ``size`` or ``size`` exceeds the ledger.
         """
-        with store.read_session(self.engine) as session, self._tree_lock:
-            current = self._size(session)
+        with self.engine.connect() as connection, self._tree_lock:
+            current, head_hash = self._head(connection)
             if size is None:
-                latest = session.scalar(select(func.max(store.CheckpointRow.tree_size)))
+                latest = connection.execute(
+                    select(func.max(store.CheckpointRow.tree_size))
+                ).scalar_one_or_none()
                 size = latest if latest is not None and latest > seq else current
             if not 0 <= seq < size <= current:
                 raise InputError(f"no entry {seq} in a tree of size {size} (ledger has {current})")
-            tree = self._synced_tree(session, upto=current)
-            body = session.execute(
+            tree = self._synced_tree(connection, upto=current, head_hash=head_hash)
+            body = connection.execute(
                 select(store.EntryRow.body).where(store.EntryRow.seq == seq)
             ).scalar_one()
+            connection.rollback()
             return InclusionProof(
                 log_id=self.log_id,
                 seq=seq,
