@@ -303,3 +303,15 @@ def test_db_option_overrides_the_data_directory(
     assert shown["db"] == url
     assert (tmp_path / "elsewhere.db").exists()
     assert (tmp_path / "k" / "root.pem").exists()
+
+
+def test_corrupt_database_is_a_clear_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    broken = tmp_path / "broken.db"
+    broken.write_bytes(b"this is not a database" * 100)
+    code, out, err = run(capsys, "ledger", "show", "--db", f"sqlite:///{broken}")
+    assert code == 2
+    assert out is None
+    assert err.startswith("error: cannot read the database")
+    assert broken.read_bytes() == b"this is not a database" * 100

@@ -1043,6 +1043,11 @@ class Ledger:
             events.append((int(seq), entry.kind, entry.payload))
         return events
 
+    def _key_events_for_verify(self) -> list[KeyEvent]:
+        """The key index verification starts from (tests and tools)."""
+        with store.read_session(self.engine) as session:
+            return self._key_events(session, self._size(session))
+
     # ------------------------------------------------------------------ verify, export
 
     def verify(
