@@ -102,7 +102,7 @@ def test_every_documented_kind_has_a_valid_example() -> None:
 
 
 def test_unknown_kind_is_refused() -> None:
-    with pytest.raises(InputError, match="unknown event kind 'model.deleted'"):
+    with pytest.raises(InputError, match=r"unknown event kind 'model\.deleted'"):
         validate_payload("model.deleted", {})
 
 

@@ -93,7 +93,7 @@ def test_never_enrolled_and_revoked_keys_cannot_append(
         "batch_size": 1,
         "request_hash": "a" * 64,
     }
-    with pytest.raises(SignatureError, match="a site key may not record inference.served"):
+    with pytest.raises(SignatureError, match=r"a site key may not record inference\.served"):
         world.ledger.append(
             "inference.served", "hospital-a", served, signer=world.keys["hospital-a"]
         )
@@ -112,7 +112,7 @@ def test_key_rotation_and_history(db_url: str, make_world: Callable[..., World])
     world.note("hospital-a", "new key")
     history = world.ledger.key_history("hospital-a")
     assert [action for _, action, _ in history] == ["enrolled", "enrolled"]
-    with pytest.raises(InputError, match="not 'hospital-b''s current key"):
+    with pytest.raises(InputError, match=r"not 'hospital-b''s current key"):
         world.ledger.append(
             "key.revoked",
             ROOT_ACTOR,
@@ -170,16 +170,21 @@ def test_session_coupling_commits_or_rolls_back_with_the_callers_rows(
     with engine.begin() as connection:
         connection.execute(sa.text("CREATE TABLE app_state (name VARCHAR(20) PRIMARY KEY)"))
     size = world.ledger.size()
-    with pytest.raises(RuntimeError), world.ledger.transaction() as session:
-        session.execute(sa.text("INSERT INTO app_state VALUES ('approved')"))
-        world.ledger.append(
-            "note.recorded",
-            "hospital-a",
-            {"text": "x"},
-            signer=world.keys["hospital-a"],
-            session=session,
-        )
-        raise RuntimeError("the API call failed after the append")
+
+    def failing_api_call() -> None:
+        with world.ledger.transaction() as session:
+            session.execute(sa.text("INSERT INTO app_state VALUES ('approved')"))
+            world.ledger.append(
+                "note.recorded",
+                "hospital-a",
+                {"text": "x"},
+                signer=world.keys["hospital-a"],
+                session=session,
+            )
+            raise RuntimeError("the API call failed after the append")
+
+    with pytest.raises(RuntimeError):
+        failing_api_call()
     assert world.ledger.size() == size
     with engine.connect() as connection:
         assert connection.execute(sa.text("SELECT count(*) FROM app_state")).scalar_one() == 0
@@ -204,7 +209,7 @@ def test_schema_refuses_a_fork_even_without_the_lock(
     sibling = world.ledger.get(head.seq - 1)
     with pytest.raises(sa.exc.IntegrityError), world.ledger.engine.begin() as connection:
         connection.execute(
-            sa.insert(store.EntryRow.__table__),
+            sa.insert(store.EntryRow),
             {
                 "seq": head.seq + 1,
                 "ts": head.ts,
@@ -218,7 +223,7 @@ def test_schema_refuses_a_fork_even_without_the_lock(
         )
     with pytest.raises(sa.exc.IntegrityError), world.ledger.engine.begin() as connection:
         connection.execute(
-            sa.insert(store.EntryRow.__table__),
+            sa.insert(store.EntryRow),
             {
                 "seq": head.seq + 5,
                 "ts": head.ts,

@@ -401,6 +401,8 @@ def verify_proof(
     trusted = _trusted_root(trust)
     parsed = InclusionProof.from_json(_read_json(proof, "proof file"))
     candidates = _load_checkpoints([checkpoint])
+    if not candidates:
+        raise InputError(f"checkpoint file {checkpoint} holds no checkpoint")
     chosen = next((c for c in candidates if c.tree_size == parsed.tree_size), candidates[0])
     try:
         parsed.verify(chosen, trusted)

@@ -14,7 +14,6 @@ reference; the test suite checks the two agree on arbitrary documents.
 from __future__ import annotations
 
 import json
-import re
 from typing import Any
 
 from veracity.errors import InputError
@@ -22,42 +21,51 @@ from veracity.ledger.canonical import canonical_json
 
 __all__ = ["encode_canonical", "decode_canonical"]
 
-#: Integer literals of 16 or more digits may pass 2**53 - 1: defer those to the reference.
-_LONG_DIGITS = re.compile(rb"\d{16,}")
 
-
-class _FloatSeen(Exception):
-    """Raised from the JSON parser's float hook to leave the fast path."""
+class _SlowPath(Exception):
+    """Raised from the JSON parser's hooks to leave the fast path."""
 
 
 def _no_floats(text: str) -> Any:
-    raise _FloatSeen
+    raise _SlowPath
+
+
+def _small_int(text: str) -> int:
+    # 15 digits always fit in +-2**53 - 1; longer literals go to the reference.
+    if len(text) > 15:
+        raise _SlowPath
+    return int(text)
 
 
 def _refuse_constant(name: str) -> Any:
     raise InputError(f"not canonical JSON: {name} is not a JSON number")
 
 
+_ENCODER = json.JSONEncoder(
+    ensure_ascii=False, sort_keys=True, separators=(",", ":"), allow_nan=False
+)
+_FAST_DECODER = json.JSONDecoder(
+    parse_float=_no_floats, parse_int=_small_int, parse_constant=_refuse_constant
+)
+_DECODER = json.JSONDecoder(parse_constant=_refuse_constant)
+
+
 def _fast_text(document: Any) -> bytes | None:
     try:
-        text = json.dumps(
-            document, ensure_ascii=False, sort_keys=True, separators=(",", ":"), allow_nan=False
-        )
+        text = _ENCODER.encode(document)
     except (TypeError, ValueError):
         return None
     if not text.isascii():
         return None
-    data = text.encode("ascii")
-    if _LONG_DIGITS.search(data):
-        return None
     try:
-        # Reparsing finds floats, and the equality check finds what json.dumps coerces
-        # silently (non-string keys, tuples) and the reference refuses or writes otherwise.
-        if json.loads(data, parse_float=_no_floats) != document:
+        # Reparsing finds floats and long integers, and the equality check finds what
+        # json.dumps coerces silently (non-string keys, tuples) and the reference refuses
+        # or writes otherwise.
+        if _FAST_DECODER.decode(text) != document:
             return None
-    except _FloatSeen:
+    except _SlowPath:
         return None
-    return data
+    return text.encode("ascii")
 
 
 def encode_canonical(document: Any) -> bytes:
@@ -84,21 +92,26 @@ def decode_canonical(data: bytes) -> Any:
         If ``data`` is not UTF-8 JSON, or parses but re-serialises to different bytes
         (whitespace, key order, escapes, number forms, duplicate keys).
     """
-    floats: list[str] = []
-
-    def note_float(text: str) -> float:
-        floats.append(text)
-        return float(text)
-
     try:
-        document = json.loads(data, parse_float=note_float, parse_constant=_refuse_constant)
-    except (ValueError, UnicodeDecodeError) as err:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as err:
         raise InputError(f"not JSON: {err}") from err
-    if not floats and data.isascii() and not _LONG_DIGITS.search(data):
-        text = json.dumps(document, ensure_ascii=False, sort_keys=True, separators=(",", ":"))
-        canonical = text.encode("utf-8")
-    else:
-        canonical = canonical_json(document)
-    if canonical != data:
+    try:
+        if text.isascii():
+            document = _FAST_DECODER.decode(text)
+            if _ENCODER.encode(document) != text:
+                raise InputError("not in RFC 8785 canonical form")
+            return document
+    except _SlowPath:
+        pass
+    except ValueError as err:
+        if isinstance(err, InputError):
+            raise
+        raise InputError(f"not JSON: {err}") from err
+    try:
+        document = _DECODER.decode(text)
+    except ValueError as err:
+        raise InputError(f"not JSON: {err}") from err
+    if canonical_json(document) != data:
         raise InputError("not in RFC 8785 canonical form")
     return document

@@ -24,7 +24,7 @@ from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy import func, insert, select
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.orm import Session
 
 from veracity.crypto.keys import SigningKey, VerifyKey
@@ -222,15 +222,25 @@ def _checkpoint_from_row(row: store.CheckpointRow) -> Checkpoint:
 class _KeyView:
     """Key lookups while appending: the key index plus the batch's own key events."""
 
-    def __init__(self, session: Session) -> None:
+    def __init__(self, session: Session, *, head: int | None = None) -> None:
         self._session = session
         self._pending: dict[str, list[tuple[int, KeyRecord | None]]] = {}
         self._pending_holders: dict[str, str] = {}
+        #: Stored key state per name for seqs after ``head`` (fixed while the lock is held).
+        self._head = head
+        self._stored: dict[str, KeyRecord | None] = {}
 
     def key_at(self, name: str, seq: int) -> KeyRecord | None:
         for event_seq, record in reversed(self._pending.get(name, [])):
             if event_seq < seq:
                 return record
+        if self._head is not None and seq > self._head:
+            if name not in self._stored:
+                self._stored[name] = self._lookup(name, seq)
+            return self._stored[name]
+        return self._lookup(name, seq)
+
+    def _lookup(self, name: str, seq: int) -> KeyRecord | None:
         row = self._session.execute(
             select(store.KeyEventRow)
             .where(store.KeyEventRow.name == name, store.KeyEventRow.seq < seq)
@@ -316,9 +326,16 @@ class Ledger:
             )
         ledger = cls(engine, url, root_key=root_key, checkpoint_every=checkpoint_every)
         try:
-            genesis = ledger._genesis()
-            if root_key is not None and genesis.payload["public_key"] != root_key.public.pem():
-                raise ConfigError("the given root key is not this ledger's root key")
+            if root_key is not None:
+                genesis = ledger._genesis_body()
+                try:
+                    enrolled = parse_body(genesis).payload.get("public_key")
+                except InputError as err:
+                    raise ConfigError(
+                        "the genesis entry is unreadable; run `veracity ledger verify`"
+                    ) from err
+                if enrolled != root_key.public.pem():
+                    raise ConfigError("the given root key is not this ledger's root key")
         except BaseException:
             engine.dispose()
             raise
@@ -412,6 +429,15 @@ class Ledger:
             ],
         )
 
+    def _genesis_body(self) -> bytes:
+        with store.read_session(self.engine) as session:
+            body = session.execute(
+                select(store.EntryRow.body).where(store.EntryRow.seq == 0)
+            ).scalar_one_or_none()
+        if body is None:
+            raise ConfigError("the ledger has no genesis entry; run `veracity ledger init`")
+        return bytes(body)
+
     def _genesis(self) -> Entry:
         with store.read_session(self.engine) as session:
             row = session.get(store.EntryRow, 0)
@@ -423,7 +449,7 @@ class Ledger:
     def log_id(self) -> str:
         """The log's id: the genesis entry's leaf hash (hex)."""
         if self._log_id is None:
-            self._log_id = self._genesis().hash
+            self._log_id = leaf_hash(self._genesis_body()).hex()
         return self._log_id
 
     @property
@@ -588,7 +614,7 @@ class Ledger:
         seq, prev = head.seq + 1, bytes(head.hash)
         last_checkpoint = session.scalar(select(func.max(store.CheckpointRow.tree_size))) or 0
         auto = self.root_key is not None and self.checkpoint_every > 0
-        keys = _KeyView(session)
+        keys = _KeyView(session, head=head.seq)
         entry_rows: list[dict[str, Any]] = []
         key_rows: list[dict[str, Any]] = []
         statement_rows: dict[bytes, int] = {}
@@ -790,15 +816,23 @@ class Ledger:
 
     # ------------------------------------------------------------------ Merkle cache
 
-    def _synced_tree(self, session: Session, *, upto: int) -> MerkleTree:
-        """The cached tree brought to exactly ``upto`` leaves from ``session``'s view."""
+    def _synced_tree(
+        self, session: Session | Connection, *, upto: int, head_hash: bytes | None = None
+    ) -> MerkleTree:
+        """The cached tree brought to exactly ``upto`` leaves from ``session``'s view.
+
+        ``head_hash`` (the stored hash of entry ``upto - 1``), when known, saves a query.
+        """
         tree = self._tree
         if tree.size > upto:
             tree.truncate(upto)
         if tree.size:
-            stored = session.execute(
-                select(store.EntryRow.hash).where(store.EntryRow.seq == tree.size - 1)
-            ).scalar_one_or_none()
+            if head_hash is not None and tree.size == upto:
+                stored: bytes | None = head_hash
+            else:
+                stored = session.execute(
+                    select(store.EntryRow.hash).where(store.EntryRow.seq == tree.size - 1)
+                ).scalar_one_or_none()
             if stored is None or bytes(stored) != tree.leaf(tree.size - 1):
                 tree.truncate(0)
         if tree.size < upto:
@@ -814,6 +848,18 @@ class Ledger:
                 raise InputError("the ledger has gaps; run `veracity ledger verify`")
             tree.extend_blob(blob)
         return tree
+
+    @staticmethod
+    def _head(connection: Session | Connection) -> tuple[int, bytes | None]:
+        """(number of entries, hash of the last one)."""
+        head = connection.execute(
+            select(store.EntryRow.seq, store.EntryRow.hash)
+            .order_by(store.EntryRow.seq.desc())
+            .limit(1)
+        ).first()
+        if head is None:
+            return 0, None
+        return int(head.seq) + 1, bytes(head.hash)
 
     def root(self, size: int | None = None) -> bytes:
         """The Merkle root of the first ``size`` entries (default: all).
@@ -841,17 +887,20 @@ class Ledger:
         InputError
             If ``seq`` is not below ``size`` or ``size`` exceeds the ledger.
         """
-        with store.read_session(self.engine) as session, self._tree_lock:
-            current = self._size(session)
+        with self.engine.connect() as connection, self._tree_lock:
+            current, head_hash = self._head(connection)
             if size is None:
-                latest = session.scalar(select(func.max(store.CheckpointRow.tree_size)))
+                latest = connection.execute(
+                    select(func.max(store.CheckpointRow.tree_size))
+                ).scalar_one_or_none()
                 size = latest if latest is not None and latest > seq else current
             if not 0 <= seq < size <= current:
                 raise InputError(f"no entry {seq} in a tree of size {size} (ledger has {current})")
-            tree = self._synced_tree(session, upto=current)
-            body = session.execute(
+            tree = self._synced_tree(connection, upto=current, head_hash=head_hash)
+            body = connection.execute(
                 select(store.EntryRow.body).where(store.EntryRow.seq == seq)
             ).scalar_one()
+            connection.rollback()
             return InclusionProof(
                 log_id=self.log_id,
                 seq=seq,
@@ -993,6 +1042,11 @@ class Ledger:
                 continue  # the chunk check reports the malformed entry at its seq
             events.append((int(seq), entry.kind, entry.payload))
         return events
+
+    def _key_events_for_verify(self) -> list[KeyEvent]:
+        """The key index verification starts from (tests and tools)."""
+        with store.read_session(self.engine) as session:
+            return self._key_events(session, self._size(session))
 
     # ------------------------------------------------------------------ verify, export
 

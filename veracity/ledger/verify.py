@@ -35,9 +35,8 @@ import binascii
 import itertools
 import json
 import os
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Generator, Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor
-from contextlib import closing
 from dataclasses import dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
@@ -78,8 +77,8 @@ Row = tuple[
     int | None, bytes | None, int | None, bytes | None, str | None, str | None, str | None, bytes
 ]
 
-#: Entries per chunk; a power of two so chunks align with Merkle subtrees.
-DEFAULT_CHUNK = 1 << 15
+#: Entries per chunk (small enough to balance the processes).
+DEFAULT_CHUNK = 1 << 13
 #: Below this many entries, verification runs in this process.
 PARALLEL_THRESHOLD = 20_000
 _KEY_KINDS = ("key.enrolled", "key.revoked")
@@ -152,13 +151,21 @@ class _Failure(Exception):
 
 
 def _history(events: Iterable[KeyEvent]) -> KeyHistory:
+    history, failure = _lenient_history(events)
+    if failure is not None:
+        raise failure
+    return history
+
+
+def _lenient_history(events: Iterable[KeyEvent]) -> tuple[KeyHistory, _Failure | None]:
+    """The key history up to the first invalid key event, and that event's failure."""
     history = KeyHistory()
     for seq, kind, payload in events:
         try:
             history.apply(seq, kind, payload)
-        except (InputError, CryptoError, KeyError, ValueError) as err:
-            raise _Failure(seq, f"invalid key event: {err}") from err
-    return history
+        except (InputError, CryptoError, KeyError, ValueError, TypeError) as err:
+            return history, _Failure(seq, f"invalid key event: {err}")
+    return history, None
 
 
 def _decode_signature(text: str) -> bytes:
@@ -175,17 +182,15 @@ def _check_rows(rows: Iterable[Row], task: _Task) -> _Chunk:
     """Check consecutive rows starting at ``task.start``; stops at the first failure."""
     chunk = _Chunk(start=task.start)
     leaves = bytearray()
-    try:
-        history = _history(task.key_events)
-    except _Failure as failure:
-        chunk.error = (failure.seq, failure.reason)
-        return chunk
+    history, bad_key_event = _lenient_history(task.key_events)
     trusted_root = VerifyKey.from_raw(task.trusted_root)
     expected = task.start
     prev_hash: bytes | None = None
     try:
         for seq_col, hash_col, prev_seq_col, prev_col, kind_col, actor_col, ts_col, body in rows:
             seq = expected
+            if bad_key_event is not None and seq >= bad_key_event.seq:
+                raise bad_key_event
             if seq_col is not None and seq_col != seq:
                 if seq_col > seq:
                     raise _Failure(
@@ -299,40 +304,52 @@ def _check_rows(rows: Iterable[Row], task: _Task) -> _Chunk:
     return chunk
 
 
-def _db_rows(url: str, start: int, end: int) -> Iterator[Row]:
-    import sqlalchemy as sa
-
+def _db_rows(url: str, start: int, end: int) -> Generator[Row, None, None]:
     from veracity.ledger.store import create_engine
 
     engine = create_engine(url)
-    query = sa.text(
-        "SELECT seq, hash, prev_seq, prev, kind, actor, ts, body FROM ledger_entry "
-        "WHERE seq >= :start AND seq < :end ORDER BY seq"
-    )
+    columns = "seq, hash, prev_seq, prev, kind, actor, ts, body"
     try:
         with engine.connect() as connection:
-            result = connection.execution_options(yield_per=4096).execute(
-                query, {"start": start, "end": end}
-            )
+            raw = connection.connection.dbapi_connection
+            if raw is None:  # pragma: no cover - a checked-out connection always has one
+                raise InputError("no database connection")
+            if engine.dialect.name == "sqlite":
+                cursor = raw.cursor()
+                cursor.execute(
+                    f"SELECT {columns} FROM ledger_entry WHERE seq >= ? AND seq < ? ORDER BY seq",  # noqa: S608
+                    (start, end),
+                )
+            else:
+                cursor = raw.cursor(name=f"veracity_verify_{start}")
+                cursor.execute(
+                    f"SELECT {columns} FROM ledger_entry WHERE seq >= %s AND seq < %s ORDER BY seq",  # noqa: S608
+                    (start, end),
+                )
             try:
-                for row in result:
-                    yield (
-                        row[0],
-                        bytes(row[1]),
-                        row[2],
-                        bytes(row[3]),
-                        row[4],
-                        row[5],
-                        row[6],
-                        bytes(row[7]),
-                    )
+                while True:
+                    batch = cursor.fetchmany(4096)
+                    if not batch:
+                        break
+                    for seq, digest, prev_seq, prev, kind, actor, ts, body in batch:
+                        yield (
+                            seq,
+                            bytes(digest),
+                            prev_seq,
+                            bytes(prev),
+                            kind,
+                            actor,
+                            ts,
+                            bytes(body),
+                        )
             finally:
-                result.close()
+                cursor.close()
+            connection.rollback()
     finally:
         engine.dispose()
 
 
-def _bundle_rows(path: str, byte_start: int, byte_end: int) -> Iterator[Row]:
+def _bundle_rows(path: str, byte_start: int, byte_end: int) -> Generator[Row, None, None]:
     with open(path, "rb") as handle:
         handle.seek(byte_start)
         position = byte_start
@@ -347,11 +364,13 @@ def _bundle_rows(path: str, byte_start: int, byte_end: int) -> Iterator[Row]:
 def _run_task(task: _Task) -> _Chunk:
     kind, where = task.source
     if kind == "db":
-        rows: Iterator[Row] = _db_rows(where, task.start, task.end)
+        rows: Generator[Row, None, None] = _db_rows(where, task.start, task.end)
     else:
         rows = _bundle_rows(where, task.byte_start, task.end)
-    with closing(rows):
+    try:
         return _check_rows(rows, task)
+    finally:
+        rows.close()
 
 
 def _run_tasks(tasks: Sequence[_Task], workers: int) -> list[_Chunk]:

@@ -1,0 +1,332 @@
+"""Ledger benchmark: append throughput, full verification, proof generation and size.
+
+Every figure is printed beside a baseline measured in the same run:
+
+* batched durable appends (``append_batch``, one SQLite WAL/FULL commit per batch) vs one
+  durable commit per entry (``append``);
+* full verification (``Ledger.verify``: canonical bytes, leaf hashes, chain, schemas, key
+  history, every signature, receipts, checkpoints and their consistency) vs chain-only
+  verification (leaf hash + prev link per row, the cheapest meaningful check), plus the
+  ``root_signatures="tail"`` mode;
+* inclusion-proof generation p99 at N leaves (``Ledger.inclusion_proof``, entry read from
+  the database) vs recomputing the path from all leaves;
+* proof sizes (bytes) vs the ``ceil(log2 n)`` hash bound.
+
+Sizes are options so that a quick run takes seconds::
+
+    python benchmarks/ledger_bench.py                       # the issue's figures (10^6)
+    python benchmarks/ledger_bench.py --entries 20000 --append-entries 5000 --single-entries 300
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import math
+import os
+import random
+import shutil
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import sqlalchemy as sa
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from harness import Figure, Report, percentile
+
+from veracity.crypto.keys import SigningKey, generate_signing_key
+from veracity.ledger.entry import format_timestamp
+from veracity.ledger.events import ROOT_ACTOR
+from veracity.ledger.ledger import EventRequest, Ledger
+from veracity.ledger.merkle import leaf_hash, node_hash
+from veracity.ledger.statement import sign_statement
+from veracity.ledger.store import create_engine
+
+T0 = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
+
+
+def _hex(label: str, i: int) -> str:
+    return hashlib.sha256(f"{label}/{i}".encode()).hexdigest()
+
+
+class Workload:
+    """A realistic mix: root ``inference.served`` entries and site ``dataset.registered``."""
+
+    def __init__(
+        self, root: SigningKey, site: SigningKey, site_fraction: float, seed: int = 7
+    ) -> None:
+        self.root, self.site = root, site
+        self.site_fraction = site_fraction
+        self.random = random.Random(seed)
+        self.counter = 0
+
+    def request(self) -> EventRequest:
+        self.counter += 1
+        i = self.counter
+        if self.random.random() < self.site_fraction:
+            payload = {
+                "site": "hospital-a",
+                "dataset_id": f"d{i}",
+                "commitment": _hex("commitment", i),
+                "schema_hash": _hex("schema", 1),
+                "rows": 1000 + i % 97,
+                "label": "diagnosis",
+                "features": ["radius", "texture", "perimeter", "area"],
+                "signed_at": format_timestamp(T0 + timedelta(microseconds=i)),
+            }
+            signature = sign_statement(self.site, "dataset.registered", "hospital-a", payload)
+            return EventRequest("dataset.registered", "hospital-a", payload, signature=signature)
+        payload = {
+            "model_hash": _hex("model", 1),
+            "requester": f"clinic-{i % 13}",
+            "he_params_hash": _hex("he", 1),
+            "batch_size": 16,
+            "request_hash": _hex("request", i),
+        }
+        return EventRequest("inference.served", ROOT_ACTOR, payload, signer=self.root)
+
+
+def new_ledger(path: Path, root: SigningKey, site: SigningKey) -> Ledger:
+    ledger = Ledger.init(f"sqlite:///{path}", root_key=root, now=T0, checkpoint_every=1000)
+    ledger.append(
+        "key.enrolled",
+        ROOT_ACTOR,
+        {
+            "name": "hospital-a",
+            "role": "site",
+            "public_key": site.public.pem(),
+            "valid_from": format_timestamp(T0),
+        },
+        signer=root,
+    )
+    return ledger
+
+
+def fill(ledger: Ledger, workload: Workload, count: int, batch: int) -> float:
+    """Append ``count`` entries in batches; returns wall seconds (signing included)."""
+    start = time.perf_counter()
+    done = 0
+    while done < count:
+        size = min(batch, count - done)
+        ledger.append_batch([workload.request() for _ in range(size)])
+        done += size
+    return time.perf_counter() - start
+
+
+def chain_only(url: str) -> tuple[int, float]:
+    """Baseline verifier: recompute each leaf hash and check each prev link, nothing else."""
+    engine = create_engine(url)
+    start = time.perf_counter()
+    count, previous = 0, bytes(32)
+    with engine.connect() as connection:
+        result = connection.execution_options(yield_per=8192).execute(
+            sa.text("SELECT seq, prev, hash, body FROM ledger_entry ORDER BY seq")
+        )
+        for seq, prev, digest, body in result:
+            if seq != count or bytes(prev) != previous or leaf_hash(bytes(body)) != bytes(digest):
+                raise SystemExit(f"chain broken at {seq}")
+            previous = bytes(digest)
+            count += 1
+    engine.dispose()
+    return count, time.perf_counter() - start
+
+
+def naive_path(leaves: list[bytes], index: int) -> list[bytes]:
+    """Inclusion path recomputed from all leaves (what a store without a tree cache does)."""
+    proof: list[bytes] = []
+    level = leaves
+    while len(level) > 1:
+        sibling = index ^ 1
+        if sibling < len(level):
+            proof.append(level[sibling])
+        level = [
+            node_hash(level[i], level[i + 1]) if i + 1 < len(level) else level[i]
+            for i in range(0, len(level), 2)
+        ]
+        index //= 2
+    return proof
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--entries", type=int, default=1_000_000, help="ledger size to verify and prove"
+    )
+    parser.add_argument(
+        "--append-entries", type=int, default=50_000, help="entries for the batched-append figure"
+    )
+    parser.add_argument(
+        "--single-entries", type=int, default=2_000, help="entries for the per-entry baseline"
+    )
+    parser.add_argument("--batch", type=int, default=1000, help="entries per batched transaction")
+    parser.add_argument(
+        "--site-fraction", type=float, default=0.1, help="share of site-signed entries"
+    )
+    parser.add_argument(
+        "--workers", type=int, default=None, help="verifier processes (default: CPUs)"
+    )
+    parser.add_argument("--proof-samples", type=int, default=2000)
+    parser.add_argument("--naive-samples", type=int, default=3)
+    parser.add_argument("--dir", type=Path, default=None, help="where to put the databases")
+    parser.add_argument("--json", type=Path, default=None, help="also write the figures as JSON")
+    args = parser.parse_args(argv)
+
+    root, site = generate_signing_key(), generate_signing_key()
+    workdir = Path(tempfile.mkdtemp(prefix="ledger-bench-", dir=args.dir))
+    report = Report(f"ledger ({args.entries:,} entries, {os.cpu_count()} CPUs)")
+    report.notes.append(
+        f"workload: {args.site_fraction:.0%} site-signed dataset.registered, the rest root-signed "
+        "inference.served; checkpoint every 1000 entries; SQLite WAL, synchronous=FULL"
+    )
+    try:
+        # --- appends -------------------------------------------------------------------
+        ledger = new_ledger(workdir / "append.db", root, site)
+        workload = Workload(root, site, args.site_fraction)
+        batched_s = fill(ledger, workload, args.append_entries, args.batch)
+        ledger.close()
+        ledger = new_ledger(workdir / "single.db", root, site)
+        workload = Workload(root, site, args.site_fraction, seed=8)
+        requests = [workload.request() for _ in range(args.single_entries)]
+        start = time.perf_counter()
+        for request in requests:
+            ledger.append(
+                request.kind,
+                request.actor,
+                request.payload,
+                signer=request.signer,
+                signature=request.signature,
+            )
+        single_s = time.perf_counter() - start
+        ledger.close()
+        report.add(
+            Figure(
+                f"batched durable appends (batch {args.batch})",
+                args.append_entries / batched_s,
+                "entries/s",
+                baseline=args.single_entries / single_s,
+                baseline_name="one durable commit per entry",
+                goal=">= 5000 entries/s",
+            )
+        )
+
+        # --- a large ledger --------------------------------------------------------------
+        big = workdir / "big.db"
+        ledger = new_ledger(big, root, site)
+        workload = Workload(root, site, args.site_fraction, seed=9)
+        build_s = fill(ledger, workload, args.entries - ledger.size(), 5000)
+        size = ledger.size()
+        report.notes.append(
+            f"built {size:,} entries in {build_s:.1f} s ({size / build_s:,.0f}/s, batch 5000)"
+        )
+        url = ledger.url
+
+        count, chain_s = chain_only(url)
+        assert count == size
+        start = time.perf_counter()
+        full = ledger.verify(root.public, workers=args.workers)
+        full_s = time.perf_counter() - start
+        report.add(
+            Figure(
+                f"full verification of {size:,} entries ({full.signatures:,} signatures)",
+                full_s,
+                "s",
+                baseline=chain_s,
+                baseline_name="chain-only verification (1 process)",
+                goal="<= 10 s",
+                higher_is_better=False,
+            )
+        )
+        start = time.perf_counter()
+        tail = ledger.verify(root.public, workers=args.workers, root_signatures="tail")
+        tail_s = time.perf_counter() - start
+        report.add(
+            Figure(
+                "full verification, root signatures below the last checkpoint elided "
+                f"({tail.signatures:,} signatures)",
+                tail_s,
+                "s",
+                baseline=chain_s,
+                baseline_name="chain-only verification (1 process)",
+                goal="<= 10 s",
+                higher_is_better=False,
+            )
+        )
+
+        # --- proofs --------------------------------------------------------------------
+        start = time.perf_counter()
+        ledger.inclusion_proof(0, size)
+        cache_s = time.perf_counter() - start
+        report.notes.append(
+            f"first proof loads the tree cache: {cache_s:.2f} s for {size:,} leaves"
+        )
+        rng = random.Random(11)
+        samples, sizes = [], []
+        for _ in range(args.proof_samples):
+            seq = rng.randrange(size)
+            start = time.perf_counter()
+            proof = ledger.inclusion_proof(seq, size)
+            samples.append(time.perf_counter() - start)
+            sizes.append(32 * len(proof.proof))
+        with ledger.engine.connect() as connection:
+            leaves = [
+                bytes(h)
+                for (h,) in connection.execute(
+                    sa.text("SELECT hash FROM ledger_entry ORDER BY seq")
+                )
+            ]
+        naive = []
+        for _ in range(args.naive_samples):
+            seq = rng.randrange(size)
+            start = time.perf_counter()
+            naive_path(leaves, seq)
+            naive.append(time.perf_counter() - start)
+        report.add(
+            Figure(
+                f"inclusion proof generation p99 at {size:,} leaves",
+                percentile(samples, 99) * 1000,
+                "ms",
+                baseline=percentile(naive, 99) * 1000 if len(naive) > 1 else naive[0] * 1000,
+                baseline_name="recompute from all leaves",
+                goal="<= 1 ms",
+                higher_is_better=False,
+            )
+        )
+        report.add(
+            Figure(
+                "inclusion proof size (max)",
+                max(sizes),
+                "bytes",
+                baseline=32 * math.ceil(math.log2(size)),
+                baseline_name="32 x ceil(log2 n)",
+                higher_is_better=False,
+            )
+        )
+        old = max(1, size // 3)
+        consistency = ledger.consistency_proof(old, size)
+        report.add(
+            Figure(
+                f"consistency proof size ({old:,} -> {size:,})",
+                32 * len(consistency.proof),
+                "bytes",
+                baseline=32 * 2 * math.ceil(math.log2(size)),
+                baseline_name="32 x 2 ceil(log2 n)",
+                higher_is_better=False,
+            )
+        )
+        ledger.close()
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    report.print()
+    if args.json is not None:
+        report.write_json(args.json)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
