@@ -459,7 +459,7 @@ def predict_encrypted(
     requests = sent = 0
     for choice, start, stop in plan_batches(x.shape[0], description):
         context = secret.public_context(rotation_steps=choice.rotation_steps)
-        context_hash = body_hash(context)
+        context_hash = secret.context_hash(rotation_steps=choice.rotation_steps)
         inline: bytes | None = context
         if len(context) > INLINE_CONTEXT_MAX_BYTES:
             if choice.rotation_steps not in uploaded:
