@@ -264,6 +264,8 @@ def test_predict_cli_end_to_end_matches_plaintext(
     assert code == 0, captured.err
     summary = json.loads(captured.out)
     assert summary["patients"] == len(raw)
+    # A progress bar on stderr when the file needs several requests, never on stdout.
+    assert ("encrypted scoring" in captured.err) == (len(layouts) > 1)
     scores = _read_scores(out)
     assert [row["patient_id"] for row in scores] == ids
     spec, weights = trained_models[family]

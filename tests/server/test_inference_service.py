@@ -257,3 +257,31 @@ def test_a_tampered_model_is_not_served(
     path.write_bytes(bytes(data))
     with pytest.raises(LedgerIntegrityError):
         InferenceService(models, recorder=Recorder()).describe(model_hash)
+
+
+def test_a_network_too_wide_for_the_small_layout_is_served_in_batches_only(tmp_path: Path) -> None:
+    from veracity.tasks.models import ModelFamily, ModelSpec, build_model, model_weights
+
+    spec = ModelSpec(ModelFamily.POLY_MLP, n_features=300, hidden=16)
+    weights = model_weights(build_model(spec, seed=0))
+    for name in ("fc1.weight", "fc2.weight"):
+        weights[name] *= 0.05  # keep the worst case within the parameter set
+    models = ModelRegistry(tmp_path)
+    features = tuple(f"f{i}" for i in range(300))
+    model_hash = models.put(
+        spec, weights, features=features, label="y", scaling=((0.0, 1.0),) * 300, card={}
+    )
+    service = InferenceService(models, recorder=Recorder())
+    layouts = service.describe(model_hash)["he"]["layouts"]
+    assert layouts["small"]["max_batch"] == 0
+    assert layouts["batch"]["max_batch"] == 4096
+    secret = SecretContext.generate(POLY_MLP_PARAMETERS)
+    request = encode_request(
+        RequestHeader(
+            model_hash, POLY_MLP_PARAMETERS.name, secret.context_hash(), PackingLayout.REPLICATED, 1
+        ),
+        [b"\x00"],
+        context=secret.public_context(),
+    )
+    with pytest.raises(InputError, match="cannot hold this model"):
+        service.serve(request, requester="r")

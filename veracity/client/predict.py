@@ -132,8 +132,8 @@ class ModelDescription:
             description.features
         ):
             raise InputError("the model description's features and scaling do not match")
-        if min(description.small.max_batch, description.batch.max_batch) < 1:
-            raise InputError("the model description has an empty layout")
+        if description.batch.max_batch < 1 or description.small.max_batch < 0:
+            raise InputError("the model description has no usable batch layout")
         return description
 
 
@@ -262,7 +262,8 @@ def plan_batches(n: int, description: ModelDescription) -> list[tuple[LayoutChoi
     """Split ``n`` patients into requests: full batch-layout requests, then a small one.
 
     The small-batch layout takes whatever remains once at most its ``max_batch`` patients
-    are left (the crossover the server publishes); everything before goes in batches.
+    are left (the crossover the server publishes; 0 when the model is too wide for it);
+    everything before goes in batches.
     """
     plan: list[tuple[LayoutChoice, int, int]] = []
     start = 0
