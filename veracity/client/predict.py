@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import csv
 import math
+import socket
 import ssl
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -131,8 +132,8 @@ class ModelDescription:
             description.features
         ):
             raise InputError("the model description's features and scaling do not match")
-        if min(description.small.max_batch, description.batch.max_batch) < 1:
-            raise InputError("the model description has an empty layout")
+        if description.batch.max_batch < 1 or description.small.max_batch < 0:
+            raise InputError("the model description has no usable batch layout")
         return description
 
 
@@ -261,7 +262,8 @@ def plan_batches(n: int, description: ModelDescription) -> list[tuple[LayoutChoi
     """Split ``n`` patients into requests: full batch-layout requests, then a small one.
 
     The small-batch layout takes whatever remains once at most its ``max_batch`` patients
-    are left (the crossover the server publishes); everything before goes in batches.
+    are left (the crossover the server publishes; 0 when the model is too wide for it);
+    everything before goes in batches.
     """
     plan: list[tuple[LayoutChoice, int, int]] = []
     start = 0
@@ -336,14 +338,20 @@ class InferenceClient:
             except (OSError, ssl.SSLError) as err:
                 raise ConfigError(f"cannot use CA certificate {ca_cert}: {err}") from err
         self._limits = limits
+        # TCP_NODELAY: a request is headers then a large body; without it Nagle's algorithm
+        # and delayed ACKs add tens of milliseconds to every small request.
+        transport = httpx.HTTPTransport(
+            verify=verify, socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)]
+        )
         self._http = httpx.Client(
             base_url=base_url.rstrip("/"),
             headers={"Authorization": f"Bearer {token}"},
-            verify=verify,
+            transport=transport,
             timeout=timeout,
         )
         #: Every request body sent, for leak audits (kept only when ``audit`` is set).
         self.sent: list[bytes] | None = [] if audit else None
+        self._uploaded: set[str] = set()
 
     def close(self) -> None:
         """Close the connection pool."""
@@ -390,6 +398,8 @@ class InferenceClient:
 
     def upload_context(self, context: bytes) -> str:
         """Upload a public context; return the hash the server acknowledged."""
+        if body_hash(context) in self._uploaded:
+            return body_hash(context)
         self._record(context)
         response = self._call(
             "POST", "/inference/contexts", content=context, headers={"Content-Type": CONTENT_TYPE}
@@ -397,7 +407,12 @@ class InferenceClient:
         acknowledged = str(response.json().get("context_hash", ""))
         if acknowledged != body_hash(context):
             raise CryptoError("the server acknowledged a different context hash")
+        self._uploaded.add(acknowledged)
         return acknowledged
+
+    def has_uploaded(self, context_hash: str) -> bool:
+        """Whether this client already uploaded the context with this hash."""
+        return context_hash in self._uploaded
 
     def predict(self, model_hash: str, request: bytes) -> bytes:
         """Send one request envelope; return the response envelope."""
@@ -455,15 +470,14 @@ def predict_encrypted(
         raise CryptoError("the server's HE parameters differ from this client's")
     x = np.asarray(features, dtype=np.float64)
     logits = np.empty(x.shape[0], dtype=np.float64)
-    uploaded: dict[tuple[int, ...], str] = {}
     requests = sent = 0
     for choice, start, stop in plan_batches(x.shape[0], description):
         context = secret.public_context(rotation_steps=choice.rotation_steps)
-        context_hash = body_hash(context)
+        context_hash = secret.context_hash(rotation_steps=choice.rotation_steps)
         inline: bytes | None = context
         if len(context) > INLINE_CONTEXT_MAX_BYTES:
-            if choice.rotation_steps not in uploaded:
-                uploaded[choice.rotation_steps] = client.upload_context(context)
+            if not client.has_uploaded(context_hash):
+                client.upload_context(context)
                 sent += len(context)
             inline = None
         ciphertexts = secret.encrypt(choice.layout, x[start:stop], hidden=description.hidden)

@@ -231,7 +231,7 @@ class SecretContext:
         self._secret_key = self._keygen.secret_key()
         self._encryptor = sa.Encryptor(runtime.context, self._secret_key)
         self._decryptor = sa.Decryptor(runtime.context, self._secret_key)
-        self._public: dict[tuple[int, ...], bytes] = {}
+        self._public: dict[tuple[int, ...], tuple[bytes, str]] = {}
 
     @classmethod
     def generate(cls, parameter_set: CKKSParameterSet) -> SecretContext:
@@ -263,6 +263,9 @@ class SecretContext:
             Left rotations to make Galois keys for (with relinearisation keys); only the
             ``replicated`` layout needs them. Empty: the parameters alone.
         """
+        return self._public_context(rotation_steps)[0]
+
+    def _public_context(self, rotation_steps: Sequence[int]) -> tuple[bytes, str]:
         steps = tuple(sorted({int(s) for s in rotation_steps}))
         cached = self._public.get(steps)
         if cached is not None:
@@ -277,12 +280,12 @@ class SecretContext:
         envelope = encode_envelope(
             KIND_CONTEXT, {"parameter_set": self.parameter_set.name, "scheme": "ckks"}, parts
         )
-        self._public[steps] = envelope
-        return envelope
+        self._public[steps] = (envelope, body_hash(envelope))
+        return self._public[steps]
 
     def context_hash(self, *, rotation_steps: Sequence[int] = ()) -> str:
         """SHA-256 of :meth:`public_context` (how requests name an uploaded context)."""
-        return body_hash(self.public_context(rotation_steps=rotation_steps))
+        return self._public_context(rotation_steps)[1]
 
     def public(self, *, rotation_steps: Sequence[int] = ()) -> PublicContext:
         """The server's view of this context, made from the public bytes alone."""

@@ -256,13 +256,18 @@ class ReplicatedGeometry:
         if x.shape[1] != self.n_features:
             raise InputError(f"expected {self.n_features} features, got {x.shape[1]}")
         count = -(-x.shape[0] // per)
+        augmented = np.zeros((count * per, self.n_features + 1), dtype=np.float64)
+        augmented[: x.shape[0], : self.n_features] = x
+        augmented[: x.shape[0], self.n_features] = 1.0
+        k, p, j = np.meshgrid(
+            np.arange(self.hidden_blocks),
+            np.arange(per),
+            np.arange(self.n_features + 1),
+            indexing="ij",
+        )
         packed = np.zeros((count, self.slots), dtype=np.float64)
-        augmented = np.concatenate([x, np.ones((x.shape[0], 1))], axis=1)
-        n1 = self.n_features + 1
-        k, j = np.meshgrid(np.arange(self.hidden_blocks), np.arange(n1), indexing="ij")
-        for index, row in enumerate(augmented):
-            ct, p = divmod(index, per)
-            packed[ct, self._slot(k, p, j)] = row[j]
+        for ct in range(count):
+            packed[ct, self._slot(k, p, j)] = augmented[ct * per + p, j]
         return packed
 
     def first_layer_vector(self, weights: npt.ArrayLike, bias: npt.ArrayLike) -> FloatArray:
@@ -271,12 +276,15 @@ class ReplicatedGeometry:
         b = np.asarray(bias, dtype=np.float64)
         if w.shape != (self.hidden, self.n_features) or b.shape != (self.hidden,):
             raise InputError("first-layer weights do not match the replicated geometry")
-        vector = np.zeros(self.slots, dtype=np.float64)
         full = np.concatenate([w, b[:, None]], axis=1)
-        p = np.arange(self.patients_per_ciphertext)
-        for k in range(self.hidden):
-            for j in range(self.n_features + 1):
-                vector[self._slot(k, p, j)] = full[k, j]
+        k, p, j = np.meshgrid(
+            np.arange(self.hidden),
+            np.arange(self.patients_per_ciphertext),
+            np.arange(self.n_features + 1),
+            indexing="ij",
+        )
+        vector = np.zeros(self.slots, dtype=np.float64)
+        vector[self._slot(k, p, j)] = full[k, j]
         return vector
 
     def output_selector(self, output_weights: npt.ArrayLike) -> FloatArray:
@@ -284,10 +292,11 @@ class ReplicatedGeometry:
         a = np.asarray(output_weights, dtype=np.float64)
         if a.shape != (self.hidden,):
             raise InputError("output weights do not match the replicated geometry")
+        k, p = np.meshgrid(
+            np.arange(self.hidden), np.arange(self.patients_per_ciphertext), indexing="ij"
+        )
         vector = np.zeros(self.slots, dtype=np.float64)
-        p = np.arange(self.patients_per_ciphertext)
-        for k in range(self.hidden):
-            vector[self._slot(k, p, 0)] = a[k]
+        vector[self._slot(k, p, 0)] = a[k]
         return vector
 
     def output_constant(self, constant: float) -> FloatArray:

@@ -197,8 +197,10 @@ LOGISTIC_PARAMETERS = CKKSParameterSet(
     max_weight_scale_bits=30,
     batch_layout=PackingLayout.COLUMN_COMPLEX,
     small_batch_layout=PackingLayout.COEFFICIENT,
-    # Crossover measured by benchmarks/he_bench.py (see docs/inference-wire.md).
-    small_batch_max=1024,
+    # benchmarks/he_bench.py, client + server CPU per request: coefficient 25 ms against
+    # column_complex 34 ms at 1088 patients, 53 against 28 ms at 2176 (crossover ~1300);
+    # 1224 = 9 ciphertexts of 136 patients.
+    small_batch_max=1224,
 )
 
 POLY_MLP_PARAMETERS = CKKSParameterSet(
@@ -213,8 +215,10 @@ POLY_MLP_PARAMETERS = CKKSParameterSet(
     max_weight_scale_bits=40,
     batch_layout=PackingLayout.COLUMN,
     small_batch_layout=PackingLayout.REPLICATED,
-    # Crossover measured by benchmarks/he_bench.py (see docs/inference-wire.md).
-    small_batch_max=16,
+    # benchmarks/he_bench.py, client + server CPU per request: replicated 210 ms against
+    # column 274 ms at 64 patients, 357 against 232 ms at 96 (crossover ~75); 72 = 9
+    # ciphertexts of 8 patients. Bytes favour replicated further (~19 KB against 4.6 MB).
+    small_batch_max=72,
 )
 
 PARAMETER_SETS: dict[str, CKKSParameterSet] = {

@@ -24,7 +24,12 @@ from typing import Any
 
 from veracity.crypto.he import PublicContext, RandomBytes, evaluate, seal_primes
 from veracity.crypto.he_circuit import Circuit, compile_circuit
-from veracity.crypto.he_packing import ReplicatedGeometry, ciphertext_count, layout_capacity
+from veracity.crypto.he_packing import (
+    CoefficientGeometry,
+    ReplicatedGeometry,
+    ciphertext_count,
+    layout_capacity,
+)
 from veracity.crypto.he_params import (
     CKKSParameterSet,
     PackingLayout,
@@ -73,23 +78,34 @@ class _ServedModel:
     def hidden(self) -> int:
         return self.released.spec.hidden if self.released.spec.family == "poly_mlp" else 0
 
-    def layouts(self) -> dict[str, Any]:
+    def capacity(self, layout: PackingLayout) -> int:
+        """Most patients per request in ``layout`` for this model (0: layout unavailable)."""
         ps = self.parameter_set
         n = self.released.spec.n_features
+        if layout not in (ps.batch_layout, ps.small_batch_layout):
+            return 0
+        try:
+            if layout is PackingLayout.REPLICATED:
+                ReplicatedGeometry(n, self.hidden, ps.slots)
+            elif layout is PackingLayout.COEFFICIENT:
+                CoefficientGeometry(n, ps.poly_modulus_degree)
+        except InputError:
+            return 0  # the network is too wide for this layout: batches only
+        return layout_capacity(layout, ps)
+
+    def layouts(self) -> dict[str, Any]:
+        ps = self.parameter_set
         small: dict[str, Any] = {
             "name": ps.small_batch_layout.value,
-            "max_batch": layout_capacity(ps.small_batch_layout, ps),
+            "max_batch": self.capacity(ps.small_batch_layout),
         }
-        if ps.small_batch_layout is PackingLayout.REPLICATED:
-            geometry = ReplicatedGeometry(n, self.hidden, ps.slots)
+        if ps.small_batch_layout is PackingLayout.REPLICATED and small["max_batch"]:
+            geometry = ReplicatedGeometry(self.released.spec.n_features, self.hidden, ps.slots)
             small["rotation_steps"] = list(geometry.rotation_steps())
             small["patients_per_ciphertext"] = geometry.patients_per_ciphertext
         return {
             "small": small,
-            "batch": {
-                "name": ps.batch_layout.value,
-                "max_batch": layout_capacity(ps.batch_layout, ps),
-            },
+            "batch": {"name": ps.batch_layout.value, "max_batch": self.capacity(ps.batch_layout)},
         }
 
 
@@ -281,7 +297,11 @@ class InferenceService:
                 f"layout {header.layout} does not serve {served.released.spec.family.value} "
                 f"models; use {ps.batch_layout} or {ps.small_batch_layout}"
             )
-        capacity = layout_capacity(header.layout, ps)
+        capacity = served.capacity(header.layout)
+        if capacity == 0:
+            raise InputError(
+                f"layout {header.layout} cannot hold this model; use {ps.batch_layout}"
+            )
         if header.batch_size > capacity:
             raise InputError(
                 f"a batch of {header.batch_size} exceeds the {header.layout} layout's {capacity}"

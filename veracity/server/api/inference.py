@@ -19,7 +19,8 @@ unknown model, 413 too large, 415 wrong media type, 422 refused cryptographic ma
 (secret keys, insecure or wrong parameters).
 """
 
-from __future__ import annotations
+# No ``from __future__ import annotations`` here: FastAPI must see the endpoints' real
+# annotations, which close over the injected ``authenticate`` dependency.
 
 import hmac
 import logging

@@ -1,0 +1,528 @@
+"""Encrypted inference (issue 6): our CKKS paths against the per-patient TenSEAL baseline.
+
+Every figure is measured in this run beside the baseline from the same run:
+
+* LR and MLP server throughput, predictions per second per core (CPU time of one thread):
+  ours = column packing through ``veracity.crypto.he.evaluate`` (ciphertext loading,
+  evaluation and result serialisation included) and through the whole
+  ``InferenceService.serve`` (envelope parsing and the ledger hook too); baseline = TenSEAL,
+  one CKKSVector per patient, ``dot`` (LR) or bias-folded ``mm`` (MLP), ``n_threads=1``.
+* Upload bytes per patient (request envelope / patients) against a per-patient ciphertext.
+* End-to-end throughput over HTTP on loopback (client encrypts, uvicorn in a second process
+  evaluates, client decrypts), against the baseline's in-process per-patient pipeline.
+* Single-patient latency over HTTP (small-batch layouts), against the baseline's.
+* The crossover between the small-batch and the batch layout (client + server CPU per
+  request, in process), which sets ``small_batch_max`` in ``veracity.crypto.he_params``.
+
+Run ``python benchmarks/he_bench.py`` (``--quick`` for a short run; sizes are options).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from harness import Figure, Report
+
+TOKEN = "bench-token"  # noqa: S105 - loopback benchmark server only
+
+
+# ---- data and models ---------------------------------------------------------------------
+
+
+def breast_cancer() -> tuple[Any, ...]:
+    from sklearn.datasets import load_breast_cancer
+    from sklearn.model_selection import train_test_split
+
+    data = load_breast_cancer()
+    x_train, x_test, y_train, _ = train_test_split(
+        data.data, data.target, test_size=0.25, stratify=data.target, random_state=0
+    )
+    means, stds = x_train.mean(axis=0), x_train.std(axis=0)
+    scaling = tuple((float(m), float(s)) for m, s in zip(means, stds, strict=True))
+    names = tuple(str(n) for n in data.feature_names)
+    return names, scaling, (x_train - means) / stds, y_train, (x_test - means) / stds
+
+
+def train_models(x: npt.NDArray[np.float64], y: npt.NDArray[np.int64]) -> dict[str, Any]:
+    import torch
+    from sklearn.linear_model import LogisticRegression
+
+    from veracity.tasks.models import ModelFamily, ModelSpec, build_model, model_weights
+
+    lr = LogisticRegression(max_iter=5000).fit(x, y)
+    logistic = {
+        "linear.weight": lr.coef_.astype(np.float32),
+        "linear.bias": lr.intercept_.astype(np.float32),
+    }
+    spec = ModelSpec(ModelFamily.POLY_MLP, x.shape[1])
+    torch.manual_seed(0)
+    model = build_model(spec, seed=0)
+    optimiser = torch.optim.Adam(model.parameters(), lr=3e-3, weight_decay=1e-2)
+    xt, yt = torch.tensor(x, dtype=torch.float32), torch.tensor(y, dtype=torch.float32)
+    for _ in range(300):
+        optimiser.zero_grad()
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(model(xt), yt)
+        torch.autograd.backward(loss)
+        optimiser.step()
+    return {
+        "logistic": (ModelSpec(ModelFamily.LOGISTIC, x.shape[1]), logistic),
+        "poly_mlp": (spec, model_weights(model)),
+    }
+
+
+def cpu_seconds(fn: Callable[[], object], repeat: int) -> float:
+    """Median CPU seconds (this process) of ``repeat`` calls."""
+    samples = []
+    for _ in range(repeat):
+        start = time.process_time()
+        fn()
+        samples.append(time.process_time() - start)
+    return statistics.median(samples)
+
+
+def rows(x: npt.NDArray[np.float64], n: int) -> npt.NDArray[np.float64]:
+    return np.asarray(np.resize(x, (n, x.shape[1])), dtype=np.float64)
+
+
+# ---- the per-patient TenSEAL baseline ----------------------------------------------------
+
+
+class TensealBaseline:
+    """One CKKSVector per patient: ``dot(w) + b`` (LR) or bias-folded ``mm`` (MLP)."""
+
+    def __init__(self, family: str, spec: Any, weights: Mapping[str, Any]) -> None:
+        import tenseal as ts
+
+        self.ts = ts
+        self.family = family
+        if family == "logistic":
+            bits, scale = [60, 40, 40, 60], 40  # TenSEAL's README default; the note's 48/s row
+        else:
+            bits, scale = [50, 35, 35, 35, 50], 35  # the note's MLP row (depth 3)
+        self.context = ts.context(ts.SCHEME_TYPE.CKKS, 8192, coeff_mod_bit_sizes=bits, n_threads=1)
+        self.context.global_scale = 2.0**scale
+        self.context.generate_galois_keys()
+        public = self.context.serialize(
+            save_secret_key=False, save_galois_keys=True, save_relin_keys=True
+        )
+        self.public_bytes = len(public)
+        self.server = ts.context_from(public, n_threads=1)
+        w = {k: np.asarray(v, dtype=np.float64) for k, v in weights.items()}
+        if family == "logistic":
+            self.w = np.zeros(32)  # padded to 32: 5 rotations instead of 13 (the note)
+            self.w[:30] = w["linear.weight"][0]
+            self.b = float(w["linear.bias"][0])
+        else:
+            # a*z**2 + b*z + c = a*(z + b/2a)**2 + c - b**2/4a; biases folded into the matmul
+            # (a constant-1 input) because `mm(W) + b` before another `mm` is wrong (the note).
+            a, b_lin, c = spec.activation
+            shifted = w["fc1.bias"] + b_lin / (2 * a)
+            self.w1 = np.vstack([w["fc1.weight"].T, shifted]).tolist()
+            self.w2 = (a * w["fc2.weight"].T).tolist()
+            self.b2 = float(w["fc2.weight"].sum() * (c - b_lin**2 / (4 * a)) + w["fc2.bias"][0])
+
+    def encrypt(self, x: npt.NDArray[np.float64]) -> bytes:
+        if self.family == "logistic":
+            vector = np.zeros(32)
+            vector[:30] = x
+        else:
+            vector = np.append(x, 1.0)
+        return bytes(self.ts.ckks_vector(self.context, vector.tolist()).serialize())
+
+    def evaluate(self, blob: bytes) -> bytes:
+        v = self.ts.ckks_vector_from(self.server, blob)
+        if self.family == "logistic":
+            out = v.dot(self.w.tolist()) + self.b
+        else:
+            out = v.mm(self.w1).square().mm(self.w2) + self.b2
+        return bytes(out.serialize())
+
+    def decrypt(self, blob: bytes) -> float:
+        return float(self.ts.ckks_vector_from(self.context, blob).decrypt()[0])
+
+
+# ---- the HTTP server in a second process ---------------------------------------------------
+
+
+def serve(registry_dir: str, port_file: str) -> None:
+    import uvicorn
+
+    from veracity.server.api.inference import standalone_app
+    from veracity.server.inference import InferenceService
+    from veracity.server.registry import ModelRegistry
+
+    served: list[Mapping[str, Any]] = []
+    service = InferenceService(ModelRegistry(Path(registry_dir)), recorder=served.append)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    Path(port_file).write_text(str(sock.getsockname()[1]))
+    app = standalone_app(service, tokens={TOKEN: "bench"})
+    uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off", ws="none")).run(
+        sockets=[sock]
+    )
+
+
+def start_server(registry_dir: Path, port_file: Path) -> tuple[subprocess.Popen[bytes], str]:
+    process = subprocess.Popen(
+        [sys.executable, __file__, "--serve", str(registry_dir), str(port_file)],
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
+    )
+    import httpx
+
+    for _ in range(600):
+        if port_file.exists() and port_file.read_text():
+            url = f"http://127.0.0.1:{port_file.read_text()}"
+            try:
+                if httpx.get(f"{url}/health", timeout=1).status_code == 200:
+                    return process, url
+            except httpx.HTTPError:
+                pass
+        if process.poll() is not None:
+            raise RuntimeError("the benchmark server exited")
+        time.sleep(0.1)
+    process.terminate()
+    raise RuntimeError("the benchmark server did not start")
+
+
+# ---- measurements ----------------------------------------------------------------------------
+
+LABELS = {"logistic": "LR", "poly_mlp": "MLP 30-16-1"}
+
+
+def measure_baseline(
+    family: str, spec: Any, weights: Mapping[str, Any], x: npt.NDArray[np.float64], report: Report
+) -> dict[str, float]:
+    """The per-patient TenSEAL pipeline, in process: CPU per patient for each step."""
+    from veracity.tasks.models import predict_logits
+
+    base = TensealBaseline(family, spec, weights)
+    blobs = [base.encrypt(row) for row in x]
+    encrypt_cpu = cpu_seconds(lambda: [base.encrypt(row) for row in x[:4]], 1) / 4
+    start = time.process_time()
+    answers = [base.evaluate(blob) for blob in blobs]
+    server_cpu = (time.process_time() - start) / len(x)
+    decrypt_cpu = cpu_seconds(lambda: [base.decrypt(a) for a in answers[:4]], 1) / 4
+    logits = np.array([base.decrypt(a) for a in answers])
+    error = float(np.abs(logits - predict_logits(spec, weights, x)).max())
+    report.notes.append(
+        f"baseline {LABELS[family]}: TenSEAL per patient, N=8192, n_threads=1, {len(x)} "
+        f"patients, public context {base.public_bytes / 2**20:.1f} MiB (Galois keys), "
+        f"max |logit error| {error:.2g}"
+    )
+    return {
+        "server_per_s": 1.0 / server_cpu,
+        "upload": float(len(blobs[0])),
+        "e2e_per_s": 1.0 / (encrypt_cpu + server_cpu + decrypt_cpu),
+        "latency_s": encrypt_cpu + server_cpu + decrypt_cpu,
+    }
+
+
+def measure_batch(
+    family: str,
+    spec: Any,
+    weights: Mapping[str, Any],
+    x_test: npt.NDArray[np.float64],
+    service: Any,
+    model_hash: str,
+    baseline: Mapping[str, float],
+    repeat: int,
+    report: Report,
+) -> None:
+    """Our batch layout at full capacity: evaluate alone and the whole request."""
+    from veracity.crypto.he import SecretContext, evaluate, seal_primes
+    from veracity.crypto.he_circuit import compile_circuit
+    from veracity.crypto.he_params import PARAMETER_SETS, PackingLayout, parameter_set_for
+    from veracity.crypto.he_wire import RequestHeader, decode_response, encode_request
+    from veracity.tasks.models import predict_logits
+
+    label = LABELS[family]
+    ps = PARAMETER_SETS[parameter_set_for(family).name]
+    layout = ps.batch_layout
+    capacity = 2 * ps.slots if layout is PackingLayout.COLUMN_COMPLEX else ps.slots
+    batch = rows(x_test, capacity)
+    secret = SecretContext.generate(ps)
+    public = secret.public()
+    circuit = compile_circuit(
+        family,
+        weights,
+        parameter_set=ps,
+        primes=seal_primes(ps),
+        n_features=30,
+        hidden=spec.hidden,
+        activation=spec.activation,
+    )
+    ciphertexts = secret.encrypt(layout, batch)
+    evaluate_cpu = cpu_seconds(lambda: evaluate(public, circuit, layout, ciphertexts), repeat)
+    request = encode_request(
+        RequestHeader(model_hash, ps.name, secret.context_hash(), layout, capacity),
+        ciphertexts,
+        context=secret.public_context(),
+    )
+    serve_cpu = cpu_seconds(lambda: service.serve(request, requester="bench"), repeat)
+    response = service.serve(request, requester="bench")
+    _, results = decode_response(response)
+    logits = secret.decrypt(layout, results, batch_size=capacity, n_features=30, hidden=16)
+    error = float(np.abs(logits - predict_logits(spec, weights, batch)).max())
+    goal = ">= 100000" if family == "logistic" else ">= 6500"
+    baseline_name = "TenSEAL per patient"
+    report.add(
+        Figure(
+            f"{label} server throughput, evaluate ({layout}, batch {capacity})",
+            capacity / evaluate_cpu,
+            "pred/s/core",
+            baseline["server_per_s"],
+            baseline_name,
+            goal,
+        )
+    )
+    report.add(
+        Figure(
+            f"{label} server throughput, whole request (parse+evaluate+respond+record)",
+            capacity / serve_cpu,
+            "pred/s/core",
+            baseline["server_per_s"],
+            baseline_name,
+            goal,
+        )
+    )
+    report.add(
+        Figure(
+            f"{label} upload per patient ({layout}, full batch)",
+            len(request) / capacity,
+            "B",
+            baseline["upload"],
+            baseline_name,
+            "<= 2500" if family == "logistic" else None,
+            higher_is_better=False,
+        )
+    )
+    report.notes.append(
+        f"{label} {layout}: max |logit error| {error:.2g} over {capacity} patients, "
+        f"response {len(response) / capacity:.0f} B/patient"
+    )
+
+
+def measure_crossover(
+    family: str,
+    spec: Any,
+    weights: Mapping[str, Any],
+    x_test: npt.NDArray[np.float64],
+    sizes: list[int],
+    repeat: int,
+    report: Report,
+) -> None:
+    """Client + server CPU per request of each size, small-batch against batch layout."""
+    from veracity.crypto.he import SecretContext, evaluate, seal_primes
+    from veracity.crypto.he_circuit import compile_circuit
+    from veracity.crypto.he_packing import ReplicatedGeometry
+    from veracity.crypto.he_params import PackingLayout, parameter_set_for
+
+    label = LABELS[family]
+    ps = parameter_set_for(family)
+    secret = SecretContext.generate(ps)
+    small, batch = ps.small_batch_layout, ps.batch_layout
+    steps: tuple[int, ...] = ()
+    if small is PackingLayout.REPLICATED:
+        steps = ReplicatedGeometry(30, spec.hidden, ps.slots).rotation_steps()
+    contexts = {small: secret.public(rotation_steps=steps), batch: secret.public()}
+    circuit = compile_circuit(
+        family,
+        weights,
+        parameter_set=ps,
+        primes=seal_primes(ps),
+        n_features=30,
+        hidden=spec.hidden,
+        activation=spec.activation,
+    )
+    last_small_win: int | None = None
+    for n in sizes:
+        x = rows(x_test, n)
+        cost = {}
+        for layout in (small, batch):
+
+            def round_trip(layout: Any = layout, x: Any = x, n: int = n) -> None:
+                encrypted = secret.encrypt(layout, x, hidden=spec.hidden)
+                out = evaluate(contexts[layout], circuit, layout, encrypted)
+                secret.decrypt(layout, out, batch_size=n, n_features=30, hidden=spec.hidden)
+
+            cost[layout] = cpu_seconds(round_trip, max(1, repeat // 2))
+        ratio = cost[batch] / cost[small]
+        winner = small if ratio > 1 else batch
+        report.notes.append(
+            f"crossover {label}, {n} patients: {small} {cost[small] * 1e3:.1f} ms, {batch} "
+            f"{cost[batch] * 1e3:.1f} ms CPU per request (client+server); {winner} wins "
+            f"x{max(ratio, 1 / ratio):.1f}"
+        )
+        if ratio > 1:
+            last_small_win = n
+    report.notes.append(
+        f"{label}: {small} was cheaper up to {last_small_win} patients of those measured; "
+        f"small_batch_max is {ps.small_batch_max}"
+    )
+
+
+def measure_http(
+    family: str,
+    spec: Any,
+    weights: Mapping[str, Any],
+    x_test: npt.NDArray[np.float64],
+    url: str,
+    model_hash: str,
+    n: int,
+    baseline: Mapping[str, float],
+    repeat: int,
+    report: Report,
+) -> None:
+    """End-to-end throughput and single-patient latency through the HTTP API."""
+    from veracity.client.predict import InferenceClient, predict_encrypted
+    from veracity.crypto.he import SecretContext
+    from veracity.tasks.models import predict_logits
+
+    label = LABELS[family]
+    baseline_name = "TenSEAL per patient, in process, no network"
+    x = rows(x_test, n)
+    with InferenceClient(f"{url}/api/v1", token=TOKEN) as client:
+        description = client.describe(model_hash)
+        secret = SecretContext.generate(description.parameter_set)
+        predict_encrypted(client, description, x[:2], secret=secret)  # warm: contexts uploaded
+        start = time.perf_counter()
+        prediction = predict_encrypted(client, description, x, secret=secret)
+        wall = time.perf_counter() - start
+        agree = bool(np.array_equal(prediction.logits > 0, predict_logits(spec, weights, x) > 0))
+        report.add(
+            Figure(
+                f"{label} end-to-end over HTTP ({n} patients, {prediction.requests} requests)",
+                n / wall,
+                "pred/s",
+                baseline["e2e_per_s"],
+                baseline_name,
+            )
+        )
+        latencies = []
+        for index in range(max(3, repeat)):
+            start = time.perf_counter()
+            predict_encrypted(client, description, x[index : index + 1], secret=secret)
+            latencies.append(time.perf_counter() - start)
+        report.add(
+            Figure(
+                f"{label} single-patient latency over HTTP ({description.small.layout}, "
+                f"median of {len(latencies)})",
+                statistics.median(latencies) * 1e3,
+                "ms",
+                baseline["latency_s"] * 1e3,
+                baseline_name,
+                higher_is_better=False,
+            )
+        )
+        report.notes.append(
+            f"{label} over HTTP: decisions agree with plaintext on all {n} patients: {agree}; "
+            f"{prediction.bytes_sent / n:.0f} B sent per patient"
+        )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small sizes, few repeats")
+    parser.add_argument("--baseline-patients", type=int, default=None)
+    parser.add_argument("--lr-http-patients", type=int, default=None)
+    parser.add_argument("--mlp-http-patients", type=int, default=None)
+    parser.add_argument("--repeat", type=int, default=None)
+    parser.add_argument("--json", type=Path, default=None, help="also write figures as JSON")
+    parser.add_argument("--serve", nargs=2, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.serve:
+        serve(*args.serve)
+        return 0
+    quick = args.quick
+    repeat = args.repeat or (3 if quick else 7)
+    baseline_n = args.baseline_patients or (8 if quick else 40)
+    http_n = {
+        "logistic": args.lr_http_patients or (8192 if quick else 40960),
+        "poly_mlp": args.mlp_http_patients or (4096 if quick else 16384),
+    }
+    crossover_sizes = {
+        "logistic": [1, 136, 1088, 2176, 4096] if quick else [1, 136, 544, 1088, 2176, 3264, 4096],
+        "poly_mlp": [1, 8, 32, 64] if quick else [1, 8, 16, 32, 48, 64, 96, 128],
+    }
+
+    from veracity.server.inference import InferenceService
+    from veracity.server.registry import ModelRegistry
+
+    names, scaling, x_train, y_train, x_test = breast_cancer()
+    models = train_models(x_train, y_train)
+    report = Report("encrypted inference (CKKS, SEAL 4.1 via tenseal.sealapi), per core")
+    with tempfile.TemporaryDirectory() as directory:
+        registry_dir = Path(directory) / "models"
+        registry = ModelRegistry(registry_dir)
+        hashes = {
+            family: registry.put(
+                spec, weights, features=names, label="benign", scaling=scaling, card={}
+            )
+            for family, (spec, weights) in models.items()
+        }
+        service = InferenceService(registry, recorder=lambda payload: None)
+        baselines = {}
+        for family, (spec, weights) in models.items():
+            baselines[family] = measure_baseline(
+                family, spec, weights, rows(x_test, baseline_n), report
+            )
+            measure_batch(
+                family,
+                spec,
+                weights,
+                x_test,
+                service,
+                hashes[family],
+                baselines[family],
+                repeat,
+                report,
+            )
+            measure_crossover(
+                family, spec, weights, x_test, crossover_sizes[family], repeat, report
+            )
+        process, url = start_server(registry_dir, Path(directory) / "port")
+        try:
+            for family, (spec, weights) in models.items():
+                measure_http(
+                    family,
+                    spec,
+                    weights,
+                    x_test,
+                    url,
+                    hashes[family],
+                    http_n[family],
+                    baselines[family],
+                    repeat,
+                    report,
+                )
+        finally:
+            process.terminate()
+            process.wait(timeout=30)
+    report.notes.append(
+        "CPU time of one thread unless marked HTTP (wall clock, client and server processes "
+        "sharing this machine's cores with other jobs)"
+    )
+    report.print()
+    if args.json is not None:
+        report.write_json(args.json)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

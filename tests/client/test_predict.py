@@ -1,0 +1,166 @@
+"""The requester's side of ``veracity predict`` without a server: CSV, scaling, planning."""
+
+from __future__ import annotations
+
+import copy
+import itertools
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from veracity.client.predict import (
+    LayoutChoice,
+    ModelDescription,
+    plan_batches,
+    read_patients_csv,
+    sigmoid,
+    standardise,
+)
+from veracity.crypto.he_params import LOGISTIC_PARAMETERS, PackingLayout
+from veracity.errors import ConfigError, CryptoError, InputError
+
+FEATURES = ("age", "bmi")
+HASH = "ab" * 32
+
+
+def _csv(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "patients.csv"
+    path.write_text(text)
+    return path
+
+
+def test_columns_may_come_in_any_order_with_an_id_column(tmp_path: Path) -> None:
+    path = _csv(tmp_path, "bmi,id,age\n22.5,a,40\n30,b,61\n")
+    table = read_patients_csv(path, FEATURES, id_column="id")
+    assert table.ids == ("a", "b")
+    np.testing.assert_array_equal(table.values, [[40.0, 22.5], [61.0, 30.0]])
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("age\n40\n", "missing column 'bmi'"),
+        ("age,bmi,height\n40,22,180\n", "column 'height' is not a feature"),
+        ("age,bmi,age\n1,2,3\n", "'age' appears more than once"),
+        ("age,bmi\n40,22\n41,abc\n", "row 2, column 'bmi': 'abc' is not a number"),
+        ("age,bmi\n40,\n", "row 1, column 'bmi': '' is not a number"),
+        ("age,bmi\n40,nan\n", "row 1, column 'bmi': 'nan' is not a number"),
+        ("age,bmi\n40,22,7\n", "row 1 has 3 fields"),
+        ("", "is empty"),
+        ("age,bmi\n", "no patients"),
+    ],
+)
+def test_a_csv_that_does_not_fit_is_refused_by_name(
+    tmp_path: Path, text: str, message: str
+) -> None:
+    with pytest.raises(InputError, match=message):
+        read_patients_csv(_csv(tmp_path, text), FEATURES)
+
+
+def test_a_missing_file_is_a_configuration_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="no such file"):
+        read_patients_csv(tmp_path / "nope.csv", FEATURES)
+
+
+def test_standardising_refuses_values_outside_the_input_bound() -> None:
+    values = np.array([[40.0, 22.0], [41.0, 2200.0]])
+    with pytest.raises(InputError, match=r"row b, column 'bmi': 2200 is \+54"):
+        standardise(
+            values, [(40.0, 10.0), (25.0, 40.0)], features=FEATURES, bound=50, ids=["a", "b"]
+        )
+    z = standardise(values[:1], [(40.0, 10.0), (25.0, 4.0)], features=FEATURES, bound=50, ids=["a"])
+    np.testing.assert_allclose(z, [[0.0, -0.75]])
+
+
+def _description(small_max: int = 1224, batch_max: int = 4096) -> ModelDescription:
+    return ModelDescription(
+        model_hash=HASH,
+        family="logistic",
+        n_features=2,
+        hidden=0,
+        features=FEATURES,
+        label="y",
+        scaling=((0.0, 1.0), (0.0, 1.0)),
+        parameter_set=LOGISTIC_PARAMETERS,
+        he_params_hash="00" * 32,
+        small=LayoutChoice(PackingLayout.COEFFICIENT, small_max),
+        batch=LayoutChoice(PackingLayout.COLUMN_COMPLEX, batch_max),
+        threshold=0.5,
+    )
+
+
+@settings(max_examples=50, deadline=None)
+@given(n=st.integers(1, 20_000), small_max=st.integers(0, 2000))
+def test_batches_cover_every_patient_once_and_respect_capacities(n: int, small_max: int) -> None:
+    description = _description(small_max=small_max)
+    plan = plan_batches(n, description)
+    assert plan[0][1] == 0
+    assert plan[-1][2] == n
+    assert all(previous[2] == current[1] for previous, current in itertools.pairwise(plan))
+    for choice, start, stop in plan:
+        assert 0 < stop - start <= choice.max_batch
+    # Only the last request may use the small layout, and only when it fits there.
+    assert all(choice is description.batch for choice, _, _ in plan[:-1])
+
+
+def test_small_batches_use_the_small_layout() -> None:
+    assert plan_batches(1, _description()) == [(_description().small, 0, 1)]
+    assert [c.layout for c, _, _ in plan_batches(5000, _description())] == [
+        PackingLayout.COLUMN_COMPLEX,
+        PackingLayout.COEFFICIENT,
+    ]
+
+
+def test_sigmoid_is_stable_for_large_logits() -> None:
+    out = sigmoid(np.array([-1000.0, -1.0, 0.0, 1.0, 1000.0]))
+    assert np.all(np.isfinite(out))
+    np.testing.assert_allclose(out, [0.0, 0.26894142, 0.5, 0.73105858, 1.0], atol=1e-8)
+
+
+def _document() -> dict[str, Any]:
+    return {
+        "model_hash": HASH,
+        "model": {"family": "logistic", "n_features": 2},
+        "features": list(FEATURES),
+        "label": "y",
+        "scaling": [[0.0, 1.0], [0.0, 1.0]],
+        "decision_threshold": 0.5,
+        "he": {
+            "parameter_set": LOGISTIC_PARAMETERS.describe(),
+            "he_params_hash": "00" * 32,
+            "layouts": {
+                "small": {"name": "coefficient", "max_batch": 1224},
+                "batch": {"name": "column_complex", "max_batch": 4096},
+            },
+        },
+    }
+
+
+def test_a_description_parses() -> None:
+    description = ModelDescription.from_json(_document(), expected_hash=HASH)
+    assert description.parameter_set is LOGISTIC_PARAMETERS
+    assert description.small.layout is PackingLayout.COEFFICIENT
+
+
+def test_a_server_cannot_talk_the_client_into_other_parameters() -> None:
+    weaker = copy.deepcopy(_document())
+    weaker["he"]["parameter_set"]["input_scale_bits"] = 10
+    with pytest.raises(CryptoError, match="differently"):
+        ModelDescription.from_json(weaker, expected_hash=HASH)
+    unknown = copy.deepcopy(_document())
+    unknown["he"]["parameter_set"]["name"] = "ckks-toy"
+    with pytest.raises(CryptoError, match="unknown"):
+        ModelDescription.from_json(unknown, expected_hash=HASH)
+
+
+def test_a_description_of_another_model_or_malformed_is_refused() -> None:
+    with pytest.raises(InputError, match="not " + "cd" * 32):
+        ModelDescription.from_json(_document(), expected_hash="cd" * 32)
+    broken = _document()
+    del broken["he"]["layouts"]
+    with pytest.raises(InputError, match="malformed"):
+        ModelDescription.from_json(broken, expected_hash=HASH)

@@ -1,0 +1,572 @@
+"""Encrypted inference over HTTP: a real uvicorn on 127.0.0.1, ``veracity predict`` against it."""
+
+from __future__ import annotations
+
+import csv
+import datetime
+import json
+import socket
+import threading
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+import uvicorn
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from veracity.cli import main
+from veracity.client.predict import InferenceClient, predict_encrypted, sigmoid
+from veracity.crypto.he import SecretContext
+from veracity.crypto.he_params import LOGISTIC_PARAMETERS, POLY_MLP_PARAMETERS, PackingLayout
+from veracity.crypto.he_wire import (
+    CONTENT_TYPE,
+    KIND_CONTEXT,
+    RequestHeader,
+    WireLimits,
+    body_hash,
+    decode_envelope,
+    encode_envelope,
+    encode_request,
+)
+from veracity.server.api.inference import standalone_app
+from veracity.server.inference import InferenceService
+from veracity.server.registry import ModelRegistry
+from veracity.tasks.models import predict_logits
+
+pytestmark = pytest.mark.integration
+
+TOKEN = "test-token-0123456789"  # noqa: S105 - a throwaway token for the test server
+REQUESTER = "clinic-a"
+LIMITS = WireLimits(max_request_bytes=8 * 1024 * 1024, max_context_bytes=12 * 1024 * 1024)
+
+
+@dataclass
+class LiveServer:
+    url: str
+    hashes: dict[str, str]
+    served: list[dict[str, Any]] = field(default_factory=list)
+    ca_cert: Path | None = None
+
+
+def _serve(app: Any, **ssl: Any) -> Iterator[str]:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    config = uvicorn.Config(app, log_level="warning", lifespan="off", ws="none", **ssl)
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    try:
+        for _ in range(200):
+            if server.started:
+                break
+            time.sleep(0.05)
+        else:
+            raise RuntimeError("uvicorn did not start")
+        yield f"{'https' if ssl else 'http'}://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=15)
+        sock.close()
+
+
+@pytest.fixture(scope="module")
+def registry(
+    tmp_path_factory: pytest.TempPathFactory, breast_cancer: Any, trained_models: dict[str, Any]
+) -> tuple[ModelRegistry, dict[str, str]]:
+    models = ModelRegistry(tmp_path_factory.mktemp("registry"))
+    hashes = {
+        family: models.put(
+            spec,
+            weights,
+            features=breast_cancer.feature_names,
+            label="benign",
+            scaling=breast_cancer.scaling,
+            card={"study": "breast-cancer-demo", "family": family},
+        )
+        for family, (spec, weights) in trained_models.items()
+    }
+    return models, hashes
+
+
+def _app(models: ModelRegistry, served: list[dict[str, Any]]) -> Any:
+    def record(payload: Mapping[str, Any]) -> None:
+        served.append(dict(payload))
+
+    service = InferenceService(models, recorder=record, limits=LIMITS)
+    return standalone_app(service, tokens={TOKEN: REQUESTER})
+
+
+@pytest.fixture(scope="module")
+def live(registry: tuple[ModelRegistry, dict[str, str]]) -> Iterator[LiveServer]:
+    models, hashes = registry
+    server = LiveServer(url="", hashes=hashes)
+    for url in _serve(_app(models, server.served)):
+        server.url = url
+        yield server
+
+
+def _tls_material(directory: Path) -> tuple[Path, Path, Path]:
+    """A private CA and a certificate for 127.0.0.1 signed by it."""
+    now = datetime.datetime.now(datetime.UTC)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "veracity test CA")])
+    ca = (
+        x509.CertificateBuilder()
+        .subject_name(ca_name)
+        .issuer_name(ca_name)
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=True,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(
+            x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    key = ec.generate_private_key(ec.SECP256R1())
+    import ipaddress
+
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")]))
+        .issuer_name(ca_name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False
+        )
+        .add_extension(
+            x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    ca_path, cert_path, key_path = (
+        directory / "ca.pem",
+        directory / "server.pem",
+        directory / "server.key",
+    )
+    ca_path.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    cert_path.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return ca_path, cert_path, key_path
+
+
+@pytest.fixture(scope="module")
+def live_tls(
+    registry: tuple[ModelRegistry, dict[str, str]], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[LiveServer]:
+    models, hashes = registry
+    ca, cert, key = _tls_material(tmp_path_factory.mktemp("tls"))
+    server = LiveServer(url="", hashes=hashes, ca_cert=ca)
+    for url in _serve(_app(models, server.served), ssl_certfile=str(cert), ssl_keyfile=str(key)):
+        server.url = url
+        yield server
+
+
+def _write_patients(
+    path: Path, names: tuple[str, ...], rows: Any, ids: list[str] | None = None
+) -> Path:
+    with path.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["patient_id", *names] if ids is not None else list(names))
+        for index, row in enumerate(rows):
+            values = [repr(float(v)) for v in row]
+            writer.writerow([ids[index], *values] if ids is not None else values)
+    return path
+
+
+def _read_scores(path: Path) -> list[dict[str, str]]:
+    with path.open(newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+@pytest.mark.parametrize(
+    ("family", "copies", "layouts"),
+    [
+        ("logistic", 1, {"coefficient"}),  # 143 patients: the small-batch path
+        ("logistic", 35, {"column_complex", "coefficient"}),  # 5005: 4096 batched + 909 small
+        ("poly_mlp", 1, {"column"}),
+    ],
+)
+def test_predict_cli_end_to_end_matches_plaintext(
+    family: str,
+    copies: int,
+    layouts: set[str],
+    live: LiveServer,
+    breast_cancer: Any,
+    trained_models: dict[str, Any],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    raw = np.tile(breast_cancer.raw_test_x, (copies, 1))
+    ids = [f"p{i:05d}" for i in range(len(raw))]
+    patients = _write_patients(tmp_path / "patients.csv", breast_cancer.feature_names, raw, ids)
+    out = tmp_path / "scores.csv"
+    before = len(live.served)
+
+    code = main(
+        [
+            "predict",
+            "--model",
+            live.hashes[family],
+            "--input",
+            str(patients),
+            "--server",
+            f"{live.url}/api/v1",
+            "--token",
+            TOKEN,
+            "--out",
+            str(out),
+            "--id-column",
+            "patient_id",
+            "--format",
+            "json",
+        ]
+    )
+
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    summary = json.loads(captured.out)
+    assert summary["patients"] == len(raw)
+    # A progress bar on stderr when the file needs several requests, never on stdout.
+    assert ("encrypted scoring" in captured.err) == (len(layouts) > 1)
+    scores = _read_scores(out)
+    assert [row["patient_id"] for row in scores] == ids
+    spec, weights = trained_models[family]
+    expected = predict_logits(spec, weights, np.tile(breast_cancer.test_x, (copies, 1)))
+    logits = np.array([float(row["logit"]) for row in scores])
+    probabilities = np.array([float(row["probability"]) for row in scores])
+    decisions = np.array([int(row["decision"]) for row in scores])
+    assert np.abs(logits - expected).max() < 1e-3
+    np.testing.assert_allclose(probabilities, sigmoid(expected), atol=1e-4)
+    assert np.array_equal(decisions, (expected >= 0).astype(int))  # every patient agrees
+    batches = live.served[before:]
+    assert sum(entry["batch_size"] for entry in batches) == len(raw)
+    assert all(entry["requester"] == REQUESTER for entry in batches)
+    assert all(
+        set(entry) == {"model_hash", "requester", "he_params_hash", "batch_size", "request_hash"}
+        for entry in batches
+    )
+    assert len(batches) == len(layouts)
+
+
+def test_predict_small_mlp_batch_uses_the_replicated_layout(
+    live: LiveServer,
+    breast_cancer: Any,
+    trained_models: dict[str, Any],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    patients = _write_patients(
+        tmp_path / "few.csv", breast_cancer.feature_names, breast_cancer.raw_test_x[:5]
+    )
+    code = main(
+        [
+            "predict",
+            "--model",
+            live.hashes["poly_mlp"],
+            "--input",
+            str(patients),
+            "--server",
+            f"{live.url}/api/v1",
+            "--token",
+            TOKEN,
+            "--format",
+            "json",
+        ]
+    )
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    document = json.loads(captured.out)
+    spec, weights = trained_models["poly_mlp"]
+    expected = predict_logits(spec, weights, breast_cancer.test_x[:5])
+    logits = np.array([row["logit"] for row in document["predictions"]])
+    assert np.abs(logits - expected).max() < 1e-3
+    assert [row["row"] for row in document["predictions"]] == ["1", "2", "3", "4", "5"]
+    assert document["bytes_sent"] > 5_000_000  # the Galois-key context went up once
+
+
+def test_predict_over_https_with_a_private_ca(
+    live_tls: LiveServer, breast_cancer: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    patients = _write_patients(
+        tmp_path / "p.csv", breast_cancer.feature_names, breast_cancer.raw_test_x[:3]
+    )
+    arguments = [
+        "predict",
+        "--model",
+        live_tls.hashes["logistic"],
+        "--input",
+        str(patients),
+        "--server",
+        f"{live_tls.url}/api/v1",
+        "--token",
+        TOKEN,
+    ]
+    assert main([*arguments, "--ca-cert", str(live_tls.ca_cert)]) == 0
+    captured = capsys.readouterr()
+    assert captured.out.splitlines()[0] == "row,logit,probability,decision"
+    assert len(captured.out.splitlines()) == 4
+    assert main(arguments) == 2  # the system store does not know the private CA
+    assert "certificate" in capsys.readouterr().err.lower()
+
+
+@pytest.mark.parametrize(
+    ("mutate", "message"),
+    [
+        (
+            lambda names, rows: (names[:-1], [r[:-1] for r in rows]),
+            "missing column 'worst fractal dimension'",
+        ),
+        (
+            lambda names, rows: ((*names, "shoe size"), [[*r, "42"] for r in rows]),
+            "column 'shoe size' is not a feature",
+        ),
+        (
+            lambda names, rows: (names, [rows[0], [*rows[1][:3], "n/a", *rows[1][4:]]]),
+            "row 2, column 'mean area': 'n/a' is not a number",
+        ),
+        (
+            lambda names, rows: (names, [[str(float(r[0]) * 1000), *r[1:]] for r in rows]),
+            "row 1, column 'mean radius'",
+        ),
+    ],
+)
+def test_predict_refuses_a_csv_that_does_not_fit_the_model(
+    mutate: Any,
+    message: str,
+    live: LiveServer,
+    breast_cancer: Any,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    rows = [[repr(float(v)) for v in row] for row in breast_cancer.raw_test_x[:2]]
+    names, rows = mutate(breast_cancer.feature_names, rows)
+    path = tmp_path / "bad.csv"
+    with path.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(names)
+        writer.writerows(rows)
+    before = len(live.served)
+    code = main(
+        [
+            "predict",
+            "--model",
+            live.hashes["logistic"],
+            "--input",
+            str(path),
+            "--server",
+            f"{live.url}/api/v1",
+            "--token",
+            TOKEN,
+            "--out",
+            str(tmp_path / "o.csv"),
+        ]
+    )
+    captured = capsys.readouterr()
+    assert code == 1
+    assert message in captured.err
+    assert not (tmp_path / "o.csv").exists()
+    assert len(live.served) == before
+
+
+def _sent_bytes_are_free_of(secret: SecretContext, sent: list[bytes]) -> None:
+    key = secret.secret_key_bytes()
+    step = max(1, (len(key) - 64) // 50)
+    chunks = [key[i : i + 64] for i in range(0, len(key) - 64, step)][:50]
+    assert len(chunks) == 50
+    for body in sent:
+        assert not any(chunk in body for chunk in chunks)
+
+
+@pytest.mark.parametrize(
+    ("family", "patients"),
+    [("logistic", 143), ("logistic", 2000), ("poly_mlp", 3), ("poly_mlp", 40)],
+)
+def test_nothing_the_client_sends_contains_its_secret_key(
+    family: str, patients: int, live: LiveServer, breast_cancer: Any
+) -> None:
+    x = np.resize(breast_cancer.test_x, (patients, 30))
+    with InferenceClient(f"{live.url}/api/v1", token=TOKEN, audit=True) as client:
+        description = client.describe(live.hashes[family])
+        secret = SecretContext.generate(description.parameter_set)
+        predict_encrypted(client, description, x, secret=secret)
+        assert client.sent
+        _sent_bytes_are_free_of(secret, client.sent)
+
+
+def _good_request(secret: SecretContext, model_hash: str, x: Any) -> bytes:
+    header = RequestHeader(
+        model_hash,
+        secret.parameter_set.name,
+        secret.context_hash(),
+        PackingLayout.COEFFICIENT,
+        len(x),
+    )
+    return encode_request(
+        header, secret.encrypt(PackingLayout.COEFFICIENT, x), context=secret.public_context()
+    )
+
+
+def test_bad_requests_are_refused_with_4xx_and_the_server_stays_healthy(
+    live: LiveServer, breast_cancer: Any
+) -> None:
+    import tenseal as ts
+
+    lr, mlp = live.hashes["logistic"], live.hashes["poly_mlp"]
+    secret = SecretContext.generate(LOGISTIC_PARAMETERS)
+    good = _good_request(secret, lr, breast_cancer.test_x[:4])
+    mlp_secret = SecretContext.generate(POLY_MLP_PARAMETERS)
+    mlp_x = breast_cancer.test_x[:4]
+    wrong_parameters = encode_request(
+        RequestHeader(
+            lr, POLY_MLP_PARAMETERS.name, mlp_secret.context_hash(), PackingLayout.COLUMN, 4
+        ),
+        mlp_secret.encrypt(PackingLayout.COLUMN, mlp_x),
+        context=mlp_secret.public_context(),
+    )
+    lr_for_mlp = encode_request(
+        RequestHeader(
+            mlp, LOGISTIC_PARAMETERS.name, secret.context_hash(), PackingLayout.COEFFICIENT, 4
+        ),
+        secret.encrypt(PackingLayout.COEFFICIENT, mlp_x),
+        context=secret.public_context(),
+    )
+    public_parts = list(
+        decode_envelope(secret.public_context(), kind=KIND_CONTEXT, max_bytes=2**20).parts
+    )
+    leaky_context = encode_envelope(
+        KIND_CONTEXT,
+        {"parameter_set": LOGISTIC_PARAMETERS.name, "scheme": "ckks"},
+        [*public_parts, ("secret_key", secret.secret_key_bytes())],
+    )
+    tenseal_private = ts.context(
+        ts.SCHEME_TYPE.CKKS, 8192, coeff_mod_bit_sizes=[60, 40, 40, 60]
+    ).serialize(save_secret_key=True)
+    predict = f"/api/v1/inference/models/{lr}/predict"
+    auth = {"Authorization": f"Bearer {TOKEN}", "Content-Type": CONTENT_TYPE}
+    cases: list[tuple[str, str, Any, dict[str, str], int, str]] = [
+        ("garbage", predict, b"\x00" * 1000, auth, 400, "bad magic"),
+        ("truncated", predict, good[: len(good) // 2], auth, 400, "truncated"),
+        ("trailing bytes", predict, good + b"\x00", auth, 400, "unexpected bytes"),
+        (
+            "oversized (declared)",
+            predict,
+            b"\x00" * (LIMITS.max_request_bytes + 1),
+            auth,
+            413,
+            "exceeds",
+        ),
+        ("oversized (streamed)", predict, iter([b"\x00" * 1_048_576] * 9), auth, 413, "exceeds"),
+        ("wrong parameters", predict, wrong_parameters, auth, 422, "served under"),
+        (
+            "LR ciphertexts for the MLP",
+            f"/api/v1/inference/models/{mlp}/predict",
+            lr_for_mlp,
+            auth,
+            422,
+            "served under",
+        ),
+        (
+            "secret key in context",
+            "/api/v1/inference/contexts",
+            leaky_context,
+            auth,
+            422,
+            "secret key",
+        ),
+        (
+            "TenSEAL secret context",
+            "/api/v1/inference/contexts",
+            tenseal_private,
+            auth,
+            422,
+            "secret key",
+        ),
+        (
+            "wrong media type",
+            predict,
+            good,
+            {**auth, "Content-Type": "application/json"},
+            415,
+            "send",
+        ),
+        (
+            "unknown model",
+            f"/api/v1/inference/models/{'e' * 64}/predict",
+            good,
+            auth,
+            404,
+            "no released model",
+        ),
+        (
+            "other model in URL",
+            f"/api/v1/inference/models/{mlp}/predict",
+            good,
+            auth,
+            400,
+            "not " + mlp,
+        ),
+        ("no token", predict, good, {"Content-Type": CONTENT_TYPE}, 401, ""),
+        ("bad token", predict, good, {**auth, "Authorization": "Bearer nope"}, 401, ""),
+    ]
+    before = len(live.served)
+    with httpx.Client(base_url=live.url, timeout=60) as http:
+        for name, path, body, headers, status, detail in cases:
+            response = http.post(path, content=body, headers=headers)
+            assert response.status_code == status, (name, response.text)
+            assert detail in response.text, name
+            assert http.get("/health").json() == {"status": "ok"}, name
+        assert len(live.served) == before  # nothing refused was recorded
+        answer = http.post(predict, content=good, headers=auth)
+        assert answer.status_code == 200
+        assert answer.headers["content-type"] == CONTENT_TYPE
+    assert live.served[-1]["request_hash"] == body_hash(good)
+
+
+def test_the_description_endpoint_needs_a_token_and_names_the_schema(
+    live: LiveServer, breast_cancer: Any
+) -> None:
+    path = f"/api/v1/inference/models/{live.hashes['logistic']}"
+    with httpx.Client(base_url=live.url, timeout=30) as http:
+        assert http.get(path).status_code == 401
+        document = http.get(path, headers={"Authorization": f"Bearer {TOKEN}"}).json()
+    assert document["features"] == list(breast_cancer.feature_names)
+    assert document["he"]["layouts"]["small"]["name"] == "coefficient"
+    assert document["wire"]["max_request_bytes"] == LIMITS.max_request_bytes
