@@ -1,27 +1,41 @@
 """The site's Flower ClientApp: unpack the message, call the site agent, pack the reply.
 
 Runs inside :mod:`veracity.client.worker`, which sets the run's code hash (the SHA-256 of
-the FAB the SuperNode received) for the duration of each task.
+the FAB the SuperNode received) for the duration of each task: that, not anything the
+coordinator claims, is the code hash the site agent checks against its operator's approval.
+The site agent of each site directory is opened once and kept, so a run's Opacus engine
+stays warm across rounds.
 """
 
 from __future__ import annotations
 
 import contextlib
 import contextvars
-import json
+import logging
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from flwr.app import ConfigRecord, Context, Message, RecordDict
+from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from veracity import __version__
+from veracity.client.service import Refusal, SiteAgent, TrainRequest
+from veracity.client.site import Site
+from veracity.errors import ApprovalMissing, InputError
+from veracity.flower_serde import weights_from_record, weights_to_record
+from veracity.ledger.canonical import canonical_json, parse_json_object
 
-__all__ = ["app", "run_code_hash", "current_code_hash"]
+__all__ = ["app", "run_code_hash", "current_code_hash", "agent_for"]
+
+log = logging.getLogger(__name__)
 
 app = ClientApp()
 
 _CODE_HASH: contextvars.ContextVar[str | None] = contextvars.ContextVar("code_hash", default=None)
+_AGENTS: dict[Path, SiteAgent] = {}
+_AGENTS_LOCK = threading.Lock()
 
 
 @contextlib.contextmanager
@@ -40,14 +54,78 @@ def current_code_hash() -> str | None:
 
 
 def _site_dir(context: Context) -> Path:
-    return Path(str(context.node_config["site-dir"]))
+    try:
+        return Path(str(context.node_config["site-dir"])).resolve()
+    except KeyError as err:
+        raise InputError("this SuperNode was started without node config site-dir") from err
+
+
+def agent_for(site_dir: Path) -> SiteAgent:
+    """The site agent of ``site_dir``, opened once per process."""
+    with _AGENTS_LOCK:
+        agent = _AGENTS.get(site_dir)
+        if agent is None:
+            agent = _AGENTS[site_dir] = SiteAgent.open(site_dir)
+        return agent
 
 
 @app.query("hello")
 def hello(msg: Message, context: Context) -> Message:
     """Tell the coordinator which site this node is (no data, no statistics)."""
-    site = json.loads((_site_dir(context) / "site.json").read_text(encoding="utf-8"))
+    with Site.open(_site_dir(context)) as site:
+        name = site.name
     record = ConfigRecord(
-        {"site": str(site["name"]), "version": __version__, "code-hash": current_code_hash() or ""}
+        {"site": name, "version": __version__, "code-hash": current_code_hash() or ""}
     )
     return Message(RecordDict({"site": record}), reply_to=msg)
+
+
+@app.train()
+def train(msg: Message, context: Context) -> Message:
+    """Train one round under the site's approval and budget, or refuse with a signature."""
+    started = time.perf_counter()
+    code_hash = current_code_hash()
+    if code_hash is None:
+        raise ApprovalMissing("the run's code hash is unknown; run the site with its worker")
+    content = msg.content
+    config = content.config_records["config"]
+    request = TrainRequest(
+        study=parse_json_object(str(config["study"]), what="study"),
+        study_hash=str(config["study_hash"]),
+        run_id=str(config["run_id"]),
+        round=int(str(config["server-round"])),
+        code_hash=code_hash,
+        weights=weights_from_record(content.array_records["arrays"]),
+    )
+    outcome = agent_for(_site_dir(context)).handle_train(request)
+    if isinstance(outcome, Refusal):
+        log.warning("refused round %d of run %s: %s", request.round, request.run_id, outcome.reason)
+        refusal = ConfigRecord(
+            {
+                "kind": outcome.kind,
+                "json": canonical_json(outcome.payload).decode("utf-8"),
+                "signature": outcome.signature,
+                "reason": outcome.reason,
+            }
+        )
+        return Message(RecordDict({"refusal": refusal}), reply_to=msg)
+    metrics: dict[str, int | float | list[int] | list[float]] = {
+        name: float(value) for name, value in outcome.metrics.items()
+    }
+    metrics["num-examples"] = int(outcome.metrics["num-examples"])
+    metrics["train-seconds"] = time.perf_counter() - started
+    receipt = ConfigRecord(
+        {
+            "json": canonical_json(outcome.receipt).decode("utf-8"),
+            "signature": outcome.receipt_signature,
+            "noise-generator": outcome.noise_generator,
+        }
+    )
+    reply = RecordDict(
+        {
+            "arrays": weights_to_record(outcome.weights),
+            "metrics": MetricRecord(metrics),
+            "receipt": receipt,
+        }
+    )
+    return Message(reply, reply_to=msg)

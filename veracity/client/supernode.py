@@ -24,7 +24,7 @@ from veracity.supervise import (
     wait_for,
 )
 
-__all__ = ["SuperNodeOptions", "start_site_node", "supernode_key_path"]
+__all__ = ["SuperNodeOptions", "SiteNode", "start_site_node", "supernode_key_path"]
 
 
 @dataclass(frozen=True)
@@ -49,16 +49,44 @@ def _listening(port: int) -> bool:
         return probe.connect_ex(("127.0.0.1", port)) == 0
 
 
+@dataclass(frozen=True)
+class SiteNode:
+    """A site's running SuperNode and worker."""
+
+    site_dir: Path
+    supernode: ManagedProcess
+    worker: ManagedProcess
+    ready_file: Path
+
+    def wait_ready(self, *, timeout: float = 180.0) -> None:
+        """Return once the worker has loaded torch and Opacus and polls its SuperNode.
+
+        Raises
+        ------
+        TransportError
+            If either process exits or the worker is not ready within ``timeout`` seconds.
+        """
+        wait_for(
+            self.ready_file.exists,
+            timeout=timeout,
+            what=f"the ClientApp worker of {self.site_dir.name}",
+            watch=[self.supernode, self.worker],
+        )
+
+
 def start_site_node(
     site_dir: Path,
     options: SuperNodeOptions,
     group: ProcessGroup,
     *,
     timeout: float = 120.0,
-) -> tuple[ManagedProcess, ManagedProcess]:
+    wait: bool = True,
+) -> SiteNode:
     """Start the SuperNode and the worker of the site in ``site_dir``.
 
-    Returns once the worker has loaded torch and Opacus and polls its SuperNode.
+    With ``wait`` (the default), returns once the worker is ready (see
+    :meth:`SiteNode.wait_ready`); otherwise right after starting it, so that several sites
+    can warm up together.
 
     Raises
     ------
@@ -117,5 +145,7 @@ def start_site_node(
             cwd=site_dir,
         )
     )  # fmt: skip
-    wait_for(ready.exists, timeout=timeout, what="the ClientApp worker", watch=[supernode, worker])
-    return supernode, worker
+    node = SiteNode(site_dir=site_dir, supernode=supernode, worker=worker, ready_file=ready)
+    if wait:
+        node.wait_ready(timeout=timeout)
+    return node

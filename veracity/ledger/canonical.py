@@ -9,13 +9,14 @@ ids) as strings.
 from __future__ import annotations
 
 import hashlib
+import json
 from typing import Any
 
 import rfc8785
 
 from veracity.errors import InputError
 
-__all__ = ["canonical_json", "sha256_hex", "canonical_hash"]
+__all__ = ["canonical_json", "sha256_hex", "canonical_hash", "parse_json_object"]
 
 
 def canonical_json(document: Any) -> bytes:
@@ -41,3 +42,20 @@ def sha256_hex(data: bytes) -> str:
 def canonical_hash(document: Any) -> str:
     """SHA-256 (hex) of the canonical JSON of ``document``."""
     return sha256_hex(canonical_json(document))
+
+
+def parse_json_object(text: str, *, what: str) -> dict[str, Any]:
+    """Parse ``text`` as a JSON object.
+
+    Raises
+    ------
+    InputError
+        If it is not JSON or not an object.
+    """
+    try:
+        value = json.loads(text)
+    except (json.JSONDecodeError, TypeError) as err:
+        raise InputError(f"{what} is not JSON: {err}") from err
+    if not isinstance(value, dict):
+        raise InputError(f"{what} is not a JSON object")
+    return value

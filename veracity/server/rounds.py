@@ -8,20 +8,19 @@ does not match the weights that arrived, is dropped (and recorded as dropped).
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from typing import Any
 
 from veracity.crypto.keys import VerifyKey
 from veracity.errors import InputError, VerificationError
+from veracity.ledger.canonical import parse_json_object
 from veracity.ledger.statement import RECEIPT_DOMAIN, verify_document, verify_statement
 
 __all__ = [
     "RECEIPT_FIELDS",
     "REFUSAL_KINDS",
     "AcceptedUpdate",
-    "parse_json_object",
     "check_receipt",
     "check_refusal",
 ]
@@ -61,23 +60,6 @@ class AcceptedUpdate:
     def epsilon(self) -> float:
         """The dataset's cumulative epsilon after this round, as the site reported it."""
         return float(self.receipt["epsilon"])
-
-
-def parse_json_object(text: str, *, what: str) -> dict[str, Any]:
-    """Parse ``text`` as a JSON object.
-
-    Raises
-    ------
-    InputError
-        If it is not JSON or not an object.
-    """
-    try:
-        value = json.loads(text)
-    except (json.JSONDecodeError, TypeError) as err:
-        raise InputError(f"{what} is not JSON: {err}") from err
-    if not isinstance(value, dict):
-        raise InputError(f"{what} is not a JSON object")
-    return value
 
 
 def check_receipt(

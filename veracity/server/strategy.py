@@ -12,11 +12,12 @@ rounds send nothing and :attr:`AuditedStrategy.abort_reason` says why.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg, Strategy
 
@@ -27,7 +28,7 @@ from veracity.server.polling_grid import PollingGrid
 from veracity.server.rounds import AcceptedUpdate, check_receipt, check_refusal
 from veracity.tasks.weights import weights_hash
 
-__all__ = ["RoundOutcome", "AuditedStrategy"]
+__all__ = ["RoundOutcome", "AuditedStrategy", "round_metrics"]
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +43,8 @@ class RoundOutcome:
     refused: list[dict[str, str]] = field(default_factory=list)
     aggregated_model_hash: str | None = None
     metrics: dict[str, float] = field(default_factory=dict)
+    #: Wall-clock marks of the round (seconds since the epoch), for timing reports.
+    timing: dict[str, float] = field(default_factory=dict)
 
     @property
     def participants(self) -> list[str]:
@@ -67,6 +70,28 @@ class RoundOutcome:
 
 
 RefusalRecorder = Callable[[str, str, dict[str, Any], str], None]
+
+
+def round_metrics(records: list[RecordDict], weighting_key: str) -> MetricRecord:
+    """A round's metrics: examples, slowest site's training time, weighted training loss.
+
+    Privacy figures are not averaged across sites: each site's epsilon is in its receipt.
+    """
+    metrics = [next(iter(record.metric_records.values())) for record in records]
+    examples = [float(str(m[weighting_key])) for m in metrics]
+    out: dict[str, int | float | list[int] | list[float]] = {
+        "examples": sum(examples),
+        "sites": float(len(metrics)),
+    }
+    seconds = [float(str(m["train-seconds"])) for m in metrics if "train-seconds" in m]
+    if seconds:
+        out["train-seconds-max"] = max(seconds)
+    if metrics and all("train-loss" in m for m in metrics):
+        losses = [float(str(m["train-loss"])) for m in metrics]
+        out["train-loss"] = sum(w * v for w, v in zip(examples, losses, strict=True)) / sum(
+            examples
+        )
+    return MetricRecord(out)
 
 
 class AuditedStrategy(Strategy):
@@ -95,6 +120,7 @@ class AuditedStrategy(Strategy):
         self.abort_reason: str | None = None
         self.outcomes: list[RoundOutcome] = []
         self._sampled: dict[int, set[int]] = {}
+        self._started: dict[int, float] = {}
 
     def summary(self) -> None:
         """Log the inner strategy's summary."""
@@ -107,6 +133,7 @@ class AuditedStrategy(Strategy):
         """Sample among approved sites' nodes only; nothing once the run has stopped."""
         if self.abort_reason is not None:
             return []
+        self._started[server_round] = time.time()
         approved = frozenset(self.sites_by_node)
         view = grid.restricted_to(approved) if isinstance(grid, PollingGrid) else grid
         messages = list(self.inner.configure_train(server_round, arrays, config, view))
@@ -162,7 +189,13 @@ class AuditedStrategy(Strategy):
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         """Verify every reply, aggregate the verified ones, record the round."""
+        if self.abort_reason is not None:
+            return None, None  # the run stopped in an earlier round; nothing was sent
         outcome = RoundOutcome(server_round)
+        outcome.timing = {
+            "start": self._started.get(server_round, time.time()),
+            "replies": time.time(),
+        }
         replies = list(replies)
         verified = [reply for reply in replies if self._check_reply(server_round, reply, outcome)]
         answered = {reply.metadata.src_node_id for reply in replies}
@@ -172,9 +205,12 @@ class AuditedStrategy(Strategy):
         arrays: ArrayRecord | None = None
         metrics: MetricRecord | None = None
         if len(verified) < self.min_sites:
+            missing = [f"{d['site']} ({d['kind']})" for d in outcome.refused] + [
+                f"{d['site']} ({d['reason']})" for d in outcome.dropped
+            ]
             self.abort_reason = (
-                f"round {server_round}: {len(verified)} verified update(s), "
-                f"the study needs {self.min_sites}"
+                f"round {server_round}: {len(verified)} verified update(s), the study needs "
+                f"{self.min_sites}; without update: {', '.join(sorted(missing)) or 'none'}"
             )
         else:
             arrays, metrics = self.inner.aggregate_train(server_round, verified)
@@ -186,8 +222,10 @@ class AuditedStrategy(Strategy):
                     for k, v in metrics.items()
                     if isinstance(v, int | float) and not isinstance(v, bool)
                 }
+        outcome.timing["aggregated"] = time.time()
         self.outcomes.append(outcome)
         self.record_round(outcome)
+        outcome.timing["recorded"] = time.time()
         return arrays, metrics
 
     # --------------------------------------------------------------- evaluate

@@ -10,6 +10,7 @@ ends every run with exactly one ``run.finished`` saying why.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from dataclasses import dataclass
@@ -24,7 +25,7 @@ from veracity.ledger.events import ROOT_ACTOR
 from veracity.server.coordinator import Coordinator
 from veracity.server.polling_grid import PollingGrid
 from veracity.server.release import release_model
-from veracity.server.strategy import AuditedStrategy, RoundOutcome
+from veracity.server.strategy import AuditedStrategy, RoundOutcome, round_metrics
 from veracity.tasks.models import build_model, model_weights
 from veracity.tasks.study import Study
 
@@ -104,6 +105,24 @@ def _wait_for_sites(
         time.sleep(0.5)
 
 
+def _write_timing(
+    coordinator: Coordinator, run_id: str, began: float, outcomes: list[RoundOutcome]
+) -> None:
+    """Keep the run's timing marks beside its seeds (for benchmarks; not in the ledger)."""
+    runs = coordinator.paths.data_dir / "runs"
+    runs.mkdir(exist_ok=True)
+    rounds = [
+        {
+            "round": o.server_round,
+            **o.timing,
+            "train_seconds_max": o.metrics.get("train-seconds-max"),
+        }
+        for o in outcomes
+    ]
+    document = {"run_id": run_id, "main_started": began, "rounds": rounds}
+    (runs / f"{run_id}.timing.json").write_text(json.dumps(document, indent=2), encoding="utf-8")
+
+
 def execute_run(coordinator: Coordinator, grid: PollingGrid, settings: RunSettings) -> None:
     """Run the study ``settings.study_hash`` as Flower run ``settings.run_id``.
 
@@ -115,6 +134,7 @@ def execute_run(coordinator: Coordinator, grid: PollingGrid, settings: RunSettin
     """
     study_hash, run_id = settings.study_hash, settings.run_id
     rounds_done = 0
+    began = time.time()
     try:
         started = coordinator.wait_run_started(run_id, timeout=settings.started_timeout)
         if started is None:
@@ -156,6 +176,7 @@ def execute_run(coordinator: Coordinator, grid: PollingGrid, settings: RunSettin
                 fraction_evaluate=0.0,
                 min_train_nodes=nodes,
                 min_available_nodes=nodes,
+                train_metrics_aggr_fn=round_metrics,
             ),
             study_hash=study_hash,
             run_id=run_id,
@@ -182,6 +203,7 @@ def execute_run(coordinator: Coordinator, grid: PollingGrid, settings: RunSettin
             train_config=train_config,
         )
         rounds_done = sum(1 for o in strategy.outcomes if o.aggregated_model_hash is not None)
+        _write_timing(coordinator, run_id, began, strategy.outcomes)
         if strategy.abort_reason is not None:
             raise _Finished("insufficient_sites", strategy.abort_reason)
         final = weights_from_record(result.arrays)

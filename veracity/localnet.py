@@ -1,0 +1,130 @@
+"""A research network on one machine: a coordinator and hospital sites on loopback.
+
+The building blocks the demo, the federation tests and the federation benchmark share.
+Each site lives in its own directory with its own keys, store and data file; the
+coordinator sees only what sites send it (public keys and signed statements), exactly as
+across real machines. Nothing here bypasses a check: sites sign on their side, the
+coordinator verifies and records on its side.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from veracity.client.approvals import approve_study
+from veracity.client.datasets import register_dataset
+from veracity.client.site import Site, SitePaths, init_site
+from veracity.client.store import SignedStatement
+from veracity.client.supernode import SiteNode, SuperNodeOptions, start_site_node
+from veracity.crypto.keys import load_verify_key
+from veracity.crypto.supernode import load_supernode_public_key
+from veracity.server.coordinator import Coordinator, EnrolledSite
+from veracity.supervise import ProcessGroup
+from veracity.tasks.breast_cancer import FEATURES, LABEL, Partition, write_csv
+from veracity.tasks.study import Study
+
+__all__ = [
+    "LocalSite",
+    "create_site",
+    "enrol",
+    "approve",
+    "start_nodes",
+    "DATASET_ID",
+]
+
+DATASET_ID = "breast-cancer"
+
+
+@dataclass(frozen=True)
+class LocalSite:
+    """A hospital of the local network."""
+
+    name: str
+    directory: Path
+    data_file: Path
+    rows: int
+    registration: SignedStatement
+
+    @property
+    def public_key_pem(self) -> str:
+        """The site's Ed25519 public key (PEM)."""
+        return load_verify_key(SitePaths(self.directory, self.name).public_key).pem()
+
+    @property
+    def supernode_public_key(self) -> str:
+        """The site's SuperNode public key (OpenSSH line)."""
+        paths = SitePaths(self.directory, self.name)
+        return load_supernode_public_key(paths.supernode_public_key)
+
+
+def create_site(
+    directory: Path,
+    name: str,
+    partition: Partition,
+    *,
+    epsilon_budget: float = 10.0,
+) -> LocalSite:
+    """Initialise a site in ``directory``, write its patients as CSV and register them.
+
+    Raises
+    ------
+    ConfigError
+        If ``directory`` already holds a site.
+    InputError
+        If the data do not validate.
+    """
+    init_site(directory, name)
+    data_file = write_csv(partition, directory / "data" / f"{DATASET_ID}.csv")
+    with Site.open(directory) as site:
+        _dataset, statement = register_dataset(
+            site,
+            dataset_id=DATASET_ID,
+            path=data_file,
+            label=LABEL,
+            features=list(FEATURES),
+            epsilon_budget=epsilon_budget,
+        )
+    return LocalSite(name, directory, data_file, partition.rows, statement)
+
+
+def enrol(coordinator: Coordinator, site: LocalSite) -> EnrolledSite:
+    """Enrol ``site`` (keys, SuperNode registration) and record its dataset registration."""
+    enrolled = coordinator.enrol_site(
+        site.name,
+        public_key_pem=site.public_key_pem,
+        supernode_public_key=site.supernode_public_key,
+    )
+    statement = site.registration
+    coordinator.record_statement(statement.kind, site.name, statement.payload, statement.signature)
+    return enrolled
+
+
+def approve(site: LocalSite, study: Study, *, epsilon_cap: float) -> SignedStatement:
+    """The site operator approves ``study`` on its dataset; returns the signed statement."""
+    with Site.open(site.directory) as opened:
+        _decision, statement, _review = approve_study(
+            opened, study, dataset_id=DATASET_ID, epsilon_cap=epsilon_cap
+        )
+    return statement
+
+
+def start_nodes(
+    coordinator: Coordinator,
+    sites: Sequence[LocalSite],
+    group: ProcessGroup,
+    *,
+    idle_poll: float = 0.5,
+    timeout: float = 240.0,
+) -> list[SiteNode]:
+    """Start every site's SuperNode and worker together, then wait until all are ready."""
+    options = SuperNodeOptions(
+        superlink=coordinator.config.superlink_address,
+        ca_cert=coordinator.paths.tls.ca_cert,
+        idle_poll=idle_poll,
+    )
+    nodes = [start_site_node(site.directory, options, group, wait=False) for site in sites]
+    for node in nodes:
+        node.wait_ready(timeout=timeout)
+    return nodes
