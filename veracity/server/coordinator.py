@@ -331,6 +331,23 @@ class Coordinator:
             raise
         return EnrolledSite(name=name, key_id=public_key.key_id, node_id=node_id, seq=entry.seq)
 
+    def revoke_site_key(self, name: str, *, reason: str, session: Session | None = None) -> Entry:
+        """Revoke the key ``name`` holds now; its later signatures are refused.
+
+        Raises
+        ------
+        InputError
+            If the site holds no key.
+        """
+        record = self.ledger.key_at(name)
+        if record is None or name == ROOT_ACTOR:
+            raise InputError(f"{name!r} holds no site key to revoke")
+        return self._append_root(
+            "key.revoked",
+            {"name": name, "key_id": record.key_id, "reason": reason},
+            session=session,
+        )
+
     def _unregister_quietly(self, node_id: int) -> None:
         try:
             with self.control() as control:

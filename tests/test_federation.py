@@ -1,0 +1,205 @@
+"""A federated study end to end with real processes on 127.0.0.1.
+
+One SuperLink (TLS, SuperNode authentication) and three site agents (SuperNode + warm
+worker, Opacus at each site) serve several studies in turn; the ledger is checked after
+each, with the auditor's pinned root key.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from opacus.accountants import PRVAccountant
+
+from veracity.crypto.keys import generate_signing_key
+from veracity.crypto.supernode import write_supernode_key_pair
+from veracity.errors import SignatureError
+from veracity.ledger.statement import RECEIPT_DOMAIN, verify_document
+from veracity.localnet import LocalSite, approve, create_site, enrol, start_nodes
+from veracity.server.coordinator import Coordinator
+from veracity.server.fab import build_fab
+from veracity.server.superlink import SuperLinkOptions, start_superlink
+from veracity.supervise import ProcessGroup, flower_environment, free_port
+from veracity.tasks.breast_cancer import breast_cancer_study, federated_split
+from veracity.tasks.models import ModelFamily
+from veracity.tasks.study import Study
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+SITES = ("hospital-a", "hospital-b", "hospital-c")
+
+
+@dataclass
+class Network:
+    coordinator: Coordinator
+    sites: dict[str, LocalSite]
+    root: Path
+
+
+@pytest.fixture(scope="module")
+def network(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Network]:
+    root = tmp_path_factory.mktemp("network")
+    port = free_port()
+    coordinator = Coordinator.init(root / "coordinator", superlink_port=port)
+    split = federated_split(len(SITES), seed=0, skew=0.6)
+    with ProcessGroup() as group:
+        start_superlink(coordinator.paths, SuperLinkOptions(port=port), group)
+        sites = {
+            name: create_site(root / "sites" / name, name, partition)
+            for name, partition in zip(SITES, split.sites, strict=True)
+        }
+        for site in sites.values():
+            enrol(coordinator, site)
+        start_nodes(coordinator, list(sites.values()), group, idle_poll=0.2)
+        try:
+            yield Network(coordinator, sites, root)
+        finally:
+            coordinator.close()
+
+
+def _study(study_id: str, *, rounds: int, min_sites: int) -> Study:
+    return breast_cancer_study(
+        study_id=study_id,
+        epsilon_caps=dict.fromkeys(SITES, 3.0),
+        noise_multiplier=1.7,
+        code_hash=build_fab().fab_hash,
+        family=ModelFamily.POLY_MLP,
+        rounds=rounds,
+        min_sites=min_sites,
+        learning_rate=0.5,
+    )
+
+
+def _propose_and_run(network: Network, study: Study, caps: dict[str, float]) -> str:
+    coordinator = network.coordinator
+    coordinator.propose_study(study.to_document())
+    for name, cap in caps.items():
+        statement = approve(network.sites[name], study, epsilon_cap=cap)
+        coordinator.record_statement(statement.kind, name, statement.payload, statement.signature)
+    run_id = coordinator.start_run(study.study_hash, poll_interval=0.1, node_wait=60)
+    with coordinator.control() as control:
+        summary = control.wait(int(run_id), timeout=300)
+    assert summary.state == "finished:completed", summary.details
+    return run_id
+
+
+def _prv_epsilon(history: list[list[float]], delta: float) -> float:
+    accountant = PRVAccountant()
+    accountant.history = [(float(s), float(q), int(n)) for s, q, n in history]
+    return float(accountant.get_epsilon(delta=delta))
+
+
+def test_a_two_round_study_records_every_round_with_verified_receipts(network: Network) -> None:
+    coordinator = network.coordinator
+    study = _study("bc-two-rounds", rounds=2, min_sites=3)
+    run_id = _propose_and_run(network, study, dict.fromkeys(SITES, 3.0))
+
+    report = coordinator.ledger.verify(coordinator.root_key.public)
+    assert report.entries == coordinator.ledger.size()
+    assert coordinator.run_started(run_id) is not None
+    rounds = coordinator.rounds(run_id)
+    assert [r["round"] for r in rounds] == [1, 2]
+    for recorded in rounds:
+        assert recorded["participants"] == sorted(SITES)
+        assert recorded["dropped"] == []
+        assert recorded["refused"] == []
+        for signed in recorded["receipts"]:
+            receipt = signed["receipt"]
+            site_key = coordinator.site_key(receipt["site"])
+            verify_document(site_key, RECEIPT_DOMAIN, receipt, signed["signature"])
+            recomputed = _prv_epsilon(receipt["history"], receipt["delta"])
+            assert abs(recomputed - receipt["epsilon"]) <= 1e-6
+            assert receipt["epsilon"] <= study.epsilon_caps[receipt["site"]]
+    finished = coordinator.run_finished(run_id)
+    assert finished is not None
+    assert finished["status"] == "completed"
+    released = [
+        e.payload
+        for e in coordinator.ledger.iter_entries(kind="model.released")
+        if e.payload["run_id"] == run_id
+    ]
+    assert len(released) == 1
+    assert (
+        released[0]["model_hash"] == finished["model_hash"] == rounds[-1]["aggregated_model_hash"]
+    )
+    assert set(released[0]["epsilon"]) == set(SITES)
+
+
+def test_a_site_over_its_cap_is_refused_and_recorded_and_the_run_goes_on(network: Network) -> None:
+    coordinator = network.coordinator
+    study = _study("bc-one-refuses", rounds=1, min_sites=2)
+    caps = {"hospital-a": 3.0, "hospital-b": 3.0, "hospital-c": 0.05}
+    run_id = _propose_and_run(network, study, caps)
+
+    (recorded,) = coordinator.rounds(run_id)
+    assert recorded["participants"] == ["hospital-a", "hospital-b"]
+    assert [(r["site"], r["kind"]) for r in recorded["refused"]] == [
+        ("hospital-c", "budget.refused")
+    ]
+    refusals = [
+        e
+        for e in coordinator.ledger.iter_entries(kind="budget.refused", actor="hospital-c")
+        if e.payload["run_id"] == run_id
+    ]
+    assert len(refusals) == 1
+    assert refusals[0].payload["epsilon_requested"] > caps["hospital-c"]
+    coordinator.ledger.verify(coordinator.root_key.public)
+
+
+def test_receipts_signed_with_a_key_the_ledger_does_not_hold_are_dropped(network: Network) -> None:
+    coordinator = network.coordinator
+    site = network.sites["hospital-b"]
+    # The coordinator is told hospital-b rotated its key; hospital-b still signs with the old one.
+    coordinator.revoke_site_key("hospital-b", reason="rotation ordered by the network")
+    coordinator.enrol_site(
+        "hospital-b",
+        public_key_pem=generate_signing_key().public.pem(),
+        supernode_public_key=site.supernode_public_key,
+        register_node=False,
+    )
+    study = _study("bc-wrong-key", rounds=1, min_sites=2)
+    coordinator.propose_study(study.to_document())
+    for name in ("hospital-a", "hospital-c"):
+        statement = approve(network.sites[name], study, epsilon_cap=3.0)
+        coordinator.record_statement(statement.kind, name, statement.payload, statement.signature)
+    # hospital-b's approval is signed with its old key: the coordinator refuses to record it.
+    statement = approve(site, study, epsilon_cap=3.0)
+    with pytest.raises(SignatureError):
+        coordinator.record_statement(
+            statement.kind, "hospital-b", statement.payload, statement.signature
+        )
+    assert set(coordinator.approvals(study.study_hash)) == {"hospital-a", "hospital-c"}
+    run_id = coordinator.start_run(study.study_hash, poll_interval=0.1, node_wait=60)
+    with coordinator.control() as control:
+        assert control.wait(int(run_id), timeout=300).state == "finished:completed"
+    (recorded,) = coordinator.rounds(run_id)
+    assert recorded["participants"] == ["hospital-a", "hospital-c"]
+    coordinator.ledger.verify(coordinator.root_key.public)
+
+
+def test_an_unregistered_supernode_cannot_join(network: Network, tmp_path: Path) -> None:
+    coordinator = network.coordinator
+    write_supernode_key_pair(tmp_path, comment="intruder")
+    argv = [
+        sys.executable, "-m", "veracity.client.supernode_runner", "--",
+        "--root-certificates", str(coordinator.paths.tls.ca_cert),
+        "--superlink", coordinator.config.superlink_address,
+        "--auth-supernode-private-key", str(tmp_path / "supernode"),
+        "--isolation", "process", "--host", "127.0.0.1", "--port", str(free_port()),
+        "--max-retries", "0",
+    ]  # fmt: skip
+    env = flower_environment(tmp_path / "flwr")
+    started = time.monotonic()
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=120, env=env, check=False)
+    assert done.returncode != 0
+    assert "Failed to activate" in done.stdout + done.stderr
+    assert time.monotonic() - started < 120
+    with coordinator.control() as control:
+        names = {node.name for node in control.list_nodes()}
+    assert names == set(SITES)
