@@ -269,6 +269,8 @@ def measure_batch(
     )
     ciphertexts = secret.encrypt(layout, batch)
     evaluate_cpu = cpu_seconds(lambda: evaluate(public, circuit, layout, ciphertexts), repeat)
+    # Where the time goes: loading the seeded ciphertexts (expanding each seed) vs the rest.
+    load_cpu = cpu_seconds(lambda: public._load_inputs(ciphertexts), repeat)
     request = encode_request(
         RequestHeader(model_hash, ps.name, secret.context_hash(), layout, capacity),
         ciphertexts,
@@ -314,7 +316,10 @@ def measure_batch(
     )
     report.notes.append(
         f"{label} {layout}: max |logit error| {error:.2g} over {capacity} patients, "
-        f"response {len(response) / capacity:.0f} B/patient"
+        f"response {len(response) / capacity:.0f} B/patient; of {evaluate_cpu * 1e3:.1f} ms per "
+        f"batch, loading {len(ciphertexts)} seeded ciphertexts takes {load_cpu * 1e3:.1f} ms "
+        f"(arithmetic and result alone: {capacity / max(evaluate_cpu - load_cpu, 1e-9):,.0f} "
+        "pred/s/core)"
     )
 
 
