@@ -329,6 +329,7 @@ def measure_crossover(
     weights: Mapping[str, Any],
     x_test: npt.NDArray[np.float64],
     sizes: list[int],
+    baseline: Mapping[str, float],
     repeat: int,
     report: Report,
 ) -> None:
@@ -369,6 +370,18 @@ def measure_crossover(
             cost[layout] = cpu_seconds(round_trip, max(1, repeat // 2))
         ratio = cost[batch] / cost[small]
         winner = small if ratio > 1 else batch
+        if n == 1:
+            report.add(
+                Figure(
+                    f"{label} single-patient latency in process ({small}: encrypt, evaluate, "
+                    "decrypt; CPU)",
+                    cost[small] * 1e3,
+                    "ms",
+                    baseline["latency_s"] * 1e3,
+                    "TenSEAL per patient, in process",
+                    higher_is_better=False,
+                )
+            )
         report.notes.append(
             f"crossover {label}, {n} patients: {small} {cost[small] * 1e3:.1f} ms, {batch} "
             f"{cost[batch] * 1e3:.1f} ms CPU per request (client+server); {winner} wins "
@@ -499,7 +512,14 @@ def main(argv: list[str] | None = None) -> int:
                 report,
             )
             measure_crossover(
-                family, spec, weights, x_test, crossover_sizes[family], repeat, report
+                family,
+                spec,
+                weights,
+                x_test,
+                crossover_sizes[family],
+                baselines[family],
+                repeat,
+                report,
             )
         process, url = start_server(registry_dir, Path(directory) / "port")
         try:
