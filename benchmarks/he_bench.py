@@ -269,6 +269,8 @@ def measure_batch(
     )
     ciphertexts = secret.encrypt(layout, batch)
     evaluate_cpu = cpu_seconds(lambda: evaluate(public, circuit, layout, ciphertexts), repeat)
+    # Where the time goes: loading the seeded ciphertexts (expanding each seed) vs the rest.
+    load_cpu = cpu_seconds(lambda: public._load_inputs(ciphertexts), repeat)
     request = encode_request(
         RequestHeader(model_hash, ps.name, secret.context_hash(), layout, capacity),
         ciphertexts,
@@ -314,7 +316,10 @@ def measure_batch(
     )
     report.notes.append(
         f"{label} {layout}: max |logit error| {error:.2g} over {capacity} patients, "
-        f"response {len(response) / capacity:.0f} B/patient"
+        f"response {len(response) / capacity:.0f} B/patient; of {evaluate_cpu * 1e3:.1f} ms per "
+        f"batch, loading {len(ciphertexts)} seeded ciphertexts takes {load_cpu * 1e3:.1f} ms "
+        f"(arithmetic and result alone: {capacity / max(evaluate_cpu - load_cpu, 1e-9):,.0f} "
+        "pred/s/core)"
     )
 
 
@@ -324,6 +329,7 @@ def measure_crossover(
     weights: Mapping[str, Any],
     x_test: npt.NDArray[np.float64],
     sizes: list[int],
+    baseline: Mapping[str, float],
     repeat: int,
     report: Report,
 ) -> None:
@@ -364,6 +370,18 @@ def measure_crossover(
             cost[layout] = cpu_seconds(round_trip, max(1, repeat // 2))
         ratio = cost[batch] / cost[small]
         winner = small if ratio > 1 else batch
+        if n == 1:
+            report.add(
+                Figure(
+                    f"{label} single-patient latency in process ({small}: encrypt, evaluate, "
+                    "decrypt; CPU)",
+                    cost[small] * 1e3,
+                    "ms",
+                    baseline["latency_s"] * 1e3,
+                    "TenSEAL per patient, in process",
+                    higher_is_better=False,
+                )
+            )
         report.notes.append(
             f"crossover {label}, {n} patients: {small} {cost[small] * 1e3:.1f} ms, {batch} "
             f"{cost[batch] * 1e3:.1f} ms CPU per request (client+server); {winner} wins "
@@ -494,7 +512,14 @@ def main(argv: list[str] | None = None) -> int:
                 report,
             )
             measure_crossover(
-                family, spec, weights, x_test, crossover_sizes[family], repeat, report
+                family,
+                spec,
+                weights,
+                x_test,
+                crossover_sizes[family],
+                baselines[family],
+                repeat,
+                report,
             )
         process, url = start_server(registry_dir, Path(directory) / "port")
         try:

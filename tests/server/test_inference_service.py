@@ -285,3 +285,38 @@ def test_a_network_too_wide_for_the_small_layout_is_served_in_batches_only(tmp_p
     )
     with pytest.raises(InputError, match="cannot hold this model"):
         service.serve(request, requester="r")
+
+
+def test_uploaded_contexts_are_shared_through_the_context_directory(
+    registry: tuple[ModelRegistry, dict[str, str]], breast_cancer: Any, tmp_path: Path
+) -> None:
+    from veracity.crypto.he_packing import ReplicatedGeometry
+
+    models, hashes = registry
+    secret = SecretContext.generate(POLY_MLP_PARAMETERS)
+    steps = ReplicatedGeometry(30, 16, POLY_MLP_PARAMETERS.slots).rotation_steps()
+    context = secret.public_context(rotation_steps=steps)
+    worker_a = InferenceService(models, recorder=Recorder(), context_dir=tmp_path / "contexts")
+    worker_b = InferenceService(models, recorder=Recorder(), context_dir=tmp_path / "contexts")
+    worker_a.upload_context(context)
+    x = breast_cancer.test_x[:3]
+    request = encode_request(
+        RequestHeader(
+            hashes["poly_mlp"],
+            POLY_MLP_PARAMETERS.name,
+            body_hash(context),
+            PackingLayout.REPLICATED,
+            len(x),
+        ),
+        secret.encrypt(PackingLayout.REPLICATED, x, hidden=16),
+    )
+    _, results = decode_response(worker_b.serve(request, requester="r"))
+    logits = secret.decrypt(
+        PackingLayout.REPLICATED, results, batch_size=3, n_features=30, hidden=16
+    )
+    assert np.all(np.isfinite(logits))
+    stored = tmp_path / "contexts" / f"{body_hash(context)}.context"
+    stored.write_bytes(stored.read_bytes()[:-1])  # damaged on disk: refused, not trusted
+    worker_c = InferenceService(models, recorder=Recorder(), context_dir=tmp_path / "contexts")
+    with pytest.raises(InputError, match="not known here"):
+        worker_c.serve(request, requester="r")

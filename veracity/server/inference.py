@@ -16,10 +16,12 @@ process (TenSEAL holds the GIL): run one worker process per core.
 from __future__ import annotations
 
 import os
+import tempfile
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from veracity.crypto.he import PublicContext, RandomBytes, evaluate, seal_primes
@@ -121,7 +123,14 @@ class InferenceService:
     limits
         Wire size limits.
     max_contexts
-        Public contexts kept (uploaded or inline), least recently used evicted.
+        Public contexts kept in memory (uploaded or inline), least recently used evicted.
+    context_dir
+        Where uploaded contexts are also stored, by hash, so that every worker process of a
+        deployment (and a restarted one) knows them; they are re-checked when loaded.
+    max_stored_contexts
+        Uploaded contexts kept in ``context_dir``, least recently used removed.
+    max_models
+        Compiled models kept in memory.
     random_bytes
         Randomness for response masks (``os.urandom``; injectable for tests).
     """
@@ -133,6 +142,8 @@ class InferenceService:
         recorder: Recorder,
         limits: WireLimits = DEFAULT_LIMITS,
         max_contexts: int = 16,
+        context_dir: Path | None = None,
+        max_stored_contexts: int = 256,
         max_models: int = 32,
         random_bytes: RandomBytes = os.urandom,
     ) -> None:
@@ -140,6 +151,10 @@ class InferenceService:
         self._recorder = recorder
         self.limits = limits
         self._max_contexts = max_contexts
+        self._context_dir = context_dir
+        self._max_stored_contexts = max_stored_contexts
+        if context_dir is not None:
+            context_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         self._max_models = max_models
         self._random_bytes = random_bytes
         self._contexts: OrderedDict[str, PublicContext] = OrderedDict()
@@ -229,7 +244,48 @@ class InferenceService:
         """
         context = PublicContext.from_bytes(data, limits=self.limits)
         self._remember(context)
+        self._store(context.context_hash, data)
         return context.context_hash
+
+    def _stored_path(self, context_hash: str) -> Path | None:
+        if self._context_dir is None:
+            return None
+        return self._context_dir / f"{context_hash}.context"
+
+    def _store(self, context_hash: str, data: bytes) -> None:
+        path = self._stored_path(context_hash)
+        if path is None or self._context_dir is None:
+            return
+        if path.exists():
+            os.utime(path)
+            return
+        fd, temporary = tempfile.mkstemp(dir=self._context_dir, prefix=".incoming-")
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(data)
+            os.replace(temporary, path)
+        except BaseException:
+            Path(temporary).unlink(missing_ok=True)
+            raise
+        stored = sorted(self._context_dir.glob("*.context"), key=lambda p: p.stat().st_mtime)
+        for old in stored[: max(0, len(stored) - self._max_stored_contexts)]:
+            old.unlink(missing_ok=True)
+
+    def _load_stored(self, context_hash: str) -> PublicContext | None:
+        path = self._stored_path(context_hash)
+        if path is None:
+            return None
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            return None
+        if body_hash(data) != context_hash:  # a damaged file: forget it
+            path.unlink(missing_ok=True)
+            return None
+        os.utime(path)
+        context = PublicContext.from_bytes(data, limits=self.limits)
+        self._remember(context)
+        return context
 
     def _context(self, context_hash: str, inline: bytes | None) -> PublicContext:
         if inline is not None:
@@ -246,6 +302,9 @@ class InferenceService:
             if known is not None:
                 self._contexts.move_to_end(context_hash)
                 return known
+        known = self._load_stored(context_hash)
+        if known is not None:
+            return known
         raise InputError(
             f"context {context_hash[:16]}... is not known here; upload it (or send it inline) first"
         )
