@@ -25,7 +25,7 @@ SITES = {1: "hospital-a", 2: "hospital-b", 3: "hospital-c", 4: "hospital-d"}
 @pytest.fixture(autouse=True)
 def _task_identity() -> None:
     # Flower stamps messages with the running task's identity; tests play one task.
-    TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = 1, "test", 0
+    TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = 1, 1, 0
 
 
 def _request(node: int) -> Message:
