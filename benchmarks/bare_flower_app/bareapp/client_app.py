@@ -1,7 +1,8 @@
-"""Stock ClientApp: load the site's CSV, train one epoch of plain SGD, return the weights."""
+"""Stock ClientApp: load the site's data, train one epoch of plain SGD, return the weights."""
 
 from __future__ import annotations
 
+import os
 import time
 
 import numpy as np
@@ -12,6 +13,18 @@ from flwr.clientapp import ClientApp
 from veracity.tasks.models import ModelFamily, ModelSpec, build_model
 
 app = ClientApp()
+
+
+def _process_start() -> float:
+    """Wall-clock time this process started (from /proc; 10 ms resolution)."""
+    with open("/proc/self/stat", encoding="ascii") as handle:
+        fields = handle.read().rsplit(")", 1)[1].split()
+    with open("/proc/uptime", encoding="ascii") as handle:
+        uptime = float(handle.read().split()[0])
+    return time.time() - (uptime - int(fields[19]) / os.sysconf("SC_CLK_TCK"))
+
+
+PROCESS_START = _process_start()
 
 
 @app.train()
@@ -40,6 +53,7 @@ def train(msg: Message, context: Context) -> Message:
         "num-examples": len(y),
         "train-loss": total / len(y),
         "train-seconds": time.time() - started,
+        "startup-seconds": started - PROCESS_START,
     }
     content = RecordDict(
         {"arrays": ArrayRecord(model.state_dict()), "metrics": MetricRecord(metrics)}

@@ -37,16 +37,14 @@ class TimedFedAvg(FedAvg):
         replies = list(replies)
         arrays, metrics = super().aggregate_train(server_round, replies)
         done = time.time()
-        train_seconds = [
-            float(str(r.content.metric_records["metrics"]["train-seconds"]))
-            for r in replies
-            if r.has_content()
-        ]
+        metrics_of = [r.content.metric_records["metrics"] for r in replies if r.has_content()]
         self.rounds[-1].update(
             received=received,
             end=done,
             aggregate=done - received,
-            train_max=max(train_seconds, default=0.0),
+            train_max=max((float(str(m["train-seconds"])) for m in metrics_of), default=0.0),
+            startup_max=max((float(str(m["startup-seconds"])) for m in metrics_of), default=0.0),
+            replies=len(metrics_of),
         )
         return arrays, metrics
 

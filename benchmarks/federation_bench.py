@@ -1,0 +1,229 @@
+"""Seconds per federated round, Veracity against a bare Flower app, in the same run.
+
+Both run in deployment mode on 127.0.0.1: a SuperLink with TLS and SuperNode
+authentication, three SuperNodes with the breast-cancer partitions, the same poly_mlp model.
+
+* Baseline: a bare Flower app (benchmarks/bare_flower_app: FedAvg, plain SGD, no DP, no
+  receipts, no ledger) on stock Flower: ``flower-supernode --isolation subprocess`` (one
+  fresh ``flwr-clientapp`` process per message) and Flower's own Grid (3 s polling).
+* Veracity: a study with Opacus DP-SGD at every site, signed receipts verified every round,
+  ``round.completed`` and a signed checkpoint per round, on Veracity's stack (warm ClientApp
+  worker, ServerApp poll loop, SuperNode idle poll shortened).
+
+Each round is split into ClientApp start-up, training (the slowest site's handler), the
+coordinator's aggregation and recording, and the rest (polling and transfers).
+
+Usage: ``python benchmarks/federation_bench.py [--rounds 3] [--json out.json]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from harness import Figure, Report
+
+from veracity.crypto.supernode import write_supernode_key_pair
+from veracity.localnet import approve, create_site, enrol, start_nodes
+from veracity.server.coordinator import Coordinator
+from veracity.server.fab import build_fab
+from veracity.server.superlink import SuperLinkOptions, start_superlink
+from veracity.supervise import ManagedProcess, ProcessGroup, flower_environment, free_port, wait_for
+from veracity.tasks.breast_cancer import breast_cancer_study, federated_split, standardise
+from veracity.tasks.models import ModelFamily
+
+SITES = ("hospital-a", "hospital-b", "hospital-c")
+BARE_APP = Path(__file__).resolve().parent / "bare_flower_app"
+
+
+def run_baseline(root: Path, rounds: int) -> dict[str, Any]:
+    """The bare app on stock Flower; returns per-round timings."""
+    from flwr.cli.build import build_fab_from_disk
+
+    split = federated_split(len(SITES), seed=0, skew=0.6)
+    port = free_port()
+    coordinator = Coordinator.init(root / "coordinator", superlink_port=port)
+    with ProcessGroup() as group:
+        start_superlink(coordinator.paths, SuperLinkOptions(port=port), group)
+        with coordinator.control() as control:
+            for name, partition in zip(SITES, split.sites, strict=True):
+                site_dir = root / name
+                key, public = write_supernode_key_pair(site_dir / "keys", comment=name)
+                control.register_node(public.read_bytes(), name=name)
+                data = site_dir / "data.npz"
+                np.savez(
+                    data, x=standardise(partition.features), y=partition.labels.astype(np.float32)
+                )
+                argv = [
+                    "flower-supernode",
+                    "--root-certificates", str(coordinator.paths.tls.ca_cert),
+                    "--superlink", coordinator.config.superlink_address,
+                    "--auth-supernode-private-key", str(key),
+                    "--isolation", "subprocess",
+                    "--host", "127.0.0.1", "--port", str(free_port()),
+                    "--node-config", f'data-path="{data}"',
+                ]  # fmt: skip
+                group.start(
+                    ManagedProcess(
+                        name=f"stock-supernode[{name}]",
+                        argv=argv,
+                        log_path=site_dir / "supernode.log",
+                        env=flower_environment(site_dir / "flwr"),
+                        cwd=site_dir,
+                    )
+                )
+
+            def all_online() -> bool:
+                return sum(n.status == "online" for n in control.list_nodes()) == len(SITES)
+
+            wait_for(all_online, timeout=120, what="stock SuperNodes online")
+            timing_path = root / "timing.json"
+            started = time.time()
+            run_id = control.start_run(
+                build_fab_from_disk(BARE_APP),
+                config={"num-server-rounds": rounds, "timing-path": str(timing_path)},
+            )
+            summary = control.wait(run_id, timeout=1200)
+            elapsed = time.time() - started
+        coordinator.close()
+    if summary.state != "finished:completed":
+        raise RuntimeError(f"baseline run ended {summary.state}: {summary.details}")
+    timings: list[dict[str, Any]] = json.loads(timing_path.read_text(encoding="utf-8"))
+    rows = [
+        {
+            "wall": t["end"] - t["start"],
+            "startup": t["startup_max"],
+            "train": t["train_max"],
+            "aggregate": t["aggregate"],
+        }
+        for t in timings
+    ]
+    return {"rounds": rows, "run_seconds": elapsed}
+
+
+def run_veracity(root: Path, rounds: int, idle_poll: float) -> dict[str, Any]:
+    """A Veracity study with DP and audit on Veracity's stack; returns per-round timings."""
+    split = federated_split(len(SITES), seed=0, skew=0.6)
+    port = free_port()
+    coordinator = Coordinator.init(root / "coordinator", superlink_port=port)
+    with ProcessGroup() as group:
+        start_superlink(coordinator.paths, SuperLinkOptions(port=port), group)
+        sites = [
+            create_site(root / name, name, partition)
+            for name, partition in zip(SITES, split.sites, strict=True)
+        ]
+        for site in sites:
+            enrol(coordinator, site)
+        warm_started = time.time()
+        start_nodes(coordinator, sites, group, idle_poll=idle_poll)
+        warm_up = time.time() - warm_started
+        study = breast_cancer_study(
+            study_id="bench",
+            epsilon_caps=dict.fromkeys(SITES, 10.0),
+            noise_multiplier=1.0,
+            code_hash=build_fab().fab_hash,
+            family=ModelFamily.POLY_MLP,
+            rounds=rounds,
+            min_sites=len(SITES),
+            learning_rate=0.5,
+        )
+        coordinator.propose_study(study.to_document())
+        for site in sites:
+            statement = approve(site, study, epsilon_cap=10.0)
+            coordinator.record_statement(
+                statement.kind, site.name, statement.payload, statement.signature
+            )
+        started = time.time()
+        run_id = coordinator.start_run(study.study_hash, poll_interval=0.1, node_wait=60)
+        with coordinator.control() as control:
+            summary = control.wait(int(run_id), timeout=1200)
+        elapsed = time.time() - started
+        timing = json.loads(
+            (coordinator.paths.data_dir / "runs" / f"{run_id}.timing.json").read_text()
+        )
+        coordinator.close()
+    if summary.state != "finished:completed":
+        raise RuntimeError(f"Veracity run ended {summary.state}: {summary.details}")
+    rows = [
+        {
+            "wall": t["recorded"] - t["start"],
+            "startup": 0.0,
+            "train": t["train_seconds_max"] or 0.0,
+            "aggregate": t["recorded"] - t["replies"],
+        }
+        for t in timing["rounds"]
+    ]
+    return {
+        "rounds": rows,
+        "run_seconds": elapsed,
+        "warm_up": warm_up,
+        "run_start": timing["main_started"] - started,
+    }
+
+
+def _mean(rows: list[dict[str, float]], key: str) -> float:
+    return statistics.fmean(row[key] for row in rows)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--idle-poll", type=float, default=0.2)
+    parser.add_argument("--json", type=Path, default=None)
+    args = parser.parse_args()
+
+    root = Path(tempfile.mkdtemp(prefix="veracity-federation-bench-"))
+    try:
+        baseline = run_baseline(root / "baseline", args.rounds)
+        veracity = run_veracity(root / "veracity", args.rounds, args.idle_poll)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+    report = Report(
+        f"Federated rounds: 3 sites on loopback, TLS + SuperNode auth, {args.rounds} rounds"
+    )
+    b_rows, v_rows = baseline["rounds"], veracity["rounds"]
+    parts = ("wall", "startup", "train", "aggregate")
+    for part in parts:
+        v, b = _mean(v_rows, part), _mean(b_rows, part)
+        label = {"wall": "seconds per round", "startup": "ClientApp start-up per round (slowest site)",
+                 "train": "site training per round (slowest site's handler)",
+                 "aggregate": "aggregation + recording per round"}[part]  # fmt: skip
+        report.add(Figure(label, v, "s", b, "bare Flower app", higher_is_better=False,
+                          goal="< 10 s" if part == "wall" else None))  # fmt: skip
+    for name, rows in (("Veracity", v_rows), ("bare Flower", b_rows)):
+        rest = [r["wall"] - r["startup"] - r["train"] - r["aggregate"] for r in rows]
+        report.add(Figure(f"{name}: polling and transfers per round", statistics.fmean(rest), "s",
+                          higher_is_better=False))  # fmt: skip
+    report.add(Figure("whole run (submit to finished)", veracity["run_seconds"], "s",
+                      baseline["run_seconds"], "bare Flower app", higher_is_better=False))  # fmt: skip
+    report.add(Figure("Veracity: one-time worker warm-up (3 sites, parallel)", veracity["warm_up"], "s",
+                      higher_is_better=False))  # fmt: skip
+    report.add(Figure("Veracity: run submitted to ServerApp main()", veracity["run_start"], "s",
+                      higher_is_better=False))  # fmt: skip
+    report.notes.append(
+        "Veracity rounds include Opacus DP-SGD, PRV accounting, receipt signing and "
+        "verification, round.completed and a signed checkpoint; the baseline has none."
+    )
+    report.notes.append(
+        f"per-round Veracity: {[round(r['wall'], 2) for r in v_rows]}; "
+        f"baseline: {[round(r['wall'], 2) for r in b_rows]}"
+    )
+    report.print()
+    if args.json:
+        report.write_json(args.json)
+
+
+if __name__ == "__main__":
+    main()
