@@ -190,28 +190,44 @@ def main() -> None:
     finally:
         shutil.rmtree(root, ignore_errors=True)
 
-    report = Report(
-        f"Federated rounds: 3 sites on loopback, TLS + SuperNode auth, {args.rounds} rounds"
-    )
+    report = Report(f"Federated rounds: 3 sites, TLS + SuperNode auth, {args.rounds} rounds")
     b_rows, v_rows = baseline["rounds"], veracity["rounds"]
-    parts = ("wall", "startup", "train", "aggregate")
-    for part in parts:
-        v, b = _mean(v_rows, part), _mean(b_rows, part)
-        label = {"wall": "seconds per round", "startup": "ClientApp start-up per round (slowest site)",
-                 "train": "site training per round (slowest site's handler)",
-                 "aggregate": "aggregation + recording per round"}[part]  # fmt: skip
-        report.add(Figure(label, v, "s", b, "bare Flower app", higher_is_better=False,
-                          goal="< 10 s" if part == "wall" else None))  # fmt: skip
+    labels = {
+        "wall": "seconds per round",
+        "startup": "ClientApp start-up per round (slowest site)",
+        "train": "site training per round (slowest site's handler)",
+        "aggregate": "aggregation + recording per round",
+    }
+    for part, label in labels.items():
+        report.add(
+            Figure(
+                label,
+                _mean(v_rows, part),
+                "s",
+                _mean(b_rows, part),
+                "bare Flower app",
+                higher_is_better=False,
+                goal="< 10 s" if part == "wall" else None,
+            )
+        )
     for name, rows in (("Veracity", v_rows), ("bare Flower", b_rows)):
         rest = [r["wall"] - r["startup"] - r["train"] - r["aggregate"] for r in rows]
-        report.add(Figure(f"{name}: polling and transfers per round", statistics.fmean(rest), "s",
-                          higher_is_better=False))  # fmt: skip
-    report.add(Figure("whole run (submit to finished)", veracity["run_seconds"], "s",
-                      baseline["run_seconds"], "bare Flower app", higher_is_better=False))  # fmt: skip
-    report.add(Figure("Veracity: one-time worker warm-up (3 sites, parallel)", veracity["warm_up"], "s",
-                      higher_is_better=False))  # fmt: skip
-    report.add(Figure("Veracity: run submitted to ServerApp main()", veracity["run_start"], "s",
-                      higher_is_better=False))  # fmt: skip
+        label = f"{name}: polling and transfers per round"
+        report.add(Figure(label, statistics.fmean(rest), "s", higher_is_better=False))
+    report.add(
+        Figure(
+            "whole run (submit to finished)",
+            veracity["run_seconds"],
+            "s",
+            baseline["run_seconds"],
+            "bare Flower app",
+            higher_is_better=False,
+        )
+    )
+    label = "Veracity: one-time worker warm-up (3 sites in parallel)"
+    report.add(Figure(label, veracity["warm_up"], "s", higher_is_better=False))
+    label = "Veracity: run submitted to ServerApp main()"
+    report.add(Figure(label, veracity["run_start"], "s", higher_is_better=False))
     report.notes.append(
         "Veracity rounds include Opacus DP-SGD, PRV accounting, receipt signing and "
         "verification, round.completed and a signed checkpoint; the baseline has none."
