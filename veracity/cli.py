@@ -91,12 +91,14 @@ def config_show(
 def _register_subcommands() -> None:
     """Attach the command groups of the subpackages (each imports its heavy deps lazily)."""
     from veracity.client.cli import site_app
+    from veracity.client.node_cli import start as site_start
     from veracity.client.predict_cli import register as register_predict
     from veracity.crypto.cli import app as keys_app
     from veracity.ledger.cli import app as ledger_app
 
     app.add_typer(keys_app, name="keys")
     app.add_typer(ledger_app, name="ledger")
+    site_app.command("start")(site_start)
     app.add_typer(site_app, name="site")
     register_predict(app)
 
