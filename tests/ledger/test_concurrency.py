@@ -2,29 +2,39 @@
 
 from __future__ import annotations
 
-import multiprocessing
+import os
+import subprocess
+import sys
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
 
 from veracity.ledger.events import ROOT_ACTOR
-from veracity.ledger.ledger import Ledger
 
 from .conftest import World, seeded_key
 
+REPO = Path(__file__).resolve().parents[2]
 PROCESSES = 8
 PER_PROCESS = 500
 
 
-def _writer(url: str, name: str, count: int) -> None:
-    key = seeded_key(f"{name}-w")
-    ledger = Ledger.open(url, root_key=seeded_key("root"), checkpoint_every=1000)
-    try:
-        for i in range(count):
-            ledger.append("note.recorded", name, {"text": f"{name} {i}"}, signer=key)
-    finally:
-        ledger.close()
+WRITER = """
+import hashlib, sys
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from veracity.crypto.keys import SigningKey
+from veracity.ledger.ledger import Ledger
+
+def seeded(label):
+    return SigningKey(Ed25519PrivateKey.from_private_bytes(hashlib.sha256(label.encode()).digest()))
+
+url, name, count = sys.argv[1], sys.argv[2], int(sys.argv[3])
+key = seeded(name + "-w")
+with Ledger.open(url, root_key=seeded("root"), checkpoint_every=1000) as ledger:
+    for i in range(count):
+        ledger.append("note.recorded", name, {"text": f"{name} {i}"}, signer=key)
+"""
 
 
 @pytest.mark.integration
@@ -47,13 +57,23 @@ def test_eight_writer_processes_build_one_linear_chain(
             signer=world.root,
         )
     start = world.ledger.size()
-    context = multiprocessing.get_context("spawn")
-    workers = [context.Process(target=_writer, args=(db_url, name, PER_PROCESS)) for name in names]
-    for worker in workers:
-        worker.start()
-    for worker in workers:
-        worker.join(timeout=600)
-    assert [worker.exitcode for worker in workers] == [0] * PROCESSES
+    environment = {**os.environ, "PYTHONPATH": str(REPO)}
+    workers = [
+        subprocess.Popen(
+            [sys.executable, "-c", WRITER, db_url, name, str(PER_PROCESS)],
+            env=environment,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for name in names
+    ]
+    try:
+        errors = [worker.communicate(timeout=600)[1] for worker in workers]
+    finally:
+        for worker in workers:
+            if worker.poll() is None:
+                worker.kill()
+    assert [worker.returncode for worker in workers] == [0] * PROCESSES, errors
     notes = world.ledger.entries(kind="note.recorded", since=start)
     assert len(notes) == PROCESSES * PER_PROCESS
     for name in names:

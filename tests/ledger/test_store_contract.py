@@ -326,3 +326,33 @@ def test_verify_refuses_an_untrusted_root(db_url: str, make_world: Callable[...,
     with pytest.raises(LedgerIntegrityError) as caught:
         world.ledger.verify(seeded_key("auditor-pinned-other").public)
     assert caught.value.seq == 0
+
+
+def test_proofs_stay_right_after_a_rolled_back_checkpoint(
+    db_url: str, make_world: Callable[..., World]
+) -> None:
+    world = make_world(db_url, checkpoint_every=5)
+    world.note("hospital-a", "committed")
+    first = world.ledger.checkpoint()
+    world.ledger.inclusion_proof(1, first.tree_size).verify(first, world.root.public)
+
+    def rolled_back() -> None:
+        with world.ledger.transaction() as session:
+            for i in range(7):  # crosses an automatic checkpoint inside the caller's session
+                world.ledger.append(
+                    "note.recorded",
+                    "hospital-b",
+                    {"text": f"never committed {i}"},
+                    signer=world.keys["hospital-b"],
+                    session=session,
+                )
+            raise RuntimeError("rolled back")
+
+    with pytest.raises(RuntimeError):
+        rolled_back()
+    for i in range(3):
+        world.note("hospital-a", f"after {i}")
+    latest = world.ledger.checkpoint()
+    for seq in range(latest.tree_size):
+        world.ledger.inclusion_proof(seq, latest.tree_size).verify(latest, world.root.public)
+    world.ledger.verify(world.root.public)

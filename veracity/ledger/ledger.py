@@ -290,6 +290,8 @@ class Ledger:
         self.checkpoint_every = checkpoint_every
         self._tree = MerkleTree()
         self._tree_lock = threading.RLock()
+        #: True while the cache may hold leaves of a transaction not known to be committed.
+        self._tree_unconfirmed = False
         self._log_id: str | None = None
 
     # ------------------------------------------------------------------ opening
@@ -680,6 +682,7 @@ class Ledger:
                     seq, prev = seq + 1, digest
                     if auto and seq - last_checkpoint >= self.checkpoint_every:
                         if tree is None:
+                            self._tree_unconfirmed = True
                             tree = self._synced_tree(session, upto=seq - len(entry_rows))
                             tree_start = tree.size
                             tree.extend(row["hash"] for row in entry_rows)
@@ -798,6 +801,7 @@ class Ledger:
             raise ConfigError("the ledger has no genesis entry; run `veracity ledger init`")
         size = head.seq + 1
         with self._tree_lock:
+            self._tree_unconfirmed = True
             tree = self._synced_tree(session, upto=size)
             keys = _KeyView(session)
             (row, _entry), checkpoint_row = self._make_checkpoint(
@@ -888,6 +892,24 @@ class Ledger:
             If ``seq`` is not below ``size`` or ``size`` exceeds the ledger.
         """
         with self.engine.connect() as connection, self._tree_lock:
+            if (
+                size is not None
+                and not self._tree_unconfirmed
+                and 0 <= seq < size <= self._tree.size
+            ):
+                # The cached tree already covers it: entries are append-only.
+                body = connection.execute(
+                    select(store.EntryRow.body).where(store.EntryRow.seq == seq)
+                ).scalar_one_or_none()
+                connection.rollback()
+                if body is not None:
+                    return InclusionProof(
+                        log_id=self.log_id,
+                        seq=seq,
+                        tree_size=size,
+                        entry=bytes(body),
+                        proof=tuple(self._tree.inclusion_proof(seq, size)),
+                    )
             current, head_hash = self._head(connection)
             if size is None:
                 latest = connection.execute(
@@ -897,6 +919,7 @@ class Ledger:
             if not 0 <= seq < size <= current:
                 raise InputError(f"no entry {seq} in a tree of size {size} (ledger has {current})")
             tree = self._synced_tree(connection, upto=current, head_hash=head_hash)
+            self._tree_unconfirmed = False  # synced against committed rows
             body = connection.execute(
                 select(store.EntryRow.body).where(store.EntryRow.seq == seq)
             ).scalar_one()
