@@ -340,6 +340,25 @@ class Coordinator:
             raise
         return EnrolledSite(name=name, key_id=public_key.key_id, node_id=node_id, seq=entry.seq)
 
+    def register_supernode(self, name: str, supernode_public_key: str) -> int:
+        """Register a site's SuperNode key with the SuperLink; returns its node id.
+
+        For callers that record ``key.enrolled`` in their own transaction
+        (``enrol_site(..., register_node=False, session=...)``) and tell the SuperLink
+        last, just before committing: Flower keeps a withdrawn key as "unregistered" and
+        refuses to register it again, so the SuperLink should only hear of an enrolment
+        that is about to commit.
+
+        Raises
+        ------
+        InputError
+            If the key is not an OpenSSH ECDSA key on a NIST curve.
+        TransportError
+            If the SuperLink refuses or does not answer.
+        """
+        with self.control() as control:
+            return control.register_node(supernode_public_key.strip().encode(), name=name)
+
     def withdraw_node(self, node_id: int) -> None:
         """Withdraw a SuperNode registration, best effort (a failed enrolment's undo)."""
         self._unregister_quietly(node_id)

@@ -40,6 +40,8 @@ with warnings.catch_warnings():
     warnings.simplefilter("ignore")
     from fastapi.testclient import TestClient
 
+__all__ = ["TestClient"]
+
 
 def supernode_public_key() -> str:
     """A fresh SuperNode key: ECDSA P-384, OpenSSH text (what a site agent generates)."""
@@ -224,9 +226,15 @@ def open_api(
     data_dir: Path,
     db_url: str,
     superlink: SuperLinkHandle | None = None,
+    *,
+    app_options: dict[str, Any] | None = None,
     **settings: Any,
 ) -> Iterator[Api]:
-    """Initialise a coordinator, issue one token per role, serve the app."""
+    """Initialise a coordinator, issue one token per role, serve the app.
+
+    ``app_options`` go to ``create_app`` (``clock=``, ``rate_clock=``); the rest are
+    :class:`ApiSettings` fields.
+    """
     coordinator = make_coordinator(data_dir, db_url, superlink)
     site, other = unique_site("north"), unique_site("south")
     store_tokens: dict[str, str] = {}
@@ -245,7 +253,7 @@ def open_api(
         store_tokens["other_site"] = store.create(
             role=Role.SITE, name="other-site-user", site=other.name
         ).token
-    app = create_app(ApiSettings(data_dir=data_dir, **settings))
+    app = create_app(ApiSettings(data_dir=data_dir, **settings), **(app_options or {}))
     with TestClient(app) as client:
         yield Api(client, data_dir, store_tokens, site, other)
 

@@ -17,6 +17,7 @@ import ssl
 import sys
 import urllib.error
 import urllib.request
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -29,7 +30,14 @@ from veracity.server.coordinator import Coordinator, CoordinatorConfig
 from veracity.server.superlink import CoordinatorPaths, SuperLinkOptions, start_superlink
 from veracity.supervise import ManagedProcess, ProcessGroup, wait_for
 
-__all__ = ["Services", "initialise", "start_services", "issue_token", "api_environment"]
+__all__ = [
+    "Services",
+    "initialise",
+    "start_api",
+    "start_services",
+    "issue_token",
+    "api_environment",
+]
 
 log = logging.getLogger(__name__)
 
@@ -144,6 +152,62 @@ def _answers(url: str, ca_cert: Path | None) -> bool:
         return False
 
 
+def start_api(
+    settings: ApiSettings,
+    group: ProcessGroup,
+    *,
+    timeout: float = 90.0,
+    watch: Sequence[ManagedProcess] = (),
+) -> tuple[ManagedProcess, str]:
+    """Start the admin API under uvicorn in ``group``; return it and its base URL once up.
+
+    ``settings.api_workers`` worker processes serve ``settings.host:settings.api_port``,
+    with TLS from the coordinator's ``tls/`` unless ``settings.api_tls`` is off. The data
+    directory must be initialised (the API tables at the current revision).
+
+    Raises
+    ------
+    ConfigError
+        If TLS is on and the certificate is missing.
+    TransportError
+        If uvicorn exits or does not answer within ``timeout`` seconds.
+    """
+    paths = CoordinatorPaths(settings.data_dir)
+    tls = paths.tls
+    argv = [
+        sys.executable, "-m", "uvicorn", "veracity.server.api.app:app_from_environment",
+        "--factory",
+        "--host", settings.host,
+        "--port", str(settings.api_port),
+        "--workers", str(settings.api_workers),
+        "--timeout-graceful-shutdown", "10",
+        "--no-server-header",
+    ]  # fmt: skip
+    if settings.api_tls:
+        if not tls.exist():
+            raise ConfigError(f"no TLS material in {tls.server_cert.parent}; run server init")
+        argv += ["--ssl-certfile", str(tls.server_cert), "--ssl-keyfile", str(tls.server_key)]
+    api = group.start(
+        ManagedProcess(
+            name="api",
+            argv=argv,
+            log_path=paths.logs / "api.log",
+            env=api_environment(settings),
+            cwd=paths.data_dir,
+        )
+    )
+    local = "127.0.0.1" if settings.host in ("0.0.0.0", "127.0.0.1") else settings.host  # noqa: S104 - comparing, not binding
+    base = f"{settings.url_scheme}://{local}:{settings.api_port}"
+    ca_cert = tls.ca_cert if settings.api_tls else None
+    wait_for(
+        lambda: _answers(f"{base}/health", ca_cert),
+        timeout=timeout,
+        what="the admin API",
+        watch=[*watch, api],
+    )
+    return api, base
+
+
 def start_services(
     settings: ApiSettings,
     group: ProcessGroup,
@@ -172,43 +236,12 @@ def start_services(
     superlink = start_superlink(
         paths, SuperLinkOptions(host=superlink_host, port=port), group, timeout=timeout
     )
-    tls = CoordinatorPaths(settings.data_dir).tls
-    argv = [
-        sys.executable, "-m", "uvicorn", "veracity.server.api.app:app_from_environment",
-        "--factory",
-        "--host", settings.host,
-        "--port", str(settings.api_port),
-        "--workers", str(settings.api_workers),
-        "--timeout-graceful-shutdown", "10",
-        "--no-server-header",
-    ]  # fmt: skip
-    if settings.api_tls:
-        if not tls.exist():
-            raise ConfigError(f"no TLS material in {tls.server_cert.parent}; run server init")
-        argv += ["--ssl-certfile", str(tls.server_cert), "--ssl-keyfile", str(tls.server_key)]
-    api = group.start(
-        ManagedProcess(
-            name="api",
-            argv=argv,
-            log_path=paths.logs / "api.log",
-            env=api_environment(settings),
-            cwd=paths.data_dir,
-        )
-    )
-    local_host = "127.0.0.1" if settings.host in ("0.0.0.0", "127.0.0.1") else settings.host  # noqa: S104 - comparing, not binding
-    base = f"{settings.url_scheme}://{local_host}:{settings.api_port}"
-    ca_cert = tls.ca_cert if settings.api_tls else None
-    wait_for(
-        lambda: _answers(f"{base}/health", ca_cert),
-        timeout=timeout,
-        what="the admin API",
-        watch=[superlink, api],
-    )
+    api, base = start_api(settings, group, timeout=timeout, watch=[superlink])
     return Services(
         api_url=f"{base}/api/v1",
         docs_url=f"{base}/docs",
         superlink_address=f"{superlink_host}:{port}",
-        ca_cert=tls.ca_cert,
+        ca_cert=CoordinatorPaths(settings.data_dir).tls.ca_cert,
         superlink=superlink,
         api=api,
     )

@@ -16,7 +16,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -166,6 +166,11 @@ class ApiService:
     ) -> Recorded:
         """Enrol a site (``key.enrolled``) and register its SuperNode key with the SuperLink.
 
+        The entry and the API's action row are written first; the SuperLink is told last,
+        so a failed write leaves it untouched. If the commit itself then fails, the
+        registration is withdrawn (and Flower will not accept that SuperNode key again:
+        the site makes a new one).
+
         Raises
         ------
         InputError, Conflict, CryptoError
@@ -176,18 +181,23 @@ class ApiService:
         node_id: int | None = None
         try:
             with self._change(principal, "site.enrol", name) as change:
-                enrolled = self.coordinator.enrol_site(
+                recorded = self.coordinator.enrol_site(
                     name,
                     public_key_pem=public_key_pem,
                     supernode_public_key=supernode_public_key,
+                    register_node=False,
                     session=change.session,
                 )
-                node_id = enrolled.node_id
-                self._link(change, enrolled.seq)
+                self._link(change, recorded.seq)
+                # The SuperLink hears of the enrolment last, once every row is written:
+                # Flower cannot register a withdrawn key again, so a failure before this
+                # point must leave it untouched. Only a failed commit needs the withdrawal.
+                node_id = self.coordinator.register_supernode(name, supernode_public_key)
         except BaseException:
             if node_id is not None:
                 self.coordinator.withdraw_node(node_id)
             raise
+        enrolled = replace(recorded, node_id=node_id)
         return Recorded(seq=enrolled.seq, action_id=change.row.id, value=enrolled)
 
     def record_statement(
@@ -265,6 +275,14 @@ class ApiService:
         TransportError
             If the SuperLink does not answer.
         """
+        finished = self.coordinator.run_finished(run_id)
+        if finished is not None:
+            raise Conflict(f"run {run_id} has finished ({finished['status']})")
+        if self.coordinator.run_started(run_id) is None:
+            raise NotFound(f"run {run_id} was not started through this coordinator")
+        summary = self.coordinator.run_status(run_id)
+        if summary.finished:
+            raise Conflict(f"run {run_id} has ended on the SuperLink ({summary.state})")
         with self._change(principal, "run.stop", run_id) as change:
             accepted = self.coordinator.stop_run(run_id, session=change.session)
             if not accepted:
