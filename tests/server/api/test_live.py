@@ -150,8 +150,8 @@ def live_server(
 
 def test_the_live_openapi_holds_under_schemathesis(live_server: LiveServer) -> None:
     import schemathesis
-    from schemathesis.core.result import Err
     from schemathesis.checks import not_a_server_error
+    from schemathesis.core.result import Err
     from schemathesis.specs.openapi.checks import (
         content_type_conformance,
         response_headers_conformance,
