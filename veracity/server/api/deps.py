@@ -50,12 +50,16 @@ _bearer = HTTPBearer(
 )
 
 
-def _service(request: Request) -> ApiService:
+# Dependencies that do no I/O are ``async def`` so FastAPI runs them on the event loop
+# instead of a threadpool hop each; those that touch the database stay ``def``.
+
+
+async def _service(request: Request) -> ApiService:
     service: ApiService = request.app.state.service
     return service
 
 
-def _settings(request: Request) -> ApiSettings:
+async def _settings(request: Request) -> ApiSettings:
     settings: ApiSettings = request.app.state.settings
     return settings
 
@@ -126,7 +130,7 @@ class Allow:
     def __init__(self, *roles: Role) -> None:
         self.roles = frozenset(roles)
 
-    def __call__(self, request: Request, principal: AuthenticatedDep) -> Principal:
+    async def __call__(self, request: Request, principal: AuthenticatedDep) -> Principal:
         """The principal, if its role is allowed.
 
         Raises
