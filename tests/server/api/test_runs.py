@@ -166,9 +166,9 @@ def silent_superlink() -> Iterator[int]:
         listener.close()
 
 
-def test_a_hung_superlink_times_out(tmp_path: Path, sqlite_url: str, silent_superlink: int) -> None:
+def test_a_hung_superlink_times_out(tmp_path: Path, db_url: str, silent_superlink: int) -> None:
     for api in open_api(
-        tmp_path / "coordinator", sqlite_url, control_timeout=1.0, superlink_port=silent_superlink
+        tmp_path / "coordinator", db_url, control_timeout=1.0, superlink_port=silent_superlink
     ):
         started = time.monotonic()
         response = api.call("POST", "/api/v1/sites", "admin", json=unique_site("y").enrolment())
