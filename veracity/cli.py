@@ -95,11 +95,13 @@ def _register_subcommands() -> None:
     from veracity.client.predict_cli import register as register_predict
     from veracity.crypto.cli import app as keys_app
     from veracity.ledger.cli import app as ledger_app
+    from veracity.server.cli import app as server_app
 
     app.add_typer(keys_app, name="keys")
     app.add_typer(ledger_app, name="ledger")
     site_app.command("start")(site_start)
     app.add_typer(site_app, name="site")
+    app.add_typer(server_app, name="server")
     register_predict(app)
 
 

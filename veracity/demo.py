@@ -179,7 +179,9 @@ def run_demo(options: DemoOptions, *, console: Console) -> dict[str, Any]:
     api: _Api | None = None
     try:
         with stopping_on_signals(group):
-            with steps.step("coordinator", "Coordinator: root key, CA, ledger; SuperLink and admin API"):
+            with steps.step(
+                "coordinator", "Coordinator: root key, CA, ledger; SuperLink and admin API"
+            ):
                 coordinator = initialise(coordinator_dir, superlink_port=free_port())
                 coordinator.close()
                 tokens = {
@@ -221,7 +223,9 @@ def run_demo(options: DemoOptions, *, console: Console) -> dict[str, Any]:
                         },
                     )
                     node_options = SuperNodeOptions(
-                        superlink=services.superlink_address, ca_cert=services.ca_cert, idle_poll=0.2
+                        superlink=services.superlink_address,
+                        ca_cert=services.ca_cert,
+                        idle_poll=0.2,
                     )
                     nodes.append(start_site_node(site.directory, node_options, group, wait=False))
                 for site in sites:
@@ -267,7 +271,9 @@ def run_demo(options: DemoOptions, *, console: Console) -> dict[str, Any]:
                 for node in nodes:
                     node.wait_ready()
 
-            with steps.step("training", f"Federated training: {options.rounds} rounds, DP-SGD at every site"):
+            with steps.step(
+                "training", f"Federated training: {options.rounds} rounds, DP-SGD at every site"
+            ):
                 run = api.json(
                     "POST", "/runs", tokens["admin"], json={"study_hash": study.study_hash}
                 )
@@ -300,7 +306,9 @@ def run_demo(options: DemoOptions, *, console: Console) -> dict[str, Any]:
                 weights = weights_from_bytes(
                     api.call("GET", f"/models/{model_hash}/weights", tokens["admin"]).content
                 )
-                spec = ModelSpec.from_dict(card["model"] if "model" in card else card["card"]["model"])
+                spec = ModelSpec.from_dict(
+                    card["model"] if "model" in card else card["card"]["model"]
+                )
                 plain_logits = predict_logits(spec, weights, standardise(split.test.features))
                 plain_probability = 1.0 / (1.0 + np.exp(-plain_logits))
                 encrypted_probability = np.array([float(row["probability"]) for row in scores])
@@ -327,9 +335,7 @@ def run_demo(options: DemoOptions, *, console: Console) -> dict[str, Any]:
                     raise VerificationError(
                         f"the auditor could not verify the ledger: {report or verified.stderr}"
                     )
-                provenance = api.json(
-                    "GET", f"/ledger/provenance/{model_hash}", tokens["auditor"]
-                )
+                provenance = api.json("GET", f"/ledger/provenance/{model_hash}", tokens["auditor"])
                 (auditor_dir / "provenance.json").write_text(
                     json.dumps(provenance, indent=2), encoding="utf-8"
                 )
@@ -357,7 +363,11 @@ def run_demo(options: DemoOptions, *, console: Console) -> dict[str, Any]:
         "duration_s": round(time.monotonic() - started, 1),
         "data_dir": str(root),
         "sites": site_summaries,
-        "study": {"study_id": study.study_id, "study_hash": study.study_hash, "rounds": options.rounds},
+        "study": {
+            "study_id": study.study_id,
+            "study_hash": study.study_hash,
+            "rounds": options.rounds,
+        },
         "run_id": run_id,
         "model": {"hash": model_hash, "accuracy": accuracy, "auc": auc},
         "inference": {

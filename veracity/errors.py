@@ -5,6 +5,8 @@ The tree, one root::
     VeracityError                   root; callers may catch this and nothing broader
     ├── ConfigError                 bad settings, missing key files, unusable DB URL (exit 2)
     ├── InputError                  refused input: malformed CSV, payload or request (exit 1)
+    │   ├── NotFound                the thing named (site, study, run, entry, model) does not exist
+    │   └── Conflict                refused by existing state: already enrolled, proposed, recorded
     ├── VerificationError           something checked and found wrong (exit 1)
     │   ├── LedgerIntegrityError    an entry, chain link or checkpoint is wrong; names the seq
     │   ├── SignatureError          a signature does not verify, or the key is not trusted
@@ -25,6 +27,8 @@ __all__ = [
     "VeracityError",
     "ConfigError",
     "InputError",
+    "NotFound",
+    "Conflict",
     "VerificationError",
     "LedgerIntegrityError",
     "SignatureError",
@@ -52,6 +56,21 @@ class ConfigError(VeracityError):
 
 class InputError(VeracityError):
     """Input refused: a malformed file, payload, request or wire message."""
+
+
+class NotFound(InputError):
+    """The site, study, run, ledger entry or model named in the input does not exist.
+
+    The admin API answers it with 404; elsewhere it is an ordinary :class:`InputError`.
+    """
+
+
+class Conflict(InputError):
+    """Refused because of what already exists (an enrolled site, a proposed study).
+
+    A site enrolled twice, a study proposed twice, a signed statement recorded twice. The
+    admin API answers it with 409; elsewhere it is an ordinary :class:`InputError`.
+    """
 
 
 class VerificationError(VeracityError):

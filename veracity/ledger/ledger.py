@@ -28,7 +28,15 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.orm import Session
 
 from veracity.crypto.keys import SigningKey, VerifyKey
-from veracity.errors import ConfigError, CryptoError, InputError, ProofError, SignatureError
+from veracity.errors import (
+    ConfigError,
+    Conflict,
+    CryptoError,
+    InputError,
+    NotFound,
+    ProofError,
+    SignatureError,
+)
 from veracity.ledger import store
 from veracity.ledger.checkpoint import Checkpoint, sign_checkpoint
 from veracity.ledger.entry import (
@@ -589,7 +597,7 @@ class Ledger:
                 raise InputError(str(err)) from err
             holder = keys.holder_of(key.key_id)
             if holder is not None and holder != name:
-                raise InputError(f"this public key is already enrolled for {holder!r}")
+                raise Conflict(f"this public key is already enrolled for {holder!r}")
             current = keys.key_at(name, seq + 1)
             if current is not None and current.role is not role:
                 raise InputError(
@@ -703,7 +711,7 @@ class Ledger:
                         )
                     ).first()
                     if already is not None:
-                        raise InputError(
+                        raise Conflict(
                             f"this signed statement is already recorded at seq {already.seq}"
                         )
                 session.execute(insert(store.EntryRow), entry_rows)
@@ -978,7 +986,7 @@ class Ledger:
         with store.read_session(self.engine) as session:
             row = session.get(store.EntryRow, seq)
         if row is None:
-            raise InputError(f"no entry {seq} in the ledger")
+            raise NotFound(f"no entry {seq} in the ledger")
         return _entry_from_row(row)
 
     def entries(

@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING, Any
 
-from veracity.errors import InputError
+from veracity.errors import InputError, NotFound
 from veracity.ledger.entry import Entry
 
 if TYPE_CHECKING:
@@ -59,7 +59,7 @@ def build_provenance(ledger: Ledger, model_hash: str) -> dict[str, Any]:
     producing = [e for e in rounds_all if e.payload["aggregated_model_hash"] == model_hash]
     candidates = released or finished or producing
     if not candidates:
-        raise InputError(
+        raise NotFound(
             f"no model {model_hash} in the ledger (not released, finished or aggregated)"
         )
     source = candidates[0]

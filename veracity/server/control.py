@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from veracity.errors import InputError, TransportError
+from veracity.errors import InputError, NotFound, TransportError
 
 __all__ = ["ControlClient", "RunSummary", "NodeSummary", "ConfigValue"]
 
@@ -96,6 +96,7 @@ class ControlClient:
 
         self.address = address
         self.timeout = timeout
+        # An SSLContext, not a path: httpx deprecates verify=<str>.
         verify = ssl.create_default_context(cafile=str(ca_cert))
         self._client = ControlHttpClient(
             f"https://{address}", interceptors=(), verify=verify, timeout=timeout
@@ -204,7 +205,7 @@ class ControlClient:
         """
         runs = self.list_runs(run_id)
         if not runs:
-            raise InputError(f"no run {run_id} on the SuperLink")
+            raise NotFound(f"no run {run_id} on the SuperLink")
         return runs[0]
 
     def stop_run(self, run_id: int) -> bool:

@@ -37,9 +37,10 @@ from veracity.crypto.tls import create_tls_material
 from veracity.errors import (
     ApprovalMissing,
     ConfigError,
+    Conflict,
     InputError,
+    NotFound,
     TransportError,
-    VeracityError,
 )
 from veracity.ledger.canonical import canonical_hash
 from veracity.ledger.entry import Entry
@@ -148,6 +149,8 @@ class Coordinator:
         self.config = config
         self.ledger = ledger
         self.root_key = root_key
+        #: Seconds allowed for each SuperLink Control API call.
+        self.control_timeout = 10.0
 
     # ------------------------------------------------------------------ set-up
     @classmethod
@@ -222,10 +225,16 @@ class Coordinator:
         return self.ledger.transaction()
 
     @contextmanager
-    def control(self, *, timeout: float = 10.0) -> Iterator[ControlClient]:
-        """A Control API client for this coordinator's SuperLink."""
+    def control(self, *, timeout: float | None = None) -> Iterator[ControlClient]:
+        """A Control API client for this coordinator's SuperLink.
+
+        Each call it makes times out after ``timeout`` seconds (default
+        :attr:`control_timeout`).
+        """
         client = ControlClient(
-            self.config.superlink_address, ca_cert=self.paths.tls.ca_cert, timeout=timeout
+            self.config.superlink_address,
+            ca_cert=self.paths.tls.ca_cert,
+            timeout=self.control_timeout if timeout is None else timeout,
         )
         try:
             yield client
@@ -248,7 +257,7 @@ class Coordinator:
         """
         record = self.ledger.key_at(site)
         if record is None:
-            raise InputError(f"site {site!r} is not enrolled")
+            raise NotFound(f"site {site!r} is not enrolled")
         return record.key
 
     def enrolment(self, site: str) -> dict[str, Any]:
@@ -264,7 +273,7 @@ class Coordinator:
             if entry.payload.get("name") == site:
                 found = entry.payload
         if found is None:
-            raise InputError(f"site {site!r} is not enrolled")
+            raise NotFound(f"site {site!r} is not enrolled")
         return found
 
     def sites(self) -> list[dict[str, Any]]:
@@ -311,7 +320,7 @@ class Coordinator:
             raise InputError("site names are 1-63 lowercase letters, digits and '-'")
         public_key = VerifyKey.from_pem(public_key_pem)
         if self.ledger.key_at(name) is not None:
-            raise InputError(f"site {name!r} is already enrolled")
+            raise Conflict(f"site {name!r} is already enrolled")
         payload = {
             "name": name,
             "role": "site",
@@ -325,11 +334,34 @@ class Coordinator:
                 node_id = control.register_node(supernode_public_key.encode(), name=name)
         try:
             entry = self._append_root("key.enrolled", payload, session=session)
-        except VeracityError:
+        except BaseException:  # undo the registration whatever stopped the append
             if node_id is not None:
                 self._unregister_quietly(node_id)
             raise
         return EnrolledSite(name=name, key_id=public_key.key_id, node_id=node_id, seq=entry.seq)
+
+    def register_supernode(self, name: str, supernode_public_key: str) -> int:
+        """Register a site's SuperNode key with the SuperLink; returns its node id.
+
+        For callers that record ``key.enrolled`` in their own transaction
+        (``enrol_site(..., register_node=False, session=...)``) and tell the SuperLink
+        last, just before committing: Flower keeps a withdrawn key as "unregistered" and
+        refuses to register it again, so the SuperLink should only hear of an enrolment
+        that is about to commit.
+
+        Raises
+        ------
+        InputError
+            If the key is not an OpenSSH ECDSA key on a NIST curve.
+        TransportError
+            If the SuperLink refuses or does not answer.
+        """
+        with self.control() as control:
+            return control.register_node(supernode_public_key.strip().encode(), name=name)
+
+    def withdraw_node(self, node_id: int) -> None:
+        """Withdraw a SuperNode registration, best effort (a failed enrolment's undo)."""
+        self._unregister_quietly(node_id)
 
     def revoke_site_key(self, name: str, *, reason: str, session: Session | None = None) -> Entry:
         """Revoke the key ``name`` holds now; its later signatures are refused.
@@ -431,7 +463,7 @@ class Coordinator:
             if self.ledger.key_at(site) is None:
                 raise InputError(f"site {site!r} in epsilon_caps is not enrolled")
         if self.find_study(study.study_hash) is not None:
-            raise InputError(f"study {study.study_hash} was already proposed")
+            raise Conflict(f"study {study.study_hash} was already proposed")
         self._append_root(
             "study.proposed",
             {
@@ -461,7 +493,7 @@ class Coordinator:
         """
         study = self.find_study(study_hash)
         if study is None:
-            raise InputError(f"no study {study_hash!r} was proposed")
+            raise NotFound(f"no study {study_hash!r} was proposed")
         return study
 
     def studies(self) -> list[Study]:
@@ -498,8 +530,12 @@ class Coordinator:
         poll_interval: float = 0.2,
         round_timeout: float = 600.0,
         node_wait: float = 120.0,
+        session: Session | None = None,
     ) -> str:
         """Submit a run of an approved study to the SuperLink and record ``run.started``.
+
+        With ``session``, ``run.started`` is appended in the caller's transaction; a
+        caller whose transaction then fails should :meth:`withdraw_run` the run.
 
         Raises
         ------
@@ -550,12 +586,20 @@ class Coordinator:
                     "package_versions": package_versions(),
                     "seed_commitment": canonical_hash(seeds),
                 },
+                session=session,
             )
-        except VeracityError:
-            with self.control() as control:
-                control.stop_run(int(run_id))
+        except BaseException:  # stop the submitted run whatever stopped the append
+            self.withdraw_run(run_id)
             raise
         return run_id
+
+    def withdraw_run(self, run_id: str) -> None:
+        """Stop a run on the SuperLink, best effort (a failed start's undo)."""
+        try:
+            with self.control() as control:
+                control.stop_run(int(run_id))
+        except TransportError as err:  # best effort; the original error matters more
+            log.warning("could not stop run %s: %s", run_id, err)
 
     def run_started(self, run_id: str) -> dict[str, Any] | None:
         """The ``run.started`` payload of ``run_id``, if recorded."""
@@ -606,9 +650,35 @@ class Coordinator:
         return out
 
     def run_status(self, run_id: str) -> RunSummary:
-        """What the SuperLink says about ``run_id``."""
+        """What the SuperLink says about ``run_id``.
+
+        Raises
+        ------
+        NotFound
+            If the SuperLink has no such run.
+        TransportError
+            If the SuperLink does not answer in time.
+        """
         with self.control() as control:
             return control.run(int(run_id))
+
+    def run_logs(self, run_id: str, *, after: float = 0.0, wait: float = 2.0) -> tuple[str, float]:
+        """Log text of a run started here, since ``after``; returns ``(text, latest)``.
+
+        The SuperLink streams logs while a run lives; this reads for at most ``wait``
+        seconds. Pass the returned ``latest`` as ``after`` to continue.
+
+        Raises
+        ------
+        NotFound
+            If the run was not started through this coordinator.
+        TransportError
+            If the SuperLink does not answer.
+        """
+        if self.run_started(run_id) is None:
+            raise NotFound(f"run {run_id} was not started through this coordinator")
+        with self.control() as control:
+            return control.logs(int(run_id), after=after, wait=wait)
 
     def stop_run(self, run_id: str, *, session: Session | None = None) -> bool:
         """Stop a run on the SuperLink and record ``run.finished`` (stopped) if it had none.
@@ -620,7 +690,7 @@ class Coordinator:
         """
         started = self.run_started(run_id)
         if started is None:
-            raise InputError(f"run {run_id} was not started through this coordinator")
+            raise NotFound(f"run {run_id} was not started through this coordinator")
         with self.control() as control:
             accepted = control.stop_run(int(run_id))
         if accepted and self.run_finished(run_id) is None:

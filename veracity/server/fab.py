@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.metadata
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -107,7 +108,14 @@ def build_fab() -> Fab:
     files: dict[str, bytes | Path] = {"pyproject.toml": _pyproject(), "LICENSE": _license_text()}
     files.update(package_sources())
     try:
-        content, _metadata = build_fab_from_files(files)
+        with warnings.catch_warnings():
+            # flwr 1.42 asks pathspec for its deprecated 'gitwildmatch' factory; harmless.
+            warnings.filterwarnings(
+                "ignore",
+                message=r"GitWildMatchPattern .* is deprecated",
+                category=DeprecationWarning,
+            )
+            content, _metadata = build_fab_from_files(files)
     except ValueError as err:
         raise ConfigError(f"Flower refused the app bundle: {err}") from err
     return Fab(content=content, fab_hash=hashlib.sha256(content).hexdigest())

@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from veracity.errors import InputError, LedgerIntegrityError
+from veracity.errors import InputError, LedgerIntegrityError, NotFound
 from veracity.ledger.canonical import canonical_hash, canonical_json
 from veracity.tasks.models import ModelSpec, build_model, load_weights
 from veracity.tasks.weights import Weights, weights_from_bytes, weights_hash, weights_to_bytes
@@ -210,7 +210,7 @@ class ModelRegistry:
             raw_document = (directory / "model.json").read_bytes()
             raw_weights = (directory / "weights.npz").read_bytes()
         except FileNotFoundError as err:
-            raise InputError(f"no released model {model_hash}") from err
+            raise NotFound(f"no released model {model_hash}") from err
 
         def corrupt(reason: str) -> LedgerIntegrityError:
             return LedgerIntegrityError(f"model registry: model {model_hash}: {reason}")

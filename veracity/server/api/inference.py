@@ -19,8 +19,9 @@ unknown model, 413 too large, 415 wrong media type, 422 refused cryptographic ma
 (secret keys, insecure or wrong parameters).
 """
 
-# No ``from __future__ import annotations`` here: FastAPI must see the endpoints' real
-# annotations, which close over the injected ``authenticate`` dependency.
+# No ``from __future__ import annotations`` here: the routes annotate parameters with a
+# dependency made inside inference_router(), and FastAPI resolves string annotations in the
+# module's globals only, where that local does not exist.
 
 import hmac
 import logging

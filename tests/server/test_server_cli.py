@@ -1,0 +1,131 @@
+"""``veracity server init`` and ``veracity server token create|list|revoke``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from veracity.cli import main
+from veracity.server.api import db
+from veracity.server.api.tokens import TokenStore, hash_token
+from veracity.server.coordinator import Coordinator
+
+
+def _init(data_dir: Path, db_url: str, capsys: pytest.CaptureFixture[str]) -> dict[str, str]:
+    code = main(["server", "init", "--data-dir", str(data_dir), "--db", db_url, "--format", "json"])
+    shown: dict[str, str] = json.loads(capsys.readouterr().out)
+    assert code == 0
+    return shown
+
+
+def test_init_creates_the_ledger_and_the_api_tables(
+    tmp_path: Path, db_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    shown = _init(tmp_path / "c", db_url, capsys)
+    with Coordinator.open(tmp_path / "c") as coordinator:
+        assert db.current_revision(coordinator.ledger.engine) == db.head_revision()
+        assert shown["log_id"] == coordinator.ledger.log_id
+        assert shown["root_key_id"] == coordinator.root_key.public.key_id
+    again = _init(tmp_path / "c", db_url, capsys)
+    assert again["log_id"] == shown["log_id"]
+
+
+def test_init_hides_the_database_password(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from veracity.server.cli import _masked
+
+    assert _masked("postgresql+psycopg://u:hunter2@h/db") == "postgresql+psycopg://u:***@h/db"
+
+
+def test_token_create_prints_the_token_alone(
+    tmp_path: Path, sqlite_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _init(tmp_path / "c", sqlite_url, capsys)
+    code = main(
+        ["server", "token", "create", "--role", "site", "--name", "north ops", "--site", "north",
+         "--expires-in", "7", "--data-dir", str(tmp_path / "c")]
+    )  # fmt: skip
+    captured = capsys.readouterr()
+    assert code == 0
+    lines = captured.out.splitlines()
+    assert len(lines) == 1
+    token = lines[0]
+    assert token.startswith("vrc_")
+    assert token not in captured.err
+    with Coordinator.open(tmp_path / "c") as coordinator:
+        info = TokenStore(coordinator.ledger.engine).lookup(token)
+    assert info is not None
+    assert (info.role.value, info.name, info.site) == ("site", "north ops", "north")
+    assert hash_token(token) != token
+
+
+def test_token_list_and_revoke(
+    tmp_path: Path, sqlite_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data_dir = str(tmp_path / "c")
+    _init(tmp_path / "c", sqlite_url, capsys)
+    main(
+        [
+            "server",
+            "token",
+            "create",
+            "--role",
+            "auditor",
+            "--name",
+            "board",
+            "--data-dir",
+            data_dir,
+        ]
+    )
+    token = capsys.readouterr().out.strip()
+    assert main(["server", "token", "list", "--data-dir", data_dir, "--format", "json"]) == 0
+    listed = json.loads(capsys.readouterr().out)
+    assert [(t["role"], t["name"], t["revoked_at"]) for t in listed] == [("auditor", "board", None)]
+    assert token not in json.dumps(listed)
+    assert main(["server", "token", "revoke", listed[0]["id"], "--data-dir", data_dir]) == 0
+    capsys.readouterr()
+    main(["server", "token", "list", "--data-dir", data_dir, "--format", "json"])
+    assert json.loads(capsys.readouterr().out)[0]["revoked_at"] is not None
+
+
+def test_token_commands_refuse_bad_input(
+    tmp_path: Path, sqlite_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data_dir = str(tmp_path / "c")
+    assert main(["server", "token", "list", "--data-dir", data_dir]) == 2  # not initialised
+    _init(tmp_path / "c", sqlite_url, capsys)
+    bad_role = [
+        "server",
+        "token",
+        "create",
+        "--role",
+        "root",
+        "--name",
+        "x",
+        "--data-dir",
+        data_dir,
+    ]
+    assert main(bad_role) == 1
+    no_site = ["server", "token", "create", "--role", "site", "--name", "x", "--data-dir", data_dir]
+    assert main(no_site) == 1
+    assert main(["server", "token", "revoke", "0" * 16, "--data-dir", data_dir]) == 1
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert "Traceback" not in captured.err
+
+
+def test_server_options_are_settable_from_the_environment(
+    tmp_path: Path,
+    sqlite_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    _init(tmp_path / "c", sqlite_url, capsys)
+    monkeypatch.setenv("VERACITY_DATA_DIR", str(tmp_path / "c"))
+    monkeypatch.setenv("VERACITY_TOKEN_ROLE", "researcher")
+    monkeypatch.setenv("VERACITY_TOKEN_NAME", "clinic")
+    assert main(["server", "token", "create"]) == 0
+    assert capsys.readouterr().out.startswith("vrc_")

@@ -1,0 +1,206 @@
+"""The admin API application: ``create_app(settings)``.
+
+The coordinator's front door. Flower's Control API has no authentication in open-source
+Flower, so the SuperLink listens on loopback and this API, with bearer tokens and roles,
+is the only way in; every change it makes is a ledger entry committed in the same
+transaction as the API's own record of who made it.
+
+Routes live under ``/api/v1`` (one router per resource, ``veracity/server/api/routes``),
+plus the encrypted-inference router (``veracity/server/api/inference.py``); ``/health``
+answers without a token; OpenAPI at ``/openapi.json`` and ``/docs``. Each route's roles
+are written into the OpenAPI document as ``x-roles``. ``docs/api.md`` has the table.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import replace
+from datetime import timedelta
+from typing import Any
+
+import anyio.to_thread
+from fastapi import APIRouter, FastAPI
+from fastapi.routing import APIRoute, iter_route_contexts
+
+from veracity import __version__
+from veracity.errors import ConfigError
+from veracity.ledger.events import ROOT_ACTOR
+from veracity.server.api import db
+from veracity.server.api.deps import declare_roles, inference_requester, roles_of
+from veracity.server.api.inference import inference_router
+from veracity.server.api.limits import BodySizeLimit
+from veracity.server.api.problems import install_error_handlers, responses
+from veracity.server.api.ratelimit import RateLimiter
+from veracity.server.api.routes import (
+    access,
+    datasets,
+    ledger,
+    models,
+    runs,
+    sites,
+    statements,
+    studies,
+)
+from veracity.server.api.schemas import HealthOut
+from veracity.server.api.service import ApiService
+from veracity.server.api.settings import ApiSettings, load_api_settings
+from veracity.server.api.tokens import Clock, Role, utc_now
+from veracity.server.coordinator import Coordinator
+from veracity.server.inference import InferenceService
+from veracity.server.registry import ModelRegistry
+from veracity.server.superlink import CoordinatorPaths
+
+__all__ = ["create_app", "app_from_environment", "API_PREFIX", "route_roles"]
+
+log = logging.getLogger("veracity.server.api")
+
+API_PREFIX = "/api/v1"
+#: How long a configured bootstrap admin token stays valid once adopted.
+BOOTSTRAP_LIFETIME = timedelta(days=3650)
+
+
+def route_roles(app: FastAPI) -> dict[tuple[str, str], frozenset[Role]]:
+    """``{(method, path): roles}`` of every route under ``/api/v1``."""
+    table: dict[tuple[str, str], frozenset[Role]] = {}
+    for context in iter_route_contexts(app.routes):
+        path = context.path
+        dependant = getattr(context, "dependant", None)
+        if path is None or not path.startswith(API_PREFIX) or dependant is None:
+            continue
+        for method in context.methods or ():
+            table[(method, path)] = roles_of(dependant)
+    return table
+
+
+def _inference_routes(inference: InferenceService) -> APIRouter:
+    router = inference_router(inference, authenticate=inference_requester)
+    for route in router.routes:
+        if isinstance(route, APIRoute):
+            extra = responses(400, 401, 403, 404, 413, 415, 422, 429)
+            route.responses = {**extra, **route.responses}
+    return declare_roles(router)
+
+
+def create_app(
+    settings: ApiSettings,
+    *,
+    clock: Clock = utc_now,
+    rate_clock: Callable[[], float] = time.time,
+) -> FastAPI:
+    """Build the admin API for the coordinator in ``settings.data_dir``.
+
+    Nothing is opened here: the lifespan opens the coordinator (its database must hold
+    the ledger and the API tables at the current revision; ``veracity server init``
+    creates them) when the server starts, and closes it when the server stops.
+
+    Parameters
+    ----------
+    settings
+        Where the coordinator lives and how to serve it.
+    clock
+        The current time (token expiry, action timestamps); injectable for tests.
+    rate_clock
+        Seconds since the epoch for the inference rate limit; injectable for tests.
+
+    Raises
+    ------
+    ConfigError
+        If a route declares no roles (a programming error caught at start-up).
+    """
+    paths = CoordinatorPaths(settings.data_dir)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        coordinator = Coordinator.open(settings.data_dir)
+        try:
+            db.check_schema(coordinator.ledger.engine)
+            coordinator.control_timeout = settings.control_timeout
+            if settings.superlink_port is not None:
+                coordinator.config = replace(
+                    coordinator.config, superlink_address=f"127.0.0.1:{settings.superlink_port}"
+                )
+            service = ApiService(
+                coordinator, clock=clock, max_concurrent_writes=max(1, settings.api_threads // 2)
+            )
+            if settings.bootstrap_admin_token is not None:
+                service.tokens.ensure(
+                    settings.bootstrap_admin_token.get_secret_value(),
+                    expires_in=BOOTSTRAP_LIFETIME,
+                )
+            app.state.service = service
+            app.state.inference_limiter = RateLimiter(
+                coordinator.ledger.engine,
+                per_minute=settings.inference_rate_per_minute,
+                burst=settings.inference_burst,
+                clock=rate_clock,
+            )
+            # Each request may hold two pooled connections (a write and a read); keep the
+            # requests served at once within what the pool (5 + 10 overflow) can give.
+            anyio.to_thread.current_default_thread_limiter().total_tokens = settings.api_threads
+            log.info("admin API serving %s", settings.data_dir)
+            yield
+        finally:
+            coordinator.close()
+
+    app = FastAPI(
+        title="Veracity coordinator API",
+        version=__version__,
+        description=(
+            "The coordinator's only door: sites, datasets, studies, runs, models, encrypted "
+            "inference and the audit ledger. Bearer tokens with roles admin, site, "
+            "researcher, auditor; every change is a ledger entry."
+        ),
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    install_error_handlers(app)
+
+    def record_served(payload: Any) -> None:
+        service: ApiService = app.state.service
+        service.ledger.append(
+            "inference.served",
+            ROOT_ACTOR,
+            dict(payload),
+            signer=service.coordinator.root_key,
+        )
+
+    inference = InferenceService(ModelRegistry(paths.models), recorder=record_served)
+    inference_limit = max(inference.limits.max_request_bytes, inference.limits.max_context_bytes)
+
+    def limit_for(path: str) -> int:
+        if path.startswith(f"{API_PREFIX}/inference/"):
+            return inference_limit
+        return settings.max_body_bytes
+
+    app.add_middleware(BodySizeLimit, limit_for=limit_for)
+
+    for module in (sites, datasets, studies, statements, runs, models, ledger, access):
+        app.include_router(module.router, prefix=API_PREFIX)
+    app.include_router(_inference_routes(inference), prefix=API_PREFIX)
+
+    @app.get("/health", tags=["system"], summary="Liveness (no token needed)")
+    def health() -> HealthOut:
+        """``{"status": "ok"}`` while the server runs."""
+        return HealthOut(status="ok")
+
+    for (method, path), roles in route_roles(app).items():
+        if not roles:
+            raise ConfigError(f"{method} {path} declares no roles")
+    return app
+
+
+def app_from_environment() -> FastAPI:
+    """The app for ``uvicorn --factory``: settings from ``VERACITY_*`` variables.
+
+    Raises
+    ------
+    ConfigError
+        If a setting is invalid.
+    """
+    from veracity.output import configure_logging
+
+    configure_logging(verbose=False)
+    return create_app(load_api_settings())

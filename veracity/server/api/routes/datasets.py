@@ -1,0 +1,59 @@
+"""``/datasets``: a site submits its signed ``dataset.registered``; registrations are read."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+
+from veracity.server.api.deps import (
+    AdminOrSiteDep,
+    ServiceDep,
+    SiteDep,
+    declare_roles,
+    forbid,
+    own_site,
+)
+from veracity.server.api.problems import responses
+from veracity.server.api.schemas import DatasetListOut, DatasetOut, RecordedOut, SignedStatementIn
+from veracity.server.api.tokens import Role
+
+__all__ = ["router"]
+
+router = APIRouter(prefix="/datasets", tags=["datasets"])
+
+
+@router.post(
+    "",
+    status_code=201,
+    summary="Record a site-signed dataset registration",
+    responses=responses(400, 401, 403, 404, 409, 413, 422),
+)
+def register_dataset(
+    body: SignedStatementIn, request: Request, principal: SiteDep, service: ServiceDep
+) -> RecordedOut:
+    """Record ``dataset.registered`` as the token's site signed it."""
+    site = own_site(principal)
+    if body.payload.get("site") != site:
+        raise forbid(request, principal, f"a token of site {site} registers only its own")
+    recorded = service.record_statement(
+        principal, "dataset.registered", site, body.payload, body.signature
+    )
+    entry = recorded.value
+    return RecordedOut(
+        seq=entry.seq,
+        kind=entry.kind,
+        actor=entry.actor,
+        hash=entry.hash,
+        action_id=recorded.action_id,
+    )
+
+
+@router.get("", summary="Registered datasets", responses=responses(401, 403))
+def list_datasets(principal: AdminOrSiteDep, service: ServiceDep) -> DatasetListOut:
+    """The latest registration per site and dataset id (a site sees only its own)."""
+    items = service.coordinator.datasets()
+    if principal.role is Role.SITE:
+        items = [item for item in items if item.get("site") == principal.site]
+    return DatasetListOut(items=[DatasetOut(**item) for item in items])
+
+
+declare_roles(router)

@@ -1,0 +1,235 @@
+"""``/ledger``: entries, verification, proofs, checkpoints, export and provenance.
+
+Readable by auditors and admins; only an admin signs a new checkpoint.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path as FilePath
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Path, Query
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import FileResponse
+from starlette.background import BackgroundTask
+
+from veracity.errors import InputError, NotFound
+from veracity.ledger.checkpoint import Checkpoint
+from veracity.ledger.entry import Entry
+from veracity.ledger.events import KINDS, NAME_PATTERN
+from veracity.server.api.deps import (
+    AdminDep,
+    AuditDep,
+    ServiceDep,
+    SettingsDep,
+    clamp_limit,
+    declare_roles,
+)
+from veracity.server.api.problems import responses
+from veracity.server.api.schemas import (
+    HASH_PATTERN,
+    CheckpointListOut,
+    CheckpointOut,
+    ConsistencyOut,
+    EntryOut,
+    EntryPageOut,
+    InclusionOut,
+    LedgerInfoOut,
+    VerifyOut,
+)
+
+__all__ = ["router"]
+
+router = APIRouter(prefix="/ledger", tags=["ledger"])
+
+#: Largest sequence number or tree size a request may name (JSON-safe integers).
+MAX_SEQ = 2**53
+Seq = Annotated[int, Query(ge=0, le=MAX_SEQ)]
+Size = Annotated[int, Query(ge=1, le=MAX_SEQ)]
+Limit = Annotated[int, Query(ge=1, le=10_000, description="Page size (capped by the server).")]
+KindFilter = Annotated[str | None, Query(pattern=r"^[a-z]+(\.[a-z]+)?$", max_length=64)]
+ActorFilter = Annotated[str | None, Query(pattern=NAME_PATTERN)]
+
+
+def entry_out(entry: Entry) -> EntryOut:
+    """The JSON form of an entry, with its exact hashed bytes."""
+    return EntryOut(**entry.to_json(), body=entry.body.decode("utf-8"))
+
+
+def checkpoint_out(checkpoint: Checkpoint | None) -> CheckpointOut | None:
+    """The JSON form of a checkpoint (or None)."""
+    return None if checkpoint is None else CheckpointOut(**checkpoint.to_json())
+
+
+@router.get("", summary="The log's identity, size and root key", responses=responses(401, 403))
+def ledger_info(principal: AuditDep, service: ServiceDep) -> LedgerInfoOut:
+    """Log id, size, the coordinator's root public key and the newest checkpoint."""
+    return LedgerInfoOut(**service.ledger_info())
+
+
+@router.get("/entries", summary="Entries, paged", responses=responses(401, 403, 422))
+def list_entries(
+    principal: AuditDep,
+    service: ServiceDep,
+    settings: SettingsDep,
+    since: Seq = 0,
+    limit: Limit = 100,
+    kind: KindFilter = None,
+    actor: ActorFilter = None,
+) -> EntryPageOut:
+    """Entries with ``seq >= since`` in order, optionally of one kind or actor."""
+    if kind is not None and kind not in KINDS:
+        raise InputError(f"no event kind {kind!r}")
+    entries, following = service.entries(
+        since=since, limit=clamp_limit(limit, settings), kind=kind, actor=actor
+    )
+    return EntryPageOut(entries=[entry_out(e) for e in entries], next_since=following)
+
+
+@router.get("/entries/{seq}", summary="One entry", responses=responses(401, 403, 404, 422))
+def get_entry(
+    seq: Annotated[int, Path(ge=0, le=MAX_SEQ)], principal: AuditDep, service: ServiceDep
+) -> EntryOut:
+    """The entry at ``seq``."""
+    return entry_out(service.ledger.get(seq))
+
+
+@router.get("/verify", summary="Verify the whole ledger", responses=responses(401, 403, 422))
+async def verify(
+    principal: AuditDep,
+    service: ServiceDep,
+    root_signatures: Annotated[
+        Literal["all", "tail"],
+        Query(description="'tail' skips root signatures a checkpoint already covers."),
+    ] = "all",
+) -> VerifyOut:
+    """Recompute every hash, link, signature, receipt and checkpoint against the root key."""
+    report: dict[str, Any] = await run_in_threadpool(
+        service.verify, root_signatures=root_signatures
+    )
+    return VerifyOut(**report)
+
+
+@router.get(
+    "/proofs/inclusion", summary="Inclusion proof of an entry", responses=responses(401, 403, 422)
+)
+def inclusion_proof(
+    principal: AuditDep,
+    service: ServiceDep,
+    seq: Seq,
+    tree_size: Annotated[int | None, Query(ge=1, le=MAX_SEQ)] = None,
+) -> InclusionOut:
+    """RFC 9162 proof that entry ``seq`` is in the tree of ``tree_size`` entries.
+
+    ``tree_size`` defaults to the newest checkpoint covering the entry, so the proof can
+    be checked against a signed root; that checkpoint is returned with it.
+    """
+    proof = service.ledger.inclusion_proof(seq, tree_size)
+    return InclusionOut(
+        proof=proof.to_json(), checkpoint=checkpoint_out(service.checkpoint_for(proof.tree_size))
+    )
+
+
+@router.get(
+    "/proofs/consistency",
+    summary="Consistency proof between two tree sizes",
+    responses=responses(401, 403, 422),
+)
+def consistency_proof(
+    principal: AuditDep,
+    service: ServiceDep,
+    old_size: Size,
+    new_size: Annotated[int | None, Query(ge=1, le=MAX_SEQ)] = None,
+) -> ConsistencyOut:
+    """RFC 9162 proof that the tree of ``new_size`` (default: all) extends ``old_size``."""
+    proof = service.ledger.consistency_proof(old_size, new_size)
+    return ConsistencyOut(
+        proof=proof.to_json(),
+        old_checkpoint=checkpoint_out(service.checkpoint_for(proof.old_size)),
+        new_checkpoint=checkpoint_out(service.checkpoint_for(proof.new_size)),
+    )
+
+
+@router.get("/checkpoints", summary="Signed checkpoints", responses=responses(401, 403, 422))
+def list_checkpoints(
+    principal: AuditDep,
+    service: ServiceDep,
+    settings: SettingsDep,
+    since_size: Seq = 0,
+    limit: Limit = 100,
+) -> CheckpointListOut:
+    """Checkpoints with ``tree_size >= since_size``, oldest first."""
+    listed = service.checkpoints(since_size=since_size, limit=clamp_limit(limit, settings))
+    return CheckpointListOut(items=[CheckpointOut(**c.to_json()) for c in listed])
+
+
+@router.get(
+    "/checkpoints/latest", summary="The newest checkpoint", responses=responses(401, 403, 404)
+)
+def latest_checkpoint(principal: AuditDep, service: ServiceDep) -> CheckpointOut:
+    """The newest root-signed checkpoint."""
+    latest = service.ledger.latest_checkpoint()
+    if latest is None:
+        raise NotFound("no checkpoint has been signed yet")
+    return CheckpointOut(**latest.to_json())
+
+
+@router.post(
+    "/checkpoints",
+    status_code=201,
+    summary="Sign a checkpoint now (admin)",
+    responses=responses(401, 403),
+)
+def sign_checkpoint(principal: AdminDep, service: ServiceDep) -> CheckpointOut:
+    """Sign a checkpoint of the whole ledger and record it (as a ``checkpoint`` entry)."""
+    recorded = service.checkpoint(principal)
+    return CheckpointOut(**recorded.value.to_json())
+
+
+@router.get(
+    "/export",
+    summary="Export the ledger as an offline-verifiable bundle",
+    response_class=FileResponse,
+    responses={
+        200: {
+            "description": "The bundle (JSON Lines); verify it with `veracity ledger verify`.",
+            "content": {"application/x-ndjson": {"schema": {"type": "string"}}},
+        },
+        **responses(401, 403),
+    },
+)
+def export_bundle(principal: AuditDep, service: ServiceDep) -> FileResponse:
+    """Every entry, checkpoint and key event in one file (removed once sent)."""
+    directory = FilePath(tempfile.mkdtemp(prefix="veracity-export-"))
+    try:
+        path, summary = service.export_bundle(directory)
+    except BaseException:
+        shutil.rmtree(directory, ignore_errors=True)
+        raise
+    return FileResponse(
+        path,
+        media_type="application/x-ndjson",
+        filename=f"veracity-ledger-{summary['entries']}.jsonl",
+        headers={"X-Bundle-SHA256": summary["sha256"]},
+        background=BackgroundTask(shutil.rmtree, directory, ignore_errors=True),
+    )
+
+
+@router.get(
+    "/provenance/{model_hash}",
+    summary="W3C PROV-JSON lineage of a model",
+    responses=responses(401, 403, 404, 422),
+)
+def provenance(
+    model_hash: Annotated[str, Path(pattern=HASH_PATTERN)],
+    principal: AuditDep,
+    service: ServiceDep,
+) -> dict[str, Any]:
+    """Sites, datasets, study, run, rounds and release of the model, from the entries."""
+    document: dict[str, Any] = service.ledger.provenance(model_hash)
+    return document
+
+
+declare_roles(router)

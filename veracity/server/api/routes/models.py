@@ -1,0 +1,67 @@
+"""``/models``: released models and their cards; plaintext weights for admins only."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Path
+from fastapi.responses import Response
+
+from veracity.server.api.deps import AdminDep, ModelReaderDep, ServiceDep, declare_roles
+from veracity.server.api.problems import responses
+from veracity.server.api.schemas import HASH_PATTERN, ModelListOut, ModelOut, ModelSummaryOut
+
+__all__ = ["router"]
+
+router = APIRouter(prefix="/models", tags=["models"])
+ModelHashPath = Annotated[str, Path(pattern=HASH_PATTERN)]
+
+
+@router.get("", summary="Released models", responses=responses(401, 403, 409))
+def list_models(principal: ModelReaderDep, service: ServiceDep) -> ModelListOut:
+    """Every model in the registry, with its ``model.released`` seq."""
+    return ModelListOut(items=[ModelSummaryOut(**item) for item in service.models()])
+
+
+@router.get("/{model_hash}", summary="A model's card", responses=responses(401, 403, 404, 409, 422))
+def get_model(
+    model_hash: ModelHashPath, principal: ModelReaderDep, service: ServiceDep
+) -> ModelOut:
+    """Architecture, features, scaling and the model card (lineage, privacy, metrics)."""
+    model, seq = service.model(model_hash)
+    return ModelOut(
+        model_hash=model.model_hash,
+        model=model.spec.to_dict(),
+        features=list(model.features),
+        label=model.label,
+        scaling=[[m, s] for m, s in model.scaling],
+        card=dict(model.card),
+        card_hash=model.card_hash,
+        description_hash=model.description_hash,
+        released_seq=seq,
+    )
+
+
+@router.get(
+    "/{model_hash}/weights",
+    summary="Download the plaintext weights (admin)",
+    response_class=Response,
+    responses={
+        200: {
+            "description": "The weights (veracity.tasks.weights format, no pickles).",
+            "content": {"application/octet-stream": {"schema": {"type": "string"}}},
+        },
+        **responses(401, 403, 404, 409, 422),
+    },
+)
+def get_weights(model_hash: ModelHashPath, principal: AdminDep, service: ServiceDep) -> Response:
+    """The weights file; its hash is the model hash. Each download is recorded."""
+    data = service.weights(principal, model_hash)
+    return Response(
+        content=data,
+        media_type="application/octet-stream",
+        headers={"Content-Disposition": f'attachment; filename="{model_hash}.npz"'},
+    )
+
+
+declare_roles(router)

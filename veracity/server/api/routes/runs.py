@@ -1,0 +1,100 @@
+"""``/runs``: start a run of an approved study on the SuperLink, follow it, stop it (admin)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Path, Query
+
+from veracity.errors import NotFound
+from veracity.server.api.deps import AdminDep, ServiceDep, SettingsDep, declare_roles
+from veracity.server.api.problems import responses
+from veracity.server.api.schemas import (
+    RUN_ID_PATTERN,
+    RoundListOut,
+    RunListOut,
+    RunLogsOut,
+    RunOut,
+    RunStartedOut,
+    RunStartIn,
+    RunStoppedOut,
+    RunSummaryOut,
+)
+
+__all__ = ["router"]
+
+router = APIRouter(prefix="/runs", tags=["runs"])
+RunIdPath = Annotated[str, Path(pattern=RUN_ID_PATTERN)]
+
+
+@router.post(
+    "",
+    status_code=201,
+    summary="Start a run of an approved study (run.started)",
+    responses=responses(400, 401, 403, 404, 409, 413, 422, 503),
+)
+def start_run(body: RunStartIn, principal: AdminDep, service: ServiceDep) -> RunStartedOut:
+    """Submit the study's app bundle to the SuperLink; the run then waits for its sites."""
+    recorded = service.start_run(principal, body.study_hash)
+    return RunStartedOut(
+        run_id=recorded.value,
+        study_hash=body.study_hash,
+        seq=recorded.entry_seq,
+        action_id=recorded.action_id,
+    )
+
+
+@router.get("", summary="Runs started here", responses=responses(401, 403))
+def list_runs(principal: AdminDep, service: ServiceDep) -> RunListOut:
+    """Every run started through this coordinator, with its recorded outcome."""
+    return RunListOut(items=[RunSummaryOut(**item) for item in service.coordinator.runs()])
+
+
+@router.get("/{run_id}", summary="A run's status", responses=responses(401, 403, 404, 422, 503))
+def get_run(run_id: RunIdPath, principal: AdminDep, service: ServiceDep) -> RunOut:
+    """The ledger's record of the run and what the SuperLink says about it."""
+    return RunOut(**service.run(run_id))
+
+
+@router.get(
+    "/{run_id}/rounds", summary="A run's completed rounds", responses=responses(401, 403, 404, 422)
+)
+def list_rounds(run_id: RunIdPath, principal: AdminDep, service: ServiceDep) -> RoundListOut:
+    """The ``round.completed`` payloads (participants, receipts, metrics)."""
+    if service.coordinator.run_started(run_id) is None:
+        raise NotFound(f"run {run_id} was not started through this coordinator")
+    return RoundListOut(items=service.coordinator.rounds(run_id))
+
+
+@router.get(
+    "/{run_id}/logs", summary="A run's log lines", responses=responses(401, 403, 404, 422, 503)
+)
+def run_logs(
+    run_id: RunIdPath,
+    principal: AdminDep,
+    service: ServiceDep,
+    settings: SettingsDep,
+    after: Annotated[float, Query(ge=0, le=1e11, description="Timestamp to read after.")] = 0.0,
+    wait: Annotated[float, Query(ge=0, le=60, description="Seconds to wait for lines.")] = 1.0,
+) -> RunLogsOut:
+    """Log text since ``after``, read for at most ``wait`` seconds (capped by the server)."""
+    text, latest = service.coordinator.run_logs(
+        run_id, after=after, wait=min(wait, settings.log_wait_max)
+    )
+    return RunLogsOut(run_id=run_id, text=text, latest=latest)
+
+
+@router.post(
+    "/{run_id}/stop",
+    summary="Stop a run (run.finished: stopped)",
+    responses=responses(401, 403, 404, 409, 422, 503),
+)
+def stop_run(run_id: RunIdPath, principal: AdminDep, service: ServiceDep) -> RunStoppedOut:
+    """Ask the SuperLink to stop the run; record ``run.finished`` unless it has one."""
+    recorded = service.stop_run(principal, run_id)
+    return RunStoppedOut(
+        run_id=run_id, stopped=True, seq=recorded.seq, action_id=recorded.action_id
+    )
+
+
+declare_roles(router)

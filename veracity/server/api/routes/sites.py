@@ -1,0 +1,67 @@
+"""``/sites``: enrol a site (admin) and read enrolments."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Path, Request
+
+from veracity.server.api.deps import AdminDep, AdminOrSiteDep, ServiceDep, declare_roles, forbid
+from veracity.server.api.problems import responses
+from veracity.server.api.schemas import (
+    SITE_PATTERN,
+    SiteEnrolIn,
+    SiteEnrolledOut,
+    SiteListOut,
+    SiteOut,
+    SiteSummaryOut,
+)
+from veracity.server.api.tokens import Role
+
+__all__ = ["router"]
+
+router = APIRouter(prefix="/sites", tags=["sites"])
+SitePath = Annotated[str, Path(pattern=SITE_PATTERN)]
+
+
+@router.post(
+    "",
+    status_code=201,
+    summary="Enrol a site (key.enrolled) and register its SuperNode",
+    responses=responses(400, 401, 403, 409, 413, 422, 503),
+)
+def enrol_site(body: SiteEnrolIn, principal: AdminDep, service: ServiceDep) -> SiteEnrolledOut:
+    """Record the site's Ed25519 key in the ledger and its SuperNode key on the SuperLink."""
+    recorded = service.enrol_site(
+        principal,
+        body.name,
+        public_key_pem=body.public_key,
+        supernode_public_key=body.supernode_public_key,
+    )
+    enrolled = recorded.value
+    return SiteEnrolledOut(
+        name=enrolled.name,
+        key_id=enrolled.key_id,
+        node_id=None if enrolled.node_id is None else str(enrolled.node_id),
+        seq=enrolled.seq,
+        action_id=recorded.action_id,
+    )
+
+
+@router.get("", summary="Enrolled sites", responses=responses(401, 403))
+def list_sites(principal: AdminDep, service: ServiceDep) -> SiteListOut:
+    """Every enrolled site with its current key id (null once revoked)."""
+    return SiteListOut(items=[SiteSummaryOut(**item) for item in service.coordinator.sites()])
+
+
+@router.get("/{name}", summary="One enrolled site", responses=responses(401, 403, 404, 422))
+def get_site(
+    name: SitePath, request: Request, principal: AdminOrSiteDep, service: ServiceDep
+) -> SiteOut:
+    """A site's enrolment (a site token reads only its own)."""
+    if principal.role is Role.SITE and principal.site != name:
+        raise forbid(request, principal, f"a token of site {principal.site} reads only its own")
+    return SiteOut(**service.site(name))
+
+
+declare_roles(router)

@@ -1,0 +1,40 @@
+"""``/statements``: other site-signed statements (checkpoint co-signatures, notes)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+
+from veracity.server.api.deps import ServiceDep, SiteDep, declare_roles, forbid, own_site
+from veracity.server.api.problems import responses
+from veracity.server.api.schemas import RecordedOut, StatementIn
+
+__all__ = ["router"]
+
+router = APIRouter(prefix="/statements", tags=["statements"])
+
+
+@router.post(
+    "",
+    status_code=201,
+    summary="Record a site-signed co-signature or note",
+    responses=responses(400, 401, 403, 404, 409, 413, 422),
+)
+def record_statement(
+    body: StatementIn, request: Request, principal: SiteDep, service: ServiceDep
+) -> RecordedOut:
+    """Record ``checkpoint.cosigned`` or ``note.recorded`` as the token's site signed it."""
+    site = own_site(principal)
+    if "site" in body.payload and body.payload["site"] != site:
+        raise forbid(request, principal, f"a token of site {site} speaks only for it")
+    recorded = service.record_statement(principal, body.kind, site, body.payload, body.signature)
+    entry = recorded.value
+    return RecordedOut(
+        seq=entry.seq,
+        kind=entry.kind,
+        actor=entry.actor,
+        hash=entry.hash,
+        action_id=recorded.action_id,
+    )
+
+
+declare_roles(router)

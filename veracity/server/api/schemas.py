@@ -1,0 +1,459 @@
+"""Request and response bodies of the admin API (Pydantic; separate from the ORM rows).
+
+Flower run ids and node ids exceed 2**53, so they travel as decimal strings. Hashes are
+64 lowercase hex digits. Site-signed statements carry the payload exactly as the site
+signed it and the base64 Ed25519 statement signature.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+
+__all__ = [
+    "HASH_PATTERN",
+    "RUN_ID_PATTERN",
+    "SITE_PATTERN",
+    "Hash",
+    "SiteEnrolIn",
+    "SiteEnrolledOut",
+    "SiteSummaryOut",
+    "SiteListOut",
+    "SiteOut",
+    "SignedStatementIn",
+    "DecisionIn",
+    "StatementIn",
+    "RecordedOut",
+    "DatasetOut",
+    "DatasetListOut",
+    "StudySummaryOut",
+    "StudyListOut",
+    "StudyOut",
+    "StudyProposedOut",
+    "RunStartIn",
+    "RunStartedOut",
+    "RunSummaryOut",
+    "RunListOut",
+    "RunOut",
+    "RunLogsOut",
+    "RunStoppedOut",
+    "RoundListOut",
+    "ModelSummaryOut",
+    "ModelListOut",
+    "ModelOut",
+    "LedgerInfoOut",
+    "EntryOut",
+    "EntryPageOut",
+    "VerifyOut",
+    "CheckpointOut",
+    "CheckpointListOut",
+    "InclusionOut",
+    "ConsistencyOut",
+    "TokenCreateIn",
+    "TokenOut",
+    "TokenCreatedOut",
+    "TokenListOut",
+    "PrincipalOut",
+    "ActionOut",
+    "ActionListOut",
+    "HealthOut",
+]
+
+HASH_PATTERN = r"^[0-9a-f]{64}$"
+RUN_ID_PATTERN = r"^[0-9]{1,20}$"
+SITE_PATTERN = r"^[a-z0-9][a-z0-9-]{0,62}$"
+
+Hash = Annotated[str, StringConstraints(pattern=HASH_PATTERN)]
+SiteName = Annotated[str, StringConstraints(pattern=SITE_PATTERN)]
+Base64Signature = Annotated[str, StringConstraints(min_length=1, max_length=200)]
+
+
+class _In(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+# ---------------------------------------------------------------- sites, statements
+class SiteEnrolIn(_In):
+    """A site to enrol: its name, Ed25519 signing key and SuperNode key."""
+
+    name: SiteName
+    public_key: Annotated[str, StringConstraints(min_length=1, max_length=4096)] = Field(
+        description="The site's Ed25519 public key, PEM (SubjectPublicKeyInfo)."
+    )
+    supernode_public_key: Annotated[str, StringConstraints(min_length=1, max_length=4096)] = Field(
+        description="The SuperNode's ECDSA public key, OpenSSH text (P-384)."
+    )
+
+
+class SiteEnrolledOut(BaseModel):
+    """An enrolment: the ``key.enrolled`` entry and the SuperLink's node id."""
+
+    name: str
+    key_id: str
+    node_id: str | None
+    seq: int
+    action_id: int
+
+
+class SiteSummaryOut(BaseModel):
+    """An enrolled site at a glance (key id null once revoked)."""
+
+    name: str
+    enrolled_seq: int
+    valid_from: str
+    key_id: str | None
+
+
+class SiteListOut(BaseModel):
+    """Every enrolled site."""
+
+    items: list[SiteSummaryOut]
+
+
+class SiteOut(BaseModel):
+    """One enrolled site with its keys."""
+
+    name: str
+    key_id: str | None
+    public_key: str
+    supernode_public_key: str | None
+    valid_from: str
+    enrolled_seq: int | None
+
+
+class SignedStatementIn(_In):
+    """A statement a site signed on its own machine (``sign_statement``)."""
+
+    payload: dict[str, Any]
+    signature: Base64Signature
+
+
+class DecisionIn(SignedStatementIn):
+    """A site's signed approval or refusal of a study."""
+
+    kind: Literal["study.approved", "study.refused"]
+
+
+class StatementIn(SignedStatementIn):
+    """Another site statement: a checkpoint co-signature or a note."""
+
+    kind: Literal["checkpoint.cosigned", "note.recorded"]
+
+
+class RecordedOut(BaseModel):
+    """The ledger entry a statement became."""
+
+    seq: int
+    kind: str
+    actor: str
+    hash: str
+    action_id: int
+
+
+class DatasetOut(BaseModel):
+    """A registered dataset (the latest registration per site and id)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    site: str
+    dataset_id: str
+    commitment: str
+    schema_hash: str
+    rows: int
+    label: str
+    features: list[str]
+    signed_at: str
+    seq: int
+
+
+class DatasetListOut(BaseModel):
+    """Registered datasets."""
+
+    items: list[DatasetOut]
+
+
+# ---------------------------------------------------------------------- studies
+class StudySummaryOut(BaseModel):
+    """A study at a glance."""
+
+    study_id: str
+    study_hash: str
+    title: str
+    sites: list[str]
+    min_sites: int
+    rounds: int
+    code_hash: str
+    proposed_seq: int | None
+
+
+class StudyListOut(BaseModel):
+    """Proposed studies."""
+
+    items: list[StudySummaryOut]
+
+
+class StudyOut(StudySummaryOut):
+    """A study's document and where it stands."""
+
+    study: dict[str, Any]
+    decisions: dict[str, dict[str, Any]]
+    approved_by: list[str]
+    ready: bool
+
+
+class StudyProposedOut(BaseModel):
+    """A proposal: the study's identity and its ``study.proposed`` entry."""
+
+    study_id: str
+    study_hash: str
+    code_hash: str
+    seq: int
+    action_id: int
+
+
+# ------------------------------------------------------------------------- runs
+class RunStartIn(_In):
+    """Which approved study to run."""
+
+    study_hash: Hash
+
+
+class RunStartedOut(BaseModel):
+    """A submitted run and its ``run.started`` entry."""
+
+    run_id: str
+    study_hash: str
+    seq: int
+    action_id: int
+
+
+class RunSummaryOut(BaseModel):
+    """A run started through this coordinator."""
+
+    run_id: str
+    study_hash: str
+    started_seq: int
+    started_at: str
+    finished: dict[str, Any] | None
+
+
+class RunListOut(BaseModel):
+    """Runs, oldest first."""
+
+    items: list[RunSummaryOut]
+
+
+class RunOut(RunSummaryOut):
+    """A run: the ledger's record and the SuperLink's view."""
+
+    rounds_completed: int
+    superlink: dict[str, Any]
+
+
+class RunLogsOut(BaseModel):
+    """Log text since ``after``; pass ``latest`` as the next ``after``."""
+
+    run_id: str
+    text: str
+    latest: float
+
+
+class RunStoppedOut(BaseModel):
+    """A stopped run and its ``run.finished`` entry (null if one existed already)."""
+
+    run_id: str
+    stopped: bool
+    seq: int | None
+    action_id: int
+
+
+class RoundListOut(BaseModel):
+    """The ``round.completed`` payloads of a run."""
+
+    items: list[dict[str, Any]]
+
+
+# ----------------------------------------------------------------------- models
+class ModelSummaryOut(BaseModel):
+    """A released model at a glance."""
+
+    model_config = ConfigDict(protected_namespaces=())
+
+    model_hash: str
+    name: str
+    family: str
+    n_features: int
+    label: str
+    card_hash: str
+    released_seq: int | None
+
+
+class ModelListOut(BaseModel):
+    """Released models."""
+
+    items: list[ModelSummaryOut]
+
+
+class ModelOut(BaseModel):
+    """A released model's description and card."""
+
+    model_config = ConfigDict(protected_namespaces=())
+
+    model_hash: str
+    model: dict[str, Any]
+    features: list[str]
+    label: str
+    scaling: list[list[float]]
+    card: dict[str, Any]
+    card_hash: str
+    description_hash: str
+    released_seq: int | None
+
+
+# ----------------------------------------------------------------------- ledger
+class CheckpointOut(BaseModel):
+    """A root-signed checkpoint."""
+
+    log_id: str
+    tree_size: int
+    root_hash: str
+    timestamp: str
+    signature: str
+
+
+class LedgerInfoOut(BaseModel):
+    """The log's identity and size, and the coordinator's root key (pin it out of band)."""
+
+    log_id: str
+    size: int
+    root_public_key: str
+    root_key_id: str
+    latest_checkpoint: CheckpointOut | None
+
+
+class EntryOut(BaseModel):
+    """An entry: its fields, hash, and ``body``, the exact hashed bytes as text."""
+
+    seq: int
+    ts: str
+    kind: str
+    actor: str
+    payload: dict[str, Any]
+    prev: str
+    signature: str
+    hash: str
+    body: str
+
+
+class EntryPageOut(BaseModel):
+    """One page of entries; ``next_since`` starts the next page (null at the end)."""
+
+    entries: list[EntryOut]
+    next_since: int | None
+
+
+class VerifyOut(BaseModel):
+    """The verification report (``ok`` false names the first bad entry and why)."""
+
+    ok: bool
+    entries: int | None
+    checkpoints: int | None
+    first_bad_seq: int | None
+    reason: str | None
+    log_id: str | None
+    root_hash: str | None
+    signatures_checked: int | None
+    receipts_checked: int | None
+
+
+class CheckpointListOut(BaseModel):
+    """Checkpoints, oldest first."""
+
+    items: list[CheckpointOut]
+
+
+class InclusionOut(BaseModel):
+    """An RFC 9162 inclusion proof and the signed checkpoint of its tree size, if any."""
+
+    proof: dict[str, Any]
+    checkpoint: CheckpointOut | None
+
+
+class ConsistencyOut(BaseModel):
+    """An RFC 9162 consistency proof and the signed checkpoints of both sizes, if any."""
+
+    proof: dict[str, Any]
+    old_checkpoint: CheckpointOut | None
+    new_checkpoint: CheckpointOut | None
+
+
+# ----------------------------------------------------------------------- tokens
+class TokenCreateIn(_In):
+    """A token to issue."""
+
+    role: Literal["admin", "site", "researcher", "auditor"]
+    name: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9 ._@:-]{0,127}$")]
+    site: SiteName | None = None
+    expires_in_days: int = Field(default=90, ge=1, le=3650)
+
+
+class TokenOut(BaseModel):
+    """A token's record (never the token)."""
+
+    id: str
+    name: str
+    role: str
+    site: str | None
+    created_at: str
+    expires_at: str
+    revoked_at: str | None
+    created_by: str
+
+
+class TokenCreatedOut(BaseModel):
+    """A new token: ``token`` is shown this once and stored only as its hash."""
+
+    token: str
+    info: TokenOut
+
+
+class TokenListOut(BaseModel):
+    """Tokens, oldest first."""
+
+    items: list[TokenOut]
+
+
+class PrincipalOut(BaseModel):
+    """Who the request's token authenticates."""
+
+    token_id: str | None
+    name: str
+    role: str
+    site: str | None
+
+
+class ActionOut(BaseModel):
+    """One state-changing call: who, what, and the ledger entry it wrote."""
+
+    id: int
+    at: str
+    token_id: str | None
+    actor: str
+    role: str
+    action: str
+    target: str
+    ledger_seq: int | None
+
+
+class ActionListOut(BaseModel):
+    """API actions, oldest first; ``next_since`` starts the next page."""
+
+    items: list[ActionOut]
+    next_since: int | None
+
+
+class HealthOut(BaseModel):
+    """Liveness."""
+
+    status: Literal["ok"]

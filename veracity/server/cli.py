@@ -1,0 +1,229 @@
+"""``veracity server``: initialise and run the coordinator, and manage API tokens.
+
+``init`` creates the data directory (root key, TLS, ledger, API tables); ``start`` runs the
+SuperLink and the admin API until Ctrl-C or SIGTERM, then stops both; ``token create``
+prints a new bearer token alone on stdout (it is stored only as a hash).
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from datetime import timedelta
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from veracity.output import FormatOption, OutputFormat, emit_json, emit_table, stderr_console
+
+__all__ = ["app"]
+
+log = logging.getLogger(__name__)
+
+app = typer.Typer(
+    name="server",
+    help="Run the coordinator: SuperLink plus the admin web API.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+token_app = typer.Typer(name="token", help="Bearer tokens of the admin API.", no_args_is_help=True)
+app.add_typer(token_app, name="token")
+
+DataDirOption = Annotated[
+    Path,
+    typer.Option("--data-dir", envvar="VERACITY_DATA_DIR", help="The coordinator's data dir."),
+]
+
+
+def _masked(url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).render_as_string(hide_password=True)
+
+
+@app.command("init")
+def init(
+    data_dir: DataDirOption = Path("veracity-data"),
+    db: Annotated[
+        str | None,
+        typer.Option(
+            "--db",
+            envvar="VERACITY_DATABASE_URL",
+            help="SQLAlchemy URL (default: SQLite under the data dir; postgresql:// for "
+            "production).",
+        ),
+    ] = None,
+    superlink_port: Annotated[
+        int,
+        typer.Option("--superlink-port", envvar="VERACITY_SUPERLINK_PORT", min=1, max=65535),
+    ] = 9093,
+    output_format: FormatOption = OutputFormat.TEXT,
+) -> None:
+    """Create the coordinator's keys, TLS material, ledger and API tables (idempotent)."""
+    from veracity.config import normalise_database_url
+    from veracity.server.api.serve import initialise
+
+    url = normalise_database_url(db) if db else None
+    with initialise(data_dir, db_url=url, superlink_port=superlink_port) as coordinator:
+        shown = {
+            "data_dir": str(data_dir.resolve()),
+            "database": _masked(coordinator.config.db_url),
+            "superlink": coordinator.config.superlink_address,
+            "root_key_id": coordinator.root_key.public.key_id,
+            "log_id": coordinator.ledger.log_id,
+        }
+    if output_format is OutputFormat.JSON:
+        emit_json(shown)
+    else:
+        emit_table("coordinator initialised", ["setting", "value"], list(shown.items()))
+
+
+@app.command("start")
+def start(
+    data_dir: DataDirOption = Path("veracity-data"),
+    host: Annotated[
+        str, typer.Option("--host", envvar="VERACITY_HOST", help="Address the API binds.")
+    ] = "127.0.0.1",
+    api_port: Annotated[
+        int, typer.Option("--api-port", envvar="VERACITY_API_PORT", min=1, max=65535)
+    ] = 8443,
+    superlink_port: Annotated[
+        int | None,
+        typer.Option(
+            "--superlink-port",
+            envvar="VERACITY_SUPERLINK_PORT",
+            min=1,
+            max=65535,
+            help="SuperLink port (default: the one `server init` recorded).",
+        ),
+    ] = None,
+    superlink_host: Annotated[
+        str,
+        typer.Option(
+            "--superlink-host",
+            envvar="VERACITY_SUPERLINK_HOST",
+            help="Address the SuperLink binds (its Control API has no authentication).",
+        ),
+    ] = "127.0.0.1",
+    workers: Annotated[
+        int, typer.Option("--workers", envvar="VERACITY_API_WORKERS", min=1, max=64)
+    ] = 1,
+    output_format: FormatOption = OutputFormat.TEXT,
+) -> None:
+    """Run the SuperLink and the admin API (HTTPS) until Ctrl-C or SIGTERM."""
+    from veracity.server.api.serve import start_services
+    from veracity.server.api.settings import load_api_settings
+    from veracity.supervise import ProcessGroup, stopping_on_signals
+
+    settings = load_api_settings(
+        data_dir=data_dir,
+        host=host,
+        api_port=api_port,
+        superlink_port=superlink_port,
+        api_workers=workers,
+    )
+    console = stderr_console()
+    group = ProcessGroup()
+    try:
+        with stopping_on_signals(group):
+            services = start_services(settings, group, superlink_host=superlink_host)
+            if output_format is OutputFormat.JSON:
+                emit_json(services.to_json())
+            console.print(
+                f"API {services.api_url} (docs {services.docs_url}), SuperLink "
+                f"{services.superlink_address}; logs in {data_dir / 'logs'}. Ctrl-C stops."
+            )
+            while True:
+                group.check_alive()
+                time.sleep(0.5)
+    except KeyboardInterrupt:
+        console.print("stopped")
+
+
+@token_app.command("create")
+def token_create(
+    role: Annotated[
+        str,
+        typer.Option(
+            "--role", envvar="VERACITY_TOKEN_ROLE", help="admin, site, researcher or auditor."
+        ),
+    ],
+    name: Annotated[
+        str, typer.Option("--name", envvar="VERACITY_TOKEN_NAME", help="Who holds it.")
+    ],
+    site: Annotated[
+        str | None,
+        typer.Option("--site", envvar="VERACITY_TOKEN_SITE", help="The site of a site token."),
+    ] = None,
+    expires_in: Annotated[
+        int,
+        typer.Option(
+            "--expires-in",
+            envvar="VERACITY_TOKEN_EXPIRES_IN",
+            min=1,
+            max=3650,
+            help="Days until it expires.",
+        ),
+    ] = 90,
+    data_dir: DataDirOption = Path("veracity-data"),
+    output_format: FormatOption = OutputFormat.TEXT,
+) -> None:
+    """Issue a token and print it alone on stdout (shown once; stored only as a hash)."""
+    from veracity.server.api.serve import issue_token
+
+    issued = issue_token(
+        data_dir, role=role, name=name, site=site, expires_in=timedelta(days=expires_in)
+    )
+    if output_format is OutputFormat.JSON:
+        emit_json({"token": issued.token, "info": issued.info.to_json()})
+    else:
+        sys.stdout.write(issued.token + "\n")
+        stderr_console().print(
+            f"token {issued.info.id} ({issued.info.role.value} {issued.info.name}) expires "
+            f"{issued.info.expires_at}; it is not shown again"
+        )
+
+
+@token_app.command("list")
+def token_list(
+    data_dir: DataDirOption = Path("veracity-data"),
+    output_format: FormatOption = OutputFormat.TEXT,
+) -> None:
+    """List tokens (never the tokens themselves)."""
+    from veracity.server.api import db
+    from veracity.server.api.tokens import TokenStore
+    from veracity.server.coordinator import Coordinator
+
+    with Coordinator.open(data_dir) as coordinator:
+        db.check_schema(coordinator.ledger.engine)
+        infos = TokenStore(coordinator.ledger.engine).list()
+    if output_format is OutputFormat.JSON:
+        emit_json([info.to_json() for info in infos])
+        return
+    emit_table(
+        "tokens",
+        ["id", "role", "name", "site", "expires", "revoked"],
+        [[i.id, i.role.value, i.name, i.site, i.expires_at, i.revoked_at or ""] for i in infos],
+    )
+
+
+@token_app.command("revoke")
+def token_revoke(
+    token_id: Annotated[str, typer.Argument(help="The token's id (from token list).")],
+    data_dir: DataDirOption = Path("veracity-data"),
+    output_format: FormatOption = OutputFormat.TEXT,
+) -> None:
+    """Revoke a token at once."""
+    from veracity.server.api import db
+    from veracity.server.api.tokens import TokenStore
+    from veracity.server.coordinator import Coordinator
+
+    with Coordinator.open(data_dir) as coordinator:
+        db.check_schema(coordinator.ledger.engine)
+        info = TokenStore(coordinator.ledger.engine).revoke(token_id)
+    if output_format is OutputFormat.JSON:
+        emit_json(info.to_json())
+    else:
+        stderr_console().print(f"token {info.id} ({info.name}) revoked at {info.revoked_at}")
