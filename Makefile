@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml constraints.txt
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/veracity --help
+	$(VENV)/bin/veracity demo
 
 test: $(STAMP)
 	$(VENV)/bin/python -m pytest

@@ -29,14 +29,11 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from benchmarks.harness import Figure, Report, percentile
-else:
-    # Opacus installs a top-level package named `benchmarks` that shadows this folder, so
-    # the harness is imported from the script's own directory (first on sys.path).
-    from harness import Figure, Report, percentile
+# Opacus installs a top-level package named `benchmarks` that shadows this folder, so the
+# harness is imported from the script's own directory (first on sys.path when run).
+from harness import Figure, Report, percentile
 
 DEFAULT_PG_URL = "postgresql://postgres@127.0.0.1:5432/test"
 

@@ -94,9 +94,11 @@ def _register_subcommands() -> None:
     from veracity.client.node_cli import start as site_start
     from veracity.client.predict_cli import register as register_predict
     from veracity.crypto.cli import app as keys_app
+    from veracity.demo_cli import demo
     from veracity.ledger.cli import app as ledger_app
     from veracity.server.cli import app as server_app
 
+    app.command("demo")(demo)
     app.add_typer(keys_app, name="keys")
     app.add_typer(ledger_app, name="ledger")
     site_app.command("start")(site_start)

@@ -41,6 +41,7 @@ __all__ = [
     "PatientTable",
     "Prediction",
     "InferenceClient",
+    "api_base",
     "read_patients_csv",
     "standardise",
     "plan_batches",
@@ -300,13 +301,22 @@ class Prediction:
     bytes_sent: int
 
 
+def api_base(server_url: str) -> str:
+    """The API base for ``server_url``: a bare ``scheme://host:port`` gets ``/api/v1``."""
+    from urllib.parse import urlsplit
+
+    url = server_url.rstrip("/")
+    return url if urlsplit(url).path else f"{url}/api/v1"
+
+
 class InferenceClient:
     """HTTP transport to the inference routes of a Veracity server.
 
     Parameters
     ----------
     base_url
-        The API base, e.g. ``https://coordinator.example:8443/api/v1``.
+        The API base, e.g. ``https://coordinator.example:8443/api/v1``; a bare server URL
+        (no path) means its ``/api/v1``.
     token
         Bearer token.
     ca_cert
@@ -344,7 +354,7 @@ class InferenceClient:
             verify=verify, socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)]
         )
         self._http = httpx.Client(
-            base_url=base_url.rstrip("/"),
+            base_url=api_base(base_url),
             headers={"Authorization": f"Bearer {token}"},
             transport=transport,
             timeout=timeout,

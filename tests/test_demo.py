@@ -1,0 +1,67 @@
+"""The README's first command: ``veracity demo`` runs a whole study and its audit."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+
+def test_demo_runs_a_whole_study_and_its_audit_end_to_end(tmp_path: Path) -> None:
+    data_dir = tmp_path / "demo"
+    done = subprocess.run(
+        [sys.executable, "-m", "veracity", "demo", "--data-dir", str(data_dir), "--format", "json"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = json.loads(done.stdout)  # stdout is exactly one JSON document
+
+    assert summary["ok"] is True
+    assert summary["data_dir"] == str(data_dir.resolve())
+    assert [site["name"] for site in summary["sites"]] == ["hospital-a", "hospital-b", "hospital-c"]
+    for site in summary["sites"]:
+        assert site["rows"] > 100
+        assert 0 < site["epsilon"] <= site["epsilon_cap"]
+    assert summary["inference"]["patients"] == 114
+    assert summary["inference"]["agreement"] == 1.0
+    assert summary["inference"]["max_abs_error"] < 1e-3
+    assert 0.5 < summary["model"]["accuracy"] <= 1.0
+    assert 0.5 < summary["model"]["auc"] <= 1.0
+    assert len(summary["model"]["hash"]) == 64
+
+    ledger = summary["ledger"]
+    assert ledger["verified"] is True
+    # The data directory is kept: the auditor can check the bundle again, independently.
+    again = subprocess.run(
+        [sys.executable, "-m", "veracity", "ledger", "verify", "--bundle", ledger["bundle"],
+         "--trust", ledger["root_public_key"], "--format", "json"],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert again.returncode == 0, again.stderr
+    report = json.loads(again.stdout)
+    assert report["ok"] is True
+    assert report["entries"] == ledger["entries"]
+    shown = subprocess.run(
+        [sys.executable, "-m", "veracity", "ledger", "show", "--db", ledger["db_url"],
+         "--format", "json"],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert shown.returncode == 0, shown.stderr
+    recorded = [entry["kind"] for entry in json.loads(shown.stdout)]
+    assert recorded.count("round.completed") == 3
+    assert recorded.count("model.released") == 1
+    assert recorded.count("inference.served") >= 1
+    assert recorded.count("study.approved") == 3
+    # Every process the demo started has stopped.
+    leftovers = subprocess.run(
+        ["pgrep", "-f", str(data_dir)], capture_output=True, text=True, check=False
+    )
+    assert leftovers.stdout.strip() == ""
