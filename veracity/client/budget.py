@@ -205,26 +205,33 @@ def prv_epsilon(history: History, delta: float) -> float:
     return _prv_epsilon_cached(merged, float(delta))
 
 
+@functools.lru_cache(maxsize=4096)
+def _rdp_epsilon_cached(history: History, delta: float) -> float:
+    from opacus.accountants import RDPAccountant
+
+    accountant = RDPAccountant()
+    accountant.history = _as_accountant_history(history)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        value = float(accountant.get_epsilon(delta))
+    return value if math.isfinite(value) else math.inf
+
+
 def rdp_epsilon(history: History, delta: float) -> float:
     """Epsilon of ``history`` at ``delta`` by Opacus's RDP accountant (0 for no history).
+
+    Cached like :func:`prv_epsilon` (0.01-0.2 s per call).
 
     Raises
     ------
     InputError
         If ``delta`` is not in (0, 1).
     """
-    from opacus.accountants import RDPAccountant
-
     _check_delta(delta)
     merged = merge_history(history)
     if not merged:
         return 0.0
-    accountant = RDPAccountant()
-    accountant.history = _as_accountant_history(merged)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        value = float(accountant.get_epsilon(delta))
-    return value if math.isfinite(value) else math.inf
+    return _rdp_epsilon_cached(merged, float(delta))
 
 
 @dataclass(frozen=True)

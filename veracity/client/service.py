@@ -49,7 +49,7 @@ from veracity.client.budget import (
     evaluate_round,
     history_to_json,
 )
-from veracity.client.datasets import load_registered
+from veracity.client.datasets import check_registered, load_registered
 from veracity.client.site import Clock, Site, utc_now
 from veracity.client.store import Dataset, SignedStatement
 from veracity.errors import ApprovalMissing, InputError, VerificationError
@@ -378,11 +378,12 @@ class SiteAgent:
         from veracity.client.training import PrivateTrainer, standardise
 
         key = (run_id, study.study_hash, dataset.dataset_id, dataset.file_sha256)
-        table = load_registered(dataset)  # re-hashes the file every round
+        data = check_registered(dataset)  # re-hashes the file every round
         cached = self._trainers.get(key)
         if cached is not None:
             self._trainers.move_to_end(key)
             return cached.trainer
+        table = load_registered(dataset, data)
         column = {name: index for index, name in enumerate(table.features)}
         x = table.x[:, [column[name] for name in study.features]]
         trainer = PrivateTrainer(
