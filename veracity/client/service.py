@@ -386,6 +386,7 @@ class SiteAgent:
         table = load_registered(dataset, data)
         column = {name: index for index, name in enumerate(table.features)}
         x = table.x[:, [column[name] for name in study.features]]
+        secure = study.dp.secure_mode or self.site.config.secure_mode
         trainer = PrivateTrainer(
             study.model_spec,
             standardise(x, study.scaling),
@@ -395,8 +396,8 @@ class SiteAgent:
             batch_size=study.training.batch_size,
             learning_rate=study.training.learning_rate,
             clipping=self.site.config.clipping,
-            secure_mode=study.dp.secure_mode or self.site.config.secure_mode,
-            seed=self._run_seed(key),
+            secure_mode=secure,
+            seed=None if secure else self._run_seed(key),
         )
         self._trainers[key] = _RunTrainer(trainer)
         while len(self._trainers) > _CACHED_TRAINERS:
