@@ -11,8 +11,10 @@ Part 2 (accuracy): FedAvg over 3 label-skewed breast-cancer hospitals, each a re
 same run, on the held-out test set, mean over seeds (each seed: a new split, model
 initialisation and DP noise; the gap to non-private is paired by seed). The noise
 multiplier is calibrated once with the PRV accountant for the whole study (20 rounds x 1
-epoch at q = 1/5), never per round. Goals at delta 1e-5: epsilon 3 within 1 point of
-accuracy and 0.005 AUC of non-private; epsilon 1 within 2 points.
+epoch), never per round. Goals at delta 1e-5: epsilon 3 within 1 point of accuracy and
+0.005 AUC of non-private; epsilon 1 within 2 points. Each study's batch size, learning rate
+and clipping norm were chosen with ``dp_tune.py`` on a validation split carved from the
+training rows (never the test set); the non-private baseline uses the same terms.
 
     python benchmarks/dp_bench.py                 # default: 20 seeds, about 5 minutes
     python benchmarks/dp_bench.py --seeds 3 --json out.json
@@ -45,6 +47,7 @@ else:
     from harness import Figure, Report
 
 from veracity.client.approvals import approve_study
+from veracity.client.budget import poisson_sampling
 from veracity.client.datasets import register_dataset
 from veracity.client.service import SiteAgent, TrainReply, TrainRequest
 from veracity.client.site import Site, init_site
@@ -61,24 +64,35 @@ from veracity.tasks.models import (
 
 DELTA = 1e-5
 ROUNDS = 20
-BATCH = 32
 CODE_HASH = "be" * 32
 SITES = ("hospital-a", "hospital-b", "hospital-c")
 
 
 @dataclass(frozen=True)
 class Terms:
-    """One model's training terms (chosen on a validation split, never on the test set)."""
+    """A study's training terms, chosen with ``dp_tune.py`` on a validation split."""
 
     family: ModelFamily
+    epsilon: float
+    batch: int
     learning_rate: float
-    clip: dict[float, float]  # epsilon -> max_grad_norm
+    clip: float
     hidden: int = 16
 
+    @property
+    def label(self) -> str:
+        """How figures name these terms."""
+        return (
+            f"{self.family.value}, eps {self.epsilon:g} (batch {self.batch}, "
+            f"lr {self.learning_rate:g}, clip {self.clip:g})"
+        )
 
-TERMS = (
-    Terms(ModelFamily.LOGISTIC, 0.5, {3.0: 1.0, 1.0: 1.0}),
-    Terms(ModelFamily.POLY_MLP, 0.5, {3.0: 1.0, 1.0: 0.5}),
+
+STUDIES = (
+    Terms(ModelFamily.LOGISTIC, 3.0, batch=32, learning_rate=0.5, clip=1.0),
+    Terms(ModelFamily.LOGISTIC, 1.0, batch=128, learning_rate=1.0, clip=1.0),
+    Terms(ModelFamily.POLY_MLP, 3.0, batch=32, learning_rate=0.2, clip=1.0),
+    Terms(ModelFamily.POLY_MLP, 1.0, batch=32, learning_rate=0.2, clip=1.0),
 )
 
 
@@ -239,7 +253,7 @@ def fedavg_nonprivate(
             breast_cancer.standardise(p.features).astype(np.float32),
             p.labels,
             lr=terms.learning_rate,
-            batch=BATCH,
+            batch=terms.batch,
             seed=seed * 100 + i,
         )
         for i, p in enumerate(split.sites)
@@ -285,27 +299,26 @@ def make_federation(split: breast_cancer.FederatedSplit, seed: int, workdir: Pat
 
 def fedavg_private(
     terms: Terms,
-    epsilon: float,
     sigma: float,
     federation: Federation,
     split: breast_cancer.FederatedSplit,
     seed: int,
 ) -> tuple[float, float, float]:
     study = breast_cancer.breast_cancer_study(
-        study_id=f"bench-{terms.family.value}-eps{epsilon:g}-seed{seed}",
-        epsilon_caps=dict.fromkeys(SITES, epsilon),
+        study_id=f"bench-{terms.family.value}-eps{terms.epsilon:g}-seed{seed}",
+        epsilon_caps=dict.fromkeys(SITES, terms.epsilon),
         noise_multiplier=sigma,
         code_hash=CODE_HASH,
         family=terms.family,
         hidden=terms.hidden,
-        max_grad_norm=terms.clip[epsilon],
-        batch_size=BATCH,
+        max_grad_norm=terms.clip,
+        batch_size=terms.batch,
         learning_rate=terms.learning_rate,
         rounds=ROUNDS,
         model_seed=seed,
     )
     for site in federation.sites:
-        approve_study(site, study, dataset_id="bc", epsilon_cap=epsilon)
+        approve_study(site, study, dataset_id="bc", epsilon_cap=terms.epsilon)
     weights = model_weights(build_model(study.model_spec, seed=seed))
     study_epsilon = 0.0
     for number in range(1, ROUNDS + 1):
@@ -332,31 +345,27 @@ def fedavg_private(
 
 def accuracy(report: Report, seeds: int) -> None:
     workdir = Path(tempfile.mkdtemp(prefix="veracity-dp-bench-"))
-    sample_rate, steps = 1 / 5, ROUNDS * 5  # 151-152 rows per site, batch 32: q = 1/5
-    sigmas = {eps: _calibrate(eps, sample_rate, steps) for eps in (3.0, 1.0)}
-    report.notes.append(
-        "noise multipliers calibrated once with PRV for 100 steps at q = 0.2: "
-        + ", ".join(f"eps {e:g} -> sigma {s:.4f}" for e, s in sigmas.items())
-    )
-    results: dict[tuple[str, float | None], list[tuple[float, float]]] = {}
-    spent: dict[tuple[str, float], list[float]] = {}
+    private: dict[Terms, list[tuple[float, float]]] = {terms: [] for terms in STUDIES}
+    public: dict[Terms, list[tuple[float, float]]] = {terms: [] for terms in STUDIES}
+    spent: dict[Terms, list[float]] = {terms: [] for terms in STUDIES}
+    sigmas: dict[tuple[float, float, int], float] = {}
     started = time.perf_counter()
     rounds_timed: list[float] = []
     for seed in range(seeds):
         split = breast_cancer.federated_split(3, seed=seed)
         federation = make_federation(split, seed, workdir)
         try:
-            for terms in TERMS:
-                name = terms.family.value
-                results.setdefault((name, None), []).append(fedavg_nonprivate(terms, split, seed))
-                for epsilon in (3.0, 1.0):
-                    t0 = time.perf_counter()
-                    acc, auc, used = fedavg_private(
-                        terms, epsilon, sigmas[epsilon], federation, split, seed
-                    )
-                    rounds_timed.append((time.perf_counter() - t0) / (ROUNDS * len(SITES)))
-                    results.setdefault((name, epsilon), []).append((acc, auc))
-                    spent.setdefault((name, epsilon), []).append(used)
+            for terms in STUDIES:
+                sampling = poisson_sampling(max(p.rows for p in split.sites), terms.batch)
+                key = (terms.epsilon, sampling.sample_rate, ROUNDS * sampling.steps_per_epoch)
+                if key not in sigmas:  # calibrated once for the whole study, never per round
+                    sigmas[key] = _calibrate(*key)
+                public[terms].append(fedavg_nonprivate(terms, split, seed))
+                t0 = time.perf_counter()
+                acc, auc, used = fedavg_private(terms, sigmas[key], federation, split, seed)
+                rounds_timed.append((time.perf_counter() - t0) / (ROUNDS * len(SITES)))
+                private[terms].append((acc, auc))
+                spent[terms].append(used)
         finally:
             federation.close()
         print(
@@ -365,32 +374,35 @@ def accuracy(report: Report, seeds: int) -> None:
             flush=True,
         )
     goals = {3.0: (0.01, 0.005), 1.0: (0.02, None)}
-    for terms in TERMS:
-        name = terms.family.value
-        base = results[(name, None)]
-        for epsilon in (3.0, 1.0):
-            runs = results[(name, epsilon)]
-            acc_goal, auc_goal = goals[epsilon]
-            for metric, index, goal in (("accuracy", 0, acc_goal), ("AUC", 1, auc_goal)):
-                private = [run[index] for run in runs]
-                public = [run[index] for run in base]
-                gaps = [b - p for b, p in zip(public, private, strict=True)]  # paired by seed
-                gap_se = statistics.stdev(gaps) / len(gaps) ** 0.5 if len(gaps) > 1 else 0.0
-                report.add(
-                    Figure(
-                        name=f"FedAvg {metric}, {name}, eps {epsilon:g} "
-                        f"(gap {statistics.mean(gaps):+.4f} +- {gap_se:.4f} s.e.)",
-                        value=statistics.mean(private),
-                        unit="",
-                        baseline=statistics.mean(public),
-                        baseline_name="non-private FedAvg",
-                        goal=f"gap <= {goal}" if goal is not None and name == "logistic" else None,
-                    )
+    for terms in STUDIES:
+        acc_goal, auc_goal = goals[terms.epsilon]
+        for metric, index, goal in (("accuracy", 0, acc_goal), ("AUC", 1, auc_goal)):
+            dp = [run[index] for run in private[terms]]
+            plain = [run[index] for run in public[terms]]
+            gaps = [b - p for b, p in zip(plain, dp, strict=True)]  # paired by seed
+            gap_se = statistics.stdev(gaps) / len(gaps) ** 0.5 if len(gaps) > 1 else 0.0
+            logistic = terms.family is ModelFamily.LOGISTIC
+            report.add(
+                Figure(
+                    name=f"FedAvg {metric}, {terms.label} "
+                    f"(gap {statistics.mean(gaps):+.4f} +- {gap_se:.4f} s.e.)",
+                    value=statistics.mean(dp),
+                    unit="",
+                    baseline=statistics.mean(plain),
+                    baseline_name="non-private FedAvg, same terms",
+                    goal=f"gap <= {goal}" if goal is not None and logistic else None,
                 )
-            report.notes.append(
-                f"{name} eps {epsilon:g}: study epsilon after {ROUNDS} rounds (PRV, max over sites "
-                f"and seeds) {max(spent[(name, epsilon)]):.4f}; no round was refused"
             )
+        report.notes.append(
+            f"{terms.label}: study epsilon after {ROUNDS} rounds (PRV, max over sites and "
+            f"seeds) {max(spent[terms]):.4f}; no round was refused"
+        )
+    report.notes.append(
+        "noise multipliers (PRV, whole study): "
+        + ", ".join(
+            f"eps {e:g} at q {q:.3g} x {n} steps -> {s:.4f}" for (e, q, n), s in sigmas.items()
+        )
+    )
     report.notes.append(
         f"{seeds} seeds; SiteAgent.handle_train took "
         f"{1e3 * statistics.median(rounds_timed):.1f} ms per site-round (median over "
