@@ -16,7 +16,7 @@ epoch), never per round. Goals at delta 1e-5: epsilon 3 within 1 point of accura
 and clipping norm were chosen with ``dp_tune.py`` on a validation split carved from the
 training rows (never the test set); the non-private baseline uses the same terms.
 
-    python benchmarks/dp_bench.py                 # default: 20 seeds, about 5 minutes
+    python benchmarks/dp_bench.py                 # default: 20 seeds, about 3 minutes here
     python benchmarks/dp_bench.py --seeds 3 --json out.json
 """
 
