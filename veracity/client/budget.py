@@ -22,7 +22,7 @@ import functools
 import logging
 import math
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -187,6 +187,12 @@ def _check_delta(delta: float) -> None:
         raise InputError(f"delta {delta!r} must lie in (0, 1)")
 
 
+def _epsilon(cached: Callable[[History, float], float], history: History, delta: float) -> float:
+    _check_delta(delta)
+    merged = merge_history(history)
+    return cached(merged, float(delta)) if merged else 0.0
+
+
 def prv_epsilon(history: History, delta: float) -> float:
     """Epsilon of ``history`` at ``delta`` by Opacus's PRV accountant (0 for no history).
 
@@ -198,11 +204,7 @@ def prv_epsilon(history: History, delta: float) -> float:
     InputError
         If ``delta`` is not in (0, 1).
     """
-    _check_delta(delta)
-    merged = merge_history(history)
-    if not merged:
-        return 0.0
-    return _prv_epsilon_cached(merged, float(delta))
+    return _epsilon(_prv_epsilon_cached, history, delta)
 
 
 @functools.lru_cache(maxsize=4096)
@@ -227,11 +229,7 @@ def rdp_epsilon(history: History, delta: float) -> float:
     InputError
         If ``delta`` is not in (0, 1).
     """
-    _check_delta(delta)
-    merged = merge_history(history)
-    if not merged:
-        return 0.0
-    return _rdp_epsilon_cached(merged, float(delta))
+    return _epsilon(_rdp_epsilon_cached, history, delta)
 
 
 @dataclass(frozen=True)

@@ -28,6 +28,7 @@ import numpy as np
 import numpy.typing as npt
 
 from veracity.errors import InputError
+from veracity.tasks import scaling
 from veracity.tasks.models import ModelFamily, ModelSpec
 from veracity.tasks.study import Study, parse_study
 
@@ -187,12 +188,7 @@ def standardise(features: npt.NDArray[np.floating]) -> npt.NDArray[np.float64]:
     InputError
         If the array does not have 30 columns.
     """
-    x = np.asarray(features, dtype=np.float64)
-    if x.ndim != 2 or x.shape[1] != len(FEATURES):
-        raise InputError(f"expected features of shape (n, {len(FEATURES)}), got {x.shape}")
-    means = np.array([mean for mean, _ in PUBLIC_SCALING])
-    stds = np.array([std for _, std in PUBLIC_SCALING])
-    return np.asarray((x - means) / stds, dtype=np.float64)
+    return scaling.standardise(features, PUBLIC_SCALING)
 
 
 def write_csv(partition: Partition, path: Path) -> Path:
