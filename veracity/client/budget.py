@@ -22,7 +22,7 @@ import functools
 import logging
 import math
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -187,6 +187,12 @@ def _check_delta(delta: float) -> None:
         raise InputError(f"delta {delta!r} must lie in (0, 1)")
 
 
+def _epsilon(cached: Callable[[History, float], float], history: History, delta: float) -> float:
+    _check_delta(delta)
+    merged = merge_history(history)
+    return cached(merged, float(delta)) if merged else 0.0
+
+
 def prv_epsilon(history: History, delta: float) -> float:
     """Epsilon of ``history`` at ``delta`` by Opacus's PRV accountant (0 for no history).
 
@@ -198,33 +204,32 @@ def prv_epsilon(history: History, delta: float) -> float:
     InputError
         If ``delta`` is not in (0, 1).
     """
-    _check_delta(delta)
-    merged = merge_history(history)
-    if not merged:
-        return 0.0
-    return _prv_epsilon_cached(merged, float(delta))
+    return _epsilon(_prv_epsilon_cached, history, delta)
+
+
+@functools.lru_cache(maxsize=4096)
+def _rdp_epsilon_cached(history: History, delta: float) -> float:
+    from opacus.accountants import RDPAccountant
+
+    accountant = RDPAccountant()
+    accountant.history = _as_accountant_history(history)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        value = float(accountant.get_epsilon(delta))
+    return value if math.isfinite(value) else math.inf
 
 
 def rdp_epsilon(history: History, delta: float) -> float:
     """Epsilon of ``history`` at ``delta`` by Opacus's RDP accountant (0 for no history).
+
+    Cached like :func:`prv_epsilon` (0.01-0.2 s per call).
 
     Raises
     ------
     InputError
         If ``delta`` is not in (0, 1).
     """
-    from opacus.accountants import RDPAccountant
-
-    _check_delta(delta)
-    merged = merge_history(history)
-    if not merged:
-        return 0.0
-    accountant = RDPAccountant()
-    accountant.history = _as_accountant_history(merged)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        value = float(accountant.get_epsilon(delta))
-    return value if math.isfinite(value) else math.inf
+    return _epsilon(_rdp_epsilon_cached, history, delta)
 
 
 @dataclass(frozen=True)

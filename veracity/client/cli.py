@@ -248,6 +248,15 @@ def datasets_command(
     )
 
 
+def _emit_decision(shown: dict[str, Any], output_format: OutputFormat) -> None:
+    """Print a decision and its signed statement (JSON), or a table naming the statement."""
+    if output_format is OutputFormat.JSON:
+        emit_json(shown)
+        return
+    rows = [(k, v) for k, v in shown.items() if k != "statement"]
+    emit_table(None, ["item", "value"], [*rows, ("statement", shown["statement"]["statement_id"])])
+
+
 def _print_review(review: Any) -> None:
     summary = review.to_dict()
     console = stderr_console()
@@ -368,15 +377,7 @@ def approve_command(
         "epsilon_cap_in_force": review.cap_in_force,
         "statement": statement.to_dict(),
     }
-    if output_format is OutputFormat.JSON:
-        emit_json(shown)
-    else:
-        emit_table(
-            None,
-            ["item", "value"],
-            [(k, v) for k, v in shown.items() if k != "statement"]
-            + [("statement", statement.statement_id)],
-        )
+    _emit_decision(shown, output_format)
 
 
 @site_app.command("refuse")
@@ -404,15 +405,7 @@ def refuse_command(
         "reason": decision.reason,
         "statement": statement.to_dict(),
     }
-    if output_format is OutputFormat.JSON:
-        emit_json(shown)
-    else:
-        emit_table(
-            None,
-            ["item", "value"],
-            [(k, v) for k, v in shown.items() if k != "statement"]
-            + [("statement", statement.statement_id)],
-        )
+    _emit_decision(shown, output_format)
 
 
 @site_app.command("studies")

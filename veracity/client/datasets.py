@@ -47,6 +47,7 @@ __all__ = [
     "parse_table",
     "read_table",
     "register_dataset",
+    "check_registered",
     "load_registered",
 ]
 
@@ -440,8 +441,10 @@ def register_dataset(
     return dataset, statement
 
 
-def load_registered(dataset: Dataset) -> Table:
-    """Re-read a registered dataset for training, refusing a file that changed.
+def check_registered(dataset: Dataset) -> bytes:
+    """Read a registered dataset's file and check it is still the registered one.
+
+    Returns the file's bytes.
 
     Raises
     ------
@@ -459,6 +462,22 @@ def load_registered(dataset: Dataset) -> Table:
             f"dataset {dataset.dataset_id!r} changed since it was registered "
             f"({dataset.path}); register the new file under a new id"
         )
+    return data
+
+
+def load_registered(dataset: Dataset, data: bytes | None = None) -> Table:
+    """Re-read a registered dataset for training, refusing a file that changed.
+
+    ``data`` are the file's bytes as :func:`check_registered` returned them (read again
+    and checked when not given).
+
+    Raises
+    ------
+    ApprovalMissing
+        If the file is gone, unreadable, or no longer has the registered SHA-256.
+    """
+    if data is None:
+        data = check_registered(dataset)
     return parse_table(
         dataset.path.name,
         data,

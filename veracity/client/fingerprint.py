@@ -1,7 +1,7 @@
 """Dataset fingerprints: the file hash, the content digest, the schema hash and the commitment.
 
-* ``file_sha256``: SHA-256 of the file's bytes. Kept at the site only; the agent refuses to
-  train when the file no longer has this hash.
+* the file's SHA-256 (``veracity.client.datasets``): kept at the site only; the agent
+  refuses to train when the file no longer has it.
 * ``content_digest``: SHA-256 of what training sees, independent of the file format::
 
       SHA-256( "veracity.dataset-content.v1" || 0x00
@@ -28,7 +28,6 @@ import hashlib
 import hmac
 import secrets
 import struct
-from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
@@ -39,7 +38,6 @@ from veracity.ledger.canonical import canonical_hash, canonical_json
 __all__ = [
     "SALT_BYTES",
     "new_salt",
-    "file_sha256",
     "content_digest",
     "schema_hash",
     "commitment",
@@ -54,24 +52,6 @@ _COMMITMENT_DOMAIN = b"veracity.dataset-commitment.v1\x00"
 def new_salt() -> bytes:
     """32 random bytes from the operating system's CSPRNG."""
     return secrets.token_bytes(SALT_BYTES)
-
-
-def file_sha256(path: Path) -> str:
-    """SHA-256 (hex) of a file's bytes, read in chunks.
-
-    Raises
-    ------
-    InputError
-        If the file cannot be read.
-    """
-    digest = hashlib.sha256()
-    try:
-        with path.open("rb") as handle:
-            for chunk in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(chunk)
-    except OSError as err:
-        raise InputError(f"cannot read {path}: {err.strerror or err}") from err
-    return digest.hexdigest()
 
 
 def content_digest(

@@ -35,7 +35,7 @@ from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -49,13 +49,16 @@ from veracity.client.budget import (
     evaluate_round,
     history_to_json,
 )
-from veracity.client.datasets import load_registered
+from veracity.client.datasets import check_registered, load_registered
 from veracity.client.site import Clock, Site, utc_now
 from veracity.client.store import Dataset, SignedStatement
 from veracity.errors import ApprovalMissing, InputError, VerificationError
 from veracity.ledger.statement import RECEIPT_DOMAIN, sign_document
 from veracity.tasks.study import Study, parse_study
 from veracity.tasks.weights import weights_hash
+
+if TYPE_CHECKING:
+    from veracity.client.training import PrivateTrainer
 
 __all__ = [
     "TrainRequest",
@@ -158,13 +161,6 @@ class Refusal:
 TrainOutcome = TrainReply | Refusal
 
 
-@dataclass
-class _RunTrainer:
-    """A trainer cached for one (run, study, dataset file)."""
-
-    trainer: Any  # veracity.client.training.PrivateTrainer (torch is imported lazily)
-
-
 def _check_request(request: TrainRequest) -> Study:
     # The adapter builds requests from wire data: check the types the annotations promise.
     run_id: object = request.run_id
@@ -223,7 +219,8 @@ class SiteAgent:
 
         self.site = site
         self._seed = seed
-        self._trainers: OrderedDict[tuple[str, str, str, str], _RunTrainer] = OrderedDict()
+        # One trainer per (run, study, dataset, file hash); torch is imported lazily.
+        self._trainers: OrderedDict[tuple[str, str, str, str], PrivateTrainer] = OrderedDict()
         configure_threads(site.config.torch_threads)
 
     @classmethod
@@ -280,7 +277,7 @@ class SiteAgent:
             trainer = self._trainer(request.run_id, study, dataset)
         except ApprovalMissing as err:
             return self._refuse_approval(request, str(err))
-        planned: Segment = trainer.planned_segment(study.training.local_epochs)
+        planned = trainer.planned_segment(study.training.local_epochs)
 
         def evaluate(
             dataset_history: tuple[Segment, ...], study_history: tuple[Segment, ...]
@@ -367,7 +364,7 @@ class SiteAgent:
             noise_generator=trainer.noise_generator,
         )
 
-    def _trainer(self, run_id: str, study: Study, dataset: Dataset) -> Any:
+    def _trainer(self, run_id: str, study: Study, dataset: Dataset) -> PrivateTrainer:
         """The trainer of a run, built on first use and reused while the file is unchanged.
 
         Raises
@@ -378,13 +375,15 @@ class SiteAgent:
         from veracity.client.training import PrivateTrainer, standardise
 
         key = (run_id, study.study_hash, dataset.dataset_id, dataset.file_sha256)
-        table = load_registered(dataset)  # re-hashes the file every round
+        data = check_registered(dataset)  # re-hashes the file every round
         cached = self._trainers.get(key)
         if cached is not None:
             self._trainers.move_to_end(key)
-            return cached.trainer
+            return cached
+        table = load_registered(dataset, data)
         column = {name: index for index, name in enumerate(table.features)}
         x = table.x[:, [column[name] for name in study.features]]
+        secure = study.dp.secure_mode or self.site.config.secure_mode
         trainer = PrivateTrainer(
             study.model_spec,
             standardise(x, study.scaling),
@@ -394,10 +393,10 @@ class SiteAgent:
             batch_size=study.training.batch_size,
             learning_rate=study.training.learning_rate,
             clipping=self.site.config.clipping,
-            secure_mode=study.dp.secure_mode or self.site.config.secure_mode,
-            seed=self._run_seed(key),
+            secure_mode=secure,
+            seed=None if secure else self._run_seed(key),
         )
-        self._trainers[key] = _RunTrainer(trainer)
+        self._trainers[key] = trainer
         while len(self._trainers) > _CACHED_TRAINERS:
             self._trainers.popitem(last=False)
         return trainer

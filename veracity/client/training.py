@@ -58,6 +58,7 @@ from torch.utils.data import Dataset as TorchDataset
 
 from veracity.client.budget import History, Sampling, Segment, merge_history, poisson_sampling
 from veracity.errors import ConfigError, InputError
+from veracity.tasks import scaling as tasks_scaling
 from veracity.tasks.models import ModelSpec, build_model, load_weights, model_weights
 from veracity.tasks.weights import Weights
 
@@ -98,18 +99,14 @@ def configure_threads(threads: int) -> None:
 def standardise(
     x: npt.NDArray[np.float64], scaling: tuple[tuple[float, float], ...]
 ) -> npt.NDArray[np.float32]:
-    """``(x - mean) / std`` per column with a study's public scaling, as float32.
+    """A study's public scaling (:func:`veracity.tasks.scaling.standardise`), as float32.
 
     Raises
     ------
     InputError
         If the scaling does not have one entry per column.
     """
-    if x.ndim != 2 or x.shape[1] != len(scaling):
-        raise InputError(f"scaling has {len(scaling)} entries for {x.shape[1]} columns")
-    means = np.array([mean for mean, _ in scaling], dtype=np.float64)
-    stds = np.array([std for _, std in scaling], dtype=np.float64)
-    return np.asarray((x - means) / stds, dtype=np.float32)
+    return np.asarray(tasks_scaling.standardise(x, scaling), dtype=np.float32)
 
 
 class _Rows(TorchDataset[tuple[torch.Tensor, torch.Tensor]]):

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
@@ -96,7 +97,7 @@ def load_supernode_public_key(path: Path) -> str:
         raise CryptoError(f"{path} is not an OpenSSH public key") from err
     try:
         key = serialization.load_ssh_public_key(text.encode("ascii"))
-    except ValueError as err:
+    except (ValueError, UnsupportedAlgorithm) as err:
         raise CryptoError(f"{path} is not an OpenSSH public key") from err
     if not isinstance(key, ec.EllipticCurvePublicKey) or not isinstance(key.curve, ec.SECP384R1):
         raise CryptoError(f"{path} is not an ECDSA P-384 key")
