@@ -1,4 +1,4 @@
-"""The built wheel installs exactly one top-level name: ``veracity``."""
+"""The built wheel: one top-level name, ``veracity``, with everything it needs at run time."""
 
 from __future__ import annotations
 
@@ -45,4 +45,9 @@ def test_wheel_has_only_the_veracity_top_level_package(tmp_path: Path) -> None:
     assert roots == {"veracity"}
     assert declared == ["veracity"]
     assert "veracity/py.typed" in names
+    # The three Alembic histories (ledger, admin API, site store) ship with their templates.
+    for package in ("veracity/ledger", "veracity/server/api", "veracity/client"):
+        assert f"{package}/migrations/env.py" in names
+        assert f"{package}/migrations/script.py.mako" in names
+        assert any(n.startswith(f"{package}/migrations/versions/0001_") for n in names)
     assert not any(name.startswith(("tests/", "examples/", "benchmarks/")) for name in names)

@@ -239,3 +239,9 @@ def test_statement_ids_identify_the_statement_not_the_signature() -> None:
     b = SignedStatement("k", "site", {"x": 1}, "b3RoZXI=")
     c = SignedStatement("k", "site", {"x": 2}, "c2ln")
     assert a.statement_id == b.statement_id != c.statement_id
+
+
+def test_the_site_store_history_uses_the_store_version_table() -> None:
+    from veracity.client import migrations, store
+
+    assert migrations.HISTORY.version_table == store.VERSION_TABLE

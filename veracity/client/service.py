@@ -53,6 +53,7 @@ from veracity.client.datasets import check_registered, load_registered
 from veracity.client.site import Clock, Site, utc_now
 from veracity.client.store import Dataset, SignedStatement
 from veracity.errors import ApprovalMissing, InputError, VerificationError
+from veracity.ledger.events import RECEIPT_FIELDS
 from veracity.ledger.statement import RECEIPT_DOMAIN, sign_document
 from veracity.tasks.study import Study, parse_study
 from veracity.tasks.weights import weights_hash
@@ -71,22 +72,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-#: Exactly the fields of a receipt (docs/architecture.md).
-RECEIPT_FIELDS = (
-    "site",
-    "study",
-    "round",
-    "run_id",
-    "dataset_id",
-    "dataset_commitment",
-    "update_hash",
-    "accountant",
-    "delta",
-    "epsilon",
-    "history",
-    "max_grad_norm",
-    "num_examples",
-)
 
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 _RUN_ID = re.compile(r"^[\x21-\x7e]{1,128}$")

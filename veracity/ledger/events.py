@@ -37,6 +37,7 @@ __all__ = [
     "ANY_ACTOR_KINDS",
     "NAME_PATTERN",
     "Receipt",
+    "RECEIPT_FIELDS",
     "validate_payload",
     "validate_actor_name",
     "allowed_roles",
@@ -209,6 +210,10 @@ class Receipt(_Payload):
     history: Annotated[list[list[int | float]], AfterValidator(_check_history)]
     max_grad_norm: Annotated[Number, Field(gt=0)]
     num_examples: Count
+
+
+#: Exactly the fields of a receipt, in declaration order (docs/architecture.md).
+RECEIPT_FIELDS: tuple[str, ...] = tuple(Receipt.model_fields)
 
 
 class SignedReceipt(_Payload):

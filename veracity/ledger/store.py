@@ -51,6 +51,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from veracity.config import normalise_database_url
 from veracity.errors import ConfigError
+from veracity.migrations import MigrationHistory
 
 __all__ = [
     "NAMING_CONVENTION",
@@ -270,30 +271,22 @@ def read_session(engine: Engine) -> Iterator[Session]:
         yield session
 
 
+HISTORY = MigrationHistory("ledger", MIGRATIONS_DIR, VERSION_TABLE)
+
+
 def alembic_config(connection: Connection | None = None, url: str | None = None) -> Any:
     """An Alembic ``Config`` for the ledger's migrations (on ``connection`` when given)."""
-    from alembic.config import Config
-
-    config = Config()
-    config.set_main_option("script_location", str(MIGRATIONS_DIR))
-    config.set_main_option("version_table", VERSION_TABLE)
-    if url is not None:
-        config.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
-    if connection is not None:
-        config.attributes["connection"] = connection
-    return config
+    return HISTORY.config(connection, url)
 
 
 def _run(engine: Engine, action: str, revision: str) -> None:
-    from alembic import command
-
     options = {_SQLITE_BEGIN: "IMMEDIATE"} if is_sqlite(engine) else {}
     with engine.connect().execution_options(**options) as connection, connection.begin():
         if not is_sqlite(engine):
             connection.execute(
                 sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": WRITE_LOCK_ID}
             )
-        getattr(command, action)(alembic_config(connection), revision)
+        HISTORY.run(connection, action, revision)
 
 
 def upgrade(engine: Engine, revision: str = "head") -> None:
@@ -308,20 +301,9 @@ def downgrade(engine: Engine, revision: str) -> None:
 
 def current_revision(engine: Engine) -> str | None:
     """The ledger schema revision the database is at (``None``: no ledger tables)."""
-    from alembic.runtime.migration import MigrationContext
-
-    with engine.connect() as connection:
-        context = MigrationContext.configure(connection, opts={"version_table": VERSION_TABLE})
-        revision = context.get_current_revision()
-        connection.rollback()
-        return revision
+    return HISTORY.current(engine)
 
 
 def head_revision() -> str:
     """The newest revision shipped with this package."""
-    from alembic.script import ScriptDirectory
-
-    head = ScriptDirectory.from_config(alembic_config()).get_current_head()
-    if head is None:  # pragma: no cover - the package always ships revisions
-        raise ConfigError("the ledger migrations are missing from this installation")
-    return head
+    return HISTORY.head()

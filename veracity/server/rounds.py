@@ -15,6 +15,7 @@ from typing import Any
 from veracity.crypto.keys import VerifyKey
 from veracity.errors import InputError, VerificationError
 from veracity.ledger.canonical import parse_json_object
+from veracity.ledger.events import RECEIPT_FIELDS as RECEIPT_SCHEMA_FIELDS
 from veracity.ledger.statement import RECEIPT_DOMAIN, verify_document, verify_statement
 
 __all__ = [
@@ -25,24 +26,8 @@ __all__ = [
     "check_refusal",
 ]
 
-#: Exactly the fields a receipt carries (docs/architecture.md, "Receipts").
-RECEIPT_FIELDS = frozenset(
-    {
-        "site",
-        "study",
-        "round",
-        "run_id",
-        "dataset_id",
-        "dataset_commitment",
-        "update_hash",
-        "accountant",
-        "delta",
-        "epsilon",
-        "history",
-        "max_grad_norm",
-        "num_examples",
-    }
-)
+#: Exactly the fields a receipt carries (the ledger's receipt schema).
+RECEIPT_FIELDS = frozenset(RECEIPT_SCHEMA_FIELDS)
 
 #: Statements a site may answer a training request with instead of an update.
 REFUSAL_KINDS = frozenset({"budget.refused", "study.refused", "approval.missing"})

@@ -9,18 +9,16 @@ New revisions go in ``versions/``; generate one from a developer checkout with
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
-from alembic import command
-from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
-from alembic.util import CommandError
 from sqlalchemy.engine import Engine
 
 from veracity.errors import ConfigError
+from veracity.migrations import MigrationHistory
 
 __all__ = [
     "MIGRATIONS_DIR",
+    "HISTORY",
     "alembic_config",
     "current_revision",
     "head_revision",
@@ -28,30 +26,23 @@ __all__ = [
 ]
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent
+#: The version table is ``veracity.client.store.VERSION_TABLE`` (its env.py uses that too).
+HISTORY = MigrationHistory("site store", MIGRATIONS_DIR, "site_alembic_version")
 
 
-def alembic_config() -> Config:
+def alembic_config() -> Any:
     """An Alembic configuration pointing at these migrations (no ini file needed)."""
-    config = Config()
-    config.set_main_option("script_location", str(MIGRATIONS_DIR))
-    return config
+    return HISTORY.config()
 
 
 def head_revision() -> str:
     """The newest revision this Veracity knows."""
-    head = ScriptDirectory.from_config(alembic_config()).get_current_head()
-    if head is None:  # pragma: no cover - the package always ships revisions
-        raise ConfigError("the site store migrations are missing from this installation")
-    return head
+    return HISTORY.head()
 
 
 def current_revision(engine: Engine) -> str | None:
     """The revision a store is at (``None`` for an empty database)."""
-    from veracity.client.store import VERSION_TABLE
-
-    with engine.connect() as connection:
-        context = MigrationContext.configure(connection, opts={"version_table": VERSION_TABLE})
-        return context.get_current_revision()
+    return HISTORY.current(engine)
 
 
 def upgrade_to_head(engine: Engine) -> None:
@@ -62,19 +53,13 @@ def upgrade_to_head(engine: Engine) -> None:
     ConfigError
         If the store is at a revision this Veracity does not know.
     """
-    script = ScriptDirectory.from_config(alembic_config())
     current = current_revision(engine)
-    if current is not None:
-        try:
-            script.get_revision(current)
-        except CommandError as err:
-            raise ConfigError(
-                f"the site store is at schema revision {current!r}, which this Veracity does "
-                "not know; it was written by a newer version: upgrade Veracity"
-            ) from err
-    if current == script.get_current_head():
+    if current is not None and not HISTORY.knows(current):
+        raise ConfigError(
+            f"the site store is at schema revision {current!r}, which this Veracity does "
+            "not know; it was written by a newer version: upgrade Veracity"
+        )
+    if current == head_revision():
         return
-    config = alembic_config()
     with engine.begin() as connection:
-        config.attributes["connection"] = connection
-        command.upgrade(config, "head")
+        HISTORY.run(connection, "upgrade", "head")

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy import BigInteger, CheckConstraint, Float, Index, Integer, MetaData, String
@@ -31,6 +30,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from veracity.errors import ConfigError
 from veracity.ledger import store
+from veracity.migrations import MigrationHistory
 
 __all__ = [
     "VERSION_TABLE",
@@ -122,22 +122,13 @@ class RateRow(ApiBase):
     tat: Mapped[float] = mapped_column(Float)
 
 
-def _alembic_config(connection: Any) -> Any:
-    from alembic.config import Config
-
-    config = Config()
-    config.set_main_option("script_location", str(MIGRATIONS_DIR))
-    config.set_main_option("version_table", VERSION_TABLE)
-    config.attributes["connection"] = connection
-    return config
+HISTORY = MigrationHistory("API tables", MIGRATIONS_DIR, VERSION_TABLE)
 
 
 def _run(engine: Engine, action: str, revision: str) -> None:
-    from alembic import command
-
     # Under the ledger's write lock, so concurrent starters migrate one after the other.
     with store.write_session(engine) as session:
-        getattr(command, action)(_alembic_config(session.connection()), revision)
+        HISTORY.run(session.connection(), action, revision)
 
 
 def upgrade(engine: Engine, revision: str = "head") -> None:
@@ -161,23 +152,12 @@ def downgrade(engine: Engine, revision: str) -> None:
 
 def current_revision(engine: Engine) -> str | None:
     """The revision of the API tables (``None``: not created)."""
-    from alembic.runtime.migration import MigrationContext
-
-    with engine.connect() as connection:
-        context = MigrationContext.configure(connection, opts={"version_table": VERSION_TABLE})
-        revision = context.get_current_revision()
-        connection.rollback()
-        return revision
+    return HISTORY.current(engine)
 
 
 def head_revision() -> str:
     """The newest API revision shipped with this package."""
-    from alembic.script import ScriptDirectory
-
-    head = ScriptDirectory.from_config(_alembic_config(None)).get_current_head()
-    if head is None:  # pragma: no cover - the package always ships revisions
-        raise ConfigError("the API migrations are missing from this installation")
-    return head
+    return HISTORY.head()
 
 
 def check_schema(engine: Engine) -> None:
