@@ -51,6 +51,13 @@ def flower_environment(flwr_home: Path, extra: Mapping[str, str] | None = None) 
     dependencies.
     """
     env = dict(os.environ)
+    # Flower's processes start each other by name (flower-superlink starts
+    # flower-superexec, which starts flwr-serverapp): find them beside this interpreter
+    # even when its environment is not activated.
+    scripts = str(Path(sys.executable).parent)
+    env["PATH"] = os.pathsep.join(
+        [scripts, *[p for p in env.get("PATH", "").split(os.pathsep) if p]]
+    )
     env.update(
         {
             "FLWR_HOME": str(flwr_home),
