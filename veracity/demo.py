@@ -246,7 +246,7 @@ def run_demo(options: DemoOptions, *, console: Console) -> dict[str, Any]:
                     family=ModelFamily.POLY_MLP,
                     rounds=options.rounds,
                     min_sites=2,
-                    learning_rate=0.5,
+                    learning_rate=1.0,
                     model_seed=options.seed,
                 )
                 proposed = api.json("POST", "/studies", tokens["admin"], json=study.to_document())
