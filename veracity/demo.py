@@ -388,8 +388,13 @@ def run_demo(options: DemoOptions, *, console: Console) -> dict[str, Any]:
 
 
 def _provenance_summary(document: dict[str, Any]) -> dict[str, int]:
-    """How many of each PROV element the model's lineage has."""
-    return {
-        kind: len(document.get(kind, {}))
-        for kind in ("entity", "activity", "agent", "wasGeneratedBy", "used", "wasDerivedFrom")
-    }
+    """How many of each kind of thing the model's W3C PROV lineage holds (by ``prov:type``)."""
+    counts: dict[str, int] = {}
+    for section in ("entity", "activity", "agent"):
+        for records in document.get(section, {}).values():
+            for record in records if isinstance(records, list) else [records]:
+                kind = str(record.get("prov:type", section)).removeprefix("veracity:")
+                counts[kind] = counts.get(kind, 0) + 1
+    for relation in ("used", "wasGeneratedBy", "wasDerivedFrom", "wasAssociatedWith"):
+        counts[relation] = len(document.get(relation, {}))
+    return dict(sorted(counts.items()))

@@ -61,3 +61,8 @@ def demo(
             ["duration", f"{summary['duration_s']:.0f} s"],
         ],
     )
+    emit_table(
+        "The model's provenance (W3C PROV, derived from the verified ledger)",
+        ["element", "count"],
+        sorted(summary["provenance"].items()),
+    )
