@@ -4,7 +4,7 @@ fixed clipping with its RDP accountant, driven with real Flower messages."""
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from typing import Any, cast
+from typing import cast
 
 import numpy as np
 import numpy.typing as npt
@@ -168,15 +168,12 @@ def _round(
     server_round: int,
     weights: Weights,
     updates: dict[int, Weights],
-    **reply_options: Any,
 ) -> Weights | None:
     requests = list(
         strategy.configure_train(server_round, weights_to_record(weights), ConfigRecord(), GRID)
     )
     replies = [
-        _trained(
-            r, server_round, _shifted(weights, updates[r.metadata.dst_node_id]), **reply_options
-        )
+        _trained(r, server_round, _shifted(weights, updates[r.metadata.dst_node_id]))
         for r in requests
     ]
     arrays, _ = strategy.aggregate_train(server_round, replies)

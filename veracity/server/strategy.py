@@ -264,15 +264,18 @@ class AuditedStrategy(Strategy):
         try:
             messages = list(self.inner.configure_train(server_round, arrays, config, view))
         except PrivacyBudgetExhausted as err:
-            self.budget_exhausted = f"round {server_round}: {err}"
-            if self._accountant is not None:
-                self.budget_exhausted = self._exhausted_reason(server_round, self._accountant)
+            self.budget_exhausted = (
+                self._exhausted_reason(server_round, self._accountant)
+                if self._accountant is not None
+                else f"round {server_round}: {err}"
+            )
             log.warning("central DP: %s", self.budget_exhausted)
             return []
         messages = [m for m in messages if m.metadata.dst_node_id in approved]
         self._sampled[server_round] = {m.metadata.dst_node_id for m in messages}
+        global_model = weights_from_record(arrays)
         self._expected[server_round] = {
-            name: (array.numpy().shape, array.numpy().dtype) for name, array in arrays.items()
+            name: (array.shape, array.dtype) for name, array in global_model.items()
         }
         return messages
 
