@@ -24,11 +24,12 @@ from veracity.ledger.statement import RECEIPT_DOMAIN, verify_document
 from veracity.localnet import LocalSite, approve, create_site, enrol, start_nodes
 from veracity.server.coordinator import Coordinator
 from veracity.server.fab import build_fab
+from veracity.server.registry import ModelRegistry
 from veracity.server.superlink import SuperLinkOptions, start_superlink
 from veracity.supervise import ProcessGroup, flower_environment, free_port
 from veracity.tasks.breast_cancer import breast_cancer_study, federated_split
 from veracity.tasks.models import ModelFamily
-from veracity.tasks.study import Study
+from veracity.tasks.study import Study, parse_study
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -129,6 +130,44 @@ def test_a_two_round_study_records_every_round_with_verified_receipts(network: N
         released[0]["model_hash"] == finished["model_hash"] == rounds[-1]["aggregated_model_hash"]
     )
     assert set(released[0]["epsilon"]) == set(SITES)
+
+
+def test_a_study_with_client_level_dp_records_both_guarantees(network: Network) -> None:
+    coordinator = network.coordinator
+    terms = {"noise_multiplier": 1.0, "clipping_norm": 1.0, "max_epsilon": 10.0, "delta": 1e-5}
+    plain = _study("bc-central-dp", rounds=2, min_sites=3)
+    study = parse_study({**plain.to_document(), "central_dp": terms})
+    run_id = _propose_and_run(network, study, dict.fromkeys(SITES, 3.0))
+
+    coordinator.ledger.verify(coordinator.root_key.public)
+    rounds = coordinator.rounds(run_id)
+    assert [r["round"] for r in rounds] == [1, 2]
+    # Flower's RDP accountant, noise 1.0 without amplification, delta 1e-5.
+    for recorded, epsilon in zip(rounds, (4.728507, 7.077392), strict=True):
+        assert recorded["participants"] == sorted(SITES)
+        assert recorded["metrics"]["client-level-epsilon"] == pytest.approx(epsilon, abs=1e-6)
+        assert recorded["metrics"]["client-level-delta"] == 1e-5
+    finished = coordinator.run_finished(run_id)
+    assert finished is not None
+    assert finished["status"] == "completed"
+    assert finished["model_hash"] == rounds[-1]["aggregated_model_hash"]
+    (released,) = [
+        e.payload
+        for e in coordinator.ledger.iter_entries(kind="model.released")
+        if e.payload["run_id"] == run_id
+    ]
+    last = rounds[-1]["metrics"]["client-level-epsilon"]
+    assert released["metrics"]["client-level-epsilon"] == last
+    card = ModelRegistry(coordinator.paths.models).get(released["model_hash"]).card
+    client_level = card["privacy"]["client_level"]
+    assert client_level["epsilon"] == last
+    assert client_level["delta"] == 1e-5
+    assert client_level["noise_multiplier"] == 1.0
+    assert client_level["clipping_norm"] == 1.0
+    # The sites' record-level guarantee is reported beside it, from their receipts.
+    receipts = {s["receipt"]["site"]: s["receipt"] for s in rounds[-1]["receipts"]}
+    for site, guarantee in card["privacy"]["per_site"].items():
+        assert guarantee["epsilon"] == receipts[site]["epsilon"] == released["epsilon"][site]
 
 
 def test_a_site_over_its_cap_is_refused_and_recorded_and_the_run_goes_on(network: Network) -> None:

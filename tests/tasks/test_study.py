@@ -62,3 +62,49 @@ def test_invalid_studies_are_refused_naming_the_problem(
 ) -> None:
     with pytest.raises(InputError, match=message):
         parse_study(_document(**changes))
+
+
+#: The hash of ``_document()`` before studies could carry ``central_dp``.
+HASH_WITHOUT_CENTRAL_DP = "61da596203d545bb01546904100c7a5b27dd7210b47b667a93eb6598faf0ca42"
+
+CENTRAL_DP = {"noise_multiplier": 1.0, "clipping_norm": 0.5, "max_epsilon": 8.0, "delta": 1e-5}
+
+
+def test_a_study_without_central_dp_serialises_exactly_as_before() -> None:
+    study = parse_study(_document())
+
+    assert study.central_dp is None
+    assert "central_dp" not in study.to_document()
+    assert "central_dp" not in study.model_dump_json()
+    assert study.study_hash == HASH_WITHOUT_CENTRAL_DP
+    # An explicit null is the same study.
+    assert parse_study(_document(central_dp=None)).study_hash == HASH_WITHOUT_CENTRAL_DP
+
+
+def test_central_dp_terms_are_part_of_the_study_and_round_trip() -> None:
+    study = parse_study(_document(central_dp=CENTRAL_DP))
+
+    assert study.central_dp is not None
+    assert study.to_document()["central_dp"] == {**CENTRAL_DP, "accountant": "rdp"}
+    assert parse_study(study.to_document()) == study
+    assert study.study_hash != HASH_WITHOUT_CENTRAL_DP
+    other = parse_study(_document(central_dp={**CENTRAL_DP, "max_epsilon": 9.0}))
+    assert other.study_hash != study.study_hash
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"noise_multiplier": 0.0}, "noise_multiplier"),
+        ({"clipping_norm": -1.0}, "clipping_norm"),
+        ({"max_epsilon": float("inf")}, "max_epsilon"),
+        ({"delta": 1.0}, "delta"),
+        ({"accountant": "prv"}, "accountant"),
+        ({"sampling": "poisson"}, "sampling"),
+    ],
+)
+def test_invalid_central_dp_terms_are_refused_naming_the_field(
+    changes: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(InputError, match=f"central_dp.{message}"):
+        parse_study(_document(central_dp={**CENTRAL_DP, **changes}))

@@ -127,7 +127,7 @@ def _now_text(now: datetime | None) -> str:
 def package_versions() -> dict[str, str]:
     """Versions of the packages whose behaviour a run's results depend on."""
     versions = {"veracity": __version__}
-    for name in ("flwr", "torch", "opacus", "tenseal", "numpy"):
+    for name in ("flwr", "torch", "opacus", "dp-accounting", "tenseal", "numpy"):
         try:
             versions[name] = importlib.metadata.version(name)
         except importlib.metadata.PackageNotFoundError:

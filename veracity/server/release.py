@@ -3,7 +3,9 @@
 The model card says what the model is, where its data came from (each site's dataset
 commitment), what privacy each site spent (record-level DP-SGD, cumulative epsilon per
 dataset from the sites' signed receipts, which an auditor can recompute), how it was
-trained, and what it is for.
+trained, and what it is for. A study with client-level DP at the coordinator adds that
+guarantee under ``privacy.client_level``, apart from the sites' record-level one: its
+unit is a site's whole contribution, its epsilon is the coordinator's RDP accountant's.
 """
 
 from __future__ import annotations
@@ -16,11 +18,48 @@ from veracity.ledger.canonical import canonical_hash
 from veracity.ledger.events import ROOT_ACTOR
 from veracity.server.coordinator import Coordinator, package_versions
 from veracity.server.registry import ModelRegistry
-from veracity.server.strategy import RoundOutcome
+from veracity.server.strategy import CLIENT_DELTA_METRIC, CLIENT_EPSILON_METRIC, RoundOutcome
 from veracity.tasks.study import Study
 from veracity.tasks.weights import Weights, weights_hash
 
-__all__ = ["build_model_card", "release_model"]
+__all__ = ["build_model_card", "client_level_privacy", "release_model"]
+
+
+def client_level_privacy(study: Study, completed: list[RoundOutcome]) -> dict[str, Any] | None:
+    """The card's client-level DP section (None when the study has no central DP).
+
+    ``completed`` are the rounds whose aggregate was released, in order; the epsilon is
+    the accountant's after the last of them, as its ``round.completed`` records it.
+    """
+    central = study.central_dp
+    if central is None:
+        return None
+    last = completed[-1].metrics if completed else {}
+    sites = int(last.get("sites", 0))
+    return {
+        "unit": "one site's whole contribution to a round's model update",
+        "mechanism": (
+            "Gaussian mechanism on the equally weighted FedAvg of updates clipped at the "
+            "coordinator (Flower DifferentialPrivacyServerSideFixedClipping)"
+        ),
+        "noise_multiplier": central.noise_multiplier,
+        "clipping_norm": central.clipping_norm,
+        "sites_per_round": sites,
+        "noise_stddev": central.noise_multiplier * central.clipping_norm / sites if sites else None,
+        "noise_generator": (
+            "NumPy's global Mersenne Twister in the ServerApp (Flower draws np.random.normal; "
+            "seeded from OS entropy, not a CSPRNG)"
+        ),
+        "epsilon": last.get(CLIENT_EPSILON_METRIC),
+        "delta": last.get(CLIENT_DELTA_METRIC, central.delta),
+        "max_epsilon": central.max_epsilon,
+        "rounds": len(completed),
+        "accountant": (
+            "RDP (Flower RdpAccountant over Google dp-accounting), no sampling "
+            "amplification, add-or-remove-one neighbouring sites"
+        ),
+        "covers": "the model updates only; round metrics are not covered",
+    }
 
 
 def build_model_card(
@@ -71,14 +110,22 @@ def build_model_card(
         + ". Research use within the approving network; not validated for clinical decisions.",
         "limitations": [
             "Trained on the approving sites' cohorts only; performance elsewhere is unknown.",
-            "Differential privacy protects individual records, not site-level statistics.",
+            "Differential privacy protects individual records, not site-level statistics."
+            if study.central_dp is None
+            else "Record-level DP protects individual records; client-level DP bounds what "
+            "the model reveals about any one site's contribution (not the round metrics).",
         ],
         "training": {
             "study_hash": study.study_hash,
             "run_id": run_id,
             "code_hash": study.code_hash,
             "rounds": len(completed),
-            "aggregation": "FedAvg weighted by examples",
+            "aggregation": (
+                "FedAvg weighted by examples"
+                if study.central_dp is None
+                else "FedAvg with equal site weights of updates clipped at the coordinator, "
+                "plus Gaussian noise (client-level DP)"
+            ),
             "round_model_hashes": [o.aggregated_model_hash for o in completed],
             "train_loss_by_round": [o.metrics.get("train-loss") for o in completed],
             "packages": package_versions(),
@@ -94,7 +141,7 @@ def build_model_card(
             ),
             "noise_multiplier": study.dp.noise_multiplier,
             "per_site": privacy,
-            "client_level": None,
+            "client_level": client_level_privacy(study, completed),
         },
         "released_at": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
         "veracity_version": __version__,

@@ -7,6 +7,20 @@ site's enrolled key, keeps unverifiable replies away from FedAvg, aggregates the
 hands a :class:`RoundOutcome` to the recorder (which writes ``round.completed``). When
 fewer than the study's minimum of sites return verified updates, the run stops: later
 rounds send nothing and :attr:`AuditedStrategy.abort_reason` says why.
+
+With the study's optional client-level DP (:class:`~veracity.tasks.study.CentralDPConfig`)
+the inner strategy is Flower's ``DifferentialPrivacyServerSideFixedClipping`` around FedAvg
+with an RDP accountant (:func:`aggregation_strategy`), and the audited strategy stays
+outermost, so clipping and noise see verified updates only. Flower's accounted mode needs
+equal client weights: FedAvg is weighted by :data:`UNIFORM_WEIGHT_KEY`, which this strategy
+sets to 1 on every verified reply (whatever a site sent under that name). The noise is
+calibrated to the number of sites asked, so a round in which any of them is refused,
+dropped or silent releases nothing and stops the run (:attr:`AuditedStrategy.abort_reason`).
+Before a round that would take the client-level epsilon past ``max_epsilon``, Flower raises
+``PrivacyBudgetExhausted``; the strategy then sends nothing more and
+:attr:`AuditedStrategy.budget_exhausted` says why (the rounds before it are complete
+releases within the budget). Each completed round's metrics carry the accountant's
+``client-level-epsilon`` and ``client-level-delta``.
 """
 
 from __future__ import annotations
@@ -17,18 +31,43 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
-from flwr.serverapp import Grid
-from flwr.serverapp.strategy import FedAvg, Strategy
+from flwr.serverapp import Grid, PrivacyAccountant
+from flwr.serverapp.exception import PrivacyBudgetExhausted
+from flwr.serverapp.strategy import (
+    DifferentialPrivacyServerSideFixedClipping,
+    FedAvg,
+    Strategy,
+)
 
 from veracity.crypto.keys import VerifyKey
-from veracity.errors import VeracityError
+from veracity.errors import ConfigError, VeracityError
 from veracity.flower_serde import weights_from_record
 from veracity.server.polling_grid import PollingGrid
 from veracity.server.rounds import AcceptedUpdate, check_receipt, check_refusal
+from veracity.tasks.study import CentralDPConfig
 from veracity.tasks.weights import weights_hash
 
-__all__ = ["RoundOutcome", "AuditedStrategy", "round_metrics"]
+__all__ = [
+    "CLIENT_EPSILON_METRIC",
+    "CLIENT_DELTA_METRIC",
+    "UNIFORM_WEIGHT_KEY",
+    "RoundOutcome",
+    "AuditedStrategy",
+    "aggregation_strategy",
+    "round_metrics",
+]
+
+#: The metric every site reply carries with its row count (FedAvg's weight without central DP).
+EXAMPLES_KEY = "num-examples"
+#: The metric FedAvg is weighted by under central DP; the audited strategy sets it to 1.
+UNIFORM_WEIGHT_KEY = "uniform-weight"
+#: Round metrics with the accountant's cumulative client-level (epsilon, delta).
+CLIENT_EPSILON_METRIC = "client-level-epsilon"
+CLIENT_DELTA_METRIC = "client-level-delta"
+
+Aggregator = FedAvg | DifferentialPrivacyServerSideFixedClipping
 
 log = logging.getLogger(__name__)
 
@@ -76,9 +115,11 @@ def round_metrics(records: list[RecordDict], weighting_key: str) -> MetricRecord
     """A round's metrics: examples, slowest site's training time, weighted training loss.
 
     Privacy figures are not averaged across sites: each site's epsilon is in its receipt.
+    ``weighting_key`` (what FedAvg weighted the model by) is not used: examples and the
+    loss's weights are always the sites' ``num-examples``.
     """
     metrics = [next(iter(record.metric_records.values())) for record in records]
-    examples = [float(str(m[weighting_key])) for m in metrics]
+    examples = [float(str(m[EXAMPLES_KEY])) for m in metrics]
     out: dict[str, int | float | list[int] | list[float]] = {
         "examples": sum(examples),
         "sites": float(len(metrics)),
@@ -94,12 +135,81 @@ def round_metrics(records: list[RecordDict], weighting_key: str) -> MetricRecord
     return MetricRecord(out)
 
 
+def aggregation_strategy(
+    *, sites: int, central_dp: CentralDPConfig | None, population: int
+) -> Aggregator:
+    """The strategy the audited strategy wraps.
+
+    FedAvg over ``sites`` nodes weighted by examples or, with ``central_dp``, Flower's
+    server-side fixed clipping around FedAvg with equal weights and an RDP accountant (no
+    sampling amplification, add-or-remove-one neighbours). ``population`` is the number
+    of sites the study names (the accountant's population; without amplification it only
+    bounds the sample size).
+
+    Raises
+    ------
+    ConfigError
+        If Google's ``dp-accounting`` (``flwr[dp]``) is missing or Flower refuses the terms.
+    """
+    fedavg = FedAvg(
+        fraction_train=1.0,
+        fraction_evaluate=0.0,
+        min_train_nodes=sites,
+        min_available_nodes=sites,
+        weighted_by_key=EXAMPLES_KEY if central_dp is None else UNIFORM_WEIGHT_KEY,
+        train_metrics_aggr_fn=round_metrics,
+    )
+    if central_dp is None:
+        return fedavg
+    from flwr.serverapp import NeighboringRelation, PrivacyConfig, SamplingMethod
+
+    try:
+        from flwr.serverapp import RdpAccountant
+
+        accountant = RdpAccountant(
+            PrivacyConfig(
+                target_delta=central_dp.delta,
+                population_size=population,
+                neighboring_relation=NeighboringRelation.ADD_OR_REMOVE_ONE,
+                sampling_method=SamplingMethod.NO_AMPLIFICATION,
+                max_epsilon=central_dp.max_epsilon,
+            )
+        )
+        return DifferentialPrivacyServerSideFixedClipping(
+            fedavg,
+            noise_multiplier=central_dp.noise_multiplier,
+            clipping_norm=central_dp.clipping_norm,
+            num_sampled_clients=sites,
+            accountant=accountant,
+        )
+    except (ImportError, ValueError) as err:
+        raise ConfigError(f"cannot set up central DP: {err}") from err
+
+
+def _update_problem(
+    record: ArrayRecord, expected: Mapping[str, tuple[tuple[int, ...], np.dtype[Any]]] | None
+) -> str | None:
+    """Why an update cannot be aggregated with the global model, or None if it can."""
+    if expected is None:
+        return None
+    names = list(record.keys())
+    if sorted(names) != sorted(expected):
+        return "update does not have the global model's arrays"
+    for name in names:
+        array = record[name].numpy()
+        if (array.shape, array.dtype) != expected[name]:
+            return f"update array {name!r} does not have the global model's shape and type"
+        if not np.all(np.isfinite(array)):
+            return f"update array {name!r} has non-finite values"
+    return None
+
+
 class AuditedStrategy(Strategy):
-    """FedAvg with per-round receipt verification and a ledger record of every round."""
+    """FedAvg, optionally with central DP, checked and recorded round by round."""
 
     def __init__(
         self,
-        inner: FedAvg,
+        inner: Aggregator,
         *,
         study_hash: str,
         run_id: str,
@@ -117,10 +227,25 @@ class AuditedStrategy(Strategy):
         self.site_key = site_key
         self.record_round = record_round
         self.record_refusal = record_refusal
+        self.central_dp: DifferentialPrivacyServerSideFixedClipping | None = None
+        self._accountant: PrivacyAccountant | None = None
+        if isinstance(inner, DifferentialPrivacyServerSideFixedClipping):
+            weighted = inner.strategy
+            if inner.accountant is None or not (
+                isinstance(weighted, FedAvg) and weighted.weighted_by_key == UNIFORM_WEIGHT_KEY
+            ):
+                raise ConfigError(
+                    "central DP needs an accountant and FedAvg weighted by "
+                    f"{UNIFORM_WEIGHT_KEY!r} (use aggregation_strategy)"
+                )
+            self.central_dp, self._accountant = inner, inner.accountant
         self.abort_reason: str | None = None
+        #: Why no further round was run under central DP (None while within budget).
+        self.budget_exhausted: str | None = None
         self.outcomes: list[RoundOutcome] = []
         self._sampled: dict[int, set[int]] = {}
         self._started: dict[int, float] = {}
+        self._expected: dict[int, dict[str, tuple[tuple[int, ...], np.dtype[Any]]]] = {}
 
     def summary(self) -> None:
         """Log the inner strategy's summary."""
@@ -131,15 +256,37 @@ class AuditedStrategy(Strategy):
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
         """Sample among approved sites' nodes only; nothing once the run has stopped."""
-        if self.abort_reason is not None:
+        if self.abort_reason is not None or self.budget_exhausted is not None:
             return []
         self._started[server_round] = time.time()
         approved = frozenset(self.sites_by_node)
         view = grid.restricted_to(approved) if isinstance(grid, PollingGrid) else grid
-        messages = list(self.inner.configure_train(server_round, arrays, config, view))
+        try:
+            messages = list(self.inner.configure_train(server_round, arrays, config, view))
+        except PrivacyBudgetExhausted as err:
+            self.budget_exhausted = (
+                self._exhausted_reason(server_round, self._accountant)
+                if self._accountant is not None
+                else f"round {server_round}: {err}"
+            )
+            log.warning("central DP: %s", self.budget_exhausted)
+            return []
         messages = [m for m in messages if m.metadata.dst_node_id in approved]
         self._sampled[server_round] = {m.metadata.dst_node_id for m in messages}
+        global_model = weights_from_record(arrays)
+        self._expected[server_round] = {
+            name: (array.shape, array.dtype) for name, array in global_model.items()
+        }
         return messages
+
+    @staticmethod
+    def _exhausted_reason(server_round: int, accountant: PrivacyAccountant) -> str:
+        spent = accountant.get_privacy_spent()
+        return (
+            f"client-level privacy budget: round {server_round} would take epsilon past "
+            f"max_epsilon {accountant.config.max_epsilon} at delta {spent.delta:g} "
+            f"(spent {spent.epsilon:.6f} over {spent.num_releases} round(s))"
+        )
 
     def _check_reply(self, server_round: int, reply: Message, outcome: RoundOutcome) -> bool:
         node = reply.metadata.src_node_id
@@ -166,6 +313,17 @@ class AuditedStrategy(Strategy):
             if "arrays" not in content.array_records or "receipt" not in content.config_records:
                 outcome.dropped.append({"site": site, "reason": "reply without update or receipt"})
                 return False
+            if len(content.array_records) != 1 or list(content.metric_records) != ["metrics"]:
+                outcome.dropped.append(
+                    {"site": site, "reason": "reply must carry one update and one metric record"}
+                )
+                return False
+            problem = _update_problem(
+                content.array_records["arrays"], self._expected.get(server_round)
+            )
+            if problem is not None:
+                outcome.dropped.append({"site": site, "reason": problem})
+                return False
             receipt = content.config_records["receipt"]
             update_hash = weights_hash(weights_from_record(content.array_records["arrays"]))
             accepted = check_receipt(
@@ -189,7 +347,7 @@ class AuditedStrategy(Strategy):
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         """Verify every reply, aggregate the verified ones, record the round."""
-        if self.abort_reason is not None:
+        if self.abort_reason is not None or self.budget_exhausted is not None:
             return None, None  # the run stopped in an earlier round; nothing was sent
         outcome = RoundOutcome(server_round)
         outcome.timing = {
@@ -204,17 +362,36 @@ class AuditedStrategy(Strategy):
             outcome.dropped.append({"site": site, "reason": "no reply before the round timeout"})
         arrays: ArrayRecord | None = None
         metrics: MetricRecord | None = None
+        missing = [f"{d['site']} ({d['kind']})" for d in outcome.refused] + [
+            f"{d['site']} ({d['reason']})" for d in outcome.dropped
+        ]
+        without = ", ".join(sorted(missing)) or "none"
         if len(verified) < self.min_sites:
-            missing = [f"{d['site']} ({d['kind']})" for d in outcome.refused] + [
-                f"{d['site']} ({d['reason']})" for d in outcome.dropped
-            ]
             self.abort_reason = (
                 f"round {server_round}: {len(verified)} verified update(s), the study needs "
-                f"{self.min_sites}; without update: {', '.join(sorted(missing)) or 'none'}"
+                f"{self.min_sites}; without update: {without}"
+            )
+        elif self.central_dp is not None and len(verified) != self.central_dp.num_sampled_clients:
+            asked = self.central_dp.num_sampled_clients
+            self.abort_reason = (
+                f"round {server_round}: central DP needs a verified update from each of the "
+                f"{asked} site(s) asked (its noise is calibrated to {asked}); "
+                f"{len(verified)} arrived; without update: {without}"
             )
         else:
+            if self.central_dp is not None:
+                order = list(self._expected.get(server_round, {}))
+                for reply in verified:
+                    # Flower's accounted mode needs equal weights, and it clips each update
+                    # against the global model array by array in order.
+                    reply.content.metric_records["metrics"][UNIFORM_WEIGHT_KEY] = 1.0
+                    update = reply.content.array_records["arrays"]
+                    if order and list(update.keys()) != order:
+                        reply.content["arrays"] = ArrayRecord({n: update[n] for n in order})
             arrays, metrics = self.inner.aggregate_train(server_round, verified)
-            if arrays is not None:
+            if arrays is None:
+                self.abort_reason = f"round {server_round}: the aggregation released no model"
+            else:
                 outcome.aggregated_model_hash = weights_hash(weights_from_record(arrays))
             if metrics is not None:
                 outcome.metrics = {
@@ -222,6 +399,10 @@ class AuditedStrategy(Strategy):
                     for k, v in metrics.items()
                     if isinstance(v, int | float) and not isinstance(v, bool)
                 }
+            if arrays is not None and self._accountant is not None:
+                spent = self._accountant.get_privacy_spent()
+                outcome.metrics[CLIENT_EPSILON_METRIC] = spent.epsilon
+                outcome.metrics[CLIENT_DELTA_METRIC] = spent.delta
         outcome.timing["aggregated"] = time.time()
         self.outcomes.append(outcome)
         self.record_round(outcome)

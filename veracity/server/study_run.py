@@ -6,6 +6,12 @@ was started through the coordinator (``run.started`` is in the ledger), that the
 running is the code the sites approved, and which connected nodes belong to approving
 sites (the node's registered name and SuperNode key must match the site's enrolment). It
 ends every run with exactly one ``run.finished`` saying why.
+
+With the study's client-level DP (``study.central_dp``), a run that reaches its
+``max_epsilon`` before its last round ends ``stopped``: the model of the last completed
+round (every round of it within the budget, and already sent to the sites) is released
+with ``run.finished`` naming it and the reason; if not even the first round fits, nothing
+is released.
 """
 
 from __future__ import annotations
@@ -17,7 +23,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from flwr.app import ConfigRecord
-from flwr.serverapp.strategy import FedAvg
 
 from veracity.errors import VeracityError
 from veracity.flower_serde import weights_from_record, weights_to_record
@@ -25,7 +30,7 @@ from veracity.ledger.events import ROOT_ACTOR
 from veracity.server.coordinator import Coordinator
 from veracity.server.polling_grid import PollingGrid
 from veracity.server.release import release_model
-from veracity.server.strategy import AuditedStrategy, RoundOutcome, round_metrics
+from veracity.server.strategy import AuditedStrategy, RoundOutcome, aggregation_strategy
 from veracity.tasks.models import build_model, model_weights
 from veracity.tasks.study import Study
 
@@ -169,14 +174,11 @@ def execute_run(coordinator: Coordinator, grid: PollingGrid, settings: RunSettin
             if kind in {"budget.refused", "study.refused"}:
                 coordinator.ledger.append(kind, site, payload, signature=signature)
 
-        nodes = len(sites_by_node)
         strategy = AuditedStrategy(
-            FedAvg(
-                fraction_train=1.0,
-                fraction_evaluate=0.0,
-                min_train_nodes=nodes,
-                min_available_nodes=nodes,
-                train_metrics_aggr_fn=round_metrics,
+            aggregation_strategy(
+                sites=len(sites_by_node),
+                central_dp=study.central_dp,
+                population=len(study.epsilon_caps),
             ),
             study_hash=study_hash,
             run_id=run_id,
@@ -206,13 +208,22 @@ def execute_run(coordinator: Coordinator, grid: PollingGrid, settings: RunSettin
         _write_timing(coordinator, run_id, began, strategy.outcomes)
         if strategy.abort_reason is not None:
             raise _Finished("insufficient_sites", strategy.abort_reason)
+        status, reason = "completed", f"{rounds_done} round(s) completed"
+        if strategy.budget_exhausted is not None:
+            if rounds_done == 0:
+                raise _Finished("stopped", f"{strategy.budget_exhausted}; no model released")
+            status = "stopped"
+            reason = (
+                f"{strategy.budget_exhausted}; {rounds_done} of {study.rounds} round(s) "
+                f"completed, the model of round {rounds_done} is released"
+            )
         final = weights_from_record(result.arrays)
         model_hash = release_model(coordinator, study, run_id, final, strategy.outcomes)
         coordinator.finish_run(
             run_id,
             study_hash,
-            status="completed",
-            reason=f"{rounds_done} round(s) completed",
+            status=status,
+            reason=reason,
             rounds_completed=rounds_done,
             model_hash=model_hash,
         )

@@ -17,7 +17,7 @@ from veracity.errors import InputError
 from veracity.ledger.canonical import canonical_hash
 from veracity.tasks.models import ModelFamily, ModelSpec
 
-__all__ = ["DPConfig", "TrainingConfig", "Study", "parse_study"]
+__all__ = ["CentralDPConfig", "DPConfig", "TrainingConfig", "Study", "parse_study"]
 
 
 class _Frozen(BaseModel):
@@ -39,6 +39,37 @@ class DPConfig(_Frozen):
         if not math.isfinite(value):
             raise ValueError("must be finite")
         return value
+
+
+class CentralDPConfig(_Frozen):
+    """Client-level DP at the coordinator, on top of the sites' record-level DP-SGD.
+
+    Each round the coordinator clips every site's update (its difference from the global
+    model) to ``clipping_norm`` in L2, averages the clipped updates with equal weights and
+    adds Gaussian noise of standard deviation ``noise_multiplier * clipping_norm / sites``
+    (Flower's server-side fixed clipping). Flower's RDP accountant composes the rounds
+    without sampling amplification (every approved site is asked every round), at ``delta``;
+    the run stops before a round that would take epsilon past ``max_epsilon``. The unit is
+    a site's whole contribution to the model updates, not one record: a different guarantee
+    from :class:`DPConfig`, reported separately.
+    """
+
+    noise_multiplier: float = Field(gt=0, le=100)
+    clipping_norm: float = Field(gt=0, le=1_000_000)
+    max_epsilon: float = Field(gt=0, le=1_000_000)
+    delta: float = Field(gt=0, lt=1)
+    accountant: Literal["rdp"] = "rdp"
+
+    @field_validator("noise_multiplier", "clipping_norm", "max_epsilon", "delta")
+    @classmethod
+    def _finite(cls, value: float) -> float:
+        if not math.isfinite(value):
+            raise ValueError("must be finite")
+        return value
+
+
+def _is_none(value: object) -> bool:
+    return value is None
 
 
 class TrainingConfig(_Frozen):
@@ -69,6 +100,9 @@ class Study(_Frozen):
     code_hash: str = Field(pattern=r"^[0-9a-f]{64}$")
     #: Seed of the initial global model (public; sites' noise is drawn locally).
     model_seed: int = Field(default=0, ge=0, le=2**31 - 1)
+    #: Optional client-level DP at the coordinator. Left out of the document when absent,
+    #: so studies without it keep the hashes they had before the field existed.
+    central_dp: CentralDPConfig | None = Field(default=None, exclude_if=_is_none)
 
     @model_validator(mode="after")
     def _consistent(self) -> Study:
