@@ -138,3 +138,36 @@ def test_a_receipt_by_another_key_is_dropped_and_too_few_sites_stop_the_run() ->
     no_grid: Any = None
     nothing = strategy.configure_train(2, weights_to_record(_weights(0.0)), ConfigRecord(), no_grid)
     assert list(nothing) == []
+
+
+class _Connected:
+    """The part of a Grid the strategy reads before sampling: which nodes are connected."""
+
+    def __init__(self, nodes: list[int]) -> None:
+        self.nodes = nodes
+
+    def get_node_ids(self) -> list[int]:
+        return list(self.nodes)
+
+
+def test_a_round_samples_the_connected_sites_and_stops_when_too_few_remain() -> None:
+    keys = {name: generate_signing_key().public for name in SITES.values()}
+    strategy = AuditedStrategy(
+        FedAvg(fraction_evaluate=0.0, min_train_nodes=4, min_available_nodes=4),
+        study_hash=STUDY,
+        run_id=RUN,
+        min_sites=2,
+        sites_by_node=SITES,
+        site_key=keys.__getitem__,
+        record_round=lambda outcome: None,
+        record_refusal=lambda *args: None,
+        node_wait=0.2,
+    )
+    arrays = weights_to_record(_weights(0.0))
+    three: Any = _Connected([1, 2, 4])
+    sent = list(strategy.configure_train(1, arrays, ConfigRecord(), three))
+    assert sorted(m.metadata.dst_node_id for m in sent) == [1, 2, 4]  # no wait for node 3
+
+    one: Any = _Connected([1])
+    assert list(strategy.configure_train(2, arrays, ConfigRecord(), one)) == []
+    assert "1 approving site(s) connected" in (strategy.abort_reason or "")

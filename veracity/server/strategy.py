@@ -218,8 +218,10 @@ class AuditedStrategy(Strategy):
         site_key: Callable[[str], VerifyKey],
         record_round: Callable[[RoundOutcome], None],
         record_refusal: RefusalRecorder,
+        node_wait: float = 60.0,
     ) -> None:
         self.inner = inner
+        self.node_wait = node_wait
         self.study_hash = study_hash
         self.run_id = run_id
         self.min_sites = min_sites
@@ -261,6 +263,18 @@ class AuditedStrategy(Strategy):
         self._started[server_round] = time.time()
         approved = frozenset(self.sites_by_node)
         view = grid.restricted_to(approved) if isinstance(grid, PollingGrid) else grid
+        connected = self._wait_for_sites(view)
+        if len(connected) < self.min_sites:
+            self.abort_reason = (
+                f"round {server_round}: {len(connected)} approving site(s) connected after "
+                f"{self.node_wait:.0f} s; the study needs {self.min_sites}"
+            )
+            return []
+        # Sample every connected approving site, never block on one that went away:
+        # Flower's FedAvg would otherwise wait for min_available_nodes without a timeout.
+        fedavg = self.central_dp.strategy if self.central_dp is not None else self.inner
+        if isinstance(fedavg, FedAvg):
+            fedavg.min_train_nodes = fedavg.min_available_nodes = len(connected)
         try:
             messages = list(self.inner.configure_train(server_round, arrays, config, view))
         except PrivacyBudgetExhausted as err:
@@ -278,6 +292,20 @@ class AuditedStrategy(Strategy):
             name: (array.shape, array.dtype) for name, array in global_model.items()
         }
         return messages
+
+    def _wait_for_sites(self, view: Grid) -> set[int]:
+        """The approving sites' connected nodes, waiting up to ``node_wait`` for all of them.
+
+        Under central DP every site the noise was calibrated for must take part, so the wait
+        is for all of them; otherwise for the study's minimum.
+        """
+        wanted = len(self.sites_by_node) if self.central_dp is not None else self.min_sites
+        deadline = time.monotonic() + self.node_wait
+        while True:
+            connected = set(view.get_node_ids()) & set(self.sites_by_node)
+            if len(connected) >= wanted or time.monotonic() >= deadline:
+                return connected
+            time.sleep(0.5)
 
     @staticmethod
     def _exhausted_reason(server_round: int, accountant: PrivacyAccountant) -> str:

@@ -187,6 +187,7 @@ def execute_run(coordinator: Coordinator, grid: PollingGrid, settings: RunSettin
             site_key=coordinator.site_key,
             record_round=record_round,
             record_refusal=record_refusal,
+            node_wait=settings.node_wait,
         )
         initial = model_weights(build_model(study.model_spec, seed=study.model_seed))
         train_config = ConfigRecord(
