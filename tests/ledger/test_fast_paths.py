@@ -409,3 +409,18 @@ def test_fast_and_reference_verification_agree_on_any_tampering(
             ledger.close()
         fast_bundle = _outcome(bundle, reference=False, bundle=True, root_signatures=mode)
         assert fast_bundle == _outcome(bundle, reference=True, bundle=True, root_signatures=mode)
+
+
+@pytest.mark.parametrize(
+    "change", ["hash = hex(hash)", "prev = hex(prev)", "body = CAST(body AS TEXT)"]
+)
+def test_a_blob_column_stored_as_text_fails_at_its_seq(
+    workload: tuple[Path, int], change: str
+) -> None:
+    for path in _scratch(workload):
+        seq = 7
+        _sql(path, f"UPDATE ledger_entry SET {change} WHERE seq = ?", (seq,))  # noqa: S608
+        fast = _outcome(path, reference=False, bundle=False, root_signatures="all")
+        assert fast == _outcome(path, reference=True, bundle=False, root_signatures="all")
+        assert isinstance(fast, tuple)
+        assert fast[0] == seq
