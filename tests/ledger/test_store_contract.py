@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -356,3 +357,52 @@ def test_proofs_stay_right_after_a_rolled_back_checkpoint(
     for seq in range(latest.tree_size):
         world.ledger.inclusion_proof(seq, latest.tree_size).verify(latest, world.root.public)
     world.ledger.verify(world.root.public)
+
+
+def test_proofs_from_the_tree_cache_equal_synchronised_proofs(
+    db_url: str, make_world: Callable[..., World]
+) -> None:
+    world = make_world(db_url, checkpoint_every=6)
+    for i in range(17):
+        world.note("hospital-a", f"n{i}")
+    warm = world.ledger
+    warm.inclusion_proof(0)  # brings the cache to the head
+    size = warm.size()
+    cases: list[tuple[int, int | None]] = [(seq, None) for seq in range(size)]
+    cases += [(seq, tree_size) for tree_size in (1, 7, size) for seq in range(tree_size)]
+
+    def fresh_proofs(url: str) -> list[object]:
+        with Ledger.open(url) as fresh:  # empty cache: every proof synchronises first
+            proofs: list[object] = []
+            for seq, tree_size in cases:
+                fresh._tree.truncate(0)
+                proofs.append(fresh.inclusion_proof(seq, tree_size))
+            return proofs
+
+    synchronised: list[int] = []
+    original = warm._synced_tree
+
+    def counting(*args: Any, **kwargs: Any) -> Any:
+        synchronised.append(1)
+        return original(*args, **kwargs)
+
+    warm._synced_tree = counting  # type: ignore[method-assign]
+    cached = [warm.inclusion_proof(seq, tree_size) for seq, tree_size in cases]
+    assert not synchronised  # every one was served from the cache
+    assert cached == fresh_proofs(db_url)
+    # Another writer moves the head: the cache is behind and must not answer alone.
+    with Ledger.open(db_url, root_key=world.root, checkpoint_every=6) as other:
+        for i in range(5):
+            other.append(
+                "note.recorded", "hospital-b", {"text": f"o{i}"}, signer=world.keys["hospital-b"]
+            )
+        other.checkpoint(now=T0)
+        newest = other.latest_checkpoint()
+    assert newest is not None
+    proof = warm.inclusion_proof(3)
+    assert proof.tree_size == newest.tree_size > size
+    proof.verify(newest, world.root.public)
+    with pytest.raises(InputError):
+        warm.inclusion_proof(newest.tree_size + 5)
+    with pytest.raises(InputError):
+        warm.inclusion_proof(2, newest.tree_size + 5)

@@ -3,6 +3,16 @@
 Private keys are PKCS#8 PEM files (``NAME.pem``, mode 0600); public keys are
 SubjectPublicKeyInfo PEM files (``NAME.pub``). A key's id is the SHA-256 of its raw 32-byte
 public key, in hex.
+
+Verification gives exactly the verdict of ``cryptography`` (OpenSSL), the reference, at
+about half its cost: libsodium (PyNaCl) is asked first, and only a signature it refuses is
+put to OpenSSL. Both check the same cofactorless equation ``[S]B = R + [k]A`` with ``S <
+L`` and compare the encoding of the computed ``R`` byte for byte; libsodium in addition
+refuses a non-canonical ``A`` and a small-order ``A`` or ``R``, which OpenSSL accepts when
+the equation holds. So every signature libsodium accepts, OpenSSL accepts too, and the
+combination accepts exactly what OpenSSL accepts (``tests/crypto/test_ed25519_edges.py``
+checks this on RFC 8032 vectors and on every class of small-order, mixed-order and
+non-canonical input).
 """
 
 from __future__ import annotations
@@ -11,8 +21,11 @@ import hashlib
 import os
 import stat
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
+import nacl.bindings
+import nacl.exceptions
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
@@ -28,7 +41,24 @@ __all__ = [
     "load_verify_key",
     "private_key_path",
     "public_key_path",
+    "SIGNATURE_SIZE",
 ]
+
+#: Bytes in an Ed25519 signature.
+SIGNATURE_SIZE = 64
+
+
+def _sodium_accepts(public_key: bytes, signature: bytes, message: bytes) -> bool:
+    """Whether libsodium accepts the signature (a subset of what OpenSSL accepts)."""
+    if len(signature) != SIGNATURE_SIZE:
+        # crypto_sign_open reads the first 64 bytes of signature || message as the
+        # signature: a shorter or longer one would be checked against other bytes.
+        return False
+    try:
+        nacl.bindings.crypto_sign_open(signature + message, public_key)
+    except (nacl.exceptions.CryptoError, ValueError, TypeError):
+        return False
+    return True
 
 
 @dataclass(frozen=True)
@@ -69,7 +99,7 @@ class VerifyKey:
         except ValueError as err:
             raise CryptoError("an Ed25519 public key is 32 bytes") from err
 
-    @property
+    @cached_property
     def raw(self) -> bytes:
         """The 32 raw public-key bytes."""
         return self.key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
@@ -88,11 +118,16 @@ class VerifyKey:
     def verify(self, signature: bytes, message: bytes) -> None:
         """Check ``signature`` over ``message``.
 
+        libsodium answers first; a signature it refuses is checked again by OpenSSL, so the
+        verdict is always OpenSSL's (see the module docstring).
+
         Raises
         ------
         SignatureError
             If the signature does not verify under this key.
         """
+        if _sodium_accepts(self.raw, signature, message):
+            return
         try:
             self.key.verify(signature, message)
         except InvalidSignature as err:

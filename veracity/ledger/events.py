@@ -41,6 +41,7 @@ __all__ = [
     "validate_payload",
     "validate_actor_name",
     "allowed_roles",
+    "check_timestamp",
 ]
 
 #: The enrolled name of the coordinator's root key (its key files are ``root.pem``/``root.pub``).
@@ -61,7 +62,14 @@ class Role(enum.StrEnum):
     CLINIC = "clinic"
 
 
-def _check_timestamp(value: str) -> str:
+def check_timestamp(value: str) -> str:
+    """Return ``value`` if it is an RFC 3339 timestamp of a real date and time.
+
+    Raises
+    ------
+    ValueError
+        If it is not.
+    """
     if not _TIMESTAMP_RE.match(value):
         raise ValueError("must be an RFC 3339 timestamp such as 2026-11-27T15:47:52.123456Z")
     try:
@@ -89,7 +97,7 @@ Name = Annotated[str, StringConstraints(pattern=NAME_PATTERN)]
 Hash = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
 Ident = Annotated[str, StringConstraints(min_length=1, max_length=128)]
 Text = Annotated[str, StringConstraints(max_length=10_000)]
-Timestamp = Annotated[str, AfterValidator(_check_timestamp)]
+Timestamp = Annotated[str, AfterValidator(check_timestamp)]
 PublicKeyPem = Annotated[str, StringConstraints(max_length=4096), AfterValidator(_check_public_key)]
 Base64Signature = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9+/]{86}==$")]
 Number = Annotated[float, AfterValidator(_check_finite)]

@@ -19,6 +19,8 @@ from veracity.ledger.events import ROOT_ACTOR, Role
 
 __all__ = ["KeyRecord", "KeyHistory"]
 
+_NO_END = 2**63
+
 
 @dataclass(frozen=True)
 class KeyRecord:
@@ -60,6 +62,20 @@ class KeyHistory:
         if index < 0:
             return None
         return timeline[index][1]
+
+    def key_span(self, name: str, seq: int) -> tuple[KeyRecord | None, int, int]:
+        """:meth:`key_at` and the range of seqs its answer holds for.
+
+        Returns ``(record, low, high)``: ``key_at(name, s)`` is ``record`` for every
+        ``low < s <= high``, so a caller can reuse the answer without another search.
+        """
+        timeline = self._timeline.get(name)
+        if not timeline:
+            return None, -1, _NO_END
+        index = bisect.bisect_left(timeline, seq, key=lambda item: item[0]) - 1
+        low = timeline[index][0] if index >= 0 else -1
+        high = timeline[index + 1][0] if index + 1 < len(timeline) else _NO_END
+        return (timeline[index][1] if index >= 0 else None), low, high
 
     def history(self, name: str) -> list[tuple[int, KeyRecord | None]]:
         """Every change of ``name``'s key: (seq, key after it, or None once revoked)."""
