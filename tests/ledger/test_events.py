@@ -155,3 +155,33 @@ def test_round_receipts_must_match_participants_and_round() -> None:
         )
     with pytest.raises(InputError, match="another run"):
         validate_payload("round.completed", {**payload, "round": 2})
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        bytes([1]) + bytes(31),  # the identity point: order 1
+        bytes(32),  # y = 0: a point of order 4
+        bytes([0xEC]) + b"\xff" * 30 + bytes([0x7F]),  # y = p - 1: order 2
+    ],
+)
+def test_a_weak_public_key_is_never_enrolled(raw: bytes) -> None:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+    from veracity.errors import InputError
+    from veracity.ledger.events import validate_payload
+
+    pem = (
+        Ed25519PublicKey.from_public_bytes(raw)
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        .decode()
+    )
+    payload = {
+        "name": "hospital-x",
+        "role": "site",
+        "public_key": pem,
+        "valid_from": "2026-11-27T10:00:00Z",
+    }
+    with pytest.raises(InputError, match="weak Ed25519 key"):
+        validate_payload("key.enrolled", payload)

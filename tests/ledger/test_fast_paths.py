@@ -424,3 +424,20 @@ def test_a_blob_column_stored_as_text_fails_at_its_seq(
         assert fast == _outcome(path, reference=True, bundle=False, root_signatures="all")
         assert isinstance(fast, tuple)
         assert fast[0] == seq
+
+
+@pytest.mark.parametrize("column", ["kind", "actor", "ts"])
+def test_a_text_column_that_is_not_utf8_fails_at_its_seq(
+    workload: tuple[Path, int], column: str
+) -> None:
+    for path in _scratch(workload):
+        seq = 9
+        _sql(
+            path,
+            f"UPDATE ledger_entry SET {column} = CAST(X'FF00FE' AS TEXT) WHERE seq = ?",  # noqa: S608
+            (seq,),
+        )
+        fast = _outcome(path, reference=False, bundle=False, root_signatures="all")
+        assert fast == _outcome(path, reference=True, bundle=False, root_signatures="all")
+        assert isinstance(fast, tuple)
+        assert fast[0] == seq

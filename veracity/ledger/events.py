@@ -80,10 +80,16 @@ def check_timestamp(value: str) -> str:
 
 
 def _check_public_key(value: str) -> str:
+    from nacl.bindings import crypto_core_ed25519_is_valid_point
+
     try:
-        VerifyKey.from_pem(value)
+        key = VerifyKey.from_pem(value)
     except CryptoError as err:
         raise ValueError(f"must be an Ed25519 public key in PEM form ({err})") from err
+    # A small-order or non-canonical point verifies forged signatures under OpenSSL's rules:
+    # such a key is never enrolled.
+    if not crypto_core_ed25519_is_valid_point(key.raw):
+        raise ValueError("is a weak Ed25519 key (small order or not canonical); generate a new one")
     return value
 
 

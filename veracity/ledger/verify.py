@@ -417,6 +417,11 @@ _SQLITE_QUERY = _SELECT_ROWS + " WHERE seq >= ? AND seq < ? ORDER BY seq"
 _POSTGRES_QUERY = _SELECT_ROWS + " WHERE seq >= %s AND seq < %s ORDER BY seq"
 
 
+def _tolerant_text(data: bytes) -> str:
+    """Decode a SQLite text value; bytes that are not UTF-8 survive as surrogates."""
+    return data.decode("utf-8", errors="surrogateescape")
+
+
 def _sqlite_rows(path: str, start: int, end: int) -> Generator[Row, None, None]:
     """Rows of a SQLite ledger file, read with the standard library alone.
 
@@ -428,6 +433,8 @@ def _sqlite_rows(path: str, start: int, end: int) -> Generator[Row, None, None]:
         connection = sqlite3.connect(uri, uri=True, timeout=60, isolation_level=None)
     except sqlite3.Error as err:
         raise InputError(f"cannot open the ledger database {path}: {err}") from err
+    # Text that is not UTF-8 (a tampered column) must reach the checks, not crash the read.
+    connection.text_factory = _tolerant_text
     try:
         cursor = connection.execute(_SQLITE_QUERY, (start, end))
         while batch := cursor.fetchmany(4096):
@@ -446,6 +453,7 @@ def _db_rows(url: str, start: int, end: int) -> Generator[Row, None, None]:
             if raw is None:  # pragma: no cover - a checked-out connection always has one
                 raise InputError("no database connection")
             if engine.dialect.name == "sqlite":
+                raw.text_factory = _tolerant_text
                 cursor = raw.cursor()
                 cursor.execute(_SQLITE_QUERY, (start, end))
             else:
