@@ -405,6 +405,11 @@ def test_fast_and_reference_verification_agree_on_any_tampering(
         ledger = Ledger.open(f"sqlite:///{path}")
         try:
             ledger.export_bundle(bundle)
+        except InputError:
+            # Bytes no canonical entry can hold (a raw newline) are refused at export;
+            # verification of the database found the same entry bad.
+            assert isinstance(fast, tuple)
+            continue
         finally:
             ledger.close()
         fast_bundle = _outcome(bundle, reference=False, bundle=True, root_signatures=mode)
