@@ -20,11 +20,18 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 import sqlalchemy as sa
+from hypothesis import settings as hypothesis_settings
 from sqlalchemy.engine import make_url
 
 from veracity.config import normalise_database_url
 
 DEFAULT_PG_URL = "postgresql://postgres@127.0.0.1:5432/test"
+
+# Under CI, property tests draw the same examples every run (a red CI is a regression, never
+# a lucky draw); developers' runs keep exploring new examples.
+hypothesis_settings.register_profile("ci", derandomize=True, print_blob=True)
+if os.environ.get("CI", "").lower() == "true":
+    hypothesis_settings.load_profile("ci")
 
 
 def _admin_url() -> str:
