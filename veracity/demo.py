@@ -169,6 +169,7 @@ def run_demo(options: DemoOptions, *, console: Console) -> dict[str, Any]:
     from veracity.server.fab import build_fab
     from veracity.tasks.breast_cancer import breast_cancer_study, federated_split, standardise
     from veracity.tasks.models import ModelFamily, ModelSpec, predict_logits
+    from veracity.tasks.study import parse_study
     from veracity.tasks.weights import weights_from_bytes
 
     started = time.monotonic()
@@ -252,9 +253,14 @@ def run_demo(options: DemoOptions, *, console: Console) -> dict[str, Any]:
                 proposed = api.json("POST", "/studies", tokens["admin"], json=study.to_document())
                 if proposed["study_hash"] != study.study_hash:
                     raise VerificationError("the coordinator recorded another study than proposed")
-                document = api.json("GET", f"/studies/{study.study_hash}", tokens[SITES[0]])
                 for site in sites:
-                    statement = approve(site, study, epsilon_cap=options.epsilon_cap)
+                    # Each operator reviews the document the coordinator serves, and signs
+                    # an approval of exactly that document (its hash is what they approve).
+                    served = api.json("GET", f"/studies/{study.study_hash}", tokens[site.name])
+                    reviewed = parse_study(served["study"])
+                    if reviewed.study_hash != study.study_hash:
+                        raise VerificationError("the coordinator serves another study document")
+                    statement = approve(site, reviewed, epsilon_cap=options.epsilon_cap)
                     api.json(
                         "POST",
                         f"/studies/{study.study_hash}/decisions",
@@ -265,7 +271,6 @@ def run_demo(options: DemoOptions, *, console: Console) -> dict[str, Any]:
                             "signature": statement.signature,
                         },
                     )
-                del document
 
             with steps.step("warmup", "Site agents load torch and Opacus (once per site)"):
                 for node in nodes:
