@@ -28,7 +28,6 @@ from pathlib import Path
 from typing import Any, Literal
 
 import sqlalchemy as sa
-from sqlalchemy import event
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
@@ -36,6 +35,7 @@ from veracity.client.budget import History, RoundBudget, Segment, merge_history
 from veracity.errors import ConfigError, InputError
 from veracity.ledger.canonical import canonical_hash, canonical_json
 from veracity.ledger.statement import statement_of
+from veracity.ledger.store import configure_sqlite
 
 __all__ = [
     "VERSION_TABLE",
@@ -330,24 +330,6 @@ def _outbox_row(statement: SignedStatement, created_at: str) -> OutboxRow:
     )
 
 
-def _configure_sqlite(engine: Engine) -> None:
-    """Serialise writers: every transaction takes SQLite's write lock when it begins."""
-
-    @event.listens_for(engine, "connect")
-    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
-        # Let SQLAlchemy's "begin" event issue BEGIN IMMEDIATE instead of pysqlite's BEGIN.
-        dbapi_connection.isolation_level = None
-        cursor = dbapi_connection.cursor()
-        cursor.execute("PRAGMA foreign_keys=ON")
-        cursor.execute("PRAGMA busy_timeout=60000")
-        cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.close()
-
-    @event.listens_for(engine, "begin")
-    def _on_begin(connection: sa.Connection) -> None:
-        connection.exec_driver_sql("BEGIN IMMEDIATE")
-
-
 def create_store_engine(url: str) -> Engine:
     """An engine for a site store URL (``sqlite:///PATH`` or ``postgresql+psycopg://``).
 
@@ -364,7 +346,8 @@ def create_store_engine(url: str) -> Engine:
         if parsed.database in (None, "", ":memory:"):
             raise ConfigError("the site store must be a SQLite file, not an in-memory database")
         engine = sa.create_engine(parsed)
-        _configure_sqlite(engine)
+        # Every transaction takes SQLite's write lock when it begins: serialised writers.
+        configure_sqlite(engine, default_begin="IMMEDIATE")
         return engine
     if parsed.get_backend_name() == "postgresql":
         return sa.create_engine(parsed, pool_pre_ping=True)

@@ -54,6 +54,7 @@ from veracity.errors import ConfigError
 from veracity.migrations import MigrationHistory
 
 __all__ = [
+    "configure_sqlite",
     "NAMING_CONVENTION",
     "VERSION_TABLE",
     "MIGRATIONS_DIR",
@@ -180,7 +181,15 @@ def sqlite_path(url: str) -> Path | None:
     return Path(parsed.database)
 
 
-def _configure_sqlite(engine: Engine) -> None:
+def configure_sqlite(engine: Engine, *, default_begin: str = "DEFERRED") -> None:
+    """Set up every SQLite connection of ``engine`` for Veracity's stores.
+
+    WAL journal, ``synchronous=FULL``, foreign keys on, a 60 s busy timeout, and real
+    transactions: SQLAlchemy issues ``BEGIN <mode>`` itself, where the mode is the
+    connection's ``veracity_sqlite_begin`` execution option or ``default_begin``
+    (``"IMMEDIATE"`` makes every transaction take the write lock when it begins).
+    """
+
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
         # Take transaction control away from pysqlite, which would otherwise start the
@@ -195,7 +204,7 @@ def _configure_sqlite(engine: Engine) -> None:
 
     @event.listens_for(engine, "begin")
     def _on_begin(connection: Connection) -> None:
-        mode = connection.get_execution_options().get(_SQLITE_BEGIN, "DEFERRED")
+        mode = connection.get_execution_options().get(_SQLITE_BEGIN, default_begin)
         connection.exec_driver_sql(f"BEGIN {mode}")
 
 
@@ -214,7 +223,7 @@ def create_engine(url: str, **kwargs: Any) -> Engine:
     normal = normalise_database_url(url)
     if normal.startswith("sqlite"):
         engine = sa.create_engine(normal, connect_args={"timeout": 60}, **kwargs)
-        _configure_sqlite(engine)
+        configure_sqlite(engine)
         return engine
     kwargs.setdefault("pool_pre_ping", True)
     return sa.create_engine(normal, **kwargs)
