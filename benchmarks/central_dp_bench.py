@@ -32,9 +32,9 @@ from flwr.serverapp import Grid
 from flwr.supercore.task_identity import TaskIdentity
 from harness import Figure, Report
 
+from veracity.core.canonical import canonical_json
 from veracity.crypto.keys import generate_signing_key
 from veracity.flower_serde import weights_from_record, weights_to_record
-from veracity.ledger.canonical import canonical_json
 from veracity.ledger.statement import RECEIPT_DOMAIN, sign_document
 from veracity.server.strategy import AuditedStrategy, aggregation_strategy
 from veracity.tasks.study import CentralDPConfig

@@ -50,14 +50,8 @@ from veracity.client.service import SiteAgent, TrainReply, TrainRequest
 from veracity.client.site import Site, init_site
 from veracity.client.training import PrivateTrainer, _batch, _Rows, configure_threads
 from veracity.tasks import breast_cancer
-from veracity.tasks.models import (
-    ModelFamily,
-    ModelSpec,
-    build_model,
-    load_weights,
-    model_weights,
-    predict_logits,
-)
+from veracity.tasks.spec import ModelFamily, ModelSpec, predict_logits
+from veracity.tasks.torch_models import build_model, load_weights, model_weights
 
 DELTA = 1e-5
 ROUNDS = 20

@@ -28,7 +28,8 @@ from sklearn.model_selection import train_test_split
 from veracity.client.budget import poisson_sampling
 from veracity.client.training import PrivateTrainer, configure_threads
 from veracity.tasks import breast_cancer
-from veracity.tasks.models import ModelFamily, ModelSpec, build_model, model_weights
+from veracity.tasks.spec import ModelFamily, ModelSpec
+from veracity.tasks.torch_models import build_model, model_weights
 
 
 def _seed(*parts: object) -> int:

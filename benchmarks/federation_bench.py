@@ -41,7 +41,7 @@ from veracity.server.fab import build_fab
 from veracity.server.superlink import SuperLinkOptions, start_superlink
 from veracity.supervise import ManagedProcess, ProcessGroup, flower_environment, free_port, wait_for
 from veracity.tasks.breast_cancer import breast_cancer_study, federated_split, standardise
-from veracity.tasks.models import ModelFamily
+from veracity.tasks.spec import ModelFamily
 
 SITES = ("hospital-a", "hospital-b", "hospital-c")
 BARE_APP = Path(__file__).resolve().parent / "bare_flower_app"

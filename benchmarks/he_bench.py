@@ -63,7 +63,8 @@ def train_models(x: npt.NDArray[np.float64], y: npt.NDArray[np.int64]) -> dict[s
     import torch
     from sklearn.linear_model import LogisticRegression
 
-    from veracity.tasks.models import ModelFamily, ModelSpec, build_model, model_weights
+    from veracity.tasks.spec import ModelFamily, ModelSpec
+    from veracity.tasks.torch_models import build_model, model_weights
 
     lr = LogisticRegression(max_iter=5000).fit(x, y)
     logistic = {
@@ -209,7 +210,7 @@ def measure_baseline(
     family: str, spec: Any, weights: Mapping[str, Any], x: npt.NDArray[np.float64], report: Report
 ) -> dict[str, float]:
     """The per-patient TenSEAL pipeline, in process: CPU per patient for each step."""
-    from veracity.tasks.models import predict_logits
+    from veracity.tasks.spec import predict_logits
 
     base = TensealBaseline(family, spec, weights)
     blobs = [base.encrypt(row) for row in x]
@@ -249,7 +250,7 @@ def measure_batch(
     from veracity.crypto.he_circuit import compile_circuit
     from veracity.crypto.he_params import PARAMETER_SETS, PackingLayout, parameter_set_for
     from veracity.crypto.he_wire import RequestHeader, decode_response, encode_request
-    from veracity.tasks.models import predict_logits
+    from veracity.tasks.spec import predict_logits
 
     label = LABELS[family]
     ps = PARAMETER_SETS[parameter_set_for(family).name]
@@ -410,7 +411,7 @@ def measure_http(
     """End-to-end throughput and single-patient latency through the HTTP API."""
     from veracity.client.predict import InferenceClient, predict_encrypted
     from veracity.crypto.he import SecretContext
-    from veracity.tasks.models import predict_logits
+    from veracity.tasks.spec import predict_logits
 
     label = LABELS[family]
     baseline_name = "TenSEAL per patient, in process, no network"

@@ -44,14 +44,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from harness import Figure, Report, percentile
 
+from veracity.contracts.events import ROOT_ACTOR
+from veracity.core.fields import format_timestamp
 from veracity.crypto.keys import (
     SigningKey,
     generate_signing_key,
     load_signing_key,
     write_key_pair,
 )
-from veracity.ledger.entry import format_timestamp
-from veracity.ledger.events import ROOT_ACTOR
 from veracity.ledger.ledger import EventRequest, Ledger
 from veracity.ledger.merkle import leaf_hash, node_hash
 from veracity.ledger.statement import sign_statement

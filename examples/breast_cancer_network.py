@@ -22,7 +22,7 @@ from veracity.server.fab import build_fab
 from veracity.server.superlink import SuperLinkOptions, start_superlink
 from veracity.supervise import ProcessGroup, free_port, stopping_on_signals
 from veracity.tasks.breast_cancer import breast_cancer_study, federated_split
-from veracity.tasks.models import ModelFamily
+from veracity.tasks.spec import ModelFamily
 
 SITES = ("hospital-a", "hospital-b", "hospital-c")
 

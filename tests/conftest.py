@@ -143,7 +143,8 @@ def trained_models(breast_cancer: BreastCancerSplit) -> dict[str, tuple[Any, dic
     import torch
     from sklearn.linear_model import LogisticRegression
 
-    from veracity.tasks.models import ModelFamily, ModelSpec, build_model, model_weights
+    from veracity.tasks.spec import ModelFamily, ModelSpec
+    from veracity.tasks.torch_models import build_model, model_weights
 
     n = breast_cancer.train_x.shape[1]
     lr = LogisticRegression(max_iter=5000).fit(breast_cancer.train_x, breast_cancer.train_y)

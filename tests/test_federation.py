@@ -28,7 +28,7 @@ from veracity.server.registry import ModelRegistry
 from veracity.server.superlink import SuperLinkOptions, start_superlink
 from veracity.supervise import ProcessGroup, flower_environment, free_port
 from veracity.tasks.breast_cancer import breast_cancer_study, federated_split
-from veracity.tasks.models import ModelFamily
+from veracity.tasks.spec import ModelFamily
 from veracity.tasks.study import Study, parse_study
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

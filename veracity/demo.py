@@ -168,7 +168,7 @@ def run_demo(options: DemoOptions, *, console: Console) -> dict[str, Any]:
     from veracity.server.api.settings import ApiSettings
     from veracity.server.fab import build_fab
     from veracity.tasks.breast_cancer import breast_cancer_study, federated_split, standardise
-    from veracity.tasks.models import ModelFamily, ModelSpec, predict_logits
+    from veracity.tasks.spec import ModelFamily, ModelSpec, predict_logits
     from veracity.tasks.study import parse_study
     from veracity.tasks.weights import weights_from_bytes
 

@@ -9,8 +9,8 @@ import numpy as np
 
 from veracity.client.service import TrainRequest
 from veracity.tasks import breast_cancer
-from veracity.tasks.models import build_model, model_weights
 from veracity.tasks.study import Study
+from veracity.tasks.torch_models import build_model, model_weights
 
 SITE = "hospital-a"
 CODE_HASH = "c0de" * 16

@@ -21,9 +21,9 @@ from veracity.client.budget import Segment, history_from_json, merge_history, pr
 from veracity.client.service import RECEIPT_FIELDS, Refusal, SiteAgent, TrainReply
 from veracity.client.site import Site
 from veracity.client.training import NOISE_GENERATOR_DEFAULT, PrivateTrainer
+from veracity.core.canonical import canonical_json
 from veracity.crypto.keys import load_verify_key
 from veracity.errors import InputError, VerificationError
-from veracity.ledger.canonical import canonical_json
 from veracity.ledger.statement import RECEIPT_DOMAIN, verify_document, verify_statement
 from veracity.tasks.study import Study
 from veracity.tasks.weights import weights_hash
@@ -147,7 +147,7 @@ def test_epsilon_after_restart_in_a_new_process_is_bit_identical(
         f"""
         import json, sys
         from veracity.client.service import SiteAgent, TrainRequest
-        from veracity.tasks.models import build_model, model_weights
+        from veracity.tasks.torch_models import build_model, model_weights
         from veracity.tasks.study import parse_study
         study = parse_study(json.loads(sys.stdin.read()))
         with SiteAgent.open({str(site_dir)!r}, seed=11) as agent:
@@ -404,7 +404,7 @@ def test_accountant_disagreeing_with_the_reservation_withholds_the_update(
 def test_poly_mlp_study_trains_and_reports_train_loss_when_shared(
     site_dir: Path, ready_site: Site, agent_factory: AgentFactory
 ) -> None:
-    from veracity.tasks.models import ModelFamily
+    from veracity.tasks.spec import ModelFamily
 
     config_path = site_dir / "site.json"
     config = json.loads(config_path.read_text())

@@ -10,7 +10,9 @@ import pytest
 
 from tests.client.support import SITE, TickingClock
 from veracity.client import site as site_module
-from veracity.client.site import Site, SiteConfig, init_site, rfc3339
+from veracity.client.site import Site, SiteConfig, init_site
+from veracity.contracts.events import StudyRefused
+from veracity.core.fields import format_timestamp
 from veracity.crypto.keys import load_verify_key
 from veracity.errors import ConfigError, InputError
 from veracity.ledger.statement import verify_statement
@@ -46,10 +48,15 @@ def test_init_creates_keys_store_and_config_readable_only_by_the_site(tmp_path: 
 
 def test_an_initialised_site_opens_and_signs_statements(site_dir: Path) -> None:
     with Site.open(site_dir, clock=TickingClock()) as site:
-        statement = site.sign("note.recorded", {"text": "ethics ref 42"})
+        statement = site.sign(
+            StudyRefused(
+                site=SITE, study_hash="ab" * 32, reason="no ethics approval", signed_at=site.now()
+            )
+        )
+        assert statement.kind == "study.refused"
         assert statement.payload["signed_at"] == "2026-03-01T09:00:00.001000Z"
         verify_statement(
-            load_verify_key(site.paths.public_key), "note.recorded", SITE, statement.payload,
+            load_verify_key(site.paths.public_key), "study.refused", SITE, statement.payload,
             statement.signature,
         )  # fmt: skip
 
@@ -113,6 +120,6 @@ def test_timestamps_are_rfc3339_utc_with_microseconds() -> None:
     from datetime import datetime, timedelta, timezone
 
     moment = datetime(2026, 11, 27, 16, 47, 52, 123456, tzinfo=timezone(timedelta(hours=1)))
-    assert rfc3339(moment) == "2026-11-27T15:47:52.123456Z"
+    assert format_timestamp(moment) == "2026-11-27T15:47:52.123456Z"
     with pytest.raises(InputError):
-        rfc3339(datetime(2026, 1, 1))
+        format_timestamp(datetime(2026, 1, 1))

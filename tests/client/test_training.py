@@ -22,7 +22,8 @@ from veracity.client.training import (
     standardise,
 )
 from veracity.errors import ConfigError, InputError
-from veracity.tasks.models import ModelFamily, ModelSpec, build_model, model_weights
+from veracity.tasks.spec import ModelFamily, ModelSpec
+from veracity.tasks.torch_models import build_model, model_weights
 
 ENGINES = ["linear-ghost", "opacus-hooks"]
 FAMILIES = [ModelFamily.LOGISTIC, ModelFamily.POLY_MLP]

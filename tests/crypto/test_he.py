@@ -22,7 +22,7 @@ from veracity.crypto.he_params import (
 )
 from veracity.crypto.he_wire import KIND_CONTEXT, decode_envelope, encode_envelope
 from veracity.errors import CryptoError, InputError
-from veracity.tasks.models import predict_logits
+from veracity.tasks.spec import predict_logits
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -12,7 +12,8 @@ from hypothesis import strategies as st
 from veracity.crypto.he_circuit import LinearCircuit, QuadraticCircuit, compile_circuit
 from veracity.crypto.he_params import LOGISTIC_PARAMETERS, POLY_MLP_PARAMETERS
 from veracity.errors import CryptoError
-from veracity.tasks.models import ModelFamily, ModelSpec, build_model, model_weights, predict_logits
+from veracity.tasks.spec import ModelFamily, ModelSpec, predict_logits
+from veracity.tasks.torch_models import build_model, model_weights
 
 # Primes of the right sizes (what SEAL picks lies within a factor of two of these).
 LR_PRIMES = (2**60 - 93,)

@@ -13,10 +13,11 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from veracity.contracts.events import ROOT_ACTOR
+from veracity.core.canonical import canonical_hash
+from veracity.core.fields import format_timestamp
 from veracity.crypto.keys import SigningKey
-from veracity.ledger.canonical import canonical_hash
-from veracity.ledger.entry import Entry, format_timestamp
-from veracity.ledger.events import ROOT_ACTOR
+from veracity.ledger.entry import Entry
 from veracity.ledger.ledger import Ledger
 from veracity.ledger.statement import RECEIPT_DOMAIN, sign_document, sign_statement
 

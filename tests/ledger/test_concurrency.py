@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from veracity.ledger.events import ROOT_ACTOR
+from veracity.contracts.events import ROOT_ACTOR
 
 from .conftest import World, seeded_key
 

@@ -6,9 +6,9 @@ from typing import Any
 
 import pytest
 
+from veracity.contracts.events import KINDS, validate_payload
+from veracity.core.canonical import canonical_hash
 from veracity.errors import InputError
-from veracity.ledger.canonical import canonical_hash
-from veracity.ledger.events import KINDS, validate_payload
 
 from .conftest import STUDY, STUDY_HASH, dataset_payload, round_payload, seeded_key
 
@@ -169,8 +169,8 @@ def test_a_weak_public_key_is_never_enrolled(raw: bytes) -> None:
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+    from veracity.contracts.events import validate_payload
     from veracity.errors import InputError
-    from veracity.ledger.events import validate_payload
 
     pem = (
         Ed25519PublicKey.from_public_bytes(raw)

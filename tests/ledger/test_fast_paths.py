@@ -21,11 +21,12 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
+from veracity.contracts.events import PAYLOADS, ROOT_ACTOR, validate_payload
+from veracity.core.fields import format_timestamp
+from veracity.core.jcs import encode_canonical
 from veracity.errors import InputError, LedgerIntegrityError
 from veracity.ledger import verify as verify_module
-from veracity.ledger.entry import format_timestamp, parse_body, statement_bytes, statement_of_body
-from veracity.ledger.events import _SCHEMAS, ROOT_ACTOR, validate_payload
-from veracity.ledger.jcs import encode_canonical
+from veracity.ledger.entry import parse_body, statement_bytes, statement_of_body
 from veracity.ledger.ledger import EventRequest, Ledger
 from veracity.ledger.statement import sign_statement
 from veracity.ledger.templates import TEMPLATES, read_entry, template_for
@@ -53,7 +54,7 @@ def inference_payload(i: int) -> dict[str, Any]:
 
 def test_templates_pin_their_schemas() -> None:
     for kind, template in TEMPLATES.items():
-        fields = _SCHEMAS[kind].model_fields
+        fields = PAYLOADS[kind].model_fields
         assert template.fields == set(fields), kind
         assert all(field.is_required() for field in fields.values()), kind
         # The fast path does no per-kind bookkeeping: these kinds need none.

@@ -8,8 +8,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from veracity.core.canonical import canonical_json
+from veracity.core.jcs import decode_canonical, encode_canonical
 from veracity.errors import InputError
-from veracity.ledger.canonical import canonical_json
 from veracity.ledger.entry import (
     build_body,
     parse_body,
@@ -17,7 +18,6 @@ from veracity.ledger.entry import (
     statement_message,
     statement_of_body,
 )
-from veracity.ledger.jcs import decode_canonical, encode_canonical
 from veracity.ledger.statement import sign_statement, verify_statement
 
 from .conftest import seeded_key

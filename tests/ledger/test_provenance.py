@@ -10,8 +10,8 @@ import pytest
 from prov.model import ProvDocument
 
 from veracity.cli import main
+from veracity.contracts.events import ROOT_ACTOR
 from veracity.errors import InputError
-from veracity.ledger.events import ROOT_ACTOR
 from veracity.ledger.statement import sign_statement
 
 from .conftest import STUDY, STUDY_HASH, World

@@ -2,9 +2,9 @@ from __future__ import annotations
 
 import pytest
 
+from veracity.core.canonical import canonical_json
 from veracity.crypto.keys import generate_signing_key
 from veracity.errors import InputError, SignatureError
-from veracity.ledger.canonical import canonical_json
 from veracity.ledger.statement import (
     RECEIPT_DOMAIN,
     STATEMENT_DOMAIN,

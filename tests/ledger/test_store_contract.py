@@ -11,9 +11,9 @@ import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 
+from veracity.contracts.events import ROOT_ACTOR
 from veracity.errors import ConfigError, InputError, LedgerIntegrityError, SignatureError
 from veracity.ledger import store
-from veracity.ledger.events import ROOT_ACTOR
 from veracity.ledger.ledger import EventRequest, Ledger
 from veracity.ledger.statement import sign_statement
 from veracity.ledger.verify import verify_bundle_file

@@ -17,6 +17,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from veracity.contracts.events import ROOT_ACTOR
 from veracity.crypto.keys import SigningKey
 from veracity.errors import LedgerIntegrityError
 from veracity.ledger.checkpoint import Checkpoint, sign_checkpoint
@@ -27,7 +28,6 @@ from veracity.ledger.entry import (
     statement_message,
     statement_of_body,
 )
-from veracity.ledger.events import ROOT_ACTOR
 from veracity.ledger.ledger import Ledger
 from veracity.ledger.merkle import leaf_hash
 from veracity.ledger.statement import encode_signature

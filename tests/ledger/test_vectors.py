@@ -12,10 +12,10 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from veracity.core.canonical import canonical_json
+from veracity.core.jcs import decode_canonical, encode_canonical
 from veracity.crypto.keys import SigningKey, VerifyKey
 from veracity.errors import InputError, ProofError, SignatureError
-from veracity.ledger.canonical import canonical_json
-from veracity.ledger.jcs import decode_canonical, encode_canonical
 from veracity.ledger.merkle import verify_consistency, verify_inclusion
 
 MERKLE = Path(__file__).resolve().parents[1] / "vectors" / "rfc9162-merkle"

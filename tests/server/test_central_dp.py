@@ -11,7 +11,7 @@ import numpy.typing as npt
 import pytest
 from dp_accounting import dp_event, privacy_accountant
 from dp_accounting.rdp import rdp_privacy_accountant
-from flwr.app import ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.app import ConfigRecord, Message
 from flwr.serverapp import (
     Grid,
     NeighboringRelation,
@@ -22,11 +22,11 @@ from flwr.serverapp import (
 from flwr.serverapp.strategy import DifferentialPrivacyServerSideFixedClipping, FedAvg
 from flwr.supercore.task_identity import TaskIdentity
 
+from tests.factories import budget_refused_document, receipt_document, refused_reply, trained_reply
+from veracity.contracts.events import Dropped
 from veracity.crypto.keys import SigningKey, generate_signing_key
 from veracity.errors import ConfigError
 from veracity.flower_serde import weights_from_record, weights_to_record
-from veracity.ledger.canonical import canonical_json
-from veracity.ledger.statement import RECEIPT_DOMAIN, sign_document, sign_statement
 from veracity.server.strategy import (
     CLIENT_DELTA_METRIC,
     CLIENT_EPSILON_METRIC,
@@ -102,38 +102,21 @@ def _trained(
     request: Message, server_round: int, weights: Weights, *, examples: int = 100, **extra: float
 ) -> Message:
     site = SITES[request.metadata.dst_node_id]
-    receipt = {
-        "site": site, "study": STUDY, "round": server_round, "run_id": RUN, "dataset_id": "bc",
-        "dataset_commitment": "cd" * 32, "update_hash": weights_hash(weights),
-        "accountant": "prv", "delta": 1e-5, "epsilon": 1.0, "history": [[1.5, 0.2, 5]],
-        "max_grad_norm": 1.0, "num_examples": examples,
-    }  # fmt: skip
-    content = RecordDict(
-        {
-            "arrays": weights_to_record(weights),
-            "metrics": MetricRecord({"num-examples": examples, "train-seconds": 0.5, **extra}),
-            "receipt": ConfigRecord(
-                {
-                    "json": canonical_json(receipt).decode(),
-                    "signature": sign_document(KEYS[site], RECEIPT_DOMAIN, receipt),
-                }
-            ),
-        }
+    receipt = receipt_document(
+        site=site,
+        study=STUDY,
+        round=server_round,
+        run_id=RUN,
+        update_hash=weights_hash(weights),
+        num_examples=examples,
     )
-    return Message(content, reply_to=request)
+    return trained_reply(request, KEYS[site], weights, receipt, examples=examples, **extra)
 
 
 def _refused(request: Message, key: SigningKey) -> Message:
     site = SITES[request.metadata.dst_node_id]
-    payload = {"site": site, "study_hash": STUDY, "reason": "cap"}
-    record = ConfigRecord(
-        {
-            "kind": "budget.refused",
-            "json": canonical_json(payload).decode(),
-            "signature": sign_statement(key, "budget.refused", site, payload),
-        }
-    )
-    return Message(RecordDict({"refusal": record}), reply_to=request)
+    payload = budget_refused_document(site=site, study_hash=STUDY, run_id=RUN)
+    return refused_reply(request, key, payload)
 
 
 def _global(shape: tuple[int, int] = (40, 50)) -> Weights:
@@ -361,10 +344,10 @@ def test_an_update_that_does_not_fit_the_global_model_is_dropped() -> None:
 
     (outcome,) = strategy.outcomes
     assert outcome.dropped == [
-        {
-            "site": "hospital-b",
-            "reason": "update array 'w' does not have the global model's shape and type",
-        }
+        Dropped(
+            site="hospital-b",
+            reason="update array 'w' does not have the global model's shape and type",
+        )
     ]
 
 

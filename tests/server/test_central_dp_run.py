@@ -17,9 +17,9 @@ from flwr.serverapp import Grid
 from flwr.supercore.run import Run
 from flwr.supercore.task_identity import TaskIdentity
 
+from veracity.contracts.events import ROOT_ACTOR
+from veracity.core.canonical import canonical_hash, canonical_json
 from veracity.flower_serde import weights_from_record, weights_to_record
-from veracity.ledger.canonical import canonical_hash, canonical_json
-from veracity.ledger.events import ROOT_ACTOR
 from veracity.ledger.statement import RECEIPT_DOMAIN, sign_document, sign_statement
 from veracity.server.coordinator import Coordinator, package_versions
 from veracity.server.fab import build_fab

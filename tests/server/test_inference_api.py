@@ -35,7 +35,7 @@ from veracity.crypto.tls import create_tls_material
 from veracity.server.api.inference import standalone_app
 from veracity.server.inference import InferenceService
 from veracity.server.registry import ModelRegistry
-from veracity.tasks.models import predict_logits
+from veracity.tasks.spec import predict_logits
 
 pytestmark = pytest.mark.integration
 

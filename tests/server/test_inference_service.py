@@ -16,7 +16,7 @@ from veracity.crypto.he_wire import RequestHeader, body_hash, decode_response, e
 from veracity.errors import CryptoError, InputError
 from veracity.server.inference import InferenceService
 from veracity.server.registry import ModelRegistry
-from veracity.tasks.models import predict_logits
+from veracity.tasks.spec import predict_logits
 
 
 @pytest.fixture(scope="module")
@@ -260,7 +260,8 @@ def test_a_tampered_model_is_not_served(
 
 
 def test_a_network_too_wide_for_the_small_layout_is_served_in_batches_only(tmp_path: Path) -> None:
-    from veracity.tasks.models import ModelFamily, ModelSpec, build_model, model_weights
+    from veracity.tasks.spec import ModelFamily, ModelSpec
+    from veracity.tasks.torch_models import build_model, model_weights
 
     spec = ModelSpec(ModelFamily.POLY_MLP, n_features=300, hidden=16)
     weights = model_weights(build_model(spec, seed=0))

@@ -13,10 +13,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from veracity.core.canonical import canonical_hash
 from veracity.errors import InputError, LedgerIntegrityError
-from veracity.ledger.canonical import canonical_hash
 from veracity.server.registry import ModelRegistry
-from veracity.tasks.models import ModelFamily, ModelSpec, build_model, model_weights
+from veracity.tasks.spec import ModelFamily, ModelSpec
+from veracity.tasks.torch_models import build_model, model_weights
 from veracity.tasks.weights import weights_hash
 
 SPEC = ModelSpec(ModelFamily.POLY_MLP, n_features=3, hidden=2)

@@ -5,6 +5,7 @@ from typing import Any
 
 import pytest
 
+from veracity.contracts.messages import ReceiptRecord, RefusalRecord
 from veracity.crypto.keys import SigningKey, generate_signing_key
 from veracity.errors import InputError, SignatureError, VerificationError
 from veracity.ledger.statement import RECEIPT_DOMAIN, sign_document, sign_statement
@@ -35,9 +36,11 @@ def _receipt(**changes: Any) -> dict[str, Any]:
 
 def _check(receipt: dict[str, Any], key: SigningKey, *, signer: SigningKey | None = None) -> Any:
     signature = sign_document(signer or key, RECEIPT_DOMAIN, receipt)
+    record = ReceiptRecord(
+        receipt_json=json.dumps(receipt), signature=signature, noise_generator="test"
+    )
     return check_receipt(
-        json.dumps(receipt),
-        signature,
+        record,
         site="hospital-a",
         site_key=key.public,
         study_hash=STUDY,
@@ -67,7 +70,6 @@ def test_a_receipt_signed_by_another_key_is_rejected() -> None:
         {"round": 1},
         {"study": "cd" * 32},
         {"run_id": "1"},
-        {"epsilon": -1.0},
     ],
 )
 def test_a_receipt_for_something_else_is_rejected(changes: dict[str, Any]) -> None:
@@ -85,23 +87,72 @@ def test_a_receipt_with_missing_or_extra_fields_is_refused() -> None:
         _check(_receipt(secret=1), key)
 
 
+@pytest.mark.parametrize(
+    ("changes", "field"),
+    [
+        # The ledger's round.completed schema refuses both: so must the coordinator's check,
+        # or one such receipt would fail the whole round's record instead of one site.
+        ({"accountant": "rdp"}, "accountant"),
+        ({"epsilon": -1.0}, "epsilon"),
+        ({"epsilon": 1e17}, "epsilon"),
+        ({"history": [[1.1, 0.2]]}, "history"),
+        ({"round": True}, "round"),
+    ],
+)
+def test_a_receipt_the_ledger_would_refuse_is_refused_here(
+    changes: dict[str, Any], field: str
+) -> None:
+    with pytest.raises(InputError, match=field):
+        _check(_receipt(**changes), generate_signing_key())
+
+
+def _refusal(payload: dict[str, Any], key: SigningKey) -> RefusalRecord:
+    signature = sign_statement(key, "budget.refused", "hospital-a", payload)
+    return RefusalRecord(
+        kind="budget.refused", payload_json=json.dumps(payload), signature=signature, reason="cap"
+    )
+
+
+def _budget_refused(**changes: Any) -> dict[str, Any]:
+    payload: dict[str, Any] = {
+        "site": "hospital-a",
+        "study_hash": STUDY,
+        "dataset_id": "bc",
+        "run_id": "1234567890123456789",
+        "round": 2,
+        "epsilon_requested": 3.2,
+        "epsilon_left": 0.4,
+        "signed_at": "2026-11-27T15:47:52.123456Z",
+    }
+    payload.update(changes)
+    return payload
+
+
 def test_a_signed_refusal_is_verified_and_a_forged_one_rejected() -> None:
     key = generate_signing_key()
-    payload = {"site": "hospital-a", "study_hash": STUDY, "epsilon_requested": 3.2}
-    signature = sign_statement(key, "budget.refused", "hospital-a", payload)
-    got = check_refusal(
-        "budget.refused", json.dumps(payload), signature, site="hospital-a", site_key=key.public
-    )
-    assert got == payload
+    payload = _budget_refused()
+    got = check_refusal(_refusal(payload, key), site="hospital-a", site_key=key.public)
+    assert got.to_json() == payload
     with pytest.raises(SignatureError):
         check_refusal(
-            "budget.refused",
-            json.dumps(payload),
-            signature,
-            site="hospital-a",
-            site_key=generate_signing_key().public,
+            _refusal(payload, key), site="hospital-a", site_key=generate_signing_key().public
         )
     with pytest.raises(VerificationError):
+        check_refusal(_refusal(payload, key), site="hospital-b", site_key=key.public)
+
+
+def test_a_refusal_whose_round_has_no_bound_is_accepted_with_a_null_epsilon() -> None:
+    key = generate_signing_key()
+    payload = _budget_refused(epsilon_requested=None)
+    got = check_refusal(_refusal(payload, key), site="hospital-a", site_key=key.public)
+    assert got.to_json()["epsilon_requested"] is None
+
+
+def test_a_refusal_that_is_not_a_valid_statement_is_refused() -> None:
+    key = generate_signing_key()
+    with pytest.raises(InputError, match="epsilon_left"):
         check_refusal(
-            "budget.refused", json.dumps(payload), signature, site="hospital-b", site_key=key.public
+            _refusal(_budget_refused(epsilon_left=None), key),
+            site="hospital-a",
+            site_key=key.public,
         )

@@ -6,14 +6,14 @@ from typing import Any
 
 import numpy as np
 import pytest
-from flwr.app import ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.app import ConfigRecord, Message, RecordDict
 from flwr.serverapp.strategy import FedAvg
 from flwr.supercore.task_identity import TaskIdentity
 
+from tests.factories import budget_refused_document, receipt_document, refused_reply, trained_reply
+from veracity.contracts.events import Refused
 from veracity.crypto.keys import SigningKey, VerifyKey, generate_signing_key
 from veracity.flower_serde import weights_from_record, weights_to_record
-from veracity.ledger.canonical import canonical_json
-from veracity.ledger.statement import RECEIPT_DOMAIN, sign_document, sign_statement
 from veracity.server.strategy import AuditedStrategy, RoundOutcome, round_metrics
 from veracity.tasks.weights import weights_hash
 
@@ -37,37 +37,15 @@ def _request(node: int) -> Message:
 def _trained(
     node: int, key: SigningKey, weights: dict[str, Any], *, claimed: dict[str, Any] | None = None
 ) -> Message:
-    receipt = {
-        "site": SITES[node], "study": STUDY, "round": 1, "run_id": RUN, "dataset_id": "bc",
-        "dataset_commitment": "cd" * 32, "update_hash": weights_hash(claimed or weights),
-        "accountant": "prv", "delta": 1e-5, "epsilon": 1.0, "history": [[1.5, 0.2, 5]],
-        "max_grad_norm": 1.0, "num_examples": 100,
-    }  # fmt: skip
-    content = RecordDict(
-        {
-            "arrays": weights_to_record(weights),
-            "metrics": MetricRecord({"num-examples": 100, "train-seconds": 0.5}),
-            "receipt": ConfigRecord(
-                {
-                    "json": canonical_json(receipt).decode(),
-                    "signature": sign_document(key, RECEIPT_DOMAIN, receipt),
-                }
-            ),
-        }
+    receipt = receipt_document(
+        site=SITES[node], study=STUDY, run_id=RUN, update_hash=weights_hash(claimed or weights)
     )
-    return Message(content, reply_to=_request(node))
+    return trained_reply(_request(node), key, weights, receipt)
 
 
 def _refused(node: int, key: SigningKey) -> Message:
-    payload = {"site": SITES[node], "study_hash": STUDY, "reason": "cap"}
-    record = ConfigRecord(
-        {
-            "kind": "budget.refused",
-            "json": canonical_json(payload).decode(),
-            "signature": sign_statement(key, "budget.refused", SITES[node], payload),
-        }
-    )
-    return Message(RecordDict({"refusal": record}), reply_to=_request(node))
+    payload = budget_refused_document(site=SITES[node], study_hash=STUDY, run_id=RUN)
+    return refused_reply(_request(node), key, payload)
 
 
 def _weights(value: float) -> dict[str, Any]:
@@ -110,9 +88,9 @@ def test_only_verified_updates_are_aggregated_and_the_rest_recorded() -> None:
     np.testing.assert_allclose(averaged["w"], np.full((2, 2), 2.0))
     (outcome,) = rounds
     assert outcome.participants == ["hospital-a", "hospital-d"]
-    assert [d["site"] for d in outcome.dropped] == ["hospital-b"]
-    assert "update_hash" in outcome.dropped[0]["reason"]
-    assert outcome.refused == [{"site": "hospital-c", "kind": "budget.refused", "reason": "cap"}]
+    assert [d.site for d in outcome.dropped] == ["hospital-b"]
+    assert "update_hash" in outcome.dropped[0].reason
+    assert outcome.refused == [Refused(site="hospital-c", kind="budget.refused", reason="cap")]
     assert outcome.aggregated_model_hash == weights_hash(averaged)
     assert [args[0] for args in refusals] == ["hospital-c"]
     assert strategy.abort_reason is None
@@ -133,7 +111,7 @@ def test_a_receipt_by_another_key_is_dropped_and_too_few_sites_stop_the_run() ->
     assert "hospital-b" in (strategy.abort_reason or "")
     (outcome,) = rounds
     assert outcome.aggregated_model_hash is None
-    assert outcome.dropped[0]["site"] == "hospital-b"
+    assert outcome.dropped[0].site == "hospital-b"
     # Once stopped, later rounds send nothing (the grid is never consulted).
     no_grid: Any = None
     nothing = strategy.configure_train(2, weights_to_record(_weights(0.0)), ConfigRecord(), no_grid)

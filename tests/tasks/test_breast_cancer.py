@@ -10,7 +10,7 @@ import pytest
 from veracity.client.datasets import read_table
 from veracity.errors import InputError
 from veracity.tasks import breast_cancer
-from veracity.tasks.models import ModelFamily
+from veracity.tasks.spec import ModelFamily
 
 
 def test_diagnosis_one_means_malignant() -> None:

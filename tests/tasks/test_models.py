@@ -5,14 +5,8 @@ import pytest
 import torch
 
 from veracity.errors import InputError
-from veracity.tasks.models import (
-    ModelFamily,
-    ModelSpec,
-    build_model,
-    load_weights,
-    model_weights,
-    predict_logits,
-)
+from veracity.tasks.spec import ModelFamily, ModelSpec, predict_logits
+from veracity.tasks.torch_models import build_model, load_weights, model_weights
 
 
 @pytest.mark.parametrize("family", list(ModelFamily))

@@ -30,6 +30,7 @@ from veracity.client.budget import (
 )
 from veracity.client.site import Site, secure_mode_available
 from veracity.client.store import Dataset, Decision, SignedStatement
+from veracity.contracts.events import StudyApproved, StudyRefused
 from veracity.errors import ApprovalMissing, InputError
 from veracity.tasks.study import Study, parse_study
 
@@ -247,14 +248,13 @@ def approve_study(
         raise InputError(f"cannot approve study {study.study_id!r}: {review.problems[0]}")
     now = site.now()
     statement = site.sign(
-        "study.approved",
-        {
-            "study_hash": study.study_hash,
-            "site": site.name,
-            "dataset_id": dataset_id,
-            "epsilon_cap": float(epsilon_cap),
-        },
-        signed_at=now,
+        StudyApproved(
+            site=site.name,
+            study_hash=study.study_hash,
+            dataset_id=dataset_id,
+            epsilon_cap=float(epsilon_cap),
+            signed_at=now,
+        )
     )
     decision = site.store.add_decision(
         study_hash=study.study_hash,
@@ -286,9 +286,7 @@ def refuse_study(site: Site, study: Study, *, reason: str) -> tuple[Decision, Si
         raise InputError(f"a refusal reason is at most {_MAX_REASON} characters")
     now = site.now()
     statement = site.sign(
-        "study.refused",
-        {"study_hash": study.study_hash, "site": site.name, "reason": text},
-        signed_at=now,
+        StudyRefused(site=site.name, study_hash=study.study_hash, reason=text, signed_at=now)
     )
     decision = site.store.add_decision(
         study_hash=study.study_hash,

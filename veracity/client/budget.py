@@ -24,7 +24,7 @@ import math
 import warnings
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 from veracity.errors import InputError, VerificationError
 
@@ -50,7 +50,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 #: The accountant whose epsilon receipts and budgets use.
-ACCOUNTANT = "prv"
+ACCOUNTANT: Final = "prv"
 
 
 @dataclass(frozen=True, order=True)

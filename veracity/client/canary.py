@@ -134,7 +134,8 @@ def run_canary_audit(
         If the clipping method is unknown.
     """
     from veracity.client.training import PrivateTrainer
-    from veracity.tasks.models import ModelFamily, ModelSpec, build_model, model_weights
+    from veracity.tasks.spec import ModelFamily, ModelSpec
+    from veracity.tasks.torch_models import build_model, model_weights
 
     if canaries < 2 or not 1 <= guesses <= canaries:
         raise InputError("need at least two canaries and 1 <= guesses <= canaries")

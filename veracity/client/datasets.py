@@ -38,8 +38,9 @@ from veracity.client.fingerprint import (
 )
 from veracity.client.site import Site
 from veracity.client.store import Dataset, SignedStatement
+from veracity.contracts.events import DatasetRegistered
+from veracity.core.canonical import sha256_hex
 from veracity.errors import ApprovalMissing, InputError
-from veracity.ledger.canonical import sha256_hex
 
 __all__ = [
     "DATASET_ID_PATTERN",
@@ -424,17 +425,16 @@ def register_dataset(
         registered_at=now,
     )
     statement = site.sign(
-        "dataset.registered",
-        {
-            "site": site.name,
-            "dataset_id": dataset_id,
-            "commitment": dataset.commitment,
-            "schema_hash": dataset.schema_hash,
-            "rows": dataset.rows,
-            "label": dataset.label,
-            "features": list(dataset.features),
-        },
-        signed_at=now,
+        DatasetRegistered(
+            site=site.name,
+            dataset_id=dataset_id,
+            commitment=dataset.commitment,
+            schema_hash=dataset.schema_hash,
+            rows=dataset.rows,
+            label=dataset.label,
+            features=list(dataset.features),
+            signed_at=now,
+        )
     )
     site.store.add_dataset(dataset, statement)
     log.info("registered dataset %s (%d rows) from %s", dataset_id, dataset.rows, resolved)

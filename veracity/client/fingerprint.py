@@ -32,8 +32,8 @@ import struct
 import numpy as np
 import numpy.typing as npt
 
+from veracity.core.canonical import canonical_hash, canonical_json
 from veracity.errors import InputError, VerificationError
-from veracity.ledger.canonical import canonical_hash, canonical_json
 
 __all__ = [
     "SALT_BYTES",

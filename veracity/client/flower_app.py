@@ -23,9 +23,17 @@ from flwr.clientapp import ClientApp
 from veracity import __version__
 from veracity.client.service import Refusal, SiteAgent, TrainRequest
 from veracity.client.site import Site
+from veracity.contracts.messages import (
+    ARRAYS_RECORD,
+    METRICS_RECORD,
+    HelloRecord,
+    ReceiptRecord,
+    RefusalRecord,
+    TrainInstruction,
+)
+from veracity.core.canonical import canonical_json, parse_json_object
 from veracity.errors import ApprovalMissing, InputError
 from veracity.flower_serde import weights_from_record, weights_to_record
-from veracity.ledger.canonical import canonical_json, parse_json_object
 
 __all__ = ["app", "run_code_hash", "current_code_hash", "agent_for"]
 
@@ -74,10 +82,9 @@ def hello(msg: Message, context: Context) -> Message:
     """Tell the coordinator which site this node is (no data, no statistics)."""
     with Site.open(_site_dir(context)) as site:
         name = site.name
-    record = ConfigRecord(
-        {"site": name, "version": __version__, "code-hash": current_code_hash() or ""}
-    )
-    return Message(RecordDict({"site": record}), reply_to=msg)
+    hello_record = HelloRecord(site=name, version=__version__, code_hash=current_code_hash() or "")
+    record = ConfigRecord(hello_record.to_record())
+    return Message(RecordDict({HelloRecord.RECORD: record}), reply_to=msg)
 
 
 @app.train()
@@ -88,44 +95,48 @@ def train(msg: Message, context: Context) -> Message:
     if code_hash is None:
         raise ApprovalMissing("the run's code hash is unknown; run the site with its worker")
     content = msg.content
-    config = content.config_records["config"]
+    if TrainInstruction.RECORD not in content.config_records:
+        raise InputError(f"a train message needs a {TrainInstruction.RECORD!r} record")
+    if ARRAYS_RECORD not in content.array_records:
+        raise InputError(f"a train message needs an {ARRAYS_RECORD!r} record")
+    instruction = TrainInstruction.from_record(
+        dict(content.config_records[TrainInstruction.RECORD])
+    )
     request = TrainRequest(
-        study=parse_json_object(str(config["study"]), what="study"),
-        study_hash=str(config["study_hash"]),
-        run_id=str(config["run_id"]),
-        round=int(str(config["server-round"])),
+        study=parse_json_object(instruction.study, what="study"),
+        study_hash=instruction.study_hash,
+        run_id=instruction.run_id,
+        round=instruction.server_round,
         code_hash=code_hash,
-        weights=weights_from_record(content.array_records["arrays"]),
+        weights=weights_from_record(content.array_records[ARRAYS_RECORD]),
     )
     outcome = agent_for(_site_dir(context)).handle_train(request)
     if isinstance(outcome, Refusal):
         log.warning("refused round %d of run %s: %s", request.round, request.run_id, outcome.reason)
-        refusal = ConfigRecord(
-            {
-                "kind": outcome.kind,
-                "json": canonical_json(outcome.payload).decode("utf-8"),
-                "signature": outcome.signature,
-                "reason": outcome.reason,
-            }
+        refusal = RefusalRecord(
+            kind=outcome.kind,
+            payload_json=canonical_json(outcome.payload).decode("utf-8"),
+            signature=outcome.signature,
+            reason=outcome.reason,
         )
-        return Message(RecordDict({"refusal": refusal}), reply_to=msg)
+        return Message(
+            RecordDict({RefusalRecord.RECORD: ConfigRecord(refusal.to_record())}), reply_to=msg
+        )
     metrics: dict[str, int | float | list[int] | list[float]] = {
         name: float(value) for name, value in outcome.metrics.items()
     }
     metrics["num-examples"] = int(outcome.metrics["num-examples"])
     metrics["train-seconds"] = time.perf_counter() - started
-    receipt = ConfigRecord(
-        {
-            "json": canonical_json(outcome.receipt).decode("utf-8"),
-            "signature": outcome.receipt_signature,
-            "noise-generator": outcome.noise_generator,
-        }
+    receipt = ReceiptRecord(
+        receipt_json=canonical_json(outcome.receipt).decode("utf-8"),
+        signature=outcome.receipt_signature,
+        noise_generator=outcome.noise_generator,
     )
     reply = RecordDict(
         {
-            "arrays": weights_to_record(outcome.weights),
-            "metrics": MetricRecord(metrics),
-            "receipt": receipt,
+            ARRAYS_RECORD: weights_to_record(outcome.weights),
+            METRICS_RECORD: MetricRecord(metrics),
+            ReceiptRecord.RECORD: ConfigRecord(receipt.to_record()),
         }
     )
     return Message(reply, reply_to=msg)

@@ -52,9 +52,12 @@ from veracity.client.budget import (
 from veracity.client.datasets import check_registered, load_registered
 from veracity.client.site import Clock, Site, utc_now
 from veracity.client.store import Dataset, SignedStatement
+from veracity.contracts.receipts import RECEIPT_DOMAIN, RECEIPT_FIELDS, Receipt
+from veracity.contracts.refusals import ApprovalMissingStatement, BudgetRefused
+from veracity.core.fields import is_hex64
 from veracity.errors import ApprovalMissing, InputError, VerificationError
-from veracity.ledger.events import RECEIPT_FIELDS
-from veracity.ledger.statement import RECEIPT_DOMAIN, sign_document
+from veracity.ledger.statement import sign_document
+from veracity.tasks.spec import check_weights
 from veracity.tasks.study import Study, parse_study
 from veracity.tasks.weights import weights_hash
 
@@ -73,7 +76,6 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 
-_HEX64 = re.compile(r"^[0-9a-f]{64}$")
 _RUN_ID = re.compile(r"^[\x21-\x7e]{1,128}$")
 _MAX_ROUND = 1_000_000
 _CACHED_TRAINERS = 4
@@ -158,33 +160,14 @@ def _check_request(request: TrainRequest) -> Study:
         raise InputError(f"round {round_number} is out of range")
     for name, value in (("study_hash", request.study_hash), ("code_hash", request.code_hash)):
         text: object = value
-        if not isinstance(text, str) or not _HEX64.match(text):
+        if not is_hex64(text):
             raise InputError(f"{name} must be 64 lowercase hex characters")
     document: object = request.study
     if not isinstance(document, Mapping):
         raise InputError("the study must be a JSON object")
     study = parse_study(dict(document))
-    _check_weights(study, request.weights)
+    check_weights(study.model_spec, request.weights, what="global weights")
     return study
-
-
-def _check_weights(study: Study, given: Mapping[str, Any]) -> None:
-    from veracity.tasks.models import build_model
-
-    expected = {
-        name: tuple(t.shape) for name, t in build_model(study.model_spec).state_dict().items()
-    }
-    weights: object = given
-    if not isinstance(weights, Mapping) or set(weights) != set(expected):
-        raise InputError(f"global weights must hold exactly {sorted(expected)}")
-    for name, shape in expected.items():
-        array = np.asarray(weights[name])
-        if not np.issubdtype(array.dtype, np.floating):
-            raise InputError(f"global weights {name!r} are {array.dtype}, not floating point")
-        if array.shape != shape:
-            raise InputError(f"global weights {name!r} have shape {array.shape}, expected {shape}")
-        if not np.all(np.isfinite(array)):
-            raise InputError(f"global weights {name!r} hold non-finite values")
 
 
 class SiteAgent:
@@ -305,22 +288,23 @@ class SiteAgent:
             )
             raise
         update_hash = weights_hash(result.weights)
-        receipt = {
-            "site": self.site.name,
-            "study": study.study_hash,
-            "round": request.round,
-            "run_id": request.run_id,
-            "dataset_id": dataset.dataset_id,
-            "dataset_commitment": dataset.commitment,
-            "update_hash": update_hash,
-            "accountant": ACCOUNTANT,
-            "delta": study.dp.delta,
-            "epsilon": budget.dataset.prv,
-            "history": history_to_json(budget.dataset.history),
-            "max_grad_norm": study.dp.max_grad_norm,
-            "num_examples": dataset.rows,
-        }
-        signature = sign_document(self.site.key, RECEIPT_DOMAIN, receipt)
+        receipt = Receipt(
+            site=self.site.name,
+            study=study.study_hash,
+            round=request.round,
+            run_id=request.run_id,
+            dataset_id=dataset.dataset_id,
+            dataset_commitment=dataset.commitment,
+            update_hash=update_hash,
+            accountant=ACCOUNTANT,
+            delta=study.dp.delta,
+            epsilon=budget.dataset.prv,
+            history=history_to_json(budget.dataset.history),
+            max_grad_norm=study.dp.max_grad_norm,
+            num_examples=dataset.rows,
+        )
+        document = receipt.to_json()
+        signature = sign_document(self.site.key, RECEIPT_DOMAIN, document)
         self.site.store.finish_spend(
             spend_id, status="completed", now=self.site.now(), update_hash=update_hash
         )
@@ -343,7 +327,7 @@ class SiteAgent:
         )
         return TrainReply(
             weights=result.weights,
-            receipt=receipt,
+            receipt=document,
             receipt_signature=signature,
             metrics=metrics,
             noise_generator=trainer.noise_generator,
@@ -396,14 +380,14 @@ class SiteAgent:
 
     def _refuse_approval(self, request: TrainRequest, reason: str) -> Refusal:
         statement = self.site.sign(
-            "approval.missing",
-            {
-                "site": self.site.name,
-                "study_hash": request.study_hash,
-                "run_id": request.run_id,
-                "round": request.round,
-                "reason": reason,
-            },
+            ApprovalMissingStatement(
+                site=self.site.name,
+                study_hash=request.study_hash,
+                run_id=request.run_id,
+                round=request.round,
+                reason=reason,
+                signed_at=self.site.now(),
+            )
         )
         log.warning("site %s refused round %s: %s", self.site.name, request.round, reason)
         return Refusal(kind="approval.missing", statement=statement, reason=reason)
@@ -438,16 +422,16 @@ class SiteAgent:
             f"epsilon left {left:.4f}"
         )
         statement = self.site.sign(
-            "budget.refused",
-            {
-                "site": self.site.name,
-                "study_hash": study.study_hash,
-                "dataset_id": dataset.dataset_id,
-                "run_id": request.run_id,
-                "round": request.round,
-                "epsilon_requested": requested if math.isfinite(requested) else None,
-                "epsilon_left": left,
-            },
+            BudgetRefused(
+                site=self.site.name,
+                study_hash=study.study_hash,
+                dataset_id=dataset.dataset_id,
+                run_id=request.run_id,
+                round=request.round,
+                epsilon_requested=requested if math.isfinite(requested) else None,
+                epsilon_left=left,
+                signed_at=self.site.now(),
+            )
         )
         self.site.store.add_statement(statement, now=statement.payload["signed_at"])
         log.warning("site %s refused round %s: %s", self.site.name, request.round, reason)

@@ -21,11 +21,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from veracity.client.store import SignedStatement, SiteStore
+from veracity.contracts.base import Payload, SitePayload
+from veracity.core.fields import format_timestamp
 from veracity.crypto.keys import (
     SigningKey,
     generate_signing_key,
@@ -42,7 +44,6 @@ __all__ = [
     "SITE_FORMAT",
     "Clock",
     "utc_now",
-    "rfc3339",
     "SiteConfig",
     "SitePaths",
     "Site",
@@ -66,19 +67,6 @@ def utc_now() -> datetime:
 def secure_mode_available() -> bool:
     """Whether torchcsprng, which Opacus's ``secure_mode`` needs, is installed."""
     return importlib.util.find_spec("torchcsprng") is not None
-
-
-def rfc3339(moment: datetime) -> str:
-    """``2026-11-27T15:47:52.123456Z``: UTC with microseconds, as the ledger writes times.
-
-    Raises
-    ------
-    InputError
-        If ``moment`` has no timezone.
-    """
-    if moment.tzinfo is None:
-        raise InputError("timestamps must be timezone-aware")
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 class SiteConfig(BaseModel):
@@ -219,15 +207,23 @@ class Site:
 
     def now(self) -> str:
         """The current time as an RFC 3339 UTC string."""
-        return rfc3339(self._clock())
+        return format_timestamp(self._clock())
 
-    def sign(
-        self, kind: str, payload: dict[str, Any], *, signed_at: str | None = None
-    ) -> SignedStatement:
-        """Sign a statement for the coordinator's ledger, adding ``signed_at`` to the payload."""
-        body = {**payload, "signed_at": signed_at or self.now()}
-        signature = sign_statement(self.key, kind, self.name, body)
-        return SignedStatement(kind=kind, actor=self.name, payload=body, signature=signature)
+    def sign(self, statement: Payload) -> SignedStatement:
+        """Sign ``statement`` (a contract payload) for the coordinator's ledger.
+
+        Raises
+        ------
+        InputError
+            If it is a site statement about another site.
+        """
+        if isinstance(statement, SitePayload) and statement.site != self.name:
+            raise InputError(f"site {self.name!r} cannot sign a statement about {statement.site!r}")
+        body = statement.to_json()
+        signature = sign_statement(self.key, statement.KIND, self.name, body)
+        return SignedStatement(
+            kind=statement.KIND, actor=self.name, payload=body, signature=signature
+        )
 
     def close(self) -> None:
         """Close the store."""
@@ -261,7 +257,7 @@ def init_site(
     try:
         config = SiteConfig(
             name=name,
-            created_at=rfc3339(clock()),
+            created_at=format_timestamp(clock()),
             torch_threads=torch_threads,
             secure_mode=secure_mode,
             default_epsilon_budget=default_epsilon_budget,

@@ -32,8 +32,8 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
 from veracity.client.budget import History, RoundBudget, Segment, merge_history
+from veracity.core.canonical import canonical_hash, canonical_json
 from veracity.errors import ConfigError, InputError
-from veracity.ledger.canonical import canonical_hash, canonical_json
 from veracity.ledger.statement import statement_of
 from veracity.ledger.store import configure_sqlite
 

@@ -59,7 +59,8 @@ from torch.utils.data import Dataset as TorchDataset
 from veracity.client.budget import History, Sampling, Segment, merge_history, poisson_sampling
 from veracity.errors import ConfigError, InputError
 from veracity.tasks import scaling as tasks_scaling
-from veracity.tasks.models import ModelSpec, build_model, load_weights, model_weights
+from veracity.tasks.spec import ModelSpec
+from veracity.tasks.torch_models import build_model, load_weights, model_weights
 from veracity.tasks.weights import Weights
 
 __all__ = [

@@ -43,8 +43,8 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
+from veracity.core.canonical import canonical_hash
 from veracity.errors import CryptoError
-from veracity.ledger.canonical import canonical_hash
 
 __all__ = [
     "MAX_LOG_Q_128",

@@ -25,9 +25,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from veracity.core.canonical import canonical_json
 from veracity.crypto.he_params import PackingLayout
 from veracity.errors import InputError
-from veracity.ledger.canonical import canonical_json
 
 __all__ = [
     "MAGIC",

@@ -9,10 +9,10 @@ checkpoint of one log can never be passed off as one of another, even under the 
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from typing import Any
 
+from veracity.core.fields import is_hex64
 from veracity.crypto.keys import SigningKey, VerifyKey
 from veracity.errors import InputError, SignatureError
 from veracity.ledger.statement import sign_document, verify_document
@@ -28,7 +28,6 @@ __all__ = [
 
 CHECKPOINT_DOMAIN = "veracity.checkpoint.v1"
 COSIGNATURE_DOMAIN = "veracity.cosignature.v1"
-_HEX64 = re.compile(r"^[0-9a-f]{64}$")
 
 
 @dataclass(frozen=True)
@@ -70,7 +69,7 @@ class Checkpoint:
         if not isinstance(size, int) or isinstance(size, bool) or size < 0:
             raise InputError("checkpoint tree_size must be a non-negative integer")
         for name in ("log_id", "root_hash"):
-            if not isinstance(document[name], str) or not _HEX64.match(document[name]):
+            if not is_hex64(document[name]):
                 raise InputError(f"checkpoint {name} must be 64 lowercase hex digits")
         if not isinstance(document["timestamp"], str) or not isinstance(document["signature"], str):
             raise InputError("checkpoint timestamp and signature must be strings")

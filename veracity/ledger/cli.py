@@ -178,8 +178,8 @@ def append(
     output_format: FormatOption = OutputFormat.TEXT,
 ) -> None:
     """Record an event signed by the actor's key from the key directory (default: root)."""
+    from veracity.contracts.events import ROOT_ACTOR
     from veracity.crypto.keys import load_signing_key, private_key_path
-    from veracity.ledger.events import ROOT_ACTOR
 
     url = _db_url(db, data_dir)
     directory = _key_dir(key_dir, data_dir)

@@ -17,11 +17,11 @@ from __future__ import annotations
 import hashlib
 import re
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
+from veracity.core.fields import is_hex64
+from veracity.core.jcs import decode_canonical, encode_canonical
 from veracity.errors import InputError
-from veracity.ledger.jcs import decode_canonical, encode_canonical
 from veracity.ledger.merkle import leaf_hash
 from veracity.ledger.statement import STATEMENT_DOMAIN
 
@@ -29,7 +29,6 @@ __all__ = [
     "GENESIS_PREV",
     "ENTRY_FIELDS",
     "Entry",
-    "format_timestamp",
     "statement_bytes",
     "statement_message",
     "build_body",
@@ -41,24 +40,8 @@ __all__ = [
 GENESIS_PREV = "0" * 64
 ENTRY_FIELDS = frozenset({"actor", "kind", "payload", "prev", "seq", "signature", "ts"})
 _TS_RE = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{6}Z$")
-_HEX64_RE = re.compile(r"^[0-9a-f]{64}$")
 _SUFFIX_MARK = b',"prev":"'
 _DOMAIN_PREFIX = STATEMENT_DOMAIN.encode("ascii") + b"\x00"
-
-
-def format_timestamp(moment: datetime | None = None) -> str:
-    """RFC 3339 UTC with microseconds, e.g. ``2026-11-27T15:47:52.123456Z``.
-
-    Raises
-    ------
-    InputError
-        If ``moment`` is a naive datetime.
-    """
-    if moment is None:
-        moment = datetime.now(UTC)
-    if moment.tzinfo is None:
-        raise InputError("timestamps must be timezone-aware")
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def statement_bytes(kind: str, actor: str, payload: Any) -> bytes:
@@ -159,7 +142,7 @@ def parse_body(body: bytes) -> Entry:
         raise InputError("entry seq is not a non-negative integer")
     if not isinstance(ts, str) or not _TS_RE.match(ts):
         raise InputError("entry ts is not an RFC 3339 UTC timestamp with microseconds")
-    if not isinstance(prev, str) or not _HEX64_RE.match(prev):
+    if not is_hex64(prev):
         raise InputError("entry prev is not a 64-digit lowercase hex hash")
     if not isinstance(kind, str) or not isinstance(actor, str) or not isinstance(signature, str):
         raise InputError("entry kind, actor and signature must be strings")

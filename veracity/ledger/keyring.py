@@ -13,9 +13,9 @@ import bisect
 from dataclasses import dataclass, field
 from typing import Any
 
+from veracity.contracts.events import ROOT_ACTOR, Role
 from veracity.crypto.keys import VerifyKey
 from veracity.errors import InputError
-from veracity.ledger.events import ROOT_ACTOR, Role
 
 __all__ = ["KeyRecord", "KeyHistory"]
 

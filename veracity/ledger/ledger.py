@@ -27,6 +27,15 @@ from sqlalchemy import func, insert, select
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.orm import Session
 
+from veracity.contracts.events import (
+    ROOT_ACTOR,
+    SITE_KINDS,
+    Role,
+    allowed_roles,
+    validate_actor_name,
+    validate_payload,
+)
+from veracity.core.fields import format_timestamp
 from veracity.crypto.keys import SigningKey, VerifyKey
 from veracity.errors import (
     ConfigError,
@@ -43,18 +52,9 @@ from veracity.ledger.entry import (
     GENESIS_PREV,
     Entry,
     build_body,
-    format_timestamp,
     parse_body,
     statement_bytes,
     statement_message,
-)
-from veracity.ledger.events import (
-    ROOT_ACTOR,
-    SITE_KINDS,
-    Role,
-    allowed_roles,
-    validate_actor_name,
-    validate_payload,
 )
 from veracity.ledger.keyring import KeyRecord
 from veracity.ledger.merkle import MerkleTree, leaf_hash, verify_consistency, verify_inclusion

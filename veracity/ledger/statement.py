@@ -13,9 +13,10 @@ import binascii
 import hashlib
 from typing import Any
 
+from veracity.contracts.receipts import RECEIPT_DOMAIN
+from veracity.core.canonical import canonical_json
 from veracity.crypto.keys import SigningKey, VerifyKey
 from veracity.errors import SignatureError
-from veracity.ledger.canonical import canonical_json
 
 __all__ = [
     "STATEMENT_DOMAIN",
@@ -31,7 +32,6 @@ __all__ = [
 ]
 
 STATEMENT_DOMAIN = "veracity.statement.v1"
-RECEIPT_DOMAIN = "veracity.receipt.v1"
 
 
 def signing_message(domain: str, document: Any) -> bytes:

@@ -2,7 +2,7 @@ r"""Entry templates: a fast, provably no-looser reading of the most frequent ent
 
 The reference reading of an entry is :func:`~veracity.ledger.entry.parse_body` (strict RFC
 8785 decoding, then the entry's field checks) followed by
-:func:`~veracity.ledger.events.validate_payload` (the kind's pydantic schema). It costs
+:func:`~veracity.contracts.events.validate_payload` (the kind's pydantic schema). It costs
 about 12 us per entry, most of it decoding and re-encoding JSON to prove the bytes are
 canonical. A template is one regular expression over the exact bytes of an entry of one
 kind that matches only what the reference accepts:
@@ -32,7 +32,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from veracity.ledger.events import SITE_KINDS, check_timestamp
+from veracity.contracts.events import SITE_KINDS
+from veracity.core.fields import check_timestamp
 
 __all__ = ["Template", "TEMPLATES", "FastEntry", "template_for", "read_entry"]
 

@@ -54,6 +54,14 @@ from multiprocessing import get_context
 from pathlib import Path
 from typing import Any, Literal
 
+from veracity.contracts.events import (
+    KINDS,
+    ROOT_ACTOR,
+    SITE_KINDS,
+    Role,
+    allowed_roles,
+    validate_payload,
+)
 from veracity.crypto.keys import VerifyKey
 from veracity.errors import (
     CryptoError,
@@ -64,14 +72,6 @@ from veracity.errors import (
 )
 from veracity.ledger.checkpoint import Checkpoint, verify_cosignature
 from veracity.ledger.entry import GENESIS_PREV, parse_body, statement_message, statement_of_body
-from veracity.ledger.events import (
-    KINDS,
-    ROOT_ACTOR,
-    SITE_KINDS,
-    Role,
-    allowed_roles,
-    validate_payload,
-)
 from veracity.ledger.keyring import KeyHistory, KeyRecord
 from veracity.ledger.merkle import MerkleTree, verify_consistency
 from veracity.ledger.statement import RECEIPT_DOMAIN, verify_document

@@ -12,19 +12,32 @@ import hashlib
 import importlib.metadata
 import json
 import logging
-import re
 import secrets
 import time
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy.orm import Session
 
 from veracity import __version__
+from veracity.contracts.base import Payload
+from veracity.contracts.events import (
+    ANY_ACTOR_KINDS,
+    ROOT_ACTOR,
+    SITE_KINDS,
+    KeyEnrolled,
+    KeyRevoked,
+    RunFinished,
+    RunStarted,
+    RunStatus,
+    StudyProposed,
+)
+from veracity.core.canonical import canonical_hash
+from veracity.core.fields import check_site_name, format_timestamp
 from veracity.crypto.keys import (
     SigningKey,
     VerifyKey,
@@ -42,9 +55,7 @@ from veracity.errors import (
     NotFound,
     TransportError,
 )
-from veracity.ledger.canonical import canonical_hash
 from veracity.ledger.entry import Entry
-from veracity.ledger.events import ROOT_ACTOR
 from veracity.ledger.ledger import Ledger
 from veracity.server.control import ControlClient, RunSummary
 from veracity.server.fab import build_fab
@@ -56,19 +67,9 @@ __all__ = ["Coordinator", "CoordinatorConfig", "EnrolledSite", "SITE_STATEMENT_K
 log = logging.getLogger(__name__)
 
 ROOT_KEY_NAME = "root"
-SITE_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 
 #: Statements a site signs on its own machine and the coordinator records for it.
-SITE_STATEMENT_KINDS = frozenset(
-    {
-        "dataset.registered",
-        "study.approved",
-        "study.refused",
-        "budget.refused",
-        "checkpoint.cosigned",
-        "note.recorded",
-    }
-)
+SITE_STATEMENT_KINDS = SITE_KINDS | ANY_ACTOR_KINDS
 
 
 @dataclass(frozen=True)
@@ -117,11 +118,6 @@ class EnrolledSite:
     key_id: str
     node_id: int | None
     seq: int
-
-
-def _now_text(now: datetime | None) -> str:
-    moment = (now or datetime.now(UTC)).astimezone(UTC)
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def package_versions() -> dict[str, str]:
@@ -241,10 +237,10 @@ class Coordinator:
         finally:
             client.close()
 
-    def _append_root(
-        self, kind: str, payload: dict[str, Any], *, session: Session | None = None
-    ) -> Entry:
-        return self.ledger.append(kind, ROOT_ACTOR, payload, signer=self.root_key, session=session)
+    def _append_root(self, payload: Payload, *, session: Session | None = None) -> Entry:
+        return self.ledger.append(
+            payload.KIND, ROOT_ACTOR, payload.to_json(), signer=self.root_key, session=session
+        )
 
     # ------------------------------------------------------------------- sites
     def site_key(self, site: str) -> VerifyKey:
@@ -316,24 +312,25 @@ class Coordinator:
         TransportError
             If the SuperLink refuses or does not answer.
         """
-        if not SITE_NAME.fullmatch(name) or name == ROOT_ACTOR:
-            raise InputError("site names are 1-63 lowercase letters, digits and '-'")
+        check_site_name(name)
+        if name == ROOT_ACTOR:
+            raise InputError(f"{ROOT_ACTOR!r} is the root's name, not a site's")
         public_key = VerifyKey.from_pem(public_key_pem)
         if self.ledger.key_at(name) is not None:
             raise Conflict(f"site {name!r} is already enrolled")
-        payload = {
-            "name": name,
-            "role": "site",
-            "public_key": public_key.pem(),
-            "valid_from": _now_text(now),
-            "supernode_public_key": supernode_public_key.strip(),
-        }
+        payload = KeyEnrolled(
+            name=name,
+            role="site",
+            public_key=public_key.pem(),
+            valid_from=format_timestamp(now),
+            supernode_public_key=supernode_public_key.strip(),
+        )
         node_id: int | None = None
         if register_node:
             with self.control() as control:
                 node_id = control.register_node(supernode_public_key.encode(), name=name)
         try:
-            entry = self._append_root("key.enrolled", payload, session=session)
+            entry = self._append_root(payload, session=session)
         except BaseException:  # undo the registration whatever stopped the append
             if node_id is not None:
                 self._unregister_quietly(node_id)
@@ -375,9 +372,7 @@ class Coordinator:
         if record is None or name == ROOT_ACTOR:
             raise InputError(f"{name!r} holds no site key to revoke")
         return self._append_root(
-            "key.revoked",
-            {"name": name, "key_id": record.key_id, "reason": reason},
-            session=session,
+            KeyRevoked(name=name, key_id=record.key_id, reason=reason), session=session
         )
 
     def _unregister_quietly(self, node_id: int) -> None:
@@ -465,13 +460,12 @@ class Coordinator:
         if self.find_study(study.study_hash) is not None:
             raise Conflict(f"study {study.study_hash} was already proposed")
         self._append_root(
-            "study.proposed",
-            {
-                "study_id": study.study_id,
-                "study_hash": study.study_hash,
-                "study": study.to_document(),
-                "code_hash": study.code_hash,
-            },
+            StudyProposed(
+                study_id=study.study_id,
+                study_hash=study.study_hash,
+                study=study.to_document(),
+                code_hash=study.code_hash,
+            ),
             session=session,
         )
         return study
@@ -577,15 +571,14 @@ class Coordinator:
         (runs_dir / f"{run_id}.seeds.json").write_text(json.dumps(seeds), encoding="utf-8")
         try:
             self._append_root(
-                "run.started",
-                {
-                    "run_id": run_id,
-                    "study_hash": study_hash,
-                    "fab_hash": fab.fab_hash,
-                    "config_hash": canonical_hash(config),
-                    "package_versions": package_versions(),
-                    "seed_commitment": canonical_hash(seeds),
-                },
+                RunStarted(
+                    run_id=run_id,
+                    study_hash=study_hash,
+                    fab_hash=fab.fab_hash,
+                    config_hash=canonical_hash(config),
+                    package_versions=package_versions(),
+                    seed_commitment=canonical_hash(seeds),
+                ),
                 session=session,
             )
         except BaseException:  # stop the submitted run whatever stopped the append
@@ -710,7 +703,7 @@ class Coordinator:
         run_id: str,
         study_hash: str,
         *,
-        status: str,
+        status: RunStatus,
         reason: str,
         rounds_completed: int,
         model_hash: str | None,
@@ -718,15 +711,14 @@ class Coordinator:
     ) -> Entry:
         """Record ``run.finished`` and sign a checkpoint."""
         entry = self._append_root(
-            "run.finished",
-            {
-                "run_id": run_id,
-                "study_hash": study_hash,
-                "status": status,
-                "reason": reason[:2000],
-                "rounds_completed": rounds_completed,
-                "model_hash": model_hash,
-            },
+            RunFinished(
+                run_id=run_id,
+                study_hash=study_hash,
+                status=status,
+                reason=reason[:2000],
+                rounds_completed=rounds_completed,
+                model_hash=model_hash,
+            ),
             session=session,
         )
         if session is None:

@@ -22,7 +22,6 @@ import contextlib
 import json
 import math
 import os
-import re
 import shutil
 import tempfile
 from collections.abc import Mapping, Sequence
@@ -33,15 +32,15 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from veracity.core.canonical import canonical_hash, canonical_json
+from veracity.core.fields import is_hex64
 from veracity.errors import InputError, LedgerIntegrityError, NotFound
-from veracity.ledger.canonical import canonical_hash, canonical_json
-from veracity.tasks.models import ModelSpec, build_model, load_weights
+from veracity.tasks.spec import ModelSpec, check_weights
 from veracity.tasks.weights import Weights, weights_from_bytes, weights_hash, weights_to_bytes
 
 __all__ = ["ReleasedModel", "ModelRegistry"]
 
 _FORMAT = "veracity.model.v1"
-_HEX64 = re.compile(r"^[0-9a-f]{64}$")
 
 
 @dataclass(frozen=True)
@@ -93,10 +92,7 @@ def _check_model(
     label: str,
     scaling: Sequence[tuple[float, float]],
 ) -> None:
-    load_weights(build_model(spec), weights)  # names and shapes
-    for name, array in weights.items():
-        if not np.all(np.isfinite(np.asarray(array))):
-            raise InputError(f"weights {name!r} hold NaN or infinite values")
+    check_weights(spec, weights)
     if len(features) != spec.n_features:
         raise InputError(f"model has {spec.n_features} inputs but {len(features)} features")
     if len(set(features)) != len(features) or not all(features):
@@ -129,13 +125,13 @@ class ModelRegistry:
         return self._root
 
     def _directory(self, model_hash: str) -> Path:
-        if not _HEX64.match(model_hash):
+        if not is_hex64(model_hash):
             raise InputError(f"{model_hash!r} is not a model hash (64 lowercase hex characters)")
         return self._root / model_hash
 
     def __contains__(self, model_hash: object) -> bool:
         """Whether a model with this hash is registered."""
-        if not isinstance(model_hash, str) or not _HEX64.match(model_hash):
+        if not is_hex64(model_hash):
             return False
         return (self._root / model_hash / "model.json").is_file()
 
@@ -251,7 +247,7 @@ class ModelRegistry:
         return sorted(
             entry.name
             for entry in self._root.iterdir()
-            if _HEX64.match(entry.name) and (entry / "model.json").is_file()
+            if is_hex64(entry.name) and (entry / "model.json").is_file()
         )
 
 

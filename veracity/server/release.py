@@ -10,12 +10,12 @@ unit is a site's whole contribution, its epsilon is the coordinator's RDP accoun
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from typing import Any
 
 from veracity import __version__
-from veracity.ledger.canonical import canonical_hash
-from veracity.ledger.events import ROOT_ACTOR
+from veracity.contracts.events import ROOT_ACTOR, ModelReleased, ReleasedDataset
+from veracity.core.canonical import canonical_hash
+from veracity.core.fields import format_timestamp
 from veracity.server.coordinator import Coordinator, package_versions
 from veracity.server.registry import ModelRegistry
 from veracity.server.strategy import CLIENT_DELTA_METRIC, CLIENT_EPSILON_METRIC, RoundOutcome
@@ -74,7 +74,7 @@ def build_model_card(
     last_receipt: dict[str, dict[str, Any]] = {}
     for outcome in completed:
         for update in outcome.accepted:
-            last_receipt[update.site] = update.receipt
+            last_receipt[update.site] = update.receipt.to_json()
     lineage = []
     privacy: dict[str, Any] = {}
     for site, receipt in sorted(last_receipt.items()):
@@ -143,7 +143,7 @@ def build_model_card(
             "per_site": privacy,
             "client_level": client_level_privacy(study, completed),
         },
-        "released_at": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+        "released_at": format_timestamp(),
         "veracity_version": __version__,
         "coordinator": ROOT_ACTOR,
     }
@@ -171,22 +171,20 @@ def release_model(
     last_metrics = next(
         (o.metrics for o in reversed(outcomes) if o.aggregated_model_hash is not None), {}
     )
+    released = ModelReleased(
+        model_hash=model_hash,
+        run_id=run_id,
+        study_hash=study.study_hash,
+        model=study.model_spec.to_dict(),
+        datasets=[
+            ReleasedDataset(site=d["site"], dataset_id=d["dataset_id"], commitment=d["commitment"])
+            for d in card["data_lineage"]
+        ],
+        epsilon={site: float(p["epsilon"]) for site, p in privacy.items()},
+        metrics={k: float(v) for k, v in last_metrics.items()},
+        card_hash=canonical_hash(card),
+    )
     coordinator.ledger.append(
-        "model.released",
-        ROOT_ACTOR,
-        {
-            "model_hash": model_hash,
-            "run_id": run_id,
-            "study_hash": study.study_hash,
-            "model": study.model_spec.to_dict(),
-            "datasets": [
-                {"site": d["site"], "dataset_id": d["dataset_id"], "commitment": d["commitment"]}
-                for d in card["data_lineage"]
-            ],
-            "epsilon": {site: float(p["epsilon"]) for site, p in privacy.items()},
-            "metrics": {k: float(v) for k, v in last_metrics.items()},
-            "card_hash": canonical_hash(card),
-        },
-        signer=coordinator.root_key,
+        released.KIND, ROOT_ACTOR, released.to_json(), signer=coordinator.root_key
     )
     return model_hash

@@ -41,8 +41,16 @@ from flwr.serverapp.strategy import (
     Strategy,
 )
 
+from veracity.contracts.base import SiteStatement
+from veracity.contracts.events import Dropped, Refused, RoundCompleted
+from veracity.contracts.messages import (
+    ARRAYS_RECORD,
+    METRICS_RECORD,
+    ReceiptRecord,
+    RefusalRecord,
+)
 from veracity.crypto.keys import VerifyKey
-from veracity.errors import ConfigError, VeracityError
+from veracity.errors import ConfigError, InputError, VeracityError
 from veracity.flower_serde import weights_from_record
 from veracity.server.polling_grid import PollingGrid
 from veracity.server.rounds import AcceptedUpdate, check_receipt, check_refusal
@@ -78,8 +86,8 @@ class RoundOutcome:
 
     server_round: int
     accepted: list[AcceptedUpdate] = field(default_factory=list)
-    dropped: list[dict[str, str]] = field(default_factory=list)
-    refused: list[dict[str, str]] = field(default_factory=list)
+    dropped: list[Dropped] = field(default_factory=list)
+    refused: list[Refused] = field(default_factory=list)
     aggregated_model_hash: str | None = None
     metrics: dict[str, float] = field(default_factory=dict)
     #: Wall-clock marks of the round (seconds since the epoch), for timing reports.
@@ -90,25 +98,34 @@ class RoundOutcome:
         """Sites whose verified update went into the aggregate."""
         return sorted(update.site for update in self.accepted)
 
-    def payload(self, *, run_id: str, study_hash: str) -> dict[str, Any]:
-        """The ``round.completed`` payload."""
-        return {
-            "run_id": run_id,
-            "study_hash": study_hash,
-            "round": self.server_round,
-            "participants": self.participants,
-            "receipts": [
-                {"receipt": update.receipt, "signature": update.signature}
-                for update in sorted(self.accepted, key=lambda u: u.site)
-            ],
-            "dropped": sorted(self.dropped, key=lambda d: d["site"]),
-            "refused": sorted(self.refused, key=lambda d: d["site"]),
-            "aggregated_model_hash": self.aggregated_model_hash,
-            "metrics": self.metrics,
-        }
+    def drop(self, site: str, reason: str) -> None:
+        """Record that ``site``'s reply was not aggregated, and why."""
+        self.dropped.append(Dropped(site=site, reason=reason))
+
+    def payload(self, *, run_id: str, study_hash: str) -> RoundCompleted:
+        """The ``round.completed`` payload.
+
+        Raises
+        ------
+        InputError
+            If the round has no aggregated model (nothing to record as completed).
+        """
+        if self.aggregated_model_hash is None:
+            raise InputError(f"round {self.server_round} released no model to record")
+        return RoundCompleted(
+            run_id=run_id,
+            study_hash=study_hash,
+            round=self.server_round,
+            participants=self.participants,
+            receipts=[update.signed() for update in sorted(self.accepted, key=lambda u: u.site)],
+            dropped=sorted(self.dropped, key=lambda d: d.site),
+            refused=sorted(self.refused, key=lambda d: d.site),
+            aggregated_model_hash=self.aggregated_model_hash,
+            metrics=self.metrics,
+        )
 
 
-RefusalRecorder = Callable[[str, str, dict[str, Any], str], None]
+RefusalRecorder = Callable[[str, SiteStatement, str], None]
 
 
 def round_metrics(records: list[RecordDict], weighting_key: str) -> MetricRecord:
@@ -320,43 +337,41 @@ class AuditedStrategy(Strategy):
         node = reply.metadata.src_node_id
         site = self.sites_by_node.get(node)
         if site is None:
-            outcome.dropped.append({"site": f"node:{node}", "reason": "not an approved site"})
+            outcome.drop(f"node:{node}", "not an approved site")
             return False
         if reply.has_error():
-            outcome.dropped.append({"site": site, "reason": f"failed: {reply.error.reason}"})
+            outcome.drop(site, f"failed: {reply.error.reason}")
             return False
         content = reply.content
         try:
-            if "refusal" in content.config_records:
-                refusal = content.config_records["refusal"]
-                kind, payload_json = str(refusal["kind"]), str(refusal["json"])
-                signature = str(refusal["signature"])
-                payload = check_refusal(
-                    kind, payload_json, signature, site=site, site_key=self.site_key(site)
+            if RefusalRecord.RECORD in content.config_records:
+                refusal = RefusalRecord.from_record(
+                    dict(content.config_records[RefusalRecord.RECORD])
                 )
-                self.record_refusal(site, kind, payload, signature)
-                reason = str(payload.get("reason", kind))
-                outcome.refused.append({"site": site, "kind": kind, "reason": reason})
+                statement = check_refusal(refusal, site=site, site_key=self.site_key(site))
+                self.record_refusal(site, statement, refusal.signature)
+                reason = str(getattr(statement, "reason", refusal.reason))
+                outcome.refused.append(Refused(site=site, kind=refusal.kind, reason=reason))
                 return False
-            if "arrays" not in content.array_records or "receipt" not in content.config_records:
-                outcome.dropped.append({"site": site, "reason": "reply without update or receipt"})
+            if (
+                ARRAYS_RECORD not in content.array_records
+                or ReceiptRecord.RECORD not in content.config_records
+            ):
+                outcome.drop(site, "reply without update or receipt")
                 return False
-            if len(content.array_records) != 1 or list(content.metric_records) != ["metrics"]:
-                outcome.dropped.append(
-                    {"site": site, "reason": "reply must carry one update and one metric record"}
-                )
+            if len(content.array_records) != 1 or list(content.metric_records) != [METRICS_RECORD]:
+                outcome.drop(site, "reply must carry one update and one metric record")
                 return False
             problem = _update_problem(
-                content.array_records["arrays"], self._expected.get(server_round)
+                content.array_records[ARRAYS_RECORD], self._expected.get(server_round)
             )
             if problem is not None:
-                outcome.dropped.append({"site": site, "reason": problem})
+                outcome.drop(site, problem)
                 return False
-            receipt = content.config_records["receipt"]
-            update_hash = weights_hash(weights_from_record(content.array_records["arrays"]))
+            receipt = ReceiptRecord.from_record(dict(content.config_records[ReceiptRecord.RECORD]))
+            update_hash = weights_hash(weights_from_record(content.array_records[ARRAYS_RECORD]))
             accepted = check_receipt(
-                str(receipt["json"]),
-                str(receipt["signature"]),
+                receipt,
                 site=site,
                 site_key=self.site_key(site),
                 study_hash=self.study_hash,
@@ -364,9 +379,9 @@ class AuditedStrategy(Strategy):
                 server_round=server_round,
                 update_hash=update_hash,
             )
-        except (VeracityError, KeyError) as err:
+        except VeracityError as err:
             log.warning("round %d: dropping %s's reply: %s", server_round, site, err)
-            outcome.dropped.append({"site": site, "reason": str(err)})
+            outcome.drop(site, str(err)[:2000])
             return False
         outcome.accepted.append(accepted)
         return True
@@ -387,11 +402,11 @@ class AuditedStrategy(Strategy):
         answered = {reply.metadata.src_node_id for reply in replies}
         for node in sorted(self._sampled.get(server_round, set()) - answered):
             site = self.sites_by_node.get(node, f"node:{node}")
-            outcome.dropped.append({"site": site, "reason": "no reply before the round timeout"})
+            outcome.drop(site, "no reply before the round timeout")
         arrays: ArrayRecord | None = None
         metrics: MetricRecord | None = None
-        missing = [f"{d['site']} ({d['kind']})" for d in outcome.refused] + [
-            f"{d['site']} ({d['reason']})" for d in outcome.dropped
+        missing = [f"{d.site} ({d.kind})" for d in outcome.refused] + [
+            f"{d.site} ({d.reason})" for d in outcome.dropped
         ]
         without = ", ".join(sorted(missing)) or "none"
         if len(verified) < self.min_sites:

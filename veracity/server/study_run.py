@@ -20,18 +20,19 @@ import json
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any
 
 from flwr.app import ConfigRecord
 
+from veracity.contracts.base import SiteStatement
+from veracity.contracts.events import KINDS, ROOT_ACTOR, RunStatus
+from veracity.contracts.messages import train_config
+from veracity.core.canonical import canonical_json
 from veracity.errors import VeracityError
 from veracity.flower_serde import weights_from_record, weights_to_record
-from veracity.ledger.events import ROOT_ACTOR
 from veracity.server.coordinator import Coordinator
 from veracity.server.polling_grid import PollingGrid
 from veracity.server.release import release_model
 from veracity.server.strategy import AuditedStrategy, RoundOutcome, aggregation_strategy
-from veracity.tasks.models import build_model, model_weights
 from veracity.tasks.study import Study
 
 __all__ = ["RunSettings", "execute_run", "match_nodes_to_sites"]
@@ -86,7 +87,7 @@ def match_nodes_to_sites(
 class _Finished(Exception):
     """Ends a run early with a recorded status."""
 
-    def __init__(self, status: str, reason: str) -> None:
+    def __init__(self, status: RunStatus, reason: str) -> None:
         super().__init__(reason)
         self.status, self.reason = status, reason
 
@@ -162,17 +163,17 @@ def execute_run(coordinator: Coordinator, grid: PollingGrid, settings: RunSettin
         def record_round(outcome: RoundOutcome) -> None:
             if outcome.aggregated_model_hash is None:
                 return  # an aborted round: run.finished will say why
+            completed = outcome.payload(run_id=run_id, study_hash=study_hash)
             coordinator.ledger.append(
-                "round.completed",
-                ROOT_ACTOR,
-                outcome.payload(run_id=run_id, study_hash=study_hash),
-                signer=coordinator.root_key,
+                completed.KIND, ROOT_ACTOR, completed.to_json(), signer=coordinator.root_key
             )
             coordinator.ledger.checkpoint()
 
-        def record_refusal(site: str, kind: str, payload: dict[str, Any], signature: str) -> None:
-            if kind in {"budget.refused", "study.refused"}:
-                coordinator.ledger.append(kind, site, payload, signature=signature)
+        def record_refusal(site: str, statement: SiteStatement, signature: str) -> None:
+            if statement.KIND in KINDS:  # a ledger event kind: the site's own entry
+                coordinator.ledger.append(
+                    statement.KIND, site, statement.to_json(), signature=signature
+                )
 
         strategy = AuditedStrategy(
             aggregation_strategy(
@@ -189,27 +190,26 @@ def execute_run(coordinator: Coordinator, grid: PollingGrid, settings: RunSettin
             record_refusal=record_refusal,
             node_wait=settings.node_wait,
         )
-        initial = model_weights(build_model(study.model_spec, seed=study.model_seed))
-        train_config = ConfigRecord(
-            {
-                "study": study.model_dump_json(),
-                "study_hash": study_hash,
-                "run_id": run_id,
-                "code_hash": settings.fab_hash,
-            }
+        initial = study.model_spec.initial_weights(study.model_seed)
+        config = train_config(
+            study=canonical_json(study.to_document()).decode("utf-8"),
+            study_hash=study_hash,
+            run_id=run_id,
+            code_hash=settings.fab_hash,
         )
         result = strategy.start(
             grid=grid,
             initial_arrays=weights_to_record(initial),
             num_rounds=study.rounds,
             timeout=settings.round_timeout,
-            train_config=train_config,
+            train_config=ConfigRecord(config),
         )
         rounds_done = sum(1 for o in strategy.outcomes if o.aggregated_model_hash is not None)
         _write_timing(coordinator, run_id, began, strategy.outcomes)
         if strategy.abort_reason is not None:
             raise _Finished("insufficient_sites", strategy.abort_reason)
-        status, reason = "completed", f"{rounds_done} round(s) completed"
+        status: RunStatus = "completed"
+        reason = f"{rounds_done} round(s) completed"
         if strategy.budget_exhausted is not None:
             if rounds_done == 0:
                 raise _Finished("stopped", f"{strategy.budget_exhausted}; no model released")

@@ -29,7 +29,7 @@ import numpy.typing as npt
 
 from veracity.errors import InputError
 from veracity.tasks import scaling
-from veracity.tasks.models import ModelFamily, ModelSpec
+from veracity.tasks.spec import ModelFamily, ModelSpec
 from veracity.tasks.study import Study, parse_study
 
 __all__ = [

@@ -13,9 +13,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from veracity.core.canonical import canonical_hash
 from veracity.errors import InputError
-from veracity.ledger.canonical import canonical_hash
-from veracity.tasks.models import ModelFamily, ModelSpec
+from veracity.tasks.spec import ModelFamily, ModelSpec
 
 __all__ = ["CentralDPConfig", "DPConfig", "TrainingConfig", "Study", "parse_study"]
 

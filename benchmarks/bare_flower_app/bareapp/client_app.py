@@ -10,7 +10,8 @@ import torch
 from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from veracity.tasks.models import ModelFamily, ModelSpec, build_model
+from veracity.tasks.spec import ModelFamily, ModelSpec
+from veracity.tasks.torch_models import build_model
 
 app = ClientApp()
 

@@ -10,7 +10,8 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import FedAvg
 
-from veracity.tasks.models import ModelFamily, ModelSpec, build_model
+from veracity.tasks.spec import ModelFamily, ModelSpec
+from veracity.tasks.torch_models import build_model
 
 app = ServerApp()
 

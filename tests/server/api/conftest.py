@@ -22,9 +22,9 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from veracity.core.canonical import canonical_hash
 from veracity.crypto.keys import SigningKey, generate_signing_key
 from veracity.crypto.tls import create_tls_material
-from veracity.ledger.canonical import canonical_hash
 from veracity.ledger.statement import sign_statement
 from veracity.server.api.app import create_app
 from veracity.server.api.serve import initialise
@@ -275,7 +275,7 @@ def api_with_superlink(tmp_path: Path, db_url: str, superlink: SuperLinkHandle) 
 
 def release_model(api: Api, spec: Any, weights: Any, features: list[str], label: str) -> str:
     """Put a model in the registry and record ``model.released`` (as a run's release would)."""
-    from veracity.ledger.events import ROOT_ACTOR
+    from veracity.contracts.events import ROOT_ACTOR
 
     coordinator = api.coordinator
     model_hash: str = api.service.registry.put(

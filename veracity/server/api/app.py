@@ -26,8 +26,8 @@ from fastapi import APIRouter, FastAPI
 from fastapi.routing import APIRoute, iter_route_contexts
 
 from veracity import __version__
+from veracity.contracts.events import ROOT_ACTOR
 from veracity.errors import ConfigError
-from veracity.ledger.events import ROOT_ACTOR
 from veracity.server.api import db
 from veracity.server.api.deps import declare_roles, inference_requester, roles_of
 from veracity.server.api.inference import inference_router

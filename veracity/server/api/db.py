@@ -20,7 +20,6 @@ they run after the ledger's (``api_action`` references ``ledger_entry``).
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from pathlib import Path
 
 import sqlalchemy as sa
@@ -40,7 +39,6 @@ __all__ = [
     "TokenRow",
     "ActionRow",
     "RateRow",
-    "format_time",
     "upgrade",
     "downgrade",
     "current_revision",
@@ -54,11 +52,6 @@ MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 ROLES = ("admin", "site", "researcher", "auditor")
 
 _ID = BigInteger().with_variant(Integer(), "sqlite")  # SQLite autoincrements INTEGER keys only
-
-
-def format_time(moment: datetime) -> str:
-    """RFC 3339 UTC text with microseconds (``2026-11-27T15:47:52.123456Z``)."""
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 class ApiBase(DeclarativeBase):

@@ -11,6 +11,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
+from veracity.core.fields import HEX64_PATTERN, SITE_NAME_PATTERN, Hash, SiteName
+
 __all__ = [
     "HASH_PATTERN",
     "RUN_ID_PATTERN",
@@ -60,12 +62,9 @@ __all__ = [
     "HealthOut",
 ]
 
-HASH_PATTERN = r"^[0-9a-f]{64}$"
+HASH_PATTERN = HEX64_PATTERN
 RUN_ID_PATTERN = r"^[0-9]{1,20}$"
-SITE_PATTERN = r"^[a-z0-9][a-z0-9-]{0,62}$"
-
-Hash = Annotated[str, StringConstraints(pattern=HASH_PATTERN)]
-SiteName = Annotated[str, StringConstraints(pattern=SITE_PATTERN)]
+SITE_PATTERN = SITE_NAME_PATTERN
 Base64Signature = Annotated[str, StringConstraints(min_length=1, max_length=200)]
 
 

@@ -23,11 +23,12 @@ from typing import Any, Literal
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from veracity.core.fields import format_timestamp
 from veracity.errors import Conflict, InputError, LedgerIntegrityError, NotFound
 from veracity.ledger import store
 from veracity.ledger.checkpoint import Checkpoint
 from veracity.ledger.entry import Entry
-from veracity.server.api.db import ActionRow, format_time
+from veracity.server.api.db import ActionRow
 from veracity.server.api.tokens import Clock, Principal, TokenStore, utc_now
 from veracity.server.coordinator import Coordinator
 from veracity.server.registry import ModelRegistry, ReleasedModel
@@ -137,7 +138,7 @@ class ApiService:
         with self._writes, self.coordinator.transaction() as session:
             head = session.scalar(select(func.max(store.EntryRow.seq)))
             row = ActionRow(
-                at=format_time(self.clock()),
+                at=format_timestamp(self.clock()),
                 token_id=principal.token_id,
                 actor=principal.name,
                 role=principal.role.value,
@@ -308,7 +309,7 @@ class ApiService:
         with self._writes, Session(self.ledger.engine) as session, session.begin():
             session.add(
                 ActionRow(
-                    at=format_time(self.clock()),
+                    at=format_timestamp(self.clock()),
                     token_id=principal.token_id,
                     actor=principal.name,
                     role=principal.role.value,

@@ -24,9 +24,10 @@ from sqlalchemy import select, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
+from veracity.core.fields import format_timestamp
 from veracity.errors import InputError, NotFound
 from veracity.ledger import store
-from veracity.server.api.db import ActionRow, TokenRow, format_time
+from veracity.server.api.db import ActionRow, TokenRow
 
 __all__ = [
     "Role",
@@ -121,7 +122,7 @@ class TokenInfo:
         """Why this token cannot be used at ``now`` (``None``: it can)."""
         if self.revoked_at is not None:
             return "revoked"
-        if self.expires_at <= format_time(now):
+        if self.expires_at <= format_timestamp(now):
             return "expired"
         return None
 
@@ -246,13 +247,13 @@ class TokenStore:
             role=chosen.value,
             site=site,
             token_hash=hash_token(secret),
-            created_at=format_time(now),
-            expires_at=format_time(expires),
+            created_at=format_timestamp(now),
+            expires_at=format_timestamp(expires),
             revoked_at=None,
             created_by=created_by.name,
         )
         action = ActionRow(
-            at=format_time(now),
+            at=format_timestamp(now),
             token_id=created_by.token_id,
             actor=created_by.name,
             role=created_by.role.value,
@@ -326,7 +327,7 @@ class TokenStore:
         NotFound
             If there is no such token.
         """
-        now = format_time(self.clock())
+        now = format_timestamp(self.clock())
         with Session(self.engine, expire_on_commit=False) as session, session.begin():
             changed = session.execute(
                 update(TokenRow)

@@ -15,10 +15,10 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse
 from starlette.background import BackgroundTask
 
+from veracity.contracts.events import KINDS, NAME_PATTERN
 from veracity.errors import InputError, NotFound
 from veracity.ledger.checkpoint import Checkpoint
 from veracity.ledger.entry import Entry
-from veracity.ledger.events import KINDS, NAME_PATTERN
 from veracity.server.api.deps import (
     AdminDep,
     AuditDep,

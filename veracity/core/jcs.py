@@ -1,6 +1,6 @@
 """Fast RFC 8785 (JCS) encoding and strict decoding for the ledger's hot paths.
 
-:func:`veracity.ledger.canonical.canonical_json` (the ``rfc8785`` package) is the reference
+:func:`veracity.core.canonical.canonical_json` (the ``rfc8785`` package) is the reference
 and costs about 35 us per entry in pure Python. For the common ledger document (ASCII text,
 no floats, integers inside +-2**53) RFC 8785 output is exactly what ``json.dumps`` writes
 with sorted keys, compact separators and ``ensure_ascii=False``: JCS orders keys by UTF-16
@@ -16,8 +16,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from veracity.core.canonical import canonical_json
 from veracity.errors import InputError
-from veracity.ledger.canonical import canonical_json
 
 __all__ = ["encode_canonical", "decode_canonical"]
 

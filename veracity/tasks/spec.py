@@ -1,4 +1,4 @@
-"""The model families Veracity trains and serves.
+"""The model families Veracity trains and serves, described without any framework.
 
 Both are chosen so that federated training (Opacus DP-SGD at every site) trains exactly
 the architecture that encrypted inference (CKKS, column packing) evaluates:
@@ -15,33 +15,27 @@ the architecture that encrypted inference (CKKS, column packing) evaluates:
 
 Inputs are standardised with the study's published scaling (``(x - mean) / std``) before
 the model, on the data holder's side, and a model emits one logit for the positive class.
+
+This module is pure NumPy: the coordinator, the ledger and the admin API describe, check,
+initialise and evaluate models without importing torch. The torch modules that sites train
+are in :mod:`veracity.tasks.torch_models`, with the same tensor names and shapes
+(:meth:`ModelSpec.weight_shapes`).
 """
 
 from __future__ import annotations
 
 import enum
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-import torch
-from torch import nn
 
 from veracity.errors import InputError
 from veracity.tasks.weights import Weights
 
-__all__ = [
-    "ModelFamily",
-    "ModelSpec",
-    "QuadraticActivation",
-    "LogisticRegression",
-    "PolyMLP",
-    "build_model",
-    "model_weights",
-    "load_weights",
-    "predict_logits",
-]
+__all__ = ["ModelFamily", "ModelSpec", "check_weights", "predict_logits"]
 
 
 class ModelFamily(enum.StrEnum):
@@ -93,88 +87,57 @@ class ModelSpec:
         except (KeyError, ValueError, TypeError) as err:
             raise InputError(f"invalid model spec: {err}") from err
 
+    def weight_shapes(self) -> dict[str, tuple[int, ...]]:
+        """Every tensor's name and shape, as the torch module's ``state_dict`` has them."""
+        if self.family is ModelFamily.LOGISTIC:
+            return {"linear.weight": (1, self.n_features), "linear.bias": (1,)}
+        return {
+            "fc1.weight": (self.hidden, self.n_features),
+            "fc1.bias": (self.hidden,),
+            "fc2.weight": (1, self.hidden),
+            "fc2.bias": (1,),
+        }
 
-class QuadraticActivation(nn.Module):
-    """``a*z**2 + b*z + c`` with fixed coefficients (CKKS evaluates it exactly)."""
+    def initial_weights(self, seed: int) -> dict[str, npt.NDArray[np.float32]]:
+        """Deterministic initial weights for ``seed`` (a study's public ``model_seed``).
 
-    def __init__(self, a: float, b: float, c: float) -> None:
-        super().__init__()
-        self.a, self.b, self.c = a, b, c
-
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
-        """Apply the polynomial elementwise."""
-        return self.a * z * z + self.b * z + self.c
-
-
-class LogisticRegression(nn.Module):
-    """One linear layer to one logit."""
-
-    def __init__(self, n_features: int) -> None:
-        super().__init__()
-        self.linear = nn.Linear(n_features, 1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Return logits of shape ``(batch,)``."""
-        out: torch.Tensor = self.linear(x).squeeze(-1)
-        return out
-
-
-class PolyMLP(nn.Module):
-    """``Linear(n, h) -> quadratic -> Linear(h, 1)``."""
-
-    def __init__(
-        self, n_features: int, hidden: int, activation: tuple[float, float, float]
-    ) -> None:
-        super().__init__()
-        self.fc1 = nn.Linear(n_features, hidden)
-        self.act = QuadraticActivation(*activation)
-        self.fc2 = nn.Linear(hidden, 1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Return logits of shape ``(batch,)``."""
-        out: torch.Tensor = self.fc2(self.act(self.fc1(x))).squeeze(-1)
-        return out
+        Each layer's weight and bias are drawn uniformly from ``[-1/sqrt(fan_in),
+        1/sqrt(fan_in)]``, the bounds of torch's default ``nn.Linear`` initialisation, from
+        NumPy's PCG64 seeded with ``seed``: the same seed gives the same model on any
+        machine, with or without torch.
+        """
+        generator = np.random.Generator(np.random.PCG64(seed))
+        weights: dict[str, npt.NDArray[np.float32]] = {}
+        for name, shape in self.weight_shapes().items():
+            layer = name.rsplit(".", 1)[0]
+            fan_in = self.weight_shapes()[f"{layer}.weight"][1]
+            bound = 1.0 / math.sqrt(fan_in)
+            weights[name] = generator.uniform(-bound, bound, size=shape).astype(np.float32)
+        return weights
 
 
-def build_model(spec: ModelSpec, *, seed: int | None = None) -> nn.Module:
-    """A freshly initialised torch model for ``spec`` (deterministic when ``seed`` is set)."""
-    generator_state = torch.random.get_rng_state()
-    if seed is not None:
-        torch.manual_seed(seed)
-    try:
-        if spec.family is ModelFamily.LOGISTIC:
-            return LogisticRegression(spec.n_features)
-        return PolyMLP(spec.n_features, spec.hidden, spec.activation)
-    finally:
-        if seed is not None:
-            torch.random.set_rng_state(generator_state)
-
-
-def model_weights(model: nn.Module) -> dict[str, npt.NDArray[np.float32]]:
-    """The model's parameters as float32 NumPy arrays, keyed like ``state_dict``."""
-    return {
-        name: tensor.detach().cpu().numpy().astype(np.float32, copy=True)
-        for name, tensor in model.state_dict().items()
-    }
-
-
-def load_weights(model: nn.Module, weights: Weights) -> None:
-    """Copy ``weights`` into ``model`` in place.
+def check_weights(spec: ModelSpec, weights: Weights, *, what: str = "weights") -> None:
+    """Check that ``weights`` hold exactly ``spec``'s tensors, floating point and finite.
 
     Raises
     ------
     InputError
-        If names or shapes do not match the model.
+        Naming the first tensor that is missing, extra, of another shape or dtype, or
+        holds a non-finite value.
     """
-    expected = model.state_dict()
-    if set(expected) != set(weights):
-        raise InputError(
-            f"weights have tensors {sorted(weights)}, model expects {sorted(expected)}"
-        )
-    for name, target in expected.items():
-        if tuple(target.shape) != tuple(np.asarray(weights[name]).shape):
-            raise InputError(f"weights {name!r} have shape {np.asarray(weights[name]).shape}")
-    model.load_state_dict({name: torch.as_tensor(np.asarray(weights[name])) for name in expected})
+    expected = spec.weight_shapes()
+    given: object = weights
+    if not hasattr(given, "keys") or set(weights) != set(expected):
+        names = sorted(weights) if hasattr(given, "keys") else []
+        raise InputError(f"{what} have tensors {names}, the model has {sorted(expected)}")
+    for name, shape in expected.items():
+        array = np.asarray(weights[name])
+        if not np.issubdtype(array.dtype, np.floating):
+            raise InputError(f"{what} {name!r} are {array.dtype}, not floating point")
+        if array.shape != shape:
+            raise InputError(f"{what} {name!r} have shape {array.shape}, expected {shape}")
+        if not np.all(np.isfinite(array)):
+            raise InputError(f"{what} {name!r} hold non-finite values")
 
 
 def predict_logits(

@@ -1,0 +1,424 @@
+"""Ledger event kinds, who may record each, and a strict payload schema per kind.
+
+The kinds and fields are the contract in ``docs/architecture.md`` ("Ledger events"), whose
+table is generated from these models (:func:`veracity.contracts.docs.events_table`; a test
+keeps the page equal to it). Schemas are strict (no type coercion) and closed (an unknown
+field is refused): a payload is recorded exactly as given, so what is validated is what is
+hashed. Producers build payloads from these models (``KeyEnrolled(...).to_json()``);
+:func:`validate_payload` checks any payload against its kind's model and raises
+:class:`~veracity.errors.InputError` naming the first bad field.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Annotated, Any, ClassVar, Literal
+
+from pydantic import AfterValidator, Field, StringConstraints, model_validator
+
+from veracity.contracts.base import Contract, Payload, SitePayload, SiteStatement
+from veracity.contracts.receipts import Base64Signature, SignedReceipt
+from veracity.contracts.refusals import BudgetRefused
+from veracity.core.canonical import canonical_hash
+from veracity.core.fields import (
+    NAME_PATTERN,
+    Count,
+    Hash,
+    Ident,
+    Name,
+    Number,
+    Round,
+    Text,
+    Timestamp,
+    check_name,
+)
+from veracity.crypto.keys import VerifyKey
+from veracity.errors import CryptoError, InputError
+
+__all__ = [
+    "ROOT_ACTOR",
+    "Role",
+    "KINDS",
+    "ROOT_KINDS",
+    "SITE_KINDS",
+    "ANY_ACTOR_KINDS",
+    "NAME_PATTERN",
+    "Payload",
+    "KeyEnrolled",
+    "KeyRevoked",
+    "DatasetRegistered",
+    "StudyProposed",
+    "StudyApproved",
+    "StudyRefused",
+    "RunStarted",
+    "RunStatus",
+    "RunFinished",
+    "Dropped",
+    "Refused",
+    "RoundCompleted",
+    "BudgetRefused",
+    "ReleasedDataset",
+    "ModelReleased",
+    "InferenceServed",
+    "CheckpointRecorded",
+    "CheckpointCosigned",
+    "NoteRecorded",
+    "PAYLOADS",
+    "payload_model",
+    "validate_payload",
+    "validate_actor_name",
+    "allowed_roles",
+]
+
+#: The enrolled name of the coordinator's root key (its key files are ``root.pem``/``root.pub``).
+ROOT_ACTOR = "coordinator"
+
+
+class Role(enum.StrEnum):
+    """What an enrolled key is for."""
+
+    ROOT = "root"
+    SITE = "site"
+    COORDINATOR = "coordinator"
+    AUDITOR = "auditor"
+    CLINIC = "clinic"
+
+
+def _check_public_key(value: str) -> str:
+    from nacl.bindings import crypto_core_ed25519_is_valid_point
+
+    try:
+        key = VerifyKey.from_pem(value)
+    except CryptoError as err:
+        raise ValueError(f"must be an Ed25519 public key in PEM form ({err})") from err
+    # A small-order or non-canonical point verifies forged signatures under OpenSSL's rules:
+    # such a key is never enrolled.
+    if not crypto_core_ed25519_is_valid_point(key.raw):
+        raise ValueError("is a weak Ed25519 key (small order or not canonical); generate a new one")
+    return value
+
+
+PublicKeyPem = Annotated[str, StringConstraints(max_length=4096), AfterValidator(_check_public_key)]
+Reason = Annotated[str, StringConstraints(min_length=1, max_length=2000)]
+TreeSize = Annotated[int, Field(ge=1, le=2**53 - 1)]
+
+
+class KeyEnrolled(Payload):
+    """The root enrols a key under a name, with its role (genesis enrols the root itself)."""
+
+    KIND: ClassVar[str] = "key.enrolled"
+
+    name: Name
+    role: Literal["root", "site", "coordinator", "auditor", "clinic"]
+    public_key: PublicKeyPem
+    valid_from: Timestamp
+    supernode_public_key: (
+        Annotated[str, StringConstraints(min_length=1, max_length=4096)] | None
+    ) = None
+
+
+class KeyRevoked(Payload):
+    """The root revokes a name's key."""
+
+    KIND: ClassVar[str] = "key.revoked"
+
+    name: Name
+    key_id: Hash
+    reason: Reason
+
+
+class DatasetRegistered(SiteStatement):
+    """A site registers a dataset: its salted commitment and public schema, never its rows."""
+
+    KIND: ClassVar[str] = "dataset.registered"
+
+    dataset_id: Ident
+    commitment: Hash
+    schema_hash: Hash
+    rows: Count
+    label: Ident
+    features: Annotated[list[Ident], Field(min_length=1, max_length=10_000)]
+
+
+class StudyProposed(Payload):
+    """The coordinator proposes a study document (``study_hash`` is its canonical hash)."""
+
+    KIND: ClassVar[str] = "study.proposed"
+
+    study_id: Ident
+    study_hash: Hash
+    study: dict[str, Any]
+    code_hash: Hash
+
+    @model_validator(mode="after")
+    def _consistent(self) -> StudyProposed:
+        try:
+            actual = canonical_hash(self.study)
+        except InputError as err:
+            raise ValueError(f"study is not canonical JSON: {err}") from err
+        if actual != self.study_hash:
+            raise ValueError("study_hash is not the SHA-256 of the study's canonical JSON")
+        if self.study.get("study_id", self.study_id) != self.study_id:
+            raise ValueError("study_id differs from the study document's study_id")
+        if self.study.get("code_hash", self.code_hash) != self.code_hash:
+            raise ValueError("code_hash differs from the study document's code_hash")
+        return self
+
+
+class StudyApproved(SiteStatement):
+    """A site's operator approves a study for one dataset, up to an epsilon cap."""
+
+    KIND: ClassVar[str] = "study.approved"
+
+    study_hash: Hash
+    dataset_id: Ident
+    epsilon_cap: Annotated[Number, Field(gt=0)]
+
+
+class StudyRefused(SiteStatement):
+    """A site's operator refuses a study."""
+
+    KIND: ClassVar[str] = "study.refused"
+
+    study_hash: Hash
+    reason: Text
+
+
+class RunStarted(Payload):
+    """The coordinator submitted a run of a study to the SuperLink."""
+
+    KIND: ClassVar[str] = "run.started"
+
+    run_id: Ident
+    study_hash: Hash
+    fab_hash: Hash
+    config_hash: Hash
+    package_versions: dict[Ident, Ident]
+    seed_commitment: Hash
+
+
+#: How a run ended.
+RunStatus = Literal["completed", "failed", "stopped", "insufficient_sites"]
+
+
+class RunFinished(Payload):
+    """A run ended; ``model_hash`` names the released model, if any."""
+
+    KIND: ClassVar[str] = "run.finished"
+
+    run_id: Ident
+    study_hash: Hash
+    status: RunStatus
+    reason: Text
+    rounds_completed: Count
+    model_hash: Hash | None
+
+
+class Dropped(Contract):
+    """A site whose reply was not aggregated, and why."""
+
+    site: Name
+    reason: Text
+
+
+class Refused(Contract):
+    """A site that answered with a signed refusal, its kind and reason."""
+
+    site: Name
+    kind: Ident
+    reason: Text
+
+
+class RoundCompleted(Payload):
+    """One round: each participant's signed receipt, who was dropped or refused, the result."""
+
+    KIND: ClassVar[str] = "round.completed"
+
+    run_id: Ident
+    study_hash: Hash
+    round: Round
+    participants: list[Name]
+    receipts: list[SignedReceipt]
+    dropped: list[Dropped]
+    refused: list[Refused]
+    aggregated_model_hash: Hash
+    metrics: dict[Ident, Number]
+
+    @model_validator(mode="after")
+    def _consistent(self) -> RoundCompleted:
+        if len(set(self.participants)) != len(self.participants):
+            raise ValueError("participants must be distinct")
+        sites = [signed.receipt.site for signed in self.receipts]
+        if sorted(sites) != sorted(self.participants):
+            raise ValueError("receipts must be exactly one per participant")
+        for signed in self.receipts:
+            receipt = signed.receipt
+            if (receipt.run_id, receipt.study, receipt.round) != (
+                self.run_id,
+                self.study_hash,
+                self.round,
+            ):
+                raise ValueError(f"receipt of {receipt.site} is for another run, study or round")
+        return self
+
+
+class ReleasedDataset(Contract):
+    """A dataset a released model was trained on."""
+
+    site: Name
+    dataset_id: Ident
+    commitment: Hash
+
+
+class ModelReleased(Payload):
+    """The coordinator released a model to the registry, with its card's hash."""
+
+    KIND: ClassVar[str] = "model.released"
+
+    model_hash: Hash
+    run_id: Ident
+    study_hash: Hash
+    model: dict[str, Any]
+    datasets: list[ReleasedDataset]
+    epsilon: dict[Name, Annotated[Number, Field(ge=0)]]
+    metrics: dict[Ident, Number]
+    card_hash: Hash
+
+
+class InferenceServed(Payload):
+    """The coordinator answered one encrypted inference request."""
+
+    KIND: ClassVar[str] = "inference.served"
+
+    model_hash: Hash
+    requester: Ident
+    he_params_hash: Hash
+    batch_size: Annotated[int, Field(ge=1, le=2**31)]
+    request_hash: Hash
+
+
+class CheckpointRecorded(Payload):
+    """A root-signed checkpoint of the first ``tree_size`` entries."""
+
+    KIND: ClassVar[str] = "checkpoint"
+
+    tree_size: TreeSize
+    root_hash: Hash
+    log_id: Hash
+    signature: Base64Signature
+
+
+class CheckpointCosigned(SitePayload):
+    """A site's cosignature of a checkpoint it checked."""
+
+    KIND: ClassVar[str] = "checkpoint.cosigned"
+
+    tree_size: TreeSize
+    root_hash: Hash
+    log_id: Hash
+    signature: Base64Signature
+
+
+class NoteRecorded(Payload):
+    """Free text from any enrolled actor (an ethics approval reference, an agreement)."""
+
+    KIND: ClassVar[str] = "note.recorded"
+
+    text: Annotated[str, StringConstraints(min_length=1, max_length=10_000)]
+
+
+#: Every ledger event kind and its payload model.
+PAYLOADS: dict[str, type[Payload]] = {
+    model.KIND: model
+    for model in (
+        KeyEnrolled,
+        KeyRevoked,
+        DatasetRegistered,
+        StudyProposed,
+        StudyApproved,
+        StudyRefused,
+        RunStarted,
+        RunFinished,
+        RoundCompleted,
+        BudgetRefused,
+        ModelReleased,
+        InferenceServed,
+        CheckpointRecorded,
+        CheckpointCosigned,
+        NoteRecorded,
+    )
+}
+
+#: Every kind the ledger accepts.
+KINDS: frozenset[str] = frozenset(PAYLOADS)
+#: Kinds only the root (the coordinator) records.
+ROOT_KINDS: frozenset[str] = frozenset(
+    {
+        "key.enrolled",
+        "key.revoked",
+        "study.proposed",
+        "run.started",
+        "run.finished",
+        "round.completed",
+        "model.released",
+        "inference.served",
+        "checkpoint",
+    }
+)
+#: Kinds a site records about itself (the payload's ``site`` must be the actor).
+SITE_KINDS: frozenset[str] = frozenset(
+    kind for kind, model in PAYLOADS.items() if issubclass(model, SitePayload)
+)
+#: Kinds any enrolled actor may record.
+ANY_ACTOR_KINDS: frozenset[str] = KINDS - ROOT_KINDS - SITE_KINDS
+
+
+def payload_model(kind: str) -> type[Payload]:
+    """The payload model of ``kind``.
+
+    Raises
+    ------
+    InputError
+        If the ledger knows no such kind.
+    """
+    model = PAYLOADS.get(kind)
+    if model is None:
+        raise InputError(f"unknown event kind {kind!r}; known kinds: {', '.join(sorted(KINDS))}")
+    return model
+
+
+def allowed_roles(kind: str) -> frozenset[Role] | None:
+    """The roles that may record ``kind``; ``None`` means any enrolled role."""
+    if kind in ROOT_KINDS:
+        return frozenset({Role.ROOT})
+    if kind in SITE_KINDS:
+        return frozenset({Role.SITE})
+    return None
+
+
+def validate_actor_name(actor: object) -> str:
+    """Return ``actor`` if it is a usable enrolled name.
+
+    Raises
+    ------
+    InputError
+        If it is not a string of letters, digits, ``.``, ``_`` or ``-`` (at most 128).
+    """
+    return check_name(actor, what="actor")
+
+
+def validate_payload(kind: str, payload: Any, *, actor: str | None = None) -> Payload:
+    """Check ``payload`` against the schema of ``kind`` (and, for site kinds, the actor).
+
+    Returns the validated model.
+
+    Raises
+    ------
+    InputError
+        If the kind is unknown, the payload is not an object, a field is missing, extra,
+        of the wrong type or out of range, or a site event names another site.
+    """
+    model = payload_model(kind).parse(payload, what=f"{kind} payload")
+    if actor is not None and isinstance(model, SitePayload) and model.site != actor:
+        raise InputError(f"invalid {kind} payload: field 'site' must be the actor {actor!r}")
+    return model

@@ -1,0 +1,83 @@
+"""A site's training receipt: its signed account of one round (docs/architecture.md).
+
+The site builds its receipt as a :class:`Receipt` and signs the canonical JSON of
+:meth:`Receipt.to_json` under :data:`RECEIPT_DOMAIN`; the coordinator validates what
+arrives with :meth:`Receipt.parse` before it checks who signed it, and the ledger validates
+the receipts inside ``round.completed`` with the same model. A receipt the coordinator
+accepts is therefore one the ledger records.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Annotated, Literal
+
+from pydantic import AfterValidator, Field, StringConstraints
+
+from veracity.contracts.base import Contract
+from veracity.core.fields import Count, Hash, Ident, Name, Number, Round
+
+__all__ = [
+    "RECEIPT_DOMAIN",
+    "RECEIPT_FIELDS",
+    "Base64Signature",
+    "HistoryItem",
+    "Receipt",
+    "SignedReceipt",
+]
+
+#: The signing domain of receipts (``sign_document(key, RECEIPT_DOMAIN, receipt)``).
+RECEIPT_DOMAIN = "veracity.receipt.v1"
+
+#: An Ed25519 signature in standard base64 (64 bytes: 86 characters and ``==``).
+Base64Signature = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9+/]{86}==$")]
+
+#: One segment of an accountant's history: ``[noise_multiplier, sample_rate, steps]``.
+HistoryItem = list[int | float]
+
+
+def _check_history(value: list[HistoryItem]) -> list[HistoryItem]:
+    for step in value:
+        if len(step) != 3:
+            raise ValueError("each history item is [noise_multiplier, sample_rate, steps]")
+        noise, rate, steps = step
+        if not (math.isfinite(noise) and 0 <= noise < 2**53 and math.isfinite(rate)):
+            raise ValueError("noise_multiplier must be finite and >= 0")
+        if not 0 < rate <= 1:
+            raise ValueError("sample_rate must be in (0, 1]")
+        if not isinstance(steps, int) or isinstance(steps, bool) or not 0 <= steps < 2**53:
+            raise ValueError("steps must be a non-negative integer")
+    return value
+
+
+class Receipt(Contract):
+    """A site's signed account of one round of training.
+
+    ``epsilon`` is the dataset's cumulative epsilon after the round (every study and run on
+    it), recomputable from ``history`` and ``delta`` with the named ``accountant``.
+    """
+
+    site: Name
+    study: Hash
+    round: Round
+    run_id: Ident
+    dataset_id: Ident
+    dataset_commitment: Hash
+    update_hash: Hash
+    accountant: Literal["prv"]
+    delta: Annotated[Number, Field(gt=0, lt=1)]
+    epsilon: Annotated[Number, Field(ge=0)]
+    history: Annotated[list[HistoryItem], AfterValidator(_check_history)]
+    max_grad_norm: Annotated[Number, Field(gt=0)]
+    num_examples: Count
+
+
+#: Exactly the fields of a receipt, in declaration order.
+RECEIPT_FIELDS: tuple[str, ...] = tuple(Receipt.model_fields)
+
+
+class SignedReceipt(Contract):
+    """A receipt with the site's base64 signature, as ``round.completed`` lists it."""
+
+    receipt: Receipt
+    signature: Base64Signature
