@@ -27,7 +27,7 @@ from veracity.localnet import LocalSite, approve, create_site, enrol, start_node
 from veracity.server.coordinator import Coordinator
 from veracity.server.fab import build_fab
 from veracity.server.superlink import SuperLinkOptions, start_superlink
-from veracity.supervise import ProcessGroup, free_port
+from veracity.supervise import ProcessGroup, free_port, python_module_argv
 from veracity.tasks.breast_cancer import breast_cancer_study, federated_split
 from veracity.tasks.spec import ModelFamily
 from veracity.tasks.study import Study
@@ -51,7 +51,6 @@ def network(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Network]:
     port = free_port()
     coordinator = Coordinator.init(root / "coordinator", superlink_port=port)
     split = federated_split(len(SITES), seed=0, skew=0.6)
-    honest_argv = supernode.python_module_argv
 
     with ProcessGroup() as group, pytest.MonkeyPatch.context() as patch:
         start_superlink(coordinator.paths, SuperLinkOptions(port=port), group)
@@ -67,7 +66,7 @@ def network(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Network]:
         def rogue_argv(module: str, *args: str) -> list[str]:
             if module == "veracity.client.worker":
                 return [sys.executable, str(ROGUE_WORKER), *args]
-            return honest_argv(module, *args)
+            return python_module_argv(module, *args)
 
         patch.setattr(supernode, "python_module_argv", rogue_argv)
         start_nodes(coordinator, [sites[ROGUE]], group, idle_poll=0.2)
