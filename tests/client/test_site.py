@@ -12,9 +12,8 @@ from tests.client.support import SITE, TickingClock
 from veracity.client import site as site_module
 from veracity.client.site import Site, SiteConfig, init_site
 from veracity.contracts.events import StudyRefused
-from veracity.core.fields import format_timestamp
 from veracity.crypto.keys import load_verify_key
-from veracity.errors import ConfigError, InputError
+from veracity.errors import ConfigError
 from veracity.ledger.statement import verify_statement
 
 
@@ -114,12 +113,3 @@ def test_a_private_key_readable_by_others_is_refused(site_dir: Path) -> None:
     key.chmod(0o644)
     with pytest.raises(ConfigError, match="chmod 600"):
         Site.open(site_dir)
-
-
-def test_timestamps_are_rfc3339_utc_with_microseconds() -> None:
-    from datetime import datetime, timedelta, timezone
-
-    moment = datetime(2026, 11, 27, 16, 47, 52, 123456, tzinfo=timezone(timedelta(hours=1)))
-    assert format_timestamp(moment) == "2026-11-27T15:47:52.123456Z"
-    with pytest.raises(InputError):
-        format_timestamp(datetime(2026, 1, 1))
