@@ -17,7 +17,6 @@ import click
 import typer
 
 from veracity import __version__
-from veracity.config import load_settings
 from veracity.errors import VeracityError
 from veracity.output import FormatOption, OutputFormat, configure_logging, emit_json, emit_table
 
@@ -75,6 +74,8 @@ def config_show(
     output_format: FormatOption = OutputFormat.TEXT,
 ) -> None:
     """Show the settings in effect (data directory, database, keys)."""
+    from veracity.config import load_settings  # pydantic-settings: only when used
+
     settings = load_settings(data_dir=data_dir)
     shown = {
         "data_dir": str(settings.data_dir.resolve()),

@@ -13,7 +13,6 @@ from typing import Annotated, Any
 
 import typer
 
-from veracity.config import load_settings
 from veracity.errors import ConfigError
 from veracity.output import FormatOption, OutputFormat, emit_json, emit_table, stderr_console
 
@@ -37,6 +36,8 @@ DataDirOption = Annotated[
 
 
 def _root(data_dir: Path | None) -> Path:
+    from veracity.config import load_settings  # pydantic-settings: only when used
+
     return load_settings(data_dir=data_dir).data_dir
 
 

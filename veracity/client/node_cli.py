@@ -10,7 +10,6 @@ from typing import Annotated
 
 import typer
 
-from veracity.config import load_settings
 from veracity.errors import ConfigError
 
 __all__ = ["start"]
@@ -52,6 +51,8 @@ def start(
 
     if idle_poll <= 0:
         raise ConfigError("--idle-poll must be positive")
+    from veracity.config import load_settings  # pydantic-settings: only when used
+
     site_dir = load_settings(data_dir=data_dir).data_dir
     options = SuperNodeOptions(superlink=superlink, ca_cert=ca_cert, idle_poll=idle_poll)
     group = ProcessGroup()

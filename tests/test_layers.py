@@ -1,0 +1,79 @@
+"""The layer rules in pyproject.toml are enforced, not decorative.
+
+``lint-imports`` (import-linter) passes on the code as it is (``.ci/run`` runs it); with one
+exemption removed from every adapter rule, each of those rules fails, so every listed
+exemption is one the code needs.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _config() -> dict[str, Any]:
+    with (ROOT / "pyproject.toml").open("rb") as handle:
+        config: dict[str, Any] = tomllib.load(handle)["tool"]["importlinter"]
+    return config
+
+
+def _toml(config: dict[str, Any]) -> str:
+    """The config as a pyproject-style TOML document (its values are strings and lists)."""
+    lines = ["[tool.importlinter]"]
+    for key, value in config.items():
+        if key != "contracts":
+            lines.append(f"{key} = {json.dumps(value)}")
+    for contract in config["contracts"]:
+        lines.append("[[tool.importlinter.contracts]]")
+        lines.extend(f"{key} = {json.dumps(value)}" for key, value in contract.items())
+    return "\n".join(lines) + "\n"
+
+
+def _lint(config_file: Path, cache: Path) -> subprocess.CompletedProcess[str]:
+    lint = shutil.which("lint-imports", path=str(Path(sys.executable).parent))
+    assert lint is not None, "import-linter is a dev dependency (pyproject.toml)"
+    return subprocess.run(
+        [lint, "--no-logo", "--cache-dir", str(cache), str(config_file)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
+        check=False,
+    )
+
+
+def test_every_adapter_exemption_is_needed(tmp_path: Path) -> None:
+    config = _config()
+    exempted = [c for c in config["contracts"] if c.get("ignore_imports")]
+    assert {c["id"] for c in exempted} >= {"flower-adapters", "web-adapter", "he-adapter"}
+    for contract in exempted:
+        contract["ignore_imports"] = contract["ignore_imports"][1:]
+    config_file = tmp_path / "pyproject.toml"
+    config_file.write_text(_toml(config), encoding="utf-8")
+
+    result = _lint(config_file, tmp_path / "cache")
+
+    assert result.returncode == 1, result.stdout
+    for contract in exempted:
+        assert f"{contract['name']} BROKEN" in result.stdout
+
+
+@pytest.mark.parametrize("contract_id", ["layers", "torch-free-core"])
+def test_the_layer_rules_hold_today(tmp_path: Path, contract_id: str) -> None:
+    config = _config()
+    config["contracts"] = [c for c in config["contracts"] if c["id"] == contract_id]
+    config_file = tmp_path / "pyproject.toml"
+    config_file.write_text(_toml(config), encoding="utf-8")
+
+    result = _lint(config_file, tmp_path / "cache")
+
+    assert result.returncode == 0, result.stdout
