@@ -11,16 +11,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from flwr.app import ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.app import Message, RecordDict
 from flwr.proto.node_pb2 import NodeInfo
 from flwr.serverapp import Grid
 from flwr.supercore.run import Run
 from flwr.supercore.task_identity import TaskIdentity
 
+from tests.factories import receipt_document, trained_reply
 from veracity.contracts.events import ROOT_ACTOR
-from veracity.core.canonical import canonical_hash, canonical_json
-from veracity.flower_serde import weights_from_record, weights_to_record
-from veracity.ledger.statement import RECEIPT_DOMAIN, sign_document, sign_statement
+from veracity.core.canonical import canonical_hash
+from veracity.flower_serde import weights_from_record
+from veracity.ledger.statement import sign_statement
 from veracity.server.coordinator import Coordinator, package_versions
 from veracity.server.fab import build_fab
 from veracity.server.polling_grid import PollingGrid
@@ -98,26 +99,16 @@ class _SitesGrid(Grid):
         current = weights_from_record(request.content.array_records["arrays"])
         step = 0.01 * (request.metadata.dst_node_id - 10)
         weights = {name: (array + step).astype(np.float32) for name, array in current.items()}
-        receipt = {
-            "site": site.name, "study": self.study_hash, "round": server_round, "run_id": RUN,
-            "dataset_id": "bc", "dataset_commitment": "cd" * 32,
-            "update_hash": weights_hash(weights), "accountant": "prv", "delta": 1e-5,
-            "epsilon": 0.5 * server_round, "history": [[1.7, 0.1, 10 * server_round]],
-            "max_grad_norm": 1.0, "num_examples": 100,
-        }  # fmt: skip
-        content = RecordDict(
-            {
-                "arrays": weights_to_record(weights),
-                "metrics": MetricRecord({"num-examples": 100, "train-seconds": 0.1}),
-                "receipt": ConfigRecord(
-                    {
-                        "json": canonical_json(receipt).decode(),
-                        "signature": sign_document(site.key, RECEIPT_DOMAIN, receipt),
-                    }
-                ),
-            }
+        receipt = receipt_document(
+            site=site.name,
+            study=self.study_hash,
+            round=server_round,
+            run_id=RUN,
+            update_hash=weights_hash(weights),
+            epsilon=0.5 * server_round,
+            history=[[1.7, 0.1, 10 * server_round]],
         )
-        return Message(content, reply_to=request)
+        return trained_reply(request, site.key, weights, receipt)
 
 
 @dataclass
