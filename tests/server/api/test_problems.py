@@ -166,7 +166,8 @@ def test_an_input_error_is_422_on_the_inference_routes_as_on_every_other_route(a
 
 
 def test_the_rate_limit_is_a_problem_with_retry_after(tmp_path: Path, db_url: str) -> None:
-    for api in open_api(tmp_path / "coordinator", db_url, inference_burst=1):
+    frozen = {"rate_clock": lambda: 1_000_000.0}
+    for api in open_api(tmp_path / "coordinator", db_url, inference_burst=1, app_options=frozen):
         path = f"/api/v1/inference/models/{UNKNOWN_MODEL}"
         assert_problem(api.call("GET", path, "researcher"), 404, "not_found")
         limited = api.call("GET", path, "researcher")
