@@ -1,11 +1,13 @@
 # The README's two commands: `make demo` (the main job) and `make test` (the test suite).
-# Both create .venv and install from this repository's files when needed.
+# Both create .venv and install from this repository's files when needed. `make test-fast`
+# is the edit loop: the unit tests, without processes, PostgreSQL or Opacus training (the
+# markers are described in docs/architecture.md "Tests").
 
 PYTHON ?= python3.11
 VENV   := .venv
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test install lint clean
+.PHONY: demo test test-fast install lint clean
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
@@ -20,6 +22,9 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(VENV)/bin/python -m pytest
+
+test-fast: $(STAMP)
+	$(VENV)/bin/python -m pytest -m "not integration and not slow and not training" -q
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

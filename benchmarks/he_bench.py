@@ -164,7 +164,7 @@ class TensealBaseline:
 def serve(registry_dir: str, port_file: str) -> None:
     import uvicorn
 
-    from veracity.server.api.inference import standalone_app
+    from veracity.server.api.inference import create_inference_app
     from veracity.server.inference import InferenceService
     from veracity.server.registry import ModelRegistry
 
@@ -173,7 +173,7 @@ def serve(registry_dir: str, port_file: str) -> None:
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.bind(("127.0.0.1", 0))
     Path(port_file).write_text(str(sock.getsockname()[1]))
-    app = standalone_app(service, tokens={TOKEN: "bench"})
+    app = create_inference_app(service, tokens={TOKEN: "bench"})
     uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off", ws="none")).run(
         sockets=[sock]
     )

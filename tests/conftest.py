@@ -5,12 +5,19 @@ PostgreSQL: the server at 127.0.0.1:5432 (database ``test``, trust auth), or the
 at the end; each test that asks for ``pg_url`` gets its own schema inside it. Where the
 server is unreachable, tests that need it skip with the reason, except under ``CI=true``,
 where they fail.
+
+Markers (registered in pyproject.toml; docs/architecture.md "Tests"): a test that starts a
+process or uses PostgreSQL must be marked ``integration`` (the fixtures below fail it
+otherwise), one slower than a few seconds ``slow``, one that runs real Opacus training
+``training``. ``make test-fast`` runs the rest.
 """
 
 from __future__ import annotations
 
+import multiprocessing.process
 import os
 import secrets
+import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +39,36 @@ DEFAULT_PG_URL = "postgresql://postgres@127.0.0.1:5432/test"
 hypothesis_settings.register_profile("ci", derandomize=True, print_blob=True)
 if os.environ.get("CI", "").lower() == "true":
     hypothesis_settings.load_profile("ci")
+
+
+def _require_integration_mark(item: pytest.Item, what: str) -> None:
+    """Fail ``item`` unless it is marked ``integration`` (the fast loop must not reach it)."""
+    if item.get_closest_marker("integration") is None:
+        pytest.fail(
+            f"{item.nodeid} {what} but is not marked integration; mark it (or the "
+            "fixture parameter: pytest.param(..., marks=pytest.mark.integration))",
+            pytrace=False,
+        )
+
+
+@pytest.fixture(autouse=True)
+def _processes_need_the_integration_mark(
+    request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Refuse a test that starts a process (subprocess or multiprocessing) unless it is
+    marked ``integration``, so that ``make test-fast`` stays free of processes."""
+    if request.node.get_closest_marker("integration") is not None:
+        return
+    refuse = _require_integration_mark
+
+    def popen(self: subprocess.Popen[Any], *args: Any, **kwargs: Any) -> None:
+        refuse(request.node, f"starts a process ({args[0] if args else kwargs.get('args')})")
+
+    def start(self: multiprocessing.process.BaseProcess) -> None:
+        refuse(request.node, "starts a multiprocessing process")
+
+    monkeypatch.setattr(subprocess.Popen, "__init__", popen)
+    monkeypatch.setattr(multiprocessing.process.BaseProcess, "start", start)
 
 
 def _admin_url() -> str:
@@ -70,8 +107,9 @@ def pg_session_database() -> Iterator[str]:
 
 
 @pytest.fixture
-def pg_url(pg_session_database: str) -> Iterator[str]:
+def pg_url(request: pytest.FixtureRequest, pg_session_database: str) -> Iterator[str]:
     """A PostgreSQL URL whose default schema is new and empty for this test."""
+    _require_integration_mark(request.node, "uses PostgreSQL")
     schema = f"t_{secrets.token_hex(6)}"
     engine = sa.create_engine(pg_session_database, isolation_level="AUTOCOMMIT")
     with engine.connect() as conn:
@@ -91,7 +129,7 @@ def sqlite_url(tmp_path: Path) -> str:
     return f"sqlite:///{tmp_path / 'veracity.db'}"
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.integration)])
 def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     """Each storage backend in turn, for contract suites that must hold on both."""
     if request.param == "sqlite":
@@ -153,8 +191,10 @@ def trained_models(breast_cancer: BreastCancerSplit) -> dict[str, tuple[Any, dic
         "linear.bias": lr.intercept_.astype(np.float32),
     }
     spec = ModelSpec(ModelFamily.POLY_MLP, n)
-    state = torch.random.get_rng_state()
+    state, threads = torch.random.get_rng_state(), torch.get_num_threads()
     torch.manual_seed(0)
+    # One thread: a small model trains 3x faster so, and does not stall when the cores are busy.
+    torch.set_num_threads(1)
     try:
         model = build_model(spec, seed=0)
         optimiser = torch.optim.Adam(model.parameters(), lr=3e-3, weight_decay=1e-2)
@@ -167,6 +207,7 @@ def trained_models(breast_cancer: BreastCancerSplit) -> dict[str, tuple[Any, dic
             optimiser.step()
     finally:
         torch.random.set_rng_state(state)
+        torch.set_num_threads(threads)
     return {
         "logistic": (ModelSpec(ModelFamily.LOGISTIC, n), logistic),
         "poly_mlp": (spec, model_weights(model)),

@@ -17,6 +17,9 @@ from typing import Any
 
 import pytest
 
+# Each test starts fresh interpreters (lint-imports, python -c).
+pytestmark = pytest.mark.integration
+
 ROOT = Path(__file__).resolve().parents[1]
 
 

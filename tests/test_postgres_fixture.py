@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import pytest
 import sqlalchemy as sa
+
+pytestmark = pytest.mark.integration
 
 
 def test_pg_url_runs_a_real_query_in_its_own_schema(pg_url: str) -> None:

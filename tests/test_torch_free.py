@@ -17,6 +17,9 @@ import pytest
 from veracity.crypto.keys import generate_signing_key
 from veracity.ledger.ledger import Ledger
 
+# Each test starts fresh interpreters (lint-imports, python -c).
+pytestmark = pytest.mark.integration
+
 HEAVY = ("torch", "opacus", "tenseal", "flwr", "sklearn")
 
 

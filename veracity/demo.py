@@ -15,8 +15,13 @@ three hospitals with their own data, keys and budgets, a clinic and an auditor, 
 7. An auditor exports the ledger, verifies the bundle offline with only the root public
    key, and reads the model's provenance.
 
-Everything the demo starts is stopped on exit, on Ctrl-C and on failure. The data
-directory is kept so that the ledger can be audited again with the ledger CLI.
+Each stage is a small step function over one :class:`DemoState` (:data:`DEMO_STEPS`, in
+order: coordinator up, sites set up, enrolled, study approved, warmed up, trained,
+inference checked, audited); the steps talk to the admin API through the typed
+:class:`~veracity.api_client.CoordinatorClient`, and the summary is
+:meth:`DemoState.summary`. Everything the demo starts is stopped on exit, on Ctrl-C and on
+failure. The data directory is kept so that the ledger can be audited again with the
+ledger CLI.
 """
 
 from __future__ import annotations
@@ -24,7 +29,6 @@ from __future__ import annotations
 import csv
 import json
 import shutil
-import ssl
 import subprocess
 import sys
 import time
@@ -33,9 +37,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-import httpx
 import numpy as np
 from rich.console import Console
 
@@ -43,7 +46,14 @@ from veracity.errors import ConfigError, TransportError, VerificationError
 from veracity.localnet import LocalSite, approve, create_site
 from veracity.supervise import ProcessGroup, free_port, stopping_on_signals
 
-__all__ = ["DemoOptions", "run_demo"]
+if TYPE_CHECKING:
+    from veracity.api_client import CoordinatorClient
+    from veracity.client.supernode import SiteNode
+    from veracity.server.api.serve import Services
+    from veracity.tasks.breast_cancer import FederatedSplit
+    from veracity.tasks.study import Study
+
+__all__ = ["DemoOptions", "DemoState", "DemoStep", "DEMO_STEPS", "run_demo"]
 
 SITES = ("hospital-a", "hospital-b", "hospital-c")
 _T = TypeVar("_T")
@@ -60,47 +70,138 @@ class DemoOptions:
     seed: int = 0
 
 
+@dataclass(frozen=True)
+class Trained:
+    """What the training step leaves: the run, its model and its rounds."""
+
+    run_id: str
+    model_hash: str
+    rounds: list[dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class InferenceCheck:
+    """The clinic's encrypted scores against the released model in plaintext."""
+
+    patients: int
+    agreement: float
+    max_abs_error: float
+    accuracy: float
+    auc: float
+
+
+@dataclass(frozen=True)
+class Audit:
+    """What the auditor exported, verified and read."""
+
+    bundle: Path
+    root_public_key: Path
+    entries: int
+    provenance: dict[str, Any]
+
+
+def _need(value: _T | None, what: str) -> _T:
+    if value is None:
+        raise ConfigError(f"the demo has no {what} yet (a step ran out of order)")
+    return value
+
+
 @dataclass
-class _Steps:
-    """Progress on stderr and the time each step took."""
+class DemoState:
+    """The network as the demo has built it so far: each step adds its part.
 
-    console: Console
+    Parameters
+    ----------
+    options
+        What the demo runs.
+    root
+        The demo's (fresh, resolved) data directory.
+    """
+
+    options: DemoOptions
+    root: Path
+    group: ProcessGroup = field(default_factory=ProcessGroup)
+    started: float = field(default_factory=time.monotonic)
     timings: dict[str, float] = field(default_factory=dict)
+    tokens: dict[str, str] = field(default_factory=dict)
+    services: Services | None = None
+    client: CoordinatorClient | None = None
+    split: FederatedSplit | None = None
+    sites: list[LocalSite] = field(default_factory=list)
+    nodes: list[SiteNode] = field(default_factory=list)
+    clinic_csv: Path | None = None
+    study: Study | None = None
+    trained: Trained | None = None
+    inference: InferenceCheck | None = None
+    audit: Audit | None = None
 
-    @contextmanager
-    def step(self, key: str, text: str) -> Iterator[None]:
-        started = time.monotonic()
-        with self.console.status(f"{text}...", spinner="dots"):
-            yield
-        elapsed = time.monotonic() - started
-        self.timings[key] = round(elapsed, 2)
-        self.console.print(f"[green]done[/green] {text} [dim]({elapsed:.1f} s)[/dim]")
+    @property
+    def coordinator_dir(self) -> Path:
+        """The coordinator's data directory."""
+        return self.root / "coordinator"
 
-
-class _Api:
-    """A small client for the admin API (bearer token, pinned CA, JSON errors)."""
-
-    def __init__(self, base: str, ca_cert: Path) -> None:
-        self.base = base
-        self.client = httpx.Client(
-            verify=ssl.create_default_context(cafile=str(ca_cert)), timeout=60.0
-        )
+    @property
+    def api(self) -> CoordinatorClient:
+        """The admin API client (once the coordinator is up)."""
+        return _need(self.client, "admin API")
 
     def close(self) -> None:
-        self.client.close()
+        """Close the API client and stop every process the demo started."""
+        if self.client is not None:
+            self.client.close()
+        self.group.stop_all()
 
-    def call(self, method: str, path: str, token: str, **kwargs: Any) -> httpx.Response:
-        response = self.client.request(
-            method, f"{self.base}{path}", headers={"Authorization": f"Bearer {token}"}, **kwargs
-        )
-        if response.status_code >= 400:
-            raise TransportError(
-                f"{method} {path} answered {response.status_code}: {response.text[:500]}"
-            )
-        return response
+    def summary(self) -> dict[str, Any]:
+        """The summary document (``veracity demo --format json``) of a completed demo."""
+        from veracity.server.coordinator import CoordinatorConfig
 
-    def json(self, method: str, path: str, token: str, **kwargs: Any) -> Any:
-        return self.call(method, path, token, **kwargs).json()
+        study, trained = _need(self.study, "study"), _need(self.trained, "trained model")
+        inference, audit = _need(self.inference, "inference check"), _need(self.audit, "audit")
+        last_receipts = {r["receipt"]["site"]: r["receipt"] for r in trained.rounds[-1]["receipts"]}
+        config = CoordinatorConfig.load(self.coordinator_dir / "coordinator.json")
+        return {
+            "ok": True,
+            "duration_s": round(time.monotonic() - self.started, 1),
+            "data_dir": str(self.root),
+            "sites": [_site_summary(site, last_receipts, self.options) for site in self.sites],
+            "study": {
+                "study_id": study.study_id,
+                "study_hash": study.study_hash,
+                "rounds": self.options.rounds,
+            },
+            "run_id": trained.run_id,
+            "model": {
+                "hash": trained.model_hash,
+                "accuracy": inference.accuracy,
+                "auc": inference.auc,
+            },
+            "inference": {
+                "patients": inference.patients,
+                "agreement": inference.agreement,
+                "max_abs_error": inference.max_abs_error,
+            },
+            "ledger": {
+                "db_url": config.db_url,
+                "bundle": str(audit.bundle),
+                "root_public_key": str(audit.root_public_key),
+                "entries": audit.entries,
+                "verified": True,
+            },
+            "provenance": _provenance_summary(audit.provenance),
+            "timings_s": self.timings,
+        }
+
+
+def _site_summary(
+    site: LocalSite, receipts: dict[str, dict[str, Any]], options: DemoOptions
+) -> dict[str, Any]:
+    receipt = receipts.get(site.name)
+    return {
+        "name": site.name,
+        "rows": site.rows,
+        "epsilon": float(receipt["epsilon"]) if receipt is not None else None,
+        "epsilon_cap": options.epsilon_cap,
+    }
 
 
 def _fresh_directory(path: Path) -> Path:
@@ -150,8 +251,241 @@ def _write_clinic_files(directory: Path, features: np.ndarray, labels: np.ndarra
     return patients
 
 
+# ---- the steps, in order -------------------------------------------------------------
+
+
+def start_coordinator(state: DemoState) -> None:
+    """Initialise the coordinator, issue one token per person, start SuperLink and API."""
+    from veracity.api_client import CoordinatorClient
+    from veracity.server.api.serve import initialise, issue_token, start_services
+    from veracity.server.api.settings import ApiSettings
+
+    home = state.coordinator_dir
+    initialise(home, superlink_port=free_port()).close()
+    for key, role, name in [
+        ("admin", "admin", "demo-admin"),
+        ("clinic", "researcher", "clinic"),
+        ("auditor", "auditor", "auditor"),
+    ]:
+        state.tokens[key] = issue_token(home, role=role, name=name).token
+    for site in SITES:
+        operator = f"{site}-operator"
+        state.tokens[site] = issue_token(home, role="site", name=operator, site=site).token
+    settings = ApiSettings(data_dir=home, api_port=free_port())
+    state.services = start_services(settings, state.group)
+    state.client = CoordinatorClient(state.services.api_url, ca_cert=state.services.ca_cert)
+
+
+def set_up_sites(state: DemoState) -> None:
+    """Each hospital makes its keys and store and registers its own non-IID partition."""
+    from veracity.tasks.breast_cancer import federated_split
+
+    split = federated_split(len(SITES), seed=state.options.seed, skew=0.6)
+    state.split = split
+    state.sites = [
+        create_site(state.root / "sites" / name, name, partition)
+        for name, partition in zip(SITES, split.sites, strict=True)
+    ]
+    test = split.test
+    state.clinic_csv = _write_clinic_files(state.root / "clinic", test.features, test.labels)
+
+
+def enrol_sites(state: DemoState) -> None:
+    """The admin enrols the sites, their SuperNodes start, each site registers its data."""
+    from veracity.client.supernode import SuperNodeOptions, start_site_node
+
+    services = _need(state.services, "services")
+    node_options = SuperNodeOptions(
+        superlink=services.superlink_address, ca_cert=services.ca_cert, idle_poll=0.2
+    )
+    for site in state.sites:
+        state.api.enrol_site(
+            state.tokens["admin"],
+            name=site.name,
+            public_key=site.public_key_pem,
+            supernode_public_key=site.supernode_public_key,
+        )
+        state.nodes.append(start_site_node(site.directory, node_options, state.group, wait=False))
+    for site in state.sites:
+        statement = site.registration
+        state.api.register_dataset(
+            state.tokens[site.name], payload=statement.payload, signature=statement.signature
+        )
+
+
+def _demo_study(options: DemoOptions) -> Study:
+    """The study the admin proposes: the HE-friendly MLP under record-level DP."""
+    from veracity.server.fab import build_fab
+    from veracity.tasks.breast_cancer import breast_cancer_study
+    from veracity.tasks.spec import ModelFamily
+
+    return breast_cancer_study(
+        study_id=f"breast-cancer-demo-{datetime.now(UTC):%Y%m%d%H%M%S}",
+        epsilon_caps=dict.fromkeys(SITES, options.epsilon_cap),
+        noise_multiplier=options.noise_multiplier,
+        code_hash=build_fab().fab_hash,
+        family=ModelFamily.POLY_MLP,
+        rounds=options.rounds,
+        min_sites=2,
+        learning_rate=1.0,
+        model_seed=options.seed,
+    )
+
+
+def approve_study(state: DemoState) -> None:
+    """The admin proposes the study; each operator reviews what is served and approves it."""
+    from veracity.tasks.study import parse_study
+
+    study = _demo_study(state.options)
+    proposed = state.api.propose_study(state.tokens["admin"], study.to_document())
+    if proposed.study_hash != study.study_hash:
+        raise VerificationError("the coordinator recorded another study than proposed")
+    for site in state.sites:
+        # Each operator reviews the document the coordinator serves, and signs an approval
+        # of exactly that document (its hash is what they approve).
+        served = state.api.study(state.tokens[site.name], study.study_hash)
+        reviewed = parse_study(served.study)
+        if reviewed.study_hash != study.study_hash:
+            raise VerificationError("the coordinator serves another study document")
+        statement = approve(site, reviewed, epsilon_cap=state.options.epsilon_cap)
+        state.api.decide(
+            state.tokens[site.name],
+            study.study_hash,
+            kind=statement.kind,
+            payload=statement.payload,
+            signature=statement.signature,
+        )
+    state.study = study
+
+
+def warm_up_sites(state: DemoState) -> None:
+    """Wait until every site's worker has loaded torch and Opacus."""
+    for node in state.nodes:
+        node.wait_ready()
+
+
+def train(state: DemoState) -> None:
+    """The admin starts the run; every site trains with DP-SGD; the model is released."""
+    admin, study = state.tokens["admin"], _need(state.study, "study")
+    run_id = state.api.start_run(admin, study.study_hash).run_id
+
+    def finished() -> dict[str, Any] | None:
+        status = state.api.run(admin, run_id)
+        state.group.check_alive()
+        return status.finished
+
+    outcome = _poll("the run to finish", 600, finished)
+    if outcome["status"] != "completed":
+        raise TransportError(f"the run ended {outcome['status']}: {outcome['reason']}")
+    rounds = state.api.rounds(admin, run_id).items
+    state.trained = Trained(run_id=run_id, model_hash=outcome["model_hash"], rounds=rounds)
+
+
+def check_inference(state: DemoState) -> None:
+    """The clinic scores held-out patients under encryption; compare with plaintext."""
+    from sklearn.metrics import roc_auc_score
+
+    from veracity.tasks.breast_cancer import standardise
+    from veracity.tasks.spec import ModelSpec, predict_logits
+    from veracity.tasks.weights import weights_from_bytes
+
+    model_hash = _need(state.trained, "trained model").model_hash
+    scores = _predict_encrypted(state, model_hash)
+    card = state.api.model(state.tokens["clinic"], model_hash)
+    weights = weights_from_bytes(state.api.weights(state.tokens["admin"], model_hash))
+    test = _need(state.split, "data split").test
+    logits = predict_logits(ModelSpec.from_dict(card.model), weights, standardise(test.features))
+    plain = 1.0 / (1.0 + np.exp(-logits))
+    probability = np.array([float(row["probability"]) for row in scores])
+    decision = np.array([int(row["decision"]) for row in scores])
+    state.inference = InferenceCheck(
+        patients=len(scores),
+        agreement=float(np.mean(decision == (plain >= 0.5))),
+        max_abs_error=float(np.max(np.abs(probability - plain))),
+        accuracy=float(np.mean(decision == test.labels)),
+        auc=float(roc_auc_score(test.labels, probability)),
+    )
+
+
+def _predict_encrypted(state: DemoState, model_hash: str) -> list[dict[str, str]]:
+    """Run ``veracity predict`` as the clinic would; the rows of its scores CSV."""
+    services = _need(state.services, "services")
+    scores_csv = state.root / "clinic" / "scores.csv"
+    predicted = _veracity(
+        "predict", "--model", model_hash, "--input", str(_need(state.clinic_csv, "clinic CSV")),
+        "--server", services.api_url.removesuffix("/api/v1"),
+        "--token", state.tokens["clinic"], "--ca-cert", str(services.ca_cert),
+        "--out", str(scores_csv), "--id-column", "patient_id", "--format", "json",
+    )  # fmt: skip
+    if predicted.returncode != 0:
+        raise TransportError(f"veracity predict failed: {predicted.stderr.strip()}")
+    with scores_csv.open(encoding="utf-8") as handle:
+        return list(csv.DictReader(handle))
+
+
+def audit_ledger(state: DemoState) -> None:
+    """The auditor exports the ledger, verifies it offline, and reads the provenance."""
+    auditor, model_hash = state.tokens["auditor"], _need(state.trained, "model").model_hash
+    directory = state.root / "auditor"
+    directory.mkdir()
+    bundle = directory / "ledger.jsonl"
+    bundle.write_bytes(state.api.export_ledger(auditor))
+    root_public_key = directory / "root.pub"
+    shutil.copyfile(state.coordinator_dir / "keys" / "root.pub", root_public_key)
+    verified = _veracity(
+        "ledger", "verify", "--bundle", str(bundle), "--trust", str(root_public_key),
+        "--format", "json",
+    )  # fmt: skip
+    report = json.loads(verified.stdout) if verified.stdout.strip() else {}
+    if verified.returncode != 0 or not report.get("ok"):
+        raise VerificationError(
+            f"the auditor could not verify the ledger: {report or verified.stderr}"
+        )
+    provenance = state.api.provenance(auditor, model_hash)
+    (directory / "provenance.json").write_text(json.dumps(provenance, indent=2), encoding="utf-8")
+    state.audit = Audit(bundle, root_public_key, int(report["entries"]), provenance)
+
+
+@dataclass(frozen=True)
+class DemoStep:
+    """One named step: its key in ``timings_s``, its progress line, and what it does."""
+
+    key: str
+    text: str
+    run: Callable[[DemoState], None]
+
+
+#: The demo, in order. ``{rounds}`` in a text is the number of rounds.
+DEMO_STEPS: tuple[DemoStep, ...] = (
+    DemoStep(
+        "coordinator",
+        "Coordinator: root key, CA, ledger; SuperLink and admin API",
+        start_coordinator,
+    ),
+    DemoStep("sites", "Hospitals: keys, stores, their own data registered", set_up_sites),
+    DemoStep("enrol", "Admin enrols the sites; their SuperNodes connect", enrol_sites),
+    DemoStep("study", "Admin proposes the study; each site operator approves it", approve_study),
+    DemoStep("warmup", "Site agents load torch and Opacus (once per site)", warm_up_sites),
+    DemoStep("training", "Federated training: {rounds} rounds, DP-SGD at every site", train),
+    DemoStep("inference", "Clinic: encrypted predictions with veracity predict", check_inference),
+    DemoStep("audit", "Auditor: export the ledger, verify offline, provenance", audit_ledger),
+)
+
+
+@contextmanager
+def _progress(console: Console, state: DemoState, step: DemoStep) -> Iterator[None]:
+    """A spinner on stderr while ``step`` runs, then its time (kept in ``state.timings``)."""
+    text = step.text.format(rounds=state.options.rounds)
+    started = time.monotonic()
+    with console.status(f"{text}...", spinner="dots"):
+        yield
+    elapsed = time.monotonic() - started
+    state.timings[step.key] = round(elapsed, 2)
+    console.print(f"[green]done[/green] {text} [dim]({elapsed:.1f} s)[/dim]")
+
+
 def run_demo(options: DemoOptions, *, console: Console) -> dict[str, Any]:
-    """Run the whole study and audit; return the summary document.
+    """Run the whole study and audit, step by step; return the summary document.
 
     Raises
     ------
@@ -162,234 +496,15 @@ def run_demo(options: DemoOptions, *, console: Console) -> dict[str, Any]:
     VerificationError
         If the auditor's offline verification fails.
     """
-    from sklearn.metrics import roc_auc_score
-
-    from veracity.server.api.serve import initialise, issue_token, start_services
-    from veracity.server.api.settings import ApiSettings
-    from veracity.server.fab import build_fab
-    from veracity.tasks.breast_cancer import breast_cancer_study, federated_split, standardise
-    from veracity.tasks.spec import ModelFamily, ModelSpec, predict_logits
-    from veracity.tasks.study import parse_study
-    from veracity.tasks.weights import weights_from_bytes
-
-    started = time.monotonic()
-    root = _fresh_directory(options.data_dir)
-    steps = _Steps(console)
-    coordinator_dir = root / "coordinator"
-    group = ProcessGroup()
-    api: _Api | None = None
+    state = DemoState(options, _fresh_directory(options.data_dir))
     try:
-        with stopping_on_signals(group):
-            with steps.step(
-                "coordinator", "Coordinator: root key, CA, ledger; SuperLink and admin API"
-            ):
-                coordinator = initialise(coordinator_dir, superlink_port=free_port())
-                coordinator.close()
-                tokens = {
-                    "admin": issue_token(coordinator_dir, role="admin", name="demo-admin").token,
-                    "clinic": issue_token(coordinator_dir, role="researcher", name="clinic").token,
-                    "auditor": issue_token(coordinator_dir, role="auditor", name="auditor").token,
-                }
-                for name in SITES:
-                    tokens[name] = issue_token(
-                        coordinator_dir, role="site", name=f"{name}-operator", site=name
-                    ).token
-                settings = ApiSettings(data_dir=coordinator_dir, api_port=free_port())
-                services = start_services(settings, group)
-                api = _Api(services.api_url, services.ca_cert)
-
-            with steps.step("sites", "Hospitals: keys, stores, their own data registered"):
-                split = federated_split(len(SITES), seed=options.seed, skew=0.6)
-                sites: list[LocalSite] = [
-                    create_site(root / "sites" / name, name, partition)
-                    for name, partition in zip(SITES, split.sites, strict=True)
-                ]
-                clinic_csv = _write_clinic_files(
-                    root / "clinic", split.test.features, split.test.labels
-                )
-
-            with steps.step("enrol", "Admin enrols the sites; their SuperNodes connect"):
-                from veracity.client.supernode import SuperNodeOptions, start_site_node
-
-                nodes = []
-                for site in sites:
-                    api.json(
-                        "POST",
-                        "/sites",
-                        tokens["admin"],
-                        json={
-                            "name": site.name,
-                            "public_key": site.public_key_pem,
-                            "supernode_public_key": site.supernode_public_key,
-                        },
-                    )
-                    node_options = SuperNodeOptions(
-                        superlink=services.superlink_address,
-                        ca_cert=services.ca_cert,
-                        idle_poll=0.2,
-                    )
-                    nodes.append(start_site_node(site.directory, node_options, group, wait=False))
-                for site in sites:
-                    statement = site.registration
-                    api.json(
-                        "POST",
-                        "/datasets",
-                        tokens[site.name],
-                        json={"payload": statement.payload, "signature": statement.signature},
-                    )
-
-            with steps.step("study", "Admin proposes the study; each site operator approves it"):
-                study = breast_cancer_study(
-                    study_id=f"breast-cancer-demo-{datetime.now(UTC):%Y%m%d%H%M%S}",
-                    epsilon_caps=dict.fromkeys(SITES, options.epsilon_cap),
-                    noise_multiplier=options.noise_multiplier,
-                    code_hash=build_fab().fab_hash,
-                    family=ModelFamily.POLY_MLP,
-                    rounds=options.rounds,
-                    min_sites=2,
-                    learning_rate=1.0,
-                    model_seed=options.seed,
-                )
-                proposed = api.json("POST", "/studies", tokens["admin"], json=study.to_document())
-                if proposed["study_hash"] != study.study_hash:
-                    raise VerificationError("the coordinator recorded another study than proposed")
-                for site in sites:
-                    # Each operator reviews the document the coordinator serves, and signs
-                    # an approval of exactly that document (its hash is what they approve).
-                    served = api.json("GET", f"/studies/{study.study_hash}", tokens[site.name])
-                    reviewed = parse_study(served["study"])
-                    if reviewed.study_hash != study.study_hash:
-                        raise VerificationError("the coordinator serves another study document")
-                    statement = approve(site, reviewed, epsilon_cap=options.epsilon_cap)
-                    api.json(
-                        "POST",
-                        f"/studies/{study.study_hash}/decisions",
-                        tokens[site.name],
-                        json={
-                            "kind": statement.kind,
-                            "payload": statement.payload,
-                            "signature": statement.signature,
-                        },
-                    )
-
-            with steps.step("warmup", "Site agents load torch and Opacus (once per site)"):
-                for node in nodes:
-                    node.wait_ready()
-
-            with steps.step(
-                "training", f"Federated training: {options.rounds} rounds, DP-SGD at every site"
-            ):
-                run = api.json(
-                    "POST", "/runs", tokens["admin"], json={"study_hash": study.study_hash}
-                )
-                run_id = run["run_id"]
-
-                def finished() -> dict[str, Any] | None:
-                    status = api.json("GET", f"/runs/{run_id}", tokens["admin"])
-                    group.check_alive()
-                    return status if status["finished"] is not None else None
-
-                outcome = _poll("the run to finish", 600, finished)["finished"]
-                if outcome["status"] != "completed":
-                    raise TransportError(f"the run ended {outcome['status']}: {outcome['reason']}")
-                model_hash = outcome["model_hash"]
-                rounds = api.json("GET", f"/runs/{run_id}/rounds", tokens["admin"])["items"]
-
-            with steps.step("inference", "Clinic: encrypted predictions with veracity predict"):
-                scores_csv = root / "clinic" / "scores.csv"
-                predicted = _veracity(
-                    "predict", "--model", model_hash, "--input", str(clinic_csv),
-                    "--server", services.api_url.removesuffix("/api/v1"),
-                    "--token", tokens["clinic"], "--ca-cert", str(services.ca_cert),
-                    "--out", str(scores_csv), "--id-column", "patient_id", "--format", "json",
-                )  # fmt: skip
-                if predicted.returncode != 0:
-                    raise TransportError(f"veracity predict failed: {predicted.stderr.strip()}")
-                with scores_csv.open(encoding="utf-8") as handle:
-                    scores = list(csv.DictReader(handle))
-                card = api.json("GET", f"/models/{model_hash}", tokens["clinic"])
-                weights = weights_from_bytes(
-                    api.call("GET", f"/models/{model_hash}/weights", tokens["admin"]).content
-                )
-                spec = ModelSpec.from_dict(
-                    card["model"] if "model" in card else card["card"]["model"]
-                )
-                plain_logits = predict_logits(spec, weights, standardise(split.test.features))
-                plain_probability = 1.0 / (1.0 + np.exp(-plain_logits))
-                encrypted_probability = np.array([float(row["probability"]) for row in scores])
-                encrypted_decision = np.array([int(row["decision"]) for row in scores])
-                labels = split.test.labels
-                agreement = float(np.mean(encrypted_decision == (plain_probability >= 0.5)))
-                max_abs_error = float(np.max(np.abs(encrypted_probability - plain_probability)))
-                accuracy = float(np.mean(encrypted_decision == labels))
-                auc = float(roc_auc_score(labels, encrypted_probability))
-
-            with steps.step("audit", "Auditor: export the ledger, verify offline, provenance"):
-                auditor_dir = root / "auditor"
-                auditor_dir.mkdir()
-                bundle = auditor_dir / "ledger.jsonl"
-                bundle.write_bytes(api.call("GET", "/ledger/export", tokens["auditor"]).content)
-                root_pub = auditor_dir / "root.pub"
-                shutil.copyfile(coordinator_dir / "keys" / "root.pub", root_pub)
-                verified = _veracity(
-                    "ledger", "verify", "--bundle", str(bundle), "--trust", str(root_pub),
-                    "--format", "json",
-                )  # fmt: skip
-                report = json.loads(verified.stdout) if verified.stdout.strip() else {}
-                if verified.returncode != 0 or not report.get("ok"):
-                    raise VerificationError(
-                        f"the auditor could not verify the ledger: {report or verified.stderr}"
-                    )
-                provenance = api.json("GET", f"/ledger/provenance/{model_hash}", tokens["auditor"])
-                (auditor_dir / "provenance.json").write_text(
-                    json.dumps(provenance, indent=2), encoding="utf-8"
-                )
+        with stopping_on_signals(state.group):
+            for step in DEMO_STEPS:
+                with _progress(console, state, step):
+                    step.run(state)
     finally:
-        if api is not None:
-            api.close()
-        group.stop_all()
-
-    from veracity.server.coordinator import CoordinatorConfig
-
-    last_receipts = {r["receipt"]["site"]: r["receipt"] for r in rounds[-1]["receipts"]}
-    site_summaries = [
-        {
-            "name": site.name,
-            "rows": site.rows,
-            "epsilon": (
-                float(last_receipts[site.name]["epsilon"]) if site.name in last_receipts else None
-            ),
-            "epsilon_cap": options.epsilon_cap,
-        }
-        for site in sites
-    ]
-    return {
-        "ok": True,
-        "duration_s": round(time.monotonic() - started, 1),
-        "data_dir": str(root),
-        "sites": site_summaries,
-        "study": {
-            "study_id": study.study_id,
-            "study_hash": study.study_hash,
-            "rounds": options.rounds,
-        },
-        "run_id": run_id,
-        "model": {"hash": model_hash, "accuracy": accuracy, "auc": auc},
-        "inference": {
-            "patients": len(scores),
-            "agreement": agreement,
-            "max_abs_error": max_abs_error,
-        },
-        "ledger": {
-            "db_url": CoordinatorConfig.load(coordinator_dir / "coordinator.json").db_url,
-            "bundle": str(bundle),
-            "root_public_key": str(root_pub),
-            "entries": int(report["entries"]),
-            "verified": True,
-        },
-        "provenance": _provenance_summary(provenance),
-        "timings_s": steps.timings,
-    }
+        state.close()
+    return state.summary()
 
 
 def _provenance_summary(document: dict[str, Any]) -> dict[str, int]:

@@ -49,6 +49,7 @@ def test_lower_bound_is_zero_for_chance_and_capped_by_the_number_of_guesses() ->
         epsilon_lower_bound(10, 11)
 
 
+@pytest.mark.training
 @pytest.mark.parametrize("clipping", ["linear-ghost", "opacus-hooks"])
 def test_correctly_noised_training_passes(clipping: str) -> None:
     audit = run_canary_audit(**STUDY_TERMS, clipping=clipping, seed=0)
@@ -59,6 +60,7 @@ def test_correctly_noised_training_passes(clipping: str) -> None:
     assert 400 < audit.included < 600
 
 
+@pytest.mark.training
 @pytest.mark.parametrize("clipping", ["linear-ghost", "opacus-hooks"])
 def test_training_with_the_noise_switched_off_is_flagged(
     clipping: str, monkeypatch: pytest.MonkeyPatch
@@ -71,6 +73,7 @@ def test_training_with_the_noise_switched_off_is_flagged(
         verify_canary_audit(audit)
 
 
+@pytest.mark.training
 @pytest.mark.parametrize("seed", [0, 1])
 def test_training_with_noise_ten_times_too_small_is_flagged(
     seed: int, monkeypatch: pytest.MonkeyPatch
@@ -81,6 +84,7 @@ def test_training_with_noise_ten_times_too_small_is_flagged(
     assert audit.epsilon_lower_bound > audit.epsilon_claimed > 0
 
 
+@pytest.mark.training
 def test_audit_record_is_json_ready() -> None:
     record = run_canary_audit(**STUDY_TERMS, canaries=100, guesses=20, seed=3).to_dict()
     assert record["flagged"] is False

@@ -170,6 +170,7 @@ def test_commands_on_a_directory_that_is_not_a_site_exit_2(
     assert "veracity site init" in captured.err
 
 
+@pytest.mark.training
 def test_canary_audit_passes_the_studys_dp_terms(
     cli_site: Path, study_file: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

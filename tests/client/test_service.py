@@ -28,6 +28,9 @@ from veracity.ledger.statement import RECEIPT_DOMAIN, verify_document, verify_st
 from veracity.tasks.study import Study
 from veracity.tasks.weights import weights_hash
 
+# Every test here opens a SiteAgent, which trains with Opacus itself (no trainer seam).
+pytestmark = pytest.mark.training
+
 # 152 rows, batch 32: five steps per round at q = 1/5.
 STEPS_PER_ROUND = 5
 RATE = 0.2
@@ -138,6 +141,7 @@ def test_epsilon_composes_across_runs_and_a_restart(
     assert ready_site.store.dataset_history("bc-0") == (Segment(2.0, RATE, 15),)
 
 
+@pytest.mark.integration
 @pytest.mark.slow
 def test_epsilon_after_restart_in_a_new_process_is_bit_identical(
     site_dir: Path, approved: Study, agent_factory: AgentFactory

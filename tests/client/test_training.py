@@ -60,6 +60,7 @@ def _trainer(spec: ModelSpec, x: np.ndarray, y: np.ndarray, **terms: Any) -> Pri
     return PrivateTrainer(spec, x, y, **settings)
 
 
+@pytest.mark.training
 @pytest.mark.parametrize("clipping", ENGINES)
 @pytest.mark.parametrize("family", FAMILIES)
 def test_one_example_moves_the_model_by_at_most_the_clipping_norm(
@@ -104,6 +105,7 @@ def _explicit_clipped_mean(
     return (grads * factors[:, None]).mean(0), grads.mean(0), norms
 
 
+@pytest.mark.training
 @pytest.mark.parametrize("clipping", ENGINES)
 @pytest.mark.parametrize("family", FAMILIES)
 def test_update_equals_the_mean_of_explicitly_clipped_per_example_gradients(
@@ -121,6 +123,7 @@ def test_update_equals_the_mean_of_explicitly_clipped_per_example_gradients(
     assert np.abs(moved + raw_mean).max() > 1e-2  # and it changed the update
 
 
+@pytest.mark.training
 @pytest.mark.parametrize("clipping", ENGINES)
 def test_same_seed_with_and_without_noise_differs_by_gaussian_noise_of_the_right_scale(
     clipping: str,
@@ -145,6 +148,7 @@ def test_same_seed_with_and_without_noise_differs_by_gaussian_noise_of_the_right
     assert not np.array_equal(_flat(other.train_round(start, epochs=1).weights), noised)
 
 
+@pytest.mark.training
 @pytest.mark.parametrize("clipping", ENGINES)
 def test_batches_are_poisson_sampled_and_empty_batches_still_count(clipping: str) -> None:
     spec = _spec(ModelFamily.LOGISTIC, 4)
@@ -161,6 +165,7 @@ def test_batches_are_poisson_sampled_and_empty_batches_still_count(clipping: str
     assert trainer.accountant_history() == (Segment(1.0, 1 / 60, 120),)
 
 
+@pytest.mark.training
 @pytest.mark.parametrize("family", FAMILIES)
 def test_linear_ghost_and_opacus_hooks_give_the_same_training(family: ModelFamily) -> None:
     spec = _spec(family, 10)
@@ -177,6 +182,7 @@ def test_linear_ghost_and_opacus_hooks_give_the_same_training(family: ModelFamil
     assert results[0].mean_loss == pytest.approx(results[1].mean_loss, rel=1e-6)
 
 
+@pytest.mark.training
 def test_accountant_starts_from_the_loaded_history_and_adds_the_round() -> None:
     spec = _spec(ModelFamily.LOGISTIC, 4)
     x, y = _data(60, 4)
@@ -197,6 +203,7 @@ def test_secure_mode_without_torchcsprng_is_a_configuration_error(
         _trainer(_spec(ModelFamily.LOGISTIC, 4), x, y, secure_mode=True, seed=None)
 
 
+@pytest.mark.training
 @pytest.mark.parametrize("clipping", ENGINES)
 def test_secure_mode_draws_noise_and_samples_from_the_secure_generator(
     clipping: str, monkeypatch: pytest.MonkeyPatch

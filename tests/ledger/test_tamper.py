@@ -90,6 +90,18 @@ def sql(path: Path, statement: str, params: tuple[Any, ...] = ()) -> list[tuple[
         connection.close()
 
 
+def sql_each(path: Path, statement: str, rows: list[tuple[Any, ...]]) -> None:
+    """Run ``statement`` once per row, in order, in one transaction (one sync, not many)."""
+    connection = sqlite3.connect(path, isolation_level=None)
+    try:
+        connection.execute("PRAGMA foreign_keys = OFF")
+        connection.execute("BEGIN")
+        connection.executemany(statement, rows)
+        connection.execute("COMMIT")
+    finally:
+        connection.close()
+
+
 def row(path: Path, seq: int) -> tuple[bytes, bytes]:
     body, digest = sql(path, "SELECT body, hash FROM ledger_entry WHERE seq = ?", (seq,))[0]
     return bytes(body), bytes(digest)
@@ -507,12 +519,11 @@ def test_inserting_an_entry_anywhere_fails_at_the_insertion(
         donor = data.draw(st.integers(min_value=0, max_value=size - 1).filter(other_than(seq)))
         entry = parse_body(row(path, donor)[0])
         body = entry.body.replace(entry.ts.encode(), b"2030-01-01T00:00:00.000000Z")
-        for current in range(size - 1, seq - 1, -1):
-            sql(
-                path,
-                "UPDATE ledger_entry SET seq = seq + 1, prev_seq = prev_seq + 1 WHERE seq = ?",
-                (current,),
-            )
+        sql_each(
+            path,
+            "UPDATE ledger_entry SET seq = seq + 1, prev_seq = prev_seq + 1 WHERE seq = ?",
+            [(current,) for current in range(size - 1, seq - 1, -1)],
+        )
         sql(path, "UPDATE ledger_entry SET prev = ? WHERE seq = ?", (leaf_hash(body), seq + 1))
         sql(
             path,

@@ -32,7 +32,7 @@ from veracity.crypto.he_wire import (
     encode_request,
 )
 from veracity.crypto.tls import create_tls_material
-from veracity.server.api.inference import standalone_app
+from veracity.server.api.inference import create_inference_app
 from veracity.server.inference import InferenceService
 from veracity.server.registry import ModelRegistry
 from veracity.tasks.spec import predict_logits
@@ -98,7 +98,7 @@ def _app(models: ModelRegistry, served: list[dict[str, Any]]) -> Any:
         served.append(dict(payload))
 
     service = InferenceService(models, recorder=record, limits=LIMITS)
-    return standalone_app(service, tokens={TOKEN: REQUESTER})
+    return create_inference_app(service, tokens={TOKEN: REQUESTER})
 
 
 @pytest.fixture(scope="module")
@@ -411,9 +411,9 @@ def test_bad_requests_are_refused_with_4xx_and_the_server_stays_healthy(
     predict = f"/api/v1/inference/models/{lr}/predict"
     auth = {"Authorization": f"Bearer {TOKEN}", "Content-Type": CONTENT_TYPE}
     cases: list[tuple[str, str, Any, dict[str, str], int, str]] = [
-        ("garbage", predict, b"\x00" * 1000, auth, 400, "bad magic"),
-        ("truncated", predict, good[: len(good) // 2], auth, 400, "truncated"),
-        ("trailing bytes", predict, good + b"\x00", auth, 400, "unexpected bytes"),
+        ("garbage", predict, b"\x00" * 1000, auth, 422, "bad magic"),
+        ("truncated", predict, good[: len(good) // 2], auth, 422, "truncated"),
+        ("trailing bytes", predict, good + b"\x00", auth, 422, "unexpected bytes"),
         (
             "oversized (declared)",
             predict,
@@ -469,7 +469,7 @@ def test_bad_requests_are_refused_with_4xx_and_the_server_stays_healthy(
             f"/api/v1/inference/models/{mlp}/predict",
             good,
             auth,
-            400,
+            422,
             "not " + mlp,
         ),
         ("no token", predict, good, {"Content-Type": CONTENT_TYPE}, 401, ""),
@@ -480,7 +480,9 @@ def test_bad_requests_are_refused_with_4xx_and_the_server_stays_healthy(
         for name, path, body, headers, status, detail in cases:
             response = http.post(path, content=body, headers=headers)
             assert response.status_code == status, (name, response.text)
-            assert detail in response.text, name
+            assert response.headers["content-type"] == "application/problem+json", name
+            assert response.json()["status"] == status, name
+            assert detail in response.json()["detail"], name
             assert http.get("/health").json() == {"status": "ok"}, name
         assert len(live.served) == before  # nothing refused was recorded
         answer = http.post(predict, content=good, headers=auth)

@@ -384,10 +384,10 @@ class InferenceClient:
         if response.status_code in (401, 403):
             raise ConfigError(f"the server refused the token ({response.status_code})")
         if response.status_code >= 400:
-            try:
-                detail = str(response.json().get("detail", response.text))
-                code = str(response.json().get("error", ""))
-            except ValueError:
+            try:  # a problem document (RFC 9457) with the server's stable ``code``
+                problem = response.json()
+                detail, code = str(problem.get("detail", "")), str(problem.get("code", ""))
+            except (ValueError, AttributeError):
                 detail, code = response.text[:200], ""
             message = f"server refused the request ({response.status_code}): {detail}"
             if response.status_code >= 500:

@@ -138,7 +138,7 @@ def test_a_failed_ledger_write_leaves_no_state_behind(api_with_superlink: Api, p
             response = change()
         assert hits, f"{name}: the failure point was never reached"
         assert response.status_code == 503, f"{name}: {response.status_code} {response.text}"
-        assert response.json()["error"] == "storage_unavailable"
+        assert response.json()["code"] == "storage_unavailable"
         after = snapshot(api)
         assert after.tables == before.tables, name
         assert after.nodes == before.nodes, name

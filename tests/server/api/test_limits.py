@@ -1,4 +1,4 @@
-"""Body size limits, and errors as ``{"error", "detail"}`` JSON that never carry a trace."""
+"""Body size limits, and errors as problem details (RFC 9457) that never carry a trace."""
 
 from __future__ import annotations
 
@@ -85,7 +85,7 @@ def test_a_malformed_content_length_is_a_bad_request(guarded: Any) -> None:
 def test_oversized_json_through_the_client_is_413(api: Api) -> None:
     response = api.call("POST", "/api/v1/studies", "admin", content=b"{" + b" " * (2 << 20) + b"}")
     assert response.status_code == 413
-    assert response.json()["error"] == "too_large"
+    assert response.json()["code"] == "too_large"
 
 
 def test_malformed_json_is_422_invalid_request(api: Api) -> None:
@@ -97,21 +97,22 @@ def test_malformed_json_is_422_invalid_request(api: Api) -> None:
         headers={"Content-Type": "application/json"},
     )
     assert response.status_code == 422
-    assert response.json()["error"] == "invalid_request"
+    assert response.json()["code"] == "invalid_request"
 
 
 def test_invalid_parameters_are_422_invalid_request(api: Api) -> None:
     for path in ["/api/v1/studies/not-a-hash", "/api/v1/ledger/entries?limit=0", "/api/v1/runs/x"]:
         response = api.call("GET", path, "admin")
         assert response.status_code == 422, path
-        assert set(response.json()) == {"error", "detail"}
+        assert response.headers["content-type"] == "application/problem+json"
+        assert set(response.json()) == {"type", "title", "status", "detail", "instance", "code"}
 
 
 def test_unknown_routes_and_methods_answer_json(api: Api) -> None:
     missing = api.call("GET", "/api/v1/nothing", "admin")
-    assert (missing.status_code, missing.json()["error"]) == (404, "not_found")
+    assert (missing.status_code, missing.json()["code"]) == (404, "not_found")
     wrong = api.call("DELETE", "/api/v1/sites", "admin")
-    assert (wrong.status_code, wrong.json()["error"]) == (405, "method_not_allowed")
+    assert (wrong.status_code, wrong.json()["code"]) == (405, "method_not_allowed")
 
 
 @pytest.mark.parametrize(
@@ -133,8 +134,8 @@ def test_server_errors_are_generic_json_without_a_trace(
     response = client.get("/api/v1/sites", headers=api.headers("admin"))
     assert response.status_code == 500
     body = response.json()
-    assert set(body) == {"error", "detail"}
-    assert body["error"] == code
+    assert set(body) == {"type", "title", "status", "detail", "instance", "code", "request_id"}
+    assert body["code"] == code
     assert "/etc/veracity" not in response.text
     assert "Traceback" not in response.text
-    assert "request " in body["detail"]
+    assert f"request {body['request_id']}" in body["detail"]

@@ -75,7 +75,7 @@ def test_a_site_token_cannot_register_for_another_site(enrolled: Api) -> None:
     body = other.signed("dataset.registered", other.dataset("cohort-9"))
     response = enrolled.call("POST", "/api/v1/datasets", "site", json=body)
     assert response.status_code == 403
-    assert response.json()["error"] == "forbidden"
+    assert response.json()["code"] == "forbidden"
 
 
 def test_a_statement_the_site_did_not_sign_is_refused(enrolled: Api) -> None:
@@ -87,7 +87,7 @@ def test_a_statement_the_site_did_not_sign_is_refused(enrolled: Api) -> None:
     size = enrolled.coordinator.ledger.size()
     response = enrolled.call("POST", "/api/v1/datasets", "site", json=forged)
     assert response.status_code == 422
-    assert response.json()["error"] == "signature_invalid"
+    assert response.json()["code"] == "signature_invalid"
     assert enrolled.coordinator.ledger.size() == size
 
 
@@ -96,7 +96,7 @@ def test_a_replayed_statement_is_a_conflict(enrolled: Api) -> None:
     assert enrolled.call("POST", "/api/v1/datasets", "site", json=body).status_code == 201
     again = enrolled.call("POST", "/api/v1/datasets", "site", json=body)
     assert again.status_code == 409
-    assert again.json()["error"] == "conflict"
+    assert again.json()["code"] == "conflict"
 
 
 # ----------------------------------------------------------------------- studies
@@ -125,7 +125,7 @@ def test_an_invalid_study_is_refused(enrolled: Api, change: dict[str, Any], stat
     document = {**study_document([enrolled.site.name]), **change}
     response = enrolled.call("POST", "/api/v1/studies", "admin", json=document)
     assert response.status_code == status
-    assert response.json()["error"] == "input_refused"
+    assert response.json()["code"] == "input_refused"
 
 
 def test_sites_read_the_studies_that_name_them(enrolled: Api) -> None:
@@ -378,7 +378,7 @@ def test_inference_is_rate_limited_per_token(tmp_path: Path, db_url: str) -> Non
         assert first == [404, 404]  # allowed through; the model does not exist
         limited = api.call("GET", path, "researcher")
         assert limited.status_code == 429
-        assert limited.json()["error"] == "rate_limited"
+        assert limited.json()["code"] == "rate_limited"
         assert limited.headers["retry-after"] == "10"
         assert api.call("GET", path, "admin").status_code == 404  # another token's allowance
         now[0] += 10.0

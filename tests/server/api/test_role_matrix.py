@@ -192,7 +192,7 @@ def test_every_route_answers_every_role_as_the_table_says(world: World) -> None:
                 )
             if response.status_code in (401, 403):
                 body = response.json()
-                assert body["error"] in ("unauthenticated", "forbidden"), body
+                assert body["code"] in ("unauthenticated", "forbidden"), body
             if response.status_code == 401:
                 assert response.headers["www-authenticate"] == "Bearer"
     assert not mismatches, "\n".join(mismatches)

@@ -72,7 +72,7 @@ def test_a_run_needs_approvals(api_with_superlink: Api) -> None:
     study = api.coordinator.propose_study(study_document([api.site.name], "unapproved"))
     response = api.call("POST", "/api/v1/runs", "admin", json={"study_hash": study.study_hash})
     assert response.status_code == 409
-    assert response.json()["error"] == "approval_missing"
+    assert response.json()["code"] == "approval_missing"
     missing = api.call("POST", "/api/v1/runs", "admin", json={"study_hash": "e" * 64})
     assert missing.status_code == 404
 
@@ -130,7 +130,7 @@ def test_without_a_superlink_changes_answer_503_and_leave_nothing(
         response = api.call("POST", "/api/v1/sites", "admin", json=unique_site("x").enrolment())
         assert time.monotonic() - started < 5.0
         assert response.status_code == 503
-        assert response.json()["error"] == "superlink_unavailable"
+        assert response.json()["code"] == "superlink_unavailable"
         assert "Traceback" not in response.text
         assert api.coordinator.ledger.size() == size
         assert _action_count(api) == actions

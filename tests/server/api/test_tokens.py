@@ -110,7 +110,7 @@ def test_the_api_refuses_expired_and_revoked_tokens(tmp_path: Path, db_url: str)
         clock.now += timedelta(days=2)  # the fixture's tokens live one day
         expired = api.call("GET", "/api/v1/whoami", "auditor")
         assert expired.status_code == 401
-        assert expired.json()["error"] == "unauthenticated"
+        assert expired.json()["code"] == "unauthenticated"
         clock.now -= timedelta(days=2)
         made = api.call(
             "POST", "/api/v1/tokens", "admin", json={"role": "researcher", "name": "clinic"}

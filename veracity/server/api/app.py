@@ -30,7 +30,7 @@ from veracity.contracts.events import ROOT_ACTOR
 from veracity.errors import ConfigError
 from veracity.server.api import db
 from veracity.server.api.deps import declare_roles, inference_requester, roles_of
-from veracity.server.api.inference import inference_router
+from veracity.server.api.inference import inference_body_limit, inference_router
 from veracity.server.api.limits import BodySizeLimit
 from veracity.server.api.problems import install_error_handlers, responses
 from veracity.server.api.ratelimit import RateLimiter
@@ -79,8 +79,7 @@ def _inference_routes(inference: InferenceService) -> APIRouter:
     router = inference_router(inference, authenticate=inference_requester)
     for route in router.routes:
         if isinstance(route, APIRoute):
-            extra = responses(400, 401, 403, 404, 413, 415, 422, 429)
-            route.responses = {**extra, **route.responses}
+            route.responses = {**route.responses, **responses(403, 429)}
     return declare_roles(router)
 
 
@@ -168,12 +167,9 @@ def create_app(
         )
 
     inference = InferenceService(ModelRegistry(paths.models), recorder=record_served)
-    inference_limit = max(inference.limits.max_request_bytes, inference.limits.max_context_bytes)
 
     def limit_for(path: str) -> int:
-        if path.startswith(f"{API_PREFIX}/inference/"):
-            return inference_limit
-        return settings.max_body_bytes
+        return inference_body_limit(inference.limits, path) or settings.max_body_bytes
 
     app.add_middleware(BodySizeLimit, limit_for=limit_for)
 

@@ -1,7 +1,7 @@
 """HTTP adapter for encrypted inference: a FastAPI router over :class:`InferenceService`.
 
 The admin API mounts :func:`inference_router` under ``/api/v1`` with its own authentication
-dependency; :func:`standalone_app` mounts it alone with static bearer tokens (tests,
+dependency; :func:`create_inference_app` mounts it alone with static bearer tokens (tests,
 benchmarks, a single-purpose deployment). Routes (relative to the mount point):
 
 ``GET  /inference/models/{model_hash}``
@@ -12,11 +12,11 @@ benchmarks, a single-purpose deployment). Routes (relative to the mount point):
 ``POST /inference/models/{model_hash}/predict``
     A request envelope in, a response envelope out (``application/vnd.veracity.he.v1``).
 
-Bodies are read as a stream and refused with 413 as soon as they pass the limit (and before
-reading at all when ``Content-Length`` already says so). Errors are JSON
-``{"error": code, "detail": message}``: 400 malformed, truncated or mismatched input, 404
-unknown model, 413 too large, 415 wrong media type, 422 refused cryptographic material
-(secret keys, insecure or wrong parameters).
+The routes raise Veracity errors and leave the answer to the one error contract
+(:mod:`veracity.server.api.problems`): problem details, 404 unknown model, 413 too large,
+415 wrong media type, 422 refused input or cryptographic material. Body sizes are enforced
+by :class:`~veracity.server.api.limits.BodySizeLimit` with :func:`inference_body_limit`
+per path, before the body is read when ``Content-Length`` already says it is too large.
 """
 
 # No ``from __future__ import annotations`` here: the routes annotate parameters with a
@@ -28,58 +28,51 @@ import logging
 from collections.abc import Callable, Mapping
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from veracity.crypto.he_wire import CONTENT_TYPE
-from veracity.errors import CryptoError, InputError, VeracityError
+from veracity.crypto.he_wire import CONTENT_TYPE, WireLimits
+from veracity.errors import NotFound, VeracityError
+from veracity.server.api.limits import BodySizeLimit
+from veracity.server.api.problems import install_error_handlers, responses
 from veracity.server.inference import InferenceService
 
-__all__ = ["inference_router", "standalone_app", "bearer_token_authenticator"]
+__all__ = [
+    "inference_router",
+    "inference_body_limit",
+    "create_inference_app",
+    "bearer_token_authenticator",
+]
 
 log = logging.getLogger("veracity.server.inference")
 
 _ACCEPTED_TYPES = {CONTENT_TYPE, "application/octet-stream"}
+#: Body limit of any other path of :func:`create_inference_app` (none takes a body).
+_OTHER_BODY_BYTES = 64 * 1024
 
 
-class _TooLarge(Exception):
-    def __init__(self, limit: int) -> None:
-        super().__init__(f"request body exceeds the limit of {limit} bytes")
+def inference_body_limit(limits: WireLimits, path: str) -> int | None:
+    """The body limit of the inference route at ``path`` (any mount point), else ``None``."""
+    if path.endswith("/inference/contexts"):
+        return limits.max_context_bytes
+    if "/inference/models/" in path and path.endswith("/predict"):
+        return limits.max_request_bytes
+    return None
 
 
-def _error(status: int, code: str, detail: str) -> JSONResponse:
-    return JSONResponse(status_code=status, content={"error": code, "detail": detail})
+def _released(service: InferenceService, model_hash: str) -> None:
+    if not service.has_model(model_hash):
+        raise NotFound(f"no released model {model_hash}")
 
 
-def _domain_error(err: VeracityError) -> JSONResponse:
-    if isinstance(err, CryptoError):
-        return _error(422, "crypto_refused", str(err))
-    if isinstance(err, InputError):
-        return _error(400, "input_refused", str(err))
-    return _error(400, "refused", str(err))
-
-
-async def _read_body(request: Request, limit: int) -> bytes:
-    declared = request.headers.get("content-length")
-    if declared is not None:
-        if not declared.isdigit():
-            raise InputError("malformed Content-Length header")
-        if int(declared) > limit:
-            raise _TooLarge(limit)
-    chunks: list[bytes] = []
-    total = 0
-    async for chunk in request.stream():
-        total += len(chunk)
-        if total > limit:
-            raise _TooLarge(limit)
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
-def _media_type(request: Request) -> str:
-    return request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+async def _envelope(request: Request) -> bytes:
+    """The request body, if it is sent as an envelope (the size limit is the middleware's)."""
+    media_type = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    if media_type not in _ACCEPTED_TYPES:
+        raise HTTPException(status_code=415, detail=f"send {CONTENT_TYPE}")
+    return await request.body()
 
 
 def inference_router(
@@ -100,53 +93,50 @@ def inference_router(
     router = APIRouter(prefix="/inference", tags=["inference"])
     requester_dependency = Depends(authenticate)
 
-    @router.get("/models/{model_hash}", summary="Public description of a released model")
+    @router.get(
+        "/models/{model_hash}",
+        summary="Public description of a released model",
+        responses=responses(401, 404, 422),
+    )
     def describe(model_hash: str, requester: Annotated[str, requester_dependency]) -> Response:
-        if not service.has_model(model_hash):
-            return _error(404, "not_found", f"no released model {model_hash}")
-        try:
-            return JSONResponse(service.describe(model_hash))
-        except VeracityError as err:
-            return _domain_error(err)
+        _released(service, model_hash)
+        return JSONResponse(service.describe(model_hash))
 
-    @router.post("/contexts", status_code=201, summary="Upload a public CKKS context")
+    @router.post(
+        "/contexts",
+        status_code=201,
+        summary="Upload a public CKKS context",
+        responses=responses(400, 401, 413, 415, 422),
+    )
     async def upload_context(
         request: Request, requester: Annotated[str, requester_dependency]
     ) -> Response:
-        if _media_type(request) not in _ACCEPTED_TYPES:
-            return _error(415, "unsupported_media_type", f"send {CONTENT_TYPE}")
+        body = await _envelope(request)
         try:
-            body = await _read_body(request, service.limits.max_context_bytes)
             context_hash = await run_in_threadpool(service.upload_context, body)
-        except _TooLarge as err:
-            return _error(413, "too_large", str(err))
         except VeracityError as err:
             log.info("context from %s refused: %s", requester, err)
-            return _domain_error(err)
+            raise
         return JSONResponse(status_code=201, content={"context_hash": context_hash})
 
     @router.post(
         "/models/{model_hash}/predict",
         summary="Evaluate the model on encrypted patients",
         response_class=Response,
+        responses=responses(400, 401, 404, 413, 415, 422),
     )
     async def predict(
         model_hash: str, request: Request, requester: Annotated[str, requester_dependency]
     ) -> Response:
-        if not service.has_model(model_hash):
-            return _error(404, "not_found", f"no released model {model_hash}")
-        if _media_type(request) not in _ACCEPTED_TYPES:
-            return _error(415, "unsupported_media_type", f"send {CONTENT_TYPE}")
+        _released(service, model_hash)
+        body = await _envelope(request)
         try:
-            body = await _read_body(request, service.limits.max_request_bytes)
             response = await run_in_threadpool(
                 service.serve, body, requester=requester, model_hash=model_hash
             )
-        except _TooLarge as err:
-            return _error(413, "too_large", str(err))
         except VeracityError as err:
             log.info("request from %s refused: %s", requester, err)
-            return _domain_error(err)
+            raise
         return Response(content=response, media_type=CONTENT_TYPE)
 
     return router
@@ -165,8 +155,6 @@ def bearer_token_authenticator(tokens: Mapping[str, str]) -> Callable[..., str]:
     def authenticate(
         credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(scheme)],
     ) -> str:
-        from fastapi import HTTPException
-
         if credentials is not None:
             offered = credentials.credentials.encode()
             for token, name in known:
@@ -174,19 +162,27 @@ def bearer_token_authenticator(tokens: Mapping[str, str]) -> Callable[..., str]:
                     return name
         raise HTTPException(
             status_code=401,
-            detail={"error": "unauthenticated", "detail": "a valid bearer token is required"},
+            detail="a valid bearer token is required (Authorization: Bearer TOKEN)",
             headers={"WWW-Authenticate": "Bearer"},
         )
 
     return authenticate
 
 
-def standalone_app(service: InferenceService, *, tokens: Mapping[str, str]) -> FastAPI:
+def create_inference_app(service: InferenceService, *, tokens: Mapping[str, str]) -> FastAPI:
     """An app serving only encrypted inference under ``/api/v1``, with static bearer tokens.
 
-    ``GET /health`` answers ``{"status": "ok"}`` without authentication.
+    It answers errors with the admin API's contract (problem details, the same table) and
+    limits bodies per path as the admin API does. ``GET /health`` answers
+    ``{"status": "ok"}`` without authentication.
     """
     app = FastAPI(title="Veracity encrypted inference", version="1")
+    install_error_handlers(app)
+    limits = service.limits
+    app.add_middleware(
+        BodySizeLimit,
+        limit_for=lambda path: inference_body_limit(limits, path) or _OTHER_BODY_BYTES,
+    )
     app.include_router(
         inference_router(service, authenticate=bearer_token_authenticator(tokens)),
         prefix="/api/v1",

@@ -3,7 +3,8 @@
 An ASGI middleware: a ``Content-Length`` over the path's limit is answered 413 at once,
 without reading a byte of the body; a body without one (chunked) is counted as it arrives
 and refused with 413 as soon as it passes the limit, so the server never holds more than
-the limit of any request.
+the limit of any request. Both answers are problem details (:mod:`.problems`); the limit
+is per path (the inference envelopes are larger than JSON bodies).
 """
 
 from __future__ import annotations
@@ -15,17 +16,21 @@ from typing import Any
 from fastapi import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from veracity.server.api.problems import PROBLEM_CONTENT_TYPE, PROBLEM_TYPES, problem_document
+
 __all__ = ["BodySizeLimit"]
 
 
-async def _answer(send: Send, status: int, code: str, detail: str) -> None:
-    body = json.dumps({"error": code, "detail": detail}).encode("utf-8")
+async def _answer(send: Send, scope: Scope, code: str, detail: str) -> None:
+    kind = PROBLEM_TYPES[code]
+    document = problem_document(kind, detail, instance=str(scope.get("path", "")) or None)
+    body = json.dumps(document).encode("utf-8")
     await send(
         {
             "type": "http.response.start",
-            "status": status,
+            "status": kind.status,
             "headers": [
-                (b"content-type", b"application/json"),
+                (b"content-type", PROBLEM_CONTENT_TYPE.encode("ascii")),
                 (b"content-length", str(len(body)).encode("ascii")),
                 (b"connection", b"close"),
             ],
@@ -62,11 +67,11 @@ class BodySizeLimit:
                 break
         if declared is not None:
             if not declared.isdigit():
-                await _answer(send, 400, "bad_request", "malformed Content-Length header")
+                await _answer(send, scope, "bad_request", "malformed Content-Length header")
                 return
             if int(declared) > limit:
                 await _answer(
-                    send, 413, "too_large", f"request body exceeds the limit of {limit} bytes"
+                    send, scope, "too_large", f"request body exceeds the limit of {limit} bytes"
                 )
                 return
         received = 0

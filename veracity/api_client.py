@@ -1,0 +1,202 @@
+"""A typed client for the coordinator's admin API: requests in, the API's own schemas out.
+
+Each method parses the answer with the response model the route declares
+(:mod:`veracity.server.api.schemas`), so a caller reads fields mypy knows instead of
+guessing the shape of a JSON document. Errors arrive as the API's problem documents
+(docs/api.md "One error contract") and are raised as :class:`ApiError` with their status,
+code and detail. It covers what ``veracity demo`` calls; the transport is injectable
+(``httpx.ASGITransport`` to talk to an app in process).
+"""
+
+from __future__ import annotations
+
+import ssl
+from pathlib import Path
+from typing import Any, TypeVar
+
+import httpx
+from pydantic import BaseModel, ValidationError
+
+from veracity.errors import TransportError
+from veracity.server.api.schemas import (
+    ModelOut,
+    RecordedOut,
+    RoundListOut,
+    RunOut,
+    RunStartedOut,
+    SiteEnrolledOut,
+    StudyOut,
+    StudyProposedOut,
+)
+
+__all__ = ["ApiError", "CoordinatorClient"]
+
+_Model = TypeVar("_Model", bound=BaseModel)
+
+
+class ApiError(TransportError):
+    """The admin API refused a request, or answered something that is not its schema.
+
+    Parameters
+    ----------
+    message
+        What was asked and what came back.
+    status
+        The HTTP status (0 when the answer could not be parsed).
+    code
+        The problem document's ``code`` (empty when there was none).
+    """
+
+    def __init__(self, message: str, *, status: int, code: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+
+
+class CoordinatorClient:
+    """The admin API at ``base_url`` (e.g. ``https://127.0.0.1:8443/api/v1``).
+
+    Parameters
+    ----------
+    base_url
+        The API base, ``/api/v1`` included.
+    ca_cert
+        PEM file of the coordinator's CA (``DIR/tls/ca.crt``); the system store without it.
+    timeout
+        Seconds per request.
+    transport
+        Another httpx transport (tests); ``ca_cert`` is then unused.
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        ca_cert: Path | None = None,
+        timeout: float = 60.0,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        verify: ssl.SSLContext | bool = True
+        if ca_cert is not None:
+            verify = ssl.create_default_context(cafile=str(ca_cert))
+        self._http = httpx.Client(
+            base_url=base_url.rstrip("/"), verify=verify, timeout=timeout, transport=transport
+        )
+
+    def close(self) -> None:
+        """Close the connection pool."""
+        self._http.close()
+
+    def __enter__(self) -> CoordinatorClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def send(self, method: str, path: str, token: str, **kwargs: Any) -> httpx.Response:
+        """One request with ``token``; the answer if it is not an error.
+
+        Raises
+        ------
+        ApiError
+            If the API answers 4xx or 5xx (with the problem's status, code and detail).
+        TransportError
+            If the API cannot be reached.
+        """
+        try:
+            response = self._http.request(
+                method, path, headers={"Authorization": f"Bearer {token}"}, **kwargs
+            )
+        except httpx.HTTPError as err:
+            raise TransportError(f"{method} {path}: {err}") from err
+        if response.status_code >= 400:
+            try:
+                problem = response.json()
+                code, detail = str(problem["code"]), str(problem["detail"])
+            except (ValueError, KeyError, TypeError):
+                code, detail = "", response.text[:500]
+            raise ApiError(
+                f"{method} {path} answered {response.status_code} {code}: {detail}",
+                status=response.status_code,
+                code=code,
+            )
+        return response
+
+    def _parsed(
+        self, model: type[_Model], method: str, path: str, token: str, **kwargs: Any
+    ) -> _Model:
+        response = self.send(method, path, token, **kwargs)
+        try:
+            return model.model_validate_json(response.content)
+        except ValidationError as err:
+            raise ApiError(
+                f"{method} {path} answered a document that is not a {model.__name__}: {err}",
+                status=0,
+                code="",
+            ) from err
+
+    def enrol_site(
+        self, token: str, *, name: str, public_key: str, supernode_public_key: str
+    ) -> SiteEnrolledOut:
+        """``POST /sites`` (admin)."""
+        body = {
+            "name": name,
+            "public_key": public_key,
+            "supernode_public_key": supernode_public_key,
+        }
+        return self._parsed(SiteEnrolledOut, "POST", "/sites", token, json=body)
+
+    def register_dataset(
+        self, token: str, *, payload: dict[str, Any], signature: str
+    ) -> RecordedOut:
+        """``POST /datasets`` (the site's own token)."""
+        body = {"payload": payload, "signature": signature}
+        return self._parsed(RecordedOut, "POST", "/datasets", token, json=body)
+
+    def propose_study(self, token: str, document: dict[str, Any]) -> StudyProposedOut:
+        """``POST /studies`` (admin)."""
+        return self._parsed(StudyProposedOut, "POST", "/studies", token, json=document)
+
+    def study(self, token: str, study_hash: str) -> StudyOut:
+        """``GET /studies/{hash}``."""
+        return self._parsed(StudyOut, "GET", f"/studies/{study_hash}", token)
+
+    def decide(
+        self, token: str, study_hash: str, *, kind: str, payload: dict[str, Any], signature: str
+    ) -> RecordedOut:
+        """``POST /studies/{hash}/decisions`` (the site's own token)."""
+        body = {"kind": kind, "payload": payload, "signature": signature}
+        path = f"/studies/{study_hash}/decisions"
+        return self._parsed(RecordedOut, "POST", path, token, json=body)
+
+    def start_run(self, token: str, study_hash: str) -> RunStartedOut:
+        """``POST /runs`` (admin)."""
+        body = {"study_hash": study_hash}
+        return self._parsed(RunStartedOut, "POST", "/runs", token, json=body)
+
+    def run(self, token: str, run_id: str) -> RunOut:
+        """``GET /runs/{id}`` (admin)."""
+        return self._parsed(RunOut, "GET", f"/runs/{run_id}", token)
+
+    def rounds(self, token: str, run_id: str) -> RoundListOut:
+        """``GET /runs/{id}/rounds`` (admin)."""
+        return self._parsed(RoundListOut, "GET", f"/runs/{run_id}/rounds", token)
+
+    def model(self, token: str, model_hash: str) -> ModelOut:
+        """``GET /models/{hash}``: the model's architecture, features and card."""
+        return self._parsed(ModelOut, "GET", f"/models/{model_hash}", token)
+
+    def weights(self, token: str, model_hash: str) -> bytes:
+        """``GET /models/{hash}/weights`` (admin): the plaintext weights file."""
+        return self.send("GET", f"/models/{model_hash}/weights", token).content
+
+    def export_ledger(self, token: str) -> bytes:
+        """``GET /ledger/export``: the ledger bundle (JSON lines)."""
+        return self.send("GET", "/ledger/export", token).content
+
+    def provenance(self, token: str, model_hash: str) -> dict[str, Any]:
+        """``GET /ledger/provenance/{hash}``: the model's W3C PROV-JSON document."""
+        document = self.send("GET", f"/ledger/provenance/{model_hash}", token).json()
+        if not isinstance(document, dict):
+            raise ApiError("the provenance answer is not a JSON object", status=0, code="")
+        return document
