@@ -3,7 +3,7 @@
 Every figure is measured in this run beside the baseline from the same run:
 
 * LR and MLP server throughput, predictions per second per core (CPU time of one thread):
-  ours = column packing through ``veracity.crypto.he.evaluate`` (ciphertext loading,
+  ours = column packing through ``veracity.he.layouts.evaluate`` (ciphertext loading,
   evaluation and result serialisation included) and through the whole
   ``InferenceService.serve`` (envelope parsing and the ledger hook too); baseline = TenSEAL,
   one CKKSVector per patient, ``dot`` (LR) or bias-folded ``mm`` (MLP), ``n_threads=1``.
@@ -12,7 +12,7 @@ Every figure is measured in this run beside the baseline from the same run:
   evaluates, client decrypts), against the baseline's in-process per-patient pipeline.
 * Single-patient latency over HTTP (small-batch layouts), against the baseline's.
 * The crossover between the small-batch and the batch layout (client + server CPU per
-  request, in process), which sets ``small_batch_max`` in ``veracity.crypto.he_params``.
+  request, in process), which sets ``small_batch_max`` in ``veracity.he.params``.
 
 Run ``python benchmarks/he_bench.py`` (``--quick`` for a short run; sizes are options).
 """
@@ -245,10 +245,12 @@ def measure_batch(
     report: Report,
 ) -> None:
     """Our batch layout at full capacity: evaluate alone and the whole request."""
-    from veracity.crypto.he import SecretContext, evaluate, seal_primes
-    from veracity.crypto.he_circuit import compile_circuit
-    from veracity.crypto.he_params import PARAMETER_SETS, PackingLayout, parameter_set_for
-    from veracity.crypto.he_wire import RequestHeader, decode_response, encode_request
+    from veracity.he.circuit import compile_circuit
+    from veracity.he.contexts import SecretContext
+    from veracity.he.layouts import evaluate
+    from veracity.he.params import PARAMETER_SETS, PackingLayout, parameter_set_for
+    from veracity.he.seal import seal_primes
+    from veracity.he.wire import RequestHeader, decode_response, encode_request
     from veracity.tasks.models import predict_logits
 
     label = LABELS[family]
@@ -270,7 +272,7 @@ def measure_batch(
     ciphertexts = secret.encrypt(layout, batch)
     evaluate_cpu = cpu_seconds(lambda: evaluate(public, circuit, layout, ciphertexts), repeat)
     # Where the time goes: loading the seeded ciphertexts (expanding each seed) vs the rest.
-    load_cpu = cpu_seconds(lambda: public._load_inputs(ciphertexts), repeat)
+    load_cpu = cpu_seconds(lambda: public.load_inputs(ciphertexts), repeat)
     request = encode_request(
         RequestHeader(model_hash, ps.name, secret.context_hash(), layout, capacity),
         ciphertexts,
@@ -334,10 +336,12 @@ def measure_crossover(
     report: Report,
 ) -> None:
     """Client + server CPU per request of each size, small-batch against batch layout."""
-    from veracity.crypto.he import SecretContext, evaluate, seal_primes
-    from veracity.crypto.he_circuit import compile_circuit
-    from veracity.crypto.he_packing import ReplicatedGeometry
-    from veracity.crypto.he_params import PackingLayout, parameter_set_for
+    from veracity.he.circuit import compile_circuit
+    from veracity.he.contexts import SecretContext
+    from veracity.he.layouts import evaluate
+    from veracity.he.packing import ReplicatedGeometry
+    from veracity.he.params import PackingLayout, parameter_set_for
+    from veracity.he.seal import seal_primes
 
     label = LABELS[family]
     ps = parameter_set_for(family)
@@ -409,7 +413,7 @@ def measure_http(
 ) -> None:
     """End-to-end throughput and single-patient latency through the HTTP API."""
     from veracity.client.predict import InferenceClient, predict_encrypted
-    from veracity.crypto.he import SecretContext
+    from veracity.he.contexts import SecretContext
     from veracity.tasks.models import predict_logits
 
     label = LABELS[family]

@@ -20,8 +20,8 @@ from veracity.client.predict import (
     sigmoid,
     standardise,
 )
-from veracity.crypto.he_params import LOGISTIC_PARAMETERS, PackingLayout
 from veracity.errors import ConfigError, CryptoError, InputError
+from veracity.he.params import LOGISTIC_PARAMETERS, PackingLayout
 
 FEATURES = ("age", "bmi")
 HASH = "ab" * 32

@@ -19,9 +19,10 @@ import uvicorn
 
 from veracity.cli import main
 from veracity.client.predict import InferenceClient, predict_encrypted, sigmoid
-from veracity.crypto.he import SecretContext
-from veracity.crypto.he_params import LOGISTIC_PARAMETERS, POLY_MLP_PARAMETERS, PackingLayout
-from veracity.crypto.he_wire import (
+from veracity.crypto.tls import create_tls_material
+from veracity.he.contexts import SecretContext
+from veracity.he.params import LOGISTIC_PARAMETERS, POLY_MLP_PARAMETERS, PackingLayout
+from veracity.he.wire import (
     CONTENT_TYPE,
     KIND_CONTEXT,
     RequestHeader,
@@ -31,7 +32,6 @@ from veracity.crypto.he_wire import (
     encode_envelope,
     encode_request,
 )
-from veracity.crypto.tls import create_tls_material
 from veracity.server.api.inference import standalone_app
 from veracity.server.inference import InferenceService
 from veracity.server.registry import ModelRegistry

@@ -10,10 +10,10 @@ from typing import Any
 import numpy as np
 import pytest
 
-from veracity.crypto.he import SecretContext
-from veracity.crypto.he_params import LOGISTIC_PARAMETERS, POLY_MLP_PARAMETERS, PackingLayout
-from veracity.crypto.he_wire import RequestHeader, body_hash, decode_response, encode_request
 from veracity.errors import CryptoError, InputError
+from veracity.he.contexts import SecretContext
+from veracity.he.params import LOGISTIC_PARAMETERS, POLY_MLP_PARAMETERS, PackingLayout
+from veracity.he.wire import RequestHeader, body_hash, decode_response, encode_request
 from veracity.server.inference import InferenceService
 from veracity.server.registry import ModelRegistry
 from veracity.tasks.models import predict_logits
@@ -290,7 +290,7 @@ def test_a_network_too_wide_for_the_small_layout_is_served_in_batches_only(tmp_p
 def test_uploaded_contexts_are_shared_through_the_context_directory(
     registry: tuple[ModelRegistry, dict[str, str]], breast_cancer: Any, tmp_path: Path
 ) -> None:
-    from veracity.crypto.he_packing import ReplicatedGeometry
+    from veracity.he.packing import ReplicatedGeometry
 
     models, hashes = registry
     secret = SecretContext.generate(POLY_MLP_PARAMETERS)

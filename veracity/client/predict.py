@@ -5,7 +5,7 @@ patients CSV against the model's features, standardise with the published scalin
 encrypt locally under a fresh CKKS secret key (which never leaves this process), send
 request envelopes, verify and decrypt the responses, and turn logits into probabilities
 and decisions. The HTTP transport is :class:`InferenceClient` (httpx); everything else is
-plain Python over :mod:`veracity.crypto.he`.
+plain Python over :mod:`veracity.he`.
 """
 
 from __future__ import annotations
@@ -23,9 +23,10 @@ import httpx
 import numpy as np
 import numpy.typing as npt
 
-from veracity.crypto.he import SecretContext
-from veracity.crypto.he_params import CKKSParameterSet, PackingLayout, parameter_set_named
-from veracity.crypto.he_wire import (
+from veracity.errors import ConfigError, CryptoError, InputError
+from veracity.he.contexts import SecretContext
+from veracity.he.params import CKKSParameterSet, PackingLayout, parameter_set_named
+from veracity.he.wire import (
     CONTENT_TYPE,
     DEFAULT_LIMITS,
     RequestHeader,
@@ -34,7 +35,6 @@ from veracity.crypto.he_wire import (
     decode_response,
     encode_request,
 )
-from veracity.errors import ConfigError, CryptoError, InputError
 
 __all__ = [
     "ModelDescription",

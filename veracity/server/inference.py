@@ -24,21 +24,25 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from veracity.crypto.he import PublicContext, RandomBytes, evaluate, seal_primes
-from veracity.crypto.he_circuit import Circuit, compile_circuit
-from veracity.crypto.he_packing import (
-    CoefficientGeometry,
-    ReplicatedGeometry,
-    ciphertext_count,
-    layout_capacity,
+from veracity.errors import CryptoError, InputError
+from veracity.he.circuit import Circuit, compile_circuit
+from veracity.he.contexts import PublicContext
+from veracity.he.layouts import (
+    Layout,
+    ModelShape,
+    RandomBytes,
+    ReplicatedLayout,
+    evaluate,
+    layout_for,
 )
-from veracity.crypto.he_params import (
+from veracity.he.params import (
     CKKSParameterSet,
     PackingLayout,
     he_params_hash,
     parameter_set_for,
 )
-from veracity.crypto.he_wire import (
+from veracity.he.seal import seal_primes
+from veracity.he.wire import (
     CONTENT_TYPE,
     DEFAULT_LIMITS,
     WIRE_VERSION,
@@ -48,7 +52,6 @@ from veracity.crypto.he_wire import (
     decode_request,
     encode_response,
 )
-from veracity.errors import CryptoError, InputError
 from veracity.server.registry import ModelRegistry, ReleasedModel
 
 __all__ = ["Recorder", "InferenceService", "served_payload"]
@@ -80,20 +83,24 @@ class _ServedModel:
     def hidden(self) -> int:
         return self.released.spec.hidden if self.released.spec.family == "poly_mlp" else 0
 
+    @property
+    def shape(self) -> ModelShape:
+        return ModelShape(self.released.spec.n_features, self.hidden)
+
+    def layout(self, layout: PackingLayout) -> Layout | None:
+        """The model's implementation of ``layout`` (None: not offered for this model)."""
+        ps = self.parameter_set
+        if layout not in (ps.batch_layout, ps.small_batch_layout):
+            return None
+        try:
+            return layout_for(layout, ps, self.shape)
+        except InputError:
+            return None  # the network is too wide for this layout: batches only
+
     def capacity(self, layout: PackingLayout) -> int:
         """Most patients per request in ``layout`` for this model (0: layout unavailable)."""
-        ps = self.parameter_set
-        n = self.released.spec.n_features
-        if layout not in (ps.batch_layout, ps.small_batch_layout):
-            return 0
-        try:
-            if layout is PackingLayout.REPLICATED:
-                ReplicatedGeometry(n, self.hidden, ps.slots)
-            elif layout is PackingLayout.COEFFICIENT:
-                CoefficientGeometry(n, ps.poly_modulus_degree)
-        except InputError:
-            return 0  # the network is too wide for this layout: batches only
-        return layout_capacity(layout, ps)
+        strategy = self.layout(layout)
+        return 0 if strategy is None else strategy.capacity()
 
     def layouts(self) -> dict[str, Any]:
         ps = self.parameter_set
@@ -101,10 +108,10 @@ class _ServedModel:
             "name": ps.small_batch_layout.value,
             "max_batch": self.capacity(ps.small_batch_layout),
         }
-        if ps.small_batch_layout is PackingLayout.REPLICATED and small["max_batch"]:
-            geometry = ReplicatedGeometry(self.released.spec.n_features, self.hidden, ps.slots)
-            small["rotation_steps"] = list(geometry.rotation_steps())
-            small["patients_per_ciphertext"] = geometry.patients_per_ciphertext
+        strategy = self.layout(ps.small_batch_layout)
+        if isinstance(strategy, ReplicatedLayout):
+            small["rotation_steps"] = list(strategy.rotation_steps())
+            small["patients_per_ciphertext"] = strategy.geometry.patients_per_ciphertext
         return {
             "small": small,
             "batch": {"name": ps.batch_layout.value, "max_batch": self.capacity(ps.batch_layout)},
@@ -356,22 +363,17 @@ class InferenceService:
                 f"layout {header.layout} does not serve {served.released.spec.family.value} "
                 f"models; use {ps.batch_layout} or {ps.small_batch_layout}"
             )
-        capacity = served.capacity(header.layout)
-        if capacity == 0:
+        strategy = served.layout(header.layout)
+        if strategy is None:
             raise InputError(
                 f"layout {header.layout} cannot hold this model; use {ps.batch_layout}"
             )
+        capacity = strategy.capacity()
         if header.batch_size > capacity:
             raise InputError(
                 f"a batch of {header.batch_size} exceeds the {header.layout} layout's {capacity}"
             )
-        expected = ciphertext_count(
-            header.layout,
-            header.batch_size,
-            n_features=served.released.spec.n_features,
-            hidden=served.hidden,
-            slots=ps.slots,
-        )
+        expected = strategy.ciphertext_count(header.batch_size)
         if len(ciphertexts) != expected:
             raise InputError(
                 f"a {header.layout} batch of {header.batch_size} needs {expected} ciphertexts, "

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 from sqlalchemy import text
 
-from veracity.crypto.he_wire import CONTENT_TYPE, decode_response
 from veracity.crypto.keys import VerifyKey
+from veracity.he.wire import CONTENT_TYPE, decode_response
 from veracity.ledger.checkpoint import Checkpoint
 from veracity.ledger.ledger import ConsistencyProof, InclusionProof
 from veracity.ledger.verify import verify_bundle_file

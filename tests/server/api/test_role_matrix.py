@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from veracity.crypto.he_wire import CONTENT_TYPE
+from veracity.he.wire import CONTENT_TYPE
 from veracity.server.api.app import route_roles
 
 from .conftest import (

@@ -33,8 +33,8 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from veracity.crypto.he_wire import CONTENT_TYPE
 from veracity.errors import CryptoError, InputError, VeracityError
+from veracity.he.wire import CONTENT_TYPE
 from veracity.server.inference import InferenceService
 
 __all__ = ["inference_router", "standalone_app", "bearer_token_authenticator"]

@@ -20,7 +20,6 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from veracity.crypto.he_params import CKKSParameterSet, PackingLayout
 from veracity.errors import InputError
 
 __all__ = [
@@ -28,8 +27,6 @@ __all__ = [
     "ComplexArray",
     "slots_from_coefficients",
     "coefficients_from_slots",
-    "layout_capacity",
-    "ciphertext_count",
     "pack_column",
     "pack_column_complex",
     "unpack_column",
@@ -313,29 +310,3 @@ class ReplicatedGeometry:
         v = np.atleast_2d(np.real(np.asarray(values)))
         positions = self._slot(0, np.arange(self.patients_per_ciphertext), 0)
         return np.asarray(v[:, positions].reshape(-1)[:batch_size], dtype=np.float64)
-
-
-def layout_capacity(layout: PackingLayout, parameter_set: CKKSParameterSet) -> int:
-    """The most patients one request of ``layout`` may carry under ``parameter_set``.
-
-    Column layouts hold one ciphertext group's slots; the small-batch layouts are capped at
-    the set's measured crossover (larger batches are cheaper in the batch layout).
-    """
-    if layout is PackingLayout.COLUMN_COMPLEX:
-        return 2 * parameter_set.slots
-    if layout is PackingLayout.COLUMN:
-        return parameter_set.slots
-    return parameter_set.small_batch_max
-
-
-def ciphertext_count(
-    layout: PackingLayout, batch_size: int, *, n_features: int, hidden: int, slots: int
-) -> int:
-    """How many input ciphertexts a request of ``layout`` and ``batch_size`` carries."""
-    if layout in (PackingLayout.COLUMN_COMPLEX, PackingLayout.COLUMN):
-        return n_features
-    if layout is PackingLayout.COEFFICIENT:
-        per = CoefficientGeometry(n_features, 2 * slots).patients_per_ciphertext
-    else:
-        per = ReplicatedGeometry(n_features, hidden, slots).patients_per_ciphertext
-    return -(-batch_size // per)

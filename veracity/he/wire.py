@@ -25,8 +25,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from veracity.crypto.he_params import PackingLayout
 from veracity.errors import InputError
+from veracity.he.params import PackingLayout
 from veracity.ledger.canonical import canonical_json
 
 __all__ = [

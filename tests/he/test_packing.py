@@ -8,7 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from veracity.crypto.he_packing import (
+from veracity.errors import InputError
+from veracity.he.packing import (
     CoefficientGeometry,
     ReplicatedGeometry,
     coefficients_from_slots,
@@ -18,7 +19,6 @@ from veracity.crypto.he_packing import (
     unpack_column,
     unpack_column_complex,
 )
-from veracity.errors import InputError
 
 degrees = st.sampled_from([8, 16, 64, 256])
 

@@ -22,8 +22,8 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from veracity.crypto.he_params import CKKSParameterSet
 from veracity.errors import CryptoError
+from veracity.he.params import CKKSParameterSet
 
 __all__ = ["LinearCircuit", "QuadraticCircuit", "Circuit", "compile_circuit"]
 

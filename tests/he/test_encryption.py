@@ -11,17 +11,19 @@ from typing import Any
 import numpy as np
 import pytest
 
-from veracity.crypto.he import PublicContext, SecretContext, evaluate, seal_primes
-from veracity.crypto.he_circuit import compile_circuit
-from veracity.crypto.he_packing import ReplicatedGeometry, coefficients_from_slots
-from veracity.crypto.he_params import (
+from veracity.errors import CryptoError, InputError
+from veracity.he.circuit import compile_circuit
+from veracity.he.contexts import PublicContext, SecretContext
+from veracity.he.layouts import evaluate
+from veracity.he.packing import ReplicatedGeometry, coefficients_from_slots
+from veracity.he.params import (
     LOGISTIC_PARAMETERS,
     POLY_MLP_PARAMETERS,
     CKKSParameterSet,
     PackingLayout,
 )
-from veracity.crypto.he_wire import KIND_CONTEXT, decode_envelope, encode_envelope
-from veracity.errors import CryptoError, InputError
+from veracity.he.seal import seal_primes
+from veracity.he.wire import KIND_CONTEXT, decode_envelope, encode_envelope
 from veracity.tasks.models import predict_logits
 
 REPO = Path(__file__).resolve().parents[2]
@@ -160,12 +162,12 @@ def test_tenseal_contexts_are_refused_and_private_ones_say_why() -> None:
 def _parameters_blob(degree: int, bits: list[int]) -> bytes:
     import tenseal.sealapi as sa
 
-    from veracity.crypto.he import _scratch
+    from veracity.he.seal import scratch
 
     parms = sa.EncryptionParameters(sa.SCHEME_TYPE.CKKS)
     parms.set_poly_modulus_degree(degree)
     parms.set_coeff_modulus(sa.CoeffModulus.Create(degree, bits))
-    return _scratch().save(parms)
+    return scratch().save(parms)
 
 
 def test_parameters_below_128_bit_security_are_refused() -> None:
@@ -215,12 +217,12 @@ def test_ciphertexts_of_other_parameters_or_scales_are_refused(
 def _reencrypt_at_scale(secret: SecretContext, scale: float) -> bytes:
     import tenseal.sealapi as sa
 
-    from veracity.crypto.he import _scratch
+    from veracity.he.seal import scratch
 
     runtime = secret._runtime
     plaintext = sa.Plaintext()
     runtime.encoder.encode([0.5] * runtime.parameter_set.slots, scale, plaintext)
-    return _scratch().save(secret._encryptor.encrypt_symmetric(plaintext))
+    return scratch().save(secret._encryptor.encrypt_symmetric(plaintext))
 
 
 def test_a_layout_that_does_not_suit_the_model_is_refused(
@@ -290,9 +292,10 @@ def test_mypy_rejects_a_secret_context_where_server_code_expects_a_public_one(
 
     snippet = tmp_path / "server_misuse.py"
     snippet.write_text(
-        "from veracity.crypto.he import SecretContext, evaluate\n"
-        "from veracity.crypto.he_circuit import LinearCircuit\n"
-        "from veracity.crypto.he_params import LOGISTIC_PARAMETERS, PackingLayout\n"
+        "from veracity.he.contexts import SecretContext\n"
+        "from veracity.he.layouts import evaluate\n"
+        "from veracity.he.circuit import LinearCircuit\n"
+        "from veracity.he.params import LOGISTIC_PARAMETERS, PackingLayout\n"
         "def serve(secret: SecretContext, circuit: LinearCircuit) -> None:\n"
         "    evaluate(secret, circuit, PackingLayout.COLUMN_COMPLEX, [])\n"
     )

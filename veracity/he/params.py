@@ -1,7 +1,7 @@
 """CKKS parameter sets for encrypted inference, one per model family, and why.
 
 Pure Python (no TenSEAL): the server, the client and the docs share these definitions. The
-TenSEAL adapter (:mod:`veracity.crypto.he`) builds SEAL contexts from them and asks SEAL to
+TenSEAL adapter (:mod:`veracity.he.seal`) builds SEAL contexts from them and asks SEAL to
 confirm 128-bit security at run time as well.
 
 Security
