@@ -256,7 +256,7 @@ def measure_batch(
     label = LABELS[family]
     ps = PARAMETER_SETS[parameter_set_for(family).name]
     layout = ps.batch_layout
-    capacity = 2 * ps.slots if layout is PackingLayout.COLUMN_COMPLEX else ps.slots
+    capacity = ps.poly_modulus_degree if layout is PackingLayout.COLUMN_COEFFICIENT else ps.slots
     batch = rows(x_test, capacity)
     secret = SecretContext.generate(ps)
     public = secret.public()
@@ -270,7 +270,9 @@ def measure_batch(
         activation=spec.activation,
     )
     ciphertexts = secret.encrypt(layout, batch)
-    evaluate_cpu = cpu_seconds(lambda: evaluate(public, circuit, layout, ciphertexts), repeat)
+    evaluate_cpu = cpu_seconds(
+        lambda: evaluate(public, circuit, layout, ciphertexts, batch_size=capacity), repeat
+    )
     # Where the time goes: loading the seeded ciphertexts (expanding each seed) vs the rest.
     load_cpu = cpu_seconds(lambda: public.load_inputs(ciphertexts), repeat)
     request = encode_request(
@@ -368,7 +370,7 @@ def measure_crossover(
 
             def round_trip(layout: Any = layout, x: Any = x, n: int = n) -> None:
                 encrypted = secret.encrypt(layout, x, hidden=spec.hidden)
-                out = evaluate(contexts[layout], circuit, layout, encrypted)
+                out = evaluate(contexts[layout], circuit, layout, encrypted, batch_size=n)
                 secret.decrypt(layout, out, batch_size=n, n_features=30, hidden=spec.hidden)
 
             cost[layout] = cpu_seconds(round_trip, max(1, repeat // 2))

@@ -88,7 +88,7 @@ def _description(small_max: int = 1224, batch_max: int = 4096) -> ModelDescripti
         parameter_set=LOGISTIC_PARAMETERS,
         he_params_hash="00" * 32,
         small=LayoutChoice(PackingLayout.COEFFICIENT, small_max),
-        batch=LayoutChoice(PackingLayout.COLUMN_COMPLEX, batch_max),
+        batch=LayoutChoice(PackingLayout.COLUMN_COEFFICIENT, batch_max),
         threshold=0.5,
     )
 
@@ -110,7 +110,7 @@ def test_batches_cover_every_patient_once_and_respect_capacities(n: int, small_m
 def test_small_batches_use_the_small_layout() -> None:
     assert plan_batches(1, _description()) == [(_description().small, 0, 1)]
     assert [c.layout for c, _, _ in plan_batches(5000, _description())] == [
-        PackingLayout.COLUMN_COMPLEX,
+        PackingLayout.COLUMN_COEFFICIENT,
         PackingLayout.COEFFICIENT,
     ]
 
@@ -134,7 +134,7 @@ def _document() -> dict[str, Any]:
             "he_params_hash": "00" * 32,
             "layouts": {
                 "small": {"name": "coefficient", "max_batch": 1224},
-                "batch": {"name": "column_complex", "max_batch": 4096},
+                "batch": {"name": "column_coefficient", "max_batch": 4096},
             },
         },
     }

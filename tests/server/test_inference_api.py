@@ -146,17 +146,19 @@ def _read_scores(path: Path) -> list[dict[str, str]]:
 
 
 @pytest.mark.parametrize(
-    ("family", "copies", "layouts"),
+    ("family", "copies", "layouts", "charged"),
     [
-        ("logistic", 1, {"coefficient"}),  # 143 patients: the small-batch path
-        ("logistic", 35, {"column_complex", "coefficient"}),  # 5005: 4096 batched + 909 small
-        ("poly_mlp", 1, {"column"}),
+        ("logistic", 1, {"coefficient"}, 2 * 136),  # 143 patients: the small-batch path
+        # 5005: 4096 batched + 909 small (7 ciphertexts of 136)
+        ("logistic", 35, {"column_coefficient", "coefficient"}, 4096 + 7 * 136),
+        ("poly_mlp", 1, {"column"}, 4096),
     ],
 )
 def test_predict_cli_end_to_end_matches_plaintext(
     family: str,
     copies: int,
     layouts: set[str],
+    charged: int,
     live: LiveServer,
     breast_cancer: Any,
     trained_models: dict[str, Any],
@@ -206,7 +208,8 @@ def test_predict_cli_end_to_end_matches_plaintext(
     np.testing.assert_allclose(probabilities, sigmoid(expected), atol=1e-4)
     assert np.array_equal(decisions, (expected >= 0).astype(int))  # every patient agrees
     batches = live.served[before:]
-    assert sum(entry["batch_size"] for entry in batches) == len(raw)
+    # Recorded: the patients the ciphertexts can carry (what is charged), never fewer.
+    assert sum(entry["batch_size"] for entry in batches) == charged
     assert all(entry["requester"] == REQUESTER for entry in batches)
     assert all(
         set(entry) == {"model_hash", "requester", "he_params_hash", "batch_size", "request_hash"}

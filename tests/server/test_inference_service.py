@@ -79,12 +79,12 @@ def test_served_batch_is_decrypted_and_recorded_with_exactly_the_ledger_payload(
     service = InferenceService(models, recorder=recorder)
     secret = SecretContext.generate(LOGISTIC_PARAMETERS)
     x = breast_cancer.test_x[:40]
-    request = _request(secret, hashes["logistic"], x, PackingLayout.COLUMN_COMPLEX)
+    request = _request(secret, hashes["logistic"], x, PackingLayout.COLUMN_COEFFICIENT)
 
     response = service.serve(request, requester="clinic-7", model_hash=hashes["logistic"])
 
     header, results = decode_response(response)
-    logits = secret.decrypt(PackingLayout.COLUMN_COMPLEX, results, batch_size=40, n_features=30)
+    logits = secret.decrypt(PackingLayout.COLUMN_COEFFICIENT, results, batch_size=40, n_features=30)
     spec, weights = trained_models["logistic"]
     np.testing.assert_allclose(logits, predict_logits(spec, weights, x), atol=1e-3)
     assert header.request_hash == hashlib.sha256(request).hexdigest()
@@ -93,7 +93,7 @@ def test_served_batch_is_decrypted_and_recorded_with_exactly_the_ledger_payload(
             "model_hash": hashes["logistic"],
             "requester": "clinic-7",
             "he_params_hash": secret.he_params_hash,
-            "batch_size": 40,
+            "batch_size": 4096,  # what the 30 ciphertexts can carry, not the 40 declared
             "request_hash": hashlib.sha256(request).hexdigest(),
         }
     ]
@@ -124,15 +124,9 @@ def test_the_description_tells_the_client_what_it_needs(
     assert description["he"]["parameter_set"]["name"] == POLY_MLP_PARAMETERS.name
     assert description["he"]["layouts"]["batch"] == {"name": "column", "max_batch": 4096}
     assert description["he"]["layouts"]["small"]["rotation_steps"] == [
-        1,
-        2,
-        4,
-        8,
-        16,
-        256,
-        512,
-        1024,
-        2048,
+        *(-256, -512, -1024, -2048),
+        *(1, 2, 4, 8, 16),
+        *(256, 512, 1024, 2048),
     ]
 
 
@@ -153,19 +147,19 @@ def test_mismatched_requests_are_refused_and_nothing_is_recorded(
     mlp_secret = SecretContext.generate(POLY_MLP_PARAMETERS)
     x = breast_cancer.test_x[:5]
     lr, mlp = hashes["logistic"], hashes["poly_mlp"]
-    good = _request(lr_secret, lr, x, PackingLayout.COLUMN_COMPLEX)
+    good = _request(lr_secret, lr, x, PackingLayout.COLUMN_COEFFICIENT)
 
     _refused(service, good, InputError, "not " + mlp, model_hash=mlp)
     _refused(
         service,
-        _request(lr_secret, "f" * 64, x, PackingLayout.COLUMN_COMPLEX),
+        _request(lr_secret, "f" * 64, x, PackingLayout.COLUMN_COEFFICIENT),
         InputError,
         "no released model",
     )
     # An LR context and ciphertexts sent to the MLP: wrong parameter set.
     _refused(
         service,
-        _request(lr_secret, mlp, x, PackingLayout.COLUMN_COMPLEX),
+        _request(lr_secret, mlp, x, PackingLayout.COLUMN_COEFFICIENT),
         CryptoError,
         "served under",
     )
@@ -176,19 +170,19 @@ def test_mismatched_requests_are_refused_and_nothing_is_recorded(
     _refused(service, claimed, CryptoError, "context is for")
     _refused(
         service,
-        _request(mlp_secret, mlp, x, PackingLayout.COLUMN_COMPLEX),
+        _request(mlp_secret, mlp, x, PackingLayout.COLUMN_COEFFICIENT),
         CryptoError,
         "does not serve",
     )
     _refused(
         service,
-        _request(lr_secret, lr, x, PackingLayout.COLUMN_COMPLEX, batch_size=9000),
+        _request(lr_secret, lr, x, PackingLayout.COLUMN_COEFFICIENT, batch_size=9000),
         InputError,
         "exceeds",
     )
     _refused(
         service,
-        _request(lr_secret, lr, x, PackingLayout.COLUMN_COMPLEX, context_hash="0" * 64),
+        _request(lr_secret, lr, x, PackingLayout.COLUMN_COEFFICIENT, context_hash="0" * 64),
         InputError,
         "does not hash",
     )
@@ -198,7 +192,7 @@ def test_mismatched_requests_are_refused_and_nothing_is_recorded(
             SecretContext.generate(LOGISTIC_PARAMETERS),
             lr,
             x,
-            PackingLayout.COLUMN_COMPLEX,
+            PackingLayout.COLUMN_COEFFICIENT,
             inline=False,
         ),
         InputError,
@@ -206,9 +200,13 @@ def test_mismatched_requests_are_refused_and_nothing_is_recorded(
     )
     short = encode_request(
         RequestHeader(
-            lr, LOGISTIC_PARAMETERS.name, lr_secret.context_hash(), PackingLayout.COLUMN_COMPLEX, 5
+            lr,
+            LOGISTIC_PARAMETERS.name,
+            lr_secret.context_hash(),
+            PackingLayout.COLUMN_COEFFICIENT,
+            5,
         ),
-        lr_secret.encrypt(PackingLayout.COLUMN_COMPLEX, x)[:-1],
+        lr_secret.encrypt(PackingLayout.COLUMN_COEFFICIENT, x)[:-1],
         context=lr_secret.public_context(),
     )
     _refused(service, short, InputError, "needs 30 ciphertexts")

@@ -29,7 +29,7 @@ __all__ = ["LinearCircuit", "QuadraticCircuit", "Circuit", "compile_circuit"]
 
 FloatArray = npt.NDArray[np.float64]
 
-#: Largest worst-case value kept below modulus / 2**_HEADROOM_BITS (noise, complex packing).
+#: Largest worst-case value kept below modulus / 2**_HEADROOM_BITS (noise, flooding).
 _HEADROOM_BITS = 3
 
 
@@ -172,7 +172,7 @@ def compile_circuit(
         w = _as_float(weights, "linear.weight", (1, n_features))[0]
         b = float(_as_float(weights, "linear.bias", (1,))[0])
         logit_bound = abs(b) + bound * float(np.abs(w).sum())
-        # Complex packing: a slot holds two patients, |re + i*im| <= sqrt(2) * bound.
+        # sqrt(2): headroom kept from the complex slot packing this set was sized for.
         limit = (
             data_primes[0]
             / 2**_HEADROOM_BITS

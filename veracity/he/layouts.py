@@ -9,10 +9,26 @@ to its implementation (the ``LAYOUTS`` table); a new layout is one class and one
 Layouts are built for a model shape (:class:`ModelShape`): input width, hidden units and
 outputs per patient. Every layout here serves one output per patient; ``outputs`` is part
 of the shape so that k-class models and convolutional layouts fit the same protocol.
+
+Only the prediction leaves the server. Every layout evaluates for the *declared* batch:
+
+* coefficient layouts (``column_coefficient``, ``coefficient``) put each declared patient's
+  logit in one coefficient and add, at every other coefficient, an integer uniform modulo
+  the ciphertext modulus: the requester learns those logits and nothing else;
+* slot layouts (``column``, ``replicated``) multiply by plaintexts that are zero outside
+  the declared patients' output slots, so every other slot decrypts to zero;
+* every response is flooded: a fresh random polynomial (uniform ``+-FLOOD`` per output in
+  coefficient layouts, uniform ``+-FLOOD`` in the real and imaginary part of every slot in
+  slot layouts) is added last, so the low-order noise the requester could otherwise
+  relate to its own (known) encryption noise is drowned.
+
+What the requester is charged for is :meth:`Layout.carried`: the patients the request's
+ciphertexts can carry, whatever it declares.
 """
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -31,22 +47,33 @@ from veracity.he.packing import (
     ReplicatedGeometry,
     coefficients_from_slots,
     pack_column,
-    pack_column_complex,
+    pack_column_coefficients,
     slots_from_coefficients,
     unpack_column,
-    unpack_column_complex,
+    unpack_column_coefficients,
 )
 from veracity.he.params import CKKSParameterSet, PackingLayout
-from veracity.he.seal import Runtime, encode, scratch, seal_errors
+from veracity.he.seal import (
+    RandomBytes,
+    Runtime,
+    add_coefficients,
+    bounded_integers,
+    encode,
+    residues_of,
+    scratch,
+    seal_errors,
+    uniform_residues,
+)
 
 if TYPE_CHECKING:
     from veracity.he.contexts import PublicContext
 
 __all__ = [
+    "FLOOD",
     "RandomBytes",
     "ModelShape",
     "Layout",
-    "ColumnComplexLayout",
+    "ColumnCoefficientLayout",
     "CoefficientLayout",
     "ColumnLayout",
     "ReplicatedLayout",
@@ -56,8 +83,12 @@ __all__ = [
     "evaluate",
 ]
 
-#: Source of uniformly random bytes (masks); injectable for deterministic tests.
-RandomBytes = Callable[[int], bytes]
+#: Amplitude of the flooding noise added to every response, in output (logit) units.
+FLOOD = 2.0**-17
+#: Bits the replicated layout moves from the first-layer weights to the inputs before its
+#: replication rotations (measured on the breast-cancer MLP: 0 bits, max logit error 4e-4;
+#: 4 bits, 3e-5; 8 bits, 2e-4 as the weights lose precision).
+_REPLICATION_LIFT_BITS = 4
 
 
 @dataclass(frozen=True)
@@ -88,7 +119,7 @@ class Layout(Protocol):
     family: ClassVar[str]
 
     def capacity(self) -> int:
-        """The most patients one request may carry."""
+        """The most patients one request may declare."""
         ...
 
     def rotation_steps(self) -> tuple[int, ...]:
@@ -99,8 +130,18 @@ class Layout(Protocol):
         """Input ciphertexts of a request for ``batch_size`` patients."""
         ...
 
+    def carried(self, ciphertexts: int) -> int:
+        """Patients that many input ciphertexts can carry: what a request is charged."""
+        ...
+
     def pack(self, features: FloatArray) -> list[Any]:
-        """Slot values to encode and encrypt, one entry per input ciphertext."""
+        """Slot values to encode and encrypt, one entry per input ciphertext.
+
+        Raises
+        ------
+        InputError
+            If the features do not have the shape's width or exceed the capacity.
+        """
         ...
 
     def unpack(self, values: Sequence[ComplexArray], batch_size: int) -> FloatArray:
@@ -119,10 +160,20 @@ class Layout(Protocol):
         circuit: Circuit,
         inputs: Sequence[Any],
         *,
+        batch_size: int,
         random_bytes: RandomBytes,
     ) -> list[Any]:
-        """The result ciphertexts of ``circuit`` on the loaded input ciphertexts."""
+        """The result ciphertexts of ``circuit`` for the ``batch_size`` declared patients."""
         ...
+
+
+def _check_width(features: FloatArray, shape: ModelShape) -> FloatArray:
+    x = np.asarray(features, dtype=np.float64)
+    if x.ndim != 2 or x.shape[1] != shape.n_features:
+        raise InputError(
+            f"the model takes {shape.n_features} features per patient, got array of shape {x.shape}"
+        )
+    return x
 
 
 def _multiply_accumulate(
@@ -154,6 +205,11 @@ def _single(values: Sequence[ComplexArray], layout: PackingLayout) -> ComplexArr
     return values[0]
 
 
+def _count(values: Sequence[ComplexArray], expected: int) -> None:
+    if len(values) != expected:
+        raise InputError(f"expected {expected} results, got {len(values)}")
+
+
 def _linear(circuit: Circuit, layout: PackingLayout) -> LinearCircuit:
     if not isinstance(circuit, LinearCircuit):
         raise CryptoError(f"layout {layout} does not serve poly_mlp")
@@ -166,22 +222,53 @@ def _quadratic(circuit: Circuit, layout: PackingLayout) -> QuadraticCircuit:
     return circuit
 
 
-@dataclass(frozen=True)
-class ColumnComplexLayout:
-    """``column_complex``: one ciphertext per feature, two patients per slot (logistic).
+def _masked_outputs(
+    runtime: Runtime,
+    outputs: npt.NDArray[np.int64],
+    value: float,
+    scale: float,
+    random_bytes: RandomBytes,
+) -> npt.NDArray[np.uint64]:
+    """Residues of the polynomial a coefficient layout adds to one result ciphertext.
 
-    Patient i sits in slot i's real part, patient ``slots + i`` in its imaginary part; the
-    server computes ``sum_j w_j * ct_j + (b + ib)``.
+    ``value`` (the bias) plus flooding at the ``outputs`` coefficients; an integer uniform
+    modulo q at every other coefficient.
+    """
+    primes = runtime.primes[:1]
+    degree = runtime.parameter_set.poly_modulus_degree
+    residues = uniform_residues(primes, degree, random_bytes)
+    flood = bounded_integers(math.floor(FLOOD * scale), outputs.size, random_bytes)
+    residues[:, outputs] = residues_of(flood + round(value * scale), primes)
+    return residues
+
+
+def _slot_flood(runtime: Runtime, ciphertext: Any, random_bytes: RandomBytes) -> None:
+    """Add uniform ``+-FLOOD`` noise to the real and imaginary part of every slot."""
+    slots = runtime.parameter_set.slots
+    raw = np.frombuffer(random_bytes(16 * slots), dtype="<u8").reshape(2, slots)
+    unit = raw.astype(np.float64) / 2.0**63 - 1.0  # uniform in [-1, 1)
+    noise = FLOOD * (unit[0] + 1j * unit[1])
+    plaintext = encode(runtime, noise.tolist(), ciphertext.parms_id(), ciphertext.scale)
+    runtime.evaluator.add_plain_inplace(ciphertext, plaintext)
+
+
+@dataclass(frozen=True)
+class ColumnCoefficientLayout:
+    """``column_coefficient``: one ciphertext per feature, patient p at coefficient p.
+
+    Batched logistic regression. The server computes ``sum_j w_j * ct_j`` (scalar
+    products act coefficient-wise), then adds one integer polynomial: the bias and
+    flooding at the declared patients' coefficients, a uniform mask modulo q elsewhere.
     """
 
-    name: ClassVar[PackingLayout] = PackingLayout.COLUMN_COMPLEX
+    name: ClassVar[PackingLayout] = PackingLayout.COLUMN_COEFFICIENT
     family: ClassVar[str] = "logistic"
     parameter_set: CKKSParameterSet
     shape: ModelShape
 
     def capacity(self) -> int:
-        """Two patients per slot."""
-        return 2 * self.parameter_set.slots
+        """One patient per coefficient."""
+        return self.parameter_set.poly_modulus_degree
 
     def rotation_steps(self) -> tuple[int, ...]:
         """None."""
@@ -191,13 +278,20 @@ class ColumnComplexLayout:
         """One ciphertext per feature."""
         return self.shape.n_features
 
+    def carried(self, ciphertexts: int) -> int:
+        """A full column: N patients."""
+        return self.capacity()
+
     def pack(self, features: FloatArray) -> list[Any]:
-        """Row j: feature j of every patient, complex-packed."""
-        return list(pack_column_complex(features, self.parameter_set.slots))
+        """Row j: the slot values that encode feature j of every patient as coefficients."""
+        x = _check_width(features, self.shape)
+        rows = pack_column_coefficients(x, self.parameter_set.poly_modulus_degree)
+        return [slots_from_coefficients(row) for row in rows]
 
     def unpack(self, values: Sequence[ComplexArray], batch_size: int) -> FloatArray:
-        """Real parts, then imaginary parts."""
-        return unpack_column_complex(_single(values, self.name), batch_size)
+        """The first ``batch_size`` coefficients."""
+        coefficients = coefficients_from_slots(_single(values, self.name))
+        return unpack_column_coefficients(coefficients, batch_size)
 
     def evaluate(
         self,
@@ -205,35 +299,32 @@ class ColumnComplexLayout:
         circuit: Circuit,
         inputs: Sequence[Any],
         *,
+        batch_size: int,
         random_bytes: RandomBytes,
     ) -> list[Any]:
-        """``sum_j w_j * ct_j + (b + ib)``."""
+        """Scalar products and additions, then one exact polynomial addition."""
         linear = _linear(circuit, self.name)
         runtime = context.runtime
         accumulator = _multiply_accumulate(runtime, inputs, linear.weights, linear.weight_scale)
-        # Both packed patients (real and imaginary part) need the bias: add b + ib.
-        bias = encode(
-            runtime, complex(linear.bias, linear.bias), accumulator.parms_id(), accumulator.scale
-        )
-        runtime.evaluator.add_plain_inplace(accumulator, bias)
+        live = np.arange(min(batch_size, self.capacity()), dtype=np.int64)
+        residues = _masked_outputs(runtime, live, linear.bias, accumulator.scale, random_bytes)
+        add_coefficients(runtime, accumulator, residues)
         return [accumulator]
-
-
-def _uniform_mod(prime: int, count: int, random_bytes: RandomBytes) -> npt.NDArray[np.int64]:
-    """``count`` integers uniform modulo ``prime`` (< 2**61), centred in (-p/2, p/2]."""
-    raw = np.frombuffer(random_bytes(8 * count), dtype="<u8")
-    # 2**64 mod p / 2**64 < 2**-3 * 2**-40 for a 60-bit p: the bias is negligible.
-    reduced = (raw % np.uint64(prime)).astype(np.int64)
-    reduced[reduced > prime // 2] -= prime
-    return reduced
 
 
 @dataclass(frozen=True)
 class CoefficientLayout:
     """``coefficient``: patient p's feature j is coefficient ``p * n + j`` (logistic).
 
-    The server multiplies by ``sum_j w_j X**(-j)``, adds the bias at the output
-    coefficients and a uniformly random mask modulo q at every other coefficient.
+    Small batches. The server multiplies by ``sum_j w_j X**(-j)`` (patient p's dot product
+    lands in coefficient ``p * n``), then adds the bias and flooding at the declared
+    patients' output coefficients and a uniform mask modulo q at every other coefficient,
+    undeclared patients' outputs included.
+
+    Raises
+    ------
+    InputError
+        On construction, if the model is wider than the ring.
     """
 
     name: ClassVar[PackingLayout] = PackingLayout.COEFFICIENT
@@ -261,15 +352,18 @@ class CoefficientLayout:
         """``ceil(batch / floor(N / n))``."""
         return -(-batch_size // self.geometry.patients_per_ciphertext)
 
+    def carried(self, ciphertexts: int) -> int:
+        """``floor(N / n)`` patients per ciphertext."""
+        return ciphertexts * self.geometry.patients_per_ciphertext
+
     def pack(self, features: FloatArray) -> list[Any]:
         """Slot values that encode the coefficient vectors."""
-        return [slots_from_coefficients(c) for c in self.geometry.pack(features)]
+        x = _check_width(features, self.shape)
+        return [slots_from_coefficients(c) for c in self.geometry.pack(x)]
 
     def unpack(self, values: Sequence[ComplexArray], batch_size: int) -> FloatArray:
         """The output coefficients of the first ``batch_size`` patients."""
-        expected = self.ciphertext_count(batch_size)
-        if len(values) != expected:
-            raise InputError(f"expected {expected} results, got {len(values)}")
+        _count(values, self.ciphertext_count(batch_size))
         return self.geometry.unpack(coefficients_from_slots(np.stack(values)), batch_size)
 
     def evaluate(
@@ -278,38 +372,29 @@ class CoefficientLayout:
         circuit: Circuit,
         inputs: Sequence[Any],
         *,
+        batch_size: int,
         random_bytes: RandomBytes,
     ) -> list[Any]:
-        """One plaintext product and two mask additions per ciphertext."""
+        """One plaintext product and one exact polynomial addition per ciphertext."""
         linear = _linear(circuit, self.name)
         runtime = context.runtime
         degree = runtime.parameter_set.poly_modulus_degree
         geometry = CoefficientGeometry(linear.n_features, degree)
-        parms_id = inputs[0].parms_id()
         weights = encode(
             runtime,
             slots_from_coefficients(geometry.weight_polynomial(linear.weights)).tolist(),
-            parms_id,
+            inputs[0].parms_id(),
             linear.weight_scale,
         )
-        prime = runtime.primes[0]
+        per = geometry.patients_per_ciphertext
         outputs = geometry.output_positions()
         results = []
-        for ciphertext in inputs:
+        for index, ciphertext in enumerate(inputs):
             result = sa.Ciphertext()
             runtime.evaluator.multiply_plain(ciphertext, weights, result)
-            scale = result.scale
-            # Every coefficient but the logits gets a uniformly random mask modulo q, so the
-            # requester learns the dot products and nothing else (not the weights' shifts).
-            mask = _uniform_mod(prime, degree, random_bytes)
-            mask[outputs] = 0
-            half = mask // 2
-            first = half.astype(np.float64) / scale
-            second = (mask - half).astype(np.float64) / scale
-            first[outputs] = linear.bias
-            for part in (first, second):
-                plaintext = encode(runtime, slots_from_coefficients(part).tolist(), parms_id, scale)
-                runtime.evaluator.add_plain_inplace(result, plaintext)
+            live = outputs[: max(0, min(per, batch_size - index * per))]
+            residues = _masked_outputs(runtime, live, linear.bias, result.scale, random_bytes)
+            add_coefficients(runtime, result, residues)
             results.append(result)
         return results
 
@@ -320,7 +405,9 @@ class ColumnLayout:
 
     ``y = sum_k alpha_k (W1 x + b1')_k**2 + gamma``: each hidden unit's products are summed
     at the product scale and rescaled once (lazy rescaling); squares are not relinearised
-    (the requester's decryptor handles the three-part result).
+    (the requester's decryptor handles the three-part result). For a batch smaller than
+    the slots, ``alpha_k`` and ``gamma`` are plaintexts that are zero beyond the declared
+    patients, so every other slot decrypts to zero.
     """
 
     name: ClassVar[PackingLayout] = PackingLayout.COLUMN
@@ -340,9 +427,14 @@ class ColumnLayout:
         """One ciphertext per feature."""
         return self.shape.n_features
 
+    def carried(self, ciphertexts: int) -> int:
+        """A full column: N / 2 patients."""
+        return self.capacity()
+
     def pack(self, features: FloatArray) -> list[Any]:
         """Row j: feature j of every patient."""
-        return list(pack_column(features, self.parameter_set.slots))
+        x = _check_width(features, self.shape)
+        return list(pack_column(x, self.parameter_set.slots))
 
     def unpack(self, values: Sequence[ComplexArray], batch_size: int) -> FloatArray:
         """The first ``batch_size`` real slot values."""
@@ -354,12 +446,22 @@ class ColumnLayout:
         circuit: Circuit,
         inputs: Sequence[Any],
         *,
+        batch_size: int,
         random_bytes: RandomBytes,
     ) -> list[Any]:
-        """h·n scalar products, h rescales, h squares, h scalar products."""
+        """h·n scalar products, h rescales, h squares, h (masked) output products."""
         quadratic = _quadratic(circuit, self.name)
         runtime = context.runtime
         evaluator = runtime.evaluator
+        slots = self.parameter_set.slots
+        live = min(batch_size, slots)
+        selector = np.zeros(slots, dtype=np.float64)
+        selector[:live] = 1.0
+
+        def masked(value: float) -> Any:
+            # A scalar where every slot is declared, else zero beyond the declared patients.
+            return float(value) if live == slots else (value * selector).tolist()
+
         output = None
         for unit in np.flatnonzero(quadratic.output_weights):
             hidden = _multiply_accumulate(
@@ -373,7 +475,7 @@ class ColumnLayout:
             evaluator.square_inplace(hidden)  # three parts; relinearised by the decryptor
             weight = encode(
                 runtime,
-                float(quadratic.output_weights[unit]),
+                masked(quadratic.output_weights[unit]),
                 hidden.parms_id(),
                 quadratic.output_weight_scale,
             )
@@ -384,8 +486,9 @@ class ColumnLayout:
                 evaluator.add_inplace(output, hidden)
         if output is None:
             raise CryptoError("the model has no hidden units")
-        constant = encode(runtime, quadratic.output_bias, output.parms_id(), output.scale)
+        constant = encode(runtime, masked(quadratic.output_bias), output.parms_id(), output.scale)
         evaluator.add_plain_inplace(output, constant)
+        _slot_flood(runtime, output, random_bytes)
         return [output]
 
 
@@ -393,9 +496,11 @@ class ColumnLayout:
 class ReplicatedLayout:
     """``replicated``: a few patients per ciphertext, replicated per hidden unit (``poly_mlp``).
 
-    See :class:`~veracity.he.packing.ReplicatedGeometry`: one plaintext product, rotations
-    summing each block, a rescale, a square with relinearisation, the output weights at
-    block starts and rotations summing over units. Needs Galois and relinearisation keys.
+    See :class:`~veracity.he.packing.ReplicatedGeometry`: the server replicates each
+    patient's features into every unit's block itself (so every unit sees the same input),
+    applies the first layer to declared patients only, adds the first-layer bias itself,
+    squares, keeps declared patients' block starts and sums over units. Needs Galois and
+    relinearisation keys.
 
     Raises
     ------
@@ -423,22 +528,25 @@ class ReplicatedLayout:
         return self.parameter_set.small_batch_max
 
     def rotation_steps(self) -> tuple[int, ...]:
-        """Block sums, then sums over units."""
+        """Replication, block sums, then sums over units."""
         return self.geometry.rotation_steps()
 
     def ciphertext_count(self, batch_size: int) -> int:
         """``ceil(batch / P)``."""
         return -(-batch_size // self.geometry.patients_per_ciphertext)
 
+    def carried(self, ciphertexts: int) -> int:
+        """``P`` patients per ciphertext."""
+        return ciphertexts * self.geometry.patients_per_ciphertext
+
     def pack(self, features: FloatArray) -> list[Any]:
-        """Features plus the constant 1, replicated per unit."""
-        return list(self.geometry.pack(features))
+        """Each patient's features in unit 0's block."""
+        x = _check_width(features, self.shape)
+        return list(self.geometry.pack(x))
 
     def unpack(self, values: Sequence[ComplexArray], batch_size: int) -> FloatArray:
         """Patient p's logit from slot ``p * s``."""
-        expected = self.ciphertext_count(batch_size)
-        if len(values) != expected:
-            raise InputError(f"expected {expected} results, got {len(values)}")
+        _count(values, self.ciphertext_count(batch_size))
         return self.geometry.unpack(np.stack(values), batch_size)
 
     def evaluate(
@@ -447,63 +555,78 @@ class ReplicatedLayout:
         circuit: Circuit,
         inputs: Sequence[Any],
         *,
+        batch_size: int,
         random_bytes: RandomBytes,
     ) -> list[Any]:
-        """1 plaintext product, rotations, 1 relinearisation per ciphertext."""
+        """Per ciphertext: rotations, 1 plaintext product, 1 relinearisation, 1 product."""
         quadratic = _quadratic(circuit, self.name)
         runtime = context.runtime
         evaluator = runtime.evaluator
         geometry = ReplicatedGeometry(
             quadratic.n_features, quadratic.hidden, runtime.parameter_set.slots
         )
-        steps = geometry.rotation_steps()
-        galois_keys, relin_keys = context.rotation_keys(steps)
-        inner = [s for s in steps if s < geometry.block_width]
-        outer = [s for s in steps if s >= geometry.block_width]
-        first = encode(
-            runtime,
-            geometry.first_layer_vector(quadratic.hidden_weights, quadratic.hidden_bias).tolist(),
-            inputs[0].parms_id(),
-            quadratic.hidden_weight_scale,
-        )
-        selector = constant = None
+        galois_keys, relin_keys = context.rotation_keys(geometry.rotation_steps())
+        per = geometry.patients_per_ciphertext
+        lift = encode(runtime, 1.0, inputs[0].parms_id(), 2.0**_REPLICATION_LIFT_BITS)
         results = []
         rotated = sa.Ciphertext()
-        for ciphertext in inputs:
-            value = sa.Ciphertext()
-            evaluator.multiply_plain(ciphertext, first, value)
-            for step in inner:
+        for index, ciphertext in enumerate(inputs):
+            live = min(per, batch_size - index * per)
+            if live < 1:
+                raise InputError(f"ciphertext {index} carries no declared patient")
+            value = ciphertext  # loaded for this request: evaluated in place
+            # Raise the scale by an exact integer factor first: the replication's key
+            # switching adds a fixed absolute noise, which this makes 2**LIFT times smaller
+            # relative to the features; the first layer gives those bits back.
+            evaluator.multiply_plain_inplace(value, lift)
+            for step in geometry.replication_steps():
                 evaluator.rotate_vector(value, step, galois_keys, rotated)
                 evaluator.add_inplace(value, rotated)
+            first = encode(
+                runtime,
+                geometry.first_layer_vector(quadratic.hidden_weights, live).tolist(),
+                value.parms_id(),
+                quadratic.hidden_weight_scale / 2.0**_REPLICATION_LIFT_BITS,
+            )
+            evaluator.multiply_plain_inplace(value, first)
+            for step in geometry.block_sum_steps():
+                evaluator.rotate_vector(value, step, galois_keys, rotated)
+                evaluator.add_inplace(value, rotated)
+            bias = encode(
+                runtime,
+                geometry.bias_vector(quadratic.hidden_bias, live).tolist(),
+                value.parms_id(),
+                value.scale,
+            )
+            evaluator.add_plain_inplace(value, bias)
             evaluator.rescale_to_next_inplace(value)
             evaluator.square_inplace(value)
             evaluator.relinearize_inplace(value, relin_keys)
-            if selector is None:
-                selector = encode(
-                    runtime,
-                    geometry.output_selector(quadratic.output_weights).tolist(),
-                    value.parms_id(),
-                    quadratic.output_weight_scale,
-                )
+            selector = encode(
+                runtime,
+                geometry.output_selector(quadratic.output_weights, live).tolist(),
+                value.parms_id(),
+                quadratic.output_weight_scale,
+            )
             evaluator.multiply_plain_inplace(value, selector)
-            for step in outer:
+            for step in geometry.unit_sum_steps():
                 evaluator.rotate_vector(value, step, galois_keys, rotated)
                 evaluator.add_inplace(value, rotated)
-            if constant is None:
-                constant = encode(
-                    runtime,
-                    geometry.output_constant(quadratic.output_bias).tolist(),
-                    value.parms_id(),
-                    value.scale,
-                )
+            constant = encode(
+                runtime,
+                geometry.output_constant(quadratic.output_bias, live).tolist(),
+                value.parms_id(),
+                value.scale,
+            )
             evaluator.add_plain_inplace(value, constant)
+            _slot_flood(runtime, value, random_bytes)
             results.append(value)
         return results
 
 
 #: Every packing layout's implementation.
 LAYOUTS: dict[PackingLayout, Callable[[CKKSParameterSet, ModelShape], Layout]] = {
-    PackingLayout.COLUMN_COMPLEX: ColumnComplexLayout,
+    PackingLayout.COLUMN_COEFFICIENT: ColumnCoefficientLayout,
     PackingLayout.COEFFICIENT: CoefficientLayout,
     PackingLayout.COLUMN: ColumnLayout,
     PackingLayout.REPLICATED: ReplicatedLayout,
@@ -534,9 +657,10 @@ def evaluate(
     layout: PackingLayout,
     ciphertexts: Sequence[bytes],
     *,
+    batch_size: int,
     random_bytes: RandomBytes = os.urandom,
 ) -> list[bytes]:
-    """Evaluate ``circuit`` on a request's ciphertexts; return the result ciphertexts.
+    """Evaluate ``circuit`` for ``batch_size`` declared patients; return the results.
 
     Parameters
     ----------
@@ -548,8 +672,10 @@ def evaluate(
         How the ciphertexts pack patients; must suit the circuit.
     ciphertexts
         Serialised input ciphertexts, already counted against the layout by the caller.
+    batch_size
+        The declared patients: only their outputs leave the server.
     random_bytes
-        Source of the coefficient layout's masks (``os.urandom``; injectable for tests).
+        Source of masks and flooding (``os.urandom``; injectable for tests).
 
     Raises
     ------
@@ -557,11 +683,19 @@ def evaluate(
         If a ciphertext is not a fresh top-level ciphertext of the context's parameter set,
         the layout does not suit the circuit, or keys the layout needs are missing.
     InputError
-        If a ciphertext is truncated or not a SEAL object.
+        If a ciphertext is truncated or not a SEAL object, or ``batch_size`` does not fit
+        the ciphertexts.
     """
-    inputs = context.load_inputs(ciphertexts)
     strategy = layout_for(layout, context.parameter_set, circuit_shape(circuit))
+    expected = strategy.ciphertext_count(batch_size) if batch_size >= 1 else 0
+    if expected != len(ciphertexts) or batch_size > strategy.carried(len(ciphertexts)):
+        raise InputError(
+            f"a {layout} batch of {batch_size} needs {expected} ciphertexts, got {len(ciphertexts)}"
+        )
+    inputs = context.load_inputs(ciphertexts)
     with seal_errors("encrypted evaluation failed"):
-        outputs = strategy.evaluate(context, circuit, inputs, random_bytes=random_bytes)
+        outputs = strategy.evaluate(
+            context, circuit, inputs, batch_size=batch_size, random_bytes=random_bytes
+        )
     file = scratch()
     return [file.save(output) for output in outputs]

@@ -74,9 +74,10 @@ MAX_LOG_Q_128: dict[int, int] = {
 class PackingLayout(enum.StrEnum):
     """How patients and features are laid out in ciphertexts (see docs/inference-wire.md)."""
 
-    #: One ciphertext per feature, patient i in slot i's real part and patient i + slots in
-    #: its imaginary part (linear models only). Batched logistic regression.
-    COLUMN_COMPLEX = "column_complex"
+    #: One ciphertext per feature, patient p in polynomial coefficient p (linear models
+    #: only): outputs are coefficients, so everything else can be masked uniformly modulo q.
+    #: Batched logistic regression.
+    COLUMN_COEFFICIENT = "column_coefficient"
     #: Patients' feature vectors in consecutive polynomial coefficients; one plaintext
     #: multiplication gives every patient's dot product (linear models only). Small batches.
     COEFFICIENT = "coefficient"
@@ -195,11 +196,11 @@ LOGISTIC_PARAMETERS = CKKSParameterSet(
     input_bound=64.0,
     min_weight_scale_bits=14,
     max_weight_scale_bits=30,
-    batch_layout=PackingLayout.COLUMN_COMPLEX,
+    batch_layout=PackingLayout.COLUMN_COEFFICIENT,
     small_batch_layout=PackingLayout.COEFFICIENT,
     # benchmarks/he_bench.py, client + server CPU per request: coefficient 25 ms against
-    # column_complex 34 ms at 1088 patients, 53 against 28 ms at 2176 (crossover ~1300);
-    # 1224 = 9 ciphertexts of 136 patients.
+    # the batch layout's 34 ms at 1088 patients, 53 against 28 ms at 2176 (crossover
+    # ~1300); 1224 = 9 ciphertexts of 136 patients.
     small_batch_max=1224,
 )
 

@@ -16,12 +16,14 @@ import os
 import struct
 import tempfile
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+import numpy as np
+import numpy.typing as npt
 import tenseal.sealapi as sa
 
 from veracity.errors import CryptoError, InputError, VeracityError
@@ -39,7 +41,15 @@ __all__ = [
     "check_seal_blob",
     "encode",
     "max_ciphertext_bytes",
+    "RandomBytes",
+    "uniform_residues",
+    "bounded_integers",
+    "residues_of",
+    "add_coefficients",
 ]
+
+#: Source of uniformly random bytes (masks, flooding); injectable for deterministic tests.
+RandomBytes = Callable[[int], bytes]
 
 #: What SEAL's bindings raise on bad input or failed operations.
 SEAL_EXCEPTIONS = (ValueError, RuntimeError, IndexError, OverflowError, TypeError)
@@ -225,3 +235,84 @@ def max_ciphertext_bytes(runtime: Runtime, size: int) -> int:
     """Upper bound on a serialised ciphertext of ``size`` polynomials (uncompressed)."""
     data_primes = len(runtime.parameter_set.data_prime_bits)
     return 1024 + size * runtime.parameter_set.poly_modulus_degree * data_primes * 8
+
+
+def uniform_residues(
+    primes: Sequence[int], count: int, random_bytes: RandomBytes
+) -> npt.NDArray[np.uint64]:
+    """RNS residues ``(len(primes), count)`` of integers uniform modulo ``prod(primes)``.
+
+    Independent uniform residues modulo each prime are, by the Chinese remainder theorem,
+    one integer uniform modulo the product. The reduction of 64 random bits modulo a prime
+    below 2**61 is biased by less than 2**-3 * 2**-40 (negligible).
+    """
+    raw = np.frombuffer(random_bytes(8 * count * len(primes)), dtype="<u8").reshape(
+        len(primes), count
+    )
+    moduli = np.asarray(primes, dtype=np.uint64)[:, None]
+    return np.asarray(raw % moduli, dtype=np.uint64)
+
+
+def bounded_integers(bound: int, count: int, random_bytes: RandomBytes) -> npt.NDArray[np.int64]:
+    """``count`` integers uniform in ``[-bound, bound]`` (``bound < 2**62``)."""
+    if not 0 <= bound < 2**62:
+        raise CryptoError(f"a flooding bound of {bound} does not fit 62 bits")
+    raw = np.frombuffer(random_bytes(8 * count), dtype="<u8")
+    return np.asarray((raw % np.uint64(2 * bound + 1)).astype(np.int64) - bound, dtype=np.int64)
+
+
+def residues_of(values: npt.NDArray[np.int64], primes: Sequence[int]) -> npt.NDArray[np.uint64]:
+    """RNS residues ``(len(primes), len(values))`` of signed 64-bit ``values``."""
+    return np.stack([np.asarray(values % np.int64(q), dtype=np.uint64) for q in primes]).astype(
+        np.uint64
+    )
+
+
+@functools.cache
+def _seal_version() -> tuple[int, int]:
+    header = SEAL_HEADER.unpack_from(scratch().save(sa.EncryptionParameters(sa.SCHEME_TYPE.CKKS)))
+    return int(header[2]), int(header[3])
+
+
+_CIPHERTEXT_FIELDS = struct.Struct("<4QB3QdQ")
+
+
+def add_coefficients(runtime: Runtime, ciphertext: Any, residues: npt.NDArray[np.uint64]) -> None:
+    """Add, exactly, the integer polynomial with these RNS ``residues`` to ``ciphertext``.
+
+    ``residues`` has one row per prime of the ciphertext's level, each value below its
+    prime. The polynomial is added to the ciphertext's first component (a plaintext
+    addition in coefficient form, with no rounding from the canonical embedding): what the
+    coefficient layouts use for their masks, biases and flooding.
+
+    Raises
+    ------
+    CryptoError
+        If the residues do not match the ciphertext's level or SEAL refuses them.
+    """
+    degree = runtime.parameter_set.poly_modulus_degree
+    primes = ciphertext.coeff_modulus_size()
+    if residues.shape != (primes, degree):
+        raise CryptoError(f"residues of shape {residues.shape} do not fit ({primes}, {degree})")
+    major, minor = _seal_version()
+    polynomials = np.zeros((2, primes, degree), dtype="<u8")
+    polynomials[0] = residues
+    array = struct.pack("<Q", polynomials.size) + polynomials.tobytes()
+    array_header = SEAL_HEADER.pack(
+        SEAL_MAGIC, SEAL_HEADER.size, major, minor, 0, 0, 16 + len(array)
+    )
+    body = (
+        _CIPHERTEXT_FIELDS.pack(*ciphertext.parms_id(), 0, 2, degree, primes, ciphertext.scale, 1)
+        + array_header
+        + array
+    )
+    blob = SEAL_HEADER.pack(SEAL_MAGIC, SEAL_HEADER.size, major, minor, 0, 0, 16 + len(body)) + body
+    addend = sa.Ciphertext()
+    evaluator = runtime.evaluator
+    with seal_errors("cannot add a coefficient polynomial"):
+        addend.load(runtime.context, scratch().stage(blob))
+        # SEAL refuses to NTT a ciphertext whose second part is zero ("transparent"), so
+        # the sum is formed in coefficient form and transformed back.
+        evaluator.transform_from_ntt_inplace(ciphertext)
+        evaluator.add_inplace(ciphertext, addend)
+        evaluator.transform_to_ntt_inplace(ciphertext)

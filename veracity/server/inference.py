@@ -63,7 +63,11 @@ Recorder = Callable[[Mapping[str, Any]], None]
 def served_payload(
     *, model_hash: str, requester: str, he_params_hash: str, batch_size: int, request_hash: str
 ) -> dict[str, Any]:
-    """The ``inference.served`` payload (docs/architecture.md): exactly these five fields."""
+    """The ``inference.served`` payload (docs/architecture.md): exactly these five fields.
+
+    ``batch_size`` is the number of patients the request's ciphertexts can carry (its
+    capacity, what is charged), not the figure the requester declared.
+    """
     return {
         "model_hash": model_hash,
         "requester": requester,
@@ -379,12 +383,17 @@ class InferenceService:
                 f"a {header.layout} batch of {header.batch_size} needs {expected} ciphertexts, "
                 f"got {len(ciphertexts)}"
             )
+        # What is recorded (and charged) is what the ciphertexts can carry, not the
+        # declared figure: only the declared patients' outputs leave, but a request is
+        # never counted as less than its capacity.
+        carried = strategy.carried(len(ciphertexts))
         with self._lock:
             results = evaluate(
                 context,
                 served.circuit,
                 header.layout,
                 ciphertexts,
+                batch_size=header.batch_size,
                 random_bytes=self._random_bytes,
             )
         response = encode_response(
@@ -402,7 +411,7 @@ class InferenceService:
                 model_hash=header.model_hash,
                 requester=requester,
                 he_params_hash=context.he_params_hash,
-                batch_size=header.batch_size,
+                batch_size=carried,
                 request_hash=request_hash,
             )
         )
