@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import itertools
 from pathlib import Path
 from typing import Any
@@ -113,6 +114,23 @@ def test_small_batches_use_the_small_layout() -> None:
         PackingLayout.COLUMN_COEFFICIENT,
         PackingLayout.COEFFICIENT,
     ]
+
+
+def test_a_wrong_feature_count_is_refused_before_anything_is_sent() -> None:
+    # Attack 4: 29 features for a 30-feature model used to be served and mis-scored in the
+    # small layouts (same ciphertext count). Nothing listens on the client's port: the
+    # refusal must come before any request.
+    from veracity.client.predict import InferenceClient, predict_encrypted
+    from veracity.he.contexts import SecretContext
+
+    secret = SecretContext.generate(LOGISTIC_PARAMETERS)
+    description = dataclasses.replace(_description(), he_params_hash=secret.he_params_hash)
+    with InferenceClient("http://127.0.0.1:9", token="t") as client:  # noqa: S106
+        for wrong in (np.zeros((3, 3)), np.zeros((3, 1)), np.zeros(2)):
+            with pytest.raises(InputError, match="takes 2 features per patient"):
+                predict_encrypted(client, description, wrong, secret=secret)
+    with pytest.raises(InputError, match="takes 2 features"):
+        standardise(np.zeros((1, 3)), [(0.0, 1.0)] * 2, features=FEATURES, bound=64, ids=["a"])
 
 
 def test_sigmoid_is_stable_for_large_logits() -> None:

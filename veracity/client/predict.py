@@ -242,11 +242,17 @@ def standardise(
     Raises
     ------
     InputError
-        Naming the first row and column whose standardised value exceeds the bound (a value
-        in the wrong unit, usually).
+        If ``values`` does not have one column per scaled feature, or naming the first row
+        and column whose standardised value exceeds the bound (a value in the wrong unit,
+        usually).
     """
     means = np.array([m for m, _ in scaling], dtype=np.float64)
     stds = np.array([s for _, s in scaling], dtype=np.float64)
+    if values.ndim != 2 or values.shape[1] != means.shape[0]:
+        raise InputError(
+            f"the model takes {means.shape[0]} features per patient; got an array of shape "
+            f"{values.shape}"
+        )
     z = (values - means) / stds
     outside = np.argwhere(np.abs(z) > bound)
     if outside.size:
@@ -471,14 +477,20 @@ def predict_encrypted(
         If a response does not answer the request that was sent, was made under other
         parameters or does not decrypt.
     InputError
-        If the server refuses a request.
+        If ``features`` is not a (patients, ``description.n_features``) array, or the
+        server refuses a request.
     """
+    x = np.asarray(features, dtype=np.float64)
+    if x.ndim != 2 or x.shape[0] < 1 or x.shape[1] != description.n_features:
+        raise InputError(
+            f"the model takes {description.n_features} features per patient "
+            f"({', '.join(description.features[:3])}, ...); got an array of shape {x.shape}"
+        )
     secret = secret or SecretContext.generate(description.parameter_set)
     if secret.parameter_set != description.parameter_set:
         raise CryptoError("the secret context's parameter set is not the model's")
     if secret.he_params_hash != description.he_params_hash:
         raise CryptoError("the server's HE parameters differ from this client's")
-    x = np.asarray(features, dtype=np.float64)
     logits = np.empty(x.shape[0], dtype=np.float64)
     requests = sent = 0
     for choice, start, stop in plan_batches(x.shape[0], description):
