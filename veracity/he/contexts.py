@@ -40,7 +40,7 @@ from veracity.he.seal import (
     SEAL_HEADER,
     SEAL_MAGIC,
     Runtime,
-    check_seal_blob,
+    inflate,
     max_ciphertext_bytes,
     runtime,
     scratch,
@@ -60,6 +60,28 @@ __all__ = ["SecretContext", "PublicContext"]
 
 _SECRET_PART_NAMES = {"secret_key", "secretkey", "sk", "private_key", "private_context"}
 _KEY_PARTS = {"galois_keys", "relin_keys"}
+#: Most Galois keys a context may carry (the replicated layout of a 30-16 network uses 13).
+MAX_GALOIS_KEYS = 24
+_PARAMETERS_BYTES = 64 * 1024
+
+
+def _key_switching_bytes(shared: Runtime) -> int:
+    """Uncompressed bytes of one key-switching key (a relinearisation or Galois key)."""
+    ps = shared.parameter_set
+    digits = len(ps.data_prime_bits)
+    return digits * (2 * ps.poly_modulus_degree * len(ps.coeff_modulus_bits) * 8 + 1024)
+
+
+def _inflated_limit(shared: Runtime, part: str) -> int:
+    """The most bytes a part may hold once uncompressed, from the parameter set alone."""
+    ps = shared.parameter_set
+    if part == "relin_keys":
+        return _key_switching_bytes(shared) + 4096
+    if part == "galois_keys":  # plus 8 bytes per possible Galois element (empty entries)
+        return MAX_GALOIS_KEYS * _key_switching_bytes(shared) + 16 * ps.poly_modulus_degree + 4096
+    if part == "secret_key":
+        return ps.poly_modulus_degree * len(ps.coeff_modulus_bits) * 8 + 1024
+    return _PARAMETERS_BYTES
 
 
 class SecretContext:
@@ -176,7 +198,8 @@ class SecretContext:
 
     def _decrypt_values(self, data: bytes, index: int) -> npt.NDArray[np.complex128]:
         runtime = self._runtime
-        check_seal_blob(data, f"result {index}", max_bytes=max_ciphertext_bytes(runtime, 3))
+        limit = max_ciphertext_bytes(runtime, 3)
+        data = inflate(data, f"result {index}", max_bytes=limit, max_inflated=limit)
         ciphertext = sa.Ciphertext()
         with seal_errors(f"result {index} does not decrypt under this context"):
             ciphertext.load(runtime.context, scratch().stage(data))
@@ -207,14 +230,79 @@ class SecretContext:
         return strategy.unpack(values, batch_size)
 
 
-def _loads_as_secret_key(runtime: Runtime, data: bytes) -> bool:
-    """Whether ``data`` loads as a SEAL secret key for ``runtime``'s parameters."""
+def _loads_as_secret_key(shared: Runtime, data: bytes) -> bool:
+    """Whether ``data`` loads as a SEAL secret key for ``shared``'s parameters."""
+    limit = _inflated_limit(shared, "secret_key")
     try:
+        blob = inflate(data, "a secret key", max_bytes=max(limit, len(data)), max_inflated=limit)
         with seal_errors("not a secret key"):
-            sa.SecretKey().load(runtime.context, scratch().stage(data))
-    except CryptoError:
+            sa.SecretKey().load(shared.context, scratch().stage(blob))
+    except (CryptoError, InputError):
         return False
     return True
+
+
+def _varint(data: bytes, offset: int) -> tuple[int, int]:
+    value = shift = 0
+    while offset < len(data) and shift < 64:
+        byte = data[offset]
+        value |= (byte & 0x7F) << shift
+        offset += 1
+        if not byte & 0x80:
+            return value, offset
+        shift += 7
+    raise ValueError("not a protobuf varint")
+
+
+def _protobuf_fields(data: bytes) -> dict[int, list[bytes | int]] | None:
+    """The top-level fields of a protobuf message (bytes or integers), or None if it is not one.
+
+    Parsing only: nothing inside is decompressed or handed to SEAL.
+    """
+    fields: dict[int, list[bytes | int]] = {}
+    offset = 0
+    try:
+        while offset < len(data):
+            key, offset = _varint(data, offset)
+            number, wire = key >> 3, key & 7
+            value: bytes | int
+            if number == 0:
+                return None
+            if wire == 0:
+                value, offset = _varint(data, offset)
+            elif wire == 2:
+                length, offset = _varint(data, offset)
+                if offset + length > len(data):
+                    return None
+                value, offset = data[offset : offset + length], offset + length
+            elif wire in (1, 5):
+                width = 8 if wire == 1 else 4
+                value, offset = data[offset : offset + width], offset + width
+            else:
+                return None
+            fields.setdefault(number, []).append(value)
+    except ValueError:
+        return None
+    return fields if offset == len(data) else None
+
+
+def _tenseal_context(data: bytes) -> bool | None:
+    """Whether ``data`` is a TenSEAL context with a secret key (None: not a TenSEAL context).
+
+    Read from TenSEAL's ``TenSEALContextProto`` (field 1: SEAL encryption parameters,
+    2: public members, 3: private members whose field 1 is the secret key) without
+    TenSEAL or SEAL parsing anything.
+    """
+    fields = _protobuf_fields(data)
+    if not fields or not set(fields) <= {1, 2, 3, 4}:
+        return None
+    parameters = fields.get(1, [b""])[0]
+    if not isinstance(parameters, bytes) or parameters[:2] != SEAL_MAGIC.to_bytes(2, "little"):
+        return None
+    private = fields.get(3, [b""])[0]
+    secret = _protobuf_fields(private) if isinstance(private, bytes) else None
+    key = (secret or {}).get(1, [b""])[0]
+    return isinstance(key, bytes) and len(key) > 0
 
 
 def _refuse_foreign_secret(data: bytes, max_bytes: int) -> None:
@@ -226,14 +314,10 @@ def _refuse_foreign_secret(data: bytes, max_bytes: int) -> None:
             if _loads_as_secret_key(runtime(name), data):
                 raise CryptoError("refused: this is a SEAL secret key; send the public context")
         return
-    import tenseal as ts  # the high-level API parses TenSEAL's context protobuf
-
-    try:
-        with seal_errors("not a TenSEAL context"):
-            foreign = ts.context_from(data)
-    except CryptoError:
+    private = _tenseal_context(data)
+    if private is None:
         return
-    if foreign.has_secret_key() or foreign.is_private():
+    if private:
         raise CryptoError(
             "refused: this TenSEAL context holds a secret key; the server never accepts one"
         )
@@ -314,11 +398,27 @@ class PublicContext:
         unknown = set(names) - {"encryption_parameters"} - _KEY_PARTS
         if unknown or len(names) != len(set(names)):
             raise InputError(f"context parts must be distinct and known, got {names}")
-        _check_parameters(shared, envelope.single_part("encryption_parameters"))
+        # Every part's declared and inflated size is checked, and every part inflated
+        # within its bound, before SEAL parses any of them.
+        inflated: dict[str, bytes] = {}
+        for part, blob in envelope.parts:
+            try:
+                inflated[part] = inflate(
+                    blob, part, max_bytes=len(blob), max_inflated=_inflated_limit(shared, part)
+                )
+            except InputError as err:
+                if _loads_as_secret_key(shared, blob):  # itself bounded to a key's size
+                    raise CryptoError(f"refused: the {part!r} part is a secret key") from err
+                raise
+        if "encryption_parameters" not in inflated:
+            raise InputError("a context must carry exactly one 'encryption_parameters' part")
+        _check_parameters(shared, inflated["encryption_parameters"])
         galois = relin = None
         if "galois_keys" in names or "relin_keys" in names:
-            galois = _load_key(shared, envelope.single_part("galois_keys"), "galois_keys")
-            relin = _load_key(shared, envelope.single_part("relin_keys"), "relin_keys")
+            if not set(inflated) >= _KEY_PARTS:
+                raise InputError("a context with keys carries both galois_keys and relin_keys")
+            galois = _load_key(shared, inflated["galois_keys"], "galois_keys")
+            relin = _load_key(shared, inflated["relin_keys"], "relin_keys")
         return cls(shared, context_hash=body_hash(data), galois_keys=galois, relin_keys=relin)
 
     def rotation_keys(self, steps: Sequence[int]) -> tuple[Any, Any]:
@@ -357,7 +457,7 @@ class PublicContext:
         name = shared.parameter_set.name
         loaded = []
         for index, data in enumerate(ciphertexts):
-            check_seal_blob(data, f"ciphertext {index}", max_bytes=limit)
+            data = inflate(data, f"ciphertext {index}", max_bytes=limit, max_inflated=limit)
             ciphertext = sa.Ciphertext()
             with seal_errors(f"ciphertext {index} is not valid for {name}"):
                 ciphertext.load(shared.context, scratch().stage(data))
@@ -381,9 +481,14 @@ class PublicContext:
 def _check_parameters(shared: Runtime, data: bytes) -> None:
     parms = sa.EncryptionParameters(sa.SCHEME_TYPE.CKKS)
     try:
-        check_seal_blob(data, "encryption parameters", max_bytes=64 * 1024)
+        blob = inflate(
+            data,
+            "encryption parameters",
+            max_bytes=_PARAMETERS_BYTES,
+            max_inflated=_PARAMETERS_BYTES,
+        )
         with seal_errors("malformed encryption parameters", InputError):
-            parms.load(scratch().stage(data))
+            parms.load(scratch().stage(blob))
     except InputError as err:
         if _loads_as_secret_key(shared, data):
             raise CryptoError("refused: the 'encryption_parameters' part is a secret key") from err
@@ -409,12 +514,18 @@ def _check_parameters(shared: Runtime, data: bytes) -> None:
 
 def _load_key(shared: Runtime, data: bytes, name: str) -> Any:
     key = sa.GaloisKeys() if name == "galois_keys" else sa.RelinKeys()
+    limit = _inflated_limit(shared, name)
     try:
-        check_seal_blob(data, name, max_bytes=32 * 1024 * 1024)
+        blob = inflate(data, name, max_bytes=limit, max_inflated=limit)
         with seal_errors(f"{name} do not load under {shared.parameter_set.name}"):
-            key.load(shared.context, scratch().stage(data))
+            key.load(shared.context, scratch().stage(blob))
     except (InputError, CryptoError) as err:
         if _loads_as_secret_key(shared, data):
             raise CryptoError(f"refused: the {name!r} part is a secret key") from err
         raise
+    count = int(key.size())
+    if name == "relin_keys" and count != 1:
+        raise CryptoError(f"relin_keys hold {count} keys; a context carries exactly one")
+    if count > MAX_GALOIS_KEYS:
+        raise CryptoError(f"galois_keys hold {count} keys, more than {MAX_GALOIS_KEYS}")
     return key

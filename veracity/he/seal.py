@@ -16,6 +16,7 @@ import os
 import struct
 import tempfile
 import threading
+import zlib
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -25,6 +26,7 @@ from typing import Any, Protocol
 import numpy as np
 import numpy.typing as npt
 import tenseal.sealapi as sa
+import zstandard
 
 from veracity.errors import CryptoError, InputError, VeracityError
 from veracity.he.params import CKKSParameterSet, check_security, he_params_hash, parameter_set_named
@@ -39,6 +41,8 @@ __all__ = [
     "seal_errors",
     "scratch",
     "check_seal_blob",
+    "declared_inflated_size",
+    "inflate",
     "encode",
     "max_ciphertext_bytes",
     "RandomBytes",
@@ -145,6 +149,76 @@ def check_seal_blob(data: bytes, what: str, *, max_bytes: int) -> None:
         raise InputError(f"{what} has an unsupported SEAL version or compression")
     if size != len(data):
         raise InputError(f"{what} is truncated or padded: declares {size} bytes, has {len(data)}")
+
+
+_NONE, _ZLIB, _ZSTD = 0, 1, 2
+
+
+def declared_inflated_size(data: bytes, what: str, *, max_bytes: int) -> int | None:
+    """The uncompressed size a SEAL object declares, read from headers only.
+
+    Nothing is decompressed. ``None`` when the object is compressed without declaring its
+    size (a zlib stream, or a zstd frame written without its content size).
+
+    Raises
+    ------
+    InputError
+        As :func:`check_seal_blob`.
+    """
+    check_seal_blob(data, what, max_bytes=max_bytes)
+    compression = SEAL_HEADER.unpack_from(data)[4]
+    if compression == _NONE:
+        return len(data) - SEAL_HEADER.size
+    if compression == _ZSTD:
+        try:
+            declared = zstandard.frame_content_size(data[SEAL_HEADER.size :])
+        except zstandard.ZstdError as err:
+            raise InputError(f"{what} is not a valid zstd frame: {err}") from err
+        return None if declared < 0 else int(declared)
+    return None
+
+
+def inflate(data: bytes, what: str, *, max_bytes: int, max_inflated: int) -> bytes:
+    """``data`` as an uncompressed SEAL object, never holding more than ``max_inflated`` bytes.
+
+    The declared sizes (the SEAL header's, the zstd frame's) are checked before anything is
+    decompressed; then at most ``max_inflated + 1`` bytes are inflated, so a decompression
+    bomb is refused after a bounded amount of work and memory. SEAL only ever sees the
+    result, uncompressed.
+
+    Raises
+    ------
+    InputError
+        If the object is malformed, larger than ``max_bytes``, declares or inflates to more
+        than ``max_inflated`` bytes, or its compressed stream is corrupt or incomplete.
+    """
+    declared = declared_inflated_size(data, what, max_bytes=max_bytes)
+    if declared is not None and declared > max_inflated:
+        raise InputError(
+            f"{what} declares {declared} bytes uncompressed, more than the {max_inflated} "
+            "it can hold"
+        )
+    magic, header_size, major, minor, compression, _reserved, _size = SEAL_HEADER.unpack_from(data)
+    if compression == _NONE:
+        return data
+    payload = data[SEAL_HEADER.size :]
+    try:
+        if compression == _ZSTD:
+            reader = zstandard.ZstdDecompressor().stream_reader(payload, read_across_frames=True)
+            inflated = reader.read(max_inflated + 1)
+            complete = len(inflated) <= max_inflated and reader.read(1) == b""
+        else:
+            stream = zlib.decompressobj()
+            inflated = stream.decompress(payload, max_inflated + 1)
+            complete = len(inflated) <= max_inflated and stream.eof and not stream.unconsumed_tail
+    except (zstandard.ZstdError, zlib.error) as err:
+        raise InputError(f"{what} does not decompress: {err}") from err
+    if len(inflated) > max_inflated:
+        raise InputError(f"{what} inflates to more than the {max_inflated} bytes it can hold")
+    if not complete:
+        raise InputError(f"{what} is a truncated compressed stream")
+    size = SEAL_HEADER.size + len(inflated)
+    return SEAL_HEADER.pack(magic, header_size, major, minor, _NONE, 0, size) + inflated
 
 
 @dataclass(frozen=True)
