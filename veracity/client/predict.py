@@ -430,6 +430,10 @@ class InferenceClient:
         """Whether this client already uploaded the context with this hash."""
         return context_hash in self._uploaded
 
+    def forget_upload(self, context_hash: str) -> None:
+        """Upload the context with this hash again next time (the server lost it)."""
+        self._uploaded.discard(context_hash)
+
     def predict(self, model_hash: str, request: bytes) -> bytes:
         """Send one request envelope; return the response envelope."""
         self._record(request)
@@ -511,7 +515,18 @@ def predict_encrypted(
             batch_size=stop - start,
         )
         request = encode_request(header, ciphertexts, context=inline)
-        answer, results = decode_response(client.predict(description.model_hash, request))
+        try:
+            reply = client.predict(description.model_hash, request)
+        except InputError as err:
+            if inline is not None or "not known here" not in str(err):
+                raise
+            # The server no longer knows the uploaded context (evicted, or a worker that
+            # cannot see it): upload it again, once.
+            client.forget_upload(context_hash)
+            client.upload_context(context)
+            sent += len(context)
+            reply = client.predict(description.model_hash, request)
+        answer, results = decode_response(reply)
         requests += 1
         sent += len(request)
         if (

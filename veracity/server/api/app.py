@@ -167,7 +167,13 @@ def create_app(
             signer=service.coordinator.root_key,
         )
 
-    inference = InferenceService(ModelRegistry(paths.models), recorder=record_served)
+    # Uploaded contexts are stored by hash in the data directory, where every worker
+    # process finds them (each request then loads and re-checks the stored context).
+    inference = InferenceService(
+        ModelRegistry(paths.models),
+        recorder=record_served,
+        context_dir=paths.data_dir / "he-contexts",
+    )
     inference_limit = max(inference.limits.max_request_bytes, inference.limits.max_context_bytes)
 
     def limit_for(path: str) -> int:
