@@ -212,7 +212,15 @@ def test_predict_cli_end_to_end_matches_plaintext(
     assert sum(entry["batch_size"] for entry in batches) == charged
     assert all(entry["requester"] == REQUESTER for entry in batches)
     assert all(
-        set(entry) == {"model_hash", "requester", "he_params_hash", "batch_size", "request_hash"}
+        set(entry)
+        == {
+            "model_hash",
+            "requester",
+            "he_params_hash",
+            "batch_size",
+            "request_hash",
+            "served_total",
+        }
         for entry in batches
     )
     assert len(batches) == len(layouts)

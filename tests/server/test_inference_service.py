@@ -95,6 +95,7 @@ def test_served_batch_is_decrypted_and_recorded_with_exactly_the_ledger_payload(
             "he_params_hash": secret.he_params_hash,
             "batch_size": 4096,  # what the 30 ciphertexts can carry, not the 40 declared
             "request_hash": hashlib.sha256(request).hexdigest(),
+            "served_total": 4096,
         }
     ]
 

@@ -81,6 +81,7 @@ __all__ = [
     "layout_for",
     "circuit_shape",
     "evaluate",
+    "evaluate_loaded",
 ]
 
 #: Amplitude of the flooding noise added to every response, in output (logit) units.
@@ -651,6 +652,38 @@ def circuit_shape(circuit: Circuit) -> ModelShape:
     return ModelShape(circuit.n_features)
 
 
+def evaluate_loaded(
+    context: PublicContext,
+    circuit: Circuit,
+    layout: PackingLayout,
+    inputs: Sequence[Any],
+    *,
+    batch_size: int,
+    random_bytes: RandomBytes = os.urandom,
+) -> list[bytes]:
+    """Evaluate ``circuit`` on ciphertexts already loaded by ``context.load_inputs``.
+
+    Raises
+    ------
+    CryptoError
+        If the layout does not suit the circuit or keys it needs are missing.
+    InputError
+        If ``batch_size`` does not fit the ciphertexts.
+    """
+    strategy = layout_for(layout, context.parameter_set, circuit_shape(circuit))
+    expected = strategy.ciphertext_count(batch_size) if batch_size >= 1 else 0
+    if expected != len(inputs) or batch_size > strategy.carried(len(inputs)):
+        raise InputError(
+            f"a {layout} batch of {batch_size} needs {expected} ciphertexts, got {len(inputs)}"
+        )
+    with seal_errors("encrypted evaluation failed"):
+        outputs = strategy.evaluate(
+            context, circuit, inputs, batch_size=batch_size, random_bytes=random_bytes
+        )
+    file = scratch()
+    return [file.save(output) for output in outputs]
+
+
 def evaluate(
     context: PublicContext,
     circuit: Circuit,
@@ -671,7 +704,7 @@ def evaluate(
     layout
         How the ciphertexts pack patients; must suit the circuit.
     ciphertexts
-        Serialised input ciphertexts, already counted against the layout by the caller.
+        Serialised input ciphertexts.
     batch_size
         The declared patients: only their outputs leave the server.
     random_bytes
@@ -688,14 +721,11 @@ def evaluate(
     """
     strategy = layout_for(layout, context.parameter_set, circuit_shape(circuit))
     expected = strategy.ciphertext_count(batch_size) if batch_size >= 1 else 0
-    if expected != len(ciphertexts) or batch_size > strategy.carried(len(ciphertexts)):
+    if expected != len(ciphertexts):
         raise InputError(
             f"a {layout} batch of {batch_size} needs {expected} ciphertexts, got {len(ciphertexts)}"
         )
     inputs = context.load_inputs(ciphertexts)
-    with seal_errors("encrypted evaluation failed"):
-        outputs = strategy.evaluate(
-            context, circuit, inputs, batch_size=batch_size, random_bytes=random_bytes
-        )
-    file = scratch()
-    return [file.save(output) for output in outputs]
+    return evaluate_loaded(
+        context, circuit, layout, inputs, batch_size=batch_size, random_bytes=random_bytes
+    )

@@ -22,7 +22,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from veracity.errors import CryptoError, InputError
 from veracity.he.circuit import Circuit, compile_circuit
@@ -32,7 +32,7 @@ from veracity.he.layouts import (
     ModelShape,
     RandomBytes,
     ReplicatedLayout,
-    evaluate,
+    evaluate_loaded,
     layout_for,
 )
 from veracity.he.params import (
@@ -54,19 +54,59 @@ from veracity.he.wire import (
 )
 from veracity.server.registry import ModelRegistry, ReleasedModel
 
-__all__ = ["Recorder", "InferenceService", "served_payload"]
+__all__ = ["Recorder", "Meter", "CountingMeter", "InferenceService", "served_payload"]
 
 #: Receives the ``inference.served`` payload of each served batch; raises to refuse it.
 Recorder = Callable[[Mapping[str, Any]], None]
 
 
+class Meter(Protocol):
+    """Charges predictions to a requester and model before they are computed."""
+
+    def charge(self, requester: str, model_hash: str, patients: int) -> int:
+        """Charge ``patients`` predictions; return the running total, this charge included.
+
+        Raises
+        ------
+        QueryBudgetExceeded
+            If the requester may not have them (budget spent, or over its rate).
+        """
+        ...
+
+
+class CountingMeter:
+    """Counts predictions per requester and model in this process, with no budget.
+
+    For tests, benchmarks and the standalone app; the admin API charges through its
+    database (``veracity.server.api.budget``), shared by every worker.
+    """
+
+    def __init__(self) -> None:
+        self._totals: dict[tuple[str, str], int] = {}
+        self._lock = threading.Lock()
+
+    def charge(self, requester: str, model_hash: str, patients: int) -> int:
+        """Add ``patients`` to the requester's count for the model; return the new total."""
+        with self._lock:
+            total = self._totals.get((requester, model_hash), 0) + patients
+            self._totals[(requester, model_hash)] = total
+            return total
+
+
 def served_payload(
-    *, model_hash: str, requester: str, he_params_hash: str, batch_size: int, request_hash: str
+    *,
+    model_hash: str,
+    requester: str,
+    he_params_hash: str,
+    batch_size: int,
+    request_hash: str,
+    served_total: int,
 ) -> dict[str, Any]:
-    """The ``inference.served`` payload (docs/architecture.md): exactly these five fields.
+    """The ``inference.served`` payload (docs/architecture.md): exactly these six fields.
 
     ``batch_size`` is the number of patients the request's ciphertexts can carry (its
-    capacity, what is charged), not the figure the requester declared.
+    capacity, what is charged), not the figure the requester declared; ``served_total`` the
+    running count charged to this requester for this model, this request included.
     """
     return {
         "model_hash": model_hash,
@@ -74,6 +114,7 @@ def served_payload(
         "he_params_hash": he_params_hash,
         "batch_size": batch_size,
         "request_hash": request_hash,
+        "served_total": served_total,
     }
 
 
@@ -144,6 +185,9 @@ class InferenceService:
         Compiled models kept in memory.
     random_bytes
         Randomness for response masks (``os.urandom``; injectable for tests).
+    meter
+        Charges each request's capacity before it is evaluated (a :class:`CountingMeter`,
+        without budget, unless given).
     """
 
     def __init__(
@@ -157,7 +201,9 @@ class InferenceService:
         max_stored_contexts: int = 256,
         max_models: int = 32,
         random_bytes: RandomBytes = os.urandom,
+        meter: Meter | None = None,
     ) -> None:
+        self._meter: Meter = meter if meter is not None else CountingMeter()
         self._registry = registry
         self._recorder = recorder
         self.limits = limits
@@ -387,12 +433,14 @@ class InferenceService:
         # declared figure: only the declared patients' outputs leave, but a request is
         # never counted as less than its capacity.
         carried = strategy.carried(len(ciphertexts))
+        inputs = context.load_inputs(ciphertexts)  # malformed input is refused uncharged
+        served_total = self._meter.charge(requester, header.model_hash, carried)
         with self._lock:
-            results = evaluate(
+            results = evaluate_loaded(
                 context,
                 served.circuit,
                 header.layout,
-                ciphertexts,
+                inputs,
                 batch_size=header.batch_size,
                 random_bytes=self._random_bytes,
             )
@@ -413,6 +461,7 @@ class InferenceService:
                 he_params_hash=context.he_params_hash,
                 batch_size=carried,
                 request_hash=request_hash,
+                served_total=served_total,
             )
         )
         return response

@@ -358,9 +358,11 @@ def test_encrypted_inference_matches_plaintext_and_is_recorded(
     expected = patients @ weights["linear.weight"].reshape(-1) + weights["linear.bias"][0]
     np.testing.assert_allclose(logits, expected, atol=1e-2)
     served = enrolled.coordinator.ledger.entries(kind="inference.served")
-    assert [(e.payload["requester"], e.payload["batch_size"]) for e in served] == [
-        ("researcher-user", 3)
-    ]
+    # Three patients declared; one coefficient ciphertext carries 136, which is charged.
+    assert [
+        (e.payload["requester"], e.payload["batch_size"], e.payload["served_total"])
+        for e in served
+    ] == [("researcher-user", 136, 136)]
     assert served[0].payload["model_hash"] == released
 
 
