@@ -23,7 +23,7 @@ import httpx
 import numpy as np
 import numpy.typing as npt
 
-from veracity.errors import ConfigError, CryptoError, InputError
+from veracity.errors import ConfigError, CryptoError, InputError, QueryBudgetExceeded
 from veracity.he.contexts import SecretContext
 from veracity.he.params import CKKSParameterSet, PackingLayout, parameter_set_named
 from veracity.he.wire import (
@@ -387,14 +387,24 @@ class InferenceClient:
             raise ConfigError(f"cannot reach {self._http.base_url}: {err}{hint}") from err
         except httpx.HTTPError as err:
             raise ConfigError(f"HTTP error talking to {self._http.base_url}: {err}") from err
+        if response.status_code < 400:
+            return response
+        try:
+            detail = str(response.json().get("detail", response.text))
+            code = str(response.json().get("error", ""))
+        except (ValueError, AttributeError):
+            detail, code = response.text[:200], ""
+        if code == "budget_exhausted":
+            raise QueryBudgetExceeded(f"the server refused the request: {detail}")
+        if response.status_code == 429:
+            retry = response.headers.get("Retry-After", "")
+            raise QueryBudgetExceeded(
+                f"the server refused the request: {detail}",
+                retry_after=float(retry) if retry.isdigit() else 1.0,
+            )
         if response.status_code in (401, 403):
             raise ConfigError(f"the server refused the token ({response.status_code})")
         if response.status_code >= 400:
-            try:
-                detail = str(response.json().get("detail", response.text))
-                code = str(response.json().get("error", ""))
-            except ValueError:
-                detail, code = response.text[:200], ""
             message = f"server refused the request ({response.status_code}): {detail}"
             if response.status_code >= 500:
                 raise ConfigError(message)

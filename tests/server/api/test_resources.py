@@ -360,8 +360,7 @@ def test_encrypted_inference_matches_plaintext_and_is_recorded(
     served = enrolled.coordinator.ledger.entries(kind="inference.served")
     # Three patients declared; one coefficient ciphertext carries 136, which is charged.
     assert [
-        (e.payload["requester"], e.payload["batch_size"], e.payload["served_total"])
-        for e in served
+        (e.payload["requester"], e.payload["batch_size"], e.payload["served_total"]) for e in served
     ] == [("researcher-user", 136, 136)]
     assert served[0].payload["model_hash"] == released
 

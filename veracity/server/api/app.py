@@ -29,6 +29,7 @@ from veracity import __version__
 from veracity.errors import ConfigError
 from veracity.ledger.events import ROOT_ACTOR
 from veracity.server.api import db
+from veracity.server.api.budget import BudgetStore, StoreMeter
 from veracity.server.api.deps import declare_roles, inference_requester, roles_of
 from veracity.server.api.inference import inference_router
 from veracity.server.api.limits import BodySizeLimit
@@ -137,6 +138,14 @@ def create_app(
                 burst=settings.inference_burst,
                 clock=rate_clock,
             )
+            app.state.budgets = BudgetStore(
+                coordinator.ledger.engine,
+                default_budget=settings.inference_default_budget,
+                patients_per_minute=settings.inference_patients_per_minute,
+                patient_burst=settings.inference_patient_burst,
+                clock=rate_clock,
+                now=clock,
+            )
             # Each request may hold two pooled connections (a write and a read); keep the
             # requests served at once within what the pool (5 + 10 overflow) can give.
             anyio.to_thread.current_default_thread_limiter().total_tokens = settings.api_threads
@@ -173,6 +182,7 @@ def create_app(
         ModelRegistry(paths.models),
         recorder=record_served,
         context_dir=paths.data_dir / "he-contexts",
+        meter=StoreMeter(lambda: app.state.budgets),  # made by the lifespan
     )
     inference_limit = max(inference.limits.max_request_bytes, inference.limits.max_context_bytes)
 

@@ -14,9 +14,11 @@ benchmarks, a single-purpose deployment). Routes (relative to the mount point):
 
 Bodies are read as a stream and refused with 413 as soon as they pass the limit (and before
 reading at all when ``Content-Length`` already says so). Errors are JSON
-``{"error": code, "detail": message}``: 400 malformed, truncated or mismatched input, 404
-unknown model, 413 too large, 415 wrong media type, 422 refused cryptographic material
-(secret keys, insecure or wrong parameters).
+``{"error": code, "detail": message}``: 400 malformed, truncated or mismatched input, 403
+``budget_exhausted`` (the requester's query budget for the model is spent), 404 unknown
+model, 413 too large, 415 wrong media type, 422 refused cryptographic material (secret
+keys, insecure or wrong parameters), 429 ``rate_limited`` with ``Retry-After`` (requests or
+predictions over the requester's rate).
 """
 
 # No ``from __future__ import annotations`` here: the routes annotate parameters with a
@@ -25,6 +27,7 @@ unknown model, 413 too large, 415 wrong media type, 422 refused cryptographic ma
 
 import hmac
 import logging
+import math
 from collections.abc import Callable, Mapping
 from typing import Annotated, Any
 
@@ -33,7 +36,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from veracity.errors import CryptoError, InputError, VeracityError
+from veracity.errors import CryptoError, InputError, QueryBudgetExceeded, VeracityError
 from veracity.he.wire import CONTENT_TYPE
 from veracity.server.inference import InferenceService
 
@@ -54,6 +57,13 @@ def _error(status: int, code: str, detail: str) -> JSONResponse:
 
 
 def _domain_error(err: VeracityError) -> JSONResponse:
+    if isinstance(err, QueryBudgetExceeded):
+        if err.retry_after is None:
+            return _error(403, "budget_exhausted", str(err))
+        seconds = max(1, math.ceil(err.retry_after))
+        response = _error(429, "rate_limited", f"{err}; retry in {seconds} s")
+        response.headers["Retry-After"] = str(seconds)
+        return response
     if isinstance(err, CryptoError):
         return _error(422, "crypto_refused", str(err))
     if isinstance(err, InputError):
