@@ -284,8 +284,11 @@ def measure_batch(
     response = service.serve(request, requester="bench")
     _, results = decode_response(response)
     logits = secret.decrypt(layout, results, batch_size=capacity, n_features=30, hidden=16)
-    error = float(np.abs(logits - predict_logits(spec, weights, batch)).max())
-    goal = ">= 100000" if family == "logistic" else ">= 6500"
+    expected = predict_logits(spec, weights, batch)
+    error = float(np.abs(logits - expected).max())
+    agree = float(np.mean((logits > 0) == (expected > 0)))
+    # Issue 13: the masked (output-private) batch layouts at these rates, decisions 100%.
+    goal = ">= 500000 (stretch 1000000)" if family == "logistic" else ">= 20000"
     baseline_name = "TenSEAL per patient"
     report.add(
         Figure(
@@ -319,7 +322,8 @@ def measure_batch(
         )
     )
     report.notes.append(
-        f"{label} {layout}: max |logit error| {error:.2g} over {capacity} patients, "
+        f"{label} {layout}: decisions agree with plaintext on {agree:.1%} of {capacity} "
+        f"patients; max |logit error| {error:.2g}, "
         f"response {len(response) / capacity:.0f} B/patient; of {evaluate_cpu * 1e3:.1f} ms per "
         f"batch, loading {len(ciphertexts)} seeded ciphertexts takes {load_cpu * 1e3:.1f} ms "
         f"(arithmetic and result alone: {capacity / max(evaluate_cpu - load_cpu, 1e-9):,.0f} "

@@ -112,8 +112,10 @@ class _ScratchFile:
 
     def stage(self, data: bytes) -> str:
         """Write ``data`` to the file; return the path for SEAL's ``load``."""
-        os.ftruncate(self._fd, 0)
+        # Overwrite in place and cut to length: emptying the file first would free and
+        # fault in its pages again for every object.
         os.pwrite(self._fd, data, 0)
+        os.ftruncate(self._fd, len(data))
         return self.path
 
 
@@ -152,6 +154,15 @@ def check_seal_blob(data: bytes, what: str, *, max_bytes: int) -> None:
 
 
 _NONE, _ZLIB, _ZSTD = 0, 1, 2
+
+
+def _zstd() -> zstandard.ZstdDecompressor:
+    """The zstd decompressor of the calling thread (one is not safe to share)."""
+    found: zstandard.ZstdDecompressor | None = getattr(_local, "zstd", None)
+    if found is None:
+        found = zstandard.ZstdDecompressor()
+        _local.zstd = found
+    return found
 
 
 def declared_inflated_size(data: bytes, what: str, *, max_bytes: int) -> int | None:
@@ -203,7 +214,11 @@ def inflate(data: bytes, what: str, *, max_bytes: int, max_inflated: int) -> byt
         return data
     payload = data[SEAL_HEADER.size :]
     try:
-        if compression == _ZSTD:
+        if compression == _ZSTD and declared is not None:
+            # One frame of known size: zstd inflates exactly that much or fails.
+            inflated = _zstd().decompress(payload, max_output_size=declared)
+            complete = len(inflated) == declared
+        elif compression == _ZSTD:
             reader = zstandard.ZstdDecompressor().stream_reader(payload, read_across_frames=True)
             inflated = reader.read(max_inflated + 1)
             complete = len(inflated) <= max_inflated and reader.read(1) == b""
