@@ -237,7 +237,10 @@ def _masked_outputs(
     """
     primes = runtime.primes[:1]
     degree = runtime.parameter_set.poly_modulus_degree
-    residues = uniform_residues(primes, degree, random_bytes)
+    if outputs.size < degree:
+        residues = uniform_residues(primes, degree, random_bytes)
+    else:  # every coefficient is a declared output: nothing to mask
+        residues = np.empty((1, degree), dtype=np.uint64)
     flood = bounded_integers(math.floor(FLOOD * scale), outputs.size, random_bytes)
     residues[:, outputs] = residues_of(flood + round(value * scale), primes)
     return residues

@@ -56,6 +56,19 @@ def _slot_exponent_indices(n: int) -> npt.NDArray[np.int64]:
     return cached
 
 
+_TWIST_CACHE: dict[int, npt.NDArray[np.complex128]] = {}
+
+
+def _twist(n: int) -> npt.NDArray[np.complex128]:
+    """``zeta**k`` for k < n, ``zeta = exp(i*pi/n)`` (read-only, cached per degree)."""
+    cached = _TWIST_CACHE.get(n)
+    if cached is None:
+        cached = np.exp(1j * np.pi * np.arange(n) / n)
+        cached.setflags(write=False)
+        _TWIST_CACHE[n] = cached
+    return cached
+
+
 def _check_degree(n: int) -> None:
     if n < 4 or n & (n - 1):
         raise InputError(f"ring degree {n} is not a power of two >= 4")
@@ -69,8 +82,7 @@ def slots_from_coefficients(coefficients: npt.ArrayLike) -> ComplexArray:
     c = np.asarray(coefficients, dtype=np.float64)
     n = c.shape[-1]
     _check_degree(n)
-    twist = np.exp(1j * np.pi * np.arange(n) / n)
-    values = np.fft.ifft(c * twist, axis=-1) * n  # values[l] = c(zeta**(1 + 2l))
+    values = np.fft.ifft(c * _twist(n), axis=-1) * n  # values[l] = c(zeta**(1 + 2l))
     return np.asarray(values[..., _slot_exponent_indices(n)], dtype=np.complex128)
 
 
@@ -83,8 +95,7 @@ def coefficients_from_slots(slots: npt.ArrayLike) -> FloatArray:
     values = np.zeros((*z.shape[:-1], n), dtype=np.complex128)
     values[..., index] = z
     values[..., n - 1 - index] = np.conj(z)  # zeta**(2N - e) is the conjugate root
-    untwist = np.exp(-1j * np.pi * np.arange(n) / n)
-    coefficients = np.fft.fft(values, axis=-1) / n * untwist
+    coefficients = np.fft.fft(values, axis=-1) / n * np.conj(_twist(n))
     return np.asarray(coefficients.real, dtype=np.float64)
 
 
