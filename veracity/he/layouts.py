@@ -32,6 +32,7 @@ import math
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 import numpy as np
@@ -572,6 +573,16 @@ class ReplicatedLayout:
         galois_keys, relin_keys = context.rotation_keys(geometry.rotation_steps())
         per = geometry.patients_per_ciphertext
         lift = encode(runtime, 1.0, inputs[0].parms_id(), 2.0**_REPLICATION_LIFT_BITS)
+        encoded: dict[tuple[str, int], Any] = {}
+
+        def plaintext(
+            key: tuple[str, int], values: Callable[[], FloatArray], at: Any, scale: float
+        ) -> Any:
+            # Every ciphertext but the last holds P live patients: encode once per count.
+            if key not in encoded:
+                encoded[key] = encode(runtime, values().tolist(), at.parms_id(), scale)
+            return encoded[key]
+
         results = []
         rotated = sa.Ciphertext()
         for index, ciphertext in enumerate(inputs):
@@ -586,40 +597,40 @@ class ReplicatedLayout:
             for step in geometry.replication_steps():
                 evaluator.rotate_vector(value, step, galois_keys, rotated)
                 evaluator.add_inplace(value, rotated)
-            first = encode(
-                runtime,
-                geometry.first_layer_vector(quadratic.hidden_weights, live).tolist(),
-                value.parms_id(),
+            first = plaintext(
+                ("first", live),
+                partial(geometry.first_layer_vector, quadratic.hidden_weights, live),
+                value,
                 quadratic.hidden_weight_scale / 2.0**_REPLICATION_LIFT_BITS,
             )
             evaluator.multiply_plain_inplace(value, first)
             for step in geometry.block_sum_steps():
                 evaluator.rotate_vector(value, step, galois_keys, rotated)
                 evaluator.add_inplace(value, rotated)
-            bias = encode(
-                runtime,
-                geometry.bias_vector(quadratic.hidden_bias, live).tolist(),
-                value.parms_id(),
+            bias = plaintext(
+                ("bias", live),
+                partial(geometry.bias_vector, quadratic.hidden_bias, live),
+                value,
                 value.scale,
             )
             evaluator.add_plain_inplace(value, bias)
             evaluator.rescale_to_next_inplace(value)
             evaluator.square_inplace(value)
             evaluator.relinearize_inplace(value, relin_keys)
-            selector = encode(
-                runtime,
-                geometry.output_selector(quadratic.output_weights, live).tolist(),
-                value.parms_id(),
+            selector = plaintext(
+                ("selector", live),
+                partial(geometry.output_selector, quadratic.output_weights, live),
+                value,
                 quadratic.output_weight_scale,
             )
             evaluator.multiply_plain_inplace(value, selector)
             for step in geometry.unit_sum_steps():
                 evaluator.rotate_vector(value, step, galois_keys, rotated)
                 evaluator.add_inplace(value, rotated)
-            constant = encode(
-                runtime,
-                geometry.output_constant(quadratic.output_bias, live).tolist(),
-                value.parms_id(),
+            constant = plaintext(
+                ("constant", live),
+                partial(geometry.output_constant, quadratic.output_bias, live),
+                value,
                 value.scale,
             )
             evaluator.add_plain_inplace(value, constant)
