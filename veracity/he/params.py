@@ -216,9 +216,11 @@ POLY_MLP_PARAMETERS = CKKSParameterSet(
     max_weight_scale_bits=40,
     batch_layout=PackingLayout.COLUMN,
     small_batch_layout=PackingLayout.REPLICATED,
-    # benchmarks/he_bench.py, client + server CPU per request: replicated 210 ms against
-    # column 274 ms at 64 patients, 357 against 232 ms at 96 (crossover ~75); 72 = 9
-    # ciphertexts of 8 patients. Bytes favour replicated further (~19 KB against 4.6 MB).
+    # benchmarks/he_bench.py, client + server CPU per request: replicated 233 ms against
+    # column 244 ms at 48 patients, 305 against 260 ms at 64 (crossover ~50 since the
+    # server replicates the features itself). 72 = 9 ciphertexts of 8 patients is kept:
+    # a column request is charged 4096 predictions against 8 per replicated ciphertext, and
+    # bytes favour replicated further (~21 KB against 4.6 MB per patient batch).
     small_batch_max=72,
 )
 
