@@ -3,7 +3,7 @@
 Every figure is measured in this run beside the baseline from the same run:
 
 * LR and MLP server throughput, predictions per second per core (CPU time of one thread):
-  ours = column packing through ``veracity.crypto.he.evaluate`` (ciphertext loading,
+  ours = column packing through ``veracity.he.layouts.evaluate`` (ciphertext loading,
   evaluation and result serialisation included) and through the whole
   ``InferenceService.serve`` (envelope parsing and the ledger hook too); baseline = TenSEAL,
   one CKKSVector per patient, ``dot`` (LR) or bias-folded ``mm`` (MLP), ``n_threads=1``.
@@ -12,7 +12,7 @@ Every figure is measured in this run beside the baseline from the same run:
   evaluates, client decrypts), against the baseline's in-process per-patient pipeline.
 * Single-patient latency over HTTP (small-batch layouts), against the baseline's.
 * The crossover between the small-batch and the batch layout (client + server CPU per
-  request, in process), which sets ``small_batch_max`` in ``veracity.crypto.he_params``.
+  request, in process), which sets ``small_batch_max`` in ``veracity.he.params``.
 
 Run ``python benchmarks/he_bench.py`` (``--quick`` for a short run; sizes are options).
 """
@@ -164,11 +164,12 @@ class TensealBaseline:
 def serve(registry_dir: str, port_file: str) -> None:
     import uvicorn
 
+    from veracity.contracts.events import InferenceServed
     from veracity.server.api.inference import create_inference_app
     from veracity.server.inference import InferenceService
     from veracity.server.registry import ModelRegistry
 
-    served: list[Mapping[str, Any]] = []
+    served: list[InferenceServed] = []
     service = InferenceService(ModelRegistry(Path(registry_dir)), recorder=served.append)
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.bind(("127.0.0.1", 0))
@@ -246,16 +247,18 @@ def measure_batch(
     report: Report,
 ) -> None:
     """Our batch layout at full capacity: evaluate alone and the whole request."""
-    from veracity.crypto.he import SecretContext, evaluate, seal_primes
-    from veracity.crypto.he_circuit import compile_circuit
-    from veracity.crypto.he_params import PARAMETER_SETS, PackingLayout, parameter_set_for
-    from veracity.crypto.he_wire import RequestHeader, decode_response, encode_request
+    from veracity.he.circuit import compile_circuit
+    from veracity.he.contexts import SecretContext
+    from veracity.he.layouts import evaluate
+    from veracity.he.params import PARAMETER_SETS, PackingLayout, parameter_set_for
+    from veracity.he.seal import seal_primes
+    from veracity.he.wire import RequestHeader, decode_response, encode_request
     from veracity.tasks.spec import predict_logits
 
     label = LABELS[family]
     ps = PARAMETER_SETS[parameter_set_for(family).name]
     layout = ps.batch_layout
-    capacity = 2 * ps.slots if layout is PackingLayout.COLUMN_COMPLEX else ps.slots
+    capacity = ps.poly_modulus_degree if layout is PackingLayout.COLUMN_COEFFICIENT else ps.slots
     batch = rows(x_test, capacity)
     secret = SecretContext.generate(ps)
     public = secret.public()
@@ -269,9 +272,11 @@ def measure_batch(
         activation=spec.activation,
     )
     ciphertexts = secret.encrypt(layout, batch)
-    evaluate_cpu = cpu_seconds(lambda: evaluate(public, circuit, layout, ciphertexts), repeat)
+    evaluate_cpu = cpu_seconds(
+        lambda: evaluate(public, circuit, layout, ciphertexts, batch_size=capacity), repeat
+    )
     # Where the time goes: loading the seeded ciphertexts (expanding each seed) vs the rest.
-    load_cpu = cpu_seconds(lambda: public._load_inputs(ciphertexts), repeat)
+    load_cpu = cpu_seconds(lambda: public.load_inputs(ciphertexts), repeat)
     request = encode_request(
         RequestHeader(model_hash, ps.name, secret.context_hash(), layout, capacity),
         ciphertexts,
@@ -281,8 +286,11 @@ def measure_batch(
     response = service.serve(request, requester="bench")
     _, results = decode_response(response)
     logits = secret.decrypt(layout, results, batch_size=capacity, n_features=30, hidden=16)
-    error = float(np.abs(logits - predict_logits(spec, weights, batch)).max())
-    goal = ">= 100000" if family == "logistic" else ">= 6500"
+    expected = predict_logits(spec, weights, batch)
+    error = float(np.abs(logits - expected).max())
+    agree = float(np.mean((logits > 0) == (expected > 0)))
+    # Issue 13: the masked (output-private) batch layouts at these rates, decisions 100%.
+    goal = ">= 500000 (stretch 1000000)" if family == "logistic" else ">= 20000"
     baseline_name = "TenSEAL per patient"
     report.add(
         Figure(
@@ -316,7 +324,8 @@ def measure_batch(
         )
     )
     report.notes.append(
-        f"{label} {layout}: max |logit error| {error:.2g} over {capacity} patients, "
+        f"{label} {layout}: decisions agree with plaintext on {agree:.1%} of {capacity} "
+        f"patients; max |logit error| {error:.2g}, "
         f"response {len(response) / capacity:.0f} B/patient; of {evaluate_cpu * 1e3:.1f} ms per "
         f"batch, loading {len(ciphertexts)} seeded ciphertexts takes {load_cpu * 1e3:.1f} ms "
         f"(arithmetic and result alone: {capacity / max(evaluate_cpu - load_cpu, 1e-9):,.0f} "
@@ -335,10 +344,12 @@ def measure_crossover(
     report: Report,
 ) -> None:
     """Client + server CPU per request of each size, small-batch against batch layout."""
-    from veracity.crypto.he import SecretContext, evaluate, seal_primes
-    from veracity.crypto.he_circuit import compile_circuit
-    from veracity.crypto.he_packing import ReplicatedGeometry
-    from veracity.crypto.he_params import PackingLayout, parameter_set_for
+    from veracity.he.circuit import compile_circuit
+    from veracity.he.contexts import SecretContext
+    from veracity.he.layouts import evaluate
+    from veracity.he.packing import ReplicatedGeometry
+    from veracity.he.params import PackingLayout, parameter_set_for
+    from veracity.he.seal import seal_primes
 
     label = LABELS[family]
     ps = parameter_set_for(family)
@@ -365,7 +376,7 @@ def measure_crossover(
 
             def round_trip(layout: Any = layout, x: Any = x, n: int = n) -> None:
                 encrypted = secret.encrypt(layout, x, hidden=spec.hidden)
-                out = evaluate(contexts[layout], circuit, layout, encrypted)
+                out = evaluate(contexts[layout], circuit, layout, encrypted, batch_size=n)
                 secret.decrypt(layout, out, batch_size=n, n_features=30, hidden=spec.hidden)
 
             cost[layout] = cpu_seconds(round_trip, max(1, repeat // 2))
@@ -410,7 +421,7 @@ def measure_http(
 ) -> None:
     """End-to-end throughput and single-patient latency through the HTTP API."""
     from veracity.client.predict import InferenceClient, predict_encrypted
-    from veracity.crypto.he import SecretContext
+    from veracity.he.contexts import SecretContext
     from veracity.tasks.spec import predict_logits
 
     label = LABELS[family]

@@ -97,6 +97,7 @@ class Workload:
             "he_params_hash": _hex("he", 1),
             "batch_size": 16,
             "request_hash": _hex("request", i),
+            "served_total": 16 * (i + 1),
         }
         return EventRequest("inference.served", ROOT_ACTOR, payload, signer=self.root)
 

@@ -12,6 +12,7 @@ The tree, one root::
     │   ├── SignatureError          a signature does not verify, or the key is not trusted
     │   └── ProofError              a Merkle inclusion or consistency proof does not verify
     ├── PrivacyBudgetExceeded       training would pass a dataset's or study's epsilon (exit 1)
+    ├── QueryBudgetExceeded         a requester asked a model for more predictions than allowed
     ├── ApprovalMissing             no approval from the site operator for this study (exit 1)
     ├── CryptoError                 key, HE context or ciphertext problems (exit 1)
     └── TransportError              the SuperLink or a SuperNode failed to answer (exit 1)
@@ -34,6 +35,7 @@ __all__ = [
     "SignatureError",
     "ProofError",
     "PrivacyBudgetExceeded",
+    "QueryBudgetExceeded",
     "ApprovalMissing",
     "CryptoError",
     "TransportError",
@@ -105,6 +107,23 @@ class ProofError(VerificationError):
 
 class PrivacyBudgetExceeded(VeracityError):
     """Training would take a dataset or a study past its epsilon budget."""
+
+
+class QueryBudgetExceeded(VeracityError):
+    """A requester asked a model for more predictions than it may have (exit 1).
+
+    Parameters
+    ----------
+    message
+        What was refused and why.
+    retry_after
+        Seconds until the requester's rate allows the request again; ``None`` when its
+        budget for the model is spent (only an administrator can grant more).
+    """
+
+    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
+        self.retry_after = retry_after
+        super().__init__(message)
 
 
 class ApprovalMissing(VeracityError):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import itertools
 from pathlib import Path
 from typing import Any
@@ -20,8 +21,8 @@ from veracity.client.predict import (
     sigmoid,
     standardise,
 )
-from veracity.crypto.he_params import LOGISTIC_PARAMETERS, PackingLayout
 from veracity.errors import ConfigError, CryptoError, InputError
+from veracity.he.params import LOGISTIC_PARAMETERS, PackingLayout
 
 FEATURES = ("age", "bmi")
 HASH = "ab" * 32
@@ -88,7 +89,7 @@ def _description(small_max: int = 1224, batch_max: int = 4096) -> ModelDescripti
         parameter_set=LOGISTIC_PARAMETERS,
         he_params_hash="00" * 32,
         small=LayoutChoice(PackingLayout.COEFFICIENT, small_max),
-        batch=LayoutChoice(PackingLayout.COLUMN_COMPLEX, batch_max),
+        batch=LayoutChoice(PackingLayout.COLUMN_COEFFICIENT, batch_max),
         threshold=0.5,
     )
 
@@ -110,9 +111,26 @@ def test_batches_cover_every_patient_once_and_respect_capacities(n: int, small_m
 def test_small_batches_use_the_small_layout() -> None:
     assert plan_batches(1, _description()) == [(_description().small, 0, 1)]
     assert [c.layout for c, _, _ in plan_batches(5000, _description())] == [
-        PackingLayout.COLUMN_COMPLEX,
+        PackingLayout.COLUMN_COEFFICIENT,
         PackingLayout.COEFFICIENT,
     ]
+
+
+def test_a_wrong_feature_count_is_refused_before_anything_is_sent() -> None:
+    # Attack 4: 29 features for a 30-feature model used to be served and mis-scored in the
+    # small layouts (same ciphertext count). Nothing listens on the client's port: the
+    # refusal must come before any request.
+    from veracity.client.predict import InferenceClient, predict_encrypted
+    from veracity.he.contexts import SecretContext
+
+    secret = SecretContext.generate(LOGISTIC_PARAMETERS)
+    description = dataclasses.replace(_description(), he_params_hash=secret.he_params_hash)
+    with InferenceClient("http://127.0.0.1:9", token="t") as client:  # noqa: S106
+        for wrong in (np.zeros((3, 3)), np.zeros((3, 1)), np.zeros(2)):
+            with pytest.raises(InputError, match="takes 2 features per patient"):
+                predict_encrypted(client, description, wrong, secret=secret)
+    with pytest.raises(InputError, match="takes 2 features"):
+        standardise(np.zeros((1, 3)), [(0.0, 1.0)] * 2, features=FEATURES, bound=64, ids=["a"])
 
 
 def test_sigmoid_is_stable_for_large_logits() -> None:
@@ -134,7 +152,7 @@ def _document() -> dict[str, Any]:
             "he_params_hash": "00" * 32,
             "layouts": {
                 "small": {"name": "coefficient", "max_batch": 1224},
-                "batch": {"name": "column_complex", "max_batch": 4096},
+                "batch": {"name": "column_coefficient", "max_batch": 4096},
             },
         },
     }

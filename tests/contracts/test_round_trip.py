@@ -223,7 +223,7 @@ def _record_every_kind(recorder: _Recorder, drawn: dict[str, Any]) -> None:
     recorder.root_event(
         InferenceServed(
             model_hash=h[4], requester=drawn["requester"], he_params_hash=h[6],
-            batch_size=drawn["batch"], request_hash=h[7],
+            batch_size=drawn["batch"], request_hash=h[7], served_total=drawn["batch"],
         )
     )  # fmt: skip
     recorder.site_event(first, NoteRecorded(text=drawn["note"]))

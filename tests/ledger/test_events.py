@@ -82,6 +82,7 @@ VALID: dict[str, dict[str, Any]] = {
         "he_params_hash": H,
         "batch_size": 16,
         "request_hash": H,
+        "served_total": 48,
     },
     "checkpoint": {"tree_size": 10, "root_hash": H, "log_id": H, "signature": SIG},
     "checkpoint.cosigned": {

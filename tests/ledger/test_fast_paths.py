@@ -46,6 +46,7 @@ def inference_payload(i: int) -> dict[str, Any]:
         "he_params_hash": hashlib.sha256(b"he").hexdigest(),
         "batch_size": 16,
         "request_hash": hashlib.sha256(f"request/{i}".encode()).hexdigest(),
+        "served_total": 16 * (i + 1),
     }
 
 
@@ -153,6 +154,7 @@ _KINDS_OF_FIELDS: dict[str, dict[str, str]] = {
         "he_params_hash": "hash",
         "batch_size": "int",
         "request_hash": "hash",
+        "served_total": "int",
     },
     "dataset.registered": {
         "site": "text",

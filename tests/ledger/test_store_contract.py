@@ -93,6 +93,7 @@ def test_never_enrolled_and_revoked_keys_cannot_append(
         "he_params_hash": "a" * 64,
         "batch_size": 1,
         "request_hash": "a" * 64,
+        "served_total": 1,
     }
     with pytest.raises(SignatureError, match=r"a site key may not record inference\.served"):
         world.ledger.append(

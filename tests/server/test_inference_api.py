@@ -7,7 +7,7 @@ import json
 import socket
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,9 +19,11 @@ import uvicorn
 
 from veracity.cli import main
 from veracity.client.predict import InferenceClient, predict_encrypted, sigmoid
-from veracity.crypto.he import SecretContext
-from veracity.crypto.he_params import LOGISTIC_PARAMETERS, POLY_MLP_PARAMETERS, PackingLayout
-from veracity.crypto.he_wire import (
+from veracity.contracts.events import InferenceServed
+from veracity.crypto.tls import create_tls_material
+from veracity.he.contexts import SecretContext
+from veracity.he.params import LOGISTIC_PARAMETERS, POLY_MLP_PARAMETERS, PackingLayout
+from veracity.he.wire import (
     CONTENT_TYPE,
     KIND_CONTEXT,
     RequestHeader,
@@ -31,7 +33,6 @@ from veracity.crypto.he_wire import (
     encode_envelope,
     encode_request,
 )
-from veracity.crypto.tls import create_tls_material
 from veracity.server.api.inference import create_inference_app
 from veracity.server.inference import InferenceService
 from veracity.server.registry import ModelRegistry
@@ -94,8 +95,8 @@ def registry(
 
 
 def _app(models: ModelRegistry, served: list[dict[str, Any]]) -> Any:
-    def record(payload: Mapping[str, Any]) -> None:
-        served.append(dict(payload))
+    def record(payload: InferenceServed) -> None:
+        served.append(payload.to_json())
 
     service = InferenceService(models, recorder=record, limits=LIMITS)
     return create_inference_app(service, tokens={TOKEN: REQUESTER})
@@ -146,17 +147,19 @@ def _read_scores(path: Path) -> list[dict[str, str]]:
 
 
 @pytest.mark.parametrize(
-    ("family", "copies", "layouts"),
+    ("family", "copies", "layouts", "charged"),
     [
-        ("logistic", 1, {"coefficient"}),  # 143 patients: the small-batch path
-        ("logistic", 35, {"column_complex", "coefficient"}),  # 5005: 4096 batched + 909 small
-        ("poly_mlp", 1, {"column"}),
+        ("logistic", 1, {"coefficient"}, 2 * 136),  # 143 patients: the small-batch path
+        # 5005: 4096 batched + 909 small (7 ciphertexts of 136)
+        ("logistic", 35, {"column_coefficient", "coefficient"}, 4096 + 7 * 136),
+        ("poly_mlp", 1, {"column"}, 4096),
     ],
 )
 def test_predict_cli_end_to_end_matches_plaintext(
     family: str,
     copies: int,
     layouts: set[str],
+    charged: int,
     live: LiveServer,
     breast_cancer: Any,
     trained_models: dict[str, Any],
@@ -206,10 +209,19 @@ def test_predict_cli_end_to_end_matches_plaintext(
     np.testing.assert_allclose(probabilities, sigmoid(expected), atol=1e-4)
     assert np.array_equal(decisions, (expected >= 0).astype(int))  # every patient agrees
     batches = live.served[before:]
-    assert sum(entry["batch_size"] for entry in batches) == len(raw)
+    # Recorded: the patients the ciphertexts can carry (what is charged), never fewer.
+    assert sum(entry["batch_size"] for entry in batches) == charged
     assert all(entry["requester"] == REQUESTER for entry in batches)
     assert all(
-        set(entry) == {"model_hash", "requester", "he_params_hash", "batch_size", "request_hash"}
+        set(entry)
+        == {
+            "model_hash",
+            "requester",
+            "he_params_hash",
+            "batch_size",
+            "request_hash",
+            "served_total",
+        }
         for entry in batches
     )
     assert len(batches) == len(layouts)
@@ -501,3 +513,81 @@ def test_the_description_endpoint_needs_a_token_and_names_the_schema(
     assert document["features"] == list(breast_cancer.feature_names)
     assert document["he"]["layouts"]["small"]["name"] == "coefficient"
     assert document["wire"]["max_request_bytes"] == LIMITS.max_request_bytes
+
+
+def _relin_key_bomb(context: bytes, copies: int, *, declare_size: bool) -> bytes:
+    """``context`` with its relinearisation keys replaced by ``copies`` all-zero keys.
+
+    A valid SEAL ``RelinKeys`` object (``copies`` key vectors of three unseeded public keys
+    at the key level, as SEAL itself would load), zstd-compressed on the fly: about 18 KiB
+    for 300 MiB uncompressed.
+    """
+    import struct
+
+    import zstandard
+
+    header = struct.Struct("<HBBBBHQ")
+    parts = dict(decode_envelope(context, kind=KIND_CONTEXT, max_bytes=2**26).parts)
+    real = zstandard.ZstdDecompressor().stream_reader(parts["relin_keys"][16:]).read()
+    _, _, major, minor, *_ = header.unpack_from(parts["relin_keys"])
+    parms_id = real[:32]
+    degree, primes = POLY_MLP_PARAMETERS.poly_modulus_degree, 4
+    data = bytes(2 * primes * degree * 8)
+    array = struct.pack("<Q", 2 * primes * degree)
+    array_header = header.pack(0xA15E, 16, major, minor, 0, 0, 16 + len(array) + len(data))
+    members = parms_id + struct.pack("<B3QdQ", 1, 2, degree, primes, 1.0, 1) + array_header
+    key_size = 16 + len(members) + len(array) + len(data)
+    key_header = header.pack(0xA15E, 16, major, minor, 0, 0, key_size)
+    total = 40 + copies * (8 + 3 * key_size)
+    compressor = zstandard.ZstdCompressor(level=3).compressobj(size=total if declare_size else -1)
+    chunks = [compressor.compress(parms_id + struct.pack("<Q", copies))]
+    for _ in range(copies):
+        chunks.append(compressor.compress(struct.pack("<Q", 3)))
+        for _ in range(3):
+            chunks.append(compressor.compress(key_header + members + array))
+            chunks.append(compressor.compress(data))
+    chunks.append(compressor.flush())
+    payload = b"".join(chunks)
+    bomb = header.pack(0xA15E, 16, major, minor, 2, 0, 16 + len(payload)) + payload
+    parts["relin_keys"] = bomb
+    return encode_envelope(
+        KIND_CONTEXT,
+        {"parameter_set": POLY_MLP_PARAMETERS.name, "scheme": "ckks"},
+        list(parts.items()),
+    )
+
+
+def _memory_kib(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(f"{field}:"):
+            return int(line.split()[1])
+    raise AssertionError(f"no {field} in /proc/self/status")
+
+
+@pytest.mark.parametrize("declare_size", [True, False], ids=["declared", "undeclared"])
+def test_a_decompression_bomb_is_refused_at_once_and_memory_stays_flat(
+    declare_size: bool, live: LiveServer
+) -> None:
+    # Attack 2: an 18 KiB key part that inflates to 300 MiB used to be accepted and cached
+    # (+732 MiB). The server here runs in this process, so its memory is ours to read.
+    secret = SecretContext.generate(POLY_MLP_PARAMETERS)
+    context = secret.public_context(rotation_steps=[1])
+    bomb = _relin_key_bomb(context, 200, declare_size=declare_size)
+    assert len(bomb) - len(context) < 64 * 1024  # ~18 KiB instead of the real key's ~700 KiB
+    headers = {"Authorization": f"Bearer {TOKEN}", "Content-Type": CONTENT_TYPE}
+    with httpx.Client(base_url=live.url, timeout=60) as http:
+        assert http.get("/health").status_code == 200
+        Path("/proc/self/clear_refs").write_text("5")  # reset the peak resident set
+        before = _memory_kib("VmRSS")
+        timings = []
+        for _ in range(3):
+            start = time.perf_counter()
+            response = http.post("/api/v1/inference/contexts", content=bomb, headers=headers)
+            timings.append(time.perf_counter() - start)
+            assert response.status_code == 422, response.text
+            assert "relin_keys" in response.json()["detail"]
+        growth_mib = (_memory_kib("VmHWM") - before) / 1024
+        assert http.post("/api/v1/inference/contexts", content=context, headers=headers).is_success
+    print(f"bomb refused in {min(timings) * 1e3:.1f} ms (best of 3), RSS +{growth_mib:.1f} MiB")
+    assert min(timings) < 0.05, timings
+    assert growth_mib < 32, f"peak resident memory grew by {growth_mib:.0f} MiB"

@@ -3,17 +3,17 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 
-from veracity.crypto.he import SecretContext
-from veracity.crypto.he_params import LOGISTIC_PARAMETERS, POLY_MLP_PARAMETERS, PackingLayout
-from veracity.crypto.he_wire import RequestHeader, body_hash, decode_response, encode_request
+from veracity.contracts.events import InferenceServed
 from veracity.errors import CryptoError, InputError
+from veracity.he.contexts import SecretContext
+from veracity.he.params import LOGISTIC_PARAMETERS, POLY_MLP_PARAMETERS, PackingLayout
+from veracity.he.wire import RequestHeader, body_hash, decode_response, encode_request
 from veracity.server.inference import InferenceService
 from veracity.server.registry import ModelRegistry
 from veracity.tasks.spec import predict_logits
@@ -42,8 +42,8 @@ class Recorder:
     def __init__(self) -> None:
         self.entries: list[dict[str, Any]] = []
 
-    def __call__(self, payload: Mapping[str, Any]) -> None:
-        self.entries.append(dict(payload))
+    def __call__(self, served: InferenceServed) -> None:
+        self.entries.append(served.to_json())
 
 
 def _request(
@@ -79,12 +79,12 @@ def test_served_batch_is_decrypted_and_recorded_with_exactly_the_ledger_payload(
     service = InferenceService(models, recorder=recorder)
     secret = SecretContext.generate(LOGISTIC_PARAMETERS)
     x = breast_cancer.test_x[:40]
-    request = _request(secret, hashes["logistic"], x, PackingLayout.COLUMN_COMPLEX)
+    request = _request(secret, hashes["logistic"], x, PackingLayout.COLUMN_COEFFICIENT)
 
     response = service.serve(request, requester="clinic-7", model_hash=hashes["logistic"])
 
     header, results = decode_response(response)
-    logits = secret.decrypt(PackingLayout.COLUMN_COMPLEX, results, batch_size=40, n_features=30)
+    logits = secret.decrypt(PackingLayout.COLUMN_COEFFICIENT, results, batch_size=40, n_features=30)
     spec, weights = trained_models["logistic"]
     np.testing.assert_allclose(logits, predict_logits(spec, weights, x), atol=1e-3)
     assert header.request_hash == hashlib.sha256(request).hexdigest()
@@ -93,8 +93,9 @@ def test_served_batch_is_decrypted_and_recorded_with_exactly_the_ledger_payload(
             "model_hash": hashes["logistic"],
             "requester": "clinic-7",
             "he_params_hash": secret.he_params_hash,
-            "batch_size": 40,
+            "batch_size": 4096,  # what the 30 ciphertexts can carry, not the 40 declared
             "request_hash": hashlib.sha256(request).hexdigest(),
+            "served_total": 4096,
         }
     ]
 
@@ -124,15 +125,9 @@ def test_the_description_tells_the_client_what_it_needs(
     assert description["he"]["parameter_set"]["name"] == POLY_MLP_PARAMETERS.name
     assert description["he"]["layouts"]["batch"] == {"name": "column", "max_batch": 4096}
     assert description["he"]["layouts"]["small"]["rotation_steps"] == [
-        1,
-        2,
-        4,
-        8,
-        16,
-        256,
-        512,
-        1024,
-        2048,
+        *(-256, -512, -1024, -2048),
+        *(1, 2, 4, 8, 16),
+        *(256, 512, 1024, 2048),
     ]
 
 
@@ -153,19 +148,19 @@ def test_mismatched_requests_are_refused_and_nothing_is_recorded(
     mlp_secret = SecretContext.generate(POLY_MLP_PARAMETERS)
     x = breast_cancer.test_x[:5]
     lr, mlp = hashes["logistic"], hashes["poly_mlp"]
-    good = _request(lr_secret, lr, x, PackingLayout.COLUMN_COMPLEX)
+    good = _request(lr_secret, lr, x, PackingLayout.COLUMN_COEFFICIENT)
 
     _refused(service, good, InputError, "not " + mlp, model_hash=mlp)
     _refused(
         service,
-        _request(lr_secret, "f" * 64, x, PackingLayout.COLUMN_COMPLEX),
+        _request(lr_secret, "f" * 64, x, PackingLayout.COLUMN_COEFFICIENT),
         InputError,
         "no released model",
     )
     # An LR context and ciphertexts sent to the MLP: wrong parameter set.
     _refused(
         service,
-        _request(lr_secret, mlp, x, PackingLayout.COLUMN_COMPLEX),
+        _request(lr_secret, mlp, x, PackingLayout.COLUMN_COEFFICIENT),
         CryptoError,
         "served under",
     )
@@ -176,19 +171,19 @@ def test_mismatched_requests_are_refused_and_nothing_is_recorded(
     _refused(service, claimed, CryptoError, "context is for")
     _refused(
         service,
-        _request(mlp_secret, mlp, x, PackingLayout.COLUMN_COMPLEX),
+        _request(mlp_secret, mlp, x, PackingLayout.COLUMN_COEFFICIENT),
         CryptoError,
         "does not serve",
     )
     _refused(
         service,
-        _request(lr_secret, lr, x, PackingLayout.COLUMN_COMPLEX, batch_size=9000),
+        _request(lr_secret, lr, x, PackingLayout.COLUMN_COEFFICIENT, batch_size=9000),
         InputError,
         "exceeds",
     )
     _refused(
         service,
-        _request(lr_secret, lr, x, PackingLayout.COLUMN_COMPLEX, context_hash="0" * 64),
+        _request(lr_secret, lr, x, PackingLayout.COLUMN_COEFFICIENT, context_hash="0" * 64),
         InputError,
         "does not hash",
     )
@@ -198,7 +193,7 @@ def test_mismatched_requests_are_refused_and_nothing_is_recorded(
             SecretContext.generate(LOGISTIC_PARAMETERS),
             lr,
             x,
-            PackingLayout.COLUMN_COMPLEX,
+            PackingLayout.COLUMN_COEFFICIENT,
             inline=False,
         ),
         InputError,
@@ -206,9 +201,13 @@ def test_mismatched_requests_are_refused_and_nothing_is_recorded(
     )
     short = encode_request(
         RequestHeader(
-            lr, LOGISTIC_PARAMETERS.name, lr_secret.context_hash(), PackingLayout.COLUMN_COMPLEX, 5
+            lr,
+            LOGISTIC_PARAMETERS.name,
+            lr_secret.context_hash(),
+            PackingLayout.COLUMN_COEFFICIENT,
+            5,
         ),
-        lr_secret.encrypt(PackingLayout.COLUMN_COMPLEX, x)[:-1],
+        lr_secret.encrypt(PackingLayout.COLUMN_COEFFICIENT, x)[:-1],
         context=lr_secret.public_context(),
     )
     _refused(service, short, InputError, "needs 30 ciphertexts")
@@ -224,7 +223,7 @@ def test_a_failing_recorder_withholds_the_response(
 ) -> None:
     models, hashes = registry
 
-    def ledger_down(payload: Mapping[str, Any]) -> None:
+    def ledger_down(payload: InferenceServed) -> None:
         raise RuntimeError("ledger unavailable")
 
     service = InferenceService(models, recorder=ledger_down)
@@ -291,7 +290,7 @@ def test_a_network_too_wide_for_the_small_layout_is_served_in_batches_only(tmp_p
 def test_uploaded_contexts_are_shared_through_the_context_directory(
     registry: tuple[ModelRegistry, dict[str, str]], breast_cancer: Any, tmp_path: Path
 ) -> None:
-    from veracity.crypto.he_packing import ReplicatedGeometry
+    from veracity.he.packing import ReplicatedGeometry
 
     models, hashes = registry
     secret = SecretContext.generate(POLY_MLP_PARAMETERS)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -129,3 +130,28 @@ def test_server_options_are_settable_from_the_environment(
     monkeypatch.setenv("VERACITY_TOKEN_NAME", "clinic")
     assert main(["server", "token", "create"]) == 0
     assert capsys.readouterr().out.startswith("vrc_")
+
+
+def test_budget_set_and_list_on_the_command_line(
+    tmp_path: Path,
+    sqlite_url: str,
+    capsys: pytest.CaptureFixture[str],
+    trained_models: dict[str, Any],
+) -> None:
+    from veracity.server.registry import ModelRegistry
+
+    _init(tmp_path / "c", sqlite_url, capsys)
+    spec, weights = trained_models["logistic"]
+    model = ModelRegistry(tmp_path / "c" / "models").put(
+        spec, weights, features=[f"f{i}" for i in range(30)], label="y",
+        scaling=[(0.0, 1.0)] * 30, card={},
+    )  # fmt: skip
+    common = ["--model", model, "--data-dir", str(tmp_path / "c"), "--format", "json"]
+    args = ["server", "budget", "set", "--requester", "clinic-7", "--predictions", "31"]
+    assert main([*args, *common]) == 0
+    assert json.loads(capsys.readouterr().out)["budget"] == 31
+    assert main(["server", "budget", "list", *common]) == 0
+    listed = json.loads(capsys.readouterr().out)
+    assert [(b["requester"], b["budget"], b["used"]) for b in listed] == [("clinic-7", 31, 0)]
+    unknown = ["--model", "0" * 64, "--data-dir", str(tmp_path / "c")]
+    assert main([*args, *unknown]) == 1  # no such model

@@ -5,7 +5,7 @@ patients CSV against the model's features, standardise with the published scalin
 encrypt locally under a fresh CKKS secret key (which never leaves this process), send
 request envelopes, verify and decrypt the responses, and turn logits into probabilities
 and decisions. The HTTP transport is :class:`InferenceClient` (httpx); everything else is
-plain Python over :mod:`veracity.crypto.he`.
+plain Python over :mod:`veracity.he`.
 """
 
 from __future__ import annotations
@@ -23,9 +23,10 @@ import httpx
 import numpy as np
 import numpy.typing as npt
 
-from veracity.crypto.he import SecretContext
-from veracity.crypto.he_params import CKKSParameterSet, PackingLayout, parameter_set_named
-from veracity.crypto.he_wire import (
+from veracity.errors import ConfigError, CryptoError, InputError, QueryBudgetExceeded
+from veracity.he.contexts import SecretContext
+from veracity.he.params import CKKSParameterSet, PackingLayout, parameter_set_named
+from veracity.he.wire import (
     CONTENT_TYPE,
     DEFAULT_LIMITS,
     RequestHeader,
@@ -34,7 +35,6 @@ from veracity.crypto.he_wire import (
     decode_response,
     encode_request,
 )
-from veracity.errors import ConfigError, CryptoError, InputError
 
 __all__ = [
     "ModelDescription",
@@ -242,11 +242,17 @@ def standardise(
     Raises
     ------
     InputError
-        Naming the first row and column whose standardised value exceeds the bound (a value
-        in the wrong unit, usually).
+        If ``values`` does not have one column per scaled feature, or naming the first row
+        and column whose standardised value exceeds the bound (a value in the wrong unit,
+        usually).
     """
     means = np.array([m for m, _ in scaling], dtype=np.float64)
     stds = np.array([s for _, s in scaling], dtype=np.float64)
+    if values.ndim != 2 or values.shape[1] != means.shape[0]:
+        raise InputError(
+            f"the model takes {means.shape[0]} features per patient; got an array of shape "
+            f"{values.shape}"
+        )
     z = (values - means) / stds
     outside = np.argwhere(np.abs(z) > bound)
     if outside.size:
@@ -381,21 +387,29 @@ class InferenceClient:
             raise ConfigError(f"cannot reach {self._http.base_url}: {err}{hint}") from err
         except httpx.HTTPError as err:
             raise ConfigError(f"HTTP error talking to {self._http.base_url}: {err}") from err
+        if response.status_code < 400:
+            return response
+        try:  # a problem document (RFC 9457) with the server's stable ``code``
+            problem = response.json()
+            detail, code = str(problem.get("detail", "")), str(problem.get("code", ""))
+        except (ValueError, AttributeError):
+            detail, code = response.text[:200], ""
+        if code == "budget_exhausted":
+            raise QueryBudgetExceeded(f"the server refused the request: {detail}")
+        if response.status_code == 429:
+            retry = response.headers.get("Retry-After", "")
+            raise QueryBudgetExceeded(
+                f"the server refused the request: {detail}",
+                retry_after=float(retry) if retry.isdigit() else 1.0,
+            )
         if response.status_code in (401, 403):
             raise ConfigError(f"the server refused the token ({response.status_code})")
-        if response.status_code >= 400:
-            try:  # a problem document (RFC 9457) with the server's stable ``code``
-                problem = response.json()
-                detail, code = str(problem.get("detail", "")), str(problem.get("code", ""))
-            except (ValueError, AttributeError):
-                detail, code = response.text[:200], ""
-            message = f"server refused the request ({response.status_code}): {detail}"
-            if response.status_code >= 500:
-                raise ConfigError(message)
-            if code == "crypto_refused":
-                raise CryptoError(message)
-            raise InputError(message)
-        return response
+        message = f"server refused the request ({response.status_code}): {detail}"
+        if response.status_code >= 500:
+            raise ConfigError(message)
+        if code == "crypto_refused":
+            raise CryptoError(message)
+        raise InputError(message)
 
     def describe(self, model_hash: str) -> ModelDescription:
         """Fetch and check the model's public description."""
@@ -423,6 +437,10 @@ class InferenceClient:
     def has_uploaded(self, context_hash: str) -> bool:
         """Whether this client already uploaded the context with this hash."""
         return context_hash in self._uploaded
+
+    def forget_upload(self, context_hash: str) -> None:
+        """Upload the context with this hash again next time (the server lost it)."""
+        self._uploaded.discard(context_hash)
 
     def predict(self, model_hash: str, request: bytes) -> bytes:
         """Send one request envelope; return the response envelope."""
@@ -471,14 +489,20 @@ def predict_encrypted(
         If a response does not answer the request that was sent, was made under other
         parameters or does not decrypt.
     InputError
-        If the server refuses a request.
+        If ``features`` is not a (patients, ``description.n_features``) array, or the
+        server refuses a request.
     """
+    x = np.asarray(features, dtype=np.float64)
+    if x.ndim != 2 or x.shape[0] < 1 or x.shape[1] != description.n_features:
+        raise InputError(
+            f"the model takes {description.n_features} features per patient "
+            f"({', '.join(description.features[:3])}, ...); got an array of shape {x.shape}"
+        )
     secret = secret or SecretContext.generate(description.parameter_set)
     if secret.parameter_set != description.parameter_set:
         raise CryptoError("the secret context's parameter set is not the model's")
     if secret.he_params_hash != description.he_params_hash:
         raise CryptoError("the server's HE parameters differ from this client's")
-    x = np.asarray(features, dtype=np.float64)
     logits = np.empty(x.shape[0], dtype=np.float64)
     requests = sent = 0
     for choice, start, stop in plan_batches(x.shape[0], description):
@@ -499,7 +523,18 @@ def predict_encrypted(
             batch_size=stop - start,
         )
         request = encode_request(header, ciphertexts, context=inline)
-        answer, results = decode_response(client.predict(description.model_hash, request))
+        try:
+            reply = client.predict(description.model_hash, request)
+        except InputError as err:
+            if inline is not None or "not known here" not in str(err):
+                raise
+            # The server no longer knows the uploaded context (evicted, or a worker that
+            # cannot see it): upload it again, once.
+            client.forget_upload(context_hash)
+            client.upload_context(context)
+            sent += len(context)
+            reply = client.predict(description.model_hash, request)
+        answer, results = decode_response(reply)
         requests += 1
         sent += len(request)
         if (

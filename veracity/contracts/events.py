@@ -293,8 +293,11 @@ class InferenceServed(Payload):
     model_hash: Hash
     requester: Ident
     he_params_hash: Hash
+    #: Patients the request's ciphertexts can carry (what is charged), not the declared batch.
     batch_size: Annotated[int, Field(ge=1, le=2**31)]
     request_hash: Hash
+    #: Patients charged to this requester for this model so far, this request included.
+    served_total: Annotated[int, Field(ge=1, le=2**53 - 1)]
 
 
 class CheckpointRecorded(Payload):

@@ -1,1 +1,1 @@
-"""Keys and identities (Ed25519 signing keys, TLS material) and homomorphic encryption."""
+"""Keys and identities: Ed25519 signing keys, TLS material, SuperNode keys."""

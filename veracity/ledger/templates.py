@@ -68,6 +68,8 @@ _FIELDS: dict[str, dict[str, bytes]] = {
         # 1 <= batch_size <= 2**31: nine digits at most stay inside.
         "batch_size": rb"[1-9][0-9]{0,8}",
         "request_hash": _HASH,
+        # 1 <= served_total < 2**53: fifteen digits at most stay inside.
+        "served_total": rb"[1-9][0-9]{0,14}",
     },
     "dataset.registered": {
         "site": rb'"(?P<site>' + _NAME + rb')"',

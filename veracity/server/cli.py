@@ -227,3 +227,96 @@ def token_revoke(
         emit_json(info.to_json())
     else:
         stderr_console().print(f"token {info.id} ({info.name}) revoked at {info.revoked_at}")
+
+
+budget_app = typer.Typer(
+    name="budget",
+    help="Query budgets: how many predictions a requester may get from a model.",
+    no_args_is_help=True,
+)
+app.add_typer(budget_app, name="budget")
+ModelOption = Annotated[
+    str, typer.Option("--model", envvar="VERACITY_MODEL", help="The released model's hash.")
+]
+
+
+@budget_app.command("set")
+def budget_set(
+    model: ModelOption,
+    requester: Annotated[
+        str, typer.Option("--requester", help="Who asks: the name of the requester's token.")
+    ],
+    predictions: Annotated[
+        int,
+        typer.Option(
+            "--predictions", min=0, help="Predictions allowed in all (what requests carry)."
+        ),
+    ],
+    data_dir: DataDirOption = Path("veracity-data"),
+    output_format: FormatOption = OutputFormat.TEXT,
+) -> None:
+    """Allow REQUESTER PREDICTIONS predictions from MODEL in all (recorded in api_action).
+
+    A logistic model is determined by d + 1 exact predictions (d features).
+    """
+    from veracity.server.api import db
+    from veracity.server.api.budget import BudgetStore
+    from veracity.server.api.settings import load_api_settings
+    from veracity.server.api.tokens import Principal, Role
+    from veracity.server.coordinator import Coordinator
+    from veracity.server.registry import ModelRegistry
+
+    settings = load_api_settings()
+    with Coordinator.open(data_dir) as coordinator:
+        db.check_schema(coordinator.ledger.engine)
+        ModelRegistry(coordinator.paths.models).get(model)  # refuses an unknown model
+        store = BudgetStore(
+            coordinator.ledger.engine,
+            default_budget=settings.inference_default_budget,
+            patients_per_minute=settings.inference_patients_per_minute,
+            patient_burst=settings.inference_patient_burst,
+        )
+        budget = store.set(
+            Principal(None, "veracity server budget", Role.ADMIN), requester, model, predictions
+        )
+    if output_format is OutputFormat.JSON:
+        emit_json(budget.to_json())
+    else:
+        stderr_console().print(
+            f"{requester} may get {predictions} predictions from {model[:16]}... "
+            f"({budget.used} had so far)"
+        )
+
+
+@budget_app.command("list")
+def budget_list(
+    model: ModelOption,
+    data_dir: DataDirOption = Path("veracity-data"),
+    output_format: FormatOption = OutputFormat.TEXT,
+) -> None:
+    """Every requester's budget for MODEL: set, effective, used."""
+    from veracity.server.api import db
+    from veracity.server.api.budget import BudgetStore
+    from veracity.server.api.settings import load_api_settings
+    from veracity.server.coordinator import Coordinator
+
+    settings = load_api_settings()
+    with Coordinator.open(data_dir) as coordinator:
+        db.check_schema(coordinator.ledger.engine)
+        budgets = BudgetStore(
+            coordinator.ledger.engine,
+            default_budget=settings.inference_default_budget,
+            patients_per_minute=settings.inference_patients_per_minute,
+            patient_burst=settings.inference_patient_burst,
+        ).list(model)
+    if output_format is OutputFormat.JSON:
+        emit_json([b.to_json() for b in budgets])
+        return
+    emit_table(
+        "query budgets",
+        ["requester", "budget", "effective", "used"],
+        [
+            [b.requester, "default" if b.budget is None else b.budget, b.effective, b.used]
+            for b in budgets
+        ],
+    )

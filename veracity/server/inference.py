@@ -19,26 +19,31 @@ import os
 import tempfile
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
-from veracity.crypto.he import PublicContext, RandomBytes, evaluate, seal_primes
-from veracity.crypto.he_circuit import Circuit, compile_circuit
-from veracity.crypto.he_packing import (
-    CoefficientGeometry,
-    ReplicatedGeometry,
-    ciphertext_count,
-    layout_capacity,
+from veracity.contracts.events import InferenceServed
+from veracity.errors import CryptoError, InputError
+from veracity.he.circuit import Circuit, compile_circuit
+from veracity.he.contexts import PublicContext
+from veracity.he.layouts import (
+    Layout,
+    ModelShape,
+    RandomBytes,
+    ReplicatedLayout,
+    evaluate_loaded,
+    layout_for,
 )
-from veracity.crypto.he_params import (
+from veracity.he.params import (
     CKKSParameterSet,
     PackingLayout,
     he_params_hash,
     parameter_set_for,
 )
-from veracity.crypto.he_wire import (
+from veracity.he.seal import seal_primes
+from veracity.he.wire import (
     CONTENT_TYPE,
     DEFAULT_LIMITS,
     WIRE_VERSION,
@@ -48,26 +53,45 @@ from veracity.crypto.he_wire import (
     decode_request,
     encode_response,
 )
-from veracity.errors import CryptoError, InputError
 from veracity.server.registry import ModelRegistry, ReleasedModel
 
-__all__ = ["Recorder", "InferenceService", "served_payload"]
+__all__ = ["Recorder", "Meter", "CountingMeter", "InferenceService"]
 
 #: Receives the ``inference.served`` payload of each served batch; raises to refuse it.
-Recorder = Callable[[Mapping[str, Any]], None]
+Recorder = Callable[[InferenceServed], None]
 
 
-def served_payload(
-    *, model_hash: str, requester: str, he_params_hash: str, batch_size: int, request_hash: str
-) -> dict[str, Any]:
-    """The ``inference.served`` payload (docs/architecture.md): exactly these five fields."""
-    return {
-        "model_hash": model_hash,
-        "requester": requester,
-        "he_params_hash": he_params_hash,
-        "batch_size": batch_size,
-        "request_hash": request_hash,
-    }
+class Meter(Protocol):
+    """Charges predictions to a requester and model before they are computed."""
+
+    def charge(self, requester: str, model_hash: str, patients: int) -> int:
+        """Charge ``patients`` predictions; return the running total, this charge included.
+
+        Raises
+        ------
+        QueryBudgetExceeded
+            If the requester may not have them (budget spent, or over its rate).
+        """
+        ...
+
+
+class CountingMeter:
+    """Counts predictions per requester and model in this process, with no budget.
+
+    For tests, benchmarks and the standalone app; the admin API charges through its
+    database (``veracity.server.api.budget``), shared by every worker.
+    """
+
+    def __init__(self) -> None:
+        self._totals: dict[tuple[str, str], int] = {}
+        self._lock = threading.Lock()
+
+    def charge(self, requester: str, model_hash: str, patients: int) -> int:
+        """Add ``patients`` to the requester's count for the model; return the new total."""
+        with self._lock:
+            total = self._totals.get((requester, model_hash), 0) + patients
+            self._totals[(requester, model_hash)] = total
+            return total
 
 
 @dataclass(frozen=True)
@@ -80,20 +104,24 @@ class _ServedModel:
     def hidden(self) -> int:
         return self.released.spec.hidden if self.released.spec.family == "poly_mlp" else 0
 
+    @property
+    def shape(self) -> ModelShape:
+        return ModelShape(self.released.spec.n_features, self.hidden)
+
+    def layout(self, layout: PackingLayout) -> Layout | None:
+        """The model's implementation of ``layout`` (None: not offered for this model)."""
+        ps = self.parameter_set
+        if layout not in (ps.batch_layout, ps.small_batch_layout):
+            return None
+        try:
+            return layout_for(layout, ps, self.shape)
+        except InputError:
+            return None  # the network is too wide for this layout: batches only
+
     def capacity(self, layout: PackingLayout) -> int:
         """Most patients per request in ``layout`` for this model (0: layout unavailable)."""
-        ps = self.parameter_set
-        n = self.released.spec.n_features
-        if layout not in (ps.batch_layout, ps.small_batch_layout):
-            return 0
-        try:
-            if layout is PackingLayout.REPLICATED:
-                ReplicatedGeometry(n, self.hidden, ps.slots)
-            elif layout is PackingLayout.COEFFICIENT:
-                CoefficientGeometry(n, ps.poly_modulus_degree)
-        except InputError:
-            return 0  # the network is too wide for this layout: batches only
-        return layout_capacity(layout, ps)
+        strategy = self.layout(layout)
+        return 0 if strategy is None else strategy.capacity()
 
     def layouts(self) -> dict[str, Any]:
         ps = self.parameter_set
@@ -101,10 +129,10 @@ class _ServedModel:
             "name": ps.small_batch_layout.value,
             "max_batch": self.capacity(ps.small_batch_layout),
         }
-        if ps.small_batch_layout is PackingLayout.REPLICATED and small["max_batch"]:
-            geometry = ReplicatedGeometry(self.released.spec.n_features, self.hidden, ps.slots)
-            small["rotation_steps"] = list(geometry.rotation_steps())
-            small["patients_per_ciphertext"] = geometry.patients_per_ciphertext
+        strategy = self.layout(ps.small_batch_layout)
+        if isinstance(strategy, ReplicatedLayout):
+            small["rotation_steps"] = list(strategy.rotation_steps())
+            small["patients_per_ciphertext"] = strategy.geometry.patients_per_ciphertext
         return {
             "small": small,
             "batch": {"name": ps.batch_layout.value, "max_batch": self.capacity(ps.batch_layout)},
@@ -133,6 +161,9 @@ class InferenceService:
         Compiled models kept in memory.
     random_bytes
         Randomness for response masks (``os.urandom``; injectable for tests).
+    meter
+        Charges each request's capacity before it is evaluated (a :class:`CountingMeter`,
+        without budget, unless given).
     """
 
     def __init__(
@@ -146,7 +177,9 @@ class InferenceService:
         max_stored_contexts: int = 256,
         max_models: int = 32,
         random_bytes: RandomBytes = os.urandom,
+        meter: Meter | None = None,
     ) -> None:
+        self._meter: Meter = meter if meter is not None else CountingMeter()
         self._registry = registry
         self._recorder = recorder
         self.limits = limits
@@ -356,33 +389,35 @@ class InferenceService:
                 f"layout {header.layout} does not serve {served.released.spec.family.value} "
                 f"models; use {ps.batch_layout} or {ps.small_batch_layout}"
             )
-        capacity = served.capacity(header.layout)
-        if capacity == 0:
+        strategy = served.layout(header.layout)
+        if strategy is None:
             raise InputError(
                 f"layout {header.layout} cannot hold this model; use {ps.batch_layout}"
             )
+        capacity = strategy.capacity()
         if header.batch_size > capacity:
             raise InputError(
                 f"a batch of {header.batch_size} exceeds the {header.layout} layout's {capacity}"
             )
-        expected = ciphertext_count(
-            header.layout,
-            header.batch_size,
-            n_features=served.released.spec.n_features,
-            hidden=served.hidden,
-            slots=ps.slots,
-        )
+        expected = strategy.ciphertext_count(header.batch_size)
         if len(ciphertexts) != expected:
             raise InputError(
                 f"a {header.layout} batch of {header.batch_size} needs {expected} ciphertexts, "
                 f"got {len(ciphertexts)}"
             )
+        # What is recorded (and charged) is what the ciphertexts can carry, not the
+        # declared figure: only the declared patients' outputs leave, but a request is
+        # never counted as less than its capacity.
+        carried = strategy.carried(len(ciphertexts))
+        inputs = context.load_inputs(ciphertexts)  # malformed input is refused uncharged
+        served_total = self._meter.charge(requester, header.model_hash, carried)
         with self._lock:
-            results = evaluate(
+            results = evaluate_loaded(
                 context,
                 served.circuit,
                 header.layout,
-                ciphertexts,
+                inputs,
+                batch_size=header.batch_size,
                 random_bytes=self._random_bytes,
             )
         response = encode_response(
@@ -396,12 +431,13 @@ class InferenceService:
             results,
         )
         self._recorder(
-            served_payload(
+            InferenceServed(
                 model_hash=header.model_hash,
                 requester=requester,
                 he_params_hash=context.he_params_hash,
-                batch_size=header.batch_size,
+                batch_size=carried,
                 request_hash=request_hash,
+                served_total=served_total,
             )
         )
         return response

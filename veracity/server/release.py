@@ -62,6 +62,24 @@ def client_level_privacy(study: Study, completed: list[RoundOutcome]) -> dict[st
     }
 
 
+def _extraction_limitation(study: Study) -> str:
+    """What answering predictions reveals about the model itself (model extraction)."""
+    d = study.model_spec.n_features
+    if study.model_spec.family.value == "logistic":
+        return (
+            f"A logistic model is determined by d + 1 = {d + 1} exact predictions (d = {d} "
+            "features): anyone given that many predictions, encrypted or not, can reconstruct "
+            "its weights. Encrypted inference charges every prediction a request can carry to "
+            "the requester's query budget for this model."
+        )
+    return (
+        f"This quadratic network is a quadratic form in its {d} features, determined by "
+        f"(d + 1)(d + 2) / 2 = {(d + 1) * (d + 2) // 2} exact predictions: anyone given that "
+        "many, encrypted or not, can reproduce its outputs. Encrypted inference charges every "
+        "prediction a request can carry to the requester's query budget for this model."
+    )
+
+
 def build_model_card(
     coordinator: Coordinator,
     study: Study,
@@ -110,6 +128,7 @@ def build_model_card(
         + ". Research use within the approving network; not validated for clinical decisions.",
         "limitations": [
             "Trained on the approving sites' cohorts only; performance elsewhere is unknown.",
+            _extraction_limitation(study),
             "Differential privacy protects individual records, not site-level statistics."
             if study.central_dp is None
             else "Record-level DP protects individual records; client-level DP bounds what "

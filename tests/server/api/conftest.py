@@ -321,8 +321,8 @@ def encrypted_query(description: dict[str, Any], features: Any) -> EncryptedQuer
     import numpy as np
 
     from veracity.client.predict import ModelDescription, plan_batches
-    from veracity.crypto.he import SecretContext
-    from veracity.crypto.he_wire import RequestHeader, body_hash, encode_request
+    from veracity.he.contexts import SecretContext
+    from veracity.he.wire import RequestHeader, body_hash, encode_request
 
     parsed = ModelDescription.from_json(description, expected_hash=description["model_hash"])
     x = np.asarray(features, dtype=np.float64)

@@ -16,7 +16,6 @@ from typing import Any
 
 import pytest
 
-from veracity.crypto.he_wire import CONTENT_TYPE, WireLimits
 from veracity.errors import (
     ApprovalMissing,
     ConfigError,
@@ -32,6 +31,7 @@ from veracity.errors import (
     VeracityError,
     VerificationError,
 )
+from veracity.he.wire import CONTENT_TYPE, WireLimits
 from veracity.server.api.inference import create_inference_app
 from veracity.server.inference import InferenceService
 from veracity.server.registry import ModelRegistry

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 from sqlalchemy import text
 
-from veracity.crypto.he_wire import CONTENT_TYPE, decode_response
 from veracity.crypto.keys import VerifyKey
+from veracity.he.wire import CONTENT_TYPE, decode_response
 from veracity.ledger.checkpoint import Checkpoint
 from veracity.ledger.ledger import ConsistencyProof, InclusionProof
 from veracity.ledger.verify import verify_bundle_file
@@ -358,9 +358,10 @@ def test_encrypted_inference_matches_plaintext_and_is_recorded(
     expected = patients @ weights["linear.weight"].reshape(-1) + weights["linear.bias"][0]
     np.testing.assert_allclose(logits, expected, atol=1e-2)
     served = enrolled.coordinator.ledger.entries(kind="inference.served")
-    assert [(e.payload["requester"], e.payload["batch_size"]) for e in served] == [
-        ("researcher-user", 3)
-    ]
+    # Three patients declared; one coefficient ciphertext carries 136, which is charged.
+    assert [
+        (e.payload["requester"], e.payload["batch_size"], e.payload["served_total"]) for e in served
+    ] == [("researcher-user", 136, 136)]
     assert served[0].payload["model_hash"] == released
 
 

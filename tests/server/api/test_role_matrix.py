@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from veracity.crypto.he_wire import CONTENT_TYPE
+from veracity.he.wire import CONTENT_TYPE
 from veracity.server.api.app import route_roles
 
 from .conftest import (
@@ -53,6 +53,8 @@ MATRIX: list[tuple[str, str, int, int, int, int, int]] = [
     ("GET", "/api/v1/models",                             200, 200, 200, 403, 401),
     ("GET", "/api/v1/models/{model}",                     200, 200, 200, 403, 401),
     ("GET", "/api/v1/models/{model}/weights",             200, 403, 403, 403, 401),
+    ("GET", "/api/v1/models/{model}/budgets",             200, 403, 403, 403, 401),
+    ("PUT", "/api/v1/models/{model}/budgets/{requester}", 200, 403, 403, 403, 401),
     ("GET", "/api/v1/inference/models/{model}",           200, 403, 200, 403, 401),
     ("POST", "/api/v1/inference/contexts",                201, 403, 201, 403, 401),
     ("POST", "/api/v1/inference/models/{model}/predict",  200, 403, 200, 403, 401),
@@ -80,6 +82,7 @@ _PLACEHOLDERS = {
     "{model}": "{model_hash}",
     "{seq}": "{seq}",
     "{token_id}": "{token_id}",
+    "{requester}": "{requester}",
 }
 
 
@@ -103,6 +106,7 @@ class World:
             .replace("{model}", self.model_hash)
             .replace("{seq}", "1")
             .replace("{token_id}", self.token_id)
+            .replace("{requester}", "researcher-user")
         )
 
     def request(self, method: str, template: str) -> dict[str, Any]:
@@ -138,6 +142,9 @@ class World:
             ("POST", "/api/v1/inference/models/{model}/predict"): lambda: {
                 "content": self.query.request,
                 "headers": {"Content-Type": CONTENT_TYPE},
+            },
+            ("PUT", "/api/v1/models/{model}/budgets/{requester}"): lambda: {
+                "json": {"budget": 100_000}
             },
             ("GET", "/api/v1/ledger/proofs/inclusion"): lambda: {"params": {"seq": 1}},
             ("GET", "/api/v1/ledger/proofs/consistency"): lambda: {"params": {"old_size": 1}},

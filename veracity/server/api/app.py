@@ -19,16 +19,16 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import replace
 from datetime import timedelta
-from typing import Any
 
 import anyio.to_thread
 from fastapi import APIRouter, FastAPI
 from fastapi.routing import APIRoute, iter_route_contexts
 
 from veracity import __version__
-from veracity.contracts.events import ROOT_ACTOR
+from veracity.contracts.events import ROOT_ACTOR, InferenceServed
 from veracity.errors import ConfigError
 from veracity.server.api import db
+from veracity.server.api.budget import BudgetStore, StoreMeter
 from veracity.server.api.deps import declare_roles, inference_requester, roles_of
 from veracity.server.api.inference import inference_body_limit, inference_router
 from veracity.server.api.limits import BodySizeLimit
@@ -136,6 +136,14 @@ def create_app(
                 burst=settings.inference_burst,
                 clock=rate_clock,
             )
+            app.state.budgets = BudgetStore(
+                coordinator.ledger.engine,
+                default_budget=settings.inference_default_budget,
+                patients_per_minute=settings.inference_patients_per_minute,
+                patient_burst=settings.inference_patient_burst,
+                clock=rate_clock,
+                now=clock,
+            )
             # Each request may hold two pooled connections (a write and a read); keep the
             # requests served at once within what the pool (5 + 10 overflow) can give.
             anyio.to_thread.current_default_thread_limiter().total_tokens = settings.api_threads
@@ -157,16 +165,20 @@ def create_app(
     app.state.settings = settings
     install_error_handlers(app)
 
-    def record_served(payload: Any) -> None:
+    def record_served(served: InferenceServed) -> None:
         service: ApiService = app.state.service
         service.ledger.append(
-            "inference.served",
-            ROOT_ACTOR,
-            dict(payload),
-            signer=service.coordinator.root_key,
+            served.KIND, ROOT_ACTOR, served.to_json(), signer=service.coordinator.root_key
         )
 
-    inference = InferenceService(ModelRegistry(paths.models), recorder=record_served)
+    # Uploaded contexts are stored by hash in the data directory, where every worker
+    # process finds them (each request then loads and re-checks the stored context).
+    inference = InferenceService(
+        ModelRegistry(paths.models),
+        recorder=record_served,
+        context_dir=paths.data_dir / "he-contexts",
+        meter=StoreMeter(lambda: app.state.budgets),  # made by the lifespan
+    )
 
     def limit_for(path: str) -> int:
         return inference_body_limit(inference.limits, path) or settings.max_body_bytes

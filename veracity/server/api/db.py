@@ -11,6 +11,10 @@
 ``api_rate``
     Per-token inference rate state (the GCRA's theoretical arrival time), shared by every
     worker process through the database.
+``api_query_budget``
+    Per requester and model: the predictions an administrator allows (``NULL``: the
+    deployment's default), the predictions charged so far (what the ciphertexts of served
+    requests could carry) and the GCRA state of the requester's prediction rate.
 
 Timestamps are RFC 3339 UTC text with microseconds, as in the ledger, so they sort and
 compare as strings on SQLite and PostgreSQL alike. Migrations are Alembic revisions in
@@ -39,6 +43,7 @@ __all__ = [
     "TokenRow",
     "ActionRow",
     "RateRow",
+    "QueryBudgetRow",
     "upgrade",
     "downgrade",
     "current_revision",
@@ -113,6 +118,27 @@ class RateRow(ApiBase):
     )
     #: Theoretical arrival time, seconds since the epoch.
     tat: Mapped[float] = mapped_column(Float)
+
+
+class QueryBudgetRow(ApiBase):
+    """How many predictions a requester may get from a model, and how many it has had."""
+
+    __tablename__ = "api_query_budget"
+
+    requester: Mapped[str] = mapped_column(String(128), primary_key=True)
+    model_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    #: Predictions allowed in all; ``None``: the deployment's default.
+    budget: Mapped[int | None] = mapped_column(BigInteger)
+    #: Predictions charged so far.
+    used: Mapped[int] = mapped_column(BigInteger)
+    #: Theoretical arrival time of the prediction-rate GCRA, seconds since the epoch.
+    tat: Mapped[float] = mapped_column(Float)
+    updated_at: Mapped[str] = mapped_column(String(32))
+
+    __table_args__ = (
+        CheckConstraint("budget IS NULL OR budget >= 0", name="budget"),
+        CheckConstraint("used >= 0", name="used"),
+    )
 
 
 HISTORY = MigrationHistory("API tables", MIGRATIONS_DIR, VERSION_TABLE)

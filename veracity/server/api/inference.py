@@ -13,8 +13,10 @@ benchmarks, a single-purpose deployment). Routes (relative to the mount point):
     A request envelope in, a response envelope out (``application/vnd.veracity.he.v1``).
 
 The routes raise Veracity errors and leave the answer to the one error contract
-(:mod:`veracity.server.api.problems`): problem details, 404 unknown model, 413 too large,
-415 wrong media type, 422 refused input or cryptographic material. Body sizes are enforced
+(:mod:`veracity.server.api.problems`): problem details, 403 ``budget_exhausted`` (the
+requester's query budget for the model is spent), 404 unknown model, 413 too large, 415
+wrong media type, 422 refused input or cryptographic material, 429 ``rate_limited`` with
+``Retry-After`` (requests or predictions over the requester's rate). Body sizes are enforced
 by :class:`~veracity.server.api.limits.BodySizeLimit` with :func:`inference_body_limit`
 per path, before the body is read when ``Content-Length`` already says it is too large.
 """
@@ -33,8 +35,8 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from veracity.crypto.he_wire import CONTENT_TYPE, WireLimits
 from veracity.errors import NotFound, VeracityError
+from veracity.he.wire import CONTENT_TYPE, WireLimits
 from veracity.server.api.limits import BodySizeLimit
 from veracity.server.api.problems import install_error_handlers, responses
 from veracity.server.inference import InferenceService
@@ -123,7 +125,7 @@ def inference_router(
         "/models/{model_hash}/predict",
         summary="Evaluate the model on encrypted patients",
         response_class=Response,
-        responses=responses(400, 401, 404, 413, 415, 422),
+        responses=responses(400, 401, 403, 404, 413, 415, 422, 429),
     )
     async def predict(
         model_hash: str, request: Request, requester: Annotated[str, requester_dependency]

@@ -33,7 +33,9 @@ request fails the schema       422     ``invalid_request``
 ``SignatureError``             422     ``signature_invalid``
 ``ProofError``                 422     ``proof_invalid``
 ``VerificationError``          422     ``verification_failed``
-inference rate exceeded        429     ``rate_limited`` (``Retry-After``)
+``QueryBudgetExceeded``, spent  403     ``budget_exhausted`` (the model's query budget)
+inference rate exceeded        429     ``rate_limited`` (``Retry-After``; also a
+                                       ``QueryBudgetExceeded`` with ``retry_after``)
 ``ConfigError``                500     ``server_misconfigured`` (generic detail)
 anything unexpected            500     ``internal`` (generic detail)
 ``TransportError``             503     ``superlink_unavailable``
@@ -52,6 +54,7 @@ from __future__ import annotations
 
 import http
 import logging
+import math
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -74,6 +77,7 @@ from veracity.errors import (
     NotFound,
     PrivacyBudgetExceeded,
     ProofError,
+    QueryBudgetExceeded,
     SignatureError,
     TransportError,
     VeracityError,
@@ -120,6 +124,7 @@ PROBLEM_TYPES: dict[str, ProblemType] = {
         ProblemType(400, "bad_request", "Malformed HTTP request"),
         ProblemType(401, "unauthenticated", "No valid bearer token"),
         ProblemType(403, "forbidden", "The token's role or site may not do this"),
+        ProblemType(403, "budget_exhausted", "The query budget for this model is spent"),
         ProblemType(404, "not_found", "Not found"),
         ProblemType(405, "method_not_allowed", "Method not allowed"),
         ProblemType(409, "conflict", "Refused by the current state"),
@@ -157,6 +162,7 @@ _ERROR_CODES: dict[type[VeracityError], str] = {
     CryptoError: "crypto_refused",
     ConfigError: "server_misconfigured",
     TransportError: "superlink_unavailable",
+    QueryBudgetExceeded: "budget_exhausted",
 }
 
 #: Statuses that Starlette, FastAPI or a guard raise as ``HTTPException``.
@@ -297,6 +303,14 @@ def install_error_handlers(app: FastAPI) -> None:
     """
 
     async def veracity_error(request: Request, error: VeracityError) -> JSONResponse:
+        if isinstance(error, QueryBudgetExceeded) and error.retry_after is not None:
+            seconds = max(1, math.ceil(error.retry_after))
+            return problem_response(
+                PROBLEM_TYPES["rate_limited"],
+                f"{error}; retry in {seconds} s",
+                instance=request.url.path,
+                headers={"Retry-After": str(seconds)},
+            )
         kind = problem_for(error)
         if kind.code == "superlink_unavailable":
             what = "the SuperLink did not answer; try again"

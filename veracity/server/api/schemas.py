@@ -19,6 +19,9 @@ __all__ = [
     "SITE_PATTERN",
     "Hash",
     "SiteEnrolIn",
+    "QueryBudgetIn",
+    "QueryBudgetOut",
+    "QueryBudgetListOut",
     "SiteEnrolledOut",
     "SiteSummaryOut",
     "SiteListOut",
@@ -292,6 +295,36 @@ class ModelListOut(BaseModel):
     """Released models."""
 
     items: list[ModelSummaryOut]
+
+
+class QueryBudgetIn(_In):
+    """How many predictions a requester may get from a model, in all."""
+
+    budget: int = Field(
+        ge=0,
+        le=2**53 - 1,
+        description="Predictions allowed in all (charged: what each request's ciphertexts "
+        "can carry).",
+    )
+
+
+class QueryBudgetOut(BaseModel):
+    """A requester's query budget for a model."""
+
+    model_config = ConfigDict(protected_namespaces=())
+
+    requester: str
+    model_hash: str
+    budget: int | None = Field(description="Set by an admin; null: the deployment's default.")
+    effective_budget: int
+    used: int
+    remaining: int
+
+
+class QueryBudgetListOut(BaseModel):
+    """Every requester's budget for a model (set or charged)."""
+
+    items: list[QueryBudgetOut]
 
 
 class ModelOut(BaseModel):

@@ -65,6 +65,24 @@ class ApiSettings(BaseSettings):
     inference_burst: int = Field(
         default=10, ge=1, le=10_000, description="Inference requests a token may send at once."
     )
+    inference_default_budget: int = Field(
+        default=100_000,
+        ge=0,
+        le=2**53 - 1,
+        description="Predictions a requester may get from a model unless an admin set a budget.",
+    )
+    inference_patients_per_minute: float = Field(
+        default=250_000.0,
+        gt=0,
+        le=1e9,
+        description="Sustained predictions per requester and model (what requests carry).",
+    )
+    inference_patient_burst: int = Field(
+        default=16_384,
+        ge=4096,
+        le=2**31,
+        description="Predictions a requester may get from a model at once (>= one full batch).",
+    )
     control_timeout: float = Field(
         default=10.0, gt=0, le=300, description="Seconds allowed for each SuperLink call."
     )

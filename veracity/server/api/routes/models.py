@@ -1,15 +1,24 @@
-"""``/models``: released models and their cards; plaintext weights for admins only."""
+"""``/models``: released models and their cards; plaintext weights and query budgets for admins."""
 
 from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Path
+from fastapi import APIRouter, Path, Request
 from fastapi.responses import Response
 
+from veracity.server.api.budget import BudgetStore
 from veracity.server.api.deps import AdminDep, ModelReaderDep, ServiceDep, declare_roles
 from veracity.server.api.problems import responses
-from veracity.server.api.schemas import HASH_PATTERN, ModelListOut, ModelOut, ModelSummaryOut
+from veracity.server.api.schemas import (
+    HASH_PATTERN,
+    ModelListOut,
+    ModelOut,
+    ModelSummaryOut,
+    QueryBudgetIn,
+    QueryBudgetListOut,
+    QueryBudgetOut,
+)
 
 __all__ = ["router"]
 
@@ -62,6 +71,53 @@ def get_weights(model_hash: ModelHashPath, principal: AdminDep, service: Service
         media_type="application/octet-stream",
         headers={"Content-Disposition": f'attachment; filename="{model_hash}.npz"'},
     )
+
+
+RequesterPath = Annotated[
+    str, Path(min_length=1, max_length=128, description="The requester (its token's name).")
+]
+
+
+def _budgets(request: Request) -> BudgetStore:
+    store: BudgetStore = request.app.state.budgets
+    return store
+
+
+@router.get(
+    "/{model_hash}/budgets",
+    summary="Query budgets of a model (admin)",
+    responses=responses(401, 403, 404, 409, 422),
+)
+def list_budgets(
+    model_hash: ModelHashPath, request: Request, principal: AdminDep, service: ServiceDep
+) -> QueryBudgetListOut:
+    """Every requester with a budget set for this model or predictions charged to it."""
+    service.model(model_hash)
+    items = [QueryBudgetOut(**b.to_json()) for b in _budgets(request).list(model_hash)]
+    return QueryBudgetListOut(items=items)
+
+
+@router.put(
+    "/{model_hash}/budgets/{requester}",
+    summary="Set how many predictions a requester may get from a model (admin)",
+    responses=responses(401, 403, 404, 409, 422),
+)
+def set_budget(
+    model_hash: ModelHashPath,
+    requester: RequesterPath,
+    body: QueryBudgetIn,
+    request: Request,
+    principal: AdminDep,
+    service: ServiceDep,
+) -> QueryBudgetOut:
+    """Allow ``budget`` predictions in all; past it, inference answers 403.
+
+    A logistic model is determined by d + 1 exact predictions (d features): a budget above
+    that lets the requester reconstruct it. The change is recorded in ``api_action``.
+    """
+    service.model(model_hash)
+    budget = _budgets(request).set(principal, requester, model_hash, body.budget)
+    return QueryBudgetOut(**budget.to_json())
 
 
 declare_roles(router)

@@ -20,7 +20,6 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from veracity.crypto.he_params import CKKSParameterSet, PackingLayout
 from veracity.errors import InputError
 
 __all__ = [
@@ -28,12 +27,10 @@ __all__ = [
     "ComplexArray",
     "slots_from_coefficients",
     "coefficients_from_slots",
-    "layout_capacity",
-    "ciphertext_count",
     "pack_column",
-    "pack_column_complex",
     "unpack_column",
-    "unpack_column_complex",
+    "pack_column_coefficients",
+    "unpack_column_coefficients",
     "CoefficientGeometry",
     "ReplicatedGeometry",
 ]
@@ -59,6 +56,19 @@ def _slot_exponent_indices(n: int) -> npt.NDArray[np.int64]:
     return cached
 
 
+_TWIST_CACHE: dict[int, npt.NDArray[np.complex128]] = {}
+
+
+def _twist(n: int) -> npt.NDArray[np.complex128]:
+    """``zeta**k`` for k < n, ``zeta = exp(i*pi/n)`` (read-only, cached per degree)."""
+    cached = _TWIST_CACHE.get(n)
+    if cached is None:
+        cached = np.exp(1j * np.pi * np.arange(n) / n)
+        cached.setflags(write=False)
+        _TWIST_CACHE[n] = cached
+    return cached
+
+
 def _check_degree(n: int) -> None:
     if n < 4 or n & (n - 1):
         raise InputError(f"ring degree {n} is not a power of two >= 4")
@@ -72,8 +82,7 @@ def slots_from_coefficients(coefficients: npt.ArrayLike) -> ComplexArray:
     c = np.asarray(coefficients, dtype=np.float64)
     n = c.shape[-1]
     _check_degree(n)
-    twist = np.exp(1j * np.pi * np.arange(n) / n)
-    values = np.fft.ifft(c * twist, axis=-1) * n  # values[l] = c(zeta**(1 + 2l))
+    values = np.fft.ifft(c * _twist(n), axis=-1) * n  # values[l] = c(zeta**(1 + 2l))
     return np.asarray(values[..., _slot_exponent_indices(n)], dtype=np.complex128)
 
 
@@ -86,8 +95,7 @@ def coefficients_from_slots(slots: npt.ArrayLike) -> FloatArray:
     values = np.zeros((*z.shape[:-1], n), dtype=np.complex128)
     values[..., index] = z
     values[..., n - 1 - index] = np.conj(z)  # zeta**(2N - e) is the conjugate root
-    untwist = np.exp(-1j * np.pi * np.arange(n) / n)
-    coefficients = np.fft.fft(values, axis=-1) / n * untwist
+    coefficients = np.fft.fft(values, axis=-1) / n * np.conj(_twist(n))
     return np.asarray(coefficients.real, dtype=np.float64)
 
 
@@ -113,21 +121,21 @@ def unpack_column(values: npt.ArrayLike, batch_size: int) -> FloatArray:
     return np.asarray(np.real(np.asarray(values))[:batch_size], dtype=np.float64)
 
 
-def pack_column_complex(features: npt.ArrayLike, slots: int) -> ComplexArray:
-    """``column_complex`` layout: two patients per slot, row j is feature j.
+def pack_column_coefficients(features: npt.ArrayLike, degree: int) -> FloatArray:
+    """``column_coefficient`` layout: row j holds feature j of patient p at coefficient p.
 
-    Patient i sits in slot i's real part, patient ``slots + i`` in its imaginary part.
+    Each row is a polynomial of degree < ``degree`` (one ciphertext per feature).
     """
-    x = _patients(features, 2 * slots)
-    padded = np.zeros((2 * slots, x.shape[1]), dtype=np.float64)
-    padded[: x.shape[0]] = x
-    return np.asarray((padded[:slots] + 1j * padded[slots:]).T, dtype=np.complex128)
+    _check_degree(degree)
+    x = _patients(features, degree)
+    packed = np.zeros((x.shape[1], degree), dtype=np.float64)
+    packed[:, : x.shape[0]] = x.T
+    return packed
 
 
-def unpack_column_complex(values: npt.ArrayLike, batch_size: int) -> FloatArray:
-    """Undo :func:`pack_column_complex` on a result: real parts, then imaginary parts."""
-    z = np.asarray(values, dtype=np.complex128)
-    return np.concatenate([z.real, z.imag])[:batch_size]
+def unpack_column_coefficients(coefficients: npt.ArrayLike, batch_size: int) -> FloatArray:
+    """The first ``batch_size`` coefficients of a ``column_coefficient`` result."""
+    return np.asarray(np.asarray(coefficients, dtype=np.float64)[:batch_size], dtype=np.float64)
 
 
 @dataclass(frozen=True)
@@ -200,14 +208,21 @@ def _next_power_of_two(value: int) -> int:
 class ReplicatedGeometry:
     """``replicated`` layout for ``poly_mlp`` (small batches).
 
-    With ``s = next_pow2(n + 1)`` (features plus a constant 1 that carries the first-layer
-    bias), ``H = next_pow2(hidden)`` and ``P = slots / (H * s)`` patients per ciphertext,
-    slot ``(k * P + p) * s + j`` holds feature j of patient p, for every hidden unit k. One
-    plaintext product applies the first layer; rotations by 1, 2, ..., s/2 sum each block of
-    s slots into unit k's pre-activation; after the square, a plaintext product keeps only
-    block starts (weighted by the output layer) and rotations by P*s, 2P*s, ...,
-    (H/2)*P*s sum over k. That second sum is cyclic over the whole vector, so every block
-    start of patient p ends with patient p's logit and nothing else is left to hide.
+    With ``s = next_pow2(n)``, ``H = next_pow2(hidden)`` and ``P = slots / (H * s)``
+    patients per ciphertext, slot ``(k * P + p) * s + j`` is feature j of patient p in the
+    block of hidden unit k. The requester fills the blocks of unit 0 only; the server
+
+    1. replicates them into every unit's blocks with right rotations by P*s, 2P*s, ...,
+       (H/2)*P*s (a cyclic sum, so every unit sees the sum of whatever the requester put in
+       the H blocks: one input per patient, never one per unit);
+    2. multiplies by the first-layer weights of the declared (live) patients only, sums each
+       block of s slots into its first slot with left rotations by 1, 2, ..., s/2 and adds
+       the first-layer bias there;
+    3. after the square, keeps only block starts of live patients (weighted by the output
+       layer) and sums over units with left rotations by P*s, ..., (H/2)*P*s, so every
+       block start of patient p holds patient p's logit, and adds the output constant there.
+
+    Nothing but live patients' logits is left; the requester reads slot ``p * s``.
     """
 
     n_features: int
@@ -226,7 +241,7 @@ class ReplicatedGeometry:
     @property
     def block_width(self) -> int:
         """``s``: slots per (hidden unit, patient) block."""
-        return _next_power_of_two(self.n_features + 1)
+        return _next_power_of_two(self.n_features)
 
     @property
     def hidden_blocks(self) -> int:
@@ -238,104 +253,102 @@ class ReplicatedGeometry:
         """``P``: patients one ciphertext holds."""
         return self.slots // (self.block_width * self.hidden_blocks)
 
+    @property
+    def unit_stride(self) -> int:
+        """Slots between the blocks of consecutive units (``P * s``)."""
+        return self.patients_per_ciphertext * self.block_width
+
+    def replication_steps(self) -> tuple[int, ...]:
+        """Right rotations (negative steps) copying unit 0's blocks to every unit."""
+        return tuple(-(self.unit_stride << r) for r in range(self.hidden_blocks.bit_length() - 1))
+
+    def block_sum_steps(self) -> tuple[int, ...]:
+        """Left rotations summing each block into its first slot."""
+        return tuple(1 << r for r in range(self.block_width.bit_length() - 1))
+
+    def unit_sum_steps(self) -> tuple[int, ...]:
+        """Left rotations summing over units."""
+        return tuple(self.unit_stride << r for r in range(self.hidden_blocks.bit_length() - 1))
+
     def rotation_steps(self) -> tuple[int, ...]:
-        """Left rotations the server performs (and needs Galois keys for)."""
-        inner = [1 << r for r in range(self.block_width.bit_length() - 1)]
-        stride = self.patients_per_ciphertext * self.block_width
-        outer = [stride << r for r in range(self.hidden_blocks.bit_length() - 1)]
-        return tuple(inner + outer)
+        """Every rotation the server performs (and needs Galois keys for), in order."""
+        return self.replication_steps() + self.block_sum_steps() + self.unit_sum_steps()
 
     def _slot(self, k: npt.ArrayLike, p: npt.ArrayLike, j: npt.ArrayLike) -> npt.NDArray[np.int64]:
         k_, p_, j_ = (np.asarray(v, dtype=np.int64) for v in (k, p, j))
         return (k_ * self.patients_per_ciphertext + p_) * self.block_width + j_
 
+    def _live(self, live: int) -> int:
+        if not 1 <= live <= self.patients_per_ciphertext:
+            raise InputError(
+                f"a replicated ciphertext holds 1 to {self.patients_per_ciphertext} patients, "
+                f"not {live}"
+            )
+        return live
+
     def pack(self, features: npt.ArrayLike) -> FloatArray:
-        """One slot vector per ciphertext: features plus the constant 1, replicated per unit."""
+        """One slot vector per ciphertext: each patient's features in unit 0's block."""
         per = self.patients_per_ciphertext
         x = _patients(features, per * 2**20)
         if x.shape[1] != self.n_features:
             raise InputError(f"expected {self.n_features} features, got {x.shape[1]}")
         count = -(-x.shape[0] // per)
-        augmented = np.zeros((count * per, self.n_features + 1), dtype=np.float64)
-        augmented[: x.shape[0], : self.n_features] = x
-        augmented[: x.shape[0], self.n_features] = 1.0
-        k, p, j = np.meshgrid(
-            np.arange(self.hidden_blocks),
-            np.arange(per),
-            np.arange(self.n_features + 1),
-            indexing="ij",
-        )
+        padded = np.zeros((count * per, self.n_features), dtype=np.float64)
+        padded[: x.shape[0]] = x
+        p, j = np.meshgrid(np.arange(per), np.arange(self.n_features), indexing="ij")
         packed = np.zeros((count, self.slots), dtype=np.float64)
         for ct in range(count):
-            packed[ct, self._slot(k, p, j)] = augmented[ct * per + p, j]
+            packed[ct, self._slot(0, p, j)] = padded[ct * per + p, j]
         return packed
 
-    def first_layer_vector(self, weights: npt.ArrayLike, bias: npt.ArrayLike) -> FloatArray:
-        """The plaintext slot vector of first-layer weights, bias in the constant's slot."""
+    def first_layer_vector(self, weights: npt.ArrayLike, live: int) -> FloatArray:
+        """First-layer weights in the blocks of the first ``live`` patients, zero elsewhere."""
         w = np.asarray(weights, dtype=np.float64)
-        b = np.asarray(bias, dtype=np.float64)
-        if w.shape != (self.hidden, self.n_features) or b.shape != (self.hidden,):
+        if w.shape != (self.hidden, self.n_features):
             raise InputError("first-layer weights do not match the replicated geometry")
-        full = np.concatenate([w, b[:, None]], axis=1)
         k, p, j = np.meshgrid(
             np.arange(self.hidden),
-            np.arange(self.patients_per_ciphertext),
-            np.arange(self.n_features + 1),
+            np.arange(self._live(live)),
+            np.arange(self.n_features),
             indexing="ij",
         )
         vector = np.zeros(self.slots, dtype=np.float64)
-        vector[self._slot(k, p, j)] = full[k, j]
+        vector[self._slot(k, p, j)] = w[k, j]
         return vector
 
-    def output_selector(self, output_weights: npt.ArrayLike) -> FloatArray:
-        """The plaintext that keeps block starts, weighted by unit k's output weight."""
+    def _block_starts(self, values: FloatArray, units: int, live: int) -> FloatArray:
+        k, p = np.meshgrid(np.arange(units), np.arange(self._live(live)), indexing="ij")
+        vector = np.zeros(self.slots, dtype=np.float64)
+        vector[self._slot(k, p, 0)] = values[k]
+        return vector
+
+    def bias_vector(self, bias: npt.ArrayLike, live: int) -> FloatArray:
+        """Unit k's first-layer bias at the block starts of the first ``live`` patients."""
+        b = np.asarray(bias, dtype=np.float64)
+        if b.shape != (self.hidden,):
+            raise InputError("first-layer biases do not match the replicated geometry")
+        return self._block_starts(b, self.hidden, live)
+
+    def output_selector(self, output_weights: npt.ArrayLike, live: int) -> FloatArray:
+        """Unit k's output weight at the block starts of live patients, zero elsewhere."""
         a = np.asarray(output_weights, dtype=np.float64)
         if a.shape != (self.hidden,):
             raise InputError("output weights do not match the replicated geometry")
-        k, p = np.meshgrid(
-            np.arange(self.hidden), np.arange(self.patients_per_ciphertext), indexing="ij"
-        )
-        vector = np.zeros(self.slots, dtype=np.float64)
-        vector[self._slot(k, p, 0)] = a[k]
-        return vector
+        return self._block_starts(a, self.hidden, live)
 
-    def output_constant(self, constant: float) -> FloatArray:
-        """``constant`` at every block start (where logits end up), zero elsewhere."""
-        vector = np.zeros(self.slots, dtype=np.float64)
+    def output_constant(self, constant: float, live: int) -> FloatArray:
+        """``constant`` at every block start of live patients (where logits end up)."""
+        return self._block_starts(np.full(self.hidden_blocks, constant), self.hidden_blocks, live)
+
+    def output_positions(self, live: int) -> npt.NDArray[np.int64]:
+        """Slots that hold a live patient's logit after evaluation (every unit's copy)."""
         k, p = np.meshgrid(
-            np.arange(self.hidden_blocks), np.arange(self.patients_per_ciphertext), indexing="ij"
+            np.arange(self.hidden_blocks), np.arange(self._live(live)), indexing="ij"
         )
-        vector[self._slot(k, p, 0)] = constant
-        return vector
+        return np.sort(self._slot(k, p, 0).reshape(-1))
 
     def unpack(self, values: npt.ArrayLike, batch_size: int) -> FloatArray:
         """Logits of the first ``batch_size`` patients from decrypted slot vectors."""
         v = np.atleast_2d(np.real(np.asarray(values)))
         positions = self._slot(0, np.arange(self.patients_per_ciphertext), 0)
         return np.asarray(v[:, positions].reshape(-1)[:batch_size], dtype=np.float64)
-
-
-def layout_capacity(layout: PackingLayout, parameter_set: CKKSParameterSet) -> int:
-    """The most patients one request of ``layout`` may carry under ``parameter_set``.
-
-    Column layouts hold one ciphertext group's slots; the small-batch layouts are capped at
-    the set's measured crossover (larger batches are cheaper in the batch layout).
-    """
-    if layout is PackingLayout.COLUMN_COMPLEX:
-        return 2 * parameter_set.slots
-    if layout is PackingLayout.COLUMN:
-        return parameter_set.slots
-    return parameter_set.small_batch_max
-
-
-def ciphertext_count(
-    layout: PackingLayout, batch_size: int, *, n_features: int, hidden: int, slots: int
-) -> int:
-    """How many input ciphertexts a request of ``layout`` and ``batch_size`` carries."""
-    if layout in (PackingLayout.COLUMN_COMPLEX, PackingLayout.COLUMN):
-        return n_features
-    if layout is PackingLayout.COEFFICIENT:
-        per = CoefficientGeometry(n_features, 2 * slots).patients_per_ciphertext
-    else:
-        per = ReplicatedGeometry(n_features, hidden, slots).patients_per_ciphertext
-    return -(-batch_size // per)

@@ -6,8 +6,8 @@ import dataclasses
 
 import pytest
 
-from veracity.crypto.he import seal_primes
-from veracity.crypto.he_params import (
+from veracity.errors import CryptoError
+from veracity.he.params import (
     LOGISTIC_PARAMETERS,
     MAX_LOG_Q_128,
     PARAMETER_SETS,
@@ -17,7 +17,7 @@ from veracity.crypto.he_params import (
     parameter_set_for,
     parameter_set_named,
 )
-from veracity.errors import CryptoError
+from veracity.he.seal import seal_primes
 
 
 @pytest.mark.parametrize("name", sorted(PARAMETER_SETS))

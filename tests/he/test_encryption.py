@@ -11,17 +11,19 @@ from typing import Any
 import numpy as np
 import pytest
 
-from veracity.crypto.he import PublicContext, SecretContext, evaluate, seal_primes
-from veracity.crypto.he_circuit import compile_circuit
-from veracity.crypto.he_packing import ReplicatedGeometry, coefficients_from_slots
-from veracity.crypto.he_params import (
+from veracity.errors import CryptoError, InputError
+from veracity.he.circuit import compile_circuit
+from veracity.he.contexts import PublicContext, SecretContext
+from veracity.he.layouts import evaluate
+from veracity.he.packing import ReplicatedGeometry, coefficients_from_slots
+from veracity.he.params import (
     LOGISTIC_PARAMETERS,
     POLY_MLP_PARAMETERS,
     CKKSParameterSet,
     PackingLayout,
 )
-from veracity.crypto.he_wire import KIND_CONTEXT, decode_envelope, encode_envelope
-from veracity.errors import CryptoError, InputError
+from veracity.he.seal import seal_primes
+from veracity.he.wire import KIND_CONTEXT, decode_envelope, encode_envelope
 from veracity.tasks.spec import predict_logits
 
 REPO = Path(__file__).resolve().parents[2]
@@ -47,7 +49,7 @@ def secret_key_chunks(secret: SecretContext, count: int = 50, size: int = 64) ->
 
 
 CASES = [
-    ("logistic", LOGISTIC_PARAMETERS, PackingLayout.COLUMN_COMPLEX),
+    ("logistic", LOGISTIC_PARAMETERS, PackingLayout.COLUMN_COEFFICIENT),
     ("logistic", LOGISTIC_PARAMETERS, PackingLayout.COEFFICIENT),
     ("poly_mlp", POLY_MLP_PARAMETERS, PackingLayout.COLUMN),
     ("poly_mlp", POLY_MLP_PARAMETERS, PackingLayout.REPLICATED),
@@ -70,7 +72,8 @@ def test_encrypted_scores_match_plaintext_on_breast_cancer(
     public = secret.public(rotation_steps=steps if layout is PackingLayout.REPLICATED else ())
     circuit = _circuit(parameter_set, spec, weights)
 
-    results = evaluate(public, circuit, layout, secret.encrypt(layout, x, hidden=spec.hidden))
+    ciphertexts = secret.encrypt(layout, x, hidden=spec.hidden)
+    results = evaluate(public, circuit, layout, ciphertexts, batch_size=len(x))
     logits = secret.decrypt(layout, results, batch_size=len(x), n_features=30, hidden=spec.hidden)
 
     error = float(np.abs(logits - expected).max())
@@ -160,12 +163,12 @@ def test_tenseal_contexts_are_refused_and_private_ones_say_why() -> None:
 def _parameters_blob(degree: int, bits: list[int]) -> bytes:
     import tenseal.sealapi as sa
 
-    from veracity.crypto.he import _scratch
+    from veracity.he.seal import scratch
 
     parms = sa.EncryptionParameters(sa.SCHEME_TYPE.CKKS)
     parms.set_poly_modulus_degree(degree)
     parms.set_coeff_modulus(sa.CoeffModulus.Create(degree, bits))
-    return _scratch().save(parms)
+    return scratch().save(parms)
 
 
 def test_parameters_below_128_bit_security_are_refused() -> None:
@@ -201,26 +204,28 @@ def test_ciphertexts_of_other_parameters_or_scales_are_refused(
     mlp_ciphertexts = SecretContext.generate(POLY_MLP_PARAMETERS).encrypt(
         PackingLayout.COLUMN, breast_cancer.test_x[:3]
     )
+    layout = PackingLayout.COLUMN_COEFFICIENT
+    public = secret.public()
     with pytest.raises((CryptoError, InputError)):
-        evaluate(secret.public(), circuit, PackingLayout.COLUMN_COMPLEX, mlp_ciphertexts)
-    good = secret.encrypt(PackingLayout.COLUMN_COMPLEX, breast_cancer.test_x[:3])
+        evaluate(public, circuit, layout, mlp_ciphertexts, batch_size=3)
+    good = secret.encrypt(layout, breast_cancer.test_x[:3])
     with pytest.raises(InputError, match="truncated"):
-        evaluate(secret.public(), circuit, PackingLayout.COLUMN_COMPLEX, [good[0][:-10], *good[1:]])
+        evaluate(public, circuit, layout, [good[0][:-10], *good[1:]], batch_size=3)
     wrong_scale = _reencrypt_at_scale(secret, 2.0**30)
     with pytest.raises(CryptoError, match="scale"):
-        evaluate(secret.public(), circuit, PackingLayout.COLUMN_COMPLEX, [wrong_scale, *good[1:]])
-    assert len(evaluate(secret.public(), circuit, PackingLayout.COLUMN_COMPLEX, good)) == 1
+        evaluate(public, circuit, layout, [wrong_scale, *good[1:]], batch_size=3)
+    assert len(evaluate(public, circuit, layout, good, batch_size=3)) == 1
 
 
 def _reencrypt_at_scale(secret: SecretContext, scale: float) -> bytes:
     import tenseal.sealapi as sa
 
-    from veracity.crypto.he import _scratch
+    from veracity.he.seal import scratch
 
     runtime = secret._runtime
     plaintext = sa.Plaintext()
     runtime.encoder.encode([0.5] * runtime.parameter_set.slots, scale, plaintext)
-    return _scratch().save(secret._encryptor.encrypt_symmetric(plaintext))
+    return scratch().save(secret._encryptor.encrypt_symmetric(plaintext))
 
 
 def test_a_layout_that_does_not_suit_the_model_is_refused(
@@ -231,10 +236,12 @@ def test_a_layout_that_does_not_suit_the_model_is_refused(
     circuit = _circuit(POLY_MLP_PARAMETERS, spec, weights)
     ciphertexts = secret.encrypt(PackingLayout.COLUMN, breast_cancer.test_x[:2])
     with pytest.raises(CryptoError, match="does not serve poly_mlp"):
-        evaluate(secret.public(), circuit, PackingLayout.COLUMN_COMPLEX, ciphertexts)
+        evaluate(
+            secret.public(), circuit, PackingLayout.COLUMN_COEFFICIENT, ciphertexts, batch_size=2
+        )
     replicated = secret.encrypt(PackingLayout.REPLICATED, breast_cancer.test_x[:2], hidden=16)
     with pytest.raises(CryptoError, match="Galois and relinearisation keys"):
-        evaluate(secret.public(), circuit, PackingLayout.REPLICATED, replicated)
+        evaluate(secret.public(), circuit, PackingLayout.REPLICATED, replicated, batch_size=2)
 
 
 def test_coefficient_layout_masks_everything_but_the_logits(
@@ -245,13 +252,17 @@ def test_coefficient_layout_masks_everything_but_the_logits(
     circuit = _circuit(LOGISTIC_PARAMETERS, spec, weights)
     layout = PackingLayout.COEFFICIENT
     (result,) = evaluate(
-        secret.public(), circuit, layout, secret.encrypt(layout, breast_cancer.test_x[:10])
+        secret.public(),
+        circuit,
+        layout,
+        secret.encrypt(layout, breast_cancer.test_x[:10]),
+        batch_size=10,
     )
     # Raw coefficients of the decrypted result, in units of q.
     prime = seal_primes(LOGISTIC_PARAMETERS)[0]
     scale = LOGISTIC_PARAMETERS.input_scale * circuit.weight_scale
     raw = coefficients_from_slots(secret._decrypt_values(result, 0)) * scale / prime
-    outputs = np.arange(4096 // 30) * 30
+    outputs = np.arange(10) * 30  # the declared patients' logits
     others = np.setdiff1d(np.arange(4096), outputs)
     assert np.abs(raw[outputs]).max() < 0.01  # logits sit far below q / 2
     # Uniform on (-1/2, 1/2]: about half beyond 1/4; an unmasked product would be tiny.
@@ -274,8 +285,10 @@ def test_masks_come_from_the_injected_randomness(
             struct.pack("<Q", next(counter) * 0x9E3779B97F4A7C15 % 2**64) for _ in range(n // 8)
         )
 
-    (result,) = evaluate(secret.public(), circuit, layout, ciphertexts, random_bytes=fixed)
-    assert next(counter) == 4096  # one uniform word per coefficient
+    (result,) = evaluate(
+        secret.public(), circuit, layout, ciphertexts, batch_size=3, random_bytes=fixed
+    )
+    assert next(counter) == 4096 + 3  # a word per coefficient, one more per declared logit
     logits = secret.decrypt(layout, [result], batch_size=3, n_features=30)
     np.testing.assert_allclose(
         logits, predict_logits(spec, weights, breast_cancer.test_x[:3]), atol=1e-3
@@ -290,11 +303,12 @@ def test_mypy_rejects_a_secret_context_where_server_code_expects_a_public_one(
 
     snippet = tmp_path / "server_misuse.py"
     snippet.write_text(
-        "from veracity.crypto.he import SecretContext, evaluate\n"
-        "from veracity.crypto.he_circuit import LinearCircuit\n"
-        "from veracity.crypto.he_params import LOGISTIC_PARAMETERS, PackingLayout\n"
+        "from veracity.he.contexts import SecretContext\n"
+        "from veracity.he.layouts import evaluate\n"
+        "from veracity.he.circuit import LinearCircuit\n"
+        "from veracity.he.params import LOGISTIC_PARAMETERS, PackingLayout\n"
         "def serve(secret: SecretContext, circuit: LinearCircuit) -> None:\n"
-        "    evaluate(secret, circuit, PackingLayout.COLUMN_COMPLEX, [])\n"
+        "    evaluate(secret, circuit, PackingLayout.COLUMN_COEFFICIENT, [], batch_size=1)\n"
     )
     stdout, _, status = api.run(
         [

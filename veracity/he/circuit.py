@@ -1,7 +1,7 @@
 """Model weights rewritten as the circuits CKKS evaluates, with scales that cannot overflow.
 
 Pure NumPy. :func:`compile_circuit` takes a model family's weights (the tensors of
-``veracity.tasks.models``), a parameter set and the primes SEAL chose for it, and returns
+``veracity.tasks.spec``), a parameter set and the primes SEAL chose for it, and returns
 what the evaluator needs: folded weights and the encoding scale of each layer. The scales are
 derived from worst-case bounds for inputs with ``|x| <= input_bound``, so no admissible input
 can wrap around the ciphertext modulus; a model whose bounds do not fit is refused.
@@ -22,14 +22,14 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from veracity.crypto.he_params import CKKSParameterSet
 from veracity.errors import CryptoError
+from veracity.he.params import CKKSParameterSet
 
 __all__ = ["LinearCircuit", "QuadraticCircuit", "Circuit", "compile_circuit"]
 
 FloatArray = npt.NDArray[np.float64]
 
-#: Largest worst-case value kept below modulus / 2**_HEADROOM_BITS (noise, complex packing).
+#: Largest worst-case value kept below modulus / 2**_HEADROOM_BITS (noise, flooding).
 _HEADROOM_BITS = 3
 
 
@@ -146,7 +146,7 @@ def compile_circuit(
     family
         ``"logistic"`` or ``"poly_mlp"`` (a ``ModelFamily`` value).
     weights
-        The model's tensors, keyed as in ``veracity.tasks.models``.
+        The model's tensors, keyed as in ``veracity.tasks.spec``.
     parameter_set, primes
         The CKKS parameter set and the exact primes of its modulus chain (key level,
         special prime last when there are several).
@@ -172,7 +172,7 @@ def compile_circuit(
         w = _as_float(weights, "linear.weight", (1, n_features))[0]
         b = float(_as_float(weights, "linear.bias", (1,))[0])
         logit_bound = abs(b) + bound * float(np.abs(w).sum())
-        # Complex packing: a slot holds two patients, |re + i*im| <= sqrt(2) * bound.
+        # sqrt(2): headroom kept from the complex slot packing this set was sized for.
         limit = (
             data_primes[0]
             / 2**_HEADROOM_BITS

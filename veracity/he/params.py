@@ -1,7 +1,7 @@
 """CKKS parameter sets for encrypted inference, one per model family, and why.
 
 Pure Python (no TenSEAL): the server, the client and the docs share these definitions. The
-TenSEAL adapter (:mod:`veracity.crypto.he`) builds SEAL contexts from them and asks SEAL to
+TenSEAL adapter (:mod:`veracity.he.seal`) builds SEAL contexts from them and asks SEAL to
 confirm 128-bit security at run time as well.
 
 Security
@@ -74,9 +74,10 @@ MAX_LOG_Q_128: dict[int, int] = {
 class PackingLayout(enum.StrEnum):
     """How patients and features are laid out in ciphertexts (see docs/inference-wire.md)."""
 
-    #: One ciphertext per feature, patient i in slot i's real part and patient i + slots in
-    #: its imaginary part (linear models only). Batched logistic regression.
-    COLUMN_COMPLEX = "column_complex"
+    #: One ciphertext per feature, patient p in polynomial coefficient p (linear models
+    #: only): outputs are coefficients, so everything else can be masked uniformly modulo q.
+    #: Batched logistic regression.
+    COLUMN_COEFFICIENT = "column_coefficient"
     #: Patients' feature vectors in consecutive polynomial coefficients; one plaintext
     #: multiplication gives every patient's dot product (linear models only). Small batches.
     COEFFICIENT = "coefficient"
@@ -96,7 +97,7 @@ class CKKSParameterSet:
     name
         Stable identifier, part of the wire format and of :func:`he_params_hash`.
     family
-        The model family the set is sized for (``veracity.tasks.models.ModelFamily`` value).
+        The model family the set is sized for (``veracity.tasks.spec.ModelFamily`` value).
     poly_modulus_degree
         Ring degree N; a ciphertext has N / 2 complex slots.
     coeff_modulus_bits
@@ -195,11 +196,11 @@ LOGISTIC_PARAMETERS = CKKSParameterSet(
     input_bound=64.0,
     min_weight_scale_bits=14,
     max_weight_scale_bits=30,
-    batch_layout=PackingLayout.COLUMN_COMPLEX,
+    batch_layout=PackingLayout.COLUMN_COEFFICIENT,
     small_batch_layout=PackingLayout.COEFFICIENT,
     # benchmarks/he_bench.py, client + server CPU per request: coefficient 25 ms against
-    # column_complex 34 ms at 1088 patients, 53 against 28 ms at 2176 (crossover ~1300);
-    # 1224 = 9 ciphertexts of 136 patients.
+    # the batch layout's 34 ms at 1088 patients, 53 against 28 ms at 2176 (crossover
+    # ~1300); 1224 = 9 ciphertexts of 136 patients.
     small_batch_max=1224,
 )
 
@@ -215,9 +216,11 @@ POLY_MLP_PARAMETERS = CKKSParameterSet(
     max_weight_scale_bits=40,
     batch_layout=PackingLayout.COLUMN,
     small_batch_layout=PackingLayout.REPLICATED,
-    # benchmarks/he_bench.py, client + server CPU per request: replicated 210 ms against
-    # column 274 ms at 64 patients, 357 against 232 ms at 96 (crossover ~75); 72 = 9
-    # ciphertexts of 8 patients. Bytes favour replicated further (~19 KB against 4.6 MB).
+    # benchmarks/he_bench.py, client + server CPU per request: replicated 233 ms against
+    # column 244 ms at 48 patients, 305 against 260 ms at 64 (crossover ~50 since the
+    # server replicates the features itself). 72 = 9 ciphertexts of 8 patients is kept:
+    # a column request is charged 4096 predictions against 8 per replicated ciphertext, and
+    # bytes favour replicated further (~21 KB against 4.6 MB per patient batch).
     small_batch_max=72,
 )
 

@@ -8,17 +8,17 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from veracity.crypto.he_packing import (
+from veracity.errors import InputError
+from veracity.he.packing import (
     CoefficientGeometry,
     ReplicatedGeometry,
     coefficients_from_slots,
     pack_column,
-    pack_column_complex,
+    pack_column_coefficients,
     slots_from_coefficients,
     unpack_column,
-    unpack_column_complex,
+    unpack_column_coefficients,
 )
-from veracity.errors import InputError
 
 degrees = st.sampled_from([8, 16, 64, 256])
 
@@ -80,19 +80,24 @@ def _simulate_replicated(
     b1: npt.NDArray[np.float64],
     alpha: npt.NDArray[np.float64],
     gamma: float,
+    patients: int,
 ) -> npt.NDArray[np.float64]:
-    """What the server computes, with np.roll standing in for SEAL's left rotations."""
-    inner = [s for s in geometry.rotation_steps() if s < geometry.block_width]
-    outer = [s for s in geometry.rotation_steps() if s >= geometry.block_width]
+    """What the server computes, with np.roll standing in for SEAL's rotations."""
     out = []
-    for vector in packed:
-        value = vector * geometry.first_layer_vector(w1, b1)
-        for step in inner:
+    per = geometry.patients_per_ciphertext
+    for index, vector in enumerate(packed):
+        live = min(per, patients - index * per)
+        value = vector
+        for step in geometry.replication_steps():
             value = value + np.roll(value, -step)
-        value = value * value * geometry.output_selector(alpha)
-        for step in outer:
+        value = value * geometry.first_layer_vector(w1, live)
+        for step in geometry.block_sum_steps():
             value = value + np.roll(value, -step)
-        out.append(value + geometry.output_constant(gamma))
+        value = value + geometry.bias_vector(b1, live)
+        value = value * value * geometry.output_selector(alpha, live)
+        for step in geometry.unit_sum_steps():
+            value = value + np.roll(value, -step)
+        out.append(value + geometry.output_constant(gamma, live))
     return np.stack(out)
 
 
@@ -112,8 +117,32 @@ def test_replicated_layout_gives_each_patient_its_quadratic_network_output(
     w1, b1 = rng.normal(size=(hidden, features)), rng.normal(size=hidden)
     alpha, gamma = rng.normal(size=hidden), float(rng.normal())
     expected = ((x @ w1.T + b1) ** 2) @ alpha + gamma
-    result = _simulate_replicated(geometry, geometry.pack(x), w1, b1, alpha, gamma)
+    result = _simulate_replicated(geometry, geometry.pack(x), w1, b1, alpha, gamma, patients)
     np.testing.assert_allclose(geometry.unpack(result, patients), expected, atol=1e-8)
+    # Only live patients' block starts hold anything: every other slot is exactly zero.
+    for index, vector in enumerate(result):
+        live = min(
+            geometry.patients_per_ciphertext, patients - index * geometry.patients_per_ciphertext
+        )
+        others = np.setdiff1d(np.arange(512), geometry.output_positions(live))
+        assert np.all(vector[others] == 0.0)
+
+
+def test_replicated_layout_gives_every_unit_the_same_input_whatever_the_blocks_hold() -> None:
+    # The per-neuron oracle: a requester puts a different input in each unit's block. The
+    # server's replication sums the blocks, so every unit sees their sum.
+    geometry = ReplicatedGeometry(4, 4, 128)
+    rng = np.random.default_rng(7)
+    w1, b1 = rng.normal(size=(4, 4)), rng.normal(size=4)
+    alpha, gamma = rng.normal(size=4), 0.3
+    per_unit = rng.normal(size=(geometry.hidden_blocks, 4))
+    vector = np.zeros(128)
+    for k in range(geometry.hidden_blocks):
+        vector[k * geometry.unit_stride : k * geometry.unit_stride + 4] = per_unit[k]
+    result = _simulate_replicated(geometry, vector[None, :], w1, b1, alpha, gamma, 1)
+    seen = per_unit.sum(axis=0)
+    expected = ((seen @ w1.T + b1) ** 2) @ alpha + gamma
+    np.testing.assert_allclose(geometry.unpack(result, 1), [expected], atol=1e-9)
 
 
 def test_replicated_geometry_for_the_30_16_network_at_n8192() -> None:
@@ -123,7 +152,11 @@ def test_replicated_geometry_for_the_30_16_network_at_n8192() -> None:
         16,
         8,
     )
-    assert geometry.rotation_steps() == (1, 2, 4, 8, 16, 256, 512, 1024, 2048)
+    assert geometry.rotation_steps() == (
+        *(-256, -512, -1024, -2048),  # replication into every unit's blocks
+        *(1, 2, 4, 8, 16),  # block sums
+        *(256, 512, 1024, 2048),  # sums over units
+    )
 
 
 def test_a_network_too_wide_for_the_replicated_layout_is_refused() -> None:
@@ -138,11 +171,11 @@ def test_column_layouts_round_trip(patients: int, features: int, seed: int) -> N
     real = pack_column(x, 16)
     assert real.shape == (features, 16)
     np.testing.assert_array_equal(unpack_column(real[0], patients), x[:, 0])
-    packed = pack_column_complex(x, 8)
-    assert packed.shape == (features, 8)
-    np.testing.assert_array_equal(unpack_column_complex(packed[-1], patients), x[:, -1])
+    packed = pack_column_coefficients(x, 16)
+    assert packed.shape == (features, 16)
+    np.testing.assert_array_equal(unpack_column_coefficients(packed[-1], patients), x[:, -1])
 
 
 def test_more_patients_than_a_column_holds_is_refused() -> None:
     with pytest.raises(InputError, match="capacity"):
-        pack_column_complex(np.zeros((17, 2)), 8)
+        pack_column_coefficients(np.zeros((17, 2)), 16)

@@ -26,8 +26,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from veracity.core.canonical import canonical_json
-from veracity.crypto.he_params import PackingLayout
 from veracity.errors import InputError
+from veracity.he.params import PackingLayout
 
 __all__ = [
     "MAGIC",

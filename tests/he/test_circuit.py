@@ -9,9 +9,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from veracity.crypto.he_circuit import LinearCircuit, QuadraticCircuit, compile_circuit
-from veracity.crypto.he_params import LOGISTIC_PARAMETERS, POLY_MLP_PARAMETERS
 from veracity.errors import CryptoError
+from veracity.he.circuit import LinearCircuit, QuadraticCircuit, compile_circuit
+from veracity.he.params import LOGISTIC_PARAMETERS, POLY_MLP_PARAMETERS
 from veracity.tasks.spec import ModelFamily, ModelSpec, predict_logits
 from veracity.tasks.torch_models import build_model, model_weights
 

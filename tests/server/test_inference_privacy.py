@@ -1,0 +1,283 @@
+"""Only the prediction leaves the server (issue 13, attack 1).
+
+Each test plays a requester that declares one patient and fills the rest of its ciphertexts
+with chosen inputs (all zeros, unit vectors, as many packed points as the ciphertexts
+hold), decrypts *everything* the server sends back with its own secret key, and tries to
+learn more than that patient's prediction: other slots, other coefficients, the noise.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import pytest
+
+from veracity.contracts.events import InferenceServed
+from veracity.he.circuit import compile_circuit
+from veracity.he.contexts import SecretContext
+from veracity.he.packing import coefficients_from_slots
+from veracity.he.params import PackingLayout, parameter_set_for
+from veracity.he.seal import seal_primes
+from veracity.he.wire import RequestHeader, body_hash, decode_response, encode_request
+from veracity.server.inference import InferenceService
+from veracity.server.registry import ModelRegistry
+from veracity.tasks.spec import predict_logits
+
+FloatArray = npt.NDArray[np.float64]
+SLOT_LAYOUTS = {"column", "replicated", "column_complex"}
+#: "Zero within the scheme's noise": CKKS noise and flooding are ~1e-5 in logit units.
+ZERO = 1e-3
+
+
+@pytest.fixture(scope="module")
+def served(
+    tmp_path_factory: pytest.TempPathFactory, breast_cancer: Any, trained_models: dict[str, Any]
+) -> tuple[InferenceService, dict[str, str], list[dict[str, Any]]]:
+    registry = ModelRegistry(tmp_path_factory.mktemp("models"))
+    hashes = {
+        family: registry.put(
+            spec,
+            weights,
+            features=breast_cancer.feature_names,
+            label="benign",
+            scaling=breast_cancer.scaling,
+            card={},
+        )
+        for family, (spec, weights) in trained_models.items()
+    }
+    entries: list[dict[str, Any]] = []
+
+    def record(payload: InferenceServed) -> None:
+        entries.append(payload.to_json())
+
+    return InferenceService(registry, recorder=record), hashes, entries
+
+
+@dataclass
+class Answer:
+    """Everything one response lets the requester decrypt."""
+
+    layout: str
+    slots: list[npt.NDArray[np.complex128]]
+    secret: SecretContext
+    ciphertexts: list[bytes]
+    recorded: dict[str, Any]
+    per_ciphertext: int
+
+
+def _points_per_request(layout: Mapping[str, Any], n_features: int, degree: int) -> int:
+    """How many patients the ciphertexts of a one-patient request can hold."""
+    name = layout["name"]
+    if name == "coefficient":
+        return degree // n_features
+    if name == "replicated":
+        return int(layout["patients_per_ciphertext"])
+    return int(layout["max_batch"])
+
+
+def _ask(
+    served: tuple[InferenceService, dict[str, str], list[dict[str, Any]]],
+    family: str,
+    which: str,
+    x: FloatArray | None = None,
+    *,
+    vectors: list[FloatArray] | None = None,
+) -> Answer:
+    """Declare one patient; send ``x`` (or raw slot ``vectors``); decrypt every result."""
+    service, hashes, entries = served
+    description = service.describe(hashes[family])
+    layout = description["he"]["layouts"][which]
+    parameter_set = parameter_set_for(family)
+    secret = SecretContext.generate(parameter_set)
+    steps = layout.get("rotation_steps", [])
+    context = secret.public_context(rotation_steps=steps)
+    hidden = int(description["model"].get("hidden", 0))
+    if vectors is not None:
+        ciphertexts = [secret._encrypt_values(v.tolist()) for v in vectors]
+    else:
+        assert x is not None
+        ciphertexts = secret.encrypt(PackingLayout(layout["name"]), x, hidden=hidden)
+    inline = context if len(context) < 64 * 1024 else None
+    if inline is None:
+        service.upload_context(context)
+    header = RequestHeader(
+        hashes[family], parameter_set.name, body_hash(context), PackingLayout(layout["name"]), 1
+    )
+    request = encode_request(header, ciphertexts, context=inline)
+    _, results = decode_response(service.serve(request, requester="clinic-7"))
+    slots = [secret._decrypt_values(data, i) for i, data in enumerate(results)]
+    per = _points_per_request(layout, 30, parameter_set.poly_modulus_degree)
+    return Answer(layout["name"], slots, secret, ciphertexts, entries[-1], per)
+
+
+def _chosen(kind: str, count: int) -> FloatArray:
+    rng = np.random.default_rng(13)
+    if kind == "zeros":
+        return np.zeros((count, 30))
+    if kind == "unit vectors":
+        x = np.zeros((count, 30))
+        for p in range(1, count):
+            x[p, (p - 1) % 30] = 4.0 if (p - 1) // 30 % 2 == 0 else -4.0
+        return x
+    return rng.normal(size=(count, 30))  # packed points
+
+
+def _output_scale(family: str, trained_models: dict[str, Any]) -> float:
+    spec, weights = trained_models[family]
+    parameter_set = parameter_set_for(family)
+    circuit = compile_circuit(
+        family,
+        weights,
+        parameter_set=parameter_set,
+        primes=seal_primes(parameter_set),
+        n_features=30,
+        hidden=spec.hidden,
+        activation=spec.activation,
+    )
+    return float(parameter_set.input_scale * circuit.weight_scale)  # type: ignore[union-attr]
+
+
+def _slot_positions(answer: Answer) -> list[int]:
+    """Slots where the declared patient's output sits (every copy of it)."""
+    if answer.layout == "replicated":
+        blocks = 4096 // (32 * answer.per_ciphertext)
+        return [k * answer.per_ciphertext * 32 for k in range(blocks)]
+    return [0]
+
+
+def _coefficient_positions(answer: Answer) -> npt.NDArray[np.int64]:
+    """Coefficients where the chosen points' logits sit, in point order."""
+    if answer.layout == "coefficient":
+        return np.arange(answer.per_ciphertext) * 30
+    return np.arange(answer.per_ciphertext)
+
+
+def _encrypted_features(answer: Answer, positions: npt.NDArray[np.int64]) -> FloatArray:
+    """The features the requester really encrypted, noise included, at ``positions``."""
+    input_scale = parameter_set_for("logistic").input_scale
+    decrypted = np.stack(
+        [
+            np.round(coefficients_from_slots(answer.secret._decrypt_values(c, j)) * input_scale)
+            for j, c in enumerate(answer.ciphertexts)
+        ]
+    )
+    if answer.layout == "coefficient":  # patient p's feature j at coefficient p * 30 + j
+        rows = positions[:, None] + np.arange(30)[None, :]
+        return np.asarray(decrypted[0][rows] / input_scale, dtype=np.float64)
+    return np.asarray(decrypted[:, positions].T / input_scale, dtype=np.float64)
+
+
+def _fit_linear(x: FloatArray, y: FloatArray) -> FloatArray:
+    design = np.hstack([x, np.ones((x.shape[0], 1))])
+    return np.asarray(np.linalg.lstsq(design, y, rcond=None)[0], dtype=np.float64)
+
+
+CASES = [
+    (family, which, kind)
+    for family in ("logistic", "poly_mlp")
+    for which in ("batch", "small")
+    for kind in ("zeros", "unit vectors", "packed points")
+]
+
+
+@pytest.mark.parametrize(("family", "which", "kind"), CASES)
+def test_a_one_patient_request_with_chosen_inputs_learns_only_that_prediction(
+    family: str,
+    which: str,
+    kind: str,
+    served: tuple[InferenceService, dict[str, str], list[dict[str, Any]]],
+    trained_models: dict[str, Any],
+) -> None:
+    service, hashes, _ = served
+    layout = service.describe(hashes[family])["he"]["layouts"][which]
+    count = _points_per_request(layout, 30, parameter_set_for(family).poly_modulus_degree)
+    x = _chosen(kind, count)
+    spec, weights = trained_models[family]
+    truth = predict_logits(spec, weights, x)
+
+    answer = _ask(served, family, which, x)
+
+    # Charged and recorded: what the ciphertexts carry, not the one patient declared.
+    assert answer.recorded["batch_size"] == count
+    if answer.layout in SLOT_LAYOUTS:
+        values = answer.slots[0]
+        outputs = _slot_positions(answer)
+        # The declared patient's logit, every copy of it ...
+        np.testing.assert_allclose(values[outputs].real, truth[0], atol=ZERO)
+        # ... and nothing else: every other slot (and the output's imaginary part) is zero.
+        others = np.delete(values, outputs)
+        assert np.abs(others).max() < ZERO
+        assert np.abs(values[outputs].imag).max() < ZERO
+        assert np.abs(truth[1:]).max() > 100 * ZERO  # the chosen points had outputs to leak
+        return
+    scale = _output_scale(family, trained_models)
+    prime = seal_primes(parameter_set_for(family))[0]
+    raw = coefficients_from_slots(answer.slots[0]) * scale  # centred integers modulo q
+    assert abs(raw[0] / scale - truth[0]) < ZERO  # the declared patient's logit
+    in_q = np.delete(raw, 0) / prime
+    # Every other coefficient is uniform modulo q: about half lie beyond q/4 ...
+    assert 0.45 < float((np.abs(in_q) > 0.25).mean()) < 0.55
+    # ... and the attacker's fit of the chosen points' "logits" against what it really
+    # encrypted (its inputs and its own noise, both known to it) recovers no weight.
+    positions = _coefficient_positions(answer)[1:]
+    fitted = _fit_linear(_encrypted_features(answer, positions), raw[positions] / scale)
+    true_w = np.asarray(weights["linear.weight"], dtype=np.float64)[0]
+    assert np.abs(fitted[:30] - true_w).max() > np.abs(true_w).max()
+
+
+def test_the_noise_of_a_one_patient_linear_batch_reveals_no_weight(
+    served: tuple[InferenceService, dict[str, str], list[dict[str, Any]]],
+    trained_models: dict[str, Any],
+) -> None:
+    # One all-zero patient in the batch layout: the result polynomial is
+    # sum_j W_j * d_j + B, and the requester knows every d_j (its own decryption, noise
+    # included). Without masks, 4096 exact equations give every weight.
+    _, weights = trained_models["logistic"]
+    answer = _ask(served, "logistic", "batch", np.zeros((1, 30)))
+    input_scale = parameter_set_for("logistic").input_scale
+    inputs = np.stack(
+        [
+            np.round(coefficients_from_slots(answer.secret._decrypt_values(c, j)) * input_scale)
+            for j, c in enumerate(answer.ciphertexts)
+        ]
+    )
+    assert np.abs(inputs).max() < 100  # zeros plus the requester's own, known, noise
+    scale = _output_scale("logistic", trained_models)
+    bias = float(np.asarray(weights["linear.bias"])[0])
+    if answer.layout == "column_complex":  # the bias b + ib, as the server encodes it
+        known = coefficients_from_slots(np.full(2048, complex(bias, bias))) * scale
+    else:
+        known = np.zeros(4096)
+        known[0] = bias * scale
+    result = coefficients_from_slots(answer.slots[0]) * scale - known
+    rows = np.arange(1, 4096)  # everything but the declared output
+    fitted, *_ = np.linalg.lstsq(inputs[:, rows].T, result[rows], rcond=None)
+    true_w = np.asarray(weights["linear.weight"], dtype=np.float64)[0]
+    recovered = fitted / (scale / input_scale)
+    assert np.abs(recovered - true_w).max() > np.abs(true_w).max()
+
+
+def test_a_replicated_request_cannot_probe_hidden_units_one_at_a_time(
+    served: tuple[InferenceService, dict[str, str], list[dict[str, Any]]],
+    trained_models: dict[str, Any],
+) -> None:
+    # The per-neuron oracle: a different input in each hidden unit's block. Whatever the
+    # blocks hold, the answer must be the network's output at one input.
+    spec, weights = trained_models["poly_mlp"]
+    rng = np.random.default_rng(5)
+    per_unit = rng.normal(size=(16, 30))
+    vector = np.zeros(4096)
+    stride = 8 * 32
+    for k in range(16):
+        vector[k * stride : k * stride + 30] = per_unit[k]
+        vector[k * stride + 30] = 1.0  # the constant slot a requester used to supply
+    answer = _ask(served, "poly_mlp", "small", vectors=[vector])
+    seen = per_unit.sum(axis=0, keepdims=True)
+    np.testing.assert_allclose(
+        answer.slots[0][0].real, predict_logits(spec, weights, seen)[0], atol=ZERO
+    )
+    assert np.abs(np.delete(answer.slots[0], _slot_positions(answer))).max() < ZERO

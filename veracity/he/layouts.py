@@ -1,0 +1,745 @@
+"""Packing layouts as strategies: one class per layout, the ``Layout`` protocol, ``evaluate``.
+
+A layout decides where each patient's features sit in the request's plaintexts (``pack``,
+on the requester's side), how the server evaluates a circuit on the ciphertexts
+(``evaluate``, with public material only) and where the outputs sit in the decrypted
+results (``unpack``). :func:`layout_for` maps a :class:`~veracity.he.params.PackingLayout`
+to its implementation (the ``LAYOUTS`` table); a new layout is one class and one entry.
+
+Layouts are built for a model shape (:class:`ModelShape`): input width, hidden units and
+outputs per patient. Every layout here serves one output per patient; ``outputs`` is part
+of the shape so that k-class models and convolutional layouts fit the same protocol.
+
+Only the prediction leaves the server. Every layout evaluates for the *declared* batch:
+
+* coefficient layouts (``column_coefficient``, ``coefficient``) put each declared patient's
+  logit in one coefficient and add, at every other coefficient, an integer uniform modulo
+  the ciphertext modulus: the requester learns those logits and nothing else;
+* slot layouts (``column``, ``replicated``) multiply by plaintexts that are zero outside
+  the declared patients' output slots, so every other slot decrypts to zero;
+* every response is flooded: a fresh random polynomial (uniform ``+-FLOOD`` per output in
+  coefficient layouts, uniform ``+-FLOOD`` in the real and imaginary part of every slot in
+  slot layouts) is added last, so the low-order noise the requester could otherwise
+  relate to its own (known) encryption noise is drowned.
+
+What the requester is charged for is :meth:`Layout.carried`: the patients the request's
+ciphertexts can carry, whatever it declares.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from functools import partial
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
+
+import numpy as np
+import numpy.typing as npt
+import tenseal.sealapi as sa
+
+from veracity.errors import CryptoError, InputError
+from veracity.he.circuit import Circuit, LinearCircuit, QuadraticCircuit
+from veracity.he.packing import (
+    CoefficientGeometry,
+    ComplexArray,
+    FloatArray,
+    ReplicatedGeometry,
+    coefficients_from_slots,
+    pack_column,
+    pack_column_coefficients,
+    slots_from_coefficients,
+    unpack_column,
+    unpack_column_coefficients,
+)
+from veracity.he.params import CKKSParameterSet, PackingLayout
+from veracity.he.seal import (
+    RandomBytes,
+    Runtime,
+    add_coefficients,
+    bounded_integers,
+    encode,
+    residues_of,
+    scratch,
+    seal_errors,
+    uniform_residues,
+)
+
+if TYPE_CHECKING:
+    from veracity.he.contexts import PublicContext
+
+__all__ = [
+    "FLOOD",
+    "RandomBytes",
+    "ModelShape",
+    "Layout",
+    "ColumnCoefficientLayout",
+    "CoefficientLayout",
+    "ColumnLayout",
+    "ReplicatedLayout",
+    "LAYOUTS",
+    "layout_for",
+    "circuit_shape",
+    "evaluate",
+    "evaluate_loaded",
+]
+
+#: Amplitude of the flooding noise added to every response, in output (logit) units.
+FLOOD = 2.0**-17
+#: Bits the replicated layout moves from the first-layer weights to the inputs before its
+#: replication rotations (measured on the breast-cancer MLP: 0 bits, max logit error 4e-4;
+#: 4 bits, 3e-5; 8 bits, 2e-4 as the weights lose precision).
+_REPLICATION_LIFT_BITS = 4
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    """What a layout needs to know about a model.
+
+    Attributes
+    ----------
+    n_features
+        Input width.
+    hidden
+        Hidden units (``poly_mlp``; 0 for linear models).
+    outputs
+        Outputs per patient (classes); 1 for the binary models served today.
+    """
+
+    n_features: int
+    hidden: int = 0
+    outputs: int = 1
+
+
+class Layout(Protocol):
+    """One packing layout for one model shape under one parameter set."""
+
+    #: The wire name of the layout.
+    name: ClassVar[PackingLayout]
+    #: The model family whose circuits it evaluates (a ``ModelFamily`` value).
+    family: ClassVar[str]
+
+    def capacity(self) -> int:
+        """The most patients one request may declare."""
+        ...
+
+    def rotation_steps(self) -> tuple[int, ...]:
+        """Rotations the server performs (Galois keys the public context must hold)."""
+        ...
+
+    def ciphertext_count(self, batch_size: int) -> int:
+        """Input ciphertexts of a request for ``batch_size`` patients."""
+        ...
+
+    def carried(self, ciphertexts: int) -> int:
+        """Patients that many input ciphertexts can carry: what a request is charged."""
+        ...
+
+    def pack(self, features: FloatArray) -> list[Any]:
+        """Slot values to encode and encrypt, one entry per input ciphertext.
+
+        Raises
+        ------
+        InputError
+            If the features do not have the shape's width or exceed the capacity.
+        """
+        ...
+
+    def unpack(self, values: Sequence[ComplexArray], batch_size: int) -> FloatArray:
+        """The outputs of ``batch_size`` patients from the decrypted results' slots.
+
+        Raises
+        ------
+        InputError
+            If the number of results does not fit the layout.
+        """
+        ...
+
+    def evaluate(
+        self,
+        context: PublicContext,
+        circuit: Circuit,
+        inputs: Sequence[Any],
+        *,
+        batch_size: int,
+        random_bytes: RandomBytes,
+    ) -> list[Any]:
+        """The result ciphertexts of ``circuit`` for the ``batch_size`` declared patients."""
+        ...
+
+
+def _check_width(features: FloatArray, shape: ModelShape) -> FloatArray:
+    x = np.asarray(features, dtype=np.float64)
+    if x.ndim != 2 or x.shape[1] != shape.n_features:
+        raise InputError(
+            f"the model takes {shape.n_features} features per patient, got array of shape {x.shape}"
+        )
+    return x
+
+
+def _multiply_accumulate(
+    runtime: Runtime, inputs: Sequence[Any], weights: npt.NDArray[np.float64], scale: float
+) -> Any:
+    """``sum_j weights[j] * inputs[j]`` at ``input scale * scale`` (zero weights skipped)."""
+    evaluator = runtime.evaluator
+    parms_id = inputs[0].parms_id()
+    accumulator = None
+    product = sa.Ciphertext()
+    for ciphertext, weight in zip(inputs, weights, strict=True):
+        if weight == 0.0:
+            continue
+        plaintext = encode(runtime, float(weight), parms_id, scale)
+        if accumulator is None:
+            accumulator = sa.Ciphertext()
+            evaluator.multiply_plain(ciphertext, plaintext, accumulator)
+        else:
+            evaluator.multiply_plain(ciphertext, plaintext, product)
+            evaluator.add_inplace(accumulator, product)
+    if accumulator is None:
+        raise CryptoError("a layer has only zero weights; the model is constant")
+    return accumulator
+
+
+def _single(values: Sequence[ComplexArray], layout: PackingLayout) -> ComplexArray:
+    if len(values) != 1:
+        raise InputError(f"a {layout} response carries one result, got {len(values)}")
+    return values[0]
+
+
+def _count(values: Sequence[ComplexArray], expected: int) -> None:
+    if len(values) != expected:
+        raise InputError(f"expected {expected} results, got {len(values)}")
+
+
+def _linear(circuit: Circuit, layout: PackingLayout) -> LinearCircuit:
+    if not isinstance(circuit, LinearCircuit):
+        raise CryptoError(f"layout {layout} does not serve poly_mlp")
+    return circuit
+
+
+def _quadratic(circuit: Circuit, layout: PackingLayout) -> QuadraticCircuit:
+    if not isinstance(circuit, QuadraticCircuit):
+        raise CryptoError(f"layout {layout} does not serve logistic regression")
+    return circuit
+
+
+def _masked_outputs(
+    runtime: Runtime,
+    outputs: npt.NDArray[np.int64],
+    value: float,
+    scale: float,
+    random_bytes: RandomBytes,
+) -> npt.NDArray[np.uint64]:
+    """Residues of the polynomial a coefficient layout adds to one result ciphertext.
+
+    ``value`` (the bias) plus flooding at the ``outputs`` coefficients; an integer uniform
+    modulo q at every other coefficient.
+    """
+    primes = runtime.primes[:1]
+    degree = runtime.parameter_set.poly_modulus_degree
+    if outputs.size < degree:
+        residues = uniform_residues(primes, degree, random_bytes)
+    else:  # every coefficient is a declared output: nothing to mask
+        residues = np.empty((1, degree), dtype=np.uint64)
+    flood = bounded_integers(math.floor(FLOOD * scale), outputs.size, random_bytes)
+    residues[:, outputs] = residues_of(flood + round(value * scale), primes)
+    return residues
+
+
+def _slot_flood(runtime: Runtime, ciphertext: Any, random_bytes: RandomBytes) -> None:
+    """Add uniform ``+-FLOOD`` noise to the real and imaginary part of every slot."""
+    slots = runtime.parameter_set.slots
+    raw = np.frombuffer(random_bytes(16 * slots), dtype="<u8").reshape(2, slots)
+    unit = raw.astype(np.float64) / 2.0**63 - 1.0  # uniform in [-1, 1)
+    noise = FLOOD * (unit[0] + 1j * unit[1])
+    plaintext = encode(runtime, noise.tolist(), ciphertext.parms_id(), ciphertext.scale)
+    runtime.evaluator.add_plain_inplace(ciphertext, plaintext)
+
+
+@dataclass(frozen=True)
+class ColumnCoefficientLayout:
+    """``column_coefficient``: one ciphertext per feature, patient p at coefficient p.
+
+    Batched logistic regression. The server computes ``sum_j w_j * ct_j`` (scalar
+    products act coefficient-wise), then adds one integer polynomial: the bias and
+    flooding at the declared patients' coefficients, a uniform mask modulo q elsewhere.
+    """
+
+    name: ClassVar[PackingLayout] = PackingLayout.COLUMN_COEFFICIENT
+    family: ClassVar[str] = "logistic"
+    parameter_set: CKKSParameterSet
+    shape: ModelShape
+
+    def capacity(self) -> int:
+        """One patient per coefficient."""
+        return self.parameter_set.poly_modulus_degree
+
+    def rotation_steps(self) -> tuple[int, ...]:
+        """None."""
+        return ()
+
+    def ciphertext_count(self, batch_size: int) -> int:
+        """One ciphertext per feature."""
+        return self.shape.n_features
+
+    def carried(self, ciphertexts: int) -> int:
+        """A full column: N patients."""
+        return self.capacity()
+
+    def pack(self, features: FloatArray) -> list[Any]:
+        """Row j: the slot values that encode feature j of every patient as coefficients."""
+        x = _check_width(features, self.shape)
+        rows = pack_column_coefficients(x, self.parameter_set.poly_modulus_degree)
+        return [slots_from_coefficients(row) for row in rows]
+
+    def unpack(self, values: Sequence[ComplexArray], batch_size: int) -> FloatArray:
+        """The first ``batch_size`` coefficients."""
+        coefficients = coefficients_from_slots(_single(values, self.name))
+        return unpack_column_coefficients(coefficients, batch_size)
+
+    def evaluate(
+        self,
+        context: PublicContext,
+        circuit: Circuit,
+        inputs: Sequence[Any],
+        *,
+        batch_size: int,
+        random_bytes: RandomBytes,
+    ) -> list[Any]:
+        """Scalar products and additions, then one exact polynomial addition."""
+        linear = _linear(circuit, self.name)
+        runtime = context.runtime
+        accumulator = _multiply_accumulate(runtime, inputs, linear.weights, linear.weight_scale)
+        live = np.arange(min(batch_size, self.capacity()), dtype=np.int64)
+        residues = _masked_outputs(runtime, live, linear.bias, accumulator.scale, random_bytes)
+        add_coefficients(runtime, accumulator, residues)
+        return [accumulator]
+
+
+@dataclass(frozen=True)
+class CoefficientLayout:
+    """``coefficient``: patient p's feature j is coefficient ``p * n + j`` (logistic).
+
+    Small batches. The server multiplies by ``sum_j w_j X**(-j)`` (patient p's dot product
+    lands in coefficient ``p * n``), then adds the bias and flooding at the declared
+    patients' output coefficients and a uniform mask modulo q at every other coefficient,
+    undeclared patients' outputs included.
+
+    Raises
+    ------
+    InputError
+        On construction, if the model is wider than the ring.
+    """
+
+    name: ClassVar[PackingLayout] = PackingLayout.COEFFICIENT
+    family: ClassVar[str] = "logistic"
+    parameter_set: CKKSParameterSet
+    shape: ModelShape
+
+    def __post_init__(self) -> None:
+        _ = self.geometry  # refuse a model that does not fit now
+
+    @property
+    def geometry(self) -> CoefficientGeometry:
+        """Where patients sit among the coefficients."""
+        return CoefficientGeometry(self.shape.n_features, self.parameter_set.poly_modulus_degree)
+
+    def capacity(self) -> int:
+        """The measured crossover with the batch layout."""
+        return self.parameter_set.small_batch_max
+
+    def rotation_steps(self) -> tuple[int, ...]:
+        """None."""
+        return ()
+
+    def ciphertext_count(self, batch_size: int) -> int:
+        """``ceil(batch / floor(N / n))``."""
+        return -(-batch_size // self.geometry.patients_per_ciphertext)
+
+    def carried(self, ciphertexts: int) -> int:
+        """``floor(N / n)`` patients per ciphertext."""
+        return ciphertexts * self.geometry.patients_per_ciphertext
+
+    def pack(self, features: FloatArray) -> list[Any]:
+        """Slot values that encode the coefficient vectors."""
+        x = _check_width(features, self.shape)
+        return [slots_from_coefficients(c) for c in self.geometry.pack(x)]
+
+    def unpack(self, values: Sequence[ComplexArray], batch_size: int) -> FloatArray:
+        """The output coefficients of the first ``batch_size`` patients."""
+        _count(values, self.ciphertext_count(batch_size))
+        return self.geometry.unpack(coefficients_from_slots(np.stack(values)), batch_size)
+
+    def evaluate(
+        self,
+        context: PublicContext,
+        circuit: Circuit,
+        inputs: Sequence[Any],
+        *,
+        batch_size: int,
+        random_bytes: RandomBytes,
+    ) -> list[Any]:
+        """One plaintext product and one exact polynomial addition per ciphertext."""
+        linear = _linear(circuit, self.name)
+        runtime = context.runtime
+        degree = runtime.parameter_set.poly_modulus_degree
+        geometry = CoefficientGeometry(linear.n_features, degree)
+        weights = encode(
+            runtime,
+            slots_from_coefficients(geometry.weight_polynomial(linear.weights)).tolist(),
+            inputs[0].parms_id(),
+            linear.weight_scale,
+        )
+        per = geometry.patients_per_ciphertext
+        outputs = geometry.output_positions()
+        results = []
+        for index, ciphertext in enumerate(inputs):
+            result = sa.Ciphertext()
+            runtime.evaluator.multiply_plain(ciphertext, weights, result)
+            live = outputs[: max(0, min(per, batch_size - index * per))]
+            residues = _masked_outputs(runtime, live, linear.bias, result.scale, random_bytes)
+            add_coefficients(runtime, result, residues)
+            results.append(result)
+        return results
+
+
+@dataclass(frozen=True)
+class ColumnLayout:
+    """``column``: one ciphertext per feature, one patient per slot (``poly_mlp``).
+
+    ``y = sum_k alpha_k (W1 x + b1')_k**2 + gamma``: each hidden unit's products are summed
+    at the product scale and rescaled once (lazy rescaling); squares are not relinearised
+    (the requester's decryptor handles the three-part result). For a batch smaller than
+    the slots, ``alpha_k`` and ``gamma`` are plaintexts that are zero beyond the declared
+    patients, so every other slot decrypts to zero.
+    """
+
+    name: ClassVar[PackingLayout] = PackingLayout.COLUMN
+    family: ClassVar[str] = "poly_mlp"
+    parameter_set: CKKSParameterSet
+    shape: ModelShape
+
+    def capacity(self) -> int:
+        """One patient per slot."""
+        return self.parameter_set.slots
+
+    def rotation_steps(self) -> tuple[int, ...]:
+        """None."""
+        return ()
+
+    def ciphertext_count(self, batch_size: int) -> int:
+        """One ciphertext per feature."""
+        return self.shape.n_features
+
+    def carried(self, ciphertexts: int) -> int:
+        """A full column: N / 2 patients."""
+        return self.capacity()
+
+    def pack(self, features: FloatArray) -> list[Any]:
+        """Row j: feature j of every patient."""
+        x = _check_width(features, self.shape)
+        return list(pack_column(x, self.parameter_set.slots))
+
+    def unpack(self, values: Sequence[ComplexArray], batch_size: int) -> FloatArray:
+        """The first ``batch_size`` real slot values."""
+        return unpack_column(_single(values, self.name), batch_size)
+
+    def evaluate(
+        self,
+        context: PublicContext,
+        circuit: Circuit,
+        inputs: Sequence[Any],
+        *,
+        batch_size: int,
+        random_bytes: RandomBytes,
+    ) -> list[Any]:
+        """h·n scalar products, h rescales, h squares, h (masked) output products."""
+        quadratic = _quadratic(circuit, self.name)
+        runtime = context.runtime
+        evaluator = runtime.evaluator
+        slots = self.parameter_set.slots
+        live = min(batch_size, slots)
+        selector = np.zeros(slots, dtype=np.float64)
+        selector[:live] = 1.0
+
+        def masked(value: float) -> Any:
+            # A scalar where every slot is declared, else zero beyond the declared patients.
+            return float(value) if live == slots else (value * selector).tolist()
+
+        output = None
+        for unit in np.flatnonzero(quadratic.output_weights):
+            hidden = _multiply_accumulate(
+                runtime, inputs, quadratic.hidden_weights[unit], quadratic.hidden_weight_scale
+            )
+            bias = encode(
+                runtime, float(quadratic.hidden_bias[unit]), hidden.parms_id(), hidden.scale
+            )
+            evaluator.add_plain_inplace(hidden, bias)
+            evaluator.rescale_to_next_inplace(hidden)  # one rescale per unit: lazy rescaling
+            evaluator.square_inplace(hidden)  # three parts; relinearised by the decryptor
+            weight = encode(
+                runtime,
+                masked(quadratic.output_weights[unit]),
+                hidden.parms_id(),
+                quadratic.output_weight_scale,
+            )
+            evaluator.multiply_plain_inplace(hidden, weight)
+            if output is None:
+                output = hidden
+            else:
+                evaluator.add_inplace(output, hidden)
+        if output is None:
+            raise CryptoError("the model has no hidden units")
+        constant = encode(runtime, masked(quadratic.output_bias), output.parms_id(), output.scale)
+        evaluator.add_plain_inplace(output, constant)
+        _slot_flood(runtime, output, random_bytes)
+        return [output]
+
+
+@dataclass(frozen=True)
+class ReplicatedLayout:
+    """``replicated``: a few patients per ciphertext, replicated per hidden unit (``poly_mlp``).
+
+    See :class:`~veracity.he.packing.ReplicatedGeometry`: the server replicates each
+    patient's features into every unit's block itself (so every unit sees the same input),
+    applies the first layer to declared patients only, adds the first-layer bias itself,
+    squares, keeps declared patients' block starts and sums over units. Needs Galois and
+    relinearisation keys.
+
+    Raises
+    ------
+    InputError
+        On construction, if the network does not fit the layout.
+    """
+
+    name: ClassVar[PackingLayout] = PackingLayout.REPLICATED
+    family: ClassVar[str] = "poly_mlp"
+    parameter_set: CKKSParameterSet
+    shape: ModelShape
+
+    def __post_init__(self) -> None:
+        _ = self.geometry  # refuse a network that does not fit now
+
+    @property
+    def geometry(self) -> ReplicatedGeometry:
+        """Where patients and units sit among the slots."""
+        return ReplicatedGeometry(
+            self.shape.n_features, self.shape.hidden, self.parameter_set.slots
+        )
+
+    def capacity(self) -> int:
+        """The measured crossover with the batch layout."""
+        return self.parameter_set.small_batch_max
+
+    def rotation_steps(self) -> tuple[int, ...]:
+        """Replication, block sums, then sums over units."""
+        return self.geometry.rotation_steps()
+
+    def ciphertext_count(self, batch_size: int) -> int:
+        """``ceil(batch / P)``."""
+        return -(-batch_size // self.geometry.patients_per_ciphertext)
+
+    def carried(self, ciphertexts: int) -> int:
+        """``P`` patients per ciphertext."""
+        return ciphertexts * self.geometry.patients_per_ciphertext
+
+    def pack(self, features: FloatArray) -> list[Any]:
+        """Each patient's features in unit 0's block."""
+        x = _check_width(features, self.shape)
+        return list(self.geometry.pack(x))
+
+    def unpack(self, values: Sequence[ComplexArray], batch_size: int) -> FloatArray:
+        """Patient p's logit from slot ``p * s``."""
+        _count(values, self.ciphertext_count(batch_size))
+        return self.geometry.unpack(np.stack(values), batch_size)
+
+    def evaluate(
+        self,
+        context: PublicContext,
+        circuit: Circuit,
+        inputs: Sequence[Any],
+        *,
+        batch_size: int,
+        random_bytes: RandomBytes,
+    ) -> list[Any]:
+        """Per ciphertext: rotations, 1 plaintext product, 1 relinearisation, 1 product."""
+        quadratic = _quadratic(circuit, self.name)
+        runtime = context.runtime
+        evaluator = runtime.evaluator
+        geometry = ReplicatedGeometry(
+            quadratic.n_features, quadratic.hidden, runtime.parameter_set.slots
+        )
+        galois_keys, relin_keys = context.rotation_keys(geometry.rotation_steps())
+        per = geometry.patients_per_ciphertext
+        lift = encode(runtime, 1.0, inputs[0].parms_id(), 2.0**_REPLICATION_LIFT_BITS)
+        encoded: dict[tuple[str, int], Any] = {}
+
+        def plaintext(
+            key: tuple[str, int], values: Callable[[], FloatArray], at: Any, scale: float
+        ) -> Any:
+            # Every ciphertext but the last holds P live patients: encode once per count.
+            if key not in encoded:
+                encoded[key] = encode(runtime, values().tolist(), at.parms_id(), scale)
+            return encoded[key]
+
+        results = []
+        rotated = sa.Ciphertext()
+        for index, ciphertext in enumerate(inputs):
+            live = min(per, batch_size - index * per)
+            if live < 1:
+                raise InputError(f"ciphertext {index} carries no declared patient")
+            value = ciphertext  # loaded for this request: evaluated in place
+            # Raise the scale by an exact integer factor first: the replication's key
+            # switching adds a fixed absolute noise, which this makes 2**LIFT times smaller
+            # relative to the features; the first layer gives those bits back.
+            evaluator.multiply_plain_inplace(value, lift)
+            for step in geometry.replication_steps():
+                evaluator.rotate_vector(value, step, galois_keys, rotated)
+                evaluator.add_inplace(value, rotated)
+            first = plaintext(
+                ("first", live),
+                partial(geometry.first_layer_vector, quadratic.hidden_weights, live),
+                value,
+                quadratic.hidden_weight_scale / 2.0**_REPLICATION_LIFT_BITS,
+            )
+            evaluator.multiply_plain_inplace(value, first)
+            for step in geometry.block_sum_steps():
+                evaluator.rotate_vector(value, step, galois_keys, rotated)
+                evaluator.add_inplace(value, rotated)
+            bias = plaintext(
+                ("bias", live),
+                partial(geometry.bias_vector, quadratic.hidden_bias, live),
+                value,
+                value.scale,
+            )
+            evaluator.add_plain_inplace(value, bias)
+            evaluator.rescale_to_next_inplace(value)
+            evaluator.square_inplace(value)
+            evaluator.relinearize_inplace(value, relin_keys)
+            selector = plaintext(
+                ("selector", live),
+                partial(geometry.output_selector, quadratic.output_weights, live),
+                value,
+                quadratic.output_weight_scale,
+            )
+            evaluator.multiply_plain_inplace(value, selector)
+            for step in geometry.unit_sum_steps():
+                evaluator.rotate_vector(value, step, galois_keys, rotated)
+                evaluator.add_inplace(value, rotated)
+            constant = plaintext(
+                ("constant", live),
+                partial(geometry.output_constant, quadratic.output_bias, live),
+                value,
+                value.scale,
+            )
+            evaluator.add_plain_inplace(value, constant)
+            _slot_flood(runtime, value, random_bytes)
+            results.append(value)
+        return results
+
+
+#: Every packing layout's implementation.
+LAYOUTS: dict[PackingLayout, Callable[[CKKSParameterSet, ModelShape], Layout]] = {
+    PackingLayout.COLUMN_COEFFICIENT: ColumnCoefficientLayout,
+    PackingLayout.COEFFICIENT: CoefficientLayout,
+    PackingLayout.COLUMN: ColumnLayout,
+    PackingLayout.REPLICATED: ReplicatedLayout,
+}
+
+
+def layout_for(layout: PackingLayout, parameter_set: CKKSParameterSet, shape: ModelShape) -> Layout:
+    """The implementation of ``layout`` for a model of ``shape`` under ``parameter_set``.
+
+    Raises
+    ------
+    InputError
+        If the model does not fit the layout.
+    """
+    return LAYOUTS[layout](parameter_set, shape)
+
+
+def circuit_shape(circuit: Circuit) -> ModelShape:
+    """The model shape a compiled circuit evaluates."""
+    if isinstance(circuit, QuadraticCircuit):
+        return ModelShape(circuit.n_features, circuit.hidden)
+    return ModelShape(circuit.n_features)
+
+
+def evaluate_loaded(
+    context: PublicContext,
+    circuit: Circuit,
+    layout: PackingLayout,
+    inputs: Sequence[Any],
+    *,
+    batch_size: int,
+    random_bytes: RandomBytes = os.urandom,
+) -> list[bytes]:
+    """Evaluate ``circuit`` on ciphertexts already loaded by ``context.load_inputs``.
+
+    Raises
+    ------
+    CryptoError
+        If the layout does not suit the circuit or keys it needs are missing.
+    InputError
+        If ``batch_size`` does not fit the ciphertexts.
+    """
+    strategy = layout_for(layout, context.parameter_set, circuit_shape(circuit))
+    expected = strategy.ciphertext_count(batch_size) if batch_size >= 1 else 0
+    if expected != len(inputs) or batch_size > strategy.carried(len(inputs)):
+        raise InputError(
+            f"a {layout} batch of {batch_size} needs {expected} ciphertexts, got {len(inputs)}"
+        )
+    with seal_errors("encrypted evaluation failed"):
+        outputs = strategy.evaluate(
+            context, circuit, inputs, batch_size=batch_size, random_bytes=random_bytes
+        )
+    file = scratch()
+    return [file.save(output) for output in outputs]
+
+
+def evaluate(
+    context: PublicContext,
+    circuit: Circuit,
+    layout: PackingLayout,
+    ciphertexts: Sequence[bytes],
+    *,
+    batch_size: int,
+    random_bytes: RandomBytes = os.urandom,
+) -> list[bytes]:
+    """Evaluate ``circuit`` for ``batch_size`` declared patients; return the results.
+
+    Parameters
+    ----------
+    context
+        The requester's public context (never a secret one).
+    circuit
+        The compiled model (:func:`veracity.he.circuit.compile_circuit`).
+    layout
+        How the ciphertexts pack patients; must suit the circuit.
+    ciphertexts
+        Serialised input ciphertexts.
+    batch_size
+        The declared patients: only their outputs leave the server.
+    random_bytes
+        Source of masks and flooding (``os.urandom``; injectable for tests).
+
+    Raises
+    ------
+    CryptoError
+        If a ciphertext is not a fresh top-level ciphertext of the context's parameter set,
+        the layout does not suit the circuit, or keys the layout needs are missing.
+    InputError
+        If a ciphertext is truncated or not a SEAL object, or ``batch_size`` does not fit
+        the ciphertexts.
+    """
+    strategy = layout_for(layout, context.parameter_set, circuit_shape(circuit))
+    expected = strategy.ciphertext_count(batch_size) if batch_size >= 1 else 0
+    if expected != len(ciphertexts):
+        raise InputError(
+            f"a {layout} batch of {batch_size} needs {expected} ciphertexts, got {len(ciphertexts)}"
+        )
+    inputs = context.load_inputs(ciphertexts)
+    return evaluate_loaded(
+        context, circuit, layout, inputs, batch_size=batch_size, random_bytes=random_bytes
+    )
