@@ -104,6 +104,18 @@ def test_review_approve_refuse_and_the_outbox(
     review = _json(capsys, ["site", "review", str(study_file), "--dataset", "bc-0", *base])
     assert review["total_steps"] == 25
     assert review["problems"] == []
+    study = json.loads(study_file.read_text())
+    assert review["scaling"] == study["scaling"]
+    assert review["max_weight_norm"] == 1000.0
+    capsys.readouterr()
+    assert main(["site", "review", str(study_file), "--dataset", "bc-0",
+                 "--data-dir", str(cli_site)]) == 0  # fmt: skip
+    shown = capsys.readouterr().err
+    assert "scaling (public, applied to your data before the model): " in shown
+    first = study["features"][0]
+    mean, std = study["scaling"][0]
+    assert f"{first} (x - {mean:g}) / {std:g}" in " ".join(shown.split())
+    assert "L2 norm 1000" in shown
     approved = _json(
         capsys,
         [

@@ -128,6 +128,8 @@ class StudyReview:
             "model": study.model,
             "features": list(study.features),
             "label": study.label,
+            "scaling": [[mean, std] for mean, std in study.scaling],
+            "max_weight_norm": study.max_weight_norm,
             "dp": study.dp.model_dump(mode="json"),
             "training": study.training.model_dump(mode="json"),
             "rounds": study.rounds,

@@ -268,6 +268,15 @@ def _print_review(review: Any) -> None:
         f"  model {model['family']} on {len(summary['features'])} features, "
         f"label {summary['label']!r}; code hash {summary['code_hash']}"
     )
+    scaling = ", ".join(
+        f"{name} (x - {mean:g}) / {std:g}"
+        for name, (mean, std) in zip(summary["features"], summary["scaling"], strict=True)
+    )
+    console.print(f"  scaling (public, applied to your data before the model): {scaling}")
+    console.print(
+        f"  global weights accepted up to L2 norm {summary['max_weight_norm']:g} "
+        "(larger weights are refused with a signed statement)"
+    )
     dp, training = summary["dp"], summary["training"]
     console.print(
         f"  DP-SGD: noise multiplier {dp['noise_multiplier']:g}, clipping norm "

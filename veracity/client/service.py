@@ -187,6 +187,26 @@ def _check_weights(study: Study, given: Mapping[str, Any]) -> None:
             raise InputError(f"global weights {name!r} hold non-finite values")
 
 
+def _check_weight_bound(study: Study, weights: Mapping[str, Any]) -> None:
+    """Refuse global weights whose L2 norm (all arrays together) exceeds the study's bound.
+
+    Raises
+    ------
+    ApprovalMissing
+        If the norm is above ``study.max_weight_norm``: the approved study does not cover
+        training from such weights.
+    """
+    squared = sum(
+        float(np.sum(np.square(np.asarray(array, dtype=np.float64)))) for array in weights.values()
+    )
+    norm = math.sqrt(squared)
+    if not norm <= study.max_weight_norm:
+        raise ApprovalMissing(
+            f"the global weights have L2 norm {norm:.6g}, above the study's bound "
+            f"max_weight_norm {study.max_weight_norm:g}"
+        )
+
+
 class SiteAgent:
     """The site's training service (see the module docstring).
 
@@ -260,6 +280,7 @@ class SiteAgent:
                 self.site, study=study, study_hash=request.study_hash, code_hash=request.code_hash
             )
             trainer = self._trainer(request.run_id, study, dataset)
+            _check_weight_bound(study, request.weights)
         except ApprovalMissing as err:
             return self._refuse_approval(request, str(err))
         planned = trainer.planned_segment(study.training.local_epochs)
@@ -293,6 +314,10 @@ class SiteAgent:
             trainer.load_history(dataset_before)
             result = trainer.train_round(request.weights, epochs=study.training.local_epochs)
             recorded = trainer.accountant_history()
+            if not all(np.all(np.isfinite(array)) for array in result.weights.values()):
+                # Cannot happen: clipping bounds every sample's contribution and the weights
+                # were bounded. A second line of defence only (withholding is a signal too).
+                raise VerificationError("the trained update is not finite; it is withheld")
             if result.steps != planned.steps or recorded != budget.dataset.history:
                 raise VerificationError(
                     f"the accountant recorded {history_to_json(recorded)} after "

@@ -30,6 +30,12 @@ Two ways to clip per-sample gradients (``site.json`` ``clipping``):
     ``DPOptimizer``: works for any model Opacus supports. The tests check that both give
     the same clipped gradients.
 
+Clipping is finite for every input in both ways: per-sample norms and clip factors are
+computed in float64, and a sample whose activations, output gradients or per-sample
+gradient are not finite contributes zero (within the clipping bound). So no crafted weights
+or outlier record can make ``0 * inf`` turn the released update into NaN exactly when that
+record is sampled.
+
 Noise and sampling randomness: with ``secure_mode`` both come from torchcsprng through
 Opacus (and the noise uses Opacus's floating-point-attack mitigation); otherwise from
 ``torch.Generator`` (Mersenne Twister) instances seeded with 63 bits from ``os.urandom``,
@@ -50,7 +56,8 @@ import numpy as np
 import numpy.typing as npt
 import torch
 from opacus import PrivacyEngine
-from opacus.optimizers import DPOptimizerFastGradientClipping
+from opacus.optimizers import DPOptimizer, DPOptimizerFastGradientClipping
+from opacus.optimizers.optimizer import _check_processed_flag, _mark_as_processed
 from opacus.utils.uniform_sampler import UniformWithReplacementSampler
 from torch import nn
 from torch.utils.data import DataLoader
@@ -195,26 +202,85 @@ class _LinearGhostClipping:
         """Write the sum of per-sample gradients, each clipped to ``max_grad_norm``, to ``.grad``.
 
         ``loss_sum`` must be the *sum* of the per-sample losses of the last forward pass.
-        The clip factor is Opacus's: ``min(1, C / (norm + 1e-6))``.
+        The clip factor is Opacus's, ``min(1, C / (norm + 1e-6))``, computed in float64 so
+        that it is finite for every finite ``a`` and ``b`` (their squares cannot overflow
+        float64); a sample whose activations or output gradients are not finite
+        contributes zero (:func:`finite_clip_factors`). Either way each sample's
+        contribution has norm at most ``max_grad_norm``, so the sum is finite whatever
+        the data and the weights.
         """
         outputs = [tensor for tensor in self._outputs if tensor is not None]
         inputs = [tensor for tensor in self._inputs if tensor is not None]
         if len(outputs) != len(self.layers):
             raise ConfigError("a Linear layer was skipped in the forward pass")
         backprops = torch.autograd.grad(loss_sum, outputs)
-        squared = torch.zeros(inputs[0].shape[0], dtype=inputs[0].dtype)
-        for layer, a, b in zip(self.layers, inputs, backprops, strict=True):
+        activations = [a.detach().to(torch.float64) for a in inputs]
+        gradients = [b.detach().to(torch.float64) for b in backprops]
+        finite = torch.ones(activations[0].shape[0], dtype=torch.bool)
+        for a, b in zip(activations, gradients, strict=True):
+            finite &= torch.isfinite(a).all(1) & torch.isfinite(b).all(1)
+        keep = finite[:, None]
+        activations = [torch.where(keep, a, 0.0) for a in activations]
+        gradients = [torch.where(keep, b, 0.0) for b in gradients]
+        squared = torch.zeros(finite.shape[0], dtype=torch.float64)
+        for layer, a, b in zip(self.layers, activations, gradients, strict=True):
             input_norm = (a * a).sum(1)
             if layer.bias is not None:
                 input_norm = input_norm + 1.0
             squared = squared + (b * b).sum(1) * input_norm
-        factor = (max_grad_norm / (squared.sqrt() + 1e-6)).clamp(max=1.0)
-        for layer, a, b in zip(self.layers, inputs, backprops, strict=True):
-            scaled = b.detach() * factor[:, None]
-            layer.weight.grad = scaled.T @ a.detach()
+        factor = finite_clip_factors(squared.sqrt(), finite, max_grad_norm)
+        for layer, a, b in zip(self.layers, activations, gradients, strict=True):
+            scaled = b * factor[:, None]
+            layer.weight.grad = (scaled.T @ a).to(layer.weight.dtype)
             if layer.bias is not None:
-                layer.bias.grad = scaled.sum(0)
+                layer.bias.grad = scaled.sum(0).to(layer.bias.dtype)
         self.reset()
+
+
+def finite_clip_factors(
+    norms: torch.Tensor, finite: torch.Tensor, max_grad_norm: float
+) -> torch.Tensor:
+    """Per-sample clip factors ``min(1, C / (norm + 1e-6))``, and 0 where ``finite`` is False.
+
+    ``norms`` are float64 per-sample gradient norms of samples whose gradients are finite
+    (non-finite samples' norms are ignored). A zero factor is a valid clipping function:
+    the sample's contribution (zero) is within the bound, so the DP guarantee holds, and
+    no ``0 * inf`` can turn the sum into NaN.
+    """
+    safe = torch.where(finite, norms, 0.0)
+    factor = (max_grad_norm / (safe + 1e-6)).clamp(max=1.0)
+    return torch.where(finite, factor, 0.0)
+
+
+class _FiniteClippingDPOptimizer(DPOptimizer):  # type: ignore[misc]
+    """Opacus's ``DPOptimizer`` (hooks) with clipping that is finite for every input.
+
+    Per-sample norms are taken in float64 and a sample with any non-finite per-sample
+    gradient contributes zero (:func:`finite_clip_factors`); Opacus's own version computes
+    the norms in float32, where a large finite gradient overflows and ``0 * inf`` makes
+    the whole step NaN exactly when that sample is in the batch.
+    """
+
+    def clip_and_accumulate(self) -> None:
+        samples = self.grad_samples
+        count = len(samples[0])
+        flat = [sample.flatten(1) for sample in samples]
+        finite = torch.ones(count, dtype=torch.bool)
+        for sample in flat:
+            finite &= torch.isfinite(sample).all(1)
+        keep = finite[:, None]
+        norms = torch.stack(
+            [torch.where(keep, sample.to(torch.float64), 0.0).norm(2, dim=1) for sample in flat],
+            dim=1,
+        ).norm(2, dim=1)
+        factor = finite_clip_factors(norms, finite, self.max_grad_norm)
+        for p in self.params:
+            _check_processed_flag(p.grad_sample)
+            sample = self._get_flat_grad_sample(p).to(torch.float64)
+            mask = finite.reshape(-1, *([1] * (sample.dim() - 1)))
+            grad = torch.einsum("i,i...", factor, torch.where(mask, sample, 0.0)).to(p.dtype)
+            p.summed_grad = grad if p.summed_grad is None else p.summed_grad + grad
+            _mark_as_processed(p.grad_sample)
 
 
 @dataclass(frozen=True)
@@ -348,6 +414,19 @@ class PrivateTrainer:
                 grad_sample_mode="hooks",
             )
             module.forbid_grad_accumulation()
+            # Opacus's optimizer, with clipping that stays finite for every input.
+            optimizer = _FiniteClippingDPOptimizer(
+                optimizer.original_optimizer,
+                noise_multiplier=self.noise_multiplier,
+                max_grad_norm=self.max_grad_norm,
+                expected_batch_size=optimizer.expected_batch_size,
+                loss_reduction="mean",
+                generator=optimizer.generator,
+                secure_mode=optimizer.secure_mode,
+            )
+            optimizer.attach_step_hook(
+                self.engine.accountant.get_optimizer_hook_fn(sample_rate=self.sampling.sample_rate)
+            )
             self._forward = module
             self.optimizer = optimizer
             self.loader = wrapped_loader

@@ -17,7 +17,14 @@ from veracity.errors import InputError
 from veracity.ledger.canonical import canonical_hash
 from veracity.tasks.models import ModelFamily, ModelSpec
 
-__all__ = ["CentralDPConfig", "DPConfig", "TrainingConfig", "Study", "parse_study"]
+__all__ = [
+    "DEFAULT_MAX_WEIGHT_NORM",
+    "CentralDPConfig",
+    "DPConfig",
+    "TrainingConfig",
+    "Study",
+    "parse_study",
+]
 
 
 class _Frozen(BaseModel):
@@ -72,6 +79,14 @@ def _is_none(value: object) -> bool:
     return value is None
 
 
+#: The bound on the global weights' L2 norm of a study that does not declare one.
+DEFAULT_MAX_WEIGHT_NORM = 1000.0
+
+
+def _is_default_weight_norm(value: object) -> bool:
+    return value == DEFAULT_MAX_WEIGHT_NORM
+
+
 class TrainingConfig(_Frozen):
     """Local optimisation each round: expected batch size, epochs, learning rate."""
 
@@ -103,6 +118,12 @@ class Study(_Frozen):
     #: Optional client-level DP at the coordinator. Left out of the document when absent,
     #: so studies without it keep the hashes they had before the field existed.
     central_dp: CentralDPConfig | None = Field(default=None, exclude_if=_is_none)
+    #: The largest L2 norm (all arrays together) of the global weights a site accepts; a
+    #: site refuses, with a signed statement, to train from weights beyond it. Left out of
+    #: the document at its default, so older studies keep their hashes (and get the bound).
+    max_weight_norm: float = Field(
+        default=DEFAULT_MAX_WEIGHT_NORM, gt=0, le=1e30, exclude_if=_is_default_weight_norm
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> Study:
