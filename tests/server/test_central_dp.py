@@ -105,8 +105,10 @@ def _trained(
     receipt = {
         "site": site, "study": STUDY, "round": server_round, "run_id": RUN, "dataset_id": "bc",
         "dataset_commitment": "cd" * 32, "update_hash": weights_hash(weights),
-        "accountant": "prv", "delta": 1e-5, "epsilon": 1.0, "history": [[1.5, 0.2, 5]],
-        "max_grad_norm": 1.0, "num_examples": examples,
+        "accountant": "pld", "neighbouring": "replace-one",
+        "delta": 1e-5, "epsilon": 1.0, "history": [[1.5, 0.2, 5]],
+        "max_grad_norm": 1.0, "num_examples": examples, "epsilon_add_remove": 0.5,
+        "noise_generator": "test",
     }  # fmt: skip
     content = RecordDict(
         {

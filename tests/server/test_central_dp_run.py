@@ -101,9 +101,12 @@ class _SitesGrid(Grid):
         receipt = {
             "site": site.name, "study": self.study_hash, "round": server_round, "run_id": RUN,
             "dataset_id": "bc", "dataset_commitment": "cd" * 32,
-            "update_hash": weights_hash(weights), "accountant": "prv", "delta": 1e-5,
+            "update_hash": weights_hash(weights), "accountant": "pld",
+            "neighbouring": "replace-one",
+            "delta": 1e-5,
             "epsilon": 0.5 * server_round, "history": [[1.7, 0.1, 10 * server_round]],
-            "max_grad_norm": 1.0, "num_examples": 100,
+            "max_grad_norm": 1.0, "num_examples": 100, "epsilon_add_remove": 0.5,
+        "noise_generator": "test",
         }  # fmt: skip
         content = RecordDict(
             {

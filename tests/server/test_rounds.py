@@ -22,12 +22,15 @@ def _receipt(**changes: Any) -> dict[str, Any]:
         "dataset_id": "bc",
         "dataset_commitment": "cd" * 32,
         "update_hash": "ef" * 32,
-        "accountant": "prv",
+        "accountant": "pld",
+        "neighbouring": "replace-one",
         "delta": 1e-5,
         "epsilon": 1.25,
+        "epsilon_add_remove": 0.9,
         "history": [[1.1, 0.2, 10]],
         "max_grad_norm": 1.0,
         "num_examples": 150,
+        "noise_generator": "chacha20",
     }
     receipt.update(changes)
     return receipt

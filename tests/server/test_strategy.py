@@ -40,8 +40,10 @@ def _trained(
     receipt = {
         "site": SITES[node], "study": STUDY, "round": 1, "run_id": RUN, "dataset_id": "bc",
         "dataset_commitment": "cd" * 32, "update_hash": weights_hash(claimed or weights),
-        "accountant": "prv", "delta": 1e-5, "epsilon": 1.0, "history": [[1.5, 0.2, 5]],
-        "max_grad_norm": 1.0, "num_examples": 100,
+        "accountant": "pld", "neighbouring": "replace-one",
+        "delta": 1e-5, "epsilon": 1.0, "history": [[1.5, 0.2, 5]],
+        "max_grad_norm": 1.0, "num_examples": 100, "epsilon_add_remove": 0.5,
+        "noise_generator": "test",
     }  # fmt: skip
     content = RecordDict(
         {

@@ -204,15 +204,15 @@ def review_study(
     projected_study = epsilon_report(merge_history([*study_history, whole]), study.dp.delta)
     now = epsilon_report(dataset_history, study.dp.delta)
     cap = review.cap_in_force
-    if cap is not None and projected_study.prv > cap:
+    if cap is not None and projected_study.epsilon > cap:
         warnings.append(
-            f"the whole study needs epsilon {projected_study.prv:.3f} here but the cap in "
+            f"the whole study needs epsilon {projected_study.epsilon:.3f} here but the cap in "
             f"force is {cap:g}: rounds past the cap will be refused"
         )
-    if projected_dataset.prv > dataset.epsilon_budget:
+    if projected_dataset.epsilon > dataset.epsilon_budget:
         warnings.append(
             f"the whole study would bring dataset {dataset.dataset_id!r} to epsilon "
-            f"{projected_dataset.prv:.3f}, over its budget {dataset.epsilon_budget:g}: "
+            f"{projected_dataset.epsilon:.3f}, over its budget {dataset.epsilon_budget:g}: "
             "rounds past the budget will be refused"
         )
     reviewed = StudyReview(
@@ -223,9 +223,9 @@ def review_study(
         sample_rate=sampling.sample_rate,
         steps_per_round=per_round.steps,
         total_steps=whole.steps,
-        projected_study_epsilon=projected_study.prv,
-        projected_dataset_epsilon=projected_dataset.prv,
-        dataset_epsilon_now=now.prv,
+        projected_study_epsilon=projected_study.epsilon,
+        projected_dataset_epsilon=projected_dataset.epsilon,
+        dataset_epsilon_now=now.epsilon,
     )
     return _with(reviewed, problems, warnings)
 

@@ -209,8 +209,8 @@ def register_dataset_command(
 def datasets_command(
     data_dir: DataDirOption = None, output_format: FormatOption = OutputFormat.TEXT
 ) -> None:
-    """List datasets with the epsilon each has spent (PRV, at its budget's delta)."""
-    from veracity.client.budget import prv_epsilon, total_steps
+    """List datasets with the epsilon each has spent (replace-one, at its budget's delta)."""
+    from veracity.client.budget import replace_one_epsilon, total_steps
     from veracity.client.site import Site
 
     rows: list[dict[str, Any]] = []
@@ -221,7 +221,7 @@ def datasets_command(
                 {
                     "dataset_id": dataset.dataset_id,
                     "rows": dataset.rows,
-                    "epsilon_spent": prv_epsilon(history, dataset.delta),
+                    "epsilon_spent": replace_one_epsilon(history, dataset.delta),
                     "epsilon_budget": dataset.epsilon_budget,
                     "delta": dataset.delta,
                     "steps": total_steps(history),

@@ -43,6 +43,7 @@ import numpy.typing as npt
 from veracity.client.approvals import approved_terms
 from veracity.client.budget import (
     ACCOUNTANT,
+    NEIGHBOURING,
     RoundBudget,
     Segment,
     epsilon_left,
@@ -339,11 +340,14 @@ class SiteAgent:
             "dataset_commitment": dataset.commitment,
             "update_hash": update_hash,
             "accountant": ACCOUNTANT,
+            "neighbouring": NEIGHBOURING,
             "delta": study.dp.delta,
-            "epsilon": budget.dataset.prv,
+            "epsilon": budget.dataset.epsilon,
+            "epsilon_add_remove": budget.dataset.add_remove,
             "history": history_to_json(budget.dataset.history),
             "max_grad_norm": study.dp.max_grad_norm,
             "num_examples": dataset.rows,
+            "noise_generator": trainer.noise_generator,
         }
         signature = sign_document(self.site.key, RECEIPT_DOMAIN, receipt)
         self.site.store.finish_spend(
@@ -351,9 +355,10 @@ class SiteAgent:
         )
         metrics: dict[str, float] = {
             "num-examples": float(dataset.rows),
-            "epsilon": budget.dataset.prv,
+            "epsilon": budget.dataset.epsilon,
+            "epsilon-add-remove": budget.dataset.add_remove,
             "epsilon-rdp": budget.dataset.rdp,
-            "study-epsilon": budget.study.prv,
+            "study-epsilon": budget.study.epsilon,
             "secure-mode": 1.0 if trainer.secure_mode else 0.0,
         }
         if self.site.config.share_train_loss and math.isfinite(result.mean_loss):
@@ -363,8 +368,8 @@ class SiteAgent:
             self.site.name,
             request.round,
             request.run_id,
-            budget.dataset.prv,
-            budget.study.prv,
+            budget.dataset.epsilon,
+            budget.study.epsilon,
         )
         return TrainReply(
             weights=result.weights,
@@ -447,13 +452,13 @@ class SiteAgent:
         crossed: list[tuple[float, float, str]] = []
         if not budget.study_allowed:
             left = epsilon_left(cap, study_before, delta)
-            crossed.append((left, budget.study.prv, f"study {study.study_id!r} (cap {cap:g})"))
+            crossed.append((left, budget.study.epsilon, f"study {study.study_id!r} (cap {cap:g})"))
         if not budget.dataset_allowed:
             left = epsilon_left(dataset.epsilon_budget, dataset_before, delta)
             crossed.append(
                 (
                     left,
-                    budget.dataset.prv,
+                    budget.dataset.epsilon,
                     f"dataset {dataset.dataset_id!r} (budget {dataset.epsilon_budget:g})",
                 )
             )

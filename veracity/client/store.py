@@ -598,8 +598,8 @@ class SiteStore:
                 steps=planned.steps,
                 status="reserved",
                 delta=budget.dataset.delta,
-                epsilon_dataset=budget.dataset.prv,
-                epsilon_study=budget.study.prv,
+                epsilon_dataset=budget.dataset.epsilon,
+                epsilon_study=budget.study.epsilon,
                 epsilon_rdp=budget.dataset.rdp,
                 reserved_at=now,
             )

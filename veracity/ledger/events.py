@@ -218,12 +218,19 @@ class Receipt(_Payload):
     dataset_id: Ident
     dataset_commitment: Hash
     update_hash: Hash
-    accountant: Literal["prv"]
+    #: Google dp-accounting's PLD accountant (``epsilon``); see docs/architecture.md.
+    accountant: Literal["pld"]
+    #: What ``epsilon`` is for: datasets of the same (public) size differing in one record.
+    neighbouring: Literal["replace-one"]
     delta: Annotated[Number, Field(gt=0, lt=1)]
     epsilon: Annotated[Number, Field(ge=0)]
+    #: The add/remove-one figure of the same history (Opacus PRV), for comparison only.
+    epsilon_add_remove: Annotated[Number, Field(ge=0)]
     history: Annotated[list[list[int | float]], AfterValidator(_check_history)]
     max_grad_norm: Annotated[Number, Field(gt=0)]
     num_examples: Count
+    #: Where the site drew the DP noise (and Poisson samples) from.
+    noise_generator: Annotated[str, StringConstraints(min_length=1, max_length=200)]
 
 
 #: Exactly the fields of a receipt, in declaration order (docs/architecture.md).

@@ -90,13 +90,15 @@ def build_model_card(
         )
         privacy[site] = {
             "epsilon": receipt["epsilon"],
+            "neighbouring": receipt["neighbouring"],
+            "epsilon_add_remove": receipt["epsilon_add_remove"],
             "epsilon_cap": study.epsilon_caps.get(site),
             "delta": receipt["delta"],
             "accountant": receipt["accountant"],
             "history": receipt["history"],
             "max_grad_norm": receipt["max_grad_norm"],
+            "noise_generator": receipt["noise_generator"],
         }
-    secure = study.dp.secure_mode
     return {
         "model_hash": weights_hash(weights),
         "name": study.study_id,
@@ -132,13 +134,21 @@ def build_model_card(
         },
         "data_lineage": lineage,
         "privacy": {
-            "unit": "one patient record in one site's dataset",
-            "mechanism": "DP-SGD (Opacus) with Poisson sampling at every site",
-            "noise_generator": (
-                "torchcsprng CSPRNG (Opacus secure_mode)"
-                if secure
-                else "PyTorch's default generator (Opacus secure_mode off)"
+            "unit": (
+                "one record (row) in one site's dataset; a patient with several rows, or at "
+                "several sites, is protected at the group or composed level, which no per-site "
+                "epsilon shows"
             ),
+            "neighbouring": (
+                "replace-one: datasets of the same (public) row count that differ in one "
+                "record; epsilon_add_remove is the add/remove-one figure of the same history, "
+                "for comparison with the literature"
+            ),
+            "public": (
+                "each dataset's row count and schema, the study's terms, who took part in "
+                "which round and when; the coordinator sees each site's noised update"
+            ),
+            "mechanism": "DP-SGD (Opacus) with Poisson sampling at every site",
             "noise_multiplier": study.dp.noise_multiplier,
             "per_site": privacy,
             "client_level": client_level_privacy(study, completed),

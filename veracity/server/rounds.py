@@ -80,7 +80,7 @@ def check_receipt(
             raise VerificationError(f"receipt {name} is {receipt[name]!r}, expected {value!r}")
     if receipt["update_hash"] != update_hash:
         raise VerificationError("receipt update_hash does not match the weights received")
-    for name in ("epsilon", "delta", "max_grad_norm"):
+    for name in ("epsilon", "epsilon_add_remove", "delta", "max_grad_norm"):
         number = receipt[name]
         if not isinstance(number, int | float) or not math.isfinite(number) or number < 0:
             raise VerificationError(f"receipt {name} is not a finite non-negative number")
