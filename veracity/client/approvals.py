@@ -29,7 +29,7 @@ from veracity.client.budget import (
     poisson_sampling,
 )
 from veracity.client.site import Site, secure_mode_available
-from veracity.client.store import Dataset, Decision, SignedStatement
+from veracity.client.store import Dataset, Decision, Pool, SignedStatement
 from veracity.errors import ApprovalMissing, InputError
 from veracity.tasks.study import Study, parse_study
 
@@ -102,6 +102,7 @@ class StudyReview:
     projected_study_epsilon: float | None = None
     projected_dataset_epsilon: float | None = None
     dataset_epsilon_now: float | None = None
+    pool: Pool | None = None
     problems: tuple[str, ...] = ()
     warnings: tuple[str, ...] = ()
 
@@ -139,7 +140,12 @@ class StudyReview:
             "epsilon_cap_in_force": self.cap_in_force,
             "dataset_id": self.dataset.dataset_id if self.dataset else None,
             "dataset_rows": self.dataset.rows if self.dataset else None,
-            "dataset_epsilon_budget": self.dataset.epsilon_budget if self.dataset else None,
+            "dataset_epsilon_budget": self.pool.epsilon_budget if self.pool else None,
+            "budget_pool": (
+                {"pool_id": self.pool.pool_id, "datasets": list(self.pool.datasets)}
+                if self.pool
+                else None
+            ),
             "dataset_epsilon_now": self.dataset_epsilon_now,
             "sample_rate": self.sample_rate,
             "steps_per_round": self.steps_per_round,
@@ -190,10 +196,11 @@ def review_study(
             f"dataset {dataset.dataset_id!r} has no column {missing[0]!r} "
             f"({len(missing)} of the study's features are missing)"
         )
-    if study.dp.delta > dataset.delta:
+    pool = site.store.pool(dataset.dataset_id)
+    if study.dp.delta > pool.delta:
         problems.append(
             f"the study's delta {study.dp.delta:g} is weaker than dataset "
-            f"{dataset.dataset_id!r}'s budget delta {dataset.delta:g}"
+            f"{dataset.dataset_id!r}'s budget delta {pool.delta:g}"
         )
     sampling = poisson_sampling(dataset.rows, study.training.batch_size)
     per_round = sampling.segment(study.dp.noise_multiplier, study.training.local_epochs)
@@ -209,11 +216,18 @@ def review_study(
             f"the whole study needs epsilon {projected_study.epsilon:.3f} here but the cap in "
             f"force is {cap:g}: rounds past the cap will be refused"
         )
-    if projected_dataset.epsilon > dataset.epsilon_budget:
+    if projected_dataset.epsilon > pool.epsilon_budget:
         warnings.append(
             f"the whole study would bring dataset {dataset.dataset_id!r} to epsilon "
-            f"{projected_dataset.epsilon:.3f}, over its budget {dataset.epsilon_budget:g}: "
+            f"{projected_dataset.epsilon:.3f}, over its budget {pool.epsilon_budget:g}: "
             "rounds past the budget will be refused"
+        )
+    others = [name for name in pool.datasets if name != dataset.dataset_id]
+    if others:
+        warnings.append(
+            f"dataset {dataset.dataset_id!r} shares records with {', '.join(others)}: "
+            f"they draw from one budget (pool {pool.pool_id!r}), and its epsilon counts "
+            "every study on any of them"
         )
     reviewed = StudyReview(
         study=study,
@@ -226,6 +240,7 @@ def review_study(
         projected_study_epsilon=projected_study.epsilon,
         projected_dataset_epsilon=projected_dataset.epsilon,
         dataset_epsilon_now=now.epsilon,
+        pool=pool,
     )
     return _with(reviewed, problems, warnings)
 

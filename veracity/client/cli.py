@@ -159,7 +159,12 @@ def register_dataset_command(
     data_dir: DataDirOption = None,
     output_format: FormatOption = OutputFormat.TEXT,
 ) -> None:
-    """Validate a data file and register it (the file stays where it is)."""
+    """Validate a data file and register it (the file stays where it is).
+
+    A file that shares records with registered datasets (a shuffled copy, an extract, a
+    refresh of the same cohort) draws from their budget: the output says which.
+    """
+    from veracity.client.budget import replace_one_epsilon
     from veracity.client.datasets import register_dataset
     from veracity.client.site import Site
 
@@ -174,6 +179,17 @@ def register_dataset_command(
             delta=delta,
             min_rows=min_rows,
         )
+        pool = site.store.pool(dataset.dataset_id)
+        shared = site.store.shared_records(dataset.dataset_id)
+        spent = replace_one_epsilon(site.store.dataset_history(dataset.dataset_id), pool.delta)
+    budget_pool = {
+        "pool_id": pool.pool_id,
+        "datasets": list(pool.datasets),
+        "shares_records_with": shared,
+        "epsilon_budget": pool.epsilon_budget,
+        "delta": pool.delta,
+        "epsilon_spent": spent,
+    }
     shown = {
         "dataset_id": dataset.dataset_id,
         "path": str(dataset.path),
@@ -185,6 +201,7 @@ def register_dataset_command(
         "schema_hash": dataset.schema_hash,
         "epsilon_budget": dataset.epsilon_budget,
         "delta": dataset.delta,
+        "budget_pool": budget_pool,
         "statement": statement.to_dict(),
     }
     if output_format is OutputFormat.JSON:
@@ -201,15 +218,23 @@ def register_dataset_command(
             ("commitment", dataset.commitment),
             ("schema hash", dataset.schema_hash),
             ("epsilon budget", f"{dataset.epsilon_budget:g} (delta {dataset.delta:g})"),
+            ("budget pool", pool.pool_id),
         ],
     )
+    if shared:
+        stderr_console().print(
+            f"Dataset {dataset.dataset_id} shares records with "
+            + ", ".join(f"{name} ({count} records)" for name, count in shared.items())
+            + f": it draws from their budget (pool {pool.pool_id}, epsilon spent "
+            f"{spent:.4f} of {pool.epsilon_budget:g}), not a fresh one."
+        )
 
 
 @site_app.command("datasets")
 def datasets_command(
     data_dir: DataDirOption = None, output_format: FormatOption = OutputFormat.TEXT
 ) -> None:
-    """List datasets with the epsilon each has spent (replace-one, at its budget's delta)."""
+    """List datasets with the epsilon their budget pool has spent (replace-one, at its delta)."""
     from veracity.client.budget import replace_one_epsilon, total_steps
     from veracity.client.site import Site
 
@@ -217,13 +242,15 @@ def datasets_command(
     with Site.open(_root(data_dir)) as site:
         for dataset in site.store.list_datasets():
             history = site.store.dataset_history(dataset.dataset_id)
+            pool = site.store.pool(dataset.dataset_id)
             rows.append(
                 {
                     "dataset_id": dataset.dataset_id,
                     "rows": dataset.rows,
-                    "epsilon_spent": replace_one_epsilon(history, dataset.delta),
-                    "epsilon_budget": dataset.epsilon_budget,
-                    "delta": dataset.delta,
+                    "budget_pool": pool.pool_id,
+                    "epsilon_spent": replace_one_epsilon(history, pool.delta),
+                    "epsilon_budget": pool.epsilon_budget,
+                    "delta": pool.delta,
                     "steps": total_steps(history),
                     "path": str(dataset.path),
                 }

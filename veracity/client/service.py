@@ -52,7 +52,7 @@ from veracity.client.budget import (
 )
 from veracity.client.datasets import check_registered, load_registered
 from veracity.client.site import Clock, Site, utc_now
-from veracity.client.store import Dataset, SignedStatement
+from veracity.client.store import Dataset, Pool, SignedStatement
 from veracity.errors import ApprovalMissing, InputError, VerificationError
 from veracity.ledger.events import RECEIPT_FIELDS
 from veracity.ledger.statement import RECEIPT_DOMAIN, sign_document
@@ -287,26 +287,35 @@ class SiteAgent:
         planned = trainer.planned_segment(study.training.local_epochs)
 
         def evaluate(
-            dataset_history: tuple[Segment, ...], study_history: tuple[Segment, ...]
+            dataset_history: tuple[Segment, ...], study_history: tuple[Segment, ...], pool: Pool
         ) -> RoundBudget:
+            if study.dp.delta > pool.delta:
+                # A dataset registered later lowered the pool's delta below the study's.
+                raise ApprovalMissing(
+                    f"the study's delta {study.dp.delta:g} is weaker than the delta "
+                    f"{pool.delta:g} of dataset {dataset.dataset_id!r}'s budget pool"
+                )
             return evaluate_round(
                 dataset_history=dataset_history,
                 study_history=study_history,
                 planned=planned,
                 delta=study.dp.delta,
-                dataset_budget=dataset.epsilon_budget,
+                dataset_budget=pool.epsilon_budget,
                 study_cap=cap,
             )
 
-        budget, dataset_before, study_before, spend_id = self.site.store.reserve_round(
-            dataset_id=dataset.dataset_id,
-            study_hash=study.study_hash,
-            run_id=request.run_id,
-            round=request.round,
-            planned=planned,
-            evaluate=evaluate,
-            now=self.site.now(),
-        )
+        try:
+            budget, dataset_before, study_before, spend_id = self.site.store.reserve_round(
+                dataset_id=dataset.dataset_id,
+                study_hash=study.study_hash,
+                run_id=request.run_id,
+                round=request.round,
+                planned=planned,
+                evaluate=evaluate,
+                now=self.site.now(),
+            )
+        except ApprovalMissing as err:
+            return self._refuse_approval(request, str(err))
         if spend_id is None:
             return self._refuse_budget(
                 request, study, dataset, budget, dataset_before, study_before, cap
@@ -454,12 +463,18 @@ class SiteAgent:
             left = epsilon_left(cap, study_before, delta)
             crossed.append((left, budget.study.epsilon, f"study {study.study_id!r} (cap {cap:g})"))
         if not budget.dataset_allowed:
-            left = epsilon_left(dataset.epsilon_budget, dataset_before, delta)
+            left = epsilon_left(budget.dataset_budget, dataset_before, delta)
+            pool = self.site.store.pool(dataset.dataset_id)
+            shared = (
+                f" (budget pool {pool.pool_id!r}, shared with {', '.join(others)})"
+                if (others := [name for name in pool.datasets if name != dataset.dataset_id])
+                else ""
+            )
             crossed.append(
                 (
                     left,
                     budget.dataset.epsilon,
-                    f"dataset {dataset.dataset_id!r} (budget {dataset.epsilon_budget:g})",
+                    f"dataset {dataset.dataset_id!r}{shared} (budget {budget.dataset_budget:g})",
                 )
             )
         left, requested, scope = min(crossed)
