@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from typing import Any
 
-import opacus.optimizers.optimizer as opacus_optimizer
-import opacus.optimizers.optimizer_fast_gradient_clipping as opacus_ghost_optimizer
 import pytest
 
 from veracity.client.canary import epsilon_lower_bound, run_canary_audit, verify_canary_audit
+from veracity.client.noise import ChaCha20Source
 from veracity.errors import InputError, VerificationError
 
 # The DP-SGD terms of a study calibrated to epsilon 3 over 100 steps at q = 0.2.
@@ -24,18 +22,13 @@ STUDY_TERMS: dict[str, Any] = {
 
 
 def _scale_noise(monkeypatch: pytest.MonkeyPatch, factor: float) -> None:
-    """Inject a bug: the noise Opacus draws is ``factor`` times what is accounted for."""
+    """Inject a bug: the noise the site draws is ``factor`` times what is accounted for."""
+    original = ChaCha20Source.gaussian
 
-    def wrap(original: Callable[..., Any]) -> Callable[..., Any]:
-        def scaled(
-            std: float, reference: Any, generator: Any = None, secure_mode: bool = False
-        ) -> Any:
-            return original(std * factor, reference, generator, secure_mode)
+    def scaled(self: ChaCha20Source, shape: tuple[int, ...], std: float) -> Any:
+        return original(self, shape, std * factor)
 
-        return scaled
-
-    for module in (opacus_optimizer, opacus_ghost_optimizer):
-        monkeypatch.setattr(module, "_generate_noise", wrap(module._generate_noise))
+    monkeypatch.setattr(ChaCha20Source, "gaussian", scaled)
 
 
 def test_lower_bound_is_zero_for_chance_and_capped_by_the_number_of_guesses() -> None:

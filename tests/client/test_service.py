@@ -27,7 +27,7 @@ from veracity.client.budget import (
 )
 from veracity.client.service import RECEIPT_FIELDS, Refusal, SiteAgent, TrainReply
 from veracity.client.site import Site
-from veracity.client.training import NOISE_GENERATOR_DEFAULT, PrivateTrainer
+from veracity.client.training import NOISE_GENERATOR_SEEDED, PrivateTrainer
 from veracity.crypto.keys import load_verify_key
 from veracity.errors import InputError, VerificationError
 from veracity.ledger.canonical import canonical_json
@@ -116,7 +116,7 @@ def test_trained_round_returns_signed_receipt_with_exactly_the_contract_fields(
     assert reply.metrics["epsilon-rdp"] >= receipt["epsilon"]
     assert reply.metrics["secure-mode"] == 0.0
     assert "train-loss" not in reply.metrics  # not shared unless the operator opts in
-    assert reply.noise_generator == NOISE_GENERATOR_DEFAULT
+    assert reply.noise_generator == NOISE_GENERATOR_SEEDED
     assert set(reply.weights) == {"linear.weight", "linear.bias"}
 
 

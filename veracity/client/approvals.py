@@ -28,7 +28,7 @@ from veracity.client.budget import (
     merge_history,
     poisson_sampling,
 )
-from veracity.client.site import Site, secure_mode_available
+from veracity.client.site import Site
 from veracity.client.store import Dataset, Decision, Pool, SignedStatement
 from veracity.errors import ApprovalMissing, InputError
 from veracity.tasks.study import Study, parse_study
@@ -164,9 +164,9 @@ def review_study(
 
     Problems (which block an approval): the study does not name this site; the dataset is
     not registered, lacks a study column, or has another label; the study's delta is
-    weaker than the dataset's; it needs secure mode that this site cannot provide; the cap
-    is not a positive number. Warnings: the full study would pass the cap in force or the
-    dataset's budget, so its last rounds would be refused.
+    weaker than its budget pool's; the cap is not a positive number. Warnings: the full
+    study would pass the cap in force or the dataset's budget, so its last rounds would be
+    refused; the dataset shares its budget pool with other datasets.
     """
     problems: list[str] = []
     warnings: list[str] = []
@@ -177,8 +177,6 @@ def review_study(
         )
     if epsilon_cap is not None and not (math.isfinite(epsilon_cap) and epsilon_cap > 0):
         problems.append(f"epsilon cap {epsilon_cap!r} must be positive and finite")
-    if study.dp.secure_mode and not (site.config.secure_mode or secure_mode_available()):
-        problems.append("the study requires secure mode; torchcsprng is not installed here")
     dataset = site.store.get_dataset(dataset_id) if dataset_id is not None else None
     if dataset_id is not None and dataset is None:
         problems.append(f"no dataset {dataset_id!r} is registered at this site")

@@ -70,7 +70,7 @@ def init_command(
         typer.Option(
             "--secure-mode/--no-secure-mode",
             envvar="VERACITY_SECURE_MODE",
-            help="Draw DP noise from torchcsprng (must be installed).",
+            help="Refuse injected seeds (DP noise is ChaCha20 keyed from the OS either way).",
         ),
     ] = False,
     default_epsilon_budget: Annotated[

@@ -118,7 +118,6 @@ def train(msg: Message, context: Context) -> Message:
         {
             "json": canonical_json(outcome.receipt).decode("utf-8"),
             "signature": outcome.receipt_signature,
-            "noise-generator": outcome.noise_generator,
         }
     )
     reply = RecordDict(

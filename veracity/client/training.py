@@ -36,17 +36,18 @@ gradient are not finite contributes zero (within the clipping bound). So no craf
 or outlier record can make ``0 * inf`` turn the released update into NaN exactly when that
 record is sampled.
 
-Noise and sampling randomness: with ``secure_mode`` both come from torchcsprng through
-Opacus (and the noise uses Opacus's floating-point-attack mitigation); otherwise from
-``torch.Generator`` (Mersenne Twister) instances seeded with 63 bits from ``os.urandom``,
-never from torch's global generator. Receipts say which (:attr:`PrivateTrainer.noise_generator`).
+Noise and sampling randomness come from the site's ChaCha20 source
+(:mod:`veracity.client.noise`: a CSPRNG keyed from ``os.urandom``, Gaussians in float64 as
+the sum of four Box-Muller draws against floating-point attacks), one stream for the noise
+and one for Poisson sampling, never from torch's Mersenne Twister. Opacus's own
+``secure_mode`` (torchcsprng, no build for this torch) is not used. Receipts name the
+source (:attr:`PrivateTrainer.noise_generator`).
 """
 
 from __future__ import annotations
 
 import logging
 import math
-import secrets
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -64,6 +65,7 @@ from torch.utils.data import DataLoader
 from torch.utils.data import Dataset as TorchDataset
 
 from veracity.client.budget import History, Sampling, Segment, merge_history, poisson_sampling
+from veracity.client.noise import GENERATOR_NAME, SEEDED_GENERATOR_NAME, ChaCha20Source
 from veracity.errors import ConfigError, InputError
 from veracity.tasks import scaling as tasks_scaling
 from veracity.tasks.models import ModelSpec, build_model, load_weights, model_weights
@@ -71,8 +73,8 @@ from veracity.tasks.weights import Weights
 
 __all__ = [
     "Clipping",
-    "NOISE_GENERATOR_SECURE",
-    "NOISE_GENERATOR_DEFAULT",
+    "NOISE_GENERATOR",
+    "NOISE_GENERATOR_SEEDED",
     "configure_threads",
     "standardise",
     "RoundResult",
@@ -83,10 +85,10 @@ log = logging.getLogger(__name__)
 
 Clipping = Literal["linear-ghost", "opacus-hooks"]
 
-#: What receipts' metrics name as the noise source in secure mode.
-NOISE_GENERATOR_SECURE = "torchcsprng:/dev/urandom"
-#: ... and otherwise.
-NOISE_GENERATOR_DEFAULT = "torch.Generator:mt19937(seeded from os.urandom)"
+#: How receipts name the noise source: ChaCha20 keyed from the OS.
+NOISE_GENERATOR = GENERATOR_NAME
+#: ... and with keys derived from an injected seed (tests only).
+NOISE_GENERATOR_SEEDED = SEEDED_GENERATOR_NAME
 
 
 def configure_threads(threads: int) -> None:
@@ -136,14 +138,31 @@ class _Rows(TorchDataset[tuple[torch.Tensor, torch.Tensor]]):
 class _PoissonBatches(UniformWithReplacementSampler):  # type: ignore[misc]
     """Opacus's Poisson sampler (each record joins each batch with probability ``q``).
 
-    Same draws as Opacus (``torch.rand(n, generator) < q`` per step) but yields the index
-    tensor rather than a Python list, which halves the time of a small step.
+    Same rule as Opacus (``uniform(n) < q`` per step) but the uniforms come from the
+    site's ChaCha20 source (:mod:`veracity.client.noise`), and it yields the index tensor
+    rather than a Python list, which halves the time of a small step.
     """
+
+    source: ChaCha20Source
 
     def __iter__(self) -> Iterator[torch.Tensor]:
         for _ in range(self.steps):
-            mask = torch.rand(self.num_samples, generator=self.generator) < self.sample_rate
-            yield mask.nonzero().reshape(-1)
+            mask = self.source.uniform(self.num_samples) < self.sample_rate
+            yield torch.from_numpy(np.flatnonzero(mask))
+
+
+def _add_secure_noise(optimizer: Any, source: ChaCha20Source, std: float) -> None:
+    """Opacus's ``add_noise`` with noise from ``source``, added in float64.
+
+    ``p.grad = (p.summed_grad + N(0, std^2)) `` per coordinate, the sum taken in float64
+    and rounded once to the parameter's dtype (see :mod:`veracity.client.noise`).
+    """
+    for p in optimizer.params:
+        _check_processed_flag(p.summed_grad)
+        summed = p.summed_grad.detach().to(torch.float64)
+        noise = torch.from_numpy(source.gaussian(tuple(summed.shape), std))
+        p.grad = (summed + noise).to(p.dtype).view_as(p)
+        _mark_as_processed(p.summed_grad)
 
 
 def _batch(data: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -158,9 +177,14 @@ class _ClippedSumOptimizer(DPOptimizerFastGradientClipping):  # type: ignore[mis
     ``accumulate`` takes the fresh ``p.grad`` tensor instead of deep-copying it.
     """
 
+    noise_source: ChaCha20Source
+
     def accumulate(self) -> None:
         for p in self.params:
             p.summed_grad = p.grad if p.summed_grad is None else p.summed_grad + p.grad
+
+    def add_noise(self) -> None:
+        _add_secure_noise(self, self.noise_source, self.noise_multiplier * self.max_grad_norm)
 
 
 class _LinearGhostClipping:
@@ -261,6 +285,11 @@ class _FiniteClippingDPOptimizer(DPOptimizer):  # type: ignore[misc]
     the whole step NaN exactly when that sample is in the batch.
     """
 
+    noise_source: ChaCha20Source
+
+    def add_noise(self) -> None:
+        _add_secure_noise(self, self.noise_source, self.noise_multiplier * self.max_grad_norm)
+
     def clip_and_accumulate(self) -> None:
         samples = self.grad_samples
         count = len(samples[0])
@@ -309,15 +338,16 @@ class PrivateTrainer:
     clipping
         ``"linear-ghost"`` or ``"opacus-hooks"``.
     secure_mode
-        Draw noise and samples from torchcsprng (Opacus ``secure_mode``).
+        Refuse an injected seed (the keys then always come from the OS, as they do
+        whenever ``seed`` is ``None``).
     seed
-        Seeds the sampling and noise generators (tests); ``None`` draws 63 bits each from
-        the OS. Must be ``None`` in secure mode.
+        Derives the ChaCha20 keys of the sampling and noise streams (tests); ``None`` draws
+        each key from the OS. Must be ``None`` in secure mode.
 
     Raises
     ------
     ConfigError
-        If secure mode is asked without torchcsprng, or the model does not suit the
+        If a seed is injected in secure mode, or the model does not suit the
         clipping method.
     InputError
         If the data do not match the model.
@@ -350,25 +380,19 @@ class PrivateTrainer:
         self.noise_multiplier = float(noise_multiplier)
         self.max_grad_norm = float(max_grad_norm)
         self.clipping: Clipping = clipping
-        self.secure_mode = secure_mode
-        try:
-            with warnings.catch_warnings():
-                # "Secure RNG turned off": the receipt's noise_generator says so instead.
-                warnings.filterwarnings("ignore", message="Secure RNG", category=UserWarning)
-                self.engine = PrivacyEngine(accountant="prv", secure_mode=secure_mode)
-        except ImportError as err:
-            raise ConfigError(
-                "secure mode needs the torchcsprng package, which is not installed"
-            ) from err
-        if secure_mode:
-            sample_generator = noise_generator = self.engine.secure_rng
-            self.noise_generator = NOISE_GENERATOR_SECURE
+        with warnings.catch_warnings():
+            # "Secure RNG turned off": Opacus's RNG is not used; the noise is ChaCha20.
+            warnings.filterwarnings("ignore", message="Secure RNG", category=UserWarning)
+            self.engine = PrivacyEngine(accountant="prv", secure_mode=False)
+        if seed is None:
+            sample_source, noise_source = ChaCha20Source(), ChaCha20Source()
         else:
-            sample_seed = secrets.randbits(63) if seed is None else seed
-            noise_seed = secrets.randbits(63) if seed is None else seed + 1
-            sample_generator = torch.Generator().manual_seed(sample_seed)
-            noise_generator = torch.Generator().manual_seed(noise_seed)
-            self.noise_generator = NOISE_GENERATOR_DEFAULT
+            sample_source = ChaCha20Source.from_seed(seed, "sampling")
+            noise_source = ChaCha20Source.from_seed(seed, "noise")
+        #: Whether the keys came from the OS (always, outside tests).
+        self.secure_mode = not noise_source.seeded
+        #: How receipts name the noise source.
+        self.noise_generator = noise_source.name
         self.model = build_model(spec)
         rows = _Rows(
             torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)),
@@ -377,9 +401,10 @@ class PrivateTrainer:
         sampler = _PoissonBatches(
             num_samples=len(rows),
             sample_rate=self.sampling.sample_rate,
-            generator=sample_generator,
+            generator=None,
             steps=self.sampling.steps_per_epoch,
         )
+        sampler.source = sample_source
         loader = DataLoader(rows, batch_sampler=sampler, collate_fn=cast(Any, _batch))
         base_optimizer = torch.optim.SGD(self.model.parameters(), lr=learning_rate)
         self._ghost: _LinearGhostClipping | None = None
@@ -391,14 +416,11 @@ class PrivateTrainer:
                 noise_multiplier=self.noise_multiplier,
                 max_grad_norm=self.max_grad_norm,
                 expected_batch_size=self.sampling.expected_batch_size,
-                generator=noise_generator,
-                secure_mode=secure_mode,
             )
+            self.optimizer.noise_source = noise_source
             self.optimizer.attach_step_hook(
                 self.engine.accountant.get_optimizer_hook_fn(sample_rate=self.sampling.sample_rate)
             )
-            if secure_mode:
-                sampler.generator = self.engine.secure_rng
             self.loader = loader
         elif clipping == "opacus-hooks":
             # The loader already samples Poisson batches at the exact rate, so Opacus must
@@ -410,7 +432,6 @@ class PrivateTrainer:
                 noise_multiplier=self.noise_multiplier,
                 max_grad_norm=self.max_grad_norm,
                 poisson_sampling=False,
-                noise_generator=None if secure_mode else noise_generator,
                 grad_sample_mode="hooks",
             )
             module.forbid_grad_accumulation()
@@ -421,9 +442,8 @@ class PrivateTrainer:
                 max_grad_norm=self.max_grad_norm,
                 expected_batch_size=optimizer.expected_batch_size,
                 loss_reduction="mean",
-                generator=optimizer.generator,
-                secure_mode=optimizer.secure_mode,
             )
+            optimizer.noise_source = noise_source
             optimizer.attach_step_hook(
                 self.engine.accountant.get_optimizer_hook_fn(sample_rate=self.sampling.sample_rate)
             )

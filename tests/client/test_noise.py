@@ -1,0 +1,67 @@
+"""The site's ChaCha20 noise source: the keystream, uniforms, Gaussians and their scale."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
+from scipy import stats
+
+from veracity.client.noise import GENERATOR_NAME, SEEDED_GENERATOR_NAME, ChaCha20Source
+from veracity.errors import InputError
+
+KEY = bytes(range(32))
+
+
+def test_uniforms_are_the_chacha20_keystream_read_as_53_bit_fractions() -> None:
+    # RFC 8439's cipher through OpenSSL: the same key and counter give the same words.
+    keystream = Cipher(algorithms.ChaCha20(KEY, bytes(16)), mode=None).encryptor()
+    words = np.frombuffer(keystream.update(bytes(8 * 5)), dtype="<u8")
+    expected = ((words >> np.uint64(11)).astype(np.float64) + 0.5) * 2.0**-53
+    assert ChaCha20Source(KEY).uniform(5).tolist() == expected.tolist()
+
+
+def test_uniforms_stay_inside_the_open_unit_interval() -> None:
+    draws = ChaCha20Source(KEY).uniform(200_000)
+    assert draws.min() > 0.0
+    assert draws.max() < 1.0
+    assert stats.kstest(draws, "uniform").pvalue > 1e-4
+
+
+def test_gaussians_have_the_asked_standard_deviation_and_are_normal() -> None:
+    draws = ChaCha20Source(KEY).gaussian((400, 250), 3.0)
+    assert draws.shape == (400, 250)
+    assert draws.dtype == np.float64
+    flat = draws.ravel()
+    # 100 000 draws: the sample std is within 1 % of 3 with overwhelming probability.
+    assert abs(flat.std() / 3.0 - 1.0) < 0.01
+    assert abs(flat.mean()) < 0.05
+    assert stats.kstest(flat / 3.0, "norm").pvalue > 1e-4
+
+
+def test_a_gaussian_is_the_sum_of_four_box_muller_draws_halved() -> None:
+    expected = ChaCha20Source(KEY).standard_normal(12).reshape(4, 3).sum(axis=0) / 2.0
+    assert ChaCha20Source(KEY).gaussian((3,), 1.0).tolist() == expected.tolist()
+
+
+def test_keys_from_the_os_differ_and_seeded_keys_repeat() -> None:
+    assert ChaCha20Source().uniform(4).tolist() != ChaCha20Source().uniform(4).tolist()
+    first = ChaCha20Source.from_seed(7, "noise").uniform(4).tolist()
+    assert ChaCha20Source.from_seed(7, "noise").uniform(4).tolist() == first
+    assert ChaCha20Source.from_seed(7, "sampling").uniform(4).tolist() != first
+    assert ChaCha20Source().name == GENERATOR_NAME
+    assert ChaCha20Source.from_seed(7, "noise").name == SEEDED_GENERATOR_NAME
+
+
+@pytest.mark.parametrize("std", [-1.0, math.inf, math.nan])
+def test_bad_standard_deviations_are_refused(std: float) -> None:
+    with pytest.raises(InputError):
+        ChaCha20Source(KEY).gaussian((2,), std)
+
+
+def test_zero_noise_is_exactly_zero_and_a_key_is_32_bytes() -> None:
+    assert ChaCha20Source(KEY).gaussian((2, 2), 0.0).tolist() == [[0.0, 0.0], [0.0, 0.0]]
+    with pytest.raises(InputError):
+        ChaCha20Source(b"short")
