@@ -6,6 +6,7 @@ import math
 
 import numpy as np
 import pytest
+import torch
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
 from scipy import stats
 
@@ -23,8 +24,19 @@ def test_uniforms_are_the_chacha20_keystream_read_as_53_bit_fractions() -> None:
     assert ChaCha20Source(KEY).uniform(5).tolist() == expected.tolist()
 
 
+def test_coin_flips_are_32_bit_words_below_the_rate_rounded_down() -> None:
+    keystream = Cipher(algorithms.ChaCha20(KEY, bytes(16)), mode=None).encryptor()
+    words = np.frombuffer(keystream.update(bytes(4 * 1000)), dtype="<u4")
+    expected = words < math.floor(0.3 * 2**32)
+    assert ChaCha20Source(KEY).bernoulli(1000, 0.3).tolist() == expected.tolist()
+    flips = ChaCha20Source(KEY).bernoulli(200_000, 0.2).numpy()
+    assert abs(flips.mean() - 0.2) < 0.004  # 4.5 standard errors
+    assert not ChaCha20Source(KEY).bernoulli(100, 0.0).any()
+    assert ChaCha20Source(KEY).bernoulli(100, 1.0).all()
+
+
 def test_uniforms_stay_inside_the_open_unit_interval() -> None:
-    draws = ChaCha20Source(KEY).uniform(200_000)
+    draws = ChaCha20Source(KEY).uniform(200_000).numpy()
     assert draws.min() > 0.0
     assert draws.max() < 1.0
     assert stats.kstest(draws, "uniform").pvalue > 1e-4
@@ -32,9 +44,9 @@ def test_uniforms_stay_inside_the_open_unit_interval() -> None:
 
 def test_gaussians_have_the_asked_standard_deviation_and_are_normal() -> None:
     draws = ChaCha20Source(KEY).gaussian((400, 250), 3.0)
-    assert draws.shape == (400, 250)
-    assert draws.dtype == np.float64
-    flat = draws.ravel()
+    assert tuple(draws.shape) == (400, 250)
+    assert draws.dtype == torch.float64
+    flat = draws.numpy().ravel()
     # 100 000 draws: the sample std is within 1 % of 3 with overwhelming probability.
     assert abs(flat.std() / 3.0 - 1.0) < 0.01
     assert abs(flat.mean()) < 0.05
@@ -42,7 +54,7 @@ def test_gaussians_have_the_asked_standard_deviation_and_are_normal() -> None:
 
 
 def test_a_gaussian_is_the_sum_of_four_box_muller_draws_halved() -> None:
-    expected = ChaCha20Source(KEY).standard_normal(12).reshape(4, 3).sum(axis=0) / 2.0
+    expected = ChaCha20Source(KEY).standard_normal(12).reshape(4, 3).sum(dim=0) / 2.0
     assert ChaCha20Source(KEY).gaussian((3,), 1.0).tolist() == expected.tolist()
 
 

@@ -7,6 +7,8 @@ from ChaCha20 (RFC 8439, OpenSSL through ``cryptography``) under a 256-bit key f
 ``os.urandom``:
 
 * uniforms in (0, 1): 53 random bits each, ``(k + 0.5) / 2**53``, never 0 or 1;
+* Poisson-sampling coin flips: a 32-bit word below ``floor(q * 2**32)``, so the rate is
+  ``q`` rounded down to a multiple of ``2**-32`` (never above the accounted rate);
 * standard normals: Box-Muller in float64 on two such uniforms;
 * Gaussian noise of standard deviation ``s``: ``s * (z1 + z2 + z3 + z4) / 2`` in float64,
   the sum of four independent standard normals (variance 4, halved in scale), which is the
@@ -16,7 +18,9 @@ from ChaCha20 (RFC 8439, OpenSSL through ``cryptography``) under a 256-bit key f
   four does not. The noise is added to the clipped gradient sum in float64 and the result
   rounded once to the parameter's dtype.
 
-One stream serves one purpose of one trainer (noise or sampling), each under its own key.
+The draws are torch tensors (the module is part of the training adapter; torch's float64
+``log``, ``sqrt``, ``cos`` and ``sin`` are three times faster than NumPy's here). One
+stream serves one purpose of one trainer (noise or sampling), each under its own key.
 The keystream position is a 32-bit block counter (256 GiB of keystream per key), far more
 than any site's training draws. Tests derive keys from a seed (:meth:`ChaCha20Source.from_seed`);
 receipts then name the generator as seeded, and a site whose study asks for secure mode
@@ -31,6 +35,7 @@ import os
 
 import numpy as np
 import numpy.typing as npt
+import torch
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
 
 from veracity.errors import InputError
@@ -88,25 +93,44 @@ class ChaCha20Source:
 
     def _words(self, count: int) -> npt.NDArray[np.uint64]:
         data = self._stream.update(bytes(8 * count))
-        return np.frombuffer(data, dtype="<u8").astype(np.uint64, copy=False)
+        return np.frombuffer(data, dtype="<u8")
 
-    def uniform(self, count: int) -> npt.NDArray[np.float64]:
-        """``count`` independent uniforms in the open interval (0, 1)."""
+    def uniform(self, count: int) -> torch.Tensor:
+        """``count`` independent uniforms in the open interval (0, 1), float64."""
         if count < 0:
             raise InputError("cannot draw a negative number of values")
         bits = (self._words(count) >> np.uint64(11)).astype(np.float64)
-        return (bits + 0.5) * 2.0**-53
+        return torch.from_numpy((bits + 0.5) * 2.0**-53)
 
-    def standard_normal(self, count: int) -> npt.NDArray[np.float64]:
+    def bernoulli(self, count: int, probability: float) -> torch.Tensor:
+        """``count`` independent coin flips, each True with probability ``floor(p 2^32) / 2^32``.
+
+        That is ``probability`` rounded down to a multiple of ``2**-32`` (a Poisson sample
+        rate never exceeds the accounted one). Four keystream bytes per flip.
+
+        Raises
+        ------
+        InputError
+            If ``probability`` is not in [0, 1].
+        """
+        if not 0.0 <= probability <= 1.0:
+            raise InputError("a probability lies in [0, 1]")
+        threshold = math.floor(probability * 2**32)
+        words = np.frombuffer(self._stream.update(bytes(4 * count)), dtype="<u4")
+        return torch.from_numpy(words.astype(np.int64) < threshold)
+
+    def standard_normal(self, count: int) -> torch.Tensor:
         """``count`` independent standard normals (Box-Muller, float64)."""
         pairs = (count + 1) // 2
-        u1, u2 = self.uniform(pairs), self.uniform(pairs)
-        radius = np.sqrt(-2.0 * np.log(u1))
-        angle = _TWO_PI * u2
-        return np.concatenate([radius * np.cos(angle), radius * np.sin(angle)])[:count]
+        both = self.uniform(2 * pairs)
+        radius = torch.sqrt(-2.0 * torch.log(both[:pairs]))
+        angle = _TWO_PI * both[pairs:]
+        return torch.cat([radius * torch.cos(angle), radius * torch.sin(angle)])[:count]
 
-    def gaussian(self, shape: tuple[int, ...], std: float) -> npt.NDArray[np.float64]:
+    def gaussian(self, shape: tuple[int, ...], std: float) -> torch.Tensor:
         """Noise of standard deviation ``std`` and shape ``shape``: ``std * sum of 4 / 2``.
+
+        Float64.
 
         Raises
         ------
@@ -117,7 +141,6 @@ class ChaCha20Source:
             raise InputError("the noise standard deviation must be finite and non-negative")
         count = math.prod(shape)
         if std == 0:
-            return np.zeros(shape, dtype=np.float64)
+            return torch.zeros(shape, dtype=torch.float64)
         draws = self.standard_normal(4 * count).reshape(4, count)
-        noise: npt.NDArray[np.float64] = (std * draws.sum(axis=0) / 2.0).reshape(shape)
-        return noise
+        return (std * draws.sum(dim=0) / 2.0).reshape(shape)

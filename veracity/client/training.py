@@ -138,8 +138,9 @@ class _Rows(TorchDataset[tuple[torch.Tensor, torch.Tensor]]):
 class _PoissonBatches(UniformWithReplacementSampler):  # type: ignore[misc]
     """Opacus's Poisson sampler (each record joins each batch with probability ``q``).
 
-    Same rule as Opacus (``uniform(n) < q`` per step) but the uniforms come from the
-    site's ChaCha20 source (:mod:`veracity.client.noise`), and it yields the index tensor
+    Each record joins each step's batch independently with probability ``q`` (at most
+    ``q``, by less than ``2**-32``: conservative), drawn from the site's ChaCha20 source
+    (:meth:`veracity.client.noise.ChaCha20Source.bernoulli`); it yields the index tensor
     rather than a Python list, which halves the time of a small step.
     """
 
@@ -147,21 +148,25 @@ class _PoissonBatches(UniformWithReplacementSampler):  # type: ignore[misc]
 
     def __iter__(self) -> Iterator[torch.Tensor]:
         for _ in range(self.steps):
-            mask = self.source.uniform(self.num_samples) < self.sample_rate
-            yield torch.from_numpy(np.flatnonzero(mask))
+            yield torch.from_numpy(
+                np.flatnonzero(self.source.bernoulli(self.num_samples, self.sample_rate))
+            )
 
 
 def _add_secure_noise(optimizer: Any, source: ChaCha20Source, std: float) -> None:
     """Opacus's ``add_noise`` with noise from ``source``, added in float64.
 
-    ``p.grad = (p.summed_grad + N(0, std^2)) `` per coordinate, the sum taken in float64
-    and rounded once to the parameter's dtype (see :mod:`veracity.client.noise`).
+    ``p.grad = p.summed_grad + N(0, std^2)`` per coordinate, the sum taken in float64 and
+    rounded once to the parameter's dtype (see :mod:`veracity.client.noise`). One draw
+    covers every parameter of the step.
     """
-    for p in optimizer.params:
+    params = list(optimizer.params)
+    sizes = [p.summed_grad.numel() for p in params]
+    noise = source.gaussian((sum(sizes),), std)
+    for p, part in zip(params, torch.split(noise, sizes), strict=True):
         _check_processed_flag(p.summed_grad)
-        summed = p.summed_grad.detach().to(torch.float64)
-        noise = torch.from_numpy(source.gaussian(tuple(summed.shape), std))
-        p.grad = (summed + noise).to(p.dtype).view_as(p)
+        summed = p.summed_grad.detach().reshape(-1).to(torch.float64)
+        p.grad = (summed + part).to(p.dtype).view_as(p)
         _mark_as_processed(p.summed_grad)
 
 
@@ -226,10 +231,11 @@ class _LinearGhostClipping:
         """Write the sum of per-sample gradients, each clipped to ``max_grad_norm``, to ``.grad``.
 
         ``loss_sum`` must be the *sum* of the per-sample losses of the last forward pass.
-        The clip factor is Opacus's, ``min(1, C / (norm + 1e-6))``, computed in float64 so
-        that it is finite for every finite ``a`` and ``b`` (their squares cannot overflow
-        float64); a sample whose activations or output gradients are not finite
-        contributes zero (:func:`finite_clip_factors`). Either way each sample's
+        The clip factor is Opacus's, ``min(1, C / (norm + 1e-6))``. When any squared norm
+        is not finite in float32 (an overflow, or a non-finite activation or output
+        gradient), the whole step is redone in float64, where squares of float32 values
+        cannot overflow, and a sample whose activations or output gradients are not
+        finite contributes zero (:func:`finite_clip_factors`). Either way each sample's
         contribution has norm at most ``max_grad_norm``, so the sum is finite whatever
         the data and the weights.
         """
@@ -238,6 +244,30 @@ class _LinearGhostClipping:
         if len(outputs) != len(self.layers):
             raise ConfigError("a Linear layer was skipped in the forward pass")
         backprops = torch.autograd.grad(loss_sum, outputs)
+        squared = torch.zeros(inputs[0].shape[0], dtype=inputs[0].dtype)
+        for layer, a, b in zip(self.layers, inputs, backprops, strict=True):
+            input_norm = (a * a).sum(1)
+            if layer.bias is not None:
+                input_norm = input_norm + 1.0
+            squared = squared + (b * b).sum(1) * input_norm
+        if bool(torch.isfinite(squared).all()):
+            # Every a and b is finite and no square overflowed (an inf or NaN anywhere, or
+            # an overflow, leaves a non-finite squared norm): Opacus's float32 rule is exact
+            # and each sample's term f * b a^T has entries of at most C in magnitude.
+            factor = (max_grad_norm / (squared.sqrt() + 1e-6)).clamp(max=1.0)
+            for layer, a, b in zip(self.layers, inputs, backprops, strict=True):
+                scaled = b.detach() * factor[:, None]
+                layer.weight.grad = scaled.T @ a.detach()
+                if layer.bias is not None:
+                    layer.bias.grad = scaled.sum(0)
+        else:
+            self._clipped_sum_float64(inputs, backprops, max_grad_norm)
+        self.reset()
+
+    def _clipped_sum_float64(
+        self, inputs: list[torch.Tensor], backprops: tuple[torch.Tensor, ...], max_grad_norm: float
+    ) -> None:
+        """The clipped sum where float32 overflowed: float64, non-finite samples count zero."""
         activations = [a.detach().to(torch.float64) for a in inputs]
         gradients = [b.detach().to(torch.float64) for b in backprops]
         finite = torch.ones(activations[0].shape[0], dtype=torch.bool)
@@ -258,7 +288,6 @@ class _LinearGhostClipping:
             layer.weight.grad = (scaled.T @ a).to(layer.weight.dtype)
             if layer.bias is not None:
                 layer.bias.grad = scaled.sum(0).to(layer.bias.dtype)
-        self.reset()
 
 
 def finite_clip_factors(
@@ -279,10 +308,11 @@ def finite_clip_factors(
 class _FiniteClippingDPOptimizer(DPOptimizer):  # type: ignore[misc]
     """Opacus's ``DPOptimizer`` (hooks) with clipping that is finite for every input.
 
-    Per-sample norms are taken in float64 and a sample with any non-finite per-sample
-    gradient contributes zero (:func:`finite_clip_factors`); Opacus's own version computes
-    the norms in float32, where a large finite gradient overflows and ``0 * inf`` makes
-    the whole step NaN exactly when that sample is in the batch.
+    Opacus computes per-sample norms in float32, where a large finite gradient overflows
+    and ``0 * inf`` makes the whole step NaN exactly when that sample is in the batch.
+    Here, when any norm is not finite, the step is redone with norms in float64 and a
+    sample with any non-finite per-sample gradient contributes zero
+    (:func:`finite_clip_factors`); otherwise it is Opacus's rule unchanged.
     """
 
     noise_source: ChaCha20Source
@@ -294,20 +324,32 @@ class _FiniteClippingDPOptimizer(DPOptimizer):  # type: ignore[misc]
         samples = self.grad_samples
         count = len(samples[0])
         flat = [sample.flatten(1) for sample in samples]
-        finite = torch.ones(count, dtype=torch.bool)
-        for sample in flat:
-            finite &= torch.isfinite(sample).all(1)
-        keep = finite[:, None]
-        norms = torch.stack(
-            [torch.where(keep, sample.to(torch.float64), 0.0).norm(2, dim=1) for sample in flat],
-            dim=1,
-        ).norm(2, dim=1)
-        factor = finite_clip_factors(norms, finite, self.max_grad_norm)
+        if count == 0:
+            norms = torch.zeros(0, dtype=flat[0].dtype)
+        else:
+            norms = torch.stack([sample.norm(2, dim=1) for sample in flat], dim=1).norm(2, dim=1)
+        if bool(torch.isfinite(norms).all()):
+            # Opacus's own rule: every per-sample gradient is finite and its norm too.
+            factor = (self.max_grad_norm / (norms + 1e-6)).clamp(max=1.0)
+            finite = None
+        else:
+            finite = torch.ones(count, dtype=torch.bool)
+            for sample in flat:
+                finite &= torch.isfinite(sample).all(1)
+            keep = finite[:, None]
+            norms = torch.stack(
+                [torch.where(keep, s.to(torch.float64), 0.0).norm(2, dim=1) for s in flat], dim=1
+            ).norm(2, dim=1)
+            factor = finite_clip_factors(norms, finite, self.max_grad_norm)
         for p in self.params:
             _check_processed_flag(p.grad_sample)
-            sample = self._get_flat_grad_sample(p).to(torch.float64)
-            mask = finite.reshape(-1, *([1] * (sample.dim() - 1)))
-            grad = torch.einsum("i,i...", factor, torch.where(mask, sample, 0.0)).to(p.dtype)
+            sample = self._get_flat_grad_sample(p)
+            if finite is None:
+                grad = torch.einsum("i,i...", factor.to(p.dtype), sample.to(p.dtype))
+            else:
+                wide = sample.to(torch.float64)
+                mask = finite.reshape(-1, *([1] * (wide.dim() - 1)))
+                grad = torch.einsum("i,i...", factor, torch.where(mask, wide, 0.0)).to(p.dtype)
             p.summed_grad = grad if p.summed_grad is None else p.summed_grad + grad
             _mark_as_processed(p.grad_sample)
 
