@@ -30,9 +30,10 @@ Two ways to clip per-sample gradients (``site.json`` ``clipping``):
     ``DPOptimizer``: works for any model Opacus supports. The tests check that both give
     the same clipped gradients.
 
-Clipping is finite for every input in both ways: per-sample norms and clip factors are
-computed in float64, and a sample whose activations, output gradients or per-sample
-gradient are not finite contributes zero (within the clipping bound). So no crafted weights
+Clipping is finite for every input in both ways: a step whose per-sample norms are all
+finite in float32 keeps Opacus's rule; any other step is redone with norms in float64,
+and a sample whose activations, output gradients or per-sample gradient are not finite
+contributes zero (within the clipping bound). So no crafted weights
 or outlier record can make ``0 * inf`` turn the released update into NaN exactly when that
 record is sampled.
 
