@@ -187,8 +187,14 @@ def test_canary_audit_passes_the_studys_dp_terms(
 ) -> None:
     audit = _json(
         capsys,
-        ["site", "canary-audit", str(study_file), "--canaries", "200", "--guesses", "40",
+        ["site", "canary-audit", str(study_file), "--rows", "152",
          "--data-dir", str(cli_site), "--format", "json"],
     )  # fmt: skip
     assert audit["flagged"] is False
-    assert audit["guesses"] == 40
+    assert audit["rows"] == 152
+    assert audit["sample_rate"] == 0.2
+    assert audit["coordinates"] >= 400
+    assert audit["false_alarm_rate"] == 0.001
+    code = main(["site", "canary-audit", str(study_file), "--data-dir", str(cli_site)])
+    assert code == 1  # neither --dataset nor --rows
+    assert "--rows" in capsys.readouterr().err

@@ -539,52 +539,69 @@ def outbox_ack_command(
 
 @site_app.command("canary-audit")
 def canary_audit_command(
-    study_file: Annotated[Path, typer.Argument(help="The study whose DP-SGD terms to audit.")],
-    seed: Annotated[int, typer.Option("--seed", envvar="VERACITY_SEED", help="Audit seed.")] = 0,
-    canaries: Annotated[
-        int, typer.Option("--canaries", envvar="VERACITY_CANARIES", help="Canary records.")
-    ] = 1000,
-    guesses: Annotated[
-        int, typer.Option("--guesses", envvar="VERACITY_GUESSES", help="Guesses scored.")
-    ] = 200,
+    study_file: Annotated[Path, typer.Argument(help="The study whose DP-SGD noise to audit.")],
+    dataset: Annotated[
+        str | None,
+        typer.Option(
+            "--dataset",
+            envvar="VERACITY_DATASET_ID",
+            help="Registered dataset whose row count (public) sets the sample rate.",
+        ),
+    ] = None,
+    rows: Annotated[
+        int | None,
+        typer.Option("--rows", envvar="VERACITY_ROWS", help="Row count, instead of --dataset."),
+    ] = None,
+    false_alarm_rate: Annotated[
+        float,
+        typer.Option(
+            "--false-alarm-rate",
+            envvar="VERACITY_FALSE_ALARM_RATE",
+            help="Probability of flagging correct noise.",
+        ),
+    ] = 1e-3,
     data_dir: DataDirOption = None,
     output_format: FormatOption = OutputFormat.TEXT,
 ) -> None:
-    """Check on synthetic canaries that this site's DP noise is really there (exit 1 if not).
+    """Check that this site's DP noise is there at the accounted scale (exit 1 if not).
 
-    Uses no registered data and spends no budget.
+    Runs the study's own trainer, with this site's clipping method and noise source, for
+    the study's rounds on synthetic rows as many as the dataset has; uses no registered
+    data and spends no budget.
     """
     from veracity.client.approvals import load_study_file
-    from veracity.client.canary import run_canary_audit, verify_canary_audit
+    from veracity.client.canary import run_noise_audit, verify_noise_audit
     from veracity.client.site import Site
     from veracity.client.training import configure_threads
+    from veracity.errors import InputError
 
     study = load_study_file(study_file)
     with Site.open(_root(data_dir)) as site:
         configure_threads(site.config.torch_threads)
         clipping = site.config.clipping
-    audit = run_canary_audit(
-        noise_multiplier=study.dp.noise_multiplier,
-        max_grad_norm=study.dp.max_grad_norm,
-        delta=study.dp.delta,
-        batch_size=study.training.batch_size,
-        learning_rate=study.training.learning_rate,
-        canaries=canaries,
-        guesses=guesses,
-        clipping=clipping,
-        seed=seed,
-    )
+        registered = site.store.get_dataset(dataset) if dataset is not None else None
+    if dataset is not None and rows is None:
+        if registered is None:
+            raise InputError(f"no dataset {dataset!r} is registered at this site")
+        count = registered.rows
+    elif dataset is None and rows is not None:
+        count = rows
+    else:
+        raise InputError("give the dataset (--dataset) or its row count (--rows), not both")
+    audit = run_noise_audit(study, rows=count, clipping=clipping, false_alarm_rate=false_alarm_rate)
     if output_format is OutputFormat.JSON:
         emit_json(audit.to_dict())
     else:
         emit_table(
-            "Canary audit",
+            "Noise audit",
             ["item", "value"],
             [
-                ("correct guesses", f"{audit.correct} of {audit.guesses}"),
-                ("empirical epsilon (lower bound)", _fmt(audit.epsilon_lower_bound, 3)),
-                ("accounted epsilon", _fmt(audit.epsilon_claimed, 3)),
+                ("untouched weights measured", audit.coordinates),
+                ("noise std, measured", f"{audit.measured_std:.5g}"),
+                ("noise std, accounted", f"{audit.expected_std:.5g}"),
+                ("variance ratio", f"{audit.variance_ratio:.3f}"),
+                ("false-alarm rate", f"{audit.false_alarm_rate:g}"),
                 ("flagged", "yes" if audit.flagged else "no"),
             ],
         )
-    verify_canary_audit(audit)
+    verify_noise_audit(audit)

@@ -408,14 +408,10 @@ class SiteAgent:
         column = {name: index for index, name in enumerate(table.features)}
         x = table.x[:, [column[name] for name in study.features]]
         secure = study.dp.secure_mode or self.site.config.secure_mode
-        trainer = PrivateTrainer(
-            study.model_spec,
+        trainer = PrivateTrainer.for_study(
+            study,
             standardise(x, study.scaling),
             table.y,
-            noise_multiplier=study.dp.noise_multiplier,
-            max_grad_norm=study.dp.max_grad_norm,
-            batch_size=study.training.batch_size,
-            learning_rate=study.training.learning_rate,
             clipping=self.site.config.clipping,
             secure_mode=secure,
             seed=None if secure else self._run_seed(key),

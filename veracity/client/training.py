@@ -70,6 +70,7 @@ from veracity.client.noise import GENERATOR_NAME, SEEDED_GENERATOR_NAME, ChaCha2
 from veracity.errors import ConfigError, InputError
 from veracity.tasks import scaling as tasks_scaling
 from veracity.tasks.models import ModelSpec, build_model, load_weights, model_weights
+from veracity.tasks.study import Study
 from veracity.tasks.weights import Weights
 
 __all__ = [
@@ -497,6 +498,39 @@ class PrivateTrainer:
                 raise ConfigError("Opacus chose another expected batch size than planned")
         else:
             raise ConfigError(f"unknown clipping method {clipping!r}")
+
+    @classmethod
+    def for_study(
+        cls,
+        study: Study,
+        x: npt.NDArray[np.float32],
+        y: npt.NDArray[np.integer],
+        *,
+        clipping: Clipping,
+        secure_mode: bool,
+        seed: int | None,
+    ) -> PrivateTrainer:
+        """The trainer of ``study`` on standardised ``x`` and labels ``y``.
+
+        The study's model and DP-SGD terms, as the site agent and the noise audit build it.
+
+        Raises
+        ------
+        ConfigError, InputError
+            As the constructor.
+        """
+        return cls(
+            study.model_spec,
+            x,
+            y,
+            noise_multiplier=study.dp.noise_multiplier,
+            max_grad_norm=study.dp.max_grad_norm,
+            batch_size=study.training.batch_size,
+            learning_rate=study.training.learning_rate,
+            clipping=clipping,
+            secure_mode=secure_mode,
+            seed=seed,
+        )
 
     # ------------------------------------------------------------------ accounting
 
