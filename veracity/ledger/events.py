@@ -293,6 +293,17 @@ class BudgetRefused(_Payload):
     signed_at: Timestamp
 
 
+class ApprovalMissingStatement(_Payload):
+    """A site's signed refusal of a request its operator's approval does not cover."""
+
+    site: Name
+    study_hash: Hash
+    run_id: Ident
+    round: Annotated[int, Field(ge=0, le=1_000_000)]
+    reason: Text
+    signed_at: Timestamp
+
+
 class ReleasedDataset(_Payload):
     site: Name
     dataset_id: Ident
@@ -348,6 +359,7 @@ _SCHEMAS: dict[str, type[_Payload]] = {
     "run.finished": RunFinished,
     "round.completed": RoundCompleted,
     "budget.refused": BudgetRefused,
+    "approval.missing": ApprovalMissingStatement,
     "model.released": ModelReleased,
     "inference.served": InferenceServed,
     "checkpoint": CheckpointRecorded,
@@ -378,6 +390,7 @@ SITE_KINDS: frozenset[str] = frozenset(
         "study.approved",
         "study.refused",
         "budget.refused",
+        "approval.missing",
         "checkpoint.cosigned",
     }
 )
