@@ -19,6 +19,8 @@ from dp_accounting import NeighboringRelation, dp_event
 from dp_accounting.pld.pld_privacy_accountant import PLDAccountant
 from opacus.accountants import PRVAccountant
 
+from veracity.client.approvals import refuse_study
+from veracity.client.site import Site
 from veracity.crypto.keys import generate_signing_key
 from veracity.crypto.supernode import write_supernode_key_pair
 from veracity.errors import SignatureError
@@ -210,6 +212,36 @@ def test_a_site_over_its_cap_is_refused_and_recorded_and_the_run_goes_on(network
     ]
     assert len(refusals) == 1
     assert refusals[0].payload["epsilon_requested"] > caps["hospital-c"]
+    coordinator.ledger.verify(coordinator.root_key.public)
+
+
+def test_a_withdrawn_approval_is_refused_at_the_site_and_the_refusal_reaches_the_ledger(
+    network: Network,
+) -> None:
+    coordinator = network.coordinator
+    study = _study("bc-withdrawn", rounds=1, min_sites=2)
+    coordinator.propose_study(study.to_document())
+    for name in SITES:
+        statement = approve(network.sites[name], study, epsilon_cap=3.0)
+        coordinator.record_statement(statement.kind, name, statement.payload, statement.signature)
+    # hospital-c's operator withdraws the approval at the site; the coordinator is not told.
+    with Site.open(network.sites["hospital-c"].directory) as site:
+        refuse_study(site, study, reason="ethics approval withdrawn")
+    run_id = coordinator.start_run(study.study_hash, poll_interval=0.1, node_wait=60)
+    with coordinator.control() as control:
+        assert control.wait(int(run_id), timeout=300).state == "finished:completed"
+
+    (recorded,) = coordinator.rounds(run_id)
+    assert recorded["participants"] == ["hospital-a", "hospital-b"]
+    assert [(r["site"], r["kind"]) for r in recorded["refused"]] == [
+        ("hospital-c", "approval.missing")
+    ]
+    (refusal,) = [
+        e
+        for e in coordinator.ledger.iter_entries(kind="approval.missing", actor="hospital-c")
+        if e.payload["run_id"] == run_id
+    ]
+    assert "ethics approval withdrawn" in refusal.payload["reason"]
     coordinator.ledger.verify(coordinator.root_key.public)
 
 

@@ -54,6 +54,7 @@ from veracity.client.datasets import check_registered, load_registered
 from veracity.client.site import Clock, Site, utc_now
 from veracity.client.store import Dataset, Pool, SignedStatement
 from veracity.errors import ApprovalMissing, InputError, VerificationError
+from veracity.ledger.canonical import canonical_hash
 from veracity.ledger.events import RECEIPT_FIELDS
 from veracity.ledger.statement import RECEIPT_DOMAIN, sign_document
 from veracity.tasks.study import Study, parse_study
@@ -430,15 +431,18 @@ class SiteAgent:
     # ------------------------------------------------------------------ refusals
 
     def _refuse_approval(self, request: TrainRequest, reason: str) -> Refusal:
-        statement = self.site.sign(
-            "approval.missing",
-            {
-                "site": self.site.name,
-                "study_hash": request.study_hash,
-                "run_id": request.run_id,
-                "round": request.round,
-                "reason": reason,
-            },
+        payload = {
+            "site": self.site.name,
+            "study_hash": request.study_hash,
+            "run_id": request.run_id,
+            "round": request.round,
+            "reason": reason,
+        }
+        # Stored and queued for the ledger like budget.refused, once per refused request.
+        statement = self.site.store.refusal(
+            canonical_hash({"kind": "approval.missing", **payload}),
+            lambda: self.site.sign("approval.missing", payload),
+            now=self.site.now(),
         )
         log.warning("site %s refused round %s: %s", self.site.name, request.round, reason)
         return Refusal(kind="approval.missing", statement=statement, reason=reason)

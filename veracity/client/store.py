@@ -8,7 +8,9 @@ revisions in ``veracity/client/migrations`` (version table ``site_alembic_versio
 Invariants the store keeps:
 
 * A dataset, a study decision or a budget refusal is written in the same transaction as
-  its signed statement in the outbox: there is never one without the other.
+  its signed statement in the outbox: there is never one without the other. Requests the
+  approval does not cover are refused with an ``approval.missing`` statement, queued in
+  the outbox once per refused request (``dedupe_key``).
 * Privacy spends are append-only and *every* row counts towards the dataset's history,
   whatever its status (``reserved``, ``completed``, ``failed``). A round's steps are
   reserved, under a lock on the dataset, in the same transaction that checked the budget
@@ -185,6 +187,8 @@ class OutboxRow(Base):
     signature: Mapped[str] = mapped_column(sa.String(128))
     created_at: Mapped[str] = mapped_column(sa.String(40))
     delivered_at: Mapped[str | None] = mapped_column(sa.String(40), nullable=True)
+    #: Set for refusals: one statement per refused request (see ``SiteStore.refusal``).
+    dedupe_key: Mapped[str | None] = mapped_column(sa.String(64), unique=True, nullable=True)
 
 
 @dataclass(frozen=True)
@@ -853,6 +857,25 @@ class SiteStore:
             )
             if exists is None:
                 session.add(_outbox_row(statement, now))
+
+    def refusal(
+        self, key: str, sign: Callable[[], SignedStatement], *, now: str
+    ) -> SignedStatement:
+        """The refusal statement kept for ``key``, signed and queued on first use.
+
+        A request refused again (the same study, run, round and reason) gets the same
+        signed statement back, so the outbox holds each refusal once and the ledger
+        records it once.
+        """
+        with self._transaction() as session:
+            row = session.scalar(sa.select(OutboxRow).where(OutboxRow.dedupe_key == key))
+            if row is not None:
+                return _statement(row)
+            statement = sign()
+            row = _outbox_row(statement, now)
+            row.dedupe_key = key
+            session.add(row)
+            return statement
 
     def outbox(self, *, include_delivered: bool = False) -> list[OutboxEntry]:
         """Queued statements, oldest first (pending ones only, unless asked)."""

@@ -65,6 +65,7 @@ SITE_STATEMENT_KINDS = frozenset(
         "study.approved",
         "study.refused",
         "budget.refused",
+        "approval.missing",
         "checkpoint.cosigned",
         "note.recorded",
     }

@@ -24,7 +24,7 @@ from typing import Any
 
 from flwr.app import ConfigRecord
 
-from veracity.errors import VeracityError
+from veracity.errors import Conflict, VeracityError
 from veracity.flower_serde import weights_from_record, weights_to_record
 from veracity.ledger.events import ROOT_ACTOR
 from veracity.server.coordinator import Coordinator
@@ -171,8 +171,13 @@ def execute_run(coordinator: Coordinator, grid: PollingGrid, settings: RunSettin
             coordinator.ledger.checkpoint()
 
         def record_refusal(site: str, kind: str, payload: dict[str, Any], signature: str) -> None:
-            if kind in {"budget.refused", "study.refused"}:
+            if kind not in {"budget.refused", "study.refused", "approval.missing"}:
+                return
+            try:
                 coordinator.ledger.append(kind, site, payload, signature=signature)
+            except Conflict:
+                # A site answers a repeated request with the statement it already signed.
+                log.info("%s of %s is already in the ledger", kind, site)
 
         strategy = AuditedStrategy(
             aggregation_strategy(
