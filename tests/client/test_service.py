@@ -156,9 +156,18 @@ def test_epsilon_composes_across_rounds(approved: Study, agent_factory: AgentFac
     )
 
 
+@pytest.fixture
+def approved_for_two_runs(ready_site: Site) -> Study:
+    """``make_study(runs=2)`` approved on ``bc-0`` with cap 5."""
+    study = make_study(runs=2)
+    approve_study(ready_site, study, dataset_id="bc-0", epsilon_cap=5.0)
+    return study
+
+
 def test_epsilon_composes_across_runs_and_a_restart(
-    ready_site: Site, approved: Study, agent_factory: AgentFactory
+    ready_site: Site, approved_for_two_runs: Study, agent_factory: AgentFactory
 ) -> None:
+    approved = approved_for_two_runs
     first = agent_factory()
     _train(first, approved, range(1, 3), run_id="1001")
     first.close()
@@ -172,8 +181,9 @@ def test_epsilon_composes_across_runs_and_a_restart(
 
 @pytest.mark.slow
 def test_epsilon_after_restart_in_a_new_process_is_bit_identical(
-    site_dir: Path, approved: Study, agent_factory: AgentFactory
+    site_dir: Path, approved_for_two_runs: Study, agent_factory: AgentFactory
 ) -> None:
+    approved = approved_for_two_runs
     _train(agent_factory(), approved, range(1, 3))
     script = textwrap.dedent(
         f"""

@@ -134,6 +134,7 @@ class StudyReview:
             "dp": study.dp.model_dump(mode="json"),
             "training": study.training.model_dump(mode="json"),
             "rounds": study.rounds,
+            "runs": study.runs,
             "code_hash": study.code_hash,
             "study_epsilon_cap": self.study_cap,
             "approved_epsilon_cap": self.epsilon_cap,
@@ -202,7 +203,9 @@ def review_study(
         )
     sampling = poisson_sampling(dataset.rows, study.training.batch_size)
     per_round = sampling.segment(study.dp.noise_multiplier, study.training.local_epochs)
-    whole = sampling.segment(study.dp.noise_multiplier, study.training.local_epochs * study.rounds)
+    whole = sampling.segment(
+        study.dp.noise_multiplier, study.training.local_epochs * study.rounds * study.runs
+    )
     dataset_history = site.store.dataset_history(dataset.dataset_id)
     study_history = site.store.study_history(dataset.dataset_id, study.study_hash)
     projected_dataset = epsilon_report(merge_history([*dataset_history, whole]), study.dp.delta)

@@ -311,8 +311,9 @@ def _print_review(review: Any) -> None:
         f"secure mode {'on' if dp['secure_mode'] else 'off'}"
     )
     console.print(
-        f"  training: {summary['rounds']} rounds x {training['local_epochs']} local epoch(s), "
-        f"batch {training['batch_size']}, learning rate {training['learning_rate']:g}"
+        f"  training: {summary['runs']} run(s) of {summary['rounds']} rounds x "
+        f"{training['local_epochs']} local epoch(s), batch {training['batch_size']}, "
+        f"learning rate {training['learning_rate']:g} (this site trains no other round)"
     )
     console.print(
         f"  epsilon cap: study asks {summary['study_epsilon_cap']}, you allow "
@@ -322,7 +323,7 @@ def _print_review(review: Any) -> None:
         console.print(
             f"  dataset {summary['dataset_id']} ({summary['dataset_rows']} rows): sample rate "
             f"{_fmt(summary['sample_rate'])}, {summary['steps_per_round']} steps per round, "
-            f"{summary['total_steps']} in all"
+            f"{summary['total_steps']} in all runs"
         )
         console.print(
             f"  the whole study would spend epsilon {_fmt(summary['projected_study_epsilon'])}; "

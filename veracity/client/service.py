@@ -11,13 +11,15 @@ The Flower ClientApp adapter only converts between Flower records and these type
 For every request the agent, in order:
 
 1. validates the request (malformed input raises :class:`~veracity.errors.InputError`);
-2. checks the approval (:func:`veracity.client.approvals.approved_terms`) and that the
-   approved dataset's file is unchanged; if not, answers a signed ``approval.missing``
-   :class:`Refusal` and trains nothing;
-3. computes what the round would bring the dataset's and the study's epsilon to and, in
-   the same transaction, reserves the round's steps; if a cap would be crossed it answers
-   a signed ``budget.refused`` :class:`Refusal` (also queued in the outbox) and trains
-   nothing;
+2. checks the approval (:func:`veracity.client.approvals.approved_terms`), that the
+   approved dataset's file is unchanged, that the round is one of the study's and that
+   the global weights are within the study's bound; if not, answers a signed
+   ``approval.missing`` :class:`Refusal` (queued in the outbox) and trains nothing;
+3. in one transaction: refuses (``approval.missing``) a round of a run already trained
+   or a run beyond the study's ``runs``; computes what the round would bring the dataset
+   pool's and the study's epsilon to and reserves the round's steps; if a cap would be
+   crossed it answers a signed ``budget.refused`` :class:`Refusal` (also queued in the
+   outbox) and trains nothing;
 4. trains one round of DP-SGD on the reused :class:`~veracity.client.training.PrivateTrainer`
    of this run, checks that the accountant grew by exactly the reserved steps, marks the
    spend completed and answers a :class:`TrainReply` with a receipt signed under
@@ -281,6 +283,11 @@ class SiteAgent:
             _decision, dataset, cap = approved_terms(
                 self.site, study=study, study_hash=request.study_hash, code_hash=request.code_hash
             )
+            if not 1 <= request.round <= study.rounds:
+                raise ApprovalMissing(
+                    f"study {study.study_id!r} has {study.rounds} round(s); round "
+                    f"{request.round} is not part of it"
+                )
             trainer = self._trainer(request.run_id, study, dataset)
             _check_weight_bound(study, request.weights)
         except ApprovalMissing as err:
@@ -314,6 +321,7 @@ class SiteAgent:
                 planned=planned,
                 evaluate=evaluate,
                 now=self.site.now(),
+                runs=study.runs,
             )
         except ApprovalMissing as err:
             return self._refuse_approval(request, str(err))

@@ -46,7 +46,7 @@ from sqlalchemy.orm import (
 )
 
 from veracity.client.budget import History, RoundBudget, Segment, merge_history
-from veracity.errors import ConfigError, InputError
+from veracity.errors import ApprovalMissing, ConfigError, InputError
 from veracity.ledger.canonical import canonical_hash, canonical_json
 from veracity.ledger.statement import statement_of
 from veracity.ledger.store import configure_sqlite
@@ -759,6 +759,7 @@ class SiteStore:
         planned: Segment,
         evaluate: Callable[[History, History, Pool], RoundBudget],
         now: str,
+        runs: int | None = None,
     ) -> tuple[RoundBudget, History, History, int | None]:
         """Check a planned round against the budget and, if allowed, reserve its steps.
 
@@ -766,6 +767,10 @@ class SiteStore:
         PostgreSQL, SQLite's write lock), reads the pool's and the study's histories, calls
         ``evaluate(pool_history, study_history, pool)``, and if the result is allowed
         inserts a ``reserved`` spend, all in one transaction.
+
+        With ``runs``, the study's scope is checked in the same transaction first: a round
+        of a run that already has a spend for this study (trained, reserved or failed) is
+        refused, and so is a new run once the study has spends in ``runs`` runs.
 
         Returns
         -------
@@ -777,6 +782,8 @@ class SiteStore:
         ------
         InputError
             If the dataset is not registered.
+        ApprovalMissing
+            If the round is outside the study's runs (nothing written).
         """
         with self._transaction() as session:
             pool_id = session.scalar(
@@ -791,6 +798,8 @@ class SiteStore:
                 .order_by(DatasetRow.dataset_id)
                 .with_for_update()
             ).all()
+            if runs is not None:
+                self._check_scope(session, study_hash, run_id, round, runs)
             dataset_before, study_before = self._histories(session, dataset_id, study_hash)
             budget = evaluate(dataset_before, study_before, self._pool(session, dataset_id))
             if not budget.allowed:
@@ -813,6 +822,23 @@ class SiteStore:
             session.add(row)
             session.flush()
             return budget, dataset_before, study_before, row.id
+
+    @staticmethod
+    def _check_scope(session: Session, study_hash: str, run_id: str, round: int, runs: int) -> None:
+        spent = session.execute(
+            sa.select(SpendRow.run_id, SpendRow.round).where(SpendRow.study_hash == study_hash)
+        ).all()
+        if any((spent_run, spent_round) == (run_id, round) for spent_run, spent_round in spent):
+            raise ApprovalMissing(
+                f"round {round} of run {run_id} was already trained for this study; "
+                "a round is trained once"
+            )
+        seen = {spent_run for spent_run, _ in spent}
+        if run_id not in seen and len(seen) >= runs:
+            raise ApprovalMissing(
+                f"the study allows {runs} run(s) and this site already trained in "
+                f"{len(seen)}; run {run_id} is not part of it"
+            )
 
     def finish_spend(
         self,

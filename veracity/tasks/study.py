@@ -19,6 +19,7 @@ from veracity.tasks.models import ModelFamily, ModelSpec
 
 __all__ = [
     "DEFAULT_MAX_WEIGHT_NORM",
+    "DEFAULT_RUNS",
     "CentralDPConfig",
     "DPConfig",
     "TrainingConfig",
@@ -81,10 +82,16 @@ def _is_none(value: object) -> bool:
 
 #: The bound on the global weights' L2 norm of a study that does not declare one.
 DEFAULT_MAX_WEIGHT_NORM = 1000.0
+#: The number of runs of a study that does not declare one.
+DEFAULT_RUNS = 1
 
 
 def _is_default_weight_norm(value: object) -> bool:
     return value == DEFAULT_MAX_WEIGHT_NORM
+
+
+def _is_default_runs(value: object) -> bool:
+    return value == DEFAULT_RUNS
 
 
 class TrainingConfig(_Frozen):
@@ -108,6 +115,10 @@ class Study(_Frozen):
     dp: DPConfig
     training: TrainingConfig
     rounds: int = Field(ge=1, le=1000)
+    #: How many runs of the study a site takes part in (each of ``rounds`` rounds): a site
+    #: refuses a round outside 1..rounds, a round of a run it already trained, and a run
+    #: beyond this number. Left out of the document at its default (1).
+    runs: int = Field(default=DEFAULT_RUNS, ge=1, le=1000, exclude_if=_is_default_runs)
     min_sites: int = Field(ge=1, le=1000)
     #: The most epsilon each named site may spend on this study.
     epsilon_caps: dict[str, float]
