@@ -18,7 +18,12 @@ from veracity.ledger.canonical import canonical_hash
 from veracity.ledger.events import ROOT_ACTOR
 from veracity.server.coordinator import Coordinator, package_versions
 from veracity.server.registry import ModelRegistry
-from veracity.server.strategy import CLIENT_DELTA_METRIC, CLIENT_EPSILON_METRIC, RoundOutcome
+from veracity.server.strategy import (
+    CLIENT_DELTA_METRIC,
+    CLIENT_EPSILON_METRIC,
+    CLIENT_EPSILON_REPLACE_ONE_METRIC,
+    RoundOutcome,
+)
 from veracity.tasks.study import Study
 from veracity.tasks.weights import Weights, weights_hash
 
@@ -51,14 +56,23 @@ def client_level_privacy(study: Study, completed: list[RoundOutcome]) -> dict[st
             "seeded from OS entropy, not a CSPRNG)"
         ),
         "epsilon": last.get(CLIENT_EPSILON_METRIC),
+        "epsilon_replace_one": last.get(CLIENT_EPSILON_REPLACE_ONE_METRIC),
         "delta": last.get(CLIENT_DELTA_METRIC, central.delta),
         "max_epsilon": central.max_epsilon,
         "rounds": len(completed),
         "accountant": (
             "RDP (Flower RdpAccountant over Google dp-accounting), no sampling "
-            "amplification, add-or-remove-one neighbouring sites"
+            "amplification, composed over every run of the study; epsilon: add-or-remove-one "
+            "site with the denominator fixed (a site's update replaced by zero); "
+            "epsilon_replace_one: one site's update replaced by another (noise multiplier "
+            "halved, Google dp-accounting RDP)"
         ),
         "covers": "the model updates only; round metrics are not covered",
+        "trust": (
+            "the coordinator receives every site's update before clipping and noise: "
+            "client-level DP protects against those who see the released model, not "
+            "against the coordinator"
+        ),
     }
 
 

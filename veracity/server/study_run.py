@@ -133,9 +133,9 @@ def execute_run(coordinator: Coordinator, grid: PollingGrid, settings: RunSettin
 
     Raises
     ------
-    VeracityError
-        Re-raised after ``run.finished`` (failed) is recorded, so Flower marks the run
-        failed too.
+    Exception
+        Any error is re-raised after ``run.finished`` (failed, with the reason) is
+        recorded, so Flower marks the run failed too and no run ends unrecorded.
     """
     study_hash, run_id = settings.study_hash, settings.run_id
     rounds_done = 0
@@ -179,11 +179,22 @@ def execute_run(coordinator: Coordinator, grid: PollingGrid, settings: RunSettin
                 # A site answers a repeated request with the statement it already signed.
                 log.info("%s of %s is already in the ledger", kind, site)
 
+        # Client-level DP composes across the study's runs: earlier releases count.
+        released_before = (
+            [
+                len(entry.payload["participants"])
+                for entry in coordinator.ledger.iter_entries(kind="round.completed")
+                if entry.payload["study_hash"] == study_hash
+            ]
+            if study.central_dp is not None
+            else []
+        )
         strategy = AuditedStrategy(
             aggregation_strategy(
                 sites=len(sites_by_node),
                 central_dp=study.central_dp,
                 population=len(study.epsilon_caps),
+                released_before=released_before,
             ),
             study_hash=study_hash,
             run_id=run_id,
@@ -250,6 +261,22 @@ def execute_run(coordinator: Coordinator, grid: PollingGrid, settings: RunSettin
             status="failed",
             reason=str(err),
             rounds_completed=rounds_done,
+            model_hash=None,
+        )
+        raise
+    except Exception as err:  # the ServerApp's top level: every run ends with run.finished
+        log.exception("run %s failed", run_id)
+        recorded = [
+            entry
+            for entry in coordinator.ledger.iter_entries(kind="round.completed")
+            if entry.payload["run_id"] == run_id
+        ]
+        coordinator.finish_run(
+            run_id,
+            study_hash,
+            status="failed",
+            reason=f"internal error: {type(err).__name__}: {err}",
+            rounds_completed=len(recorded),
             model_hash=None,
         )
         raise
