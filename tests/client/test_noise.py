@@ -54,8 +54,14 @@ def test_gaussians_have_the_asked_standard_deviation_and_are_normal() -> None:
 
 
 def test_a_gaussian_is_the_sum_of_four_box_muller_draws_halved() -> None:
-    expected = ChaCha20Source(KEY).standard_normal(12).reshape(4, 3).sum(dim=0) / 2.0
-    assert ChaCha20Source(KEY).gaussian((3,), 1.0).tolist() == expected.tolist()
+    # Drawn a block of 4096 at a time: the first values are the block's first columns.
+    block = ChaCha20Source(KEY).standard_normal(4 * 4096).reshape(4, 4096)
+    expected = block.sum(dim=0)[:3] / 2.0
+    source = ChaCha20Source(KEY)
+    assert source.gaussian((3,), 1.0).tolist() == expected.tolist()
+    # The next draw continues the same block; a draw past its end starts the next one.
+    assert source.gaussian((2,), 2.0).tolist() == (2.0 * block.sum(dim=0)[3:5] / 2.0).tolist()
+    assert tuple(source.gaussian((5000,), 1.0).shape) == (5000,)
 
 
 def test_keys_from_the_os_differ_and_seeded_keys_repeat() -> None:

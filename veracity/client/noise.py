@@ -54,6 +54,8 @@ SEEDED_GENERATOR_NAME = (
 )
 
 _KEY_DOMAIN = b"veracity.noise-key.v1\x00"
+#: Unit noise values drawn at a time (a few steps of a small model).
+_BLOCK = 4096
 _TWO_PI = 2.0 * math.pi
 
 
@@ -79,6 +81,7 @@ class ChaCha20Source:
         # 16-byte "nonce" in cryptography's API: 4-byte block counter (0) + 12-byte nonce.
         cipher = Cipher(algorithms.ChaCha20(chosen, bytes(16)), mode=None)
         self._stream = cipher.encryptor()
+        self._spare = torch.zeros(0, dtype=torch.float64)
 
     @classmethod
     def from_seed(cls, seed: int, purpose: str) -> ChaCha20Source:
@@ -127,6 +130,19 @@ class ChaCha20Source:
         angle = _TWO_PI * both[pairs:]
         return torch.cat([radius * torch.cos(angle), radius * torch.sin(angle)])[:count]
 
+    def _unit_noise(self, count: int) -> torch.Tensor:
+        """``count`` values of ``(z1 + z2 + z3 + z4) / 2``, served from a buffer.
+
+        The buffer is refilled a block at a time (at least :data:`_BLOCK` values), so a
+        small model's step costs a slice, not a dozen tensor operations.
+        """
+        if count > self._spare.numel():
+            fresh = max(count - self._spare.numel(), _BLOCK)
+            draws = self.standard_normal(4 * fresh).reshape(4, fresh).sum(dim=0) / 2.0
+            self._spare = torch.cat([self._spare, draws])
+        taken, self._spare = self._spare[:count], self._spare[count:]
+        return taken
+
     def gaussian(self, shape: tuple[int, ...], std: float) -> torch.Tensor:
         """Noise of standard deviation ``std`` and shape ``shape``: ``std * sum of 4 / 2``.
 
@@ -139,8 +155,6 @@ class ChaCha20Source:
         """
         if not (math.isfinite(std) and std >= 0):
             raise InputError("the noise standard deviation must be finite and non-negative")
-        count = math.prod(shape)
         if std == 0:
             return torch.zeros(shape, dtype=torch.float64)
-        draws = self.standard_normal(4 * count).reshape(4, count)
-        return (std * draws.sum(dim=0) / 2.0).reshape(shape)
+        return (std * self._unit_noise(math.prod(shape))).reshape(shape)
