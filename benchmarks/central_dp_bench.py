@@ -58,8 +58,10 @@ def _reply(request: Message, server_round: int, weights: Weights) -> Message:
     receipt = {
         "site": site, "study": STUDY, "round": server_round, "run_id": RUN, "dataset_id": "d",
         "dataset_commitment": "cd" * 32, "update_hash": weights_hash(weights),
-        "accountant": "prv", "delta": 1e-5, "epsilon": 1.0, "history": [[1.0, 0.1, 10]],
-        "max_grad_norm": 1.0, "num_examples": 150,
+        "accountant": "pld", "neighbouring": "replace-one",
+        "delta": 1e-5, "epsilon": 1.0, "history": [[1.0, 0.1, 10]],
+        "max_grad_norm": 1.0, "num_examples": 150, "epsilon_add_remove": 0.5,
+        "noise_generator": "test",
     }  # fmt: skip
     content = RecordDict(
         {

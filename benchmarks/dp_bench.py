@@ -1,18 +1,20 @@
 """DP-SGD at the site: time per epoch against non-private, and FedAvg accuracy under DP.
 
 Part 1 (speed): one epoch of the site trainer (``PrivateTrainer``: Opacus engine, Poisson
-sampling, clipping, noise, PRV accountant) against one epoch of non-private SGD of the
-same model, same data pipeline, batch size and learning rate, interleaved in the same
-process (1 torch thread). Goal: DP at most 2x the non-private epoch.
+sampling, finite clipping, noise and samples from the ChaCha20 CSPRNG with the sum-of-four
+Gaussian defence, PRV accountant) against one epoch of non-private SGD of the same model,
+same data pipeline, batch size and learning rate, interleaved in the same process (1 torch
+thread). Goal: DP at most 2x the non-private epoch.
 
 Part 2 (accuracy): FedAvg over 3 label-skewed breast-cancer hospitals, each a real site
 (``veracity site`` directory, registered dataset, approved study) trained through
 ``SiteAgent.handle_train``; against non-private FedAvg of the same model and terms in the
 same run, on the held-out test set, mean over seeds (each seed: a new split, model
 initialisation and DP noise; the gap to non-private is paired by seed). The noise
-multiplier is calibrated once with the PRV accountant for the whole study (20 rounds x 1
-epoch), never per round. Goals at delta 1e-5: epsilon 3 within 1 point of accuracy and
-0.005 AUC of non-private; epsilon 1 within 2 points. Each study's batch size, learning rate
+multiplier is calibrated once for the whole study (its rounds x 1 epoch), never per round,
+to the *replace-one* epsilon the sites count (Google dp-accounting PLD). Goals at delta
+1e-5: replace-one epsilon 3 within 1 point of accuracy and 0.005 AUC of non-private;
+epsilon 1 within 2 points. Each study's batch size, learning rate
 and clipping norm were chosen with ``dp_tune.py`` on a validation split carved from the
 training rows (never the test set); the non-private baseline uses the same terms.
 
@@ -28,7 +30,6 @@ import statistics
 import sys
 import tempfile
 import time
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
@@ -44,7 +45,7 @@ from torch import nn
 from torch.utils.data import BatchSampler, DataLoader, RandomSampler
 
 from veracity.client.approvals import approve_study
-from veracity.client.budget import poisson_sampling
+from veracity.client.budget import Segment, poisson_sampling, replace_one_epsilon
 from veracity.client.datasets import register_dataset
 from veracity.client.service import SiteAgent, TrainReply, TrainRequest
 from veracity.client.site import Site, init_site
@@ -54,7 +55,6 @@ from veracity.tasks.spec import ModelFamily, ModelSpec, predict_logits
 from veracity.tasks.torch_models import build_model, load_weights, model_weights
 
 DELTA = 1e-5
-ROUNDS = 20
 CODE_HASH = "be" * 32
 SITES = ("hospital-a", "hospital-b", "hospital-c")
 
@@ -68,6 +68,7 @@ class Terms:
     batch: int
     learning_rate: float
     clip: float
+    rounds: int = 20
     hidden: int = 16
 
     @property
@@ -75,15 +76,19 @@ class Terms:
         """How figures name these terms."""
         return (
             f"{self.family.value}, eps {self.epsilon:g} (batch {self.batch}, "
-            f"lr {self.learning_rate:g}, clip {self.clip:g})"
+            f"lr {self.learning_rate:g}, clip {self.clip:g}, {self.rounds} rounds)"
         )
 
 
 STUDIES = (
-    # eps 3: `dp_tune.py logistic 3 --seeds 20` put batch 128, lr 2.0 at a 0.55 +- 0.26 point
-    # validation gap, against 0.71 +- 0.41 for batch 32, lr 0.5.
-    Terms(ModelFamily.LOGISTIC, 3.0, batch=128, learning_rate=2.0, clip=1.0),
-    Terms(ModelFamily.LOGISTIC, 1.0, batch=128, learning_rate=1.0, clip=1.0),
+    # Replace-one epsilon needs about 1.6x the noise of add/remove at these rates, so the
+    # terms were chosen again with `dp_tune.py logistic 3|1 --seeds 20` (validation split):
+    # eps 3: batch 256 (the whole site each step), lr 16, clip 0.25, 10 rounds at a
+    # 1.04 +- 0.40 point validation gap, against 2.69 +- 0.50 for the add/remove terms
+    # (batch 128, lr 2, clip 1, 20 rounds) and 1.10 +- 0.53 for batch 128, lr 8, clip 0.25.
+    Terms(ModelFamily.LOGISTIC, 3.0, batch=256, learning_rate=16.0, clip=0.25, rounds=10),
+    # eps 1: batch 256, lr 8, clip 0.25, 5 rounds at 2.58 +- 0.54 (add/remove terms: 5.38).
+    Terms(ModelFamily.LOGISTIC, 1.0, batch=256, learning_rate=8.0, clip=0.25, rounds=5),
     Terms(ModelFamily.POLY_MLP, 3.0, batch=32, learning_rate=0.2, clip=1.0),
     Terms(ModelFamily.POLY_MLP, 1.0, batch=32, learning_rate=0.2, clip=1.0),
 )
@@ -169,6 +174,7 @@ def speed(report: Report, quick: bool) -> None:
                 "non-private": NonPrivate(spec, x, y, lr=0.1, batch=batch, seed=0)
             }
             for clipping in ("linear-ghost", "opacus-hooks"):
+                # seed=None: ChaCha20 keys from the OS, as at a real site.
                 runners[clipping] = PrivateTrainer(
                     spec,
                     x,
@@ -178,7 +184,7 @@ def speed(report: Report, quick: bool) -> None:
                     batch_size=batch,
                     learning_rate=0.1,
                     clipping=clipping,
-                    seed=0,
+                    seed=None,
                 )
             times = _time_epochs(runners, weights, repeats)
             base = statistics.median(times["non-private"])
@@ -203,19 +209,20 @@ def speed(report: Report, quick: bool) -> None:
 
 
 def _calibrate(epsilon: float, sample_rate: float, steps: int) -> float:
-    from opacus.accountants.utils import get_noise_multiplier
+    """The smallest noise multiplier (to 0.001) whose replace-one epsilon is within ``epsilon``.
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return float(
-            get_noise_multiplier(
-                target_epsilon=epsilon,
-                target_delta=DELTA,
-                sample_rate=sample_rate,
-                steps=steps,
-                accountant="prv",
-            )
-        )
+    Replace-one is what sites count (Google dp-accounting PLD, ``replace_one_epsilon``), so
+    the whole study fits the cap and no round is refused.
+    """
+    low, high = 0.3, 50.0
+    while high - low > 1e-3:
+        middle = (low + high) / 2
+        spent = replace_one_epsilon((Segment(middle, sample_rate, steps),), DELTA)
+        if spent <= epsilon:
+            high = middle
+        else:
+            low = middle
+    return round(high + 5e-4, 3)  # rounded up: still within the cap
 
 
 def _evaluate(
@@ -252,7 +259,7 @@ def fedavg_nonprivate(
         for i, p in enumerate(split.sites)
     ]
     weights = model_weights(build_model(spec, seed=seed))
-    for _ in range(ROUNDS):
+    for _ in range(terms.rounds):
         updates = [
             (trainer.train_round(weights, epochs=1), float(p.rows))
             for trainer, p in zip(trainers, split.sites, strict=True)
@@ -307,14 +314,14 @@ def fedavg_private(
         max_grad_norm=terms.clip,
         batch_size=terms.batch,
         learning_rate=terms.learning_rate,
-        rounds=ROUNDS,
+        rounds=terms.rounds,
         model_seed=seed,
     )
     for site in federation.sites:
         approve_study(site, study, dataset_id="bc", epsilon_cap=terms.epsilon)
     weights = model_weights(build_model(study.model_spec, seed=seed))
     study_epsilon = 0.0
-    for number in range(1, ROUNDS + 1):
+    for number in range(1, terms.rounds + 1):
         updates = []
         for agent in federation.agents:
             reply = agent.handle_train(
@@ -350,13 +357,13 @@ def accuracy(report: Report, seeds: int) -> None:
         try:
             for terms in STUDIES:
                 sampling = poisson_sampling(max(p.rows for p in split.sites), terms.batch)
-                key = (terms.epsilon, sampling.sample_rate, ROUNDS * sampling.steps_per_epoch)
+                key = (terms.epsilon, sampling.sample_rate, terms.rounds * sampling.steps_per_epoch)
                 if key not in sigmas:  # calibrated once for the whole study, never per round
                     sigmas[key] = _calibrate(*key)
                 public[terms].append(fedavg_nonprivate(terms, split, seed))
                 t0 = time.perf_counter()
                 acc, auc, used = fedavg_private(terms, sigmas[key], federation, split, seed)
-                rounds_timed.append((time.perf_counter() - t0) / (ROUNDS * len(SITES)))
+                rounds_timed.append((time.perf_counter() - t0) / (terms.rounds * len(SITES)))
                 private[terms].append((acc, auc))
                 spent[terms].append(used)
         finally:
@@ -387,11 +394,11 @@ def accuracy(report: Report, seeds: int) -> None:
                 )
             )
         report.notes.append(
-            f"{terms.label}: study epsilon after {ROUNDS} rounds (PRV, max over sites and "
-            f"seeds) {max(spent[terms]):.4f}; no round was refused"
+            f"{terms.label}: study epsilon after {terms.rounds} rounds (replace-one, PLD; max over "
+            f"sites and seeds) {max(spent[terms]):.4f}; no round was refused"
         )
     report.notes.append(
-        "noise multipliers (PRV, whole study): "
+        "noise multipliers (replace-one epsilon, PLD, whole study): "
         + ", ".join(
             f"eps {e:g} at q {q:.3g} x {n} steps -> {s:.4f}" for (e, q, n), s in sigmas.items()
         )
@@ -399,7 +406,8 @@ def accuracy(report: Report, seeds: int) -> None:
     report.notes.append(
         f"{seeds} seeds; SiteAgent.handle_train took "
         f"{1e3 * statistics.median(rounds_timed):.1f} ms per site-round (median over "
-        "configurations: approval check, file re-hash, budget reservation with PRV + RDP, "
+        "configurations: approval check, file re-hash, budget reservation with PLD + RDP + "
+        "PRV, "
         "one local epoch, receipt signing)"
     )
 
@@ -413,7 +421,9 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="also write the figures as JSON")
     args = parser.parse_args()
     configure_threads(1)
-    report = Report("DP-SGD at the site (Opacus, PRV accountant, 1 torch thread)")
+    report = Report(
+        "DP-SGD at the site (Opacus, ChaCha20 noise, replace-one epsilon, 1 torch thread)"
+    )
     if not args.skip_speed:
         speed(report, args.quick)
     if not args.skip_accuracy:

@@ -35,12 +35,15 @@ def receipt_document(**changes: Any) -> dict[str, Any]:
         dataset_id="bc",
         dataset_commitment="cd" * 32,
         update_hash="ef" * 32,
-        accountant="prv",
+        accountant="pld",
+        neighbouring="replace-one",
         delta=1e-5,
         epsilon=1.0,
+        epsilon_add_remove=0.5,
         history=[[1.5, 0.2, 5]],
         max_grad_norm=1.0,
         num_examples=100,
+        noise_generator="test",
     ).to_json()
     document.update(changes)
     return document
@@ -75,7 +78,6 @@ def trained_reply(
     record = ReceiptRecord(
         receipt_json=canonical_json(receipt).decode(),
         signature=sign_document(key, RECEIPT_DOMAIN, receipt),
-        noise_generator="test",
     )
     content = RecordDict(
         {

@@ -29,7 +29,8 @@ def test_demo_runs_a_whole_study_and_its_audit_end_to_end(tmp_path: Path) -> Non
     assert [site["name"] for site in summary["sites"]] == ["hospital-a", "hospital-b", "hospital-c"]
     for site in summary["sites"]:
         assert site["rows"] > 100
-        assert 0 < site["epsilon"] <= site["epsilon_cap"]
+        assert site["neighbouring"] == "replace-one"
+        assert 0 < site["epsilon_add_remove"] < site["epsilon"] <= site["epsilon_cap"]
     assert summary["inference"]["patients"] == 114
     assert summary["inference"]["agreement"] == 1.0
     assert summary["inference"]["max_abs_error"] < 1e-3

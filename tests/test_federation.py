@@ -15,8 +15,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from dp_accounting import NeighboringRelation, dp_event
+from dp_accounting.pld.pld_privacy_accountant import PLDAccountant
 from opacus.accountants import PRVAccountant
 
+from veracity.client.approvals import refuse_study
+from veracity.client.site import Site
 from veracity.crypto.keys import generate_signing_key
 from veracity.crypto.supernode import write_supernode_key_pair
 from veracity.errors import SignatureError
@@ -68,7 +72,7 @@ def _study(study_id: str, *, rounds: int, min_sites: int) -> Study:
     return breast_cancer_study(
         study_id=study_id,
         epsilon_caps=dict.fromkeys(SITES, 3.0),
-        noise_multiplier=1.7,
+        noise_multiplier=2.2,  # two rounds of 5 steps at q = 0.2: replace-one epsilon 2.3
         code_hash=build_fab().fab_hash,
         family=ModelFamily.POLY_MLP,
         rounds=rounds,
@@ -91,9 +95,26 @@ def _propose_and_run(network: Network, study: Study, caps: dict[str, float]) -> 
 
 
 def _prv_epsilon(history: list[list[float]], delta: float) -> float:
+    """The add/remove figure, as an auditor recomputes it: Opacus's PRV accountant."""
     accountant = PRVAccountant()
     accountant.history = [(float(s), float(q), int(n)) for s, q, n in history]
     return float(accountant.get_epsilon(delta=delta))
+
+
+def _replace_one_epsilon(history: list[list[float]], delta: float) -> float:
+    """The epsilon that counts, as an auditor recomputes it: dp-accounting PLD, replace-one."""
+    accountant = PLDAccountant(neighboring_relation=NeighboringRelation.REPLACE_ONE)
+    accountant.compose(
+        dp_event.ComposedDpEvent(
+            [
+                dp_event.SelfComposedDpEvent(
+                    dp_event.PoissonSampledDpEvent(q, dp_event.GaussianDpEvent(s)), int(n)
+                )
+                for s, q, n in history
+            ]
+        )
+    )
+    return float(accountant.get_epsilon(delta))
 
 
 def test_a_two_round_study_records_every_round_with_verified_receipts(network: Network) -> None:
@@ -114,8 +135,11 @@ def test_a_two_round_study_records_every_round_with_verified_receipts(network: N
             receipt = signed["receipt"]
             site_key = coordinator.site_key(receipt["site"])
             verify_document(site_key, RECEIPT_DOMAIN, receipt, signed["signature"])
-            recomputed = _prv_epsilon(receipt["history"], receipt["delta"])
+            assert (receipt["accountant"], receipt["neighbouring"]) == ("pld", "replace-one")
+            recomputed = _replace_one_epsilon(receipt["history"], receipt["delta"])
             assert abs(recomputed - receipt["epsilon"]) <= 1e-6
+            add_remove = _prv_epsilon(receipt["history"], receipt["delta"])
+            assert abs(add_remove - receipt["epsilon_add_remove"]) <= 1e-6
             assert receipt["epsilon"] <= study.epsilon_caps[receipt["site"]]
     finished = coordinator.run_finished(run_id)
     assert finished is not None
@@ -188,6 +212,36 @@ def test_a_site_over_its_cap_is_refused_and_recorded_and_the_run_goes_on(network
     ]
     assert len(refusals) == 1
     assert refusals[0].payload["epsilon_requested"] > caps["hospital-c"]
+    coordinator.ledger.verify(coordinator.root_key.public)
+
+
+def test_a_withdrawn_approval_is_refused_at_the_site_and_the_refusal_reaches_the_ledger(
+    network: Network,
+) -> None:
+    coordinator = network.coordinator
+    study = _study("bc-withdrawn", rounds=1, min_sites=2)
+    coordinator.propose_study(study.to_document())
+    for name in SITES:
+        statement = approve(network.sites[name], study, epsilon_cap=3.0)
+        coordinator.record_statement(statement.kind, name, statement.payload, statement.signature)
+    # hospital-c's operator withdraws the approval at the site; the coordinator is not told.
+    with Site.open(network.sites["hospital-c"].directory) as site:
+        refuse_study(site, study, reason="ethics approval withdrawn")
+    run_id = coordinator.start_run(study.study_hash, poll_interval=0.1, node_wait=60)
+    with coordinator.control() as control:
+        assert control.wait(int(run_id), timeout=300).state == "finished:completed"
+
+    (recorded,) = coordinator.rounds(run_id)
+    assert recorded["participants"] == ["hospital-a", "hospital-b"]
+    assert [(r["site"], r["kind"]) for r in recorded["refused"]] == [
+        ("hospital-c", "approval.missing")
+    ]
+    (refusal,) = [
+        e
+        for e in coordinator.ledger.iter_entries(kind="approval.missing", actor="hospital-c")
+        if e.payload["run_id"] == run_id
+    ]
+    assert "ethics approval withdrawn" in refusal.payload["reason"]
     coordinator.ledger.verify(coordinator.root_key.public)
 
 

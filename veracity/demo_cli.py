@@ -39,9 +39,10 @@ def demo(
     model, inference, ledger = summary["model"], summary["inference"], summary["ledger"]
     emit_table(
         "Sites",
-        ["site", "patients", "epsilon spent", "epsilon cap"],
+        ["site", "patients", "epsilon spent (replace-one)", "add/remove figure", "epsilon cap"],
         [
             [s["name"], s["rows"], f"{s['epsilon']:.3f}" if s["epsilon"] is not None else "-",
+             f"{s['epsilon_add_remove']:.3f}" if s["epsilon_add_remove"] is not None else "-",
              s["epsilon_cap"]]
             for s in summary["sites"]
         ],

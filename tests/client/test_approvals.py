@@ -15,7 +15,7 @@ from veracity.client.approvals import (
     refuse_study,
     review_study,
 )
-from veracity.client.budget import Segment, prv_epsilon
+from veracity.client.budget import Segment, replace_one_epsilon
 from veracity.client.site import Site
 from veracity.crypto.keys import load_verify_key
 from veracity.errors import ApprovalMissing, InputError
@@ -27,7 +27,7 @@ def test_review_projects_the_whole_study(ready_site: Site) -> None:
     review = review_study(ready_site, study, dataset_id="bc-0", epsilon_cap=3.0)
     assert review.problems == ()
     assert (review.sample_rate, review.steps_per_round, review.total_steps) == (0.2, 5, 20)
-    expected = prv_epsilon((Segment(2.0, 0.2, 20),), 1e-5)
+    expected = replace_one_epsilon((Segment(2.0, 0.2, 20),), 1e-5)
     assert review.projected_study_epsilon == review.projected_dataset_epsilon == expected
     assert review.cap_in_force == 3.0  # the smaller of 3 (allowed) and 5 (asked)
     summary = review.to_dict()

@@ -1,4 +1,4 @@
-"""Privacy histories, the PRV/RDP cross-check, Poisson sampling terms and the round check."""
+"""Privacy histories, replace-one epsilon (PLD) and its RDP cross-check, Poisson sampling."""
 
 from __future__ import annotations
 
@@ -7,6 +7,8 @@ import math
 from typing import Any
 
 import pytest
+from dp_accounting import NeighboringRelation, dp_event
+from dp_accounting.pld.pld_privacy_accountant import PLDAccountant
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from opacus.accountants import PRVAccountant, RDPAccountant
@@ -22,7 +24,7 @@ from veracity.client.budget import (
     merge_history,
     poisson_sampling,
     prv_epsilon,
-    rdp_epsilon,
+    replace_one_epsilon,
     total_steps,
 )
 from veracity.errors import InputError, VerificationError
@@ -74,41 +76,71 @@ def test_prv_epsilon_matches_an_accountant_stepped_one_step_at_a_time() -> None:
         stepped.step(noise_multiplier=3.0, sample_rate=0.1)
     history = (Segment(1.2, 0.25, 40), Segment(3.0, 0.1, 10))
     assert prv_epsilon(history, DELTA) == pytest.approx(stepped.get_epsilon(DELTA), abs=1e-9)
-    rdp = RDPAccountant()
-    rdp.history = list(stepped.history)
-    assert rdp_epsilon(history, DELTA) == pytest.approx(rdp.get_epsilon(DELTA), abs=1e-9)
+
+
+def test_replace_one_epsilon_is_google_pld_with_replace_one_neighbours() -> None:
+    # The auditor's call, built here independently of the module's own event builder.
+    history = (Segment(1.2, 0.25, 40), Segment(3.0, 0.1, 10))
+    accountant = PLDAccountant(neighboring_relation=NeighboringRelation.REPLACE_ONE)
+    accountant.compose(
+        dp_event.ComposedDpEvent(
+            [
+                dp_event.SelfComposedDpEvent(
+                    dp_event.PoissonSampledDpEvent(0.25, dp_event.GaussianDpEvent(1.2)), 40
+                ),
+                dp_event.SelfComposedDpEvent(
+                    dp_event.PoissonSampledDpEvent(0.1, dp_event.GaussianDpEvent(3.0)), 10
+                ),
+            ]
+        )
+    )
+    assert replace_one_epsilon(history, DELTA) == pytest.approx(
+        accountant.get_epsilon(DELTA), abs=1e-9
+    )
+
+
+def test_replace_one_reproduces_the_figures_the_privacy_review_published() -> None:
+    # The demo's terms (issue 12): 15 steps at noise 1.6, sample rate 0.2, delta 1e-5 cost
+    # 2.70 under add/remove (dp-accounting PLD; Opacus PRV 2.709) and 4.29 under replace-one.
+    report = epsilon_report((Segment(1.6, 0.2, 15),), DELTA)
+    assert report.epsilon == pytest.approx(4.286, abs=0.001)
+    assert report.add_remove == pytest.approx(2.709, abs=0.001)
+    # ... and the review's M1 table: (1.0, 0.1, 10) 2.865 -> 3.434, (2.0, 0.05, 200) 1.571 -> 2.949.
+    assert replace_one_epsilon((Segment(1.0, 0.1, 10),), DELTA) == pytest.approx(3.434, abs=0.001)
+    assert replace_one_epsilon((Segment(2.0, 0.05, 200),), DELTA) == pytest.approx(2.949, abs=0.001)
 
 
 def test_empty_history_spends_nothing() -> None:
-    assert prv_epsilon((), DELTA) == 0.0
-    assert epsilon_report((), DELTA).rdp == 0.0
+    report = epsilon_report((), DELTA)
+    assert (report.epsilon, report.rdp, report.add_remove) == (0.0, 0.0, 0.0)
 
 
 @pytest.mark.parametrize(
     ("sigma", "rate", "steps"),
     [(0.8, 0.2, 100), (1.0, 0.125, 240), (2.993, 0.2, 100), (7.734, 0.2, 100), (1.1, 0.0043, 2000)],
 )
-def test_rdp_is_never_below_prv_in_realistic_regimes(sigma: float, rate: float, steps: int) -> None:
+def test_replace_one_is_above_add_remove_and_below_its_rdp_bound(
+    sigma: float, rate: float, steps: int
+) -> None:
     report = epsilon_report((Segment(sigma, rate, steps),), DELTA)
-    assert report.rdp >= report.prv > 0
+    assert report.rdp >= report.epsilon > report.add_remove > 0
 
 
 def test_accountants_disagreeing_fails_the_cross_check(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(budget, "rdp_epsilon", lambda history, delta: 0.01)
+    monkeypatch.setattr(budget, "rdp_replace_one_epsilon", lambda history, delta: 0.01)
     with pytest.raises(VerificationError, match="cross-check"):
         epsilon_report((Segment(1.0, 0.2, 50),), DELTA)
 
 
-def test_prv_that_cannot_bound_a_history_counts_as_infinite_and_is_refused(
+def test_pld_that_cannot_bound_a_history_counts_as_infinite_and_is_refused(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    # The failure Opacus's PRV raises for some histories (opacus#601, prv_accountant#36).
-    def fail(self: PRVAccountant, delta: float, **kwargs: object) -> float:
-        raise RuntimeError("Discrete mean differs from continuous mean significantly")
+    def fail(self: PLDAccountant, delta: float) -> float:
+        raise ValueError("the accountant cannot bound this history")
 
-    monkeypatch.setattr(PRVAccountant, "get_epsilon", fail)
+    monkeypatch.setattr(PLDAccountant, "get_epsilon", fail)
     unusual = Segment(0.61803, 0.987, 17)  # not in the cache from other tests
-    assert math.isinf(prv_epsilon((unusual,), DELTA))
+    assert math.isinf(replace_one_epsilon((unusual,), DELTA))
     refused = evaluate_round(
         dataset_history=(), study_history=(), planned=unusual,
         delta=DELTA, dataset_budget=1e9, study_cap=1e9,
@@ -116,9 +148,22 @@ def test_prv_that_cannot_bound_a_history_counts_as_infinite_and_is_refused(
     assert not refused.allowed
 
 
+def test_add_remove_falls_back_to_rdp_where_prv_fails(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The failure Opacus's PRV raises for some histories (opacus#601, prv_accountant#36).
+    def fail(self: PRVAccountant, delta: float, **kwargs: object) -> float:
+        raise RuntimeError("Discrete mean differs from continuous mean significantly")
+
+    monkeypatch.setattr(PRVAccountant, "get_epsilon", fail)
+    unusual = Segment(0.71803, 0.5, 13)
+    assert math.isinf(prv_epsilon((unusual,), DELTA))
+    rdp = RDPAccountant()
+    rdp.history = [(0.71803, 0.5, 13)]
+    assert epsilon_report((unusual,), DELTA).add_remove == pytest.approx(rdp.get_epsilon(DELTA))
+
+
 def test_round_is_allowed_exactly_up_to_the_cap() -> None:
     planned = Segment(2.0, 0.2, 5)
-    after = prv_epsilon((Segment(2.0, 0.2, 10),), DELTA)
+    after = replace_one_epsilon((Segment(2.0, 0.2, 10),), DELTA)
     common: dict[str, Any] = {
         "dataset_history": (Segment(2.0, 0.2, 5),),
         "planned": planned,
@@ -126,7 +171,7 @@ def test_round_is_allowed_exactly_up_to_the_cap() -> None:
     }
     at_cap = evaluate_round(**common, study_history=(), dataset_budget=after, study_cap=10.0)
     assert at_cap.allowed
-    assert at_cap.dataset.prv == after
+    assert at_cap.dataset.epsilon == after
     below = evaluate_round(**common, study_history=(), dataset_budget=after - 1e-9, study_cap=10.0)
     assert not below.allowed
     assert not below.dataset_allowed
@@ -142,13 +187,13 @@ def test_study_and_dataset_histories_are_checked_separately() -> None:
     )  # fmt: skip
     assert result.study.history == (planned,)
     assert result.dataset.history == (*other_study, planned)
-    assert result.study.prv < result.dataset.prv
-    assert result.allowed == (result.study.prv <= 1.0)
+    assert result.study.epsilon < result.dataset.epsilon
+    assert result.allowed == (result.study.epsilon <= 1.0)
 
 
 def test_epsilon_left_is_what_remains_and_never_negative() -> None:
     history = (Segment(2.0, 0.2, 10),)
-    spent = prv_epsilon(history, DELTA)
+    spent = replace_one_epsilon(history, DELTA)
     assert epsilon_left(5.0, history, DELTA) == pytest.approx(5.0 - spent)
     assert epsilon_left(spent / 2, history, DELTA) == 0.0
 
@@ -179,4 +224,4 @@ def test_invalid_segments_are_refused(terms: tuple[float, float, int]) -> None:
 
 def test_delta_must_be_a_probability() -> None:
     with pytest.raises(InputError, match="delta"):
-        prv_epsilon((Segment(1.0, 0.2, 5),), 0.0)
+        replace_one_epsilon((Segment(1.0, 0.2, 5),), 0.0)

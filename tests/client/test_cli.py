@@ -104,6 +104,18 @@ def test_review_approve_refuse_and_the_outbox(
     review = _json(capsys, ["site", "review", str(study_file), "--dataset", "bc-0", *base])
     assert review["total_steps"] == 25
     assert review["problems"] == []
+    study = json.loads(study_file.read_text())
+    assert review["scaling"] == study["scaling"]
+    assert review["max_weight_norm"] == 1000.0
+    capsys.readouterr()
+    assert main(["site", "review", str(study_file), "--dataset", "bc-0",
+                 "--data-dir", str(cli_site)]) == 0  # fmt: skip
+    shown = capsys.readouterr().err
+    assert "scaling (public, applied to your data before the model): " in shown
+    first = study["features"][0]
+    mean, std = study["scaling"][0]
+    assert f"{first} (x - {mean:g}) / {std:g}" in " ".join(shown.split())
+    assert "L2 norm 1000" in shown
     approved = _json(
         capsys,
         [
@@ -176,8 +188,14 @@ def test_canary_audit_passes_the_studys_dp_terms(
 ) -> None:
     audit = _json(
         capsys,
-        ["site", "canary-audit", str(study_file), "--canaries", "200", "--guesses", "40",
+        ["site", "canary-audit", str(study_file), "--rows", "152",
          "--data-dir", str(cli_site), "--format", "json"],
     )  # fmt: skip
     assert audit["flagged"] is False
-    assert audit["guesses"] == 40
+    assert audit["rows"] == 152
+    assert audit["sample_rate"] == 0.2
+    assert audit["coordinates"] >= 400
+    assert audit["false_alarm_rate"] == 0.001
+    code = main(["site", "canary-audit", str(study_file), "--data-dir", str(cli_site)])
+    assert code == 1  # neither --dataset nor --rows
+    assert "--rows" in capsys.readouterr().err

@@ -13,14 +13,21 @@ from typing import Any
 
 import numpy as np
 import pytest
+from dp_accounting import NeighboringRelation, dp_event
+from dp_accounting.pld.pld_privacy_accountant import PLDAccountant
 from opacus.accountants import PRVAccountant
 
 from tests.client.support import SITE, make_study, request_for
 from veracity.client.approvals import approve_study, refuse_study
-from veracity.client.budget import Segment, history_from_json, merge_history, prv_epsilon
+from veracity.client.budget import (
+    Segment,
+    history_from_json,
+    merge_history,
+    replace_one_epsilon,
+)
 from veracity.client.service import RECEIPT_FIELDS, Refusal, SiteAgent, TrainReply
 from veracity.client.site import Site
-from veracity.client.training import NOISE_GENERATOR_DEFAULT, PrivateTrainer
+from veracity.client.training import NOISE_GENERATOR_SEEDED, PrivateTrainer
 from veracity.core.canonical import canonical_json
 from veracity.crypto.keys import load_verify_key
 from veracity.errors import InputError, VerificationError
@@ -54,7 +61,25 @@ def _train(
 
 
 def _auditor_epsilon(receipt: dict[str, Any]) -> float:
-    """What an auditor computes from a receipt alone, with Opacus's own PRV accountant."""
+    """What an auditor computes from a receipt alone: replace-one, Google dp-accounting PLD."""
+    parsed = json.loads(canonical_json(receipt))
+    assert (parsed["accountant"], parsed["neighbouring"]) == ("pld", "replace-one")
+    accountant = PLDAccountant(neighboring_relation=NeighboringRelation.REPLACE_ONE)
+    accountant.compose(
+        dp_event.ComposedDpEvent(
+            [
+                dp_event.SelfComposedDpEvent(
+                    dp_event.PoissonSampledDpEvent(rate, dp_event.GaussianDpEvent(sigma)), steps
+                )
+                for sigma, rate, steps in parsed["history"]
+            ]
+        )
+    )
+    return float(accountant.get_epsilon(parsed["delta"]))
+
+
+def _auditor_add_remove_epsilon(receipt: dict[str, Any]) -> float:
+    """The receipt's add/remove figure, recomputed with Opacus's own PRV accountant."""
     parsed = json.loads(canonical_json(receipt))
     accountant = PRVAccountant()
     accountant.history = [tuple(entry) for entry in parsed["history"]]
@@ -82,7 +107,9 @@ def test_trained_round_returns_signed_receipt_with_exactly_the_contract_fields(
     assert dataset is not None
     assert receipt["dataset_commitment"] == dataset.commitment
     assert receipt["update_hash"] == weights_hash(reply.weights)
-    assert receipt["accountant"] == "prv"
+    assert receipt["accountant"] == "pld"
+    assert receipt["neighbouring"] == "replace-one"
+    assert receipt["noise_generator"] == reply.noise_generator
     assert receipt["delta"] == approved.dp.delta
     assert receipt["max_grad_norm"] == approved.dp.max_grad_norm
     assert receipt["num_examples"] == 152
@@ -92,7 +119,7 @@ def test_trained_round_returns_signed_receipt_with_exactly_the_contract_fields(
     assert reply.metrics["epsilon-rdp"] >= receipt["epsilon"]
     assert reply.metrics["secure-mode"] == 0.0
     assert "train-loss" not in reply.metrics  # not shared unless the operator opts in
-    assert reply.noise_generator == NOISE_GENERATOR_DEFAULT
+    assert reply.noise_generator == NOISE_GENERATOR_SEEDED
     assert set(reply.weights) == {"linear.weight", "linear.bias"}
 
 
@@ -107,12 +134,15 @@ def test_tampered_receipt_fails_verification(
         )
 
 
-def test_receipt_epsilon_equals_an_independent_opacus_accountant(
+def test_receipt_epsilons_equal_the_auditors_independent_recomputation(
     approved: Study, agent_factory: AgentFactory
 ) -> None:
     replies = _train(agent_factory(), approved, range(1, 4))
     for reply in replies:
         assert abs(reply.receipt["epsilon"] - _auditor_epsilon(reply.receipt)) <= 1e-6
+        add_remove = _auditor_add_remove_epsilon(reply.receipt)
+        assert abs(reply.receipt["epsilon_add_remove"] - add_remove) <= 1e-6
+        assert reply.receipt["epsilon"] > reply.receipt["epsilon_add_remove"]
 
 
 def test_epsilon_composes_across_rounds(approved: Study, agent_factory: AgentFactory) -> None:
@@ -124,19 +154,30 @@ def test_epsilon_composes_across_rounds(approved: Study, agent_factory: AgentFac
     single_engine = PRVAccountant()
     for _ in range(3 * STEPS_PER_ROUND):
         single_engine.step(noise_multiplier=2.0, sample_rate=RATE)
-    assert epsilons[-1] == pytest.approx(single_engine.get_epsilon(approved.dp.delta), abs=1e-9)
+    assert replies[-1].receipt["epsilon_add_remove"] == pytest.approx(
+        single_engine.get_epsilon(approved.dp.delta), abs=1e-9
+    )
+
+
+@pytest.fixture
+def approved_for_two_runs(ready_site: Site) -> Study:
+    """``make_study(runs=2)`` approved on ``bc-0`` with cap 5."""
+    study = make_study(runs=2)
+    approve_study(ready_site, study, dataset_id="bc-0", epsilon_cap=5.0)
+    return study
 
 
 def test_epsilon_composes_across_runs_and_a_restart(
-    ready_site: Site, approved: Study, agent_factory: AgentFactory
+    ready_site: Site, approved_for_two_runs: Study, agent_factory: AgentFactory
 ) -> None:
+    approved = approved_for_two_runs
     first = agent_factory()
     _train(first, approved, range(1, 3), run_id="1001")
     first.close()
     restarted = agent_factory()  # a new agent on the same store, as after a restart
     (reply,) = _train(restarted, approved, range(1, 2), run_id="2002")
     assert reply.receipt["history"] == [[2.0, RATE, 3 * STEPS_PER_ROUND]]
-    expected = prv_epsilon((Segment(2.0, RATE, 3 * STEPS_PER_ROUND),), approved.dp.delta)
+    expected = replace_one_epsilon((Segment(2.0, RATE, 3 * STEPS_PER_ROUND),), approved.dp.delta)
     assert reply.receipt["epsilon"] == expected
     assert ready_site.store.dataset_history("bc-0") == (Segment(2.0, RATE, 15),)
 
@@ -144,8 +185,9 @@ def test_epsilon_composes_across_runs_and_a_restart(
 @pytest.mark.integration
 @pytest.mark.slow
 def test_epsilon_after_restart_in_a_new_process_is_bit_identical(
-    site_dir: Path, approved: Study, agent_factory: AgentFactory
+    site_dir: Path, approved_for_two_runs: Study, agent_factory: AgentFactory
 ) -> None:
+    approved = approved_for_two_runs
     _train(agent_factory(), approved, range(1, 3))
     script = textwrap.dedent(
         f"""
@@ -174,7 +216,7 @@ def test_epsilon_after_restart_in_a_new_process_is_bit_identical(
     assert done.returncode == 0, done.stderr
     receipt = json.loads(done.stdout.strip().splitlines()[-1])
     assert receipt["history"] == [[2.0, RATE, 3 * STEPS_PER_ROUND]]
-    in_process = prv_epsilon((Segment(2.0, RATE, 15),), approved.dp.delta)
+    in_process = replace_one_epsilon((Segment(2.0, RATE, 15),), approved.dp.delta)
     assert receipt["epsilon"] == in_process  # bit-identical float after a JSON round trip
 
 
@@ -182,9 +224,9 @@ def test_round_that_would_cross_the_cap_halfway_is_refused_before_training(
     ready_site: Site, agent_factory: AgentFactory
 ) -> None:
     delta = 1e-5
-    after_two = prv_epsilon((Segment(2.0, RATE, 2 * STEPS_PER_ROUND),), delta)
-    halfway = prv_epsilon((Segment(2.0, RATE, 2 * STEPS_PER_ROUND + 2),), delta)
-    after_three = prv_epsilon((Segment(2.0, RATE, 3 * STEPS_PER_ROUND),), delta)
+    after_two = replace_one_epsilon((Segment(2.0, RATE, 2 * STEPS_PER_ROUND),), delta)
+    halfway = replace_one_epsilon((Segment(2.0, RATE, 2 * STEPS_PER_ROUND + 2),), delta)
+    after_three = replace_one_epsilon((Segment(2.0, RATE, 3 * STEPS_PER_ROUND),), delta)
     assert after_two < halfway < after_three
     study = make_study(epsilon_caps={SITE: halfway})  # crossed in the middle of round 3
     approve_study(ready_site, study, dataset_id="bc-0", epsilon_cap=halfway)
@@ -214,14 +256,14 @@ def test_round_that_would_cross_the_cap_halfway_is_refused_before_training(
 def test_refusals_repeat_and_the_cap_is_never_crossed(
     ready_site: Site, agent_factory: AgentFactory
 ) -> None:
-    cap = prv_epsilon((Segment(2.0, RATE, STEPS_PER_ROUND + 1),), 1e-5)
+    cap = replace_one_epsilon((Segment(2.0, RATE, STEPS_PER_ROUND + 1),), 1e-5)
     study = make_study(epsilon_caps={SITE: cap})
     approve_study(ready_site, study, dataset_id="bc-0", epsilon_cap=cap)
     agent = agent_factory()
     outcomes = [agent.handle_train(request_for(study, round=n)) for n in range(1, 5)]
     assert isinstance(outcomes[0], TrainReply)
     assert all(isinstance(o, Refusal) and o.kind == "budget.refused" for o in outcomes[1:])
-    spent = prv_epsilon(ready_site.store.dataset_history("bc-0"), 1e-5)
+    spent = replace_one_epsilon(ready_site.store.dataset_history("bc-0"), 1e-5)
     assert spent <= cap
 
 
@@ -230,7 +272,7 @@ def test_dataset_budget_composes_across_studies_and_refuses_the_second(
 ) -> None:
     from veracity.client.datasets import register_dataset
 
-    budget = prv_epsilon((Segment(2.0, RATE, 2 * STEPS_PER_ROUND + 1),), 1e-5)
+    budget = replace_one_epsilon((Segment(2.0, RATE, 2 * STEPS_PER_ROUND + 1),), 1e-5)
     register_dataset(site, dataset_id="bc-0", path=bc_csv, label="diagnosis", epsilon_budget=budget)
     first, second = make_study(study_id="first"), make_study(study_id="second")
     approve_study(site, first, dataset_id="bc-0", epsilon_cap=5.0)

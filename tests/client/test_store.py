@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,7 +14,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 
 from veracity.client.budget import EpsilonReport, History, RoundBudget, Segment, merge_history
-from veracity.client.migrations import current_revision, head_revision
+from veracity.client.migrations import HISTORY, current_revision, head_revision
 from veracity.client.store import (
     VERSION_TABLE,
     Base,
@@ -51,7 +52,7 @@ def _dataset(dataset_id: str = "cohort", digest: str = "d" * 64) -> Dataset:
         dataset_id=dataset_id, path=Path("/data/cohort.csv"), file_format="csv",
         file_sha256="f" * 64, content_digest=digest, salt=bytes(32), commitment="c" * 64,
         schema_hash="s" * 64, label="outcome", features=("age", "bmi"), rows=100, positives=40,
-        epsilon_budget=3.0, delta=1e-5, registered_at=NOW,
+        epsilon_budget=3.0, delta=1e-5, registered_at=NOW, pool_id=dataset_id,
     )  # fmt: skip
 
 
@@ -59,7 +60,7 @@ def _budget(before: History, planned: Segment, limit: int) -> RoundBudget:
     """A stand-in budget rule: allowed while the total steps stay within ``limit``."""
     after = merge_history([*before, planned])
     steps = float(sum(s.steps for s in after))
-    report = EpsilonReport(history=after, delta=1e-5, prv=steps, rdp=steps)
+    report = EpsilonReport(history=after, delta=1e-5, epsilon=steps, rdp=steps, add_remove=steps)
     return RoundBudget(
         planned=planned, dataset=report, study=report, dataset_budget=limit, study_cap=limit
     )
@@ -92,6 +93,22 @@ def test_reopening_keeps_the_data(store_url: str) -> None:
         first.add_dataset(_dataset(), _statement("dataset.registered", 1))
     with SiteStore.open(store_url) as second:
         assert second.get_dataset("cohort") == _dataset()
+
+
+def test_a_store_from_before_budget_pools_is_upgraded_one_pool_per_dataset(
+    store_url: str,
+) -> None:
+    with SiteStore.open(store_url) as store:
+        store.add_dataset(_dataset(), _statement("dataset.registered", 1))
+        store.add_dataset(_dataset("second", "e" * 64), _statement("dataset.registered", 2))
+    engine = create_store_engine(store_url)
+    with engine.begin() as connection:
+        HISTORY.run(connection, "downgrade", "0001_site_store")
+    engine.dispose()
+    with SiteStore.open(store_url) as store:
+        assert store.pool("cohort").datasets == ("cohort",)
+        assert store.pool("second").datasets == ("second",)
+        assert not store.has_fingerprints("cohort")
 
 
 def test_a_store_from_a_newer_veracity_is_refused(store_url: str) -> None:
@@ -162,7 +179,7 @@ def test_reservations_count_whatever_happens_to_the_round(store: SiteStore) -> N
     for number, study in enumerate(["x" * 64, "y" * 64, "x" * 64]):
         budget, _, _, spend_id = store.reserve_round(
             dataset_id="cohort", study_hash=study, run_id="r", round=number, planned=planned,
-            evaluate=lambda d, s: _budget(d, planned, 100), now=NOW,
+            evaluate=lambda d, s, _pool: _budget(d, planned, 100), now=NOW,
         )  # fmt: skip
         assert spend_id is not None
         assert budget.allowed
@@ -176,12 +193,53 @@ def test_reservations_count_whatever_happens_to_the_round(store: SiteStore) -> N
         store.finish_spend(ids[0], status="failed", now=NOW)
 
 
+def test_datasets_that_share_records_draw_from_one_budget_pool(store: SiteStore) -> None:
+    def add(name: str, number: int, fingerprints: set[str], budget: float = 3.0) -> Any:
+        dataset = dataclasses.replace(
+            _dataset(name, digest=f"{number:064x}"), epsilon_budget=budget
+        )
+        return store.add_dataset(
+            dataset, _statement("dataset.registered", number), record_fingerprints=fingerprints
+        )
+
+    first = add("a-cohort", 1, {"01" * 16, "02" * 16, "03" * 16})
+    extract = add("b-extract", 2, {"03" * 16, "04" * 16}, budget=5.0)
+    other = add("c-other", 3, {"09" * 16})
+    bridge = add("d-bridge", 4, {"04" * 16, "09" * 16}, budget=2.0)
+
+    assert (first.pool_id, first.shared) == ("a-cohort", {})
+    assert (extract.pool_id, extract.shared) == ("a-cohort", {"a-cohort": 1})
+    assert other.pool_id == "c-other"
+    # Records shared with both pools merge them into the older one.
+    assert bridge.pool_id == "a-cohort"
+    assert bridge.shared == {"b-extract": 1, "c-other": 1}
+    pool = store.pool("c-other")
+    assert pool.datasets == ("a-cohort", "b-extract", "c-other", "d-bridge")
+    assert pool.epsilon_budget == 2.0  # the smallest budget of the pool binds
+    planned = Segment(2.0, 0.2, 5)
+    for name in ("a-cohort", "c-other"):
+        _, _, _, spend_id = store.reserve_round(
+            dataset_id=name, study_hash="x" * 64, run_id="r", round=1, planned=planned,
+            evaluate=lambda d, s, _pool: _budget(d, planned, 100), now=NOW,
+        )  # fmt: skip
+        assert spend_id is not None
+    # Every dataset of the pool sees every spend on any of them.
+    assert store.dataset_history("b-extract") == (Segment(2.0, 0.2, 10),)
+    assert store.shared_records("b-extract") == {"a-cohort": 1, "d-bridge": 1}
+
+
+def test_the_record_key_is_made_once_and_kept(store: SiteStore) -> None:
+    key = store.record_key()
+    assert len(key) == 32
+    assert store.record_key() == key
+
+
 def test_a_refused_reservation_writes_nothing(store: SiteStore) -> None:
     store.add_dataset(_dataset(), _statement("dataset.registered", 1))
     planned = Segment(2.0, 0.2, 5)
     budget, _, _, spend_id = store.reserve_round(
         dataset_id="cohort", study_hash="x" * 64, run_id="r", round=1, planned=planned,
-        evaluate=lambda d, s: _budget(d, planned, 4), now=NOW,
+        evaluate=lambda d, s, _pool: _budget(d, planned, 4), now=NOW,
     )  # fmt: skip
     assert spend_id is None
     assert not budget.allowed
@@ -189,7 +247,7 @@ def test_a_refused_reservation_writes_nothing(store: SiteStore) -> None:
     with pytest.raises(InputError, match="no dataset"):
         store.reserve_round(
             dataset_id="ghost", study_hash="x" * 64, run_id="r", round=1, planned=planned,
-            evaluate=lambda d, s: _budget(d, planned, 100), now=NOW,
+            evaluate=lambda d, s, _pool: _budget(d, planned, 100), now=NOW,
         )  # fmt: skip
 
 
@@ -203,7 +261,7 @@ def test_concurrent_reservations_never_overspend(store_url: str, store: SiteStor
         with SiteStore.open(store_url) as own:  # each worker its own connection, like a process
             _, _, _, spend_id = own.reserve_round(
                 dataset_id="cohort", study_hash="x" * 64, run_id="r", round=1, planned=planned,
-                evaluate=lambda d, s: _budget(d, planned, 3), now=NOW,
+                evaluate=lambda d, s, _pool: _budget(d, planned, 3), now=NOW,
             )  # fmt: skip
         with lock:
             results.append(spend_id)

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import sys
-import types
 from typing import Any
 
 import numpy as np
@@ -15,7 +12,8 @@ from torch import nn
 
 from veracity.client.budget import Segment
 from veracity.client.training import (
-    NOISE_GENERATOR_SECURE,
+    NOISE_GENERATOR,
+    NOISE_GENERATOR_SEEDED,
     PrivateTrainer,
     _LinearGhostClipping,
     configure_threads,
@@ -194,52 +192,45 @@ def test_accountant_starts_from_the_loaded_history_and_adds_the_round() -> None:
     assert trainer.planned_segment(2) == Segment(2.0, 1 / 3, 6)
 
 
-def test_secure_mode_without_torchcsprng_is_a_configuration_error(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    monkeypatch.setitem(sys.modules, "torchcsprng", None)  # import torchcsprng -> ImportError
-    x, y = _data(20, 4)
-    with pytest.raises(ConfigError, match="torchcsprng"):
-        _trainer(_spec(ModelFamily.LOGISTIC, 4), x, y, secure_mode=True, seed=None)
-
-
-@pytest.mark.training
 @pytest.mark.parametrize("clipping", ENGINES)
-def test_secure_mode_draws_noise_and_samples_from_the_secure_generator(
+def test_noise_and_samples_come_from_chacha20_never_from_torchs_generators(
     clipping: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # A stand-in for torchcsprng (no build exists for this torch): a generator seeded from
-    # os.urandom. It exercises Opacus's secure path and our plumbing, not the CSPRNG itself.
-    stand_in = types.ModuleType("torchcsprng")
-    made: list[torch.Generator] = []
+    # torch.normal / torch.rand / torch.randn are torch's Mersenne Twister (Opacus's noise
+    # and sampler used them): any call during training is a failure.
+    def forbidden(*_args: Any, **_kwargs: Any) -> Any:
+        raise AssertionError("training drew from torch's Mersenne Twister")
 
-    def create_random_device_generator(_path: str) -> torch.Generator:
-        generator = torch.Generator().manual_seed(int.from_bytes(os.urandom(8), "big") >> 1)
-        made.append(generator)
-        return generator
-
-    stand_in.create_random_device_generator = create_random_device_generator  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "torchcsprng", stand_in)
     spec = _spec(ModelFamily.LOGISTIC, 4)
     x, y = _data(40, 4)
     trainer = _trainer(
-        spec,
-        x,
-        y,
-        noise_multiplier=1.0,
-        batch_size=10,
-        secure_mode=True,
-        seed=None,
-        clipping=clipping,
+        spec, x, y, noise_multiplier=1.0, batch_size=10, seed=None, clipping=clipping
     )
-    assert trainer.noise_generator == NOISE_GENERATOR_SECURE
-    assert trainer.optimizer.secure_mode is True
-    assert trainer.optimizer.generator is made[0]
-    sampler = trainer.loader.batch_sampler
-    assert isinstance(sampler, UniformWithReplacementSampler)
-    assert sampler.generator is made[0]
-    result = trainer.train_round(model_weights(build_model(spec)), epochs=1)
-    assert result.steps == 4
+    for name in ("normal", "rand", "randn", "randint", "bernoulli"):
+        monkeypatch.setattr(torch, name, forbidden)
+    result = trainer.train_round(model_weights(build_model(spec)), epochs=2)
+
+    assert result.steps == 8
+    assert trainer.noise_generator == NOISE_GENERATOR
+    assert trainer.noise_generator.startswith("chacha20 (key from os.urandom)")
+    assert trainer.secure_mode is True
+
+
+def test_seeded_trainers_repeat_and_say_so() -> None:
+    spec = _spec(ModelFamily.LOGISTIC, 4)
+    x, y = _data(40, 4)
+    initial = model_weights(build_model(spec, seed=0))
+    runs = [
+        _trainer(spec, x, y, noise_multiplier=1.0, batch_size=10, seed=seed).train_round(
+            initial, epochs=1
+        )
+        for seed in (3, 3, 4)
+    ]
+    assert _flat(runs[0].weights).tolist() == _flat(runs[1].weights).tolist()
+    assert _flat(runs[0].weights).tolist() != _flat(runs[2].weights).tolist()
+    seeded = _trainer(spec, x, y, seed=3)
+    assert seeded.noise_generator == NOISE_GENERATOR_SEEDED
+    assert seeded.secure_mode is False
 
 
 def test_a_seed_cannot_be_injected_in_secure_mode() -> None:

@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 from veracity.contracts.base import Payload, SiteStatement
 from veracity.contracts.events import (
     KINDS,
+    ApprovalMissingStatement,
     ROOT_ACTOR,
     BudgetRefused,
     CheckpointCosigned,
@@ -98,6 +99,7 @@ def scenarios(draw: st.DrawFn) -> dict[str, Any]:
         "receipt": {
             "delta": draw(st.floats(min_value=1e-12, max_value=0.5)),
             "epsilon": draw(non_negative),
+            "epsilon_add_remove": draw(non_negative),
             "history": draw(histories()),
             "max_grad_norm": draw(positive),
             "num_examples": draw(counts),
@@ -182,7 +184,8 @@ def _record_every_kind(recorder: _Recorder, drawn: dict[str, Any]) -> None:
     receipt = Receipt(
         site=first, study=study_hash, round=drawn["round"], run_id=drawn["run_id"],
         dataset_id=drawn["dataset_id"], dataset_commitment=drawn["dataset"]["commitment"],
-        update_hash=h[3], accountant="prv", **drawn["receipt"],
+        update_hash=h[3], accountant="pld", neighbouring="replace-one",
+        noise_generator="ChaCha20", **drawn["receipt"],
     )  # fmt: skip
     signature = sign_document(recorder.keys[first], RECEIPT_DOMAIN, receipt.to_json())
     recorder.root_event(
@@ -200,6 +203,13 @@ def _record_every_kind(recorder: _Recorder, drawn: dict[str, Any]) -> None:
             run_id=drawn["run_id"], round=drawn["round"],
             epsilon_requested=drawn["epsilon_requested"], epsilon_left=drawn["epsilon_left"],
             signed_at=drawn["signed_at"],
+        ),
+    )  # fmt: skip
+    recorder.site_event(
+        second,
+        ApprovalMissingStatement(
+            site=second, study_hash=study_hash, run_id=drawn["run_id"], round=drawn["round"],
+            reason=drawn["refusal_reason"], signed_at=drawn["signed_at"],
         ),
     )  # fmt: skip
     recorder.root_event(

@@ -123,12 +123,15 @@ def receipt_for(
         "dataset_id": dataset_id,
         "dataset_commitment": hashlib.sha256(f"{site}/{dataset_id}".encode()).hexdigest(),
         "update_hash": hashlib.sha256(f"update/{site}/{number}".encode()).hexdigest(),
-        "accountant": "prv",
+        "accountant": "pld",
+        "neighbouring": "replace-one",
         "delta": 1e-05,
         "epsilon": 0.5 * number,
+        "epsilon_add_remove": 0.3 * number,
         "history": [[1.1, 0.05, 40 * number]],
         "max_grad_norm": 1.0,
         "num_examples": 152,
+        "noise_generator": "chacha20",
     }
 
 

@@ -66,6 +66,14 @@ VALID: dict[str, dict[str, Any]] = {
         "epsilon_left": 0.2,
         "signed_at": TS,
     },
+    "approval.missing": {
+        "site": "hospital-a",
+        "study_hash": H,
+        "run_id": "1",
+        "round": 500,
+        "reason": "study bc-test has 3 rounds; round 500 is not part of it",
+        "signed_at": TS,
+    },
     "model.released": {
         "model_hash": H,
         "run_id": "1",

@@ -8,6 +8,7 @@ import uuid
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -49,17 +50,28 @@ class _SitesGrid(Grid):
     """Flower's Grid contract in one process: each site answers a training message with
     the global model moved by a small step and a receipt signed with its key."""
 
-    def __init__(self, sites: dict[str, SiteIdentity], study_hash: str) -> None:
+    def __init__(
+        self,
+        sites: dict[str, SiteIdentity],
+        study_hash: str,
+        run_id: str = RUN,
+        *,
+        gone_after_round: dict[int, int] | None = None,
+    ) -> None:
         self.sites = sites
         self.study_hash = study_hash
+        self.run_id = run_id
         self.replies: dict[str, Message] = {}
+        #: node -> the last round it answers; after it, the node is no longer connected.
+        self.gone_after_round = gone_after_round or {}
+        self.last_round = 0
 
     def set_run(self, run: Run) -> None:
         """Not needed in process."""
 
     @property
     def run(self) -> Run:
-        return Run.create_empty(int(RUN))
+        return Run.create_empty(int(self.run_id))
 
     def create_message(
         self,
@@ -71,11 +83,14 @@ class _SitesGrid(Grid):
     ) -> Message:
         return Message(content, dst_node_id, message_type, ttl=ttl, group_id=group_id)
 
+    def _connected(self) -> list[int]:
+        return [n for n in NODES if self.last_round < self.gone_after_round.get(n, 10**6)]
+
     def get_node_ids(self) -> Iterable[int]:
-        return list(NODES)
+        return self._connected()
 
     def get_nodes(self) -> Iterable[NodeInfo]:
-        return [NodeInfo(node_id=node, name=name) for node, name in NODES.items()]
+        return [NodeInfo(node_id=node, name=NODES[node]) for node in self._connected()]
 
     def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
         ids = []
@@ -96,6 +111,7 @@ class _SitesGrid(Grid):
     def _answer(self, request: Message) -> Message:
         site = self.sites[NODES[request.metadata.dst_node_id]]
         server_round = int(str(request.content["config"]["server-round"]))
+        self.last_round = max(self.last_round, server_round)
         current = weights_from_record(request.content.array_records["arrays"])
         step = 0.01 * (request.metadata.dst_node_id - 10)
         weights = {name: (array + step).astype(np.float32) for name, array in current.items()}
@@ -103,7 +119,7 @@ class _SitesGrid(Grid):
             site=site.name,
             study=self.study_hash,
             round=server_round,
-            run_id=RUN,
+            run_id=self.run_id,
             update_hash=weights_hash(weights),
             epsilon=0.5 * server_round,
             history=[[1.7, 0.1, 10 * server_round]],
@@ -141,7 +157,7 @@ def network(tmp_path: Path) -> Iterator[_Network]:
         coordinator.close()
 
 
-def _run(network: _Network, *, max_epsilon: float, rounds: int) -> Study:
+def _propose(network: _Network, *, max_epsilon: float, rounds: int, **terms: Any) -> Study:
     coordinator = network.coordinator
     plain = breast_cancer_study(
         study_id=f"bc-central-{max_epsilon}",
@@ -149,6 +165,7 @@ def _run(network: _Network, *, max_epsilon: float, rounds: int) -> Study:
         noise_multiplier=1.7,
         code_hash=build_fab().fab_hash,
         rounds=rounds,
+        **terms,
     )
     central = {"noise_multiplier": 1.0, "clipping_norm": 1.0, "max_epsilon": max_epsilon}
     study = parse_study({**plain.to_document(), "central_dp": {**central, "delta": 1e-5}})
@@ -160,11 +177,22 @@ def _run(network: _Network, *, max_epsilon: float, rounds: int) -> Study:
         }  # fmt: skip
         signature = sign_statement(site.key, "study.approved", site.name, approval)
         coordinator.record_statement("study.approved", site.name, approval, signature)
+    return study
+
+
+def _run(network: _Network, *, max_epsilon: float, rounds: int) -> Study:
+    study = _propose(network, max_epsilon=max_epsilon, rounds=rounds)
+    _execute(network, study)
+    return study
+
+
+def _execute(network: _Network, study: Study, run_id: str = RUN, **grid_terms: Any) -> None:
+    coordinator = network.coordinator
     coordinator.ledger.append(
         "run.started",
         ROOT_ACTOR,
         {
-            "run_id": RUN,
+            "run_id": run_id,
             "study_hash": study.study_hash,
             "fab_hash": study.code_hash,
             "config_hash": canonical_hash({}),
@@ -173,9 +201,10 @@ def _run(network: _Network, *, max_epsilon: float, rounds: int) -> Study:
         },
         signer=coordinator.root_key,
     )
-    grid = PollingGrid(_SitesGrid(network.sites, study.study_hash), poll_interval=0.01)
+    sites_grid = _SitesGrid(network.sites, study.study_hash, run_id, **grid_terms)
+    grid = PollingGrid(sites_grid, poll_interval=0.01)
     settings = RunSettings(
-        run_id=RUN,
+        run_id=run_id,
         study_hash=study.study_hash,
         fab_hash=study.code_hash,
         round_timeout=5.0,
@@ -183,7 +212,6 @@ def _run(network: _Network, *, max_epsilon: float, rounds: int) -> Study:
         started_timeout=1.0,
     )
     execute_run(coordinator, grid, settings)
-    return study
 
 
 def test_reaching_max_epsilon_stops_the_run_and_releases_the_last_model(
@@ -233,3 +261,96 @@ def test_a_budget_too_small_for_one_round_ends_the_run_without_a_model(
     assert finished["model_hash"] is None
     assert "round 1 would take epsilon past max_epsilon 4.0" in finished["reason"]
     assert list(coordinator.ledger.iter_entries(kind="model.released")) == []
+
+
+def test_the_client_level_accountant_composes_across_runs_of_a_study(
+    network: _Network,
+) -> None:
+    coordinator = network.coordinator
+    # noise 1.0, no amplification: 4.73 after one release, 7.08 after two, 8.93 after three,
+    # 10.5 after four (Flower's RDP); the budget of 10 allows three releases in all.
+    study = _propose(network, max_epsilon=10.0, rounds=2, runs=2)
+    _execute(network, study, "7")
+    _execute(network, study, "8")
+
+    first, second = coordinator.rounds("7"), coordinator.rounds("8")
+    assert [r["metrics"]["client-level-epsilon"] for r in first] == pytest.approx(
+        [4.728507, 7.077392], abs=1e-6
+    )
+    # Before, the second run's accountant started from zero: 4.73 again, and two rounds.
+    (only,) = second
+    assert only["metrics"]["client-level-epsilon"] > 7.077392
+    finished = coordinator.run_finished("8")
+    assert finished is not None
+    assert finished["status"] == "stopped"
+    assert finished["rounds_completed"] == 1
+    assert "round 2 would take epsilon past max_epsilon 10.0" in finished["reason"]
+    assert "over 3 round(s)" in finished["reason"]
+
+
+def test_the_card_reports_client_level_replace_one_epsilon_and_the_trust_it_needs(
+    network: _Network,
+) -> None:
+    from dp_accounting import dp_event
+    from dp_accounting.rdp import rdp_privacy_accountant
+
+    _run(network, max_epsilon=10.0, rounds=2)
+    coordinator = network.coordinator
+    rounds = coordinator.rounds(RUN)
+    # Replacing one of n clipped updates moves the mean by 2C/n: noise multiplier 1.0 / 2.
+    expected = []
+    for releases in (1, 2):
+        accountant = rdp_privacy_accountant.RdpAccountant()
+        accountant.compose(dp_event.GaussianDpEvent(0.5), releases)
+        expected.append(accountant.get_epsilon(1e-5))
+    replaced = [r["metrics"]["client-level-epsilon-replace-one"] for r in rounds]
+    assert replaced == pytest.approx(expected, abs=1e-9)
+    assert all(
+        r["metrics"]["client-level-epsilon-replace-one"] > r["metrics"]["client-level-epsilon"]
+        for r in rounds
+    )
+    (released,) = [e.payload for e in coordinator.ledger.iter_entries(kind="model.released")]
+    card = ModelRegistry(coordinator.paths.models).get(released["model_hash"]).card
+    client_level = card["privacy"]["client_level"]
+    assert client_level["epsilon_replace_one"] == replaced[-1]
+    assert "not against the coordinator" in client_level["trust"]
+
+
+def test_a_site_that_goes_offline_under_central_dp_ends_the_run_with_run_finished(
+    network: _Network,
+) -> None:
+    coordinator = network.coordinator
+    study = _propose(network, max_epsilon=50.0, rounds=3, min_sites=2)
+
+    # hospital-c answers round 1 and is gone from round 2: before, Flower raised
+    # "The configured sample size does not match num_sampled_clients: 2 != 3" and the run
+    # died without run.finished.
+    _execute(network, study, RUN, gone_after_round={13: 1})
+
+    assert [r["round"] for r in coordinator.rounds(RUN)] == [1]
+    finished = coordinator.run_finished(RUN)
+    assert finished is not None
+    assert finished["status"] == "insufficient_sites"
+    assert "central DP needs every one of the 3 site(s)" in finished["reason"]
+    assert finished["model_hash"] is None
+    coordinator.ledger.verify(coordinator.root_key.public)
+
+
+def test_an_unexpected_error_in_a_run_is_recorded_as_failed_with_its_reason(
+    network: _Network, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    coordinator = network.coordinator
+    study = _propose(network, max_epsilon=50.0, rounds=2)
+
+    def broken(*_args: object, **_kwargs: object) -> None:
+        raise RuntimeError("the disk is full")
+
+    monkeypatch.setattr("veracity.server.study_run.release_model", broken)
+    with pytest.raises(RuntimeError, match="disk is full"):
+        _execute(network, study, RUN)
+
+    finished = coordinator.run_finished(RUN)
+    assert finished is not None
+    assert finished["status"] == "failed"
+    assert finished["reason"] == "internal error: RuntimeError: the disk is full"
+    assert finished["rounds_completed"] == 2

@@ -5,6 +5,7 @@ from typing import Any
 
 import pytest
 
+from tests.factories import receipt_document
 from veracity.contracts.messages import ReceiptRecord, RefusalRecord
 from veracity.crypto.keys import SigningKey, generate_signing_key
 from veracity.errors import InputError, SignatureError, VerificationError
@@ -15,30 +16,15 @@ STUDY = "ab" * 32
 
 
 def _receipt(**changes: Any) -> dict[str, Any]:
-    receipt: dict[str, Any] = {
-        "site": "hospital-a",
-        "study": STUDY,
-        "round": 2,
-        "run_id": "1234567890123456789",
-        "dataset_id": "bc",
-        "dataset_commitment": "cd" * 32,
-        "update_hash": "ef" * 32,
-        "accountant": "prv",
-        "delta": 1e-5,
-        "epsilon": 1.25,
-        "history": [[1.1, 0.2, 10]],
-        "max_grad_norm": 1.0,
-        "num_examples": 150,
+    return {
+        **receipt_document(round=2, run_id="1234567890123456789", epsilon=1.25),
+        **changes,
     }
-    receipt.update(changes)
-    return receipt
 
 
 def _check(receipt: dict[str, Any], key: SigningKey, *, signer: SigningKey | None = None) -> Any:
     signature = sign_document(signer or key, RECEIPT_DOMAIN, receipt)
-    record = ReceiptRecord(
-        receipt_json=json.dumps(receipt), signature=signature, noise_generator="test"
-    )
+    record = ReceiptRecord(receipt_json=json.dumps(receipt), signature=signature)
     return check_receipt(
         record,
         site="hospital-a",
@@ -93,6 +79,7 @@ def test_a_receipt_with_missing_or_extra_fields_is_refused() -> None:
         # The ledger's round.completed schema refuses both: so must the coordinator's check,
         # or one such receipt would fail the whole round's record instead of one site.
         ({"accountant": "rdp"}, "accountant"),
+        ({"neighbouring": "add-remove"}, "neighbouring"),
         ({"epsilon": -1.0}, "epsilon"),
         ({"epsilon": 1e17}, "epsilon"),
         ({"history": [[1.1, 0.2]]}, "history"),

@@ -108,3 +108,29 @@ def test_invalid_central_dp_terms_are_refused_naming_the_field(
 ) -> None:
     with pytest.raises(InputError, match=f"central_dp.{message}"):
         parse_study(_document(central_dp={**CENTRAL_DP, **changes}))
+
+
+def test_the_weight_bound_is_left_out_at_its_default_and_hashed_otherwise() -> None:
+    default = parse_study(_document())
+    declared = parse_study(_document(max_weight_norm=50.0))
+
+    assert default.max_weight_norm == 1000.0
+    assert "max_weight_norm" not in default.to_document()
+    assert parse_study(_document(max_weight_norm=1000.0)).study_hash == HASH_WITHOUT_CENTRAL_DP
+    assert declared.to_document()["max_weight_norm"] == 50.0
+    assert declared.study_hash != default.study_hash
+    with pytest.raises(InputError, match="max_weight_norm"):
+        parse_study(_document(max_weight_norm=float("inf")))
+
+
+def test_runs_are_left_out_at_their_default_and_hashed_otherwise() -> None:
+    default = parse_study(_document())
+    twice = parse_study(_document(runs=2))
+
+    assert default.runs == 1
+    assert "runs" not in default.to_document()
+    assert parse_study(_document(runs=1)).study_hash == HASH_WITHOUT_CENTRAL_DP
+    assert twice.to_document()["runs"] == 2
+    assert twice.study_hash != default.study_hash
+    with pytest.raises(InputError, match="runs"):
+        parse_study(_document(runs=0))

@@ -28,8 +28,8 @@ from veracity.client.budget import (
     merge_history,
     poisson_sampling,
 )
-from veracity.client.site import Site, secure_mode_available
-from veracity.client.store import Dataset, Decision, SignedStatement
+from veracity.client.site import Site
+from veracity.client.store import Dataset, Decision, Pool, SignedStatement
 from veracity.contracts.events import StudyApproved, StudyRefused
 from veracity.errors import ApprovalMissing, InputError
 from veracity.tasks.study import Study, parse_study
@@ -103,6 +103,7 @@ class StudyReview:
     projected_study_epsilon: float | None = None
     projected_dataset_epsilon: float | None = None
     dataset_epsilon_now: float | None = None
+    pool: Pool | None = None
     problems: tuple[str, ...] = ()
     warnings: tuple[str, ...] = ()
 
@@ -129,16 +130,24 @@ class StudyReview:
             "model": study.model,
             "features": list(study.features),
             "label": study.label,
+            "scaling": [[mean, std] for mean, std in study.scaling],
+            "max_weight_norm": study.max_weight_norm,
             "dp": study.dp.model_dump(mode="json"),
             "training": study.training.model_dump(mode="json"),
             "rounds": study.rounds,
+            "runs": study.runs,
             "code_hash": study.code_hash,
             "study_epsilon_cap": self.study_cap,
             "approved_epsilon_cap": self.epsilon_cap,
             "epsilon_cap_in_force": self.cap_in_force,
             "dataset_id": self.dataset.dataset_id if self.dataset else None,
             "dataset_rows": self.dataset.rows if self.dataset else None,
-            "dataset_epsilon_budget": self.dataset.epsilon_budget if self.dataset else None,
+            "dataset_epsilon_budget": self.pool.epsilon_budget if self.pool else None,
+            "budget_pool": (
+                {"pool_id": self.pool.pool_id, "datasets": list(self.pool.datasets)}
+                if self.pool
+                else None
+            ),
             "dataset_epsilon_now": self.dataset_epsilon_now,
             "sample_rate": self.sample_rate,
             "steps_per_round": self.steps_per_round,
@@ -157,9 +166,9 @@ def review_study(
 
     Problems (which block an approval): the study does not name this site; the dataset is
     not registered, lacks a study column, or has another label; the study's delta is
-    weaker than the dataset's; it needs secure mode that this site cannot provide; the cap
-    is not a positive number. Warnings: the full study would pass the cap in force or the
-    dataset's budget, so its last rounds would be refused.
+    weaker than its budget pool's; the cap is not a positive number. Warnings: the full
+    study would pass the cap in force or the dataset's budget, so its last rounds would be
+    refused; the dataset shares its budget pool with other datasets.
     """
     problems: list[str] = []
     warnings: list[str] = []
@@ -170,8 +179,6 @@ def review_study(
         )
     if epsilon_cap is not None and not (math.isfinite(epsilon_cap) and epsilon_cap > 0):
         problems.append(f"epsilon cap {epsilon_cap!r} must be positive and finite")
-    if study.dp.secure_mode and not (site.config.secure_mode or secure_mode_available()):
-        problems.append("the study requires secure mode; torchcsprng is not installed here")
     dataset = site.store.get_dataset(dataset_id) if dataset_id is not None else None
     if dataset_id is not None and dataset is None:
         problems.append(f"no dataset {dataset_id!r} is registered at this site")
@@ -189,30 +196,40 @@ def review_study(
             f"dataset {dataset.dataset_id!r} has no column {missing[0]!r} "
             f"({len(missing)} of the study's features are missing)"
         )
-    if study.dp.delta > dataset.delta:
+    pool = site.store.pool(dataset.dataset_id)
+    if study.dp.delta > pool.delta:
         problems.append(
             f"the study's delta {study.dp.delta:g} is weaker than dataset "
-            f"{dataset.dataset_id!r}'s budget delta {dataset.delta:g}"
+            f"{dataset.dataset_id!r}'s budget delta {pool.delta:g}"
         )
     sampling = poisson_sampling(dataset.rows, study.training.batch_size)
     per_round = sampling.segment(study.dp.noise_multiplier, study.training.local_epochs)
-    whole = sampling.segment(study.dp.noise_multiplier, study.training.local_epochs * study.rounds)
+    whole = sampling.segment(
+        study.dp.noise_multiplier, study.training.local_epochs * study.rounds * study.runs
+    )
     dataset_history = site.store.dataset_history(dataset.dataset_id)
     study_history = site.store.study_history(dataset.dataset_id, study.study_hash)
     projected_dataset = epsilon_report(merge_history([*dataset_history, whole]), study.dp.delta)
     projected_study = epsilon_report(merge_history([*study_history, whole]), study.dp.delta)
     now = epsilon_report(dataset_history, study.dp.delta)
     cap = review.cap_in_force
-    if cap is not None and projected_study.prv > cap:
+    if cap is not None and projected_study.epsilon > cap:
         warnings.append(
-            f"the whole study needs epsilon {projected_study.prv:.3f} here but the cap in "
+            f"the whole study needs epsilon {projected_study.epsilon:.3f} here but the cap in "
             f"force is {cap:g}: rounds past the cap will be refused"
         )
-    if projected_dataset.prv > dataset.epsilon_budget:
+    if projected_dataset.epsilon > pool.epsilon_budget:
         warnings.append(
             f"the whole study would bring dataset {dataset.dataset_id!r} to epsilon "
-            f"{projected_dataset.prv:.3f}, over its budget {dataset.epsilon_budget:g}: "
+            f"{projected_dataset.epsilon:.3f}, over its budget {pool.epsilon_budget:g}: "
             "rounds past the budget will be refused"
+        )
+    others = [name for name in pool.datasets if name != dataset.dataset_id]
+    if others:
+        warnings.append(
+            f"dataset {dataset.dataset_id!r} shares records with {', '.join(others)}: "
+            f"they draw from one budget (pool {pool.pool_id!r}), and its epsilon counts "
+            "every study on any of them"
         )
     reviewed = StudyReview(
         study=study,
@@ -222,9 +239,10 @@ def review_study(
         sample_rate=sampling.sample_rate,
         steps_per_round=per_round.steps,
         total_steps=whole.steps,
-        projected_study_epsilon=projected_study.prv,
-        projected_dataset_epsilon=projected_dataset.prv,
-        dataset_epsilon_now=now.prv,
+        projected_study_epsilon=projected_study.epsilon,
+        projected_dataset_epsilon=projected_dataset.epsilon,
+        dataset_epsilon_now=now.epsilon,
+        pool=pool,
     )
     return _with(reviewed, problems, warnings)
 

@@ -4,13 +4,19 @@ A dataset's privacy history is the list of DP-SGD segments ever run on it, each
 ``(noise_multiplier, sample_rate, steps)`` of the Poisson-subsampled Gaussian mechanism,
 across every round, run and study. Composition is commutative, so a history is kept
 *merged*: segments with the same ``(noise_multiplier, sample_rate)`` are added up, in order
-of first appearance. Merging keeps the PRV accountant fast (its cost grows with the number
+of first appearance. Merging keeps the accountants fast (its cost grows with the number
 of distinct segments) and makes the history a canonical value: receipts carry it, and an
 auditor recomputes epsilon from exactly that list.
 
-Epsilon comes from Opacus's PRV accountant (Gopi et al. 2021; the upper end of its error
-bound), cross-checked against Opacus's RDP accountant, which is always an upper bound and
-must not come out below PRV. The GDP accountant is never used: it under-reports.
+The unit of privacy is one record (one row) of a dataset and the neighbouring relation
+is **replace-one**: a dataset's row count is public (receipts, metrics and
+``dataset.registered`` carry it, and it sets the sample rate), so the guarantee is stated
+for two datasets of the same size that differ in one record. Epsilon comes from Google
+dp-accounting's PLD accountant with ``NeighboringRelation.REPLACE_ONE``
+(:func:`replace_one_epsilon`), cross-checked against a replace-one bound from Opacus's RDP
+analysis that is always an upper bound and must not come out below it. The add/remove-one
+figure (Opacus's PRV accountant, what the DP-SGD literature reports) is computed beside it
+for comparison only. The GDP accountant is never used: it under-reports.
 
 Before each round the agent evaluates what the round *would* bring the dataset's and the
 study's epsilon to (:func:`evaluate_round`) and trains only if both stay within their caps.
@@ -30,14 +36,17 @@ from veracity.errors import InputError, VerificationError
 
 __all__ = [
     "ACCOUNTANT",
+    "NEIGHBOURING",
     "Segment",
     "History",
     "merge_history",
     "history_to_json",
     "history_from_json",
     "total_steps",
+    "replace_one_event",
+    "replace_one_epsilon",
+    "rdp_replace_one_epsilon",
     "prv_epsilon",
-    "rdp_epsilon",
     "EpsilonReport",
     "epsilon_report",
     "RoundBudget",
@@ -49,8 +58,11 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-#: The accountant whose epsilon receipts and budgets use.
-ACCOUNTANT: Final = "prv"
+#: The accountant whose epsilon receipts, budgets and caps use (Google dp-accounting's PLD).
+ACCOUNTANT: Final = "pld"
+#: The neighbouring relation that epsilon is for: one record replaced by another (the
+#: number of records is public: receipts, metrics and ``dataset.registered`` carry it).
+NEIGHBOURING: Final = "replace-one"
 
 
 @dataclass(frozen=True, order=True)
@@ -164,6 +176,44 @@ def _as_accountant_history(history: History) -> list[tuple[float, float, int]]:
     return [(s.noise_multiplier, s.sample_rate, s.steps) for s in history]
 
 
+def replace_one_event(history: History) -> Any:
+    """The history as Google dp-accounting's DP event (what the auditor composes).
+
+    ``ComposedDpEvent([SelfComposedDpEvent(PoissonSampledDpEvent(q,
+    GaussianDpEvent(sigma)), steps), ...])``, one term per segment, in order.
+    """
+    from dp_accounting import dp_event
+
+    return dp_event.ComposedDpEvent(
+        [
+            dp_event.SelfComposedDpEvent(
+                dp_event.PoissonSampledDpEvent(
+                    s.sample_rate, dp_event.GaussianDpEvent(s.noise_multiplier)
+                ),
+                s.steps,
+            )
+            for s in history
+        ]
+    )
+
+
+@functools.lru_cache(maxsize=4096)
+def _replace_one_cached(history: History, delta: float) -> float:
+    from dp_accounting import NeighboringRelation
+    from dp_accounting.pld.pld_privacy_accountant import PLDAccountant
+
+    accountant = PLDAccountant(neighboring_relation=NeighboringRelation.REPLACE_ONE)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            accountant.compose(replace_one_event(history))
+            value = float(accountant.get_epsilon(delta))
+    except (ValueError, RuntimeError, OverflowError, FloatingPointError) as err:
+        log.warning("PLD accountant failed for %s at delta %s: %s", history, delta, err)
+        return math.inf
+    return value if math.isfinite(value) else math.inf
+
+
 @functools.lru_cache(maxsize=4096)
 def _prv_epsilon_cached(history: History, delta: float) -> float:
     from opacus.accountants import PRVAccountant
@@ -193,11 +243,30 @@ def _epsilon(cached: Callable[[History, float], float], history: History, delta:
     return cached(merged, float(delta)) if merged else 0.0
 
 
-def prv_epsilon(history: History, delta: float) -> float:
-    """Epsilon of ``history`` at ``delta`` by Opacus's PRV accountant (0 for no history).
+def replace_one_epsilon(history: History, delta: float) -> float:
+    """Epsilon of ``history`` at ``delta`` for replace-one neighbours (0 for no history).
 
-    Returns ``inf`` where the accountant cannot bound the history. Results are cached per
-    ``(history, delta)``: the computation is deterministic and costs 0.1-2 s.
+    The epsilon budgets, caps and receipts count. Computed with Google dp-accounting's
+    privacy-loss-distribution accountant, ``PLDAccountant(neighboring_relation=
+    NeighboringRelation.REPLACE_ONE)`` (default discretisation, pessimistic estimate, so
+    an upper bound), composing :func:`replace_one_event`. Returns ``inf`` where the
+    accountant cannot bound the history. Cached per ``(history, delta)`` (0.05-2 s).
+
+    Raises
+    ------
+    InputError
+        If ``delta`` is not in (0, 1).
+    """
+    return _epsilon(_replace_one_cached, history, delta)
+
+
+def prv_epsilon(history: History, delta: float) -> float:
+    """Epsilon of ``history`` at ``delta`` for add/remove-one neighbours, by Opacus's PRV.
+
+    The figure the DP-SGD literature reports, carried beside the replace-one epsilon
+    (``epsilon_add_remove``) for comparison; it does not hold here, where each dataset's
+    row count is public. Returns ``inf`` where the accountant cannot bound the history;
+    0 for no history. Cached per ``(history, delta)`` (0.1-2 s).
 
     Raises
     ------
@@ -208,7 +277,7 @@ def prv_epsilon(history: History, delta: float) -> float:
 
 
 @functools.lru_cache(maxsize=4096)
-def _rdp_epsilon_cached(history: History, delta: float) -> float:
+def _rdp_add_remove_cached(history: History, delta: float) -> float:
     from opacus.accountants import RDPAccountant
 
     accountant = RDPAccountant()
@@ -219,54 +288,109 @@ def _rdp_epsilon_cached(history: History, delta: float) -> float:
     return value if math.isfinite(value) else math.inf
 
 
-def rdp_epsilon(history: History, delta: float) -> float:
-    """Epsilon of ``history`` at ``delta`` by Opacus's RDP accountant (0 for no history).
+#: Orders of the RDP cross-check (Opacus's default grid).
+_RDP_ORDERS: tuple[float, ...] = tuple([1 + x / 10.0 for x in range(1, 100)] + list(range(12, 64)))
 
-    Cached like :func:`prv_epsilon` (0.01-0.2 s per call).
+
+@functools.lru_cache(maxsize=4096)
+def _rdp_replace_one_cached(history: History, delta: float) -> float:
+    import numpy as np
+    from opacus.accountants.analysis.rdp import compute_rdp, get_privacy_spent
+
+    orders = np.array(_RDP_ORDERS, dtype=np.float64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        removed = sum(
+            np.asarray(
+                compute_rdp(
+                    q=s.sample_rate,
+                    noise_multiplier=s.noise_multiplier,
+                    steps=s.steps,
+                    orders=list(2 * orders),
+                )
+            )
+            for s in history
+        )
+        added = sum(
+            np.asarray(
+                compute_rdp(
+                    q=s.sample_rate,
+                    noise_multiplier=s.noise_multiplier,
+                    steps=s.steps,
+                    orders=list(2 * orders - 1),
+                )
+            )
+            for s in history
+        )
+        # Weak triangle inequality (Mironov 2017, Prop. 11 with p = q = 2): a replacement
+        # is a removal then an addition, D_a(P||R) <= (a - 1/2)/(a - 1) D_2a(P||Q)
+        # + D_(2a-1)(Q||R), with each add/remove divergence bounded by Opacus's RDP.
+        replaced = (orders - 0.5) / (orders - 1) * removed + added
+        value, _order = get_privacy_spent(orders=list(orders), rdp=replaced, delta=delta)
+    value = float(value)
+    return value if math.isfinite(value) else math.inf
+
+
+def rdp_replace_one_epsilon(history: History, delta: float) -> float:
+    """An independent, looser replace-one bound from Opacus's RDP analysis (0 for no history).
+
+    The cross-check of :func:`replace_one_epsilon`: RDP of the Poisson-subsampled
+    Gaussian for add/remove neighbours (Opacus ``compute_rdp``), turned into a replace-one
+    bound by the weak triangle inequality of Renyi divergences, composed over the
+    history and converted to (epsilon, delta) by Opacus's ``get_privacy_spent``. It is
+    1.1-3 times the PLD figure in realistic regimes and never below it. Cached.
 
     Raises
     ------
     InputError
         If ``delta`` is not in (0, 1).
     """
-    return _epsilon(_rdp_epsilon_cached, history, delta)
+    return _epsilon(_rdp_replace_one_cached, history, delta)
 
 
 @dataclass(frozen=True)
 class EpsilonReport:
-    """Epsilon of one merged history at one delta, by PRV (the one used) and by RDP."""
+    """Epsilon of one merged history at one delta.
+
+    ``epsilon`` is the replace-one figure that counts (PLD); ``rdp`` the replace-one RDP
+    cross-check (never below it); ``add_remove`` the add/remove-one figure (Opacus PRV,
+    or Opacus RDP, an upper bound, where PRV cannot bound the history), for comparison
+    only.
+    """
 
     history: History
     delta: float
-    prv: float
+    epsilon: float
     rdp: float
-
-    @property
-    def epsilon(self) -> float:
-        """The epsilon that counts: PRV's."""
-        return self.prv
+    add_remove: float
 
 
 def epsilon_report(history: Iterable[Segment], delta: float) -> EpsilonReport:
-    """PRV and RDP epsilon of ``history``, cross-checked.
+    """Replace-one (PLD), its RDP cross-check and the add/remove (PRV) epsilon of ``history``.
 
     Raises
     ------
     InputError
         If ``delta`` is not in (0, 1).
     VerificationError
-        If RDP (an upper bound) comes out below a finite PRV value: the accountants
-        disagree, so neither number can be trusted for a budget.
+        If the RDP bound comes out below a finite PLD value: the accountants disagree, so
+        neither number can be trusted for a budget.
     """
     merged = merge_history(history)
-    prv = prv_epsilon(merged, delta)
-    rdp = rdp_epsilon(merged, delta)
-    if math.isfinite(prv) and rdp < prv:
+    epsilon = replace_one_epsilon(merged, delta)
+    rdp = rdp_replace_one_epsilon(merged, delta)
+    if math.isfinite(epsilon) and rdp < epsilon:
         raise VerificationError(
-            f"accountant cross-check failed: RDP epsilon {rdp:.6g} is below PRV epsilon "
-            f"{prv:.6g} for history {history_to_json(merged)} at delta {delta:g}"
+            f"accountant cross-check failed: the replace-one RDP bound {rdp:.6g} is below "
+            f"the PLD epsilon {epsilon:.6g} for history {history_to_json(merged)} at "
+            f"delta {delta:g}"
         )
-    return EpsilonReport(history=merged, delta=float(delta), prv=prv, rdp=rdp)
+    add_remove = prv_epsilon(merged, delta)
+    if not math.isfinite(add_remove) and merged:
+        add_remove = _rdp_add_remove_cached(merged, float(delta))
+    return EpsilonReport(
+        history=merged, delta=float(delta), epsilon=epsilon, rdp=rdp, add_remove=add_remove
+    )
 
 
 @dataclass(frozen=True)
@@ -286,12 +410,12 @@ class RoundBudget:
     @property
     def dataset_allowed(self) -> bool:
         """Whether the dataset stays within its budget."""
-        return self.dataset.prv <= self.dataset_budget
+        return self.dataset.epsilon <= self.dataset_budget
 
     @property
     def study_allowed(self) -> bool:
         """Whether the study stays within its approved cap at this site."""
-        return self.study.prv <= self.study_cap
+        return self.study.epsilon <= self.study_cap
 
     @property
     def allowed(self) -> bool:
@@ -345,5 +469,5 @@ def epsilon_left(cap: float, history: Sequence[Segment], delta: float) -> float:
     InputError
         If ``delta`` is not in (0, 1).
     """
-    spent = prv_epsilon(merge_history(history), delta)
+    spent = replace_one_epsilon(merge_history(history), delta)
     return max(0.0, cap - spent) if math.isfinite(spent) else 0.0

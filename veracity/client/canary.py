@@ -1,207 +1,207 @@
-"""A one-run canary audit of the site's DP-SGD: a bug detector for missing or mis-scaled noise.
+"""A noise audit of the site's DP-SGD: the noise is really there, at the accounted scale.
 
-After Steinke, Nasr & Jagielski, *Privacy Auditing with One (1) Training Run* (NeurIPS
-2023), white-box. The audit trains with the site's own trainer
-(:class:`veracity.client.training.PrivateTrainer`, same clipping and noise code, same
-Poisson sampling) on synthetic data: ``base_rows`` ordinary records plus ``canaries``
-canary records, each included independently with probability 1/2. Canary ``i`` is
-``canary_scale * e_i`` in a coordinate no other record uses, labelled 1, so its clipped
-gradient moves only weight ``i`` of a logistic model, upwards. The auditor scores every
-canary by how far its weight moved and guesses "included" for the ``guesses`` highest
-scores (abstaining on the rest). If the mechanism is ``epsilon``-DP, the number of correct
-guesses is stochastically dominated by ``Binomial(guesses, e^eps / (1 + e^eps))``; the
-largest epsilon that this rejects at the chosen confidence is an empirical lower bound.
+The audit runs the study's own trainer (:meth:`PrivateTrainer.for_study`: the study's
+model, noise multiplier, clipping norm, batch size, learning rate and local epochs, the
+site's clipping method and its ChaCha20 noise source) for the study's rounds on synthetic
+rows as many as the site's dataset has (so the sample rate and the steps per round are
+the site's). Every feature of the synthetic rows is 0 after scaling: these are canaries
+that were *not* included, so no record moves the first layer's weights (a sample's
+gradient there is its output gradient times its input, 0) and each of those weights moves,
+in each released round, by the noise alone::
 
-The run is *flagged* when that lower bound exceeds the epsilon the accountant claims for
-the same run: the noise is then demonstrably smaller than accounted for. With the defaults
-(1000 canaries, 200 guesses, 99 % confidence) the largest certifiable bound is about 3.8,
-and a one-epoch audit claims well below 1, so switched-off noise or noise scaled down
-tenfold is flagged, while a correct run bounds at about 0. It cannot confirm a large
-epsilon is tight; it is a test that the noise is really there. The bound uses the pure-DP
-form of the theorem (ignoring delta), which is slightly optimistic.
+    delta ~ N(0, s^2),  s = learning_rate * noise_multiplier * max_grad_norm
+                             * sqrt(steps per round) / expected batch size
+
+independently across weights, rounds and repeats. With ``m`` such coordinates, the
+statistic ``T = sum (delta / s)^2`` is chi-squared with ``m`` degrees of freedom when the
+noise is right. The audit is *flagged* when ``T`` falls outside the central
+``1 - false_alarm_rate`` interval of that distribution, in either direction. So:
+
+* noise switched off gives ``T = 0``: flagged at any noise multiplier;
+* noise at half the accounted scale gives ``T`` about ``m / 4``: flagged (with at least
+  400 coordinates, below the 0.05 % quantile, about ``0.77 m``, with certainty);
+* correct noise is flagged with probability ``false_alarm_rate`` exactly (default 0.001),
+  which the tests check at a larger rate over many seeded audits.
+
+It is a bug detector for the noise path (the generator, its scale, the optimizer that adds
+it), not a measurement of epsilon: it does not exercise clipping, and it cannot see a bug
+that only happens on real data.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
-from veracity.client.budget import prv_epsilon
+from veracity.client.budget import poisson_sampling
 from veracity.errors import InputError, VerificationError
+from veracity.tasks.study import Study
 
-__all__ = [
-    "CanaryAudit",
-    "epsilon_lower_bound",
-    "run_canary_audit",
-    "verify_canary_audit",
-]
+__all__ = ["NoiseAudit", "run_noise_audit", "verify_noise_audit"]
+
+#: The default probability that a correct mechanism is flagged.
+FALSE_ALARM_RATE = 1e-3
 
 
 @dataclass(frozen=True)
-class CanaryAudit:
-    """The outcome of one canary audit."""
+class NoiseAudit:
+    """The outcome of one noise audit (see the module docstring)."""
 
-    canaries: int
-    included: int
-    guesses: int
-    correct: int
-    confidence: float
+    study_id: str
+    rows: int
+    clipping: str
+    sample_rate: float
+    steps_per_round: int
+    expected_batch_size: int
+    rounds: int
+    repeats: int
+    coordinates: int
     noise_multiplier: float
     max_grad_norm: float
-    sample_rate: float
-    steps: int
-    delta: float
-    epsilon_claimed: float
-    epsilon_lower_bound: float
+    learning_rate: float
+    expected_std: float
+    measured_std: float
+    statistic: float
+    lower: float
+    upper: float
+    false_alarm_rate: float
+
+    @property
+    def variance_ratio(self) -> float:
+        """Measured over accounted noise variance (1 when right, 0 without noise)."""
+        return self.statistic / self.coordinates
 
     @property
     def flagged(self) -> bool:
-        """Whether the empirical lower bound contradicts the claimed epsilon."""
-        return self.epsilon_lower_bound > self.epsilon_claimed
+        """Whether the noise is not at the accounted scale (at ``false_alarm_rate``)."""
+        return not self.lower <= self.statistic <= self.upper
 
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready record (infinite epsilon as ``None``)."""
+        """A JSON-ready record."""
         record = asdict(self)
-        for name in ("epsilon_claimed", "epsilon_lower_bound"):
-            if not math.isfinite(record[name]):
-                record[name] = None
+        record["variance_ratio"] = self.variance_ratio
         record["flagged"] = self.flagged
         return record
 
 
-def epsilon_lower_bound(guesses: int, correct: int, *, confidence: float = 0.99) -> float:
-    """The largest epsilon that ``correct`` of ``guesses`` rejects at ``confidence``.
-
-    That is the largest ``eps`` with ``P[Binomial(guesses, e^eps/(1+e^eps)) >= correct]
-    <= 1 - confidence``; 0 if even ``eps = 0`` is not rejected.
-
-    Raises
-    ------
-    InputError
-        If the counts or the confidence are out of range.
-    """
-    from scipy.stats import binom
-
-    if guesses < 1 or not 0 <= correct <= guesses:
-        raise InputError("need at least one guess and 0 <= correct <= guesses")
-    if not 0.5 < confidence < 1:
-        raise InputError("confidence must lie in (0.5, 1)")
-    alpha = 1.0 - confidence
-
-    def tail(eps: float) -> float:
-        p = 1.0 / (1.0 + math.exp(-eps))
-        return float(binom.sf(correct - 1, guesses, p))
-
-    if tail(0.0) > alpha:
-        return 0.0
-    low, high = 0.0, 50.0
-    for _ in range(100):
-        middle = (low + high) / 2
-        if tail(middle) <= alpha:
-            low = middle
-        else:
-            high = middle
-    return low
+def _noise_only(weights: dict[str, np.ndarray]) -> np.ndarray:
+    """The first layer's weights (moved by noise alone when every input is 0)."""
+    name = "linear.weight" if "linear.weight" in weights else "fc1.weight"
+    return np.asarray(weights[name], dtype=np.float64).ravel()
 
 
-def run_canary_audit(
+def run_noise_audit(
+    study: Study,
     *,
-    noise_multiplier: float,
-    max_grad_norm: float,
-    delta: float,
-    batch_size: int,
-    learning_rate: float,
-    epochs: int = 1,
-    canaries: int = 1000,
-    guesses: int = 200,
-    base_rows: int = 200,
-    base_features: int = 8,
-    canary_scale: float = 10.0,
-    confidence: float = 0.99,
-    clipping: str = "linear-ghost",
-    seed: int = 0,
-) -> CanaryAudit:
-    """Run one audit of the site trainer with these DP-SGD terms (see the module docstring).
+    rows: int,
+    clipping: Literal["linear-ghost", "opacus-hooks"] = "linear-ghost",
+    false_alarm_rate: float = FALSE_ALARM_RATE,
+    min_coordinates: int = 400,
+    seed: int | None = None,
+) -> NoiseAudit:
+    """Audit the noise of ``study``'s DP-SGD at a site with ``rows`` records.
+
+    Parameters
+    ----------
+    study
+        The study whose terms and model are audited.
+    rows
+        The site's dataset size (public): sets the sample rate and steps per round.
+    clipping
+        The site's clipping method.
+    false_alarm_rate
+        The probability of flagging correct noise.
+    min_coordinates
+        The study's rounds are repeated (with fresh trainers) until at least this many
+        noise-only coordinates are measured.
+    seed
+        Derives the noise keys (tests); ``None`` uses keys from the OS, as at a site.
 
     Raises
     ------
     InputError
-        If the sizes are inconsistent (more guesses than canaries, no rows, ...).
-    ConfigError
-        If the clipping method is unknown.
+        If ``rows``, ``false_alarm_rate`` or ``min_coordinates`` is out of range.
     """
+    from scipy.stats import chi2
+
     from veracity.client.training import PrivateTrainer
-    from veracity.tasks.spec import ModelFamily, ModelSpec
     from veracity.tasks.torch_models import build_model, model_weights
 
-    if canaries < 2 or not 1 <= guesses <= canaries:
-        raise InputError("need at least two canaries and 1 <= guesses <= canaries")
-    if base_rows < 1 or base_features < 1 or epochs < 1:
-        raise InputError("need base rows, base features and at least one epoch")
-    rng = np.random.default_rng(seed)
-    width = base_features + canaries
-    base = rng.normal(size=(base_rows, base_features))
-    direction = rng.normal(size=base_features)
-    base_labels = (base @ direction > 0).astype(np.int64)
-    included = rng.random(canaries) < 0.5
-    chosen = np.flatnonzero(included)
-    x = np.zeros((base_rows + chosen.size, width), dtype=np.float32)
-    x[:base_rows, :base_features] = base
-    x[base_rows + np.arange(chosen.size), base_features + chosen] = canary_scale
-    y = np.concatenate([base_labels, np.ones(chosen.size, dtype=np.int64)])
-    spec = ModelSpec(ModelFamily.LOGISTIC, width)
-    initial = model_weights(build_model(spec, seed=seed))
-    trainer = PrivateTrainer(
-        spec,
-        x,
-        y,
-        noise_multiplier=noise_multiplier,
-        max_grad_norm=max_grad_norm,
-        batch_size=batch_size,
-        learning_rate=learning_rate,
-        clipping="opacus-hooks" if clipping == "opacus-hooks" else "linear-ghost",
-        seed=seed,
+    if rows < 1:
+        raise InputError("the audit needs the number of rows of the site's dataset")
+    if not 0 < false_alarm_rate < 0.5:
+        raise InputError("the false-alarm rate must lie in (0, 0.5)")
+    if min_coordinates < 1:
+        raise InputError("the audit needs at least one coordinate")
+    x = np.zeros((rows, len(study.features)), dtype=np.float32)
+    y = (np.arange(rows) % 2).astype(np.int64)
+    initial = model_weights(build_model(study.model_spec, seed=study.model_seed))
+    per_run = _noise_only(initial).size * study.rounds
+    repeats = max(1, math.ceil(min_coordinates / per_run))
+    sampling = poisson_sampling(rows, study.training.batch_size)
+    moves: list[np.ndarray] = []
+    for repeat in range(repeats):
+        trainer = PrivateTrainer.for_study(
+            study,
+            x,
+            y,
+            clipping=clipping,
+            secure_mode=seed is None,
+            seed=None if seed is None else seed * 10_000 + repeat,
+        )
+        weights = initial
+        for _round in range(study.rounds):
+            result = trainer.train_round(weights, epochs=study.training.local_epochs)
+            moves.append(_noise_only(result.weights) - _noise_only(weights))
+            weights = result.weights
+    steps = sampling.steps_per_epoch * study.training.local_epochs
+    expected = (
+        study.training.learning_rate
+        * study.dp.noise_multiplier
+        * study.dp.max_grad_norm
+        * math.sqrt(steps)
+        / sampling.expected_batch_size
     )
-    result = trainer.train_round(initial, epochs=epochs)
-    moved = (result.weights["linear.weight"][0] - initial["linear.weight"][0])[base_features:]
-    top = np.argsort(moved, kind="stable")[-guesses:]
-    correct = int(included[top].sum())
-    sampling = trainer.sampling
-    steps = sampling.steps_per_epoch * epochs
-    claimed = (
-        prv_epsilon((trainer.planned_segment(epochs),), delta) if noise_multiplier > 0 else math.inf
-    )
-    return CanaryAudit(
-        canaries=canaries,
-        included=int(included.sum()),
-        guesses=guesses,
-        correct=correct,
-        confidence=confidence,
-        noise_multiplier=noise_multiplier,
-        max_grad_norm=max_grad_norm,
+    delta = np.concatenate(moves)
+    statistic = float(np.sum((delta / expected) ** 2))
+    m = int(delta.size)
+    return NoiseAudit(
+        study_id=study.study_id,
+        rows=rows,
+        clipping=clipping,
         sample_rate=sampling.sample_rate,
-        steps=steps,
-        delta=delta,
-        epsilon_claimed=claimed,
-        epsilon_lower_bound=epsilon_lower_bound(guesses, correct, confidence=confidence),
+        steps_per_round=steps,
+        expected_batch_size=sampling.expected_batch_size,
+        rounds=study.rounds,
+        repeats=repeats,
+        coordinates=m,
+        noise_multiplier=study.dp.noise_multiplier,
+        max_grad_norm=study.dp.max_grad_norm,
+        learning_rate=study.training.learning_rate,
+        expected_std=expected,
+        measured_std=float(np.sqrt(np.mean(delta**2))),
+        statistic=statistic,
+        lower=float(chi2.ppf(false_alarm_rate / 2, m)),
+        upper=float(chi2.isf(false_alarm_rate / 2, m)),
+        false_alarm_rate=false_alarm_rate,
     )
 
 
-def verify_canary_audit(audit: CanaryAudit) -> None:
-    """Pass a run whose empirical lower bound does not exceed its claimed epsilon.
+def verify_noise_audit(audit: NoiseAudit) -> None:
+    """Pass an audit whose measured noise is at the accounted scale.
 
     Raises
     ------
     VerificationError
-        If the audit is flagged: the noise is smaller than the accountant assumes.
+        If the audit is flagged: the noise is missing or not at the accounted scale.
     """
     if audit.flagged:
         raise VerificationError(
-            f"canary audit flagged the DP training: {audit.correct} of {audit.guesses} canary "
-            f"guesses were right, an empirical epsilon of at least "
-            f"{audit.epsilon_lower_bound:.2f} against {audit.epsilon_claimed:.2f} accounted; "
-            "the noise is missing or mis-scaled"
+            f"noise audit flagged the DP training of study {audit.study_id!r}: the noise "
+            f"measured on {audit.coordinates} untouched weights has standard deviation "
+            f"{audit.measured_std:.4g} against {audit.expected_std:.4g} accounted (variance "
+            f"ratio {audit.variance_ratio:.3f}); the noise is missing or mis-scaled"
         )

@@ -71,7 +71,7 @@ def init_command(
         typer.Option(
             "--secure-mode/--no-secure-mode",
             envvar="VERACITY_SECURE_MODE",
-            help="Draw DP noise from torchcsprng (must be installed).",
+            help="Refuse injected seeds (DP noise is ChaCha20 keyed from the OS either way).",
         ),
     ] = False,
     default_epsilon_budget: Annotated[
@@ -160,7 +160,12 @@ def register_dataset_command(
     data_dir: DataDirOption = None,
     output_format: FormatOption = OutputFormat.TEXT,
 ) -> None:
-    """Validate a data file and register it (the file stays where it is)."""
+    """Validate a data file and register it (the file stays where it is).
+
+    A file that shares records with registered datasets (a shuffled copy, an extract, a
+    refresh of the same cohort) draws from their budget: the output says which.
+    """
+    from veracity.client.budget import replace_one_epsilon
     from veracity.client.datasets import register_dataset
     from veracity.client.site import Site
 
@@ -175,6 +180,17 @@ def register_dataset_command(
             delta=delta,
             min_rows=min_rows,
         )
+        pool = site.store.pool(dataset.dataset_id)
+        shared = site.store.shared_records(dataset.dataset_id)
+        spent = replace_one_epsilon(site.store.dataset_history(dataset.dataset_id), pool.delta)
+    budget_pool = {
+        "pool_id": pool.pool_id,
+        "datasets": list(pool.datasets),
+        "shares_records_with": shared,
+        "epsilon_budget": pool.epsilon_budget,
+        "delta": pool.delta,
+        "epsilon_spent": spent,
+    }
     shown = {
         "dataset_id": dataset.dataset_id,
         "path": str(dataset.path),
@@ -186,6 +202,7 @@ def register_dataset_command(
         "schema_hash": dataset.schema_hash,
         "epsilon_budget": dataset.epsilon_budget,
         "delta": dataset.delta,
+        "budget_pool": budget_pool,
         "statement": statement.to_dict(),
     }
     if output_format is OutputFormat.JSON:
@@ -202,29 +219,39 @@ def register_dataset_command(
             ("commitment", dataset.commitment),
             ("schema hash", dataset.schema_hash),
             ("epsilon budget", f"{dataset.epsilon_budget:g} (delta {dataset.delta:g})"),
+            ("budget pool", pool.pool_id),
         ],
     )
+    if shared:
+        stderr_console().print(
+            f"Dataset {dataset.dataset_id} shares records with "
+            + ", ".join(f"{name} ({count} records)" for name, count in shared.items())
+            + f": it draws from their budget (pool {pool.pool_id}, epsilon spent "
+            f"{spent:.4f} of {pool.epsilon_budget:g}), not a fresh one."
+        )
 
 
 @site_app.command("datasets")
 def datasets_command(
     data_dir: DataDirOption = None, output_format: FormatOption = OutputFormat.TEXT
 ) -> None:
-    """List datasets with the epsilon each has spent (PRV, at its budget's delta)."""
-    from veracity.client.budget import prv_epsilon, total_steps
+    """List datasets with the epsilon their budget pool has spent (replace-one, at its delta)."""
+    from veracity.client.budget import replace_one_epsilon, total_steps
     from veracity.client.site import Site
 
     rows: list[dict[str, Any]] = []
     with Site.open(_root(data_dir)) as site:
         for dataset in site.store.list_datasets():
             history = site.store.dataset_history(dataset.dataset_id)
+            pool = site.store.pool(dataset.dataset_id)
             rows.append(
                 {
                     "dataset_id": dataset.dataset_id,
                     "rows": dataset.rows,
-                    "epsilon_spent": prv_epsilon(history, dataset.delta),
-                    "epsilon_budget": dataset.epsilon_budget,
-                    "delta": dataset.delta,
+                    "budget_pool": pool.pool_id,
+                    "epsilon_spent": replace_one_epsilon(history, pool.delta),
+                    "epsilon_budget": pool.epsilon_budget,
+                    "delta": pool.delta,
                     "steps": total_steps(history),
                     "path": str(dataset.path),
                 }
@@ -269,6 +296,15 @@ def _print_review(review: Any) -> None:
         f"  model {model['family']} on {len(summary['features'])} features, "
         f"label {summary['label']!r}; code hash {summary['code_hash']}"
     )
+    scaling = ", ".join(
+        f"{name} (x - {mean:g}) / {std:g}"
+        for name, (mean, std) in zip(summary["features"], summary["scaling"], strict=True)
+    )
+    console.print(f"  scaling (public, applied to your data before the model): {scaling}")
+    console.print(
+        f"  global weights accepted up to L2 norm {summary['max_weight_norm']:g} "
+        "(larger weights are refused with a signed statement)"
+    )
     dp, training = summary["dp"], summary["training"]
     console.print(
         f"  DP-SGD: noise multiplier {dp['noise_multiplier']:g}, clipping norm "
@@ -276,8 +312,9 @@ def _print_review(review: Any) -> None:
         f"secure mode {'on' if dp['secure_mode'] else 'off'}"
     )
     console.print(
-        f"  training: {summary['rounds']} rounds x {training['local_epochs']} local epoch(s), "
-        f"batch {training['batch_size']}, learning rate {training['learning_rate']:g}"
+        f"  training: {summary['runs']} run(s) of {summary['rounds']} rounds x "
+        f"{training['local_epochs']} local epoch(s), batch {training['batch_size']}, "
+        f"learning rate {training['learning_rate']:g} (this site trains no other round)"
     )
     console.print(
         f"  epsilon cap: study asks {summary['study_epsilon_cap']}, you allow "
@@ -287,7 +324,7 @@ def _print_review(review: Any) -> None:
         console.print(
             f"  dataset {summary['dataset_id']} ({summary['dataset_rows']} rows): sample rate "
             f"{_fmt(summary['sample_rate'])}, {summary['steps_per_round']} steps per round, "
-            f"{summary['total_steps']} in all"
+            f"{summary['total_steps']} in all runs"
         )
         console.print(
             f"  the whole study would spend epsilon {_fmt(summary['projected_study_epsilon'])}; "
@@ -504,52 +541,69 @@ def outbox_ack_command(
 
 @site_app.command("canary-audit")
 def canary_audit_command(
-    study_file: Annotated[Path, typer.Argument(help="The study whose DP-SGD terms to audit.")],
-    seed: Annotated[int, typer.Option("--seed", envvar="VERACITY_SEED", help="Audit seed.")] = 0,
-    canaries: Annotated[
-        int, typer.Option("--canaries", envvar="VERACITY_CANARIES", help="Canary records.")
-    ] = 1000,
-    guesses: Annotated[
-        int, typer.Option("--guesses", envvar="VERACITY_GUESSES", help="Guesses scored.")
-    ] = 200,
+    study_file: Annotated[Path, typer.Argument(help="The study whose DP-SGD noise to audit.")],
+    dataset: Annotated[
+        str | None,
+        typer.Option(
+            "--dataset",
+            envvar="VERACITY_DATASET_ID",
+            help="Registered dataset whose row count (public) sets the sample rate.",
+        ),
+    ] = None,
+    rows: Annotated[
+        int | None,
+        typer.Option("--rows", envvar="VERACITY_ROWS", help="Row count, instead of --dataset."),
+    ] = None,
+    false_alarm_rate: Annotated[
+        float,
+        typer.Option(
+            "--false-alarm-rate",
+            envvar="VERACITY_FALSE_ALARM_RATE",
+            help="Probability of flagging correct noise.",
+        ),
+    ] = 1e-3,
     data_dir: DataDirOption = None,
     output_format: FormatOption = OutputFormat.TEXT,
 ) -> None:
-    """Check on synthetic canaries that this site's DP noise is really there (exit 1 if not).
+    """Check that this site's DP noise is there at the accounted scale (exit 1 if not).
 
-    Uses no registered data and spends no budget.
+    Runs the study's own trainer, with this site's clipping method and noise source, for
+    the study's rounds on synthetic rows as many as the dataset has; uses no registered
+    data and spends no budget.
     """
     from veracity.client.approvals import load_study_file
-    from veracity.client.canary import run_canary_audit, verify_canary_audit
+    from veracity.client.canary import run_noise_audit, verify_noise_audit
     from veracity.client.site import Site
     from veracity.client.training import configure_threads
+    from veracity.errors import InputError
 
     study = load_study_file(study_file)
     with Site.open(_root(data_dir)) as site:
         configure_threads(site.config.torch_threads)
         clipping = site.config.clipping
-    audit = run_canary_audit(
-        noise_multiplier=study.dp.noise_multiplier,
-        max_grad_norm=study.dp.max_grad_norm,
-        delta=study.dp.delta,
-        batch_size=study.training.batch_size,
-        learning_rate=study.training.learning_rate,
-        canaries=canaries,
-        guesses=guesses,
-        clipping=clipping,
-        seed=seed,
-    )
+        registered = site.store.get_dataset(dataset) if dataset is not None else None
+    if dataset is not None and rows is None:
+        if registered is None:
+            raise InputError(f"no dataset {dataset!r} is registered at this site")
+        count = registered.rows
+    elif dataset is None and rows is not None:
+        count = rows
+    else:
+        raise InputError("give the dataset (--dataset) or its row count (--rows), not both")
+    audit = run_noise_audit(study, rows=count, clipping=clipping, false_alarm_rate=false_alarm_rate)
     if output_format is OutputFormat.JSON:
         emit_json(audit.to_dict())
     else:
         emit_table(
-            "Canary audit",
+            "Noise audit",
             ["item", "value"],
             [
-                ("correct guesses", f"{audit.correct} of {audit.guesses}"),
-                ("empirical epsilon (lower bound)", _fmt(audit.epsilon_lower_bound, 3)),
-                ("accounted epsilon", _fmt(audit.epsilon_claimed, 3)),
+                ("untouched weights measured", audit.coordinates),
+                ("noise std, measured", f"{audit.measured_std:.5g}"),
+                ("noise std, accounted", f"{audit.expected_std:.5g}"),
+                ("variance ratio", f"{audit.variance_ratio:.3f}"),
+                ("false-alarm rate", f"{audit.false_alarm_rate:g}"),
                 ("flagged", "yes" if audit.flagged else "no"),
             ],
         )
-    verify_canary_audit(audit)
+    verify_noise_audit(audit)

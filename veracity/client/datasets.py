@@ -19,6 +19,7 @@ a file that changed.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import logging
 import math
@@ -34,6 +35,7 @@ from veracity.client.fingerprint import (
     commitment,
     content_digest,
     new_salt,
+    record_fingerprints,
     schema_hash,
 )
 from veracity.client.site import Site
@@ -379,7 +381,9 @@ def register_dataset(
     Returns
     -------
     tuple
-        The stored :class:`~veracity.client.store.Dataset` and its signed statement.
+        The stored :class:`~veracity.client.store.Dataset` (with the budget pool it draws
+        from: a dataset sharing any record with registered ones joins their pool) and its
+        signed statement.
 
     Raises
     ------
@@ -424,6 +428,10 @@ def register_dataset(
         delta=float(chosen_delta),
         registered_at=now,
     )
+    _fingerprint_older_datasets(site)
+    fingerprints = record_fingerprints(
+        site.store.record_key(), table.features, table.label, table.x, table.y
+    )
     statement = site.sign(
         DatasetRegistered(
             site=site.name,
@@ -436,9 +444,38 @@ def register_dataset(
             signed_at=now,
         )
     )
-    site.store.add_dataset(dataset, statement)
+    pool = site.store.add_dataset(dataset, statement, record_fingerprints=fingerprints)
     log.info("registered dataset %s (%d rows) from %s", dataset_id, dataset.rows, resolved)
-    return dataset, statement
+    if pool.shared:
+        log.warning(
+            "dataset %s shares records with %s: it draws from budget pool %s",
+            dataset_id,
+            ", ".join(f"{name} ({count})" for name, count in pool.shared.items()),
+            pool.pool_id,
+        )
+    return dataclasses.replace(dataset, pool_id=pool.pool_id), statement
+
+
+def _fingerprint_older_datasets(site: Site) -> None:
+    """Fingerprint the records of datasets registered before record fingerprints existed.
+
+    A dataset whose file is gone or changed cannot be fingerprinted; it keeps its own
+    pool (and the agent refuses to train on it anyway).
+    """
+    for dataset in site.store.list_datasets():
+        if site.store.has_fingerprints(dataset.dataset_id):
+            continue
+        try:
+            table = load_registered(dataset)
+        except (ApprovalMissing, InputError) as err:
+            log.warning("cannot fingerprint dataset %s: %s", dataset.dataset_id, err)
+            continue
+        site.store.attach_fingerprints(
+            dataset.dataset_id,
+            record_fingerprints(
+                site.store.record_key(), table.features, table.label, table.x, table.y
+            ),
+        )
 
 
 def check_registered(dataset: Dataset) -> bytes:
@@ -455,12 +492,12 @@ def check_registered(dataset: Dataset) -> bytes:
         data = _read_bytes(dataset.path)
     except InputError as err:
         raise ApprovalMissing(
-            f"dataset {dataset.dataset_id!r} cannot be read ({err}); register it again"
+            f"dataset {dataset.dataset_id!r} cannot be read ({err}); restore the registered file"
         ) from err
     if sha256_hex(data) != dataset.file_sha256:
         raise ApprovalMissing(
             f"dataset {dataset.dataset_id!r} changed since it was registered "
-            f"({dataset.path}); register the new file under a new id"
+            f"({dataset.path}); training on it is refused until the registered file is back"
         )
     return data
 

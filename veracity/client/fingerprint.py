@@ -20,6 +20,17 @@
   (:func:`verify_commitment`), so the site can open it to an auditor.
 * ``schema_hash`` (public): SHA-256 of the RFC 8785 JSON of
   ``{"features": [...], "label": L, "label_values": [0, 1], "type": "float64"}``.
+* record fingerprints (site only, never published), one per row::
+
+      HMAC-SHA256( key, "veracity.record.v1" || 0x00 || u32be(len(C)) || C
+                   || float64-LE values of the row in the order of C )[:16]   (hex)
+
+  with ``C`` the RFC 8785 JSON of the sorted column names (label included) and ``key``
+  the site's secret record key. The same patient row gives the same fingerprint in any
+  file, order or format with the same columns, so a shuffled copy, an extract or a
+  refresh of a registered cohort is recognised and draws from the same budget. A row
+  whose values or columns differ (rounded, recoded, other columns) is not recognised:
+  keeping such data attached to its budget stays the operator's responsibility.
 """
 
 from __future__ import annotations
@@ -42,11 +53,13 @@ __all__ = [
     "schema_hash",
     "commitment",
     "verify_commitment",
+    "record_fingerprints",
 ]
 
 SALT_BYTES = 32
 _CONTENT_DOMAIN = b"veracity.dataset-content.v1\x00"
 _COMMITMENT_DOMAIN = b"veracity.dataset-commitment.v1\x00"
+_RECORD_DOMAIN = b"veracity.record.v1\x00"
 
 
 def new_salt() -> bytes:
@@ -116,3 +129,36 @@ def verify_commitment(expected: str, salt: bytes, digest_hex: str) -> None:
     """
     if not hmac.compare_digest(commitment(salt, digest_hex), expected):
         raise VerificationError("the dataset does not match its commitment")
+
+
+def record_fingerprints(
+    key: bytes,
+    features: tuple[str, ...],
+    label: str,
+    x: npt.NDArray[np.float64],
+    y: npt.NDArray[np.integer],
+) -> list[str]:
+    """One salted fingerprint (32 hex) per row, as described in the module docstring.
+
+    Raises
+    ------
+    InputError
+        If the key is not 32 bytes or the arrays do not match the column names.
+    """
+    if len(key) != 32:
+        raise InputError("a record key is 32 bytes")
+    if x.ndim != 2 or x.shape[1] != len(features) or y.shape != (x.shape[0],):
+        raise InputError("features and labels do not match the column names")
+    columns = [label, *features]
+    order = sorted(range(len(columns)), key=lambda index: columns[index])
+    names = canonical_json([columns[index] for index in order])
+    matrix = np.column_stack([np.asarray(y, dtype="<f8"), np.asarray(x, dtype="<f8")])
+    rows = np.ascontiguousarray(matrix[:, order], dtype="<f8")
+    prefix = _RECORD_DOMAIN + struct.pack(">I", len(names)) + names
+    keyed = hmac.new(key, prefix, hashlib.sha256)
+    fingerprints = []
+    for row in rows:
+        digest = keyed.copy()
+        digest.update(row.tobytes())
+        fingerprints.append(digest.digest()[:16].hex())
+    return fingerprints

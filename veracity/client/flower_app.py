@@ -130,7 +130,6 @@ def train(msg: Message, context: Context) -> Message:
     receipt = ReceiptRecord(
         receipt_json=canonical_json(outcome.receipt).decode("utf-8"),
         signature=outcome.receipt_signature,
-        noise_generator=outcome.noise_generator,
     )
     reply = RecordDict(
         {

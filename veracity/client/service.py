@@ -11,13 +11,15 @@ The Flower ClientApp adapter only converts between Flower records and these type
 For every request the agent, in order:
 
 1. validates the request (malformed input raises :class:`~veracity.errors.InputError`);
-2. checks the approval (:func:`veracity.client.approvals.approved_terms`) and that the
-   approved dataset's file is unchanged; if not, answers a signed ``approval.missing``
-   :class:`Refusal` and trains nothing;
-3. computes what the round would bring the dataset's and the study's epsilon to and, in
-   the same transaction, reserves the round's steps; if a cap would be crossed it answers
-   a signed ``budget.refused`` :class:`Refusal` (also queued in the outbox) and trains
-   nothing;
+2. checks the approval (:func:`veracity.client.approvals.approved_terms`), that the
+   approved dataset's file is unchanged, that the round is one of the study's and that
+   the global weights are within the study's bound; if not, answers a signed
+   ``approval.missing`` :class:`Refusal` (queued in the outbox) and trains nothing;
+3. in one transaction: refuses (``approval.missing``) a round of a run already trained
+   or a run beyond the study's ``runs``; computes what the round would bring the dataset
+   pool's and the study's epsilon to and reserves the round's steps; if a cap would be
+   crossed it answers a signed ``budget.refused`` :class:`Refusal` (also queued in the
+   outbox) and trains nothing;
 4. trains one round of DP-SGD on the reused :class:`~veracity.client.training.PrivateTrainer`
    of this run, checks that the accountant grew by exactly the reserved steps, marks the
    spend completed and answers a :class:`TrainReply` with a receipt signed under
@@ -43,6 +45,7 @@ import numpy.typing as npt
 from veracity.client.approvals import approved_terms
 from veracity.client.budget import (
     ACCOUNTANT,
+    NEIGHBOURING,
     RoundBudget,
     Segment,
     epsilon_left,
@@ -51,9 +54,10 @@ from veracity.client.budget import (
 )
 from veracity.client.datasets import check_registered, load_registered
 from veracity.client.site import Clock, Site, utc_now
-from veracity.client.store import Dataset, SignedStatement
+from veracity.client.store import Dataset, Pool, SignedStatement
 from veracity.contracts.receipts import RECEIPT_DOMAIN, RECEIPT_FIELDS, Receipt
 from veracity.contracts.refusals import ApprovalMissingStatement, BudgetRefused
+from veracity.core.canonical import canonical_hash
 from veracity.core.fields import is_hex64
 from veracity.errors import ApprovalMissing, InputError, VerificationError
 from veracity.ledger.statement import sign_document
@@ -170,6 +174,26 @@ def _check_request(request: TrainRequest) -> Study:
     return study
 
 
+def _check_weight_bound(study: Study, weights: Mapping[str, Any]) -> None:
+    """Refuse global weights whose L2 norm (all arrays together) exceeds the study's bound.
+
+    Raises
+    ------
+    ApprovalMissing
+        If the norm is above ``study.max_weight_norm``: the approved study does not cover
+        training from such weights.
+    """
+    squared = sum(
+        float(np.sum(np.square(np.asarray(array, dtype=np.float64)))) for array in weights.values()
+    )
+    norm = math.sqrt(squared)
+    if not norm <= study.max_weight_norm:
+        raise ApprovalMissing(
+            f"the global weights have L2 norm {norm:.6g}, above the study's bound "
+            f"max_weight_norm {study.max_weight_norm:g}"
+        )
+
+
 class SiteAgent:
     """The site's training service (see the module docstring).
 
@@ -242,32 +266,48 @@ class SiteAgent:
             _decision, dataset, cap = approved_terms(
                 self.site, study=study, study_hash=request.study_hash, code_hash=request.code_hash
             )
+            if not 1 <= request.round <= study.rounds:
+                raise ApprovalMissing(
+                    f"study {study.study_id!r} has {study.rounds} round(s); round "
+                    f"{request.round} is not part of it"
+                )
             trainer = self._trainer(request.run_id, study, dataset)
+            _check_weight_bound(study, request.weights)
         except ApprovalMissing as err:
             return self._refuse_approval(request, str(err))
         planned = trainer.planned_segment(study.training.local_epochs)
 
         def evaluate(
-            dataset_history: tuple[Segment, ...], study_history: tuple[Segment, ...]
+            dataset_history: tuple[Segment, ...], study_history: tuple[Segment, ...], pool: Pool
         ) -> RoundBudget:
+            if study.dp.delta > pool.delta:
+                # A dataset registered later lowered the pool's delta below the study's.
+                raise ApprovalMissing(
+                    f"the study's delta {study.dp.delta:g} is weaker than the delta "
+                    f"{pool.delta:g} of dataset {dataset.dataset_id!r}'s budget pool"
+                )
             return evaluate_round(
                 dataset_history=dataset_history,
                 study_history=study_history,
                 planned=planned,
                 delta=study.dp.delta,
-                dataset_budget=dataset.epsilon_budget,
+                dataset_budget=pool.epsilon_budget,
                 study_cap=cap,
             )
 
-        budget, dataset_before, study_before, spend_id = self.site.store.reserve_round(
-            dataset_id=dataset.dataset_id,
-            study_hash=study.study_hash,
-            run_id=request.run_id,
-            round=request.round,
-            planned=planned,
-            evaluate=evaluate,
-            now=self.site.now(),
-        )
+        try:
+            budget, dataset_before, study_before, spend_id = self.site.store.reserve_round(
+                dataset_id=dataset.dataset_id,
+                study_hash=study.study_hash,
+                run_id=request.run_id,
+                round=request.round,
+                planned=planned,
+                evaluate=evaluate,
+                now=self.site.now(),
+                runs=study.runs,
+            )
+        except ApprovalMissing as err:
+            return self._refuse_approval(request, str(err))
         if spend_id is None:
             return self._refuse_budget(
                 request, study, dataset, budget, dataset_before, study_before, cap
@@ -276,6 +316,10 @@ class SiteAgent:
             trainer.load_history(dataset_before)
             result = trainer.train_round(request.weights, epochs=study.training.local_epochs)
             recorded = trainer.accountant_history()
+            if not all(np.all(np.isfinite(array)) for array in result.weights.values()):
+                # Cannot happen: clipping bounds every sample's contribution and the weights
+                # were bounded. A second line of defence only (withholding is a signal too).
+                raise VerificationError("the trained update is not finite; it is withheld")
             if result.steps != planned.steps or recorded != budget.dataset.history:
                 raise VerificationError(
                     f"the accountant recorded {history_to_json(recorded)} after "
@@ -297,11 +341,14 @@ class SiteAgent:
             dataset_commitment=dataset.commitment,
             update_hash=update_hash,
             accountant=ACCOUNTANT,
+            neighbouring=NEIGHBOURING,
             delta=study.dp.delta,
-            epsilon=budget.dataset.prv,
+            epsilon=budget.dataset.epsilon,
+            epsilon_add_remove=budget.dataset.add_remove,
             history=history_to_json(budget.dataset.history),
             max_grad_norm=study.dp.max_grad_norm,
             num_examples=dataset.rows,
+            noise_generator=trainer.noise_generator,
         )
         document = receipt.to_json()
         signature = sign_document(self.site.key, RECEIPT_DOMAIN, document)
@@ -310,9 +357,10 @@ class SiteAgent:
         )
         metrics: dict[str, float] = {
             "num-examples": float(dataset.rows),
-            "epsilon": budget.dataset.prv,
+            "epsilon": budget.dataset.epsilon,
+            "epsilon-add-remove": budget.dataset.add_remove,
             "epsilon-rdp": budget.dataset.rdp,
-            "study-epsilon": budget.study.prv,
+            "study-epsilon": budget.study.epsilon,
             "secure-mode": 1.0 if trainer.secure_mode else 0.0,
         }
         if self.site.config.share_train_loss and math.isfinite(result.mean_loss):
@@ -322,8 +370,8 @@ class SiteAgent:
             self.site.name,
             request.round,
             request.run_id,
-            budget.dataset.prv,
-            budget.study.prv,
+            budget.dataset.epsilon,
+            budget.study.epsilon,
         )
         return TrainReply(
             weights=result.weights,
@@ -353,14 +401,10 @@ class SiteAgent:
         column = {name: index for index, name in enumerate(table.features)}
         x = table.x[:, [column[name] for name in study.features]]
         secure = study.dp.secure_mode or self.site.config.secure_mode
-        trainer = PrivateTrainer(
-            study.model_spec,
+        trainer = PrivateTrainer.for_study(
+            study,
             standardise(x, study.scaling),
             table.y,
-            noise_multiplier=study.dp.noise_multiplier,
-            max_grad_norm=study.dp.max_grad_norm,
-            batch_size=study.training.batch_size,
-            learning_rate=study.training.learning_rate,
             clipping=self.site.config.clipping,
             secure_mode=secure,
             seed=None if secure else self._run_seed(key),
@@ -379,15 +423,22 @@ class SiteAgent:
     # ------------------------------------------------------------------ refusals
 
     def _refuse_approval(self, request: TrainRequest, reason: str) -> Refusal:
-        statement = self.site.sign(
-            ApprovalMissingStatement(
-                site=self.site.name,
-                study_hash=request.study_hash,
-                run_id=request.run_id,
-                round=request.round,
-                reason=reason,
-                signed_at=self.site.now(),
-            )
+        refused = ApprovalMissingStatement(
+            site=self.site.name,
+            study_hash=request.study_hash,
+            run_id=request.run_id,
+            round=request.round,
+            reason=reason,
+            signed_at=self.site.now(),
+        )
+        # Stored and queued for the ledger like budget.refused, once per refused request
+        # (the key leaves out signed_at: a repeated request is the same refusal).
+        key = refused.to_json()
+        del key["signed_at"]
+        statement = self.site.store.refusal(
+            canonical_hash({"kind": refused.KIND, **key}),
+            lambda: self.site.sign(refused),
+            now=self.site.now(),
         )
         log.warning("site %s refused round %s: %s", self.site.name, request.round, reason)
         return Refusal(kind="approval.missing", statement=statement, reason=reason)
@@ -406,14 +457,20 @@ class SiteAgent:
         crossed: list[tuple[float, float, str]] = []
         if not budget.study_allowed:
             left = epsilon_left(cap, study_before, delta)
-            crossed.append((left, budget.study.prv, f"study {study.study_id!r} (cap {cap:g})"))
+            crossed.append((left, budget.study.epsilon, f"study {study.study_id!r} (cap {cap:g})"))
         if not budget.dataset_allowed:
-            left = epsilon_left(dataset.epsilon_budget, dataset_before, delta)
+            left = epsilon_left(budget.dataset_budget, dataset_before, delta)
+            pool = self.site.store.pool(dataset.dataset_id)
+            shared = (
+                f" (budget pool {pool.pool_id!r}, shared with {', '.join(others)})"
+                if (others := [name for name in pool.datasets if name != dataset.dataset_id])
+                else ""
+            )
             crossed.append(
                 (
                     left,
-                    budget.dataset.prv,
-                    f"dataset {dataset.dataset_id!r} (budget {dataset.epsilon_budget:g})",
+                    budget.dataset.epsilon,
+                    f"dataset {dataset.dataset_id!r}{shared} (budget {budget.dataset_budget:g})",
                 )
             )
         left, requested, scope = min(crossed)

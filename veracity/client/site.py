@@ -13,7 +13,6 @@ it created if any earlier step fails.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import logging
 import os
@@ -48,7 +47,6 @@ __all__ = [
     "SitePaths",
     "Site",
     "init_site",
-    "secure_mode_available",
 ]
 
 log = logging.getLogger(__name__)
@@ -64,17 +62,13 @@ def utc_now() -> datetime:
     return datetime.now(UTC)
 
 
-def secure_mode_available() -> bool:
-    """Whether torchcsprng, which Opacus's ``secure_mode`` needs, is installed."""
-    return importlib.util.find_spec("torchcsprng") is not None
-
-
 class SiteConfig(BaseModel):
     """The settings in ``site.json``.
 
     ``torch_threads``: intra-op threads for training (1 by default: on a busy small machine
-    two threads ran 10-40 times slower than one). ``secure_mode``: draw DP noise and Poisson
-    samples from torchcsprng (needs that package). ``clipping``: how per-sample gradients
+    two threads ran 10-40 times slower than one). ``secure_mode``: refuse injected seeds
+    (noise and samples always come from ChaCha20 keyed from the OS; see
+    :mod:`veracity.client.noise`). ``clipping``: how per-sample gradients
     are clipped (see :mod:`veracity.client.training`). ``share_train_loss``: include the
     mean training loss in replies; it is an aggregate of the private data that the DP
     guarantee does not cover, so it is off unless the operator turns it on.
@@ -268,11 +262,6 @@ def init_site(
         first = err.errors()[0]
         field = ".".join(str(p) for p in first.get("loc", ())) or "setting"
         raise ConfigError(f"invalid site setting {field}: {first.get('msg', 'invalid')}") from err
-    if secure_mode and not secure_mode_available():
-        raise ConfigError(
-            "secure mode needs the torchcsprng package, which is not installed; "
-            "initialise without --secure-mode or install torchcsprng"
-        )
     paths = SitePaths(root, name)
     existing = [
         path

@@ -8,32 +8,46 @@ revisions in ``veracity/client/migrations`` (version table ``site_alembic_versio
 Invariants the store keeps:
 
 * A dataset, a study decision or a budget refusal is written in the same transaction as
-  its signed statement in the outbox: there is never one without the other.
+  its signed statement in the outbox: there is never one without the other. Requests the
+  approval does not cover are refused with an ``approval.missing`` statement, queued in
+  the outbox once per refused request (``dedupe_key``).
 * Privacy spends are append-only and *every* row counts towards the dataset's history,
   whatever its status (``reserved``, ``completed``, ``failed``). A round's steps are
   reserved, under a lock on the dataset, in the same transaction that checked the budget
   and before any training starts, so a crash can over-count a round but never
   under-count one, and two processes can never both spend the last of a budget.
 * Decisions are append-only; the latest decision about a study is the one in force.
+* Budgets follow records, not files: each dataset draws from a budget *pool*, and a
+  dataset that shares a record (by salted fingerprint, kept here and never published)
+  with registered ones joins their pool. A pool's history is every spend on any of its
+  datasets, so every record's privacy loss is bounded by its pool's spend.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Iterator, Sequence
+import secrets
+from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
-from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+from sqlalchemy.orm import (
+    DeclarativeBase,
+    Mapped,
+    Session,
+    aliased,
+    mapped_column,
+    sessionmaker,
+)
 
 from veracity.client.budget import History, RoundBudget, Segment, merge_history
 from veracity.core.canonical import canonical_hash, canonical_json
-from veracity.errors import ConfigError, InputError
+from veracity.errors import ApprovalMissing, ConfigError, InputError
 from veracity.ledger.statement import statement_of
 from veracity.ledger.store import configure_sqlite
 
@@ -42,6 +56,7 @@ __all__ = [
     "Base",
     "SignedStatement",
     "Dataset",
+    "Pool",
     "Decision",
     "Spend",
     "OutboxEntry",
@@ -52,6 +67,7 @@ log = logging.getLogger(__name__)
 
 #: Alembic's version table for the site store (kept apart from any other schema's).
 VERSION_TABLE = "site_alembic_version"
+_RECORD_KEY = "record-fingerprint-key"
 
 _NAMING = {
     "ix": "ix_%(column_0_label)s",
@@ -88,6 +104,28 @@ class DatasetRow(Base):
     epsilon_budget: Mapped[float] = mapped_column(sa.Double)
     delta: Mapped[float] = mapped_column(sa.Double)
     registered_at: Mapped[str] = mapped_column(sa.String(40))
+    #: The budget pool the dataset draws from (the id of a dataset in it).
+    pool_id: Mapped[str] = mapped_column(sa.String(128), index=True)
+
+
+class RecordFingerprintRow(Base):
+    """A salted fingerprint of one record of a dataset (site only, never published)."""
+
+    __tablename__ = "site_record_fingerprints"
+
+    dataset_id: Mapped[str] = mapped_column(
+        sa.String(128), sa.ForeignKey("site_datasets.dataset_id"), primary_key=True
+    )
+    fingerprint: Mapped[str] = mapped_column(sa.String(32), primary_key=True, index=True)
+
+
+class SecretRow(Base):
+    """A secret the site keeps in its store (the record-fingerprint key)."""
+
+    __tablename__ = "site_secrets"
+
+    name: Mapped[str] = mapped_column(sa.String(64), primary_key=True)
+    value_hex: Mapped[str] = mapped_column(sa.String(128))
 
 
 class DecisionRow(Base):
@@ -149,6 +187,8 @@ class OutboxRow(Base):
     signature: Mapped[str] = mapped_column(sa.String(128))
     created_at: Mapped[str] = mapped_column(sa.String(40))
     delivered_at: Mapped[str | None] = mapped_column(sa.String(40), nullable=True)
+    #: Set for refusals: one statement per refused request (see ``SiteStore.refusal``).
+    dedupe_key: Mapped[str | None] = mapped_column(sa.String(64), unique=True, nullable=True)
 
 
 @dataclass(frozen=True)
@@ -195,6 +235,25 @@ class Dataset:
     epsilon_budget: float
     delta: float
     registered_at: str
+    #: The budget pool it draws from; ``None`` before it is stored (then its own id).
+    pool_id: str | None = None
+
+
+@dataclass(frozen=True)
+class Pool:
+    """Datasets that share records, and so one privacy budget (see :meth:`SiteStore.pool`).
+
+    Every record's privacy loss is bounded by the pool's spend, whichever of its datasets
+    a round trained on. The pool's budget and delta are the smallest of its datasets'.
+    ``shared`` says, for a pool just joined, how many records the new dataset shares
+    with each dataset already in it.
+    """
+
+    pool_id: str
+    datasets: tuple[str, ...]
+    epsilon_budget: float
+    delta: float
+    shared: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -261,6 +320,7 @@ def _dataset(row: DatasetRow) -> Dataset:
         epsilon_budget=row.epsilon_budget,
         delta=row.delta,
         registered_at=row.registered_at,
+        pool_id=row.pool_id,
     )
 
 
@@ -401,8 +461,18 @@ class SiteStore:
 
     # ------------------------------------------------------------------ datasets
 
-    def add_dataset(self, dataset: Dataset, statement: SignedStatement) -> None:
+    def add_dataset(
+        self,
+        dataset: Dataset,
+        statement: SignedStatement,
+        *,
+        record_fingerprints: Collection[str] = (),
+    ) -> Pool:
         """Register ``dataset`` and queue its ``dataset.registered`` statement, atomically.
+
+        ``record_fingerprints`` (:func:`veracity.client.fingerprint.record_fingerprints`)
+        are stored with it, and a dataset that shares any record with registered ones
+        joins their budget pool (:meth:`attach_fingerprints`). Returns the pool.
 
         Raises
         ------
@@ -422,7 +492,7 @@ class SiteStore:
             if twin is not None:
                 raise InputError(
                     f"this data is already registered as dataset {twin!r}; its privacy "
-                    "budget stays with it (register different data, or use that id)"
+                    "budget stays with it (train on that id)"
                 )
             session.add(
                 DatasetRow(
@@ -441,9 +511,136 @@ class SiteStore:
                     epsilon_budget=dataset.epsilon_budget,
                     delta=dataset.delta,
                     registered_at=dataset.registered_at,
+                    pool_id=dataset.dataset_id,
                 )
             )
             session.add(_outbox_row(statement, dataset.registered_at))
+            session.flush()
+            return self._attach(session, dataset.dataset_id, record_fingerprints)
+
+    def attach_fingerprints(self, dataset_id: str, record_fingerprints: Collection[str]) -> Pool:
+        """Store a dataset's record fingerprints and merge the budget pools they connect.
+
+        Every pool holding a dataset that shares a fingerprint with ``dataset_id`` is
+        merged with its pool (into the oldest pool id), so that each record draws from one
+        budget. Used at registration, and for datasets registered before fingerprints.
+
+        Raises
+        ------
+        InputError
+            If the dataset is not registered.
+        """
+        with self._transaction() as session:
+            return self._attach(session, dataset_id, record_fingerprints)
+
+    @staticmethod
+    def _attach(session: Session, dataset_id: str, record_fingerprints: Collection[str]) -> Pool:
+        own = session.get(DatasetRow, dataset_id, with_for_update=True)
+        if own is None:
+            raise InputError(f"no dataset {dataset_id!r} is registered at this site")
+        known = set(
+            session.scalars(
+                sa.select(RecordFingerprintRow.fingerprint).where(
+                    RecordFingerprintRow.dataset_id == dataset_id
+                )
+            )
+        )
+        session.add_all(
+            RecordFingerprintRow(dataset_id=dataset_id, fingerprint=fingerprint)
+            for fingerprint in sorted(set(record_fingerprints) - known)
+        )
+        session.flush()
+        shared = SiteStore._shared(session, dataset_id)
+        pools = {own.pool_id}
+        if shared:
+            pools |= set(
+                session.scalars(
+                    sa.select(DatasetRow.pool_id).where(DatasetRow.dataset_id.in_(list(shared)))
+                )
+            )
+        members = list(
+            session.scalars(
+                sa.select(DatasetRow)
+                .where(DatasetRow.pool_id.in_(sorted(pools)))
+                .order_by(DatasetRow.registered_at, DatasetRow.dataset_id)
+                .with_for_update()
+            )
+        )
+        # The pool keeps the id of its oldest dataset's pool.
+        target = members[0].pool_id
+        for row in members:
+            row.pool_id = target
+        return Pool(
+            pool_id=target,
+            datasets=tuple(sorted(row.dataset_id for row in members)),
+            epsilon_budget=min(row.epsilon_budget for row in members),
+            delta=min(row.delta for row in members),
+            shared=shared,
+        )
+
+    @staticmethod
+    def _shared(session: Session, dataset_id: str) -> dict[str, int]:
+        mine = aliased(RecordFingerprintRow)
+        theirs = aliased(RecordFingerprintRow)
+        rows = session.execute(
+            sa.select(theirs.dataset_id, sa.func.count())
+            .join(mine, mine.fingerprint == theirs.fingerprint)
+            .where(mine.dataset_id == dataset_id, theirs.dataset_id != dataset_id)
+            .group_by(theirs.dataset_id)
+        ).all()
+        return {str(name): int(count) for name, count in sorted(rows)}
+
+    def shared_records(self, dataset_id: str) -> dict[str, int]:
+        """How many distinct records ``dataset_id`` shares with each other dataset (by id)."""
+        with self._sessions() as session:
+            return self._shared(session, dataset_id)
+
+    def has_fingerprints(self, dataset_id: str) -> bool:
+        """Whether ``dataset_id``'s records have been fingerprinted."""
+        with self._sessions() as session:
+            return (
+                session.scalar(
+                    sa.select(RecordFingerprintRow.fingerprint)
+                    .where(RecordFingerprintRow.dataset_id == dataset_id)
+                    .limit(1)
+                )
+                is not None
+            )
+
+    def record_key(self) -> bytes:
+        """The site's secret key for record fingerprints (32 bytes, created on first use)."""
+        with self._transaction() as session:
+            row = session.get(SecretRow, _RECORD_KEY, with_for_update=True)
+            if row is None:
+                row = SecretRow(name=_RECORD_KEY, value_hex=secrets.token_hex(32))
+                session.add(row)
+            return bytes.fromhex(row.value_hex)
+
+    def pool(self, dataset_id: str) -> Pool:
+        """The budget pool ``dataset_id`` draws from.
+
+        Raises
+        ------
+        InputError
+            If the dataset is not registered.
+        """
+        with self._sessions() as session:
+            return self._pool(session, dataset_id)
+
+    @staticmethod
+    def _pool(session: Session, dataset_id: str) -> Pool:
+        pool_id = session.scalar(
+            sa.select(DatasetRow.pool_id).where(DatasetRow.dataset_id == dataset_id)
+        )
+        if pool_id is None:
+            raise InputError(f"no dataset {dataset_id!r} is registered at this site")
+        members = list(session.scalars(sa.select(DatasetRow).where(DatasetRow.pool_id == pool_id)))
+        return Pool(
+            pool_id=pool_id,
+            datasets=tuple(sorted(row.dataset_id for row in members)),
+            epsilon_budget=min(row.epsilon_budget for row in members),
+            delta=min(row.delta for row in members),
+        )
 
     def get_dataset(self, dataset_id: str) -> Dataset | None:
         """The dataset registered as ``dataset_id``, if any."""
@@ -521,6 +718,11 @@ class SiteStore:
 
     @staticmethod
     def _histories(session: Session, dataset_id: str, study_hash: str) -> tuple[History, History]:
+        """The merged histories of ``dataset_id``'s pool: every study's, and ``study_hash``'s."""
+        pool_id = sa.select(DatasetRow.pool_id).where(DatasetRow.dataset_id == dataset_id)
+        members = sa.select(DatasetRow.dataset_id).where(
+            DatasetRow.pool_id == pool_id.scalar_subquery()
+        )
         rows = session.execute(
             sa.select(
                 SpendRow.noise_multiplier,
@@ -528,7 +730,7 @@ class SiteStore:
                 SpendRow.steps,
                 SpendRow.study_hash,
             )
-            .where(SpendRow.dataset_id == dataset_id)
+            .where(SpendRow.dataset_id.in_(members))
             .order_by(SpendRow.id)
         ).all()
         every = [Segment(sigma, rate, steps) for sigma, rate, steps, _ in rows]
@@ -538,12 +740,12 @@ class SiteStore:
         return merge_history(every), merge_history(ours)
 
     def dataset_history(self, dataset_id: str) -> History:
-        """The merged history of every step reserved or run on ``dataset_id``."""
+        """The merged history of every step reserved or run on ``dataset_id``'s budget pool."""
         with self._sessions() as session:
             return self._histories(session, dataset_id, "")[0]
 
     def study_history(self, dataset_id: str, study_hash: str) -> History:
-        """The merged history of the steps ``study_hash`` reserved or ran on ``dataset_id``."""
+        """The merged history of the steps ``study_hash`` reserved or ran on that pool."""
         with self._sessions() as session:
             return self._histories(session, dataset_id, study_hash)[1]
 
@@ -555,15 +757,20 @@ class SiteStore:
         run_id: str,
         round: int,
         planned: Segment,
-        evaluate: Callable[[History, History], RoundBudget],
+        evaluate: Callable[[History, History, Pool], RoundBudget],
         now: str,
+        runs: int | None = None,
     ) -> tuple[RoundBudget, History, History, int | None]:
         """Check a planned round against the budget and, if allowed, reserve its steps.
 
-        Under a lock on the dataset (a row lock on PostgreSQL, SQLite's write lock), reads
-        the dataset's and the study's histories, calls ``evaluate(dataset_history,
-        study_history)``, and if the result is allowed inserts a ``reserved`` spend, all
-        in one transaction.
+        Under a lock on every dataset of the dataset's budget pool (row locks on
+        PostgreSQL, SQLite's write lock), reads the pool's and the study's histories, calls
+        ``evaluate(pool_history, study_history, pool)``, and if the result is allowed
+        inserts a ``reserved`` spend, all in one transaction.
+
+        With ``runs``, the study's scope is checked in the same transaction first: a round
+        of a run that already has a spend for this study (trained, reserved or failed) is
+        refused, and so is a new run once the study has spends in ``runs`` runs.
 
         Returns
         -------
@@ -575,17 +782,26 @@ class SiteStore:
         ------
         InputError
             If the dataset is not registered.
+        ApprovalMissing
+            If the round is outside the study's runs (nothing written).
         """
         with self._transaction() as session:
-            locked = session.scalar(
-                sa.select(DatasetRow.dataset_id)
-                .where(DatasetRow.dataset_id == dataset_id)
-                .with_for_update()
+            pool_id = session.scalar(
+                sa.select(DatasetRow.pool_id).where(DatasetRow.dataset_id == dataset_id)
             )
-            if locked is None:
+            if pool_id is None:
                 raise InputError(f"no dataset {dataset_id!r} is registered at this site")
+            # Lock every dataset of the pool, in one order, before reading its history.
+            session.scalars(
+                sa.select(DatasetRow.dataset_id)
+                .where(DatasetRow.pool_id == pool_id)
+                .order_by(DatasetRow.dataset_id)
+                .with_for_update()
+            ).all()
+            if runs is not None:
+                self._check_scope(session, study_hash, run_id, round, runs)
             dataset_before, study_before = self._histories(session, dataset_id, study_hash)
-            budget = evaluate(dataset_before, study_before)
+            budget = evaluate(dataset_before, study_before, self._pool(session, dataset_id))
             if not budget.allowed:
                 return budget, dataset_before, study_before, None
             row = SpendRow(
@@ -598,14 +814,31 @@ class SiteStore:
                 steps=planned.steps,
                 status="reserved",
                 delta=budget.dataset.delta,
-                epsilon_dataset=budget.dataset.prv,
-                epsilon_study=budget.study.prv,
+                epsilon_dataset=budget.dataset.epsilon,
+                epsilon_study=budget.study.epsilon,
                 epsilon_rdp=budget.dataset.rdp,
                 reserved_at=now,
             )
             session.add(row)
             session.flush()
             return budget, dataset_before, study_before, row.id
+
+    @staticmethod
+    def _check_scope(session: Session, study_hash: str, run_id: str, round: int, runs: int) -> None:
+        spent = session.execute(
+            sa.select(SpendRow.run_id, SpendRow.round).where(SpendRow.study_hash == study_hash)
+        ).all()
+        if any((spent_run, spent_round) == (run_id, round) for spent_run, spent_round in spent):
+            raise ApprovalMissing(
+                f"round {round} of run {run_id} was already trained for this study; "
+                "a round is trained once"
+            )
+        seen = {spent_run for spent_run, _ in spent}
+        if run_id not in seen and len(seen) >= runs:
+            raise ApprovalMissing(
+                f"the study allows {runs} run(s) and this site already trained in "
+                f"{len(seen)}; run {run_id} is not part of it"
+            )
 
     def finish_spend(
         self,
@@ -650,6 +883,25 @@ class SiteStore:
             )
             if exists is None:
                 session.add(_outbox_row(statement, now))
+
+    def refusal(
+        self, key: str, sign: Callable[[], SignedStatement], *, now: str
+    ) -> SignedStatement:
+        """The refusal statement kept for ``key``, signed and queued on first use.
+
+        A request refused again (the same study, run, round and reason) gets the same
+        signed statement back, so the outbox holds each refusal once and the ledger
+        records it once.
+        """
+        with self._transaction() as session:
+            row = session.scalar(sa.select(OutboxRow).where(OutboxRow.dedupe_key == key))
+            if row is not None:
+                return _statement(row)
+            statement = sign()
+            row = _outbox_row(statement, now)
+            row.dedupe_key = key
+            session.add(row)
+            return statement
 
     def outbox(self, *, include_delivered: bool = False) -> list[OutboxEntry]:
         """Queued statements, oldest first (pending ones only, unless asked)."""

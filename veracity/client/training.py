@@ -30,17 +30,25 @@ Two ways to clip per-sample gradients (``site.json`` ``clipping``):
     ``DPOptimizer``: works for any model Opacus supports. The tests check that both give
     the same clipped gradients.
 
-Noise and sampling randomness: with ``secure_mode`` both come from torchcsprng through
-Opacus (and the noise uses Opacus's floating-point-attack mitigation); otherwise from
-``torch.Generator`` (Mersenne Twister) instances seeded with 63 bits from ``os.urandom``,
-never from torch's global generator. Receipts say which (:attr:`PrivateTrainer.noise_generator`).
+Clipping is finite for every input in both ways: a step whose per-sample norms are all
+finite in float32 keeps Opacus's rule; any other step is redone with norms in float64,
+and a sample whose activations, output gradients or per-sample gradient are not finite
+contributes zero (within the clipping bound). So no crafted weights
+or outlier record can make ``0 * inf`` turn the released update into NaN exactly when that
+record is sampled.
+
+Noise and sampling randomness come from the site's ChaCha20 source
+(:mod:`veracity.client.noise`: a CSPRNG keyed from ``os.urandom``, Gaussians in float64 as
+the sum of four Box-Muller draws against floating-point attacks), one stream for the noise
+and one for Poisson sampling, never from torch's Mersenne Twister. Opacus's own
+``secure_mode`` (torchcsprng, no build for this torch) is not used. Receipts name the
+source (:attr:`PrivateTrainer.noise_generator`).
 """
 
 from __future__ import annotations
 
 import logging
 import math
-import secrets
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -50,23 +58,26 @@ import numpy as np
 import numpy.typing as npt
 import torch
 from opacus import PrivacyEngine
-from opacus.optimizers import DPOptimizerFastGradientClipping
+from opacus.optimizers import DPOptimizer, DPOptimizerFastGradientClipping
+from opacus.optimizers.optimizer import _check_processed_flag, _mark_as_processed
 from opacus.utils.uniform_sampler import UniformWithReplacementSampler
 from torch import nn
 from torch.utils.data import DataLoader
 from torch.utils.data import Dataset as TorchDataset
 
 from veracity.client.budget import History, Sampling, Segment, merge_history, poisson_sampling
+from veracity.client.noise import GENERATOR_NAME, SEEDED_GENERATOR_NAME, ChaCha20Source
 from veracity.errors import ConfigError, InputError
 from veracity.tasks import scaling as tasks_scaling
 from veracity.tasks.spec import ModelSpec
+from veracity.tasks.study import Study
 from veracity.tasks.torch_models import build_model, load_weights, model_weights
 from veracity.tasks.weights import Weights
 
 __all__ = [
     "Clipping",
-    "NOISE_GENERATOR_SECURE",
-    "NOISE_GENERATOR_DEFAULT",
+    "NOISE_GENERATOR",
+    "NOISE_GENERATOR_SEEDED",
     "configure_threads",
     "standardise",
     "RoundResult",
@@ -77,10 +88,10 @@ log = logging.getLogger(__name__)
 
 Clipping = Literal["linear-ghost", "opacus-hooks"]
 
-#: What receipts' metrics name as the noise source in secure mode.
-NOISE_GENERATOR_SECURE = "torchcsprng:/dev/urandom"
-#: ... and otherwise.
-NOISE_GENERATOR_DEFAULT = "torch.Generator:mt19937(seeded from os.urandom)"
+#: How receipts name the noise source: ChaCha20 keyed from the OS.
+NOISE_GENERATOR = GENERATOR_NAME
+#: ... and with keys derived from an injected seed (tests only).
+NOISE_GENERATOR_SEEDED = SEEDED_GENERATOR_NAME
 
 
 def configure_threads(threads: int) -> None:
@@ -130,14 +141,36 @@ class _Rows(TorchDataset[tuple[torch.Tensor, torch.Tensor]]):
 class _PoissonBatches(UniformWithReplacementSampler):  # type: ignore[misc]
     """Opacus's Poisson sampler (each record joins each batch with probability ``q``).
 
-    Same draws as Opacus (``torch.rand(n, generator) < q`` per step) but yields the index
-    tensor rather than a Python list, which halves the time of a small step.
+    Each record joins each step's batch independently with probability ``q`` (at most
+    ``q``, by less than ``2**-32``: conservative), drawn from the site's ChaCha20 source
+    (:meth:`veracity.client.noise.ChaCha20Source.bernoulli`); it yields the index tensor
+    rather than a Python list, which halves the time of a small step.
     """
+
+    source: ChaCha20Source
 
     def __iter__(self) -> Iterator[torch.Tensor]:
         for _ in range(self.steps):
-            mask = torch.rand(self.num_samples, generator=self.generator) < self.sample_rate
-            yield mask.nonzero().reshape(-1)
+            yield torch.from_numpy(
+                np.flatnonzero(self.source.bernoulli(self.num_samples, self.sample_rate))
+            )
+
+
+def _add_secure_noise(optimizer: Any, source: ChaCha20Source, std: float) -> None:
+    """Opacus's ``add_noise`` with noise from ``source``, added in float64.
+
+    ``p.grad = p.summed_grad + N(0, std^2)`` per coordinate, the sum taken in float64 and
+    rounded once to the parameter's dtype (see :mod:`veracity.client.noise`). One draw
+    covers every parameter of the step.
+    """
+    params = list(optimizer.params)
+    sizes = [p.summed_grad.numel() for p in params]
+    noise = source.gaussian((sum(sizes),), std)
+    for p, part in zip(params, torch.split(noise, sizes), strict=True):
+        _check_processed_flag(p.summed_grad)
+        summed = p.summed_grad.detach().reshape(-1).to(torch.float64)
+        p.grad = (summed + part).to(p.dtype).view_as(p)
+        _mark_as_processed(p.summed_grad)
 
 
 def _batch(data: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -152,9 +185,14 @@ class _ClippedSumOptimizer(DPOptimizerFastGradientClipping):  # type: ignore[mis
     ``accumulate`` takes the fresh ``p.grad`` tensor instead of deep-copying it.
     """
 
+    noise_source: ChaCha20Source
+
     def accumulate(self) -> None:
         for p in self.params:
             p.summed_grad = p.grad if p.summed_grad is None else p.summed_grad + p.grad
+
+    def add_noise(self) -> None:
+        _add_secure_noise(self, self.noise_source, self.noise_multiplier * self.max_grad_norm)
 
 
 class _LinearGhostClipping:
@@ -196,7 +234,13 @@ class _LinearGhostClipping:
         """Write the sum of per-sample gradients, each clipped to ``max_grad_norm``, to ``.grad``.
 
         ``loss_sum`` must be the *sum* of the per-sample losses of the last forward pass.
-        The clip factor is Opacus's: ``min(1, C / (norm + 1e-6))``.
+        The clip factor is Opacus's, ``min(1, C / (norm + 1e-6))``. When any squared norm
+        is not finite in float32 (an overflow, or a non-finite activation or output
+        gradient), the whole step is redone in float64, where squares of float32 values
+        cannot overflow, and a sample whose activations or output gradients are not
+        finite contributes zero (:func:`finite_clip_factors`). Either way each sample's
+        contribution has norm at most ``max_grad_norm``, so the sum is finite whatever
+        the data and the weights.
         """
         outputs = [tensor for tensor in self._outputs if tensor is not None]
         inputs = [tensor for tensor in self._inputs if tensor is not None]
@@ -209,13 +253,108 @@ class _LinearGhostClipping:
             if layer.bias is not None:
                 input_norm = input_norm + 1.0
             squared = squared + (b * b).sum(1) * input_norm
-        factor = (max_grad_norm / (squared.sqrt() + 1e-6)).clamp(max=1.0)
-        for layer, a, b in zip(self.layers, inputs, backprops, strict=True):
-            scaled = b.detach() * factor[:, None]
-            layer.weight.grad = scaled.T @ a.detach()
-            if layer.bias is not None:
-                layer.bias.grad = scaled.sum(0)
+        if bool(torch.isfinite(squared).all()):
+            # Every a and b is finite and no square overflowed (an inf or NaN anywhere, or
+            # an overflow, leaves a non-finite squared norm): Opacus's float32 rule is exact
+            # and each sample's term f * b a^T has entries of at most C in magnitude.
+            factor = (max_grad_norm / (squared.sqrt() + 1e-6)).clamp(max=1.0)
+            for layer, a, b in zip(self.layers, inputs, backprops, strict=True):
+                scaled = b.detach() * factor[:, None]
+                layer.weight.grad = scaled.T @ a.detach()
+                if layer.bias is not None:
+                    layer.bias.grad = scaled.sum(0)
+        else:
+            self._clipped_sum_float64(inputs, backprops, max_grad_norm)
         self.reset()
+
+    def _clipped_sum_float64(
+        self, inputs: list[torch.Tensor], backprops: tuple[torch.Tensor, ...], max_grad_norm: float
+    ) -> None:
+        """The clipped sum where float32 overflowed: float64, non-finite samples count zero."""
+        activations = [a.detach().to(torch.float64) for a in inputs]
+        gradients = [b.detach().to(torch.float64) for b in backprops]
+        finite = torch.ones(activations[0].shape[0], dtype=torch.bool)
+        for a, b in zip(activations, gradients, strict=True):
+            finite &= torch.isfinite(a).all(1) & torch.isfinite(b).all(1)
+        keep = finite[:, None]
+        activations = [torch.where(keep, a, 0.0) for a in activations]
+        gradients = [torch.where(keep, b, 0.0) for b in gradients]
+        squared = torch.zeros(finite.shape[0], dtype=torch.float64)
+        for layer, a, b in zip(self.layers, activations, gradients, strict=True):
+            input_norm = (a * a).sum(1)
+            if layer.bias is not None:
+                input_norm = input_norm + 1.0
+            squared = squared + (b * b).sum(1) * input_norm
+        factor = finite_clip_factors(squared.sqrt(), finite, max_grad_norm)
+        for layer, a, b in zip(self.layers, activations, gradients, strict=True):
+            scaled = b * factor[:, None]
+            layer.weight.grad = (scaled.T @ a).to(layer.weight.dtype)
+            if layer.bias is not None:
+                layer.bias.grad = scaled.sum(0).to(layer.bias.dtype)
+
+
+def finite_clip_factors(
+    norms: torch.Tensor, finite: torch.Tensor, max_grad_norm: float
+) -> torch.Tensor:
+    """Per-sample clip factors ``min(1, C / (norm + 1e-6))``, and 0 where ``finite`` is False.
+
+    ``norms`` are float64 per-sample gradient norms of samples whose gradients are finite
+    (non-finite samples' norms are ignored). A zero factor is a valid clipping function:
+    the sample's contribution (zero) is within the bound, so the DP guarantee holds, and
+    no ``0 * inf`` can turn the sum into NaN.
+    """
+    safe = torch.where(finite, norms, 0.0)
+    factor = (max_grad_norm / (safe + 1e-6)).clamp(max=1.0)
+    return torch.where(finite, factor, 0.0)
+
+
+class _FiniteClippingDPOptimizer(DPOptimizer):  # type: ignore[misc]
+    """Opacus's ``DPOptimizer`` (hooks) with clipping that is finite for every input.
+
+    Opacus computes per-sample norms in float32, where a large finite gradient overflows
+    and ``0 * inf`` makes the whole step NaN exactly when that sample is in the batch.
+    Here, when any norm is not finite, the step is redone with norms in float64 and a
+    sample with any non-finite per-sample gradient contributes zero
+    (:func:`finite_clip_factors`); otherwise it is Opacus's rule unchanged.
+    """
+
+    noise_source: ChaCha20Source
+
+    def add_noise(self) -> None:
+        _add_secure_noise(self, self.noise_source, self.noise_multiplier * self.max_grad_norm)
+
+    def clip_and_accumulate(self) -> None:
+        samples = self.grad_samples
+        count = len(samples[0])
+        flat = [sample.flatten(1) for sample in samples]
+        if count == 0:
+            norms = torch.zeros(0, dtype=flat[0].dtype)
+        else:
+            norms = torch.stack([sample.norm(2, dim=1) for sample in flat], dim=1).norm(2, dim=1)
+        if bool(torch.isfinite(norms).all()):
+            # Opacus's own rule: every per-sample gradient is finite and its norm too.
+            factor = (self.max_grad_norm / (norms + 1e-6)).clamp(max=1.0)
+            finite = None
+        else:
+            finite = torch.ones(count, dtype=torch.bool)
+            for sample in flat:
+                finite &= torch.isfinite(sample).all(1)
+            keep = finite[:, None]
+            norms = torch.stack(
+                [torch.where(keep, s.to(torch.float64), 0.0).norm(2, dim=1) for s in flat], dim=1
+            ).norm(2, dim=1)
+            factor = finite_clip_factors(norms, finite, self.max_grad_norm)
+        for p in self.params:
+            _check_processed_flag(p.grad_sample)
+            sample = self._get_flat_grad_sample(p)
+            if finite is None:
+                grad = torch.einsum("i,i...", factor.to(p.dtype), sample.to(p.dtype))
+            else:
+                wide = sample.to(torch.float64)
+                mask = finite.reshape(-1, *([1] * (wide.dim() - 1)))
+                grad = torch.einsum("i,i...", factor, torch.where(mask, wide, 0.0)).to(p.dtype)
+            p.summed_grad = grad if p.summed_grad is None else p.summed_grad + grad
+            _mark_as_processed(p.grad_sample)
 
 
 @dataclass(frozen=True)
@@ -244,15 +383,16 @@ class PrivateTrainer:
     clipping
         ``"linear-ghost"`` or ``"opacus-hooks"``.
     secure_mode
-        Draw noise and samples from torchcsprng (Opacus ``secure_mode``).
+        Refuse an injected seed (the keys then always come from the OS, as they do
+        whenever ``seed`` is ``None``).
     seed
-        Seeds the sampling and noise generators (tests); ``None`` draws 63 bits each from
-        the OS. Must be ``None`` in secure mode.
+        Derives the ChaCha20 keys of the sampling and noise streams (tests); ``None`` draws
+        each key from the OS. Must be ``None`` in secure mode.
 
     Raises
     ------
     ConfigError
-        If secure mode is asked without torchcsprng, or the model does not suit the
+        If a seed is injected in secure mode, or the model does not suit the
         clipping method.
     InputError
         If the data do not match the model.
@@ -285,25 +425,19 @@ class PrivateTrainer:
         self.noise_multiplier = float(noise_multiplier)
         self.max_grad_norm = float(max_grad_norm)
         self.clipping: Clipping = clipping
-        self.secure_mode = secure_mode
-        try:
-            with warnings.catch_warnings():
-                # "Secure RNG turned off": the receipt's noise_generator says so instead.
-                warnings.filterwarnings("ignore", message="Secure RNG", category=UserWarning)
-                self.engine = PrivacyEngine(accountant="prv", secure_mode=secure_mode)
-        except ImportError as err:
-            raise ConfigError(
-                "secure mode needs the torchcsprng package, which is not installed"
-            ) from err
-        if secure_mode:
-            sample_generator = noise_generator = self.engine.secure_rng
-            self.noise_generator = NOISE_GENERATOR_SECURE
+        with warnings.catch_warnings():
+            # "Secure RNG turned off": Opacus's RNG is not used; the noise is ChaCha20.
+            warnings.filterwarnings("ignore", message="Secure RNG", category=UserWarning)
+            self.engine = PrivacyEngine(accountant="prv", secure_mode=False)
+        if seed is None:
+            sample_source, noise_source = ChaCha20Source(), ChaCha20Source()
         else:
-            sample_seed = secrets.randbits(63) if seed is None else seed
-            noise_seed = secrets.randbits(63) if seed is None else seed + 1
-            sample_generator = torch.Generator().manual_seed(sample_seed)
-            noise_generator = torch.Generator().manual_seed(noise_seed)
-            self.noise_generator = NOISE_GENERATOR_DEFAULT
+            sample_source = ChaCha20Source.from_seed(seed, "sampling")
+            noise_source = ChaCha20Source.from_seed(seed, "noise")
+        #: Whether the keys came from the OS (always, outside tests).
+        self.secure_mode = not noise_source.seeded
+        #: How receipts name the noise source.
+        self.noise_generator = noise_source.name
         self.model = build_model(spec)
         rows = _Rows(
             torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)),
@@ -312,9 +446,10 @@ class PrivateTrainer:
         sampler = _PoissonBatches(
             num_samples=len(rows),
             sample_rate=self.sampling.sample_rate,
-            generator=sample_generator,
+            generator=None,
             steps=self.sampling.steps_per_epoch,
         )
+        sampler.source = sample_source
         loader = DataLoader(rows, batch_sampler=sampler, collate_fn=cast(Any, _batch))
         base_optimizer = torch.optim.SGD(self.model.parameters(), lr=learning_rate)
         self._ghost: _LinearGhostClipping | None = None
@@ -326,14 +461,11 @@ class PrivateTrainer:
                 noise_multiplier=self.noise_multiplier,
                 max_grad_norm=self.max_grad_norm,
                 expected_batch_size=self.sampling.expected_batch_size,
-                generator=noise_generator,
-                secure_mode=secure_mode,
             )
+            self.optimizer.noise_source = noise_source
             self.optimizer.attach_step_hook(
                 self.engine.accountant.get_optimizer_hook_fn(sample_rate=self.sampling.sample_rate)
             )
-            if secure_mode:
-                sampler.generator = self.engine.secure_rng
             self.loader = loader
         elif clipping == "opacus-hooks":
             # The loader already samples Poisson batches at the exact rate, so Opacus must
@@ -345,10 +477,21 @@ class PrivateTrainer:
                 noise_multiplier=self.noise_multiplier,
                 max_grad_norm=self.max_grad_norm,
                 poisson_sampling=False,
-                noise_generator=None if secure_mode else noise_generator,
                 grad_sample_mode="hooks",
             )
             module.forbid_grad_accumulation()
+            # Opacus's optimizer, with clipping that stays finite for every input.
+            optimizer = _FiniteClippingDPOptimizer(
+                optimizer.original_optimizer,
+                noise_multiplier=self.noise_multiplier,
+                max_grad_norm=self.max_grad_norm,
+                expected_batch_size=optimizer.expected_batch_size,
+                loss_reduction="mean",
+            )
+            optimizer.noise_source = noise_source
+            optimizer.attach_step_hook(
+                self.engine.accountant.get_optimizer_hook_fn(sample_rate=self.sampling.sample_rate)
+            )
             self._forward = module
             self.optimizer = optimizer
             self.loader = wrapped_loader
@@ -356,6 +499,39 @@ class PrivateTrainer:
                 raise ConfigError("Opacus chose another expected batch size than planned")
         else:
             raise ConfigError(f"unknown clipping method {clipping!r}")
+
+    @classmethod
+    def for_study(
+        cls,
+        study: Study,
+        x: npt.NDArray[np.float32],
+        y: npt.NDArray[np.integer],
+        *,
+        clipping: Clipping,
+        secure_mode: bool,
+        seed: int | None,
+    ) -> PrivateTrainer:
+        """The trainer of ``study`` on standardised ``x`` and labels ``y``.
+
+        The study's model and DP-SGD terms, as the site agent and the noise audit build it.
+
+        Raises
+        ------
+        ConfigError, InputError
+            As the constructor.
+        """
+        return cls(
+            study.model_spec,
+            x,
+            y,
+            noise_multiplier=study.dp.noise_multiplier,
+            max_grad_norm=study.dp.max_grad_norm,
+            batch_size=study.training.batch_size,
+            learning_rate=study.training.learning_rate,
+            clipping=clipping,
+            secure_mode=secure_mode,
+            seed=seed,
+        )
 
     # ------------------------------------------------------------------ accounting
 

@@ -18,7 +18,7 @@ from pydantic import AfterValidator, Field, StringConstraints, model_validator
 
 from veracity.contracts.base import Contract, Payload, SitePayload, SiteStatement
 from veracity.contracts.receipts import Base64Signature, SignedReceipt
-from veracity.contracts.refusals import BudgetRefused
+from veracity.contracts.refusals import ApprovalMissingStatement, BudgetRefused
 from veracity.core.canonical import canonical_hash
 from veracity.core.fields import (
     NAME_PATTERN,
@@ -57,6 +57,7 @@ __all__ = [
     "Refused",
     "RoundCompleted",
     "BudgetRefused",
+    "ApprovalMissingStatement",
     "ReleasedDataset",
     "ModelReleased",
     "InferenceServed",
@@ -344,6 +345,7 @@ PAYLOADS: dict[str, type[Payload]] = {
         RunFinished,
         RoundCompleted,
         BudgetRefused,
+        ApprovalMissingStatement,
         ModelReleased,
         InferenceServed,
         CheckpointRecorded,

@@ -99,15 +99,12 @@ class TrainInstruction(RecordContract):
 
 
 class ReceiptRecord(RecordContract):
-    """The ``receipt`` record of a trained reply: the signed receipt and the noise source."""
+    """The ``receipt`` record of a trained reply: the receipt's JSON text and its signature."""
 
     RECORD: ClassVar[str] = "receipt"
 
     receipt_json: JsonText = Field(alias="json")
     signature: Base64Signature
-    noise_generator: Annotated[str, StringConstraints(min_length=1, max_length=200)] = Field(
-        alias="noise-generator"
-    )
 
 
 class RefusalRecord(RecordContract):

@@ -53,8 +53,13 @@ def _check_history(value: list[HistoryItem]) -> list[HistoryItem]:
 class Receipt(Contract):
     """A site's signed account of one round of training.
 
-    ``epsilon`` is the dataset's cumulative epsilon after the round (every study and run on
-    it), recomputable from ``history`` and ``delta`` with the named ``accountant``.
+    ``epsilon`` is the dataset's (its budget pool's) cumulative epsilon after the round,
+    every study and run on it, for replace-one neighbours (``neighbouring``: the row count
+    is public), recomputable from ``history`` and ``delta`` with Google dp-accounting's PLD
+    accountant (``accountant: "pld"``; docs/architecture.md gives the call);
+    ``epsilon_add_remove`` is the add/remove-one figure of the same history (Opacus PRV),
+    for comparison with the literature only; ``noise_generator`` names where the site drew
+    its DP noise and Poisson samples from.
     """
 
     site: Name
@@ -64,12 +69,15 @@ class Receipt(Contract):
     dataset_id: Ident
     dataset_commitment: Hash
     update_hash: Hash
-    accountant: Literal["prv"]
+    accountant: Literal["pld"]
+    neighbouring: Literal["replace-one"]
     delta: Annotated[Number, Field(gt=0, lt=1)]
     epsilon: Annotated[Number, Field(ge=0)]
+    epsilon_add_remove: Annotated[Number, Field(ge=0)]
     history: Annotated[list[HistoryItem], AfterValidator(_check_history)]
     max_grad_norm: Annotated[Number, Field(gt=0)]
     num_examples: Count
+    noise_generator: Annotated[str, StringConstraints(min_length=1, max_length=200)]
 
 
 #: Exactly the fields of a receipt, in declaration order.

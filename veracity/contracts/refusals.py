@@ -35,17 +35,19 @@ class BudgetRefused(SiteStatement):
 
 
 class ApprovalMissingStatement(SiteStatement):
-    """A round refused because the site's operator has not approved what was asked.
+    """A round refused because the site's operator's approval does not cover what was asked.
 
-    ``study_hash`` is the hash as requested; ``reason`` says which check failed (no or
-    withdrawn approval, altered terms, another code hash, the dataset file changed).
+    ``study_hash`` is the hash as requested; ``round`` the round as requested (0 included:
+    a round outside the study's is itself a reason); ``reason`` says which check failed (no
+    or withdrawn approval, altered terms, another code hash, the dataset file changed,
+    weights beyond the study's bound, a round or run the study does not allow).
     """
 
     KIND: ClassVar[str] = "approval.missing"
 
     study_hash: Hash
     run_id: Ident
-    round: Round
+    round: Annotated[int, Field(ge=0, le=1_000_000)]
     reason: Text
 
 

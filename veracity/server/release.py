@@ -18,7 +18,12 @@ from veracity.core.canonical import canonical_hash
 from veracity.core.fields import format_timestamp
 from veracity.server.coordinator import Coordinator, package_versions
 from veracity.server.registry import ModelRegistry
-from veracity.server.strategy import CLIENT_DELTA_METRIC, CLIENT_EPSILON_METRIC, RoundOutcome
+from veracity.server.strategy import (
+    CLIENT_DELTA_METRIC,
+    CLIENT_EPSILON_METRIC,
+    CLIENT_EPSILON_REPLACE_ONE_METRIC,
+    RoundOutcome,
+)
 from veracity.tasks.study import Study
 from veracity.tasks.weights import Weights, weights_hash
 
@@ -51,14 +56,23 @@ def client_level_privacy(study: Study, completed: list[RoundOutcome]) -> dict[st
             "seeded from OS entropy, not a CSPRNG)"
         ),
         "epsilon": last.get(CLIENT_EPSILON_METRIC),
+        "epsilon_replace_one": last.get(CLIENT_EPSILON_REPLACE_ONE_METRIC),
         "delta": last.get(CLIENT_DELTA_METRIC, central.delta),
         "max_epsilon": central.max_epsilon,
         "rounds": len(completed),
         "accountant": (
             "RDP (Flower RdpAccountant over Google dp-accounting), no sampling "
-            "amplification, add-or-remove-one neighbouring sites"
+            "amplification, composed over every run of the study; epsilon: add-or-remove-one "
+            "site with the denominator fixed (a site's update replaced by zero); "
+            "epsilon_replace_one: one site's update replaced by another (noise multiplier "
+            "halved, Google dp-accounting RDP)"
         ),
         "covers": "the model updates only; round metrics are not covered",
+        "trust": (
+            "the coordinator receives every site's update before clipping and noise: "
+            "client-level DP protects against those who see the released model, not "
+            "against the coordinator"
+        ),
     }
 
 
@@ -108,13 +122,15 @@ def build_model_card(
         )
         privacy[site] = {
             "epsilon": receipt["epsilon"],
+            "neighbouring": receipt["neighbouring"],
+            "epsilon_add_remove": receipt["epsilon_add_remove"],
             "epsilon_cap": study.epsilon_caps.get(site),
             "delta": receipt["delta"],
             "accountant": receipt["accountant"],
             "history": receipt["history"],
             "max_grad_norm": receipt["max_grad_norm"],
+            "noise_generator": receipt["noise_generator"],
         }
-    secure = study.dp.secure_mode
     return {
         "model_hash": weights_hash(weights),
         "name": study.study_id,
@@ -151,13 +167,21 @@ def build_model_card(
         },
         "data_lineage": lineage,
         "privacy": {
-            "unit": "one patient record in one site's dataset",
-            "mechanism": "DP-SGD (Opacus) with Poisson sampling at every site",
-            "noise_generator": (
-                "torchcsprng CSPRNG (Opacus secure_mode)"
-                if secure
-                else "PyTorch's default generator (Opacus secure_mode off)"
+            "unit": (
+                "one record (row) in one site's dataset; a patient with several rows, or at "
+                "several sites, is protected at the group or composed level, which no per-site "
+                "epsilon shows"
             ),
+            "neighbouring": (
+                "replace-one: datasets of the same (public) row count that differ in one "
+                "record; epsilon_add_remove is the add/remove-one figure of the same history, "
+                "for comparison with the literature"
+            ),
+            "public": (
+                "each dataset's row count and schema, the study's terms, who took part in "
+                "which round and when; the coordinator sees each site's noised update"
+            ),
+            "mechanism": "DP-SGD (Opacus) with Poisson sampling at every site",
             "noise_multiplier": study.dp.noise_multiplier,
             "per_site": privacy,
             "client_level": client_level_privacy(study, completed),

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -60,6 +60,8 @@ from veracity.tasks.weights import weights_hash
 __all__ = [
     "CLIENT_EPSILON_METRIC",
     "CLIENT_DELTA_METRIC",
+    "CLIENT_EPSILON_REPLACE_ONE_METRIC",
+    "client_level_replace_one_epsilon",
     "UNIFORM_WEIGHT_KEY",
     "RoundOutcome",
     "AuditedStrategy",
@@ -74,6 +76,8 @@ UNIFORM_WEIGHT_KEY = "uniform-weight"
 #: Round metrics with the accountant's cumulative client-level (epsilon, delta).
 CLIENT_EPSILON_METRIC = "client-level-epsilon"
 CLIENT_DELTA_METRIC = "client-level-delta"
+#: ... and the epsilon for replace-one neighbouring sites (one site's update replaced).
+CLIENT_EPSILON_REPLACE_ONE_METRIC = "client-level-epsilon-replace-one"
 
 Aggregator = FedAvg | DifferentialPrivacyServerSideFixedClipping
 
@@ -152,8 +156,30 @@ def round_metrics(records: list[RecordDict], weighting_key: str) -> MetricRecord
     return MetricRecord(out)
 
 
+def client_level_replace_one_epsilon(noise_multiplier: float, releases: int, delta: float) -> float:
+    """Client-level epsilon of ``releases`` rounds for replace-one neighbouring sites.
+
+    Replacing one site's clipped update moves the equal-weight mean of ``n`` updates by at
+    most ``2 C / n`` against noise of standard deviation ``z C / n``: a Gaussian mechanism
+    of noise multiplier ``z / 2``, composed without amplification (Google dp-accounting's
+    RDP accountant, ``GaussianDpEvent(z / 2)`` composed ``releases`` times). 0 for none.
+    """
+    if releases <= 0:
+        return 0.0
+    from dp_accounting import dp_event
+    from dp_accounting.rdp import rdp_privacy_accountant
+
+    accountant = rdp_privacy_accountant.RdpAccountant()
+    accountant.compose(dp_event.GaussianDpEvent(noise_multiplier / 2), releases)
+    return float(accountant.get_epsilon(delta))
+
+
 def aggregation_strategy(
-    *, sites: int, central_dp: CentralDPConfig | None, population: int
+    *,
+    sites: int,
+    central_dp: CentralDPConfig | None,
+    population: int,
+    released_before: Sequence[int] = (),
 ) -> Aggregator:
     """The strategy the audited strategy wraps.
 
@@ -161,7 +187,9 @@ def aggregation_strategy(
     server-side fixed clipping around FedAvg with equal weights and an RDP accountant (no
     sampling amplification, add-or-remove-one neighbours). ``population`` is the number
     of sites the study names (the accountant's population; without amplification it only
-    bounds the sample size).
+    bounds the sample size). ``released_before`` holds, for every round earlier runs of
+    the study released, how many sites took part: the accountant starts from those
+    releases, so the study's client-level budget is spent across its runs, not per run.
 
     Raises
     ------
@@ -178,7 +206,12 @@ def aggregation_strategy(
     )
     if central_dp is None:
         return fedavg
-    from flwr.serverapp import NeighboringRelation, PrivacyConfig, SamplingMethod
+    from flwr.serverapp import (
+        GaussianPrivacyEvent,
+        NeighboringRelation,
+        PrivacyConfig,
+        SamplingMethod,
+    )
 
     try:
         from flwr.serverapp import RdpAccountant
@@ -192,6 +225,14 @@ def aggregation_strategy(
                 max_epsilon=central_dp.max_epsilon,
             )
         )
+        for sample_size in released_before:
+            accountant.compose(
+                GaussianPrivacyEvent(
+                    noise_multiplier=central_dp.noise_multiplier,
+                    sample_size=min(sample_size, population),
+                    population_size=population,
+                )
+            )
         return DifferentialPrivacyServerSideFixedClipping(
             fedavg,
             noise_multiplier=central_dp.noise_multiplier,
@@ -289,6 +330,14 @@ class AuditedStrategy(Strategy):
             return []
         # Sample every connected approving site, never block on one that went away:
         # Flower's FedAvg would otherwise wait for min_available_nodes without a timeout.
+        if self.central_dp is not None and len(connected) != self.central_dp.num_sampled_clients:
+            asked = self.central_dp.num_sampled_clients
+            self.abort_reason = (
+                f"round {server_round}: central DP needs every one of the {asked} site(s) its "
+                f"noise is calibrated to; {len(connected)} connected after "
+                f"{self.node_wait:.0f} s"
+            )
+            return []
         fedavg = self.central_dp.strategy if self.central_dp is not None else self.inner
         if isinstance(fedavg, FedAvg):
             fedavg.min_train_nodes = fedavg.min_available_nodes = len(connected)
@@ -442,10 +491,16 @@ class AuditedStrategy(Strategy):
                     for k, v in metrics.items()
                     if isinstance(v, int | float) and not isinstance(v, bool)
                 }
-            if arrays is not None and self._accountant is not None:
+            central = self.central_dp
+            if arrays is not None and self._accountant is not None and central is not None:
                 spent = self._accountant.get_privacy_spent()
                 outcome.metrics[CLIENT_EPSILON_METRIC] = spent.epsilon
                 outcome.metrics[CLIENT_DELTA_METRIC] = spent.delta
+                outcome.metrics[CLIENT_EPSILON_REPLACE_ONE_METRIC] = (
+                    client_level_replace_one_epsilon(
+                        central.noise_multiplier, spent.num_releases, spent.delta
+                    )
+                )
         outcome.timing["aggregated"] = time.time()
         self.outcomes.append(outcome)
         self.record_round(outcome)

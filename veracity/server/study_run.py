@@ -27,7 +27,7 @@ from veracity.contracts.base import SiteStatement
 from veracity.contracts.events import KINDS, ROOT_ACTOR, RunStatus
 from veracity.contracts.messages import train_config
 from veracity.core.canonical import canonical_json
-from veracity.errors import VeracityError
+from veracity.errors import Conflict, VeracityError
 from veracity.flower_serde import weights_from_record, weights_to_record
 from veracity.server.coordinator import Coordinator
 from veracity.server.polling_grid import PollingGrid
@@ -134,9 +134,9 @@ def execute_run(coordinator: Coordinator, grid: PollingGrid, settings: RunSettin
 
     Raises
     ------
-    VeracityError
-        Re-raised after ``run.finished`` (failed) is recorded, so Flower marks the run
-        failed too.
+    Exception
+        Any error is re-raised after ``run.finished`` (failed, with the reason) is
+        recorded, so Flower marks the run failed too and no run ends unrecorded.
     """
     study_hash, run_id = settings.study_hash, settings.run_id
     rounds_done = 0
@@ -170,16 +170,32 @@ def execute_run(coordinator: Coordinator, grid: PollingGrid, settings: RunSettin
             coordinator.ledger.checkpoint()
 
         def record_refusal(site: str, statement: SiteStatement, signature: str) -> None:
-            if statement.KIND in KINDS:  # a ledger event kind: the site's own entry
+            if statement.KIND not in KINDS:  # only ledger event kinds become entries
+                return
+            try:
                 coordinator.ledger.append(
                     statement.KIND, site, statement.to_json(), signature=signature
                 )
+            except Conflict:
+                # A site answers a repeated request with the statement it already signed.
+                log.info("%s of %s is already in the ledger", statement.KIND, site)
 
+        # Client-level DP composes across the study's runs: earlier releases count.
+        released_before = (
+            [
+                len(entry.payload["participants"])
+                for entry in coordinator.ledger.iter_entries(kind="round.completed")
+                if entry.payload["study_hash"] == study_hash
+            ]
+            if study.central_dp is not None
+            else []
+        )
         strategy = AuditedStrategy(
             aggregation_strategy(
                 sites=len(sites_by_node),
                 central_dp=study.central_dp,
                 population=len(study.epsilon_caps),
+                released_before=released_before,
             ),
             study_hash=study_hash,
             run_id=run_id,
@@ -245,6 +261,22 @@ def execute_run(coordinator: Coordinator, grid: PollingGrid, settings: RunSettin
             status="failed",
             reason=str(err),
             rounds_completed=rounds_done,
+            model_hash=None,
+        )
+        raise
+    except Exception as err:  # the ServerApp's top level: every run ends with run.finished
+        log.exception("run %s failed", run_id)
+        recorded = [
+            entry
+            for entry in coordinator.ledger.iter_entries(kind="round.completed")
+            if entry.payload["run_id"] == run_id
+        ]
+        coordinator.finish_run(
+            run_id,
+            study_hash,
+            status="failed",
+            reason=f"internal error: {type(err).__name__}: {err}",
+            rounds_completed=len(recorded),
             model_hash=None,
         )
         raise

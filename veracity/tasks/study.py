@@ -17,7 +17,15 @@ from veracity.core.canonical import canonical_hash
 from veracity.errors import InputError
 from veracity.tasks.spec import ModelFamily, ModelSpec
 
-__all__ = ["CentralDPConfig", "DPConfig", "TrainingConfig", "Study", "parse_study"]
+__all__ = [
+    "DEFAULT_MAX_WEIGHT_NORM",
+    "DEFAULT_RUNS",
+    "CentralDPConfig",
+    "DPConfig",
+    "TrainingConfig",
+    "Study",
+    "parse_study",
+]
 
 
 class _Frozen(BaseModel):
@@ -72,6 +80,20 @@ def _is_none(value: object) -> bool:
     return value is None
 
 
+#: The bound on the global weights' L2 norm of a study that does not declare one.
+DEFAULT_MAX_WEIGHT_NORM = 1000.0
+#: The number of runs of a study that does not declare one.
+DEFAULT_RUNS = 1
+
+
+def _is_default_weight_norm(value: object) -> bool:
+    return value == DEFAULT_MAX_WEIGHT_NORM
+
+
+def _is_default_runs(value: object) -> bool:
+    return value == DEFAULT_RUNS
+
+
 class TrainingConfig(_Frozen):
     """Local optimisation each round: expected batch size, epochs, learning rate."""
 
@@ -93,6 +115,10 @@ class Study(_Frozen):
     dp: DPConfig
     training: TrainingConfig
     rounds: int = Field(ge=1, le=1000)
+    #: How many runs of the study a site takes part in (each of ``rounds`` rounds): a site
+    #: refuses a round outside 1..rounds, a round of a run it already trained, and a run
+    #: beyond this number. Left out of the document at its default (1).
+    runs: int = Field(default=DEFAULT_RUNS, ge=1, le=1000, exclude_if=_is_default_runs)
     min_sites: int = Field(ge=1, le=1000)
     #: The most epsilon each named site may spend on this study.
     epsilon_caps: dict[str, float]
@@ -103,6 +129,12 @@ class Study(_Frozen):
     #: Optional client-level DP at the coordinator. Left out of the document when absent,
     #: so studies without it keep the hashes they had before the field existed.
     central_dp: CentralDPConfig | None = Field(default=None, exclude_if=_is_none)
+    #: The largest L2 norm (all arrays together) of the global weights a site accepts; a
+    #: site refuses, with a signed statement, to train from weights beyond it. Left out of
+    #: the document at its default, so older studies keep their hashes (and get the bound).
+    max_weight_norm: float = Field(
+        default=DEFAULT_MAX_WEIGHT_NORM, gt=0, le=1e30, exclude_if=_is_default_weight_norm
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> Study:
