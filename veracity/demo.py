@@ -349,7 +349,7 @@ def run_demo(options: DemoOptions, *, console: Console) -> dict[str, Any]:
             api.close()
         group.stop_all()
 
-    from veracity.server.coordinator import CoordinatorConfig
+    from veracity.server.coordinator import CoordinatorHome
 
     last_receipts = {r["receipt"]["site"]: r["receipt"] for r in rounds[-1]["receipts"]}
     site_summaries = [
@@ -381,7 +381,7 @@ def run_demo(options: DemoOptions, *, console: Console) -> dict[str, Any]:
             "max_abs_error": max_abs_error,
         },
         "ledger": {
-            "db_url": CoordinatorConfig.load(coordinator_dir / "coordinator.json").db_url,
+            "db_url": CoordinatorHome.load(coordinator_dir).db_url,
             "bundle": str(bundle),
             "root_public_key": str(root_pub),
             "entries": int(report["entries"]),

@@ -8,6 +8,7 @@ import uuid
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -21,7 +22,13 @@ from veracity.contracts.events import ROOT_ACTOR
 from veracity.core.canonical import canonical_hash, canonical_json
 from veracity.flower_serde import weights_from_record, weights_to_record
 from veracity.ledger.statement import RECEIPT_DOMAIN, sign_document, sign_statement
-from veracity.server.coordinator import Coordinator, package_versions
+from veracity.server.coordinator import (
+    CoordinatorService,
+    InMemoryFederation,
+    init_coordinator,
+    operator,
+    package_versions,
+)
 from veracity.server.fab import build_fab
 from veracity.server.polling_grid import PollingGrid
 from veracity.server.registry import ModelRegistry
@@ -36,6 +43,7 @@ from .conftest import SiteIdentity, make_site_identity
 RUN = "7"
 NODES = {11: "hospital-a", 12: "hospital-b", 13: "hospital-c"}
 SIGNED_AT = "2026-06-11T09:00:00.000000Z"
+SETUP = operator("test-setup")
 
 
 @pytest.fixture(autouse=True)
@@ -113,6 +121,7 @@ class _SitesGrid(Grid):
                     {
                         "json": canonical_json(receipt).decode(),
                         "signature": sign_document(site.key, RECEIPT_DOMAIN, receipt),
+                        "noise-generator": "test",
                     }
                 ),
             }
@@ -122,20 +131,22 @@ class _SitesGrid(Grid):
 
 @dataclass
 class _Network:
-    coordinator: Coordinator
+    coordinator: CoordinatorService
     sites: dict[str, SiteIdentity]
 
 
 @pytest.fixture
 def network(tmp_path: Path) -> Iterator[_Network]:
-    coordinator = Coordinator.init(tmp_path / "coordinator", superlink_port=free_port())
+    coordinator = init_coordinator(
+        tmp_path / "coordinator", superlink_port=free_port(), federation=InMemoryFederation()
+    )
     sites = {name: make_site_identity(name) for name in NODES.values()}
     for site in sites.values():
         coordinator.enrol_site(
+            SETUP,
             site.name,
             public_key_pem=site.key.public.pem(),
             supernode_public_key=site.supernode_public,
-            register_node=False,
         )
         registered = {
             "site": site.name, "dataset_id": "bc", "commitment": "cd" * 32,
@@ -143,7 +154,7 @@ def network(tmp_path: Path) -> Iterator[_Network]:
             "signed_at": SIGNED_AT,
         }  # fmt: skip
         signature = sign_statement(site.key, "dataset.registered", site.name, registered)
-        coordinator.record_statement("dataset.registered", site.name, registered, signature)
+        coordinator.record_statement(SETUP, "dataset.registered", site.name, registered, signature)
     try:
         yield _Network(coordinator, sites)
     finally:
@@ -161,14 +172,14 @@ def _run(network: _Network, *, max_epsilon: float, rounds: int) -> Study:
     )
     central = {"noise_multiplier": 1.0, "clipping_norm": 1.0, "max_epsilon": max_epsilon}
     study = parse_study({**plain.to_document(), "central_dp": {**central, "delta": 1e-5}})
-    coordinator.propose_study(study.to_document())
+    coordinator.propose_study(SETUP, study.to_document())
     for site in network.sites.values():
         approval = {
             "study_hash": study.study_hash, "site": site.name, "dataset_id": "bc",
             "epsilon_cap": 3.0, "signed_at": SIGNED_AT,
         }  # fmt: skip
         signature = sign_statement(site.key, "study.approved", site.name, approval)
-        coordinator.record_statement("study.approved", site.name, approval, signature)
+        coordinator.record_statement(SETUP, "study.approved", site.name, approval, signature)
     coordinator.ledger.append(
         "run.started",
         ROOT_ACTOR,
@@ -195,6 +206,15 @@ def _run(network: _Network, *, max_epsilon: float, rounds: int) -> Study:
     return study
 
 
+def _rounds(coordinator: CoordinatorService) -> list[dict[str, Any]]:
+    return [record.to_json() for record in coordinator.reads.rounds(RUN)]
+
+
+def _run_finished(coordinator: CoordinatorService) -> dict[str, Any] | None:
+    run = coordinator.reads.run(RUN)
+    return None if run.finished is None else run.finished.to_json(run.run_id, run.study_hash)
+
+
 def test_reaching_max_epsilon_stops_the_run_and_releases_the_last_model(
     network: _Network,
 ) -> None:
@@ -203,10 +223,10 @@ def test_reaching_max_epsilon_stops_the_run_and_releases_the_last_model(
     study = _run(network, max_epsilon=6.0, rounds=3)
 
     coordinator.ledger.verify(coordinator.root_key.public)
-    (recorded,) = coordinator.rounds(RUN)
+    (recorded,) = _rounds(coordinator)
     assert recorded["metrics"]["client-level-epsilon"] == pytest.approx(4.728507, abs=1e-6)
     assert recorded["metrics"]["client-level-delta"] == 1e-5
-    finished = coordinator.run_finished(RUN)
+    finished = _run_finished(coordinator)
     assert finished is not None
     assert finished["status"] == "stopped"
     assert finished["rounds_completed"] == 1
@@ -217,7 +237,7 @@ def test_reaching_max_epsilon_stops_the_run_and_releases_the_last_model(
     assert (
         released["metrics"]["client-level-epsilon"] == recorded["metrics"]["client-level-epsilon"]
     )
-    card = ModelRegistry(coordinator.paths.models).get(released["model_hash"]).card
+    card = ModelRegistry(coordinator.home.models).get(released["model_hash"]).card
     client_level = card["privacy"]["client_level"]
     assert client_level["epsilon"] == recorded["metrics"]["client-level-epsilon"]
     assert client_level["delta"] == 1e-5
@@ -235,8 +255,8 @@ def test_a_budget_too_small_for_one_round_ends_the_run_without_a_model(
     _run(network, max_epsilon=4.0, rounds=2)
 
     coordinator.ledger.verify(coordinator.root_key.public)
-    assert coordinator.rounds(RUN) == []
-    finished = coordinator.run_finished(RUN)
+    assert _rounds(coordinator) == []
+    finished = _run_finished(coordinator)
     assert finished is not None
     assert finished["status"] == "stopped"
     assert finished["model_hash"] is None
