@@ -17,7 +17,8 @@ from veracity.contracts.events import ROOT_ACTOR, InferenceServed, ModelReleased
 from veracity.contracts.receipts import RECEIPT_DOMAIN, Receipt, SignedReceipt
 from veracity.ledger.statement import sign_document
 from veracity.server.coordinator import SERVER_APP, CoordinatorService, operator
-from veracity.server.coordinator.read_model import HISTORY, VERSION_TABLE, CoordBase
+from veracity.server.coordinator.read_model import HISTORY
+from veracity.server.coordinator.tables import VERSION_TABLE, CoordBase
 
 from .conftest import SETUP, approve, enrol
 

@@ -3,11 +3,13 @@
 ``home``            :class:`CoordinatorHome`: the data directory, its layout, ``coordinator.json``
 ``bootstrap``       :func:`init_coordinator` / :func:`open_coordinator`
 ``service``         :class:`CoordinatorService`: every command (enrol, statements, studies,
-                    runs, rounds, releases, checkpoints), each one unit of work
+                    runs, rounds, releases, checkpoints), each one unit of work; its
+                    command groups ``sites`` and ``runs`` over ``core`` (state, unit of work)
 ``unit_of_work``    :class:`UnitOfWork`, :class:`Actor`, :class:`Recorded`, the audit hook
 ``federation``      the :class:`Federation` port and :class:`SuperLinkFederation`
 ``memory_federation``  :class:`InMemoryFederation`, the same port without processes
-``read_model``      the ``coord_*`` tables folded from the log in each change's transaction
+``read_model``      the fold of the log into the ``coord_*`` tables (``tables``), in each
+                    change's transaction
 ``queries``         typed reads of the read model (:class:`CoordinatorReads`)
 ``records``         the typed records those reads return
 ``audit_log``       the ledger as auditors read it (pages, checkpoints, verify, export)

@@ -19,16 +19,7 @@ from sqlalchemy.orm import Session
 
 from veracity.contracts.events import DatasetRegistered, RoundCompleted, StudyApproved, StudyRefused
 from veracity.errors import NotFound
-from veracity.server.coordinator.read_model import (
-    DatasetRow,
-    DecisionRow,
-    ModelRow,
-    ReadModel,
-    RoundRow,
-    RunRow,
-    SiteRow,
-    StudyRow,
-)
+from veracity.server.coordinator.read_model import ReadModel
 from veracity.server.coordinator.records import (
     DatasetRecord,
     Decision,
@@ -38,6 +29,15 @@ from veracity.server.coordinator.records import (
     RunRecord,
     SiteRecord,
     StudyRecord,
+)
+from veracity.server.coordinator.tables import (
+    DatasetRow,
+    DecisionRow,
+    ModelRow,
+    RoundRow,
+    RunRow,
+    SiteRow,
+    StudyRow,
 )
 from veracity.tasks.study import parse_study
 

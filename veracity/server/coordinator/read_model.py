@@ -28,156 +28,38 @@ version table ``coord_alembic_version``), run after the ledger's.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy import BigInteger, Index, Integer, MetaData, String, Text, delete, func, select
+from sqlalchemy import delete, func, select
 from sqlalchemy.engine import Engine
-from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
+from sqlalchemy.orm import Session
 
 from veracity.core.canonical import canonical_json
 from veracity.crypto.keys import VerifyKey
 from veracity.errors import ConfigError, LedgerIntegrityError
-from veracity.ledger import store
 from veracity.ledger.entry import Entry
 from veracity.ledger.ledger import Ledger
 from veracity.migrations import MigrationHistory
+from veracity.server.coordinator.tables import (
+    TABLES,
+    VERSION_TABLE,
+    DatasetRow,
+    DecisionRow,
+    ModelRow,
+    ProjectionRow,
+    RoundRow,
+    RunRow,
+    SiteRow,
+    StudyRow,
+)
 
-__all__ = [
-    "CoordBase",
-    "ProjectionRow",
-    "SiteRow",
-    "DatasetRow",
-    "StudyRow",
-    "DecisionRow",
-    "RunRow",
-    "RoundRow",
-    "ModelRow",
-    "PROJECTED_KINDS",
-    "ReadModel",
-    "HISTORY",
-]
+__all__ = ["PROJECTED_KINDS", "ReadModel", "HISTORY"]
 
-VERSION_TABLE = "coord_alembic_version"
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 HISTORY = MigrationHistory("coordinator read model", MIGRATIONS_DIR, VERSION_TABLE)
-
-_SEQ = BigInteger
-_TS = String(40)
-
-
-class CoordBase(DeclarativeBase):
-    """Declarative base of the read model (the ledger's naming convention)."""
-
-    metadata = MetaData(naming_convention=store.NAMING_CONVENTION)
-
-
-class ProjectionRow(CoordBase):
-    """The watermark: entries ``[0, upto)`` are folded into the read model."""
-
-    __tablename__ = "coord_projection"
-
-    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
-    upto: Mapped[int] = mapped_column(_SEQ)
-
-
-class SiteRow(CoordBase):
-    """An enrolled site."""
-
-    __tablename__ = "coord_site"
-
-    name: Mapped[str] = mapped_column(String(128), primary_key=True)
-    public_key: Mapped[str] = mapped_column(Text)
-    supernode_public_key: Mapped[str | None] = mapped_column(Text)
-    valid_from: Mapped[str] = mapped_column(_TS)
-    enrolled_seq: Mapped[int] = mapped_column(_SEQ)
-    key_id: Mapped[str | None] = mapped_column(String(64))
-    revoked_seq: Mapped[int | None] = mapped_column(_SEQ)
-
-
-class DatasetRow(CoordBase):
-    """A site's latest registration of a dataset (the payload as signed)."""
-
-    __tablename__ = "coord_dataset"
-
-    site: Mapped[str] = mapped_column(String(128), primary_key=True)
-    dataset_id: Mapped[str] = mapped_column(String(128), primary_key=True)
-    seq: Mapped[int] = mapped_column(_SEQ)
-    payload: Mapped[str] = mapped_column(Text)
-
-
-class StudyRow(CoordBase):
-    """A proposed study (its document as recorded)."""
-
-    __tablename__ = "coord_study"
-
-    study_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
-    study_id: Mapped[str] = mapped_column(String(128))
-    seq: Mapped[int] = mapped_column(_SEQ, unique=True)
-    ts: Mapped[str] = mapped_column(_TS)
-    document: Mapped[str] = mapped_column(Text)
-
-
-class DecisionRow(CoordBase):
-    """A site's latest decision on a study (the payload as signed)."""
-
-    __tablename__ = "coord_decision"
-
-    study_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
-    site: Mapped[str] = mapped_column(String(128), primary_key=True)
-    kind: Mapped[str] = mapped_column(String(32))
-    seq: Mapped[int] = mapped_column(_SEQ)
-    payload: Mapped[str] = mapped_column(Text)
-
-
-class RunRow(CoordBase):
-    """A run: its ``run.started`` (if any) and its first ``run.finished`` (if any)."""
-
-    __tablename__ = "coord_run"
-
-    run_id: Mapped[str] = mapped_column(String(128), primary_key=True)
-    study_hash: Mapped[str] = mapped_column(String(64))
-    started_seq: Mapped[int | None] = mapped_column(_SEQ, unique=True)
-    started_at: Mapped[str | None] = mapped_column(_TS)
-    finished_seq: Mapped[int | None] = mapped_column(_SEQ)
-    finished_at: Mapped[str | None] = mapped_column(_TS)
-    status: Mapped[str | None] = mapped_column(String(32))
-    reason: Mapped[str | None] = mapped_column(Text)
-    rounds_completed: Mapped[int | None] = mapped_column(_SEQ)
-    model_hash: Mapped[str | None] = mapped_column(String(64))
-
-
-class RoundRow(CoordBase):
-    """A ``round.completed`` entry (the payload as recorded)."""
-
-    __tablename__ = "coord_round"
-
-    seq: Mapped[int] = mapped_column(_SEQ, primary_key=True, autoincrement=False)
-    run_id: Mapped[str] = mapped_column(String(128))
-    round: Mapped[int] = mapped_column(Integer)
-    payload: Mapped[str] = mapped_column(Text)
-
-    __table_args__ = (Index(None, "run_id", "seq"),)
-
-
-class ModelRow(CoordBase):
-    """A released model."""
-
-    __tablename__ = "coord_model"
-
-    model_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
-    seq: Mapped[int] = mapped_column(_SEQ, unique=True)
-    released_at: Mapped[str] = mapped_column(_TS)
-    run_id: Mapped[str] = mapped_column(String(128))
-    study_hash: Mapped[str] = mapped_column(String(64))
-    card_hash: Mapped[str] = mapped_column(String(64))
-
-
-#: The tables a rebuild empties, children first.
-_TABLES = (RoundRow, DecisionRow, DatasetRow, ModelRow, RunRow, StudyRow, SiteRow)
 
 
 def _text(payload: dict[str, Any]) -> str:
@@ -444,7 +326,7 @@ class ReadModel:
     def rebuild(self) -> dict[str, int]:
         """Empty the read model and fold the whole log again; returns rows per table."""
         with self.ledger.transaction() as session:
-            for table in _TABLES:
+            for table in TABLES:
                 session.execute(delete(table))
             session.execute(delete(ProjectionRow))
             session.flush()
@@ -456,20 +338,15 @@ class ReadModel:
         """Rows per table."""
         return {
             table.__tablename__: int(session.scalar(select(func.count()).select_from(table)) or 0)
-            for table in reversed(_TABLES)
+            for table in reversed(TABLES)
         }
 
     def dump(self) -> dict[str, list[tuple[Any, ...]]]:
         """Every row of every table, sorted (to compare two read models)."""
         out: dict[str, list[tuple[Any, ...]]] = {}
         with Session(self.engine) as session:
-            for table in (*_TABLES, ProjectionRow):
+            for table in (*TABLES, ProjectionRow):
                 columns = list(table.__table__.columns)
                 rows = session.execute(select(*columns)).all()
                 out[table.__tablename__] = sorted((tuple(row) for row in rows), key=repr)
         return out
-
-
-def load_json(text: str) -> Any:
-    """A payload column back as JSON."""
-    return json.loads(text)

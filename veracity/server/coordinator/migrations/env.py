@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from alembic import context
 
-from veracity.server.coordinator.read_model import VERSION_TABLE, CoordBase
+from veracity.server.coordinator.tables import VERSION_TABLE, CoordBase
 
 config = context.config
 connection = config.attributes.get("connection")
