@@ -240,10 +240,16 @@ class CoordinatorReads:
 
     @contextmanager
     def session(self) -> Iterator[Session]:
-        """A read session on an up-to-date read model."""
-        if self.read_model.is_behind():
-            self.read_model.catch_up_now()
+        """A read session on an up-to-date read model.
+
+        The log's size is read before the watermark: a change commits both together, so
+        the watermark can be found ahead of that size but never falsely behind it.
+        """
+        size = self.read_model.ledger.size()
         with Session(self.read_model.engine) as session:
+            if self.read_model.watermark(session) < size:
+                session.rollback()  # read again after the catch-up has committed
+                self.read_model.catch_up_now()
             yield session
 
     def site(self, name: str) -> SiteRecord:

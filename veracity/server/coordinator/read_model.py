@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy import delete, func, select
+from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
@@ -57,6 +57,9 @@ from veracity.server.coordinator.tables import (
 )
 
 __all__ = ["PROJECTED_KINDS", "ReadModel", "HISTORY"]
+
+#: Where a writing session remembers the watermark it wrote.
+_WATERMARK = "veracity.coordinator.watermark"
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 HISTORY = MigrationHistory("coordinator read model", MIGRATIONS_DIR, VERSION_TABLE)
@@ -240,18 +243,23 @@ class ReadModel:
     # -------------------------------------------------------------- the fold
     @staticmethod
     def watermark(session: Session) -> int:
-        """How many entries are folded in (``[0, upto)``)."""
+        """How many entries are folded in (``[0, upto)``), as ``session`` sees it."""
+        known = session.info.get(_WATERMARK)
+        if known is not None:
+            return int(known)
         upto = session.scalar(select(ProjectionRow.upto).where(ProjectionRow.id == 1))
         return 0 if upto is None else int(upto)
 
     @staticmethod
     def _set_watermark(session: Session, upto: int) -> None:
-        row = session.get(ProjectionRow, 1)
-        if row is None:
-            session.add(ProjectionRow(id=1, upto=upto))
-        else:
-            row.upto = upto
-        session.flush()
+        moved = session.execute(
+            update(ProjectionRow).where(ProjectionRow.id == 1).values(upto=upto)
+        )
+        if getattr(moved, "rowcount", 0) == 0:
+            session.execute(insert(ProjectionRow).values(id=1, upto=upto))
+        # A writer's session holds the write lock: nobody else moves the watermark until it
+        # ends, so it can remember it (read once per change, not once per statement).
+        session.info[_WATERMARK] = upto
 
     def apply(self, session: Session, entries: Iterable[Entry]) -> None:
         """Fold entries this transaction just appended (in seq order).
@@ -300,6 +308,7 @@ class ReadModel:
         upto = self.watermark(session)
         size = self.ledger.size()
         if upto >= size:
+            session.info[_WATERMARK] = upto
             return 0
         for folded, entry in enumerate(self._committed(upto, size), start=1):
             _PROJECTORS[entry.kind](session, entry)
@@ -329,6 +338,7 @@ class ReadModel:
             for table in TABLES:
                 session.execute(delete(table))
             session.execute(delete(ProjectionRow))
+            session.info.pop(_WATERMARK, None)
             session.flush()
             self.catch_up(session)
             return self.counts(session)
