@@ -384,3 +384,34 @@ def test_inference_is_rate_limited_per_token(tmp_path: Path, db_url: str) -> Non
         now[0] += 10.0
         assert api.call("GET", path, "researcher").status_code == 404
         assert api.call("GET", path, "researcher").status_code == 429
+
+
+@pytest.mark.parametrize(
+    ("path", "role", "body"),
+    [
+        ("/api/v1/datasets", "site", "dataset"),
+        ("/api/v1/studies", "admin", "study"),
+        ("/api/v1/statements", "site", "note"),
+    ],
+)
+def test_a_nul_character_in_a_change_is_refused_before_anything_is_written(
+    enrolled: Api, path: str, role: str, body: str
+) -> None:
+    # On PostgreSQL a text column refuses NUL: the change's audit row (its target built from
+    # the request) must not be written before the input is validated, or this is a 500.
+    site = enrolled.site
+    payloads = {
+        "dataset": site.signed("dataset.registered", {**site.dataset(), "dataset_id": "nul\0id"}),
+        "study": study_document([site.name], "bad\0id"),
+        "note": {
+            "kind": "note.recorded",
+            "payload": {"text": "IRB"},
+            "signature": site.signed("note.recorded", {"text": "IRB"})["signature"][:-4] + "\0AA=",
+        },
+    }
+    size = enrolled.service.ledger.size()
+    actions = len(_actions(enrolled))
+    response = enrolled.call("POST", path, role, json=payloads[body])
+    assert response.status_code == 422, response.text
+    assert enrolled.service.ledger.size() == size
+    assert len(_actions(enrolled)) == actions
