@@ -3,8 +3,8 @@
 Each client proposes its own study and has both sites approve it; all of them also race to
 propose one shared study and to record one shared signed approval. Afterwards the ledger
 verifies, every accepted call has exactly one entry (no event lost), nothing was recorded
-twice (the shared study and approval exactly once), and the API's action rows match the
-entries one to one.
+twice (the shared study and approval exactly once), the API's action rows match the
+entries one to one, and the coordinator's read model equals a rebuild from the log.
 """
 
 from __future__ import annotations
@@ -177,6 +177,15 @@ def test_parallel_proposals_and_approvals_lose_and_duplicate_nothing(
             select(ActionRow.ledger_seq).where(ActionRow.ledger_seq.is_not(None))
         ).scalars()
         assert sorted(int(seq) for seq in linked if seq is not None) == sorted(seqs)
+
+    # The read model the workers kept, change by change in each change's transaction, is
+    # the one a rebuild from the log gives, and it answers what the ledger says.
+    kept = coordinator.read_model.dump()
+    coordinator.reindex()
+    assert coordinator.read_model.dump() == kept
+    studies = {record.study_hash for record in coordinator.reads.studies()}
+    assert studies == {study_hash for kind, _, study_hash in accepted if kind == "study.proposed"}
+    assert set(coordinator.reads.approvals(shared["contested"])) == {north.name}
 
     with harness.client("admin") as admin:
         report = admin.get("/ledger/verify").json()
