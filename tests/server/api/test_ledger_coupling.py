@@ -16,14 +16,14 @@ Each test runs against the SuperLink kept in memory (milliseconds) and against a
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from sqlalchemy.engine import Engine
+
+from tests.server.faults import failing_at, failing_commit
 
 from .conftest import (
     SETUP,
@@ -63,23 +63,6 @@ def coupled(request: pytest.FixtureRequest, tmp_path: Path, db_url: str) -> Iter
     if request.param == "superlink":
         superlink = request.getfixturevalue("superlink")
     yield from open_api(tmp_path / "coordinator", db_url, superlink)
-
-
-@contextmanager
-def failing_at(engine: Engine, statement: str) -> Iterator[list[str]]:
-    """Make every statement starting with ``statement`` fail like a lost database."""
-    hits: list[str] = []
-
-    def before(_c: Any, _cursor: Any, sql: str, params: Any, _ctx: Any, _many: bool) -> None:
-        if sql.lstrip().upper().startswith(statement.upper()):
-            hits.append(sql)
-            raise sa.exc.OperationalError(sql, params, OSError(28, "No space left on device"))
-
-    sa.event.listen(engine, "before_cursor_execute", before)
-    try:
-        yield hits
-    finally:
-        sa.event.remove(engine, "before_cursor_execute", before)
 
 
 @dataclass(frozen=True)
@@ -184,14 +167,8 @@ def test_an_enrolment_whose_commit_fails_withdraws_its_supernode(coupled: Api) -
     newcomer = unique_site("late")
     before = snapshot(api)
 
-    def refuse(_connection: Any) -> None:
-        raise sa.exc.OperationalError("COMMIT", {}, OSError(5, "Input/output error"))
-
-    sa.event.listen(engine, "commit", refuse)
-    try:
+    with failing_commit(engine):
         response = api.call("POST", "/api/v1/sites", "admin", json=newcomer.enrolment())
-    finally:
-        sa.event.remove(engine, "commit", refuse)
     assert response.status_code == 503
     after = snapshot(api)
     assert after.tables == before.tables

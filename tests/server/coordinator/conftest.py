@@ -6,16 +6,17 @@ only sets up are made as ``SETUP``; the actor under test is named in the test.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
-import sqlalchemy as sa
-from sqlalchemy.engine import Engine
 
+from tests.factories import receipt_document
+from tests.server.faults import failing_at, failing_commit
 from tests.server.sites import Site, study_document
+from veracity.contracts.events import RoundCompleted
+from veracity.contracts.receipts import RECEIPT_DOMAIN, Receipt, SignedReceipt
+from veracity.ledger.statement import sign_document
 from veracity.server.coordinator import (
     CoordinatorService,
     InMemoryFederation,
@@ -25,6 +26,16 @@ from veracity.server.coordinator import (
 
 #: Who sets a test's scene.
 SETUP = operator("test-setup")
+
+__all__ = [
+    "SETUP",
+    "enrol",
+    "approve",
+    "ready_study",
+    "round_completed",
+    "failing_at",
+    "failing_commit",
+]
 
 
 @pytest.fixture
@@ -83,40 +94,22 @@ def ready_study(service: CoordinatorService, *sites: Site, study_id: str = "bc-1
     return study_hash
 
 
-@contextmanager
-def failing_at(engine: Engine, statement: str) -> Iterator[list[str]]:
-    """Make every statement starting with ``statement`` fail like a lost database."""
-    hits: list[str] = []
-
-    def before(_c: Any, _cursor: Any, sql: str, params: Any, _ctx: Any, _many: bool) -> None:
-        if sql.lstrip().upper().startswith(statement.upper()):
-            hits.append(sql)
-            raise sa.exc.OperationalError(sql, params, OSError(28, "No space left on device"))
-
-    sa.event.listen(engine, "before_cursor_execute", before)
-    try:
-        yield hits
-    finally:
-        sa.event.remove(engine, "before_cursor_execute", before)
-
-
-@contextmanager
-def failing_commit(engine: Engine) -> Iterator[None]:
-    """Make every commit fail (after everything in the transaction was written)."""
-
-    def refuse(_connection: Any) -> None:
-        raise sa.exc.OperationalError("COMMIT", {}, OSError(5, "Input/output error"))
-
-    sa.event.listen(engine, "commit", refuse)
-    try:
-        yield
-    finally:
-        sa.event.remove(engine, "commit", refuse)
-
-
-def ledger_size(service: CoordinatorService) -> int:
-    """Entries in the ledger."""
-    return service.ledger.size()
-
-
-Change = Callable[[], object]
+def round_completed(site: Site, run_id: str, study_hash: str, number: int = 1) -> RoundCompleted:
+    """A ``round.completed`` of one participant, its receipt signed by ``site``."""
+    receipt = receipt_document(site=site.name, study=study_hash, run_id=run_id, round=number)
+    return RoundCompleted(
+        run_id=run_id,
+        study_hash=study_hash,
+        round=number,
+        participants=[site.name],
+        receipts=[
+            SignedReceipt(
+                receipt=Receipt.parse(receipt),
+                signature=sign_document(site.key, RECEIPT_DOMAIN, receipt),
+            )
+        ],
+        dropped=[],
+        refused=[],
+        aggregated_model_hash=f"{number:02d}" * 32,
+        metrics={"train-loss": 1.0 / number},
+    )

@@ -11,38 +11,15 @@ import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 
-from tests.factories import receipt_document
 from tests.server.sites import Site, study_document
-from veracity.contracts.events import ROOT_ACTOR, InferenceServed, ModelReleased, RoundCompleted
-from veracity.contracts.receipts import RECEIPT_DOMAIN, Receipt, SignedReceipt
-from veracity.ledger.statement import sign_document
+from veracity.contracts.events import ROOT_ACTOR, InferenceServed, ModelReleased
 from veracity.server.coordinator import SERVER_APP, CoordinatorService, operator
 from veracity.server.coordinator.read_model import HISTORY
 from veracity.server.coordinator.tables import VERSION_TABLE, CoordBase
 
-from .conftest import SETUP, approve, enrol
+from .conftest import SETUP, approve, enrol, round_completed
 
 ALICE = operator("alice")
-
-
-def _round(site: Site, run_id: str, study_hash: str, number: int) -> RoundCompleted:
-    receipt = receipt_document(site=site.name, study=study_hash, run_id=run_id, round=number)
-    return RoundCompleted(
-        run_id=run_id,
-        study_hash=study_hash,
-        round=number,
-        participants=[site.name],
-        receipts=[
-            SignedReceipt(
-                receipt=Receipt.parse(receipt),
-                signature=sign_document(site.key, RECEIPT_DOMAIN, receipt),
-            )
-        ],
-        dropped=[],
-        refused=[],
-        aggregated_model_hash=f"{number:02d}" * 32,
-        metrics={"train-loss": 1.0 / number},
-    )
 
 
 def _history(service: CoordinatorService) -> None:
@@ -72,7 +49,7 @@ def _history(service: CoordinatorService) -> None:
     service.stop_run(ALICE, stopped)
     trained = service.start_run(ALICE, both_hash).value.run_id
     for number in (1, 2):
-        service.record_round(SERVER_APP, _round(north, trained, both_hash, number))
+        service.record_round(SERVER_APP, round_completed(north, trained, both_hash, number))
     service.release(
         SERVER_APP,
         ModelReleased(

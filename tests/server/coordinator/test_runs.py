@@ -10,21 +10,17 @@ from __future__ import annotations
 
 import pytest
 
-from tests.factories import receipt_document
 from tests.server.sites import Site, study_document
 from veracity.contracts.events import (
     InferenceServed,
     ModelReleased,
-    RoundCompleted,
     RunStarted,
 )
-from veracity.contracts.receipts import RECEIPT_DOMAIN, Receipt, SignedReceipt
 from veracity.core.canonical import canonical_hash
 from veracity.errors import ApprovalMissing, Conflict, NotFound, TransportError
-from veracity.ledger.statement import sign_document
 from veracity.server.coordinator import SERVER_APP, CoordinatorService, InMemoryFederation, operator
 
-from .conftest import SETUP, enrol, failing_at, failing_commit, ready_study
+from .conftest import SETUP, enrol, failing_at, failing_commit, ready_study, round_completed
 
 ALICE = operator("alice")
 
@@ -209,31 +205,11 @@ def test_a_run_the_coordinator_never_started_is_still_recorded_as_failed(
 
 
 # ----------------------------------------------------------- rounds and release
-def _round(service: CoordinatorService, site: Site, run_id: str, study_hash: str) -> RoundCompleted:
-    receipt = receipt_document(site=site.name, study=study_hash, run_id=run_id, round=1)
-    return RoundCompleted(
-        run_id=run_id,
-        study_hash=study_hash,
-        round=1,
-        participants=[site.name],
-        receipts=[
-            SignedReceipt(
-                receipt=Receipt.parse(receipt),
-                signature=sign_document(site.key, RECEIPT_DOMAIN, receipt),
-            )
-        ],
-        dropped=[],
-        refused=[],
-        aggregated_model_hash="12" * 32,
-        metrics={"train-loss": 0.5},
-    )
-
-
 def test_rounds_and_releases_are_recorded_and_read_back(service: CoordinatorService) -> None:
     north = Site("north")
     study_hash = ready_study(service, north)
     run_id = service.start_run(ALICE, study_hash).value.run_id
-    completed = _round(service, north, run_id, study_hash)
+    completed = round_completed(north, run_id, study_hash)
     recorded = service.record_round(SERVER_APP, completed)
     assert recorded.value.completed == completed
     checkpoint = service.ledger.latest_checkpoint()

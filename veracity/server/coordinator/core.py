@@ -46,9 +46,6 @@ def package_versions() -> dict[str, str]:
 class ServiceCore:
     """The state of a coordinator service (see :class:`~.service.CoordinatorService`).
 
-    Open one with :func:`~.bootstrap.open_coordinator` (or create the coordinator with
-    :func:`~.bootstrap.init_coordinator`).
-
     Parameters
     ----------
     home

@@ -55,23 +55,7 @@ class CoordinatorService(SiteCommands, RunCommands):
     """Sites, studies, runs and models of one coordinator; every change a ledger entry.
 
     Open one with :func:`~.bootstrap.open_coordinator` (or create the coordinator with
-    :func:`~.bootstrap.init_coordinator`).
-
-    Parameters
-    ----------
-    home
-        The data directory and configuration.
-    ledger
-        The opened ledger (its engine also holds the read model and the API tables).
-    root_key
-        The root signing key.
-    federation
-        The SuperLink (or an in-memory one).
-    audit
-        Records who made each change (the admin API's ``api_action``), if given.
-    max_concurrent_writes
-        Changes run at once in this process; the rest wait here rather than holding
-        database connections while they queue for the ledger's write lock.
+    :func:`~.bootstrap.init_coordinator`); its parameters are :class:`~.core.ServiceCore`'s.
     """
 
     def close(self) -> None:
