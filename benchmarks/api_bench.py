@@ -197,10 +197,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
     args = parser.parse_args(argv)
 
+    from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
     from veracity.crypto.keys import generate_signing_key
+    from veracity.crypto.supernode import generate_supernode_key
     from veracity.server.api.serve import initialise, issue_token, start_api
     from veracity.server.api.settings import ApiSettings
     from veracity.server.api.tokens import Role
+    from veracity.server.coordinator import InMemoryFederation, open_coordinator, operator
     from veracity.supervise import ManagedProcess, ProcessGroup, free_port, wait_for
 
     url, handle = _pg_database()
@@ -212,12 +216,17 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         site_key = generate_signing_key()
-        with initialise(data_dir, db_url=url, superlink_port=free_port()) as coordinator:
+        initialise(data_dir, db_url=url, superlink_port=free_port()).close()
+        # The site is set up over a SuperLink kept in memory: the benchmark asks none.
+        with open_coordinator(data_dir, federation=InMemoryFederation()) as coordinator:
             coordinator.enrol_site(
+                operator("bench"),
                 "bench-site",
                 public_key_pem=site_key.public.pem(),
-                supernode_public_key="unused",
-                register_node=False,
+                supernode_public_key=generate_supernode_key()
+                .public_key()
+                .public_bytes(Encoding.OpenSSH, PublicFormat.OpenSSH)
+                .decode(),
             )
             for i in range(200):  # something to page through
                 coordinator.ledger.append(
@@ -300,9 +309,7 @@ def main(argv: list[str] | None = None) -> int:
                 higher_is_better=False,
             )
         )
-        from veracity.server.coordinator import Coordinator
-
-        with Coordinator.open(data_dir) as coordinator:
+        with open_coordinator(data_dir) as coordinator:
             report_json = coordinator.ledger.verify(coordinator.root_key.public)
         report.notes.append(
             f"failed requests: bare {base_bad}, read {read_bad}, write {write_bad}; "

@@ -35,8 +35,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from harness import Figure, Report
 
 from veracity.crypto.supernode import write_supernode_key_pair
-from veracity.localnet import approve, create_site, enrol, start_nodes
-from veracity.server.coordinator import Coordinator
+from veracity.localnet import approve, create_site, enrol, start_nodes, wait_run
+from veracity.server.control import ControlClient
+from veracity.server.coordinator import init_coordinator, operator
 from veracity.server.fab import build_fab
 from veracity.server.superlink import SuperLinkOptions, start_superlink
 from veracity.supervise import ManagedProcess, ProcessGroup, flower_environment, free_port, wait_for
@@ -53,10 +54,11 @@ def run_baseline(root: Path, rounds: int) -> dict[str, Any]:
 
     split = federated_split(len(SITES), seed=0, skew=0.6)
     port = free_port()
-    coordinator = Coordinator.init(root / "coordinator", superlink_port=port)
+    coordinator = init_coordinator(root / "coordinator", superlink_port=port)
+    home = coordinator.home
     with ProcessGroup() as group:
-        start_superlink(coordinator.paths, SuperLinkOptions(port=port), group)
-        with coordinator.control() as control:
+        start_superlink(home, SuperLinkOptions(port=port), group)
+        with ControlClient(home.superlink_address, ca_cert=home.tls.ca_cert) as control:
             for name, partition in zip(SITES, split.sites, strict=True):
                 site_dir = root / name
                 key, public = write_supernode_key_pair(site_dir / "keys", comment=name)
@@ -67,8 +69,8 @@ def run_baseline(root: Path, rounds: int) -> dict[str, Any]:
                 )
                 argv = [
                     "flower-supernode",
-                    "--root-certificates", str(coordinator.paths.tls.ca_cert),
-                    "--superlink", coordinator.config.superlink_address,
+                    "--root-certificates", str(home.tls.ca_cert),
+                    "--superlink", home.superlink_address,
                     "--auth-supernode-private-key", str(key),
                     "--isolation", "subprocess",
                     "--host", "127.0.0.1", "--port", str(free_port()),
@@ -85,7 +87,8 @@ def run_baseline(root: Path, rounds: int) -> dict[str, Any]:
                 )
 
             def all_online() -> bool:
-                return sum(n.status == "online" for n in control.list_nodes()) == len(SITES)
+                online = sum(n.status == "online" for n in control.list_nodes())
+                return bool(online == len(SITES))
 
             wait_for(all_online, timeout=120, what="stock SuperNodes online")
             timing_path = root / "timing.json"
@@ -116,9 +119,10 @@ def run_veracity(root: Path, rounds: int, idle_poll: float) -> dict[str, Any]:
     """A Veracity study with DP and audit on Veracity's stack; returns per-round timings."""
     split = federated_split(len(SITES), seed=0, skew=0.6)
     port = free_port()
-    coordinator = Coordinator.init(root / "coordinator", superlink_port=port)
+    coordinator = init_coordinator(root / "coordinator", superlink_port=port)
+    me = operator()
     with ProcessGroup() as group:
-        start_superlink(coordinator.paths, SuperLinkOptions(port=port), group)
+        start_superlink(coordinator.home, SuperLinkOptions(port=port), group)
         sites = [
             create_site(root / name, name, partition)
             for name, partition in zip(SITES, split.sites, strict=True)
@@ -138,20 +142,17 @@ def run_veracity(root: Path, rounds: int, idle_poll: float) -> dict[str, Any]:
             min_sites=len(SITES),
             learning_rate=0.5,
         )
-        coordinator.propose_study(study.to_document())
+        coordinator.propose_study(me, study.to_document())
         for site in sites:
             statement = approve(site, study, epsilon_cap=10.0)
             coordinator.record_statement(
-                statement.kind, site.name, statement.payload, statement.signature
+                me, statement.kind, site.name, statement.payload, statement.signature
             )
         started = time.time()
-        run_id = coordinator.start_run(study.study_hash, poll_interval=0.1, node_wait=60)
-        with coordinator.control() as control:
-            summary = control.wait(int(run_id), timeout=1200)
+        run = coordinator.start_run(me, study.study_hash, poll_interval=0.1, node_wait=60).value
+        summary = wait_run(coordinator, run.run_id, timeout=1200)
         elapsed = time.time() - started
-        timing = json.loads(
-            (coordinator.paths.data_dir / "runs" / f"{run_id}.timing.json").read_text()
-        )
+        timing = json.loads((coordinator.home.runs / f"{run.run_id}.timing.json").read_text())
         coordinator.close()
     if summary.state != "finished:completed":
         raise RuntimeError(f"Veracity run ended {summary.state}: {summary.details}")

@@ -16,8 +16,8 @@ import argparse
 import tempfile
 from pathlib import Path
 
-from veracity.localnet import approve, create_site, enrol, start_nodes
-from veracity.server.coordinator import Coordinator
+from veracity.localnet import approve, create_site, enrol, start_nodes, wait_run
+from veracity.server.coordinator import init_coordinator, operator
 from veracity.server.fab import build_fab
 from veracity.server.superlink import SuperLinkOptions, start_superlink
 from veracity.supervise import ProcessGroup, free_port, stopping_on_signals
@@ -36,11 +36,12 @@ def main() -> None:
     root = args.directory or Path(tempfile.mkdtemp(prefix="veracity-example-"))
 
     port = free_port()
-    coordinator = Coordinator.init(root / "coordinator", superlink_port=port)
+    coordinator = init_coordinator(root / "coordinator", superlink_port=port)
+    me = operator()
     split = federated_split(len(SITES), seed=0, skew=0.6)
     group = ProcessGroup()
     with stopping_on_signals(group), coordinator:
-        start_superlink(coordinator.paths, SuperLinkOptions(port=port), group)
+        start_superlink(coordinator.home, SuperLinkOptions(port=port), group)
         sites = [
             create_site(root / "sites" / name, name, partition)
             for name, partition in zip(SITES, split.sites, strict=True)
@@ -58,23 +59,19 @@ def main() -> None:
             min_sites=2,
             learning_rate=1.0,
         )
-        coordinator.propose_study(study.to_document())
+        coordinator.propose_study(me, study.to_document())
         for site in sites:
             statement = approve(site, study, epsilon_cap=args.epsilon_cap)
             coordinator.record_statement(
-                statement.kind, site.name, statement.payload, statement.signature
+                me, statement.kind, site.name, statement.payload, statement.signature
             )
-        run_id = coordinator.start_run(study.study_hash, poll_interval=0.1)
-        with coordinator.control() as control:
-            print(f"run {run_id}: {control.wait(int(run_id), timeout=900).state}")
-        for recorded in coordinator.rounds(run_id):
-            epsilons = {
-                r["receipt"]["site"]: round(r["receipt"]["epsilon"], 3)
-                for r in recorded["receipts"]
-            }
-            print(f"round {recorded['round']}: {recorded['participants']} epsilon {epsilons}")
-        finished = coordinator.run_finished(run_id)
-        print(f"finished: {finished}")
+        run_id = coordinator.start_run(me, study.study_hash, poll_interval=0.1).value.run_id
+        print(f"run {run_id}: {wait_run(coordinator, run_id, timeout=900).state}")
+        for recorded in coordinator.reads.rounds(run_id):
+            completed = recorded.completed
+            epsilons = {r.receipt.site: round(r.receipt.epsilon, 3) for r in completed.receipts}
+            print(f"round {completed.round}: {completed.participants} epsilon {epsilons}")
+        print(f"finished: {coordinator.reads.run(run_id).finished}")
         report = coordinator.ledger.verify(coordinator.root_key.public)
         print(f"ledger verified: {report.entries} entries, {report.checkpoints} checkpoints")
         print(f"everything is under {root}")

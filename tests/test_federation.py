@@ -13,6 +13,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from dp_accounting import NeighboringRelation, dp_event
@@ -25,8 +26,8 @@ from veracity.crypto.keys import generate_signing_key
 from veracity.crypto.supernode import write_supernode_key_pair
 from veracity.errors import SignatureError
 from veracity.ledger.statement import RECEIPT_DOMAIN, verify_document
-from veracity.localnet import LocalSite, approve, create_site, enrol, start_nodes
-from veracity.server.coordinator import Coordinator
+from veracity.localnet import LocalSite, approve, create_site, enrol, start_nodes, wait_run
+from veracity.server.coordinator import CoordinatorService, init_coordinator, operator
 from veracity.server.fab import build_fab
 from veracity.server.registry import ModelRegistry
 from veracity.server.superlink import SuperLinkOptions, start_superlink
@@ -38,11 +39,12 @@ from veracity.tasks.study import Study, parse_study
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 SITES = ("hospital-a", "hospital-b", "hospital-c")
+ADMIN = operator("admin")
 
 
 @dataclass
 class Network:
-    coordinator: Coordinator
+    coordinator: CoordinatorService
     sites: dict[str, LocalSite]
     root: Path
 
@@ -51,10 +53,10 @@ class Network:
 def network(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Network]:
     root = tmp_path_factory.mktemp("network")
     port = free_port()
-    coordinator = Coordinator.init(root / "coordinator", superlink_port=port)
+    coordinator = init_coordinator(root / "coordinator", superlink_port=port)
     split = federated_split(len(SITES), seed=0, skew=0.6)
     with ProcessGroup() as group:
-        start_superlink(coordinator.paths, SuperLinkOptions(port=port), group)
+        start_superlink(coordinator.home, SuperLinkOptions(port=port), group)
         sites = {
             name: create_site(root / "sites" / name, name, partition)
             for name, partition in zip(SITES, split.sites, strict=True)
@@ -83,15 +85,26 @@ def _study(study_id: str, *, rounds: int, min_sites: int) -> Study:
 
 def _propose_and_run(network: Network, study: Study, caps: dict[str, float]) -> str:
     coordinator = network.coordinator
-    coordinator.propose_study(study.to_document())
+    coordinator.propose_study(ADMIN, study.to_document())
     for name, cap in caps.items():
         statement = approve(network.sites[name], study, epsilon_cap=cap)
-        coordinator.record_statement(statement.kind, name, statement.payload, statement.signature)
-    run_id = coordinator.start_run(study.study_hash, poll_interval=0.1, node_wait=60)
-    with coordinator.control() as control:
-        summary = control.wait(int(run_id), timeout=300)
+        coordinator.record_statement(
+            ADMIN, statement.kind, name, statement.payload, statement.signature
+        )
+    run = coordinator.start_run(ADMIN, study.study_hash, poll_interval=0.1, node_wait=60).value
+    run_id = run.run_id
+    summary = wait_run(coordinator, run_id, timeout=300)
     assert summary.state == "finished:completed", summary.details
     return run_id
+
+
+def _rounds(coordinator: CoordinatorService, run_id: str) -> list[dict[str, Any]]:
+    return [record.to_json() for record in coordinator.reads.rounds(run_id)]
+
+
+def _run_finished(coordinator: CoordinatorService, run_id: str) -> dict[str, Any] | None:
+    run = coordinator.reads.run(run_id)
+    return None if run.finished is None else run.finished.to_json(run.run_id, run.study_hash)
 
 
 def _prv_epsilon(history: list[list[float]], delta: float) -> float:
@@ -124,8 +137,8 @@ def test_a_two_round_study_records_every_round_with_verified_receipts(network: N
 
     report = coordinator.ledger.verify(coordinator.root_key.public)
     assert report.entries == coordinator.ledger.size()
-    assert coordinator.run_started(run_id) is not None
-    rounds = coordinator.rounds(run_id)
+    assert coordinator.reads.run(run_id).study_hash == study.study_hash
+    rounds = _rounds(coordinator, run_id)
     assert [r["round"] for r in rounds] == [1, 2]
     for recorded in rounds:
         assert recorded["participants"] == sorted(SITES)
@@ -141,7 +154,7 @@ def test_a_two_round_study_records_every_round_with_verified_receipts(network: N
             add_remove = _prv_epsilon(receipt["history"], receipt["delta"])
             assert abs(add_remove - receipt["epsilon_add_remove"]) <= 1e-6
             assert receipt["epsilon"] <= study.epsilon_caps[receipt["site"]]
-    finished = coordinator.run_finished(run_id)
+    finished = _run_finished(coordinator, run_id)
     assert finished is not None
     assert finished["status"] == "completed"
     released = [
@@ -164,14 +177,14 @@ def test_a_study_with_client_level_dp_records_both_guarantees(network: Network) 
     run_id = _propose_and_run(network, study, dict.fromkeys(SITES, 3.0))
 
     coordinator.ledger.verify(coordinator.root_key.public)
-    rounds = coordinator.rounds(run_id)
+    rounds = _rounds(coordinator, run_id)
     assert [r["round"] for r in rounds] == [1, 2]
     # Flower's RDP accountant, noise 1.0 without amplification, delta 1e-5.
     for recorded, epsilon in zip(rounds, (4.728507, 7.077392), strict=True):
         assert recorded["participants"] == sorted(SITES)
         assert recorded["metrics"]["client-level-epsilon"] == pytest.approx(epsilon, abs=1e-6)
         assert recorded["metrics"]["client-level-delta"] == 1e-5
-    finished = coordinator.run_finished(run_id)
+    finished = _run_finished(coordinator, run_id)
     assert finished is not None
     assert finished["status"] == "completed"
     assert finished["model_hash"] == rounds[-1]["aggregated_model_hash"]
@@ -182,7 +195,7 @@ def test_a_study_with_client_level_dp_records_both_guarantees(network: Network) 
     ]
     last = rounds[-1]["metrics"]["client-level-epsilon"]
     assert released["metrics"]["client-level-epsilon"] == last
-    card = ModelRegistry(coordinator.paths.models).get(released["model_hash"]).card
+    card = ModelRegistry(coordinator.home.models).get(released["model_hash"]).card
     client_level = card["privacy"]["client_level"]
     assert client_level["epsilon"] == last
     assert client_level["delta"] == 1e-5
@@ -200,7 +213,7 @@ def test_a_site_over_its_cap_is_refused_and_recorded_and_the_run_goes_on(network
     caps = {"hospital-a": 3.0, "hospital-b": 3.0, "hospital-c": 0.05}
     run_id = _propose_and_run(network, study, caps)
 
-    (recorded,) = coordinator.rounds(run_id)
+    (recorded,) = _rounds(coordinator, run_id)
     assert recorded["participants"] == ["hospital-a", "hospital-b"]
     assert [(r["site"], r["kind"]) for r in recorded["refused"]] == [
         ("hospital-c", "budget.refused")
@@ -220,18 +233,20 @@ def test_a_withdrawn_approval_is_refused_at_the_site_and_the_refusal_reaches_the
 ) -> None:
     coordinator = network.coordinator
     study = _study("bc-withdrawn", rounds=1, min_sites=2)
-    coordinator.propose_study(study.to_document())
+    coordinator.propose_study(ADMIN, study.to_document())
     for name in SITES:
         statement = approve(network.sites[name], study, epsilon_cap=3.0)
-        coordinator.record_statement(statement.kind, name, statement.payload, statement.signature)
+        coordinator.record_statement(
+            ADMIN, statement.kind, name, statement.payload, statement.signature
+        )
     # hospital-c's operator withdraws the approval at the site; the coordinator is not told.
     with Site.open(network.sites["hospital-c"].directory) as site:
         refuse_study(site, study, reason="ethics approval withdrawn")
-    run_id = coordinator.start_run(study.study_hash, poll_interval=0.1, node_wait=60)
-    with coordinator.control() as control:
-        assert control.wait(int(run_id), timeout=300).state == "finished:completed"
+    run = coordinator.start_run(ADMIN, study.study_hash, poll_interval=0.1, node_wait=60).value
+    run_id = run.run_id
+    assert wait_run(coordinator, run_id, timeout=300).state == "finished:completed"
 
-    (recorded,) = coordinator.rounds(run_id)
+    (recorded,) = _rounds(coordinator, run_id)
     assert recorded["participants"] == ["hospital-a", "hospital-b"]
     assert [(r["site"], r["kind"]) for r in recorded["refused"]] == [
         ("hospital-c", "approval.missing")
@@ -249,29 +264,33 @@ def test_receipts_signed_with_a_key_the_ledger_does_not_hold_are_dropped(network
     coordinator = network.coordinator
     site = network.sites["hospital-b"]
     # The coordinator is told hospital-b rotated its key; hospital-b still signs with the old one.
-    coordinator.revoke_site_key("hospital-b", reason="rotation ordered by the network")
+    coordinator.revoke_site_key(ADMIN, "hospital-b", reason="rotation ordered by the network")
+    # A new signing key; hospital-b keeps its SuperNode, whose registration stands.
     coordinator.enrol_site(
+        ADMIN,
         "hospital-b",
         public_key_pem=generate_signing_key().public.pem(),
         supernode_public_key=site.supernode_public_key,
-        register_node=False,
     )
     study = _study("bc-wrong-key", rounds=1, min_sites=2)
-    coordinator.propose_study(study.to_document())
+    coordinator.propose_study(ADMIN, study.to_document())
     for name in ("hospital-a", "hospital-c"):
         statement = approve(network.sites[name], study, epsilon_cap=3.0)
-        coordinator.record_statement(statement.kind, name, statement.payload, statement.signature)
+        coordinator.record_statement(
+            ADMIN, statement.kind, name, statement.payload, statement.signature
+        )
     # hospital-b's approval is signed with its old key: the coordinator refuses to record it.
     statement = approve(site, study, epsilon_cap=3.0)
     with pytest.raises(SignatureError):
         coordinator.record_statement(
-            statement.kind, "hospital-b", statement.payload, statement.signature
+            ADMIN, statement.kind, "hospital-b", statement.payload, statement.signature
         )
-    assert set(coordinator.approvals(study.study_hash)) == {"hospital-a", "hospital-c"}
-    run_id = coordinator.start_run(study.study_hash, poll_interval=0.1, node_wait=60)
-    with coordinator.control() as control:
-        assert control.wait(int(run_id), timeout=300).state == "finished:completed"
-    (recorded,) = coordinator.rounds(run_id)
+    assert set(coordinator.reads.approvals(study.study_hash)) == {"hospital-a", "hospital-c"}
+    run_id = coordinator.start_run(
+        ADMIN, study.study_hash, poll_interval=0.1, node_wait=60
+    ).value.run_id
+    assert wait_run(coordinator, run_id, timeout=300).state == "finished:completed"
+    (recorded,) = _rounds(coordinator, run_id)
     assert recorded["participants"] == ["hospital-a", "hospital-c"]
     coordinator.ledger.verify(coordinator.root_key.public)
 
@@ -281,8 +300,8 @@ def test_an_unregistered_supernode_cannot_join(network: Network, tmp_path: Path)
     write_supernode_key_pair(tmp_path, comment="intruder")
     argv = [
         sys.executable, "-m", "veracity.client.supernode_runner", "--",
-        "--root-certificates", str(coordinator.paths.tls.ca_cert),
-        "--superlink", coordinator.config.superlink_address,
+        "--root-certificates", str(coordinator.home.tls.ca_cert),
+        "--superlink", coordinator.home.superlink_address,
         "--auth-supernode-private-key", str(tmp_path / "supernode"),
         "--isolation", "process", "--host", "127.0.0.1", "--port", str(free_port()),
         "--max-retries", "0",
@@ -293,6 +312,5 @@ def test_an_unregistered_supernode_cannot_join(network: Network, tmp_path: Path)
     assert done.returncode != 0
     assert "Failed to activate" in done.stdout + done.stderr
     assert time.monotonic() - started < 120
-    with coordinator.control() as control:
-        names = {node.name for node in control.list_nodes()}
+    names = {node.name for node in coordinator.federation.list_nodes()}
     assert names == set(SITES)

@@ -23,8 +23,9 @@ from pathlib import Path
 import pytest
 
 from veracity.client import supernode
-from veracity.localnet import LocalSite, approve, create_site, enrol, start_nodes
-from veracity.server.coordinator import Coordinator
+from veracity.localnet import LocalSite, approve, create_site, enrol, start_nodes, wait_run
+from veracity.server.coordinator import CoordinatorService, init_coordinator, operator
+from veracity.server.coordinator.records import RunOutcome
 from veracity.server.fab import build_fab
 from veracity.server.superlink import SuperLinkOptions, start_superlink
 from veracity.supervise import ProcessGroup, free_port, python_module_argv
@@ -37,11 +38,12 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 SITES = ("hospital-a", "hospital-b", "hospital-c")
 ROGUE = "hospital-c"
 ROGUE_WORKER = Path(__file__).with_name("rogue_worker.py")
+ADMIN = operator("admin")
 
 
 @dataclass
 class Network:
-    coordinator: Coordinator
+    coordinator: CoordinatorService
     sites: dict[str, LocalSite]
 
 
@@ -49,11 +51,11 @@ class Network:
 def network(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Network]:
     root = tmp_path_factory.mktemp("network")
     port = free_port()
-    coordinator = Coordinator.init(root / "coordinator", superlink_port=port)
+    coordinator = init_coordinator(root / "coordinator", superlink_port=port)
     split = federated_split(len(SITES), seed=0, skew=0.6)
 
     with ProcessGroup() as group, pytest.MonkeyPatch.context() as patch:
-        start_superlink(coordinator.paths, SuperLinkOptions(port=port), group)
+        start_superlink(coordinator.home, SuperLinkOptions(port=port), group)
         sites = {
             name: create_site(root / "sites" / name, name, partition)
             for name, partition in zip(SITES, split.sites, strict=True)
@@ -78,14 +80,19 @@ def network(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Network]:
 
 def _run(network: Network, study: Study) -> str:
     coordinator = network.coordinator
-    coordinator.propose_study(study.to_document())
+    coordinator.propose_study(ADMIN, study.to_document())
     for name in SITES:
         statement = approve(network.sites[name], study, epsilon_cap=3.0)
-        coordinator.record_statement(statement.kind, name, statement.payload, statement.signature)
-    run_id = coordinator.start_run(study.study_hash, poll_interval=0.1, node_wait=60)
-    with coordinator.control() as control:
-        control.wait(int(run_id), timeout=300)
-    return run_id
+        coordinator.record_statement(
+            ADMIN, statement.kind, name, statement.payload, statement.signature
+        )
+    run = coordinator.start_run(ADMIN, study.study_hash, poll_interval=0.1, node_wait=60).value
+    wait_run(coordinator, run.run_id, timeout=300)
+    return run.run_id
+
+
+def _finished(coordinator: CoordinatorService, run_id: str) -> RunOutcome | None:
+    return coordinator.reads.run(run_id).finished
 
 
 def _study(study_id: str, *, noise_multiplier: float) -> Study:
@@ -104,13 +111,13 @@ def test_a_receipt_the_ledger_would_refuse_drops_that_site_not_the_run(network: 
     coordinator = network.coordinator
     run_id = _run(network, _study("bc-rogue-receipt", noise_multiplier=1.7))
 
-    finished = coordinator.run_finished(run_id)
+    finished = _finished(coordinator, run_id)
     assert finished is not None
-    assert finished["status"] == "completed", finished["reason"]
-    (recorded,) = coordinator.rounds(run_id)
-    assert recorded["participants"] == ["hospital-a", "hospital-b"]
-    assert [d["site"] for d in recorded["dropped"]] == [ROGUE]
-    assert "accountant" in recorded["dropped"][0]["reason"]
+    assert finished.status == "completed", finished.reason
+    (recorded,) = coordinator.reads.rounds(run_id)
+    assert recorded.completed.participants == ["hospital-a", "hospital-b"]
+    assert [d.site for d in recorded.completed.dropped] == [ROGUE]
+    assert "accountant" in recorded.completed.dropped[0].reason
     coordinator.ledger.verify(coordinator.root_key.public)
 
 
@@ -126,7 +133,7 @@ def test_a_signed_refusal_of_an_unboundable_round_is_recorded(network: Network) 
     ]
     assert sorted(e.actor for e in refusals) == sorted(SITES)
     assert all(e.payload["epsilon_requested"] is None for e in refusals)
-    finished = coordinator.run_finished(run_id)
+    finished = _finished(coordinator, run_id)
     assert finished is not None
-    assert finished["status"] == "insufficient_sites"
+    assert finished.status == "insufficient_sites"
     coordinator.ledger.verify(coordinator.root_key.public)

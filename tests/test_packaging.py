@@ -45,8 +45,14 @@ def test_wheel_has_only_the_veracity_top_level_package(tmp_path: Path) -> None:
     assert roots == {"veracity"}
     assert declared == ["veracity"]
     assert "veracity/py.typed" in names
-    # The three Alembic histories (ledger, admin API, site store) ship with their templates.
-    for package in ("veracity/ledger", "veracity/server/api", "veracity/client"):
+    # The four Alembic histories (ledger, coordinator read model, admin API, site store) ship
+    # with their templates.
+    for package in (
+        "veracity/ledger",
+        "veracity/server/coordinator",
+        "veracity/server/api",
+        "veracity/client",
+    ):
         assert f"{package}/migrations/env.py" in names
         assert f"{package}/migrations/script.py.mako" in names
         assert any(n.startswith(f"{package}/migrations/versions/0001_") for n in names)

@@ -15,7 +15,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from veracity.errors import ConfigError
 
-__all__ = ["Settings", "normalise_database_url", "load_settings"]
+__all__ = ["Settings", "default_database_url", "normalise_database_url", "load_settings"]
 
 _SUPPORTED_SCHEMES = ("sqlite", "postgresql")
 
@@ -45,6 +45,15 @@ def normalise_database_url(url: str) -> str:
     if dialect == "postgresql":
         return f"postgresql+psycopg://{rest}"
     return text
+
+
+def default_database_url(data_dir: Path) -> str:
+    """The embedded database of a data directory: ``sqlite:///DIR/veracity.db`` (absolute).
+
+    The one place this default is written: the coordinator's home and the ``ledger`` CLI
+    both ask here.
+    """
+    return f"sqlite:///{data_dir.resolve() / 'veracity.db'}"
 
 
 class Settings(BaseSettings):
@@ -77,7 +86,7 @@ class Settings(BaseSettings):
         """The database URL in use: the configured one or the embedded SQLite default."""
         if self.database_url:
             return self.database_url
-        return f"sqlite:///{self.data_dir.resolve() / 'veracity.db'}"
+        return default_database_url(self.data_dir)
 
     @property
     def key_dir(self) -> Path:

@@ -154,12 +154,12 @@ class DemoState:
 
     def summary(self) -> dict[str, Any]:
         """The summary document (``veracity demo --format json``) of a completed demo."""
-        from veracity.server.coordinator import CoordinatorConfig
+        from veracity.server.coordinator import CoordinatorHome
 
         study, trained = _need(self.study, "study"), _need(self.trained, "trained model")
         inference, audit = _need(self.inference, "inference check"), _need(self.audit, "audit")
         last_receipts = {r["receipt"]["site"]: r["receipt"] for r in trained.rounds[-1]["receipts"]}
-        config = CoordinatorConfig.load(self.coordinator_dir / "coordinator.json")
+        config = CoordinatorHome.load(self.coordinator_dir)
         return {
             "ok": True,
             "duration_s": round(time.monotonic() - self.started, 1),

@@ -9,6 +9,7 @@ coordinator verifies and records on its side.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +21,10 @@ from veracity.client.store import SignedStatement
 from veracity.client.supernode import SiteNode, SuperNodeOptions, start_site_node
 from veracity.crypto.keys import load_verify_key
 from veracity.crypto.supernode import load_supernode_public_key
-from veracity.server.coordinator import Coordinator, EnrolledSite
+from veracity.errors import TransportError
+from veracity.server.coordinator import CoordinatorService, operator
+from veracity.server.coordinator.federation import RunSummary
+from veracity.server.coordinator.records import EnrolledSite
 from veracity.supervise import ProcessGroup
 from veracity.tasks.breast_cancer import FEATURES, LABEL, Partition, write_csv
 from veracity.tasks.study import Study
@@ -31,6 +35,7 @@ __all__ = [
     "enrol",
     "approve",
     "start_nodes",
+    "wait_run",
     "DATASET_ID",
 ]
 
@@ -89,15 +94,22 @@ def create_site(
     return LocalSite(name, directory, data_file, partition.rows, statement)
 
 
-def enrol(coordinator: Coordinator, site: LocalSite) -> EnrolledSite:
-    """Enrol ``site`` (keys, SuperNode registration) and record its dataset registration."""
+def enrol(coordinator: CoordinatorService, site: LocalSite) -> EnrolledSite:
+    """Enrol ``site`` (keys, SuperNode registration) and record its dataset registration.
+
+    Both as the local operator, through the coordinator service (the admin API's path).
+    """
+    actor = operator()
     enrolled = coordinator.enrol_site(
+        actor,
         site.name,
         public_key_pem=site.public_key_pem,
         supernode_public_key=site.supernode_public_key,
-    )
+    ).value
     statement = site.registration
-    coordinator.record_statement(statement.kind, site.name, statement.payload, statement.signature)
+    coordinator.record_statement(
+        actor, statement.kind, site.name, statement.payload, statement.signature
+    )
     return enrolled
 
 
@@ -111,7 +123,7 @@ def approve(site: LocalSite, study: Study, *, epsilon_cap: float) -> SignedState
 
 
 def start_nodes(
-    coordinator: Coordinator,
+    coordinator: CoordinatorService,
     sites: Sequence[LocalSite],
     group: ProcessGroup,
     *,
@@ -120,11 +132,31 @@ def start_nodes(
 ) -> list[SiteNode]:
     """Start every site's SuperNode and worker together, then wait until all are ready."""
     options = SuperNodeOptions(
-        superlink=coordinator.config.superlink_address,
-        ca_cert=coordinator.paths.tls.ca_cert,
+        superlink=coordinator.home.superlink_address,
+        ca_cert=coordinator.home.tls.ca_cert,
         idle_poll=idle_poll,
     )
     nodes = [start_site_node(site.directory, options, group, wait=False) for site in sites]
     for node in nodes:
         node.wait_ready(timeout=timeout)
     return nodes
+
+
+def wait_run(
+    coordinator: CoordinatorService, run_id: str, *, timeout: float, interval: float = 0.5
+) -> RunSummary:
+    """Poll the SuperLink until the run ``run_id`` has ended; what it says of it then.
+
+    Raises
+    ------
+    TransportError
+        If it has not ended after ``timeout`` seconds (or the SuperLink does not answer).
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        summary = coordinator.run_status(run_id)
+        if summary.finished:
+            return summary
+        if time.monotonic() >= deadline:
+            raise TransportError(f"run {run_id} still {summary.state} after {timeout:.0f} s")
+        time.sleep(interval)

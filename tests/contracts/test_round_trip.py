@@ -21,8 +21,8 @@ from hypothesis import strategies as st
 from veracity.contracts.base import Payload, SiteStatement
 from veracity.contracts.events import (
     KINDS,
-    ApprovalMissingStatement,
     ROOT_ACTOR,
+    ApprovalMissingStatement,
     BudgetRefused,
     CheckpointCosigned,
     DatasetRegistered,
@@ -54,7 +54,10 @@ T0 = datetime(2026, 12, 1, 9, 0, tzinfo=UTC)
 hashes = st.binary(min_size=8, max_size=8).map(lambda b: hashlib.sha256(b).hexdigest())
 names = st.from_regex(r"\A[a-z0-9][a-z0-9-]{0,20}\Z").filter(lambda n: n != ROOT_ACTOR)
 unicode = st.characters(codec="utf-8")  # any character UTF-8 can carry (no surrogates)
-idents = st.text(alphabet=unicode, min_size=1, max_size=40)
+# Identifiers: any character but a control character (C0 or DEL).
+idents = st.text(
+    alphabet=unicode.filter(lambda c: c >= " " and c != "\x7f"), min_size=1, max_size=40
+)
 texts = st.text(alphabet=unicode, min_size=1, max_size=200)
 timestamps = st.datetimes(
     min_value=datetime(2000, 1, 1), max_value=datetime(2100, 1, 1), timezones=st.just(UTC)

@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from veracity.core.fields import (
     MAX_SAFE_INTEGER,
+    Ident,
     Number,
     Timestamp,
     check_hex64,
@@ -23,6 +24,7 @@ class _Document(BaseModel):
     model_config = ConfigDict(strict=True)
     value: Number = 0.0
     at: Timestamp = "2026-11-27T15:47:52.123456Z"
+    ident: Ident = "cohort-1"
 
 
 def test_timestamps_are_rfc3339_utc_with_microseconds() -> None:
@@ -62,3 +64,15 @@ def test_a_site_name_is_a_dns_label(name: str) -> None:
     with pytest.raises(InputError, match="site name"):
         check_site_name(name)
     assert check_site_name("hospital-a") == "hospital-a"
+
+
+@pytest.mark.parametrize(
+    "ident", ["nul\x00id", "line\nbreak", "tab\t", "\x1f", "del\x7f", "", "x" * 129]
+)
+def test_an_identifier_is_1_to_128_characters_none_of_them_control(ident: str) -> None:
+    with pytest.raises(ValidationError, match="ident"):
+        _Document(ident=ident)
+
+
+def test_an_identifier_may_hold_any_other_character() -> None:
+    assert _Document(ident="cohort 1/é \u202e 中").ident == "cohort 1/é \u202e 中"

@@ -11,7 +11,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from veracity.crypto.keys import SigningKey, generate_signing_key
-from veracity.server.coordinator import Coordinator
+from veracity.server.coordinator import CoordinatorService, init_coordinator
 from veracity.server.superlink import SuperLinkOptions, start_superlink
 from veracity.supervise import ProcessGroup, free_port
 
@@ -34,12 +34,12 @@ def make_site_identity(name: str) -> SiteIdentity:
 
 
 @pytest.fixture
-def coordinator_with_superlink(tmp_path: Path) -> Iterator[Coordinator]:
+def coordinator_with_superlink(tmp_path: Path) -> Iterator[CoordinatorService]:
     """A fresh coordinator whose SuperLink (TLS, SuperNode auth) runs on a free port."""
     port = free_port()
-    coordinator = Coordinator.init(tmp_path / "coordinator", superlink_port=port)
+    coordinator = init_coordinator(tmp_path / "coordinator", superlink_port=port)
     with ProcessGroup() as group:
-        start_superlink(coordinator.paths, SuperLinkOptions(port=port), group)
+        start_superlink(coordinator.home, SuperLinkOptions(port=port), group)
         try:
             yield coordinator
         finally:

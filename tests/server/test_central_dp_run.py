@@ -23,7 +23,13 @@ from veracity.contracts.events import ROOT_ACTOR
 from veracity.core.canonical import canonical_hash
 from veracity.flower_serde import weights_from_record
 from veracity.ledger.statement import sign_statement
-from veracity.server.coordinator import Coordinator, package_versions
+from veracity.server.coordinator import (
+    CoordinatorService,
+    InMemoryFederation,
+    init_coordinator,
+    operator,
+    package_versions,
+)
 from veracity.server.fab import build_fab
 from veracity.server.polling_grid import PollingGrid
 from veracity.server.registry import ModelRegistry
@@ -38,6 +44,7 @@ from .conftest import SiteIdentity, make_site_identity
 RUN = "7"
 NODES = {11: "hospital-a", 12: "hospital-b", 13: "hospital-c"}
 SIGNED_AT = "2026-06-11T09:00:00.000000Z"
+SETUP = operator("test-setup")
 
 
 @pytest.fixture(autouse=True)
@@ -129,20 +136,22 @@ class _SitesGrid(Grid):
 
 @dataclass
 class _Network:
-    coordinator: Coordinator
+    coordinator: CoordinatorService
     sites: dict[str, SiteIdentity]
 
 
 @pytest.fixture
 def network(tmp_path: Path) -> Iterator[_Network]:
-    coordinator = Coordinator.init(tmp_path / "coordinator", superlink_port=free_port())
+    coordinator = init_coordinator(
+        tmp_path / "coordinator", superlink_port=free_port(), federation=InMemoryFederation()
+    )
     sites = {name: make_site_identity(name) for name in NODES.values()}
     for site in sites.values():
         coordinator.enrol_site(
+            SETUP,
             site.name,
             public_key_pem=site.key.public.pem(),
             supernode_public_key=site.supernode_public,
-            register_node=False,
         )
         registered = {
             "site": site.name, "dataset_id": "bc", "commitment": "cd" * 32,
@@ -150,7 +159,7 @@ def network(tmp_path: Path) -> Iterator[_Network]:
             "signed_at": SIGNED_AT,
         }  # fmt: skip
         signature = sign_statement(site.key, "dataset.registered", site.name, registered)
-        coordinator.record_statement("dataset.registered", site.name, registered, signature)
+        coordinator.record_statement(SETUP, "dataset.registered", site.name, registered, signature)
     try:
         yield _Network(coordinator, sites)
     finally:
@@ -169,14 +178,14 @@ def _propose(network: _Network, *, max_epsilon: float, rounds: int, **terms: Any
     )
     central = {"noise_multiplier": 1.0, "clipping_norm": 1.0, "max_epsilon": max_epsilon}
     study = parse_study({**plain.to_document(), "central_dp": {**central, "delta": 1e-5}})
-    coordinator.propose_study(study.to_document())
+    coordinator.propose_study(SETUP, study.to_document())
     for site in network.sites.values():
         approval = {
             "study_hash": study.study_hash, "site": site.name, "dataset_id": "bc",
             "epsilon_cap": 3.0, "signed_at": SIGNED_AT,
         }  # fmt: skip
         signature = sign_statement(site.key, "study.approved", site.name, approval)
-        coordinator.record_statement("study.approved", site.name, approval, signature)
+        coordinator.record_statement(SETUP, "study.approved", site.name, approval, signature)
     return study
 
 
@@ -214,6 +223,15 @@ def _execute(network: _Network, study: Study, run_id: str = RUN, **grid_terms: A
     execute_run(coordinator, grid, settings)
 
 
+def _rounds(coordinator: CoordinatorService, run_id: str) -> list[dict[str, Any]]:
+    return [record.to_json() for record in coordinator.reads.rounds(run_id)]
+
+
+def _run_finished(coordinator: CoordinatorService, run_id: str) -> dict[str, Any] | None:
+    run = coordinator.reads.run(run_id)
+    return None if run.finished is None else run.finished.to_json(run.run_id, run.study_hash)
+
+
 def test_reaching_max_epsilon_stops_the_run_and_releases_the_last_model(
     network: _Network,
 ) -> None:
@@ -222,10 +240,10 @@ def test_reaching_max_epsilon_stops_the_run_and_releases_the_last_model(
     study = _run(network, max_epsilon=6.0, rounds=3)
 
     coordinator.ledger.verify(coordinator.root_key.public)
-    (recorded,) = coordinator.rounds(RUN)
+    (recorded,) = _rounds(coordinator, RUN)
     assert recorded["metrics"]["client-level-epsilon"] == pytest.approx(4.728507, abs=1e-6)
     assert recorded["metrics"]["client-level-delta"] == 1e-5
-    finished = coordinator.run_finished(RUN)
+    finished = _run_finished(coordinator, RUN)
     assert finished is not None
     assert finished["status"] == "stopped"
     assert finished["rounds_completed"] == 1
@@ -236,7 +254,7 @@ def test_reaching_max_epsilon_stops_the_run_and_releases_the_last_model(
     assert (
         released["metrics"]["client-level-epsilon"] == recorded["metrics"]["client-level-epsilon"]
     )
-    card = ModelRegistry(coordinator.paths.models).get(released["model_hash"]).card
+    card = ModelRegistry(coordinator.home.models).get(released["model_hash"]).card
     client_level = card["privacy"]["client_level"]
     assert client_level["epsilon"] == recorded["metrics"]["client-level-epsilon"]
     assert client_level["delta"] == 1e-5
@@ -254,8 +272,8 @@ def test_a_budget_too_small_for_one_round_ends_the_run_without_a_model(
     _run(network, max_epsilon=4.0, rounds=2)
 
     coordinator.ledger.verify(coordinator.root_key.public)
-    assert coordinator.rounds(RUN) == []
-    finished = coordinator.run_finished(RUN)
+    assert _rounds(coordinator, RUN) == []
+    finished = _run_finished(coordinator, RUN)
     assert finished is not None
     assert finished["status"] == "stopped"
     assert finished["model_hash"] is None
@@ -273,14 +291,14 @@ def test_the_client_level_accountant_composes_across_runs_of_a_study(
     _execute(network, study, "7")
     _execute(network, study, "8")
 
-    first, second = coordinator.rounds("7"), coordinator.rounds("8")
+    first, second = _rounds(coordinator, "7"), _rounds(coordinator, "8")
     assert [r["metrics"]["client-level-epsilon"] for r in first] == pytest.approx(
         [4.728507, 7.077392], abs=1e-6
     )
     # Before, the second run's accountant started from zero: 4.73 again, and two rounds.
     (only,) = second
     assert only["metrics"]["client-level-epsilon"] > 7.077392
-    finished = coordinator.run_finished("8")
+    finished = _run_finished(coordinator, "8")
     assert finished is not None
     assert finished["status"] == "stopped"
     assert finished["rounds_completed"] == 1
@@ -296,7 +314,7 @@ def test_the_card_reports_client_level_replace_one_epsilon_and_the_trust_it_need
 
     _run(network, max_epsilon=10.0, rounds=2)
     coordinator = network.coordinator
-    rounds = coordinator.rounds(RUN)
+    rounds = _rounds(coordinator, RUN)
     # Replacing one of n clipped updates moves the mean by 2C/n: noise multiplier 1.0 / 2.
     expected = []
     for releases in (1, 2):
@@ -310,7 +328,7 @@ def test_the_card_reports_client_level_replace_one_epsilon_and_the_trust_it_need
         for r in rounds
     )
     (released,) = [e.payload for e in coordinator.ledger.iter_entries(kind="model.released")]
-    card = ModelRegistry(coordinator.paths.models).get(released["model_hash"]).card
+    card = ModelRegistry(coordinator.home.models).get(released["model_hash"]).card
     client_level = card["privacy"]["client_level"]
     assert client_level["epsilon_replace_one"] == replaced[-1]
     assert "not against the coordinator" in client_level["trust"]
@@ -327,8 +345,8 @@ def test_a_site_that_goes_offline_under_central_dp_ends_the_run_with_run_finishe
     # died without run.finished.
     _execute(network, study, RUN, gone_after_round={13: 1})
 
-    assert [r["round"] for r in coordinator.rounds(RUN)] == [1]
-    finished = coordinator.run_finished(RUN)
+    assert [r["round"] for r in _rounds(coordinator, RUN)] == [1]
+    finished = _run_finished(coordinator, RUN)
     assert finished is not None
     assert finished["status"] == "insufficient_sites"
     assert "central DP needs every one of the 3 site(s)" in finished["reason"]
@@ -349,7 +367,7 @@ def test_an_unexpected_error_in_a_run_is_recorded_as_failed_with_its_reason(
     with pytest.raises(RuntimeError, match="disk is full"):
         _execute(network, study, RUN)
 
-    finished = coordinator.run_finished(RUN)
+    finished = _run_finished(coordinator, RUN)
     assert finished is not None
     assert finished["status"] == "failed"
     assert finished["reason"] == "internal error: RuntimeError: the disk is full"

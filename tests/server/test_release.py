@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from veracity.server.coordinator import Coordinator
+from veracity.server.coordinator import InMemoryFederation, init_coordinator
 from veracity.server.release import build_model_card
 from veracity.tasks.study import parse_study
 
@@ -45,7 +45,7 @@ def test_the_card_says_how_many_exact_answers_determine_the_model(
     model: dict[str, Any], answers: str, tmp_path: Path
 ) -> None:
     study = parse_study(_study(model))
-    with Coordinator.init(tmp_path / "coordinator") as coordinator:
+    with init_coordinator(tmp_path / "coordinator", federation=InMemoryFederation()) as coordinator:
         card = build_model_card(coordinator, study, "1", {"w": np.zeros(1)}, [])
     assert any(answers in limitation for limitation in card["limitations"])
     assert any("query budget" in limitation for limitation in card["limitations"])

@@ -1,4 +1,4 @@
-"""``veracity server init`` and ``veracity server token create|list|revoke``."""
+"""``veracity server init|reindex`` and ``veracity server token create|list|revoke``."""
 
 from __future__ import annotations
 
@@ -7,11 +7,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
 
+from tests.server.sites import Site
 from veracity.cli import main
 from veracity.server.api import db
 from veracity.server.api.tokens import TokenStore, hash_token
-from veracity.server.coordinator import Coordinator
+from veracity.server.coordinator import InMemoryFederation, open_coordinator, operator
+from veracity.server.coordinator.read_model import HISTORY
 
 
 def _init(data_dir: Path, db_url: str, capsys: pytest.CaptureFixture[str]) -> dict[str, str]:
@@ -25,8 +28,9 @@ def test_init_creates_the_ledger_and_the_api_tables(
     tmp_path: Path, db_url: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     shown = _init(tmp_path / "c", db_url, capsys)
-    with Coordinator.open(tmp_path / "c") as coordinator:
+    with open_coordinator(tmp_path / "c") as coordinator:
         assert db.current_revision(coordinator.ledger.engine) == db.head_revision()
+        assert HISTORY.current(coordinator.ledger.engine) == HISTORY.head()
         assert shown["log_id"] == coordinator.ledger.log_id
         assert shown["root_key_id"] == coordinator.root_key.public.key_id
     again = _init(tmp_path / "c", db_url, capsys)
@@ -56,7 +60,7 @@ def test_token_create_prints_the_token_alone(
     token = lines[0]
     assert token.startswith("vrc_")
     assert token not in captured.err
-    with Coordinator.open(tmp_path / "c") as coordinator:
+    with open_coordinator(tmp_path / "c") as coordinator:
         info = TokenStore(coordinator.ledger.engine).lookup(token)
     assert info is not None
     assert (info.role.value, info.name, info.site) == ("site", "north ops", "north")
@@ -155,3 +159,29 @@ def test_budget_set_and_list_on_the_command_line(
     assert [(b["requester"], b["budget"], b["used"]) for b in listed] == [("clinic-7", 31, 0)]
     unknown = ["--model", "0" * 64, "--data-dir", str(tmp_path / "c")]
     assert main([*args, *unknown]) == 1  # no such model
+
+
+def test_reindex_rebuilds_the_read_model_from_the_ledger(
+    tmp_path: Path, db_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _init(tmp_path / "c", db_url, capsys)
+    site = Site("north")
+    with open_coordinator(tmp_path / "c", federation=InMemoryFederation()) as coordinator:
+        coordinator.enrol_site(
+            operator("alice"),
+            "north",
+            public_key_pem=site.key.public.pem(),
+            supernode_public_key=site.supernode_key,
+        )
+        kept = coordinator.read_model.dump()
+        with coordinator.ledger.engine.begin() as connection:
+            connection.execute(sa.text("DELETE FROM coord_site"))
+        size = coordinator.ledger.size()
+    code = main(["server", "reindex", "--data-dir", str(tmp_path / "c"), "--format", "json"])
+    assert code == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["entries"] == size
+    assert report["rows"]["coord_site"] == 1
+    with open_coordinator(tmp_path / "c") as coordinator:
+        assert coordinator.read_model.dump() == kept
+        assert coordinator.reads.site("north").key_id == site.key.public.key_id

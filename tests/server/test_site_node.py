@@ -12,7 +12,7 @@ import pytest
 
 from veracity.client.site import Site, init_site
 from veracity.crypto.supernode import load_supernode_public_key
-from veracity.server.coordinator import Coordinator
+from veracity.server.coordinator import CoordinatorService, operator
 from veracity.supervise import wait_for
 
 pytestmark = pytest.mark.integration
@@ -33,7 +33,7 @@ def _processes_mentioning(text: str) -> list[int]:
 
 
 def test_site_start_joins_the_superlink_and_stops_its_children(
-    coordinator_with_superlink: Coordinator, tmp_path: Path
+    coordinator_with_superlink: CoordinatorService, tmp_path: Path
 ) -> None:
     coordinator = coordinator_with_superlink
     site_dir = tmp_path / "hospital-a"
@@ -41,27 +41,28 @@ def test_site_start_joins_the_superlink_and_stops_its_children(
     with Site.open(site_dir) as site:
         public_pem = site.key.public.pem()
     coordinator.enrol_site(
+        operator("alice"),
         "hospital-a",
         public_key_pem=public_pem,
         supernode_public_key=load_supernode_public_key(site_dir / "keys" / "supernode.pub"),
     )
     argv = [
         sys.executable, "-m", "veracity", "site", "start",
-        "--superlink", coordinator.config.superlink_address,
-        "--ca-cert", str(coordinator.paths.tls.ca_cert),
+        "--superlink", coordinator.home.superlink_address,
+        "--ca-cert", str(coordinator.home.tls.ca_cert),
         "--data-dir", str(site_dir), "--idle-poll", "0.2",
     ]  # fmt: skip
     log = (tmp_path / "agent.log").open("wb")
     agent = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=log)
     try:
-        with coordinator.control() as control:
 
-            def online() -> bool:
-                return any(
-                    n.name == "hospital-a" and n.status == "online" for n in control.list_nodes()
-                )
+        def online() -> bool:
+            return any(
+                n.name == "hospital-a" and n.status == "online"
+                for n in coordinator.federation.list_nodes()
+            )
 
-            wait_for(online, timeout=180, what="hospital-a online")
+        wait_for(online, timeout=180, what="hospital-a online")
         assert _processes_mentioning(str(site_dir))
         agent.send_signal(signal.SIGTERM)
         agent.wait(timeout=60)  # raises if the agent does not stop

@@ -27,6 +27,7 @@ __all__ = [
     "HEX64_PATTERN",
     "NAME_PATTERN",
     "SITE_NAME_PATTERN",
+    "IDENT_PATTERN",
     "MAX_SAFE_INTEGER",
     "Hash",
     "Name",
@@ -159,7 +160,11 @@ def format_timestamp(moment: datetime | None = None) -> str:
 Hash = Annotated[str, StringConstraints(pattern=HEX64_PATTERN)]
 Name = Annotated[str, StringConstraints(pattern=NAME_PATTERN)]
 SiteName = Annotated[str, StringConstraints(pattern=SITE_NAME_PATTERN)]
-Ident = Annotated[str, StringConstraints(min_length=1, max_length=128)]
+#: An identifier (dataset, run, feature, requester ...): 1 to 128 characters, none of them a
+#: control character. Identifiers are keys in the coordinator's tables, and PostgreSQL
+#: text cannot hold NUL.
+IDENT_PATTERN = r"^[^\x00-\x1f\x7f]{1,128}$"
+Ident = Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=IDENT_PATTERN)]
 Text = Annotated[str, StringConstraints(max_length=10_000)]
 Timestamp = Annotated[str, AfterValidator(check_timestamp)]
 Number = Annotated[float, AfterValidator(check_number)]

@@ -16,14 +16,18 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from veracity.errors import ConfigError, CryptoError
+from veracity.errors import ConfigError, CryptoError, InputError
 
 __all__ = [
     "SUPERNODE_KEY_NAME",
     "generate_supernode_key",
     "write_supernode_key_pair",
     "load_supernode_public_key",
+    "parse_supernode_public_key",
 ]
+
+#: The curves Flower's SuperNode authentication accepts.
+NIST_CURVES = frozenset({"secp256r1", "secp384r1", "secp521r1"})
 
 #: File name of the SuperNode private key in a site's key directory (``.pub`` beside it).
 SUPERNODE_KEY_NAME = "supernode"
@@ -102,3 +106,22 @@ def load_supernode_public_key(path: Path) -> str:
     if not isinstance(key, ec.EllipticCurvePublicKey) or not isinstance(key.curve, ec.SECP384R1):
         raise CryptoError(f"{path} is not an ECDSA P-384 key")
     return text
+
+
+def parse_supernode_public_key(text: str) -> ec.EllipticCurvePublicKey:
+    """The SuperNode key of an enrolment: an OpenSSH line of an ECDSA key on a NIST curve.
+
+    What the SuperLink accepts for registration (P-384 is what sites generate).
+
+    Raises
+    ------
+    InputError
+        If ``text`` is not an OpenSSH public key, or not ECDSA on a NIST curve.
+    """
+    try:
+        key = serialization.load_ssh_public_key(text.strip().encode("ascii"))
+    except (ValueError, UnicodeEncodeError, UnsupportedAlgorithm) as err:
+        raise InputError("SuperNode key is not an OpenSSH public key") from err
+    if not isinstance(key, ec.EllipticCurvePublicKey) or key.curve.name not in NIST_CURVES:
+        raise InputError("SuperNode key must be ECDSA on a NIST curve (P-384 recommended)")
+    return key

@@ -1,8 +1,10 @@
 """``veracity server``: initialise and run the coordinator, and manage API tokens.
 
-``init`` creates the data directory (root key, TLS, ledger, API tables); ``start`` runs the
-SuperLink and the admin API until Ctrl-C or SIGTERM, then stops both; ``token create``
-prints a new bearer token alone on stdout (it is stored only as a hash).
+``init`` creates the data directory (root key, TLS, ledger, read model, API tables);
+``start`` runs the SuperLink and the admin API until Ctrl-C or SIGTERM, then stops both;
+``reindex`` rebuilds the coordinator's read model from the ledger; ``token create`` prints a
+new bearer token alone on stdout (it is stored only as a hash). Every command goes through
+the one coordinator service (:mod:`veracity.server.coordinator`).
 """
 
 from __future__ import annotations
@@ -66,13 +68,13 @@ def init(
     from veracity.server.api.serve import initialise
 
     url = normalise_database_url(db) if db else None
-    with initialise(data_dir, db_url=url, superlink_port=superlink_port) as coordinator:
+    with initialise(data_dir, db_url=url, superlink_port=superlink_port) as service:
         shown = {
             "data_dir": str(data_dir.resolve()),
-            "database": _masked(coordinator.config.db_url),
-            "superlink": coordinator.config.superlink_address,
-            "root_key_id": coordinator.root_key.public.key_id,
-            "log_id": coordinator.ledger.log_id,
+            "database": _masked(service.home.db_url),
+            "superlink": service.home.superlink_address,
+            "root_key_id": service.root_key.public.key_id,
+            "log_id": service.ledger.log_id,
         }
     if output_format is OutputFormat.JSON:
         emit_json(shown)
@@ -142,6 +144,26 @@ def start(
         console.print("stopped")
 
 
+@app.command("reindex")
+def reindex(
+    data_dir: DataDirOption = Path("veracity-data"),
+    output_format: FormatOption = OutputFormat.TEXT,
+) -> None:
+    """Rebuild the coordinator's read model (sites, studies, runs ...) from the ledger."""
+    from veracity.server.coordinator import open_coordinator
+
+    with open_coordinator(data_dir) as service:
+        report = service.reindex()
+    if output_format is OutputFormat.JSON:
+        emit_json(report.to_json())
+    else:
+        emit_table(
+            f"read model rebuilt from {report.entries} ledger entries",
+            ["table", "rows"],
+            sorted(report.rows.items()),
+        )
+
+
 @token_app.command("create")
 def token_create(
     role: Annotated[
@@ -194,11 +216,11 @@ def token_list(
     """List tokens (never the tokens themselves)."""
     from veracity.server.api import db
     from veracity.server.api.tokens import TokenStore
-    from veracity.server.coordinator import Coordinator
+    from veracity.server.coordinator import open_coordinator
 
-    with Coordinator.open(data_dir) as coordinator:
-        db.check_schema(coordinator.ledger.engine)
-        infos = TokenStore(coordinator.ledger.engine).list()
+    with open_coordinator(data_dir) as service:
+        db.check_schema(service.ledger.engine)
+        infos = TokenStore(service.ledger.engine).list()
     if output_format is OutputFormat.JSON:
         emit_json([info.to_json() for info in infos])
         return
@@ -218,11 +240,11 @@ def token_revoke(
     """Revoke a token at once."""
     from veracity.server.api import db
     from veracity.server.api.tokens import TokenStore
-    from veracity.server.coordinator import Coordinator
+    from veracity.server.coordinator import open_coordinator
 
-    with Coordinator.open(data_dir) as coordinator:
-        db.check_schema(coordinator.ledger.engine)
-        info = TokenStore(coordinator.ledger.engine).revoke(token_id)
+    with open_coordinator(data_dir) as service:
+        db.check_schema(service.ledger.engine)
+        info = TokenStore(service.ledger.engine).revoke(token_id)
     if output_format is OutputFormat.JSON:
         emit_json(info.to_json())
     else:
@@ -263,13 +285,13 @@ def budget_set(
     from veracity.server.api.budget import BudgetStore
     from veracity.server.api.settings import load_api_settings
     from veracity.server.api.tokens import Principal, Role
-    from veracity.server.coordinator import Coordinator
+    from veracity.server.coordinator import open_coordinator
     from veracity.server.registry import ModelRegistry
 
     settings = load_api_settings()
-    with Coordinator.open(data_dir) as coordinator:
+    with open_coordinator(data_dir) as coordinator:
         db.check_schema(coordinator.ledger.engine)
-        ModelRegistry(coordinator.paths.models).get(model)  # refuses an unknown model
+        ModelRegistry(coordinator.home.models).get(model)  # refuses an unknown model
         store = BudgetStore(
             coordinator.ledger.engine,
             default_budget=settings.inference_default_budget,
@@ -283,8 +305,7 @@ def budget_set(
         emit_json(budget.to_json())
     else:
         stderr_console().print(
-            f"{requester} may get {predictions} predictions from {model[:16]}... "
-            f"({budget.used} had so far)"
+            f"{requester} may get {predictions} predictions from {model} ({budget.used} had so far)"
         )
 
 
@@ -298,10 +319,10 @@ def budget_list(
     from veracity.server.api import db
     from veracity.server.api.budget import BudgetStore
     from veracity.server.api.settings import load_api_settings
-    from veracity.server.coordinator import Coordinator
+    from veracity.server.coordinator import open_coordinator
 
     settings = load_api_settings()
-    with Coordinator.open(data_dir) as coordinator:
+    with open_coordinator(data_dir) as coordinator:
         db.check_schema(coordinator.ledger.engine)
         budgets = BudgetStore(
             coordinator.ledger.engine,

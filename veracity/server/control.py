@@ -18,7 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from veracity.errors import InputError, NotFound, TransportError
+from veracity.crypto.supernode import parse_supernode_public_key
+from veracity.errors import Conflict, InputError, NotFound, TransportError
 
 __all__ = ["ControlClient", "RunSummary", "NodeSummary", "ConfigValue"]
 
@@ -26,6 +27,11 @@ log = logging.getLogger(__name__)
 
 ConfigValue = bool | int | float | str
 _T = TypeVar("_T")
+
+#: HTTP answers of the Control API that are refusals by its state, not transport failures:
+#: 404 for an unknown node or run, 412 for a key it holds already (registered or withdrawn)
+#: or a run that has ended.
+_REFUSALS: dict[int, type[InputError]] = {404: NotFound, 412: Conflict}
 
 
 @dataclass(frozen=True)
@@ -74,7 +80,9 @@ class NodeSummary:
 
     node_id: int
     name: str
+    #: ``registered``, ``online``, ``offline`` or ``unregistered`` (withdrawn).
     status: str
+    #: The SuperNode's public key, PEM SubjectPublicKeyInfo.
     public_key_pem: str
 
 
@@ -116,6 +124,9 @@ class ControlClient:
         try:
             return fn(request)
         except Exception as err:
+            status = getattr(getattr(err, "response", None), "status_code", None)
+            if status in _REFUSALS:
+                raise _REFUSALS[status](f"SuperLink {self.address}: {what} refused") from err
             raise TransportError(f"SuperLink {self.address}: {what} failed: {err}") from err
 
     # ------------------------------------------------------------------ nodes
@@ -126,25 +137,16 @@ class ControlClient:
         ------
         InputError
             If the key is not an OpenSSH EC public key on a NIST curve.
+        Conflict
+            If the SuperLink holds this key already, registered or withdrawn (Flower never
+            registers a withdrawn key again).
         TransportError
-            If the SuperLink refuses or does not answer.
+            If the SuperLink fails or does not answer.
         """
-        from cryptography.exceptions import UnsupportedAlgorithm
-        from cryptography.hazmat.primitives import serialization
-        from cryptography.hazmat.primitives.asymmetric import ec
         from flwr.proto.control_pb2 import RegisterNodeRequest
         from flwr.supercore.primitives.asymmetric import public_key_to_bytes
 
-        try:
-            key = serialization.load_ssh_public_key(openssh_public_key)
-        except (ValueError, UnsupportedAlgorithm) as err:
-            raise InputError("SuperNode key is not an OpenSSH public key") from err
-        if not isinstance(key, ec.EllipticCurvePublicKey) or key.curve.name not in {
-            "secp256r1",
-            "secp384r1",
-            "secp521r1",
-        }:
-            raise InputError("SuperNode key must be ECDSA on a NIST curve (P-384 recommended)")
+        key = parse_supernode_public_key(openssh_public_key.decode("ascii", errors="replace"))
         response = self._call(
             "register-node",
             self._client.RegisterNode,
@@ -155,7 +157,15 @@ class ControlClient:
         return int(response.node_id)
 
     def unregister_node(self, node_id: int) -> None:
-        """Withdraw a SuperNode's registration."""
+        """Withdraw a SuperNode's registration.
+
+        Raises
+        ------
+        NotFound
+            If no registered node has this id (never registered, or withdrawn already).
+        TransportError
+            If the SuperLink fails or does not answer.
+        """
         from flwr.proto.control_pb2 import UnregisterNodeRequest
 
         self._call(
@@ -163,12 +173,13 @@ class ControlClient:
         )
 
     def list_nodes(self) -> list[NodeSummary]:
-        """Every registered SuperNode."""
+        """Every SuperNode registration (withdrawn ones too, as ``unregistered``)."""
         from flwr.proto.control_pb2 import ListNodesRequest
 
         response = self._call("list-nodes", self._client.ListNodes, ListNodesRequest())
         return [
-            NodeSummary(int(n.node_id), n.name, n.status, n.public_key) for n in response.nodes_info
+            NodeSummary(int(n.node_id), n.name, n.status, _text(n.public_key))
+            for n in response.nodes_info
         ]
 
     # ------------------------------------------------------------------- runs
@@ -200,7 +211,7 @@ class ControlClient:
 
         Raises
         ------
-        InputError
+        NotFound
             If the SuperLink has no such run.
         """
         runs = self.list_runs(run_id)
@@ -209,10 +220,19 @@ class ControlClient:
         return runs[0]
 
     def stop_run(self, run_id: int) -> bool:
-        """Ask the SuperLink to stop ``run_id``; True if it accepted."""
+        """Ask the SuperLink to stop ``run_id``; True if it stopped, False if it had ended.
+
+        Raises
+        ------
+        NotFound
+            If the SuperLink has no such run.
+        """
         from flwr.proto.control_pb2 import StopRunRequest
 
-        response = self._call("stop-run", self._client.StopRun, StopRunRequest(run_id=run_id))
+        try:
+            response = self._call("stop-run", self._client.StopRun, StopRunRequest(run_id=run_id))
+        except Conflict:  # the run has ended
+            return False
         return bool(response.success)
 
     def wait(self, run_id: int, *, timeout: float, interval: float = 0.5) -> RunSummary:
@@ -270,6 +290,10 @@ class ControlClient:
             text.append(item[0])
             latest = max(latest, item[1])
         return "".join(text), latest
+
+
+def _text(value: str | bytes) -> str:
+    return value.decode("ascii") if isinstance(value, bytes) else value
 
 
 def _summary(run: Any) -> RunSummary:

@@ -13,7 +13,7 @@ from pathlib import Path
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
-from veracity.server.coordinator import Coordinator
+from veracity.server.coordinator.bootstrap import open_coordinator
 from veracity.server.polling_grid import PollingGrid
 from veracity.server.study_run import RunSettings, execute_run
 
@@ -35,5 +35,5 @@ def main(grid: Grid, context: Context) -> None:
         node_wait=float(config["node-wait"]),
     )
     polling = PollingGrid(grid, poll_interval=float(config["poll-interval"]))
-    with Coordinator.open(Path(str(config["coordinator-dir"]))) as coordinator:
+    with open_coordinator(Path(str(config["coordinator-dir"]))) as coordinator:
         execute_run(coordinator, polling, settings)

@@ -16,8 +16,8 @@ from veracity import __version__
 from veracity.contracts.events import ROOT_ACTOR, ModelReleased, ReleasedDataset
 from veracity.core.canonical import canonical_hash
 from veracity.core.fields import format_timestamp
-from veracity.server.coordinator import Coordinator, package_versions
-from veracity.server.registry import ModelRegistry
+from veracity.server.coordinator.service import CoordinatorService, package_versions
+from veracity.server.coordinator.unit_of_work import SERVER_APP
 from veracity.server.strategy import (
     CLIENT_DELTA_METRIC,
     CLIENT_EPSILON_METRIC,
@@ -95,7 +95,7 @@ def _extraction_limitation(study: Study) -> str:
 
 
 def build_model_card(
-    coordinator: Coordinator,
+    coordinator: CoordinatorService,
     study: Study,
     run_id: str,
     weights: Weights,
@@ -110,14 +110,14 @@ def build_model_card(
     lineage = []
     privacy: dict[str, Any] = {}
     for site, receipt in sorted(last_receipt.items()):
-        registered = coordinator.dataset(site, receipt["dataset_id"]) or {}
+        registered = coordinator.reads.dataset(site, receipt["dataset_id"])
         lineage.append(
             {
                 "site": site,
                 "dataset_id": receipt["dataset_id"],
                 "commitment": receipt["dataset_commitment"],
-                "rows": registered.get("rows"),
-                "schema_hash": registered.get("schema_hash"),
+                "rows": None if registered is None else registered.statement.rows,
+                "schema_hash": None if registered is None else registered.statement.schema_hash,
             }
         )
         privacy[site] = {
@@ -193,7 +193,7 @@ def build_model_card(
 
 
 def release_model(
-    coordinator: Coordinator,
+    coordinator: CoordinatorService,
     study: Study,
     run_id: str,
     weights: Weights,
@@ -201,8 +201,7 @@ def release_model(
 ) -> str:
     """Store the model with its card and record ``model.released``; returns its hash."""
     card = build_model_card(coordinator, study, run_id, weights, outcomes)
-    registry = ModelRegistry(coordinator.paths.models)
-    model_hash: str = registry.put(
+    model_hash: str = coordinator.registry.put(
         study.model_spec,
         weights,
         features=list(study.features),
@@ -227,7 +226,5 @@ def release_model(
         metrics={k: float(v) for k, v in last_metrics.items()},
         card_hash=canonical_hash(card),
     )
-    coordinator.ledger.append(
-        released.KIND, ROOT_ACTOR, released.to_json(), signer=coordinator.root_key
-    )
+    coordinator.release(SERVER_APP, released)
     return model_hash

@@ -24,12 +24,13 @@ from dataclasses import dataclass
 from flwr.app import ConfigRecord
 
 from veracity.contracts.base import SiteStatement
-from veracity.contracts.events import KINDS, ROOT_ACTOR, RunStatus
+from veracity.contracts.events import KINDS, RunStatus
 from veracity.contracts.messages import train_config
 from veracity.core.canonical import canonical_json
 from veracity.errors import Conflict, VeracityError
 from veracity.flower_serde import weights_from_record, weights_to_record
-from veracity.server.coordinator import Coordinator
+from veracity.server.coordinator.service import CoordinatorService
+from veracity.server.coordinator.unit_of_work import SERVER_APP
 from veracity.server.polling_grid import PollingGrid
 from veracity.server.release import release_model
 from veracity.server.strategy import AuditedStrategy, RoundOutcome, aggregation_strategy
@@ -65,7 +66,7 @@ def _openssh_key_matches(enrolled_openssh: str, node_public_key_pem: bytes) -> b
 
 
 def match_nodes_to_sites(
-    coordinator: Coordinator, grid: PollingGrid, approved: set[str]
+    coordinator: CoordinatorService, grid: PollingGrid, approved: set[str]
 ) -> dict[int, str]:
     """Map connected nodes to approving sites.
 
@@ -76,7 +77,7 @@ def match_nodes_to_sites(
     for node in grid.get_nodes():
         if node.name not in approved:
             continue
-        enrolled = coordinator.enrolment(node.name).get("supernode_public_key") or ""
+        enrolled = coordinator.reads.site(node.name).supernode_public_key or ""
         if node.public_key and not _openssh_key_matches(enrolled, node.public_key):
             log.warning("node %s claims %s with another key; ignored", node.node_id, node.name)
             continue
@@ -93,7 +94,11 @@ class _Finished(Exception):
 
 
 def _wait_for_sites(
-    coordinator: Coordinator, grid: PollingGrid, study: Study, approved: set[str], wait: float
+    coordinator: CoordinatorService,
+    grid: PollingGrid,
+    study: Study,
+    approved: set[str],
+    wait: float,
 ) -> dict[int, str]:
     deadline = time.monotonic() + wait
     while True:
@@ -112,10 +117,10 @@ def _wait_for_sites(
 
 
 def _write_timing(
-    coordinator: Coordinator, run_id: str, began: float, outcomes: list[RoundOutcome]
+    coordinator: CoordinatorService, run_id: str, began: float, outcomes: list[RoundOutcome]
 ) -> None:
     """Keep the run's timing marks beside its seeds (for benchmarks; not in the ledger)."""
-    runs = coordinator.paths.data_dir / "runs"
+    runs = coordinator.home.runs
     runs.mkdir(exist_ok=True)
     rounds = [
         {
@@ -129,7 +134,32 @@ def _write_timing(
     (runs / f"{run_id}.timing.json").write_text(json.dumps(document, indent=2), encoding="utf-8")
 
 
-def execute_run(coordinator: Coordinator, grid: PollingGrid, settings: RunSettings) -> None:
+def _finish(
+    coordinator: CoordinatorService,
+    run_id: str,
+    study_hash: str,
+    status: RunStatus,
+    reason: str,
+    rounds_completed: int,
+    model_hash: str | None = None,
+) -> None:
+    """Record ``run.finished``, unless an admin's stop recorded it first (then say so)."""
+    try:
+        coordinator.finish_run(
+            SERVER_APP,
+            run_id,
+            study_hash,
+            status=status,
+            reason=reason,
+            rounds_completed=rounds_completed,
+            model_hash=model_hash,
+        )
+    except Conflict:
+        log.warning("run %s already has its run.finished (stopped); this end (%s) is not recorded",
+                    run_id, reason)  # fmt: skip
+
+
+def execute_run(coordinator: CoordinatorService, grid: PollingGrid, settings: RunSettings) -> None:
     """Run the study ``settings.study_hash`` as Flower run ``settings.run_id``.
 
     Raises
@@ -142,15 +172,15 @@ def execute_run(coordinator: Coordinator, grid: PollingGrid, settings: RunSettin
     rounds_done = 0
     began = time.time()
     try:
-        started = coordinator.wait_run_started(run_id, timeout=settings.started_timeout)
+        started = coordinator.reads.wait_run(run_id, timeout=settings.started_timeout)
         if started is None:
             raise _Finished("failed", "run was not started through the coordinator")
-        if started["study_hash"] != study_hash:
+        if started.study_hash != study_hash:
             raise _Finished("failed", "run config names another study than run.started")
-        study = coordinator.study(study_hash)
+        study = coordinator.reads.study(study_hash).study
         if settings.fab_hash != study.code_hash:
             raise _Finished("failed", "the app bundle is not the code the sites approved")
-        approvals = coordinator.approvals(study_hash)
+        approvals = coordinator.reads.approvals(study_hash)
         if len(approvals) < study.min_sites:
             raise _Finished(
                 "insufficient_sites",
@@ -163,18 +193,16 @@ def execute_run(coordinator: Coordinator, grid: PollingGrid, settings: RunSettin
         def record_round(outcome: RoundOutcome) -> None:
             if outcome.aggregated_model_hash is None:
                 return  # an aborted round: run.finished will say why
-            completed = outcome.payload(run_id=run_id, study_hash=study_hash)
-            coordinator.ledger.append(
-                completed.KIND, ROOT_ACTOR, completed.to_json(), signer=coordinator.root_key
+            coordinator.record_round(
+                SERVER_APP, outcome.payload(run_id=run_id, study_hash=study_hash)
             )
-            coordinator.ledger.checkpoint()
 
         def record_refusal(site: str, statement: SiteStatement, signature: str) -> None:
             if statement.KIND not in KINDS:  # only ledger event kinds become entries
                 return
             try:
-                coordinator.ledger.append(
-                    statement.KIND, site, statement.to_json(), signature=signature
+                coordinator.record_statement(
+                    SERVER_APP, statement.KIND, site, statement.to_json(), signature
                 )
             except Conflict:
                 # A site answers a repeated request with the statement it already signed.
@@ -236,47 +264,17 @@ def execute_run(coordinator: Coordinator, grid: PollingGrid, settings: RunSettin
             )
         final = weights_from_record(result.arrays)
         model_hash = release_model(coordinator, study, run_id, final, strategy.outcomes)
-        coordinator.finish_run(
-            run_id,
-            study_hash,
-            status=status,
-            reason=reason,
-            rounds_completed=rounds_done,
-            model_hash=model_hash,
-        )
+        _finish(coordinator, run_id, study_hash, status, reason, rounds_done, model_hash)
     except _Finished as finished:
         log.warning("run %s ends: %s", run_id, finished.reason)
-        coordinator.finish_run(
-            run_id,
-            study_hash,
-            status=finished.status,
-            reason=finished.reason,
-            rounds_completed=rounds_done,
-            model_hash=None,
-        )
+        _finish(coordinator, run_id, study_hash, finished.status, finished.reason, rounds_done)
     except VeracityError as err:
-        coordinator.finish_run(
-            run_id,
-            study_hash,
-            status="failed",
-            reason=str(err),
-            rounds_completed=rounds_done,
-            model_hash=None,
-        )
+        _finish(coordinator, run_id, study_hash, "failed", str(err), rounds_done)
         raise
     except Exception as err:  # the ServerApp's top level: every run ends with run.finished
         log.exception("run %s failed", run_id)
-        recorded = [
-            entry
-            for entry in coordinator.ledger.iter_entries(kind="round.completed")
-            if entry.payload["run_id"] == run_id
-        ]
-        coordinator.finish_run(
-            run_id,
-            study_hash,
-            status="failed",
-            reason=f"internal error: {type(err).__name__}: {err}",
-            rounds_completed=len(recorded),
-            model_hash=None,
+        reason = f"internal error: {type(err).__name__}: {err}"
+        _finish(
+            coordinator, run_id, study_hash, "failed", reason, len(coordinator.reads.rounds(run_id))
         )
         raise

@@ -8,56 +8,13 @@ authentication in open-source Flower).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
-from veracity.crypto.tls import TlsFiles, tls_files
 from veracity.errors import ConfigError, TransportError
 from veracity.server.control import ControlClient
+from veracity.server.coordinator.home import CoordinatorHome
 from veracity.supervise import ManagedProcess, ProcessGroup, flower_environment, wait_for
 
-__all__ = ["CoordinatorPaths", "SuperLinkOptions", "start_superlink", "superlink_argv"]
-
-
-@dataclass(frozen=True)
-class CoordinatorPaths:
-    """Where a coordinator keeps its files under its data directory."""
-
-    data_dir: Path
-
-    @property
-    def key_dir(self) -> Path:
-        """Root signing key (root.pem / root.pub)."""
-        return self.data_dir / "keys"
-
-    @property
-    def tls(self) -> TlsFiles:
-        """CA and server certificate."""
-        return tls_files(self.data_dir / "tls")
-
-    @property
-    def flwr_home(self) -> Path:
-        """Flower's home for the SuperLink and its app processes."""
-        return self.data_dir / "flwr"
-
-    @property
-    def superlink_db(self) -> Path:
-        """The SuperLink's state (runs, SuperNode registrations)."""
-        return self.data_dir / "flwr" / "superlink.db"
-
-    @property
-    def models(self) -> Path:
-        """The model registry."""
-        return self.data_dir / "models"
-
-    @property
-    def logs(self) -> Path:
-        """Logs of the processes the coordinator runs."""
-        return self.data_dir / "logs"
-
-    @property
-    def db_url(self) -> str:
-        """The embedded database (ledger and API state)."""
-        return f"sqlite:///{self.data_dir.resolve() / 'veracity.db'}"
+__all__ = ["SuperLinkOptions", "start_superlink", "superlink_argv"]
 
 
 @dataclass(frozen=True)
@@ -68,9 +25,9 @@ class SuperLinkOptions:
     port: int = 9093
 
 
-def superlink_argv(paths: CoordinatorPaths, options: SuperLinkOptions) -> list[str]:
+def superlink_argv(home: CoordinatorHome, options: SuperLinkOptions) -> list[str]:
     """The ``flower-superlink`` command line."""
-    tls = paths.tls
+    tls = home.tls
     return [
         "flower-superlink",
         "--ssl-ca-certfile", str(tls.ca_cert),
@@ -80,12 +37,12 @@ def superlink_argv(paths: CoordinatorPaths, options: SuperLinkOptions) -> list[s
         "--disable-runtime-dependency-installation",
         "--host", options.host,
         "--port", str(options.port),
-        "--database", str(paths.superlink_db),
+        "--database", str(home.superlink_db),
     ]  # fmt: skip
 
 
 def start_superlink(
-    paths: CoordinatorPaths,
+    home: CoordinatorHome,
     options: SuperLinkOptions,
     group: ProcessGroup,
     *,
@@ -100,19 +57,19 @@ def start_superlink(
     TransportError
         If it exits or does not answer within ``timeout`` seconds.
     """
-    if not paths.tls.exist():
-        raise ConfigError(f"no TLS material in {paths.data_dir / 'tls'}; run: veracity server init")
-    paths.flwr_home.mkdir(parents=True, exist_ok=True)
+    if not home.tls.exist():
+        raise ConfigError(f"no TLS material in {home.data_dir / 'tls'}; run: veracity server init")
+    home.flwr_home.mkdir(parents=True, exist_ok=True)
     process = group.start(
         ManagedProcess(
             name="superlink",
-            argv=superlink_argv(paths, options),
-            log_path=paths.logs / "superlink.log",
-            env=flower_environment(paths.flwr_home),
-            cwd=paths.data_dir,
+            argv=superlink_argv(home, options),
+            log_path=home.logs / "superlink.log",
+            env=flower_environment(home.flwr_home),
+            cwd=home.data_dir,
         )
     )
-    client = ControlClient(f"{options.host}:{options.port}", ca_cert=paths.tls.ca_cert, timeout=2.0)
+    client = ControlClient(f"{options.host}:{options.port}", ca_cert=home.tls.ca_cert, timeout=2.0)
 
     def answers() -> bool:
         try:

@@ -4,34 +4,36 @@
 an ephemeral port; each coordinator a test makes shares its TLS material, so the same
 SuperLink serves coordinators on SQLite and on PostgreSQL. ``api`` is a running app
 (FastAPI's TestClient, lifespan included) over a fresh coordinator on ``db_url`` with one
-token per role.
+token per role, its SuperLink kept in memory (``InMemoryFederation``);
+``api_with_superlink`` is the same over the real SuperLink.
 """
 
 from __future__ import annotations
 
-import secrets
 import shutil
 import warnings
 from collections.abc import Iterator
-from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec
 
-from veracity.core.canonical import canonical_hash
-from veracity.crypto.keys import SigningKey, generate_signing_key
+from tests.server.sites import Site, study_document, unique_site
 from veracity.crypto.tls import create_tls_material
-from veracity.ledger.statement import sign_statement
 from veracity.server.api.app import create_app
 from veracity.server.api.serve import initialise
 from veracity.server.api.settings import ApiSettings
-from veracity.server.api.tokens import Role
-from veracity.server.coordinator import Coordinator
-from veracity.server.superlink import CoordinatorPaths, SuperLinkOptions, start_superlink
+from veracity.server.api.tokens import Role, TokenStore
+from veracity.server.coordinator import (
+    CoordinatorHome,
+    CoordinatorService,
+    Federation,
+    InMemoryFederation,
+    operator,
+)
+from veracity.server.superlink import SuperLinkOptions, start_superlink
 from veracity.supervise import ProcessGroup, free_port
 
 with warnings.catch_warnings():
@@ -40,97 +42,10 @@ with warnings.catch_warnings():
     warnings.simplefilter("ignore")
     from fastapi.testclient import TestClient
 
-__all__ = ["TestClient"]
+__all__ = ["TestClient", "SETUP", "Site", "unique_site", "study_document"]
 
-
-def supernode_public_key() -> str:
-    """A fresh SuperNode key: ECDSA P-384, OpenSSH text (what a site agent generates)."""
-    key = ec.generate_private_key(ec.SECP384R1()).public_key()
-    return key.public_bytes(
-        serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH
-    ).decode()
-
-
-def timestamp(now: datetime | None = None) -> str:
-    """RFC 3339 UTC with microseconds."""
-    return (now or datetime.now(UTC)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
-@dataclass
-class Site:
-    """A site as a test plays it: a name, its Ed25519 key and its SuperNode key."""
-
-    name: str
-    key: SigningKey = field(default_factory=generate_signing_key)
-    supernode_key: str = field(default_factory=supernode_public_key)
-
-    def enrolment(self) -> dict[str, str]:
-        """The body of ``POST /sites``."""
-        return {
-            "name": self.name,
-            "public_key": self.key.public.pem(),
-            "supernode_public_key": self.supernode_key,
-        }
-
-    def signed(self, kind: str, payload: dict[str, Any]) -> dict[str, Any]:
-        """``{"payload", "signature"}`` signed with this site's key."""
-        return {"payload": payload, "signature": sign_statement(self.key, kind, self.name, payload)}
-
-    def dataset(self, dataset_id: str = "cohort-1") -> dict[str, Any]:
-        """A ``dataset.registered`` payload of this site."""
-        return {
-            "site": self.name,
-            "dataset_id": dataset_id,
-            "commitment": canonical_hash({"site": self.name, "dataset": dataset_id}),
-            "schema_hash": canonical_hash({"features": ["a", "b"], "label": "y"}),
-            "rows": 120,
-            "label": "y",
-            "features": ["a", "b"],
-            "signed_at": timestamp(),
-        }
-
-    def approval(
-        self, study_hash: str, dataset_id: str = "cohort-1", cap: float = 2.0
-    ) -> dict[str, Any]:
-        """A ``study.approved`` payload."""
-        return {
-            "study_hash": study_hash,
-            "site": self.name,
-            "dataset_id": dataset_id,
-            "epsilon_cap": cap,
-            "signed_at": timestamp(),
-        }
-
-    def refusal(self, study_hash: str, reason: str = "not for us") -> dict[str, Any]:
-        """A ``study.refused`` payload."""
-        return {
-            "study_hash": study_hash,
-            "site": self.name,
-            "reason": reason,
-            "signed_at": timestamp(),
-        }
-
-
-def unique_site(prefix: str) -> Site:
-    """A site with a name no other test uses (the SuperLink is shared)."""
-    return Site(f"{prefix}-{secrets.token_hex(3)}")
-
-
-def study_document(sites: list[str], study_id: str = "bc-1", min_sites: int = 1) -> dict[str, Any]:
-    """A valid study over ``sites`` (code hash left to the coordinator)."""
-    return {
-        "study_id": study_id,
-        "title": "Breast cancer, logistic",
-        "model": {"family": "logistic", "n_features": 2},
-        "features": ["a", "b"],
-        "label": "y",
-        "scaling": [[0.0, 1.0], [10.0, 2.0]],
-        "dp": {"noise_multiplier": 1.1, "max_grad_norm": 1.0, "delta": 1e-5},
-        "training": {"batch_size": 32, "local_epochs": 1, "learning_rate": 0.1},
-        "rounds": 2,
-        "min_sites": min_sites,
-        "epsilon_caps": dict.fromkeys(sites, 3.0),
-    }
+#: Who makes the changes a test sets up (through the service, not the API under test).
+SETUP = operator("test-setup")
 
 
 @dataclass(frozen=True)
@@ -148,13 +63,14 @@ def superlink(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SuperLinkHan
     create_tls_material(base / "tls")
     port = free_port()
     with ProcessGroup() as group:
-        start_superlink(CoordinatorPaths(base), SuperLinkOptions(port=port), group)
+        home = CoordinatorHome.at(base, superlink_port=port)
+        start_superlink(home, SuperLinkOptions(port=port), group)
         yield SuperLinkHandle(port=port, tls_dir=base / "tls")
 
 
 def make_coordinator(
     data_dir: Path, db_url: str, superlink: SuperLinkHandle | None = None
-) -> Coordinator:
+) -> CoordinatorService:
     """An initialised coordinator (ledger and API tables) on ``db_url``.
 
     With ``superlink``, it shares that SuperLink's TLS material and port; without, its
@@ -184,15 +100,16 @@ class Api:
         return self.client.app
 
     @property
-    def service(self) -> Any:
-        """The app's ApiService (lifespan-created)."""
-        return self.client.app.state.service  # type: ignore[attr-defined]
+    def service(self) -> CoordinatorService:
+        """The app's coordinator service (lifespan-created)."""
+        service: CoordinatorService = self.client.app.state.service  # type: ignore[attr-defined]
+        return service
 
     @property
-    def coordinator(self) -> Coordinator:
-        """The app's coordinator."""
-        coordinator: Coordinator = self.service.coordinator
-        return coordinator
+    def token_store(self) -> TokenStore:
+        """The app's token store."""
+        tokens: TokenStore = self.client.app.state.tokens  # type: ignore[attr-defined]
+        return tokens
 
     def headers(self, role: str | None) -> dict[str, str]:
         """Authorization headers of ``role``'s token (none for ``None``)."""
@@ -206,20 +123,31 @@ class Api:
         return self.client.request(method, path, headers=headers, **kwargs)
 
     def enrol(self, site: Site) -> None:
-        """Enrol ``site`` through the coordinator (set-up, not the API under test)."""
-        self.coordinator.enrol_site(
+        """Enrol ``site`` through the coordinator service (set-up, not the API under test)."""
+        self.service.enrol_site(
+            SETUP,
             site.name,
             public_key_pem=site.key.public.pem(),
             supernode_public_key=site.supernode_key,
-            register_node=False,
         )
 
     def register(self, site: Site, dataset_id: str = "cohort-1") -> None:
-        """Record a dataset of ``site`` through the coordinator (set-up)."""
+        """Record a dataset of ``site`` through the coordinator service (set-up)."""
         signed = site.signed("dataset.registered", site.dataset(dataset_id))
-        self.coordinator.record_statement(
-            "dataset.registered", site.name, signed["payload"], signed["signature"]
+        self.service.record_statement(
+            SETUP, "dataset.registered", site.name, signed["payload"], signed["signature"]
         )
+
+    def approve(self, site: Site, study_hash: str) -> None:
+        """Record ``site``'s approval of a study through the service (set-up)."""
+        signed = site.signed("study.approved", site.approval(study_hash))
+        self.service.record_statement(
+            SETUP, "study.approved", site.name, signed["payload"], signed["signature"]
+        )
+
+    def propose(self, document: dict[str, Any]) -> str:
+        """Propose a study through the service (set-up); its hash."""
+        return self.service.propose_study(SETUP, document).value.study_hash
 
 
 def open_api(
@@ -228,17 +156,23 @@ def open_api(
     superlink: SuperLinkHandle | None = None,
     *,
     app_options: dict[str, Any] | None = None,
+    in_memory: bool = True,
     **settings: Any,
 ) -> Iterator[Api]:
     """Initialise a coordinator, issue one token per role, serve the app.
 
     ``app_options`` go to ``create_app`` (``clock=``, ``rate_clock=``); the rest are
-    :class:`ApiSettings` fields.
+    :class:`ApiSettings` fields. Without ``superlink``, the app's SuperLink is an
+    :class:`InMemoryFederation` unless ``in_memory`` is false (then the app talks to
+    whatever listens at its configured SuperLink address).
     """
     coordinator = make_coordinator(data_dir, db_url, superlink)
     site, other = unique_site("north"), unique_site("south")
     store_tokens: dict[str, str] = {}
-    from veracity.server.api.tokens import TokenStore
+    options: dict[str, Any] = dict(app_options or {})
+    if superlink is None and in_memory:
+        federation: Federation = InMemoryFederation()
+        options.setdefault("federation", federation)
 
     with coordinator:
         store = TokenStore(coordinator.ledger.engine)
@@ -253,7 +187,7 @@ def open_api(
         store_tokens["other_site"] = store.create(
             role=Role.SITE, name="other-site-user", site=other.name
         ).token
-    app = create_app(ApiSettings(data_dir=data_dir, **settings), **(app_options or {}))
+    app = create_app(ApiSettings(data_dir=data_dir, **settings), **options)
     with TestClient(app) as client:
         yield Api(client, data_dir, store_tokens, site, other)
 
@@ -275,10 +209,10 @@ def api_with_superlink(tmp_path: Path, db_url: str, superlink: SuperLinkHandle) 
 
 def release_model(api: Api, spec: Any, weights: Any, features: list[str], label: str) -> str:
     """Put a model in the registry and record ``model.released`` (as a run's release would)."""
-    from veracity.contracts.events import ROOT_ACTOR
+    from veracity.contracts.events import ModelReleased
 
-    coordinator = api.coordinator
-    model_hash: str = api.service.registry.put(
+    service = api.service
+    model_hash: str = service.registry.put(
         spec,
         weights,
         features=features,
@@ -286,21 +220,19 @@ def release_model(api: Api, spec: Any, weights: Any, features: list[str], label:
         scaling=[(0.0, 1.0)] * len(features),
         card={"name": "bc-logistic", "intended_use": "tests"},
     )
-    card_hash = api.service.registry.get(model_hash).card_hash
-    coordinator.ledger.append(
-        "model.released",
-        ROOT_ACTOR,
-        {
-            "model_hash": model_hash,
-            "run_id": "1",
-            "study_hash": "0" * 64,
-            "model": spec.to_dict(),
-            "datasets": [],
-            "epsilon": {},
-            "metrics": {"accuracy": 0.95},
-            "card_hash": card_hash,
-        },
-        signer=coordinator.root_key,
+    card_hash = service.registry.get(model_hash).card_hash
+    service.release(
+        SETUP,
+        ModelReleased(
+            model_hash=model_hash,
+            run_id="1",
+            study_hash="0" * 64,
+            model=spec.to_dict(),
+            datasets=[],
+            epsilon={},
+            metrics={"accuracy": 0.95},
+            card_hash=card_hash,
+        ),
     )
     return model_hash
 

@@ -3,8 +3,8 @@
 Each client proposes its own study and has both sites approve it; all of them also race to
 propose one shared study and to record one shared signed approval. Afterwards the ledger
 verifies, every accepted call has exactly one entry (no event lost), nothing was recorded
-twice (the shared study and approval exactly once), and the API's action rows match the
-entries one to one.
+twice (the shared study and approval exactly once), the API's action rows match the
+entries one to one, and the coordinator's read model equals a rebuild from the log.
 """
 
 from __future__ import annotations
@@ -25,10 +25,10 @@ from veracity.server.api.db import ActionRow
 from veracity.server.api.serve import start_api
 from veracity.server.api.settings import ApiSettings
 from veracity.server.api.tokens import Role, TokenStore
-from veracity.server.coordinator import Coordinator
+from veracity.server.coordinator import CoordinatorService, InMemoryFederation, open_coordinator
 from veracity.supervise import ProcessGroup, free_port
 
-from .conftest import Site, make_coordinator, study_document, unique_site
+from .conftest import SETUP, Site, make_coordinator, study_document, unique_site
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -51,22 +51,25 @@ class Harness:
 
 
 @pytest.fixture
-def served(tmp_path: Path, pg_url: str) -> Iterator[tuple[Harness, Coordinator, Site, Site]]:
+def served(tmp_path: Path, pg_url: str) -> Iterator[tuple[Harness, CoordinatorService, Site, Site]]:
     data_dir = tmp_path / "coordinator"
-    coordinator = make_coordinator(data_dir, pg_url)
+    make_coordinator(data_dir, pg_url).close()
+    # The sites are set up with their SuperNodes registered on a SuperLink kept in memory:
+    # this test never asks the SuperLink anything.
+    coordinator = open_coordinator(data_dir, federation=InMemoryFederation())
     north, south = unique_site("north"), unique_site("south")
     store = TokenStore(coordinator.ledger.engine)
     tokens = {"admin": store.create(role=Role.ADMIN, name="admin-user").token}
     for site in (north, south):
         coordinator.enrol_site(
+            SETUP,
             site.name,
             public_key_pem=site.key.public.pem(),
             supernode_public_key=site.supernode_key,
-            register_node=False,
         )
         signed = site.signed("dataset.registered", site.dataset())
         coordinator.record_statement(
-            "dataset.registered", site.name, signed["payload"], signed["signature"]
+            SETUP, "dataset.registered", site.name, signed["payload"], signed["signature"]
         )
         tokens[site.name] = store.create(
             role=Role.SITE, name=f"{site.name} ops", site=site.name
@@ -79,7 +82,7 @@ def served(tmp_path: Path, pg_url: str) -> Iterator[tuple[Harness, Coordinator, 
 
 
 def test_parallel_proposals_and_approvals_lose_and_duplicate_nothing(
-    served: tuple[Harness, Coordinator, Site, Site],
+    served: tuple[Harness, CoordinatorService, Site, Site],
 ) -> None:
     harness, coordinator, north, south = served
     sites = [north.name, south.name]
@@ -174,6 +177,15 @@ def test_parallel_proposals_and_approvals_lose_and_duplicate_nothing(
             select(ActionRow.ledger_seq).where(ActionRow.ledger_seq.is_not(None))
         ).scalars()
         assert sorted(int(seq) for seq in linked if seq is not None) == sorted(seqs)
+
+    # The read model the workers kept, change by change in each change's transaction, is
+    # the one a rebuild from the log gives, and it answers what the ledger says.
+    kept = coordinator.read_model.dump()
+    coordinator.reindex()
+    assert coordinator.read_model.dump() == kept
+    studies = {record.study_hash for record in coordinator.reads.studies()}
+    assert studies == {study_hash for kind, _, study_hash in accepted if kind == "study.proposed"}
+    assert set(coordinator.reads.approvals(shared["contested"])) == {north.name}
 
     with harness.client("admin") as admin:
         report = admin.get("/ledger/verify").json()

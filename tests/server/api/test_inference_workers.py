@@ -22,8 +22,8 @@ from veracity.he.wire import RequestHeader, body_hash, decode_response, encode_r
 from veracity.server.api.serve import initialise, issue_token, start_api
 from veracity.server.api.settings import ApiSettings
 from veracity.server.api.tokens import Role
+from veracity.server.coordinator import CoordinatorHome
 from veracity.server.registry import ModelRegistry
-from veracity.server.superlink import CoordinatorPaths
 from veracity.supervise import ProcessGroup, free_port
 from veracity.tasks.spec import predict_logits
 
@@ -38,7 +38,7 @@ def two_workers(
     coordinator = initialise(data_dir, superlink_port=free_port())
     spec, weights = trained_models["poly_mlp"]
     try:
-        registry = ModelRegistry(coordinator.paths.models)
+        registry = ModelRegistry(coordinator.home.models)
         model_hash = registry.put(
             spec,
             weights,
@@ -74,7 +74,7 @@ def two_workers(
     )
     with ProcessGroup() as group:
         _, base = start_api(settings, group)
-        yield f"{base}/api/v1", CoordinatorPaths(data_dir).tls.ca_cert, token, model_hash
+        yield f"{base}/api/v1", CoordinatorHome.at(data_dir).tls.ca_cert, token, model_hash
 
 
 def test_two_workers_serve_small_batch_mlp_requests(

@@ -128,7 +128,7 @@ def test_server_errors_are_generic_json_without_a_trace(
     def crash() -> Any:
         raise error
 
-    monkeypatch.setattr(api.coordinator, "sites", crash)
+    monkeypatch.setattr(api.service.reads, "sites", crash)
     # As under uvicorn: the client gets the answer, the exception goes on to the server log.
     client = TestClient(api.app, raise_server_exceptions=False)
     response = client.get("/api/v1/sites", headers=api.headers("admin"))

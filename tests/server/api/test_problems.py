@@ -33,6 +33,7 @@ from veracity.errors import (
 )
 from veracity.he.wire import CONTENT_TYPE, WireLimits
 from veracity.server.api.inference import create_inference_app
+from veracity.server.coordinator import InMemoryFederation
 from veracity.server.inference import InferenceService
 from veracity.server.registry import ModelRegistry
 
@@ -123,8 +124,6 @@ def test_every_refusal_of_the_admin_api_is_a_problem_document(api: Api) -> None:
              {"json": {**study_document([api.site.name]), "rounds": 0}}),
         Case("ApprovalMissing", "POST", "/api/v1/runs", "admin", 409, "approval_missing",
              {"json": unapproved}),
-        Case("TransportError", "POST", "/api/v1/sites", "admin", 503, "superlink_unavailable",
-             {"json": unique_site("x").enrolment()}),
         Case("inference: InputError", "POST", "/api/v1/inference/contexts", "researcher", 422,
              "input_refused", {"content": b"\x00" * 1000, "headers": he}),
         Case("inference: CryptoError", "POST", "/api/v1/inference/contexts", "researcher", 422,
@@ -146,6 +145,15 @@ def test_every_refusal_of_the_admin_api_is_a_problem_document(api: Api) -> None:
         except AssertionError as err:
             wrong.append(f"{case.name}: {err}")
     assert not wrong, "\n".join(wrong)
+
+
+def test_a_superlink_that_does_not_answer_is_503(api: Api) -> None:
+    federation = api.service.federation
+    assert isinstance(federation, InMemoryFederation)
+    federation.reachable = False  # the SuperLink is down from here on
+    response = api.call("POST", "/api/v1/sites", "admin", json=unique_site("x").enrolment())
+    body = assert_problem(response, 503, "superlink_unavailable")
+    assert "request_id" in body
 
 
 def test_an_input_error_is_422_on_the_inference_routes_as_on_every_other_route(api: Api) -> None:
@@ -200,7 +208,7 @@ def test_each_error_class_maps_to_its_status_through_a_real_request(
     def fail() -> Any:
         raise error
 
-    monkeypatch.setattr(api.coordinator, "sites", fail)
+    monkeypatch.setattr(api.service.reads, "sites", fail)
     # As under uvicorn: the client gets the answer, the exception goes on to the server log.
     client = TestClient(api.app, raise_server_exceptions=False)
     response = client.get("/api/v1/sites", headers=api.headers("admin"))

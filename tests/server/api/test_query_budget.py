@@ -71,7 +71,7 @@ def test_an_admin_sets_a_budget_and_inference_stops_there(
         assert refused.status_code == 403
         assert refused.json()["code"] == "budget_exhausted"
         assert "272 of the 300" in refused.json()["detail"]
-        served = api.coordinator.ledger.entries(kind="inference.served")
+        served = api.service.ledger.entries(kind="inference.served")
         assert [(e.payload["batch_size"], e.payload["served_total"]) for e in served] == [
             (136, 136),
             (136, 272),
@@ -88,7 +88,7 @@ def test_an_admin_sets_a_budget_and_inference_stops_there(
         # More budget, and the same requester goes on from its running count.
         api.call("PUT", path, "admin", json={"budget": 408})
         assert _predict(api, model, one).status_code == 200
-        last = api.coordinator.ledger.entries(kind="inference.served")[-1]
+        last = api.service.ledger.entries(kind="inference.served")[-1]
         assert last.payload["served_total"] == 408
 
 
@@ -123,5 +123,5 @@ def test_predictions_are_rate_limited_by_what_requests_carry(
         assert limited.headers["retry-after"] == "60"
         now[0] += 60.0
         assert _predict(api, model, batch).status_code == 200
-        served = api.coordinator.ledger.entries(kind="inference.served")
+        served = api.service.ledger.entries(kind="inference.served")
         assert [e.payload["served_total"] for e in served] == [4096, 8192]

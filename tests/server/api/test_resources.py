@@ -49,7 +49,7 @@ def test_a_site_registers_its_signed_dataset(enrolled: Api) -> None:
     body = site.signed("dataset.registered", site.dataset("cohort-2"))
     response = api.call("POST", "/api/v1/datasets", "site", json=body)
     assert response.status_code == 201, response.text
-    entry = api.coordinator.ledger.get(response.json()["seq"])
+    entry = api.service.ledger.get(response.json()["seq"])
     assert (entry.kind, entry.actor, entry.payload) == (
         "dataset.registered",
         site.name,
@@ -84,11 +84,11 @@ def test_a_statement_the_site_did_not_sign_is_refused(enrolled: Api) -> None:
         "payload": site.dataset("cohort-3"),
         "signature": impostor.signed("dataset.registered", site.dataset("cohort-3"))["signature"],
     }
-    size = enrolled.coordinator.ledger.size()
+    size = enrolled.service.ledger.size()
     response = enrolled.call("POST", "/api/v1/datasets", "site", json=forged)
     assert response.status_code == 422
     assert response.json()["code"] == "signature_invalid"
-    assert enrolled.coordinator.ledger.size() == size
+    assert enrolled.service.ledger.size() == size
 
 
 def test_a_replayed_statement_is_a_conflict(enrolled: Api) -> None:
@@ -107,7 +107,7 @@ def test_the_admin_proposes_a_study(enrolled: Api) -> None:
     made = response.json()
     study = parse_study({**document, "code_hash": made["code_hash"]})
     assert made["study_hash"] == study.study_hash
-    entry = enrolled.coordinator.ledger.get(made["seq"])
+    entry = enrolled.service.ledger.get(made["seq"])
     assert (entry.kind, entry.payload["study_hash"]) == ("study.proposed", study.study_hash)
     again = enrolled.call("POST", "/api/v1/studies", "admin", json=document)
     assert again.status_code == 409
@@ -195,7 +195,7 @@ def test_a_site_records_a_note(enrolled: Api) -> None:
     body = {"kind": "note.recorded", **enrolled.site.signed("note.recorded", {"text": "IRB-42"})}
     response = enrolled.call("POST", "/api/v1/statements", "site", json=body)
     assert response.status_code == 201
-    assert enrolled.coordinator.ledger.get(response.json()["seq"]).payload == {"text": "IRB-42"}
+    assert enrolled.service.ledger.get(response.json()["seq"]).payload == {"text": "IRB-42"}
 
 
 # ------------------------------------------------------------------------ ledger
@@ -213,7 +213,7 @@ def test_entries_page_through_the_ledger_within_the_cap(tmp_path: Path, db_url: 
             assert len(page["entries"]) <= 3
             seen += [e["seq"] for e in page["entries"]]
             since = page["next_since"]
-        assert seen == list(range(api.coordinator.ledger.size()))
+        assert seen == list(range(api.service.ledger.size()))
         only = api.call(
             "GET", "/api/v1/ledger/entries", "auditor", params={"kind": "checkpoint"}
         ).json()["entries"]
@@ -222,7 +222,7 @@ def test_entries_page_through_the_ledger_within_the_cap(tmp_path: Path, db_url: 
 
 def test_an_entry_carries_its_exact_hashed_bytes(enrolled: Api) -> None:
     entry = enrolled.call("GET", "/api/v1/ledger/entries/1", "auditor").json()
-    stored = enrolled.coordinator.ledger.get(1)
+    stored = enrolled.service.ledger.get(1)
     assert entry["body"].encode() == stored.body
     assert entry["hash"] == stored.hash
     assert enrolled.call("GET", "/api/v1/ledger/entries/999", "auditor").status_code == 404
@@ -235,7 +235,7 @@ def test_proofs_verify_against_signed_checkpoints(enrolled: Api) -> None:
     second = Checkpoint.from_json(api.call("POST", "/api/v1/ledger/checkpoints", "admin").json())
     info = api.call("GET", "/api/v1/ledger", "auditor").json()
     root = VerifyKey.from_pem(info["root_public_key"])
-    assert root == api.coordinator.root_key.public
+    assert root == api.service.root_key.public
 
     inclusion = api.call(
         "GET", "/api/v1/ledger/proofs/inclusion", "auditor", params={"seq": 2}
@@ -276,15 +276,15 @@ def test_the_exported_bundle_verifies_offline(enrolled: Api, tmp_path: Path) -> 
     assert response.headers["content-type"].startswith("application/x-ndjson")
     bundle = tmp_path / "bundle.jsonl"
     bundle.write_bytes(response.content)
-    report = verify_bundle_file(bundle, trusted_root=enrolled.coordinator.root_key.public)
-    assert report.entries == enrolled.coordinator.ledger.size()
+    report = verify_bundle_file(bundle, trusted_root=enrolled.service.root_key.public)
+    assert report.entries == enrolled.service.ledger.size()
 
 
 def test_verify_reports_the_first_tampered_entry(enrolled: Api) -> None:
     good = enrolled.call("GET", "/api/v1/ledger/verify", "auditor").json()
     assert good["ok"] is True
-    assert good["entries"] == enrolled.coordinator.ledger.size()
-    engine = enrolled.coordinator.ledger.engine
+    assert good["entries"] == enrolled.service.ledger.size()
+    engine = enrolled.service.ledger.engine
     with engine.begin() as connection:
         body = connection.execute(text("SELECT body FROM ledger_entry WHERE seq = 2")).scalar_one()
         forged = bytes(body).replace(b"cohort-1", b"cohort-X")
@@ -357,7 +357,7 @@ def test_encrypted_inference_matches_plaintext_and_is_recorded(
     _, weights = trained_models["logistic"]
     expected = patients @ weights["linear.weight"].reshape(-1) + weights["linear.bias"][0]
     np.testing.assert_allclose(logits, expected, atol=1e-2)
-    served = enrolled.coordinator.ledger.entries(kind="inference.served")
+    served = enrolled.service.ledger.entries(kind="inference.served")
     # Three patients declared; one coefficient ciphertext carries 136, which is charged.
     assert [
         (e.payload["requester"], e.payload["batch_size"], e.payload["served_total"]) for e in served
@@ -385,3 +385,34 @@ def test_inference_is_rate_limited_per_token(tmp_path: Path, db_url: str) -> Non
         now[0] += 10.0
         assert api.call("GET", path, "researcher").status_code == 404
         assert api.call("GET", path, "researcher").status_code == 429
+
+
+@pytest.mark.parametrize(
+    ("path", "role", "body"),
+    [
+        ("/api/v1/datasets", "site", "dataset"),
+        ("/api/v1/studies", "admin", "study"),
+        ("/api/v1/statements", "site", "note"),
+    ],
+)
+def test_a_nul_character_in_a_change_is_refused_before_anything_is_written(
+    enrolled: Api, path: str, role: str, body: str
+) -> None:
+    # On PostgreSQL a text column refuses NUL: the change's audit row (its target built from
+    # the request) must not be written before the input is validated, or this is a 500.
+    site = enrolled.site
+    payloads = {
+        "dataset": site.signed("dataset.registered", {**site.dataset(), "dataset_id": "nul\0id"}),
+        "study": study_document([site.name], "bad\0id"),
+        "note": {
+            "kind": "note.recorded",
+            "payload": {"text": "IRB"},
+            "signature": site.signed("note.recorded", {"text": "IRB"})["signature"][:-4] + "\0AA=",
+        },
+    }
+    size = enrolled.service.ledger.size()
+    actions = len(_actions(enrolled))
+    response = enrolled.call("POST", path, role, json=payloads[body])
+    assert response.status_code == 422, response.text
+    assert enrolled.service.ledger.size() == size
+    assert len(_actions(enrolled)) == actions

@@ -163,18 +163,15 @@ def world(api_with_superlink: Api, trained_models: dict[str, Any], breast_cancer
     for member in (site, other):
         api.enrol(member)
         api.register(member)
-    study = api.coordinator.propose_study(study_document([site.name, other.name]))
-    approval = site.signed("study.approved", site.approval(study.study_hash))
-    api.coordinator.record_statement(
-        "study.approved", site.name, approval["payload"], approval["signature"]
-    )
+    study_hash = api.propose(study_document([site.name, other.name]))
+    api.approve(site, study_hash)
     spec, weights = trained_models["logistic"]
     model_hash = release_model(api, spec, weights, list(breast_cancer.feature_names), "malignant")
-    api.coordinator.ledger.checkpoint()
-    token_id = api.service.tokens.create(role="auditor", name="to be revoked").info.id
+    api.service.ledger.checkpoint()
+    token_id = api.token_store.create(role="auditor", name="to be revoked").info.id
     described = api.call("GET", f"/api/v1/inference/models/{model_hash}", "admin").json()
     query = encrypted_query(described, breast_cancer.test_x[:1])
-    return World(api, study.study_hash, model_hash, token_id, query)
+    return World(api, study_hash, model_hash, token_id, query)
 
 
 def _expected(row: tuple[str, str, int, int, int, int, int]) -> dict[str | None, int]:
@@ -203,7 +200,7 @@ def test_every_route_answers_every_role_as_the_table_says(world: World) -> None:
             if response.status_code == 401:
                 assert response.headers["www-authenticate"] == "Bearer"
     assert not mismatches, "\n".join(mismatches)
-    entries = api.coordinator.ledger.entries()
+    entries = api.service.ledger.entries()
     served = [e.payload["requester"] for e in entries if e.kind == "inference.served"]
     assert sorted(served) == ["admin-user", "researcher-user"]
     finished = [e.payload for e in entries if e.kind == "run.finished"]

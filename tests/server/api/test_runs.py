@@ -20,7 +20,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
 def _action_count(api: Api) -> int:
-    with Session(api.coordinator.ledger.engine) as session:
+    with Session(api.service.ledger.engine) as session:
         return int(session.scalar(select(func.count()).select_from(ActionRow)) or 0)
 
 
@@ -28,12 +28,9 @@ def _ready_study(api: Api) -> str:
     site = api.site
     api.enrol(site)
     api.register(site)
-    study = api.coordinator.propose_study(study_document([site.name], f"run-{site.name}"))
-    approval = site.signed("study.approved", site.approval(study.study_hash))
-    api.coordinator.record_statement(
-        "study.approved", site.name, approval["payload"], approval["signature"]
-    )
-    return study.study_hash
+    study_hash = api.propose(study_document([site.name], f"run-{site.name}"))
+    api.approve(site, study_hash)
+    return study_hash
 
 
 def test_enrolling_a_site_registers_its_supernode(api_with_superlink: Api) -> None:
@@ -42,14 +39,13 @@ def test_enrolling_a_site_registers_its_supernode(api_with_superlink: Api) -> No
     response = api.call("POST", "/api/v1/sites", "admin", json=site.enrolment())
     assert response.status_code == 201, response.text
     made = response.json()
-    entry = api.coordinator.ledger.get(made["seq"])
+    entry = api.service.ledger.get(made["seq"])
     assert (entry.kind, entry.payload["name"], entry.payload["supernode_public_key"]) == (
         "key.enrolled",
         site.name,
         site.supernode_key,
     )
-    with api.coordinator.control() as control:
-        nodes = {str(n.node_id): n.name for n in control.list_nodes()}
+    nodes = {str(n.node_id): n.name for n in api.service.federation.list_nodes()}
     assert nodes[made["node_id"]] == site.name
     again = api.call("POST", "/api/v1/sites", "admin", json=site.enrolment())
     assert again.status_code == 409
@@ -60,17 +56,17 @@ def test_a_malformed_supernode_key_is_refused_before_anything_happens(
 ) -> None:
     api = api_with_superlink
     body = {**unique_site("west").enrolment(), "supernode_public_key": "ssh-ed25519 AAAA nope"}
-    size = api.coordinator.ledger.size()
+    size = api.service.ledger.size()
     response = api.call("POST", "/api/v1/sites", "admin", json=body)
     assert response.status_code == 422
-    assert api.coordinator.ledger.size() == size
+    assert api.service.ledger.size() == size
 
 
 def test_a_run_needs_approvals(api_with_superlink: Api) -> None:
     api = api_with_superlink
     api.enrol(api.site)
-    study = api.coordinator.propose_study(study_document([api.site.name], "unapproved"))
-    response = api.call("POST", "/api/v1/runs", "admin", json={"study_hash": study.study_hash})
+    study_hash = api.propose(study_document([api.site.name], "unapproved"))
+    response = api.call("POST", "/api/v1/runs", "admin", json={"study_hash": study_hash})
     assert response.status_code == 409
     assert response.json()["code"] == "approval_missing"
     missing = api.call("POST", "/api/v1/runs", "admin", json={"study_hash": "e" * 64})
@@ -83,7 +79,7 @@ def test_a_run_is_started_followed_and_stopped(api_with_superlink: Api) -> None:
     started = api.call("POST", "/api/v1/runs", "admin", json={"study_hash": study_hash})
     assert started.status_code == 201, started.text
     run_id = started.json()["run_id"]
-    entry = api.coordinator.ledger.get(started.json()["seq"])
+    entry = api.service.ledger.get(started.json()["seq"])
     assert (entry.kind, entry.payload["run_id"], entry.payload["study_hash"]) == (
         "run.started",
         run_id,
@@ -101,7 +97,7 @@ def test_a_run_is_started_followed_and_stopped(api_with_superlink: Api) -> None:
 
     stopped = api.call("POST", f"/api/v1/runs/{run_id}/stop", "admin")
     assert stopped.status_code == 200, stopped.text
-    finished = api.coordinator.ledger.get(stopped.json()["seq"])
+    finished = api.service.ledger.get(stopped.json()["seq"])
     assert (finished.kind, finished.payload["status"]) == ("run.finished", "stopped")
     after = api.call("GET", f"/api/v1/runs/{run_id}", "admin").json()
     assert after["finished"]["status"] == "stopped"
@@ -123,8 +119,8 @@ def test_runs_not_started_here_are_not_found(api_with_superlink: Api) -> None:
 def test_without_a_superlink_changes_answer_503_and_leave_nothing(
     tmp_path: Path, db_url: str
 ) -> None:
-    for api in open_api(tmp_path / "coordinator", db_url, control_timeout=2.0):
-        size = api.coordinator.ledger.size()
+    for api in open_api(tmp_path / "coordinator", db_url, in_memory=False, control_timeout=2.0):
+        size = api.service.ledger.size()
         actions = _action_count(api)
         started = time.monotonic()
         response = api.call("POST", "/api/v1/sites", "admin", json=unique_site("x").enrolment())
@@ -132,7 +128,7 @@ def test_without_a_superlink_changes_answer_503_and_leave_nothing(
         assert response.status_code == 503
         assert response.json()["code"] == "superlink_unavailable"
         assert "Traceback" not in response.text
-        assert api.coordinator.ledger.size() == size
+        assert api.service.ledger.size() == size
         assert _action_count(api) == actions
 
 
@@ -168,7 +164,11 @@ def silent_superlink() -> Iterator[int]:
 
 def test_a_hung_superlink_times_out(tmp_path: Path, db_url: str, silent_superlink: int) -> None:
     for api in open_api(
-        tmp_path / "coordinator", db_url, control_timeout=1.0, superlink_port=silent_superlink
+        tmp_path / "coordinator",
+        db_url,
+        in_memory=False,
+        control_timeout=1.0,
+        superlink_port=silent_superlink,
     ):
         started = time.monotonic()
         response = api.call("POST", "/api/v1/sites", "admin", json=unique_site("y").enrolment())

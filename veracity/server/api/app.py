@@ -17,7 +17,6 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from dataclasses import replace
 from datetime import timedelta
 
 import anyio.to_thread
@@ -25,9 +24,10 @@ from fastapi import APIRouter, FastAPI
 from fastapi.routing import APIRoute, iter_route_contexts
 
 from veracity import __version__
-from veracity.contracts.events import ROOT_ACTOR, InferenceServed
+from veracity.contracts.events import InferenceServed
 from veracity.errors import ConfigError
 from veracity.server.api import db
+from veracity.server.api.actions import ApiActions
 from veracity.server.api.budget import BudgetStore, StoreMeter
 from veracity.server.api.deps import declare_roles, inference_requester, roles_of
 from veracity.server.api.inference import inference_body_limit, inference_router
@@ -45,13 +45,14 @@ from veracity.server.api.routes import (
     studies,
 )
 from veracity.server.api.schemas import HealthOut
-from veracity.server.api.service import ApiService
 from veracity.server.api.settings import ApiSettings, load_api_settings
-from veracity.server.api.tokens import Clock, Role, utc_now
-from veracity.server.coordinator import Coordinator
+from veracity.server.api.tokens import Clock, Role, TokenStore, utc_now
+from veracity.server.coordinator.bootstrap import open_coordinator, superlink_federation
+from veracity.server.coordinator.federation import Federation
+from veracity.server.coordinator.home import CoordinatorHome
+from veracity.server.coordinator.service import CoordinatorService
 from veracity.server.inference import InferenceService
 from veracity.server.registry import ModelRegistry
-from veracity.server.superlink import CoordinatorPaths
 
 __all__ = ["create_app", "app_from_environment", "API_PREFIX", "route_roles"]
 
@@ -88,6 +89,7 @@ def create_app(
     *,
     clock: Clock = utc_now,
     rate_clock: Callable[[], float] = time.time,
+    federation: Federation | None = None,
 ) -> FastAPI:
     """Build the admin API for the coordinator in ``settings.data_dir``.
 
@@ -103,41 +105,49 @@ def create_app(
         The current time (token expiry, action timestamps); injectable for tests.
     rate_clock
         Seconds since the epoch for the inference rate limit; injectable for tests.
+    federation
+        The SuperLink the coordinator service talks to (default: the real one of the
+        data directory); tests give an in-memory one.
 
     Raises
     ------
     ConfigError
         If a route declares no roles (a programming error caught at start-up).
     """
-    paths = CoordinatorPaths(settings.data_dir)
+    layout = CoordinatorHome.at(settings.data_dir)  # where the files are; nothing is read
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        coordinator = Coordinator.open(settings.data_dir)
+        # The one coordinator service behind every route: the real SuperLink behind its
+        # federation port (asked nothing until a route needs it), api_action as its audit hook.
+        home = CoordinatorHome.load(settings.data_dir)
+        if settings.superlink_port is not None:
+            home = home.with_superlink_port(settings.superlink_port)
+        service = open_coordinator(
+            home,
+            federation=federation
+            if federation is not None
+            else superlink_federation(home, timeout=settings.control_timeout),
+            audit=ApiActions(clock=clock),
+            max_concurrent_writes=max(1, settings.api_threads // 2),
+        )
         try:
-            db.check_schema(coordinator.ledger.engine)
-            coordinator.control_timeout = settings.control_timeout
-            if settings.superlink_port is not None:
-                coordinator.config = replace(
-                    coordinator.config, superlink_address=f"127.0.0.1:{settings.superlink_port}"
-                )
-            service = ApiService(
-                coordinator, clock=clock, max_concurrent_writes=max(1, settings.api_threads // 2)
-            )
+            db.check_schema(service.ledger.engine)
+            app.state.tokens = TokenStore(service.ledger.engine, clock=clock)
             if settings.bootstrap_admin_token is not None:
-                service.tokens.ensure(
+                app.state.tokens.ensure(
                     settings.bootstrap_admin_token.get_secret_value(),
                     expires_in=BOOTSTRAP_LIFETIME,
                 )
             app.state.service = service
             app.state.inference_limiter = RateLimiter(
-                coordinator.ledger.engine,
+                service.ledger.engine,
                 per_minute=settings.inference_rate_per_minute,
                 burst=settings.inference_burst,
                 clock=rate_clock,
             )
             app.state.budgets = BudgetStore(
-                coordinator.ledger.engine,
+                service.ledger.engine,
                 default_budget=settings.inference_default_budget,
                 patients_per_minute=settings.inference_patients_per_minute,
                 patient_burst=settings.inference_patient_burst,
@@ -150,7 +160,7 @@ def create_app(
             log.info("admin API serving %s", settings.data_dir)
             yield
         finally:
-            coordinator.close()
+            service.close()
 
     app = FastAPI(
         title="Veracity coordinator API",
@@ -166,17 +176,15 @@ def create_app(
     install_error_handlers(app)
 
     def record_served(served: InferenceServed) -> None:
-        service: ApiService = app.state.service
-        service.ledger.append(
-            served.KIND, ROOT_ACTOR, served.to_json(), signer=service.coordinator.root_key
-        )
+        service: CoordinatorService = app.state.service
+        service.record_inference(served)
 
     # Uploaded contexts are stored by hash in the data directory, where every worker
     # process finds them (each request then loads and re-checks the stored context).
     inference = InferenceService(
-        ModelRegistry(paths.models),
+        ModelRegistry(layout.models),
         recorder=record_served,
-        context_dir=paths.data_dir / "he-contexts",
+        context_dir=layout.data_dir / "he-contexts",
         meter=StoreMeter(lambda: app.state.budgets),  # made by the lifespan
     )
 

@@ -10,7 +10,7 @@ and one whose token's role is not allowed 403; both are logged (never the token)
 from __future__ import annotations
 
 import logging
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Request
 from fastapi.dependencies.models import Dependant
@@ -19,13 +19,15 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from veracity.errors import ConfigError
 from veracity.server.api.ratelimit import RateLimiter
-from veracity.server.api.service import ApiService
 from veracity.server.api.settings import ApiSettings
-from veracity.server.api.tokens import Principal, Role
+from veracity.server.api.tokens import Principal, Role, TokenStore
+from veracity.server.coordinator.service import CoordinatorService
+from veracity.server.coordinator.unit_of_work import Recorded
 
 __all__ = [
     "Allow",
     "ServiceDep",
+    "TokensDep",
     "SettingsDep",
     "AuthenticatedDep",
     "AdminDep",
@@ -39,6 +41,7 @@ __all__ = [
     "roles_of",
     "declare_roles",
     "own_site",
+    "action_id",
 ]
 
 log = logging.getLogger("veracity.server.api.auth")
@@ -54,9 +57,14 @@ _bearer = HTTPBearer(
 # instead of a threadpool hop each; those that touch the database stay ``def``.
 
 
-async def _service(request: Request) -> ApiService:
-    service: ApiService = request.app.state.service
+async def _service(request: Request) -> CoordinatorService:
+    service: CoordinatorService = request.app.state.service
     return service
+
+
+async def _tokens(request: Request) -> TokenStore:
+    tokens: TokenStore = request.app.state.tokens
+    return tokens
 
 
 async def _settings(request: Request) -> ApiSettings:
@@ -64,7 +72,8 @@ async def _settings(request: Request) -> ApiSettings:
     return settings
 
 
-ServiceDep = Annotated[ApiService, Depends(_service)]
+ServiceDep = Annotated[CoordinatorService, Depends(_service)]
+TokensDep = Annotated[TokenStore, Depends(_tokens)]
 SettingsDep = Annotated[ApiSettings, Depends(_settings)]
 
 
@@ -98,7 +107,7 @@ def forbid(request: Request, principal: Principal, reason: str) -> HTTPException
 
 def authenticated(
     request: Request,
-    service: ServiceDep,
+    tokens: TokensDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> Principal:
     """The principal of the request's bearer token.
@@ -110,10 +119,10 @@ def authenticated(
     """
     if credentials is None:
         raise _unauthenticated(request, "no bearer token")
-    info = service.tokens.lookup(credentials.credentials)
+    info = tokens.lookup(credentials.credentials)
     if info is None:
         raise _unauthenticated(request, "unknown token")
-    refusal = info.refusal(service.clock())
+    refusal = info.refusal(tokens.clock())
     if refusal is not None:
         raise _unauthenticated(request, f"{refusal} token {info.id} ({info.name})")
     principal = info.principal
@@ -205,6 +214,19 @@ def own_site(principal: Principal) -> str:
     if principal.site is None:
         raise ConfigError(f"site token {principal.token_id} is bound to no site")
     return principal.site
+
+
+def action_id(recorded: Recorded[Any]) -> int:
+    """The ``api_action`` row of a change made through the API.
+
+    Raises
+    ------
+    ConfigError
+        If the change wrote none (the app's service has no audit hook: a wiring error).
+    """
+    if recorded.action_id is None:
+        raise ConfigError("the change recorded no api_action row")
+    return recorded.action_id
 
 
 def roles_of(dependant: Dependant) -> frozenset[Role]:

@@ -10,7 +10,6 @@ creates a bearer token without a running server.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import ssl
@@ -26,8 +25,14 @@ from veracity.errors import ConfigError
 from veracity.server.api import db
 from veracity.server.api.settings import ApiSettings
 from veracity.server.api.tokens import IssuedToken, Role, TokenStore
-from veracity.server.coordinator import Coordinator, CoordinatorConfig
-from veracity.server.superlink import CoordinatorPaths, SuperLinkOptions, start_superlink
+from veracity.server.coordinator.bootstrap import (
+    init_coordinator,
+    open_coordinator,
+    upgrade_read_model,
+)
+from veracity.server.coordinator.home import CoordinatorHome
+from veracity.server.coordinator.service import CoordinatorService
+from veracity.server.superlink import SuperLinkOptions, start_superlink
 from veracity.supervise import ManagedProcess, ProcessGroup, wait_for
 
 __all__ = [
@@ -65,8 +70,8 @@ class Services:
 
 def initialise(
     data_dir: Path, *, db_url: str | None = None, superlink_port: int = 9093
-) -> Coordinator:
-    """Create (or bring up to date) a coordinator: keys, TLS, ledger and API tables.
+) -> CoordinatorService:
+    """Create (or bring up to date) a coordinator: keys, TLS, ledger, read model, API tables.
 
     Safe to run again: keys and certificates are kept, migrations are applied once.
 
@@ -75,13 +80,13 @@ def initialise(
     ConfigError
         If the database cannot be created or belongs to another root key.
     """
-    coordinator = Coordinator.init(data_dir, db_url=db_url, superlink_port=superlink_port)
+    service = init_coordinator(data_dir, db_url=db_url, superlink_port=superlink_port)
     try:
-        db.upgrade(coordinator.ledger.engine)
+        db.upgrade(service.ledger.engine)
     except BaseException:
-        coordinator.close()
+        service.close()
         raise
-    return coordinator
+    return service
 
 
 def issue_token(
@@ -101,9 +106,9 @@ def issue_token(
     InputError
         If the role, name, site or lifetime is not acceptable.
     """
-    with Coordinator.open(data_dir) as coordinator:
-        db.check_schema(coordinator.ledger.engine)
-        return TokenStore(coordinator.ledger.engine).create(
+    with open_coordinator(data_dir) as service:
+        db.check_schema(service.ledger.engine)
+        return TokenStore(service.ledger.engine).create(
             role=role, name=name, site=site, expires_in=expires_in
         )
 
@@ -125,21 +130,12 @@ def api_environment(settings: ApiSettings) -> dict[str, str]:
     return env
 
 
-def _superlink_port(coordinator: Coordinator, wanted: int | None) -> int:
-    address = coordinator.config.superlink_address
-    configured = int(address.rsplit(":", 1)[1])
+def _superlink_port(home: CoordinatorHome, wanted: int | None) -> int:
+    configured = home.superlink_port
     if wanted is None or wanted == configured:
         return configured
-    config = CoordinatorConfig(
-        db_url=coordinator.config.db_url,
-        superlink_address=f"127.0.0.1:{wanted}",
-        checkpoint_every=coordinator.config.checkpoint_every,
-    )
-    path = coordinator.paths.data_dir / "coordinator.json"
-    staging = path.with_suffix(".json.tmp")
-    staging.write_text(json.dumps(config.to_json(), indent=2), encoding="utf-8")
-    os.replace(staging, path)
-    log.warning("SuperLink port changed from %s to %s in %s", configured, wanted, path)
+    home.with_superlink_port(wanted).save()
+    log.warning("SuperLink port changed from %s to %s in %s", configured, wanted, home.data_dir)
     return wanted
 
 
@@ -172,7 +168,7 @@ def start_api(
     TransportError
         If uvicorn exits or does not answer within ``timeout`` seconds.
     """
-    paths = CoordinatorPaths(settings.data_dir)
+    paths = CoordinatorHome.at(settings.data_dir)  # the layout; nothing is read
     tls = paths.tls
     argv = [
         sys.executable, "-m", "uvicorn", "veracity.server.api.app:app_from_environment",
@@ -228,20 +224,21 @@ def start_services(
     TransportError
         If a service exits or does not answer within ``timeout`` seconds.
     """
-    with Coordinator.open(settings.data_dir) as coordinator:
-        db.upgrade(coordinator.ledger.engine)
-        port = _superlink_port(coordinator, settings.superlink_port)
-        paths = coordinator.paths
+    upgrade_read_model(settings.data_dir)
+    with open_coordinator(settings.data_dir) as service:
+        db.upgrade(service.ledger.engine)
+        port = _superlink_port(service.home, settings.superlink_port)
+        home = service.home
     settings = settings.model_copy(update={"superlink_port": port})
     superlink = start_superlink(
-        paths, SuperLinkOptions(host=superlink_host, port=port), group, timeout=timeout
+        home, SuperLinkOptions(host=superlink_host, port=port), group, timeout=timeout
     )
     api, base = start_api(settings, group, timeout=timeout, watch=[superlink])
     return Services(
         api_url=f"{base}/api/v1",
         docs_url=f"{base}/docs",
         superlink_address=f"{superlink_host}:{port}",
-        ca_cert=CoordinatorPaths(settings.data_dir).tls.ca_cert,
+        ca_cert=home.tls.ca_cert,
         superlink=superlink,
         api=api,
     )

@@ -7,11 +7,13 @@ from typing import Annotated
 
 from fastapi import APIRouter, Path, Query
 
+from veracity.server.api import actions
 from veracity.server.api.deps import (
     AdminDep,
     AnyRoleDep,
     ServiceDep,
     SettingsDep,
+    TokensDep,
     clamp_limit,
     declare_roles,
 )
@@ -44,9 +46,9 @@ def whoami(principal: AnyRoleDep) -> PrincipalOut:
     summary="Issue a token (shown once)",
     responses=responses(400, 401, 403, 413, 422),
 )
-def create_token(body: TokenCreateIn, principal: AdminDep, service: ServiceDep) -> TokenCreatedOut:
+def create_token(body: TokenCreateIn, principal: AdminDep, tokens: TokensDep) -> TokenCreatedOut:
     """Issue a token; only its SHA-256 is stored, so this answer is the only copy."""
-    issued = service.tokens.create(
+    issued = tokens.create(
         role=body.role,
         name=body.name,
         site=body.site,
@@ -57,9 +59,9 @@ def create_token(body: TokenCreateIn, principal: AdminDep, service: ServiceDep) 
 
 
 @router.get("/tokens", summary="Issued tokens", responses=responses(401, 403))
-def list_tokens(principal: AdminDep, service: ServiceDep) -> TokenListOut:
+def list_tokens(principal: AdminDep, tokens: TokensDep) -> TokenListOut:
     """Every token's record (never the token)."""
-    return TokenListOut(items=[TokenOut(**info.to_json()) for info in service.tokens.list()])
+    return TokenListOut(items=[TokenOut(**info.to_json()) for info in tokens.list()])
 
 
 @router.post(
@@ -67,9 +69,9 @@ def list_tokens(principal: AdminDep, service: ServiceDep) -> TokenListOut:
     summary="Revoke a token",
     responses=responses(401, 403, 404, 422),
 )
-def revoke_token(token_id: TokenIdPath, principal: AdminDep, service: ServiceDep) -> TokenOut:
+def revoke_token(token_id: TokenIdPath, principal: AdminDep, tokens: TokensDep) -> TokenOut:
     """Revoke a token at once (revoking it again changes nothing)."""
-    return TokenOut(**service.tokens.revoke(token_id, by=principal).to_json())
+    return TokenOut(**tokens.revoke(token_id, by=principal).to_json())
 
 
 @router.get("/actions", summary="What was done through the API", responses=responses(401, 403, 422))
@@ -82,7 +84,7 @@ def list_actions(
 ) -> ActionListOut:
     """State-changing calls, token creations and weight downloads, oldest first."""
     size = clamp_limit(limit, settings)
-    rows = service.actions(since=since, limit=size + 1)
+    rows = actions.list_actions(service.ledger.engine, since=since, limit=size + 1)
     following = rows[size]["id"] if len(rows) > size else None
     return ActionListOut(items=[ActionOut(**row) for row in rows[:size]], next_since=following)
 

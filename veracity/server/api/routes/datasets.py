@@ -8,6 +8,7 @@ from veracity.server.api.deps import (
     AdminOrSiteDep,
     ServiceDep,
     SiteDep,
+    action_id,
     declare_roles,
     forbid,
     own_site,
@@ -37,23 +38,22 @@ def register_dataset(
     recorded = service.record_statement(
         principal, "dataset.registered", site, body.payload, body.signature
     )
-    entry = recorded.value
+    entry = recorded.entry
     return RecordedOut(
         seq=entry.seq,
         kind=entry.kind,
         actor=entry.actor,
         hash=entry.hash,
-        action_id=recorded.action_id,
+        action_id=action_id(recorded),
     )
 
 
 @router.get("", summary="Registered datasets", responses=responses(401, 403))
 def list_datasets(principal: AdminOrSiteDep, service: ServiceDep) -> DatasetListOut:
     """The latest registration per site and dataset id (a site sees only its own)."""
-    items = service.coordinator.datasets()
-    if principal.role is Role.SITE:
-        items = [item for item in items if item.get("site") == principal.site]
-    return DatasetListOut(items=[DatasetOut(**item) for item in items])
+    site = principal.site if principal.role is Role.SITE else None
+    records = service.reads.datasets(site_name=site)
+    return DatasetListOut(items=[DatasetOut(**record.to_json()) for record in records])
 
 
 declare_roles(router)

@@ -66,7 +66,7 @@ def checkpoint_out(checkpoint: Checkpoint | None) -> CheckpointOut | None:
 @router.get("", summary="The log's identity, size and root key", responses=responses(401, 403))
 def ledger_info(principal: AuditDep, service: ServiceDep) -> LedgerInfoOut:
     """Log id, size, the coordinator's root public key and the newest checkpoint."""
-    return LedgerInfoOut(**service.ledger_info())
+    return LedgerInfoOut(**service.audit_log.info())
 
 
 @router.get("/entries", summary="Entries, paged", responses=responses(401, 403, 422))
@@ -82,7 +82,7 @@ def list_entries(
     """Entries with ``seq >= since`` in order, optionally of one kind or actor."""
     if kind is not None and kind not in KINDS:
         raise InputError(f"no event kind {kind!r}")
-    entries, following = service.entries(
+    entries, following = service.audit_log.entries(
         since=since, limit=clamp_limit(limit, settings), kind=kind, actor=actor
     )
     return EntryPageOut(entries=[entry_out(e) for e in entries], next_since=following)
@@ -107,7 +107,7 @@ async def verify(
 ) -> VerifyOut:
     """Recompute every hash, link, signature, receipt and checkpoint against the root key."""
     report: dict[str, Any] = await run_in_threadpool(
-        service.verify, root_signatures=root_signatures
+        service.audit_log.verify, root_signatures=root_signatures
     )
     return VerifyOut(**report)
 
@@ -128,7 +128,8 @@ def inclusion_proof(
     """
     proof = service.ledger.inclusion_proof(seq, tree_size)
     return InclusionOut(
-        proof=proof.to_json(), checkpoint=checkpoint_out(service.checkpoint_for(proof.tree_size))
+        proof=proof.to_json(),
+        checkpoint=checkpoint_out(service.audit_log.checkpoint_for(proof.tree_size)),
     )
 
 
@@ -147,8 +148,8 @@ def consistency_proof(
     proof = service.ledger.consistency_proof(old_size, new_size)
     return ConsistencyOut(
         proof=proof.to_json(),
-        old_checkpoint=checkpoint_out(service.checkpoint_for(proof.old_size)),
-        new_checkpoint=checkpoint_out(service.checkpoint_for(proof.new_size)),
+        old_checkpoint=checkpoint_out(service.audit_log.checkpoint_for(proof.old_size)),
+        new_checkpoint=checkpoint_out(service.audit_log.checkpoint_for(proof.new_size)),
     )
 
 
@@ -161,7 +162,9 @@ def list_checkpoints(
     limit: Limit = 100,
 ) -> CheckpointListOut:
     """Checkpoints with ``tree_size >= since_size``, oldest first."""
-    listed = service.checkpoints(since_size=since_size, limit=clamp_limit(limit, settings))
+    listed = service.audit_log.checkpoints(
+        since_size=since_size, limit=clamp_limit(limit, settings)
+    )
     return CheckpointListOut(items=[CheckpointOut(**c.to_json()) for c in listed])
 
 
@@ -204,7 +207,7 @@ def export_bundle(principal: AuditDep, service: ServiceDep) -> FileResponse:
     """Every entry, checkpoint and key event in one file (removed once sent)."""
     directory = FilePath(tempfile.mkdtemp(prefix="veracity-export-"))
     try:
-        path, summary = service.export_bundle(directory)
+        path, summary = service.audit_log.export_bundle(directory)
     except BaseException:
         shutil.rmtree(directory, ignore_errors=True)
         raise

@@ -29,7 +29,20 @@ ModelHashPath = Annotated[str, Path(pattern=HASH_PATTERN)]
 @router.get("", summary="Released models", responses=responses(401, 403, 409))
 def list_models(principal: ModelReaderDep, service: ServiceDep) -> ModelListOut:
     """Every model in the registry, with its ``model.released`` seq."""
-    return ModelListOut(items=[ModelSummaryOut(**item) for item in service.models()])
+    return ModelListOut(
+        items=[
+            ModelSummaryOut(
+                model_hash=model.model_hash,
+                name=str(model.card.get("name", "")),
+                family=model.spec.family.value,
+                n_features=model.spec.n_features,
+                label=model.label,
+                card_hash=model.card_hash,
+                released_seq=None if release is None else release.seq,
+            )
+            for model, release in service.models()
+        ]
+    )
 
 
 @router.get("/{model_hash}", summary="A model's card", responses=responses(401, 403, 404, 409, 422))
@@ -37,7 +50,7 @@ def get_model(
     model_hash: ModelHashPath, principal: ModelReaderDep, service: ServiceDep
 ) -> ModelOut:
     """Architecture, features, scaling and the model card (lineage, privacy, metrics)."""
-    model, seq = service.model(model_hash)
+    model, release = service.model(model_hash)
     return ModelOut(
         model_hash=model.model_hash,
         model=model.spec.to_dict(),
@@ -47,7 +60,7 @@ def get_model(
         card=dict(model.card),
         card_hash=model.card_hash,
         description_hash=model.description_hash,
-        released_seq=seq,
+        released_seq=None if release is None else release.seq,
     )
 
 

@@ -6,8 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Path, Query
 
-from veracity.errors import NotFound
-from veracity.server.api.deps import AdminDep, ServiceDep, SettingsDep, declare_roles
+from veracity.server.api.deps import AdminDep, ServiceDep, SettingsDep, action_id, declare_roles
 from veracity.server.api.problems import responses
 from veracity.server.api.schemas import (
     RUN_ID_PATTERN,
@@ -37,23 +36,27 @@ def start_run(body: RunStartIn, principal: AdminDep, service: ServiceDep) -> Run
     """Submit the study's app bundle to the SuperLink; the run then waits for its sites."""
     recorded = service.start_run(principal, body.study_hash)
     return RunStartedOut(
-        run_id=recorded.value,
+        run_id=recorded.value.run_id,
         study_hash=body.study_hash,
-        seq=recorded.entry_seq,
-        action_id=recorded.action_id,
+        seq=recorded.seq,
+        action_id=action_id(recorded),
     )
 
 
 @router.get("", summary="Runs started here", responses=responses(401, 403))
 def list_runs(principal: AdminDep, service: ServiceDep) -> RunListOut:
     """Every run started through this coordinator, with its recorded outcome."""
-    return RunListOut(items=[RunSummaryOut(**item) for item in service.coordinator.runs()])
+    return RunListOut(items=[RunSummaryOut(**run.summary()) for run in service.reads.runs()])
 
 
 @router.get("/{run_id}", summary="A run's status", responses=responses(401, 403, 404, 422, 503))
 def get_run(run_id: RunIdPath, principal: AdminDep, service: ServiceDep) -> RunOut:
     """The ledger's record of the run and what the SuperLink says about it."""
-    return RunOut(**service.run(run_id))
+    run = service.reads.run(run_id)
+    summary = service.run_status(run_id)
+    return RunOut(
+        **run.summary(), rounds_completed=run.rounds_recorded, superlink=summary.to_dict()
+    )
 
 
 @router.get(
@@ -61,9 +64,8 @@ def get_run(run_id: RunIdPath, principal: AdminDep, service: ServiceDep) -> RunO
 )
 def list_rounds(run_id: RunIdPath, principal: AdminDep, service: ServiceDep) -> RoundListOut:
     """The ``round.completed`` payloads (participants, receipts, metrics)."""
-    if service.coordinator.run_started(run_id) is None:
-        raise NotFound(f"run {run_id} was not started through this coordinator")
-    return RoundListOut(items=service.coordinator.rounds(run_id))
+    service.reads.run(run_id)
+    return RoundListOut(items=[record.to_json() for record in service.reads.rounds(run_id)])
 
 
 @router.get(
@@ -78,9 +80,7 @@ def run_logs(
     wait: Annotated[float, Query(ge=0, le=60, description="Seconds to wait for lines.")] = 1.0,
 ) -> RunLogsOut:
     """Log text since ``after``, read for at most ``wait`` seconds (capped by the server)."""
-    text, latest = service.coordinator.run_logs(
-        run_id, after=after, wait=min(wait, settings.log_wait_max)
-    )
+    text, latest = service.run_logs(run_id, after=after, wait=min(wait, settings.log_wait_max))
     return RunLogsOut(run_id=run_id, text=text, latest=latest)
 
 
@@ -93,7 +93,7 @@ def stop_run(run_id: RunIdPath, principal: AdminDep, service: ServiceDep) -> Run
     """Ask the SuperLink to stop the run; record ``run.finished`` unless it has one."""
     recorded = service.stop_run(principal, run_id)
     return RunStoppedOut(
-        run_id=run_id, stopped=True, seq=recorded.seq, action_id=recorded.action_id
+        run_id=run_id, stopped=True, seq=recorded.seq, action_id=action_id(recorded)
     )
 
 

@@ -6,7 +6,14 @@ from typing import Annotated
 
 from fastapi import APIRouter, Path, Request
 
-from veracity.server.api.deps import AdminDep, AdminOrSiteDep, ServiceDep, declare_roles, forbid
+from veracity.server.api.deps import (
+    AdminDep,
+    AdminOrSiteDep,
+    ServiceDep,
+    action_id,
+    declare_roles,
+    forbid,
+)
 from veracity.server.api.problems import responses
 from veracity.server.api.schemas import (
     SITE_PATTERN,
@@ -42,16 +49,26 @@ def enrol_site(body: SiteEnrolIn, principal: AdminDep, service: ServiceDep) -> S
     return SiteEnrolledOut(
         name=enrolled.name,
         key_id=enrolled.key_id,
-        node_id=None if enrolled.node_id is None else str(enrolled.node_id),
-        seq=enrolled.seq,
-        action_id=recorded.action_id,
+        node_id=str(enrolled.node_id),
+        seq=recorded.seq,
+        action_id=action_id(recorded),
     )
 
 
 @router.get("", summary="Enrolled sites", responses=responses(401, 403))
 def list_sites(principal: AdminDep, service: ServiceDep) -> SiteListOut:
     """Every enrolled site with its current key id (null once revoked)."""
-    return SiteListOut(items=[SiteSummaryOut(**item) for item in service.coordinator.sites()])
+    return SiteListOut(
+        items=[
+            SiteSummaryOut(
+                name=site.name,
+                enrolled_seq=site.enrolled_seq,
+                valid_from=site.valid_from,
+                key_id=site.key_id,
+            )
+            for site in service.reads.sites()
+        ]
+    )
 
 
 @router.get("/{name}", summary="One enrolled site", responses=responses(401, 403, 404, 422))
@@ -61,7 +78,15 @@ def get_site(
     """A site's enrolment (a site token reads only its own)."""
     if principal.role is Role.SITE and principal.site != name:
         raise forbid(request, principal, f"a token of site {principal.site} reads only its own")
-    return SiteOut(**service.site(name))
+    site = service.reads.site(name)
+    return SiteOut(
+        name=site.name,
+        key_id=site.key_id,
+        public_key=site.public_key,
+        supernode_public_key=site.supernode_public_key,
+        valid_from=site.valid_from,
+        enrolled_seq=None if site.revoked else site.enrolled_seq,
+    )
 
 
 declare_roles(router)

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request
 
-from veracity.server.api.deps import ServiceDep, SiteDep, declare_roles, forbid, own_site
+from veracity.server.api.deps import (
+    ServiceDep,
+    SiteDep,
+    action_id,
+    declare_roles,
+    forbid,
+    own_site,
+)
 from veracity.server.api.problems import responses
 from veracity.server.api.schemas import RecordedOut, StatementIn
 
@@ -27,13 +34,13 @@ def record_statement(
     if "site" in body.payload and body.payload["site"] != site:
         raise forbid(request, principal, f"a token of site {site} speaks only for it")
     recorded = service.record_statement(principal, body.kind, site, body.payload, body.signature)
-    entry = recorded.value
+    entry = recorded.entry
     return RecordedOut(
         seq=entry.seq,
         kind=entry.kind,
         actor=entry.actor,
         hash=entry.hash,
-        action_id=recorded.action_id,
+        action_id=action_id(recorded),
     )
 
 

@@ -6,11 +6,13 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Path, Request
 
+from veracity.errors import InputError
 from veracity.server.api.deps import (
     AdminDep,
     AdminOrSiteDep,
     ServiceDep,
     SiteDep,
+    action_id,
     declare_roles,
     forbid,
     own_site,
@@ -25,7 +27,6 @@ from veracity.server.api.schemas import (
     StudyProposedOut,
     StudySummaryOut,
 )
-from veracity.server.api.service import require_payload_field
 from veracity.server.api.tokens import Role
 
 __all__ = ["router"]
@@ -47,13 +48,13 @@ def propose_study(
 ) -> StudyProposedOut:
     """Record the study; ``code_hash`` defaults to this coordinator's app bundle."""
     recorded = service.propose_study(principal, document)
-    study = recorded.value
+    study = recorded.value.study
     return StudyProposedOut(
         study_id=study.study_id,
         study_hash=study.study_hash,
         code_hash=study.code_hash,
-        seq=recorded.entry_seq,
-        action_id=recorded.action_id,
+        seq=recorded.seq,
+        action_id=action_id(recorded),
     )
 
 
@@ -61,7 +62,8 @@ def propose_study(
 def list_studies(principal: AdminOrSiteDep, service: ServiceDep) -> StudyListOut:
     """Every study (a site sees the studies that name it)."""
     site = principal.site if principal.role is Role.SITE else None
-    return StudyListOut(items=[StudySummaryOut(**item) for item in service.studies(site=site)])
+    records = service.reads.studies(site_name=site)
+    return StudyListOut(items=[StudySummaryOut(**record.summary()) for record in records])
 
 
 @router.get(
@@ -71,10 +73,21 @@ def get_study(
     study_hash: StudyHashPath, request: Request, principal: AdminOrSiteDep, service: ServiceDep
 ) -> StudyOut:
     """The document, each site's latest decision, and whether enough sites approved."""
-    study, state = service.study(study_hash)
+    record = service.reads.study(study_hash)
+    study = record.study
     if principal.role is Role.SITE and principal.site not in study.epsilon_caps:
         raise forbid(request, principal, f"study {study.study_id} does not name {principal.site}")
-    return StudyOut(**state)
+    approvals = service.reads.approvals(study_hash)
+    return StudyOut(
+        **record.summary(),
+        study=study.to_document(),
+        decisions={
+            site: decision.to_json()
+            for site, decision in service.reads.decisions(study_hash).items()
+        },
+        approved_by=sorted(approvals),
+        ready=len(approvals) >= study.min_sites,
+    )
 
 
 @router.post(
@@ -96,14 +109,27 @@ def decide(
         raise forbid(request, principal, f"a token of site {site} decides only for it")
     require_payload_field(body.payload, "study_hash", study_hash)
     recorded = service.record_statement(principal, body.kind, site, body.payload, body.signature)
-    entry = recorded.value
+    entry = recorded.entry
     return RecordedOut(
         seq=entry.seq,
         kind=entry.kind,
         actor=entry.actor,
         hash=entry.hash,
-        action_id=recorded.action_id,
+        action_id=action_id(recorded),
     )
+
+
+def require_payload_field(payload: dict[str, Any], name: str, expected: str) -> None:
+    """Refuse a statement whose ``payload[name]`` is not ``expected``.
+
+    Raises
+    ------
+    InputError
+        Naming the field and both values.
+    """
+    given = payload.get(name)
+    if given != expected:
+        raise InputError(f"the statement's {name} is {given!r}, not {expected!r}")
 
 
 declare_roles(router)

@@ -1,0 +1,290 @@
+"""Runs: the coordinator service's second command group.
+
+A start submits first (the run id is in ``run.started``) and is undone (run stopped, seeds
+forgotten) if the change does not commit. A stop records ``run.finished`` first and asks the
+SuperLink last, so a stop that is not recorded leaves the run running; a run the SuperLink
+reports ended without a ``run.finished`` is recorded as it ended when a stop is asked for.
+Every run ends with exactly one ``run.finished``. Rounds are recorded with a checkpoint
+that covers them.
+"""
+
+from __future__ import annotations
+
+import secrets
+
+from veracity.contracts.events import (
+    InferenceServed,
+    ModelReleased,
+    RoundCompleted,
+    RunFinished,
+    RunStarted,
+    RunStatus,
+)
+from veracity.core.canonical import canonical_hash
+from veracity.errors import ApprovalMissing, ConfigError, Conflict, NotFound
+from veracity.ledger.entry import Entry
+from veracity.server.coordinator import queries
+from veracity.server.coordinator.core import ServiceCore, package_versions
+from veracity.server.coordinator.federation import RunSummary
+from veracity.server.coordinator.records import (
+    ModelRecord,
+    RoundRecord,
+    RunOutcome,
+    RunRecord,
+)
+from veracity.server.coordinator.unit_of_work import (
+    INFERENCE,
+    Actor,
+    Recorded,
+    UnitOfWork,
+)
+from veracity.server.fab import build_fab
+
+__all__ = ["RunCommands"]
+
+
+class RunCommands(ServiceCore):
+    """Starting, stopping and finishing runs; their rounds, release and inferences."""
+
+    def _stop_submitted(self, run_id: int) -> None:
+        self.federation.stop_run(run_id)
+
+    def start_run(
+        self,
+        actor: Actor,
+        study_hash: str,
+        *,
+        poll_interval: float = 0.2,
+        round_timeout: float = 600.0,
+        node_wait: float = 120.0,
+    ) -> Recorded[RunRecord]:
+        """Submit a run of an approved study to the SuperLink and record ``run.started``.
+
+        Raises
+        ------
+        NotFound
+            If the study was never proposed.
+        ApprovalMissing
+            If fewer sites approved it than the study's ``min_sites``.
+        ConfigError
+            If the installed Veracity's app bundle is not the code the sites approved.
+        TransportError
+            If the SuperLink refuses or does not answer.
+        """
+        fab = build_fab()
+        with self._change(actor, "run.start", study_hash) as uow:
+            found = queries.study(uow.session, study_hash)
+            if found is None:
+                raise NotFound(f"no study {study_hash!r} was proposed")
+            study = found.study
+            approved = queries.approvals(uow.session, study_hash)
+            if len(approved) < study.min_sites:
+                raise ApprovalMissing(
+                    f"{len(approved)} site(s) approved study {study.study_id}; "
+                    f"it needs {study.min_sites}"
+                )
+            if fab.fab_hash != study.code_hash:
+                raise ConfigError(
+                    "this coordinator's Veracity differs from the code the sites approved "
+                    f"({fab.fab_hash[:12]} != {study.code_hash[:12]}); propose the study again"
+                )
+            config: dict[str, bool | int | float | str] = {
+                "study-hash": study_hash,
+                "coordinator-dir": str(self.home.data_dir.resolve()),
+                "poll-interval": poll_interval,
+                "round-timeout": round_timeout,
+                "node-wait": node_wait,
+            }
+            seeds = {"model_seed": study.model_seed, "nonce": secrets.token_hex(32)}
+            flower_id = uow.effect(
+                lambda: self.federation.start_run(fab.content, config=config),
+                undo=self._stop_submitted,
+            )
+            run_id = str(flower_id)
+            uow.effect(
+                lambda: self.home.write_seeds(run_id, seeds),
+                undo=lambda _path: self.home.remove_seeds(run_id),
+            )
+            entry = uow.append_root(
+                RunStarted(
+                    run_id=run_id,
+                    study_hash=study_hash,
+                    fab_hash=fab.fab_hash,
+                    config_hash=canonical_hash(config),
+                    package_versions=package_versions(),
+                    seed_commitment=canonical_hash(seeds),
+                )
+            )
+        started = RunRecord(run_id, study_hash, entry.seq, entry.ts, None, rounds_recorded=0)
+        return uow.recorded(started)
+
+    def stop_run(self, actor: Actor, run_id: str) -> Recorded[RunRecord]:
+        """Record ``run.finished`` (stopped), then stop the run on the SuperLink.
+
+        A run the SuperLink reports ended, with no ``run.finished`` recorded, is recorded as
+        it ended (``stopped`` or ``failed``) instead.
+
+        Raises
+        ------
+        NotFound
+            If the run was not started through this coordinator.
+        Conflict
+            If it has a ``run.finished`` already.
+        TransportError
+            If the SuperLink does not answer (nothing is recorded).
+        """
+        with self._change(actor, "run.stop", run_id) as uow:
+            run = self._unfinished_run(uow, run_id)
+            summary = self.federation.run(int(run_id))
+            if summary.finished:
+                status: RunStatus = "stopped" if summary.sub_status == "stopped" else "failed"
+                reason = (
+                    f"the SuperLink reports the run {summary.state} and no run.finished was "
+                    "recorded; recorded when a stop was asked for"
+                )
+            else:
+                status, reason = "stopped", "stopped by the coordinator's admin"
+            entry = self._append_finished(uow, run, status, reason, model_hash=None)
+            uow.seal()
+            if not summary.finished and not uow.effect(
+                lambda: self.federation.stop_run(int(run_id))
+            ):
+                raise Conflict(f"the SuperLink did not stop run {run_id}; it has ended")
+        return uow.recorded(self._finished_record(run, entry.seq, entry.ts, status, reason))
+
+    def finish_run(
+        self,
+        actor: Actor,
+        run_id: str,
+        study_hash: str,
+        *,
+        status: RunStatus,
+        reason: str,
+        rounds_completed: int,
+        model_hash: str | None,
+    ) -> Recorded[None]:
+        """Record how a run ended (``run.finished``) and sign a checkpoint.
+
+        A run the coordinator never started (submitted to the SuperLink by someone else)
+        is recorded too, so that every ServerApp run ends with exactly one ``run.finished``.
+
+        Raises
+        ------
+        Conflict
+            If the run has a ``run.finished`` already (a stop was recorded first).
+        """
+        with self._change(actor, "run.finish", run_id) as uow:
+            row = queries.run(uow.session, run_id)
+            if row is not None and row.finished is not None:
+                raise Conflict(f"run {run_id} has finished ({row.finished.status})")
+            uow.append_root(
+                RunFinished(
+                    run_id=run_id,
+                    study_hash=study_hash,
+                    status=status,
+                    reason=reason[:2000],
+                    rounds_completed=rounds_completed,
+                    model_hash=model_hash,
+                )
+            )
+            uow.checkpoint()
+        return uow.recorded(None)
+
+    def _unfinished_run(self, uow: UnitOfWork, run_id: str) -> RunRecord:
+        run = queries.run(uow.session, run_id)
+        if run is None:
+            raise NotFound(f"run {run_id} was not started through this coordinator")
+        if run.finished is not None:
+            raise Conflict(f"run {run_id} has finished ({run.finished.status})")
+        return run
+
+    @staticmethod
+    def _append_finished(
+        uow: UnitOfWork, run: RunRecord, status: RunStatus, reason: str, *, model_hash: str | None
+    ) -> Entry:
+        return uow.append_root(
+            RunFinished(
+                run_id=run.run_id,
+                study_hash=run.study_hash,
+                status=status,
+                reason=reason,
+                rounds_completed=run.rounds_recorded,
+                model_hash=model_hash,
+            )
+        )
+
+    @staticmethod
+    def _finished_record(
+        run: RunRecord, seq: int, ts: str, status: RunStatus, reason: str
+    ) -> RunRecord:
+        outcome = RunOutcome(seq, ts, status, reason, run.rounds_recorded, model_hash=None)
+        return RunRecord(
+            run.run_id, run.study_hash, run.started_seq, run.started_at, outcome,
+            rounds_recorded=run.rounds_recorded,
+        )  # fmt: skip
+
+    def record_round(self, actor: Actor, completed: RoundCompleted) -> Recorded[RoundRecord]:
+        """Record ``round.completed`` and sign a checkpoint that covers it.
+
+        Raises
+        ------
+        InputError, SignatureError
+            If the ledger refuses it (a receipt not signed by its site's key).
+        """
+        with self._change(actor, "round.record", f"{completed.run_id} {completed.round}") as uow:
+            entry = uow.append_root(completed)
+            uow.checkpoint()
+        return uow.recorded(RoundRecord(seq=entry.seq, completed=completed))
+
+    def release(self, actor: Actor, released: ModelReleased) -> Recorded[ModelRecord]:
+        """Record ``model.released`` (the model is in the registry already).
+
+        Raises
+        ------
+        InputError
+            If the ledger refuses the payload.
+        """
+        with self._change(actor, "model.release", released.model_hash) as uow:
+            entry = uow.append_root(released)
+        record = ModelRecord(
+            model_hash=released.model_hash,
+            seq=entry.seq,
+            released_at=entry.ts,
+            run_id=released.run_id,
+            study_hash=released.study_hash,
+            card_hash=released.card_hash,
+        )
+        return uow.recorded(record)
+
+    def record_inference(self, served: InferenceServed) -> Recorded[None]:
+        """Record ``inference.served`` for a batch about to be answered (not audited)."""
+        with self._change(INFERENCE, "inference.served", served.model_hash, audited=False) as uow:
+            uow.append_root(served)
+        return uow.recorded(None)
+
+    # -------------------------------------------------------------- runs (read)
+    def run_status(self, run_id: str) -> RunSummary:
+        """What the SuperLink says of a run started here.
+
+        Raises
+        ------
+        NotFound
+            If the run was not started through this coordinator.
+        TransportError
+            If the SuperLink does not answer.
+        """
+        self.reads.run(run_id)
+        return self.federation.run(int(run_id))
+
+    def run_logs(self, run_id: str, *, after: float = 0.0, wait: float = 2.0) -> tuple[str, float]:
+        """Log text of a run started here since ``after``; returns ``(text, latest)``.
+
+        Raises
+        ------
+        NotFound
+            If the run was not started through this coordinator.
+        TransportError
+            If the SuperLink does not answer.
+        """
+        self.reads.run(run_id)
+        return self.federation.logs(int(run_id), after=after, wait=wait)

@@ -1,0 +1,129 @@
+"""The coordinator application service: every change to the federation, in one place.
+
+The admin API, the CLI, the demo's local network and the ServerApp all call
+:class:`CoordinatorService`. Each command takes the acting :class:`~.unit_of_work.Actor`,
+runs as one :class:`~.unit_of_work.UnitOfWork` (one transaction holding the ledger's write
+lock: the ledger entries, their read-model rows, the audit record) and returns a
+:class:`~.unit_of_work.Recorded` (the entry with its seq, the typed result, the audit id).
+Payloads are built from the contract models (:mod:`veracity.contracts.events`).
+
+The SuperLink is reached only through the :class:`~.federation.Federation` port, and the
+order of effects against it is decided here, once:
+
+* **Enrolment registers the SuperNode last**, after every row of the change is written and
+  just before the commit: Flower never registers a withdrawn key again, so a change that
+  fails before that point must leave the SuperLink untouched. If the commit itself fails,
+  the registration is withdrawn (the site then makes a new SuperNode key).
+* **A start submits first** (the run id is in ``run.started``): if anything after it fails,
+  the commit included, the run is stopped and its seeds file removed.
+* **A stop records first and stops last**: ``run.finished`` (stopped) is written, then the
+  SuperLink is asked, then the change commits. A run that has ended on the SuperLink without
+  a ``run.finished`` (its ServerApp died, or a stop's commit failed) is recorded as it ended
+  when a stop is asked for.
+
+Reads (:attr:`CoordinatorService.reads`) come from the read model as typed records.
+
+The commands live in two groups over one shared core (:mod:`.core`: the state and the unit
+of work): :mod:`.sites` (enrolments, revocations, statements, studies) and :mod:`.runs`
+(runs, rounds, releases, inferences); this module adds checkpoints, audited reads, the
+released models and the rebuild of the read model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+from veracity.ledger.checkpoint import Checkpoint
+from veracity.server.coordinator.core import package_versions
+from veracity.server.coordinator.records import (
+    ModelRecord,
+    ReindexReport,
+)
+from veracity.server.coordinator.runs import RunCommands
+from veracity.server.coordinator.sites import SITE_STATEMENT_KINDS, SiteCommands
+from veracity.server.coordinator.unit_of_work import (
+    Actor,
+    Recorded,
+)
+from veracity.server.registry import ReleasedModel
+from veracity.tasks.weights import weights_to_bytes
+
+__all__ = ["CoordinatorService", "SITE_STATEMENT_KINDS", "package_versions"]
+
+
+class CoordinatorService(SiteCommands, RunCommands):
+    """Sites, studies, runs and models of one coordinator; every change a ledger entry.
+
+    Open one with :func:`~.bootstrap.open_coordinator` (or create the coordinator with
+    :func:`~.bootstrap.init_coordinator`); its parameters are :class:`~.core.ServiceCore`'s.
+    """
+
+    def close(self) -> None:
+        """Release the database connections."""
+        self.ledger.close()
+
+    def __enter__(self) -> CoordinatorService:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def fingerprint(self) -> str:
+        """A short identifier of this coordinator's root key."""
+        return hashlib.sha256(self.root_key.public.raw).hexdigest()[:16]
+
+    # ------------------------------------------------------------------ ledger
+    def checkpoint(self, actor: Actor) -> Recorded[Checkpoint]:
+        """Sign a checkpoint of the whole ledger now (a ``checkpoint`` entry)."""
+        with self._change(actor, "ledger.checkpoint", "") as uow:
+            checkpoint = uow.checkpoint()
+        return uow.recorded(checkpoint, self.ledger.get(checkpoint.tree_size))
+
+    def note_read(self, actor: Actor, action: str, target: str) -> int | None:
+        """Audit a sensitive read (plaintext weights): the audit record's id, if audited."""
+        if self.audit_hook is None:
+            return None
+        with self._change(actor, action, target) as uow:
+            pass
+        return uow.action_id
+
+    def reindex(self) -> ReindexReport:
+        """Rebuild the read model from the whole log."""
+        rows = self.read_model.rebuild()
+        return ReindexReport(entries=self.ledger.size(), rows=rows)
+
+    # ------------------------------------------------------------------ models
+    def models(self) -> list[tuple[ReleasedModel, ModelRecord | None]]:
+        """Every model in the registry (re-verified), with its release if it was released.
+
+        Raises
+        ------
+        LedgerIntegrityError
+            If a model's files were modified.
+        """
+        released = {record.model_hash: record for record in self.reads.models()}
+        return [(self.registry.get(h), released.get(h)) for h in self.registry.list()]
+
+    def model(self, model_hash: str) -> tuple[ReleasedModel, ModelRecord | None]:
+        """A model of the registry (re-verified) and its release, if it was released.
+
+        Raises
+        ------
+        NotFound
+            If no such model is in the registry.
+        LedgerIntegrityError
+            If its files were modified.
+        """
+        return self.registry.get(model_hash), self.reads.model(model_hash)
+
+    def weights(self, actor: Actor, model_hash: str) -> bytes:
+        """The plaintext weights (``weights_to_bytes``); the download is audited.
+
+        Raises
+        ------
+        NotFound, LedgerIntegrityError
+            As :meth:`model`.
+        """
+        model = self.registry.get(model_hash)
+        self.note_read(actor, "model.weights", model_hash)
+        return weights_to_bytes(model.weights)
