@@ -1,8 +1,9 @@
 """The contract holds at the federation's boundary, with real processes on 127.0.0.1.
 
 One SuperLink and three site agents, one of which (``hospital-c``) runs a worker that signs
-receipts the ledger's contract refuses (``tests/rogue_worker.py``). What a site sends is
-checked with the very models the ledger records it with, so:
+receipts the ledger's contract refuses and whose accountant cannot bound rounds at a tiny
+noise multiplier (``tests/rogue_worker.py``). What a site sends is checked with the very
+models the ledger records it with, so:
 
 * a receipt the ledger would refuse costs only the site that sent it: its update is
   dropped and the round is recorded with the others (before the contract package, the
@@ -123,16 +124,19 @@ def test_a_receipt_the_ledger_would_refuse_drops_that_site_not_the_run(network: 
 
 def test_a_signed_refusal_of_an_unboundable_round_is_recorded(network: Network) -> None:
     coordinator = network.coordinator
-    # At noise 0.05 no accountant can bound a round: every site refuses, epsilon_requested null.
-    run_id = _run(network, _study("bc-unboundable", noise_multiplier=0.05))
+    # At noise 0.5 a round would cost about 15 against caps of 3: every site refuses, and
+    # hospital-c's accountant cannot bound the round at all, so its signed refusal says
+    # epsilon_requested: null.
+    run_id = _run(network, _study("bc-unboundable", noise_multiplier=0.5))
 
-    refusals = [
-        e
+    refusals = {
+        e.actor: e.payload
         for e in coordinator.ledger.iter_entries(kind="budget.refused")
         if e.payload["run_id"] == run_id
-    ]
-    assert sorted(e.actor for e in refusals) == sorted(SITES)
-    assert all(e.payload["epsilon_requested"] is None for e in refusals)
+    }
+    assert sorted(refusals) == sorted(SITES)
+    assert refusals[ROGUE]["epsilon_requested"] is None
+    assert all(refusals[name]["epsilon_requested"] > 3.0 for name in SITES if name != ROGUE)
     finished = _finished(coordinator, run_id)
     assert finished is not None
     assert finished.status == "insufficient_sites"
