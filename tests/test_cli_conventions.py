@@ -214,3 +214,27 @@ def test_the_database_and_key_files_are_private(tmp_path: Path) -> None:
     for path in private:
         assert stat.S_IMODE(os.stat(path).st_mode) == 0o600, path
     assert stat.S_IMODE(os.stat(root).st_mode) == 0o700
+
+
+@pytest.mark.parametrize(
+    ("env_file", "command"),
+    [("coordinator.env", ("server", "start")), ("site.env", ("site", "start"))],
+)
+def test_the_deploy_environment_files_set_only_options_of_their_command(
+    env_file: str, command: tuple[str, str]
+) -> None:
+    root = Path(__file__).resolve().parent.parent / "deploy"
+    names = {
+        line.split("=", 1)[0]
+        for line in (root / env_file).read_text(encoding="utf-8").splitlines()
+        if line.startswith("VERACITY_")
+    }
+    group = typer.main.get_command(app)
+    assert isinstance(group, click.Group)
+    sub = group.commands[command[0]]
+    assert isinstance(sub, click.Group)
+    options = {p.envvar for p in sub.commands[command[1]].params if isinstance(p, click.Option)}
+    assert names <= options, names - options
+    unit = env_file.replace(".env", "").replace("coordinator", "veracity-coordinator")
+    unit = unit.replace("site", "veracity-site") if unit == "site" else unit
+    assert f"/etc/veracity/{env_file}" in (root / f"{unit}.service").read_text(encoding="utf-8")

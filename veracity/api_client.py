@@ -4,8 +4,8 @@ Each method parses the answer with the response model the route declares
 (:mod:`veracity.server.api.schemas`), so a caller reads fields mypy knows instead of
 guessing the shape of a JSON document. Errors arrive as the API's problem documents
 (docs/api.md "One error contract") and are raised as :class:`ApiError` with their status,
-code and detail. It covers what ``veracity demo`` calls; the transport is injectable
-(``httpx.ASGITransport`` to talk to an app in process).
+code and detail. It covers what ``veracity demo`` and ``veracity admin`` call; the
+transport is injectable (``httpx.ASGITransport`` to talk to an app in process).
 """
 
 from __future__ import annotations
@@ -19,14 +19,27 @@ from pydantic import BaseModel, ValidationError
 
 from veracity.errors import TransportError
 from veracity.server.api.schemas import (
+    DatasetListOut,
+    ModelListOut,
     ModelOut,
+    PrincipalOut,
     RecordedOut,
     RoundListOut,
+    RunListOut,
+    RunLogsOut,
     RunOut,
     RunStartedOut,
+    RunStoppedOut,
     SiteEnrolledOut,
+    SiteListOut,
+    SiteOut,
+    SiteRevokedOut,
+    StudyListOut,
     StudyOut,
     StudyProposedOut,
+    TokenCreatedOut,
+    TokenListOut,
+    TokenOut,
 )
 
 __all__ = ["ApiError", "CoordinatorClient"]
@@ -193,6 +206,67 @@ class CoordinatorClient:
     def export_ledger(self, token: str) -> bytes:
         """``GET /ledger/export``: the ledger bundle (JSON lines)."""
         return self.send("GET", "/ledger/export", token).content
+
+    def whoami(self, token: str) -> PrincipalOut:
+        """``GET /whoami``: the token's principal."""
+        return self._parsed(PrincipalOut, "GET", "/whoami", token)
+
+    def sites(self, token: str) -> SiteListOut:
+        """``GET /sites`` (admin)."""
+        return self._parsed(SiteListOut, "GET", "/sites", token)
+
+    def site(self, token: str, name: str) -> SiteOut:
+        """``GET /sites/{name}``."""
+        return self._parsed(SiteOut, "GET", f"/sites/{name}", token)
+
+    def revoke_site(
+        self, token: str, name: str, *, reason: str, withdraw_supernode: bool
+    ) -> SiteRevokedOut:
+        """``POST /sites/{name}/revoke`` (admin)."""
+        body = {"reason": reason, "withdraw_supernode": withdraw_supernode}
+        return self._parsed(SiteRevokedOut, "POST", f"/sites/{name}/revoke", token, json=body)
+
+    def datasets(self, token: str) -> DatasetListOut:
+        """``GET /datasets``: the latest registration per site and dataset."""
+        return self._parsed(DatasetListOut, "GET", "/datasets", token)
+
+    def studies(self, token: str) -> StudyListOut:
+        """``GET /studies``."""
+        return self._parsed(StudyListOut, "GET", "/studies", token)
+
+    def runs(self, token: str) -> RunListOut:
+        """``GET /runs`` (admin)."""
+        return self._parsed(RunListOut, "GET", "/runs", token)
+
+    def stop_run(self, token: str, run_id: str) -> RunStoppedOut:
+        """``POST /runs/{id}/stop`` (admin)."""
+        return self._parsed(RunStoppedOut, "POST", f"/runs/{run_id}/stop", token)
+
+    def run_logs(self, token: str, run_id: str, *, after: float, wait: float) -> RunLogsOut:
+        """``GET /runs/{id}/logs``: log text after ``after``, waiting up to ``wait`` s."""
+        params = {"after": after, "wait": wait}
+        return self._parsed(RunLogsOut, "GET", f"/runs/{run_id}/logs", token, params=params)
+
+    def models(self, token: str) -> ModelListOut:
+        """``GET /models``: released models."""
+        return self._parsed(ModelListOut, "GET", "/models", token)
+
+    def create_token(
+        self, token: str, *, role: str, name: str, site: str | None, expires_in_days: int
+    ) -> TokenCreatedOut:
+        """``POST /tokens`` (admin): the new token (shown once) and its record."""
+        body: dict[str, Any] = {"role": role, "name": name, "expires_in_days": expires_in_days}
+        if site is not None:
+            body["site"] = site
+        return self._parsed(TokenCreatedOut, "POST", "/tokens", token, json=body)
+
+    def tokens(self, token: str) -> TokenListOut:
+        """``GET /tokens`` (admin): every token's record, never a token."""
+        return self._parsed(TokenListOut, "GET", "/tokens", token)
+
+    def revoke_token(self, token: str, token_id: str) -> TokenOut:
+        """``POST /tokens/{id}/revoke`` (admin)."""
+        return self._parsed(TokenOut, "POST", f"/tokens/{token_id}/revoke", token)
 
     def provenance(self, token: str, model_hash: str) -> dict[str, Any]:
         """``GET /ledger/provenance/{hash}``: the model's W3C PROV-JSON document."""

@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import shlex
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from veracity.output import FormatOption, OutputFormat, emit_json, emit_table, stderr_console
+from veracity.output import (
+    FormatOption,
+    OutputFormat,
+    emit_json,
+    emit_next,
+    emit_table,
+    stderr_console,
+)
 
 __all__ = ["demo"]
 
@@ -67,4 +75,9 @@ def demo(
         "The model's provenance (W3C PROV, derived from the verified ledger)",
         ["element", "count"],
         sorted(summary["provenance"].items()),
+    )
+    bundle, trust = shlex.quote(str(ledger["bundle"])), shlex.quote(str(ledger["root_public_key"]))
+    emit_next(
+        f"veracity ledger verify --bundle {bundle} --trust {trust}",
+        f"veracity ledger provenance {model['hash']} --bundle {bundle} --trust {trust}",
     )

@@ -524,6 +524,65 @@ def outbox_command(
     )
 
 
+ServerOption = Annotated[
+    str,
+    typer.Option(
+        "--server",
+        envvar="VERACITY_SERVER",
+        help="The coordinator's admin API, https://HOST:PORT (or its /api/v1).",
+    ),
+]
+TokenOption = Annotated[
+    str,
+    typer.Option(
+        "--token",
+        envvar="VERACITY_TOKEN",
+        help="This site's token (veracity admin tokens create --role site --site NAME).",
+    ),
+]
+CaCertOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--ca-cert",
+        envvar="VERACITY_CA_CERT",
+        help="The coordinator's CA certificate (its DIR/tls/ca.crt).",
+    ),
+]
+
+
+@site_app.command("sync")
+def sync_command(
+    server: ServerOption,
+    token: TokenOption,
+    ca_cert: CaCertOption = None,
+    data_dir: DataDirOption = None,
+    output_format: FormatOption = OutputFormat.TEXT,
+) -> None:
+    """Deliver the outbox now: every pending signed statement to the coordinator's ledger.
+
+    Exit status 1 when the coordinator refused any statement (they stay pending).
+    """
+    from veracity.client.outbox_sync import deliver_outbox
+    from veracity.client.site import Site
+    from veracity.errors import InputError
+
+    with Site.open(_root(data_dir)) as site:
+        report = deliver_outbox(site.store, server=server, token=token, ca_cert=ca_cert)
+    if output_format is OutputFormat.JSON:
+        emit_json(report.to_json())
+    else:
+        console = stderr_console()
+        for sid in report.delivered:
+            console.print(f"delivered {sid}")
+        for sid in report.already_recorded:
+            console.print(f"already in the ledger {sid}")
+        for sid, why in report.refused.items():
+            console.print(f"refused {sid}: {why}")
+        console.print(f"{report.pending} statement(s) still pending")
+    if report.refused:
+        raise InputError(f"the coordinator refused {len(report.refused)} statement(s)")
+
+
 @site_app.command("outbox-ack")
 def outbox_ack_command(
     statement_ids: Annotated[list[str], typer.Argument(help="Statement ids the ledger recorded.")],

@@ -44,16 +44,42 @@ def start(
             help="Seconds an idle SuperNode waits between pulls (Flower's fixed default: 3).",
         ),
     ] = 0.5,
+    server: Annotated[
+        str | None,
+        typer.Option(
+            "--server",
+            envvar="VERACITY_SERVER",
+            help="The coordinator's admin API (https://HOST:PORT): with --token, the outbox "
+            "is delivered there while the site runs.",
+        ),
+    ] = None,
+    token: Annotated[
+        str | None,
+        typer.Option("--token", envvar="VERACITY_TOKEN", help="This site's API token."),
+    ] = None,
+    sync_every: Annotated[
+        float,
+        typer.Option(
+            "--sync-every",
+            envvar="VERACITY_SYNC_EVERY",
+            min=0.1,
+            help="Seconds between outbox deliveries.",
+        ),
+    ] = 5.0,
 ) -> None:
-    """Run the SuperNode (TLS, SuperNode authentication) and the warm ClientApp worker."""
+    """Run the SuperNode (TLS, SuperNode authentication) and the warm ClientApp worker.
+
+    With ``--server`` and ``--token`` it also delivers the site's outbox (approvals,
+    refusals, registrations) to the coordinator every ``--sync-every`` seconds.
+    """
     from veracity.client.supernode import SuperNodeOptions, start_site_node
     from veracity.supervise import ProcessGroup, stopping_on_signals
 
     if idle_poll <= 0:
         raise ConfigError("--idle-poll must be positive")
-    from veracity.config import load_settings  # pydantic-settings: only when used
-
-    site_dir = load_settings(data_dir=data_dir).data_dir
+    if (server is None) != (token is None):
+        raise ConfigError("--server and --token go together (they deliver the outbox)")
+    site_dir = Path("veracity-site") if data_dir is None else data_dir
     options = SuperNodeOptions(superlink=superlink, ca_cert=ca_cert, idle_poll=idle_poll)
     group = ProcessGroup()
     with stopping_on_signals(group):
@@ -63,6 +89,28 @@ def start(
             f"worker pid {node.worker.pid}. Ctrl-C stops both.\n"
         )
         signal.signal(signal.SIGHUP, signal.default_int_handler)
+        next_sync = time.monotonic()
         while True:
             group.check_alive()
-            time.sleep(1.0)
+            if server is not None and token is not None and time.monotonic() >= next_sync:
+                _sync(site_dir, server, token, ca_cert)
+                next_sync = time.monotonic() + sync_every
+            time.sleep(min(1.0, sync_every))
+
+
+def _sync(site_dir: Path, server: str, token: str, ca_cert: Path) -> None:
+    """One outbox delivery; a failure is reported and retried at the next one."""
+    from veracity.client.outbox_sync import deliver_outbox
+    from veracity.client.site import Site
+    from veracity.errors import VeracityError
+
+    try:
+        with Site.open(site_dir) as site:
+            report = deliver_outbox(site.store, server=server, token=token, ca_cert=ca_cert)
+    except VeracityError as err:
+        sys.stderr.write(f"outbox not delivered (retrying): {err}\n")
+        return
+    for sid in report.delivered:
+        sys.stderr.write(f"outbox: delivered {sid}\n")
+    for sid, why in report.refused.items():
+        sys.stderr.write(f"outbox: the coordinator refused {sid}: {why}\n")

@@ -462,12 +462,37 @@ def show(
 def provenance(
     model_hash: Annotated[str, typer.Argument(help="SHA-256 of the model (hex).")],
     db: DbOption = None,
+    bundle: Annotated[
+        Path | None,
+        typer.Option(
+            "--bundle",
+            envvar="VERACITY_BUNDLE",
+            help="Offline: an exported bundle, verified against --trust first.",
+        ),
+    ] = None,
+    trust: Annotated[
+        Path | None,
+        typer.Option("--trust", envvar="VERACITY_TRUST", help="The root public key (--bundle)."),
+    ] = None,
     data_dir: DataDirOption = None,
     output_format: FormatOption = OutputFormat.TEXT,
 ) -> None:
-    """W3C PROV lineage of a model (PROV-JSON with --format json, PROV-N otherwise)."""
-    with _open(_db_url(db, data_dir)) as ledger:
-        document = ledger.provenance(model_hash)
+    """W3C PROV lineage of a model (PROV-JSON with --format json, PROV-N otherwise).
+
+    With ``--bundle FILE --trust root.pub`` it needs nothing else: the bundle is verified
+    against the root key, then the lineage is derived from it.
+    """
+    if bundle is not None:
+        from veracity.ledger.bundle_view import provenance_from_bundle
+
+        if trust is None:
+            raise typer.BadParameter("--bundle needs --trust (the root public key)")
+        if db is not None:
+            raise typer.BadParameter("give --db or --bundle, not both")
+        document = provenance_from_bundle(bundle, model_hash, trusted_root=_trusted_root(trust))
+    else:
+        with _open(_db_url(db, data_dir)) as ledger:
+            document = ledger.provenance(model_hash)
     if output_format is OutputFormat.JSON:
         emit_json(document)
         return

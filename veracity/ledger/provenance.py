@@ -15,15 +15,38 @@ round, derived from the previous one) and the released model (derived from the d
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING, Any
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any, Protocol
 
 from veracity.errors import InputError, NotFound
 from veracity.ledger.entry import Entry
 
 if TYPE_CHECKING:
-    from veracity.ledger.ledger import Ledger
+    from veracity.ledger.checkpoint import Checkpoint
 
-__all__ = ["PROV_NAMESPACE", "build_provenance"]
+__all__ = ["PROV_NAMESPACE", "LedgerReader", "build_provenance"]
+
+
+class LedgerReader(Protocol):
+    """What provenance reads: a :class:`~veracity.ledger.ledger.Ledger` or a verified bundle."""
+
+    @property
+    def log_id(self) -> str:
+        """The log's id."""
+        ...
+
+    def iter_entries(self, *, kind: str | None = None) -> Iterator[Entry]:
+        """Entries of one kind, in order."""
+        ...
+
+    def entries(self, *, kind: str | None = None) -> list[Entry]:
+        """Entries of one kind, in order."""
+        ...
+
+    def latest_checkpoint(self) -> Checkpoint | None:
+        """The newest signed checkpoint."""
+        ...
+
 
 PROV_NAMESPACE = "urn:veracity:"
 
@@ -36,7 +59,7 @@ def _stamp(entry: Entry) -> Any:
     }
 
 
-def build_provenance(ledger: Ledger, model_hash: str) -> dict[str, Any]:
+def build_provenance(ledger: LedgerReader, model_hash: str) -> dict[str, Any]:
     """PROV-JSON (as a dict) of ``model_hash``'s lineage.
 
     Raises

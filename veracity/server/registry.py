@@ -24,7 +24,7 @@ import math
 import os
 import shutil
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,7 +38,7 @@ from veracity.errors import InputError, LedgerIntegrityError, NotFound
 from veracity.tasks.spec import ModelSpec, check_weights
 from veracity.tasks.weights import Weights, weights_from_bytes, weights_hash, weights_to_bytes
 
-__all__ = ["ReleasedModel", "ModelRegistry"]
+__all__ = ["ReleasedModel", "ModelRegistry", "ReleasedModels"]
 
 _FORMAT = "veracity.model.v1"
 
@@ -249,6 +249,53 @@ class ModelRegistry:
             for entry in self._root.iterdir()
             if is_hex64(entry.name) and (entry / "model.json").is_file()
         )
+
+
+class ReleasedModels(ModelRegistry):
+    """The registry as clients see it: only the models the ledger records as released.
+
+    A model whose files are in the registry but whose ``model.released`` was never
+    recorded (a release that failed half-way, files copied in by hand) is neither listed,
+    nor read, nor served.
+
+    Parameters
+    ----------
+    registry
+        The registry to read.
+    is_released
+        Whether the ledger holds ``model.released`` for a hash.
+    """
+
+    def __init__(self, registry: ModelRegistry, is_released: Callable[[str], bool]) -> None:
+        super().__init__(registry.root)
+        self._is_released = is_released
+
+    def __contains__(self, model_hash: object) -> bool:
+        """Whether the model is registered and released."""
+        return (
+            super().__contains__(model_hash)
+            and isinstance(model_hash, str)
+            and self._is_released(model_hash)
+        )
+
+    def get(self, model_hash: str) -> ReleasedModel:
+        """Read and verify a released model.
+
+        Raises
+        ------
+        InputError
+            If the hash is malformed, or no such model was released.
+        LedgerIntegrityError
+            As :meth:`ModelRegistry.get`.
+        """
+        self._directory(model_hash)  # refuses a malformed hash
+        if not self._is_released(model_hash):
+            raise NotFound(f"no released model {model_hash}")
+        return super().get(model_hash)
+
+    def list(self) -> list[str]:
+        """Hashes of the released models, sorted."""
+        return [h for h in super().list() if self._is_released(h)]
 
 
 def _write_synced(path: Path, data: bytes) -> None:

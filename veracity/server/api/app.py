@@ -52,7 +52,7 @@ from veracity.server.coordinator.federation import Federation
 from veracity.server.coordinator.home import CoordinatorHome
 from veracity.server.coordinator.service import CoordinatorService
 from veracity.server.inference import InferenceService
-from veracity.server.registry import ModelRegistry
+from veracity.server.registry import ModelRegistry, ReleasedModels
 
 __all__ = ["create_app", "app_from_environment", "API_PREFIX", "route_roles"]
 
@@ -181,8 +181,12 @@ def create_app(
 
     # Uploaded contexts are stored by hash in the data directory, where every worker
     # process finds them (each request then loads and re-checks the stored context).
+    def is_released(model_hash: str) -> bool:
+        service: CoordinatorService = app.state.service
+        return service.reads.model(model_hash) is not None
+
     inference = InferenceService(
-        ModelRegistry(layout.models),
+        ReleasedModels(ModelRegistry(layout.models), is_released),
         recorder=record_served,
         context_dir=layout.data_dir / "he-contexts",
         meter=StoreMeter(lambda: app.state.budgets),  # made by the lifespan

@@ -124,6 +124,28 @@ class SiteOut(BaseModel):
     enrolled_seq: int | None
 
 
+class SiteRevokeIn(_In):
+    """Why a site's key is revoked, and whether its SuperNode goes with it."""
+
+    reason: Annotated[
+        str, StringConstraints(min_length=1, max_length=500, pattern=r"^[^\x00-\x1f\x7f]+$")
+    ]
+    withdraw_supernode: bool = Field(
+        default=False,
+        description="Also withdraw the SuperNode's registration (it can never connect again).",
+    )
+
+
+class SiteRevokedOut(BaseModel):
+    """The revoked key and the ledger entry that records it."""
+
+    name: str
+    key_id: str
+    supernode_withdrawn: bool
+    seq: int
+    action_id: int
+
+
 class SignedStatementIn(_In):
     """A statement a site signed on its own machine (``sign_statement``)."""
 
@@ -138,9 +160,9 @@ class DecisionIn(SignedStatementIn):
 
 
 class StatementIn(SignedStatementIn):
-    """Another site statement: a checkpoint co-signature or a note."""
+    """Another site statement: a checkpoint co-signature, a note or a budget refusal."""
 
-    kind: Literal["checkpoint.cosigned", "note.recorded"]
+    kind: Literal["checkpoint.cosigned", "note.recorded", "budget.refused"]
 
 
 class RecordedOut(BaseModel):

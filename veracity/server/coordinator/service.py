@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import hashlib
 
+from veracity.errors import NotFound
 from veracity.ledger.checkpoint import Checkpoint
 from veracity.server.coordinator.core import package_versions
 from veracity.server.coordinator.records import (
@@ -94,27 +95,33 @@ class CoordinatorService(SiteCommands, RunCommands):
 
     # ------------------------------------------------------------------ models
     def models(self) -> list[tuple[ReleasedModel, ModelRecord | None]]:
-        """Every model in the registry (re-verified), with its release if it was released.
+        """Every released model (re-verified) with its release; never an unreleased one.
 
         Raises
         ------
         LedgerIntegrityError
             If a model's files were modified.
         """
-        released = {record.model_hash: record for record in self.reads.models()}
-        return [(self.registry.get(h), released.get(h)) for h in self.registry.list()]
+        return [
+            (self.registry.get(record.model_hash), record)
+            for record in self.reads.models()
+            if record.model_hash in self.registry
+        ]
 
     def model(self, model_hash: str) -> tuple[ReleasedModel, ModelRecord | None]:
-        """A model of the registry (re-verified) and its release, if it was released.
+        """A released model (re-verified) and its release.
 
         Raises
         ------
         NotFound
-            If no such model is in the registry.
+            If no such model was released (its files alone are not enough).
         LedgerIntegrityError
             If its files were modified.
         """
-        return self.registry.get(model_hash), self.reads.model(model_hash)
+        release = self.reads.model(model_hash)
+        if release is None:
+            raise NotFound(f"no released model {model_hash}")
+        return self.registry.get(model_hash), release
 
     def weights(self, actor: Actor, model_hash: str) -> bytes:
         """The plaintext weights (``weights_to_bytes``); the download is audited.
@@ -124,6 +131,6 @@ class CoordinatorService(SiteCommands, RunCommands):
         NotFound, LedgerIntegrityError
             As :meth:`model`.
         """
-        model = self.registry.get(model_hash)
+        model, _ = self.model(model_hash)
         self.note_read(actor, "model.weights", model_hash)
         return weights_to_bytes(model.weights)

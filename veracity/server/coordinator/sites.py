@@ -8,6 +8,7 @@ enrols a new signing key after a revocation keeps its SuperNode registration.
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
@@ -124,21 +125,34 @@ class SiteCommands(ServiceCore):
                 return node.node_id
         return None
 
-    def revoke_site_key(self, actor: Actor, name: str, *, reason: str) -> Recorded[str]:
+    def revoke_site_key(
+        self, actor: Actor, name: str, *, reason: str, withdraw_supernode: bool = False
+    ) -> Recorded[str]:
         """Revoke the key ``name`` holds now (``key.revoked``); returns the key id.
 
         Its later signatures are refused, and it no longer counts as approving anything.
+        With ``withdraw_supernode`` its SuperNode's registration is withdrawn too, after
+        the ledger entry is written (Flower never lets a withdrawn key connect again: the
+        site enrols with a new SuperNode key).
 
         Raises
         ------
         InputError
             If ``name`` holds no site key.
+        TransportError
+            If the SuperLink does not answer (nothing is recorded).
         """
         with self._change(actor, "site.revoke", name) as uow:
             record = self.ledger.key_at(name)
             if record is None or name == ROOT_ACTOR:
                 raise InputError(f"{name!r} holds no site key to revoke")
             uow.append_root(KeyRevoked(name=name, key_id=record.key_id, reason=reason))
+            uow.seal()
+            if withdraw_supernode:
+                for node in self.federation.list_nodes():
+                    if node.name == name and node.status != "unregistered":
+                        withdraw = partial(self.federation.unregister_node, node.node_id)
+                        uow.effect(withdraw)
         return uow.recorded(record.key_id)
 
     # -------------------------------------------------------------- statements

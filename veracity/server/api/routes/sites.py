@@ -21,6 +21,8 @@ from veracity.server.api.schemas import (
     SiteEnrolledOut,
     SiteListOut,
     SiteOut,
+    SiteRevokedOut,
+    SiteRevokeIn,
     SiteSummaryOut,
 )
 from veracity.server.api.tokens import Role
@@ -86,6 +88,30 @@ def get_site(
         supernode_public_key=site.supernode_public_key,
         valid_from=site.valid_from,
         enrolled_seq=None if site.revoked else site.enrolled_seq,
+    )
+
+
+@router.post(
+    "/{name}/revoke",
+    summary="Revoke a site's key (key.revoked), optionally withdrawing its SuperNode",
+    responses=responses(401, 403, 413, 422, 503),
+)
+def revoke_site(
+    name: SitePath, body: SiteRevokeIn, principal: AdminDep, service: ServiceDep
+) -> SiteRevokedOut:
+    """Record ``key.revoked``, then withdraw the SuperNode's registration if asked.
+
+    The site can enrol again with a new key (and a new SuperNode key if it was withdrawn).
+    """
+    recorded = service.revoke_site_key(
+        principal, name, reason=body.reason, withdraw_supernode=body.withdraw_supernode
+    )
+    return SiteRevokedOut(
+        name=name,
+        key_id=recorded.value,
+        supernode_withdrawn=body.withdraw_supernode,
+        seq=recorded.seq,
+        action_id=action_id(recorded),
     )
 
 

@@ -29,7 +29,7 @@ router = APIRouter(prefix="/statements", tags=["statements"])
 def record_statement(
     body: StatementIn, request: Request, principal: SiteDep, service: ServiceDep
 ) -> RecordedOut:
-    """Record ``checkpoint.cosigned`` or ``note.recorded`` as the token's site signed it."""
+    """Record ``checkpoint.cosigned``, ``note.recorded`` or ``budget.refused`` as signed."""
     site = own_site(principal)
     if "site" in body.payload and body.payload["site"] != site:
         raise forbid(request, principal, f"a token of site {site} speaks only for it")

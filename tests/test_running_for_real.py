@@ -1,0 +1,164 @@
+"""README's "Running it for real", row by row, with relative directories and the CLI alone.
+
+A coordinator, three hospitals, a clinic and an auditor, each in its own directory under one
+working directory, every step a ``veracity`` command (no HTTP by hand): init and start the
+coordinator, enrol the sites, register data, write and propose a study, review and approve
+it at every site (the outbox delivered by ``site start`` and by ``site sync``), run it and
+watch it, download the model, predict under encryption, export the ledger and audit it
+offline (verify and provenance from the bundle and the root key only).
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from tests.network_cli import SITES, Shell, wait_for, write_hospital_files
+from veracity.supervise import free_port
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+
+def test_the_readme_table_end_to_end_with_relative_directories(tmp_path: Path) -> None:
+    files = write_hospital_files(tmp_path / "data")
+    superlink, api = free_port(), free_port()
+    shell = Shell(cwd=tmp_path)
+    try:
+        _run_network(shell, files, superlink=superlink, api=api)
+    finally:
+        codes = shell.stop_all()
+    assert all(code == 0 for code in codes), codes  # every process stops cleanly on SIGTERM
+
+
+def _run_network(shell: Shell, files: dict[str, Path], *, superlink: int, api: int) -> None:
+    # ---- coordinator admin --------------------------------------------------------------
+    init = shell.json("server", "init", "--data-dir", "coord", "--superlink-port", str(superlink))
+    assert init["data_dir"] == str(shell.cwd / "coord")
+    shell.start(
+        "server", "start", "--data-dir", "coord", "--api-port", str(api),
+        log=shell.cwd / "logs" / "server.log", ready="Ctrl-C stops",
+    )  # fmt: skip
+    admin_token = shell.run(
+        "server", "token", "create", "--role", "admin", "--name", "alice", "--data-dir", "coord"
+    ).stdout.strip()
+    # The admin's own shell: the API, its token and the CA in the environment. Site
+    # operators have their own (they must not pick up the admin's token).
+    admin = Shell(cwd=shell.cwd, started=shell.started)
+    admin.env.update(
+        VERACITY_SERVER=f"https://127.0.0.1:{api}",
+        VERACITY_TOKEN=admin_token,
+        VERACITY_CA_CERT="coord/tls/ca.crt",
+    )
+
+    # ---- each site operator, with the admin enrolling them ----------------------------------
+    site_tokens: dict[str, str] = {}
+    for index, site in enumerate(SITES):
+        where = f"site-{site[-1]}"
+        made = shell.json("site", "init", "--name", site, "--data-dir", where)
+        enrolled = admin.json(
+            "admin", "sites", "enrol", site,
+            "--public-key", made["public_key"],
+            "--supernode-public-key", made["supernode_public_key"],
+        )  # fmt: skip
+        assert enrolled["name"] == site
+        site_tokens[site] = admin.run(
+            "admin", "tokens", "create", "--role", "site", "--name", f"{site} operator",
+            "--site", site,
+        ).stdout.strip()  # fmt: skip
+        shell.run(
+            "site", "register-dataset", "--id", "cohort", "--path", str(files[site]),
+            "--label", "diagnosis", "--data-dir", where,
+        )  # fmt: skip
+        # Two sites deliver their outbox while they run; the third on demand.
+        sync = ["--server", f"https://127.0.0.1:{api}", "--token", site_tokens[site]]
+        shell.start(
+            "site", "start", "--superlink", f"127.0.0.1:{superlink}",
+            "--ca-cert", "coord/tls/ca.crt", "--data-dir", where,
+            *([*sync, "--sync-every", "1"] if index < 2 else []),
+            log=shell.cwd / "logs" / f"{site}.log", ready="Ctrl-C stops",
+        )  # fmt: skip
+    listed = admin.json("admin", "sites", "list")
+    assert sorted(s["name"] for s in listed["items"]) == list(SITES)
+
+    # ---- the admin writes and proposes a study ------------------------------------------------
+    written = admin.json(
+        "admin", "studies", "new", "--study-id", "bc-for-real",
+        *[arg for site in SITES for arg in ("--site", site)],
+        "--schema", "data/reference.csv", "--label", "diagnosis",
+        "--epsilon-cap", "8", "--rounds", "2", "--out", "STUDY.json",
+    )  # fmt: skip
+    proposed = admin.json("admin", "studies", "propose", "STUDY.json")
+    study_hash = proposed["study_hash"]
+    assert study_hash == written["study_hash"]
+
+    # ---- each site reviews and approves it --------------------------------------------------
+    for site in SITES:
+        where = f"site-{site[-1]}"
+        shell.run("site", "review", "STUDY.json", "--dataset", "cohort", "--data-dir", where)
+        shell.run(
+            "site", "approve", "STUDY.json", "--dataset", "cohort", "--epsilon-cap", "8",
+            "--yes", "--data-dir", where,
+        )  # fmt: skip
+    synced = shell.json(
+        "site", "sync", "--server", f"https://127.0.0.1:{api}",
+        "--token", site_tokens["hospital-c"], "--data-dir", "site-c",
+    )  # fmt: skip
+    assert len(synced["delivered"]) == 2  # its registration and its approval
+    assert synced["pending"] == 0
+
+    def ready() -> bool:
+        return bool(admin.json("admin", "studies", "show", study_hash)["ready"])
+
+    wait_for("every approval to reach the coordinator", ready, timeout=60)
+    study = admin.json("admin", "studies", "show", study_hash)
+    assert sorted(study["approved_by"]) == list(SITES)
+
+    # ---- the admin runs it, watching round by round -----------------------------------------
+    watched = admin.json("admin", "runs", "start", study_hash, "--watch", timeout=900)
+    assert watched["finished"]["status"] == "completed", watched["finished"]
+    assert [r["round"] for r in watched["rounds"]] == [1, 2]
+    model = watched["finished"]["model_hash"]
+    assert len(model) == 64
+    runs = admin.json("admin", "runs", "list")
+    assert [r["run_id"] for r in runs["items"]] == [watched["run_id"]]
+    assert [m["model_hash"] for m in admin.json("admin", "models", "list")["items"]] == [model]
+    admin.run("admin", "models", "download", model, "--out", "model.bin")
+    assert hashlib.sha256((shell.cwd / "model.bin").read_bytes()).hexdigest() == model
+
+    # ---- a clinic predicts under encryption --------------------------------------------------
+    clinic_token = admin.run(
+        "admin", "tokens", "create", "--role", "researcher", "--name", "clinic"
+    ).stdout.strip()
+    shell.run(
+        "predict", "--model", model, "--input", "data/clinic.csv", "--id-column", "patient_id",
+        "--server", f"https://127.0.0.1:{api}", "--token", clinic_token,
+        "--ca-cert", "coord/tls/ca.crt", "--out", "scores.csv",
+    )  # fmt: skip
+    with (shell.cwd / "scores.csv").open(encoding="utf-8") as handle:
+        assert len(list(csv.DictReader(handle))) == 8
+
+    # ---- an auditor, with the bundle and the root key only ------------------------------------
+    auditor_token = admin.run(
+        "admin", "tokens", "create", "--role", "auditor", "--name", "ethics board"
+    ).stdout.strip()
+    (shell.cwd / "auditor").mkdir()
+    admin.run(
+        "admin", "ledger", "export", "--out", "auditor/ledger.jsonl",
+        env={"VERACITY_TOKEN": auditor_token},
+    )  # fmt: skip
+    shutil.copy(shell.cwd / "coord" / "keys" / "root.pub", shell.cwd / "auditor" / "root.pub")
+    auditor = Shell(cwd=shell.cwd / "auditor")
+    report = auditor.json("ledger", "verify", "--bundle", "ledger.jsonl", "--trust", "root.pub")
+    assert report["ok"] is True
+    provenance = auditor.json(
+        "ledger", "provenance", model, "--bundle", "ledger.jsonl", "--trust", "root.pub"
+    )
+    assert f"veracity:model/{model}" in json.dumps(provenance)
+    for site in SITES:
+        pending = shell.json("site", "outbox", "--data-dir", f"site-{site[-1]}")
+        assert pending["statements"] == [], site

@@ -1,0 +1,863 @@
+"""``veracity admin``: the coordinator admin's commands, over the admin API.
+
+Every command talks HTTPS to a running coordinator (``veracity server start``) with a bearer
+token, so it runs on the admin's own machine as well as on the coordinator's. ``--server``,
+``--token`` and ``--ca-cert`` come from options or ``VERACITY_SERVER``, ``VERACITY_TOKEN``
+and ``VERACITY_CA_CERT``. Data goes to stdout (``--format json`` everywhere), progress and
+the next commands to run to stderr. Exit status 1 when the coordinator refuses a request or
+a run does not complete, 2 for usage or configuration errors.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import shlex
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import click
+import typer
+
+from veracity.errors import ConfigError, InputError, VerificationError
+from veracity.output import (
+    FormatOption,
+    OutputFormat,
+    emit_json,
+    emit_next,
+    emit_table,
+    stderr_console,
+)
+
+if TYPE_CHECKING:
+    from veracity.api_client import CoordinatorClient
+
+__all__ = ["admin_app"]
+
+admin_app = typer.Typer(
+    name="admin",
+    help="Operate a running coordinator over its admin API: sites, studies, runs, models, "
+    "tokens, ledger.",
+    no_args_is_help=True,
+    add_completion=False,
+    rich_markup_mode=None,
+)
+sites_app = typer.Typer(name="sites", help="Enrol, list, revoke and rotate sites.")
+studies_app = typer.Typer(name="studies", help="Write, propose and read studies.")
+runs_app = typer.Typer(name="runs", help="Start, follow, stop and read runs.")
+models_app = typer.Typer(name="models", help="Released models: list, read, download.")
+tokens_app = typer.Typer(name="tokens", help="Bearer tokens of the admin API.")
+ledger_app = typer.Typer(name="ledger", help="The coordinator's ledger, over the API.")
+for _group in (sites_app, studies_app, runs_app, models_app, tokens_app, ledger_app):
+    _group.info.no_args_is_help = True
+    admin_app.add_typer(_group)
+
+DEFAULT_SERVER = "https://127.0.0.1:8443"
+
+ServerOption = Annotated[
+    str,
+    typer.Option(
+        "--server",
+        envvar="VERACITY_SERVER",
+        help="The coordinator's admin API, https://HOST:PORT (or its /api/v1).",
+    ),
+]
+TokenOption = Annotated[
+    str | None,
+    typer.Option("--token", envvar="VERACITY_TOKEN", help="Your API token (an admin's)."),
+]
+CaCertOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--ca-cert",
+        envvar="VERACITY_CA_CERT",
+        help="The coordinator's CA certificate (its DIR/tls/ca.crt); the system store without.",
+    ),
+]
+OutOption = Annotated[Path, typer.Option("--out", envvar="VERACITY_OUT", help="File to write.")]
+
+
+class _Api:
+    """A connected client plus the token, closed with the command."""
+
+    def __init__(self, server: str, token: str | None, ca_cert: Path | None) -> None:
+        from veracity.api_client import CoordinatorClient
+        from veracity.client.predict import api_base
+
+        if not token:
+            raise ConfigError("no API token: pass --token or set VERACITY_TOKEN")
+        if ca_cert is not None and not ca_cert.is_file():
+            raise ConfigError(f"CA certificate {ca_cert} not found")
+        self.server = server
+        self.token = token
+        self.client: CoordinatorClient = CoordinatorClient(api_base(server), ca_cert=ca_cert)
+
+    def __enter__(self) -> _Api:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.client.close()
+
+
+def _show(output_format: OutputFormat, document: Any, title: str, rows: list[list[Any]]) -> None:
+    if output_format is OutputFormat.JSON:
+        emit_json(document)
+    else:
+        emit_table(title, ["item", "value"], rows)
+
+
+def _q(value: object) -> str:
+    return shlex.quote(str(value))
+
+
+def _read_text(path: Path, what: str) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except OSError as err:
+        raise ConfigError(f"cannot read {what} {path}: {err.strerror or err}") from err
+
+
+# ----------------------------------------------------------------------------- sites
+@sites_app.command("enrol")
+def sites_enrol(
+    name: Annotated[str, typer.Argument(help="The site's name (as in its site init).")],
+    public_key: Annotated[
+        Path,
+        typer.Option(
+            "--public-key", envvar="VERACITY_PUBLIC_KEY", help="The site's Ed25519 key (PEM)."
+        ),
+    ],
+    supernode_public_key: Annotated[
+        Path,
+        typer.Option(
+            "--supernode-public-key",
+            envvar="VERACITY_SUPERNODE_PUBLIC_KEY",
+            help="The site's SuperNode key (OpenSSH).",
+        ),
+    ],
+    server: ServerOption = DEFAULT_SERVER,
+    token: TokenOption = None,
+    ca_cert: CaCertOption = None,
+    output_format: FormatOption = OutputFormat.TEXT,
+) -> None:
+    """Enrol a site: key.enrolled in the ledger, its SuperNode registered on the SuperLink."""
+    pem = _read_text(public_key, "public key")
+    supernode = _read_text(supernode_public_key, "SuperNode public key")
+    with _Api(server, token, ca_cert) as api:
+        out = api.client.enrol_site(
+            api.token, name=name, public_key=pem, supernode_public_key=supernode
+        )
+    _show(
+        output_format,
+        out.model_dump(),
+        f"site {out.name} enrolled",
+        [["site", out.name], ["key id", out.key_id], ["SuperNode id", out.node_id],
+         ["ledger seq", out.seq]],
+    )  # fmt: skip
+    emit_next(
+        f"veracity admin tokens create --role site --name {_q(name + ' operator')} "
+        f"--site {_q(name)}   (give the site its token)",
+        "veracity site start --superlink HOST:PORT --ca-cert ca.crt --server "
+        f"{_q(server)} --token SITE_TOKEN   (at the site)",
+    )
+
+
+@sites_app.command("list")
+def sites_list(
+    server: ServerOption = DEFAULT_SERVER,
+    token: TokenOption = None,
+    ca_cert: CaCertOption = None,
+    output_format: FormatOption = OutputFormat.TEXT,
+) -> None:
+    """Enrolled sites and their current key (none once revoked)."""
+    with _Api(server, token, ca_cert) as api:
+        out = api.client.sites(api.token)
+    if output_format is OutputFormat.JSON:
+        emit_json(out.model_dump())
+        return
+    emit_table(
+        "sites",
+        ["site", "key id", "valid from", "enrolled seq"],
+        [[s.name, s.key_id or "revoked", s.valid_from, s.enrolled_seq] for s in out.items],
+    )
+
+
+@sites_app.command("show")
+def sites_show(
+    name: Annotated[str, typer.Argument(help="The site's name.")],
+    server: ServerOption = DEFAULT_SERVER,
+    token: TokenOption = None,
+    ca_cert: CaCertOption = None,
+    output_format: FormatOption = OutputFormat.TEXT,
+) -> None:
+    """One site's enrolment: keys and when."""
+    with _Api(server, token, ca_cert) as api:
+        out = api.client.site(api.token, name)
+    _show(
+        output_format,
+        out.model_dump(),
+        f"site {out.name}",
+        [["key id", out.key_id or "revoked"], ["valid from", out.valid_from],
+         ["enrolled seq", out.enrolled_seq], ["public key", out.public_key.strip()],
+         ["SuperNode key", (out.supernode_public_key or "").strip()]],
+    )  # fmt: skip
+
+
+ReasonOption = Annotated[
+    str, typer.Option("--reason", envvar="VERACITY_REASON", help="Why, for the ledger.")
+]
+
+
+@sites_app.command("revoke")
+def sites_revoke(
+    name: Annotated[str, typer.Argument(help="The site's name.")],
+    reason: ReasonOption,
+    withdraw_supernode: Annotated[
+        bool,
+        typer.Option(
+            "--withdraw-supernode/--keep-supernode",
+            envvar="VERACITY_WITHDRAW_SUPERNODE",
+            help="Also withdraw its SuperNode (it can never connect again with that key).",
+        ),
+    ] = True,
+    server: ServerOption = DEFAULT_SERVER,
+    token: TokenOption = None,
+    ca_cert: CaCertOption = None,
+    output_format: FormatOption = OutputFormat.TEXT,
+) -> None:
+    """Revoke a site's key (key.revoked); its signatures are refused from now on."""
+    with _Api(server, token, ca_cert) as api:
+        out = api.client.revoke_site(
+            api.token, name, reason=reason, withdraw_supernode=withdraw_supernode
+        )
+    _show(
+        output_format,
+        out.model_dump(),
+        f"site {name} revoked",
+        [["key id", out.key_id], ["SuperNode withdrawn", out.supernode_withdrawn],
+         ["ledger seq", out.seq]],
+    )  # fmt: skip
+    emit_next(
+        f"veracity admin sites enrol {_q(name)} --public-key NEW.pub "
+        "--supernode-public-key NEW_SUPERNODE.pub   (to let it back with new keys)"
+    )
+
+
+@sites_app.command("rotate")
+def sites_rotate(
+    name: Annotated[str, typer.Argument(help="The site's name.")],
+    public_key: Annotated[
+        Path,
+        typer.Option(
+            "--public-key", envvar="VERACITY_PUBLIC_KEY", help="The site's new Ed25519 key."
+        ),
+    ],
+    supernode_public_key: Annotated[
+        Path | None,
+        typer.Option(
+            "--supernode-public-key",
+            envvar="VERACITY_SUPERNODE_PUBLIC_KEY",
+            help="A new SuperNode key (the old registration is withdrawn); without it the "
+            "SuperNode keeps its key.",
+        ),
+    ] = None,
+    reason: Annotated[
+        str, typer.Option("--reason", envvar="VERACITY_REASON", help="Why, for the ledger.")
+    ] = "key rotation",
+    server: ServerOption = DEFAULT_SERVER,
+    token: TokenOption = None,
+    ca_cert: CaCertOption = None,
+    output_format: FormatOption = OutputFormat.TEXT,
+) -> None:
+    """Give a site a new key: key.revoked for the old one, then key.enrolled for the new."""
+    pem = _read_text(public_key, "public key")
+    new_supernode = (
+        _read_text(supernode_public_key, "SuperNode public key") if supernode_public_key else None
+    )
+    with _Api(server, token, ca_cert) as api:
+        current = api.client.site(api.token, name)
+        supernode = new_supernode or current.supernode_public_key
+        if not supernode:
+            raise InputError(f"site {name} has no SuperNode key on record; pass one")
+        revoked = api.client.revoke_site(
+            api.token, name, reason=reason, withdraw_supernode=new_supernode is not None
+        )
+        enrolled = api.client.enrol_site(
+            api.token, name=name, public_key=pem, supernode_public_key=supernode
+        )
+    _show(
+        output_format,
+        {"revoked": revoked.model_dump(), "enrolled": enrolled.model_dump()},
+        f"site {name} rotated",
+        [["old key id", revoked.key_id], ["new key id", enrolled.key_id],
+         ["SuperNode id", enrolled.node_id], ["ledger seq", enrolled.seq]],
+    )  # fmt: skip
+
+
+# --------------------------------------------------------------------------- studies
+def _schema_from_csv(path: Path, label: str) -> tuple[list[str], list[list[float]]]:
+    """Feature columns of a CSV (all but ``label``) and their mean and std."""
+    try:
+        with path.open(newline="", encoding="utf-8") as handle:
+            rows = list(csv.reader(handle))
+    except OSError as err:
+        raise ConfigError(f"cannot read {path}: {err.strerror or err}") from err
+    if not rows or label not in rows[0]:
+        raise InputError(f"{path}: no label column {label!r}")
+    header = rows[0]
+    features = [c for c in header if c != label]
+    scaling: list[list[float]] = []
+    for column in features:
+        index = header.index(column)
+        try:
+            values = [float(row[index]) for row in rows[1:] if row[index] != ""]
+        except ValueError as err:
+            raise InputError(f"{path}: column {column!r} is not numeric ({err})") from err
+        if len(values) < 2:
+            scaling.append([0.0, 1.0])
+            continue
+        std = statistics.pstdev(values)
+        scaling.append([statistics.fmean(values), std if std > 0 and math.isfinite(std) else 1.0])
+    return features, scaling
+
+
+@studies_app.command("new")
+def studies_new(
+    study_id: Annotated[
+        str, typer.Option("--study-id", envvar="VERACITY_STUDY_ID", help="The study's id.")
+    ],
+    site: Annotated[
+        list[str],
+        typer.Option("--site", envvar="VERACITY_SITE", help="A site that takes part; repeat it."),
+    ],
+    out: OutOption,
+    dataset: Annotated[
+        str | None,
+        typer.Option(
+            "--dataset",
+            envvar="VERACITY_DATASET",
+            help="SITE/DATASET_ID: take features and label from that registered dataset.",
+        ),
+    ] = None,
+    schema: Annotated[
+        Path | None,
+        typer.Option(
+            "--schema",
+            envvar="VERACITY_SCHEMA",
+            help="A CSV of public or synthetic reference data: its columns are the "
+            "features (all but --label) and its means and stds the public scaling.",
+        ),
+    ] = None,
+    label: Annotated[
+        str | None,
+        typer.Option("--label", envvar="VERACITY_LABEL", help="The label column (--schema)."),
+    ] = None,
+    title: Annotated[str, typer.Option("--title", envvar="VERACITY_TITLE")] = "",
+    epsilon_cap: Annotated[
+        float, typer.Option("--epsilon-cap", envvar="VERACITY_EPSILON_CAP", min=0.0)
+    ] = 3.0,
+    rounds: Annotated[int, typer.Option("--rounds", envvar="VERACITY_ROUNDS", min=1)] = 3,
+    min_sites: Annotated[
+        int | None,
+        typer.Option("--min-sites", envvar="VERACITY_MIN_SITES", help="Default: every site."),
+    ] = None,
+    noise_multiplier: Annotated[
+        float, typer.Option("--noise-multiplier", envvar="VERACITY_NOISE_MULTIPLIER")
+    ] = 1.0,
+    max_grad_norm: Annotated[
+        float, typer.Option("--max-grad-norm", envvar="VERACITY_MAX_GRAD_NORM")
+    ] = 1.0,
+    delta: Annotated[float, typer.Option("--delta", envvar="VERACITY_DELTA")] = 1e-5,
+    batch_size: Annotated[int, typer.Option("--batch-size", envvar="VERACITY_BATCH_SIZE")] = 32,
+    learning_rate: Annotated[
+        float, typer.Option("--learning-rate", envvar="VERACITY_LEARNING_RATE")
+    ] = 0.5,
+    server: ServerOption = DEFAULT_SERVER,
+    token: TokenOption = None,
+    ca_cert: CaCertOption = None,
+    output_format: FormatOption = OutputFormat.TEXT,
+) -> None:
+    """Write a study document for a person to edit: features, label, DP terms, code hash.
+
+    The features and label come from a registered dataset (``--dataset SITE/ID``, over
+    the API) or a reference CSV (``--schema FILE --label L``, offline). The code hash is
+    that of the Flower app bundle of the Veracity installed here: sites approve exactly it.
+    """
+    from veracity.server.fab import build_fab
+    from veracity.tasks.spec import ModelFamily, ModelSpec
+    from veracity.tasks.study import parse_study
+
+    if (dataset is None) == (schema is None):
+        raise ConfigError("give one of --dataset SITE/ID or --schema FILE")
+    if schema is not None:
+        if label is None:
+            raise ConfigError("--schema needs --label")
+        features, scaling = _schema_from_csv(schema, label)
+    elif dataset is not None:
+        owner, _, dataset_id = dataset.partition("/")
+        if not dataset_id:
+            raise ConfigError("--dataset is SITE/DATASET_ID")
+        with _Api(server, token, ca_cert) as api:
+            listed = api.client.datasets(api.token)
+        found = [d for d in listed.items if (d.site, d.dataset_id) == (owner, dataset_id)]
+        if not found:
+            raise InputError(f"no dataset {dataset_id!r} registered by site {owner!r}")
+        features, label = list(found[0].features), found[0].label
+        scaling = [[0.0, 1.0] for _ in features]
+    document = {
+        "study_id": study_id,
+        "title": title or f"{study_id}: {label} from {len(features)} features",
+        "model": ModelSpec(ModelFamily.LOGISTIC, len(features)).to_dict(),
+        "features": features,
+        "label": label,
+        "scaling": scaling,
+        "dp": {"noise_multiplier": noise_multiplier, "max_grad_norm": max_grad_norm,
+               "delta": delta},
+        "training": {"batch_size": batch_size, "local_epochs": 1,
+                     "learning_rate": learning_rate},
+        "rounds": rounds,
+        "min_sites": len(site) if min_sites is None else min_sites,
+        "epsilon_caps": dict.fromkeys(site, epsilon_cap),
+        "code_hash": build_fab().fab_hash,
+    }  # fmt: skip
+    study = parse_study(document)  # refuses terms a site would refuse
+    out.write_text(json.dumps(study.to_document(), indent=2) + "\n", encoding="utf-8")
+    shown = {"study_file": str(out.absolute()), "study_hash": study.study_hash,
+             "code_hash": study.code_hash, "features": len(features), "label": label}  # fmt: skip
+    _show(output_format, shown, f"study {study_id} written", [[k, v] for k, v in shown.items()])
+    emit_next(
+        f"edit {out} (scaling, DP terms, caps), then: veracity admin studies propose {_q(out)}"
+    )
+
+
+@studies_app.command("propose")
+def studies_propose(
+    study_file: Annotated[Path, typer.Argument(help="The study document (JSON).")],
+    server: ServerOption = DEFAULT_SERVER,
+    token: TokenOption = None,
+    ca_cert: CaCertOption = None,
+    output_format: FormatOption = OutputFormat.TEXT,
+) -> None:
+    """Propose a study (study.proposed); each site then reviews and approves it."""
+    try:
+        document = json.loads(_read_text(study_file, "study file"))
+    except json.JSONDecodeError as err:
+        raise InputError(f"{study_file} is not JSON: {err}") from err
+    if not isinstance(document, dict):
+        raise InputError(f"{study_file} does not hold a JSON object")
+    with _Api(server, token, ca_cert) as api:
+        out = api.client.propose_study(api.token, document)
+    _show(
+        output_format,
+        out.model_dump(),
+        f"study {out.study_id} proposed",
+        [["study hash", out.study_hash], ["code hash", out.code_hash], ["ledger seq", out.seq]],
+    )
+    emit_next(
+        f"at each site: veracity site review {_q(study_file)} --dataset ID, then "
+        f"veracity site approve {_q(study_file)} --dataset ID --epsilon-cap X",
+        f"veracity admin studies show {out.study_hash}   (who approved)",
+        f"veracity admin runs start {out.study_hash} --watch",
+    )
+
+
+@studies_app.command("list")
+def studies_list(
+    server: ServerOption = DEFAULT_SERVER,
+    token: TokenOption = None,
+    ca_cert: CaCertOption = None,
+    output_format: FormatOption = OutputFormat.TEXT,
+) -> None:
+    """Proposed studies."""
+    with _Api(server, token, ca_cert) as api:
+        out = api.client.studies(api.token)
+    if output_format is OutputFormat.JSON:
+        emit_json(out.model_dump())
+        return
+    emit_table(
+        "studies",
+        ["study", "hash", "sites", "min sites", "rounds"],
+        [[s.study_id, s.study_hash, " ".join(s.sites), s.min_sites, s.rounds] for s in out.items],
+    )
+
+
+@studies_app.command("show")
+def studies_show(
+    study_hash: Annotated[str, typer.Argument(help="The study's hash.")],
+    out_file: Annotated[
+        Path | None,
+        typer.Option("--out", envvar="VERACITY_OUT", help="Also write the study document."),
+    ] = None,
+    server: ServerOption = DEFAULT_SERVER,
+    token: TokenOption = None,
+    ca_cert: CaCertOption = None,
+    output_format: FormatOption = OutputFormat.TEXT,
+) -> None:
+    """A study, its sites' decisions, and whether it is ready to run."""
+    with _Api(server, token, ca_cert) as api:
+        out = api.client.study(api.token, study_hash)
+    if out_file is not None:
+        out_file.write_text(json.dumps(out.study, indent=2) + "\n", encoding="utf-8")
+    _show(
+        output_format,
+        out.model_dump(),
+        f"study {out.study_id}",
+        [["hash", out.study_hash], ["sites", " ".join(out.sites)],
+         ["approved by", " ".join(out.approved_by) or "-"], ["ready", "yes" if out.ready else "no"],
+         ["min sites", out.min_sites], ["rounds", out.rounds], ["code hash", out.code_hash]],
+    )  # fmt: skip
+    if out.ready:
+        emit_next(f"veracity admin runs start {out.study_hash} --watch")
+
+
+# ------------------------------------------------------------------------------ runs
+def _watch(api: _Api, run_id: str, output_format: OutputFormat, *, interval: float) -> int:
+    """Follow ``run_id`` until it finishes; print each round once; the exit status."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    console = stderr_console()
+    run = api.client.run(api.token, run_id)
+    study = api.client.study(api.token, run.study_hash)
+    seen: set[int] = set()
+    rounds: list[dict[str, Any]] = []
+    with Progress(
+        TextColumn("run {task.fields[run]}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("rounds {task.fields[state]}"),
+        console=console,
+        transient=True,
+    ) as progress:
+        task = progress.add_task("run", total=study.rounds, run=run_id, state="")
+        while True:
+            run = api.client.run(api.token, run_id)
+            for item in api.client.rounds(api.token, run_id).items:
+                number = int(item["round"])
+                if number in seen:
+                    continue
+                seen.add(number)
+                rounds.append(item)
+                spent = ", ".join(
+                    f"{r['receipt']['site']} eps {float(r['receipt']['epsilon']):.4f}"
+                    for r in item.get("receipts", [])
+                )
+                metrics = ", ".join(f"{k} {v:.4g}" for k, v in sorted(item["metrics"].items()))
+                progress.console.print(
+                    f"round {number}: {len(item['participants'])} site(s) [{spent}] "
+                    f"{metrics} model {item['aggregated_model_hash']}"
+                )
+            state = str(run.superlink.get("status", "")) if run.superlink else ""
+            progress.update(task, completed=len(seen), state=state)
+            if run.finished is not None:
+                break
+            time.sleep(interval)
+    finished = run.finished
+    status = str(finished.get("status"))
+    document = {"run_id": run_id, "study_hash": run.study_hash, "rounds": rounds,
+                "finished": finished}  # fmt: skip
+    if output_format is OutputFormat.JSON:
+        emit_json(document)
+    else:
+        emit_table(
+            f"run {run_id} {status}",
+            ["item", "value"],
+            [["status", status], ["reason", finished.get("reason", "")],
+             ["rounds completed", finished.get("rounds_completed")],
+             ["model", finished.get("model_hash") or "-"]],
+        )  # fmt: skip
+    model = finished.get("model_hash")
+    if model:
+        emit_next(
+            f"veracity admin models show {model}",
+            f"veracity predict --model {model} --input CLINIC.csv --server {_q(api.server)} "
+            "--token RESEARCHER_TOKEN --ca-cert ca.crt",
+            "veracity admin ledger export --out ledger.jsonl   (for the auditor)",
+        )
+    return 0 if status == "completed" else 1
+
+
+IntervalOption = Annotated[
+    float,
+    typer.Option("--interval", envvar="VERACITY_INTERVAL", min=0.1, help="Seconds between polls."),
+]
+
+
+@runs_app.command("start")
+def runs_start(
+    study_hash: Annotated[str, typer.Argument(help="The approved study's hash.")],
+    watch: Annotated[
+        bool, typer.Option("--watch", envvar="VERACITY_WATCH", help="Follow it to the end.")
+    ] = False,
+    interval: IntervalOption = 1.0,
+    server: ServerOption = DEFAULT_SERVER,
+    token: TokenOption = None,
+    ca_cert: CaCertOption = None,
+    output_format: FormatOption = OutputFormat.TEXT,
+) -> None:
+    """Start a run of an approved study (run.started); ``--watch`` follows it."""
+    with _Api(server, token, ca_cert) as api:
+        out = api.client.start_run(api.token, study_hash)
+        if watch:
+            stderr_console().print(f"run {out.run_id} started (ledger seq {out.seq})")
+            code = _watch(api, out.run_id, output_format, interval=interval)
+            if code:
+                raise typer.Exit(code)
+            return
+    _show(
+        output_format,
+        out.model_dump(),
+        f"run {out.run_id} started",
+        [["run", out.run_id], ["study hash", out.study_hash], ["ledger seq", out.seq]],
+    )
+    emit_next(f"veracity admin runs watch {out.run_id}")
+
+
+@runs_app.command("watch")
+def runs_watch(
+    run_id: Annotated[str, typer.Argument(help="The run's id.")],
+    interval: IntervalOption = 1.0,
+    server: ServerOption = DEFAULT_SERVER,
+    token: TokenOption = None,
+    ca_cert: CaCertOption = None,
+    output_format: FormatOption = OutputFormat.TEXT,
+) -> None:
+    """Follow a run live, round by round; exit status 0 if it completed, 1 otherwise."""
+    with _Api(server, token, ca_cert) as api:
+        code = _watch(api, run_id, output_format, interval=interval)
+    if code:
+        raise typer.Exit(code)
+
+
+@runs_app.command("stop")
+def runs_stop(
+    run_id: Annotated[str, typer.Argument(help="The run's id.")],
+    server: ServerOption = DEFAULT_SERVER,
+    token: TokenOption = None,
+    ca_cert: CaCertOption = None,
+    output_format: FormatOption = OutputFormat.TEXT,
+) -> None:
+    """Stop a run: run.finished (stopped) is recorded first, then the SuperLink stops it."""
+    with _Api(server, token, ca_cert) as api:
+        out = api.client.stop_run(api.token, run_id)
+    _show(output_format, out.model_dump(), f"run {run_id} stopped", [["ledger seq", out.seq]])
+
+
+@runs_app.command("list")
+def runs_list(
+    server: ServerOption = DEFAULT_SERVER,
+    token: TokenOption = None,
+    ca_cert: CaCertOption = None,
+    output_format: FormatOption = OutputFormat.TEXT,
+) -> None:
+    """Runs started here, and how each ended."""
+    with _Api(server, token, ca_cert) as api:
+        out = api.client.runs(api.token)
+    if output_format is OutputFormat.JSON:
+        emit_json(out.model_dump())
+        return
+    emit_table(
+        "runs",
+        ["run", "study hash", "started", "status", "model"],
+        [
+            [r.run_id, r.study_hash, r.started_at,
+             (r.finished or {}).get("status", "running"),
+             (r.finished or {}).get("model_hash") or "-"]
+            for r in out.items
+        ],
+    )  # fmt: skip
+
+
+@runs_app.command("show")
+def runs_show(
+    run_id: Annotated[str, typer.Argument(help="The run's id.")],
+    server: ServerOption = DEFAULT_SERVER,
+    token: TokenOption = None,
+    ca_cert: CaCertOption = None,
+    output_format: FormatOption = OutputFormat.TEXT,
+) -> None:
+    """A run: the SuperLink's status, rounds recorded, how it ended."""
+    with _Api(server, token, ca_cert) as api:
+        out = api.client.run(api.token, run_id)
+    finished = out.finished or {}
+    _show(
+        output_format,
+        out.model_dump(),
+        f"run {run_id}",
+        [["study hash", out.study_hash], ["started", out.started_at],
+         ["rounds completed", out.rounds_completed],
+         ["SuperLink", json.dumps(out.superlink, sort_keys=True)],
+         ["status", finished.get("status", "running")], ["reason", finished.get("reason", "")],
+         ["model", finished.get("model_hash") or "-"]],
+    )  # fmt: skip
+
+
+# ---------------------------------------------------------------------------- models
+@models_app.command("list")
+def models_list(
+    server: ServerOption = DEFAULT_SERVER,
+    token: TokenOption = None,
+    ca_cert: CaCertOption = None,
+    output_format: FormatOption = OutputFormat.TEXT,
+) -> None:
+    """Released models."""
+    with _Api(server, token, ca_cert) as api:
+        out = api.client.models(api.token)
+    if output_format is OutputFormat.JSON:
+        emit_json(out.model_dump())
+        return
+    emit_table(
+        "models",
+        ["model", "name", "family", "features", "label", "released seq"],
+        [[m.model_hash, m.name, m.family, m.n_features, m.label, m.released_seq]
+         for m in out.items],
+    )  # fmt: skip
+
+
+@models_app.command("show")
+def models_show(
+    model_hash: Annotated[str, typer.Argument(help="The model's hash.")],
+    server: ServerOption = DEFAULT_SERVER,
+    token: TokenOption = None,
+    ca_cert: CaCertOption = None,
+    output_format: FormatOption = OutputFormat.TEXT,
+) -> None:
+    """A released model's card: features, label, metrics, epsilon per site."""
+    with _Api(server, token, ca_cert) as api:
+        out = api.client.model(api.token, model_hash)
+    rows: list[list[Any]] = [["model", out.model_hash], ["features", " ".join(out.features)],
+            ["label", out.label], ["card hash", out.card_hash],
+            ["released seq", out.released_seq]]  # fmt: skip
+    rows += [[f"card {k}", json.dumps(v, sort_keys=True)] for k, v in sorted(out.card.items())]
+    _show(output_format, out.model_dump(), f"model {out.model_hash}", rows)
+
+
+@models_app.command("download")
+def models_download(
+    model_hash: Annotated[str, typer.Argument(help="The model's hash.")],
+    out: OutOption,
+    server: ServerOption = DEFAULT_SERVER,
+    token: TokenOption = None,
+    ca_cert: CaCertOption = None,
+    output_format: FormatOption = OutputFormat.TEXT,
+) -> None:
+    """Download a released model's weights, checking that they hash to MODEL_HASH."""
+    import hashlib
+
+    with _Api(server, token, ca_cert) as api:
+        weights = api.client.weights(api.token, model_hash)
+    digest = hashlib.sha256(weights).hexdigest()
+    if digest != model_hash:
+        raise VerificationError(f"the weights hash to {digest}, not to {model_hash}")
+    out.write_bytes(weights)
+    shown = {"model_hash": model_hash, "file": str(out.absolute()), "bytes": len(weights)}
+    _show(output_format, shown, "weights downloaded", [[k, v] for k, v in shown.items()])
+
+
+# ---------------------------------------------------------------------------- tokens
+@tokens_app.command("create")
+def tokens_create(
+    role: Annotated[
+        str,
+        typer.Option(
+            "--role",
+            envvar="VERACITY_ROLE",
+            click_type=click.Choice(["admin", "site", "researcher", "auditor"]),
+            help="admin, site, researcher or auditor.",
+        ),
+    ],
+    name: Annotated[str, typer.Option("--name", envvar="VERACITY_NAME", help="Who holds it.")],
+    site: Annotated[
+        str | None,
+        typer.Option("--site", envvar="VERACITY_SITE", help="The site of a site token."),
+    ] = None,
+    expires_in: Annotated[
+        int,
+        typer.Option("--expires-in", envvar="VERACITY_EXPIRES_IN", min=1, max=3650, help="Days."),
+    ] = 90,
+    server: ServerOption = DEFAULT_SERVER,
+    token: TokenOption = None,
+    ca_cert: CaCertOption = None,
+    output_format: FormatOption = OutputFormat.TEXT,
+) -> None:
+    """Issue a token and print it alone on stdout (shown once)."""
+    with _Api(server, token, ca_cert) as api:
+        out = api.client.create_token(
+            api.token, role=role, name=name, site=site, expires_in_days=expires_in
+        )
+    if output_format is OutputFormat.JSON:
+        emit_json(out.model_dump())
+        return
+    sys.stdout.write(out.token + "\n")
+    stderr_console().print(
+        f"token {out.info.id} ({out.info.role} {out.info.name}) expires {out.info.expires_at}; "
+        "it is not shown again"
+    )
+
+
+@tokens_app.command("list")
+def tokens_list(
+    server: ServerOption = DEFAULT_SERVER,
+    token: TokenOption = None,
+    ca_cert: CaCertOption = None,
+    output_format: FormatOption = OutputFormat.TEXT,
+) -> None:
+    """Issued tokens (never the tokens themselves)."""
+    with _Api(server, token, ca_cert) as api:
+        out = api.client.tokens(api.token)
+    if output_format is OutputFormat.JSON:
+        emit_json(out.model_dump())
+        return
+    emit_table(
+        "tokens",
+        ["id", "role", "name", "site", "expires", "revoked", "created by"],
+        [[t.id, t.role, t.name, t.site or "", t.expires_at, t.revoked_at or "", t.created_by]
+         for t in out.items],
+    )  # fmt: skip
+
+
+@tokens_app.command("revoke")
+def tokens_revoke(
+    token_id: Annotated[str, typer.Argument(help="The token's id (from tokens list).")],
+    server: ServerOption = DEFAULT_SERVER,
+    token: TokenOption = None,
+    ca_cert: CaCertOption = None,
+    output_format: FormatOption = OutputFormat.TEXT,
+) -> None:
+    """Revoke a token at once."""
+    with _Api(server, token, ca_cert) as api:
+        out = api.client.revoke_token(api.token, token_id)
+    _show(
+        output_format,
+        out.model_dump(),
+        f"token {out.id} revoked",
+        [["name", out.name], ["revoked at", out.revoked_at]],
+    )
+
+
+# ---------------------------------------------------------------------------- ledger
+@ledger_app.command("export")
+def ledger_export(
+    out: OutOption,
+    server: ServerOption = DEFAULT_SERVER,
+    token: TokenOption = None,
+    ca_cert: CaCertOption = None,
+    output_format: FormatOption = OutputFormat.TEXT,
+) -> None:
+    """Download the ledger bundle (JSON lines) that an auditor verifies offline."""
+    import hashlib
+
+    console = stderr_console()
+    with _Api(server, token, ca_cert) as api, console.status("exporting the ledger"):
+        bundle = api.client.export_ledger(api.token)
+    out.write_bytes(bundle)
+    shown = {"bundle": str(out.absolute()), "sha256": hashlib.sha256(bundle).hexdigest(),
+             "entries": bundle.count(b"\n")}  # fmt: skip
+    _show(output_format, shown, "ledger exported", [[k, v] for k, v in shown.items()])
+    emit_next(
+        f"veracity ledger verify --bundle {_q(out)} --trust root.pub",
+        f"veracity ledger provenance MODEL_HASH --bundle {_q(out)} --trust root.pub",
+    )
