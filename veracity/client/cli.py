@@ -159,6 +159,14 @@ def register_dataset_command(
         int | None,
         typer.Option("--min-rows", envvar="VERACITY_MIN_ROWS", help="Fewest rows accepted."),
     ] = None,
+    classes: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--classes",
+            envvar="VERACITY_CLASSES",
+            help="The label's values in class order, comma-separated (default: 0,1).",
+        ),
+    ] = None,
     data_dir: DataDirOption = None,
     output_format: FormatOption = OutputFormat.TEXT,
 ) -> None:
@@ -170,6 +178,7 @@ def register_dataset_command(
     from veracity.client.budget import replace_one_epsilon
     from veracity.client.datasets import register_dataset
     from veracity.client.site import Site
+    from veracity.tasks.study import BINARY_CLASSES
 
     with Site.open(_root(data_dir)) as site:
         dataset, statement = register_dataset(
@@ -181,6 +190,7 @@ def register_dataset_command(
             epsilon_budget=epsilon_budget,
             delta=delta,
             min_rows=min_rows,
+            classes=_split(classes) or BINARY_CLASSES,
         )
         pool = site.store.pool(dataset.dataset_id)
         shared = site.store.shared_records(dataset.dataset_id)
@@ -199,6 +209,7 @@ def register_dataset_command(
         "rows": dataset.rows,
         "positives": dataset.positives,
         "label": dataset.label,
+        "classes": list(dataset.classes),
         "features": list(dataset.features),
         "commitment": dataset.commitment,
         "schema_hash": dataset.schema_hash,

@@ -25,6 +25,7 @@ from veracity.core.fields import (
     Count,
     Hash,
     Ident,
+    JsonObject,
     Name,
     Number,
     Round,
@@ -148,7 +149,7 @@ class StudyProposed(Payload):
 
     study_id: Ident
     study_hash: Hash
-    study: dict[str, Any]
+    study: JsonObject
     code_hash: Hash
 
     @model_validator(mode="after")
@@ -279,7 +280,7 @@ class ModelReleased(Payload):
     model_hash: Hash
     run_id: Ident
     study_hash: Hash
-    model: dict[str, Any]
+    model: JsonObject
     datasets: list[ReleasedDataset]
     epsilon: dict[Name, Annotated[Number, Field(ge=0)]]
     metrics: dict[Ident, Number]

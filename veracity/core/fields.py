@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 import re
 from datetime import UTC, datetime
-from typing import Annotated, TypeGuard
+from typing import Annotated, Any, TypeGuard
 
 from pydantic import AfterValidator, Field, StringConstraints
 
@@ -38,12 +38,15 @@ __all__ = [
     "Number",
     "Count",
     "Round",
+    "JsonObject",
+    "MAX_JSON_DEPTH",
     "is_hex64",
     "check_hex64",
     "check_name",
     "check_site_name",
     "check_timestamp",
     "check_number",
+    "check_json_value",
     "format_timestamp",
 ]
 
@@ -56,6 +59,8 @@ NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
 SITE_NAME_PATTERN = r"^[a-z0-9][a-z0-9-]{0,62}$"
 #: The largest magnitude a hashed number may have (integers and floats alike).
 MAX_SAFE_INTEGER = 2**53 - 1
+#: How deeply a free-form JSON value (a study document, a model description) may nest.
+MAX_JSON_DEPTH = 32
 
 _HEX64_RE = re.compile(HEX64_PATTERN)
 _NAME_RE = re.compile(NAME_PATTERN)
@@ -142,6 +147,41 @@ def check_number(value: float) -> float:
     return value
 
 
+def check_json_value(value: Any, *, depth: int = 0) -> Any:
+    """Return ``value`` if it is JSON whose every number is hashable (see :func:`check_number`).
+
+    Free-form parts of a payload (a study document, a model description) are checked with
+    this: objects with string keys, arrays, strings, booleans, ``null``, integers and
+    finite floats below 2**53 in magnitude, nested at most :data:`MAX_JSON_DEPTH` deep.
+
+    Raises
+    ------
+    ValueError
+        Naming the first value that is not (pydantic turns this into a validation error).
+    """
+    if depth > MAX_JSON_DEPTH:
+        raise ValueError(f"nests deeper than {MAX_JSON_DEPTH} levels")
+    if value is None or isinstance(value, bool | str):
+        return value
+    if isinstance(value, int | float):
+        check_number(value)
+        return value
+    if isinstance(value, list):
+        for item in value:
+            check_json_value(item, depth=depth + 1)
+        return value
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise ValueError(f"has a key that is not text: {key!r}")
+            try:
+                check_json_value(item, depth=depth + 1)
+            except ValueError as err:
+                raise ValueError(f"{key}: {err}") from None
+        return value
+    raise ValueError(f"holds a {type(value).__name__}, which is not JSON")
+
+
 def format_timestamp(moment: datetime | None = None) -> str:
     """RFC 3339 UTC with microseconds, e.g. ``2026-11-27T15:47:52.123456Z`` (now by default).
 
@@ -170,3 +210,5 @@ Timestamp = Annotated[str, AfterValidator(check_timestamp)]
 Number = Annotated[float, AfterValidator(check_number)]
 Count = Annotated[int, Field(ge=0, le=MAX_SAFE_INTEGER)]
 Round = Annotated[int, Field(ge=1, le=1_000_000)]
+#: A free-form JSON object that is hashed into the ledger (see :func:`check_json_value`).
+JsonObject = Annotated[dict[str, Any], AfterValidator(check_json_value)]

@@ -213,6 +213,22 @@ class _Prepared:
     signature: str
 
 
+def _readable(body: bytes, request: EventRequest) -> None:
+    """Refuse an entry whose bytes would not read back as the event (never write those).
+
+    Raises
+    ------
+    InputError
+        If the bytes do not decode, or decode to a payload its schema refuses.
+    """
+    try:
+        entry = parse_body(body)
+    except InputError as err:
+        raise InputError(f"{request.kind} would be stored as unreadable bytes: {err}") from err
+    if entry.payload != request.payload:
+        validate_payload(entry.kind, entry.payload, actor=entry.actor)
+
+
 def _entry_from_row(row: Any) -> Entry:
     return parse_body(bytes(row.body))
 
@@ -640,6 +656,7 @@ class Ledger:
                     body = build_body(
                         item.statement, prev=prev.hex(), seq=seq, signature=item.signature, ts=ts
                     )
+                    _readable(body, request)
                     digest = leaf_hash(body)
                     entry_rows.append(
                         {
