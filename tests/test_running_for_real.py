@@ -106,7 +106,8 @@ def _run_network(shell: Shell, files: dict[str, Path], *, superlink: int, api: i
         )  # fmt: skip
     synced = shell.json(
         "site", "sync", "--server", f"https://127.0.0.1:{api}",
-        "--token", site_tokens["hospital-c"], "--data-dir", "site-c",
+        "--token", site_tokens["hospital-c"], "--ca-cert", "coord/tls/ca.crt",
+        "--data-dir", "site-c",
     )  # fmt: skip
     assert len(synced["delivered"]) == 2  # its registration and its approval
     assert synced["pending"] == 0

@@ -95,7 +95,8 @@ def deliver_outbox(
             try:
                 response = http.post(path, json=body, headers={"Authorization": f"Bearer {token}"})
             except httpx.HTTPError as err:
-                raise TransportError(f"cannot deliver the outbox to {server}: {err}") from err
+                hint = " (for a private CA pass --ca-cert)" if "CERTIFICATE" in str(err) else ""
+                raise TransportError(f"cannot deliver the outbox to {server}: {err}{hint}") from err
             if response.status_code in (401, 403):
                 raise TransportError(
                     f"the coordinator refused this site's token ({response.status_code}); "

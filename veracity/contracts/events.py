@@ -38,6 +38,7 @@ from veracity.errors import CryptoError, InputError
 
 __all__ = [
     "ROOT_ACTOR",
+    "RequestedPayload",
     "Role",
     "KINDS",
     "ROOT_KINDS",
@@ -105,7 +106,18 @@ Reason = Annotated[str, StringConstraints(min_length=1, max_length=2000)]
 TreeSize = Annotated[int, Field(ge=1, le=2**53 - 1)]
 
 
-class KeyEnrolled(Payload):
+class RequestedPayload(Payload):
+    """A root event a person asked for: ``requested_by`` names them inside what the root signs.
+
+    It is the API token's holder (or the operator at the coordinator's command line), so an
+    auditor can tell who did what from the signed ledger alone. Absent on events the
+    coordinator records on its own (and on entries written before the field existed).
+    """
+
+    requested_by: Ident | None = None
+
+
+class KeyEnrolled(RequestedPayload):
     """The root enrols a key under a name, with its role (genesis enrols the root itself)."""
 
     KIND: ClassVar[str] = "key.enrolled"
@@ -119,7 +131,7 @@ class KeyEnrolled(Payload):
     ) = None
 
 
-class KeyRevoked(Payload):
+class KeyRevoked(RequestedPayload):
     """The root revokes a name's key."""
 
     KIND: ClassVar[str] = "key.revoked"
@@ -142,7 +154,7 @@ class DatasetRegistered(SiteStatement):
     features: Annotated[list[Ident], Field(min_length=1, max_length=10_000)]
 
 
-class StudyProposed(Payload):
+class StudyProposed(RequestedPayload):
     """The coordinator proposes a study document (``study_hash`` is its canonical hash)."""
 
     KIND: ClassVar[str] = "study.proposed"
@@ -186,7 +198,7 @@ class StudyRefused(SiteStatement):
     reason: Text
 
 
-class RunStarted(Payload):
+class RunStarted(RequestedPayload):
     """The coordinator submitted a run of a study to the SuperLink."""
 
     KIND: ClassVar[str] = "run.started"
@@ -203,7 +215,7 @@ class RunStarted(Payload):
 RunStatus = Literal["completed", "failed", "stopped", "insufficient_sites"]
 
 
-class RunFinished(Payload):
+class RunFinished(RequestedPayload):
     """A run ended; ``model_hash`` names the released model, if any."""
 
     KIND: ClassVar[str] = "run.finished"
@@ -302,7 +314,7 @@ class InferenceServed(Payload):
     served_total: Annotated[int, Field(ge=1, le=2**53 - 1)]
 
 
-class CheckpointRecorded(Payload):
+class CheckpointRecorded(RequestedPayload):
     """A root-signed checkpoint of the first ``tree_size`` entries."""
 
     KIND: ClassVar[str] = "checkpoint"

@@ -24,7 +24,7 @@ from typing import Any, Generic, Protocol, TypeVar
 from sqlalchemy.orm import Session
 
 from veracity.contracts.base import Payload
-from veracity.contracts.events import ROOT_ACTOR
+from veracity.contracts.events import ROOT_ACTOR, RequestedPayload
 from veracity.crypto.keys import SigningKey
 from veracity.errors import ConfigError, VeracityError
 from veracity.ledger.checkpoint import Checkpoint
@@ -44,6 +44,9 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+#: Actors that are the coordinator itself: its root events name no person.
+_SYSTEM_ROLES = frozenset({"serverapp", "service"})
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -165,9 +168,10 @@ class UnitOfWork:
         InputError
             If the payload breaks a ledger rule.
         """
-        return self._append(
-            EventRequest(payload.KIND, ROOT_ACTOR, payload.to_json(), signer=self._root_key)
-        )
+        document = payload.to_json()
+        if isinstance(payload, RequestedPayload) and self.actor.role not in _SYSTEM_ROLES:
+            document.setdefault("requested_by", self.actor.name)
+        return self._append(EventRequest(payload.KIND, ROOT_ACTOR, document, signer=self._root_key))
 
     def append_signed(
         self, kind: str, actor: str, payload: dict[str, Any], signature: str

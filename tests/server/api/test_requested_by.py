@@ -1,0 +1,52 @@
+"""Who asked: every admin action names its requester inside the payload the root signs.
+
+The attack: the ledger named "coordinator" for every admin action, so an auditor holding
+the signed ledger could not tell which person enrolled a site, proposed a study or stopped a
+run (the API's own action table, which says so, is the coordinator's word, not signed).
+"""
+
+from __future__ import annotations
+
+from tests.server.api.conftest import Api
+
+
+def test_an_admin_action_names_the_tokens_holder_in_the_signed_payload(api: Api) -> None:
+    body = {
+        "name": api.site.name,
+        "public_key": api.site.key.public.pem(),
+        "supernode_public_key": api.site.supernode_key,
+    }
+    assert api.call("POST", "/api/v1/sites", "admin", json=body).status_code == 201
+    entries = api.service.ledger.entries(kind="key.enrolled")
+    enrolled = [e for e in entries if e.payload["name"] == api.site.name]
+    assert len(enrolled) == 1
+    assert enrolled[0].payload["requested_by"] == "admin-user"
+    genesis = entries[0]
+    assert "requested_by" not in genesis.payload  # the root's own enrolment at genesis
+    answer = api.call("GET", f"/api/v1/ledger/entries/{enrolled[0].seq}", "auditor").json()
+    assert answer["payload"]["requested_by"] == "admin-user"
+
+
+def test_a_revocation_names_who_revoked(api: Api) -> None:
+    api.enrol(api.site)
+    response = api.call(
+        "POST",
+        f"/api/v1/sites/{api.site.name}/revoke",
+        "admin",
+        json={"reason": "its key leaked", "withdraw_supernode": False},
+    )
+    assert response.status_code == 200, response.text
+    (revoked,) = api.service.ledger.entries(kind="key.revoked")
+    assert revoked.payload["requested_by"] == "admin-user"
+    assert revoked.payload["reason"] == "its key leaked"
+    assert api.service.ledger.key_at(api.site.name) is None
+    sites = api.call("GET", "/api/v1/sites", "admin").json()["items"]
+    assert [s["key_id"] for s in sites if s["name"] == api.site.name] == [None]
+    again = api.call(
+        "POST", f"/api/v1/sites/{api.site.name}/revoke", "admin", json={"reason": "twice"}
+    )
+    assert again.status_code == 422
+    as_site = api.call(
+        "POST", f"/api/v1/sites/{api.site.name}/revoke", "site", json={"reason": "mine"}
+    )
+    assert as_site.status_code == 403
