@@ -14,10 +14,12 @@ Skips (saying why) where network namespaces cannot be made: not root, or no ``ip
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import os
 import shutil
+import signal
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -27,7 +29,7 @@ import pytest
 
 from tests.network_cli import SITES, Shell, wait_for, write_hospital_files
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
+pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(3600)]
 
 SUBNET = "10.213.0"
 COORDINATOR = f"{SUBNET}.1"
@@ -92,8 +94,13 @@ def hosts() -> Iterator[Hosts]:
             _ip("-n", ns, "link", "set", "eth0", "up")
         yield Hosts(names=names, addresses=addresses)
     finally:
-        for ns in reversed(made):
-            subprocess.run(["ip", "netns", "pids", ns], capture_output=True, check=False)
+        for ns in reversed(made):  # whatever this test started there and left running
+            listed = subprocess.run(
+                ["ip", "netns", "pids", ns], capture_output=True, text=True, check=False
+            )
+            for pid in listed.stdout.split():
+                with contextlib.suppress(ProcessLookupError, ValueError):
+                    os.kill(int(pid), signal.SIGKILL)
             subprocess.run(["ip", "netns", "del", ns], capture_output=True, check=False)
 
 
@@ -185,7 +192,6 @@ def _run(
     study_hash = coord.json("admin", "studies", "propose", str(proposed_file))["study_hash"]
     for shell in sites.values():
         _hand_over(proposed_file, shell.cwd / "STUDY.json")
-        shell.run("site", "review", "STUDY.json", "--dataset", "cohort", "--data-dir", "site")
         shell.run(
             "site", "approve", "STUDY.json", "--dataset", "cohort", "--epsilon-cap", "8",
             "--yes", "--data-dir", "site",

@@ -39,6 +39,8 @@ from veracity.contracts.events import (
     StudyApproved,
     StudyProposed,
     StudyRefused,
+    TokenIssued,
+    TokenRevoked,
     payload_model,
 )
 from veracity.contracts.receipts import RECEIPT_DOMAIN, Receipt, SignedReceipt
@@ -250,6 +252,15 @@ def _record_every_kind(recorder: _Recorder, drawn: dict[str, Any]) -> None:
     )  # fmt: skip
     recorder.root_event(
         KeyRevoked(name=second, key_id=recorder.keys[second].public.key_id, reason="retired")
+    )
+    recorder.root_event(
+        TokenIssued(
+            token_id=h[7][:16], name=drawn["requester"], role="site", site=first,
+            expires_at=drawn["signed_at"], requested_by=drawn["requester"],
+        )
+    )  # fmt: skip
+    recorder.root_event(
+        TokenRevoked(token_id=h[7][:16], name=drawn["requester"], requested_by="alice")
     )
 
 

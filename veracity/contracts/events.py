@@ -39,6 +39,8 @@ from veracity.errors import CryptoError, InputError
 __all__ = [
     "ROOT_ACTOR",
     "RequestedPayload",
+    "TokenIssued",
+    "TokenRevoked",
     "Role",
     "KINDS",
     "ROOT_KINDS",
@@ -314,6 +316,27 @@ class InferenceServed(Payload):
     served_total: Annotated[int, Field(ge=1, le=2**53 - 1)]
 
 
+class TokenIssued(RequestedPayload):
+    """An admin API token was issued (its public id and holder; never the token)."""
+
+    KIND: ClassVar[str] = "token.issued"
+
+    token_id: Ident
+    name: Ident
+    role: Literal["admin", "site", "researcher", "auditor"]
+    site: Name | None = None
+    expires_at: Timestamp
+
+
+class TokenRevoked(RequestedPayload):
+    """An admin API token was revoked: from this entry on it answers 401."""
+
+    KIND: ClassVar[str] = "token.revoked"
+
+    token_id: Ident
+    name: Ident
+
+
 class CheckpointRecorded(RequestedPayload):
     """A root-signed checkpoint of the first ``tree_size`` entries."""
 
@@ -364,6 +387,8 @@ PAYLOADS: dict[str, type[Payload]] = {
         CheckpointRecorded,
         CheckpointCosigned,
         NoteRecorded,
+        TokenIssued,
+        TokenRevoked,
     )
 }
 
@@ -381,6 +406,8 @@ ROOT_KINDS: frozenset[str] = frozenset(
         "model.released",
         "inference.served",
         "checkpoint",
+        "token.issued",
+        "token.revoked",
     }
 )
 #: Kinds a site records about itself (the payload's ``site`` must be the actor).

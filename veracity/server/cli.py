@@ -315,12 +315,14 @@ def token_revoke(
 ) -> None:
     """Revoke a token at once."""
     from veracity.server.api import db
-    from veracity.server.api.tokens import TokenStore
+    from veracity.server.api.tokens import TokenStore, operator_principal, revoke_token_recorded
     from veracity.server.coordinator import open_coordinator
 
     with open_coordinator(data_dir) as service:
         db.check_schema(service.ledger.engine)
-        info = TokenStore(service.ledger.engine).revoke(token_id)
+        info = revoke_token_recorded(
+            service, TokenStore(service.ledger.engine), operator_principal(), token_id
+        )
     if output_format is OutputFormat.JSON:
         emit_json(info.to_json())
     else:

@@ -69,7 +69,9 @@ def start_superlink(
             cwd=home.data_dir,
         )
     )
-    client = ControlClient(f"{options.host}:{options.port}", ca_cert=home.tls.ca_cert, timeout=2.0)
+    # Bound to every interface, it is asked on loopback (which its certificate names).
+    local = "127.0.0.1" if options.host in ("0.0.0.0", "::", "") else options.host  # noqa: S104 - comparing, not binding
+    client = ControlClient(f"{local}:{options.port}", ca_cert=home.tls.ca_cert, timeout=2.0)
 
     def answers() -> bool:
         try:

@@ -50,3 +50,35 @@ def test_a_revocation_names_who_revoked(api: Api) -> None:
         "POST", f"/api/v1/sites/{api.site.name}/revoke", "site", json={"reason": "mine"}
     )
     assert as_site.status_code == 403
+
+
+def test_token_issue_and_revocation_are_ledger_events_naming_who(api: Api) -> None:
+    created = api.call(
+        "POST",
+        "/api/v1/tokens",
+        "admin",
+        json={"role": "researcher", "name": "clinic north", "expires_in_days": 7},
+    )
+    assert created.status_code == 201, created.text
+    info = created.json()["info"]
+    (issued,) = api.service.ledger.entries(kind="token.issued")
+    assert issued.payload == {
+        "token_id": info["id"],
+        "name": "clinic north",
+        "role": "researcher",
+        "expires_at": info["expires_at"],
+        "requested_by": "admin-user",
+    }
+    assert created.json()["token"] not in issued.body.decode()
+    for _ in range(2):  # revoking twice records once
+        answer = api.call("POST", f"/api/v1/tokens/{info['id']}/revoke", "admin")
+        assert answer.status_code == 200
+    (revoked,) = api.service.ledger.entries(kind="token.revoked")
+    assert revoked.payload == {
+        "token_id": info["id"],
+        "name": "clinic north",
+        "requested_by": "admin-user",
+    }
+    actions = api.call("GET", "/api/v1/actions", "admin").json()["items"]
+    token_actions = [(a["action"], a["ledger_seq"]) for a in actions if "token" in a["action"]]
+    assert token_actions[-2:] == [("token.create", issued.seq), ("token.revoke", revoked.seq)]

@@ -22,7 +22,7 @@ from datetime import timedelta
 from pathlib import Path
 
 from veracity.errors import ConfigError
-from veracity.server.api import db
+from veracity.server.api import db, tokens
 from veracity.server.api.settings import ApiSettings
 from veracity.server.api.tokens import IssuedToken, Role, TokenStore
 from veracity.server.coordinator.bootstrap import (
@@ -121,8 +121,14 @@ def issue_token(
     """
     with open_coordinator(data_dir) as service:
         db.check_schema(service.ledger.engine)
-        return TokenStore(service.ledger.engine).create(
-            role=role, name=name, site=site, expires_in=expires_in
+        return tokens.issue_token(
+            service,
+            TokenStore(service.ledger.engine),
+            tokens.operator_principal(),
+            role=role,
+            name=name,
+            site=site,
+            expires_in=expires_in,
         )
 
 

@@ -18,16 +18,20 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import select, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
+from veracity.contracts.events import TokenIssued, TokenRevoked
 from veracity.core.fields import format_timestamp
 from veracity.errors import InputError, NotFound
 from veracity.ledger import store
 from veracity.server.api.db import ActionRow, TokenRow
+
+if TYPE_CHECKING:
+    from veracity.server.coordinator.service import CoordinatorService
 
 __all__ = [
     "Role",
@@ -39,6 +43,9 @@ __all__ = [
     "hash_token",
     "utc_now",
     "COMMAND_LINE",
+    "issue_token",
+    "revoke_token_recorded",
+    "operator_principal",
 ]
 
 TOKEN_PREFIX = "vrc_"  # noqa: S105 - a public prefix that secret scanners can match
@@ -208,6 +215,7 @@ class TokenStore:
         created_by: Principal = COMMAND_LINE,
         token: str | None = None,
         session: Session | None = None,
+        record_action: bool = True,
     ) -> IssuedToken:
         """Issue a token; the returned :attr:`IssuedToken.token` is never stored.
 
@@ -224,6 +232,8 @@ class TokenStore:
             it must be at least 32 characters).
         session
             Insert inside this transaction instead of a new one.
+        record_action
+            Write its ``api_action`` row (off when the caller's change writes its own).
 
         Raises
         ------
@@ -261,12 +271,13 @@ class TokenStore:
             target=f"{row.id} {chosen.value} {name}"[:200],
             ledger_seq=None,
         )
+        rows: list[Any] = [row, action] if record_action else [row]
         if session is not None:
-            session.add_all([row, action])
+            session.add_all(rows)
             session.flush()
         else:
             with Session(self.engine, expire_on_commit=False) as own, own.begin():
-                own.add_all([row, action])
+                own.add_all(rows)
         return IssuedToken(token=secret, info=TokenInfo.from_row(row))
 
     def ensure(self, token: str, *, name: str = "bootstrap", expires_in: timedelta) -> TokenInfo:
@@ -319,34 +330,123 @@ class TokenStore:
         with Session(self.engine) as session:
             return [TokenInfo.from_row(row) for row in session.execute(query).scalars()]
 
-    def revoke(self, token_id: str, *, by: Principal = COMMAND_LINE) -> TokenInfo:
+    def revoke(
+        self,
+        token_id: str,
+        *,
+        by: Principal = COMMAND_LINE,
+        session: Session | None = None,
+        record_action: bool = True,
+    ) -> TokenInfo:
         """Revoke a token now (revoking it again changes nothing).
+
+        With ``session`` it is revoked inside that transaction; ``record_action`` off
+        leaves the ``api_action`` row to the caller's change.
 
         Raises
         ------
         NotFound
             If there is no such token.
         """
+        if session is not None:
+            return self._revoke(session, token_id, by=by, record_action=record_action)
+        with Session(self.engine, expire_on_commit=False) as own, own.begin():
+            return self._revoke(own, token_id, by=by, record_action=record_action)
+
+    def _revoke(
+        self, session: Session, token_id: str, *, by: Principal, record_action: bool
+    ) -> TokenInfo:
         now = format_timestamp(self.clock())
-        with Session(self.engine, expire_on_commit=False) as session, session.begin():
-            changed = session.execute(
-                update(TokenRow)
-                .where(TokenRow.id == token_id, TokenRow.revoked_at.is_(None))
-                .values(revoked_at=now)
-            )
-            row = session.get(TokenRow, token_id)
-            if row is None:
-                raise NotFound(f"no token {token_id!r}")
-            if getattr(changed, "rowcount", 0):
-                session.add(
-                    ActionRow(
-                        at=now,
-                        token_id=by.token_id,
-                        actor=by.name,
-                        role=by.role.value,
-                        action="token.revoke",
-                        target=token_id,
-                        ledger_seq=None,
-                    )
+        changed = session.execute(
+            update(TokenRow)
+            .where(TokenRow.id == token_id, TokenRow.revoked_at.is_(None))
+            .values(revoked_at=now)
+        )
+        row = session.get(TokenRow, token_id)
+        if row is None:
+            raise NotFound(f"no token {token_id!r}")
+        if getattr(changed, "rowcount", 0) and record_action:
+            session.add(
+                ActionRow(
+                    at=now,
+                    token_id=by.token_id,
+                    actor=by.name,
+                    role=by.role.value,
+                    action="token.revoke",
+                    target=token_id,
+                    ledger_seq=None,
                 )
-            return TokenInfo.from_row(row)
+            )
+        return TokenInfo.from_row(row)
+
+
+def operator_principal() -> Principal:
+    """The person at the coordinator's command line, as an admin (their OS user name)."""
+    from veracity.server.coordinator import operator
+
+    return Principal(token_id=None, name=operator().name, role=Role.ADMIN)
+
+
+def issue_token(
+    service: CoordinatorService,
+    store: TokenStore,
+    by: Principal,
+    *,
+    role: Role | str,
+    name: str,
+    site: str | None,
+    expires_in: timedelta,
+) -> IssuedToken:
+    """Issue a token and record ``token.issued`` (with who asked) in one transaction.
+
+    Raises
+    ------
+    InputError
+        If the role, name, site or lifetime is not acceptable (nothing is recorded).
+    """
+    audited = service.audit_hook is not None
+
+    def write(session: Session) -> tuple[IssuedToken, TokenIssued]:
+        issued = store.create(
+            role=role,
+            name=name,
+            site=site,
+            expires_in=expires_in,
+            created_by=by,
+            session=session,
+            record_action=not audited,
+        )
+        info = issued.info
+        document: dict[str, Any] = {
+            "token_id": info.id,
+            "name": info.name,
+            "role": info.role.value,
+            "expires_at": info.expires_at,
+        }
+        if info.site is not None:
+            document["site"] = info.site
+        return issued, TokenIssued.parse(document)
+
+    return service.record_change(by, "token.create", f"{role} {name}", write).value
+
+
+def revoke_token_recorded(
+    service: CoordinatorService, store: TokenStore, by: Principal, token_id: str
+) -> TokenInfo:
+    """Revoke a token and record ``token.revoked``; one already revoked is left as it is.
+
+    Raises
+    ------
+    NotFound
+        If there is no such token.
+    """
+    current = store.get(token_id)
+    if current.revoked_at is not None:
+        return current
+    audited = service.audit_hook is not None
+
+    def write(session: Session) -> tuple[TokenInfo, TokenRevoked]:
+        info = store.revoke(token_id, by=by, session=session, record_action=not audited)
+        return info, TokenRevoked(token_id=info.id, name=info.name)
+
+    return service.record_change(by, "token.revoke", token_id, write).value

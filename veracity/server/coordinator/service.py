@@ -32,7 +32,12 @@ released models and the rebuild of the read model.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
+from typing import TypeVar
 
+from sqlalchemy.orm import Session
+
+from veracity.contracts.base import Payload
 from veracity.errors import NotFound
 from veracity.ledger.checkpoint import Checkpoint
 from veracity.server.coordinator.core import package_versions
@@ -50,6 +55,8 @@ from veracity.server.registry import ReleasedModel
 from veracity.tasks.weights import weights_to_bytes
 
 __all__ = ["CoordinatorService", "SITE_STATEMENT_KINDS", "package_versions"]
+
+_T = TypeVar("_T")
 
 
 class CoordinatorService(SiteCommands, RunCommands):
@@ -79,6 +86,29 @@ class CoordinatorService(SiteCommands, RunCommands):
         with self._change(actor, "ledger.checkpoint", "") as uow:
             checkpoint = uow.checkpoint()
         return uow.recorded(checkpoint, self.ledger.get(checkpoint.tree_size))
+
+    def record_change(
+        self,
+        actor: Actor,
+        action: str,
+        target: str,
+        write: Callable[[Session], tuple[_T, Payload]],
+    ) -> Recorded[_T]:
+        """A change of another table, recorded by a root event in the same transaction.
+
+        ``write`` makes the change in the session it is given and returns its result and
+        the root payload that records it (token issue and revocation use it): both commit
+        together or neither does.
+
+        Raises
+        ------
+        InputError
+            If ``write`` refuses, or the payload breaks a ledger rule (nothing is kept).
+        """
+        with self._change(actor, action, target) as uow:
+            value, payload = write(uow.session)
+            uow.append_root(payload)
+        return uow.recorded(value)
 
     def note_read(self, actor: Actor, action: str, target: str) -> int | None:
         """Audit a sensitive read (plaintext weights): the audit record's id, if audited."""

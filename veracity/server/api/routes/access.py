@@ -27,6 +27,7 @@ from veracity.server.api.schemas import (
     TokenListOut,
     TokenOut,
 )
+from veracity.server.api.tokens import issue_token, revoke_token_recorded
 
 __all__ = ["router"]
 
@@ -46,14 +47,18 @@ def whoami(principal: AnyRoleDep) -> PrincipalOut:
     summary="Issue a token (shown once)",
     responses=responses(400, 401, 403, 413, 422),
 )
-def create_token(body: TokenCreateIn, principal: AdminDep, tokens: TokensDep) -> TokenCreatedOut:
-    """Issue a token; only its SHA-256 is stored, so this answer is the only copy."""
-    issued = tokens.create(
+def create_token(
+    body: TokenCreateIn, principal: AdminDep, tokens: TokensDep, service: ServiceDep
+) -> TokenCreatedOut:
+    """Issue a token (``token.issued``); only its SHA-256 is stored, so this is the only copy."""
+    issued = issue_token(
+        service,
+        tokens,
+        principal,
         role=body.role,
         name=body.name,
         site=body.site,
         expires_in=timedelta(days=body.expires_in_days),
-        created_by=principal,
     )
     return TokenCreatedOut(token=issued.token, info=TokenOut(**issued.info.to_json()))
 
@@ -69,9 +74,11 @@ def list_tokens(principal: AdminDep, tokens: TokensDep) -> TokenListOut:
     summary="Revoke a token",
     responses=responses(401, 403, 404, 422),
 )
-def revoke_token(token_id: TokenIdPath, principal: AdminDep, tokens: TokensDep) -> TokenOut:
-    """Revoke a token at once (revoking it again changes nothing)."""
-    return TokenOut(**tokens.revoke(token_id, by=principal).to_json())
+def revoke_token(
+    token_id: TokenIdPath, principal: AdminDep, tokens: TokensDep, service: ServiceDep
+) -> TokenOut:
+    """Revoke a token at once (``token.revoked``; revoking it again changes nothing)."""
+    return TokenOut(**revoke_token_recorded(service, tokens, principal, token_id).to_json())
 
 
 @router.get("/actions", summary="What was done through the API", responses=responses(401, 403, 422))
