@@ -30,15 +30,17 @@ DataDirOption = Annotated[
     typer.Option(
         "--data-dir",
         envvar="VERACITY_DATA_DIR",
-        help="The site directory (default: ./veracity-data).",
+        help="The site directory (default: ./veracity-site).",
     ),
 ]
 
 
-def _root(data_dir: Path | None) -> Path:
-    from veracity.config import load_settings  # pydantic-settings: only when used
+#: A site's default directory; the coordinator's is ``./veracity-coordinator``.
+DEFAULT_SITE_DIR = Path("veracity-site")
 
-    return load_settings(data_dir=data_dir).data_dir
+
+def _root(data_dir: Path | None) -> Path:
+    return DEFAULT_SITE_DIR if data_dir is None else data_dir
 
 
 def _split(values: list[str] | None) -> list[str] | None:
@@ -92,7 +94,7 @@ def _fmt(value: float | None, digits: int = 4) -> str:
 @site_app.command("init")
 def init_command(
     name: Annotated[
-        str, typer.Option("--name", envvar="VERACITY_SITE_NAME", help="The site's enrolled name.")
+        str, typer.Option("--name", envvar="VERACITY_NAME", help="The site's enrolled name.")
     ],
     data_dir: DataDirOption = None,
     torch_threads: Annotated[
@@ -159,13 +161,13 @@ def init_command(
 @site_app.command("register-dataset")
 def register_dataset_command(
     dataset_id: Annotated[
-        str, typer.Option("--id", envvar="VERACITY_DATASET_ID", help="The dataset's id.")
+        str, typer.Option("--id", envvar="VERACITY_ID", help="The dataset's id.")
     ],
     path: Annotated[
         Path,
         typer.Option(
             "--path",
-            envvar="VERACITY_DATASET_PATH",
+            envvar="VERACITY_PATH",
             help="A table (.csv, .parquet), signals (.csv, a folder of .csv, .npz) or images "
             "(a folder with labels.csv, .npz).",
         ),
@@ -185,7 +187,7 @@ def register_dataset_command(
     ] = None,
     kind: Annotated[
         str,
-        typer.Option("--kind", envvar="VERACITY_DATASET_KIND", help="table, signals or images."),
+        typer.Option("--kind", envvar="VERACITY_KIND", help="table, signals or images."),
     ] = "table",
     rate: Annotated[
         float | None,
@@ -449,7 +451,7 @@ def review_command(
     ],
     dataset: Annotated[
         str | None,
-        typer.Option("--dataset", envvar="VERACITY_DATASET_ID", help="Dataset it would train on."),
+        typer.Option("--dataset", envvar="VERACITY_DATASET", help="Dataset it would train on."),
     ] = None,
     epsilon_cap: Annotated[
         float | None,
@@ -477,7 +479,7 @@ def approve_command(
         Path, typer.Argument(help="The study JSON as the coordinator publishes it.")
     ],
     dataset: Annotated[
-        str, typer.Option("--dataset", envvar="VERACITY_DATASET_ID", help="Dataset to train on.")
+        str, typer.Option("--dataset", envvar="VERACITY_DATASET", help="Dataset to train on.")
     ],
     epsilon_cap: Annotated[
         float,
@@ -650,7 +652,7 @@ def canary_audit_command(
         str | None,
         typer.Option(
             "--dataset",
-            envvar="VERACITY_DATASET_ID",
+            envvar="VERACITY_DATASET",
             help="Registered dataset whose row count (public) sets the sample rate.",
         ),
     ] = None,
