@@ -11,7 +11,6 @@ offline (verify and provenance from the bundle and the root key only).
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -20,6 +19,7 @@ import pytest
 
 from tests.network_cli import SITES, Shell, wait_for, write_hospital_files
 from veracity.supervise import free_port
+from veracity.tasks.weights import weights_from_bytes, weights_hash
 
 # About forty commands, each a fresh process that imports Veracity: minutes on a loaded
 # two-core machine, so the suite's 900 s per test is not enough.
@@ -131,7 +131,8 @@ def _run_network(shell: Shell, files: dict[str, Path], *, superlink: int, api: i
     assert [r["run_id"] for r in runs["items"]] == [watched["run_id"]]
     assert [m["model_hash"] for m in admin.json("admin", "models", "list")["items"]] == [model]
     admin.run("admin", "models", "download", model, "--out", "model.bin")
-    assert hashlib.sha256((shell.cwd / "model.bin").read_bytes()).hexdigest() == model
+    downloaded = weights_from_bytes((shell.cwd / "model.bin").read_bytes())
+    assert weights_hash(downloaded) == model
 
     # ---- a clinic predicts under encryption --------------------------------------------------
     clinic_token = admin.run(

@@ -745,11 +745,11 @@ def models_download(
     output_format: FormatOption = OutputFormat.TEXT,
 ) -> None:
     """Download a released model's weights, checking that they hash to MODEL_HASH."""
-    import hashlib
+    from veracity.tasks.weights import weights_from_bytes, weights_hash
 
     with _Api(server, token, ca_cert) as api:
         weights = api.client.weights(api.token, model_hash)
-    digest = hashlib.sha256(weights).hexdigest()
+    digest = weights_hash(weights_from_bytes(weights))  # the model hash is the weights'
     if digest != model_hash:
         raise VerificationError(f"the weights hash to {digest}, not to {model_hash}")
     out.write_bytes(weights)

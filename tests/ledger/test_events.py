@@ -101,6 +101,15 @@ VALID: dict[str, dict[str, Any]] = {
         "signature": SIG,
     },
     "note.recorded": {"text": "ethics approval REC-2026-114"},
+    "token.issued": {
+        "token_id": "9f2c4e1a7b3d5e60",
+        "name": "hospital-a operator",
+        "role": "site",
+        "site": "hospital-a",
+        "expires_at": "2027-03-01T09:00:00Z",
+        "requested_by": "alice",
+    },
+    "token.revoked": {"token_id": "9f2c4e1a7b3d5e60", "name": "hospital-a operator"},
 }
 
 

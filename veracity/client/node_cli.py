@@ -90,12 +90,15 @@ def start(
         )
         signal.signal(signal.SIGHUP, signal.default_int_handler)
         next_sync = time.monotonic()
-        while True:
-            group.check_alive()
-            if server is not None and token is not None and time.monotonic() >= next_sync:
-                _sync(site_dir, server, token, ca_cert)
-                next_sync = time.monotonic() + sync_every
-            time.sleep(min(1.0, sync_every))
+        try:
+            while True:
+                group.check_alive()
+                if server is not None and token is not None and time.monotonic() >= next_sync:
+                    _sync(site_dir, server, token, ca_cert)
+                    next_sync = time.monotonic() + sync_every
+                time.sleep(min(1.0, sync_every))
+        except KeyboardInterrupt:  # Ctrl-C or SIGTERM: a clean stop, like server start
+            sys.stderr.write("stopped\n")
 
 
 def _sync(site_dir: Path, server: str, token: str, ca_cert: Path) -> None:

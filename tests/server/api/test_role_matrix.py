@@ -37,6 +37,7 @@ MATRIX: list[tuple[str, str, int, int, int, int, int]] = [
     ("POST", "/api/v1/sites",                             201, 403, 403, 403, 401),
     ("GET", "/api/v1/sites",                              200, 403, 403, 403, 401),
     ("GET", "/api/v1/sites/{site}",                       200, 200, 403, 403, 401),
+    ("POST", "/api/v1/sites/{spare}/revoke",              200, 403, 403, 403, 401),
     ("POST", "/api/v1/datasets",                          403, 201, 403, 403, 401),
     ("GET", "/api/v1/datasets",                           200, 200, 403, 403, 401),
     ("POST", "/api/v1/studies",                           201, 403, 403, 403, 401),
@@ -107,7 +108,14 @@ class World:
             .replace("{seq}", "1")
             .replace("{token_id}", self.token_id)
             .replace("{requester}", "researcher-user")
+            .replace("{spare}", self._spare_site() if "{spare}" in template else "")
         )
+
+    def _spare_site(self) -> str:
+        """A site enrolled for this request alone (a revocation succeeds once per key)."""
+        spare = unique_site("spare")
+        self.api.enrol(spare)
+        return spare.name
 
     def request(self, method: str, template: str) -> dict[str, Any]:
         """Keyword arguments of a valid request (fresh each time, so successes repeat)."""
@@ -148,6 +156,7 @@ class World:
             },
             ("GET", "/api/v1/ledger/proofs/inclusion"): lambda: {"params": {"seq": 1}},
             ("GET", "/api/v1/ledger/proofs/consistency"): lambda: {"params": {"old_size": 1}},
+            ("POST", "/api/v1/sites/{spare}/revoke"): lambda: {"json": {"reason": "rotation"}},
             ("POST", "/api/v1/tokens"): lambda: {
                 "json": {"role": "researcher", "name": f"clinic {tag}"}
             },
