@@ -7,6 +7,7 @@ configuration problems exit 2; nothing is written when a command fails.
 
 from __future__ import annotations
 
+import enum
 import json
 import sys
 from pathlib import Path
@@ -332,20 +333,43 @@ def _emit_checkpoints(
         )
 
 
+class CheckpointFormat(enum.StrEnum):
+    """``ledger checkpoint --format``: text, json, or the newest checkpoint as a C2SP note."""
+
+    TEXT = "text"
+    JSON = "json"
+    NOTE = "note"
+
+
 @app.command("checkpoint")
 def checkpoint_now(
     db: DbOption = None,
     key_dir: KeyDirOption = None,
     data_dir: DataDirOption = None,
-    output_format: FormatOption = OutputFormat.TEXT,
+    output_format: Annotated[
+        CheckpointFormat,
+        typer.Option(
+            "--format",
+            envvar="VERACITY_FORMAT",
+            case_sensitive=False,
+            help="text or json: sign a checkpoint now; note: print the newest checkpoint "
+            "as a C2SP signed note with every cosignature line (signs nothing new).",
+        ),
+    ] = CheckpointFormat.TEXT,
 ) -> None:
-    """Sign a checkpoint of the ledger now with the root key."""
+    """Sign a checkpoint of the ledger now with the root key (or print the newest as a note)."""
     from veracity.crypto.keys import load_signing_key, private_key_path
 
     root = load_signing_key(private_key_path(_key_dir(key_dir, data_dir), _ROOT_KEY_NAME))
     with _open(_db_url(db, data_dir), root_key=root) as ledger:
+        if output_format is CheckpointFormat.NOTE:
+            from veracity.ledger.witnessed import WitnessedLog
+
+            sys.stdout.write(WitnessedLog(ledger).note().render())
+            return
         signed = ledger.checkpoint()
-    _emit_checkpoints([signed], output_format, single=True)
+    shown = OutputFormat.JSON if output_format is CheckpointFormat.JSON else OutputFormat.TEXT
+    _emit_checkpoints([signed], shown, single=True)
 
 
 @app.command("checkpoints")
