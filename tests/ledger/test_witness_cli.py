@@ -71,7 +71,8 @@ def test_consistency_proof_round_trips_through_verify_consistency(
         capsys, "ledger", "consistency", "--data-dir", str(data_dir), "--old", first
     )
     assert code == 0, err
-    assert proof["old_note"] and proof["new_note"]
+    assert proof["old_note"]
+    assert proof["new_note"]
     path = tmp_path / "proof.json"
     path.write_text(json.dumps(proof), encoding="utf-8")
     vkey = _vkey(capsys, data_dir)
