@@ -94,7 +94,7 @@ def vkey(principal: ReaderDep, service: ServiceDep) -> VkeyOut:
 @router.get(
     "/checkpoint",
     summary="The newest checkpoint as a signed note, with its cosignatures",
-    responses=responses(401, 403, 404),
+    responses=responses(401, 403, 404, 422),
 )
 def checkpoint(
     principal: ReaderDep,
