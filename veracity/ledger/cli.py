@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import typer
 
-from veracity.errors import InputError, LedgerIntegrityError, VerificationError
+from veracity.errors import InputError, LedgerIntegrityError, SignatureError, VerificationError
 from veracity.output import FormatOption, OutputFormat, emit_json, emit_table
 
 if TYPE_CHECKING:
@@ -244,6 +244,28 @@ def verify(
         int | None,
         typer.Option("--workers", envvar="VERACITY_WORKERS", help="Verifier processes."),
     ] = None,
+    policy_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--policy",
+            envvar="VERACITY_POLICY",
+            help="A C2SP tlog-policy: the newest checkpoint (and the one 'tail' relies on) "
+            "must be signed by its log and cosigned by its quorum of witnesses.",
+        ),
+    ] = None,
+    state: Annotated[
+        Path | None,
+        typer.Option(
+            "--state",
+            envvar="VERACITY_AUDIT_STATE",
+            help="The auditor's state directory: the ledger must extend the checkpoint "
+            "verified last time; the newest one is kept for next time.",
+        ),
+    ] = None,
+    note: Annotated[
+        list[Path] | None,
+        typer.Option("--note", help="A checkpoint note with cosignatures (repeatable)."),
+    ] = None,
     data_dir: DataDirOption = None,
     output_format: FormatOption = OutputFormat.TEXT,
 ) -> None:
@@ -271,21 +293,37 @@ def verify(
                 report = ledger.verify(
                     trusted, known_checkpoints=known, root_signatures=policy, workers=workers
                 )
-    except LedgerIntegrityError as err:
+        witnessed = None
+        if policy_file is not None or state is not None:
+            from veracity.ledger.witness_cli import audit_verified
+
+            witnessed = audit_verified(
+                report,
+                db=None if bundle is not None else _db_url(db, data_dir),
+                bundle=bundle,
+                policy_file=policy_file,
+                state=state,
+                notes=note or [],
+                tail=policy == "tail",
+            )
+    except (LedgerIntegrityError, SignatureError) as err:
         if output_format is OutputFormat.JSON:
             emit_json(
                 {
                     "ok": False,
                     "entries": None,
                     "checkpoints": None,
-                    "first_bad_seq": err.seq,
-                    "reason": err.reason,
+                    "first_bad_seq": getattr(err, "seq", None),
+                    "reason": getattr(err, "reason", str(err)),
                 }
             )
             raise typer.Exit(1) from err
         raise
     if output_format is OutputFormat.JSON:
-        emit_json(report.to_json())
+        document = report.to_json()
+        if witnessed is not None:
+            document["witnesses"] = witnessed
+        emit_json(document)
     else:
         emit_table(
             "ledger verified",

@@ -15,6 +15,7 @@ import typer
 
 from veracity.errors import ConfigError, InputError, VerificationError
 from veracity.ledger.cli import DataDirOption, DbOption, KeyDirOption, _db_url, _key_dir, _read_json
+from veracity.ledger.merkle import MerkleTree, leaf_hash
 from veracity.output import FormatOption, OutputFormat, emit_json, emit_table
 
 __all__ = ["register"]
@@ -248,6 +249,64 @@ def policy_command(
     except OSError as err:
         raise InputError(f"cannot write {out}: {err.strerror}") from err
     sys.stderr.write(f"policy for {log.name}: {quorum} of {len(witnesses)} witnesses -> {out}\n")
+
+
+def audit_verified(
+    report: Any,
+    *,
+    db: str | None,
+    bundle: Path | None,
+    policy_file: Path | None,
+    state: Path | None,
+    notes: list[Path],
+    tail: bool,
+) -> dict[str, Any]:
+    """After ``verify``: the policy's quorum and the state's memory (see :mod:`..audit`).
+
+    Raises
+    ------
+    SignatureError
+        If a checkpoint that must meet the policy does not.
+    LedgerIntegrityError
+        If the ledger rolled back or forked from the state's checkpoint.
+    """
+    from veracity.ledger.audit import audit, bundle_tree
+    from veracity.ledger.ledger import Ledger
+    from veracity.ledger.note import Note
+    from veracity.ledger.policy import Policy
+    from veracity.ledger.witnessed import WitnessedLog
+
+    policy = None if policy_file is None else Policy.parse(_read_text(policy_file, "policy"))
+    given = [Note.parse(_read_text(path, "note")) for path in notes]
+    size = int(report.entries)
+    if bundle is not None:
+        tree, sizes = bundle_tree(bundle)
+        stored: list[Note] = []
+        root_at = tree.root
+    else:
+        assert db is not None  # noqa: S101 - one of the two is given by the caller
+        ledger = Ledger.open(db)
+        try:
+            sizes = [c.tree_size for c in ledger.checkpoints()]
+            log = WitnessedLog(ledger)
+            stored = [n for n in (log.stored_note(s) for s in sizes[-2:]) if n is not None]
+            leaves = MerkleTree()
+            for entry in ledger.iter_entries(limit=size):
+                leaves.append(leaf_hash(entry.body))
+            root_at = leaves.root
+        finally:
+            ledger.close()
+    relies_on = max((s for s in sizes if s < size), default=None) if tail else None
+    result = audit(
+        log_id=report.log_id,
+        checkpoint_sizes=sizes,
+        root_at=root_at,
+        notes=[*given, *stored],
+        policy=policy,
+        state_dir=state,
+        relies_on=relies_on,
+    )
+    return result.to_json()
 
 
 def register(app: typer.Typer) -> None:

@@ -8,10 +8,12 @@ whose log id is this log's and whose root is the tree's root at that size: the n
 says more than the verified checkpoint already did, so signing it is no new decision
 (Ed25519 is deterministic: the same note always gets the same signature).
 
-Witnesses post ``cosignature/v1`` signatures; each is checked against the witness's vkey
-(whose name must be the posting site's witness name, so one site cannot speak for another)
-and stored in ``ledger_cosignature``, outside the Merkle tree, then served as extra
-signature lines of the note.
+The log's own note signature is stored beside the cosignatures the first time the note is
+signed, so an auditor reading the database without the log key still gets the note
+(:meth:`WitnessedLog.stored_note`). Witnesses post ``cosignature/v1`` signatures; each
+is checked against the witness's vkey (whose name must be the posting site's witness
+name, so one site cannot speak for another) and stored in ``ledger_cosignature``, outside
+the Merkle tree, then served as extra signature lines of the note.
 """
 
 from __future__ import annotations
@@ -116,13 +118,49 @@ class WitnessedLog:
                 "run `veracity ledger verify`"
             )
         text = self.text(checkpoint)
-        note = Note(text, (sign_note(key, self.origin, text),))
+        signature = sign_note(key, self.origin, text)
+        stored = self._rows(checkpoint.tree_size)
+        if signature not in stored:
+            self._store(checkpoint.tree_size, signature, 0)
+        note = Note(text, (signature,))
         if cosigned:
-            note = note.with_signatures(self.cosignatures(checkpoint.tree_size))
+            others = [s for s in stored if not self.verifier.matches(s)]
+            note = note.with_signatures(others)
         return note
 
-    def cosignatures(self, size: int) -> list[NoteSignature]:
-        """The stored cosignatures of the checkpoint of ``size`` entries, by witness name."""
+    def stored_note(self, size: int) -> Note | None:
+        """The note of ``size`` entries as stored (log signature and cosignatures), no key needed.
+
+        ``None`` if the log never signed that note. Nothing here is trusted: check the
+        result against a policy.
+        """
+        signatures = self._rows(size)
+        if not any(self.verifier.matches(s) for s in signatures):
+            return None
+        mine = [s for s in signatures if self.verifier.matches(s)]
+        others = [s for s in signatures if not self.verifier.matches(s)]
+        return Note(self.text(self._checkpoint(size)), (*mine, *others))
+
+    def _store(self, size: int, signature: NoteSignature, timestamp: int) -> bool:
+        try:
+            with store.write_session(self.ledger.engine) as session:
+                session.execute(
+                    insert(store.CosignatureRow),
+                    [
+                        {
+                            "tree_size": size,
+                            "witness": signature.name,
+                            "key_id": signature.key_id,
+                            "timestamp": timestamp,
+                            "signature": signature.signature,
+                        }
+                    ],
+                )
+        except IntegrityError:
+            return False
+        return True
+
+    def _rows(self, size: int) -> list[NoteSignature]:
         with store.read_session(self.ledger.engine) as session:
             rows = session.execute(
                 select(store.CosignatureRow)
@@ -132,6 +170,10 @@ class WitnessedLog:
             return [
                 NoteSignature(row.witness, bytes(row.key_id), bytes(row.signature)) for row in rows
             ]
+
+    def cosignatures(self, size: int) -> list[NoteSignature]:
+        """The stored cosignatures of the checkpoint of ``size`` entries, by witness name."""
+        return [s for s in self._rows(size) if not self.verifier.matches(s)]
 
     def notes(self) -> list[Note]:
         """Every checkpoint as a note with its cosignatures, oldest first."""
@@ -160,20 +202,4 @@ class WitnessedLog:
             raise InputError("the cosignature is not by the given witness key")
         text = self.text(self._checkpoint(size))
         timestamp = verifier.verify(text, signature)
-        try:
-            with store.write_session(self.ledger.engine) as session:
-                session.execute(
-                    insert(store.CosignatureRow),
-                    [
-                        {
-                            "tree_size": size,
-                            "witness": signature.name,
-                            "key_id": signature.key_id,
-                            "timestamp": timestamp,
-                            "signature": signature.signature,
-                        }
-                    ],
-                )
-        except IntegrityError:
-            return False
-        return True
+        return self._store(size, signature, int(timestamp or 0))
