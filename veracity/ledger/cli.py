@@ -257,14 +257,18 @@ def verify(
         Path | None,
         typer.Option(
             "--state",
-            envvar="VERACITY_AUDIT_STATE",
+            envvar="VERACITY_STATE",
             help="The auditor's state directory: the ledger must extend the checkpoint "
             "verified last time; the newest one is kept for next time.",
         ),
     ] = None,
     note: Annotated[
         list[Path] | None,
-        typer.Option("--note", help="A checkpoint note with cosignatures (repeatable)."),
+        typer.Option(
+            "--note",
+            envvar="VERACITY_NOTE",
+            help="A checkpoint note with cosignatures (repeatable).",
+        ),
     ] = None,
     data_dir: DataDirOption = None,
     output_format: FormatOption = OutputFormat.TEXT,

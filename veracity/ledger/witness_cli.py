@@ -24,7 +24,7 @@ VkeyOption = Annotated[
     str | None,
     typer.Option(
         "--vkey",
-        envvar="VERACITY_LOG_VKEY",
+        envvar="VERACITY_VKEY",
         help="The log's note verifier key (from `veracity ledger vkey`).",
     ),
 ]
@@ -98,10 +98,20 @@ def verify_consistency_command(
     ],
     log_vkey: VkeyOption = None,
     old_note: Annotated[
-        Path | None, typer.Option("--old-note", help="The old checkpoint note (else the proof's).")
+        Path | None,
+        typer.Option(
+            "--old-note",
+            envvar="VERACITY_OLD_NOTE",
+            help="The old checkpoint note (else the proof's).",
+        ),
     ] = None,
     new_note: Annotated[
-        Path | None, typer.Option("--new-note", help="The new checkpoint note (else the proof's).")
+        Path | None,
+        typer.Option(
+            "--new-note",
+            envvar="VERACITY_NEW_NOTE",
+            help="The new checkpoint note (else the proof's).",
+        ),
     ] = None,
     output_format: FormatOption = OutputFormat.TEXT,
 ) -> None:
@@ -161,7 +171,9 @@ def equivocation(
     db: Annotated[
         str | None,
         typer.Option(
-            "--db", help="A copy of the log holding the larger note's tree (different sizes)."
+            "--db",
+            envvar="VERACITY_DB",
+            help="A copy of the log holding the larger note's tree (different sizes).",
         ),
     ] = None,
 ) -> None:
@@ -207,11 +219,17 @@ def policy_command(
     ],
     witness: Annotated[
         list[str] | None,
-        typer.Option("--witness", help="A witness verifier key (repeatable)."),
+        typer.Option(
+            "--witness", envvar="VERACITY_WITNESS", help="A witness verifier key (repeatable)."
+        ),
     ] = None,
     witness_dir: Annotated[
         list[Path] | None,
-        typer.Option("--site-dir", help="A site directory whose witness key to list (repeatable)."),
+        typer.Option(
+            "--site-dir",
+            envvar="VERACITY_SITE_DIR",
+            help="A site directory whose witness key to list (repeatable).",
+        ),
     ] = None,
     log_vkey: VkeyOption = None,
     db: DbOption = None,

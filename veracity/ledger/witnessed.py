@@ -128,6 +128,16 @@ class WitnessedLog:
             note = note.with_signatures(others)
         return note
 
+    def bodies(self, start: int, end: int) -> list[bytes]:
+        """The exact bytes of entries ``start`` to ``end - 1``, unparsed (a witness checks them)."""
+        with store.read_session(self.ledger.engine) as session:
+            rows = session.execute(
+                select(store.EntryRow.body)
+                .where(store.EntryRow.seq >= start, store.EntryRow.seq < end)
+                .order_by(store.EntryRow.seq)
+            ).scalars()
+            return [bytes(body) for body in rows]
+
     def stored_note(self, size: int) -> Note | None:
         """The note of ``size`` entries as stored (log signature and cosignatures), no key needed.
 

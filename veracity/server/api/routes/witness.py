@@ -139,7 +139,8 @@ def entries(
     if end <= start:
         raise InputError("end must be above start")
     limit = min(end - start, MAX_ENTRIES)
-    bodies = [e.body.decode("utf-8") for e in service.ledger.iter_entries(since=start, limit=limit)]
+    log = WitnessedLog(service.ledger)
+    bodies = [body.decode("utf-8") for body in log.bodies(start, start + limit)]
     return EntriesOut(start=start, entries=bodies)
 
 
