@@ -314,6 +314,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--interval", type=float, default=2.0)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per poll is noise
     token = os.environ.get("VERACITY_API_TOKEN", "")
     if not token:
         sys.stderr.write("error: set VERACITY_API_TOKEN to this site's API token\n")
