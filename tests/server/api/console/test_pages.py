@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from tests.server.api.conftest import Api, study_document
+from tests.server.api.conftest import SETUP, Api, study_document
 from veracity.server.api.console.screens import SCREENS, screens_for
 from veracity.server.api.console.session import COOKIE, csrf_value
 from veracity.server.api.tokens import Role
@@ -163,3 +163,17 @@ def test_a_study_diff_shows_the_changed_terms(api: Api) -> None:
     assert page.status_code == 200
     assert "<del>-  &#34;study_id&#34;: &#34;v1&#34;,</del>" in page.text
     assert "<ins>+  &#34;study_id&#34;: &#34;v2&#34;,</ins>" in page.text
+
+
+def test_a_note_with_markup_is_shown_as_text_not_run(api: Api) -> None:
+    api.enrol(api.site)
+    hostile = '<script>alert(1)</script><img src="https://evil.example/x">'
+    signed = api.site.signed("note.recorded", {"text": hostile})
+    api.service.record_statement(
+        SETUP, "note.recorded", api.site.name, signed["payload"], signed["signature"]
+    )
+    sign_in(api, "auditor")
+    page = get(api, "/ledger?kind=note.recorded").text
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+    assert "<script>alert(1)" not in page
+    assert '<img src="https://evil.example' not in page
