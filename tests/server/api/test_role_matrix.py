@@ -40,7 +40,7 @@ MATRIX: list[tuple[str, str, int, int, int, int, int]] = [
     ("POST", "/api/v1/sites",                             201, 403, 403, 403, 401),
     ("GET", "/api/v1/sites",                              200, 403, 403, 403, 401),
     ("GET", "/api/v1/sites/{site}",                       200, 200, 403, 403, 401),
-    ("POST", "/api/v1/sites/{spare}/revoke",              200, 403, 403, 403, 401),
+    ("POST", "/api/v1/sites/{name}/revoke",               200, 403, 403, 403, 401),
     ("POST", "/api/v1/datasets",                          403, 201, 403, 403, 401),
     ("GET", "/api/v1/datasets",                           200, 200, 403, 403, 401),
     ("POST", "/api/v1/studies",                           201, 403, 403, 403, 401),
@@ -116,7 +116,7 @@ class World:
             .replace("{seq}", "1")
             .replace("{token_id}", self.token_id)
             .replace("{requester}", "researcher-user")
-            .replace("{spare}", self._spare_site() if "{spare}" in template else "")
+            .replace("{name}", self._spare_site() if "{name}" in template else "")
         )
 
     def _spare_site(self) -> str:
@@ -175,7 +175,7 @@ class World:
             },
             ("GET", "/api/v1/ledger/proofs/inclusion"): lambda: {"params": {"seq": 1}},
             ("GET", "/api/v1/ledger/proofs/consistency"): lambda: {"params": {"old_size": 1}},
-            ("POST", "/api/v1/sites/{spare}/revoke"): lambda: {"json": {"reason": "rotation"}},
+            ("POST", "/api/v1/sites/{name}/revoke"): lambda: {"json": {"reason": "rotation"}},
             ("GET", "/api/v1/ledger/witness/consistency"): lambda: {"params": {"old_size": 1}},
             ("GET", "/api/v1/ledger/witness/entries"): lambda: {"params": {"start": 0, "end": 2}},
             ("POST", "/api/v1/ledger/witness/cosignatures"): self._cosignature,
