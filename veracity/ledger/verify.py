@@ -32,9 +32,12 @@ reading. Any other row, and any row where some check fails, is checked by the re
 code, which gives every failure and its message; so the fast path changes no outcome.
 
 With ``root_signatures="tail"`` the per-entry signatures of the *root's own* entries are
-checked only after the newest checkpoint: below it, the root's checkpoint signature already
-commits to those exact bytes (including the per-entry signature), so checking them again
-proves nothing more. Site signatures and receipts are always checked.
+checked only after the newest checkpoint: below it, the root's checkpoint signature
+commits to those exact bytes (including the per-entry signature), and the signer checked
+every one of them with :func:`verify_extension` before it signed (verify-before-sign,
+``Ledger.checkpoint``), so a forged root entry is never under a checkpoint of an honest
+signer. ``tail`` therefore trusts the signer's verification as well as its signature. Site
+signatures and receipts are always checked.
 """
 
 from __future__ import annotations
@@ -82,6 +85,7 @@ __all__ = [
     "VerifyReport",
     "KeyEvent",
     "verify_rows",
+    "verify_extension",
     "verify_database",
     "verify_bundle_file",
     "DEFAULT_CHUNK",
@@ -314,8 +318,8 @@ def _check_row_reference(
                 ) from err
             chunk.receipts += 1
     elif kind == "checkpoint":
-        if payload["tree_size"] != seq:
-            raise _Failure(seq, "a checkpoint entry must record the tree of the entries before it")
+        if payload["tree_size"] > seq:
+            raise _Failure(seq, "a checkpoint entry can only record entries before it")
         chunk.checkpoint_entries.append((seq, entry.ts, payload))
     elif kind == "checkpoint.cosigned":
         if payload["tree_size"] > seq:
@@ -557,7 +561,11 @@ def _check_checkpoints(
                 timestamp=ts,
                 signature=payload["signature"],
             )
-            recorded[seq] = checkpoint
+            cut = checkpoint.tree_size
+            if cut in recorded:
+                errors.append((seq, f"a second checkpoint entry of size {cut}"))
+                continue
+            recorded[cut] = checkpoint
             try:
                 checkpoint.verify(trusted_root)
             except SignatureError:
@@ -565,8 +573,8 @@ def _check_checkpoints(
                 continue
             if checkpoint.log_id != log_id:
                 errors.append((seq, "checkpoint entry names another log"))
-            elif tree.root(seq).hex() != checkpoint.root_hash:
-                errors.append((seq, f"checkpoint entry's root does not match entries 0..{seq - 1}"))
+            elif tree.root(cut).hex() != checkpoint.root_hash:
+                errors.append((seq, f"checkpoint entry's root does not match entries 0..{cut - 1}"))
         for seq, site, payload in chunk.cosignatures:
             cosigned_size = payload["tree_size"]
             if payload["log_id"] != log_id:
@@ -617,13 +625,14 @@ def _check_checkpoints(
             errors.append(
                 (
                     checkpoint.tree_size,
-                    "the checkpoint list and the checkpoint entry at this seq differ",
+                    f"the checkpoint list and the checkpoint entry of size "
+                    f"{checkpoint.tree_size} differ",
                 )
             )
     listed_sizes = {c.tree_size for c in listed}
-    for seq in recorded:
-        if seq not in listed_sizes:
-            errors.append((seq, "checkpoint entry is missing from the checkpoint list"))
+    for cut in recorded:
+        if cut not in listed_sizes:
+            errors.append((cut, "checkpoint entry is missing from the checkpoint list"))
     _fail(errors)
     ordered = sorted(by_size.values(), key=lambda c: c.tree_size)
     previous_good = 0
@@ -811,6 +820,55 @@ def verify_rows(
     return _finish(
         [chunk], len(materialised), key_events, trusted_root, checkpoints, known_checkpoints
     )
+
+
+def verify_extension(
+    rows: Iterable[Row],
+    *,
+    start: int,
+    end: int,
+    prev_hash: bytes | None,
+    trusted_root: VerifyKey,
+    key_events: Sequence[KeyEvent],
+) -> bytes:
+    """Check entries ``[start, end)`` that extend a verified prefix; returns their leaf hashes.
+
+    This is the check a checkpoint signer runs before it signs (verify-before-sign): every
+    entry since the last checkpoint gets the reference checks of :func:`verify_rows` with
+    every signature checked, and must link to ``prev_hash`` (the leaf hash of entry
+    ``start - 1``, ``None`` for genesis). ``key_events`` is every key event before ``end``
+    read from entry bytes the caller has tied to its signed tree; those inside the range
+    must be exactly the ones the entries hold.
+
+    Raises
+    ------
+    LedgerIntegrityError
+        Naming the first bad seq and what was wrong.
+    """
+    task = _Task(
+        source=("rows", ""),
+        start=start,
+        end=end,
+        byte_start=0,
+        trusted_root=trusted_root.raw,
+        key_events=tuple(key_events),
+        covered_size=0,
+        root_signatures="all",
+    )
+    chunk = _check_rows(rows, task)
+    if chunk.error is not None:
+        raise LedgerIntegrityError(chunk.error[1], seq=chunk.error[0])
+    if chunk.count != end - start:
+        raise LedgerIntegrityError(
+            f"entry {start + chunk.count} is missing", seq=start + chunk.count
+        )
+    if chunk.count and start > 0 and prev_hash is not None and chunk.first_prev != prev_hash.hex():
+        raise LedgerIntegrityError(f"prev is not the hash of entry {start - 1}", seq=start)
+    inside = [event for event in key_events if start <= event[0] < end]
+    if chunk.key_events != inside:
+        where = min((e[0] for e in (*chunk.key_events, *inside)), default=start)
+        raise LedgerIntegrityError("the key events differ from the entries here", seq=where)
+    return chunk.leaves
 
 
 def verify_database(
