@@ -5,6 +5,9 @@ coordinator itself. Each test is an attack that succeeded before the fix:
 
 * attack 1, tail-mode laundering: a forged root entry written before a checkpoint used to
   be sealed by it, so ``verify --root-signatures tail`` accepted what ``all`` rejected;
+* attack 2, signatures not bound to position: a database writer revived a revoked key by
+  copying the root's old enrolment to the head, and reordered, duplicated or re-dated the
+  entries after the last checkpoint (even to before genesis), and ``verify`` passed;
 * attack 5, orphan checkpoints: a checkpoint signed inside a transaction that then rolled
   back conflicted with the one finally committed at the same size.
 """
@@ -21,7 +24,7 @@ from veracity.contracts.events import ROOT_ACTOR
 from veracity.core.fields import format_timestamp
 from veracity.crypto.keys import SigningKey
 from veracity.errors import LedgerIntegrityError
-from veracity.ledger.entry import Entry, build_body, statement_bytes
+from veracity.ledger.entry import Entry, build_body, parse_body, statement_bytes, statement_of_body
 from veracity.ledger.ledger import Ledger
 from veracity.ledger.merkle import leaf_hash
 from veracity.ledger.statement import encode_signature
@@ -225,3 +228,124 @@ def test_a_checkpoint_asked_for_inside_a_transaction_is_signed_after_it_commits(
     assert recorded.seq == entry.seq + 1
     assert world.ledger.checkpoints() == [checkpoint]
     world.ledger.verify(world.root.public)
+
+
+# ---------------------------------------------------------------------- attack 2
+
+
+def rechain(ledger: Ledger, start: int, bodies: list[bytes], *, ts: str | None = None) -> None:
+    """A database writer replaces entries ``start..`` with ``bodies``, relinked (and indexed).
+
+    Each entry keeps its statement and signatures; ``ts`` re-dates every one of them.
+    """
+    with ledger.engine.begin() as connection:
+        for statement in (
+            "DELETE FROM ledger_site_statement WHERE seq >= :start",
+            "DELETE FROM ledger_key_event WHERE seq >= :start",
+            "DELETE FROM ledger_checkpoint WHERE tree_size >= :start",
+            "DELETE FROM ledger_entry WHERE seq >= :start",
+        ):
+            connection.execute(sa.text(statement), {"start": start})
+        prev = bytes(
+            connection.execute(
+                sa.text("SELECT hash FROM ledger_entry WHERE seq = :seq"), {"seq": start - 1}
+            ).scalar_one()
+        )
+        for seq, old in enumerate(bodies, start=start):
+            entry = parse_body(old)
+            extra = {} if entry.root_signature is None else {"root_signature": entry.root_signature}
+            when = ts or entry.ts
+            body = build_body(
+                statement_of_body(old),
+                prev=prev.hex(),
+                seq=seq,
+                signature=entry.signature,
+                ts=when,
+                **extra,
+            )
+            digest = leaf_hash(body)
+            connection.execute(
+                sa.text(
+                    "INSERT INTO ledger_entry (seq, ts, kind, actor, prev_seq, prev, hash, body) "
+                    "VALUES (:seq, :ts, :kind, :actor, :prev_seq, :prev, :hash, :body)"
+                ),
+                {
+                    "seq": seq,
+                    "ts": when,
+                    "kind": entry.kind,
+                    "actor": entry.actor,
+                    "prev_seq": seq - 1,
+                    "prev": prev,
+                    "hash": digest,
+                    "body": body,
+                },
+            )
+            if entry.kind in ("key.enrolled", "key.revoked"):
+                enrolled = entry.kind == "key.enrolled"
+                payload = entry.payload
+                connection.execute(
+                    sa.text(
+                        "INSERT INTO ledger_key_event "
+                        "(seq, name, action, role, key_id, public_key) "
+                        "VALUES (:seq, :name, :action, :role, :key_id, :key)"
+                    ),
+                    {
+                        "seq": seq,
+                        "name": payload["name"],
+                        "action": "enrolled" if enrolled else "revoked",
+                        "role": payload["role"] if enrolled else None,
+                        "key_id": seeded_key_id(payload["public_key"])
+                        if enrolled
+                        else payload["key_id"],
+                        "key": payload["public_key"] if enrolled else None,
+                    },
+                )
+            prev = digest
+
+
+def _bodies(ledger: Ledger, start: int) -> list[bytes]:
+    return [entry.body for entry in ledger.entries(since=start)]
+
+
+def test_a_revoked_key_is_not_revived_by_copying_its_old_enrolment(
+    db_url: str, make_world: Callable[..., World]
+) -> None:
+    world = make_world(db_url)
+    enrolment = world.ledger.get(1)  # hospital-a's key.enrolled, signed by the root
+    world.note("hospital-a", "before")
+    world.revoke("hospital-a")
+    head = world.ledger.size()
+    rechain(world.ledger, head, [enrolment.body])  # the root's own statement, copied
+
+    with pytest.raises(LedgerIntegrityError, match="at this position") as caught:
+        world.ledger.verify(world.root.public)
+    assert caught.value.seq == head
+    with pytest.raises(LedgerIntegrityError):
+        world.ledger.checkpoint()
+
+
+@pytest.mark.parametrize("how", ["reordered", "duplicated", "re-dated", "before-genesis"])
+def test_the_unsealed_tail_cannot_be_reordered_duplicated_or_re_dated(
+    db_url: str, make_world: Callable[..., World], how: str
+) -> None:
+    world = make_world(db_url)
+    world.ledger.checkpoint(now=T0)
+    start = world.ledger.size()
+    world.note(ROOT_ACTOR, "study X withdrawn")
+    world.note("hospital-a", "hospital-a approves X")
+    world.note(ROOT_ACTOR, "run started")
+    tail = _bodies(world.ledger, start)
+    world.ledger.verify(world.root.public)
+    if how == "reordered":
+        rechain(world.ledger, start, [tail[1], tail[2], tail[0]])
+    elif how == "duplicated":
+        rechain(world.ledger, start, [tail[0], tail[1], tail[2], tail[2]])
+    elif how == "re-dated":
+        rechain(world.ledger, start, tail, ts="2026-12-31T00:00:00.000000Z")
+    else:
+        rechain(world.ledger, start, tail, ts="2025-01-01T00:00:00.000000Z")
+
+    with pytest.raises(LedgerIntegrityError, match="at this position"):
+        world.ledger.verify(world.root.public)
+    with pytest.raises(LedgerIntegrityError):
+        world.ledger.verify(world.root.public, root_signatures="tail")

@@ -53,8 +53,10 @@ from veracity.ledger import store
 from veracity.ledger.checkpoint import Checkpoint, sign_checkpoint
 from veracity.ledger.entry import (
     GENESIS_PREV,
+    NO_LOG_ID,
     Entry,
     build_body,
+    entry_message,
     parse_body,
     statement_bytes,
     statement_message,
@@ -224,7 +226,9 @@ class ConsistencyProof:
 class _Prepared:
     request: EventRequest
     statement: bytes
-    signature: str
+    #: The actor's statement signature (``None`` for the root's own entries, which are
+    #: signed at their position under the write lock).
+    signature: str | None
 
 
 def _readable(body: bytes, request: EventRequest) -> None:
@@ -438,7 +442,8 @@ class Ledger:
             "valid_from": ts,
         }
         statement = statement_bytes("key.enrolled", ROOT_ACTOR, payload)
-        signature = encode_signature(root_key.sign(statement_message(statement)))
+        message = entry_message(NO_LOG_ID, 0, bytes(32), ts, statement)
+        signature = encode_signature(root_key.sign(message))
         body = build_body(statement, prev=GENESIS_PREV, seq=0, signature=signature, ts=ts)
         session.execute(
             insert(store.EntryRow),
@@ -585,12 +590,46 @@ class Ledger:
         if (request.signer is None) == (request.signature is None):
             raise SignatureError("give exactly one of signer= or signature=")
         statement = statement_bytes(request.kind, request.actor, request.payload)
-        if request.signer is not None:
+        signature: str | None = None
+        if request.actor == ROOT_ACTOR:
+            if request.signer is None:
+                raise SignatureError(
+                    "the root's entries are signed at their position when appended: pass signer="
+                )
+        elif request.signer is not None:
             signature = encode_signature(request.signer.sign(statement_message(statement)))
         elif request.signature is not None:
             signature = request.signature
             decode_signature(signature)
         return _Prepared(request=request, statement=statement, signature=signature)
+
+    def _log_id_bytes(self) -> bytes:
+        return bytes.fromhex(self.log_id)
+
+    def _position_signatures(
+        self, item: _Prepared, *, log_id: bytes, seq: int, prev: bytes, ts: str
+    ) -> tuple[str, str | None]:
+        """``(signature, root_signature)`` of ``item`` at ``seq`` (see :mod:`.entry`).
+
+        Raises
+        ------
+        ConfigError
+            If another actor's statement is to be countersigned without the root key.
+        """
+        request = item.request
+        if item.signature is None:
+            if request.signer is None:  # pragma: no cover - _prepare refused it
+                raise SignatureError("the root's entries need signer=")
+            message = entry_message(log_id, seq, prev, ts, item.statement)
+            return encode_signature(request.signer.sign(message)), None
+        if self.root_key is None:
+            raise ConfigError(
+                f"recording {request.actor!r}'s statement needs the root key (root.pem) to "
+                "countersign it at its position"
+            )
+        raw = decode_signature(item.signature)
+        message = entry_message(log_id, seq, prev, ts, item.statement, raw)
+        return item.signature, encode_signature(self.root_key.sign(message))
 
     def _check_event(self, keys: _KeyView, seq: int, item: _Prepared) -> KeyRecord | None:
         """Every check that needs the ledger's state; returns the key change, if any."""
@@ -606,7 +645,7 @@ class Ledger:
         if request.signer is not None:
             if request.signer.public != record.key:
                 raise SignatureError(f"the signer is not the key enrolled for {request.actor!r}")
-        else:
+        elif item.signature is not None:
             record.key.verify(decode_signature(item.signature), statement_message(item.statement))
         payload = request.payload
         if request.kind == "round.completed":
@@ -663,6 +702,7 @@ class Ledger:
         seq, prev = head.seq + 1, bytes(head.hash)
         last_checkpoint = session.scalar(select(func.max(store.CheckpointRow.tree_size))) or 0
         keys = _KeyView(session, head=head.seq)
+        log_id = self._log_id_bytes()
         entry_rows: list[dict[str, Any]] = []
         key_rows: list[dict[str, Any]] = []
         statement_rows: dict[bytes, int] = {}
@@ -670,8 +710,16 @@ class Ledger:
         for item in prepared:
             change = self._check_event(keys, seq, item)
             request = item.request
+            signature, root_signature = self._position_signatures(
+                item, log_id=log_id, seq=seq, prev=prev, ts=ts
+            )
             body = build_body(
-                item.statement, prev=prev.hex(), seq=seq, signature=item.signature, ts=ts
+                item.statement,
+                prev=prev.hex(),
+                seq=seq,
+                signature=signature,
+                ts=ts,
+                root_signature=root_signature,
             )
             _readable(body, request)
             digest = leaf_hash(body)
@@ -695,8 +743,9 @@ class Ledger:
                     actor=request.actor,
                     payload=request.payload,
                     prev=prev.hex(),
-                    signature=item.signature,
+                    signature=signature,
                     body=body,
+                    root_signature=root_signature,
                 )
             )
             if request.kind in ("key.enrolled", "key.revoked"):
@@ -906,6 +955,7 @@ class Ledger:
                     prev_hash=tree.leaf(start - 1) if start else None,
                     trusted_root=trusted,
                     key_events=events,
+                    log_id=self._log_id_bytes(),
                 )
             finally:
                 result.close()
@@ -941,7 +991,10 @@ class Ledger:
         item = self._prepare(EventRequest("checkpoint", ROOT_ACTOR, payload, signer=key))
         self._check_event(_KeyView(session, head=head.seq), seq, item)
         ts = signed.timestamp  # the entry's ts is the signed timestamp
-        body = build_body(item.statement, prev=prev.hex(), seq=seq, signature=item.signature, ts=ts)
+        signature, _ = self._position_signatures(
+            item, log_id=self._log_id_bytes(), seq=seq, prev=prev, ts=ts
+        )
+        body = build_body(item.statement, prev=prev.hex(), seq=seq, signature=signature, ts=ts)
         session.execute(
             insert(store.EntryRow),
             [
@@ -977,7 +1030,7 @@ class Ledger:
             actor=ROOT_ACTOR,
             payload=payload,
             prev=prev.hex(),
-            signature=item.signature,
+            signature=signature,
             body=body,
         )
 
@@ -1358,6 +1411,11 @@ class Ledger:
                     select(store.CheckpointRow).order_by(store.CheckpointRow.tree_size)
                 ).scalars()
             ]
+            genesis = session.execute(
+                select(store.EntryRow.body).where(store.EntryRow.seq == 0)
+            ).scalar_one_or_none()
+        # (A missing genesis is reported by the checks of entry 0.)
+        genesis_id = NO_LOG_ID if genesis is None else leaf_hash(bytes(genesis))
         return verify_database(
             self.url,
             size=size,
@@ -1367,6 +1425,7 @@ class Ledger:
             known_checkpoints=known_checkpoints,
             root_signatures=root_signatures,
             workers=workers,
+            log_id=genesis_id,
         )
 
     def export_bundle(self, path: Path) -> dict[str, Any]:

@@ -74,7 +74,14 @@ from veracity.errors import (
     SignatureError,
 )
 from veracity.ledger.checkpoint import Checkpoint, verify_cosignature
-from veracity.ledger.entry import GENESIS_PREV, parse_body, statement_message, statement_of_body
+from veracity.ledger.entry import (
+    GENESIS_PREV,
+    NO_LOG_ID,
+    entry_message,
+    parse_body,
+    statement_message,
+    statement_of_body,
+)
 from veracity.ledger.keyring import KeyHistory, KeyRecord
 from veracity.ledger.merkle import MerkleTree, verify_consistency
 from veracity.ledger.statement import RECEIPT_DOMAIN, verify_document
@@ -165,6 +172,8 @@ class _Task:
     key_events: tuple[KeyEvent, ...]
     covered_size: int
     root_signatures: RootSignatures
+    #: The log id (genesis leaf hash) every entry signature after genesis binds.
+    log_id: bytes = NO_LOG_ID
 
 
 class _Failure(Exception):
@@ -283,16 +292,35 @@ def _check_row_reference(
     roles = _ALLOWED_ROLES[kind]
     if roles is not None and role not in roles:
         raise _Failure(seq, f"a {role.value} key may not record {kind}")
-    check_signature = (
-        seq == 0
-        or role is not Role.ROOT
-        or task.root_signatures == "all"
-        or seq >= task.covered_size
-    )
-    if check_signature:
-        message = statement_message(statement_of_body(entry.body))
+    check_root = seq == 0 or task.root_signatures == "all" or seq >= task.covered_size
+    statement = statement_of_body(entry.body)
+    log_id = NO_LOG_ID if seq == 0 else task.log_id
+    prev_raw = bytes.fromhex(entry.prev)
+    if role is Role.ROOT:
+        if entry.root_signature is not None:
+            raise _Failure(seq, "a root entry carries no root_signature")
+        if check_root:
+            try:
+                signer.verify(
+                    _decode_signature(entry.signature),
+                    entry_message(log_id, seq, prev_raw, entry.ts, statement),
+                )
+            except SignatureError as err:
+                raise _Failure(
+                    seq,
+                    f"signature does not verify under {actor!r}'s enrolled key at this position "
+                    "(moved, copied, re-dated or forged)",
+                ) from err
+            chunk.signatures += 1
+    else:
+        if entry.root_signature is None:
+            raise _Failure(
+                seq, "the entry lacks the root's countersignature binding it to its position"
+            )
+        message = statement_message(statement)
         try:
-            signer.verify(_decode_signature(entry.signature), message)
+            raw = _decode_signature(entry.signature)
+            signer.verify(raw, message)
         except SignatureError as err:
             raise _Failure(
                 seq, f"signature does not verify under {actor!r}'s enrolled key"
@@ -300,6 +328,22 @@ def _check_row_reference(
         chunk.signatures += 1
         if kind in SITE_KINDS:
             chunk.site_statements.append((message, seq))
+        if check_root:
+            root_record = history.key_at(ROOT_ACTOR, seq)
+            try:
+                if root_record is None:
+                    raise SignatureError("no root key")
+                root_record.key.verify(
+                    _decode_signature(entry.root_signature),
+                    entry_message(log_id, seq, prev_raw, entry.ts, statement, raw),
+                )
+            except SignatureError as err:
+                raise _Failure(
+                    seq,
+                    "the root's countersignature does not verify at this position (moved, "
+                    "copied, re-dated or forged)",
+                ) from err
+            chunk.signatures += 1
     if kind in _KEY_KINDS:
         chunk.key_events.append((seq, kind, payload))
     elif kind == "round.completed":
@@ -373,8 +417,8 @@ def _check_rows(rows: Iterable[Row], task: _Task) -> _Chunk:
             ):
                 template = template_for(body, kind_col)
             fast = None if template is None else read_entry(template, body)
-            if fast is not None and template is not None:
-                actor, prev_text, entry_seq, signature_text, ts = fast
+            if fast is not None and template is not None and prev_hash is not None:
+                actor, prev_text, entry_seq, signature_text, ts, root_text = fast
                 kind = template.kind
                 columns = (kind_col, actor_col, ts_col)
                 if (
@@ -389,19 +433,46 @@ def _check_rows(rows: Iterable[Row], task: _Task) -> _Chunk:
                     record = span[0]
                     roles = _ALLOWED_ROLES[kind]
                     if record is not None and (roles is None or record.role in roles):
-                        if record.role is Role.ROOT and seq < root_checked_from:
-                            accepted = True
-                        else:
-                            message = statement_message(statement_of_body(body))
-                            try:
-                                record.key.verify(binascii.a2b_base64(signature_text), message)
-                            except SignatureError:
-                                pass  # the reference names the failure
+                        is_root = record.role is Role.ROOT
+                        check_root = seq >= root_checked_from
+                        root_key = None
+                        if check_root and not is_root:
+                            root_span = spans.get(ROOT_ACTOR)
+                            if root_span is None or not root_span[1] < seq <= root_span[2]:
+                                root_span = spans[ROOT_ACTOR] = history.key_span(ROOT_ACTOR, seq)
+                            root_key = None if root_span[0] is None else root_span[0].key
+                        try:
+                            if is_root != (root_text is None):
+                                raise SignatureError("the reference names the failure")
+                            statement = statement_of_body(body)
+                            if is_root:
+                                if check_root:
+                                    record.key.verify(
+                                        binascii.a2b_base64(signature_text),
+                                        entry_message(task.log_id, seq, prev_hash, ts, statement),
+                                    )
+                                    chunk.signatures += 1
                             else:
-                                accepted = True
+                                raw = binascii.a2b_base64(signature_text)
+                                message = statement_message(statement)
+                                record.key.verify(raw, message)
+                                if check_root:
+                                    if root_key is None or root_text is None:
+                                        raise SignatureError("no root key")
+                                    root_key.verify(
+                                        binascii.a2b_base64(root_text),
+                                        entry_message(
+                                            task.log_id, seq, prev_hash, ts, statement, raw
+                                        ),
+                                    )
+                                    chunk.signatures += 1
                                 chunk.signatures += 1
                                 if kind in SITE_KINDS:
                                     site_statements.append((message, seq))
+                        except SignatureError:
+                            pass  # the reference names the failure
+                        else:
+                            accepted = True
             if not accepted:
                 _check_row_reference(context, row, seq, digest, prev_hash)
             leaves += digest
@@ -784,6 +855,12 @@ def _finish(
     )
 
 
+def _genesis_log_id(body: object) -> bytes:
+    """The log id genesis bytes define (its leaf hash); zeros when there are none."""
+    stored = _stored_bytes(body)
+    return NO_LOG_ID if stored is None else hashlib.sha256(b"\x00" + stored).digest()
+
+
 def _covered_size(listed: Sequence[Checkpoint], size: int) -> int:
     sizes = [c.tree_size for c in listed if c.tree_size < size]
     return max(sizes, default=0)
@@ -806,6 +883,7 @@ def verify_rows(
         Naming the first bad seq (where determinable) and what was wrong.
     """
     materialised = list(rows)
+    log_id = _genesis_log_id(materialised[0][7] if materialised else None)
     task = _Task(
         source=("rows", ""),
         start=0,
@@ -815,6 +893,7 @@ def verify_rows(
         key_events=tuple(key_events),
         covered_size=_covered_size(checkpoints, len(materialised)),
         root_signatures=root_signatures,
+        log_id=log_id,
     )
     chunk = _check_rows(materialised, task)
     return _finish(
@@ -830,6 +909,7 @@ def verify_extension(
     prev_hash: bytes | None,
     trusted_root: VerifyKey,
     key_events: Sequence[KeyEvent],
+    log_id: bytes,
 ) -> bytes:
     """Check entries ``[start, end)`` that extend a verified prefix; returns their leaf hashes.
 
@@ -854,6 +934,7 @@ def verify_extension(
         key_events=tuple(key_events),
         covered_size=0,
         root_signatures="all",
+        log_id=log_id,
     )
     chunk = _check_rows(rows, task)
     if chunk.error is not None:
@@ -882,8 +963,13 @@ def verify_database(
     root_signatures: RootSignatures = "all",
     workers: int | None = None,
     chunk_size: int = DEFAULT_CHUNK,
+    log_id: bytes | None = None,
 ) -> VerifyReport:
     """Verify the first ``size`` entries of the ledger at ``url``, in parallel when large.
+
+    ``log_id`` is the leaf hash of the stored genesis entry (which the checks of entry 0
+    tie to the trusted root; read here when not given); every later entry signature must
+    bind it.
 
     Raises
     ------
@@ -895,6 +981,12 @@ def verify_database(
     covered = _covered_size(checkpoints, size)
     path = sqlite_path(url)
     source = ("db", url) if path is None else ("sqlite", str(path))
+    if log_id is None:
+        first = _sqlite_rows(str(path), 0, 1) if path is not None else _db_rows(url, 0, 1)
+        try:
+            log_id = _genesis_log_id(next((row[7] for row in first), None))
+        finally:
+            first.close()
     tasks = [
         _Task(
             source=source,
@@ -905,6 +997,7 @@ def verify_database(
             key_events=tuple(key_events),
             covered_size=covered,
             root_signatures=root_signatures,
+            log_id=log_id,
         )
         for start in range(0, max(size, 1), chunk_size)
     ]
@@ -918,6 +1011,7 @@ class _BundleLayout:
     offsets: list[int]  # byte offset of every chunk's first entry, plus the end of entries
     checkpoints: list[Checkpoint]
     key_events: list[KeyEvent]
+    log_id: bytes = NO_LOG_ID
 
 
 def _read_bundle_layout(path: Path, chunk_size: int) -> _BundleLayout:
@@ -941,11 +1035,14 @@ def _read_bundle_layout(path: Path, chunk_size: int) -> _BundleLayout:
         if not isinstance(size, int) or isinstance(size, bool) or size < 0:
             raise LedgerIntegrityError("bundle header has no entry count")
         offsets: list[int] = []
+        log_id = NO_LOG_ID
         position = len(header_line)
         for index in range(size):
             if index % chunk_size == 0:
                 offsets.append(position)
             line = handle.readline()
+            if index == 0:
+                log_id = _genesis_log_id(line.rstrip(b"\n"))
             if not line.endswith(b"\n"):
                 raise LedgerIntegrityError(
                     f"the bundle ends after {index} entries but its header says {size}", seq=index
@@ -978,7 +1075,9 @@ def _read_bundle_layout(path: Path, chunk_size: int) -> _BundleLayout:
             raise LedgerIntegrityError(f"bundle {name} record is malformed: {err}") from err
     if seen != {"checkpoints", "key_events"}:
         raise LedgerIntegrityError("bundle lacks its checkpoints or key_events record")
-    return _BundleLayout(size=size, offsets=offsets, checkpoints=checkpoints, key_events=key_events)
+    return _BundleLayout(
+        size=size, offsets=offsets, checkpoints=checkpoints, key_events=key_events, log_id=log_id
+    )
 
 
 def verify_bundle_file(
@@ -1011,6 +1110,7 @@ def verify_bundle_file(
             key_events=tuple(layout.key_events),
             covered_size=covered,
             root_signatures=root_signatures,
+            log_id=layout.log_id,
         )
         for index in range(len(layout.offsets) - 1)
     ]
