@@ -70,6 +70,7 @@ from veracity.ledger.statement import (
     verify_document,
 )
 from veracity.ledger.verify import (
+    MAX_ENTRY_BYTES,
     KeyEvent,
     RootSignatures,
     VerifyReport,
@@ -239,6 +240,11 @@ def _readable(body: bytes, request: EventRequest) -> None:
     InputError
         If the bytes do not decode, or decode to a payload its schema refuses.
     """
+    if len(body) > MAX_ENTRY_BYTES:
+        raise InputError(
+            f"{request.kind} would take {len(body)} bytes; an entry holds at most "
+            f"{MAX_ENTRY_BYTES}"
+        )
     try:
         entry = parse_body(body)
     except InputError as err:

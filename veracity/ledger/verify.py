@@ -96,6 +96,8 @@ __all__ = [
     "verify_database",
     "verify_bundle_file",
     "DEFAULT_CHUNK",
+    "MAX_ENTRY_BYTES",
+    "MAX_RECORD_BYTES",
 ]
 
 RootSignatures = Literal["all", "tail"]
@@ -106,6 +108,12 @@ Row = tuple[
     int | None, bytes | None, int | None, bytes | None, str | None, str | None, str | None, bytes
 ]
 
+#: The longest entry a bundle may hold (bytes, newline excluded): the ledger refuses to
+#: write a longer one, so a longer line is not an entry (and is never read whole).
+MAX_ENTRY_BYTES = 8 << 20
+#: The longest header or trailer line of a bundle (the checkpoint list of 10^6 entries,
+#: one every 1000, is about 0.3 MB).
+MAX_RECORD_BYTES = 64 << 20
 #: Entries per chunk (small enough to balance the processes).
 DEFAULT_CHUNK = 1 << 13
 #: Below this many entries, verification runs in this process.
@@ -562,7 +570,7 @@ def _bundle_rows(path: str, byte_start: int, byte_end: int) -> Generator[Row, No
         handle.seek(byte_start)
         position = byte_start
         while position < byte_end:
-            line = handle.readline()
+            line = handle.readline(MAX_ENTRY_BYTES + 2)
             if not line:
                 return
             position += len(line)
@@ -1022,10 +1030,12 @@ def _read_bundle_layout(path: Path, chunk_size: int) -> _BundleLayout:
     except OSError as err:
         raise InputError(f"cannot read bundle {path}: {err.strerror}") from err
     with handle:
-        header_line = handle.readline()
+        header_line = handle.readline(MAX_RECORD_BYTES + 1)
+        if len(header_line) > MAX_RECORD_BYTES:
+            raise LedgerIntegrityError("bundle header is too long: not a ledger bundle")
         try:
             header = json.loads(header_line)
-        except ValueError as err:
+        except (ValueError, RecursionError) as err:
             raise LedgerIntegrityError("bundle header is not JSON: not a ledger bundle") from err
         if not isinstance(header, dict) or header.get("format") != BUNDLE_FORMAT:
             raise LedgerIntegrityError("not a Veracity ledger bundle")
@@ -1040,7 +1050,13 @@ def _read_bundle_layout(path: Path, chunk_size: int) -> _BundleLayout:
         for index in range(size):
             if index % chunk_size == 0:
                 offsets.append(position)
-            line = handle.readline()
+            line = handle.readline(MAX_ENTRY_BYTES + 2)
+            if len(line.rstrip(b"\n")) > MAX_ENTRY_BYTES:
+                raise LedgerIntegrityError(
+                    f"bundle line of entry {index} is longer than {MAX_ENTRY_BYTES} bytes "
+                    "(the longest entry the ledger writes): not an entry",
+                    seq=index,
+                )
             if index == 0:
                 log_id = _genesis_log_id(line.rstrip(b"\n"))
             if not line.endswith(b"\n"):
@@ -1049,11 +1065,31 @@ def _read_bundle_layout(path: Path, chunk_size: int) -> _BundleLayout:
                 )
             position += len(line)
         offsets.append(position)
-        trailer = handle.read()
-    try:
-        documents = [json.loads(line) for line in trailer.splitlines() if line.strip()]
-    except ValueError as err:
-        raise LedgerIntegrityError("bundle trailer (checkpoints, keys) is not JSON") from err
+        documents = []
+        for _ in range(3):
+            line = handle.readline(MAX_RECORD_BYTES + 1)
+            if not line:
+                break
+            if len(line) > MAX_RECORD_BYTES:
+                raise LedgerIntegrityError(
+                    f"bundle trailer line is longer than {MAX_RECORD_BYTES} bytes"
+                )
+            if not line.strip():
+                continue
+            try:
+                documents.append(json.loads(line))
+            except ValueError as err:
+                raise LedgerIntegrityError(
+                    "bundle trailer (checkpoints, keys) is not JSON"
+                ) from err
+            except RecursionError as err:
+                raise LedgerIntegrityError(
+                    "bundle trailer (checkpoints, keys) nests too deeply"
+                ) from err
+        if handle.read(1):
+            raise LedgerIntegrityError(
+                "the bundle holds more than its entries, checkpoints and key_events"
+            )
     checkpoints: list[Checkpoint] = []
     key_events: list[KeyEvent] = []
     seen = set()
@@ -1063,6 +1099,8 @@ def _read_bundle_layout(path: Path, chunk_size: int) -> _BundleLayout:
                 "bundle trailer records must be {checkpoints} or {key_events}"
             )
         ((name, value),) = document.items()
+        if name in seen:
+            raise LedgerIntegrityError(f"the bundle holds its {name} record twice")
         seen.add(name)
         try:
             if name == "checkpoints":
