@@ -30,15 +30,17 @@ DataDirOption = Annotated[
     typer.Option(
         "--data-dir",
         envvar="VERACITY_DATA_DIR",
-        help="The site directory (default: ./veracity-data).",
+        help="The site directory (default: ./veracity-site).",
     ),
 ]
 
 
-def _root(data_dir: Path | None) -> Path:
-    from veracity.config import load_settings  # pydantic-settings: only when used
+#: A site's default directory; the coordinator's is ``./veracity-coordinator``.
+DEFAULT_SITE_DIR = Path("veracity-site")
 
-    return load_settings(data_dir=data_dir).data_dir
+
+def _root(data_dir: Path | None) -> Path:
+    return DEFAULT_SITE_DIR if data_dir is None else data_dir
 
 
 def _split(values: list[str] | None) -> list[str] | None:
@@ -46,6 +48,41 @@ def _split(values: list[str] | None) -> list[str] | None:
     if not values:
         return None
     return [part.strip() for value in values for part in value.split(",") if part.strip()]
+
+
+def _declared(
+    kind: str,
+    rate: float | None,
+    timestamp: str,
+    time_unit: str,
+    image_size: str | None,
+    image_channels: int,
+    labels_file: str,
+) -> Any:
+    """The declaration of a signals or images dataset from the options (``None``: a table).
+
+    Raises
+    ------
+    ConfigError
+        If the kind is unknown or a required option is missing or malformed.
+    """
+    from veracity.client.datasets import ImagesDeclared, SignalsDeclared
+
+    if kind == "table":
+        return None
+    if kind == "signals":
+        if rate is None:
+            raise ConfigError("signals need --rate (the sampling rate in Hz)")
+        return SignalsDeclared(rate=rate, timestamp=timestamp, time_unit=time_unit)
+    if kind == "images":
+        parts = (image_size or "").lower().split("x")
+        if len(parts) != 2 or not all(part.strip().isdigit() for part in parts):
+            raise ConfigError("images need --image-size HEIGHTxWIDTH, e.g. 8x8")
+        height, width = (int(part) for part in parts)
+        return ImagesDeclared(
+            height=height, width=width, channels=image_channels, labels_file=labels_file
+        )
+    raise ConfigError(f"--kind is table, signals or images, not {kind!r}")
 
 
 def _fmt(value: float | None, digits: int = 4) -> str:
@@ -57,7 +94,7 @@ def _fmt(value: float | None, digits: int = 4) -> str:
 @site_app.command("init")
 def init_command(
     name: Annotated[
-        str, typer.Option("--name", envvar="VERACITY_SITE_NAME", help="The site's enrolled name.")
+        str, typer.Option("--name", envvar="VERACITY_NAME", help="The site's enrolled name.")
     ],
     data_dir: DataDirOption = None,
     torch_threads: Annotated[
@@ -124,23 +161,78 @@ def init_command(
 @site_app.command("register-dataset")
 def register_dataset_command(
     dataset_id: Annotated[
-        str, typer.Option("--id", envvar="VERACITY_DATASET_ID", help="The dataset's id.")
+        str, typer.Option("--id", envvar="VERACITY_ID", help="The dataset's id.")
     ],
     path: Annotated[
         Path,
-        typer.Option("--path", envvar="VERACITY_DATASET_PATH", help="The .csv or .parquet file."),
+        typer.Option(
+            "--path",
+            envvar="VERACITY_PATH",
+            help="A table (.csv, .parquet), signals (.csv, a folder of .csv, .npz) or images "
+            "(a folder with labels.csv, .npz).",
+        ),
     ],
     label: Annotated[
-        str, typer.Option("--label", envvar="VERACITY_LABEL", help="The 0/1 label column.")
+        str, typer.Option("--label", envvar="VERACITY_LABEL", help="The label column.")
     ],
     features: Annotated[
         list[str] | None,
         typer.Option(
             "--features",
+            "--channels",
             envvar="VERACITY_FEATURES",
-            help="Feature columns (repeat, or comma-separated; default: all but the label).",
+            help="Feature columns, or channels of signals (repeat, or comma-separated; "
+            "default: all but the label and timestamp).",
         ),
     ] = None,
+    kind: Annotated[
+        str,
+        typer.Option("--kind", envvar="VERACITY_KIND", help="table, signals or images."),
+    ] = "table",
+    rate: Annotated[
+        float | None,
+        typer.Option(
+            "--rate", envvar="VERACITY_RATE", help="Signals: the sampling rate in Hz (required)."
+        ),
+    ] = None,
+    timestamp: Annotated[
+        str,
+        typer.Option(
+            "--timestamp", envvar="VERACITY_TIMESTAMP", help="Signals: the timestamp column."
+        ),
+    ] = "timestamp",
+    time_unit: Annotated[
+        str,
+        typer.Option(
+            "--time-unit",
+            envvar="VERACITY_TIME_UNIT",
+            help="Signals: the unit of numeric timestamps (s or ms).",
+        ),
+    ] = "s",
+    image_size: Annotated[
+        str | None,
+        typer.Option(
+            "--image-size",
+            envvar="VERACITY_IMAGE_SIZE",
+            help="Images: HEIGHTxWIDTH every image must have (required).",
+        ),
+    ] = None,
+    image_channels: Annotated[
+        int,
+        typer.Option(
+            "--image-channels",
+            envvar="VERACITY_IMAGE_CHANNELS",
+            help="Images: 1 (grey) or 3 (RGB).",
+        ),
+    ] = 1,
+    labels_file: Annotated[
+        str,
+        typer.Option(
+            "--labels-file",
+            envvar="VERACITY_LABELS_FILE",
+            help="Images: the labels CSV inside the folder (columns file and the label).",
+        ),
+    ] = "labels.csv",
     epsilon_budget: Annotated[
         float | None,
         typer.Option(
@@ -157,6 +249,14 @@ def register_dataset_command(
         int | None,
         typer.Option("--min-rows", envvar="VERACITY_MIN_ROWS", help="Fewest rows accepted."),
     ] = None,
+    classes: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--classes",
+            envvar="VERACITY_CLASSES",
+            help="The label's values in class order, comma-separated (default: 0,1).",
+        ),
+    ] = None,
     data_dir: DataDirOption = None,
     output_format: FormatOption = OutputFormat.TEXT,
 ) -> None:
@@ -168,7 +268,9 @@ def register_dataset_command(
     from veracity.client.budget import replace_one_epsilon
     from veracity.client.datasets import register_dataset
     from veracity.client.site import Site
+    from veracity.tasks.study import BINARY_CLASSES
 
+    declared = _declared(kind, rate, timestamp, time_unit, image_size, image_channels, labels_file)
     with Site.open(_root(data_dir)) as site:
         dataset, statement = register_dataset(
             site,
@@ -179,6 +281,8 @@ def register_dataset_command(
             epsilon_budget=epsilon_budget,
             delta=delta,
             min_rows=min_rows,
+            classes=_split(classes) or BINARY_CLASSES,
+            declared=declared,
         )
         pool = site.store.pool(dataset.dataset_id)
         shared = site.store.shared_records(dataset.dataset_id)
@@ -196,7 +300,9 @@ def register_dataset_command(
         "path": str(dataset.path),
         "rows": dataset.rows,
         "positives": dataset.positives,
+        "kind": dataset.kind,
         "label": dataset.label,
+        "classes": list(dataset.classes),
         "features": list(dataset.features),
         "commitment": dataset.commitment,
         "schema_hash": dataset.schema_hash,
@@ -345,7 +451,7 @@ def review_command(
     ],
     dataset: Annotated[
         str | None,
-        typer.Option("--dataset", envvar="VERACITY_DATASET_ID", help="Dataset it would train on."),
+        typer.Option("--dataset", envvar="VERACITY_DATASET", help="Dataset it would train on."),
     ] = None,
     epsilon_cap: Annotated[
         float | None,
@@ -373,7 +479,7 @@ def approve_command(
         Path, typer.Argument(help="The study JSON as the coordinator publishes it.")
     ],
     dataset: Annotated[
-        str, typer.Option("--dataset", envvar="VERACITY_DATASET_ID", help="Dataset to train on.")
+        str, typer.Option("--dataset", envvar="VERACITY_DATASET", help="Dataset to train on.")
     ],
     epsilon_cap: Annotated[
         float,
@@ -546,7 +652,7 @@ def canary_audit_command(
         str | None,
         typer.Option(
             "--dataset",
-            envvar="VERACITY_DATASET_ID",
+            envvar="VERACITY_DATASET",
             help="Registered dataset whose row count (public) sets the sample rate.",
         ),
     ] = None,

@@ -1,19 +1,22 @@
-"""Registering a site's datasets: reading CSV or Parquet, validating, fingerprinting.
+"""Registering a site's datasets: reading, validating, fingerprinting.
 
-A dataset is a table with one 0/1 label column and numeric feature columns, one row per
-patient. Validation refuses, each with its own message naming the row and column where it
-can: an unreadable or non-UTF-8 file, a file that is not comma-separated, a missing label
-or feature column, duplicate column names, rows with the wrong number of fields,
-non-numeric or non-finite values, missing values (empty, ``NA``, ``NaN``, ``null``, ...),
-label values other than 0 and 1, a label with a single class, and fewer rows than the
-site's minimum. Nothing is registered unless everything passes.
+Three kinds. A ``table`` (CSV or Parquet) has one label column and numeric feature columns,
+one row per patient; ``signals`` (:mod:`veracity.client.signals`) and ``images``
+(:mod:`veracity.client.images`) are validated by their own modules. The label's values are
+the declared classes (default ``0`` and ``1``). Validation of a table refuses, each with
+its own message naming the row and column where it can: an unreadable or non-UTF-8 file, a
+file that is not comma-separated, a missing label or feature column, duplicate column
+names, rows with the wrong number of fields, non-numeric or non-finite values, missing
+values (empty, ``NA``, ``NaN``, ``null``, ...), a label outside the declared classes, a
+label with a single class, and fewer rows than the site's minimum. Nothing is registered
+unless everything passes.
 
 Rows are numbered from 1 (the first data row); for CSV the physical line is given too
 (the header is line 1).
 
-The file stays where it is: the store records its absolute path and SHA-256, and the agent
-re-reads and re-hashes it before each round (:func:`load_registered`), refusing to train on
-a file that changed.
+The file (or folder) stays where it is: the store records its absolute path and SHA-256,
+and the agent re-reads and re-hashes it before each round (:func:`load_registered`),
+refusing to train on data that changed.
 """
 
 from __future__ import annotations
@@ -38,14 +41,28 @@ from veracity.client.fingerprint import (
     record_fingerprints,
     schema_hash,
 )
+from veracity.client.images import DEFAULT_LABELS_FILE, parse_images
+from veracity.client.records import (
+    Records,
+    Source,
+    class_index,
+    read_source,
+    records_digest,
+    records_fingerprints,
+)
+from veracity.client.signals import parse_signals
 from veracity.client.site import Site
 from veracity.client.store import Dataset, SignedStatement
 from veracity.contracts.events import DatasetRegistered
 from veracity.core.canonical import sha256_hex
 from veracity.errors import ApprovalMissing, InputError
+from veracity.tasks.study import BINARY_CLASSES
 
 __all__ = [
     "DATASET_ID_PATTERN",
+    "ImagesDeclared",
+    "Loaded",
+    "SignalsDeclared",
     "Table",
     "parse_table",
     "read_table",
@@ -58,6 +75,7 @@ log = logging.getLogger(__name__)
 
 DATASET_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
+_CLASS_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 ._()/-]{0,127}$")
 _MISSING = frozenset({"", "na", "n/a", "nan", "null", "none", "?", "#n/a"})
 _OTHER_DELIMITERS = ((";", "semicolon"), ("\t", "tab"), ("|", "pipe"))
 _CSV_SUFFIXES = frozenset({".csv"})
@@ -66,12 +84,13 @@ _PARQUET_SUFFIXES = frozenset({".parquet", ".pq"})
 
 @dataclass(frozen=True)
 class Table:
-    """A validated dataset: feature matrix, 0/1 labels, and the column names."""
+    """A validated dataset: feature matrix, class indices, the column names and classes."""
 
     features: tuple[str, ...]
     label: str
     x: npt.NDArray[np.float64]
     y: npt.NDArray[np.int64]
+    classes: tuple[str, ...] = BINARY_CLASSES
 
     @property
     def rows(self) -> int:
@@ -80,8 +99,85 @@ class Table:
 
     @property
     def positives(self) -> int:
-        """Number of rows labelled 1."""
-        return int(self.y.sum())
+        """Number of rows of a class other than the first (labelled 1, for two classes)."""
+        return int(np.count_nonzero(self.y))
+
+
+@dataclass(frozen=True)
+class SignalsDeclared:
+    """What a site operator declares about recordings (see :mod:`veracity.client.signals`)."""
+
+    rate: float
+    channels: tuple[str, ...] | None = None
+    timestamp: str = "timestamp"
+    time_unit: str = "s"
+
+
+@dataclass(frozen=True)
+class ImagesDeclared:
+    """What a site operator declares about images (see :mod:`veracity.client.images`)."""
+
+    height: int
+    width: int
+    channels: int = 1
+    labels_file: str = DEFAULT_LABELS_FILE
+
+
+Loaded = Table | Records
+
+
+def _parse_records(
+    source: Source,
+    declared: SignalsDeclared | ImagesDeclared,
+    *,
+    label: str,
+    classes: Sequence[str],
+    channels: Sequence[str] | None = None,
+) -> Records:
+    if isinstance(declared, SignalsDeclared):
+        return parse_signals(
+            source,
+            label=label,
+            classes=classes,
+            rate=declared.rate,
+            channels=declared.channels if channels is None else channels,
+            timestamp=declared.timestamp,
+            time_unit=declared.time_unit,
+        )
+    return parse_images(
+        source,
+        label=label,
+        classes=classes,
+        height=declared.height,
+        width=declared.width,
+        channels=declared.channels,
+        labels_file=declared.labels_file,
+    )
+
+
+def _declared_of(dataset: Dataset) -> SignalsDeclared | ImagesDeclared | None:
+    layout = dataset.layout
+    if dataset.kind == "signals":
+        return SignalsDeclared(
+            rate=float(layout["rate"]),
+            channels=dataset.features,
+            timestamp=str(layout.get("timestamp", "timestamp")),
+            time_unit=str(layout.get("time_unit", "s")),
+        )
+    if dataset.kind == "images":
+        return ImagesDeclared(
+            height=int(layout["height"]),
+            width=int(layout["width"]),
+            channels=len(dataset.features),
+            labels_file=str(layout.get("labels_file", DEFAULT_LABELS_FILE)),
+        )
+    return None
+
+
+def _records_format(source: Source, records: Records) -> str:
+    if not source.directory:
+        return "npz"
+    return "csv-folder" if records.kind == "signals" else "image-folder"
 
 
 def _file_format(path: Path) -> str:
@@ -148,12 +244,16 @@ def _number(name: str, text: str, where: str) -> float:
     return value
 
 
-def _label_value(name: str, value: float, shown: str, where: str, label: str) -> int:
-    if value == 0.0:
-        return 0
-    if value == 1.0:
-        return 1
-    raise InputError(f"{name}: label {label!r} must be 0 or 1, found {shown[:40]!r} at {where}")
+def _label_value(
+    name: str, value: float, shown: str, where: str, label: str, classes: Sequence[str]
+) -> int:
+    if classes == BINARY_CLASSES:
+        if value == 0.0:
+            return 0
+        if value == 1.0:
+            return 1
+        raise InputError(f"{name}: label {label!r} must be 0 or 1, found {shown[:40]!r} at {where}")
+    return class_index(name, shown, classes, where, label)
 
 
 def _finish(
@@ -163,22 +263,28 @@ def _finish(
     x: npt.NDArray[np.float64],
     y: npt.NDArray[np.int64],
     min_rows: int,
+    classes: Sequence[str],
 ) -> Table:
     rows = int(y.shape[0])
     if rows < min_rows:
         raise InputError(f"{name}: {rows} data rows; at least {min_rows} are needed")
-    positives = int(y.sum())
-    if positives in (0, rows):
-        only = 1 if positives else 0
+    present = np.unique(y)
+    if present.size < 2:
+        only = classes[int(present[0])] if present.size else "none"
         raise InputError(
             f"{name}: label {label!r} has only the class {only} ({rows} rows); "
-            "training needs rows of both classes"
+            "training needs rows of at least two classes"
         )
-    return Table(features=features, label=label, x=x, y=y)
+    return Table(features=features, label=label, x=x, y=y, classes=tuple(classes))
 
 
 def _parse_csv(
-    name: str, data: bytes, label: str, features: Sequence[str] | None, min_rows: int
+    name: str,
+    data: bytes,
+    label: str,
+    features: Sequence[str] | None,
+    min_rows: int,
+    classes: Sequence[str],
 ) -> Table:
     try:
         text = data.decode("utf-8-sig")
@@ -214,15 +320,25 @@ def _parse_csv(
                 values.append(_number(name, row[index], where))
             where = f"row {data_row} (line {line}), column {label!r}"
             raw_label = row[label_index]
-            labels.append(
-                _label_value(name, _number(name, raw_label, where), raw_label.strip(), where, label)
-            )
+            if tuple(classes) == BINARY_CLASSES:
+                labels.append(
+                    _label_value(
+                        name,
+                        _number(name, raw_label, where),
+                        raw_label.strip(),
+                        where,
+                        label,
+                        classes,
+                    )
+                )
+            else:
+                labels.append(class_index(name, raw_label, classes, where, label))
             matrix.append(values)
     except csv.Error as err:
         raise InputError(f"{name}: malformed CSV at line {reader.line_num}: {err}") from err
     x = np.asarray(matrix, dtype=np.float64).reshape(len(matrix), len(chosen))
     y = np.asarray(labels, dtype=np.int64)
-    return _finish(name, label, chosen, x, y, min_rows)
+    return _finish(name, label, chosen, x, y, min_rows, classes)
 
 
 def _parquet_column(name: str, table: object, column: str) -> npt.NDArray[np.float64]:
@@ -257,7 +373,12 @@ def _parquet_column(name: str, table: object, column: str) -> npt.NDArray[np.flo
 
 
 def _parse_parquet(
-    name: str, data: bytes, label: str, features: Sequence[str] | None, min_rows: int
+    name: str,
+    data: bytes,
+    label: str,
+    features: Sequence[str] | None,
+    min_rows: int,
+    classes: Sequence[str],
 ) -> Table:
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -269,12 +390,19 @@ def _parse_parquet(
     chosen = _select_columns(name, table.column_names, label, features)
     columns = [_parquet_column(name, table, column) for column in chosen]
     x = np.column_stack(columns) if columns else np.empty((table.num_rows, 0))
-    raw_labels = _parquet_column(name, table, label)
-    y = np.empty(raw_labels.shape[0], dtype=np.int64)
+    if tuple(classes) == BINARY_CLASSES:
+        raw_labels: Sequence[object] = list(_parquet_column(name, table, label))
+    else:
+        raw_labels = table.column(label).to_pylist()
+    y = np.empty(len(raw_labels), dtype=np.int64)
     for index, value in enumerate(raw_labels):
         where = f"row {index + 1}, column {label!r}"
-        y[index] = _label_value(name, float(value), repr(float(value)), where, label)
-    return _finish(name, label, chosen, np.asarray(x, dtype=np.float64), y, min_rows)
+        if tuple(classes) == BINARY_CLASSES:
+            number = float(value)  # type: ignore[arg-type]
+            y[index] = _label_value(name, number, repr(number), where, label, classes)
+        else:
+            y[index] = class_index(name, "" if value is None else value, classes, where, label)
+    return _finish(name, label, chosen, np.asarray(x, dtype=np.float64), y, min_rows, classes)
 
 
 def parse_table(
@@ -285,6 +413,7 @@ def parse_table(
     label: str,
     features: Sequence[str] | None = None,
     min_rows: int = 2,
+    classes: Sequence[str] = BINARY_CLASSES,
 ) -> Table:
     """Validate and parse a dataset held in memory.
 
@@ -297,22 +426,44 @@ def parse_table(
     file_format
         ``"csv"`` or ``"parquet"``.
     label
-        The 0/1 label column.
+        The label column.
     features
         The feature columns, in model order (default: every column but the label).
     min_rows
         The fewest rows accepted.
+    classes
+        The label's values in class-index order (default ``0`` and ``1``).
 
     Raises
     ------
     InputError
         Naming the first problem found, with its row and column where there is one.
     """
+    classes = check_classes(classes)
     if file_format == "csv":
-        return _parse_csv(name, data, label, features, min_rows)
+        return _parse_csv(name, data, label, features, min_rows, classes)
     if file_format == "parquet":
-        return _parse_parquet(name, data, label, features, min_rows)
+        return _parse_parquet(name, data, label, features, min_rows, classes)
     raise InputError(f"{name}: unknown file format {file_format!r}")
+
+
+def check_classes(classes: Sequence[str]) -> tuple[str, ...]:
+    """A label's declared classes, checked: at least two, distinct, printable names.
+
+    Raises
+    ------
+    InputError
+        If they are not.
+    """
+    chosen = tuple(str(c).strip() for c in classes)
+    if len(chosen) < 2 or len(chosen) > 1000:
+        raise InputError(f"declare between 2 and 1000 classes, not {len(chosen)}")
+    if len(set(chosen)) != len(chosen):
+        raise InputError("the declared classes must be distinct")
+    for value in chosen:
+        if not _CLASS_NAME.match(value):
+            raise InputError(f"class {value[:40]!r} must be 1-128 printable characters")
+    return chosen
 
 
 def _read_bytes(path: Path) -> bytes:
@@ -327,7 +478,12 @@ def _read_bytes(path: Path) -> bytes:
 
 
 def read_table(
-    path: Path, *, label: str, features: Sequence[str] | None = None, min_rows: int = 2
+    path: Path,
+    *,
+    label: str,
+    features: Sequence[str] | None = None,
+    min_rows: int = 2,
+    classes: Sequence[str] = BINARY_CLASSES,
 ) -> tuple[Table, str]:
     """Read, validate and parse a CSV or Parquet file; returns the table and the file's SHA-256.
 
@@ -341,7 +497,13 @@ def read_table(
     file_format = _file_format(path)
     data = _read_bytes(path)
     table = parse_table(
-        path.name, data, file_format, label=label, features=features, min_rows=min_rows
+        path.name,
+        data,
+        file_format,
+        label=label,
+        features=features,
+        min_rows=min_rows,
+        classes=classes,
     )
     return table, sha256_hex(data)
 
@@ -357,6 +519,8 @@ def register_dataset(
     delta: float | None = None,
     min_rows: int | None = None,
     salt: bytes | None = None,
+    classes: Sequence[str] = BINARY_CLASSES,
+    declared: SignalsDeclared | ImagesDeclared | None = None,
 ) -> tuple[Dataset, SignedStatement]:
     """Validate a data file and register it, with a signed ``dataset.registered`` statement.
 
@@ -377,6 +541,14 @@ def register_dataset(
         Minimum rows (default: the site's setting).
     salt
         The commitment salt (default: 32 fresh random bytes; tests inject one).
+    classes
+        The label's values in class-index order (default ``0`` and ``1``); a row with
+        another value is refused.
+    declared
+        For signals (:class:`SignalsDeclared`: a CSV file, a folder of them or an NPZ) or
+        images (:class:`ImagesDeclared`: a folder of PNG or DICOM with a labels CSV, or an
+        NPZ), what the operator declares; ``None`` for a table. ``features`` then names
+        the channels of signals to keep.
 
     Returns
     -------
@@ -402,11 +574,26 @@ def register_dataset(
     if not (math.isfinite(chosen_delta) and 0 < chosen_delta < 1):
         raise InputError(f"delta {chosen_delta!r} must lie in (0, 1)")
     resolved = path.expanduser().resolve()
+    if declared is not None:
+        return _register_records(
+            site,
+            dataset_id=dataset_id,
+            path=resolved,
+            label=label,
+            features=features,
+            budget=float(budget),
+            delta=float(chosen_delta),
+            min_rows=site.config.min_rows if min_rows is None else min_rows,
+            salt=salt,
+            classes=check_classes(classes),
+            declared=declared,
+        )
     table, file_hash = read_table(
         resolved,
         label=label,
         features=features,
         min_rows=site.config.min_rows if min_rows is None else min_rows,
+        classes=classes,
     )
     digest = content_digest(table.features, table.label, table.x, table.y)
     salt_bytes = new_salt() if salt is None else salt
@@ -419,7 +606,7 @@ def register_dataset(
         content_digest=digest,
         salt=salt_bytes,
         commitment=commitment(salt_bytes, digest),
-        schema_hash=schema_hash(table.features, table.label),
+        schema_hash=schema_hash(table.features, table.label, classes=table.classes),
         label=table.label,
         features=table.features,
         rows=table.rows,
@@ -427,6 +614,11 @@ def register_dataset(
         epsilon_budget=float(budget),
         delta=float(chosen_delta),
         registered_at=now,
+        layout=(
+            {}
+            if table.classes == BINARY_CLASSES
+            else {"kind": "table", "classes": list(table.classes)}
+        ),
     )
     _fingerprint_older_datasets(site)
     fingerprints = record_fingerprints(
@@ -456,6 +648,78 @@ def register_dataset(
     return dataclasses.replace(dataset, pool_id=pool.pool_id), statement
 
 
+def _register_records(
+    site: Site,
+    *,
+    dataset_id: str,
+    path: Path,
+    label: str,
+    features: Sequence[str] | None,
+    budget: float,
+    delta: float,
+    min_rows: int,
+    salt: bytes | None,
+    classes: tuple[str, ...],
+    declared: SignalsDeclared | ImagesDeclared,
+) -> tuple[Dataset, SignedStatement]:
+    """Register signals or images (the rest of :func:`register_dataset`)."""
+    source = read_source(path)
+    if isinstance(declared, ImagesDeclared) and features is not None:
+        raise InputError("images take no feature list; their channels are named by count")
+    records = _parse_records(source, declared, label=label, classes=classes, channels=features)
+    if records.rows < min_rows:
+        raise InputError(f"{path.name}: {records.rows} examples; at least {min_rows} are needed")
+    digest = records_digest(records)
+    salt_bytes = new_salt() if salt is None else salt
+    now = site.now()
+    layout = records.layout()
+    if isinstance(declared, SignalsDeclared):
+        layout |= {"timestamp": declared.timestamp, "time_unit": declared.time_unit}
+    else:
+        layout |= {"labels_file": declared.labels_file}
+    dataset = Dataset(
+        dataset_id=dataset_id,
+        path=path,
+        file_format=_records_format(source, records),
+        file_sha256=source.sha256,
+        content_digest=digest,
+        salt=salt_bytes,
+        commitment=commitment(salt_bytes, digest),
+        schema_hash=records.schema_hash(),
+        label=label,
+        features=records.channels,
+        rows=records.rows,
+        positives=records.positives,
+        epsilon_budget=budget,
+        delta=delta,
+        registered_at=now,
+        layout=layout,
+    )
+    _fingerprint_older_datasets(site)
+    fingerprints = records_fingerprints(site.store.record_key(), records)
+    statement = site.sign(
+        DatasetRegistered(
+            site=site.name,
+            dataset_id=dataset_id,
+            commitment=dataset.commitment,
+            schema_hash=dataset.schema_hash,
+            rows=dataset.rows,
+            label=dataset.label,
+            features=list(dataset.features),
+            signed_at=now,
+        )
+    )
+    pool = site.store.add_dataset(dataset, statement, record_fingerprints=fingerprints)
+    log.info(
+        "registered %s dataset %s (%d examples) from %s",
+        records.kind,
+        dataset_id,
+        records.rows,
+        path,
+    )
+    return dataclasses.replace(dataset, pool_id=pool.pool_id), statement
+
+
 def _fingerprint_older_datasets(site: Site) -> None:
     """Fingerprint the records of datasets registered before record fingerprints existed.
 
@@ -470,18 +734,19 @@ def _fingerprint_older_datasets(site: Site) -> None:
         except (ApprovalMissing, InputError) as err:
             log.warning("cannot fingerprint dataset %s: %s", dataset.dataset_id, err)
             continue
-        site.store.attach_fingerprints(
-            dataset.dataset_id,
-            record_fingerprints(
+        if isinstance(table, Records):
+            prints = records_fingerprints(site.store.record_key(), table)
+        else:
+            prints = record_fingerprints(
                 site.store.record_key(), table.features, table.label, table.x, table.y
-            ),
-        )
+            )
+        site.store.attach_fingerprints(dataset.dataset_id, prints)
 
 
-def check_registered(dataset: Dataset) -> bytes:
-    """Read a registered dataset's file and check it is still the registered one.
+def check_registered(dataset: Dataset) -> Source:
+    """Read a registered dataset's file (or folder) and check it is still the registered one.
 
-    Returns the file's bytes.
+    Returns what was read, for :func:`load_registered`.
 
     Raises
     ------
@@ -489,37 +754,41 @@ def check_registered(dataset: Dataset) -> bytes:
         If the file is gone, unreadable, or no longer has the registered SHA-256.
     """
     try:
-        data = _read_bytes(dataset.path)
+        source = read_source(dataset.path)
     except InputError as err:
         raise ApprovalMissing(
             f"dataset {dataset.dataset_id!r} cannot be read ({err}); restore the registered file"
         ) from err
-    if sha256_hex(data) != dataset.file_sha256:
+    if source.sha256 != dataset.file_sha256:
         raise ApprovalMissing(
             f"dataset {dataset.dataset_id!r} changed since it was registered "
             f"({dataset.path}); training on it is refused until the registered file is back"
         )
-    return data
+    return source
 
 
-def load_registered(dataset: Dataset, data: bytes | None = None) -> Table:
+def load_registered(dataset: Dataset, source: Source | None = None) -> Loaded:
     """Re-read a registered dataset for training, refusing a file that changed.
 
-    ``data`` are the file's bytes as :func:`check_registered` returned them (read again
-    and checked when not given).
+    ``source`` is what :func:`check_registered` returned (read again and checked when not
+    given). A table gives a :class:`Table`, signals and images :class:`Records`.
 
     Raises
     ------
     ApprovalMissing
         If the file is gone, unreadable, or no longer has the registered SHA-256.
     """
-    if data is None:
-        data = check_registered(dataset)
+    if source is None:
+        source = check_registered(dataset)
+    declared = _declared_of(dataset)
+    if declared is not None:
+        return _parse_records(source, declared, label=dataset.label, classes=dataset.classes)
     return parse_table(
         dataset.path.name,
-        data,
+        source.single(),
         dataset.file_format,
         label=dataset.label,
         features=dataset.features,
         min_rows=1,
+        classes=dataset.classes,
     )

@@ -22,6 +22,7 @@ __all__ = [
     "RECEIPT_FIELDS",
     "Base64Signature",
     "HistoryItem",
+    "check_history",
     "Receipt",
     "SignedReceipt",
 ]
@@ -36,7 +37,14 @@ Base64Signature = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9+/]{86}=
 HistoryItem = list[int | float]
 
 
-def _check_history(value: list[HistoryItem]) -> list[HistoryItem]:
+def check_history(value: list[HistoryItem]) -> list[HistoryItem]:
+    """Check an accountant history as receipts carry it (a pydantic after-validator).
+
+    Raises
+    ------
+    ValueError
+        If an item is not ``[noise_multiplier, sample_rate, steps]`` with valid terms.
+    """
     for step in value:
         if len(step) != 3:
             raise ValueError("each history item is [noise_multiplier, sample_rate, steps]")
@@ -74,7 +82,7 @@ class Receipt(Contract):
     delta: Annotated[Number, Field(gt=0, lt=1)]
     epsilon: Annotated[Number, Field(ge=0)]
     epsilon_add_remove: Annotated[Number, Field(ge=0)]
-    history: Annotated[list[HistoryItem], AfterValidator(_check_history)]
+    history: Annotated[list[HistoryItem], AfterValidator(check_history)]
     max_grad_norm: Annotated[Number, Field(gt=0)]
     num_examples: Count
     noise_generator: Annotated[str, StringConstraints(min_length=1, max_length=200)]
