@@ -242,8 +242,7 @@ def _readable(body: bytes, request: EventRequest) -> None:
     """
     if len(body) > MAX_ENTRY_BYTES:
         raise InputError(
-            f"{request.kind} would take {len(body)} bytes; an entry holds at most "
-            f"{MAX_ENTRY_BYTES}"
+            f"{request.kind} would take {len(body)} bytes; an entry holds at most {MAX_ENTRY_BYTES}"
         )
     try:
         entry = parse_body(body)
