@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 import sys
@@ -57,3 +58,27 @@ def test_freezing_of_gait_example_detects_freezes_under_dp_and_scores_real_daphn
         assert daphnet["windows"] == 54
         assert daphnet["freeze_windows_annotated"] == 0
         assert 0.0 <= daphnet["false_alarm_rate"] <= 0.5
+
+
+@pytest.mark.training
+def test_digits_example_trains_a_ten_class_cnn2d_under_dp(tmp_path: Path) -> None:
+    summary = _run_example("digits_images.py", tmp_path, "--rounds", "6")
+    assert max(summary["epsilon_replace_one"].values()) <= 3.0
+    assert summary["accuracy"] > 0.3  # ten classes: chance is 0.1
+    assert summary["card_classes"] == [str(d) for d in range(10)]
+    assert set(summary["per_class_recall"]) == {str(d) for d in range(10)}
+    assert summary["card_inputs"]["kind"] == "images"
+
+
+@pytest.mark.training
+def test_basic_motions_example_runs_the_signals_path_on_real_recordings(tmp_path: Path) -> None:
+    if importlib.util.find_spec("aeon") is None:
+        pytest.skip("aeon's data are not installed (pip install --no-deps aeon==1.6.0)")
+    summary = _run_example("basic_motions.py", tmp_path, "--rounds", "4")
+    assert summary["recordings_per_site"] == {"clinic-a": 20, "clinic-b": 20}
+    assert summary["card_classes"] == ["Standing", "Running", "Walking", "Badminton"]
+    assert summary["card_inputs"]["channels"] == [
+        "accel_x", "accel_y", "accel_z", "gyro_x", "gyro_y", "gyro_z",
+    ]  # fmt: skip
+    assert 0.0 <= summary["accuracy"] <= 1.0
+    assert max(summary["epsilon_replace_one"].values()) <= 8.0
