@@ -1,7 +1,7 @@
 # The README's two commands: `make demo` (the main job) and `make test` (the test suite).
 # Both create .venv and install from this repository's files when needed. `make test-fast`
 # is the edit loop: the unit tests, without processes, PostgreSQL or Opacus training (the
-# markers are described in docs/architecture.md "Tests").
+# markers are described in docs/architecture.md "Tests"), spread over the cores by pytest-xdist.
 
 PYTHON ?= python3.11
 VENV   := .venv
@@ -24,7 +24,7 @@ test: $(STAMP)
 	$(VENV)/bin/python -m pytest
 
 test-fast: $(STAMP)
-	$(VENV)/bin/python -m pytest -m "not integration and not slow and not training" -q
+	$(VENV)/bin/python -m pytest -n auto -m "not integration and not slow and not training" -q
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -62,7 +62,7 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="VERACITY_", extra="ignore", frozen=True)
 
     data_dir: Path = Field(
-        default=Path("veracity-data"),
+        default=Path("veracity-coordinator"),
         description="Directory holding the embedded database, keys and TLS material.",
     )
     database_url: str | None = Field(

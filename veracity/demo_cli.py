@@ -18,12 +18,13 @@ def demo(
         Path | None,
         typer.Option(
             "--data-dir",
-            envvar="VERACITY_DEMO_DIR",
+            envvar="VERACITY_DATA_DIR",
             help="A fresh directory for the network (default: ./veracity-data/demo-TIMESTAMP).",
         ),
     ] = None,
     rounds: Annotated[
-        int, typer.Option("--rounds", envvar="VERACITY_DEMO_ROUNDS", min=1, max=50)
+        int,
+        typer.Option("--rounds", envvar="VERACITY_ROUNDS", help="Federated rounds.", min=1, max=50),
     ] = 3,
     output_format: FormatOption = OutputFormat.TEXT,
 ) -> None:
@@ -51,7 +52,7 @@ def demo(
         "Study, model and audit",
         ["item", "value"],
         [
-            ["model", model["hash"][:16]],
+            ["model", model["hash"]],
             ["accuracy (held-out patients, encrypted)", f"{model['accuracy']:.3f}"],
             ["AUC", f"{model['auc']:.3f}"],
             ["encrypted vs plaintext decisions agree", f"{inference['agreement']:.1%}"],

@@ -24,6 +24,7 @@ __all__ = [
     "stdout_console",
     "emit_json",
     "emit_table",
+    "emit_next",
     "configure_logging",
 ]
 
@@ -51,9 +52,19 @@ def stderr_console() -> Console:
     return Console(stderr=True, highlight=False, soft_wrap=True)
 
 
+#: Width of stdout when it is not a terminal (a pipe, a file): wide enough that no hash or
+#: path is ever cut or wrapped, so what is printed can be pasted into the next command.
+_UNBOUNDED_WIDTH = 10_000
+
+
 def stdout_console() -> Console:
-    """A console for data shown to people (tables, summaries)."""
-    return Console(highlight=False, soft_wrap=True)
+    """A console for data shown to people (tables, summaries).
+
+    On a terminal it is the terminal's width (long cells wrap, never cut); anywhere else
+    it is unbounded, so a table keeps every value on one line.
+    """
+    width = None if sys.stdout.isatty() else _UNBOUNDED_WIDTH
+    return Console(highlight=False, soft_wrap=True, width=width)
 
 
 def emit_json(document: Any) -> None:
@@ -63,11 +74,20 @@ def emit_json(document: Any) -> None:
     sys.stdout.flush()
 
 
+def emit_next(*commands: str) -> None:
+    """End a command's output with the commands to run next (on stderr, whole)."""
+    if not commands:
+        return
+    lines = ["next:"] + [f"  {command}" for command in commands]
+    sys.stderr.write("\n".join(lines) + "\n")
+    sys.stderr.flush()
+
+
 def emit_table(title: str | None, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
     """Print a table of data on stdout."""
     table = Table(title=title, show_lines=False)
     for column in columns:
-        table.add_column(column)
+        table.add_column(column, overflow="fold")  # never an ellipsis: values are whole
     for row in rows:
         table.add_row(*("" if cell is None else str(cell) for cell in row))
     stdout_console().print(table)

@@ -54,7 +54,7 @@ def test_data_dir_comes_from_the_environment(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     monkeypatch.setenv("VERACITY_DATA_DIR", str(tmp_path / "env-site"))
-    monkeypatch.setenv("VERACITY_SITE_NAME", "hospital-env")
+    monkeypatch.setenv("VERACITY_NAME", "hospital-env")
     shown = _json(capsys, ["site", "init", "--format", "json"])
     assert shown["site"] == "hospital-env"
     assert shown["data_dir"] == str((tmp_path / "env-site").resolve())

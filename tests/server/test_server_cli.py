@@ -113,7 +113,7 @@ def test_token_commands_refuse_bad_input(
         "--data-dir",
         data_dir,
     ]
-    assert main(bad_role) == 1
+    assert main(bad_role) == 2  # a usage error, like any unknown choice
     no_site = ["server", "token", "create", "--role", "site", "--name", "x", "--data-dir", data_dir]
     assert main(no_site) == 1
     assert main(["server", "token", "revoke", "0" * 16, "--data-dir", data_dir]) == 1
@@ -130,8 +130,8 @@ def test_server_options_are_settable_from_the_environment(
 ) -> None:
     _init(tmp_path / "c", sqlite_url, capsys)
     monkeypatch.setenv("VERACITY_DATA_DIR", str(tmp_path / "c"))
-    monkeypatch.setenv("VERACITY_TOKEN_ROLE", "researcher")
-    monkeypatch.setenv("VERACITY_TOKEN_NAME", "clinic")
+    monkeypatch.setenv("VERACITY_ROLE", "researcher")
+    monkeypatch.setenv("VERACITY_NAME", "clinic")
     assert main(["server", "token", "create"]) == 0
     assert capsys.readouterr().out.startswith("vrc_")
 

@@ -134,3 +134,69 @@ def test_runs_are_left_out_at_their_default_and_hashed_otherwise() -> None:
     assert twice.study_hash != default.study_hash
     with pytest.raises(InputError, match="runs"):
         parse_study(_document(runs=0))
+
+
+def _signals_document(**changes: Any) -> dict[str, Any]:
+    channels = ["ankle_x", "ankle_y", "trunk_z"]
+    document = _document(
+        model={"family": "cnn1d", "input_shape": [3, 128], "classes": 3},
+        features=channels,
+        scaling=[[0.0, 1.0]] * 3,
+        classes=["walk", "stand", "freeze"],
+        input={"kind": "signals", "rate": 64, "channels": channels, "window": 128, "hop": 64},
+    )
+    document.update(changes)
+    return document
+
+
+def test_a_study_of_k_classes_on_signals_or_images_round_trips() -> None:
+    signals = parse_study(_signals_document())
+    assert signals.classes == ("walk", "stand", "freeze")
+    assert signals.model_spec.classes == 3
+    assert parse_study(signals.to_document()).study_hash == signals.study_hash
+    images = parse_study(
+        _document(
+            model={"family": "cnn2d", "input_shape": [1, 8, 8], "classes": 10, "kernel": 3},
+            features=["grey"],
+            scaling=[[0.3, 0.4]],
+            classes=[str(i) for i in range(10)],
+            input={"kind": "images", "height": 8, "width": 8, "intensity_max": 16},
+        )
+    )
+    assert images.input is not None
+    assert images.input.kind == "images"
+    assert parse_study(images.to_document()) == images
+
+
+def test_binary_studies_leave_classes_and_input_out_of_the_document() -> None:
+    document = parse_study(_document(classes=["0", "1"], input=None)).to_document()
+    assert "classes" not in document
+    assert "input" not in document
+    assert parse_study(_document(classes=["0", "1"])).study_hash == HASH_WITHOUT_CENTRAL_DP
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"classes": ["walk", "stand"]}, "3 classes but the study names 2"),
+        ({"classes": ["walk", "walk", "freeze"]}, "distinct"),
+        ({"features": ["a", "b", "c"]}, "input's channels"),
+        ({"input": None}, "needs an input"),
+        (
+            {
+                "input": {
+                    "kind": "signals",
+                    "rate": 64,
+                    "channels": ["ankle_x", "ankle_y", "trunk_z"],
+                    "window": 64,
+                    "hop": 64,
+                }
+            },
+            "input_shape",
+        ),
+        ({"input": {"kind": "images", "height": 8, "width": 8, "intensity_max": 1}}, "cnn2d"),
+    ],
+)
+def test_inconsistent_signal_studies_are_refused(changes: dict[str, Any], message: str) -> None:
+    with pytest.raises(InputError, match=message):
+        parse_study(_signals_document(**changes))

@@ -130,6 +130,7 @@ class StudyReview:
             "model": study.model,
             "features": list(study.features),
             "label": study.label,
+            "classes": list(study.classes),
             "scaling": [[mean, std] for mean, std in study.scaling],
             "max_weight_norm": study.max_weight_norm,
             "dp": study.dp.model_dump(mode="json"),
@@ -189,6 +190,11 @@ def review_study(
         problems.append(
             f"the study's label is {study.label!r}; dataset {dataset.dataset_id!r} has "
             f"label {dataset.label!r}"
+        )
+    if dataset.classes != study.classes:
+        problems.append(
+            f"the study's classes are {', '.join(study.classes)}; dataset "
+            f"{dataset.dataset_id!r} has {', '.join(dataset.classes)}"
         )
     missing = [column for column in study.features if column not in dataset.features]
     if missing:

@@ -30,15 +30,17 @@ DataDirOption = Annotated[
     typer.Option(
         "--data-dir",
         envvar="VERACITY_DATA_DIR",
-        help="The site directory (default: ./veracity-data).",
+        help="The site directory (default: ./veracity-site).",
     ),
 ]
 
 
-def _root(data_dir: Path | None) -> Path:
-    from veracity.config import load_settings  # pydantic-settings: only when used
+#: A site's default directory; the coordinator's is ``./veracity-coordinator``.
+DEFAULT_SITE_DIR = Path("veracity-site")
 
-    return load_settings(data_dir=data_dir).data_dir
+
+def _root(data_dir: Path | None) -> Path:
+    return DEFAULT_SITE_DIR if data_dir is None else data_dir
 
 
 def _split(values: list[str] | None) -> list[str] | None:
@@ -57,7 +59,7 @@ def _fmt(value: float | None, digits: int = 4) -> str:
 @site_app.command("init")
 def init_command(
     name: Annotated[
-        str, typer.Option("--name", envvar="VERACITY_SITE_NAME", help="The site's enrolled name.")
+        str, typer.Option("--name", envvar="VERACITY_NAME", help="The site's enrolled name.")
     ],
     data_dir: DataDirOption = None,
     torch_threads: Annotated[
@@ -124,11 +126,11 @@ def init_command(
 @site_app.command("register-dataset")
 def register_dataset_command(
     dataset_id: Annotated[
-        str, typer.Option("--id", envvar="VERACITY_DATASET_ID", help="The dataset's id.")
+        str, typer.Option("--id", envvar="VERACITY_ID", help="The dataset's id.")
     ],
     path: Annotated[
         Path,
-        typer.Option("--path", envvar="VERACITY_DATASET_PATH", help="The .csv or .parquet file."),
+        typer.Option("--path", envvar="VERACITY_PATH", help="The .csv or .parquet file."),
     ],
     label: Annotated[
         str, typer.Option("--label", envvar="VERACITY_LABEL", help="The 0/1 label column.")
@@ -157,6 +159,14 @@ def register_dataset_command(
         int | None,
         typer.Option("--min-rows", envvar="VERACITY_MIN_ROWS", help="Fewest rows accepted."),
     ] = None,
+    classes: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--classes",
+            envvar="VERACITY_CLASSES",
+            help="The label's values in class order, comma-separated (default: 0,1).",
+        ),
+    ] = None,
     data_dir: DataDirOption = None,
     output_format: FormatOption = OutputFormat.TEXT,
 ) -> None:
@@ -168,6 +178,7 @@ def register_dataset_command(
     from veracity.client.budget import replace_one_epsilon
     from veracity.client.datasets import register_dataset
     from veracity.client.site import Site
+    from veracity.tasks.study import BINARY_CLASSES
 
     with Site.open(_root(data_dir)) as site:
         dataset, statement = register_dataset(
@@ -179,6 +190,7 @@ def register_dataset_command(
             epsilon_budget=epsilon_budget,
             delta=delta,
             min_rows=min_rows,
+            classes=_split(classes) or BINARY_CLASSES,
         )
         pool = site.store.pool(dataset.dataset_id)
         shared = site.store.shared_records(dataset.dataset_id)
@@ -197,6 +209,7 @@ def register_dataset_command(
         "rows": dataset.rows,
         "positives": dataset.positives,
         "label": dataset.label,
+        "classes": list(dataset.classes),
         "features": list(dataset.features),
         "commitment": dataset.commitment,
         "schema_hash": dataset.schema_hash,
@@ -345,7 +358,7 @@ def review_command(
     ],
     dataset: Annotated[
         str | None,
-        typer.Option("--dataset", envvar="VERACITY_DATASET_ID", help="Dataset it would train on."),
+        typer.Option("--dataset", envvar="VERACITY_DATASET", help="Dataset it would train on."),
     ] = None,
     epsilon_cap: Annotated[
         float | None,
@@ -373,7 +386,7 @@ def approve_command(
         Path, typer.Argument(help="The study JSON as the coordinator publishes it.")
     ],
     dataset: Annotated[
-        str, typer.Option("--dataset", envvar="VERACITY_DATASET_ID", help="Dataset to train on.")
+        str, typer.Option("--dataset", envvar="VERACITY_DATASET", help="Dataset to train on.")
     ],
     epsilon_cap: Annotated[
         float,
@@ -546,7 +559,7 @@ def canary_audit_command(
         str | None,
         typer.Option(
             "--dataset",
-            envvar="VERACITY_DATASET_ID",
+            envvar="VERACITY_DATASET",
             help="Registered dataset whose row count (public) sets the sample rate.",
         ),
     ] = None,

@@ -43,6 +43,7 @@ from veracity.client.store import Dataset, SignedStatement
 from veracity.contracts.events import DatasetRegistered
 from veracity.core.canonical import sha256_hex
 from veracity.errors import ApprovalMissing, InputError
+from veracity.tasks.study import BINARY_CLASSES
 
 __all__ = [
     "DATASET_ID_PATTERN",
@@ -58,6 +59,7 @@ log = logging.getLogger(__name__)
 
 DATASET_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
+_CLASS_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 ._()/-]{0,127}$")
 _MISSING = frozenset({"", "na", "n/a", "nan", "null", "none", "?", "#n/a"})
 _OTHER_DELIMITERS = ((";", "semicolon"), ("\t", "tab"), ("|", "pipe"))
 _CSV_SUFFIXES = frozenset({".csv"})
@@ -66,12 +68,13 @@ _PARQUET_SUFFIXES = frozenset({".parquet", ".pq"})
 
 @dataclass(frozen=True)
 class Table:
-    """A validated dataset: feature matrix, 0/1 labels, and the column names."""
+    """A validated dataset: feature matrix, class indices, the column names and classes."""
 
     features: tuple[str, ...]
     label: str
     x: npt.NDArray[np.float64]
     y: npt.NDArray[np.int64]
+    classes: tuple[str, ...] = BINARY_CLASSES
 
     @property
     def rows(self) -> int:
@@ -80,8 +83,8 @@ class Table:
 
     @property
     def positives(self) -> int:
-        """Number of rows labelled 1."""
-        return int(self.y.sum())
+        """Number of rows of a class other than the first (labelled 1, for two classes)."""
+        return int(np.count_nonzero(self.y))
 
 
 def _file_format(path: Path) -> str:
@@ -148,12 +151,45 @@ def _number(name: str, text: str, where: str) -> float:
     return value
 
 
-def _label_value(name: str, value: float, shown: str, where: str, label: str) -> int:
-    if value == 0.0:
-        return 0
-    if value == 1.0:
-        return 1
-    raise InputError(f"{name}: label {label!r} must be 0 or 1, found {shown[:40]!r} at {where}")
+def class_index(name: str, raw: object, classes: Sequence[str], where: str, label: str) -> int:
+    """The class index of a label value (``classes`` in index order).
+
+    A value matches a class by its text (``walk``), or as a number equal to an integer
+    class (``1.0`` is class ``1``).
+
+    Raises
+    ------
+    InputError
+        If the value is missing or not one of ``classes``.
+    """
+    text = str(raw).strip()
+    if text in classes:
+        return classes.index(text)
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if text.lower() in _MISSING:
+        raise InputError(f"{name}: missing value at {where}")
+    if math.isfinite(value) and value == int(value) and str(int(value)) in classes:
+        return classes.index(str(int(value)))
+    allowed = " or ".join(classes) if len(classes) == 2 else ", ".join(classes)
+    raise InputError(
+        f"{name}: label {label!r} must be {allowed}, found {text[:40]!r} at {where}; "
+        "a label outside the declared classes is refused"
+    )
+
+
+def _label_value(
+    name: str, value: float, shown: str, where: str, label: str, classes: Sequence[str]
+) -> int:
+    if classes == BINARY_CLASSES:
+        if value == 0.0:
+            return 0
+        if value == 1.0:
+            return 1
+        raise InputError(f"{name}: label {label!r} must be 0 or 1, found {shown[:40]!r} at {where}")
+    return class_index(name, shown, classes, where, label)
 
 
 def _finish(
@@ -163,22 +199,28 @@ def _finish(
     x: npt.NDArray[np.float64],
     y: npt.NDArray[np.int64],
     min_rows: int,
+    classes: Sequence[str],
 ) -> Table:
     rows = int(y.shape[0])
     if rows < min_rows:
         raise InputError(f"{name}: {rows} data rows; at least {min_rows} are needed")
-    positives = int(y.sum())
-    if positives in (0, rows):
-        only = 1 if positives else 0
+    present = np.unique(y)
+    if present.size < 2:
+        only = classes[int(present[0])] if present.size else "none"
         raise InputError(
             f"{name}: label {label!r} has only the class {only} ({rows} rows); "
-            "training needs rows of both classes"
+            "training needs rows of at least two classes"
         )
-    return Table(features=features, label=label, x=x, y=y)
+    return Table(features=features, label=label, x=x, y=y, classes=tuple(classes))
 
 
 def _parse_csv(
-    name: str, data: bytes, label: str, features: Sequence[str] | None, min_rows: int
+    name: str,
+    data: bytes,
+    label: str,
+    features: Sequence[str] | None,
+    min_rows: int,
+    classes: Sequence[str],
 ) -> Table:
     try:
         text = data.decode("utf-8-sig")
@@ -214,15 +256,25 @@ def _parse_csv(
                 values.append(_number(name, row[index], where))
             where = f"row {data_row} (line {line}), column {label!r}"
             raw_label = row[label_index]
-            labels.append(
-                _label_value(name, _number(name, raw_label, where), raw_label.strip(), where, label)
-            )
+            if tuple(classes) == BINARY_CLASSES:
+                labels.append(
+                    _label_value(
+                        name,
+                        _number(name, raw_label, where),
+                        raw_label.strip(),
+                        where,
+                        label,
+                        classes,
+                    )
+                )
+            else:
+                labels.append(class_index(name, raw_label, classes, where, label))
             matrix.append(values)
     except csv.Error as err:
         raise InputError(f"{name}: malformed CSV at line {reader.line_num}: {err}") from err
     x = np.asarray(matrix, dtype=np.float64).reshape(len(matrix), len(chosen))
     y = np.asarray(labels, dtype=np.int64)
-    return _finish(name, label, chosen, x, y, min_rows)
+    return _finish(name, label, chosen, x, y, min_rows, classes)
 
 
 def _parquet_column(name: str, table: object, column: str) -> npt.NDArray[np.float64]:
@@ -257,7 +309,12 @@ def _parquet_column(name: str, table: object, column: str) -> npt.NDArray[np.flo
 
 
 def _parse_parquet(
-    name: str, data: bytes, label: str, features: Sequence[str] | None, min_rows: int
+    name: str,
+    data: bytes,
+    label: str,
+    features: Sequence[str] | None,
+    min_rows: int,
+    classes: Sequence[str],
 ) -> Table:
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -269,12 +326,19 @@ def _parse_parquet(
     chosen = _select_columns(name, table.column_names, label, features)
     columns = [_parquet_column(name, table, column) for column in chosen]
     x = np.column_stack(columns) if columns else np.empty((table.num_rows, 0))
-    raw_labels = _parquet_column(name, table, label)
-    y = np.empty(raw_labels.shape[0], dtype=np.int64)
+    if tuple(classes) == BINARY_CLASSES:
+        raw_labels: Sequence[object] = list(_parquet_column(name, table, label))
+    else:
+        raw_labels = table.column(label).to_pylist()
+    y = np.empty(len(raw_labels), dtype=np.int64)
     for index, value in enumerate(raw_labels):
         where = f"row {index + 1}, column {label!r}"
-        y[index] = _label_value(name, float(value), repr(float(value)), where, label)
-    return _finish(name, label, chosen, np.asarray(x, dtype=np.float64), y, min_rows)
+        if tuple(classes) == BINARY_CLASSES:
+            number = float(value)  # type: ignore[arg-type]
+            y[index] = _label_value(name, number, repr(number), where, label, classes)
+        else:
+            y[index] = class_index(name, "" if value is None else value, classes, where, label)
+    return _finish(name, label, chosen, np.asarray(x, dtype=np.float64), y, min_rows, classes)
 
 
 def parse_table(
@@ -285,6 +349,7 @@ def parse_table(
     label: str,
     features: Sequence[str] | None = None,
     min_rows: int = 2,
+    classes: Sequence[str] = BINARY_CLASSES,
 ) -> Table:
     """Validate and parse a dataset held in memory.
 
@@ -297,22 +362,44 @@ def parse_table(
     file_format
         ``"csv"`` or ``"parquet"``.
     label
-        The 0/1 label column.
+        The label column.
     features
         The feature columns, in model order (default: every column but the label).
     min_rows
         The fewest rows accepted.
+    classes
+        The label's values in class-index order (default ``0`` and ``1``).
 
     Raises
     ------
     InputError
         Naming the first problem found, with its row and column where there is one.
     """
+    classes = check_classes(classes)
     if file_format == "csv":
-        return _parse_csv(name, data, label, features, min_rows)
+        return _parse_csv(name, data, label, features, min_rows, classes)
     if file_format == "parquet":
-        return _parse_parquet(name, data, label, features, min_rows)
+        return _parse_parquet(name, data, label, features, min_rows, classes)
     raise InputError(f"{name}: unknown file format {file_format!r}")
+
+
+def check_classes(classes: Sequence[str]) -> tuple[str, ...]:
+    """A label's declared classes, checked: at least two, distinct, printable names.
+
+    Raises
+    ------
+    InputError
+        If they are not.
+    """
+    chosen = tuple(str(c).strip() for c in classes)
+    if len(chosen) < 2 or len(chosen) > 1000:
+        raise InputError(f"declare between 2 and 1000 classes, not {len(chosen)}")
+    if len(set(chosen)) != len(chosen):
+        raise InputError("the declared classes must be distinct")
+    for value in chosen:
+        if not _CLASS_NAME.match(value):
+            raise InputError(f"class {value[:40]!r} must be 1-128 printable characters")
+    return chosen
 
 
 def _read_bytes(path: Path) -> bytes:
@@ -327,7 +414,12 @@ def _read_bytes(path: Path) -> bytes:
 
 
 def read_table(
-    path: Path, *, label: str, features: Sequence[str] | None = None, min_rows: int = 2
+    path: Path,
+    *,
+    label: str,
+    features: Sequence[str] | None = None,
+    min_rows: int = 2,
+    classes: Sequence[str] = BINARY_CLASSES,
 ) -> tuple[Table, str]:
     """Read, validate and parse a CSV or Parquet file; returns the table and the file's SHA-256.
 
@@ -341,7 +433,13 @@ def read_table(
     file_format = _file_format(path)
     data = _read_bytes(path)
     table = parse_table(
-        path.name, data, file_format, label=label, features=features, min_rows=min_rows
+        path.name,
+        data,
+        file_format,
+        label=label,
+        features=features,
+        min_rows=min_rows,
+        classes=classes,
     )
     return table, sha256_hex(data)
 
@@ -357,6 +455,7 @@ def register_dataset(
     delta: float | None = None,
     min_rows: int | None = None,
     salt: bytes | None = None,
+    classes: Sequence[str] = BINARY_CLASSES,
 ) -> tuple[Dataset, SignedStatement]:
     """Validate a data file and register it, with a signed ``dataset.registered`` statement.
 
@@ -377,6 +476,9 @@ def register_dataset(
         Minimum rows (default: the site's setting).
     salt
         The commitment salt (default: 32 fresh random bytes; tests inject one).
+    classes
+        The label's values in class-index order (default ``0`` and ``1``); a row with
+        another value is refused.
 
     Returns
     -------
@@ -407,6 +509,7 @@ def register_dataset(
         label=label,
         features=features,
         min_rows=site.config.min_rows if min_rows is None else min_rows,
+        classes=classes,
     )
     digest = content_digest(table.features, table.label, table.x, table.y)
     salt_bytes = new_salt() if salt is None else salt
@@ -419,7 +522,7 @@ def register_dataset(
         content_digest=digest,
         salt=salt_bytes,
         commitment=commitment(salt_bytes, digest),
-        schema_hash=schema_hash(table.features, table.label),
+        schema_hash=schema_hash(table.features, table.label, classes=table.classes),
         label=table.label,
         features=table.features,
         rows=table.rows,
@@ -427,6 +530,11 @@ def register_dataset(
         epsilon_budget=float(budget),
         delta=float(chosen_delta),
         registered_at=now,
+        layout=(
+            {}
+            if table.classes == BINARY_CLASSES
+            else {"kind": "table", "classes": list(table.classes)}
+        ),
     )
     _fingerprint_older_datasets(site)
     fingerprints = record_fingerprints(
@@ -522,4 +630,5 @@ def load_registered(dataset: Dataset, data: bytes | None = None) -> Table:
         label=dataset.label,
         features=dataset.features,
         min_rows=1,
+        classes=dataset.classes,
     )

@@ -19,7 +19,8 @@
   candidate datasets could confirm; with the salt and the data, anyone can check it
   (:func:`verify_commitment`), so the site can open it to an auditor.
 * ``schema_hash`` (public): SHA-256 of the RFC 8785 JSON of
-  ``{"features": [...], "label": L, "label_values": [0, 1], "type": "float64"}``.
+  ``{"features": [...], "label": L, "label_values": [0, 1], "type": "float64"}`` for a
+  table (``label_values``: the declared classes, integers where they are integers).
 * record fingerprints (site only, never published), one per row::
 
       HMAC-SHA256( key, "veracity.record.v1" || 0x00 || u32be(len(C)) || C
@@ -37,8 +38,10 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 import secrets
 import struct
+from collections.abc import Sequence
 
 import numpy as np
 import numpy.typing as npt
@@ -50,6 +53,7 @@ __all__ = [
     "SALT_BYTES",
     "new_salt",
     "content_digest",
+    "label_values",
     "schema_hash",
     "commitment",
     "verify_commitment",
@@ -91,10 +95,22 @@ def content_digest(
     return digest.hexdigest()
 
 
-def schema_hash(features: tuple[str, ...], label: str) -> str:
-    """SHA-256 (hex) of the public schema description."""
+def label_values(classes: Sequence[str]) -> list[int | str]:
+    """The classes as the schema lists them: integers where a class is one (``[0, 1]``)."""
+    return [int(c) if re.fullmatch(r"-?[0-9]{1,18}", c) else c for c in classes]
+
+
+def schema_hash(
+    features: tuple[str, ...], label: str, *, classes: Sequence[str] = ("0", "1")
+) -> str:
+    """SHA-256 (hex) of the public schema description of a table."""
     return canonical_hash(
-        {"features": list(features), "label": label, "label_values": [0, 1], "type": "float64"}
+        {
+            "features": list(features),
+            "label": label,
+            "label_values": label_values(classes),
+            "type": "float64",
+        }
     )
 
 

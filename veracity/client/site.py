@@ -26,7 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from veracity.client.store import SignedStatement, SiteStore
 from veracity.contracts.base import Payload, SitePayload
-from veracity.core.fields import format_timestamp
+from veracity.core.fields import SiteName, check_site_name, format_timestamp
 from veracity.crypto.keys import (
     SigningKey,
     generate_signing_key,
@@ -77,7 +77,7 @@ class SiteConfig(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     format: Literal["veracity.site.v1"] = "veracity.site.v1"
-    name: str = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    name: SiteName
     created_at: str
     torch_threads: int = Field(default=1, ge=1, le=256)
     secure_mode: bool = False
@@ -251,6 +251,10 @@ def init_site(
     ConfigError
         If ``root`` already holds a site or any of its files, or a setting is invalid.
     """
+    try:
+        check_site_name(name)  # the coordinator enrols only such names
+    except InputError as err:
+        raise ConfigError(str(err)) from err
     try:
         config = SiteConfig(
             name=name,

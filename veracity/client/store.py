@@ -28,7 +28,7 @@ from __future__ import annotations
 import json
 import logging
 import secrets
-from collections.abc import Callable, Collection, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -108,6 +108,8 @@ class DatasetRow(Base):
     registered_at: Mapped[str] = mapped_column(sa.String(40))
     #: The budget pool the dataset draws from (the id of a dataset in it).
     pool_id: Mapped[str] = mapped_column(sa.String(128), index=True)
+    #: Kind, classes and geometry (JSON); ``NULL``: a table of classes 0 and 1.
+    layout_json: Mapped[str | None] = mapped_column(sa.Text, nullable=True)
 
 
 class RecordFingerprintRow(Base):
@@ -262,6 +264,19 @@ class Dataset:
     registered_at: str
     #: The budget pool it draws from; ``None`` before it is stored (then its own id).
     pool_id: str | None = None
+    #: ``table``, ``signals`` or ``images``, the label's classes in index order, and the
+    #: kind's geometry (:mod:`veracity.client.layouts`); empty: a table of classes 0 and 1.
+    layout: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def kind(self) -> str:
+        """``table``, ``signals`` or ``images``."""
+        return str(self.layout.get("kind", "table"))
+
+    @property
+    def classes(self) -> tuple[str, ...]:
+        """The label's values, in class-index order."""
+        return tuple(str(c) for c in self.layout.get("classes", ("0", "1")))
 
 
 @dataclass(frozen=True)
@@ -372,6 +387,7 @@ def _dataset(row: DatasetRow) -> Dataset:
         delta=row.delta,
         registered_at=row.registered_at,
         pool_id=row.pool_id,
+        layout=json.loads(row.layout_json) if row.layout_json else {},
     )
 
 
@@ -563,6 +579,7 @@ class SiteStore:
                     delta=dataset.delta,
                     registered_at=dataset.registered_at,
                     pool_id=dataset.dataset_id,
+                    layout_json=json.dumps(dict(dataset.layout)) if dataset.layout else None,
                 )
             )
             session.add(_outbox_row(statement, dataset.registered_at))

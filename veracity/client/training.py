@@ -28,7 +28,13 @@ Two ways to clip per-sample gradients (``site.json`` ``clipping``):
 ``opacus-hooks``
     Opacus's ``GradSampleModule`` (``make_private`` with ``grad_sample_mode="hooks"``) and
     ``DPOptimizer``: works for any model Opacus supports. The tests check that both give
-    the same clipped gradients.
+    the same clipped gradients. The convolutional families (``cnn1d``, ``cnn2d``) always
+    clip this way: Opacus's ghost clipping has norm samplers for ``Linear`` and
+    ``Embedding`` layers only, and a site configured for ``linear-ghost`` uses hooks for
+    them (:func:`effective_clipping`).
+
+Two-class models train on the binary cross-entropy of their one logit; models with ``k > 2``
+classes on the cross-entropy of their ``k`` logits (labels are class indices).
 
 Clipping is finite for every input in both ways: a step whose per-sample norms are all
 finite in float32 keeps Opacus's rule; any other step is redone with norms in float64,
@@ -79,6 +85,7 @@ __all__ = [
     "NOISE_GENERATOR",
     "NOISE_GENERATOR_SEEDED",
     "configure_threads",
+    "effective_clipping",
     "standardise",
     "RoundResult",
     "PrivateTrainer",
@@ -119,6 +126,24 @@ def standardise(
         If the scaling does not have one entry per column.
     """
     return np.asarray(tasks_scaling.standardise(x, scaling), dtype=np.float32)
+
+
+def effective_clipping(spec: ModelSpec, configured: Clipping) -> Clipping:
+    """How ``spec`` is clipped at a site configured for ``configured``.
+
+    ``linear-ghost`` needs every parameter in a ``Linear`` layer; the convolutional
+    families fall back to ``opacus-hooks``.
+    """
+    if configured == "linear-ghost" and spec.family.convolutional:
+        return "opacus-hooks"
+    return configured
+
+
+def _sample_losses(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Per-sample losses: binary cross-entropy of one logit, or cross-entropy of ``k``."""
+    if logits.dim() == 1:
+        return nn.functional.binary_cross_entropy_with_logits(logits, labels, reduction="none")
+    return nn.functional.cross_entropy(logits, labels, reduction="none")
 
 
 class _Rows(TorchDataset[tuple[torch.Tensor, torch.Tensor]]):
@@ -375,13 +400,13 @@ class PrivateTrainer:
     spec
         The model architecture.
     x, y
-        Standardised features (float32) and 0/1 labels.
+        Standardised features (float32) and class indices (0/1 for two classes).
     noise_multiplier, max_grad_norm
         DP-SGD terms (``noise_multiplier`` 0 is accepted for tests of the mechanism).
     batch_size, learning_rate
         Expected batch size (sets the Poisson rate) and SGD step size.
     clipping
-        ``"linear-ghost"`` or ``"opacus-hooks"``.
+        ``"linear-ghost"`` or ``"opacus-hooks"`` (see :func:`effective_clipping`).
     secure_mode
         Refuse an injected seed (the keys then always come from the OS, as they do
         whenever ``seed`` is ``None``).
@@ -416,6 +441,8 @@ class PrivateTrainer:
             raise InputError(
                 f"data of shape {x.shape} do not fit a model of {spec.n_features} features"
             )
+        if y.size and not (int(np.min(y)) >= 0 and int(np.max(y)) < spec.classes):
+            raise InputError(f"labels must be class indices 0..{spec.classes - 1}")
         if not (math.isfinite(noise_multiplier) and noise_multiplier >= 0):
             raise InputError("the noise multiplier must be finite and non-negative")
         if secure_mode and seed is not None:
@@ -424,6 +451,7 @@ class PrivateTrainer:
         self.sampling: Sampling = poisson_sampling(int(x.shape[0]), batch_size)
         self.noise_multiplier = float(noise_multiplier)
         self.max_grad_norm = float(max_grad_norm)
+        clipping = effective_clipping(spec, clipping)
         self.clipping: Clipping = clipping
         with warnings.catch_warnings():
             # "Secure RNG turned off": Opacus's RNG is not used; the noise is ChaCha20.
@@ -441,7 +469,7 @@ class PrivateTrainer:
         self.model = build_model(spec)
         rows = _Rows(
             torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)),
-            torch.from_numpy(np.asarray(y, dtype=np.float32)),
+            torch.from_numpy(np.asarray(y, dtype=np.int64 if spec.outputs > 1 else np.float32)),
         )
         sampler = _PoissonBatches(
             num_samples=len(rows),
@@ -564,7 +592,7 @@ class PrivateTrainer:
                 self.optimizer.step()
                 return 0.0
             logits = self._forward(xb)
-            losses = nn.functional.binary_cross_entropy_with_logits(logits, yb, reduction="none")
+            losses = _sample_losses(logits, yb)
             summed = losses.sum()
             self._ghost.clipped_sum(summed, self.max_grad_norm)
             self.optimizer.step()
@@ -574,7 +602,7 @@ class PrivateTrainer:
         if xb.shape[0] == 0:
             loss = logits.sum() * 0.0  # keeps Opacus's hooks firing on an empty batch
         else:
-            losses = nn.functional.binary_cross_entropy_with_logits(logits, yb, reduction="none")
+            losses = _sample_losses(logits, yb)
             loss = losses.mean()
             loss_sum = float(losses.detach().sum())
         with warnings.catch_warnings():

@@ -36,6 +36,7 @@ DbOption = Annotated[
     str | None,
     typer.Option(
         "--db",
+        "--database-url",
         envvar="VERACITY_DATABASE_URL",
         help="Database URL (default: SQLite in the data directory).",
     ),

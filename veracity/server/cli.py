@@ -10,15 +10,24 @@ the one coordinator service (:mod:`veracity.server.coordinator`).
 from __future__ import annotations
 
 import logging
+import shlex
 import sys
 import time
 from datetime import timedelta
 from pathlib import Path
 from typing import Annotated
 
+import click
 import typer
 
-from veracity.output import FormatOption, OutputFormat, emit_json, emit_table, stderr_console
+from veracity.output import (
+    FormatOption,
+    OutputFormat,
+    emit_json,
+    emit_next,
+    emit_table,
+    stderr_console,
+)
 
 __all__ = ["app"]
 
@@ -32,6 +41,9 @@ app = typer.Typer(
 )
 token_app = typer.Typer(name="token", help="Bearer tokens of the admin API.", no_args_is_help=True)
 app.add_typer(token_app, name="token")
+
+#: The coordinator's default directory; a site's is ``./veracity-site``, so the two never meet.
+DEFAULT_DATA_DIR = Path("veracity-coordinator")
 
 DataDirOption = Annotated[
     Path,
@@ -47,11 +59,12 @@ def _masked(url: str) -> str:
 
 @app.command("init")
 def init(
-    data_dir: DataDirOption = Path("veracity-data"),
+    data_dir: DataDirOption = DEFAULT_DATA_DIR,
     db: Annotated[
         str | None,
         typer.Option(
             "--db",
+            "--database-url",
             envvar="VERACITY_DATABASE_URL",
             help="SQLAlchemy URL (default: SQLite under the data dir; postgresql:// for "
             "production).",
@@ -61,30 +74,92 @@ def init(
         int,
         typer.Option("--superlink-port", envvar="VERACITY_SUPERLINK_PORT", min=1, max=65535),
     ] = 9093,
+    hostname: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--hostname",
+            envvar="VERACITY_HOSTNAME",
+            help="A DNS name or IP address sites and clinics reach this coordinator by; "
+            "repeat it. The certificate covers these plus localhost.",
+        ),
+    ] = None,
+    tls_cert: Annotated[
+        Path | None,
+        typer.Option(
+            "--tls-cert",
+            envvar="VERACITY_TLS_CERT",
+            exists=True,
+            dir_okay=False,
+            help="Serve your own certificate (PEM) instead of one from the coordinator's CA.",
+        ),
+    ] = None,
+    tls_key: Annotated[
+        Path | None,
+        typer.Option(
+            "--tls-key",
+            envvar="VERACITY_TLS_KEY",
+            exists=True,
+            dir_okay=False,
+            help="The private key of --tls-cert (PEM, unencrypted).",
+        ),
+    ] = None,
+    tls_ca: Annotated[
+        Path | None,
+        typer.Option(
+            "--tls-ca",
+            envvar="VERACITY_TLS_CA",
+            exists=True,
+            dir_okay=False,
+            help="The certificate that issued --tls-cert: what sites and clinics pin.",
+        ),
+    ] = None,
     output_format: FormatOption = OutputFormat.TEXT,
 ) -> None:
     """Create the coordinator's keys, TLS material, ledger and API tables (idempotent)."""
     from veracity.config import normalise_database_url
+    from veracity.crypto.tls import certificate_hosts
+    from veracity.errors import ConfigError
     from veracity.server.api.serve import initialise
 
+    own = (tls_cert, tls_key, tls_ca)
+    if any(own) and not all(own):
+        raise ConfigError("--tls-cert, --tls-key and --tls-ca go together")
+    own_tls = (tls_cert, tls_key, tls_ca) if tls_cert and tls_key and tls_ca else None
     url = normalise_database_url(db) if db else None
-    with initialise(data_dir, db_url=url, superlink_port=superlink_port) as service:
+    with initialise(
+        data_dir,
+        db_url=url,
+        superlink_port=superlink_port,
+        tls_hosts=tuple(hostname or ()),
+        own_tls=own_tls,
+    ) as service:
+        home = service.home
         shown = {
-            "data_dir": str(data_dir.resolve()),
-            "database": _masked(service.home.db_url),
-            "superlink": service.home.superlink_address,
+            "data_dir": str(home.data_dir),
+            "database": _masked(home.db_url),
+            "superlink": home.superlink_address,
             "root_key_id": service.root_key.public.key_id,
+            "root_public_key": str(home.key_dir / "root.pub"),
             "log_id": service.ledger.log_id,
+            "ca_cert": str(home.tls.ca_cert),
+            "certificate_hosts": " ".join(certificate_hosts(home.tls.server_cert)),
         }
     if output_format is OutputFormat.JSON:
         emit_json(shown)
-    else:
-        emit_table("coordinator initialised", ["setting", "value"], list(shown.items()))
+        return
+    emit_table("coordinator initialised", ["setting", "value"], list(shown.items()))
+    where = shlex.quote(str(data_dir))
+    emit_next(
+        f"veracity server start --data-dir {where}",
+        f"veracity server token create --role admin --name NAME --data-dir {where}",
+        f"give sites and clinics {home.tls.ca_cert} (the CA they pin) and "
+        f"{home.key_dir / 'root.pub'} (the key auditors trust)",
+    )
 
 
 @app.command("start")
 def start(
-    data_dir: DataDirOption = Path("veracity-data"),
+    data_dir: DataDirOption = DEFAULT_DATA_DIR,
     host: Annotated[
         str, typer.Option("--host", envvar="VERACITY_HOST", help="Address the API binds.")
     ] = "127.0.0.1",
@@ -110,7 +185,7 @@ def start(
         ),
     ] = "127.0.0.1",
     workers: Annotated[
-        int, typer.Option("--workers", envvar="VERACITY_API_WORKERS", min=1, max=64)
+        int, typer.Option("--workers", envvar="VERACITY_WORKERS", min=1, max=64)
     ] = 1,
     output_format: FormatOption = OutputFormat.TEXT,
 ) -> None:
@@ -146,7 +221,7 @@ def start(
 
 @app.command("reindex")
 def reindex(
-    data_dir: DataDirOption = Path("veracity-data"),
+    data_dir: DataDirOption = DEFAULT_DATA_DIR,
     output_format: FormatOption = OutputFormat.TEXT,
 ) -> None:
     """Rebuild the coordinator's read model (sites, studies, runs ...) from the ledger."""
@@ -169,27 +244,28 @@ def token_create(
     role: Annotated[
         str,
         typer.Option(
-            "--role", envvar="VERACITY_TOKEN_ROLE", help="admin, site, researcher or auditor."
+            "--role",
+            envvar="VERACITY_ROLE",
+            click_type=click.Choice(["admin", "site", "researcher", "auditor"]),
+            help="admin, site, researcher or auditor.",
         ),
     ],
-    name: Annotated[
-        str, typer.Option("--name", envvar="VERACITY_TOKEN_NAME", help="Who holds it.")
-    ],
+    name: Annotated[str, typer.Option("--name", envvar="VERACITY_NAME", help="Who holds it.")],
     site: Annotated[
         str | None,
-        typer.Option("--site", envvar="VERACITY_TOKEN_SITE", help="The site of a site token."),
+        typer.Option("--site", envvar="VERACITY_SITE", help="The site of a site token."),
     ] = None,
     expires_in: Annotated[
         int,
         typer.Option(
             "--expires-in",
-            envvar="VERACITY_TOKEN_EXPIRES_IN",
+            envvar="VERACITY_EXPIRES_IN",
             min=1,
             max=3650,
             help="Days until it expires.",
         ),
     ] = 90,
-    data_dir: DataDirOption = Path("veracity-data"),
+    data_dir: DataDirOption = DEFAULT_DATA_DIR,
     output_format: FormatOption = OutputFormat.TEXT,
 ) -> None:
     """Issue a token and print it alone on stdout (shown once; stored only as a hash)."""
@@ -210,7 +286,7 @@ def token_create(
 
 @token_app.command("list")
 def token_list(
-    data_dir: DataDirOption = Path("veracity-data"),
+    data_dir: DataDirOption = DEFAULT_DATA_DIR,
     output_format: FormatOption = OutputFormat.TEXT,
 ) -> None:
     """List tokens (never the tokens themselves)."""
@@ -234,7 +310,7 @@ def token_list(
 @token_app.command("revoke")
 def token_revoke(
     token_id: Annotated[str, typer.Argument(help="The token's id (from token list).")],
-    data_dir: DataDirOption = Path("veracity-data"),
+    data_dir: DataDirOption = DEFAULT_DATA_DIR,
     output_format: FormatOption = OutputFormat.TEXT,
 ) -> None:
     """Revoke a token at once."""
@@ -266,15 +342,23 @@ ModelOption = Annotated[
 def budget_set(
     model: ModelOption,
     requester: Annotated[
-        str, typer.Option("--requester", help="Who asks: the name of the requester's token.")
+        str,
+        typer.Option(
+            "--requester",
+            envvar="VERACITY_REQUESTER",
+            help="Who asks: the name of the requester's token.",
+        ),
     ],
     predictions: Annotated[
         int,
         typer.Option(
-            "--predictions", min=0, help="Predictions allowed in all (what requests carry)."
+            "--predictions",
+            envvar="VERACITY_PREDICTIONS",
+            min=0,
+            help="Predictions allowed in all (what requests carry).",
         ),
     ],
-    data_dir: DataDirOption = Path("veracity-data"),
+    data_dir: DataDirOption = DEFAULT_DATA_DIR,
     output_format: FormatOption = OutputFormat.TEXT,
 ) -> None:
     """Allow REQUESTER PREDICTIONS predictions from MODEL in all (recorded in api_action).
@@ -312,7 +396,7 @@ def budget_set(
 @budget_app.command("list")
 def budget_list(
     model: ModelOption,
-    data_dir: DataDirOption = Path("veracity-data"),
+    data_dir: DataDirOption = DEFAULT_DATA_DIR,
     output_format: FormatOption = OutputFormat.TEXT,
 ) -> None:
     """Every requester's budget for MODEL: set, effective, used."""

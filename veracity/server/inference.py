@@ -206,6 +206,11 @@ class InferenceService:
                 return served
         released = self._registry.get(model_hash)
         spec = released.spec
+        if spec.outputs != 1:
+            raise CryptoError(
+                f"encrypted inference serves two-class models; model {model_hash[:12]} has "
+                f"{spec.classes} classes"
+            )
         parameter_set = parameter_set_for(spec.family.value)
         circuit = compile_circuit(
             spec.family.value,

@@ -93,8 +93,10 @@ def _check_model(
     scaling: Sequence[tuple[float, float]],
 ) -> None:
     check_weights(spec, weights)
-    if len(features) != spec.n_features:
-        raise InputError(f"model has {spec.n_features} inputs but {len(features)} features")
+    # A convolutional model's features name its input channels; a table model's, its inputs.
+    width = spec.input_shape[0] if spec.family.convolutional else spec.n_features
+    if len(features) != width:
+        raise InputError(f"model has {width} inputs but {len(features)} features")
     if len(set(features)) != len(features) or not all(features):
         raise InputError("features must be distinct, non-empty names")
     if not label or label in features:

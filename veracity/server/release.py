@@ -24,10 +24,10 @@ from veracity.server.strategy import (
     CLIENT_EPSILON_REPLACE_ONE_METRIC,
     RoundOutcome,
 )
-from veracity.tasks.study import Study
+from veracity.tasks.study import SignalsInput, Study
 from veracity.tasks.weights import Weights, weights_hash
 
-__all__ = ["build_model_card", "client_level_privacy", "release_model"]
+__all__ = ["build_model_card", "client_level_privacy", "describe_inputs", "release_model"]
 
 
 def client_level_privacy(study: Study, completed: list[RoundOutcome]) -> dict[str, Any] | None:
@@ -76,9 +76,63 @@ def client_level_privacy(study: Study, completed: list[RoundOutcome]) -> dict[st
     }
 
 
+def describe_inputs(study: Study) -> dict[str, Any]:
+    """What one input of the model is: a table row, a signal window, or an image."""
+    inputs = study.input
+    scaling = [list(pair) for pair in study.scaling]
+    if inputs is None:
+        return {
+            "kind": "table",
+            "features": list(study.features),
+            "scaling": "(x - mean) / std per feature, with the published scaling",
+        }
+    if isinstance(inputs, SignalsInput):
+        return {
+            "kind": "signals",
+            "channels": list(inputs.channels),
+            "sampling_rate_hz": inputs.rate,
+            "window_samples": inputs.window,
+            "window_seconds": inputs.window / inputs.rate,
+            "hop_samples": inputs.hop,
+            "windowing": (
+                "each recording cut into windows of window_samples every hop_samples at the "
+                "site, never across recordings; a window's label is its most frequent sample "
+                "label, ties to the higher class"
+            ),
+            "scaling": "(x - mean) / std per channel",
+            "channel_scaling": scaling,
+        }
+    return {
+        "kind": "images",
+        "height": inputs.height,
+        "width": inputs.width,
+        "channels": inputs.channels,
+        "channel_names": list(study.features),
+        "intensity": f"pixel values divided by {inputs.intensity_max:g}, then (x - mean) / std",
+        "channel_scaling": scaling,
+    }
+
+
+def _output(study: Study) -> str:
+    if len(study.classes) == 2:
+        return (
+            f"one logit for class {study.classes[1]!r} (against {study.classes[0]!r}); "
+            "probability = sigmoid(logit), decision at 0.5"
+        )
+    return (
+        f"{len(study.classes)} logits, one per class in the order of 'classes'; "
+        "probabilities = softmax(logits), decision = the most probable class"
+    )
+
+
 def _extraction_limitation(study: Study) -> str:
     """What answering predictions reveals about the model itself (model extraction)."""
     d = study.model_spec.n_features
+    if study.model_spec.family.convolutional or len(study.classes) != 2:
+        return (
+            "Anyone given enough predictions, encrypted or not, can fit a copy of this "
+            "model; every prediction served is charged to the requester's query budget."
+        )
     if study.model_spec.family.value == "logistic":
         return (
             f"A logistic model is determined by d + 1 = {d + 1} exact predictions (d = {d} "
@@ -100,8 +154,15 @@ def build_model_card(
     run_id: str,
     weights: Weights,
     outcomes: list[RoundOutcome],
+    evaluation: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The model card of a run's final model."""
+    """The model card of a run's final model.
+
+    ``evaluation`` is what the coordinator measured on a held-out set of its own
+    (:func:`veracity.tasks.metrics.classification_metrics`: accuracy, AUC and per-class
+    precision, recall, specificity, F1 and AUC, with the set's description); ``None``
+    when the run had none.
+    """
     completed = [o for o in outcomes if o.aggregated_model_hash is not None]
     last_receipt: dict[str, dict[str, Any]] = {}
     for outcome in completed:
@@ -138,8 +199,11 @@ def build_model_card(
         "model": study.model_spec.to_dict(),
         "features": list(study.features),
         "label": study.label,
+        "classes": list(study.classes),
+        "inputs": describe_inputs(study),
         "scaling": [list(pair) for pair in study.scaling],
-        "output": "one logit for the positive class; probability = sigmoid(logit), decision at 0.5",
+        "output": _output(study),
+        "evaluation": evaluation,
         "intended_use": (study.title or study.study_id)
         + ". Research use within the approving network; not validated for clinical decisions.",
         "limitations": [
@@ -198,9 +262,13 @@ def release_model(
     run_id: str,
     weights: Weights,
     outcomes: list[RoundOutcome],
+    evaluation: dict[str, Any] | None = None,
 ) -> str:
-    """Store the model with its card and record ``model.released``; returns its hash."""
-    card = build_model_card(coordinator, study, run_id, weights, outcomes)
+    """Store the model with its card and record ``model.released``; returns its hash.
+
+    ``evaluation``: see :func:`build_model_card`.
+    """
+    card = build_model_card(coordinator, study, run_id, weights, outcomes, evaluation)
     model_hash: str = coordinator.registry.put(
         study.model_spec,
         weights,

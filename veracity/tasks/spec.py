@@ -1,25 +1,46 @@
 """The model families Veracity trains and serves, described without any framework.
 
-Both are chosen so that federated training (Opacus DP-SGD at every site) trains exactly
-the architecture that encrypted inference (CKKS, column packing) evaluates:
+Every family is trained by Opacus DP-SGD at the sites; the first two are also what encrypted
+inference (CKKS, column packing) evaluates:
 
 ``logistic``
-    One linear layer, one logit: ``w . x + b``. Linear, so it needs no relinearisation or
-    Galois keys under CKKS.
+    One linear layer: ``W x + b``. Linear, so it needs no relinearisation or Galois keys
+    under CKKS.
 ``poly_mlp``
-    ``x -> Linear(n, h) -> a*z**2 + b*z + c -> Linear(h, 1)``: a polynomial activation of
-    degree 2, so the encrypted circuit has multiplicative depth 2 plus rescales and needs
+    ``x -> Linear(n, h) -> a*z**2 + b*z + c -> Linear(h, outputs)``: a polynomial activation
+    of degree 2, so the encrypted circuit has multiplicative depth 2 plus rescales and needs
     only relinearisation keys. The default coefficients ``a=1/8, b=1/2, c=0`` are the
     second-order Taylor expansion of softplus (its constant ``ln 2`` is absorbed by the
     output bias).
+``cnn1d``
+    For signal windows of shape ``(channels, steps)``: ``Conv1d(k) -> GroupNorm -> ReLU ->
+    MaxPool(2) -> Conv1d(k) -> GroupNorm -> ReLU -> mean over time -> Linear``. Temporal
+    convolutions learn band-pass filters (a freeze of gait shows as power at 3-8 Hz), and
+    the mean over time makes the features shift-invariant.
+``cnn2d``
+    For images of shape ``(channels, height, width)``: ``Conv2d(k) -> GroupNorm -> ReLU ->
+    MaxPool(2) -> Conv2d(k) -> GroupNorm -> ReLU -> MaxPool(2) -> flatten -> Linear``. With
+    ``activation: "square"`` it is the variant meant for encrypted inference: ``z**2``
+    instead of ReLU, average instead of max pooling, and no GroupNorm (its division by a
+    standard deviation is not a polynomial), so the whole network is a polynomial of
+    degree 4 in the pixels.
 
-Inputs are standardised with the study's published scaling (``(x - mean) / std``) before
-the model, on the data holder's side, and a model emits one logit for the positive class.
+Normalisation is always GroupNorm, never BatchNorm: BatchNorm mixes the samples of a batch,
+so per-sample gradients (and DP-SGD's per-sample clipping) would not exist.
+
+A model with ``classes == 2`` emits one logit for the positive class (probability
+``sigmoid(logit)``); with ``k > 2`` classes it emits ``k`` logits (probabilities
+``softmax``), trained with cross-entropy.
+
+Table inputs are standardised with the study's published scaling (``(x - mean) / std``)
+before the model, on the data holder's side; signals and images are scaled per channel.
+Inputs always travel as flat rows of ``n_features`` values (a window or an image in C order);
+the convolutional families reshape them to :attr:`ModelSpec.input_shape`.
 
 This module is pure NumPy: the coordinator, the ledger and the admin API describe, check,
 initialise and evaluate models without importing torch. The torch modules that sites train
 are in :mod:`veracity.tasks.torch_models`, with the same tensor names and shapes
-(:meth:`ModelSpec.weight_shapes`).
+(:meth:`ModelSpec.weight_shapes`), and the tests check that both compute the same logits.
 """
 
 from __future__ import annotations
@@ -27,45 +48,128 @@ from __future__ import annotations
 import enum
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
+from numpy.lib.stride_tricks import sliding_window_view
 
 from veracity.errors import InputError
 from veracity.tasks.weights import Weights
 
-__all__ = ["ModelFamily", "ModelSpec", "check_weights", "predict_logits"]
+__all__ = [
+    "ConvActivation",
+    "ModelFamily",
+    "ModelSpec",
+    "check_weights",
+    "predict_logits",
+    "predict_probabilities",
+    "predict_classes",
+]
+
+#: The nonlinearity of a convolutional family.
+ConvActivation = Literal["relu", "square"]
+
+_MAX_CLASSES = 1000
+_GROUPNORM_EPS = 1e-5
 
 
 class ModelFamily(enum.StrEnum):
-    """The architectures training and encrypted inference agree on."""
+    """The architectures the sites train (and, for the first two, encrypted inference serves)."""
 
     LOGISTIC = "logistic"
     POLY_MLP = "poly_mlp"
+    CNN1D = "cnn1d"
+    CNN2D = "cnn2d"
+
+    @property
+    def convolutional(self) -> bool:
+        """Whether the family takes windows or images rather than table rows."""
+        return self in (ModelFamily.CNN1D, ModelFamily.CNN2D)
+
+
+def _groups(channels: int) -> int:
+    """GroupNorm's number of groups for ``channels`` feature maps (at most 4)."""
+    return math.gcd(channels, 4)
 
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """An architecture: family, input width, and for ``poly_mlp`` its hidden layer."""
+    """An architecture: family, input width, classes, and the family's own terms.
+
+    ``n_features`` is the width of one flat input row; for the convolutional families it is
+    the product of ``input_shape`` (``(channels, steps)`` or ``(channels, height, width)``).
+    ``hidden`` and ``activation`` are ``poly_mlp``'s; ``filters``, ``kernel`` and
+    ``conv_activation`` are the convolutional families'.
+    """
 
     family: ModelFamily
     n_features: int
     hidden: int = 16
     activation: tuple[float, float, float] = field(default=(0.125, 0.5, 0.0))
+    classes: int = 2
+    input_shape: tuple[int, ...] = ()
+    filters: tuple[int, int] = (8, 16)
+    kernel: int = 5
+    conv_activation: ConvActivation = "relu"
 
     def __post_init__(self) -> None:
         if self.n_features < 1:
             raise InputError("a model needs at least one feature")
+        if not 2 <= self.classes <= _MAX_CLASSES:
+            raise InputError(f"a model has 2 to {_MAX_CLASSES} classes, not {self.classes}")
         if self.family is ModelFamily.POLY_MLP and self.hidden < 1:
             raise InputError("poly_mlp needs a hidden layer of at least one unit")
+        if not self.family.convolutional:
+            if self.input_shape:
+                raise InputError(f"{self.family.value} takes table rows, not an input_shape")
+            return
+        rank = 2 if self.family is ModelFamily.CNN1D else 3
+        if len(self.input_shape) != rank or any(d < 1 for d in self.input_shape):
+            what = "(channels, steps)" if rank == 2 else "(channels, height, width)"
+            raise InputError(f"{self.family.value} needs an input_shape {what}")
+        if math.prod(self.input_shape) != self.n_features:
+            raise InputError(
+                f"input_shape {list(self.input_shape)} holds {math.prod(self.input_shape)} "
+                f"values, not n_features {self.n_features}"
+            )
+        if any(f < 1 or f > 1024 for f in self.filters):
+            raise InputError("filters must be two feature-map counts between 1 and 1024")
+        if self.kernel < 1 or self.kernel % 2 == 0 or self.kernel > 63:
+            raise InputError("kernel must be an odd size between 1 and 63")
+        if self.conv_activation not in ("relu", "square"):
+            raise InputError("activation of a convolutional model is 'relu' or 'square'")
+        spatial = self.input_shape[1:]
+        if any(d < 4 for d in spatial):
+            raise InputError(f"input_shape {list(self.input_shape)} is too small to pool twice")
+
+    @property
+    def outputs(self) -> int:
+        """Logits per input: 1 for two classes, else one per class."""
+        return 1 if self.classes == 2 else self.classes
+
+    @property
+    def normalised(self) -> bool:
+        """Whether the convolutional layers are followed by GroupNorm (not the square variant)."""
+        return self.family.convolutional and self.conv_activation == "relu"
 
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready description (what the ledger and model cards record)."""
+        """A JSON-ready description (what the ledger and model cards record).
+
+        Two-class models leave ``classes`` out, so their descriptions (and the hashes of
+        studies that contain them) are what they were before classes existed.
+        """
         described: dict[str, Any] = {"family": self.family.value, "n_features": self.n_features}
         if self.family is ModelFamily.POLY_MLP:
             described["hidden"] = self.hidden
             described["activation"] = list(self.activation)
+        if self.family.convolutional:
+            described["input_shape"] = list(self.input_shape)
+            described["filters"] = list(self.filters)
+            described["kernel"] = self.kernel
+            described["activation"] = self.conv_activation
+        if self.classes != 2:
+            described["classes"] = self.classes
         return described
 
     @classmethod
@@ -79,38 +183,88 @@ class ModelSpec:
         """
         try:
             family = ModelFamily(data["family"])
+            classes = int(data.get("classes", 2))
+            if family.convolutional:
+                shape = tuple(int(d) for d in data["input_shape"])
+                first, second = (int(f) for f in data.get("filters", (8, 16)))
+                activation = str(data.get("activation", "relu"))
+                if activation not in ("relu", "square"):
+                    raise InputError("activation of a convolutional model is 'relu' or 'square'")
+                conv: ConvActivation = "relu" if activation == "relu" else "square"
+                return cls(
+                    family,
+                    int(data.get("n_features", math.prod(shape))),
+                    classes=classes,
+                    input_shape=shape,
+                    filters=(first, second),
+                    kernel=int(data.get("kernel", 5)),
+                    conv_activation=conv,
+                )
             n_features = int(data["n_features"])
             if family is ModelFamily.POLY_MLP:
                 a, b, c = (float(v) for v in data.get("activation", (0.125, 0.5, 0.0)))
-                return cls(family, n_features, int(data.get("hidden", 16)), (a, b, c))
-            return cls(family, n_features)
+                return cls(family, n_features, int(data.get("hidden", 16)), (a, b, c), classes)
+            return cls(family, n_features, classes=classes)
         except (KeyError, ValueError, TypeError) as err:
             raise InputError(f"invalid model spec: {err}") from err
+
+    def _conv_shapes(self) -> dict[str, tuple[int, ...]]:
+        channels = self.input_shape[0]
+        first, second = self.filters
+        window = (self.kernel,) * (len(self.input_shape) - 1)
+        shapes: dict[str, tuple[int, ...]] = {
+            "conv1.weight": (first, channels, *window),
+            "conv1.bias": (first,),
+        }
+        if self.normalised:
+            shapes |= {"norm1.weight": (first,), "norm1.bias": (first,)}
+        shapes |= {"conv2.weight": (second, first, *window), "conv2.bias": (second,)}
+        if self.normalised:
+            shapes |= {"norm2.weight": (second,), "norm2.bias": (second,)}
+        if self.family is ModelFamily.CNN1D:
+            fc_in = second
+        else:
+            _, height, width = self.input_shape
+            fc_in = second * (height // 4) * (width // 4)
+        shapes |= {"fc.weight": (self.outputs, fc_in), "fc.bias": (self.outputs,)}
+        return shapes
 
     def weight_shapes(self) -> dict[str, tuple[int, ...]]:
         """Every tensor's name and shape, as the torch module's ``state_dict`` has them."""
         if self.family is ModelFamily.LOGISTIC:
-            return {"linear.weight": (1, self.n_features), "linear.bias": (1,)}
-        return {
-            "fc1.weight": (self.hidden, self.n_features),
-            "fc1.bias": (self.hidden,),
-            "fc2.weight": (1, self.hidden),
-            "fc2.bias": (1,),
-        }
+            return {
+                "linear.weight": (self.outputs, self.n_features),
+                "linear.bias": (self.outputs,),
+            }
+        if self.family is ModelFamily.POLY_MLP:
+            return {
+                "fc1.weight": (self.hidden, self.n_features),
+                "fc1.bias": (self.hidden,),
+                "fc2.weight": (self.outputs, self.hidden),
+                "fc2.bias": (self.outputs,),
+            }
+        return self._conv_shapes()
 
     def initial_weights(self, seed: int) -> dict[str, npt.NDArray[np.float32]]:
         """Deterministic initial weights for ``seed`` (a study's public ``model_seed``).
 
-        Each layer's weight and bias are drawn uniformly from ``[-1/sqrt(fan_in),
-        1/sqrt(fan_in)]``, the bounds of torch's default ``nn.Linear`` initialisation, from
-        NumPy's PCG64 seeded with ``seed``: the same seed gives the same model on any
-        machine, with or without torch.
+        Each linear or convolutional layer's weight and bias are drawn uniformly from
+        ``[-1/sqrt(fan_in), 1/sqrt(fan_in)]`` (``fan_in`` the inputs of one output unit:
+        features, or channels times kernel size), the bounds of torch's default
+        initialisation, from NumPy's PCG64 seeded with ``seed``: the same seed gives the same
+        model on any machine, with or without torch. GroupNorm starts as torch's does, scale
+        1 and shift 0.
         """
         generator = np.random.Generator(np.random.PCG64(seed))
+        shapes = self.weight_shapes()
         weights: dict[str, npt.NDArray[np.float32]] = {}
-        for name, shape in self.weight_shapes().items():
-            layer = name.rsplit(".", 1)[0]
-            fan_in = self.weight_shapes()[f"{layer}.weight"][1]
+        for name, shape in shapes.items():
+            layer, kind = name.rsplit(".", 1)
+            if layer.startswith("norm"):
+                fill = 1.0 if kind == "weight" else 0.0
+                weights[name] = np.full(shape, fill, dtype=np.float32)
+                continue
+            fan_in = math.prod(shapes[f"{layer}.weight"][1:])
             bound = 1.0 / math.sqrt(fan_in)
             weights[name] = generator.uniform(-bound, bound, size=shape).astype(np.float32)
         return weights
@@ -140,10 +294,74 @@ def check_weights(spec: ModelSpec, weights: Weights, *, what: str = "weights") -
             raise InputError(f"{what} {name!r} hold non-finite values")
 
 
+# ---------------------------------------------------------------- NumPy forward passes
+
+
+def _conv(
+    x: npt.NDArray[np.float64], w: npt.NDArray[np.float64], b: npt.NDArray[np.float64]
+) -> npt.NDArray[np.float64]:
+    """'Same' convolution (odd kernel, zero padding, stride 1) as torch's ``ConvNd``."""
+    spatial = x.ndim - 2
+    pad = w.shape[-1] // 2
+    padded = np.pad(x, [(0, 0), (0, 0)] + [(pad, pad)] * spatial)
+    windows = sliding_window_view(padded, w.shape[2:], axis=tuple(range(2, 2 + spatial)))
+    if spatial == 1:
+        out = np.einsum("nctk,fck->nft", windows, w, optimize=True)
+        return np.asarray(out + b[None, :, None], dtype=np.float64)
+    out = np.einsum("nchwij,fcij->nfhw", windows, w, optimize=True)
+    return np.asarray(out + b[None, :, None, None], dtype=np.float64)
+
+
+def _group_norm(
+    x: npt.NDArray[np.float64], scale: npt.NDArray[np.float64], shift: npt.NDArray[np.float64]
+) -> npt.NDArray[np.float64]:
+    n, channels = x.shape[:2]
+    grouped = x.reshape(n, _groups(channels), -1)
+    mean = grouped.mean(axis=2, keepdims=True)
+    var = grouped.var(axis=2, keepdims=True)
+    normed = ((grouped - mean) / np.sqrt(var + _GROUPNORM_EPS)).reshape(x.shape)
+    affine = (channels,) + (1,) * (x.ndim - 2)
+    return np.asarray(normed * scale.reshape(affine) + shift.reshape(affine), dtype=np.float64)
+
+
+def _pool(x: npt.NDArray[np.float64], *, average: bool) -> npt.NDArray[np.float64]:
+    """Pooling over 2 (or 2x2) with stride 2, dropping a trailing odd row, as torch does."""
+    if x.ndim == 3:
+        n, c, t = x.shape
+        blocks = x[:, :, : t // 2 * 2].reshape(n, c, t // 2, 2)
+        axes: tuple[int, ...] = (3,)
+    else:
+        n, c, h, w = x.shape
+        blocks = x[:, :, : h // 2 * 2, : w // 2 * 2].reshape(n, c, h // 2, 2, w // 2, 2)
+        axes = (3, 5)
+    pooled = blocks.mean(axis=axes) if average else blocks.max(axis=axes)
+    return np.asarray(pooled, dtype=np.float64)
+
+
+def _conv_logits(
+    spec: ModelSpec, w: dict[str, npt.NDArray[np.float64]], x: npt.NDArray[np.float64]
+) -> npt.NDArray[np.float64]:
+    h = x.reshape(x.shape[0], *spec.input_shape)
+    for index in (1, 2):
+        h = _conv(h, w[f"conv{index}.weight"], w[f"conv{index}.bias"])
+        if spec.normalised:
+            h = _group_norm(h, w[f"norm{index}.weight"], w[f"norm{index}.bias"])
+            h = np.maximum(h, 0.0)
+        else:
+            h = h * h
+        if index == 1 or spec.family is ModelFamily.CNN2D:
+            h = _pool(h, average=not spec.normalised)
+    flat = h.mean(axis=2) if spec.family is ModelFamily.CNN1D else h.reshape(h.shape[0], -1)
+    return np.asarray(flat @ w["fc.weight"].T + w["fc.bias"], dtype=np.float64)
+
+
 def predict_logits(
     spec: ModelSpec, weights: Weights, features: npt.NDArray[np.floating]
 ) -> npt.NDArray[np.float64]:
-    """Plaintext logits for standardised ``features`` (shape ``(patients, n_features)``).
+    """Plaintext logits for standardised ``features`` (shape ``(n, n_features)``).
+
+    Shape ``(n,)`` for a two-class model (the positive class's logit), ``(n, classes)``
+    otherwise.
 
     Raises
     ------
@@ -156,12 +374,51 @@ def predict_logits(
     w = {name: np.asarray(value, dtype=np.float64) for name, value in weights.items()}
     try:
         if spec.family is ModelFamily.LOGISTIC:
-            logits = x @ w["linear.weight"][0] + w["linear.bias"][0]
-        else:
+            logits = x @ w["linear.weight"].T + w["linear.bias"]
+        elif spec.family is ModelFamily.POLY_MLP:
             a, b, c = spec.activation
             z = x @ w["fc1.weight"].T + w["fc1.bias"]
             hidden = a * z * z + b * z + c
-            logits = hidden @ w["fc2.weight"][0] + w["fc2.bias"][0]
+            logits = hidden @ w["fc2.weight"].T + w["fc2.bias"]
+        else:
+            logits = _conv_logits(spec, w, x)
     except KeyError as err:
         raise InputError(f"weights lack tensor {err}") from err
+    if spec.outputs == 1:
+        logits = logits[:, 0]
     return np.asarray(logits, dtype=np.float64)
+
+
+def predict_probabilities(
+    spec: ModelSpec, weights: Weights, features: npt.NDArray[np.floating]
+) -> npt.NDArray[np.float64]:
+    """Class probabilities, shape ``(n, classes)`` (sigmoid for two classes, else softmax).
+
+    Raises
+    ------
+    InputError
+        As :func:`predict_logits`.
+    """
+    logits = predict_logits(spec, weights, features)
+    if spec.outputs == 1:
+        positive = 0.5 * (1.0 + np.tanh(0.5 * logits))  # sigmoid without overflow
+        return np.column_stack([1.0 - positive, positive])
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    exp = np.exp(shifted)
+    return np.asarray(exp / exp.sum(axis=1, keepdims=True), dtype=np.float64)
+
+
+def predict_classes(
+    spec: ModelSpec, weights: Weights, features: npt.NDArray[np.floating]
+) -> npt.NDArray[np.int64]:
+    """The most probable class index of each row (two classes: logit above 0).
+
+    Raises
+    ------
+    InputError
+        As :func:`predict_logits`.
+    """
+    logits = predict_logits(spec, weights, features)
+    if spec.outputs == 1:
+        return np.asarray(logits > 0, dtype=np.int64)
+    return np.asarray(np.argmax(logits, axis=1), dtype=np.int64)

@@ -9,6 +9,7 @@ match what its operator approved.
 from __future__ import annotations
 
 import math
+import re
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -19,7 +20,10 @@ from veracity.errors import InputError
 from veracity.tasks.spec import ModelFamily, ModelSpec
 
 __all__ = [
+    "BINARY_CLASSES",
     "DEFAULT_MAX_WEIGHT_NORM",
+    "ImagesInput",
+    "SignalsInput",
     "DEFAULT_RUNS",
     "CentralDPConfig",
     "DPConfig",
@@ -83,6 +87,60 @@ def _is_none(value: object) -> bool:
     return value is None
 
 
+#: The classes of a study that does not declare any: label values 0 and 1.
+BINARY_CLASSES: tuple[str, ...] = ("0", "1")
+
+
+def _is_binary(value: object) -> bool:
+    return tuple(value) == BINARY_CLASSES if isinstance(value, tuple | list) else False
+
+
+_NAME = r"^[A-Za-z0-9][A-Za-z0-9 ._()/-]{0,127}$"
+
+
+class SignalsInput(_Frozen):
+    """Recordings windowed at the site: what one example of a ``cnn1d`` study is.
+
+    Each recording (a CSV file with a timestamp column, or a 2-D array) sampled at ``rate``
+    Hz is cut into windows of ``window`` samples every ``hop`` samples, never across two
+    recordings; a window's label is its most frequent per-sample label (ties go to the
+    higher class index, so a window half in a freeze counts as a freeze). Data registered
+    already windowed (``(windows, channels, steps)``) must have ``window`` steps and are
+    used as they are. ``channels`` are the recording's columns the model reads, in order;
+    the study's ``features`` repeat them and its ``scaling`` holds one ``(mean, std)`` per
+    channel.
+    """
+
+    kind: Literal["signals"] = "signals"
+    rate: float = Field(gt=0, le=1_000_000)
+    channels: tuple[str, ...] = Field(min_length=1, max_length=1024)
+    window: int = Field(ge=4, le=1_000_000)
+    hop: int = Field(ge=1, le=1_000_000)
+
+    @field_validator("rate")
+    @classmethod
+    def _finite(cls, value: float) -> float:
+        if not math.isfinite(value):
+            raise ValueError("must be finite")
+        return value
+
+
+class ImagesInput(_Frozen):
+    """Images of one geometry: what one example of a ``cnn2d`` study is.
+
+    Every image must be ``height`` x ``width`` with ``channels`` channels (1: grey, 3: RGB);
+    pixel values are divided by ``intensity_max`` (255 for 8-bit PNG, 4095 for 12-bit
+    DICOM, 16 for scikit-learn's digits) and then standardised per channel with the
+    study's ``scaling``. The study's ``features`` name the channels.
+    """
+
+    kind: Literal["images"] = "images"
+    height: int = Field(ge=4, le=4096)
+    width: int = Field(ge=4, le=4096)
+    channels: Literal[1, 3] = 1
+    intensity_max: float = Field(gt=0, le=1e9)
+
+
 #: The bound on the global weights' L2 norm of a study that does not declare one.
 DEFAULT_MAX_WEIGHT_NORM = 1000.0
 #: The number of runs of a study that does not declare one.
@@ -113,7 +171,18 @@ class Study(_Frozen):
     model: dict[str, Any]
     features: tuple[str, ...] = Field(min_length=1)
     label: str = Field(min_length=1)
-    #: Public standardisation, one ``(mean, std)`` per feature, applied before the model.
+    #: The label's values, in class-index order (the model's class ``i`` is ``classes[i]``).
+    #: Left out of the document for two classes ``0`` and ``1``, so binary studies keep the
+    #: hashes they had before classes existed.
+    classes: tuple[str, ...] = Field(
+        default=BINARY_CLASSES, min_length=2, max_length=1000, exclude_if=_is_binary
+    )
+    #: What one example is for signals or images (``None``: a table row of ``features``).
+    input: SignalsInput | ImagesInput | None = Field(
+        default=None, discriminator="kind", exclude_if=_is_none
+    )
+    #: Public standardisation, one ``(mean, std)`` per feature (for signals and images:
+    #: per channel), applied before the model.
     scaling: tuple[tuple[float, float], ...]
     dp: DPConfig
     training: TrainingConfig
@@ -142,9 +211,14 @@ class Study(_Frozen):
     @model_validator(mode="after")
     def _consistent(self) -> Study:
         spec = self.model_spec  # validates the model dict
-        if spec.n_features != len(self.features):
+        self._consistent_input(spec)
+        if len(set(self.classes)) != len(self.classes) or not all(
+            re.match(_NAME, name) for name in self.classes
+        ):
+            raise ValueError("classes must be distinct names of 1-128 printable characters")
+        if spec.classes != len(self.classes):
             raise ValueError(
-                f"model has {spec.n_features} inputs but {len(self.features)} features"
+                f"the model has {spec.classes} classes but the study names {len(self.classes)}"
             )
         if len(set(self.features)) != len(self.features):
             raise ValueError("features must be distinct")
@@ -163,6 +237,34 @@ class Study(_Frozen):
         if self.min_sites > len(self.epsilon_caps):
             raise ValueError("min_sites exceeds the number of sites with an epsilon cap")
         return self
+
+    def _consistent_input(self, spec: ModelSpec) -> None:
+        inputs = self.input
+        if inputs is None:
+            if spec.family.convolutional:
+                raise ValueError(f"a {spec.family.value} model needs an input of signals or images")
+            if spec.n_features != len(self.features):
+                raise ValueError(
+                    f"model has {spec.n_features} inputs but {len(self.features)} features"
+                )
+            return
+        if isinstance(inputs, SignalsInput):
+            if spec.family is not ModelFamily.CNN1D:
+                raise ValueError("a study on signals trains a cnn1d model")
+            if tuple(self.features) != inputs.channels:
+                raise ValueError("the features of a study on signals are its input's channels")
+            expected: tuple[int, ...] = (len(inputs.channels), inputs.window)
+        else:
+            if spec.family is not ModelFamily.CNN2D:
+                raise ValueError("a study on images trains a cnn2d model")
+            if len(self.features) != inputs.channels:
+                raise ValueError("the features of a study on images name its channels")
+            expected = (inputs.channels, inputs.height, inputs.width)
+        if spec.input_shape != expected:
+            raise ValueError(
+                f"the model's input_shape {list(spec.input_shape)} is not the input's "
+                f"{list(expected)}"
+            )
 
     @property
     def model_spec(self) -> ModelSpec:

@@ -7,6 +7,8 @@ inference) by name. Only the site's training code and the benchmarks import this
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import numpy.typing as npt
 import torch
@@ -20,6 +22,7 @@ __all__ = [
     "QuadraticActivation",
     "LogisticRegression",
     "PolyMLP",
+    "ConvNet",
     "build_model",
     "model_weights",
     "load_weights",
@@ -38,34 +41,102 @@ class QuadraticActivation(nn.Module):
         return self.a * z * z + self.b * z + self.c
 
 
-class LogisticRegression(nn.Module):
-    """One linear layer to one logit."""
+def _logits(out: torch.Tensor, outputs: int) -> torch.Tensor:
+    """``(batch,)`` for one logit, ``(batch, classes)`` otherwise."""
+    return out.squeeze(-1) if outputs == 1 else out
 
-    def __init__(self, n_features: int) -> None:
+
+class LogisticRegression(nn.Module):
+    """One linear layer to one logit (two classes) or one logit per class."""
+
+    def __init__(self, n_features: int, outputs: int = 1) -> None:
         super().__init__()
-        self.linear = nn.Linear(n_features, 1)
+        self.outputs = outputs
+        self.linear = nn.Linear(n_features, outputs)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Return logits of shape ``(batch,)``."""
-        out: torch.Tensor = self.linear(x).squeeze(-1)
-        return out
+        """Return logits of shape ``(batch,)`` or ``(batch, classes)``."""
+        return _logits(self.linear(x), self.outputs)
 
 
 class PolyMLP(nn.Module):
     """``Linear(n, h) -> quadratic -> Linear(h, 1)``."""
 
     def __init__(
-        self, n_features: int, hidden: int, activation: tuple[float, float, float]
+        self,
+        n_features: int,
+        hidden: int,
+        activation: tuple[float, float, float],
+        outputs: int = 1,
     ) -> None:
         super().__init__()
+        self.outputs = outputs
         self.fc1 = nn.Linear(n_features, hidden)
         self.act = QuadraticActivation(*activation)
-        self.fc2 = nn.Linear(hidden, 1)
+        self.fc2 = nn.Linear(hidden, outputs)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Return logits of shape ``(batch,)``."""
-        out: torch.Tensor = self.fc2(self.act(self.fc1(x))).squeeze(-1)
-        return out
+        """Return logits of shape ``(batch,)`` or ``(batch, classes)``."""
+        return _logits(self.fc2(self.act(self.fc1(x))), self.outputs)
+
+
+class _Square(nn.Module):
+    """``z**2`` elementwise (the encrypted-inference variant's activation)."""
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        """Square each element."""
+        return z * z
+
+
+class ConvNet(nn.Module):
+    """``cnn1d`` or ``cnn2d`` of :mod:`veracity.tasks.spec` (GroupNorm, never BatchNorm).
+
+    Takes flat rows of ``n_features`` values and reshapes them to the spec's input shape.
+    """
+
+    def __init__(self, spec: ModelSpec) -> None:
+        super().__init__()
+        two_d = spec.family is ModelFamily.CNN2D
+        conv: type[nn.Conv1d] | type[nn.Conv2d] = nn.Conv2d if two_d else nn.Conv1d
+        pool: type[nn.Module]
+        if spec.normalised:
+            pool = nn.MaxPool2d if two_d else nn.MaxPool1d
+        else:
+            pool = nn.AvgPool2d if two_d else nn.AvgPool1d
+        channels = spec.input_shape[0]
+        first, second = spec.filters
+        padding = spec.kernel // 2
+        self.input_shape = spec.input_shape
+        self.two_d = two_d
+        self.outputs = spec.outputs
+        self.conv1 = conv(channels, first, spec.kernel, padding=padding)
+        self.conv2 = conv(first, second, spec.kernel, padding=padding)
+        self.norm1: nn.Module | None = None
+        self.norm2: nn.Module | None = None
+        if spec.normalised:
+            self.norm1 = nn.GroupNorm(math.gcd(first, 4), first)
+            self.norm2 = nn.GroupNorm(math.gcd(second, 4), second)
+        self.act: nn.Module = nn.ReLU() if spec.normalised else _Square()
+        self.pool = pool(2)
+        fc_in = second
+        if two_d:
+            _, height, width = spec.input_shape
+            fc_in = second * (height // 4) * (width // 4)
+        self.fc = nn.Linear(fc_in, spec.outputs)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Return logits of shape ``(batch,)`` or ``(batch, classes)``."""
+        h = x.reshape(x.shape[0], *self.input_shape)
+        h = self.conv1(h)
+        if self.norm1 is not None:
+            h = self.norm1(h)
+        h = self.pool(self.act(h))
+        h = self.conv2(h)
+        if self.norm2 is not None:
+            h = self.norm2(h)
+        h = self.act(h)
+        flat = self.pool(h).flatten(1) if self.two_d else h.mean(dim=2)
+        return _logits(self.fc(flat), self.outputs)
 
 
 def build_model(spec: ModelSpec, *, seed: int | None = None) -> nn.Module:
@@ -75,8 +146,10 @@ def build_model(spec: ModelSpec, *, seed: int | None = None) -> nn.Module:
         torch.manual_seed(seed)
     try:
         if spec.family is ModelFamily.LOGISTIC:
-            return LogisticRegression(spec.n_features)
-        return PolyMLP(spec.n_features, spec.hidden, spec.activation)
+            return LogisticRegression(spec.n_features, spec.outputs)
+        if spec.family is ModelFamily.POLY_MLP:
+            return PolyMLP(spec.n_features, spec.hidden, spec.activation, spec.outputs)
+        return ConvNet(spec)
     finally:
         if seed is not None:
             torch.random.set_rng_state(generator_state)

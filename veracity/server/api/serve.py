@@ -69,18 +69,31 @@ class Services:
 
 
 def initialise(
-    data_dir: Path, *, db_url: str | None = None, superlink_port: int = 9093
+    data_dir: Path,
+    *,
+    db_url: str | None = None,
+    superlink_port: int = 9093,
+    tls_hosts: tuple[str, ...] = (),
+    own_tls: tuple[Path, Path, Path] | None = None,
 ) -> CoordinatorService:
     """Create (or bring up to date) a coordinator: keys, TLS, ledger, read model, API tables.
 
-    Safe to run again: keys and certificates are kept, migrations are applied once.
+    Safe to run again: keys are kept, migrations are applied once; the server certificate
+    is issued again (same CA) only when it does not cover ``tls_hosts``, and ``own_tls``
+    (certificate, key, CA) installs the operator's own.
 
     Raises
     ------
     ConfigError
         If the database cannot be created or belongs to another root key.
     """
-    service = init_coordinator(data_dir, db_url=db_url, superlink_port=superlink_port)
+    service = init_coordinator(
+        data_dir,
+        db_url=db_url,
+        superlink_port=superlink_port,
+        tls_hosts=tls_hosts,
+        own_tls=own_tls,
+    )
     try:
         db.upgrade(service.ledger.engine)
     except BaseException:

@@ -36,7 +36,7 @@ class ApiSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="VERACITY_", extra="ignore", frozen=True)
 
     data_dir: Path = Field(
-        default=Path("veracity-data"), description="The coordinator's data directory."
+        default=Path("veracity-coordinator"), description="The coordinator's data directory."
     )
     environment: Literal["development", "production"] = "development"
     host: str = Field(default="127.0.0.1", description="Address the API binds to.")

@@ -14,7 +14,13 @@ from datetime import datetime
 from pathlib import Path
 
 from veracity.crypto.keys import generate_signing_key, load_signing_key, write_key_pair
-from veracity.crypto.tls import create_tls_material
+from veracity.crypto.tls import (
+    DEFAULT_HOSTS,
+    certificate_hosts,
+    create_tls_material,
+    install_tls_material,
+    issue_server_certificate,
+)
 from veracity.ledger.ledger import Ledger
 from veracity.server.coordinator.federation import Federation, SuperLinkFederation
 from veracity.server.coordinator.home import (
@@ -47,29 +53,46 @@ def init_coordinator(
     now: datetime | None = None,
     federation: Federation | None = None,
     audit: AuditHook | None = None,
+    tls_hosts: tuple[str, ...] = (),
+    own_tls: tuple[Path, Path, Path] | None = None,
 ) -> CoordinatorService:
     """Create (or bring up to date) a coordinator in ``data_dir`` and open it.
 
     Makes the root key, the CA and server certificate, the ledger (genesis) and the read
-    model where missing, and writes ``coordinator.json``.
+    model where missing, and writes ``coordinator.json``. The server certificate covers
+    loopback plus ``tls_hosts``; when an existing one does not cover them all it is issued
+    again from the same CA. ``own_tls`` (certificate, key, CA) installs the operator's
+    own certificate instead.
 
     Raises
     ------
     ConfigError
-        If the database cannot be created or holds another root's ledger.
+        If the database cannot be created or holds another root's ledger, or the TLS
+        names or files are not usable.
     """
     home = CoordinatorHome.at(data_dir, db_url=db_url, superlink_port=superlink_port)
-    data_dir.mkdir(parents=True, exist_ok=True)
+    data_dir = home.data_dir
+    data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    data_dir.chmod(0o700)
     if home.root_key_path.exists():
         root_key = load_signing_key(home.root_key_path)
     else:
         root_key = generate_signing_key()
         write_key_pair(home.key_dir, ROOT_KEY_NAME, root_key)
-    if not home.tls.exist():
-        create_tls_material(data_dir / "tls", now=now)
+    hosts = DEFAULT_HOSTS + tuple(tls_hosts)
+    if own_tls is not None:
+        cert, key, ca = own_tls
+        install_tls_material(data_dir / "tls", cert=cert, key=key, ca=ca)
+    elif not home.tls.exist():
+        create_tls_material(data_dir / "tls", hosts=hosts, now=now)
+    elif tls_hosts and not set(certificate_hosts(home.tls.server_cert)) >= {
+        h.lower() for h in tls_hosts
+    }:
+        issue_server_certificate(home.tls, hosts, now=now)
     ledger = Ledger.init(
         home.db_url, root_key=root_key, now=now, checkpoint_every=home.checkpoint_every
     )
+    _make_private(home)
     try:
         ReadModel(ledger).upgrade()
         home.save()
@@ -85,6 +108,21 @@ def init_coordinator(
         ledger.close()
         raise
     return service
+
+
+def _make_private(home: CoordinatorHome) -> None:
+    """The embedded database holds the API's token hashes: readable by this user only.
+
+    SQLite creates its ``-wal`` and ``-shm`` files with the database file's mode.
+    """
+    database = home.data_dir / "veracity.db"
+    for path in (
+        database,
+        database.with_name("veracity.db-wal"),
+        database.with_name("veracity.db-shm"),
+    ):
+        if path.exists():
+            path.chmod(0o600)
 
 
 def upgrade_read_model(where: Path | CoordinatorHome) -> None:

@@ -61,6 +61,7 @@ class CoordinatorHome:
         superlink_port: int = DEFAULT_SUPERLINK_PORT,
     ) -> CoordinatorHome:
         """The home of a coordinator in ``data_dir`` (SQLite under it unless ``db_url``)."""
+        data_dir = Path(data_dir).absolute()  # processes started elsewhere (cwd) find it too
         return cls(
             data_dir=data_dir,
             db_url=db_url or default_database_url(data_dir),
@@ -76,6 +77,7 @@ class CoordinatorHome:
         ConfigError
             If the file is missing (the directory was never initialised) or malformed.
         """
+        data_dir = Path(data_dir).absolute()
         path = data_dir / CONFIG_FILE
         try:
             data = json.loads(path.read_text(encoding="utf-8"))

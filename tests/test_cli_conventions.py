@@ -1,0 +1,216 @@
+"""Conventions every command keeps: paths, environment variables, names, TLS names, modes.
+
+Each test here is one rule from README's "Command line" section, checked over the real
+commands rather than over one example of each.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import stat
+from pathlib import Path
+
+import click
+import pytest
+import typer
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from veracity.cli import app, main
+from veracity.crypto.tls import certificate_hosts
+from veracity.output import emit_table
+from veracity.server.coordinator.home import CoordinatorHome
+from veracity.server.superlink import SuperLinkOptions, superlink_argv
+
+#: Options that deliberately have no environment variable.
+_NO_ENVVAR = {"--help", "--version"}
+
+
+def _options() -> list[tuple[str, click.Option]]:
+    found: list[tuple[str, click.Option]] = []
+
+    def walk(command: click.Command, path: str) -> None:
+        if isinstance(command, click.Group):
+            for name, sub in command.commands.items():
+                walk(sub, f"{path} {name}".strip())
+            return
+        found.extend((path, p) for p in command.params if isinstance(p, click.Option))
+
+    walk(typer.main.get_command(app), "")
+    return found
+
+
+def test_every_environment_variable_is_named_after_its_option() -> None:
+    wrong = []
+    for path, option in _options():
+        longs = [o for o in option.opts if o.startswith("--")]
+        if not longs or longs[0] in _NO_ENVVAR:
+            continue
+        wanted = {"VERACITY_" + o[2:].replace("-", "_").upper() for o in longs}
+        if option.envvar not in wanted:
+            wrong.append(f"veracity {path} {longs[0]}: {option.envvar} (want one of {wanted})")
+    assert wrong == []
+
+
+def test_coordinator_and_site_never_share_a_default_directory() -> None:
+    defaults: dict[str, set[str]] = {"server": set(), "site": set()}
+    for path, option in _options():
+        group = path.split(" ")[0]
+        if group in defaults and option.name == "data_dir" and option.default is not None:
+            defaults[group].add(str(option.default))
+    from veracity.client.cli import DEFAULT_SITE_DIR
+    from veracity.config import load_settings
+
+    defaults["site"].add(str(DEFAULT_SITE_DIR))
+    assert defaults["server"] == {str(load_settings().data_dir)} == {"veracity-coordinator"}
+    assert defaults["site"] == {"veracity-site"}
+
+
+def test_a_relative_data_dir_reaches_every_process_as_an_absolute_path(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The SuperLink runs in the data directory: a relative --ssl-ca-certfile missed the file."""
+    monkeypatch.chdir(tmp_path)
+    home = CoordinatorHome.at(Path("coord"))
+    argv = superlink_argv(home, SuperLinkOptions(host="127.0.0.1", port=9093))
+    files = [argv[i + 1] for i, a in enumerate(argv) if a.startswith("--ssl") or a == "--database"]
+    assert len(files) == 4
+    assert all(Path(f).is_absolute() and f.startswith(str(tmp_path)) for f in files)
+    home.save()
+    assert CoordinatorHome.load(Path("coord")).data_dir == tmp_path / "coord"
+
+
+def test_site_and_coordinator_accept_the_same_site_names(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A site name the coordinator can never enrol is refused when the site is made."""
+    code = main(["site", "init", "--name", "Hospital_Y", "--data-dir", str(tmp_path / "s")])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "site name 'Hospital_Y' must be lowercase letters, digits and '-'" in err
+    assert not (tmp_path / "s" / "site.json").exists()
+
+
+def test_tables_never_cut_a_value_when_stdout_is_not_a_terminal(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    long_path = "/" + "/".join(["a-rather-long-directory-name"] * 12) + "/ledger.jsonl"
+    model = "ab" * 32
+    emit_table("t", ["item", "value"], [["bundle", long_path], ["model", model]])
+    out = capsys.readouterr().out
+    assert long_path in out
+    assert model in out
+    assert "…" not in out
+
+
+def _init(data_dir: Path, *extra: str) -> tuple[int, dict[str, str], str]:
+    import contextlib
+    import io
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main(["server", "init", "--data-dir", str(data_dir), "--format", "json", *extra])
+    return code, (json.loads(out.getvalue()) if code == 0 else {}), err.getvalue()
+
+
+def test_server_init_certifies_the_hostnames_it_is_given_with_the_same_ca(tmp_path: Path) -> None:
+    code, shown, _ = _init(tmp_path / "c")
+    assert code == 0
+    ca_before = (tmp_path / "c" / "tls" / "ca.crt").read_bytes()
+    assert set(certificate_hosts(Path(shown["ca_cert"]).with_name("server.crt"))) == {
+        "localhost",
+        "127.0.0.1",
+        "::1",
+    }
+    code, shown, _ = _init(
+        tmp_path / "c", "--hostname", "coordinator.example.org", "--hostname", "10.20.0.1"
+    )
+    assert code == 0
+    hosts = set(certificate_hosts(tmp_path / "c" / "tls" / "server.crt"))
+    assert {"coordinator.example.org", "10.20.0.1", "localhost", "127.0.0.1"} <= hosts
+    assert (tmp_path / "c" / "tls" / "ca.crt").read_bytes() == ca_before
+    code, _, err = _init(tmp_path / "c", "--hostname", "not a name!")
+    assert code == 2
+    assert "neither a DNS name nor an IP address" in err
+
+
+def _own_certificate(tmp_path: Path) -> tuple[Path, Path, Path]:
+    now = dt.datetime.now(dt.UTC)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Hospital network CA")])
+    ca = (
+        x509.CertificateBuilder()
+        .subject_name(ca_name)
+        .issuer_name(ca_name)
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now)
+        .not_valid_after(now + dt.timedelta(days=30))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .sign(ca_key, hashes.SHA256())
+    )
+    key = ec.generate_private_key(ec.SECP256R1())
+    leaf = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "coord.example")]))
+        .issuer_name(ca_name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now)
+        .not_valid_after(now + dt.timedelta(days=30))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName("coord.example")]), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    paths = (tmp_path / "own.crt", tmp_path / "own.key", tmp_path / "own-ca.crt")
+    paths[0].write_bytes(leaf.public_bytes(serialization.Encoding.PEM))
+    paths[1].write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    paths[2].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    return paths
+
+
+def test_server_init_installs_the_operators_own_certificate(tmp_path: Path) -> None:
+    cert, key, ca = _own_certificate(tmp_path)
+    code, _, err = _init(tmp_path / "c", "--tls-cert", str(cert), "--tls-key", str(key))
+    assert code == 2, "a certificate without the CA that issued it is a usage error"
+    assert "go together" in err
+    code, _, err = _init(
+        tmp_path / "c2", "--tls-cert", str(cert), "--tls-key", str(key), "--tls-ca", str(ca)
+    )
+    assert code == 0, err
+    tls = tmp_path / "c2" / "tls"
+    assert (tls / "server.crt").read_bytes() == cert.read_bytes()
+    assert (tls / "ca.crt").read_bytes() == ca.read_bytes()
+    assert not (tls / "ca.key").exists()
+    assert stat.S_IMODE(os.stat(tls / "server.key").st_mode) == 0o600
+
+
+def test_a_certificate_with_a_key_not_its_own_is_refused(tmp_path: Path) -> None:
+    cert, _, ca = _own_certificate(tmp_path)
+    (tmp_path / "y").mkdir()
+    _, wrong_key, _ = _own_certificate(tmp_path / "y")
+    code, _, err = _init(
+        tmp_path / "c", "--tls-cert", str(cert), "--tls-key", str(wrong_key), "--tls-ca", str(ca)
+    )
+    assert code == 2
+    assert "is not the key of the certificate" in err
+
+
+def test_the_database_and_key_files_are_private(tmp_path: Path) -> None:
+    code, _, _ = _init(tmp_path / "c")
+    assert code == 0
+    root = tmp_path / "c"
+    private = [root / "veracity.db", root / "keys" / "root.pem", root / "tls" / "server.key"]
+    private += [root / "tls" / "ca.key"]
+    for path in private:
+        assert stat.S_IMODE(os.stat(path).st_mode) == 0o600, path
+    assert stat.S_IMODE(os.stat(root).st_mode) == 0o700
