@@ -1,7 +1,7 @@
 """Released analysis answers, one per dataset and query terms: ``site_analysis_answers``.
 
-Revision ID: 0004_analysis_answers
-Revises: 0003_outbox_dedupe_key
+Revision ID: 0005_analysis_answers
+Revises: 0004_dataset_layout
 Create Date: 2026-12-06
 """
 
@@ -10,8 +10,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0004_analysis_answers"
-down_revision: str | None = "0003_outbox_dedupe_key"
+revision = "0005_analysis_answers"
+down_revision: str | None = "0004_dataset_layout"
 branch_labels: str | None = None
 depends_on: str | None = None
 
