@@ -104,7 +104,7 @@ def test_the_ledger_refuses_an_analysis_answer_whose_receipt_the_site_did_not_si
         def answered(key: SigningKey) -> dict[str, Any]:
             signature = sign_document(key, ANALYSIS_RECEIPT_DOMAIN, receipt.to_json())
             return AnalysisAnswered(
-                study_hash="a" * 64, query_id="q", query_hash="b" * 64, answer=answer,
+                run_id="1", study_hash="a" * 64, query_id="q", query_hash="b" * 64, answer=answer,
                 receipts=[SignedAnalysisReceipt(receipt=receipt, signature=signature)],
             ).to_json()  # fmt: skip
 

@@ -221,7 +221,7 @@ def _record_every_kind(recorder: _Recorder, drawn: dict[str, Any]) -> None:
     value = drawn["epsilon_left"]
     recorder.root_event(
         AnalysisAnswered(
-            study_hash=study_hash, query_id="q-1", query_hash=h[5],
+            run_id=drawn["run_id"], study_hash=study_hash, query_id="q-1", query_hash=h[5],
             answer=CombinedAnswer(
                 kind="count", labels=["count"], value=[value], se=[1.0], lower=[value],
                 upper=[value], sites=[first],

@@ -338,6 +338,7 @@ class AnalysisAnswered(Payload):
 
     KIND: ClassVar[str] = "analysis.answered"
 
+    run_id: Ident
     study_hash: Hash
     query_id: Ident
     query_hash: Hash

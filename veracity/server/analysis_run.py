@@ -174,6 +174,7 @@ def execute_analysis(
         coordinator.record_analysis(
             SERVER_APP,
             AnalysisAnswered(
+                run_id=run_id,
                 study_hash=study.study_hash,
                 query_id=query.query_id,
                 query_hash=query_hash(study, query),

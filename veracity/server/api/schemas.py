@@ -489,3 +489,18 @@ class HealthOut(BaseModel):
     """Liveness."""
 
     status: Literal["ok"]
+
+
+class AnalysisRunIn(_In):
+    """Which approved analysis study to answer."""
+
+    study_hash: Hash
+
+
+class AnalysisResultsOut(BaseModel):
+    """An analysis run: its state, and each answered query's ``analysis.answered`` payload."""
+
+    study_hash: str
+    run_id: str
+    finished: dict[str, Any] | None
+    answers: list[dict[str, Any]]
