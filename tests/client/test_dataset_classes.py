@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from veracity.cli import main
-from veracity.client.datasets import load_registered, register_dataset
+from veracity.client.datasets import Table, load_registered, register_dataset
 from veracity.client.fingerprint import schema_hash
 from veracity.client.site import Site
 from veracity.errors import InputError
@@ -32,6 +32,7 @@ def test_a_three_class_table_is_registered_with_its_classes(site: Site, tmp_path
     assert site.store.get_dataset("gait") == dataset
     assert dataset.schema_hash != schema_hash(("a", "b"), "activity")
     table = load_registered(dataset)
+    assert isinstance(table, Table)
     assert table.y.tolist() == [i % 3 for i in range(60)]
 
 
@@ -40,7 +41,9 @@ def test_numeric_classes_match_numbers_written_differently(site: Site, tmp_path:
     dataset, _ = register_dataset(
         site, dataset_id="gait", path=path, label="activity", classes=("0", "1", "2")
     )
-    assert load_registered(dataset).y.tolist() == [i % 3 for i in range(60)]
+    table = load_registered(dataset)
+    assert isinstance(table, Table)
+    assert table.y.tolist() == [i % 3 for i in range(60)]
 
 
 def test_binary_schema_hash_is_unchanged() -> None:

@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from tests.client.support import SITE
-from veracity.client.datasets import load_registered, read_table, register_dataset
+from veracity.client.datasets import Table, load_registered, read_table, register_dataset
 from veracity.client.fingerprint import content_digest, verify_commitment
 from veracity.client.site import Site
 from veracity.crypto.keys import load_verify_key
@@ -165,6 +165,7 @@ def test_good_csv_is_registered_with_a_signed_statement(site: Site, tmp_path: Pa
     assert stored.epsilon_budget == 4.0
     assert [entry.statement for entry in site.store.outbox()] == [statement]
     table = load_registered(dataset)
+    assert isinstance(table, Table)
     digest = content_digest(table.features, table.label, table.x, table.y)
     verify_commitment(dataset.commitment, dataset.salt, digest)
 

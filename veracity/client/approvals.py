@@ -30,6 +30,7 @@ from veracity.client.budget import (
 )
 from veracity.client.site import Site
 from veracity.client.store import Dataset, Decision, Pool, SignedStatement
+from veracity.client.study_inputs import dataset_mismatch
 from veracity.contracts.events import StudyApproved, StudyRefused
 from veracity.errors import ApprovalMissing, InputError
 from veracity.tasks.study import Study, parse_study
@@ -131,6 +132,7 @@ class StudyReview:
             "features": list(study.features),
             "label": study.label,
             "classes": list(study.classes),
+            "input": None if study.input is None else study.input.model_dump(mode="json"),
             "scaling": [[mean, std] for mean, std in study.scaling],
             "max_weight_norm": study.max_weight_norm,
             "dp": study.dp.model_dump(mode="json"),
@@ -196,6 +198,11 @@ def review_study(
             f"the study's classes are {', '.join(study.classes)}; dataset "
             f"{dataset.dataset_id!r} has {', '.join(dataset.classes)}"
         )
+    mismatch = dataset_mismatch(
+        study, kind=dataset.kind, features=dataset.features, layout=dict(dataset.layout)
+    )
+    if mismatch is not None:
+        problems.append(f"dataset {dataset.dataset_id!r} does not suit the study: {mismatch}")
     missing = [column for column in study.features if column not in dataset.features]
     if missing:
         problems.append(

@@ -50,6 +50,41 @@ def _split(values: list[str] | None) -> list[str] | None:
     return [part.strip() for value in values for part in value.split(",") if part.strip()]
 
 
+def _declared(
+    kind: str,
+    rate: float | None,
+    timestamp: str,
+    time_unit: str,
+    image_size: str | None,
+    image_channels: int,
+    labels_file: str,
+) -> Any:
+    """The declaration of a signals or images dataset from the options (``None``: a table).
+
+    Raises
+    ------
+    ConfigError
+        If the kind is unknown or a required option is missing or malformed.
+    """
+    from veracity.client.datasets import ImagesDeclared, SignalsDeclared
+
+    if kind == "table":
+        return None
+    if kind == "signals":
+        if rate is None:
+            raise ConfigError("signals need --rate (the sampling rate in Hz)")
+        return SignalsDeclared(rate=rate, timestamp=timestamp, time_unit=time_unit)
+    if kind == "images":
+        parts = (image_size or "").lower().split("x")
+        if len(parts) != 2 or not all(part.strip().isdigit() for part in parts):
+            raise ConfigError("images need --image-size HEIGHTxWIDTH, e.g. 8x8")
+        height, width = (int(part) for part in parts)
+        return ImagesDeclared(
+            height=height, width=width, channels=image_channels, labels_file=labels_file
+        )
+    raise ConfigError(f"--kind is table, signals or images, not {kind!r}")
+
+
 def _fmt(value: float | None, digits: int = 4) -> str:
     if value is None:
         return "-"
@@ -130,19 +165,74 @@ def register_dataset_command(
     ],
     path: Annotated[
         Path,
-        typer.Option("--path", envvar="VERACITY_PATH", help="The .csv or .parquet file."),
+        typer.Option(
+            "--path",
+            envvar="VERACITY_PATH",
+            help="A table (.csv, .parquet), signals (.csv, a folder of .csv, .npz) or images "
+            "(a folder with labels.csv, .npz).",
+        ),
     ],
     label: Annotated[
-        str, typer.Option("--label", envvar="VERACITY_LABEL", help="The 0/1 label column.")
+        str, typer.Option("--label", envvar="VERACITY_LABEL", help="The label column.")
     ],
     features: Annotated[
         list[str] | None,
         typer.Option(
             "--features",
+            "--channels",
             envvar="VERACITY_FEATURES",
-            help="Feature columns (repeat, or comma-separated; default: all but the label).",
+            help="Feature columns, or channels of signals (repeat, or comma-separated; "
+            "default: all but the label and timestamp).",
         ),
     ] = None,
+    kind: Annotated[
+        str,
+        typer.Option("--kind", envvar="VERACITY_KIND", help="table, signals or images."),
+    ] = "table",
+    rate: Annotated[
+        float | None,
+        typer.Option(
+            "--rate", envvar="VERACITY_RATE", help="Signals: the sampling rate in Hz (required)."
+        ),
+    ] = None,
+    timestamp: Annotated[
+        str,
+        typer.Option(
+            "--timestamp", envvar="VERACITY_TIMESTAMP", help="Signals: the timestamp column."
+        ),
+    ] = "timestamp",
+    time_unit: Annotated[
+        str,
+        typer.Option(
+            "--time-unit",
+            envvar="VERACITY_TIME_UNIT",
+            help="Signals: the unit of numeric timestamps (s or ms).",
+        ),
+    ] = "s",
+    image_size: Annotated[
+        str | None,
+        typer.Option(
+            "--image-size",
+            envvar="VERACITY_IMAGE_SIZE",
+            help="Images: HEIGHTxWIDTH every image must have (required).",
+        ),
+    ] = None,
+    image_channels: Annotated[
+        int,
+        typer.Option(
+            "--image-channels",
+            envvar="VERACITY_IMAGE_CHANNELS",
+            help="Images: 1 (grey) or 3 (RGB).",
+        ),
+    ] = 1,
+    labels_file: Annotated[
+        str,
+        typer.Option(
+            "--labels-file",
+            envvar="VERACITY_LABELS_FILE",
+            help="Images: the labels CSV inside the folder (columns file and the label).",
+        ),
+    ] = "labels.csv",
     epsilon_budget: Annotated[
         float | None,
         typer.Option(
@@ -180,6 +270,7 @@ def register_dataset_command(
     from veracity.client.site import Site
     from veracity.tasks.study import BINARY_CLASSES
 
+    declared = _declared(kind, rate, timestamp, time_unit, image_size, image_channels, labels_file)
     with Site.open(_root(data_dir)) as site:
         dataset, statement = register_dataset(
             site,
@@ -191,6 +282,7 @@ def register_dataset_command(
             delta=delta,
             min_rows=min_rows,
             classes=_split(classes) or BINARY_CLASSES,
+            declared=declared,
         )
         pool = site.store.pool(dataset.dataset_id)
         shared = site.store.shared_records(dataset.dataset_id)
@@ -208,6 +300,7 @@ def register_dataset_command(
         "path": str(dataset.path),
         "rows": dataset.rows,
         "positives": dataset.positives,
+        "kind": dataset.kind,
         "label": dataset.label,
         "classes": list(dataset.classes),
         "features": list(dataset.features),

@@ -1,19 +1,22 @@
-"""Registering a site's datasets: reading CSV or Parquet, validating, fingerprinting.
+"""Registering a site's datasets: reading, validating, fingerprinting.
 
-A dataset is a table with one 0/1 label column and numeric feature columns, one row per
-patient. Validation refuses, each with its own message naming the row and column where it
-can: an unreadable or non-UTF-8 file, a file that is not comma-separated, a missing label
-or feature column, duplicate column names, rows with the wrong number of fields,
-non-numeric or non-finite values, missing values (empty, ``NA``, ``NaN``, ``null``, ...),
-label values other than 0 and 1, a label with a single class, and fewer rows than the
-site's minimum. Nothing is registered unless everything passes.
+Three kinds. A ``table`` (CSV or Parquet) has one label column and numeric feature columns,
+one row per patient; ``signals`` (:mod:`veracity.client.signals`) and ``images``
+(:mod:`veracity.client.images`) are validated by their own modules. The label's values are
+the declared classes (default ``0`` and ``1``). Validation of a table refuses, each with
+its own message naming the row and column where it can: an unreadable or non-UTF-8 file, a
+file that is not comma-separated, a missing label or feature column, duplicate column
+names, rows with the wrong number of fields, non-numeric or non-finite values, missing
+values (empty, ``NA``, ``NaN``, ``null``, ...), a label outside the declared classes, a
+label with a single class, and fewer rows than the site's minimum. Nothing is registered
+unless everything passes.
 
 Rows are numbered from 1 (the first data row); for CSV the physical line is given too
 (the header is line 1).
 
-The file stays where it is: the store records its absolute path and SHA-256, and the agent
-re-reads and re-hashes it before each round (:func:`load_registered`), refusing to train on
-a file that changed.
+The file (or folder) stays where it is: the store records its absolute path and SHA-256,
+and the agent re-reads and re-hashes it before each round (:func:`load_registered`),
+refusing to train on data that changed.
 """
 
 from __future__ import annotations
@@ -38,6 +41,16 @@ from veracity.client.fingerprint import (
     record_fingerprints,
     schema_hash,
 )
+from veracity.client.images import DEFAULT_LABELS_FILE, parse_images
+from veracity.client.records import (
+    Records,
+    Source,
+    class_index,
+    read_source,
+    records_digest,
+    records_fingerprints,
+)
+from veracity.client.signals import parse_signals
 from veracity.client.site import Site
 from veracity.client.store import Dataset, SignedStatement
 from veracity.contracts.events import DatasetRegistered
@@ -47,6 +60,9 @@ from veracity.tasks.study import BINARY_CLASSES
 
 __all__ = [
     "DATASET_ID_PATTERN",
+    "ImagesDeclared",
+    "Loaded",
+    "SignalsDeclared",
     "Table",
     "parse_table",
     "read_table",
@@ -85,6 +101,83 @@ class Table:
     def positives(self) -> int:
         """Number of rows of a class other than the first (labelled 1, for two classes)."""
         return int(np.count_nonzero(self.y))
+
+
+@dataclass(frozen=True)
+class SignalsDeclared:
+    """What a site operator declares about recordings (see :mod:`veracity.client.signals`)."""
+
+    rate: float
+    channels: tuple[str, ...] | None = None
+    timestamp: str = "timestamp"
+    time_unit: str = "s"
+
+
+@dataclass(frozen=True)
+class ImagesDeclared:
+    """What a site operator declares about images (see :mod:`veracity.client.images`)."""
+
+    height: int
+    width: int
+    channels: int = 1
+    labels_file: str = DEFAULT_LABELS_FILE
+
+
+Loaded = Table | Records
+
+
+def _parse_records(
+    source: Source,
+    declared: SignalsDeclared | ImagesDeclared,
+    *,
+    label: str,
+    classes: Sequence[str],
+    channels: Sequence[str] | None = None,
+) -> Records:
+    if isinstance(declared, SignalsDeclared):
+        return parse_signals(
+            source,
+            label=label,
+            classes=classes,
+            rate=declared.rate,
+            channels=declared.channels if channels is None else channels,
+            timestamp=declared.timestamp,
+            time_unit=declared.time_unit,
+        )
+    return parse_images(
+        source,
+        label=label,
+        classes=classes,
+        height=declared.height,
+        width=declared.width,
+        channels=declared.channels,
+        labels_file=declared.labels_file,
+    )
+
+
+def _declared_of(dataset: Dataset) -> SignalsDeclared | ImagesDeclared | None:
+    layout = dataset.layout
+    if dataset.kind == "signals":
+        return SignalsDeclared(
+            rate=float(layout["rate"]),
+            channels=dataset.features,
+            timestamp=str(layout.get("timestamp", "timestamp")),
+            time_unit=str(layout.get("time_unit", "s")),
+        )
+    if dataset.kind == "images":
+        return ImagesDeclared(
+            height=int(layout["height"]),
+            width=int(layout["width"]),
+            channels=len(dataset.features),
+            labels_file=str(layout.get("labels_file", DEFAULT_LABELS_FILE)),
+        )
+    return None
+
+
+def _records_format(source: Source, records: Records) -> str:
+    if not source.directory:
+        return "npz"
+    return "csv-folder" if records.kind == "signals" else "image-folder"
 
 
 def _file_format(path: Path) -> str:
@@ -149,35 +242,6 @@ def _number(name: str, text: str, where: str) -> float:
     if not math.isfinite(value):
         raise InputError(f"{name}: non-finite value {stripped[:40]!r} at {where}")
     return value
-
-
-def class_index(name: str, raw: object, classes: Sequence[str], where: str, label: str) -> int:
-    """The class index of a label value (``classes`` in index order).
-
-    A value matches a class by its text (``walk``), or as a number equal to an integer
-    class (``1.0`` is class ``1``).
-
-    Raises
-    ------
-    InputError
-        If the value is missing or not one of ``classes``.
-    """
-    text = str(raw).strip()
-    if text in classes:
-        return classes.index(text)
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if text.lower() in _MISSING:
-        raise InputError(f"{name}: missing value at {where}")
-    if math.isfinite(value) and value == int(value) and str(int(value)) in classes:
-        return classes.index(str(int(value)))
-    allowed = " or ".join(classes) if len(classes) == 2 else ", ".join(classes)
-    raise InputError(
-        f"{name}: label {label!r} must be {allowed}, found {text[:40]!r} at {where}; "
-        "a label outside the declared classes is refused"
-    )
 
 
 def _label_value(
@@ -456,6 +520,7 @@ def register_dataset(
     min_rows: int | None = None,
     salt: bytes | None = None,
     classes: Sequence[str] = BINARY_CLASSES,
+    declared: SignalsDeclared | ImagesDeclared | None = None,
 ) -> tuple[Dataset, SignedStatement]:
     """Validate a data file and register it, with a signed ``dataset.registered`` statement.
 
@@ -479,6 +544,11 @@ def register_dataset(
     classes
         The label's values in class-index order (default ``0`` and ``1``); a row with
         another value is refused.
+    declared
+        For signals (:class:`SignalsDeclared`: a CSV file, a folder of them or an NPZ) or
+        images (:class:`ImagesDeclared`: a folder of PNG or DICOM with a labels CSV, or an
+        NPZ), what the operator declares; ``None`` for a table. ``features`` then names
+        the channels of signals to keep.
 
     Returns
     -------
@@ -504,6 +574,20 @@ def register_dataset(
     if not (math.isfinite(chosen_delta) and 0 < chosen_delta < 1):
         raise InputError(f"delta {chosen_delta!r} must lie in (0, 1)")
     resolved = path.expanduser().resolve()
+    if declared is not None:
+        return _register_records(
+            site,
+            dataset_id=dataset_id,
+            path=resolved,
+            label=label,
+            features=features,
+            budget=float(budget),
+            delta=float(chosen_delta),
+            min_rows=site.config.min_rows if min_rows is None else min_rows,
+            salt=salt,
+            classes=check_classes(classes),
+            declared=declared,
+        )
     table, file_hash = read_table(
         resolved,
         label=label,
@@ -564,6 +648,78 @@ def register_dataset(
     return dataclasses.replace(dataset, pool_id=pool.pool_id), statement
 
 
+def _register_records(
+    site: Site,
+    *,
+    dataset_id: str,
+    path: Path,
+    label: str,
+    features: Sequence[str] | None,
+    budget: float,
+    delta: float,
+    min_rows: int,
+    salt: bytes | None,
+    classes: tuple[str, ...],
+    declared: SignalsDeclared | ImagesDeclared,
+) -> tuple[Dataset, SignedStatement]:
+    """Register signals or images (the rest of :func:`register_dataset`)."""
+    source = read_source(path)
+    if isinstance(declared, ImagesDeclared) and features is not None:
+        raise InputError("images take no feature list; their channels are named by count")
+    records = _parse_records(source, declared, label=label, classes=classes, channels=features)
+    if records.rows < min_rows:
+        raise InputError(f"{path.name}: {records.rows} examples; at least {min_rows} are needed")
+    digest = records_digest(records)
+    salt_bytes = new_salt() if salt is None else salt
+    now = site.now()
+    layout = records.layout()
+    if isinstance(declared, SignalsDeclared):
+        layout |= {"timestamp": declared.timestamp, "time_unit": declared.time_unit}
+    else:
+        layout |= {"labels_file": declared.labels_file}
+    dataset = Dataset(
+        dataset_id=dataset_id,
+        path=path,
+        file_format=_records_format(source, records),
+        file_sha256=source.sha256,
+        content_digest=digest,
+        salt=salt_bytes,
+        commitment=commitment(salt_bytes, digest),
+        schema_hash=records.schema_hash(),
+        label=label,
+        features=records.channels,
+        rows=records.rows,
+        positives=records.positives,
+        epsilon_budget=budget,
+        delta=delta,
+        registered_at=now,
+        layout=layout,
+    )
+    _fingerprint_older_datasets(site)
+    fingerprints = records_fingerprints(site.store.record_key(), records)
+    statement = site.sign(
+        DatasetRegistered(
+            site=site.name,
+            dataset_id=dataset_id,
+            commitment=dataset.commitment,
+            schema_hash=dataset.schema_hash,
+            rows=dataset.rows,
+            label=dataset.label,
+            features=list(dataset.features),
+            signed_at=now,
+        )
+    )
+    pool = site.store.add_dataset(dataset, statement, record_fingerprints=fingerprints)
+    log.info(
+        "registered %s dataset %s (%d examples) from %s",
+        records.kind,
+        dataset_id,
+        records.rows,
+        path,
+    )
+    return dataclasses.replace(dataset, pool_id=pool.pool_id), statement
+
+
 def _fingerprint_older_datasets(site: Site) -> None:
     """Fingerprint the records of datasets registered before record fingerprints existed.
 
@@ -578,18 +734,19 @@ def _fingerprint_older_datasets(site: Site) -> None:
         except (ApprovalMissing, InputError) as err:
             log.warning("cannot fingerprint dataset %s: %s", dataset.dataset_id, err)
             continue
-        site.store.attach_fingerprints(
-            dataset.dataset_id,
-            record_fingerprints(
+        if isinstance(table, Records):
+            prints = records_fingerprints(site.store.record_key(), table)
+        else:
+            prints = record_fingerprints(
                 site.store.record_key(), table.features, table.label, table.x, table.y
-            ),
-        )
+            )
+        site.store.attach_fingerprints(dataset.dataset_id, prints)
 
 
-def check_registered(dataset: Dataset) -> bytes:
-    """Read a registered dataset's file and check it is still the registered one.
+def check_registered(dataset: Dataset) -> Source:
+    """Read a registered dataset's file (or folder) and check it is still the registered one.
 
-    Returns the file's bytes.
+    Returns what was read, for :func:`load_registered`.
 
     Raises
     ------
@@ -597,35 +754,38 @@ def check_registered(dataset: Dataset) -> bytes:
         If the file is gone, unreadable, or no longer has the registered SHA-256.
     """
     try:
-        data = _read_bytes(dataset.path)
+        source = read_source(dataset.path)
     except InputError as err:
         raise ApprovalMissing(
             f"dataset {dataset.dataset_id!r} cannot be read ({err}); restore the registered file"
         ) from err
-    if sha256_hex(data) != dataset.file_sha256:
+    if source.sha256 != dataset.file_sha256:
         raise ApprovalMissing(
             f"dataset {dataset.dataset_id!r} changed since it was registered "
             f"({dataset.path}); training on it is refused until the registered file is back"
         )
-    return data
+    return source
 
 
-def load_registered(dataset: Dataset, data: bytes | None = None) -> Table:
+def load_registered(dataset: Dataset, source: Source | None = None) -> Loaded:
     """Re-read a registered dataset for training, refusing a file that changed.
 
-    ``data`` are the file's bytes as :func:`check_registered` returned them (read again
-    and checked when not given).
+    ``source`` is what :func:`check_registered` returned (read again and checked when not
+    given). A table gives a :class:`Table`, signals and images :class:`Records`.
 
     Raises
     ------
     ApprovalMissing
         If the file is gone, unreadable, or no longer has the registered SHA-256.
     """
-    if data is None:
-        data = check_registered(dataset)
+    if source is None:
+        source = check_registered(dataset)
+    declared = _declared_of(dataset)
+    if declared is not None:
+        return _parse_records(source, declared, label=dataset.label, classes=dataset.classes)
     return parse_table(
         dataset.path.name,
-        data,
+        source.single(),
         dataset.file_format,
         label=dataset.label,
         features=dataset.features,

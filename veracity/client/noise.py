@@ -126,9 +126,14 @@ class ChaCha20Source:
         """``count`` independent standard normals (Box-Muller, float64)."""
         pairs = (count + 1) // 2
         both = self.uniform(2 * pairs)
-        radius = torch.sqrt(-2.0 * torch.log(both[:pairs]))
-        angle = _TWO_PI * both[pairs:]
-        return torch.cat([radius * torch.cos(angle), radius * torch.sin(angle)])[:count]
+        # In place and into one output: the same arithmetic as
+        # cat([r cos(a), r sin(a)]) with r = sqrt(-2 log u1), a = 2 pi u2, without the copies.
+        radius = torch.log(both[:pairs]).mul_(-2.0).sqrt_()
+        angle = both[pairs:].mul_(_TWO_PI)
+        normals = torch.empty(2 * pairs, dtype=torch.float64)
+        torch.cos(angle, out=normals[:pairs]).mul_(radius)
+        torch.sin(angle, out=normals[pairs:]).mul_(radius)
+        return normals[:count]
 
     def _unit_noise(self, count: int) -> torch.Tensor:
         """``count`` values of ``(z1 + z2 + z3 + z4) / 2``, served from a buffer.

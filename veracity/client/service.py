@@ -55,6 +55,7 @@ from veracity.client.budget import (
 from veracity.client.datasets import check_registered, load_registered
 from veracity.client.site import Clock, Site, utc_now
 from veracity.client.store import Dataset, Pool, SignedStatement
+from veracity.client.study_inputs import study_examples
 from veracity.contracts.receipts import RECEIPT_DOMAIN, RECEIPT_FIELDS, Receipt
 from veracity.contracts.refusals import ApprovalMissingStatement, BudgetRefused
 from veracity.core.canonical import canonical_hash
@@ -389,22 +390,20 @@ class SiteAgent:
         ApprovalMissing
             If the dataset file changed since registration.
         """
-        from veracity.client.training import PrivateTrainer, standardise
+        from veracity.client.training import PrivateTrainer
 
         key = (run_id, study.study_hash, dataset.dataset_id, dataset.file_sha256)
-        data = check_registered(dataset)  # re-hashes the file every round
+        source = check_registered(dataset)  # re-hashes the file every round
         cached = self._trainers.get(key)
         if cached is not None:
             self._trainers.move_to_end(key)
             return cached
-        table = load_registered(dataset, data)
-        column = {name: index for index, name in enumerate(table.features)}
-        x = table.x[:, [column[name] for name in study.features]]
+        x, y = study_examples(study, load_registered(dataset, source))
         secure = study.dp.secure_mode or self.site.config.secure_mode
         trainer = PrivateTrainer.for_study(
             study,
-            standardise(x, study.scaling),
-            table.y,
+            x,
+            y,
             clipping=self.site.config.clipping,
             secure_mode=secure,
             seed=None if secure else self._run_seed(key),
