@@ -47,7 +47,7 @@ from veracity.client.budget import (
     history_to_json,
     replace_one_epsilon,
 )
-from veracity.client.datasets import check_registered, load_registered
+from veracity.client.datasets import Table, check_registered, load_registered
 from veracity.client.site import Site
 from veracity.client.store import Dataset, Decision, Pool, QueryCharge, SignedStatement
 from veracity.contracts.analysis import (
@@ -295,6 +295,11 @@ def _chacha_noise(seed: int | None) -> tuple[UnitNoise, str]:
 
 def _columns(dataset: Dataset) -> Columns:
     table = load_registered(dataset, check_registered(dataset))
+    if not isinstance(table, Table):
+        raise ApprovalMissing(
+            f"dataset {dataset.dataset_id!r} holds signals or images; analysis queries read "
+            "tabular columns"
+        )
     columns: dict[str, npt.NDArray[np.float64]] = {
         name: np.asarray(table.x[:, index], dtype=np.float64)
         for index, name in enumerate(table.features)
