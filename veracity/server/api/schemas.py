@@ -184,7 +184,9 @@ class StudySummaryOut(BaseModel):
     title: str
     sites: list[str]
     min_sites: int
-    rounds: int
+    #: ``analysis`` for an analysis study (no rounds: its queries are asked once per run).
+    kind: Literal["training", "analysis"] = "training"
+    rounds: int | None
     code_hash: str
     proposed_seq: int | None
 
