@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
+import httpx
 import pytest
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -75,3 +78,42 @@ def test_demo_runs_a_whole_study_and_its_audit_end_to_end(tmp_path: Path) -> Non
         ["pgrep", "-f", str(data_dir)], capture_output=True, text=True, check=False
     )
     assert leftovers.stdout.strip() == ""
+
+
+def _read_document(stream: Any) -> dict[str, Any]:
+    """Read lines from ``stream`` until they make one JSON document."""
+    text = ""
+    for line in stream:
+        text += line
+        try:
+            document: dict[str, Any] = json.loads(text)
+        except json.JSONDecodeError:
+            continue
+        return document
+    raise AssertionError(f"the demo printed no JSON document: {text[-2000:]}")
+
+
+def test_demo_keeps_the_console_up_with_a_read_only_token(tmp_path: Path) -> None:
+    data_dir = tmp_path / "demo"
+    demo = subprocess.Popen(
+        [sys.executable, "-m", "veracity", "demo", "--data-dir", str(data_dir),
+         "--rounds", "1", "--keep-running", "--format", "json"],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+    )  # fmt: skip
+    try:
+        assert demo.stdout is not None
+        console = _read_document(demo.stdout)["console"]
+        assert console["url"].startswith("https://127.0.0.1:")
+        with httpx.Client(base_url=console["url"], verify=console["ca_cert"]) as client:
+            signed_in = client.post("/signin", data={"token": console["read_only_token"]})
+            assert signed_in.status_code == 200  # followed to the overview
+            assert "Overview" in signed_in.text
+            assert "(auditor)" in signed_in.text
+            assert client.get("/access").status_code == 403  # read-only: no admin screen
+        assert demo.poll() is None  # still serving
+        demo.send_signal(signal.SIGTERM)
+        assert demo.wait(timeout=60) == 0
+    finally:
+        if demo.poll() is None:
+            demo.kill()
+            demo.wait()

@@ -56,4 +56,9 @@ def test_wheel_has_only_the_veracity_top_level_package(tmp_path: Path) -> None:
         assert f"{package}/migrations/env.py" in names
         assert f"{package}/migrations/script.py.mako" in names
         assert any(n.startswith(f"{package}/migrations/versions/0001_") for n in names)
+    # The web console's templates and vendored script (with its licence) ship as package data.
+    console = "veracity/server/api/console"
+    for data in ("templates/base.html", "static/verify.js", "static/htmx-LICENSE.txt"):
+        assert f"{console}/{data}" in names
+    assert any(n.startswith(f"{console}/static/htmx-") and n.endswith(".min.js") for n in names)
     assert not any(name.startswith(("tests/", "examples/", "benchmarks/")) for name in names)

@@ -69,6 +69,9 @@ class DemoOptions:
     #: 3 rounds of 5 steps at sample rate 0.2 cost replace-one epsilon 2.94 (add/remove 1.71).
     noise_multiplier: float = 2.2
     seed: int = 0
+    #: Keep the coordinator (SuperLink, admin API and web console) up after the audit, until
+    #: Ctrl-C or SIGTERM, so a person can look around in the console.
+    keep_running: bool = False
 
 
 @dataclass(frozen=True)
@@ -205,7 +208,17 @@ class DemoState:
                 "epsilon_spent": analytics.epsilon_spent,
                 "max_abs_error": analytics.max_abs_error,
             },
+            "console": self.console_access(),
             "timings_s": self.timings,
+        }
+
+    def console_access(self) -> dict[str, str]:
+        """The web console's URL, its CA certificate and a read-only (auditor) token."""
+        services = _need(self.services, "coordinator services")
+        return {
+            "url": services.api_url.rstrip("/") + "/",
+            "ca_cert": str(services.ca_cert),
+            "read_only_token": self.tokens["console"],
         }
 
 
@@ -287,6 +300,8 @@ def start_coordinator(state: DemoState) -> None:
         ("admin", "admin", "demo-admin"),
         ("clinic", "researcher", "clinic"),
         ("auditor", "auditor", "auditor"),
+        # Printed with the console's URL: an auditor token reads and never changes anything.
+        ("console", "auditor", "console-viewer"),
     ]:
         state.tokens[key] = issue_token(home, role=role, name=name).token
     for site in SITES:
@@ -598,8 +613,33 @@ def _progress(console: Console, state: DemoState, step: DemoStep) -> Iterator[No
     console.print(f"[green]done[/green] {text} [dim]({elapsed:.1f} s)[/dim]")
 
 
-def run_demo(options: DemoOptions, *, console: Console) -> dict[str, Any]:
+def _serve_until_interrupted(console: Console, state: DemoState) -> None:
+    """Keep the coordinator up until Ctrl-C or SIGTERM (``--keep-running``)."""
+    access = state.console_access()
+    console.print(
+        f"The coordinator stays up. Web console: [bold]{access['url']}[/bold] "
+        f"(CA certificate {access['ca_cert']}); sign in with the read-only token printed "
+        "in the summary. Press Ctrl-C to stop."
+    )
+    api = _need(state.services, "coordinator services").api
+    try:
+        while api.alive():
+            time.sleep(1.0)
+        console.print(f"[red]the admin API exited[/red]; its log: {api.log_path}")
+    except KeyboardInterrupt:
+        console.print("stopping the coordinator")
+
+
+def run_demo(
+    options: DemoOptions,
+    *,
+    console: Console,
+    on_summary: Callable[[dict[str, Any]], None] | None = None,
+) -> dict[str, Any]:
     """Run the whole study and audit, step by step; return the summary document.
+
+    ``on_summary`` is given the summary as soon as the audit is done; with
+    ``options.keep_running`` the coordinator then stays up until Ctrl-C or SIGTERM.
 
     Raises
     ------
@@ -616,9 +656,14 @@ def run_demo(options: DemoOptions, *, console: Console) -> dict[str, Any]:
             for step in DEMO_STEPS:
                 with _progress(console, state, step):
                     step.run(state)
+            summary = state.summary()
+            if on_summary is not None:
+                on_summary(summary)
+            if options.keep_running:
+                _serve_until_interrupted(console, state)
     finally:
         state.close()
-    return state.summary()
+    return summary
 
 
 def _provenance_summary(document: dict[str, Any]) -> dict[str, int]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -26,6 +26,14 @@ def demo(
         int,
         typer.Option("--rounds", envvar="VERACITY_ROUNDS", help="Federated rounds.", min=1, max=50),
     ] = 3,
+    keep_running: Annotated[
+        bool,
+        typer.Option(
+            "--keep-running",
+            envvar="VERACITY_KEEP_RUNNING",
+            help="Keep the coordinator and its web console up after the audit (Ctrl-C stops).",
+        ),
+    ] = False,
     output_format: FormatOption = OutputFormat.TEXT,
 ) -> None:
     """Run a whole study on this machine: coordinator, three hospitals, a clinic, an auditor."""
@@ -33,7 +41,15 @@ def demo(
 
     if data_dir is None:
         data_dir = Path("veracity-data") / f"demo-{datetime.now():%Y%m%d-%H%M%S}"
-    summary = run_demo(DemoOptions(data_dir=data_dir, rounds=rounds), console=stderr_console())
+    run_demo(
+        DemoOptions(data_dir=data_dir, rounds=rounds, keep_running=keep_running),
+        console=stderr_console(),
+        on_summary=lambda summary: _emit(summary, output_format),
+    )
+
+
+def _emit(summary: dict[str, Any], output_format: OutputFormat) -> None:
+    """Print the demo's summary (before ``--keep-running`` keeps the services up)."""
     if output_format is OutputFormat.JSON:
         emit_json(summary)
         return
@@ -60,6 +76,9 @@ def demo(
             ["ledger entries, verified offline", f"{ledger['entries']} ({ledger['verified']})"],
             ["ledger bundle", ledger["bundle"]],
             ["data directory", summary["data_dir"]],
+            ["web console", summary["console"]["url"]],
+            ["console token (read-only, auditor)", summary["console"]["read_only_token"]],
+            ["console CA certificate", summary["console"]["ca_cert"]],
             ["duration", f"{summary['duration_s']:.0f} s"],
         ],
     )

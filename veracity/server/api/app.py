@@ -7,7 +7,8 @@ transaction as the API's own record of who made it.
 
 Routes live under ``/api/v1`` (one router per resource, ``veracity/server/api/routes``),
 plus the encrypted-inference router (``veracity/server/api/inference.py``); ``/health``
-answers without a token; OpenAPI at ``/openapi.json`` and ``/docs``. Each route's roles
+answers without a token; OpenAPI at ``/openapi.json`` and ``/docs``; the web console
+(``veracity/server/api/console``) everywhere else under ``/``. Each route's roles
 are written into the OpenAPI document as ``x-roles``. ``docs/api.md`` has the table.
 """
 
@@ -29,6 +30,7 @@ from veracity.errors import ConfigError
 from veracity.server.api import db
 from veracity.server.api.actions import ApiActions
 from veracity.server.api.budget import BudgetStore, StoreMeter
+from veracity.server.api.console import install_console
 from veracity.server.api.deps import declare_roles, inference_requester, roles_of
 from veracity.server.api.inference import inference_body_limit, inference_router
 from veracity.server.api.limits import BodySizeLimit
@@ -203,6 +205,7 @@ def create_app(
         """``{"status": "ok"}`` while the server runs."""
         return HealthOut(status="ok")
 
+    install_console(app)  # the web console under / (after the API's error handlers)
     for (method, path), roles in route_roles(app).items():
         if not roles:
             raise ConfigError(f"{method} {path} declares no roles")
