@@ -63,7 +63,7 @@ def network(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Network]:
             coordinator.close()
 
 
-def _study(cap: float) -> AnalysisStudy:
+def _study(cap: float, *, delta: float = 1e-5) -> AnalysisStudy:
     return AnalysisStudy.parse(
         {
             "kind": "analysis",
@@ -81,7 +81,7 @@ def _study(cap: float) -> AnalysisStudy:
                 {"query_id": "texture", "kind": "histogram", "column": "mean_texture",
                  "bins": [5.0, 15.0, 20.0, 25.0, 40.0], "epsilon": 0.5},
             ],
-            "delta": 1e-5,
+            "delta": delta,
             "epsilon_caps": dict.fromkeys(SITES, cap),
             "min_sites": 2,
             "code_hash": build_fab().fab_hash,
@@ -186,7 +186,8 @@ def test_asking_the_same_analysis_again_returns_stored_answers_at_no_cost(
 
 
 def test_a_query_over_the_cap_is_refused_and_the_refusal_is_recorded(network: Network) -> None:
-    study = _study(0.6)  # room for one 0.5 query, not three
+    # Room for one 0.5 query, not three; another delta, so no stored answer applies.
+    study = _study(0.6, delta=1e-6)
 
     run_id = _run(network, study)
 
