@@ -197,8 +197,8 @@ def create_app(
 
     app.add_middleware(BodySizeLimit, limit_for=limit_for)
 
-    routers = (sites, datasets, studies, statements, runs, analyses, models, ledger, witness, access)
-    for module in routers:
+    routers = (sites, datasets, studies, statements, runs, analyses, models, ledger, witness)
+    for module in (*routers, access):
         app.include_router(module.router, prefix=API_PREFIX)
     app.include_router(_inference_routes(inference), prefix=API_PREFIX)
 
