@@ -169,7 +169,8 @@ def execute_analysis(
         combined = combine(
             study,
             query,
-            {site: (answer.values, answer.stds) for site, (answer, _) in got.items()},
+            # In site order, so the same answers always sum to the same floats.
+            {site: (answer.values, answer.stds) for site, (answer, _) in sorted(got.items())},
         )
         coordinator.record_analysis(
             SERVER_APP,
