@@ -92,6 +92,7 @@ def config_show(
 def _register_subcommands() -> None:
     """Attach the command groups of the subpackages (each imports its heavy deps lazily)."""
     from veracity.admin_cli import admin_app
+    from veracity.analysis_cli import app as analysis_app
     from veracity.client.cli import site_app
     from veracity.client.node_cli import start as site_start
     from veracity.client.predict_cli import register as register_predict
@@ -109,6 +110,7 @@ def _register_subcommands() -> None:
     app.add_typer(site_app, name="site")
     app.add_typer(server_app, name="server")
     app.add_typer(admin_app, name="admin")
+    app.add_typer(analysis_app, name="analysis")
     register_predict(app)
 
 
