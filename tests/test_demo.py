@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import signal
+import ssl
 import subprocess
 import sys
 from pathlib import Path
@@ -95,7 +96,8 @@ def test_demo_keeps_the_console_up_with_a_read_only_token(tmp_path: Path) -> Non
         assert demo.stdout is not None
         console = _read_document(demo.stdout)["console"]
         assert console["url"].startswith("https://127.0.0.1:")
-        with httpx.Client(base_url=console["url"], verify=console["ca_cert"]) as client:
+        trust = ssl.create_default_context(cafile=console["ca_cert"])
+        with httpx.Client(base_url=console["url"], verify=trust) as client:
             signed_in = client.post("/signin", data={"token": console["read_only_token"]})
             assert signed_in.status_code == 200  # followed to the overview
             assert "Overview" in signed_in.text
@@ -108,3 +110,5 @@ def test_demo_keeps_the_console_up_with_a_read_only_token(tmp_path: Path) -> Non
         if demo.poll() is None:
             demo.kill()
             demo.wait()
+        if demo.stdout is not None:
+            demo.stdout.close()
