@@ -45,6 +45,8 @@ def test_demo_runs_a_whole_study_and_its_audit_end_to_end(tmp_path: Path) -> Non
 
     ledger = summary["ledger"]
     assert ledger["verified"] is True
+    assert len(ledger["witnesses"]["cosigned_by"]) >= 2
+    assert ledger["policy"]["quorum"] == "2 of 3 (witnesses)"
     # The data directory is kept: the auditor can check the bundle again, independently.
     again = subprocess.run(
         [sys.executable, "-m", "veracity", "ledger", "verify", "--bundle", ledger["bundle"],

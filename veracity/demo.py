@@ -7,13 +7,15 @@ three hospitals with their own data, keys and budgets, a clinic and an auditor, 
 1. The coordinator is initialised (root key, CA, ledger) and started.
 2. Each hospital initialises its site (its own keys and store) and registers its own
    non-IID partition of scikit-learn's breast-cancer data, written as a CSV in its folder.
-3. The admin enrols the sites through the API; each site's SuperNode connects.
+3. The admin enrols the sites through the API; each site's SuperNode connects, and each
+   site's witness starts cosigning the coordinator's checkpoints.
 4. Sites submit their signed dataset registrations; the admin proposes a study (the
    HE-friendly MLP, record-level DP); each site operator approves it with an epsilon cap.
 5. The run trains with Opacus at every site; the model is released with its card.
 6. A clinic runs ``veracity predict`` on held-out patients under encryption.
-7. An auditor exports the ledger, verifies the bundle offline with only the root public
-   key, and reads the model's provenance.
+7. An auditor exports the ledger and verifies the bundle offline with the root public key
+   and a C2SP policy (the log key, the three witness keys, quorum 2) and its own state
+   directory, and reads the model's provenance.
 
 Each stage is a small step function over one :class:`DemoState` (:data:`DEMO_STEPS`, in
 order: coordinator up, sites set up, enrolled, study approved, warmed up, trained,
@@ -102,6 +104,8 @@ class Audit:
     root_public_key: Path
     entries: int
     provenance: dict[str, Any]
+    witnesses: dict[str, Any] = field(default_factory=dict)
+    policy: dict[str, Any] = field(default_factory=dict)
 
 
 def _need(value: _T | None, what: str) -> _T:
@@ -190,6 +194,8 @@ class DemoState:
                 "root_public_key": str(audit.root_public_key),
                 "entries": audit.entries,
                 "verified": True,
+                "witnesses": audit.witnesses,
+                "policy": audit.policy,
             },
             "provenance": _provenance_summary(audit.provenance),
             "console": self.console_access(),
@@ -310,11 +316,23 @@ def set_up_sites(state: DemoState) -> None:
     state.clinic_csv = _write_clinic_files(state.root / "clinic", test.features, test.labels)
 
 
+def _log_vkey(state: DemoState) -> str:
+    """The log's note verifier key, read from the coordinator's database (pinned by sites)."""
+    from veracity.ledger.ledger import Ledger
+    from veracity.ledger.witnessed import WitnessedLog
+    from veracity.server.coordinator import CoordinatorHome
+
+    with Ledger.open(CoordinatorHome.load(state.coordinator_dir).db_url) as ledger:
+        return WitnessedLog(ledger).verifier.vkey()
+
+
 def enrol_sites(state: DemoState) -> None:
-    """The admin enrols the sites, their SuperNodes start, each site registers its data."""
+    """The admin enrols the sites, their SuperNodes and witnesses start, each registers data."""
     from veracity.client.supernode import SuperNodeOptions, start_site_node
+    from veracity.client.witness import start_site_witness
 
     services = _need(state.services, "services")
+    log_vkey = _log_vkey(state)
     node_options = SuperNodeOptions(
         superlink=services.superlink_address, ca_cert=services.ca_cert, idle_poll=0.2
     )
@@ -326,6 +344,15 @@ def enrol_sites(state: DemoState) -> None:
             supernode_public_key=site.supernode_public_key,
         )
         state.nodes.append(start_site_node(site.directory, node_options, state.group, wait=False))
+        start_site_witness(
+            site.directory,
+            state.group,
+            api_url=services.api_url,
+            token=state.tokens[site.name],
+            ca_cert=services.ca_cert,
+            log_vkey=log_vkey,
+            interval=0.5,
+        )
     for site in state.sites:
         statement = site.registration
         state.api.register_dataset(
@@ -443,17 +470,52 @@ def _predict_encrypted(state: DemoState, model_hash: str) -> list[dict[str, str]
         return list(csv.DictReader(handle))
 
 
+def _cosigned_note(state: DemoState, quorum: int, timeout: float = 120.0) -> tuple[str, int]:
+    """The newest checkpoint note once ``quorum`` site witnesses have cosigned it."""
+    from veracity.ledger.note import Note
+    from veracity.ledger.witnessed import witness_name
+
+    names = {witness_name(site.name) for site in state.sites}
+    auditor = state.tokens["auditor"]
+
+    def cosigned() -> tuple[str, int] | None:
+        served = state.api.send("GET", "/ledger/witness/checkpoint", auditor).json()
+        note = Note.parse(served["note"])
+        count = len({s.name for s in note.signatures if s.name in names})
+        return (served["note"], int(served["tree_size"])) if count >= quorum else None
+
+    return _poll(f"{quorum} witness cosignatures", timeout, cosigned)
+
+
 def audit_ledger(state: DemoState) -> None:
-    """The auditor exports the ledger, verifies it offline, and reads the provenance."""
+    """The auditor exports the ledger, verifies it with a 2-of-3 policy, and reads provenance.
+
+    The newest checkpoint must carry cosignatures of two of the three sites' witnesses; the
+    auditor's state directory keeps it, so the next audit must extend it.
+    """
     auditor, model_hash = state.tokens["auditor"], _need(state.trained, "model").model_hash
     directory = state.root / "auditor"
     directory.mkdir()
+    state.api.send("POST", "/ledger/checkpoints", state.tokens["admin"])
+    note_text, size = _cosigned_note(state, quorum=2)
+    note = directory / "checkpoint.note"
+    note.write_text(note_text, encoding="utf-8")
     bundle = directory / "ledger.jsonl"
     bundle.write_bytes(state.api.export_ledger(auditor))
     root_public_key = directory / "root.pub"
     shutil.copyfile(state.coordinator_dir / "keys" / "root.pub", root_public_key)
+    policy = directory / "policy.txt"
+    sites = [arg for site in state.sites for arg in ("--site-dir", str(site.directory))]
+    written = _veracity(
+        "ledger", "policy", "--vkey", _log_vkey(state), "--quorum", "2", *sites,
+        "--out", str(policy),
+    )  # fmt: skip
+    if written.returncode != 0:
+        raise ConfigError(f"the auditor could not write the policy: {written.stderr}")
+    audit_state = directory / "state"
     verified = _veracity(
         "ledger", "verify", "--bundle", str(bundle), "--trust", str(root_public_key),
+        "--policy", str(policy), "--state", str(audit_state), "--note", str(note),
         "--format", "json",
     )  # fmt: skip
     report = json.loads(verified.stdout) if verified.stdout.strip() else {}
@@ -463,7 +525,23 @@ def audit_ledger(state: DemoState) -> None:
         )
     provenance = state.api.provenance(auditor, model_hash)
     (directory / "provenance.json").write_text(json.dumps(provenance, indent=2), encoding="utf-8")
-    state.audit = Audit(bundle, root_public_key, int(report["entries"]), provenance)
+    witnessed = report["witnesses"]
+    state.audit = Audit(
+        bundle,
+        root_public_key,
+        int(report["entries"]),
+        provenance,
+        witnesses={
+            "tree_size": size,
+            "cosigned_by": witnessed["cosigned_by"],
+            "note": str(note),
+        },
+        policy={
+            "path": str(policy),
+            "quorum": witnessed["quorum"],
+            "state_dir": str(audit_state),
+        },
+    )
 
 
 @dataclass(frozen=True)
@@ -488,7 +566,11 @@ DEMO_STEPS: tuple[DemoStep, ...] = (
     DemoStep("warmup", "Site agents load torch and Opacus (once per site)", warm_up_sites),
     DemoStep("training", "Federated training: {rounds} rounds, DP-SGD at every site", train),
     DemoStep("inference", "Clinic: encrypted predictions with veracity predict", check_inference),
-    DemoStep("audit", "Auditor: export the ledger, verify offline, provenance", audit_ledger),
+    DemoStep(
+        "audit",
+        "Auditor: export the ledger, verify offline with 2 of 3 witnesses, provenance",
+        audit_ledger,
+    ),
 )
 
 

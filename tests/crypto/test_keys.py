@@ -50,3 +50,21 @@ def test_signature_by_another_key_is_rejected() -> None:
 def test_garbage_is_not_a_public_key() -> None:
     with pytest.raises(CryptoError):
         VerifyKey.from_pem("-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----\n")
+
+
+def test_a_public_key_with_an_unknown_algorithm_oid_is_a_crypto_error() -> None:
+    import base64
+
+    from veracity.crypto.keys import VerifyKey, generate_signing_key
+
+    pem = generate_signing_key().public.pem()
+    body = "".join(pem.splitlines()[1:-1])
+    der = bytearray(base64.b64decode(body))
+    der[6] = 0x00  # the algorithm OID 1.3.101.112 becomes 0.3.101.112, unknown
+    mangled = (
+        "-----BEGIN PUBLIC KEY-----\n"
+        + base64.b64encode(bytes(der)).decode()
+        + "\n-----END PUBLIC KEY-----\n"
+    )
+    with pytest.raises(CryptoError):
+        VerifyKey.from_pem(mangled)

@@ -713,3 +713,16 @@ def canary_audit_command(
             ],
         )
     verify_noise_audit(audit)
+
+
+@site_app.command("witness-key")
+def witness_key_command(
+    data_dir: Annotated[
+        Path | None,
+        typer.Option("--data-dir", envvar="VERACITY_DATA_DIR", help="The site's directory."),
+    ] = None,
+) -> None:
+    """Print this site's witness verifier key (made on first use; not the statement key)."""
+    from veracity.client.witness import witness_verifier
+
+    sys.stdout.write(witness_verifier(_root(data_dir)).vkey() + "\n")

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import nacl.bindings
 import nacl.exceptions
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
@@ -79,7 +79,7 @@ class VerifyKey:
         data = pem.encode() if isinstance(pem, str) else pem
         try:
             key = serialization.load_pem_public_key(data)
-        except ValueError as err:
+        except (ValueError, UnsupportedAlgorithm) as err:  # a mangled OID is the latter
             raise CryptoError("not a PEM public key") from err
         if not isinstance(key, Ed25519PublicKey):
             raise CryptoError("public key is not Ed25519")

@@ -7,6 +7,7 @@ configuration problems exit 2; nothing is written when a command fails.
 
 from __future__ import annotations
 
+import enum
 import json
 import sys
 from pathlib import Path
@@ -14,7 +15,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import typer
 
-from veracity.errors import InputError, LedgerIntegrityError, VerificationError
+from veracity.errors import InputError, LedgerIntegrityError, SignatureError, VerificationError
 from veracity.output import FormatOption, OutputFormat, emit_json, emit_table
 
 if TYPE_CHECKING:
@@ -243,6 +244,32 @@ def verify(
         int | None,
         typer.Option("--workers", envvar="VERACITY_WORKERS", help="Verifier processes."),
     ] = None,
+    policy_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--policy",
+            envvar="VERACITY_POLICY",
+            help="A C2SP tlog-policy: the newest checkpoint (and the one 'tail' relies on) "
+            "must be signed by its log and cosigned by its quorum of witnesses.",
+        ),
+    ] = None,
+    state: Annotated[
+        Path | None,
+        typer.Option(
+            "--state",
+            envvar="VERACITY_STATE",
+            help="The auditor's state directory: the ledger must extend the checkpoint "
+            "verified last time; the newest one is kept for next time.",
+        ),
+    ] = None,
+    note: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--note",
+            envvar="VERACITY_NOTE",
+            help="A checkpoint note with cosignatures (repeatable).",
+        ),
+    ] = None,
     data_dir: DataDirOption = None,
     output_format: FormatOption = OutputFormat.TEXT,
 ) -> None:
@@ -270,21 +297,37 @@ def verify(
                 report = ledger.verify(
                     trusted, known_checkpoints=known, root_signatures=policy, workers=workers
                 )
-    except LedgerIntegrityError as err:
+        witnessed = None
+        if policy_file is not None or state is not None:
+            from veracity.ledger.witness_cli import audit_verified
+
+            witnessed = audit_verified(
+                report,
+                db=None if bundle is not None else _db_url(db, data_dir),
+                bundle=bundle,
+                policy_file=policy_file,
+                state=state,
+                notes=note or [],
+                tail=policy == "tail",
+            )
+    except (LedgerIntegrityError, SignatureError) as err:
         if output_format is OutputFormat.JSON:
             emit_json(
                 {
                     "ok": False,
                     "entries": None,
                     "checkpoints": None,
-                    "first_bad_seq": err.seq,
-                    "reason": err.reason,
+                    "first_bad_seq": getattr(err, "seq", None),
+                    "reason": getattr(err, "reason", str(err)),
                 }
             )
             raise typer.Exit(1) from err
         raise
     if output_format is OutputFormat.JSON:
-        emit_json(report.to_json())
+        document = report.to_json()
+        if witnessed is not None:
+            document["witnesses"] = witnessed
+        emit_json(document)
     else:
         emit_table(
             "ledger verified",
@@ -333,20 +376,43 @@ def _emit_checkpoints(
         )
 
 
+class CheckpointFormat(enum.StrEnum):
+    """``ledger checkpoint --format``: text, json, or the newest checkpoint as a C2SP note."""
+
+    TEXT = "text"
+    JSON = "json"
+    NOTE = "note"
+
+
 @app.command("checkpoint")
 def checkpoint_now(
     db: DbOption = None,
     key_dir: KeyDirOption = None,
     data_dir: DataDirOption = None,
-    output_format: FormatOption = OutputFormat.TEXT,
+    output_format: Annotated[
+        CheckpointFormat,
+        typer.Option(
+            "--format",
+            envvar="VERACITY_FORMAT",
+            case_sensitive=False,
+            help="text or json: sign a checkpoint now; note: print the newest checkpoint "
+            "as a C2SP signed note with every cosignature line (signs nothing new).",
+        ),
+    ] = CheckpointFormat.TEXT,
 ) -> None:
-    """Sign a checkpoint of the ledger now with the root key."""
+    """Sign a checkpoint of the ledger now with the root key (or print the newest as a note)."""
     from veracity.crypto.keys import load_signing_key, private_key_path
 
     root = load_signing_key(private_key_path(_key_dir(key_dir, data_dir), _ROOT_KEY_NAME))
     with _open(_db_url(db, data_dir), root_key=root) as ledger:
+        if output_format is CheckpointFormat.NOTE:
+            from veracity.ledger.witnessed import WitnessedLog
+
+            sys.stdout.write(WitnessedLog(ledger).note().render())
+            return
         signed = ledger.checkpoint()
-    _emit_checkpoints([signed], output_format, single=True)
+    shown = OutputFormat.JSON if output_format is CheckpointFormat.JSON else OutputFormat.TEXT
+    _emit_checkpoints([signed], shown, single=True)
 
 
 @app.command("checkpoints")

@@ -49,6 +49,8 @@ __all__ = [
     "cosign",
     "verify_note",
     "cosignature_time",
+    "encode_b64",
+    "decode_b64",
 ]
 
 #: Signature type of plain Ed25519 note signatures (signed-note).
@@ -67,8 +69,14 @@ _NAME_RE = re.compile(r"[^\s+]+")
 _DECIMAL_RE = re.compile(r"0|[1-9][0-9]*")
 
 
-def _b64decode(text: str, what: str) -> bytes:
-    """Strict standard base64: padded, canonical (the encoding round-trips)."""
+def decode_b64(text: str, what: str) -> bytes:
+    """Decode strict standard base64: padded, canonical (the encoding round-trips).
+
+    Raises
+    ------
+    InputError
+        If ``text`` is not canonical base64; the message names ``what``.
+    """
     try:
         data = base64.b64decode(text.encode("ascii"), validate=True)
     except (binascii.Error, UnicodeEncodeError) as err:
@@ -78,7 +86,8 @@ def _b64decode(text: str, what: str) -> bytes:
     return data
 
 
-def _b64(data: bytes) -> str:
+def encode_b64(data: bytes) -> str:
+    """Standard padded base64 text."""
     return base64.b64encode(data).decode("ascii")
 
 
@@ -117,7 +126,7 @@ class NoteSignature:
 
     def line(self) -> str:
         """``— <name> base64(key id || signature)`` and a newline."""
-        return f"{_DASH}{self.name} {_b64(self.key_id + self.signature)}\n"
+        return f"{_DASH}{self.name} {encode_b64(self.key_id + self.signature)}\n"
 
 
 @dataclass(frozen=True)
@@ -181,7 +190,7 @@ class Note:
                 raise InputError("a signature line is '— <name> <base64>'")
             name, encoded = parts
             _check_name(name)
-            raw = _b64decode(encoded, f"the signature of {name!r}")
+            raw = decode_b64(encoded, f"the signature of {name!r}")
             if len(raw) < 5:
                 raise InputError(f"the signature of {name!r} is too short")
             signatures.append(NoteSignature(name, raw[:4], raw[4:]))
@@ -226,7 +235,8 @@ class NoteVerifier:
 
     def vkey(self) -> str:
         """``<name>+<hex key id>+base64(type || public key)``."""
-        return f"{self.name}+{self.key_id.hex()}+{_b64(bytes([self.sig_type]) + self.public_key)}"
+        key = encode_b64(bytes([self.sig_type]) + self.public_key)
+        return f"{self.name}+{self.key_id.hex()}+{key}"
 
     def __str__(self) -> str:
         return self.vkey()
@@ -247,7 +257,7 @@ class NoteVerifier:
         _check_name(name)
         if not re.fullmatch(r"[0-9a-f]{8}", hex_id):
             raise InputError("a verifier key's id is 8 lowercase hex digits")
-        raw = _b64decode(encoded, "the verifier key")
+        raw = decode_b64(encoded, "the verifier key")
         if len(raw) < 2:
             raise InputError("the verifier key holds no public key")
         verifier = cls(name, raw[0], raw[1:])
@@ -383,7 +393,7 @@ class CheckpointText:
 
     def text(self) -> str:
         """The note text: origin, size and base64 root, one per line, then any extension lines."""
-        lines = [self.origin, str(self.tree_size), _b64(self.root_hash), *self.extensions]
+        lines = [self.origin, str(self.tree_size), encode_b64(self.root_hash), *self.extensions]
         return "".join(line + "\n" for line in lines)
 
     @classmethod
@@ -403,5 +413,5 @@ class CheckpointText:
             raise InputError("a checkpoint is at least three non-empty lines")
         if not _DECIMAL_RE.fullmatch(lines[1]) or len(lines[1]) > 20:
             raise InputError("a checkpoint tree size is decimal without leading zeros")
-        root = _b64decode(lines[2], "the checkpoint root hash")
+        root = decode_b64(lines[2], "the checkpoint root hash")
         return cls(lines[0], int(lines[1]), root, tuple(lines[3:]))

@@ -19,6 +19,10 @@ Tables (append-only; the store offers append and read, no update or delete):
 ``ledger_site_statement``
     The SHA-256 of every site-signed statement, unique: a site's signed statement is
     recorded once, never replayed at another position.
+``ledger_cosignature``
+    Witnesses' ``cosignature/v1`` signatures of checkpoints, kept outside the Merkle tree
+    (a cosignature is about the tree, so it cannot be in it) and served with the
+    checkpoint note (:mod:`veracity.ledger.witnessed`).
 
 Appenders serialise on a write lock: ``BEGIN IMMEDIATE`` on SQLite (pysqlite would
 otherwise run the head read outside any transaction) and ``pg_advisory_xact_lock`` on
@@ -64,6 +68,7 @@ __all__ = [
     "CheckpointRow",
     "KeyEventRow",
     "SiteStatementRow",
+    "CosignatureRow",
     "create_engine",
     "is_sqlite",
     "sqlite_path",
@@ -161,6 +166,20 @@ class SiteStatementRow(Base):
 
     digest: Mapped[bytes] = mapped_column(LargeBinary(32), primary_key=True)
     seq: Mapped[int] = mapped_column(BigInteger, sa.ForeignKey("ledger_entry.seq"))
+
+
+class CosignatureRow(Base):
+    """A witness's cosignature of the checkpoint of ``tree_size`` entries."""
+
+    __tablename__ = "ledger_cosignature"
+
+    tree_size: Mapped[int] = mapped_column(
+        BigInteger, sa.ForeignKey("ledger_checkpoint.tree_size"), primary_key=True
+    )
+    witness: Mapped[str] = mapped_column(String(255), primary_key=True)
+    key_id: Mapped[bytes] = mapped_column(LargeBinary(4), primary_key=True)
+    timestamp: Mapped[int] = mapped_column(BigInteger)
+    signature: Mapped[bytes] = mapped_column(LargeBinary(72))
 
 
 def is_sqlite(bind: Engine | Connection | Session) -> bool:

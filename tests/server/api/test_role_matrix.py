@@ -14,7 +14,10 @@ from typing import Any
 
 import pytest
 
+from veracity.crypto.keys import generate_signing_key
 from veracity.he.wire import CONTENT_TYPE
+from veracity.ledger.note import SIG_COSIGNATURE_V1, Note, NoteVerifier, cosign
+from veracity.ledger.witnessed import witness_name
 from veracity.server.api.app import route_roles
 
 from .conftest import (
@@ -69,6 +72,11 @@ MATRIX: list[tuple[str, str, int, int, int, int, int]] = [
     ("GET", "/api/v1/ledger/checkpoints/latest",          200, 403, 403, 200, 401),
     ("GET", "/api/v1/ledger/export",                      200, 403, 403, 200, 401),
     ("GET", "/api/v1/ledger/provenance/{model}",          200, 403, 403, 200, 401),
+    ("GET", "/api/v1/ledger/witness/vkey",                200, 200, 403, 200, 401),
+    ("GET", "/api/v1/ledger/witness/checkpoint",          200, 200, 403, 200, 401),
+    ("GET", "/api/v1/ledger/witness/consistency",         200, 200, 403, 200, 401),
+    ("GET", "/api/v1/ledger/witness/entries",             200, 200, 403, 200, 401),
+    ("POST", "/api/v1/ledger/witness/cosignatures",       403, 201, 403, 403, 401),
     ("POST", "/api/v1/tokens",                            201, 403, 403, 403, 401),
     ("GET", "/api/v1/tokens",                             200, 403, 403, 403, 401),
     ("POST", "/api/v1/tokens/{token_id}/revoke",          200, 403, 403, 403, 401),
@@ -109,6 +117,17 @@ class World:
             .replace("{requester}", "researcher-user")
         )
 
+    def _cosignature(self) -> dict[str, Any]:
+        """A fresh witness key's valid cosignature of the newest checkpoint, as the site."""
+        served = self.api.call("GET", "/api/v1/ledger/witness/checkpoint", "admin").json()
+        text = Note.parse(served["note"]).text
+        key, name = generate_signing_key(), witness_name(self.api.site.name)
+        verifier = NoteVerifier.for_key(name, key.public, sig_type=SIG_COSIGNATURE_V1)
+        line = cosign(key, name, text, timestamp=1_800_000_000).line()
+        return {
+            "json": {"tree_size": served["tree_size"], "cosignature": line, "vkey": str(verifier)}
+        }
+
     def request(self, method: str, template: str) -> dict[str, Any]:
         """Keyword arguments of a valid request (fresh each time, so successes repeat)."""
         site = self.api.site
@@ -148,6 +167,9 @@ class World:
             },
             ("GET", "/api/v1/ledger/proofs/inclusion"): lambda: {"params": {"seq": 1}},
             ("GET", "/api/v1/ledger/proofs/consistency"): lambda: {"params": {"old_size": 1}},
+            ("GET", "/api/v1/ledger/witness/consistency"): lambda: {"params": {"old_size": 1}},
+            ("GET", "/api/v1/ledger/witness/entries"): lambda: {"params": {"start": 0, "end": 2}},
+            ("POST", "/api/v1/ledger/witness/cosignatures"): self._cosignature,
             ("POST", "/api/v1/tokens"): lambda: {
                 "json": {"role": "researcher", "name": f"clinic {tag}"}
             },

@@ -45,6 +45,7 @@ from veracity.server.api.routes import (
     sites,
     statements,
     studies,
+    witness,
 )
 from veracity.server.api.schemas import HealthOut
 from veracity.server.api.settings import ApiSettings, load_api_settings
@@ -195,7 +196,7 @@ def create_app(
 
     app.add_middleware(BodySizeLimit, limit_for=limit_for)
 
-    for module in (sites, datasets, studies, statements, runs, models, ledger, access):
+    for module in (sites, datasets, studies, statements, runs, models, ledger, witness, access):
         app.include_router(module.router, prefix=API_PREFIX)
     app.include_router(_inference_routes(inference), prefix=API_PREFIX)
 

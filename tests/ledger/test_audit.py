@@ -1,0 +1,214 @@
+"""``veracity ledger verify --policy FILE --state DIR``: quorum-cosigned checkpoints and memory.
+
+Attack 6: a split view (two copies of the database extended differently), a new log under
+the same root key and a consistently truncated bundle all verify against the root key
+alone; an auditor with a policy and a state directory refuses each.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.ledger.conftest import T0, World
+from tests.ledger.test_cli import run
+from tests.ledger.test_witness import _split
+from tests.ledger.witness_helpers import feed, make_witness, second_db_url
+from veracity.contracts.events import ROOT_ACTOR
+from veracity.ledger.ledger import Ledger
+from veracity.ledger.policy import Policy
+from veracity.ledger.witnessed import WitnessedLog
+
+__all__ = ["second_db_url"]
+
+SITES = ("hospital-a", "hospital-b", "hospital-c")
+
+
+def _cosign(world: World, tmp_path: Path, sites: tuple[str, ...]) -> None:
+    """Each of ``sites`` witnesses the newest checkpoint; cosignatures stored by the log."""
+    log = WitnessedLog(world.ledger)
+    for site in sites:
+        witness = make_witness(tmp_path / "witness" / site, world, site)
+        signature = feed(witness, world.ledger)
+        log.add_cosignature(witness.state().tree_size, signature, witness.verifier, site=site)
+
+
+def _policy(world: World, tmp_path: Path, quorum: int = 2) -> Path:
+    witnesses = {
+        site: make_witness(tmp_path / "witness" / site, world, site).verifier for site in SITES
+    }
+    path = tmp_path / "policy.txt"
+    policy = Policy.build(
+        logs=[WitnessedLog(world.ledger).verifier], witnesses=witnesses, threshold=quorum
+    )
+    path.write_text(policy.render(), encoding="utf-8")
+    return path
+
+
+def _trust(world: World, tmp_path: Path) -> Path:
+    path = tmp_path / "root.pub"
+    path.write_text(world.root.public.pem(), encoding="utf-8")
+    return path
+
+
+def _verify(
+    capsys: pytest.CaptureFixture[str], world_or_url: Any, tmp_path: Path, *extra: str
+) -> tuple[int, Any]:
+    url = world_or_url.ledger.url if hasattr(world_or_url, "ledger") else world_or_url
+    code, document, err = run(
+        capsys, "ledger", "verify", "--db", url, "--trust", str(tmp_path / "root.pub"),
+        "--format", "json", *extra,
+    )  # fmt: skip
+    return code, document or err
+
+
+def _world(make_world: Callable[..., World], url: str) -> World:
+    world = make_world(url, sites=SITES)
+    world.dataset("hospital-a")
+    world.ledger.checkpoint(now=T0)
+    return world
+
+
+def test_quorum_of_cosignatures_verifies(
+    make_world: Callable[..., World],
+    db_url: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    world = _world(make_world, db_url)
+    _trust(world, tmp_path)
+    _cosign(world, tmp_path, ("hospital-a", "hospital-c"))
+    code, report = _verify(capsys, world, tmp_path, "--policy", str(_policy(world, tmp_path)))
+    assert code == 0, report
+    assert report["witnesses"]["cosigned_by"] == ["hospital-a", "hospital-c"]
+    assert report["witnesses"]["quorum"] == "2 of 3 (witnesses)"
+
+
+def test_too_few_cosignatures_fail_the_policy(
+    make_world: Callable[..., World],
+    db_url: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    world = _world(make_world, db_url)
+    _trust(world, tmp_path)
+    _cosign(world, tmp_path, ("hospital-b",))
+    code, report = _verify(capsys, world, tmp_path, "--policy", str(_policy(world, tmp_path)))
+    assert code == 1
+    assert "lacks a quorum" in report["reason"]
+
+
+def test_tail_mode_needs_a_quorum_on_the_checkpoint_it_relies_on(
+    make_world: Callable[..., World],
+    db_url: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    world = _world(make_world, db_url)
+    _trust(world, tmp_path)
+    policy = str(_policy(world, tmp_path))
+    code, report = _verify(capsys, world, tmp_path, "--policy", policy, "--root-signatures", "tail")
+    assert code == 1
+    _cosign(world, tmp_path, ("hospital-a", "hospital-b"))
+    code, report = _verify(capsys, world, tmp_path, "--policy", policy, "--root-signatures", "tail")
+    assert code == 0, report
+
+
+def test_split_view_is_refused_by_an_auditor_with_state(
+    make_world: Callable[..., World],
+    db_url: str,
+    second_db_url: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    a, b = _split(make_world, db_url, second_db_url)
+    _trust(a, tmp_path)
+    state = str(tmp_path / "state")
+    for world, text in ((a, "study X withdrawn"), (b, "study X approved")):
+        world.note(ROOT_ACTOR, text)
+        world.ledger.checkpoint(now=T0)
+    code, report = _verify(capsys, a, tmp_path, "--state", state)
+    assert code == 0, report
+    assert _verify(capsys, b, tmp_path)[0] == 0  # the root key alone accepts the fork
+    code, report = _verify(capsys, b, tmp_path, "--state", state)
+    assert code == 1
+    assert "fork" in report["reason"]
+
+
+def test_a_new_log_under_the_same_root_key_is_refused(
+    make_world: Callable[..., World],
+    db_url: str,
+    second_db_url: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    world = _world(make_world, db_url)
+    _trust(world, tmp_path)
+    _cosign(world, tmp_path, SITES)
+    policy = str(_policy(world, tmp_path))
+    state = str(tmp_path / "state")
+    assert _verify(capsys, world, tmp_path, "--policy", policy, "--state", state)[0] == 0
+    later = T0 + timedelta(days=1)  # another genesis, so another log id
+    with Ledger.init(second_db_url, root_key=world.root, now=later) as other:
+        other.append("note.recorded", ROOT_ACTOR, {"text": "a cleaner history"}, signer=world.root)
+        other.checkpoint(now=T0)
+    assert _verify(capsys, second_db_url, tmp_path)[0] == 0  # the root key alone accepts it
+    code, report = _verify(capsys, second_db_url, tmp_path, "--policy", policy)
+    assert code == 1
+    assert "another log" in report["reason"]
+    code, report = _verify(capsys, second_db_url, tmp_path, "--state", state)
+    assert code == 1
+    assert "another log" in report["reason"]
+
+
+def _truncate(bundle: Path, out: Path, size: int) -> None:
+    """Cut the bundle to its first ``size`` entries, keeping it self-consistent."""
+    lines = bundle.read_bytes().split(b"\n")[:-1]
+    header = json.loads(lines[0])
+    count = header["entries"]
+    entries, trailers = lines[1 : 1 + count], [json.loads(t) for t in lines[1 + count :]]
+    header["entries"] = size
+    rebuilt = [json.dumps(header, sort_keys=True, separators=(",", ":")).encode()]
+    rebuilt += entries[:size]
+    for trailer in trailers:
+        if "checkpoints" in trailer:
+            trailer["checkpoints"] = [c for c in trailer["checkpoints"] if c["tree_size"] < size]
+        if "key_events" in trailer:
+            trailer["key_events"] = [e for e in trailer["key_events"] if e[0] < size]
+        rebuilt.append(json.dumps(trailer, sort_keys=True, separators=(",", ":")).encode())
+    out.write_bytes(b"\n".join(rebuilt) + b"\n")
+
+
+def test_a_consistently_truncated_bundle_is_refused_by_an_auditor_with_state(
+    make_world: Callable[..., World],
+    sqlite_url: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    world = _world(make_world, sqlite_url)
+    first = world.ledger.latest_checkpoint().tree_size  # type: ignore[union-attr]
+    world.note(ROOT_ACTOR, "the inconvenient entry")
+    world.ledger.checkpoint(now=T0)
+    trust = _trust(world, tmp_path)
+    bundle, cut = tmp_path / "ledger.jsonl", tmp_path / "cut.jsonl"
+    world.ledger.export_bundle(bundle)
+    _truncate(bundle, cut, first + 1)
+    state = str(tmp_path / "state")
+
+    def verify(path: Path, *extra: str) -> tuple[int, Any]:
+        code, document, _ = run(
+            capsys, "ledger", "verify", "--bundle", str(path), "--trust", str(trust),
+            "--format", "json", *extra,
+        )  # fmt: skip
+        return code, document
+
+    assert verify(cut)[0] == 0  # the root key alone accepts the cut bundle
+    assert verify(bundle, "--state", state)[0] == 0
+    code, report = verify(cut, "--state", state)
+    assert code == 1
+    assert "truncated" in report["reason"]

@@ -1,0 +1,336 @@
+"""``veracity ledger vkey|consistency|verify-consistency|equivocation|policy``.
+
+The commands an outside tool needs to treat the ledger as a C2SP transparency log: the
+log's note verifier key, consistency proofs between checkpoint notes, evidence that two
+notes cannot both be true, and a tlog-policy file for a network's auditors.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from veracity.errors import ConfigError, InputError, VerificationError
+from veracity.ledger.cli import DataDirOption, DbOption, KeyDirOption, _db_url, _key_dir, _read_json
+from veracity.ledger.merkle import MerkleTree, leaf_hash
+from veracity.output import FormatOption, OutputFormat, emit_json, emit_table
+
+__all__ = ["register"]
+
+VkeyOption = Annotated[
+    str | None,
+    typer.Option(
+        "--vkey",
+        envvar="VERACITY_VKEY",
+        help="The log's note verifier key (from `veracity ledger vkey`).",
+    ),
+]
+
+
+def _read_text(path: Path, what: str) -> str:
+    try:
+        return sys.stdin.read() if str(path) == "-" else path.read_text(encoding="utf-8")
+    except OSError as err:
+        raise InputError(f"cannot read {what} {path}: {err.strerror}") from err
+    except UnicodeDecodeError as err:
+        raise InputError(f"{what} {path} is not UTF-8 text") from err
+
+
+def vkey(db: DbOption = None, data_dir: DataDirOption = None) -> None:
+    """Print the log key as a C2SP note verifier key (name = the checkpoint origin)."""
+    from veracity.ledger.ledger import Ledger
+    from veracity.ledger.witnessed import WitnessedLog
+
+    with Ledger.open(_db_url(db, data_dir)) as ledger:
+        sys.stdout.write(WitnessedLog(ledger).verifier.vkey() + "\n")
+
+
+def consistency(
+    old: Annotated[int, typer.Option("--old", envvar="VERACITY_OLD", min=1, help="Old size.")],
+    new: Annotated[
+        int | None,
+        typer.Option(
+            "--new",
+            envvar="VERACITY_NEW",
+            min=1,
+            help="New size (default: the newest checkpoint's, else every entry).",
+        ),
+    ] = None,
+    db: DbOption = None,
+    key_dir: KeyDirOption = None,
+    data_dir: DataDirOption = None,
+) -> None:
+    """Print a consistency proof from OLD to NEW entries (JSON), with both roots.
+
+    Where checkpoints of those sizes exist and the log key is at hand, their signed notes
+    come with it, so `verify-consistency` needs only the log's vkey.
+    """
+    from veracity.errors import NotFound
+    from veracity.ledger.cli import _root_key_if_present
+    from veracity.ledger.ledger import Ledger
+    from veracity.ledger.witnessed import WitnessedLog
+
+    root = _root_key_if_present(_key_dir(key_dir, data_dir))
+    with Ledger.open(_db_url(db, data_dir), root_key=root) as ledger:
+        if new is None:
+            latest = ledger.latest_checkpoint()
+            new = latest.tree_size if latest is not None and latest.tree_size >= old else None
+        proof = ledger.consistency_proof(old, new)
+        document: dict[str, Any] = proof.to_json()
+        document["old_root"] = ledger.root(proof.old_size).hex()
+        document["new_root"] = ledger.root(proof.new_size).hex()
+        if root is not None:
+            log = WitnessedLog(ledger)
+            for label, size in (("old_note", proof.old_size), ("new_note", proof.new_size)):
+                try:
+                    document[label] = log.note(size).render()
+                except NotFound:
+                    document[label] = None
+    emit_json(document)
+
+
+def verify_consistency_command(
+    proof: Annotated[
+        Path, typer.Option("--proof", envvar="VERACITY_PROOF", help="Proof file (JSON).")
+    ],
+    log_vkey: VkeyOption = None,
+    old_note: Annotated[
+        Path | None,
+        typer.Option(
+            "--old-note",
+            envvar="VERACITY_OLD_NOTE",
+            help="The old checkpoint note (else the proof's).",
+        ),
+    ] = None,
+    new_note: Annotated[
+        Path | None,
+        typer.Option(
+            "--new-note",
+            envvar="VERACITY_NEW_NOTE",
+            help="The new checkpoint note (else the proof's).",
+        ),
+    ] = None,
+    output_format: FormatOption = OutputFormat.TEXT,
+) -> None:
+    """Check a consistency proof between two checkpoint notes signed by the log (exit 1 if bad)."""
+    from veracity.ledger.merkle import verify_consistency
+    from veracity.ledger.note import CheckpointText, Note, NoteVerifier, verify_note
+
+    if not log_vkey:
+        raise ConfigError("give the log's verifier key with --vkey (or VERACITY_LOG_VKEY)")
+    log = NoteVerifier.parse(log_vkey)
+    document = _read_json(proof, "proof file")
+    if not isinstance(document, dict):
+        raise InputError("a consistency proof file is a JSON object")
+    texts = []
+    for label, path in (("old_note", old_note), ("new_note", new_note)):
+        text = _read_text(path, "note") if path is not None else document.get(label)
+        if not isinstance(text, str):
+            raise InputError(f"no {label.replace('_', ' ')}: give --{label.replace('_', '-')}")
+        texts.append(text)
+    try:
+        old_size, new_size = int(document["old_size"]), int(document["new_size"])
+        hashes = [bytes.fromhex(item) for item in document["proof"]]
+    except (KeyError, TypeError, ValueError) as err:
+        raise InputError(f"the proof file is malformed: {err}") from err
+    try:
+        checkpoints = []
+        for text in texts:
+            note = Note.parse(text)
+            verify_note(note, [log])
+            checkpoints.append(CheckpointText.parse(note.text))
+        old_cp, new_cp = checkpoints
+        if old_cp.origin != log.name or new_cp.origin != log.name:
+            raise VerificationError(f"a note is not of the log {log.name}")
+        if (old_cp.tree_size, new_cp.tree_size) != (old_size, new_size):
+            raise VerificationError("the proof is for other sizes than the notes")
+        verify_consistency(old_size, new_size, hashes, old_cp.root_hash, new_cp.root_hash)
+    except VerificationError as err:
+        if output_format is OutputFormat.JSON:
+            emit_json({"ok": False, "old_size": old_size, "new_size": new_size, "reason": str(err)})
+            raise typer.Exit(1) from err
+        raise
+    shown = {"ok": True, "origin": log.name, "old_size": old_size, "new_size": new_size}
+    if output_format is OutputFormat.JSON:
+        emit_json(shown)
+    else:
+        emit_table("consistency verified", list(shown), [list(shown.values())])
+
+
+def equivocation(
+    note_a: Annotated[Path, typer.Argument(help="A checkpoint note.")],
+    note_b: Annotated[Path, typer.Argument(help="Another checkpoint note of the same log.")],
+    log_vkey: VkeyOption = None,
+    policy: Annotated[
+        Path | None,
+        typer.Option("--policy", envvar="VERACITY_POLICY", help="Trust this policy's logs."),
+    ] = None,
+    db: Annotated[
+        str | None,
+        typer.Option(
+            "--db",
+            envvar="VERACITY_DB",
+            help="A copy of the log holding the larger note's tree (different sizes).",
+        ),
+    ] = None,
+) -> None:
+    """Exit 0 and print the evidence if the log signed two notes that cannot both be true.
+
+    Exit 1 (and say why) otherwise.
+    """
+    from veracity.config import normalise_database_url
+    from veracity.ledger.evidence import find_equivocation
+    from veracity.ledger.ledger import Ledger
+    from veracity.ledger.note import NoteVerifier
+    from veracity.ledger.policy import Policy
+
+    logs: list[NoteVerifier] = []
+    if log_vkey:
+        logs.append(NoteVerifier.parse(log_vkey))
+    if policy is not None:
+        logs += [log for log, _url in Policy.parse(_read_text(policy, "policy")).logs]
+    if not logs:
+        raise ConfigError("give the log's key with --vkey or --policy")
+    texts = (_read_text(note_a, "note"), _read_text(note_b, "note"))
+    try:
+        if db is None:
+            evidence = find_equivocation(*texts, logs)
+        else:
+            with Ledger.open(normalise_database_url(db)) as ledger:
+                evidence = find_equivocation(
+                    *texts,
+                    logs,
+                    root_at=ledger.root,
+                    proof_between=lambda old, new: ledger.consistency_proof(old, new).proof,
+                )
+    except VerificationError as err:
+        emit_json({"equivocation": False, "reason": str(err)})
+        raise typer.Exit(1) from err
+    emit_json(evidence.to_json())
+
+
+def policy_command(
+    quorum: Annotated[
+        int,
+        typer.Option("--quorum", envvar="VERACITY_QUORUM", min=0, help="Cosignatures needed."),
+    ],
+    witness: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--witness", envvar="VERACITY_WITNESS", help="A witness verifier key (repeatable)."
+        ),
+    ] = None,
+    witness_dir: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--site-dir",
+            envvar="VERACITY_SITE_DIR",
+            help="A site directory whose witness key to list (repeatable).",
+        ),
+    ] = None,
+    log_vkey: VkeyOption = None,
+    db: DbOption = None,
+    data_dir: DataDirOption = None,
+    out: Annotated[
+        Path | None, typer.Option("--out", envvar="VERACITY_OUT", help="Write the policy here.")
+    ] = None,
+) -> None:
+    """Write a C2SP tlog-policy: the log key, the sites' witness keys, QUORUM of them."""
+    from veracity.ledger.ledger import Ledger
+    from veracity.ledger.note import NoteVerifier
+    from veracity.ledger.policy import Policy
+    from veracity.ledger.witness import read_site_witness_vkey
+    from veracity.ledger.witnessed import WitnessedLog, policy_witness_name
+
+    if log_vkey:
+        log = NoteVerifier.parse(log_vkey)
+    else:
+        with Ledger.open(_db_url(db, data_dir)) as ledger:
+            log = WitnessedLog(ledger).verifier
+    witnesses: dict[str, NoteVerifier] = {}
+    keys = [NoteVerifier.parse(v) for v in witness or []]
+    keys += [read_site_witness_vkey(directory) for directory in witness_dir or []]
+    for key in keys:
+        name = policy_witness_name(key.name)
+        if name in witnesses:
+            raise InputError(f"two witnesses named {name!r}")
+        witnesses[name] = key
+    text = Policy.build(logs=[log], witnesses=witnesses, threshold=quorum).render()
+    if out is None:
+        sys.stdout.write(text)
+        return
+    try:
+        out.write_text(text, encoding="utf-8")
+    except OSError as err:
+        raise InputError(f"cannot write {out}: {err.strerror}") from err
+    sys.stderr.write(f"policy for {log.name}: {quorum} of {len(witnesses)} witnesses -> {out}\n")
+
+
+def audit_verified(
+    report: Any,
+    *,
+    db: str | None,
+    bundle: Path | None,
+    policy_file: Path | None,
+    state: Path | None,
+    notes: list[Path],
+    tail: bool,
+) -> dict[str, Any]:
+    """After ``verify``: the policy's quorum and the state's memory (see :mod:`..audit`).
+
+    Raises
+    ------
+    SignatureError
+        If a checkpoint that must meet the policy does not.
+    LedgerIntegrityError
+        If the ledger rolled back or forked from the state's checkpoint.
+    """
+    from veracity.ledger.audit import audit, bundle_tree
+    from veracity.ledger.ledger import Ledger
+    from veracity.ledger.note import Note
+    from veracity.ledger.policy import Policy
+    from veracity.ledger.witnessed import WitnessedLog
+
+    policy = None if policy_file is None else Policy.parse(_read_text(policy_file, "policy"))
+    given = [Note.parse(_read_text(path, "note")) for path in notes]
+    size = int(report.entries)
+    if bundle is not None:
+        tree, sizes = bundle_tree(bundle)
+        stored: list[Note] = []
+        root_at = tree.root
+    else:
+        assert db is not None  # noqa: S101 - one of the two is given by the caller
+        ledger = Ledger.open(db)
+        try:
+            sizes = [c.tree_size for c in ledger.checkpoints()]
+            log = WitnessedLog(ledger)
+            stored = [n for n in (log.stored_note(s) for s in sizes[-2:]) if n is not None]
+            leaves = MerkleTree()
+            for entry in ledger.iter_entries(limit=size):
+                leaves.append(leaf_hash(entry.body))
+            root_at = leaves.root
+        finally:
+            ledger.close()
+    relies_on = max((s for s in sizes if s < size), default=None) if tail else None
+    result = audit(
+        log_id=report.log_id,
+        checkpoint_sizes=sizes,
+        root_at=root_at,
+        notes=[*given, *stored],
+        policy=policy,
+        state_dir=state,
+        relies_on=relies_on,
+    )
+    return result.to_json()
+
+
+def register(app: typer.Typer) -> None:
+    """Add these commands to the ``ledger`` command group."""
+    app.command("vkey")(vkey)
+    app.command("consistency")(consistency)
+    app.command("verify-consistency")(verify_consistency_command)
+    app.command("equivocation")(equivocation)
+    app.command("policy")(policy_command)
