@@ -100,7 +100,7 @@ def test_demo_keeps_the_console_up_with_a_read_only_token(tmp_path: Path) -> Non
         console = _read_document(demo.stdout)["console"]
         assert re.fullmatch(r"https://127\.0\.0\.1:[0-9]+/", console["url"])
         trust = ssl.create_default_context(cafile=console["ca_cert"])
-        with httpx.Client(base_url=console["url"], verify=trust) as client:
+        with httpx.Client(base_url=console["url"], verify=trust, follow_redirects=True) as client:
             signed_in = client.post("/signin", data={"token": console["read_only_token"]})
             assert signed_in.status_code == 200  # followed to the overview
             assert "Overview" in signed_in.text
