@@ -20,8 +20,8 @@ from veracity.contracts.events import ROOT_ACTOR
 from veracity.core.fields import format_timestamp
 from veracity.errors import InputError, LedgerIntegrityError, ProofError, SignatureError
 from veracity.ledger import store
-from veracity.ledger.merkle import MerkleTree
-from veracity.ledger.note import CheckpointText, Note, NoteVerifier, verify_note
+from veracity.ledger.merkle import MerkleTree, leaf_hash
+from veracity.ledger.note import CheckpointText, Note, NoteVerifier, sign_note, verify_note
 from veracity.ledger.witness import CompactRange
 from veracity.ledger.witnessed import WitnessedLog, witness_name
 
@@ -234,3 +234,30 @@ def test_compact_range_root_equals_the_merkle_tree_root(leaves: list[bytes], cut
     for leaf in leaves[cut:]:
         resumed.append(leaf)
     assert resumed.root() == MerkleTree(leaves).root()
+
+
+def test_witness_refuses_a_foreign_key_for_its_site_even_in_a_log_that_signs_anything(
+    make_world: Callable[..., World], db_url: str, tmp_path: Path
+) -> None:
+    """A coordinator that signs whatever it likes (its own code, its own key): the site's
+    witness still refuses a history in which its name was given a key it does not hold."""
+    world = make_world(db_url)
+    world.ledger.checkpoint(now=T0)
+    witness = make_witness(tmp_path / "w", world, "hospital-a")
+    feed(witness, world.ledger)
+    log = WitnessedLog(world.ledger)
+    old = witness.state().tree_size
+    bodies = log.bodies(0, world.ledger.size())
+    enrolment = next(b for b in bodies if b'"name":"hospital-b"' in b and b'"kind":"key.' in b)
+    impostor = seeded_key("impostor-2").public.pem()
+    forged = enrolment.replace(b'"name":"hospital-b"', b'"name":"hospital-a"').replace(
+        world.keys["hospital-b"].public.pem().replace("\n", "\\n").encode(),
+        impostor.replace("\n", "\\n").encode(),
+    )
+    assert forged != enrolment
+    leaves = [*bodies, forged]
+    tree = MerkleTree(leaf_hash(b) for b in leaves)
+    text = CheckpointText(log.origin, tree.size, tree.root()).text()
+    note = Note(text, (sign_note(world.root, log.origin, text),)).render()
+    with pytest.raises(LedgerIntegrityError, match="does not hold"):
+        witness.witness(note, tree.consistency_proof(old, tree.size), leaves[old:])
