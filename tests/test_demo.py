@@ -108,7 +108,7 @@ def test_demo_keeps_the_console_up_with_a_read_only_token(tmp_path: Path) -> Non
             assert client.get("/access").status_code == 403  # read-only: no admin screen
         assert demo.poll() is None  # still serving
         demo.send_signal(signal.SIGTERM)
-        assert demo.wait(timeout=60) == 0
+        assert demo.wait(timeout=180) == 0  # stops every process it started, one by one
     finally:
         if demo.poll() is None:
             demo.kill()
