@@ -258,6 +258,7 @@ def test_a_template_reads_only_what_the_reference_accepts(body: bytes) -> None:
             entry.seq,
             entry.signature.encode("ascii"),
             entry.ts,
+            None if entry.root_signature is None else entry.root_signature.encode("ascii"),
         )
         raw = base64.b64decode(entry.signature.encode("ascii"), validate=True)
         assert len(raw) == 64

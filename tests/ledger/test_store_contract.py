@@ -152,16 +152,21 @@ def test_batch_is_atomic_and_checkpoints_every_n(
     assert world.ledger.size() == size
     assert world.ledger.checkpoints() == []
     entries = world.ledger.append_batch(bad[:-1])
+    # One checkpoint once the batch has committed (verified, then signed, never inside it).
     sizes = [c.tree_size for c in world.ledger.checkpoints()]
-    assert sizes == [10, 20, 30]
-    assert [e.kind for e in entries].count("checkpoint") == 3
+    assert sizes == [size + 25]
+    assert [e.kind for e in entries].count("checkpoint") == 0
+    world.ledger.append_batch(bad[:8])  # the checkpoint entry and 8 more: 9 since the last
+    assert [c.tree_size for c in world.ledger.checkpoints()] == [size + 25]
+    world.ledger.append_batch(bad[:1])
+    assert [c.tree_size for c in world.ledger.checkpoints()] == [size + 25, size + 35]
     for checkpoint in world.ledger.checkpoints():
         checkpoint.verify(world.root.public)
         assert world.ledger.get(checkpoint.tree_size).kind == "checkpoint"
         assert world.ledger.root(checkpoint.tree_size).hex() == checkpoint.root_hash
     report = world.ledger.verify(world.root.public)
     assert report.entries == world.ledger.size()
-    assert report.checkpoints == 3
+    assert report.checkpoints == 2
 
 
 def test_session_coupling_commits_or_rolls_back_with_the_callers_rows(

@@ -6,6 +6,7 @@ exported bundle, but not the root key unless a test says so.
 
 from __future__ import annotations
 
+import base64
 import shutil
 import sqlite3
 import tempfile
@@ -23,6 +24,7 @@ from veracity.errors import LedgerIntegrityError
 from veracity.ledger.checkpoint import Checkpoint, sign_checkpoint
 from veracity.ledger.entry import (
     build_body,
+    entry_message,
     parse_body,
     statement_bytes,
     statement_message,
@@ -138,6 +140,7 @@ def rewrite(path: Path, seq: int, body: bytes) -> None:
             seq=current,
             signature=entry.signature,
             ts=entry.ts,
+            root_signature=entry.root_signature,
         )
         digest = leaf_hash(new)
         sql(
@@ -151,17 +154,38 @@ def rewrite(path: Path, seq: int, body: bytes) -> None:
 def forge_append(
     path: Path, kind: str, actor: str, payload: dict[str, Any], key: SigningKey
 ) -> int:
-    """Append a well-formed, well-linked entry signed by ``key``, bypassing the API."""
+    """Append a well-formed, well-linked entry signed by ``key``, bypassing the API.
+
+    The forger also holds the root key (a dishonest coordinator): a root entry gets its
+    position-bound signature by ``key`` and another actor's statement the root's
+    countersignature, so what is caught is ``key`` itself.
+    """
     head, prev = sql(path, "SELECT seq, hash FROM ledger_entry ORDER BY seq DESC LIMIT 1")[0]
-    seq = int(head) + 1
+    seq, prev = int(head) + 1, bytes(prev)
+    log_id = row(path, 0)[1]
     statement = statement_bytes(kind, actor, payload)
-    signature = encode_signature(key.sign(statement_message(statement)))
     ts = "2026-11-27T16:00:00.000000Z"
-    body = build_body(statement, prev=bytes(prev).hex(), seq=seq, signature=signature, ts=ts)
+    root_signature = None
+    if actor == ROOT_ACTOR:
+        signature = encode_signature(key.sign(entry_message(log_id, seq, prev, ts, statement)))
+    else:
+        raw = key.sign(statement_message(statement))
+        signature = encode_signature(raw)
+        root_signature = encode_signature(
+            ROOT.sign(entry_message(log_id, seq, prev, ts, statement, raw))
+        )
+    body = build_body(
+        statement,
+        prev=prev.hex(),
+        seq=seq,
+        signature=signature,
+        ts=ts,
+        root_signature=root_signature,
+    )
     sql(
         path,
         INSERT_ENTRY,
-        (seq, ts, kind, actor, seq - 1, bytes(prev), leaf_hash(body), body),
+        (seq, ts, kind, actor, seq - 1, prev, leaf_hash(body), body),
     )
     return seq
 
@@ -216,7 +240,7 @@ def test_deleted_middle_entry_is_caught(copy: Path) -> None:
     assert "entry 9 is missing" in error.reason
 
 
-def test_deleted_entry_with_relinked_chain_is_caught_by_the_checkpoints(copy: Path) -> None:
+def test_deleted_entry_with_relinked_chain_is_caught_at_the_first_moved_entry(copy: Path) -> None:
     size = sql(copy, "SELECT max(seq) FROM ledger_entry")[0][0] + 1
     bodies = [row(copy, s)[0] for s in range(size)]
     sql(copy, "DELETE FROM ledger_entry WHERE seq >= 5")
@@ -230,6 +254,7 @@ def test_deleted_entry_with_relinked_chain_is_caught_by_the_checkpoints(copy: Pa
             seq=new_seq,
             signature=entry.signature,
             ts=entry.ts,
+            root_signature=entry.root_signature,
         )
         prev = leaf_hash(body)
         sql(
@@ -252,7 +277,9 @@ def test_deleted_entry_with_relinked_chain_is_caught_by_the_checkpoints(copy: Pa
             (bytes.fromhex(parse_body(body).prev), new_seq),
         )
     error = verify(copy)
-    assert "checkpoint" in error.reason
+    # Every signature binds its position: the first moved entry is caught by its own.
+    assert error.seq == 5
+    assert "at this position" in error.reason
 
 
 def test_truncated_tail_below_the_last_checkpoint_is_caught(copy: Path) -> None:
@@ -408,16 +435,32 @@ def test_forged_receipt_recorded_behind_the_apis_back_is_caught(copy: Path) -> N
     assert "receipt of 'hospital-b'" in error.reason
 
 
-def test_replayed_site_statement_is_caught(copy: Path) -> None:
+@pytest.mark.parametrize("countersigned", [False, True], ids=["database-writer", "coordinator"])
+def test_replayed_site_statement_is_caught(copy: Path, countersigned: bool) -> None:
+    """Without the root key the copy lacks a countersignature for its new position; the
+    coordinator, which can countersign it, is caught replaying the statement."""
     seq = first_seq_of(copy, "dataset.registered", "hospital-a")
     original = parse_body(row(copy, seq)[0])
     head, prev = sql(copy, "SELECT seq, hash FROM ledger_entry ORDER BY seq DESC LIMIT 1")[0]
+    statement = statement_of_body(original.body)
+    root_signature = original.root_signature
+    if countersigned:
+        message = entry_message(
+            row(copy, 0)[1],
+            head + 1,
+            bytes(prev),
+            original.ts,
+            statement,
+            base64.b64decode(original.signature),
+        )
+        root_signature = encode_signature(ROOT.sign(message))
     body = build_body(
-        statement_of_body(original.body),
+        statement,
         prev=bytes(prev).hex(),
         seq=head + 1,
         signature=original.signature,
         ts=original.ts,
+        root_signature=root_signature,
     )
     sql(
         copy,
@@ -435,7 +478,10 @@ def test_replayed_site_statement_is_caught(copy: Path) -> None:
     )
     error = verify(copy)
     assert error.seq == head + 1
-    assert f"already recorded at seq {seq}" in error.reason
+    if countersigned:
+        assert f"already recorded at seq {seq}" in error.reason
+    else:
+        assert "countersignature does not verify" in error.reason
 
 
 @pytest.mark.parametrize("part", ["entry", "checkpoints", "key_events", "header"])

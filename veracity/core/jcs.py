@@ -108,10 +108,15 @@ def decode_canonical(data: bytes) -> Any:
         if isinstance(err, InputError):
             raise
         raise InputError(f"not JSON: {err}") from err
+    except RecursionError as err:
+        raise InputError("not canonical JSON: it nests too deeply") from err
     try:
         document = _DECODER.decode(text)
+        canonical = canonical_json(document)
     except ValueError as err:
         raise InputError(f"not JSON: {err}") from err
-    if canonical_json(document) != data:
+    except RecursionError as err:
+        raise InputError("not canonical JSON: it nests too deeply") from err
+    if canonical != data:
         raise InputError("not in RFC 8785 canonical form")
     return document

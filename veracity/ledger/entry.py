@@ -1,10 +1,22 @@
 """A ledger entry: its exact hashed bytes and how they are built and read back.
 
 An entry is the RFC 8785 canonical JSON of ``{actor, kind, payload, prev, seq, signature,
-ts}``. ``signature`` is the actor's statement signature (``veracity.ledger.statement``) over
-``{actor, kind, payload}``; carrying it inside the hashed bytes means the chain and the
-Merkle tree commit to every signature. Its leaf hash is ``SHA-256(0x00 || bytes)`` and
-``prev`` is the previous entry's leaf hash in hex (64 zeros for the genesis entry).
+ts}``, plus ``root_signature`` when the actor is not the root. Its leaf hash is
+``SHA-256(0x00 || bytes)`` and ``prev`` is the previous entry's leaf hash in hex (64 zeros
+for the genesis entry). Every signature in an entry is bound to its position:
+
+* the root signs its own entries with an *entry signature* (``signature``) over the log id,
+  ``seq``, ``prev``, ``ts`` and the statement ``{actor, kind, payload}``
+  (:func:`entry_message`), so a root entry cannot be moved, copied, re-dated or carried to
+  another log without the root key;
+* any other actor signs the position-free *statement* (``signature``, under
+  ``veracity.statement.v1``: a site signs before it knows where its statement will sit),
+  and the root countersigns it at its position (``root_signature``: an entry signature
+  that also covers the actor's signature bytes).
+
+The log id is the genesis entry's leaf hash; genesis itself, which defines it, binds 32
+zero bytes instead. Carrying the signatures inside the hashed bytes means the chain and the
+Merkle tree commit to every signature.
 
 Because JCS sorts keys, the canonical statement ``{"actor":..,"kind":..,"payload":..}`` is
 a prefix of the entry's bytes (up to the payload) plus ``}``; :func:`statement_of_body`
@@ -29,8 +41,12 @@ __all__ = [
     "GENESIS_PREV",
     "ENTRY_FIELDS",
     "Entry",
+    "COUNTERSIGNED_FIELDS",
     "statement_bytes",
     "statement_message",
+    "ENTRY_DOMAIN",
+    "NO_LOG_ID",
+    "entry_message",
     "build_body",
     "statement_of_body",
     "parse_body",
@@ -39,7 +55,14 @@ __all__ = [
 #: ``prev`` of the genesis entry.
 GENESIS_PREV = "0" * 64
 ENTRY_FIELDS = frozenset({"actor", "kind", "payload", "prev", "seq", "signature", "ts"})
-_TS_RE = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{6}Z$")
+#: The fields of an entry whose actor is not the root.
+COUNTERSIGNED_FIELDS = ENTRY_FIELDS | {"root_signature"}
+#: The signing domain of entry signatures (the root's, bound to the entry's position).
+ENTRY_DOMAIN = "veracity.entry.v1"
+#: The log id genesis binds (it has none yet: the log id is its own leaf hash).
+NO_LOG_ID = bytes(32)
+_ENTRY_PREFIX = ENTRY_DOMAIN.encode("ascii") + b"\x00"
+_TS_RE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}\.[0-9]{6}Z")
 _SUFFIX_MARK = b',"prev":"'
 _DOMAIN_PREFIX = STATEMENT_DOMAIN.encode("ascii") + b"\x00"
 
@@ -60,13 +83,50 @@ def statement_message(statement: bytes) -> bytes:
     return _DOMAIN_PREFIX + hashlib.sha256(statement).digest()
 
 
-def build_body(statement: bytes, *, prev: str, seq: int, signature: str, ts: str) -> bytes:
+def entry_message(
+    log_id: bytes, seq: int, prev: bytes, ts: str, statement: bytes, signature: bytes = b""
+) -> bytes:
+    """The bytes an entry signature signs: the statement at its position in one log.
+
+    ``DOMAIN || 0x00 || SHA-256(log_id || seq (8 bytes, big-endian) || prev || ts ||
+    SHA-256(statement) || signature)``, every part of fixed length (``ts`` is always 27
+    characters); ``signature`` is the raw statement signature a countersignature covers
+    (empty for the root's own entries).
+    """
+    digest = hashlib.sha256(
+        b"".join(
+            (
+                log_id,
+                seq.to_bytes(8, "big"),
+                prev,
+                ts.encode("ascii"),
+                hashlib.sha256(statement).digest(),
+                signature,
+            )
+        )
+    ).digest()
+    return _ENTRY_PREFIX + digest
+
+
+def build_body(
+    statement: bytes,
+    *,
+    prev: str,
+    seq: int,
+    signature: str,
+    ts: str,
+    root_signature: str | None = None,
+) -> bytes:
     """The entry's canonical bytes from its statement bytes and its position."""
+    countersignature = (
+        b"" if root_signature is None else b'","root_signature":"' + root_signature.encode("ascii")
+    )
     return b"".join(
         (
             statement[:-1],
             b',"prev":"',
             prev.encode("ascii"),
+            countersignature,
             b'","seq":',
             str(seq).encode("ascii"),
             b',"signature":"',
@@ -97,6 +157,8 @@ class Entry:
     signature: str
     #: The exact hashed bytes (RFC 8785).
     body: bytes
+    #: The root's countersignature (entries of actors other than the root).
+    root_signature: str | None = None
 
     @property
     def leaf_hash(self) -> bytes:
@@ -118,6 +180,7 @@ class Entry:
             "payload": self.payload,
             "prev": self.prev,
             "signature": self.signature,
+            **({} if self.root_signature is None else {"root_signature": self.root_signature}),
             "hash": self.hash,
         }
 
@@ -132,15 +195,19 @@ def parse_body(body: bytes) -> Entry:
         of the right types.
     """
     document = decode_canonical(body)
-    if not isinstance(document, dict) or set(document) != ENTRY_FIELDS:
+    if not isinstance(document, dict) or set(document) not in (ENTRY_FIELDS, COUNTERSIGNED_FIELDS):
         raise InputError(
-            "entry is not an object with exactly actor, kind, payload, prev, seq, signature, ts"
+            "entry is not an object with exactly actor, kind, payload, prev, seq, signature, ts "
+            "(and root_signature)"
         )
+    root_signature = document.get("root_signature")
+    if root_signature is not None and not isinstance(root_signature, str):
+        raise InputError("entry root_signature must be a string")
     seq, ts, kind, actor = document["seq"], document["ts"], document["kind"], document["actor"]
     prev, signature, payload = document["prev"], document["signature"], document["payload"]
     if not isinstance(seq, int) or isinstance(seq, bool) or seq < 0:
         raise InputError("entry seq is not a non-negative integer")
-    if not isinstance(ts, str) or not _TS_RE.match(ts):
+    if not isinstance(ts, str) or not _TS_RE.fullmatch(ts):
         raise InputError("entry ts is not an RFC 3339 UTC timestamp with microseconds")
     if not is_hex64(prev):
         raise InputError("entry prev is not a 64-digit lowercase hex hash")
@@ -157,4 +224,5 @@ def parse_body(body: bytes) -> Entry:
         prev=prev,
         signature=signature,
         body=body,
+        root_signature=root_signature,
     )

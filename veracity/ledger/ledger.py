@@ -13,9 +13,10 @@ seq, its role, the signature (made here with ``signer=`` or passed in as base64 
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import datetime
@@ -42,16 +43,20 @@ from veracity.errors import (
     Conflict,
     CryptoError,
     InputError,
+    LedgerIntegrityError,
     NotFound,
     ProofError,
     SignatureError,
+    VeracityError,
 )
 from veracity.ledger import store
 from veracity.ledger.checkpoint import Checkpoint, sign_checkpoint
 from veracity.ledger.entry import (
     GENESIS_PREV,
+    NO_LOG_ID,
     Entry,
     build_body,
+    entry_message,
     parse_body,
     statement_bytes,
     statement_message,
@@ -64,9 +69,21 @@ from veracity.ledger.statement import (
     encode_signature,
     verify_document,
 )
-from veracity.ledger.verify import KeyEvent, RootSignatures, VerifyReport, verify_database
+from veracity.ledger.verify import (
+    MAX_ENTRY_BYTES,
+    KeyEvent,
+    RootSignatures,
+    VerifyReport,
+    verify_database,
+    verify_extension,
+)
 
 __all__ = ["Ledger", "EventRequest", "InclusionProof", "ConsistencyProof"]
+
+log = logging.getLogger(__name__)
+_KEY_KINDS = ("key.enrolled", "key.revoked")
+_CHECKPOINT_AFTER_COMMIT = "veracity.ledger.checkpoint_after_commit"
+_CHECKPOINT_HOOKED = "veracity.ledger.checkpoint_hooked"
 
 
 @dataclass(frozen=True)
@@ -210,7 +227,9 @@ class ConsistencyProof:
 class _Prepared:
     request: EventRequest
     statement: bytes
-    signature: str
+    #: The actor's statement signature (``None`` for the root's own entries, which are
+    #: signed at their position under the write lock).
+    signature: str | None
 
 
 def _readable(body: bytes, request: EventRequest) -> None:
@@ -221,6 +240,10 @@ def _readable(body: bytes, request: EventRequest) -> None:
     InputError
         If the bytes do not decode, or decode to a payload its schema refuses.
     """
+    if len(body) > MAX_ENTRY_BYTES:
+        raise InputError(
+            f"{request.kind} would take {len(body)} bytes; an entry holds at most {MAX_ENTRY_BYTES}"
+        )
     try:
         entry = parse_body(body)
     except InputError as err:
@@ -424,7 +447,8 @@ class Ledger:
             "valid_from": ts,
         }
         statement = statement_bytes("key.enrolled", ROOT_ACTOR, payload)
-        signature = encode_signature(root_key.sign(statement_message(statement)))
+        message = entry_message(NO_LOG_ID, 0, bytes(32), ts, statement)
+        signature = encode_signature(root_key.sign(message))
         body = build_body(statement, prev=GENESIS_PREV, seq=0, signature=signature, ts=ts)
         session.execute(
             insert(store.EntryRow),
@@ -555,9 +579,15 @@ class Ledger:
         ts = format_timestamp(now)
         if session is not None:
             store.acquire_write_lock(session)
-            return self._append_locked(session, prepared, ts)
+            entries, due = self._append_locked(session, prepared, ts)
+            if due:
+                self.checkpoint_after_commit(session)
+            return entries
         with store.write_session(self.engine) as own:
-            return self._append_locked(own, prepared, ts)
+            entries, due = self._append_locked(own, prepared, ts)
+        if due:
+            self._auto_checkpoint()
+        return entries
 
     def _prepare(self, request: EventRequest) -> _Prepared:
         validate_actor_name(request.actor)
@@ -565,12 +595,46 @@ class Ledger:
         if (request.signer is None) == (request.signature is None):
             raise SignatureError("give exactly one of signer= or signature=")
         statement = statement_bytes(request.kind, request.actor, request.payload)
-        if request.signer is not None:
+        signature: str | None = None
+        if request.actor == ROOT_ACTOR:
+            if request.signer is None:
+                raise SignatureError(
+                    "the root's entries are signed at their position when appended: pass signer="
+                )
+        elif request.signer is not None:
             signature = encode_signature(request.signer.sign(statement_message(statement)))
         elif request.signature is not None:
             signature = request.signature
             decode_signature(signature)
         return _Prepared(request=request, statement=statement, signature=signature)
+
+    def _log_id_bytes(self) -> bytes:
+        return bytes.fromhex(self.log_id)
+
+    def _position_signatures(
+        self, item: _Prepared, *, log_id: bytes, seq: int, prev: bytes, ts: str
+    ) -> tuple[str, str | None]:
+        """``(signature, root_signature)`` of ``item`` at ``seq`` (see :mod:`.entry`).
+
+        Raises
+        ------
+        ConfigError
+            If another actor's statement is to be countersigned without the root key.
+        """
+        request = item.request
+        if item.signature is None:
+            if request.signer is None:  # pragma: no cover - _prepare refused it
+                raise SignatureError("the root's entries need signer=")
+            message = entry_message(log_id, seq, prev, ts, item.statement)
+            return encode_signature(request.signer.sign(message)), None
+        if self.root_key is None:
+            raise ConfigError(
+                f"recording {request.actor!r}'s statement needs the root key (root.pem) to "
+                "countersign it at its position"
+            )
+        raw = decode_signature(item.signature)
+        message = entry_message(log_id, seq, prev, ts, item.statement, raw)
+        return item.signature, encode_signature(self.root_key.sign(message))
 
     def _check_event(self, keys: _KeyView, seq: int, item: _Prepared) -> KeyRecord | None:
         """Every check that needs the ledger's state; returns the key change, if any."""
@@ -586,7 +650,7 @@ class Ledger:
         if request.signer is not None:
             if request.signer.public != record.key:
                 raise SignatureError(f"the signer is not the key enrolled for {request.actor!r}")
-        else:
+        elif item.signature is not None:
             record.key.verify(decode_signature(item.signature), statement_message(item.statement))
         payload = request.payload
         if request.kind == "round.completed":
@@ -629,7 +693,10 @@ class Ledger:
                 raise InputError(f"key {payload['key_id'][:16]} is not {name!r}'s current key")
         return None
 
-    def _append_locked(self, session: Session, prepared: list[_Prepared], ts: str) -> list[Entry]:
+    def _append_locked(
+        self, session: Session, prepared: list[_Prepared], ts: str
+    ) -> tuple[list[Entry], bool]:
+        """Write the events at the head; returns them and whether a checkpoint is due."""
         head = session.execute(
             select(store.EntryRow.seq, store.EntryRow.hash)
             .order_by(store.EntryRow.seq.desc())
@@ -639,168 +706,177 @@ class Ledger:
             raise ConfigError("the ledger has no genesis entry; run `veracity ledger init`")
         seq, prev = head.seq + 1, bytes(head.hash)
         last_checkpoint = session.scalar(select(func.max(store.CheckpointRow.tree_size))) or 0
-        auto = self.root_key is not None and self.checkpoint_every > 0
         keys = _KeyView(session, head=head.seq)
+        log_id = self._log_id_bytes()
         entry_rows: list[dict[str, Any]] = []
         key_rows: list[dict[str, Any]] = []
         statement_rows: dict[bytes, int] = {}
-        checkpoint_rows: list[dict[str, Any]] = []
         entries: list[Entry] = []
-        tree: MerkleTree | None = None
-        tree_start = 0
-        with self._tree_lock:
-            try:
-                for item in prepared:
-                    change = self._check_event(keys, seq, item)
-                    request = item.request
-                    body = build_body(
-                        item.statement, prev=prev.hex(), seq=seq, signature=item.signature, ts=ts
-                    )
-                    _readable(body, request)
-                    digest = leaf_hash(body)
-                    entry_rows.append(
-                        {
-                            "seq": seq,
-                            "ts": ts,
-                            "kind": request.kind,
-                            "actor": request.actor,
-                            "prev_seq": seq - 1,
-                            "prev": prev,
-                            "hash": digest,
-                            "body": body,
-                        }
-                    )
-                    entries.append(
-                        Entry(
-                            seq=seq,
-                            ts=ts,
-                            kind=request.kind,
-                            actor=request.actor,
-                            payload=request.payload,
-                            prev=prev.hex(),
-                            signature=item.signature,
-                            body=body,
-                        )
-                    )
-                    if request.kind in ("key.enrolled", "key.revoked"):
-                        payload = request.payload
-                        keys.record(seq, payload["name"], change)
-                        key_rows.append(
-                            {
-                                "seq": seq,
-                                "name": payload["name"],
-                                "action": "enrolled" if change is not None else "revoked",
-                                "role": change.role.value if change is not None else None,
-                                "key_id": change.key_id
-                                if change is not None
-                                else payload["key_id"],
-                                "public_key": payload["public_key"] if change is not None else None,
-                            }
-                        )
-                    if request.kind in SITE_KINDS:
-                        statement_digest = hashlib.sha256(item.statement).digest()
-                        if statement_digest in statement_rows:
-                            raise InputError("this signed statement appears twice in the batch")
-                        statement_rows[statement_digest] = seq
-                    if tree is not None:
-                        tree.append(digest)
-                    seq, prev = seq + 1, digest
-                    if auto and seq - last_checkpoint >= self.checkpoint_every:
-                        if tree is None:
-                            self._tree_unconfirmed = True
-                            tree = self._synced_tree(session, upto=seq - len(entry_rows))
-                            tree_start = tree.size
-                            tree.extend(row["hash"] for row in entry_rows)
-                        checkpoint_entry, checkpoint_row = self._make_checkpoint(
-                            keys, tree, seq, prev, ts
-                        )
-                        entry_rows.append(checkpoint_entry[0])
-                        entries.append(checkpoint_entry[1])
-                        checkpoint_rows.append(checkpoint_row)
-                        digest = checkpoint_entry[0]["hash"]
-                        tree.append(digest)
-                        last_checkpoint = seq
-                        seq, prev = seq + 1, digest
-                if statement_rows:
-                    already = session.execute(
-                        select(store.SiteStatementRow.seq).where(
-                            store.SiteStatementRow.digest.in_(list(statement_rows))
-                        )
-                    ).first()
-                    if already is not None:
-                        raise Conflict(
-                            f"this signed statement is already recorded at seq {already.seq}"
-                        )
-                session.execute(insert(store.EntryRow), entry_rows)
-                if statement_rows:
-                    session.execute(
-                        insert(store.SiteStatementRow),
-                        [{"digest": d, "seq": s} for d, s in statement_rows.items()],
-                    )
-                if key_rows:
-                    session.execute(insert(store.KeyEventRow), key_rows)
-                if checkpoint_rows:
-                    session.execute(insert(store.CheckpointRow), checkpoint_rows)
-                session.flush()
-            except BaseException:
-                if tree is not None:
-                    tree.truncate(tree_start)
-                raise
-        return entries
+        for item in prepared:
+            change = self._check_event(keys, seq, item)
+            request = item.request
+            signature, root_signature = self._position_signatures(
+                item, log_id=log_id, seq=seq, prev=prev, ts=ts
+            )
+            body = build_body(
+                item.statement,
+                prev=prev.hex(),
+                seq=seq,
+                signature=signature,
+                ts=ts,
+                root_signature=root_signature,
+            )
+            _readable(body, request)
+            digest = leaf_hash(body)
+            entry_rows.append(
+                {
+                    "seq": seq,
+                    "ts": ts,
+                    "kind": request.kind,
+                    "actor": request.actor,
+                    "prev_seq": seq - 1,
+                    "prev": prev,
+                    "hash": digest,
+                    "body": body,
+                }
+            )
+            entries.append(
+                Entry(
+                    seq=seq,
+                    ts=ts,
+                    kind=request.kind,
+                    actor=request.actor,
+                    payload=request.payload,
+                    prev=prev.hex(),
+                    signature=signature,
+                    body=body,
+                    root_signature=root_signature,
+                )
+            )
+            if request.kind in ("key.enrolled", "key.revoked"):
+                payload = request.payload
+                keys.record(seq, payload["name"], change)
+                key_rows.append(
+                    {
+                        "seq": seq,
+                        "name": payload["name"],
+                        "action": "enrolled" if change is not None else "revoked",
+                        "role": change.role.value if change is not None else None,
+                        "key_id": change.key_id if change is not None else payload["key_id"],
+                        "public_key": payload["public_key"] if change is not None else None,
+                    }
+                )
+            if request.kind in SITE_KINDS:
+                statement_digest = hashlib.sha256(item.statement).digest()
+                if statement_digest in statement_rows:
+                    raise InputError("this signed statement appears twice in the batch")
+                statement_rows[statement_digest] = seq
+            seq, prev = seq + 1, digest
+        if statement_rows:
+            already = session.execute(
+                select(store.SiteStatementRow.seq).where(
+                    store.SiteStatementRow.digest.in_(list(statement_rows))
+                )
+            ).first()
+            if already is not None:
+                raise Conflict(f"this signed statement is already recorded at seq {already.seq}")
+        session.execute(insert(store.EntryRow), entry_rows)
+        if statement_rows:
+            session.execute(
+                insert(store.SiteStatementRow),
+                [{"digest": d, "seq": s} for d, s in statement_rows.items()],
+            )
+        if key_rows:
+            session.execute(insert(store.KeyEventRow), key_rows)
+        session.flush()
+        due = (
+            self.root_key is not None
+            and self.checkpoint_every > 0
+            and seq - last_checkpoint >= self.checkpoint_every
+        )
+        return entries, due
 
-    def _make_checkpoint(
-        self, keys: _KeyView, tree: MerkleTree, seq: int, prev: bytes, ts: str
-    ) -> tuple[tuple[dict[str, Any], Entry], dict[str, Any]]:
-        """Sign a checkpoint of the first ``seq`` entries and build its entry at ``seq``."""
+    # ------------------------------------------------------------------ checkpoints
+
+    def checkpoint(self, *, now: datetime | None = None) -> Checkpoint:
+        """Verify every entry since the last checkpoint, then sign and record the head.
+
+        See :meth:`checkpoint_entry`.
+
+        Raises
+        ------
+        ConfigError
+            If this ledger was opened without the root key.
+        LedgerIntegrityError
+            If an entry since the last checkpoint (or what ties the log to it) fails
+            verification: nothing is signed.
+        """
+        return self.checkpoint_entry(now=now)[0]
+
+    def checkpoint_entry(
+        self,
+        *,
+        now: datetime | None = None,
+        on_record: Callable[[Session, Entry], None] | None = None,
+    ) -> tuple[Checkpoint, Entry]:
+        """Verify, sign and record a checkpoint of the committed log; returns it and its entry.
+
+        Three steps, none inside a caller's transaction, so a signed checkpoint only ever
+        covers committed entries and can never be rolled back from under its signature:
+
+        1. *verify*: read the committed head and check every entry since the newest
+           checkpoint with the reference verifier (every signature, receipts, key rules,
+           chain), after checking that checkpoint's signature and that the stored hashes
+           below it lead to its root, and that every key event below it is the entry the
+           signed tree holds (verify-before-sign);
+        2. *sign* the root of exactly those entries, outside any transaction;
+        3. *record* the checkpoint (a ``checkpoint`` entry at the head, whose
+           ``tree_size`` may be below its seq when others appended meanwhile) in a
+           transaction of its own; ``on_record`` runs inside it.
+
+        Raises
+        ------
+        ConfigError
+            If this ledger was opened without the root key.
+        LedgerIntegrityError
+            If verification fails: nothing is signed.
+        """
+        signed = self.sign_checkpoint(now=now)
+        with store.write_session(self.engine) as session:
+            entry = self.record_checkpoint(session, signed)
+            if on_record is not None:
+                on_record(session, entry)
+        return signed, entry
+
+    def sign_checkpoint(self, *, now: datetime | None = None) -> Checkpoint:
+        """Steps 1 and 2 of :meth:`checkpoint_entry`: verify, then sign the committed head.
+
+        Nothing is recorded; :meth:`record_checkpoint` does that (a caller that records it
+        together with its own rows, in its own transaction, does so after this returns).
+
+        Raises
+        ------
+        ConfigError
+            If this ledger was opened without the root key.
+        LedgerIntegrityError
+            If verification fails: nothing is signed.
+        """
         if self.root_key is None:
             raise ConfigError("signing a checkpoint needs the root key (root.pem)")
-        root = tree.root(seq)
-        checkpoint = sign_checkpoint(
-            self.root_key, log_id=self.log_id, tree_size=seq, root_hash=root.hex(), timestamp=ts
+        size, root = self._verified_head(self.root_key.public)
+        return sign_checkpoint(
+            self.root_key,
+            log_id=self.log_id,
+            tree_size=size,
+            root_hash=root.hex(),
+            timestamp=format_timestamp(now),
         )
-        payload = {
-            "tree_size": seq,
-            "root_hash": checkpoint.root_hash,
-            "log_id": checkpoint.log_id,
-            "signature": checkpoint.signature,
-        }
-        item = self._prepare(EventRequest("checkpoint", ROOT_ACTOR, payload, signer=self.root_key))
-        self._check_event(keys, seq, item)
-        body = build_body(item.statement, prev=prev.hex(), seq=seq, signature=item.signature, ts=ts)
-        digest = leaf_hash(body)
-        row = {
-            "seq": seq,
-            "ts": ts,
-            "kind": "checkpoint",
-            "actor": ROOT_ACTOR,
-            "prev_seq": seq - 1,
-            "prev": prev,
-            "hash": digest,
-            "body": body,
-        }
-        entry = Entry(
-            seq=seq,
-            ts=ts,
-            kind="checkpoint",
-            actor=ROOT_ACTOR,
-            payload=payload,
-            prev=prev.hex(),
-            signature=item.signature,
-            body=body,
-        )
-        checkpoint_row = {
-            "tree_size": seq,
-            "root_hash": root,
-            "timestamp": ts,
-            "log_id": checkpoint.log_id,
-            "signature": checkpoint.signature,
-        }
-        return (row, entry), checkpoint_row
 
-    def checkpoint(
-        self, *, now: datetime | None = None, session: Session | None = None
-    ) -> Checkpoint:
-        """Sign a checkpoint of the whole ledger now and record it (as an entry too).
+    def record_checkpoint(self, session: Session, signed: Checkpoint) -> Entry:
+        """Step 3 of :meth:`checkpoint_entry`: record ``signed`` in ``session``'s transaction.
+
+        The checkpoint covers committed entries only, so rolling this transaction back
+        leaves at most a signed checkpoint that is true of the log and unrecorded.
 
         Raises
         ------
@@ -808,15 +884,92 @@ class Ledger:
             If this ledger was opened without the root key.
         """
         if self.root_key is None:
-            raise ConfigError("signing a checkpoint needs the root key (root.pem)")
-        ts = format_timestamp(now)
-        if session is not None:
-            store.acquire_write_lock(session)
-            return self._checkpoint_locked(session, ts)
-        with store.write_session(self.engine) as own:
-            return self._checkpoint_locked(own, ts)
+            raise ConfigError("recording a checkpoint needs the root key (root.pem)")
+        store.acquire_write_lock(session)
+        return self._record_checkpoint(session, signed, self.root_key)
 
-    def _checkpoint_locked(self, session: Session, ts: str) -> Checkpoint:
+    def _verified_head(self, trusted: VerifyKey) -> tuple[int, bytes]:
+        """Step 1 of :meth:`checkpoint_entry`: the committed size and its verified root."""
+        with store.read_session(self.engine) as session, self._tree_lock:
+            size = self._size(session)
+            row = session.execute(
+                select(store.CheckpointRow).order_by(store.CheckpointRow.tree_size.desc()).limit(1)
+            ).scalar_one_or_none()
+            start = 0
+            last = None if row is None else _checkpoint_from_row(row)
+            if last is not None:
+                try:
+                    last.verify(trusted)
+                except SignatureError as err:
+                    raise LedgerIntegrityError(
+                        f"the newest stored checkpoint (size {last.tree_size}) is not signed by "
+                        "this root key; run `veracity ledger verify`"
+                    ) from err
+                if last.log_id != self.log_id or last.tree_size > size:
+                    raise LedgerIntegrityError(
+                        f"the newest stored checkpoint (size {last.tree_size}) is not of this "
+                        "log's committed entries; run `veracity ledger verify`"
+                    )
+                start = last.tree_size
+            self._tree_unconfirmed = True
+            tree = self._synced_tree(session, upto=start)
+            if last is not None and tree.root(start).hex() != last.root_hash:
+                raise LedgerIntegrityError(
+                    f"the stored hashes of entries 0..{start - 1} do not lead to the root the "
+                    "newest checkpoint signed; run `veracity ledger verify`"
+                )
+            events: list[KeyEvent] = []
+            for seq, body in session.execute(
+                select(store.EntryRow.seq, store.EntryRow.body)
+                .where(store.EntryRow.kind.in_(_KEY_KINDS), store.EntryRow.seq < size)
+                .order_by(store.EntryRow.seq)
+            ):
+                body = bytes(body)
+                if seq < start and leaf_hash(body) != tree.leaf(seq):
+                    raise LedgerIntegrityError(
+                        "this key event is not the entry the newest checkpoint signed", seq=seq
+                    )
+                try:
+                    entry = parse_body(body)
+                except InputError as err:
+                    raise LedgerIntegrityError(f"unreadable key event: {err}", seq=seq) from err
+                events.append((int(seq), entry.kind, entry.payload))
+            result = session.execute(
+                select(
+                    store.EntryRow.seq,
+                    store.EntryRow.hash,
+                    store.EntryRow.prev_seq,
+                    store.EntryRow.prev,
+                    store.EntryRow.kind,
+                    store.EntryRow.actor,
+                    store.EntryRow.ts,
+                    store.EntryRow.body,
+                )
+                .where(store.EntryRow.seq >= start, store.EntryRow.seq < size)
+                .order_by(store.EntryRow.seq)
+                .execution_options(yield_per=4096)
+            )
+            try:
+                leaves = verify_extension(
+                    (
+                        (seq, bytes(digest), prev_seq, bytes(prev), kind, actor, ts, bytes(body))
+                        for seq, digest, prev_seq, prev, kind, actor, ts, body in result
+                    ),
+                    start=start,
+                    end=size,
+                    prev_hash=tree.leaf(start - 1) if start else None,
+                    trusted_root=trusted,
+                    key_events=events,
+                    log_id=self._log_id_bytes(),
+                )
+            finally:
+                result.close()
+            tree.extend_blob(leaves)
+            self._tree_unconfirmed = False  # every leaf is a committed entry's
+            return size, tree.root(size)
+
+    def _record_checkpoint(self, session: Session, signed: Checkpoint, key: SigningKey) -> Entry:
+        """Step 3 of :meth:`checkpoint_entry`: the ``checkpoint`` entry at the head."""
         head = session.execute(
             select(store.EntryRow.seq, store.EntryRow.hash)
             .order_by(store.EntryRow.seq.desc())
@@ -824,24 +977,108 @@ class Ledger:
         ).first()
         if head is None:
             raise ConfigError("the ledger has no genesis entry; run `veracity ledger init`")
-        size = head.seq + 1
-        with self._tree_lock:
-            self._tree_unconfirmed = True
-            tree = self._synced_tree(session, upto=size)
-            keys = _KeyView(session)
-            (row, _entry), checkpoint_row = self._make_checkpoint(
-                keys, tree, size, bytes(head.hash), ts
+        existing = session.get(store.CheckpointRow, signed.tree_size)
+        if existing is not None:
+            # Another signer recorded this size first; its checkpoint has the same root.
+            for entry in self.iter_entries(since=signed.tree_size, kind="checkpoint"):
+                if entry.payload["tree_size"] == signed.tree_size:
+                    return entry
+            raise LedgerIntegrityError(
+                f"the checkpoint of size {signed.tree_size} has no checkpoint entry"
             )
-            session.execute(insert(store.EntryRow), [row])
-            session.execute(insert(store.CheckpointRow), [checkpoint_row])
-            session.flush()
-        return Checkpoint(
-            log_id=checkpoint_row["log_id"],
-            tree_size=size,
-            root_hash=checkpoint_row["root_hash"].hex(),
-            timestamp=ts,
-            signature=checkpoint_row["signature"],
+        seq, prev = head.seq + 1, bytes(head.hash)
+        payload = {
+            "tree_size": signed.tree_size,
+            "root_hash": signed.root_hash,
+            "log_id": signed.log_id,
+            "signature": signed.signature,
+        }
+        item = self._prepare(EventRequest("checkpoint", ROOT_ACTOR, payload, signer=key))
+        self._check_event(_KeyView(session, head=head.seq), seq, item)
+        ts = signed.timestamp  # the entry's ts is the signed timestamp
+        signature, _ = self._position_signatures(
+            item, log_id=self._log_id_bytes(), seq=seq, prev=prev, ts=ts
         )
+        body = build_body(item.statement, prev=prev.hex(), seq=seq, signature=signature, ts=ts)
+        session.execute(
+            insert(store.EntryRow),
+            [
+                {
+                    "seq": seq,
+                    "ts": ts,
+                    "kind": "checkpoint",
+                    "actor": ROOT_ACTOR,
+                    "prev_seq": seq - 1,
+                    "prev": prev,
+                    "hash": leaf_hash(body),
+                    "body": body,
+                }
+            ],
+        )
+        session.execute(
+            insert(store.CheckpointRow),
+            [
+                {
+                    "tree_size": signed.tree_size,
+                    "root_hash": bytes.fromhex(signed.root_hash),
+                    "timestamp": signed.timestamp,
+                    "log_id": signed.log_id,
+                    "signature": signed.signature,
+                }
+            ],
+        )
+        session.flush()
+        return Entry(
+            seq=seq,
+            ts=ts,
+            kind="checkpoint",
+            actor=ROOT_ACTOR,
+            payload=payload,
+            prev=prev.hex(),
+            signature=signature,
+            body=body,
+        )
+
+    def checkpoint_after_commit(
+        self,
+        session: Session,
+        *,
+        on_done: Callable[[tuple[Checkpoint, Entry] | VeracityError], None] | None = None,
+        on_record: Callable[[Session, Entry], None] | None = None,
+    ) -> None:
+        """Sign a checkpoint once ``session``'s transaction has committed (never inside it).
+
+        Nothing happens if it rolls back. A failure is logged and passed to ``on_done``
+        (the caller's change has committed by then); so is the result.
+        """
+        session.info[_CHECKPOINT_AFTER_COMMIT] = (on_done, on_record)
+        if not session.info.get(_CHECKPOINT_HOOKED):
+            session.info[_CHECKPOINT_HOOKED] = True
+            sa.event.listen(session, "after_commit", self._after_commit)
+
+    def _after_commit(self, session: Session) -> None:
+        request = session.info.pop(_CHECKPOINT_AFTER_COMMIT, None)
+        if request is None:
+            return
+        on_done, on_record = request
+        result: tuple[Checkpoint, Entry] | VeracityError
+        try:
+            result = self.checkpoint_entry(on_record=on_record)
+        except VeracityError as err:
+            log.error("no checkpoint signed after the commit: %s", err)
+            result = err
+        except sa.exc.SQLAlchemyError as err:  # the change has committed: report, go on
+            log.error("no checkpoint recorded after the commit: %s", err)
+            result = VeracityError(f"no checkpoint recorded: {str(err).splitlines()[0]}")
+        if on_done is not None:
+            on_done(result)
+
+    def _auto_checkpoint(self) -> None:
+        """The automatic checkpoint after an append committed (failures are logged)."""
+        try:
+            self.checkpoint()
+        except (VeracityError, sa.exc.SQLAlchemyError) as err:
+            log.error("no automatic checkpoint signed: %s", err)
 
     # ------------------------------------------------------------------ Merkle cache
 
@@ -1179,6 +1416,11 @@ class Ledger:
                     select(store.CheckpointRow).order_by(store.CheckpointRow.tree_size)
                 ).scalars()
             ]
+            genesis = session.execute(
+                select(store.EntryRow.body).where(store.EntryRow.seq == 0)
+            ).scalar_one_or_none()
+        # (A missing genesis is reported by the checks of entry 0.)
+        genesis_id = NO_LOG_ID if genesis is None else leaf_hash(bytes(genesis))
         return verify_database(
             self.url,
             size=size,
@@ -1188,6 +1430,7 @@ class Ledger:
             known_checkpoints=known_checkpoints,
             root_signatures=root_signatures,
             workers=workers,
+            log_id=genesis_id,
         )
 
     def export_bundle(self, path: Path) -> dict[str, Any]:

@@ -37,8 +37,9 @@ from veracity.core.fields import check_timestamp
 
 __all__ = ["Template", "TEMPLATES", "FastEntry", "template_for", "read_entry"]
 
-#: What a template reads: (actor, prev in hex, seq, signature in base64, ts).
-FastEntry = tuple[str, bytes, int, bytes, str]
+#: What a template reads: (actor, prev in hex, seq, signature in base64, ts, root_signature
+#: in base64 or ``None``).
+FastEntry = tuple[str, bytes, int, bytes, str, bytes | None]
 
 _NAME = rb"[A-Za-z0-9][A-Za-z0-9._-]{0,127}"
 _HASH = rb'"[0-9a-f]{64}"'
@@ -109,7 +110,10 @@ def _compile(kind: str, fields: dict[str, bytes]) -> Template:
         + re.escape(kind.encode("ascii"))
         + rb'","payload":\{'
         + payload
-        + rb'\},"prev":"(?P<prev>[0-9a-f]{64})","seq":'
+        + rb'\},"prev":"(?P<prev>[0-9a-f]{64})"'
+        + rb'(?:,"root_signature":"(?P<root_signature>'
+        + _SIGNATURE
+        + rb')")?,"seq":'
         + rb'(?P<seq>0|[1-9][0-9]{0,14}),"signature":"(?P<signature>'
         + _SIGNATURE
         + rb')","ts":"(?P<ts>'
@@ -148,7 +152,9 @@ def read_entry(template: Template, body: bytes) -> FastEntry | None:
     match = template.pattern.fullmatch(body)
     if match is None:
         return None
-    actor_bytes, prev, seq, signature, ts = match.group("actor", "prev", "seq", "signature", "ts")
+    actor_bytes, prev, seq, signature, ts, root_signature = match.group(
+        "actor", "prev", "seq", "signature", "ts", "root_signature"
+    )
     actor = actor_bytes.decode("ascii")
     if template.site_is_actor and match.group("site") != actor_bytes:
         return None
@@ -157,4 +163,4 @@ def read_entry(template: Template, body: bytes) -> FastEntry | None:
             check_timestamp(match.group(name).decode("ascii"))
         except ValueError:
             return None
-    return actor, prev, int(seq), signature, ts.decode("ascii")
+    return actor, prev, int(seq), signature, ts.decode("ascii"), root_signature

@@ -32,9 +32,12 @@ reading. Any other row, and any row where some check fails, is checked by the re
 code, which gives every failure and its message; so the fast path changes no outcome.
 
 With ``root_signatures="tail"`` the per-entry signatures of the *root's own* entries are
-checked only after the newest checkpoint: below it, the root's checkpoint signature already
-commits to those exact bytes (including the per-entry signature), so checking them again
-proves nothing more. Site signatures and receipts are always checked.
+checked only after the newest checkpoint: below it, the root's checkpoint signature
+commits to those exact bytes (including the per-entry signature), and the signer checked
+every one of them with :func:`verify_extension` before it signed (verify-before-sign,
+``Ledger.checkpoint``), so a forged root entry is never under a checkpoint of an honest
+signer. ``tail`` therefore trusts the signer's verification as well as its signature. Site
+signatures and receipts are always checked.
 """
 
 from __future__ import annotations
@@ -71,7 +74,14 @@ from veracity.errors import (
     SignatureError,
 )
 from veracity.ledger.checkpoint import Checkpoint, verify_cosignature
-from veracity.ledger.entry import GENESIS_PREV, parse_body, statement_message, statement_of_body
+from veracity.ledger.entry import (
+    GENESIS_PREV,
+    NO_LOG_ID,
+    entry_message,
+    parse_body,
+    statement_message,
+    statement_of_body,
+)
 from veracity.ledger.keyring import KeyHistory, KeyRecord
 from veracity.ledger.merkle import MerkleTree, verify_consistency
 from veracity.ledger.statement import RECEIPT_DOMAIN, verify_document
@@ -82,9 +92,12 @@ __all__ = [
     "VerifyReport",
     "KeyEvent",
     "verify_rows",
+    "verify_extension",
     "verify_database",
     "verify_bundle_file",
     "DEFAULT_CHUNK",
+    "MAX_ENTRY_BYTES",
+    "MAX_RECORD_BYTES",
 ]
 
 RootSignatures = Literal["all", "tail"]
@@ -95,6 +108,12 @@ Row = tuple[
     int | None, bytes | None, int | None, bytes | None, str | None, str | None, str | None, bytes
 ]
 
+#: The longest entry a bundle may hold (bytes, newline excluded): the ledger refuses to
+#: write a longer one, so a longer line is not an entry (and is never read whole).
+MAX_ENTRY_BYTES = 8 << 20
+#: The longest header or trailer line of a bundle (the checkpoint list of 10^6 entries,
+#: one every 1000, is about 0.3 MB).
+MAX_RECORD_BYTES = 64 << 20
 #: Entries per chunk (small enough to balance the processes).
 DEFAULT_CHUNK = 1 << 13
 #: Below this many entries, verification runs in this process.
@@ -161,6 +180,8 @@ class _Task:
     key_events: tuple[KeyEvent, ...]
     covered_size: int
     root_signatures: RootSignatures
+    #: The log id (genesis leaf hash) every entry signature after genesis binds.
+    log_id: bytes = NO_LOG_ID
 
 
 class _Failure(Exception):
@@ -279,16 +300,35 @@ def _check_row_reference(
     roles = _ALLOWED_ROLES[kind]
     if roles is not None and role not in roles:
         raise _Failure(seq, f"a {role.value} key may not record {kind}")
-    check_signature = (
-        seq == 0
-        or role is not Role.ROOT
-        or task.root_signatures == "all"
-        or seq >= task.covered_size
-    )
-    if check_signature:
-        message = statement_message(statement_of_body(entry.body))
+    check_root = seq == 0 or task.root_signatures == "all" or seq >= task.covered_size
+    statement = statement_of_body(entry.body)
+    log_id = NO_LOG_ID if seq == 0 else task.log_id
+    prev_raw = bytes.fromhex(entry.prev)
+    if role is Role.ROOT:
+        if entry.root_signature is not None:
+            raise _Failure(seq, "a root entry carries no root_signature")
+        if check_root:
+            try:
+                signer.verify(
+                    _decode_signature(entry.signature),
+                    entry_message(log_id, seq, prev_raw, entry.ts, statement),
+                )
+            except SignatureError as err:
+                raise _Failure(
+                    seq,
+                    f"signature does not verify under {actor!r}'s enrolled key at this position "
+                    "(moved, copied, re-dated or forged)",
+                ) from err
+            chunk.signatures += 1
+    else:
+        if entry.root_signature is None:
+            raise _Failure(
+                seq, "the entry lacks the root's countersignature binding it to its position"
+            )
+        message = statement_message(statement)
         try:
-            signer.verify(_decode_signature(entry.signature), message)
+            raw = _decode_signature(entry.signature)
+            signer.verify(raw, message)
         except SignatureError as err:
             raise _Failure(
                 seq, f"signature does not verify under {actor!r}'s enrolled key"
@@ -296,6 +336,22 @@ def _check_row_reference(
         chunk.signatures += 1
         if kind in SITE_KINDS:
             chunk.site_statements.append((message, seq))
+        if check_root:
+            root_record = history.key_at(ROOT_ACTOR, seq)
+            try:
+                if root_record is None:
+                    raise SignatureError("no root key")
+                root_record.key.verify(
+                    _decode_signature(entry.root_signature),
+                    entry_message(log_id, seq, prev_raw, entry.ts, statement, raw),
+                )
+            except SignatureError as err:
+                raise _Failure(
+                    seq,
+                    "the root's countersignature does not verify at this position (moved, "
+                    "copied, re-dated or forged)",
+                ) from err
+            chunk.signatures += 1
     if kind in _KEY_KINDS:
         chunk.key_events.append((seq, kind, payload))
     elif kind == "round.completed":
@@ -314,8 +370,8 @@ def _check_row_reference(
                 ) from err
             chunk.receipts += 1
     elif kind == "checkpoint":
-        if payload["tree_size"] != seq:
-            raise _Failure(seq, "a checkpoint entry must record the tree of the entries before it")
+        if payload["tree_size"] > seq:
+            raise _Failure(seq, "a checkpoint entry can only record entries before it")
         chunk.checkpoint_entries.append((seq, entry.ts, payload))
     elif kind == "checkpoint.cosigned":
         if payload["tree_size"] > seq:
@@ -369,8 +425,8 @@ def _check_rows(rows: Iterable[Row], task: _Task) -> _Chunk:
             ):
                 template = template_for(body, kind_col)
             fast = None if template is None else read_entry(template, body)
-            if fast is not None and template is not None:
-                actor, prev_text, entry_seq, signature_text, ts = fast
+            if fast is not None and template is not None and prev_hash is not None:
+                actor, prev_text, entry_seq, signature_text, ts, root_text = fast
                 kind = template.kind
                 columns = (kind_col, actor_col, ts_col)
                 if (
@@ -385,19 +441,46 @@ def _check_rows(rows: Iterable[Row], task: _Task) -> _Chunk:
                     record = span[0]
                     roles = _ALLOWED_ROLES[kind]
                     if record is not None and (roles is None or record.role in roles):
-                        if record.role is Role.ROOT and seq < root_checked_from:
-                            accepted = True
-                        else:
-                            message = statement_message(statement_of_body(body))
-                            try:
-                                record.key.verify(binascii.a2b_base64(signature_text), message)
-                            except SignatureError:
-                                pass  # the reference names the failure
+                        is_root = record.role is Role.ROOT
+                        check_root = seq >= root_checked_from
+                        root_key = None
+                        if check_root and not is_root:
+                            root_span = spans.get(ROOT_ACTOR)
+                            if root_span is None or not root_span[1] < seq <= root_span[2]:
+                                root_span = spans[ROOT_ACTOR] = history.key_span(ROOT_ACTOR, seq)
+                            root_key = None if root_span[0] is None else root_span[0].key
+                        try:
+                            if is_root != (root_text is None):
+                                raise SignatureError("the reference names the failure")
+                            statement = statement_of_body(body)
+                            if is_root:
+                                if check_root:
+                                    record.key.verify(
+                                        binascii.a2b_base64(signature_text),
+                                        entry_message(task.log_id, seq, prev_hash, ts, statement),
+                                    )
+                                    chunk.signatures += 1
                             else:
-                                accepted = True
+                                raw = binascii.a2b_base64(signature_text)
+                                message = statement_message(statement)
+                                record.key.verify(raw, message)
+                                if check_root:
+                                    if root_key is None or root_text is None:
+                                        raise SignatureError("no root key")
+                                    root_key.verify(
+                                        binascii.a2b_base64(root_text),
+                                        entry_message(
+                                            task.log_id, seq, prev_hash, ts, statement, raw
+                                        ),
+                                    )
+                                    chunk.signatures += 1
                                 chunk.signatures += 1
                                 if kind in SITE_KINDS:
                                     site_statements.append((message, seq))
+                        except SignatureError:
+                            pass  # the reference names the failure
+                        else:
+                            accepted = True
             if not accepted:
                 _check_row_reference(context, row, seq, digest, prev_hash)
             leaves += digest
@@ -487,7 +570,7 @@ def _bundle_rows(path: str, byte_start: int, byte_end: int) -> Generator[Row, No
         handle.seek(byte_start)
         position = byte_start
         while position < byte_end:
-            line = handle.readline()
+            line = handle.readline(MAX_ENTRY_BYTES + 2)
             if not line:
                 return
             position += len(line)
@@ -557,7 +640,11 @@ def _check_checkpoints(
                 timestamp=ts,
                 signature=payload["signature"],
             )
-            recorded[seq] = checkpoint
+            cut = checkpoint.tree_size
+            if cut in recorded:
+                errors.append((seq, f"a second checkpoint entry of size {cut}"))
+                continue
+            recorded[cut] = checkpoint
             try:
                 checkpoint.verify(trusted_root)
             except SignatureError:
@@ -565,8 +652,8 @@ def _check_checkpoints(
                 continue
             if checkpoint.log_id != log_id:
                 errors.append((seq, "checkpoint entry names another log"))
-            elif tree.root(seq).hex() != checkpoint.root_hash:
-                errors.append((seq, f"checkpoint entry's root does not match entries 0..{seq - 1}"))
+            elif tree.root(cut).hex() != checkpoint.root_hash:
+                errors.append((seq, f"checkpoint entry's root does not match entries 0..{cut - 1}"))
         for seq, site, payload in chunk.cosignatures:
             cosigned_size = payload["tree_size"]
             if payload["log_id"] != log_id:
@@ -617,13 +704,14 @@ def _check_checkpoints(
             errors.append(
                 (
                     checkpoint.tree_size,
-                    "the checkpoint list and the checkpoint entry at this seq differ",
+                    f"the checkpoint list and the checkpoint entry of size "
+                    f"{checkpoint.tree_size} differ",
                 )
             )
     listed_sizes = {c.tree_size for c in listed}
-    for seq in recorded:
-        if seq not in listed_sizes:
-            errors.append((seq, "checkpoint entry is missing from the checkpoint list"))
+    for cut in recorded:
+        if cut not in listed_sizes:
+            errors.append((cut, "checkpoint entry is missing from the checkpoint list"))
     _fail(errors)
     ordered = sorted(by_size.values(), key=lambda c: c.tree_size)
     previous_good = 0
@@ -775,6 +863,12 @@ def _finish(
     )
 
 
+def _genesis_log_id(body: object) -> bytes:
+    """The log id genesis bytes define (its leaf hash); zeros when there are none."""
+    stored = _stored_bytes(body)
+    return NO_LOG_ID if stored is None else hashlib.sha256(b"\x00" + stored).digest()
+
+
 def _covered_size(listed: Sequence[Checkpoint], size: int) -> int:
     sizes = [c.tree_size for c in listed if c.tree_size < size]
     return max(sizes, default=0)
@@ -797,6 +891,7 @@ def verify_rows(
         Naming the first bad seq (where determinable) and what was wrong.
     """
     materialised = list(rows)
+    log_id = _genesis_log_id(materialised[0][7] if materialised else None)
     task = _Task(
         source=("rows", ""),
         start=0,
@@ -806,11 +901,63 @@ def verify_rows(
         key_events=tuple(key_events),
         covered_size=_covered_size(checkpoints, len(materialised)),
         root_signatures=root_signatures,
+        log_id=log_id,
     )
     chunk = _check_rows(materialised, task)
     return _finish(
         [chunk], len(materialised), key_events, trusted_root, checkpoints, known_checkpoints
     )
+
+
+def verify_extension(
+    rows: Iterable[Row],
+    *,
+    start: int,
+    end: int,
+    prev_hash: bytes | None,
+    trusted_root: VerifyKey,
+    key_events: Sequence[KeyEvent],
+    log_id: bytes,
+) -> bytes:
+    """Check entries ``[start, end)`` that extend a verified prefix; returns their leaf hashes.
+
+    This is the check a checkpoint signer runs before it signs (verify-before-sign): every
+    entry since the last checkpoint gets the reference checks of :func:`verify_rows` with
+    every signature checked, and must link to ``prev_hash`` (the leaf hash of entry
+    ``start - 1``, ``None`` for genesis). ``key_events`` is every key event before ``end``
+    read from entry bytes the caller has tied to its signed tree; those inside the range
+    must be exactly the ones the entries hold.
+
+    Raises
+    ------
+    LedgerIntegrityError
+        Naming the first bad seq and what was wrong.
+    """
+    task = _Task(
+        source=("rows", ""),
+        start=start,
+        end=end,
+        byte_start=0,
+        trusted_root=trusted_root.raw,
+        key_events=tuple(key_events),
+        covered_size=0,
+        root_signatures="all",
+        log_id=log_id,
+    )
+    chunk = _check_rows(rows, task)
+    if chunk.error is not None:
+        raise LedgerIntegrityError(chunk.error[1], seq=chunk.error[0])
+    if chunk.count != end - start:
+        raise LedgerIntegrityError(
+            f"entry {start + chunk.count} is missing", seq=start + chunk.count
+        )
+    if chunk.count and start > 0 and prev_hash is not None and chunk.first_prev != prev_hash.hex():
+        raise LedgerIntegrityError(f"prev is not the hash of entry {start - 1}", seq=start)
+    inside = [event for event in key_events if start <= event[0] < end]
+    if chunk.key_events != inside:
+        where = min((e[0] for e in (*chunk.key_events, *inside)), default=start)
+        raise LedgerIntegrityError("the key events differ from the entries here", seq=where)
+    return chunk.leaves
 
 
 def verify_database(
@@ -824,8 +971,13 @@ def verify_database(
     root_signatures: RootSignatures = "all",
     workers: int | None = None,
     chunk_size: int = DEFAULT_CHUNK,
+    log_id: bytes | None = None,
 ) -> VerifyReport:
     """Verify the first ``size`` entries of the ledger at ``url``, in parallel when large.
+
+    ``log_id`` is the leaf hash of the stored genesis entry (which the checks of entry 0
+    tie to the trusted root; read here when not given); every later entry signature must
+    bind it.
 
     Raises
     ------
@@ -837,6 +989,12 @@ def verify_database(
     covered = _covered_size(checkpoints, size)
     path = sqlite_path(url)
     source = ("db", url) if path is None else ("sqlite", str(path))
+    if log_id is None:
+        first = _sqlite_rows(str(path), 0, 1) if path is not None else _db_rows(url, 0, 1)
+        try:
+            log_id = _genesis_log_id(next((row[7] for row in first), None))
+        finally:
+            first.close()
     tasks = [
         _Task(
             source=source,
@@ -847,6 +1005,7 @@ def verify_database(
             key_events=tuple(key_events),
             covered_size=covered,
             root_signatures=root_signatures,
+            log_id=log_id,
         )
         for start in range(0, max(size, 1), chunk_size)
     ]
@@ -860,6 +1019,7 @@ class _BundleLayout:
     offsets: list[int]  # byte offset of every chunk's first entry, plus the end of entries
     checkpoints: list[Checkpoint]
     key_events: list[KeyEvent]
+    log_id: bytes = NO_LOG_ID
 
 
 def _read_bundle_layout(path: Path, chunk_size: int) -> _BundleLayout:
@@ -870,10 +1030,12 @@ def _read_bundle_layout(path: Path, chunk_size: int) -> _BundleLayout:
     except OSError as err:
         raise InputError(f"cannot read bundle {path}: {err.strerror}") from err
     with handle:
-        header_line = handle.readline()
+        header_line = handle.readline(MAX_RECORD_BYTES + 1)
+        if len(header_line) > MAX_RECORD_BYTES:
+            raise LedgerIntegrityError("bundle header is too long: not a ledger bundle")
         try:
             header = json.loads(header_line)
-        except ValueError as err:
+        except (ValueError, RecursionError) as err:
             raise LedgerIntegrityError("bundle header is not JSON: not a ledger bundle") from err
         if not isinstance(header, dict) or header.get("format") != BUNDLE_FORMAT:
             raise LedgerIntegrityError("not a Veracity ledger bundle")
@@ -883,22 +1045,51 @@ def _read_bundle_layout(path: Path, chunk_size: int) -> _BundleLayout:
         if not isinstance(size, int) or isinstance(size, bool) or size < 0:
             raise LedgerIntegrityError("bundle header has no entry count")
         offsets: list[int] = []
+        log_id = NO_LOG_ID
         position = len(header_line)
         for index in range(size):
             if index % chunk_size == 0:
                 offsets.append(position)
-            line = handle.readline()
+            line = handle.readline(MAX_ENTRY_BYTES + 2)
+            if len(line.rstrip(b"\n")) > MAX_ENTRY_BYTES:
+                raise LedgerIntegrityError(
+                    f"bundle line of entry {index} is longer than {MAX_ENTRY_BYTES} bytes "
+                    "(the longest entry the ledger writes): not an entry",
+                    seq=index,
+                )
+            if index == 0:
+                log_id = _genesis_log_id(line.rstrip(b"\n"))
             if not line.endswith(b"\n"):
                 raise LedgerIntegrityError(
                     f"the bundle ends after {index} entries but its header says {size}", seq=index
                 )
             position += len(line)
         offsets.append(position)
-        trailer = handle.read()
-    try:
-        documents = [json.loads(line) for line in trailer.splitlines() if line.strip()]
-    except ValueError as err:
-        raise LedgerIntegrityError("bundle trailer (checkpoints, keys) is not JSON") from err
+        documents = []
+        for _ in range(3):
+            line = handle.readline(MAX_RECORD_BYTES + 1)
+            if not line:
+                break
+            if len(line) > MAX_RECORD_BYTES:
+                raise LedgerIntegrityError(
+                    f"bundle trailer line is longer than {MAX_RECORD_BYTES} bytes"
+                )
+            if not line.strip():
+                continue
+            try:
+                documents.append(json.loads(line))
+            except ValueError as err:
+                raise LedgerIntegrityError(
+                    "bundle trailer (checkpoints, keys) is not JSON"
+                ) from err
+            except RecursionError as err:
+                raise LedgerIntegrityError(
+                    "bundle trailer (checkpoints, keys) nests too deeply"
+                ) from err
+        if handle.read(1):
+            raise LedgerIntegrityError(
+                "the bundle holds more than its entries, checkpoints and key_events"
+            )
     checkpoints: list[Checkpoint] = []
     key_events: list[KeyEvent] = []
     seen = set()
@@ -908,6 +1099,8 @@ def _read_bundle_layout(path: Path, chunk_size: int) -> _BundleLayout:
                 "bundle trailer records must be {checkpoints} or {key_events}"
             )
         ((name, value),) = document.items()
+        if name in seen:
+            raise LedgerIntegrityError(f"the bundle holds its {name} record twice")
         seen.add(name)
         try:
             if name == "checkpoints":
@@ -920,7 +1113,9 @@ def _read_bundle_layout(path: Path, chunk_size: int) -> _BundleLayout:
             raise LedgerIntegrityError(f"bundle {name} record is malformed: {err}") from err
     if seen != {"checkpoints", "key_events"}:
         raise LedgerIntegrityError("bundle lacks its checkpoints or key_events record")
-    return _BundleLayout(size=size, offsets=offsets, checkpoints=checkpoints, key_events=key_events)
+    return _BundleLayout(
+        size=size, offsets=offsets, checkpoints=checkpoints, key_events=key_events, log_id=log_id
+    )
 
 
 def verify_bundle_file(
@@ -953,6 +1148,7 @@ def verify_bundle_file(
             key_events=tuple(layout.key_events),
             covered_size=covered,
             root_signatures=root_signatures,
+            log_id=layout.log_id,
         )
         for index in range(len(layout.offsets) - 1)
     ]

@@ -374,6 +374,8 @@ class EntryOut(BaseModel):
     payload: dict[str, Any]
     prev: str
     signature: str
+    #: The root's countersignature at this position (entries of actors other than the root).
+    root_signature: str | None = None
     hash: str
     body: str
 

@@ -74,10 +74,20 @@ class CoordinatorService(SiteCommands, RunCommands):
 
     # ------------------------------------------------------------------ ledger
     def checkpoint(self, actor: Actor) -> Recorded[Checkpoint]:
-        """Sign a checkpoint of the whole ledger now (a ``checkpoint`` entry)."""
+        """Verify the entries since the last checkpoint, sign the log and record it.
+
+        The signature covers committed entries only and is made before the change's
+        transaction opens; the ``checkpoint`` entry and the audit record commit together.
+
+        Raises
+        ------
+        LedgerIntegrityError
+            If an entry since the last checkpoint fails verification (nothing is signed).
+        """
+        signed = self.ledger.sign_checkpoint()  # verified, then signed: no transaction open
         with self._change(actor, "ledger.checkpoint", "") as uow:
-            checkpoint = uow.checkpoint()
-        return uow.recorded(checkpoint, self.ledger.get(checkpoint.tree_size))
+            entry = uow.record_checkpoint(signed)
+        return uow.recorded(signed, entry)
 
     def note_read(self, actor: Actor, action: str, target: str) -> int | None:
         """Audit a sensitive read (plaintext weights): the audit record's id, if audited."""

@@ -147,6 +147,8 @@ class UnitOfWork:
         self.entries: list[Entry] = []
         #: The audit record's id, once sealed with an audit hook.
         self.action_id: int | None = None
+        #: The checkpoint signed after the change committed, or why none was.
+        self.checkpointed: tuple[Checkpoint, Entry] | VeracityError | None = None
 
     # ---------------------------------------------------------------- entries
     def _append(self, request: EventRequest) -> Entry:
@@ -183,13 +185,41 @@ class UnitOfWork:
         """
         return self._append(EventRequest(kind, actor, dict(payload), signature=signature))
 
-    def checkpoint(self) -> Checkpoint:
-        """Sign a checkpoint of the ledger including this change's entries."""
+    def record_checkpoint(self, signed: Checkpoint) -> Entry:
+        """Record a checkpoint signed before this change began (``Ledger.sign_checkpoint``).
+
+        Raises
+        ------
+        ConfigError
+            After the change's external effects.
+        """
         if self._sealed:
             raise ConfigError("a change appends nothing after its external effects")
-        checkpoint = self._ledger.checkpoint(session=self.session)
-        self._read_model.skip(self.session, checkpoint.tree_size)
-        return checkpoint
+        entry = self._ledger.record_checkpoint(self.session, signed)
+        if self._read_model.watermark(self.session) == entry.seq:  # else recorded before
+            self._read_model.skip(self.session, entry.seq)
+            self.entries.append(entry)
+        return entry
+
+    def checkpoint(self) -> None:
+        """Sign a checkpoint of the ledger including this change's entries, once it commits.
+
+        The ledger verifies every entry since its last checkpoint and signs only committed
+        entries, in a transaction of its own (``Ledger.checkpoint_after_commit``); the
+        outcome is in :attr:`checkpointed` after the change.
+        """
+        if self._sealed:
+            raise ConfigError("a change appends nothing after its external effects")
+        read_model = self._read_model
+
+        def fold(session: Session, entry: Entry) -> None:
+            if read_model.watermark(session) == entry.seq:
+                read_model.skip(session, entry.seq)
+
+        def done(result: tuple[Checkpoint, Entry] | VeracityError) -> None:
+            self.checkpointed = result
+
+        self._ledger.checkpoint_after_commit(self.session, on_done=done, on_record=fold)
 
     # ---------------------------------------------------------------- effects
     def effect(self, do: Callable[[], R], *, undo: Callable[[R], None] | None = None) -> R:
