@@ -12,7 +12,10 @@ STAMP  := $(VENV)/.installed
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/python -m pip install -q --upgrade pip
-	$(VENV)/bin/python -m pip install -q -c constraints.txt -e '.[dev]'
+	$(VENV)/bin/python -m pip install -q -c constraints.txt -e '.[dev,dicom]'
+	# The examples' real recordings (Daphnet, BasicMotions) are data files inside aeon; its
+	# own dependencies (numba) cannot share this numpy, and nothing of aeon is imported.
+	$(VENV)/bin/python -m pip install -q --no-deps aeon==1.6.0
 	@touch $(STAMP)
 
 install: $(STAMP)

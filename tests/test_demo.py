@@ -32,10 +32,18 @@ def test_demo_runs_a_whole_study_and_its_audit_end_to_end(tmp_path: Path) -> Non
     assert summary["ok"] is True
     assert summary["data_dir"] == str(data_dir.resolve())
     assert [site["name"] for site in summary["sites"]] == ["hospital-a", "hospital-b", "hospital-c"]
+    analytics = summary["analytics"]
+    assert analytics["queries"] == 3
+    # Combined noise sd: 12 for a count, 17 for a histogram cell; 150 is over 8 sd.
+    assert analytics["max_abs_error"] < 150
     for site in summary["sites"]:
         assert site["rows"] > 100
         assert site["neighbouring"] == "replace-one"
-        assert 0 < site["epsilon_add_remove"] < site["epsilon"] <= site["epsilon_cap"]
+        # The dataset's epsilon counts the analysis before training (one budget for both).
+        spent_before = analytics["epsilon_spent"][site["name"]]
+        assert 0 < spent_before < site["epsilon"]
+        assert 0 < site["epsilon_add_remove"] < site["epsilon"]
+        assert site["epsilon"] <= site["epsilon_cap"] + spent_before
     assert summary["inference"]["patients"] == 114
     assert summary["inference"]["agreement"] == 1.0
     assert summary["inference"]["max_abs_error"] < 1e-3
@@ -67,7 +75,8 @@ def test_demo_runs_a_whole_study_and_its_audit_end_to_end(tmp_path: Path) -> Non
     assert recorded.count("round.completed") == 3
     assert recorded.count("model.released") == 1
     assert recorded.count("inference.served") >= 1
-    assert recorded.count("study.approved") == 3
+    assert recorded.count("study.approved") == 6  # the analysis study and the training study
+    assert recorded.count("analysis.answered") == 3
     # Every process the demo started has stopped.
     leftovers = subprocess.run(
         ["pgrep", "-f", str(data_dir)], capture_output=True, text=True, check=False

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import importlib.util
+import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -23,3 +26,59 @@ def test_breast_cancer_network_example_runs_a_study_and_verifies_its_ledger(tmp_
     assert "finished:completed" in done.stdout
     assert "round 2:" in done.stdout
     assert "ledger verified:" in done.stdout
+
+
+def _run_example(script: str, tmp_path: Path, *arguments: str) -> dict[str, Any]:
+    out = tmp_path / "summary.json"
+    done = subprocess.run(
+        [sys.executable, str(REPO / "examples" / script), str(tmp_path / "net"), "--json",
+         str(out), *arguments],
+        capture_output=True, text=True, timeout=1500, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary: dict[str, Any] = json.loads(out.read_text())
+    assert summary["status"] == "completed"
+    assert summary["ledger_entries_verified"] > 10
+    return summary
+
+
+@pytest.mark.training
+def test_freezing_of_gait_example_detects_freezes_under_dp_and_scores_real_daphnet(
+    tmp_path: Path,
+) -> None:
+    summary = _run_example(
+        "freezing_of_gait.py", tmp_path, "--rounds", "4", "--patients", "3", "--seconds", "180"
+    )
+    assert max(summary["epsilon_replace_one"].values()) <= 3.0
+    assert summary["held_out"]["auc"] > 0.75  # freeze against walking or standing; chance 0.5
+    assert summary["card_evaluation_auc"] == pytest.approx(summary["held_out"]["auc"])
+    assert summary["card_inputs"]["window_samples"] == 256
+    daphnet = summary["daphnet"]
+    if daphnet is not None:  # aeon's data installed
+        assert daphnet["windows"] == 54
+        assert daphnet["freeze_windows_annotated"] == 0
+        assert 0.0 <= daphnet["false_alarm_rate"] <= 0.5
+
+
+@pytest.mark.training
+def test_digits_example_trains_a_ten_class_cnn2d_under_dp(tmp_path: Path) -> None:
+    summary = _run_example("digits_images.py", tmp_path, "--rounds", "6")
+    assert max(summary["epsilon_replace_one"].values()) <= 3.0
+    assert summary["accuracy"] > 0.3  # ten classes: chance is 0.1
+    assert summary["card_classes"] == [str(d) for d in range(10)]
+    assert set(summary["per_class_recall"]) == {str(d) for d in range(10)}
+    assert summary["card_inputs"]["kind"] == "images"
+
+
+@pytest.mark.training
+def test_basic_motions_example_runs_the_signals_path_on_real_recordings(tmp_path: Path) -> None:
+    if importlib.util.find_spec("aeon") is None:
+        pytest.skip("aeon's data are not installed (pip install --no-deps aeon==1.6.0)")
+    summary = _run_example("basic_motions.py", tmp_path, "--rounds", "4")
+    assert summary["recordings_per_site"] == {"clinic-a": 20, "clinic-b": 20}
+    assert summary["card_classes"] == ["Standing", "Running", "Walking", "Badminton"]
+    assert summary["card_inputs"]["channels"] == [
+        "accel_x", "accel_y", "accel_z", "gyro_x", "gyro_y", "gyro_z",
+    ]  # fmt: skip
+    assert 0.0 <= summary["accuracy"] <= 1.0
+    assert max(summary["epsilon_replace_one"].values()) <= 8.0

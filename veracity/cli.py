@@ -91,6 +91,7 @@ def config_show(
 
 def _register_subcommands() -> None:
     """Attach the command groups of the subpackages (each imports its heavy deps lazily)."""
+    from veracity.analysis_cli import app as analysis_app
     from veracity.client.cli import site_app
     from veracity.client.node_cli import start as site_start
     from veracity.client.predict_cli import register as register_predict
@@ -107,6 +108,7 @@ def _register_subcommands() -> None:
     site_app.command("start")(site_start)
     app.add_typer(site_app, name="site")
     app.add_typer(server_app, name="server")
+    app.add_typer(analysis_app, name="analysis")
     register_predict(app)
 
 

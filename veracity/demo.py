@@ -97,6 +97,15 @@ class InferenceCheck:
 
 
 @dataclass(frozen=True)
+class Analytics:
+    """What the analytics step leaves: answers against the non-private ones, epsilon spent."""
+
+    queries: int
+    epsilon_spent: dict[str, float]
+    max_abs_error: float
+
+
+@dataclass(frozen=True)
 class Audit:
     """What the auditor exported, verified and read."""
 
@@ -140,6 +149,7 @@ class DemoState:
     clinic_csv: Path | None = None
     study: Study | None = None
     trained: Trained | None = None
+    analytics: Analytics | None = None
     inference: InferenceCheck | None = None
     audit: Audit | None = None
 
@@ -165,6 +175,7 @@ class DemoState:
 
         study, trained = _need(self.study, "study"), _need(self.trained, "trained model")
         inference, audit = _need(self.inference, "inference check"), _need(self.audit, "audit")
+        analytics = _need(self.analytics, "analytics")
         last_receipts = {r["receipt"]["site"]: r["receipt"] for r in trained.rounds[-1]["receipts"]}
         config = CoordinatorHome.load(self.coordinator_dir)
         return {
@@ -198,6 +209,11 @@ class DemoState:
                 "policy": audit.policy,
             },
             "provenance": _provenance_summary(audit.provenance),
+            "analytics": {
+                "queries": analytics.queries,
+                "epsilon_spent": analytics.epsilon_spent,
+                "max_abs_error": analytics.max_abs_error,
+            },
             "console": self.console_access(),
             "timings_s": self.timings,
         }
@@ -411,6 +427,94 @@ def warm_up_sites(state: DemoState) -> None:
         node.wait_ready()
 
 
+def _demo_analysis(options: DemoOptions) -> dict[str, Any]:
+    """The analysis study the admin proposes before training: counts and a histogram."""
+    from veracity.server.fab import build_fab
+    from veracity.tasks.breast_cancer import LABEL
+
+    return {
+        "kind": "analysis",
+        "study_id": f"breast-cancer-analytics-{datetime.now(UTC):%Y%m%d%H%M%S}",
+        "title": "Patients, malignant patients, and tumour radius before training",
+        "columns": {
+            "mean_radius": {"lower": 5.0, "upper": 30.0},
+            LABEL: {"lower": 0.0, "upper": 1.0},
+        },
+        "queries": [
+            {"query_id": "patients", "kind": "count", "epsilon": 0.5},
+            {"query_id": "malignant", "kind": "count", "epsilon": 0.5,
+             "cohort": [{"column": LABEL, "op": "==", "value": 1.0}]},
+            {"query_id": "mean-radius-histogram", "kind": "histogram", "column": "mean_radius",
+             "bins": [5.0, 10.0, 15.0, 20.0, 25.0, 30.0], "epsilon": 0.5},
+        ],
+        "delta": 1e-5,
+        "epsilon_caps": dict.fromkeys(SITES, options.epsilon_cap),
+        "min_sites": 2,
+        "code_hash": build_fab().fab_hash,
+    }  # fmt: skip
+
+
+def run_analytics(state: DemoState) -> None:
+    """An analysis study first: each site approves it and answers with its own noise."""
+    from veracity.analytics.combine import read_figures
+    from veracity.analytics.mechanism import exact_release
+    from veracity.client.analysis import approve_analysis
+    from veracity.client.site import Site
+    from veracity.contracts.analysis import AnalysisStudy
+    from veracity.localnet import DATASET_ID
+    from veracity.tasks.breast_cancer import FEATURES, LABEL
+
+    admin = state.tokens["admin"]
+    study = AnalysisStudy.parse(_demo_analysis(state.options))
+    proposed = state.api.propose_study(admin, study.to_document())
+    if proposed.study_hash != study.study_hash:
+        raise VerificationError("the coordinator recorded another analysis study than proposed")
+    for site in state.sites:
+        with Site.open(site.directory) as opened:
+            _decision, statement = approve_analysis(
+                opened, study, dataset_id=DATASET_ID, epsilon_cap=state.options.epsilon_cap
+            )
+        state.api.decide(
+            state.tokens[site.name],
+            study.study_hash,
+            kind=statement.kind,
+            payload=statement.payload,
+            signature=statement.signature,
+        )
+    started = state.api.send("POST", "/analyses", admin, json={"study_hash": study.study_hash})
+    path = f"/analyses/{study.study_hash}/runs/{started.json()['run_id']}"
+
+    def finished() -> dict[str, Any] | None:
+        results: dict[str, Any] = state.api.send("GET", path, admin).json()
+        state.group.check_alive()
+        return results if results["finished"] is not None else None
+
+    results = _poll("the analysis to finish", 300, finished, interval=0.25)
+    if results["finished"]["status"] != "completed" or len(results["answers"]) != len(
+        study.queries
+    ):
+        raise TransportError(f"the analysis ended: {results['finished']['reason']}")
+    split = _need(state.split, "data split")
+    pooled = {name: np.concatenate([p.features[:, i] for p in split.sites])
+              for i, name in enumerate(FEATURES)}  # fmt: skip
+    pooled[LABEL] = np.concatenate([p.labels for p in split.sites]).astype(np.float64)
+    worst = 0.0
+    epsilon: dict[str, float] = {}
+    for payload in results["answers"]:
+        query = study.query(payload["query_id"])
+        exact = exact_release(study, query, pooled).values
+        truth = read_figures(study, query, exact, np.zeros(len(exact))).value
+        worst = max(
+            worst, *(abs(a - b) for a, b in zip(payload["answer"]["value"], truth, strict=True))
+        )
+        for signed in payload["receipts"]:
+            receipt = signed["receipt"]
+            epsilon[receipt["site"]] = max(epsilon.get(receipt["site"], 0.0), receipt["epsilon"])
+    state.analytics = Analytics(
+        queries=len(results["answers"]), epsilon_spent=epsilon, max_abs_error=round(worst, 3)
+    )
+
+
 def train(state: DemoState) -> None:
     """The admin starts the run; every site trains with DP-SGD; the model is released."""
     admin, study = state.tokens["admin"], _need(state.study, "study")
@@ -564,6 +668,11 @@ DEMO_STEPS: tuple[DemoStep, ...] = (
     DemoStep("enrol", "Admin enrols the sites; their SuperNodes connect", enrol_sites),
     DemoStep("study", "Admin proposes the study; each site operator approves it", approve_study),
     DemoStep("warmup", "Site agents load torch and Opacus (once per site)", warm_up_sites),
+    DemoStep(
+        "analytics",
+        "Analytics first: counts and a histogram under each site's budget",
+        run_analytics,
+    ),
     DemoStep("training", "Federated training: {rounds} rounds, DP-SGD at every site", train),
     DemoStep("inference", "Clinic: encrypted predictions with veracity predict", check_inference),
     DemoStep(

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from veracity.client.approvals import approve_study
-from veracity.client.datasets import register_dataset
+from veracity.client.datasets import ImagesDeclared, SignalsDeclared, register_dataset
 from veracity.client.site import Site, SitePaths, init_site
 from veracity.client.store import SignedStatement
 from veracity.client.supernode import SiteNode, SuperNodeOptions, start_site_node
@@ -27,10 +27,11 @@ from veracity.server.coordinator.federation import RunSummary
 from veracity.server.coordinator.records import EnrolledSite
 from veracity.supervise import ProcessGroup
 from veracity.tasks.breast_cancer import FEATURES, LABEL, Partition, write_csv
-from veracity.tasks.study import Study
+from veracity.tasks.study import BINARY_CLASSES, Study
 
 __all__ = [
     "LocalSite",
+    "create_data_site",
     "create_site",
     "enrol",
     "approve",
@@ -51,6 +52,7 @@ class LocalSite:
     data_file: Path
     rows: int
     registration: SignedStatement
+    dataset_id: str = DATASET_ID
 
     @property
     def public_key_pem(self) -> str:
@@ -94,6 +96,45 @@ def create_site(
     return LocalSite(name, directory, data_file, partition.rows, statement)
 
 
+def create_data_site(
+    directory: Path,
+    name: str,
+    *,
+    dataset_id: str,
+    path: Path,
+    label: str,
+    classes: Sequence[str] = BINARY_CLASSES,
+    declared: SignalsDeclared | ImagesDeclared | None = None,
+    features: Sequence[str] | None = None,
+    epsilon_budget: float = 10.0,
+) -> LocalSite:
+    """Initialise a site in ``directory`` and register the data at ``path`` (any kind).
+
+    ``path`` is a table, signals or images as :func:`veracity.client.datasets.register_dataset`
+    takes them (``declared`` says which, for signals and images).
+
+    Raises
+    ------
+    ConfigError
+        If ``directory`` already holds a site.
+    InputError
+        If the data do not validate.
+    """
+    init_site(directory, name)
+    with Site.open(directory) as site:
+        dataset, statement = register_dataset(
+            site,
+            dataset_id=dataset_id,
+            path=path,
+            label=label,
+            features=features,
+            epsilon_budget=epsilon_budget,
+            classes=classes,
+            declared=declared,
+        )
+    return LocalSite(name, directory, path, dataset.rows, statement, dataset_id)
+
+
 def enrol(coordinator: CoordinatorService, site: LocalSite) -> EnrolledSite:
     """Enrol ``site`` (keys, SuperNode registration) and record its dataset registration.
 
@@ -117,7 +158,7 @@ def approve(site: LocalSite, study: Study, *, epsilon_cap: float) -> SignedState
     """The site operator approves ``study`` on its dataset; returns the signed statement."""
     with Site.open(site.directory) as opened:
         _decision, statement, _review = approve_study(
-            opened, study, dataset_id=DATASET_ID, epsilon_cap=epsilon_cap
+            opened, study, dataset_id=site.dataset_id, epsilon_cap=epsilon_cap
         )
     return statement
 

@@ -1,10 +1,26 @@
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
 import pytest
 
 from tests.analytics.conftest import study_document
-from veracity.contracts.analysis import AnalysisStudy, query_hash
-from veracity.errors import InputError
+from veracity.contracts.analysis import (
+    ANALYSIS_RECEIPT_DOMAIN,
+    AnalysisAnswered,
+    AnalysisReceipt,
+    AnalysisStudy,
+    CombinedAnswer,
+    SignedAnalysisReceipt,
+    query_hash,
+)
+from veracity.contracts.events import ROOT_ACTOR, KeyEnrolled
+from veracity.contracts.receipts import RECEIPT_DOMAIN
+from veracity.crypto.keys import SigningKey, generate_signing_key
+from veracity.errors import InputError, SignatureError
+from veracity.ledger.ledger import Ledger
+from veracity.ledger.statement import sign_document
 
 
 def test_a_query_on_an_undeclared_column_makes_the_study_invalid() -> None:
@@ -60,3 +76,45 @@ def test_the_query_hash_ignores_the_query_id_but_not_the_bounds() -> None:
     assert query_hash(base, base.queries[1]) != query_hash(
         AnalysisStudy.parse(wider), AnalysisStudy.parse(wider).queries[1]
     )
+
+
+def test_the_ledger_refuses_an_analysis_answer_whose_receipt_the_site_did_not_sign(
+    tmp_path: Path,
+) -> None:
+    root = generate_signing_key()
+    site_key, forger = generate_signing_key(), generate_signing_key()
+    with Ledger.init(f"sqlite:///{tmp_path / 'ledger.db'}", root_key=root) as ledger:
+        enrolled = KeyEnrolled(
+            name="hospital-a", role="site", public_key=site_key.public.pem(),
+            valid_from="2026-12-06T00:00:00Z",
+        )  # fmt: skip
+        ledger.append(enrolled.KIND, ROOT_ACTOR, enrolled.to_json(), signer=root)
+        receipt = AnalysisReceipt(
+            site="hospital-a", study="a" * 64, query_id="q", query_hash="b" * 64,
+            answer_hash="c" * 64, dataset_id="d", dataset_commitment="e" * 64, sensitivity=1.0,
+            noise_multiplier=2.0, noise_std=1.0, accountant="pld", neighbouring="replace-one",
+            delta=1e-5, epsilon_query=1.0, epsilon=1.0, history=[[2.0, 1.0, 1]],
+            suppression_threshold=0.0, repeated=False, noise_generator="chacha20",
+        )  # fmt: skip
+        answer = CombinedAnswer(
+            kind="count", labels=["count"], value=[3.0], se=[1.0], lower=[1.0], upper=[5.0],
+            sites=["hospital-a"],
+        )  # fmt: skip
+
+        def answered(key: SigningKey) -> dict[str, Any]:
+            signature = sign_document(key, ANALYSIS_RECEIPT_DOMAIN, receipt.to_json())
+            return AnalysisAnswered(
+                run_id="1", study_hash="a" * 64, query_id="q", query_hash="b" * 64, answer=answer,
+                receipts=[SignedAnalysisReceipt(receipt=receipt, signature=signature)],
+            ).to_json()  # fmt: skip
+
+        with pytest.raises(SignatureError):
+            ledger.append("analysis.answered", ROOT_ACTOR, answered(forger), signer=root)
+        forged = answered(site_key)  # signed under the training receipts' domain
+        forged["receipts"][0]["signature"] = sign_document(
+            site_key, RECEIPT_DOMAIN, receipt.to_json()
+        )
+        with pytest.raises(SignatureError):
+            ledger.append("analysis.answered", ROOT_ACTOR, forged, signer=root)
+        ledger.append("analysis.answered", ROOT_ACTOR, answered(site_key), signer=root)
+        ledger.verify(root.public)

@@ -18,6 +18,13 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from veracity.contracts.analysis import (
+    ANALYSIS_RECEIPT_DOMAIN,
+    AnalysisAnswered,
+    AnalysisReceipt,
+    CombinedAnswer,
+    SignedAnalysisReceipt,
+)
 from veracity.contracts.base import Payload, SiteStatement
 from veracity.contracts.events import (
     KINDS,
@@ -197,6 +204,30 @@ def _record_every_kind(recorder: _Recorder, drawn: dict[str, Any]) -> None:
             participants=[first], receipts=[SignedReceipt(receipt=receipt, signature=signature)],
             dropped=[Dropped(site=second, reason=drawn["dropped_reason"])], refused=[],
             aggregated_model_hash=h[4], metrics=drawn["metrics"],
+        )
+    )  # fmt: skip
+    analysed = AnalysisReceipt(
+        site=first, study=study_hash, query_id="q-1", query_hash=h[5], answer_hash=h[6],
+        dataset_id=drawn["dataset_id"], dataset_commitment=drawn["dataset"]["commitment"],
+        sensitivity=drawn["receipt"]["max_grad_norm"], noise_multiplier=drawn["cap"],
+        noise_std=drawn["cap"], accountant="pld", neighbouring="replace-one",
+        delta=drawn["receipt"]["delta"], epsilon_query=drawn["receipt"]["epsilon"],
+        epsilon=drawn["receipt"]["epsilon"], history=drawn["receipt"]["history"],
+        suppression_threshold=0.0, repeated=False, noise_generator="ChaCha20",
+    )  # fmt: skip
+    analysis_signature = sign_document(
+        recorder.keys[first], ANALYSIS_RECEIPT_DOMAIN, analysed.to_json()
+    )
+    value = drawn["epsilon_left"]
+    recorder.root_event(
+        AnalysisAnswered(
+            run_id=drawn["run_id"], study_hash=study_hash, query_id="q-1", query_hash=h[5],
+            answer=CombinedAnswer(
+                kind="count", labels=["count"], value=[value], se=[1.0], lower=[value],
+                upper=[value], sites=[first],
+            ),
+            receipts=[SignedAnalysisReceipt(receipt=analysed, signature=analysis_signature)],
+            refused=[drawn["dropped_reason"]],
         )
     )  # fmt: skip
     recorder.site_event(

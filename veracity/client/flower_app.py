@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import json
 import logging
 import threading
 import time
@@ -21,11 +22,20 @@ from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from veracity import __version__
+from veracity.client.analysis import AnalysisAgent, QueryRefusal, QueryRequest
 from veracity.client.service import Refusal, SiteAgent, TrainRequest
 from veracity.client.site import Site
+from veracity.contracts.analysis import (
+    QueryRefusalItem,
+    QueryReplies,
+    QueryReplyItem,
+    SignedAnalysisReceipt,
+)
 from veracity.contracts.messages import (
     ARRAYS_RECORD,
     METRICS_RECORD,
+    AnalysisInstruction,
+    AnswersRecord,
     HelloRecord,
     ReceiptRecord,
     RefusalRecord,
@@ -43,6 +53,7 @@ app = ClientApp()
 
 _CODE_HASH: contextvars.ContextVar[str | None] = contextvars.ContextVar("code_hash", default=None)
 _AGENTS: dict[Path, SiteAgent] = {}
+_ANALYSTS: dict[Path, AnalysisAgent] = {}
 _AGENTS_LOCK = threading.Lock()
 
 
@@ -75,6 +86,16 @@ def agent_for(site_dir: Path) -> SiteAgent:
         if agent is None:
             agent = _AGENTS[site_dir] = SiteAgent.open(site_dir)
         return agent
+
+
+def analyst_for(site_dir: Path) -> AnalysisAgent:
+    """The analysis agent of ``site_dir`` (sharing the site agent's store), opened once."""
+    agent = agent_for(site_dir)
+    with _AGENTS_LOCK:
+        analyst = _ANALYSTS.get(site_dir)
+        if analyst is None:
+            analyst = _ANALYSTS[site_dir] = AnalysisAgent(agent.site)
+        return analyst
 
 
 @app.query("hello")
@@ -139,3 +160,49 @@ def train(msg: Message, context: Context) -> Message:
         }
     )
     return Message(reply, reply_to=msg)
+
+
+@app.query("analysis")
+def analysis(msg: Message, context: Context) -> Message:
+    """Answer an analysis study's queries under the site's approval and budget, or refuse."""
+    code_hash = current_code_hash()
+    if code_hash is None:
+        raise ApprovalMissing("the run's code hash is unknown; run the site with its worker")
+    content = msg.content
+    if AnalysisInstruction.RECORD not in content.config_records:
+        raise InputError(f"an analysis message needs a {AnalysisInstruction.RECORD!r} record")
+    instruction = AnalysisInstruction.from_record(
+        dict(content.config_records[AnalysisInstruction.RECORD])
+    )
+    study = parse_json_object(instruction.study, what="analysis study")
+    query_ids = json.loads(instruction.query_ids)
+    if not isinstance(query_ids, list) or not all(isinstance(q, str) for q in query_ids):
+        raise InputError("query_ids must be a JSON list of query ids")
+    analyst = analyst_for(_site_dir(context))
+    replies: list[QueryReplyItem] = []
+    for query_id in query_ids:
+        outcome = analyst.handle_query(
+            QueryRequest(
+                study=study,
+                study_hash=instruction.study_hash,
+                code_hash=code_hash,
+                query_id=query_id,
+            )
+        )
+        if isinstance(outcome, QueryRefusal):
+            refusal = QueryRefusalItem(
+                kind=outcome.kind,
+                payload=outcome.statement.payload,
+                signature=outcome.statement.signature,
+                reason=outcome.reason,
+            )
+            replies.append(QueryReplyItem(query_id=query_id, refusal=refusal))
+        else:
+            signed = SignedAnalysisReceipt(receipt=outcome.receipt, signature=outcome.signature)
+            replies.append(QueryReplyItem(query_id=query_id, answer=outcome.answer, receipt=signed))
+    record = AnswersRecord(
+        replies_json=canonical_json(QueryReplies(replies=replies).to_json()).decode("utf-8")
+    )
+    return Message(
+        RecordDict({AnswersRecord.RECORD: ConfigRecord(record.to_record())}), reply_to=msg
+    )

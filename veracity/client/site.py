@@ -86,6 +86,9 @@ class SiteConfig(BaseModel):
     default_epsilon_budget: float = Field(default=10.0, gt=0, le=1000)
     default_delta: float = Field(default=1e-5, gt=0, lt=1)
     min_rows: int = Field(default=50, ge=2, le=10_000_000)
+    #: Analysis answers: count cells whose noisy value falls below this are released as 0
+    #: (post-processing, after the noise; 0 turns suppression off).
+    min_cell_count: float = Field(default=0.0, ge=0, le=1_000_000)
 
 
 @dataclass(frozen=True)

@@ -60,6 +60,8 @@ __all__ = [
     "Decision",
     "Spend",
     "OutboxEntry",
+    "StoredAnswer",
+    "QueryCharge",
     "SiteStore",
 ]
 
@@ -174,6 +176,29 @@ class SpendRow(Base):
     finished_at: Mapped[str | None] = mapped_column(sa.String(40), nullable=True)
     update_hash: Mapped[str | None] = mapped_column(sa.String(64), nullable=True)
     note: Mapped[str | None] = mapped_column(sa.Text, nullable=True)
+
+
+class AnalysisAnswerRow(Base):
+    """A noisy answer a site released for one query on one dataset (append-only).
+
+    A query asked again with the same terms (:func:`veracity.contracts.analysis.query_hash`)
+    on the same dataset gets this answer back at no new cost: fresh noise would let an
+    averaging attack strip it.
+    """
+
+    __tablename__ = "site_analysis_answers"
+    __table_args__ = (sa.UniqueConstraint("dataset_id", "query_hash"),)
+
+    id: Mapped[int] = mapped_column(sa.Integer, primary_key=True, autoincrement=True)
+    dataset_id: Mapped[str] = mapped_column(
+        sa.String(128), sa.ForeignKey("site_datasets.dataset_id"), index=True
+    )
+    query_hash: Mapped[str] = mapped_column(sa.String(64))
+    study_hash: Mapped[str] = mapped_column(sa.String(64))
+    query_id: Mapped[str] = mapped_column(sa.String(128))
+    answer_json: Mapped[str] = mapped_column(sa.Text)
+    spend_id: Mapped[int] = mapped_column(sa.Integer, sa.ForeignKey("site_privacy_spends.id"))
+    answered_at: Mapped[str] = mapped_column(sa.String(40))
 
 
 class OutboxRow(Base):
@@ -307,6 +332,32 @@ class Spend:
     finished_at: str | None
     update_hash: str | None
     note: str | None
+
+
+@dataclass(frozen=True)
+class StoredAnswer:
+    """A released query answer (the JSON the site sent) and whether it was stored before."""
+
+    answer: dict[str, Any]
+    study_hash: str
+    query_id: str
+    answered_at: str
+    repeated: bool
+
+
+@dataclass(frozen=True)
+class QueryCharge:
+    """What :meth:`SiteStore.answer_query` did.
+
+    ``answer`` is ``None`` when the budget refused the query (``budget`` says why); for a
+    stored answer ``budget`` is ``None`` (nothing was charged). The histories are the
+    dataset's pool's and the study's before this query.
+    """
+
+    answer: StoredAnswer | None
+    budget: RoundBudget | None
+    dataset_before: History
+    study_before: History
 
 
 @dataclass(frozen=True)
@@ -881,6 +932,96 @@ class SiteStore:
             row.finished_at = now
             row.update_hash = update_hash
             row.note = note
+
+    def answer_query(
+        self,
+        *,
+        dataset_id: str,
+        study_hash: str,
+        query_id: str,
+        query_hash: str,
+        planned: Segment,
+        evaluate: Callable[[History, History, Pool], RoundBudget],
+        compute: Callable[[], dict[str, Any]],
+        now: str,
+    ) -> QueryCharge:
+        """Answer a query once: the stored answer, or a charged new one, or a refusal.
+
+        Under the same pool lock as :meth:`reserve_round`, in one transaction: if this
+        dataset already answered ``query_hash``, its stored answer comes back and nothing
+        is charged; otherwise ``evaluate(pool_history, study_history, pool)`` decides, and
+        if allowed ``compute()`` draws the noisy answer, which is stored with a completed
+        spend of ``planned`` (run id ``query:QUERY_ID``, round 1).
+
+        Raises
+        ------
+        InputError
+            If the dataset is not registered.
+        """
+        with self._transaction() as session:
+            pool_id = session.scalar(
+                sa.select(DatasetRow.pool_id).where(DatasetRow.dataset_id == dataset_id)
+            )
+            if pool_id is None:
+                raise InputError(f"no dataset {dataset_id!r} is registered at this site")
+            session.scalars(
+                sa.select(DatasetRow.dataset_id)
+                .where(DatasetRow.pool_id == pool_id)
+                .order_by(DatasetRow.dataset_id)
+                .with_for_update()
+            ).all()
+            dataset_before, study_before = self._histories(session, dataset_id, study_hash)
+            stored = session.scalar(
+                sa.select(AnalysisAnswerRow).where(
+                    AnalysisAnswerRow.dataset_id == dataset_id,
+                    AnalysisAnswerRow.query_hash == query_hash,
+                )
+            )
+            if stored is not None:
+                answer = StoredAnswer(
+                    answer=json.loads(stored.answer_json),
+                    study_hash=stored.study_hash,
+                    query_id=stored.query_id,
+                    answered_at=stored.answered_at,
+                    repeated=True,
+                )
+                return QueryCharge(answer, None, dataset_before, study_before)
+            budget = evaluate(dataset_before, study_before, self._pool(session, dataset_id))
+            if not budget.allowed:
+                return QueryCharge(None, budget, dataset_before, study_before)
+            document = compute()
+            spend = SpendRow(
+                dataset_id=dataset_id,
+                study_hash=study_hash,
+                run_id=f"query:{query_id}",
+                round=1,
+                noise_multiplier=planned.noise_multiplier,
+                sample_rate=planned.sample_rate,
+                steps=planned.steps,
+                status="completed",
+                delta=budget.dataset.delta,
+                epsilon_dataset=budget.dataset.epsilon,
+                epsilon_study=budget.study.epsilon,
+                epsilon_rdp=budget.dataset.rdp,
+                reserved_at=now,
+                finished_at=now,
+                note=f"analysis query {query_hash}",
+            )
+            session.add(spend)
+            session.flush()
+            session.add(
+                AnalysisAnswerRow(
+                    dataset_id=dataset_id,
+                    query_hash=query_hash,
+                    study_hash=study_hash,
+                    query_id=query_id,
+                    answer_json=canonical_json(document).decode(),
+                    spend_id=spend.id,
+                    answered_at=now,
+                )
+            )
+            answer = StoredAnswer(document, study_hash, query_id, now, repeated=False)
+            return QueryCharge(answer, budget, dataset_before, study_before)
 
     def list_spends(self, dataset_id: str | None = None) -> list[Spend]:
         """Every spend (of one dataset, or all), oldest first."""

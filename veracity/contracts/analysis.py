@@ -26,7 +26,7 @@ from pydantic import AfterValidator, Field, StringConstraints, model_validator
 from veracity.contracts.base import Contract, Payload
 from veracity.contracts.receipts import Base64Signature, HistoryItem, check_history
 from veracity.core.canonical import canonical_hash
-from veracity.core.fields import Count, Hash, Ident, Name, Number
+from veracity.core.fields import Count, Hash, Ident, Name, Number, Text
 
 __all__ = [
     "ANALYSIS_RECEIPT_DOMAIN",
@@ -43,6 +43,9 @@ __all__ = [
     "SignedAnalysisReceipt",
     "CombinedAnswer",
     "AnalysisAnswered",
+    "QueryRefusalItem",
+    "QueryReplyItem",
+    "QueryReplies",
 ]
 
 #: The signing domain of analysis receipts.
@@ -335,12 +338,14 @@ class AnalysisAnswered(Payload):
 
     KIND: ClassVar[str] = "analysis.answered"
 
+    run_id: Ident
     study_hash: Hash
     query_id: Ident
     query_hash: Hash
     answer: CombinedAnswer
     receipts: Annotated[list[SignedAnalysisReceipt], Field(min_length=1)]
-    refused: Annotated[list[dict[str, Any]], Field(max_length=1000)] = Field(default_factory=list)
+    #: Why sites did not contribute (refusals, dropped replies), in words.
+    refused: Annotated[list[Text], Field(max_length=1000)] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _consistent(self) -> AnalysisAnswered:
@@ -358,3 +363,36 @@ class AnalysisAnswered(Payload):
             ):
                 raise ValueError(f"receipt of {receipt.site} is for another study or query")
         return self
+
+
+class QueryRefusalItem(Contract):
+    """A site's signed refusal of one query (``budget.refused`` or ``approval.missing``)."""
+
+    kind: Literal["budget.refused", "approval.missing"]
+    payload: dict[str, Any]
+    signature: Base64Signature
+    reason: Text
+
+
+class QueryReplyItem(Contract):
+    """A site's reply to one query: its noisy answer with the signed receipt, or a refusal."""
+
+    query_id: Ident
+    answer: SiteAnswer | None = None
+    receipt: SignedAnalysisReceipt | None = None
+    refusal: QueryRefusalItem | None = None
+
+    @model_validator(mode="after")
+    def _one_outcome(self) -> QueryReplyItem:
+        answered = self.answer is not None and self.receipt is not None
+        if answered == (self.refusal is not None) or (self.answer is None) != (
+            self.receipt is None
+        ):
+            raise ValueError("a reply holds either an answer with its receipt or a refusal")
+        return self
+
+
+class QueryReplies(Contract):
+    """Everything a site replied to one ``query.analysis`` message."""
+
+    replies: Annotated[list[QueryReplyItem], Field(max_length=1000)]

@@ -16,8 +16,9 @@ from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import AfterValidator, Field, StringConstraints, model_validator
 
+from veracity.contracts.analysis import ANALYSIS_RECEIPT_DOMAIN, AnalysisAnswered
 from veracity.contracts.base import Contract, Payload, SitePayload, SiteStatement
-from veracity.contracts.receipts import Base64Signature, SignedReceipt
+from veracity.contracts.receipts import RECEIPT_DOMAIN, Base64Signature, SignedReceipt
 from veracity.contracts.refusals import ApprovalMissingStatement, BudgetRefused
 from veracity.core.canonical import canonical_hash
 from veracity.core.fields import (
@@ -62,6 +63,8 @@ __all__ = [
     "ReleasedDataset",
     "ModelReleased",
     "InferenceServed",
+    "AnalysisAnswered",
+    "RECEIPT_DOMAINS",
     "CheckpointRecorded",
     "CheckpointCosigned",
     "NoteRecorded",
@@ -349,10 +352,18 @@ PAYLOADS: dict[str, type[Payload]] = {
         ApprovalMissingStatement,
         ModelReleased,
         InferenceServed,
+        AnalysisAnswered,
         CheckpointRecorded,
         CheckpointCosigned,
         NoteRecorded,
     )
+}
+
+#: Kinds whose payload lists sites' signed receipts (``receipts: [{receipt, signature}]``),
+#: and the domain each receipt is signed under.
+RECEIPT_DOMAINS: dict[str, str] = {
+    "round.completed": RECEIPT_DOMAIN,
+    "analysis.answered": ANALYSIS_RECEIPT_DOMAIN,
 }
 
 #: Every kind the ledger accepts.
@@ -368,6 +379,7 @@ ROOT_KINDS: frozenset[str] = frozenset(
         "round.completed",
         "model.released",
         "inference.served",
+        "analysis.answered",
         "checkpoint",
     }
 )

@@ -15,6 +15,11 @@ Reply, refused
     ``refusal``: :class:`RefusalRecord`, no arrays.
 ``hello`` query reply
     ``site``: :class:`HelloRecord`.
+``analysis`` query (coordinator -> site)
+    ``analysis``: :class:`AnalysisInstruction` (the study and the queries to answer).
+Reply
+    ``answers``: :class:`AnswersRecord`, the JSON text of
+    :class:`~veracity.contracts.analysis.QueryReplies`.
 """
 
 from __future__ import annotations
@@ -36,6 +41,8 @@ __all__ = [
     "ReceiptRecord",
     "RefusalRecord",
     "HelloRecord",
+    "AnalysisInstruction",
+    "AnswersRecord",
     "train_config",
 ]
 
@@ -126,6 +133,29 @@ class HelloRecord(RecordContract):
     site: Name
     version: Annotated[str, StringConstraints(min_length=1, max_length=64)]
     code_hash: Hash | Literal[""] = Field(alias="code-hash")
+
+
+class AnalysisInstruction(RecordContract):
+    """The ``analysis`` record of a ``query.analysis`` message.
+
+    ``study`` is the analysis study document as JSON text; ``query_ids`` the JSON list of
+    the queries to answer, in order.
+    """
+
+    RECORD: ClassVar[str] = "analysis"
+
+    study: JsonText
+    study_hash: Hash
+    run_id: Ident
+    query_ids: JsonText
+
+
+class AnswersRecord(RecordContract):
+    """The ``answers`` record of a reply to ``query.analysis``: the replies as JSON text."""
+
+    RECORD: ClassVar[str] = "answers"
+
+    replies_json: JsonText = Field(alias="json")
 
 
 def train_config(*, study: str, study_hash: str, run_id: str, code_hash: str) -> dict[str, Any]:

@@ -29,6 +29,7 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.orm import Session
 
 from veracity.contracts.events import (
+    RECEIPT_DOMAINS,
     ROOT_ACTOR,
     SITE_KINDS,
     Role,
@@ -64,7 +65,6 @@ from veracity.ledger.entry import (
 from veracity.ledger.keyring import KeyRecord
 from veracity.ledger.merkle import MerkleTree, leaf_hash, verify_consistency, verify_inclusion
 from veracity.ledger.statement import (
-    RECEIPT_DOMAIN,
     decode_signature,
     encode_signature,
     verify_document,
@@ -653,16 +653,15 @@ class Ledger:
         elif item.signature is not None:
             record.key.verify(decode_signature(item.signature), statement_message(item.statement))
         payload = request.payload
-        if request.kind == "round.completed":
+        domain = RECEIPT_DOMAINS.get(request.kind)
+        if domain is not None:
             for signed in payload["receipts"]:
                 site = signed["receipt"]["site"]
                 site_record = keys.key_at(site, seq)
                 if site_record is None or site_record.role is not Role.SITE:
                     raise SignatureError(f"receipt of {site!r}: the site holds no enrolled key")
                 try:
-                    verify_document(
-                        site_record.key, RECEIPT_DOMAIN, signed["receipt"], signed["signature"]
-                    )
+                    verify_document(site_record.key, domain, signed["receipt"], signed["signature"])
                 except SignatureError as err:
                     raise SignatureError(f"receipt of {site!r} is not signed by its key") from err
         if request.kind == "key.enrolled":

@@ -59,6 +59,7 @@ from typing import Any, Literal
 
 from veracity.contracts.events import (
     KINDS,
+    RECEIPT_DOMAINS,
     ROOT_ACTOR,
     SITE_KINDS,
     Role,
@@ -84,7 +85,7 @@ from veracity.ledger.entry import (
 )
 from veracity.ledger.keyring import KeyHistory, KeyRecord
 from veracity.ledger.merkle import MerkleTree, verify_consistency
-from veracity.ledger.statement import RECEIPT_DOMAIN, verify_document
+from veracity.ledger.statement import verify_document
 from veracity.ledger.templates import read_entry, template_for
 
 __all__ = [
@@ -354,16 +355,15 @@ def _check_row_reference(
             chunk.signatures += 1
     if kind in _KEY_KINDS:
         chunk.key_events.append((seq, kind, payload))
-    elif kind == "round.completed":
+    elif kind in RECEIPT_DOMAINS:
+        domain = RECEIPT_DOMAINS[kind]
         for signed in payload["receipts"]:
             site = signed["receipt"]["site"]
             site_record = history.key_at(site, seq)
             if site_record is None or site_record.role is not Role.SITE:
                 raise _Failure(seq, f"receipt of {site!r}: no enrolled site key here")
             try:
-                verify_document(
-                    site_record.key, RECEIPT_DOMAIN, signed["receipt"], signed["signature"]
-                )
+                verify_document(site_record.key, domain, signed["receipt"], signed["signature"])
             except SignatureError as err:
                 raise _Failure(
                     seq, f"receipt of {site!r} is not signed by its enrolled key (forged)"

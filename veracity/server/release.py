@@ -10,12 +10,17 @@ unit is a site's whole contribution, its epsilon is the coordinator's RDP accoun
 
 from __future__ import annotations
 
+import io
+import zipfile
 from typing import Any
+
+import numpy as np
 
 from veracity import __version__
 from veracity.contracts.events import ROOT_ACTOR, ModelReleased, ReleasedDataset
-from veracity.core.canonical import canonical_hash
+from veracity.core.canonical import canonical_hash, sha256_hex
 from veracity.core.fields import format_timestamp
+from veracity.errors import InputError
 from veracity.server.coordinator.service import CoordinatorService, package_versions
 from veracity.server.coordinator.unit_of_work import SERVER_APP
 from veracity.server.strategy import (
@@ -24,10 +29,19 @@ from veracity.server.strategy import (
     CLIENT_EPSILON_REPLACE_ONE_METRIC,
     RoundOutcome,
 )
+from veracity.tasks.metrics import classification_metrics
+from veracity.tasks.spec import predict_probabilities
 from veracity.tasks.study import SignalsInput, Study
 from veracity.tasks.weights import Weights, weights_hash
 
-__all__ = ["build_model_card", "client_level_privacy", "describe_inputs", "release_model"]
+__all__ = [
+    "EVALUATION_DIR",
+    "build_model_card",
+    "client_level_privacy",
+    "describe_inputs",
+    "held_out_evaluation",
+    "release_model",
+]
 
 
 def client_level_privacy(study: Study, completed: list[RoundOutcome]) -> dict[str, Any] | None:
@@ -256,6 +270,44 @@ def build_model_card(
     }
 
 
+#: Where a coordinator keeps held-out evaluation sets, one NPZ per study id.
+EVALUATION_DIR = "evaluation"
+
+
+def held_out_evaluation(
+    coordinator: CoordinatorService, study: Study, weights: Weights
+) -> dict[str, Any] | None:
+    """Metrics of ``weights`` on the coordinator's held-out set for ``study``, if it has one.
+
+    The set is ``DATA_DIR/evaluation/STUDY_ID.npz`` with ``x`` (model-ready rows: scaled as
+    the study's inputs are, shape ``(n, n_features)``) and ``y`` (class indices). It is the
+    coordinator's own data, never the sites'; the card names its SHA-256 and size.
+
+    Raises
+    ------
+    InputError
+        If the file is malformed or does not fit the model.
+    """
+    path = coordinator.home.data_dir / EVALUATION_DIR / f"{study.study_id}.npz"
+    if not path.is_file():
+        return None
+    data = path.read_bytes()
+    try:
+        with np.load(io.BytesIO(data), allow_pickle=False) as archive:
+            x, y = np.asarray(archive["x"], np.float64), np.asarray(archive["y"], np.int64)
+    except (KeyError, ValueError, OSError, zipfile.BadZipFile) as err:
+        raise InputError(f"{path}: not an evaluation set with arrays x and y ({err})") from err
+    spec = study.model_spec
+    metrics = classification_metrics(
+        predict_probabilities(spec, weights, x), y, [str(c) for c in study.classes]
+    )
+    return {
+        "set": "held out at the coordinator (never seen by the sites)",
+        "sha256": sha256_hex(data),
+        **metrics,
+    }
+
+
 def release_model(
     coordinator: CoordinatorService,
     study: Study,
@@ -266,8 +318,11 @@ def release_model(
 ) -> str:
     """Store the model with its card and record ``model.released``; returns its hash.
 
-    ``evaluation``: see :func:`build_model_card`.
+    ``evaluation``: see :func:`build_model_card`; by default, the metrics on the
+    coordinator's held-out set for the study (:func:`held_out_evaluation`), if it has one.
     """
+    if evaluation is None:
+        evaluation = held_out_evaluation(coordinator, study, weights)
     card = build_model_card(coordinator, study, run_id, weights, outcomes, evaluation)
     model_hash: str = coordinator.registry.put(
         study.model_spec,

@@ -23,18 +23,20 @@ from dataclasses import dataclass
 
 from flwr.app import ConfigRecord
 
+from veracity.contracts.analysis import AnalysisStudy
 from veracity.contracts.base import SiteStatement
 from veracity.contracts.events import KINDS, RunStatus
 from veracity.contracts.messages import train_config
 from veracity.core.canonical import canonical_json
 from veracity.errors import Conflict, VeracityError
 from veracity.flower_serde import weights_from_record, weights_to_record
+from veracity.server.analysis_run import execute_analysis
 from veracity.server.coordinator.service import CoordinatorService
 from veracity.server.coordinator.unit_of_work import SERVER_APP
 from veracity.server.polling_grid import PollingGrid
 from veracity.server.release import release_model
 from veracity.server.strategy import AuditedStrategy, RoundOutcome, aggregation_strategy
-from veracity.tasks.study import Study
+from veracity.tasks.study import AnyStudy
 
 __all__ = ["RunSettings", "execute_run", "match_nodes_to_sites"]
 
@@ -96,7 +98,7 @@ class _Finished(Exception):
 def _wait_for_sites(
     coordinator: CoordinatorService,
     grid: PollingGrid,
-    study: Study,
+    study: AnyStudy,
     approved: set[str],
     wait: float,
 ) -> dict[int, str]:
@@ -159,6 +161,40 @@ def _finish(
                     run_id, reason)  # fmt: skip
 
 
+def _run_analysis(
+    coordinator: CoordinatorService,
+    grid: PollingGrid,
+    settings: RunSettings,
+    study: AnalysisStudy,
+    sites_by_node: dict[int, str],
+) -> None:
+    """An analysis study's run: every query asked once, ended with ``run.finished``."""
+
+    def record_refusal(site: str, kind: str, payload: dict[str, object], signature: str) -> None:
+        try:
+            coordinator.record_statement(SERVER_APP, kind, site, payload, signature)
+        except Conflict:
+            log.info("%s of %s is already in the ledger", kind, site)
+
+    outcome = execute_analysis(
+        coordinator,
+        grid,
+        study,
+        run_id=settings.run_id,
+        sites_by_node=sites_by_node,
+        timeout=settings.round_timeout,
+        record_refusal=record_refusal,
+    )
+    answered = len(outcome.answered)
+    reason = f"{answered} of {len(study.queries)} query(ies) answered"
+    if outcome.unanswered:
+        reason += "; not answered: " + "; ".join(
+            f"{query}: {why}" for query, why in sorted(outcome.unanswered.items())
+        )
+    status: RunStatus = "completed" if answered else "insufficient_sites"
+    _finish(coordinator, settings.run_id, study.study_hash, status, reason[:10_000], answered)
+
+
 def execute_run(coordinator: CoordinatorService, grid: PollingGrid, settings: RunSettings) -> None:
     """Run the study ``settings.study_hash`` as Flower run ``settings.run_id``.
 
@@ -189,6 +225,10 @@ def execute_run(coordinator: CoordinatorService, grid: PollingGrid, settings: Ru
         sites_by_node = _wait_for_sites(
             coordinator, grid, study, set(approvals), settings.node_wait
         )
+
+        if isinstance(study, AnalysisStudy):
+            _run_analysis(coordinator, grid, settings, study, sites_by_node)
+            return
 
         def record_round(outcome: RoundOutcome) -> None:
             if outcome.aggregated_model_hash is None:

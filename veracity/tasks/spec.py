@@ -13,10 +13,12 @@ inference (CKKS, column packing) evaluates:
     second-order Taylor expansion of softplus (its constant ``ln 2`` is absorbed by the
     output bias).
 ``cnn1d``
-    For signal windows of shape ``(channels, steps)``: ``Conv1d(k) -> GroupNorm -> ReLU ->
-    MaxPool(2) -> Conv1d(k) -> GroupNorm -> ReLU -> mean over time -> Linear``. Temporal
-    convolutions learn band-pass filters (a freeze of gait shows as power at 3-8 Hz), and
-    the mean over time makes the features shift-invariant.
+    For signal windows of shape ``(channels, steps)``: each channel's mean over the window
+    is removed first (the gravity an accelerometer sees through its orientation, which
+    differs per patient and says nothing about movement), then ``Conv1d(k) -> GroupNorm ->
+    ReLU -> MaxPool(2) -> Conv1d(k) -> GroupNorm -> ReLU -> mean over time -> Linear``.
+    Temporal convolutions learn band-pass filters (a freeze of gait shows as power at
+    3-8 Hz), and the mean over time makes the features shift-invariant.
 ``cnn2d``
     For images of shape ``(channels, height, width)``: ``Conv2d(k) -> GroupNorm -> ReLU ->
     MaxPool(2) -> Conv2d(k) -> GroupNorm -> ReLU -> MaxPool(2) -> flatten -> Linear``. With
@@ -342,6 +344,8 @@ def _conv_logits(
     spec: ModelSpec, w: dict[str, npt.NDArray[np.float64]], x: npt.NDArray[np.float64]
 ) -> npt.NDArray[np.float64]:
     h = x.reshape(x.shape[0], *spec.input_shape)
+    if spec.family is ModelFamily.CNN1D:
+        h = h - h.mean(axis=2, keepdims=True)
     for index in (1, 2):
         h = _conv(h, w[f"conv{index}.weight"], w[f"conv{index}.bias"])
         if spec.normalised:

@@ -14,6 +14,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from veracity.contracts.analysis import AnalysisStudy
 from veracity.core.canonical import canonical_hash
 from veracity.errors import InputError
 from veracity.tasks.spec import ModelFamily, ModelSpec
@@ -29,6 +30,8 @@ __all__ = [
     "TrainingConfig",
     "Study",
     "parse_study",
+    "AnyStudy",
+    "parse_any_study",
 ]
 
 
@@ -300,3 +303,20 @@ def parse_study(document: dict[str, Any]) -> Study:
         first = err.errors()[0]
         where = ".".join(str(p) for p in first.get("loc", ())) or "study"
         raise InputError(f"invalid study ({where}): {first.get('msg', 'invalid')}") from err
+
+
+#: A training study or an analysis study (``"kind": "analysis"``).
+AnyStudy = Study | AnalysisStudy
+
+
+def parse_any_study(document: dict[str, Any]) -> AnyStudy:
+    """Validate a training study, or an analysis study where ``kind`` is ``"analysis"``.
+
+    Raises
+    ------
+    InputError
+        Naming the first invalid field.
+    """
+    if document.get("kind") == "analysis":
+        return AnalysisStudy.parse(document, what="analysis study")
+    return parse_study(document)

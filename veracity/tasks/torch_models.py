@@ -127,6 +127,8 @@ class ConvNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Return logits of shape ``(batch,)`` or ``(batch, classes)``."""
         h = x.reshape(x.shape[0], *self.input_shape)
+        if not self.two_d:
+            h = h - h.mean(dim=2, keepdim=True)  # each channel's offset (gravity) removed
         h = self.conv1(h)
         if self.norm1 is not None:
             h = self.norm1(h)

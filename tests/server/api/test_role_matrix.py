@@ -53,6 +53,8 @@ MATRIX: list[tuple[str, str, int, int, int, int, int]] = [
     ("GET", "/api/v1/runs/{run}/rounds",                  200, 403, 403, 403, 401),
     ("GET", "/api/v1/runs/{run}/logs",                    200, 403, 403, 403, 401),
     ("POST", "/api/v1/runs/{run}/stop",                   200, 403, 403, 403, 401),
+    ("POST", "/api/v1/analyses",                          201, 403, 201, 403, 401),
+    ("GET", "/api/v1/analyses/{analysis}/runs/{analysis_run}", 200, 403, 200, 403, 401),
     ("GET", "/api/v1/models",                             200, 200, 200, 403, 401),
     ("GET", "/api/v1/models/{model}",                     200, 200, 200, 403, 401),
     ("GET", "/api/v1/models/{model}/weights",             200, 403, 403, 403, 401),
@@ -91,6 +93,8 @@ _PLACEHOLDERS = {
     "{seq}": "{seq}",
     "{token_id}": "{token_id}",
     "{requester}": "{requester}",
+    "{analysis}": "{study_hash}",
+    "{analysis_run}": "{run_id}",
 }
 
 
@@ -103,12 +107,16 @@ class World:
     model_hash: str
     token_id: str
     query: EncryptedQuery
+    analysis_hash: str
     run_id: str = "0"
+    analysis_run_id: str = "0"
     made: list[str] = field(default_factory=list)
 
     def path(self, template: str) -> str:
         return (
-            template.replace("{site}", self.api.site.name)
+            template.replace("{analysis_run}", self.analysis_run_id)
+            .replace("{analysis}", self.analysis_hash)
+            .replace("{site}", self.api.site.name)
             .replace("{study}", self.study_hash)
             .replace("{run}", self.run_id)
             .replace("{model}", self.model_hash)
@@ -153,6 +161,7 @@ class World:
                 }
             },
             ("POST", "/api/v1/runs"): lambda: {"json": {"study_hash": self.study_hash}},
+            ("POST", "/api/v1/analyses"): lambda: {"json": {"study_hash": self.analysis_hash}},
             ("GET", "/api/v1/runs/{run}/logs"): lambda: {"params": {"wait": 0.2}},
             ("POST", "/api/v1/inference/contexts"): lambda: {
                 "content": self.query.context,
@@ -190,10 +199,21 @@ def world(api_with_superlink: Api, trained_models: dict[str, Any], breast_cancer
     spec, weights = trained_models["logistic"]
     model_hash = release_model(api, spec, weights, list(breast_cancer.feature_names), "malignant")
     api.service.ledger.checkpoint()
+    analysis_hash = api.propose(
+        {
+            "kind": "analysis",
+            "study_id": "matrix-analysis",
+            "columns": {"age": {"lower": 0.0, "upper": 100.0}},
+            "queries": [{"query_id": "n", "kind": "count", "epsilon": 0.5}],
+            "delta": 1e-5,
+            "epsilon_caps": {site.name: 1.0},
+        }
+    )
+    api.approve(site, analysis_hash)
     token_id = api.token_store.create(role="auditor", name="to be revoked").info.id
     described = api.call("GET", f"/api/v1/inference/models/{model_hash}", "admin").json()
     query = encrypted_query(described, breast_cancer.test_x[:1])
-    return World(api, study_hash, model_hash, token_id, query)
+    return World(api, study_hash, model_hash, token_id, query, analysis_hash)
 
 
 def _expected(row: tuple[str, str, int, int, int, int, int]) -> dict[str | None, int]:
@@ -211,6 +231,8 @@ def test_every_route_answers_every_role_as_the_table_says(world: World) -> None:
             )
             if method == "POST" and template == "/api/v1/runs" and response.status_code == 201:
                 world.run_id = response.json()["run_id"]
+            if method == "POST" and template == "/api/v1/analyses" and response.status_code == 201:
+                world.analysis_run_id = response.json()["run_id"]
             if response.status_code != status:
                 mismatches.append(
                     f"{method} {template} as {role}: {response.status_code} != {status} "
@@ -225,7 +247,11 @@ def test_every_route_answers_every_role_as_the_table_says(world: World) -> None:
     entries = api.service.ledger.entries()
     served = [e.payload["requester"] for e in entries if e.kind == "inference.served"]
     assert sorted(served) == ["admin-user", "researcher-user"]
-    finished = [e.payload for e in entries if e.kind == "run.finished"]
+    finished = [
+        e.payload
+        for e in entries
+        if e.kind == "run.finished" and e.payload["study_hash"] == world.study_hash
+    ]
     assert [(f["run_id"], f["status"]) for f in finished] == [(world.run_id, "stopped")]
 
 

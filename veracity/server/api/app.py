@@ -38,6 +38,7 @@ from veracity.server.api.problems import install_error_handlers, responses
 from veracity.server.api.ratelimit import RateLimiter
 from veracity.server.api.routes import (
     access,
+    analyses,
     datasets,
     ledger,
     models,
@@ -196,7 +197,8 @@ def create_app(
 
     app.add_middleware(BodySizeLimit, limit_for=limit_for)
 
-    for module in (sites, datasets, studies, statements, runs, models, ledger, witness, access):
+    routers = (sites, datasets, studies, statements, runs, analyses, models, ledger, witness)
+    for module in (*routers, access):
         app.include_router(module.router, prefix=API_PREFIX)
     app.include_router(_inference_routes(inference), prefix=API_PREFIX)
 

@@ -36,6 +36,7 @@ __all__ = [
     "AdminOrSiteDep",
     "ModelReaderDep",
     "InferenceDep",
+    "AnalystDep",
     "forbid",
     "clamp_limit",
     "roles_of",
@@ -163,6 +164,7 @@ SITE = Allow(Role.SITE)
 ADMIN_OR_SITE = Allow(Role.ADMIN, Role.SITE)
 MODEL_READER = Allow(Role.ADMIN, Role.SITE, Role.RESEARCHER)
 INFERENCE = Allow(Role.ADMIN, Role.RESEARCHER)
+ANALYST = Allow(Role.ADMIN, Role.RESEARCHER)
 ANY_ROLE = Allow(*Role)
 
 AdminDep = Annotated[Principal, Depends(ADMIN)]
@@ -172,6 +174,7 @@ AdminOrSiteDep = Annotated[Principal, Depends(ADMIN_OR_SITE)]
 ModelReaderDep = Annotated[Principal, Depends(MODEL_READER)]
 AnyRoleDep = Annotated[Principal, Depends(ANY_ROLE)]
 InferenceDep = Annotated[Principal, Depends(INFERENCE)]
+AnalystDep = Annotated[Principal, Depends(ANALYST)]
 
 
 def inference_requester(request: Request, principal: InferenceDep) -> str:

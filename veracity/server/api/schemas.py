@@ -184,7 +184,9 @@ class StudySummaryOut(BaseModel):
     title: str
     sites: list[str]
     min_sites: int
-    rounds: int
+    #: ``analysis`` for an analysis study (no rounds: its queries are asked once per run).
+    kind: Literal["training", "analysis"] = "training"
+    rounds: int | None
     code_hash: str
     proposed_seq: int | None
 
@@ -491,3 +493,18 @@ class HealthOut(BaseModel):
     """Liveness."""
 
     status: Literal["ok"]
+
+
+class AnalysisRunIn(_In):
+    """Which approved analysis study to answer."""
+
+    study_hash: Hash
+
+
+class AnalysisResultsOut(BaseModel):
+    """An analysis run: its state, and each answered query's ``analysis.answered`` payload."""
+
+    study_hash: str
+    run_id: str
+    finished: dict[str, Any] | None
+    answers: list[dict[str, Any]]

@@ -39,7 +39,7 @@ from veracity.server.coordinator.tables import (
     SiteRow,
     StudyRow,
 )
-from veracity.tasks.study import parse_study
+from veracity.tasks.study import parse_any_study
 
 __all__ = [
     "CoordinatorReads",
@@ -73,7 +73,7 @@ def _site(row: SiteRow) -> SiteRecord:
 
 def _study(row: StudyRow) -> StudyRecord:
     return StudyRecord(
-        study=parse_study(json.loads(row.document)), proposed_seq=row.seq, proposed_at=row.ts
+        study=parse_any_study(json.loads(row.document)), proposed_seq=row.seq, proposed_at=row.ts
     )
 
 

@@ -19,7 +19,7 @@ from veracity.contracts.events import (
     StudyApproved,
     StudyRefused,
 )
-from veracity.tasks.study import Study
+from veracity.tasks.study import AnyStudy, Study
 
 __all__ = [
     "SiteRecord",
@@ -87,9 +87,9 @@ class DatasetRecord:
 
 @dataclass(frozen=True)
 class StudyRecord:
-    """A proposed study, its document parsed."""
+    """A proposed study (training or analysis), its document parsed."""
 
-    study: Study
+    study: AnyStudy
     proposed_seq: int
     proposed_at: str
 
@@ -107,7 +107,8 @@ class StudyRecord:
             "title": study.title,
             "sites": sorted(study.epsilon_caps),
             "min_sites": study.min_sites,
-            "rounds": study.rounds,
+            "kind": "training" if isinstance(study, Study) else "analysis",
+            "rounds": study.rounds if isinstance(study, Study) else None,
             "code_hash": study.code_hash,
             "proposed_seq": self.proposed_seq,
         }

@@ -13,6 +13,7 @@ from __future__ import annotations
 import secrets
 
 from veracity.contracts.events import (
+    AnalysisAnswered,
     InferenceServed,
     ModelReleased,
     RoundCompleted,
@@ -39,6 +40,7 @@ from veracity.server.coordinator.unit_of_work import (
     UnitOfWork,
 )
 from veracity.server.fab import build_fab
+from veracity.tasks.study import Study
 
 __all__ = ["RunCommands"]
 
@@ -95,7 +97,10 @@ class RunCommands(ServiceCore):
                 "round-timeout": round_timeout,
                 "node-wait": node_wait,
             }
-            seeds = {"model_seed": study.model_seed, "nonce": secrets.token_hex(32)}
+            seeds = {
+                "model_seed": study.model_seed if isinstance(study, Study) else 0,
+                "nonce": secrets.token_hex(32),
+            }
             flower_id = uow.effect(
                 lambda: self.federation.start_run(fab.content, config=config),
                 undo=self._stop_submitted,
@@ -235,6 +240,19 @@ class RunCommands(ServiceCore):
             entry = uow.append_root(completed)
             uow.checkpoint()
         return uow.recorded(RoundRecord(seq=entry.seq, completed=completed))
+
+    def record_analysis(self, actor: Actor, answered: AnalysisAnswered) -> Recorded[int]:
+        """Record one query's ``analysis.answered`` (and a checkpoint); returns its seq.
+
+        Raises
+        ------
+        InputError, SignatureError
+            If the ledger refuses it (a receipt not signed by its site's key).
+        """
+        with self._change(actor, "analysis.record", answered.query_hash) as uow:
+            entry = uow.append_root(answered)
+            uow.checkpoint()
+        return uow.recorded(entry.seq)
 
     def release(self, actor: Actor, released: ModelReleased) -> Recorded[ModelRecord]:
         """Record ``model.released`` (the model is in the registry already).

@@ -40,7 +40,7 @@ from veracity.server.coordinator.unit_of_work import (
     UnitOfWork,
 )
 from veracity.server.fab import build_fab
-from veracity.tasks.study import parse_study
+from veracity.tasks.study import parse_any_study
 
 __all__ = ["SiteCommands", "SITE_STATEMENT_KINDS"]
 
@@ -207,7 +207,7 @@ class SiteCommands(ServiceCore):
         document = dict(document)
         if document.setdefault("code_hash", fab_hash) != fab_hash:
             raise InputError(f"code_hash must be this coordinator's app bundle hash {fab_hash}")
-        study = parse_study(document)
+        study = parse_any_study(document)
         with self._change(actor, "study.propose", study.study_id) as uow:
             for site in study.epsilon_caps:
                 found = queries.site(uow.session, site)
