@@ -222,7 +222,7 @@ class DemoState:
         """The web console's URL, its CA certificate and a read-only (auditor) token."""
         services = _need(self.services, "coordinator services")
         return {
-            "url": services.api_url.rstrip("/") + "/",
+            "url": services.console_url,
             "ca_cert": str(services.ca_cert),
             "read_only_token": self.tokens["console"],
         }

@@ -58,6 +58,11 @@ class Services:
     superlink: ManagedProcess
     api: ManagedProcess
 
+    @property
+    def console_url(self) -> str:
+        """The web console's address: the server's root, where ``api_url`` is ``/api/v1``."""
+        return self.api_url.removesuffix("/api/v1") + "/"
+
     def to_json(self) -> dict[str, str]:
         """JSON-ready form."""
         return {

@@ -177,3 +177,62 @@ def test_a_note_with_markup_is_shown_as_text_not_run(api: Api) -> None:
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
     assert "<script>alert(1)" not in page
     assert '<img src="https://evil.example' not in page
+
+
+def test_a_model_shows_its_card_release_and_inferences_per_requester(api: Api) -> None:
+    import numpy as np
+
+    from tests.server.api.conftest import release_model
+    from veracity.contracts.events import InferenceServed
+    from veracity.tasks.spec import ModelFamily, ModelSpec
+
+    spec = ModelSpec(family=ModelFamily.LOGISTIC, n_features=2)
+    weights = {
+        "linear.weight": np.array([[0.5, -0.25]], dtype=np.float32),
+        "linear.bias": np.array([0.1], dtype=np.float32),
+    }
+    model_hash = release_model(api, spec, weights, ["a", "b"], "y")
+    for total in (3, 5):
+        api.service.record_inference(
+            InferenceServed(
+                model_hash=model_hash,
+                requester="clinic-7",
+                he_params_hash="ab" * 32,
+                batch_size=total,
+                request_hash=f"{total:02d}" * 32,
+                served_total=total,
+            )
+        )
+    sign_in(api, "researcher")
+    page = get(api, f"/models/{model_hash}")
+    assert page.status_code == 200
+    assert "bc-logistic" in page.text
+    assert "accuracy 0.95" in page.text
+    row = page.text.split('<th scope="row">clinic-7</th>')[1].split("</tr>")[0]
+    assert row == "<td>2</td><td>5</td>"
+
+
+def test_the_ledger_explorer_filters_by_kind_actor_and_time(api: Api) -> None:
+    api.enrol(api.site)
+    api.enrol(api.other_site)
+    api.register(api.site)
+    api.register(api.other_site)
+    sign_in(api, "auditor")
+    by_kind = get(api, "/ledger?kind=dataset.registered").text
+    assert by_kind.count('data-seq="') == 2
+    by_actor = get(api, f"/ledger?kind=dataset.registered&actor={api.site.name}").text
+    assert by_actor.count('data-seq="') == 1
+    assert get(api, "/ledger?after=2999-01-01").text.count('data-seq="') == 0
+    assert get(api, "/ledger?before=2000-01-01").text.count('data-seq="') == 0
+    assert get(api, "/ledger?kind=no.such").status_code == 422
+
+
+def test_an_auditor_may_not_sign_a_checkpoint(api: Api) -> None:
+    sign_in(api, "auditor")
+    size = api.service.ledger.size()
+    answer = api.client.post(
+        "/ledger/checkpoints", data={"csrf": csrf_value(api.tokens["auditor"])}
+    )
+    assert answer.status_code == 403
+    assert api.service.ledger.latest_checkpoint() is None
+    assert api.service.ledger.size() == size

@@ -28,7 +28,7 @@ def _fmt(value: float) -> str:
 def epsilon_chart(
     title: str, points: Sequence[tuple[str, float]], cap: float | None, *, key: str
 ) -> Markup:
-    """SVG of cumulative epsilon after each round (``(label, epsilon)``) and the cap line.
+    """SVG of cumulative epsilon after each round or query (``(label, epsilon)``) and the cap.
 
     ``key`` makes the element ids of the title and description unique in the page. The x
     axis is the order of rounds (labels under the first and last); the y axis runs
@@ -44,7 +44,9 @@ def epsilon_chart(
     def y(value: float) -> float:
         return _PAD_TOP + plot_h * (1 - value / top)
 
-    desc = f"{len(points)} rounds; newest epsilon {_fmt(points[-1][1]) if points else '0'}"
+    desc = (
+        f"{len(points)} rounds or queries; newest epsilon {_fmt(points[-1][1]) if points else '0'}"
+    )
     desc += f"; cap {_fmt(cap)}" if cap is not None else "; no cap recorded"
     parts = [
         f'<svg class="chart" viewBox="0 0 {_WIDTH} {_HEIGHT}" role="img" '
@@ -60,7 +62,7 @@ def epsilon_chart(
         f'<text x="{_PAD_LEFT - 6}" y="{y(0) + 4:.1f}" text-anchor="end" font-size="12" '
         'fill="#222">0</text>',
         f'<text x="{_PAD_LEFT + plot_w / 2:.1f}" y="{_HEIGHT - 6}" text-anchor="middle" '
-        'font-size="12" fill="#222">rounds, oldest to newest</text>',
+        'font-size="12" fill="#222">rounds and queries, oldest to newest</text>',
     ]
     if cap is not None:
         parts.append(

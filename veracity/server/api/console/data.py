@@ -66,14 +66,16 @@ def cosignatures(service: CoordinatorService, *, limit: int = 10_000) -> dict[in
 
 @dataclass(frozen=True)
 class BudgetPoint:
-    """A dataset's cumulative epsilon after one round (from the site's signed receipt)."""
+    """A dataset's cumulative epsilon after a round or an analysis query (a signed receipt)."""
 
     seq: int
     ts: str
     epsilon: float
     study_hash: str
-    run_id: str
-    round: int
+    #: What spent it: ``run R, round N`` or ``analysis query Q``.
+    spent_by: str
+    #: A short label for the chart's axis (``r2``, ``q:mean-age``).
+    label: str
 
 
 @dataclass
@@ -94,8 +96,10 @@ class BudgetSeries:
 
 
 def budget_series(service: CoordinatorService, *, site: str | None = None) -> list[BudgetSeries]:
-    """Every dataset's epsilon after each round, with its cap (one site's, when given).
+    """Every dataset's epsilon after each round and query, with its cap (one site's if given).
 
+    Points come from the training receipts in ``round.completed`` and the analysis receipts
+    in ``analysis.answered`` (both carry the dataset's cumulative epsilon), in ledger order.
     The cap is the largest ``epsilon_cap`` the site signed in its approvals of studies on
     that dataset (a site's own ledger of its pool is the authority; this is what the
     coordinator was told). Budget refusals recorded in rounds are listed with the series.
@@ -121,8 +125,8 @@ def budget_series(service: CoordinatorService, *, site: str | None = None) -> li
                     ts=entry.ts,
                     epsilon=float(receipt["epsilon"]),
                     study_hash=payload["study_hash"],
-                    run_id=payload["run_id"],
-                    round=int(payload["round"]),
+                    spent_by=f"run {payload['run_id']}, round {payload['round']}",
+                    label=f"r{payload['round']}",
                 )
             )
             item.studies.add(payload["study_hash"])
@@ -132,6 +136,24 @@ def budget_series(service: CoordinatorService, *, site: str | None = None) -> li
             for item in series.values():
                 if item.site == refused["site"]:
                     item.refusals.append({**refused, "seq": entry.seq, "ts": entry.ts})
+    for entry in service.ledger.entries(kind="analysis.answered"):
+        payload = entry.payload
+        for signed in payload["receipts"]:
+            receipt = signed["receipt"]
+            if site is not None and receipt["site"] != site:
+                continue
+            item = of(receipt["site"], receipt["dataset_id"])
+            item.points.append(
+                BudgetPoint(
+                    seq=entry.seq,
+                    ts=entry.ts,
+                    epsilon=float(receipt["epsilon"]),
+                    study_hash=payload["study_hash"],
+                    spent_by=f"analysis query {payload['query_id']}",
+                    label=f"q:{payload['query_id']}",
+                )
+            )
+            item.studies.add(payload["study_hash"])
     for entry in service.ledger.entries(kind="study.approved"):
         payload = entry.payload
         if site is not None and payload["site"] != site:
@@ -139,6 +161,8 @@ def budget_series(service: CoordinatorService, *, site: str | None = None) -> li
         item = of(payload["site"], payload["dataset_id"])
         cap = float(payload["epsilon_cap"])
         item.cap = cap if item.cap is None else max(item.cap, cap)
+    for item in series.values():
+        item.points.sort(key=lambda point: point.seq)
     return sorted(series.values(), key=lambda s: (s.site, s.dataset_id))
 
 

@@ -25,7 +25,7 @@ from veracity.ledger.entry import Entry
 from veracity.server.api.console import data
 from veracity.server.api.console.render import SECURITY_HEADERS, render
 from veracity.server.api.console.screens import screen
-from veracity.server.api.console.session import check_csrf, require_screen
+from veracity.server.api.console.session import ScreenForbidden, check_csrf, require_screen
 from veracity.server.api.tokens import Role
 from veracity.server.coordinator.service import CoordinatorService
 
@@ -161,10 +161,11 @@ def checkpoints_page(request: Request) -> HTMLResponse:
 @router.post("/ledger/checkpoints")
 def sign_checkpoint(request: Request, csrf: Annotated[str, Form(max_length=100)]) -> Response:
     """Sign a checkpoint of the whole ledger now (admin)."""
-    user = require_screen(request, screen("ledger"))
-    check_csrf(request, user, csrf)
+    ledger = screen("ledger")
+    user = require_screen(request, ledger)
     if user.principal.role is not Role.ADMIN:
-        raise InputError("only an admin signs checkpoints")
+        raise ScreenForbidden(user, ledger, "sign checkpoints (admins do)")
+    check_csrf(request, user, csrf)
     _service(request).checkpoint(user.principal)
     return RedirectResponse("/ledger/checkpoints", status_code=303, headers=SECURITY_HEADERS)
 

@@ -191,7 +191,7 @@ def budgets_page(request: Request) -> HTMLResponse:
     charts = [
         epsilon_chart(
             f"Epsilon spent by {item.site} / {item.dataset_id}",
-            [(f"{p.ts[:16]} r{p.round}", p.epsilon) for p in item.points],
+            [(f"{p.ts[:16]} {p.label}", p.epsilon) for p in item.points],
             item.cap,
             key=f"chart-{index}",
         )

@@ -59,8 +59,9 @@ class SignInRequired(Exception):
 class ScreenForbidden(Exception):
     """The signed-in role may not open this screen."""
 
-    def __init__(self, user: ConsoleUser, screen: Screen) -> None:
-        super().__init__(f"a {user.principal.role.value} token may not open {screen.label}")
+    def __init__(self, user: ConsoleUser, screen: Screen, action: str | None = None) -> None:
+        what = action if action is not None else f"open {screen.label}"
+        super().__init__(f"a {user.principal.role.value} token may not {what}")
         self.user = user
         self.screen = screen
 
