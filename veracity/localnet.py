@@ -107,11 +107,13 @@ def create_data_site(
     declared: SignalsDeclared | ImagesDeclared | None = None,
     features: Sequence[str] | None = None,
     epsilon_budget: float = 10.0,
+    min_rows: int = 50,
 ) -> LocalSite:
     """Initialise a site in ``directory`` and register the data at ``path`` (any kind).
 
     ``path`` is a table, signals or images as :func:`veracity.client.datasets.register_dataset`
-    takes them (``declared`` says which, for signals and images).
+    takes them (``declared`` says which, for signals and images). ``min_rows`` is the site's
+    smallest dataset (its ``site init --min-rows``).
 
     Raises
     ------
@@ -120,7 +122,7 @@ def create_data_site(
     InputError
         If the data do not validate.
     """
-    init_site(directory, name)
+    init_site(directory, name, min_rows=min_rows)
     with Site.open(directory) as site:
         dataset, statement = register_dataset(
             site,
