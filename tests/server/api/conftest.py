@@ -209,9 +209,15 @@ def api_with_superlink(tmp_path: Path, db_url: str, superlink: SuperLinkHandle) 
 
 def release_model(api: Api, spec: Any, weights: Any, features: list[str], label: str) -> str:
     """Put a model in the registry and record ``model.released`` (as a run's release would)."""
+    return release_through(api.service, spec, weights, features, label)
+
+
+def release_through(
+    service: CoordinatorService, spec: Any, weights: Any, features: list[str], label: str
+) -> str:
+    """:func:`release_model` through any coordinator service (a live server's data too)."""
     from veracity.contracts.events import ModelReleased
 
-    service = api.service
     model_hash: str = service.registry.put(
         spec,
         weights,

@@ -28,7 +28,6 @@ from sqlalchemy.engine import make_url
 from veracity.cli import main as cli_main
 from veracity.server.api.serve import issue_token
 from veracity.server.api.tokens import Role
-from veracity.server.registry import ModelRegistry
 from veracity.supervise import free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -214,17 +213,16 @@ def test_the_live_openapi_holds_under_schemathesis(live_server: LiveServer) -> N
 def test_encrypted_prediction_over_tls_is_served_and_recorded(
     live_server: LiveServer, trained_models: dict[str, Any], breast_cancer: Any
 ) -> None:
+    from tests.server.api.conftest import release_through
     from veracity.client.predict import InferenceClient, predict_encrypted
+    from veracity.server.coordinator import InMemoryFederation, open_coordinator
 
     spec, weights = trained_models["logistic"]
-    model_hash = ModelRegistry(live_server.data_dir / "models").put(
-        spec,
-        weights,
-        features=list(breast_cancer.feature_names),
-        label="malignant",
-        scaling=[(0.0, 1.0)] * spec.n_features,
-        card={"name": "bc-logistic"},
-    )
+    # Only released models are served: release it in the live server's own data.
+    with open_coordinator(live_server.data_dir, federation=InMemoryFederation()) as service:
+        model_hash = release_through(
+            service, spec, weights, list(breast_cancer.feature_names), "malignant"
+        )
     patients = breast_cancer.test_x[:5]
     with InferenceClient(
         f"{live_server.base_url}/api/v1",
