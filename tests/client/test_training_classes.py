@@ -119,7 +119,7 @@ def test_a_three_class_cnn_learns_under_dp() -> None:
         spec, x, y, noise_multiplier=0.8, max_grad_norm=1.0, batch_size=50, learning_rate=2.0
     )
     weights = spec.initial_weights(0)
-    for _ in range(8):
+    for _ in range(40):
         weights = trainer.train_round(weights, epochs=1).weights
     accuracy = float(np.mean(predict_classes(spec, weights, x) == y))
     assert accuracy > 0.8  # chance is 1/3
