@@ -22,7 +22,7 @@ from veracity.contracts.events import (
     RunStatus,
 )
 from veracity.core.canonical import canonical_hash
-from veracity.errors import ApprovalMissing, ConfigError, Conflict, NotFound
+from veracity.errors import ApprovalMissing, Conflict, NotFound
 from veracity.ledger.entry import Entry
 from veracity.server.coordinator import queries
 from veracity.server.coordinator.core import ServiceCore, package_versions
@@ -68,8 +68,9 @@ class RunCommands(ServiceCore):
             If the study was never proposed.
         ApprovalMissing
             If fewer sites approved it than the study's ``min_sites``.
-        ConfigError
-            If the installed Veracity's app bundle is not the code the sites approved.
+        Conflict
+            If the installed Veracity's app bundle is not the code the sites approved (the
+            coordinator's Veracity changed since the study was proposed).
         TransportError
             If the SuperLink refuses or does not answer.
         """
@@ -86,9 +87,10 @@ class RunCommands(ServiceCore):
                     f"it needs {study.min_sites}"
                 )
             if fab.fab_hash != study.code_hash:
-                raise ConfigError(
-                    "this coordinator's Veracity differs from the code the sites approved "
-                    f"({fab.fab_hash[:12]} != {study.code_hash[:12]}); propose the study again"
+                raise Conflict(
+                    f"study {study.study_id} was approved for code {study.code_hash}, but "
+                    f"this coordinator's Veracity builds {fab.fab_hash}; install the approved "
+                    "version, or propose the study again and have its sites approve it"
                 )
             config: dict[str, bool | int | float | str] = {
                 "study-hash": study_hash,
