@@ -36,6 +36,7 @@ ROLES = ("admin", "site", "researcher", "auditor", None)
 # method, path,                                       admin site researcher auditor none
 MATRIX: list[tuple[str, str, int, int, int, int, int]] = [
     ("GET", "/health",                                    200, 200, 200, 200, 200),
+    ("GET", "/ready",                                     200, 200, 200, 200, 200),
     ("GET", "/api/v1/whoami",                             200, 200, 200, 200, 401),
     ("POST", "/api/v1/sites",                             201, 403, 403, 403, 401),
     ("GET", "/api/v1/sites",                              200, 403, 403, 403, 401),

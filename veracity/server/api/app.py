@@ -7,7 +7,8 @@ transaction as the API's own record of who made it.
 
 Routes live under ``/api/v1`` (one router per resource, ``veracity/server/api/routes``),
 plus the encrypted-inference router (``veracity/server/api/inference.py``); ``/health``
-answers without a token; OpenAPI at ``/openapi.json`` and ``/docs``; the web console
+answers without a token, and so does ``/ready`` (the database and the SuperLink answer);
+OpenAPI at ``/openapi.json`` and ``/docs``; the web console
 (``veracity/server/api/console``) everywhere else under ``/``. Each route's roles
 are written into the OpenAPI document as ``x-roles``. ``docs/api.md`` has the table.
 """
@@ -21,6 +22,7 @@ from contextlib import asynccontextmanager
 from datetime import timedelta
 
 import anyio.to_thread
+import sqlalchemy as sa
 from fastapi import APIRouter, FastAPI
 from fastapi.routing import APIRoute, iter_route_contexts
 
@@ -48,7 +50,7 @@ from veracity.server.api.routes import (
     studies,
     witness,
 )
-from veracity.server.api.schemas import HealthOut
+from veracity.server.api.schemas import HealthOut, ReadyOut
 from veracity.server.api.settings import ApiSettings, load_api_settings
 from veracity.server.api.tokens import Clock, Role, TokenStore, utc_now
 from veracity.server.coordinator.bootstrap import open_coordinator, superlink_federation
@@ -210,6 +212,24 @@ def create_app(
     def health() -> HealthOut:
         """``{"status": "ok"}`` while the server runs."""
         return HealthOut(status="ok")
+
+    @app.get(
+        "/ready",
+        tags=["system"],
+        summary="Readiness: the database and the SuperLink answer (no token needed)",
+        responses=responses(503),
+    )
+    def ready() -> ReadyOut:
+        """``{"status": "ready", ...}`` once a database query and a SuperLink call succeed.
+
+        503 ``storage_unavailable`` or ``superlink_unavailable`` otherwise (``/health``
+        stays the cheap liveness check: it touches neither).
+        """
+        service: CoordinatorService = app.state.service
+        with service.ledger.engine.connect() as connection:
+            connection.execute(sa.text("SELECT 1"))
+        service.federation.list_runs()
+        return ReadyOut(status="ready", database="ok", superlink="ok")
 
     install_console(app)  # the web console under / (after the API's error handlers)
     for (method, path), roles in route_roles(app).items():

@@ -62,6 +62,7 @@ __all__ = [
     "PrincipalOut",
     "ActionOut",
     "ActionListOut",
+    "ReadyOut",
     "HealthOut",
 ]
 
@@ -515,6 +516,14 @@ class HealthOut(BaseModel):
     """Liveness."""
 
     status: Literal["ok"]
+
+
+class ReadyOut(BaseModel):
+    """Readiness: the database and the SuperLink both answered just now."""
+
+    status: Literal["ready"]
+    database: Literal["ok"]
+    superlink: Literal["ok"]
 
 
 class AnalysisRunIn(_In):
