@@ -177,6 +177,8 @@ def create_app(
             "researcher, auditor; every change is a ledger entry."
         ),
         lifespan=lifespan,
+        docs_url=None,  # served below from Swagger UI's packaged files, not from a CDN
+        redoc_url=None,
     )
     app.state.settings = settings
     install_error_handlers(app)
@@ -231,11 +233,41 @@ def create_app(
         service.federation.list_runs()
         return ReadyOut(status="ready", database="ok", superlink="ok")
 
+    _install_docs(app)
     install_console(app)  # the web console under / (after the API's error handlers)
     for (method, path), roles in route_roles(app).items():
         if not roles:
             raise ConfigError(f"{method} {path} declares no roles")
     return app
+
+
+#: Where /docs loads Swagger UI's script, style and icon from: this server.
+DOCS_STATIC = "/docs/static"
+
+
+def _install_docs(app: FastAPI) -> None:
+    """``/docs``: Swagger UI from the installed ``swagger-ui-bundle``, never another origin."""
+    from fastapi.openapi.docs import get_swagger_ui_html, get_swagger_ui_oauth2_redirect_html
+    from fastapi.responses import HTMLResponse
+    from fastapi.staticfiles import StaticFiles
+    from swagger_ui_bundle import swagger_ui_path
+
+    app.mount(DOCS_STATIC, StaticFiles(directory=str(swagger_ui_path)), name="swagger-ui")
+
+    @app.get("/docs", include_in_schema=False)
+    def docs() -> HTMLResponse:
+        return get_swagger_ui_html(
+            openapi_url=app.openapi_url or "/openapi.json",
+            title=f"{app.title} - Swagger UI",
+            oauth2_redirect_url="/docs/oauth2-redirect",
+            swagger_js_url=f"{DOCS_STATIC}/swagger-ui-bundle.js",
+            swagger_css_url=f"{DOCS_STATIC}/swagger-ui.css",
+            swagger_favicon_url=f"{DOCS_STATIC}/favicon-32x32.png",
+        )
+
+    @app.get("/docs/oauth2-redirect", include_in_schema=False)
+    def docs_redirect() -> HTMLResponse:
+        return get_swagger_ui_oauth2_redirect_html()
 
 
 def app_from_environment() -> FastAPI:
