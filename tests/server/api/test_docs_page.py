@@ -31,6 +31,5 @@ def test_the_swagger_script_is_served_as_javascript(api: Api) -> None:
     assert "javascript" in script.headers["content-type"]
 
 
-
 def test_redoc_which_only_loads_from_a_cdn_is_not_served(api: Api) -> None:
     assert api.call("GET", "/redoc", None).status_code == 404
