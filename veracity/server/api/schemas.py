@@ -112,6 +112,8 @@ class SiteListOut(BaseModel):
     """Every enrolled site."""
 
     items: list[SiteSummaryOut]
+    #: ``offset`` of the next page (null on the last page).
+    next_offset: int | None = None
 
 
 class SiteOut(BaseModel):
@@ -196,6 +198,8 @@ class DatasetListOut(BaseModel):
     """Registered datasets."""
 
     items: list[DatasetOut]
+    #: ``offset`` of the next page (null on the last page).
+    next_offset: int | None = None
 
 
 # ---------------------------------------------------------------------- studies
@@ -218,6 +222,8 @@ class StudyListOut(BaseModel):
     """Proposed studies."""
 
     items: list[StudySummaryOut]
+    #: ``offset`` of the next page (null on the last page).
+    next_offset: int | None = None
 
 
 class StudyOut(StudySummaryOut):
@@ -269,6 +275,8 @@ class RunListOut(BaseModel):
     """Runs, oldest first."""
 
     items: list[RunSummaryOut]
+    #: ``offset`` of the next page (null on the last page).
+    next_offset: int | None = None
 
 
 class RunOut(RunSummaryOut):
@@ -299,6 +307,8 @@ class RoundListOut(BaseModel):
     """The ``round.completed`` payloads of a run."""
 
     items: list[dict[str, Any]]
+    #: ``offset`` of the next page (null on the last page).
+    next_offset: int | None = None
 
 
 # ----------------------------------------------------------------------- models
@@ -320,6 +330,8 @@ class ModelListOut(BaseModel):
     """Released models."""
 
     items: list[ModelSummaryOut]
+    #: ``offset`` of the next page (null on the last page).
+    next_offset: int | None = None
 
 
 class QueryBudgetIn(_In):
@@ -350,6 +362,8 @@ class QueryBudgetListOut(BaseModel):
     """Every requester's budget for a model (set or charged)."""
 
     items: list[QueryBudgetOut]
+    #: ``offset`` of the next page (null on the last page).
+    next_offset: int | None = None
 
 
 class ModelOut(BaseModel):
@@ -427,9 +441,10 @@ class VerifyOut(BaseModel):
 
 
 class CheckpointListOut(BaseModel):
-    """Checkpoints, oldest first."""
+    """Checkpoints, oldest first; ``next_since_size`` starts the next page (null at the end)."""
 
     items: list[CheckpointOut]
+    next_since_size: int | None = None
 
 
 class InclusionOut(BaseModel):
@@ -481,6 +496,8 @@ class TokenListOut(BaseModel):
     """Tokens, oldest first."""
 
     items: list[TokenOut]
+    #: ``offset`` of the next page (null on the last page).
+    next_offset: int | None = None
 
 
 class PrincipalOut(BaseModel):

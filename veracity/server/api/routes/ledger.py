@@ -162,10 +162,11 @@ def list_checkpoints(
     limit: Limit = 100,
 ) -> CheckpointListOut:
     """Checkpoints with ``tree_size >= since_size``, oldest first."""
-    listed = service.audit_log.checkpoints(
-        since_size=since_size, limit=clamp_limit(limit, settings)
-    )
-    return CheckpointListOut(items=[CheckpointOut(**c.to_json()) for c in listed])
+    size = clamp_limit(limit, settings)
+    listed = service.audit_log.checkpoints(since_size=since_size, limit=size + 1)
+    following = listed[size - 1].tree_size + 1 if len(listed) > size else None
+    items = [CheckpointOut(**c.to_json()) for c in listed[:size]]
+    return CheckpointListOut(items=items, next_since_size=following)
 
 
 @router.get(
