@@ -13,8 +13,8 @@ from tests.analytics.conftest import study_document, synthetic_columns
 from veracity.analysis_cli import load_analysis, plot_answer, summarise
 from veracity.analytics.calibration import calibrate_noise_multiplier
 from veracity.analytics.combine import combine
-from veracity.cli import main
 from veracity.analytics.mechanism import add_noise, exact_release
+from veracity.cli import main
 from veracity.contracts.analysis import AnalysisStudy
 from veracity.errors import InputError
 
@@ -87,11 +87,11 @@ class _Coordinator(http.server.BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
 
-    def do_POST(self) -> None:  # noqa: N802 - http.server's name
+    def do_POST(self) -> None:
         self.rfile.read(int(self.headers["Content-Length"]))
         self._answer({"run_id": "r1"})
 
-    def do_GET(self) -> None:  # noqa: N802 - http.server's name
+    def do_GET(self) -> None:
         self._answer({"finished": {"status": "stopped", "reason": "test"}, "answers": []})
 
     def log_message(self, *args: Any) -> None:
