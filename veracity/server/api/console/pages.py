@@ -129,6 +129,9 @@ def overview(request: Request) -> HTMLResponse:
         context["cosigned"] = (
             [] if latest is None else data.cosignatures(service).get(latest.tree_size, [])
         )
+        context["witnessed"] = (
+            [] if latest is None else data.witness_cosignatures(service).get(latest.tree_size, [])
+        )
         context["size"] = service.ledger.size()
     if role in (Role.ADMIN, Role.SITE, Role.RESEARCHER):
         context["models"] = [release for _, release in service.models() if release is not None]
