@@ -16,6 +16,7 @@ from tests.server.api.conftest import SETUP, Api, site_witness, study_document
 from veracity.server.api.console.screens import SCREENS, screens_for
 from veracity.server.api.console.session import COOKIE, csrf_value
 from veracity.server.api.tokens import Role
+from veracity.server.coordinator.site_software import SiteSoftware, record_site_software
 
 ROLES = ["admin", "site", "researcher", "auditor"]
 
@@ -257,3 +258,22 @@ def test_the_overview_shows_the_witnesses_that_cosigned_the_latest_checkpoint(
     assert api.other_site.name not in witnesses
     checkpoints = get(api, "/ledger/checkpoints").text
     assert f'title="cosignature/v1 by key {witness.witness.verifier.key_id.hex()}' in checkpoints
+
+
+def test_the_overview_shows_each_sites_reported_software(api: Api) -> None:
+    api.enrol(api.site)
+    api.enrol(api.other_site)
+    code = "cd" * 32
+    record_site_software(
+        api.service.home.data_dir,
+        [SiteSoftware(api.site.name, "9.8.7", code, "42", "2026-12-06T09:00:00Z")],
+    )
+    sign_in(api, "admin")
+    rows = {
+        row.split("</th>")[0].split(">")[-1]: row
+        for row in get(api, "/").text.split('<tr><th scope="row">')[1:]
+    }
+    assert "Veracity 9.8.7" in rows[api.site.name]
+    assert f'title="{code}"' in rows[api.site.name]
+    assert "run 42" in rows[api.site.name]
+    assert "not reported yet" in rows[api.other_site.name]

@@ -22,6 +22,7 @@ from veracity.ledger import store
 from veracity.ledger.witnessed import WitnessedLog, policy_witness_name
 from veracity.server.coordinator.records import RunRecord
 from veracity.server.coordinator.service import CoordinatorService
+from veracity.server.coordinator.site_software import SiteSoftware, read_site_software
 
 __all__ = [
     "Contact",
@@ -29,6 +30,7 @@ __all__ = [
     "BudgetSeries",
     "last_contacts",
     "cosignatures",
+    "site_software",
     "WitnessCosignature",
     "witness_cosignatures",
     "budget_series",
@@ -67,6 +69,11 @@ def cosignatures(service: CoordinatorService, *, limit: int = 10_000) -> dict[in
     for entry in service.ledger.entries(kind="checkpoint.cosigned", limit=limit):
         found[int(entry.payload["tree_size"])].append(entry.to_json())
     return dict(found)
+
+
+def site_software(service: CoordinatorService) -> dict[str, SiteSoftware]:
+    """What each site's node said it runs at the start of the newest run it joined."""
+    return read_site_software(service.home.data_dir)
 
 
 @dataclass(frozen=True)
