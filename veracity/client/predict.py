@@ -23,6 +23,7 @@ import httpx
 import numpy as np
 import numpy.typing as npt
 
+from veracity.api_options import api_base
 from veracity.errors import ConfigError, CryptoError, InputError, QueryBudgetExceeded
 from veracity.he.contexts import SecretContext
 from veracity.he.params import CKKSParameterSet, PackingLayout, parameter_set_named
@@ -41,7 +42,6 @@ __all__ = [
     "PatientTable",
     "Prediction",
     "InferenceClient",
-    "api_base",
     "read_patients_csv",
     "standardise",
     "plan_batches",
@@ -337,14 +337,6 @@ class Prediction:
     decisions: npt.NDArray[np.int64]
     requests: int
     bytes_sent: int
-
-
-def api_base(server_url: str) -> str:
-    """The API base for ``server_url``: a bare ``scheme://host:port`` gets ``/api/v1``."""
-    from urllib.parse import urlsplit
-
-    url = server_url.rstrip("/")
-    return url if urlsplit(url).path else f"{url}/api/v1"
 
 
 class InferenceClient:

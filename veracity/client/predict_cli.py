@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from veracity.api_options import CaCertOption, ServerOption, TokenOption, check_credentials
 from veracity.output import FormatOption, OutputFormat, emit_json, emit_table, stderr_console
 
 if TYPE_CHECKING:
@@ -100,25 +101,13 @@ def predict_command(
             "--input", envvar="VERACITY_INPUT", help="CSV of patients with the model's features."
         ),
     ],
-    server: Annotated[
-        str,
-        typer.Option(
-            "--server",
-            envvar="VERACITY_SERVER",
-            help="API base URL, e.g. https://coordinator:8443/api/v1.",
-        ),
-    ],
-    token: Annotated[str, typer.Option("--token", envvar="VERACITY_TOKEN", help="Bearer token.")],
+    server: ServerOption,
+    token: TokenOption = None,
     out: Annotated[
         Path | None,
         typer.Option("--out", envvar="VERACITY_OUT", help="Write scores to this CSV."),
     ] = None,
-    ca_cert: Annotated[
-        Path | None,
-        typer.Option(
-            "--ca-cert", envvar="VERACITY_CA_CERT", help="PEM CA certificate to trust for HTTPS."
-        ),
-    ] = None,
+    ca_cert: CaCertOption = None,
     id_column: Annotated[
         str | None,
         typer.Option(
@@ -151,6 +140,7 @@ def predict_command(
         standardise,
     )
 
+    token = check_credentials(token, ca_cert)
     with InferenceClient(server, token=token, ca_cert=ca_cert, timeout=timeout) as client:
         description = client.describe(model)
         table = read_patients_csv(input_path, description.features, id_column=id_column)
