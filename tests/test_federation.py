@@ -20,6 +20,7 @@ from dp_accounting import NeighboringRelation, dp_event
 from dp_accounting.pld.pld_privacy_accountant import PLDAccountant
 from opacus.accountants import PRVAccountant
 
+import veracity
 from veracity.client.approvals import refuse_study
 from veracity.client.site import Site
 from veracity.crypto.keys import generate_signing_key
@@ -28,6 +29,7 @@ from veracity.errors import SignatureError
 from veracity.ledger.statement import RECEIPT_DOMAIN, verify_document
 from veracity.localnet import LocalSite, approve, create_site, enrol, start_nodes, wait_run
 from veracity.server.coordinator import CoordinatorService, init_coordinator, operator
+from veracity.server.coordinator.site_software import read_site_software
 from veracity.server.fab import build_fab
 from veracity.server.registry import ModelRegistry
 from veracity.server.superlink import SuperLinkOptions, start_superlink
@@ -167,6 +169,12 @@ def test_a_two_round_study_records_every_round_with_verified_receipts(network: N
         released[0]["model_hash"] == finished["model_hash"] == rounds[-1]["aggregated_model_hash"]
     )
     assert set(released[0]["epsilon"]) == set(SITES)
+    software = read_site_software(coordinator.home.data_dir)
+    assert set(software) == set(SITES)
+    for site, report in software.items():
+        assert (report.site, report.run_id) == (site, run_id)
+        assert report.version == veracity.__version__
+        assert report.code_hash == study.code_hash  # the bundle the node really runs
 
 
 def test_a_study_with_client_level_dp_records_both_guarantees(network: Network) -> None:
