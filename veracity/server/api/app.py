@@ -35,6 +35,7 @@ from veracity.server.api.budget import BudgetStore, StoreMeter
 from veracity.server.api.console import install_console
 from veracity.server.api.deps import declare_roles, inference_requester, roles_of
 from veracity.server.api.inference import inference_body_limit, inference_router
+from veracity.server.api.jobs import LedgerJobs
 from veracity.server.api.limits import BodySizeLimit
 from veracity.server.api.problems import install_error_handlers, responses
 from veracity.server.api.ratelimit import RateLimiter
@@ -163,9 +164,13 @@ def create_app(
             # Each request may hold two pooled connections (a write and a read); keep the
             # requests served at once within what the pool (5 + 10 overflow) can give.
             anyio.to_thread.current_default_thread_limiter().total_tokens = settings.api_threads
+            app.state.ledger_jobs = LedgerJobs(slots=settings.ledger_job_slots)
             log.info("admin API serving %s", settings.data_dir)
             yield
         finally:
+            jobs = getattr(app.state, "ledger_jobs", None)
+            if jobs is not None:
+                jobs.close()
             service.close()
 
     app = FastAPI(

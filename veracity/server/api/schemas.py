@@ -63,6 +63,8 @@ __all__ = [
     "ActionOut",
     "ActionListOut",
     "ReadyOut",
+    "LedgerJobIn",
+    "LedgerJobOut",
     "HealthOut",
 ]
 
@@ -529,6 +531,28 @@ class ActionListOut(BaseModel):
 
     items: list[ActionOut]
     next_since: int | None
+
+
+class LedgerJobIn(_In):
+    """A background ledger job to start."""
+
+    kind: Literal["verify", "export"]
+    root_signatures: Literal["all", "tail"] = "all"
+
+
+class LedgerJobOut(BaseModel):
+    """A background ledger job and what it produced.
+
+    ``result`` is the verification report, or the bundle's ``entries``, ``checkpoints``,
+    ``bytes`` and ``sha256``, once ``done``; ``error`` says why it ``failed``.
+    """
+
+    job_id: str
+    kind: Literal["verify", "export"]
+    requested_by: str
+    status: Literal["queued", "running", "done", "failed"]
+    result: dict[str, Any] | None
+    error: str | None
 
 
 class HealthOut(BaseModel):
