@@ -3,9 +3,12 @@
 End to end: a coordinator (SuperLink with TLS and SuperNode authentication), three site
 agents (SuperNode + warm worker) holding breast-cancer partitions; each repetition proposes
 a 10-query analysis study (fresh terms, so every query is charged and answered anew), the
-sites approve it, and the time is measured from ``start_run`` to the run's end as the
-SuperLink reports it (``analysis.answered`` recorded for every query). The first run warms
-the workers and is reported apart.
+sites approve it, and the time is measured from ``start_run`` until the answers are final
+(``run.finished`` in the ledger after an ``analysis.answered`` for every query: what
+``veracity analysis run`` and ``GET /api/v1/analyses/{study}/runs/{run}`` wait for), and
+apart until the SuperLink reports the run ended (Flower's ServerApp process then still
+uploads its last logs, a second or more). The first run warms the workers and is reported
+apart.
 
 Per site: the same 10 queries answered in this process by a site agent on its own store
 (CPU seconds per query: approval check, file re-hash, release, noise, accountant, store,
@@ -103,6 +106,7 @@ def main() -> None:
             for local in sites.values():
                 enrol(coordinator, local)
             start_nodes(coordinator, list(sites.values()), group, idle_poll=0.1)
+            finals: list[float] = []
             times: list[float] = []
             for rep in range(args.runs + 1):
                 analysis = study(rep, code_hash)
@@ -119,6 +123,9 @@ def main() -> None:
                 run = coordinator.start_run(
                     ADMIN, analysis.study_hash, poll_interval=0.05, node_wait=60
                 ).value
+                while coordinator.reads.run(run.run_id).finished is None:
+                    time.sleep(0.05)
+                final = time.perf_counter() - began
                 summary = wait_run(coordinator, run.run_id, timeout=300, interval=0.05)
                 elapsed = time.perf_counter() - began
                 assert summary.state == "finished:completed", summary.details
@@ -129,8 +136,12 @@ def main() -> None:
                 ]
                 assert len(answered) == 10, len(answered)
                 if rep == 0:
-                    report.notes.append(f"first run (workers warming up): {elapsed:.2f} s")
+                    report.notes.append(
+                        f"first run (workers warming up): answers final {final:.2f} s, "
+                        f"ended at the SuperLink {elapsed:.2f} s"
+                    )
                 else:
+                    finals.append(final)
                     times.append(elapsed)
             coordinator.close()
         # Per-site CPU per query, in this process, on a fourth site's own store.
@@ -164,15 +175,28 @@ def main() -> None:
         exact_per_query = (time.process_time() - cpu) / (20 * len(analysis.queries))
     report.add(
         Figure(
-            "10-query analysis, end to end (mean of warm runs)",
-            statistics.fmean(times),
+            "10-query analysis, end to end: answers final (mean of warm runs)",
+            statistics.fmean(finals),
             "s",
             goal="< 5 s",
             higher_is_better=False,
         )
     )
     report.add(
-        Figure("10-query analysis, fastest warm run", min(times), "s", higher_is_better=False)
+        Figure(
+            "10-query analysis, fastest warm run to final answers",
+            min(finals),
+            "s",
+            higher_is_better=False,
+        )
+    )
+    report.add(
+        Figure(
+            "10-query analysis, until the SuperLink reports the run ended (mean)",
+            statistics.fmean(times),
+            "s",
+            higher_is_better=False,
+        )
     )
     report.add(
         Figure(
