@@ -218,6 +218,79 @@ def trained_models(breast_cancer: BreastCancerSplit) -> dict[str, tuple[Any, dic
     }
 
 
+@dataclass(frozen=True)
+class DigitsSplit:
+    """scikit-learn's 8x8 digits, stratified 75/25 (seed 0), pixels scaled to [-1, 1]."""
+
+    train_x: npt.NDArray[np.float64]
+    train_y: npt.NDArray[np.int64]
+    test_x: npt.NDArray[np.float64]
+    test_y: npt.NDArray[np.int64]
+
+
+@pytest.fixture(scope="session")
+def digits() -> DigitsSplit:
+    """Ten classes of images, as flat rows of 64 pixels (the k-class and CNN tests)."""
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    data = load_digits()
+    x = data.data / 8.0 - 1.0
+    x_train, x_test, y_train, y_test = train_test_split(
+        x, data.target, test_size=0.25, stratify=data.target, random_state=0
+    )
+    return DigitsSplit(x_train, y_train, x_test, y_test)
+
+
+def train_plaintext(
+    spec: Any, x: npt.NDArray[np.float64], y: npt.NDArray[np.int64], *, epochs: int, lr: float
+) -> dict[str, Any]:
+    """Full-batch Adam on cross-entropy, seeded, one thread: reference models for HE tests."""
+    import torch
+
+    from veracity.tasks.torch_models import build_model, model_weights
+
+    state, threads = torch.random.get_rng_state(), torch.get_num_threads()
+    torch.manual_seed(0)
+    torch.set_num_threads(1)
+    try:
+        model = build_model(spec, seed=0)
+        optimiser = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=1e-3)
+        inputs = torch.tensor(x, dtype=torch.float32)
+        labels = torch.tensor(y, dtype=torch.int64)
+        for _ in range(epochs):
+            optimiser.zero_grad()
+            loss = torch.nn.functional.cross_entropy(model(inputs), labels)
+            torch.autograd.backward(loss)
+            optimiser.step()
+    finally:
+        torch.random.set_rng_state(state)
+        torch.set_num_threads(threads)
+    return model_weights(model)
+
+
+@pytest.fixture(scope="session")
+def digits_models(digits: DigitsSplit) -> dict[str, tuple[Any, dict[str, Any]]]:
+    """Ten-class ``logistic`` and ``poly_mlp`` on digits, trained in plaintext."""
+    from sklearn.linear_model import LogisticRegression
+
+    from veracity.tasks.spec import ModelFamily, ModelSpec
+
+    lr = LogisticRegression(max_iter=5000).fit(digits.train_x, digits.train_y)
+    logistic = {
+        "linear.weight": lr.coef_.astype(np.float32),
+        "linear.bias": lr.intercept_.astype(np.float32),
+    }
+    mlp = ModelSpec(ModelFamily.POLY_MLP, 64, hidden=16, classes=10)
+    return {
+        "logistic": (ModelSpec(ModelFamily.LOGISTIC, 64, classes=10), logistic),
+        "poly_mlp": (
+            mlp,
+            train_plaintext(mlp, digits.train_x, digits.train_y, epochs=200, lr=1e-2),
+        ),
+    }
+
+
 # ---- A research network on loopback --------------------------------------------------
 
 #: The hospitals of :func:`network`.

@@ -18,6 +18,7 @@ from dp_accounting import NeighboringRelation, dp_event
 from dp_accounting.pld.pld_privacy_accountant import PLDAccountant
 from opacus.accountants import PRVAccountant
 
+import veracity
 from tests.conftest import NETWORK_SITES, Network
 from veracity.client.approvals import refuse_study
 from veracity.client.site import Site
@@ -27,6 +28,7 @@ from veracity.errors import SignatureError
 from veracity.ledger.statement import RECEIPT_DOMAIN, verify_document
 from veracity.localnet import approve, wait_run
 from veracity.server.coordinator import CoordinatorService, operator
+from veracity.server.coordinator.site_software import read_site_software
 from veracity.server.fab import build_fab
 from veracity.server.registry import ModelRegistry
 from veracity.supervise import flower_environment, free_port
@@ -137,6 +139,12 @@ def test_a_two_round_study_records_every_round_with_verified_receipts(network: N
         released[0]["model_hash"] == finished["model_hash"] == rounds[-1]["aggregated_model_hash"]
     )
     assert set(released[0]["epsilon"]) == set(SITES)
+    software = read_site_software(coordinator.home.data_dir)
+    assert set(software) == set(SITES)
+    for site, hello in software.items():
+        assert (hello.site, hello.run_id) == (site, run_id)
+        assert hello.version == veracity.__version__
+        assert hello.code_hash == study.code_hash  # the bundle the node really runs
 
 
 def test_a_study_with_client_level_dp_records_both_guarantees(network: Network) -> None:

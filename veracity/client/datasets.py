@@ -706,6 +706,7 @@ def _register_records(
             rows=dataset.rows,
             label=dataset.label,
             features=list(dataset.features),
+            kind=records.kind,
             signed_at=now,
         )
     )
