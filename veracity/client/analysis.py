@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -309,6 +309,26 @@ class AnalysisAgent:
     def __init__(self, site: Site, *, seed: int | None = None) -> None:
         self.site = site
         self._noise, self._noise_name = _chacha_noise(seed)
+        self._read: dict[str, Columns] | None = None
+
+    def handle_queries(self, requests: Sequence[QueryRequest]) -> list[QueryOutcome]:
+        """Answer the queries of one message in order (see :meth:`handle_query`).
+
+        The dataset file is checked against its registration and read once for them all,
+        not once per query.
+        """
+        self._read = {}
+        try:
+            return [self.handle_query(request) for request in requests]
+        finally:
+            self._read = None
+
+    def _columns(self, dataset: Dataset) -> Columns:
+        if self._read is None:
+            return _columns(dataset)
+        if dataset.dataset_id not in self._read:
+            self._read[dataset.dataset_id] = _columns(dataset)
+        return self._read[dataset.dataset_id]
 
     def handle_query(self, request: QueryRequest) -> QueryOutcome:
         """Answer ``request``'s query, or refuse it with a signed statement.
@@ -338,7 +358,7 @@ class AnalysisAgent:
                 raise ApprovalMissing(
                     f"study {study.study_id!r} has no query {request.query_id!r}"
                 ) from None
-            columns = _columns(dataset)
+            columns = self._columns(dataset)
         except ApprovalMissing as err:
             return self._refuse_approval(request, str(err))
         terms_hash = query_hash(study, query)
