@@ -32,7 +32,7 @@ from veracity.ledger.statement import sign_statement
 from veracity.ledger.templates import TEMPLATES, read_entry, template_for
 from veracity.ledger.verify import RootSignatures, VerifyReport, verify_bundle_file
 
-from .conftest import T0, dataset_payload, seeded_key
+from .conftest import T0, dataset_payload, enrolment_payload, seeded_key
 
 ROOT = seeded_key("root")
 SITE = seeded_key("hospital-a-fast")
@@ -276,12 +276,7 @@ def _workload_ledger(path: Path, *, count: int) -> Ledger:
     ledger.append(
         "key.enrolled",
         ROOT_ACTOR,
-        {
-            "name": "hospital-a",
-            "role": "site",
-            "public_key": SITE.public.pem(),
-            "valid_from": format_timestamp(T0),
-        },
+        enrolment_payload(ledger.log_id, "hospital-a", SITE),
         signer=ROOT,
         now=T0,
     )

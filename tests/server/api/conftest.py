@@ -22,6 +22,7 @@ import pytest
 
 from tests.server.sites import Site, study_document, unique_site
 from veracity.crypto.tls import create_tls_material
+from veracity.ledger.possession import sign_enrolment
 from veracity.server.api.app import create_app
 from veracity.server.api.serve import initialise
 from veracity.server.api.settings import ApiSettings
@@ -128,6 +129,9 @@ class Api:
             SETUP,
             site.name,
             public_key_pem=site.key.public.pem(),
+            proof=sign_enrolment(
+                site.key, log_id=self.service.ledger.log_id, name=site.name, role="site"
+            ),
             supernode_public_key=site.supernode_key,
         )
 
