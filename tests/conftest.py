@@ -21,7 +21,7 @@ import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
@@ -31,6 +31,10 @@ from hypothesis import settings as hypothesis_settings
 from sqlalchemy.engine import make_url
 
 from veracity.config import normalise_database_url
+
+if TYPE_CHECKING:
+    from veracity.localnet import LocalSite
+    from veracity.server.coordinator import CoordinatorService
 
 DEFAULT_PG_URL = "postgresql://postgres@127.0.0.1:5432/test"
 
@@ -212,3 +216,124 @@ def trained_models(breast_cancer: BreastCancerSplit) -> dict[str, tuple[Any, dic
         "logistic": (ModelSpec(ModelFamily.LOGISTIC, n), logistic),
         "poly_mlp": (spec, model_weights(model)),
     }
+
+
+@dataclass(frozen=True)
+class DigitsSplit:
+    """scikit-learn's 8x8 digits, stratified 75/25 (seed 0), pixels scaled to [-1, 1]."""
+
+    train_x: npt.NDArray[np.float64]
+    train_y: npt.NDArray[np.int64]
+    test_x: npt.NDArray[np.float64]
+    test_y: npt.NDArray[np.int64]
+
+
+@pytest.fixture(scope="session")
+def digits() -> DigitsSplit:
+    """Ten classes of images, as flat rows of 64 pixels (the k-class and CNN tests)."""
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    data = load_digits()
+    x = data.data / 8.0 - 1.0
+    x_train, x_test, y_train, y_test = train_test_split(
+        x, data.target, test_size=0.25, stratify=data.target, random_state=0
+    )
+    return DigitsSplit(x_train, y_train, x_test, y_test)
+
+
+def train_plaintext(
+    spec: Any, x: npt.NDArray[np.float64], y: npt.NDArray[np.int64], *, epochs: int, lr: float
+) -> dict[str, Any]:
+    """Full-batch Adam on cross-entropy, seeded, one thread: reference models for HE tests."""
+    import torch
+
+    from veracity.tasks.torch_models import build_model, model_weights
+
+    state, threads = torch.random.get_rng_state(), torch.get_num_threads()
+    torch.manual_seed(0)
+    torch.set_num_threads(1)
+    try:
+        model = build_model(spec, seed=0)
+        optimiser = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=1e-3)
+        inputs = torch.tensor(x, dtype=torch.float32)
+        labels = torch.tensor(y, dtype=torch.int64)
+        for _ in range(epochs):
+            optimiser.zero_grad()
+            loss = torch.nn.functional.cross_entropy(model(inputs), labels)
+            torch.autograd.backward(loss)
+            optimiser.step()
+    finally:
+        torch.random.set_rng_state(state)
+        torch.set_num_threads(threads)
+    return model_weights(model)
+
+
+@pytest.fixture(scope="session")
+def digits_models(digits: DigitsSplit) -> dict[str, tuple[Any, dict[str, Any]]]:
+    """Ten-class ``logistic`` and ``poly_mlp`` on digits, trained in plaintext."""
+    from sklearn.linear_model import LogisticRegression
+
+    from veracity.tasks.spec import ModelFamily, ModelSpec
+
+    lr = LogisticRegression(max_iter=5000).fit(digits.train_x, digits.train_y)
+    logistic = {
+        "linear.weight": lr.coef_.astype(np.float32),
+        "linear.bias": lr.intercept_.astype(np.float32),
+    }
+    mlp = ModelSpec(ModelFamily.POLY_MLP, 64, hidden=16, classes=10)
+    return {
+        "logistic": (ModelSpec(ModelFamily.LOGISTIC, 64, classes=10), logistic),
+        "poly_mlp": (
+            mlp,
+            train_plaintext(mlp, digits.train_x, digits.train_y, epochs=200, lr=1e-2),
+        ),
+    }
+
+
+# ---- A research network on loopback --------------------------------------------------
+
+#: The hospitals of :func:`network`.
+NETWORK_SITES = ("hospital-a", "hospital-b", "hospital-c")
+
+
+@dataclass
+class Network:
+    """A coordinator and its sites, all running (see :func:`network`)."""
+
+    coordinator: CoordinatorService
+    sites: dict[str, LocalSite]
+    root: Path
+
+
+@pytest.fixture(scope="module")
+def network(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Network]:
+    """One SuperLink (TLS, SuperNode authentication) and three site agents on 127.0.0.1.
+
+    Each hospital holds a skewed part of the breast-cancer data as dataset
+    ``breast-cancer``; the network serves a module's tests in turn. Mark the module
+    ``integration`` and ``slow``.
+    """
+    from veracity.localnet import create_site, enrol, start_nodes
+    from veracity.server.coordinator import init_coordinator
+    from veracity.server.superlink import SuperLinkOptions, start_superlink
+    from veracity.supervise import ProcessGroup, free_port
+    from veracity.tasks.breast_cancer import federated_split
+
+    root = tmp_path_factory.mktemp("network")
+    port = free_port()
+    coordinator = init_coordinator(root / "coordinator", superlink_port=port)
+    split = federated_split(len(NETWORK_SITES), seed=0, skew=0.6)
+    with ProcessGroup() as group:
+        start_superlink(coordinator.home, SuperLinkOptions(port=port), group)
+        sites = {
+            name: create_site(root / "sites" / name, name, partition)
+            for name, partition in zip(NETWORK_SITES, split.sites, strict=True)
+        }
+        for site in sites.values():
+            enrol(coordinator, site)
+        start_nodes(coordinator, list(sites.values()), group, idle_poll=0.2)
+        try:
+            yield Network(coordinator, sites, root)
+        finally:
+            coordinator.close()

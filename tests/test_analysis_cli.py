@@ -1,8 +1,10 @@
 from __future__ import annotations
 
+import http.server
 import json
+import threading
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import pytest
@@ -12,6 +14,7 @@ from veracity.analysis_cli import load_analysis, plot_answer, summarise
 from veracity.analytics.calibration import calibrate_noise_multiplier
 from veracity.analytics.combine import combine
 from veracity.analytics.mechanism import add_noise, exact_release
+from veracity.cli import main
 from veracity.contracts.analysis import AnalysisStudy
 from veracity.errors import InputError
 
@@ -68,3 +71,60 @@ def test_a_study_file_is_read_as_an_analysis_study(tmp_path: Path) -> None:
     path.write_text(json.dumps({"study_id": "x"}), encoding="utf-8")
     with pytest.raises(InputError):
         load_analysis(path)
+
+
+class _Coordinator(http.server.BaseHTTPRequestHandler):
+    """An admin API that starts run r1 and reports it stopped with no answers."""
+
+    paths: ClassVar[list[str]] = []
+
+    def _answer(self, document: dict[str, Any]) -> None:
+        self.paths.append(self.path)
+        body = json.dumps(document).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers["Content-Length"]))
+        self._answer({"run_id": "r1"})
+
+    def do_GET(self) -> None:
+        self._answer({"finished": {"status": "stopped", "reason": "test"}, "answers": []})
+
+    def log_message(self, *args: Any) -> None:
+        """Quiet."""
+
+
+def test_a_bare_server_url_reaches_the_analyses_under_api_v1(tmp_path: Path) -> None:
+    # The admin commands' rule (--server https://HOST:PORT means its /api/v1) holds here too.
+    path = tmp_path / "study.json"
+    path.write_text(json.dumps(study_document()), encoding="utf-8")
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Coordinator)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}"
+        status = main(["analysis", "run", str(path), "--server", url, "--token", "t"])
+    finally:
+        server.shutdown()
+        server.server_close()
+
+    assert status == 1  # the run stopped without answers
+    assert _Coordinator.paths[0] == "/api/v1/analyses"
+    assert _Coordinator.paths[1].startswith("/api/v1/analyses/")
+
+
+def test_an_analysis_run_without_a_token_is_a_configuration_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("VERACITY_TOKEN", raising=False)
+    path = tmp_path / "study.json"
+    path.write_text(json.dumps(study_document()), encoding="utf-8")
+
+    status = main(["analysis", "run", str(path), "--server", "https://127.0.0.1:9"])
+
+    assert status == 2
+    assert "no API token" in capsys.readouterr().err

@@ -18,11 +18,13 @@ import statistics
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated, Any
 
 import click
 import typer
 
+from veracity.api_client import ApiSession
+from veracity.api_options import CaCertOption, ServerOption, TokenOption
 from veracity.errors import ConfigError, InputError, VerificationError
 from veracity.output import (
     FormatOption,
@@ -32,9 +34,6 @@ from veracity.output import (
     emit_table,
     stderr_console,
 )
-
-if TYPE_CHECKING:
-    from veracity.api_client import CoordinatorClient
 
 __all__ = ["admin_app"]
 
@@ -58,49 +57,10 @@ for _group in (sites_app, studies_app, runs_app, models_app, tokens_app, ledger_
 
 DEFAULT_SERVER = "https://127.0.0.1:8443"
 
-ServerOption = Annotated[
-    str,
-    typer.Option(
-        "--server",
-        envvar="VERACITY_SERVER",
-        help="The coordinator's admin API, https://HOST:PORT (or its /api/v1).",
-    ),
-]
-TokenOption = Annotated[
-    str | None,
-    typer.Option("--token", envvar="VERACITY_TOKEN", help="Your API token (an admin's)."),
-]
-CaCertOption = Annotated[
-    Path | None,
-    typer.Option(
-        "--ca-cert",
-        envvar="VERACITY_CA_CERT",
-        help="The coordinator's CA certificate (its DIR/tls/ca.crt); the system store without.",
-    ),
-]
 OutOption = Annotated[Path, typer.Option("--out", envvar="VERACITY_OUT", help="File to write.")]
 
-
-class _Api:
-    """A connected client plus the token, closed with the command."""
-
-    def __init__(self, server: str, token: str | None, ca_cert: Path | None) -> None:
-        from veracity.api_client import CoordinatorClient
-        from veracity.client.predict import api_base
-
-        if not token:
-            raise ConfigError("no API token: pass --token or set VERACITY_TOKEN")
-        if ca_cert is not None and not ca_cert.is_file():
-            raise ConfigError(f"CA certificate {ca_cert} not found")
-        self.server = server
-        self.token = token
-        self.client: CoordinatorClient = CoordinatorClient(api_base(server), ca_cert=ca_cert)
-
-    def __enter__(self) -> _Api:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.client.close()
+# The shared connection of veracity.api_client, under the name these commands use.
+_Api = ApiSession
 
 
 def _show(output_format: OutputFormat, document: Any, title: str, rows: list[list[Any]]) -> None:

@@ -16,6 +16,7 @@ from typing import Annotated, Any
 
 import typer
 
+from veracity.api_options import CaCertOption, ServerOption, TokenOption
 from veracity.errors import InputError, VerificationError
 from veracity.output import FormatOption, OutputFormat, emit_json, emit_table, stderr_console
 
@@ -125,21 +126,9 @@ def plot_answer(queries: list[dict[str, Any]], path: Path) -> str:
 @app.command("run")
 def run_command(
     study_file: Annotated[Path, typer.Argument(help="The analysis study (JSON).")],
-    server: Annotated[
-        str,
-        typer.Option(
-            "--server",
-            envvar="VERACITY_SERVER",
-            help="API base URL, e.g. https://coordinator:8443/api/v1.",
-        ),
-    ],
-    token: Annotated[str, typer.Option("--token", envvar="VERACITY_TOKEN", help="Bearer token.")],
-    ca_cert: Annotated[
-        Path | None,
-        typer.Option(
-            "--ca-cert", envvar="VERACITY_CA_CERT", help="PEM CA certificate to trust for HTTPS."
-        ),
-    ] = None,
+    server: ServerOption,
+    token: TokenOption = None,
+    ca_cert: CaCertOption = None,
     plot: Annotated[
         Path | None,
         typer.Option(
@@ -156,20 +145,22 @@ def run_command(
 
     Exit status 1 if the run ends without answering every query.
     """
-    from veracity.api_client import CoordinatorClient
+    from veracity.api_client import ApiSession
     from veracity.core.canonical import canonical_hash
     from veracity.errors import TransportError
 
     document = load_analysis(study_file)
     study_hash = canonical_hash(document)
-    with CoordinatorClient(server, ca_cert=ca_cert) as client:
-        started = client.send("POST", "/analyses", token, json={"study_hash": study_hash}).json()
+    with ApiSession(server, token, ca_cert) as api:
+        started = api.client.send(
+            "POST", "/analyses", api.token, json={"study_hash": study_hash}
+        ).json()
         run_id = str(started["run_id"])
         stderr_console().print(f"analysis run {run_id} started; waiting for the sites")
         deadline = time.monotonic() + wait
         path = f"/analyses/{study_hash}/runs/{run_id}"
         while True:
-            results = client.send("GET", path, token).json()
+            results = api.client.send("GET", path, api.token).json()
             if results["finished"] is not None:
                 break
             if time.monotonic() >= deadline:

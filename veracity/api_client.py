@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 import httpx
 from pydantic import BaseModel, ValidationError
 
+from veracity.api_options import api_base, check_credentials
 from veracity.errors import TransportError
 from veracity.server.api.schemas import (
     DatasetListOut,
@@ -42,7 +43,7 @@ from veracity.server.api.schemas import (
     TokenOut,
 )
 
-__all__ = ["ApiError", "CoordinatorClient"]
+__all__ = ["ApiError", "ApiSession", "CoordinatorClient"]
 
 _Model = TypeVar("_Model", bound=BaseModel)
 
@@ -275,3 +276,27 @@ class CoordinatorClient:
         if not isinstance(document, dict):
             raise ApiError("the provenance answer is not a JSON object", status=0, code="")
         return document
+
+
+class ApiSession:
+    """A command's connection: the client of ``server``'s admin API and the caller's token.
+
+    What every ``veracity admin`` and ``veracity analysis`` command opens, from the options
+    of :mod:`veracity.api_options`, and closes when it ends.
+
+    Raises
+    ------
+    ConfigError
+        If there is no token or the CA certificate file is missing.
+    """
+
+    def __init__(self, server: str, token: str | None, ca_cert: Path | None) -> None:
+        self.token = check_credentials(token, ca_cert)
+        self.server = server
+        self.client = CoordinatorClient(api_base(server), ca_cert=ca_cert)
+
+    def __enter__(self) -> ApiSession:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.client.close()

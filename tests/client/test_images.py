@@ -62,6 +62,7 @@ def test_a_png_folder_is_registered_as_images(site: Site, tmp_path: Path) -> Non
     assert (dataset.kind, dataset.rows, dataset.features) == ("images", 12, ("grey",))
     assert dataset.file_format == "image-folder"
     assert statement.payload["rows"] == 12
+    assert statement.payload["kind"] == "images"
     loaded = load_registered(dataset)
     assert isinstance(loaded, Records)
     np.testing.assert_array_equal(loaded.arrays[0][:, 0], pixels)

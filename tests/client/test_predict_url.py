@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from veracity.client.predict import api_base
+from veracity.api_options import api_base
 
 
 @pytest.mark.parametrize(

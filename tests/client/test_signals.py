@@ -73,6 +73,7 @@ def test_a_csv_recording_is_registered_as_signals(site: Site, tmp_path: Path) ->
     assert dataset.features == CHANNELS  # type: ignore[attr-defined]
     assert dataset.rows == 640  # type: ignore[attr-defined]
     assert statement.payload["features"] == list(CHANNELS)  # type: ignore[attr-defined]
+    assert statement.payload["kind"] == "signals"  # type: ignore[attr-defined]
     loaded = load_registered(site.store.get_dataset("gait"))  # type: ignore[arg-type]
     assert isinstance(loaded, Records)
     np.testing.assert_array_equal(loaded.arrays[0], values)

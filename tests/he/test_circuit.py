@@ -44,7 +44,7 @@ def test_quadratic_circuit_computes_the_poly_mlp_logits(
     assert isinstance(circuit, QuadraticCircuit)
     x = np.random.default_rng(seed).normal(size=(20, 7))
     u = x @ circuit.hidden_weights.T + circuit.hidden_bias
-    folded = (u * u) @ circuit.output_weights + circuit.output_bias
+    folded = (u * u) @ circuit.output_weights[0] + circuit.output_bias[0]
     np.testing.assert_allclose(folded, predict_logits(spec, weights, x), rtol=1e-6, atol=1e-6)
 
 
@@ -144,8 +144,33 @@ def test_a_hidden_unit_without_inputs_folds_into_the_constant() -> None:
         activation=spec.activation,
     )
     assert isinstance(circuit, QuadraticCircuit)
-    assert circuit.output_weights[1] == 0.0
+    assert circuit.output_weights[0, 1] == 0.0
     x = np.random.default_rng(0).normal(size=(10, 4))
     u = x @ circuit.hidden_weights.T + circuit.hidden_bias
-    folded = (u * u) @ circuit.output_weights + circuit.output_bias
+    folded = (u * u) @ circuit.output_weights[0] + circuit.output_bias[0]
+    np.testing.assert_allclose(folded, predict_logits(spec, weights, x), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("family", ["logistic", "poly_mlp"])
+def test_a_k_class_circuit_computes_every_class_logit(family: str) -> None:
+    spec = ModelSpec(ModelFamily(family), n_features=6, hidden=4, classes=5)
+    weights = model_weights(build_model(spec, seed=7))
+    parameter_set = LOGISTIC_PARAMETERS if family == "logistic" else POLY_MLP_PARAMETERS
+    circuit = compile_circuit(
+        family,
+        weights,
+        parameter_set=parameter_set,
+        primes=LR_PRIMES if family == "logistic" else MLP_PRIMES,
+        n_features=6,
+        hidden=4,
+        activation=spec.activation,
+        outputs=5,
+    )
+    assert circuit.outputs == 5
+    x = np.random.default_rng(1).normal(size=(12, 6))
+    if isinstance(circuit, LinearCircuit):
+        folded = x @ circuit.weights.T + circuit.bias
+    else:
+        u = x @ circuit.hidden_weights.T + circuit.hidden_bias
+        folded = (u * u) @ circuit.output_weights.T + circuit.output_bias
     np.testing.assert_allclose(folded, predict_logits(spec, weights, x), rtol=1e-5, atol=1e-5)

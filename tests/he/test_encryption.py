@@ -86,6 +86,46 @@ def test_encrypted_scores_match_plaintext_on_breast_cancer(
     assert accuracy > 0.9
 
 
+@pytest.mark.parametrize(("family", "parameter_set", "layout"), CASES)
+def test_ten_class_scores_match_plaintext_on_digits(
+    family: str,
+    parameter_set: CKKSParameterSet,
+    layout: PackingLayout,
+    digits: Any,
+    digits_models: dict[str, Any],
+) -> None:
+    spec, weights = digits_models[family]
+    x = digits.test_x[:150]
+    expected = predict_logits(spec, weights, x)
+    secret = SecretContext.generate(parameter_set)
+    steps = ReplicatedGeometry(64, spec.hidden, parameter_set.slots).rotation_steps()
+    public = secret.public(rotation_steps=steps if layout is PackingLayout.REPLICATED else ())
+    circuit = compile_circuit(
+        family,
+        weights,
+        parameter_set=parameter_set,
+        primes=seal_primes(parameter_set),
+        n_features=64,
+        hidden=spec.hidden,
+        activation=spec.activation,
+        outputs=10,
+    )
+
+    ciphertexts = secret.encrypt(layout, x, hidden=spec.hidden)
+    results = evaluate(public, circuit, layout, ciphertexts, batch_size=len(x))
+    logits = secret.decrypt(
+        layout, results, batch_size=len(x), n_features=64, hidden=spec.hidden, outputs=10
+    )
+
+    assert logits.shape == (len(x), 10)
+    error = float(np.abs(logits - expected).max())
+    sys.stderr.write(f"\n{family} {layout} 10 classes: max abs logit error {error:.3g}\n")
+    assert error < 1e-3
+    # Every test image's decision (argmax) agrees with the plaintext NumPy forward pass.
+    assert np.array_equal(logits.argmax(axis=1), expected.argmax(axis=1))
+    assert float((logits.argmax(axis=1) == digits.test_y[: len(x)]).mean()) > 0.9
+
+
 def test_no_secret_key_bytes_in_public_contexts_or_ciphertexts(breast_cancer: Any) -> None:
     secret = SecretContext.generate(POLY_MLP_PARAMETERS)
     chunks = secret_key_chunks(secret)

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from flwr.app import Message, RecordDict
+from flwr.app import ConfigRecord, Message, RecordDict
 from flwr.proto.node_pb2 import NodeInfo
 from flwr.serverapp import Grid
 from flwr.supercore.run import Run
@@ -20,6 +20,7 @@ from flwr.supercore.task_identity import TaskIdentity
 
 from tests.factories import receipt_document, trained_reply
 from veracity.contracts.events import ROOT_ACTOR
+from veracity.contracts.messages import HelloRecord
 from veracity.core.canonical import canonical_hash
 from veracity.flower_serde import weights_from_record
 from veracity.ledger.possession import sign_enrolment
@@ -118,6 +119,10 @@ class _SitesGrid(Grid):
 
     def _answer(self, request: Message) -> Message:
         site = self.sites[NODES[request.metadata.dst_node_id]]
+        if request.metadata.message_type == "query.hello":
+            hello = HelloRecord(site=site.name, version="0.0.0-test", code_hash="")
+            content = RecordDict({HelloRecord.RECORD: ConfigRecord(hello.to_record())})
+            return Message(content, reply_to=request)
         server_round = int(str(request.content["config"]["server-round"]))
         self.last_round = max(self.last_round, server_round)
         current = weights_from_record(request.content.array_records["arrays"])

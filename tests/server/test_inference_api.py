@@ -591,3 +591,77 @@ def test_a_decompression_bomb_is_refused_at_once_and_memory_stays_flat(
     print(f"bomb refused in {min(timings) * 1e3:.1f} ms (best of 3), RSS +{growth_mib:.1f} MiB")
     assert min(timings) < 0.05, timings
     assert growth_mib < 32, f"peak resident memory grew by {growth_mib:.0f} MiB"
+
+
+@pytest.fixture(scope="module")
+def live_digits(
+    tmp_path_factory: pytest.TempPathFactory, digits_models: dict[str, Any]
+) -> Iterator[LiveServer]:
+    models = ModelRegistry(tmp_path_factory.mktemp("digits-registry"))
+    hashes = {
+        family: models.put(
+            spec,
+            weights,
+            features=tuple(f"pixel{i}" for i in range(64)),
+            label="digit",
+            scaling=tuple((8.0, 8.0) for _ in range(64)),  # raw 0..16 pixels to [-1, 1]
+            card={"classes": [f"d{d}" for d in range(10)]},
+        )
+        for family, (spec, weights) in digits_models.items()
+    }
+    server = LiveServer(url="", hashes=hashes)
+    for url in _serve(_app(models, server.served)):
+        server.url = url
+        yield server
+
+
+@pytest.mark.parametrize("family", ["logistic", "poly_mlp"])
+def test_predict_cli_scores_ten_classes_with_one_column_per_class(
+    family: str,
+    live_digits: LiveServer,
+    digits: Any,
+    digits_models: dict[str, Any],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    x = digits.test_x[:40]
+    names = tuple(f"pixel{i}" for i in range(64))
+    patients = _write_patients(tmp_path / "images.csv", names, (x + 1.0) * 8.0)
+    out = tmp_path / "scores.csv"
+
+    code = main(
+        [
+            "predict",
+            "--model",
+            live_digits.hashes[family],
+            "--input",
+            str(patients),
+            "--server",
+            live_digits.url,
+            "--token",
+            TOKEN,
+            "--out",
+            str(out),
+            "--format",
+            "json",
+        ]
+    )
+
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    summary = json.loads(captured.out)
+    assert summary["patients"] == 40
+    assert sum(summary["decisions"].values()) == 40
+    scores = _read_scores(out)
+    classes = [f"d{d}" for d in range(10)]
+    assert list(scores[0]) == ["row", *(f"probability_{c}" for c in classes), "decision"]
+    spec, weights = digits_models[family]
+    expected = predict_logits(spec, weights, x)
+    probabilities = np.array([[float(row[f"probability_{c}"]) for c in classes] for row in scores])
+    shifted = np.exp(expected - expected.max(axis=1, keepdims=True))
+    np.testing.assert_allclose(
+        probabilities, shifted / shifted.sum(axis=1, keepdims=True), atol=1e-4
+    )
+    # Every image's decision is the plaintext argmax.
+    assert [row["decision"] for row in scores] == [classes[i] for i in expected.argmax(axis=1)]
+    assert live_digits.served[-1]["batch_size"] >= 40

@@ -281,3 +281,103 @@ def test_a_replicated_request_cannot_probe_hidden_units_one_at_a_time(
         answer.slots[0][0].real, predict_logits(spec, weights, seen)[0], atol=ZERO
     )
     assert np.abs(np.delete(answer.slots[0], _slot_positions(answer))).max() < ZERO
+
+
+# ---- k classes (issue 13, "many classes"): the same guarantee for every class's result ----
+
+
+@pytest.fixture(scope="module")
+def served_digits(
+    tmp_path_factory: pytest.TempPathFactory, digits_models: dict[str, Any]
+) -> tuple[InferenceService, dict[str, str], list[dict[str, Any]]]:
+    registry = ModelRegistry(tmp_path_factory.mktemp("digits-models"))
+    hashes = {
+        family: registry.put(
+            spec,
+            weights,
+            features=tuple(f"pixel{i}" for i in range(64)),
+            label="digit",
+            scaling=tuple((0.0, 1.0) for _ in range(64)),
+            card={"classes": [str(d) for d in range(10)]},
+        )
+        for family, (spec, weights) in digits_models.items()
+    }
+    entries: list[dict[str, Any]] = []
+    return (
+        InferenceService(registry, recorder=lambda p: entries.append(p.to_json())),
+        hashes,
+        entries,
+    )
+
+
+@pytest.mark.parametrize(
+    ("family", "which"),
+    [(f, w) for f in ("logistic", "poly_mlp") for w in ("batch", "small")],
+)
+def test_a_one_patient_ten_class_request_learns_only_that_patients_ten_logits(
+    family: str,
+    which: str,
+    served_digits: tuple[InferenceService, dict[str, str], list[dict[str, Any]]],
+    digits: Any,
+    digits_models: dict[str, Any],
+) -> None:
+    service, hashes, entries = served_digits
+    description = service.describe(hashes[family])
+    assert description["classes"] == [str(d) for d in range(10)]
+    assert description["input_shape"] == [64]
+    layout = description["he"]["layouts"][which]
+    name = PackingLayout(layout["name"])
+    parameter_set = parameter_set_for(family)
+    degree = parameter_set.poly_modulus_degree
+    per = {
+        "coefficient": degree // 64,
+        "replicated": int(layout.get("patients_per_ciphertext", 0)),
+    }.get(name.value, int(layout["max_batch"]))
+    x = digits.test_x[:per]  # a full ciphertext of real images behind one declared patient
+    spec, weights = digits_models[family]
+    truth = predict_logits(spec, weights, x)
+    secret = SecretContext.generate(parameter_set)
+    context = secret.public_context(rotation_steps=layout.get("rotation_steps", []))
+    inline = context if len(context) < 64 * 1024 else None
+    if inline is None:
+        service.upload_context(context)
+    ciphertexts = secret.encrypt(name, x, hidden=spec.hidden)
+    header = RequestHeader(hashes[family], parameter_set.name, body_hash(context), name, 1)
+    _, results = decode_response(
+        service.serve(encode_request(header, ciphertexts, context=inline), requester="clinic-9")
+    )
+
+    assert entries[-1]["batch_size"] == per  # charged for what the ciphertexts carry
+    assert len(results) == 10  # exactly one result per class for the one ciphertext group
+    slots = [secret._decrypt_values(data, i) for i, data in enumerate(results)]
+    for c, values in enumerate(slots):
+        if name.value in SLOT_LAYOUTS:
+            if name is PackingLayout.REPLICATED:
+                stride = per * 64
+                outputs = [k * stride for k in range(parameter_set.slots // stride)]
+            else:
+                outputs = [0]
+            np.testing.assert_allclose(values[outputs].real, truth[0, c], atol=ZERO)
+            assert np.abs(np.delete(values, outputs)).max() < ZERO
+            continue
+        scale = parameter_set.input_scale * _ten_class_weight_scale(family, digits_models)
+        prime = seal_primes(parameter_set)[0]
+        raw = coefficients_from_slots(values) * scale
+        assert abs(raw[0] / scale - truth[0, c]) < ZERO
+        in_q = np.delete(raw, 0) / prime
+        assert 0.45 < float((np.abs(in_q) > 0.25).mean()) < 0.55  # uniform modulo q
+    assert np.abs(truth[1:]).max() > 100 * ZERO  # the other images had logits to leak
+
+
+def _ten_class_weight_scale(family: str, digits_models: dict[str, Any]) -> float:
+    _, weights = digits_models[family]
+    parameter_set = parameter_set_for(family)
+    circuit = compile_circuit(
+        family,
+        weights,
+        parameter_set=parameter_set,
+        primes=seal_primes(parameter_set),
+        n_features=64,
+        outputs=10,
+    )
+    return float(circuit.weight_scale)  # type: ignore[union-attr]

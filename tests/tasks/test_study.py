@@ -5,6 +5,7 @@ from typing import Any
 import pytest
 
 from veracity.errors import InputError
+from veracity.server.release import privacy_unit
 from veracity.tasks.study import parse_study
 
 
@@ -147,6 +148,29 @@ def _signals_document(**changes: Any) -> dict[str, Any]:
     )
     document.update(changes)
     return document
+
+
+def test_the_cards_privacy_unit_is_a_window_and_says_when_windows_overlap() -> None:
+    overlapping = privacy_unit(parse_study(_signals_document()))
+    assert overlapping.startswith("one window (128 samples) of one recording")
+    assert "up to 2 windows" in overlapping
+    channels = ["ankle_x", "ankle_y", "trunk_z"]
+    apart = privacy_unit(
+        parse_study(
+            _signals_document(
+                input={
+                    "kind": "signals",
+                    "rate": 64,
+                    "channels": channels,
+                    "window": 128,
+                    "hop": 128,
+                }
+            )
+        )
+    )
+    assert apart.startswith("one window (128 samples)")
+    assert "overlap" not in apart
+    assert privacy_unit(parse_study(_document())).startswith("one record (row)")
 
 
 def test_a_study_of_k_classes_on_signals_or_images_round_trips() -> None:

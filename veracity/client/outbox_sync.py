@@ -21,7 +21,7 @@ from typing import Any
 
 import httpx
 
-from veracity.client.predict import api_base
+from veracity.api_options import api_base
 from veracity.client.store import SignedStatement, SiteStore
 from veracity.core.fields import format_timestamp
 from veracity.errors import TransportError

@@ -23,6 +23,7 @@ import httpx
 import numpy as np
 import numpy.typing as npt
 
+from veracity.api_options import api_base
 from veracity.errors import ConfigError, CryptoError, InputError, QueryBudgetExceeded
 from veracity.he.contexts import SecretContext
 from veracity.he.params import CKKSParameterSet, PackingLayout, parameter_set_named
@@ -41,12 +42,12 @@ __all__ = [
     "PatientTable",
     "Prediction",
     "InferenceClient",
-    "api_base",
     "read_patients_csv",
     "standardise",
     "plan_batches",
     "predict_encrypted",
     "sigmoid",
+    "softmax",
 ]
 
 #: Public contexts at most this large travel inline with every request; larger ones
@@ -79,6 +80,15 @@ class ModelDescription:
     small: LayoutChoice
     batch: LayoutChoice
     threshold: float
+    #: Class names in output order (two for a binary model, whose one logit is the second's).
+    classes: tuple[str, ...] = ("0", "1")
+    #: The shape of one input (``(n_features,)`` for table rows).
+    input_shape: tuple[int, ...] = ()
+
+    @property
+    def outputs(self) -> int:
+        """Logits per patient: 1 for two classes, else one per class."""
+        return 1 if len(self.classes) == 2 else len(self.classes)
 
     @classmethod
     def from_json(cls, document: Any, *, expected_hash: str) -> ModelDescription:
@@ -124,6 +134,10 @@ class ModelDescription:
                 ),
                 batch=LayoutChoice(PackingLayout(batch["name"]), int(batch["max_batch"])),
                 threshold=float(document.get("decision_threshold", 0.5)),
+                classes=tuple(str(c) for c in document.get("classes", ("0", "1"))),
+                input_shape=tuple(
+                    int(d) for d in document.get("input_shape", (int(model["n_features"]),))
+                ),
             )
         except (KeyError, TypeError, ValueError) as err:
             raise InputError(f"malformed model description from the server: {err}") from err
@@ -135,6 +149,12 @@ class ModelDescription:
             raise InputError("the model description's features and scaling do not match")
         if description.batch.max_batch < 1 or description.small.max_batch < 0:
             raise InputError("the model description has no usable batch layout")
+        if len(description.classes) < 2 or len(set(description.classes)) != len(
+            description.classes
+        ):
+            raise InputError("the model description needs two or more distinct class names")
+        if math.prod(description.input_shape) != description.n_features:
+            raise InputError("the model description's input shape does not hold its features")
         return description
 
 
@@ -285,6 +305,13 @@ def plan_batches(n: int, description: ModelDescription) -> list[tuple[LayoutChoi
     return plan
 
 
+def softmax(logits: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+    """Row-wise softmax of ``(n, k)`` logits, without overflow."""
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    exp = np.exp(shifted)
+    return np.asarray(exp / exp.sum(axis=1, keepdims=True), dtype=np.float64)
+
+
 def sigmoid(logits: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
     """The logistic function, without overflow for large ``|logit|``."""
     out = np.empty_like(logits)
@@ -297,7 +324,12 @@ def sigmoid(logits: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
 
 @dataclass(frozen=True)
 class Prediction:
-    """Decrypted scores for the patients of one input, in input order."""
+    """Decrypted scores for the patients of one input, in input order.
+
+    For a two-class model ``logits`` and ``probabilities`` are the positive class's,
+    shape ``(n,)``, and ``decisions`` are 0 or 1; for k classes they have shape ``(n, k)``
+    (softmax, computed here) and ``decisions`` are class indices (argmax).
+    """
 
     model_hash: str
     logits: npt.NDArray[np.float64]
@@ -305,14 +337,6 @@ class Prediction:
     decisions: npt.NDArray[np.int64]
     requests: int
     bytes_sent: int
-
-
-def api_base(server_url: str) -> str:
-    """The API base for ``server_url``: a bare ``scheme://host:port`` gets ``/api/v1``."""
-    from urllib.parse import urlsplit
-
-    url = server_url.rstrip("/")
-    return url if urlsplit(url).path else f"{url}/api/v1"
 
 
 class InferenceClient:
@@ -503,7 +527,8 @@ def predict_encrypted(
         raise CryptoError("the secret context's parameter set is not the model's")
     if secret.he_params_hash != description.he_params_hash:
         raise CryptoError("the server's HE parameters differ from this client's")
-    logits = np.empty(x.shape[0], dtype=np.float64)
+    outputs = description.outputs
+    logits = np.empty((x.shape[0], outputs) if outputs > 1 else x.shape[0], dtype=np.float64)
     requests = sent = 0
     for choice, start, stop in plan_batches(x.shape[0], description):
         context = secret.public_context(rotation_steps=choice.rotation_steps)
@@ -551,9 +576,14 @@ def predict_encrypted(
             batch_size=stop - start,
             n_features=description.n_features,
             hidden=description.hidden,
+            outputs=outputs,
         )
         if on_batch is not None:
             on_batch(stop - start)
-    probabilities = sigmoid(logits)
-    decisions = (probabilities >= description.threshold).astype(np.int64)
+    if outputs > 1:
+        probabilities = softmax(logits)
+        decisions = np.argmax(logits, axis=1).astype(np.int64)
+    else:
+        probabilities = sigmoid(logits)
+        decisions = (probabilities >= description.threshold).astype(np.int64)
     return Prediction(description.model_hash, logits, probabilities, decisions, requests, sent)

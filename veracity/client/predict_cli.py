@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from veracity.api_options import CaCertOption, ServerOption, TokenOption, check_credentials
 from veracity.output import FormatOption, OutputFormat, emit_json, emit_table, stderr_console
 
 if TYPE_CHECKING:
@@ -26,7 +27,30 @@ __all__ = ["register", "predict_command"]
 _OUTPUT_COLUMNS = ("logit", "probability", "decision")
 
 
-def _rows(table: PatientTable, prediction: Prediction) -> list[dict[str, Any]]:
+def _columns(classes: tuple[str, ...]) -> tuple[str, ...]:
+    """Score columns: logit, probability, decision for two classes; else one per class."""
+    if len(classes) == 2:
+        return _OUTPUT_COLUMNS
+    return (*(f"probability_{name}" for name in classes), "decision")
+
+
+def _rows(
+    table: PatientTable, prediction: Prediction, classes: tuple[str, ...]
+) -> list[dict[str, Any]]:
+    if len(classes) != 2:
+        return [
+            {
+                table.id_column: identifier,
+                **{
+                    f"probability_{name}": round(float(p), 6)
+                    for name, p in zip(classes, probabilities, strict=True)
+                },
+                "decision": classes[int(decision)],
+            }
+            for identifier, probabilities, decision in zip(
+                table.ids, prediction.probabilities, prediction.decisions, strict=True
+            )
+        ]
     return [
         {
             table.id_column: identifier,
@@ -44,9 +68,9 @@ def _rows(table: PatientTable, prediction: Prediction) -> list[dict[str, Any]]:
     ]
 
 
-def _csv_text(id_column: str, rows: list[dict[str, Any]]) -> str:
+def _csv_text(id_column: str, columns: tuple[str, ...], rows: list[dict[str, Any]]) -> str:
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=[id_column, *_OUTPUT_COLUMNS], lineterminator="\n")
+    writer = csv.DictWriter(buffer, fieldnames=[id_column, *columns], lineterminator="\n")
     writer.writeheader()
     writer.writerows(rows)
     return buffer.getvalue()
@@ -77,25 +101,13 @@ def predict_command(
             "--input", envvar="VERACITY_INPUT", help="CSV of patients with the model's features."
         ),
     ],
-    server: Annotated[
-        str,
-        typer.Option(
-            "--server",
-            envvar="VERACITY_SERVER",
-            help="API base URL, e.g. https://coordinator:8443/api/v1.",
-        ),
-    ],
-    token: Annotated[str, typer.Option("--token", envvar="VERACITY_TOKEN", help="Bearer token.")],
+    server: ServerOption,
+    token: TokenOption = None,
     out: Annotated[
         Path | None,
         typer.Option("--out", envvar="VERACITY_OUT", help="Write scores to this CSV."),
     ] = None,
-    ca_cert: Annotated[
-        Path | None,
-        typer.Option(
-            "--ca-cert", envvar="VERACITY_CA_CERT", help="PEM CA certificate to trust for HTTPS."
-        ),
-    ] = None,
+    ca_cert: CaCertOption = None,
     id_column: Annotated[
         str | None,
         typer.Option(
@@ -115,7 +127,8 @@ def predict_command(
     Checks the CSV against the model's features, standardises with the study's published
     scaling, encrypts locally under a fresh CKKS key that never leaves this process, sends
     only ciphertexts, and decrypts the scores. Writes probabilities and decisions
-    (probability >= 0.5).
+    (probability >= 0.5); for a model of more than two classes, one probability column per
+    class (softmax, computed here) and the most probable class as the decision.
     """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 
@@ -127,6 +140,7 @@ def predict_command(
         standardise,
     )
 
+    token = check_credentials(token, ca_cert)
     with InferenceClient(server, token=token, ca_cert=ca_cert, timeout=timeout) as client:
         description = client.describe(model)
         table = read_patients_csv(input_path, description.features, id_column=id_column)
@@ -154,26 +168,39 @@ def predict_command(
                 features,
                 on_batch=lambda done: progress.advance(task, done),
             )
-    rows = _rows(table, prediction)
-    positives = int(prediction.decisions.sum())
+    classes = description.classes
+    columns = _columns(classes)
+    rows = _rows(table, prediction, classes)
+    positives = int(prediction.decisions.sum()) if len(classes) == 2 else None
     summary = {
         "model_hash": model,
         "patients": len(rows),
-        "positive_decisions": positives,
+        **({"positive_decisions": positives} if positives is not None else {}),
+        **(
+            {}
+            if positives is not None
+            else {
+                "decisions": {
+                    name: int((prediction.decisions == index).sum())
+                    for index, name in enumerate(classes)
+                }
+            }
+        ),
         "requests": prediction.requests,
         "bytes_sent": prediction.bytes_sent,
         "out": str(out) if out is not None else None,
     }
     if out is not None:
-        _write_atomically(out, _csv_text(table.id_column, rows))
+        _write_atomically(out, _csv_text(table.id_column, columns, rows))
     if output_format is OutputFormat.JSON:
         emit_json(summary if out is not None else {**summary, "predictions": rows})
     elif out is not None:
         emit_table(None, ["", "value"], list(summary.items()))
     else:
-        sys.stdout.write(_csv_text(table.id_column, rows))
+        sys.stdout.write(_csv_text(table.id_column, columns, rows))
+        outcome = f"{positives} positive" if positives is not None else f"{len(classes)} classes"
         stderr_console().print(
-            f"{len(rows)} patients scored, {positives} positive, {prediction.requests} requests"
+            f"{len(rows)} patients scored, {outcome}, {prediction.requests} requests"
         )
 
 

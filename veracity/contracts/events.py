@@ -202,6 +202,8 @@ class DatasetRegistered(SiteStatement):
     rows: Count
     label: Ident
     features: Annotated[list[Ident], Field(min_length=1, max_length=10_000)]
+    #: What the rows are: table rows, signal windows or images (left out for a table).
+    kind: Literal["table", "signals", "images"] = "table"
 
 
 class StudyProposed(RequestedPayload):

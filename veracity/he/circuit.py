@@ -35,34 +35,46 @@ _HEADROOM_BITS = 3
 
 @dataclass(frozen=True)
 class LinearCircuit:
-    """``logit = w . x + b`` with weights encoded at ``weight_scale``.
+    """``logits = W x + b`` with weights encoded at ``weight_scale``.
 
     Attributes
     ----------
+    weights
+        Shape ``(outputs, n_features)``: one row per output (one for a two-class model,
+        one per class otherwise).
+    bias
+        Shape ``(outputs,)``.
     logit_bound
-        Worst-case ``|logit|`` over admissible inputs.
+        Worst-case ``|logit|`` over admissible inputs and outputs.
     """
 
     weights: FloatArray
-    bias: float
+    bias: FloatArray
     weight_scale: float
     logit_bound: float
 
     @property
     def n_features(self) -> int:
         """Input width."""
+        return int(self.weights.shape[1])
+
+    @property
+    def outputs(self) -> int:
+        """Outputs per patient."""
         return int(self.weights.shape[0])
 
 
 @dataclass(frozen=True)
 class QuadraticCircuit:
-    """``logit = sum_k alpha_k * (W1 x + b1')_k**2 + gamma``.
+    """``logit_c = sum_k alpha_ck * (W1 x + b1')_k**2 + gamma_c`` for every output c.
 
     Units with ``alpha_k == 0`` are skipped by the evaluator but keep their place, so the
     ``replicated`` layout's geometry follows the architecture, not the weights.
 
     Attributes
     ----------
+    output_weights / output_bias
+        ``alpha`` of shape ``(outputs, hidden)`` and ``gamma`` of shape ``(outputs,)``.
     hidden_weight_scale
         Scale of the first-layer weights (and of the shifted bias, at the product scale).
     output_weight_scale
@@ -74,7 +86,7 @@ class QuadraticCircuit:
     hidden_weights: FloatArray
     hidden_bias: FloatArray
     output_weights: FloatArray
-    output_bias: float
+    output_bias: FloatArray
     hidden_weight_scale: float
     output_weight_scale: float
     hidden_bound: float
@@ -89,6 +101,11 @@ class QuadraticCircuit:
     def hidden(self) -> int:
         """Hidden units."""
         return int(self.hidden_weights.shape[0])
+
+    @property
+    def outputs(self) -> int:
+        """Outputs per patient."""
+        return int(self.output_weights.shape[0])
 
 
 Circuit = LinearCircuit | QuadraticCircuit
@@ -138,6 +155,7 @@ def compile_circuit(
     n_features: int,
     hidden: int = 0,
     activation: tuple[float, float, float] = (0.0, 0.0, 0.0),
+    outputs: int = 1,
 ) -> Circuit:
     """Fold ``weights`` into the circuit for ``family`` and choose its scales.
 
@@ -150,8 +168,9 @@ def compile_circuit(
     parameter_set, primes
         The CKKS parameter set and the exact primes of its modulus chain (key level,
         special prime last when there are several).
-    n_features, hidden, activation
-        The architecture (``hidden`` and ``activation`` for ``poly_mlp``).
+    n_features, hidden, activation, outputs
+        The architecture (``hidden`` and ``activation`` for ``poly_mlp``; ``outputs`` is 1
+        for a two-class model, the number of classes otherwise).
 
     Raises
     ------
@@ -168,10 +187,12 @@ def compile_circuit(
     if len(data_primes) != len(parameter_set.data_prime_bits):
         raise CryptoError(f"primes do not match parameter set {parameter_set.name}")
     bound = parameter_set.input_bound
+    if outputs < 1:
+        raise CryptoError(f"a model has at least one output, not {outputs}")
     if family == "logistic":
-        w = _as_float(weights, "linear.weight", (1, n_features))[0]
-        b = float(_as_float(weights, "linear.bias", (1,))[0])
-        logit_bound = abs(b) + bound * float(np.abs(w).sum())
+        w = _as_float(weights, "linear.weight", (outputs, n_features))
+        b = _as_float(weights, "linear.bias", (outputs,))
+        logit_bound = float((np.abs(b) + bound * np.abs(w).sum(axis=1)).max())
         # sqrt(2): headroom kept from the complex slot packing this set was sized for.
         limit = (
             data_primes[0]
@@ -180,7 +201,7 @@ def compile_circuit(
         )
         bits = _scale_bits(limit, parameter_set, "logistic regression")
         kept = _drop_unrepresentable(w, float(2**bits))
-        if not np.any(kept):
+        if not np.all(np.any(kept, axis=1)):
             raise CryptoError("logistic regression with all-zero weights is a constant")
         return LinearCircuit(kept, b, float(2**bits), logit_bound)
     if family != "poly_mlp":
@@ -190,15 +211,15 @@ def compile_circuit(
         raise CryptoError("poly_mlp needs a finite, non-zero quadratic coefficient to be served")
     w1 = _as_float(weights, "fc1.weight", (hidden, n_features))
     b1 = _as_float(weights, "fc1.bias", (hidden,))
-    w2 = _as_float(weights, "fc2.weight", (1, hidden))[0]
-    b2 = float(_as_float(weights, "fc2.bias", (1,))[0])
+    w2 = _as_float(weights, "fc2.weight", (outputs, hidden))
+    b2 = _as_float(weights, "fc2.bias", (outputs,))
     shift = b_lin / (2.0 * a)
     hidden_bias = b1 + shift
     alpha = a * w2
-    gamma = float(np.sum(w2) * (c - b_lin * b_lin / (4.0 * a)) + b2)
+    gamma = np.sum(w2, axis=1) * (c - b_lin * b_lin / (4.0 * a)) + b2
     unit_bounds = np.abs(hidden_bias) + bound * np.abs(w1).sum(axis=1)
     hidden_bound = float(unit_bounds.max())
-    logit_bound = float(np.sum(np.abs(alpha) * unit_bounds**2) + abs(gamma))
+    logit_bound = float((np.abs(alpha) @ unit_bounds**2 + np.abs(gamma)).max())
     hidden_scale = float(2**parameter_set.hidden_weight_scale_bits)
     top = math.prod(float(q) for q in data_primes)
     product_scale = parameter_set.input_scale * hidden_scale
@@ -214,15 +235,15 @@ def compile_circuit(
     alpha = _drop_unrepresentable(alpha, float(2**bits))
     for unit in np.flatnonzero(~np.any(w1, axis=1)):
         # A unit without input weights is the constant alpha * bias**2: fold it into gamma.
-        gamma += float(alpha[unit] * hidden_bias[unit] ** 2)
-        alpha[unit] = 0.0
-    if not np.any(alpha):
+        gamma += alpha[:, unit] * hidden_bias[unit] ** 2
+        alpha[:, unit] = 0.0
+    if not np.all(np.any(alpha, axis=1)):
         raise CryptoError("poly_mlp whose output does not depend on its inputs is a constant")
     return QuadraticCircuit(
         hidden_weights=w1,
         hidden_bias=hidden_bias,
         output_weights=alpha,
-        output_bias=gamma,
+        output_bias=np.asarray(gamma, dtype=np.float64),
         hidden_weight_scale=hidden_scale,
         output_weight_scale=float(2**bits),
         hidden_bound=hidden_bound,

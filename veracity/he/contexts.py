@@ -215,8 +215,12 @@ class SecretContext:
         batch_size: int,
         n_features: int,
         hidden: int = 0,
+        outputs: int = 1,
     ) -> npt.NDArray[np.float64]:
-        """Decrypt result ciphertexts of ``layout`` into ``batch_size`` logits.
+        """Decrypt result ciphertexts of ``layout`` into ``batch_size`` patients' logits.
+
+        Shape ``(batch_size,)`` for one output per patient, ``(batch_size, outputs)``
+        otherwise.
 
         Raises
         ------
@@ -225,7 +229,7 @@ class SecretContext:
         InputError
             If the number of results does not match the layout and batch size.
         """
-        strategy = layout_for(layout, self.parameter_set, ModelShape(n_features, hidden))
+        strategy = layout_for(layout, self.parameter_set, ModelShape(n_features, hidden, outputs))
         values = [self._decrypt_values(data, i) for i, data in enumerate(results)]
         return strategy.unpack(values, batch_size)
 

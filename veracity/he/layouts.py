@@ -7,8 +7,10 @@ results (``unpack``). :func:`layout_for` maps a :class:`~veracity.he.params.Pack
 to its implementation (the ``LAYOUTS`` table); a new layout is one class and one entry.
 
 Layouts are built for a model shape (:class:`ModelShape`): input width, hidden units and
-outputs per patient. Every layout here serves one output per patient; ``outputs`` is part
-of the shape so that k-class models and convolutional layouts fit the same protocol.
+outputs per patient (one for a two-class model, one per class otherwise). A layout answers
+with one result ciphertext per output and input group (results ordered group by group,
+class by class within a group); ``unpack`` gives ``(batch,)`` logits for one output and
+``(batch, outputs)`` otherwise. Softmax and argmax happen at the requester.
 
 Only the prediction leaves the server. Every layout evaluates for the *declared* batch:
 
@@ -104,7 +106,7 @@ class ModelShape:
     hidden
         Hidden units (``poly_mlp``; 0 for linear models).
     outputs
-        Outputs per patient (classes); 1 for the binary models served today.
+        Outputs per patient: 1 for a two-class model, else the number of classes.
     """
 
     n_features: int
@@ -212,6 +214,18 @@ def _count(values: Sequence[ComplexArray], expected: int) -> None:
         raise InputError(f"expected {expected} results, got {len(values)}")
 
 
+def _by_patient(per_output: FloatArray) -> FloatArray:
+    """``(outputs, batch)`` logits as ``(batch,)`` for one output, else ``(batch, outputs)``."""
+    if per_output.shape[0] == 1:
+        return np.asarray(per_output[0], dtype=np.float64)
+    return np.asarray(per_output.T, dtype=np.float64)
+
+
+def _grouped(values: Sequence[ComplexArray], outputs: int) -> list[list[ComplexArray]]:
+    """Results ``[group * outputs + c]`` as ``[c][group]``."""
+    return [list(values[c::outputs]) for c in range(outputs)]
+
+
 def _linear(circuit: Circuit, layout: PackingLayout) -> LinearCircuit:
     if not isinstance(circuit, LinearCircuit):
         raise CryptoError(f"layout {layout} does not serve poly_mlp")
@@ -294,9 +308,15 @@ class ColumnCoefficientLayout:
         return [slots_from_coefficients(row) for row in rows]
 
     def unpack(self, values: Sequence[ComplexArray], batch_size: int) -> FloatArray:
-        """The first ``batch_size`` coefficients."""
-        coefficients = coefficients_from_slots(_single(values, self.name))
-        return unpack_column_coefficients(coefficients, batch_size)
+        """The first ``batch_size`` coefficients of each output's result."""
+        if self.shape.outputs == 1:
+            values = [_single(values, self.name)]
+        _count(values, self.shape.outputs)
+        return _by_patient(
+            np.stack(
+                [unpack_column_coefficients(coefficients_from_slots(v), batch_size) for v in values]
+            )
+        )
 
     def evaluate(
         self,
@@ -307,14 +327,17 @@ class ColumnCoefficientLayout:
         batch_size: int,
         random_bytes: RandomBytes,
     ) -> list[Any]:
-        """Scalar products and additions, then one exact polynomial addition."""
+        """Per output: scalar products and additions, then one exact polynomial addition."""
         linear = _linear(circuit, self.name)
         runtime = context.runtime
-        accumulator = _multiply_accumulate(runtime, inputs, linear.weights, linear.weight_scale)
         live = np.arange(min(batch_size, self.capacity()), dtype=np.int64)
-        residues = _masked_outputs(runtime, live, linear.bias, accumulator.scale, random_bytes)
-        add_coefficients(runtime, accumulator, residues)
-        return [accumulator]
+        results = []
+        for weights, bias in zip(linear.weights, linear.bias, strict=True):
+            accumulator = _multiply_accumulate(runtime, inputs, weights, linear.weight_scale)
+            residues = _masked_outputs(runtime, live, float(bias), accumulator.scale, random_bytes)
+            add_coefficients(runtime, accumulator, residues)
+            results.append(accumulator)
+        return results
 
 
 @dataclass(frozen=True)
@@ -367,9 +390,16 @@ class CoefficientLayout:
         return [slots_from_coefficients(c) for c in self.geometry.pack(x)]
 
     def unpack(self, values: Sequence[ComplexArray], batch_size: int) -> FloatArray:
-        """The output coefficients of the first ``batch_size`` patients."""
-        _count(values, self.ciphertext_count(batch_size))
-        return self.geometry.unpack(coefficients_from_slots(np.stack(values)), batch_size)
+        """The output coefficients of the first ``batch_size`` patients, per output."""
+        _count(values, self.ciphertext_count(batch_size) * self.shape.outputs)
+        return _by_patient(
+            np.stack(
+                [
+                    self.geometry.unpack(coefficients_from_slots(np.stack(group)), batch_size)
+                    for group in _grouped(values, self.shape.outputs)
+                ]
+            )
+        )
 
     def evaluate(
         self,
@@ -380,27 +410,31 @@ class CoefficientLayout:
         batch_size: int,
         random_bytes: RandomBytes,
     ) -> list[Any]:
-        """One plaintext product and one exact polynomial addition per ciphertext."""
+        """Per ciphertext and output: one plaintext product and one exact addition."""
         linear = _linear(circuit, self.name)
         runtime = context.runtime
         degree = runtime.parameter_set.poly_modulus_degree
         geometry = CoefficientGeometry(linear.n_features, degree)
-        weights = encode(
-            runtime,
-            slots_from_coefficients(geometry.weight_polynomial(linear.weights)).tolist(),
-            inputs[0].parms_id(),
-            linear.weight_scale,
-        )
+        polynomials = [
+            encode(
+                runtime,
+                slots_from_coefficients(geometry.weight_polynomial(row)).tolist(),
+                inputs[0].parms_id(),
+                linear.weight_scale,
+            )
+            for row in linear.weights
+        ]
         per = geometry.patients_per_ciphertext
         outputs = geometry.output_positions()
         results = []
         for index, ciphertext in enumerate(inputs):
-            result = sa.Ciphertext()
-            runtime.evaluator.multiply_plain(ciphertext, weights, result)
             live = outputs[: max(0, min(per, batch_size - index * per))]
-            residues = _masked_outputs(runtime, live, linear.bias, result.scale, random_bytes)
-            add_coefficients(runtime, result, residues)
-            results.append(result)
+            for weights, bias in zip(polynomials, linear.bias, strict=True):
+                result = sa.Ciphertext()
+                runtime.evaluator.multiply_plain(ciphertext, weights, result)
+                residues = _masked_outputs(runtime, live, float(bias), result.scale, random_bytes)
+                add_coefficients(runtime, result, residues)
+                results.append(result)
         return results
 
 
@@ -442,8 +476,11 @@ class ColumnLayout:
         return list(pack_column(x, self.parameter_set.slots))
 
     def unpack(self, values: Sequence[ComplexArray], batch_size: int) -> FloatArray:
-        """The first ``batch_size`` real slot values."""
-        return unpack_column(_single(values, self.name), batch_size)
+        """The first ``batch_size`` real slot values of each output's result."""
+        if self.shape.outputs == 1:
+            values = [_single(values, self.name)]
+        _count(values, self.shape.outputs)
+        return _by_patient(np.stack([unpack_column(v, batch_size) for v in values]))
 
     def evaluate(
         self,
@@ -467,8 +504,9 @@ class ColumnLayout:
             # A scalar where every slot is declared, else zero beyond the declared patients.
             return float(value) if live == slots else (value * selector).tolist()
 
-        output = None
-        for unit in np.flatnonzero(quadratic.output_weights):
+        outputs: list[Any] = [None] * quadratic.outputs
+        product = sa.Ciphertext()
+        for unit in np.flatnonzero(np.any(quadratic.output_weights, axis=0)):
             hidden = _multiply_accumulate(
                 runtime, inputs, quadratic.hidden_weights[unit], quadratic.hidden_weight_scale
             )
@@ -478,23 +516,27 @@ class ColumnLayout:
             evaluator.add_plain_inplace(hidden, bias)
             evaluator.rescale_to_next_inplace(hidden)  # one rescale per unit: lazy rescaling
             evaluator.square_inplace(hidden)  # three parts; relinearised by the decryptor
-            weight = encode(
-                runtime,
-                masked(quadratic.output_weights[unit]),
-                hidden.parms_id(),
-                quadratic.output_weight_scale,
-            )
-            evaluator.multiply_plain_inplace(hidden, weight)
+            for c, alpha in enumerate(quadratic.output_weights[:, unit]):
+                if alpha == 0.0:
+                    continue
+                weight = encode(
+                    runtime, masked(alpha), hidden.parms_id(), quadratic.output_weight_scale
+                )
+                if outputs[c] is None:
+                    outputs[c] = sa.Ciphertext()
+                    evaluator.multiply_plain(hidden, weight, outputs[c])
+                else:
+                    evaluator.multiply_plain(hidden, weight, product)
+                    evaluator.add_inplace(outputs[c], product)
+        results = []
+        for output, gamma in zip(outputs, quadratic.output_bias, strict=True):
             if output is None:
-                output = hidden
-            else:
-                evaluator.add_inplace(output, hidden)
-        if output is None:
-            raise CryptoError("the model has no hidden units")
-        constant = encode(runtime, masked(quadratic.output_bias), output.parms_id(), output.scale)
-        evaluator.add_plain_inplace(output, constant)
-        _slot_flood(runtime, output, random_bytes)
-        return [output]
+                raise CryptoError("the model has an output without hidden units")
+            constant = encode(runtime, masked(gamma), output.parms_id(), output.scale)
+            evaluator.add_plain_inplace(output, constant)
+            _slot_flood(runtime, output, random_bytes)
+            results.append(output)
+        return results
 
 
 @dataclass(frozen=True)
@@ -550,9 +592,16 @@ class ReplicatedLayout:
         return list(self.geometry.pack(x))
 
     def unpack(self, values: Sequence[ComplexArray], batch_size: int) -> FloatArray:
-        """Patient p's logit from slot ``p * s``."""
-        _count(values, self.ciphertext_count(batch_size))
-        return self.geometry.unpack(np.stack(values), batch_size)
+        """Patient p's logits from slot ``p * s`` of each output's results."""
+        _count(values, self.ciphertext_count(batch_size) * self.shape.outputs)
+        return _by_patient(
+            np.stack(
+                [
+                    self.geometry.unpack(np.stack(group), batch_size)
+                    for group in _grouped(values, self.shape.outputs)
+                ]
+            )
+        )
 
     def evaluate(
         self,
@@ -617,25 +666,27 @@ class ReplicatedLayout:
             evaluator.rescale_to_next_inplace(value)
             evaluator.square_inplace(value)
             evaluator.relinearize_inplace(value, relin_keys)
-            selector = plaintext(
-                ("selector", live),
-                partial(geometry.output_selector, quadratic.output_weights, live),
-                value,
-                quadratic.output_weight_scale,
-            )
-            evaluator.multiply_plain_inplace(value, selector)
-            for step in geometry.unit_sum_steps():
-                evaluator.rotate_vector(value, step, galois_keys, rotated)
-                evaluator.add_inplace(value, rotated)
-            constant = plaintext(
-                ("constant", live),
-                partial(geometry.output_constant, quadratic.output_bias, live),
-                value,
-                value.scale,
-            )
-            evaluator.add_plain_inplace(value, constant)
-            _slot_flood(runtime, value, random_bytes)
-            results.append(value)
+            for c in range(quadratic.outputs):
+                selector = plaintext(
+                    (f"selector-{c}", live),
+                    partial(geometry.output_selector, quadratic.output_weights[c], live),
+                    value,
+                    quadratic.output_weight_scale,
+                )
+                output = sa.Ciphertext()
+                evaluator.multiply_plain(value, selector, output)
+                for step in geometry.unit_sum_steps():
+                    evaluator.rotate_vector(output, step, galois_keys, rotated)
+                    evaluator.add_inplace(output, rotated)
+                constant = plaintext(
+                    (f"constant-{c}", live),
+                    partial(geometry.output_constant, float(quadratic.output_bias[c]), live),
+                    output,
+                    output.scale,
+                )
+                evaluator.add_plain_inplace(output, constant)
+                _slot_flood(runtime, output, random_bytes)
+                results.append(output)
         return results
 
 
@@ -662,8 +713,8 @@ def layout_for(layout: PackingLayout, parameter_set: CKKSParameterSet, shape: Mo
 def circuit_shape(circuit: Circuit) -> ModelShape:
     """The model shape a compiled circuit evaluates."""
     if isinstance(circuit, QuadraticCircuit):
-        return ModelShape(circuit.n_features, circuit.hidden)
-    return ModelShape(circuit.n_features)
+        return ModelShape(circuit.n_features, circuit.hidden, circuit.outputs)
+    return ModelShape(circuit.n_features, outputs=circuit.outputs)
 
 
 def evaluate_loaded(

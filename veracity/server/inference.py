@@ -106,7 +106,8 @@ class _ServedModel:
 
     @property
     def shape(self) -> ModelShape:
-        return ModelShape(self.released.spec.n_features, self.hidden)
+        spec = self.released.spec
+        return ModelShape(spec.n_features, self.hidden, spec.outputs)
 
     def layout(self, layout: PackingLayout) -> Layout | None:
         """The model's implementation of ``layout`` (None: not offered for this model)."""
@@ -137,6 +138,15 @@ class _ServedModel:
             "small": small,
             "batch": {"name": ps.batch_layout.value, "max_batch": self.capacity(ps.batch_layout)},
         }
+
+
+def _class_names(released: ReleasedModel) -> list[str]:
+    """The model's class names in output order (its card's, else ``"0"``, ``"1"``, ...)."""
+    named = released.card.get("classes")
+    count = released.spec.classes
+    if isinstance(named, list) and len(named) == count:
+        return [str(name) for name in named]
+    return [str(index) for index in range(count)]
 
 
 class InferenceService:
@@ -206,11 +216,6 @@ class InferenceService:
                 return served
         released = self._registry.get(model_hash)
         spec = released.spec
-        if spec.outputs != 1:
-            raise CryptoError(
-                f"encrypted inference serves two-class models; model {model_hash[:12]} has "
-                f"{spec.classes} classes"
-            )
         parameter_set = parameter_set_for(spec.family.value)
         circuit = compile_circuit(
             spec.family.value,
@@ -220,6 +225,7 @@ class InferenceService:
             n_features=spec.n_features,
             hidden=spec.hidden,
             activation=spec.activation,
+            outputs=spec.outputs,
         )
         served = _ServedModel(released, parameter_set, circuit)
         with self._lock:
@@ -249,6 +255,8 @@ class InferenceService:
             "scaling": [[m, s] for m, s in released.scaling],
             "card": dict(released.card),
             "card_hash": released.card_hash,
+            "classes": _class_names(released),
+            "input_shape": list(released.spec.input_shape) or [released.spec.n_features],
             "decision_threshold": 0.5,
             "he": {
                 "parameter_set": ps.describe(),

@@ -39,6 +39,7 @@ __all__ = [
     "build_model_card",
     "client_level_privacy",
     "describe_inputs",
+    "privacy_unit",
     "held_out_evaluation",
     "release_model",
 ]
@@ -125,6 +126,31 @@ def describe_inputs(study: Study) -> dict[str, Any]:
         "intensity": f"pixel values divided by {inputs.intensity_max:g}, then (x - mean) / std",
         "channel_scaling": scaling,
     }
+
+
+def privacy_unit(study: Study) -> str:
+    """What one DP-SGD example is for ``study``, and what that means for a patient."""
+    group = (
+        "a patient with several {what}, or at several sites, is protected at the group or "
+        "composed level, which no per-site epsilon shows"
+    )
+    inputs = study.input
+    if inputs is None:
+        return "one record (row) in one site's dataset; " + group.format(what="rows")
+    if isinstance(inputs, SignalsInput):
+        unit = (
+            f"one window ({inputs.window} samples) of one recording in one site's dataset, "
+            "not a recording or a patient; "
+        )
+        if inputs.hop < inputs.window:
+            overlap = -(-inputs.window // inputs.hop)
+            unit += (
+                f"windows overlap (a new one every {inputs.hop} samples), so each sample lies "
+                f"in up to {overlap} windows and changing one stretch of a recording changes "
+                f"up to {overlap} examples; "
+            )
+        return unit + group.format(what="windows")
+    return "one image in one site's dataset; " + group.format(what="images")
 
 
 def _output(study: Study) -> str:
@@ -245,11 +271,7 @@ def build_model_card(
         },
         "data_lineage": lineage,
         "privacy": {
-            "unit": (
-                "one record (row) in one site's dataset; a patient with several rows, or at "
-                "several sites, is protected at the group or composed level, which no per-site "
-                "epsilon shows"
-            ),
+            "unit": privacy_unit(study),
             "neighbouring": (
                 "replace-one: datasets of the same (public) row count that differ in one "
                 "record; epsilon_add_remove is the add/remove-one figure of the same history, "

@@ -32,15 +32,20 @@ from veracity.errors import Conflict, VeracityError
 from veracity.flower_serde import weights_from_record, weights_to_record
 from veracity.server.analysis_run import execute_analysis
 from veracity.server.coordinator.service import CoordinatorService
+from veracity.server.coordinator.site_software import record_site_software
 from veracity.server.coordinator.unit_of_work import SERVER_APP
 from veracity.server.polling_grid import PollingGrid
 from veracity.server.release import release_model
+from veracity.server.site_hello import ask_site_software
 from veracity.server.strategy import AuditedStrategy, RoundOutcome, aggregation_strategy
 from veracity.tasks.study import AnyStudy
 
 __all__ = ["RunSettings", "execute_run", "match_nodes_to_sites"]
 
 log = logging.getLogger(__name__)
+
+#: Longest wait for the nodes' ``query.hello`` answers at the start of a run (seconds).
+HELLO_TIMEOUT = 10.0
 
 
 @dataclass(frozen=True)
@@ -116,6 +121,25 @@ def _wait_for_sites(
                 f"the study needs {study.min_sites}",
             )
         time.sleep(0.5)
+
+
+def _record_site_software(
+    coordinator: CoordinatorService,
+    grid: PollingGrid,
+    sites_by_node: dict[int, str],
+    settings: RunSettings,
+) -> None:
+    """Keep what software each matched node runs (for the console; never fails the run)."""
+    try:
+        reports = ask_site_software(
+            grid,
+            sites_by_node,
+            run_id=settings.run_id,
+            timeout=min(settings.round_timeout, HELLO_TIMEOUT),
+        )
+        record_site_software(coordinator.home.data_dir, reports)
+    except (OSError, VeracityError) as err:
+        log.warning("site software of run %s not recorded: %s", settings.run_id, err)
 
 
 def _write_timing(
@@ -225,6 +249,7 @@ def execute_run(coordinator: CoordinatorService, grid: PollingGrid, settings: Ru
         sites_by_node = _wait_for_sites(
             coordinator, grid, study, set(approvals), settings.node_wait
         )
+        _record_site_software(coordinator, grid, sites_by_node, settings)
 
         if isinstance(study, AnalysisStudy):
             _run_analysis(coordinator, grid, settings, study, sites_by_node)

@@ -20,9 +20,13 @@ from typing import Any
 
 import pytest
 
+from tests.ledger.conftest import seeded_key
 from tests.server.sites import Site, study_document, unique_site
+from veracity.client.witness import SiteWitness, WitnessApi
 from veracity.crypto.tls import create_tls_material
 from veracity.ledger.possession import sign_enrolment
+from veracity.ledger.witness import Witness
+from veracity.ledger.witnessed import WitnessedLog, witness_name
 from veracity.server.api.app import create_app
 from veracity.server.api.serve import initialise
 from veracity.server.api.settings import ApiSettings
@@ -286,3 +290,24 @@ def encrypted_query(description: dict[str, Any], features: Any) -> EncryptedQuer
         layout=choice.layout,
         batch_size=stop - start,
     )
+
+
+def site_witness(api: Api, directory: Path, *, role: str = "site") -> SiteWitness:
+    """``api.site``'s witness (a real one, clock fixed at 1.8e9 s) talking to the app in process."""
+    site = api.site
+    log = WitnessedLog(api.service.ledger)
+    witness = Witness(
+        directory,
+        site=site.name,
+        key=seeded_key(f"witness-{site.name}"),
+        name=witness_name(site.name),
+        log=log.verifier,
+        site_keys=[site.key.public],
+        clock=lambda: 1_800_000_000,
+    )
+    client = WitnessApi(
+        "http://testserver/api/v1",
+        api.tokens[role],
+        transport=api.client._transport,  # the app, in process
+    )
+    return SiteWitness(witness, client)

@@ -7,33 +7,11 @@ from pathlib import Path
 import pytest
 
 from tests.ledger.conftest import seeded_key
-from veracity.client.witness import SiteWitness, WitnessApi
 from veracity.ledger.note import SIG_COSIGNATURE_V1, CheckpointText, Note, NoteVerifier, cosign
 from veracity.ledger.policy import Policy
-from veracity.ledger.witness import Witness
 from veracity.ledger.witnessed import WitnessedLog, witness_name
 
-from .conftest import Api
-
-
-def _site_witness(api: Api, directory: Path, *, role: str = "site") -> SiteWitness:
-    site = api.site
-    log = WitnessedLog(api.service.ledger)
-    witness = Witness(
-        directory,
-        site=site.name,
-        key=seeded_key(f"witness-{site.name}"),
-        name=witness_name(site.name),
-        log=log.verifier,
-        site_keys=[site.key.public],
-        clock=lambda: 1_800_000_000,
-    )
-    client = WitnessApi(
-        "http://testserver/api/v1",
-        api.tokens[role],
-        transport=api.client._transport,  # the app, in process
-    )
-    return SiteWitness(witness, client)
+from .conftest import Api, site_witness
 
 
 def test_site_witness_cosigns_over_the_api_and_the_note_carries_it(
@@ -42,7 +20,7 @@ def test_site_witness_cosigns_over_the_api_and_the_note_carries_it(
     api.enrol(api.site)
     api.register(api.site)
     api.service.ledger.checkpoint()
-    witness = _site_witness(api, tmp_path / "w")
+    witness = site_witness(api, tmp_path / "w")
     done = witness.once()
     assert done["cosigned"] == witness.witness.state().tree_size
     served = api.call("GET", "/api/v1/ledger/witness/checkpoint", "auditor").json()
@@ -59,7 +37,7 @@ def test_site_witness_cosigns_over_the_api_and_the_note_carries_it(
 def test_witness_follows_new_checkpoints_over_the_api(api: Api, tmp_path: Path) -> None:
     api.enrol(api.site)
     api.service.ledger.checkpoint()
-    witness = _site_witness(api, tmp_path / "w")
+    witness = site_witness(api, tmp_path / "w")
     witness.once()
     api.register(api.site)
     api.register(api.site, "cohort-2")

@@ -191,6 +191,8 @@ class DatasetOut(BaseModel):
     rows: int
     label: str
     features: list[str]
+    #: ``table``, ``signals`` or ``images`` (a table's registration leaves it out).
+    kind: str = "table"
     signed_at: str
     seq: int
 

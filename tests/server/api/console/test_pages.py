@@ -7,14 +7,16 @@ change needs the page's CSRF value, and that every page forbids other origins.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.server.api.conftest import SETUP, Api, study_document
+from tests.server.api.conftest import SETUP, Api, site_witness, study_document
 from veracity.server.api.console.screens import SCREENS, screens_for
 from veracity.server.api.console.session import COOKIE, csrf_value
 from veracity.server.api.tokens import Role
+from veracity.server.coordinator.site_software import SiteSoftware, record_site_software
 
 ROLES = ["admin", "site", "researcher", "auditor"]
 
@@ -236,3 +238,42 @@ def test_an_auditor_may_not_sign_a_checkpoint(api: Api) -> None:
     assert answer.status_code == 403
     assert api.service.ledger.latest_checkpoint() is None
     assert api.service.ledger.size() == size
+
+
+def test_the_overview_shows_the_witnesses_that_cosigned_the_latest_checkpoint(
+    api: Api, tmp_path: Path
+) -> None:
+    api.enrol(api.site)
+    api.register(api.site)
+    api.service.ledger.checkpoint()
+    sign_in(api, "auditor")
+    assert "no witness has cosigned this checkpoint yet" in get(api, "/").text
+    witness = site_witness(api, tmp_path / "w")
+    assert witness.once()["cosigned"] == api.service.ledger.latest_checkpoint().tree_size  # type: ignore[union-attr]
+    sign_in(api, "auditor")
+    overview = get(api, "/").text
+    witnesses = overview.split('id="witnesses"')[1].split("</dd>")[0]
+    assert api.site.name in witnesses
+    assert "2027-01-15T08:00:00Z" in witnesses  # the witness's own clock: 1.8e9 s
+    assert api.other_site.name not in witnesses
+    checkpoints = get(api, "/ledger/checkpoints").text
+    assert f'title="cosignature/v1 by key {witness.witness.verifier.key_id.hex()}' in checkpoints
+
+
+def test_the_overview_shows_each_sites_reported_software(api: Api) -> None:
+    api.enrol(api.site)
+    api.enrol(api.other_site)
+    code = "cd" * 32
+    record_site_software(
+        api.service.home.data_dir,
+        [SiteSoftware(api.site.name, "9.8.7", code, "42", "2026-12-06T09:00:00Z")],
+    )
+    sign_in(api, "admin")
+    rows = {
+        row.split("</th>")[0].split(">")[-1]: row
+        for row in get(api, "/").text.split('<tr><th scope="row">')[1:]
+    }
+    assert "Veracity 9.8.7" in rows[api.site.name]
+    assert f'title="{code}"' in rows[api.site.name]
+    assert "run 42" in rows[api.site.name]
+    assert "not reported yet" in rows[api.other_site.name]

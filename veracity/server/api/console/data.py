@@ -1,7 +1,8 @@
 """What the console's screens show, read from the coordinator's read model and ledger.
 
 Plain reads with no web framework: the last entry each actor signed (a site's last contact
-with the coordinator), each checkpoint's cosignatures, the epsilon each site's dataset has
+with the coordinator), each checkpoint's cosignatures (site statements in the ledger and the
+sites' witnesses' C2SP ``cosignature/v1`` lines), the epsilon each site's dataset has
 spent after every round (from the sites' signed receipts) against the cap its operator
 allowed, and the patients each requester has had scored per model.
 """
@@ -11,14 +12,17 @@ from __future__ import annotations
 import json
 from collections import defaultdict
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from veracity.ledger import store
+from veracity.ledger.witnessed import WitnessedLog, policy_witness_name
 from veracity.server.coordinator.records import RunRecord
 from veracity.server.coordinator.service import CoordinatorService
+from veracity.server.coordinator.site_software import SiteSoftware, read_site_software
 
 __all__ = [
     "Contact",
@@ -26,6 +30,9 @@ __all__ = [
     "BudgetSeries",
     "last_contacts",
     "cosignatures",
+    "site_software",
+    "WitnessCosignature",
+    "witness_cosignatures",
     "budget_series",
     "round_rows",
     "inference_counts",
@@ -61,6 +68,47 @@ def cosignatures(service: CoordinatorService, *, limit: int = 10_000) -> dict[in
     found: dict[int, list[Any]] = defaultdict(list)
     for entry in service.ledger.entries(kind="checkpoint.cosigned", limit=limit):
         found[int(entry.payload["tree_size"])].append(entry.to_json())
+    return dict(found)
+
+
+def site_software(service: CoordinatorService) -> dict[str, SiteSoftware]:
+    """What each site's node said it runs at the start of the newest run it joined."""
+    return read_site_software(service.home.data_dir)
+
+
+@dataclass(frozen=True)
+class WitnessCosignature:
+    """A site witness's ``cosignature/v1`` of a checkpoint note, as the coordinator stored it.
+
+    The coordinator checked the line against the witness key the site posted with it; an
+    auditor checks it again against the key its own policy pins.
+    """
+
+    site: str
+    key_id: str
+    #: When the witness cosigned (the cosignature's own timestamp), RFC 3339.
+    cosigned_at: str
+
+
+def witness_cosignatures(service: CoordinatorService) -> dict[int, list[WitnessCosignature]]:
+    """``{tree_size: [witness cosignatures]}``, by site name; the log's own signature left out."""
+    origin = WitnessedLog(service.ledger).origin
+    found: dict[int, list[WitnessCosignature]] = defaultdict(list)
+    query = select(store.CosignatureRow).order_by(
+        store.CosignatureRow.tree_size, store.CosignatureRow.witness
+    )
+    with Session(service.ledger.engine) as session:
+        for row in session.execute(query).scalars():
+            if row.witness == origin:
+                continue
+            moment = datetime.fromtimestamp(row.timestamp, tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+            found[row.tree_size].append(
+                WitnessCosignature(
+                    site=policy_witness_name(row.witness),
+                    key_id=bytes(row.key_id).hex(),
+                    cosigned_at=moment,
+                )
+            )
     return dict(found)
 
 

@@ -152,6 +152,7 @@ def checkpoints_page(request: Request) -> HTMLResponse:
         active="ledger",
         checkpoints=checkpoints,
         cosigned=data.cosignatures(service),
+        witnessed=data.witness_cosignatures(service),
         size=service.ledger.size(),
         root_key_id=service.audit_log.info()["root_key_id"],
         can_sign=user.principal.role is Role.ADMIN,

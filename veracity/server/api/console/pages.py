@@ -108,12 +108,15 @@ def overview(request: Request) -> HTMLResponse:
     role = user.principal.role
     context: dict[str, Any] = {}
     contacts = data.last_contacts(service)
+    software = data.site_software(service)
     if role is Role.ADMIN:
-        context["sites"] = [(s, contacts.get(s.name)) for s in service.reads.sites()]
+        context["sites"] = [
+            (s, contacts.get(s.name), software.get(s.name)) for s in service.reads.sites()
+        ]
     elif role is Role.SITE and user.principal.site is not None:
         try:
             own = service.reads.site(user.principal.site)
-            context["sites"] = [(own, contacts.get(own.name))]
+            context["sites"] = [(own, contacts.get(own.name), software.get(own.name))]
         except NotFound:
             context["sites"] = []
     if role in (Role.ADMIN, Role.SITE):
@@ -128,6 +131,9 @@ def overview(request: Request) -> HTMLResponse:
         context["checkpoint"] = latest
         context["cosigned"] = (
             [] if latest is None else data.cosignatures(service).get(latest.tree_size, [])
+        )
+        context["witnessed"] = (
+            [] if latest is None else data.witness_cosignatures(service).get(latest.tree_size, [])
         )
         context["size"] = service.ledger.size()
     if role in (Role.ADMIN, Role.SITE, Role.RESEARCHER):
