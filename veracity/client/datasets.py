@@ -46,6 +46,7 @@ from veracity.client.records import (
     Records,
     Source,
     class_index,
+    finite_cell,
     read_source,
     records_digest,
     records_fingerprints,
@@ -76,7 +77,6 @@ log = logging.getLogger(__name__)
 DATASET_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 _CLASS_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 ._()/-]{0,127}$")
-_MISSING = frozenset({"", "na", "n/a", "nan", "null", "none", "?", "#n/a"})
 _OTHER_DELIMITERS = ((";", "semicolon"), ("\t", "tab"), ("|", "pipe"))
 _CSV_SUFFIXES = frozenset({".csv"})
 _PARQUET_SUFFIXES = frozenset({".parquet", ".pq"})
@@ -231,19 +231,6 @@ def _check_delimiter(name: str, header: Sequence[str], label: str) -> None:
             )
 
 
-def _number(name: str, text: str, where: str) -> float:
-    stripped = text.strip()
-    if stripped.lower() in _MISSING:
-        raise InputError(f"{name}: missing value at {where}")
-    try:
-        value = float(stripped)
-    except ValueError as err:
-        raise InputError(f"{name}: non-numeric value {stripped[:40]!r} at {where}") from err
-    if not math.isfinite(value):
-        raise InputError(f"{name}: non-finite value {stripped[:40]!r} at {where}")
-    return value
-
-
 def _label_value(
     name: str, value: float, shown: str, where: str, label: str, classes: Sequence[str]
 ) -> int:
@@ -317,14 +304,14 @@ def _parse_csv(
             values = []
             for column, index in zip(chosen, feature_index, strict=True):
                 where = f"row {data_row} (line {line}), column {column!r}"
-                values.append(_number(name, row[index], where))
+                values.append(finite_cell(name, row[index], where))
             where = f"row {data_row} (line {line}), column {label!r}"
             raw_label = row[label_index]
             if tuple(classes) == BINARY_CLASSES:
                 labels.append(
                     _label_value(
                         name,
-                        _number(name, raw_label, where),
+                        finite_cell(name, raw_label, where),
                         raw_label.strip(),
                         where,
                         label,
@@ -356,7 +343,7 @@ def _parquet_column(name: str, table: object, column: str) -> npt.NDArray[np.flo
             where = f"row {index + 1}, column {column!r}"
             if text is None:
                 raise InputError(f"{name}: missing value at {where}")
-            out[index] = _number(name, str(text), where)
+            out[index] = finite_cell(name, str(text), where)
         return out
     if not (pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_boolean(kind)):
         raise InputError(f"{name}: column {column!r} holds {kind}, not numbers")

@@ -40,7 +40,9 @@ __all__ = [
     "IMAGE_CHANNELS",
     "Records",
     "Source",
+    "MISSING_CELLS",
     "class_index",
+    "finite_cell",
     "read_source",
     "records_digest",
     "records_fingerprints",
@@ -51,8 +53,29 @@ __all__ = [
 IMAGE_CHANNELS: dict[int, tuple[str, ...]] = {1: ("grey",), 3: ("red", "green", "blue")}
 
 _CONTENT_DOMAIN = b"veracity.dataset-content.v1\x00"
-_MISSING_LABEL = frozenset({"", "na", "n/a", "nan", "null", "none", "?", "#n/a"})
+#: Cell texts that mean "no value" (compared lower-cased, after stripping blanks).
+MISSING_CELLS = frozenset({"", "na", "n/a", "nan", "null", "none", "?", "#n/a"})
 _RECORD_DOMAIN = b"veracity.record.v1\x00"
+
+
+def finite_cell(name: str, text: str, where: str, *, what: str = "value") -> float:
+    """A finite number from one cell of ``name``; ``what`` names it in errors (value, sample).
+
+    Raises
+    ------
+    InputError
+        If the cell is missing, not a number, or not finite, naming ``where``.
+    """
+    stripped = text.strip()
+    if stripped.lower() in MISSING_CELLS:
+        raise InputError(f"{name}: missing {what} ({stripped or 'empty'}) at {where}")
+    try:
+        value = float(stripped)
+    except ValueError as err:
+        raise InputError(f"{name}: non-numeric {what} {stripped[:40]!r} at {where}") from err
+    if not math.isfinite(value):
+        raise InputError(f"{name}: non-finite {what} {stripped[:40]!r} at {where}")
+    return value
 
 
 def class_index(name: str, raw: object, classes: Sequence[str], where: str, label: str) -> int:
@@ -73,7 +96,7 @@ def class_index(name: str, raw: object, classes: Sequence[str], where: str, labe
         value = float(text)
     except ValueError:
         value = math.nan
-    if text.lower() in _MISSING_LABEL:
+    if text.lower() in MISSING_CELLS:
         raise InputError(f"{name}: missing value at {where}")
     if math.isfinite(value) and value == int(value) and str(int(value)) in classes:
         return classes.index(str(int(value)))

@@ -29,7 +29,7 @@ from datetime import datetime
 import numpy as np
 import numpy.typing as npt
 
-from veracity.client.records import Records, Source, class_index
+from veracity.client.records import Records, Source, class_index, finite_cell
 from veracity.errors import InputError
 
 __all__ = ["RATE_TOLERANCE", "load_npz", "npz_floats", "parse_signals"]
@@ -38,21 +38,7 @@ __all__ = ["RATE_TOLERANCE", "load_npz", "npz_floats", "parse_signals"]
 RATE_TOLERANCE = 0.02
 #: The longest step between samples, in sampling periods, before it counts as a gap.
 _MAX_STEP = 1.5
-_MISSING = frozenset({"", "na", "n/a", "nan", "null", "none", "?", "#n/a"})
 _TIME_UNITS = {"s": 1.0, "ms": 1e-3}
-
-
-def _sample(name: str, text: str, where: str) -> float:
-    stripped = text.strip()
-    if stripped.lower() in _MISSING:
-        raise InputError(f"{name}: missing sample ({stripped or 'empty'}) at {where}")
-    try:
-        value = float(stripped)
-    except ValueError as err:
-        raise InputError(f"{name}: non-numeric sample {stripped[:40]!r} at {where}") from err
-    if not math.isfinite(value):
-        raise InputError(f"{name}: non-finite sample {stripped[:40]!r} at {where}")
-    return value
 
 
 def _timestamp(name: str, text: str, where: str, unit: float) -> float:
@@ -155,7 +141,12 @@ def _parse_csv_recording(
             )
             samples.append(
                 [
-                    _sample(name, row[i], f"row {row_number} (line {line}), channel {c!r}")
+                    finite_cell(
+                        name,
+                        row[i],
+                        f"row {row_number} (line {line}), channel {c!r}",
+                        what="sample",
+                    )
                     for c, i in zip(chosen, channel_index, strict=True)
                 ]
             )
