@@ -21,7 +21,7 @@ import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
@@ -31,6 +31,10 @@ from hypothesis import settings as hypothesis_settings
 from sqlalchemy.engine import make_url
 
 from veracity.config import normalise_database_url
+
+if TYPE_CHECKING:
+    from veracity.localnet import LocalSite
+    from veracity.server.coordinator import CoordinatorService
 
 DEFAULT_PG_URL = "postgresql://postgres@127.0.0.1:5432/test"
 
@@ -285,3 +289,68 @@ def digits_models(digits: DigitsSplit) -> dict[str, tuple[Any, dict[str, Any]]]:
             train_plaintext(mlp, digits.train_x, digits.train_y, epochs=200, lr=1e-2),
         ),
     }
+
+
+@pytest.fixture(scope="session")
+def digits_cnn(digits: DigitsSplit) -> tuple[Any, dict[str, Any]]:
+    """A ten-class square-activation ``cnn2d`` on 8x8 digits (conv 4x3x3, conv 8x3x3, dense)."""
+    from veracity.tasks.spec import ModelFamily, ModelSpec
+
+    spec = ModelSpec(
+        ModelFamily.CNN2D,
+        64,
+        classes=10,
+        input_shape=(1, 8, 8),
+        filters=(4, 8),
+        kernel=3,
+        conv_activation="square",
+    )
+    return spec, train_plaintext(spec, digits.train_x, digits.train_y, epochs=150, lr=1e-2)
+
+
+# ---- A research network on loopback --------------------------------------------------
+
+#: The hospitals of :func:`network`.
+NETWORK_SITES = ("hospital-a", "hospital-b", "hospital-c")
+
+
+@dataclass
+class Network:
+    """A coordinator and its sites, all running (see :func:`network`)."""
+
+    coordinator: CoordinatorService
+    sites: dict[str, LocalSite]
+    root: Path
+
+
+@pytest.fixture(scope="module")
+def network(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Network]:
+    """One SuperLink (TLS, SuperNode authentication) and three site agents on 127.0.0.1.
+
+    Each hospital holds a skewed part of the breast-cancer data as dataset
+    ``breast-cancer``; the network serves a module's tests in turn. Mark the module
+    ``integration`` and ``slow``.
+    """
+    from veracity.localnet import create_site, enrol, start_nodes
+    from veracity.server.coordinator import init_coordinator
+    from veracity.server.superlink import SuperLinkOptions, start_superlink
+    from veracity.supervise import ProcessGroup, free_port
+    from veracity.tasks.breast_cancer import federated_split
+
+    root = tmp_path_factory.mktemp("network")
+    port = free_port()
+    coordinator = init_coordinator(root / "coordinator", superlink_port=port)
+    split = federated_split(len(NETWORK_SITES), seed=0, skew=0.6)
+    with ProcessGroup() as group:
+        start_superlink(coordinator.home, SuperLinkOptions(port=port), group)
+        sites = {
+            name: create_site(root / "sites" / name, name, partition)
+            for name, partition in zip(NETWORK_SITES, split.sites, strict=True)
+        }
+        for site in sites.values():
+            enrol(coordinator, site)
+        start_nodes(coordinator, list(sites.values()), group, idle_poll=0.2)
+        try:
+            yield Network(coordinator, sites, root)
+        finally:
+            coordinator.close()

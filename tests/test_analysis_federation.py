@@ -8,8 +8,6 @@ auditor re-checks offline (signatures in ``ledger verify``, epsilon with dp-acco
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -17,50 +15,22 @@ import pytest
 from dp_accounting import NeighboringRelation, dp_event
 from dp_accounting.pld.pld_privacy_accountant import PLDAccountant
 
+from tests.conftest import NETWORK_SITES, Network
 from veracity.analytics.combine import read_figures
 from veracity.analytics.mechanism import exact_release
 from veracity.client.analysis import approve_analysis
 from veracity.client.datasets import read_table
 from veracity.client.site import Site
 from veracity.contracts.analysis import AnalysisStudy
-from veracity.localnet import DATASET_ID, LocalSite, create_site, enrol, start_nodes, wait_run
-from veracity.server.coordinator import CoordinatorService, init_coordinator, operator
+from veracity.localnet import DATASET_ID, wait_run
+from veracity.server.coordinator import CoordinatorService, operator
 from veracity.server.fab import build_fab
-from veracity.server.superlink import SuperLinkOptions, start_superlink
-from veracity.supervise import ProcessGroup, free_port
-from veracity.tasks.breast_cancer import FEATURES, LABEL, federated_split
+from veracity.tasks.breast_cancer import FEATURES, LABEL
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-SITES = ("hospital-a", "hospital-b", "hospital-c")
+SITES = NETWORK_SITES
 ADMIN = operator("admin")
-
-
-@dataclass
-class Network:
-    coordinator: CoordinatorService
-    sites: dict[str, LocalSite]
-
-
-@pytest.fixture(scope="module")
-def network(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Network]:
-    root = tmp_path_factory.mktemp("analysis-network")
-    port = free_port()
-    coordinator = init_coordinator(root / "coordinator", superlink_port=port)
-    split = federated_split(len(SITES), seed=0, skew=0.6)
-    with ProcessGroup() as group:
-        start_superlink(coordinator.home, SuperLinkOptions(port=port), group)
-        sites = {
-            name: create_site(root / "sites" / name, name, partition)
-            for name, partition in zip(SITES, split.sites, strict=True)
-        }
-        for site in sites.values():
-            enrol(coordinator, site)
-        start_nodes(coordinator, list(sites.values()), group, idle_poll=0.2)
-        try:
-            yield Network(coordinator, sites)
-        finally:
-            coordinator.close()
 
 
 def _study(cap: float, *, delta: float = 1e-5) -> AnalysisStudy:

@@ -46,8 +46,10 @@ def _run_example(script: str, tmp_path: Path, *arguments: str) -> dict[str, Any]
 def test_freezing_of_gait_example_detects_freezes_under_dp_and_scores_real_daphnet(
     tmp_path: Path,
 ) -> None:
+    # The example's own 8 rounds: at 4, the DP noise left the held-out AUC anywhere in
+    # 0.63-0.90 over seven runs; at 8 it was 0.94-0.95.
     summary = _run_example(
-        "freezing_of_gait.py", tmp_path, "--rounds", "4", "--patients", "3", "--seconds", "180"
+        "freezing_of_gait.py", tmp_path, "--rounds", "8", "--patients", "3", "--seconds", "180"
     )
     assert max(summary["epsilon_replace_one"].values()) <= 3.0
     assert summary["held_out"]["auc"] > 0.75  # freeze against walking or standing; chance 0.5

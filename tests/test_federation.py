@@ -10,8 +10,6 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,55 +19,28 @@ from dp_accounting.pld.pld_privacy_accountant import PLDAccountant
 from opacus.accountants import PRVAccountant
 
 import veracity
+from tests.conftest import NETWORK_SITES, Network
 from veracity.client.approvals import refuse_study
 from veracity.client.site import Site
 from veracity.crypto.keys import generate_signing_key
 from veracity.crypto.supernode import write_supernode_key_pair
 from veracity.errors import SignatureError
+from veracity.ledger.possession import sign_enrolment
 from veracity.ledger.statement import RECEIPT_DOMAIN, verify_document
-from veracity.localnet import LocalSite, approve, create_site, enrol, start_nodes, wait_run
-from veracity.server.coordinator import CoordinatorService, init_coordinator, operator
+from veracity.localnet import approve, wait_run
+from veracity.server.coordinator import CoordinatorService, operator
 from veracity.server.coordinator.site_software import read_site_software
 from veracity.server.fab import build_fab
 from veracity.server.registry import ModelRegistry
-from veracity.server.superlink import SuperLinkOptions, start_superlink
-from veracity.supervise import ProcessGroup, flower_environment, free_port
-from veracity.tasks.breast_cancer import breast_cancer_study, federated_split
+from veracity.supervise import flower_environment, free_port
+from veracity.tasks.breast_cancer import breast_cancer_study
 from veracity.tasks.spec import ModelFamily
 from veracity.tasks.study import Study, parse_study
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-SITES = ("hospital-a", "hospital-b", "hospital-c")
+SITES = NETWORK_SITES
 ADMIN = operator("admin")
-
-
-@dataclass
-class Network:
-    coordinator: CoordinatorService
-    sites: dict[str, LocalSite]
-    root: Path
-
-
-@pytest.fixture(scope="module")
-def network(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Network]:
-    root = tmp_path_factory.mktemp("network")
-    port = free_port()
-    coordinator = init_coordinator(root / "coordinator", superlink_port=port)
-    split = federated_split(len(SITES), seed=0, skew=0.6)
-    with ProcessGroup() as group:
-        start_superlink(coordinator.home, SuperLinkOptions(port=port), group)
-        sites = {
-            name: create_site(root / "sites" / name, name, partition)
-            for name, partition in zip(SITES, split.sites, strict=True)
-        }
-        for site in sites.values():
-            enrol(coordinator, site)
-        start_nodes(coordinator, list(sites.values()), group, idle_poll=0.2)
-        try:
-            yield Network(coordinator, sites, root)
-        finally:
-            coordinator.close()
 
 
 def _study(study_id: str, *, rounds: int, min_sites: int) -> Study:
@@ -171,10 +142,10 @@ def test_a_two_round_study_records_every_round_with_verified_receipts(network: N
     assert set(released[0]["epsilon"]) == set(SITES)
     software = read_site_software(coordinator.home.data_dir)
     assert set(software) == set(SITES)
-    for site, report in software.items():
-        assert (report.site, report.run_id) == (site, run_id)
-        assert report.version == veracity.__version__
-        assert report.code_hash == study.code_hash  # the bundle the node really runs
+    for site, hello in software.items():
+        assert (hello.site, hello.run_id) == (site, run_id)
+        assert hello.version == veracity.__version__
+        assert hello.code_hash == study.code_hash  # the bundle the node really runs
 
 
 def test_a_study_with_client_level_dp_records_both_guarantees(network: Network) -> None:
@@ -274,11 +245,15 @@ def test_receipts_signed_with_a_key_the_ledger_does_not_hold_are_dropped(network
     # The coordinator is told hospital-b rotated its key; hospital-b still signs with the old one.
     coordinator.revoke_site_key(ADMIN, "hospital-b", reason="rotation ordered by the network")
     # A new signing key; hospital-b keeps its SuperNode, whose registration stands.
+    new_key = generate_signing_key()
     coordinator.enrol_site(
         ADMIN,
         "hospital-b",
-        public_key_pem=generate_signing_key().public.pem(),
+        public_key_pem=new_key.public.pem(),
         supernode_public_key=site.supernode_public_key,
+        proof=sign_enrolment(
+            new_key, log_id=coordinator.ledger.log_id, name="hospital-b", role="site"
+        ),
     )
     study = _study("bc-wrong-key", rounds=1, min_sites=2)
     coordinator.propose_study(ADMIN, study.to_document())

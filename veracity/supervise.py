@@ -13,6 +13,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -29,6 +30,7 @@ __all__ = [
     "flower_environment",
     "python_module_argv",
     "stopping_on_signals",
+    "exit_with_parent",
 ]
 
 
@@ -37,6 +39,25 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
         probe.bind((host, 0))
         return int(probe.getsockname()[1])
+
+
+def exit_with_parent(parent_pid: int, *, name: str) -> None:
+    """Exit this process (``os._exit(0)``) once ``parent_pid``, its supervisor, is gone.
+
+    A worker started by a supervising process must not outlive it when it is killed
+    without the chance to stop its group.
+    """
+
+    def watch() -> None:
+        while True:
+            time.sleep(1.0)
+            try:
+                os.kill(parent_pid, 0)
+            except ProcessLookupError:
+                print(f"{name}: parent {parent_pid} is gone; exiting", file=sys.stderr)
+                os._exit(0)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
 
 
 def python_module_argv(module: str, *args: str) -> list[str]:

@@ -225,3 +225,31 @@ def test_training_after_analytics_sees_the_analytics_spend(
         _pld_epsilon(history, trained.receipt["delta"]), trained.receipt["epsilon"], abs_tol=0.02
     )
     assert np.isfinite(trained.receipt["epsilon"])
+
+
+def test_a_messages_queries_read_the_dataset_once_and_a_changed_file_is_still_refused(
+    analysis_site: Site, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from veracity.client import analysis
+
+    study = _study()
+    approve_analysis(analysis_site, study, dataset_id="syn", epsilon_cap=9.0)
+    agent = AnalysisAgent(analysis_site, seed=5)
+    reads: list[str] = []
+    honest_read = analysis.load_registered  # type: ignore[attr-defined]
+
+    def counted(dataset: Any, digest: Any) -> Any:
+        reads.append(dataset.dataset_id)
+        return honest_read(dataset, digest)
+
+    monkeypatch.setattr(analysis, "load_registered", counted)
+    first = agent.handle_queries([_request(study, q) for q in ("sum-age", "mean-age", "var-age")])
+    dataset = analysis_site.store.get_dataset("syn")
+    assert dataset is not None
+    _write_csv(dataset.path, rows=301)  # the registered file changes between messages
+    changed = agent.handle_queries([_request(study, "q-age")])
+
+    assert [type(outcome) for outcome in first] == [QueryReply] * 3
+    assert reads == ["syn"]
+    assert isinstance(changed[0], QueryRefusal)
+    assert changed[0].kind == "approval.missing"

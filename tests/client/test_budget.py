@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 from dp_accounting import NeighboringRelation, dp_event
 from dp_accounting.pld.pld_privacy_accountant import PLDAccountant
+from dp_accounting.pld.privacy_loss_distribution import PrivacyLossDistribution
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from opacus.accountants import PRVAccountant, RDPAccountant
@@ -99,6 +100,52 @@ def test_replace_one_epsilon_is_google_pld_with_replace_one_neighbours() -> None
     )
 
 
+def _pld_afresh(history: tuple[Segment, ...]) -> float:
+    accountant = PLDAccountant(neighboring_relation=NeighboringRelation.REPLACE_ONE)
+    accountant.compose(budget.replace_one_event(history))
+    return float(accountant.get_epsilon(DELTA))
+
+
+def test_a_history_grown_one_charge_at_a_time_costs_what_pld_gives_afresh() -> None:
+    # A site's history as it grows: DP-SGD rounds, analysis queries (q = 1) that add a
+    # segment or add steps to the last one, and a later round that merges into the first.
+    # Each epsilon comes from the cached prefix PLDs; it must equal, to the last bit,
+    # dp-accounting's PLD accountant composing the whole history afresh.
+    charges = [
+        Segment(1.3, 0.05, 60), Segment(4.1, 1.0, 1), Segment(4.1, 1.0, 1),
+        Segment(6.25, 1.0, 1), Segment(1.3, 0.05, 60), Segment(4.1, 1.0, 1),
+        Segment(6.25, 1.0, 1), Segment(2.2, 1.0, 1),
+    ]  # fmt: skip
+    history: tuple[Segment, ...] = ()
+    for charge in charges:
+        history = merge_history([*history, charge])
+
+        assert replace_one_epsilon(history, DELTA) == _pld_afresh(history)
+
+
+def test_a_budget_check_leaves_the_add_remove_figure_uncomputed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The add/remove figure (Opacus PRV) is for training receipts only: a budget check
+    # (every round, every analysis query) must not pay for it.
+    calls: list[object] = []
+    honest = PRVAccountant.get_epsilon
+
+    def counted(self: PRVAccountant, delta: float, **kwargs: Any) -> float:
+        calls.append(self.history)
+        return float(honest(self, delta, **kwargs))
+
+    monkeypatch.setattr(PRVAccountant, "get_epsilon", counted)
+    checked = evaluate_round(
+        dataset_history=(Segment(1.9, 0.1, 30),), study_history=(), planned=Segment(5.3, 1.0, 1),
+        delta=DELTA, dataset_budget=10.0, study_cap=10.0,
+    )  # fmt: skip
+
+    assert calls == []
+    assert checked.dataset.add_remove > 0
+    assert len(calls) == 1
+
+
 def test_replace_one_reproduces_the_figures_the_privacy_review_published() -> None:
     # The demo's terms (issue 12): 15 steps at noise 1.6, sample rate 0.2, delta 1e-5 cost
     # 2.70 under add/remove (dp-accounting PLD; Opacus PRV 2.709) and 4.29 under replace-one.
@@ -135,10 +182,10 @@ def test_accountants_disagreeing_fails_the_cross_check(monkeypatch: pytest.Monke
 def test_pld_that_cannot_bound_a_history_counts_as_infinite_and_is_refused(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    def fail(self: PLDAccountant, delta: float) -> float:
+    def fail(self: PrivacyLossDistribution, delta: float) -> float:
         raise ValueError("the accountant cannot bound this history")
 
-    monkeypatch.setattr(PLDAccountant, "get_epsilon", fail)
+    monkeypatch.setattr(PrivacyLossDistribution, "get_epsilon_for_delta", fail)
     unusual = Segment(0.61803, 0.987, 17)  # not in the cache from other tests
     assert math.isinf(replace_one_epsilon((unusual,), DELTA))
     refused = evaluate_round(

@@ -199,3 +199,127 @@ def test_canary_audit_passes_the_studys_dp_terms(
     code = main(["site", "canary-audit", str(study_file), "--data-dir", str(cli_site)])
     assert code == 1  # neither --dataset nor --rows
     assert "--rows" in capsys.readouterr().err
+
+
+def _analysis_document(*, code_hash: str = "c" * 64) -> dict[str, Any]:
+    return {
+        "kind": "analysis",
+        "study_id": "bc-cohort",
+        "columns": {
+            "mean_radius": {"lower": 5.0, "upper": 30.0},
+            "diagnosis": {"lower": 0.0, "upper": 1.0},
+        },
+        "queries": [
+            {"query_id": "malignant", "kind": "count", "epsilon": 0.4,
+             "cohort": [{"column": "diagnosis", "op": "==", "value": 1.0}]},
+            {"query_id": "radius", "kind": "histogram", "column": "mean_radius",
+             "bins": [5.0, 15.0, 30.0], "epsilon": 0.6},
+        ],
+        "delta": 1e-5,
+        "epsilon_caps": {SITE: 3.0},
+        "code_hash": code_hash,
+    }  # fmt: skip
+
+
+def test_an_analysis_study_is_reviewed_approved_and_refused_like_a_training_study(
+    cli_site: Path, bc_csv: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from veracity.core.canonical import canonical_hash
+
+    document = _analysis_document()
+    study_file = tmp_path / "analysis.json"
+    # As the coordinator publishes it: the study.proposed payload with its hash.
+    study_file.write_text(json.dumps({"study": document, "study_hash": canonical_hash(document)}))
+    base = ["--data-dir", str(cli_site), "--format", "json"]
+    _json(capsys, ["site", "register-dataset", "--id", "bc-0", "--path", str(bc_csv),
+                   "--label", "diagnosis", *base])  # fmt: skip
+
+    review = _json(capsys, ["site", "review", str(study_file), "--dataset", "bc-0", *base])
+    assert main(["site", "review", str(study_file), "--dataset", "bc-0", "--epsilon-cap", "2",
+                 "--data-dir", str(cli_site)]) == 0  # fmt: skip
+    shown = " ".join(capsys.readouterr().err.split())
+    approved = _json(
+        capsys,
+        ["site", "approve", str(study_file), "--dataset", "bc-0", "--epsilon-cap", "2",
+         "--yes", *base],
+    )  # fmt: skip
+    refused = _json(capsys, ["site", "refuse", str(study_file), "--reason", "withdrawn", *base])
+    outbox = _json(capsys, ["site", "outbox", *base])["statements"]
+
+    assert review["kind"] == "analysis"
+    assert review["problems"] == []
+    assert review["columns"]["mean_radius"] == {"lower": 5.0, "upper": 30.0}
+    assert [q["epsilon"] for q in review["queries"]] == [0.4, 0.6]
+    assert review["queries"][0]["cohort"] == [{"column": "diagnosis", "op": "==", "value": 1.0}]
+    assert "mean_radius: [5, 30]" in shown
+    assert "malignant: count; cohort diagnosis == 1; epsilon 0.4" in shown
+    assert "radius: histogram; column mean_radius; bins 5, 15, 30; every row; epsilon 0.6" in shown
+    assert "in force 2" in shown
+    assert approved["decision"] == "approved"
+    assert approved["study_hash"] == canonical_hash(document)
+    assert approved["epsilon_cap"] == 2.0
+    assert approved["epsilon_cap_in_force"] == 2.0
+    assert refused["decision"] == "refused"
+    assert [s["kind"] for s in outbox] == ["dataset.registered", "study.approved", "study.refused"]
+    signed = outbox[1]
+    assert signed["payload"]["study_hash"] == canonical_hash(document)
+    assert signed["payload"]["epsilon_cap"] == 2.0
+
+
+def test_an_approved_analysis_is_bound_to_its_document_and_code_hash(
+    cli_site: Path, bc_csv: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from veracity.client.analysis import AnalysisAgent, QueryRefusal, QueryReply, QueryRequest
+    from veracity.client.site import Site
+    from veracity.contracts.analysis import AnalysisStudy
+
+    document = _analysis_document()
+    study_file = tmp_path / "analysis.json"
+    study_file.write_text(json.dumps(document))
+    base = ["--data-dir", str(cli_site), "--format", "json"]
+    _json(capsys, ["site", "register-dataset", "--id", "bc-0", "--path", str(bc_csv),
+                   "--label", "diagnosis", *base])  # fmt: skip
+    _json(capsys, ["site", "approve", str(study_file), "--dataset", "bc-0", "--epsilon-cap", "2",
+                   "--yes", *base])  # fmt: skip
+    study = AnalysisStudy.parse(document)
+    widened = AnalysisStudy.parse({**document, "epsilon_caps": {SITE: 30.0}})
+
+    with Site.open(cli_site) as site:
+        agent = AnalysisAgent(site, seed=0)
+        answered = agent.handle_query(
+            QueryRequest(document, study.study_hash, study.code_hash, "malignant")
+        )
+        other_code = agent.handle_query(
+            QueryRequest(document, study.study_hash, "d" * 64, "malignant")
+        )
+        other_terms = agent.handle_query(
+            QueryRequest(widened.to_document(), widened.study_hash, study.code_hash, "malignant")
+        )
+
+    assert isinstance(answered, QueryReply)
+    assert isinstance(other_code, QueryRefusal)
+    assert other_code.kind == "approval.missing"
+    assert isinstance(other_terms, QueryRefusal)
+    assert "not approved" in other_terms.reason
+
+
+def test_approving_an_analysis_over_an_undeclared_column_exits_1_and_signs_nothing(
+    cli_site: Path, bc_csv: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    document = _analysis_document()
+    document["columns"]["shoe size"] = {"lower": 30.0, "upper": 50.0}
+    study_file = tmp_path / "analysis.json"
+    study_file.write_text(json.dumps(document))
+    base = ["--data-dir", str(cli_site)]
+    main(["site", "register-dataset", "--id", "bc-0", "--path", str(bc_csv), "--label",
+          "diagnosis", *base])  # fmt: skip
+    capsys.readouterr()
+
+    code = main(["site", "approve", str(study_file), "--dataset", "bc-0", "--epsilon-cap", "2",
+                 "--yes", *base])  # fmt: skip
+    captured = capsys.readouterr()
+    outbox = _json(capsys, ["site", "outbox", *base, "--format", "json"])["statements"]
+
+    assert code == 1
+    assert "has no column 'shoe size'" in captured.err
+    assert [s["kind"] for s in outbox] == ["dataset.registered"]

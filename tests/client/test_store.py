@@ -60,7 +60,7 @@ def _budget(before: History, planned: Segment, limit: int) -> RoundBudget:
     """A stand-in budget rule: allowed while the total steps stay within ``limit``."""
     after = merge_history([*before, planned])
     steps = float(sum(s.steps for s in after))
-    report = EpsilonReport(history=after, delta=1e-5, epsilon=steps, rdp=steps, add_remove=steps)
+    report = EpsilonReport(history=after, delta=1e-5, epsilon=steps, rdp=steps)
     return RoundBudget(
         planned=planned, dataset=report, study=report, dataset_budget=limit, study_cap=limit
     )

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -36,6 +36,7 @@ import numpy.typing as npt
 
 from veracity.analytics.calibration import calibrate_noise_multiplier, noise_std
 from veracity.analytics.mechanism import Columns, add_noise, exact_release
+from veracity.client.approvals import record_approval
 from veracity.client.budget import (
     ACCOUNTANT,
     NEIGHBOURING,
@@ -57,7 +58,6 @@ from veracity.contracts.analysis import (
     SiteAnswer,
     query_hash,
 )
-from veracity.contracts.events import StudyApproved
 from veracity.contracts.refusals import ApprovalMissingStatement, BudgetRefused
 from veracity.core.canonical import canonical_hash
 from veracity.core.fields import is_hex64
@@ -109,16 +109,19 @@ def _problems(site: Site, study: AnalysisStudy, dataset: Dataset | None) -> list
 
 
 def review_analysis(
-    site: Site, study: AnalysisStudy, *, dataset_id: str, epsilon_cap: float | None
+    site: Site, study: AnalysisStudy, *, dataset_id: str | None, epsilon_cap: float | None
 ) -> dict[str, Any]:
     """What an operator sees before approving: terms, projected spend, problems.
 
-    The projection charges every query once (its Gaussian mechanism composed into the
-    dataset's history by the PLD accountant), which is what the whole study would cost.
+    The terms are the declared columns with their bounds and every query with its kind,
+    columns, bins, epsilon share and cohort filter. The projection charges every query
+    once (its Gaussian mechanism composed into the dataset's history by the PLD
+    accountant), which is what the whole study would cost; without ``dataset_id`` only
+    the study's own spend is projected.
     """
-    dataset = site.store.get_dataset(dataset_id)
+    dataset = site.store.get_dataset(dataset_id) if dataset_id is not None else None
     problems = _problems(site, study, dataset)
-    if dataset is None:
+    if dataset_id is not None and dataset is None:
         problems.append(f"no dataset {dataset_id!r} is registered at this site")
     if epsilon_cap is not None and not (math.isfinite(epsilon_cap) and epsilon_cap > 0):
         problems.append(f"epsilon cap {epsilon_cap!r} must be positive and finite")
@@ -137,6 +140,11 @@ def review_analysis(
         "code_hash": study.code_hash,
         "study_epsilon_cap": study.epsilon_caps.get(site.name),
         "approved_epsilon_cap": epsilon_cap,
+        "epsilon_cap_in_force": (
+            None
+            if epsilon_cap is None or site.name not in study.epsilon_caps
+            else min(study.epsilon_caps[site.name], epsilon_cap)
+        ),
         "dataset_id": dataset_id,
         "projected_study_epsilon": projected_study,
         "min_cell_count": site.config.min_cell_count,
@@ -150,6 +158,7 @@ def review_analysis(
         review["dataset_epsilon_now"] = now
         review["projected_dataset_epsilon"] = after
         budget = site.store.pool(dataset.dataset_id).epsilon_budget
+        review["dataset_epsilon_budget"] = budget
         if after > budget:
             review["warnings"].append(
                 f"the whole study would bring dataset {dataset_id!r} to epsilon {after:.3f}, "
@@ -177,29 +186,7 @@ def approve_analysis(
     review = review_analysis(site, study, dataset_id=dataset_id, epsilon_cap=epsilon_cap)
     if review["problems"]:
         raise InputError(f"cannot approve study {study.study_id!r}: {review['problems'][0]}")
-    now = site.now()
-    statement = site.sign(
-        StudyApproved(
-            site=site.name,
-            study_hash=study.study_hash,
-            dataset_id=dataset_id,
-            epsilon_cap=float(epsilon_cap),
-            signed_at=now,
-        )
-    )
-    decision = site.store.add_decision(
-        study_hash=study.study_hash,
-        study_id=study.study_id,
-        decision="approved",
-        study_document=study.to_document(),
-        code_hash=study.code_hash,
-        dataset_id=dataset_id,
-        epsilon_cap=float(epsilon_cap),
-        reason=None,
-        decided_at=now,
-        statement=statement,
-    )
-    return decision, statement
+    return record_approval(site, study, dataset_id=dataset_id, epsilon_cap=epsilon_cap)
 
 
 def approved_analysis(
@@ -322,6 +309,26 @@ class AnalysisAgent:
     def __init__(self, site: Site, *, seed: int | None = None) -> None:
         self.site = site
         self._noise, self._noise_name = _chacha_noise(seed)
+        self._read: dict[str, Columns] | None = None
+
+    def handle_queries(self, requests: Sequence[QueryRequest]) -> list[QueryOutcome]:
+        """Answer the queries of one message in order (see :meth:`handle_query`).
+
+        The dataset file is checked against its registration and read once for them all,
+        not once per query.
+        """
+        self._read = {}
+        try:
+            return [self.handle_query(request) for request in requests]
+        finally:
+            self._read = None
+
+    def _columns(self, dataset: Dataset) -> Columns:
+        if self._read is None:
+            return _columns(dataset)
+        if dataset.dataset_id not in self._read:
+            self._read[dataset.dataset_id] = _columns(dataset)
+        return self._read[dataset.dataset_id]
 
     def handle_query(self, request: QueryRequest) -> QueryOutcome:
         """Answer ``request``'s query, or refuse it with a signed statement.
@@ -351,7 +358,7 @@ class AnalysisAgent:
                 raise ApprovalMissing(
                     f"study {study.study_id!r} has no query {request.query_id!r}"
                 ) from None
-            columns = _columns(dataset)
+            columns = self._columns(dataset)
         except ApprovalMissing as err:
             return self._refuse_approval(request, str(err))
         terms_hash = query_hash(study, query)

@@ -33,13 +33,15 @@ from veracity.client.store import Dataset, Decision, Pool, SignedStatement
 from veracity.client.study_inputs import dataset_mismatch
 from veracity.contracts.events import StudyApproved, StudyRefused
 from veracity.errors import ApprovalMissing, InputError
-from veracity.tasks.study import Study, parse_study
+from veracity.tasks.study import AnyStudy, Study, parse_any_study
 
 __all__ = [
+    "load_any_study_file",
     "load_study_file",
     "StudyReview",
     "review_study",
     "approve_study",
+    "record_approval",
     "refuse_study",
     "effective_cap",
     "approved_terms",
@@ -48,11 +50,12 @@ __all__ = [
 _MAX_REASON = 2000
 
 
-def load_study_file(path: Path) -> Study:
-    """Read a study as the coordinator publishes it.
+def load_any_study_file(path: Path) -> AnyStudy:
+    """Read a training or analysis study as the coordinator publishes it.
 
     Accepts the study document itself, or a ``study.proposed`` payload
-    (``{"study": {...}, "study_hash": ...}``) whose hash must match the document.
+    (``{"study": {...}, "study_hash": ...}``) whose hash must match the document. A
+    document of ``"kind": "analysis"`` is an analysis study.
 
     Raises
     ------
@@ -74,7 +77,7 @@ def load_study_file(path: Path) -> Study:
     if not isinstance(document, dict):
         raise InputError(f"study file {path} must hold a JSON object")
     if isinstance(document.get("study"), dict):
-        study = parse_study(document["study"])
+        study = parse_any_study(document["study"])
         claimed = document.get("study_hash")
         if claimed is not None and claimed != study.study_hash:
             raise InputError(
@@ -82,7 +85,21 @@ def load_study_file(path: Path) -> Study:
                 f"(its hash is {study.study_hash})"
             )
         return study
-    return parse_study(document)
+    return parse_any_study(document)
+
+
+def load_study_file(path: Path) -> Study:
+    """Read a training study as the coordinator publishes it (see :func:`load_any_study_file`).
+
+    Raises
+    ------
+    InputError
+        If the file cannot be read as a study, or holds an analysis study.
+    """
+    study = load_any_study_file(path)
+    if not isinstance(study, Study):
+        raise InputError(f"study file {path} holds an analysis study, not a training study")
+    return study
 
 
 def effective_cap(study: Study, site_name: str, approved_cap: float) -> float:
@@ -277,6 +294,22 @@ def approve_study(
     review = review_study(site, study, dataset_id=dataset_id, epsilon_cap=epsilon_cap)
     if review.problems:
         raise InputError(f"cannot approve study {study.study_id!r}: {review.problems[0]}")
+    decision, statement = record_approval(
+        site, study, dataset_id=dataset_id, epsilon_cap=epsilon_cap
+    )
+    return decision, statement, review
+
+
+def record_approval(
+    site: Site, study: AnyStudy, *, dataset_id: str, epsilon_cap: float
+) -> tuple[Decision, SignedStatement]:
+    """Sign ``study.approved`` (the study's hash, the dataset, the cap) and store the decision.
+
+    The one way a reviewed training or analysis study is approved: the decision keeps the
+    exact document and its code hash, so a later request with other terms or other code
+    finds no approval. Callers review first (:func:`review_study`,
+    :func:`veracity.client.analysis.review_analysis`) and approve only without problems.
+    """
     now = site.now()
     statement = site.sign(
         StudyApproved(
@@ -299,11 +332,11 @@ def approve_study(
         decided_at=now,
         statement=statement,
     )
-    return decision, statement, review
+    return decision, statement
 
 
-def refuse_study(site: Site, study: Study, *, reason: str) -> tuple[Decision, SignedStatement]:
-    """Refuse ``study`` (or withdraw an approval) with ``reason``; sign and queue ``study.refused``.
+def refuse_study(site: Site, study: AnyStudy, *, reason: str) -> tuple[Decision, SignedStatement]:
+    """Refuse a training or analysis study (or withdraw an approval); sign ``study.refused``.
 
     Raises
     ------

@@ -197,17 +197,53 @@ def replace_one_event(history: History) -> Any:
     )
 
 
+#: PLD discretisation: dp-accounting's ``PLDAccountant`` default, what the auditor composes.
+_PLD_INTERVAL: Final = 1e-4
+
+
+@functools.lru_cache(maxsize=64)
+def _gaussian_pld(noise_multiplier: float, sample_rate: float) -> Any:
+    """The replace-one PLD of one Poisson-subsampled Gaussian step."""
+    from dp_accounting import NeighboringRelation
+    from dp_accounting.pld import privacy_loss_distribution
+
+    return privacy_loss_distribution.from_gaussian_mechanism(
+        standard_deviation=noise_multiplier,
+        value_discretization_interval=_PLD_INTERVAL,
+        sampling_prob=sample_rate,
+        neighboring_relation=NeighboringRelation.REPLACE_ONE,
+    )
+
+
+@functools.lru_cache(maxsize=64)
+def _segment_pld(segment: Segment) -> Any:
+    """A segment's PLD, as ``PLDAccountant`` builds ``SelfComposedDpEvent(PoissonSampled...)``."""
+    return _gaussian_pld(segment.noise_multiplier, segment.sample_rate).self_compose(segment.steps)
+
+
+@functools.lru_cache(maxsize=32)
+def _history_pld(history: History) -> Any:
+    """The replace-one PLD of ``history``: its prefix's PLD composed with its last segment.
+
+    ``PLDAccountant.compose`` of :func:`replace_one_event` starts from the identity PLD and
+    composes the segments one by one, in order; so does this, with every prefix cached.
+    A history that grows by a segment at its end (a query, a round at a new noise
+    multiplier), or whose last segment gains steps, costs one segment and one convolution,
+    and gives the same PLD, bit for bit, as composing the whole history afresh.
+    """
+    from dp_accounting.pld import privacy_loss_distribution
+
+    if not history:
+        return privacy_loss_distribution.identity(value_discretization_interval=_PLD_INTERVAL)
+    return _history_pld(history[:-1]).compose(_segment_pld(history[-1]))
+
+
 @functools.lru_cache(maxsize=4096)
 def _replace_one_cached(history: History, delta: float) -> float:
-    from dp_accounting import NeighboringRelation
-    from dp_accounting.pld.pld_privacy_accountant import PLDAccountant
-
-    accountant = PLDAccountant(neighboring_relation=NeighboringRelation.REPLACE_ONE)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            accountant.compose(replace_one_event(history))
-            value = float(accountant.get_epsilon(delta))
+            value = float(_history_pld(history).get_epsilon_for_delta(delta))
     except (ValueError, RuntimeError, OverflowError, FloatingPointError) as err:
         log.warning("PLD accountant failed for %s at delta %s: %s", history, delta, err)
         return math.inf
@@ -250,7 +286,8 @@ def replace_one_epsilon(history: History, delta: float) -> float:
     privacy-loss-distribution accountant, ``PLDAccountant(neighboring_relation=
     NeighboringRelation.REPLACE_ONE)`` (default discretisation, pessimistic estimate, so
     an upper bound), composing :func:`replace_one_event`. Returns ``inf`` where the
-    accountant cannot bound the history. Cached per ``(history, delta)`` (0.05-2 s).
+    accountant cannot bound the history. Cached per ``(history, delta)``, and the PLD of
+    every history prefix, so a history grown by one segment costs that segment only.
 
     Raises
     ------
@@ -293,39 +330,42 @@ _RDP_ORDERS: tuple[float, ...] = tuple([1 + x / 10.0 for x in range(1, 100)] + l
 
 
 @functools.lru_cache(maxsize=4096)
-def _rdp_replace_one_cached(history: History, delta: float) -> float:
+def _segment_rdp(segment: Segment) -> tuple[Any, Any]:
+    """Opacus's add/remove RDP of one segment at orders ``2a`` and ``2a - 1``."""
     import numpy as np
-    from opacus.accountants.analysis.rdp import compute_rdp, get_privacy_spent
+    from opacus.accountants.analysis.rdp import compute_rdp
 
     orders = np.array(_RDP_ORDERS, dtype=np.float64)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        removed = sum(
+        removed, added = (
             np.asarray(
                 compute_rdp(
-                    q=s.sample_rate,
-                    noise_multiplier=s.noise_multiplier,
-                    steps=s.steps,
-                    orders=list(2 * orders),
+                    q=segment.sample_rate,
+                    noise_multiplier=segment.noise_multiplier,
+                    steps=segment.steps,
+                    orders=list(at),
                 )
             )
-            for s in history
+            for at in (2 * orders, 2 * orders - 1)
         )
-        added = sum(
-            np.asarray(
-                compute_rdp(
-                    q=s.sample_rate,
-                    noise_multiplier=s.noise_multiplier,
-                    steps=s.steps,
-                    orders=list(2 * orders - 1),
-                )
-            )
-            for s in history
-        )
-        # Weak triangle inequality (Mironov 2017, Prop. 11 with p = q = 2): a replacement
-        # is a removal then an addition, D_a(P||R) <= (a - 1/2)/(a - 1) D_2a(P||Q)
-        # + D_(2a-1)(Q||R), with each add/remove divergence bounded by Opacus's RDP.
-        replaced = (orders - 0.5) / (orders - 1) * removed + added
+    return removed, added
+
+
+@functools.lru_cache(maxsize=4096)
+def _rdp_replace_one_cached(history: History, delta: float) -> float:
+    import numpy as np
+    from opacus.accountants.analysis.rdp import get_privacy_spent
+
+    orders = np.array(_RDP_ORDERS, dtype=np.float64)
+    removed = sum(_segment_rdp(s)[0] for s in history)
+    added = sum(_segment_rdp(s)[1] for s in history)
+    # Weak triangle inequality (Mironov 2017, Prop. 11 with p = q = 2): a replacement
+    # is a removal then an addition, D_a(P||R) <= (a - 1/2)/(a - 1) D_2a(P||Q)
+    # + D_(2a-1)(Q||R), with each add/remove divergence bounded by Opacus's RDP.
+    replaced = (orders - 0.5) / (orders - 1) * removed + added
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
         value, _order = get_privacy_spent(orders=list(orders), rdp=replaced, delta=delta)
     value = float(value)
     return value if math.isfinite(value) else math.inf
@@ -353,20 +393,27 @@ class EpsilonReport:
     """Epsilon of one merged history at one delta.
 
     ``epsilon`` is the replace-one figure that counts (PLD); ``rdp`` the replace-one RDP
-    cross-check (never below it); ``add_remove`` the add/remove-one figure (Opacus PRV,
-    or Opacus RDP, an upper bound, where PRV cannot bound the history), for comparison
-    only.
+    cross-check (never below it); :attr:`add_remove` the add/remove-one figure, for
+    comparison only, computed when first read (a training receipt reads it; budget checks
+    and analysis receipts do not).
     """
 
     history: History
     delta: float
     epsilon: float
     rdp: float
-    add_remove: float
+
+    @functools.cached_property
+    def add_remove(self) -> float:
+        """The add/remove-one epsilon: Opacus PRV, or Opacus RDP where PRV cannot bound it."""
+        value = prv_epsilon(self.history, self.delta)
+        if not math.isfinite(value) and self.history:
+            value = _rdp_add_remove_cached(self.history, self.delta)
+        return value
 
 
 def epsilon_report(history: Iterable[Segment], delta: float) -> EpsilonReport:
-    """Replace-one (PLD), its RDP cross-check and the add/remove (PRV) epsilon of ``history``.
+    """Replace-one (PLD) epsilon of ``history`` and its RDP cross-check (add/remove on demand).
 
     Raises
     ------
@@ -385,12 +432,7 @@ def epsilon_report(history: Iterable[Segment], delta: float) -> EpsilonReport:
             f"the PLD epsilon {epsilon:.6g} for history {history_to_json(merged)} at "
             f"delta {delta:g}"
         )
-    add_remove = prv_epsilon(merged, delta)
-    if not math.isfinite(add_remove) and merged:
-        add_remove = _rdp_add_remove_cached(merged, float(delta))
-    return EpsilonReport(
-        history=merged, delta=float(delta), epsilon=epsilon, rdp=rdp, add_remove=add_remove
-    )
+    return EpsilonReport(history=merged, delta=float(delta), epsilon=epsilon, rdp=rdp)
 
 
 @dataclass(frozen=True)

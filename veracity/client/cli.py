@@ -444,6 +444,53 @@ def _print_review(review: Any) -> None:
         console.print(f"  problem: {problem}")
 
 
+def _print_analysis_review(review: dict[str, Any]) -> None:
+    console = stderr_console()
+    console.print(f"Analysis study {review['study_id']}  ({review['study_hash']})")
+    threshold = review["min_cell_count"]
+    cells = (
+        f"cells under {threshold:g} suppressed after the noise (your min_cell_count)"
+        if threshold > 0
+        else "no small-cell suppression (min_cell_count in site.json)"
+    )
+    console.print(f"  code hash {review['code_hash']}; delta {review['delta']:g}; {cells}")
+    console.print("  declared columns (every value clipped to its bounds):")
+    for name, bounds in review["columns"].items():
+        console.print(f"    {name}: [{bounds['lower']:g}, {bounds['upper']:g}]")
+    console.print("  queries (each answered with its own Gaussian noise, charged to the dataset):")
+    for query in review["queries"]:
+        terms = [query["kind"]]
+        for key in ("column", "by", "event"):
+            if query.get(key) is not None:
+                terms.append(f"{key} {query[key]}")
+        for key in ("bins", "by_bins", "probabilities"):
+            if query.get(key) is not None:
+                terms.append(f"{key} {', '.join(f'{v:g}' for v in query[key])}")
+        cohort = " and ".join(
+            f"{c['column']} {c['op']} {c['value']:g}" for c in query.get("cohort") or []
+        )
+        terms.append(f"cohort {cohort}" if cohort else "every row")
+        console.print(f"    {query['query_id']}: {'; '.join(terms)}; epsilon {query['epsilon']:g}")
+    console.print(
+        f"  epsilon cap: study asks {review['study_epsilon_cap']}, you allow "
+        f"{review['approved_epsilon_cap']}, in force {review['epsilon_cap_in_force']}"
+    )
+    console.print(
+        f"  the whole study would spend epsilon {_fmt(review['projected_study_epsilon'])}"
+    )
+    if review["dataset_id"] is not None and "dataset_epsilon_now" in review:
+        console.print(
+            f"  dataset {review['dataset_id']} would go from "
+            f"{_fmt(review['dataset_epsilon_now'])} to "
+            f"{_fmt(review['projected_dataset_epsilon'])} of its budget "
+            f"{review['dataset_epsilon_budget']:g}"
+        )
+    for warning in review["warnings"]:
+        console.print(f"  warning: {warning}")
+    for problem in review["problems"]:
+        console.print(f"  problem: {problem}")
+
+
 @site_app.command("review")
 def review_command(
     study_file: Annotated[
@@ -460,12 +507,25 @@ def review_command(
     data_dir: DataDirOption = None,
     output_format: FormatOption = OutputFormat.TEXT,
 ) -> None:
-    """Show what a study asks of this site and what it would spend, without deciding."""
-    from veracity.client.approvals import load_study_file, review_study
-    from veracity.client.site import Site
+    """Show what a study asks of this site and what it would spend, without deciding.
 
-    study = load_study_file(study_file)
+    For an analysis study: its declared columns and bounds, and each query with its
+    columns, bins, epsilon share and cohort filter.
+    """
+    from veracity.client.analysis import review_analysis
+    from veracity.client.approvals import load_any_study_file, review_study
+    from veracity.client.site import Site
+    from veracity.contracts.analysis import AnalysisStudy
+
+    study = load_any_study_file(study_file)
     with Site.open(_root(data_dir)) as site:
+        if isinstance(study, AnalysisStudy):
+            analysis = review_analysis(site, study, dataset_id=dataset, epsilon_cap=epsilon_cap)
+            if output_format is OutputFormat.JSON:
+                emit_json(analysis)
+            else:
+                _print_analysis_review(analysis)
+            return
         review = review_study(site, study, dataset_id=dataset, epsilon_cap=epsilon_cap)
     if output_format is OutputFormat.JSON:
         emit_json(review.to_dict())
@@ -495,30 +555,49 @@ def approve_command(
     data_dir: DataDirOption = None,
     output_format: FormatOption = OutputFormat.TEXT,
 ) -> None:
-    """Approve a study on a dataset with an epsilon cap, signed by the site key."""
-    from veracity.client.approvals import approve_study, load_study_file, review_study
-    from veracity.client.site import Site
+    """Approve a study on a dataset with an epsilon cap, signed by the site key.
 
-    study = load_study_file(study_file)
+    The same for a training and an analysis study: the signed ``study.approved`` names the
+    study's hash (its document, code hash included), the dataset and the cap.
+    """
+    from veracity.client.analysis import approve_analysis, review_analysis
+    from veracity.client.approvals import approve_study, load_any_study_file, review_study
+    from veracity.client.site import Site
+    from veracity.contracts.analysis import AnalysisStudy
+
+    study = load_any_study_file(study_file)
     with Site.open(_root(data_dir)) as site:
-        review = review_study(site, study, dataset_id=dataset, epsilon_cap=epsilon_cap)
-        _print_review(review)
-        if not review.problems and not yes:
+        if isinstance(study, AnalysisStudy):
+            analysis = review_analysis(site, study, dataset_id=dataset, epsilon_cap=epsilon_cap)
+            _print_analysis_review(analysis)
+            problems = bool(analysis["problems"])
+            cap_in_force = analysis["epsilon_cap_in_force"]
+        else:
+            review = review_study(site, study, dataset_id=dataset, epsilon_cap=epsilon_cap)
+            _print_review(review)
+            problems = bool(review.problems)
+            cap_in_force = review.cap_in_force
+        if not problems and not yes:
             if not sys.stdin.isatty():
                 raise ConfigError("confirm with --yes to approve without a terminal")
             if not typer.confirm("Approve this study?", default=False, err=True):
                 stderr_console().print("Not approved.")
                 raise typer.Exit(1)
-        decision, statement, _ = approve_study(
-            site, study, dataset_id=dataset, epsilon_cap=epsilon_cap
-        )
+        if isinstance(study, AnalysisStudy):
+            decision, statement = approve_analysis(
+                site, study, dataset_id=dataset, epsilon_cap=epsilon_cap
+            )
+        else:
+            decision, statement, _ = approve_study(
+                site, study, dataset_id=dataset, epsilon_cap=epsilon_cap
+            )
     shown = {
         "decision": decision.decision,
         "study_id": decision.study_id,
         "study_hash": decision.study_hash,
         "dataset_id": decision.dataset_id,
         "epsilon_cap": decision.epsilon_cap,
-        "epsilon_cap_in_force": review.cap_in_force,
+        "epsilon_cap_in_force": cap_in_force,
         "statement": statement.to_dict(),
     }
     _emit_decision(shown, output_format)
@@ -535,11 +614,11 @@ def refuse_command(
     data_dir: DataDirOption = None,
     output_format: FormatOption = OutputFormat.TEXT,
 ) -> None:
-    """Refuse a study (or withdraw an approval), signed by the site key."""
-    from veracity.client.approvals import load_study_file, refuse_study
+    """Refuse a training or analysis study (or withdraw an approval), signed by the site key."""
+    from veracity.client.approvals import load_any_study_file, refuse_study
     from veracity.client.site import Site
 
-    study = load_study_file(study_file)
+    study = load_any_study_file(study_file)
     with Site.open(_root(data_dir)) as site:
         decision, statement = refuse_study(site, study, reason=reason)
     shown = {
@@ -772,6 +851,32 @@ def canary_audit_command(
             ],
         )
     verify_noise_audit(audit)
+
+
+@site_app.command("enrolment-proof")
+def enrolment_proof_command(
+    log_id: Annotated[
+        str,
+        typer.Option(
+            "--log-id",
+            envvar="VERACITY_LOG_ID",
+            help="The coordinator's log id (64 hex; the admin reads it from the ledger).",
+        ),
+    ],
+    data_dir: Annotated[
+        Path | None,
+        typer.Option("--data-dir", envvar="VERACITY_DATA_DIR", help="The site's directory."),
+    ] = None,
+) -> None:
+    """Print this site key's proof of possession, for the admin's `sites enrol --proof`."""
+    from veracity.client.site import Site
+    from veracity.core.fields import is_hex64
+    from veracity.errors import InputError
+
+    if not is_hex64(log_id):
+        raise InputError(f"--log-id must be 64 lowercase hex characters, not {log_id!r}")
+    with Site.open(_root(data_dir)) as site:
+        sys.stdout.write(site.enrolment_proof(log_id) + "\n")
 
 
 @site_app.command("witness-key")

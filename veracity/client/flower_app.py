@@ -180,15 +180,15 @@ def analysis(msg: Message, context: Context) -> Message:
         raise InputError("query_ids must be a JSON list of query ids")
     analyst = analyst_for(_site_dir(context))
     replies: list[QueryReplyItem] = []
-    for query_id in query_ids:
-        outcome = analyst.handle_query(
+    outcomes = analyst.handle_queries(
+        [
             QueryRequest(
-                study=study,
-                study_hash=instruction.study_hash,
-                code_hash=code_hash,
-                query_id=query_id,
+                study=study, study_hash=instruction.study_hash, code_hash=code_hash, query_id=q
             )
-        )
+            for q in query_ids
+        ]
+    )
+    for query_id, outcome in zip(query_ids, outcomes, strict=True):
         if isinstance(outcome, QueryRefusal):
             refusal = QueryRefusalItem(
                 kind=outcome.kind,

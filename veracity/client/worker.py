@@ -27,7 +27,6 @@ import logging
 import os
 import signal
 import sys
-import threading
 import time
 import tomllib
 import zipfile
@@ -36,6 +35,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 from typing import Any
+
+from veracity.supervise import exit_with_parent
 
 __all__ = ["WorkerOptions", "run_worker", "main", "fab_declares_veracity_clientapp"]
 
@@ -77,21 +78,6 @@ def _warm_up() -> None:
     model(torch.zeros(1, 2)).sum().backward()
     optimiser.step()
     import opacus  # noqa: F401  (import cost paid once, here)
-
-
-def _exit_with_parent(parent_pid: int) -> None:
-    """Exit this process when ``parent_pid`` (the supervising site agent) is gone."""
-
-    def watch() -> None:
-        while True:
-            time.sleep(1.0)
-            try:
-                os.kill(parent_pid, 0)
-            except ProcessLookupError:
-                log.warning("parent %d is gone; worker exits", parent_pid)
-                os._exit(0)
-
-    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
 
 
 def run_worker(options: WorkerOptions) -> int:
@@ -195,7 +181,7 @@ def run_worker(options: WorkerOptions) -> int:
             client.close()
 
     if options.parent_pid is not None:
-        _exit_with_parent(options.parent_pid)
+        exit_with_parent(options.parent_pid, name="worker")
     stopping = False
     serving = False
 

@@ -2,17 +2,26 @@
 
 TLS on every API, SuperNode authentication on, state in a SQLite file so registrations and
 run history survive a restart, bound to loopback by default (its Control API has no
-authentication in open-source Flower).
+authentication in open-source Flower). It runs with ``--isolation process`` beside
+Veracity's ServerApp executor (:mod:`veracity.server.serverapp_executor`), which starts
+each run's ServerApp process from an interpreter that has already imported it.
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 from veracity.errors import ConfigError, TransportError
 from veracity.server.control import ControlClient
 from veracity.server.coordinator.home import CoordinatorHome
-from veracity.supervise import ManagedProcess, ProcessGroup, flower_environment, wait_for
+from veracity.supervise import (
+    ManagedProcess,
+    ProcessGroup,
+    flower_environment,
+    python_module_argv,
+    wait_for,
+)
 
 __all__ = ["SuperLinkOptions", "start_superlink", "superlink_argv"]
 
@@ -35,6 +44,7 @@ def superlink_argv(home: CoordinatorHome, options: SuperLinkOptions) -> list[str
         "--ssl-keyfile", str(tls.server_key),
         "--enable-supernode-auth",
         "--disable-runtime-dependency-installation",
+        "--isolation", "process",
         "--host", options.host,
         "--port", str(options.port),
         "--database", str(home.superlink_db),
@@ -48,7 +58,7 @@ def start_superlink(
     *,
     timeout: float = 60.0,
 ) -> ManagedProcess:
-    """Start the SuperLink in ``group`` and wait until its Control API answers.
+    """Start the SuperLink and its ServerApp executor in ``group``; wait until both are ready.
 
     Raises
     ------
@@ -84,4 +94,24 @@ def start_superlink(
         wait_for(answers, timeout=timeout, what="the SuperLink's Control API", watch=[process])
     finally:
         client.close()
+    ready = home.logs / "serverapp-executor.ready"
+    ready.unlink(missing_ok=True)
+    executor = group.start(
+        ManagedProcess(
+            name="serverapp-executor",
+            argv=python_module_argv(
+                "veracity.server.serverapp_executor",
+                "--runtime-api-address", f"{local}:{options.port}",
+                "--root-certificates", str(home.tls.ca_cert.resolve()),
+                "--ready-file", str(ready),
+                "--parent-pid", str(os.getpid()),
+            ),
+            log_path=home.logs / "serverapp-executor.log",
+            env=flower_environment(home.flwr_home),
+            cwd=home.data_dir,
+        )
+    )  # fmt: skip
+    wait_for(
+        ready.is_file, timeout=timeout, what="the ServerApp executor", watch=[process, executor]
+    )
     return process
