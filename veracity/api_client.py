@@ -177,13 +177,14 @@ class CoordinatorClient:
         return first.model_copy(update={"items": items, "next_offset": None})
 
     def enrol_site(
-        self, token: str, *, name: str, public_key: str, supernode_public_key: str
+        self, token: str, *, name: str, public_key: str, supernode_public_key: str, proof: str
     ) -> SiteEnrolledOut:
-        """``POST /sites`` (admin)."""
+        """``POST /sites`` (admin); ``proof`` is the site key's proof of possession."""
         body = {
             "name": name,
             "public_key": public_key,
             "supernode_public_key": supernode_public_key,
+            "proof": proof,
         }
         return self._parsed(SiteEnrolledOut, "POST", "/sites", token, json=body)
 

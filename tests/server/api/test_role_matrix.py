@@ -166,7 +166,9 @@ class World:
         site = self.api.site
         tag = secrets.token_hex(3)
         bodies: dict[tuple[str, str], Callable[[], dict[str, Any]]] = {
-            ("POST", "/api/v1/sites"): lambda: {"json": unique_site("east").enrolment()},
+            ("POST", "/api/v1/sites"): lambda: {
+                "json": unique_site("east").enrolment(self.api.service.ledger.log_id)
+            },
             ("POST", "/api/v1/datasets"): lambda: {
                 "json": site.signed("dataset.registered", site.dataset(f"cohort-{tag}"))
             },

@@ -89,6 +89,10 @@ class SiteEnrolIn(_In):
     supernode_public_key: Annotated[str, StringConstraints(min_length=1, max_length=4096)] = Field(
         description="The SuperNode's ECDSA public key, OpenSSH text (P-384)."
     )
+    proof: Base64Signature = Field(
+        description="The site key's proof of possession for this log, name and role site "
+        "(`veracity site enrolment-proof --log-id LOG_ID`)."
+    )
 
 
 class SiteEnrolledOut(BaseModel):

@@ -47,6 +47,7 @@ def enrol_site(body: SiteEnrolIn, principal: AdminDep, service: ServiceDep) -> S
         body.name,
         public_key_pem=body.public_key,
         supernode_public_key=body.supernode_public_key,
+        proof=body.proof,
     )
     enrolled = recorded.value
     return SiteEnrolledOut(
