@@ -275,3 +275,36 @@ def test_a_request_above_the_servers_limit_is_refused_before_encrypting() -> Non
     ):
         predict_encrypted(client, description, np.zeros((2, 64)))
     assert CNN_PARAMETERS.poly_modulus_degree * sum(CNN_PARAMETERS.data_prime_bits) // 8 > 2**18
+
+
+def test_a_folder_of_dicom_images_is_read_like_png(tmp_path: Path) -> None:
+    pydicom = pytest.importorskip("pydicom")
+    from PIL import Image
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+
+    from veracity.client.predict import read_images
+
+    pixels = (np.arange(2 * 64, dtype=np.uint8).reshape(2, 8, 8) * 2) % 255
+    dicom, png = tmp_path / "dicom", tmp_path / "png"
+    dicom.mkdir()
+    png.mkdir()
+    for index, image in enumerate(pixels):
+        meta = FileMetaDataset()
+        meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
+        meta.MediaStorageSOPInstanceUID = generate_uid()
+        meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds = pydicom.Dataset()
+        ds.file_meta = meta
+        ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, generate_uid()
+        ds.Rows, ds.Columns = image.shape
+        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
+        ds.PixelData = image.tobytes()
+        ds.save_as(dicom / f"scan{index}.dcm", enforce_file_format=True)
+        Image.fromarray(image, mode="L").save(png / f"scan{index}.png")
+
+    from_dicom = read_images(dicom, input_shape=(1, 8, 8))
+
+    assert from_dicom.ids == ("scan0.dcm", "scan1.dcm")
+    np.testing.assert_array_equal(from_dicom.values, read_images(png, input_shape=(1, 8, 8)).values)
