@@ -201,6 +201,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from veracity.crypto.keys import generate_signing_key
     from veracity.crypto.supernode import generate_supernode_key
+    from veracity.ledger.possession import sign_enrolment
     from veracity.server.api.serve import initialise, issue_token, start_api
     from veracity.server.api.settings import ApiSettings
     from veracity.server.api.tokens import Role
@@ -223,6 +224,9 @@ def main(argv: list[str] | None = None) -> int:
                 operator("bench"),
                 "bench-site",
                 public_key_pem=site_key.public.pem(),
+                proof=sign_enrolment(
+                    site_key, log_id=coordinator.ledger.log_id, name="bench-site", role="site"
+                ),
                 supernode_public_key=generate_supernode_key()
                 .public_key()
                 .public_bytes(Encoding.OpenSSH, PublicFormat.OpenSSH)

@@ -14,6 +14,10 @@ Every figure is measured in this run beside the baseline from the same run:
 * The crossover between the small-batch and the batch layout (client + server CPU per
   request, in process), which sets ``small_batch_max`` in ``veracity.he.params``.
 
+* Issue 13 (``--images`` runs only this part): ten-class LR and MLP on 8x8 digits in their
+  batch layouts against TenSEAL per image (``mm`` to ten logits), and the square-activation
+  CNN in the column layout against TenSEAL's im2col (Tutorial 4) per image.
+
 Run ``python benchmarks/he_bench.py`` (``--quick`` for a short run; sizes are options).
 """
 
@@ -466,6 +470,272 @@ def measure_http(
         )
 
 
+# ---- issue 13: k classes and the square-activation CNN on 8x8 digits ---------------------
+
+
+def digits_split() -> tuple[npt.NDArray[np.float64], ...]:
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    data = load_digits()
+    x_train, x_test, y_train, y_test = train_test_split(
+        data.data / 8.0 - 1.0, data.target, test_size=0.25, stratify=data.target, random_state=0
+    )
+    return x_train, y_train, x_test, y_test
+
+
+def train_digits(spec: Any, x: npt.NDArray[np.float64], y: Any) -> Any:
+    import torch
+
+    from veracity.tasks.torch_models import build_model, model_weights
+
+    torch.manual_seed(0)
+    model = build_model(spec, seed=0)
+    optimiser = torch.optim.Adam(model.parameters(), lr=1e-2, weight_decay=1e-3)
+    xt, yt = torch.tensor(x, dtype=torch.float32), torch.tensor(y, dtype=torch.int64)
+    for _ in range(200 if spec.family.value == "poly_mlp" else 150):
+        optimiser.zero_grad()
+        loss = torch.nn.functional.cross_entropy(model(xt), yt)
+        torch.autograd.backward(loss)
+        optimiser.step()
+    return model_weights(model)
+
+
+def tenseal_k_class_seconds(spec: Any, weights: Mapping[str, Any], x: Any) -> float:
+    """TenSEAL per image, one CKKSVector each: ``mm`` to k logits (MLP: bias-folded)."""
+    import tenseal as ts
+
+    w = {k: np.asarray(v, dtype=np.float64) for k, v in weights.items()}
+    bits, scale = (
+        ([60, 40, 40, 60], 40)
+        if spec.family.value == "logistic"
+        else (
+            [50, 35, 35, 35, 50],
+            35,
+        )
+    )
+    context = ts.context(ts.SCHEME_TYPE.CKKS, 8192, coeff_mod_bit_sizes=bits, n_threads=1)
+    context.global_scale = 2.0**scale
+    context.generate_galois_keys()
+    if spec.family.value == "logistic":
+        blobs = [ts.ckks_vector(context, row.tolist()).serialize() for row in x]
+        start = time.process_time()
+        for blob in blobs:
+            v = ts.ckks_vector_from(context, blob)
+            (v.mm(w["linear.weight"].T.tolist()) + w["linear.bias"].tolist()).serialize()
+        return (time.process_time() - start) / len(x)
+    a, b_lin, c = spec.activation
+    w1 = np.vstack([w["fc1.weight"].T, w["fc1.bias"] + b_lin / (2 * a)]).tolist()
+    w2 = (a * w["fc2.weight"].T).tolist()
+    b2 = (w["fc2.weight"].sum(axis=1) * (c - b_lin**2 / (4 * a)) + w["fc2.bias"]).tolist()
+    blobs = [ts.ckks_vector(context, np.append(row, 1.0).tolist()).serialize() for row in x]
+    start = time.process_time()
+    for blob in blobs:
+        v = ts.ckks_vector_from(context, blob)
+        (v.mm(w1).square().mm(w2) + b2).serialize()
+    return (time.process_time() - start) / len(x)
+
+
+def tenseal_im2col_baseline(x: npt.NDArray[np.float64], n: int) -> tuple[float, int]:
+    """TenSEAL's Tutorial 4 on one 8x8 image: im2col conv (4 filters 3x3), x^2, FC, x^2, FC.
+
+    Server CPU seconds per image and upload bytes per image (the encrypted image; the
+    Galois keys are sent once). Random weights of the tutorial's shapes: timing only.
+    """
+    import tenseal as ts
+
+    rng = np.random.default_rng(0)
+    bits = [31, 26, 26, 26, 26, 26, 26, 31]
+    context = ts.context(ts.SCHEME_TYPE.CKKS, 8192, coeff_mod_bit_sizes=bits, n_threads=1)
+    context.global_scale = 2.0**26
+    context.generate_galois_keys()
+    kernel = rng.normal(size=(4, 3, 3)) * 0.3
+    windows = 3 * 3  # 6x6 outputs, stride 1, no padding
+    fc1 = (rng.normal(size=(4 * 36, 32)) * 0.1).tolist()
+    fc2 = (rng.normal(size=(32, 10)) * 0.1).tolist()
+    blobs = []
+    for image in x[:n]:
+        encoded, count = ts.im2col_encoding(context, image.reshape(8, 8).tolist(), 3, 3, 1)
+        blobs.append(encoded.serialize())
+    start = time.process_time()
+    for blob in blobs:
+        enc = ts.ckks_vector_from(context, blob)
+        channels = [enc.conv2d_im2col(k.tolist(), count) for k in kernel]
+        out = ts.CKKSVector.pack_vectors(channels)
+        out.square_()
+        out = out.mm(fc1)
+        out.square_()
+        out.mm(fc2).serialize()
+    del windows
+    return (time.process_time() - start) / n, len(blobs[0])
+
+
+def measure_classes_and_images(repeat: int, report: Report) -> None:
+    """Ten-class LR and MLP in their batch layouts, and the CNN, against TenSEAL per image."""
+    from veracity.he.circuit import compile_circuit, compile_conv_circuit
+    from veracity.he.contexts import SecretContext
+    from veracity.he.layouts import evaluate
+    from veracity.he.params import PackingLayout, parameter_set_for
+    from veracity.he.seal import seal_primes
+    from veracity.he.wire import RequestHeader, encode_request
+    from veracity.server.inference import InferenceService
+    from veracity.server.registry import ModelRegistry
+    from veracity.tasks.spec import ModelFamily, ModelSpec, predict_logits
+
+    x_train, y_train, x_test, y_test = digits_split()
+    specs = {
+        "logistic": ModelSpec(ModelFamily.LOGISTIC, 64, classes=10),
+        "poly_mlp": ModelSpec(ModelFamily.POLY_MLP, 64, hidden=16, classes=10),
+    }
+    for family, spec in specs.items():
+        weights = train_digits(spec, x_train, y_train)
+        ps = parameter_set_for(family)
+        layout = ps.batch_layout
+        capacity = (
+            ps.poly_modulus_degree if layout is PackingLayout.COLUMN_COEFFICIENT else ps.slots
+        )
+        batch = rows(x_test, capacity)
+        secret = SecretContext.generate(ps)
+        public = secret.public()
+        circuit = compile_circuit(
+            family,
+            weights,
+            parameter_set=ps,
+            primes=seal_primes(ps),
+            n_features=64,
+            hidden=spec.hidden,
+            activation=spec.activation,
+            outputs=10,
+        )
+        ciphertexts = secret.encrypt(layout, batch, hidden=spec.hidden)
+        results: list[bytes] = []
+
+        def run(
+            circuit: Any = circuit,
+            ciphertexts: Any = ciphertexts,
+            public: Any = public,
+            layout: Any = layout,
+            capacity: int = capacity,
+            results: list[bytes] = results,
+        ) -> None:
+            results[:] = evaluate(public, circuit, layout, ciphertexts, batch_size=capacity)
+
+        cpu = cpu_seconds(run, repeat)
+        logits = secret.decrypt(
+            layout, results, batch_size=capacity, n_features=64, hidden=spec.hidden, outputs=10
+        )
+        expected = predict_logits(spec, weights, batch)
+        agree = float(np.mean(logits.argmax(axis=1) == expected.argmax(axis=1)))
+        base = tenseal_k_class_seconds(spec, weights, x_test[:8])
+        name = "LR 64-10" if family == "logistic" else "MLP 64-16-10"
+        report.add(
+            Figure(
+                f"{name} (10 classes) server throughput, evaluate ({layout}, batch {capacity})",
+                capacity / cpu,
+                "pred/s/core",
+                1.0 / base,
+                "TenSEAL per image, mm to 10 logits",
+            )
+        )
+        report.notes.append(
+            f"{name}: argmax agrees with plaintext on {agree:.1%} of {capacity} digits; max "
+            f"|logit error| {float(np.abs(logits - expected).max()):.2g}; accuracy "
+            f"{float(np.mean(predict_logits(spec, weights, x_test).argmax(axis=1) == y_test)):.3f}"
+        )
+
+    spec = ModelSpec(
+        ModelFamily.CNN2D,
+        64,
+        classes=10,
+        input_shape=(1, 8, 8),
+        filters=(4, 8),
+        kernel=3,
+        conv_activation="square",
+    )
+    weights = train_digits(spec, x_train, y_train)
+    ps = parameter_set_for("cnn2d")
+    capacity = ps.slots
+    batch = rows(x_test, capacity)
+    secret = SecretContext.generate(ps)
+    public = secret.public()
+    cnn = compile_conv_circuit(
+        weights,
+        parameter_set=ps,
+        primes=seal_primes(ps),
+        input_shape=(1, 8, 8),
+        filters=(4, 8),
+        kernel=3,
+        outputs=10,
+    )
+    ciphertexts = secret.encrypt(PackingLayout.COLUMN, batch)
+    outputs: list[bytes] = []
+
+    def run_cnn() -> None:
+        outputs[:] = evaluate(public, cnn, PackingLayout.COLUMN, ciphertexts, batch_size=capacity)
+
+    cnn_cpu = cpu_seconds(run_cnn, max(1, repeat // 3))
+    logits = secret.decrypt(
+        PackingLayout.COLUMN, outputs, batch_size=capacity, n_features=64, outputs=10
+    )
+    expected = predict_logits(spec, weights, batch)
+    agree = float(np.mean(logits.argmax(axis=1) == expected.argmax(axis=1)))
+    # One declared image through the whole service (what a single-image request costs today).
+    with tempfile.TemporaryDirectory() as directory:
+        registry = ModelRegistry(Path(directory))
+        model_hash = registry.put(
+            spec, weights, features=("grey",), label="digit", scaling=((0.0, 1.0),), card={}
+        )
+        service = InferenceService(registry, recorder=lambda payload: None)
+        single = secret.encrypt(PackingLayout.COLUMN, x_test[:1])
+        request = encode_request(
+            RequestHeader(model_hash, ps.name, secret.context_hash(), PackingLayout.COLUMN, 1),
+            single,
+            context=secret.public_context(),
+        )
+        single_cpu = cpu_seconds(lambda: service.serve(request, requester="bench"), 1)
+    base_cpu, base_upload = tenseal_im2col_baseline(x_test, 4)
+    baseline_name = "TenSEAL im2col (Tutorial 4), per image"
+    report.add(
+        Figure(
+            f"digits CNN (conv 4x3x3, x^2, pool, conv 8x3x3, x^2, pool, FC) server "
+            f"throughput, batch layout (column, {capacity} images)",
+            capacity / cnn_cpu,
+            "img/s/core",
+            1.0 / base_cpu,
+            baseline_name,
+            ">= 5000",
+        )
+    )
+    report.add(
+        Figure(
+            "digits CNN single image, whole request (the batch layout with one declared image)",
+            single_cpu * 1e3,
+            "ms server CPU",
+            base_cpu * 1e3,
+            baseline_name,
+            "<= 100",
+            higher_is_better=False,
+        )
+    )
+    report.add(
+        Figure(
+            "digits CNN upload per image, full batch",
+            sum(len(c) for c in ciphertexts) / capacity,
+            "B",
+            float(base_upload),
+            baseline_name,
+            "<= 204800 (single image)",
+            higher_is_better=False,
+        )
+    )
+    report.notes.append(
+        f"digits CNN: argmax agrees with plaintext on {agree:.1%} of {capacity} images; max "
+        f"|logit error| {float(np.abs(logits - expected).max()):.2g}; plaintext accuracy "
+        f"{float(np.mean(predict_logits(spec, weights, x_test).argmax(axis=1) == y_test)):.3f}; "
+        f"a one-image request uploads {len(request) / 2**20:.1f} MiB"
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small sizes, few repeats")
@@ -474,6 +744,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--mlp-http-patients", type=int, default=None)
     parser.add_argument("--repeat", type=int, default=None)
     parser.add_argument("--json", type=Path, default=None, help="also write figures as JSON")
+    parser.add_argument(
+        "--images",
+        action="store_true",
+        help="only the issue-13 part: ten-class LR and MLP, and the digits CNN",
+    )
     parser.add_argument("--serve", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.serve:
@@ -481,6 +756,14 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     quick = args.quick
     repeat = args.repeat or (3 if quick else 7)
+    if args.images:
+        report = Report("encrypted inference, k classes and images (CKKS, SEAL 4.1), per core")
+        measure_classes_and_images(repeat, report)
+        report.notes.append("CPU time of one thread")
+        report.print()
+        if args.json is not None:
+            report.write_json(args.json)
+        return 0
     baseline_n = args.baseline_patients or (8 if quick else 40)
     http_n = {
         "logistic": args.lr_http_patients or (8192 if quick else 40960),

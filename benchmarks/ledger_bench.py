@@ -54,6 +54,7 @@ from veracity.crypto.keys import (
 )
 from veracity.ledger.ledger import EventRequest, Ledger
 from veracity.ledger.merkle import leaf_hash, node_hash
+from veracity.ledger.possession import sign_enrolment
 from veracity.ledger.statement import sign_statement
 from veracity.ledger.store import create_engine
 
@@ -112,6 +113,7 @@ def new_ledger(path: Path, root: SigningKey, site: SigningKey) -> Ledger:
             "role": "site",
             "public_key": site.public.pem(),
             "valid_from": format_timestamp(T0),
+            "proof": sign_enrolment(site, log_id=ledger.log_id, name="hospital-a", role="site"),
         },
         signer=root,
     )

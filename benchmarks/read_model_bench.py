@@ -49,6 +49,7 @@ from veracity.core.fields import format_timestamp
 from veracity.crypto.keys import SigningKey, generate_signing_key
 from veracity.crypto.supernode import generate_supernode_key
 from veracity.ledger.ledger import EventRequest, Ledger
+from veracity.ledger.possession import sign_enrolment
 from veracity.ledger.statement import sign_document, sign_statement
 from veracity.server.coordinator import (
     CoordinatorService,
@@ -190,6 +191,7 @@ def _fill(service: CoordinatorService, entries: int) -> dict[str, Any]:
             ME,
             name,
             public_key_pem=key.public.pem(),
+            proof=sign_enrolment(key, log_id=service.ledger.log_id, name=name, role="site"),
             supernode_public_key=supernode.public_bytes(
                 Encoding.OpenSSH, PublicFormat.OpenSSH
             ).decode(),

@@ -39,6 +39,7 @@ from veracity.crypto.keys import SigningKey
 from veracity.ledger.ledger import EventRequest, Ledger
 from veracity.ledger.merkle import verify_consistency
 from veracity.ledger.note import CheckpointText, Note, verify_note
+from veracity.ledger.possession import sign_enrolment
 from veracity.ledger.witness import Witness
 from veracity.ledger.witnessed import WitnessedLog, witness_name
 
@@ -55,11 +56,13 @@ def _grow(ledger: Ledger, root: SigningKey, count: int, tag: str) -> None:
     for i in range(count):
         if i % 10 == 0:
             key = _key(f"{tag}-{i}")
+            name = f"site-{tag}-{i}"
             payload = {
-                "name": f"site-{tag}-{i}",
+                "name": name,
                 "role": "site",
                 "public_key": key.public.pem(),
                 "valid_from": format_timestamp(T0),
+                "proof": sign_enrolment(key, log_id=ledger.log_id, name=name, role="site"),
             }
             requests.append(EventRequest("key.enrolled", ROOT_ACTOR, payload, signer=root))
         else:
@@ -109,6 +112,7 @@ def main() -> None:
             "role": "site",
             "public_key": site_key.public.pem(),
             "valid_from": format_timestamp(T0),
+            "proof": sign_enrolment(site_key, log_id=ledger.log_id, name=site, role="site"),
         }
         ledger.append("key.enrolled", ROOT_ACTOR, payload, signer=root, now=T0)
         _grow(ledger, root, args.base, "base")

@@ -291,6 +291,23 @@ def digits_models(digits: DigitsSplit) -> dict[str, tuple[Any, dict[str, Any]]]:
     }
 
 
+@pytest.fixture(scope="session")
+def digits_cnn(digits: DigitsSplit) -> tuple[Any, dict[str, Any]]:
+    """A ten-class square-activation ``cnn2d`` on 8x8 digits (conv 4x3x3, conv 8x3x3, dense)."""
+    from veracity.tasks.spec import ModelFamily, ModelSpec
+
+    spec = ModelSpec(
+        ModelFamily.CNN2D,
+        64,
+        classes=10,
+        input_shape=(1, 8, 8),
+        filters=(4, 8),
+        kernel=3,
+        conv_activation="square",
+    )
+    return spec, train_plaintext(spec, digits.train_x, digits.train_y, epochs=150, lr=1e-2)
+
+
 # ---- A research network on loopback --------------------------------------------------
 
 #: The hospitals of :func:`network`.

@@ -25,6 +25,7 @@ from veracity.client.site import Site
 from veracity.crypto.keys import generate_signing_key
 from veracity.crypto.supernode import write_supernode_key_pair
 from veracity.errors import SignatureError
+from veracity.ledger.possession import sign_enrolment
 from veracity.ledger.statement import RECEIPT_DOMAIN, verify_document
 from veracity.localnet import approve, wait_run
 from veracity.server.coordinator import CoordinatorService, operator
@@ -244,11 +245,15 @@ def test_receipts_signed_with_a_key_the_ledger_does_not_hold_are_dropped(network
     # The coordinator is told hospital-b rotated its key; hospital-b still signs with the old one.
     coordinator.revoke_site_key(ADMIN, "hospital-b", reason="rotation ordered by the network")
     # A new signing key; hospital-b keeps its SuperNode, whose registration stands.
+    new_key = generate_signing_key()
     coordinator.enrol_site(
         ADMIN,
         "hospital-b",
-        public_key_pem=generate_signing_key().public.pem(),
+        public_key_pem=new_key.public.pem(),
         supernode_public_key=site.supernode_public_key,
+        proof=sign_enrolment(
+            new_key, log_id=coordinator.ledger.log_id, name="hospital-b", role="site"
+        ),
     )
     study = _study("bc-wrong-key", rounds=1, min_sites=2)
     coordinator.propose_study(ADMIN, study.to_document())

@@ -155,13 +155,16 @@ def _run(
     # ---- every site: keys to the admin, enrolment, token back, data, SuperNode -------------
     for site, shell in sites.items():
         made = shell.json("site", "init", "--name", site, "--data-dir", "site")
+        proof = shell.run(
+            "site", "enrolment-proof", "--log-id", shown["log_id"], "--data-dir", "site"
+        ).stdout.strip()  # fmt: skip
         public = _hand_over(Path(made["public_key"]), coord.cwd / "inbox" / f"{site}.pub")
         supernode = _hand_over(
             Path(made["supernode_public_key"]), coord.cwd / "inbox" / f"{site}-supernode.pub"
         )
         coord.run(
             "admin", "sites", "enrol", site, "--public-key", str(public),
-            "--supernode-public-key", str(supernode),
+            "--supernode-public-key", str(supernode), "--proof", proof,
         )  # fmt: skip
         token = coord.run(
             "admin", "tokens", "create", "--role", "site", "--name", f"{site} operator",

@@ -62,10 +62,14 @@ def _run_network(shell: Shell, files: dict[str, Path], *, superlink: int, api: i
     for index, site in enumerate(SITES):
         where = f"site-{site[-1]}"
         made = shell.json("site", "init", "--name", site, "--data-dir", where)
+        proof = shell.run(
+            "site", "enrolment-proof", "--log-id", init["log_id"], "--data-dir", where
+        ).stdout.strip()  # fmt: skip
         enrolled = admin.json(
             "admin", "sites", "enrol", site,
             "--public-key", made["public_key"],
             "--supernode-public-key", made["supernode_public_key"],
+            "--proof", proof,
         )  # fmt: skip
         assert enrolled["name"] == site
         site_tokens[site] = admin.run(

@@ -82,6 +82,17 @@ def _read_text(path: Path, what: str) -> str:
 
 
 # ----------------------------------------------------------------------------- sites
+ProofOption = Annotated[
+    str,
+    typer.Option(
+        "--proof",
+        envvar="VERACITY_ENROLMENT_PROOF",
+        help="The site key's proof of possession: at the site, `veracity site enrolment-proof "
+        "--log-id LOG_ID` (the log id: `veracity ledger checkpoint --format json`).",
+    ),
+]
+
+
 @sites_app.command("enrol")
 def sites_enrol(
     name: Annotated[str, typer.Argument(help="The site's name (as in its site init).")],
@@ -99,6 +110,7 @@ def sites_enrol(
             help="The site's SuperNode key (OpenSSH).",
         ),
     ],
+    proof: ProofOption,
     server: ServerOption = DEFAULT_SERVER,
     token: TokenOption = None,
     ca_cert: CaCertOption = None,
@@ -109,7 +121,7 @@ def sites_enrol(
     supernode = _read_text(supernode_public_key, "SuperNode public key")
     with _Api(server, token, ca_cert) as api:
         out = api.client.enrol_site(
-            api.token, name=name, public_key=pem, supernode_public_key=supernode
+            api.token, name=name, public_key=pem, supernode_public_key=supernode, proof=proof
         )
     _show(
         output_format,
@@ -203,7 +215,8 @@ def sites_revoke(
     )  # fmt: skip
     emit_next(
         f"veracity admin sites enrol {_q(name)} --public-key NEW.pub "
-        "--supernode-public-key NEW_SUPERNODE.pub   (to let it back with new keys)"
+        "--supernode-public-key NEW_SUPERNODE.pub --proof PROOF   (to let it back with new "
+        "keys: a visible key.recovered)"
     )
 
 
@@ -216,6 +229,7 @@ def sites_rotate(
             "--public-key", envvar="VERACITY_PUBLIC_KEY", help="The site's new Ed25519 key."
         ),
     ],
+    proof: ProofOption,
     supernode_public_key: Annotated[
         Path | None,
         typer.Option(
@@ -233,7 +247,7 @@ def sites_rotate(
     ca_cert: CaCertOption = None,
     output_format: FormatOption = OutputFormat.TEXT,
 ) -> None:
-    """Give a site a new key: key.revoked for the old one, then key.enrolled for the new."""
+    """Give a site a new key: key.revoked for the old one, then key.recovered for the new."""
     pem = _read_text(public_key, "public key")
     new_supernode = (
         _read_text(supernode_public_key, "SuperNode public key") if supernode_public_key else None
@@ -247,7 +261,7 @@ def sites_rotate(
             api.token, name, reason=reason, withdraw_supernode=new_supernode is not None
         )
         enrolled = api.client.enrol_site(
-            api.token, name=name, public_key=pem, supernode_public_key=supernode
+            api.token, name=name, public_key=pem, supernode_public_key=supernode, proof=proof
         )
     _show(
         output_format,

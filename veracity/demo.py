@@ -346,18 +346,23 @@ def enrol_sites(state: DemoState) -> None:
     """The admin enrols the sites, their SuperNodes and witnesses start, each registers data."""
     from veracity.client.supernode import SuperNodeOptions, start_site_node
     from veracity.client.witness import start_site_witness
+    from veracity.ledger.ledger import Ledger
+    from veracity.server.coordinator import CoordinatorHome
 
     services = _need(state.services, "services")
     log_vkey = _log_vkey(state)
     node_options = SuperNodeOptions(
         superlink=services.superlink_address, ca_cert=services.ca_cert, idle_poll=0.2
     )
+    with Ledger.open(CoordinatorHome.load(state.coordinator_dir).db_url) as ledger:
+        log_id = ledger.log_id
     for site in state.sites:
         state.api.enrol_site(
             state.tokens["admin"],
             name=site.name,
             public_key=site.public_key_pem,
             supernode_public_key=site.supernode_public_key,
+            proof=site.enrolment_proof(log_id),
         )
         state.nodes.append(start_site_node(site.directory, node_options, state.group, wait=False))
         start_site_witness(

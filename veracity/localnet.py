@@ -59,6 +59,11 @@ class LocalSite:
         """The site's Ed25519 public key (PEM)."""
         return load_verify_key(SitePaths(self.directory, self.name).public_key).pem()
 
+    def enrolment_proof(self, log_id: str) -> str:
+        """The site key's proof of possession for the log ``log_id``."""
+        with Site.open(self.directory) as site:
+            return site.enrolment_proof(log_id)
+
     @property
     def supernode_public_key(self) -> str:
         """The site's SuperNode public key (OpenSSH line)."""
@@ -148,6 +153,7 @@ def enrol(coordinator: CoordinatorService, site: LocalSite) -> EnrolledSite:
         site.name,
         public_key_pem=site.public_key_pem,
         supernode_public_key=site.supernode_public_key,
+        proof=site.enrolment_proof(coordinator.ledger.log_id),
     ).value
     statement = site.registration
     coordinator.record_statement(

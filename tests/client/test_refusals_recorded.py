@@ -91,6 +91,7 @@ def test_the_ledger_records_the_sites_refusal_once(
             "role": "site",
             "public_key": site_key.pem(),
             "valid_from": "2026-03-01T09:00:00.000000Z",
+            "proof": ready_site.enrolment_proof(ledger.log_id),
         }
         ledger.append("key.enrolled", ROOT_ACTOR, enrolment, signer=root)
         (queued,) = [

@@ -20,6 +20,7 @@ from veracity.contracts.receipts import RECEIPT_DOMAIN
 from veracity.crypto.keys import SigningKey, generate_signing_key
 from veracity.errors import InputError, SignatureError
 from veracity.ledger.ledger import Ledger
+from veracity.ledger.possession import sign_enrolment
 from veracity.ledger.statement import sign_document
 
 
@@ -87,6 +88,7 @@ def test_the_ledger_refuses_an_analysis_answer_whose_receipt_the_site_did_not_si
         enrolled = KeyEnrolled(
             name="hospital-a", role="site", public_key=site_key.public.pem(),
             valid_from="2026-12-06T00:00:00Z",
+            proof=sign_enrolment(site_key, log_id=ledger.log_id, name="hospital-a", role="site"),
         )  # fmt: skip
         ledger.append(enrolled.KIND, ROOT_ACTOR, enrolled.to_json(), signer=root)
         receipt = AnalysisReceipt(

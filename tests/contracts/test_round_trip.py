@@ -36,7 +36,9 @@ from veracity.contracts.events import (
     Dropped,
     InferenceServed,
     KeyEnrolled,
+    KeyRecovered,
     KeyRevoked,
+    KeyRotated,
     ModelReleased,
     NoteRecorded,
     ReleasedDataset,
@@ -56,6 +58,7 @@ from veracity.core.fields import MAX_SAFE_INTEGER, format_timestamp
 from veracity.crypto.keys import SigningKey, generate_signing_key
 from veracity.ledger.checkpoint import cosign_checkpoint
 from veracity.ledger.ledger import Ledger
+from veracity.ledger.possession import sign_enrolment, sign_rotation
 from veracity.ledger.statement import sign_document, sign_statement
 
 T0 = datetime(2026, 12, 1, 9, 0, tzinfo=UTC)
@@ -156,7 +159,11 @@ def _record_every_kind(recorder: _Recorder, drawn: dict[str, Any]) -> None:
         recorder.keys[site] = key = generate_signing_key()
         recorder.root_event(
             KeyEnrolled(
-                name=site, role="site", public_key=key.public.pem(), valid_from=drawn["signed_at"]
+                name=site,
+                role="site",
+                public_key=key.public.pem(),
+                valid_from=drawn["signed_at"],
+                proof=sign_enrolment(key, log_id=recorder.ledger.log_id, name=site, role="site"),
             )
         )
     first, second = sites[0], sites[1]
@@ -281,9 +288,30 @@ def _record_every_kind(recorder: _Recorder, drawn: dict[str, Any]) -> None:
             log_id=checkpoint.log_id, signature=cosign_checkpoint(recorder.keys[first], checkpoint),
         ),
     )  # fmt: skip
+    log_id = recorder.ledger.log_id
+    handed_to = generate_signing_key()
+    recorder.root_event(
+        KeyRotated(
+            name=first, public_key=handed_to.public.pem(), valid_from=drawn["signed_at"],
+            proof=sign_enrolment(handed_to, log_id=log_id, name=first, role="site"),
+            outgoing_signature=sign_rotation(
+                recorder.keys[first], log_id=log_id, name=first, incoming=handed_to.public
+            ),
+        )
+    )  # fmt: skip
+    recorder.keys[first] = handed_to
     recorder.root_event(
         KeyRevoked(name=second, key_id=recorder.keys[second].public.key_id, reason="retired")
     )
+    recovered = generate_signing_key()
+    recorder.root_event(
+        KeyRecovered(
+            name=second, public_key=recovered.public.pem(), valid_from=drawn["signed_at"],
+            proof=sign_enrolment(recovered, log_id=log_id, name=second, role="site"),
+            reason="the site's key was lost with its disk",
+        )
+    )  # fmt: skip
+    recorder.keys[second] = recovered
     recorder.root_event(
         TokenIssued(
             token_id=h[7][:16], name=drawn["requester"], role="site", site=first,

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from veracity.crypto.keys import (
+    PASSPHRASE_ENV,
     VerifyKey,
     generate_signing_key,
     load_signing_key,
@@ -68,3 +69,37 @@ def test_a_public_key_with_an_unknown_algorithm_oid_is_a_crypto_error() -> None:
     )
     with pytest.raises(CryptoError):
         VerifyKey.from_pem(mangled)
+
+
+def test_a_key_file_written_with_a_passphrase_is_encrypted_and_opens_with_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    key = generate_signing_key()
+    monkeypatch.setenv(PASSPHRASE_ENV, "correct horse battery staple")
+    private_path, _ = write_key_pair(tmp_path, "root", key)
+    text = private_path.read_bytes()
+    assert text.startswith(b"-----BEGIN ENCRYPTED PRIVATE KEY-----")
+    assert key.pem() not in text
+    assert load_signing_key(private_path).public == key.public
+
+    monkeypatch.setenv(PASSPHRASE_ENV, "wrong")
+    with pytest.raises(CryptoError, match="does not open"):
+        load_signing_key(private_path)
+    monkeypatch.delenv(PASSPHRASE_ENV)
+    with pytest.raises(ConfigError, match=PASSPHRASE_ENV):
+        load_signing_key(private_path)  # no passphrase, and no terminal to ask at
+
+
+def test_the_cli_signs_with_a_passphrase_protected_root_key(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from veracity.cli import main
+
+    monkeypatch.setenv(PASSPHRASE_ENV, "s3cret")
+    assert main(["ledger", "init", "--data-dir", str(tmp_path)]) == 0
+    assert (tmp_path / "keys" / "root.pem").read_bytes().startswith(b"-----BEGIN ENCRYPTED")
+    assert main(["ledger", "checkpoint", "--data-dir", str(tmp_path)]) == 0
+    monkeypatch.delenv(PASSPHRASE_ENV)
+    capsys.readouterr()
+    assert main(["ledger", "checkpoint", "--data-dir", str(tmp_path)]) == 2
+    assert PASSPHRASE_ENV in capsys.readouterr().err

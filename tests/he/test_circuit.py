@@ -10,14 +10,20 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from veracity.errors import CryptoError
-from veracity.he.circuit import LinearCircuit, QuadraticCircuit, compile_circuit
-from veracity.he.params import LOGISTIC_PARAMETERS, POLY_MLP_PARAMETERS
+from veracity.he.circuit import (
+    LinearCircuit,
+    QuadraticCircuit,
+    compile_circuit,
+    compile_conv_circuit,
+)
+from veracity.he.params import CNN_PARAMETERS, LOGISTIC_PARAMETERS, POLY_MLP_PARAMETERS
 from veracity.tasks.spec import ModelFamily, ModelSpec, predict_logits
 from veracity.tasks.torch_models import build_model, model_weights
 
 # Primes of the right sizes (what SEAL picks lies within a factor of two of these).
 LR_PRIMES = (2**60 - 93,)
 MLP_PRIMES = (2**60 - 93, 2**60 - 173, 2**30 - 35, 2**60 - 257)
+CNN_PRIMES = (2**60 - 93, 2**60 - 173, 2**40 - 87, 2**45 - 55, 2**30 - 35, 2**60 - 257)
 
 
 @settings(max_examples=25, deadline=None)
@@ -174,3 +180,87 @@ def test_a_k_class_circuit_computes_every_class_logit(family: str) -> None:
         u = x @ circuit.hidden_weights.T + circuit.hidden_bias
         folded = (u * u) @ circuit.output_weights.T + circuit.output_bias
     np.testing.assert_allclose(folded, predict_logits(spec, weights, x), rtol=1e-5, atol=1e-5)
+
+
+@settings(max_examples=10, deadline=None)
+@given(
+    shape=st.sampled_from([(1, 8, 8), (2, 6, 9), (3, 5, 4)]),
+    kernel=st.sampled_from([1, 3, 5]),
+    seed=st.integers(0, 2**31 - 1),
+)
+def test_the_conv_circuit_computes_the_square_cnn2d_logits(
+    shape: tuple[int, int, int], kernel: int, seed: int
+) -> None:
+    # im2col matrices, pools as sums of squares with their 1/4 folded forward: the same
+    # logits as the NumPy forward pass (odd sizes drop a trailing row as torch does).
+    spec = ModelSpec(
+        ModelFamily.CNN2D,
+        math.prod(shape),
+        classes=3,
+        input_shape=shape,
+        filters=(2, 3),
+        kernel=kernel,
+        conv_activation="square",
+    )
+    weights = spec.initial_weights(seed)
+    circuit = compile_conv_circuit(
+        weights,
+        parameter_set=CNN_PARAMETERS,
+        primes=CNN_PRIMES,
+        input_shape=shape,
+        filters=(2, 3),
+        kernel=kernel,
+        outputs=3,
+    )
+    x = np.random.default_rng(seed).normal(size=(7, spec.n_features))
+    np.testing.assert_allclose(
+        circuit.forward(x), predict_logits(spec, weights, x), rtol=1e-9, atol=1e-9
+    )
+
+
+def test_conv_circuit_scales_keep_every_level_below_its_modulus() -> None:
+    spec = ModelSpec(
+        ModelFamily.CNN2D,
+        64,
+        classes=10,
+        input_shape=(1, 8, 8),
+        filters=(4, 8),
+        kernel=3,
+        conv_activation="square",
+    )
+    circuit = compile_conv_circuit(
+        spec.initial_weights(3),
+        parameter_set=CNN_PARAMETERS,
+        primes=CNN_PRIMES,
+        input_shape=(1, 8, 8),
+        filters=(4, 8),
+        kernel=3,
+        outputs=10,
+    )
+    q = [float(p) for p in CNN_PRIMES[:-1]]
+    level1 = CNN_PARAMETERS.input_scale * circuit.conv1_scale / q[-1]
+    level2 = level1 * level1 * circuit.conv2_scale / q[-2]
+    # The logits, at their worst, fit what is left once the selector's prime is rescaled away.
+    assert level2 * level2 * circuit.fc_scale * circuit.logit_bound < q[0] * q[1] / 2
+    assert circuit.fc_scale >= 2**CNN_PARAMETERS.min_weight_scale_bits
+
+
+def test_a_cnn_too_large_for_the_parameter_set_is_refused() -> None:
+    weights = {
+        "conv1.weight": np.full((2, 1, 3, 3), 1e6),
+        "conv1.bias": np.zeros(2),
+        "conv2.weight": np.full((2, 2, 3, 3), 1e6),
+        "conv2.bias": np.zeros(2),
+        "fc.weight": np.ones((3, 8)),
+        "fc.bias": np.zeros(3),
+    }
+    with pytest.raises(CryptoError, match="cnn2d"):
+        compile_conv_circuit(
+            weights,
+            parameter_set=CNN_PARAMETERS,
+            primes=CNN_PRIMES,
+            input_shape=(1, 8, 8),
+            filters=(2, 2),
+            kernel=3,
+            outputs=3,
+        )

@@ -12,11 +12,12 @@ import numpy as np
 import pytest
 
 from veracity.errors import CryptoError, InputError
-from veracity.he.circuit import compile_circuit
+from veracity.he.circuit import compile_circuit, compile_conv_circuit
 from veracity.he.contexts import PublicContext, SecretContext
 from veracity.he.layouts import evaluate
 from veracity.he.packing import ReplicatedGeometry, coefficients_from_slots
 from veracity.he.params import (
+    CNN_PARAMETERS,
     LOGISTIC_PARAMETERS,
     POLY_MLP_PARAMETERS,
     CKKSParameterSet,
@@ -126,6 +127,38 @@ def test_ten_class_scores_match_plaintext_on_digits(
     assert float((logits.argmax(axis=1) == digits.test_y[: len(x)]).mean()) > 0.9
 
 
+def test_the_digits_cnn_under_encryption_agrees_with_plaintext_on_every_test_image(
+    digits: Any, digits_cnn: tuple[Any, dict[str, Any]]
+) -> None:
+    spec, weights = digits_cnn
+    x = digits.test_x  # 450 images, one request of the column layout
+    expected = predict_logits(spec, weights, x)
+    secret = SecretContext.generate(CNN_PARAMETERS)
+    public = secret.public()  # parameters only: no Galois or relinearisation keys
+    assert not public.has_rotation_keys
+    circuit = compile_conv_circuit(
+        weights,
+        parameter_set=CNN_PARAMETERS,
+        primes=seal_primes(CNN_PARAMETERS),
+        input_shape=spec.input_shape,
+        filters=spec.filters,
+        kernel=spec.kernel,
+        outputs=10,
+    )
+
+    ciphertexts = secret.encrypt(PackingLayout.COLUMN, x)
+    results = evaluate(public, circuit, PackingLayout.COLUMN, ciphertexts, batch_size=len(x))
+    logits = secret.decrypt(
+        PackingLayout.COLUMN, results, batch_size=len(x), n_features=64, outputs=10
+    )
+
+    error = float(np.abs(logits - expected).max())
+    sys.stderr.write(f"\ncnn2d column: max abs logit error {error:.3g} over {len(x)} images\n")
+    assert error < 0.05
+    assert np.array_equal(logits.argmax(axis=1), expected.argmax(axis=1))
+    assert float((logits.argmax(axis=1) == digits.test_y).mean()) > 0.9
+
+
 def test_no_secret_key_bytes_in_public_contexts_or_ciphertexts(breast_cancer: Any) -> None:
     secret = SecretContext.generate(POLY_MLP_PARAMETERS)
     chunks = secret_key_chunks(secret)
@@ -141,6 +174,16 @@ def test_no_secret_key_bytes_in_public_contexts_or_ciphertexts(breast_cancer: An
     ]
     for blob in outgoing:
         assert not any(chunk in blob for chunk in chunks)
+
+
+def test_no_secret_key_bytes_leave_the_client_of_an_image_model(digits: Any) -> None:
+    secret = SecretContext.generate(CNN_PARAMETERS)
+    chunks = secret_key_chunks(secret)
+    assert len(chunks) == 50
+    outgoing = [secret.public_context(), *secret.encrypt(PackingLayout.COLUMN, digits.test_x[:3])]
+    for blob in outgoing:
+        assert not any(chunk in blob for chunk in chunks)
+    assert not secret.public().has_rotation_keys  # the server gets the parameters alone
 
 
 def test_server_context_cannot_decrypt_and_is_not_a_secret_context() -> None:

@@ -19,6 +19,7 @@ from veracity.core.fields import format_timestamp
 from veracity.crypto.keys import SigningKey
 from veracity.ledger.entry import Entry
 from veracity.ledger.ledger import Ledger
+from veracity.ledger.possession import sign_enrolment, sign_rotation
 from veracity.ledger.statement import RECEIPT_DOMAIN, sign_document, sign_statement
 
 VECTORS = Path(__file__).resolve().parents[1] / "vectors"
@@ -61,14 +62,19 @@ class World:
     def enrol(self, name: str, role: str = "site") -> Entry:
         key = seeded_key(f"{name}-{len(self.keys)}")
         self.keys[name] = key
-        payload = {
-            "name": name,
-            "role": role,
-            "public_key": key.public.pem(),
-            "valid_from": format_timestamp(T0),
-        }
+        payload = enrolment_payload(self.ledger.log_id, name, key, role=role)
         return self.ledger.append(
             "key.enrolled", ROOT_ACTOR, payload, signer=self.root, now=self.now()
+        )
+
+    def rotate(self, name: str) -> Entry:
+        """``name`` hands over to a new key, signed by its current one."""
+        outgoing = self.keys[name]
+        key = seeded_key(f"{name}-{len(self.keys)}-rotated-{self.clock}")
+        self.keys[name] = key
+        payload = rotation_payload(self.ledger.log_id, name, outgoing, key)
+        return self.ledger.append(
+            "key.rotated", ROOT_ACTOR, payload, signer=self.root, now=self.now()
         )
 
     def revoke(self, name: str) -> Entry:
@@ -97,6 +103,47 @@ class World:
         return self.ledger.append(
             "round.completed", ROOT_ACTOR, payload, signer=self.root, now=self.now()
         )
+
+
+def enrolment_payload(
+    log_id: str, name: str, key: SigningKey, *, role: str = "site"
+) -> dict[str, Any]:
+    """A ``key.enrolled`` payload with the key's proof of possession for ``log_id``."""
+    return {
+        "name": name,
+        "role": role,
+        "public_key": key.public.pem(),
+        "valid_from": format_timestamp(T0),
+        "proof": sign_enrolment(key, log_id=log_id, name=name, role=role),
+    }
+
+
+def rotation_payload(
+    log_id: str, name: str, outgoing: SigningKey, key: SigningKey, *, role: str = "site"
+) -> dict[str, Any]:
+    """A ``key.rotated`` payload: the new key's proof and the outgoing key's hand-over."""
+    return {
+        "name": name,
+        "public_key": key.public.pem(),
+        "valid_from": format_timestamp(T0),
+        "proof": sign_enrolment(key, log_id=log_id, name=name, role=role),
+        "outgoing_signature": sign_rotation(
+            outgoing, log_id=log_id, name=name, incoming=key.public
+        ),
+    }
+
+
+def recovery_payload(
+    log_id: str, name: str, key: SigningKey, *, role: str = "site", reason: str = "key lost"
+) -> dict[str, Any]:
+    """A ``key.recovered`` payload with the new key's proof of possession."""
+    return {
+        "name": name,
+        "public_key": key.public.pem(),
+        "valid_from": format_timestamp(T0),
+        "proof": sign_enrolment(key, log_id=log_id, name=name, role=role),
+        "reason": reason,
+    }
 
 
 def dataset_payload(site: str, dataset_id: str, *, signed_at: str) -> dict[str, Any]:

@@ -8,6 +8,11 @@ coordinator itself. Each test is an attack that succeeded before the fix:
 * attack 2, signatures not bound to position: a database writer revived a revoked key by
   copying the root's old enrolment to the head, and reordered, duplicated or re-dated the
   entries after the last checkpoint (even to before genesis), and ``verify`` passed;
+* attack 4, site impersonation by the root: the root enrolled its own key for a site,
+  signed a ``study.approved`` as that site and re-enrolled the real key, and ``verify``
+  passed; a revoked key was enrolled again, a name changed its role after a revocation, a
+  key was enrolled without its holder (no proof of possession) and a name's key was
+  replaced without its current key;
 * attack 5, orphan checkpoints: a checkpoint signed inside a transaction that then rolled
   back conflicted with the one finally committed at the same size.
 """
@@ -23,13 +28,29 @@ import sqlalchemy as sa
 from veracity.contracts.events import ROOT_ACTOR
 from veracity.core.fields import format_timestamp
 from veracity.crypto.keys import SigningKey
-from veracity.errors import LedgerIntegrityError
-from veracity.ledger.entry import Entry, build_body, parse_body, statement_bytes, statement_of_body
+from veracity.errors import Conflict, InputError, LedgerIntegrityError, SignatureError
+from veracity.ledger.entry import (
+    Entry,
+    build_body,
+    entry_message,
+    parse_body,
+    statement_bytes,
+    statement_message,
+    statement_of_body,
+)
 from veracity.ledger.ledger import Ledger
 from veracity.ledger.merkle import leaf_hash
 from veracity.ledger.statement import encode_signature
+from veracity.ledger.verify import RootSignatures
 
-from .conftest import T0, World, seeded_key
+from .conftest import (
+    T0,
+    World,
+    enrolment_payload,
+    recovery_payload,
+    rotation_payload,
+    seeded_key,
+)
 
 ZERO_SIGNATURE = "A" * 86 + "=="
 
@@ -93,12 +114,7 @@ def seeded_key_id(pem: str) -> str:
 
 def _enrol_mallory_behind_the_apis_back(world: World, signature: str) -> SigningKey:
     mallory = seeded_key("mallory")
-    payload = {
-        "name": "mallory",
-        "role": "site",
-        "public_key": mallory.public.pem(),
-        "valid_from": format_timestamp(T0),
-    }
+    payload = enrolment_payload(world.ledger.log_id, "mallory", mallory)
     raw_append(world.ledger, "key.enrolled", ROOT_ACTOR, payload, signature=signature)
     return mallory
 
@@ -317,7 +333,8 @@ def test_a_revoked_key_is_not_revived_by_copying_its_old_enrolment(
     head = world.ledger.size()
     rechain(world.ledger, head, [enrolment.body])  # the root's own statement, copied
 
-    with pytest.raises(LedgerIntegrityError, match="at this position") as caught:
+    # Refused twice over: the signature binds seq 1, and a name is enrolled once.
+    with pytest.raises(LedgerIntegrityError, match=r"at this position|enrolled once") as caught:
         world.ledger.verify(world.root.public)
     assert caught.value.seq == head
     with pytest.raises(LedgerIntegrityError):
@@ -349,3 +366,250 @@ def test_the_unsealed_tail_cannot_be_reordered_duplicated_or_re_dated(
         world.ledger.verify(world.root.public)
     with pytest.raises(LedgerIntegrityError):
         world.ledger.verify(world.root.public, root_signatures="tail")
+
+
+# ---------------------------------------------------------------------- attack 4
+
+
+def dishonest_append(
+    world: World,
+    kind: str,
+    actor: str,
+    payload: dict[str, Any],
+    *,
+    signer: SigningKey | None = None,
+) -> int:
+    """The coordinator itself, root key in hand, writes a correctly signed entry at the head.
+
+    It skips every check of the append path: only the verifier stands in its way.
+    """
+    ledger = world.ledger
+    with ledger.engine.begin() as connection:
+        head, prev = connection.execute(
+            sa.text("SELECT seq, hash FROM ledger_entry ORDER BY seq DESC LIMIT 1")
+        ).one()
+        seq, prev = int(head) + 1, bytes(prev)
+        ts = format_timestamp(world.now())
+        statement = statement_bytes(kind, actor, payload)
+        log_id = bytes.fromhex(ledger.log_id)
+        root_signature = None
+        if actor == ROOT_ACTOR:
+            message = entry_message(log_id, seq, prev, ts, statement)
+            signature = encode_signature(world.root.sign(message))
+        else:
+            assert signer is not None
+            raw = signer.sign(statement_message(statement))
+            signature = encode_signature(raw)
+            message = entry_message(log_id, seq, prev, ts, statement, raw)
+            root_signature = encode_signature(world.root.sign(message))
+        body = build_body(
+            statement,
+            prev=prev.hex(),
+            seq=seq,
+            signature=signature,
+            ts=ts,
+            root_signature=root_signature,
+        )
+        connection.execute(
+            sa.text(
+                "INSERT INTO ledger_entry (seq, ts, kind, actor, prev_seq, prev, hash, body) "
+                "VALUES (:seq, :ts, :kind, :actor, :prev_seq, :prev, :hash, :body)"
+            ),
+            {
+                "seq": seq,
+                "ts": ts,
+                "kind": kind,
+                "actor": actor,
+                "prev_seq": seq - 1,
+                "prev": prev,
+                "hash": leaf_hash(body),
+                "body": body,
+            },
+        )
+    return seq
+
+
+def _approval(site: str) -> dict[str, Any]:
+    return {
+        "study_hash": "b" * 64,
+        "site": site,
+        "dataset_id": "d1",
+        "epsilon_cap": 3,
+        "signed_at": format_timestamp(T0),
+    }
+
+
+def test_the_root_cannot_enrol_its_own_key_for_a_site_through_the_ledger(
+    db_url: str, make_world: Callable[..., World]
+) -> None:
+    world = make_world(db_url)
+    impostor = seeded_key("impostor")
+    log_id = world.ledger.log_id
+    size = world.ledger.size()
+
+    with pytest.raises(Conflict, match="enrolled once"):
+        world.ledger.append(
+            "key.enrolled",
+            ROOT_ACTOR,
+            enrolment_payload(log_id, "hospital-a", impostor),
+            signer=world.root,
+        )
+    forged_handover = rotation_payload(log_id, "hospital-a", impostor, impostor)
+    with pytest.raises(SignatureError, match="outgoing key"):
+        world.ledger.append("key.rotated", ROOT_ACTOR, forged_handover, signer=world.root)
+    assert world.ledger.size() == size
+    world.ledger.verify(world.root.public)
+
+
+def test_a_site_impersonated_by_the_root_and_restored_fails_verification(
+    db_url: str, make_world: Callable[..., World]
+) -> None:
+    """The attack as the review made it: enrol own key, sign as the site, restore the real key."""
+    world = make_world(db_url)
+    real, impostor = world.keys["hospital-a"], seeded_key("impostor")
+    log_id = world.ledger.log_id
+    first = dishonest_append(
+        world,
+        "key.enrolled",
+        ROOT_ACTOR,
+        enrolment_payload(log_id, "hospital-a", impostor),
+    )
+    dishonest_append(
+        world, "study.approved", "hospital-a", _approval("hospital-a"), signer=impostor
+    )
+    dishonest_append(
+        world, "key.enrolled", ROOT_ACTOR, enrolment_payload(log_id, "hospital-a", real)
+    )
+
+    modes: tuple[RootSignatures, ...] = ("all", "tail")
+    for mode in modes:
+        with pytest.raises(LedgerIntegrityError, match="enrolled once") as caught:
+            world.ledger.verify(world.root.public, root_signatures=mode)
+        assert caught.value.seq == first
+    with pytest.raises(LedgerIntegrityError):
+        world.ledger.checkpoint()
+
+
+def test_a_recovery_is_visible_and_the_replaced_key_never_returns(
+    db_url: str, make_world: Callable[..., World]
+) -> None:
+    """A lost key goes through key.recovered; the real key cannot be restored afterwards."""
+    world = make_world(db_url)
+    real, impostor = world.keys["hospital-a"], seeded_key("impostor")
+    log_id = world.ledger.log_id
+    recovered = world.ledger.append(
+        "key.recovered",
+        ROOT_ACTOR,
+        recovery_payload(log_id, "hospital-a", impostor),
+        signer=world.root,
+        now=world.now(),
+    )
+    assert [action for _, action, _ in world.ledger.key_history("hospital-a")] == [
+        "enrolled",
+        "recovered",
+    ]
+    with pytest.raises(SignatureError):
+        world.ledger.append("note.recorded", "hospital-a", {"text": "old"}, signer=real)
+    with pytest.raises(Conflict, match="enrolled before"):
+        world.ledger.append(
+            "key.recovered",
+            ROOT_ACTOR,
+            recovery_payload(log_id, "hospital-a", real),
+            signer=world.root,
+        )
+    world.ledger.verify(world.root.public)
+
+    restored = dishonest_append(
+        world, "key.recovered", ROOT_ACTOR, recovery_payload(log_id, "hospital-a", real)
+    )
+    with pytest.raises(LedgerIntegrityError, match="enrolled before") as caught:
+        world.ledger.verify(world.root.public)
+    assert caught.value.seq == restored > recovered.seq
+
+
+def test_a_revoked_key_is_never_enrolled_again(
+    db_url: str, make_world: Callable[..., World]
+) -> None:
+    world = make_world(db_url)
+    old = world.keys["hospital-a"]
+    log_id = world.ledger.log_id
+    world.revoke("hospital-a")
+    for kind, payload in (
+        ("key.enrolled", enrolment_payload(log_id, "hospital-a", old)),
+        ("key.enrolled", enrolment_payload(log_id, "hospital-c", old)),
+        ("key.recovered", recovery_payload(log_id, "hospital-a", old)),
+    ):
+        with pytest.raises(Conflict, match=r"enrolled (once|before)"):
+            world.ledger.append(kind, ROOT_ACTOR, payload, signer=world.root)
+
+    again = dishonest_append(
+        world, "key.enrolled", ROOT_ACTOR, enrolment_payload(log_id, "hospital-a", old)
+    )
+    with pytest.raises(LedgerIntegrityError, match="enrolled once") as caught:
+        world.ledger.verify(world.root.public)
+    assert caught.value.seq == again
+
+
+def test_a_names_role_never_changes_after_a_revocation(
+    db_url: str, make_world: Callable[..., World]
+) -> None:
+    world = make_world(db_url)
+    log_id = world.ledger.log_id
+    world.revoke("hospital-a")
+    auditor = seeded_key("hospital-a-as-auditor")
+    payload = enrolment_payload(log_id, "hospital-a", auditor, role="auditor")
+    with pytest.raises(Conflict, match="roles never change"):
+        world.ledger.append("key.enrolled", ROOT_ACTOR, payload, signer=world.root)
+    # A recovery keeps the role: the proof for another role does not verify.
+    wrong_role = recovery_payload(log_id, "hospital-a", auditor, role="auditor")
+    with pytest.raises(SignatureError, match="proof of possession"):
+        world.ledger.append("key.recovered", ROOT_ACTOR, wrong_role, signer=world.root)
+
+    changed = dishonest_append(world, "key.enrolled", ROOT_ACTOR, payload)
+    with pytest.raises(LedgerIntegrityError, match="roles never change") as caught:
+        world.ledger.verify(world.root.public)
+    assert caught.value.seq == changed
+
+
+@pytest.mark.parametrize("how", ["missing", "another-key", "another-log", "another-name"])
+def test_an_enrolment_needs_the_new_keys_proof_of_possession(
+    db_url: str, make_world: Callable[..., World], how: str
+) -> None:
+    world = make_world(db_url)
+    newcomer, other = seeded_key("hospital-c"), seeded_key("someone-else")
+    payload = enrolment_payload(world.ledger.log_id, "hospital-c", newcomer)
+    if how == "missing":
+        del payload["proof"]
+    elif how == "another-key":
+        payload["proof"] = enrolment_payload(world.ledger.log_id, "hospital-c", other)["proof"]
+    elif how == "another-log":
+        payload["proof"] = enrolment_payload("f" * 64, "hospital-c", newcomer)["proof"]
+    else:
+        payload["proof"] = enrolment_payload(world.ledger.log_id, "hospital-d", newcomer)["proof"]
+
+    with pytest.raises(SignatureError, match="proof of possession"):
+        world.ledger.append("key.enrolled", ROOT_ACTOR, payload, signer=world.root)
+    enrolled = dishonest_append(world, "key.enrolled", ROOT_ACTOR, payload)
+    with pytest.raises(LedgerIntegrityError, match="proof of possession") as caught:
+        world.ledger.verify(world.root.public)
+    assert caught.value.seq == enrolled
+
+
+def test_a_rotation_is_signed_by_the_outgoing_key(
+    db_url: str, make_world: Callable[..., World]
+) -> None:
+    world = make_world(db_url)
+    old = world.keys["hospital-a"]
+    rotated = world.rotate("hospital-a")
+    with pytest.raises(SignatureError):
+        world.ledger.append("note.recorded", "hospital-a", {"text": "old"}, signer=old)
+    world.note("hospital-a", "new key")
+    world.ledger.verify(world.root.public)
+    assert world.ledger.key_at("hospital-a", rotated.seq).key == old.public  # type: ignore[union-attr]
+
+    world.revoke("hospital-a")
+    after_revocation = rotation_payload(
+        world.ledger.log_id, "hospital-a", world.keys["hospital-a"], seeded_key("later")
+    )
+    with pytest.raises(InputError, match=r"key\.recovered"):
+        world.ledger.append("key.rotated", ROOT_ACTOR, after_revocation, signer=world.root)

@@ -57,11 +57,27 @@ def test_init_append_checkpoint_verify_prove_round_trip(
     keys = data_dir / "keys"
     code, _, _ = run(capsys, "keys", "new", "hospital-a", "--key-dir", str(keys))
     assert code == 0
+    code, shown, _ = run(capsys, "ledger", "init", "--data-dir", str(data_dir), "--format", "json")
+    code, made, _ = run(
+        capsys,
+        "ledger",
+        "key-proof",
+        "--key",
+        str(keys / "hospital-a.pem"),
+        "--name",
+        "hospital-a",
+        "--log-id",
+        shown["log_id"],
+        "--format",
+        "json",
+    )
+    assert code == 0
     enrol = {
         "name": "hospital-a",
         "role": "site",
         "public_key": (keys / "hospital-a.pub").read_text(),
         "valid_from": "2026-11-27T15:47:52.123456Z",
+        "proof": made["proof"],
     }
     common = ["--data-dir", str(data_dir), "--format", "json"]
     code, entry, _ = run(

@@ -13,7 +13,7 @@ import sqlalchemy as sa
 
 from veracity.contracts.events import ROOT_ACTOR
 
-from .conftest import World, seeded_key
+from .conftest import World, enrolment_payload, seeded_key
 
 REPO = Path(__file__).resolve().parents[2]
 PROCESSES = 8
@@ -48,12 +48,7 @@ def test_eight_writer_processes_build_one_linear_chain(
         world.ledger.append(
             "key.enrolled",
             ROOT_ACTOR,
-            {
-                "name": name,
-                "role": "site",
-                "public_key": seeded_key(f"{name}-w").public.pem(),
-                "valid_from": "2026-11-27T15:47:52.123456Z",
-            },
+            enrolment_payload(world.ledger.log_id, name, seeded_key(f"{name}-w")),
             signer=world.root,
         )
     start = world.ledger.size()

@@ -18,7 +18,15 @@ from veracity.ledger.ledger import EventRequest, Ledger
 from veracity.ledger.statement import sign_statement
 from veracity.ledger.verify import verify_bundle_file
 
-from .conftest import STUDY_HASH, T0, World, dataset_payload, round_payload, seeded_key
+from .conftest import (
+    STUDY_HASH,
+    T0,
+    World,
+    dataset_payload,
+    enrolment_payload,
+    round_payload,
+    seeded_key,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -105,7 +113,7 @@ def test_never_enrolled_and_revoked_keys_cannot_append(
 def test_key_rotation_and_history(db_url: str, make_world: Callable[..., World]) -> None:
     world = make_world(db_url)
     old_key = world.keys["hospital-a"]
-    rotation = world.enrol("hospital-a")
+    rotation = world.rotate("hospital-a")
     assert world.ledger.key_at("hospital-a", rotation.seq) is not None
     assert world.ledger.key_at("hospital-a", rotation.seq).key == old_key.public  # type: ignore[union-attr]
     assert world.ledger.key_at("hospital-a").key == world.keys["hospital-a"].public  # type: ignore[union-attr]
@@ -113,7 +121,7 @@ def test_key_rotation_and_history(db_url: str, make_world: Callable[..., World])
         world.ledger.append("note.recorded", "hospital-a", {"text": "old key"}, signer=old_key)
     world.note("hospital-a", "new key")
     history = world.ledger.key_history("hospital-a")
-    assert [action for _, action, _ in history] == ["enrolled", "enrolled"]
+    assert [action for _, action, _ in history] == ["enrolled", "rotated"]
     with pytest.raises(InputError, match=r"not 'hospital-b''s current key"):
         world.ledger.append(
             "key.revoked",
@@ -121,16 +129,11 @@ def test_key_rotation_and_history(db_url: str, make_world: Callable[..., World])
             {"name": "hospital-b", "key_id": old_key.public.key_id, "reason": "x"},
             signer=world.root,
         )
-    with pytest.raises(InputError, match="already enrolled for 'hospital-a'"):
+    with pytest.raises(InputError, match="enrolled before \\(for 'hospital-a'\\)"):
         world.ledger.append(
             "key.enrolled",
             ROOT_ACTOR,
-            {
-                "name": "hospital-c",
-                "role": "site",
-                "public_key": world.keys["hospital-a"].public.pem(),
-                "valid_from": "2026-11-27T15:47:52.123456Z",
-            },
+            enrolment_payload(world.ledger.log_id, "hospital-c", world.keys["hospital-a"]),
             signer=world.root,
         )
     world.ledger.verify(world.root.public)

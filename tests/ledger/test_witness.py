@@ -14,10 +14,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tests.ledger.conftest import T0, World, seeded_key
+from tests.ledger.conftest import T0, World, enrolment_payload, recovery_payload, seeded_key
 from tests.ledger.witness_helpers import feed, make_witness, second_db_url
 from veracity.contracts.events import ROOT_ACTOR
-from veracity.core.fields import format_timestamp
 from veracity.errors import InputError, LedgerIntegrityError, ProofError, SignatureError
 from veracity.ledger import store
 from veracity.ledger.merkle import MerkleTree, leaf_hash
@@ -164,16 +163,17 @@ def test_witness_refuses_when_the_root_enrols_its_own_key_for_the_site(
     feed(witness, world.ledger)
     real = world.keys["hospital-a"]
     impostor = seeded_key("impostor")
-    payload = {
-        "name": "hospital-a",
-        "role": "site",
-        "public_key": impostor.public.pem(),
-        "valid_from": format_timestamp(T0),
-    }
-    try:
-        world.ledger.append("key.enrolled", ROOT_ACTOR, payload, signer=world.root, now=world.now())
-    except InputError:
-        pytest.skip("the ledger itself now refuses a rotation without the outgoing key")
+    with pytest.raises(InputError, match="enrolled once"):  # no silent re-enrolment
+        world.ledger.append(
+            "key.enrolled",
+            ROOT_ACTOR,
+            enrolment_payload(world.ledger.log_id, "hospital-a", impostor),
+            signer=world.root,
+            now=world.now(),
+        )
+    # The only way left is a visible recovery, which the site's witness refuses to cosign.
+    payload = recovery_payload(world.ledger.log_id, "hospital-a", impostor)
+    world.ledger.append("key.recovered", ROOT_ACTOR, payload, signer=world.root, now=world.now())
     world.ledger.checkpoint(now=T0)
     before = witness.state()
     with pytest.raises(LedgerIntegrityError, match="does not hold"):

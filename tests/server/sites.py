@@ -18,6 +18,7 @@ from veracity.contracts.events import DatasetRegistered, StudyApproved, StudyRef
 from veracity.core.canonical import canonical_hash
 from veracity.core.fields import format_timestamp
 from veracity.crypto.keys import SigningKey, generate_signing_key
+from veracity.ledger.possession import sign_enrolment
 from veracity.ledger.statement import sign_statement
 
 __all__ = ["Site", "supernode_public_key", "unique_site", "study_document"]
@@ -39,12 +40,13 @@ class Site:
     key: SigningKey = field(default_factory=generate_signing_key)
     supernode_key: str = field(default_factory=supernode_public_key)
 
-    def enrolment(self) -> dict[str, str]:
-        """The body of ``POST /sites``."""
+    def enrolment(self, log_id: str) -> dict[str, str]:
+        """The body of ``POST /sites``, for the log ``log_id``."""
         return {
             "name": self.name,
             "public_key": self.key.public.pem(),
             "supernode_public_key": self.supernode_key,
+            "proof": sign_enrolment(self.key, log_id=log_id, name=self.name, role="site"),
         }
 
     def signed(self, kind: str, payload: dict[str, Any]) -> dict[str, Any]:

@@ -23,6 +23,7 @@ from veracity.contracts.events import ROOT_ACTOR
 from veracity.contracts.messages import HelloRecord
 from veracity.core.canonical import canonical_hash
 from veracity.flower_serde import weights_from_record
+from veracity.ledger.possession import sign_enrolment
 from veracity.ledger.statement import sign_statement
 from veracity.server.coordinator import (
     CoordinatorService,
@@ -156,6 +157,9 @@ def network(tmp_path: Path) -> Iterator[_Network]:
             SETUP,
             site.name,
             public_key_pem=site.key.public.pem(),
+            proof=sign_enrolment(
+                site.key, log_id=coordinator.ledger.log_id, name=site.name, role="site"
+            ),
             supernode_public_key=site.supernode_public,
         )
         registered = {

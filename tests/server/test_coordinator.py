@@ -10,6 +10,7 @@ import sqlalchemy as sa
 from tests.server.conftest import make_site_identity
 from veracity.crypto.keys import generate_signing_key
 from veracity.errors import ApprovalMissing, Conflict, InputError, SignatureError
+from veracity.ledger.possession import sign_enrolment
 from veracity.ledger.statement import sign_statement
 from veracity.server.coordinator import CoordinatorService, operator
 from veracity.server.fab import build_fab
@@ -58,6 +59,9 @@ def test_enrolment_registers_the_supernode_and_records_the_key(
         ALICE,
         "hospital-a",
         public_key_pem=site.key.public.pem(),
+        proof=sign_enrolment(
+            site.key, log_id=coordinator.ledger.log_id, name="hospital-a", role="site"
+        ),
         supernode_public_key=site.supernode_public,
     ).value
     nodes = {node.name: node for node in coordinator.federation.list_nodes()}
@@ -69,6 +73,9 @@ def test_enrolment_registers_the_supernode_and_records_the_key(
             ALICE,
             "hospital-a",
             public_key_pem=site.key.public.pem(),
+            proof=sign_enrolment(
+                site.key, log_id=coordinator.ledger.log_id, name="hospital-a", role="site"
+            ),
             supernode_public_key=site.supernode_public,
         )
 
@@ -84,6 +91,9 @@ def test_an_enrolment_whose_entry_is_not_written_can_be_retried_with_the_same_su
             ALICE,
             "hospital-a",
             public_key_pem=site.key.public.pem(),
+            proof=sign_enrolment(
+                site.key, log_id=coordinator.ledger.log_id, name="hospital-a", role="site"
+            ),
             supernode_public_key=site.supernode_public,
         )
 
@@ -115,6 +125,9 @@ def test_a_study_flows_from_proposal_to_approvals_and_a_run_needs_enough_of_them
             ALICE,
             site.name,
             public_key_pem=site.key.public.pem(),
+            proof=sign_enrolment(
+                site.key, log_id=coordinator.ledger.log_id, name=site.name, role="site"
+            ),
             supernode_public_key=site.supernode_public,
         )
         payload = _dataset_statement(site.name)
@@ -157,6 +170,9 @@ def test_statements_that_do_not_fit_are_refused(
             ALICE,
             each.name,
             public_key_pem=each.key.public.pem(),
+            proof=sign_enrolment(
+                each.key, log_id=coordinator.ledger.log_id, name=each.name, role="site"
+            ),
             supernode_public_key=each.supernode_public,
         )
     payload = _dataset_statement(site.name)

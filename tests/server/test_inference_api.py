@@ -94,11 +94,11 @@ def registry(
     return models, hashes
 
 
-def _app(models: ModelRegistry, served: list[dict[str, Any]]) -> Any:
+def _app(models: ModelRegistry, served: list[dict[str, Any]], limits: WireLimits = LIMITS) -> Any:
     def record(payload: InferenceServed) -> None:
         served.append(payload.to_json())
 
-    service = InferenceService(models, recorder=record, limits=LIMITS)
+    service = InferenceService(models, recorder=record, limits=limits)
     return create_inference_app(service, tokens={TOKEN: REQUESTER})
 
 
@@ -665,3 +665,107 @@ def test_predict_cli_scores_ten_classes_with_one_column_per_class(
     # Every image's decision is the plaintext argmax.
     assert [row["decision"] for row in scores] == [classes[i] for i in expected.argmax(axis=1)]
     assert live_digits.served[-1]["batch_size"] >= 40
+
+
+@pytest.fixture(scope="module")
+def live_cnn(
+    tmp_path_factory: pytest.TempPathFactory, digits_cnn: tuple[Any, dict[str, Any]]
+) -> Iterator[LiveServer]:
+    models = ModelRegistry(tmp_path_factory.mktemp("cnn-registry"))
+    spec, weights = digits_cnn
+    model_hash = models.put(
+        spec,
+        weights,
+        features=("grey",),
+        label="digit",
+        scaling=((0.5, 0.5),),  # pixels 0..240 / 240, then (x - 0.5) / 0.5: the trained [-1, 1]
+        card={"classes": [f"d{d}" for d in range(10)], "inputs": {"intensity_max": 240.0}},
+    )
+    server = LiveServer(url="", hashes={"cnn2d": model_hash})
+    # One pixel per ciphertext at N = 16384: a request of 8x8 images is ~36 MB.
+    for url in _serve(_app(models, server.served, WireLimits())):
+        server.url = url
+        yield server
+
+
+@pytest.mark.parametrize("source", ["png folder", "npz"])
+def test_predict_cli_scores_a_folder_of_images_with_the_encrypted_cnn(
+    source: str,
+    live_cnn: LiveServer,
+    digits: Any,
+    digits_cnn: tuple[Any, dict[str, Any]],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from PIL import Image
+
+    x = digits.test_x[:12]
+    pixels = np.rint((x + 1.0) * 120.0).astype(np.uint8).reshape(-1, 8, 8)  # 0..240
+    if source == "png folder":
+        target = tmp_path / "scans"
+        target.mkdir()
+        for index, image in enumerate(pixels):
+            Image.fromarray(image, mode="L").save(target / f"scan{index:02d}.png")
+        (target / "notes.txt").write_text("not an image")  # other files are left alone
+        ids = [f"scan{index:02d}.png" for index in range(len(pixels))]
+    else:
+        target = tmp_path / "scans.npz"
+        np.savez(target, x=pixels)
+        ids = [str(index) for index in range(1, len(pixels) + 1)]
+    out = tmp_path / "scores.csv"
+
+    code = main(
+        [
+            "predict",
+            "--model",
+            live_cnn.hashes["cnn2d"],
+            "--input",
+            str(target),
+            "--server",
+            live_cnn.url,
+            "--token",
+            TOKEN,
+            "--out",
+            str(out),
+        ]
+    )
+
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    scores = _read_scores(out)
+    assert [row["image"] for row in scores] == ids
+    classes = [f"d{d}" for d in range(10)]
+    assert list(scores[0]) == ["image", *(f"probability_{c}" for c in classes), "decision"]
+    spec, weights = digits_cnn
+    expected = predict_logits(spec, weights, pixels.reshape(-1, 64) / 120.0 - 1.0)
+    assert [row["decision"] for row in scores] == [classes[i] for i in expected.argmax(axis=1)]
+    assert live_cnn.served[-1]["batch_size"] == 8192
+
+
+def test_predict_cli_refuses_images_of_another_size(
+    live_cnn: LiveServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from PIL import Image
+
+    folder = tmp_path / "scans"
+    folder.mkdir()
+    Image.fromarray(np.zeros((9, 8), dtype=np.uint8), mode="L").save(folder / "wide.png")
+    before = len(live_cnn.served)
+
+    code = main(
+        [
+            "predict",
+            "--model",
+            live_cnn.hashes["cnn2d"],
+            "--input",
+            str(folder),
+            "--server",
+            live_cnn.url,
+            "--token",
+            TOKEN,
+        ]
+    )
+
+    assert code == 1
+    assert "wide.png" in capsys.readouterr().err
+    assert len(live_cnn.served) == before  # nothing sent, nothing charged

@@ -381,3 +381,90 @@ def _ten_class_weight_scale(family: str, digits_models: dict[str, Any]) -> float
         outputs=10,
     )
     return float(circuit.weight_scale)  # type: ignore[union-attr]
+
+
+# ---- images (issue 13, "images under encryption"): the square-activation CNN ----
+
+
+@pytest.fixture(scope="module")
+def served_cnn(
+    tmp_path_factory: pytest.TempPathFactory, digits_cnn: tuple[Any, dict[str, Any]]
+) -> tuple[InferenceService, str, list[dict[str, Any]]]:
+    registry = ModelRegistry(tmp_path_factory.mktemp("cnn-models"))
+    spec, weights = digits_cnn
+    model_hash = registry.put(
+        spec,
+        weights,
+        features=("grey",),
+        label="digit",
+        scaling=((0.0, 1.0),),
+        card={"classes": [str(d) for d in range(10)], "inputs": {"intensity_max": 1.0}},
+    )
+    entries: list[dict[str, Any]] = []
+    service = InferenceService(registry, recorder=lambda p: entries.append(p.to_json()))
+    return service, model_hash, entries
+
+
+@pytest.mark.parametrize("kind", ["zeros", "unit vectors", "packed images"])
+def test_a_one_image_cnn_request_with_chosen_inputs_learns_only_that_images_logits(
+    kind: str,
+    served_cnn: tuple[InferenceService, str, list[dict[str, Any]]],
+    digits: Any,
+    digits_cnn: tuple[Any, dict[str, Any]],
+) -> None:
+    service, model_hash, entries = served_cnn
+    description = service.describe(model_hash)
+    assert description["input_shape"] == [1, 8, 8]
+    layout = description["he"]["layouts"]["batch"]
+    assert layout["name"] == "column"
+    parameter_set = parameter_set_for("cnn2d")
+    count = int(layout["max_batch"])  # 8192 images behind one declared image
+    if kind == "zeros":
+        x = np.zeros((count, 64))
+    elif kind == "unit vectors":
+        x = np.zeros((count, 64))
+        x[np.arange(1, count), np.arange(count - 1) % 64] = 1.0
+    else:
+        x = digits.train_x[np.arange(count) % len(digits.train_x)]
+    spec, weights = digits_cnn
+    truth = predict_logits(spec, weights, x)
+    secret = SecretContext.generate(parameter_set)
+    context = secret.public_context()
+    ciphertexts = secret.encrypt(PackingLayout.COLUMN, x)
+    header = RequestHeader(
+        model_hash, parameter_set.name, body_hash(context), PackingLayout.COLUMN, 1
+    )
+
+    reply = service.serve(encode_request(header, ciphertexts, context=context), requester="lab")
+
+    _, results = decode_response(reply)
+    assert entries[-1]["batch_size"] == count  # charged for all it could carry
+    assert len(results) == 10  # one result per class
+    for c, data in enumerate(results):
+        values = secret._decrypt_values(data, c)
+        assert abs(values[0].real - truth[0, c]) < 0.05  # the declared image's logit
+        assert np.abs(values[1:]).max() < ZERO  # every other image's slot: zero
+        assert abs(values[0].imag) < ZERO
+    assert np.abs(truth[1:]).max() > 1.0  # the hidden images had logits to leak
+
+
+def test_a_relu_cnn_is_not_served_under_encryption(
+    tmp_path: Any, digits_cnn: tuple[Any, dict[str, Any]]
+) -> None:
+    import dataclasses
+
+    from veracity.errors import CryptoError
+
+    spec = dataclasses.replace(digits_cnn[0], conv_activation="relu")
+    registry = ModelRegistry(tmp_path)
+    model_hash = registry.put(
+        spec,
+        spec.initial_weights(0),
+        features=("grey",),
+        label="digit",
+        scaling=((0.0, 1.0),),
+        card={},
+    )
+    service = InferenceService(registry, recorder=lambda p: None)
+    with pytest.raises(CryptoError, match="square activations"):
+        service.describe(model_hash)

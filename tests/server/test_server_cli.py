@@ -11,6 +11,7 @@ import sqlalchemy as sa
 
 from tests.server.sites import Site
 from veracity.cli import main
+from veracity.ledger.possession import sign_enrolment
 from veracity.server.api import db
 from veracity.server.api.tokens import TokenStore, hash_token
 from veracity.server.coordinator import InMemoryFederation, open_coordinator, operator
@@ -171,6 +172,9 @@ def test_reindex_rebuilds_the_read_model_from_the_ledger(
             operator("alice"),
             "north",
             public_key_pem=site.key.public.pem(),
+            proof=sign_enrolment(
+                site.key, log_id=coordinator.ledger.log_id, name="north", role="site"
+            ),
             supernode_public_key=site.supernode_key,
         )
         kept = coordinator.read_model.dump()

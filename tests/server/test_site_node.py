@@ -40,10 +40,12 @@ def test_site_start_joins_the_superlink_and_stops_its_children(
     init_site(site_dir, "hospital-a")
     with Site.open(site_dir) as site:
         public_pem = site.key.public.pem()
+        proof = site.enrolment_proof(coordinator.ledger.log_id)
     coordinator.enrol_site(
         operator("alice"),
         "hospital-a",
         public_key_pem=public_pem,
+        proof=proof,
         supernode_public_key=load_supernode_public_key(site_dir / "keys" / "supernode.pub"),
     )
     argv = [

@@ -853,6 +853,32 @@ def canary_audit_command(
     verify_noise_audit(audit)
 
 
+@site_app.command("enrolment-proof")
+def enrolment_proof_command(
+    log_id: Annotated[
+        str,
+        typer.Option(
+            "--log-id",
+            envvar="VERACITY_LOG_ID",
+            help="The coordinator's log id (64 hex; the admin reads it from the ledger).",
+        ),
+    ],
+    data_dir: Annotated[
+        Path | None,
+        typer.Option("--data-dir", envvar="VERACITY_DATA_DIR", help="The site's directory."),
+    ] = None,
+) -> None:
+    """Print this site key's proof of possession, for the admin's `sites enrol --proof`."""
+    from veracity.client.site import Site
+    from veracity.core.fields import is_hex64
+    from veracity.errors import InputError
+
+    if not is_hex64(log_id):
+        raise InputError(f"--log-id must be 64 lowercase hex characters, not {log_id!r}")
+    with Site.open(_root(data_dir)) as site:
+        sys.stdout.write(site.enrolment_proof(log_id) + "\n")
+
+
 @site_app.command("witness-key")
 def witness_key_command(
     data_dir: Annotated[

@@ -30,7 +30,10 @@ from veracity.client.records import IMAGE_CHANNELS, Records, Source, class_index
 from veracity.client.signals import load_npz, npz_floats
 from veracity.errors import InputError
 
-__all__ = ["DEFAULT_LABELS_FILE", "parse_images"]
+__all__ = ["DEFAULT_LABELS_FILE", "IMAGE_SUFFIXES", "decode_image", "parse_images"]
+
+#: File names a folder of images may hold (PNG, DICOM).
+IMAGE_SUFFIXES = (".png", ".dcm", ".dicom")
 
 #: The labels CSV of a folder of images, unless the operator names another.
 DEFAULT_LABELS_FILE = "labels.csv"
@@ -73,6 +76,22 @@ def _decode_dicom(name: str, data: bytes) -> npt.NDArray[np.float64]:
     if pixels.ndim == 3 and pixels.shape[2] == 3:
         return np.ascontiguousarray(pixels.transpose(2, 0, 1))
     raise InputError(f"{name}: DICOM pixel data of shape {pixels.shape} is not one 2-D image")
+
+
+def decode_image(name: str, data: bytes) -> npt.NDArray[np.float64]:
+    """One PNG or DICOM image as ``(channels, height, width)`` pixel values.
+
+    Raises
+    ------
+    InputError
+        If the name is not a .png, .dcm or .dicom file or the image does not decode.
+    """
+    lowered = name.lower()
+    if lowered.endswith(".png"):
+        return _decode_png(name, data)
+    if lowered.endswith((".dcm", ".dicom")):
+        return _decode_dicom(name, data)
+    raise InputError(f"{name}: images are .png or .dcm files")
 
 
 def _check_geometry(
@@ -124,13 +143,7 @@ def _from_folder(
         name = row[file_index].strip()
         if name not in source.files:
             raise InputError(f"{labels_file}: line {line} names {name!r}, not in the folder")
-        lowered = name.lower()
-        if lowered.endswith(".png"):
-            pixels = _decode_png(name, source.files[name])
-        elif lowered.endswith((".dcm", ".dicom")):
-            pixels = _decode_dicom(name, source.files[name])
-        else:
-            raise InputError(f"{name}: images are .png or .dcm files")
+        pixels = decode_image(name, source.files[name])
         _check_geometry(name, pixels, first)
         if first is None:
             first = (name, pixels.shape)

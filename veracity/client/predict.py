@@ -26,6 +26,7 @@ import numpy.typing as npt
 from veracity.api_options import api_base
 from veracity.errors import ConfigError, CryptoError, InputError, QueryBudgetExceeded
 from veracity.he.contexts import SecretContext
+from veracity.he.layouts import ModelShape, layout_for
 from veracity.he.params import CKKSParameterSet, PackingLayout, parameter_set_named
 from veracity.he.wire import (
     CONTENT_TYPE,
@@ -43,6 +44,8 @@ __all__ = [
     "Prediction",
     "InferenceClient",
     "read_patients_csv",
+    "read_images",
+    "standardise_images",
     "standardise",
     "plan_batches",
     "predict_encrypted",
@@ -84,6 +87,15 @@ class ModelDescription:
     classes: tuple[str, ...] = ("0", "1")
     #: The shape of one input (``(n_features,)`` for table rows).
     input_shape: tuple[int, ...] = ()
+    #: Image models: what pixel values are divided by before the per-channel scaling.
+    intensity_max: float | None = None
+    #: The largest request envelope the server accepts.
+    max_request_bytes: int = DEFAULT_LIMITS.max_request_bytes
+
+    @property
+    def images(self) -> bool:
+        """Whether one input is an image ``(channels, height, width)``."""
+        return len(self.input_shape) == 3
 
     @property
     def outputs(self) -> int:
@@ -138,12 +150,24 @@ class ModelDescription:
                 input_shape=tuple(
                     int(d) for d in document.get("input_shape", (int(model["n_features"]),))
                 ),
+                intensity_max=(
+                    None
+                    if document.get("intensity_max") is None
+                    else float(document["intensity_max"])
+                ),
+                max_request_bytes=int(
+                    document.get("wire", {}).get(
+                        "max_request_bytes", DEFAULT_LIMITS.max_request_bytes
+                    )
+                ),
             )
         except (KeyError, TypeError, ValueError) as err:
             raise InputError(f"malformed model description from the server: {err}") from err
         if parameter_set.family != description.family:
             raise CryptoError(f"{parameter_set.name} does not serve {description.family} models")
-        if len(description.features) != description.n_features or len(description.scaling) != len(
+        # Table models scale each feature; image models each channel (their features).
+        scaled = description.input_shape[0] if description.images else description.n_features
+        if len(description.features) != scaled or len(description.scaling) != len(
             description.features
         ):
             raise InputError("the model description's features and scaling do not match")
@@ -283,6 +307,91 @@ def standardise(
             f"+-{bound:g} the encrypted model accepts; check its unit"
         )
     return np.asarray(z, dtype=np.float64)
+
+
+def read_images(path: Path, *, input_shape: tuple[int, ...]) -> PatientTable:
+    """Images to score: a folder of PNG or DICOM files, or an NPZ file with ``x``.
+
+    A folder contributes every ``.png``, ``.dcm`` and ``.dicom`` file (sub-folders included),
+    in name order, each identified by its path in the folder; an NPZ's ``x`` has shape
+    ``(images, height, width)`` or ``(images, channels, height, width)`` and its images are
+    numbered from 1. Every image must have the model's ``(channels, height, width)``.
+
+    Raises
+    ------
+    InputError
+        Naming the first file that does not decode or has another geometry, or if there is
+        no image at all.
+    ConfigError
+        If the path does not exist.
+    """
+    from veracity.client.images import IMAGE_SUFFIXES, decode_image
+    from veracity.client.records import read_source
+    from veracity.client.signals import load_npz, npz_floats
+
+    if not path.exists():
+        raise ConfigError(f"{path}: no such file or folder")
+    source = read_source(path)
+    expected = tuple(int(d) for d in input_shape)
+    if source.directory:
+        names = sorted(n for n in source.files if n.lower().endswith(IMAGE_SUFFIXES))
+        if not names:
+            raise InputError(f"{path}: no .png or .dcm images in the folder")
+        images = []
+        for name in names:
+            pixels = decode_image(name, source.files[name])
+            if pixels.shape != expected:
+                raise InputError(
+                    f"{name}: {pixels.shape[2]}x{pixels.shape[1]} with {pixels.shape[0]} "
+                    f"channel(s); the model takes {expected[2]}x{expected[1]} with {expected[0]}"
+                )
+            images.append(pixels.reshape(-1))
+        return PatientTable("image", tuple(names), np.stack(images))
+    name = path.name
+    if not name.lower().endswith(".npz"):
+        raise InputError(f"{name}: images are a folder of PNG or DICOM files, or an .npz file")
+    arrays = load_npz(name, source.single())
+    if "x" not in arrays:
+        raise InputError(f"{name}: holds no array 'x'; found {sorted(arrays)}")
+    x = npz_floats(name, arrays["x"], "image, channel, row, column")
+    if x.ndim == 3:
+        x = x[:, None, :, :]
+    if x.ndim != 4 or x.shape[0] == 0 or x.shape[1:] != expected:
+        geometry = ", ".join(str(d) for d in expected)
+        raise InputError(f"{name}: x has shape {x.shape}; the model takes (images, {geometry})")
+    ids = tuple(str(i) for i in range(1, x.shape[0] + 1))
+    return PatientTable("image", ids, x.reshape(x.shape[0], -1))
+
+
+def standardise_images(
+    values: npt.NDArray[np.float64], description: ModelDescription, *, ids: Sequence[str]
+) -> npt.NDArray[np.float64]:
+    """Pixels divided by the model's ``intensity_max``, then ``(x - mean) / std`` per channel.
+
+    Raises
+    ------
+    InputError
+        If the model does not say how to scale its pixels, or naming the first image and
+        channel whose scaled value exceeds the parameter set's input bound.
+    """
+    if description.intensity_max is None:
+        raise InputError("the model's card does not say what its pixel values are divided by")
+    channels = description.input_shape[0]
+    x = values.reshape(values.shape[0], channels, -1) / description.intensity_max
+    means = np.array([m for m, _ in description.scaling], dtype=np.float64)[None, :, None]
+    stds = np.array([s for _, s in description.scaling], dtype=np.float64)[None, :, None]
+    z = (x - means) / stds
+    bound = description.parameter_set.input_bound
+    outside = np.argwhere(np.abs(z) > bound)
+    if outside.size:
+        image, channel, _ = (int(v) for v in outside[0])
+        raise InputError(
+            f"image {ids[image]}, channel {description.features[channel]!r}: a pixel is "
+            f"{z[image, channel].flat[int(np.abs(z[image, channel]).argmax())]:+.1f} standard "
+            f"deviations from the study mean, outside the +-{bound:g} the encrypted model "
+            f"accepts; check the images' bit depth"
+        )
+    return np.asarray(z.reshape(values.shape[0], -1), dtype=np.float64)
 
 
 def plan_batches(n: int, description: ModelDescription) -> list[tuple[LayoutChoice, int, int]]:
@@ -522,15 +631,31 @@ def predict_encrypted(
             f"the model takes {description.n_features} features per patient "
             f"({', '.join(description.features[:3])}, ...); got an array of shape {x.shape}"
         )
+    outputs = description.outputs
+    plan = plan_batches(x.shape[0], description)
+    ps = description.parameter_set
+    shape = ModelShape(description.n_features, description.hidden, outputs)
+    for choice, start, stop in plan:
+        # A fresh seeded ciphertext is one polynomial of uniform residues over the data
+        # primes, so at least N * sum(bits) / 8 bytes whatever the compression: refuse a
+        # request the server's limit cannot take before encrypting anything (an image
+        # model has one ciphertext per pixel).
+        count = layout_for(choice.layout, ps, shape).ciphertext_count(stop - start)
+        needed = count * ps.poly_modulus_degree * sum(ps.data_prime_bits) // 8
+        if needed > description.max_request_bytes:
+            raise InputError(
+                f"a {choice.layout} request for this model carries {count} ciphertexts "
+                f"(~{needed / 2**20:.0f} MiB), above the server's limit of "
+                f"{description.max_request_bytes / 2**20:.0f} MiB per request"
+            )
     secret = secret or SecretContext.generate(description.parameter_set)
     if secret.parameter_set != description.parameter_set:
         raise CryptoError("the secret context's parameter set is not the model's")
     if secret.he_params_hash != description.he_params_hash:
         raise CryptoError("the server's HE parameters differ from this client's")
-    outputs = description.outputs
     logits = np.empty((x.shape[0], outputs) if outputs > 1 else x.shape[0], dtype=np.float64)
     requests = sent = 0
-    for choice, start, stop in plan_batches(x.shape[0], description):
+    for choice, start, stop in plan:
         context = secret.public_context(rotation_steps=choice.rotation_steps)
         context_hash = secret.context_hash(rotation_steps=choice.rotation_steps)
         inline: bytes | None = context

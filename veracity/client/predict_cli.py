@@ -98,7 +98,10 @@ def predict_command(
     input_path: Annotated[
         Path,
         typer.Option(
-            "--input", envvar="VERACITY_INPUT", help="CSV of patients with the model's features."
+            "--input",
+            envvar="VERACITY_INPUT",
+            help="CSV of patients with the model's features; for an image model a folder of "
+            "PNG or DICOM images, or an .npz file with an array x.",
         ),
     ],
     server: ServerOption,
@@ -136,21 +139,27 @@ def predict_command(
         InferenceClient,
         plan_batches,
         predict_encrypted,
+        read_images,
         read_patients_csv,
         standardise,
+        standardise_images,
     )
 
     token = check_credentials(token, ca_cert)
     with InferenceClient(server, token=token, ca_cert=ca_cert, timeout=timeout) as client:
         description = client.describe(model)
-        table = read_patients_csv(input_path, description.features, id_column=id_column)
-        features = standardise(
-            table.values,
-            description.scaling,
-            features=description.features,
-            bound=description.parameter_set.input_bound,
-            ids=table.ids,
-        )
+        if description.images:
+            table = read_images(input_path, input_shape=description.input_shape)
+            features = standardise_images(table.values, description, ids=table.ids)
+        else:
+            table = read_patients_csv(input_path, description.features, id_column=id_column)
+            features = standardise(
+                table.values,
+                description.scaling,
+                features=description.features,
+                bound=description.parameter_set.input_bound,
+                ids=table.ids,
+            )
         batches = len(plan_batches(len(table.ids), description))
         progress = Progress(
             "[progress.description]{task.description}",

@@ -37,6 +37,7 @@ from veracity.crypto.keys import (
 )
 from veracity.crypto.supernode import SUPERNODE_KEY_NAME, write_supernode_key_pair
 from veracity.errors import ConfigError, InputError
+from veracity.ledger.possession import sign_enrolment
 from veracity.ledger.statement import sign_statement
 
 __all__ = [
@@ -221,6 +222,14 @@ class Site:
         return SignedStatement(
             kind=statement.KIND, actor=self.name, payload=body, signature=signature
         )
+
+    def enrolment_proof(self, log_id: str) -> str:
+        """The site key's proof of possession for enrolling in the log ``log_id``.
+
+        The coordinator's ``key.enrolled`` (or ``key.recovered``) carries it, so the ledger
+        shows that the site itself holds the enrolled key.
+        """
+        return sign_enrolment(self.key, log_id=log_id, name=self.name, role="site")
 
     def close(self) -> None:
         """Close the store."""

@@ -51,6 +51,9 @@ __all__ = [
     "Payload",
     "KeyEnrolled",
     "KeyRevoked",
+    "KeyRotated",
+    "KeyRecovered",
+    "KEY_KINDS",
     "DatasetRegistered",
     "StudyProposed",
     "StudyApproved",
@@ -123,7 +126,12 @@ class RequestedPayload(Payload):
 
 
 class KeyEnrolled(RequestedPayload):
-    """The root enrols a key under a name, with its role (genesis enrols the root itself)."""
+    """The root enrols a new name's first key, with its role (genesis enrols the root itself).
+
+    ``proof`` is the new key's proof of possession (required after genesis): its signature
+    under ``veracity.enrolment.v1`` over ``{log_id, name, role, key_id}``. A name is
+    enrolled once; its later keys come by ``key.rotated`` or ``key.recovered``.
+    """
 
     KIND: ClassVar[str] = "key.enrolled"
 
@@ -131,6 +139,43 @@ class KeyEnrolled(RequestedPayload):
     role: Literal["root", "site", "coordinator", "auditor", "clinic"]
     public_key: PublicKeyPem
     valid_from: Timestamp
+    supernode_public_key: (
+        Annotated[str, StringConstraints(min_length=1, max_length=4096)] | None
+    ) = None
+    proof: Base64Signature | None = None
+
+
+class KeyRotated(RequestedPayload):
+    """A name hands over from its current key to a new one, signed by the outgoing key.
+
+    ``proof`` is the new key's proof of possession (as in ``key.enrolled``, for the name's
+    unchanged role); ``outgoing_signature`` is the current key's signature under
+    ``veracity.rotation.v1`` over ``{log_id, name, key_id, new_key_id}``.
+    """
+
+    KIND: ClassVar[str] = "key.rotated"
+
+    name: Name
+    public_key: PublicKeyPem
+    valid_from: Timestamp
+    proof: Base64Signature
+    outgoing_signature: Base64Signature
+
+
+class KeyRecovered(RequestedPayload):
+    """The root gives a name whose key was lost (or revoked) a new key: visible, with why.
+
+    The name keeps its role; the key it held, if any, stops signing here. ``proof`` is the
+    new key's proof of possession, as in ``key.enrolled``.
+    """
+
+    KIND: ClassVar[str] = "key.recovered"
+
+    name: Name
+    public_key: PublicKeyPem
+    valid_from: Timestamp
+    proof: Base64Signature
+    reason: Reason
     supernode_public_key: (
         Annotated[str, StringConstraints(min_length=1, max_length=4096)] | None
     ) = None
@@ -377,6 +422,8 @@ PAYLOADS: dict[str, type[Payload]] = {
     model.KIND: model
     for model in (
         KeyEnrolled,
+        KeyRotated,
+        KeyRecovered,
         KeyRevoked,
         DatasetRegistered,
         StudyProposed,
@@ -405,12 +452,16 @@ RECEIPT_DOMAINS: dict[str, str] = {
     "analysis.answered": ANALYSIS_RECEIPT_DOMAIN,
 }
 
+#: The kinds that change which key a name holds (the key history replays exactly these).
+KEY_KINDS: tuple[str, ...] = ("key.enrolled", "key.rotated", "key.recovered", "key.revoked")
 #: Every kind the ledger accepts.
 KINDS: frozenset[str] = frozenset(PAYLOADS)
 #: Kinds only the root (the coordinator) records.
 ROOT_KINDS: frozenset[str] = frozenset(
     {
         "key.enrolled",
+        "key.rotated",
+        "key.recovered",
         "key.revoked",
         "study.proposed",
         "run.started",

@@ -17,9 +17,11 @@ non-canonical input).
 
 from __future__ import annotations
 
+import getpass
 import hashlib
 import os
 import stat
+import sys
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -41,8 +43,15 @@ __all__ = [
     "load_verify_key",
     "private_key_path",
     "public_key_path",
+    "key_passphrase",
+    "PASSPHRASE_ENV",
     "SIGNATURE_SIZE",
 ]
+
+#: The environment variable holding the passphrase of the private key files (written
+#: encrypted when it is set; read with it, or a prompt at a terminal, when they are).
+PASSPHRASE_ENV = "VERACITY_KEY_PASSPHRASE"  # noqa: S105 - the variable's name, not a secret
+_ENCRYPTED_PEM = b"-----BEGIN ENCRYPTED PRIVATE KEY-----"
 
 #: Bytes in an Ed25519 signature.
 SIGNATURE_SIZE = 64
@@ -155,27 +164,41 @@ class SigningKey:
         """Sign ``message``; returns the 64-byte signature."""
         return self.key.sign(message)
 
-    def pem(self) -> bytes:
-        """The private key as unencrypted PKCS#8 PEM bytes."""
+    def pem(self, *, passphrase: bytes | None = None) -> bytes:
+        """The private key as PKCS#8 PEM bytes, encrypted under ``passphrase`` if given."""
+        encryption: serialization.KeySerializationEncryption = (
+            serialization.NoEncryption()
+            if passphrase is None
+            else serialization.BestAvailableEncryption(passphrase)
+        )
         return self.key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, encryption
         )
 
     @classmethod
-    def from_pem(cls, pem: bytes) -> SigningKey:
-        """Parse an unencrypted PKCS#8 PEM private key.
+    def from_pem(cls, pem: bytes, *, passphrase: bytes | None = None) -> SigningKey:
+        """Parse a PKCS#8 PEM private key (encrypted ones with ``passphrase``).
 
         Raises
         ------
+        ConfigError
+            If the key is encrypted and no passphrase is given.
         CryptoError
-            If the data is not an Ed25519 private key.
+            If the data is not an Ed25519 private key, or the passphrase is wrong.
         """
+        encrypted = pem.lstrip().startswith(_ENCRYPTED_PEM)
+        if encrypted and passphrase is None:
+            raise ConfigError(f"the private key is passphrase-protected: set {PASSPHRASE_ENV}")
         try:
-            key = serialization.load_pem_private_key(pem, password=None)
+            key = serialization.load_pem_private_key(
+                pem, password=passphrase if encrypted else None
+            )
         except (ValueError, TypeError) as err:
-            raise CryptoError("not an unencrypted PEM private key") from err
+            if encrypted:
+                raise CryptoError(
+                    f"the passphrase ({PASSPHRASE_ENV}) does not open this private key"
+                ) from err
+            raise CryptoError("not a PEM private key") from err
         if not isinstance(key, Ed25519PrivateKey):
             raise CryptoError("private key is not Ed25519")
         return cls(key)
@@ -201,11 +224,27 @@ def _check_name(name: str) -> None:
         raise ConfigError(f"key name {name!r} must be letters, digits, '-', '_' or '.'")
 
 
+def key_passphrase(*, prompt_for: Path | None = None) -> bytes | None:
+    """The key files' passphrase: ``VERACITY_KEY_PASSPHRASE``, or asked at a terminal.
+
+    Without the variable, ``prompt_for`` (an encrypted key file) is asked for on the
+    terminal when stdin is one; otherwise there is none.
+    """
+    value = os.environ.get(PASSPHRASE_ENV)
+    if value:
+        return value.encode("utf-8")
+    if prompt_for is not None and sys.stdin is not None and sys.stdin.isatty():
+        return getpass.getpass(f"passphrase of {prompt_for}: ").encode("utf-8") or None
+    return None
+
+
 def write_key_pair(key_dir: Path, name: str, key: SigningKey) -> tuple[Path, Path]:
     """Write ``NAME.pem`` (mode 0600) and ``NAME.pub`` into ``key_dir``.
 
     The private key is created with 0600 from the start (never world-readable, even
-    briefly) and an existing file is never overwritten.
+    briefly) and an existing file is never overwritten. With ``VERACITY_KEY_PASSPHRASE``
+    set, the private key is encrypted under it (PKCS#8, the best encryption
+    ``cryptography`` offers).
 
     Raises
     ------
@@ -221,7 +260,7 @@ def write_key_pair(key_dir: Path, name: str, key: SigningKey) -> tuple[Path, Pat
             raise ConfigError(f"{path} already exists; refusing to overwrite a key")
     fd = os.open(private_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "wb") as handle:
-        handle.write(key.pem())
+        handle.write(key.pem(passphrase=key_passphrase()))
     os.chmod(private_path, 0o600)
     public_path.write_text(key.public.pem(), encoding="ascii")
     return private_path, public_path
@@ -230,12 +269,16 @@ def write_key_pair(key_dir: Path, name: str, key: SigningKey) -> tuple[Path, Pat
 def load_signing_key(path: Path) -> SigningKey:
     """Load a private key, refusing files that others can read.
 
+    An encrypted key file is opened with :func:`key_passphrase` (the variable, or a
+    prompt at a terminal).
+
     Raises
     ------
     ConfigError
-        If the file is missing or its permissions allow group or others access.
+        If the file is missing or its permissions allow group or others access, or it is
+        encrypted and there is no passphrase.
     CryptoError
-        If the file is not an Ed25519 private key.
+        If the file is not an Ed25519 private key, or the passphrase does not open it.
     """
     try:
         mode = path.stat().st_mode
@@ -243,10 +286,14 @@ def load_signing_key(path: Path) -> SigningKey:
         raise ConfigError(f"private key {path} not found") from err
     if mode & (stat.S_IRWXG | stat.S_IRWXO):
         raise ConfigError(f"private key {path} is readable by others; run: chmod 600 {path}")
+    data = path.read_bytes()
+    passphrase = (
+        key_passphrase(prompt_for=path) if data.lstrip().startswith(_ENCRYPTED_PEM) else None
+    )
     try:
-        return SigningKey.from_pem(path.read_bytes())
-    except CryptoError as err:
-        raise CryptoError(f"{path}: {err}") from err
+        return SigningKey.from_pem(data, passphrase=passphrase)
+    except (CryptoError, ConfigError) as err:
+        raise type(err)(f"{path}: {err}") from err
 
 
 def load_verify_key(path: Path) -> VerifyKey:

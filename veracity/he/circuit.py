@@ -25,12 +25,24 @@ import numpy.typing as npt
 from veracity.errors import CryptoError
 from veracity.he.params import CKKSParameterSet
 
-__all__ = ["LinearCircuit", "QuadraticCircuit", "Circuit", "compile_circuit"]
+__all__ = [
+    "LinearCircuit",
+    "QuadraticCircuit",
+    "ConvCircuit",
+    "Circuit",
+    "compile_circuit",
+    "compile_conv_circuit",
+    "conv_matrix",
+    "pool_groups",
+]
 
 FloatArray = npt.NDArray[np.float64]
+IntArray = npt.NDArray[np.int64]
 
 #: Largest worst-case value kept below modulus / 2**_HEADROOM_BITS (noise, flooding).
 _HEADROOM_BITS = 3
+#: The dense layer's weight scale the CNN's second level is sized for (bits).
+_DENSE_BITS = 20
 
 
 @dataclass(frozen=True)
@@ -108,7 +120,205 @@ class QuadraticCircuit:
         return int(self.output_weights.shape[0])
 
 
-Circuit = LinearCircuit | QuadraticCircuit
+@dataclass(frozen=True)
+class ConvCircuit:
+    """``cnn2d`` with square activations as three linear maps on flat vectors.
+
+    ``conv1`` and ``conv2`` are the convolutions as matrices (im2col unrolled: output unit
+    ``f*h*w + i*w + j`` takes input ``c*h*w + ii*w + jj`` with the kernel's weight, zero where
+    the kernel does not reach), so the circuit is, for a flat image ``x``::
+
+        z1 = conv1 @ x + bias1;  p1[g] = sum(z1[pool1[g]]**2)
+        z2 = conv2 @ p1 + bias2; p2[g] = sum(z2[pool2[g]]**2)
+        logits = fc @ p2 + fc_bias
+
+    Average pooling is a sum of four squares; its 1/4 is folded into ``conv2`` and ``fc``.
+    Units that no pooling window covers (a trailing odd row or column) are never computed.
+
+    Attributes
+    ----------
+    conv1_scale / conv2_scale / fc_scale
+        Encoding scales of the three weight matrices.
+    logit_bound
+        Worst-case ``|logit|`` over admissible inputs.
+    """
+
+    input_shape: tuple[int, int, int]
+    conv1: FloatArray
+    bias1: FloatArray
+    pool1: IntArray
+    conv2: FloatArray
+    bias2: FloatArray
+    pool2: IntArray
+    fc: FloatArray
+    fc_bias: FloatArray
+    conv1_scale: float
+    conv2_scale: float
+    fc_scale: float
+    logit_bound: float
+
+    @property
+    def n_features(self) -> int:
+        """Input width (channels x height x width)."""
+        return int(self.conv1.shape[1])
+
+    @property
+    def outputs(self) -> int:
+        """Outputs per image."""
+        return int(self.fc.shape[0])
+
+    def forward(self, features: npt.ArrayLike) -> FloatArray:
+        """The circuit in plain arithmetic, ``(n, outputs)``: what CKKS evaluates."""
+        x = np.asarray(features, dtype=np.float64)
+        z1 = x @ self.conv1.T + self.bias1
+        p1 = (z1 * z1)[:, self.pool1].sum(axis=2)
+        z2 = p1 @ self.conv2.T + self.bias2
+        p2 = (z2 * z2)[:, self.pool2].sum(axis=2)
+        return np.asarray(p2 @ self.fc.T + self.fc_bias, dtype=np.float64)
+
+
+Circuit = LinearCircuit | QuadraticCircuit | ConvCircuit
+
+
+def conv_matrix(weight: npt.ArrayLike, height: int, width: int) -> FloatArray:
+    """A 'same' 2-D convolution (odd kernel, zero padding, stride 1) as a dense matrix.
+
+    ``weight`` has shape ``(filters, channels, k, k)``; the result maps a flat
+    ``(channels, height, width)`` input to a flat ``(filters, height, width)`` output.
+    """
+    w = np.asarray(weight, dtype=np.float64)
+    filters, channels, k, _ = w.shape
+    pad = k // 2
+    matrix = np.zeros((filters, height, width, channels, height, width), dtype=np.float64)
+    for i in range(height):
+        for j in range(width):
+            for di in range(k):
+                for dj in range(k):
+                    ii, jj = i + di - pad, j + dj - pad
+                    if 0 <= ii < height and 0 <= jj < width:
+                        matrix[:, i, j, :, ii, jj] = w[:, :, di, dj]
+    return matrix.reshape(filters * height * width, channels * height * width)
+
+
+def pool_groups(channels: int, height: int, width: int) -> IntArray:
+    """The four flat indices of each 2x2 pooling window (stride 2, trailing odd row dropped).
+
+    Shape ``(channels * (height // 2) * (width // 2), 4)``, windows in flat C order.
+    """
+    c, a, b = np.meshgrid(
+        np.arange(channels), np.arange(height // 2), np.arange(width // 2), indexing="ij"
+    )
+    corners = [
+        c * height * width + (2 * a + da) * width + (2 * b + db) for da in (0, 1) for db in (0, 1)
+    ]
+    return np.stack([corner.reshape(-1) for corner in corners], axis=1).astype(np.int64)
+
+
+def compile_conv_circuit(
+    weights: Mapping[str, npt.ArrayLike],
+    *,
+    parameter_set: CKKSParameterSet,
+    primes: Sequence[int],
+    input_shape: tuple[int, ...],
+    filters: tuple[int, int],
+    kernel: int,
+    outputs: int,
+) -> ConvCircuit:
+    """Fold a square-activation ``cnn2d`` into a :class:`ConvCircuit` and choose its scales.
+
+    Levels (data primes ``q_0 .. q_{L-1}``, inputs at ``2**input_scale_bits``): the first
+    convolution's products are rescaled once by ``q_{L-1}``; the squares are summed (the
+    pool) and the second convolution's products rescaled once by ``q_{L-2}``; the second
+    squares are summed and the dense layer's products are left at their scale; the
+    server's output selector is encoded at ``q_{L-3}`` and rescaled away, so the logits sit
+    at the dense layer's scale under ``q_0 ... q_{L-4}``. Every scale is checked against
+    worst-case values for inputs with ``|x| <= input_bound``.
+
+    Raises
+    ------
+    CryptoError
+        If the tensors do not match the architecture or hold non-finite values, a unit has
+        only zero weights, or the worst-case values do not fit the parameter set.
+    """
+    if parameter_set.family != "cnn2d":
+        raise CryptoError(f"parameter set {parameter_set.name} serves {parameter_set.family}")
+    if len(input_shape) != 3:
+        raise CryptoError("cnn2d takes (channels, height, width) inputs")
+    channels, height, width = (int(d) for d in input_shape)
+    first, second = filters
+    data_primes = [float(q) for q in primes[:-1]]
+    if len(data_primes) != len(parameter_set.data_prime_bits) or len(data_primes) < 4:
+        raise CryptoError(f"primes do not match parameter set {parameter_set.name}")
+    w1 = _as_float(weights, "conv1.weight", (first, channels, kernel, kernel))
+    b1 = _as_float(weights, "conv1.bias", (first,))
+    w2 = _as_float(weights, "conv2.weight", (second, first, kernel, kernel))
+    b2 = _as_float(weights, "conv2.bias", (second,))
+    h2, v2 = height // 2, width // 2
+    wfc = _as_float(weights, "fc.weight", (outputs, second * (h2 // 2) * (v2 // 2)))
+    bfc = _as_float(weights, "fc.bias", (outputs,))
+
+    conv1 = conv_matrix(w1, height, width)
+    bias1 = np.repeat(b1, height * width)
+    pool1 = pool_groups(first, height, width)
+    conv2 = conv_matrix(w2, h2, v2) / 4.0
+    bias2 = np.repeat(b2, h2 * v2)
+    pool2 = pool_groups(second, h2, v2)
+    fc = wfc / 4.0
+
+    # Worst-case magnitudes, unit by unit.
+    bound = parameter_set.input_bound
+    z1 = np.abs(bias1) + bound * np.abs(conv1).sum(axis=1)
+    p1 = (z1 * z1)[pool1].sum(axis=1)
+    z2 = np.abs(bias2) + np.abs(conv2) @ p1
+    p2 = (z2 * z2)[pool2].sum(axis=1)
+    logits = np.abs(bfc) + np.abs(fc) @ p2
+    logit_bound = float(logits.max())
+
+    headroom = 2.0**_HEADROOM_BITS
+    s_in = parameter_set.input_scale
+    s1 = float(2**parameter_set.hidden_weight_scale_bits)
+    if s_in * s1 * float(z1[pool1].max()) * headroom > math.prod(data_primes):
+        raise CryptoError(f"cnn2d: the first convolution overflows {parameter_set.name}")
+    level1 = s_in * s1 / data_primes[-1]  # scale after the first rescale
+    # The second convolution's scale: as large as the dense layer allows while keeping its
+    # weights at 2**_DENSE_BITS (the second rescale acts on a three-part ciphertext, whose
+    # rounding noise grows with the secret key's square: a larger scale drowns it).
+    remaining = math.prod(data_primes[:-1])
+    rest = math.prod(data_primes[:-3])  # q_{L-3} is the output selector's (see layouts)
+    level2_max = math.sqrt(rest / headroom / (2.0**_DENSE_BITS * max(logit_bound, 1.0)))
+    target = level2_max * data_primes[-2] / (level1 * level1)
+    fit = remaining / headroom / (level1 * level1 * max(float(z2[pool2].max()), 1.0))
+    bits2 = _scale_bits(min(target, fit), parameter_set, "cnn2d second convolution")
+    s2 = float(2**bits2)
+    level2 = level1 * level1 * s2 / data_primes[-2]
+    bits3 = _scale_bits(
+        rest / headroom / (level2 * level2 * max(logit_bound, 1.0)), parameter_set, "cnn2d dense"
+    )
+    conv1 = _drop_unrepresentable(conv1, s1)
+    conv2 = _drop_unrepresentable(conv2, s2)
+    fc = _drop_unrepresentable(fc, float(2**bits3))
+    for name, matrix, used in (
+        ("first convolution", conv1, np.unique(pool1)),
+        ("second convolution", conv2, np.unique(pool2)),
+        ("dense layer", fc, np.arange(outputs)),
+    ):
+        if not np.all(np.any(matrix[used], axis=1)):
+            raise CryptoError(f"cnn2d: a unit of the {name} has only zero weights")
+    return ConvCircuit(
+        input_shape=(channels, height, width),
+        conv1=conv1,
+        bias1=bias1,
+        pool1=pool1,
+        conv2=conv2,
+        bias2=bias2,
+        pool2=pool2,
+        fc=fc,
+        fc_bias=bfc,
+        conv1_scale=s1,
+        conv2_scale=s2,
+        fc_scale=float(2**bits3),
+        logit_bound=logit_bound,
+    )
 
 
 def _as_float(
@@ -156,7 +366,7 @@ def compile_circuit(
     hidden: int = 0,
     activation: tuple[float, float, float] = (0.0, 0.0, 0.0),
     outputs: int = 1,
-) -> Circuit:
+) -> LinearCircuit | QuadraticCircuit:
     """Fold ``weights`` into the circuit for ``family`` and choose its scales.
 
     Parameters

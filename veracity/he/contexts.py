@@ -198,7 +198,7 @@ class SecretContext:
 
     def _decrypt_values(self, data: bytes, index: int) -> npt.NDArray[np.complex128]:
         runtime = self._runtime
-        limit = max_ciphertext_bytes(runtime, 3)
+        limit = max_ciphertext_bytes(runtime, 5)  # the CNN's second square: five parts
         data = inflate(data, f"result {index}", max_bytes=limit, max_inflated=limit)
         ciphertext = sa.Ciphertext()
         with seal_errors(f"result {index} does not decrypt under this context"):

@@ -42,7 +42,7 @@ import numpy.typing as npt
 import tenseal.sealapi as sa
 
 from veracity.errors import CryptoError, InputError
-from veracity.he.circuit import Circuit, LinearCircuit, QuadraticCircuit
+from veracity.he.circuit import Circuit, ConvCircuit, LinearCircuit, QuadraticCircuit
 from veracity.he.packing import (
     CoefficientGeometry,
     ComplexArray,
@@ -234,8 +234,87 @@ def _linear(circuit: Circuit, layout: PackingLayout) -> LinearCircuit:
 
 def _quadratic(circuit: Circuit, layout: PackingLayout) -> QuadraticCircuit:
     if not isinstance(circuit, QuadraticCircuit):
-        raise CryptoError(f"layout {layout} does not serve logistic regression")
+        raise CryptoError(f"layout {layout} serves poly_mlp only")
     return circuit
+
+
+def _sum_of_squares(runtime: Runtime, units: Sequence[Any]) -> Any:
+    """``sum(units)`` into a new ciphertext (the pool of squared units)."""
+    evaluator = runtime.evaluator
+    total = sa.Ciphertext()
+    evaluator.add(units[0], units[1], total)  # a 2x2 window: four units
+    for unit in units[2:]:
+        evaluator.add_inplace(total, unit)
+    return total
+
+
+def _squared_unit(
+    runtime: Runtime, inputs: Sequence[Any], weights: FloatArray, scale: float, bias: float
+) -> Any:
+    """``(weights . inputs + bias)**2``, rescaled once before the square (not relinearised)."""
+    evaluator = runtime.evaluator
+    unit = _multiply_accumulate(runtime, inputs, weights, scale)
+    evaluator.add_plain_inplace(unit, encode(runtime, float(bias), unit.parms_id(), unit.scale))
+    evaluator.rescale_to_next_inplace(unit)
+    evaluator.square_inplace(unit)
+    return unit
+
+
+def _evaluate_conv(
+    runtime: Runtime, conv: ConvCircuit, inputs: Sequence[Any], live: int
+) -> list[Any]:
+    """The square-activation CNN on one-pixel-per-ciphertext inputs (column layout).
+
+    Pools are sums of squared units computed window by window (a unit is used by one
+    window only), so at most one window's units and the pooled maps are held at a time.
+    Each output is finally multiplied by a 0/1 selector of the ``live`` declared images,
+    encoded at the scale of the next prime and rescaled by it, so its encoding error is
+    ~2**-40 of a logit (a selector folded into the dense weights would be encoded at their
+    small scale instead).
+    """
+    evaluator = runtime.evaluator
+    pooled1 = [
+        _sum_of_squares(
+            runtime,
+            [
+                _squared_unit(
+                    runtime, inputs, conv.conv1[u], conv.conv1_scale, float(conv.bias1[u])
+                )
+                for u in window
+            ],
+        )
+        for window in conv.pool1
+    ]
+    pooled2 = [
+        _sum_of_squares(
+            runtime,
+            [
+                _squared_unit(
+                    runtime, pooled1, conv.conv2[u], conv.conv2_scale, float(conv.bias2[u])
+                )
+                for u in window
+            ],
+        )
+        for window in conv.pool2
+    ]
+    del pooled1
+    slots = runtime.parameter_set.slots
+    selector = np.zeros(slots, dtype=np.float64)
+    selector[:live] = 1.0
+    mask = None
+    results = []
+    for weights, bias in zip(conv.fc, conv.fc_bias, strict=True):
+        output = _multiply_accumulate(runtime, pooled2, weights, conv.fc_scale)
+        evaluator.add_plain_inplace(
+            output, encode(runtime, float(bias), output.parms_id(), output.scale)
+        )
+        if mask is None:
+            prime = runtime.context.get_context_data(output.parms_id()).parms().coeff_modulus()[-1]
+            mask = encode(runtime, selector.tolist(), output.parms_id(), float(prime.value()))
+        evaluator.multiply_plain_inplace(output, mask)
+        evaluator.rescale_to_next_inplace(output)
+        results.append(output)
+    return results
 
 
 def _masked_outputs(
@@ -440,7 +519,13 @@ class CoefficientLayout:
 
 @dataclass(frozen=True)
 class ColumnLayout:
-    """``column``: one ciphertext per feature, one patient per slot (``poly_mlp``).
+    """``column``: one ciphertext per feature, one patient per slot (``poly_mlp``, ``cnn2d``).
+
+    For ``cnn2d`` a feature is a pixel (flat ``(channels, height, width)`` order), so
+    ciphertext j holds pixel j of up to N/2 images; the network is evaluated as in
+    :func:`_evaluate_conv`, with no keys at all (squares are not relinearised: the first
+    gives three-part, the second five-part ciphertexts, which the requester's decryptor
+    handles).
 
     ``y = sum_k alpha_k (W1 x + b1')_k**2 + gamma``: each hidden unit's products are summed
     at the product scale and rescaled once (lazy rescaling); squares are not relinearised
@@ -492,7 +577,6 @@ class ColumnLayout:
         random_bytes: RandomBytes,
     ) -> list[Any]:
         """h·n scalar products, h rescales, h squares, h (masked) output products."""
-        quadratic = _quadratic(circuit, self.name)
         runtime = context.runtime
         evaluator = runtime.evaluator
         slots = self.parameter_set.slots
@@ -504,6 +588,12 @@ class ColumnLayout:
             # A scalar where every slot is declared, else zero beyond the declared patients.
             return float(value) if live == slots else (value * selector).tolist()
 
+        if isinstance(circuit, ConvCircuit):
+            results = _evaluate_conv(runtime, circuit, inputs, live)
+            for result in results:
+                _slot_flood(runtime, result, random_bytes)
+            return results
+        quadratic = _quadratic(circuit, self.name)
         outputs: list[Any] = [None] * quadratic.outputs
         product = sa.Ciphertext()
         for unit in np.flatnonzero(np.any(quadratic.output_weights, axis=0)):
@@ -714,6 +804,8 @@ def circuit_shape(circuit: Circuit) -> ModelShape:
     """The model shape a compiled circuit evaluates."""
     if isinstance(circuit, QuadraticCircuit):
         return ModelShape(circuit.n_features, circuit.hidden, circuit.outputs)
+    if isinstance(circuit, ConvCircuit):
+        return ModelShape(circuit.n_features, outputs=circuit.outputs)
     return ModelShape(circuit.n_features, outputs=circuit.outputs)
 
 

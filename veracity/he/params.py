@@ -52,6 +52,7 @@ __all__ = [
     "CKKSParameterSet",
     "LOGISTIC_PARAMETERS",
     "POLY_MLP_PARAMETERS",
+    "CNN_PARAMETERS",
     "PARAMETER_SETS",
     "check_security",
     "parameter_set_for",
@@ -224,8 +225,23 @@ POLY_MLP_PARAMETERS = CKKSParameterSet(
     small_batch_max=72,
 )
 
+CNN_PARAMETERS = CKKSParameterSet(
+    name="ckks-cnn-n16384-v1",
+    family="cnn2d",
+    poly_modulus_degree=16384,
+    coeff_modulus_bits=(60, 60, 40, 45, 30, 60),
+    input_scale_bits=30,
+    hidden_weight_scale_bits=30,
+    input_bound=8.0,
+    min_weight_scale_bits=12,
+    max_weight_scale_bits=40,
+    batch_layout=PackingLayout.COLUMN,
+    small_batch_layout=PackingLayout.COLUMN,
+    small_batch_max=8192,
+)
+
 PARAMETER_SETS: dict[str, CKKSParameterSet] = {
-    p.name: p for p in (LOGISTIC_PARAMETERS, POLY_MLP_PARAMETERS)
+    p.name: p for p in (LOGISTIC_PARAMETERS, POLY_MLP_PARAMETERS, CNN_PARAMETERS)
 }
 
 

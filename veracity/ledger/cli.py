@@ -204,6 +204,77 @@ def append(
         )
 
 
+LogIdOption = Annotated[
+    str,
+    typer.Option(
+        "--log-id",
+        envvar="VERACITY_LOG_ID",
+        help="The log's id (64 hex: `veracity ledger init` prints it).",
+    ),
+]
+NameOption = Annotated[
+    str, typer.Option("--name", envvar="VERACITY_NAME", help="The enrolled name the key is for.")
+]
+
+
+def _log_id(text: str) -> str:
+    from veracity.core.fields import is_hex64
+
+    if not is_hex64(text):
+        raise InputError(f"--log-id must be 64 lowercase hex characters, not {text!r}")
+    return text
+
+
+def _emit_signature(field: str, signature: str, output_format: OutputFormat) -> None:
+    if output_format is OutputFormat.JSON:
+        emit_json({field: signature})
+    else:
+        sys.stdout.write(signature + "\n")
+
+
+@app.command("key-proof")
+def key_proof(
+    key: Annotated[
+        Path, typer.Option("--key", envvar="VERACITY_KEY", help="The new private key (NAME.pem).")
+    ],
+    name: NameOption,
+    log_id: LogIdOption,
+    role: Annotated[
+        str, typer.Option("--role", envvar="VERACITY_ROLE", help="The name's role.")
+    ] = "site",
+    output_format: FormatOption = OutputFormat.TEXT,
+) -> None:
+    """Print the key's proof of possession (the `proof` of key.enrolled/rotated/recovered)."""
+    from veracity.crypto.keys import load_signing_key
+    from veracity.ledger.possession import sign_enrolment
+
+    proof = sign_enrolment(load_signing_key(key), log_id=_log_id(log_id), name=name, role=role)
+    _emit_signature("proof", proof, output_format)
+
+
+@app.command("key-handover")
+def key_handover(
+    key: Annotated[
+        Path,
+        typer.Option("--key", envvar="VERACITY_KEY", help="The outgoing private key (NAME.pem)."),
+    ],
+    to: Annotated[
+        Path, typer.Option("--to", envvar="VERACITY_NEW_KEY", help="The new public key (.pub).")
+    ],
+    name: NameOption,
+    log_id: LogIdOption,
+    output_format: FormatOption = OutputFormat.TEXT,
+) -> None:
+    """Print the outgoing key's hand-over to a new key (key.rotated's `outgoing_signature`)."""
+    from veracity.crypto.keys import load_signing_key, load_verify_key
+    from veracity.ledger.possession import sign_rotation
+
+    signature = sign_rotation(
+        load_signing_key(key), log_id=_log_id(log_id), name=name, incoming=load_verify_key(to)
+    )
+    _emit_signature("outgoing_signature", signature, output_format)
+
+
 def _load_checkpoints(paths: list[Path]) -> list[Checkpoint]:
     from veracity.ledger.checkpoint import Checkpoint
 

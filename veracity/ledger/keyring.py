@@ -1,23 +1,27 @@
 """Key history: which key each enrolled name holds at each position of the ledger.
 
-Keys are enrolled and revoked by root-signed ``key.enrolled`` / ``key.revoked`` entries; the
-genesis entry enrols the root itself. A key is valid for entries *after* the entry that
-enrols it and up to (and including) the entry that revokes it or enrols a replacement for
-the same name (a rotation). Validity is by position in the log, never by wall-clock time,
-so it is recomputed from the entries alone.
+Keys change only by root-signed key events (:data:`~veracity.contracts.events.KEY_KINDS`):
+``key.enrolled`` (a name's first key; genesis enrols the root itself), ``key.rotated``
+(signed by the outgoing key), ``key.recovered`` (a lost or revoked key replaced, visibly)
+and ``key.revoked``. A key is valid for entries *after* the entry that gives it and up to
+(and including) the entry that revokes or replaces it. Validity is by position in the log,
+never by wall-clock time, so it is recomputed from the entries alone.
+:func:`check_key_event` holds the rules; the append path and the verifier both call it.
 """
 
 from __future__ import annotations
 
 import bisect
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from veracity.contracts.events import ROOT_ACTOR, Role
 from veracity.crypto.keys import VerifyKey
-from veracity.errors import InputError
+from veracity.errors import Conflict, InputError, SignatureError
+from veracity.ledger.possession import verify_enrolment, verify_rotation
 
-__all__ = ["KeyRecord", "KeyHistory"]
+__all__ = ["KeyRecord", "KeyHistory", "check_key_event"]
 
 _NO_END = 2**63
 
@@ -47,6 +51,8 @@ class KeyRecord:
 class KeyHistory:
     """Replay of every key event, answering "which key did NAME hold at seq S"."""
 
+    #: The log id (hex) the proofs of possession bind.
+    log_id: str = ""
     #: name -> (event seq, key record after the event or None when revoked), in seq order.
     _timeline: dict[str, list[tuple[int, KeyRecord | None]]] = field(default_factory=dict)
     _holders: dict[str, str] = field(default_factory=dict)
@@ -85,48 +91,129 @@ class KeyHistory:
         """Every name ever enrolled."""
         return sorted(self._timeline)
 
+    def last_record(self, name: str, seq: int) -> KeyRecord | None:
+        """The last key ``name`` was given before ``seq``, even if it was revoked since."""
+        for event_seq, record in reversed(self._timeline.get(name, ())):
+            if event_seq < seq and record is not None:
+                return record
+        return None
+
     def apply(self, seq: int, kind: str, payload: dict[str, Any]) -> None:
         """Record the key event at ``seq`` (a validated ``key.*`` payload).
 
         Raises
         ------
-        InputError
-            If the event is not allowed here: a second root, a root role outside genesis,
-            a key already held by another name, a role change on rotation, or revoking a
-            key the name does not hold.
+        InputError, SignatureError
+            If :func:`check_key_event` refuses the event here.
         """
         name = payload["name"]
-        current = self.key_at(name, seq + 1)
-        if kind == "key.enrolled":
-            role = Role(payload["role"])
-            key = VerifyKey.from_pem(payload["public_key"])
-            if seq == 0:
-                if name != ROOT_ACTOR or role is not Role.ROOT:
-                    raise InputError(
-                        f"genesis must enrol the root as {ROOT_ACTOR!r} with role root"
-                    )
-            elif role is Role.ROOT or name == ROOT_ACTOR:
-                raise InputError(
-                    "the root key is enrolled only by genesis; a new root needs a new log"
-                )
-            holder = self._holders.get(key.key_id)
-            if holder is not None and holder != name:
-                raise InputError(f"this public key is already enrolled for {holder!r}")
-            if current is not None and current.role is not role:
-                raise InputError(
-                    f"{name!r} is enrolled as {current.role.value}; roles do not change"
-                )
-            record: KeyRecord | None = KeyRecord(name=name, role=role, key=key, enrolled_seq=seq)
-            self._holders[key.key_id] = name
-            key_id = key.key_id
-        elif kind == "key.revoked":
-            if name == ROOT_ACTOR:
-                raise InputError("the root key cannot be revoked inside its own log")
-            if current is None or current.key_id != payload["key_id"]:
-                raise InputError(f"key {payload['key_id'][:16]} is not {name!r}'s current key")
-            record = None
-            key_id = payload["key_id"]
+        record = check_key_event(
+            kind,
+            payload,
+            seq=seq,
+            log_id=self.log_id,
+            current=self.key_at(name, seq + 1),
+            last=self.last_record(name, seq + 1),
+            holder_of=self._holders.get,
+        )
+        if record is not None:
+            self._holders[record.key_id] = name
+            key_id = record.key_id
         else:
-            raise InputError(f"{kind} is not a key event")
+            key_id = payload["key_id"]
         self._timeline.setdefault(name, []).append((seq, record))
         self.events.append((seq, kind, name, key_id))
+
+
+def check_key_event(
+    kind: str,
+    payload: dict[str, Any],
+    *,
+    seq: int,
+    log_id: str,
+    current: KeyRecord | None,
+    last: KeyRecord | None,
+    holder_of: Callable[[str], str | None],
+) -> KeyRecord | None:
+    """The key rules, which append and verify both apply; returns the name's key after it.
+
+    ``current`` is the key the payload's name holds before ``seq`` (``None`` when it holds
+    none), ``last`` the last key it was given (even if revoked since: ``None`` for a name
+    never enrolled), ``holder_of`` the name a key id was ever enrolled for, and ``log_id``
+    the log's id (hex) that proofs of possession bind.
+
+    * ``key.enrolled``: genesis enrols the root; afterwards a name is enrolled once, never
+      as root, with its key's proof of possession for this log, name and role;
+    * ``key.rotated``: the name holds a key, which signs the hand-over to the new one; the
+      new key proves possession for the name's unchanged role;
+    * ``key.recovered``: a name enrolled before (holding a key or revoked) gets a new key
+      that proves possession for the same role; its current key, if any, stops here;
+    * ``key.revoked``: the name's current key, never the root's;
+    * a key id is enrolled once in a log, for one name: never again after it was revoked
+      or replaced.
+
+    Raises
+    ------
+    InputError
+        If the event breaks a rule (:class:`~veracity.errors.Conflict` for a name or key
+        enrolled before).
+    SignatureError
+        If a proof of possession or a rotation signature does not verify.
+    """
+    name = payload["name"]
+    if kind == "key.revoked":
+        if name == ROOT_ACTOR:
+            raise InputError("the root key cannot be revoked inside its own log")
+        if current is None or current.key_id != payload["key_id"]:
+            raise InputError(f"key {payload['key_id'][:16]} is not {name!r}'s current key")
+        return None
+    if kind not in ("key.enrolled", "key.rotated", "key.recovered"):
+        raise InputError(f"{kind} is not a key event")
+    key = VerifyKey.from_pem(payload["public_key"])
+    if kind == "key.enrolled":
+        role = Role(payload["role"])
+        if seq == 0:
+            if name != ROOT_ACTOR or role is not Role.ROOT:
+                raise InputError(f"genesis must enrol the root as {ROOT_ACTOR!r} with role root")
+            return KeyRecord(name=name, role=role, key=key, enrolled_seq=seq)
+        if role is Role.ROOT or name == ROOT_ACTOR:
+            raise InputError("the root key is enrolled only by genesis; a new root needs a new log")
+        if last is not None:
+            held = "holds" if current is not None else "held"
+            raise Conflict(
+                f"{name!r} {held} a key as {last.role.value} already: a name is enrolled once "
+                "(a new key comes by key.rotated, signed by the current key, or by a visible "
+                "key.recovered; roles never change)"
+            )
+    else:
+        if name == ROOT_ACTOR:
+            raise InputError("the root key is enrolled only by genesis; a new root needs a new log")
+        if kind == "key.rotated" and current is None:
+            raise InputError(
+                f"{name!r} holds no key to hand over (never enrolled, or revoked): a lost or "
+                "revoked key is replaced by key.recovered"
+            )
+        if last is None:
+            raise InputError(f"{name!r} was never enrolled: enrol it with key.enrolled")
+        role = last.role
+    holder = holder_of(key.key_id)
+    if holder is not None:
+        raise Conflict(
+            f"this public key was enrolled before (for {holder!r}): a key is enrolled once, "
+            "never again after it was revoked or replaced"
+        )
+    proof = payload.get("proof")
+    if proof is None:
+        raise SignatureError(f"{kind} of {name!r} lacks the new key's proof of possession")
+    verify_enrolment(key, log_id=log_id, name=name, role=role.value, proof=proof)
+    if kind == "key.rotated":
+        if current is None:  # pragma: no cover - refused above
+            raise InputError(f"{name!r} holds no key to hand over")
+        verify_rotation(
+            current.key,
+            log_id=log_id,
+            name=name,
+            incoming=key,
+            signature=payload["outgoing_signature"],
+        )
+    return KeyRecord(name=name, role=role, key=key, enrolled_seq=seq)

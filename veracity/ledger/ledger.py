@@ -29,6 +29,7 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.orm import Session
 
 from veracity.contracts.events import (
+    KEY_KINDS,
     RECEIPT_DOMAINS,
     ROOT_ACTOR,
     SITE_KINDS,
@@ -62,7 +63,7 @@ from veracity.ledger.entry import (
     statement_bytes,
     statement_message,
 )
-from veracity.ledger.keyring import KeyRecord
+from veracity.ledger.keyring import KeyRecord, check_key_event
 from veracity.ledger.merkle import MerkleTree, leaf_hash, verify_consistency, verify_inclusion
 from veracity.ledger.statement import (
     decode_signature,
@@ -81,7 +82,6 @@ from veracity.ledger.verify import (
 __all__ = ["Ledger", "EventRequest", "InclusionProof", "ConsistencyProof"]
 
 log = logging.getLogger(__name__)
-_KEY_KINDS = ("key.enrolled", "key.revoked")
 _CHECKPOINT_AFTER_COMMIT = "veracity.ledger.checkpoint_after_commit"
 _CHECKPOINT_HOOKED = "veracity.ledger.checkpoint_hooked"
 
@@ -287,14 +287,16 @@ class _KeyView:
             return self._stored[name]
         return self._lookup(name, seq)
 
-    def _lookup(self, name: str, seq: int) -> KeyRecord | None:
+    def _lookup(self, name: str, seq: int, *, granted_only: bool = False) -> KeyRecord | None:
+        query = select(store.KeyEventRow).where(
+            store.KeyEventRow.name == name, store.KeyEventRow.seq < seq
+        )
+        if granted_only:
+            query = query.where(store.KeyEventRow.action != "revoked")
         row = self._session.execute(
-            select(store.KeyEventRow)
-            .where(store.KeyEventRow.name == name, store.KeyEventRow.seq < seq)
-            .order_by(store.KeyEventRow.seq.desc())
-            .limit(1)
+            query.order_by(store.KeyEventRow.seq.desc()).limit(1)
         ).scalar_one_or_none()
-        if row is None or row.action != "enrolled" or row.public_key is None or row.role is None:
+        if row is None or row.action == "revoked" or row.public_key is None or row.role is None:
             return None
         return KeyRecord(
             name=row.name,
@@ -303,12 +305,19 @@ class _KeyView:
             enrolled_seq=row.seq,
         )
 
+    def last_record(self, name: str, seq: int) -> KeyRecord | None:
+        """The last key ``name`` was given before ``seq``, even if revoked since."""
+        for event_seq, record in reversed(self._pending.get(name, [])):
+            if event_seq < seq and record is not None:
+                return record
+        return self._lookup(name, seq, granted_only=True)
+
     def holder_of(self, key_id: str) -> str | None:
         if key_id in self._pending_holders:
             return self._pending_holders[key_id]
         return self._session.execute(
             select(store.KeyEventRow.name)
-            .where(store.KeyEventRow.key_id == key_id, store.KeyEventRow.action == "enrolled")
+            .where(store.KeyEventRow.key_id == key_id, store.KeyEventRow.action != "revoked")
             .limit(1)
         ).scalar_one_or_none()
 
@@ -664,32 +673,20 @@ class Ledger:
                     verify_document(site_record.key, domain, signed["receipt"], signed["signature"])
                 except SignatureError as err:
                     raise SignatureError(f"receipt of {site!r} is not signed by its key") from err
-        if request.kind == "key.enrolled":
-            name, role = payload["name"], Role(payload["role"])
-            if role is Role.ROOT or name == ROOT_ACTOR:
-                raise InputError(
-                    "the root key is enrolled only by genesis; a new root needs a new log"
-                )
-            try:
-                key = VerifyKey.from_pem(payload["public_key"])
-            except CryptoError as err:  # pragma: no cover - the schema checked it
-                raise InputError(str(err)) from err
-            holder = keys.holder_of(key.key_id)
-            if holder is not None and holder != name:
-                raise Conflict(f"this public key is already enrolled for {holder!r}")
-            current = keys.key_at(name, seq + 1)
-            if current is not None and current.role is not role:
-                raise InputError(
-                    f"{name!r} is enrolled as {current.role.value}; roles do not change"
-                )
-            return KeyRecord(name=name, role=role, key=key, enrolled_seq=seq)
-        if request.kind == "key.revoked":
+        if request.kind in KEY_KINDS:
             name = payload["name"]
-            if name == ROOT_ACTOR:
-                raise InputError("the root key cannot be revoked inside its own log")
-            current = keys.key_at(name, seq + 1)
-            if current is None or current.key_id != payload["key_id"]:
-                raise InputError(f"key {payload['key_id'][:16]} is not {name!r}'s current key")
+            try:
+                return check_key_event(
+                    request.kind,
+                    payload,
+                    seq=seq,
+                    log_id=self.log_id,
+                    current=keys.key_at(name, seq + 1),
+                    last=keys.last_record(name, seq + 1),
+                    holder_of=keys.holder_of,
+                )
+            except CryptoError as err:  # pragma: no cover - the schema checked the key
+                raise InputError(str(err)) from err
         return None
 
     def _append_locked(
@@ -752,14 +749,14 @@ class Ledger:
                     root_signature=root_signature,
                 )
             )
-            if request.kind in ("key.enrolled", "key.revoked"):
+            if request.kind in KEY_KINDS:
                 payload = request.payload
                 keys.record(seq, payload["name"], change)
                 key_rows.append(
                     {
                         "seq": seq,
                         "name": payload["name"],
-                        "action": "enrolled" if change is not None else "revoked",
+                        "action": request.kind.removeprefix("key."),
                         "role": change.role.value if change is not None else None,
                         "key_id": change.key_id if change is not None else payload["key_id"],
                         "public_key": payload["public_key"] if change is not None else None,
@@ -920,7 +917,7 @@ class Ledger:
             events: list[KeyEvent] = []
             for seq, body in session.execute(
                 select(store.EntryRow.seq, store.EntryRow.body)
-                .where(store.EntryRow.kind.in_(_KEY_KINDS), store.EntryRow.seq < size)
+                .where(store.EntryRow.kind.in_(KEY_KINDS), store.EntryRow.seq < size)
                 .order_by(store.EntryRow.seq)
             ):
                 body = bytes(body)
@@ -1357,9 +1354,7 @@ class Ledger:
     def _key_events(self, session: Session, size: int) -> list[KeyEvent]:
         rows = session.execute(
             select(store.EntryRow.seq, store.EntryRow.body)
-            .where(
-                store.EntryRow.kind.in_(("key.enrolled", "key.revoked")), store.EntryRow.seq < size
-            )
+            .where(store.EntryRow.kind.in_(KEY_KINDS), store.EntryRow.seq < size)
             .order_by(store.EntryRow.seq)
         )
         events: list[KeyEvent] = []

@@ -58,6 +58,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from veracity.contracts.events import (
+    KEY_KINDS,
     KINDS,
     RECEIPT_DOMAINS,
     ROOT_ACTOR,
@@ -119,7 +120,6 @@ MAX_RECORD_BYTES = 64 << 20
 DEFAULT_CHUNK = 1 << 13
 #: Below this many entries, verification runs in this process.
 PARALLEL_THRESHOLD = 20_000
-_KEY_KINDS = ("key.enrolled", "key.revoked")
 _ZERO_HASH = bytes(32)
 _NO_SEQ = 2**63
 _ALLOWED_ROLES = {kind: allowed_roles(kind) for kind in KINDS}
@@ -192,20 +192,22 @@ class _Failure(Exception):
         self.reason = reason
 
 
-def _history(events: Iterable[KeyEvent]) -> KeyHistory:
-    history, failure = _lenient_history(events)
+def _history(events: Iterable[KeyEvent], log_id: bytes) -> KeyHistory:
+    history, failure = _lenient_history(events, log_id)
     if failure is not None:
         raise failure
     return history
 
 
-def _lenient_history(events: Iterable[KeyEvent]) -> tuple[KeyHistory, _Failure | None]:
+def _lenient_history(
+    events: Iterable[KeyEvent], log_id: bytes
+) -> tuple[KeyHistory, _Failure | None]:
     """The key history up to the first invalid key event, and that event's failure."""
-    history = KeyHistory()
+    history = KeyHistory(log_id=log_id.hex())
     for seq, kind, payload in events:
         try:
             history.apply(seq, kind, payload)
-        except (InputError, CryptoError, KeyError, ValueError, TypeError) as err:
+        except (InputError, SignatureError, CryptoError, KeyError, ValueError, TypeError) as err:
             return history, _Failure(seq, f"invalid key event: {err}")
     return history, None
 
@@ -353,7 +355,7 @@ def _check_row_reference(
                     "copied, re-dated or forged)",
                 ) from err
             chunk.signatures += 1
-    if kind in _KEY_KINDS:
+    if kind in KEY_KINDS:
         chunk.key_events.append((seq, kind, payload))
     elif kind in RECEIPT_DOMAINS:
         domain = RECEIPT_DOMAINS[kind]
@@ -391,7 +393,7 @@ def _check_rows(rows: Iterable[Row], task: _Task) -> _Chunk:
     """
     chunk = _Chunk(start=task.start)
     leaves = bytearray()
-    history, bad_key_event = _lenient_history(task.key_events)
+    history, bad_key_event = _lenient_history(task.key_events, task.log_id)
     context = _Context(
         task=task, history=history, trusted_root=VerifyKey.from_raw(task.trusted_root), chunk=chunk
     )
@@ -846,12 +848,12 @@ def _finish(
                     (seq, f"replays the site statement already recorded at seq {earlier}")
                 )
     _fail(errors)
+    genesis_hash = tree.leaf(0).hex()
     try:
-        history = _history(found)
+        history = _history(found, bytes.fromhex(genesis_hash))
     except _Failure as failure:
         raise LedgerIntegrityError(failure.reason, seq=failure.seq) from failure
     _fail(_check_cosignature_keys(chunks, history))
-    genesis_hash = tree.leaf(0).hex()
     _check_checkpoints(tree, genesis_hash, trusted_root, listed, chunks, known)
     return VerifyReport(
         entries=size,

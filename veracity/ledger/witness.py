@@ -371,7 +371,7 @@ class Witness:
         if not entry.kind.startswith("key.") or payload.get("name") != self.site:
             return enrolled
         refused = f"witness {self.name} refuses to cosign: entry {seq}"
-        if entry.kind != "key.enrolled":
+        if entry.kind not in ("key.enrolled", "key.rotated", "key.recovered"):
             message = f"{refused} is a {entry.kind} of site {self.site!r} the site did not make"
         else:
             try:

@@ -26,7 +26,7 @@ from typing import Any, Protocol
 
 from veracity.contracts.events import InferenceServed
 from veracity.errors import CryptoError, InputError
-from veracity.he.circuit import Circuit, compile_circuit
+from veracity.he.circuit import Circuit, compile_circuit, compile_conv_circuit
 from veracity.he.contexts import PublicContext
 from veracity.he.layouts import (
     Layout,
@@ -149,6 +149,13 @@ def _class_names(released: ReleasedModel) -> list[str]:
     return [str(index) for index in range(count)]
 
 
+def _intensity_max(released: ReleasedModel) -> float | None:
+    """What an image model's pixels are divided by before scaling (its card's inputs)."""
+    inputs = released.card.get("inputs")
+    value = inputs.get("intensity_max") if isinstance(inputs, dict) else None
+    return float(value) if isinstance(value, int | float) and value > 0 else None
+
+
 class InferenceService:
     """Serve encrypted predictions for the models in a registry.
 
@@ -216,17 +223,36 @@ class InferenceService:
                 return served
         released = self._registry.get(model_hash)
         spec = released.spec
-        parameter_set = parameter_set_for(spec.family.value)
-        circuit = compile_circuit(
-            spec.family.value,
-            released.weights,
-            parameter_set=parameter_set,
-            primes=seal_primes(parameter_set),
-            n_features=spec.n_features,
-            hidden=spec.hidden,
-            activation=spec.activation,
-            outputs=spec.outputs,
-        )
+        circuit: Circuit
+        if spec.family.convolutional:
+            if spec.family.value != "cnn2d" or spec.conv_activation != "square":
+                raise CryptoError(
+                    f"encrypted inference serves cnn2d models with square activations; model "
+                    f"{model_hash[:12]} is {spec.family.value} with {spec.conv_activation} "
+                    "(ReLU, max pooling and GroupNorm are not polynomials)"
+                )
+            parameter_set = parameter_set_for(spec.family.value)
+            circuit = compile_conv_circuit(
+                released.weights,
+                parameter_set=parameter_set,
+                primes=seal_primes(parameter_set),
+                input_shape=spec.input_shape,
+                filters=spec.filters,
+                kernel=spec.kernel,
+                outputs=spec.outputs,
+            )
+        else:
+            parameter_set = parameter_set_for(spec.family.value)
+            circuit = compile_circuit(
+                spec.family.value,
+                released.weights,
+                parameter_set=parameter_set,
+                primes=seal_primes(parameter_set),
+                n_features=spec.n_features,
+                hidden=spec.hidden,
+                activation=spec.activation,
+                outputs=spec.outputs,
+            )
         served = _ServedModel(released, parameter_set, circuit)
         with self._lock:
             self._models[model_hash] = served
@@ -257,6 +283,7 @@ class InferenceService:
             "card_hash": released.card_hash,
             "classes": _class_names(released),
             "input_shape": list(released.spec.input_shape) or [released.spec.n_features],
+            "intensity_max": _intensity_max(released),
             "decision_threshold": 0.5,
             "he": {
                 "parameter_set": ps.describe(),

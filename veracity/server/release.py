@@ -124,6 +124,7 @@ def describe_inputs(study: Study) -> dict[str, Any]:
         "channels": inputs.channels,
         "channel_names": list(study.features),
         "intensity": f"pixel values divided by {inputs.intensity_max:g}, then (x - mean) / std",
+        "intensity_max": inputs.intensity_max,
         "channel_scaling": scaling,
     }
 

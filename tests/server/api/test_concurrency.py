@@ -21,6 +21,7 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from veracity.ledger.possession import sign_enrolment
 from veracity.server.api.db import ActionRow
 from veracity.server.api.serve import start_api
 from veracity.server.api.settings import ApiSettings
@@ -65,6 +66,9 @@ def served(tmp_path: Path, pg_url: str) -> Iterator[tuple[Harness, CoordinatorSe
             SETUP,
             site.name,
             public_key_pem=site.key.public.pem(),
+            proof=sign_enrolment(
+                site.key, log_id=coordinator.ledger.log_id, name=site.name, role="site"
+            ),
             supernode_public_key=site.supernode_key,
         )
         signed = site.signed("dataset.registered", site.dataset())

@@ -63,6 +63,7 @@ def test_signals_and_images_registrations_are_delivered_recorded_and_listed(
             site.name,
             public_key_pem=site.paths.public_key.read_text(encoding="utf-8"),
             supernode_public_key=site.paths.supernode_public_key.read_text(encoding="utf-8"),
+            proof=site.enrolment_proof(api.service.ledger.log_id),
         )
         token = api.token_store.create(
             role=Role.SITE, name="clinic-operator", site=site.name, expires_in=timedelta(days=1)

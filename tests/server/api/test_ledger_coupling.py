@@ -120,7 +120,10 @@ def _changes(api: Api) -> list[Change]:
     new_study = study_document([site.name], "new")
     return [
         Change(
-            "enrol", lambda: api.call("POST", "/api/v1/sites", "admin", json=newcomer.enrolment())
+            "enrol",
+            lambda: api.call(
+                "POST", "/api/v1/sites", "admin", json=newcomer.enrolment(api.service.ledger.log_id)
+            ),
         ),
         Change("dataset", lambda: api.call("POST", "/api/v1/datasets", "site", json=dataset)),
         Change("propose", lambda: api.call("POST", "/api/v1/studies", "admin", json=new_study)),
@@ -168,7 +171,9 @@ def test_an_enrolment_whose_commit_fails_withdraws_its_supernode(coupled: Api) -
     before = snapshot(api)
 
     with failing_commit(engine):
-        response = api.call("POST", "/api/v1/sites", "admin", json=newcomer.enrolment())
+        response = api.call(
+            "POST", "/api/v1/sites", "admin", json=newcomer.enrolment(api.service.ledger.log_id)
+        )
     assert response.status_code == 503
     after = snapshot(api)
     assert after.tables == before.tables

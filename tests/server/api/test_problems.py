@@ -151,7 +151,9 @@ def test_a_superlink_that_does_not_answer_is_503(api: Api) -> None:
     federation = api.service.federation
     assert isinstance(federation, InMemoryFederation)
     federation.reachable = False  # the SuperLink is down from here on
-    response = api.call("POST", "/api/v1/sites", "admin", json=unique_site("x").enrolment())
+    response = api.call(
+        "POST", "/api/v1/sites", "admin", json=unique_site("x").enrolment(api.service.ledger.log_id)
+    )
     body = assert_problem(response, 503, "superlink_unavailable")
     assert "request_id" in body
 

@@ -11,11 +11,7 @@ from tests.server.api.conftest import Api
 
 
 def test_an_admin_action_names_the_tokens_holder_in_the_signed_payload(api: Api) -> None:
-    body = {
-        "name": api.site.name,
-        "public_key": api.site.key.public.pem(),
-        "supernode_public_key": api.site.supernode_key,
-    }
+    body = api.site.enrolment(api.service.ledger.log_id)
     assert api.call("POST", "/api/v1/sites", "admin", json=body).status_code == 201
     entries = api.service.ledger.entries(kind="key.enrolled")
     enrolled = [e for e in entries if e.payload["name"] == api.site.name]

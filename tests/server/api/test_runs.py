@@ -36,7 +36,9 @@ def _ready_study(api: Api) -> str:
 def test_enrolling_a_site_registers_its_supernode(api_with_superlink: Api) -> None:
     api = api_with_superlink
     site = unique_site("east")
-    response = api.call("POST", "/api/v1/sites", "admin", json=site.enrolment())
+    response = api.call(
+        "POST", "/api/v1/sites", "admin", json=site.enrolment(api.service.ledger.log_id)
+    )
     assert response.status_code == 201, response.text
     made = response.json()
     entry = api.service.ledger.get(made["seq"])
@@ -47,7 +49,9 @@ def test_enrolling_a_site_registers_its_supernode(api_with_superlink: Api) -> No
     )
     nodes = {str(n.node_id): n.name for n in api.service.federation.list_nodes()}
     assert nodes[made["node_id"]] == site.name
-    again = api.call("POST", "/api/v1/sites", "admin", json=site.enrolment())
+    again = api.call(
+        "POST", "/api/v1/sites", "admin", json=site.enrolment(api.service.ledger.log_id)
+    )
     assert again.status_code == 409
 
 
@@ -55,7 +59,10 @@ def test_a_malformed_supernode_key_is_refused_before_anything_happens(
     api_with_superlink: Api,
 ) -> None:
     api = api_with_superlink
-    body = {**unique_site("west").enrolment(), "supernode_public_key": "ssh-ed25519 AAAA nope"}
+    body = {
+        **unique_site("west").enrolment(api.service.ledger.log_id),
+        "supernode_public_key": "ssh-ed25519 AAAA nope",
+    }
     size = api.service.ledger.size()
     response = api.call("POST", "/api/v1/sites", "admin", json=body)
     assert response.status_code == 422
@@ -123,7 +130,12 @@ def test_without_a_superlink_changes_answer_503_and_leave_nothing(
         size = api.service.ledger.size()
         actions = _action_count(api)
         started = time.monotonic()
-        response = api.call("POST", "/api/v1/sites", "admin", json=unique_site("x").enrolment())
+        response = api.call(
+            "POST",
+            "/api/v1/sites",
+            "admin",
+            json=unique_site("x").enrolment(api.service.ledger.log_id),
+        )
         assert time.monotonic() - started < 5.0
         assert response.status_code == 503
         assert response.json()["code"] == "superlink_unavailable"
@@ -171,7 +183,12 @@ def test_a_hung_superlink_times_out(tmp_path: Path, db_url: str, silent_superlin
         superlink_port=silent_superlink,
     ):
         started = time.monotonic()
-        response = api.call("POST", "/api/v1/sites", "admin", json=unique_site("y").enrolment())
+        response = api.call(
+            "POST",
+            "/api/v1/sites",
+            "admin",
+            json=unique_site("y").enrolment(api.service.ledger.log_id),
+        )
         elapsed = time.monotonic() - started
         assert response.status_code == 503
         assert elapsed < 4.0, elapsed

@@ -16,6 +16,7 @@ from tests.server.faults import failing_at, failing_commit
 from tests.server.sites import Site, study_document
 from veracity.contracts.events import RoundCompleted
 from veracity.contracts.receipts import RECEIPT_DOMAIN, Receipt, SignedReceipt
+from veracity.ledger.possession import sign_enrolment
 from veracity.ledger.statement import sign_document
 from veracity.server.coordinator import (
     CoordinatorService,
@@ -66,6 +67,7 @@ def enrol(service: CoordinatorService, site: Site, *, dataset: bool = True) -> N
         SETUP,
         site.name,
         public_key_pem=site.key.public.pem(),
+        proof=sign_enrolment(site.key, log_id=service.ledger.log_id, name=site.name, role="site"),
         supernode_public_key=site.supernode_key,
     )
     if dataset:

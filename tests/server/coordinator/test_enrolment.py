@@ -13,6 +13,7 @@ import pytest
 from tests.server.sites import Site, study_document
 from veracity.contracts.events import StudyApproved
 from veracity.errors import Conflict, InputError, NotFound, TransportError
+from veracity.ledger.possession import sign_enrolment
 from veracity.server.coordinator import CoordinatorService, InMemoryFederation, Recorded, operator
 from veracity.server.coordinator.records import EnrolledSite
 
@@ -26,6 +27,7 @@ def _enrol(service: CoordinatorService, site: Site) -> Recorded[EnrolledSite]:
         ALICE,
         site.name,
         public_key_pem=site.key.public.pem(),
+        proof=sign_enrolment(site.key, log_id=service.ledger.log_id, name=site.name, role="site"),
         supernode_public_key=site.supernode_key,
     )
 
@@ -38,6 +40,7 @@ def test_enrolment_records_the_key_and_registers_the_supernode(
         ALICE,
         site.name,
         public_key_pem=site.key.public.pem(),
+        proof=sign_enrolment(site.key, log_id=service.ledger.log_id, name=site.name, role="site"),
         supernode_public_key=site.supernode_key,
     )
     assert recorded.entry.kind == "key.enrolled"
@@ -152,6 +155,7 @@ def test_malformed_enrolments_are_refused_before_anything_happens(
             ALICE,
             name,
             public_key_pem=site.key.public.pem(),
+            proof=sign_enrolment(site.key, log_id=service.ledger.log_id, name=name, role="site"),
             supernode_public_key=key or site.supernode_key,
         )
     assert service.ledger.size() == size

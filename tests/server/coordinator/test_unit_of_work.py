@@ -9,6 +9,7 @@ from sqlalchemy.orm import Session
 
 from tests.server.sites import Site
 from veracity.errors import ConfigError, TransportError
+from veracity.ledger.possession import sign_enrolment
 from veracity.server.coordinator import CoordinatorService, InMemoryFederation, operator
 from veracity.server.coordinator.unit_of_work import Actor
 
@@ -42,6 +43,7 @@ def test_each_change_is_audited_with_its_actor_and_entry(service: CoordinatorSer
         ALICE,
         "north",
         public_key_pem=site.key.public.pem(),
+        proof=sign_enrolment(site.key, log_id=service.ledger.log_id, name="north", role="site"),
         supernode_public_key=site.supernode_key,
     )
     assert recorded.action_id == 1
@@ -61,6 +63,7 @@ def test_a_change_whose_audit_record_fails_writes_nothing(
             ALICE,
             "north",
             public_key_pem=site.key.public.pem(),
+            proof=sign_enrolment(site.key, log_id=service.ledger.log_id, name="north", role="site"),
             supernode_public_key=site.supernode_key,
         )
     assert service.ledger.size() == size

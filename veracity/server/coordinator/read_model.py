@@ -4,8 +4,8 @@ The ledger is the record; these tables are an index of it, so that "which sites 
 this study" or "how did this run end" is a key lookup instead of a scan of every entry of a
 kind. Each table is a fold over the entries in seq order:
 
-``coord_site``      a site's latest ``key.enrolled`` (role site); its ``key_id`` is cleared
-                    by a ``key.revoked`` of that key
+``coord_site``      a site's latest ``key.enrolled`` (role site), ``key.rotated`` or
+                    ``key.recovered``; its ``key_id`` is cleared by a ``key.revoked`` of it
 ``coord_dataset``   the latest ``dataset.registered`` per (site, dataset id)
 ``coord_study``     each ``study.proposed`` (the first of a hash)
 ``coord_decision``  the latest ``study.approved`` / ``study.refused`` per (study, site)
@@ -72,14 +72,15 @@ def _text(payload: dict[str, Any]) -> str:
 # --------------------------------------------------------------------- the fold
 def _key_enrolled(session: Session, entry: Entry) -> None:
     payload = entry.payload
-    if payload.get("role") != "site":
-        return
     row = session.get(SiteRow, payload["name"])
     if row is None:
+        if entry.kind != "key.enrolled" or payload.get("role") != "site":
+            return  # not a site (a rotation or recovery keeps the name's role)
         row = SiteRow(name=payload["name"])
         session.add(row)
     row.public_key = payload["public_key"]
-    row.supernode_public_key = payload.get("supernode_public_key")
+    if entry.kind == "key.enrolled" or payload.get("supernode_public_key") is not None:
+        row.supernode_public_key = payload.get("supernode_public_key")
     row.valid_from = payload["valid_from"]
     row.enrolled_seq = entry.seq
     row.key_id = VerifyKey.from_pem(payload["public_key"]).key_id
@@ -179,6 +180,8 @@ def _model_released(session: Session, entry: Entry) -> None:
 
 _PROJECTORS = {
     "key.enrolled": _key_enrolled,
+    "key.rotated": _key_enrolled,
+    "key.recovered": _key_enrolled,
     "key.revoked": _key_revoked,
     "dataset.registered": _dataset_registered,
     "study.proposed": _study_proposed,

@@ -1,6 +1,7 @@
 """Sites, their statements and studies: the coordinator service's first command group.
 
-An enrolment writes ``key.enrolled`` and registers the site's SuperNode key with the
+An enrolment writes ``key.enrolled`` (``key.recovered`` for a site whose key was revoked)
+and registers the site's SuperNode key with the
 SuperLink last, after every row of the change and just before the commit (Flower never
 registers a withdrawn key again); a failed commit withdraws the registration. A site that
 enrols a new signing key after a revocation keeps its SuperNode registration.
@@ -19,7 +20,9 @@ from veracity.contracts.events import (
     ROOT_ACTOR,
     SITE_KINDS,
     KeyEnrolled,
+    KeyRecovered,
     KeyRevoked,
+    KeyRotated,
     StudyApproved,
     StudyProposed,
     StudyRefused,
@@ -67,15 +70,28 @@ class SiteCommands(ServiceCore):
         return record.key
 
     def enrol_site(
-        self, actor: Actor, name: str, *, public_key_pem: str, supernode_public_key: str
+        self,
+        actor: Actor,
+        name: str,
+        *,
+        public_key_pem: str,
+        supernode_public_key: str,
+        proof: str,
     ) -> Recorded[EnrolledSite]:
         """Enrol a site: ``key.enrolled`` with its keys, then its SuperNode's registration.
+
+        ``proof`` is the site key's proof of possession for this log, the name and the role
+        ``site`` (:func:`veracity.ledger.possession.sign_enrolment`, made at the site). A
+        site whose key was revoked comes back with a new key through a visible
+        ``key.recovered`` (a name is enrolled once; its role never changes).
 
         Raises
         ------
         InputError, Conflict, CryptoError
             A malformed name or key, or a site or key already enrolled (or a SuperNode key
             the SuperLink holds already).
+        SignatureError
+            If ``proof`` is not the key's proof of possession for this site in this log.
         TransportError
             If the SuperLink does not answer.
         """
@@ -92,15 +108,26 @@ class SiteCommands(ServiceCore):
         with self._change(actor, "site.enrol", name) as uow:
             if self.ledger.key_at(name) is not None:
                 raise Conflict(f"site {name!r} is already enrolled")
-            entry = uow.append_root(
-                KeyEnrolled(
+            event: Payload
+            if self.ledger.key_history(name):
+                event = KeyRecovered(
+                    name=name,
+                    public_key=public_key.pem(),
+                    valid_from=format_timestamp(),
+                    proof=proof,
+                    reason="enrolled again after its key was revoked",
+                    supernode_public_key=supernode_key,
+                )
+            else:
+                event = KeyEnrolled(
                     name=name,
                     role="site",
                     public_key=public_key.pem(),
                     valid_from=format_timestamp(),
                     supernode_public_key=supernode_key,
+                    proof=proof,
                 )
-            )
+            entry = uow.append_root(event)
             uow.seal()
             held = self._registration(name, supernode_pem)
             node_id = (
@@ -154,6 +181,40 @@ class SiteCommands(ServiceCore):
                         withdraw = partial(self.federation.unregister_node, node.node_id)
                         uow.effect(withdraw)
         return uow.recorded(record.key_id)
+
+    def rotate_site_key(
+        self, actor: Actor, name: str, *, public_key_pem: str, proof: str, outgoing_signature: str
+    ) -> Recorded[str]:
+        """Hand ``name`` over to a new key (``key.rotated``); returns the new key id.
+
+        The site makes both signatures: ``proof`` with the new key
+        (:func:`~veracity.ledger.possession.sign_enrolment`) and ``outgoing_signature``
+        with the key it holds now (:func:`~veracity.ledger.possession.sign_rotation`).
+
+        Raises
+        ------
+        InputError
+            If ``name`` holds no site key (a revoked or lost key is replaced by enrolling
+            again, which records ``key.recovered``).
+        SignatureError
+            If either signature does not verify.
+        """
+        public_key = VerifyKey.from_pem(public_key_pem)
+        with self._change(actor, "site.rotate", name) as uow:
+            record = self.ledger.key_at(name)
+            if record is None or name == ROOT_ACTOR:
+                raise InputError(f"{name!r} holds no site key to rotate")
+            uow.append_root(
+                KeyRotated(
+                    name=name,
+                    public_key=public_key.pem(),
+                    valid_from=format_timestamp(),
+                    proof=proof,
+                    outgoing_signature=outgoing_signature,
+                )
+            )
+            uow.seal()
+        return uow.recorded(public_key.key_id)
 
     # -------------------------------------------------------------- statements
     def record_statement(

@@ -35,6 +35,7 @@ from tests.server.sites import Site, study_document, unique_site
 from veracity.contracts.events import RoundCompleted
 from veracity.contracts.receipts import RECEIPT_DOMAIN, Receipt, SignedReceipt
 from veracity.ledger.checkpoint import cosign_checkpoint
+from veracity.ledger.possession import sign_enrolment
 from veracity.ledger.statement import sign_document
 from veracity.server.api.app import create_app
 from veracity.server.api.serve import initialise
@@ -163,6 +164,9 @@ def scene(live: Live) -> Live:
             SETUP,
             site.name,
             public_key_pem=site.key.public.pem(),
+            proof=sign_enrolment(
+                site.key, log_id=service.ledger.log_id, name=site.name, role="site"
+            ),
             supernode_public_key=site.supernode_key,
         )
         _statement(service, site, "dataset.registered", site.dataset())

@@ -46,6 +46,7 @@ def _page(
         active="access",
         tokens=tokens.list(),
         sites=service.reads.sites(),
+        log_id=service.ledger.log_id,
         roles=[role.value for role in Role],
         issued=issued,
         message=message,
@@ -111,6 +112,7 @@ def enrol_site(
     name: Annotated[str, Form(pattern=SITE_PATTERN)],
     public_key: Annotated[str, Form(max_length=4000)],
     supernode_public_key: Annotated[str, Form(max_length=4000)],
+    proof: Annotated[str, Form(max_length=200)],
 ) -> HTMLResponse:
     """Enrol a site (``key.enrolled``) with its Ed25519 key and its SuperNode key."""
     user = require_screen(request, screen("access"))
@@ -122,6 +124,7 @@ def enrol_site(
             name,
             public_key_pem=public_key.strip() + "\n",
             supernode_public_key=supernode_public_key.strip(),
+            proof=proof.strip(),
         )
     except VeracityError as err:
         return _page(request, user, error=str(err), status_code=400)
