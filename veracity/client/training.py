@@ -186,15 +186,17 @@ def _add_secure_noise(optimizer: Any, source: ChaCha20Source, std: float) -> Non
 
     ``p.grad = p.summed_grad + N(0, std^2)`` per coordinate, the sum taken in float64 and
     rounded once to the parameter's dtype (see :mod:`veracity.client.noise`). One draw
-    covers every parameter of the step.
+    covers every parameter of the step, and one float64 addition covers every coordinate.
     """
     params = list(optimizer.params)
     sizes = [p.summed_grad.numel() for p in params]
     noise = source.gaussian((sum(sizes),), std)
-    for p, part in zip(params, torch.split(noise, sizes), strict=True):
+    for p in params:
         _check_processed_flag(p.summed_grad)
-        summed = p.summed_grad.detach().reshape(-1).to(torch.float64)
-        p.grad = (summed + part).to(p.dtype).view_as(p)
+    summed = torch.cat([p.summed_grad.detach().reshape(-1) for p in params]).to(torch.float64)
+    noisy = summed + noise
+    for p, part in zip(params, torch.split(noisy, sizes), strict=True):
+        p.grad = part.to(p.dtype).view_as(p)
         _mark_as_processed(p.summed_grad)
 
 
@@ -352,13 +354,21 @@ class _FiniteClippingDPOptimizer(DPOptimizer):  # type: ignore[misc]
         samples = self.grad_samples
         count = len(samples[0])
         flat = [sample.flatten(1) for sample in samples]
+        same_dtype = all(sample.dtype == flat[0].dtype for sample in flat)
         if count == 0:
             norms = torch.zeros(0, dtype=flat[0].dtype)
+        elif same_dtype:
+            # All parameters' per-sample gradients side by side: one norm, one product.
+            joined = torch.cat(flat, dim=1)
+            norms = joined.norm(2, dim=1)
         else:
             norms = torch.stack([sample.norm(2, dim=1) for sample in flat], dim=1).norm(2, dim=1)
         if bool(torch.isfinite(norms).all()):
             # Opacus's own rule: every per-sample gradient is finite and its norm too.
             factor = (self.max_grad_norm / (norms + 1e-6)).clamp(max=1.0)
+            if count and same_dtype:
+                self._accumulate_joined(factor, joined)
+                return
             finite = None
         else:
             finite = torch.ones(count, dtype=torch.bool)
@@ -378,6 +388,20 @@ class _FiniteClippingDPOptimizer(DPOptimizer):  # type: ignore[misc]
                 wide = sample.to(torch.float64)
                 mask = finite.reshape(-1, *([1] * (wide.dim() - 1)))
                 grad = torch.einsum("i,i...", factor, torch.where(mask, wide, 0.0)).to(p.dtype)
+            p.summed_grad = grad if p.summed_grad is None else p.summed_grad + grad
+            _mark_as_processed(p.grad_sample)
+
+    def _accumulate_joined(self, factor: torch.Tensor, joined: torch.Tensor) -> None:
+        """Opacus's clipped sum ``sum_i factor_i g_i`` for all parameters in one product."""
+        params = list(self.params)
+        for p in params:
+            _check_processed_flag(p.grad_sample)
+        summed = factor.to(joined.dtype) @ joined
+        offset = 0
+        for p in params:
+            size = p.numel()
+            grad = summed[offset : offset + size].view_as(p).to(p.dtype)
+            offset += size
             p.summed_grad = grad if p.summed_grad is None else p.summed_grad + grad
             _mark_as_processed(p.grad_sample)
 

@@ -8,8 +8,10 @@ canonical. A template is one regular expression over the exact bytes of an entry
 kind that matches only what the reference accepts:
 
 * the keys of the entry and of its payload are literal, in RFC 8785 order (sorted; all
-  ASCII, so UTF-16 order is byte order), each exactly once, with no whitespace: every
-  schema field is required and none is extra (``extra="forbid"``);
+  ASCII, so UTF-16 order is byte order), each exactly once, with no whitespace: the
+  template names every required schema field and nothing else (``extra="forbid"``); an
+  entry that carries an optional field (a ``dataset.registered``'s ``kind``) does not
+  match and is read by the reference;
 * every string is printable ASCII without ``"`` or ``\\`` (characters RFC 8785 writes
   as themselves, so the text between the quotes *is* the decoded string, one byte per
   character), and every integer is decimal digits without sign or leading zero, at most

@@ -386,7 +386,12 @@ class AuditedStrategy(Strategy):
         node = reply.metadata.src_node_id
         site = self.sites_by_node.get(node)
         if site is None:
-            outcome.drop(f"node:{node}", "not an approved site")
+            # Not a site's reply: the SuperLink's own error for a reply whose update never
+            # arrived (its site died during the upload), or a node that was not asked. The
+            # site asked is recorded below as sampled without a reply; no site name is made
+            # up for the ledger.
+            why = reply.error.reason if reply.has_error() else "not an approved site's node"
+            log.warning("round %d: a reply from node %s ignored: %s", server_round, node, why)
             return False
         if reply.has_error():
             outcome.drop(site, f"failed: {reply.error.reason}")
@@ -451,7 +456,7 @@ class AuditedStrategy(Strategy):
         answered = {reply.metadata.src_node_id for reply in replies}
         for node in sorted(self._sampled.get(server_round, set()) - answered):
             site = self.sites_by_node.get(node, f"node:{node}")
-            outcome.drop(site, "no reply before the round timeout")
+            outcome.drop(site, "no complete reply before the round timeout")
         arrays: ArrayRecord | None = None
         metrics: MetricRecord | None = None
         missing = [f"{d.site} ({d.kind})" for d in outcome.refused] + [

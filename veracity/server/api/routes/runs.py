@@ -6,7 +6,14 @@ from typing import Annotated
 
 from fastapi import APIRouter, Path, Query
 
-from veracity.server.api.deps import AdminDep, ServiceDep, SettingsDep, action_id, declare_roles
+from veracity.server.api.deps import (
+    AdminDep,
+    PageDep,
+    ServiceDep,
+    SettingsDep,
+    action_id,
+    declare_roles,
+)
 from veracity.server.api.problems import responses
 from veracity.server.api.schemas import (
     RUN_ID_PATTERN,
@@ -43,10 +50,11 @@ def start_run(body: RunStartIn, principal: AdminDep, service: ServiceDep) -> Run
     )
 
 
-@router.get("", summary="Runs started here", responses=responses(401, 403))
-def list_runs(principal: AdminDep, service: ServiceDep) -> RunListOut:
+@router.get("", summary="Runs started here", responses=responses(401, 403, 422))
+def list_runs(principal: AdminDep, service: ServiceDep, page: PageDep) -> RunListOut:
     """Every run started through this coordinator, with its recorded outcome."""
-    return RunListOut(items=[RunSummaryOut(**run.summary()) for run in service.reads.runs()])
+    runs, following = page.of(service.reads.runs())
+    return RunListOut(items=[RunSummaryOut(**run.summary()) for run in runs], next_offset=following)
 
 
 @router.get("/{run_id}", summary="A run's status", responses=responses(401, 403, 404, 422, 503))
@@ -62,10 +70,13 @@ def get_run(run_id: RunIdPath, principal: AdminDep, service: ServiceDep) -> RunO
 @router.get(
     "/{run_id}/rounds", summary="A run's completed rounds", responses=responses(401, 403, 404, 422)
 )
-def list_rounds(run_id: RunIdPath, principal: AdminDep, service: ServiceDep) -> RoundListOut:
+def list_rounds(
+    run_id: RunIdPath, principal: AdminDep, service: ServiceDep, page: PageDep
+) -> RoundListOut:
     """The ``round.completed`` payloads (participants, receipts, metrics)."""
     service.reads.run(run_id)
-    return RoundListOut(items=[record.to_json() for record in service.reads.rounds(run_id)])
+    records, following = page.of(service.reads.rounds(run_id))
+    return RoundListOut(items=[record.to_json() for record in records], next_offset=following)
 
 
 @router.get(
