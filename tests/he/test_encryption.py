@@ -176,6 +176,16 @@ def test_no_secret_key_bytes_in_public_contexts_or_ciphertexts(breast_cancer: An
         assert not any(chunk in blob for chunk in chunks)
 
 
+def test_no_secret_key_bytes_leave_the_client_of_an_image_model(digits: Any) -> None:
+    secret = SecretContext.generate(CNN_PARAMETERS)
+    chunks = secret_key_chunks(secret)
+    assert len(chunks) == 50
+    outgoing = [secret.public_context(), *secret.encrypt(PackingLayout.COLUMN, digits.test_x[:3])]
+    for blob in outgoing:
+        assert not any(chunk in blob for chunk in chunks)
+    assert not secret.public().has_rotation_keys  # the server gets the parameters alone
+
+
 def test_server_context_cannot_decrypt_and_is_not_a_secret_context() -> None:
     secret = SecretContext.generate(LOGISTIC_PARAMETERS)
     public = secret.public()

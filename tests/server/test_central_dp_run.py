@@ -148,6 +148,11 @@ class _Network:
 
 @pytest.fixture
 def network(tmp_path: Path) -> Iterator[_Network]:
+    yield from enrolled_network(tmp_path)
+
+
+def enrolled_network(tmp_path: Path) -> Iterator[_Network]:
+    """A coordinator with the three sites enrolled and their datasets registered."""
     coordinator = init_coordinator(
         tmp_path / "coordinator", superlink_port=free_port(), federation=InMemoryFederation()
     )

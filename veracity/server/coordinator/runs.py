@@ -13,6 +13,7 @@ that covers them.
 from __future__ import annotations
 
 import secrets
+from collections.abc import Sequence
 
 from veracity.contracts.events import (
     AnalysisAnswered,
@@ -24,7 +25,7 @@ from veracity.contracts.events import (
     RunStatus,
 )
 from veracity.core.canonical import canonical_hash
-from veracity.errors import ApprovalMissing, Conflict, NotFound
+from veracity.errors import ApprovalMissing, Conflict, InputError, NotFound
 from veracity.ledger.entry import Entry
 from veracity.server.coordinator import queries
 from veracity.server.coordinator.core import ServiceCore, package_versions
@@ -290,18 +291,26 @@ class RunCommands(ServiceCore):
             uow.checkpoint()
         return uow.recorded(RoundRecord(seq=entry.seq, completed=completed))
 
-    def record_analysis(self, actor: Actor, answered: AnalysisAnswered) -> Recorded[int]:
-        """Record one query's ``analysis.answered`` (and a checkpoint); returns its seq.
+    def record_analysis(
+        self, actor: Actor, answered: Sequence[AnalysisAnswered]
+    ) -> Recorded[list[int]]:
+        """Record an analysis run's ``analysis.answered`` entries, then one checkpoint.
+
+        One change for the run's answers (one transaction, one checkpoint signed after it),
+        not one per query; returns their seqs, in order.
 
         Raises
         ------
         InputError, SignatureError
-            If the ledger refuses it (a receipt not signed by its site's key).
+            If the ledger refuses one (a receipt not signed by its site's key): then none
+            is recorded.
         """
-        with self._change(actor, "analysis.record", answered.query_hash) as uow:
-            entry = uow.append_root(answered)
+        if not answered:
+            raise InputError("an analysis run records at least one answer")
+        with self._change(actor, "analysis.record", answered[0].run_id) as uow:
+            seqs = [uow.append_root(one).seq for one in answered]
             uow.checkpoint()
-        return uow.recorded(entry.seq)
+        return uow.recorded(seqs)
 
     def release(self, actor: Actor, released: ModelReleased) -> Recorded[ModelRecord]:
         """Record ``model.released`` (the model is in the registry already).
