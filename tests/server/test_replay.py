@@ -19,6 +19,7 @@ from tests.server.test_central_dp_run import (  # noqa: F401 - a fixture, regist
     SIGNED_AT,
     _execute,
     _Network,
+    _SitesGrid,
     _task_identity,
     enrolled_network,
 )
@@ -131,6 +132,48 @@ def test_a_coordinator_that_swaps_an_update_before_aggregation_is_caught(
     with pytest.raises(ReplayMismatch, match="FedAvg of the receipted updates") as caught:
         replay_aggregation(bundle, archive, trusted_root=network.coordinator.root_key.public)
     assert caught.value.round == 2
+
+
+class _UnsignedWeightGrid(_SitesGrid):
+    """Sites whose unsigned ``num-examples`` metric disagrees with their signed receipt."""
+
+    def _answer(self, request: Message) -> Message:
+        reply = super()._answer(request)
+        if request.metadata.message_type != "query.hello":
+            node = request.metadata.dst_node_id
+            reply.content.metric_records["metrics"]["num-examples"] = 50 * (node - 10)
+        return reply
+
+
+class _ReversedGrid(_SitesGrid):
+    """The replies of a round arrive in the reverse of the sites' order."""
+
+    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
+        return list(reversed(list(super().pull_messages(message_ids))))
+
+
+def test_fedavg_weighs_by_the_signed_row_count_so_the_replay_matches(
+    network: _Network, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("tests.server.test_central_dp_run._SitesGrid", _UnsignedWeightGrid)
+    _execute(network, _propose_plain(network, rounds=2), RUN)
+    bundle, archive = _archive_and_bundle(network, tmp_path)
+
+    report = replay_aggregation(bundle, archive, trusted_root=network.coordinator.root_key.public)
+
+    assert report.rounds == 2
+
+
+def test_replies_arriving_in_any_order_are_aggregated_in_site_order(
+    network: _Network, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("tests.server.test_central_dp_run._SitesGrid", _ReversedGrid)
+    _execute(network, _propose_plain(network, rounds=3), RUN)
+    bundle, archive = _archive_and_bundle(network, tmp_path)
+
+    report = replay_aggregation(bundle, archive, trusted_root=network.coordinator.root_key.public)
+
+    assert report.rounds == 3
 
 
 def test_the_cli_replays_and_exits_1_naming_the_round_that_differs(
