@@ -8,6 +8,8 @@ auditor re-checks offline (signatures in ``ledger verify``, epsilon with dp-acco
 
 from __future__ import annotations
 
+import os
+import re
 from typing import Any
 
 import numpy as np
@@ -25,6 +27,7 @@ from veracity.contracts.analysis import AnalysisStudy
 from veracity.localnet import DATASET_ID, wait_run
 from veracity.server.coordinator import CoordinatorService, operator
 from veracity.server.fab import build_fab
+from veracity.supervise import wait_for
 from veracity.tasks.breast_cancer import FEATURES, LABEL
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -170,3 +173,36 @@ def test_a_query_over_the_cap_is_refused_and_the_refusal_is_recorded(network: Ne
     assert [payload["query_id"] for payload in answered] == ["malignant"]
     assert {entry.actor for entry in refusals} == set(SITES)
     assert network.coordinator.reads.run(run_id).finished is not None
+
+
+def test_each_run_has_its_own_serverapp_process_that_ends_with_it(network: Network) -> None:
+    # The coordinator's executor forks a process per run from a warm interpreter; runs
+    # must stay as isolated as with Flower's own executor (a fresh process each, none left).
+    log = network.coordinator.home.logs / "serverapp-executor.log"
+    started = re.compile(r"run task started in process (\d+)")
+
+    first = _run(network, _study(3.0, delta=1e-7))
+    _run(network, _study(3.0, delta=1e-8))
+
+    # The run's answers are one change of the ledger, signed by one checkpoint.
+    entries = [
+        e
+        for e in network.coordinator.ledger.iter_entries()
+        if e.payload.get("run_id") == first or e.kind == "checkpoint"
+    ]
+    answered = [e.seq for e in entries if e.kind == "analysis.answered"]
+    assert answered == list(range(answered[0], answered[0] + 3))
+    assert entries[[e.seq for e in entries].index(answered[-1]) + 1].kind == "checkpoint"
+
+    pids = [int(pid) for pid in started.findall(log.read_text(encoding="utf-8"))]
+    assert len(pids) >= 2
+    assert len(set(pids)) == len(pids)
+
+    def ended(pid: int) -> bool:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        return False
+
+    wait_for(lambda: all(ended(pid) for pid in pids), timeout=30, what="the runs' processes")

@@ -238,3 +238,34 @@ def test_the_deploy_environment_files_set_only_options_of_their_command(
     unit = env_file.replace(".env", "").replace("coordinator", "veracity-coordinator")
     unit = unit.replace("site", "veracity-site") if unit == "site" else unit
     assert f"/etc/veracity/{env_file}" in (root / f"{unit}.service").read_text(encoding="utf-8")
+
+
+def test_site_start_speaks_to_the_coordinators_api_with_one_pair_of_options() -> None:
+    start = typer.main.get_command(app).commands["site"].commands["start"]  # type: ignore[attr-defined]
+    shown = {
+        o for p in start.params if isinstance(p, click.Option) and not p.hidden for o in p.opts
+    }
+    hidden = {o for p in start.params if isinstance(p, click.Option) and p.hidden for o in p.opts}
+    assert {"--server", "--token", "--witness"} <= shown
+    assert {"--api", "--api-token"} == hidden  # the older spellings, still accepted
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["--api", "https://a:8443", "--server", "https://b:8443"], "older spelling of --server"),
+        (["--token", "t1", "--api-token", "t2"], "older spelling of --token"),
+        (["--witness"], "--witness needs"),
+        (["--server", "https://a:8443"], "--server and --token go together"),
+        (["--api", "https://a:8443"], "--server and --token go together"),
+    ],
+)
+def test_site_start_refuses_contradicting_api_options_before_starting_anything(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], args: list[str], says: str
+) -> None:
+    code = main(
+        ["site", "start", "--superlink", "127.0.0.1:1", "--ca-cert", str(tmp_path / "ca.crt"),
+         "--data-dir", str(tmp_path / "site"), *args]
+    )  # fmt: skip
+    assert code == 2
+    assert says in capsys.readouterr().err

@@ -4,8 +4,9 @@ Each method parses the answer with the response model the route declares
 (:mod:`veracity.server.api.schemas`), so a caller reads fields mypy knows instead of
 guessing the shape of a JSON document. Errors arrive as the API's problem documents
 (docs/api.md "One error contract") and are raised as :class:`ApiError` with their status,
-code and detail. It covers what ``veracity demo`` and ``veracity admin`` call; the
-transport is injectable (``httpx.ASGITransport`` to talk to an app in process).
+code and detail. List methods read every page (``offset``/``next_offset``). It covers
+what ``veracity demo`` and ``veracity admin`` call; the transport is injectable
+(``httpx.ASGITransport`` to talk to an app in process).
 """
 
 from __future__ import annotations
@@ -46,6 +47,18 @@ from veracity.server.api.schemas import (
 __all__ = ["ApiError", "ApiSession", "CoordinatorClient"]
 
 _Model = TypeVar("_Model", bound=BaseModel)
+_Listed = TypeVar(
+    "_Listed",
+    DatasetListOut,
+    ModelListOut,
+    RoundListOut,
+    RunListOut,
+    SiteListOut,
+    StudyListOut,
+    TokenListOut,
+)
+#: Items asked for per page when a list is read whole (the server may cap it lower).
+PAGE_SIZE = 500
 
 
 class ApiError(TransportError):
@@ -149,6 +162,20 @@ class CoordinatorClient:
                 code="",
             ) from err
 
+    def _every_page(self, model: type[_Listed], path: str, token: str) -> _Listed:
+        """``GET path`` page after page (``offset``/``next_offset``); every item in one."""
+        first = self._parsed(model, "GET", path, token, params={"limit": PAGE_SIZE})
+        items = list(first.items)
+        following = first.next_offset
+        while following is not None:
+            params = {"offset": following, "limit": PAGE_SIZE}
+            page = self._parsed(model, "GET", path, token, params=params)
+            if not page.items:
+                break
+            items.extend(page.items)
+            following = page.next_offset
+        return first.model_copy(update={"items": items, "next_offset": None})
+
     def enrol_site(
         self, token: str, *, name: str, public_key: str, supernode_public_key: str, proof: str
     ) -> SiteEnrolledOut:
@@ -195,7 +222,7 @@ class CoordinatorClient:
 
     def rounds(self, token: str, run_id: str) -> RoundListOut:
         """``GET /runs/{id}/rounds`` (admin)."""
-        return self._parsed(RoundListOut, "GET", f"/runs/{run_id}/rounds", token)
+        return self._every_page(RoundListOut, f"/runs/{run_id}/rounds", token)
 
     def model(self, token: str, model_hash: str) -> ModelOut:
         """``GET /models/{hash}``: the model's architecture, features and card."""
@@ -204,6 +231,10 @@ class CoordinatorClient:
     def weights(self, token: str, model_hash: str) -> bytes:
         """``GET /models/{hash}/weights`` (admin): the plaintext weights file."""
         return self.send("GET", f"/models/{model_hash}/weights", token).content
+
+    def run_archive(self, token: str, run_id: str) -> bytes:
+        """``GET /runs/{run_id}/archive`` (admin, auditor): the run archive, zipped."""
+        return self.send("GET", f"/runs/{run_id}/archive", token).content
 
     def export_ledger(self, token: str) -> bytes:
         """``GET /ledger/export``: the ledger bundle (JSON lines)."""
@@ -215,7 +246,7 @@ class CoordinatorClient:
 
     def sites(self, token: str) -> SiteListOut:
         """``GET /sites`` (admin)."""
-        return self._parsed(SiteListOut, "GET", "/sites", token)
+        return self._every_page(SiteListOut, "/sites", token)
 
     def site(self, token: str, name: str) -> SiteOut:
         """``GET /sites/{name}``."""
@@ -230,15 +261,15 @@ class CoordinatorClient:
 
     def datasets(self, token: str) -> DatasetListOut:
         """``GET /datasets``: the latest registration per site and dataset."""
-        return self._parsed(DatasetListOut, "GET", "/datasets", token)
+        return self._every_page(DatasetListOut, "/datasets", token)
 
     def studies(self, token: str) -> StudyListOut:
         """``GET /studies``."""
-        return self._parsed(StudyListOut, "GET", "/studies", token)
+        return self._every_page(StudyListOut, "/studies", token)
 
     def runs(self, token: str) -> RunListOut:
         """``GET /runs`` (admin)."""
-        return self._parsed(RunListOut, "GET", "/runs", token)
+        return self._every_page(RunListOut, "/runs", token)
 
     def stop_run(self, token: str, run_id: str) -> RunStoppedOut:
         """``POST /runs/{id}/stop`` (admin)."""
@@ -251,7 +282,7 @@ class CoordinatorClient:
 
     def models(self, token: str) -> ModelListOut:
         """``GET /models``: released models."""
-        return self._parsed(ModelListOut, "GET", "/models", token)
+        return self._every_page(ModelListOut, "/models", token)
 
     def create_token(
         self, token: str, *, role: str, name: str, site: str | None, expires_in_days: int
@@ -264,7 +295,7 @@ class CoordinatorClient:
 
     def tokens(self, token: str) -> TokenListOut:
         """``GET /tokens`` (admin): every token's record, never a token."""
-        return self._parsed(TokenListOut, "GET", "/tokens", token)
+        return self._every_page(TokenListOut, "/tokens", token)
 
     def revoke_token(self, token: str, token_id: str) -> TokenOut:
         """``POST /tokens/{id}/revoke`` (admin)."""

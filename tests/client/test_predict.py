@@ -182,3 +182,129 @@ def test_a_description_of_another_model_or_malformed_is_refused() -> None:
     del broken["he"]["layouts"]
     with pytest.raises(InputError, match="malformed"):
         ModelDescription.from_json(broken, expected_hash=HASH)
+
+
+def _image_document() -> dict[str, Any]:
+    from veracity.he.params import CNN_PARAMETERS
+
+    return {
+        "model_hash": HASH,
+        "model": {"family": "cnn2d", "n_features": 64, "input_shape": [1, 8, 8]},
+        "features": ["grey"],
+        "label": "digit",
+        "scaling": [[0.5, 0.25]],
+        "classes": ["a", "b", "c"],
+        "input_shape": [1, 8, 8],
+        "intensity_max": 255.0,
+        "he": {
+            "parameter_set": CNN_PARAMETERS.describe(),
+            "he_params_hash": "00" * 32,
+            "layouts": {
+                "small": {"name": "column", "max_batch": 8192},
+                "batch": {"name": "column", "max_batch": 8192},
+            },
+        },
+        "wire": {"max_request_bytes": 1024 * 1024},
+    }
+
+
+def test_an_image_model_description_scales_per_channel_and_names_its_classes() -> None:
+    description = ModelDescription.from_json(_image_document(), expected_hash=HASH)
+    assert description.images
+    assert description.outputs == 3
+    assert description.classes == ("a", "b", "c")
+    broken = _image_document()
+    broken["input_shape"] = [1, 8, 7]
+    with pytest.raises(InputError, match="input shape"):
+        ModelDescription.from_json(broken, expected_hash=HASH)
+
+
+def test_images_are_read_from_a_folder_or_an_npz_and_scaled_per_channel(tmp_path: Path) -> None:
+    from PIL import Image
+
+    from veracity.client.predict import read_images, standardise_images
+
+    folder = tmp_path / "scans"
+    (folder / "b").mkdir(parents=True)
+    pixels = np.arange(64, dtype=np.uint8).reshape(8, 8) * 3
+    Image.fromarray(pixels, mode="L").save(folder / "b" / "two.png")
+    Image.fromarray(pixels[::-1], mode="L").save(folder / "one.png")
+    (folder / "labels.csv").write_text("file\n")  # not an image: ignored
+    description = ModelDescription.from_json(_image_document(), expected_hash=HASH)
+
+    table = read_images(folder, input_shape=(1, 8, 8))
+
+    assert table.ids == ("b/two.png", "one.png")
+    z = standardise_images(table.values, description, ids=table.ids)
+    np.testing.assert_allclose(z[0], (pixels.reshape(-1) / 255.0 - 0.5) / 0.25)
+    np.savez(tmp_path / "scans.npz", x=np.stack([pixels, pixels[::-1]]))
+    from_npz = read_images(tmp_path / "scans.npz", input_shape=(1, 8, 8))
+    assert from_npz.ids == ("1", "2")
+    np.testing.assert_array_equal(from_npz.values[0], table.values[0])
+
+
+def test_images_that_do_not_fit_the_model_are_refused_by_name(tmp_path: Path) -> None:
+    from PIL import Image
+
+    from veracity.client.predict import read_images, standardise_images
+
+    folder = tmp_path / "scans"
+    folder.mkdir()
+    Image.fromarray(np.zeros((8, 8, 3), dtype=np.uint8), mode="RGB").save(folder / "rgb.png")
+    with pytest.raises(InputError, match=r"rgb\.png.*3 channel"):
+        read_images(folder, input_shape=(1, 8, 8))
+    (folder / "rgb.png").unlink()
+    with pytest.raises(InputError, match=r"no \.png or \.dcm"):
+        read_images(folder, input_shape=(1, 8, 8))
+    with pytest.raises(ConfigError, match="no such"):
+        read_images(tmp_path / "missing", input_shape=(1, 8, 8))
+    description = ModelDescription.from_json(_image_document(), expected_hash=HASH)
+    bright = np.full((1, 64), 255.0 * 3)  # 16-bit pixels under an 8-bit model: 10 std away
+    with pytest.raises(InputError, match="image scan7, channel 'grey'"):
+        standardise_images(bright, description, ids=["scan7"])
+
+
+def test_a_request_above_the_servers_limit_is_refused_before_encrypting() -> None:
+    from veracity.client.predict import InferenceClient, predict_encrypted
+    from veracity.he.params import CNN_PARAMETERS
+
+    description = ModelDescription.from_json(_image_document(), expected_hash=HASH)
+    with (
+        InferenceClient("http://127.0.0.1:9", token="t") as client,  # noqa: S106
+        pytest.raises(InputError, match="above the server's limit of 1 MiB"),
+    ):
+        predict_encrypted(client, description, np.zeros((2, 64)))
+    assert CNN_PARAMETERS.poly_modulus_degree * sum(CNN_PARAMETERS.data_prime_bits) // 8 > 2**18
+
+
+def test_a_folder_of_dicom_images_is_read_like_png(tmp_path: Path) -> None:
+    pydicom = pytest.importorskip("pydicom")
+    from PIL import Image
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+
+    from veracity.client.predict import read_images
+
+    pixels = (np.arange(2 * 64, dtype=np.uint8).reshape(2, 8, 8) * 2) % 255
+    dicom, png = tmp_path / "dicom", tmp_path / "png"
+    dicom.mkdir()
+    png.mkdir()
+    for index, image in enumerate(pixels):
+        meta = FileMetaDataset()
+        meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
+        meta.MediaStorageSOPInstanceUID = generate_uid()
+        meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds = pydicom.Dataset()
+        ds.file_meta = meta
+        ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, generate_uid()
+        ds.Rows, ds.Columns = image.shape
+        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
+        ds.PixelData = image.tobytes()
+        ds.save_as(dicom / f"scan{index}.dcm", enforce_file_format=True)
+        Image.fromarray(image, mode="L").save(png / f"scan{index}.png")
+
+    from_dicom = read_images(dicom, input_shape=(1, 8, 8))
+
+    assert from_dicom.ids == ("scan0.dcm", "scan1.dcm")
+    np.testing.assert_array_equal(from_dicom.values, read_images(png, input_shape=(1, 8, 8)).values)

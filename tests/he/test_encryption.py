@@ -127,6 +127,7 @@ def test_ten_class_scores_match_plaintext_on_digits(
     assert float((logits.argmax(axis=1) == digits.test_y[: len(x)]).mean()) > 0.9
 
 
+@pytest.mark.slow  # ~10 CPU-s at N=16384: in `make test`, not the edit loop
 def test_the_digits_cnn_under_encryption_agrees_with_plaintext_on_every_test_image(
     digits: Any, digits_cnn: tuple[Any, dict[str, Any]]
 ) -> None:
@@ -174,6 +175,16 @@ def test_no_secret_key_bytes_in_public_contexts_or_ciphertexts(breast_cancer: An
     ]
     for blob in outgoing:
         assert not any(chunk in blob for chunk in chunks)
+
+
+def test_no_secret_key_bytes_leave_the_client_of_an_image_model(digits: Any) -> None:
+    secret = SecretContext.generate(CNN_PARAMETERS)
+    chunks = secret_key_chunks(secret)
+    assert len(chunks) == 50
+    outgoing = [secret.public_context(), *secret.encrypt(PackingLayout.COLUMN, digits.test_x[:3])]
+    for blob in outgoing:
+        assert not any(chunk in blob for chunk in chunks)
+    assert not secret.public().has_rotation_keys  # the server gets the parameters alone
 
 
 def test_server_context_cannot_decrypt_and_is_not_a_secret_context() -> None:

@@ -149,3 +149,43 @@ def test_a_round_samples_the_connected_sites_and_stops_when_too_few_remain() -> 
     one: Any = _Connected([1])
     assert list(strategy.configure_train(2, arrays, ConfigRecord(), one)) == []
     assert "1 approving site(s) connected" in (strategy.abort_reason or "")
+
+
+def test_the_superlinks_error_reply_for_a_dead_sites_upload_does_not_end_the_run() -> None:
+    # A site died after its reply's message reached the SuperLink but before its update
+    # did: Flower's grid answers with its own error message, sent from no site's node.
+    from flwr.app import Error, Metadata
+    from flwr.app.message import make_message
+    from flwr.common.constant import ErrorCode
+
+    signing = {name: generate_signing_key() for name in SITES.values()}
+    keys = {name: key.public for name, key in signing.items()}
+    rounds: list[RoundOutcome] = []
+    strategy = _strategy(keys, rounds, [], min_sites=2)
+    unavailable = make_message(
+        metadata=Metadata(
+            run_id=1,
+            message_id="",
+            src_node_id=7,  # the SuperLink's own node, not a site's
+            dst_node_id=7,
+            reply_to_message_id="ab" * 32,
+            group_id="",
+            created_at=0.0,
+            ttl=0,
+            message_type="system",
+        ),
+        error=Error(code=ErrorCode.MESSAGE_UNAVAILABLE, reason="objects unavailable"),
+    )
+    replies = [
+        _trained(1, signing["hospital-a"], _weights(1.0)),
+        _trained(2, signing["hospital-b"], _weights(3.0)),
+        unavailable,
+    ]
+
+    arrays, _ = strategy.aggregate_train(1, replies)
+
+    assert arrays is not None
+    assert strategy.abort_reason is None
+    (outcome,) = rounds
+    assert outcome.participants == ["hospital-a", "hospital-b"]
+    assert all(d.site in SITES.values() for d in outcome.dropped)

@@ -44,20 +44,6 @@ def start(
             help="Seconds an idle SuperNode waits between pulls (Flower's fixed default: 3).",
         ),
     ] = 0.5,
-    api: Annotated[
-        str | None,
-        typer.Option(
-            "--api",
-            envvar="VERACITY_API",
-            help="The coordinator's admin API (…/api/v1): this site witnesses its ledger.",
-        ),
-    ] = None,
-    api_token: Annotated[
-        str | None,
-        typer.Option(
-            "--api-token", envvar="VERACITY_API_TOKEN", help="This site's API token (witness)."
-        ),
-    ] = None,
     log_vkey: Annotated[
         str | None,
         typer.Option(
@@ -72,12 +58,39 @@ def start(
             "--server",
             envvar="VERACITY_SERVER",
             help="The coordinator's admin API (https://HOST:PORT): with --token, the outbox "
-            "is delivered there while the site runs.",
+            "is delivered there while the site runs, and with --witness the site witnesses "
+            "its ledger there.",
         ),
     ] = None,
     token: Annotated[
         str | None,
         typer.Option("--token", envvar="VERACITY_TOKEN", help="This site's API token."),
+    ] = None,
+    witness: Annotated[
+        bool,
+        typer.Option(
+            "--witness/--no-witness",
+            envvar="VERACITY_WITNESS",
+            help="Witness the coordinator's ledger at --server with the site's witness key.",
+        ),
+    ] = False,
+    api: Annotated[
+        str | None,
+        typer.Option(
+            "--api",
+            envvar="VERACITY_API",
+            hidden=True,
+            help="Older spelling of --server with --witness.",
+        ),
+    ] = None,
+    api_token: Annotated[
+        str | None,
+        typer.Option(
+            "--api-token",
+            envvar="VERACITY_API_TOKEN",
+            hidden=True,
+            help="Older spelling of --token.",
+        ),
     ] = None,
     sync_every: Annotated[
         float,
@@ -89,37 +102,48 @@ def start(
         ),
     ] = 5.0,
 ) -> None:
-    """Run the SuperNode, the warm ClientApp worker and (with --api) the ledger witness.
+    """Run the SuperNode, the warm ClientApp worker and (with --witness) the ledger witness.
 
-    The SuperNode speaks TLS with SuperNode authentication; the witness cosigns the
-    coordinator's checkpoints with the site's witness key when they extend what it saw.
-    With ``--server`` and ``--token`` (or else ``--api`` and ``--api-token``) it also
-    delivers the site's outbox (approvals, refusals, registrations) to the coordinator
-    every ``--sync-every`` seconds.
+    The SuperNode speaks TLS with SuperNode authentication. With ``--server`` and
+    ``--token`` (one pair for everything the site says to the coordinator's API) it
+    delivers the site's outbox (approvals, refusals, registrations) every ``--sync-every``
+    seconds, and with ``--witness`` the witness cosigns the coordinator's checkpoints with
+    the site's witness key when they extend what it saw. The older spellings still work:
+    ``--api URL`` is ``--server URL --witness`` and ``--api-token`` is ``--token``.
     """
+    from veracity.api_options import api_base
     from veracity.client.supernode import SuperNodeOptions, start_site_node
     from veracity.supervise import ProcessGroup, stopping_on_signals
 
     if idle_poll <= 0:
         raise ConfigError("--idle-poll must be positive")
+    if api is not None:  # the older spelling: witness (and deliver to) this API
+        if server is not None and api_base(server) != api_base(api):
+            raise ConfigError("--api is the older spelling of --server; give one of them")
+        server, witness = server or api, True
+    if api_token is not None:
+        if token is not None and token != api_token:
+            raise ConfigError("--api-token is the older spelling of --token; give one of them")
+        token = token or api_token
     if (server is None) != (token is None):
-        raise ConfigError("--server and --token go together (they deliver the outbox)")
-    if server is None and api and api_token:  # the witness's API and token serve too
-        server, token = api, api_token
+        raise ConfigError(
+            "--server and --token go together (they deliver the outbox and witness the ledger)"
+        )
+    if witness and server is None:
+        raise ConfigError("--witness needs the coordinator's API: --server and --token")
     site_dir = Path("veracity-site") if data_dir is None else data_dir
     options = SuperNodeOptions(superlink=superlink, ca_cert=ca_cert, idle_poll=idle_poll)
     group = ProcessGroup()
     with stopping_on_signals(group):
         node = start_site_node(site_dir, options, group)
-        if api:
+        if witness and server is not None and token is not None:
             from veracity.client.witness import start_site_witness
 
-            if not api_token:
-                raise ConfigError("witnessing needs this site's token: --api-token")
-            witness = start_site_witness(
-                site_dir, group, api_url=api, token=api_token, ca_cert=ca_cert, log_vkey=log_vkey
+            api = api_base(server)
+            watcher = start_site_witness(
+                site_dir, group, api_url=api, token=token, ca_cert=ca_cert, log_vkey=log_vkey
             )
-            sys.stderr.write(f"witness pid {witness.pid} watches the ledger at {api}\n")
+            sys.stderr.write(f"witness pid {watcher.pid} watches the ledger at {api}\n")
         sys.stderr.write(
             f"site {site_dir} connected to {superlink}; SuperNode pid {node.supernode.pid}, "
             f"worker pid {node.worker.pid}. Ctrl-C stops both.\n"

@@ -26,6 +26,7 @@ import numpy.typing as npt
 from veracity.api_options import api_base
 from veracity.errors import ConfigError, CryptoError, InputError, QueryBudgetExceeded
 from veracity.he.contexts import SecretContext
+from veracity.he.layouts import ModelShape, layout_for
 from veracity.he.params import CKKSParameterSet, PackingLayout, parameter_set_named
 from veracity.he.wire import (
     CONTENT_TYPE,
@@ -88,6 +89,8 @@ class ModelDescription:
     input_shape: tuple[int, ...] = ()
     #: Image models: what pixel values are divided by before the per-channel scaling.
     intensity_max: float | None = None
+    #: The largest request envelope the server accepts.
+    max_request_bytes: int = DEFAULT_LIMITS.max_request_bytes
 
     @property
     def images(self) -> bool:
@@ -151,6 +154,11 @@ class ModelDescription:
                     None
                     if document.get("intensity_max") is None
                     else float(document["intensity_max"])
+                ),
+                max_request_bytes=int(
+                    document.get("wire", {}).get(
+                        "max_request_bytes", DEFAULT_LIMITS.max_request_bytes
+                    )
                 ),
             )
         except (KeyError, TypeError, ValueError) as err:
@@ -623,15 +631,31 @@ def predict_encrypted(
             f"the model takes {description.n_features} features per patient "
             f"({', '.join(description.features[:3])}, ...); got an array of shape {x.shape}"
         )
+    outputs = description.outputs
+    plan = plan_batches(x.shape[0], description)
+    ps = description.parameter_set
+    shape = ModelShape(description.n_features, description.hidden, outputs)
+    for choice, start, stop in plan:
+        # A fresh seeded ciphertext is one polynomial of uniform residues over the data
+        # primes, so at least N * sum(bits) / 8 bytes whatever the compression: refuse a
+        # request the server's limit cannot take before encrypting anything (an image
+        # model has one ciphertext per pixel).
+        count = layout_for(choice.layout, ps, shape).ciphertext_count(stop - start)
+        needed = count * ps.poly_modulus_degree * sum(ps.data_prime_bits) // 8
+        if needed > description.max_request_bytes:
+            raise InputError(
+                f"a {choice.layout} request for this model carries {count} ciphertexts "
+                f"(~{needed / 2**20:.0f} MiB), above the server's limit of "
+                f"{description.max_request_bytes / 2**20:.0f} MiB per request"
+            )
     secret = secret or SecretContext.generate(description.parameter_set)
     if secret.parameter_set != description.parameter_set:
         raise CryptoError("the secret context's parameter set is not the model's")
     if secret.he_params_hash != description.he_params_hash:
         raise CryptoError("the server's HE parameters differ from this client's")
-    outputs = description.outputs
     logits = np.empty((x.shape[0], outputs) if outputs > 1 else x.shape[0], dtype=np.float64)
     requests = sent = 0
-    for choice, start, stop in plan_batches(x.shape[0], description):
+    for choice, start, stop in plan:
         context = secret.public_context(rotation_steps=choice.rotation_steps)
         context_hash = secret.context_hash(rotation_steps=choice.rotation_steps)
         inline: bytes | None = context

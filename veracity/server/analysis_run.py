@@ -8,7 +8,8 @@ site's signature under the analysis receipt domain, the study, query id and quer
 and that ``answer_hash`` is the hash of the answer it came with), records each refusal as
 the site's ledger entry, combines the answers of every query that at least ``min_sites``
 sites answered (:mod:`veracity.analytics.combine`) and records ``analysis.answered`` with
-the combined figures and every site's signed receipt.
+the combined figures and every site's signed receipt: the run's answers in one change,
+with one checkpoint after them.
 """
 
 from __future__ import annotations
@@ -159,6 +160,7 @@ def execute_analysis(
                 continue
             answers[item.query_id][site] = (item.answer, item.receipt)
     recorded: list[str] = []
+    entries: list[AnalysisAnswered] = []
     for query in study.queries:
         got = answers[query.query_id]
         if len(got) < study.min_sites:
@@ -172,8 +174,7 @@ def execute_analysis(
             # In site order, so the same answers always sum to the same floats.
             {site: (answer.values, answer.stds) for site, (answer, _) in sorted(got.items())},
         )
-        coordinator.record_analysis(
-            SERVER_APP,
+        entries.append(
             AnalysisAnswered(
                 run_id=run_id,
                 study_hash=study.study_hash,
@@ -182,8 +183,10 @@ def execute_analysis(
                 answer=combined.to_contract(query, list(got)),
                 receipts=[receipt for _, (_, receipt) in sorted(got.items())],
                 refused=unanswered[query.query_id],
-            ),
+            )
         )
         recorded.append(query.query_id)
+    if entries:  # one change, one checkpoint for the run's answers
+        coordinator.record_analysis(SERVER_APP, entries)
     missing = {q: "; ".join(v) for q, v in unanswered.items() if q not in recorded}
     return AnalysisOutcome(answered=tuple(recorded), unanswered=missing)

@@ -212,11 +212,38 @@ def start(
                 f"API {services.api_url} (docs {services.docs_url}), SuperLink "
                 f"{services.superlink_address}; logs in {data_dir / 'logs'}. Ctrl-C stops."
             )
+            next_check = time.monotonic()
             while True:
                 group.check_alive()
+                if time.monotonic() >= next_check:
+                    _record_ended_runs(data_dir, int(services.superlink_address.rsplit(":", 1)[1]))
+                    next_check = time.monotonic() + ENDED_RUNS_EVERY
                 time.sleep(0.5)
     except KeyboardInterrupt:
         console.print("stopped")
+
+
+#: Seconds between two looks for runs whose ServerApp died without recording their end.
+ENDED_RUNS_EVERY = 10.0
+
+
+def _record_ended_runs(data_dir: Path, superlink_port: int) -> None:
+    """Record ``run.finished`` for runs that ended unrecorded (a crash); retried later."""
+    from veracity.errors import VeracityError
+    from veracity.server.coordinator import open_coordinator
+    from veracity.server.coordinator.home import CoordinatorHome
+    from veracity.server.coordinator.unit_of_work import SUPERVISOR
+
+    try:
+        home = CoordinatorHome.load(data_dir).with_superlink_port(superlink_port)
+        with open_coordinator(home) as service:
+            for run_id in service.record_ended_runs(SUPERVISOR):
+                stderr_console().print(
+                    f"run {run_id} ended without its ServerApp recording it; "
+                    "recorded run.finished (failed)"
+                )
+    except VeracityError as err:
+        logging.getLogger("veracity.server").warning("looking for ended runs: %s", err)
 
 
 @app.command("reindex")

@@ -4,12 +4,23 @@ flwr 1.42's ``Grid.send_and_receive`` sleeps a hard-coded 3 s between pulls, so 
 that needs half a second costs 3. ``push_messages`` and ``pull_messages`` are public Grid
 methods, so this wrapper delegates everything to the Grid Flower hands the ServerApp and
 only replaces the wait loop.
+
+It also bounds each pull by the round's deadline. A reply's message can reach the SuperLink
+before its objects (the update's arrays) do; when its site dies in between, Flower 1.42's
+``pull_messages`` retries those objects with backoff until the SuperLink's object-push
+session expires (180 s) or for up to two hours, whatever the round's timeout. Here the
+retries stop at the deadline: the reply becomes Flower's own ``MESSAGE_UNAVAILABLE`` error
+reply, the strategy drops that site, and the round goes on with the others. A pull that
+ran past the deadline is followed by one last pull, so that replies which arrived while it
+was blocked are not lost.
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 
 from flwr.app import Message, RecordDict
 from flwr.proto.node_pb2 import NodeInfo
@@ -17,6 +28,30 @@ from flwr.serverapp import Grid
 from flwr.supercore.run import Run
 
 __all__ = ["PollingGrid"]
+
+#: Seconds a pull may retry a reply's objects once the round's deadline has passed.
+LAST_PULL_SECONDS = 1.0
+
+
+@contextlib.contextmanager
+def _object_pulls_bounded(seconds: float) -> Iterator[None]:
+    """Within the block, Flower's HTTP grid retries a reply's objects for ``seconds`` at most.
+
+    ``flwr.superlink.grid.http_grid`` calls its module-level ``pull_objects`` with the
+    library's defaults (``PULL_MAX_TIME`` 7200 s); the ServerApp is single-threaded, so the
+    bound is swapped in for the one call and restored after it.
+    """
+    from flwr.superlink.grid import http_grid
+
+    unbounded = getattr(http_grid, "pull_objects")  # noqa: B009 - not re-exported
+    bounded = functools.partial(
+        unbounded, max_time=max(seconds, LAST_PULL_SECONDS), backoff_cap=1.0
+    )
+    setattr(http_grid, "pull_objects", bounded)  # noqa: B010 - see above
+    try:
+        yield
+    finally:
+        setattr(http_grid, "pull_objects", unbounded)  # noqa: B010
 
 
 class PollingGrid(Grid):
@@ -83,10 +118,17 @@ class PollingGrid(Grid):
         deadline = None if timeout is None else time.monotonic() + timeout
         replies: list[Message] = []
         while pending:
-            got = list(self._inner.pull_messages(list(pending)))
+            last = deadline is not None and time.monotonic() >= deadline
+            if deadline is None:
+                got = list(self._inner.pull_messages(list(pending)))
+            else:
+                with _object_pulls_bounded(deadline - time.monotonic()):
+                    got = list(self._inner.pull_messages(list(pending)))
             replies.extend(got)
             pending -= {reply.metadata.reply_to_message_id for reply in got}
-            if not pending or (deadline is not None and time.monotonic() >= deadline):
+            if not pending or last:
                 break
+            if deadline is not None and time.monotonic() >= deadline:
+                continue  # one last pull: replies that arrived while this one was blocked
             time.sleep(self.poll_interval)
         return replies

@@ -18,6 +18,8 @@ from veracity.he.wire import CONTENT_TYPE, decode_response
 from veracity.ledger.checkpoint import Checkpoint
 from veracity.ledger.ledger import ConsistencyProof, InclusionProof
 from veracity.ledger.verify import verify_bundle_file
+from veracity.server.coordinator import sites as coordinator_sites
+from veracity.server.fab import Fab, build_fab
 from veracity.tasks.study import parse_study
 from veracity.tasks.weights import weights_from_bytes, weights_hash
 
@@ -150,6 +152,25 @@ def test_approvals_make_a_study_ready(enrolled: Api) -> None:
     after = enrolled.call("GET", f"/api/v1/studies/{study_hash}", "site").json()
     assert (after["ready"], after["approved_by"]) == (True, [site.name])
     assert after["decisions"][site.name]["kind"] == "study.approved"
+
+
+def test_a_run_of_code_other_than_the_approved_is_a_conflict_naming_both_hashes(
+    enrolled: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The study was proposed (and approved) while the coordinator ran another Veracity.
+    older = Fab(content=b"an older release", fab_hash="0" * 64)
+    with monkeypatch.context() as patched:
+        patched.setattr(coordinator_sites, "build_fab", lambda: older)
+        study_hash = _propose(enrolled, [enrolled.site.name])
+    enrolled.approve(enrolled.site, study_hash)
+    size = enrolled.service.ledger.size()
+    response = enrolled.call("POST", "/api/v1/runs", "admin", json={"study_hash": study_hash})
+    assert response.status_code == 409, response.text
+    problem = response.json()
+    assert problem["code"] == "conflict"
+    assert older.fab_hash in problem["detail"]
+    assert build_fab().fab_hash in problem["detail"]
+    assert enrolled.service.ledger.size() == size
 
 
 def test_a_refusal_is_recorded_as_the_sites_decision(enrolled: Api) -> None:

@@ -8,6 +8,7 @@ the role can do the thing, not just get past the guard.
 from __future__ import annotations
 
 import secrets
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -36,6 +37,7 @@ ROLES = ("admin", "site", "researcher", "auditor", None)
 # method, path,                                       admin site researcher auditor none
 MATRIX: list[tuple[str, str, int, int, int, int, int]] = [
     ("GET", "/health",                                    200, 200, 200, 200, 200),
+    ("GET", "/ready",                                     200, 200, 200, 200, 200),
     ("GET", "/api/v1/whoami",                             200, 200, 200, 200, 401),
     ("POST", "/api/v1/sites",                             201, 403, 403, 403, 401),
     ("GET", "/api/v1/sites",                              200, 403, 403, 403, 401),
@@ -53,6 +55,7 @@ MATRIX: list[tuple[str, str, int, int, int, int, int]] = [
     ("GET", "/api/v1/runs/{run}",                         200, 403, 403, 403, 401),
     ("GET", "/api/v1/runs/{run}/rounds",                  200, 403, 403, 403, 401),
     ("GET", "/api/v1/runs/{run}/logs",                    200, 403, 403, 403, 401),
+    ("GET", "/api/v1/runs/{run}/archive",                 200, 403, 403, 200, 401),
     ("POST", "/api/v1/runs/{run}/stop",                   200, 403, 403, 403, 401),
     ("POST", "/api/v1/analyses",                          201, 403, 201, 403, 401),
     ("GET", "/api/v1/analyses/{analysis}/runs/{analysis_run}", 200, 403, 200, 403, 401),
@@ -68,6 +71,9 @@ MATRIX: list[tuple[str, str, int, int, int, int, int]] = [
     ("GET", "/api/v1/ledger/entries",                     200, 403, 403, 200, 401),
     ("GET", "/api/v1/ledger/entries/{seq}",               200, 403, 403, 200, 401),
     ("GET", "/api/v1/ledger/verify",                      200, 403, 403, 200, 401),
+    ("POST", "/api/v1/ledger/jobs",                       202, 403, 403, 202, 401),
+    ("GET", "/api/v1/ledger/jobs/{job}",                  200, 403, 403, 200, 401),
+    ("GET", "/api/v1/ledger/jobs/{job}/bundle",           200, 403, 403, 200, 401),
     ("GET", "/api/v1/ledger/proofs/inclusion",            200, 403, 403, 200, 401),
     ("GET", "/api/v1/ledger/proofs/consistency",          200, 403, 403, 200, 401),
     ("GET", "/api/v1/ledger/checkpoints",                 200, 403, 403, 200, 401),
@@ -96,6 +102,7 @@ _PLACEHOLDERS = {
     "{requester}": "{requester}",
     "{analysis}": "{study_hash}",
     "{analysis_run}": "{run_id}",
+    "{job}": "{job_id}",
 }
 
 
@@ -111,11 +118,13 @@ class World:
     analysis_hash: str
     run_id: str = "0"
     analysis_run_id: str = "0"
+    job_id: str = "0" * 24
     made: list[str] = field(default_factory=list)
 
     def path(self, template: str) -> str:
         return (
             template.replace("{analysis_run}", self.analysis_run_id)
+            .replace("{job}", self.job_id)
             .replace("{analysis}", self.analysis_hash)
             .replace("{site}", self.api.site.name)
             .replace("{study}", self.study_hash)
@@ -144,6 +153,15 @@ class World:
             "json": {"tree_size": served["tree_size"], "cosignature": line, "vkey": str(verifier)}
         }
 
+    def _job_done(self) -> dict[str, Any]:
+        """Nothing to send; first the export job the table started has finished."""
+        for _ in range(600):
+            job = self.api.call("GET", f"/api/v1/ledger/jobs/{self.job_id}", "admin").json()
+            if job["status"] in ("done", "failed"):
+                break
+            time.sleep(0.1)
+        return {}
+
     def request(self, method: str, template: str) -> dict[str, Any]:
         """Keyword arguments of a valid request (fresh each time, so successes repeat)."""
         site = self.api.site
@@ -171,6 +189,8 @@ class World:
                 }
             },
             ("POST", "/api/v1/runs"): lambda: {"json": {"study_hash": self.study_hash}},
+            ("POST", "/api/v1/ledger/jobs"): lambda: {"json": {"kind": "export"}},
+            ("GET", "/api/v1/ledger/jobs/{job}/bundle"): self._job_done,
             ("POST", "/api/v1/analyses"): lambda: {"json": {"study_hash": self.analysis_hash}},
             ("GET", "/api/v1/runs/{run}/logs"): lambda: {"params": {"wait": 0.2}},
             ("POST", "/api/v1/inference/contexts"): lambda: {
@@ -242,6 +262,12 @@ def test_every_route_answers_every_role_as_the_table_says(world: World) -> None:
             )
             if method == "POST" and template == "/api/v1/runs" and response.status_code == 201:
                 world.run_id = response.json()["run_id"]
+            if (
+                method == "POST"
+                and template == "/api/v1/ledger/jobs"
+                and response.status_code == 202
+            ):
+                world.job_id = response.json()["job_id"]
             if method == "POST" and template == "/api/v1/analyses" and response.status_code == 201:
                 world.analysis_run_id = response.json()["run_id"]
             if response.status_code != status:

@@ -19,6 +19,7 @@ from veracity.contracts.events import (
 from veracity.core.canonical import canonical_hash
 from veracity.errors import ApprovalMissing, Conflict, NotFound, TransportError
 from veracity.server.coordinator import SERVER_APP, CoordinatorService, InMemoryFederation, operator
+from veracity.server.coordinator.unit_of_work import SUPERVISOR
 
 from .conftest import SETUP, enrol, failing_at, failing_commit, ready_study, round_completed
 
@@ -154,6 +155,25 @@ def test_a_run_whose_serverapp_died_is_recorded_as_failed_when_stopped(
     service.stop_run(ALICE, run_id)
     assert _finished(service) == [(run_id, "failed")]
     assert "stop_run" not in federation.calls[calls:]
+
+
+def test_runs_whose_serverapp_died_are_recorded_failed_once_without_a_stop(
+    service: CoordinatorService, federation: InMemoryFederation
+) -> None:
+    study = ready_study(service, Site("north"))
+    dead = service.start_run(ALICE, study).value.run_id
+    alive = service.start_run(ALICE, study).value.run_id
+    federation.finish(int(dead), "failed", "No heartbeat received from the task")
+
+    assert service.record_ended_runs(SUPERVISOR) == [dead]
+
+    assert _finished(service) == [(dead, "failed")]
+    reason = service.reads.run(dead).finished
+    assert reason is not None
+    assert "No heartbeat received from the task" in reason.reason
+    assert service.record_ended_runs(SUPERVISOR) == []  # recorded once; the live run untouched
+    assert _live(service, federation, alive)
+    service.ledger.verify(service.root_key.public)
 
 
 def test_a_stop_without_a_superlink_records_nothing(

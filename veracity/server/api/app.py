@@ -7,7 +7,8 @@ transaction as the API's own record of who made it.
 
 Routes live under ``/api/v1`` (one router per resource, ``veracity/server/api/routes``),
 plus the encrypted-inference router (``veracity/server/api/inference.py``); ``/health``
-answers without a token; OpenAPI at ``/openapi.json`` and ``/docs``; the web console
+answers without a token, and so does ``/ready`` (the database and the SuperLink answer);
+OpenAPI at ``/openapi.json`` and ``/docs``; the web console
 (``veracity/server/api/console``) everywhere else under ``/``. Each route's roles
 are written into the OpenAPI document as ``x-roles``. ``docs/api.md`` has the table.
 """
@@ -21,6 +22,7 @@ from contextlib import asynccontextmanager
 from datetime import timedelta
 
 import anyio.to_thread
+import sqlalchemy as sa
 from fastapi import APIRouter, FastAPI
 from fastapi.routing import APIRoute, iter_route_contexts
 
@@ -33,6 +35,7 @@ from veracity.server.api.budget import BudgetStore, StoreMeter
 from veracity.server.api.console import install_console
 from veracity.server.api.deps import declare_roles, inference_requester, roles_of
 from veracity.server.api.inference import inference_body_limit, inference_router
+from veracity.server.api.jobs import LedgerJobs
 from veracity.server.api.limits import BodySizeLimit
 from veracity.server.api.problems import install_error_handlers, responses
 from veracity.server.api.ratelimit import RateLimiter
@@ -48,7 +51,7 @@ from veracity.server.api.routes import (
     studies,
     witness,
 )
-from veracity.server.api.schemas import HealthOut
+from veracity.server.api.schemas import HealthOut, ReadyOut
 from veracity.server.api.settings import ApiSettings, load_api_settings
 from veracity.server.api.tokens import Clock, Role, TokenStore, utc_now
 from veracity.server.coordinator.bootstrap import open_coordinator, superlink_federation
@@ -161,9 +164,13 @@ def create_app(
             # Each request may hold two pooled connections (a write and a read); keep the
             # requests served at once within what the pool (5 + 10 overflow) can give.
             anyio.to_thread.current_default_thread_limiter().total_tokens = settings.api_threads
+            app.state.ledger_jobs = LedgerJobs(slots=settings.ledger_job_slots)
             log.info("admin API serving %s", settings.data_dir)
             yield
         finally:
+            jobs = getattr(app.state, "ledger_jobs", None)
+            if jobs is not None:
+                jobs.close()
             service.close()
 
     app = FastAPI(
@@ -175,6 +182,8 @@ def create_app(
             "researcher, auditor; every change is a ledger entry."
         ),
         lifespan=lifespan,
+        docs_url=None,  # served below from Swagger UI's packaged files, not from a CDN
+        redoc_url=None,
     )
     app.state.settings = settings
     install_error_handlers(app)
@@ -211,11 +220,59 @@ def create_app(
         """``{"status": "ok"}`` while the server runs."""
         return HealthOut(status="ok")
 
+    @app.get(
+        "/ready",
+        tags=["system"],
+        summary="Readiness: the database and the SuperLink answer (no token needed)",
+        responses=responses(503),
+    )
+    def ready() -> ReadyOut:
+        """``{"status": "ready", ...}`` once a database query and a SuperLink call succeed.
+
+        503 ``storage_unavailable`` or ``superlink_unavailable`` otherwise (``/health``
+        stays the cheap liveness check: it touches neither).
+        """
+        service: CoordinatorService = app.state.service
+        with service.ledger.engine.connect() as connection:
+            connection.execute(sa.text("SELECT 1"))
+        service.federation.list_runs()
+        return ReadyOut(status="ready", database="ok", superlink="ok")
+
+    _install_docs(app)
     install_console(app)  # the web console under / (after the API's error handlers)
     for (method, path), roles in route_roles(app).items():
         if not roles:
             raise ConfigError(f"{method} {path} declares no roles")
     return app
+
+
+#: Where /docs loads Swagger UI's script, style and icon from: this server.
+DOCS_STATIC = "/docs/static"
+
+
+def _install_docs(app: FastAPI) -> None:
+    """``/docs``: Swagger UI from the installed ``swagger-ui-bundle``, never another origin."""
+    from fastapi.openapi.docs import get_swagger_ui_html, get_swagger_ui_oauth2_redirect_html
+    from fastapi.responses import HTMLResponse
+    from fastapi.staticfiles import StaticFiles
+    from swagger_ui_bundle import swagger_ui_path
+
+    app.mount(DOCS_STATIC, StaticFiles(directory=str(swagger_ui_path)), name="swagger-ui")
+
+    @app.get("/docs", include_in_schema=False)
+    def docs() -> HTMLResponse:
+        return get_swagger_ui_html(
+            openapi_url=app.openapi_url or "/openapi.json",
+            title=f"{app.title} - Swagger UI",
+            oauth2_redirect_url="/docs/oauth2-redirect",
+            swagger_js_url=f"{DOCS_STATIC}/swagger-ui-bundle.js",
+            swagger_css_url=f"{DOCS_STATIC}/swagger-ui.css",
+            swagger_favicon_url=f"{DOCS_STATIC}/favicon-32x32.png",
+        )
+
+    @app.get("/docs/oauth2-redirect", include_in_schema=False)
+    def docs_redirect() -> HTMLResponse:
+        return get_swagger_ui_oauth2_redirect_html()
 
 
 def app_from_environment() -> FastAPI:

@@ -10,9 +10,11 @@ and one whose token's role is not allowed 403; both are logged (never the token)
 from __future__ import annotations
 
 import logging
-from typing import Annotated, Any
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Annotated, Any, TypeVar
 
-from fastapi import APIRouter, Depends, HTTPException, Request
+from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi.dependencies.models import Dependant
 from fastapi.routing import APIRoute
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
@@ -25,6 +27,8 @@ from veracity.server.coordinator.service import CoordinatorService
 from veracity.server.coordinator.unit_of_work import Recorded
 
 __all__ = [
+    "Page",
+    "PageDep",
     "Allow",
     "ServiceDep",
     "TokensDep",
@@ -266,3 +270,35 @@ def declare_roles(router: APIRouter) -> APIRouter:
 def clamp_limit(limit: int, settings: ApiSettings) -> int:
     """A page size no larger than the configured cap."""
     return max(1, min(limit, settings.page_size_max))
+
+
+_Item = TypeVar("_Item")
+
+
+@dataclass(frozen=True)
+class Page:
+    """Which slice of a list a request asked for: ``offset`` items skipped, ``limit`` kept."""
+
+    offset: int
+    limit: int
+
+    def of(self, items: Sequence[_Item]) -> tuple[list[_Item], int | None]:
+        """The page of ``items`` and the ``next_offset`` (None on the last page)."""
+        end = self.offset + self.limit
+        return list(items[self.offset : end]), end if end < len(items) else None
+
+
+def _page(
+    settings: SettingsDep,
+    offset: Annotated[
+        int, Query(ge=0, le=10**9, description="Items to skip: the previous page's next_offset.")
+    ] = 0,
+    limit: Annotated[
+        int, Query(ge=1, le=10_000, description="Items per page (capped by the server).")
+    ] = 100,
+) -> Page:
+    return Page(offset=offset, limit=clamp_limit(limit, settings))
+
+
+#: ``?offset=&limit=`` of a list route; the answer's ``next_offset`` starts the next page.
+PageDep = Annotated[Page, Depends(_page)]

@@ -62,6 +62,9 @@ __all__ = [
     "PrincipalOut",
     "ActionOut",
     "ActionListOut",
+    "ReadyOut",
+    "LedgerJobIn",
+    "LedgerJobOut",
     "HealthOut",
 ]
 
@@ -115,6 +118,8 @@ class SiteListOut(BaseModel):
     """Every enrolled site."""
 
     items: list[SiteSummaryOut]
+    #: ``offset`` of the next page (null on the last page).
+    next_offset: int | None = None
 
 
 class SiteOut(BaseModel):
@@ -201,6 +206,8 @@ class DatasetListOut(BaseModel):
     """Registered datasets."""
 
     items: list[DatasetOut]
+    #: ``offset`` of the next page (null on the last page).
+    next_offset: int | None = None
 
 
 # ---------------------------------------------------------------------- studies
@@ -223,6 +230,8 @@ class StudyListOut(BaseModel):
     """Proposed studies."""
 
     items: list[StudySummaryOut]
+    #: ``offset`` of the next page (null on the last page).
+    next_offset: int | None = None
 
 
 class StudyOut(StudySummaryOut):
@@ -274,6 +283,8 @@ class RunListOut(BaseModel):
     """Runs, oldest first."""
 
     items: list[RunSummaryOut]
+    #: ``offset`` of the next page (null on the last page).
+    next_offset: int | None = None
 
 
 class RunOut(RunSummaryOut):
@@ -304,6 +315,8 @@ class RoundListOut(BaseModel):
     """The ``round.completed`` payloads of a run."""
 
     items: list[dict[str, Any]]
+    #: ``offset`` of the next page (null on the last page).
+    next_offset: int | None = None
 
 
 # ----------------------------------------------------------------------- models
@@ -325,6 +338,8 @@ class ModelListOut(BaseModel):
     """Released models."""
 
     items: list[ModelSummaryOut]
+    #: ``offset`` of the next page (null on the last page).
+    next_offset: int | None = None
 
 
 class QueryBudgetIn(_In):
@@ -355,6 +370,8 @@ class QueryBudgetListOut(BaseModel):
     """Every requester's budget for a model (set or charged)."""
 
     items: list[QueryBudgetOut]
+    #: ``offset`` of the next page (null on the last page).
+    next_offset: int | None = None
 
 
 class ModelOut(BaseModel):
@@ -432,9 +449,10 @@ class VerifyOut(BaseModel):
 
 
 class CheckpointListOut(BaseModel):
-    """Checkpoints, oldest first."""
+    """Checkpoints, oldest first; ``next_since_size`` starts the next page (null at the end)."""
 
     items: list[CheckpointOut]
+    next_since_size: int | None = None
 
 
 class InclusionOut(BaseModel):
@@ -486,6 +504,8 @@ class TokenListOut(BaseModel):
     """Tokens, oldest first."""
 
     items: list[TokenOut]
+    #: ``offset`` of the next page (null on the last page).
+    next_offset: int | None = None
 
 
 class PrincipalOut(BaseModel):
@@ -517,10 +537,40 @@ class ActionListOut(BaseModel):
     next_since: int | None
 
 
+class LedgerJobIn(_In):
+    """A background ledger job to start."""
+
+    kind: Literal["verify", "export"]
+    root_signatures: Literal["all", "tail"] = "all"
+
+
+class LedgerJobOut(BaseModel):
+    """A background ledger job and what it produced.
+
+    ``result`` is the verification report, or the bundle's ``entries``, ``checkpoints``,
+    ``bytes`` and ``sha256``, once ``done``; ``error`` says why it ``failed``.
+    """
+
+    job_id: str
+    kind: Literal["verify", "export"]
+    requested_by: str
+    status: Literal["queued", "running", "done", "failed"]
+    result: dict[str, Any] | None
+    error: str | None
+
+
 class HealthOut(BaseModel):
     """Liveness."""
 
     status: Literal["ok"]
+
+
+class ReadyOut(BaseModel):
+    """Readiness: the database and the SuperLink both answered just now."""
+
+    status: Literal["ready"]
+    database: Literal["ok"]
+    superlink: Literal["ok"]
 
 
 class AnalysisRunIn(_In):

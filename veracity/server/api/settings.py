@@ -59,6 +59,13 @@ class ApiSettings(BaseSettings):
         description="Largest JSON request body; inference has its own wire limits.",
     )
     page_size_max: int = Field(default=500, ge=1, le=10_000, description="Pagination cap.")
+    ledger_job_slots: int = Field(
+        default=1,
+        ge=1,
+        le=16,
+        description="Ledger verifications and exports run at once per worker (the rest wait "
+        "without holding a request thread).",
+    )
     inference_rate_per_minute: float = Field(
         default=60.0, gt=0, le=1_000_000, description="Sustained inference requests per token."
     )

@@ -3,14 +3,17 @@
 A start submits first (the run id is in ``run.started``) and is undone (run stopped, seeds
 forgotten) if the change does not commit. A stop records ``run.finished`` first and asks the
 SuperLink last, so a stop that is not recorded leaves the run running; a run the SuperLink
-reports ended without a ``run.finished`` is recorded as it ended when a stop is asked for.
-Every run ends with exactly one ``run.finished``. Rounds are recorded with a checkpoint
+reports ended without a ``run.finished`` (its ServerApp died with the coordinator's host) is
+recorded as it ended when a stop is asked for, and by :meth:`RunCommands.record_ended_runs`,
+which the admin API calls when it starts and then periodically. Every run ends with exactly
+one ``run.finished``. Rounds are recorded with a checkpoint
 that covers them.
 """
 
 from __future__ import annotations
 
 import secrets
+from collections.abc import Sequence
 
 from veracity.contracts.events import (
     AnalysisAnswered,
@@ -22,7 +25,7 @@ from veracity.contracts.events import (
     RunStatus,
 )
 from veracity.core.canonical import canonical_hash
-from veracity.errors import ApprovalMissing, ConfigError, Conflict, NotFound
+from veracity.errors import ApprovalMissing, Conflict, InputError, NotFound
 from veracity.ledger.entry import Entry
 from veracity.server.coordinator import queries
 from veracity.server.coordinator.core import ServiceCore, package_versions
@@ -68,8 +71,9 @@ class RunCommands(ServiceCore):
             If the study was never proposed.
         ApprovalMissing
             If fewer sites approved it than the study's ``min_sites``.
-        ConfigError
-            If the installed Veracity's app bundle is not the code the sites approved.
+        Conflict
+            If the installed Veracity's app bundle is not the code the sites approved (the
+            coordinator's Veracity changed since the study was proposed).
         TransportError
             If the SuperLink refuses or does not answer.
         """
@@ -86,9 +90,10 @@ class RunCommands(ServiceCore):
                     f"it needs {study.min_sites}"
                 )
             if fab.fab_hash != study.code_hash:
-                raise ConfigError(
-                    "this coordinator's Veracity differs from the code the sites approved "
-                    f"({fab.fab_hash[:12]} != {study.code_hash[:12]}); propose the study again"
+                raise Conflict(
+                    f"study {study.study_id} was approved for code {study.code_hash}, but "
+                    f"this coordinator's Veracity builds {fab.fab_hash}; install the approved "
+                    "version, or propose the study again and have its sites approve it"
                 )
             config: dict[str, bool | int | float | str] = {
                 "study-hash": study_hash,
@@ -156,6 +161,51 @@ class RunCommands(ServiceCore):
             ):
                 raise Conflict(f"the SuperLink did not stop run {run_id}; it has ended")
         return uow.recorded(self._finished_record(run, entry.seq, entry.ts, status, reason))
+
+    def record_ended_runs(self, actor: Actor) -> list[str]:
+        """Record ``run.finished`` for runs the SuperLink reports ended but nobody recorded.
+
+        A ServerApp killed with its host (or a SuperLink restarted without it) leaves its
+        run ``running`` in the ledger; the SuperLink marks it failed once the ServerApp's
+        heartbeat stops. Each such run is recorded ``failed`` (``stopped`` if it was
+        stopped) with the rounds the ledger holds, so its budget is neither lost nor
+        counted twice: only recorded rounds, with their receipts, are in the ledger. Runs
+        the SuperLink does not know at all (its state was lost) are recorded ``failed``.
+        Returns the run ids recorded now.
+
+        Raises
+        ------
+        TransportError
+            If the SuperLink does not answer (nothing is recorded).
+        """
+        recorded: list[str] = []
+        for run in self.reads.runs():
+            if run.finished is not None:
+                continue
+            try:
+                summary: RunSummary | None = self.federation.run(int(run.run_id))
+            except NotFound:
+                summary = None
+            if summary is not None and not summary.finished:
+                continue
+            if summary is None:
+                status: RunStatus = "failed"
+                reason = "the SuperLink has no record of the run (its state was lost)"
+            else:
+                status = "stopped" if summary.sub_status == "stopped" else "failed"
+                reason = f"the SuperLink reports the run {summary.state}" + (
+                    f" ({summary.details})" if summary.details else ""
+                )
+            reason += "; its ServerApp recorded no end, so the coordinator recorded it"
+            try:
+                with self._change(actor, "run.finish", run.run_id) as uow:
+                    current = self._unfinished_run(uow, run.run_id)
+                    self._append_finished(uow, current, status, reason[:2000], model_hash=None)
+                    uow.checkpoint()
+            except Conflict:
+                continue  # its ServerApp (or another worker) recorded it meanwhile
+            recorded.append(run.run_id)
+        return recorded
 
     def finish_run(
         self,
@@ -241,18 +291,26 @@ class RunCommands(ServiceCore):
             uow.checkpoint()
         return uow.recorded(RoundRecord(seq=entry.seq, completed=completed))
 
-    def record_analysis(self, actor: Actor, answered: AnalysisAnswered) -> Recorded[int]:
-        """Record one query's ``analysis.answered`` (and a checkpoint); returns its seq.
+    def record_analysis(
+        self, actor: Actor, answered: Sequence[AnalysisAnswered]
+    ) -> Recorded[list[int]]:
+        """Record an analysis run's ``analysis.answered`` entries, then one checkpoint.
+
+        One change for the run's answers (one transaction, one checkpoint signed after it),
+        not one per query; returns their seqs, in order.
 
         Raises
         ------
         InputError, SignatureError
-            If the ledger refuses it (a receipt not signed by its site's key).
+            If the ledger refuses one (a receipt not signed by its site's key): then none
+            is recorded.
         """
-        with self._change(actor, "analysis.record", answered.query_hash) as uow:
-            entry = uow.append_root(answered)
+        if not answered:
+            raise InputError("an analysis run records at least one answer")
+        with self._change(actor, "analysis.record", answered[0].run_id) as uow:
+            seqs = [uow.append_root(one).seq for one in answered]
             uow.checkpoint()
-        return uow.recorded(entry.seq)
+        return uow.recorded(seqs)
 
     def release(self, actor: Actor, released: ModelReleased) -> Recorded[ModelRecord]:
         """Record ``model.released`` (the model is in the registry already).

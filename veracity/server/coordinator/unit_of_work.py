@@ -37,6 +37,7 @@ __all__ = [
     "SystemActor",
     "SERVER_APP",
     "INFERENCE",
+    "SUPERVISOR",
     "operator",
     "AuditHook",
     "Recorded",
@@ -84,6 +85,8 @@ class SystemActor:
 SERVER_APP = SystemActor(name="serverapp", role="serverapp")
 #: The encrypted-inference service recording a batch it served.
 INFERENCE = SystemActor(name="inference", role="service")
+#: ``veracity server start`` recording the end of a run whose ServerApp died unrecorded.
+SUPERVISOR = SystemActor(name="supervisor", role="service")
 
 
 def operator(name: str | None = None) -> SystemActor:

@@ -31,7 +31,9 @@ __all__ = ["install_console"]
 
 
 def _is_console(request: Request) -> bool:
-    return not request.url.path.startswith(("/api/", "/health", "/docs", "/openapi", "/redoc"))
+    return not request.url.path.startswith(
+        ("/api/", "/health", "/ready", "/docs", "/openapi", "/redoc")
+    )
 
 
 def install_console(app: FastAPI) -> None:

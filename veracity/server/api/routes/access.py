@@ -11,6 +11,7 @@ from veracity.server.api import actions
 from veracity.server.api.deps import (
     AdminDep,
     AnyRoleDep,
+    PageDep,
     ServiceDep,
     SettingsDep,
     TokensDep,
@@ -63,10 +64,11 @@ def create_token(
     return TokenCreatedOut(token=issued.token, info=TokenOut(**issued.info.to_json()))
 
 
-@router.get("/tokens", summary="Issued tokens", responses=responses(401, 403))
-def list_tokens(principal: AdminDep, tokens: TokensDep) -> TokenListOut:
+@router.get("/tokens", summary="Issued tokens", responses=responses(401, 403, 422))
+def list_tokens(principal: AdminDep, tokens: TokensDep, page: PageDep) -> TokenListOut:
     """Every token's record (never the token)."""
-    return TokenListOut(items=[TokenOut(**info.to_json()) for info in tokens.list()])
+    infos, following = page.of(tokens.list())
+    return TokenListOut(items=[TokenOut(**info.to_json()) for info in infos], next_offset=following)
 
 
 @router.post(

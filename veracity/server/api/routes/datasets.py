@@ -6,6 +6,7 @@ from fastapi import APIRouter, Request
 
 from veracity.server.api.deps import (
     AdminOrSiteDep,
+    PageDep,
     ServiceDep,
     SiteDep,
     action_id,
@@ -48,12 +49,13 @@ def register_dataset(
     )
 
 
-@router.get("", summary="Registered datasets", responses=responses(401, 403))
-def list_datasets(principal: AdminOrSiteDep, service: ServiceDep) -> DatasetListOut:
+@router.get("", summary="Registered datasets", responses=responses(401, 403, 422))
+def list_datasets(principal: AdminOrSiteDep, service: ServiceDep, page: PageDep) -> DatasetListOut:
     """The latest registration per site and dataset id (a site sees only its own)."""
     site = principal.site if principal.role is Role.SITE else None
-    records = service.reads.datasets(site_name=site)
-    return DatasetListOut(items=[DatasetOut(**record.to_json()) for record in records])
+    records, following = page.of(service.reads.datasets(site_name=site))
+    items = [DatasetOut(**record.to_json()) for record in records]
+    return DatasetListOut(items=items, next_offset=following)
 
 
 declare_roles(router)

@@ -5,18 +5,18 @@ Readable by auditors and admins; only an admin signs a new checkpoint.
 
 from __future__ import annotations
 
+import functools
 import shutil
 import tempfile
 from pathlib import Path as FilePath
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Path, Query
-from fastapi.concurrency import run_in_threadpool
+from fastapi import APIRouter, Depends, Path, Query, Request
 from fastapi.responses import FileResponse
 from starlette.background import BackgroundTask
 
 from veracity.contracts.events import KINDS, NAME_PATTERN
-from veracity.errors import InputError, NotFound
+from veracity.errors import Conflict, InputError, NotFound
 from veracity.ledger.checkpoint import Checkpoint
 from veracity.ledger.entry import Entry
 from veracity.server.api.deps import (
@@ -27,6 +27,7 @@ from veracity.server.api.deps import (
     clamp_limit,
     declare_roles,
 )
+from veracity.server.api.jobs import LedgerJobs
 from veracity.server.api.problems import responses
 from veracity.server.api.schemas import (
     HASH_PATTERN,
@@ -37,6 +38,8 @@ from veracity.server.api.schemas import (
     EntryPageOut,
     InclusionOut,
     LedgerInfoOut,
+    LedgerJobIn,
+    LedgerJobOut,
     VerifyOut,
 )
 
@@ -51,6 +54,19 @@ Size = Annotated[int, Query(ge=1, le=MAX_SEQ)]
 Limit = Annotated[int, Query(ge=1, le=10_000, description="Page size (capped by the server).")]
 KindFilter = Annotated[str | None, Query(pattern=r"^[a-z]+(\.[a-z]+)?$", max_length=64)]
 ActorFilter = Annotated[str | None, Query(pattern=NAME_PATTERN)]
+RootSignatures = Annotated[
+    Literal["all", "tail"],
+    Query(description="'tail' skips root signatures a checkpoint already covers."),
+]
+JobIdPath = Annotated[str, Path(pattern=r"^[0-9a-f]{24}$")]
+
+
+def _jobs(request: Request) -> LedgerJobs:
+    jobs: LedgerJobs = request.app.state.ledger_jobs
+    return jobs
+
+
+JobsDep = Annotated[LedgerJobs, Depends(_jobs)]
 
 
 def entry_out(entry: Entry) -> EntryOut:
@@ -100,16 +116,77 @@ def get_entry(
 async def verify(
     principal: AuditDep,
     service: ServiceDep,
-    root_signatures: Annotated[
-        Literal["all", "tail"],
-        Query(description="'tail' skips root signatures a checkpoint already covers."),
-    ] = "all",
+    jobs: JobsDep,
+    root_signatures: RootSignatures = "all",
 ) -> VerifyOut:
-    """Recompute every hash, link, signature, receipt and checkpoint against the root key."""
-    report: dict[str, Any] = await run_in_threadpool(
-        service.audit_log.verify, root_signatures=root_signatures
+    """Recompute every hash, link, signature, receipt and checkpoint against the root key.
+
+    It waits for a free ledger job slot without holding a request thread; for a large ledger,
+    ``POST /ledger/jobs`` answers at once instead.
+    """
+    report: dict[str, Any] = await jobs.run_now(
+        functools.partial(service.audit_log.verify, root_signatures=root_signatures)
     )
     return VerifyOut(**report)
+
+
+@router.post(
+    "/jobs",
+    status_code=202,
+    summary="Start a verification or an export in the background",
+    responses=responses(401, 403, 422),
+)
+async def start_job(
+    body: LedgerJobIn, principal: AuditDep, service: ServiceDep, jobs: JobsDep
+) -> LedgerJobOut:
+    """Queue the job and answer at once; ``GET /ledger/jobs/{id}`` follows it."""
+    audit_log = service.audit_log
+    mode = body.root_signatures
+
+    def work(directory: FilePath) -> dict[str, Any]:
+        if body.kind == "verify":
+            report: dict[str, Any] = audit_log.verify(root_signatures=mode)
+            return report
+        _path, summary = audit_log.export_bundle(directory)
+        return {k: summary[k] for k in ("entries", "checkpoints", "bytes", "sha256")}
+
+    job = jobs.start(body.kind, principal.name, work)
+    return LedgerJobOut(**job.to_json())
+
+
+@router.get(
+    "/jobs/{job_id}", summary="A background ledger job", responses=responses(401, 403, 404, 422)
+)
+def get_job(job_id: JobIdPath, principal: AuditDep, jobs: JobsDep) -> LedgerJobOut:
+    """Its status and, once done, the report or the bundle's size and SHA-256."""
+    return LedgerJobOut(**jobs.get(job_id).to_json())
+
+
+@router.get(
+    "/jobs/{job_id}/bundle",
+    summary="The bundle an export job wrote",
+    response_class=FileResponse,
+    responses={
+        200: {
+            "description": "The bundle (JSON Lines); verify it with `veracity ledger verify`.",
+            "content": {"application/x-ndjson": {"schema": {"type": "string"}}},
+        },
+        **responses(401, 403, 404, 409, 422),
+    },
+)
+def job_bundle(job_id: JobIdPath, principal: AuditDep, jobs: JobsDep) -> FileResponse:
+    """The file of a finished export job (kept until the job is evicted)."""
+    job = jobs.get(job_id)
+    if job.kind != "export":
+        raise NotFound(f"ledger job {job_id} is a {job.kind}, it wrote no bundle")
+    if job.status != "done" or job.bundle is None or job.result is None:
+        raise Conflict(f"ledger job {job_id} is {job.status}; its bundle is not ready")
+    return FileResponse(
+        job.bundle,
+        media_type="application/x-ndjson",
+        filename=f"veracity-ledger-{job.result['entries']}.jsonl",
+        headers={"X-Bundle-SHA256": str(job.result["sha256"])},
+    )
 
 
 @router.get(
@@ -162,10 +239,11 @@ def list_checkpoints(
     limit: Limit = 100,
 ) -> CheckpointListOut:
     """Checkpoints with ``tree_size >= since_size``, oldest first."""
-    listed = service.audit_log.checkpoints(
-        since_size=since_size, limit=clamp_limit(limit, settings)
-    )
-    return CheckpointListOut(items=[CheckpointOut(**c.to_json()) for c in listed])
+    size = clamp_limit(limit, settings)
+    listed = service.audit_log.checkpoints(since_size=since_size, limit=size + 1)
+    following = listed[size - 1].tree_size + 1 if len(listed) > size else None
+    items = [CheckpointOut(**c.to_json()) for c in listed[:size]]
+    return CheckpointListOut(items=items, next_since_size=following)
 
 
 @router.get(
@@ -203,11 +281,17 @@ def sign_checkpoint(principal: AdminDep, service: ServiceDep) -> CheckpointOut:
         **responses(401, 403),
     },
 )
-def export_bundle(principal: AuditDep, service: ServiceDep) -> FileResponse:
-    """Every entry, checkpoint and key event in one file (removed once sent)."""
+async def export_bundle(principal: AuditDep, service: ServiceDep, jobs: JobsDep) -> FileResponse:
+    """Every entry, checkpoint and key event in one file (removed once sent).
+
+    It waits for a free ledger job slot without holding a request thread; for a large ledger,
+    ``POST /ledger/jobs`` with ``{"kind": "export"}`` answers at once instead.
+    """
     directory = FilePath(tempfile.mkdtemp(prefix="veracity-export-"))
     try:
-        path, summary = service.audit_log.export_bundle(directory)
+        path, summary = await jobs.run_now(
+            functools.partial(service.audit_log.export_bundle, directory)
+        )
     except BaseException:
         shutil.rmtree(directory, ignore_errors=True)
         raise

@@ -8,7 +8,13 @@ from fastapi import APIRouter, Path, Request
 from fastapi.responses import Response
 
 from veracity.server.api.budget import BudgetStore
-from veracity.server.api.deps import AdminDep, ModelReaderDep, ServiceDep, declare_roles
+from veracity.server.api.deps import (
+    AdminDep,
+    ModelReaderDep,
+    PageDep,
+    ServiceDep,
+    declare_roles,
+)
 from veracity.server.api.problems import responses
 from veracity.server.api.schemas import (
     HASH_PATTERN,
@@ -26,10 +32,12 @@ router = APIRouter(prefix="/models", tags=["models"])
 ModelHashPath = Annotated[str, Path(pattern=HASH_PATTERN)]
 
 
-@router.get("", summary="Released models", responses=responses(401, 403, 409))
-def list_models(principal: ModelReaderDep, service: ServiceDep) -> ModelListOut:
+@router.get("", summary="Released models", responses=responses(401, 403, 409, 422))
+def list_models(principal: ModelReaderDep, service: ServiceDep, page: PageDep) -> ModelListOut:
     """Every model in the registry, with its ``model.released`` seq."""
+    models, following = page.of(service.models())
     return ModelListOut(
+        next_offset=following,
         items=[
             ModelSummaryOut(
                 model_hash=model.model_hash,
@@ -40,8 +48,8 @@ def list_models(principal: ModelReaderDep, service: ServiceDep) -> ModelListOut:
                 card_hash=model.card_hash,
                 released_seq=None if release is None else release.seq,
             )
-            for model, release in service.models()
-        ]
+            for model, release in models
+        ],
     )
 
 
@@ -102,12 +110,17 @@ def _budgets(request: Request) -> BudgetStore:
     responses=responses(401, 403, 404, 409, 422),
 )
 def list_budgets(
-    model_hash: ModelHashPath, request: Request, principal: AdminDep, service: ServiceDep
+    model_hash: ModelHashPath,
+    request: Request,
+    principal: AdminDep,
+    service: ServiceDep,
+    page: PageDep,
 ) -> QueryBudgetListOut:
     """Every requester with a budget set for this model or predictions charged to it."""
     service.model(model_hash)
-    items = [QueryBudgetOut(**b.to_json()) for b in _budgets(request).list(model_hash)]
-    return QueryBudgetListOut(items=items)
+    budgets, following = page.of(_budgets(request).list(model_hash))
+    items = [QueryBudgetOut(**b.to_json()) for b in budgets]
+    return QueryBudgetListOut(items=items, next_offset=following)
 
 
 @router.put(

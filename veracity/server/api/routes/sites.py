@@ -9,6 +9,7 @@ from fastapi import APIRouter, Path, Request
 from veracity.server.api.deps import (
     AdminDep,
     AdminOrSiteDep,
+    PageDep,
     ServiceDep,
     action_id,
     declare_roles,
@@ -58,10 +59,12 @@ def enrol_site(body: SiteEnrolIn, principal: AdminDep, service: ServiceDep) -> S
     )
 
 
-@router.get("", summary="Enrolled sites", responses=responses(401, 403))
-def list_sites(principal: AdminDep, service: ServiceDep) -> SiteListOut:
-    """Every enrolled site with its current key id (null once revoked)."""
+@router.get("", summary="Enrolled sites", responses=responses(401, 403, 422))
+def list_sites(principal: AdminDep, service: ServiceDep, page: PageDep) -> SiteListOut:
+    """Every enrolled site with its current key id (null once revoked), a page at a time."""
+    sites, following = page.of(service.reads.sites())
     return SiteListOut(
+        next_offset=following,
         items=[
             SiteSummaryOut(
                 name=site.name,
@@ -69,8 +72,8 @@ def list_sites(principal: AdminDep, service: ServiceDep) -> SiteListOut:
                 valid_from=site.valid_from,
                 key_id=site.key_id,
             )
-            for site in service.reads.sites()
-        ]
+            for site in sites
+        ],
     )
 
 

@@ -10,6 +10,7 @@ from veracity.errors import InputError
 from veracity.server.api.deps import (
     AdminDep,
     AdminOrSiteDep,
+    PageDep,
     ServiceDep,
     SiteDep,
     action_id,
@@ -58,12 +59,13 @@ def propose_study(
     )
 
 
-@router.get("", summary="Proposed studies", responses=responses(401, 403))
-def list_studies(principal: AdminOrSiteDep, service: ServiceDep) -> StudyListOut:
+@router.get("", summary="Proposed studies", responses=responses(401, 403, 422))
+def list_studies(principal: AdminOrSiteDep, service: ServiceDep, page: PageDep) -> StudyListOut:
     """Every study (a site sees the studies that name it)."""
     site = principal.site if principal.role is Role.SITE else None
-    records = service.reads.studies(site_name=site)
-    return StudyListOut(items=[StudySummaryOut(**record.summary()) for record in records])
+    records, following = page.of(service.reads.studies(site_name=site))
+    items = [StudySummaryOut(**record.summary()) for record in records]
+    return StudyListOut(items=items, next_offset=following)
 
 
 @router.get(

@@ -1,0 +1,171 @@
+"""The auditor's replay of a run's aggregation, from a ledger bundle and a run archive.
+
+:func:`replay_aggregation` takes nothing on the coordinator's word. Its steps, numbered as
+the code below labels them:
+
+1. Verify the bundle against the trusted root key (every entry, signature, checkpoint).
+2. Read the run's ``round.completed`` entries from the verified bundle, in round order.
+   The run is the archive index's ``run_id``; a run the bundle does not record is refused.
+3. For each round, read from the archive each update its receipts name, by the receipt's
+   ``update_hash``; a missing file, or one whose weights hash to anything else, fails the
+   round.
+4. Recompute the aggregate with the strategy's own FedAvg (:func:`~veracity.server.strategy.
+   fedavg`): updates in site order, each weighted by its receipt's ``num_examples``, and
+   check that its hash is the round's ``aggregated_model_hash``.
+5. Check that the model the run released (``model.released`` and ``run.finished``) is the
+   last replayed round's aggregate.
+
+The first round that differs raises :class:`~veracity.errors.ReplayMismatch` naming it.
+A study with client-level DP (``central_dp``) is refused for now: its aggregate carries
+noise whose seed the coordinator does not reveal, and the statistical check of that noise
+is not built yet.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from veracity.crypto.keys import VerifyKey
+from veracity.errors import InputError, NotFound, ReplayMismatch
+from veracity.ledger.bundle_view import BundleLedger
+from veracity.ledger.verify import verify_bundle_file
+from veracity.server.round_archive import ARCHIVE_FORMAT, UpdateStore
+from veracity.server.strategy import fedavg
+from veracity.tasks.weights import weights_hash
+
+__all__ = ["ReplayReport", "replay_aggregation"]
+
+
+@dataclass(frozen=True)
+class ReplayReport:
+    """What a successful replay checked."""
+
+    run_id: str
+    study_hash: str
+    rounds: int
+    updates: int
+    final_model_hash: str
+    released_model_hash: str | None
+
+    def to_json(self) -> dict[str, Any]:
+        """The report as ``--format json`` prints it."""
+        return {
+            "ok": True,
+            "run_id": self.run_id,
+            "study_hash": self.study_hash,
+            "rounds": self.rounds,
+            "updates": self.updates,
+            "final_model_hash": self.final_model_hash,
+            "released_model_hash": self.released_model_hash,
+        }
+
+
+def _archive_run_id(archive: Path) -> str:
+    try:
+        index = json.loads((archive / "index.json").read_text(encoding="utf-8"))
+    except OSError as err:
+        raise InputError(f"{archive} is not a run archive: cannot read index.json") from err
+    except ValueError as err:
+        raise InputError(f"{archive}/index.json is not valid JSON: {err}") from err
+    if not isinstance(index, dict) or index.get("format") != ARCHIVE_FORMAT:
+        raise InputError(f"{archive}/index.json is not a {ARCHIVE_FORMAT} index")
+    run_id = index.get("run_id")
+    if not isinstance(run_id, str) or not run_id:
+        raise InputError(f"{archive}/index.json names no run_id")
+    return run_id
+
+
+def replay_aggregation(bundle: Path, archive: Path, *, trusted_root: VerifyKey) -> ReplayReport:
+    """Recompute every round of the archived run and check it against the verified bundle.
+
+    Raises
+    ------
+    VerificationError
+        If the bundle does not verify against ``trusted_root``.
+    ReplayMismatch
+        Naming the first round whose updates are missing or changed, whose recomputed
+        aggregate is not the recorded one, or whose model is not the one released.
+    InputError
+        If the archive is unreadable, names a run the bundle does not record, or the run's
+        study uses client-level DP (not replayable yet).
+    """
+    # 1. The bundle checks out against the root the auditor trusts.
+    verify_bundle_file(bundle, trusted_root=trusted_root)
+    ledger = BundleLedger(bundle)
+    run_id = _archive_run_id(archive)
+
+    # 2. The run's rounds, as the verified ledger records them.
+    rounds = sorted(
+        (
+            e.payload
+            for e in ledger.iter_entries(kind="round.completed")
+            if e.payload["run_id"] == run_id
+        ),
+        key=lambda payload: int(payload["round"]),
+    )
+    if not rounds:
+        raise NotFound(f"the bundle records no completed round of run {run_id}")
+    study_hash = str(rounds[0]["study_hash"])
+    for entry in ledger.iter_entries(kind="study.proposed"):
+        if entry.payload["study_hash"] == study_hash and entry.payload["study"].get("central_dp"):
+            raise InputError(
+                f"run {run_id}'s study uses client-level DP; replaying its noised aggregate "
+                "is not supported yet"
+            )
+    store = UpdateStore(archive / "weights")
+    updates = 0
+    aggregate_hash = ""
+    for payload in rounds:
+        number = int(payload["round"])
+        # 3. Each update the receipts name, by hash, re-hashed on reading.
+        pairs = []
+        for signed in sorted(payload["receipts"], key=lambda r: r["receipt"]["site"]):
+            receipt = signed["receipt"]
+            try:
+                weights = store.get(receipt["update_hash"])
+            except InputError as err:
+                raise ReplayMismatch(
+                    f"the update of {receipt['site']} ({receipt['update_hash']}) is not in the "
+                    f"archive as its receipt names it: {err}",
+                    round=number,
+                ) from err
+            pairs.append((weights, int(receipt["num_examples"])))
+        updates += len(pairs)
+        # 4. The strategy's FedAvg over them gives the recorded aggregate.
+        recomputed = weights_hash(fedavg(pairs))
+        if recomputed != payload["aggregated_model_hash"]:
+            raise ReplayMismatch(
+                f"FedAvg of the receipted updates is {recomputed}, but round.completed "
+                f"records aggregated_model_hash {payload['aggregated_model_hash']}",
+                round=number,
+            )
+        aggregate_hash = recomputed
+
+    # 5. The released model is the last round's aggregate.
+    released = [
+        str(e.payload["model_hash"])
+        for e in ledger.iter_entries(kind="model.released")
+        if e.payload["run_id"] == run_id
+    ]
+    released += [
+        str(e.payload["model_hash"])
+        for e in ledger.iter_entries(kind="run.finished")
+        if e.payload["run_id"] == run_id and e.payload.get("model_hash")
+    ]
+    for model_hash in released:
+        if model_hash != aggregate_hash:
+            raise ReplayMismatch(
+                f"the run released model {model_hash}, not this round's aggregate {aggregate_hash}",
+                round=int(rounds[-1]["round"]),
+            )
+    return ReplayReport(
+        run_id=run_id,
+        study_hash=study_hash,
+        rounds=len(rounds),
+        updates=updates,
+        final_model_hash=aggregate_hash,
+        released_model_hash=released[0] if released else None,
+    )
