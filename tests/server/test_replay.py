@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import pytest
 from flwr.app import ArrayRecord, Message, MetricRecord
-from flwr.serverapp.strategy import FedAvg
+from flwr.serverapp.strategy import DifferentialPrivacyServerSideFixedClipping, FedAvg
 
 from tests.server.test_central_dp_run import (  # noqa: F401 - a fixture, registered by name
     NODES,
@@ -19,6 +19,7 @@ from tests.server.test_central_dp_run import (  # noqa: F401 - a fixture, regist
     SIGNED_AT,
     _execute,
     _Network,
+    _propose,
     _SitesGrid,
     _task_identity,
     enrolled_network,
@@ -194,3 +195,37 @@ def test_the_cli_replays_and_exits_1_naming_the_round_that_differs(
     (archive / "weights" / f"{update_hash}.npz").unlink()
     assert main(args) == 1
     assert "round 1:" in capsys.readouterr().err
+
+
+def test_a_central_dp_runs_noised_aggregates_replay(network: _Network, tmp_path: Path) -> None:
+    _execute(network, _propose(network, max_epsilon=50.0, rounds=3), RUN)
+    bundle, archive = _archive_and_bundle(network, tmp_path)
+
+    report = replay_aggregation(bundle, archive, trusted_root=network.coordinator.root_key.public)
+
+    assert (report.rounds, report.updates) == (3, 9)
+
+
+def test_a_central_dp_aggregate_without_its_noise_is_caught(
+    network: _Network, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A coordinator that claims client-level DP but adds no noise from round 2 on.
+    honest = DifferentialPrivacyServerSideFixedClipping._add_noise_to_aggregated_arrays
+    calls = []
+
+    def noiseless(
+        self: DifferentialPrivacyServerSideFixedClipping, arrays: ArrayRecord
+    ) -> ArrayRecord:
+        calls.append(1)
+        return honest(self, arrays) if len(calls) == 1 else arrays
+
+    monkeypatch.setattr(
+        DifferentialPrivacyServerSideFixedClipping, "_add_noise_to_aggregated_arrays", noiseless
+    )
+    _execute(network, _propose(network, max_epsilon=50.0, rounds=3), RUN)
+    monkeypatch.undo()
+    bundle, archive = _archive_and_bundle(network, tmp_path)
+
+    with pytest.raises(ReplayMismatch, match="not noise of the accounted sigma") as caught:
+        replay_aggregation(bundle, archive, trusted_root=network.coordinator.root_key.public)
+    assert caught.value.round == 2
