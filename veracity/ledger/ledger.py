@@ -1497,7 +1497,16 @@ class Ledger:
                 bodies=bodies,
                 checkpoints=listed,
                 key_events=events,
+                notes=self._bundle_notes([c.tree_size for c in listed]),
             )
+
+    def _bundle_notes(self, sizes: Sequence[int]) -> list[str]:
+        """The newest two checkpoints as signed notes with their cosignatures (rendered)."""
+        from veracity.ledger.witnessed import WitnessedLog
+
+        log = WitnessedLog(self)
+        notes = (log.stored_note(size) for size in sizes[-2:])
+        return [note.render() for note in notes if note is not None]
 
     def provenance(self, model_hash: str) -> dict[str, Any]:
         """W3C PROV-JSON of one model's lineage, derived from the entries.

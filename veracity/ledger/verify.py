@@ -1109,7 +1109,7 @@ def _read_bundle_layout(path: Path, chunk_size: int) -> _BundleLayout:
                 ) from err
         if handle.read(1):
             raise LedgerIntegrityError(
-                "the bundle holds more than its entries, checkpoints and key_events"
+                "the bundle holds more than its entries, checkpoints, key_events and notes"
             )
     checkpoints: list[Checkpoint] = []
     key_events: list[KeyEvent] = []
@@ -1117,7 +1117,7 @@ def _read_bundle_layout(path: Path, chunk_size: int) -> _BundleLayout:
     for document in documents:
         if not isinstance(document, dict) or len(document) != 1:
             raise LedgerIntegrityError(
-                "bundle trailer records must be {checkpoints} or {key_events}"
+                "bundle trailer records must be {checkpoints}, {key_events} or {notes}"
             )
         ((name, value),) = document.items()
         if name in seen:
@@ -1128,11 +1128,14 @@ def _read_bundle_layout(path: Path, chunk_size: int) -> _BundleLayout:
                 checkpoints = [Checkpoint.from_json(item) for item in value]
             elif name == "key_events":
                 key_events = [(int(s), str(k), dict(p)) for s, k, p in value]
+            elif name == "notes":
+                if not isinstance(value, list) or not all(isinstance(n, str) for n in value):
+                    raise TypeError("notes are a list of note texts")
             else:
                 raise LedgerIntegrityError(f"unknown bundle record {name!r}")
         except (InputError, TypeError, ValueError) as err:
             raise LedgerIntegrityError(f"bundle {name} record is malformed: {err}") from err
-    if seen != {"checkpoints", "key_events"}:
+    if seen - {"notes"} != {"checkpoints", "key_events"}:
         raise LedgerIntegrityError("bundle lacks its checkpoints or key_events record")
     return _BundleLayout(
         size=size, offsets=offsets, checkpoints=checkpoints, key_events=key_events, log_id=log_id

@@ -3,7 +3,8 @@
 The coordinator keeps each verified site update it aggregated (already DP-protected at the
 site) and each round's aggregated model in an :class:`UpdateStore` under
 ``DIR/updates/``, one ``.npz`` per weights hash (``veracity.tasks.weights``). An auditor gets
-a run's archive (:func:`write_archive`)::
+a run's archive (:func:`write_archive`; the admin API serves it zipped, :func:`archive_zip`,
+and ``veracity admin runs archive RUN --out DIR`` unpacks it, :func:`extract_archive`)::
 
     ARCHIVE/index.json             format, run_id, study_hash, rounds: [{round,
                                    aggregated_model_hash, updates: {site: update_hash}}]
@@ -16,9 +17,11 @@ of what it read, so a file that was changed is refused whatever the index says.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import tempfile
+import zipfile
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Protocol
@@ -27,7 +30,14 @@ from veracity.core.fields import is_hex64
 from veracity.errors import InputError, NotFound
 from veracity.tasks.weights import Weights, weights_from_bytes, weights_hash, weights_to_bytes
 
-__all__ = ["ARCHIVE_FORMAT", "UpdateStore", "write_archive"]
+__all__ = [
+    "ARCHIVE_FORMAT",
+    "UpdateStore",
+    "archive_files",
+    "archive_zip",
+    "extract_archive",
+    "write_archive",
+]
 
 ARCHIVE_FORMAT = "veracity.run-archive.v1"
 
@@ -105,37 +115,33 @@ class UpdateStore:
         return weights
 
 
-def write_archive(entries: _Entries, store: UpdateStore, run_id: str, out: Path) -> dict[str, Any]:
-    """Write the archive of ``run_id`` into the new directory ``out``; return its index.
+def archive_files(
+    entries: _Entries, store: UpdateStore, run_id: str
+) -> tuple[dict[str, Any], dict[str, bytes]]:
+    """The index of ``run_id``'s archive and its files (``weights/<hash>.npz`` -> bytes).
 
     ``entries`` is the coordinator's ledger (anything with ``iter_entries(kind=...)``); the
-    rounds are its ``round.completed`` entries of the run.
+    rounds are its ``round.completed`` entries of the run (none: an archive with no round).
 
     Raises
     ------
     NotFound
-        If the ledger records no completed round of the run, or an update or round model
-        it names is not in the store.
-    InputError
-        If ``out`` exists already.
+        If an update or round model the ledger names is not in the store.
     """
-    rounds = [
-        entry.payload
-        for entry in entries.iter_entries(kind="round.completed")
-        if entry.payload["run_id"] == run_id
-    ]
-    if not rounds:
-        raise NotFound(f"run {run_id} has no completed round to archive")
-    try:
-        (out / "weights").mkdir(parents=True, exist_ok=False)
-    except FileExistsError as err:
-        raise InputError(f"{out} exists; give a new directory for the archive") from err
+    rounds = sorted(
+        (
+            entry.payload
+            for entry in entries.iter_entries(kind="round.completed")
+            if entry.payload["run_id"] == run_id
+        ),
+        key=lambda payload: int(payload["round"]),
+    )
+    files: dict[str, bytes] = {}
     index_rounds = []
-    for payload in sorted(rounds, key=lambda p: int(p["round"])):
+    for payload in rounds:
         updates = {r["receipt"]["site"]: r["receipt"]["update_hash"] for r in payload["receipts"]}
         for digest in [*updates.values(), payload["aggregated_model_hash"]]:
-            weights = store.get(digest)
-            (out / "weights" / f"{digest}.npz").write_bytes(weights_to_bytes(weights))
+            files[f"weights/{digest}.npz"] = weights_to_bytes(store.get(digest))
         index_rounds.append(
             {
                 "round": int(payload["round"]),
@@ -146,8 +152,74 @@ def write_archive(entries: _Entries, store: UpdateStore, run_id: str, out: Path)
     index = {
         "format": ARCHIVE_FORMAT,
         "run_id": run_id,
-        "study_hash": rounds[0]["study_hash"],
+        "study_hash": rounds[0]["study_hash"] if rounds else None,
         "rounds": index_rounds,
     }
+    return index, files
+
+
+def _write_directory(out: Path, index: dict[str, Any], files: dict[str, bytes]) -> None:
+    try:
+        (out / "weights").mkdir(parents=True, exist_ok=False)
+    except FileExistsError as err:
+        raise InputError(f"{out} exists; give a new directory for the archive") from err
+    for name, data in files.items():
+        (out / name).write_bytes(data)
     (out / "index.json").write_text(json.dumps(index, indent=2, sort_keys=True), encoding="utf-8")
+
+
+def write_archive(entries: _Entries, store: UpdateStore, run_id: str, out: Path) -> dict[str, Any]:
+    """Write the archive of ``run_id`` into the new directory ``out``; return its index.
+
+    Raises
+    ------
+    NotFound
+        As :func:`archive_files`.
+    InputError
+        If ``out`` exists already.
+    """
+    index, files = archive_files(entries, store, run_id)
+    _write_directory(out, index, files)
+    return index
+
+
+def archive_zip(entries: _Entries, store: UpdateStore, run_id: str) -> bytes:
+    """The archive of ``run_id`` as one zip file (what the admin API serves)."""
+    index, files = archive_files(entries, store, run_id)
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_STORED) as archive:
+        archive.writestr("index.json", json.dumps(index, indent=2, sort_keys=True))
+        for name, data in sorted(files.items()):
+            archive.writestr(name, data)
+    return buffer.getvalue()
+
+
+def extract_archive(data: bytes, out: Path) -> dict[str, Any]:
+    """Unpack a zip from :func:`archive_zip` into the new directory ``out``; its index.
+
+    Only ``index.json`` and ``weights/<64 hex>.npz`` are accepted, so no name in the zip
+    can write outside ``out``.
+
+    Raises
+    ------
+    InputError
+        If the zip is unreadable, holds any other name or no readable index, or ``out``
+        exists already.
+    """
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as archive:
+            contents = {info.filename: archive.read(info) for info in archive.infolist()}
+    except (zipfile.BadZipFile, ValueError) as err:
+        raise InputError(f"the run archive is not a readable zip: {err}") from err
+    try:
+        index = json.loads(contents.pop("index.json"))
+    except (KeyError, ValueError) as err:
+        raise InputError("the run archive has no readable index.json") from err
+    for name in contents:
+        folder, _, file = name.partition("/")
+        if folder != "weights" or not file.endswith(".npz") or not is_hex64(file[:-4]):
+            raise InputError(f"the run archive holds {name!r}, which is not weights/<hash>.npz")
+    if not isinstance(index, dict) or index.get("format") != ARCHIVE_FORMAT:
+        raise InputError(f"the run archive's index is not a {ARCHIVE_FORMAT} index")
+    _write_directory(out, index, contents)
     return index
