@@ -669,6 +669,29 @@ def runs_show(
     )  # fmt: skip
 
 
+@runs_app.command("archive")
+def runs_archive(
+    run_id: Annotated[str, typer.Argument(help="The run's id.")],
+    out: Annotated[
+        Path,
+        typer.Option("--out", envvar="VERACITY_OUT", help="New directory for the archive."),
+    ],
+    server: ServerOption = DEFAULT_SERVER,
+    token: TokenOption = None,
+    ca_cert: CaCertOption = None,
+    output_format: FormatOption = OutputFormat.TEXT,
+) -> None:
+    """Download a run's archive (every round's updates and model, by hash) for a replay."""
+    from veracity.server.round_archive import extract_archive
+
+    with _Api(server, token, ca_cert) as api:
+        data = api.client.run_archive(api.token, run_id)
+    index = extract_archive(data, out)
+    shown = {"archive": str(out.absolute()), "run_id": run_id, "rounds": len(index["rounds"])}
+    _show(output_format, shown, "run archived", [[k, v] for k, v in shown.items()])
+    emit_next(f"veracity ledger replay --bundle ledger.jsonl --archive {_q(out)} --trust root.pub")
+
+
 # ---------------------------------------------------------------------------- models
 @models_app.command("list")
 def models_list(

@@ -232,6 +232,10 @@ class CoordinatorClient:
         """``GET /models/{hash}/weights`` (admin): the plaintext weights file."""
         return self.send("GET", f"/models/{model_hash}/weights", token).content
 
+    def run_archive(self, token: str, run_id: str) -> bytes:
+        """``GET /runs/{run_id}/archive`` (admin, auditor): the run archive, zipped."""
+        return self.send("GET", f"/runs/{run_id}/archive", token).content
+
     def export_ledger(self, token: str) -> bytes:
         """``GET /ledger/export``: the ledger bundle (JSON lines)."""
         return self.send("GET", "/ledger/export", token).content

@@ -101,10 +101,12 @@ def _register_subcommands() -> None:
     from veracity.ledger.cli import app as ledger_app
     from veracity.ledger.witness_cli import register as register_witness_commands
     from veracity.server.cli import app as server_app
+    from veracity.server.replay_cli import register as register_replay
 
     app.command("demo")(demo)
     app.add_typer(keys_app, name="keys")
     register_witness_commands(ledger_app)
+    register_replay(ledger_app)
     app.add_typer(ledger_app, name="ledger")
     site_app.command("start")(site_start)
     app.add_typer(site_app, name="site")

@@ -10,7 +10,8 @@ The tree, one root::
     ├── VerificationError           something checked and found wrong (exit 1)
     │   ├── LedgerIntegrityError    an entry, chain link or checkpoint is wrong; names the seq
     │   ├── SignatureError          a signature does not verify, or the key is not trusted
-    │   └── ProofError              a Merkle inclusion or consistency proof does not verify
+    │   ├── ProofError              a Merkle inclusion or consistency proof does not verify
+    │   └── ReplayMismatch          a replayed round does not give what the ledger recorded
     ├── PrivacyBudgetExceeded       training would pass a dataset's or study's epsilon (exit 1)
     ├── QueryBudgetExceeded         a requester asked a model for more predictions than allowed
     ├── ApprovalMissing             no approval from the site operator for this study (exit 1)
@@ -34,6 +35,7 @@ __all__ = [
     "LedgerIntegrityError",
     "SignatureError",
     "ProofError",
+    "ReplayMismatch",
     "PrivacyBudgetExceeded",
     "QueryBudgetExceeded",
     "ApprovalMissing",
@@ -103,6 +105,23 @@ class SignatureError(VerificationError):
 
 class ProofError(VerificationError):
     """A Merkle inclusion or consistency proof does not verify."""
+
+
+class ReplayMismatch(VerificationError):
+    """A replayed round does not reproduce what the ledger recorded for it.
+
+    Parameters
+    ----------
+    reason
+        What differs.
+    round
+        The first round that differs.
+    """
+
+    def __init__(self, reason: str, *, round: int) -> None:
+        self.round = round
+        self.reason = reason
+        super().__init__(f"round {round}: {reason}")
 
 
 class PrivacyBudgetExceeded(VeracityError):

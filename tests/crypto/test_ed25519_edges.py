@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from veracity.crypto.keys import VerifyKey, _sodium_accepts
+from veracity.crypto.keys import SigningKey, VerifyKey, _sodium_accepts
 from veracity.errors import SignatureError
 
 VECTORS = Path(__file__).resolve().parents[1] / "vectors"
@@ -153,6 +153,21 @@ def _small_order_cases() -> Iterator[tuple[str, bytes, bytes, bytes]]:
                                 message,
                             )
                             break
+
+
+def test_signing_makes_the_rfc8032_signatures_openssl_makes() -> None:
+    vectors = json.loads((VECTORS / "rfc8032-ed25519.json").read_text(encoding="utf-8"))["vectors"]
+    for vector in vectors:
+        private = Ed25519PrivateKey.from_private_bytes(bytes.fromhex(vector["secret_key"]))
+        message = bytes.fromhex(vector["message"])
+        made = SigningKey(private).sign(message)
+        assert made == bytes.fromhex(vector["signature"]) == private.sign(message), vector["name"]
+
+
+@given(seed=st.binary(min_size=32, max_size=32), message=st.binary(max_size=300))
+def test_signing_makes_the_bytes_openssl_makes(seed: bytes, message: bytes) -> None:
+    private = Ed25519PrivateKey.from_private_bytes(seed)
+    assert SigningKey(private).sign(message) == private.sign(message)
 
 
 def test_rfc8032_vectors_agree() -> None:

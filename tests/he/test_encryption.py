@@ -127,6 +127,7 @@ def test_ten_class_scores_match_plaintext_on_digits(
     assert float((logits.argmax(axis=1) == digits.test_y[: len(x)]).mean()) > 0.9
 
 
+@pytest.mark.slow  # ~10 CPU-s at N=16384: in `make test`, not the edit loop
 def test_the_digits_cnn_under_encryption_agrees_with_plaintext_on_every_test_image(
     digits: Any, digits_cnn: tuple[Any, dict[str, Any]]
 ) -> None:

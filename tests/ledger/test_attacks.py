@@ -189,6 +189,46 @@ def test_a_key_event_edited_below_the_last_checkpoint_is_not_trusted_by_the_sign
     assert caught.value.seq == 1
 
 
+def test_the_signer_checks_site_signatures_in_entries_it_appended_itself(
+    db_url: str, make_world: Callable[..., World]
+) -> None:
+    """The signer skips only its own root signatures: the append path trusted an edited
+    key index, and the checkpoint still refuses the statement it let in."""
+    world = make_world(db_url)
+    mallory = seeded_key("mallory")
+    with world.ledger.engine.begin() as connection:
+        connection.execute(
+            sa.text(
+                "UPDATE ledger_key_event SET public_key = :key, key_id = :key_id "
+                "WHERE name = 'hospital-a'"
+            ),
+            {"key": mallory.public.pem(), "key_id": mallory.public.key_id},
+        )
+    entry = world.ledger.append(
+        "note.recorded", "hospital-a", {"text": "as hospital-a"}, signer=mallory
+    )
+
+    with pytest.raises(LedgerIntegrityError, match="signature") as caught:
+        world.ledger.checkpoint()
+    assert caught.value.seq == entry.seq
+    assert world.ledger.checkpoints() == []
+
+
+def test_the_signer_checks_every_signature_of_an_entry_it_appended_then_found_changed(
+    db_url: str, make_world: Callable[..., World]
+) -> None:
+    world = make_world(db_url)
+    world.note(ROOT_ACTOR, "the root's own entry")
+    head = world.ledger.size() - 1
+    forged = dict(parse_body(world.ledger.get(head).body).payload, text="rewritten")
+    rechain(world.ledger, head, [])
+    raw_append(world.ledger, "note.recorded", ROOT_ACTOR, forged, signature=ZERO_SIGNATURE)
+
+    with pytest.raises(LedgerIntegrityError, match="signature") as caught:
+        world.ledger.checkpoint()
+    assert caught.value.seq == head
+
+
 # ---------------------------------------------------------------------- attack 5
 
 

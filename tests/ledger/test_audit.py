@@ -212,3 +212,24 @@ def test_a_consistently_truncated_bundle_is_refused_by_an_auditor_with_state(
     code, report = verify(cut, "--state", state)
     assert code == 1
     assert "truncated" in report["reason"]
+
+
+def test_a_bundle_carries_the_cosigned_notes_an_auditor_needs_for_the_policy(
+    make_world: Callable[..., World],
+    db_url: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """An auditor holding only the bundle (no database, no note files) checks the quorum."""
+    world = _world(make_world, db_url)
+    _trust(world, tmp_path)
+    _cosign(world, tmp_path, ("hospital-a", "hospital-c"))
+    bundle = tmp_path / "ledger.jsonl"
+    exported = world.ledger.export_bundle(bundle)
+    code, report, err = run(
+        capsys, "ledger", "verify", "--bundle", str(bundle), "--trust", str(tmp_path / "root.pub"),
+        "--policy", str(_policy(world, tmp_path)), "--format", "json",
+    )  # fmt: skip
+    assert code == 0, report or err
+    assert report["witnesses"]["cosigned_by"] == ["hospital-a", "hospital-c"]
+    assert exported["notes"] == 1

@@ -148,9 +148,22 @@ class _Network:
 
 @pytest.fixture
 def network(tmp_path: Path) -> Iterator[_Network]:
+    yield from enrolled_network(tmp_path)
+
+
+def enrolled_network(tmp_path: Path) -> Iterator[_Network]:
+    """A coordinator with the three sites enrolled and their datasets registered."""
     coordinator = init_coordinator(
         tmp_path / "coordinator", superlink_port=free_port(), federation=InMemoryFederation()
     )
+    try:
+        yield enrol_sites(coordinator)
+    finally:
+        coordinator.close()
+
+
+def enrol_sites(coordinator: CoordinatorService) -> _Network:
+    """Enrol the three sites on ``coordinator`` and register their datasets."""
     sites = {name: make_site_identity(name) for name in NODES.values()}
     for site in sites.values():
         coordinator.enrol_site(
@@ -169,10 +182,7 @@ def network(tmp_path: Path) -> Iterator[_Network]:
         }  # fmt: skip
         signature = sign_statement(site.key, "dataset.registered", site.name, registered)
         coordinator.record_statement(SETUP, "dataset.registered", site.name, registered, signature)
-    try:
-        yield _Network(coordinator, sites)
-    finally:
-        coordinator.close()
+    return _Network(coordinator, sites)
 
 
 def _propose(network: _Network, *, max_epsilon: float, rounds: int, **terms: Any) -> Study:

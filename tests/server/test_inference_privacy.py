@@ -405,6 +405,7 @@ def served_cnn(
     return service, model_hash, entries
 
 
+@pytest.mark.slow  # ~8 CPU-s each at N=16384: in `make test`, not the edit loop
 @pytest.mark.parametrize("kind", ["zeros", "unit vectors", "packed images"])
 def test_a_one_image_cnn_request_with_chosen_inputs_learns_only_that_images_logits(
     kind: str,

@@ -198,8 +198,11 @@ def _with_state(
     )
 
 
-def bundle_tree(path: Path) -> tuple[MerkleTree, list[int]]:
-    """The Merkle tree and checkpoint sizes of a bundle that has already verified.
+def bundle_tree(path: Path) -> tuple[MerkleTree, list[int], list[Note]]:
+    """The Merkle tree, checkpoint sizes and notes of a bundle that has already verified.
+
+    The notes (with their cosignatures) are what the bundle carries, untrusted: the
+    policy checks them.
 
     Raises
     ------
@@ -208,6 +211,7 @@ def bundle_tree(path: Path) -> tuple[MerkleTree, list[int]]:
     """
     tree = MerkleTree()
     sizes: list[int] = []
+    notes: list[Note] = []
     try:
         with path.open("rb") as handle:
             header = json.loads(handle.readline(_MAX_LINE))
@@ -219,6 +223,10 @@ def bundle_tree(path: Path) -> tuple[MerkleTree, list[int]]:
                 tree.append(leaf_hash(line[:-1]))
             trailer = json.loads(handle.readline(_MAX_LINE))
             sizes = [int(c["tree_size"]) for c in trailer["checkpoints"]]
+            for line in handle:
+                record = json.loads(line) if line.strip() else None
+                if isinstance(record, dict) and "notes" in record:
+                    notes = [Note.parse(str(text)) for text in record["notes"]]
     except (OSError, ValueError, KeyError, TypeError) as err:
         raise InputError(f"cannot read the bundle {path} again: {err}") from err
-    return tree, sizes
+    return tree, sizes, notes

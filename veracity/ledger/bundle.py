@@ -7,7 +7,10 @@ JSON Lines, UTF-8:
    no raw newlines, so each entry is one line and is hashed exactly as stored);
 3. ``{"checkpoints": [...]}``: every root-signed checkpoint;
 4. ``{"key_events": [[seq, kind, payload], ...]}``: an index of the ``key.*`` entries (the
-   public keys), which the verifier checks against the entries themselves.
+   public keys), which the verifier checks against the entries themselves;
+5. optionally ``{"notes": [text, ...]}``: the newest checkpoints as C2SP signed notes with
+   every cosignature the log holds, so an auditor with only the bundle can check a witness
+   policy (``veracity ledger verify --bundle FILE --policy P``).
 
 Nothing in the bundle is trusted: :func:`veracity.ledger.verify.verify_bundle_file`
 recomputes everything and pins the root key the auditor supplies.
@@ -44,6 +47,7 @@ def write_bundle(
     bodies: Iterable[bytes],
     checkpoints: Sequence[Checkpoint],
     key_events: Sequence[tuple[int, str, dict[str, Any]]],
+    notes: Sequence[str] = (),
 ) -> dict[str, Any]:
     """Write a bundle atomically (temporary file beside ``path``, then rename).
 
@@ -89,6 +93,8 @@ def write_bundle(
                 raise InputError(f"expected {size} entries, read {count}")
             put(_line({"checkpoints": [c.to_json() for c in checkpoints]}))
             put(_line({"key_events": [[seq, kind, payload] for seq, kind, payload in key_events]}))
+            if notes:
+                put(_line({"notes": list(notes)}))
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(temporary, path)
@@ -99,6 +105,7 @@ def write_bundle(
         "path": str(path),
         "entries": size,
         "checkpoints": len(checkpoints),
+        "notes": len(notes),
         "bytes": written,
         "sha256": digest.hexdigest(),
     }

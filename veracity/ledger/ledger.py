@@ -16,7 +16,7 @@ import hashlib
 import logging
 import os
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import datetime
@@ -83,6 +83,8 @@ __all__ = ["Ledger", "EventRequest", "InclusionProof", "ConsistencyProof"]
 
 log = logging.getLogger(__name__)
 _CHECKPOINT_AFTER_COMMIT = "veracity.ledger.checkpoint_after_commit"
+#: The most entries whose leaf hashes :attr:`Ledger._own` remembers (about 120 bytes each).
+_OWN_LIMIT = 1 << 18
 _CHECKPOINT_HOOKED = "veracity.ledger.checkpoint_hooked"
 
 
@@ -349,6 +351,11 @@ class Ledger:
         #: True while the cache may hold leaves of a transaction not known to be committed.
         self._tree_unconfirmed = False
         self._log_id: str | None = None
+        #: Leaf hashes of the entries this process wrote (and signed as root) since the
+        #: last checkpoint it verified: the signer does not verify its own root signatures
+        #: again (:func:`~veracity.ledger.verify.verify_extension`, ``own``).
+        self._own: dict[int, bytes] = {}
+        self._own_lock = threading.Lock()
 
     # ------------------------------------------------------------------ opening
 
@@ -785,6 +792,14 @@ class Ledger:
         if key_rows:
             session.execute(insert(store.KeyEventRow), key_rows)
         session.flush()
+        if self.root_key is not None:
+            mine = self.root_key.public
+            self._remember_own(
+                (row["seq"], row["hash"])
+                for row, item in zip(entry_rows, prepared, strict=True)
+                if item.signature is not None  # countersigned with self.root_key
+                or (item.request.signer is not None and item.request.signer.public == mine)
+            )
         due = (
             self.root_key is not None
             and self.checkpoint_every > 0
@@ -884,6 +899,23 @@ class Ledger:
         store.acquire_write_lock(session)
         return self._record_checkpoint(session, signed, self.root_key)
 
+    def _remember_own(self, written: Iterable[tuple[int, bytes]]) -> None:
+        """Remember the leaf hashes of entries this process wrote at these seqs.
+
+        A transaction that rolls back leaves them behind; harmless, since they are only
+        ever used for a stored entry whose bytes hash to exactly the same.
+        """
+        with self._own_lock:
+            if len(self._own) < _OWN_LIMIT:
+                self._own.update(written)
+
+    def _own_since(self, start: int, size: int) -> dict[int, bytes]:
+        """The remembered leaf hashes for seqs in ``[start, size)``; forgets those below."""
+        with self._own_lock:
+            for seq in [seq for seq in self._own if seq < start]:
+                del self._own[seq]
+            return {seq: digest for seq, digest in self._own.items() if seq < size}
+
     def _verified_head(self, trusted: VerifyKey) -> tuple[int, bytes]:
         """Step 1 of :meth:`checkpoint_entry`: the committed size and its verified root."""
         with store.read_session(self.engine) as session, self._tree_lock:
@@ -957,6 +989,7 @@ class Ledger:
                     trusted_root=trusted,
                     key_events=events,
                     log_id=self._log_id_bytes(),
+                    own=self._own_since(start, size),
                 )
             finally:
                 result.close()
@@ -1464,7 +1497,16 @@ class Ledger:
                 bodies=bodies,
                 checkpoints=listed,
                 key_events=events,
+                notes=self._bundle_notes([c.tree_size for c in listed]),
             )
+
+    def _bundle_notes(self, sizes: Sequence[int]) -> list[str]:
+        """The newest two checkpoints as signed notes with their cosignatures (rendered)."""
+        from veracity.ledger.witnessed import WitnessedLog
+
+        log = WitnessedLog(self)
+        notes = (log.stored_note(size) for size in sizes[-2:])
+        return [note.render() for note in notes if note is not None]
 
     def provenance(self, model_hash: str) -> dict[str, Any]:
         """W3C PROV-JSON of one model's lineage, derived from the entries.

@@ -50,7 +50,7 @@ import json
 import os
 import sqlite3
 import urllib.request
-from collections.abc import Generator, Iterable, Iterator, Sequence
+from collections.abc import Generator, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from multiprocessing import get_context
@@ -183,6 +183,10 @@ class _Task:
     root_signatures: RootSignatures
     #: The log id (genesis leaf hash) every entry signature after genesis binds.
     log_id: bytes = NO_LOG_ID
+    #: Leaf hashes (by seq) of entries the checking process wrote and signed itself: the
+    #: root's signatures in an entry whose bytes hash to these are its own (see
+    #: :func:`verify_extension`); empty in every other check.
+    own: Mapping[int, bytes] = field(default_factory=dict)
 
 
 class _Failure(Exception):
@@ -303,7 +307,9 @@ def _check_row_reference(
     roles = _ALLOWED_ROLES[kind]
     if roles is not None and role not in roles:
         raise _Failure(seq, f"a {role.value} key may not record {kind}")
-    check_root = seq == 0 or task.root_signatures == "all" or seq >= task.covered_size
+    check_root = (
+        seq == 0 or task.root_signatures == "all" or seq >= task.covered_size
+    ) and task.own.get(seq) != digest
     statement = statement_of_body(entry.body)
     log_id = NO_LOG_ID if seq == 0 else task.log_id
     prev_raw = bytes.fromhex(entry.prev)
@@ -401,6 +407,7 @@ def _check_rows(rows: Iterable[Row], task: _Task) -> _Chunk:
     root_checked_from = 0 if task.root_signatures == "all" else task.covered_size
     spans: dict[str, tuple[KeyRecord | None, int, int]] = {}
     site_statements = chunk.site_statements
+    own = task.own.get if task.own else None
     sha256 = hashlib.sha256
     expected = task.start
     prev_hash: bytes | None = None
@@ -444,7 +451,9 @@ def _check_rows(rows: Iterable[Row], task: _Task) -> _Chunk:
                     roles = _ALLOWED_ROLES[kind]
                     if record is not None and (roles is None or record.role in roles):
                         is_root = record.role is Role.ROOT
-                        check_root = seq >= root_checked_from
+                        check_root = seq >= root_checked_from and (
+                            own is None or own(seq) != digest
+                        )
                         root_key = None
                         if check_root and not is_root:
                             root_span = spans.get(ROOT_ACTOR)
@@ -920,6 +929,7 @@ def verify_extension(
     trusted_root: VerifyKey,
     key_events: Sequence[KeyEvent],
     log_id: bytes,
+    own: Mapping[int, bytes] | None = None,
 ) -> bytes:
     """Check entries ``[start, end)`` that extend a verified prefix; returns their leaf hashes.
 
@@ -929,6 +939,14 @@ def verify_extension(
     ``start - 1``, ``None`` for genesis). ``key_events`` is every key event before ``end``
     read from entry bytes the caller has tied to its signed tree; those inside the range
     must be exactly the ones the entries hold.
+
+    ``own`` maps seqs to the leaf hashes of entries the caller itself wrote and signed
+    (the appending process): in a row whose bytes hash to exactly that, the root's entry
+    signature or countersignature is the caller's own, made over these bytes, and is not
+    verified again. Everything else still is: the row's structure, chain, schema and key
+    rules, and every *site* signature and receipt (the append path checked those against
+    the key index, which a database writer can edit; here they meet the key history the
+    entries hold). Any row whose bytes differ from what the caller wrote gets every check.
 
     Raises
     ------
@@ -945,6 +963,7 @@ def verify_extension(
         covered_size=0,
         root_signatures="all",
         log_id=log_id,
+        own=own or {},
     )
     chunk = _check_rows(rows, task)
     if chunk.error is not None:
@@ -1090,7 +1109,7 @@ def _read_bundle_layout(path: Path, chunk_size: int) -> _BundleLayout:
                 ) from err
         if handle.read(1):
             raise LedgerIntegrityError(
-                "the bundle holds more than its entries, checkpoints and key_events"
+                "the bundle holds more than its entries, checkpoints, key_events and notes"
             )
     checkpoints: list[Checkpoint] = []
     key_events: list[KeyEvent] = []
@@ -1098,7 +1117,7 @@ def _read_bundle_layout(path: Path, chunk_size: int) -> _BundleLayout:
     for document in documents:
         if not isinstance(document, dict) or len(document) != 1:
             raise LedgerIntegrityError(
-                "bundle trailer records must be {checkpoints} or {key_events}"
+                "bundle trailer records must be {checkpoints}, {key_events} or {notes}"
             )
         ((name, value),) = document.items()
         if name in seen:
@@ -1109,11 +1128,14 @@ def _read_bundle_layout(path: Path, chunk_size: int) -> _BundleLayout:
                 checkpoints = [Checkpoint.from_json(item) for item in value]
             elif name == "key_events":
                 key_events = [(int(s), str(k), dict(p)) for s, k, p in value]
+            elif name == "notes":
+                if not isinstance(value, list) or not all(isinstance(n, str) for n in value):
+                    raise TypeError("notes are a list of note texts")
             else:
                 raise LedgerIntegrityError(f"unknown bundle record {name!r}")
         except (InputError, TypeError, ValueError) as err:
             raise LedgerIntegrityError(f"bundle {name} record is malformed: {err}") from err
-    if seen != {"checkpoints", "key_events"}:
+    if seen - {"notes"} != {"checkpoints", "key_events"}:
         raise LedgerIntegrityError("bundle lacks its checkpoints or key_events record")
     return _BundleLayout(
         size=size, offsets=offsets, checkpoints=checkpoints, key_events=key_events, log_id=log_id

@@ -298,8 +298,7 @@ def audit_verified(
     given = [Note.parse(_read_text(path, "note")) for path in notes]
     size = int(report.entries)
     if bundle is not None:
-        tree, sizes = bundle_tree(bundle)
-        stored: list[Note] = []
+        tree, sizes, stored = bundle_tree(bundle)
         root_at = tree.root
     else:
         assert db is not None  # noqa: S101 - one of the two is given by the caller

@@ -40,6 +40,8 @@ from flwr.serverapp.strategy import (
     FedAvg,
     Strategy,
 )
+from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords
+from flwr.supercore.differential_privacy import compute_clip_model_update, compute_stdv
 
 from veracity.contracts.base import SiteStatement
 from veracity.contracts.events import Dropped, Refused, RoundCompleted
@@ -51,11 +53,11 @@ from veracity.contracts.messages import (
 )
 from veracity.crypto.keys import VerifyKey
 from veracity.errors import ConfigError, InputError, VeracityError
-from veracity.flower_serde import weights_from_record
+from veracity.flower_serde import weights_from_record, weights_to_record
 from veracity.server.polling_grid import PollingGrid
 from veracity.server.rounds import AcceptedUpdate, check_receipt, check_refusal
 from veracity.tasks.study import CentralDPConfig
-from veracity.tasks.weights import weights_hash
+from veracity.tasks.weights import Weights, weights_hash
 
 __all__ = [
     "CLIENT_EPSILON_METRIC",
@@ -66,6 +68,9 @@ __all__ = [
     "RoundOutcome",
     "AuditedStrategy",
     "aggregation_strategy",
+    "central_dp_stddev",
+    "clipped_mean",
+    "fedavg",
     "round_metrics",
 ]
 
@@ -96,6 +101,10 @@ class RoundOutcome:
     metrics: dict[str, float] = field(default_factory=dict)
     #: Wall-clock marks of the round (seconds since the epoch), for timing reports.
     timing: dict[str, float] = field(default_factory=dict)
+    #: The verified updates by site, as aggregated (kept for the run archive; not recorded).
+    updates: dict[str, Weights] = field(default_factory=dict, repr=False)
+    #: The aggregated model, when the round released one.
+    aggregated: Weights | None = field(default=None, repr=False)
 
     @property
     def participants(self) -> list[str]:
@@ -154,6 +163,61 @@ def round_metrics(records: list[RecordDict], weighting_key: str) -> MetricRecord
             examples
         )
     return MetricRecord(out)
+
+
+def _fedavg_record(weights: Weights, examples: int) -> RecordDict:
+    """A verified reply's content as FedAvg reads it: the update and its weight."""
+    return RecordDict(
+        {
+            ARRAYS_RECORD: weights_to_record(weights),
+            METRICS_RECORD: MetricRecord({EXAMPLES_KEY: examples}),
+        }
+    )
+
+
+def fedavg(updates: Sequence[tuple[Weights, int]]) -> Weights:
+    """FedAvg of ``(update, num_examples)`` pairs, in the order given, as the strategy does it.
+
+    The audited strategy (without central DP) hands FedAvg its verified replies sorted by
+    site, each weighted by its receipt's ``num_examples``; Flower's FedAvg reduces them with
+    ``aggregate_arrayrecords``. This calls the same function on the same records, so an
+    auditor's replay (:mod:`veracity.server.replay`) repeats the coordinator's float
+    arithmetic operation for operation and gets the same bytes.
+
+    Raises
+    ------
+    InputError
+        If there is no update or the weights do not sum to a positive number.
+    """
+    if not updates or sum(examples for _, examples in updates) <= 0:
+        raise InputError("FedAvg needs at least one update with a positive weight")
+    records = [_fedavg_record(weights, examples) for weights, examples in updates]
+    return weights_from_record(aggregate_arrayrecords(records, EXAMPLES_KEY))
+
+
+def clipped_mean(
+    updates: Sequence[Weights], global_model: Weights, clipping_norm: float
+) -> Weights:
+    """The mean of ``updates`` clipped around ``global_model``, before central DP's noise.
+
+    What Flower's ``DifferentialPrivacyServerSideFixedClipping`` computes from the audited
+    strategy's replies (each update's difference from the global model clipped to
+    ``clipping_norm`` in L2, array by array in the global model's order, with Flower's own
+    ``compute_clip_model_update``; then FedAvg with equal weights), before it adds noise.
+    """
+    names = list(global_model)
+    current = [np.asarray(global_model[name]) for name in names]
+    clipped = []
+    for update in updates:
+        arrays = [np.array(update[name]) for name in names]
+        compute_clip_model_update(param1=arrays, param2=current, clipping_norm=clipping_norm)
+        clipped.append((dict(zip(names, arrays, strict=True)), 1))
+    return fedavg(clipped)
+
+
+def central_dp_stddev(central_dp: CentralDPConfig, sites: int) -> float:
+    """The standard deviation of the noise central DP adds to each coordinate of the mean."""
+    return compute_stdv(central_dp.noise_multiplier, central_dp.clipping_norm, sites)
 
 
 def client_level_replace_one_epsilon(noise_multiplier: float, releases: int, delta: float) -> float:
@@ -476,6 +540,23 @@ class AuditedStrategy(Strategy):
                 f"{len(verified)} arrived; without update: {without}"
             )
         else:
+            # One order, by site, whatever order the replies arrived in: the float sum is
+            # then what an auditor's replay computes from round.completed's receipts.
+            site_of = self.sites_by_node
+            verified.sort(key=lambda reply: site_of[reply.metadata.src_node_id])
+            receipts = {update.site: update.receipt for update in outcome.accepted}
+            if self.central_dp is None:
+                for reply in verified:
+                    # FedAvg weighs by the row count the site signed, not an unsigned metric.
+                    site = site_of[reply.metadata.src_node_id]
+                    metrics_record = reply.content.metric_records[METRICS_RECORD]
+                    metrics_record[EXAMPLES_KEY] = receipts[site].num_examples
+            outcome.updates = {
+                site_of[reply.metadata.src_node_id]: weights_from_record(
+                    reply.content.array_records[ARRAYS_RECORD]
+                )
+                for reply in verified
+            }
             if self.central_dp is not None:
                 order = list(self._expected.get(server_round, {}))
                 for reply in verified:
@@ -489,7 +570,8 @@ class AuditedStrategy(Strategy):
             if arrays is None:
                 self.abort_reason = f"round {server_round}: the aggregation released no model"
             else:
-                outcome.aggregated_model_hash = weights_hash(weights_from_record(arrays))
+                outcome.aggregated = weights_from_record(arrays)
+                outcome.aggregated_model_hash = weights_hash(outcome.aggregated)
             if metrics is not None:
                 outcome.metrics = {
                     k: float(v)

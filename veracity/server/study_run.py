@@ -36,6 +36,7 @@ from veracity.server.coordinator.site_software import record_site_software
 from veracity.server.coordinator.unit_of_work import SERVER_APP
 from veracity.server.polling_grid import PollingGrid
 from veracity.server.release import release_model
+from veracity.server.round_archive import UpdateStore
 from veracity.server.site_hello import ask_site_software
 from veracity.server.strategy import AuditedStrategy, RoundOutcome, aggregation_strategy
 from veracity.tasks.study import AnyStudy
@@ -255,9 +256,15 @@ def execute_run(coordinator: CoordinatorService, grid: PollingGrid, settings: Ru
             _run_analysis(coordinator, grid, settings, study, sites_by_node)
             return
 
+        kept = UpdateStore(coordinator.home.updates)
+
         def record_round(outcome: RoundOutcome) -> None:
-            if outcome.aggregated_model_hash is None:
+            if outcome.aggregated_model_hash is None or outcome.aggregated is None:
                 return  # an aborted round: run.finished will say why
+            # Kept before the round is recorded: every recorded round can be archived.
+            for update in outcome.updates.values():
+                kept.put(update)
+            kept.put(outcome.aggregated)
             coordinator.record_round(
                 SERVER_APP, outcome.payload(run_id=run_id, study_hash=study_hash)
             )

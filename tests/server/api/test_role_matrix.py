@@ -55,6 +55,7 @@ MATRIX: list[tuple[str, str, int, int, int, int, int]] = [
     ("GET", "/api/v1/runs/{run}",                         200, 403, 403, 403, 401),
     ("GET", "/api/v1/runs/{run}/rounds",                  200, 403, 403, 403, 401),
     ("GET", "/api/v1/runs/{run}/logs",                    200, 403, 403, 403, 401),
+    ("GET", "/api/v1/runs/{run}/archive",                 200, 403, 403, 200, 401),
     ("POST", "/api/v1/runs/{run}/stop",                   200, 403, 403, 403, 401),
     ("POST", "/api/v1/analyses",                          201, 403, 201, 403, 401),
     ("GET", "/api/v1/analyses/{analysis}/runs/{analysis_run}", 200, 403, 200, 403, 401),

@@ -13,6 +13,7 @@ Layout of ``DIR``::
     tls/               CA and the server certificate (SuperLink and admin API)
     veracity.db        ledger, read model and API tables (unless db_url names PostgreSQL)
     models/            the model registry
+    updates/           every round's received site updates and aggregate, by hash
     flwr/              Flower's home and the SuperLink's state (superlink.db)
     runs/              RUN.seeds.json (committed to in run.started), RUN.timing.json
     logs/              logs of the processes the coordinator runs
@@ -148,6 +149,11 @@ class CoordinatorHome:
     def models(self) -> Path:
         """The model registry."""
         return self.data_dir / "models"
+
+    @property
+    def updates(self) -> Path:
+        """The received site updates and round models, by hash (``round_archive``)."""
+        return self.data_dir / "updates"
 
     @property
     def logs(self) -> Path:

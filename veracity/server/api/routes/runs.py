@@ -1,13 +1,18 @@
-"""``/runs``: start a run of an approved study on the SuperLink, follow it, stop it (admin)."""
+"""``/runs``: start, follow and stop runs (admin); download a run's archive (auditor).
+
+The archive (every round's received updates and model, by hash) is what ``veracity ledger
+replay`` recomputes the aggregation from.
+"""
 
 from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Path, Query
+from fastapi import APIRouter, Path, Query, Response
 
 from veracity.server.api.deps import (
     AdminDep,
+    AuditDep,
     PageDep,
     ServiceDep,
     SettingsDep,
@@ -93,6 +98,32 @@ def run_logs(
     """Log text since ``after``, read for at most ``wait`` seconds (capped by the server)."""
     text, latest = service.run_logs(run_id, after=after, wait=min(wait, settings.log_wait_max))
     return RunLogsOut(run_id=run_id, text=text, latest=latest)
+
+
+@router.get(
+    "/{run_id}/archive",
+    summary="A run's archive: every round's updates and model, by hash",
+    response_class=Response,
+    responses={
+        200: {
+            "description": "A zip of index.json and weights/<hash>.npz; replay it with "
+            "`veracity ledger replay --bundle FILE --archive DIR --trust root.pub`.",
+            "content": {"application/zip": {"schema": {"type": "string", "format": "binary"}}},
+        },
+        **responses(401, 403, 404, 422),
+    },
+)
+def run_archive(run_id: RunIdPath, principal: AuditDep, service: ServiceDep) -> Response:
+    """The updates each round aggregated (DP-protected at their site) and its model."""
+    from veracity.server.round_archive import UpdateStore, archive_zip
+
+    service.reads.run(run_id)  # 404 for a run this coordinator never started
+    data = archive_zip(service.ledger, UpdateStore(service.home.updates), run_id)
+    return Response(
+        data,
+        media_type="application/zip",
+        headers={"Content-Disposition": f'attachment; filename="veracity-run-{run_id}.zip"'},
+    )
 
 
 @router.post(

@@ -1,0 +1,225 @@
+"""Every round's received updates and aggregate, kept by hash, and a run's archive of them.
+
+The coordinator keeps each verified site update it aggregated (already DP-protected at the
+site) and each round's aggregated model in an :class:`UpdateStore` under
+``DIR/updates/``, one ``.npz`` per weights hash (``veracity.tasks.weights``). An auditor gets
+a run's archive (:func:`write_archive`; the admin API serves it zipped, :func:`archive_zip`,
+and ``veracity admin runs archive RUN --out DIR`` unpacks it, :func:`extract_archive`)::
+
+    ARCHIVE/index.json             format, run_id, study_hash, rounds: [{round,
+                                   aggregated_model_hash, updates: {site: update_hash}}]
+    ARCHIVE/weights/<hash>.npz     each update and each round's global model, by hash
+
+The index is a convenience: :mod:`veracity.server.replay` takes every hash from the
+verified ledger bundle and only looks files up by name, and every read recomputes the hash
+of what it read, so a file that was changed is refused whatever the index says.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import tempfile
+import zipfile
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any, Protocol
+
+from veracity.core.fields import is_hex64
+from veracity.errors import InputError, NotFound
+from veracity.tasks.weights import Weights, weights_from_bytes, weights_hash, weights_to_bytes
+
+__all__ = [
+    "ARCHIVE_FORMAT",
+    "UpdateStore",
+    "archive_files",
+    "archive_zip",
+    "extract_archive",
+    "write_archive",
+]
+
+ARCHIVE_FORMAT = "veracity.run-archive.v1"
+
+
+class _EntryLike(Protocol):
+    @property
+    def payload(self) -> dict[str, Any]: ...
+
+
+class _Entries(Protocol):
+    def iter_entries(self, *, kind: str | None = None) -> Iterable[_EntryLike]: ...
+
+
+class UpdateStore:
+    """Weights under ``root``, one ``<hash>.npz`` each, named by their weights hash."""
+
+    def __init__(self, root: Path) -> None:
+        self._root = Path(root)
+
+    @property
+    def root(self) -> Path:
+        """The store's directory."""
+        return self._root
+
+    def path(self, weights_digest: str) -> Path:
+        """Where the weights with this hash are (or would be) kept.
+
+        Raises
+        ------
+        InputError
+            If ``weights_digest`` is not 64 lowercase hex characters.
+        """
+        if not is_hex64(weights_digest):
+            raise InputError(f"{weights_digest!r} is not a weights hash (64 lowercase hex)")
+        return self._root / f"{weights_digest}.npz"
+
+    def put(self, weights: Weights) -> str:
+        """Keep ``weights``; return their hash. Keeping the same weights again is a no-op."""
+        digest = weights_hash(weights)
+        target = self.path(digest)
+        if target.exists():
+            return digest
+        self._root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd, staging = tempfile.mkstemp(prefix=".incoming-", dir=self._root)
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(weights_to_bytes(weights))
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(staging, target)
+        finally:
+            if os.path.exists(staging):
+                os.unlink(staging)
+        return digest
+
+    def get(self, weights_digest: str) -> dict[str, Any]:
+        """The weights with this hash, read and re-hashed.
+
+        Raises
+        ------
+        NotFound
+            If no weights with this hash are kept.
+        InputError
+            If the file is unreadable or its weights hash to something else (it was changed).
+        """
+        path = self.path(weights_digest)
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError as err:
+            raise NotFound(f"no weights {weights_digest} in {self._root}") from err
+        weights = weights_from_bytes(data)
+        actual = weights_hash(weights)
+        if actual != weights_digest:
+            raise InputError(f"{path.name} holds weights that hash to {actual}; it was changed")
+        return weights
+
+
+def archive_files(
+    entries: _Entries, store: UpdateStore, run_id: str
+) -> tuple[dict[str, Any], dict[str, bytes]]:
+    """The index of ``run_id``'s archive and its files (``weights/<hash>.npz`` -> bytes).
+
+    ``entries`` is the coordinator's ledger (anything with ``iter_entries(kind=...)``); the
+    rounds are its ``round.completed`` entries of the run (none: an archive with no round).
+
+    Raises
+    ------
+    NotFound
+        If an update or round model the ledger names is not in the store.
+    """
+    rounds = sorted(
+        (
+            entry.payload
+            for entry in entries.iter_entries(kind="round.completed")
+            if entry.payload["run_id"] == run_id
+        ),
+        key=lambda payload: int(payload["round"]),
+    )
+    files: dict[str, bytes] = {}
+    index_rounds = []
+    for payload in rounds:
+        updates = {r["receipt"]["site"]: r["receipt"]["update_hash"] for r in payload["receipts"]}
+        for digest in [*updates.values(), payload["aggregated_model_hash"]]:
+            files[f"weights/{digest}.npz"] = weights_to_bytes(store.get(digest))
+        index_rounds.append(
+            {
+                "round": int(payload["round"]),
+                "aggregated_model_hash": payload["aggregated_model_hash"],
+                "updates": updates,
+            }
+        )
+    index = {
+        "format": ARCHIVE_FORMAT,
+        "run_id": run_id,
+        "study_hash": rounds[0]["study_hash"] if rounds else None,
+        "rounds": index_rounds,
+    }
+    return index, files
+
+
+def _write_directory(out: Path, index: dict[str, Any], files: dict[str, bytes]) -> None:
+    try:
+        (out / "weights").mkdir(parents=True, exist_ok=False)
+    except FileExistsError as err:
+        raise InputError(f"{out} exists; give a new directory for the archive") from err
+    for name, data in files.items():
+        (out / name).write_bytes(data)
+    (out / "index.json").write_text(json.dumps(index, indent=2, sort_keys=True), encoding="utf-8")
+
+
+def write_archive(entries: _Entries, store: UpdateStore, run_id: str, out: Path) -> dict[str, Any]:
+    """Write the archive of ``run_id`` into the new directory ``out``; return its index.
+
+    Raises
+    ------
+    NotFound
+        As :func:`archive_files`.
+    InputError
+        If ``out`` exists already.
+    """
+    index, files = archive_files(entries, store, run_id)
+    _write_directory(out, index, files)
+    return index
+
+
+def archive_zip(entries: _Entries, store: UpdateStore, run_id: str) -> bytes:
+    """The archive of ``run_id`` as one zip file (what the admin API serves)."""
+    index, files = archive_files(entries, store, run_id)
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_STORED) as archive:
+        archive.writestr("index.json", json.dumps(index, indent=2, sort_keys=True))
+        for name, data in sorted(files.items()):
+            archive.writestr(name, data)
+    return buffer.getvalue()
+
+
+def extract_archive(data: bytes, out: Path) -> dict[str, Any]:
+    """Unpack a zip from :func:`archive_zip` into the new directory ``out``; its index.
+
+    Only ``index.json`` and ``weights/<64 hex>.npz`` are accepted, so no name in the zip
+    can write outside ``out``.
+
+    Raises
+    ------
+    InputError
+        If the zip is unreadable, holds any other name or no readable index, or ``out``
+        exists already.
+    """
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as archive:
+            contents = {info.filename: archive.read(info) for info in archive.infolist()}
+    except (zipfile.BadZipFile, ValueError) as err:
+        raise InputError(f"the run archive is not a readable zip: {err}") from err
+    try:
+        index = json.loads(contents.pop("index.json"))
+    except (KeyError, ValueError) as err:
+        raise InputError("the run archive has no readable index.json") from err
+    for name in contents:
+        folder, _, file = name.partition("/")
+        if folder != "weights" or not file.endswith(".npz") or not is_hex64(file[:-4]):
+            raise InputError(f"the run archive holds {name!r}, which is not weights/<hash>.npz")
+    if not isinstance(index, dict) or index.get("format") != ARCHIVE_FORMAT:
+        raise InputError(f"the run archive's index is not a {ARCHIVE_FORMAT} index")
+    _write_directory(out, index, contents)
+    return index
