@@ -235,8 +235,7 @@ def test_a_released_model_that_is_not_the_last_aggregate_is_caught(
     network: _Network, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from veracity.server import study_run
-
-    honest = study_run.release_model
+    from veracity.server.release import release_model as honest
 
     def swapped(coordinator: Any, study: Any, run_id: str, final: Any, outcomes: Any) -> str:
         other = {name: array + np.float32(0.5) for name, array in final.items()}
