@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import pytest
 from flwr.app import ArrayRecord, Message, MetricRecord
-from flwr.serverapp.strategy import FedAvg
+from flwr.serverapp.strategy import DifferentialPrivacyServerSideFixedClipping, FedAvg
 
 from tests.server.test_central_dp_run import (  # noqa: F401 - a fixture, registered by name
     NODES,
@@ -19,6 +19,8 @@ from tests.server.test_central_dp_run import (  # noqa: F401 - a fixture, regist
     SIGNED_AT,
     _execute,
     _Network,
+    _propose,
+    _SitesGrid,
     _task_identity,
     enrolled_network,
 )
@@ -133,6 +135,48 @@ def test_a_coordinator_that_swaps_an_update_before_aggregation_is_caught(
     assert caught.value.round == 2
 
 
+class _UnsignedWeightGrid(_SitesGrid):
+    """Sites whose unsigned ``num-examples`` metric disagrees with their signed receipt."""
+
+    def _answer(self, request: Message) -> Message:
+        reply = super()._answer(request)
+        if request.metadata.message_type != "query.hello":
+            node = request.metadata.dst_node_id
+            reply.content.metric_records["metrics"]["num-examples"] = 50 * (node - 10)
+        return reply
+
+
+class _ReversedGrid(_SitesGrid):
+    """The replies of a round arrive in the reverse of the sites' order."""
+
+    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
+        return list(reversed(list(super().pull_messages(message_ids))))
+
+
+def test_fedavg_weighs_by_the_signed_row_count_so_the_replay_matches(
+    network: _Network, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("tests.server.test_central_dp_run._SitesGrid", _UnsignedWeightGrid)
+    _execute(network, _propose_plain(network, rounds=2), RUN)
+    bundle, archive = _archive_and_bundle(network, tmp_path)
+
+    report = replay_aggregation(bundle, archive, trusted_root=network.coordinator.root_key.public)
+
+    assert report.rounds == 2
+
+
+def test_replies_arriving_in_any_order_are_aggregated_in_site_order(
+    network: _Network, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("tests.server.test_central_dp_run._SitesGrid", _ReversedGrid)
+    _execute(network, _propose_plain(network, rounds=3), RUN)
+    bundle, archive = _archive_and_bundle(network, tmp_path)
+
+    report = replay_aggregation(bundle, archive, trusted_root=network.coordinator.root_key.public)
+
+    assert report.rounds == 3
+
+
 def test_the_cli_replays_and_exits_1_naming_the_round_that_differs(
     network: _Network, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -151,3 +195,57 @@ def test_the_cli_replays_and_exits_1_naming_the_round_that_differs(
     (archive / "weights" / f"{update_hash}.npz").unlink()
     assert main(args) == 1
     assert "round 1:" in capsys.readouterr().err
+
+
+def test_a_central_dp_runs_noised_aggregates_replay(network: _Network, tmp_path: Path) -> None:
+    _execute(network, _propose(network, max_epsilon=50.0, rounds=3), RUN)
+    bundle, archive = _archive_and_bundle(network, tmp_path)
+
+    report = replay_aggregation(bundle, archive, trusted_root=network.coordinator.root_key.public)
+
+    assert (report.rounds, report.updates) == (3, 9)
+
+
+def test_a_central_dp_aggregate_without_its_noise_is_caught(
+    network: _Network, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A coordinator that claims client-level DP but adds no noise from round 2 on.
+    honest = DifferentialPrivacyServerSideFixedClipping._add_noise_to_aggregated_arrays
+    calls = []
+
+    def noiseless(
+        self: DifferentialPrivacyServerSideFixedClipping, arrays: ArrayRecord
+    ) -> ArrayRecord:
+        calls.append(1)
+        return honest(self, arrays) if len(calls) == 1 else arrays
+
+    monkeypatch.setattr(
+        DifferentialPrivacyServerSideFixedClipping, "_add_noise_to_aggregated_arrays", noiseless
+    )
+    _execute(network, _propose(network, max_epsilon=50.0, rounds=3), RUN)
+    monkeypatch.undo()
+    bundle, archive = _archive_and_bundle(network, tmp_path)
+
+    with pytest.raises(ReplayMismatch, match="not noise of the accounted sigma") as caught:
+        replay_aggregation(bundle, archive, trusted_root=network.coordinator.root_key.public)
+    assert caught.value.round == 2
+
+
+def test_a_released_model_that_is_not_the_last_aggregate_is_caught(
+    network: _Network, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from veracity.server import study_run
+    from veracity.server.release import release_model as honest
+
+    def swapped(coordinator: Any, study: Any, run_id: str, final: Any, outcomes: Any) -> str:
+        other = {name: array + np.float32(0.5) for name, array in final.items()}
+        return honest(coordinator, study, run_id, other, outcomes)
+
+    monkeypatch.setattr(study_run, "release_model", swapped)
+    _execute(network, _propose_plain(network, rounds=2), RUN)
+    monkeypatch.undo()
+    bundle, archive = _archive_and_bundle(network, tmp_path)
+
+    with pytest.raises(ReplayMismatch, match="the run released model") as caught:
+        replay_aggregation(bundle, archive, trusted_root=network.coordinator.root_key.public)
+    assert caught.value.round == 2

@@ -41,6 +41,7 @@ from flwr.serverapp.strategy import (
     Strategy,
 )
 from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords
+from flwr.supercore.differential_privacy import compute_clip_model_update, compute_stdv
 
 from veracity.contracts.base import SiteStatement
 from veracity.contracts.events import Dropped, Refused, RoundCompleted
@@ -67,6 +68,8 @@ __all__ = [
     "RoundOutcome",
     "AuditedStrategy",
     "aggregation_strategy",
+    "central_dp_stddev",
+    "clipped_mean",
     "fedavg",
     "round_metrics",
 ]
@@ -190,6 +193,31 @@ def fedavg(updates: Sequence[tuple[Weights, int]]) -> Weights:
         raise InputError("FedAvg needs at least one update with a positive weight")
     records = [_fedavg_record(weights, examples) for weights, examples in updates]
     return weights_from_record(aggregate_arrayrecords(records, EXAMPLES_KEY))
+
+
+def clipped_mean(
+    updates: Sequence[Weights], global_model: Weights, clipping_norm: float
+) -> Weights:
+    """The mean of ``updates`` clipped around ``global_model``, before central DP's noise.
+
+    What Flower's ``DifferentialPrivacyServerSideFixedClipping`` computes from the audited
+    strategy's replies (each update's difference from the global model clipped to
+    ``clipping_norm`` in L2, array by array in the global model's order, with Flower's own
+    ``compute_clip_model_update``; then FedAvg with equal weights), before it adds noise.
+    """
+    names = list(global_model)
+    current = [np.asarray(global_model[name]) for name in names]
+    clipped = []
+    for update in updates:
+        arrays = [np.array(update[name]) for name in names]
+        compute_clip_model_update(param1=arrays, param2=current, clipping_norm=clipping_norm)
+        clipped.append((dict(zip(names, arrays, strict=True)), 1))
+    return fedavg(clipped)
+
+
+def central_dp_stddev(central_dp: CentralDPConfig, sites: int) -> float:
+    """The standard deviation of the noise central DP adds to each coordinate of the mean."""
+    return compute_stdv(central_dp.noise_multiplier, central_dp.clipping_norm, sites)
 
 
 def client_level_replace_one_epsilon(noise_multiplier: float, releases: int, delta: float) -> float:
