@@ -31,6 +31,10 @@ __all__ = ["PollingGrid"]
 
 #: Seconds a pull may retry a reply's objects once the round's deadline has passed.
 LAST_PULL_SECONDS = 1.0
+#: First and longest wait between retries of a reply's objects not yet uploaded (Flower's
+#: defaults, 1 s and 10 s, put up to a second on every round whose objects trail their
+#: message).
+OBJECT_BACKOFF, OBJECT_BACKOFF_CAP = 0.05, 0.5
 
 
 @contextlib.contextmanager
@@ -45,7 +49,10 @@ def _object_pulls_bounded(seconds: float) -> Iterator[None]:
 
     unbounded = getattr(http_grid, "pull_objects")  # noqa: B009 - not re-exported
     bounded = functools.partial(
-        unbounded, max_time=max(seconds, LAST_PULL_SECONDS), backoff_cap=1.0
+        unbounded,
+        max_time=max(seconds, LAST_PULL_SECONDS),
+        initial_backoff=OBJECT_BACKOFF,
+        backoff_cap=OBJECT_BACKOFF_CAP,
     )
     setattr(http_grid, "pull_objects", bounded)  # noqa: B010 - see above
     try:
