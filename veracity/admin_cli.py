@@ -86,7 +86,7 @@ ProofOption = Annotated[
     str,
     typer.Option(
         "--proof",
-        envvar="VERACITY_ENROLMENT_PROOF",
+        envvar="VERACITY_PROOF",
         help="The site key's proof of possession: at the site, `veracity site enrolment-proof "
         "--log-id LOG_ID` (the log id: `veracity ledger checkpoint --format json`).",
     ),

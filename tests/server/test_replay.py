@@ -229,3 +229,23 @@ def test_a_central_dp_aggregate_without_its_noise_is_caught(
     with pytest.raises(ReplayMismatch, match="not noise of the accounted sigma") as caught:
         replay_aggregation(bundle, archive, trusted_root=network.coordinator.root_key.public)
     assert caught.value.round == 2
+
+
+def test_a_released_model_that_is_not_the_last_aggregate_is_caught(
+    network: _Network, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from veracity.server import study_run
+    from veracity.server.release import release_model as honest
+
+    def swapped(coordinator: Any, study: Any, run_id: str, final: Any, outcomes: Any) -> str:
+        other = {name: array + np.float32(0.5) for name, array in final.items()}
+        return honest(coordinator, study, run_id, other, outcomes)
+
+    monkeypatch.setattr(study_run, "release_model", swapped)
+    _execute(network, _propose_plain(network, rounds=2), RUN)
+    monkeypatch.undo()
+    bundle, archive = _archive_and_bundle(network, tmp_path)
+
+    with pytest.raises(ReplayMismatch, match="the run released model") as caught:
+        replay_aggregation(bundle, archive, trusted_root=network.coordinator.root_key.public)
+    assert caught.value.round == 2

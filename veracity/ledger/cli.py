@@ -259,7 +259,7 @@ def key_handover(
         typer.Option("--key", envvar="VERACITY_KEY", help="The outgoing private key (NAME.pem)."),
     ],
     to: Annotated[
-        Path, typer.Option("--to", envvar="VERACITY_NEW_KEY", help="The new public key (.pub).")
+        Path, typer.Option("--to", envvar="VERACITY_TO", help="The new public key (.pub).")
     ],
     name: NameOption,
     log_id: LogIdOption,
