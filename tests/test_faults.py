@@ -34,12 +34,13 @@ import pytest
 from veracity.client.site import Site
 from veracity.client.store import Spend
 from veracity.client.supernode import SuperNodeOptions, start_site_node
+from veracity.errors import TransportError
 from veracity.localnet import LocalSite, approve, create_site, enrol
 from veracity.server.coordinator import CoordinatorService, init_coordinator, operator
 from veracity.server.coordinator.bootstrap import open_coordinator
 from veracity.server.coordinator.unit_of_work import SUPERVISOR
 from veracity.server.fab import build_fab
-from veracity.server.superlink import SuperLinkOptions, start_superlink
+from veracity.server.superlink import SuperLinkOptions, start_superlink, superlink_argv
 from veracity.supervise import ManagedProcess, ProcessGroup, flower_environment, free_port
 from veracity.tasks.breast_cancer import breast_cancer_study, federated_split
 from veracity.tasks.spec import ModelFamily
@@ -167,34 +168,64 @@ class Network:
         if not self.superlink.alive():
             with contextlib.suppress(ValueError):
                 self.group.processes.remove(self.superlink)
-            self.start_superlink()
+            if self._executor() is not None:
+                self.start_superlink_alone()
+            else:
+                self.start_superlink()
         for name in SITES:
             if name not in self.processes:
                 self.start_site(name)
         self.wait_all_online()
 
     # ------------------------------------------------------------------ coordinator
+    def _executor(self) -> ManagedProcess | None:
+        """The ServerApp executor beside the SuperLink (its runs' ServerApps are its children)."""
+        found = [p for p in self.group.processes if p.name == "serverapp-executor"]
+        return found[-1] if found and found[-1].alive() else None
+
     def start_superlink(self) -> None:
+        """The SuperLink and its ServerApp executor, as ``server start`` runs them."""
         host = "127.0.0.1" if self.namespace is None else "0.0.0.0"  # noqa: S104 - veth only
         self.superlink = start_superlink(
             self.coordinator.home, SuperLinkOptions(host=host, port=self.port), self.group
         )
 
+    def start_superlink_alone(self) -> None:
+        """The SuperLink again, beside the executor that outlived it."""
+        host = "127.0.0.1" if self.namespace is None else "0.0.0.0"  # noqa: S104 - veth only
+        home = self.coordinator.home
+        self.superlink = self.group.start(
+            ManagedProcess(
+                name="superlink",
+                argv=superlink_argv(home, SuperLinkOptions(host=host, port=self.port)),
+                log_path=home.logs / "superlink.log",
+                env=flower_environment(home.flwr_home),
+                cwd=home.data_dir,
+            )
+        )
+        _eventually("the SuperLink's Control API", self._answers, timeout=120)
+
+    def _answers(self) -> bool:
+        try:
+            self.coordinator.federation.list_runs()
+        except TransportError:
+            return False
+        return True
+
     def kill_superlink(self, *, with_its_serverapps: bool) -> None:
-        """SIGKILL the SuperLink (and the ServerApp processes it started, if asked)."""
-        popen = self.superlink.popen
-        assert popen is not None
-        with contextlib.suppress(ProcessLookupError):
-            if with_its_serverapps:
+        """SIGKILL the SuperLink (and the executor with its ServerApps, if asked)."""
+        doomed = [self.superlink]
+        executor = self._executor()
+        if with_its_serverapps and executor is not None:
+            doomed.append(executor)
+        for process in doomed:
+            popen = process.popen
+            assert popen is not None
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(popen.pid, signal.SIGKILL)
-            else:
-                os.kill(popen.pid, signal.SIGKILL)
-        popen.wait(timeout=30)
-        self.group.processes.remove(self.superlink)
-        if with_its_serverapps:
-            self.superlink.stop()
-        elif self.superlink._log is not None:  # its ServerApps live on in its group
-            self.superlink._log.close()
+            popen.wait(timeout=30)
+            self.group.processes.remove(process)
+            process.stop()  # closes its log
 
 
 @pytest.fixture(scope="module")
@@ -418,7 +449,7 @@ def test_the_superlink_killed_mid_round_and_restarted_leaves_the_run_recorded(
                 timeout=300)  # fmt: skip
     network.kill_superlink(with_its_serverapps=False)
     time.sleep(5)
-    network.start_superlink()
+    network.start_superlink_alone()
 
     def ended() -> bool:
         network.coordinator.record_ended_runs(SUPERVISOR)
