@@ -48,7 +48,7 @@ from veracity.tasks.study import parse_study
 
 CLINICS = ("clinic-a", "clinic-b", "clinic-c")
 WINDOW, HOP = 256, 128  # 4 s windows every 2 s at 64 Hz
-BATCH, LEARNING_RATE, CLIP = 128, 2.0, 1.0  # chosen on held-out synthetic patients
+BATCH, LEARNING_RATE, CLIP = 128, 4.0, 0.25  # chosen on held-out synthetic patients
 
 
 def daphnet_path() -> Path | None:
