@@ -166,8 +166,15 @@ class CoordinatorClient:
         """``GET path`` page after page (``offset``/``next_offset``); every item in one."""
         first = self._parsed(model, "GET", path, token, params={"limit": PAGE_SIZE})
         items = list(first.items)
-        following = first.next_offset
+        following, offset = first.next_offset, 0
         while following is not None:
+            if following <= offset:  # a server must move forward, or this would never end
+                raise ApiError(
+                    f"GET {path} answered next_offset {following} after offset {offset}",
+                    status=0,
+                    code="",
+                )
+            offset = following
             params = {"offset": following, "limit": PAGE_SIZE}
             page = self._parsed(model, "GET", path, token, params=params)
             if not page.items:

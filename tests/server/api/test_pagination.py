@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 import pytest
 
-from veracity.api_client import CoordinatorClient
+from veracity.api_client import ApiError, CoordinatorClient
 
 from .conftest import Api, study_document, unique_site
 
@@ -91,6 +91,29 @@ def test_the_client_reads_a_list_whole_across_pages(filled: Api) -> None:
         client.close()
     whole = filled.call("GET", "/api/v1/sites", "admin").json()["items"]
     assert names == [site["name"] for site in whole]
+
+
+def test_the_client_refuses_a_server_whose_next_offset_does_not_move_forward(
+    filled: Api,
+) -> None:
+    calls = []
+
+    def stuck(request: httpx.Request) -> httpx.Response:
+        calls.append(request.url.params.get("offset"))
+        answer = filled.client.request(request.method, str(request.url), headers=request.headers)
+        document = answer.json()
+        # A broken or hostile server: always "there is more, at offset 1" (until 50 calls,
+        # so that a client without the check ends instead of looping for ever).
+        document["next_offset"] = 1 if len(calls) < 50 else None
+        return httpx.Response(answer.status_code, json=document)
+
+    client = CoordinatorClient("http://testserver/api/v1", transport=httpx.MockTransport(stuck))
+    try:
+        with pytest.raises(ApiError, match="next_offset 1 after offset 1"):
+            client.sites(filled.tokens["admin"])
+    finally:
+        client.close()
+    assert calls == [None, "1"]
 
 
 def test_every_list_route_takes_a_cursor_and_a_limit_and_answers_the_next_cursor(api: Api) -> None:
