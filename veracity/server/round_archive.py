@@ -160,7 +160,8 @@ def archive_files(
 
 def _write_directory(out: Path, index: dict[str, Any], files: dict[str, bytes]) -> None:
     try:
-        (out / "weights").mkdir(parents=True, exist_ok=False)
+        out.mkdir(parents=True, exist_ok=False)
+        (out / "weights").mkdir()
     except FileExistsError as err:
         raise InputError(f"{out} exists; give a new directory for the archive") from err
     for name, data in files.items():
@@ -198,17 +199,25 @@ def extract_archive(data: bytes, out: Path) -> dict[str, Any]:
     """Unpack a zip from :func:`archive_zip` into the new directory ``out``; its index.
 
     Only ``index.json`` and ``weights/<64 hex>.npz`` are accepted, so no name in the zip
-    can write outside ``out``.
+    can write outside ``out``; only stored (uncompressed) members, as :func:`archive_zip`
+    writes them, so what is unpacked is never larger than what was downloaded (no zip bomb).
 
     Raises
     ------
     InputError
-        If the zip is unreadable, holds any other name or no readable index, or ``out``
-        exists already.
+        If the zip is unreadable, holds any other name, a compressed member or no readable
+        index, or ``out`` exists already.
     """
     try:
         with zipfile.ZipFile(io.BytesIO(data)) as archive:
-            contents = {info.filename: archive.read(info) for info in archive.infolist()}
+            members = archive.infolist()
+            for info in members:
+                if info.compress_type != zipfile.ZIP_STORED:
+                    raise InputError(
+                        f"the run archive's {info.filename[:80]!r} is compressed; "
+                        "a run archive stores its files uncompressed"
+                    )
+            contents = {info.filename: archive.read(info) for info in members}
     except (zipfile.BadZipFile, ValueError) as err:
         raise InputError(f"the run archive is not a readable zip: {err}") from err
     try:
@@ -219,7 +228,11 @@ def extract_archive(data: bytes, out: Path) -> dict[str, Any]:
         folder, _, file = name.partition("/")
         if folder != "weights" or not file.endswith(".npz") or not is_hex64(file[:-4]):
             raise InputError(f"the run archive holds {name!r}, which is not weights/<hash>.npz")
-    if not isinstance(index, dict) or index.get("format") != ARCHIVE_FORMAT:
+    if (
+        not isinstance(index, dict)
+        or index.get("format") != ARCHIVE_FORMAT
+        or not isinstance(index.get("rounds"), list)
+    ):
         raise InputError(f"the run archive's index is not a {ARCHIVE_FORMAT} index")
     _write_directory(out, index, contents)
     return index

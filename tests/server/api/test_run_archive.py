@@ -50,3 +50,38 @@ def test_an_archive_with_a_path_outside_its_layout_is_refused(tmp_path: Path) ->
     with pytest.raises(InputError, match=r"not weights/<hash>\.npz"):
         extract_archive(buffer.getvalue(), tmp_path / "out")
     assert not (tmp_path / "escape.npz").exists()
+
+
+def _zip(members: dict[str, bytes], compression: int = zipfile.ZIP_STORED) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", compression=compression) as archive:
+        for name, data in members.items():
+            archive.writestr(name, data)
+    return buffer.getvalue()
+
+
+INDEX = b'{"format": "veracity.run-archive.v1", "rounds": []}'
+
+
+def test_a_compressed_member_is_refused_before_anything_is_unpacked(tmp_path: Path) -> None:
+    # 64 MiB of zeros compress to ~64 KiB: a zip bomb grows the same way, only more.
+    bomb = _zip({"index.json": INDEX, "weights/" + "a" * 64 + ".npz": bytes(64 << 20)},
+                zipfile.ZIP_DEFLATED)  # fmt: skip
+    assert len(bomb) < 1 << 20
+    with pytest.raises(InputError, match="is compressed"):
+        extract_archive(bomb, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_an_existing_directory_is_never_unpacked_into(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    home.mkdir()
+    with pytest.raises(InputError, match="exists"):
+        extract_archive(_zip({"index.json": INDEX}), home)
+    assert list(home.iterdir()) == []
+
+
+def test_an_index_without_its_rounds_is_refused(tmp_path: Path) -> None:
+    data = _zip({"index.json": b'{"format": "veracity.run-archive.v1"}'})
+    with pytest.raises(InputError, match="index is not"):
+        extract_archive(data, tmp_path / "out")
