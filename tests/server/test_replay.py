@@ -249,3 +249,25 @@ def test_a_released_model_that_is_not_the_last_aggregate_is_caught(
     with pytest.raises(ReplayMismatch, match="the run released model") as caught:
         replay_aggregation(bundle, archive, trusted_root=network.coordinator.root_key.public)
     assert caught.value.round == 2
+
+
+def test_a_run_whose_ledger_leaves_a_round_out_is_refused_at_that_round(
+    network: _Network, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    coordinator = network.coordinator
+    honest = type(coordinator).record_round
+
+    def leaving_round_one_out(self: Any, actor: Any, payload: Any) -> Any:
+        # A dishonest coordinator that never records round 1: the auditor must not replay
+        # round 2 as if it were the first.
+        return None if payload.round == 1 else honest(self, actor, payload)
+
+    monkeypatch.setattr(type(coordinator), "record_round", leaving_round_one_out)
+    _execute(network, _propose_plain(network, rounds=2), RUN)
+    monkeypatch.undo()
+    bundle, archive = _archive_and_bundle(network, tmp_path)
+
+    missing = r"round 2 of run .* where round 1 should be"
+    with pytest.raises(ReplayMismatch, match=missing) as caught:
+        replay_aggregation(bundle, archive, trusted_root=coordinator.root_key.public)
+    assert caught.value.round == 1

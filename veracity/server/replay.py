@@ -168,6 +168,13 @@ def replay_aggregation(bundle: Path, archive: Path, *, trusted_root: VerifyKey) 
     )
     if not rounds:
         raise NotFound(f"the bundle records no completed round of run {run_id}")
+    for expected, payload in enumerate(rounds, start=1):
+        if int(payload["round"]) != expected:  # each round once, none left out
+            raise ReplayMismatch(
+                f"the bundle records round {payload['round']} of run {run_id} where round "
+                f"{expected} should be (a round missing or recorded twice)",
+                round=expected,
+            )
     study_hash = str(rounds[0]["study_hash"])
     study = _study(ledger, study_hash)
     model_study = study if isinstance(study, Study) else None
