@@ -8,13 +8,18 @@ served: the waiting ones hold no request thread (before, twelve of them held all
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
+import pytest
+
+from veracity.errors import Conflict, NotFound
 from veracity.ledger.verify import verify_bundle_file
+from veracity.server.api.jobs import LedgerJobs
 
 from .conftest import Api
 
@@ -96,3 +101,40 @@ def test_an_admin_is_served_while_a_dozen_verifications_wait(api: Api) -> None:
     for thread in waiting:
         thread.join(timeout=120)
     assert statuses == [200] * 12
+
+
+def test_jobs_waiting_are_bounded_and_never_evicted_while_they_wait() -> None:
+    release = threading.Event()
+
+    def blocked(directory: Path) -> dict[str, Any]:
+        (directory / "ledger-bundle.jsonl").write_text("{}\n", encoding="utf-8")
+        release.wait(30)
+        return {"ok": True}
+
+    async def scenario() -> None:
+        jobs = LedgerJobs(slots=1, keep=1, max_waiting=3)
+        first, second, third = (jobs.start("export", "auditor", blocked) for _ in range(3))
+        await asyncio.sleep(0.2)
+        with pytest.raises(Conflict, match="3 ledger jobs are queued or running"):
+            jobs.start("verify", "auditor", blocked)
+        # Over ``keep`` already, yet nothing waiting or running was evicted.
+        assert [jobs.get(j.job_id).status for j in (first, second, third)] == [
+            "running", "queued", "queued",
+        ]  # fmt: skip
+        release.set()
+        for _ in range(300):
+            if all(j.status == "done" for j in (first, second, third)):
+                break
+            await asyncio.sleep(0.05)
+        assert all(j.bundle is not None and j.bundle.exists() for j in (first, second, third))
+        fourth = jobs.start("verify", "auditor", blocked)
+        # Now the finished ones beyond ``keep`` go, oldest first, with their files.
+        with pytest.raises(NotFound):
+            jobs.get(first.job_id)
+        assert first.bundle is not None
+        assert not first.bundle.exists()
+        assert jobs.get(fourth.job_id) is fourth
+        await jobs.aclose()
+        assert not third.bundle.exists()  # type: ignore[union-attr]
+
+    asyncio.run(scenario())

@@ -170,7 +170,7 @@ def create_app(
         finally:
             jobs = getattr(app.state, "ledger_jobs", None)
             if jobs is not None:
-                jobs.close()
+                await jobs.aclose()
             service.close()
 
     app = FastAPI(

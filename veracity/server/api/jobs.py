@@ -11,7 +11,10 @@ event loop, holding no request thread, so every other route keeps its threads.
 SHA-256) or ``failed``; an export's bundle is then ``GET /ledger/jobs/{id}/bundle``. The
 older synchronous ``GET /ledger/verify`` and ``GET /ledger/export`` take a slot the same
 way. Jobs live in the worker process that started them (``--workers 1``, the default,
-serves them all); the newest ``keep`` are kept, and an evicted export's file is removed.
+serves them all). At most ``max_waiting`` jobs are queued or running at once (a further
+``POST`` is refused with 409: nothing queues without bound); of the finished ones the newest
+``keep`` are kept, and an evicted export's file is removed (a job is never evicted while it
+is queued or running).
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ from typing import Any, Literal
 import anyio
 from anyio.to_thread import run_sync
 
-from veracity.errors import NotFound, VeracityError
+from veracity.errors import Conflict, NotFound, VeracityError
 
 __all__ = ["Job", "JobKind", "JobStatus", "LedgerJobs"]
 
@@ -65,10 +68,11 @@ class Job:
 class LedgerJobs:
     """Background ledger jobs of one API process, ``slots`` running at once."""
 
-    def __init__(self, *, slots: int, keep: int = 100) -> None:
+    def __init__(self, *, slots: int, keep: int = 100, max_waiting: int = 32) -> None:
         self.slots = anyio.Semaphore(slots)
         self.limiter = anyio.CapacityLimiter(slots)
         self.keep = keep
+        self.max_waiting = max_waiting
         self._jobs: OrderedDict[str, Job] = OrderedDict()
         self._lock = threading.Lock()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -82,12 +86,25 @@ class LedgerJobs:
     def start(
         self, kind: JobKind, requested_by: str, work: Callable[[Path], dict[str, Any]]
     ) -> Job:
-        """Queue ``work(directory)`` as a job on the running event loop; the job, queued."""
+        """Queue ``work(directory)`` as a job on the running event loop; the job, queued.
+
+        Raises
+        ------
+        Conflict
+            If ``max_waiting`` jobs are already queued or running.
+        """
         job = Job(job_id=secrets.token_hex(12), kind=kind, requested_by=requested_by)
         with self._lock:
+            waiting = sum(1 for j in self._jobs.values() if j.status in ("queued", "running"))
+            if waiting >= self.max_waiting:
+                raise Conflict(
+                    f"{waiting} ledger jobs are queued or running in this API process; "
+                    "start another when one has finished"
+                )
             self._jobs[job.job_id] = job
-            while len(self._jobs) > self.keep:
-                _, old = self._jobs.popitem(last=False)
+            finished = [j for j in self._jobs.values() if j.status in ("done", "failed")]
+            for old in finished[: max(0, len(self._jobs) - self.keep)]:
+                del self._jobs[old.job_id]
                 self._remove_files(old)
         task = asyncio.get_running_loop().create_task(self._run(job, work))
         self._tasks.add(task)  # a reference until it ends (the loop keeps only weak ones)
@@ -128,8 +145,12 @@ class LedgerJobs:
     def _remove_files(self, job: Job) -> None:
         shutil.rmtree(self._directory / job.job_id, ignore_errors=True)
 
-    def close(self) -> None:
-        """Forget every job and remove their files."""
+    async def aclose(self) -> None:
+        """Cancel the queued jobs, wait for the running ones, forget all and remove their files."""
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()  # a running job's thread finishes its work first
+        await asyncio.gather(*tasks, return_exceptions=True)
         with self._lock:
             self._jobs.clear()
         shutil.rmtree(self._directory, ignore_errors=True)

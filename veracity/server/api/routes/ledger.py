@@ -134,7 +134,7 @@ async def verify(
     "/jobs",
     status_code=202,
     summary="Start a verification or an export in the background",
-    responses=responses(401, 403, 422),
+    responses=responses(401, 403, 409, 422),
 )
 async def start_job(
     body: LedgerJobIn, principal: AuditDep, service: ServiceDep, jobs: JobsDep
