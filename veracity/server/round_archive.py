@@ -1,7 +1,8 @@
 """Every round's received updates and aggregate, kept by hash, and a run's archive of them.
 
-The coordinator keeps each verified site update it aggregated (already DP-protected at the
-site) and each round's aggregated model in an :class:`UpdateStore` under
+The coordinator keeps each verified site update it aggregated (DP-protected at the record
+level at the site; under client-level DP, before the coordinator's noise, so an archive's
+reader is outside that guarantee) and each round's aggregated model in an :class:`UpdateStore` under
 ``DIR/updates/``, one ``.npz`` per weights hash (``veracity.tasks.weights``). An auditor gets
 a run's archive (:func:`write_archive`; the admin API serves it zipped, :func:`archive_zip`,
 and ``veracity admin runs archive RUN --out DIR`` unpacks it, :func:`extract_archive`)::
