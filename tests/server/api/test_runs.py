@@ -100,7 +100,10 @@ def test_a_run_is_started_followed_and_stopped(api_with_superlink: Api) -> None:
     logs = api.call("GET", f"/api/v1/runs/{run_id}/logs", "admin", params={"wait": 0.5})
     assert logs.status_code == 200
     assert logs.json()["run_id"] == run_id
-    assert api.call("GET", f"/api/v1/runs/{run_id}/rounds", "admin").json() == {"items": []}
+    assert api.call("GET", f"/api/v1/runs/{run_id}/rounds", "admin").json() == {
+        "items": [],
+        "next_offset": None,
+    }
 
     stopped = api.call("POST", f"/api/v1/runs/{run_id}/stop", "admin")
     assert stopped.status_code == 200, stopped.text
