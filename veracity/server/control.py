@@ -256,9 +256,15 @@ class ControlClient:
         """Log text of ``run_id`` since ``after``; returns ``(text, latest_timestamp)``.
 
         The stream stays open while a run is alive, so it is read in a thread for at most
-        ``wait`` seconds.
+        ``wait`` seconds. Only a finished run's logs are streamed: with Flower 1.42's
+        SuperLink a log stream left open on a live run stalled its other calls for 10 s and
+        more (a stop of that run then failed, tests/server/api/test_runs.py), so a live
+        run answers ``("", after)`` until it has finished.
         """
         from flwr.proto.control_pb2 import StreamLogsRequest
+
+        if not self.run(run_id).status.startswith("finished"):
+            return "", after
 
         chunks: queue.Queue[tuple[str, float] | None] = queue.Queue()
 
