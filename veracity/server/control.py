@@ -263,7 +263,11 @@ class ControlClient:
         """
         from flwr.proto.control_pb2 import StreamLogsRequest
 
-        if not self.run(run_id).status.startswith("finished"):
+        try:
+            live = not self.run(run_id).status.startswith("finished")
+        except NotFound:
+            return "", after  # as for a run that never logged (the federation contract)
+        if live:
             return "", after
 
         chunks: queue.Queue[tuple[str, float] | None] = queue.Queue()
