@@ -53,6 +53,7 @@ __all__ = [
     "LOGISTIC_PARAMETERS",
     "POLY_MLP_PARAMETERS",
     "CNN_PARAMETERS",
+    "CNN_IMAGE_PARAMETERS",
     "PARAMETER_SETS",
     "check_security",
     "parameter_set_for",
@@ -87,6 +88,10 @@ class PackingLayout(enum.StrEnum):
     #: One ciphertext holds a few patients' feature vectors, replicated per hidden unit;
     #: rotations sum within blocks (Galois and relinearisation keys). Small ``poly_mlp`` batches.
     REPLICATED = "replicated"
+    #: One image per ciphertext, its convolution windows packed by the requester; the
+    #: server's convolutions are plaintext products and rotations (Galois and
+    #: relinearisation keys). Small ``cnn2d`` requests.
+    IM2COL = "im2col"
 
 
 @dataclass(frozen=True)
@@ -240,8 +245,31 @@ CNN_PARAMETERS = CKKSParameterSet(
     small_batch_max=8192,
 )
 
+CNN_IMAGE_PARAMETERS = CKKSParameterSet(
+    name="ckks-cnn-im2col-n8192-v1",
+    family="cnn2d",
+    poly_modulus_degree=8192,
+    # Data primes bottom to top: the logits' (49), then one per rescale, last first: the
+    # first convolution's (22), the second's (48), the dense layer's (49); special prime 49
+    # (>= every data prime: the rotations' key-switching noise stays below the rescales').
+    # 217 of the 218 bits N = 8192 allows; a seeded ciphertext is ~168 bits x 8192 / 8.
+    coeff_modulus_bits=(49, 49, 48, 22, 49),
+    input_scale_bits=20,
+    hidden_weight_scale_bits=25,
+    input_bound=8.0,
+    min_weight_scale_bits=16,
+    max_weight_scale_bits=24,
+    batch_layout=PackingLayout.IM2COL,
+    small_batch_layout=PackingLayout.IM2COL,
+    # One ciphertext (~170 KiB, ~70 ms of server CPU) per image: up to 16 images per
+    # request; more go to the column layout of ckks-cnn-n16384-v1 (one request of 8,192
+    # images costs what ~50-100 single images cost; see benchmarks/he_bench.py --images).
+    small_batch_max=16,
+)
+
 PARAMETER_SETS: dict[str, CKKSParameterSet] = {
-    p.name: p for p in (LOGISTIC_PARAMETERS, POLY_MLP_PARAMETERS, CNN_PARAMETERS)
+    p.name: p
+    for p in (LOGISTIC_PARAMETERS, POLY_MLP_PARAMETERS, CNN_PARAMETERS, CNN_IMAGE_PARAMETERS)
 }
 
 

@@ -82,7 +82,7 @@ class WireLimits:
     """
 
     max_request_bytes: int = 64 * 1024 * 1024
-    max_context_bytes: int = 16 * 1024 * 1024
+    max_context_bytes: int = 32 * 1024 * 1024
     max_response_bytes: int = 64 * 1024 * 1024
     max_header_bytes: int = 64 * 1024
     max_parts: int = 4096
