@@ -330,7 +330,9 @@ def compile_conv_circuit(
 def _conv_circuit(
     input_shape: tuple[int, int, int],
     kernel: int,
-    maps: tuple[FloatArray, FloatArray, IntArray, FloatArray, FloatArray, IntArray, FloatArray, FloatArray],
+    maps: tuple[
+        FloatArray, FloatArray, IntArray, FloatArray, FloatArray, IntArray, FloatArray, FloatArray
+    ],
     scales: tuple[float, float, float],
     logit_bound: float,
 ) -> ConvCircuit:

@@ -201,9 +201,7 @@ class SecretContext:
         bound = self.parameter_set.input_bound
         if np.abs(x).max() > bound:
             raise InputError(f"a standardised feature exceeds the input bound of +-{bound:g}")
-        strategy = layout_for(
-            layout, self.parameter_set, shape or ModelShape(x.shape[1], hidden)
-        )
+        strategy = layout_for(layout, self.parameter_set, shape or ModelShape(x.shape[1], hidden))
         return [self._encrypt_values(np.asarray(row).tolist()) for row in strategy.pack(x)]
 
     def _decrypt_values(self, data: bytes, index: int) -> npt.NDArray[np.complex128]:

@@ -71,7 +71,7 @@ class ImageGeometry:
 
     def __post_init__(self) -> None:
         channels, height, width = self.input_shape
-        first, second = self.filters
+        second = self.filters[1]
         if self.kernel % 2 != 1 or height % 4 or width % 4:
             raise InputError("the im2col layout needs an odd kernel and sides divisible by 4")
         if self.block * 2 > self.slots or self.blocks < max(channels * self.kernel**2, second):
@@ -158,7 +158,9 @@ class ImageGeometry:
 
     def class_sum_steps(self) -> tuple[int, ...]:
         """Sum every residue class modulo ``m``."""
-        return tuple(self.modulus << i for i in range((self.slots // self.modulus).bit_length() - 1))
+        return tuple(
+            self.modulus << i for i in range((self.slots // self.modulus).bit_length() - 1)
+        )
 
     def rotation_steps(self) -> tuple[int, ...]:
         """Every rotation the server performs (the Galois keys a context must hold)."""
@@ -208,7 +210,7 @@ class ImageGeometry:
 
     def first_weights(self, circuit: ConvCircuit) -> FloatArray:
         """The first convolution's weight at each packed window value."""
-        channels, height, width = self.input_shape
+        _, height, width = self.input_shape
         values = np.zeros(self.slots, dtype=np.float64)
         ii, jj = np.meshgrid(np.arange(height), np.arange(width), indexing="ij")
         p = (ii * width + jj).reshape(-1)
@@ -257,7 +259,7 @@ class ImageGeometry:
 
     def second_bias(self, circuit: ConvCircuit) -> FloatArray:
         """The second convolution's bias at each output unit's slot."""
-        _, height, width = self.input_shape
+        width = self.input_shape[2]
         a, b = self._grid2()
         pos = 2 * a * width + 2 * b
         values = np.zeros(self.slots, dtype=np.float64)

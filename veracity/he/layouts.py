@@ -908,7 +908,8 @@ class Im2colLayout:
         results = []
         for value in inputs:
             evaluator.multiply_plain_inplace(
-                value, plain("w1", lambda: geometry.first_weights(circuit), value, circuit.conv1_scale)
+                value,
+                plain("w1", lambda: geometry.first_weights(circuit), value, circuit.conv1_scale),
             )
             summed(value, geometry.first_sum_steps())
             evaluator.add_plain_inplace(
@@ -917,18 +918,19 @@ class Im2colLayout:
             evaluator.rescale_to_next_inplace(value)
             square(value)
             summed(value, geometry.pool1_steps())
-            conv2 = geometry.conv2_weights
-            moved = {dj: (value if dj == 0 else rotate(value, 2 * dj)) for dj in range(-pad, pad + 1)}
+            shifted = {
+                dj: (value if dj == 0 else rotate(value, 2 * dj)) for dj in range(-pad, pad + 1)
+            }
             layer = None
             for di in range(-pad, pad + 1):
                 inner = _products(
                     runtime,
                     [
                         (
-                            moved[dj],
+                            shifted[dj],
                             plain(
                                 f"w2-{di}-{dj}",
-                                lambda di=di, dj=dj: conv2(circuit)[(di, dj)],
+                                partial(_entry, geometry.conv2_weights, circuit, (di, dj)),
                                 value,
                                 circuit.conv2_scale,
                             ),
@@ -953,7 +955,6 @@ class Im2colLayout:
             evaluator.rescale_to_next_inplace(layer)
             square(layer)
             summed(layer, geometry.pool2_steps())
-            dense = geometry.dense_weights
             moved = [layer]
             for _ in range(1, baby):
                 moved.append(rotate(moved[-1], -1))
@@ -966,7 +967,7 @@ class Im2colLayout:
                             moved[b],
                             plain(
                                 f"fc-{giant}-{b}",
-                                lambda giant=giant, b=b: dense(circuit)[(giant, b)],
+                                partial(_entry, geometry.dense_weights, circuit, (giant, b)),
                                 layer,
                                 circuit.fc_scale,
                             ),
@@ -990,6 +991,14 @@ class Im2colLayout:
             _slot_flood(runtime, output, random_bytes, IMAGE_FLOOD)
             results.append(output)
         return results
+
+
+def _entry(
+    maker: Callable[[ConvCircuit], dict[tuple[int, int], FloatArray]],
+    circuit: ConvCircuit,
+    key: tuple[int, int],
+) -> FloatArray:
+    return maker(circuit)[key]
 
 
 def _products(runtime: Runtime, pairs: Sequence[tuple[Any, Any | None]]) -> Any | None:
@@ -1031,7 +1040,9 @@ class _PlaintextCache:
             return found[1]
         vector = values()
         plaintext = (
-            None if not np.any(vector) else encode(self._runtime, vector.tolist(), at.parms_id(), scale)
+            None
+            if not np.any(vector)
+            else encode(self._runtime, vector.tolist(), at.parms_id(), scale)
         )
         _PLAINTEXTS[key] = (self._circuit, plaintext)
         while len(_PLAINTEXTS) > _PLAINTEXT_CACHE_SIZE:

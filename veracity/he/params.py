@@ -58,6 +58,7 @@ __all__ = [
     "check_security",
     "parameter_set_for",
     "parameter_set_named",
+    "small_batch_parameters",
     "he_params_hash",
 ]
 
@@ -136,6 +137,9 @@ class CKKSParameterSet:
     small_batch_layout: PackingLayout
     small_batch_max: int
     hidden_weight_scale_bits: int = 0
+    #: The set the small-batch layout runs under when it is not this one (``cnn2d``: the
+    #: ``im2col`` layout needs N = 8192 for its upload, the column layout N = 16384).
+    small_batch_parameters: str = ""
 
     @property
     def slots(self) -> int:
@@ -241,8 +245,11 @@ CNN_PARAMETERS = CKKSParameterSet(
     min_weight_scale_bits=12,
     max_weight_scale_bits=40,
     batch_layout=PackingLayout.COLUMN,
-    small_batch_layout=PackingLayout.COLUMN,
+    # Small requests go to the im2col layout under its own set (below); its
+    # small_batch_max (16 images) is the crossover.
+    small_batch_layout=PackingLayout.IM2COL,
     small_batch_max=8192,
+    small_batch_parameters="ckks-cnn-im2col-n8192-v1",
 )
 
 CNN_IMAGE_PARAMETERS = CKKSParameterSet(
@@ -285,6 +292,13 @@ def parameter_set_for(family: str) -> CKKSParameterSet:
         if parameter_set.family == family:
             return parameter_set
     raise CryptoError(f"no CKKS parameter set serves model family {family!r}")
+
+
+def small_batch_parameters(parameter_set: CKKSParameterSet) -> CKKSParameterSet:
+    """The set ``parameter_set``'s small-batch layout runs under."""
+    if not parameter_set.small_batch_parameters:
+        return parameter_set
+    return parameter_set_named(parameter_set.small_batch_parameters)
 
 
 def parameter_set_named(name: str) -> CKKSParameterSet:
