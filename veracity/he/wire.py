@@ -72,7 +72,8 @@ class WireLimits:
     max_request_bytes
         Largest request envelope, context part included.
     max_context_bytes
-        Largest public-context envelope (Galois keys make the ``replicated`` context ~7 MB).
+        Largest public-context envelope (Galois keys make the ``replicated`` context ~7 MB,
+        the ``im2col`` context ~16 MiB).
     max_response_bytes
         Largest response envelope a client accepts.
     max_header_bytes
