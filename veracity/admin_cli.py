@@ -46,7 +46,7 @@ admin_app = typer.Typer(
     add_completion=False,
     rich_markup_mode=None,
 )
-sites_app = typer.Typer(name="sites", help="Enrol, list, revoke and rotate sites.")
+sites_app = typer.Typer(name="sites", help="Enrol, list, revoke, rotate and recover sites.")
 studies_app = typer.Typer(name="studies", help="Write, propose and read studies.")
 runs_app = typer.Typer(name="runs", help="Start, follow, stop and read runs.")
 models_app = typer.Typer(name="models", help="Released models: list, read, download.")
@@ -256,31 +256,122 @@ def sites_revoke(
 @sites_app.command("rotate")
 def sites_rotate(
     name: Annotated[str, typer.Argument(help="The site's name.")],
-    public_key: Annotated[
-        Path,
+    handover: Annotated[
+        Path | None,
         typer.Option(
-            "--public-key", envvar="VERACITY_PUBLIC_KEY", help="The site's new Ed25519 key."
+            "--handover",
+            envvar="VERACITY_HANDOVER",
+            help="The site's signed hand-over to its new key (`veracity site rotate-key "
+            "--log-id LOG_ID` at the site): recorded as key.rotated.",
         ),
-    ],
-    proof: ProofOption,
+    ] = None,
+    recover: Annotated[
+        bool,
+        typer.Option(
+            "--recover",
+            envvar="VERACITY_RECOVER",
+            help="The site lost its key: revoke it and enrol the new one (a visible "
+            "key.recovered; needs --reason, --public-key and --proof).",
+        ),
+    ] = False,
+    public_key: Annotated[
+        Path | None,
+        typer.Option(
+            "--public-key",
+            envvar="VERACITY_PUBLIC_KEY",
+            help="With --recover: the site's new Ed25519 key.",
+        ),
+    ] = None,
+    proof: Annotated[
+        str | None,
+        typer.Option(
+            "--proof",
+            envvar="VERACITY_PROOF",
+            help="With --recover: the new key's proof of possession (`veracity site "
+            "enrolment-proof --log-id LOG_ID` at the site, with the new key).",
+        ),
+    ] = None,
     supernode_public_key: Annotated[
         Path | None,
         typer.Option(
             "--supernode-public-key",
             envvar="VERACITY_SUPERNODE_PUBLIC_KEY",
-            help="A new SuperNode key (the old registration is withdrawn); without it the "
-            "SuperNode keeps its key.",
+            help="With --recover: a new SuperNode key (the old registration is withdrawn); "
+            "without it the SuperNode keeps its key.",
         ),
     ] = None,
     reason: Annotated[
-        str, typer.Option("--reason", envvar="VERACITY_REASON", help="Why, for the ledger.")
-    ] = "key rotation",
+        str | None,
+        typer.Option(
+            "--reason", envvar="VERACITY_REASON", help="With --recover: why, for the ledger."
+        ),
+    ] = None,
     server: ServerOption = DEFAULT_SERVER,
     token: TokenOption = None,
     ca_cert: CaCertOption = None,
     output_format: FormatOption = OutputFormat.TEXT,
 ) -> None:
-    """Give a site a new key: key.revoked for the old one, then key.recovered for the new."""
+    """Give a site a new key: key.rotated from its signed hand-over, or --recover a lost one.
+
+    A rotation needs the site's current key, which signs the hand-over; a site that lost
+    its key is recovered instead, visibly: key.revoked for the old key, then key.recovered.
+    """
+    if recover:
+        if handover is not None:
+            raise ConfigError("--recover replaces a lost key; a --handover is a rotation")
+        if public_key is None or proof is None or not reason:
+            raise ConfigError("--recover needs --reason, --public-key and --proof")
+        _recover_site(
+            name,
+            public_key=public_key,
+            proof=proof,
+            supernode_public_key=supernode_public_key,
+            reason=reason,
+            server=server,
+            token=token,
+            ca_cert=ca_cert,
+            output_format=output_format,
+        )
+        return
+    if handover is None:
+        raise ConfigError(
+            "give --handover FILE (from `veracity site rotate-key` at the site), or "
+            "--recover --reason ... for a lost key"
+        )
+    if public_key is not None or proof is not None or supernode_public_key is not None:
+        raise ConfigError("--public-key, --proof and --supernode-public-key go with --recover")
+    if reason is not None:
+        raise ConfigError("--reason goes with --recover (a rotation is the site's own decision)")
+    try:
+        document = json.loads(_read_text(handover, "hand-over"))
+    except json.JSONDecodeError as err:
+        raise InputError(f"{handover} is not JSON: {err}") from err
+    if not isinstance(document, dict):
+        raise InputError(f"{handover} is not a JSON object")
+    with _Api(server, token, ca_cert) as api:
+        out = api.client.rotate_site(api.token, name, handover=document)
+    _show(
+        output_format,
+        out.model_dump(),
+        f"site {name} rotated",
+        [["old key id", out.previous_key_id], ["new key id", out.key_id],
+         ["ledger seq", out.seq]],
+    )  # fmt: skip
+    emit_next("veracity site rotate-key --complete   (at the site: sign with the new key)")
+
+
+def _recover_site(
+    name: str,
+    *,
+    public_key: Path,
+    proof: str,
+    supernode_public_key: Path | None,
+    reason: str,
+    server: str,
+    token: str | None,
+    ca_cert: Path | None,
+    output_format: OutputFormat,
+) -> None:
     pem = _read_text(public_key, "public key")
     new_supernode = (
         _read_text(supernode_public_key, "SuperNode public key") if supernode_public_key else None
@@ -290,17 +381,20 @@ def sites_rotate(
         supernode = new_supernode or current.supernode_public_key
         if not supernode:
             raise InputError(f"site {name} has no SuperNode key on record; pass one")
-        revoked = api.client.revoke_site(
-            api.token, name, reason=reason, withdraw_supernode=new_supernode is not None
-        )
+        revoked = None
+        if current.key_id is not None:
+            revoked = api.client.revoke_site(
+                api.token, name, reason=reason, withdraw_supernode=new_supernode is not None
+            )
         enrolled = api.client.enrol_site(
             api.token, name=name, public_key=pem, supernode_public_key=supernode, proof=proof
         )
     _show(
         output_format,
-        {"revoked": revoked.model_dump(), "enrolled": enrolled.model_dump()},
-        f"site {name} rotated",
-        [["old key id", revoked.key_id], ["new key id", enrolled.key_id],
+        {"revoked": None if revoked is None else revoked.model_dump(),
+         "enrolled": enrolled.model_dump()},
+        f"site {name} recovered (key.recovered)",
+        [["old key id", current.key_id or "revoked before"], ["new key id", enrolled.key_id],
          ["SuperNode id", enrolled.node_id], ["ledger seq", enrolled.seq]],
     )  # fmt: skip
 

@@ -36,6 +36,7 @@ from veracity.server.api.schemas import (
     SiteListOut,
     SiteOut,
     SiteRevokedOut,
+    SiteRotatedOut,
     StudyListOut,
     StudyOut,
     StudyProposedOut,
@@ -265,6 +266,12 @@ class CoordinatorClient:
         """``POST /sites/{name}/revoke`` (admin)."""
         body = {"reason": reason, "withdraw_supernode": withdraw_supernode}
         return self._parsed(SiteRevokedOut, "POST", f"/sites/{name}/revoke", token, json=body)
+
+    def rotate_site(self, token: str, name: str, *, handover: dict[str, Any]) -> SiteRotatedOut:
+        """``POST /sites/{name}/rotations`` (admin): record the site's key hand-over."""
+        return self._parsed(
+            SiteRotatedOut, "POST", f"/sites/{name}/rotations", token, json=handover
+        )
 
     def datasets(self, token: str) -> DatasetListOut:
         """``GET /datasets``: the latest registration per site and dataset."""

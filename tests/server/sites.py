@@ -15,10 +15,11 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from veracity.contracts.events import DatasetRegistered, StudyApproved, StudyRefused
+from veracity.contracts.handover import KeyHandover
 from veracity.core.canonical import canonical_hash
 from veracity.core.fields import format_timestamp
 from veracity.crypto.keys import SigningKey, generate_signing_key
-from veracity.ledger.possession import sign_enrolment
+from veracity.ledger.possession import sign_enrolment, sign_rotation
 from veracity.ledger.statement import sign_statement
 
 __all__ = ["Site", "supernode_public_key", "unique_site", "study_document"]
@@ -48,6 +49,26 @@ class Site:
             "supernode_public_key": self.supernode_key,
             "proof": sign_enrolment(self.key, log_id=log_id, name=self.name, role="site"),
         }
+
+    def handover(
+        self, log_id: str, incoming: SigningKey, *, signer: SigningKey | None = None
+    ) -> dict[str, Any]:
+        """The body of ``POST /sites/{name}/rotations``: this site handed to ``incoming``.
+
+        ``signer`` signs the hand-over in place of the site's current key (an attack).
+        """
+        outgoing = signer or self.key
+        return KeyHandover(
+            log_id=log_id,
+            name=self.name,
+            key_id=self.key.public.key_id,
+            new_key_id=incoming.public.key_id,
+            public_key=incoming.public.pem(),
+            proof=sign_enrolment(incoming, log_id=log_id, name=self.name, role="site"),
+            outgoing_signature=sign_rotation(
+                outgoing, log_id=log_id, name=self.name, incoming=incoming.public
+            ),
+        ).to_json()
 
     def signed(self, kind: str, payload: dict[str, Any]) -> dict[str, Any]:
         """``{"payload", "signature"}`` signed with this site's key."""

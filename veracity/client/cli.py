@@ -879,6 +879,71 @@ def enrolment_proof_command(
         sys.stdout.write(site.enrolment_proof(log_id) + "\n")
 
 
+@site_app.command("rotate-key")
+def rotate_key_command(
+    log_id: Annotated[
+        str | None,
+        typer.Option(
+            "--log-id",
+            envvar="VERACITY_LOG_ID",
+            help="The coordinator's log id (64 hex; the admin reads it from the ledger).",
+        ),
+    ] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            "--out", envvar="VERACITY_OUT", help="Write the hand-over here (default: stdout)."
+        ),
+    ] = None,
+    complete: Annotated[
+        bool,
+        typer.Option(
+            "--complete",
+            envvar="VERACITY_COMPLETE",
+            help="The admin recorded the rotation: sign with the new key from now on.",
+        ),
+    ] = False,
+    data_dir: Annotated[
+        Path | None,
+        typer.Option("--data-dir", envvar="VERACITY_DATA_DIR", help="The site's directory."),
+    ] = None,
+) -> None:
+    """Hand this site over to a new key: the hand-over (JSON) for `admin sites rotate`.
+
+    The new key is made once and kept beside the current one, which signs until the
+    admin has recorded key.rotated and you run this again with --complete.
+    """
+    import json
+
+    from veracity.client.site import Site
+    from veracity.core.fields import is_hex64
+    from veracity.errors import InputError
+    from veracity.output import emit_next
+
+    with Site.open(_root(data_dir)) as site:
+        if complete:
+            if log_id is not None or out is not None:
+                raise ConfigError("--complete takes neither --log-id nor --out")
+            key_id = site.complete_rotation()
+            stderr_console().print(f"site {site.name} signs with its new key {key_id[:16]}")
+            return
+        if log_id is None:
+            raise ConfigError("give --log-id (or --complete once the rotation is recorded)")
+        if not is_hex64(log_id):
+            raise InputError(f"--log-id must be 64 lowercase hex characters, not {log_id!r}")
+        handover = site.rotation_handover(log_id)
+        name = site.name
+    text = json.dumps(handover.to_json(), indent=2, sort_keys=True) + "\n"
+    if out is None:
+        sys.stdout.write(text)
+    else:
+        out.write_text(text, encoding="utf-8")
+    emit_next(
+        f"veracity admin sites rotate {name} --handover {out or 'HANDOVER.json'}   (the admin)",
+        "veracity site rotate-key --complete   (here, once the rotation is recorded)",
+    )
+
+
 @site_app.command("witness-key")
 def witness_key_command(
     data_dir: Annotated[

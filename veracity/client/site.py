@@ -4,6 +4,8 @@ Layout of ``DIR`` after ``veracity site init --name NAME --data-dir DIR``::
 
     DIR/site.json                 settings (this module's SiteConfig), written last
     DIR/keys/NAME.pem  NAME.pub   the site's Ed25519 signing key (0600) and public key
+    DIR/keys/NAME.next.pem (.pub) a new key waiting for its rotation (``site rotate-key``)
+    DIR/keys/retired/             keys replaced by a completed rotation (kept, never used)
     DIR/keys/supernode(.pub)      the Flower SuperNode key, ECDSA P-384, OpenSSH format
     DIR/site.db                   the SQLite store (datasets, decisions, spends, outbox)
 
@@ -26,6 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from veracity.client.store import SignedStatement, SiteStore
 from veracity.contracts.base import Payload, SitePayload
+from veracity.contracts.handover import KeyHandover
 from veracity.core.fields import SiteName, check_site_name, format_timestamp
 from veracity.crypto.keys import (
     SigningKey,
@@ -37,7 +40,7 @@ from veracity.crypto.keys import (
 )
 from veracity.crypto.supernode import SUPERNODE_KEY_NAME, write_supernode_key_pair
 from veracity.errors import ConfigError, InputError
-from veracity.ledger.possession import sign_enrolment
+from veracity.ledger.possession import sign_enrolment, sign_rotation
 from veracity.ledger.statement import sign_statement
 
 __all__ = [
@@ -118,6 +121,21 @@ class SitePaths:
     def public_key(self) -> Path:
         """The Ed25519 public key."""
         return public_key_path(self.keys, self.name)
+
+    @property
+    def next_signing_key(self) -> Path:
+        """The new Ed25519 private key of a rotation not completed yet."""
+        return private_key_path(self.keys, f"{self.name}.next")
+
+    @property
+    def next_public_key(self) -> Path:
+        """The new Ed25519 public key of a rotation not completed yet."""
+        return public_key_path(self.keys, f"{self.name}.next")
+
+    @property
+    def retired_keys(self) -> Path:
+        """Keys replaced by completed rotations."""
+        return self.keys / "retired"
 
     @property
     def supernode_key(self) -> Path:
@@ -230,6 +248,73 @@ class Site:
         shows that the site itself holds the enrolled key.
         """
         return sign_enrolment(self.key, log_id=log_id, name=self.name, role="site")
+
+    def next_key(self) -> SigningKey | None:
+        """The new key of a rotation not completed yet (``None`` when there is none).
+
+        Raises
+        ------
+        ConfigError, CryptoError
+            If the key file is unreadable or readable by others.
+        """
+        if not self.paths.next_signing_key.exists():
+            return None
+        return load_signing_key(self.paths.next_signing_key)
+
+    def rotation_handover(self, log_id: str) -> KeyHandover:
+        """Hand this site's name over to a new key in the log ``log_id``.
+
+        The new key is made on first use and kept beside the current one
+        (``keys/NAME.next.pem``); asked again, the same new key is handed over, so the
+        command can be repeated until the admin records the rotation. The site keeps signing
+        with its current key until :meth:`complete_rotation`.
+        """
+        incoming = self.next_key()
+        if incoming is None:
+            incoming = generate_signing_key()
+            write_key_pair(self.paths.keys, f"{self.name}.next", incoming)
+        return KeyHandover(
+            log_id=log_id,
+            name=self.name,
+            key_id=self.key.public.key_id,
+            new_key_id=incoming.public.key_id,
+            public_key=incoming.public.pem(),
+            proof=sign_enrolment(incoming, log_id=log_id, name=self.name, role="site"),
+            outgoing_signature=sign_rotation(
+                self.key, log_id=log_id, name=self.name, incoming=incoming.public
+            ),
+        )
+
+    def complete_rotation(self) -> str:
+        """Sign with the new key from now on, once the coordinator recorded ``key.rotated``.
+
+        The outgoing key moves to ``keys/retired/`` (kept, never used again: the ledger
+        refuses its signatures after the rotation). Returns the new key id.
+
+        Raises
+        ------
+        ConfigError
+            If no rotation is waiting (run ``veracity site rotate-key`` first).
+        """
+        incoming = self.next_key()
+        if incoming is None:
+            raise ConfigError(
+                f"site {self.name} has no new key waiting; run: veracity site rotate-key"
+            )
+        retired = self.paths.retired_keys
+        retired.mkdir(mode=0o700, exist_ok=True)
+        stem = f"{self.name}.{self.key.public.key_id[:16]}"
+        for current, kept in (
+            (self.paths.signing_key, private_key_path(retired, stem)),
+            (self.paths.public_key, public_key_path(retired, stem)),
+        ):
+            if not kept.exists():
+                os.link(current, kept)
+        os.replace(self.paths.next_signing_key, self.paths.signing_key)
+        os.replace(self.paths.next_public_key, self.paths.public_key)
+        self.key = incoming
+        log.info("site %s signs with its new key %s", self.name, incoming.public.key_id[:16])
+        return incoming.public.key_id
 
     def close(self) -> None:
         """Close the store."""

@@ -237,7 +237,10 @@ def open_site_witness(
         If ``site_dir`` is not a site, or ``log_vkey`` differs from the pinned one.
     """
     with Site.open(site_dir) as site:
-        name, site_key = site.name, site.key.public
+        name = site.name
+        # A rotation waiting to be recorded hands the name to a key the site holds too.
+        incoming = site.next_key()
+        site_keys = [site.key.public] + ([] if incoming is None else [incoming.public])
     key = ensure_witness_key(site_dir, name)
     api = WitnessApi(api_url, token, ca_cert=ca_cert, transport=transport)
     directory = site_dir / "witness"
@@ -260,7 +263,7 @@ def open_site_witness(
         key=key,
         name=witness_name(name),
         log=verifier,
-        site_keys=[site_key],
+        site_keys=site_keys,
         clock=time.time,
     )
     return SiteWitness(witness, api)

@@ -24,6 +24,7 @@ from veracity.server.api.app import route_roles
 from .conftest import (
     Api,
     EncryptedQuery,
+    Site,
     encrypted_query,
     release_model,
     study_document,
@@ -43,6 +44,7 @@ MATRIX: list[tuple[str, str, int, int, int, int, int]] = [
     ("GET", "/api/v1/sites",                              200, 403, 403, 403, 401),
     ("GET", "/api/v1/sites/{site}",                       200, 200, 403, 403, 401),
     ("POST", "/api/v1/sites/{name}/revoke",               200, 403, 403, 403, 401),
+    ("POST", "/api/v1/sites/{name}/rotations",            201, 403, 403, 403, 401),
     ("POST", "/api/v1/datasets",                          403, 201, 403, 403, 401),
     ("GET", "/api/v1/datasets",                           200, 200, 403, 403, 401),
     ("POST", "/api/v1/studies",                           201, 403, 403, 403, 401),
@@ -120,6 +122,7 @@ class World:
     analysis_run_id: str = "0"
     job_id: str = "0" * 24
     made: list[str] = field(default_factory=list)
+    spare: Site | None = None
 
     def path(self, template: str) -> str:
         return (
@@ -140,7 +143,14 @@ class World:
         """A site enrolled for this request alone (a revocation succeeds once per key)."""
         spare = unique_site("spare")
         self.api.enrol(spare)
+        self.spare = spare
         return spare.name
+
+    def _handover(self) -> dict[str, Any]:
+        """The spare site's hand-over to a new key (the path named it just before)."""
+        assert self.spare is not None
+        log_id = self.api.service.ledger.log_id
+        return {"json": self.spare.handover(log_id, generate_signing_key())}
 
     def _cosignature(self) -> dict[str, Any]:
         """A fresh witness key's valid cosignature of the newest checkpoint, as the site."""
@@ -207,6 +217,7 @@ class World:
             ("GET", "/api/v1/ledger/proofs/inclusion"): lambda: {"params": {"seq": 1}},
             ("GET", "/api/v1/ledger/proofs/consistency"): lambda: {"params": {"old_size": 1}},
             ("POST", "/api/v1/sites/{name}/revoke"): lambda: {"json": {"reason": "rotation"}},
+            ("POST", "/api/v1/sites/{name}/rotations"): self._handover,
             ("GET", "/api/v1/ledger/witness/consistency"): lambda: {"params": {"old_size": 1}},
             ("GET", "/api/v1/ledger/witness/entries"): lambda: {"params": {"start": 0, "end": 2}},
             ("POST", "/api/v1/ledger/witness/cosignatures"): self._cosignature,

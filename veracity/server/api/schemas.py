@@ -155,6 +155,35 @@ class SiteRevokedOut(BaseModel):
     action_id: int
 
 
+class SiteRotateIn(_In):
+    """A site's key hand-over, as ``veracity site rotate-key`` writes it."""
+
+    format: Literal["veracity.key-handover.v1"] = "veracity.key-handover.v1"
+    log_id: Hash = Field(description="The log the signatures bind (this ledger's log id).")
+    name: SiteName = Field(description="The site handed over (the path's name).")
+    key_id: Hash = Field(description="The outgoing key's id: the key the site holds now.")
+    new_key_id: Hash = Field(description="The new key's id.")
+    public_key: Annotated[str, StringConstraints(min_length=1, max_length=4096)] = Field(
+        description="The new Ed25519 public key, PEM (SubjectPublicKeyInfo)."
+    )
+    proof: Base64Signature = Field(
+        description="The new key's proof of possession for this log, name and role site."
+    )
+    outgoing_signature: Base64Signature = Field(
+        description="The outgoing key's signature of the hand-over (veracity.rotation.v1)."
+    )
+
+
+class SiteRotatedOut(BaseModel):
+    """A recorded rotation: the ``key.rotated`` entry."""
+
+    name: str
+    previous_key_id: str
+    key_id: str
+    seq: int
+    action_id: int
+
+
 class SignedStatementIn(_In):
     """A statement a site signed on its own machine (``sign_statement``)."""
 

@@ -1,6 +1,7 @@
 """Sites, their statements and studies: the coordinator service's first command group.
 
-An enrolment writes ``key.enrolled`` (``key.recovered`` for a site whose key was revoked)
+An enrolment writes ``key.enrolled`` (``key.recovered`` for a site whose key was revoked);
+a rotation, ``key.rotated`` from the site's signed hand-over
 and registers the site's SuperNode key with the
 SuperLink last, after every row of the change and just before the commit (Flower never
 registers a withdrawn key again); a failed commit withdraws the registration. A site that
@@ -28,6 +29,7 @@ from veracity.contracts.events import (
     StudyRefused,
     validate_payload,
 )
+from veracity.contracts.handover import KeyHandover
 from veracity.core.fields import check_site_name, format_timestamp
 from veracity.crypto.keys import VerifyKey
 from veracity.crypto.supernode import parse_supernode_public_key
@@ -182,35 +184,53 @@ class SiteCommands(ServiceCore):
                         uow.effect(withdraw)
         return uow.recorded(record.key_id)
 
-    def rotate_site_key(
-        self, actor: Actor, name: str, *, public_key_pem: str, proof: str, outgoing_signature: str
-    ) -> Recorded[str]:
+    def rotate_site_key(self, actor: Actor, name: str, handover: KeyHandover) -> Recorded[str]:
         """Hand ``name`` over to a new key (``key.rotated``); returns the new key id.
 
-        The site makes both signatures: ``proof`` with the new key
-        (:func:`~veracity.ledger.possession.sign_enrolment`) and ``outgoing_signature``
-        with the key it holds now (:func:`~veracity.ledger.possession.sign_rotation`).
+        ``handover`` is made at the site (``veracity site rotate-key``): the new key's
+        proof of possession and the outgoing key's signature of the hand-over, both for this
+        log. A site whose key is lost or revoked gets a new key through a visible
+        ``key.recovered`` instead (revoke, then enrol again).
 
         Raises
         ------
         InputError
-            If ``name`` holds no site key (a revoked or lost key is replaced by enrolling
-            again, which records ``key.recovered``).
+            If ``name`` holds no site key, or the hand-over names another site, another log
+            or a new key id that is not its key's.
+        Conflict
+            If the hand-over starts from a key ``name`` does not hold now (an old
+            hand-over, or one made by another key), or its new key was enrolled before.
         SignatureError
             If either signature does not verify.
         """
-        public_key = VerifyKey.from_pem(public_key_pem)
+        public_key = VerifyKey.from_pem(handover.public_key)
+        if handover.name != name:
+            raise InputError(f"the hand-over is for site {handover.name!r}, not {name!r}")
+        if handover.log_id != self.ledger.log_id:
+            raise InputError(
+                "the hand-over was made for another log (its log_id is not this ledger's)"
+            )
+        if handover.new_key_id != public_key.key_id:
+            raise InputError("the hand-over's new_key_id is not its public key's id")
         with self._change(actor, "site.rotate", name) as uow:
             record = self.ledger.key_at(name)
             if record is None or name == ROOT_ACTOR:
-                raise InputError(f"{name!r} holds no site key to rotate")
+                raise InputError(
+                    f"{name!r} holds no site key to hand over: a lost or revoked key is "
+                    "replaced by a recovery (revoke, then enrol again: key.recovered)"
+                )
+            if handover.key_id != record.key_id:
+                raise Conflict(
+                    f"the hand-over starts from key {handover.key_id[:16]}, but {name!r} holds "
+                    f"{record.key_id[:16]}: only the current key hands a site over"
+                )
             uow.append_root(
                 KeyRotated(
                     name=name,
                     public_key=public_key.pem(),
                     valid_from=format_timestamp(),
-                    proof=proof,
-                    outgoing_signature=outgoing_signature,
+                    proof=handover.proof,
+                    outgoing_signature=handover.outgoing_signature,
                 )
             )
             uow.seal()

@@ -6,6 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Path, Request
 
+from veracity.contracts.handover import KeyHandover
 from veracity.server.api.deps import (
     AdminDep,
     AdminOrSiteDep,
@@ -24,6 +25,8 @@ from veracity.server.api.schemas import (
     SiteOut,
     SiteRevokedOut,
     SiteRevokeIn,
+    SiteRotatedOut,
+    SiteRotateIn,
     SiteSummaryOut,
 )
 from veracity.server.api.tokens import Role
@@ -114,6 +117,33 @@ def revoke_site(
         name=name,
         key_id=recorded.value,
         supernode_withdrawn=body.withdraw_supernode,
+        seq=recorded.seq,
+        action_id=action_id(recorded),
+    )
+
+
+@router.post(
+    "/{name}/rotations",
+    status_code=201,
+    summary="Record a site's key hand-over (key.rotated), signed by its outgoing key",
+    responses=responses(401, 403, 409, 413, 422),
+)
+def rotate_site(
+    name: SitePath, body: SiteRotateIn, principal: AdminDep, service: ServiceDep
+) -> SiteRotatedOut:
+    """Record ``key.rotated`` from the hand-over the site made (``veracity site rotate-key``).
+
+    The outgoing key signs the hand-over and the new key proves possession, both for this
+    log: a hand-over for another site or log, or with a bad signature, is 422; one that
+    does not start from the site's current key (or whose new key was enrolled before) is
+    409. A lost key is not rotated but recovered: revoke, then enrol again (``key.recovered``).
+    """
+    handover = KeyHandover.parse(body.model_dump(), what="key hand-over")
+    recorded = service.rotate_site_key(principal, name, handover)
+    return SiteRotatedOut(
+        name=name,
+        previous_key_id=handover.key_id,
+        key_id=recorded.value,
         seq=recorded.seq,
         action_id=action_id(recorded),
     )
