@@ -49,6 +49,13 @@ the sum of four Box-Muller draws against floating-point attacks), one stream for
 and one for Poisson sampling, never from torch's Mersenne Twister. Opacus's own
 ``secure_mode`` (torchcsprng, no build for this torch) is not used. Receipts name the
 source (:attr:`PrivateTrainer.noise_generator`).
+
+Replay. A site re-keys both streams before every round from that round's secret seed
+(:meth:`PrivateTrainer.rekey`, HKDF-SHA256 from 32 bytes of ``os.urandom`` the site keeps),
+and a round runs with torch's deterministic algorithms on a fixed thread count, in the
+fixed order of the registered rows; SGD keeps no state between rounds. So the same global
+weights, data, seed and thread count give the same update, bit for bit
+(:mod:`veracity.client.replay`).
 """
 
 from __future__ import annotations
@@ -57,6 +64,7 @@ import logging
 import math
 import warnings
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Literal, cast
 
@@ -72,7 +80,12 @@ from torch.utils.data import DataLoader
 from torch.utils.data import Dataset as TorchDataset
 
 from veracity.client.budget import History, Sampling, Segment, merge_history, poisson_sampling
-from veracity.client.noise import GENERATOR_NAME, SEEDED_GENERATOR_NAME, ChaCha20Source
+from veracity.client.noise import (
+    GENERATOR_NAME,
+    ROUND_SEED_GENERATOR_NAME,
+    SEEDED_GENERATOR_NAME,
+    ChaCha20Source,
+)
 from veracity.errors import ConfigError, InputError
 from veracity.tasks import scaling as tasks_scaling
 from veracity.tasks.spec import ModelSpec
@@ -84,6 +97,8 @@ __all__ = [
     "Clipping",
     "NOISE_GENERATOR",
     "NOISE_GENERATOR_SEEDED",
+    "NOISE_GENERATOR_ROUND_SEED",
+    "deterministic",
     "configure_threads",
     "effective_clipping",
     "standardise",
@@ -99,6 +114,23 @@ Clipping = Literal["linear-ghost", "opacus-hooks"]
 NOISE_GENERATOR = GENERATOR_NAME
 #: ... and with keys derived from an injected seed (tests only).
 NOISE_GENERATOR_SEEDED = SEEDED_GENERATOR_NAME
+#: ... and with keys derived from the site's secret per-round seed (what sites train with).
+NOISE_GENERATOR_ROUND_SEED = ROUND_SEED_GENERATOR_NAME
+
+
+@contextmanager
+def deterministic() -> Iterator[None]:
+    """Run the block with torch's deterministic algorithms on (restored afterwards).
+
+    On the CPU this makes torch raise rather than pick an operation whose result may vary
+    between runs; with the same thread count a round then re-trains bit for bit.
+    """
+    before = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(before)
 
 
 def configure_threads(threads: int) -> None:
@@ -502,6 +534,7 @@ class PrivateTrainer:
             steps=self.sampling.steps_per_epoch,
         )
         sampler.source = sample_source
+        self._sampler = sampler
         loader = DataLoader(rows, batch_sampler=sampler, collate_fn=cast(Any, _batch))
         base_optimizer = torch.optim.SGD(self.model.parameters(), lr=learning_rate)
         self._ghost: _LinearGhostClipping | None = None
@@ -585,6 +618,35 @@ class PrivateTrainer:
             seed=seed,
         )
 
+    # ------------------------------------------------------------------ randomness
+
+    def rekey(self, seed: bytes, *, injected: bool = False) -> None:
+        """Key the sampling and noise streams afresh from a round's 32-byte secret ``seed``.
+
+        Each stream's key is HKDF-SHA256 of the seed for its purpose
+        (:meth:`veracity.client.noise.ChaCha20Source.from_round_seed`), so a round's
+        Poisson samples and DP noise are a function of the seed alone. ``injected`` says
+        the seed was derived from a test seed rather than drawn from the OS: receipts then
+        name the generator as seeded, and a trainer in secure mode refuses it.
+
+        Raises
+        ------
+        ConfigError
+            If an injected seed is given in secure mode.
+        InputError
+            If the seed is not 32 bytes.
+        """
+        if injected and self.secure_mode:
+            raise ConfigError("a seed cannot be injected in secure mode")
+        sample_source = ChaCha20Source.from_round_seed(seed, "sampling")
+        noise_source = ChaCha20Source.from_round_seed(seed, "noise")
+        self._sampler.source = sample_source
+        self.optimizer.noise_source = noise_source
+        if injected:
+            self.noise_generator = NOISE_GENERATOR_SEEDED
+        else:
+            self.noise_generator = noise_source.name
+
     # ------------------------------------------------------------------ accounting
 
     def load_history(self, history: History) -> None:
@@ -652,11 +714,12 @@ class PrivateTrainer:
         self.model.train()
         steps = examples = 0
         loss_total = 0.0
-        for _ in range(epochs):
-            for xb, yb in self.loader:
-                loss_total += self._step(xb, yb)
-                steps += 1
-                examples += int(xb.shape[0])
+        with deterministic():
+            for _ in range(epochs):
+                for xb, yb in self.loader:
+                    loss_total += self._step(xb, yb)
+                    steps += 1
+                    examples += int(xb.shape[0])
         mean_loss = loss_total / examples if examples else math.nan
         return RoundResult(
             weights=model_weights(self.model), steps=steps, examples=examples, mean_loss=mean_loss

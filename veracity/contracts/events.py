@@ -20,6 +20,7 @@ from veracity.contracts.analysis import ANALYSIS_RECEIPT_DOMAIN, AnalysisAnswere
 from veracity.contracts.base import Contract, Payload, SitePayload, SiteStatement
 from veracity.contracts.receipts import RECEIPT_DOMAIN, Base64Signature, SignedReceipt
 from veracity.contracts.refusals import ApprovalMissingStatement, BudgetRefused
+from veracity.contracts.replay import ReplayConfirmed, ReplayFailed  # site-side replay (#19)
 from veracity.core.canonical import canonical_hash
 from veracity.core.fields import (
     NAME_PATTERN,
@@ -74,6 +75,9 @@ __all__ = [
     "CheckpointRecorded",
     "CheckpointCosigned",
     "NoteRecorded",
+    # Site-side replay (#19).
+    "ReplayConfirmed",
+    "ReplayFailed",
     "PAYLOADS",
     "payload_model",
     "validate_payload",
@@ -442,6 +446,9 @@ PAYLOADS: dict[str, type[Payload]] = {
         NoteRecorded,
         TokenIssued,
         TokenRevoked,
+        # Site-side replay (#19): site statements, recorded by SiteCommands.record_statement.
+        ReplayConfirmed,
+        ReplayFailed,
     )
 }
 

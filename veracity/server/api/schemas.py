@@ -169,9 +169,16 @@ class DecisionIn(SignedStatementIn):
 
 
 class StatementIn(SignedStatementIn):
-    """Another site statement: a checkpoint co-signature, a note or a budget refusal."""
+    """Another site statement: a checkpoint co-signature, a note, a budget refusal, a replay."""
 
-    kind: Literal["checkpoint.cosigned", "note.recorded", "budget.refused"]
+    kind: Literal[
+        "checkpoint.cosigned",
+        "note.recorded",
+        "budget.refused",
+        # Site-side replay (#19).
+        "replay.confirmed",
+        "replay.failed",
+    ]
 
 
 class RecordedOut(BaseModel):
