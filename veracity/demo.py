@@ -16,10 +16,14 @@ three hospitals with their own data, keys and budgets, a clinic and an auditor, 
 7. An auditor exports the ledger and verifies the bundle offline with the root public key
    and a C2SP policy (the log key, the three witness keys, quorum 2) and its own state
    directory, and reads the model's provenance.
+8. One site replays its last round (``veracity site replay``: re-trained from the global
+   model and secret seed it kept, to its receipt's update hash) and delivers the signed
+   ``replay.confirmed``; the auditor downloads the run archive and recomputes every
+   round's aggregation (``veracity ledger replay``'s check).
 
 Each stage is a small step function over one :class:`DemoState` (:data:`DEMO_STEPS`, in
 order: coordinator up, sites set up, enrolled, study approved, warmed up, trained,
-inference checked, audited); the steps talk to the admin API through the typed
+inference checked, audited, replayed); the steps talk to the admin API through the typed
 :class:`~veracity.api_client.CoordinatorClient`, and the summary is
 :meth:`DemoState.summary`. Everything the demo starts is stopped on exit, on Ctrl-C and on
 failure. The data directory is kept so that the ledger can be audited again with the
@@ -152,6 +156,8 @@ class DemoState:
     analytics: Analytics | None = None
     inference: InferenceCheck | None = None
     audit: Audit | None = None
+    #: Site-side and aggregation replay (#19).
+    replay: dict[str, Any] | None = None
 
     @property
     def coordinator_dir(self) -> Path:
@@ -214,6 +220,7 @@ class DemoState:
                 "epsilon_spent": analytics.epsilon_spent,
                 "max_abs_error": analytics.max_abs_error,
             },
+            "replay": _need(self.replay, "replay"),
             "console": self.console_access(),
             "timings_s": self.timings,
         }
@@ -653,6 +660,64 @@ def audit_ledger(state: DemoState) -> None:
     )
 
 
+def replay_run(state: DemoState) -> None:
+    """One site replays its last round; the auditor replays the run's aggregation.
+
+    The site re-trains the round from the global model and secret seed it kept (``veracity
+    site replay``), signs ``replay.confirmed`` and delivers it to the ledger (``veracity
+    site sync``); the auditor downloads the run archive and a fresh ledger bundle and
+    recomputes every round's FedAvg (:func:`veracity.server.replay.replay_aggregation`).
+    """
+    from veracity.crypto.keys import load_verify_key
+    from veracity.server.replay import replay_aggregation
+    from veracity.server.round_archive import extract_archive
+
+    trained, services = _need(state.trained, "trained model"), _need(state.services, "services")
+    audit = _need(state.audit, "audit")
+    site = state.sites[0]
+    (receipt,) = [
+        r["receipt"] for r in trained.rounds[-1]["receipts"] if r["receipt"]["site"] == site.name
+    ]
+    replayed = _veracity(
+        "site", "replay", "--run", str(receipt["run_id"]), "--round", str(receipt["round"]),
+        "--data-dir", str(site.directory), "--format", "json",
+    )  # fmt: skip
+    outcome = json.loads(replayed.stdout) if replayed.stdout.strip() else {}
+    if replayed.returncode != 0 or outcome.get("kind") != "replay.confirmed":
+        raise VerificationError(
+            f"{site.name} could not replay round {receipt['round']}: "
+            f"{outcome or replayed.stderr.strip()}"
+        )
+    synced = _veracity(
+        "site", "sync", "--server", services.api_url.removesuffix("/api/v1"),
+        "--token", state.tokens[site.name], "--ca-cert", str(services.ca_cert),
+        "--data-dir", str(site.directory), "--format", "json",
+    )  # fmt: skip
+    delivered = json.loads(synced.stdout) if synced.stdout.strip() else {}
+    recorded = [*delivered.get("delivered", []), *delivered.get("already_recorded", [])]
+    if synced.returncode != 0 or outcome["statement_id"] not in recorded:
+        raise TransportError(f"{site.name} could not deliver its replay: {synced.stderr.strip()}")
+    directory = state.root / "auditor" / "replay"
+    directory.mkdir(parents=True)
+    auditor = state.tokens["auditor"]
+    bundle = directory / "ledger.jsonl"
+    bundle.write_bytes(state.api.export_ledger(auditor))
+    archive = directory / "archive"
+    extract_archive(state.api.run_archive(auditor, trained.run_id), archive)
+    report = replay_aggregation(
+        bundle, archive, trusted_root=load_verify_key(audit.root_public_key)
+    )
+    (item,) = outcome["rounds"]
+    state.replay = {
+        "sites_confirmed": [site.name],
+        "aggregation_verified": report.final_model_hash == trained.model_hash,
+        "site_round": int(item["round"]),
+        "site_replay_s": round(float(item["replay_seconds"]), 3),
+        "site_train_s": round(float(item["train_seconds"]), 3),
+        "aggregation_rounds": report.rounds,
+    }
+
+
 @dataclass(frozen=True)
 class DemoStep:
     """One named step: its key in ``timings_s``, its progress line, and what it does."""
@@ -684,6 +749,11 @@ DEMO_STEPS: tuple[DemoStep, ...] = (
         "audit",
         "Auditor: export the ledger, verify offline with 2 of 3 witnesses, provenance",
         audit_ledger,
+    ),
+    DemoStep(
+        "replay",
+        "Replay: a site re-trains its last round; the auditor recomputes the aggregation",
+        replay_run,
     ),
 )
 

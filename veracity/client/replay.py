@@ -39,6 +39,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import numpy.typing as npt
+
 from veracity.client.site import Site
 from veracity.client.store import SignedStatement
 from veracity.contracts.receipts import Receipt
@@ -152,7 +155,7 @@ class RoundKeeper:
             _write_atomically(path, weights_to_bytes(weights))
         return model_hash
 
-    def load_global(self, model_hash: str) -> Weights | None:
+    def load_global(self, model_hash: str) -> dict[str, npt.NDArray[np.floating]] | None:
         """The kept global model ``model_hash`` as stored, or ``None`` if it is gone.
 
         Raises
