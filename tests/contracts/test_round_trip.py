@@ -53,6 +53,7 @@ from veracity.contracts.events import (
     payload_model,
 )
 from veracity.contracts.receipts import RECEIPT_DOMAIN, Receipt, SignedReceipt
+from veracity.contracts.replay import ReplayConfirmed, ReplayedRound, ReplayFailed
 from veracity.core.canonical import canonical_hash
 from veracity.core.fields import MAX_SAFE_INTEGER, format_timestamp
 from veracity.crypto.keys import SigningKey, generate_signing_key
@@ -253,6 +254,25 @@ def _record_every_kind(recorder: _Recorder, drawn: dict[str, Any]) -> None:
         ApprovalMissingStatement(
             site=second, study_hash=study_hash, run_id=drawn["run_id"], round=drawn["round"],
             reason=drawn["refusal_reason"], signed_at=drawn["signed_at"],
+        ),
+    )  # fmt: skip
+    # Site-side replay (#19).
+    replayed = ReplayedRound(round=drawn["round"], update_hash=h[3], seed_commitment=h[2])
+    recorder.site_event(
+        first,
+        ReplayConfirmed(
+            site=first, run_id=drawn["run_id"], study_hash=study_hash,
+            dataset_id=drawn["dataset_id"], dataset_commitment=drawn["dataset"]["commitment"],
+            rounds=[replayed], signed_at=drawn["signed_at"],
+        ),
+    )  # fmt: skip
+    recorder.site_event(
+        first,
+        ReplayFailed(
+            site=first, run_id=drawn["run_id"], study_hash=study_hash,
+            dataset_id=drawn["dataset_id"], dataset_commitment=drawn["dataset"]["commitment"],
+            round=drawn["round"], expected_update_hash=h[3], replayed_update_hash=h[4],
+            reason="re-training gave another update", confirmed=[], signed_at=drawn["signed_at"],
         ),
     )  # fmt: skip
     recorder.root_event(
