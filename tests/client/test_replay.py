@@ -212,3 +212,18 @@ def test_the_cli_replays_and_exits_1_on_a_changed_data_file(
     bc_csv.write_bytes(bc_csv.read_bytes().replace(b"1", b"2", 1))
     assert main(argv) == 1
     assert "no longer matches its commitment" in capsys.readouterr().err
+
+
+def test_rounds_clipped_by_opacus_hooks_replay_too(
+    ready_site: Site, approved: Study, site_dir: Path, clock: Clock
+) -> None:
+    config = json.loads((site_dir / "site.json").read_text())
+    (site_dir / "site.json").write_text(json.dumps({**config, "clipping": "opacus-hooks"}))
+    with SiteAgent.open(site_dir, clock=clock) as agent:
+        assert agent.site.config.clipping == "opacus-hooks"
+        _train(agent, approved, rounds=2)
+
+    outcome = replay_run(ready_site, RUN)
+
+    assert outcome.confirmed
+    assert [item["round"] for item in outcome.statement.payload["rounds"]] == [1, 2]

@@ -167,6 +167,29 @@ VALID: dict[str, dict[str, Any]] = {
         "requested_by": "alice",
     },
     "token.revoked": {"token_id": "9f2c4e1a7b3d5e60", "name": "hospital-a operator"},
+    # Site-side replay (#19).
+    "replay.confirmed": {
+        "site": "hospital-a",
+        "run_id": "1",
+        "study_hash": H,
+        "dataset_id": "d1",
+        "dataset_commitment": H,
+        "rounds": [{"round": 1, "update_hash": H, "seed_commitment": H}],
+        "signed_at": TS,
+    },
+    "replay.failed": {
+        "site": "hospital-a",
+        "run_id": "1",
+        "study_hash": H,
+        "dataset_id": "d1",
+        "dataset_commitment": H,
+        "round": 2,
+        "expected_update_hash": H,
+        "replayed_update_hash": H,
+        "reason": "re-training from the kept global model and seed gave another update",
+        "confirmed": [{"round": 1, "update_hash": H, "seed_commitment": H}],
+        "signed_at": TS,
+    },
 }
 
 
