@@ -47,10 +47,10 @@ __all__ = [
 #: The ``query_id`` of every explanation receipt (and of its spend at the site).
 EXPLANATION_QUERY_ID = "explanation"
 #: The attribution method.
-METHOD = "integrated_gradients"
+METHOD: Literal["integrated_gradients"] = "integrated_gradients"
 #: The integration baseline: the all-zero input of the model, i.e. every standardised
 #: feature (or channel) at the centre of the study's public scaling.
-BASELINE = "zeros"
+BASELINE: Literal["zeros"] = "zeros"
 
 #: At most this many figures (one per model input) in one explanation.
 MAX_FIGURES = 1_000_000
