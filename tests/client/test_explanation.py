@@ -3,6 +3,7 @@ noised, charged to the dataset's budget and the study's cap, and signed like a q
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -17,7 +18,7 @@ from veracity.client.analysis import QueryRefusal
 from veracity.client.approvals import approve_study
 from veracity.client.attributions import integrated_gradients
 from veracity.client.budget import Segment
-from veracity.client.datasets import check_registered, load_registered
+from veracity.client.datasets import check_registered, load_registered, register_dataset
 from veracity.client.explanation import (
     ExplanationAgent,
     ExplanationAnswer,
@@ -30,6 +31,7 @@ from veracity.contracts.analysis import ANALYSIS_RECEIPT_DOMAIN
 from veracity.contracts.explanation import EXPLANATION_QUERY_ID, ExplanationTerms, terms_hash
 from veracity.core.canonical import canonical_hash
 from veracity.ledger.statement import verify_document
+from veracity.tasks import breast_cancer
 from veracity.tasks.study import Study
 from veracity.tasks.weights import weights_hash
 
@@ -79,7 +81,8 @@ def test_integrated_gradients_of_a_linear_model_are_its_weights_times_the_input(
 
     (w,) = [a for name, a in weights.items() if name.endswith("weight")]
     baseline = np.zeros_like(x)
-    expected = w.reshape(1, -1).astype(np.float64) * (x - baseline)
+    towards_own_class = (2.0 * y - 1.0)[:, None]  # the class-1 logit, negated for class 0
+    expected = towards_own_class * w.reshape(1, -1).astype(np.float64) * (x - baseline)
     assert attributions.shape == x.shape
     np.testing.assert_allclose(attributions, expected, rtol=1e-5, atol=1e-6)
 
@@ -88,7 +91,7 @@ def test_the_sites_sum_before_noise_is_the_closed_form_clipped_and_summed(
     approved: Study, ready_site: Site
 ) -> None:
     weights = _trained_weights(approved)
-    x, _ = _examples(ready_site, approved)
+    x, y = _examples(ready_site, approved)
     agent = ExplanationAgent(ready_site, seed=1)
     agent._analyst._noise = lambda n: np.zeros(n)  # the sum before noise
 
@@ -96,7 +99,7 @@ def test_the_sites_sum_before_noise_is_the_closed_form_clipped_and_summed(
 
     assert isinstance(outcome, ExplanationAnswer), getattr(outcome, "reason", outcome)
     (w,) = [a for name, a in weights.items() if name.endswith("weight")]
-    rows = w.reshape(1, -1).astype(np.float64) * x
+    rows = (2.0 * y - 1.0)[:, None] * w.reshape(1, -1).astype(np.float64) * x
     norms = np.linalg.norm(rows, axis=1, keepdims=True)
     expected = (rows * np.minimum(1.0, 2.0 / norms)).sum(axis=0)
     np.testing.assert_allclose(outcome.explanation.values, expected, rtol=1e-5, atol=1e-5)
@@ -239,3 +242,39 @@ def test_explaining_after_training_spends_from_the_same_cap(
     assert isinstance(first, ExplanationAnswer)
     assert isinstance(second, QueryRefusal)
     assert second.kind == "budget.refused"
+
+
+def test_a_feature_that_alone_decides_the_label_ranks_first_in_at_least_95_percent_of_runs(
+    site: Site, tmp_path: Path
+) -> None:
+    from sklearn.linear_model import LogisticRegression
+
+    study = make_study(study_id="bc-decider", epsilon_caps={"hospital-a": 500.0})
+    rng = np.random.default_rng(0)
+    means = np.array([m for m, _ in study.scaling])
+    stds = np.array([s for _, s in study.scaling])
+    standard = rng.normal(size=(300, len(means)))
+    labels = (standard[:, 3] > 0).astype(np.int64)  # mean_area alone decides
+    csv = breast_cancer.write_csv(
+        breast_cancer.Partition(features=means + stds * standard, labels=labels),
+        tmp_path / "decider.csv",
+    )
+    register_dataset(
+        site, dataset_id="bc-0", path=csv, label=breast_cancer.LABEL, epsilon_budget=500.0
+    )
+    approve_study(site, study, dataset_id="bc-0", epsilon_cap=500.0)
+    fitted = LogisticRegression(C=1.0).fit(standard, labels)  # the model trained on it
+    weights = {
+        "linear.weight": fitted.coef_.astype(np.float32),
+        "linear.bias": fitted.intercept_.astype(np.float32),
+    }
+    runs, first = 20, 0
+    for seed in range(runs):
+        agent = ExplanationAgent(site, seed=seed)
+        # New terms each run (so each is computed, noised and charged anew), epsilon 1.
+        outcome = agent.handle(_request(study, weights, epsilon=1.0 + seed * 1e-6, steps=4))
+        assert isinstance(outcome, ExplanationAnswer)
+        values = np.abs(outcome.explanation.values)
+        first += int(np.argmax(values) == 3)
+
+    assert first >= 0.95 * runs

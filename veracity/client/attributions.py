@@ -4,9 +4,13 @@ The only module that imports Captum (import-linter's ``captum-adapter`` contract
 builds the study's torch model from the weights the coordinator sent and computes, for
 each record ``x``, Captum's ``IntegratedGradients`` from the all-zero baseline (the centre
 of the study's public scaling) along the straight path, with ``steps`` Gauss-Legendre
-points: ``attr_i = (x_i - 0) * integral_0^1 dF(a x)/dx_i da``, where ``F`` is the model's
-logit (the positive class's of a two-class model, else the record's own class's). For a
-linear logit ``w . x + b`` this is exactly ``w_i * x_i``.
+points: ``attr_i = (x_i - 0) * integral_0^1 dF(a x)/dx_i da``, where ``F`` is the logit of
+the record's own class: for a model of more than two classes, that class's logit; for a
+two-class model (one logit, for class 1) the logit for class 1 and its negative for class 0.
+So a feature that pushes records towards their true class has a positive mean attribution
+(with the signed logit alone, a centred feature's mean attribution would cancel to about 0
+however much it decides). For a linear logit ``w . x + b`` this is exactly
+``(2 y - 1) w_i x_i`` for two classes.
 
 Models take flat input rows (``veracity.tasks.torch_models``), so the attributions are
 flat too: one per feature, per (channel, time step) or per (channel, row, column).
@@ -47,7 +51,7 @@ def integrated_gradients(
     """Each record's attribution vector, shape ``(records, spec.n_features)``.
 
     ``x`` holds the study's flat float32 rows (as training reads them), ``y`` the class
-    indices (the target of a model with more than two classes).
+    indices: each record is explained towards its own class.
     """
     model = _model(spec, weights)
     explainer = IntegratedGradients(model)
@@ -67,7 +71,11 @@ def integrated_gradients(
                 n_steps=steps,
                 method="gausslegendre",
             )
-            out[start : start + len(inputs)] = attributions.detach().double().numpy()
+            block = attributions.detach().double().numpy()
+            if spec.outputs == 1:  # the logit of class 1; towards class 0 it is its negative
+                sign = 2.0 * np.asarray(y[start : start + BATCH], dtype=np.float64) - 1.0
+                block = block * sign[:, None]
+            out[start : start + len(inputs)] = block
     return out
 
 
