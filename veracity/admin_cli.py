@@ -729,6 +729,9 @@ def models_show(
             ["label", out.label], ["card hash", out.card_hash],
             ["released seq", out.released_seq]]  # fmt: skip
     rows += [[f"card {k}", json.dumps(v, sort_keys=True)] for k, v in sorted(out.card.items())]
+    for e in out.explanations:
+        top = ", ".join(e["top_features"][:3])
+        rows.append([f"explanation {e['seq']}", f"{e['report_hash']} top {top}"])
     _show(output_format, out.model_dump(), f"model {out.model_hash}", rows)
 
 

@@ -77,6 +77,8 @@ def test_a_models_explanations_are_listed_with_their_reports_and_plots(api: Api)
     assert item["report"]["features"]["value"] == pytest.approx([0.2, -0.05, 0.0125])
     assert item["plot_svg"].startswith("<svg")
     assert item["sites"] == [api.site.name]
+    card = api.call("GET", f"/api/v1/models/{model}", "site").json()
+    assert [e["report_hash"] for e in card["explanations"]] == [hashed]
     api.service.ledger.verify(api.service.root_key.public)
 
 

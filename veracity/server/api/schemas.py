@@ -434,6 +434,9 @@ class ModelOut(BaseModel):
     card_hash: str
     description_hash: str
     released_seq: int | None
+    #: The model's recorded explanations (``model.explained``): seq, report hash, top
+    #: features; the reports themselves at ``/models/{hash}/explanations``.
+    explanations: list[dict[str, Any]] = Field(default_factory=list)
 
 
 # ----------------------------------------------------------------------- ledger

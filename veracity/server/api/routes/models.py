@@ -77,6 +77,16 @@ def get_model(
         card_hash=model.card_hash,
         description_hash=model.description_hash,
         released_seq=None if release is None else release.seq,
+        explanations=[
+            {
+                "seq": entry.seq,
+                "report_hash": entry.payload["report_hash"],
+                "top_features": entry.payload["top_features"],
+                "epsilon": entry.payload["terms"]["epsilon"],
+            }
+            for entry in service.ledger.iter_entries(kind="model.explained")
+            if entry.payload["model_hash"] == model.model_hash
+        ],
     )
 
 
