@@ -39,7 +39,7 @@ from veracity.ledger.statement import verify_document
 from veracity.server.coordinator.service import CoordinatorService
 from veracity.server.coordinator.unit_of_work import SERVER_APP
 from veracity.server.explanation import explanation_report, report_hash, report_svg
-from veracity.server.polling_grid import PollingGrid
+from veracity.server.polling_grid import PollingGrid, replies_by_site, reply_record
 from veracity.tasks.study import Study
 
 __all__ = ["MESSAGE_TYPE", "ExplanationOutcome", "execute_explanation"]
@@ -126,16 +126,11 @@ def execute_explanation(
     ]
     answers: dict[str, tuple[SiteExplanation, SignedAnalysisReceipt]] = {}
     refused: list[str] = []
-    for reply in grid.send_and_receive(messages, timeout=timeout):
-        site = sites_by_node.get(int(reply.metadata.src_node_id))
-        if site is None:
-            continue
+    for site, reply in replies_by_site(grid, messages, sites_by_node, timeout=timeout):
         try:
-            if reply.has_error():
-                raise InputError(f"the site's app failed: {reply.error.reason}")
-            record = reply.content.config_records[ExplanationRecord.RECORD]
+            record = reply_record(reply, ExplanationRecord.RECORD)
             parsed = ExplanationReply.parse(
-                json.loads(ExplanationRecord.from_record(dict(record)).reply_json),
+                json.loads(ExplanationRecord.from_record(record).reply_json),
                 what=f"{site}'s explanation",
             )
         except (VeracityError, KeyError, ValueError) as err:
