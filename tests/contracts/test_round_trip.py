@@ -18,6 +18,7 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from tests.hypothesis_examples import examples
 from veracity.contracts.analysis import (
     ANALYSIS_RECEIPT_DOMAIN,
     AnalysisAnswered,
@@ -351,7 +352,7 @@ def _record_every_kind(recorder: _Recorder, drawn: dict[str, Any]) -> None:
     )
 
 
-@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(15), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(drawn=scenarios())
 def test_every_event_kind_round_trips_through_append_and_verify(
     tmp_path_factory: Any, drawn: dict[str, Any]
