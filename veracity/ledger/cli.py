@@ -534,7 +534,7 @@ def verify_proof(
     output_format: FormatOption = OutputFormat.TEXT,
 ) -> None:
     """Check an inclusion proof against a checkpoint signed by the trusted root."""
-    from veracity.ledger.ledger import InclusionProof
+    from veracity.ledger.proofs import InclusionProof
 
     trusted = _trusted_root(trust)
     parsed = InclusionProof.from_json(_read_json(proof, "proof file"))
