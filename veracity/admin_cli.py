@@ -17,8 +17,9 @@ import shlex
 import statistics
 import sys
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Protocol, TypeVar
 
 import click
 import typer
@@ -61,13 +62,46 @@ OutOption = Annotated[Path, typer.Option("--out", envvar="VERACITY_OUT", help="F
 
 # The shared connection of veracity.api_client, under the name these commands use.
 _Api = ApiSession
+_Item = TypeVar("_Item", covariant=True)
 
 
-def _show(output_format: OutputFormat, document: Any, title: str, rows: list[list[Any]]) -> None:
+class _Page(Protocol[_Item]):
+    """A listing the admin API answers: its items, and the whole document for JSON."""
+
+    @property
+    def items(self) -> Sequence[_Item]: ...
+
+    def model_dump(self) -> dict[str, Any]: ...
+
+
+def _emit(
+    output_format: OutputFormat,
+    document: Any,
+    title: str,
+    columns: list[str],
+    rows: Callable[[], list[list[Any]]],
+) -> None:
+    """Print the API's answer: the document as JSON, or a table of ``rows()``."""
     if output_format is OutputFormat.JSON:
         emit_json(document)
     else:
-        emit_table(title, ["item", "value"], rows)
+        emit_table(title, columns, rows())
+
+
+def _show(output_format: OutputFormat, document: Any, title: str, rows: list[list[Any]]) -> None:
+    """Print one thing: the document as JSON, or an item/value table of ``rows``."""
+    _emit(output_format, document, title, ["item", "value"], lambda: rows)
+
+
+def _list(
+    output_format: OutputFormat,
+    page: _Page[_Item],
+    title: str,
+    columns: list[str],
+    row: Callable[[_Item], list[Any]],
+) -> None:
+    """Print a listing: the page as JSON, or a table of one ``row(item)`` per item."""
+    _emit(output_format, page.model_dump(), title, columns, lambda: [row(i) for i in page.items])
 
 
 def _q(value: object) -> str:
@@ -148,13 +182,12 @@ def sites_list(
     """Enrolled sites and their current key (none once revoked)."""
     with _Api(server, token, ca_cert) as api:
         out = api.client.sites(api.token)
-    if output_format is OutputFormat.JSON:
-        emit_json(out.model_dump())
-        return
-    emit_table(
+    _list(
+        output_format,
+        out,
         "sites",
         ["site", "key id", "valid from", "enrolled seq"],
-        [[s.name, s.key_id or "revoked", s.valid_from, s.enrolled_seq] for s in out.items],
+        lambda s: [s.name, s.key_id or "revoked", s.valid_from, s.enrolled_seq],
     )
 
 
@@ -449,13 +482,12 @@ def studies_list(
     """Proposed studies."""
     with _Api(server, token, ca_cert) as api:
         out = api.client.studies(api.token)
-    if output_format is OutputFormat.JSON:
-        emit_json(out.model_dump())
-        return
-    emit_table(
+    _list(
+        output_format,
+        out,
         "studies",
         ["study", "hash", "sites", "min sites", "rounds"],
-        [[s.study_id, s.study_hash, " ".join(s.sites), s.min_sites, s.rounds] for s in out.items],
+        lambda s: [s.study_id, s.study_hash, " ".join(s.sites), s.min_sites, s.rounds],
     )
 
 
@@ -630,18 +662,14 @@ def runs_list(
     """Runs started here, and how each ended."""
     with _Api(server, token, ca_cert) as api:
         out = api.client.runs(api.token)
-    if output_format is OutputFormat.JSON:
-        emit_json(out.model_dump())
-        return
-    emit_table(
+    _list(
+        output_format,
+        out,
         "runs",
         ["run", "study hash", "started", "status", "model"],
-        [
-            [r.run_id, r.study_hash, r.started_at,
-             (r.finished or {}).get("status", "running"),
-             (r.finished or {}).get("model_hash") or "-"]
-            for r in out.items
-        ],
+        lambda r: [r.run_id, r.study_hash, r.started_at,
+                   (r.finished or {}).get("status", "running"),
+                   (r.finished or {}).get("model_hash") or "-"],
     )  # fmt: skip
 
 
@@ -703,15 +731,13 @@ def models_list(
     """Released models."""
     with _Api(server, token, ca_cert) as api:
         out = api.client.models(api.token)
-    if output_format is OutputFormat.JSON:
-        emit_json(out.model_dump())
-        return
-    emit_table(
+    _list(
+        output_format,
+        out,
         "models",
         ["model", "name", "family", "features", "label", "released seq"],
-        [[m.model_hash, m.name, m.family, m.n_features, m.label, m.released_seq]
-         for m in out.items],
-    )  # fmt: skip
+        lambda m: [m.model_hash, m.name, m.family, m.n_features, m.label, m.released_seq],
+    )
 
 
 @models_app.command("show")
@@ -805,14 +831,13 @@ def tokens_list(
     """Issued tokens (never the tokens themselves)."""
     with _Api(server, token, ca_cert) as api:
         out = api.client.tokens(api.token)
-    if output_format is OutputFormat.JSON:
-        emit_json(out.model_dump())
-        return
-    emit_table(
+    _list(
+        output_format,
+        out,
         "tokens",
         ["id", "role", "name", "site", "expires", "revoked", "created by"],
-        [[t.id, t.role, t.name, t.site or "", t.expires_at, t.revoked_at or "", t.created_by]
-         for t in out.items],
+        lambda t: [t.id, t.role, t.name, t.site or "", t.expires_at, t.revoked_at or "",
+                   t.created_by],
     )  # fmt: skip
 
 

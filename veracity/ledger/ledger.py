@@ -55,6 +55,7 @@ from veracity.ledger.keyring import KeyRecord
 from veracity.ledger.keyview import KeyView
 from veracity.ledger.merkle import MerkleTree, leaf_hash
 from veracity.ledger.proofs import ConsistencyProof, InclusionProof
+from veracity.ledger.reader import EntryReader
 from veracity.ledger.verify import (
     KeyEvent,
     RootSignatures,
@@ -72,7 +73,7 @@ _OWN_LIMIT = 1 << 18
 _CHECKPOINT_HOOKED = "veracity.ledger.checkpoint_hooked"
 
 
-class Ledger:
+class Ledger(EntryReader):
     """A signed, hash-chained, Merkle-proved ledger in a SQL database.
 
     Open one with :meth:`open` (existing ledger) or :meth:`init` (new one, writes genesis).
@@ -718,17 +719,6 @@ class Ledger:
         if row is None:
             raise NotFound(f"no entry {seq} in the ledger")
         return reads.entry_from_row(row)
-
-    def entries(
-        self,
-        *,
-        since: int = 0,
-        kind: str | None = None,
-        actor: str | None = None,
-        limit: int | None = None,
-    ) -> list[Entry]:
-        """Entries with ``seq >= since`` in order, optionally of one kind or actor."""
-        return list(self.iter_entries(since=since, kind=kind, actor=actor, limit=limit))
 
     def iter_entries(
         self,
