@@ -13,6 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tests.hypothesis_examples import examples
 from veracity.client.predict import (
     LayoutChoice,
     ModelDescription,
@@ -94,7 +95,7 @@ def _description(small_max: int = 1224, batch_max: int = 4096) -> ModelDescripti
     )
 
 
-@settings(max_examples=50, deadline=None)
+@settings(max_examples=examples(50), deadline=None)
 @given(n=st.integers(1, 20_000), small_max=st.integers(0, 2000))
 def test_batches_cover_every_patient_once_and_respect_capacities(n: int, small_max: int) -> None:
     description = _description(small_max=small_max)
