@@ -126,15 +126,18 @@ NOISE_GENERATOR_ROUND_SEED = ROUND_SEED_GENERATOR_NAME
 def deterministic() -> Iterator[None]:
     """Run the block with torch's deterministic algorithms on (restored afterwards).
 
-    On the CPU this makes torch raise rather than pick an operation whose result may vary
-    between runs; with the same thread count a round then re-trains bit for bit.
+    On the CPU torch then picks deterministic implementations wherever it has a choice;
+    an operation that has none warns rather than fails the round (``warn_only``: a replay
+    of such a round would report replay.failed, never a wrong confirmation). With the same
+    thread count a round then re-trains bit for bit.
     """
     before = torch.are_deterministic_algorithms_enabled()
-    torch.use_deterministic_algorithms(True)
+    warn_before = torch.is_deterministic_algorithms_warn_only_enabled()
+    torch.use_deterministic_algorithms(True, warn_only=True)
     try:
         yield
     finally:
-        torch.use_deterministic_algorithms(before)
+        torch.use_deterministic_algorithms(before, warn_only=warn_before)
 
 
 def configure_threads(threads: int) -> None:
