@@ -59,6 +59,7 @@ TrustOption = Annotated[
     ),
 ]
 _ROOT_KEY_NAME = "root"
+_LOG_KEY_NAME = "log"
 
 
 def _db_url(db: str | None, data_dir: Path | None) -> str:
@@ -75,10 +76,18 @@ def _key_dir(key_dir: Path | None, data_dir: Path | None) -> Path:
     return key_dir if key_dir is not None else load_settings(data_dir=data_dir).key_dir
 
 
-def _root_key_if_present(directory: Path) -> SigningKey | None:
-    from veracity.crypto.keys import load_signing_key, private_key_path
+def _log_key_path(directory: Path) -> Path:
+    """The log key in a key directory: ``log.pem``, else ``root.pem`` (identity and log in one)."""
+    from veracity.crypto.keys import private_key_path
 
-    path = private_key_path(directory, _ROOT_KEY_NAME)
+    path = private_key_path(directory, _LOG_KEY_NAME)
+    return path if path.exists() else private_key_path(directory, _ROOT_KEY_NAME)
+
+
+def _root_key_if_present(directory: Path) -> SigningKey | None:
+    from veracity.crypto.keys import load_signing_key
+
+    path = _log_key_path(directory)
     return load_signing_key(path) if path.exists() else None
 
 
@@ -190,7 +199,11 @@ def append(
         actor, key_name = ROOT_ACTOR, _ROOT_KEY_NAME
     else:
         key_name = actor
-    signer = load_signing_key(private_key_path(directory, key_name))
+    signer = load_signing_key(
+        _log_key_path(directory)
+        if key_name == _ROOT_KEY_NAME
+        else private_key_path(directory, key_name)
+    )
     root = signer if key_name == _ROOT_KEY_NAME else _root_key_if_present(directory)
     with _open(url, root_key=root) as ledger:
         entry = ledger.append(kind, actor, payload, signer=signer)
@@ -472,9 +485,9 @@ def checkpoint_now(
     ] = CheckpointFormat.TEXT,
 ) -> None:
     """Sign a checkpoint of the ledger now with the root key (or print the newest as a note)."""
-    from veracity.crypto.keys import load_signing_key, private_key_path
+    from veracity.crypto.keys import load_signing_key
 
-    root = load_signing_key(private_key_path(_key_dir(key_dir, data_dir), _ROOT_KEY_NAME))
+    root = load_signing_key(_log_key_path(_key_dir(key_dir, data_dir)))
     with _open(_db_url(db, data_dir), root_key=root) as ledger:
         if output_format is CheckpointFormat.NOTE:
             from veracity.ledger.witnessed import WitnessedLog
