@@ -77,8 +77,8 @@ def init_coordinator(
     Makes the identity and log keys (:func:`_init_keys`), the CA and server certificate,
     the ledger (genesis) and the read model where missing, and writes ``coordinator.json``.
     The server certificate covers loopback plus ``tls_hosts``; when an existing one does
-    not cover them all it is issued again from the same CA. ``own_tls`` (certificate, key, CA) installs the operator's
-    own certificate instead.
+    not cover them all it is issued again from the same CA. ``own_tls`` (certificate, key,
+    CA) installs the operator's own certificate instead.
 
     Raises
     ------
