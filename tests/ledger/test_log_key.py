@@ -24,7 +24,6 @@ from veracity.errors import (
 )
 from veracity.ledger.checkpoint import sign_checkpoint
 from veracity.ledger.entry import entry_message, statement_bytes
-from veracity.ledger.keyring import KeyHistory
 from veracity.ledger.ledger import Ledger
 from veracity.ledger.log_key import (
     retire_log_key,
@@ -253,8 +252,11 @@ def test_a_log_made_with_a_stolen_log_key_does_not_verify_under_the_identity(
     with init_coordinator(home) as service:
         online = service.root_key  # what the running coordinator holds
     trusted = load_verify_key(home / "keys" / "root.pub")
-    online_files = [p for p in (home / "keys").glob("*.pem")]
+    online_files = list((home / "keys").glob("*.pem"))
     assert [load_signing_key(p).public for p in online_files] == [online.public]
-    with Ledger.init(f"sqlite:///{tmp_path / 'thief.db'}", root_key=online, now=T0) as forged:
-        with pytest.raises(LedgerIntegrityError, match="identity"):
-            forged.verify(trusted)
+    thief = f"sqlite:///{tmp_path / 'thief.db'}"
+    with (
+        Ledger.init(thief, root_key=online, now=T0) as forged,
+        pytest.raises(LedgerIntegrityError, match="identity"),
+    ):
+        forged.verify(trusted)
