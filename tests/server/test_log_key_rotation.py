@@ -76,3 +76,17 @@ def test_the_log_key_rotates_with_the_offline_identity_and_the_coordinator_runs_
         ["ledger", "verify", "--db", sqlite_url, "--trust", str(data_dir / "keys" / "root.pub")]
     )
     assert code == 0
+    capsys.readouterr()
+    # An inclusion proof checks under root.pub: the proof shows how the identity enrolled
+    # the log key that signed the checkpoint (here the second one).
+    proof = _json(["ledger", "prove", "3", "--db", sqlite_url], capsys)
+    assert len(proof["log_key_events"]) == 3  # type: ignore[arg-type]
+    (tmp_path / "proof.json").write_text(json.dumps(proof), encoding="utf-8")
+    (tmp_path / "checkpoint.json").write_text(json.dumps(proof["checkpoint"]), encoding="utf-8")
+    checked = _json(
+        ["ledger", "verify-proof", "--proof", str(tmp_path / "proof.json"),
+         "--checkpoint", str(tmp_path / "checkpoint.json"),
+         "--trust", str(data_dir / "keys" / "root.pub")],
+        capsys,
+    )  # fmt: skip
+    assert checked["ok"] is True

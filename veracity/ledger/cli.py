@@ -525,11 +525,25 @@ def prove(
     output_format: FormatOption = OutputFormat.TEXT,
 ) -> None:
     """Print an inclusion proof of entry SEQ (and the checkpoint of that size, if any)."""
+    from veracity.contracts.events import KEY_KINDS, ROOT_ACTOR
+
     with _open(_db_url(db, data_dir)) as ledger:
         proof = ledger.inclusion_proof(seq, size)
         matching = [c for c in ledger.checkpoints() if c.tree_size == proof.tree_size]
+        # Genesis and the log key's events: how the identity (root.pub) enrolled the log key
+        # that signed the checkpoint.
+        events = sorted(
+            (
+                entry
+                for kind in KEY_KINDS
+                for entry in ledger.iter_entries(kind=kind)
+                if entry.payload.get("name") == ROOT_ACTOR
+            ),
+            key=lambda entry: entry.seq,
+        )
     document = proof.to_json()
     document["checkpoint"] = matching[0].to_json() if matching else None
+    document["log_key_events"] = [entry.body.decode("utf-8") for entry in events]
     if output_format is OutputFormat.JSON:
         emit_json(document)
     else:
@@ -546,17 +560,34 @@ def verify_proof(
     trust: TrustOption,
     output_format: FormatOption = OutputFormat.TEXT,
 ) -> None:
-    """Check an inclusion proof against a checkpoint signed by the trusted root."""
+    """Check an inclusion proof against a checkpoint signed by the trusted root.
+
+    The trusted root is the log's identity key (root.pub); the checkpoint is signed by a log
+    key it enrolled, which the proof's `log_key_events` (from `veracity ledger prove`) show.
+    """
     from veracity.ledger.ledger import InclusionProof
+    from veracity.ledger.log_key import log_keys_from_entries
 
     trusted = _trusted_root(trust)
-    parsed = InclusionProof.from_json(_read_json(proof, "proof file"))
+    document = _read_json(proof, "proof file")
+    parsed = InclusionProof.from_json(document)
     candidates = _load_checkpoints([checkpoint])
     if not candidates:
         raise InputError(f"checkpoint file {checkpoint} holds no checkpoint")
     chosen = next((c for c in candidates if c.tree_size == parsed.tree_size), candidates[0])
     try:
-        parsed.verify(chosen, trusted)
+        events = document.get("log_key_events") if isinstance(document, dict) else None
+        signers = [trusted]
+        if isinstance(events, list) and events:
+            # The identity (root.pub) enrolled the log keys that sign checkpoints.
+            signers = log_keys_from_entries([str(e) for e in events], trusted)
+        for position, signer in enumerate(signers):
+            try:
+                parsed.verify(chosen, signer)
+                break
+            except SignatureError:
+                if position == len(signers) - 1:
+                    raise
     except VerificationError as err:
         if output_format is OutputFormat.JSON:
             emit_json(

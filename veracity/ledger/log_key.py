@@ -47,6 +47,7 @@ __all__ = [
     "retirement_payload",
     "rotate_log_key",
     "retire_log_key",
+    "log_keys_from_entries",
 ]
 
 #: The key files: ``root.pem``/``root.pub`` is the identity, ``log.pem``/``log.pub`` the log key.
@@ -188,3 +189,38 @@ def retire_log_key(
     entry = ledger.append("key.revoked", ROOT_ACTOR, payload, signer=_log_key(ledger), now=now)
     ledger.overlap_keys = [k for k in ledger.overlap_keys if k.public.key_id != key_id]
     return entry
+
+
+def log_keys_from_entries(entries: list[str], identity: VerifyKey) -> list[VerifyKey]:
+    """The log keys ``identity`` enrolled, as the key events ``entries`` show them.
+
+    ``entries`` are entry bytes as text: genesis first, then the log key's rotations and
+    retirements, in seq order; ``veracity ledger prove`` puts them beside an inclusion
+    proof (``log_key_events``), so that ``verify-proof --trust root.pub`` (the identity)
+    can check a checkpoint the log key signed. Every identity signature is checked; an entry that is not a key event of
+    the log key is refused.
+
+    Raises
+    ------
+    InputError
+        If the entries are not genesis and the log key's events, or genesis names another
+        identity.
+    SignatureError
+        If an enrolment is not signed by the identity.
+    """
+    from veracity.ledger.entry import parse_body
+    from veracity.ledger.keyring import KeyHistory
+    from veracity.ledger.merkle import leaf_hash
+
+    if not entries:
+        raise InputError("the proof carries no log key events (genesis at least)")
+    bodies = [text.encode("utf-8") for text in entries]
+    history = KeyHistory(log_id=leaf_hash(bodies[0]).hex())
+    for position, body in enumerate(bodies):
+        entry = parse_body(body)
+        if (position == 0) != (entry.seq == 0) or entry.payload.get("name") != ROOT_ACTOR:
+            raise InputError("the log key events are genesis and the log key's events only")
+        history.apply(entry.seq, entry.kind, entry.payload)
+    if history.identity != identity:
+        raise InputError("genesis names an identity (root) key other than the trusted one")
+    return history.log_keys()
