@@ -197,8 +197,8 @@ def log_keys_from_entries(entries: list[str], identity: VerifyKey) -> list[Verif
     ``entries`` are entry bytes as text: genesis first, then the log key's rotations and
     retirements, in seq order; ``veracity ledger prove`` puts them beside an inclusion
     proof (``log_key_events``), so that ``verify-proof --trust root.pub`` (the identity)
-    can check a checkpoint the log key signed. Every identity signature is checked; an entry that is not a key event of
-    the log key is refused.
+    can check a checkpoint the log key signed. Every identity signature is checked; an
+    entry that is not a key event of the log key is refused.
 
     Raises
     ------
