@@ -110,7 +110,7 @@ def test_a_ledger_whose_log_key_rotated_verifies_end_to_end(db_url: str, tmp_pat
     feed(late, ledger)
 
     for mode in ("all", "tail"):
-        report = ledger.verify(IDENTITY.public, root_signatures=mode)  # type: ignore[arg-type]
+        report = ledger.verify(IDENTITY.public, root_signatures=mode)
         assert report.entries == ledger.size()
     assert ledger.verify(IDENTITY.public, workers=2).entries == ledger.size()
     bundle = tmp_path / "ledger.jsonl"
