@@ -25,7 +25,7 @@ from veracity.contracts.events import PAYLOADS, ROOT_ACTOR, validate_payload
 from veracity.core.fields import format_timestamp
 from veracity.core.jcs import encode_canonical
 from veracity.errors import InputError, LedgerIntegrityError
-from veracity.ledger import verify as verify_module
+from veracity.ledger import verify_fast
 from veracity.ledger.entry import parse_body, statement_bytes, statement_of_body
 from veracity.ledger.ledger import EventRequest, Ledger
 from veracity.ledger.statement import sign_statement
@@ -328,7 +328,7 @@ def _outcome(
     """Verify ``path``; with ``reference``, every row takes the reference path."""
     with pytest.MonkeyPatch.context() as patch:
         if reference:
-            patch.setattr(verify_module, "template_for", lambda body, kind=None: None)
+            patch.setattr(verify_fast, "template_for", lambda body, kind=None: None)
         try:
             if bundle:
                 return verify_bundle_file(

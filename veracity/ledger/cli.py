@@ -565,8 +565,8 @@ def verify_proof(
     The trusted root is the log's identity key (root.pub); the checkpoint is signed by a log
     key it enrolled, which the proof's `log_key_events` (from `veracity ledger prove`) show.
     """
-    from veracity.ledger.ledger import InclusionProof
     from veracity.ledger.log_key import log_keys_from_entries
+    from veracity.ledger.proofs import InclusionProof
 
     trusted = _trusted_root(trust)
     document = _read_json(proof, "proof file")

@@ -1,5 +1,12 @@
 """The :class:`Ledger` facade: append, checkpoint, read, prove, verify, export, provenance.
 
+The work is done in modules of their own: :mod:`.appending` (prepare, check and write
+events), :mod:`.keyview` (key lookups while appending), :mod:`.checkpointing`
+(verify-before-sign and the recorded checkpoint), :mod:`.reads` (read queries),
+:mod:`.proofs` (inclusion and consistency proofs), :mod:`.bundle_export` (export) and
+:mod:`.verify` (the offline verifier); this class holds the state they share (the engine,
+the root key, the Merkle cache and the entries this process signed).
+
 Appends are linear under concurrent writers and processes: each runs in a transaction that
 holds the store's write lock (``BEGIN IMMEDIATE`` / ``pg_advisory_xact_lock``) while it
 reads the head, and the schema itself refuses a fork. Everything about an append is
@@ -12,321 +19,57 @@ seq, its role, the signature (made here with ``signer=`` or passed in as base64 
 
 from __future__ import annotations
 
-import hashlib
 import logging
-import os
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy import func, insert, select
+from sqlalchemy import func, select
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.orm import Session
 
-from veracity.contracts.events import (
-    KEY_KINDS,
-    RECEIPT_DOMAINS,
-    ROOT_ACTOR,
-    SITE_KINDS,
-    Role,
-    allowed_roles,
-    validate_actor_name,
-    validate_payload,
-)
 from veracity.core.fields import format_timestamp
 from veracity.crypto.keys import SigningKey, VerifyKey
 from veracity.errors import (
     ConfigError,
-    Conflict,
-    CryptoError,
     InputError,
     LedgerIntegrityError,
     NotFound,
-    ProofError,
     SignatureError,
     VeracityError,
 )
-from veracity.ledger import store
+from veracity.ledger import reads, store
+from veracity.ledger.appending import EventRequest, Prepared, append_rows, prepare, write_genesis
 from veracity.ledger.checkpoint import Checkpoint, sign_checkpoint
+from veracity.ledger.checkpointing import record_checkpoint_entry, verify_since
 from veracity.ledger.entry import (
-    GENESIS_PREV,
     NO_LOG_ID,
     Entry,
-    build_body,
-    entry_message,
     parse_body,
-    statement_bytes,
-    statement_message,
 )
-from veracity.ledger.keyring import KeyRecord, check_key_event
-from veracity.ledger.merkle import MerkleTree, leaf_hash, verify_consistency, verify_inclusion
-from veracity.ledger.statement import (
-    decode_signature,
-    encode_signature,
-    verify_document,
-)
+from veracity.ledger.keyring import KeyRecord
+from veracity.ledger.keyview import KeyView
+from veracity.ledger.merkle import MerkleTree, leaf_hash
+from veracity.ledger.proofs import ConsistencyProof, InclusionProof
 from veracity.ledger.verify import (
-    MAX_ENTRY_BYTES,
     KeyEvent,
     RootSignatures,
     VerifyReport,
     verify_database,
-    verify_extension,
 )
 
-__all__ = ["Ledger", "EventRequest", "InclusionProof", "ConsistencyProof"]
+#: ``EventRequest`` is defined in :mod:`.appending` and imported from here by its callers.
+__all__ = ["Ledger", "EventRequest"]
 
 log = logging.getLogger(__name__)
 _CHECKPOINT_AFTER_COMMIT = "veracity.ledger.checkpoint_after_commit"
 #: The most entries whose leaf hashes :attr:`Ledger._own` remembers (about 120 bytes each).
 _OWN_LIMIT = 1 << 18
 _CHECKPOINT_HOOKED = "veracity.ledger.checkpoint_hooked"
-
-
-@dataclass(frozen=True)
-class EventRequest:
-    """One event to append: exactly one of ``signer`` or ``signature`` must be given."""
-
-    kind: str
-    actor: str
-    payload: dict[str, Any]
-    signer: SigningKey | None = None
-    signature: str | None = None
-
-
-@dataclass(frozen=True)
-class InclusionProof:
-    """RFC 9162 inclusion proof of entry ``seq`` in the tree of ``tree_size`` leaves."""
-
-    log_id: str
-    seq: int
-    tree_size: int
-    entry: bytes
-    proof: tuple[bytes, ...]
-
-    def to_json(self) -> dict[str, Any]:
-        """JSON-ready form (hashes in hex, the entry bytes as UTF-8 text)."""
-        return {
-            "type": "inclusion",
-            "log_id": self.log_id,
-            "seq": self.seq,
-            "tree_size": self.tree_size,
-            "leaf_hash": leaf_hash(self.entry).hex(),
-            "entry": self.entry.decode("utf-8"),
-            "proof": [item.hex() for item in self.proof],
-        }
-
-    @classmethod
-    def from_json(cls, document: Any) -> InclusionProof:
-        """Parse :meth:`to_json` output.
-
-        Raises
-        ------
-        InputError
-            If the document is not an inclusion proof.
-        """
-        try:
-            if document["type"] != "inclusion":
-                raise InputError("not an inclusion proof")
-            proof = cls(
-                log_id=str(document["log_id"]),
-                seq=int(document["seq"]),
-                tree_size=int(document["tree_size"]),
-                entry=str(document["entry"]).encode("utf-8"),
-                proof=tuple(bytes.fromhex(item) for item in document["proof"]),
-            )
-        except (KeyError, TypeError, ValueError) as err:
-            raise InputError(f"malformed inclusion proof: {err}") from err
-        if document.get("leaf_hash") not in (None, leaf_hash(proof.entry).hex()):
-            raise InputError("inclusion proof's leaf_hash is not the hash of its entry")
-        return proof
-
-    def verify(self, checkpoint: Checkpoint, trusted_root: VerifyKey) -> None:
-        """Check the proof against a checkpoint signed by ``trusted_root``.
-
-        The tree size comes from the signed checkpoint, never from the proof alone.
-
-        Raises
-        ------
-        SignatureError
-            If the checkpoint is not signed by ``trusted_root``.
-        ProofError
-            If the proof is for another log or size, or does not lead to the root.
-        """
-        checkpoint.verify(trusted_root)
-        if checkpoint.log_id != self.log_id:
-            raise ProofError("the proof and the checkpoint belong to different logs")
-        if checkpoint.tree_size != self.tree_size:
-            raise ProofError(
-                f"the proof is for tree size {self.tree_size} but the checkpoint is for "
-                f"{checkpoint.tree_size}"
-            )
-        try:
-            entry = parse_body(self.entry)
-        except InputError as err:
-            raise ProofError(f"the proved entry is malformed: {err}") from err
-        if entry.seq != self.seq:
-            raise ProofError(f"the proved entry is seq {entry.seq}, not {self.seq}")
-        verify_inclusion(
-            leaf_hash(self.entry),
-            self.seq,
-            self.tree_size,
-            list(self.proof),
-            bytes.fromhex(checkpoint.root_hash),
-        )
-
-
-@dataclass(frozen=True)
-class ConsistencyProof:
-    """RFC 9162 consistency proof that the tree of ``new_size`` extends ``old_size``."""
-
-    log_id: str
-    old_size: int
-    new_size: int
-    proof: tuple[bytes, ...]
-
-    def to_json(self) -> dict[str, Any]:
-        """JSON-ready form (hashes in hex)."""
-        return {
-            "type": "consistency",
-            "log_id": self.log_id,
-            "old_size": self.old_size,
-            "new_size": self.new_size,
-            "proof": [item.hex() for item in self.proof],
-        }
-
-    def verify(self, old: Checkpoint, new: Checkpoint, trusted_root: VerifyKey) -> None:
-        """Check the proof between two checkpoints signed by ``trusted_root``.
-
-        Raises
-        ------
-        SignatureError
-            If either checkpoint is not signed by ``trusted_root``.
-        ProofError
-            If the sizes or logs do not match or the trees diverge.
-        """
-        old.verify(trusted_root)
-        new.verify(trusted_root)
-        if {old.log_id, new.log_id} != {self.log_id}:
-            raise ProofError("the proof and the checkpoints belong to different logs")
-        if (old.tree_size, new.tree_size) != (self.old_size, self.new_size):
-            raise ProofError("the proof is for other tree sizes than the checkpoints")
-        verify_consistency(
-            self.old_size,
-            self.new_size,
-            list(self.proof),
-            bytes.fromhex(old.root_hash),
-            bytes.fromhex(new.root_hash),
-        )
-
-
-@dataclass
-class _Prepared:
-    request: EventRequest
-    statement: bytes
-    #: The actor's statement signature (``None`` for the root's own entries, which are
-    #: signed at their position under the write lock).
-    signature: str | None
-
-
-def _readable(body: bytes, request: EventRequest) -> None:
-    """Refuse an entry whose bytes would not read back as the event (never write those).
-
-    Raises
-    ------
-    InputError
-        If the bytes do not decode, or decode to a payload its schema refuses.
-    """
-    if len(body) > MAX_ENTRY_BYTES:
-        raise InputError(
-            f"{request.kind} would take {len(body)} bytes; an entry holds at most {MAX_ENTRY_BYTES}"
-        )
-    try:
-        entry = parse_body(body)
-    except InputError as err:
-        raise InputError(f"{request.kind} would be stored as unreadable bytes: {err}") from err
-    if entry.payload != request.payload:
-        validate_payload(entry.kind, entry.payload, actor=entry.actor)
-
-
-def _entry_from_row(row: Any) -> Entry:
-    return parse_body(bytes(row.body))
-
-
-def _checkpoint_from_row(row: store.CheckpointRow) -> Checkpoint:
-    return Checkpoint(
-        log_id=row.log_id,
-        tree_size=row.tree_size,
-        root_hash=bytes(row.root_hash).hex(),
-        timestamp=row.timestamp,
-        signature=row.signature,
-    )
-
-
-class _KeyView:
-    """Key lookups while appending: the key index plus the batch's own key events."""
-
-    def __init__(self, session: Session, *, head: int | None = None) -> None:
-        self._session = session
-        self._pending: dict[str, list[tuple[int, KeyRecord | None]]] = {}
-        self._pending_holders: dict[str, str] = {}
-        #: Stored key state per name for seqs after ``head`` (fixed while the lock is held).
-        self._head = head
-        self._stored: dict[str, KeyRecord | None] = {}
-
-    def key_at(self, name: str, seq: int) -> KeyRecord | None:
-        for event_seq, record in reversed(self._pending.get(name, [])):
-            if event_seq < seq:
-                return record
-        if self._head is not None and seq > self._head:
-            if name not in self._stored:
-                self._stored[name] = self._lookup(name, seq)
-            return self._stored[name]
-        return self._lookup(name, seq)
-
-    def _lookup(self, name: str, seq: int, *, granted_only: bool = False) -> KeyRecord | None:
-        query = select(store.KeyEventRow).where(
-            store.KeyEventRow.name == name, store.KeyEventRow.seq < seq
-        )
-        if granted_only:
-            query = query.where(store.KeyEventRow.action != "revoked")
-        row = self._session.execute(
-            query.order_by(store.KeyEventRow.seq.desc()).limit(1)
-        ).scalar_one_or_none()
-        if row is None or row.action == "revoked" or row.public_key is None or row.role is None:
-            return None
-        return KeyRecord(
-            name=row.name,
-            role=Role(row.role),
-            key=VerifyKey.from_pem(row.public_key),
-            enrolled_seq=row.seq,
-        )
-
-    def last_record(self, name: str, seq: int) -> KeyRecord | None:
-        """The last key ``name`` was given before ``seq``, even if revoked since."""
-        for event_seq, record in reversed(self._pending.get(name, [])):
-            if event_seq < seq and record is not None:
-                return record
-        return self._lookup(name, seq, granted_only=True)
-
-    def holder_of(self, key_id: str) -> str | None:
-        if key_id in self._pending_holders:
-            return self._pending_holders[key_id]
-        return self._session.execute(
-            select(store.KeyEventRow.name)
-            .where(store.KeyEventRow.key_id == key_id, store.KeyEventRow.action != "revoked")
-            .limit(1)
-        ).scalar_one_or_none()
-
-    def record(self, seq: int, name: str, record: KeyRecord | None) -> None:
-        self._pending.setdefault(name, []).append((seq, record))
-        if record is not None:
-            self._pending_holders[record.key_id] = name
 
 
 class Ledger:
@@ -436,7 +179,7 @@ class Ledger:
             with store.write_session(engine) as session:
                 row = session.get(store.EntryRow, 0)
                 if row is None:
-                    ledger._write_genesis(session, root_key, now)
+                    write_genesis(session, root_key, now)
                 elif parse_body(bytes(row.body)).payload["public_key"] != root_key.public.pem():
                     raise ConfigError("this ledger was created under another root key")
         except BaseException:
@@ -454,47 +197,6 @@ class Ledger:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _write_genesis(self, session: Session, root_key: SigningKey, now: datetime | None) -> None:
-        ts = format_timestamp(now)
-        payload = {
-            "name": ROOT_ACTOR,
-            "role": Role.ROOT.value,
-            "public_key": root_key.public.pem(),
-            "valid_from": ts,
-        }
-        statement = statement_bytes("key.enrolled", ROOT_ACTOR, payload)
-        message = entry_message(NO_LOG_ID, 0, bytes(32), ts, statement)
-        signature = encode_signature(root_key.sign(message))
-        body = build_body(statement, prev=GENESIS_PREV, seq=0, signature=signature, ts=ts)
-        session.execute(
-            insert(store.EntryRow),
-            [
-                {
-                    "seq": 0,
-                    "ts": ts,
-                    "kind": "key.enrolled",
-                    "actor": ROOT_ACTOR,
-                    "prev_seq": None,
-                    "prev": bytes(32),
-                    "hash": leaf_hash(body),
-                    "body": body,
-                }
-            ],
-        )
-        session.execute(
-            insert(store.KeyEventRow),
-            [
-                {
-                    "seq": 0,
-                    "name": ROOT_ACTOR,
-                    "action": "enrolled",
-                    "role": Role.ROOT.value,
-                    "key_id": root_key.public.key_id,
-                    "public_key": payload["public_key"],
-                }
-            ],
-        )
-
     def _genesis_body(self) -> bytes:
         with store.read_session(self.engine) as session:
             body = session.execute(
@@ -509,7 +211,7 @@ class Ledger:
             row = session.get(store.EntryRow, 0)
         if row is None:
             raise ConfigError("the ledger has no genesis entry; run `veracity ledger init`")
-        return _entry_from_row(row)
+        return reads.entry_from_row(row)
 
     @property
     def log_id(self) -> str:
@@ -589,7 +291,7 @@ class Ledger:
         InputError, SignatureError
             As for :meth:`append`; nothing is written.
         """
-        prepared = [self._prepare(request) for request in requests]
+        prepared = [prepare(request) for request in requests]
         if not prepared:
             return []
         ts = format_timestamp(now)
@@ -605,207 +307,19 @@ class Ledger:
             self._auto_checkpoint()
         return entries
 
-    def _prepare(self, request: EventRequest) -> _Prepared:
-        validate_actor_name(request.actor)
-        validate_payload(request.kind, request.payload, actor=request.actor)
-        if (request.signer is None) == (request.signature is None):
-            raise SignatureError("give exactly one of signer= or signature=")
-        statement = statement_bytes(request.kind, request.actor, request.payload)
-        signature: str | None = None
-        if request.actor == ROOT_ACTOR:
-            if request.signer is None:
-                raise SignatureError(
-                    "the root's entries are signed at their position when appended: pass signer="
-                )
-        elif request.signer is not None:
-            signature = encode_signature(request.signer.sign(statement_message(statement)))
-        elif request.signature is not None:
-            signature = request.signature
-            decode_signature(signature)
-        return _Prepared(request=request, statement=statement, signature=signature)
-
-    def _log_id_bytes(self) -> bytes:
-        return bytes.fromhex(self.log_id)
-
-    def _position_signatures(
-        self, item: _Prepared, *, log_id: bytes, seq: int, prev: bytes, ts: str
-    ) -> tuple[str, str | None]:
-        """``(signature, root_signature)`` of ``item`` at ``seq`` (see :mod:`.entry`).
-
-        Raises
-        ------
-        ConfigError
-            If another actor's statement is to be countersigned without the root key.
-        """
-        request = item.request
-        if item.signature is None:
-            if request.signer is None:  # pragma: no cover - _prepare refused it
-                raise SignatureError("the root's entries need signer=")
-            message = entry_message(log_id, seq, prev, ts, item.statement)
-            return encode_signature(request.signer.sign(message)), None
-        if self.root_key is None:
-            raise ConfigError(
-                f"recording {request.actor!r}'s statement needs the root key (root.pem) to "
-                "countersign it at its position"
-            )
-        raw = decode_signature(item.signature)
-        message = entry_message(log_id, seq, prev, ts, item.statement, raw)
-        return item.signature, encode_signature(self.root_key.sign(message))
-
-    def _check_event(self, keys: _KeyView, seq: int, item: _Prepared) -> KeyRecord | None:
-        """Every check that needs the ledger's state; returns the key change, if any."""
-        request = item.request
-        record = keys.key_at(request.actor, seq)
-        if record is None:
-            raise SignatureError(
-                f"{request.actor!r} holds no enrolled key (never enrolled, or revoked)"
-            )
-        roles = allowed_roles(request.kind)
-        if roles is not None and record.role not in roles:
-            raise SignatureError(f"a {record.role.value} key may not record {request.kind}")
-        if request.signer is not None:
-            if request.signer.public != record.key:
-                raise SignatureError(f"the signer is not the key enrolled for {request.actor!r}")
-        elif item.signature is not None:
-            record.key.verify(decode_signature(item.signature), statement_message(item.statement))
-        payload = request.payload
-        domain = RECEIPT_DOMAINS.get(request.kind)
-        if domain is not None:
-            for signed in payload["receipts"]:
-                site = signed["receipt"]["site"]
-                site_record = keys.key_at(site, seq)
-                if site_record is None or site_record.role is not Role.SITE:
-                    raise SignatureError(f"receipt of {site!r}: the site holds no enrolled key")
-                try:
-                    verify_document(site_record.key, domain, signed["receipt"], signed["signature"])
-                except SignatureError as err:
-                    raise SignatureError(f"receipt of {site!r} is not signed by its key") from err
-        if request.kind in KEY_KINDS:
-            name = payload["name"]
-            try:
-                return check_key_event(
-                    request.kind,
-                    payload,
-                    seq=seq,
-                    log_id=self.log_id,
-                    current=keys.key_at(name, seq + 1),
-                    last=keys.last_record(name, seq + 1),
-                    holder_of=keys.holder_of,
-                )
-            except CryptoError as err:  # pragma: no cover - the schema checked the key
-                raise InputError(str(err)) from err
-        return None
-
     def _append_locked(
-        self, session: Session, prepared: list[_Prepared], ts: str
+        self, session: Session, prepared: list[Prepared], ts: str
     ) -> tuple[list[Entry], bool]:
         """Write the events at the head; returns them and whether a checkpoint is due."""
-        head = session.execute(
-            select(store.EntryRow.seq, store.EntryRow.hash)
-            .order_by(store.EntryRow.seq.desc())
-            .limit(1)
-        ).first()
-        if head is None:
-            raise ConfigError("the ledger has no genesis entry; run `veracity ledger init`")
-        seq, prev = head.seq + 1, bytes(head.hash)
-        last_checkpoint = session.scalar(select(func.max(store.CheckpointRow.tree_size))) or 0
-        keys = _KeyView(session, head=head.seq)
-        log_id = self._log_id_bytes()
-        entry_rows: list[dict[str, Any]] = []
-        key_rows: list[dict[str, Any]] = []
-        statement_rows: dict[bytes, int] = {}
-        entries: list[Entry] = []
-        for item in prepared:
-            change = self._check_event(keys, seq, item)
-            request = item.request
-            signature, root_signature = self._position_signatures(
-                item, log_id=log_id, seq=seq, prev=prev, ts=ts
-            )
-            body = build_body(
-                item.statement,
-                prev=prev.hex(),
-                seq=seq,
-                signature=signature,
-                ts=ts,
-                root_signature=root_signature,
-            )
-            _readable(body, request)
-            digest = leaf_hash(body)
-            entry_rows.append(
-                {
-                    "seq": seq,
-                    "ts": ts,
-                    "kind": request.kind,
-                    "actor": request.actor,
-                    "prev_seq": seq - 1,
-                    "prev": prev,
-                    "hash": digest,
-                    "body": body,
-                }
-            )
-            entries.append(
-                Entry(
-                    seq=seq,
-                    ts=ts,
-                    kind=request.kind,
-                    actor=request.actor,
-                    payload=request.payload,
-                    prev=prev.hex(),
-                    signature=signature,
-                    body=body,
-                    root_signature=root_signature,
-                )
-            )
-            if request.kind in KEY_KINDS:
-                payload = request.payload
-                keys.record(seq, payload["name"], change)
-                key_rows.append(
-                    {
-                        "seq": seq,
-                        "name": payload["name"],
-                        "action": request.kind.removeprefix("key."),
-                        "role": change.role.value if change is not None else None,
-                        "key_id": change.key_id if change is not None else payload["key_id"],
-                        "public_key": payload["public_key"] if change is not None else None,
-                    }
-                )
-            if request.kind in SITE_KINDS:
-                statement_digest = hashlib.sha256(item.statement).digest()
-                if statement_digest in statement_rows:
-                    raise InputError("this signed statement appears twice in the batch")
-                statement_rows[statement_digest] = seq
-            seq, prev = seq + 1, digest
-        if statement_rows:
-            already = session.execute(
-                select(store.SiteStatementRow.seq).where(
-                    store.SiteStatementRow.digest.in_(list(statement_rows))
-                )
-            ).first()
-            if already is not None:
-                raise Conflict(f"this signed statement is already recorded at seq {already.seq}")
-        session.execute(insert(store.EntryRow), entry_rows)
-        if statement_rows:
-            session.execute(
-                insert(store.SiteStatementRow),
-                [{"digest": d, "seq": s} for d, s in statement_rows.items()],
-            )
-        if key_rows:
-            session.execute(insert(store.KeyEventRow), key_rows)
-        session.flush()
+        written = append_rows(session, prepared, ts, log_id=self.log_id, root_key=self.root_key)
         if self.root_key is not None:
-            mine = self.root_key.public
-            self._remember_own(
-                (row["seq"], row["hash"])
-                for row, item in zip(entry_rows, prepared, strict=True)
-                if item.signature is not None  # countersigned with self.root_key
-                or (item.request.signer is not None and item.request.signer.public == mine)
-            )
+            self._remember_own(written.own)
         due = (
             self.root_key is not None
             and self.checkpoint_every > 0
-            and seq - last_checkpoint >= self.checkpoint_every
+            and written.next_seq - written.last_checkpoint >= self.checkpoint_every
         )
-        return entries, due
+        return written.entries, due
 
     # ------------------------------------------------------------------ checkpoints
 
@@ -920,11 +434,8 @@ class Ledger:
         """Step 1 of :meth:`checkpoint_entry`: the committed size and its verified root."""
         with store.read_session(self.engine) as session, self._tree_lock:
             size = self._size(session)
-            row = session.execute(
-                select(store.CheckpointRow).order_by(store.CheckpointRow.tree_size.desc()).limit(1)
-            ).scalar_one_or_none()
             start = 0
-            last = None if row is None else _checkpoint_from_row(row)
+            last = reads.newest_checkpoint(session)
             if last is not None:
                 try:
                     last.verify(trusted)
@@ -946,126 +457,27 @@ class Ledger:
                     f"the stored hashes of entries 0..{start - 1} do not lead to the root the "
                     "newest checkpoint signed; run `veracity ledger verify`"
                 )
-            events: list[KeyEvent] = []
-            for seq, body in session.execute(
-                select(store.EntryRow.seq, store.EntryRow.body)
-                .where(store.EntryRow.kind.in_(KEY_KINDS), store.EntryRow.seq < size)
-                .order_by(store.EntryRow.seq)
-            ):
-                body = bytes(body)
-                if seq < start and leaf_hash(body) != tree.leaf(seq):
-                    raise LedgerIntegrityError(
-                        "this key event is not the entry the newest checkpoint signed", seq=seq
-                    )
-                try:
-                    entry = parse_body(body)
-                except InputError as err:
-                    raise LedgerIntegrityError(f"unreadable key event: {err}", seq=seq) from err
-                events.append((int(seq), entry.kind, entry.payload))
-            result = session.execute(
-                select(
-                    store.EntryRow.seq,
-                    store.EntryRow.hash,
-                    store.EntryRow.prev_seq,
-                    store.EntryRow.prev,
-                    store.EntryRow.kind,
-                    store.EntryRow.actor,
-                    store.EntryRow.ts,
-                    store.EntryRow.body,
-                )
-                .where(store.EntryRow.seq >= start, store.EntryRow.seq < size)
-                .order_by(store.EntryRow.seq)
-                .execution_options(yield_per=4096)
+            leaves = verify_since(
+                session,
+                tree,
+                start=start,
+                size=size,
+                trusted=trusted,
+                log_id=self.log_id,
+                own=self._own_since,
             )
-            try:
-                leaves = verify_extension(
-                    (
-                        (seq, bytes(digest), prev_seq, bytes(prev), kind, actor, ts, bytes(body))
-                        for seq, digest, prev_seq, prev, kind, actor, ts, body in result
-                    ),
-                    start=start,
-                    end=size,
-                    prev_hash=tree.leaf(start - 1) if start else None,
-                    trusted_root=trusted,
-                    key_events=events,
-                    log_id=self._log_id_bytes(),
-                    own=self._own_since(start, size),
-                )
-            finally:
-                result.close()
             tree.extend_blob(leaves)
             self._tree_unconfirmed = False  # every leaf is a committed entry's
             return size, tree.root(size)
 
     def _record_checkpoint(self, session: Session, signed: Checkpoint, key: SigningKey) -> Entry:
         """Step 3 of :meth:`checkpoint_entry`: the ``checkpoint`` entry at the head."""
-        head = session.execute(
-            select(store.EntryRow.seq, store.EntryRow.hash)
-            .order_by(store.EntryRow.seq.desc())
-            .limit(1)
-        ).first()
-        if head is None:
-            raise ConfigError("the ledger has no genesis entry; run `veracity ledger init`")
-        existing = session.get(store.CheckpointRow, signed.tree_size)
-        if existing is not None:
-            # Another signer recorded this size first; its checkpoint has the same root.
-            for entry in self.iter_entries(since=signed.tree_size, kind="checkpoint"):
-                if entry.payload["tree_size"] == signed.tree_size:
-                    return entry
-            raise LedgerIntegrityError(
-                f"the checkpoint of size {signed.tree_size} has no checkpoint entry"
-            )
-        seq, prev = head.seq + 1, bytes(head.hash)
-        payload = {
-            "tree_size": signed.tree_size,
-            "root_hash": signed.root_hash,
-            "log_id": signed.log_id,
-            "signature": signed.signature,
-        }
-        item = self._prepare(EventRequest("checkpoint", ROOT_ACTOR, payload, signer=key))
-        self._check_event(_KeyView(session, head=head.seq), seq, item)
-        ts = signed.timestamp  # the entry's ts is the signed timestamp
-        signature, _ = self._position_signatures(
-            item, log_id=self._log_id_bytes(), seq=seq, prev=prev, ts=ts
-        )
-        body = build_body(item.statement, prev=prev.hex(), seq=seq, signature=signature, ts=ts)
-        session.execute(
-            insert(store.EntryRow),
-            [
-                {
-                    "seq": seq,
-                    "ts": ts,
-                    "kind": "checkpoint",
-                    "actor": ROOT_ACTOR,
-                    "prev_seq": seq - 1,
-                    "prev": prev,
-                    "hash": leaf_hash(body),
-                    "body": body,
-                }
-            ],
-        )
-        session.execute(
-            insert(store.CheckpointRow),
-            [
-                {
-                    "tree_size": signed.tree_size,
-                    "root_hash": bytes.fromhex(signed.root_hash),
-                    "timestamp": signed.timestamp,
-                    "log_id": signed.log_id,
-                    "signature": signed.signature,
-                }
-            ],
-        )
-        session.flush()
-        return Entry(
-            seq=seq,
-            ts=ts,
-            kind="checkpoint",
-            actor=ROOT_ACTOR,
-            payload=payload,
-            prev=prev.hex(),
-            signature=signature,
-            body=body,
+        return record_checkpoint_entry(
+            session,
+            signed,
+            key,
+            log_id=self.log_id,
+            recorded=lambda size: self.iter_entries(since=size, kind="checkpoint"),
         )
 
     def checkpoint_after_commit(
@@ -1147,14 +559,7 @@ class Ledger:
     @staticmethod
     def _head(connection: Session | Connection) -> tuple[int, bytes | None]:
         """(number of entries, hash of the last one)."""
-        head = connection.execute(
-            select(store.EntryRow.seq, store.EntryRow.hash)
-            .order_by(store.EntryRow.seq.desc())
-            .limit(1)
-        ).first()
-        if head is None:
-            return 0, None
-        return int(head.seq) + 1, bytes(head.hash)
+        return reads.head_of(connection)
 
     def root(self, size: int | None = None) -> bytes:
         """The Merkle root of the first ``size`` entries (default: all).
@@ -1291,11 +696,9 @@ class Ledger:
             )
 
     # ------------------------------------------------------------------ reading
-
     @staticmethod
     def _size(session: Session) -> int:
-        top = session.scalar(select(func.max(store.EntryRow.seq)))
-        return 0 if top is None else int(top) + 1
+        return reads.size_of(session)
 
     def size(self) -> int:
         """Number of entries (genesis included)."""
@@ -1314,7 +717,7 @@ class Ledger:
             row = session.get(store.EntryRow, seq)
         if row is None:
             raise NotFound(f"no entry {seq} in the ledger")
-        return _entry_from_row(row)
+        return reads.entry_from_row(row)
 
     def entries(
         self,
@@ -1356,7 +759,7 @@ class Ledger:
         """The key ``name`` holds for signing entry ``seq`` (default: the next entry)."""
         with store.read_session(self.engine) as session:
             where = self._size(session) if seq is None else seq
-            return _KeyView(session).key_at(name, where)
+            return KeyView(session).key_at(name, where)
 
     def key_history(self, name: str) -> list[tuple[int, str, str]]:
         """Every key event of ``name``: (seq, ``enrolled``/``revoked``, key id)."""
@@ -1371,33 +774,15 @@ class Ledger:
     def checkpoints(self) -> list[Checkpoint]:
         """Every signed checkpoint, oldest first."""
         with store.read_session(self.engine) as session:
-            rows = session.execute(
-                select(store.CheckpointRow).order_by(store.CheckpointRow.tree_size)
-            ).scalars()
-            return [_checkpoint_from_row(row) for row in rows]
+            return reads.stored_checkpoints(session)
 
     def latest_checkpoint(self) -> Checkpoint | None:
         """The newest signed checkpoint, if any."""
         with store.read_session(self.engine) as session:
-            row = session.execute(
-                select(store.CheckpointRow).order_by(store.CheckpointRow.tree_size.desc()).limit(1)
-            ).scalar_one_or_none()
-            return None if row is None else _checkpoint_from_row(row)
+            return reads.newest_checkpoint(session)
 
     def _key_events(self, session: Session, size: int) -> list[KeyEvent]:
-        rows = session.execute(
-            select(store.EntryRow.seq, store.EntryRow.body)
-            .where(store.EntryRow.kind.in_(KEY_KINDS), store.EntryRow.seq < size)
-            .order_by(store.EntryRow.seq)
-        )
-        events: list[KeyEvent] = []
-        for seq, body in rows:
-            try:
-                entry = parse_body(bytes(body))
-            except InputError:
-                continue  # the chunk check reports the malformed entry at its seq
-            events.append((int(seq), entry.kind, entry.payload))
-        return events
+        return reads.key_events(session, size)
 
     def _key_events_for_verify(self) -> list[KeyEvent]:
         """The key index verification starts from (tests and tools)."""
@@ -1437,12 +822,7 @@ class Ledger:
         with store.read_session(self.engine) as session:
             size = self._size(session)
             events = self._key_events(session, size)
-            listed = [
-                _checkpoint_from_row(row)
-                for row in session.execute(
-                    select(store.CheckpointRow).order_by(store.CheckpointRow.tree_size)
-                ).scalars()
-            ]
+            listed = reads.stored_checkpoints(session)
             genesis = session.execute(
                 select(store.EntryRow.body).where(store.EntryRow.seq == 0)
             ).scalar_one_or_none()
@@ -1470,35 +850,9 @@ class Ledger:
         dict
             ``{"path", "entries", "checkpoints", "bytes", "sha256"}``.
         """
-        from veracity.ledger.bundle import write_bundle
+        from veracity.ledger.bundle_export import export_bundle
 
-        with store.read_session(self.engine) as session:
-            size = self._size(session)
-            events = self._key_events(session, size)
-            listed = [
-                _checkpoint_from_row(row)
-                for row in session.execute(
-                    select(store.CheckpointRow).order_by(store.CheckpointRow.tree_size)
-                ).scalars()
-            ]
-            bodies = (
-                bytes(body)
-                for body in session.execute(
-                    select(store.EntryRow.body)
-                    .where(store.EntryRow.seq < size)
-                    .order_by(store.EntryRow.seq)
-                    .execution_options(yield_per=4096)
-                ).scalars()
-            )
-            return write_bundle(
-                Path(os.fspath(path)),
-                log_id=self.log_id,
-                size=size,
-                bodies=bodies,
-                checkpoints=listed,
-                key_events=events,
-                notes=self._bundle_notes([c.tree_size for c in listed]),
-            )
+        return export_bundle(self.engine, path, log_id=self.log_id, notes=self._bundle_notes)
 
     def _bundle_notes(self, sizes: Sequence[int]) -> list[str]:
         """The newest two checkpoints as signed notes with their cosignatures (rendered)."""

@@ -104,6 +104,7 @@ class ControlClient:
 
         self.address = address
         self.timeout = timeout
+        self._ca_cert = ca_cert
         # An SSLContext, not a path: httpx deprecates verify=<str>.
         verify = ssl.create_default_context(cafile=str(ca_cert))
         self._client = ControlHttpClient(
@@ -255,26 +256,32 @@ class ControlClient:
     def logs(self, run_id: int, *, after: float = 0.0, wait: float = 2.0) -> tuple[str, float]:
         """Log text of ``run_id`` since ``after``; returns ``(text, latest_timestamp)``.
 
-        The stream stays open while a run is alive, so it is read in a thread for at most
-        ``wait`` seconds. Only a finished run's logs are streamed: with Flower 1.42's
-        SuperLink a log stream left open on a live run stalled its other calls for 10 s and
-        more (a stop of that run then failed, tests/server/api/test_runs.py), so a live
-        run answers ``("", after)`` until it has finished.
+        A live run's stream stays open on the SuperLink until the run ends, so it is read
+        in a thread over a connection of its own, which is closed after ``wait`` seconds:
+        the SuperLink sees the disconnect and ends its side of the stream. (A stream left
+        open until its run ended, as an earlier version did, kept a SuperLink worker
+        polling the run for each call and stalled its other calls for 10 s and more.)
+        A finished run's stream ends by itself once its log is sent. A run the SuperLink
+        does not know has no log: ``("", after)``.
         """
         from flwr.proto.control_pb2 import StreamLogsRequest
+        from flwr.supercore.control import ControlHttpClient
 
         try:
-            live = not self.run(run_id).status.startswith("finished")
+            self.run(run_id)
         except NotFound:
             return "", after  # as for a run that never logged (the federation contract)
-        if live:
-            return "", after
-
+        stream = ControlHttpClient(
+            f"https://{self.address}",
+            interceptors=(),
+            verify=ssl.create_default_context(cafile=str(self._ca_cert)),
+            timeout=self.timeout,
+        )
         chunks: queue.Queue[tuple[str, float] | None] = queue.Queue()
 
         def read() -> None:
             try:
-                for item in self._client.StreamLogs(
+                for item in stream.StreamLogs(
                     StreamLogsRequest(run_id=run_id, after_timestamp=after)
                 ):
                     chunks.put((item.log_output, item.latest_timestamp))
@@ -283,22 +290,27 @@ class ControlClient:
             finally:
                 chunks.put(None)
 
-        threading.Thread(target=read, name=f"logs-{run_id}", daemon=True).start()
+        reader = threading.Thread(target=read, name=f"logs-{run_id}", daemon=True)
+        reader.start()
         deadline = time.monotonic() + wait
         text: list[str] = []
         latest = after
-        while True:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                break
-            try:
-                item = chunks.get(timeout=remaining)
-            except queue.Empty:
-                break
-            if item is None:
-                break
-            text.append(item[0])
-            latest = max(latest, item[1])
+        try:
+            while True:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                try:
+                    item = chunks.get(timeout=remaining)
+                except queue.Empty:
+                    break
+                if item is None:
+                    break
+                text.append(item[0])
+                latest = max(latest, item[1])
+        finally:
+            stream.close()  # the SuperLink ends its side of a live run's stream
+            reader.join(timeout=self.timeout)
         return "".join(text), latest
 
 

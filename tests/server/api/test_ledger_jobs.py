@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -103,7 +106,7 @@ def test_an_admin_is_served_while_a_dozen_verifications_wait(api: Api) -> None:
     assert statuses == [200] * 12
 
 
-def test_jobs_waiting_are_bounded_and_never_evicted_while_they_wait() -> None:
+def test_jobs_waiting_are_bounded_and_never_evicted_while_they_wait(tmp_path: Path) -> None:
     release = threading.Event()
 
     def blocked(directory: Path) -> dict[str, Any]:
@@ -112,7 +115,7 @@ def test_jobs_waiting_are_bounded_and_never_evicted_while_they_wait() -> None:
         return {"ok": True}
 
     async def scenario() -> None:
-        jobs = LedgerJobs(slots=1, keep=1, max_waiting=3)
+        jobs = LedgerJobs(tmp_path / "jobs", slots=1, keep=1, max_waiting=3)
         first, second, third = (jobs.start("export", "auditor", blocked) for _ in range(3))
         await asyncio.sleep(0.2)
         with pytest.raises(Conflict, match="3 ledger jobs are queued or running"):
@@ -123,18 +126,63 @@ def test_jobs_waiting_are_bounded_and_never_evicted_while_they_wait() -> None:
         ]  # fmt: skip
         release.set()
         for _ in range(300):
-            if all(j.status == "done" for j in (first, second, third)):
+            if all(jobs.get(j.job_id).status == "done" for j in (first, second, third)):
                 break
             await asyncio.sleep(0.05)
-        assert all(j.bundle is not None and j.bundle.exists() for j in (first, second, third))
+        bundles = [jobs.bundle(jobs.get(j.job_id)) for j in (first, second, third)]
+        assert all(b is not None and b.exists() for b in bundles)
         fourth = jobs.start("verify", "auditor", blocked)
         # Now the finished ones beyond ``keep`` go, oldest first, with their files.
         with pytest.raises(NotFound):
             jobs.get(first.job_id)
-        assert first.bundle is not None
-        assert not first.bundle.exists()
-        assert jobs.get(fourth.job_id) is fourth
+        assert bundles[0] is not None
+        assert not bundles[0].exists()
+        assert jobs.get(fourth.job_id).job_id == fourth.job_id
         await jobs.aclose()
-        assert not third.bundle.exists()  # type: ignore[union-attr]
+        assert jobs.get(fourth.job_id).status in ("done", "failed")
 
     asyncio.run(scenario())
+
+
+@pytest.mark.integration  # it starts a process, to have the pid of one that has exited
+def test_every_api_process_sees_every_job_and_one_whose_process_died_has_failed(
+    tmp_path: Path,
+) -> None:
+    """Two API workers share the jobs directory: what one runs, the other reports."""
+    directory = tmp_path / "jobs"
+
+    def export(where: Path) -> dict[str, Any]:
+        (where / "ledger-bundle.jsonl").write_text("{}\n", encoding="utf-8")
+        return {"entries": 1, "sha256": "0" * 64}
+
+    async def run_one() -> str:
+        jobs = LedgerJobs(directory, slots=1)
+        job = jobs.start("export", "auditor", export)
+        for _ in range(300):
+            if jobs.get(job.job_id).status == "done":
+                break
+            await asyncio.sleep(0.01)
+        await jobs.aclose()
+        return job.job_id
+
+    done_id = asyncio.run(run_one())
+    other = LedgerJobs(directory, slots=1)  # another worker's view of the same directory
+    done = other.get(done_id)
+    assert (done.status, done.result) == ("done", {"entries": 1, "sha256": "0" * 64})
+    assert other.bundle(done) is not None
+
+    # A job left running by a worker process that has exited is reported failed.
+    worker = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    dead_pid = int(worker.stdout)
+    orphan_id = "ab" * 12
+    orphan = {
+        "job_id": orphan_id, "kind": "verify", "requested_by": "auditor", "status": "running",
+        "result": None, "error": None, "worker_pid": dead_pid, "created": time.time(),
+    }  # fmt: skip
+    (directory / orphan_id).mkdir()
+    (directory / orphan_id / "job.json").write_text(json.dumps(orphan), encoding="utf-8")
+    seen = other.get(orphan_id)
+    assert (seen.status, seen.error) == ("failed", "the API worker that ran it stopped")

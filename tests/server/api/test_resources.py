@@ -16,7 +16,7 @@ from sqlalchemy import text
 from veracity.crypto.keys import VerifyKey
 from veracity.he.wire import CONTENT_TYPE, decode_response
 from veracity.ledger.checkpoint import Checkpoint
-from veracity.ledger.ledger import ConsistencyProof, InclusionProof
+from veracity.ledger.proofs import ConsistencyProof, InclusionProof
 from veracity.ledger.verify import verify_bundle_file
 from veracity.server.coordinator import sites as coordinator_sites
 from veracity.server.fab import Fab, build_fab

@@ -97,9 +97,20 @@ def test_a_run_is_started_followed_and_stopped(api_with_superlink: Api) -> None:
     status = api.call("GET", f"/api/v1/runs/{run_id}", "admin").json()
     assert status["superlink"]["run_id"] == run_id
     assert status["superlink"]["status"].split(":")[0] in ("pending", "starting", "running")
-    logs = api.call("GET", f"/api/v1/runs/{run_id}/logs", "admin", params={"wait": 0.5})
-    assert logs.status_code == 200
-    assert logs.json()["run_id"] == run_id
+    # A live run's log is followed as `admin runs watch` does: each call reads for at most
+    # `wait` seconds and ends its stream, so the SuperLink keeps answering (the stop below).
+    text, after = "", 0.0
+    for _ in range(40):  # the ServerApp uploads its log every few seconds
+        logs = api.call(
+            "GET", f"/api/v1/runs/{run_id}/logs", "admin", params={"after": after, "wait": 0.5}
+        )
+        assert logs.status_code == 200, logs.text
+        assert logs.json()["run_id"] == run_id
+        text += logs.json()["text"]
+        after = logs.json()["latest"]
+        if text:
+            break
+    assert text, "no log line of the live run arrived"
     assert api.call("GET", f"/api/v1/runs/{run_id}/rounds", "admin").json() == {
         "items": [],
         "next_offset": None,

@@ -20,6 +20,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from datetime import timedelta
+from pathlib import Path
 
 import anyio.to_thread
 import sqlalchemy as sa
@@ -164,7 +165,10 @@ def create_app(
             # Each request may hold two pooled connections (a write and a read); keep the
             # requests served at once within what the pool (5 + 10 overflow) can give.
             anyio.to_thread.current_default_thread_limiter().total_tokens = settings.api_threads
-            app.state.ledger_jobs = LedgerJobs(slots=settings.ledger_job_slots)
+            app.state.ledger_jobs = LedgerJobs(
+                Path(settings.data_dir).absolute() / "ledger-jobs",
+                slots=settings.ledger_job_slots,
+            )
             log.info("admin API serving %s", settings.data_dir)
             yield
         finally:

@@ -179,10 +179,11 @@ def job_bundle(job_id: JobIdPath, principal: AuditDep, jobs: JobsDep) -> FileRes
     job = jobs.get(job_id)
     if job.kind != "export":
         raise NotFound(f"ledger job {job_id} is a {job.kind}, it wrote no bundle")
-    if job.status != "done" or job.bundle is None or job.result is None:
+    bundle = jobs.bundle(job)
+    if bundle is None or job.result is None:
         raise Conflict(f"ledger job {job_id} is {job.status}; its bundle is not ready")
     return FileResponse(
-        job.bundle,
+        bundle,
         media_type="application/x-ndjson",
         filename=f"veracity-ledger-{job.result['entries']}.jsonl",
         headers={"X-Bundle-SHA256": str(job.result["sha256"])},

@@ -1,0 +1,381 @@
+"""Appending: prepare an event, check it against the log at its position, and write it.
+
+Everything about an append is checked before anything is written: the payload schema, the
+actor's enrolled key at that seq, its role, the signature, the key rules for ``key.*``
+events and every receipt of ``round.completed``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import func, insert, select
+from sqlalchemy.orm import Session
+
+from veracity.contracts.events import (
+    KEY_KINDS,
+    RECEIPT_DOMAINS,
+    ROOT_ACTOR,
+    SITE_KINDS,
+    Role,
+    allowed_roles,
+    validate_actor_name,
+    validate_payload,
+)
+from veracity.core.fields import format_timestamp
+from veracity.crypto.keys import SigningKey
+from veracity.errors import (
+    ConfigError,
+    Conflict,
+    CryptoError,
+    InputError,
+    SignatureError,
+)
+from veracity.ledger import store
+from veracity.ledger.entry import (
+    GENESIS_PREV,
+    NO_LOG_ID,
+    Entry,
+    build_body,
+    entry_message,
+    parse_body,
+    statement_bytes,
+    statement_message,
+)
+from veracity.ledger.keyring import KeyRecord, check_key_event
+from veracity.ledger.keyview import KeyView
+from veracity.ledger.merkle import leaf_hash
+from veracity.ledger.statement import (
+    decode_signature,
+    encode_signature,
+    verify_document,
+)
+from veracity.ledger.verify import MAX_ENTRY_BYTES
+
+__all__ = [
+    "EventRequest",
+    "Prepared",
+    "Appended",
+    "prepare",
+    "check_readable",
+    "position_signatures",
+    "check_event",
+    "write_genesis",
+    "append_rows",
+]
+
+
+@dataclass(frozen=True)
+class EventRequest:
+    """One event to append: exactly one of ``signer`` or ``signature`` must be given."""
+
+    kind: str
+    actor: str
+    payload: dict[str, Any]
+    signer: SigningKey | None = None
+    signature: str | None = None
+
+
+@dataclass
+class Prepared:
+    """One event canonicalised and signed, ready to be written at a position."""
+
+    request: EventRequest
+    statement: bytes
+    #: The actor's statement signature (``None`` for the root's own entries, which are
+    #: signed at their position under the write lock).
+    signature: str | None
+
+
+@dataclass(frozen=True)
+class Appended:
+    """What :func:`append_rows` wrote."""
+
+    entries: list[Entry]
+    #: ``(seq, leaf hash)`` of the entries signed or countersigned with ``root_key``.
+    own: list[tuple[int, bytes]]
+    #: The seq after the last entry written.
+    next_seq: int
+    #: The size of the newest stored checkpoint before these entries (0 if none).
+    last_checkpoint: int
+
+
+def check_readable(body: bytes, request: EventRequest) -> None:
+    """Refuse an entry whose bytes would not read back as the event (never write those).
+
+    Raises
+    ------
+    InputError
+        If the bytes do not decode, or decode to a payload its schema refuses.
+    """
+    if len(body) > MAX_ENTRY_BYTES:
+        raise InputError(
+            f"{request.kind} would take {len(body)} bytes; an entry holds at most {MAX_ENTRY_BYTES}"
+        )
+    try:
+        entry = parse_body(body)
+    except InputError as err:
+        raise InputError(f"{request.kind} would be stored as unreadable bytes: {err}") from err
+    if entry.payload != request.payload:
+        validate_payload(entry.kind, entry.payload, actor=entry.actor)
+
+
+def prepare(request: EventRequest) -> Prepared:
+    """Validate and canonicalise one event and sign it (outside the write lock)."""
+    validate_actor_name(request.actor)
+    validate_payload(request.kind, request.payload, actor=request.actor)
+    if (request.signer is None) == (request.signature is None):
+        raise SignatureError("give exactly one of signer= or signature=")
+    statement = statement_bytes(request.kind, request.actor, request.payload)
+    signature: str | None = None
+    if request.actor == ROOT_ACTOR:
+        if request.signer is None:
+            raise SignatureError(
+                "the root's entries are signed at their position when appended: pass signer="
+            )
+    elif request.signer is not None:
+        signature = encode_signature(request.signer.sign(statement_message(statement)))
+    elif request.signature is not None:
+        signature = request.signature
+        decode_signature(signature)
+    return Prepared(request=request, statement=statement, signature=signature)
+
+
+def position_signatures(
+    item: Prepared,
+    *,
+    root_key: SigningKey | None,
+    log_id: bytes,
+    seq: int,
+    prev: bytes,
+    ts: str,
+) -> tuple[str, str | None]:
+    """``(signature, root_signature)`` of ``item`` at ``seq`` (see :mod:`.entry`).
+
+    Raises
+    ------
+    ConfigError
+        If another actor's statement is to be countersigned without the root key.
+    """
+    request = item.request
+    if item.signature is None:
+        if request.signer is None:  # pragma: no cover - prepare refused it
+            raise SignatureError("the root's entries need signer=")
+        message = entry_message(log_id, seq, prev, ts, item.statement)
+        return encode_signature(request.signer.sign(message)), None
+    if root_key is None:
+        raise ConfigError(
+            f"recording {request.actor!r}'s statement needs the root key (root.pem) to "
+            "countersign it at its position"
+        )
+    raw = decode_signature(item.signature)
+    message = entry_message(log_id, seq, prev, ts, item.statement, raw)
+    return item.signature, encode_signature(root_key.sign(message))
+
+
+def check_event(keys: KeyView, seq: int, item: Prepared, *, log_id: str) -> KeyRecord | None:
+    """Every check that needs the ledger's state; returns the key change, if any."""
+    request = item.request
+    record = keys.key_at(request.actor, seq)
+    if record is None:
+        raise SignatureError(
+            f"{request.actor!r} holds no enrolled key (never enrolled, or revoked)"
+        )
+    roles = allowed_roles(request.kind)
+    if roles is not None and record.role not in roles:
+        raise SignatureError(f"a {record.role.value} key may not record {request.kind}")
+    if request.signer is not None:
+        if request.signer.public != record.key:
+            raise SignatureError(f"the signer is not the key enrolled for {request.actor!r}")
+    elif item.signature is not None:
+        record.key.verify(decode_signature(item.signature), statement_message(item.statement))
+    payload = request.payload
+    domain = RECEIPT_DOMAINS.get(request.kind)
+    if domain is not None:
+        for signed in payload["receipts"]:
+            site = signed["receipt"]["site"]
+            site_record = keys.key_at(site, seq)
+            if site_record is None or site_record.role is not Role.SITE:
+                raise SignatureError(f"receipt of {site!r}: the site holds no enrolled key")
+            try:
+                verify_document(site_record.key, domain, signed["receipt"], signed["signature"])
+            except SignatureError as err:
+                raise SignatureError(f"receipt of {site!r} is not signed by its key") from err
+    if request.kind in KEY_KINDS:
+        name = payload["name"]
+        try:
+            return check_key_event(
+                request.kind,
+                payload,
+                seq=seq,
+                log_id=log_id,
+                current=keys.key_at(name, seq + 1),
+                last=keys.last_record(name, seq + 1),
+                holder_of=keys.holder_of,
+            )
+        except CryptoError as err:  # pragma: no cover - the schema checked the key
+            raise InputError(str(err)) from err
+    return None
+
+
+def write_genesis(session: Session, root_key: SigningKey, now: datetime | None) -> None:
+    """Write genesis: the root's own ``key.enrolled`` entry, signed by ``root_key``."""
+    ts = format_timestamp(now)
+    payload = {
+        "name": ROOT_ACTOR,
+        "role": Role.ROOT.value,
+        "public_key": root_key.public.pem(),
+        "valid_from": ts,
+    }
+    statement = statement_bytes("key.enrolled", ROOT_ACTOR, payload)
+    message = entry_message(NO_LOG_ID, 0, bytes(32), ts, statement)
+    signature = encode_signature(root_key.sign(message))
+    body = build_body(statement, prev=GENESIS_PREV, seq=0, signature=signature, ts=ts)
+    session.execute(
+        insert(store.EntryRow),
+        [
+            {
+                "seq": 0,
+                "ts": ts,
+                "kind": "key.enrolled",
+                "actor": ROOT_ACTOR,
+                "prev_seq": None,
+                "prev": bytes(32),
+                "hash": leaf_hash(body),
+                "body": body,
+            }
+        ],
+    )
+    session.execute(
+        insert(store.KeyEventRow),
+        [
+            {
+                "seq": 0,
+                "name": ROOT_ACTOR,
+                "action": "enrolled",
+                "role": Role.ROOT.value,
+                "key_id": root_key.public.key_id,
+                "public_key": payload["public_key"],
+            }
+        ],
+    )
+
+
+def append_rows(
+    session: Session,
+    prepared: list[Prepared],
+    ts: str,
+    *,
+    log_id: str,
+    root_key: SigningKey | None,
+) -> Appended:
+    """Check and write the events at the head (the caller holds the write lock).
+
+    Raises
+    ------
+    InputError, SignatureError, Conflict, ConfigError
+        As :meth:`~veracity.ledger.ledger.Ledger.append` documents; nothing is written.
+    """
+    head = session.execute(
+        select(store.EntryRow.seq, store.EntryRow.hash).order_by(store.EntryRow.seq.desc()).limit(1)
+    ).first()
+    if head is None:
+        raise ConfigError("the ledger has no genesis entry; run `veracity ledger init`")
+    seq, prev = head.seq + 1, bytes(head.hash)
+    last_checkpoint = session.scalar(select(func.max(store.CheckpointRow.tree_size))) or 0
+    keys = KeyView(session, head=head.seq)
+    log_id_bytes = bytes.fromhex(log_id)
+    entry_rows: list[dict[str, Any]] = []
+    key_rows: list[dict[str, Any]] = []
+    statement_rows: dict[bytes, int] = {}
+    entries: list[Entry] = []
+    for item in prepared:
+        change = check_event(keys, seq, item, log_id=log_id)
+        request = item.request
+        signature, root_signature = position_signatures(
+            item, root_key=root_key, log_id=log_id_bytes, seq=seq, prev=prev, ts=ts
+        )
+        body = build_body(
+            item.statement,
+            prev=prev.hex(),
+            seq=seq,
+            signature=signature,
+            ts=ts,
+            root_signature=root_signature,
+        )
+        check_readable(body, request)
+        digest = leaf_hash(body)
+        entry_rows.append(
+            {
+                "seq": seq,
+                "ts": ts,
+                "kind": request.kind,
+                "actor": request.actor,
+                "prev_seq": seq - 1,
+                "prev": prev,
+                "hash": digest,
+                "body": body,
+            }
+        )
+        entries.append(
+            Entry(
+                seq=seq,
+                ts=ts,
+                kind=request.kind,
+                actor=request.actor,
+                payload=request.payload,
+                prev=prev.hex(),
+                signature=signature,
+                body=body,
+                root_signature=root_signature,
+            )
+        )
+        if request.kind in KEY_KINDS:
+            payload = request.payload
+            keys.record(seq, payload["name"], change)
+            key_rows.append(
+                {
+                    "seq": seq,
+                    "name": payload["name"],
+                    "action": request.kind.removeprefix("key."),
+                    "role": change.role.value if change is not None else None,
+                    "key_id": change.key_id if change is not None else payload["key_id"],
+                    "public_key": payload["public_key"] if change is not None else None,
+                }
+            )
+        if request.kind in SITE_KINDS:
+            statement_digest = hashlib.sha256(item.statement).digest()
+            if statement_digest in statement_rows:
+                raise InputError("this signed statement appears twice in the batch")
+            statement_rows[statement_digest] = seq
+        seq, prev = seq + 1, digest
+    if statement_rows:
+        already = session.execute(
+            select(store.SiteStatementRow.seq).where(
+                store.SiteStatementRow.digest.in_(list(statement_rows))
+            )
+        ).first()
+        if already is not None:
+            raise Conflict(f"this signed statement is already recorded at seq {already.seq}")
+    session.execute(insert(store.EntryRow), entry_rows)
+    if statement_rows:
+        session.execute(
+            insert(store.SiteStatementRow),
+            [{"digest": d, "seq": s} for d, s in statement_rows.items()],
+        )
+    if key_rows:
+        session.execute(insert(store.KeyEventRow), key_rows)
+    session.flush()
+    own: list[tuple[int, bytes]] = []
+    if root_key is not None:
+        mine = root_key.public
+        own = [
+            (row["seq"], row["hash"])
+            for row, item in zip(entry_rows, prepared, strict=True)
+            if item.signature is not None  # countersigned with root_key
+            or (item.request.signer is not None and item.request.signer.public == mine)
+        ]
+    return Appended(entries=entries, own=own, next_seq=seq, last_checkpoint=last_checkpoint)
