@@ -46,6 +46,7 @@ def vkey(
         bool,
         typer.Option(
             "--identity",
+            envvar="VERACITY_IDENTITY",
             help="Print the log's identity key instead (PEM, what `--trust root.pub` holds), "
             "as genesis names it.",
         ),
