@@ -300,7 +300,7 @@ def test_the_exported_bundle_verifies_offline(enrolled: Api, tmp_path: Path) -> 
     assert response.headers["content-type"].startswith("application/x-ndjson")
     bundle = tmp_path / "bundle.jsonl"
     bundle.write_bytes(response.content)
-    report = verify_bundle_file(bundle, trusted_root=enrolled.service.root_key.public)
+    report = verify_bundle_file(bundle, trusted_root=enrolled.service.ledger.identity_public_key)
     assert report.entries == enrolled.service.ledger.size()
 
 
