@@ -193,7 +193,7 @@ def test_the_cli_replays_and_exits_1_naming_the_round_that_differs(
     _execute(network, _propose_plain(network, rounds=2), RUN)
     bundle, archive = _archive_and_bundle(network, tmp_path)
     root = tmp_path / "root.pub"
-    root.write_text(network.coordinator.root_key.public.pem(), encoding="utf-8")
+    root.write_text(network.coordinator.ledger.identity_public_key.pem(), encoding="utf-8")
     args = ["ledger", "replay", "--bundle", str(bundle), "--archive", str(archive)]
     args += ["--trust", str(root), "--format", "json"]
 
