@@ -27,7 +27,7 @@ test: $(STAMP)
 	$(VENV)/bin/python -m pytest
 
 test-fast: $(STAMP)
-	$(VENV)/bin/python -m pytest -n auto -m "not integration and not slow and not training" -q
+	VERACITY_FAST_EXAMPLES=1 $(VENV)/bin/python -m pytest -n auto -m "not integration and not slow and not training" -q
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

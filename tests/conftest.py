@@ -30,6 +30,7 @@ import sqlalchemy as sa
 from hypothesis import settings as hypothesis_settings
 from sqlalchemy.engine import make_url
 
+from tests.hypothesis_examples import FAST as FAST_EXAMPLES
 from veracity.config import normalise_database_url
 
 if TYPE_CHECKING:
@@ -43,6 +44,11 @@ DEFAULT_PG_URL = "postgresql://postgres@127.0.0.1:5432/test"
 hypothesis_settings.register_profile("ci", derandomize=True, print_blob=True)
 if os.environ.get("CI", "").lower() == "true":
     hypothesis_settings.load_profile("ci")
+# The edit loop (`make test-fast`, VERACITY_FAST_EXAMPLES=1): a property test without a count
+# of its own draws 10 examples (those with one draw a tenth: tests/hypothesis_examples.py).
+if FAST_EXAMPLES:
+    hypothesis_settings.register_profile("fast", hypothesis_settings(), max_examples=10)
+    hypothesis_settings.load_profile("fast")
 
 
 def _require_integration_mark(item: pytest.Item, what: str) -> None:

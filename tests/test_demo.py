@@ -51,6 +51,10 @@ def test_demo_runs_a_whole_study_and_its_audit_end_to_end(tmp_path: Path) -> Non
     assert 0.5 < summary["model"]["auc"] <= 1.0
     assert len(summary["model"]["hash"]) == 64
 
+    explanation = summary["explanation"]
+    assert len(explanation["report_hash"]) == 64
+    assert 1 <= len(explanation["top_features"]) <= 10
+
     ledger = summary["ledger"]
     assert ledger["verified"] is True
     # The coordinator ran on its log key alone: the identity key was moved offline.
@@ -80,6 +84,7 @@ def test_demo_runs_a_whole_study_and_its_audit_end_to_end(tmp_path: Path) -> Non
     assert recorded.count("inference.served") >= 1
     assert recorded.count("study.approved") == 6  # the analysis study and the training study
     assert recorded.count("analysis.answered") == 3
+    assert recorded.count("model.explained") == 1
     # Every process the demo started has stopped.
     leftovers = subprocess.run(
         ["pgrep", "-f", str(data_dir)], capture_output=True, text=True, check=False

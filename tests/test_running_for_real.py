@@ -12,8 +12,11 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import shutil
+import signal
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -170,3 +173,39 @@ def _run_network(shell: Shell, files: dict[str, Path], *, superlink: int, api: i
     for site in SITES:
         pending = shell.json("site", "outbox", "--data-dir", f"site-{site[-1]}")
         assert pending["statements"] == [], site
+
+    # ---- a run whose ServerApp process dies: `server start` records its end by itself ------
+    crashed = admin.json("admin", "runs", "start", study_hash)["run_id"]
+    serverapp = wait_for(
+        "the run's ServerApp process", lambda: _serverapp_process(shell.cwd / "coord"), timeout=120
+    )
+    os.kill(serverapp, signal.SIGKILL)
+
+    def recorded() -> dict[str, Any] | None:
+        finished: dict[str, Any] | None = admin.json("admin", "runs", "show", crashed)["finished"]
+        return finished
+
+    # Flower's SuperLink marks a run whose ServerApp stopped its heartbeats as finished after
+    # about a minute; `server start` looks for such runs every 10 s and records the end.
+    ended = wait_for("server start to record the crashed run's end", recorded, timeout=600,
+                     interval=2)  # fmt: skip
+    assert ended["status"] == "failed", ended
+    assert ended["model_hash"] is None
+
+
+def _serverapp_process(coordinator: Path) -> int | None:
+    """The pid of a run's ServerApp: a child that this coordinator's executor forked."""
+    ca_cert = str((coordinator / "tls" / "ca.crt").resolve())
+    executors: dict[int, int] = {}  # pid -> parent pid, for this coordinator's executor
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue  # it has exited
+        if b"veracity.server.serverapp_executor" in argv and ca_cert.encode() in argv:
+            executors[int(entry.name)] = int(stat.rsplit(")", 1)[1].split()[1])
+    children = [pid for pid, parent in executors.items() if parent in executors]
+    return children[0] if children else None

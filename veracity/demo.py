@@ -19,7 +19,7 @@ three hospitals with their own data, keys and budgets, a clinic and an auditor, 
 
 Each stage is a small step function over one :class:`DemoState` (:data:`DEMO_STEPS`, in
 order: coordinator up, sites set up, enrolled, study approved, warmed up, trained,
-inference checked, audited); the steps talk to the admin API through the typed
+inference checked, explained, audited); the steps talk to the admin API through the typed
 :class:`~veracity.api_client.CoordinatorClient`, and the summary is
 :meth:`DemoState.summary`. Everything the demo starts is stopped on exit, on Ctrl-C and on
 failure. The data directory is kept so that the ledger can be audited again with the
@@ -67,7 +67,8 @@ class DemoOptions:
 
     data_dir: Path
     rounds: int = 3
-    epsilon_cap: float = 3.0
+    #: Training's 2.94 and the explanation's share (:data:`EXPLAIN_EPSILON`) fit under it.
+    epsilon_cap: float = 3.5
     #: 3 rounds of 5 steps at sample rate 0.2 cost replace-one epsilon 2.94 (add/remove 1.71).
     noise_multiplier: float = 2.2
     seed: int = 0
@@ -103,6 +104,20 @@ class Analytics:
     queries: int
     epsilon_spent: dict[str, float]
     max_abs_error: float
+
+
+@dataclass(frozen=True)
+class Explanation:
+    """What the explanation step leaves: the recorded report's hash and its top features."""
+
+    run_id: str
+    report_hash: str
+    top_features: list[str]
+    epsilon: float
+
+
+#: Each site's epsilon for the released model's explanation, and its per-record bound.
+EXPLAIN_EPSILON, EXPLAIN_CLIP = 0.4, 1.0
 
 
 @dataclass(frozen=True)
@@ -151,6 +166,7 @@ class DemoState:
     trained: Trained | None = None
     analytics: Analytics | None = None
     inference: InferenceCheck | None = None
+    explanation: Explanation | None = None
     audit: Audit | None = None
 
     @property
@@ -176,6 +192,7 @@ class DemoState:
         study, trained = _need(self.study, "study"), _need(self.trained, "trained model")
         inference, audit = _need(self.inference, "inference check"), _need(self.audit, "audit")
         analytics = _need(self.analytics, "analytics")
+        explanation = _need(self.explanation, "explanation")
         last_receipts = {r["receipt"]["site"]: r["receipt"] for r in trained.rounds[-1]["receipts"]}
         config = CoordinatorHome.load(self.coordinator_dir)
         return {
@@ -213,6 +230,12 @@ class DemoState:
                 "queries": analytics.queries,
                 "epsilon_spent": analytics.epsilon_spent,
                 "max_abs_error": analytics.max_abs_error,
+            },
+            "explanation": {
+                "report_hash": explanation.report_hash,
+                "top_features": explanation.top_features,
+                "run_id": explanation.run_id,
+                "epsilon_per_site": explanation.epsilon,
             },
             "console": self.console_access(),
             "timings_s": self.timings,
@@ -571,6 +594,33 @@ def check_inference(state: DemoState) -> None:
     )
 
 
+def explain_model(state: DemoState) -> None:
+    """The admin asks the sites to explain the released model under their budgets."""
+    admin = state.tokens["admin"]
+    model_hash = _need(state.trained, "trained model").model_hash
+    started = state.api.explain_model(
+        admin, model_hash, epsilon=EXPLAIN_EPSILON, clip_norm=EXPLAIN_CLIP, steps=32, delta=None
+    )
+
+    def finished() -> dict[str, Any] | None:
+        status = state.api.run(admin, started.run_id)
+        state.group.check_alive()
+        return status.finished
+
+    outcome = _poll("the explanation run to finish", 600, finished)
+    if outcome["status"] != "completed":
+        raise TransportError(f"the explanation ended {outcome['status']}: {outcome['reason']}")
+    (item,) = [
+        e for e in state.api.explanations(admin, model_hash).items if e.run_id == started.run_id
+    ]
+    state.explanation = Explanation(
+        run_id=started.run_id,
+        report_hash=item.report_hash,
+        top_features=item.top_features,
+        epsilon=EXPLAIN_EPSILON,
+    )
+
+
 def _predict_encrypted(state: DemoState, model_hash: str) -> list[dict[str, str]]:
     """Run ``veracity predict`` as the clinic would; the rows of its scores CSV."""
     services = _need(state.services, "services")
@@ -688,6 +738,11 @@ DEMO_STEPS: tuple[DemoStep, ...] = (
     ),
     DemoStep("training", "Federated training: {rounds} rounds, DP-SGD at every site", train),
     DemoStep("inference", "Clinic: encrypted predictions with veracity predict", check_inference),
+    DemoStep(
+        "explanation",
+        "Explanation: integrated gradients at each site, clipped, noised, charged",
+        explain_model,
+    ),
     DemoStep(
         "audit",
         "Auditor: export the ledger, verify offline with 2 of 3 witnesses, provenance",

@@ -7,7 +7,9 @@ that started it.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
+import logging
 import os
 import signal
 import socket
@@ -31,6 +33,8 @@ __all__ = [
     "python_module_argv",
     "stopping_on_signals",
     "exit_with_parent",
+    "task_process_parser",
+    "log_task_process",
 ]
 
 
@@ -58,6 +62,32 @@ def exit_with_parent(parent_pid: int, *, name: str) -> None:
                 os._exit(0)
 
     threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+
+
+def task_process_parser(doc: str | None, *, poll_interval: float) -> argparse.ArgumentParser:
+    """The options every Flower task process takes (a site's worker, the ServerApp executor).
+
+    ``--runtime-api-address`` (required), ``--poll-interval`` (default ``poll_interval``),
+    ``--object-backoff``, ``--ready-file`` and ``--parent-pid``; the description is the first
+    line of the module's ``doc``. The caller adds its own options.
+    """
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0] if doc else None)
+    parser.add_argument("--runtime-api-address", required=True)
+    parser.add_argument("--poll-interval", type=float, default=poll_interval)
+    parser.add_argument("--object-backoff", type=float, default=0.05)
+    parser.add_argument("--ready-file", type=Path, default=None)
+    parser.add_argument("--parent-pid", type=int, default=None)
+    return parser
+
+
+def log_task_process() -> None:
+    """Log a task process's records to stderr (timestamped; httpx's only from warnings)."""
+    logging.basicConfig(
+        level=logging.INFO,
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    logging.getLogger("httpx").setLevel(logging.WARNING)
 
 
 def python_module_argv(module: str, *args: str) -> list[str]:

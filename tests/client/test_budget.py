@@ -14,6 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from opacus.accountants import PRVAccountant, RDPAccountant
 
+from tests.hypothesis_examples import examples
 from veracity.client import budget
 from veracity.client.budget import (
     Segment,
@@ -41,7 +42,7 @@ segments = st.builds(
 
 
 @given(st.lists(segments, max_size=12))
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=examples(60), deadline=None)
 def test_merging_keeps_every_step_once_per_mechanism(history: list[Segment]) -> None:
     merged = merge_history(history)
     assert total_steps(merged) == total_steps(history)
@@ -54,7 +55,7 @@ def test_merging_keeps_every_step_once_per_mechanism(history: list[Segment]) -> 
 
 
 @given(st.lists(segments, max_size=8))
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=examples(60), deadline=None)
 def test_history_json_round_trip_is_exact(history: list[Segment]) -> None:
     merged = merge_history(history)
     assert history_from_json(json.loads(json.dumps(history_to_json(merged)))) == merged

@@ -11,6 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tests.hypothesis_examples import examples
 from veracity.client.fingerprint import (
     commitment,
     content_digest,
@@ -63,7 +64,7 @@ cells = st.floats(min_value=-1e6, max_value=1e6, allow_nan=False, allow_infinity
     st.lists(st.tuples(cells, cells, st.integers(0, 1)), min_size=1, max_size=20),
     st.data(),
 )
-@settings(max_examples=50, deadline=None)
+@settings(max_examples=examples(50), deadline=None)
 def test_any_change_to_one_value_changes_the_digest(
     rows: list[tuple[float, float, int]], data: st.DataObject
 ) -> None:

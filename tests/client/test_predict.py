@@ -13,6 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tests.hypothesis_examples import examples
 from veracity.client.predict import (
     LayoutChoice,
     ModelDescription,
@@ -94,7 +95,7 @@ def _description(small_max: int = 1224, batch_max: int = 4096) -> ModelDescripti
     )
 
 
-@settings(max_examples=50, deadline=None)
+@settings(max_examples=examples(50), deadline=None)
 @given(n=st.integers(1, 20_000), small_max=st.integers(0, 2000))
 def test_batches_cover_every_patient_once_and_respect_capacities(n: int, small_max: int) -> None:
     description = _description(small_max=small_max)
@@ -308,3 +309,41 @@ def test_a_folder_of_dicom_images_is_read_like_png(tmp_path: Path) -> None:
 
     assert from_dicom.ids == ("scan0.dcm", "scan1.dcm")
     np.testing.assert_array_equal(from_dicom.values, read_images(png, input_shape=(1, 8, 8)).values)
+
+
+def _im2col_document() -> dict[str, Any]:
+    from veracity.he.params import CNN_IMAGE_PARAMETERS
+
+    document = _image_document()
+    document["model"].update({"filters": [4, 8], "kernel": 3})
+    document["he"]["layouts"]["small"] = {
+        "name": "im2col",
+        "max_batch": 16,
+        "rotation_steps": [1, 2],
+        "parameter_set": CNN_IMAGE_PARAMETERS.describe(),
+        "he_params_hash": "11" * 32,
+    }
+    return document
+
+
+def test_a_few_images_go_one_ciphertext_each_and_many_in_the_batch_layout() -> None:
+    from veracity.he.params import CNN_IMAGE_PARAMETERS, CNN_PARAMETERS
+
+    description = ModelDescription.from_json(_im2col_document(), expected_hash=HASH)
+    assert description.small.layout is PackingLayout.IM2COL
+    assert description.parameters(description.small) == (CNN_IMAGE_PARAMETERS, "11" * 32)
+    assert description.parameters(description.batch) == (CNN_PARAMETERS, "00" * 32)
+    assert description.shape().filters == (4, 8)
+    assert [c.layout for c, _, _ in plan_batches(16, description)] == [PackingLayout.IM2COL]
+    assert [c.layout for c, _, _ in plan_batches(17, description)] == [PackingLayout.COLUMN]
+    assert [c.layout for c, _, _ in plan_batches(8192 + 3, description)] == [
+        PackingLayout.COLUMN,
+        PackingLayout.IM2COL,
+    ]
+
+
+def test_a_server_cannot_talk_the_client_into_other_single_image_parameters() -> None:
+    weaker = _im2col_document()
+    weaker["he"]["layouts"]["small"]["parameter_set"]["coeff_modulus_bits"] = [60, 60, 60, 60]
+    with pytest.raises(CryptoError, match="differently"):
+        ModelDescription.from_json(weaker, expected_hash=HASH)

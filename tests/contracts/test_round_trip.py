@@ -18,6 +18,7 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from tests.hypothesis_examples import examples
 from veracity.contracts.analysis import (
     ANALYSIS_RECEIPT_DOMAIN,
     AnalysisAnswered,
@@ -51,6 +52,12 @@ from veracity.contracts.events import (
     TokenIssued,
     TokenRevoked,
     payload_model,
+)
+from veracity.contracts.explanation import (
+    EXPLANATION_QUERY_ID,
+    ExplanationTerms,
+    ModelExplained,
+    terms_hash,
 )
 from veracity.contracts.receipts import RECEIPT_DOMAIN, Receipt, SignedReceipt
 from veracity.core.canonical import canonical_hash
@@ -267,6 +274,28 @@ def _record_every_kind(recorder: _Recorder, drawn: dict[str, Any]) -> None:
             card_hash=h[5],
         )
     )  # fmt: skip
+    # --- explanations (#19): an explanation receipt is an analysis receipt
+    terms = ExplanationTerms(
+        model_hash=h[4], study_hash=study_hash, clip_norm=drawn["cap"],
+        epsilon=min(drawn["cap"], 100.0), delta=drawn["receipt"]["delta"],
+    )  # fmt: skip
+    explained = analysed.model_copy(
+        update={"query_id": EXPLANATION_QUERY_ID, "query_hash": terms_hash(terms)}
+    )
+    recorder.root_event(
+        ModelExplained(
+            run_id=drawn["run_id"], model_hash=h[4], study_hash=study_hash, terms=terms,
+            terms_hash=terms_hash(terms), report_hash=h[6], records=drawn["batch"],
+            top_features=drawn["dataset"]["features"][:10],
+            receipts=[SignedAnalysisReceipt(
+                receipt=explained,
+                signature=sign_document(
+                    recorder.keys[first], ANALYSIS_RECEIPT_DOMAIN, explained.to_json()
+                ),
+            )],
+            refused=[drawn["dropped_reason"]],
+        )
+    )  # fmt: skip
     recorder.root_event(
         RunFinished(
             run_id=drawn["run_id"], study_hash=study_hash, status=drawn["status"],
@@ -323,7 +352,7 @@ def _record_every_kind(recorder: _Recorder, drawn: dict[str, Any]) -> None:
     )
 
 
-@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(15), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(drawn=scenarios())
 def test_every_event_kind_round_trips_through_append_and_verify(
     tmp_path_factory: Any, drawn: dict[str, Any]

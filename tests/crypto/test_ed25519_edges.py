@@ -20,6 +20,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tests.hypothesis_examples import examples
 from veracity.crypto.keys import SigningKey, VerifyKey, _sodium_accepts
 from veracity.errors import SignatureError
 
@@ -231,7 +232,7 @@ def test_a_signature_of_the_wrong_length_never_borrows_message_bytes() -> None:
     assert not _sodium_accepts(public.raw, *shifted)
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=examples(60), deadline=None)
 @given(
     seed=st.binary(min_size=32, max_size=32),
     message=st.binary(max_size=64),

@@ -9,6 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tests.hypothesis_examples import examples
 from veracity.errors import CryptoError
 from veracity.he.circuit import (
     LinearCircuit,
@@ -26,7 +27,7 @@ MLP_PRIMES = (2**60 - 93, 2**60 - 173, 2**30 - 35, 2**60 - 257)
 CNN_PRIMES = (2**60 - 93, 2**60 - 173, 2**40 - 87, 2**45 - 55, 2**30 - 35, 2**60 - 257)
 
 
-@settings(max_examples=25, deadline=None)
+@settings(max_examples=examples(25), deadline=None)
 @given(
     a=st.floats(0.1, 2.0) | st.floats(-2.0, -0.1),
     b=st.floats(-1.0, 1.0),
@@ -182,7 +183,7 @@ def test_a_k_class_circuit_computes_every_class_logit(family: str) -> None:
     np.testing.assert_allclose(folded, predict_logits(spec, weights, x), rtol=1e-5, atol=1e-5)
 
 
-@settings(max_examples=10, deadline=None)
+@settings(max_examples=examples(10), deadline=None)
 @given(
     shape=st.sampled_from([(1, 8, 8), (2, 6, 9), (3, 5, 4)]),
     kernel=st.sampled_from([1, 3, 5]),

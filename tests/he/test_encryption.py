@@ -14,9 +14,10 @@ import pytest
 from veracity.errors import CryptoError, InputError
 from veracity.he.circuit import compile_circuit, compile_conv_circuit
 from veracity.he.contexts import PublicContext, SecretContext
-from veracity.he.layouts import evaluate
+from veracity.he.layouts import ModelShape, circuit_shape, evaluate, layout_for
 from veracity.he.packing import ReplicatedGeometry, coefficients_from_slots
 from veracity.he.params import (
+    CNN_IMAGE_PARAMETERS,
     CNN_PARAMETERS,
     LOGISTIC_PARAMETERS,
     POLY_MLP_PARAMETERS,
@@ -125,6 +126,59 @@ def test_ten_class_scores_match_plaintext_on_digits(
     # Every test image's decision (argmax) agrees with the plaintext NumPy forward pass.
     assert np.array_equal(logits.argmax(axis=1), expected.argmax(axis=1))
     assert float((logits.argmax(axis=1) == digits.test_y[: len(x)]).mean()) > 0.9
+
+
+@pytest.mark.slow  # ~0.1 CPU-s per image, 450 images: in `make test`, not the edit loop
+def test_the_digits_cnn_one_image_per_ciphertext_agrees_with_plaintext_on_every_test_image(
+    digits: Any, digits_cnn: tuple[Any, dict[str, Any]]
+) -> None:
+    spec, weights = digits_cnn
+    x = digits.test_x
+    expected = predict_logits(spec, weights, x)
+    ps = CNN_IMAGE_PARAMETERS
+    circuit = compile_conv_circuit(
+        weights,
+        parameter_set=ps,
+        primes=seal_primes(ps),
+        input_shape=spec.input_shape,
+        filters=spec.filters,
+        kernel=spec.kernel,
+        outputs=10,
+    )
+    shape = circuit_shape(circuit)
+    steps = layout_for(PackingLayout.IM2COL, ps, shape).rotation_steps()
+    secret = SecretContext.generate(ps)
+    public = secret.public(rotation_steps=steps)
+    assert public.has_rotation_keys  # Galois keys: sent once, cached by hash
+    logits = np.empty_like(expected)
+    for start in range(0, len(x), ps.small_batch_max):
+        batch = x[start : start + ps.small_batch_max]
+        ciphertexts = secret.encrypt(PackingLayout.IM2COL, batch, shape=shape)
+        assert all(len(c) < 200 * 1024 for c in ciphertexts)  # one image: < 200 KiB up
+        results = evaluate(
+            public, circuit, PackingLayout.IM2COL, ciphertexts, batch_size=len(batch)
+        )
+        assert len(results) == len(batch)  # one result per image
+        logits[start : start + len(batch)] = secret.decrypt(
+            PackingLayout.IM2COL, results, batch_size=len(batch), n_features=64, shape=shape
+        )
+
+    error = float(np.abs(logits - expected).max())
+    sys.stderr.write(f"\ncnn2d im2col: max abs logit error {error:.3g} over {len(x)} images\n")
+    assert error < 0.1
+    assert np.array_equal(logits.argmax(axis=1), expected.argmax(axis=1))
+    assert float((logits.argmax(axis=1) == digits.test_y).mean()) > 0.9
+
+
+def test_the_im2col_layout_refuses_an_image_of_another_shape(
+    digits_cnn: tuple[Any, dict[str, Any]],
+) -> None:
+    secret = SecretContext.generate(CNN_IMAGE_PARAMETERS)
+    shape = ModelShape(64, outputs=10, input_shape=(1, 8, 8), filters=(4, 8), kernel=3)
+    with pytest.raises(InputError, match="64 features"):
+        secret.encrypt(PackingLayout.IM2COL, np.zeros((1, 63)), shape=shape)
+    with pytest.raises(InputError, match="at most 16 images"):
+        secret.encrypt(PackingLayout.IM2COL, np.zeros((17, 64)), shape=shape)
 
 
 @pytest.mark.slow  # ~10 CPU-s at N=16384: in `make test`, not the edit loop

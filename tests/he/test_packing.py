@@ -8,6 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tests.hypothesis_examples import examples
 from veracity.errors import InputError
 from veracity.he.packing import (
     CoefficientGeometry,
@@ -34,7 +35,7 @@ def negacyclic_product(
     return result
 
 
-@settings(max_examples=25, deadline=None)
+@settings(max_examples=examples(25), deadline=None)
 @given(n=degrees, seed=st.integers(0, 2**32 - 1))
 def test_slot_map_round_trips_any_real_polynomial(n: int, seed: int) -> None:
     coefficients = np.random.default_rng(seed).normal(size=n) * 100
@@ -42,7 +43,7 @@ def test_slot_map_round_trips_any_real_polynomial(n: int, seed: int) -> None:
     np.testing.assert_allclose(back, coefficients, atol=1e-9)
 
 
-@settings(max_examples=25, deadline=None)
+@settings(max_examples=examples(25), deadline=None)
 @given(n=degrees, seed=st.integers(0, 2**32 - 1))
 def test_slotwise_product_is_the_negacyclic_polynomial_product(n: int, seed: int) -> None:
     rng = np.random.default_rng(seed)
@@ -53,7 +54,7 @@ def test_slotwise_product_is_the_negacyclic_polynomial_product(n: int, seed: int
     )
 
 
-@settings(max_examples=30, deadline=None)
+@settings(max_examples=examples(30), deadline=None)
 @given(
     n=st.sampled_from([16, 64, 128]),
     features=st.integers(1, 12),
@@ -101,7 +102,7 @@ def _simulate_replicated(
     return np.stack(out)
 
 
-@settings(max_examples=30, deadline=None)
+@settings(max_examples=examples(30), deadline=None)
 @given(
     features=st.integers(1, 9),
     hidden=st.integers(1, 6),
@@ -164,7 +165,7 @@ def test_a_network_too_wide_for_the_replicated_layout_is_refused() -> None:
         ReplicatedGeometry(600, 16, 4096)
 
 
-@settings(max_examples=20, deadline=None)
+@settings(max_examples=examples(20), deadline=None)
 @given(patients=st.integers(1, 16), features=st.integers(1, 5), seed=st.integers(0, 2**32 - 1))
 def test_column_layouts_round_trip(patients: int, features: int, seed: int) -> None:
     x = np.random.default_rng(seed).normal(size=(patients, features))

@@ -7,6 +7,7 @@ from typing import Any
 import pytest
 
 from veracity.contracts.events import KINDS, validate_payload
+from veracity.contracts.explanation import ExplanationTerms, terms_hash
 from veracity.core.canonical import canonical_hash
 from veracity.errors import InputError
 
@@ -15,6 +16,10 @@ from .conftest import STUDY, STUDY_HASH, dataset_payload, round_payload, seeded_
 H = "a" * 64
 TS = "2026-11-27T15:47:52.123456Z"
 SIG = "A" * 86 + "=="
+EXPLAIN_TERMS: dict[str, Any] = {
+    "model_hash": H, "study_hash": H, "method": "integrated_gradients", "baseline": "zeros",
+    "steps": 32, "clip_norm": 1.0, "epsilon": 1.0, "delta": 1e-5,
+}  # fmt: skip
 
 VALID: dict[str, dict[str, Any]] = {
     "key.enrolled": {
@@ -112,6 +117,43 @@ VALID: dict[str, dict[str, Any]] = {
             }
         ],
         "refused": [],
+    },
+    # --- explanations (#19)
+    "model.explained": {
+        "run_id": "2",
+        "model_hash": H,
+        "study_hash": H,
+        "terms": EXPLAIN_TERMS,
+        "terms_hash": terms_hash(ExplanationTerms.parse(EXPLAIN_TERMS)),
+        "report_hash": H,
+        "records": 152,
+        "top_features": ["mean_radius"],
+        "receipts": [
+            {
+                "receipt": {
+                    "site": "hospital-a",
+                    "study": H,
+                    "query_id": "explanation",
+                    "query_hash": terms_hash(ExplanationTerms.parse(EXPLAIN_TERMS)),
+                    "answer_hash": H,
+                    "dataset_id": "d1",
+                    "dataset_commitment": H,
+                    "sensitivity": 2.0,
+                    "noise_multiplier": 6.2,
+                    "noise_std": 6.2,
+                    "accountant": "pld",
+                    "neighbouring": "replace-one",
+                    "delta": 1e-5,
+                    "epsilon_query": 1.0,
+                    "epsilon": 1.0,
+                    "history": [[6.2, 1.0, 1]],
+                    "suppression_threshold": 0.0,
+                    "repeated": False,
+                    "noise_generator": "chacha20",
+                },
+                "signature": SIG,
+            }
+        ],
     },
     "budget.refused": {
         "site": "hospital-a",

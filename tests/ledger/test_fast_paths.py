@@ -21,6 +21,7 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
+from tests.hypothesis_examples import examples
 from veracity.contracts.events import PAYLOADS, ROOT_ACTOR, validate_payload
 from veracity.core.fields import format_timestamp
 from veracity.core.jcs import encode_canonical
@@ -254,7 +255,7 @@ def _entries(draw: st.DrawFn) -> bytes:
     return body
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=examples(400), deadline=None)
 @given(body=_entries())
 def test_a_template_reads_only_what_the_reference_accepts(body: bytes) -> None:
     taken = False
@@ -381,7 +382,9 @@ _COLUMN_EDITS: dict[str, Callable[[Any], Any]] = {
 
 
 @settings(
-    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    max_examples=examples(40),
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
 )
 @given(data=st.data())
 def test_fast_and_reference_verification_agree_on_any_tampering(

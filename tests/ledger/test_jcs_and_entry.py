@@ -8,6 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tests.hypothesis_examples import examples
 from veracity.core.canonical import canonical_json
 from veracity.core.jcs import decode_canonical, encode_canonical
 from veracity.errors import InputError
@@ -44,7 +45,7 @@ def _reference(document: Any) -> bytes | None:
         return None
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=examples(400), deadline=None)
 @given(json_documents)
 def test_fast_encoder_equals_rfc8785_reference(document: Any) -> None:
     expected = _reference(document)
@@ -62,7 +63,7 @@ _exact = st.recursive(
 )
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(300), deadline=None)
 @given(_exact)
 def test_canonical_bytes_decode_back_to_the_document(document: Any) -> None:
     data = encode_canonical(document)
@@ -100,7 +101,7 @@ def test_decode_refuses_non_canonical_bytes(data: bytes) -> None:
         decode_canonical(data)
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=examples(200), deadline=None)
 @given(
     payload=st.dictionaries(st.text(max_size=6), _exact, max_size=4),
     seq=st.integers(min_value=0, max_value=2**40),

@@ -6,6 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tests.hypothesis_examples import examples
 from veracity.errors import InputError, ProofError
 from veracity.ledger.merkle import (
     EMPTY_ROOT,
@@ -62,7 +63,7 @@ def test_incremental_append_truncate_and_bulk_build_agree() -> None:
         one_by_one.truncate(71)
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=examples(150), deadline=None)
 @given(
     size=st.integers(min_value=2, max_value=70),
     data=st.data(),
@@ -93,7 +94,7 @@ def test_any_changed_inclusion_proof_element_or_index_is_rejected(
         verify_inclusion(LEAVES[index], index, size, [*proof, proof[0]], root)
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=examples(150), deadline=None)
 @given(size=st.integers(min_value=2, max_value=70), data=st.data())
 def test_consistency_with_a_rewritten_history_is_rejected(size: int, data: st.DataObject) -> None:
     old = data.draw(st.integers(min_value=1, max_value=size - 1))

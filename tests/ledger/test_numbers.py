@@ -17,6 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.factories import budget_refused_document, refused_reply
+from tests.hypothesis_examples import examples
 from veracity.contracts.events import ROOT_ACTOR, validate_payload
 from veracity.core.canonical import canonical_hash
 from veracity.core.jcs import decode_canonical, encode_canonical
@@ -113,7 +114,7 @@ _JSON = st.recursive(
 )
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(300), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(value=_JSON)
 def test_every_payload_the_contract_accepts_round_trips_through_canonical_json(value: Any) -> None:
     payload = _model_released(value)

@@ -5,10 +5,13 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from veracity.cli import main
+from veracity.ledger.bundle_view import BundleLedger
+from veracity.ledger.reader import EntryReader
 
 from .conftest import World
 from .test_provenance import MODEL, record_study
@@ -61,3 +64,23 @@ def test_provenance_from_a_bundle_needs_the_trusted_key(
     _, bundle, _ = _bundle(tmp_path, make_world)
     assert main(["ledger", "provenance", MODEL, "--bundle", str(bundle)]) == 2
     assert "--trust" in capsys.readouterr().err
+
+
+def test_a_bundle_reads_the_same_entries_as_its_database(
+    tmp_path: Path, make_world: Callable[..., World]
+) -> None:
+    world, bundle, _ = _bundle(tmp_path, make_world)
+    view = BundleLedger(bundle)
+    readers: list[EntryReader] = [world.ledger, view]
+    queries: list[dict[str, Any]] = [
+        {},
+        {"kind": "study.approved"},
+        {"since": 3, "limit": 4},
+        {"actor": "coordinator", "since": 1},
+    ]
+    for query in queries:
+        database, from_bundle = (reader.entries(**query) for reader in readers)
+        assert database
+        assert [e.body for e in from_bundle] == [e.body for e in database]
+        assert list(view.iter_entries(**query)) == from_bundle
+    assert view.latest_checkpoint() == world.ledger.latest_checkpoint()

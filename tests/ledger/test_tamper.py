@@ -18,6 +18,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from tests.hypothesis_examples import examples
 from veracity.contracts.events import ROOT_ACTOR
 from veracity.crypto.keys import SigningKey
 from veracity.errors import LedgerIntegrityError
@@ -518,7 +519,9 @@ def _scratch(template: tuple[Path, int]) -> Iterator[Path]:
 
 
 _SETTINGS = settings(
-    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    max_examples=examples(25),
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
 )
 
 

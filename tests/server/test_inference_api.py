@@ -739,7 +739,9 @@ def test_predict_cli_scores_a_folder_of_images_with_the_encrypted_cnn(
     spec, weights = digits_cnn
     expected = predict_logits(spec, weights, pixels.reshape(-1, 64) / 120.0 - 1.0)
     assert [row["decision"] for row in scores] == [classes[i] for i in expected.argmax(axis=1)]
-    assert live_cnn.served[-1]["batch_size"] == 8192
+    # Twelve images: the im2col layout, one ciphertext per image, twelve charged (the
+    # column layout would have charged a whole batch of 8,192).
+    assert live_cnn.served[-1]["batch_size"] == 12
 
 
 def test_predict_cli_refuses_images_of_another_size(

@@ -17,10 +17,12 @@ import numpy.typing as npt
 import pytest
 
 from veracity.contracts.events import InferenceServed
+from veracity.errors import CryptoError, InputError
 from veracity.he.circuit import compile_circuit
 from veracity.he.contexts import SecretContext
+from veracity.he.layouts import IMAGE_FLOOD, ModelShape
 from veracity.he.packing import coefficients_from_slots
-from veracity.he.params import PackingLayout, parameter_set_for
+from veracity.he.params import PackingLayout, parameter_set_for, parameter_set_named
 from veracity.he.seal import seal_primes
 from veracity.he.wire import RequestHeader, body_hash, decode_response, encode_request
 from veracity.server.inference import InferenceService
@@ -469,3 +471,83 @@ def test_a_relu_cnn_is_not_served_under_encryption(
     service = InferenceService(registry, recorder=lambda p: None)
     with pytest.raises(CryptoError, match="square activations"):
         service.describe(model_hash)
+
+
+@pytest.mark.slow  # ~1 CPU-s each (keys, one image): in `make test`, not the edit loop
+@pytest.mark.parametrize("kind", ["zeros", "unit vector", "saturated", "an image"])
+def test_a_one_image_im2col_request_with_chosen_inputs_learns_only_that_images_logits(
+    kind: str,
+    served_cnn: tuple[InferenceService, str, list[dict[str, Any]]],
+    digits: Any,
+    digits_cnn: tuple[Any, dict[str, Any]],
+) -> None:
+    service, model_hash, entries = served_cnn
+    small = service.describe(model_hash)["he"]["layouts"]["small"]
+    assert small["name"] == "im2col"
+    assert small["parameter_set"]["poly_modulus_degree"] == 8192
+    parameter_set = parameter_set_named(small["parameter_set"]["name"])
+    steps = [int(s) for s in small["rotation_steps"]]
+    if kind == "zeros":
+        x = np.zeros((1, 64))
+    elif kind == "unit vector":
+        x = np.zeros((1, 64))
+        x[0, 27] = 1.0
+    elif kind == "saturated":
+        x = np.full((1, 64), parameter_set.input_bound)
+    else:
+        x = digits.test_x[:1]
+    spec, weights = digits_cnn
+    truth = predict_logits(spec, weights, x)[0]
+    secret = SecretContext.generate(parameter_set)
+    context_hash = service.upload_context(secret.public_context(rotation_steps=steps))
+    shape = ModelShape(64, outputs=10, input_shape=(1, 8, 8), filters=(4, 8), kernel=3)
+    ciphertexts = secret.encrypt(PackingLayout.IM2COL, x, shape=shape)
+    header = RequestHeader(model_hash, parameter_set.name, context_hash, PackingLayout.IM2COL, 1)
+
+    reply = service.serve(encode_request(header, ciphertexts), requester="lab")
+
+    _, results = decode_response(reply)
+    assert entries[-1]["batch_size"] == 1  # charged one image, what one ciphertext carries
+    assert len(results) == 1  # one result for the image
+    values = secret._decrypt_values(results[0], 0)
+    slots = np.arange(len(values))
+    classes = slots % 16
+    declared = classes < 10
+    # Every slot is a copy of one of the image's ten logits, or zero, within the flood of
+    # 2**-4 and the scheme's noise: nothing else about the model is in the response. The
+    # noise is relative (~2**-19 of the intermediate values' size: the dense weights' zeros
+    # are encoded at 2**24), so an image at the input bound, whose logits are ~1e5, gets
+    # the same absolute error in its logits and in the zero slots (docs/inference-wire.md).
+    tolerance = IMAGE_FLOOD + 0.05 * max(1.0, float(np.abs(truth).max()) / 100.0)
+    assert np.abs(values.real[declared] - truth[classes[declared]]).max() < tolerance
+    assert np.abs(values.real[~declared]).max() < tolerance
+    assert np.abs(values.imag).max() < tolerance
+    if kind != "saturated":  # an image in the digits' range: the flood and a few thousandths
+        assert np.abs(values.real[~declared]).max() < IMAGE_FLOOD + 0.05
+
+
+def test_an_im2col_request_carries_exactly_its_declared_images(
+    served_cnn: tuple[InferenceService, str, list[dict[str, Any]]],
+) -> None:
+    service, model_hash, entries = served_cnn
+    small = service.describe(model_hash)["he"]["layouts"]["small"]
+    parameter_set = parameter_set_named(small["parameter_set"]["name"])
+    secret = SecretContext.generate(parameter_set)
+    context = secret.public_context()  # no Galois keys: only the parameters
+    shape = ModelShape(64, outputs=10, input_shape=(1, 8, 8), filters=(4, 8), kernel=3)
+    two = secret.encrypt(PackingLayout.IM2COL, np.zeros((2, 64)), shape=shape)
+    before = len(entries)
+    header = RequestHeader(
+        model_hash, parameter_set.name, body_hash(context), PackingLayout.IM2COL, 1
+    )
+    with pytest.raises(InputError, match="needs 1 ciphertexts"):
+        service.serve(encode_request(header, two, context=context), requester="lab")
+    one = two[:1]
+    with pytest.raises(CryptoError, match="Galois"):  # keys the layout needs are missing
+        service.serve(encode_request(header, one, context=context), requester="lab")
+    wrong = RequestHeader(
+        model_hash, parameter_set_for("cnn2d").name, body_hash(context), PackingLayout.IM2COL, 1
+    )
+    with pytest.raises(CryptoError, match="served under"):
+        service.serve(encode_request(wrong, one, context=context), requester="lab")
+    assert len(entries) <= before + 1  # nothing recorded for refused requests

@@ -320,3 +320,54 @@ def test_uploaded_contexts_are_shared_through_the_context_directory(
     worker_c = InferenceService(models, recorder=Recorder(), context_dir=tmp_path / "contexts")
     with pytest.raises(InputError, match="not known here"):
         worker_c.serve(request, requester="r")
+
+
+def test_the_im2col_keys_are_uploaded_once_and_found_by_another_worker(tmp_path: Path) -> None:
+    from veracity.he.layouts import ModelShape
+    from veracity.he.params import CNN_IMAGE_PARAMETERS
+    from veracity.tasks.spec import ModelFamily, ModelSpec
+
+    rng = np.random.default_rng(0)
+    spec = ModelSpec(
+        ModelFamily.CNN2D,
+        64,
+        classes=10,
+        input_shape=(1, 8, 8),
+        filters=(4, 8),
+        kernel=3,
+        conv_activation="square",
+    )
+    weights = {
+        "conv1.weight": rng.normal(size=(4, 1, 3, 3)) * 0.3,
+        "conv1.bias": rng.normal(size=4) * 0.1,
+        "conv2.weight": rng.normal(size=(8, 4, 3, 3)) * 0.1,
+        "conv2.bias": rng.normal(size=8) * 0.1,
+        "fc.weight": rng.normal(size=(10, 32)) * 0.1,
+        "fc.bias": rng.normal(size=10),
+    }
+    models = ModelRegistry(tmp_path / "models")
+    model_hash = models.put(
+        spec, weights, features=("grey",), label="digit", scaling=((0.0, 1.0),), card={}
+    )
+    recorded: list[InferenceServed] = []
+    worker_a = InferenceService(models, recorder=recorded.append, context_dir=tmp_path / "ctx")
+    worker_b = InferenceService(models, recorder=recorded.append, context_dir=tmp_path / "ctx")
+    small = worker_a.describe(model_hash)["he"]["layouts"]["small"]
+    assert (small["name"], small["max_batch"]) == ("im2col", 16)
+    secret = SecretContext.generate(CNN_IMAGE_PARAMETERS)
+    keys = secret.public_context(rotation_steps=small["rotation_steps"])
+    assert len(keys) > 8 * 2**20  # Galois keys: too large to send with every request
+    context_hash = worker_a.upload_context(keys)
+    shape = ModelShape(64, outputs=10, input_shape=(1, 8, 8), filters=(4, 8), kernel=3)
+    x = rng.uniform(-1.0, 1.0, size=(2, 64))
+    request = encode_request(
+        RequestHeader(model_hash, CNN_IMAGE_PARAMETERS.name, context_hash, PackingLayout.IM2COL, 2),
+        secret.encrypt(PackingLayout.IM2COL, x, shape=shape),
+    )
+    assert len(request) < 2 * 200 * 1024  # two images, one seeded ciphertext each
+    _, results = decode_response(worker_b.serve(request, requester="r"))
+    logits = secret.decrypt(
+        PackingLayout.IM2COL, results, batch_size=2, n_features=64, outputs=10, shape=shape
+    )
+    np.testing.assert_allclose(logits, predict_logits(spec, weights, x), atol=0.1)
+    assert recorded[-1].batch_size == 2  # charged the two images it carried

@@ -13,6 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from tests.hypothesis_examples import examples
 from veracity.core.canonical import canonical_hash
 from veracity.errors import InputError, LedgerIntegrityError
 from veracity.server.registry import ModelRegistry
@@ -156,7 +157,9 @@ def test_inconsistent_schemas_are_refused(tmp_path: Path) -> None:
 
 
 @settings(
-    max_examples=10, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    max_examples=examples(10),
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
 )
 @given(
     seed=st.integers(0, 2**31 - 1),

@@ -65,6 +65,10 @@ class LayoutChoice:
     layout: PackingLayout
     max_batch: int
     rotation_steps: tuple[int, ...] = ()
+    #: The parameter set the layout runs under when it is not the model's (cnn2d's
+    #: im2col), and the hash of its exact parameters.
+    parameter_set: CKKSParameterSet | None = None
+    he_params_hash: str = ""
 
 
 @dataclass(frozen=True)
@@ -91,6 +95,26 @@ class ModelDescription:
     intensity_max: float | None = None
     #: The largest request envelope the server accepts.
     max_request_bytes: int = DEFAULT_LIMITS.max_request_bytes
+    #: ``cnn2d``: the two filter counts and the kernel (what the im2col layout needs).
+    filters: tuple[int, ...] = ()
+    kernel: int = 0
+
+    def shape(self) -> ModelShape:
+        """What a layout needs to know about the model."""
+        return ModelShape(
+            self.n_features,
+            self.hidden,
+            self.outputs,
+            input_shape=self.input_shape if self.images else (),
+            filters=self.filters,
+            kernel=self.kernel,
+        )
+
+    def parameters(self, choice: LayoutChoice) -> tuple[CKKSParameterSet, str]:
+        """The parameter set and parameters hash ``choice`` runs under."""
+        if choice.parameter_set is None:
+            return self.parameter_set, self.he_params_hash
+        return choice.parameter_set, choice.he_params_hash
 
     @property
     def images(self) -> bool:
@@ -129,6 +153,13 @@ class ModelDescription:
                 )
             layouts = he["layouts"]
             small, batch = layouts["small"], layouts["batch"]
+            small_set: CKKSParameterSet | None = None
+            if "parameter_set" in small:
+                small_set = parameter_set_named(str(small["parameter_set"]["name"]))
+                if small["parameter_set"] != small_set.describe():
+                    raise CryptoError(
+                        f"the server describes {small_set.name} differently from this client"
+                    )
             description = cls(
                 model_hash=expected_hash,
                 family=str(model["family"]),
@@ -143,6 +174,8 @@ class ModelDescription:
                     PackingLayout(small["name"]),
                     int(small["max_batch"]),
                     tuple(int(s) for s in small.get("rotation_steps", ())),
+                    small_set,
+                    str(small.get("he_params_hash", "")),
                 ),
                 batch=LayoutChoice(PackingLayout(batch["name"]), int(batch["max_batch"])),
                 threshold=float(document.get("decision_threshold", 0.5)),
@@ -160,11 +193,14 @@ class ModelDescription:
                         "max_request_bytes", DEFAULT_LIMITS.max_request_bytes
                     )
                 ),
+                filters=tuple(int(f) for f in model.get("filters", ())),
+                kernel=int(model.get("kernel", 0)),
             )
         except (KeyError, TypeError, ValueError) as err:
             raise InputError(f"malformed model description from the server: {err}") from err
-        if parameter_set.family != description.family:
-            raise CryptoError(f"{parameter_set.name} does not serve {description.family} models")
+        for named in (parameter_set, description.small.parameter_set):
+            if named is not None and named.family != description.family:
+                raise CryptoError(f"{named.name} does not serve {description.family} models")
         # Table models scale each feature; image models each channel (their features).
         scaled = description.input_shape[0] if description.images else description.n_features
         if len(description.features) != scaled or len(description.scaling) != len(
@@ -633,13 +669,13 @@ def predict_encrypted(
         )
     outputs = description.outputs
     plan = plan_batches(x.shape[0], description)
-    ps = description.parameter_set
-    shape = ModelShape(description.n_features, description.hidden, outputs)
+    shape = description.shape()
     for choice, start, stop in plan:
+        ps, _ = description.parameters(choice)
         # A fresh seeded ciphertext is one polynomial of uniform residues over the data
         # primes, so at least N * sum(bits) / 8 bytes whatever the compression: refuse a
         # request the server's limit cannot take before encrypting anything (an image
-        # model has one ciphertext per pixel).
+        # model has one ciphertext per pixel in the batch layout).
         count = layout_for(choice.layout, ps, shape).ciphertext_count(stop - start)
         needed = count * ps.poly_modulus_degree * sum(ps.data_prime_bits) // 8
         if needed > description.max_request_bytes:
@@ -648,26 +684,34 @@ def predict_encrypted(
                 f"(~{needed / 2**20:.0f} MiB), above the server's limit of "
                 f"{description.max_request_bytes / 2**20:.0f} MiB per request"
             )
-    secret = secret or SecretContext.generate(description.parameter_set)
-    if secret.parameter_set != description.parameter_set:
-        raise CryptoError("the secret context's parameter set is not the model's")
-    if secret.he_params_hash != description.he_params_hash:
-        raise CryptoError("the server's HE parameters differ from this client's")
+    secrets: dict[str, SecretContext] = {}
+    if secret is not None:
+        if secret.parameter_set != description.parameter_set:
+            raise CryptoError("the secret context's parameter set is not the model's")
+        secrets[secret.parameter_set.name] = secret
     logits = np.empty((x.shape[0], outputs) if outputs > 1 else x.shape[0], dtype=np.float64)
     requests = sent = 0
     for choice, start, stop in plan:
-        context = secret.public_context(rotation_steps=choice.rotation_steps)
-        context_hash = secret.context_hash(rotation_steps=choice.rotation_steps)
+        ps, params_hash = description.parameters(choice)
+        if ps.name not in secrets:
+            secrets[ps.name] = SecretContext.generate(ps)
+        secret_for = secrets[ps.name]
+        if secret_for.he_params_hash != params_hash:
+            raise CryptoError("the server's HE parameters differ from this client's")
+        context = secret_for.public_context(rotation_steps=choice.rotation_steps)
+        context_hash = secret_for.context_hash(rotation_steps=choice.rotation_steps)
         inline: bytes | None = context
         if len(context) > INLINE_CONTEXT_MAX_BYTES:
             if not client.has_uploaded(context_hash):
                 client.upload_context(context)
                 sent += len(context)
             inline = None
-        ciphertexts = secret.encrypt(choice.layout, x[start:stop], hidden=description.hidden)
+        ciphertexts = secret_for.encrypt(
+            choice.layout, x[start:stop], hidden=description.hidden, shape=shape
+        )
         header = RequestHeader(
             model_hash=description.model_hash,
-            parameter_set=description.parameter_set.name,
+            parameter_set=ps.name,
             context_hash=context_hash,
             layout=choice.layout,
             batch_size=stop - start,
@@ -692,16 +736,17 @@ def predict_encrypted(
             or answer.model_hash != description.model_hash
             or answer.layout is not choice.layout
             or answer.batch_size != stop - start
-            or answer.he_params_hash != secret.he_params_hash
+            or answer.he_params_hash != secret_for.he_params_hash
         ):
             raise CryptoError("the server's response does not answer the request that was sent")
-        logits[start:stop] = secret.decrypt(
+        logits[start:stop] = secret_for.decrypt(
             choice.layout,
             results,
             batch_size=stop - start,
             n_features=description.n_features,
             hidden=description.hidden,
             outputs=outputs,
+            shape=shape,
         )
         if on_batch is not None:
             on_batch(stop - start)

@@ -26,12 +26,16 @@ Two ways to clip per-sample gradients (``site.json`` ``clipping``):
     expected batch size and steps the accountant. Measured here about 1.6-1.9 times the
     non-private epoch, against 2.6-3.5 times for Opacus's hooks.
 ``opacus-hooks``
-    Opacus's ``GradSampleModule`` (``make_private`` with ``grad_sample_mode="hooks"``) and
-    ``DPOptimizer``: works for any model Opacus supports. The tests check that both give
-    the same clipped gradients. The convolutional families (``cnn1d``, ``cnn2d``) always
-    clip this way: Opacus's ghost clipping has norm samplers for ``Linear`` and
-    ``Embedding`` layers only, and a site configured for ``linear-ghost`` uses hooks for
-    them (:func:`effective_clipping`).
+    Per-sample gradients from hooks, clipped and noised by Opacus's ``DPOptimizer``. For
+    models made of ``Linear``, ``Conv1d``, ``Conv2d`` and ``GroupNorm`` layers (every
+    Veracity family) the hooks are the trainer's own (:class:`_PerSampleGradients`: Opacus's
+    grad-sampler formulas without its full backward hooks, a third of the digits ``cnn2d``
+    step); for any other model Opacus's ``GradSampleModule`` (``make_private`` with
+    ``grad_sample_mode="hooks"``). The tests check that the two hooks engines give the same
+    per-sample gradients and that both ways give the same clipped gradients. The
+    convolutional families (``cnn1d``, ``cnn2d``) always clip this way: Opacus's ghost
+    clipping has norm samplers for ``Linear`` and ``Embedding`` layers only, and a site
+    configured for ``linear-ghost`` uses hooks for them (:func:`effective_clipping`).
 
 Two-class models train on the binary cross-entropy of their one logit; models with ``k > 2``
 classes on the cross-entropy of their ``k`` logits (labels are class indices).
@@ -406,6 +410,108 @@ class _FiniteClippingDPOptimizer(DPOptimizer):  # type: ignore[misc]
             _mark_as_processed(p.grad_sample)
 
 
+#: The layers whose per-sample gradients :class:`_PerSampleGradients` computes.
+_HOOKED_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.GroupNorm)
+
+
+class _PerSampleGradients:
+    """Per-sample gradients of ``Linear``, ``Conv1d``, ``Conv2d`` and ``GroupNorm`` layers.
+
+    The hooks engine of ``opacus-hooks`` for models made of these layers (every Veracity
+    family): a forward hook keeps each layer's input and hooks the layer's output tensor;
+    in the backward pass that tensor hook receives the output gradient ``b`` and writes
+    each parameter's per-sample gradients to ``p.grad_sample``, where Opacus's
+    ``DPOptimizer`` reads them. The formulas are Opacus's grad samplers' (the tests check
+    equality with Opacus's ``GradSampleModule``): ``Linear`` ``b a^T``; a convolution
+    ``b`` times the unfolded input (``im2col``); ``GroupNorm`` the normalised input times
+    ``b``, summed over positions. Opacus registers full backward hooks on every layer,
+    which wrap each layer's inputs and outputs in extra autograd nodes, and keeps
+    bookkeeping for gradient accumulation, which Poisson sampling forbids anyway: on the
+    digits ``cnn2d`` that machinery was a third of the DP step.
+
+    The loss must be the *mean* of the batch's per-sample losses (``b`` is scaled by the
+    batch's row count). A layer applied twice in one step is refused.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        self.layers = [m for m in model.modules() if isinstance(m, _HOOKED_LAYERS)]
+        for layer in self.layers:
+            layer.register_forward_hook(self._capture)
+
+    @staticmethod
+    def supports(model: nn.Module) -> bool:
+        """Whether every trainable parameter sits directly in a layer this engine handles."""
+        covered: set[int] = set()
+        for module in model.modules():
+            if isinstance(module, nn.Conv1d | nn.Conv2d):
+                if module.groups != 1 or isinstance(module.padding, str):
+                    return False
+                if module.padding_mode != "zeros":
+                    return False
+            if isinstance(module, _HOOKED_LAYERS):
+                covered.update(id(p) for p in module.parameters(recurse=False))
+        return all(id(p) in covered for p in model.parameters() if p.requires_grad)
+
+    def _capture(
+        self, layer: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor
+    ) -> None:
+        if not output.requires_grad:
+            return  # evaluation under no_grad, or nothing to train below
+        activations = inputs[0].detach()
+
+        def hook(gradient: torch.Tensor) -> None:
+            self._per_sample(layer, activations, gradient)
+
+        output.register_hook(hook)  # type: ignore[no-untyped-call]
+
+    @staticmethod
+    def _per_sample(layer: nn.Module, a: torch.Tensor, gradient: torch.Tensor) -> None:
+        rows = a.shape[0]
+        b = gradient.detach() * rows  # the loss is the batch mean: per-sample gradients
+        samples: dict[torch.Tensor, torch.Tensor] = {}
+        if isinstance(layer, nn.Linear):
+            if a.dim() != 2:
+                raise ConfigError("per-sample gradients need 2-D inputs to Linear layers")
+            samples[layer.weight] = torch.bmm(b.unsqueeze(2), a.unsqueeze(1))
+            if layer.bias is not None:
+                samples[layer.bias] = b
+        elif isinstance(layer, nn.GroupNorm):
+            if layer.affine:
+                normed = nn.functional.group_norm(a, layer.num_groups, eps=layer.eps)
+                samples[layer.weight] = (normed * b).flatten(2).sum(2)
+                samples[layer.bias] = b.flatten(2).sum(2)
+        else:
+            conv = cast(nn.Conv1d | nn.Conv2d, layer)
+            if isinstance(conv, nn.Conv2d):
+                columns = nn.functional.unfold(
+                    a,
+                    conv.kernel_size,
+                    dilation=conv.dilation,
+                    padding=cast(tuple[int, int], conv.padding),
+                    stride=conv.stride,
+                )
+            else:
+                pad = cast(tuple[int], conv.padding)[0]
+                columns = nn.functional.unfold(
+                    nn.functional.pad(a, (pad, pad)).unsqueeze(-2),
+                    (1, conv.kernel_size[0]),
+                    dilation=(1, conv.dilation[0]),
+                    stride=(1, conv.stride[0]),
+                )
+            flat = b.flatten(2)
+            samples[conv.weight] = torch.bmm(flat, columns.transpose(1, 2)).view(
+                rows, *conv.weight.shape
+            )
+            if conv.bias is not None:
+                samples[conv.bias] = flat.sum(2)
+        for parameter, sample in samples.items():
+            if not parameter.requires_grad:
+                continue
+            if getattr(parameter, "grad_sample", None) is not None:
+                raise ConfigError("per-sample gradients need each layer used once per step")
+            parameter.grad_sample = sample  # type: ignore[attr-defined]
+
+
 @dataclass(frozen=True)
 class RoundResult:
     """What one round of local training produced."""
@@ -520,37 +626,54 @@ class PrivateTrainer:
             )
             self.loader = loader
         elif clipping == "opacus-hooks":
-            # The loader already samples Poisson batches at the exact rate, so Opacus must
-            # not re-wrap it (poisson_sampling=False); it then takes q = 1 / len(loader).
-            module, optimizer, wrapped_loader = self.engine.make_private(
-                module=self.model,
-                optimizer=base_optimizer,
-                data_loader=loader,
-                noise_multiplier=self.noise_multiplier,
-                max_grad_norm=self.max_grad_norm,
-                poisson_sampling=False,
-                grad_sample_mode="hooks",
-            )
-            module.forbid_grad_accumulation()
-            # Opacus's optimizer, with clipping that stays finite for every input.
-            optimizer = _FiniteClippingDPOptimizer(
-                optimizer.original_optimizer,
-                noise_multiplier=self.noise_multiplier,
-                max_grad_norm=self.max_grad_norm,
-                expected_batch_size=optimizer.expected_batch_size,
-                loss_reduction="mean",
-            )
-            optimizer.noise_source = noise_source
-            optimizer.attach_step_hook(
-                self.engine.accountant.get_optimizer_hook_fn(sample_rate=self.sampling.sample_rate)
-            )
-            self._forward = module
-            self.optimizer = optimizer
-            self.loader = wrapped_loader
-            if optimizer.expected_batch_size != self.sampling.expected_batch_size:
-                raise ConfigError("Opacus chose another expected batch size than planned")
+            if _PerSampleGradients.supports(self.model):
+                # The loader already samples Poisson batches at the exact rate.
+                _PerSampleGradients(self.model)
+                self._forward = self.model
+                self.optimizer = self._hooks_optimizer(
+                    base_optimizer, noise_source, self.sampling.expected_batch_size
+                )
+                self.loader = loader
+            else:
+                # Opacus's GradSampleModule for layers the engine above does not know. The
+                # loader already samples Poisson batches at the exact rate, so Opacus must
+                # not re-wrap it (poisson_sampling=False); it then takes q = 1 / len(loader).
+                module, optimizer, wrapped_loader = self.engine.make_private(
+                    module=self.model,
+                    optimizer=base_optimizer,
+                    data_loader=loader,
+                    noise_multiplier=self.noise_multiplier,
+                    max_grad_norm=self.max_grad_norm,
+                    poisson_sampling=False,
+                    grad_sample_mode="hooks",
+                )
+                module.forbid_grad_accumulation()
+                self._forward = module
+                self.optimizer = self._hooks_optimizer(
+                    optimizer.original_optimizer, noise_source, optimizer.expected_batch_size
+                )
+                self.loader = wrapped_loader
+                if optimizer.expected_batch_size != self.sampling.expected_batch_size:
+                    raise ConfigError("Opacus chose another expected batch size than planned")
         else:
             raise ConfigError(f"unknown clipping method {clipping!r}")
+
+    def _hooks_optimizer(
+        self, base: torch.optim.Optimizer, noise_source: ChaCha20Source, expected_batch: int
+    ) -> _FiniteClippingDPOptimizer:
+        """Opacus's DP optimizer over ``p.grad_sample``, clipping finite for every input."""
+        optimizer = _FiniteClippingDPOptimizer(
+            base,
+            noise_multiplier=self.noise_multiplier,
+            max_grad_norm=self.max_grad_norm,
+            expected_batch_size=expected_batch,
+            loss_reduction="mean",
+        )
+        optimizer.noise_source = noise_source
+        optimizer.attach_step_hook(
+            self.engine.accountant.get_optimizer_hook_fn(sample_rate=self.sampling.sample_rate)
+        )
+        return optimizer
 
     @classmethod
     def for_study(

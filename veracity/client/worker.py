@@ -20,13 +20,11 @@ pinned to 1.42.0.
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import io
 import logging
 import os
 import signal
-import sys
 import time
 import tomllib
 import zipfile
@@ -36,7 +34,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from veracity.supervise import exit_with_parent
+from veracity.supervise import exit_with_parent, log_task_process, task_process_parser
 
 __all__ = ["WorkerOptions", "run_worker", "main", "fab_declares_veracity_clientapp"]
 
@@ -225,19 +223,8 @@ def run_worker(options: WorkerOptions) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point: ``python -m veracity.client.worker --runtime-api-address HOST:PORT``."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--runtime-api-address", required=True)
-    parser.add_argument("--poll-interval", type=float, default=0.1)
-    parser.add_argument("--object-backoff", type=float, default=0.05)
-    parser.add_argument("--ready-file", type=Path, default=None)
-    parser.add_argument("--parent-pid", type=int, default=None)
-    args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO,
-        stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    logging.getLogger("httpx").setLevel(logging.WARNING)
+    args = task_process_parser(__doc__, poll_interval=0.1).parse_args(argv)
+    log_task_process()
     run_worker(
         WorkerOptions(
             runtime_api_address=args.runtime_api_address,

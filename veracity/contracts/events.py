@@ -18,6 +18,7 @@ from pydantic import AfterValidator, Field, StringConstraints, model_validator
 
 from veracity.contracts.analysis import ANALYSIS_RECEIPT_DOMAIN, AnalysisAnswered
 from veracity.contracts.base import Contract, Payload, SitePayload, SiteStatement
+from veracity.contracts.explanation import ModelExplained  # model.explained (#19)
 from veracity.contracts.receipts import RECEIPT_DOMAIN, Base64Signature, SignedReceipt
 from veracity.contracts.refusals import ApprovalMissingStatement, BudgetRefused
 from veracity.core.canonical import canonical_hash
@@ -70,6 +71,7 @@ __all__ = [
     "ModelReleased",
     "InferenceServed",
     "AnalysisAnswered",
+    "ModelExplained",
     "RECEIPT_DOMAINS",
     "CheckpointRecorded",
     "CheckpointCosigned",
@@ -457,6 +459,8 @@ PAYLOADS: dict[str, type[Payload]] = {
         NoteRecorded,
         TokenIssued,
         TokenRevoked,
+        # --- explanations (#19)
+        ModelExplained,
     )
 }
 
@@ -465,6 +469,8 @@ PAYLOADS: dict[str, type[Payload]] = {
 RECEIPT_DOMAINS: dict[str, str] = {
     "round.completed": RECEIPT_DOMAIN,
     "analysis.answered": ANALYSIS_RECEIPT_DOMAIN,
+    # --- explanations (#19): each site's explanation is an analysis receipt
+    "model.explained": ANALYSIS_RECEIPT_DOMAIN,
 }
 
 #: The kinds that change which key a name holds (the key history replays exactly these).
@@ -488,6 +494,8 @@ ROOT_KINDS: frozenset[str] = frozenset(
         "checkpoint",
         "token.issued",
         "token.revoked",
+        # --- explanations (#19)
+        "model.explained",
     }
 )
 #: Kinds a site records about itself (the payload's ``site`` must be the actor).

@@ -23,7 +23,7 @@ import numpy as np
 import numpy.typing as npt
 
 from veracity.errors import CryptoError
-from veracity.he.params import CKKSParameterSet
+from veracity.he.params import CKKSParameterSet, PackingLayout
 
 __all__ = [
     "LinearCircuit",
@@ -156,6 +156,14 @@ class ConvCircuit:
     conv2_scale: float
     fc_scale: float
     logit_bound: float
+    kernel: int = 3
+
+    @property
+    def filters(self) -> tuple[int, int]:
+        """Filters of the two convolutions."""
+        _, height, width = self.input_shape
+        area = height * width
+        return (len(self.bias1) // area, len(self.bias2) // ((height // 2) * (width // 2)))
 
     @property
     def n_features(self) -> int:
@@ -279,6 +287,22 @@ def compile_conv_circuit(
     s1 = float(2**parameter_set.hidden_weight_scale_bits)
     if s_in * s1 * float(z1[pool1].max()) * headroom > math.prod(data_primes):
         raise CryptoError(f"cnn2d: the first convolution overflows {parameter_set.name}")
+    if parameter_set.batch_layout is PackingLayout.IM2COL:
+        bits2, bits3 = _im2col_scale_bits(
+            parameter_set,
+            data_primes,
+            s_in * s1,
+            float(z2[pool2].max()),
+            float(p2.max()),
+            logit_bound,
+        )
+        return _conv_circuit(
+            (channels, height, width),
+            kernel,
+            (conv1, bias1, pool1, conv2, bias2, pool2, fc, bfc),
+            (s1, float(2**bits2), float(2**bits3)),
+            logit_bound,
+        )
     level1 = s_in * s1 / data_primes[-1]  # scale after the first rescale
     # The second convolution's scale: as large as the dense layer allows while keeping its
     # weights at 2**_DENSE_BITS (the second rescale acts on a three-part ciphertext, whose
@@ -294,18 +318,38 @@ def compile_conv_circuit(
     bits3 = _scale_bits(
         rest / headroom / (level2 * level2 * max(logit_bound, 1.0)), parameter_set, "cnn2d dense"
     )
+    return _conv_circuit(
+        (channels, height, width),
+        kernel,
+        (conv1, bias1, pool1, conv2, bias2, pool2, fc, bfc),
+        (s1, s2, float(2**bits3)),
+        logit_bound,
+    )
+
+
+def _conv_circuit(
+    input_shape: tuple[int, int, int],
+    kernel: int,
+    maps: tuple[
+        FloatArray, FloatArray, IntArray, FloatArray, FloatArray, IntArray, FloatArray, FloatArray
+    ],
+    scales: tuple[float, float, float],
+    logit_bound: float,
+) -> ConvCircuit:
+    conv1, bias1, pool1, conv2, bias2, pool2, fc, bfc = maps
+    s1, s2, s3 = scales
     conv1 = _drop_unrepresentable(conv1, s1)
     conv2 = _drop_unrepresentable(conv2, s2)
-    fc = _drop_unrepresentable(fc, float(2**bits3))
+    fc = _drop_unrepresentable(fc, s3)
     for name, matrix, used in (
         ("first convolution", conv1, np.unique(pool1)),
         ("second convolution", conv2, np.unique(pool2)),
-        ("dense layer", fc, np.arange(outputs)),
+        ("dense layer", fc, np.arange(fc.shape[0])),
     ):
         if not np.all(np.any(matrix[used], axis=1)):
             raise CryptoError(f"cnn2d: a unit of the {name} has only zero weights")
     return ConvCircuit(
-        input_shape=(channels, height, width),
+        input_shape=input_shape,
         conv1=conv1,
         bias1=bias1,
         pool1=pool1,
@@ -316,9 +360,41 @@ def compile_conv_circuit(
         fc_bias=bfc,
         conv1_scale=s1,
         conv2_scale=s2,
-        fc_scale=float(2**bits3),
+        fc_scale=s3,
         logit_bound=logit_bound,
+        kernel=kernel,
     )
+
+
+def _im2col_scale_bits(
+    parameter_set: CKKSParameterSet,
+    data_primes: Sequence[float],
+    product_scale: float,
+    z2_bound: float,
+    p2_bound: float,
+    logit_bound: float,
+) -> tuple[int, int]:
+    """Weight scales of the second convolution and the dense layer in the ``im2col`` chain.
+
+    Data primes ``q_0 .. q_3``: the first convolution is rescaled by ``q_3``, the second
+    by ``q_2``, the dense layer by ``q_1``; the logits stay under ``q_0``. The second
+    convolution's scale is the largest the set allows whose worst case fits; the dense
+    layer's the largest for which the worst-case logits fit under ``q_0`` (and the product
+    under ``q_0 q_1``), both with the usual headroom.
+    """
+    headroom = 2.0**_HEADROOM_BITS
+    q0, q1, q2, q3 = data_primes[:4]
+    level1 = product_scale / q3
+    fit2 = q0 * q1 * q2 / headroom / (level1 * level1 * max(z2_bound, 1.0))
+    bits2 = _scale_bits(fit2, parameter_set, "cnn2d second convolution")
+    level2 = level1 * level1 * 2.0**bits2 / q2
+    square = level2 * level2
+    if square * max(p2_bound, 1.0) * headroom > q0 * q1:
+        raise CryptoError(f"cnn2d: the second layer's squares overflow {parameter_set.name}")
+    # The dense products, and after the rescale by q1 the logits, fit under q0 * q1.
+    fit3 = q0 * q1 / headroom / (square * max(logit_bound, 1.0))
+    bits3 = _scale_bits(fit3, parameter_set, "cnn2d dense layer")
+    return bits2, bits3
 
 
 def _as_float(

@@ -173,9 +173,17 @@ class SecretContext:
             return scratch().save(self._encryptor.encrypt_symmetric(plaintext))
 
     def encrypt(
-        self, layout: PackingLayout, features: npt.ArrayLike, *, hidden: int = 0
+        self,
+        layout: PackingLayout,
+        features: npt.ArrayLike,
+        *,
+        hidden: int = 0,
+        shape: ModelShape | None = None,
     ) -> list[bytes]:
         """Encrypt standardised ``features`` (patients x features) in ``layout``.
+
+        ``shape`` describes the model where the layout needs more than the width (the
+        ``im2col`` layout: the image shape, filters and kernel).
 
         Raises
         ------
@@ -193,7 +201,7 @@ class SecretContext:
         bound = self.parameter_set.input_bound
         if np.abs(x).max() > bound:
             raise InputError(f"a standardised feature exceeds the input bound of +-{bound:g}")
-        strategy = layout_for(layout, self.parameter_set, ModelShape(x.shape[1], hidden))
+        strategy = layout_for(layout, self.parameter_set, shape or ModelShape(x.shape[1], hidden))
         return [self._encrypt_values(np.asarray(row).tolist()) for row in strategy.pack(x)]
 
     def _decrypt_values(self, data: bytes, index: int) -> npt.NDArray[np.complex128]:
@@ -216,6 +224,7 @@ class SecretContext:
         n_features: int,
         hidden: int = 0,
         outputs: int = 1,
+        shape: ModelShape | None = None,
     ) -> npt.NDArray[np.float64]:
         """Decrypt result ciphertexts of ``layout`` into ``batch_size`` patients' logits.
 
@@ -229,7 +238,9 @@ class SecretContext:
         InputError
             If the number of results does not match the layout and batch size.
         """
-        strategy = layout_for(layout, self.parameter_set, ModelShape(n_features, hidden, outputs))
+        strategy = layout_for(
+            layout, self.parameter_set, shape or ModelShape(n_features, hidden, outputs)
+        )
         values = [self._decrypt_values(data, i) for i, data in enumerate(results)]
         return strategy.unpack(values, batch_size)
 

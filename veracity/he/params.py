@@ -53,10 +53,12 @@ __all__ = [
     "LOGISTIC_PARAMETERS",
     "POLY_MLP_PARAMETERS",
     "CNN_PARAMETERS",
+    "CNN_IMAGE_PARAMETERS",
     "PARAMETER_SETS",
     "check_security",
     "parameter_set_for",
     "parameter_set_named",
+    "small_batch_parameters",
     "he_params_hash",
 ]
 
@@ -87,6 +89,10 @@ class PackingLayout(enum.StrEnum):
     #: One ciphertext holds a few patients' feature vectors, replicated per hidden unit;
     #: rotations sum within blocks (Galois and relinearisation keys). Small ``poly_mlp`` batches.
     REPLICATED = "replicated"
+    #: One image per ciphertext, its convolution windows packed by the requester; the
+    #: server's convolutions are plaintext products and rotations (Galois and
+    #: relinearisation keys). Small ``cnn2d`` requests.
+    IM2COL = "im2col"
 
 
 @dataclass(frozen=True)
@@ -131,6 +137,9 @@ class CKKSParameterSet:
     small_batch_layout: PackingLayout
     small_batch_max: int
     hidden_weight_scale_bits: int = 0
+    #: The set the small-batch layout runs under when it is not this one (``cnn2d``: the
+    #: ``im2col`` layout needs N = 8192 for its upload, the column layout N = 16384).
+    small_batch_parameters: str = ""
 
     @property
     def slots(self) -> int:
@@ -236,12 +245,38 @@ CNN_PARAMETERS = CKKSParameterSet(
     min_weight_scale_bits=12,
     max_weight_scale_bits=40,
     batch_layout=PackingLayout.COLUMN,
-    small_batch_layout=PackingLayout.COLUMN,
+    # Small requests go to the im2col layout under its own set (below); its
+    # small_batch_max (16 images) is the crossover.
+    small_batch_layout=PackingLayout.IM2COL,
     small_batch_max=8192,
+    small_batch_parameters="ckks-cnn-im2col-n8192-v1",
+)
+
+CNN_IMAGE_PARAMETERS = CKKSParameterSet(
+    name="ckks-cnn-im2col-n8192-v1",
+    family="cnn2d",
+    poly_modulus_degree=8192,
+    # Data primes bottom to top: the logits' (49), then one per rescale, last first: the
+    # first convolution's (22), the second's (48), the dense layer's (49); special prime 49
+    # (>= every data prime: the rotations' key-switching noise stays below the rescales').
+    # 217 of the 218 bits N = 8192 allows; a seeded ciphertext is ~168 bits x 8192 / 8.
+    coeff_modulus_bits=(49, 49, 48, 22, 49),
+    input_scale_bits=20,
+    hidden_weight_scale_bits=25,
+    input_bound=8.0,
+    min_weight_scale_bits=16,
+    max_weight_scale_bits=24,
+    batch_layout=PackingLayout.IM2COL,
+    small_batch_layout=PackingLayout.IM2COL,
+    # One ciphertext (~170 KiB, ~70 ms of server CPU) per image: up to 16 images per
+    # request; more go to the column layout of ckks-cnn-n16384-v1 (one request of 8,192
+    # images costs what ~50-100 single images cost; see benchmarks/he_bench.py --images).
+    small_batch_max=16,
 )
 
 PARAMETER_SETS: dict[str, CKKSParameterSet] = {
-    p.name: p for p in (LOGISTIC_PARAMETERS, POLY_MLP_PARAMETERS, CNN_PARAMETERS)
+    p.name: p
+    for p in (LOGISTIC_PARAMETERS, POLY_MLP_PARAMETERS, CNN_PARAMETERS, CNN_IMAGE_PARAMETERS)
 }
 
 
@@ -257,6 +292,13 @@ def parameter_set_for(family: str) -> CKKSParameterSet:
         if parameter_set.family == family:
             return parameter_set
     raise CryptoError(f"no CKKS parameter set serves model family {family!r}")
+
+
+def small_batch_parameters(parameter_set: CKKSParameterSet) -> CKKSParameterSet:
+    """The set ``parameter_set``'s small-batch layout runs under."""
+    if not parameter_set.small_batch_parameters:
+        return parameter_set
+    return parameter_set_named(parameter_set.small_batch_parameters)
 
 
 def parameter_set_named(name: str) -> CKKSParameterSet:

@@ -72,7 +72,8 @@ class WireLimits:
     max_request_bytes
         Largest request envelope, context part included.
     max_context_bytes
-        Largest public-context envelope (Galois keys make the ``replicated`` context ~7 MB).
+        Largest public-context envelope (Galois keys make the ``replicated`` context ~7 MB,
+        the ``im2col`` context ~16 MiB).
     max_response_bytes
         Largest response envelope a client accepts.
     max_header_bytes
@@ -82,7 +83,7 @@ class WireLimits:
     """
 
     max_request_bytes: int = 64 * 1024 * 1024
-    max_context_bytes: int = 16 * 1024 * 1024
+    max_context_bytes: int = 32 * 1024 * 1024
     max_response_bytes: int = 64 * 1024 * 1024
     max_header_bytes: int = 64 * 1024
     max_parts: int = 4096

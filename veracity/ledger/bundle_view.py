@@ -18,11 +18,12 @@ from veracity.crypto.keys import VerifyKey
 from veracity.errors import InputError, LedgerIntegrityError
 from veracity.ledger.checkpoint import Checkpoint
 from veracity.ledger.entry import Entry, parse_body
+from veracity.ledger.reader import EntryReader
 
 __all__ = ["BundleLedger", "provenance_from_bundle"]
 
 
-class BundleLedger:
+class BundleLedger(EntryReader):
     """The entries and checkpoints of a bundle file, read-only, in memory."""
 
     def __init__(self, path: Path) -> None:
@@ -62,17 +63,6 @@ class BundleLedger:
                 return
             count += 1
             yield entry
-
-    def entries(
-        self,
-        *,
-        since: int = 0,
-        kind: str | None = None,
-        actor: str | None = None,
-        limit: int | None = None,
-    ) -> list[Entry]:
-        """Like :meth:`iter_entries`, as a list."""
-        return list(self.iter_entries(since=since, kind=kind, actor=actor, limit=limit))
 
     def latest_checkpoint(self) -> Checkpoint | None:
         """The newest signed checkpoint in the bundle, if any."""

@@ -57,6 +57,7 @@ from veracity.ledger.keyring import KeyHistory, KeyRecord
 from veracity.ledger.keyview import KeyView
 from veracity.ledger.merkle import MerkleTree, leaf_hash
 from veracity.ledger.proofs import ConsistencyProof, InclusionProof
+from veracity.ledger.reader import EntryReader
 from veracity.ledger.verify import (
     KeyEvent,
     RootSignatures,
@@ -77,7 +78,7 @@ _CHECKPOINT_HOOKED = "veracity.ledger.checkpoint_hooked"
 _AFTER_EVERYTHING = 2**62
 
 
-class Ledger:
+class Ledger(EntryReader):
     """A signed, hash-chained, Merkle-proved ledger in a SQL database.
 
     Open one with :meth:`open` (existing ledger) or :meth:`init` (new one, writes genesis).
@@ -792,17 +793,6 @@ class Ledger:
         if row is None:
             raise NotFound(f"no entry {seq} in the ledger")
         return reads.entry_from_row(row)
-
-    def entries(
-        self,
-        *,
-        since: int = 0,
-        kind: str | None = None,
-        actor: str | None = None,
-        limit: int | None = None,
-    ) -> list[Entry]:
-        """Entries with ``seq >= since`` in order, optionally of one kind or actor."""
-        return list(self.iter_entries(since=since, kind=kind, actor=actor, limit=limit))
 
     def iter_entries(
         self,

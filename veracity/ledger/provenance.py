@@ -15,36 +15,24 @@ round, derived from the previous one) and the released model (derived from the d
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any, Protocol
 
 from veracity.errors import InputError, NotFound
 from veracity.ledger.entry import Entry
+from veracity.ledger.reader import EntryReader
 
 if TYPE_CHECKING:
-    from veracity.ledger.checkpoint import Checkpoint
+    pass
 
 __all__ = ["PROV_NAMESPACE", "LedgerReader", "build_provenance"]
 
 
-class LedgerReader(Protocol):
+class LedgerReader(EntryReader, Protocol):
     """What provenance reads: a :class:`~veracity.ledger.ledger.Ledger` or a verified bundle."""
 
     @property
     def log_id(self) -> str:
         """The log's id."""
-        ...
-
-    def iter_entries(self, *, kind: str | None = None) -> Iterator[Entry]:
-        """Entries of one kind, in order."""
-        ...
-
-    def entries(self, *, kind: str | None = None) -> list[Entry]:
-        """Entries of one kind, in order."""
-        ...
-
-    def latest_checkpoint(self) -> Checkpoint | None:
-        """The newest signed checkpoint."""
         ...
 
 

@@ -38,7 +38,7 @@ from veracity.errors import InputError, SignatureError, VeracityError
 from veracity.ledger.statement import verify_document
 from veracity.server.coordinator.service import CoordinatorService
 from veracity.server.coordinator.unit_of_work import SERVER_APP
-from veracity.server.polling_grid import PollingGrid
+from veracity.server.polling_grid import PollingGrid, replies_by_site, reply_record
 
 __all__ = ["MESSAGE_TYPE", "AnalysisOutcome", "execute_analysis"]
 
@@ -121,16 +121,11 @@ def execute_analysis(
         q: {} for q in query_ids
     }
     unanswered: dict[str, list[str]] = {q: [] for q in query_ids}
-    for reply in grid.send_and_receive(messages, timeout=timeout):
-        site = sites_by_node.get(int(reply.metadata.src_node_id))
-        if site is None:
-            continue
+    for site, reply in replies_by_site(grid, messages, sites_by_node, timeout=timeout):
         try:
-            if reply.has_error():
-                raise InputError(f"the site's app failed: {reply.error.reason}")
-            record = reply.content.config_records[AnswersRecord.RECORD]
+            record = reply_record(reply, AnswersRecord.RECORD)
             replies = QueryReplies.parse(
-                json.loads(AnswersRecord.from_record(dict(record)).replies_json),
+                json.loads(AnswersRecord.from_record(record).replies_json),
                 what=f"{site}'s replies",
             )
         except (VeracityError, KeyError, ValueError) as err:

@@ -29,10 +29,12 @@ from veracity.errors import CryptoError, InputError
 from veracity.he.circuit import Circuit, compile_circuit, compile_conv_circuit
 from veracity.he.contexts import PublicContext
 from veracity.he.layouts import (
+    Im2colLayout,
     Layout,
     ModelShape,
     RandomBytes,
     ReplicatedLayout,
+    circuit_shape,
     evaluate_loaded,
     layout_for,
 )
@@ -41,6 +43,7 @@ from veracity.he.params import (
     PackingLayout,
     he_params_hash,
     parameter_set_for,
+    small_batch_parameters,
 )
 from veracity.he.seal import seal_primes
 from veracity.he.wire import (
@@ -99,6 +102,9 @@ class _ServedModel:
     released: ReleasedModel
     parameter_set: CKKSParameterSet
     circuit: Circuit
+    #: The small-batch layout's set and circuit where it runs under another set (cnn2d's
+    #: im2col); None where the model does not fit that layout.
+    small: tuple[CKKSParameterSet, Circuit] | None = None
 
     @property
     def hidden(self) -> int:
@@ -106,16 +112,29 @@ class _ServedModel:
 
     @property
     def shape(self) -> ModelShape:
+        if self.released.spec.family.convolutional:
+            return circuit_shape(self.circuit)
         spec = self.released.spec
         return ModelShape(spec.n_features, self.hidden, spec.outputs)
 
+    def under(self, layout: PackingLayout) -> tuple[CKKSParameterSet, Circuit] | None:
+        """The parameter set and circuit ``layout`` runs under (None: not offered)."""
+        ps = self.parameter_set
+        if layout is ps.batch_layout:
+            return ps, self.circuit
+        if layout is not ps.small_batch_layout:
+            return None
+        if small_batch_parameters(ps) is ps:
+            return ps, self.circuit
+        return self.small
+
     def layout(self, layout: PackingLayout) -> Layout | None:
         """The model's implementation of ``layout`` (None: not offered for this model)."""
-        ps = self.parameter_set
-        if layout not in (ps.batch_layout, ps.small_batch_layout):
+        found = self.under(layout)
+        if found is None:
             return None
         try:
-            return layout_for(layout, ps, self.shape)
+            return layout_for(layout, found[0], self.shape)
         except InputError:
             return None  # the network is too wide for this layout: batches only
 
@@ -134,6 +153,12 @@ class _ServedModel:
         if isinstance(strategy, ReplicatedLayout):
             small["rotation_steps"] = list(strategy.rotation_steps())
             small["patients_per_ciphertext"] = strategy.geometry.patients_per_ciphertext
+        if isinstance(strategy, Im2colLayout):
+            small["rotation_steps"] = list(strategy.rotation_steps())
+        found = self.under(ps.small_batch_layout)
+        if found is not None and found[0] is not ps:
+            small["parameter_set"] = found[0].describe()
+            small["he_params_hash"] = he_params_hash(found[0], seal_primes(found[0]))
         return {
             "small": small,
             "batch": {"name": ps.batch_layout.value, "max_batch": self.capacity(ps.batch_layout)},
@@ -224,6 +249,7 @@ class InferenceService:
         released = self._registry.get(model_hash)
         spec = released.spec
         circuit: Circuit
+        small: tuple[CKKSParameterSet, Circuit] | None = None
         if spec.family.convolutional:
             if spec.family.value != "cnn2d" or spec.conv_activation != "square":
                 raise CryptoError(
@@ -232,15 +258,26 @@ class InferenceService:
                     "(ReLU, max pooling and GroupNorm are not polynomials)"
                 )
             parameter_set = parameter_set_for(spec.family.value)
-            circuit = compile_conv_circuit(
-                released.weights,
-                parameter_set=parameter_set,
-                primes=seal_primes(parameter_set),
-                input_shape=spec.input_shape,
-                filters=spec.filters,
-                kernel=spec.kernel,
-                outputs=spec.outputs,
-            )
+
+            def compiled(ps: CKKSParameterSet) -> Circuit:
+                return compile_conv_circuit(
+                    released.weights,
+                    parameter_set=ps,
+                    primes=seal_primes(ps),
+                    input_shape=spec.input_shape,
+                    filters=spec.filters,
+                    kernel=spec.kernel,
+                    outputs=spec.outputs,
+                )
+
+            circuit = compiled(parameter_set)
+            small_ps = small_batch_parameters(parameter_set)
+            if small_ps is not parameter_set:
+                try:
+                    small = (small_ps, compiled(small_ps))
+                    layout_for(small_ps.small_batch_layout, small_ps, circuit_shape(small[1]))
+                except (CryptoError, InputError):
+                    small = None  # the model does not fit the small layout: batches only
         else:
             parameter_set = parameter_set_for(spec.family.value)
             circuit = compile_circuit(
@@ -253,7 +290,7 @@ class InferenceService:
                 activation=spec.activation,
                 outputs=spec.outputs,
             )
-        served = _ServedModel(released, parameter_set, circuit)
+        served = _ServedModel(released, parameter_set, circuit, small)
         with self._lock:
             self._models[model_hash] = served
             while len(self._models) > self._max_models:
@@ -413,26 +450,34 @@ class InferenceService:
             raise InputError(f"no released model {header.model_hash}")
         served = self._served(header.model_hash)
         ps = served.parameter_set
-        if header.parameter_set != ps.name:
+        sets = {ps.name} | ({served.small[0].name} if served.small is not None else set())
+        if header.parameter_set not in sets:
             raise CryptoError(
-                f"model {header.model_hash[:16]}... is served under {ps.name}; "
+                f"model {header.model_hash[:16]}... is served under {' or '.join(sorted(sets))}; "
                 f"the request uses {header.parameter_set}"
-            )
-        context = self._context(header.context_hash, inline)
-        if context.parameter_set.name != ps.name:
-            raise CryptoError(
-                f"the public context is for {context.parameter_set.name}; "
-                f"this model needs {ps.name}"
             )
         if header.layout not in (ps.batch_layout, ps.small_batch_layout):
             raise CryptoError(
                 f"layout {header.layout} does not serve {served.released.spec.family.value} "
                 f"models; use {ps.batch_layout} or {ps.small_batch_layout}"
             )
+        found = served.under(header.layout)
         strategy = served.layout(header.layout)
-        if strategy is None:
+        if found is None or strategy is None:
             raise InputError(
                 f"layout {header.layout} cannot hold this model; use {ps.batch_layout}"
+            )
+        layout_ps, circuit = found
+        if header.parameter_set != layout_ps.name:
+            raise CryptoError(
+                f"model {header.model_hash[:16]}... is served under {layout_ps.name} in the "
+                f"{header.layout} layout; the request uses {header.parameter_set}"
+            )
+        context = self._context(header.context_hash, inline)
+        if context.parameter_set.name != layout_ps.name:
+            raise CryptoError(
+                f"the public context is for {context.parameter_set.name}; "
+                f"this model needs {layout_ps.name}"
             )
         capacity = strategy.capacity()
         if header.batch_size > capacity:
@@ -454,7 +499,7 @@ class InferenceService:
         with self._lock:
             results = evaluate_loaded(
                 context,
-                served.circuit,
+                circuit,
                 header.layout,
                 inputs,
                 batch_size=header.batch_size,

@@ -20,14 +20,17 @@ from __future__ import annotations
 import contextlib
 import functools
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Any
 
 from flwr.app import Message, RecordDict
 from flwr.proto.node_pb2 import NodeInfo
 from flwr.serverapp import Grid
 from flwr.supercore.run import Run
 
-__all__ = ["PollingGrid"]
+from veracity.errors import InputError
+
+__all__ = ["PollingGrid", "replies_by_site", "reply_record"]
 
 #: Seconds a pull may retry a reply's objects once the round's deadline has passed.
 LAST_PULL_SECONDS = 1.0
@@ -139,3 +142,36 @@ class PollingGrid(Grid):
                 continue  # one last pull: replies that arrived while this one was blocked
             time.sleep(self.poll_interval)
         return replies
+
+
+def replies_by_site(
+    grid: PollingGrid,
+    messages: Iterable[Message],
+    sites_by_node: Mapping[int, str],
+    *,
+    timeout: float,
+) -> Iterator[tuple[str, Message]]:
+    """Send ``messages``; yield each reply with the site its node was matched to.
+
+    Replies that arrive within ``timeout`` come as they arrive; one from a node that is not
+    in ``sites_by_node`` is left out.
+    """
+    for reply in grid.send_and_receive(messages, timeout=timeout):
+        site = sites_by_node.get(int(reply.metadata.src_node_id))
+        if site is not None:
+            yield site, reply
+
+
+def reply_record(reply: Message, name: str) -> dict[str, Any]:
+    """The config record ``name`` of a site's reply.
+
+    Raises
+    ------
+    InputError
+        If the site's app answered with an error.
+    KeyError
+        If the reply holds no such record.
+    """
+    if reply.has_error():
+        raise InputError(f"the site's app failed: {reply.error.reason}")
+    return dict(reply.content.config_records[name])

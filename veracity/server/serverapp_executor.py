@@ -26,7 +26,6 @@ Uses Flower internals (``flwr.supercore.runtime``); flwr is pinned to 1.42.0. PO
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import functools
 import logging
@@ -40,7 +39,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any, NoReturn
 
-from veracity.supervise import exit_with_parent
+from veracity.supervise import exit_with_parent, log_task_process, task_process_parser
 
 __all__ = ["ExecutorOptions", "run_executor", "main"]
 
@@ -152,20 +151,10 @@ def run_executor(options: ExecutorOptions) -> NoReturn:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m veracity.server.serverapp_executor --runtime-api-address HOST:PORT ...``."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--runtime-api-address", required=True)
+    parser = task_process_parser(__doc__, poll_interval=0.05)
     parser.add_argument("--root-certificates", type=Path, required=True)
-    parser.add_argument("--poll-interval", type=float, default=0.05)
-    parser.add_argument("--object-backoff", type=float, default=0.05)
-    parser.add_argument("--ready-file", type=Path, default=None)
-    parser.add_argument("--parent-pid", type=int, default=None)
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO,
-        stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    logging.getLogger("httpx").setLevel(logging.WARNING)
+    log_task_process()
     run_executor(  # returns only by SystemExit
         ExecutorOptions(
             runtime_api_address=args.runtime_api_address,

@@ -16,7 +16,7 @@ from veracity.contracts.messages import HelloRecord
 from veracity.core.fields import format_timestamp
 from veracity.errors import VeracityError
 from veracity.server.coordinator.site_software import SiteSoftware
-from veracity.server.polling_grid import PollingGrid
+from veracity.server.polling_grid import PollingGrid, replies_by_site, reply_record
 
 __all__ = ["MESSAGE_TYPE", "ask_site_software"]
 
@@ -34,14 +34,9 @@ def ask_site_software(
         for node in sites_by_node
     ]
     reports: list[SiteSoftware] = []
-    for reply in grid.send_and_receive(messages, timeout=timeout):
-        site = sites_by_node.get(int(reply.metadata.src_node_id))
-        if site is None:
-            continue
+    for site, reply in replies_by_site(grid, messages, sites_by_node, timeout=timeout):
         try:
-            if reply.has_error():
-                raise VeracityError(f"the site's app failed: {reply.error.reason}")
-            hello = HelloRecord.from_record(dict(reply.content.config_records[HelloRecord.RECORD]))
+            hello = HelloRecord.from_record(reply_record(reply, HelloRecord.RECORD))
         except (VeracityError, KeyError, ValueError) as err:
             log.warning("hello of %s dropped: %s", site, err)
             continue

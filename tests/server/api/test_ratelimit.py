@@ -10,6 +10,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from tests.hypothesis_examples import examples
 from veracity.errors import ConfigError
 from veracity.server.api.ratelimit import RateLimiter
 from veracity.server.api.tokens import Role, TokenStore
@@ -35,7 +36,9 @@ arrivals = st.lists(st.floats(min_value=0, max_value=120, allow_nan=False), max_
 
 
 @settings(
-    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    max_examples=examples(25),
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
 )
 @given(times=arrivals, per_minute=st.sampled_from([6.0, 30.0, 120.0]), burst=st.integers(1, 5))
 def test_no_window_admits_more_than_the_burst_plus_the_rate(
@@ -56,7 +59,9 @@ def test_no_window_admits_more_than_the_burst_plus_the_rate(
 
 
 @settings(
-    max_examples=10, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    max_examples=examples(10),
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
 )
 @given(per_minute=st.sampled_from([6.0, 60.0]), burst=st.integers(1, 4), count=st.integers(1, 12))
 def test_requests_at_the_sustained_rate_are_never_refused(
