@@ -64,6 +64,9 @@ def test_demo_runs_a_whole_study_and_its_audit_end_to_end(tmp_path: Path) -> Non
 
     ledger = summary["ledger"]
     assert ledger["verified"] is True
+    # The coordinator ran on its log key alone: the identity key was moved offline.
+    assert not list((data_dir / "coordinator").rglob("root.pem"))
+    assert (data_dir / "offline" / "identity" / "root.pem").exists()
     assert len(ledger["witnesses"]["cosigned_by"]) >= 2
     assert ledger["policy"]["quorum"] == "2 of 3 (witnesses)"
     # The data directory is kept: the auditor can check the bundle again, independently.

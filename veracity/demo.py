@@ -329,9 +329,17 @@ def start_coordinator(state: DemoState) -> None:
     from veracity.api_client import CoordinatorClient
     from veracity.server.api.serve import initialise, issue_token, start_services
     from veracity.server.api.settings import ApiSettings
+    from veracity.server.coordinator import CoordinatorHome
 
     home = state.coordinator_dir
     initialise(home, superlink_port=free_port()).close()
+    # The identity key goes offline, as an operator moves it: the coordinator runs on its
+    # log key alone (keys/log.pem); only a log key rotation would need the identity again.
+    offline = state.root / "offline"
+    offline.mkdir(mode=0o700, exist_ok=True)
+    identity = CoordinatorHome.load(home).identity_dir
+    if identity.exists():
+        shutil.move(identity, offline / "identity")
     for key, role, name in [
         ("admin", "admin", "demo-admin"),
         ("clinic", "researcher", "clinic"),

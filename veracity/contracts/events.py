@@ -149,6 +149,13 @@ class KeyEnrolled(RequestedPayload):
         Annotated[str, StringConstraints(min_length=1, max_length=4096)] | None
     ) = None
     proof: Base64Signature | None = None
+    # --- identity / log key split (#18, logkey) ---
+    #: Genesis only: the offline identity key (the auditors' trust anchor) that enrols the
+    #: online log key, and its signature under ``veracity.log-key.v1``. A genesis without
+    #: them (written before the split) is its own identity: one key is both.
+    identity_key: PublicKeyPem | None = None
+    identity_signature: Base64Signature | None = None
+    # --- end identity / log key split ---
 
 
 class KeyRotated(RequestedPayload):
@@ -166,6 +173,10 @@ class KeyRotated(RequestedPayload):
     valid_from: Timestamp
     proof: Base64Signature
     outgoing_signature: Base64Signature
+    # --- identity / log key split (#18, logkey) ---
+    #: The identity key's signature enrolling the new log key (``coordinator`` only).
+    identity_signature: Base64Signature | None = None
+    # --- end identity / log key split ---
 
 
 class KeyRecovered(RequestedPayload):
@@ -195,6 +206,10 @@ class KeyRevoked(RequestedPayload):
     name: Name
     key_id: Hash
     reason: Reason
+    # --- identity / log key split (#18, logkey) ---
+    #: The identity key's signature retiring a log key it rotated away (``coordinator`` only).
+    identity_signature: Base64Signature | None = None
+    # --- end identity / log key split ---
 
 
 class DatasetRegistered(SiteStatement):

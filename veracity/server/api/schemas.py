@@ -458,13 +458,16 @@ class CheckpointOut(BaseModel):
 
 
 class LedgerInfoOut(BaseModel):
-    """The log's identity and size, and the coordinator's root key (pin it out of band)."""
+    """The log's id and size, its identity (root) key (pin it out of band) and log key."""
 
     log_id: str
     size: int
     root_public_key: str
     root_key_id: str
     latest_checkpoint: CheckpointOut | None
+    #: The online log key the identity (root) key enrolled last: it signs checkpoints.
+    log_public_key: str | None = None
+    log_key_id: str | None = None
 
 
 class EntryOut(BaseModel):
