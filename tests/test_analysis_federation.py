@@ -134,7 +134,7 @@ def test_an_analysis_study_is_answered_combined_and_recorded_with_verified_recei
         for signed in payload["receipts"]:
             receipt = signed["receipt"]
             assert abs(_pld(receipt["history"], receipt["delta"]) - receipt["epsilon"]) <= 0.02
-    network.coordinator.ledger.verify(network.coordinator.root_key.public)
+    network.coordinator.ledger.verify(network.coordinator.ledger.identity_public_key)
 
 
 def test_asking_the_same_analysis_again_returns_stored_answers_at_no_cost(

@@ -209,11 +209,12 @@ def test_the_database_and_key_files_are_private(tmp_path: Path) -> None:
     code, _, _ = _init(tmp_path / "c")
     assert code == 0
     root = tmp_path / "c"
-    private = [root / "veracity.db", root / "keys" / "root.pem", root / "tls" / "server.key"]
-    private += [root / "tls" / "ca.key"]
+    private = [root / "veracity.db", root / "keys" / "log.pem", root / "tls" / "server.key"]
+    private += [root / "tls" / "ca.key", root / "identity" / "root.pem"]
     for path in private:
         assert stat.S_IMODE(os.stat(path).st_mode) == 0o600, path
-    assert stat.S_IMODE(os.stat(root).st_mode) == 0o700
+    for directory in (root, root / "keys", root / "identity"):
+        assert stat.S_IMODE(os.stat(directory).st_mode) == 0o700, directory
 
 
 @pytest.mark.parametrize(

@@ -51,8 +51,22 @@ def test_demo_runs_a_whole_study_and_its_audit_end_to_end(tmp_path: Path) -> Non
     assert 0.5 < summary["model"]["auc"] <= 1.0
     assert len(summary["model"]["hash"]) == 64
 
+    explanation = summary["explanation"]
+    assert len(explanation["report_hash"]) == 64
+    assert 1 <= len(explanation["top_features"]) <= 10
+
+    # One site re-trained its last round to its receipt; the auditor recomputed every round.
+    replay = summary["replay"]
+    assert replay["sites_confirmed"] == ["hospital-a"]
+    assert replay["aggregation_verified"] is True
+    assert replay["site_round"] == 3
+    assert replay["aggregation_rounds"] == 3
+
     ledger = summary["ledger"]
     assert ledger["verified"] is True
+    # The coordinator ran on its log key alone: the identity key was moved offline.
+    assert not list((data_dir / "coordinator").rglob("root.pem"))
+    assert (data_dir / "offline" / "identity" / "root.pem").exists()
     assert len(ledger["witnesses"]["cosigned_by"]) >= 2
     assert ledger["policy"]["quorum"] == "2 of 3 (witnesses)"
     # The data directory is kept: the auditor can check the bundle again, independently.
@@ -77,6 +91,8 @@ def test_demo_runs_a_whole_study_and_its_audit_end_to_end(tmp_path: Path) -> Non
     assert recorded.count("inference.served") >= 1
     assert recorded.count("study.approved") == 6  # the analysis study and the training study
     assert recorded.count("analysis.answered") == 3
+    assert recorded.count("model.explained") == 1
+    assert recorded.count("replay.confirmed") == 1
     # Every process the demo started has stopped.
     leftovers = subprocess.run(
         ["pgrep", "-f", str(data_dir)], capture_output=True, text=True, check=False

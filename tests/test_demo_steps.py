@@ -19,7 +19,7 @@ from veracity.server.api.problems import PROBLEM_TYPES, problem_document
 def test_the_steps_run_in_order_under_the_timing_keys_of_the_summary() -> None:
     assert [step.key for step in DEMO_STEPS] == [
         "coordinator", "sites", "enrol", "study", "warmup", "analytics", "training",
-        "inference", "audit",
+        "inference", "explanation", "audit", "replay",
     ]  # fmt: skip
     assert len({step.run for step in DEMO_STEPS}) == len(DEMO_STEPS)
 

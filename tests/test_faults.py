@@ -338,7 +338,7 @@ def _check_books(network: Network) -> dict[str, list[tuple[str, int]]]:
     Returns each site's spends that have no receipt, as ``(run_id, round)``.
     """
     coordinator = network.coordinator
-    coordinator.ledger.verify(coordinator.root_key.public)
+    coordinator.ledger.verify(coordinator.ledger.identity_public_key)
     receipts: dict[str, dict[tuple[str, int], float]] = {name: {} for name in SITES}
     for entry in coordinator.ledger.iter_entries(kind="round.completed"):
         for signed in entry.payload["receipts"]:

@@ -108,7 +108,7 @@ def test_a_two_round_study_records_every_round_with_verified_receipts(network: N
     study = _study("bc-two-rounds", rounds=2, min_sites=3)
     run_id = _propose_and_run(network, study, dict.fromkeys(SITES, 3.0))
 
-    report = coordinator.ledger.verify(coordinator.root_key.public)
+    report = coordinator.ledger.verify(coordinator.ledger.identity_public_key)
     assert report.entries == coordinator.ledger.size()
     assert coordinator.reads.run(run_id).study_hash == study.study_hash
     rounds = _rounds(coordinator, run_id)
@@ -155,7 +155,7 @@ def test_a_study_with_client_level_dp_records_both_guarantees(network: Network) 
     study = parse_study({**plain.to_document(), "central_dp": terms})
     run_id = _propose_and_run(network, study, dict.fromkeys(SITES, 3.0))
 
-    coordinator.ledger.verify(coordinator.root_key.public)
+    coordinator.ledger.verify(coordinator.ledger.identity_public_key)
     rounds = _rounds(coordinator, run_id)
     assert [r["round"] for r in rounds] == [1, 2]
     # Flower's RDP accountant, noise 1.0 without amplification, delta 1e-5.
@@ -204,7 +204,7 @@ def test_a_site_over_its_cap_is_refused_and_recorded_and_the_run_goes_on(network
     ]
     assert len(refusals) == 1
     assert refusals[0].payload["epsilon_requested"] > caps["hospital-c"]
-    coordinator.ledger.verify(coordinator.root_key.public)
+    coordinator.ledger.verify(coordinator.ledger.identity_public_key)
 
 
 def test_a_withdrawn_approval_is_refused_at_the_site_and_the_refusal_reaches_the_ledger(
@@ -236,7 +236,7 @@ def test_a_withdrawn_approval_is_refused_at_the_site_and_the_refusal_reaches_the
         if e.payload["run_id"] == run_id
     ]
     assert "ethics approval withdrawn" in refusal.payload["reason"]
-    coordinator.ledger.verify(coordinator.root_key.public)
+    coordinator.ledger.verify(coordinator.ledger.identity_public_key)
 
 
 def test_receipts_signed_with_a_key_the_ledger_does_not_hold_are_dropped(network: Network) -> None:
@@ -275,7 +275,7 @@ def test_receipts_signed_with_a_key_the_ledger_does_not_hold_are_dropped(network
     assert wait_run(coordinator, run_id, timeout=300).state == "finished:completed"
     (recorded,) = _rounds(coordinator, run_id)
     assert recorded["participants"] == ["hospital-a", "hospital-c"]
-    coordinator.ledger.verify(coordinator.root_key.public)
+    coordinator.ledger.verify(coordinator.ledger.identity_public_key)
 
 
 def test_an_unregistered_supernode_cannot_join(network: Network, tmp_path: Path) -> None:

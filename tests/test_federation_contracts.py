@@ -119,7 +119,7 @@ def test_a_receipt_the_ledger_would_refuse_drops_that_site_not_the_run(network: 
     assert recorded.completed.participants == ["hospital-a", "hospital-b"]
     assert [d.site for d in recorded.completed.dropped] == [ROGUE]
     assert "accountant" in recorded.completed.dropped[0].reason
-    coordinator.ledger.verify(coordinator.root_key.public)
+    coordinator.ledger.verify(coordinator.ledger.identity_public_key)
 
 
 def test_a_signed_refusal_of_an_unboundable_round_is_recorded(network: Network) -> None:
@@ -140,4 +140,4 @@ def test_a_signed_refusal_of_an_unboundable_round_is_recorded(network: Network) 
     finished = _finished(coordinator, run_id)
     assert finished is not None
     assert finished.status == "insufficient_sites"
-    coordinator.ledger.verify(coordinator.root_key.public)
+    coordinator.ledger.verify(coordinator.ledger.identity_public_key)

@@ -49,7 +49,7 @@ admin_app = typer.Typer(
 sites_app = typer.Typer(name="sites", help="Enrol, list, revoke, rotate and recover sites.")
 studies_app = typer.Typer(name="studies", help="Write, propose and read studies.")
 runs_app = typer.Typer(name="runs", help="Start, follow, stop and read runs.")
-models_app = typer.Typer(name="models", help="Released models: list, read, download.")
+models_app = typer.Typer(name="models", help="Released models: list, read, download, explain.")
 tokens_app = typer.Typer(name="tokens", help="Bearer tokens of the admin API.")
 ledger_app = typer.Typer(name="ledger", help="The coordinator's ledger, over the API.")
 for _group in (sites_app, studies_app, runs_app, models_app, tokens_app, ledger_app):
@@ -849,6 +849,9 @@ def models_show(
             ["label", out.label], ["card hash", out.card_hash],
             ["released seq", out.released_seq]]  # fmt: skip
     rows += [[f"card {k}", json.dumps(v, sort_keys=True)] for k, v in sorted(out.card.items())]
+    for e in out.explanations:
+        top = ", ".join(e["top_features"][:3])
+        rows.append([f"explanation {e['seq']}", f"{e['report_hash']} top {top}"])
     _show(output_format, out.model_dump(), f"model {out.model_hash}", rows)
 
 
@@ -872,6 +875,144 @@ def models_download(
     out.write_bytes(weights)
     shown = {"model_hash": model_hash, "file": str(out.absolute()), "bytes": len(weights)}
     _show(output_format, shown, "weights downloaded", [[k, v] for k, v in shown.items()])
+
+
+# ----------------------------------------------------------- explanations (#19)
+def _explanation_rows(item: Any) -> list[list[Any]]:
+    report = item.report
+    block = report.get("features") or report.get("channels") or {}
+    rows: list[list[Any]] = [
+        ["report hash", item.report_hash],
+        ["ledger seq", item.seq],
+        ["run", item.run_id],
+        ["sites", " ".join(item.sites)],
+        ["records", item.records],
+        ["epsilon per site", item.terms["epsilon"]],
+        ["clip norm", item.terms["clip_norm"]],
+    ]
+    values = dict(zip(block.get("labels", []), block.get("value", []), strict=True))
+    errors = dict(zip(block.get("labels", []), block.get("se", []), strict=True))
+    for name in item.top_features:
+        if name in values:
+            rows.append([f"top {name}", f"{values[name]:+.4g} (se {errors[name]:.2g})"])
+    return rows
+
+
+def _write_explanation(item: Any, out: Path) -> dict[str, str]:
+    out.mkdir(parents=True, exist_ok=True)
+    report_file, plot_file = out / "explanation.json", out / "explanation.svg"
+    report_file.write_text(json.dumps(item.report, indent=2, sort_keys=True), encoding="utf-8")
+    plot_file.write_text(item.plot_svg, encoding="utf-8")
+    return {"report": str(report_file.absolute()), "plot": str(plot_file.absolute())}
+
+
+def _latest_explanation(api: _Api, model_hash: str) -> Any:
+    items = api.client.explanations(api.token, model_hash).items
+    if not items:
+        raise InputError(
+            f"model {model_hash} has no recorded explanation; "
+            f"veracity admin models explain {model_hash} --epsilon E --clip-norm C --watch"
+        )
+    return items[-1]
+
+
+OutDirOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--out",
+        envvar="VERACITY_OUT",
+        help="Folder to write explanation.json and explanation.svg into.",
+    ),
+]
+
+
+@models_app.command("explain")
+def models_explain(
+    model_hash: Annotated[str, typer.Argument(help="The released model's hash.")],
+    epsilon: Annotated[
+        float,
+        typer.Option(
+            "--epsilon", envvar="VERACITY_EPSILON", min=0.0, help="Each site's cost (its budget)."
+        ),
+    ],
+    clip_norm: Annotated[
+        float,
+        typer.Option(
+            "--clip-norm",
+            envvar="VERACITY_CLIP_NORM",
+            min=0.0,
+            help="L2 bound of one record's attribution vector.",
+        ),
+    ],
+    steps: Annotated[
+        int,
+        typer.Option(
+            "--steps", envvar="VERACITY_STEPS", min=2, max=1024, help="Integration points."
+        ),
+    ] = 32,
+    delta: Annotated[
+        float | None,
+        typer.Option("--delta", envvar="VERACITY_DELTA", help="Default: the study's delta."),
+    ] = None,
+    watch: Annotated[
+        bool,
+        typer.Option("--watch", envvar="VERACITY_WATCH", help="Wait for the report and show it."),
+    ] = False,
+    out: OutDirOption = None,
+    interval: IntervalOption = 1.0,
+    server: ServerOption = DEFAULT_SERVER,
+    token: TokenOption = None,
+    ca_cert: CaCertOption = None,
+    output_format: FormatOption = OutputFormat.TEXT,
+) -> None:
+    """Ask the model's sites for an explanation (integrated gradients, under their budgets)."""
+    with _Api(server, token, ca_cert) as api:
+        started = api.client.explain_model(
+            api.token, model_hash, epsilon=epsilon, clip_norm=clip_norm, steps=steps, delta=delta
+        )
+        if not watch:
+            _show(
+                output_format,
+                started.model_dump(),
+                f"explanation run {started.run_id} started",
+                [[k, v] for k, v in started.model_dump().items()],
+            )
+            emit_next(
+                f"veracity admin runs watch {started.run_id}",
+                f"veracity admin models explanation {model_hash} --out explanation",
+            )
+            return
+        stderr_console().print(f"explanation run {started.run_id} started (seq {started.seq})")
+        while (run := api.client.run(api.token, started.run_id)).finished is None:
+            time.sleep(interval)
+        if run.finished.get("status") != "completed":
+            raise VerificationError(
+                f"explanation run {started.run_id} ended {run.finished.get('status')}: "
+                f"{run.finished.get('reason', '')}"
+            )
+        item = _latest_explanation(api, model_hash)
+    document = item.model_dump()
+    if out is not None:
+        document["files"] = _write_explanation(item, out)
+    _show(output_format, document, f"explanation of {model_hash}", _explanation_rows(item))
+
+
+@models_app.command("explanation")
+def models_explanation(
+    model_hash: Annotated[str, typer.Argument(help="The released model's hash.")],
+    out: OutDirOption = None,
+    server: ServerOption = DEFAULT_SERVER,
+    token: TokenOption = None,
+    ca_cert: CaCertOption = None,
+    output_format: FormatOption = OutputFormat.TEXT,
+) -> None:
+    """A model's latest explanation report; ``--out`` writes it and its SVG plot."""
+    with _Api(server, token, ca_cert) as api:
+        item = _latest_explanation(api, model_hash)
+    document = item.model_dump()
+    if out is not None:
+        document["files"] = _write_explanation(item, out)
+    _show(output_format, document, f"explanation of {model_hash}", _explanation_rows(item))
 
 
 # ---------------------------------------------------------------------------- tokens

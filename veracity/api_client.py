@@ -22,6 +22,8 @@ from veracity.api_options import api_base, check_credentials
 from veracity.errors import TransportError
 from veracity.server.api.schemas import (
     DatasetListOut,
+    ExplanationListOut,
+    ExplanationStartedOut,
     ModelListOut,
     ModelOut,
     PrincipalOut,
@@ -51,6 +53,7 @@ _Model = TypeVar("_Model", bound=BaseModel)
 _Listed = TypeVar(
     "_Listed",
     DatasetListOut,
+    ExplanationListOut,
     ModelListOut,
     RoundListOut,
     RunListOut,
@@ -235,6 +238,27 @@ class CoordinatorClient:
     def model(self, token: str, model_hash: str) -> ModelOut:
         """``GET /models/{hash}``: the model's architecture, features and card."""
         return self._parsed(ModelOut, "GET", f"/models/{model_hash}", token)
+
+    def explain_model(
+        self,
+        token: str,
+        model_hash: str,
+        *,
+        epsilon: float,
+        clip_norm: float,
+        steps: int,
+        delta: float | None,
+    ) -> ExplanationStartedOut:
+        """``POST /models/{hash}/explanations`` (admin): start an explanation run."""
+        body: dict[str, Any] = {"epsilon": epsilon, "clip_norm": clip_norm, "steps": steps}
+        if delta is not None:
+            body["delta"] = delta
+        path = f"/models/{model_hash}/explanations"
+        return self._parsed(ExplanationStartedOut, "POST", path, token, json=body)
+
+    def explanations(self, token: str, model_hash: str) -> ExplanationListOut:
+        """``GET /models/{hash}/explanations``: the model's explanation reports."""
+        return self._every_page(ExplanationListOut, f"/models/{model_hash}/explanations", token)
 
     def weights(self, token: str, model_hash: str) -> bytes:
         """``GET /models/{hash}/weights`` (admin): the plaintext weights file."""

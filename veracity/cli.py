@@ -99,6 +99,7 @@ def _register_subcommands() -> None:
     from veracity.crypto.cli import app as keys_app
     from veracity.demo_cli import demo
     from veracity.ledger.cli import app as ledger_app
+    from veracity.ledger.log_key_cli import register as register_log_key_commands
     from veracity.ledger.witness_cli import register as register_witness_commands
     from veracity.server.cli import app as server_app
     from veracity.server.replay_cli import register as register_replay
@@ -106,6 +107,7 @@ def _register_subcommands() -> None:
     app.command("demo")(demo)
     app.add_typer(keys_app, name="keys")
     register_witness_commands(ledger_app)
+    register_log_key_commands(ledger_app)
     register_replay(ledger_app)
     app.add_typer(ledger_app, name="ledger")
     site_app.command("start")(site_start)

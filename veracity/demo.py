@@ -16,11 +16,15 @@ three hospitals with their own data, keys and budgets, a clinic and an auditor, 
 7. An auditor exports the ledger and verifies the bundle offline with the root public key
    and a C2SP policy (the log key, the three witness keys, quorum 2) and its own state
    directory, and reads the model's provenance.
+8. One site replays its last round (``veracity site replay``: re-trained from the global
+   model and secret seed it kept, to its receipt's update hash) and delivers the signed
+   ``replay.confirmed``; the auditor downloads the run archive and recomputes every
+   round's aggregation (``veracity ledger replay``'s check).
 
 Each stage is a small step function over one :class:`DemoState` (:data:`DEMO_STEPS`, in
 order: coordinator up, sites set up, enrolled, study approved, warmed up, trained,
-inference checked, audited); the steps talk to the admin API through the typed
-:class:`~veracity.api_client.CoordinatorClient`, and the summary is
+inference checked, explained, audited, replayed); the steps talk to the admin API through
+the typed :class:`~veracity.api_client.CoordinatorClient`, and the summary is
 :meth:`DemoState.summary`. Everything the demo starts is stopped on exit, on Ctrl-C and on
 failure. The data directory is kept so that the ledger can be audited again with the
 ledger CLI.
@@ -67,7 +71,8 @@ class DemoOptions:
 
     data_dir: Path
     rounds: int = 3
-    epsilon_cap: float = 3.0
+    #: Training's 2.94 and the explanation's share (:data:`EXPLAIN_EPSILON`) fit under it.
+    epsilon_cap: float = 3.5
     #: 3 rounds of 5 steps at sample rate 0.2 cost replace-one epsilon 2.94 (add/remove 1.71).
     noise_multiplier: float = 2.2
     seed: int = 0
@@ -103,6 +108,20 @@ class Analytics:
     queries: int
     epsilon_spent: dict[str, float]
     max_abs_error: float
+
+
+@dataclass(frozen=True)
+class Explanation:
+    """What the explanation step leaves: the recorded report's hash and its top features."""
+
+    run_id: str
+    report_hash: str
+    top_features: list[str]
+    epsilon: float
+
+
+#: Each site's epsilon for the released model's explanation, and its per-record bound.
+EXPLAIN_EPSILON, EXPLAIN_CLIP = 0.4, 1.0
 
 
 @dataclass(frozen=True)
@@ -151,7 +170,10 @@ class DemoState:
     trained: Trained | None = None
     analytics: Analytics | None = None
     inference: InferenceCheck | None = None
+    explanation: Explanation | None = None
     audit: Audit | None = None
+    #: Site-side and aggregation replay (#19).
+    replay: dict[str, Any] | None = None
 
     @property
     def coordinator_dir(self) -> Path:
@@ -176,6 +198,7 @@ class DemoState:
         study, trained = _need(self.study, "study"), _need(self.trained, "trained model")
         inference, audit = _need(self.inference, "inference check"), _need(self.audit, "audit")
         analytics = _need(self.analytics, "analytics")
+        explanation = _need(self.explanation, "explanation")
         last_receipts = {r["receipt"]["site"]: r["receipt"] for r in trained.rounds[-1]["receipts"]}
         config = CoordinatorHome.load(self.coordinator_dir)
         return {
@@ -214,6 +237,13 @@ class DemoState:
                 "epsilon_spent": analytics.epsilon_spent,
                 "max_abs_error": analytics.max_abs_error,
             },
+            "explanation": {
+                "report_hash": explanation.report_hash,
+                "top_features": explanation.top_features,
+                "run_id": explanation.run_id,
+                "epsilon_per_site": explanation.epsilon,
+            },
+            "replay": _need(self.replay, "replay"),
             "console": self.console_access(),
             "timings_s": self.timings,
         }
@@ -299,9 +329,17 @@ def start_coordinator(state: DemoState) -> None:
     from veracity.api_client import CoordinatorClient
     from veracity.server.api.serve import initialise, issue_token, start_services
     from veracity.server.api.settings import ApiSettings
+    from veracity.server.coordinator import CoordinatorHome
 
     home = state.coordinator_dir
     initialise(home, superlink_port=free_port()).close()
+    # The identity key goes offline, as an operator moves it: the coordinator runs on its
+    # log key alone (keys/log.pem); only a log key rotation would need the identity again.
+    offline = state.root / "offline"
+    offline.mkdir(mode=0o700, exist_ok=True)
+    identity = CoordinatorHome.load(home).identity_dir
+    if identity.exists():
+        shutil.move(identity, offline / "identity")
     for key, role, name in [
         ("admin", "admin", "demo-admin"),
         ("clinic", "researcher", "clinic"),
@@ -563,6 +601,33 @@ def check_inference(state: DemoState) -> None:
     )
 
 
+def explain_model(state: DemoState) -> None:
+    """The admin asks the sites to explain the released model under their budgets."""
+    admin = state.tokens["admin"]
+    model_hash = _need(state.trained, "trained model").model_hash
+    started = state.api.explain_model(
+        admin, model_hash, epsilon=EXPLAIN_EPSILON, clip_norm=EXPLAIN_CLIP, steps=32, delta=None
+    )
+
+    def finished() -> dict[str, Any] | None:
+        status = state.api.run(admin, started.run_id)
+        state.group.check_alive()
+        return status.finished
+
+    outcome = _poll("the explanation run to finish", 600, finished)
+    if outcome["status"] != "completed":
+        raise TransportError(f"the explanation ended {outcome['status']}: {outcome['reason']}")
+    (item,) = [
+        e for e in state.api.explanations(admin, model_hash).items if e.run_id == started.run_id
+    ]
+    state.explanation = Explanation(
+        run_id=started.run_id,
+        report_hash=item.report_hash,
+        top_features=item.top_features,
+        epsilon=EXPLAIN_EPSILON,
+    )
+
+
 def _predict_encrypted(state: DemoState, model_hash: str) -> list[dict[str, str]]:
     """Run ``veracity predict`` as the clinic would; the rows of its scores CSV."""
     services = _need(state.services, "services")
@@ -653,6 +718,64 @@ def audit_ledger(state: DemoState) -> None:
     )
 
 
+def replay_run(state: DemoState) -> None:
+    """One site replays its last round; the auditor replays the run's aggregation.
+
+    The site re-trains the round from the global model and secret seed it kept (``veracity
+    site replay``), signs ``replay.confirmed`` and delivers it to the ledger (``veracity
+    site sync``); the auditor downloads the run archive and a fresh ledger bundle and
+    recomputes every round's FedAvg (:func:`veracity.server.replay.replay_aggregation`).
+    """
+    from veracity.crypto.keys import load_verify_key
+    from veracity.server.replay import replay_aggregation
+    from veracity.server.round_archive import extract_archive
+
+    trained, services = _need(state.trained, "trained model"), _need(state.services, "services")
+    audit = _need(state.audit, "audit")
+    site = state.sites[0]
+    (receipt,) = [
+        r["receipt"] for r in trained.rounds[-1]["receipts"] if r["receipt"]["site"] == site.name
+    ]
+    replayed = _veracity(
+        "site", "replay", "--run", str(receipt["run_id"]), "--round", str(receipt["round"]),
+        "--data-dir", str(site.directory), "--format", "json",
+    )  # fmt: skip
+    outcome = json.loads(replayed.stdout) if replayed.stdout.strip() else {}
+    if replayed.returncode != 0 or outcome.get("kind") != "replay.confirmed":
+        raise VerificationError(
+            f"{site.name} could not replay round {receipt['round']}: "
+            f"{outcome or replayed.stderr.strip()}"
+        )
+    synced = _veracity(
+        "site", "sync", "--server", services.api_url.removesuffix("/api/v1"),
+        "--token", state.tokens[site.name], "--ca-cert", str(services.ca_cert),
+        "--data-dir", str(site.directory), "--format", "json",
+    )  # fmt: skip
+    delivered = json.loads(synced.stdout) if synced.stdout.strip() else {}
+    recorded = [*delivered.get("delivered", []), *delivered.get("already_recorded", [])]
+    if synced.returncode != 0 or outcome["statement_id"] not in recorded:
+        raise TransportError(f"{site.name} could not deliver its replay: {synced.stderr.strip()}")
+    directory = state.root / "auditor" / "replay"
+    directory.mkdir(parents=True)
+    auditor = state.tokens["auditor"]
+    bundle = directory / "ledger.jsonl"
+    bundle.write_bytes(state.api.export_ledger(auditor))
+    archive = directory / "archive"
+    extract_archive(state.api.run_archive(auditor, trained.run_id), archive)
+    report = replay_aggregation(
+        bundle, archive, trusted_root=load_verify_key(audit.root_public_key)
+    )
+    (item,) = outcome["rounds"]
+    state.replay = {
+        "sites_confirmed": [site.name],
+        "aggregation_verified": report.final_model_hash == trained.model_hash,
+        "site_round": int(item["round"]),
+        "site_replay_s": round(float(item["replay_seconds"]), 3),
+        "site_train_s": round(float(item["train_seconds"]), 3),
+        "aggregation_rounds": report.rounds,
+    }
+
+
 @dataclass(frozen=True)
 class DemoStep:
     """One named step: its key in ``timings_s``, its progress line, and what it does."""
@@ -681,9 +804,19 @@ DEMO_STEPS: tuple[DemoStep, ...] = (
     DemoStep("training", "Federated training: {rounds} rounds, DP-SGD at every site", train),
     DemoStep("inference", "Clinic: encrypted predictions with veracity predict", check_inference),
     DemoStep(
+        "explanation",
+        "Explanation: integrated gradients at each site, clipped, noised, charged",
+        explain_model,
+    ),
+    DemoStep(
         "audit",
         "Auditor: export the ledger, verify offline with 2 of 3 witnesses, provenance",
         audit_ledger,
+    ),
+    DemoStep(
+        "replay",
+        "Replay: a site re-trains its last round; the auditor recomputes the aggregation",
+        replay_run,
     ),
 )
 

@@ -10,7 +10,12 @@ import torch
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
 from scipy import stats
 
-from veracity.client.noise import GENERATOR_NAME, SEEDED_GENERATOR_NAME, ChaCha20Source
+from veracity.client.noise import (
+    GENERATOR_NAME,
+    ROUND_SEED_GENERATOR_NAME,
+    SEEDED_GENERATOR_NAME,
+    ChaCha20Source,
+)
 from veracity.errors import InputError
 
 KEY = bytes(range(32))
@@ -83,3 +88,23 @@ def test_zero_noise_is_exactly_zero_and_a_key_is_32_bytes() -> None:
     assert ChaCha20Source(KEY).gaussian((2, 2), 0.0).tolist() == [[0.0, 0.0], [0.0, 0.0]]
     with pytest.raises(InputError):
         ChaCha20Source(b"short")
+
+
+def test_a_round_seed_keys_each_purpose_apart_and_repeats_its_draws() -> None:
+    seed = bytes(range(32))
+    noise = ChaCha20Source.from_round_seed(seed, "noise")
+    again = ChaCha20Source.from_round_seed(seed, "noise")
+    sampling = ChaCha20Source.from_round_seed(seed, "sampling")
+    other = ChaCha20Source.from_round_seed(bytes(32), "noise")
+
+    drawn = noise.gaussian((64,), 1.0)
+    assert torch.equal(drawn, again.gaussian((64,), 1.0))
+    assert not torch.equal(drawn, sampling.gaussian((64,), 1.0))
+    assert not torch.equal(drawn, other.gaussian((64,), 1.0))
+    assert noise.name == ROUND_SEED_GENERATOR_NAME
+    assert not noise.seeded
+
+
+def test_a_round_seed_is_32_bytes() -> None:
+    with pytest.raises(InputError, match="32 bytes"):
+        ChaCha20Source.from_round_seed(b"short", "noise")

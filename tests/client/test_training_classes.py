@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Any
+import warnings
+from typing import Any, cast
 
 import numpy as np
 import pytest
 import torch
+from opacus import GradSampleModule
 from torch import nn
 
-from veracity.client.training import PrivateTrainer, effective_clipping
-from veracity.errors import InputError
+from veracity.client.training import PrivateTrainer, _PerSampleGradients, effective_clipping
+from veracity.errors import ConfigError, InputError
 from veracity.tasks.spec import ModelFamily, ModelSpec, predict_classes
 from veracity.tasks.torch_models import build_model, model_weights
 
@@ -131,3 +133,59 @@ def test_labels_outside_the_models_classes_are_refused() -> None:
     y[3] = 3
     with pytest.raises(InputError, match=r"class indices 0\.\.2"):
         _trainer(spec, x, y)
+
+
+def _per_sample_gradients(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> list[Any]:
+    model.zero_grad(set_to_none=True)
+    logits = model(x)
+    if logits.dim() == 1:
+        loss = nn.functional.binary_cross_entropy_with_logits(logits, y.float())
+    else:
+        loss = nn.functional.cross_entropy(logits, y)
+    torch.autograd.backward(loss)
+    return [cast(Any, p).grad_sample.detach().clone() for p in model.parameters()]
+
+
+@pytest.mark.training
+@pytest.mark.parametrize("rows", [0, 1, 7])
+@pytest.mark.parametrize("spec", SPECS.values(), ids=SPECS.keys())
+def test_the_hooks_engine_gives_opacus_per_sample_gradients(spec: ModelSpec, rows: int) -> None:
+    # The trainer's own hooks (Linear, Conv1d, Conv2d, GroupNorm) against Opacus's
+    # GradSampleModule on the same weights and batch, empty batch included.
+    start = {k: torch.as_tensor(v) for k, v in model_weights(build_model(spec, seed=3)).items()}
+    x, y = _data(spec, 7, seed=1)
+    xb, yb = torch.as_tensor(x[:rows]), torch.as_tensor(y[:rows])
+    ours = build_model(spec)
+    ours.load_state_dict(start)
+    assert _PerSampleGradients.supports(ours)
+    _PerSampleGradients(ours)
+    reference = build_model(spec)
+    reference.load_state_dict(start)
+    opacus = GradSampleModule(reference)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Full backward hook", category=UserWarning)
+        expected = _per_sample_gradients(opacus, xb, yb)
+    got = _per_sample_gradients(ours, xb, yb)
+    assert all(g.shape[0] == rows for g in got)  # Opacus gives some layers one zero row
+    for g, e in zip(got, expected, strict=True):
+        torch.testing.assert_close(g.sum(0), e.sum(0), rtol=1e-5, atol=1e-6)
+        if rows:
+            torch.testing.assert_close(g, e, rtol=1e-5, atol=1e-6)
+
+
+def test_the_convolutional_families_train_on_the_trainers_own_hooks() -> None:
+    spec = SPECS["cnn2d-3"]
+    x, y = _data(spec, 8)
+    trainer = _trainer(spec, x, y, clipping="opacus-hooks")
+    assert trainer._forward is trainer.model  # no Opacus GradSampleModule wrapper
+    grouped = nn.Sequential(nn.Conv2d(2, 2, 3, groups=2), nn.Flatten(), nn.Linear(2, 1))
+    assert not _PerSampleGradients.supports(grouped)  # Opacus's hooks take these
+    assert not _PerSampleGradients.supports(nn.Sequential(nn.Embedding(3, 2)))
+
+
+def test_a_layer_applied_twice_in_one_step_is_refused() -> None:
+    layer = nn.Linear(2, 2)
+    _PerSampleGradients(layer)
+    out = layer(layer(torch.ones(3, 2)))
+    with pytest.raises(ConfigError, match="each layer used once"):
+        torch.autograd.backward(out.sum())

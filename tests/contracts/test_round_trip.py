@@ -53,7 +53,14 @@ from veracity.contracts.events import (
     TokenRevoked,
     payload_model,
 )
+from veracity.contracts.explanation import (
+    EXPLANATION_QUERY_ID,
+    ExplanationTerms,
+    ModelExplained,
+    terms_hash,
+)
 from veracity.contracts.receipts import RECEIPT_DOMAIN, Receipt, SignedReceipt
+from veracity.contracts.replay import ReplayConfirmed, ReplayedRound, ReplayFailed
 from veracity.core.canonical import canonical_hash
 from veracity.core.fields import MAX_SAFE_INTEGER, format_timestamp
 from veracity.crypto.keys import SigningKey, generate_signing_key
@@ -256,6 +263,25 @@ def _record_every_kind(recorder: _Recorder, drawn: dict[str, Any]) -> None:
             reason=drawn["refusal_reason"], signed_at=drawn["signed_at"],
         ),
     )  # fmt: skip
+    # Site-side replay (#19).
+    replayed = ReplayedRound(round=drawn["round"], update_hash=h[3], seed_commitment=h[2])
+    recorder.site_event(
+        first,
+        ReplayConfirmed(
+            site=first, run_id=drawn["run_id"], study_hash=study_hash,
+            dataset_id=drawn["dataset_id"], dataset_commitment=drawn["dataset"]["commitment"],
+            rounds=[replayed], signed_at=drawn["signed_at"],
+        ),
+    )  # fmt: skip
+    recorder.site_event(
+        first,
+        ReplayFailed(
+            site=first, run_id=drawn["run_id"], study_hash=study_hash,
+            dataset_id=drawn["dataset_id"], dataset_commitment=drawn["dataset"]["commitment"],
+            round=drawn["round"], expected_update_hash=h[3], replayed_update_hash=h[4],
+            reason="re-training gave another update", confirmed=[], signed_at=drawn["signed_at"],
+        ),
+    )  # fmt: skip
     recorder.root_event(
         ModelReleased(
             model_hash=h[4], run_id=drawn["run_id"], study_hash=study_hash,
@@ -266,6 +292,28 @@ def _record_every_kind(recorder: _Recorder, drawn: dict[str, Any]) -> None:
             )],
             epsilon={first: drawn["receipt"]["epsilon"]}, metrics=drawn["metrics"],
             card_hash=h[5],
+        )
+    )  # fmt: skip
+    # --- explanations (#19): an explanation receipt is an analysis receipt
+    terms = ExplanationTerms(
+        model_hash=h[4], study_hash=study_hash, clip_norm=drawn["cap"],
+        epsilon=min(drawn["cap"], 100.0), delta=drawn["receipt"]["delta"],
+    )  # fmt: skip
+    explained = analysed.model_copy(
+        update={"query_id": EXPLANATION_QUERY_ID, "query_hash": terms_hash(terms)}
+    )
+    recorder.root_event(
+        ModelExplained(
+            run_id=drawn["run_id"], model_hash=h[4], study_hash=study_hash, terms=terms,
+            terms_hash=terms_hash(terms), report_hash=h[6], records=drawn["batch"],
+            top_features=drawn["dataset"]["features"][:10],
+            receipts=[SignedAnalysisReceipt(
+                receipt=explained,
+                signature=sign_document(
+                    recorder.keys[first], ANALYSIS_RECEIPT_DOMAIN, explained.to_json()
+                ),
+            )],
+            refused=[drawn["dropped_reason"]],
         )
     )  # fmt: skip
     recorder.root_event(

@@ -7,6 +7,7 @@ from typing import Any
 import pytest
 
 from veracity.contracts.events import KINDS, validate_payload
+from veracity.contracts.explanation import ExplanationTerms, terms_hash
 from veracity.core.canonical import canonical_hash
 from veracity.errors import InputError
 
@@ -15,6 +16,10 @@ from .conftest import STUDY, STUDY_HASH, dataset_payload, round_payload, seeded_
 H = "a" * 64
 TS = "2026-11-27T15:47:52.123456Z"
 SIG = "A" * 86 + "=="
+EXPLAIN_TERMS: dict[str, Any] = {
+    "model_hash": H, "study_hash": H, "method": "integrated_gradients", "baseline": "zeros",
+    "steps": 32, "clip_norm": 1.0, "epsilon": 1.0, "delta": 1e-5,
+}  # fmt: skip
 
 VALID: dict[str, dict[str, Any]] = {
     "key.enrolled": {
@@ -113,6 +118,43 @@ VALID: dict[str, dict[str, Any]] = {
         ],
         "refused": [],
     },
+    # --- explanations (#19)
+    "model.explained": {
+        "run_id": "2",
+        "model_hash": H,
+        "study_hash": H,
+        "terms": EXPLAIN_TERMS,
+        "terms_hash": terms_hash(ExplanationTerms.parse(EXPLAIN_TERMS)),
+        "report_hash": H,
+        "records": 152,
+        "top_features": ["mean_radius"],
+        "receipts": [
+            {
+                "receipt": {
+                    "site": "hospital-a",
+                    "study": H,
+                    "query_id": "explanation",
+                    "query_hash": terms_hash(ExplanationTerms.parse(EXPLAIN_TERMS)),
+                    "answer_hash": H,
+                    "dataset_id": "d1",
+                    "dataset_commitment": H,
+                    "sensitivity": 2.0,
+                    "noise_multiplier": 6.2,
+                    "noise_std": 6.2,
+                    "accountant": "pld",
+                    "neighbouring": "replace-one",
+                    "delta": 1e-5,
+                    "epsilon_query": 1.0,
+                    "epsilon": 1.0,
+                    "history": [[6.2, 1.0, 1]],
+                    "suppression_threshold": 0.0,
+                    "repeated": False,
+                    "noise_generator": "chacha20",
+                },
+                "signature": SIG,
+            }
+        ],
+    },
     "budget.refused": {
         "site": "hospital-a",
         "study_hash": H,
@@ -167,6 +209,29 @@ VALID: dict[str, dict[str, Any]] = {
         "requested_by": "alice",
     },
     "token.revoked": {"token_id": "9f2c4e1a7b3d5e60", "name": "hospital-a operator"},
+    # Site-side replay (#19).
+    "replay.confirmed": {
+        "site": "hospital-a",
+        "run_id": "1",
+        "study_hash": H,
+        "dataset_id": "d1",
+        "dataset_commitment": H,
+        "rounds": [{"round": 1, "update_hash": H, "seed_commitment": H}],
+        "signed_at": TS,
+    },
+    "replay.failed": {
+        "site": "hospital-a",
+        "run_id": "1",
+        "study_hash": H,
+        "dataset_id": "d1",
+        "dataset_commitment": H,
+        "round": 2,
+        "expected_update_hash": H,
+        "replayed_update_hash": H,
+        "reason": "re-training from the kept global model and seed gave another update",
+        "confirmed": [{"round": 1, "update_hash": H, "seed_commitment": H}],
+        "signed_at": TS,
+    },
 }
 
 

@@ -258,7 +258,7 @@ def test_reaching_max_epsilon_stops_the_run_and_releases_the_last_model(
     # noise 1.0: epsilon 4.73 after one round, 7.08 after two; the budget allows one.
     study = _run(network, max_epsilon=6.0, rounds=3)
 
-    coordinator.ledger.verify(coordinator.root_key.public)
+    coordinator.ledger.verify(coordinator.ledger.identity_public_key)
     (recorded,) = _rounds(coordinator, RUN)
     assert recorded["metrics"]["client-level-epsilon"] == pytest.approx(4.728507, abs=1e-6)
     assert recorded["metrics"]["client-level-delta"] == 1e-5
@@ -290,7 +290,7 @@ def test_a_budget_too_small_for_one_round_ends_the_run_without_a_model(
     coordinator = network.coordinator
     _run(network, max_epsilon=4.0, rounds=2)
 
-    coordinator.ledger.verify(coordinator.root_key.public)
+    coordinator.ledger.verify(coordinator.ledger.identity_public_key)
     assert _rounds(coordinator, RUN) == []
     finished = _run_finished(coordinator, RUN)
     assert finished is not None
@@ -370,7 +370,7 @@ def test_a_site_that_goes_offline_under_central_dp_ends_the_run_with_run_finishe
     assert finished["status"] == "insufficient_sites"
     assert "central DP needs every one of the 3 site(s)" in finished["reason"]
     assert finished["model_hash"] is None
-    coordinator.ledger.verify(coordinator.root_key.public)
+    coordinator.ledger.verify(coordinator.ledger.identity_public_key)
 
 
 def test_an_unexpected_error_in_a_run_is_recorded_as_failed_with_its_reason(

@@ -155,7 +155,7 @@ def test_a_study_flows_from_proposal_to_approvals_and_a_run_needs_enough_of_them
     with pytest.raises(ApprovalMissing):
         coordinator.start_run(ALICE, study.study_hash)
     assert coordinator.federation.list_runs() == []
-    report = coordinator.ledger.verify(coordinator.root_key.public)
+    report = coordinator.ledger.verify(coordinator.ledger.identity_public_key)
     assert report.entries == coordinator.ledger.size()
 
 

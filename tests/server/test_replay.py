@@ -85,7 +85,9 @@ def test_an_honest_runs_archive_replays_every_round(network: _Network, tmp_path:
     _execute(network, _propose_plain(network, rounds=2), RUN)
     bundle, archive = _archive_and_bundle(network, tmp_path)
 
-    report = replay_aggregation(bundle, archive, trusted_root=network.coordinator.root_key.public)
+    report = replay_aggregation(
+        bundle, archive, trusted_root=network.coordinator.ledger.identity_public_key
+    )
 
     assert (report.run_id, report.rounds, report.updates) == (RUN, 2, 6)
     assert report.released_model_hash == report.final_model_hash
@@ -104,7 +106,9 @@ def test_a_changed_update_in_the_archive_fails_the_replay_at_its_round(
     path.write_bytes(weights_to_bytes(weights))
 
     with pytest.raises(ReplayMismatch, match="update of hospital-b") as caught:
-        replay_aggregation(bundle, archive, trusted_root=network.coordinator.root_key.public)
+        replay_aggregation(
+            bundle, archive, trusted_root=network.coordinator.ledger.identity_public_key
+        )
     assert caught.value.round == 2
 
 
@@ -131,7 +135,9 @@ def test_a_coordinator_that_swaps_an_update_before_aggregation_is_caught(
     bundle, archive = _archive_and_bundle(network, tmp_path)
 
     with pytest.raises(ReplayMismatch, match="FedAvg of the receipted updates") as caught:
-        replay_aggregation(bundle, archive, trusted_root=network.coordinator.root_key.public)
+        replay_aggregation(
+            bundle, archive, trusted_root=network.coordinator.ledger.identity_public_key
+        )
     assert caught.value.round == 2
 
 
@@ -160,7 +166,9 @@ def test_fedavg_weighs_by_the_signed_row_count_so_the_replay_matches(
     _execute(network, _propose_plain(network, rounds=2), RUN)
     bundle, archive = _archive_and_bundle(network, tmp_path)
 
-    report = replay_aggregation(bundle, archive, trusted_root=network.coordinator.root_key.public)
+    report = replay_aggregation(
+        bundle, archive, trusted_root=network.coordinator.ledger.identity_public_key
+    )
 
     assert report.rounds == 2
 
@@ -172,7 +180,9 @@ def test_replies_arriving_in_any_order_are_aggregated_in_site_order(
     _execute(network, _propose_plain(network, rounds=3), RUN)
     bundle, archive = _archive_and_bundle(network, tmp_path)
 
-    report = replay_aggregation(bundle, archive, trusted_root=network.coordinator.root_key.public)
+    report = replay_aggregation(
+        bundle, archive, trusted_root=network.coordinator.ledger.identity_public_key
+    )
 
     assert report.rounds == 3
 
@@ -183,7 +193,7 @@ def test_the_cli_replays_and_exits_1_naming_the_round_that_differs(
     _execute(network, _propose_plain(network, rounds=2), RUN)
     bundle, archive = _archive_and_bundle(network, tmp_path)
     root = tmp_path / "root.pub"
-    root.write_text(network.coordinator.root_key.public.pem(), encoding="utf-8")
+    root.write_text(network.coordinator.ledger.identity_public_key.pem(), encoding="utf-8")
     args = ["ledger", "replay", "--bundle", str(bundle), "--archive", str(archive)]
     args += ["--trust", str(root), "--format", "json"]
 
@@ -201,7 +211,9 @@ def test_a_central_dp_runs_noised_aggregates_replay(network: _Network, tmp_path:
     _execute(network, _propose(network, max_epsilon=50.0, rounds=3), RUN)
     bundle, archive = _archive_and_bundle(network, tmp_path)
 
-    report = replay_aggregation(bundle, archive, trusted_root=network.coordinator.root_key.public)
+    report = replay_aggregation(
+        bundle, archive, trusted_root=network.coordinator.ledger.identity_public_key
+    )
 
     assert (report.rounds, report.updates) == (3, 9)
 
@@ -227,7 +239,9 @@ def test_a_central_dp_aggregate_without_its_noise_is_caught(
     bundle, archive = _archive_and_bundle(network, tmp_path)
 
     with pytest.raises(ReplayMismatch, match="not noise of the accounted sigma") as caught:
-        replay_aggregation(bundle, archive, trusted_root=network.coordinator.root_key.public)
+        replay_aggregation(
+            bundle, archive, trusted_root=network.coordinator.ledger.identity_public_key
+        )
     assert caught.value.round == 2
 
 
@@ -247,7 +261,9 @@ def test_a_released_model_that_is_not_the_last_aggregate_is_caught(
     bundle, archive = _archive_and_bundle(network, tmp_path)
 
     with pytest.raises(ReplayMismatch, match="the run released model") as caught:
-        replay_aggregation(bundle, archive, trusted_root=network.coordinator.root_key.public)
+        replay_aggregation(
+            bundle, archive, trusted_root=network.coordinator.ledger.identity_public_key
+        )
     assert caught.value.round == 2
 
 
@@ -269,5 +285,5 @@ def test_a_run_whose_ledger_leaves_a_round_out_is_refused_at_that_round(
 
     missing = r"round 2 of run .* where round 1 should be"
     with pytest.raises(ReplayMismatch, match=missing) as caught:
-        replay_aggregation(bundle, archive, trusted_root=coordinator.root_key.public)
+        replay_aggregation(bundle, archive, trusted_root=coordinator.ledger.identity_public_key)
     assert caught.value.round == 1

@@ -33,7 +33,10 @@ def test_init_creates_the_ledger_and_the_api_tables(
         assert db.current_revision(coordinator.ledger.engine) == db.head_revision()
         assert HISTORY.current(coordinator.ledger.engine) == HISTORY.head()
         assert shown["log_id"] == coordinator.ledger.log_id
-        assert shown["root_key_id"] == coordinator.root_key.public.key_id
+        # root.pub is the identity key auditors trust; the coordinator holds the log key.
+        assert shown["root_key_id"] == coordinator.ledger.identity_public_key.key_id
+        assert shown["log_key_id"] == coordinator.root_key.public.key_id
+        assert shown["root_key_id"] != shown["log_key_id"]
     again = _init(tmp_path / "c", db_url, capsys)
     assert again["log_id"] == shown["log_id"]
 

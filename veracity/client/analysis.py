@@ -410,7 +410,14 @@ class AnalysisAgent:
             return self._refuse_approval(request, str(err))
         if charge.answer is None:
             assert charge.budget is not None  # noqa: S101 - answer_query's contract
-            return self._refuse_budget(request, study, dataset, charge.budget, cap, charge)
+            return self._refuse_budget(
+                request.query_id,
+                (study.study_hash, study.study_id, study.delta),
+                dataset,
+                charge.budget,
+                cap,
+                charge,
+            )
         if charge.budget is not None:
             report = charge.budget.dataset
         else:
@@ -469,33 +476,35 @@ class AnalysisAgent:
 
     def _refuse_budget(
         self,
-        request: QueryRequest,
-        study: AnalysisStudy,
+        query_id: str,
+        study: tuple[str, str, float],
         dataset: Dataset,
         budget: RoundBudget,
         cap: float,
         charge: QueryCharge,
     ) -> QueryRefusal:
+        """Sign ``budget.refused`` for query ``query_id`` of ``study`` (hash, id, delta)."""
+        study_hash, study_id, delta = study
         crossed: list[tuple[float, float, str]] = []
         if not budget.study_allowed:
-            left = epsilon_left(cap, charge.study_before, study.delta)
-            crossed.append((left, budget.study.epsilon, f"study {study.study_id!r} (cap {cap:g})"))
+            left = epsilon_left(cap, charge.study_before, delta)
+            crossed.append((left, budget.study.epsilon, f"study {study_id!r} (cap {cap:g})"))
         if not budget.dataset_allowed:
-            left = epsilon_left(budget.dataset_budget, charge.dataset_before, study.delta)
+            left = epsilon_left(budget.dataset_budget, charge.dataset_before, delta)
             crossed.append(
                 (left, budget.dataset.epsilon, f"dataset {dataset.dataset_id!r} (budget)")
             )
         left, requested, scope = min(crossed)
         reason = (
-            f"query {request.query_id} would bring {scope} to epsilon {requested:.4f}; "
+            f"query {query_id} would bring {scope} to epsilon {requested:.4f}; "
             f"epsilon left {left:.4f}"
         )
         statement = self.site.sign(
             BudgetRefused(
                 site=self.site.name,
-                study_hash=study.study_hash,
+                study_hash=study_hash,
                 dataset_id=dataset.dataset_id,
-                run_id=f"query:{request.query_id}",
+                run_id=f"query:{query_id}",
                 round=QUERY_ROUND,
                 epsilon_requested=requested if math.isfinite(requested) else None,
                 epsilon_left=left,
@@ -503,5 +512,5 @@ class AnalysisAgent:
             )
         )
         self.site.store.add_statement(statement, now=statement.payload["signed_at"])
-        log.warning("site %s refused query %s: %s", self.site.name, request.query_id, reason)
+        log.warning("site %s refused query %s: %s", self.site.name, query_id, reason)
         return QueryRefusal("budget.refused", statement, reason)

@@ -853,6 +853,63 @@ def canary_audit_command(
     verify_noise_audit(audit)
 
 
+@site_app.command("replay")
+def replay_command(
+    run: Annotated[
+        str, typer.Option("--run", envvar="VERACITY_RUN", help="The run whose rounds to replay.")
+    ],
+    round_number: Annotated[
+        int | None,
+        typer.Option(
+            "--round", envvar="VERACITY_ROUND", help="Replay only this round (default: all)."
+        ),
+    ] = None,
+    data_dir: DataDirOption = None,
+    output_format: FormatOption = OutputFormat.TEXT,
+) -> None:
+    """Re-train this site's rounds of a run and check each update hash against its receipt.
+
+    Each round starts from the global model the site kept and draws its samples and noise
+    from the round's secret seed; the outcome is signed as replay.confirmed or
+    replay.failed (naming the first round that differs) and queued in the outbox
+    (veracity site sync delivers it). Spends no privacy budget. Exit 1 when a round
+    differs, or when the data file no longer matches its commitment (nothing is signed).
+    """
+    from veracity.client.replay import replay_run
+    from veracity.client.site import Site
+    from veracity.errors import VerificationError
+
+    with Site.open(_root(data_dir)) as site:
+        outcome = replay_run(site, run, round=round_number)
+    if output_format is OutputFormat.JSON:
+        emit_json(outcome.to_json())
+    else:
+        emit_table(
+            f"Replay of run {run}",
+            ["round", "update hash (receipt)", "replayed", "replay s", "original s"],
+            [
+                (
+                    item.round,
+                    item.expected_update_hash[:16],
+                    "same"
+                    if item.replayed_update_hash == item.expected_update_hash
+                    else (item.replayed_update_hash or "-")[:16],
+                    f"{item.replay_seconds:.3f}",
+                    f"{item.train_seconds:.3f}",
+                )
+                for item in outcome.rounds
+            ],
+        )
+        stderr_console().print(
+            f"{outcome.statement.kind} signed and queued in the outbox "
+            f"({outcome.statement.statement_id})"
+        )
+    if not outcome.confirmed:
+        raise VerificationError(
+            f"replay failed at round {outcome.failed_round}: {outcome.statement.payload['reason']}"
+        )
+
+
 @site_app.command("enrolment-proof")
 def enrolment_proof_command(
     log_id: Annotated[

@@ -23,6 +23,7 @@ from flwr.clientapp import ClientApp
 
 from veracity import __version__
 from veracity.client.analysis import AnalysisAgent, QueryRefusal, QueryRequest
+from veracity.client.explanation import ExplanationAgent, ExplanationRequest
 from veracity.client.service import Refusal, SiteAgent, TrainRequest
 from veracity.client.site import Site
 from veracity.contracts.analysis import (
@@ -31,11 +32,14 @@ from veracity.contracts.analysis import (
     QueryReplyItem,
     SignedAnalysisReceipt,
 )
+from veracity.contracts.explanation import ExplanationRefusal, ExplanationReply
 from veracity.contracts.messages import (
     ARRAYS_RECORD,
     METRICS_RECORD,
     AnalysisInstruction,
     AnswersRecord,
+    ExplainInstruction,
+    ExplanationRecord,
     HelloRecord,
     ReceiptRecord,
     RefusalRecord,
@@ -54,6 +58,7 @@ app = ClientApp()
 _CODE_HASH: contextvars.ContextVar[str | None] = contextvars.ContextVar("code_hash", default=None)
 _AGENTS: dict[Path, SiteAgent] = {}
 _ANALYSTS: dict[Path, AnalysisAgent] = {}
+_EXPLAINERS: dict[Path, ExplanationAgent] = {}
 _AGENTS_LOCK = threading.Lock()
 
 
@@ -96,6 +101,16 @@ def analyst_for(site_dir: Path) -> AnalysisAgent:
         if analyst is None:
             analyst = _ANALYSTS[site_dir] = AnalysisAgent(agent.site)
         return analyst
+
+
+def explainer_for(site_dir: Path) -> ExplanationAgent:
+    """The explanation agent of ``site_dir`` (sharing the site agent's store), opened once."""
+    agent = agent_for(site_dir)
+    with _AGENTS_LOCK:
+        explainer = _EXPLAINERS.get(site_dir)
+        if explainer is None:
+            explainer = _EXPLAINERS[site_dir] = ExplanationAgent(agent.site)
+        return explainer
 
 
 @app.query("hello")
@@ -160,6 +175,47 @@ def train(msg: Message, context: Context) -> Message:
         }
     )
     return Message(reply, reply_to=msg)
+
+
+@app.query("explain")
+def explain(msg: Message, context: Context) -> Message:
+    """Explain a model over the site's records under its approval and budget, or refuse."""
+    code_hash = current_code_hash()
+    if code_hash is None:
+        raise ApprovalMissing("the run's code hash is unknown; run the site with its worker")
+    content = msg.content
+    if ExplainInstruction.RECORD not in content.config_records:
+        raise InputError(f"an explain message needs a {ExplainInstruction.RECORD!r} record")
+    if ARRAYS_RECORD not in content.array_records:
+        raise InputError(f"an explain message needs an {ARRAYS_RECORD!r} record")
+    instruction = ExplainInstruction.from_record(
+        dict(content.config_records[ExplainInstruction.RECORD])
+    )
+    request = ExplanationRequest(
+        terms=parse_json_object(instruction.terms, what="explanation terms"),
+        study=parse_json_object(instruction.study, what="study"),
+        code_hash=code_hash,
+        weights=weights_from_record(content.array_records[ARRAYS_RECORD]),
+    )
+    outcome = explainer_for(_site_dir(context)).handle(request)
+    if isinstance(outcome, QueryRefusal):
+        reply = ExplanationReply(
+            refusal=ExplanationRefusal(
+                kind=outcome.kind,
+                payload=outcome.statement.payload,
+                signature=outcome.statement.signature,
+                reason=outcome.reason,
+            )
+        )
+    else:
+        reply = ExplanationReply(
+            explanation=outcome.explanation,
+            receipt=SignedAnalysisReceipt(receipt=outcome.receipt, signature=outcome.signature),
+        )
+    record = ExplanationRecord(reply_json=canonical_json(reply.to_json()).decode("utf-8"))
+    return Message(
+        RecordDict({ExplanationRecord.RECORD: ConfigRecord(record.to_record())}), reply_to=msg
+    )
 
 
 @app.query("analysis")

@@ -40,7 +40,7 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
 
 from veracity.errors import InputError
 
-__all__ = ["GENERATOR_NAME", "SEEDED_GENERATOR_NAME", "ChaCha20Source"]
+__all__ = ["GENERATOR_NAME", "ROUND_SEED_GENERATOR_NAME", "SEEDED_GENERATOR_NAME", "ChaCha20Source"]
 
 #: How receipts name the noise source (key from the OS).
 GENERATOR_NAME = (
@@ -52,8 +52,15 @@ SEEDED_GENERATOR_NAME = (
     "chacha20 (key derived from an injected seed: tests only); uniforms of 53 bits; gaussian: "
     "box-muller in float64, sum of 4 draws / 2"
 )
+#: ... and with keys derived from the site's secret per-round seed (what a site trains with:
+#: the seed itself comes from ``os.urandom``; see :meth:`ChaCha20Source.from_round_seed`).
+ROUND_SEED_GENERATOR_NAME = (
+    "chacha20 (keys by HKDF-SHA256 from the site's secret 256-bit round seed, from "
+    "os.urandom); uniforms of 53 bits; gaussian: box-muller in float64, sum of 4 draws / 2"
+)
 
 _KEY_DOMAIN = b"veracity.noise-key.v1\x00"
+_ROUND_KEY_SALT = b"veracity.round-seed-keys.v1"
 #: Unit noise values drawn at a time (a few steps of a small model).
 _BLOCK = 4096
 _TWO_PI = 2.0 * math.pi
@@ -78,6 +85,8 @@ class ChaCha20Source:
         if len(chosen) != 32:
             raise InputError("a ChaCha20 key is 32 bytes")
         self.seeded = key is not None
+        #: Whether the key came from a site's secret round seed (secure, and replayable).
+        self.round_seeded = False
         # 16-byte "nonce" in cryptography's API: 4-byte block counter (0) + 12-byte nonce.
         cipher = Cipher(algorithms.ChaCha20(chosen, bytes(16)), mode=None)
         self._stream = cipher.encryptor()
@@ -89,9 +98,40 @@ class ChaCha20Source:
         material = _KEY_DOMAIN + seed.to_bytes(16, "big", signed=True) + purpose.encode()
         return cls(hashlib.sha256(material).digest())
 
+    @classmethod
+    def from_round_seed(cls, seed: bytes, purpose: str) -> ChaCha20Source:
+        """A source keyed by HKDF-SHA256 (RFC 5869) from a site's secret round seed.
+
+        ``seed`` is 32 bytes from ``os.urandom`` that never leave the site; each purpose
+        (``"sampling"``, ``"noise"``) gets its own key. HKDF is a PRF in the seed, so the
+        keys are as unpredictable as the seed: to whoever does not hold the seed the
+        keystreams are those of ChaCha20 under random keys, and the DP noise is as
+        strong as with a key straight from the OS. Holding the seed, the site can
+        regenerate the same draws to replay the round.
+
+        Raises
+        ------
+        InputError
+            If the seed is not 32 bytes.
+        """
+        from cryptography.hazmat.primitives import hashes
+        from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+        if len(seed) != 32:
+            raise InputError("a round seed is 32 bytes")
+        key = HKDF(
+            algorithm=hashes.SHA256(), length=32, salt=_ROUND_KEY_SALT, info=purpose.encode()
+        ).derive(seed)
+        source = cls(key)
+        source.seeded = False
+        source.round_seeded = True
+        return source
+
     @property
     def name(self) -> str:
         """How a receipt names this source."""
+        if self.round_seeded:
+            return ROUND_SEED_GENERATOR_NAME
         return SEEDED_GENERATOR_NAME if self.seeded else GENERATOR_NAME
 
     def _words(self, count: int) -> npt.NDArray[np.uint64]:

@@ -25,6 +25,11 @@ For every request the agent, in order:
    spend completed and answers a :class:`TrainReply` with a receipt signed under
    ``veracity.receipt.v1``. If training fails, the spend is marked failed; its steps still
    count.
+
+The round's Poisson samples and DP noise come from a secret per-round seed (32 bytes from
+``os.urandom``, kept in the site's store); the receipt carries its ``seed_commitment``, and
+the site keeps the global model it received and the round's record, so that
+``veracity site replay`` can re-train the round later (:mod:`veracity.client.replay`).
 """
 
 from __future__ import annotations
@@ -32,7 +37,9 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
+import os
 import re
+import time
 from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -53,11 +60,13 @@ from veracity.client.budget import (
     history_to_json,
 )
 from veracity.client.datasets import check_registered, load_registered
+from veracity.client.replay import KeptRound, RoundKeeper
 from veracity.client.site import Clock, Site, utc_now
 from veracity.client.store import Dataset, Pool, SignedStatement
 from veracity.client.study_inputs import study_examples
 from veracity.contracts.receipts import RECEIPT_DOMAIN, RECEIPT_FIELDS, Receipt
 from veracity.contracts.refusals import ApprovalMissingStatement, BudgetRefused
+from veracity.contracts.replay import SEED_BYTES, seed_commitment
 from veracity.core.canonical import canonical_hash
 from veracity.core.fields import is_hex64
 from veracity.errors import ApprovalMissing, InputError, VerificationError
@@ -212,6 +221,7 @@ class SiteAgent:
 
         self.site = site
         self._seed = seed
+        self._keeper = RoundKeeper(site.paths.root)
         # One trainer per (run, study, dataset, file hash); torch is imported lazily.
         self._trainers: OrderedDict[tuple[str, str, str, str], PrivateTrainer] = OrderedDict()
         configure_threads(site.config.torch_threads)
@@ -313,9 +323,21 @@ class SiteAgent:
             return self._refuse_budget(
                 request, study, dataset, budget, dataset_before, study_before, cap
             )
+        secure = study.dp.secure_mode or self.site.config.secure_mode
         try:
+            # Site-side replay (#19): the round's randomness comes from its secret seed,
+            # and the global model it starts from is kept.
+            seed = self.site.store.round_seed(
+                run_id=request.run_id,
+                round=request.round,
+                fresh=self._fresh_round_seed(request, dataset, secure=secure),
+            )
+            trainer.rekey(seed, injected=self._seed is not None and not secure)
+            global_hash = self._keeper.keep_global(request.weights)
             trainer.load_history(dataset_before)
+            started = time.perf_counter()
             result = trainer.train_round(request.weights, epochs=study.training.local_epochs)
+            train_seconds = time.perf_counter() - started
             recorded = trainer.accountant_history()
             if not all(np.all(np.isfinite(array)) for array in result.weights.values()):
                 # Cannot happen: clipping bounds every sample's contribution and the weights
@@ -350,9 +372,33 @@ class SiteAgent:
             max_grad_norm=study.dp.max_grad_norm,
             num_examples=dataset.rows,
             noise_generator=trainer.noise_generator,
+            seed_commitment=seed_commitment(run_id=request.run_id, round=request.round, seed=seed),
         )
         document = receipt.to_json()
         signature = sign_document(self.site.key, RECEIPT_DOMAIN, document)
+        try:
+            self._keeper.keep_round(
+                KeptRound(
+                    run_id=request.run_id,
+                    round=request.round,
+                    study=dict(request.study),
+                    study_hash=study.study_hash,
+                    dataset_id=dataset.dataset_id,
+                    dataset_commitment=dataset.commitment,
+                    file_sha256=dataset.file_sha256,
+                    global_model_hash=global_hash,
+                    torch_threads=self.site.config.torch_threads,
+                    clipping=trainer.clipping,
+                    receipt=document,
+                    receipt_signature=signature,
+                    train_seconds=train_seconds,
+                )
+            )
+        except BaseException as err:
+            self.site.store.finish_spend(
+                spend_id, status="failed", now=self.site.now(), note=f"{type(err).__name__}: {err}"
+            )
+            raise
         self.site.store.finish_spend(
             spend_id, status="completed", now=self.site.now(), update_hash=update_hash
         )
@@ -412,6 +458,15 @@ class SiteAgent:
         while len(self._trainers) > _CACHED_TRAINERS:
             self._trainers.popitem(last=False)
         return trainer
+
+    def _fresh_round_seed(self, request: TrainRequest, dataset: Dataset, *, secure: bool) -> bytes:
+        """A new round seed: 32 bytes from the OS, or derived from the injected test seed."""
+        if self._seed is None or secure:
+            return os.urandom(SEED_BYTES)
+        material = "\x00".join(
+            ("round-seed", str(self._seed), request.run_id, str(request.round), dataset.dataset_id)
+        )
+        return hashlib.sha256(material.encode()).digest()
 
     def _run_seed(self, key: tuple[str, ...]) -> int | None:
         if self._seed is None:

@@ -25,6 +25,7 @@ Invariants the store keeps:
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import secrets
@@ -683,6 +684,32 @@ class SiteStore:
                 row = SecretRow(name=_RECORD_KEY, value_hex=secrets.token_hex(32))
                 session.add(row)
             return bytes.fromhex(row.value_hex)
+
+    # Site-side replay (#19): per-round secret seeds, kept beside the record key.
+    @staticmethod
+    def _round_seed_name(run_id: str, round: int) -> str:
+        digest = hashlib.sha256(f"{run_id}\x00{round}".encode()).hexdigest()
+        return f"round-seed.{digest[:53]}"
+
+    def round_seed(self, *, run_id: str, round: int, fresh: bytes) -> bytes:
+        """The secret seed of ``round`` of ``run_id``: ``fresh`` stored on first use.
+
+        Kept in the store's secrets (never sent anywhere); a round asked again gets the
+        seed it was first given, so the receipt's commitment always names the stored seed.
+        """
+        name = self._round_seed_name(run_id, round)
+        with self._transaction() as session:
+            row = session.get(SecretRow, name, with_for_update=True)
+            if row is None:
+                row = SecretRow(name=name, value_hex=fresh.hex())
+                session.add(row)
+            return bytes.fromhex(row.value_hex)
+
+    def stored_round_seed(self, *, run_id: str, round: int) -> bytes | None:
+        """The seed :meth:`round_seed` stored for ``round`` of ``run_id``, if any."""
+        with self._sessions() as session:
+            row = session.get(SecretRow, self._round_seed_name(run_id, round))
+            return None if row is None else bytes.fromhex(row.value_hex)
 
     def pool(self, dataset_id: str) -> Pool:
         """The budget pool ``dataset_id`` draws from.

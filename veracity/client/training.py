@@ -26,12 +26,16 @@ Two ways to clip per-sample gradients (``site.json`` ``clipping``):
     expected batch size and steps the accountant. Measured here about 1.6-1.9 times the
     non-private epoch, against 2.6-3.5 times for Opacus's hooks.
 ``opacus-hooks``
-    Opacus's ``GradSampleModule`` (``make_private`` with ``grad_sample_mode="hooks"``) and
-    ``DPOptimizer``: works for any model Opacus supports. The tests check that both give
-    the same clipped gradients. The convolutional families (``cnn1d``, ``cnn2d``) always
-    clip this way: Opacus's ghost clipping has norm samplers for ``Linear`` and
-    ``Embedding`` layers only, and a site configured for ``linear-ghost`` uses hooks for
-    them (:func:`effective_clipping`).
+    Per-sample gradients from hooks, clipped and noised by Opacus's ``DPOptimizer``. For
+    models made of ``Linear``, ``Conv1d``, ``Conv2d`` and ``GroupNorm`` layers (every
+    Veracity family) the hooks are the trainer's own (:class:`_PerSampleGradients`: Opacus's
+    grad-sampler formulas without its full backward hooks, a third of the digits ``cnn2d``
+    step); for any other model Opacus's ``GradSampleModule`` (``make_private`` with
+    ``grad_sample_mode="hooks"``). The tests check that the two hooks engines give the same
+    per-sample gradients and that both ways give the same clipped gradients. The
+    convolutional families (``cnn1d``, ``cnn2d``) always clip this way: Opacus's ghost
+    clipping has norm samplers for ``Linear`` and ``Embedding`` layers only, and a site
+    configured for ``linear-ghost`` uses hooks for them (:func:`effective_clipping`).
 
 Two-class models train on the binary cross-entropy of their one logit; models with ``k > 2``
 classes on the cross-entropy of their ``k`` logits (labels are class indices).
@@ -49,6 +53,13 @@ the sum of four Box-Muller draws against floating-point attacks), one stream for
 and one for Poisson sampling, never from torch's Mersenne Twister. Opacus's own
 ``secure_mode`` (torchcsprng, no build for this torch) is not used. Receipts name the
 source (:attr:`PrivateTrainer.noise_generator`).
+
+Replay. A site re-keys both streams before every round from that round's secret seed
+(:meth:`PrivateTrainer.rekey`, HKDF-SHA256 from 32 bytes of ``os.urandom`` the site keeps),
+and a round runs with torch's deterministic algorithms on a fixed thread count, in the
+fixed order of the registered rows; SGD keeps no state between rounds. So the same global
+weights, data, seed and thread count give the same update, bit for bit
+(:mod:`veracity.client.replay`).
 """
 
 from __future__ import annotations
@@ -57,6 +68,7 @@ import logging
 import math
 import warnings
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Literal, cast
 
@@ -72,7 +84,12 @@ from torch.utils.data import DataLoader
 from torch.utils.data import Dataset as TorchDataset
 
 from veracity.client.budget import History, Sampling, Segment, merge_history, poisson_sampling
-from veracity.client.noise import GENERATOR_NAME, SEEDED_GENERATOR_NAME, ChaCha20Source
+from veracity.client.noise import (
+    GENERATOR_NAME,
+    ROUND_SEED_GENERATOR_NAME,
+    SEEDED_GENERATOR_NAME,
+    ChaCha20Source,
+)
 from veracity.errors import ConfigError, InputError
 from veracity.tasks import scaling as tasks_scaling
 from veracity.tasks.spec import ModelSpec
@@ -84,6 +101,8 @@ __all__ = [
     "Clipping",
     "NOISE_GENERATOR",
     "NOISE_GENERATOR_SEEDED",
+    "NOISE_GENERATOR_ROUND_SEED",
+    "deterministic",
     "configure_threads",
     "effective_clipping",
     "standardise",
@@ -99,6 +118,26 @@ Clipping = Literal["linear-ghost", "opacus-hooks"]
 NOISE_GENERATOR = GENERATOR_NAME
 #: ... and with keys derived from an injected seed (tests only).
 NOISE_GENERATOR_SEEDED = SEEDED_GENERATOR_NAME
+#: ... and with keys derived from the site's secret per-round seed (what sites train with).
+NOISE_GENERATOR_ROUND_SEED = ROUND_SEED_GENERATOR_NAME
+
+
+@contextmanager
+def deterministic() -> Iterator[None]:
+    """Run the block with torch's deterministic algorithms on (restored afterwards).
+
+    On the CPU torch then picks deterministic implementations wherever it has a choice;
+    an operation that has none warns rather than fails the round (``warn_only``: a replay
+    of such a round would report replay.failed, never a wrong confirmation). With the same
+    thread count a round then re-trains bit for bit.
+    """
+    before = torch.are_deterministic_algorithms_enabled()
+    warn_before = torch.is_deterministic_algorithms_warn_only_enabled()
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(before, warn_only=warn_before)
 
 
 def configure_threads(threads: int) -> None:
@@ -406,6 +445,108 @@ class _FiniteClippingDPOptimizer(DPOptimizer):  # type: ignore[misc]
             _mark_as_processed(p.grad_sample)
 
 
+#: The layers whose per-sample gradients :class:`_PerSampleGradients` computes.
+_HOOKED_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.GroupNorm)
+
+
+class _PerSampleGradients:
+    """Per-sample gradients of ``Linear``, ``Conv1d``, ``Conv2d`` and ``GroupNorm`` layers.
+
+    The hooks engine of ``opacus-hooks`` for models made of these layers (every Veracity
+    family): a forward hook keeps each layer's input and hooks the layer's output tensor;
+    in the backward pass that tensor hook receives the output gradient ``b`` and writes
+    each parameter's per-sample gradients to ``p.grad_sample``, where Opacus's
+    ``DPOptimizer`` reads them. The formulas are Opacus's grad samplers' (the tests check
+    equality with Opacus's ``GradSampleModule``): ``Linear`` ``b a^T``; a convolution
+    ``b`` times the unfolded input (``im2col``); ``GroupNorm`` the normalised input times
+    ``b``, summed over positions. Opacus registers full backward hooks on every layer,
+    which wrap each layer's inputs and outputs in extra autograd nodes, and keeps
+    bookkeeping for gradient accumulation, which Poisson sampling forbids anyway: on the
+    digits ``cnn2d`` that machinery was a third of the DP step.
+
+    The loss must be the *mean* of the batch's per-sample losses (``b`` is scaled by the
+    batch's row count). A layer applied twice in one step is refused.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        self.layers = [m for m in model.modules() if isinstance(m, _HOOKED_LAYERS)]
+        for layer in self.layers:
+            layer.register_forward_hook(self._capture)
+
+    @staticmethod
+    def supports(model: nn.Module) -> bool:
+        """Whether every trainable parameter sits directly in a layer this engine handles."""
+        covered: set[int] = set()
+        for module in model.modules():
+            if isinstance(module, nn.Conv1d | nn.Conv2d):
+                if module.groups != 1 or isinstance(module.padding, str):
+                    return False
+                if module.padding_mode != "zeros":
+                    return False
+            if isinstance(module, _HOOKED_LAYERS):
+                covered.update(id(p) for p in module.parameters(recurse=False))
+        return all(id(p) in covered for p in model.parameters() if p.requires_grad)
+
+    def _capture(
+        self, layer: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor
+    ) -> None:
+        if not output.requires_grad:
+            return  # evaluation under no_grad, or nothing to train below
+        activations = inputs[0].detach()
+
+        def hook(gradient: torch.Tensor) -> None:
+            self._per_sample(layer, activations, gradient)
+
+        output.register_hook(hook)  # type: ignore[no-untyped-call]
+
+    @staticmethod
+    def _per_sample(layer: nn.Module, a: torch.Tensor, gradient: torch.Tensor) -> None:
+        rows = a.shape[0]
+        b = gradient.detach() * rows  # the loss is the batch mean: per-sample gradients
+        samples: dict[torch.Tensor, torch.Tensor] = {}
+        if isinstance(layer, nn.Linear):
+            if a.dim() != 2:
+                raise ConfigError("per-sample gradients need 2-D inputs to Linear layers")
+            samples[layer.weight] = torch.bmm(b.unsqueeze(2), a.unsqueeze(1))
+            if layer.bias is not None:
+                samples[layer.bias] = b
+        elif isinstance(layer, nn.GroupNorm):
+            if layer.affine:
+                normed = nn.functional.group_norm(a, layer.num_groups, eps=layer.eps)
+                samples[layer.weight] = (normed * b).flatten(2).sum(2)
+                samples[layer.bias] = b.flatten(2).sum(2)
+        else:
+            conv = cast(nn.Conv1d | nn.Conv2d, layer)
+            if isinstance(conv, nn.Conv2d):
+                columns = nn.functional.unfold(
+                    a,
+                    conv.kernel_size,
+                    dilation=conv.dilation,
+                    padding=cast(tuple[int, int], conv.padding),
+                    stride=conv.stride,
+                )
+            else:
+                pad = cast(tuple[int], conv.padding)[0]
+                columns = nn.functional.unfold(
+                    nn.functional.pad(a, (pad, pad)).unsqueeze(-2),
+                    (1, conv.kernel_size[0]),
+                    dilation=(1, conv.dilation[0]),
+                    stride=(1, conv.stride[0]),
+                )
+            flat = b.flatten(2)
+            samples[conv.weight] = torch.bmm(flat, columns.transpose(1, 2)).view(
+                rows, *conv.weight.shape
+            )
+            if conv.bias is not None:
+                samples[conv.bias] = flat.sum(2)
+        for parameter, sample in samples.items():
+            if not parameter.requires_grad:
+                continue
+            if getattr(parameter, "grad_sample", None) is not None:
+                raise ConfigError("per-sample gradients need each layer used once per step")
+            parameter.grad_sample = sample  # type: ignore[attr-defined]
+
+
 @dataclass(frozen=True)
 class RoundResult:
     """What one round of local training produced."""
@@ -502,6 +643,7 @@ class PrivateTrainer:
             steps=self.sampling.steps_per_epoch,
         )
         sampler.source = sample_source
+        self._sampler = sampler
         loader = DataLoader(rows, batch_sampler=sampler, collate_fn=cast(Any, _batch))
         base_optimizer = torch.optim.SGD(self.model.parameters(), lr=learning_rate)
         self._ghost: _LinearGhostClipping | None = None
@@ -520,37 +662,54 @@ class PrivateTrainer:
             )
             self.loader = loader
         elif clipping == "opacus-hooks":
-            # The loader already samples Poisson batches at the exact rate, so Opacus must
-            # not re-wrap it (poisson_sampling=False); it then takes q = 1 / len(loader).
-            module, optimizer, wrapped_loader = self.engine.make_private(
-                module=self.model,
-                optimizer=base_optimizer,
-                data_loader=loader,
-                noise_multiplier=self.noise_multiplier,
-                max_grad_norm=self.max_grad_norm,
-                poisson_sampling=False,
-                grad_sample_mode="hooks",
-            )
-            module.forbid_grad_accumulation()
-            # Opacus's optimizer, with clipping that stays finite for every input.
-            optimizer = _FiniteClippingDPOptimizer(
-                optimizer.original_optimizer,
-                noise_multiplier=self.noise_multiplier,
-                max_grad_norm=self.max_grad_norm,
-                expected_batch_size=optimizer.expected_batch_size,
-                loss_reduction="mean",
-            )
-            optimizer.noise_source = noise_source
-            optimizer.attach_step_hook(
-                self.engine.accountant.get_optimizer_hook_fn(sample_rate=self.sampling.sample_rate)
-            )
-            self._forward = module
-            self.optimizer = optimizer
-            self.loader = wrapped_loader
-            if optimizer.expected_batch_size != self.sampling.expected_batch_size:
-                raise ConfigError("Opacus chose another expected batch size than planned")
+            if _PerSampleGradients.supports(self.model):
+                # The loader already samples Poisson batches at the exact rate.
+                _PerSampleGradients(self.model)
+                self._forward = self.model
+                self.optimizer = self._hooks_optimizer(
+                    base_optimizer, noise_source, self.sampling.expected_batch_size
+                )
+                self.loader = loader
+            else:
+                # Opacus's GradSampleModule for layers the engine above does not know. The
+                # loader already samples Poisson batches at the exact rate, so Opacus must
+                # not re-wrap it (poisson_sampling=False); it then takes q = 1 / len(loader).
+                module, optimizer, wrapped_loader = self.engine.make_private(
+                    module=self.model,
+                    optimizer=base_optimizer,
+                    data_loader=loader,
+                    noise_multiplier=self.noise_multiplier,
+                    max_grad_norm=self.max_grad_norm,
+                    poisson_sampling=False,
+                    grad_sample_mode="hooks",
+                )
+                module.forbid_grad_accumulation()
+                self._forward = module
+                self.optimizer = self._hooks_optimizer(
+                    optimizer.original_optimizer, noise_source, optimizer.expected_batch_size
+                )
+                self.loader = wrapped_loader
+                if optimizer.expected_batch_size != self.sampling.expected_batch_size:
+                    raise ConfigError("Opacus chose another expected batch size than planned")
         else:
             raise ConfigError(f"unknown clipping method {clipping!r}")
+
+    def _hooks_optimizer(
+        self, base: torch.optim.Optimizer, noise_source: ChaCha20Source, expected_batch: int
+    ) -> _FiniteClippingDPOptimizer:
+        """Opacus's DP optimizer over ``p.grad_sample``, clipping finite for every input."""
+        optimizer = _FiniteClippingDPOptimizer(
+            base,
+            noise_multiplier=self.noise_multiplier,
+            max_grad_norm=self.max_grad_norm,
+            expected_batch_size=expected_batch,
+            loss_reduction="mean",
+        )
+        optimizer.noise_source = noise_source
+        optimizer.attach_step_hook(
+            self.engine.accountant.get_optimizer_hook_fn(sample_rate=self.sampling.sample_rate)
+        )
+        return optimizer
 
     @classmethod
     def for_study(
@@ -584,6 +743,35 @@ class PrivateTrainer:
             secure_mode=secure_mode,
             seed=seed,
         )
+
+    # ------------------------------------------------------------------ randomness
+
+    def rekey(self, seed: bytes, *, injected: bool = False) -> None:
+        """Key the sampling and noise streams afresh from a round's 32-byte secret ``seed``.
+
+        Each stream's key is HKDF-SHA256 of the seed for its purpose
+        (:meth:`veracity.client.noise.ChaCha20Source.from_round_seed`), so a round's
+        Poisson samples and DP noise are a function of the seed alone. ``injected`` says
+        the seed was derived from a test seed rather than drawn from the OS: receipts then
+        name the generator as seeded, and a trainer in secure mode refuses it.
+
+        Raises
+        ------
+        ConfigError
+            If an injected seed is given in secure mode.
+        InputError
+            If the seed is not 32 bytes.
+        """
+        if injected and self.secure_mode:
+            raise ConfigError("a seed cannot be injected in secure mode")
+        sample_source = ChaCha20Source.from_round_seed(seed, "sampling")
+        noise_source = ChaCha20Source.from_round_seed(seed, "noise")
+        self._sampler.source = sample_source
+        self.optimizer.noise_source = noise_source
+        if injected:
+            self.noise_generator = NOISE_GENERATOR_SEEDED
+        else:
+            self.noise_generator = noise_source.name
 
     # ------------------------------------------------------------------ accounting
 
@@ -652,11 +840,12 @@ class PrivateTrainer:
         self.model.train()
         steps = examples = 0
         loss_total = 0.0
-        for _ in range(epochs):
-            for xb, yb in self.loader:
-                loss_total += self._step(xb, yb)
-                steps += 1
-                examples += int(xb.shape[0])
+        with deterministic():
+            for _ in range(epochs):
+                for xb, yb in self.loader:
+                    loss_total += self._step(xb, yb)
+                    steps += 1
+                    examples += int(xb.shape[0])
         mean_loss = loss_total / examples if examples else math.nan
         return RoundResult(
             weights=model_weights(self.model), steps=steps, examples=examples, mean_loss=mean_loss

@@ -18,8 +18,10 @@ from pydantic import AfterValidator, Field, StringConstraints, model_validator
 
 from veracity.contracts.analysis import ANALYSIS_RECEIPT_DOMAIN, AnalysisAnswered
 from veracity.contracts.base import Contract, Payload, SitePayload, SiteStatement
+from veracity.contracts.explanation import ModelExplained  # model.explained (#19)
 from veracity.contracts.receipts import RECEIPT_DOMAIN, Base64Signature, SignedReceipt
 from veracity.contracts.refusals import ApprovalMissingStatement, BudgetRefused
+from veracity.contracts.replay import ReplayConfirmed, ReplayFailed  # site-side replay (#19)
 from veracity.core.canonical import canonical_hash
 from veracity.core.fields import (
     NAME_PATTERN,
@@ -70,10 +72,14 @@ __all__ = [
     "ModelReleased",
     "InferenceServed",
     "AnalysisAnswered",
+    "ModelExplained",
     "RECEIPT_DOMAINS",
     "CheckpointRecorded",
     "CheckpointCosigned",
     "NoteRecorded",
+    # Site-side replay (#19).
+    "ReplayConfirmed",
+    "ReplayFailed",
     "PAYLOADS",
     "payload_model",
     "validate_payload",
@@ -143,6 +149,13 @@ class KeyEnrolled(RequestedPayload):
         Annotated[str, StringConstraints(min_length=1, max_length=4096)] | None
     ) = None
     proof: Base64Signature | None = None
+    # --- identity / log key split (#18, logkey) ---
+    #: Genesis only: the offline identity key (the auditors' trust anchor) that enrols the
+    #: online log key, and its signature under ``veracity.log-key.v1``. A genesis without
+    #: them (written before the split) is its own identity: one key is both.
+    identity_key: PublicKeyPem | None = None
+    identity_signature: Base64Signature | None = None
+    # --- end identity / log key split ---
 
 
 class KeyRotated(RequestedPayload):
@@ -160,6 +173,10 @@ class KeyRotated(RequestedPayload):
     valid_from: Timestamp
     proof: Base64Signature
     outgoing_signature: Base64Signature
+    # --- identity / log key split (#18, logkey) ---
+    #: The identity key's signature enrolling the new log key (``coordinator`` only).
+    identity_signature: Base64Signature | None = None
+    # --- end identity / log key split ---
 
 
 class KeyRecovered(RequestedPayload):
@@ -189,6 +206,10 @@ class KeyRevoked(RequestedPayload):
     name: Name
     key_id: Hash
     reason: Reason
+    # --- identity / log key split (#18, logkey) ---
+    #: The identity key's signature retiring a log key it rotated away (``coordinator`` only).
+    identity_signature: Base64Signature | None = None
+    # --- end identity / log key split ---
 
 
 class DatasetRegistered(SiteStatement):
@@ -442,6 +463,11 @@ PAYLOADS: dict[str, type[Payload]] = {
         NoteRecorded,
         TokenIssued,
         TokenRevoked,
+        # Site-side replay (#19): site statements, recorded by SiteCommands.record_statement.
+        ReplayConfirmed,
+        ReplayFailed,
+        # --- explanations (#19)
+        ModelExplained,
     )
 }
 
@@ -450,6 +476,8 @@ PAYLOADS: dict[str, type[Payload]] = {
 RECEIPT_DOMAINS: dict[str, str] = {
     "round.completed": RECEIPT_DOMAIN,
     "analysis.answered": ANALYSIS_RECEIPT_DOMAIN,
+    # --- explanations (#19): each site's explanation is an analysis receipt
+    "model.explained": ANALYSIS_RECEIPT_DOMAIN,
 }
 
 #: The kinds that change which key a name holds (the key history replays exactly these).
@@ -473,6 +501,8 @@ ROOT_KINDS: frozenset[str] = frozenset(
         "checkpoint",
         "token.issued",
         "token.revoked",
+        # --- explanations (#19)
+        "model.explained",
     }
 )
 #: Kinds a site records about itself (the payload's ``site`` must be the actor).

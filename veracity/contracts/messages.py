@@ -20,6 +20,11 @@ Reply, refused
 Reply
     ``answers``: :class:`AnswersRecord`, the JSON text of
     :class:`~veracity.contracts.analysis.QueryReplies`.
+``explain`` query (coordinator -> site, #19)
+    ``arrays`` (the model to explain) and ``explain``: :class:`ExplainInstruction`.
+Reply
+    ``explanation``: :class:`ExplanationRecord`, the JSON text of
+    :class:`~veracity.contracts.explanation.ExplanationReply`.
 """
 
 from __future__ import annotations
@@ -43,6 +48,8 @@ __all__ = [
     "HelloRecord",
     "AnalysisInstruction",
     "AnswersRecord",
+    "ExplainInstruction",
+    "ExplanationRecord",
     "train_config",
 ]
 
@@ -156,6 +163,29 @@ class AnswersRecord(RecordContract):
     RECORD: ClassVar[str] = "answers"
 
     replies_json: JsonText = Field(alias="json")
+
+
+# --- explanations (#19) -------------------------------------------------------------------
+class ExplainInstruction(RecordContract):
+    """The ``explain`` record of a ``query.explain`` message: the terms and the model's study.
+
+    ``terms`` is :class:`~veracity.contracts.explanation.ExplanationTerms` as JSON text,
+    ``study`` the training study document as JSON text; the weights travel in ``arrays``.
+    """
+
+    RECORD: ClassVar[str] = "explain"
+
+    terms: JsonText
+    study: JsonText
+    run_id: Ident
+
+
+class ExplanationRecord(RecordContract):
+    """The ``explanation`` record of a reply to ``query.explain``: the reply as JSON text."""
+
+    RECORD: ClassVar[str] = "explanation"
+
+    reply_json: JsonText = Field(alias="json")
 
 
 def train_config(*, study: str, study_hash: str, run_id: str, code_hash: str) -> dict[str, Any]:

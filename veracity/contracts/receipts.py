@@ -67,7 +67,9 @@ class Receipt(Contract):
     accountant (``accountant: "pld"``; docs/architecture.md gives the call);
     ``epsilon_add_remove`` is the add/remove-one figure of the same history (Opacus PRV),
     for comparison with the literature only; ``noise_generator`` names where the site drew
-    its DP noise and Poisson samples from.
+    its DP noise and Poisson samples from; ``seed_commitment`` commits to the site's secret
+    seed of the round, from which that randomness was derived, so that the site can later
+    replay the round and show it produced exactly ``update_hash`` (``veracity site replay``).
     """
 
     site: Name
@@ -86,6 +88,9 @@ class Receipt(Contract):
     max_grad_norm: Annotated[Number, Field(gt=0)]
     num_examples: Count
     noise_generator: Annotated[str, StringConstraints(min_length=1, max_length=200)]
+    #: :func:`veracity.contracts.replay.seed_commitment` of the secret per-round seed the
+    #: round's sampling and noise came from (absent on receipts signed before it existed).
+    seed_commitment: Hash | None = None
 
 
 #: Exactly the fields of a receipt, in declaration order.

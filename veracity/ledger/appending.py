@@ -47,6 +47,7 @@ from veracity.ledger.entry import (
 )
 from veracity.ledger.keyring import KeyRecord, check_key_event
 from veracity.ledger.keyview import KeyView
+from veracity.ledger.log_key import genesis_identity
 from veracity.ledger.merkle import leaf_hash
 from veracity.ledger.statement import (
     decode_signature,
@@ -215,14 +216,25 @@ def check_event(keys: KeyView, seq: int, item: Prepared, *, log_id: str) -> KeyR
                 current=keys.key_at(name, seq + 1),
                 last=keys.last_record(name, seq + 1),
                 holder_of=keys.holder_of,
+                identity=keys.identity() if name == ROOT_ACTOR else None,
+                retired=keys.retired,
             )
         except CryptoError as err:  # pragma: no cover - the schema checked the key
             raise InputError(str(err)) from err
     return None
 
 
-def write_genesis(session: Session, root_key: SigningKey, now: datetime | None) -> None:
-    """Write genesis: the root's own ``key.enrolled`` entry, signed by ``root_key``."""
+def write_genesis(
+    session: Session,
+    root_key: SigningKey,
+    now: datetime | None,
+    identity_key: SigningKey | None = None,
+) -> None:
+    """Write genesis: the log key's ``key.enrolled`` entry, signed by ``root_key``.
+
+    With ``identity_key`` it names the identity and carries its signature of the log key
+    (:func:`~veracity.ledger.log_key.genesis_identity`); without, the key is its own identity.
+    """
     ts = format_timestamp(now)
     payload = {
         "name": ROOT_ACTOR,
@@ -230,6 +242,8 @@ def write_genesis(session: Session, root_key: SigningKey, now: datetime | None) 
         "public_key": root_key.public.pem(),
         "valid_from": ts,
     }
+    if identity_key is not None:
+        payload.update(genesis_identity(identity_key, root_key.public))
     statement = statement_bytes("key.enrolled", ROOT_ACTOR, payload)
     message = entry_message(NO_LOG_ID, 0, bytes(32), ts, statement)
     signature = encode_signature(root_key.sign(message))
@@ -333,7 +347,22 @@ def append_rows(
                 root_signature=root_signature,
             )
         )
-        if request.kind in KEY_KINDS:
+        if request.kind == "key.revoked" and request.payload["name"] == ROOT_ACTOR:
+            # A retired log key: the log key in use stays (the index row keeps it).
+            payload = request.payload
+            keys.record(seq, ROOT_ACTOR, change)
+            keys.retire(payload["key_id"])
+            key_rows.append(
+                {
+                    "seq": seq,
+                    "name": ROOT_ACTOR,
+                    "action": "retired",
+                    "role": Role.ROOT.value,
+                    "key_id": payload["key_id"],
+                    "public_key": change.public_key_pem if change is not None else None,
+                }
+            )
+        elif request.kind in KEY_KINDS:
             payload = request.payload
             keys.record(seq, payload["name"], change)
             key_rows.append(

@@ -59,6 +59,7 @@ TrustOption = Annotated[
     ),
 ]
 _ROOT_KEY_NAME = "root"
+_LOG_KEY_NAME = "log"
 
 
 def _db_url(db: str | None, data_dir: Path | None) -> str:
@@ -75,10 +76,18 @@ def _key_dir(key_dir: Path | None, data_dir: Path | None) -> Path:
     return key_dir if key_dir is not None else load_settings(data_dir=data_dir).key_dir
 
 
-def _root_key_if_present(directory: Path) -> SigningKey | None:
-    from veracity.crypto.keys import load_signing_key, private_key_path
+def _log_key_path(directory: Path) -> Path:
+    """The log key in a key directory: ``log.pem``, else ``root.pem`` (identity and log in one)."""
+    from veracity.crypto.keys import private_key_path
 
-    path = private_key_path(directory, _ROOT_KEY_NAME)
+    path = private_key_path(directory, _LOG_KEY_NAME)
+    return path if path.exists() else private_key_path(directory, _ROOT_KEY_NAME)
+
+
+def _root_key_if_present(directory: Path) -> SigningKey | None:
+    from veracity.crypto.keys import load_signing_key
+
+    path = _log_key_path(directory)
     return load_signing_key(path) if path.exists() else None
 
 
@@ -190,7 +199,11 @@ def append(
         actor, key_name = ROOT_ACTOR, _ROOT_KEY_NAME
     else:
         key_name = actor
-    signer = load_signing_key(private_key_path(directory, key_name))
+    signer = load_signing_key(
+        _log_key_path(directory)
+        if key_name == _ROOT_KEY_NAME
+        else private_key_path(directory, key_name)
+    )
     root = signer if key_name == _ROOT_KEY_NAME else _root_key_if_present(directory)
     with _open(url, root_key=root) as ledger:
         entry = ledger.append(kind, actor, payload, signer=signer)
@@ -472,9 +485,9 @@ def checkpoint_now(
     ] = CheckpointFormat.TEXT,
 ) -> None:
     """Sign a checkpoint of the ledger now with the root key (or print the newest as a note)."""
-    from veracity.crypto.keys import load_signing_key, private_key_path
+    from veracity.crypto.keys import load_signing_key
 
-    root = load_signing_key(private_key_path(_key_dir(key_dir, data_dir), _ROOT_KEY_NAME))
+    root = load_signing_key(_log_key_path(_key_dir(key_dir, data_dir)))
     with _open(_db_url(db, data_dir), root_key=root) as ledger:
         if output_format is CheckpointFormat.NOTE:
             from veracity.ledger.witnessed import WitnessedLog
@@ -512,11 +525,25 @@ def prove(
     output_format: FormatOption = OutputFormat.TEXT,
 ) -> None:
     """Print an inclusion proof of entry SEQ (and the checkpoint of that size, if any)."""
+    from veracity.contracts.events import KEY_KINDS, ROOT_ACTOR
+
     with _open(_db_url(db, data_dir)) as ledger:
         proof = ledger.inclusion_proof(seq, size)
         matching = [c for c in ledger.checkpoints() if c.tree_size == proof.tree_size]
+        # Genesis and the log key's events: how the identity (root.pub) enrolled the log key
+        # that signed the checkpoint.
+        events = sorted(
+            (
+                entry
+                for kind in KEY_KINDS
+                for entry in ledger.iter_entries(kind=kind)
+                if entry.payload.get("name") == ROOT_ACTOR
+            ),
+            key=lambda entry: entry.seq,
+        )
     document = proof.to_json()
     document["checkpoint"] = matching[0].to_json() if matching else None
+    document["log_key_events"] = [entry.body.decode("utf-8") for entry in events]
     if output_format is OutputFormat.JSON:
         emit_json(document)
     else:
@@ -533,17 +560,34 @@ def verify_proof(
     trust: TrustOption,
     output_format: FormatOption = OutputFormat.TEXT,
 ) -> None:
-    """Check an inclusion proof against a checkpoint signed by the trusted root."""
+    """Check an inclusion proof against a checkpoint signed by the trusted root.
+
+    The trusted root is the log's identity key (root.pub); the checkpoint is signed by a log
+    key it enrolled, which the proof's `log_key_events` (from `veracity ledger prove`) show.
+    """
+    from veracity.ledger.log_key import log_keys_from_entries
     from veracity.ledger.proofs import InclusionProof
 
     trusted = _trusted_root(trust)
-    parsed = InclusionProof.from_json(_read_json(proof, "proof file"))
+    document = _read_json(proof, "proof file")
+    parsed = InclusionProof.from_json(document)
     candidates = _load_checkpoints([checkpoint])
     if not candidates:
         raise InputError(f"checkpoint file {checkpoint} holds no checkpoint")
     chosen = next((c for c in candidates if c.tree_size == parsed.tree_size), candidates[0])
     try:
-        parsed.verify(chosen, trusted)
+        events = document.get("log_key_events") if isinstance(document, dict) else None
+        signers = [trusted]
+        if isinstance(events, list) and events:
+            # The identity (root.pub) enrolled the log keys that sign checkpoints.
+            signers = log_keys_from_entries([str(e) for e in events], trusted)
+        for position, signer in enumerate(signers):
+            try:
+                parsed.verify(chosen, signer)
+                break
+            except SignatureError:
+                if position == len(signers) - 1:
+                    raise
     except VerificationError as err:
         if output_format is OutputFormat.JSON:
             emit_json(

@@ -19,9 +19,9 @@ from typing import Any
 from veracity.contracts.events import ROOT_ACTOR, Role
 from veracity.crypto.keys import VerifyKey
 from veracity.errors import Conflict, InputError, SignatureError
-from veracity.ledger.possession import verify_enrolment, verify_rotation
+from veracity.ledger.possession import verify_enrolment, verify_identity, verify_rotation
 
-__all__ = ["KeyRecord", "KeyHistory", "check_key_event"]
+__all__ = ["KeyRecord", "KeyHistory", "check_key_event", "check_genesis_identity"]
 
 _NO_END = 2**63
 
@@ -58,6 +58,10 @@ class KeyHistory:
     _holders: dict[str, str] = field(default_factory=dict)
     #: Every key event applied: (seq, kind, name, key_id).
     events: list[tuple[int, str, str, str]] = field(default_factory=list)
+    #: The identity key genesis names (the log key itself for a genesis without one).
+    identity: VerifyKey | None = None
+    #: Log key id -> seq of the identity-signed ``key.revoked`` that retired it.
+    _retired: dict[str, int] = field(default_factory=dict)
 
     def key_at(self, name: str, seq: int) -> KeyRecord | None:
         """The key ``name`` holds for signing entry ``seq`` (``None`` when it holds none)."""
@@ -87,6 +91,34 @@ class KeyHistory:
         """Every change of ``name``'s key: (seq, key after it, or None once revoked)."""
         return list(self._timeline.get(name, ()))
 
+    def log_keys(self) -> list[VerifyKey]:
+        """Every log key the identity enrolled, oldest first (retired ones included)."""
+        keys: list[VerifyKey] = []
+        for _, record in self._timeline.get(ROOT_ACTOR, ()):
+            if record is not None and record.key not in keys:
+                keys.append(record.key)
+        return keys
+
+    def log_keys_at(self, seq: int) -> list[VerifyKey]:
+        """The log keys that may sign a checkpoint recorded at ``seq``: current one first.
+
+        The current log key, then each log key rotated away before ``seq`` and not yet
+        retired by the identity (the overlap, when both sign checkpoint notes).
+        """
+        current = self.key_at(ROOT_ACTOR, seq)
+        keys = [] if current is None else [current.key]
+        for event_seq, record in self._timeline.get(ROOT_ACTOR, ()):
+            if record is None or event_seq >= seq or record.key in keys:
+                continue
+            retired = self._retired.get(record.key_id)
+            if retired is None or retired >= seq:
+                keys.append(record.key)
+        return keys
+
+    def retired(self, key_id: str) -> int | None:
+        """The seq that retired log key ``key_id``, if the identity retired it."""
+        return self._retired.get(key_id)
+
     def names(self) -> list[str]:
         """Every name ever enrolled."""
         return sorted(self._timeline)
@@ -115,7 +147,14 @@ class KeyHistory:
             current=self.key_at(name, seq + 1),
             last=self.last_record(name, seq + 1),
             holder_of=self._holders.get,
+            identity=self.identity,
+            retired=self._retired.__contains__,
         )
+        if seq == 0 and record is not None:
+            identity = payload.get("identity_key")
+            self.identity = record.key if identity is None else VerifyKey.from_pem(identity)
+        if name == ROOT_ACTOR and kind == "key.revoked":
+            self._retired[payload["key_id"]] = seq
         if record is not None:
             self._holders[record.key_id] = name
             key_id = record.key_id
@@ -134,6 +173,8 @@ def check_key_event(
     current: KeyRecord | None,
     last: KeyRecord | None,
     holder_of: Callable[[str], str | None],
+    identity: VerifyKey | None = None,
+    retired: Callable[[str], bool] = lambda _key_id: False,
 ) -> KeyRecord | None:
     """The key rules, which append and verify both apply; returns the name's key after it.
 
@@ -150,7 +191,14 @@ def check_key_event(
       that proves possession for the same role; its current key, if any, stops here;
     * ``key.revoked``: the name's current key, never the root's;
     * a key id is enrolled once in a log, for one name: never again after it was revoked
-      or replaced.
+      or replaced;
+    * the root's key is the online *log key*; ``identity`` (the offline identity key
+      genesis names) alone enrols it: genesis carries the identity's signature of the
+      first log key (or, written before the split, no identity: the key is its own), a
+      ``key.rotated`` of the root carries the identity's signature besides the outgoing
+      log key's, and a ``key.revoked`` of the root retires a log key rotated away (the
+      end of the overlap), signed by the identity; ``retired`` says whether a log key
+      was retired already.
 
     Raises
     ------
@@ -161,9 +209,13 @@ def check_key_event(
         If a proof of possession or a rotation signature does not verify.
     """
     name = payload["name"]
+    if name != ROOT_ACTOR and payload.get("identity_signature") is not None:
+        raise InputError("only the log key's events carry an identity signature")
+    if name == ROOT_ACTOR and seq > 0:
+        _check_log_key_event(kind, payload, log_id, current, identity, holder_of, retired)
+        if kind == "key.revoked":
+            return current
     if kind == "key.revoked":
-        if name == ROOT_ACTOR:
-            raise InputError("the root key cannot be revoked inside its own log")
         if current is None or current.key_id != payload["key_id"]:
             raise InputError(f"key {payload['key_id'][:16]} is not {name!r}'s current key")
         return None
@@ -175,6 +227,7 @@ def check_key_event(
         if seq == 0:
             if name != ROOT_ACTOR or role is not Role.ROOT:
                 raise InputError(f"genesis must enrol the root as {ROOT_ACTOR!r} with role root")
+            check_genesis_identity(payload, key)
             return KeyRecord(name=name, role=role, key=key, enrolled_seq=seq)
         if role is Role.ROOT or name == ROOT_ACTOR:
             raise InputError("the root key is enrolled only by genesis; a new root needs a new log")
@@ -186,8 +239,11 @@ def check_key_event(
                 "key.recovered; roles never change)"
             )
     else:
-        if name == ROOT_ACTOR:
-            raise InputError("the root key is enrolled only by genesis; a new root needs a new log")
+        if name == ROOT_ACTOR and kind != "key.rotated":
+            raise InputError(
+                "the log key is enrolled by genesis, then only by an identity-signed "
+                "key.rotated; a new identity needs a new log"
+            )
         if kind == "key.rotated" and current is None:
             raise InputError(
                 f"{name!r} holds no key to hand over (never enrolled, or revoked): a lost or "
@@ -217,3 +273,67 @@ def check_key_event(
             signature=payload["outgoing_signature"],
         )
     return KeyRecord(name=name, role=role, key=key, enrolled_seq=seq)
+
+
+def check_genesis_identity(payload: dict[str, Any], key: VerifyKey) -> None:
+    """Genesis's identity signature of the first log key, when genesis names an identity."""
+    identity = payload.get("identity_key")
+    if identity is None:
+        if payload.get("identity_signature") is not None:
+            raise InputError("genesis carries an identity signature but no identity key")
+        return
+    verify_identity(
+        VerifyKey.from_pem(identity),
+        log_id="",
+        action="enrolled",
+        key_id=key.key_id,
+        signature=payload.get("identity_signature"),
+    )
+
+
+def _check_log_key_event(
+    kind: str,
+    payload: dict[str, Any],
+    log_id: str,
+    current: KeyRecord | None,
+    identity: VerifyKey | None,
+    holder_of: Callable[[str], str | None],
+    retired: Callable[[str], bool],
+) -> None:
+    """The identity's part of a key event of the log key (after genesis).
+
+    Raises
+    ------
+    InputError
+        If the event is not a rotation or retirement, or retires the current log key, a key
+        that was never a log key, or one retired before.
+    SignatureError
+        If the identity key did not sign it.
+    """
+    if identity is None or current is None:
+        raise InputError("the log's genesis (its identity and first log key) is missing")
+    signature = payload.get("identity_signature")
+    if kind == "key.rotated":
+        incoming = VerifyKey.from_pem(payload["public_key"])
+        verify_identity(
+            identity,
+            log_id=log_id,
+            action="rotated",
+            key_id=incoming.key_id,
+            previous=current.key_id,
+            signature=signature,
+        )
+    elif kind == "key.revoked":
+        key_id = payload["key_id"]
+        if key_id == current.key_id:
+            raise InputError(
+                "the current log key cannot be retired: rotate to a new one first "
+                "(a log always has a log key)"
+            )
+        if holder_of(key_id) != ROOT_ACTOR:
+            raise InputError(f"key {key_id[:16]} was never this log's log key")
+        if retired(key_id):
+            raise Conflict(f"the log key {key_id[:16]} was retired before")
+        verify_identity(
+            identity, log_id=log_id, action="retired", key_id=key_id, signature=signature
+        )

@@ -5,9 +5,10 @@ from __future__ import annotations
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from veracity.contracts.events import Role
+from veracity.contracts.events import ROOT_ACTOR, Role
 from veracity.crypto.keys import VerifyKey
 from veracity.ledger import store
+from veracity.ledger.entry import parse_body
 from veracity.ledger.keyring import KeyRecord
 
 __all__ = ["KeyView"]
@@ -20,6 +21,7 @@ class KeyView:
         self._session = session
         self._pending: dict[str, list[tuple[int, KeyRecord | None]]] = {}
         self._pending_holders: dict[str, str] = {}
+        self._pending_retired: set[str] = set()
         #: Stored key state per name for seqs after ``head`` (fixed while the lock is held).
         self._head = head
         self._stored: dict[str, KeyRecord | None] = {}
@@ -69,6 +71,37 @@ class KeyView:
             .where(store.KeyEventRow.key_id == key_id, store.KeyEventRow.action != "revoked")
             .limit(1)
         ).scalar_one_or_none()
+
+    def retired(self, key_id: str) -> bool:
+        """Whether the identity retired the log key ``key_id`` (stored or in this batch)."""
+        if key_id in self._pending_retired:
+            return True
+        return (
+            self._session.execute(
+                select(store.KeyEventRow.seq)
+                .where(
+                    store.KeyEventRow.name == ROOT_ACTOR,
+                    store.KeyEventRow.action == "retired",
+                    store.KeyEventRow.key_id == key_id,
+                )
+                .limit(1)
+            ).first()
+            is not None
+        )
+
+    def retire(self, key_id: str) -> None:
+        """Note a retirement of the log key ``key_id`` in this batch."""
+        self._pending_retired.add(key_id)
+
+    def identity(self) -> VerifyKey | None:
+        """The identity key genesis names (its log key for a genesis without one)."""
+        body = self._session.execute(
+            select(store.EntryRow.body).where(store.EntryRow.seq == 0)
+        ).scalar_one_or_none()
+        if body is None:
+            return None
+        payload = parse_body(bytes(body)).payload
+        return VerifyKey.from_pem(payload.get("identity_key", payload["public_key"]))
 
     def record(self, seq: int, name: str, record: KeyRecord | None) -> None:
         """Note a key event of this batch (``record`` ``None``: a revocation)."""

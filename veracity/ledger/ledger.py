@@ -32,10 +32,12 @@ from sqlalchemy import func, select
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.orm import Session
 
+from veracity.contracts.events import ROOT_ACTOR
 from veracity.core.fields import format_timestamp
 from veracity.crypto.keys import SigningKey, VerifyKey
 from veracity.errors import (
     ConfigError,
+    CryptoError,
     InputError,
     LedgerIntegrityError,
     NotFound,
@@ -51,7 +53,7 @@ from veracity.ledger.entry import (
     Entry,
     parse_body,
 )
-from veracity.ledger.keyring import KeyRecord
+from veracity.ledger.keyring import KeyHistory, KeyRecord
 from veracity.ledger.keyview import KeyView
 from veracity.ledger.merkle import MerkleTree, leaf_hash
 from veracity.ledger.proofs import ConsistencyProof, InclusionProof
@@ -62,6 +64,7 @@ from veracity.ledger.verify import (
     VerifyReport,
     verify_database,
 )
+from veracity.ledger.verify_checkpoints import signed_by_one_of
 
 #: ``EventRequest`` is defined in :mod:`.appending` and imported from here by its callers.
 __all__ = ["Ledger", "EventRequest"]
@@ -71,6 +74,8 @@ _CHECKPOINT_AFTER_COMMIT = "veracity.ledger.checkpoint_after_commit"
 #: The most entries whose leaf hashes :attr:`Ledger._own` remembers (about 120 bytes each).
 _OWN_LIMIT = 1 << 18
 _CHECKPOINT_HOOKED = "veracity.ledger.checkpoint_hooked"
+#: A seq after every entry (the key index lookup of "now").
+_AFTER_EVERYTHING = 2**62
 
 
 class Ledger(EntryReader):
@@ -100,6 +105,9 @@ class Ledger(EntryReader):
         #: again (:func:`~veracity.ledger.verify.verify_extension`, ``own``).
         self._own: dict[int, bytes] = {}
         self._own_lock = threading.Lock()
+        #: Outgoing log keys this process still holds during a rotation's overlap: they
+        #: co-sign checkpoint notes until the identity retires them.
+        self.overlap_keys: list[SigningKey] = []
 
     # ------------------------------------------------------------------ opening
 
@@ -143,8 +151,11 @@ class Ledger(EntryReader):
                     raise ConfigError(
                         "the genesis entry is unreadable; run `veracity ledger verify`"
                     ) from err
-                if enrolled != root_key.public.pem():
-                    raise ConfigError("the given root key is not this ledger's root key")
+                if enrolled != root_key.public.pem() and root_key.public != ledger.root_public_key:
+                    raise ConfigError(
+                        "the given key is not this ledger's current log key (another log's, "
+                        "or one rotated away)"
+                    )
         except BaseException:
             engine.dispose()
             raise
@@ -156,13 +167,18 @@ class Ledger(EntryReader):
         url: str,
         *,
         root_key: SigningKey,
+        identity_key: SigningKey | None = None,
         now: datetime | None = None,
         checkpoint_every: int = 1000,
+        create: bool = True,
     ) -> Ledger:
         """Create (or migrate) the ledger tables and write genesis if there is none.
 
-        Genesis is the root's own ``key.enrolled`` entry (name ``coordinator``, role
-        ``root``), signed by the root key.
+        Genesis is the ``key.enrolled`` of the log key ``root_key`` (name ``coordinator``,
+        role ``root``), signed by it at position 0; with ``identity_key`` (the offline
+        identity, :mod:`veracity.ledger.log_key`) it names that key and carries its
+        signature of the log key. Without one, ``root_key`` is its own identity. With
+        ``create=False`` a missing genesis is an error (the identity is not at hand).
 
         Raises
         ------
@@ -180,9 +196,21 @@ class Ledger(EntryReader):
             with store.write_session(engine) as session:
                 row = session.get(store.EntryRow, 0)
                 if row is None:
-                    write_genesis(session, root_key, now)
-                elif parse_body(bytes(row.body)).payload["public_key"] != root_key.public.pem():
-                    raise ConfigError("this ledger was created under another root key")
+                    if not create:
+                        raise ConfigError(
+                            "the database holds no ledger, and a new one needs the identity key"
+                        )
+                    write_genesis(session, root_key, now, identity_key)
+                else:
+                    genesis = parse_body(bytes(row.body)).payload
+                    identity = genesis.get("identity_key", genesis["public_key"])
+                    if identity_key is not None and identity != identity_key.public.pem():
+                        raise ConfigError("this ledger was created under another identity key")
+            if ledger.root_public_key != root_key.public:
+                raise ConfigError(
+                    "this ledger was created under another root key (or its log key was "
+                    "rotated since: use the current log key)"
+                )
         except BaseException:
             engine.dispose()
             raise
@@ -223,8 +251,54 @@ class Ledger(EntryReader):
 
     @property
     def root_public_key(self) -> VerifyKey:
-        """The root key this ledger's genesis enrols (not a trust anchor: pin your own)."""
-        return VerifyKey.from_pem(self._genesis().payload["public_key"])
+        """The current log key: the one the identity enrolled last (not a trust anchor).
+
+        Read from the key index; verification derives it from the entries instead.
+        """
+        with store.read_session(self.engine) as session:
+            record = KeyView(session).key_at(ROOT_ACTOR, _AFTER_EVERYTHING)
+        if record is None:
+            raise ConfigError("the ledger has no genesis entry; run `veracity ledger init`")
+        return record.key
+
+    @property
+    def identity_public_key(self) -> VerifyKey:
+        """The identity key genesis names (the log key itself for a log made before the split).
+
+        Not a trust anchor either: auditors pin their own copy (``root.pub``).
+        """
+        payload = self._genesis().payload
+        return VerifyKey.from_pem(payload.get("identity_key", payload["public_key"]))
+
+    def _log_key_history(self, size: int | None = None) -> KeyHistory:
+        """The log key's history (genesis, rotations, retirements), checked from the entries.
+
+        Raises
+        ------
+        LedgerIntegrityError
+            If a stored key event of the log key breaks the rules.
+        """
+        with store.read_session(self.engine) as session:
+            events = self._key_events(session, self._size(session) if size is None else size)
+        history = KeyHistory(log_id=self.log_id)
+        for seq, kind, payload in events:
+            if payload.get("name") != ROOT_ACTOR:
+                continue
+            try:
+                history.apply(seq, kind, payload)
+            except (InputError, SignatureError, CryptoError) as err:
+                raise LedgerIntegrityError(
+                    f"invalid key event of the log key: {err}", seq=seq
+                ) from err
+        return history
+
+    def log_keys(self) -> list[VerifyKey]:
+        """Every log key the identity enrolled, oldest first (retired ones included)."""
+        return self._log_key_history().log_keys()
+
+    def log_keys_at(self, seq: int) -> list[VerifyKey]:
+        """The log keys that may sign at ``seq``: the current one, then any in its overlap."""
+        return self._log_key_history().log_keys_at(seq)
 
     def transaction(self) -> AbstractContextManager[Session]:
         """A session holding the write lock; pass it as ``session=`` to append.
@@ -389,7 +463,7 @@ class Ledger(EntryReader):
         """
         if self.root_key is None:
             raise ConfigError("signing a checkpoint needs the root key (root.pem)")
-        size, root = self._verified_head(self.root_key.public)
+        size, root = self._verified_head(self.identity_public_key)
         return sign_checkpoint(
             self.root_key,
             log_id=self.log_id,
@@ -439,11 +513,11 @@ class Ledger(EntryReader):
             last = reads.newest_checkpoint(session)
             if last is not None:
                 try:
-                    last.verify(trusted)
+                    signed_by_one_of(last, self.log_keys())
                 except SignatureError as err:
                     raise LedgerIntegrityError(
                         f"the newest stored checkpoint (size {last.tree_size}) is not signed by "
-                        "this root key; run `veracity ledger verify`"
+                        "a log key of this log; run `veracity ledger verify`"
                     ) from err
                 if last.log_id != self.log_id or last.tree_size > size:
                     raise LedgerIntegrityError(

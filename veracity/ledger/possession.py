@@ -32,6 +32,10 @@ __all__ = [
     "rotation_document",
     "sign_rotation",
     "verify_rotation",
+    "IDENTITY_DOMAIN",
+    "identity_document",
+    "sign_identity",
+    "verify_identity",
 ]
 
 ENROLMENT_DOMAIN = "veracity.enrolment.v1"
@@ -103,4 +107,56 @@ def verify_rotation(
     except SignatureError as err:
         raise SignatureError(
             f"the rotation is not signed by {name!r}'s outgoing key for this log and new key"
+        ) from err
+
+
+# --------------------------------------------------------------- identity / log key split
+#: The identity key's domain: it enrols, rotates to and retires the online log key.
+IDENTITY_DOMAIN = "veracity.log-key.v1"
+
+
+def identity_document(*, log_id: str, action: str, key_id: str, previous: str) -> dict[str, str]:
+    """What the identity key signs about the log key ``key_id``.
+
+    ``action`` is ``enrolled`` (genesis: ``log_id`` and ``previous`` are empty, the log id
+    being the genesis entry's own hash), ``rotated`` (``previous`` is the outgoing log
+    key's id) or ``retired`` (``key_id`` stops signing anything; ``previous`` is empty).
+    """
+    return {"action": action, "key_id": key_id, "log_id": log_id, "previous": previous}
+
+
+def sign_identity(
+    identity: SigningKey, *, log_id: str, action: str, key_id: str, previous: str = ""
+) -> str:
+    """The identity key's signature (base64) of one log-key event."""
+    document = identity_document(log_id=log_id, action=action, key_id=key_id, previous=previous)
+    return sign_document(identity, IDENTITY_DOMAIN, document)
+
+
+def verify_identity(
+    identity: VerifyKey,
+    *,
+    log_id: str,
+    action: str,
+    key_id: str,
+    previous: str = "",
+    signature: str | None,
+) -> None:
+    """Check the identity key's signature of one log-key event.
+
+    Raises
+    ------
+    SignatureError
+        If it is absent, malformed or not the identity key's for this event of this log.
+    """
+    if signature is None:
+        raise SignatureError(
+            f"a log key is {action} only by the identity key: the identity signature is missing"
+        )
+    document = identity_document(log_id=log_id, action=action, key_id=key_id, previous=previous)
+    try:
+        verify_document(identity, IDENTITY_DOMAIN, document, signature)
+    except SignatureError as err:
+        raise SignatureError(
+            f"the log key {key_id[:16]} is not {action} by this log's identity key"
         ) from err

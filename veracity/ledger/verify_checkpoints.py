@@ -10,6 +10,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Iterable, Sequence
 
+from veracity.contracts.events import ROOT_ACTOR
 from veracity.crypto.keys import VerifyKey
 from veracity.errors import (
     LedgerIntegrityError,
@@ -41,10 +42,27 @@ def fail_first(errors: list[tuple[int | None, str]]) -> None:
     raise LedgerIntegrityError(errors[0][1])
 
 
+def signed_by_one_of(checkpoint: Checkpoint, keys: Sequence[VerifyKey]) -> None:
+    """Check that one of the log keys ``keys`` signed ``checkpoint``.
+
+    Raises
+    ------
+    SignatureError
+        If none did.
+    """
+    for key in keys:
+        try:
+            checkpoint.verify(key)
+        except SignatureError:
+            continue
+        return
+    raise SignatureError(f"checkpoint of size {checkpoint.tree_size}: not signed by a log key")
+
+
 def check_checkpoints(
     tree: MerkleTree,
     log_id: str,
-    trusted_root: VerifyKey,
+    history: KeyHistory,
     listed: Sequence[Checkpoint],
     chunks: Sequence[Chunk],
     known: Sequence[Checkpoint],
@@ -67,10 +85,19 @@ def check_checkpoints(
                 errors.append((seq, f"a second checkpoint entry of size {cut}"))
                 continue
             recorded[cut] = checkpoint
+            log_key = history.key_at(ROOT_ACTOR, seq)
             try:
-                checkpoint.verify(trusted_root)
+                if log_key is None:
+                    raise SignatureError("no log key")
+                checkpoint.verify(log_key.key)
             except SignatureError:
-                errors.append((seq, "checkpoint entry is not signed by the trusted root key"))
+                errors.append(
+                    (
+                        seq,
+                        "checkpoint entry is not signed by the log key the trusted root "
+                        "(identity) key enrolled for this position",
+                    )
+                )
                 continue
             if checkpoint.log_id != log_id:
                 errors.append((seq, "checkpoint entry names another log"))
@@ -88,7 +115,7 @@ def check_checkpoints(
         try:
             if recorded.get(checkpoint.tree_size) != checkpoint:
                 # (The same checkpoint recorded as an entry was verified above.)
-                checkpoint.verify(trusted_root)
+                signed_by_one_of(checkpoint, history.log_keys())
         except SignatureError:
             errors.append(
                 (
@@ -165,7 +192,7 @@ def check_checkpoints(
             ) from err
     for pinned in known:
         try:
-            pinned.verify(trusted_root)
+            signed_by_one_of(pinned, history.log_keys())
         except SignatureError as err:
             raise LedgerIntegrityError(
                 f"the pinned checkpoint of size {pinned.tree_size} is not signed by the "
@@ -276,7 +303,7 @@ def finish(
     except Failure as failure:
         raise LedgerIntegrityError(failure.reason, seq=failure.seq) from failure
     fail_first(check_cosignature_keys(chunks, history))
-    check_checkpoints(tree, genesis_hash, trusted_root, listed, chunks, known)
+    check_checkpoints(tree, genesis_hash, history, listed, chunks, known)
     return VerifyReport(
         entries=size,
         checkpoints=len({c.tree_size for c in listed}),

@@ -90,9 +90,10 @@ def check_row_reference(
     if seq == 0:
         if kind != "key.enrolled" or actor != ROOT_ACTOR or payload["role"] != Role.ROOT:
             raise Failure(0, f"genesis must be key.enrolled of {ROOT_ACTOR!r} as root")
-        if VerifyKey.from_pem(payload["public_key"]) != context.trusted_root:
-            raise Failure(0, "genesis enrols a root key other than the trusted root key")
-        signer = context.trusted_root
+        signer = VerifyKey.from_pem(payload["public_key"])
+        identity = payload.get("identity_key")
+        if (signer if identity is None else VerifyKey.from_pem(identity)) != context.trusted_root:
+            raise Failure(0, "genesis names an identity (root) key other than the trusted root key")
         role = Role.ROOT
     else:
         record = history.key_at(actor, seq)

@@ -17,6 +17,11 @@ cosigned, and the entries in between, and:
    the site does not hold, a second enrolment of its current key, a revocation or any
    other key event about the site is refused, loudly (the log rotated or re-enrolled the
    site without it: the root impersonating a site);
+   The same scan follows the log key: genesis names the log's identity key and first log
+   key; a ``key.rotated`` of the log key is accepted only when the identity key signed it
+   (and the outgoing log key handed over), and is logged; an identity-signed retirement
+   (``key.revoked`` of an old log key) ends the overlap. The note must be signed by a log
+   key valid after those entries: a retired log key's note is refused;
 6. stores the new state atomically (temporary file, fsync, rename), then signs a
    ``cosignature/v1``.
 
@@ -35,6 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from veracity.contracts.events import ROOT_ACTOR
 from veracity.crypto.keys import SigningKey, VerifyKey
 from veracity.errors import (
     ConfigError,
@@ -45,6 +51,7 @@ from veracity.errors import (
     SignatureError,
 )
 from veracity.ledger.entry import parse_body
+from veracity.ledger.keyring import check_genesis_identity
 from veracity.ledger.merkle import EMPTY_ROOT, leaf_hash, node_hash, verify_consistency
 from veracity.ledger.note import (
     SIG_COSIGNATURE_V1,
@@ -56,6 +63,7 @@ from veracity.ledger.note import (
     decode_b64,
     encode_b64,
 )
+from veracity.ledger.possession import verify_identity, verify_rotation
 
 __all__ = [
     "CompactRange",
@@ -73,6 +81,8 @@ STATE_FILE = "witness-state.json"
 #: (no site is called ``_witness``: site names start with a letter or digit).
 WITNESS_KEY_NAME = "_witness"
 _KEY_MARKER = b'"kind":"key.'
+_ROTATION_MARKER = b'"kind":"key.rotated"'
+_LOG_KEY_MARKER = b'"name":"coordinator"'
 
 
 @dataclass
@@ -111,6 +121,10 @@ class WitnessState:
     compact: CompactRange = field(default_factory=CompactRange)
     note: str = ""
     enrolled_key: str | None = None  # hex of the site key the log has enrolled
+    #: Hex of the log's identity key (from genesis); ``None`` before genesis was seen.
+    identity_key: str | None = None
+    #: Hex of the log keys that may sign now, current last (empty: only the pinned one).
+    log_keys: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         """The JSON document stored on disk."""
@@ -121,6 +135,8 @@ class WitnessState:
             "compact": [encode_b64(h) for h in self.compact.hashes],
             "note": self.note,
             "enrolled_key": self.enrolled_key,
+            "identity_key": self.identity_key,
+            "log_keys": list(self.log_keys),
         }
 
     @classmethod
@@ -142,12 +158,28 @@ class WitnessState:
                 compact=compact,
                 note=str(document["note"]),
                 enrolled_key=document["enrolled_key"],
+                identity_key=document.get("identity_key"),
+                log_keys=[str(k) for k in document.get("log_keys", [])],
             )
         except (KeyError, TypeError, ValueError) as err:
             raise InputError(f"the witness state is malformed: {err}") from err
         if len(compact.hashes) != bin(size).count("1") or compact.root() != state.root_hash:
             raise InputError("the witness state's compact range does not give its root")
         return state
+
+
+@dataclass
+class _LogKeys:
+    """The log key as a witness follows it through the entries (hex keys)."""
+
+    identity: str | None
+    log_keys: list[str]
+    origin: str
+
+    @property
+    def log_id(self) -> str:
+        """The log id the origin ends with."""
+        return self.origin.rsplit("/", 1)[-1]
 
 
 def read_site_witness_vkey(site_dir: Path) -> NoteVerifier:
@@ -291,16 +323,19 @@ class Witness:
             make (enrolment of a foreign key, re-enrolment, revocation).
         """
         note = Note.parse(note_text)
-        signed = [s for s in note.signatures if self.log.matches(s)]
-        if not signed:
-            raise SignatureError(f"the checkpoint is not signed by the log key {self.log.name}")
-        for signature in signed:  # step 1
-            self.log.verify(note.text, signature)
         checkpoint = CheckpointText.parse(note.text)
         if checkpoint.origin != self.log.name:
             raise SignatureError(f"the checkpoint is of {checkpoint.origin}, not {self.log.name}")
         state = self.state()
-        logged = Note(note.text, tuple(signed)).render()
+        signed = self._log_signatures(note, state.log_keys)  # step 1
+        if not signed and (
+            checkpoint.tree_size <= state.tree_size
+            or not any(_ROTATION_MARKER in body and _LOG_KEY_MARKER in body for body in entries)
+        ):
+            # Only a log key rotated in the entries served may have signed it; they are
+            # checked against the note's root before that key is trusted (steps 4 and 5).
+            raise SignatureError(f"the checkpoint is not signed by the log key {self.log.name}")
+        logged = Note(note.text, tuple(signed or note.signatures)).render()
         if checkpoint.tree_size < state.tree_size:  # step 2
             raise ProofError(
                 f"the log offers size {checkpoint.tree_size}, older than the size "
@@ -323,6 +358,10 @@ class Witness:
                     checkpoint.root_hash,
                 )
             except ProofError as err:
+                if not signed:
+                    raise SignatureError(
+                        f"the checkpoint is not signed by the log key {self.log.name}"
+                    ) from err
                 paths = self.keep_evidence(state.note, logged)
                 log.error(
                     "witness %s: the log's checkpoint of size %d is inconsistent with the "
@@ -350,8 +389,20 @@ class Witness:
         if compact.root() != checkpoint.root_hash:
             raise ProofError("the entries the log served are not its tree's")
         enrolled = state.enrolled_key
+        keys = _LogKeys(state.identity_key, list(state.log_keys), checkpoint.origin)
         for seq, body in key_events:  # step 5
-            enrolled = self._check_key_event(seq, body, enrolled)
+            if not self._check_log_key_event(seq, body, keys):
+                enrolled = self._check_key_event(seq, body, enrolled)
+        signed = self._log_signatures(note, keys.log_keys)
+        if not signed:
+            message = (
+                f"witness {self.name} refuses to cosign: the checkpoint of size "
+                f"{checkpoint.tree_size} is not signed by a log key the log's identity "
+                "enrolled and did not retire"
+            )
+            log.error("%s", message)
+            raise SignatureError(message)
+        logged = Note(note.text, tuple(signed)).render()
         new_state = WitnessState(
             origin=checkpoint.origin,
             tree_size=checkpoint.tree_size,
@@ -359,11 +410,118 @@ class Witness:
             compact=compact,
             note=logged,
             enrolled_key=enrolled,
+            identity_key=keys.identity,
+            log_keys=keys.log_keys,
         )
         write_atomic(  # step 6
             self.state_path, json.dumps(new_state.to_json(), sort_keys=True).encode("utf-8")
         )
         return cosign(self.key, self.name, note.text, timestamp=int(self.clock()))
+
+    def _log_signatures(self, note: Note, log_keys: Sequence[str]) -> list[NoteSignature]:
+        """The note's signatures by the log keys ``log_keys`` (hex; empty: the pinned key).
+
+        Raises
+        ------
+        SignatureError
+            If a signature line of one of those keys does not verify.
+        """
+        verifiers = (
+            [
+                NoteVerifier.for_key(self.log.name, VerifyKey.from_raw(bytes.fromhex(k)))
+                for k in log_keys
+            ]
+            if log_keys
+            else [self.log]
+        )
+        signed = []
+        for signature in note.signatures:
+            for verifier in verifiers:
+                if verifier.matches(signature):
+                    verifier.verify(note.text, signature)
+                    signed.append(signature)
+                    break
+        return signed
+
+    def _check_log_key_event(self, seq: int, body: bytes, keys: _LogKeys) -> bool:
+        """Follow the log key: genesis, identity-signed rotations and retirements.
+
+        Returns whether the entry was a key event of the log key.
+        """
+        entry = parse_body(body)
+        payload = entry.payload
+        if payload.get("name") != ROOT_ACTOR or not entry.kind.startswith("key."):
+            return False
+        refused = f"witness {self.name} refuses to cosign: entry {seq}"
+        try:
+            if seq == 0:
+                log_key = VerifyKey.from_pem(str(payload["public_key"]))
+                check_genesis_identity(payload, log_key)
+                identity = payload.get("identity_key")
+                keys.identity = (
+                    log_key if identity is None else VerifyKey.from_pem(str(identity))
+                ).raw.hex()
+                keys.log_keys = [log_key.raw.hex()]
+                return True
+            if keys.identity is None or not keys.log_keys:
+                raise SignatureError("this witness never saw the log's genesis (its identity key)")
+            identity_key = VerifyKey.from_raw(bytes.fromhex(keys.identity))
+            current = VerifyKey.from_raw(bytes.fromhex(keys.log_keys[-1]))
+            if entry.kind == "key.rotated":
+                incoming = VerifyKey.from_pem(str(payload["public_key"]))
+                verify_identity(
+                    identity_key,
+                    log_id=keys.log_id,
+                    action="rotated",
+                    key_id=incoming.key_id,
+                    previous=current.key_id,
+                    signature=payload.get("identity_signature"),
+                )
+                verify_rotation(
+                    current,
+                    log_id=keys.log_id,
+                    name=ROOT_ACTOR,
+                    incoming=incoming,
+                    signature=str(payload["outgoing_signature"]),
+                )
+                keys.log_keys.append(incoming.raw.hex())
+                log.warning(
+                    "witness %s: the log key rotated at entry %d to %s, signed by the log's "
+                    "identity key and handed over by the outgoing log key: accepted",
+                    self.name,
+                    seq,
+                    incoming.key_id[:16],
+                )
+            elif entry.kind == "key.revoked":
+                key_id = str(payload["key_id"])
+                verify_identity(
+                    identity_key,
+                    log_id=keys.log_id,
+                    action="retired",
+                    key_id=key_id,
+                    signature=payload.get("identity_signature"),
+                )
+                retired = [
+                    k
+                    for k in keys.log_keys[:-1]
+                    if VerifyKey.from_raw(bytes.fromhex(k)).key_id == key_id
+                ]
+                if not retired:
+                    raise InputError(f"the log key {key_id[:16]} is not one it may retire")
+                keys.log_keys.remove(retired[0])
+                log.warning(
+                    "witness %s: the log's identity retired the log key %s at entry %d",
+                    self.name,
+                    key_id[:16],
+                    seq,
+                )
+            else:
+                raise InputError(f"a {entry.kind} of the log key is never valid")
+        except (CryptoError, SignatureError, InputError, KeyError) as err:
+            message = f"{refused} changes the log key without the log's identity: {err}"
+            log.error("%s", message)
+            raise LedgerIntegrityError(message, seq=seq) from err
+        return True
 
     def _check_key_event(self, seq: int, body: bytes, enrolled: str | None) -> str | None:
         entry = parse_body(body)

@@ -39,12 +39,32 @@ def _read_text(path: Path, what: str) -> str:
         raise InputError(f"{what} {path} is not UTF-8 text") from err
 
 
-def vkey(db: DbOption = None, data_dir: DataDirOption = None) -> None:
-    """Print the log key as a C2SP note verifier key (name = the checkpoint origin)."""
+def vkey(
+    db: DbOption = None,
+    data_dir: DataDirOption = None,
+    identity: Annotated[
+        bool,
+        typer.Option(
+            "--identity",
+            envvar="VERACITY_IDENTITY",
+            help="Print the log's identity key instead (PEM, what `--trust root.pub` holds), "
+            "as genesis names it.",
+        ),
+    ] = False,
+) -> None:
+    """Print the current log key as a C2SP note verifier key (name = the checkpoint origin).
+
+    The log key is the one the identity key enrolled last (genesis or a log key rotation),
+    read from the entries; `--identity` prints the identity key instead. Nothing here is
+    verified: run `veracity ledger verify --trust root.pub` before relying on it.
+    """
     from veracity.ledger.ledger import Ledger
     from veracity.ledger.witnessed import WitnessedLog
 
     with Ledger.open(_db_url(db, data_dir)) as ledger:
+        if identity:
+            sys.stdout.write(ledger.identity_public_key.pem())
+            return
         sys.stdout.write(WitnessedLog(ledger).verifier.vkey() + "\n")
 
 

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from sqlalchemy import insert, select
 from sqlalchemy.exc import IntegrityError
 
+from veracity.crypto.keys import SigningKey
 from veracity.errors import ConfigError, InputError, NotFound, SignatureError
 from veracity.ledger import store
 from veracity.ledger.checkpoint import Checkpoint
@@ -72,8 +73,25 @@ class WitnessedLog:
 
     @property
     def verifier(self) -> NoteVerifier:
-        """The log's note verifier key (type 0x01, name = origin)."""
+        """The current log key's note verifier key (type 0x01, name = origin)."""
         return NoteVerifier.for_key(self.origin, self.ledger.root_public_key)
+
+    def _log_verifiers(self) -> list[NoteVerifier]:
+        """Every log key's note verifier key (the log's own signature lines)."""
+        return [NoteVerifier.for_key(self.origin, key) for key in self.ledger.log_keys()]
+
+    def _is_log_signature(self, signature: NoteSignature) -> bool:
+        return any(verifier.matches(signature) for verifier in self._log_verifiers())
+
+    def _signing_keys(self) -> list[SigningKey]:
+        """The log keys this process holds that sign notes now: current, then the overlap."""
+        valid = self.ledger.log_keys_at(self.ledger.size())
+        held = [self.ledger.root_key, *self.ledger.overlap_keys]
+        keys: list[SigningKey] = []
+        for key in held:
+            if key is not None and key.public in valid and key not in keys:
+                keys.append(key)
+        return keys
 
     def _checkpoint(self, size: int | None) -> Checkpoint:
         checkpoints = self.ledger.checkpoints()
@@ -105,11 +123,11 @@ class WitnessedLog:
             If the stored checkpoint is not the log's (signature, log id or root): the
             database was edited; nothing is signed.
         """
-        key = self.ledger.root_key
-        if key is None:
+        keys = self._signing_keys()
+        if not keys:
             raise ConfigError("serving checkpoint notes needs the log's signing key")
         checkpoint = self._checkpoint(size)
-        checkpoint.verify(self.ledger.root_public_key)
+        self._check_signed(checkpoint)
         if checkpoint.log_id != self.ledger.log_id:
             raise SignatureError(f"the checkpoint of size {checkpoint.tree_size} is another log's")
         if self.ledger.root(checkpoint.tree_size).hex() != checkpoint.root_hash:
@@ -118,15 +136,34 @@ class WitnessedLog:
                 "run `veracity ledger verify`"
             )
         text = self.text(checkpoint)
-        signature = sign_note(key, self.origin, text)
+        signatures = tuple(sign_note(key, self.origin, text) for key in keys)
         stored = self._rows(checkpoint.tree_size)
-        if signature not in stored:
-            self._store(checkpoint.tree_size, signature, 0)
-        note = Note(text, (signature,))
+        for signature in signatures:
+            if signature not in stored:
+                self._store(checkpoint.tree_size, signature, 0)
+        note = Note(text, signatures)
         if cosigned:
-            others = [s for s in stored if not self.verifier.matches(s)]
+            others = [s for s in stored if not self._is_log_signature(s)]
             note = note.with_signatures(others)
         return note
+
+    def _check_signed(self, checkpoint: Checkpoint) -> None:
+        """The stored checkpoint's own signature is by one of the log's keys.
+
+        Raises
+        ------
+        SignatureError
+            If no log key the identity enrolled signed it.
+        """
+        for key in self.ledger.log_keys():
+            try:
+                checkpoint.verify(key)
+            except SignatureError:
+                continue
+            return
+        raise SignatureError(
+            f"the checkpoint of size {checkpoint.tree_size} is not signed by a log key of this log"
+        )
 
     def bodies(self, start: int, end: int) -> list[bytes]:
         """The exact bytes of entries ``start`` to ``end - 1``, unparsed (a witness checks them)."""
@@ -145,10 +182,11 @@ class WitnessedLog:
         result against a policy.
         """
         signatures = self._rows(size)
-        if not any(self.verifier.matches(s) for s in signatures):
+        verifiers = self._log_verifiers()
+        mine = [s for s in signatures if any(v.matches(s) for v in verifiers)]
+        if not mine:
             return None
-        mine = [s for s in signatures if self.verifier.matches(s)]
-        others = [s for s in signatures if not self.verifier.matches(s)]
+        others = [s for s in signatures if not any(v.matches(s) for v in verifiers)]
         return Note(self.text(self._checkpoint(size)), (*mine, *others))
 
     def _store(self, size: int, signature: NoteSignature, timestamp: int) -> bool:
@@ -183,7 +221,7 @@ class WitnessedLog:
 
     def cosignatures(self, size: int) -> list[NoteSignature]:
         """The stored cosignatures of the checkpoint of ``size`` entries, by witness name."""
-        return [s for s in self._rows(size) if not self.verifier.matches(s)]
+        return [s for s in self._rows(size) if not self._is_log_signature(s)]
 
     def notes(self) -> list[Note]:
         """Every checkpoint as a note with its cosignatures, oldest first."""

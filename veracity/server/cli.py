@@ -138,8 +138,12 @@ def init(
             "data_dir": str(home.data_dir),
             "database": _masked(home.db_url),
             "superlink": home.superlink_address,
-            "root_key_id": service.root_key.public.key_id,
+            "root_key_id": service.ledger.identity_public_key.key_id,
             "root_public_key": str(home.key_dir / "root.pub"),
+            "log_key_id": service.root_key.public.key_id,
+            "identity_private_key": str(home.identity_key_path)
+            if home.identity_key_path.exists()
+            else None,
             "log_id": service.ledger.log_id,
             "ca_cert": str(home.tls.ca_cert),
             "certificate_hosts": " ".join(certificate_hosts(home.tls.server_cert)),
@@ -154,6 +158,14 @@ def init(
         f"veracity server token create --role admin --name NAME --data-dir {where}",
         f"give sites and clinics {home.tls.ca_cert} (the CA they pin) and "
         f"{home.key_dir / 'root.pub'} (the key auditors trust)",
+        *(
+            [
+                f"move {home.identity_dir} offline (the identity key: the coordinator never "
+                "needs it; only `veracity server rotate-log-key` does)"
+            ]
+            if home.identity_key_path.exists()
+            else []
+        ),
     )
 
 
@@ -244,6 +256,63 @@ def _record_ended_runs(data_dir: Path, superlink_port: int) -> None:
                 )
     except VeracityError as err:
         logging.getLogger("veracity.server").warning("looking for ended runs: %s", err)
+
+
+_IdentityKeyOption = Annotated[
+    Path,
+    typer.Option(
+        "--identity-key",
+        envvar="VERACITY_IDENTITY_KEY",
+        exists=True,
+        dir_okay=False,
+        help="The log's offline identity key (the private half of keys/root.pub).",
+    ),
+]
+
+
+@app.command("rotate-log-key")
+def rotate_log_key(
+    identity_key: _IdentityKeyOption,
+    data_dir: DataDirOption = DEFAULT_DATA_DIR,
+    output_format: FormatOption = OutputFormat.TEXT,
+) -> None:
+    """Give the coordinator a new log key, enrolled by the identity key (stop it first).
+
+    The old log key moves to keys/log.previous.pem and co-signs checkpoint notes until
+    `veracity server retire-log-key`, so witnesses and policies that know it keep working.
+    """
+    from veracity.crypto.keys import load_signing_key
+    from veracity.server.coordinator.bootstrap import rotate_coordinator_log_key
+
+    shown = rotate_coordinator_log_key(data_dir, identity=load_signing_key(identity_key))
+    if output_format is OutputFormat.JSON:
+        emit_json(shown)
+        return
+    emit_table("log key rotated", ["field", "value"], list(shown.items()))
+    where = shlex.quote(str(data_dir))
+    emit_next(
+        f"veracity server start --data-dir {where}",
+        f"veracity ledger policy --data-dir {where} ... (a policy naming the new log key)",
+        f"veracity server retire-log-key --data-dir {where} --identity-key FILE "
+        "(once witnesses and auditors know the new key)",
+    )
+
+
+@app.command("retire-log-key")
+def retire_log_key(
+    identity_key: _IdentityKeyOption,
+    data_dir: DataDirOption = DEFAULT_DATA_DIR,
+    output_format: FormatOption = OutputFormat.TEXT,
+) -> None:
+    """End a log key rotation's overlap: the identity retires the old log key."""
+    from veracity.crypto.keys import load_signing_key
+    from veracity.server.coordinator.bootstrap import retire_coordinator_log_key
+
+    shown = retire_coordinator_log_key(data_dir, identity=load_signing_key(identity_key))
+    if output_format is OutputFormat.JSON:
+        emit_json(shown)
+        return
+    emit_table("log key retired", ["field", "value"], list(shown.items()))
 
 
 @app.command("reindex")

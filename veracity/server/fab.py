@@ -39,6 +39,8 @@ FLOWER_APP: dict[str, Any] = {
         "poll-interval": 0.2,
         "round-timeout": 600.0,
         "node-wait": 120.0,
+        # An explanation run's terms as JSON text (#19); empty for a training run.
+        "explain": "",
     },
 }
 

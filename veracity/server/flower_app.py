@@ -33,6 +33,7 @@ def main(grid: Grid, context: Context) -> None:
         fab_hash=grid.run.fab_hash,
         round_timeout=float(config["round-timeout"]),
         node_wait=float(config["node-wait"]),
+        explain=str(config.get("explain", "")),
     )
     polling = PollingGrid(grid, poll_interval=float(config["poll-interval"]))
     with open_coordinator(Path(str(config["coordinator-dir"]))) as coordinator:

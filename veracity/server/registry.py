@@ -244,6 +244,61 @@ class ModelRegistry:
             raise corrupt(str(err)) from err
         return ReleasedModel(model_hash, spec, weights, features, label, scaling, card)
 
+    # --- explanations (#19) -----------------------------------------------------------
+    def put_explanation(self, model_hash: str, report: Mapping[str, Any], plot: bytes) -> str:
+        """Keep an explanation report and its SVG plot beside the model; return its hash.
+
+        Stored as ``ROOT/<model_hash>/explanations/<report_hash>.json`` and ``.svg``.
+
+        Raises
+        ------
+        NotFound
+            If no such model is registered.
+        """
+        directory = self._directory(model_hash)
+        if model_hash not in self:
+            raise NotFound(f"no released model {model_hash}")
+        folder = directory / "explanations"
+        folder.mkdir(exist_ok=True, mode=0o700)
+        encoded = canonical_json(dict(report))
+        report_hash = canonical_hash(dict(report))
+        for suffix, data in ((".svg", plot), (".json", encoded)):
+            path = folder / f"{report_hash}{suffix}"
+            if not path.exists():
+                staged = folder / f".incoming-{report_hash}{suffix}"
+                staged.unlink(missing_ok=True)
+                _write_synced(staged, data)
+                os.replace(staged, path)
+        return report_hash
+
+    def explanation(self, model_hash: str, report_hash: str) -> tuple[dict[str, Any], bytes]:
+        """An explanation report (re-hashed on read) and its SVG plot.
+
+        Raises
+        ------
+        NotFound
+            If it is not stored.
+        LedgerIntegrityError
+            If the stored report does not hash to ``report_hash``.
+        """
+        if not is_hex64(report_hash):
+            raise InputError(f"{report_hash!r} is not a report hash")
+        folder = self._directory(model_hash) / "explanations"
+        try:
+            raw = (folder / f"{report_hash}.json").read_bytes()
+            plot = (folder / f"{report_hash}.svg").read_bytes()
+        except FileNotFoundError as err:
+            raise NotFound(f"no explanation {report_hash} of model {model_hash}") from err
+        try:
+            report = json.loads(raw)
+        except ValueError as err:
+            raise LedgerIntegrityError(f"explanation {report_hash} is unreadable") from err
+        if not isinstance(report, dict) or canonical_hash(report) != report_hash:
+            raise LedgerIntegrityError(
+                f"explanation {report_hash} of model {model_hash} was modified"
+            )
+        return report, plot
+
     def list(self) -> list[str]:
         """Hashes of the registered models, sorted."""
         return sorted(

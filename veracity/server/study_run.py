@@ -26,20 +26,22 @@ from flwr.app import ConfigRecord
 from veracity.contracts.analysis import AnalysisStudy
 from veracity.contracts.base import SiteStatement
 from veracity.contracts.events import KINDS, RunStatus
+from veracity.contracts.explanation import ExplanationTerms
 from veracity.contracts.messages import train_config
-from veracity.core.canonical import canonical_json
+from veracity.core.canonical import canonical_json, parse_json_object
 from veracity.errors import Conflict, VeracityError
 from veracity.flower_serde import weights_from_record, weights_to_record
 from veracity.server.analysis_run import execute_analysis
 from veracity.server.coordinator.service import CoordinatorService
 from veracity.server.coordinator.site_software import record_site_software
 from veracity.server.coordinator.unit_of_work import SERVER_APP
+from veracity.server.explain_run import execute_explanation
 from veracity.server.polling_grid import PollingGrid
 from veracity.server.release import release_model
 from veracity.server.round_archive import UpdateStore
 from veracity.server.site_hello import ask_site_software
 from veracity.server.strategy import AuditedStrategy, RoundOutcome, aggregation_strategy
-from veracity.tasks.study import AnyStudy
+from veracity.tasks.study import AnyStudy, Study
 
 __all__ = ["RunSettings", "execute_run", "match_nodes_to_sites"]
 
@@ -59,6 +61,8 @@ class RunSettings:
     round_timeout: float
     node_wait: float
     started_timeout: float = 30.0
+    #: An explanation run's terms (JSON text of ``ExplanationTerms``); empty: train.
+    explain: str = ""
 
 
 def _openssh_key_matches(enrolled_openssh: str, node_public_key_pem: bytes) -> bool:
@@ -220,6 +224,47 @@ def _run_analysis(
     _finish(coordinator, settings.run_id, study.study_hash, status, reason[:10_000], answered)
 
 
+def _run_explanation(
+    coordinator: CoordinatorService,
+    grid: PollingGrid,
+    settings: RunSettings,
+    study: Study,
+    sites_by_node: dict[int, str],
+) -> None:
+    """An explanation run: the sites explain the released model, ended with ``run.finished``."""
+    terms = ExplanationTerms.parse(
+        parse_json_object(settings.explain, what="explanation terms"), what="explanation terms"
+    )
+    if terms.study_hash != study.study_hash:
+        raise _Finished("failed", "the explanation's terms name another study")
+
+    def record_refusal(site: str, kind: str, payload: dict[str, object], signature: str) -> None:
+        try:
+            coordinator.record_statement(SERVER_APP, kind, site, payload, signature)
+        except Conflict:
+            log.info("%s of %s is already in the ledger", kind, site)
+
+    outcome = execute_explanation(
+        coordinator,
+        grid,
+        study,
+        terms,
+        run_id=settings.run_id,
+        sites_by_node=sites_by_node,
+        timeout=settings.round_timeout,
+        record_refusal=record_refusal,
+    )
+    if outcome.report_hash is None:
+        raise _Finished(
+            "insufficient_sites",
+            ("explanation not recorded: " + "; ".join(outcome.refused))[:10_000],
+        )
+    reason = f"model {terms.model_hash} explained by {len(outcome.sites)} site(s)"
+    if outcome.refused:
+        reason += "; not contributing: " + "; ".join(outcome.refused)
+    _finish(coordinator, settings.run_id, study.study_hash, "completed", reason[:10_000], 0)
+
+
 def execute_run(coordinator: CoordinatorService, grid: PollingGrid, settings: RunSettings) -> None:
     """Run the study ``settings.study_hash`` as Flower run ``settings.run_id``.
 
@@ -254,6 +299,9 @@ def execute_run(coordinator: CoordinatorService, grid: PollingGrid, settings: Ru
 
         if isinstance(study, AnalysisStudy):
             _run_analysis(coordinator, grid, settings, study, sites_by_node)
+            return
+        if settings.explain:
+            _run_explanation(coordinator, grid, settings, study, sites_by_node)
             return
 
         kept = UpdateStore(coordinator.home.updates)

@@ -215,13 +215,27 @@ def api_with_superlink(tmp_path: Path, db_url: str, superlink: SuperLinkHandle) 
 # ---- Released models and encrypted queries ------------------------------------------
 
 
-def release_model(api: Api, spec: Any, weights: Any, features: list[str], label: str) -> str:
+def release_model(
+    api: Api,
+    spec: Any,
+    weights: Any,
+    features: list[str],
+    label: str,
+    *,
+    study_hash: str = "0" * 64,
+) -> str:
     """Put a model in the registry and record ``model.released`` (as a run's release would)."""
-    return release_through(api.service, spec, weights, features, label)
+    return release_through(api.service, spec, weights, features, label, study_hash=study_hash)
 
 
 def release_through(
-    service: CoordinatorService, spec: Any, weights: Any, features: list[str], label: str
+    service: CoordinatorService,
+    spec: Any,
+    weights: Any,
+    features: list[str],
+    label: str,
+    *,
+    study_hash: str = "0" * 64,
 ) -> str:
     """:func:`release_model` through any coordinator service (a live server's data too)."""
     from veracity.contracts.events import ModelReleased
@@ -240,7 +254,7 @@ def release_through(
         ModelReleased(
             model_hash=model_hash,
             run_id="1",
-            study_hash="0" * 64,
+            study_hash=study_hash,
             model=spec.to_dict(),
             datasets=[],
             epsilon={},

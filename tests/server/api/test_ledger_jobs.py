@@ -61,7 +61,7 @@ def test_an_export_jobs_bundle_verifies_offline(api: Api, tmp_path: Path) -> Non
     assert response.headers["x-bundle-sha256"] == job["result"]["sha256"]
     bundle = tmp_path / "bundle.jsonl"
     bundle.write_bytes(response.content)
-    report = verify_bundle_file(bundle, trusted_root=api.service.root_key.public)
+    report = verify_bundle_file(bundle, trusted_root=api.service.ledger.identity_public_key)
     assert report.entries == job["result"]["entries"]
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import shutil
 import signal
 import subprocess
 import sys
@@ -99,6 +100,9 @@ def live_server(
         url = make_url(database).update_query_dict({"options": f"-csearch_path={schema}"})
         init += ["--db", url.render_as_string(hide_password=False)]
     assert cli_main(init) == 0
+    # The identity key goes offline after init: the server runs on the log key alone.
+    shutil.move(data_dir / "identity", data_dir.parent / "offline-identity")
+    assert not list(data_dir.rglob("root.pem"))
     tokens = {
         "admin": issue_token(data_dir, role=Role.ADMIN, name="admin-user").token,
         "site": issue_token(data_dir, role=Role.SITE, name="north ops", site="north").token,

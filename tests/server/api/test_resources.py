@@ -255,8 +255,11 @@ def test_proofs_verify_against_signed_checkpoints(enrolled: Api) -> None:
     _propose(api, [api.site.name])
     second = Checkpoint.from_json(api.call("POST", "/api/v1/ledger/checkpoints", "admin").json())
     info = api.call("GET", "/api/v1/ledger", "auditor").json()
-    root = VerifyKey.from_pem(info["root_public_key"])
+    # root_public_key is the identity auditors pin; the log key it enrolled signs checkpoints.
+    assert VerifyKey.from_pem(info["root_public_key"]) == api.service.ledger.identity_public_key
+    root = VerifyKey.from_pem(info["log_public_key"])
     assert root == api.service.root_key.public
+    assert info["log_key_id"] == root.key_id
 
     inclusion = api.call(
         "GET", "/api/v1/ledger/proofs/inclusion", "auditor", params={"seq": 2}
@@ -297,7 +300,7 @@ def test_the_exported_bundle_verifies_offline(enrolled: Api, tmp_path: Path) -> 
     assert response.headers["content-type"].startswith("application/x-ndjson")
     bundle = tmp_path / "bundle.jsonl"
     bundle.write_bytes(response.content)
-    report = verify_bundle_file(bundle, trusted_root=enrolled.service.root_key.public)
+    report = verify_bundle_file(bundle, trusted_root=enrolled.service.ledger.identity_public_key)
     assert report.entries == enrolled.service.ledger.size()
 
 

@@ -66,6 +66,8 @@ MATRIX: list[tuple[str, str, int, int, int, int, int]] = [
     ("GET", "/api/v1/models/{model}/weights",             200, 403, 403, 403, 401),
     ("GET", "/api/v1/models/{model}/budgets",             200, 403, 403, 403, 401),
     ("PUT", "/api/v1/models/{model}/budgets/{requester}", 200, 403, 403, 403, 401),
+    ("POST", "/api/v1/models/{model}/explanations",      201, 403, 403, 403, 401),
+    ("GET", "/api/v1/models/{model}/explanations",       200, 200, 200, 403, 401),
     ("GET", "/api/v1/inference/models/{model}",           200, 403, 200, 403, 401),
     ("POST", "/api/v1/inference/contexts",                201, 403, 201, 403, 401),
     ("POST", "/api/v1/inference/models/{model}/predict",  200, 403, 200, 403, 401),
@@ -120,6 +122,7 @@ class World:
     analysis_hash: str
     run_id: str = "0"
     analysis_run_id: str = "0"
+    explain_run_id: str = "0"
     job_id: str = "0" * 24
     made: list[str] = field(default_factory=list)
     spare: Site | None = None
@@ -214,6 +217,9 @@ class World:
             ("PUT", "/api/v1/models/{model}/budgets/{requester}"): lambda: {
                 "json": {"budget": 100_000}
             },
+            ("POST", "/api/v1/models/{model}/explanations"): lambda: {
+                "json": {"epsilon": 0.5, "clip_norm": 1.0, "steps": 8}
+            },
             ("GET", "/api/v1/ledger/proofs/inclusion"): lambda: {"params": {"seq": 1}},
             ("GET", "/api/v1/ledger/proofs/consistency"): lambda: {"params": {"old_size": 1}},
             ("POST", "/api/v1/sites/{name}/revoke"): lambda: {"json": {"reason": "rotation"}},
@@ -239,7 +245,9 @@ def world(api_with_superlink: Api, trained_models: dict[str, Any], breast_cancer
     study_hash = api.propose(study_document([site.name, other.name]))
     api.approve(site, study_hash)
     spec, weights = trained_models["logistic"]
-    model_hash = release_model(api, spec, weights, list(breast_cancer.feature_names), "malignant")
+    model_hash = release_model(
+        api, spec, weights, list(breast_cancer.feature_names), "malignant", study_hash=study_hash
+    )
     api.service.ledger.checkpoint()
     analysis_hash = api.propose(
         {
@@ -281,6 +289,8 @@ def test_every_route_answers_every_role_as_the_table_says(world: World) -> None:
                 world.job_id = response.json()["job_id"]
             if method == "POST" and template == "/api/v1/analyses" and response.status_code == 201:
                 world.analysis_run_id = response.json()["run_id"]
+            if template.endswith("/explanations") and response.status_code == 201:
+                world.explain_run_id = response.json()["run_id"]
             if response.status_code != status:
                 mismatches.append(
                     f"{method} {template} as {role}: {response.status_code} != {status} "
@@ -298,7 +308,9 @@ def test_every_route_answers_every_role_as_the_table_says(world: World) -> None:
     finished = [
         e.payload
         for e in entries
-        if e.kind == "run.finished" and e.payload["study_hash"] == world.study_hash
+        if e.kind == "run.finished"
+        and e.payload["study_hash"] == world.study_hash
+        and e.payload["run_id"] != world.explain_run_id  # waits for sites that never come
     ]
     assert [(f["run_id"], f["status"]) for f in finished] == [(world.run_id, "stopped")]
 

@@ -30,7 +30,7 @@ def test_an_auditor_downloads_a_run_archive_that_replays(api: Api, tmp_path: Pat
     index = extract_archive(response.content, tmp_path / "archive")
     assert [r["round"] for r in index["rounds"]] == [1, 2]
     report = replay_aggregation(
-        bundle, tmp_path / "archive", trusted_root=api.service.root_key.public
+        bundle, tmp_path / "archive", trusted_root=api.service.ledger.identity_public_key
     )
     assert report.rounds == 2
 

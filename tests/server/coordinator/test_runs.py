@@ -173,7 +173,7 @@ def test_runs_whose_serverapp_died_are_recorded_failed_once_without_a_stop(
     assert "No heartbeat received from the task" in reason.reason
     assert service.record_ended_runs(SUPERVISOR) == []  # recorded once; the live run untouched
     assert _live(service, federation, alive)
-    service.ledger.verify(service.root_key.public)
+    service.ledger.verify(service.ledger.identity_public_key)
 
 
 def test_a_stop_without_a_superlink_records_nothing(

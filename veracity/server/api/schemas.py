@@ -198,9 +198,16 @@ class DecisionIn(SignedStatementIn):
 
 
 class StatementIn(SignedStatementIn):
-    """Another site statement: a checkpoint co-signature, a note or a budget refusal."""
+    """Another site statement: a checkpoint co-signature, a note, a budget refusal, a replay."""
 
-    kind: Literal["checkpoint.cosigned", "note.recorded", "budget.refused"]
+    kind: Literal[
+        "checkpoint.cosigned",
+        "note.recorded",
+        "budget.refused",
+        # Site-side replay (#19).
+        "replay.confirmed",
+        "replay.failed",
+    ]
 
 
 class RecordedOut(BaseModel):
@@ -371,6 +378,52 @@ class ModelListOut(BaseModel):
     next_offset: int | None = None
 
 
+# --- explanations (#19) -------------------------------------------------------------------
+class ExplainIn(_In):
+    """What an explanation of a released model may cost at each site, and its terms.
+
+    ``delta`` defaults to the model's study's DP delta.
+    """
+
+    epsilon: float = Field(gt=0, le=100)
+    clip_norm: float = Field(gt=0, le=1e6)
+    steps: int = Field(default=32, ge=2, le=1024)
+    delta: float | None = Field(default=None, gt=0, lt=1)
+
+
+class ExplanationStartedOut(BaseModel):
+    """An explanation run submitted, and its ``run.started`` entry."""
+
+    run_id: str
+    model_hash: str
+    study_hash: str
+    terms_hash: str
+    seq: int
+    action_id: int
+
+
+class ExplanationOut(BaseModel):
+    """A recorded explanation: its ``model.explained`` entry, the report and its SVG plot."""
+
+    seq: int
+    run_id: str
+    report_hash: str
+    terms: dict[str, Any]
+    top_features: list[str]
+    records: int
+    sites: list[str]
+    report: dict[str, Any]
+    plot_svg: str
+
+
+class ExplanationListOut(BaseModel):
+    """A model's explanations, oldest first."""
+
+    items: list[ExplanationOut]
+    #: ``offset`` of the next page (null on the last page).
+    next_offset: int | None = None
+
+
 class QueryBudgetIn(_In):
     """How many predictions a requester may get from a model, in all."""
 
@@ -417,6 +470,9 @@ class ModelOut(BaseModel):
     card_hash: str
     description_hash: str
     released_seq: int | None
+    #: The model's recorded explanations (``model.explained``): seq, report hash, top
+    #: features; the reports themselves at ``/models/{hash}/explanations``.
+    explanations: list[dict[str, Any]] = Field(default_factory=list)
 
 
 # ----------------------------------------------------------------------- ledger
@@ -431,13 +487,16 @@ class CheckpointOut(BaseModel):
 
 
 class LedgerInfoOut(BaseModel):
-    """The log's identity and size, and the coordinator's root key (pin it out of band)."""
+    """The log's id and size, its identity (root) key (pin it out of band) and log key."""
 
     log_id: str
     size: int
     root_public_key: str
     root_key_id: str
     latest_checkpoint: CheckpointOut | None
+    #: The online log key the identity (root) key enrolled last: it signs checkpoints.
+    log_public_key: str | None = None
+    log_key_id: str | None = None
 
 
 class EntryOut(BaseModel):

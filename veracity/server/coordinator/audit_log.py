@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from veracity.crypto.keys import VerifyKey
-from veracity.errors import LedgerIntegrityError
+from veracity.errors import LedgerIntegrityError, SignatureError
 from veracity.ledger.checkpoint import Checkpoint
 from veracity.ledger.entry import Entry
 from veracity.ledger.ledger import Ledger
@@ -29,15 +29,27 @@ class AuditLog:
         self._verify_lock = threading.Lock()
 
     def info(self) -> dict[str, Any]:
-        """Log id, size, the coordinator's root public key and the newest checkpoint."""
+        """Log id, size, the identity (root) key, the current log key and the newest checkpoint."""
         latest = self.ledger.latest_checkpoint()
         return {
             "log_id": self.ledger.log_id,
             "size": self.ledger.size(),
             "root_public_key": self.root.pem(),
             "root_key_id": self.root.key_id,
+            "log_public_key": self.ledger.root_public_key.pem(),
+            "log_key_id": self.ledger.root_public_key.key_id,
             "latest_checkpoint": None if latest is None else latest.to_json(),
         }
+
+    def checkpoint_key(self, checkpoint: Checkpoint) -> VerifyKey:
+        """The log key that signed ``checkpoint`` (the current one if none of the log's did)."""
+        for key in self.ledger.log_keys():
+            try:
+                checkpoint.verify(key)
+            except SignatureError:
+                continue
+            return key
+        return self.ledger.root_public_key
 
     def entries(
         self, *, since: int, limit: int, kind: str | None, actor: str | None

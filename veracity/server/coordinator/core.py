@@ -82,7 +82,7 @@ class ServiceCore:
         #: The coordinator's state as typed records (the read model).
         self.reads = CoordinatorReads(self.read_model)
         #: The ledger as auditors read it (info, pages, verification, export).
-        self.audit_log = AuditLog(ledger, root_key.public)
+        self.audit_log = AuditLog(ledger, ledger.identity_public_key)
         self.registry = ModelRegistry(home.models)
         self._writes = threading.BoundedSemaphore(max_concurrent_writes)
 

@@ -9,7 +9,13 @@ it back (:meth:`CoordinatorHome.load`).
 Layout of ``DIR``::
 
     coordinator.json   db_url, superlink_address, checkpoint_every
-    keys/root.pem|pub  the root Ed25519 key (signs root events and checkpoints)
+    keys/root.pub      the log's identity key (the auditors' trust anchor, --trust)
+    keys/log.pem|pub   the online log key (signs root entries, checkpoints and notes)
+    keys/log.previous.pem  the outgoing log key during a rotation's overlap
+    identity/root.pem|pub  the identity's private key, written by `server init`: move it
+                       offline (the coordinator never reads it; only log key rotations
+                       and retirements need it). A home made before the split keeps
+                       keys/root.pem as identity and log key in one.
     tls/               CA and the server certificate (SuperLink and admin API)
     veracity.db        ledger, read model and API tables (unless db_url names PostgreSQL)
     models/            the model registry
@@ -32,10 +38,20 @@ from veracity.crypto.keys import private_key_path
 from veracity.crypto.tls import TlsFiles, tls_files
 from veracity.errors import ConfigError
 
-__all__ = ["CoordinatorHome", "ROOT_KEY_NAME", "DEFAULT_SUPERLINK_PORT"]
+__all__ = [
+    "CoordinatorHome",
+    "ROOT_KEY_NAME",
+    "LOG_KEY_NAME",
+    "PREVIOUS_LOG_KEY_NAME",
+    "DEFAULT_SUPERLINK_PORT",
+]
 
 #: File name (``keys/root.pem``) of the coordinator's root signing key.
 ROOT_KEY_NAME = "root"
+#: File name (``keys/log.pem``) of the online log key the identity key enrols.
+LOG_KEY_NAME = "log"
+#: ``keys/log.previous.pem``: the outgoing log key while both sign checkpoint notes.
+PREVIOUS_LOG_KEY_NAME = "log.previous"
 DEFAULT_SUPERLINK_PORT = 9093
 CONFIG_FILE = "coordinator.json"
 
@@ -127,8 +143,28 @@ class CoordinatorHome:
 
     @property
     def root_key_path(self) -> Path:
-        """The root's private key file."""
+        """The root's private key file of a home made before the split (identity and log key)."""
         return private_key_path(self.key_dir, ROOT_KEY_NAME)
+
+    @property
+    def log_key_path(self) -> Path:
+        """The online log key (``keys/log.pem``)."""
+        return private_key_path(self.key_dir, LOG_KEY_NAME)
+
+    @property
+    def previous_log_key_path(self) -> Path:
+        """The outgoing log key during a rotation's overlap (``keys/log.previous.pem``)."""
+        return private_key_path(self.key_dir, PREVIOUS_LOG_KEY_NAME)
+
+    @property
+    def identity_dir(self) -> Path:
+        """Where ``server init`` writes the identity's private key, to be moved offline."""
+        return self.data_dir / "identity"
+
+    @property
+    def identity_key_path(self) -> Path:
+        """The identity's private key as ``server init`` writes it (``identity/root.pem``)."""
+        return private_key_path(self.identity_dir, ROOT_KEY_NAME)
 
     @property
     def tls(self) -> TlsFiles:

@@ -18,13 +18,15 @@ from collections.abc import Sequence
 from veracity.contracts.events import (
     AnalysisAnswered,
     InferenceServed,
+    ModelExplained,
     ModelReleased,
     RoundCompleted,
     RunFinished,
     RunStarted,
     RunStatus,
 )
-from veracity.core.canonical import canonical_hash
+from veracity.contracts.explanation import ExplanationTerms
+from veracity.core.canonical import canonical_hash, canonical_json
 from veracity.errors import ApprovalMissing, Conflict, InputError, NotFound
 from veracity.ledger.entry import Entry
 from veracity.server.coordinator import queries
@@ -62,8 +64,13 @@ class RunCommands(ServiceCore):
         poll_interval: float = 0.2,
         round_timeout: float = 600.0,
         node_wait: float = 120.0,
+        explain: ExplanationTerms | None = None,
     ) -> Recorded[RunRecord]:
         """Submit a run of an approved study to the SuperLink and record ``run.started``.
+
+        With ``explain``, the run trains nothing: it asks the study's sites to explain the
+        released model the terms name, and records ``model.explained`` (the terms are in
+        the run config, so ``run.started``'s ``config_hash`` covers them).
 
         Raises
         ------
@@ -102,6 +109,15 @@ class RunCommands(ServiceCore):
                 "round-timeout": round_timeout,
                 "node-wait": node_wait,
             }
+            if explain is not None:
+                if explain.study_hash != study_hash:
+                    raise InputError("the explanation's terms name another study")
+                released = queries.model(uow.session, explain.model_hash)
+                if released is None or released.study_hash != study_hash:
+                    raise NotFound(
+                        f"no model {explain.model_hash} was released from study {study.study_id}"
+                    )
+                config["explain"] = canonical_json(explain.to_json()).decode("utf-8")
             seeds = {
                 "model_seed": study.model_seed if isinstance(study, Study) else 0,
                 "nonce": secrets.token_hex(32),
@@ -311,6 +327,24 @@ class RunCommands(ServiceCore):
             seqs = [uow.append_root(one).seq for one in answered]
             uow.checkpoint()
         return uow.recorded(seqs)
+
+    # --- explanations (#19) -----------------------------------------------------------
+    def record_explanation(self, actor: Actor, explained: ModelExplained) -> Recorded[int]:
+        """Record ``model.explained`` (its report is in the registry already), then a checkpoint.
+
+        Raises
+        ------
+        NotFound
+            If the model was never released.
+        InputError, SignatureError
+            If the ledger refuses it (a receipt not signed by its site's key).
+        """
+        with self._change(actor, "model.explain", explained.model_hash) as uow:
+            if queries.model(uow.session, explained.model_hash) is None:
+                raise NotFound(f"model {explained.model_hash} was never released")
+            entry = uow.append_root(explained)
+            uow.checkpoint()
+        return uow.recorded(entry.seq)
 
     def release(self, actor: Actor, released: ModelReleased) -> Recorded[ModelRecord]:
         """Record ``model.released`` (the model is in the registry already).

@@ -77,8 +77,8 @@ class CoordinatorService(SiteCommands, RunCommands):
         self.close()
 
     def fingerprint(self) -> str:
-        """A short identifier of this coordinator's root key."""
-        return hashlib.sha256(self.root_key.public.raw).hexdigest()[:16]
+        """A short identifier of this coordinator's identity key (the one auditors trust)."""
+        return hashlib.sha256(self.ledger.identity_public_key.raw).hexdigest()[:16]
 
     # ------------------------------------------------------------------ ledger
     def checkpoint(self, actor: Actor) -> Recorded[Checkpoint]:

@@ -30,6 +30,8 @@ from veracity.contracts.events import (
     validate_payload,
 )
 from veracity.contracts.handover import KeyHandover
+from veracity.contracts.receipts import Receipt
+from veracity.contracts.replay import ReplayConfirmed, ReplayFailed
 from veracity.core.fields import check_site_name, format_timestamp
 from veracity.crypto.keys import VerifyKey
 from veracity.crypto.supernode import parse_supernode_public_key
@@ -264,6 +266,8 @@ class SiteCommands(ServiceCore):
         with self._change(actor, kind, f"{site} {dataset_id}") as uow:
             if isinstance(statement, StudyApproved | StudyRefused):
                 self._check_decision(uow, site, statement)
+            elif isinstance(statement, ReplayConfirmed | ReplayFailed):
+                self._check_replay(uow, site, statement)
             uow.append_signed(kind, site, payload, signature)
         return uow.recorded(statement)
 
@@ -285,6 +289,50 @@ class SiteCommands(ServiceCore):
                 )
             if queries.dataset(uow.session, site, statement.dataset_id) is None:
                 raise InputError(f"{site} has not registered dataset {statement.dataset_id!r}")
+
+    # Site-side replay (#19): a replay names rounds the ledger holds this site's receipts of.
+    @staticmethod
+    def _check_replay(
+        uow: UnitOfWork, site: str, statement: ReplayConfirmed | ReplayFailed
+    ) -> None:
+        receipts: dict[int, Receipt] = {}
+        for record in queries.rounds(uow.session, statement.run_id):
+            for signed in record.completed.receipts:
+                if signed.receipt.site == site:
+                    receipts[record.round] = signed.receipt
+        if isinstance(statement, ReplayConfirmed):
+            named = list(statement.rounds)
+        else:
+            named = list(statement.confirmed)
+            failed = receipts.get(statement.round)
+            if failed is None:
+                raise InputError(
+                    f"the ledger holds no receipt of {site} for round {statement.round} of "
+                    f"run {statement.run_id}"
+                )
+            if failed.update_hash != statement.expected_update_hash:
+                raise InputError(
+                    f"round {statement.round}: the expected update hash is not the one in "
+                    f"{site}'s receipt"
+                )
+        for item in named:
+            receipt = receipts.get(item.round)
+            if receipt is None:
+                raise InputError(
+                    f"the ledger holds no receipt of {site} for round {item.round} of run "
+                    f"{statement.run_id}"
+                )
+            if (receipt.update_hash, receipt.seed_commitment) != (
+                item.update_hash,
+                item.seed_commitment,
+            ) or (receipt.study, receipt.dataset_id, receipt.dataset_commitment) != (
+                statement.study_hash,
+                statement.dataset_id,
+                statement.dataset_commitment,
+            ):
+                raise InputError(
+                    f"round {item.round}: the replayed hashes are not those of {site}'s receipt"
+                )
 
     # ----------------------------------------------------------------- studies
     def propose_study(self, actor: Actor, document: dict[str, Any]) -> Recorded[StudyRecord]:

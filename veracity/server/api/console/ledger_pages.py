@@ -117,12 +117,12 @@ def entry_page(
     bundle = None
     if chosen is not None:
         proof = service.ledger.inclusion_proof(seq, chosen.tree_size)
-        info = service.audit_log.info()
         bundle = _json(
             {
                 "proof": proof.to_json(),
                 "checkpoint": chosen.to_json(),
-                "root_public_key": info["root_public_key"],
+                # The log key that signed the checkpoint (the identity key enrolled it).
+                "root_public_key": service.audit_log.checkpoint_key(chosen).pem(),
             }
         )
     return render(
@@ -192,7 +192,7 @@ def consistency_page(
             "proof": proof.to_json(),
             "old_checkpoint": first.to_json(),
             "new_checkpoint": second.to_json(),
-            "root_public_key": service.audit_log.info()["root_public_key"],
+            "root_public_key": service.audit_log.checkpoint_key(second).pem(),
         }
     )
     return render(

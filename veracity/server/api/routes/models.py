@@ -7,17 +7,24 @@ from typing import Annotated
 from fastapi import APIRouter, Path, Request
 from fastapi.responses import Response
 
+from veracity.contracts.explanation import ExplanationTerms, terms_hash
+from veracity.errors import NotFound
 from veracity.server.api.budget import BudgetStore
 from veracity.server.api.deps import (
     AdminDep,
     ModelReaderDep,
     PageDep,
     ServiceDep,
+    action_id,
     declare_roles,
 )
 from veracity.server.api.problems import responses
 from veracity.server.api.schemas import (
     HASH_PATTERN,
+    ExplainIn,
+    ExplanationListOut,
+    ExplanationOut,
+    ExplanationStartedOut,
     ModelListOut,
     ModelOut,
     ModelSummaryOut,
@@ -25,6 +32,7 @@ from veracity.server.api.schemas import (
     QueryBudgetListOut,
     QueryBudgetOut,
 )
+from veracity.tasks.study import Study
 
 __all__ = ["router"]
 
@@ -69,6 +77,16 @@ def get_model(
         card_hash=model.card_hash,
         description_hash=model.description_hash,
         released_seq=None if release is None else release.seq,
+        explanations=[
+            {
+                "seq": entry.seq,
+                "report_hash": entry.payload["report_hash"],
+                "top_features": entry.payload["top_features"],
+                "epsilon": entry.payload["terms"]["epsilon"],
+            }
+            for entry in service.ledger.iter_entries(kind="model.explained")
+            if entry.payload["model_hash"] == model.model_hash
+        ],
     )
 
 
@@ -92,6 +110,86 @@ def get_weights(model_hash: ModelHashPath, principal: AdminDep, service: Service
         media_type="application/octet-stream",
         headers={"Content-Disposition": f'attachment; filename="{model_hash}.npz"'},
     )
+
+
+# --- explanations (#19) -------------------------------------------------------------------
+@router.post(
+    "/{model_hash}/explanations",
+    status_code=201,
+    summary="Ask the sites to explain a released model (admin; an explanation run)",
+    responses=responses(400, 401, 403, 404, 409, 422, 503),
+)
+def explain_model(
+    model_hash: ModelHashPath, body: ExplainIn, principal: AdminDep, service: ServiceDep
+) -> ExplanationStartedOut:
+    """Start an explanation run of the model's study (it trains nothing).
+
+    Each site computes its records' integrated gradients, clipped, summed and noised,
+    charged to its budget; the run records ``model.explained``. Follow it with
+    ``GET /runs/{run_id}``.
+    """
+    release = service.reads.model(model_hash)
+    if release is None:
+        raise NotFound(f"no released model {model_hash}")
+    found = service.reads.study(release.study_hash)
+    if not isinstance(found.study, Study):
+        raise NotFound(f"model {model_hash} was not released by a training study proposed here")
+    terms = ExplanationTerms(
+        model_hash=model_hash,
+        study_hash=release.study_hash,
+        steps=body.steps,
+        clip_norm=body.clip_norm,
+        epsilon=body.epsilon,
+        delta=body.delta if body.delta is not None else found.study.dp.delta,
+    )
+    recorded = service.start_run(principal, release.study_hash, explain=terms)
+    return ExplanationStartedOut(
+        run_id=recorded.value.run_id,
+        model_hash=model_hash,
+        study_hash=release.study_hash,
+        terms_hash=terms_hash(terms),
+        seq=recorded.seq,
+        action_id=action_id(recorded),
+    )
+
+
+@router.get(
+    "/{model_hash}/explanations",
+    summary="A model's explanation reports",
+    responses=responses(401, 403, 404, 409, 422),
+)
+def list_explanations(
+    model_hash: ModelHashPath, principal: ModelReaderDep, service: ServiceDep, page: PageDep
+) -> ExplanationListOut:
+    """Every ``model.explained`` of the model, oldest first, with its report and SVG plot.
+
+    Each report is re-hashed against its entry's ``report_hash`` when read.
+    """
+    service.model(model_hash)
+    entries = [
+        entry
+        for entry in service.ledger.iter_entries(kind="model.explained")
+        if entry.payload["model_hash"] == model_hash
+    ]
+    chosen, following = page.of(entries)
+    items = []
+    for entry in chosen:
+        payload = entry.payload
+        report, plot = service.registry.explanation(model_hash, payload["report_hash"])
+        items.append(
+            ExplanationOut(
+                seq=entry.seq,
+                run_id=payload["run_id"],
+                report_hash=payload["report_hash"],
+                terms=payload["terms"],
+                top_features=payload["top_features"],
+                records=payload["records"],
+                sites=sorted(r["receipt"]["site"] for r in payload["receipts"]),
+                report=report,
+                plot_svg=plot.decode("utf-8"),
+            )
+        )
+    return ExplanationListOut(items=items, next_offset=following)
 
 
 RequesterPath = Annotated[

@@ -1,4 +1,4 @@
-"""``/statements``: other site-signed statements (checkpoint co-signatures, notes)."""
+"""``/statements``: other site-signed statements (checkpoint co-signatures, notes, replays)."""
 
 from __future__ import annotations
 
@@ -23,13 +23,13 @@ router = APIRouter(prefix="/statements", tags=["statements"])
 @router.post(
     "",
     status_code=201,
-    summary="Record a site-signed co-signature or note",
+    summary="Record a site-signed co-signature, note, budget refusal or replay outcome",
     responses=responses(400, 401, 403, 404, 409, 413, 422),
 )
 def record_statement(
     body: StatementIn, request: Request, principal: SiteDep, service: ServiceDep
 ) -> RecordedOut:
-    """Record ``checkpoint.cosigned``, ``note.recorded`` or ``budget.refused`` as signed."""
+    """Record a site statement as signed (a co-signature, note, refusal or replay)."""
     site = own_site(principal)
     if "site" in body.payload and body.payload["site"] != site:
         raise forbid(request, principal, f"a token of site {site} speaks only for it")

@@ -1,0 +1,185 @@
+"""One explanation run, from the ServerApp's side: ask, check, combine, store, record.
+
+:func:`execute_explanation` sends every matched site one ``query.explain`` message with the
+terms, the model's study and the model's weights. Each site answers with its noisy sums of
+clipped attributions and a signed analysis receipt, or refuses with a signed statement
+(:mod:`veracity.client.explanation`). For each answer the coordinator checks the receipt
+(the enrolled site's signature under the analysis receipt domain; the study, the
+explanation query id, the terms' hash, and that ``answer_hash`` is the hash of the answer
+it came with), records each refusal as the site's ledger entry, and, when at least
+``min_sites`` sites answered, combines them into the report
+(:mod:`veracity.server.explanation`), keeps the report and its plot in the registry and
+records ``model.explained`` with the report's hash and every site's signed receipt.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from flwr.app import ConfigRecord, Message, RecordDict
+
+from veracity.contracts.analysis import ANALYSIS_RECEIPT_DOMAIN, SignedAnalysisReceipt
+from veracity.contracts.explanation import (
+    EXPLANATION_QUERY_ID,
+    ExplanationReply,
+    ExplanationTerms,
+    ModelExplained,
+    SiteExplanation,
+    terms_hash,
+)
+from veracity.contracts.messages import ARRAYS_RECORD, ExplainInstruction, ExplanationRecord
+from veracity.contracts.refusals import REFUSAL_KINDS
+from veracity.core.canonical import canonical_hash, canonical_json
+from veracity.errors import InputError, SignatureError, VeracityError
+from veracity.flower_serde import weights_to_record
+from veracity.ledger.statement import verify_document
+from veracity.server.coordinator.service import CoordinatorService
+from veracity.server.coordinator.unit_of_work import SERVER_APP
+from veracity.server.explanation import explanation_report, report_hash, report_svg
+from veracity.server.polling_grid import PollingGrid, replies_by_site, reply_record
+from veracity.tasks.study import Study
+
+__all__ = ["MESSAGE_TYPE", "ExplanationOutcome", "execute_explanation"]
+
+log = logging.getLogger(__name__)
+
+#: The Flower message type of an explanation request (``@app.query("explain")``).
+MESSAGE_TYPE = "query.explain"
+
+
+@dataclass(frozen=True)
+class ExplanationOutcome:
+    """What one explanation run did: the report's hash (``None``: not recorded) and why not."""
+
+    report_hash: str | None
+    sites: tuple[str, ...]
+    refused: tuple[str, ...]
+
+
+def _check_receipt(
+    coordinator: CoordinatorService,
+    site: str,
+    terms: ExplanationTerms,
+    answer: SiteExplanation,
+    signed: SignedAnalysisReceipt,
+) -> None:
+    receipt = signed.receipt
+    expected = terms_hash(terms)
+    if receipt.site != site:
+        raise InputError(f"{site} sent a receipt of {receipt.site}")
+    if (receipt.study, receipt.query_id, receipt.query_hash) != (
+        terms.study_hash,
+        EXPLANATION_QUERY_ID,
+        expected,
+    ):
+        raise InputError(f"{site}'s receipt is for another explanation")
+    if answer.query_hash != expected or receipt.answer_hash != canonical_hash(answer.to_json()):
+        raise InputError(f"{site}'s answer does not match its receipt")
+    verify_document(
+        coordinator.site_key(site), ANALYSIS_RECEIPT_DOMAIN, receipt.to_json(), signed.signature
+    )
+
+
+def execute_explanation(
+    coordinator: CoordinatorService,
+    grid: PollingGrid,
+    study: Study,
+    terms: ExplanationTerms,
+    *,
+    run_id: str,
+    sites_by_node: dict[int, str],
+    timeout: float,
+    record_refusal: Callable[[str, str, dict[str, object], str], None],
+) -> ExplanationOutcome:
+    """Ask every matched site to explain ``terms.model_hash``; record what can be combined.
+
+    ``record_refusal(site, kind, payload, signature)`` records a site's signed refusal.
+
+    Raises
+    ------
+    NotFound
+        If the model is not in the registry.
+    VeracityError
+        If the ledger refuses the entry.
+    """
+    model = coordinator.registry.get(terms.model_hash)
+    instruction = ExplainInstruction(
+        terms=canonical_json(terms.to_json()).decode("utf-8"),
+        study=canonical_json(study.to_document()).decode("utf-8"),
+        run_id=run_id,
+    )
+    messages = [
+        Message(
+            RecordDict(
+                {
+                    ExplainInstruction.RECORD: ConfigRecord(instruction.to_record()),
+                    ARRAYS_RECORD: weights_to_record(dict(model.weights)),
+                }
+            ),
+            dst_node_id=node,
+            message_type=MESSAGE_TYPE,
+        )
+        for node in sites_by_node
+    ]
+    answers: dict[str, tuple[SiteExplanation, SignedAnalysisReceipt]] = {}
+    refused: list[str] = []
+    for site, reply in replies_by_site(grid, messages, sites_by_node, timeout=timeout):
+        try:
+            record = reply_record(reply, ExplanationRecord.RECORD)
+            parsed = ExplanationReply.parse(
+                json.loads(ExplanationRecord.from_record(record).reply_json),
+                what=f"{site}'s explanation",
+            )
+        except (VeracityError, KeyError, ValueError) as err:
+            log.warning("explanation reply of %s dropped: %s", site, err)
+            refused.append(f"{site}: dropped ({err})")
+            continue
+        if parsed.refusal is not None:
+            refusal = parsed.refusal
+            try:
+                statement = REFUSAL_KINDS[refusal.kind].parse(
+                    refusal.payload, what=f"{site}'s {refusal.kind}"
+                )
+                record_refusal(site, refusal.kind, statement.to_json(), refusal.signature)
+            except VeracityError as err:
+                log.warning("refusal of %s not recorded: %s", site, err)
+            refused.append(f"{site}: {refusal.kind}: {refusal.reason}")
+            continue
+        assert parsed.explanation is not None and parsed.receipt is not None  # noqa: S101, PT018
+        try:
+            _check_receipt(coordinator, site, terms, parsed.explanation, parsed.receipt)
+        except (InputError, SignatureError) as err:
+            log.warning("explanation of %s dropped: %s", site, err)
+            refused.append(f"{site}: dropped ({err})")
+            continue
+        answers[site] = (parsed.explanation, parsed.receipt)
+    if len(answers) < study.min_sites:
+        refused.append(f"{len(answers)} site(s) answered; the study needs {study.min_sites}")
+        return ExplanationOutcome(None, tuple(sorted(answers)), tuple(refused))
+    report = explanation_report(
+        spec=model.spec,
+        features=model.features,
+        terms=terms,
+        sums={site: answer for site, (answer, _) in answers.items()},
+    )
+    hashed = coordinator.registry.put_explanation(terms.model_hash, report, report_svg(report))
+    coordinator.record_explanation(
+        SERVER_APP,
+        ModelExplained(
+            run_id=run_id,
+            model_hash=terms.model_hash,
+            study_hash=terms.study_hash,
+            terms=terms,
+            terms_hash=terms_hash(terms),
+            report_hash=hashed,
+            records=int(report["records"]),
+            top_features=[str(name)[:128] for name in report["top_features"]],
+            receipts=[receipt for _, (_, receipt) in sorted(answers.items())],
+            refused=[why[:10_000] for why in refused][:1000],
+        ),
+    )
+    assert hashed == report_hash(report)  # noqa: S101 - the registry hashes the same JSON
+    return ExplanationOutcome(hashed, tuple(sorted(answers)), tuple(refused))
