@@ -130,7 +130,7 @@ def test_a_site_rotates_its_key_through_its_handover_and_the_admin_command(
     assert refused.status_code == 422, refused.text
     assert refused.json()["code"] == "signature_invalid"
     api.service.ledger.checkpoint()
-    api.service.ledger.verify(api.service.ledger.root_key.public)  # type: ignore[union-attr]
+    api.service.ledger.verify(api.service.ledger.identity_public_key)
 
 
 def test_a_handover_the_outgoing_key_did_not_sign_is_refused(api: Api) -> None:
