@@ -314,7 +314,7 @@ def main(argv: list[str] | None = None) -> int:
             )
         )
         with open_coordinator(data_dir) as coordinator:
-            report_json = coordinator.ledger.verify(coordinator.root_key.public)
+            report_json = coordinator.ledger.verify(coordinator.ledger.identity_public_key)
         report.notes.append(
             f"failed requests: bare {base_bad}, read {read_bad}, write {write_bad}; "
             f"ledger verifies after the run: {report_json.entries} entries"

@@ -113,7 +113,7 @@ def run_study(
         )
     model_hash = None if finished is None else finished.model_hash
     model = coordinator.registry.get(model_hash) if model_hash else None
-    report = coordinator.ledger.verify(coordinator.root_key.public)
+    report = coordinator.ledger.verify(coordinator.ledger.identity_public_key)
     status = summary.state if finished is None else finished.status
     return Outcome(run_id, status, model, epsilons, report.entries)
 

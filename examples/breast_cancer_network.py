@@ -72,7 +72,7 @@ def main() -> None:
             epsilons = {r.receipt.site: round(r.receipt.epsilon, 3) for r in completed.receipts}
             print(f"round {completed.round}: {completed.participants} epsilon {epsilons}")
         print(f"finished: {coordinator.reads.run(run_id).finished}")
-        report = coordinator.ledger.verify(coordinator.root_key.public)
+        report = coordinator.ledger.verify(coordinator.ledger.identity_public_key)
         print(f"ledger verified: {report.entries} entries, {report.checkpoints} checkpoints")
         print(f"everything is under {root}")
 

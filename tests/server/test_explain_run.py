@@ -209,7 +209,7 @@ def test_an_explanation_run_records_model_explained_whose_report_hash_matches(
     # The standard errors are the known noise: sqrt(3 sites) * z * clip / records.
     std = explained["receipts"][0]["receipt"]["noise_std"]
     assert np.allclose(report["features"]["se"], np.sqrt(3) * std / report["records"])
-    coordinator.ledger.verify(coordinator.root_key.public)
+    coordinator.ledger.verify(coordinator.ledger.identity_public_key)
     (finished,) = [p for p in _entries(sites, "run.finished") if p["run_id"] == EXPLAIN_RUN]
     assert finished["status"] == "completed"
 
@@ -247,4 +247,4 @@ def test_a_spent_budget_refuses_the_explanation_and_nothing_is_recorded(
     (finished,) = [p for p in _entries(sites, "run.finished") if p["run_id"] == EXPLAIN_RUN]
     assert finished["status"] == "insufficient_sites"
     assert "budget.refused" in finished["reason"]
-    sites.network.coordinator.ledger.verify(sites.network.coordinator.root_key.public)
+    sites.network.coordinator.ledger.verify(sites.network.coordinator.ledger.identity_public_key)

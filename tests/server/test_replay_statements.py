@@ -98,7 +98,7 @@ def test_a_replay_confirming_the_sites_receipts_is_recorded_and_verifies(
     (entry,) = network.coordinator.ledger.iter_entries(kind="replay.confirmed")
     assert entry.actor == SITE
     assert entry.payload == payload
-    network.coordinator.ledger.verify(network.coordinator.root_key.public)
+    network.coordinator.ledger.verify(network.coordinator.ledger.identity_public_key)
 
 
 def test_a_replay_naming_another_update_hash_is_refused(

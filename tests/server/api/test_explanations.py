@@ -79,7 +79,7 @@ def test_a_models_explanations_are_listed_with_their_reports_and_plots(api: Api)
     assert item["sites"] == [api.site.name]
     card = api.call("GET", f"/api/v1/models/{model}", "site").json()
     assert [e["report_hash"] for e in card["explanations"]] == [hashed]
-    api.service.ledger.verify(api.service.root_key.public)
+    api.service.ledger.verify(api.service.ledger.identity_public_key)
 
 
 def test_a_report_changed_on_disk_is_refused(api: Api) -> None:
