@@ -56,27 +56,37 @@ class AnalysisOutcome:
     unanswered: dict[str, str]
 
 
-def _check_receipt(
+def check_site_receipt(
     coordinator: CoordinatorService,
     site: str,
-    study: AnalysisStudy,
-    query_id: str,
-    answer: SiteAnswer,
     signed: SignedAnalysisReceipt,
+    *,
+    study_hash: str,
+    query_id: str,
+    expected_hash: str,
+    answer_query_hash: str,
+    answer_json: object,
+    what: str,
 ) -> None:
+    """Check a site's signed receipt for one query answer (analytics or an explanation).
+
+    Raises
+    ------
+    InputError
+        If the receipt is of another site, another ``what``, or does not match the answer.
+    SignatureError
+        If the site's signature does not verify.
+    """
     receipt = signed.receipt
-    expected_hash = query_hash(study, study.query(query_id))
     if receipt.site != site:
         raise InputError(f"{site} sent a receipt of {receipt.site}")
     if (receipt.study, receipt.query_id, receipt.query_hash) != (
-        study.study_hash,
+        study_hash,
         query_id,
         expected_hash,
     ):
-        raise InputError(f"{site}'s receipt is for another study or query")
-    if answer.query_hash != expected_hash or receipt.answer_hash != canonical_hash(
-        answer.to_json()
-    ):
+        raise InputError(f"{site}'s receipt is for another {what}")
+    if answer_query_hash != expected_hash or receipt.answer_hash != canonical_hash(answer_json):
         raise InputError(f"{site}'s answer does not match its receipt")
     verify_document(
         coordinator.site_key(site), ANALYSIS_RECEIPT_DOMAIN, receipt.to_json(), signed.signature
@@ -148,7 +158,17 @@ def execute_analysis(
                 continue
             assert item.answer is not None and item.receipt is not None  # noqa: S101, PT018
             try:
-                _check_receipt(coordinator, site, study, item.query_id, item.answer, item.receipt)
+                check_site_receipt(
+                    coordinator,
+                    site,
+                    item.receipt,
+                    study_hash=study.study_hash,
+                    query_id=item.query_id,
+                    expected_hash=query_hash(study, study.query(item.query_id)),
+                    answer_query_hash=item.answer.query_hash,
+                    answer_json=item.answer.to_json(),
+                    what="study or query",
+                )
             except (InputError, SignatureError) as err:
                 log.warning("answer of %s to %s dropped: %s", site, item.query_id, err)
                 unanswered[item.query_id].append(f"{site}: dropped ({err})")

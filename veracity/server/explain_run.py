@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 from flwr.app import ConfigRecord, Message, RecordDict
 
-from veracity.contracts.analysis import ANALYSIS_RECEIPT_DOMAIN, SignedAnalysisReceipt
+from veracity.contracts.analysis import SignedAnalysisReceipt
 from veracity.contracts.explanation import (
     EXPLANATION_QUERY_ID,
     ExplanationReply,
@@ -32,10 +32,10 @@ from veracity.contracts.explanation import (
 )
 from veracity.contracts.messages import ARRAYS_RECORD, ExplainInstruction, ExplanationRecord
 from veracity.contracts.refusals import REFUSAL_KINDS
-from veracity.core.canonical import canonical_hash, canonical_json
+from veracity.core.canonical import canonical_json
 from veracity.errors import InputError, SignatureError, VeracityError
 from veracity.flower_serde import weights_to_record
-from veracity.ledger.statement import verify_document
+from veracity.server.analysis_run import check_site_receipt
 from veracity.server.coordinator.service import CoordinatorService
 from veracity.server.coordinator.unit_of_work import SERVER_APP
 from veracity.server.explanation import explanation_report, report_hash, report_svg
@@ -57,30 +57,6 @@ class ExplanationOutcome:
     report_hash: str | None
     sites: tuple[str, ...]
     refused: tuple[str, ...]
-
-
-def _check_receipt(
-    coordinator: CoordinatorService,
-    site: str,
-    terms: ExplanationTerms,
-    answer: SiteExplanation,
-    signed: SignedAnalysisReceipt,
-) -> None:
-    receipt = signed.receipt
-    expected = terms_hash(terms)
-    if receipt.site != site:
-        raise InputError(f"{site} sent a receipt of {receipt.site}")
-    if (receipt.study, receipt.query_id, receipt.query_hash) != (
-        terms.study_hash,
-        EXPLANATION_QUERY_ID,
-        expected,
-    ):
-        raise InputError(f"{site}'s receipt is for another explanation")
-    if answer.query_hash != expected or receipt.answer_hash != canonical_hash(answer.to_json()):
-        raise InputError(f"{site}'s answer does not match its receipt")
-    verify_document(
-        coordinator.site_key(site), ANALYSIS_RECEIPT_DOMAIN, receipt.to_json(), signed.signature
-    )
 
 
 def execute_explanation(
@@ -150,7 +126,17 @@ def execute_explanation(
             continue
         assert parsed.explanation is not None and parsed.receipt is not None  # noqa: S101, PT018
         try:
-            _check_receipt(coordinator, site, terms, parsed.explanation, parsed.receipt)
+            check_site_receipt(
+                coordinator,
+                site,
+                parsed.receipt,
+                study_hash=terms.study_hash,
+                query_id=EXPLANATION_QUERY_ID,
+                expected_hash=terms_hash(terms),
+                answer_query_hash=parsed.explanation.query_hash,
+                answer_json=parsed.explanation.to_json(),
+                what="explanation",
+            )
         except (InputError, SignatureError) as err:
             log.warning("explanation of %s dropped: %s", site, err)
             refused.append(f"{site}: dropped ({err})")
