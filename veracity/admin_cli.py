@@ -991,6 +991,13 @@ def models_explain(
                 f"{run.finished.get('reason', '')}"
             )
         item = _latest_explanation(api, model_hash)
+    _emit_explanation(item, model_hash, out, output_format)
+
+
+def _emit_explanation(
+    item: Any, model_hash: str, out: Path | None, output_format: OutputFormat
+) -> None:
+    """Print an explanation report (JSON or a table); ``out`` also writes it and its plot."""
     document = item.model_dump()
     if out is not None:
         document["files"] = _write_explanation(item, out)
@@ -1009,10 +1016,7 @@ def models_explanation(
     """A model's latest explanation report; ``--out`` writes it and its SVG plot."""
     with _Api(server, token, ca_cert) as api:
         item = _latest_explanation(api, model_hash)
-    document = item.model_dump()
-    if out is not None:
-        document["files"] = _write_explanation(item, out)
-    _show(output_format, document, f"explanation of {model_hash}", _explanation_rows(item))
+    _emit_explanation(item, model_hash, out, output_format)
 
 
 # ---------------------------------------------------------------------------- tokens
