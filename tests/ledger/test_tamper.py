@@ -152,6 +152,9 @@ def rewrite(path: Path, seq: int, body: bytes) -> None:
         prev = digest
 
 
+HEAD_QUERY = "SELECT seq, hash, ts FROM ledger_entry ORDER BY seq DESC LIMIT 1"
+
+
 def forge_append(
     path: Path, kind: str, actor: str, payload: dict[str, Any], key: SigningKey
 ) -> int:
@@ -161,9 +164,7 @@ def forge_append(
     position-bound signature by ``key`` and another actor's statement the root's
     countersignature, so what is caught is ``key`` itself.
     """
-    head, prev, ts = sql(
-        path, "SELECT seq, hash, ts FROM ledger_entry ORDER BY seq DESC LIMIT 1"
-    )[0]
+    head, prev, ts = sql(path, HEAD_QUERY)[0]
     seq, prev = int(head) + 1, bytes(prev)
     log_id = row(path, 0)[1]
     statement = statement_bytes(kind, actor, payload)  # dated as the head: time never goes back
@@ -443,9 +444,7 @@ def test_replayed_site_statement_is_caught(copy: Path, countersigned: bool) -> N
     coordinator, which can countersign it, is caught replaying the statement."""
     seq = first_seq_of(copy, "dataset.registered", "hospital-a")
     original = parse_body(row(copy, seq)[0])
-    head, prev, ts = sql(
-        copy, "SELECT seq, hash, ts FROM ledger_entry ORDER BY seq DESC LIMIT 1"
-    )[0]
+    head, prev, ts = sql(copy, HEAD_QUERY)[0]
     statement = statement_of_body(original.body)
     root_signature = original.root_signature
     if countersigned:

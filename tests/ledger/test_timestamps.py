@@ -11,6 +11,7 @@ in hand, re-dates an entry into the past (even before genesis) and signs it agai
 from __future__ import annotations
 
 import base64
+import functools
 from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
@@ -28,7 +29,7 @@ from veracity.ledger.entry import build_body, entry_message, statement_bytes, st
 from veracity.ledger.ledger import Ledger
 from veracity.ledger.merkle import leaf_hash
 from veracity.ledger.statement import encode_signature
-from veracity.ledger.verify import verify_bundle_file, verify_database
+from veracity.ledger.verify import RootSignatures, verify_bundle_file, verify_database
 
 from .conftest import T0, World
 from .test_fast_paths import inference_payload
@@ -176,13 +177,21 @@ def _verify_all_modes(world: World, tmp_path: Path, seq: int) -> list[LedgerInte
     ]
     bundle = tmp_path / "redated.bundle"
     ledger.export_bundle(bundle)
-    for mode in ("all", "tail"):
+    modes: tuple[RootSignatures, ...] = ("all", "tail")
+    for mode in modes:
         checks.append(
-            lambda mode=mode: verify_bundle_file(bundle, trusted_root=trusted, root_signatures=mode)
+            functools.partial(
+                verify_bundle_file, bundle, trusted_root=trusted, root_signatures=mode
+            )
         )
         checks.append(
-            lambda mode=mode: verify_bundle_file(
-                bundle, trusted_root=trusted, root_signatures=mode, chunk_size=seq, workers=1
+            functools.partial(
+                verify_bundle_file,
+                bundle,
+                trusted_root=trusted,
+                root_signatures=mode,
+                chunk_size=seq,
+                workers=1,
             )
         )
     for check in checks:
