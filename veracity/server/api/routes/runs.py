@@ -10,6 +10,8 @@ from typing import Annotated
 
 from fastapi import APIRouter, Path, Query, Response
 
+from veracity.contracts.explanation import ReleaseExplanation
+from veracity.errors import InputError
 from veracity.server.api.deps import (
     AdminDep,
     AuditDep,
@@ -31,6 +33,7 @@ from veracity.server.api.schemas import (
     RunStoppedOut,
     RunSummaryOut,
 )
+from veracity.tasks.study import Study
 
 __all__ = ["router"]
 
@@ -45,8 +48,25 @@ RunIdPath = Annotated[str, Path(pattern=RUN_ID_PATTERN)]
     responses=responses(400, 401, 403, 404, 409, 413, 422, 503),
 )
 def start_run(body: RunStartIn, principal: AdminDep, service: ServiceDep) -> RunStartedOut:
-    """Submit the study's app bundle to the SuperLink; the run then waits for its sites."""
-    recorded = service.start_run(principal, body.study_hash)
+    """Submit the study's app bundle to the SuperLink; the run then waits for its sites.
+
+    With ``explain_at_release`` the run asks its sites, once trained, to explain the final
+    model (integrated gradients, charged to their budgets) before releasing it: the model
+    card holds the report, and ``model.explained`` is recorded with ``model.released``.
+    """
+    asked = None
+    if body.explain_at_release is not None:
+        found = service.reads.study(body.study_hash)
+        if not isinstance(found.study, Study):
+            raise InputError("an explanation at release needs a training study")
+        options = body.explain_at_release
+        asked = ReleaseExplanation(
+            steps=options.steps,
+            clip_norm=options.clip_norm,
+            epsilon=options.epsilon,
+            delta=options.delta if options.delta is not None else found.study.dp.delta,
+        )
+    recorded = service.start_run(principal, body.study_hash, explain_at_release=asked)
     return RunStartedOut(
         run_id=recorded.value.run_id,
         study_hash=body.study_hash,
