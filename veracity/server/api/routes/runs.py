@@ -11,10 +11,11 @@ from typing import Annotated
 from fastapi import APIRouter, Path, Query, Response
 
 from veracity.contracts.explanation import ReleaseExplanation
-from veracity.errors import InputError
+from veracity.errors import InputError, NotFound
 from veracity.server.api.deps import (
     AdminDep,
     AuditDep,
+    GlobalModelReaderDep,
     PageDep,
     ServiceDep,
     SettingsDep,
@@ -23,6 +24,7 @@ from veracity.server.api.deps import (
 )
 from veracity.server.api.problems import responses
 from veracity.server.api.schemas import (
+    HASH_PATTERN,
     RUN_ID_PATTERN,
     RoundListOut,
     RunListOut,
@@ -33,6 +35,7 @@ from veracity.server.api.schemas import (
     RunStoppedOut,
     RunSummaryOut,
 )
+from veracity.server.api.tokens import Role
 from veracity.tasks.study import Study
 
 __all__ = ["router"]
@@ -143,6 +146,59 @@ def run_archive(run_id: RunIdPath, principal: AuditDep, service: ServiceDep) -> 
         data,
         media_type="application/zip",
         headers={"Content-Disposition": f'attachment; filename="veracity-run-{run_id}.zip"'},
+    )
+
+
+@router.get(
+    "/{run_id}/models/{model_hash}",
+    summary="A run's global model, by hash (for a site's replay)",
+    response_class=Response,
+    responses={
+        200: {
+            "description": "The weights (veracity.tasks.weights format); their hash is the "
+            "model hash. X-Veracity-Round and X-Veracity-Seq name the ledger entry that names "
+            "it (round 0: the initial model, named by run.started).",
+            "content": {"application/octet-stream": {"schema": {"type": "string"}}},
+        },
+        **responses(401, 403, 404, 409, 422),
+    },
+)
+def run_global_model(
+    run_id: RunIdPath,
+    model_hash: Annotated[str, Path(pattern=HASH_PATTERN)],
+    principal: GlobalModelReaderDep,
+    service: ServiceDep,
+) -> Response:
+    """A global model the run's rounds started from (the initial model or a round's aggregate).
+
+    Only hashes the ledger names as the run's global models are served, never a site's
+    update; a site token gets them only for runs its site took part in. ``veracity site
+    replay --server URL --token T`` fetches a global model the site no longer keeps and
+    checks it against the hash it recorded.
+    """
+    from veracity.server.round_archive import UpdateStore, global_model
+
+    run = service.reads.run(run_id)  # 404 for a run this coordinator never started
+    study = service.reads.study(run.study_hash).study
+    if not isinstance(study, Study):
+        raise NotFound(f"run {run_id} trained no model")
+    found = global_model(
+        service.ledger,
+        UpdateStore(service.home.updates),
+        run_id,
+        model_hash,
+        initial=study.model_spec.initial_weights(study.model_seed),
+        site=(principal.site or "") if principal.role is Role.SITE else None,
+    )
+    return Response(
+        content=found.data,
+        media_type="application/octet-stream",
+        headers={
+            "Content-Disposition": f'attachment; filename="{model_hash}.npz"',
+            "X-Veracity-Model-Hash": found.model_hash,
+            "X-Veracity-Round": str(found.round),
+            "X-Veracity-Seq": str(found.seq),
+        },
     )
 
 
