@@ -170,17 +170,26 @@ def _output(study: Study) -> str:
 def _extraction_limitation(study: Study) -> str:
     """What answering predictions reveals about the model itself (model extraction)."""
     d = study.model_spec.n_features
+    linear = study.model_spec.family.value == "logistic"
+    contributions = (
+        f" Per-feature contributions (w_j * x_j for each of the d = {d} features of a "
+        "requester's own patient) give every weight from one answer with a nonzero feature "
+        f"vector: each is charged as d = {d} predictions per patient a request can carry."
+        if linear
+        else ""
+    )
     if study.model_spec.family.convolutional or len(study.classes) != 2:
         return (
             "Anyone given enough predictions, encrypted or not, can fit a copy of this "
             "model; every prediction served is charged to the requester's query budget."
+            + contributions
         )
-    if study.model_spec.family.value == "logistic":
+    if linear:
         return (
             f"A logistic model is determined by d + 1 = {d + 1} exact predictions (d = {d} "
             "features): anyone given that many predictions, encrypted or not, can reconstruct "
             "its weights. Encrypted inference charges every prediction a request can carry to "
-            "the requester's query budget for this model."
+            "the requester's query budget for this model." + contributions
         )
     return (
         f"This quadratic network is a quadratic form in its {d} features, determined by "
