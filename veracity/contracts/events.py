@@ -422,6 +422,9 @@ class CheckpointRecorded(RequestedPayload):
     root_hash: Hash
     log_id: Hash
     signature: Base64Signature
+    #: The checkpoint's signed time, when entries appended between signing and recording
+    #: made the entry's own ``ts`` later (absent: the entry's ``ts`` is the signed time).
+    timestamp: Timestamp | None = None
 
 
 class CheckpointCosigned(SitePayload):
