@@ -420,6 +420,11 @@ def verify(
             document["witnesses"] = witnessed
         emit_json(document)
     else:
+        for seq, name, key_id in report.recoveries:
+            sys.stdout.write(
+                f"note: entry {seq} recovered {name!r} to key {key_id[:16]} (key.recovered: "
+                "its old key was lost and signs nothing after)\n"
+            )
         emit_table(
             "ledger verified",
             ["entries", "checkpoints", "signatures", "receipts", "root"],
