@@ -28,7 +28,6 @@ from veracity.client.site import Site, init_site
 from veracity.contracts.events import ROOT_ACTOR
 from veracity.contracts.explanation import ExplanationTerms, terms_hash
 from veracity.core.canonical import canonical_hash, canonical_json
-from veracity.ledger.possession import sign_enrolment
 from veracity.server.coordinator import InMemoryFederation, init_coordinator, package_versions
 from veracity.server.explanation import report_hash
 from veracity.server.fab import build_fab
@@ -97,9 +96,7 @@ def sites(tmp_path: Path) -> Iterator[_RealSites]:
                     SETUP,
                     name,
                     public_key_pem=site.key.public.pem(),
-                    proof=sign_enrolment(
-                        site.key, log_id=coordinator.ledger.log_id, name=name, role="site"
-                    ),
+                    proof=site.enrolment_proof(coordinator.ledger.log_id),
                     supernode_public_key=identity.supernode_public,
                 )
                 csv = breast_cancer.write_csv(split.sites[index], tmp_path / f"{name}.csv")

@@ -62,7 +62,6 @@ from veracity.contracts.refusals import ApprovalMissingStatement, BudgetRefused
 from veracity.core.canonical import canonical_hash
 from veracity.core.fields import is_hex64
 from veracity.errors import ApprovalMissing, InputError
-from veracity.ledger.statement import sign_document
 
 __all__ = [
     "dataset_columns",
@@ -443,7 +442,7 @@ class AnalysisAgent:
             repeated=charge.answer.repeated,
             noise_generator=self._noise_name,
         )
-        signature = sign_document(self.site.key, ANALYSIS_RECEIPT_DOMAIN, receipt.to_json())
+        signature = self.site.sign_receipt(ANALYSIS_RECEIPT_DOMAIN, receipt.to_json())
         log.info(
             "site %s answered query %s of %s (epsilon now %.4f%s)",
             self.site.name,

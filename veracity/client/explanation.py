@@ -61,7 +61,6 @@ from veracity.contracts.explanation import (
 from veracity.core.canonical import canonical_hash
 from veracity.core.fields import is_hex64
 from veracity.errors import ApprovalMissing, InputError
-from veracity.ledger.statement import sign_document
 from veracity.tasks.spec import check_weights
 from veracity.tasks.study import Study, parse_study
 from veracity.tasks.weights import Weights, weights_hash
@@ -283,7 +282,7 @@ class ExplanationAgent:
             repeated=charge.answer.repeated,
             noise_generator=self._analyst._noise_name,
         )
-        signature = sign_document(self.site.key, ANALYSIS_RECEIPT_DOMAIN, receipt.to_json())
+        signature = self.site.sign_receipt(ANALYSIS_RECEIPT_DOMAIN, receipt.to_json())
         log.info(
             "site %s explained model %s... (epsilon now %.4f%s)",
             self.site.name,

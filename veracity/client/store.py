@@ -1088,6 +1088,21 @@ class SiteStore:
             session.add(row)
             return statement
 
+    def resign_pending(self, sign: Callable[[SignedStatement], str]) -> int:
+        """Replace the signature of every pending statement with ``sign(statement)``.
+
+        A site does this once, when it learns its log (the statements queued before were
+        signed for no log); the statement ids stay (they hash the statement, not the
+        signature). Returns how many statements were re-signed.
+        """
+        with self._transaction() as session:
+            rows = list(
+                session.scalars(sa.select(OutboxRow).where(OutboxRow.delivered_at.is_(None)))
+            )
+            for row in rows:
+                row.signature = sign(_statement(row))
+            return len(rows)
+
     def outbox(self, *, include_delivered: bool = False) -> list[OutboxEntry]:
         """Queued statements, oldest first (pending ones only, unless asked)."""
         with self._sessions() as session:

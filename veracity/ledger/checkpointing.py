@@ -145,7 +145,9 @@ def record_checkpoint_entry(
         "log_id": signed.log_id,
         "signature": signed.signature,
     }
-    item = prepare(EventRequest("checkpoint", ROOT_ACTOR, payload, signer=key))
+    item = prepare(
+        EventRequest("checkpoint", ROOT_ACTOR, payload, signer=key), log_id=bytes.fromhex(log_id)
+    )
     check_event(KeyView(session, head=head.seq), seq, item, log_id=log_id)
     ts = signed.timestamp  # the entry's ts is the signed timestamp
     signature, _ = position_signatures(
