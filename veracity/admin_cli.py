@@ -692,15 +692,52 @@ def runs_start(
     watch: Annotated[
         bool, typer.Option("--watch", envvar="VERACITY_WATCH", help="Follow it to the end.")
     ] = False,
+    explain_epsilon: Annotated[
+        float | None,
+        typer.Option(
+            "--explain-epsilon",
+            envvar="VERACITY_EXPLAIN_EPSILON",
+            min=0.0,
+            help="Explain the final model before release at this cost per site (card report).",
+        ),
+    ] = None,
+    explain_clip_norm: Annotated[
+        float,
+        typer.Option(
+            "--explain-clip-norm",
+            envvar="VERACITY_EXPLAIN_CLIP_NORM",
+            min=0.0,
+            help="L2 bound of one record's attribution vector (with --explain-epsilon).",
+        ),
+    ] = 1.0,
+    explain_steps: Annotated[
+        int,
+        typer.Option(
+            "--explain-steps",
+            envvar="VERACITY_EXPLAIN_STEPS",
+            min=2,
+            max=1024,
+            help="Integration points (with --explain-epsilon).",
+        ),
+    ] = 32,
     interval: IntervalOption = 1.0,
     server: ServerOption = DEFAULT_SERVER,
     token: TokenOption = None,
     ca_cert: CaCertOption = None,
     output_format: FormatOption = OutputFormat.TEXT,
 ) -> None:
-    """Start a run of an approved study (run.started); ``--watch`` follows it."""
+    """Start a run of an approved study (run.started); ``--watch`` follows it.
+
+    ``--explain-epsilon E`` asks the sites to explain the final model before its release
+    (charged to their budgets): the model card then holds the explanation report.
+    """
+    asked = (
+        None
+        if explain_epsilon is None
+        else {"epsilon": explain_epsilon, "clip_norm": explain_clip_norm, "steps": explain_steps}
+    )
     with _Api(server, token, ca_cert) as api:
-        out = api.client.start_run(api.token, study_hash)
+        out = api.client.start_run(api.token, study_hash, explain_at_release=asked)
         if watch:
             stderr_console().print(f"run {out.run_id} started (ledger seq {out.seq})")
             code = _watch(api, out.run_id, output_format, interval=interval)

@@ -222,9 +222,13 @@ class CoordinatorClient:
         path = f"/studies/{study_hash}/decisions"
         return self._parsed(RecordedOut, "POST", path, token, json=body)
 
-    def start_run(self, token: str, study_hash: str) -> RunStartedOut:
-        """``POST /runs`` (admin)."""
-        body = {"study_hash": study_hash}
+    def start_run(
+        self, token: str, study_hash: str, *, explain_at_release: dict[str, Any] | None = None
+    ) -> RunStartedOut:
+        """``POST /runs`` (admin); ``explain_at_release``: ``ExplainIn``'s fields."""
+        body: dict[str, Any] = {"study_hash": study_hash}
+        if explain_at_release is not None:
+            body["explain_at_release"] = explain_at_release
         return self._parsed(RunStartedOut, "POST", "/runs", token, json=body)
 
     def run(self, token: str, run_id: str) -> RunOut:

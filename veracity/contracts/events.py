@@ -383,8 +383,12 @@ class InferenceServed(Payload):
     #: Patients the request's ciphertexts can carry (what is charged), not the declared batch.
     batch_size: Annotated[int, Field(ge=1, le=2**31)]
     request_hash: Hash
-    #: Patients charged to this requester for this model so far, this request included.
+    #: Predictions charged to this requester for this model so far, this request included
+    #: (a contributions request counts ``batch_size * contributions``).
     served_total: Annotated[int, Field(ge=1, le=2**53 - 1)]
+    #: Per-feature contributions were asked for: outputs per patient (the model's
+    #: features); absent for a prediction.
+    contributions: Annotated[int, Field(ge=1, le=2**20)] | None = None
 
 
 class TokenIssued(RequestedPayload):

@@ -24,6 +24,7 @@ import os
 import tempfile
 import zipfile
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -33,7 +34,9 @@ from veracity.tasks.weights import Weights, weights_from_bytes, weights_hash, we
 
 __all__ = [
     "ARCHIVE_FORMAT",
+    "GlobalModel",
     "UpdateStore",
+    "global_model",
     "archive_files",
     "archive_zip",
     "extract_archive",
@@ -50,6 +53,15 @@ class _EntryLike(Protocol):
 
 class _Entries(Protocol):
     def iter_entries(self, *, kind: str | None = None) -> Iterable[_EntryLike]: ...
+
+
+class _SeqEntryLike(_EntryLike, Protocol):
+    @property
+    def seq(self) -> int: ...
+
+
+class _SeqEntries(Protocol):
+    def iter_entries(self, *, kind: str | None = None) -> Iterable[_SeqEntryLike]: ...
 
 
 class UpdateStore:
@@ -157,6 +169,65 @@ def archive_files(
         "rounds": index_rounds,
     }
     return index, files
+
+
+@dataclass(frozen=True)
+class GlobalModel:
+    """A global model of a run as the coordinator serves it to a replaying site."""
+
+    model_hash: str
+    data: bytes
+    #: Which entry names it: ``round.completed`` of ``round`` at ``seq`` (the model round
+    #: ``round + 1`` started from), or ``round`` 0 and ``seq`` the ``run.started`` for the
+    #: initial model (the study's ``model_seed``).
+    round: int
+    seq: int
+
+
+def global_model(
+    entries: _SeqEntries,
+    store: UpdateStore,
+    run_id: str,
+    model_hash: str,
+    *,
+    initial: Weights,
+    site: str | None = None,
+) -> GlobalModel:
+    """The global model ``model_hash`` of ``run_id``, if the ledger names it as one.
+
+    A run's global models are its initial model (``initial``: the study's
+    ``model_seed`` weights, which the first round starts from; named by ``run.started``)
+    and each round's ``aggregated_model_hash``. Nothing else is served (not the sites'
+    updates). With ``site``, only to a site that took part in one of the run's rounds.
+    The bytes are re-hashed as they are read.
+
+    Raises
+    ------
+    NotFound
+        If the ledger names no such global model of the run (or ``site`` took no part), or
+        it is no longer kept (``veracity admin runs prune``).
+    InputError
+        If the kept file no longer holds the weights of its hash.
+    """
+    if not is_hex64(model_hash):
+        raise InputError(f"{model_hash!r} is not a model hash (64 lowercase hex)")
+    rounds = [
+        e for e in entries.iter_entries(kind="round.completed") if e.payload["run_id"] == run_id
+    ]
+    if site is not None and not any(site in e.payload["participants"] for e in rounds):
+        raise NotFound(f"{site} took part in no round of run {run_id}")
+    if weights_hash(initial) == model_hash:
+        started = next(
+            (e for e in entries.iter_entries(kind="run.started") if e.payload["run_id"] == run_id),
+            None,
+        )
+        if started is not None:
+            return GlobalModel(model_hash, weights_to_bytes(initial), 0, started.seq)
+    for entry in rounds:
+        if entry.payload["aggregated_model_hash"] == model_hash:
+            data = weights_to_bytes(store.get(model_hash))
+            return GlobalModel(model_hash, data, int(entry.payload["round"]), entry.seq)
+    raise NotFound(f"the ledger names no global model {model_hash} of run {run_id}")
 
 
 def _write_directory(out: Path, index: dict[str, Any], files: dict[str, bytes]) -> None:

@@ -11,8 +11,10 @@ import pytest
 from tests.server.test_central_dp_run import _execute, _task_identity, enrol_sites  # noqa: F401
 from tests.server.test_replay import RUN, _propose_plain
 from veracity.errors import InputError
+from veracity.server.api.tokens import Role
 from veracity.server.replay import replay_aggregation
-from veracity.server.round_archive import extract_archive
+from veracity.server.round_archive import UpdateStore, extract_archive
+from veracity.tasks.weights import weights_from_bytes, weights_hash
 
 from .conftest import Api
 
@@ -33,6 +35,35 @@ def test_an_auditor_downloads_a_run_archive_that_replays(api: Api, tmp_path: Pat
         bundle, tmp_path / "archive", trusted_root=api.service.ledger.identity_public_key
     )
     assert report.rounds == 2
+
+
+def test_a_site_fetches_its_runs_global_models_by_hash_and_nothing_else(api: Api) -> None:
+    network = enrol_sites(api.service)
+    study = _propose_plain(network, rounds=2)
+    _execute(network, study, RUN)
+    rounds = [e.payload for e in api.service.ledger.iter_entries(kind="round.completed")]
+    token = api.token_store.create(role=Role.SITE, name="replayer", site="hospital-a").token
+    as_site = {"Authorization": f"Bearer {token}"}
+    initial = weights_hash(study.model_spec.initial_weights(study.model_seed))
+
+    for model_hash, number in ((initial, 0), (rounds[0]["aggregated_model_hash"], 1)):
+        response = api.client.get(f"/api/v1/runs/{RUN}/models/{model_hash}", headers=as_site)
+        assert response.status_code == 200, response.text
+        assert weights_hash(weights_from_bytes(response.content)) == model_hash
+        assert response.headers["x-veracity-round"] == str(number)
+        named = api.service.ledger.get(int(response.headers["x-veracity-seq"]))
+        assert named.kind == ("run.started" if number == 0 else "round.completed")
+
+    # A site's update is kept by hash too, but it is not a global model: not served.
+    update = rounds[0]["receipts"][0]["receipt"]["update_hash"]
+    assert UpdateStore(api.service.home.updates).path(update).is_file()
+    path = f"/api/v1/runs/{RUN}/models/{update}"
+    assert api.client.get(path, headers=as_site).status_code == 404
+    # A site that took no part in the run, and a researcher, get nothing.
+    aggregate = f"/api/v1/runs/{RUN}/models/{rounds[0]['aggregated_model_hash']}"
+    assert api.call("GET", aggregate, "site").status_code == 404
+    assert api.call("GET", aggregate, "researcher").status_code == 403
+    assert api.call("GET", aggregate, "auditor").status_code == 200
 
 
 def test_an_unknown_run_has_no_archive(api: Api) -> None:

@@ -290,10 +290,27 @@ class StudyProposedOut(BaseModel):
 
 
 # ------------------------------------------------------------------------- runs
+class ExplainIn(_In):
+    """What an explanation of a released model may cost at each site, and its terms.
+
+    ``delta`` defaults to the model's study's DP delta.
+    """
+
+    epsilon: float = Field(gt=0, le=100)
+    clip_norm: float = Field(gt=0, le=1e6)
+    steps: int = Field(default=32, ge=2, le=1024)
+    delta: float | None = Field(default=None, gt=0, lt=1)
+
+
 class RunStartIn(_In):
-    """Which approved study to run."""
+    """Which approved study to run.
+
+    ``explain_at_release``: ask its sites to explain the final model before release, so
+    the model card holds the explanation report.
+    """
 
     study_hash: Hash
+    explain_at_release: ExplainIn | None = None
 
 
 class RunStartedOut(BaseModel):
@@ -379,18 +396,6 @@ class ModelListOut(BaseModel):
 
 
 # --- explanations (#19) -------------------------------------------------------------------
-class ExplainIn(_In):
-    """What an explanation of a released model may cost at each site, and its terms.
-
-    ``delta`` defaults to the model's study's DP delta.
-    """
-
-    epsilon: float = Field(gt=0, le=100)
-    clip_norm: float = Field(gt=0, le=1e6)
-    steps: int = Field(default=32, ge=2, le=1024)
-    delta: float | None = Field(default=None, gt=0, lt=1)
-
-
 class ExplanationStartedOut(BaseModel):
     """An explanation run submitted, and its ``run.started`` entry."""
 

@@ -25,7 +25,7 @@ from veracity.contracts.events import (
     RunStarted,
     RunStatus,
 )
-from veracity.contracts.explanation import ExplanationTerms
+from veracity.contracts.explanation import ExplanationTerms, ReleaseExplanation
 from veracity.core.canonical import canonical_hash, canonical_json
 from veracity.errors import ApprovalMissing, Conflict, InputError, NotFound
 from veracity.ledger.entry import Entry
@@ -65,12 +65,15 @@ class RunCommands(ServiceCore):
         round_timeout: float = 600.0,
         node_wait: float = 120.0,
         explain: ExplanationTerms | None = None,
+        explain_at_release: ReleaseExplanation | None = None,
     ) -> Recorded[RunRecord]:
         """Submit a run of an approved study to the SuperLink and record ``run.started``.
 
         With ``explain``, the run trains nothing: it asks the study's sites to explain the
         released model the terms name, and records ``model.explained`` (the terms are in
-        the run config, so ``run.started``'s ``config_hash`` covers them).
+        the run config, so ``run.started``'s ``config_hash`` covers them). With
+        ``explain_at_release``, a training run asks its sites to explain the final model
+        before releasing it, and the report goes into the model card (also in the config).
 
         Raises
         ------
@@ -118,6 +121,14 @@ class RunCommands(ServiceCore):
                         f"no model {explain.model_hash} was released from study {study.study_id}"
                     )
                 config["explain"] = canonical_json(explain.to_json()).decode("utf-8")
+            if explain_at_release is not None:
+                if explain is not None or not isinstance(study, Study):
+                    raise InputError(
+                        "an explanation at release needs a training run of a training study"
+                    )
+                config["explain-at-release"] = canonical_json(explain_at_release.to_json()).decode(
+                    "utf-8"
+                )
             seeds = {
                 "model_seed": study.model_seed if isinstance(study, Study) else 0,
                 "nonce": secrets.token_hex(32),
@@ -346,16 +357,30 @@ class RunCommands(ServiceCore):
             uow.checkpoint()
         return uow.recorded(entry.seq)
 
-    def release(self, actor: Actor, released: ModelReleased) -> Recorded[ModelRecord]:
+    def release(
+        self, actor: Actor, released: ModelReleased, *, explained: ModelExplained | None = None
+    ) -> Recorded[ModelRecord]:
         """Record ``model.released`` (the model is in the registry already).
+
+        ``explained``: the explanation asked for at release (its report is in the card and
+        the registry already); its ``model.explained`` is recorded right after
+        ``model.released``, in the same change, then a checkpoint.
 
         Raises
         ------
         InputError
-            If the ledger refuses the payload.
+            If the ledger refuses a payload, or ``explained`` is of another model or run.
         """
+        if explained is not None and (explained.model_hash, explained.run_id) != (
+            released.model_hash,
+            released.run_id,
+        ):
+            raise InputError("the explanation recorded at release must be of that model and run")
         with self._change(actor, "model.release", released.model_hash) as uow:
             entry = uow.append_root(released)
+            if explained is not None:
+                uow.append_root(explained)
+                uow.checkpoint()
         record = ModelRecord(
             model_hash=released.model_hash,
             seq=entry.seq,
