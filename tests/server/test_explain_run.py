@@ -158,7 +158,13 @@ def _explain(sites: _RealSites, study: Study, terms: ExplanationTerms) -> None:
         },
         signer=coordinator.root_key,
     )
-    grid = _ExplainingGrid(sites.network.sites, study.study_hash, EXPLAIN_RUN, site_dirs=sites.dirs)
+    grid = _ExplainingGrid(
+        sites.network.sites,
+        study.study_hash,
+        EXPLAIN_RUN,
+        log_id=coordinator.ledger.log_id,
+        site_dirs=sites.dirs,
+    )
     settings = RunSettings(
         run_id=EXPLAIN_RUN,
         study_hash=study.study_hash,
@@ -268,7 +274,13 @@ def _train_and_explain(sites: _RealSites, study: Study, asked: ReleaseExplanatio
         },
         signer=coordinator.root_key,
     )
-    grid = _ExplainingGrid(sites.network.sites, study.study_hash, TRAIN_RUN, site_dirs=sites.dirs)
+    grid = _ExplainingGrid(
+        sites.network.sites,
+        study.study_hash,
+        TRAIN_RUN,
+        log_id=coordinator.ledger.log_id,
+        site_dirs=sites.dirs,
+    )
     settings = RunSettings(
         run_id=TRAIN_RUN,
         study_hash=study.study_hash,

@@ -46,9 +46,15 @@ from veracity.crypto.keys import (
     write_key_pair,
 )
 from veracity.crypto.supernode import SUPERNODE_KEY_NAME, write_supernode_key_pair
-from veracity.errors import ConfigError, InputError
+from veracity.errors import ConfigError, InputError, SignatureError
 from veracity.ledger.possession import sign_enrolment, sign_rotation
-from veracity.ledger.statement import NO_LOG_ID, log_id_bytes, sign_bound, sign_statement
+from veracity.ledger.statement import (
+    NO_LOG_ID,
+    log_id_bytes,
+    sign_bound,
+    sign_statement,
+    verify_statement,
+)
 from veracity.ledger.witness import write_atomic
 
 __all__ = [
@@ -262,9 +268,9 @@ class Site:
     def bind_log(self, log_id: str) -> int:
         """Sign for the log ``log_id`` from now on; returns how many statements were re-signed.
 
-        The first call keeps the log id in ``DIR/log_id`` and re-signs every statement still
-        waiting in the outbox (signed for no log before); later calls only check that it is
-        the same log.
+        The first call keeps the log id in ``DIR/log_id``; every call re-signs for it the
+        statements still waiting in the outbox that were signed for no log (queued before
+        the site knew its log). Later calls for another log are refused.
 
         Raises
         ------
@@ -276,26 +282,35 @@ class Site:
         """
         wanted = log_id_bytes(log_id)
         current = self.log_id
-        if current == wanted:
-            return 0
-        if current != NO_LOG_ID:
+        if current not in (NO_LOG_ID, wanted):
             raise ConfigError(
                 f"site {self.name} signs for the log {current.hex()}, not {wanted.hex()}: "
                 "a site belongs to one log (initialise a new site for another network)"
             )
-        resigned = self.store.resign_pending(
-            lambda statement: sign_statement(
+        if current == NO_LOG_ID:
+            write_atomic(self.paths.log_id, (wanted.hex() + "\n").encode("ascii"))
+            self._log_id = wanted
+            log.info("site %s signs for the log %s from now on", self.name, wanted.hex())
+
+        def resign(statement: SignedStatement) -> str | None:
+            try:
+                verify_statement(
+                    self.key.public,
+                    statement.kind,
+                    statement.actor,
+                    statement.payload,
+                    statement.signature,
+                    log_id=NO_LOG_ID,
+                )
+            except SignatureError:
+                return None  # signed for the log already (or not by this key): left as it is
+            return sign_statement(
                 self.key, statement.kind, statement.actor, statement.payload, log_id=wanted
             )
-        )
-        write_atomic(self.paths.log_id, (wanted.hex() + "\n").encode("ascii"))
-        self._log_id = wanted
-        log.info(
-            "site %s signs for the log %s (%d queued statements re-signed)",
-            self.name,
-            wanted.hex(),
-            resigned,
-        )
+
+        resigned = self.store.resign_pending(resign)
+        if resigned:
+            log.info("site %s re-signed %d queued statements for its log", self.name, resigned)
         return resigned
 
     def sign(self, statement: Payload) -> SignedStatement:

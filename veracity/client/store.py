@@ -1088,20 +1088,22 @@ class SiteStore:
             session.add(row)
             return statement
 
-    def resign_pending(self, sign: Callable[[SignedStatement], str]) -> int:
-        """Replace the signature of every pending statement with ``sign(statement)``.
+    def resign_pending(self, sign: Callable[[SignedStatement], str | None]) -> int:
+        """Replace the signature of each pending statement by ``sign(statement)`` (if not None).
 
-        A site does this once, when it learns its log (the statements queued before were
-        signed for no log); the statement ids stay (they hash the statement, not the
-        signature). Returns how many statements were re-signed.
+        A site does this when it learns its log (the statements queued before were signed
+        for no log); the statement ids stay (they hash the statement, not the signature).
+        Returns how many statements were re-signed.
         """
         with self._transaction() as session:
-            rows = list(
-                session.scalars(sa.select(OutboxRow).where(OutboxRow.delivered_at.is_(None)))
-            )
+            rows = session.scalars(sa.select(OutboxRow).where(OutboxRow.delivered_at.is_(None)))
+            changed = 0
             for row in rows:
-                row.signature = sign(_statement(row))
-            return len(rows)
+                signature = sign(_statement(row))
+                if signature is not None and signature != row.signature:
+                    row.signature = signature
+                    changed += 1
+            return changed
 
     def outbox(self, *, include_delivered: bool = False) -> list[OutboxEntry]:
         """Queued statements, oldest first (pending ones only, unless asked)."""
