@@ -851,6 +851,51 @@ def runs_archive(
     emit_next(f"veracity ledger replay --bundle ledger.jsonl --archive {_q(out)} --trust root.pub")
 
 
+@runs_app.command("prune")
+def runs_prune(
+    older_than: Annotated[
+        int,
+        typer.Option(
+            "--older-than",
+            envvar="VERACITY_OLDER_THAN",
+            min=0,
+            max=36_500,
+            help="Days since a run finished before its archived updates may go.",
+        ),
+    ],
+    include_released: Annotated[
+        bool,
+        typer.Option(
+            "--include-released",
+            envvar="VERACITY_INCLUDE_RELEASED",
+            help="Also delete the archive of runs whose model was released (no replay after).",
+        ),
+    ] = False,
+    dry_run: Annotated[
+        bool,
+        typer.Option("--dry-run", envvar="VERACITY_DRY_RUN", help="Only say what would go."),
+    ] = False,
+    server: ServerOption = DEFAULT_SERVER,
+    token: TokenOption = None,
+    ca_cert: CaCertOption = None,
+    output_format: FormatOption = OutputFormat.TEXT,
+) -> None:
+    """Delete old runs' archived updates (retention); recorded as updates.pruned.
+
+    A run whose model was released keeps its archive (its replay needs it) unless
+    --include-released.
+    """
+    with _Api(server, token, ca_cert) as api:
+        out = api.client.prune_runs(
+            api.token,
+            older_than_days=older_than,
+            include_released=include_released,
+            dry_run=dry_run,
+        )
+    title = "would prune" if dry_run else "pruned"
+    _show(output_format, out.model_dump(), title, [[k, v] for k, v in out.model_dump().items()])
+
+
 # ---------------------------------------------------------------------------- models
 @models_app.command("list")
 def models_list(

@@ -27,6 +27,7 @@ from veracity.server.api.schemas import (
     ModelListOut,
     ModelOut,
     PrincipalOut,
+    PruneOut,
     RecordedOut,
     RoundListOut,
     RunListOut,
@@ -230,6 +231,17 @@ class CoordinatorClient:
         if explain_at_release is not None:
             body["explain_at_release"] = explain_at_release
         return self._parsed(RunStartedOut, "POST", "/runs", token, json=body)
+
+    def prune_runs(
+        self, token: str, *, older_than_days: int, include_released: bool, dry_run: bool
+    ) -> PruneOut:
+        """``POST /runs/prune`` (admin): retention of the round archive."""
+        body = {
+            "older_than_days": older_than_days,
+            "include_released": include_released,
+            "dry_run": dry_run,
+        }
+        return self._parsed(PruneOut, "POST", "/runs/prune", token, json=body)
 
     def run(self, token: str, run_id: str) -> RunOut:
         """``GET /runs/{id}`` (admin)."""

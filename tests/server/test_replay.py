@@ -43,10 +43,10 @@ def network(tmp_path: Path) -> Iterator[_Network]:
     yield from enrolled_network(tmp_path)
 
 
-def _propose_plain(network: _Network, *, rounds: int) -> Study:
+def _propose_plain(network: _Network, *, rounds: int, **options: Any) -> Study:
     coordinator = network.coordinator
     study = breast_cancer_study(
-        study_id="bc-replay",
+        **{"study_id": "bc-replay", **options},
         epsilon_caps=dict.fromkeys(NODES.values(), 3.0),
         noise_multiplier=1.7,
         code_hash=build_fab().fab_hash,

@@ -159,6 +159,7 @@ def predict_command(
         bool,
         typer.Option(
             "--contributions",
+            envvar="VERACITY_CONTRIBUTIONS",
             help="Also ask for each feature's contribution w*x to each patient's logit "
             "(linear models only; charged as one prediction per feature and patient).",
         ),

@@ -25,6 +25,7 @@ import tempfile
 import zipfile
 from collections.abc import Iterable
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -35,8 +36,10 @@ from veracity.tasks.weights import Weights, weights_from_bytes, weights_hash, we
 __all__ = [
     "ARCHIVE_FORMAT",
     "GlobalModel",
+    "PrunePlan",
     "UpdateStore",
     "global_model",
+    "plan_prune",
     "archive_files",
     "archive_zip",
     "extract_archive",
@@ -62,6 +65,15 @@ class _SeqEntryLike(_EntryLike, Protocol):
 
 class _SeqEntries(Protocol):
     def iter_entries(self, *, kind: str | None = None) -> Iterable[_SeqEntryLike]: ...
+
+
+class _TimedEntryLike(_EntryLike, Protocol):
+    @property
+    def ts(self) -> str: ...
+
+
+class _TimedEntries(Protocol):
+    def iter_entries(self, *, kind: str | None = None) -> Iterable[_TimedEntryLike]: ...
 
 
 class UpdateStore:
@@ -154,7 +166,14 @@ def archive_files(
     for payload in rounds:
         updates = {r["receipt"]["site"]: r["receipt"]["update_hash"] for r in payload["receipts"]}
         for digest in [*updates.values(), payload["aggregated_model_hash"]]:
-            files[f"weights/{digest}.npz"] = weights_to_bytes(store.get(digest))
+            try:
+                weights = store.get(digest)
+            except NotFound as err:
+                raise NotFound(
+                    f"{err} (run {run_id}'s archive is incomplete: see the ledger's "
+                    "updates.pruned entries)"
+                ) from err
+            files[f"weights/{digest}.npz"] = weights_to_bytes(weights)
         index_rounds.append(
             {
                 "round": int(payload["round"]),
@@ -228,6 +247,75 @@ def global_model(
             data = weights_to_bytes(store.get(model_hash))
             return GlobalModel(model_hash, data, int(entry.payload["round"]), entry.seq)
     raise NotFound(f"the ledger names no global model {model_hash} of run {run_id}")
+
+
+@dataclass(frozen=True)
+class PrunePlan:
+    """What a prune of ``updates/`` removes, and what it keeps because a release needs it."""
+
+    before: str
+    runs: tuple[str, ...]
+    kept_released: tuple[str, ...]
+    removed: tuple[str, ...]
+    removed_bytes: int
+
+    def to_json(self) -> dict[str, Any]:
+        """JSON form (the command's and the API's answer)."""
+        return {
+            "before": self.before,
+            "runs": list(self.runs),
+            "kept_released": list(self.kept_released),
+            "removed": len(self.removed),
+            "removed_bytes": self.removed_bytes,
+        }
+
+
+def _run_hashes(entries: _TimedEntries) -> dict[str, set[str]]:
+    """Every weights hash each run's ``round.completed`` entries name (updates, aggregates)."""
+    named: dict[str, set[str]] = {}
+    for entry in entries.iter_entries(kind="round.completed"):
+        payload = entry.payload
+        hashes = named.setdefault(str(payload["run_id"]), set())
+        hashes.add(payload["aggregated_model_hash"])
+        hashes.update(r["receipt"]["update_hash"] for r in payload["receipts"])
+    return named
+
+
+def plan_prune(
+    entries: _TimedEntries, store: UpdateStore, *, before: str, include_released: bool
+) -> PrunePlan:
+    """Which archived files a retention prune removes (nothing is removed here).
+
+    Eligible: the runs whose ``run.finished`` is older than ``before`` (an RFC 3339
+    timestamp; unfinished runs never are). A run whose model was released
+    (``model.released``) stays unless ``include_released``: the auditor's replay of that
+    model needs its updates and every round's model, and a site's replay may fetch its
+    global models. A file is removed only if no run that stays names it, and only if it
+    is there (files the ledger never named, e.g. of a round that failed to record, are
+    left alone).
+    """
+    cutoff = datetime.fromisoformat(before)
+    finished = {
+        str(e.payload["run_id"]): datetime.fromisoformat(e.ts)
+        for e in entries.iter_entries(kind="run.finished")
+    }
+    released = {str(e.payload["run_id"]) for e in entries.iter_entries(kind="model.released")}
+    named = _run_hashes(entries)
+    old = sorted(run for run, at in finished.items() if at < cutoff and named.get(run))
+    kept_released = tuple(run for run in old if run in released and not include_released)
+    runs = [run for run in old if run not in kept_released]
+    staying: set[str] = set()
+    for run, hashes in named.items():
+        if run not in runs:
+            staying |= hashes
+    removed: dict[str, int] = {}  # hash -> size, in the order first met
+    for run in runs:
+        for digest in sorted(named[run] - staying):
+            path = store.path(digest)
+            if digest not in removed and path.is_file():
+                removed[digest] = path.stat().st_size
+    runs_with_files = tuple(run for run in runs if not named[run].isdisjoint(removed))
+    return PrunePlan(before, runs_with_files, kept_released, tuple(removed), sum(removed.values()))
 
 
 def _write_directory(out: Path, index: dict[str, Any], files: dict[str, bytes]) -> None:

@@ -66,6 +66,104 @@ def test_a_site_fetches_its_runs_global_models_by_hash_and_nothing_else(api: Api
     assert api.call("GET", aggregate, "auditor").status_code == 200
 
 
+def _hashes(api: Api, run_id: str) -> set[str]:
+    named: set[str] = set()
+    for entry in api.service.ledger.iter_entries(kind="round.completed"):
+        if entry.payload["run_id"] == run_id:
+            named.add(entry.payload["aggregated_model_hash"])
+            named.update(r["receipt"]["update_hash"] for r in entry.payload["receipts"])
+    return named
+
+
+UNRELEASED = "8"
+
+
+def test_a_prune_deletes_old_archives_but_keeps_a_released_models_unless_told(
+    api: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    network = enrol_sites(api.service)
+    study = _propose_plain(network, rounds=2)
+    _execute(network, study, RUN)  # released
+    monkeypatch.setattr(
+        "veracity.server.study_run.release_model",
+        lambda *_a, **_k: (_ for _ in ()).throw(RuntimeError("the disk is full")),
+    )
+    other = _propose_plain(network, rounds=1, study_id="bc-other", model_seed=1)
+    with pytest.raises(RuntimeError):
+        _execute(network, other, UNRELEASED)  # its round recorded, nothing released
+    monkeypatch.undo()
+    store = UpdateStore(api.service.home.updates)
+    released, unreleased = _hashes(api, RUN), _hashes(api, UNRELEASED)
+    assert released
+    assert unreleased
+    size = api.service.ledger.size()
+    body = {"older_than_days": 0, "dry_run": True}
+
+    dry = api.call("POST", "/api/v1/runs/prune", "admin", json=body)
+
+    assert dry.status_code == 200, dry.text
+    assert (dry.json()["runs"], dry.json()["kept_released"]) == ([UNRELEASED], [RUN])
+    assert dry.json()["seq"] is None
+    assert api.service.ledger.size() == size
+    assert all(store.path(h).is_file() for h in unreleased)
+    assert api.call("POST", "/api/v1/runs/prune", "auditor", json=body).status_code == 403
+
+    pruned = api.call("POST", "/api/v1/runs/prune", "admin", json={"older_than_days": 0})
+
+    assert pruned.status_code == 200, pruned.text
+    entry = api.service.ledger.get(pruned.json()["seq"])
+    assert entry.kind == "updates.pruned"
+    assert entry.payload["runs"] == [UNRELEASED]
+    assert entry.payload["kept_released"] == [RUN]
+    assert set(entry.payload["removed"]) == unreleased
+    assert entry.payload["requested_by"] == "admin-user"
+    assert not any(store.path(h).exists() for h in unreleased)
+    assert all(store.path(h).is_file() for h in released)
+    gone = api.call("GET", f"/api/v1/runs/{UNRELEASED}/archive", "auditor")
+    assert gone.status_code == 404
+    assert "updates.pruned" in gone.text
+    assert api.call("GET", f"/api/v1/runs/{RUN}/archive", "auditor").status_code == 200
+    # Nothing left to remove: nothing recorded.
+    again = api.call("POST", "/api/v1/runs/prune", "admin", json={"older_than_days": 0})
+    assert (again.json()["seq"], again.json()["removed"]) == (None, 0)
+    # Runs younger than the cutoff are never eligible.
+    young = api.call(
+        "POST", "/api/v1/runs/prune", "admin", json={"older_than_days": 1, "include_released": True}
+    )
+    assert (young.json()["runs"], young.json()["seq"]) == ([], None)
+
+    told = api.call(
+        "POST", "/api/v1/runs/prune", "admin", json={"older_than_days": 0, "include_released": True}
+    )
+
+    assert told.json()["runs"] == [RUN]
+    assert api.service.ledger.get(told.json()["seq"]).payload["include_released"] is True
+    assert not any(store.path(h).exists() for h in released)
+    api.service.ledger.verify(api.service.ledger.identity_public_key)
+
+
+def test_a_file_an_unpruned_run_also_names_is_never_deleted(
+    api: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    network = enrol_sites(api.service)
+    study = _propose_plain(network, rounds=1)
+    _execute(network, study, RUN)  # released
+    monkeypatch.setattr(
+        "veracity.server.study_run.release_model",
+        lambda *_a, **_k: (_ for _ in ()).throw(RuntimeError("the disk is full")),
+    )
+    with pytest.raises(RuntimeError):
+        _execute(network, study, UNRELEASED)  # the same deterministic round: the same files
+    monkeypatch.undo()
+    assert _hashes(api, UNRELEASED) == _hashes(api, RUN)
+
+    pruned = api.call("POST", "/api/v1/runs/prune", "admin", json={"older_than_days": 0})
+
+    assert (pruned.json()["removed"], pruned.json()["seq"]) == (0, None)
+    store = UpdateStore(api.service.home.updates)
+    assert all(store.path(h).is_file() for h in _hashes(api, RUN))
+
+
 def test_an_unknown_run_has_no_archive(api: Api) -> None:
     response = api.call("GET", "/api/v1/runs/999/archive", "auditor")
 

@@ -313,6 +313,26 @@ class RunStartIn(_In):
     explain_at_release: ExplainIn | None = None
 
 
+class PruneIn(_In):
+    """A retention prune of the round archive (``updates/``)."""
+
+    older_than_days: int = Field(ge=0, le=36_500)
+    include_released: bool = False
+    dry_run: bool = False
+
+
+class PruneOut(BaseModel):
+    """What a prune removed (or, ``dry_run``, would remove), and its ``updates.pruned`` seq."""
+
+    before: str
+    runs: list[str]
+    kept_released: list[str]
+    removed: int
+    removed_bytes: int
+    dry_run: bool
+    seq: int | None
+
+
 class RunStartedOut(BaseModel):
     """A submitted run and its ``run.started`` entry."""
 

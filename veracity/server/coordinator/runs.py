@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
 
 from veracity.contracts.events import (
     AnalysisAnswered,
@@ -24,9 +25,11 @@ from veracity.contracts.events import (
     RunFinished,
     RunStarted,
     RunStatus,
+    UpdatesPruned,
 )
 from veracity.contracts.explanation import ExplanationTerms, ReleaseExplanation
 from veracity.core.canonical import canonical_hash, canonical_json
+from veracity.core.fields import format_timestamp
 from veracity.errors import ApprovalMissing, Conflict, InputError, NotFound
 from veracity.ledger.entry import Entry
 from veracity.server.coordinator import queries
@@ -45,6 +48,7 @@ from veracity.server.coordinator.unit_of_work import (
     UnitOfWork,
 )
 from veracity.server.fab import build_fab
+from veracity.server.round_archive import PrunePlan, UpdateStore, plan_prune
 from veracity.tasks.study import Study
 
 __all__ = ["RunCommands"]
@@ -356,6 +360,53 @@ class RunCommands(ServiceCore):
             entry = uow.append_root(explained)
             uow.checkpoint()
         return uow.recorded(entry.seq)
+
+    # --- retention of the round archive (#19) ------------------------------------------
+    def prune_updates(
+        self,
+        actor: Actor,
+        *,
+        older_than_days: int,
+        include_released: bool = False,
+        dry_run: bool = False,
+        now: datetime | None = None,
+    ) -> tuple[PrunePlan, int | None]:
+        """Delete the archived round files of runs that finished ``older_than_days`` ago.
+
+        See :func:`veracity.server.round_archive.plan_prune` for what is eligible (a
+        released model's run is kept unless ``include_released``). Unless ``dry_run`` or
+        nothing is eligible, ``updates.pruned`` (runs, hashes, bytes) is recorded first and
+        the files deleted after; returns the plan and the entry's seq (``None``: nothing
+        recorded).
+
+        Raises
+        ------
+        InputError
+            If ``older_than_days`` is negative or the ledger refuses the entry.
+        """
+        if older_than_days < 0:
+            raise InputError("older_than_days must be 0 or more")
+        moment = (now or datetime.now(UTC)) - timedelta(days=older_than_days)
+        before = format_timestamp(moment)
+        store = UpdateStore(self.home.updates)
+        plan = plan_prune(self.ledger, store, before=before, include_released=include_released)
+        if dry_run or not plan.removed:
+            return plan, None
+        with self._change(actor, "updates.prune", f"{len(plan.runs)} run(s)") as uow:
+            entry = uow.append_root(
+                UpdatesPruned(
+                    older_than_days=older_than_days,
+                    before=before,
+                    include_released=include_released,
+                    runs=list(plan.runs),
+                    kept_released=list(plan.kept_released),
+                    removed=list(plan.removed),
+                    removed_bytes=plan.removed_bytes,
+                )
+            )
+        for digest in plan.removed:  # recorded first: a deletion is never unrecorded
+            store.path(digest).unlink(missing_ok=True)
+        return plan, entry.seq
 
     def release(
         self, actor: Actor, released: ModelReleased, *, explained: ModelExplained | None = None

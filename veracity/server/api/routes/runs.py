@@ -26,6 +26,8 @@ from veracity.server.api.problems import responses
 from veracity.server.api.schemas import (
     HASH_PATTERN,
     RUN_ID_PATTERN,
+    PruneIn,
+    PruneOut,
     RoundListOut,
     RunListOut,
     RunLogsOut,
@@ -76,6 +78,27 @@ def start_run(body: RunStartIn, principal: AdminDep, service: ServiceDep) -> Run
         seq=recorded.seq,
         action_id=action_id(recorded),
     )
+
+
+@router.post(
+    "/prune",
+    summary="Delete old runs' archived updates (retention; updates.pruned)",
+    responses=responses(400, 401, 403, 409, 422),
+)
+def prune_runs(body: PruneIn, principal: AdminDep, service: ServiceDep) -> PruneOut:
+    """Delete the archived round files of runs that finished ``older_than_days`` ago.
+
+    Runs whose model was released are kept (their replay needs them) unless
+    ``include_released``; every deletion is recorded first as ``updates.pruned``;
+    ``dry_run`` only says what would go.
+    """
+    plan, seq = service.prune_updates(
+        principal,
+        older_than_days=body.older_than_days,
+        include_released=body.include_released,
+        dry_run=body.dry_run,
+    )
+    return PruneOut(**plan.to_json(), dry_run=body.dry_run, seq=seq)
 
 
 @router.get("", summary="Runs started here", responses=responses(401, 403, 422))
