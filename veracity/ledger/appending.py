@@ -26,7 +26,7 @@ from veracity.contracts.events import (
     validate_payload,
 )
 from veracity.core.fields import format_timestamp
-from veracity.crypto.keys import SigningKey
+from veracity.crypto.keys import SigningKey, VerifyKey
 from veracity.errors import (
     ConfigError,
     Conflict,
@@ -65,6 +65,7 @@ __all__ = [
     "check_readable",
     "position_signatures",
     "check_event",
+    "entry_signer",
     "write_genesis",
     "append_rows",
 ]
@@ -181,6 +182,18 @@ def position_signatures(
     return item.signature, encode_signature(root_key.sign(message))
 
 
+def entry_signer(kind: str, actor: str, payload: dict[str, Any], record: KeyRecord) -> VerifyKey:
+    """The key that signs an entry of ``actor``, who holds ``record`` at its position.
+
+    The actor's key, except in the recovery of a lost log key (``key.recovered`` of the
+    root): nobody holds the lost key, so the new log key signs it; the identity's signature
+    in the payload is what enrols that key (:func:`~.keyring.check_key_event`).
+    """
+    if kind == "key.recovered" and actor == ROOT_ACTOR and payload.get("name") == ROOT_ACTOR:
+        return VerifyKey.from_pem(payload["public_key"])
+    return record.key
+
+
 def check_event(keys: KeyView, seq: int, item: Prepared, *, log_id: str) -> KeyRecord | None:
     """Every check that needs the ledger's state; returns the key change, if any."""
     request = item.request
@@ -194,7 +207,9 @@ def check_event(keys: KeyView, seq: int, item: Prepared, *, log_id: str) -> KeyR
     if roles is not None and record.role not in roles:
         raise SignatureError(f"a {record.role.value} key may not record {request.kind}")
     if request.signer is not None:
-        if request.signer.public != record.key:
+        if request.signer.public != entry_signer(
+            request.kind, request.actor, request.payload, record
+        ):
             raise SignatureError(f"the signer is not the key enrolled for {request.actor!r}")
     elif item.signature is not None:
         raw = decode_signature(item.signature)

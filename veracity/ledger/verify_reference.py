@@ -109,6 +109,10 @@ def check_row_reference(
             raise Failure(seq, f"{actor!r} holds no enrolled key here (never enrolled, or revoked)")
         signer = record.key
         role = record.role
+        if kind == "key.recovered" and actor == ROOT_ACTOR and payload["name"] == ROOT_ACTOR:
+            # A lost log key's recovery is signed by the new log key (the identity's
+            # signature in the payload enrols it; the key history checks that).
+            signer = VerifyKey.from_pem(payload["public_key"])
     roles = ALLOWED_ROLES[kind]
     if roles is not None and role not in roles:
         raise Failure(seq, f"a {role.value} key may not record {kind}")
