@@ -49,13 +49,12 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 import numpy.typing as npt
 
-from veracity.client.approvals import approved_terms
+from veracity.client.approvals import approved_terms, refuse_budget
 from veracity.client.budget import (
     ACCOUNTANT,
     NEIGHBOURING,
     RoundBudget,
     Segment,
-    epsilon_left,
     evaluate_round,
     history_to_json,
 )
@@ -65,7 +64,7 @@ from veracity.client.site import Clock, Site, utc_now
 from veracity.client.store import Dataset, Pool, SignedStatement
 from veracity.client.study_inputs import study_examples
 from veracity.contracts.receipts import RECEIPT_DOMAIN, RECEIPT_FIELDS, Receipt
-from veracity.contracts.refusals import ApprovalMissingStatement, BudgetRefused
+from veracity.contracts.refusals import ApprovalMissingStatement
 from veracity.contracts.replay import SEED_BYTES, seed_commitment
 from veracity.core.canonical import canonical_hash
 from veracity.core.fields import is_hex64
@@ -506,43 +505,19 @@ class SiteAgent:
         study_before: tuple[Segment, ...],
         cap: float,
     ) -> Refusal:
-        delta = study.dp.delta
-        crossed: list[tuple[float, float, str]] = []
-        if not budget.study_allowed:
-            left = epsilon_left(cap, study_before, delta)
-            crossed.append((left, budget.study.epsilon, f"study {study.study_id!r} (cap {cap:g})"))
-        if not budget.dataset_allowed:
-            left = epsilon_left(budget.dataset_budget, dataset_before, delta)
-            pool = self.site.store.pool(dataset.dataset_id)
-            shared = (
-                f" (budget pool {pool.pool_id!r}, shared with {', '.join(others)})"
-                if (others := [name for name in pool.datasets if name != dataset.dataset_id])
-                else ""
-            )
-            crossed.append(
-                (
-                    left,
-                    budget.dataset.epsilon,
-                    f"dataset {dataset.dataset_id!r}{shared} (budget {budget.dataset_budget:g})",
-                )
-            )
-        left, requested, scope = min(crossed)
-        reason = (
-            f"round {request.round} would bring {scope} to epsilon {requested:.4f}; "
-            f"epsilon left {left:.4f}"
+        statement, reason = refuse_budget(
+            self.site,
+            what=f"round {request.round}",
+            study_hash=study.study_hash,
+            study_id=study.study_id,
+            dataset=dataset,
+            run_id=request.run_id,
+            round_number=request.round,
+            budget=budget,
+            cap=cap,
+            study_before=study_before,
+            dataset_before=dataset_before,
+            delta=study.dp.delta,
         )
-        statement = self.site.sign(
-            BudgetRefused(
-                site=self.site.name,
-                study_hash=study.study_hash,
-                dataset_id=dataset.dataset_id,
-                run_id=request.run_id,
-                round=request.round,
-                epsilon_requested=requested if math.isfinite(requested) else None,
-                epsilon_left=left,
-                signed_at=self.site.now(),
-            )
-        )
-        self.site.store.add_statement(statement, now=statement.payload["signed_at"])
         log.warning("site %s refused round %s: %s", self.site.name, request.round, reason)
         return Refusal(kind="budget.refused", statement=statement, reason=reason)
