@@ -23,8 +23,8 @@ For every request the agent, in order:
 4. trains one round of DP-SGD on the reused :class:`~veracity.client.training.PrivateTrainer`
    of this run, checks that the accountant grew by exactly the reserved steps, marks the
    spend completed and answers a :class:`TrainReply` with a receipt signed under
-   ``veracity.receipt.v1``. If training fails, the spend is marked failed; its steps still
-   count.
+   ``veracity.receipt.v2`` for the coordinator's log. If training fails, the spend is
+   marked failed; its steps still count.
 
 The round's Poisson samples and DP noise come from a secret per-round seed (32 bytes from
 ``os.urandom``, kept in the site's store); the receipt carries its ``seed_commitment``, and
@@ -69,7 +69,6 @@ from veracity.contracts.replay import SEED_BYTES, seed_commitment
 from veracity.core.canonical import canonical_hash
 from veracity.core.fields import is_hex64
 from veracity.errors import ApprovalMissing, InputError, VerificationError
-from veracity.ledger.statement import sign_document
 from veracity.tasks.spec import check_weights
 from veracity.tasks.study import Study, parse_study
 from veracity.tasks.weights import weights_hash
@@ -374,7 +373,7 @@ class SiteAgent:
             seed_commitment=seed_commitment(run_id=request.run_id, round=request.round, seed=seed),
         )
         document = receipt.to_json()
-        signature = sign_document(self.site.key, RECEIPT_DOMAIN, document)
+        signature = self.site.sign_receipt(RECEIPT_DOMAIN, document)
         try:
             self._keeper.keep_round(
                 KeptRound(

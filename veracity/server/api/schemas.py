@@ -186,7 +186,7 @@ class SiteRotatedOut(BaseModel):
 
 
 class SignedStatementIn(_In):
-    """A statement a site signed on its own machine (``sign_statement``)."""
+    """A statement a site signed on its own machine for this log (``sign_statement``)."""
 
     payload: dict[str, Any]
     signature: Base64Signature
