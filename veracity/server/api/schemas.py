@@ -559,6 +559,9 @@ class VerifyOut(BaseModel):
     root_hash: str | None
     signatures_checked: int | None
     receipts_checked: int | None
+    #: ``all`` or ``tail``; with ``tail``, which checkpoint it trusted and on whose word.
+    root_signatures: Literal["all", "tail"] = "all"
+    tail_trusted: dict[str, Any] | None = None
 
 
 class CheckpointListOut(BaseModel):
@@ -655,6 +658,8 @@ class LedgerJobIn(_In):
 
     kind: Literal["verify", "export"]
     root_signatures: Literal["all", "tail"] = "all"
+    #: Needed with ``tail``: trust the log key's checkpoint with no witness quorum.
+    no_witnesses: bool = False
 
 
 class LedgerJobOut(BaseModel):
