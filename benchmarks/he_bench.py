@@ -14,6 +14,9 @@ Every figure is measured in this run beside the baseline from the same run:
 * The crossover between the small-batch and the batch layout (client + server CPU per
   request, in process), which sets ``small_batch_max`` in ``veracity.he.params``.
 
+* Issue 19 (``--contributions`` runs only this part): LR per-feature contributions per
+  second per core against predictions, the same requests through ``InferenceService.serve``.
+
 * Issue 13 (``--images`` runs only this part): ten-class LR and MLP on 8x8 digits in their
   batch layouts against TenSEAL per image (``mm`` to ten logits), and the square-activation
   CNN in the column layout against TenSEAL's im2col (Tutorial 4) per image.
@@ -32,6 +35,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Mapping
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -335,6 +339,75 @@ def measure_batch(
         f"(arithmetic and result alone: {capacity / max(evaluate_cpu - load_cpu, 1e-9):,.0f} "
         "pred/s/core)"
     )
+
+
+def measure_contributions(
+    spec: Any,
+    weights: Mapping[str, Any],
+    x_test: npt.NDArray[np.float64],
+    service: Any,
+    model_hash: str,
+    repeat: int,
+    report: Report,
+) -> None:
+    """Issue 19: per-feature contributions against predictions, same requests, same run.
+
+    For each LR layout, one full request (136 patients in one ``coefficient`` ciphertext,
+    4,096 in ``column_coefficient``) through ``InferenceService.serve`` as a prediction and
+    as a contributions query; contributions per second per core (d per patient) against
+    predictions per second per core, and the check that they are ``w * x``.
+    """
+    from veracity.he.contexts import SecretContext
+    from veracity.he.layouts import ModelShape
+    from veracity.he.params import LOGISTIC_PARAMETERS, PackingLayout
+    from veracity.he.wire import Query, RequestHeader, decode_response, encode_request
+
+    ps = LOGISTIC_PARAMETERS
+    d = x_test.shape[1]
+    w = np.asarray(weights["linear.weight"], dtype=np.float64)[0]
+    secret = SecretContext.generate(ps)
+    context = secret.public_context()
+    for layout, patients in (
+        (PackingLayout.COEFFICIENT, ps.poly_modulus_degree // d),
+        (PackingLayout.COLUMN_COEFFICIENT, ps.poly_modulus_degree),
+    ):
+        batch = rows(x_test, patients)
+        ciphertexts = secret.encrypt(layout, batch)
+        requests = {
+            query: encode_request(
+                RequestHeader(model_hash, ps.name, secret.context_hash(), layout, patients, query),
+                ciphertexts,
+                context=context,
+            )
+            for query in (Query.PREDICTION, Query.CONTRIBUTIONS)
+        }
+        seconds = {
+            query: cpu_seconds(partial(service.serve, request, requester="bench"), repeat)
+            for query, request in requests.items()
+        }
+        response = service.serve(requests[Query.CONTRIBUTIONS], requester="bench")
+        _, results = decode_response(response)
+        values = secret.decrypt(
+            layout, results, batch_size=patients, n_features=d, shape=ModelShape(d, outputs=d)
+        )
+        error = float(np.abs(values - w[None, :] * batch).max())
+        predictions = patients / seconds[Query.PREDICTION]
+        report.add(
+            Figure(
+                f"LR contributions, whole request ({layout}, {patients} patients x {d})",
+                patients * d / seconds[Query.CONTRIBUTIONS],
+                "contrib/s/core",
+                predictions,
+                "predictions (same request)",
+            )
+        )
+        report.notes.append(
+            f"LR contributions {layout}: {seconds[Query.CONTRIBUTIONS] * 1e3:.1f} ms CPU per "
+            f"request against {seconds[Query.PREDICTION] * 1e3:.1f} ms for the prediction "
+            f"({patients / seconds[Query.CONTRIBUTIONS]:,.0f} patients/s/core against "
+            f"{predictions:,.0f}); response {len(response) / 2**20:.1f} MiB; max |w*x error| "
+            f"{error:.2g}"
+        )
 
 
 def measure_crossover(
@@ -806,6 +879,11 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="only the issue-13 part: ten-class LR and MLP, and the digits CNN",
     )
+    parser.add_argument(
+        "--contributions",
+        action="store_true",
+        help="only the issue-19 part: LR per-feature contributions against predictions",
+    )
     parser.add_argument("--serve", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.serve:
@@ -841,6 +919,26 @@ def main(argv: list[str] | None = None) -> int:
 
     names, scaling, x_train, y_train, x_test = breast_cancer()
     models = train_models(x_train, y_train)
+    if args.contributions:
+        report = Report("encrypted per-feature contributions (CKKS, SEAL 4.1), per core")
+        load_before = os.getloadavg()
+        with tempfile.TemporaryDirectory() as directory:
+            registry = ModelRegistry(Path(directory) / "models")
+            spec, weights = models["logistic"]
+            model_hash = registry.put(
+                spec, weights, features=names, label="benign", scaling=scaling, card={}
+            )
+            service = InferenceService(registry, recorder=lambda payload: None)
+            measure_contributions(spec, weights, x_test, service, model_hash, repeat, report)
+        report.notes.append(
+            "CPU time of one thread; load average (1, 5, 15 min) before "
+            f"{', '.join(f'{v:.1f}' for v in load_before)}, after "
+            f"{', '.join(f'{v:.1f}' for v in os.getloadavg())}"
+        )
+        report.print()
+        if args.json is not None:
+            report.write_json(args.json)
+        return 0
     report = Report("encrypted inference (CKKS, SEAL 4.1 via tenseal.sealapi), per core")
     with tempfile.TemporaryDirectory() as directory:
         registry_dir = Path(directory) / "models"
@@ -878,6 +976,10 @@ def main(argv: list[str] | None = None) -> int:
                 repeat,
                 report,
             )
+            if family == "logistic":
+                measure_contributions(
+                    spec, weights, x_test, service, hashes[family], repeat, report
+                )
         process, url = start_server(registry_dir, Path(directory) / "port")
         try:
             for family, (spec, weights) in models.items():

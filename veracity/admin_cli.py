@@ -692,15 +692,52 @@ def runs_start(
     watch: Annotated[
         bool, typer.Option("--watch", envvar="VERACITY_WATCH", help="Follow it to the end.")
     ] = False,
+    explain_epsilon: Annotated[
+        float | None,
+        typer.Option(
+            "--explain-epsilon",
+            envvar="VERACITY_EXPLAIN_EPSILON",
+            min=0.0,
+            help="Explain the final model before release at this cost per site (card report).",
+        ),
+    ] = None,
+    explain_clip_norm: Annotated[
+        float,
+        typer.Option(
+            "--explain-clip-norm",
+            envvar="VERACITY_EXPLAIN_CLIP_NORM",
+            min=0.0,
+            help="L2 bound of one record's attribution vector (with --explain-epsilon).",
+        ),
+    ] = 1.0,
+    explain_steps: Annotated[
+        int,
+        typer.Option(
+            "--explain-steps",
+            envvar="VERACITY_EXPLAIN_STEPS",
+            min=2,
+            max=1024,
+            help="Integration points (with --explain-epsilon).",
+        ),
+    ] = 32,
     interval: IntervalOption = 1.0,
     server: ServerOption = DEFAULT_SERVER,
     token: TokenOption = None,
     ca_cert: CaCertOption = None,
     output_format: FormatOption = OutputFormat.TEXT,
 ) -> None:
-    """Start a run of an approved study (run.started); ``--watch`` follows it."""
+    """Start a run of an approved study (run.started); ``--watch`` follows it.
+
+    ``--explain-epsilon E`` asks the sites to explain the final model before its release
+    (charged to their budgets): the model card then holds the explanation report.
+    """
+    asked = (
+        None
+        if explain_epsilon is None
+        else {"epsilon": explain_epsilon, "clip_norm": explain_clip_norm, "steps": explain_steps}
+    )
     with _Api(server, token, ca_cert) as api:
-        out = api.client.start_run(api.token, study_hash)
+        out = api.client.start_run(api.token, study_hash, explain_at_release=asked)
         if watch:
             stderr_console().print(f"run {out.run_id} started (ledger seq {out.seq})")
             code = _watch(api, out.run_id, output_format, interval=interval)
@@ -816,6 +853,51 @@ def runs_archive(
     shown = {"archive": str(out.absolute()), "run_id": run_id, "rounds": len(index["rounds"])}
     _show(output_format, shown, "run archived", [[k, v] for k, v in shown.items()])
     emit_next(f"veracity ledger replay --bundle ledger.jsonl --archive {_q(out)} --trust root.pub")
+
+
+@runs_app.command("prune")
+def runs_prune(
+    older_than: Annotated[
+        int,
+        typer.Option(
+            "--older-than",
+            envvar="VERACITY_OLDER_THAN",
+            min=0,
+            max=36_500,
+            help="Days since a run finished before its archived updates may go.",
+        ),
+    ],
+    include_released: Annotated[
+        bool,
+        typer.Option(
+            "--include-released",
+            envvar="VERACITY_INCLUDE_RELEASED",
+            help="Also delete the archive of runs whose model was released (no replay after).",
+        ),
+    ] = False,
+    dry_run: Annotated[
+        bool,
+        typer.Option("--dry-run", envvar="VERACITY_DRY_RUN", help="Only say what would go."),
+    ] = False,
+    server: ServerOption = DEFAULT_SERVER,
+    token: TokenOption = None,
+    ca_cert: CaCertOption = None,
+    output_format: FormatOption = OutputFormat.TEXT,
+) -> None:
+    """Delete old runs' archived updates (retention); recorded as updates.pruned.
+
+    A run whose model was released keeps its archive (its replay needs it) unless
+    --include-released.
+    """
+    with _Api(server, token, ca_cert) as api:
+        out = api.client.prune_runs(
+            api.token,
+            older_than_days=older_than,
+            include_released=include_released,
+            dry_run=dry_run,
+        )
+    title = "would prune" if dry_run else "pruned"
+    _show(output_format, out.model_dump(), title, [[k, v] for k, v in out.model_dump().items()])
 
 
 # ---------------------------------------------------------------------------- models

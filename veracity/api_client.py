@@ -27,6 +27,7 @@ from veracity.server.api.schemas import (
     ModelListOut,
     ModelOut,
     PrincipalOut,
+    PruneOut,
     RecordedOut,
     RoundListOut,
     RunListOut,
@@ -226,10 +227,25 @@ class CoordinatorClient:
         path = f"/studies/{study_hash}/decisions"
         return self._parsed(RecordedOut, "POST", path, token, json=body)
 
-    def start_run(self, token: str, study_hash: str) -> RunStartedOut:
-        """``POST /runs`` (admin)."""
-        body = {"study_hash": study_hash}
+    def start_run(
+        self, token: str, study_hash: str, *, explain_at_release: dict[str, Any] | None = None
+    ) -> RunStartedOut:
+        """``POST /runs`` (admin); ``explain_at_release``: ``ExplainIn``'s fields."""
+        body: dict[str, Any] = {"study_hash": study_hash}
+        if explain_at_release is not None:
+            body["explain_at_release"] = explain_at_release
         return self._parsed(RunStartedOut, "POST", "/runs", token, json=body)
+
+    def prune_runs(
+        self, token: str, *, older_than_days: int, include_released: bool, dry_run: bool
+    ) -> PruneOut:
+        """``POST /runs/prune`` (admin): retention of the round archive."""
+        body = {
+            "older_than_days": older_than_days,
+            "include_released": include_released,
+            "dry_run": dry_run,
+        }
+        return self._parsed(PruneOut, "POST", "/runs/prune", token, json=body)
 
     def run(self, token: str, run_id: str) -> RunOut:
         """``GET /runs/{id}`` (admin)."""

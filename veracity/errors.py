@@ -31,6 +31,7 @@ __all__ = [
     "InputError",
     "NotFound",
     "Conflict",
+    "StaleCheckpoint",
     "VerificationError",
     "LedgerIntegrityError",
     "SignatureError",
@@ -74,6 +75,13 @@ class Conflict(InputError):
 
     A site enrolled twice, a study proposed twice, a signed statement recorded twice. The
     admin API answers it with 409; elsewhere it is an ordinary :class:`InputError`.
+    """
+
+
+class StaleCheckpoint(Conflict):
+    """A signed checkpoint older (in size or time) than one another signer recorded meanwhile.
+
+    Nothing was recorded; sign the committed head again.
     """
 
 

@@ -20,7 +20,7 @@ from veracity.crypto.keys import load_verify_key
 from veracity.errors import InputError
 from veracity.ledger.statement import verify_statement
 from veracity.tasks.study import Study
-from veracity.tasks.weights import weights_hash, weights_to_bytes
+from veracity.tasks.weights import weights_from_bytes, weights_hash, weights_to_bytes
 
 # Every test here trains real rounds with Opacus.
 pytestmark = pytest.mark.training
@@ -227,3 +227,65 @@ def test_rounds_clipped_by_opacus_hooks_replay_too(
 
     assert outcome.confirmed
     assert [item["round"] for item in outcome.statement.payload["rounds"]] == [1, 2]
+
+
+# --- a global model the site no longer keeps, fetched from the coordinator ----------------
+def _drop_globals(site: Site) -> dict[str, bytes]:
+    """Remove the site's kept global models; return them by hash (the coordinator's copies)."""
+    folder = RoundKeeper(site.paths.root).global_path("0" * 64).parent
+    kept = {path.stem: path.read_bytes() for path in folder.glob("*.npz")}
+    for path in folder.glob("*.npz"):
+        path.unlink()
+    return kept
+
+
+def test_missing_global_models_are_fetched_checked_and_kept_again(
+    ready_site: Site, trained: list[TrainReply]
+) -> None:
+    coordinator_copies = _drop_globals(ready_site)
+    asked: list[tuple[str, str]] = []
+
+    def fetch(run_id: str, model_hash: str) -> bytes:
+        asked.append((run_id, model_hash))
+        return coordinator_copies[model_hash]
+
+    outcome = replay_run(ready_site, RUN, fetch=fetch)
+
+    assert outcome.statement.kind == "replay.confirmed", outcome.statement.payload
+    assert len(asked) == ROUNDS
+    assert {run for run, _ in asked} == {RUN}
+    keeper = RoundKeeper(ready_site.paths.root)
+    assert all(keeper.global_path(model_hash).is_file() for _, model_hash in asked)
+
+
+def test_a_fetched_global_model_of_another_hash_fails_the_replay_at_its_round(
+    ready_site: Site, trained: list[TrainReply]
+) -> None:
+    coordinator_copies = _drop_globals(ready_site)
+    record = json.loads(_kept_round_path(ready_site, 2).read_text())
+    # A coordinator that serves round 2's global model altered (one bias nudged).
+    altered = dict(weights_from_bytes(coordinator_copies[record["global_model_hash"]]))
+    altered["linear.bias"] = altered["linear.bias"] + np.float32(0.25)
+
+    def fetch(run_id: str, model_hash: str) -> bytes:
+        if model_hash == record["global_model_hash"]:
+            return weights_to_bytes(altered)
+        return coordinator_copies[model_hash]
+
+    outcome = replay_run(ready_site, RUN, fetch=fetch)
+
+    assert outcome.statement.kind == "replay.failed"
+    assert outcome.statement.payload["round"] == 2
+    assert "does not have the hash" in outcome.statement.payload["reason"]
+    assert not RoundKeeper(ready_site.paths.root).global_path(record["global_model_hash"]).exists()
+
+
+def test_a_missing_global_model_without_a_coordinator_fails_at_round_one(
+    ready_site: Site, trained: list[TrainReply]
+) -> None:
+    _drop_globals(ready_site)
+
+    outcome = replay_run(ready_site, RUN)
+
+    assert (outcome.statement.kind, outcome.statement.payload["round"]) == ("replay.failed", 1)
+    assert "missing" in outcome.statement.payload["reason"]

@@ -51,6 +51,7 @@ from veracity.contracts.events import (
     StudyRefused,
     TokenIssued,
     TokenRevoked,
+    UpdatesPruned,
     payload_model,
 )
 from veracity.contracts.explanation import (
@@ -314,6 +315,14 @@ def _record_every_kind(recorder: _Recorder, drawn: dict[str, Any]) -> None:
                 ),
             )],
             refused=[drawn["dropped_reason"]],
+        )
+    )  # fmt: skip
+    recorder.root_event(
+        UpdatesPruned(
+            older_than_days=drawn["batch"] % 36_500, before=drawn["signed_at"],
+            include_released=drawn["batch"] % 2 == 0,
+            runs=[drawn["run_id"]], kept_released=[], removed=h[:3],
+            removed_bytes=drawn["batch"],
         )
     )  # fmt: skip
     recorder.root_event(

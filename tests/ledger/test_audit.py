@@ -15,12 +15,13 @@ from typing import Any
 
 import pytest
 
-from tests.ledger.conftest import T0, World
+from tests.ledger.conftest import T0, World, seeded_key
 from tests.ledger.test_cli import run
 from tests.ledger.test_witness import _split
 from tests.ledger.witness_helpers import feed, make_witness, second_db_url
 from veracity.contracts.events import ROOT_ACTOR
 from veracity.ledger.ledger import Ledger
+from veracity.ledger.note import NoteVerifier
 from veracity.ledger.policy import Policy
 from veracity.ledger.witnessed import WitnessedLog
 
@@ -233,3 +234,38 @@ def test_a_bundle_carries_the_cosigned_notes_an_auditor_needs_for_the_policy(
     assert code == 0, report or err
     assert report["witnesses"]["cosigned_by"] == ["hospital-a", "hospital-c"]
     assert exported["notes"] == 1
+
+
+@pytest.mark.parametrize("listed", ["foreign-only", "foreign-beside-the-real-one"])
+def test_a_policy_naming_a_log_key_the_identity_never_enrolled_is_refused(
+    make_world: Callable[..., World],
+    db_url: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    listed: str,
+) -> None:
+    world = _world(make_world, db_url)
+    _trust(world, tmp_path)
+    _cosign(world, tmp_path, ("hospital-a", "hospital-c"))
+    real = WitnessedLog(world.ledger).verifier
+    foreign = NoteVerifier.for_key(real.name, seeded_key("never-enrolled").public)
+    witnesses = {
+        site: make_witness(tmp_path / "witness" / site, world, site).verifier for site in SITES
+    }
+    logs = [foreign] if listed == "foreign-only" else [real, foreign]
+    path = tmp_path / "foreign-policy.txt"
+    path.write_text(
+        Policy.build(logs=logs, witnesses=witnesses, threshold=2).render(), encoding="utf-8"
+    )
+    code, report = _verify(capsys, world, tmp_path, "--policy", str(path))
+    assert code == 1
+    assert "never enrolled it as a log key" in report["reason"]
+    assert foreign.vkey() in report["reason"]
+    bundle = tmp_path / "ledger.bundle"
+    world.ledger.export_bundle(bundle)
+    code, document, _ = run(
+        capsys, "ledger", "verify", "--bundle", str(bundle), "--trust", str(tmp_path / "root.pub"),
+        "--policy", str(path), "--format", "json",
+    )  # fmt: skip
+    assert code == 1
+    assert "never enrolled it as a log key" in document["reason"]

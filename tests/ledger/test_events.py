@@ -155,6 +155,16 @@ VALID: dict[str, dict[str, Any]] = {
             }
         ],
     },
+    # --- retention of the round archive (#19)
+    "updates.pruned": {
+        "older_than_days": 30,
+        "before": TS,
+        "include_released": False,
+        "runs": ["3"],
+        "kept_released": ["2"],
+        "removed": [H],
+        "removed_bytes": 4096,
+    },
     "budget.refused": {
         "site": "hospital-a",
         "study_hash": H,

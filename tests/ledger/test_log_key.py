@@ -15,6 +15,7 @@ import pytest
 from tests.ledger.test_attacks import raw_append
 from tests.ledger.witness_helpers import feed, make_witness
 from veracity.contracts.events import ROOT_ACTOR
+from veracity.core.fields import format_timestamp
 from veracity.crypto.keys import SigningKey
 from veracity.errors import (
     InputError,
@@ -158,7 +159,7 @@ def test_a_checkpoint_signed_by_the_retired_log_key_is_refused(db_url: str, tmp_
         log_id=ledger.log_id,
         tree_size=size,
         root_hash=ledger.root(size).hex(),
-        timestamp="2026-11-27T16:00:00.000000Z",
+        timestamp=format_timestamp(),
     )
     log = WitnessedLog(ledger)
     note = Note(log.text(stolen), (sign_note(LOG_1, log.origin, log.text(stolen)),))

@@ -152,6 +152,9 @@ def rewrite(path: Path, seq: int, body: bytes) -> None:
         prev = digest
 
 
+HEAD_QUERY = "SELECT seq, hash, ts FROM ledger_entry ORDER BY seq DESC LIMIT 1"
+
+
 def forge_append(
     path: Path, kind: str, actor: str, payload: dict[str, Any], key: SigningKey
 ) -> int:
@@ -161,11 +164,10 @@ def forge_append(
     position-bound signature by ``key`` and another actor's statement the root's
     countersignature, so what is caught is ``key`` itself.
     """
-    head, prev = sql(path, "SELECT seq, hash FROM ledger_entry ORDER BY seq DESC LIMIT 1")[0]
+    head, prev, ts = sql(path, HEAD_QUERY)[0]
     seq, prev = int(head) + 1, bytes(prev)
     log_id = row(path, 0)[1]
-    statement = statement_bytes(kind, actor, payload)
-    ts = "2026-11-27T16:00:00.000000Z"
+    statement = statement_bytes(kind, actor, payload)  # dated as the head: time never goes back
     root_signature = None
     if actor == ROOT_ACTOR:
         signature = encode_signature(key.sign(entry_message(log_id, seq, prev, ts, statement)))
@@ -442,7 +444,7 @@ def test_replayed_site_statement_is_caught(copy: Path, countersigned: bool) -> N
     coordinator, which can countersign it, is caught replaying the statement."""
     seq = first_seq_of(copy, "dataset.registered", "hospital-a")
     original = parse_body(row(copy, seq)[0])
-    head, prev = sql(copy, "SELECT seq, hash FROM ledger_entry ORDER BY seq DESC LIMIT 1")[0]
+    head, prev, ts = sql(copy, HEAD_QUERY)[0]
     statement = statement_of_body(original.body)
     root_signature = original.root_signature
     if countersigned:
@@ -450,7 +452,7 @@ def test_replayed_site_statement_is_caught(copy: Path, countersigned: bool) -> N
             row(copy, 0)[1],
             head + 1,
             bytes(prev),
-            original.ts,
+            ts,  # dated as the head: time never goes backwards
             statement,
             base64.b64decode(original.signature),
         )
@@ -460,7 +462,7 @@ def test_replayed_site_statement_is_caught(copy: Path, countersigned: bool) -> N
         prev=bytes(prev).hex(),
         seq=head + 1,
         signature=original.signature,
-        ts=original.ts,
+        ts=ts,
         root_signature=root_signature,
     )
     sql(
@@ -468,7 +470,7 @@ def test_replayed_site_statement_is_caught(copy: Path, countersigned: bool) -> N
         INSERT_ENTRY,
         (
             head + 1,
-            original.ts,
+            ts,
             original.kind,
             original.actor,
             head,

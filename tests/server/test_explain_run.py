@@ -4,6 +4,8 @@ execute_run) and real sites (store, dataset, approval, budget), whose ClientApp'
 
 from __future__ import annotations
 
+import copy
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,17 +22,19 @@ from tests.server.test_central_dp_run import (  # noqa: F401 - a fixture, regist
     _SitesGrid,
     _task_identity,
 )
+from veracity.cli import main
 from veracity.client import flower_app as client_app
 from veracity.client.approvals import approve_study
 from veracity.client.budget import history_to_json
 from veracity.client.datasets import register_dataset
 from veracity.client.site import Site, init_site
 from veracity.contracts.events import ROOT_ACTOR
-from veracity.contracts.explanation import ExplanationTerms, terms_hash
+from veracity.contracts.explanation import ExplanationTerms, ReleaseExplanation, terms_hash
 from veracity.core.canonical import canonical_hash, canonical_json
+from veracity.errors import VerificationError
 from veracity.ledger.possession import sign_enrolment
 from veracity.server.coordinator import InMemoryFederation, init_coordinator, package_versions
-from veracity.server.explanation import report_hash
+from veracity.server.explanation import report_hash, verify_card_explanation
 from veracity.server.fab import build_fab
 from veracity.server.polling_grid import PollingGrid
 from veracity.server.study_run import RunSettings, execute_run
@@ -248,3 +252,152 @@ def test_a_spent_budget_refuses_the_explanation_and_nothing_is_recorded(
     assert finished["status"] == "insufficient_sites"
     assert "budget.refused" in finished["reason"]
     sites.network.coordinator.ledger.verify(sites.network.coordinator.ledger.identity_public_key)
+
+
+# --- the explanation at release goes into the model card ---------------------------------
+def _train_and_explain(sites: _RealSites, study: Study, asked: ReleaseExplanation) -> str:
+    coordinator = sites.network.coordinator
+    config = {"explain-at-release": canonical_json(asked.to_json()).decode()}
+    coordinator.ledger.append(
+        "run.started",
+        ROOT_ACTOR,
+        {
+            "run_id": TRAIN_RUN,
+            "study_hash": study.study_hash,
+            "fab_hash": study.code_hash,
+            "config_hash": canonical_hash(config),
+            "package_versions": package_versions(),
+            "seed_commitment": canonical_hash({"model_seed": study.model_seed}),
+        },
+        signer=coordinator.root_key,
+    )
+    grid = _ExplainingGrid(sites.network.sites, study.study_hash, TRAIN_RUN, site_dirs=sites.dirs)
+    settings = RunSettings(
+        run_id=TRAIN_RUN,
+        study_hash=study.study_hash,
+        fab_hash=study.code_hash,
+        round_timeout=30.0,
+        node_wait=1.0,
+        started_timeout=1.0,
+        explain_at_release=config["explain-at-release"],
+    )
+    execute_run(coordinator, PollingGrid(grid, poll_interval=0.01), settings)
+    (model,) = coordinator.registry.list()
+    return model
+
+
+def _seq(sites: _RealSites, kind: str) -> int:
+    (entry,) = sites.network.coordinator.ledger.iter_entries(kind=kind)
+    return entry.seq
+
+
+ASKED = ReleaseExplanation(steps=8, clip_norm=1.0, epsilon=0.5, delta=1e-5)
+
+
+def test_an_explanation_at_release_is_in_the_card_that_model_released_hashes(
+    sites: _RealSites,
+) -> None:
+    study = _study(sites)
+
+    model = _train_and_explain(sites, study, ASKED)
+
+    coordinator = sites.network.coordinator
+    card = coordinator.registry.get(model).card
+    (released,) = _entries(sites, "model.released")
+    (explained,) = _entries(sites, "model.explained")
+    section = card["explanation"]
+    assert released["card_hash"] == canonical_hash(dict(card))
+    assert section["report_hash"] == explained["report_hash"] == report_hash(section["report"])
+    assert explained["run_id"] == released["run_id"] == TRAIN_RUN
+    assert (
+        explained["terms"] == section["terms"] == ASKED.for_model(model, study.study_hash).to_json()
+    )
+    # The report's values and standard errors, and the plot's hash, are in the card.
+    block = section["report"]["features"]
+    assert len(block["value"]) == len(block["se"]) == len(breast_cancer.FEATURES)
+    _, plot = coordinator.registry.explanation(model, explained["report_hash"])
+    assert plot.startswith(b"<svg")
+    assert (
+        verify_card_explanation(card, released, [explained], plot=plot) == explained["report_hash"]
+    )
+    # Recorded together: model.explained right after model.released.
+    assert _seq(sites, "model.explained") == _seq(sites, "model.released") + 1
+    # Charged to each dataset like an explanation run: the receipts' history shows it.
+    for signed in explained["receipts"]:
+        assert signed["receipt"]["epsilon_query"] == pytest.approx(0.5, abs=1e-3)
+    coordinator.ledger.verify(coordinator.ledger.identity_public_key)
+    (finished,) = _entries(sites, "run.finished")
+    assert (finished["status"], finished["model_hash"]) == ("completed", model)
+
+
+def test_a_card_whose_explanation_differs_from_the_ledger_is_caught(sites: _RealSites) -> None:
+    study = _study(sites)
+    model = _train_and_explain(sites, study, ASKED)
+    card = dict(sites.network.coordinator.registry.get(model).card)
+    (released,) = _entries(sites, "model.released")
+    (explained,) = _entries(sites, "model.explained")
+    _, plot = sites.network.coordinator.registry.explanation(model, explained["report_hash"])
+
+    # A report edited in the card (a coordinator flattering its model) breaks the card hash.
+    edited = copy.deepcopy(card)
+    edited["explanation"]["report"]["features"]["value"][0] += 1.0
+    with pytest.raises(VerificationError, match=r"model\.released"):
+        verify_card_explanation(edited, released, [explained])
+    # A card made consistent with a forged release names a report no model.explained records.
+    edited["explanation"]["report_hash"] = report_hash(edited["explanation"]["report"])
+    forged = {**released, "card_hash": canonical_hash(edited)}
+    with pytest.raises(VerificationError, match=r"no model\.explained"):
+        verify_card_explanation(edited, forged, [explained])
+    # Another plot than the one the card names.
+    with pytest.raises(VerificationError, match="plot"):
+        verify_card_explanation(card, released, [explained], plot=plot + b" ")
+    # A card with no explanation section.
+    bare = {k: v for k, v in card.items() if k != "explanation"}
+    with pytest.raises(VerificationError, match="no explanation report"):
+        verify_card_explanation(bare, {**released, "card_hash": canonical_hash(bare)}, [])
+
+
+def test_the_auditor_checks_a_card_against_a_bundle_from_the_cli(
+    sites: _RealSites, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    study = _study(sites)
+    model = _train_and_explain(sites, study, ASKED)
+    coordinator = sites.network.coordinator
+    bundle = tmp_path / "ledger.bundle"
+    coordinator.ledger.export_bundle(bundle)
+    root = tmp_path / "root.pub"
+    root.write_text(coordinator.ledger.identity_public_key.pem(), encoding="utf-8")
+    card = dict(coordinator.registry.get(model).card)
+    (explained,) = _entries(sites, "model.explained")
+    _, plot = coordinator.registry.explanation(model, explained["report_hash"])
+    card_file, plot_file = tmp_path / "card.json", tmp_path / "explanation.svg"
+    card_file.write_text(json.dumps({"card": card}), encoding="utf-8")
+    plot_file.write_bytes(plot)
+    args = ["ledger", "check-card", "--card", str(card_file), "--bundle", str(bundle)]
+    args += ["--trust", str(root), "--plot", str(plot_file), "--format", "json"]
+
+    assert main(args) == 0
+    document = json.loads(capsys.readouterr().out)
+    assert document["report_hash"] == explained["report_hash"]
+
+    plot_file.write_bytes(plot.replace(b"<svg", b"<svg data-x='1'", 1))
+    assert main(args) == 1
+    assert "plot" in capsys.readouterr().err
+
+
+def test_an_explanation_at_release_refused_everywhere_still_releases_and_says_why(
+    sites: _RealSites,
+) -> None:
+    study = _study(sites)
+
+    # Each site's cap for the study is 3: an explanation at epsilon 4 is refused everywhere.
+    model = _train_and_explain(
+        sites, study, ReleaseExplanation(clip_norm=1.0, epsilon=4.0, delta=1e-5)
+    )
+
+    card = sites.network.coordinator.registry.get(model).card
+    assert card["explanation"]["report_hash"] is None
+    assert any("budget.refused" in why for why in card["explanation"]["not_recorded"])
+    assert _entries(sites, "model.explained") == []
+    (finished,) = _entries(sites, "run.finished")
+    assert "explanation at release not recorded" in finished["reason"]

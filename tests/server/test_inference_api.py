@@ -771,3 +771,92 @@ def test_predict_cli_refuses_images_of_another_size(
     assert code == 1
     assert "wide.png" in capsys.readouterr().err
     assert len(live_cnn.served) == before  # nothing sent, nothing charged
+
+
+def test_predict_cli_prints_each_features_contribution_to_a_linear_logit(
+    live: LiveServer,
+    breast_cancer: Any,
+    trained_models: dict[str, Any],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    raw = breast_cancer.raw_test_x[:12]
+    patients = _write_patients(tmp_path / "patients.csv", breast_cancer.feature_names, raw)
+    before = len(live.served)
+
+    code = main(
+        [
+            "predict",
+            "--model",
+            live.hashes["logistic"],
+            "--input",
+            str(patients),
+            "--server",
+            f"{live.url}/api/v1",
+            "--token",
+            TOKEN,
+            "--contributions",
+            "--format",
+            "json",
+        ]
+    )
+
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    rows = json.loads(captured.out)["predictions"]
+    _, weights = trained_models["logistic"]
+    w = np.asarray(weights["linear.weight"], dtype=np.float64)[0]
+    bias = float(np.asarray(weights["linear.bias"])[0])
+    x = breast_cancer.test_x[:12]
+    names = list(breast_cancer.feature_names)
+    contributions = np.array([[row["contributions"][f] for f in names] for row in rows])
+    np.testing.assert_allclose(contributions, w[None, :] * x, atol=1e-3)
+    logits = np.array([row["logit"] for row in rows])
+    np.testing.assert_allclose(contributions.sum(axis=1) + bias, logits, atol=1e-3)
+    # One prediction request (136 carried), one contributions request (136 x 30 charged).
+    recorded = live.served[before:]
+    assert [(e["batch_size"], e.get("contributions")) for e in recorded] == [
+        (136, None),
+        (136, 30),
+    ]
+    assert recorded[1]["served_total"] - recorded[0]["served_total"] == 136 * 30
+
+
+def test_predict_cli_writes_contributions_per_class_for_a_ten_class_linear_model(
+    live_digits: LiveServer,
+    digits: Any,
+    digits_models: dict[str, Any],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    x = digits.test_x[:5]
+    names = tuple(f"pixel{i}" for i in range(64))
+    patients = _write_patients(tmp_path / "images.csv", names, (x + 1.0) * 8.0)
+    out = tmp_path / "scores.csv"
+
+    code = main(
+        [
+            "predict",
+            "--model",
+            live_digits.hashes["logistic"],
+            "--input",
+            str(patients),
+            "--server",
+            live_digits.url,
+            "--token",
+            TOKEN,
+            "--out",
+            str(out),
+            "--contributions",
+        ]
+    )
+
+    assert code == 0, capsys.readouterr().err
+    scores = _read_scores(out)
+    classes = [f"d{d}" for d in range(10)]
+    _, weights = digits_models["logistic"]
+    w = np.asarray(weights["linear.weight"], dtype=np.float64)
+    got = np.array(
+        [[[float(row[f"contribution_{c}_{f}"]) for f in names] for c in classes] for row in scores]
+    )
+    np.testing.assert_allclose(got, w[None, :, :] * x[:, None, :], atol=1e-3)

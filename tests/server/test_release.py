@@ -49,3 +49,6 @@ def test_the_card_says_how_many_exact_answers_determine_the_model(
         card = build_model_card(coordinator, study, "1", {"w": np.zeros(1)}, [])
     assert any(answers in limitation for limitation in card["limitations"])
     assert any("query budget" in limitation for limitation in card["limitations"])
+    # Issue 19: a linear model's card says that one contributions answer gives its weights.
+    says = any("charged as d = 30 predictions" in limitation for limitation in card["limitations"])
+    assert says == (model["family"] == "logistic")

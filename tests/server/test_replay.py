@@ -43,10 +43,10 @@ def network(tmp_path: Path) -> Iterator[_Network]:
     yield from enrolled_network(tmp_path)
 
 
-def _propose_plain(network: _Network, *, rounds: int) -> Study:
+def _propose_plain(network: _Network, *, rounds: int, **options: Any) -> Study:
     coordinator = network.coordinator
     study = breast_cancer_study(
-        study_id="bc-replay",
+        **{"study_id": "bc-replay", **options},
         epsilon_caps=dict.fromkeys(NODES.values(), 3.0),
         noise_multiplier=1.7,
         code_hash=build_fab().fab_hash,
@@ -251,9 +251,11 @@ def test_a_released_model_that_is_not_the_last_aggregate_is_caught(
     from veracity.server import study_run
     from veracity.server.release import release_model as honest
 
-    def swapped(coordinator: Any, study: Any, run_id: str, final: Any, outcomes: Any) -> str:
+    def swapped(
+        coordinator: Any, study: Any, run_id: str, final: Any, outcomes: Any, **options: Any
+    ) -> str:
         other = {name: array + np.float32(0.5) for name, array in final.items()}
-        return honest(coordinator, study, run_id, other, outcomes)
+        return honest(coordinator, study, run_id, other, outcomes, **options)
 
     monkeypatch.setattr(study_run, "release_model", swapped)
     _execute(network, _propose_plain(network, rounds=2), RUN)

@@ -864,6 +864,19 @@ def replay_command(
             "--round", envvar="VERACITY_ROUND", help="Replay only this round (default: all)."
         ),
     ] = None,
+    server: Annotated[
+        str | None,
+        typer.Option(
+            "--server",
+            envvar="VERACITY_SERVER",
+            help="The coordinator's admin API: fetch a global model this site no longer keeps.",
+        ),
+    ] = None,
+    token: Annotated[
+        str | None,
+        typer.Option("--token", envvar="VERACITY_TOKEN", help="This site's token (with --server)."),
+    ] = None,
+    ca_cert: CaCertOption = None,
     data_dir: DataDirOption = None,
     output_format: FormatOption = OutputFormat.TEXT,
 ) -> None:
@@ -872,15 +885,20 @@ def replay_command(
     Each round starts from the global model the site kept and draws its samples and noise
     from the round's secret seed; the outcome is signed as replay.confirmed or
     replay.failed (naming the first round that differs) and queued in the outbox
-    (veracity site sync delivers it). Spends no privacy budget. Exit 1 when a round
-    differs, or when the data file no longer matches its commitment (nothing is signed).
+    (veracity site sync delivers it). Spends no privacy budget. With --server and --token,
+    a global model the site no longer keeps is fetched from the coordinator and must have
+    the hash the site recorded. Exit 1 when a round differs, or when the data file no
+    longer matches its commitment (nothing is signed).
     """
-    from veracity.client.replay import replay_run
+    from veracity.client.replay import coordinator_fetcher, replay_run
     from veracity.client.site import Site
-    from veracity.errors import VerificationError
+    from veracity.errors import InputError, VerificationError
 
+    if (server is None) != (token is None):
+        raise InputError("--server and --token go together (to fetch missing global models)")
+    fetch = None if server is None or token is None else coordinator_fetcher(server, token, ca_cert)
     with Site.open(_root(data_dir)) as site:
-        outcome = replay_run(site, run, round=round_number)
+        outcome = replay_run(site, run, round=round_number, fetch=fetch)
     if output_format is OutputFormat.JSON:
         emit_json(outcome.to_json())
     else:

@@ -31,6 +31,7 @@ from veracity.he.params import CKKSParameterSet, PackingLayout, parameter_set_na
 from veracity.he.wire import (
     CONTENT_TYPE,
     DEFAULT_LIMITS,
+    Query,
     RequestHeader,
     WireLimits,
     body_hash,
@@ -42,6 +43,7 @@ __all__ = [
     "ModelDescription",
     "PatientTable",
     "Prediction",
+    "Contributions",
     "InferenceClient",
     "read_patients_csv",
     "read_images",
@@ -49,6 +51,7 @@ __all__ = [
     "standardise",
     "plan_batches",
     "predict_encrypted",
+    "contributions_encrypted",
     "sigmoid",
     "softmax",
 ]
@@ -98,6 +101,9 @@ class ModelDescription:
     #: ``cnn2d``: the two filter counts and the kernel (what the im2col layout needs).
     filters: tuple[int, ...] = ()
     kernel: int = 0
+    #: Linear models: the layout and largest batch of a per-feature contributions request
+    #: (``None``: the server does not offer contributions for this model).
+    contributions: LayoutChoice | None = None
 
     def shape(self) -> ModelShape:
         """What a layout needs to know about the model."""
@@ -195,6 +201,14 @@ class ModelDescription:
                 ),
                 filters=tuple(int(f) for f in model.get("filters", ())),
                 kernel=int(model.get("kernel", 0)),
+                contributions=(
+                    LayoutChoice(
+                        PackingLayout(he["contributions"]["layout"]),
+                        int(he["contributions"]["max_batch"]),
+                    )
+                    if "contributions" in he
+                    else None
+                ),
             )
         except (KeyError, TypeError, ValueError) as err:
             raise InputError(f"malformed model description from the server: {err}") from err
@@ -629,6 +643,96 @@ class InferenceClient:
             self.sent.append(body)
 
 
+def _secrets(
+    description: ModelDescription, secret: SecretContext | None
+) -> dict[str, SecretContext]:
+    """Secret contexts by parameter-set name, starting with ``secret`` if given."""
+    secrets: dict[str, SecretContext] = {}
+    if secret is not None:
+        if secret.parameter_set != description.parameter_set:
+            raise CryptoError("the secret context's parameter set is not the model's")
+        secrets[secret.parameter_set.name] = secret
+    return secrets
+
+
+def _exchange(
+    client: InferenceClient,
+    description: ModelDescription,
+    secrets: dict[str, SecretContext],
+    choice: LayoutChoice,
+    x: npt.NDArray[np.float64],
+    query: Query,
+) -> tuple[npt.NDArray[np.float64], int]:
+    """Encrypt ``x``, send one request, check and decrypt the answer; bytes sent too.
+
+    The decrypted outputs are the logits (``query`` prediction) or ``(batch, k * d)``
+    contributions, class by class.
+    """
+    ps, params_hash = description.parameters(choice)
+    if ps.name not in secrets:
+        secrets[ps.name] = SecretContext.generate(ps)
+    secret_for = secrets[ps.name]
+    if secret_for.he_params_hash != params_hash:
+        raise CryptoError("the server's HE parameters differ from this client's")
+    shape = description.shape()
+    batch = x.shape[0]
+    sent = 0
+    context = secret_for.public_context(rotation_steps=choice.rotation_steps)
+    context_hash = secret_for.context_hash(rotation_steps=choice.rotation_steps)
+    inline: bytes | None = context
+    if len(context) > INLINE_CONTEXT_MAX_BYTES:
+        if not client.has_uploaded(context_hash):
+            client.upload_context(context)
+            sent += len(context)
+        inline = None
+    ciphertexts = secret_for.encrypt(choice.layout, x, hidden=description.hidden, shape=shape)
+    header = RequestHeader(
+        model_hash=description.model_hash,
+        parameter_set=ps.name,
+        context_hash=context_hash,
+        layout=choice.layout,
+        batch_size=batch,
+        query=query,
+    )
+    request = encode_request(header, ciphertexts, context=inline)
+    try:
+        reply = client.predict(description.model_hash, request)
+    except InputError as err:
+        if inline is not None or "not known here" not in str(err):
+            raise
+        # The server no longer knows the uploaded context (evicted, or a worker that
+        # cannot see it): upload it again, once.
+        client.forget_upload(context_hash)
+        client.upload_context(context)
+        sent += len(context)
+        reply = client.predict(description.model_hash, request)
+    answer, results = decode_response(reply)
+    sent += len(request)
+    if (
+        answer.request_hash != body_hash(request)
+        or answer.model_hash != description.model_hash
+        or answer.layout is not choice.layout
+        or answer.batch_size != batch
+        or answer.query is not query
+        or answer.he_params_hash != secret_for.he_params_hash
+    ):
+        raise CryptoError("the server's response does not answer the request that was sent")
+    outputs = description.outputs
+    if query is Query.CONTRIBUTIONS:
+        outputs *= description.n_features
+        shape = ModelShape(description.n_features, outputs=outputs)
+    values = secret_for.decrypt(
+        choice.layout,
+        results,
+        batch_size=batch,
+        n_features=shape.n_features,
+        hidden=description.hidden,
+        outputs=outputs,
+        shape=shape,
+    )
+    return values, sent
+
+
 def predict_encrypted(
     client: InferenceClient,
     description: ModelDescription,
@@ -684,70 +788,15 @@ def predict_encrypted(
                 f"(~{needed / 2**20:.0f} MiB), above the server's limit of "
                 f"{description.max_request_bytes / 2**20:.0f} MiB per request"
             )
-    secrets: dict[str, SecretContext] = {}
-    if secret is not None:
-        if secret.parameter_set != description.parameter_set:
-            raise CryptoError("the secret context's parameter set is not the model's")
-        secrets[secret.parameter_set.name] = secret
+    secrets = _secrets(description, secret)
     logits = np.empty((x.shape[0], outputs) if outputs > 1 else x.shape[0], dtype=np.float64)
     requests = sent = 0
     for choice, start, stop in plan:
-        ps, params_hash = description.parameters(choice)
-        if ps.name not in secrets:
-            secrets[ps.name] = SecretContext.generate(ps)
-        secret_for = secrets[ps.name]
-        if secret_for.he_params_hash != params_hash:
-            raise CryptoError("the server's HE parameters differ from this client's")
-        context = secret_for.public_context(rotation_steps=choice.rotation_steps)
-        context_hash = secret_for.context_hash(rotation_steps=choice.rotation_steps)
-        inline: bytes | None = context
-        if len(context) > INLINE_CONTEXT_MAX_BYTES:
-            if not client.has_uploaded(context_hash):
-                client.upload_context(context)
-                sent += len(context)
-            inline = None
-        ciphertexts = secret_for.encrypt(
-            choice.layout, x[start:stop], hidden=description.hidden, shape=shape
+        logits[start:stop], size = _exchange(
+            client, description, secrets, choice, x[start:stop], Query.PREDICTION
         )
-        header = RequestHeader(
-            model_hash=description.model_hash,
-            parameter_set=ps.name,
-            context_hash=context_hash,
-            layout=choice.layout,
-            batch_size=stop - start,
-        )
-        request = encode_request(header, ciphertexts, context=inline)
-        try:
-            reply = client.predict(description.model_hash, request)
-        except InputError as err:
-            if inline is not None or "not known here" not in str(err):
-                raise
-            # The server no longer knows the uploaded context (evicted, or a worker that
-            # cannot see it): upload it again, once.
-            client.forget_upload(context_hash)
-            client.upload_context(context)
-            sent += len(context)
-            reply = client.predict(description.model_hash, request)
-        answer, results = decode_response(reply)
         requests += 1
-        sent += len(request)
-        if (
-            answer.request_hash != body_hash(request)
-            or answer.model_hash != description.model_hash
-            or answer.layout is not choice.layout
-            or answer.batch_size != stop - start
-            or answer.he_params_hash != secret_for.he_params_hash
-        ):
-            raise CryptoError("the server's response does not answer the request that was sent")
-        logits[start:stop] = secret_for.decrypt(
-            choice.layout,
-            results,
-            batch_size=stop - start,
-            n_features=description.n_features,
-            hidden=description.hidden,
-            outputs=outputs,
-            shape=shape,
-        )
+        sent += size
         if on_batch is not None:
             on_batch(stop - start)
     if outputs > 1:
@@ -757,3 +806,71 @@ def predict_encrypted(
         probabilities = sigmoid(logits)
         decisions = (probabilities >= description.threshold).astype(np.int64)
     return Prediction(description.model_hash, logits, probabilities, decisions, requests, sent)
+
+
+@dataclass(frozen=True)
+class Contributions:
+    """Decrypted per-feature contributions ``w_j * x_j`` of the patients of one input.
+
+    ``values`` has shape ``(n, d)`` for a two-class model (the positive class's logit)
+    and ``(n, k, d)`` for k classes; a patient's contributions to a class sum to that
+    class's logit minus the model's bias.
+    """
+
+    model_hash: str
+    values: npt.NDArray[np.float64]
+    requests: int
+    bytes_sent: int
+
+
+def contributions_encrypted(
+    client: InferenceClient,
+    description: ModelDescription,
+    features: npt.NDArray[np.float64],
+    *,
+    secret: SecretContext | None = None,
+    on_batch: Callable[[int], None] | None = None,
+) -> Contributions:
+    """Per-feature contributions to each patient's encrypted prediction (linear models).
+
+    Each request carries at most the description's contributions ``max_batch`` patients
+    and is charged d outputs for every patient its ciphertexts can carry: one answer with
+    a nonzero feature vector gives the model's weights, so the budget counts it as d
+    predictions per patient.
+
+    Raises
+    ------
+    InputError
+        If the model offers no contributions (not linear), ``features`` is not a
+        (patients, ``description.n_features``) array, or the server refuses a request.
+    CryptoError
+        If a response does not answer the request that was sent or does not decrypt.
+    """
+    choice = description.contributions
+    if choice is None or choice.max_batch < 1:
+        raise InputError(
+            f"model {description.model_hash[:16]}... ({description.family}) offers no "
+            "per-feature contributions; they exist for linear models only"
+        )
+    x = np.asarray(features, dtype=np.float64)
+    if x.ndim != 2 or x.shape[0] < 1 or x.shape[1] != description.n_features:
+        raise InputError(
+            f"the model takes {description.n_features} features per patient; got an array "
+            f"of shape {x.shape}"
+        )
+    secrets = _secrets(description, secret)
+    d, k = description.n_features, description.outputs
+    values = np.empty((x.shape[0], k * d), dtype=np.float64)
+    requests = sent = 0
+    for start in range(0, x.shape[0], choice.max_batch):
+        stop = min(start + choice.max_batch, x.shape[0])
+        answer, size = _exchange(
+            client, description, secrets, choice, x[start:stop], Query.CONTRIBUTIONS
+        )
+        values[start:stop] = answer.reshape(stop - start, k * d)
+        requests += 1
+        sent += size
+        if on_batch is not None:
+            on_batch(stop - start)
+    shaped = values if k == 1 else values.reshape(x.shape[0], k, d)
+    return Contributions(description.model_hash, shaped, requests, sent)

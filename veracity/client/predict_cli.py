@@ -20,7 +20,7 @@ from veracity.api_options import CaCertOption, ServerOption, TokenOption, check_
 from veracity.output import FormatOption, OutputFormat, emit_json, emit_table, stderr_console
 
 if TYPE_CHECKING:
-    from veracity.client.predict import PatientTable, Prediction
+    from veracity.client.predict import Contributions, PatientTable, Prediction
 
 __all__ = ["register", "predict_command"]
 
@@ -68,11 +68,43 @@ def _rows(
     ]
 
 
+def _contributions(
+    contributions: Contributions, features: tuple[str, ...], classes: tuple[str, ...]
+) -> list[dict[str, Any]]:
+    """Per patient, ``{feature: w*x}`` (two classes) or ``{class: {feature: w*x}}``."""
+
+    def named(values: Any) -> dict[str, float]:
+        return {f: round(float(v), 6) for f, v in zip(features, values, strict=True)}
+
+    if len(classes) == 2:
+        return [named(patient) for patient in contributions.values]
+    return [
+        {name: named(per_class) for name, per_class in zip(classes, patient, strict=True)}
+        for patient in contributions.values
+    ]
+
+
+def _flat(row: dict[str, Any]) -> dict[str, Any]:
+    """A CSV row: ``contributions`` spread into ``contribution_[class_]feature`` columns."""
+    nested = row.get("contributions")
+    if nested is None:
+        return row
+    flat = {k: v for k, v in row.items() if k != "contributions"}
+    for name, value in nested.items():
+        if isinstance(value, dict):
+            flat.update({f"contribution_{name}_{f}": v for f, v in value.items()})
+        else:
+            flat[f"contribution_{name}"] = value
+    return flat
+
+
 def _csv_text(id_column: str, columns: tuple[str, ...], rows: list[dict[str, Any]]) -> str:
+    flat = [_flat(row) for row in rows]
+    extra = [k for k in flat[0] if k != id_column and k not in columns] if flat else []
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=[id_column, *columns], lineterminator="\n")
+    writer = csv.DictWriter(buffer, fieldnames=[id_column, *columns, *extra], lineterminator="\n")
     writer.writeheader()
-    writer.writerows(rows)
+    writer.writerows(flat)
     return buffer.getvalue()
 
 
@@ -123,6 +155,15 @@ def predict_command(
         float,
         typer.Option("--timeout", envvar="VERACITY_TIMEOUT", help="Seconds per HTTP call."),
     ] = 300.0,
+    contributions: Annotated[
+        bool,
+        typer.Option(
+            "--contributions",
+            envvar="VERACITY_CONTRIBUTIONS",
+            help="Also ask for each feature's contribution w*x to each patient's logit "
+            "(linear models only; charged as one prediction per feature and patient).",
+        ),
+    ] = False,
     output_format: FormatOption = OutputFormat.TEXT,
 ) -> None:
     """Score patients with a released model without revealing them.
@@ -131,12 +172,16 @@ def predict_command(
     scaling, encrypts locally under a fresh CKKS key that never leaves this process, sends
     only ciphertexts, and decrypts the scores. Writes probabilities and decisions
     (probability >= 0.5); for a model of more than two classes, one probability column per
-    class (softmax, computed here) and the most probable class as the decision.
+    class (softmax, computed here) and the most probable class as the decision. With
+    ``--contributions`` (linear models), each feature's contribution ``w*x`` to the logit
+    as well (``contributions`` in JSON, ``contribution_*`` columns in CSV); one such answer
+    reveals the model's weights, so each counts as d predictions against the budget.
     """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 
     from veracity.client.predict import (
         InferenceClient,
+        contributions_encrypted,
         plan_batches,
         predict_encrypted,
         read_images,
@@ -177,9 +222,21 @@ def predict_command(
                 features,
                 on_batch=lambda done: progress.advance(task, done),
             )
+            explained = None
+            if contributions:
+                task = progress.add_task("contributions", total=len(table.ids))
+                explained = contributions_encrypted(
+                    client,
+                    description,
+                    features,
+                    on_batch=lambda done: progress.advance(task, done),
+                )
     classes = description.classes
     columns = _columns(classes)
     rows = _rows(table, prediction, classes)
+    if explained is not None:
+        named = _contributions(explained, description.features, classes)
+        rows = [{**row, "contributions": c} for row, c in zip(rows, named, strict=True)]
     positives = int(prediction.decisions.sum()) if len(classes) == 2 else None
     summary = {
         "model_hash": model,
@@ -195,8 +252,8 @@ def predict_command(
                 }
             }
         ),
-        "requests": prediction.requests,
-        "bytes_sent": prediction.bytes_sent,
+        "requests": prediction.requests + (explained.requests if explained else 0),
+        "bytes_sent": prediction.bytes_sent + (explained.bytes_sent if explained else 0),
         "out": str(out) if out is not None else None,
     }
     if out is not None:

@@ -24,6 +24,13 @@ For every round it trains, the site agent keeps (:class:`RoundKeeper`):
 3. signs ``replay.confirmed`` (every round equal) or ``replay.failed`` (the first round
    that differs, and why) and queues it in the outbox for the ledger.
 
+A site that no longer keeps a round's global model (a lost or pruned ``replay/globals/``)
+may fetch it from the coordinator (``--server URL --token T``; :func:`coordinator_fetcher`,
+``GET /api/v1/runs/{run}/models/{hash}``, which serves only the global models the ledger
+names for that run): the fetched bytes must hold weights of exactly the hash the site
+recorded when it received the model, else the round fails as a missing model would; a
+good copy is kept again.
+
 Nothing is reserved or recorded in the privacy budget: a replay releases nothing new (the
 statement carries only hashes the receipts already hold), so it spends nothing.
 """
@@ -35,6 +42,7 @@ import json
 import os
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -55,7 +63,18 @@ from veracity.errors import ApprovalMissing, InputError
 from veracity.tasks.study import parse_study
 from veracity.tasks.weights import Weights, weights_from_bytes, weights_hash, weights_to_bytes
 
-__all__ = ["KeptRound", "RoundKeeper", "ReplayedRoundTiming", "ReplayOutcome", "replay_run"]
+__all__ = [
+    "KeptRound",
+    "RoundKeeper",
+    "ReplayedRoundTiming",
+    "ReplayOutcome",
+    "FetchGlobal",
+    "coordinator_fetcher",
+    "replay_run",
+]
+
+#: Fetches a run's global model by hash from the coordinator: ``(run_id, model_hash) -> bytes``.
+FetchGlobal = Callable[[str, str], bytes]
 
 _ROUND_FILE = re.compile(r"^round-([0-9]{1,7})\.json$")
 
@@ -286,11 +305,77 @@ def _check_data(site: Site, kept: list[KeptRound]) -> Any:
     return dataset, source
 
 
-def replay_run(site: Site, run_id: str, *, round: int | None = None) -> ReplayOutcome:
+def coordinator_fetcher(
+    server: str,
+    token: str,
+    ca_cert: Path | None,
+    *,
+    timeout: float = 60.0,
+    transport: Any = None,
+) -> FetchGlobal:
+    """A :data:`FetchGlobal` over the coordinator's API with this site's token.
+
+    The returned function raises :class:`~veracity.errors.TransportError` when the API
+    cannot be reached or refuses (the status and its detail in the message).
+    """
+    import ssl
+
+    import httpx
+
+    from veracity.api_options import api_base
+    from veracity.errors import TransportError
+
+    verify: ssl.SSLContext | bool = True
+    if ca_cert is not None:
+        verify = ssl.create_default_context(cafile=str(ca_cert))
+
+    def fetch(run_id: str, model_hash: str) -> bytes:
+        try:
+            with httpx.Client(
+                base_url=api_base(server), verify=verify, timeout=timeout, transport=transport
+            ) as http:
+                response = http.get(
+                    f"/runs/{run_id}/models/{model_hash}",
+                    headers={"Authorization": f"Bearer {token}"},
+                )
+        except httpx.HTTPError as err:
+            raise TransportError(f"cannot reach {server}: {err}") from err
+        if response.status_code != 200:
+            raise TransportError(
+                f"the coordinator answered {response.status_code}: {response.text[:300]}"
+            )
+        return response.content
+
+    return fetch
+
+
+def _fetched_global(
+    keeper: RoundKeeper, fetch: FetchGlobal, run_id: str, model_hash: str
+) -> tuple[Weights | None, str]:
+    """The global model fetched from the coordinator and kept again, or ``None`` and why."""
+    from veracity.errors import VeracityError
+
+    try:
+        weights = weights_from_bytes(fetch(run_id, model_hash))
+    except VeracityError as err:
+        return None, f"the round's global model is missing and fetching it failed: {err}"
+    if weights_hash(weights) != model_hash:
+        return None, (
+            "the global model fetched from the coordinator does not have the hash this site "
+            "recorded when it received it"
+        )
+    keeper.keep_global(weights)
+    return weights, ""
+
+
+def replay_run(
+    site: Site, run_id: str, *, round: int | None = None, fetch: FetchGlobal | None = None
+) -> ReplayOutcome:
     """Re-train the kept rounds of ``run_id`` (or only ``round``) and sign the outcome.
 
     The signed ``replay.confirmed`` or ``replay.failed`` is queued in the site's outbox.
-    See the module docstring for the steps.
+    See the module docstring for the steps. ``fetch``: where to get a global model this
+    site no longer keeps (:func:`coordinator_fetcher`); without it a missing one fails.
 
     Raises
     ------
@@ -352,7 +437,11 @@ def replay_run(site: Site, run_id: str, *, round: int | None = None) -> ReplayOu
             return fail(
                 record, expected, None, "the stored seed does not match the receipt's commitment"
             )
-        weights = keeper.load_global(record.global_model_hash)
+        weights: Weights | None = keeper.load_global(record.global_model_hash)
+        if weights is None and fetch is not None:
+            weights, why = _fetched_global(keeper, fetch, run_id, record.global_model_hash)
+            if weights is None:
+                return fail(record, expected, None, why)
         if weights is None:
             return fail(record, expected, None, "the round's global model is missing")
         if weights_hash(weights) != record.global_model_hash:

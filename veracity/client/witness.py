@@ -22,18 +22,20 @@ import ssl
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
 
-from veracity.client.site import Site
+from veracity.client.site import Site, SitePaths
 from veracity.crypto.keys import (
     SigningKey,
+    VerifyKey,
     generate_signing_key,
     load_signing_key,
+    load_verify_key,
     private_key_path,
     write_key_pair,
 )
@@ -51,6 +53,7 @@ from veracity.supervise import ManagedProcess, ProcessGroup, python_module_argv
 __all__ = [
     "ensure_witness_key",
     "witness_verifier",
+    "held_site_keys",
     "WitnessApi",
     "SiteWitness",
     "open_site_witness",
@@ -173,12 +176,49 @@ class WitnessApi:
         self._call("POST", "/ledger/witness/cosignatures", json=body)
 
 
+def held_site_keys(paths: SitePaths) -> list[VerifyKey]:
+    """The statement public keys the site holds now: its key, and a rotation's new key.
+
+    Read from the key files each time (a ``site rotate-key`` during a long ``site start``
+    makes a new key the witness must know of before the rotation is recorded).
+
+    Raises
+    ------
+    ConfigError, CryptoError
+        If a public key file is missing or unreadable.
+    """
+    keys = [load_verify_key(paths.public_key)]
+    if paths.next_public_key.exists():
+        keys.append(load_verify_key(paths.next_public_key))
+    return keys
+
+
 @dataclass
 class SiteWitness:
-    """A site's witness and the API it talks to."""
+    """A site's witness and the API it talks to.
+
+    ``site_keys``, when given, re-reads the statement keys the site holds before each
+    cosignature; the witness then knows every key the site held while it ran (a key event
+    about the site's name enrolling any other key is still refused, loudly). The log's own
+    key history is followed from the entries each cosignature scans (:class:`Witness`).
+    """
 
     witness: Witness
     api: WitnessApi
+    site_keys: Callable[[], Sequence[VerifyKey]] | None = None
+
+    def _refresh_site_keys(self) -> None:
+        if self.site_keys is None:
+            return
+        held = {key.raw.hex() for key in self.site_keys()}
+        new = held - self.witness.site_keys
+        if new:
+            log.info(
+                "witness %s: the site now holds %d more statement key(s)",
+                self.witness.name,
+                len(new),
+            )
+            self.witness.site_keys |= new
 
     def once(self) -> dict[str, Any]:
         """Witness the newest checkpoint if it is new; what was done.
@@ -193,6 +233,7 @@ class SiteWitness:
         text = self.api.checkpoint()
         if text is None:
             return {"cosigned": None, "reason": "no checkpoint yet"}
+        self._refresh_site_keys()
         size = CheckpointText.parse(Note.parse(text).text).tree_size
         old = self.witness.state().tree_size
         if size == old and old:
@@ -238,9 +279,10 @@ def open_site_witness(
     """
     with Site.open(site_dir) as site:
         name = site.name
-        # A rotation waiting to be recorded hands the name to a key the site holds too.
-        incoming = site.next_key()
-        site_keys = [site.key.public] + ([] if incoming is None else [incoming.public])
+        paths = site.paths
+    # A rotation waiting to be recorded hands the name to a key the site holds too; the
+    # keys are read again before each cosignature (SiteWitness.site_keys).
+    site_keys = held_site_keys(paths)
     key = ensure_witness_key(site_dir, name)
     api = WitnessApi(api_url, token, ca_cert=ca_cert, transport=transport)
     directory = site_dir / "witness"
@@ -266,7 +308,7 @@ def open_site_witness(
         site_keys=site_keys,
         clock=time.time,
     )
-    return SiteWitness(witness, api)
+    return SiteWitness(witness, api, site_keys=lambda: held_site_keys(paths))
 
 
 def start_site_witness(

@@ -70,6 +70,7 @@ __all__ = [
     "ApprovalMissingStatement",
     "ReleasedDataset",
     "ModelReleased",
+    "UpdatesPruned",
     "InferenceServed",
     "AnalysisAnswered",
     "ModelExplained",
@@ -383,8 +384,12 @@ class InferenceServed(Payload):
     #: Patients the request's ciphertexts can carry (what is charged), not the declared batch.
     batch_size: Annotated[int, Field(ge=1, le=2**31)]
     request_hash: Hash
-    #: Patients charged to this requester for this model so far, this request included.
+    #: Predictions charged to this requester for this model so far, this request included
+    #: (a contributions request counts ``batch_size * contributions``).
     served_total: Annotated[int, Field(ge=1, le=2**53 - 1)]
+    #: Per-feature contributions were asked for: outputs per patient (the model's
+    #: features); absent for a prediction.
+    contributions: Annotated[int, Field(ge=1, le=2**20)] | None = None
 
 
 class TokenIssued(RequestedPayload):
@@ -417,6 +422,9 @@ class CheckpointRecorded(RequestedPayload):
     root_hash: Hash
     log_id: Hash
     signature: Base64Signature
+    #: The checkpoint's signed time, when entries appended between signing and recording
+    #: made the entry's own ``ts`` later (absent: the entry's ``ts`` is the signed time).
+    timestamp: Timestamp | None = None
 
 
 class CheckpointCosigned(SitePayload):
@@ -436,6 +444,26 @@ class NoteRecorded(Payload):
     KIND: ClassVar[str] = "note.recorded"
 
     text: Annotated[str, StringConstraints(min_length=1, max_length=10_000)]
+
+
+class UpdatesPruned(RequestedPayload):
+    """The coordinator deleted archived round files (its updates/ folder), by its retention policy.
+
+    ``runs`` lost their archive (``removed``: the weights hashes deleted, ``removed_bytes``
+    their size); ``kept_released``: runs as old whose model was released, kept because a
+    replay of that model needs them (``include_released`` false). ``before``: runs that
+    finished before this moment were eligible (``older_than_days`` before the prune).
+    """
+
+    KIND: ClassVar[str] = "updates.pruned"
+
+    older_than_days: Annotated[int, Field(ge=0, le=36_500)]
+    before: Timestamp
+    include_released: bool
+    runs: Annotated[list[Ident], Field(min_length=1, max_length=100_000)]
+    kept_released: Annotated[list[Ident], Field(max_length=100_000)]
+    removed: Annotated[list[Hash], Field(max_length=1_000_000)]
+    removed_bytes: Count
 
 
 #: Every ledger event kind and its payload model.
@@ -468,6 +496,8 @@ PAYLOADS: dict[str, type[Payload]] = {
         ReplayFailed,
         # --- explanations (#19)
         ModelExplained,
+        # --- retention of the round archive (#19)
+        UpdatesPruned,
     )
 }
 
@@ -503,6 +533,7 @@ ROOT_KINDS: frozenset[str] = frozenset(
         "token.revoked",
         # --- explanations (#19)
         "model.explained",
+        "updates.pruned",
     }
 )
 #: Kinds a site records about itself (the payload's ``site`` must be the actor).

@@ -37,6 +37,7 @@ __all__ = [
     "BASELINE",
     "METHOD",
     "ExplanationTerms",
+    "ReleaseExplanation",
     "terms_hash",
     "SiteExplanation",
     "ExplanationReply",
@@ -71,6 +72,30 @@ class ExplanationTerms(Contract):
     clip_norm: Annotated[Number, Field(gt=0, le=1e6)]
     epsilon: Annotated[Number, Field(gt=0, le=100)]
     delta: Annotated[Number, Field(gt=0, lt=1)]
+
+
+class ReleaseExplanation(Contract):
+    """The explanation a training run asks for at release, before its model's hash is known.
+
+    The run's config carries it (so ``run.started``'s ``config_hash`` covers it); once the
+    final model exists, :meth:`for_model` gives the terms the sites are asked under.
+    """
+
+    steps: Annotated[int, Field(ge=2, le=1024)] = 32
+    clip_norm: Annotated[Number, Field(gt=0, le=1e6)]
+    epsilon: Annotated[Number, Field(gt=0, le=100)]
+    delta: Annotated[Number, Field(gt=0, lt=1)]
+
+    def for_model(self, model_hash: str, study_hash: str) -> ExplanationTerms:
+        """The terms of explaining ``model_hash`` of ``study_hash`` under these costs."""
+        return ExplanationTerms(
+            model_hash=model_hash,
+            study_hash=study_hash,
+            steps=self.steps,
+            clip_norm=self.clip_norm,
+            epsilon=self.epsilon,
+            delta=self.delta,
+        )
 
 
 def terms_hash(terms: ExplanationTerms) -> str:

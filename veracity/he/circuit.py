@@ -32,6 +32,7 @@ __all__ = [
     "Circuit",
     "compile_circuit",
     "compile_conv_circuit",
+    "contributions_circuit",
     "conv_matrix",
     "pool_groups",
 ]
@@ -74,6 +75,38 @@ class LinearCircuit:
     def outputs(self) -> int:
         """Outputs per patient."""
         return int(self.weights.shape[0])
+
+
+def contributions_circuit(linear: LinearCircuit) -> LinearCircuit:
+    """The per-feature contributions of ``linear`` as a linear circuit of k * d outputs.
+
+    Output ``c * d + j`` is ``w[c, j] * x_j`` (weight row ``w[c, j] * e_j``, bias 0), at the
+    model's own weight scale, so every layout that serves ``linear`` evaluates it and masks
+    everything but the declared patients' outputs exactly as for a prediction. The
+    contributions of a patient sum to its logit minus the bias.
+
+    Raises
+    ------
+    CryptoError
+        If a weight is zero at the model's weight scale: its contribution would be a
+        ciphertext that does not depend on the input (SEAL calls it transparent and refuses
+        it, and it would tell the requester the weight is exactly zero).
+    """
+    zero = np.argwhere(linear.weights == 0.0)
+    if zero.size:
+        output, feature = (int(v) for v in zero[0])
+        raise CryptoError(
+            f"feature {feature}'s weight (output {output}) is zero at the model's encoding "
+            "scale; per-feature contributions are not served for this model"
+        )
+    outputs, width = linear.weights.shape
+    weights = np.zeros((outputs * width, width), dtype=np.float64)
+    rows = np.arange(outputs * width)
+    weights[rows, rows % width] = linear.weights.reshape(-1)
+    # |w_j x_j| <= input_bound * sum_j |w_j| <= the model's own logit bound.
+    return LinearCircuit(
+        weights, np.zeros(outputs * width), linear.weight_scale, linear.logit_bound
+    )
 
 
 @dataclass(frozen=True)

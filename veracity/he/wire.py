@@ -23,6 +23,7 @@ import re
 import struct
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any
 
 from veracity.core.canonical import canonical_json
@@ -36,6 +37,7 @@ __all__ = [
     "KIND_REQUEST",
     "KIND_RESPONSE",
     "CONTENT_TYPE",
+    "Query",
     "WireLimits",
     "DEFAULT_LIMITS",
     "Envelope",
@@ -57,6 +59,19 @@ KIND_REQUEST = "veracity.he.request"
 KIND_RESPONSE = "veracity.he.response"
 #: Media type of every envelope on HTTP.
 CONTENT_TYPE = "application/vnd.veracity.he.v1"
+
+
+class Query(StrEnum):
+    """What a request asks for (the optional header field ``query``).
+
+    ``prediction`` (the default, and what a header without the field asks): the logits.
+    ``contributions`` (linear models only): per declared patient, class and feature,
+    ``w_j * x_j``, one output per feature, charged as that many predictions.
+    """
+
+    PREDICTION = "prediction"
+    CONTRIBUTIONS = "contributions"
+
 
 _PREFIX = struct.Struct("<4sI")
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
@@ -230,6 +245,16 @@ def _hex64(header: Mapping[str, Any], field: str) -> str:
     return value
 
 
+def _query(header: Mapping[str, Any]) -> Query:
+    if "query" not in header:
+        return Query.PREDICTION
+    try:
+        return Query(str(header["query"]))
+    except ValueError as err:
+        known = ", ".join(query.value for query in Query)
+        raise InputError(f"unknown query {header['query']!r}; one of {known}") from err
+
+
 def _positive_int(header: Mapping[str, Any], field: str) -> int:
     value = header.get(field)
     if not isinstance(value, int) or isinstance(value, bool) or value < 1:
@@ -247,8 +272,10 @@ def _layout(header: Mapping[str, Any]) -> PackingLayout:
         ) from err
 
 
-def _exact_fields(header: Mapping[str, Any], fields: set[str], what: str) -> None:
-    extra = set(header) - fields
+def _exact_fields(
+    header: Mapping[str, Any], fields: set[str], what: str, optional: frozenset[str] = frozenset()
+) -> None:
+    extra = set(header) - fields - optional
     if extra:
         raise InputError(f"{what} has unknown fields: {', '.join(sorted(extra))}")
     missing = fields - set(header)
@@ -271,6 +298,9 @@ class RequestHeader:
         or was uploaded before.
     layout, batch_size
         How the ciphertexts pack ``batch_size`` patients.
+    query
+        What to compute: the prediction (default; the field is then left out of the
+        header) or, for a linear model, per-feature contributions.
     """
 
     model_hash: str
@@ -278,19 +308,25 @@ class RequestHeader:
     context_hash: str
     layout: PackingLayout
     batch_size: int
+    query: Query = Query.PREDICTION
 
     def to_header(self) -> dict[str, Any]:
         """The JSON header fields."""
-        return {
+        header: dict[str, Any] = {
             "model_hash": self.model_hash,
             "parameter_set": self.parameter_set,
             "context_hash": self.context_hash,
             "layout": self.layout.value,
             "batch_size": self.batch_size,
         }
+        if self.query is not Query.PREDICTION:
+            header["query"] = self.query.value
+        return header
 
 
 _REQUEST_FIELDS = {"model_hash", "parameter_set", "context_hash", "layout", "batch_size"}
+#: Header fields a request or response may carry (left out: their default).
+_OPTIONAL_FIELDS = frozenset({"query"})
 
 
 def encode_request(
@@ -316,7 +352,7 @@ def decode_request(
         data, kind=KIND_REQUEST, max_bytes=limits.max_request_bytes, limits=limits
     )
     header = envelope.header
-    _exact_fields(header, _REQUEST_FIELDS, "request header")
+    _exact_fields(header, _REQUEST_FIELDS, "request header", _OPTIONAL_FIELDS)
     parameter_set = header.get("parameter_set")
     if not isinstance(parameter_set, str) or not _NAME.match(parameter_set):
         raise InputError("field 'parameter_set' must be a parameter-set name")
@@ -326,6 +362,7 @@ def decode_request(
         context_hash=_hex64(header, "context_hash"),
         layout=_layout(header),
         batch_size=_positive_int(header, "batch_size"),
+        query=_query(header),
     )
     names = [name for name, _ in envelope.parts]
     unknown = set(names) - {"context", "ciphertext"}
@@ -342,23 +379,27 @@ def decode_request(
 
 @dataclass(frozen=True)
 class ResponseHeader:
-    """What a response says it answers."""
+    """What a response says it answers (``query`` as the request's)."""
 
     model_hash: str
     request_hash: str
     he_params_hash: str
     layout: PackingLayout
     batch_size: int
+    query: Query = Query.PREDICTION
 
     def to_header(self) -> dict[str, Any]:
         """The JSON header fields."""
-        return {
+        header: dict[str, Any] = {
             "model_hash": self.model_hash,
             "request_hash": self.request_hash,
             "he_params_hash": self.he_params_hash,
             "layout": self.layout.value,
             "batch_size": self.batch_size,
         }
+        if self.query is not Query.PREDICTION:
+            header["query"] = self.query.value
+        return header
 
 
 _RESPONSE_FIELDS = {"model_hash", "request_hash", "he_params_hash", "layout", "batch_size"}
@@ -385,13 +426,14 @@ def decode_response(
         data, kind=KIND_RESPONSE, max_bytes=limits.max_response_bytes, limits=limits
     )
     header = envelope.header
-    _exact_fields(header, _RESPONSE_FIELDS, "response header")
+    _exact_fields(header, _RESPONSE_FIELDS, "response header", _OPTIONAL_FIELDS)
     parsed = ResponseHeader(
         model_hash=_hex64(header, "model_hash"),
         request_hash=_hex64(header, "request_hash"),
         he_params_hash=_hex64(header, "he_params_hash"),
         layout=_layout(header),
         batch_size=_positive_int(header, "batch_size"),
+        query=_query(header),
     )
     results = envelope.parts_named("result")
     if not results or len(results) != len(envelope.parts):

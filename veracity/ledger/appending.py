@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, insert, select
+from sqlalchemy import insert, select
 from sqlalchemy.orm import Session
 
 from veracity.contracts.events import (
@@ -288,18 +288,30 @@ def append_rows(
 ) -> Appended:
     """Check and write the events at the head (the caller holds the write lock).
 
+    The entries are dated ``ts``, or the head entry's or newest checkpoint's time if that
+    is later (a clock that stepped back never dates an entry before its predecessor).
+
     Raises
     ------
     InputError, SignatureError, Conflict, ConfigError
         As :meth:`~veracity.ledger.ledger.Ledger.append` documents; nothing is written.
     """
     head = session.execute(
-        select(store.EntryRow.seq, store.EntryRow.hash).order_by(store.EntryRow.seq.desc()).limit(1)
+        select(store.EntryRow.seq, store.EntryRow.hash, store.EntryRow.ts)
+        .order_by(store.EntryRow.seq.desc())
+        .limit(1)
     ).first()
     if head is None:
         raise ConfigError("the ledger has no genesis entry; run `veracity ledger init`")
     seq, prev = head.seq + 1, bytes(head.hash)
-    last_checkpoint = session.scalar(select(func.max(store.CheckpointRow.tree_size))) or 0
+    newest = session.execute(
+        select(store.CheckpointRow.tree_size, store.CheckpointRow.timestamp)
+        .order_by(store.CheckpointRow.tree_size.desc())
+        .limit(1)
+    ).first()
+    last_checkpoint = 0 if newest is None else newest.tree_size
+    # Time never goes backwards in the log: not before the head, nor the newest checkpoint.
+    ts = max(ts, head.ts, "" if newest is None else newest.timestamp)
     keys = KeyView(session, head=head.seq)
     log_id_bytes = bytes.fromhex(log_id)
     entry_rows: list[dict[str, Any]] = []

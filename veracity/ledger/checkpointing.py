@@ -8,6 +8,7 @@ entry at the head (:func:`record_checkpoint_entry`).
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
+from typing import Any
 
 from sqlalchemy import insert, select
 from sqlalchemy.orm import Session
@@ -21,6 +22,7 @@ from veracity.errors import (
     ConfigError,
     InputError,
     LedgerIntegrityError,
+    StaleCheckpoint,
 )
 from veracity.ledger import store
 from veracity.ledger.appending import EventRequest, check_event, position_signatures, prepare
@@ -92,6 +94,13 @@ def verify_since(
         .order_by(store.EntryRow.seq)
         .execution_options(yield_per=4096)
     )
+    prev_ts = (
+        session.execute(
+            select(store.EntryRow.ts).where(store.EntryRow.seq == start - 1)
+        ).scalar_one_or_none()
+        if start
+        else None
+    )
     try:
         leaves = verify_extension(
             (
@@ -105,6 +114,7 @@ def verify_since(
             key_events=events,
             log_id=bytes.fromhex(log_id),
             own=own(start, size),
+            prev_ts=prev_ts,
         )
     finally:
         result.close()
@@ -123,9 +133,16 @@ def record_checkpoint_entry(
 
     ``recorded(size)`` gives the ``checkpoint`` entries from seq ``size`` on: when another
     signer recorded this size first, its entry is returned.
+
+    Raises
+    ------
+    StaleCheckpoint
+        If a larger or later checkpoint was recorded since ``signed`` was signed.
     """
     head = session.execute(
-        select(store.EntryRow.seq, store.EntryRow.hash).order_by(store.EntryRow.seq.desc()).limit(1)
+        select(store.EntryRow.seq, store.EntryRow.hash, store.EntryRow.ts)
+        .order_by(store.EntryRow.seq.desc())
+        .limit(1)
     ).first()
     if head is None:
         raise ConfigError("the ledger has no genesis entry; run `veracity ledger init`")
@@ -138,16 +155,33 @@ def record_checkpoint_entry(
         raise LedgerIntegrityError(
             f"the checkpoint of size {signed.tree_size} has no checkpoint entry"
         )
+    newest = session.execute(
+        select(store.CheckpointRow.tree_size, store.CheckpointRow.timestamp)
+        .order_by(store.CheckpointRow.tree_size.desc())
+        .limit(1)
+    ).first()
+    if newest is not None and (
+        newest.tree_size > signed.tree_size or newest.timestamp > signed.timestamp
+    ):
+        raise StaleCheckpoint(
+            f"the checkpoint of size {signed.tree_size} signed at {signed.timestamp} is older "
+            f"than the one recorded meanwhile (size {newest.tree_size}, {newest.timestamp}); "
+            "sign the head again"
+        )
     seq, prev = head.seq + 1, bytes(head.hash)
-    payload = {
+    payload: dict[str, Any] = {
         "tree_size": signed.tree_size,
         "root_hash": signed.root_hash,
         "log_id": signed.log_id,
         "signature": signed.signature,
     }
+    # The entry's ts is the signed time, unless entries appended since signing are newer:
+    # then it takes the head's time and the payload carries the signed one.
+    ts = max(signed.timestamp, head.ts)
+    if ts != signed.timestamp:
+        payload["timestamp"] = signed.timestamp
     item = prepare(EventRequest("checkpoint", ROOT_ACTOR, payload, signer=key))
     check_event(KeyView(session, head=head.seq), seq, item, log_id=log_id)
-    ts = signed.timestamp  # the entry's ts is the signed timestamp
     signature, _ = position_signatures(
         item, root_key=key, log_id=bytes.fromhex(log_id), seq=seq, prev=prev, ts=ts
     )

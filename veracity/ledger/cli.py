@@ -563,7 +563,9 @@ def verify_proof(
     """Check an inclusion proof against a checkpoint signed by the trusted root.
 
     The trusted root is the log's identity key (root.pub); the checkpoint is signed by a log
-    key it enrolled, which the proof's `log_key_events` (from `veracity ledger prove`) show.
+    key it enrolled, which the proof's `log_key_events` (from `veracity ledger prove`) show:
+    the one valid at the checkpoint's size (or still in its rotation overlap), never a key
+    enrolled after it or retired before it.
     """
     from veracity.ledger.log_key import log_keys_from_entries
     from veracity.ledger.proofs import InclusionProof
@@ -580,7 +582,11 @@ def verify_proof(
         signers = [trusted]
         if isinstance(events, list) and events:
             # The identity (root.pub) enrolled the log keys that sign checkpoints.
-            signers = log_keys_from_entries([str(e) for e in events], trusted)
+            signers = log_keys_from_entries([str(e) for e in events], trusted, at=chosen.tree_size)
+            if not signers:
+                raise SignatureError(
+                    f"no log key was valid at the checkpoint of size {chosen.tree_size}"
+                )
         for position, signer in enumerate(signers):
             try:
                 parsed.verify(chosen, signer)

@@ -42,6 +42,7 @@ from veracity.errors import (
     LedgerIntegrityError,
     NotFound,
     SignatureError,
+    StaleCheckpoint,
     VeracityError,
 )
 from veracity.ledger import reads, store
@@ -73,6 +74,9 @@ log = logging.getLogger(__name__)
 _CHECKPOINT_AFTER_COMMIT = "veracity.ledger.checkpoint_after_commit"
 #: The most entries whose leaf hashes :attr:`Ledger._own` remembers (about 120 bytes each).
 _OWN_LIMIT = 1 << 18
+#: How often :meth:`Ledger.checkpoint_entry` signs again when a racing signer's newer
+#: checkpoint made its own stale.
+_STALE_RETRIES = 5
 _CHECKPOINT_HOOKED = "veracity.ledger.checkpoint_hooked"
 #: A seq after every entry (the key index lookup of "now").
 _AFTER_EVERYTHING = 2**62
@@ -441,12 +445,19 @@ class Ledger(EntryReader):
         LedgerIntegrityError
             If verification fails: nothing is signed.
         """
-        signed = self.sign_checkpoint(now=now)
-        with store.write_session(self.engine) as session:
-            entry = self.record_checkpoint(session, signed)
-            if on_record is not None:
-                on_record(session, entry)
-        return signed, entry
+        for attempt in range(_STALE_RETRIES):
+            signed = self.sign_checkpoint(now=now)
+            try:
+                with store.write_session(self.engine) as session:
+                    entry = self.record_checkpoint(session, signed)
+                    if on_record is not None:
+                        on_record(session, entry)
+            except StaleCheckpoint:
+                if attempt + 1 == _STALE_RETRIES:
+                    raise
+                continue  # another signer recorded a newer checkpoint: sign the head again
+            return signed, entry
+        raise AssertionError("unreachable")  # pragma: no cover
 
     def sign_checkpoint(self, *, now: datetime | None = None) -> Checkpoint:
         """Steps 1 and 2 of :meth:`checkpoint_entry`: verify, then sign the committed head.
@@ -463,13 +474,14 @@ class Ledger(EntryReader):
         """
         if self.root_key is None:
             raise ConfigError("signing a checkpoint needs the root key (root.pem)")
-        size, root = self._verified_head(self.identity_public_key)
+        size, root, floor = self._verified_head(self.identity_public_key)
         return sign_checkpoint(
             self.root_key,
             log_id=self.log_id,
             tree_size=size,
             root_hash=root.hex(),
-            timestamp=format_timestamp(now),
+            # Never older than its last entry or the previous checkpoint.
+            timestamp=max(format_timestamp(now), floor),
         )
 
     def record_checkpoint(self, session: Session, signed: Checkpoint) -> Entry:
@@ -505,11 +517,21 @@ class Ledger(EntryReader):
                 del self._own[seq]
             return {seq: digest for seq, digest in self._own.items() if seq < size}
 
-    def _verified_head(self, trusted: VerifyKey) -> tuple[int, bytes]:
-        """Step 1 of :meth:`checkpoint_entry`: the committed size and its verified root."""
+    def _verified_head(self, trusted: VerifyKey) -> tuple[int, bytes, str]:
+        """Step 1 of :meth:`checkpoint_entry`: the committed size, root and earliest time.
+
+        The time is the latest of its last entry's and the newest checkpoint's: a
+        checkpoint of it may not be dated before.
+        """
         with store.read_session(self.engine) as session, self._tree_lock:
             size = self._size(session)
             start = 0
+            floor = (
+                session.execute(
+                    select(store.EntryRow.ts).where(store.EntryRow.seq == size - 1)
+                ).scalar_one_or_none()
+                or ""
+            )
             last = reads.newest_checkpoint(session)
             if last is not None:
                 try:
@@ -525,6 +547,7 @@ class Ledger(EntryReader):
                         "log's committed entries; run `veracity ledger verify`"
                     )
                 start = last.tree_size
+                floor = max(floor, last.timestamp)
             self._tree_unconfirmed = True
             tree = self._synced_tree(session, upto=start)
             if last is not None and tree.root(start).hex() != last.root_hash:
@@ -543,7 +566,7 @@ class Ledger(EntryReader):
             )
             tree.extend_blob(leaves)
             self._tree_unconfirmed = False  # every leaf is a committed entry's
-            return size, tree.root(size)
+            return size, tree.root(size), floor
 
     def _record_checkpoint(self, session: Session, signed: Checkpoint, key: SigningKey) -> Entry:
         """Step 3 of :meth:`checkpoint_entry`: the ``checkpoint`` entry at the head."""

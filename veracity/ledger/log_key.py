@@ -191,8 +191,14 @@ def retire_log_key(
     return entry
 
 
-def log_keys_from_entries(entries: list[str], identity: VerifyKey) -> list[VerifyKey]:
+def log_keys_from_entries(
+    entries: list[str], identity: VerifyKey, *, at: int | None = None
+) -> list[VerifyKey]:
     """The log keys ``identity`` enrolled, as the key events ``entries`` show them.
+
+    With ``at``, only the log keys that may sign a checkpoint of ``at`` entries: the one in
+    force for entry ``at`` and any rotated away before it and not yet retired (the overlap),
+    never a key enrolled later or retired before.
 
     ``entries`` are entry bytes as text: genesis first, then the log key's rotations and
     retirements, in seq order; ``veracity ledger prove`` puts them beside an inclusion
@@ -223,4 +229,4 @@ def log_keys_from_entries(entries: list[str], identity: VerifyKey) -> list[Verif
         history.apply(entry.seq, entry.kind, entry.payload)
     if history.identity != identity:
         raise InputError("genesis names an identity (root) key other than the trusted one")
-    return history.log_keys()
+    return history.log_keys() if at is None else history.log_keys_at(at)

@@ -97,6 +97,11 @@ def _worker_count(workers: int | None, size: int) -> int:
     return max(1, workers)
 
 
+def _ts_wanted(listed: Sequence[Checkpoint]) -> frozenset[int]:
+    """The seqs whose ts the checkpoint checks need: each checkpoint's last entry."""
+    return frozenset(c.tree_size - 1 for c in listed if c.tree_size > 0)
+
+
 def _covered_size(listed: Sequence[Checkpoint], size: int) -> int:
     sizes = [c.tree_size for c in listed if c.tree_size < size]
     return max(sizes, default=0)
@@ -130,6 +135,7 @@ def verify_rows(
         covered_size=_covered_size(checkpoints, len(materialised)),
         root_signatures=root_signatures,
         log_id=log_id,
+        ts_wanted=_ts_wanted(checkpoints),
     )
     chunk = check_rows(materialised, task)
     return finish(
@@ -147,13 +153,15 @@ def verify_extension(
     key_events: Sequence[KeyEvent],
     log_id: bytes,
     own: Mapping[int, bytes] | None = None,
+    prev_ts: str | None = None,
 ) -> bytes:
     """Check entries ``[start, end)`` that extend a verified prefix; returns their leaf hashes.
 
     This is the check a checkpoint signer runs before it signs (verify-before-sign): every
     entry since the last checkpoint gets the reference checks of :func:`verify_rows` with
     every signature checked, and must link to ``prev_hash`` (the leaf hash of entry
-    ``start - 1``, ``None`` for genesis). ``key_events`` is every key event before ``end``
+    ``start - 1``, ``None`` for genesis; ``prev_ts`` is its ts, which no entry may
+    precede). ``key_events`` is every key event before ``end``
     read from entry bytes the caller has tied to its signed tree; those inside the range
     must be exactly the ones the entries hold.
 
@@ -181,6 +189,7 @@ def verify_extension(
         root_signatures="all",
         log_id=log_id,
         own=own or {},
+        prev_ts=prev_ts,
     )
     chunk = check_rows(rows, task)
     if chunk.error is not None:
@@ -225,6 +234,7 @@ def verify_database(
     from veracity.ledger.store import sqlite_path
 
     covered = _covered_size(checkpoints, size)
+    wanted = _ts_wanted(checkpoints)
     path = sqlite_path(url)
     source = ("db", url) if path is None else ("sqlite", str(path))
     if log_id is None:
@@ -244,6 +254,7 @@ def verify_database(
             covered_size=covered,
             root_signatures=root_signatures,
             log_id=log_id,
+            ts_wanted=wanted,
         )
         for start in range(0, max(size, 1), chunk_size)
     ]
@@ -271,6 +282,7 @@ def verify_bundle_file(
     """
     layout = read_bundle_layout(path, chunk_size)
     covered = _covered_size(layout.checkpoints, layout.size)
+    wanted = _ts_wanted(layout.checkpoints)
     tasks = [
         Task(
             source=("bundle", str(path)),
@@ -282,6 +294,7 @@ def verify_bundle_file(
             covered_size=covered,
             root_signatures=root_signatures,
             log_id=layout.log_id,
+            ts_wanted=wanted,
         )
         for index in range(len(layout.offsets) - 1)
     ]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Iterable, Sequence
+from typing import Any
 
 from veracity.contracts.events import ROOT_ACTOR
 from veracity.crypto.keys import VerifyKey
@@ -25,10 +26,18 @@ from veracity.ledger.verify_common import (
     Failure,
     KeyEvent,
     VerifyReport,
+    backwards,
     history_of,
 )
 
-__all__ = ["fail_first", "check_checkpoints", "check_cosignature_keys", "finish"]
+__all__ = [
+    "fail_first",
+    "recorded_checkpoint",
+    "check_checkpoint_times",
+    "check_checkpoints",
+    "check_cosignature_keys",
+    "finish",
+]
 
 
 def fail_first(errors: list[tuple[int | None, str]]) -> None:
@@ -59,6 +68,65 @@ def signed_by_one_of(checkpoint: Checkpoint, keys: Sequence[VerifyKey]) -> None:
     raise SignatureError(f"checkpoint of size {checkpoint.tree_size}: not signed by a log key")
 
 
+def recorded_checkpoint(ts: str, payload: dict[str, Any]) -> Checkpoint:
+    """The checkpoint a ``checkpoint`` entry dated ``ts`` records.
+
+    Its signed time is the payload's ``timestamp`` when present (entries appended between
+    signing and recording dated the entry later), else the entry's ``ts``.
+    """
+    return Checkpoint(
+        log_id=payload["log_id"],
+        tree_size=payload["tree_size"],
+        root_hash=payload["root_hash"],
+        timestamp=payload.get("timestamp") or ts,
+        signature=payload["signature"],
+    )
+
+
+def check_checkpoint_times(listed: Sequence[Checkpoint], chunks: Sequence[Chunk]) -> None:
+    """Check that no checkpoint is older than its last entry or an earlier checkpoint.
+
+    A checkpoint entry's signed time may not be after the entry's own ``ts`` either. (An
+    entry after a checkpoint may be older than it: only the entries' own order counts.)
+
+    Raises
+    ------
+    LedgerIntegrityError
+        Naming the checkpoint's size (and its entry's seq where it has one).
+    """
+    errors: list[tuple[int | None, str]] = []
+    for chunk in chunks:
+        for seq, ts, payload in chunk.checkpoint_entries:
+            signed_at = payload.get("timestamp")
+            if signed_at is not None and signed_at > ts:
+                errors.append(
+                    (seq, f"checkpoint entry dated {ts} carries a later signed time {signed_at}")
+                )
+    fail_first(errors)
+    ts_at: dict[int, str] = {}
+    entry_of: dict[int, int] = {}
+    for chunk in chunks:
+        ts_at.update(chunk.ts_at)
+        entry_of.update((payload["tree_size"], seq) for seq, _, payload in chunk.checkpoint_entries)
+    previous: Checkpoint | None = None
+    for checkpoint in sorted(listed, key=lambda c: (c.tree_size, c.timestamp)):
+        last = ts_at.get(checkpoint.tree_size - 1)
+        if last is not None and checkpoint.timestamp < last:
+            raise LedgerIntegrityError(
+                f"the checkpoint of size {checkpoint.tree_size} is dated "
+                f"{checkpoint.timestamp}, before its last entry ({last})",
+                seq=entry_of.get(checkpoint.tree_size),
+            )
+        if previous is not None and checkpoint.timestamp < previous.timestamp:
+            raise LedgerIntegrityError(
+                f"the checkpoint of size {checkpoint.tree_size} is dated "
+                f"{checkpoint.timestamp}, before the checkpoint of size "
+                f"{previous.tree_size} ({previous.timestamp})",
+                seq=entry_of.get(checkpoint.tree_size),
+            )
+        previous = checkpoint
+
+
 def check_checkpoints(
     tree: MerkleTree,
     log_id: str,
@@ -73,13 +141,7 @@ def check_checkpoints(
     recorded: dict[int, Checkpoint] = {}
     for chunk in chunks:
         for seq, ts, payload in chunk.checkpoint_entries:
-            checkpoint = Checkpoint(
-                log_id=payload["log_id"],
-                tree_size=payload["tree_size"],
-                root_hash=payload["root_hash"],
-                timestamp=ts,
-                signature=payload["signature"],
-            )
+            checkpoint = recorded_checkpoint(ts, payload)
             cut = checkpoint.tree_size
             if cut in recorded:
                 errors.append((seq, f"a second checkpoint entry of size {cut}"))
@@ -255,9 +317,17 @@ def finish(
     errors: list[tuple[int | None, str]] = []
     expected = 0
     previous_last: bytes | None = None
+    previous_ts: str | None = None
     for chunk in chunks:
         if chunk.error is not None:
             errors.append(chunk.error)
+        if (
+            chunk.count
+            and chunk.first_ts is not None
+            and previous_ts is not None
+            and chunk.first_ts < previous_ts
+        ):
+            errors.append((chunk.start, backwards(chunk.start, chunk.first_ts, previous_ts)))
         if chunk.start != expected:
             errors.append((expected, f"entry {expected} is missing"))
         if (
@@ -273,6 +343,7 @@ def finish(
             break
         expected = chunk.start + chunk.count
         previous_last = chunk.last_hash
+        previous_ts = chunk.last_ts
     if not errors and expected != size:
         errors.append((expected, f"entry {expected} is missing"))
     if size == 0:
@@ -304,6 +375,7 @@ def finish(
         raise LedgerIntegrityError(failure.reason, seq=failure.seq) from failure
     fail_first(check_cosignature_keys(chunks, history))
     check_checkpoints(tree, genesis_hash, history, listed, chunks, known)
+    check_checkpoint_times(listed, chunks)
     return VerifyReport(
         entries=size,
         checkpoints=len({c.tree_size for c in listed}),

@@ -41,6 +41,7 @@ __all__ = [
     "Context",
     "stored_bytes",
     "genesis_log_id",
+    "backwards",
 ]
 
 RootSignatures = Literal["all", "tail"]
@@ -104,6 +105,11 @@ class Chunk:
     signatures: int = 0
     receipts: int = 0
     error: tuple[int, str] | None = None
+    #: The ts of the chunk's first and last entries (tied across chunks afterwards).
+    first_ts: str | None = None
+    last_ts: str | None = None
+    #: The ts of the entries the task asked for (:attr:`Task.ts_wanted`), by seq.
+    ts_at: dict[int, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -124,6 +130,10 @@ class Task:
     #: root's signatures in an entry whose bytes hash to these are its own (see
     #: :func:`verify_extension`); empty in every other check.
     own: Mapping[int, bytes] = field(default_factory=dict)
+    #: The ts of entry ``start - 1`` when known (else the chunks are tied afterwards).
+    prev_ts: str | None = None
+    #: Seqs whose ts the checkpoint checks need (each checkpoint's last entry).
+    ts_wanted: frozenset[int] = frozenset()
 
 
 class Failure(Exception):
@@ -186,3 +196,11 @@ def genesis_log_id(body: object) -> bytes:
     """The log id genesis bytes define (its leaf hash); zeros when there are none."""
     stored = stored_bytes(body)
     return NO_LOG_ID if stored is None else hashlib.sha256(b"\x00" + stored).digest()
+
+
+def backwards(seq: int, ts: str, prev_ts: str) -> str:
+    """The failure message of entry ``seq`` dated ``ts``, before its predecessor's ``prev_ts``."""
+    return (
+        f"dated {ts}, before entry {seq - 1} ({prev_ts}): time in the log never goes "
+        "backwards (re-dated, or written with a clock set back)"
+    )

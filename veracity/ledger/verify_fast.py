@@ -66,6 +66,9 @@ def check_rows(rows: Iterable[Row], task: Task) -> Chunk:
     expected = task.start
     prev_hash: bytes | None = None
     prev_hex = b""
+    prev_ts = task.prev_ts
+    ts_wanted = task.ts_wanted
+    ts = ""
     try:
         for row in rows:
             seq = expected
@@ -95,6 +98,7 @@ def check_rows(rows: Iterable[Row], task: Task) -> Chunk:
                 if (
                     entry_seq == seq
                     and prev_text == prev_hex
+                    and (prev_ts is None or ts >= prev_ts)
                     and (prev_col is None or (prev_col == prev_hash and prev_seq_col == seq - 1))
                     and (columns == (None, None, None) or columns == (kind, actor, ts))
                 ):
@@ -147,7 +151,12 @@ def check_rows(rows: Iterable[Row], task: Task) -> Chunk:
                         else:
                             accepted = True
             if not accepted:
-                check_row_reference(context, row, seq, digest, prev_hash)
+                ts = check_row_reference(context, row, seq, digest, prev_hash, prev_ts)
+            if chunk.first_ts is None:
+                chunk.first_ts = ts
+            if seq in ts_wanted:
+                chunk.ts_at[seq] = ts
+            prev_ts = ts
             leaves += digest
             prev_hash = digest
             prev_hex = binascii.hexlify(digest)
@@ -156,5 +165,6 @@ def check_rows(rows: Iterable[Row], task: Task) -> Chunk:
     except Failure as failure:
         chunk.error = (failure.seq, failure.reason)
     chunk.last_hash = prev_hash
+    chunk.last_ts = prev_ts if chunk.count else None
     chunk.leaves = bytes(leaves)
     return chunk

@@ -34,6 +34,7 @@ from veracity.ledger.verify_common import (
     Context,
     Failure,
     Row,
+    backwards,
     decode_raw_signature,
     stored_bytes,
 )
@@ -42,9 +43,16 @@ __all__ = ["check_row_reference"]
 
 
 def check_row_reference(
-    context: Context, row: Row, seq: int, digest: bytes, prev_hash: bytes | None
-) -> None:
-    """The reference check of one row (every kind, every failure message).
+    context: Context,
+    row: Row,
+    seq: int,
+    digest: bytes,
+    prev_hash: bytes | None,
+    prev_ts: str | None = None,
+) -> str:
+    """The reference check of one row (every kind, every failure message); returns its ts.
+
+    ``prev_ts`` is the ts of entry ``seq - 1`` when known: the entry may not be older.
 
     Raises
     ------
@@ -180,3 +188,7 @@ def check_row_reference(
         if payload["tree_size"] > seq:
             raise Failure(seq, "a cosignature can only cover entries before it")
         chunk.cosignatures.append((seq, actor, payload))
+    if prev_ts is not None and entry.ts < prev_ts:
+        # (Last: an entry that no key signed as it stands is named a forgery first.)
+        raise Failure(seq, backwards(seq, entry.ts, prev_ts))
+    return entry.ts

@@ -9,14 +9,18 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from veracity.errors import ConfigError, InputError, VerificationError
+from veracity.errors import ConfigError, InputError, SignatureError, VerificationError
 from veracity.ledger.cli import DataDirOption, DbOption, KeyDirOption, _db_url, _key_dir, _read_json
 from veracity.ledger.merkle import MerkleTree, leaf_hash
 from veracity.output import FormatOption, OutputFormat, emit_json, emit_table
+
+if TYPE_CHECKING:
+    from veracity.crypto.keys import VerifyKey
+    from veracity.ledger.policy import Policy
 
 __all__ = ["register"]
 
@@ -289,6 +293,34 @@ def policy_command(
     sys.stderr.write(f"policy for {log.name}: {quorum} of {len(witnesses)} witnesses -> {out}\n")
 
 
+def _bundle_log_keys(bundle: Path) -> list[VerifyKey]:
+    """The log keys the identity enrolled, replayed from a (verified) bundle's key events."""
+    from veracity.ledger.verify_common import history_of
+    from veracity.ledger.verify_sources import read_bundle_layout
+
+    layout = read_bundle_layout(bundle, 1 << 20)
+    return history_of(layout.key_events, layout.log_id).log_keys()
+
+
+def _check_policy_log_keys(policy: Policy, log_id: str, enrolled: list[VerifyKey]) -> None:
+    """Refuse a policy that names, for this log, a log key its identity never enrolled.
+
+    Raises
+    ------
+    SignatureError
+        Naming the policy's vkey that no identity-signed log-key enrolment in the ledger
+        (genesis or a rotation) shows.
+    """
+    known = {key.raw for key in enrolled}
+    for log, _url in policy.logs:
+        if log.name.endswith(f"/{log_id}") and log.public_key not in known:
+            raise SignatureError(
+                f"the policy names the log key {log.vkey()} for this log, but the identity "
+                "(root.pub) never enrolled it as a log key of this ledger: the policy is "
+                "not about the log you verified (or is forged); refused"
+            )
+
+
 def audit_verified(
     report: Any,
     *,
@@ -301,10 +333,14 @@ def audit_verified(
 ) -> dict[str, Any]:
     """After ``verify``: the policy's quorum and the state's memory (see :mod:`..audit`).
 
+    Every log key the policy names for this log must be one the identity enrolled (genesis
+    or a rotation) in the verified ledger.
+
     Raises
     ------
     SignatureError
-        If a checkpoint that must meet the policy does not.
+        If the policy names a log key the identity never enrolled, or a checkpoint that
+        must meet the policy does not.
     LedgerIntegrityError
         If the ledger rolled back or forked from the state's checkpoint.
     """
@@ -320,10 +356,14 @@ def audit_verified(
     if bundle is not None:
         tree, sizes, stored = bundle_tree(bundle)
         root_at = tree.root
+        if policy is not None:
+            _check_policy_log_keys(policy, report.log_id, _bundle_log_keys(bundle))
     else:
         assert db is not None  # noqa: S101 - one of the two is given by the caller
         ledger = Ledger.open(db)
         try:
+            if policy is not None:
+                _check_policy_log_keys(policy, report.log_id, ledger.log_keys())
             sizes = [c.tree_size for c in ledger.checkpoints()]
             log = WitnessedLog(ledger)
             stored = [n for n in (log.stored_note(s) for s in sizes[-2:]) if n is not None]

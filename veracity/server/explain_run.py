@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 from flwr.app import ConfigRecord, Message, RecordDict
 
@@ -26,7 +27,6 @@ from veracity.contracts.explanation import (
     EXPLANATION_QUERY_ID,
     ExplanationReply,
     ExplanationTerms,
-    ModelExplained,
     SiteExplanation,
     terms_hash,
 )
@@ -38,13 +38,39 @@ from veracity.flower_serde import weights_to_record
 from veracity.server.analysis_run import check_site_receipt
 from veracity.server.coordinator.service import CoordinatorService
 from veracity.server.coordinator.unit_of_work import SERVER_APP
-from veracity.server.explanation import explanation_report, report_hash, report_svg
+from veracity.server.explanation import GatheredExplanation, explanation_report, report_svg
 from veracity.server.polling_grid import PollingGrid, replies_by_site, reply_record
+from veracity.tasks.spec import ModelSpec
 from veracity.tasks.study import Study
+from veracity.tasks.weights import Weights, weights_hash
 
-__all__ = ["MESSAGE_TYPE", "ExplanationOutcome", "execute_explanation"]
+__all__ = [
+    "MESSAGE_TYPE",
+    "ExplainedModel",
+    "ExplanationOutcome",
+    "GatheredExplanation",
+    "execute_explanation",
+    "gather_explanation",
+]
 
 log = logging.getLogger(__name__)
+
+
+class ExplainedModel(Protocol):
+    """What an explanation needs of a model: its layout, input names and weights."""
+
+    @property
+    def spec(self) -> ModelSpec:
+        """The model's architecture and input layout."""
+
+    @property
+    def features(self) -> Sequence[str]:
+        """The names of its inputs (features, or channels)."""
+
+    @property
+    def weights(self) -> Weights:
+        """Its weights."""
+
 
 #: The Flower message type of an explanation request (``@app.query("explain")``).
 MESSAGE_TYPE = "query.explain"
@@ -59,29 +85,32 @@ class ExplanationOutcome:
     refused: tuple[str, ...]
 
 
-def execute_explanation(
+def gather_explanation(
     coordinator: CoordinatorService,
     grid: PollingGrid,
     study: Study,
     terms: ExplanationTerms,
+    model: ExplainedModel,
     *,
     run_id: str,
     sites_by_node: dict[int, str],
     timeout: float,
     record_refusal: Callable[[str, str, dict[str, object], str], None],
-) -> ExplanationOutcome:
-    """Ask every matched site to explain ``terms.model_hash``; record what can be combined.
+) -> GatheredExplanation:
+    """Ask every matched site to explain ``model`` under ``terms``; combine what checks out.
 
-    ``record_refusal(site, kind, payload, signature)`` records a site's signed refusal.
+    Nothing is stored or recorded here but the sites' refusals
+    (``record_refusal(site, kind, payload, signature)``). ``model`` need not be in the
+    registry yet: a release asks before it stores its model (see
+    :func:`veracity.server.release.release_model`).
 
     Raises
     ------
-    NotFound
-        If the model is not in the registry.
-    VeracityError
-        If the ledger refuses the entry.
+    InputError
+        If ``model``'s weights are not those ``terms.model_hash`` names.
     """
-    model = coordinator.registry.get(terms.model_hash)
+    if weights_hash(model.weights) != terms.model_hash:
+        raise InputError("the weights to explain are not the model the terms name")
     instruction = ExplainInstruction(
         terms=canonical_json(terms.to_json()).decode("utf-8"),
         study=canonical_json(study.to_document()).decode("utf-8"),
@@ -142,30 +171,57 @@ def execute_explanation(
             refused.append(f"{site}: dropped ({err})")
             continue
         answers[site] = (parsed.explanation, parsed.receipt)
+    sites = tuple(sorted(answers))
+    receipts = tuple(receipt for _, (_, receipt) in sorted(answers.items()))
     if len(answers) < study.min_sites:
         refused.append(f"{len(answers)} site(s) answered; the study needs {study.min_sites}")
-        return ExplanationOutcome(None, tuple(sorted(answers)), tuple(refused))
+        return GatheredExplanation(terms, None, b"", receipts, sites, tuple(refused))
     report = explanation_report(
         spec=model.spec,
         features=model.features,
         terms=terms,
         sums={site: answer for site, (answer, _) in answers.items()},
     )
-    hashed = coordinator.registry.put_explanation(terms.model_hash, report, report_svg(report))
-    coordinator.record_explanation(
-        SERVER_APP,
-        ModelExplained(
-            run_id=run_id,
-            model_hash=terms.model_hash,
-            study_hash=terms.study_hash,
-            terms=terms,
-            terms_hash=terms_hash(terms),
-            report_hash=hashed,
-            records=int(report["records"]),
-            top_features=[str(name)[:128] for name in report["top_features"]],
-            receipts=[receipt for _, (_, receipt) in sorted(answers.items())],
-            refused=[why[:10_000] for why in refused][:1000],
-        ),
+    return GatheredExplanation(terms, report, report_svg(report), receipts, sites, tuple(refused))
+
+
+def execute_explanation(
+    coordinator: CoordinatorService,
+    grid: PollingGrid,
+    study: Study,
+    terms: ExplanationTerms,
+    *,
+    run_id: str,
+    sites_by_node: dict[int, str],
+    timeout: float,
+    record_refusal: Callable[[str, str, dict[str, object], str], None],
+) -> ExplanationOutcome:
+    """Ask every matched site to explain the released ``terms.model_hash``; record the report.
+
+    ``record_refusal(site, kind, payload, signature)`` records a site's signed refusal.
+
+    Raises
+    ------
+    NotFound
+        If the model is not in the registry.
+    VeracityError
+        If the ledger refuses the entry.
+    """
+    model = coordinator.registry.get(terms.model_hash)
+    gathered = gather_explanation(
+        coordinator,
+        grid,
+        study,
+        terms,
+        model,
+        run_id=run_id,
+        sites_by_node=sites_by_node,
+        timeout=timeout,
+        record_refusal=record_refusal,
     )
-    assert hashed == report_hash(report)  # noqa: S101 - the registry hashes the same JSON
-    return ExplanationOutcome(hashed, tuple(sorted(answers)), tuple(refused))
+    if gathered.report is None:
+        return ExplanationOutcome(None, gathered.sites, gathered.refused)
+    hashed = coordinator.registry.put_explanation(terms.model_hash, gathered.report, gathered.plot)
+    coordinator.record_explanation(SERVER_APP, gathered.entry(run_id))
+    assert hashed == gathered.report_hash  # noqa: S101 - the registry hashes the same JSON
+    return ExplanationOutcome(hashed, gathered.sites, gathered.refused)

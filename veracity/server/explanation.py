@@ -20,18 +20,34 @@ from __future__ import annotations
 
 import html
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
-from veracity.contracts.explanation import ExplanationTerms, SiteExplanation, terms_hash
-from veracity.core.canonical import canonical_hash
-from veracity.errors import InputError
+from veracity.contracts.analysis import SignedAnalysisReceipt
+from veracity.contracts.explanation import (
+    ExplanationTerms,
+    ModelExplained,
+    SiteExplanation,
+    terms_hash,
+)
+from veracity.core.canonical import canonical_hash, sha256_hex
+from veracity.errors import InputError, VerificationError
 from veracity.tasks.spec import ModelSpec
 
-__all__ = ["REPORT_FORMAT", "TOP", "explanation_report", "report_hash", "report_svg"]
+__all__ = [
+    "REPORT_FORMAT",
+    "TOP",
+    "GatheredExplanation",
+    "card_explanation",
+    "explanation_report",
+    "report_hash",
+    "report_svg",
+    "verify_card_explanation",
+]
 
 REPORT_FORMAT = "veracity.explanation.v1"
 #: How many inputs ``top_features`` names.
@@ -212,3 +228,143 @@ def report_svg(report: Mapping[str, Any]) -> bytes:
         f'<rect width="100%" height="100%" fill="white"/>\n{body}\n</svg>\n'
     )
     return svg.encode("utf-8")
+
+
+@dataclass(frozen=True)
+class GatheredExplanation:
+    """The sites' checked answers combined: the report, its plot, the receipts to record.
+
+    ``report`` is ``None`` when fewer than the study's ``min_sites`` sites answered.
+    """
+
+    terms: ExplanationTerms
+    report: dict[str, Any] | None
+    plot: bytes
+    receipts: tuple[SignedAnalysisReceipt, ...]
+    sites: tuple[str, ...]
+    refused: tuple[str, ...]
+
+    @property
+    def report_hash(self) -> str | None:
+        """The report's canonical hash (``None`` without a report)."""
+        return None if self.report is None else report_hash(self.report)
+
+    def entry(self, run_id: str) -> ModelExplained:
+        """The ``model.explained`` payload of this explanation.
+
+        Raises
+        ------
+        InputError
+            If there is no report to record.
+        """
+        if self.report is None:
+            raise InputError("an explanation without a report is not recorded")
+        terms = self.terms
+        return ModelExplained(
+            run_id=run_id,
+            model_hash=terms.model_hash,
+            study_hash=terms.study_hash,
+            terms=terms,
+            terms_hash=terms_hash(terms),
+            report_hash=report_hash(self.report),
+            records=int(self.report["records"]),
+            top_features=[str(name)[:128] for name in self.report["top_features"]],
+            receipts=list(self.receipts),
+            refused=[why[:10_000] for why in self.refused][:1000],
+        )
+
+
+#: How the card describes the attribution method.
+_METHOD = (
+    "integrated gradients (Captum) from the all-zero input (every standardised input at the "
+    "centre of the study's public scaling), per record at each site; each record's "
+    "attribution vector clipped to clip_norm in L2, summed, Gaussian noise added and the "
+    "cost charged to the site's dataset budget like any analytics query"
+)
+
+
+def card_explanation(gathered: GatheredExplanation, run_id: str) -> dict[str, Any]:
+    """The model card's ``explanation`` section of an explanation asked for at release.
+
+    With a report: the report itself (values, standard errors, layout), its hash (what the
+    run's ``model.explained`` records) and the SHA-256 of its plot. Without one (too few
+    sites answered): the terms and why, with ``report_hash`` null.
+    """
+    section: dict[str, Any] = {
+        "method": _METHOD,
+        "run_id": run_id,
+        "terms": gathered.terms.to_json(),
+        "terms_hash": terms_hash(gathered.terms),
+    }
+    if gathered.report is None:
+        return {**section, "report_hash": None, "not_recorded": list(gathered.refused)[:100]}
+    layout = gathered.report["layout"]
+    return {
+        **section,
+        "report_hash": report_hash(gathered.report),
+        "report": gathered.report,
+        "plot_sha256": sha256_hex(gathered.plot),
+        "plot_media_type": "image/svg+xml",
+        "plot": "bar chart" if layout == "features" else "bar chart and heat map",
+        "ledger": "model.explained of run_id, recorded in the same change as model.released",
+    }
+
+
+def verify_card_explanation(
+    card: Mapping[str, Any],
+    released: Mapping[str, Any],
+    explained: Iterable[Mapping[str, Any]],
+    *,
+    plot: bytes | None = None,
+) -> str:
+    """Check a model card's explanation against the ledger; return the report's hash.
+
+    ``released`` is the model's ``model.released`` payload and ``explained`` the
+    ``model.explained`` payloads of a verified ledger (or bundle); ``plot`` the report's
+    plot, if the auditor has it. The card must be the one ``model.released`` hashes, its
+    report must hash to its ``report_hash``, a ``model.explained`` of the same model and run
+    must record that hash with the same terms, records and top features, and the plot
+    must have the SHA-256 the card names.
+
+    Raises
+    ------
+    VerificationError
+        If any of these does not hold (the message names which).
+    """
+    model_hash = str(released.get("model_hash", ""))
+    if canonical_hash(dict(card)) != released.get("card_hash"):
+        raise VerificationError(f"the card is not the one model.released of {model_hash} hashes")
+    section = card.get("explanation")
+    if not isinstance(section, Mapping) or section.get("report_hash") is None:
+        raise VerificationError(f"the card of model {model_hash} has no explanation report")
+    report = section.get("report")
+    hashed = str(section["report_hash"])
+    if not isinstance(report, Mapping) or report_hash(report) != hashed:
+        raise VerificationError("the card's explanation report does not hash to its report_hash")
+    entries = [
+        payload
+        for payload in explained
+        if payload.get("model_hash") == model_hash and payload.get("report_hash") == hashed
+    ]
+    if not entries:
+        raise VerificationError(f"no model.explained of model {model_hash} records report {hashed}")
+    entry = entries[0]
+    if entry.get("run_id") != section.get("run_id") or entry.get("run_id") != released.get(
+        "run_id"
+    ):
+        raise VerificationError("the card's explanation was recorded by another run")
+    if entry.get("terms") != section.get("terms") or entry.get("terms_hash") != report.get(
+        "terms_hash"
+    ):
+        raise VerificationError(
+            "the card's explanation terms are not those model.explained records"
+        )
+    if entry.get("records") != report.get("records") or list(entry.get("top_features", [])) != list(
+        report.get("top_features", [])
+    ):
+        raise VerificationError(
+            "the card's report names other records or top features than model.explained"
+        )
+    if plot is not None and sha256_hex(plot) != section.get("plot_sha256"):
+        raise VerificationError("the plot is not the one the card names (SHA-256 differs)")
+    return hashed

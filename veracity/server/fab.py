@@ -41,6 +41,8 @@ FLOWER_APP: dict[str, Any] = {
         "node-wait": 120.0,
         # An explanation run's terms as JSON text (#19); empty for a training run.
         "explain": "",
+        # A training run's explanation at release (ReleaseExplanation as JSON text); empty: none.
+        "explain-at-release": "",
     },
 }
 

@@ -34,6 +34,7 @@ def main(grid: Grid, context: Context) -> None:
         round_timeout=float(config["round-timeout"]),
         node_wait=float(config["node-wait"]),
         explain=str(config.get("explain", "")),
+        explain_at_release=str(config.get("explain-at-release", "")),
     )
     polling = PollingGrid(grid, poll_interval=float(config["poll-interval"]))
     with open_coordinator(Path(str(config["coordinator-dir"]))) as coordinator:

@@ -26,7 +26,13 @@ from typing import Any, Protocol
 
 from veracity.contracts.events import InferenceServed
 from veracity.errors import CryptoError, InputError
-from veracity.he.circuit import Circuit, compile_circuit, compile_conv_circuit
+from veracity.he.circuit import (
+    Circuit,
+    LinearCircuit,
+    compile_circuit,
+    compile_conv_circuit,
+    contributions_circuit,
+)
 from veracity.he.contexts import PublicContext
 from veracity.he.layouts import (
     Im2colLayout,
@@ -50,6 +56,7 @@ from veracity.he.wire import (
     CONTENT_TYPE,
     DEFAULT_LIMITS,
     WIRE_VERSION,
+    Query,
     ResponseHeader,
     WireLimits,
     body_hash,
@@ -142,6 +149,24 @@ class _ServedModel:
         """Most patients per request in ``layout`` for this model (0: layout unavailable)."""
         strategy = self.layout(layout)
         return 0 if strategy is None else strategy.capacity()
+
+    def contributions(self) -> dict[str, Any] | None:
+        """How per-feature contributions are asked for (linear models only; else None).
+
+        One small-batch ciphertext per request: its patients times d outputs are charged,
+        at most N (the smallest burst a deployment may set is one full batch).
+        """
+        if not isinstance(self.circuit, LinearCircuit):
+            return None
+        strategy = self.layout(self.parameter_set.small_batch_layout)
+        if strategy is None:
+            return None
+        per_patient = self.circuit.n_features
+        return {
+            "layout": strategy.name.value,
+            "max_batch": strategy.carried(1),
+            "outputs_per_patient": per_patient,
+        }
 
     def layouts(self) -> dict[str, Any]:
         ps = self.parameter_set
@@ -326,6 +351,11 @@ class InferenceService:
                 "parameter_set": ps.describe(),
                 "he_params_hash": he_params_hash(ps, seal_primes(ps)),
                 "layouts": served.layouts(),
+                **(
+                    {"contributions": contributions}
+                    if (contributions := served.contributions()) is not None
+                    else {}
+                ),
             },
             "wire": {
                 "version": WIRE_VERSION,
@@ -490,12 +520,16 @@ class InferenceService:
                 f"a {header.layout} batch of {header.batch_size} needs {expected} ciphertexts, "
                 f"got {len(ciphertexts)}"
             )
+        per_patient = 1
+        if header.query is Query.CONTRIBUTIONS:
+            circuit = self._contributions(served, circuit, header.layout, len(ciphertexts))
+            per_patient = served.released.spec.n_features
         # What is recorded (and charged) is what the ciphertexts can carry, not the
         # declared figure: only the declared patients' outputs leave, but a request is
-        # never counted as less than its capacity.
+        # never counted as less than its capacity. Contributions count d outputs each.
         carried = strategy.carried(len(ciphertexts))
         inputs = context.load_inputs(ciphertexts)  # malformed input is refused uncharged
-        served_total = self._meter.charge(requester, header.model_hash, carried)
+        served_total = self._meter.charge(requester, header.model_hash, carried * per_patient)
         with self._lock:
             results = evaluate_loaded(
                 context,
@@ -512,9 +546,12 @@ class InferenceService:
                 he_params_hash=context.he_params_hash,
                 layout=header.layout,
                 batch_size=header.batch_size,
+                query=header.query,
             ),
             results,
         )
+        # Optional field: set only for contributions (an unset field stays out of the entry).
+        extra = {"contributions": per_patient} if header.query is Query.CONTRIBUTIONS else {}
         self._recorder(
             InferenceServed(
                 model_hash=header.model_hash,
@@ -523,6 +560,33 @@ class InferenceService:
                 batch_size=carried,
                 request_hash=request_hash,
                 served_total=served_total,
+                **extra,
             )
         )
         return response
+
+    def _contributions(
+        self, served: _ServedModel, circuit: Circuit, layout: PackingLayout, ciphertexts: int
+    ) -> LinearCircuit:
+        """The contributions circuit of a linear model, if its response fits the limits."""
+        if not isinstance(circuit, LinearCircuit):
+            raise InputError(
+                "per-feature contributions are served for linear (logistic) models only; "
+                f"model {served.released.model_hash[:16]}... is "
+                f"{served.released.spec.family.value}"
+            )
+        contributions = contributions_circuit(circuit)
+        groups = ciphertexts if layout is PackingLayout.COEFFICIENT else 1
+        results = groups * contributions.outputs
+        ps = served.parameter_set
+        result_bytes = 1024 + 2 * ps.poly_modulus_degree * len(ps.data_prime_bits) * 8
+        if (
+            results > self.limits.max_parts
+            or results * result_bytes > self.limits.max_response_bytes
+        ):
+            raise InputError(
+                f"contributions for {ciphertexts} {layout} ciphertexts would be {results} "
+                f"results (~{results * result_bytes / 2**20:.0f} MiB), above the response "
+                "limits; send one ciphertext per request"
+            )
+        return contributions

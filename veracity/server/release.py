@@ -23,6 +23,7 @@ from veracity.core.fields import format_timestamp
 from veracity.errors import InputError
 from veracity.server.coordinator.service import CoordinatorService, package_versions
 from veracity.server.coordinator.unit_of_work import SERVER_APP
+from veracity.server.explanation import GatheredExplanation, card_explanation
 from veracity.server.strategy import (
     CLIENT_DELTA_METRIC,
     CLIENT_EPSILON_METRIC,
@@ -169,17 +170,26 @@ def _output(study: Study) -> str:
 def _extraction_limitation(study: Study) -> str:
     """What answering predictions reveals about the model itself (model extraction)."""
     d = study.model_spec.n_features
+    linear = study.model_spec.family.value == "logistic"
+    contributions = (
+        f" Per-feature contributions (w_j * x_j for each of the d = {d} features of a "
+        "requester's own patient) give every weight from one answer with a nonzero feature "
+        f"vector: each is charged as d = {d} predictions per patient a request can carry."
+        if linear
+        else ""
+    )
     if study.model_spec.family.convolutional or len(study.classes) != 2:
         return (
             "Anyone given enough predictions, encrypted or not, can fit a copy of this "
             "model; every prediction served is charged to the requester's query budget."
+            + contributions
         )
-    if study.model_spec.family.value == "logistic":
+    if linear:
         return (
             f"A logistic model is determined by d + 1 = {d + 1} exact predictions (d = {d} "
             "features): anyone given that many predictions, encrypted or not, can reconstruct "
             "its weights. Encrypted inference charges every prediction a request can carry to "
-            "the requester's query budget for this model."
+            "the requester's query budget for this model." + contributions
         )
     return (
         f"This quadratic network is a quadratic form in its {d} features, determined by "
@@ -196,13 +206,16 @@ def build_model_card(
     weights: Weights,
     outcomes: list[RoundOutcome],
     evaluation: dict[str, Any] | None = None,
+    explanation: GatheredExplanation | None = None,
 ) -> dict[str, Any]:
     """The model card of a run's final model.
 
     ``evaluation`` is what the coordinator measured on a held-out set of its own
     (:func:`veracity.tasks.metrics.classification_metrics`: accuracy, AUC and per-class
     precision, recall, specificity, F1 and AUC, with the set's description); ``None``
-    when the run had none.
+    when the run had none. ``explanation``: the sites' explanation asked for at release;
+    the card then has an ``explanation`` section
+    (:func:`veracity.server.explanation.card_explanation`), absent otherwise.
     """
     completed = [o for o in outcomes if o.aggregated_model_hash is not None]
     last_receipt: dict[str, dict[str, Any]] = {}
@@ -233,7 +246,7 @@ def build_model_card(
             "max_grad_norm": receipt["max_grad_norm"],
             "noise_generator": receipt["noise_generator"],
         }
-    return {
+    card: dict[str, Any] = {
         "model_hash": weights_hash(weights),
         "name": study.study_id,
         "title": study.title,
@@ -291,6 +304,9 @@ def build_model_card(
         "veracity_version": __version__,
         "coordinator": ROOT_ACTOR,
     }
+    if explanation is not None:
+        card["explanation"] = card_explanation(explanation, run_id)
+    return card
 
 
 #: Where a coordinator keeps held-out evaluation sets, one NPZ per study id.
@@ -338,15 +354,27 @@ def release_model(
     weights: Weights,
     outcomes: list[RoundOutcome],
     evaluation: dict[str, Any] | None = None,
+    explanation: GatheredExplanation | None = None,
 ) -> str:
     """Store the model with its card and record ``model.released``; returns its hash.
 
     ``evaluation``: see :func:`build_model_card`; by default, the metrics on the
     coordinator's held-out set for the study (:func:`held_out_evaluation`), if it has one.
+    ``explanation``: the sites' explanation of these weights, asked for before release; its
+    report goes into the card (so ``model.released``'s ``card_hash`` covers it), the report
+    and plot into the registry, and its ``model.explained`` is recorded in the same ledger
+    change as ``model.released``.
+
+    Raises
+    ------
+    InputError
+        If ``explanation`` explains other weights, or the ledger refuses an entry.
     """
+    if explanation is not None and explanation.terms.model_hash != weights_hash(weights):
+        raise InputError("the explanation is of another model than the one released")
     if evaluation is None:
         evaluation = held_out_evaluation(coordinator, study, weights)
-    card = build_model_card(coordinator, study, run_id, weights, outcomes, evaluation)
+    card = build_model_card(coordinator, study, run_id, weights, outcomes, evaluation, explanation)
     model_hash: str = coordinator.registry.put(
         study.model_spec,
         weights,
@@ -372,5 +400,9 @@ def release_model(
         metrics={k: float(v) for k, v in last_metrics.items()},
         card_hash=canonical_hash(card),
     )
-    coordinator.release(SERVER_APP, released)
+    explained = None
+    if explanation is not None and explanation.report is not None:
+        coordinator.registry.put_explanation(model_hash, explanation.report, explanation.plot)
+        explained = explanation.entry(run_id)
+    coordinator.release(SERVER_APP, released, explained=explained)
     return model_hash

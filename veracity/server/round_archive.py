@@ -27,6 +27,8 @@ import shutil
 import tempfile
 import zipfile
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import IO, Any, Protocol
 
@@ -36,7 +38,11 @@ from veracity.tasks.weights import Weights, weights_from_bytes, weights_hash, we
 
 __all__ = [
     "ARCHIVE_FORMAT",
+    "GlobalModel",
+    "PrunePlan",
     "UpdateStore",
+    "global_model",
+    "plan_prune",
     "archive_files",
     "archive_index",
     "archive_zip",
@@ -56,6 +62,24 @@ class _EntryLike(Protocol):
 
 class _Entries(Protocol):
     def iter_entries(self, *, kind: str | None = None) -> Iterable[_EntryLike]: ...
+
+
+class _SeqEntryLike(_EntryLike, Protocol):
+    @property
+    def seq(self) -> int: ...
+
+
+class _SeqEntries(Protocol):
+    def iter_entries(self, *, kind: str | None = None) -> Iterable[_SeqEntryLike]: ...
+
+
+class _TimedEntryLike(_EntryLike, Protocol):
+    @property
+    def ts(self) -> str: ...
+
+
+class _TimedEntries(Protocol):
+    def iter_entries(self, *, kind: str | None = None) -> Iterable[_TimedEntryLike]: ...
 
 
 class UpdateStore:
@@ -170,11 +194,146 @@ def archive_files(
     Raises
     ------
     NotFound
-        If an update or round model the ledger names is not in the store.
+        If an update or round model the ledger names is not in the store (pruned).
     """
     _index, digests = archive_index(entries, run_id)
     for digest in digests:
-        yield f"weights/{digest}.npz", weights_to_bytes(store.get(digest))
+        try:
+            weights = store.get(digest)
+        except NotFound as err:
+            raise NotFound(
+                f"{err} (run {run_id}'s archive is incomplete: see the ledger's "
+                "updates.pruned entries)"
+            ) from err
+        yield f"weights/{digest}.npz", weights_to_bytes(weights)
+
+
+@dataclass(frozen=True)
+class GlobalModel:
+    """A global model of a run as the coordinator serves it to a replaying site."""
+
+    model_hash: str
+    data: bytes
+    #: Which entry names it: ``round.completed`` of ``round`` at ``seq`` (the model round
+    #: ``round + 1`` started from), or ``round`` 0 and ``seq`` the ``run.started`` for the
+    #: initial model (the study's ``model_seed``).
+    round: int
+    seq: int
+
+
+def global_model(
+    entries: _SeqEntries,
+    store: UpdateStore,
+    run_id: str,
+    model_hash: str,
+    *,
+    initial: Weights,
+    site: str | None = None,
+) -> GlobalModel:
+    """The global model ``model_hash`` of ``run_id``, if the ledger names it as one.
+
+    A run's global models are its initial model (``initial``: the study's
+    ``model_seed`` weights, which the first round starts from; named by ``run.started``)
+    and each round's ``aggregated_model_hash``. Nothing else is served (not the sites'
+    updates). With ``site``, only to a site that took part in one of the run's rounds.
+    The bytes are re-hashed as they are read.
+
+    Raises
+    ------
+    NotFound
+        If the ledger names no such global model of the run (or ``site`` took no part), or
+        it is no longer kept (``veracity admin runs prune``).
+    InputError
+        If the kept file no longer holds the weights of its hash.
+    """
+    if not is_hex64(model_hash):
+        raise InputError(f"{model_hash!r} is not a model hash (64 lowercase hex)")
+    rounds = [
+        e for e in entries.iter_entries(kind="round.completed") if e.payload["run_id"] == run_id
+    ]
+    if site is not None and not any(site in e.payload["participants"] for e in rounds):
+        raise NotFound(f"{site} took part in no round of run {run_id}")
+    if weights_hash(initial) == model_hash:
+        started = next(
+            (e for e in entries.iter_entries(kind="run.started") if e.payload["run_id"] == run_id),
+            None,
+        )
+        if started is not None:
+            return GlobalModel(model_hash, weights_to_bytes(initial), 0, started.seq)
+    for entry in rounds:
+        if entry.payload["aggregated_model_hash"] == model_hash:
+            data = weights_to_bytes(store.get(model_hash))
+            return GlobalModel(model_hash, data, int(entry.payload["round"]), entry.seq)
+    raise NotFound(f"the ledger names no global model {model_hash} of run {run_id}")
+
+
+@dataclass(frozen=True)
+class PrunePlan:
+    """What a prune of ``updates/`` removes, and what it keeps because a release needs it."""
+
+    before: str
+    runs: tuple[str, ...]
+    kept_released: tuple[str, ...]
+    removed: tuple[str, ...]
+    removed_bytes: int
+
+    def to_json(self) -> dict[str, Any]:
+        """JSON form (the command's and the API's answer)."""
+        return {
+            "before": self.before,
+            "runs": list(self.runs),
+            "kept_released": list(self.kept_released),
+            "removed": len(self.removed),
+            "removed_bytes": self.removed_bytes,
+        }
+
+
+def _run_hashes(entries: _TimedEntries) -> dict[str, set[str]]:
+    """Every weights hash each run's ``round.completed`` entries name (updates, aggregates)."""
+    named: dict[str, set[str]] = {}
+    for entry in entries.iter_entries(kind="round.completed"):
+        payload = entry.payload
+        hashes = named.setdefault(str(payload["run_id"]), set())
+        hashes.add(payload["aggregated_model_hash"])
+        hashes.update(r["receipt"]["update_hash"] for r in payload["receipts"])
+    return named
+
+
+def plan_prune(
+    entries: _TimedEntries, store: UpdateStore, *, before: str, include_released: bool
+) -> PrunePlan:
+    """Which archived files a retention prune removes (nothing is removed here).
+
+    Eligible: the runs whose ``run.finished`` is older than ``before`` (an RFC 3339
+    timestamp; unfinished runs never are). A run whose model was released
+    (``model.released``) stays unless ``include_released``: the auditor's replay of that
+    model needs its updates and every round's model, and a site's replay may fetch its
+    global models. A file is removed only if no run that stays names it, and only if it
+    is there (files the ledger never named, e.g. of a round that failed to record, are
+    left alone).
+    """
+    cutoff = datetime.fromisoformat(before)
+    finished = {
+        str(e.payload["run_id"]): datetime.fromisoformat(e.ts)
+        for e in entries.iter_entries(kind="run.finished")
+    }
+    released = {str(e.payload["run_id"]) for e in entries.iter_entries(kind="model.released")}
+    named = _run_hashes(entries)
+    old = sorted(run for run, at in finished.items() if at < cutoff and named.get(run))
+    kept_released = tuple(run for run in old if run in released and not include_released)
+    runs = [run for run in old if run not in kept_released]
+    staying: set[str] = set()
+    for run, hashes in named.items():
+        if run not in runs:
+            staying |= hashes
+    removed: dict[str, int] = {}  # hash -> size, in the order first met
+    for run in runs:
+        for digest in sorted(named[run] - staying):
+            path = store.path(digest)
+            if digest not in removed and path.is_file():
+                removed[digest] = path.stat().st_size
+    runs_with_files = tuple(run for run in runs if not named[run].isdisjoint(removed))
+    return PrunePlan(before, runs_with_files, kept_released, tuple(removed), sum(removed.values()))
 
 
 def _new_directory(out: Path) -> None:
@@ -199,7 +358,13 @@ def write_archive(entries: _Entries, store: UpdateStore, run_id: str, out: Path)
     InputError
         If ``out`` exists already.
     """
-    index, _digests = archive_index(entries, run_id)
+    index, digests = archive_index(entries, run_id)
+    missing = [d for d in digests if not store.path(d).is_file()]
+    if missing:  # before anything is written (each file is re-hashed as it is copied)
+        raise NotFound(
+            f"no weights {missing[0]} in {store.root} (run {run_id}'s archive is incomplete: "
+            "see the ledger's updates.pruned entries)"
+        )
     _new_directory(out)
     for name, data in archive_files(entries, store, run_id):
         (out / name).write_bytes(data)

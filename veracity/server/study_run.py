@@ -26,7 +26,7 @@ from flwr.app import ConfigRecord
 from veracity.contracts.analysis import AnalysisStudy
 from veracity.contracts.base import SiteStatement
 from veracity.contracts.events import KINDS, RunStatus
-from veracity.contracts.explanation import ExplanationTerms
+from veracity.contracts.explanation import ExplanationTerms, ReleaseExplanation
 from veracity.contracts.messages import train_config
 from veracity.core.canonical import canonical_json, parse_json_object
 from veracity.errors import Conflict, VeracityError
@@ -35,13 +35,16 @@ from veracity.server.analysis_run import execute_analysis
 from veracity.server.coordinator.service import CoordinatorService
 from veracity.server.coordinator.site_software import record_site_software
 from veracity.server.coordinator.unit_of_work import SERVER_APP
-from veracity.server.explain_run import execute_explanation
+from veracity.server.explain_run import execute_explanation, gather_explanation
+from veracity.server.explanation import GatheredExplanation
 from veracity.server.polling_grid import PollingGrid
 from veracity.server.release import release_model
 from veracity.server.round_archive import UpdateStore
 from veracity.server.site_hello import ask_site_software
 from veracity.server.strategy import AuditedStrategy, RoundOutcome, aggregation_strategy
+from veracity.tasks.spec import ModelSpec
 from veracity.tasks.study import AnyStudy, Study
+from veracity.tasks.weights import Weights, weights_hash
 
 __all__ = ["RunSettings", "execute_run", "match_nodes_to_sites"]
 
@@ -63,6 +66,8 @@ class RunSettings:
     started_timeout: float = 30.0
     #: An explanation run's terms (JSON text of ``ExplanationTerms``); empty: train.
     explain: str = ""
+    #: A training run's explanation at release (JSON text of ``ReleaseExplanation``).
+    explain_at_release: str = ""
 
 
 def _openssh_key_matches(enrolled_openssh: str, node_public_key_pem: bytes) -> bool:
@@ -265,6 +270,48 @@ def _run_explanation(
     _finish(coordinator, settings.run_id, study.study_hash, "completed", reason[:10_000], 0)
 
 
+@dataclass(frozen=True)
+class _Final:
+    """The final model as an explanation needs it (the registry stores the same features)."""
+
+    spec: ModelSpec
+    features: tuple[str, ...]
+    weights: Weights
+
+
+def _explain_at_release(
+    coordinator: CoordinatorService,
+    grid: PollingGrid,
+    settings: RunSettings,
+    study: Study,
+    sites_by_node: dict[int, str],
+    final: Weights,
+) -> GatheredExplanation:
+    """Ask the sites to explain the final model before it is released (its card gets the report)."""
+    asked = ReleaseExplanation.parse(
+        parse_json_object(settings.explain_at_release, what="explanation at release"),
+        what="explanation at release",
+    )
+
+    def record_refusal(site: str, kind: str, payload: dict[str, object], signature: str) -> None:
+        try:
+            coordinator.record_statement(SERVER_APP, kind, site, payload, signature)
+        except Conflict:
+            log.info("%s of %s is already in the ledger", kind, site)
+
+    return gather_explanation(
+        coordinator,
+        grid,
+        study,
+        asked.for_model(weights_hash(final), study.study_hash),
+        _Final(study.model_spec, tuple(study.features), final),
+        run_id=settings.run_id,
+        sites_by_node=sites_by_node,
+        timeout=settings.round_timeout,
+        record_refusal=record_refusal,
+    )
+
+
 def execute_run(coordinator: CoordinatorService, grid: PollingGrid, settings: RunSettings) -> None:
     """Run the study ``settings.study_hash`` as Flower run ``settings.run_id``.
 
@@ -383,7 +430,17 @@ def execute_run(coordinator: CoordinatorService, grid: PollingGrid, settings: Ru
                 f"completed, the model of round {rounds_done} is released"
             )
         final = weights_from_record(result.arrays)
-        model_hash = release_model(coordinator, study, run_id, final, strategy.outcomes)
+        explained = None
+        if settings.explain_at_release:
+            explained = _explain_at_release(
+                coordinator, grid, settings, study, sites_by_node, final
+            )
+            if explained.report is None:
+                reason += "; explanation at release not recorded: " + "; ".join(explained.refused)
+        model_hash = release_model(
+            coordinator, study, run_id, final, strategy.outcomes, explanation=explained
+        )
+        reason = reason[:10_000]
         _finish(coordinator, run_id, study_hash, status, reason, rounds_done, model_hash)
     except _Finished as finished:
         log.warning("run %s ends: %s", run_id, finished.reason)

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from veracity.he.contexts import SecretContext
-from veracity.he.params import LOGISTIC_PARAMETERS, PackingLayout
-from veracity.he.wire import CONTENT_TYPE, RequestHeader, body_hash, encode_request
+from veracity.he.params import LOGISTIC_PARAMETERS, POLY_MLP_PARAMETERS, PackingLayout
+from veracity.he.wire import CONTENT_TYPE, Query, RequestHeader, body_hash, encode_request
 
 from .conftest import Api, open_api, release_model
 
@@ -125,3 +125,61 @@ def test_predictions_are_rate_limited_by_what_requests_carry(
         assert _predict(api, model, batch).status_code == 200
         served = api.service.ledger.entries(kind="inference.served")
         assert [e.payload["served_total"] for e in served] == [4096, 8192]
+
+
+def test_contributions_are_charged_d_per_patient_and_refused_past_the_budget(
+    tmp_path: Path, db_url: str, trained_models: dict[str, Any], breast_cancer: Any
+) -> None:
+    # Issue 19: one contributions answer with a nonzero feature vector gives every weight
+    # of a linear model, so it counts as d = 30 predictions per patient carried.
+    for api in open_api(tmp_path / "coordinator", db_url):
+        model = _release(api, trained_models, breast_cancer)
+        path = f"/api/v1/models/{model}/budgets/researcher-user"
+        assert api.call("PUT", path, "admin", json={"budget": 5000}).status_code == 200
+        secret = SecretContext.generate(LOGISTIC_PARAMETERS)
+        context = secret.public_context()
+        header = RequestHeader(
+            model,
+            LOGISTIC_PARAMETERS.name,
+            body_hash(context),
+            PackingLayout.COEFFICIENT,
+            3,
+            Query.CONTRIBUTIONS,
+        )
+        x = np.ones((3, 30))
+        asked = encode_request(
+            header, secret.encrypt(PackingLayout.COEFFICIENT, x), context=context
+        )
+        assert _predict(api, model, asked).status_code == 200  # 136 * 30 = 4080
+        refused = _predict(api, model, asked)
+        assert refused.status_code == 403
+        assert refused.json()["code"] == "budget_exhausted"
+        # A prediction (136) still fits what is left.
+        one = _request(model, PackingLayout.COEFFICIENT, 3)
+        assert _predict(api, model, one).status_code == 200
+        served = api.service.ledger.entries(kind="inference.served")
+        assert [
+            (e.payload["batch_size"], e.payload.get("contributions"), e.payload["served_total"])
+            for e in served
+        ] == [(136, 30, 4080), (136, None, 4216)]
+        # A quadratic network offers none: the same question is refused with 422.
+        spec, weights = trained_models["poly_mlp"]
+        mlp = release_model(api, spec, weights, list(breast_cancer.feature_names), "malignant")
+        mlp_secret = SecretContext.generate(POLY_MLP_PARAMETERS)
+        mlp_context = mlp_secret.public_context()
+        mlp_header = RequestHeader(
+            mlp,
+            POLY_MLP_PARAMETERS.name,
+            body_hash(mlp_context),
+            PackingLayout.COLUMN,
+            1,
+            Query.CONTRIBUTIONS,
+        )
+        nonlinear = encode_request(
+            mlp_header,
+            mlp_secret.encrypt(PackingLayout.COLUMN, np.ones((1, 30))),
+            context=mlp_context,
+        )
+        answer = _predict(api, mlp, nonlinear)
+        assert answer.status_code == 422
+        assert "linear" in answer.json()["detail"]

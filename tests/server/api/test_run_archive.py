@@ -17,8 +17,10 @@ from tests.server.test_central_dp_run import _execute, _task_identity, enrol_sit
 from tests.server.test_replay import RUN, _propose_plain
 from veracity.api_client import ApiError, CoordinatorClient
 from veracity.errors import InputError
+from veracity.server.api.tokens import Role
 from veracity.server.replay import replay_aggregation
 from veracity.server.round_archive import UpdateStore, extract_archive, write_archive_zip
+from veracity.tasks.weights import weights_from_bytes, weights_hash
 
 from .conftest import Api
 
@@ -39,6 +41,133 @@ def test_an_auditor_downloads_a_run_archive_that_replays(api: Api, tmp_path: Pat
         bundle, tmp_path / "archive", trusted_root=api.service.ledger.identity_public_key
     )
     assert report.rounds == 2
+
+
+def test_a_site_fetches_its_runs_global_models_by_hash_and_nothing_else(api: Api) -> None:
+    network = enrol_sites(api.service)
+    study = _propose_plain(network, rounds=2)
+    _execute(network, study, RUN)
+    rounds = [e.payload for e in api.service.ledger.iter_entries(kind="round.completed")]
+    token = api.token_store.create(role=Role.SITE, name="replayer", site="hospital-a").token
+    as_site = {"Authorization": f"Bearer {token}"}
+    initial = weights_hash(study.model_spec.initial_weights(study.model_seed))
+
+    for model_hash, number in ((initial, 0), (rounds[0]["aggregated_model_hash"], 1)):
+        response = api.client.get(f"/api/v1/runs/{RUN}/models/{model_hash}", headers=as_site)
+        assert response.status_code == 200, response.text
+        assert weights_hash(weights_from_bytes(response.content)) == model_hash
+        assert response.headers["x-veracity-round"] == str(number)
+        named = api.service.ledger.get(int(response.headers["x-veracity-seq"]))
+        assert named.kind == ("run.started" if number == 0 else "round.completed")
+
+    # A site's update is kept by hash too, but it is not a global model: not served.
+    update = rounds[0]["receipts"][0]["receipt"]["update_hash"]
+    assert UpdateStore(api.service.home.updates).path(update).is_file()
+    path = f"/api/v1/runs/{RUN}/models/{update}"
+    assert api.client.get(path, headers=as_site).status_code == 404
+    # A site that took no part in the run, and a researcher, get nothing.
+    aggregate = f"/api/v1/runs/{RUN}/models/{rounds[0]['aggregated_model_hash']}"
+    assert api.call("GET", aggregate, "site").status_code == 404
+    assert api.call("GET", aggregate, "researcher").status_code == 403
+    assert api.call("GET", aggregate, "auditor").status_code == 200
+
+
+def _hashes(api: Api, run_id: str) -> set[str]:
+    named: set[str] = set()
+    for entry in api.service.ledger.iter_entries(kind="round.completed"):
+        if entry.payload["run_id"] == run_id:
+            named.add(entry.payload["aggregated_model_hash"])
+            named.update(r["receipt"]["update_hash"] for r in entry.payload["receipts"])
+    return named
+
+
+UNRELEASED = "8"
+
+
+def test_a_prune_deletes_old_archives_but_keeps_a_released_models_unless_told(
+    api: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    network = enrol_sites(api.service)
+    study = _propose_plain(network, rounds=2)
+    _execute(network, study, RUN)  # released
+    monkeypatch.setattr(
+        "veracity.server.study_run.release_model",
+        lambda *_a, **_k: (_ for _ in ()).throw(RuntimeError("the disk is full")),
+    )
+    other = _propose_plain(network, rounds=1, study_id="bc-other", model_seed=1)
+    with pytest.raises(RuntimeError):
+        _execute(network, other, UNRELEASED)  # its round recorded, nothing released
+    monkeypatch.undo()
+    store = UpdateStore(api.service.home.updates)
+    released, unreleased = _hashes(api, RUN), _hashes(api, UNRELEASED)
+    assert released
+    assert unreleased
+    size = api.service.ledger.size()
+    body = {"older_than_days": 0, "dry_run": True}
+
+    dry = api.call("POST", "/api/v1/runs/prune", "admin", json=body)
+
+    assert dry.status_code == 200, dry.text
+    assert (dry.json()["runs"], dry.json()["kept_released"]) == ([UNRELEASED], [RUN])
+    assert dry.json()["seq"] is None
+    assert api.service.ledger.size() == size
+    assert all(store.path(h).is_file() for h in unreleased)
+    assert api.call("POST", "/api/v1/runs/prune", "auditor", json=body).status_code == 403
+
+    pruned = api.call("POST", "/api/v1/runs/prune", "admin", json={"older_than_days": 0})
+
+    assert pruned.status_code == 200, pruned.text
+    entry = api.service.ledger.get(pruned.json()["seq"])
+    assert entry.kind == "updates.pruned"
+    assert entry.payload["runs"] == [UNRELEASED]
+    assert entry.payload["kept_released"] == [RUN]
+    assert set(entry.payload["removed"]) == unreleased
+    assert entry.payload["requested_by"] == "admin-user"
+    assert not any(store.path(h).exists() for h in unreleased)
+    assert all(store.path(h).is_file() for h in released)
+    gone = api.call("GET", f"/api/v1/runs/{UNRELEASED}/archive", "auditor")
+    assert gone.status_code == 404
+    assert "updates.pruned" in gone.text
+    assert api.call("GET", f"/api/v1/runs/{RUN}/archive", "auditor").status_code == 200
+    # Nothing left to remove: nothing recorded.
+    again = api.call("POST", "/api/v1/runs/prune", "admin", json={"older_than_days": 0})
+    assert (again.json()["seq"], again.json()["removed"]) == (None, 0)
+    # Runs younger than the cutoff are never eligible.
+    young = api.call(
+        "POST", "/api/v1/runs/prune", "admin", json={"older_than_days": 1, "include_released": True}
+    )
+    assert (young.json()["runs"], young.json()["seq"]) == ([], None)
+
+    told = api.call(
+        "POST", "/api/v1/runs/prune", "admin", json={"older_than_days": 0, "include_released": True}
+    )
+
+    assert told.json()["runs"] == [RUN]
+    assert api.service.ledger.get(told.json()["seq"]).payload["include_released"] is True
+    assert not any(store.path(h).exists() for h in released)
+    api.service.ledger.verify(api.service.ledger.identity_public_key)
+
+
+def test_a_file_an_unpruned_run_also_names_is_never_deleted(
+    api: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    network = enrol_sites(api.service)
+    study = _propose_plain(network, rounds=1)
+    _execute(network, study, RUN)  # released
+    monkeypatch.setattr(
+        "veracity.server.study_run.release_model",
+        lambda *_a, **_k: (_ for _ in ()).throw(RuntimeError("the disk is full")),
+    )
+    with pytest.raises(RuntimeError):
+        _execute(network, study, UNRELEASED)  # the same deterministic round: the same files
+    monkeypatch.undo()
+    assert _hashes(api, UNRELEASED) == _hashes(api, RUN)
+
+    pruned = api.call("POST", "/api/v1/runs/prune", "admin", json={"older_than_days": 0})
+
+    assert (pruned.json()["removed"], pruned.json()["seq"]) == (0, None)
+    store = UpdateStore(api.service.home.updates)
+    assert all(store.path(h).is_file() for h in _hashes(api, RUN))
 
 
 def test_an_unknown_run_has_no_archive(api: Api) -> None:
@@ -163,8 +292,9 @@ def test_a_large_archive_is_written_and_unpacked_in_bounded_memory(tmp_path: Pat
     assert zipped.stat().st_size > archive_size
     unpacked_peak = _peak_bytes(lambda: extract_archive(zipped, tmp_path / "out"))
 
-    # One weights file at a time (read, checked, written): a few files, not the archive.
-    assert written_peak < 5 * one_file < archive_size / 6, written_peak
+    # One weights file at a time (read, parsed and re-hashed, written): a few copies of one
+    # file, not the archive (32 files; built in memory it peaked at twice the archive).
+    assert written_peak < 6 * one_file <= archive_size / 5, written_peak
     assert unpacked_peak < 2 * one_file, unpacked_peak
     index = json.loads((tmp_path / "out" / "index.json").read_text())
     assert len(index["rounds"]) == ROUNDS

@@ -8,6 +8,8 @@ stop is asked for; a run ends with exactly one ``run.finished``.
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from tests.server.sites import Site, study_document
@@ -16,6 +18,7 @@ from veracity.contracts.events import (
     ModelReleased,
     RunStarted,
 )
+from veracity.contracts.explanation import ReleaseExplanation
 from veracity.core.canonical import canonical_hash
 from veracity.errors import ApprovalMissing, Conflict, NotFound, TransportError
 from veracity.server.coordinator import SERVER_APP, CoordinatorService, InMemoryFederation, operator
@@ -56,6 +59,21 @@ def test_a_run_of_an_approved_study_is_submitted_and_recorded(
     assert started.seed_commitment == canonical_hash(seeds)
     assert service.reads.run(run.run_id) == run
     assert service.reads.runs() == [run]
+
+
+def test_an_explanation_at_release_is_in_the_submitted_config_that_run_started_hashes(
+    service: CoordinatorService, federation: InMemoryFederation
+) -> None:
+    study_hash = ready_study(service, Site("north"))
+    asked = ReleaseExplanation(steps=8, clip_norm=1.0, epsilon=0.5, delta=1e-5)
+
+    run = service.start_run(ALICE, study_hash, explain_at_release=asked)
+
+    submitted = federation.submitted(int(run.value.run_id))
+    assert (
+        ReleaseExplanation.parse(json.loads(str(submitted.config["explain-at-release"]))) == asked
+    )
+    assert RunStarted.parse(run.entry.payload).config_hash == canonical_hash(submitted.config)
 
 
 def test_a_run_needs_a_proposed_study_and_enough_approvals(

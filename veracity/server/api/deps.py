@@ -38,6 +38,7 @@ __all__ = [
     "AuditDep",
     "SiteDep",
     "AdminOrSiteDep",
+    "GlobalModelReaderDep",
     "ModelReaderDep",
     "InferenceDep",
     "AnalystDep",
@@ -166,6 +167,8 @@ ADMIN = Allow(Role.ADMIN)
 AUDIT = Allow(Role.ADMIN, Role.AUDITOR)
 SITE = Allow(Role.SITE)
 ADMIN_OR_SITE = Allow(Role.ADMIN, Role.SITE)
+#: A run's global models: its sites (for replay), its auditors and admins.
+GLOBAL_MODEL_READER = Allow(Role.ADMIN, Role.AUDITOR, Role.SITE)
 MODEL_READER = Allow(Role.ADMIN, Role.SITE, Role.RESEARCHER)
 INFERENCE = Allow(Role.ADMIN, Role.RESEARCHER)
 ANALYST = Allow(Role.ADMIN, Role.RESEARCHER)
@@ -175,6 +178,7 @@ AdminDep = Annotated[Principal, Depends(ADMIN)]
 AuditDep = Annotated[Principal, Depends(AUDIT)]
 SiteDep = Annotated[Principal, Depends(SITE)]
 AdminOrSiteDep = Annotated[Principal, Depends(ADMIN_OR_SITE)]
+GlobalModelReaderDep = Annotated[Principal, Depends(GLOBAL_MODEL_READER)]
 ModelReaderDep = Annotated[Principal, Depends(MODEL_READER)]
 AnyRoleDep = Annotated[Principal, Depends(ANY_ROLE)]
 InferenceDep = Annotated[Principal, Depends(INFERENCE)]

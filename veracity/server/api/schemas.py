@@ -290,10 +290,47 @@ class StudyProposedOut(BaseModel):
 
 
 # ------------------------------------------------------------------------- runs
+class ExplainIn(_In):
+    """What an explanation of a released model may cost at each site, and its terms.
+
+    ``delta`` defaults to the model's study's DP delta.
+    """
+
+    epsilon: float = Field(gt=0, le=100)
+    clip_norm: float = Field(gt=0, le=1e6)
+    steps: int = Field(default=32, ge=2, le=1024)
+    delta: float | None = Field(default=None, gt=0, lt=1)
+
+
 class RunStartIn(_In):
-    """Which approved study to run."""
+    """Which approved study to run.
+
+    ``explain_at_release``: ask its sites to explain the final model before release, so
+    the model card holds the explanation report.
+    """
 
     study_hash: Hash
+    explain_at_release: ExplainIn | None = None
+
+
+class PruneIn(_In):
+    """A retention prune of the round archive (``updates/``)."""
+
+    older_than_days: int = Field(ge=0, le=36_500)
+    include_released: bool = False
+    dry_run: bool = False
+
+
+class PruneOut(BaseModel):
+    """What a prune removed (or, ``dry_run``, would remove), and its ``updates.pruned`` seq."""
+
+    before: str
+    runs: list[str]
+    kept_released: list[str]
+    removed: int
+    removed_bytes: int
+    dry_run: bool
+    seq: int | None
 
 
 class RunStartedOut(BaseModel):
@@ -379,18 +416,6 @@ class ModelListOut(BaseModel):
 
 
 # --- explanations (#19) -------------------------------------------------------------------
-class ExplainIn(_In):
-    """What an explanation of a released model may cost at each site, and its terms.
-
-    ``delta`` defaults to the model's study's DP delta.
-    """
-
-    epsilon: float = Field(gt=0, le=100)
-    clip_norm: float = Field(gt=0, le=1e6)
-    steps: int = Field(default=32, ge=2, le=1024)
-    delta: float | None = Field(default=None, gt=0, lt=1)
-
-
 class ExplanationStartedOut(BaseModel):
     """An explanation run submitted, and its ``run.started`` entry."""
 

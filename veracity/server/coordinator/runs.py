@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
 
 from veracity.contracts.events import (
     AnalysisAnswered,
@@ -24,9 +25,11 @@ from veracity.contracts.events import (
     RunFinished,
     RunStarted,
     RunStatus,
+    UpdatesPruned,
 )
-from veracity.contracts.explanation import ExplanationTerms
+from veracity.contracts.explanation import ExplanationTerms, ReleaseExplanation
 from veracity.core.canonical import canonical_hash, canonical_json
+from veracity.core.fields import format_timestamp
 from veracity.errors import ApprovalMissing, Conflict, InputError, NotFound
 from veracity.ledger.entry import Entry
 from veracity.server.coordinator import queries
@@ -45,6 +48,7 @@ from veracity.server.coordinator.unit_of_work import (
     UnitOfWork,
 )
 from veracity.server.fab import build_fab
+from veracity.server.round_archive import PrunePlan, UpdateStore, plan_prune
 from veracity.tasks.study import Study
 
 __all__ = ["RunCommands"]
@@ -65,12 +69,15 @@ class RunCommands(ServiceCore):
         round_timeout: float = 600.0,
         node_wait: float = 120.0,
         explain: ExplanationTerms | None = None,
+        explain_at_release: ReleaseExplanation | None = None,
     ) -> Recorded[RunRecord]:
         """Submit a run of an approved study to the SuperLink and record ``run.started``.
 
         With ``explain``, the run trains nothing: it asks the study's sites to explain the
         released model the terms name, and records ``model.explained`` (the terms are in
-        the run config, so ``run.started``'s ``config_hash`` covers them).
+        the run config, so ``run.started``'s ``config_hash`` covers them). With
+        ``explain_at_release``, a training run asks its sites to explain the final model
+        before releasing it, and the report goes into the model card (also in the config).
 
         Raises
         ------
@@ -118,6 +125,14 @@ class RunCommands(ServiceCore):
                         f"no model {explain.model_hash} was released from study {study.study_id}"
                     )
                 config["explain"] = canonical_json(explain.to_json()).decode("utf-8")
+            if explain_at_release is not None:
+                if explain is not None or not isinstance(study, Study):
+                    raise InputError(
+                        "an explanation at release needs a training run of a training study"
+                    )
+                config["explain-at-release"] = canonical_json(explain_at_release.to_json()).decode(
+                    "utf-8"
+                )
             seeds = {
                 "model_seed": study.model_seed if isinstance(study, Study) else 0,
                 "nonce": secrets.token_hex(32),
@@ -346,16 +361,77 @@ class RunCommands(ServiceCore):
             uow.checkpoint()
         return uow.recorded(entry.seq)
 
-    def release(self, actor: Actor, released: ModelReleased) -> Recorded[ModelRecord]:
-        """Record ``model.released`` (the model is in the registry already).
+    # --- retention of the round archive (#19) ------------------------------------------
+    def prune_updates(
+        self,
+        actor: Actor,
+        *,
+        older_than_days: int,
+        include_released: bool = False,
+        dry_run: bool = False,
+        now: datetime | None = None,
+    ) -> tuple[PrunePlan, int | None]:
+        """Delete the archived round files of runs that finished ``older_than_days`` ago.
+
+        See :func:`veracity.server.round_archive.plan_prune` for what is eligible (a
+        released model's run is kept unless ``include_released``). Unless ``dry_run`` or
+        nothing is eligible, ``updates.pruned`` (runs, hashes, bytes) is recorded first and
+        the files deleted after; returns the plan and the entry's seq (``None``: nothing
+        recorded).
 
         Raises
         ------
         InputError
-            If the ledger refuses the payload.
+            If ``older_than_days`` is negative or the ledger refuses the entry.
         """
+        if older_than_days < 0:
+            raise InputError("older_than_days must be 0 or more")
+        moment = (now or datetime.now(UTC)) - timedelta(days=older_than_days)
+        before = format_timestamp(moment)
+        store = UpdateStore(self.home.updates)
+        plan = plan_prune(self.ledger, store, before=before, include_released=include_released)
+        if dry_run or not plan.removed:
+            return plan, None
+        with self._change(actor, "updates.prune", f"{len(plan.runs)} run(s)") as uow:
+            entry = uow.append_root(
+                UpdatesPruned(
+                    older_than_days=older_than_days,
+                    before=before,
+                    include_released=include_released,
+                    runs=list(plan.runs),
+                    kept_released=list(plan.kept_released),
+                    removed=list(plan.removed),
+                    removed_bytes=plan.removed_bytes,
+                )
+            )
+        for digest in plan.removed:  # recorded first: a deletion is never unrecorded
+            store.path(digest).unlink(missing_ok=True)
+        return plan, entry.seq
+
+    def release(
+        self, actor: Actor, released: ModelReleased, *, explained: ModelExplained | None = None
+    ) -> Recorded[ModelRecord]:
+        """Record ``model.released`` (the model is in the registry already).
+
+        ``explained``: the explanation asked for at release (its report is in the card and
+        the registry already); its ``model.explained`` is recorded right after
+        ``model.released``, in the same change, then a checkpoint.
+
+        Raises
+        ------
+        InputError
+            If the ledger refuses a payload, or ``explained`` is of another model or run.
+        """
+        if explained is not None and (explained.model_hash, explained.run_id) != (
+            released.model_hash,
+            released.run_id,
+        ):
+            raise InputError("the explanation recorded at release must be of that model and run")
         with self._change(actor, "model.release", released.model_hash) as uow:
             entry = uow.append_root(released)
+            if explained is not None:
+                uow.append_root(explained)
+                uow.checkpoint()
         record = ModelRecord(
             model_hash=released.model_hash,
             seq=entry.seq,

@@ -38,7 +38,7 @@ from typing import TypeVar
 from sqlalchemy.orm import Session
 
 from veracity.contracts.base import Payload
-from veracity.errors import NotFound
+from veracity.errors import NotFound, StaleCheckpoint
 from veracity.ledger.checkpoint import Checkpoint
 from veracity.server.coordinator.core import package_versions
 from veracity.server.coordinator.records import (
@@ -92,7 +92,15 @@ class CoordinatorService(SiteCommands, RunCommands):
         LedgerIntegrityError
             If an entry since the last checkpoint fails verification (nothing is signed).
         """
-        signed = self.ledger.sign_checkpoint()  # verified, then signed: no transaction open
+        for _ in range(4):
+            signed = self.ledger.sign_checkpoint()  # verified, then signed: no transaction open
+            try:
+                with self._change(actor, "ledger.checkpoint", "") as uow:
+                    entry = uow.record_checkpoint(signed)
+            except StaleCheckpoint:
+                continue  # a racing signer recorded a newer checkpoint: sign the head again
+            return uow.recorded(signed, entry)
+        signed = self.ledger.sign_checkpoint()
         with self._change(actor, "ledger.checkpoint", "") as uow:
             entry = uow.record_checkpoint(signed)
         return uow.recorded(signed, entry)

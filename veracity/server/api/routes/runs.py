@@ -10,12 +10,15 @@ import tempfile
 from collections.abc import Iterator
 from typing import IO, Annotated
 
-from fastapi import APIRouter, Path, Query
+from fastapi import APIRouter, Path, Query, Response
 from fastapi.responses import StreamingResponse
 
+from veracity.contracts.explanation import ReleaseExplanation
+from veracity.errors import InputError, NotFound
 from veracity.server.api.deps import (
     AdminDep,
     AuditDep,
+    GlobalModelReaderDep,
     PageDep,
     ServiceDep,
     SettingsDep,
@@ -24,7 +27,10 @@ from veracity.server.api.deps import (
 )
 from veracity.server.api.problems import responses
 from veracity.server.api.schemas import (
+    HASH_PATTERN,
     RUN_ID_PATTERN,
+    PruneIn,
+    PruneOut,
     RoundListOut,
     RunListOut,
     RunLogsOut,
@@ -34,6 +40,8 @@ from veracity.server.api.schemas import (
     RunStoppedOut,
     RunSummaryOut,
 )
+from veracity.server.api.tokens import Role
+from veracity.tasks.study import Study
 
 __all__ = ["router"]
 
@@ -48,14 +56,52 @@ RunIdPath = Annotated[str, Path(pattern=RUN_ID_PATTERN)]
     responses=responses(400, 401, 403, 404, 409, 413, 422, 503),
 )
 def start_run(body: RunStartIn, principal: AdminDep, service: ServiceDep) -> RunStartedOut:
-    """Submit the study's app bundle to the SuperLink; the run then waits for its sites."""
-    recorded = service.start_run(principal, body.study_hash)
+    """Submit the study's app bundle to the SuperLink; the run then waits for its sites.
+
+    With ``explain_at_release`` the run asks its sites, once trained, to explain the final
+    model (integrated gradients, charged to their budgets) before releasing it: the model
+    card holds the report, and ``model.explained`` is recorded with ``model.released``.
+    """
+    asked = None
+    if body.explain_at_release is not None:
+        found = service.reads.study(body.study_hash)
+        if not isinstance(found.study, Study):
+            raise InputError("an explanation at release needs a training study")
+        options = body.explain_at_release
+        asked = ReleaseExplanation(
+            steps=options.steps,
+            clip_norm=options.clip_norm,
+            epsilon=options.epsilon,
+            delta=options.delta if options.delta is not None else found.study.dp.delta,
+        )
+    recorded = service.start_run(principal, body.study_hash, explain_at_release=asked)
     return RunStartedOut(
         run_id=recorded.value.run_id,
         study_hash=body.study_hash,
         seq=recorded.seq,
         action_id=action_id(recorded),
     )
+
+
+@router.post(
+    "/prune",
+    summary="Delete old runs' archived updates (retention; updates.pruned)",
+    responses=responses(400, 401, 403, 409, 422),
+)
+def prune_runs(body: PruneIn, principal: AdminDep, service: ServiceDep) -> PruneOut:
+    """Delete the archived round files of runs that finished ``older_than_days`` ago.
+
+    Runs whose model was released are kept (their replay needs them) unless
+    ``include_released``; every deletion is recorded first as ``updates.pruned``;
+    ``dry_run`` only says what would go.
+    """
+    plan, seq = service.prune_updates(
+        principal,
+        older_than_days=body.older_than_days,
+        include_released=body.include_released,
+        dry_run=body.dry_run,
+    )
+    return PruneOut(**plan.to_json(), dry_run=body.dry_run, seq=seq)
 
 
 @router.get("", summary="Runs started here", responses=responses(401, 403, 422))
@@ -149,6 +195,59 @@ def _chunks(spool: IO[bytes], size: int = 1 << 20) -> Iterator[bytes]:
     with spool:
         while chunk := spool.read(size):
             yield chunk
+
+
+@router.get(
+    "/{run_id}/models/{model_hash}",
+    summary="A run's global model, by hash (for a site's replay)",
+    response_class=Response,
+    responses={
+        200: {
+            "description": "The weights (veracity.tasks.weights format); their hash is the "
+            "model hash. X-Veracity-Round and X-Veracity-Seq name the ledger entry that names "
+            "it (round 0: the initial model, named by run.started).",
+            "content": {"application/octet-stream": {"schema": {"type": "string"}}},
+        },
+        **responses(401, 403, 404, 409, 422),
+    },
+)
+def run_global_model(
+    run_id: RunIdPath,
+    model_hash: Annotated[str, Path(pattern=HASH_PATTERN)],
+    principal: GlobalModelReaderDep,
+    service: ServiceDep,
+) -> Response:
+    """A global model the run's rounds started from (the initial model or a round's aggregate).
+
+    Only hashes the ledger names as the run's global models are served, never a site's
+    update; a site token gets them only for runs its site took part in. ``veracity site
+    replay --server URL --token T`` fetches a global model the site no longer keeps and
+    checks it against the hash it recorded.
+    """
+    from veracity.server.round_archive import UpdateStore, global_model
+
+    run = service.reads.run(run_id)  # 404 for a run this coordinator never started
+    study = service.reads.study(run.study_hash).study
+    if not isinstance(study, Study):
+        raise NotFound(f"run {run_id} trained no model")
+    found = global_model(
+        service.ledger,
+        UpdateStore(service.home.updates),
+        run_id,
+        model_hash,
+        initial=study.model_spec.initial_weights(study.model_seed),
+        site=(principal.site or "") if principal.role is Role.SITE else None,
+    )
+    return Response(
+        content=found.data,
+        media_type="application/octet-stream",
+        headers={
+            "Content-Disposition": f'attachment; filename="{model_hash}.npz"',
+            "X-Veracity-Model-Hash": found.model_hash,
+            "X-Veracity-Round": str(found.round),
+            "X-Veracity-Seq": str(found.seq),
+        },
+    )
 
 
 @router.post(
