@@ -4,9 +4,10 @@ scikit-learn's 8x8 digits (1797 images, 10 classes, pixel values 0-16) are split
 three sites, each a real site directory: two register a folder of PNG files with a labels
 CSV, the third the same kind of images as an NPZ array (the commitment does not depend on
 the format). The study declares the geometry (1 x 8 x 8, intensity_max 16); a ``cnn2d``
-is trained with DP-SGD at every site (replace-one epsilon within the cap) and federated
-over Flower. The coordinator holds out a fifth of the images to measure the released model;
-its card carries accuracy and per-class precision, recall and AUC.
+with a fixed scattering stem and a trained linear head is trained with DP-SGD at every
+site (replace-one epsilon within the cap) and federated over Flower. The coordinator
+holds out a fifth of the images to measure the released model; its card carries accuracy
+and per-class precision, recall and AUC.
 
     python examples/digits_images.py [DIR] [--rounds N] [--epsilon E] [--json OUT]
 """
@@ -39,7 +40,19 @@ from veracity.tasks.study import parse_study
 SITES = ("hospital-a", "hospital-b", "hospital-c")
 CLASSES = [str(d) for d in range(10)]
 SCALING = [[0.3, 0.4]]  # public: pixel / 16 has mean about 0.3 and deviation about 0.4
-BATCH, LEARNING_RATE, CLIP = 128, 2.0, 1.0  # chosen on a split of the training images
+# Chosen on a validation fifth of the training images (benchmarks/README.md).
+BATCH, LEARNING_RATE, CLIP = 256, 4.0, 0.5
+#: A cnn2d whose first layers are a fixed scattering stem (Morlet wavelets at 8
+#: orientations, modulus, 2x2 pooling, GroupNorm) under a trained linear head: at epsilon 3
+#: it stays within a few points of non-private, where two trained convolutions lose 28.
+MODEL = {
+    "family": "cnn2d",
+    "input_shape": [1, 8, 8],
+    "stem": "scattering",
+    "orientations": 8,
+    "kernel": 5,
+    "classes": 10,
+}
 
 
 def write_png_folder(folder: Path, images: np.ndarray, labels: np.ndarray) -> Path:
@@ -57,7 +70,7 @@ def write_png_folder(folder: Path, images: np.ndarray, labels: np.ndarray) -> Pa
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("directory", nargs="?", type=Path, default=None)
-    parser.add_argument("--rounds", type=int, default=15)
+    parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--epsilon", type=float, default=3.0)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path, default=None)
@@ -85,13 +98,7 @@ def main() -> None:
         {
             "study_id": "digits-cnn2d",
             "title": "Handwritten digits (8x8) as a stand-in for scans",
-            "model": {
-                "family": "cnn2d",
-                "input_shape": [1, 8, 8],
-                "filters": [8, 16],
-                "kernel": 3,
-                "classes": 10,
-            },
+            "model": MODEL,
             "features": ["grey"],
             "label": "digit",
             "classes": CLASSES,

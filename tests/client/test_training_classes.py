@@ -34,6 +34,9 @@ SPECS = {
         kernel=3,
         conv_activation="square",
     ),
+    "cnn2d-scattering": ModelSpec(
+        ModelFamily.CNN2D, 64, input_shape=(1, 8, 8), kernel=3, classes=3, stem="scattering"
+    ),
 }
 
 

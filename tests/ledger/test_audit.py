@@ -21,9 +21,9 @@ from tests.ledger.test_witness import _split
 from tests.ledger.witness_helpers import feed, make_witness, second_db_url
 from veracity.contracts.events import ROOT_ACTOR
 from veracity.ledger.ledger import Ledger
-from veracity.ledger.note import NoteVerifier
+from veracity.ledger.note import CheckpointText, Note, NoteVerifier, verify_note
 from veracity.ledger.policy import Policy
-from veracity.ledger.witnessed import WitnessedLog
+from veracity.ledger.witnessed import WitnessedLog, witness_name
 
 __all__ = ["second_db_url"]
 
@@ -187,11 +187,11 @@ def _truncate(bundle: Path, out: Path, size: int) -> None:
 
 def test_a_consistently_truncated_bundle_is_refused_by_an_auditor_with_state(
     make_world: Callable[..., World],
-    sqlite_url: str,
+    db_url: str,
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    world = _world(make_world, sqlite_url)
+    world = _world(make_world, db_url)
     first = world.ledger.latest_checkpoint().tree_size  # type: ignore[union-attr]
     world.note(ROOT_ACTOR, "the inconvenient entry")
     world.ledger.checkpoint(now=T0)
@@ -236,6 +236,32 @@ def test_a_bundle_carries_the_cosigned_notes_an_auditor_needs_for_the_policy(
     assert exported["notes"] == 1
 
 
+def test_a_malformed_note_in_a_bundle_is_a_json_failure_not_a_crash(
+    make_world: Callable[..., World],
+    db_url: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Editing the bundle's notes line: ``--format json`` still prints ``{"ok": false}``."""
+    world = _world(make_world, db_url)
+    _trust(world, tmp_path)
+    _cosign(world, tmp_path, ("hospital-a", "hospital-c"))
+    bundle = tmp_path / "ledger.jsonl"
+    world.ledger.export_bundle(bundle)
+    lines = bundle.read_bytes().split(b"\n")
+    edited = [i for i, line in enumerate(lines) if line.startswith(b'{"notes"')]
+    assert len(edited) == 1
+    lines[edited[0]] = json.dumps({"notes": ["not a signed note"]}).encode()
+    bundle.write_bytes(b"\n".join(lines))
+    code, report, err = run(
+        capsys, "ledger", "verify", "--bundle", str(bundle), "--trust", str(tmp_path / "root.pub"),
+        "--policy", str(_policy(world, tmp_path)), "--format", "json",
+    )  # fmt: skip
+    assert code == 1, err
+    assert report["ok"] is False
+    assert "malformed note" in report["reason"]
+
+
 @pytest.mark.parametrize("listed", ["foreign-only", "foreign-beside-the-real-one"])
 def test_a_policy_naming_a_log_key_the_identity_never_enrolled_is_refused(
     make_world: Callable[..., World],
@@ -269,3 +295,31 @@ def test_a_policy_naming_a_log_key_the_identity_never_enrolled_is_refused(
     )  # fmt: skip
     assert code == 1
     assert "never enrolled it as a log key" in document["reason"]
+
+
+def test_checkpoint_note_needs_no_private_key_and_carries_every_cosignature(
+    make_world: Callable[..., World],
+    db_url: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``ledger checkpoint --db URL --format note`` from a directory holding no key."""
+    world = _world(make_world, db_url)
+    _cosign(world, tmp_path, ("hospital-a", "hospital-c"))
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    monkeypatch.delenv("VERACITY_DATA_DIR", raising=False)
+    code, vkey, err = run(capsys, "ledger", "vkey", "--db", db_url)
+    assert code == 0, err
+    code, text, err = run(capsys, "ledger", "checkpoint", "--db", db_url, "--format", "note")
+    assert code == 0, err
+    note = Note.parse(str(text))
+    log = NoteVerifier.parse(str(vkey).strip())
+    assert verify_note(note, [log]) == [log]
+    witnesses = [make_witness(tmp_path / "witness" / site, world, site).verifier for site in SITES]
+    cosigned = verify_note(note, witnesses)
+    assert [v.name for v in cosigned] == [witness_name(s) for s in ("hospital-a", "hospital-c")]
+    assert CheckpointText.parse(note.text).tree_size == world.ledger.latest_checkpoint().tree_size  # type: ignore[union-attr]
+    assert not (elsewhere / "veracity-coordinator").exists()

@@ -75,7 +75,9 @@ VALID: dict[str, dict[str, Any]] = {
         "rounds_completed": 2,
         "model_hash": None,
     },
-    "round.completed": round_payload({"hospital-a": seeded_key("a")}, "1", H, 1, ["hospital-a"], H),
+    "round.completed": round_payload(
+        {"hospital-a": seeded_key("a")}, "1", H, 1, ["hospital-a"], H, log_id="00" * 32
+    ),
     "analysis.answered": {
         "run_id": "1",
         "study_hash": H,

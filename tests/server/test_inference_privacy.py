@@ -451,14 +451,17 @@ def test_a_one_image_cnn_request_with_chosen_inputs_learns_only_that_images_logi
     assert np.abs(truth[1:]).max() > 1.0  # the hidden images had logits to leak
 
 
+@pytest.mark.parametrize(
+    ("stem", "problem"), [("learned", "with relu"), ("scattering", "the scattering stem")]
+)
 def test_a_relu_cnn_is_not_served_under_encryption(
-    tmp_path: Any, digits_cnn: tuple[Any, dict[str, Any]]
+    tmp_path: Any, digits_cnn: tuple[Any, dict[str, Any]], stem: str, problem: str
 ) -> None:
     import dataclasses
 
     from veracity.errors import CryptoError
 
-    spec = dataclasses.replace(digits_cnn[0], conv_activation="relu")
+    spec = dataclasses.replace(digits_cnn[0], conv_activation="relu", stem=stem)
     registry = ModelRegistry(tmp_path)
     model_hash = registry.put(
         spec,
@@ -469,8 +472,9 @@ def test_a_relu_cnn_is_not_served_under_encryption(
         card={},
     )
     service = InferenceService(registry, recorder=lambda p: None)
-    with pytest.raises(CryptoError, match="square activations"):
+    with pytest.raises(CryptoError, match="square activations") as refused:
         service.describe(model_hash)
+    assert problem in str(refused.value)
 
 
 @pytest.mark.slow  # ~1 CPU-s each (keys, one image): in `make test`, not the edit loop

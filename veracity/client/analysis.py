@@ -36,13 +36,12 @@ import numpy.typing as npt
 
 from veracity.analytics.calibration import calibrate_noise_multiplier, noise_std
 from veracity.analytics.mechanism import Columns, add_noise, exact_release
-from veracity.client.approvals import record_approval
+from veracity.client.approvals import approved_terms, record_approval, refuse_budget
 from veracity.client.budget import (
     ACCOUNTANT,
     NEIGHBOURING,
     RoundBudget,
     Segment,
-    epsilon_left,
     epsilon_report,
     evaluate_round,
     history_to_json,
@@ -58,11 +57,10 @@ from veracity.contracts.analysis import (
     SiteAnswer,
     query_hash,
 )
-from veracity.contracts.refusals import ApprovalMissingStatement, BudgetRefused
+from veracity.contracts.refusals import ApprovalMissingStatement
 from veracity.core.canonical import canonical_hash
 from veracity.core.fields import is_hex64
 from veracity.errors import ApprovalMissing, InputError
-from veracity.ledger.statement import sign_document
 
 __all__ = [
     "dataset_columns",
@@ -72,6 +70,8 @@ __all__ = [
     "QueryRequest",
     "QueryReply",
     "QueryRefusal",
+    "ReleaseTerms",
+    "Released",
     "AnalysisAgent",
 ]
 
@@ -201,38 +201,14 @@ def approved_analysis(
         does not name this site, it is not approved (or was refused), or its dataset is no
         longer registered or lacks a declared column.
     """
-    if study.study_hash != study_hash:
-        raise ApprovalMissing(
-            f"the study document does not match study_hash {study_hash[:16]}...: its terms "
-            "differ from the study that was proposed"
-        )
-    if code_hash != study.code_hash:
-        raise ApprovalMissing(
-            f"code hash {code_hash[:16]}... differs from the approved study's "
-            f"{study.code_hash[:16]}..."
-        )
-    cap = study.epsilon_caps.get(site.name)
-    if cap is None:
-        raise ApprovalMissing(f"study {study.study_id!r} does not include site {site.name!r}")
-    decision = site.store.latest_decision(study_hash)
-    if decision is None:
-        raise ApprovalMissing(
-            f"study {study.study_id!r} ({study_hash[:16]}...) is not approved at site {site.name!r}"
-        )
-    if decision.decision != "approved":
-        raise ApprovalMissing(
-            f"study {study.study_id!r} was refused at site {site.name!r}: {decision.reason}"
-        )
-    if decision.dataset_id is None or decision.epsilon_cap is None:
-        raise ApprovalMissing(f"study {study.study_id!r} was approved with other terms")
-    dataset = site.store.get_dataset(decision.dataset_id)
-    if dataset is None:
-        raise ApprovalMissing(f"the approved dataset {decision.dataset_id!r} is not registered")
+    _decision, dataset, cap = approved_terms(
+        site, study=study, study_hash=study_hash, code_hash=code_hash
+    )
     held = set(dataset_columns(dataset))
     for column in study.columns:
         if column not in held:
             raise ApprovalMissing(f"dataset {dataset.dataset_id!r} has no column {column!r}")
-    return dataset, min(cap, decision.epsilon_cap)
+    return dataset, cap
 
 
 @dataclass(frozen=True)
@@ -264,6 +240,36 @@ class QueryRefusal:
 
 
 QueryOutcome = QueryReply | QueryRefusal
+
+
+@dataclass(frozen=True)
+class ReleaseTerms:
+    """One noisy release a site charges: a query's answer or an explanation.
+
+    What :meth:`AnalysisAgent.release` charges and what its receipt states.
+    """
+
+    study_hash: str
+    study_id: str
+    query_id: str
+    query_hash: str
+    delta: float
+    noise_multiplier: float
+    sensitivity: float
+    suppression_threshold: float
+    #: Whose delta a refusal names ("the study's", "the explanation's").
+    whose: str
+
+
+@dataclass(frozen=True)
+class Released:
+    """A charged release: the stored noisy answer's JSON and its signed receipt."""
+
+    answer: dict[str, Any]
+    receipt: AnalysisReceipt
+    signature: str
+
+
 #: A source of ``n`` independent standard normals.
 UnitNoise = Callable[[int], npt.NDArray[np.float64]]
 
@@ -347,7 +353,7 @@ class AnalysisAgent:
         try:
             study = AnalysisStudy.parse(dict(request.study), what="analysis study")
         except InputError as err:
-            return self._refuse_approval(request, str(err))
+            return self.refuse_approval(request.study_hash, request.query_id, str(err))
         try:
             dataset, cap = approved_analysis(
                 self.site, study=study, study_hash=request.study_hash, code_hash=request.code_hash
@@ -360,106 +366,140 @@ class AnalysisAgent:
                 ) from None
             columns = self._columns(dataset)
         except ApprovalMissing as err:
-            return self._refuse_approval(request, str(err))
-        terms_hash = query_hash(study, query)
+            return self.refuse_approval(request.study_hash, request.query_id, str(err))
         release = exact_release(study, query, columns)
-        z = calibrate_noise_multiplier(query.epsilon, study.delta)
-        planned = Segment(z, 1.0, 1)
         threshold = self.site.config.min_cell_count
+        terms = ReleaseTerms(
+            study_hash=study.study_hash,
+            study_id=study.study_id,
+            query_id=query.query_id,
+            query_hash=query_hash(study, query),
+            delta=study.delta,
+            noise_multiplier=calibrate_noise_multiplier(query.epsilon, study.delta),
+            sensitivity=release.sensitivity,
+            suppression_threshold=float(threshold),
+            whose="the study's",
+        )
+
+        def compute() -> dict[str, Any]:
+            noisy = add_noise(
+                release,
+                noise_multiplier=terms.noise_multiplier,
+                unit_noise=self._noise,
+                threshold=threshold,
+            )
+            return SiteAnswer(
+                query_hash=terms.query_hash,
+                values=list(noisy.values),
+                stds=list(noisy.stds),
+                suppressed=list(noisy.suppressed),
+            ).to_json()
+
+        released = self.release(terms, dataset, cap, compute)
+        if isinstance(released, QueryRefusal):
+            return released
+        log.info(
+            "site %s answered query %s of %s (epsilon now %.4f%s)",
+            self.site.name,
+            query.query_id,
+            study.study_id,
+            released.receipt.epsilon,
+            ", stored answer" if released.receipt.repeated else "",
+        )
+        return QueryReply(SiteAnswer.parse(released.answer), released.receipt, released.signature)
+
+    def release(
+        self,
+        terms: ReleaseTerms,
+        dataset: Dataset,
+        cap: float,
+        compute: Callable[[], dict[str, Any]],
+    ) -> Released | QueryRefusal:
+        """Charge one noisy release to ``dataset`` and its study, then sign its receipt.
+
+        Under the budget pool's lock (:meth:`SiteStore.answer_query`): the stored answer
+        of the same terms comes back charged nothing; otherwise the Gaussian mechanism
+        ``[z, 1.0, 1]`` is added to the dataset's and the study's histories and
+        ``compute()`` (the noisy answer's JSON) is stored with the spend, or the release is
+        refused with a signed ``budget.refused`` (past the budget or the cap) or
+        ``approval.missing`` (a delta weaker than the pool's).
+
+        Raises
+        ------
+        VerificationError
+            If the accountants disagree.
+        """
+        planned = Segment(terms.noise_multiplier, 1.0, 1)
 
         def evaluate(
             dataset_history: tuple[Segment, ...], study_history: tuple[Segment, ...], pool: Pool
         ) -> RoundBudget:
-            if study.delta > pool.delta:
+            if terms.delta > pool.delta:
                 raise ApprovalMissing(
-                    f"the study's delta {study.delta:g} is weaker than the delta "
+                    f"{terms.whose} delta {terms.delta:g} is weaker than the delta "
                     f"{pool.delta:g} of dataset {dataset.dataset_id!r}'s budget pool"
                 )
             return evaluate_round(
                 dataset_history=dataset_history,
                 study_history=study_history,
                 planned=planned,
-                delta=study.delta,
+                delta=terms.delta,
                 dataset_budget=pool.epsilon_budget,
                 study_cap=cap,
             )
 
-        def compute() -> dict[str, Any]:
-            noisy = add_noise(
-                release, noise_multiplier=z, unit_noise=self._noise, threshold=threshold
-            )
-            return SiteAnswer(
-                query_hash=terms_hash,
-                values=list(noisy.values),
-                stds=list(noisy.stds),
-                suppressed=list(noisy.suppressed),
-            ).to_json()
-
         try:
             charge = self.site.store.answer_query(
                 dataset_id=dataset.dataset_id,
-                study_hash=study.study_hash,
-                query_id=query.query_id,
-                query_hash=terms_hash,
+                study_hash=terms.study_hash,
+                query_id=terms.query_id,
+                query_hash=terms.query_hash,
                 planned=planned,
                 evaluate=evaluate,
                 compute=compute,
                 now=self.site.now(),
             )
         except ApprovalMissing as err:
-            return self._refuse_approval(request, str(err))
+            return self.refuse_approval(terms.study_hash, terms.query_id, str(err))
         if charge.answer is None:
             assert charge.budget is not None  # noqa: S101 - answer_query's contract
-            return self._refuse_budget(
-                request.query_id,
-                (study.study_hash, study.study_id, study.delta),
-                dataset,
-                charge.budget,
-                cap,
-                charge,
-            )
+            return self._refuse_budget(terms, dataset, charge.budget, cap, charge)
         if charge.budget is not None:
             report = charge.budget.dataset
         else:
-            report = epsilon_report(charge.dataset_before, study.delta)
+            report = epsilon_report(charge.dataset_before, terms.delta)
+        if not math.isfinite(report.epsilon):  # pragma: no cover - evaluate refuses first
+            raise InputError(f"the spend of query {terms.query_id} is not finite")
         receipt = AnalysisReceipt(
             site=self.site.name,
-            study=study.study_hash,
-            query_id=query.query_id,
-            query_hash=terms_hash,
+            study=terms.study_hash,
+            query_id=terms.query_id,
+            query_hash=terms.query_hash,
             answer_hash=canonical_hash(charge.answer.answer),
             dataset_id=dataset.dataset_id,
             dataset_commitment=dataset.commitment,
-            sensitivity=release.sensitivity,
-            noise_multiplier=z,
-            noise_std=noise_std(z, release.sensitivity),
+            sensitivity=terms.sensitivity,
+            noise_multiplier=terms.noise_multiplier,
+            noise_std=noise_std(terms.noise_multiplier, terms.sensitivity),
             accountant=ACCOUNTANT,
             neighbouring=NEIGHBOURING,
-            delta=study.delta,
-            epsilon_query=replace_one_epsilon((planned,), study.delta),
+            delta=terms.delta,
+            epsilon_query=replace_one_epsilon((planned,), terms.delta),
             epsilon=report.epsilon,
             history=history_to_json(report.history),
-            suppression_threshold=float(threshold),
+            suppression_threshold=terms.suppression_threshold,
             repeated=charge.answer.repeated,
             noise_generator=self._noise_name,
         )
-        signature = sign_document(self.site.key, ANALYSIS_RECEIPT_DOMAIN, receipt.to_json())
-        log.info(
-            "site %s answered query %s of %s (epsilon now %.4f%s)",
-            self.site.name,
-            query.query_id,
-            study.study_id,
-            report.epsilon,
-            ", stored answer" if charge.answer.repeated else "",
-        )
-        return QueryReply(SiteAnswer.parse(charge.answer.answer), receipt, signature)
+        signature = self.site.sign_receipt(ANALYSIS_RECEIPT_DOMAIN, receipt.to_json())
+        return Released(charge.answer.answer, receipt, signature)
 
-    def _refuse_approval(self, request: QueryRequest, reason: str) -> QueryRefusal:
-        study_hash = request.study_hash
+    def refuse_approval(self, study_hash: str, query_id: str, reason: str) -> QueryRefusal:
+        """Sign ``approval.missing`` for query ``query_id`` of ``study_hash`` (stored once)."""
         refused = ApprovalMissingStatement(
             site=self.site.name,
             study_hash=study_hash,
-            run_id=f"query:{request.query_id}"[:128],
+            run_id=f"query:{query_id}"[:128],
             round=QUERY_ROUND,
             reason=reason[:10_000],
             signed_at=self.site.now(),
@@ -471,46 +511,31 @@ class AnalysisAgent:
             lambda: self.site.sign(refused),
             now=self.site.now(),
         )
-        log.warning("site %s refused query %s: %s", self.site.name, request.query_id, reason)
+        log.warning("site %s refused query %s: %s", self.site.name, query_id, reason)
         return QueryRefusal("approval.missing", statement, reason)
 
     def _refuse_budget(
         self,
-        query_id: str,
-        study: tuple[str, str, float],
+        terms: ReleaseTerms,
         dataset: Dataset,
         budget: RoundBudget,
         cap: float,
         charge: QueryCharge,
     ) -> QueryRefusal:
-        """Sign ``budget.refused`` for query ``query_id`` of ``study`` (hash, id, delta)."""
-        study_hash, study_id, delta = study
-        crossed: list[tuple[float, float, str]] = []
-        if not budget.study_allowed:
-            left = epsilon_left(cap, charge.study_before, delta)
-            crossed.append((left, budget.study.epsilon, f"study {study_id!r} (cap {cap:g})"))
-        if not budget.dataset_allowed:
-            left = epsilon_left(budget.dataset_budget, charge.dataset_before, delta)
-            crossed.append(
-                (left, budget.dataset.epsilon, f"dataset {dataset.dataset_id!r} (budget)")
-            )
-        left, requested, scope = min(crossed)
-        reason = (
-            f"query {query_id} would bring {scope} to epsilon {requested:.4f}; "
-            f"epsilon left {left:.4f}"
+        """Sign ``budget.refused`` for the release of ``terms``."""
+        statement, reason = refuse_budget(
+            self.site,
+            what=f"query {terms.query_id}",
+            study_hash=terms.study_hash,
+            study_id=terms.study_id,
+            dataset=dataset,
+            run_id=f"query:{terms.query_id}",
+            round_number=QUERY_ROUND,
+            budget=budget,
+            cap=cap,
+            study_before=charge.study_before,
+            dataset_before=charge.dataset_before,
+            delta=terms.delta,
         )
-        statement = self.site.sign(
-            BudgetRefused(
-                site=self.site.name,
-                study_hash=study_hash,
-                dataset_id=dataset.dataset_id,
-                run_id=f"query:{query_id}",
-                round=QUERY_ROUND,
-                epsilon_requested=requested if math.isfinite(requested) else None,
-                epsilon_left=left,
-                signed_at=self.site.now(),
-            )
-        )
-        self.site.store.add_statement(statement, now=statement.payload["signed_at"])
-        log.warning("site %s refused query %s: %s", self.site.name, query_id, reason)
+        log.warning("site %s refused query %s: %s", self.site.name, terms.query_id, reason)
         return QueryRefusal("budget.refused", statement, reason)

@@ -25,7 +25,6 @@ sends, one record moves the released sum by at most ``2 * clip_norm``.
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -33,35 +32,23 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from veracity.analytics.calibration import calibrate_noise_multiplier, noise_std
+from veracity.analytics.calibration import calibrate_noise_multiplier
 from veracity.analytics.mechanism import Release, UnitNoise, add_noise
-from veracity.client.analysis import AnalysisAgent, QueryRefusal, QueryRequest
+from veracity.client.analysis import AnalysisAgent, QueryRefusal, ReleaseTerms
 from veracity.client.approvals import approved_terms
-from veracity.client.budget import (
-    ACCOUNTANT,
-    NEIGHBOURING,
-    RoundBudget,
-    Segment,
-    epsilon_report,
-    evaluate_round,
-    history_to_json,
-    replace_one_epsilon,
-)
 from veracity.client.datasets import check_registered, load_registered
 from veracity.client.site import Site
-from veracity.client.store import Dataset, Pool
+from veracity.client.store import Dataset
 from veracity.client.study_inputs import study_examples
-from veracity.contracts.analysis import ANALYSIS_RECEIPT_DOMAIN, AnalysisReceipt
+from veracity.contracts.analysis import AnalysisReceipt
 from veracity.contracts.explanation import (
     EXPLANATION_QUERY_ID,
     ExplanationTerms,
     SiteExplanation,
     terms_hash,
 )
-from veracity.core.canonical import canonical_hash
 from veracity.core.fields import is_hex64
 from veracity.errors import ApprovalMissing, InputError
-from veracity.ledger.statement import sign_document
 from veracity.tasks.spec import check_weights
 from veracity.tasks.study import Study, parse_study
 from veracity.tasks.weights import Weights, weights_hash
@@ -149,11 +136,8 @@ class ExplanationAgent:
     def _noise(self) -> UnitNoise:
         return self._analyst._noise
 
-    def _refuse(self, study_hash: str, code_hash: str, reason: str) -> QueryRefusal:
-        request = QueryRequest(
-            study={}, study_hash=study_hash, code_hash=code_hash, query_id=EXPLANATION_QUERY_ID
-        )
-        return self._analyst._refuse_approval(request, reason)
+    def _refuse(self, study_hash: str, reason: str) -> QueryRefusal:
+        return self._analyst.refuse_approval(study_hash, EXPLANATION_QUERY_ID, reason)
 
     def _check(self, request: ExplanationRequest) -> tuple[ExplanationTerms, Study]:
         if not is_hex64(request.code_hash):
@@ -187,7 +171,7 @@ class ExplanationAgent:
                 raise ApprovalMissing("the weights sent are not the model the terms name")
             x, y = study_examples(study, load_registered(dataset, check_registered(dataset)))
         except ApprovalMissing as err:
-            return self._refuse(terms.study_hash, request.code_hash, str(err))
+            return self._refuse(terms.study_hash, str(err))
         return self._answer(terms, study, dataset, cap, x, y, request.weights)
 
     def _answer(
@@ -200,33 +184,26 @@ class ExplanationAgent:
         y: npt.NDArray[np.int64],
         weights: Weights,
     ) -> ExplanationOutcome:
-        z = calibrate_noise_multiplier(terms.epsilon, terms.delta)
-        planned = Segment(z, 1.0, 1)
-        sensitivity = 2.0 * terms.clip_norm
         hashed_terms = terms_hash(terms)
-
-        def evaluate(
-            dataset_history: tuple[Segment, ...], study_history: tuple[Segment, ...], pool: Pool
-        ) -> RoundBudget:
-            if terms.delta > pool.delta:
-                raise ApprovalMissing(
-                    f"the explanation's delta {terms.delta:g} is weaker than the delta "
-                    f"{pool.delta:g} of dataset {dataset.dataset_id!r}'s budget pool"
-                )
-            return evaluate_round(
-                dataset_history=dataset_history,
-                study_history=study_history,
-                planned=planned,
-                delta=terms.delta,
-                dataset_budget=pool.epsilon_budget,
-                study_cap=cap,
-            )
+        release_terms = ReleaseTerms(
+            study_hash=study.study_hash,
+            study_id=study.study_id,
+            query_id=EXPLANATION_QUERY_ID,
+            query_hash=hashed_terms,
+            delta=terms.delta,
+            noise_multiplier=calibrate_noise_multiplier(terms.epsilon, terms.delta),
+            sensitivity=2.0 * terms.clip_norm,
+            suppression_threshold=0.0,
+            whose="the explanation's",
+        )
 
         def compute() -> dict[str, Any]:
             rows = self._attribute(study.model_spec, weights, x, y, steps=terms.steps)
             total = clipped_sum(np.asarray(rows, dtype=np.float64), terms.clip_norm)
-            release = Release(total, np.ones(len(total)), sensitivity, ())
-            noisy = add_noise(release, noise_multiplier=z, unit_noise=self._noise)
+            release = Release(total, np.ones(len(total)), release_terms.sensitivity, ())
+            noisy = add_noise(
+                release, noise_multiplier=release_terms.noise_multiplier, unit_noise=self._noise
+            )
             return SiteExplanation(
                 query_hash=hashed_terms,
                 records=len(x),
@@ -234,63 +211,16 @@ class ExplanationAgent:
                 stds=list(noisy.stds),
             ).to_json()
 
-        try:
-            charge = self.site.store.answer_query(
-                dataset_id=dataset.dataset_id,
-                study_hash=study.study_hash,
-                query_id=EXPLANATION_QUERY_ID,
-                query_hash=hashed_terms,
-                planned=planned,
-                evaluate=evaluate,
-                compute=compute,
-                now=self.site.now(),
-            )
-        except ApprovalMissing as err:
-            return self._refuse(study.study_hash, study.code_hash, str(err))
-        if charge.answer is None:
-            assert charge.budget is not None  # noqa: S101 - answer_query's contract
-            return self._analyst._refuse_budget(
-                EXPLANATION_QUERY_ID,
-                (study.study_hash, study.study_id, terms.delta),
-                dataset,
-                charge.budget,
-                cap,
-                charge,
-            )
-        report = (
-            charge.budget.dataset
-            if charge.budget is not None
-            else epsilon_report(charge.dataset_before, terms.delta)
-        )
-        receipt = AnalysisReceipt(
-            site=self.site.name,
-            study=study.study_hash,
-            query_id=EXPLANATION_QUERY_ID,
-            query_hash=hashed_terms,
-            answer_hash=canonical_hash(charge.answer.answer),
-            dataset_id=dataset.dataset_id,
-            dataset_commitment=dataset.commitment,
-            sensitivity=sensitivity,
-            noise_multiplier=z,
-            noise_std=noise_std(z, sensitivity),
-            accountant=ACCOUNTANT,
-            neighbouring=NEIGHBOURING,
-            delta=terms.delta,
-            epsilon_query=replace_one_epsilon((planned,), terms.delta),
-            epsilon=report.epsilon,
-            history=history_to_json(report.history),
-            suppression_threshold=0.0,
-            repeated=charge.answer.repeated,
-            noise_generator=self._analyst._noise_name,
-        )
-        signature = sign_document(self.site.key, ANALYSIS_RECEIPT_DOMAIN, receipt.to_json())
+        released = self._analyst.release(release_terms, dataset, cap, compute)
+        if isinstance(released, QueryRefusal):
+            return released
         log.info(
             "site %s explained model %s... (epsilon now %.4f%s)",
             self.site.name,
             terms.model_hash[:16],
-            report.epsilon,
-            ", stored answer" if charge.answer.repeated else "",
+            released.receipt.epsilon,
+            ", stored answer" if released.receipt.repeated else "",
         )
-        if not math.isfinite(report.epsilon):  # pragma: no cover - evaluate refuses first
-            raise InputError("the explanation's spend is not finite")
-        return ExplanationAnswer(SiteExplanation.parse(charge.answer.answer), receipt, signature)
+        return ExplanationAnswer(
+            SiteExplanation.parse(released.answer), released.receipt, released.signature
+        )

@@ -23,8 +23,8 @@ For every request the agent, in order:
 4. trains one round of DP-SGD on the reused :class:`~veracity.client.training.PrivateTrainer`
    of this run, checks that the accountant grew by exactly the reserved steps, marks the
    spend completed and answers a :class:`TrainReply` with a receipt signed under
-   ``veracity.receipt.v1``. If training fails, the spend is marked failed; its steps still
-   count.
+   ``veracity.receipt.v2`` for the coordinator's log. If training fails, the spend is
+   marked failed; its steps still count.
 
 The round's Poisson samples and DP noise come from a secret per-round seed (32 bytes from
 ``os.urandom``, kept in the site's store); the receipt carries its ``seed_commitment``, and
@@ -50,13 +50,12 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 import numpy.typing as npt
 
-from veracity.client.approvals import approved_terms
+from veracity.client.approvals import approved_terms, refuse_budget
 from veracity.client.budget import (
     ACCOUNTANT,
     NEIGHBOURING,
     RoundBudget,
     Segment,
-    epsilon_left,
     evaluate_round,
     history_to_json,
 )
@@ -66,12 +65,11 @@ from veracity.client.site import Clock, Site, utc_now
 from veracity.client.store import Dataset, Pool, SignedStatement
 from veracity.client.study_inputs import study_examples
 from veracity.contracts.receipts import RECEIPT_DOMAIN, RECEIPT_FIELDS, Receipt
-from veracity.contracts.refusals import ApprovalMissingStatement, BudgetRefused
+from veracity.contracts.refusals import ApprovalMissingStatement
 from veracity.contracts.replay import SEED_BYTES, seed_commitment
 from veracity.core.canonical import canonical_hash
 from veracity.core.fields import is_hex64
 from veracity.errors import ApprovalMissing, InputError, VerificationError
-from veracity.ledger.statement import sign_document
 from veracity.tasks.spec import check_weights
 from veracity.tasks.study import Study, parse_study
 from veracity.tasks.weights import weights_hash
@@ -388,7 +386,7 @@ class SiteAgent:
             seed_commitment=seed_commitment(run_id=request.run_id, round=request.round, seed=seed),
         )
         document = receipt.to_json()
-        signature = sign_document(self.site.key, RECEIPT_DOMAIN, document)
+        signature = self.site.sign_receipt(RECEIPT_DOMAIN, document)
         try:
             self._keeper.keep_round(
                 KeptRound(
@@ -547,43 +545,19 @@ class SiteAgent:
         study_before: tuple[Segment, ...],
         cap: float,
     ) -> Refusal:
-        delta = study.dp.delta
-        crossed: list[tuple[float, float, str]] = []
-        if not budget.study_allowed:
-            left = epsilon_left(cap, study_before, delta)
-            crossed.append((left, budget.study.epsilon, f"study {study.study_id!r} (cap {cap:g})"))
-        if not budget.dataset_allowed:
-            left = epsilon_left(budget.dataset_budget, dataset_before, delta)
-            pool = self.site.store.pool(dataset.dataset_id)
-            shared = (
-                f" (budget pool {pool.pool_id!r}, shared with {', '.join(others)})"
-                if (others := [name for name in pool.datasets if name != dataset.dataset_id])
-                else ""
-            )
-            crossed.append(
-                (
-                    left,
-                    budget.dataset.epsilon,
-                    f"dataset {dataset.dataset_id!r}{shared} (budget {budget.dataset_budget:g})",
-                )
-            )
-        left, requested, scope = min(crossed)
-        reason = (
-            f"round {request.round} would bring {scope} to epsilon {requested:.4f}; "
-            f"epsilon left {left:.4f}"
+        statement, reason = refuse_budget(
+            self.site,
+            what=f"round {request.round}",
+            study_hash=study.study_hash,
+            study_id=study.study_id,
+            dataset=dataset,
+            run_id=request.run_id,
+            round_number=request.round,
+            budget=budget,
+            cap=cap,
+            study_before=study_before,
+            dataset_before=dataset_before,
+            delta=study.dp.delta,
         )
-        statement = self.site.sign(
-            BudgetRefused(
-                site=self.site.name,
-                study_hash=study.study_hash,
-                dataset_id=dataset.dataset_id,
-                run_id=request.run_id,
-                round=request.round,
-                epsilon_requested=requested if math.isfinite(requested) else None,
-                epsilon_left=left,
-                signed_at=self.site.now(),
-            )
-        )
-        self.site.store.add_statement(statement, now=statement.payload["signed_at"])
         log.warning("site %s refused round %s: %s", self.site.name, request.round, reason)
         return Refusal(kind="budget.refused", statement=statement, reason=reason)

@@ -197,6 +197,10 @@ class KeyRecovered(RequestedPayload):
     supernode_public_key: (
         Annotated[str, StringConstraints(min_length=1, max_length=4096)] | None
     ) = None
+    #: A lost *log key* (``coordinator`` only): the identity key's signature enrolling the
+    #: new log key in its place; the entry is signed by the new log key, and every older
+    #: log key signs nothing after it.
+    identity_signature: Base64Signature | None = None
 
 
 class KeyRevoked(RequestedPayload):

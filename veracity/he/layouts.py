@@ -197,23 +197,44 @@ def _multiply_accumulate(
     runtime: Runtime, inputs: Sequence[Any], weights: npt.NDArray[np.float64], scale: float
 ) -> Any:
     """``sum_j weights[j] * inputs[j]`` at ``input scale * scale`` (zero weights skipped)."""
-    evaluator = runtime.evaluator
     parms_id = inputs[0].parms_id()
-    accumulator = None
-    product = sa.Ciphertext()
-    for ciphertext, weight in zip(inputs, weights, strict=True):
-        if weight == 0.0:
-            continue
-        plaintext = encode(runtime, float(weight), parms_id, scale)
-        if accumulator is None:
-            accumulator = sa.Ciphertext()
-            evaluator.multiply_plain(ciphertext, plaintext, accumulator)
-        else:
-            evaluator.multiply_plain(ciphertext, plaintext, product)
-            evaluator.add_inplace(accumulator, product)
+    accumulator = _products(
+        runtime,
+        [
+            (ciphertext, None if weight == 0.0 else encode(runtime, float(weight), parms_id, scale))
+            for ciphertext, weight in zip(inputs, weights, strict=True)
+        ],
+    )
     if accumulator is None:
         raise CryptoError("a layer has only zero weights; the model is constant")
     return accumulator
+
+
+def _products(runtime: Runtime, pairs: Sequence[tuple[Any, Any | None]]) -> Any | None:
+    """``sum(ciphertext * plaintext)`` into a new ciphertext (None: all plaintexts zero)."""
+    evaluator = runtime.evaluator
+    total = None
+    product = sa.Ciphertext()
+    for ciphertext, plaintext in pairs:
+        if plaintext is None:
+            continue
+        if total is None:
+            total = sa.Ciphertext()
+            evaluator.multiply_plain(ciphertext, plaintext, total)
+        else:
+            evaluator.multiply_plain(ciphertext, plaintext, product)
+            evaluator.add_inplace(total, product)
+    return total
+
+
+def _rotate_and_add(
+    runtime: Runtime, value: Any, steps: Sequence[int], galois_keys: Any, rotated: Any
+) -> None:
+    """``value += rotate(value, step)`` for each step in turn (``rotated``: scratch)."""
+    evaluator = runtime.evaluator
+    for step in steps:
+        evaluator.rotate_vector(value, step, galois_keys, rotated)
+        evaluator.add_inplace(value, rotated)
 
 
 def _single(values: Sequence[ComplexArray], layout: PackingLayout) -> ComplexArray:
@@ -366,22 +387,16 @@ def _slot_flood(
 
 
 @dataclass(frozen=True)
-class ColumnCoefficientLayout:
-    """``column_coefficient``: one ciphertext per feature, patient p at coefficient p.
+class _ColumnOf:
+    """A column layout: one ciphertext per feature, a full column carried."""
 
-    Batched logistic regression. The server computes ``sum_j w_j * ct_j`` (scalar
-    products act coefficient-wise), then adds one integer polynomial: the bias and
-    flooding at the declared patients' coefficients, a uniform mask modulo q elsewhere.
-    """
-
-    name: ClassVar[PackingLayout] = PackingLayout.COLUMN_COEFFICIENT
-    family: ClassVar[str] = "logistic"
+    name: ClassVar[PackingLayout]
     parameter_set: CKKSParameterSet
     shape: ModelShape
 
     def capacity(self) -> int:
-        """One patient per coefficient."""
-        return self.parameter_set.poly_modulus_degree
+        """One patient per coefficient or slot."""
+        raise NotImplementedError
 
     def rotation_steps(self) -> tuple[int, ...]:
         """None."""
@@ -392,25 +407,92 @@ class ColumnCoefficientLayout:
         return self.shape.n_features
 
     def carried(self, ciphertexts: int) -> int:
-        """A full column: N patients."""
+        """A full column: :meth:`capacity` patients."""
         return self.capacity()
+
+    def _column(self, value: ComplexArray, batch_size: int) -> FloatArray:
+        """The first ``batch_size`` patients' outputs in one decrypted result."""
+        raise NotImplementedError
+
+    def unpack(self, values: Sequence[ComplexArray], batch_size: int) -> FloatArray:
+        """The first ``batch_size`` patients' outputs of each output's result."""
+        if self.shape.outputs == 1:
+            values = [_single(values, self.name)]
+        _count(values, self.shape.outputs)
+        return _by_patient(np.stack([self._column(v, batch_size) for v in values]))
+
+
+@dataclass(frozen=True)
+class _GroupsOf:
+    """A small-batch layout: a few patients per ciphertext.
+
+    Construction refuses a model that does not fit.
+    """
+
+    parameter_set: CKKSParameterSet
+    shape: ModelShape
+
+    def __post_init__(self) -> None:
+        _ = self._per_ciphertext()  # refuse a model that does not fit now
+
+    def _per_ciphertext(self) -> int:
+        """Patients per ciphertext (raises ``InputError`` if the model does not fit)."""
+        raise NotImplementedError
+
+    def _group(self, values: ComplexArray, batch_size: int) -> FloatArray:
+        """One output's values of the first ``batch_size`` patients from its results."""
+        raise NotImplementedError
+
+    def capacity(self) -> int:
+        """The measured crossover with the batch layout."""
+        return self.parameter_set.small_batch_max
+
+    def ciphertext_count(self, batch_size: int) -> int:
+        """``ceil(batch / patients per ciphertext)``."""
+        return -(-batch_size // self._per_ciphertext())
+
+    def carried(self, ciphertexts: int) -> int:
+        """Every patient place of the ciphertexts."""
+        return ciphertexts * self._per_ciphertext()
+
+    def unpack(self, values: Sequence[ComplexArray], batch_size: int) -> FloatArray:
+        """Each output's values of the first ``batch_size`` patients, group by group."""
+        _count(values, self.ciphertext_count(batch_size) * self.shape.outputs)
+        return _by_patient(
+            np.stack(
+                [
+                    self._group(np.stack(group), batch_size)
+                    for group in _grouped(values, self.shape.outputs)
+                ]
+            )
+        )
+
+
+@dataclass(frozen=True)
+class ColumnCoefficientLayout(_ColumnOf):
+    """``column_coefficient``: one ciphertext per feature, patient p at coefficient p.
+
+    Batched logistic regression. The server computes ``sum_j w_j * ct_j`` (scalar
+    products act coefficient-wise), then adds one integer polynomial: the bias and
+    flooding at the declared patients' coefficients, a uniform mask modulo q elsewhere.
+    """
+
+    name: ClassVar[PackingLayout] = PackingLayout.COLUMN_COEFFICIENT
+    family: ClassVar[str] = "logistic"
+
+    def capacity(self) -> int:
+        """One patient per coefficient."""
+        return self.parameter_set.poly_modulus_degree
+
+    def _column(self, value: ComplexArray, batch_size: int) -> FloatArray:
+        """The first ``batch_size`` coefficients."""
+        return unpack_column_coefficients(coefficients_from_slots(value), batch_size)
 
     def pack(self, features: FloatArray) -> list[Any]:
         """Row j: the slot values that encode feature j of every patient as coefficients."""
         x = _check_width(features, self.shape)
         rows = pack_column_coefficients(x, self.parameter_set.poly_modulus_degree)
         return [slots_from_coefficients(row) for row in rows]
-
-    def unpack(self, values: Sequence[ComplexArray], batch_size: int) -> FloatArray:
-        """The first ``batch_size`` coefficients of each output's result."""
-        if self.shape.outputs == 1:
-            values = [_single(values, self.name)]
-        _count(values, self.shape.outputs)
-        return _by_patient(
-            np.stack(
-                [unpack_column_coefficients(coefficients_from_slots(v), batch_size) for v in values]
-            )
-        )
 
     def evaluate(
         self,
@@ -435,7 +517,7 @@ class ColumnCoefficientLayout:
 
 
 @dataclass(frozen=True)
-class CoefficientLayout:
+class CoefficientLayout(_GroupsOf):
     """``coefficient``: patient p's feature j is coefficient ``p * n + j`` (logistic).
 
     Small batches. The server multiplies by ``sum_j w_j X**(-j)`` (patient p's dot product
@@ -451,49 +533,28 @@ class CoefficientLayout:
 
     name: ClassVar[PackingLayout] = PackingLayout.COEFFICIENT
     family: ClassVar[str] = "logistic"
-    parameter_set: CKKSParameterSet
-    shape: ModelShape
-
-    def __post_init__(self) -> None:
-        _ = self.geometry  # refuse a model that does not fit now
 
     @property
     def geometry(self) -> CoefficientGeometry:
         """Where patients sit among the coefficients."""
         return CoefficientGeometry(self.shape.n_features, self.parameter_set.poly_modulus_degree)
 
-    def capacity(self) -> int:
-        """The measured crossover with the batch layout."""
-        return self.parameter_set.small_batch_max
+    def _per_ciphertext(self) -> int:
+        """``floor(N / n)``."""
+        return self.geometry.patients_per_ciphertext
+
+    def _group(self, values: ComplexArray, batch_size: int) -> FloatArray:
+        """The output coefficients."""
+        return self.geometry.unpack(coefficients_from_slots(values), batch_size)
 
     def rotation_steps(self) -> tuple[int, ...]:
         """None."""
         return ()
 
-    def ciphertext_count(self, batch_size: int) -> int:
-        """``ceil(batch / floor(N / n))``."""
-        return -(-batch_size // self.geometry.patients_per_ciphertext)
-
-    def carried(self, ciphertexts: int) -> int:
-        """``floor(N / n)`` patients per ciphertext."""
-        return ciphertexts * self.geometry.patients_per_ciphertext
-
     def pack(self, features: FloatArray) -> list[Any]:
         """Slot values that encode the coefficient vectors."""
         x = _check_width(features, self.shape)
         return [slots_from_coefficients(c) for c in self.geometry.pack(x)]
-
-    def unpack(self, values: Sequence[ComplexArray], batch_size: int) -> FloatArray:
-        """The output coefficients of the first ``batch_size`` patients, per output."""
-        _count(values, self.ciphertext_count(batch_size) * self.shape.outputs)
-        return _by_patient(
-            np.stack(
-                [
-                    self.geometry.unpack(coefficients_from_slots(np.stack(group)), batch_size)
-                    for group in _grouped(values, self.shape.outputs)
-                ]
-            )
-        )
 
     def evaluate(
         self,
@@ -533,7 +594,7 @@ class CoefficientLayout:
 
 
 @dataclass(frozen=True)
-class ColumnLayout:
+class ColumnLayout(_ColumnOf):
     """``column``: one ciphertext per feature, one patient per slot (``poly_mlp``, ``cnn2d``).
 
     For ``cnn2d`` a feature is a pixel (flat ``(channels, height, width)`` order), so
@@ -551,36 +612,19 @@ class ColumnLayout:
 
     name: ClassVar[PackingLayout] = PackingLayout.COLUMN
     family: ClassVar[str] = "poly_mlp"
-    parameter_set: CKKSParameterSet
-    shape: ModelShape
 
     def capacity(self) -> int:
         """One patient per slot."""
         return self.parameter_set.slots
 
-    def rotation_steps(self) -> tuple[int, ...]:
-        """None."""
-        return ()
-
-    def ciphertext_count(self, batch_size: int) -> int:
-        """One ciphertext per feature."""
-        return self.shape.n_features
-
-    def carried(self, ciphertexts: int) -> int:
-        """A full column: N / 2 patients."""
-        return self.capacity()
+    def _column(self, value: ComplexArray, batch_size: int) -> FloatArray:
+        """The first ``batch_size`` real slot values."""
+        return unpack_column(value, batch_size)
 
     def pack(self, features: FloatArray) -> list[Any]:
         """Row j: feature j of every patient."""
         x = _check_width(features, self.shape)
         return list(pack_column(x, self.parameter_set.slots))
-
-    def unpack(self, values: Sequence[ComplexArray], batch_size: int) -> FloatArray:
-        """The first ``batch_size`` real slot values of each output's result."""
-        if self.shape.outputs == 1:
-            values = [_single(values, self.name)]
-        _count(values, self.shape.outputs)
-        return _by_patient(np.stack([unpack_column(v, batch_size) for v in values]))
 
     def evaluate(
         self,
@@ -645,7 +689,7 @@ class ColumnLayout:
 
 
 @dataclass(frozen=True)
-class ReplicatedLayout:
+class ReplicatedLayout(_GroupsOf):
     """``replicated``: a few patients per ciphertext, replicated per hidden unit (``poly_mlp``).
 
     See :class:`~veracity.he.packing.ReplicatedGeometry`: the server replicates each
@@ -662,11 +706,6 @@ class ReplicatedLayout:
 
     name: ClassVar[PackingLayout] = PackingLayout.REPLICATED
     family: ClassVar[str] = "poly_mlp"
-    parameter_set: CKKSParameterSet
-    shape: ModelShape
-
-    def __post_init__(self) -> None:
-        _ = self.geometry  # refuse a network that does not fit now
 
     @property
     def geometry(self) -> ReplicatedGeometry:
@@ -675,38 +714,22 @@ class ReplicatedLayout:
             self.shape.n_features, self.shape.hidden, self.parameter_set.slots
         )
 
-    def capacity(self) -> int:
-        """The measured crossover with the batch layout."""
-        return self.parameter_set.small_batch_max
+    def _per_ciphertext(self) -> int:
+        """``P``."""
+        return self.geometry.patients_per_ciphertext
+
+    def _group(self, values: ComplexArray, batch_size: int) -> FloatArray:
+        """Slot ``p * s`` of the results."""
+        return self.geometry.unpack(values, batch_size)
 
     def rotation_steps(self) -> tuple[int, ...]:
         """Replication, block sums, then sums over units."""
         return self.geometry.rotation_steps()
 
-    def ciphertext_count(self, batch_size: int) -> int:
-        """``ceil(batch / P)``."""
-        return -(-batch_size // self.geometry.patients_per_ciphertext)
-
-    def carried(self, ciphertexts: int) -> int:
-        """``P`` patients per ciphertext."""
-        return ciphertexts * self.geometry.patients_per_ciphertext
-
     def pack(self, features: FloatArray) -> list[Any]:
         """Each patient's features in unit 0's block."""
         x = _check_width(features, self.shape)
         return list(self.geometry.pack(x))
-
-    def unpack(self, values: Sequence[ComplexArray], batch_size: int) -> FloatArray:
-        """Patient p's logits from slot ``p * s`` of each output's results."""
-        _count(values, self.ciphertext_count(batch_size) * self.shape.outputs)
-        return _by_patient(
-            np.stack(
-                [
-                    self.geometry.unpack(np.stack(group), batch_size)
-                    for group in _grouped(values, self.shape.outputs)
-                ]
-            )
-        )
 
     def evaluate(
         self,
@@ -748,9 +771,7 @@ class ReplicatedLayout:
             # switching adds a fixed absolute noise, which this makes 2**LIFT times smaller
             # relative to the features; the first layer gives those bits back.
             evaluator.multiply_plain_inplace(value, lift)
-            for step in geometry.replication_steps():
-                evaluator.rotate_vector(value, step, galois_keys, rotated)
-                evaluator.add_inplace(value, rotated)
+            _rotate_and_add(runtime, value, geometry.replication_steps(), galois_keys, rotated)
             first = plaintext(
                 ("first", live),
                 partial(geometry.first_layer_vector, quadratic.hidden_weights, live),
@@ -758,9 +779,7 @@ class ReplicatedLayout:
                 quadratic.hidden_weight_scale / 2.0**_REPLICATION_LIFT_BITS,
             )
             evaluator.multiply_plain_inplace(value, first)
-            for step in geometry.block_sum_steps():
-                evaluator.rotate_vector(value, step, galois_keys, rotated)
-                evaluator.add_inplace(value, rotated)
+            _rotate_and_add(runtime, value, geometry.block_sum_steps(), galois_keys, rotated)
             bias = plaintext(
                 ("bias", live),
                 partial(geometry.bias_vector, quadratic.hidden_bias, live),
@@ -780,9 +799,7 @@ class ReplicatedLayout:
                 )
                 output = sa.Ciphertext()
                 evaluator.multiply_plain(value, selector, output)
-                for step in geometry.unit_sum_steps():
-                    evaluator.rotate_vector(output, step, galois_keys, rotated)
-                    evaluator.add_inplace(output, rotated)
+                _rotate_and_add(runtime, output, geometry.unit_sum_steps(), galois_keys, rotated)
                 constant = plaintext(
                     (f"constant-{c}", live),
                     partial(geometry.output_constant, float(quadratic.output_bias[c]), live),
@@ -891,9 +908,7 @@ class Im2colLayout:
         rotated = sa.Ciphertext()
 
         def summed(value: Any, steps: Sequence[int]) -> None:
-            for step in steps:
-                evaluator.rotate_vector(value, step, galois_keys, rotated)
-                evaluator.add_inplace(value, rotated)
+            _rotate_and_add(runtime, value, steps, galois_keys, rotated)
 
         def rotate(value: Any, step: int) -> Any:
             out = sa.Ciphertext()
@@ -1001,23 +1016,6 @@ def _entry(
     key: tuple[int, int],
 ) -> FloatArray:
     return maker(circuit)[key]
-
-
-def _products(runtime: Runtime, pairs: Sequence[tuple[Any, Any | None]]) -> Any | None:
-    """``sum(ciphertext * plaintext)`` into a new ciphertext (None: all plaintexts zero)."""
-    evaluator = runtime.evaluator
-    total = None
-    product = sa.Ciphertext()
-    for ciphertext, plaintext in pairs:
-        if plaintext is None:
-            continue
-        if total is None:
-            total = sa.Ciphertext()
-            evaluator.multiply_plain(ciphertext, plaintext, total)
-        else:
-            evaluator.multiply_plain(ciphertext, plaintext, product)
-            evaluator.add_inplace(total, product)
-    return total
 
 
 class _PlaintextCache:

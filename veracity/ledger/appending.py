@@ -26,7 +26,7 @@ from veracity.contracts.events import (
     validate_payload,
 )
 from veracity.core.fields import format_timestamp
-from veracity.crypto.keys import SigningKey
+from veracity.crypto.keys import SigningKey, VerifyKey
 from veracity.errors import (
     ConfigError,
     Conflict,
@@ -52,7 +52,8 @@ from veracity.ledger.merkle import leaf_hash
 from veracity.ledger.statement import (
     decode_signature,
     encode_signature,
-    verify_document,
+    unbound_reason,
+    verify_bound,
 )
 from veracity.ledger.verify import MAX_ENTRY_BYTES
 
@@ -64,6 +65,7 @@ __all__ = [
     "check_readable",
     "position_signatures",
     "check_event",
+    "entry_signer",
     "write_genesis",
     "append_rows",
 ]
@@ -124,8 +126,11 @@ def check_readable(body: bytes, request: EventRequest) -> None:
         validate_payload(entry.kind, entry.payload, actor=entry.actor)
 
 
-def prepare(request: EventRequest) -> Prepared:
-    """Validate and canonicalise one event and sign it (outside the write lock)."""
+def prepare(request: EventRequest, *, log_id: bytes) -> Prepared:
+    """Validate and canonicalise one event and sign it (outside the write lock).
+
+    An actor's statement signed here (``signer=``) is bound to the log ``log_id``.
+    """
     validate_actor_name(request.actor)
     validate_payload(request.kind, request.payload, actor=request.actor)
     if (request.signer is None) == (request.signature is None):
@@ -138,7 +143,7 @@ def prepare(request: EventRequest) -> Prepared:
                 "the root's entries are signed at their position when appended: pass signer="
             )
     elif request.signer is not None:
-        signature = encode_signature(request.signer.sign(statement_message(statement)))
+        signature = encode_signature(request.signer.sign(statement_message(statement, log_id)))
     elif request.signature is not None:
         signature = request.signature
         decode_signature(signature)
@@ -177,9 +182,22 @@ def position_signatures(
     return item.signature, encode_signature(root_key.sign(message))
 
 
+def entry_signer(kind: str, actor: str, payload: dict[str, Any], record: KeyRecord) -> VerifyKey:
+    """The key that signs an entry of ``actor``, who holds ``record`` at its position.
+
+    The actor's key, except in the recovery of a lost log key (``key.recovered`` of the
+    root): nobody holds the lost key, so the new log key signs it; the identity's signature
+    in the payload is what enrols that key (:func:`~.keyring.check_key_event`).
+    """
+    if kind == "key.recovered" and actor == ROOT_ACTOR and payload.get("name") == ROOT_ACTOR:
+        return VerifyKey.from_pem(payload["public_key"])
+    return record.key
+
+
 def check_event(keys: KeyView, seq: int, item: Prepared, *, log_id: str) -> KeyRecord | None:
     """Every check that needs the ledger's state; returns the key change, if any."""
     request = item.request
+    log = bytes.fromhex(log_id)
     record = keys.key_at(request.actor, seq)
     if record is None:
         raise SignatureError(
@@ -189,10 +207,23 @@ def check_event(keys: KeyView, seq: int, item: Prepared, *, log_id: str) -> KeyR
     if roles is not None and record.role not in roles:
         raise SignatureError(f"a {record.role.value} key may not record {request.kind}")
     if request.signer is not None:
-        if request.signer.public != record.key:
+        if request.signer.public != entry_signer(
+            request.kind, request.actor, request.payload, record
+        ):
             raise SignatureError(f"the signer is not the key enrolled for {request.actor!r}")
     elif item.signature is not None:
-        record.key.verify(decode_signature(item.signature), statement_message(item.statement))
+        raw = decode_signature(item.signature)
+        try:
+            record.key.verify(raw, statement_message(item.statement, log))
+        except SignatureError as err:
+            reason = unbound_reason(
+                record.key,
+                raw,
+                lambda other: statement_message(item.statement, other),
+                log,
+                what=f"{request.actor}'s {request.kind} statement",
+            )
+            raise SignatureError(reason) from err
     payload = request.payload
     domain = RECEIPT_DOMAINS.get(request.kind)
     if domain is not None:
@@ -201,10 +232,14 @@ def check_event(keys: KeyView, seq: int, item: Prepared, *, log_id: str) -> KeyR
             site_record = keys.key_at(site, seq)
             if site_record is None or site_record.role is not Role.SITE:
                 raise SignatureError(f"receipt of {site!r}: the site holds no enrolled key")
-            try:
-                verify_document(site_record.key, domain, signed["receipt"], signed["signature"])
-            except SignatureError as err:
-                raise SignatureError(f"receipt of {site!r} is not signed by its key") from err
+            verify_bound(
+                site_record.key,
+                domain,
+                log,
+                signed["receipt"],
+                signed["signature"],
+                what=f"receipt of {site!r}",
+            )
     if request.kind in KEY_KINDS:
         name = payload["name"]
         try:

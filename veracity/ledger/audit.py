@@ -198,6 +198,15 @@ def _with_state(
     )
 
 
+def _bundle_note(text: object) -> Note:
+    """One note of a bundle's notes line; a malformed one makes the bundle bad."""
+    try:
+        return Note.parse(str(text))
+    except InputError as err:
+        reason = f"the bundle's notes line holds a malformed note: {err}"
+        raise LedgerIntegrityError(reason) from err
+
+
 def bundle_tree(path: Path) -> tuple[MerkleTree, list[int], list[Note]]:
     """The Merkle tree, checkpoint sizes and notes of a bundle that has already verified.
 
@@ -208,6 +217,8 @@ def bundle_tree(path: Path) -> tuple[MerkleTree, list[int], list[Note]]:
     ------
     InputError
         If the bundle cannot be read again as it was verified.
+    LedgerIntegrityError
+        If a note in the bundle's notes line is malformed.
     """
     tree = MerkleTree()
     sizes: list[int] = []
@@ -226,7 +237,7 @@ def bundle_tree(path: Path) -> tuple[MerkleTree, list[int], list[Note]]:
             for line in handle:
                 record = json.loads(line) if line.strip() else None
                 if isinstance(record, dict) and "notes" in record:
-                    notes = [Note.parse(str(text)) for text in record["notes"]]
+                    notes = [_bundle_note(text) for text in record["notes"]]
     except (OSError, ValueError, KeyError, TypeError) as err:
         raise InputError(f"cannot read the bundle {path} again: {err}") from err
     return tree, sizes, notes

@@ -15,13 +15,20 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import typer
 
-from veracity.errors import InputError, LedgerIntegrityError, SignatureError, VerificationError
+from veracity.errors import (
+    ConfigError,
+    InputError,
+    LedgerIntegrityError,
+    SignatureError,
+    VerificationError,
+)
 from veracity.output import FormatOption, OutputFormat, emit_json, emit_table
 
 if TYPE_CHECKING:
     from veracity.crypto.keys import SigningKey
     from veracity.ledger.checkpoint import Checkpoint
     from veracity.ledger.ledger import Ledger
+    from veracity.ledger.note import Note
 
 __all__ = ["app"]
 
@@ -413,6 +420,11 @@ def verify(
             document["witnesses"] = witnessed
         emit_json(document)
     else:
+        for seq, name, key_id in report.recoveries:
+            sys.stdout.write(
+                f"note: entry {seq} recovered {name!r} to key {key_id[:16]} (key.recovered: "
+                "its old key was lost and signs nothing after)\n"
+            )
         emit_table(
             "ledger verified",
             ["entries", "checkpoints", "signatures", "receipts", "root"],
@@ -468,6 +480,30 @@ class CheckpointFormat(enum.StrEnum):
     NOTE = "note"
 
 
+def _stored_newest_note(ledger: Ledger) -> Note | None:
+    """The newest checkpoint's stored note with every cosignature; ``None`` if never signed.
+
+    Raises
+    ------
+    NotFound
+        If no checkpoint was signed yet.
+    SignatureError
+        If the stored log signature does not verify under the log's keys.
+    """
+    from veracity.errors import NotFound
+    from veracity.ledger.note import NoteVerifier, verify_note
+    from veracity.ledger.witnessed import WitnessedLog
+
+    newest = ledger.latest_checkpoint()
+    if newest is None:
+        raise NotFound("no checkpoint has been signed yet")
+    log = WitnessedLog(ledger)
+    note = log.stored_note(newest.tree_size)
+    if note is not None:
+        verify_note(note, [NoteVerifier.for_key(log.origin, k) for k in ledger.log_keys()])
+    return note
+
+
 @app.command("checkpoint")
 def checkpoint_now(
     db: DbOption = None,
@@ -484,17 +520,41 @@ def checkpoint_now(
         ),
     ] = CheckpointFormat.TEXT,
 ) -> None:
-    """Sign a checkpoint of the ledger now with the root key (or print the newest as a note)."""
+    """Sign a checkpoint of the ledger now with the log key, or print the newest as a note.
+
+    ``--format note`` needs no private key when the newest checkpoint's note is stored (it
+    is whenever this command, the API or a witness made or fetched it); otherwise the log
+    key in the key directory signs it.
+
+    Raises
+    ------
+    ConfigError
+        If the note was never signed and the log key is not at hand.
+    SignatureError
+        If the stored note's log signature does not verify (the database was edited).
+    """
     from veracity.crypto.keys import load_signing_key
+    from veracity.ledger.witnessed import WitnessedLog
 
+    url = _db_url(db, data_dir)
+    if output_format is CheckpointFormat.NOTE:
+        with _open(url) as ledger:
+            stored = _stored_newest_note(ledger)
+        if stored is None:
+            key = _root_key_if_present(_key_dir(key_dir, data_dir))
+            if key is None:
+                raise ConfigError(
+                    "the newest checkpoint was never signed as a note; give the log key "
+                    "(--key-dir) once to sign it"
+                )
+            with _open(url, root_key=key) as ledger:
+                stored = WitnessedLog(ledger).note()
+        sys.stdout.write(stored.render())
+        return
     root = load_signing_key(_log_key_path(_key_dir(key_dir, data_dir)))
-    with _open(_db_url(db, data_dir), root_key=root) as ledger:
-        if output_format is CheckpointFormat.NOTE:
-            from veracity.ledger.witnessed import WitnessedLog
-
-            sys.stdout.write(WitnessedLog(ledger).note().render())
-            return
+    with _open(url, root_key=root) as ledger:
         signed = ledger.checkpoint()
+        WitnessedLog(ledger).note(signed.tree_size)  # stored: readable later without a key
     shown = OutputFormat.JSON if output_format is CheckpointFormat.JSON else OutputFormat.TEXT
     _emit_checkpoints([signed], shown, single=True)
 

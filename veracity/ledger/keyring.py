@@ -62,6 +62,9 @@ class KeyHistory:
     identity: VerifyKey | None = None
     #: Log key id -> seq of the identity-signed ``key.revoked`` that retired it.
     _retired: dict[str, int] = field(default_factory=dict)
+    #: Log key id -> seq of the identity-signed ``key.recovered`` that replaced it (lost):
+    #: it signs nothing after, overlap or not.
+    _replaced: dict[str, int] = field(default_factory=dict)
 
     def key_at(self, name: str, seq: int) -> KeyRecord | None:
         """The key ``name`` holds for signing entry ``seq`` (``None`` when it holds none)."""
@@ -111,9 +114,14 @@ class KeyHistory:
             if record is None or event_seq >= seq or record.key in keys:
                 continue
             retired = self._retired.get(record.key_id)
-            if retired is None or retired >= seq:
+            replaced = self._replaced.get(record.key_id)
+            if (retired is None or retired >= seq) and (replaced is None or replaced >= seq):
                 keys.append(record.key)
         return keys
+
+    def recoveries(self) -> list[tuple[int, str, str]]:
+        """Every ``key.recovered``: (seq, name, new key id), in seq order."""
+        return [(s, name, k) for s, kind, name, k in self.events if kind == "key.recovered"]
 
     def retired(self, key_id: str) -> int | None:
         """The seq that retired log key ``key_id``, if the identity retired it."""
@@ -155,6 +163,10 @@ class KeyHistory:
             self.identity = record.key if identity is None else VerifyKey.from_pem(identity)
         if name == ROOT_ACTOR and kind == "key.revoked":
             self._retired[payload["key_id"]] = seq
+        if name == ROOT_ACTOR and kind == "key.recovered":
+            for _, earlier in self._timeline.get(name, ()):
+                if earlier is not None:
+                    self._replaced.setdefault(earlier.key_id, seq)
         if record is not None:
             self._holders[record.key_id] = name
             key_id = record.key_id
@@ -196,9 +208,10 @@ def check_key_event(
       genesis names) alone enrols it: genesis carries the identity's signature of the
       first log key (or, written before the split, no identity: the key is its own), a
       ``key.rotated`` of the root carries the identity's signature besides the outgoing
-      log key's, and a ``key.revoked`` of the root retires a log key rotated away (the
-      end of the overlap), signed by the identity; ``retired`` says whether a log key
-      was retired already.
+      log key's, a ``key.recovered`` of the root (the log key was lost: no hand-over)
+      the identity's signature alone, and a ``key.revoked`` of the root retires a log
+      key rotated away (the end of the overlap), signed by the identity; ``retired``
+      says whether a log key was retired already.
 
     Raises
     ------
@@ -239,10 +252,11 @@ def check_key_event(
                 "key.recovered; roles never change)"
             )
     else:
-        if name == ROOT_ACTOR and kind != "key.rotated":
+        if name == ROOT_ACTOR and kind not in ("key.rotated", "key.recovered"):
             raise InputError(
                 "the log key is enrolled by genesis, then only by an identity-signed "
-                "key.rotated; a new identity needs a new log"
+                "key.rotated (or key.recovered, when it was lost); a new identity needs a "
+                "new log"
             )
         if kind == "key.rotated" and current is None:
             raise InputError(
@@ -313,12 +327,12 @@ def _check_log_key_event(
     if identity is None or current is None:
         raise InputError("the log's genesis (its identity and first log key) is missing")
     signature = payload.get("identity_signature")
-    if kind == "key.rotated":
+    if kind in ("key.rotated", "key.recovered"):
         incoming = VerifyKey.from_pem(payload["public_key"])
         verify_identity(
             identity,
             log_id=log_id,
-            action="rotated",
+            action="rotated" if kind == "key.rotated" else "recovered",
             key_id=incoming.key_id,
             previous=current.key_id,
             signature=signature,

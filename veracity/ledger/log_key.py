@@ -47,6 +47,8 @@ __all__ = [
     "retirement_payload",
     "rotate_log_key",
     "retire_log_key",
+    "recovery_payload",
+    "recover_log_key",
     "log_keys_from_entries",
 ]
 
@@ -117,6 +119,76 @@ def retirement_payload(
     if requested_by is not None:
         payload["requested_by"] = requested_by
     return payload
+
+
+def recovery_payload(
+    *,
+    log_id: str,
+    identity: SigningKey,
+    lost_key_id: str,
+    incoming: SigningKey,
+    reason: str,
+    now: datetime | None = None,
+    requested_by: str | None = None,
+) -> dict[str, Any]:
+    """The identity's ``key.recovered`` payload replacing the lost log key ``lost_key_id``."""
+    if incoming.public == identity.public:
+        raise InputError("the log key must not be the identity key (that one stays offline)")
+    payload: dict[str, Any] = {
+        "name": ROOT_ACTOR,
+        "public_key": incoming.public.pem(),
+        "valid_from": format_timestamp(now),
+        "proof": sign_enrolment(incoming, log_id=log_id, name=ROOT_ACTOR, role=Role.ROOT.value),
+        "reason": reason,
+        "identity_signature": sign_identity(
+            identity,
+            log_id=log_id,
+            action="recovered",
+            key_id=incoming.public.key_id,
+            previous=lost_key_id,
+        ),
+    }
+    if requested_by is not None:
+        payload["requested_by"] = requested_by
+    return payload
+
+
+def recover_log_key(
+    ledger: Ledger,
+    *,
+    identity: SigningKey,
+    new_key: SigningKey,
+    reason: str,
+    now: datetime | None = None,
+    requested_by: str | None = None,
+) -> Entry:
+    """Replace a lost (or stolen) log key: a visible, identity-signed ``key.recovered``.
+
+    Needs no current log key: the new key signs the entry and the identity's signature
+    enrols it. Every older log key signs nothing after it (no overlap); the ledger signs
+    with ``new_key`` from then on.
+
+    Raises
+    ------
+    SignatureError, InputError
+        If ``identity`` is not the log's identity key, or the new key was enrolled before.
+    """
+    current = ledger.key_at(ROOT_ACTOR)
+    if current is None:  # pragma: no cover - genesis enrols the log key
+        raise InputError("the ledger has no log key to recover")
+    payload = recovery_payload(
+        log_id=ledger.log_id,
+        identity=identity,
+        lost_key_id=current.key_id,
+        incoming=new_key,
+        reason=reason,
+        now=now,
+        requested_by=requested_by,
+    )
+    entry = ledger.append("key.recovered", ROOT_ACTOR, payload, signer=new_key, now=now)
+    ledger.root_key = new_key
+    ledger.overlap_keys = []
+    return entry
 
 
 def _log_key(ledger: Ledger) -> SigningKey:

@@ -1,7 +1,8 @@
-"""``veracity ledger rotate-log-key|retire-log-key``: change the online log key.
+"""``veracity ledger rotate-log-key|retire-log-key|recover-log-key``: change the log key.
 
-Both need the offline identity key (``--identity-key``, the private half of the
-``root.pub`` auditors trust) and the current log key; see :mod:`veracity.ledger.log_key`.
+Each needs the offline identity key (``--identity-key``, the private half of the
+``root.pub`` auditors trust); rotation and retirement need the current log key too, a
+recovery (the log key was lost or stolen) does not. See :mod:`veracity.ledger.log_key`.
 """
 
 from __future__ import annotations
@@ -148,7 +149,65 @@ def retire_log_key_command(
     _emit({"seq": entry.seq, "retired_log_key_id": key_id}, output_format)
 
 
+def recover_log_key_command(
+    identity_key: IdentityKeyOption,
+    new_log_key: Annotated[
+        Path,
+        typer.Option(
+            "--new-log-key",
+            envvar="VERACITY_NEW_LOG_KEY",
+            dir_okay=False,
+            help="The new log key (NAME.pem); made, with NAME.pub beside it, if absent.",
+        ),
+    ],
+    reason: Annotated[
+        str,
+        typer.Option("--reason", envvar="VERACITY_REASON", help="Why (recorded, shown)."),
+    ],
+    db: DbOption = None,
+    data_dir: DataDirOption = None,
+    output_format: FormatOption = OutputFormat.TEXT,
+) -> None:
+    """Replace a lost or stolen log key: a visible key.recovered signed by the identity key.
+
+    No hand-over by the old key; the old log key (and any still in a rotation overlap)
+    signs nothing after this entry. Site witnesses log the recovery loudly.
+    """
+    from veracity.contracts.events import ROOT_ACTOR
+    from veracity.crypto.keys import generate_signing_key, load_signing_key, write_key_pair
+    from veracity.ledger.ledger import Ledger
+    from veracity.ledger.log_key import recover_log_key
+
+    identity = load_signing_key(identity_key)
+    created = not new_log_key.exists()
+    if created:
+        if new_log_key.suffix != ".pem":
+            raise typer.BadParameter(
+                "the new log key file must end in .pem", param_hint="--new-log-key"
+            )
+        new = generate_signing_key()
+        write_key_pair(new_log_key.parent, new_log_key.stem, new)
+    else:
+        new = load_signing_key(new_log_key)
+    with Ledger.open(_db_url(db, data_dir), checkpoint_every=0) as ledger:
+        lost = ledger.key_at(ROOT_ACTOR)
+        entry = recover_log_key(
+            ledger, identity=identity, new_key=new, reason=reason, requested_by="operator"
+        )
+    _emit(
+        {
+            "seq": entry.seq,
+            "log_key_id": new.public.key_id,
+            "replaced_log_key_id": None if lost is None else lost.key_id,
+            "identity_key_id": identity.public.key_id,
+            "created_log_key": created,
+        },
+        output_format,
+    )
+
+
 def register(app: typer.Typer) -> None:
     """Add these commands to the ``ledger`` command group."""
     app.command("rotate-log-key")(rotate_log_key_command)
     app.command("retire-log-key")(retire_log_key_command)
+    app.command("recover-log-key")(recover_log_key_command)

@@ -383,4 +383,5 @@ def finish(
         root_hash=tree.root().hex(),
         signatures=sum(chunk.signatures for chunk in chunks),
         receipts=sum(chunk.receipts for chunk in chunks),
+        recoveries=tuple(history.recoveries()),
     )

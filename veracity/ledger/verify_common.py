@@ -73,10 +73,17 @@ class VerifyReport:
     root_hash: str
     signatures: int
     receipts: int
+    #: Every ``key.recovered`` (a lost key replaced without its hand-over, the log key's
+    #: included): (seq, name, new key id). Shown, so that no recovery goes unnoticed.
+    recoveries: tuple[tuple[int, str, str], ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         """The report in the CLI's JSON shape (plus details)."""
         return {
+            "key_recoveries": [
+                {"seq": seq, "name": name, "key_id": key_id}
+                for seq, name, key_id in self.recoveries
+            ],
             "ok": True,
             "entries": self.entries,
             "checkpoints": self.checkpoints,

@@ -19,7 +19,9 @@ cosigned, and the entries in between, and:
    site without it: the root impersonating a site);
    The same scan follows the log key: genesis names the log's identity key and first log
    key; a ``key.rotated`` of the log key is accepted only when the identity key signed it
-   (and the outgoing log key handed over), and is logged; an identity-signed retirement
+   (and the outgoing log key handed over), and is logged; an identity-signed
+   ``key.recovered`` of the log key (it was lost) replaces every older log key and is
+   logged at ERROR; an identity-signed retirement
    (``key.revoked`` of an old log key) ends the overlap. The note must be signed by a log
    key valid after those entries: a retired log key's note is refused;
 6. stores the new state atomically (temporary file, fsync, rename), then signs a
@@ -82,6 +84,7 @@ STATE_FILE = "witness-state.json"
 WITNESS_KEY_NAME = "_witness"
 _KEY_MARKER = b'"kind":"key.'
 _ROTATION_MARKER = b'"kind":"key.rotated"'
+_RECOVERY_MARKER = b'"kind":"key.recovered"'
 _LOG_KEY_MARKER = b'"name":"coordinator"'
 
 
@@ -330,7 +333,10 @@ class Witness:
         signed = self._log_signatures(note, state.log_keys)  # step 1
         if not signed and (
             checkpoint.tree_size <= state.tree_size
-            or not any(_ROTATION_MARKER in body and _LOG_KEY_MARKER in body for body in entries)
+            or not any(
+                (_ROTATION_MARKER in body or _RECOVERY_MARKER in body) and _LOG_KEY_MARKER in body
+                for body in entries
+            )
         ):
             # Only a log key rotated in the entries served may have signed it; they are
             # checked against the note's root before that key is trusted (steps 4 and 5).
@@ -491,6 +497,26 @@ class Witness:
                     self.name,
                     seq,
                     incoming.key_id[:16],
+                )
+            elif entry.kind == "key.recovered":
+                incoming = VerifyKey.from_pem(str(payload["public_key"]))
+                verify_identity(
+                    identity_key,
+                    log_id=keys.log_id,
+                    action="recovered",
+                    key_id=incoming.key_id,
+                    previous=current.key_id,
+                    signature=payload.get("identity_signature"),
+                )
+                keys.log_keys = [incoming.raw.hex()]  # the lost keys sign nothing after
+                log.error(
+                    "witness %s: the log key %s was RECOVERED at entry %d (replaced without "
+                    "a hand-over, signed by the log's identity key; reason: %s): accepted, "
+                    "every older log key is refused from here on",
+                    self.name,
+                    current.key_id[:16],
+                    seq,
+                    payload.get("reason"),
                 )
             elif entry.kind == "key.revoked":
                 key_id = str(payload["key_id"])

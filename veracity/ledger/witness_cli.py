@@ -144,7 +144,7 @@ def verify_consistency_command(
     from veracity.ledger.note import CheckpointText, Note, NoteVerifier, verify_note
 
     if not log_vkey:
-        raise ConfigError("give the log's verifier key with --vkey (or VERACITY_LOG_VKEY)")
+        raise ConfigError("give the log's verifier key with --vkey (or VERACITY_VKEY)")
     log = NoteVerifier.parse(log_vkey)
     document = _read_json(proof, "proof file")
     if not isinstance(document, dict):

@@ -277,10 +277,15 @@ class InferenceService:
         small: tuple[CKKSParameterSet, Circuit] | None = None
         if spec.family.convolutional:
             if spec.family.value != "cnn2d" or spec.conv_activation != "square":
+                what = (
+                    "cnn2d with the scattering stem (its modulus and GroupNorm are not polynomials)"
+                    if spec.scattering
+                    else f"{spec.family.value} with {spec.conv_activation} (ReLU, max pooling "
+                    "and GroupNorm are not polynomials)"
+                )
                 raise CryptoError(
-                    f"encrypted inference serves cnn2d models with square activations; model "
-                    f"{model_hash[:12]} is {spec.family.value} with {spec.conv_activation} "
-                    "(ReLU, max pooling and GroupNorm are not polynomials)"
+                    "encrypted inference serves cnn2d models with square activations; model "
+                    f"{model_hash[:12]} is {what}"
                 )
             parameter_set = parameter_set_for(spec.family.value)
 

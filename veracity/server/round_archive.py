@@ -26,7 +26,7 @@ import os
 import shutil
 import tempfile
 import zipfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Collection, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -229,13 +229,16 @@ def global_model(
     *,
     initial: Weights,
     site: str | None = None,
+    approved: Collection[str] = (),
 ) -> GlobalModel:
     """The global model ``model_hash`` of ``run_id``, if the ledger names it as one.
 
     A run's global models are its initial model (``initial``: the study's
     ``model_seed`` weights, which the first round starts from; named by ``run.started``)
     and each round's ``aggregated_model_hash``. Nothing else is served (not the sites'
-    updates). With ``site``, only to a site that took part in one of the run's rounds.
+    updates). With ``site``, only to a site that took part in one of the run's rounds or
+    is among ``approved`` (the sites whose approval of the study stands: each was to
+    receive these models).
     The bytes are re-hashed as they are read.
 
     Raises
@@ -251,8 +254,12 @@ def global_model(
     rounds = [
         e for e in entries.iter_entries(kind="round.completed") if e.payload["run_id"] == run_id
     ]
-    if site is not None and not any(site in e.payload["participants"] for e in rounds):
-        raise NotFound(f"{site} took part in no round of run {run_id}")
+    if (
+        site is not None
+        and site not in approved
+        and not any(site in e.payload["participants"] for e in rounds)
+    ):
+        raise NotFound(f"{site} neither approved nor took part in run {run_id}")
     if weights_hash(initial) == model_hash:
         started = next(
             (e for e in entries.iter_entries(kind="run.started") if e.payload["run_id"] == run_id),

@@ -27,6 +27,18 @@ inference (CKKS, column packing) evaluates:
     standard deviation is not a polynomial), so the whole network is a polynomial of
     degree 4 in the pixels.
 
+    With ``stem: "scattering"`` the first layers are fixed, not learned: each input channel
+    is convolved with a data-independent filter bank (a Gaussian low-pass and ``L``
+    complex Morlet wavelets at orientations ``pi * l / L``, :func:`scattering_bank`), the
+    wavelet responses are replaced by their modulus, everything is averaged over 2x2 blocks
+    and normalised per image (GroupNorm with one group, a learned scale and shift per map),
+    and one ``Linear`` layer reads the result: a one-scale scattering transform with a linear head.
+    Under DP-SGD only the head is trained, on features that already separate strokes by
+    orientation, so the noise spreads over fewer, more useful parameters (Tramer & Boneh,
+    "Differentially private learning needs better features (or much more data)", ICLR
+    2021). The modulus is not a polynomial: encrypted inference serves the ``square``
+    variant of the learned stem only.
+
 Normalisation is always GroupNorm, never BatchNorm: BatchNorm mixes the samples of a batch,
 so per-sample gradients (and DP-SGD's per-sample clipping) would not exist.
 
@@ -61,19 +73,28 @@ from veracity.tasks.weights import Weights
 
 __all__ = [
     "ConvActivation",
+    "ConvStem",
+    "MODULUS_FLOOR",
     "ModelFamily",
     "ModelSpec",
     "check_weights",
     "predict_logits",
     "predict_probabilities",
     "predict_classes",
+    "scattering_bank",
+    "scattering_features",
 ]
 
 #: The nonlinearity of a convolutional family.
 ConvActivation = Literal["relu", "square"]
+#: How a ``cnn2d`` model's first layers come about: trained, or a fixed scattering stem.
+ConvStem = Literal["learned", "scattering"]
 
 _MAX_CLASSES = 1000
 _GROUPNORM_EPS = 1e-5
+#: The squared modulus is floored here before its square root, so the modulus has a finite
+#: gradient (zero) where a wavelet's response vanishes (integrated gradients reach it).
+MODULUS_FLOOR = 1e-12
 
 
 class ModelFamily(enum.StrEnum):
@@ -102,7 +123,10 @@ class ModelSpec:
     ``n_features`` is the width of one flat input row; for the convolutional families it is
     the product of ``input_shape`` (``(channels, steps)`` or ``(channels, height, width)``).
     ``hidden`` and ``activation`` are ``poly_mlp``'s; ``filters``, ``kernel`` and
-    ``conv_activation`` are the convolutional families'.
+    ``conv_activation`` are the convolutional families'. ``stem`` and ``orientations`` are
+    ``cnn2d``'s: with the ``scattering`` stem, ``kernel`` is the size of the fixed filters,
+    ``orientations`` their number of wavelet orientations, and ``filters`` and
+    ``conv_activation`` do not apply.
     """
 
     family: ModelFamily
@@ -114,6 +138,8 @@ class ModelSpec:
     filters: tuple[int, int] = (8, 16)
     kernel: int = 5
     conv_activation: ConvActivation = "relu"
+    stem: ConvStem = "learned"
+    orientations: int = 8
 
     def __post_init__(self) -> None:
         if self.n_features < 1:
@@ -122,6 +148,8 @@ class ModelSpec:
             raise InputError(f"a model has 2 to {_MAX_CLASSES} classes, not {self.classes}")
         if self.family is ModelFamily.POLY_MLP and self.hidden < 1:
             raise InputError("poly_mlp needs a hidden layer of at least one unit")
+        if self.stem != "learned" and self.family is not ModelFamily.CNN2D:
+            raise InputError("only cnn2d models have a scattering stem")
         if not self.family.convolutional:
             if self.input_shape:
                 raise InputError(f"{self.family.value} takes table rows, not an input_shape")
@@ -141,7 +169,20 @@ class ModelSpec:
             raise InputError("kernel must be an odd size between 1 and 63")
         if self.conv_activation not in ("relu", "square"):
             raise InputError("activation of a convolutional model is 'relu' or 'square'")
+        if self.stem not in ("learned", "scattering"):
+            raise InputError("the stem of a cnn2d model is 'learned' or 'scattering'")
         spatial = self.input_shape[1:]
+        if self.stem == "scattering":
+            if self.conv_activation != "relu":
+                raise InputError(
+                    "a scattering stem takes the modulus, not a square activation (encrypted "
+                    "inference serves the learned square variant)"
+                )
+            if not 1 <= self.orientations <= 32:
+                raise InputError("a scattering stem has 1 to 32 orientations")
+            if any(d < 2 for d in spatial):
+                raise InputError(f"input_shape {list(self.input_shape)} is too small to pool")
+            return
         if any(d < 4 for d in spatial):
             raise InputError(f"input_shape {list(self.input_shape)} is too small to pool twice")
 
@@ -155,6 +196,16 @@ class ModelSpec:
         """Whether the convolutional layers are followed by GroupNorm (not the square variant)."""
         return self.family.convolutional and self.conv_activation == "relu"
 
+    @property
+    def scattering(self) -> bool:
+        """Whether this is a ``cnn2d`` with the fixed scattering stem."""
+        return self.stem == "scattering"
+
+    @property
+    def scattering_channels(self) -> int:
+        """Feature maps of the scattering stem: per input channel a low-pass and the moduli."""
+        return self.input_shape[0] * (1 + self.orientations)
+
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready description (what the ledger and model cards record).
 
@@ -165,7 +216,12 @@ class ModelSpec:
         if self.family is ModelFamily.POLY_MLP:
             described["hidden"] = self.hidden
             described["activation"] = list(self.activation)
-        if self.family.convolutional:
+        if self.scattering:
+            described["input_shape"] = list(self.input_shape)
+            described["stem"] = self.stem
+            described["orientations"] = self.orientations
+            described["kernel"] = self.kernel
+        elif self.family.convolutional:
             described["input_shape"] = list(self.input_shape)
             described["filters"] = list(self.filters)
             described["kernel"] = self.kernel
@@ -186,6 +242,26 @@ class ModelSpec:
         try:
             family = ModelFamily(data["family"])
             classes = int(data.get("classes", 2))
+            if family.convolutional and data.get("stem", "learned") != "learned":
+                stem = str(data["stem"])
+                if stem != "scattering":
+                    raise InputError("the stem of a cnn2d model is 'learned' or 'scattering'")
+                extra = sorted({"filters", "activation"} & set(data))
+                if extra:
+                    raise InputError(
+                        f"a scattering stem is fixed: {' and '.join(extra)} belong to the "
+                        "learned stem only"
+                    )
+                shape = tuple(int(d) for d in data["input_shape"])
+                return cls(
+                    family,
+                    int(data.get("n_features", math.prod(shape))),
+                    classes=classes,
+                    input_shape=shape,
+                    kernel=int(data.get("kernel", 5)),
+                    stem="scattering",
+                    orientations=int(data.get("orientations", 8)),
+                )
             if family.convolutional:
                 shape = tuple(int(d) for d in data["input_shape"])
                 first, second = (int(f) for f in data.get("filters", (8, 16)))
@@ -211,6 +287,15 @@ class ModelSpec:
             raise InputError(f"invalid model spec: {err}") from err
 
     def _conv_shapes(self) -> dict[str, tuple[int, ...]]:
+        if self.scattering:
+            _, height, width = self.input_shape
+            fc_in = self.scattering_channels * (height // 2) * (width // 2)
+            return {
+                "norm.weight": (self.scattering_channels,),
+                "norm.bias": (self.scattering_channels,),
+                "fc.weight": (self.outputs, fc_in),
+                "fc.bias": (self.outputs,),
+            }
         channels = self.input_shape[0]
         first, second = self.filters
         window = (self.kernel,) * (len(self.input_shape) - 1)
@@ -270,6 +355,31 @@ class ModelSpec:
             bound = 1.0 / math.sqrt(fan_in)
             weights[name] = generator.uniform(-bound, bound, size=shape).astype(np.float32)
         return weights
+
+
+def scattering_bank(kernel: int, orientations: int) -> npt.NDArray[np.float64]:
+    """The fixed filters of the scattering stem, shape ``(1 + 2 * orientations, k, k)``.
+
+    Filter 0 is a Gaussian low-pass (width ``sigma = 0.8`` pixels, summing to 1); then, for
+    each orientation ``theta_l = pi * l / orientations``, the real and imaginary parts of a
+    Morlet wavelet ``exp(-|u|^2 / (2 sigma^2)) * (exp(i xi <u, e_l>) - beta)`` with
+    ``xi = 3 pi / 4`` (the finest scale of Mallat's scattering transform, as kymatio sets
+    it), ``beta`` chosen so that the wavelet sums to zero, and unit L2 norm. It depends on
+    the two integers alone, never on data, so it costs no privacy.
+    """
+    sigma, xi = 0.8, 3.0 * math.pi / 4.0
+    radius = kernel // 2
+    rows, cols = np.mgrid[-radius : radius + 1, -radius : radius + 1].astype(np.float64)
+    envelope = np.exp(-(rows * rows + cols * cols) / (2.0 * sigma * sigma))
+    bank = [envelope / envelope.sum()]
+    for index in range(orientations):
+        theta = math.pi * index / orientations
+        wave = np.exp(1j * xi * (cols * math.cos(theta) + rows * math.sin(theta)))
+        beta = (envelope * wave).sum() / envelope.sum()
+        morlet = envelope * (wave - beta)
+        morlet /= np.sqrt((np.abs(morlet) ** 2).sum())
+        bank += [morlet.real, morlet.imag]
+    return np.stack(bank)
 
 
 def check_weights(spec: ModelSpec, weights: Weights, *, what: str = "weights") -> None:
@@ -340,9 +450,39 @@ def _pool(x: npt.NDArray[np.float64], *, average: bool) -> npt.NDArray[np.float6
     return np.asarray(pooled, dtype=np.float64)
 
 
+def scattering_features(spec: ModelSpec, x: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+    """The scattering stem's fixed output for flat images ``x``, before its learned scale.
+
+    Shape ``(n, channels * (1 + orientations), height // 2, width // 2)``: per input
+    channel the low-pass and the modulus of each wavelet (its square floored at
+    :data:`MODULUS_FLOOR`), 2x2 average pooled, each image's maps normalised together to
+    mean 0 and variance 1 (GroupNorm with one group, before its per-map scale and shift).
+    """
+    channels, height, width = spec.input_shape
+    n = x.shape[0]
+    bank = scattering_bank(spec.kernel, spec.orientations)
+    images = x.reshape(n * channels, 1, height, width)
+    out = _conv(images, bank[:, None], np.zeros(len(bank))).reshape(
+        n, channels, len(bank), height, width
+    )
+    modulus = np.sqrt(np.maximum(out[:, :, 1::2] ** 2 + out[:, :, 2::2] ** 2, MODULUS_FLOOR))
+    maps = np.concatenate([out[:, :, :1], modulus], axis=2)
+    pooled = _pool(maps.reshape(n, spec.scattering_channels, height, width), average=True)
+    flat = pooled.reshape(n, -1)
+    mean = flat.mean(axis=1, keepdims=True)
+    var = flat.var(axis=1, keepdims=True)
+    normed = (flat - mean) / np.sqrt(var + _GROUPNORM_EPS)
+    return np.asarray(normed.reshape(pooled.shape), dtype=np.float64)
+
+
 def _conv_logits(
     spec: ModelSpec, w: dict[str, npt.NDArray[np.float64]], x: npt.NDArray[np.float64]
 ) -> npt.NDArray[np.float64]:
+    if spec.scattering:
+        maps = scattering_features(spec, x)
+        maps = maps * w["norm.weight"][:, None, None] + w["norm.bias"][:, None, None]
+        flat = maps.reshape(len(maps), -1)
+        return np.asarray(flat @ w["fc.weight"].T + w["fc.bias"], dtype=np.float64)
     h = x.reshape(x.shape[0], *spec.input_shape)
     if spec.family is ModelFamily.CNN1D:
         h = h - h.mean(axis=2, keepdims=True)

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from veracity.errors import InputError
-from veracity.tasks.spec import ModelFamily, ModelSpec
+from veracity.tasks.spec import MODULUS_FLOOR, ModelFamily, ModelSpec, scattering_bank
 from veracity.tasks.weights import Weights
 
 __all__ = [
@@ -23,6 +23,7 @@ __all__ = [
     "LogisticRegression",
     "PolyMLP",
     "ConvNet",
+    "ScatteringNet",
     "build_model",
     "model_weights",
     "load_weights",
@@ -141,6 +142,41 @@ class ConvNet(nn.Module):
         return _logits(self.fc(flat), self.outputs)
 
 
+class ScatteringNet(nn.Module):
+    """``cnn2d`` with the fixed scattering stem (:func:`veracity.tasks.spec.scattering_bank`).
+
+    The filter bank is a non-persistent buffer: it is not a weight (``state_dict`` holds
+    the GroupNorm's scale and shift and the linear head only), receives no gradient and is
+    rebuilt from the spec.
+    """
+
+    def __init__(self, spec: ModelSpec) -> None:
+        super().__init__()
+        _, height, width = spec.input_shape
+        bank = torch.tensor(scattering_bank(spec.kernel, spec.orientations), dtype=torch.float32)
+        self.register_buffer("bank", bank.unsqueeze(1), persistent=False)
+        self.input_shape = spec.input_shape
+        self.padding = spec.kernel // 2
+        self.filters = 1 + 2 * spec.orientations
+        self.outputs = spec.outputs
+        self.maps = spec.scattering_channels
+        self.norm = nn.GroupNorm(1, self.maps)
+        self.fc = nn.Linear(self.maps * (height // 2) * (width // 2), spec.outputs)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Return logits of shape ``(batch,)`` or ``(batch, classes)``."""
+        channels, height, width = self.input_shape
+        n = x.shape[0]
+        images = x.reshape(n * channels, 1, height, width)
+        out = nn.functional.conv2d(images, self.get_buffer("bank"), padding=self.padding)
+        out = out.reshape(n, channels, self.filters, height, width)
+        squared = out[:, :, 1::2] ** 2 + out[:, :, 2::2] ** 2
+        modulus = torch.sqrt(torch.clamp(squared, min=MODULUS_FLOOR))
+        maps = torch.cat([out[:, :, :1], modulus], dim=2).reshape(n, self.maps, height, width)
+        features = self.norm(nn.functional.avg_pool2d(maps, 2))
+        return _logits(self.fc(features.flatten(1)), self.outputs)
+
+
 def build_model(spec: ModelSpec, *, seed: int | None = None) -> nn.Module:
     """A freshly initialised torch model for ``spec`` (deterministic when ``seed`` is set)."""
     generator_state = torch.random.get_rng_state()
@@ -151,6 +187,8 @@ def build_model(spec: ModelSpec, *, seed: int | None = None) -> nn.Module:
             return LogisticRegression(spec.n_features, spec.outputs)
         if spec.family is ModelFamily.POLY_MLP:
             return PolyMLP(spec.n_features, spec.hidden, spec.activation, spec.outputs)
+        if spec.scattering:
+            return ScatteringNet(spec)
         return ConvNet(spec)
     finally:
         if seed is not None:

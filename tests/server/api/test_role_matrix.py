@@ -20,6 +20,8 @@ from veracity.he.wire import CONTENT_TYPE
 from veracity.ledger.note import SIG_COSIGNATURE_V1, Note, NoteVerifier, cosign
 from veracity.ledger.witnessed import witness_name
 from veracity.server.api.app import route_roles
+from veracity.tasks.study import Study
+from veracity.tasks.weights import weights_hash
 
 from .conftest import (
     Api,
@@ -58,16 +60,18 @@ MATRIX: list[tuple[str, str, int, int, int, int, int]] = [
     ("GET", "/api/v1/runs/{run}/rounds",                  200, 403, 403, 403, 401),
     ("GET", "/api/v1/runs/{run}/logs",                    200, 403, 403, 403, 401),
     ("GET", "/api/v1/runs/{run}/archive",                 200, 403, 403, 200, 401),
+    ("GET", "/api/v1/runs/{run}/models/{global}",         200, 200, 403, 200, 401),
+    ("POST", "/api/v1/runs/prune",                        200, 403, 403, 403, 401),
     ("POST", "/api/v1/runs/{run}/stop",                   200, 403, 403, 403, 401),
     ("POST", "/api/v1/analyses",                          201, 403, 201, 403, 401),
     ("GET", "/api/v1/analyses/{analysis}/runs/{analysis_run}", 200, 403, 200, 403, 401),
     ("GET", "/api/v1/models",                             200, 200, 200, 403, 401),
-    ("GET", "/api/v1/models/{model}",                     200, 200, 200, 403, 401),
+    ("GET", "/api/v1/models/{model}",                     200, 200, 200, 200, 401),
     ("GET", "/api/v1/models/{model}/weights",             200, 403, 403, 403, 401),
     ("GET", "/api/v1/models/{model}/budgets",             200, 403, 403, 403, 401),
     ("PUT", "/api/v1/models/{model}/budgets/{requester}", 200, 403, 403, 403, 401),
     ("POST", "/api/v1/models/{model}/explanations",      201, 403, 403, 403, 401),
-    ("GET", "/api/v1/models/{model}/explanations",       200, 200, 200, 403, 401),
+    ("GET", "/api/v1/models/{model}/explanations",       200, 200, 200, 200, 401),
     ("GET", "/api/v1/inference/models/{model}",           200, 403, 200, 403, 401),
     ("POST", "/api/v1/inference/contexts",                201, 403, 201, 403, 401),
     ("POST", "/api/v1/inference/models/{model}/predict",  200, 403, 200, 403, 401),
@@ -101,6 +105,7 @@ _PLACEHOLDERS = {
     "{study}": "{study_hash}",
     "{run}": "{run_id}",
     "{model}": "{model_hash}",
+    "{global}": "{model_hash}",
     "{seq}": "{seq}",
     "{token_id}": "{token_id}",
     "{requester}": "{requester}",
@@ -136,11 +141,18 @@ class World:
             .replace("{study}", self.study_hash)
             .replace("{run}", self.run_id)
             .replace("{model}", self.model_hash)
+            .replace("{global}", self._initial_model())
             .replace("{seq}", "1")
             .replace("{token_id}", self.token_id)
             .replace("{requester}", "researcher-user")
             .replace("{name}", self._spare_site() if "{name}" in template else "")
         )
+
+    def _initial_model(self) -> str:
+        """The hash of the study's initial model: the first global model of its runs."""
+        study = self.api.service.reads.study(self.study_hash).study
+        assert isinstance(study, Study)
+        return weights_hash(study.model_spec.initial_weights(study.model_seed))
 
     def _spare_site(self) -> str:
         """A site enrolled for this request alone (a revocation succeeds once per key)."""
@@ -202,6 +214,9 @@ class World:
                 }
             },
             ("POST", "/api/v1/runs"): lambda: {"json": {"study_hash": self.study_hash}},
+            ("POST", "/api/v1/runs/prune"): lambda: {
+                "json": {"older_than_days": 0, "dry_run": True}
+            },
             ("POST", "/api/v1/ledger/jobs"): lambda: {"json": {"kind": "export"}},
             ("GET", "/api/v1/ledger/jobs/{job}/bundle"): self._job_done,
             ("POST", "/api/v1/analyses"): lambda: {"json": {"study_hash": self.analysis_hash}},

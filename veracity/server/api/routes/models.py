@@ -12,6 +12,7 @@ from veracity.errors import NotFound
 from veracity.server.api.budget import BudgetStore
 from veracity.server.api.deps import (
     AdminDep,
+    CardReaderDep,
     ModelReaderDep,
     PageDep,
     ServiceDep,
@@ -62,9 +63,7 @@ def list_models(principal: ModelReaderDep, service: ServiceDep, page: PageDep) -
 
 
 @router.get("/{model_hash}", summary="A model's card", responses=responses(401, 403, 404, 409, 422))
-def get_model(
-    model_hash: ModelHashPath, principal: ModelReaderDep, service: ServiceDep
-) -> ModelOut:
+def get_model(model_hash: ModelHashPath, principal: CardReaderDep, service: ServiceDep) -> ModelOut:
     """Architecture, features, scaling and the model card (lineage, privacy, metrics)."""
     model, release = service.model(model_hash)
     return ModelOut(
@@ -159,7 +158,7 @@ def explain_model(
     responses=responses(401, 403, 404, 409, 422),
 )
 def list_explanations(
-    model_hash: ModelHashPath, principal: ModelReaderDep, service: ServiceDep, page: PageDep
+    model_hash: ModelHashPath, principal: CardReaderDep, service: ServiceDep, page: PageDep
 ) -> ExplanationListOut:
     """Every ``model.explained`` of the model, oldest first, with its report and SVG plot.
 

@@ -220,7 +220,8 @@ def run_global_model(
     """A global model the run's rounds started from (the initial model or a round's aggregate).
 
     Only hashes the ledger names as the run's global models are served, never a site's
-    update; a site token gets them only for runs its site took part in. ``veracity site
+    update; a site token gets them only for runs its site took part in or whose study it
+    approved. ``veracity site
     replay --server URL --token T`` fetches a global model the site no longer keeps and
     checks it against the hash it recorded.
     """
@@ -237,6 +238,7 @@ def run_global_model(
         model_hash,
         initial=study.model_spec.initial_weights(study.model_seed),
         site=(principal.site or "") if principal.role is Role.SITE else None,
+        approved=set(service.reads.approvals(run.study_hash)),
     )
     return Response(
         content=found.data,
