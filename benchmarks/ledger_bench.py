@@ -73,9 +73,11 @@ class Workload:
     """A realistic mix: root ``inference.served`` entries and site ``dataset.registered``."""
 
     def __init__(
-        self, root: SigningKey, site: SigningKey, site_fraction: float, seed: int = 7
+        self, root: SigningKey, site: SigningKey, site_fraction: float, log_id: str, seed: int = 7
     ) -> None:
         self.root, self.site = root, site
+        #: The log the site's statements are bound to.
+        self.log_id = bytes.fromhex(log_id)
         self.site_fraction = site_fraction
         self.random = random.Random(seed)
         self.counter = 0
@@ -94,7 +96,9 @@ class Workload:
                 "features": ["radius", "texture", "perimeter", "area"],
                 "signed_at": format_timestamp(T0 + timedelta(microseconds=i)),
             }
-            signature = sign_statement(self.site, "dataset.registered", "hospital-a", payload)
+            signature = sign_statement(
+                self.site, "dataset.registered", "hospital-a", payload, log_id=self.log_id
+            )
             return EventRequest("dataset.registered", "hospital-a", payload, signature=signature)
         payload = {
             "model_hash": _hex("model", 1),
@@ -259,11 +263,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         # --- appends -------------------------------------------------------------------
         ledger = new_ledger(workdir / "append.db", root, site)
-        workload = Workload(root, site, args.site_fraction)
+        workload = Workload(root, site, args.site_fraction, ledger.log_id)
         batched_s = fill(ledger, workload, args.append_entries, args.batch)
         ledger.close()
         ledger = new_ledger(workdir / "single.db", root, site)
-        workload = Workload(root, site, args.site_fraction, seed=8)
+        workload = Workload(root, site, args.site_fraction, ledger.log_id, seed=8)
         requests = [workload.request() for _ in range(args.single_entries)]
         start = time.perf_counter()
         for request in requests:
@@ -306,7 +310,7 @@ def main(argv: list[str] | None = None) -> int:
             report.notes.append(f"reused the {ledger.size():,}-entry ledger in {big}")
         else:
             ledger = new_ledger(big, big_root, big_site)
-            workload = Workload(big_root, big_site, args.site_fraction, seed=9)
+            workload = Workload(big_root, big_site, args.site_fraction, ledger.log_id, seed=9)
             build_s = fill(ledger, workload, args.entries - ledger.size(), 5000)
             report.notes.append(
                 f"built {ledger.size():,} entries in {build_s:.1f} s "

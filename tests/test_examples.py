@@ -66,7 +66,9 @@ def test_freezing_of_gait_example_detects_freezes_under_dp_and_scores_real_daphn
 def test_digits_example_trains_a_ten_class_cnn2d_under_dp(tmp_path: Path) -> None:
     summary = _run_example("digits_images.py", tmp_path, "--rounds", "6")
     assert max(summary["epsilon_replace_one"].values()) <= 3.0
-    assert summary["accuracy"] > 0.3  # ten classes: chance is 0.1
+    # Ten classes, chance 0.1. The scattering-stem cnn2d reached 0.894 at these 6 rounds
+    # (signals_bench: 0.942 at 10 rounds, 5 seeds); two trained convolutions 0.67 at 15.
+    assert summary["accuracy"] > 0.75
     assert summary["card_classes"] == [str(d) for d in range(10)]
     assert set(summary["per_class_recall"]) == {str(d) for d in range(10)}
     assert summary["card_inputs"]["kind"] == "images"

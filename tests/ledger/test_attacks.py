@@ -472,7 +472,7 @@ def dishonest_append(
             signature = encode_signature(world.root.sign(message))
         else:
             assert signer is not None
-            raw = signer.sign(statement_message(statement))
+            raw = signer.sign(statement_message(statement, log_id))
             signature = encode_signature(raw)
             message = entry_message(log_id, seq, prev, ts, statement, raw)
             root_signature = encode_signature(world.root.sign(message))

@@ -25,7 +25,7 @@ from veracity.client.witness import SiteWitness, open_site_witness
 from veracity.contracts.events import ROOT_ACTOR
 from veracity.crypto.keys import generate_signing_key, load_signing_key
 from veracity.errors import LedgerIntegrityError
-from veracity.ledger.log_key import rotate_log_key
+from veracity.ledger.log_key import recover_log_key, rotate_log_key
 from veracity.ledger.possession import sign_enrolment
 
 
@@ -100,3 +100,28 @@ def test_a_running_site_witness_follows_a_log_key_rotation(api: Api, tmp_path: P
     assert done["cosigned"] == _size(api), json.dumps(done)
     state = witness.witness.state()
     assert len(state.log_keys) == 2  # the outgoing and the incoming log key
+
+
+def test_a_log_key_recovery_is_followed_by_the_witness_and_shown_by_the_api(
+    api: Api, tmp_path: Path
+) -> None:
+    root = tmp_path / "site"
+    site, token = _enrolled_site(api, root)
+    site.close()
+    ledger = api.service.ledger
+    ledger.checkpoint()
+    witness = _witness(api, root, token)
+    assert witness.once()["cosigned"] == _size(api)
+
+    identity = load_signing_key(api.data_dir / "identity" / "root.pem")
+    new_key = generate_signing_key()
+    entry = recover_log_key(ledger, identity=identity, new_key=new_key, reason="disk died")
+    ledger.append("note.recorded", ROOT_ACTOR, {"text": "after"}, signer=ledger.root_key)
+    ledger.checkpoint()
+    assert witness.once()["cosigned"] == _size(api)
+    assert witness.witness.state().log_keys == [new_key.public.raw.hex()]
+    report = api.call("GET", "/api/v1/ledger/verify", "auditor").json()
+    assert report["ok"] is True, report
+    assert report["key_recoveries"] == [
+        {"seq": entry.seq, "name": ROOT_ACTOR, "key_id": new_key.public.key_id}
+    ]

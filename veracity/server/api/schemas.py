@@ -50,6 +50,7 @@ __all__ = [
     "LedgerInfoOut",
     "EntryOut",
     "EntryPageOut",
+    "KeyRecoveryOut",
     "VerifyOut",
     "CheckpointOut",
     "CheckpointListOut",
@@ -185,7 +186,7 @@ class SiteRotatedOut(BaseModel):
 
 
 class SignedStatementIn(_In):
-    """A statement a site signed on its own machine (``sign_statement``)."""
+    """A statement a site signed on its own machine for this log (``sign_statement``)."""
 
     payload: dict[str, Any]
     signature: Base64Signature
@@ -547,6 +548,14 @@ class EntryPageOut(BaseModel):
     next_since: int | None
 
 
+class KeyRecoveryOut(BaseModel):
+    """A ``key.recovered`` the verified ledger holds: a lost key replaced, visibly."""
+
+    seq: int
+    name: str
+    key_id: str
+
+
 class VerifyOut(BaseModel):
     """The verification report (``ok`` false names the first bad entry and why)."""
 
@@ -559,6 +568,8 @@ class VerifyOut(BaseModel):
     root_hash: str | None
     signatures_checked: int | None
     receipts_checked: int | None
+    #: Every key recovery (the log key's included), so that none goes unnoticed.
+    key_recoveries: list[KeyRecoveryOut] = []
     #: ``all`` or ``tail``; with ``tail``, which checkpoint it trusted and on whose word.
     root_signatures: Literal["all", "tail"] = "all"
     tail_trusted: dict[str, Any] | None = None
