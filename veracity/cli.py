@@ -7,6 +7,7 @@ status: 0 ok, 1 verification failed or input refused, 2 usage or configuration e
 
 from __future__ import annotations
 
+import functools
 import logging
 import sys
 import traceback
@@ -125,6 +126,16 @@ def _fail(message: str, code: int, error: BaseException) -> int:
     return code
 
 
+@functools.cache
+def _command() -> click.Command:
+    """``app`` as a click command, built once per process.
+
+    Typer builds the whole tree (some eighty commands) again on every call of ``app``;
+    one process that runs several commands (the tests run hundreds) builds it once.
+    """
+    return typer.main.get_command(app)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI with ``argv`` (default: ``sys.argv[1:]``) and return the exit status."""
     _state["verbose"] = False
@@ -132,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     if "-v" in args or "--verbose" in args:
         _state["verbose"] = True
     try:
-        result = app(args=args, prog_name="veracity", standalone_mode=False)
+        result = _command().main(args=args, prog_name="veracity", standalone_mode=False)
     except click.exceptions.Abort as err:
         return _fail("interrupted", 130, err)
     except KeyboardInterrupt as err:

@@ -36,13 +36,12 @@ import numpy.typing as npt
 
 from veracity.analytics.calibration import calibrate_noise_multiplier, noise_std
 from veracity.analytics.mechanism import Columns, add_noise, exact_release
-from veracity.client.approvals import record_approval
+from veracity.client.approvals import approved_terms, record_approval, refuse_budget
 from veracity.client.budget import (
     ACCOUNTANT,
     NEIGHBOURING,
     RoundBudget,
     Segment,
-    epsilon_left,
     epsilon_report,
     evaluate_round,
     history_to_json,
@@ -58,11 +57,10 @@ from veracity.contracts.analysis import (
     SiteAnswer,
     query_hash,
 )
-from veracity.contracts.refusals import ApprovalMissingStatement, BudgetRefused
+from veracity.contracts.refusals import ApprovalMissingStatement
 from veracity.core.canonical import canonical_hash
 from veracity.core.fields import is_hex64
 from veracity.errors import ApprovalMissing, InputError
-from veracity.ledger.statement import sign_document
 
 __all__ = [
     "dataset_columns",
@@ -203,38 +201,14 @@ def approved_analysis(
         does not name this site, it is not approved (or was refused), or its dataset is no
         longer registered or lacks a declared column.
     """
-    if study.study_hash != study_hash:
-        raise ApprovalMissing(
-            f"the study document does not match study_hash {study_hash[:16]}...: its terms "
-            "differ from the study that was proposed"
-        )
-    if code_hash != study.code_hash:
-        raise ApprovalMissing(
-            f"code hash {code_hash[:16]}... differs from the approved study's "
-            f"{study.code_hash[:16]}..."
-        )
-    cap = study.epsilon_caps.get(site.name)
-    if cap is None:
-        raise ApprovalMissing(f"study {study.study_id!r} does not include site {site.name!r}")
-    decision = site.store.latest_decision(study_hash)
-    if decision is None:
-        raise ApprovalMissing(
-            f"study {study.study_id!r} ({study_hash[:16]}...) is not approved at site {site.name!r}"
-        )
-    if decision.decision != "approved":
-        raise ApprovalMissing(
-            f"study {study.study_id!r} was refused at site {site.name!r}: {decision.reason}"
-        )
-    if decision.dataset_id is None or decision.epsilon_cap is None:
-        raise ApprovalMissing(f"study {study.study_id!r} was approved with other terms")
-    dataset = site.store.get_dataset(decision.dataset_id)
-    if dataset is None:
-        raise ApprovalMissing(f"the approved dataset {decision.dataset_id!r} is not registered")
+    _decision, dataset, cap = approved_terms(
+        site, study=study, study_hash=study_hash, code_hash=code_hash
+    )
     held = set(dataset_columns(dataset))
     for column in study.columns:
         if column not in held:
             raise ApprovalMissing(f"dataset {dataset.dataset_id!r} has no column {column!r}")
-    return dataset, min(cap, decision.epsilon_cap)
+    return dataset, cap
 
 
 @dataclass(frozen=True)
@@ -517,7 +491,7 @@ class AnalysisAgent:
             repeated=charge.answer.repeated,
             noise_generator=self._noise_name,
         )
-        signature = sign_document(self.site.key, ANALYSIS_RECEIPT_DOMAIN, receipt.to_json())
+        signature = self.site.sign_receipt(ANALYSIS_RECEIPT_DOMAIN, receipt.to_json())
         return Released(charge.answer.answer, receipt, signature)
 
     def refuse_approval(self, study_hash: str, query_id: str, reason: str) -> QueryRefusal:
@@ -549,32 +523,19 @@ class AnalysisAgent:
         charge: QueryCharge,
     ) -> QueryRefusal:
         """Sign ``budget.refused`` for the release of ``terms``."""
-        crossed: list[tuple[float, float, str]] = []
-        if not budget.study_allowed:
-            left = epsilon_left(cap, charge.study_before, terms.delta)
-            crossed.append((left, budget.study.epsilon, f"study {terms.study_id!r} (cap {cap:g})"))
-        if not budget.dataset_allowed:
-            left = epsilon_left(budget.dataset_budget, charge.dataset_before, terms.delta)
-            crossed.append(
-                (left, budget.dataset.epsilon, f"dataset {dataset.dataset_id!r} (budget)")
-            )
-        left, requested, scope = min(crossed)
-        reason = (
-            f"query {terms.query_id} would bring {scope} to epsilon {requested:.4f}; "
-            f"epsilon left {left:.4f}"
+        statement, reason = refuse_budget(
+            self.site,
+            what=f"query {terms.query_id}",
+            study_hash=terms.study_hash,
+            study_id=terms.study_id,
+            dataset=dataset,
+            run_id=f"query:{terms.query_id}",
+            round_number=QUERY_ROUND,
+            budget=budget,
+            cap=cap,
+            study_before=charge.study_before,
+            dataset_before=charge.dataset_before,
+            delta=terms.delta,
         )
-        statement = self.site.sign(
-            BudgetRefused(
-                site=self.site.name,
-                study_hash=terms.study_hash,
-                dataset_id=dataset.dataset_id,
-                run_id=f"query:{terms.query_id}",
-                round=QUERY_ROUND,
-                epsilon_requested=requested if math.isfinite(requested) else None,
-                epsilon_left=left,
-                signed_at=self.site.now(),
-            )
-        )
-        self.site.store.add_statement(statement, now=statement.payload["signed_at"])
         log.warning("site %s refused query %s: %s", self.site.name, terms.query_id, reason)
         return QueryRefusal("budget.refused", statement, reason)

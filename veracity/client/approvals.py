@@ -24,6 +24,9 @@ from pathlib import Path
 from typing import Any
 
 from veracity.client.budget import (
+    RoundBudget,
+    Segment,
+    epsilon_left,
     epsilon_report,
     merge_history,
     poisson_sampling,
@@ -32,6 +35,7 @@ from veracity.client.site import Site
 from veracity.client.store import Dataset, Decision, Pool, SignedStatement
 from veracity.client.study_inputs import dataset_mismatch
 from veracity.contracts.events import StudyApproved, StudyRefused
+from veracity.contracts.refusals import BudgetRefused
 from veracity.errors import ApprovalMissing, InputError
 from veracity.tasks.study import AnyStudy, Study, parse_any_study
 
@@ -102,7 +106,7 @@ def load_study_file(path: Path) -> Study:
     return study
 
 
-def effective_cap(study: Study, site_name: str, approved_cap: float) -> float:
+def effective_cap(study: AnyStudy, site_name: str, approved_cap: float) -> float:
     """The cap in force: the smaller of the study's cap for this site and the approved one."""
     return min(study.epsilon_caps.get(site_name, 0.0), approved_cap)
 
@@ -368,16 +372,18 @@ def refuse_study(site: Site, study: AnyStudy, *, reason: str) -> tuple[Decision,
 
 
 def approved_terms(
-    site: Site, *, study: Study, study_hash: str, code_hash: str
+    site: Site, *, study: AnyStudy, study_hash: str, code_hash: str
 ) -> tuple[Decision, Dataset, float]:
-    """The approval a training request relies on, its dataset and the cap in force.
+    """The approval a request of ``study`` relies on, its dataset and the cap in force.
+
+    The one check for training rounds, analysis queries and explanations.
 
     Raises
     ------
     ApprovalMissing
         If the document does not hash to ``study_hash``, the code hash differs from the
-        study's, the study does not name this site, it is not approved (or was refused),
-        or its dataset is no longer registered.
+        study's or the approval's, the study does not name this site, it is not approved
+        (or was refused), or its dataset is no longer registered.
     """
     if study.study_hash != study_hash:
         raise ApprovalMissing(
@@ -410,3 +416,63 @@ def approved_terms(
     if dataset is None:
         raise ApprovalMissing(f"the approved dataset {decision.dataset_id!r} is not registered")
     return decision, dataset, effective_cap(study, site.name, decision.epsilon_cap)
+
+
+def refuse_budget(
+    site: Site,
+    *,
+    what: str,
+    study_hash: str,
+    study_id: str,
+    dataset: Dataset,
+    run_id: str,
+    round_number: int,
+    budget: RoundBudget,
+    cap: float,
+    study_before: tuple[Segment, ...],
+    dataset_before: tuple[Segment, ...],
+    delta: float,
+) -> tuple[SignedStatement, str]:
+    """Sign and keep ``budget.refused`` for a charge ``budget`` does not allow.
+
+    ``what`` names the charge (``"round 3"``, ``"query q1"``); ``study_before`` and
+    ``dataset_before`` are the histories before it. The reason names the scope with the
+    least epsilon left: the study (its cap) or the dataset (its budget, and the datasets
+    sharing its pool). An epsilon the accountant cannot bound is sent as ``null``.
+    Returns the statement and the reason.
+    """
+    crossed: list[tuple[float, float, str]] = []
+    if not budget.study_allowed:
+        left = epsilon_left(cap, study_before, delta)
+        crossed.append((left, budget.study.epsilon, f"study {study_id!r} (cap {cap:g})"))
+    if not budget.dataset_allowed:
+        left = epsilon_left(budget.dataset_budget, dataset_before, delta)
+        pool = site.store.pool(dataset.dataset_id)
+        shared = (
+            f" (budget pool {pool.pool_id!r}, shared with {', '.join(others)})"
+            if (others := [name for name in pool.datasets if name != dataset.dataset_id])
+            else ""
+        )
+        crossed.append(
+            (
+                left,
+                budget.dataset.epsilon,
+                f"dataset {dataset.dataset_id!r}{shared} (budget {budget.dataset_budget:g})",
+            )
+        )
+    left, requested, scope = min(crossed)
+    reason = f"{what} would bring {scope} to epsilon {requested:.4f}; epsilon left {left:.4f}"
+    statement = site.sign(
+        BudgetRefused(
+            site=site.name,
+            study_hash=study_hash,
+            dataset_id=dataset.dataset_id,
+            run_id=run_id,
+            round=round_number,
+            epsilon_requested=requested if math.isfinite(requested) else None,
+            epsilon_left=left,
+            signed_at=site.now(),
+        )
+    )
+    site.store.add_statement(statement, now=statement.payload["signed_at"])
+    return statement, reason

@@ -190,7 +190,9 @@ def record_checkpoint_entry(
     ts = max(signed.timestamp, head.ts)
     if ts != signed.timestamp:
         payload["timestamp"] = signed.timestamp
-    item = prepare(EventRequest("checkpoint", ROOT_ACTOR, payload, signer=key))
+    item = prepare(
+        EventRequest("checkpoint", ROOT_ACTOR, payload, signer=key), log_id=bytes.fromhex(log_id)
+    )
     check_event(KeyView(session, head=head.seq), seq, item, log_id=log_id)
     signature, _ = position_signatures(
         item, root_key=key, log_id=bytes.fromhex(log_id), seq=seq, prev=prev, ts=ts

@@ -10,10 +10,12 @@ token per role, its SuperLink kept in memory (``InMemoryFederation``);
 
 from __future__ import annotations
 
+import atexit
 import shutil
+import tempfile
 import warnings
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -24,7 +26,6 @@ from tests.ledger.conftest import seeded_key
 from tests.server.sites import Site, study_document, unique_site
 from veracity.client.witness import SiteWitness, WitnessApi
 from veracity.crypto.tls import create_tls_material
-from veracity.ledger.possession import sign_enrolment
 from veracity.ledger.witness import Witness
 from veracity.ledger.witnessed import WitnessedLog, witness_name
 from veracity.server.api.app import create_app
@@ -133,9 +134,7 @@ class Api:
             SETUP,
             site.name,
             public_key_pem=site.key.public.pem(),
-            proof=sign_enrolment(
-                site.key, log_id=self.service.ledger.log_id, name=site.name, role="site"
-            ),
+            proof=site.enrolment_proof(self.service.ledger.log_id),
             supernode_public_key=site.supernode_key,
         )
 
@@ -158,6 +157,65 @@ class Api:
         return self.service.propose_study(SETUP, document).value.study_hash
 
 
+def _issue_tokens(coordinator: CoordinatorService) -> tuple[Site, Site, dict[str, str]]:
+    """Two sites and a token per role (``other_site``: the second site's) on ``coordinator``."""
+    site, other = unique_site("north"), unique_site("south")
+    store = TokenStore(coordinator.ledger.engine)
+    tokens: dict[str, str] = {}
+    for role in Role:
+        issued = store.create(
+            role=role,
+            name=f"{role.value}-user",
+            site=site.name if role is Role.SITE else None,
+            expires_in=timedelta(days=1),
+        )
+        tokens[role.value] = issued.token
+    tokens["other_site"] = store.create(
+        role=Role.SITE, name="other-site-user", site=other.name
+    ).token
+    return site, other, tokens
+
+
+@dataclass(frozen=True)
+class _Template:
+    """A coordinator initialised once per test process (SQLite, no SuperLink) and its tokens."""
+
+    data_dir: Path
+    database: Path
+    site: Site
+    other: Site
+    tokens: dict[str, str]
+
+
+_TEMPLATE: list[_Template] = []
+
+
+def _sqlite_path(db_url: str) -> Path:
+    return Path(db_url.removeprefix("sqlite:///"))
+
+
+def _copy_template(data_dir: Path, db_url: str) -> tuple[Site, Site, dict[str, str]]:
+    """A copy of this process's template coordinator at ``data_dir`` on the SQLite ``db_url``.
+
+    Keys, TLS material, migrations, the genesis entry and the tokens cost ~80 ms of CPU per
+    coordinator; a copy of the files costs a few. Each copy is its own coordinator (its own
+    files and database, a new SuperLink port where nothing listens); copies share the keys.
+    """
+    if not _TEMPLATE:
+        base = Path(tempfile.mkdtemp(prefix="veracity-api-template-"))
+        atexit.register(shutil.rmtree, base, ignore_errors=True)
+        database = base / "veracity.db"
+        with make_coordinator(base / "coordinator", f"sqlite:///{database}") as coordinator:
+            site, other, tokens = _issue_tokens(coordinator)
+        _TEMPLATE.append(_Template(base / "coordinator", database, site, other, tokens))
+    template = _TEMPLATE[0]
+    shutil.copytree(template.data_dir, data_dir)
+    shutil.copy2(template.database, _sqlite_path(db_url))
+    home = CoordinatorHome.load(data_dir)
+    replace(home, db_url=db_url).with_superlink_port(free_port()).save()
+    return replace(template.site), replace(template.other), dict(template.tokens)
+
+
 def open_api(
     data_dir: Path,
     db_url: str,
@@ -169,32 +227,23 @@ def open_api(
 ) -> Iterator[Api]:
     """Initialise a coordinator, issue one token per role, serve the app.
 
+    On SQLite without ``superlink`` the coordinator is a copy of the process's template
+    (:func:`_copy_template`: the same keys and tokens, its own files and database).
+
     ``app_options`` go to ``create_app`` (``clock=``, ``rate_clock=``); the rest are
     :class:`ApiSettings` fields. Without ``superlink``, the app's SuperLink is an
     :class:`InMemoryFederation` unless ``in_memory`` is false (then the app talks to
     whatever listens at its configured SuperLink address).
     """
-    coordinator = make_coordinator(data_dir, db_url, superlink)
-    site, other = unique_site("north"), unique_site("south")
-    store_tokens: dict[str, str] = {}
     options: dict[str, Any] = dict(app_options or {})
     if superlink is None and in_memory:
         federation: Federation = InMemoryFederation()
         options.setdefault("federation", federation)
-
-    with coordinator:
-        store = TokenStore(coordinator.ledger.engine)
-        for role in Role:
-            issued = store.create(
-                role=role,
-                name=f"{role.value}-user",
-                site=site.name if role is Role.SITE else None,
-                expires_in=timedelta(days=1),
-            )
-            store_tokens[role.value] = issued.token
-        store_tokens["other_site"] = store.create(
-            role=Role.SITE, name="other-site-user", site=other.name
-        ).token
+    if superlink is None and db_url.startswith("sqlite:///"):
+        site, other, store_tokens = _copy_template(data_dir, db_url)
+    else:
+        with make_coordinator(data_dir, db_url, superlink) as coordinator:
+            site, other, store_tokens = _issue_tokens(coordinator)
     app = create_app(ApiSettings(data_dir=data_dir, **settings), **options)
     with TestClient(app) as client:
         yield Api(client, data_dir, store_tokens, site, other)
