@@ -65,7 +65,6 @@ from veracity.contracts.analysis import (
 from veracity.core.canonical import canonical_hash
 from veracity.core.fields import is_hex64
 from veracity.errors import ApprovalMissing, InputError
-from veracity.ledger.statement import sign_document
 
 __all__ = [
     "dataset_columns",
@@ -496,7 +495,7 @@ class AnalysisAgent:
             repeated=charge.answer.repeated,
             noise_generator=self._noise_name,
         )
-        signature = sign_document(self.site.key, ANALYSIS_RECEIPT_DOMAIN, receipt.to_json())
+        signature = self.site.sign_receipt(ANALYSIS_RECEIPT_DOMAIN, receipt.to_json())
         return Released(charge.answer.answer, receipt, signature)
 
     def refuse_approval(self, study_hash: str, query_id: str, reason: str) -> QueryRefusal:

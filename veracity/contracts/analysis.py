@@ -56,8 +56,8 @@ __all__ = [
     "QueryReplies",
 ]
 
-#: The signing domain of analysis receipts.
-ANALYSIS_RECEIPT_DOMAIN = "veracity.analysis-receipt.v1"
+#: The signing domain of analysis receipts (bound to the log id, like every site signature).
+ANALYSIS_RECEIPT_DOMAIN = "veracity.analysis-receipt.v2"
 
 #: What a query computes.
 QueryKind = Literal[

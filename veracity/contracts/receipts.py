@@ -1,8 +1,9 @@
 """A site's training receipt: its signed account of one round (docs/architecture.md).
 
 The site builds its receipt as a :class:`Receipt` and signs the canonical JSON of
-:meth:`Receipt.to_json` under :data:`RECEIPT_DOMAIN`; the coordinator validates what
-arrives with :meth:`Receipt.parse` before it checks who signed it, and the ledger validates
+:meth:`Receipt.to_json` under :data:`RECEIPT_DOMAIN` for its log (the log id is in the
+signed bytes); the coordinator validates what arrives with :meth:`Receipt.parse` before it
+checks who signed it, and the ledger validates
 the receipts inside ``round.completed`` with the same model. A receipt the coordinator
 accepts is therefore one the ledger records.
 """
@@ -33,8 +34,9 @@ __all__ = [
     "SignedReceipt",
 ]
 
-#: The signing domain of receipts (``sign_document(key, RECEIPT_DOMAIN, receipt)``).
-RECEIPT_DOMAIN = "veracity.receipt.v1"
+#: The signing domain of receipts (``sign_bound(key, RECEIPT_DOMAIN, log_id, receipt)``);
+#: v2 binds the log id.
+RECEIPT_DOMAIN = "veracity.receipt.v2"
 
 #: An Ed25519 signature in standard base64 (64 bytes: 86 characters and ``==``).
 Base64Signature = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9+/]{86}==$")]
