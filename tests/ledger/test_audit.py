@@ -118,6 +118,44 @@ def test_tail_mode_needs_a_quorum_on_the_checkpoint_it_relies_on(
     _cosign(world, tmp_path, ("hospital-a", "hospital-b"))
     code, report = _verify(capsys, world, tmp_path, "--policy", policy, "--root-signatures", "tail")
     assert code == 0, report
+    assert report["root_signatures"] == "tail"
+    assert report["tail_trusted"]["witnesses"] is True
+    assert "2 of 3" in report["tail_trusted"]["trusted_on"]
+
+
+def test_tail_mode_without_a_policy_is_refused_unless_the_log_key_alone_is_asked_for(
+    make_world: Callable[..., World],
+    db_url: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A checkpoint signed only by the log key used to be trusted by tail mode silently."""
+    world = _world(make_world, db_url)
+    world.note(ROOT_ACTOR, "after the checkpoint")
+    _trust(world, tmp_path)
+    code, _report = _verify(capsys, world, tmp_path, "--root-signatures", "tail")
+    assert code == 2
+    assert "--policy" in str(_report)
+    bundle = tmp_path / "ledger.jsonl"
+    world.ledger.export_bundle(bundle)
+    code, _doc, err = run(
+        capsys, "ledger", "verify", "--bundle", str(bundle), "--trust", str(tmp_path / "root.pub"),
+        "--root-signatures", "tail",
+    )  # fmt: skip
+    assert code == 2
+    assert "needs a witness quorum" in err
+    code, report = _verify(capsys, world, tmp_path, "--root-signatures", "tail", "--no-witnesses")
+    assert code == 0, report
+    checkpoint = world.ledger.latest_checkpoint()
+    assert checkpoint is not None
+    assert report["tail_trusted"] == {
+        "checkpoint_size": checkpoint.tree_size,
+        "trusted_on": "the log key alone (--no-witnesses: no witness checked it)",
+        "witnesses": False,
+    }
+    code, report = _verify(capsys, world, tmp_path)
+    assert (code, report["root_signatures"]) == (0, "all")
+    assert "tail_trusted" not in report
 
 
 def test_split_view_is_refused_by_an_auditor_with_state(
