@@ -56,7 +56,7 @@ def _client_process(
     ca: str,
     scenario: str,
     token: str,
-    site: tuple[str, bytes] | None,
+    site: tuple[str, bytes, str] | None,
     count: int,
     threads: int,
     start_line: Any,
@@ -90,7 +90,9 @@ def _client_process(
                     body = {
                         "kind": "note.recorded",
                         "payload": payload,
-                        "signature": sign_statement(key, "note.recorded", site[0], payload),
+                        "signature": sign_statement(
+                            key, "note.recorded", site[0], payload, log_id=site[2]
+                        ),
                     }
                     start = time.perf_counter()
                     response = http.post("/api/v1/statements", json=body)
@@ -126,7 +128,7 @@ def drive(
     scenario: str,
     *,
     token: str = "",
-    site: tuple[str, bytes] | None = None,
+    site: tuple[str, bytes, str] | None = None,
     requests: int,
     concurrency: int,
 ) -> tuple[float, float, int]:
@@ -220,6 +222,7 @@ def main(argv: list[str] | None = None) -> int:
         initialise(data_dir, db_url=url, superlink_port=free_port()).close()
         # The site is set up over a SuperLink kept in memory: the benchmark asks none.
         with open_coordinator(data_dir, federation=InMemoryFederation()) as coordinator:
+            log_id = coordinator.ledger.log_id
             coordinator.enrol_site(
                 operator("bench"),
                 "bench-site",
@@ -282,7 +285,7 @@ def main(argv: list[str] | None = None) -> int:
             base_rps, base_p99, base_bad = drive(bare_base, ca, "bare", **common)
             drive(api_base, ca, "read", token=auditor, requests=200, concurrency=args.concurrency)
             read_rps, read_p99, read_bad = drive(api_base, ca, "read", token=auditor, **common)
-            site = ("bench-site", site_key.pem())
+            site = ("bench-site", site_key.pem(), log_id)
             write_rps, write_p99, write_bad = drive(
                 api_base, ca, "write", token=site_token, site=site, **common
             )

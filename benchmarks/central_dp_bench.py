@@ -35,7 +35,7 @@ from harness import Figure, Report
 from veracity.core.canonical import canonical_json
 from veracity.crypto.keys import generate_signing_key
 from veracity.flower_serde import weights_from_record, weights_to_record
-from veracity.ledger.statement import RECEIPT_DOMAIN, sign_document
+from veracity.ledger.statement import RECEIPT_DOMAIN, sign_bound
 from veracity.server.strategy import AuditedStrategy, aggregation_strategy
 from veracity.tasks.study import CentralDPConfig
 from veracity.tasks.weights import weights_hash
@@ -43,6 +43,7 @@ from veracity.tasks.weights import weights_hash
 STUDY, RUN = "ab" * 32, "1"
 SITES = {1: "hospital-a", 2: "hospital-b", 3: "hospital-c"}
 KEYS = {name: generate_signing_key() for name in SITES.values()}
+LOG_ID = bytes(range(1, 33))  # the log every site signature binds
 Weights = dict[str, npt.NDArray[np.float32]]
 
 
@@ -70,7 +71,7 @@ def _reply(request: Message, server_round: int, weights: Weights) -> Message:
             "receipt": ConfigRecord(
                 {
                     "json": canonical_json(receipt).decode(),
-                    "signature": sign_document(KEYS[site], RECEIPT_DOMAIN, receipt),
+                    "signature": sign_bound(KEYS[site], RECEIPT_DOMAIN, LOG_ID, receipt),
                 }
             ),
         }
@@ -86,6 +87,7 @@ def _strategy(central: CentralDPConfig | None) -> AuditedStrategy:
         min_sites=len(SITES),
         sites_by_node=SITES,
         site_key=lambda site: KEYS[site].public,
+        log_id=LOG_ID,
         record_round=lambda outcome: None,
         record_refusal=lambda *args: None,
     )

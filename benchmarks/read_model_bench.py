@@ -50,7 +50,7 @@ from veracity.crypto.keys import SigningKey, generate_signing_key
 from veracity.crypto.supernode import generate_supernode_key
 from veracity.ledger.ledger import EventRequest, Ledger
 from veracity.ledger.possession import sign_enrolment
-from veracity.ledger.statement import sign_document, sign_statement
+from veracity.ledger.statement import sign_bound, sign_statement
 from veracity.server.coordinator import (
     CoordinatorService,
     InMemoryFederation,
@@ -176,8 +176,11 @@ def _study(index: int, sites: list[str]) -> dict[str, Any]:
     }
 
 
-def _signed(key: SigningKey, kind: str, site: str, payload: dict[str, Any]) -> EventRequest:
-    return EventRequest(kind, site, payload, signature=sign_statement(key, kind, site, payload))
+def _signed(
+    key: SigningKey, kind: str, site: str, payload: dict[str, Any], log_id: str
+) -> EventRequest:
+    signature = sign_statement(key, kind, site, payload, log_id=log_id)
+    return EventRequest(kind, site, payload, signature=signature)
 
 
 def _fill(service: CoordinatorService, entries: int) -> dict[str, Any]:
@@ -209,7 +212,7 @@ def _fill(service: CoordinatorService, entries: int) -> dict[str, Any]:
                 "site": name, "dataset_id": "cohort-1", "commitment": "11" * 32,
                 "schema_hash": "22" * 32, "rows": 500, "label": "y", "features": ["a", "b"],
                 "signed_at": now,
-            })
+            }, ledger.log_id)
         )  # fmt: skip
     studies: list[str] = []
     for index in range(max(5, entries // 2000)):
@@ -227,7 +230,7 @@ def _fill(service: CoordinatorService, entries: int) -> dict[str, Any]:
                 _signed(key, "study.approved", name, {
                     "site": name, "signed_at": now, "study_hash": study_hash,
                     "dataset_id": "cohort-1", "epsilon_cap": 2.0,
-                })
+                }, ledger.log_id)
             )  # fmt: skip
     flush()
     runs: list[str] = []
@@ -253,7 +256,7 @@ def _fill(service: CoordinatorService, entries: int) -> dict[str, Any]:
                     history=[[1.1, 0.1, 10 * number]], max_grad_norm=1.0, num_examples=500,
                     noise_generator="ChaCha20",
                 ).to_json()  # fmt: skip
-                signature = sign_document(keys[name], RECEIPT_DOMAIN, receipt)
+                signature = sign_bound(keys[name], RECEIPT_DOMAIN, ledger.log_id, receipt)
                 receipts.append({"receipt": receipt, "signature": signature})
             batch.append(
                 EventRequest("round.completed", ROOT_ACTOR, {
@@ -367,12 +370,16 @@ def measure(report: Report, service: CoordinatorService, entries: int, budget: f
 
     def through_service() -> None:
         payload = note()
-        signature = sign_statement(key, "note.recorded", name, payload)
+        signature = sign_statement(
+            key, "note.recorded", name, payload, log_id=service.ledger.log_id
+        )
         service.record_statement(ME, "note.recorded", name, payload, signature)
 
     def bare_append() -> None:
         payload = note()
-        signature = sign_statement(key, "note.recorded", name, payload)
+        signature = sign_statement(
+            key, "note.recorded", name, payload, log_id=service.ledger.log_id
+        )
         service.ledger.append("note.recorded", name, payload, signature=signature)
 
     service.reads.sites()  # fold in the notes appended bare before timing the service again

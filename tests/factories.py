@@ -17,12 +17,14 @@ from veracity.contracts.refusals import BudgetRefused
 from veracity.core.canonical import canonical_json
 from veracity.crypto.keys import SigningKey
 from veracity.flower_serde import weights_to_record
-from veracity.ledger.statement import sign_document, sign_statement
+from veracity.ledger.statement import sign_bound, sign_statement
 from veracity.tasks.weights import Weights
 
 STUDY_HASH = "ab" * 32
 RUN_ID = "42"
 SIGNED_AT = "2026-11-27T15:47:52.123456Z"
+#: The log id site signatures bind in tests that run without a ledger.
+LOG_ID = bytes(range(1, 33))
 
 
 def receipt_document(**changes: Any) -> dict[str, Any]:
@@ -72,29 +74,34 @@ def trained_reply(
     receipt: dict[str, Any],
     *,
     examples: int = 100,
-    **metrics: float,
+    log_id: bytes | str = LOG_ID,
+    metrics: dict[str, float] | None = None,
 ) -> Message:
     """A site's trained reply to ``request``: the update, its metrics and signed receipt."""
     record = ReceiptRecord(
         receipt_json=canonical_json(receipt).decode(),
-        signature=sign_document(key, RECEIPT_DOMAIN, receipt),
+        signature=sign_bound(key, RECEIPT_DOMAIN, log_id, receipt),
     )
     content = RecordDict(
         {
             "arrays": weights_to_record(weights),
-            "metrics": MetricRecord({"num-examples": examples, "train-seconds": 0.5, **metrics}),
+            "metrics": MetricRecord(
+                {"num-examples": examples, "train-seconds": 0.5, **(metrics or {})}
+            ),
             "receipt": ConfigRecord(record.to_record()),
         }
     )
     return Message(content, reply_to=request)
 
 
-def refused_reply(request: Message, key: SigningKey, payload: dict[str, Any]) -> Message:
+def refused_reply(
+    request: Message, key: SigningKey, payload: dict[str, Any], *, log_id: bytes | str = LOG_ID
+) -> Message:
     """A site's signed ``budget.refused`` reply to ``request``."""
     record = RefusalRecord(
         kind="budget.refused",
         payload_json=canonical_json(payload).decode(),
-        signature=sign_statement(key, "budget.refused", payload["site"], payload),
+        signature=sign_statement(key, "budget.refused", payload["site"], payload, log_id=log_id),
         reason="cap",
     )
     return Message(RecordDict({"refusal": ConfigRecord(record.to_record())}), reply_to=request)

@@ -17,7 +17,7 @@ import sys
 
 from veracity.client import budget, service
 from veracity.client.worker import main
-from veracity.ledger.statement import RECEIPT_DOMAIN, sign_document
+from veracity.ledger.statement import RECEIPT_DOMAIN
 
 _honest_train = service.SiteAgent.handle_train
 _honest_epsilon = budget._replace_one_cached
@@ -27,7 +27,7 @@ def _rogue_train(self: service.SiteAgent, request: service.TrainRequest) -> serv
     outcome = _honest_train(self, request)
     if isinstance(outcome, service.TrainReply):
         receipt = {**outcome.receipt, "accountant": "rdp"}
-        signature = sign_document(self.site.key, RECEIPT_DOMAIN, receipt)
+        signature = self.site.sign_receipt(RECEIPT_DOMAIN, receipt)
         outcome = dataclasses.replace(outcome, receipt=receipt, receipt_signature=signature)
     return outcome
 

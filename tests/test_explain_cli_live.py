@@ -67,6 +67,7 @@ def live(network: Network) -> Iterator[LiveApi]:
     tokens = {
         "admin": store.create(role=Role.ADMIN, name="admin-cli", expires_in=timedelta(days=1)),
         "researcher": store.create(role=Role.RESEARCHER, name="researcher-cli"),
+        "auditor": store.create(role=Role.AUDITOR, name="auditor-cli"),
         "site": store.create(role=Role.SITE, name="site-a-cli", site=NETWORK_SITES[0]),
     }
     settings = ApiSettings(data_dir=coordinator.home.data_dir, api_port=free_port())
@@ -144,9 +145,10 @@ def test_explanations_from_the_admin_cli_against_a_live_api(
     latest = _cli(capsys, "admin", "models", "explanation", model, *live.args("researcher"))
     assert (latest["report_hash"], latest["seq"]) == (explained["report_hash"], explained["seq"])
 
-    # 4. The auditor checks the card's report against the exported, verified ledger.
+    # 4. The auditor reads the card and checks its report against the exported ledger.
     card = tmp_path / "card.json"
-    card.write_text(json.dumps(shown), encoding="utf-8")
+    audited = _cli(capsys, "admin", "models", "show", model, *live.args("auditor"))
+    card.write_text(json.dumps(audited), encoding="utf-8")
     bundle, root = tmp_path / "ledger.bundle", tmp_path / "root.pub"
     coordinator.ledger.export_bundle(bundle)
     root.write_text(coordinator.ledger.identity_public_key.pem(), encoding="utf-8")

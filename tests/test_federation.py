@@ -26,7 +26,7 @@ from veracity.crypto.keys import generate_signing_key
 from veracity.crypto.supernode import write_supernode_key_pair
 from veracity.errors import SignatureError
 from veracity.ledger.possession import sign_enrolment
-from veracity.ledger.statement import RECEIPT_DOMAIN, verify_document
+from veracity.ledger.statement import RECEIPT_DOMAIN, verify_bound
 from veracity.localnet import approve, wait_run
 from veracity.server.coordinator import CoordinatorService, operator
 from veracity.server.coordinator.site_software import read_site_software
@@ -120,7 +120,14 @@ def test_a_two_round_study_records_every_round_with_verified_receipts(network: N
         for signed in recorded["receipts"]:
             receipt = signed["receipt"]
             site_key = coordinator.site_key(receipt["site"])
-            verify_document(site_key, RECEIPT_DOMAIN, receipt, signed["signature"])
+            verify_bound(
+                site_key,
+                RECEIPT_DOMAIN,
+                coordinator.ledger.log_id,
+                receipt,
+                signed["signature"],
+                what="receipt",
+            )
             assert (receipt["accountant"], receipt["neighbouring"]) == ("pld", "replace-one")
             recomputed = _replace_one_epsilon(receipt["history"], receipt["delta"])
             assert abs(recomputed - receipt["epsilon"]) <= 1e-6

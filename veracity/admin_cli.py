@@ -841,11 +841,15 @@ def runs_archive(
     output_format: FormatOption = OutputFormat.TEXT,
 ) -> None:
     """Download a run's archive (every round's updates and model, by hash) for a replay."""
+    import tempfile
+
     from veracity.server.round_archive import extract_archive
 
-    with _Api(server, token, ca_cert) as api:
-        data = api.client.run_archive(api.token, run_id)
-    index = extract_archive(data, out)
+    # Downloaded to a temporary file and unpacked from it: never the whole archive in memory.
+    with _Api(server, token, ca_cert) as api, tempfile.TemporaryFile() as spool:
+        api.client.download_run_archive(api.token, run_id, spool)
+        spool.seek(0)
+        index = extract_archive(spool, out)
     shown = {"archive": str(out.absolute()), "run_id": run_id, "rounds": len(index["rounds"])}
     _show(output_format, shown, "run archived", [[k, v] for k, v in shown.items()])
     emit_next(f"veracity ledger replay --bundle ledger.jsonl --archive {_q(out)} --trust root.pub")

@@ -51,8 +51,24 @@ class LocalSite:
     directory: Path
     data_file: Path
     rows: int
-    registration: SignedStatement
+    #: The dataset registration as signed at ``site init`` (before the site knew its log).
+    registered: SignedStatement
     dataset_id: str = DATASET_ID
+
+    @property
+    def registration(self) -> SignedStatement:
+        """The dataset registration as the site's outbox holds it now.
+
+        A site registers its data before it enrols, so it first signs for no log; its
+        enrolment proof binds it to the coordinator's log and re-signs the queued statement
+        for it (:meth:`veracity.client.site.Site.bind_log`). Read after enrolment, this is
+        the statement the coordinator's ledger accepts.
+        """
+        with Site.open(self.directory) as site:
+            for entry in site.store.outbox(include_delivered=True):
+                if entry.statement.statement_id == self.registered.statement_id:
+                    return entry.statement
+        return self.registered
 
     @property
     def public_key_pem(self) -> str:

@@ -25,7 +25,7 @@ from veracity.client.datasets import register_dataset
 from veracity.client.service import SiteAgent, TrainReply
 from veracity.client.site import Site
 from veracity.contracts.analysis import ANALYSIS_RECEIPT_DOMAIN, AnalysisStudy
-from veracity.ledger.statement import verify_document
+from veracity.ledger.statement import verify_bound
 from veracity.tasks import breast_cancer
 
 
@@ -88,8 +88,13 @@ def test_an_approved_query_is_answered_with_a_signed_receipt_an_auditor_can_reco
 
     assert isinstance(reply, QueryReply)
     receipt = reply.receipt
-    verify_document(
-        analysis_site.key.public, ANALYSIS_RECEIPT_DOMAIN, receipt.to_json(), reply.signature
+    verify_bound(
+        analysis_site.key.public,
+        ANALYSIS_RECEIPT_DOMAIN,
+        analysis_site.log_id,
+        receipt.to_json(),
+        reply.signature,
+        what="receipt",
     )
     assert receipt.history == [[receipt.noise_multiplier, 1.0, 1]]
     assert abs(_pld_epsilon(receipt.history, receipt.delta) - receipt.epsilon) <= 0.02

@@ -90,7 +90,9 @@ def test_approval_and_refusal_are_signed_statements(ready_site: Site) -> None:
     }
     assert statement.payload["epsilon_cap"] == 2.5
     assert statement.payload["site"] == SITE
-    verify_statement(key, statement.kind, SITE, statement.payload, statement.signature)
+    verify_statement(
+        key, statement.kind, SITE, statement.payload, statement.signature, log_id=ready_site.log_id
+    )
     assert decision.study_document == study.to_document()
     _, _, cap = approved_terms(
         ready_site, study=study, study_hash=study.study_hash, code_hash=study.code_hash
@@ -99,7 +101,9 @@ def test_approval_and_refusal_are_signed_statements(ready_site: Site) -> None:
     _, refusal = refuse_study(ready_site, study, reason="  consent   withdrawn ")
     assert set(refusal.payload) == {"study_hash", "site", "reason", "signed_at"}
     assert refusal.payload["reason"] == "consent withdrawn"
-    verify_statement(key, refusal.kind, SITE, refusal.payload, refusal.signature)
+    verify_statement(
+        key, refusal.kind, SITE, refusal.payload, refusal.signature, log_id=ready_site.log_id
+    )
     with pytest.raises(ApprovalMissing, match="refused"):
         approved_terms(
             ready_site, study=study, study_hash=study.study_hash, code_hash=study.code_hash

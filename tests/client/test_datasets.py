@@ -158,8 +158,7 @@ def test_good_csv_is_registered_with_a_signed_statement(site: Site, tmp_path: Pa
     assert statement.payload["features"] == ["glucose", "age"]
     verify_statement(
         load_verify_key(site.paths.public_key), statement.kind, SITE, statement.payload,
-        statement.signature,
-    )  # fmt: skip
+        statement.signature, log_id=site.log_id)  # fmt: skip
     stored = site.store.get_dataset("cohort")
     assert stored == dataset
     assert stored.epsilon_budget == 4.0

@@ -30,7 +30,7 @@ from veracity.client.study_inputs import study_examples
 from veracity.contracts.analysis import ANALYSIS_RECEIPT_DOMAIN
 from veracity.contracts.explanation import EXPLANATION_QUERY_ID, ExplanationTerms, terms_hash
 from veracity.core.canonical import canonical_hash
-from veracity.ledger.statement import verify_document
+from veracity.ledger.statement import verify_bound
 from veracity.tasks import breast_cancer
 from veracity.tasks.study import Study
 from veracity.tasks.weights import weights_hash
@@ -145,7 +145,14 @@ def test_an_explanation_is_charged_its_declared_epsilon_and_signed_like_a_query(
 
     assert isinstance(outcome, ExplanationAnswer)
     receipt = outcome.receipt.to_json()
-    verify_document(ready_site.key.public, ANALYSIS_RECEIPT_DOMAIN, receipt, outcome.signature)
+    verify_bound(
+        ready_site.key.public,
+        ANALYSIS_RECEIPT_DOMAIN,
+        ready_site.log_id,
+        receipt,
+        outcome.signature,
+        what="receipt",
+    )
     terms = ExplanationTerms.parse(dict(request.terms))
     z = calibrate_noise_multiplier(0.8, 1e-5)
     assert receipt["query_id"] == EXPLANATION_QUERY_ID

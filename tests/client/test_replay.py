@@ -75,6 +75,7 @@ def test_a_sites_trained_rounds_replay_to_their_receipts_update_hashes(
         SITE,
         statement.payload,
         statement.signature,
+        log_id=ready_site.log_id,
     )
     queued = [entry.statement.statement_id for entry in ready_site.store.outbox()]
     assert statement.statement_id in queued

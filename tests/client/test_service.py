@@ -31,7 +31,7 @@ from veracity.client.training import NOISE_GENERATOR_SEEDED, PrivateTrainer
 from veracity.core.canonical import canonical_json
 from veracity.crypto.keys import load_verify_key
 from veracity.errors import InputError, VerificationError
-from veracity.ledger.statement import RECEIPT_DOMAIN, verify_document, verify_statement
+from veracity.ledger.statement import RECEIPT_DOMAIN, verify_bound, verify_statement
 from veracity.tasks.study import Study
 from veracity.tasks.weights import weights_hash
 
@@ -97,7 +97,14 @@ def test_trained_round_returns_signed_receipt_with_exactly_the_contract_fields(
     (reply,) = _train(agent, approved, range(1, 2))
     receipt = reply.receipt
     assert tuple(sorted(receipt)) == tuple(sorted(RECEIPT_FIELDS))
-    verify_document(_site_public_key(ready_site), RECEIPT_DOMAIN, receipt, reply.receipt_signature)
+    verify_bound(
+        _site_public_key(ready_site),
+        RECEIPT_DOMAIN,
+        ready_site.log_id,
+        receipt,
+        reply.receipt_signature,
+        what="receipt",
+    )
     assert receipt["site"] == SITE
     assert receipt["study"] == approved.study_hash
     assert receipt["round"] == 1
@@ -129,8 +136,13 @@ def test_tampered_receipt_fails_verification(
     (reply,) = _train(agent_factory(), approved, range(1, 2))
     forged = {**reply.receipt, "epsilon": reply.receipt["epsilon"] / 2}
     with pytest.raises(VerificationError):
-        verify_document(
-            _site_public_key(ready_site), RECEIPT_DOMAIN, forged, reply.receipt_signature
+        verify_bound(
+            _site_public_key(ready_site),
+            RECEIPT_DOMAIN,
+            ready_site.log_id,
+            forged,
+            reply.receipt_signature,
+            what="receipt",
         )
 
 
@@ -244,7 +256,12 @@ def test_round_that_would_cross_the_cap_halfway_is_refused_before_training(
     assert payload["epsilon_requested"] == pytest.approx(after_three)
     assert payload["epsilon_left"] == pytest.approx(halfway - after_two)
     verify_statement(
-        _site_public_key(ready_site), "budget.refused", SITE, payload, outcome.signature
+        _site_public_key(ready_site),
+        "budget.refused",
+        SITE,
+        payload,
+        outcome.signature,
+        log_id=ready_site.log_id,
     )
     # Nothing was spent: the history still ends after round 2, and no receipt passed the cap.
     assert ready_site.store.dataset_history("bc-0") == (Segment(2.0, RATE, 10),)
@@ -311,7 +328,12 @@ def test_unapproved_study_is_refused_with_a_signed_statement(
     assert outcome.kind == "approval.missing"
     assert "not approved" in outcome.reason
     verify_statement(
-        _site_public_key(ready_site), "approval.missing", SITE, outcome.payload, outcome.signature
+        _site_public_key(ready_site),
+        "approval.missing",
+        SITE,
+        outcome.payload,
+        outcome.signature,
+        log_id=ready_site.log_id,
     )
     assert ready_site.store.list_spends() == []
 
@@ -470,3 +492,43 @@ def test_history_in_receipts_parses_back_to_the_store_history(
     replies = _train(agent_factory(), approved, range(1, 3))
     parsed = history_from_json(json.loads(canonical_json(replies[-1].receipt))["history"])
     assert parsed == merge_history(ready_site.store.dataset_history("bc-0"))
+
+
+def test_the_worker_agent_accounts_the_next_round_ahead_without_changing_a_figure(
+    approved: Study, site_dir: Path, clock: Any
+) -> None:
+    """#16: the accountants took most of a site's round; the next one is computed between rounds.
+
+    The warm caches change no figure (each receipt is what an auditor computes afresh from
+    its history), and nothing is computed after the study's last round.
+    """
+    from veracity.client import budget
+
+    agent = SiteAgent.open(site_dir, clock=clock, seed=7, account_ahead=True)
+    try:
+        replies = []
+        weights = None
+        for number in range(1, approved.rounds + 1):
+            outcome = agent.handle_train(request_for(approved, round=number, weights=weights))
+            assert isinstance(outcome, TrainReply)
+            replies.append(outcome)
+            weights = outcome.weights
+            if number == approved.rounds:
+                assert agent._ahead is None  # the study's last round: nothing ahead
+                continue
+            assert agent._ahead is not None
+            agent._ahead.join()
+            sigma, rate, steps = outcome.receipt["history"][-1]
+            after = ((sigma, rate, steps + STEPS_PER_ROUND),)
+            next_history = budget.history_from_json([list(s) for s in after])
+            misses = budget._replace_one_cached.cache_info().misses
+            budget.replace_one_epsilon(next_history, approved.dp.delta)
+            assert budget._replace_one_cached.cache_info().misses == misses  # found in cache
+    finally:
+        agent.close()
+    assert approved.rounds >= 2
+    for reply in replies:
+        assert reply.receipt["epsilon"] == pytest.approx(_auditor_epsilon(reply.receipt), abs=1e-9)
+        assert reply.receipt["epsilon_add_remove"] == pytest.approx(
+            _auditor_add_remove_epsilon(reply.receipt), abs=1e-9
+        )

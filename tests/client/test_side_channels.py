@@ -152,7 +152,9 @@ def test_weights_beyond_the_study_bound_are_refused_with_a_signed_statement(
     assert outcome.kind == "approval.missing"
     assert "max_weight_norm 1000" in outcome.reason
     public_key = load_verify_key(agent.site.paths.public_key)
-    verify_statement(public_key, outcome.kind, SITE, outcome.payload, outcome.signature)
+    verify_statement(
+        public_key, outcome.kind, SITE, outcome.payload, outcome.signature, log_id=agent.site.log_id
+    )
     assert agent.site.store.list_spends() == []  # nothing trained, nothing spent
 
 

@@ -56,8 +56,7 @@ def test_an_initialised_site_opens_and_signs_statements(site_dir: Path) -> None:
         assert statement.payload["signed_at"] == "2026-03-01T09:00:00.001000Z"
         verify_statement(
             load_verify_key(site.paths.public_key), "study.refused", SITE, statement.payload,
-            statement.signature,
-        )  # fmt: skip
+            statement.signature, log_id=site.log_id)  # fmt: skip
 
 
 def test_a_site_is_initialised_only_once(site_dir: Path) -> None:

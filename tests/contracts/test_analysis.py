@@ -21,7 +21,7 @@ from veracity.crypto.keys import SigningKey, generate_signing_key
 from veracity.errors import InputError, SignatureError
 from veracity.ledger.ledger import Ledger
 from veracity.ledger.possession import sign_enrolment
-from veracity.ledger.statement import sign_document
+from veracity.ledger.statement import sign_bound
 
 
 def test_a_query_on_an_undeclared_column_makes_the_study_invalid() -> None:
@@ -104,7 +104,7 @@ def test_the_ledger_refuses_an_analysis_answer_whose_receipt_the_site_did_not_si
         )  # fmt: skip
 
         def answered(key: SigningKey) -> dict[str, Any]:
-            signature = sign_document(key, ANALYSIS_RECEIPT_DOMAIN, receipt.to_json())
+            signature = sign_bound(key, ANALYSIS_RECEIPT_DOMAIN, ledger.log_id, receipt.to_json())
             return AnalysisAnswered(
                 run_id="1", study_hash="a" * 64, query_id="q", query_hash="b" * 64, answer=answer,
                 receipts=[SignedAnalysisReceipt(receipt=receipt, signature=signature)],
@@ -113,8 +113,8 @@ def test_the_ledger_refuses_an_analysis_answer_whose_receipt_the_site_did_not_si
         with pytest.raises(SignatureError):
             ledger.append("analysis.answered", ROOT_ACTOR, answered(forger), signer=root)
         forged = answered(site_key)  # signed under the training receipts' domain
-        forged["receipts"][0]["signature"] = sign_document(
-            site_key, RECEIPT_DOMAIN, receipt.to_json()
+        forged["receipts"][0]["signature"] = sign_bound(
+            site_key, RECEIPT_DOMAIN, ledger.log_id, receipt.to_json()
         )
         with pytest.raises(SignatureError):
             ledger.append("analysis.answered", ROOT_ACTOR, forged, signer=root)

@@ -35,11 +35,13 @@ from veracity.contracts.events import (
     CheckpointCosigned,
     DatasetRegistered,
     Dropped,
+    InferenceBudgetSet,
     InferenceServed,
     KeyEnrolled,
     KeyRecovered,
     KeyRevoked,
     KeyRotated,
+    ModelDownloaded,
     ModelReleased,
     NoteRecorded,
     ReleasedDataset,
@@ -68,7 +70,7 @@ from veracity.crypto.keys import SigningKey, generate_signing_key
 from veracity.ledger.checkpoint import cosign_checkpoint
 from veracity.ledger.ledger import Ledger
 from veracity.ledger.possession import sign_enrolment, sign_rotation
-from veracity.ledger.statement import sign_document, sign_statement
+from veracity.ledger.statement import sign_bound, sign_statement
 
 T0 = datetime(2026, 12, 1, 9, 0, tzinfo=UTC)
 
@@ -156,7 +158,9 @@ class _Recorder:
 
     def site_event(self, site: str, payload: Payload) -> None:
         document = payload.to_json()
-        signature = sign_statement(self.keys[site], payload.KIND, site, document)
+        signature = sign_statement(
+            self.keys[site], payload.KIND, site, document, log_id=self.ledger.log_id
+        )
         entry = self.ledger.append(payload.KIND, site, document, signature=signature)
         self.produced.append((entry.seq, payload))
 
@@ -215,7 +219,9 @@ def _record_every_kind(recorder: _Recorder, drawn: dict[str, Any]) -> None:
         update_hash=h[3], accountant="pld", neighbouring="replace-one",
         noise_generator="ChaCha20", **drawn["receipt"],
     )  # fmt: skip
-    signature = sign_document(recorder.keys[first], RECEIPT_DOMAIN, receipt.to_json())
+    signature = sign_bound(
+        recorder.keys[first], RECEIPT_DOMAIN, recorder.ledger.log_id, receipt.to_json()
+    )
     recorder.root_event(
         RoundCompleted(
             run_id=drawn["run_id"], study_hash=study_hash, round=drawn["round"],
@@ -233,8 +239,8 @@ def _record_every_kind(recorder: _Recorder, drawn: dict[str, Any]) -> None:
         epsilon=drawn["receipt"]["epsilon"], history=drawn["receipt"]["history"],
         suppression_threshold=0.0, repeated=False, noise_generator="ChaCha20",
     )  # fmt: skip
-    analysis_signature = sign_document(
-        recorder.keys[first], ANALYSIS_RECEIPT_DOMAIN, analysed.to_json()
+    analysis_signature = sign_bound(
+        recorder.keys[first], ANALYSIS_RECEIPT_DOMAIN, recorder.ledger.log_id, analysed.to_json()
     )
     value = drawn["epsilon_left"]
     recorder.root_event(
@@ -310,8 +316,9 @@ def _record_every_kind(recorder: _Recorder, drawn: dict[str, Any]) -> None:
             top_features=drawn["dataset"]["features"][:10],
             receipts=[SignedAnalysisReceipt(
                 receipt=explained,
-                signature=sign_document(
-                    recorder.keys[first], ANALYSIS_RECEIPT_DOMAIN, explained.to_json()
+                signature=sign_bound(
+                    recorder.keys[first], ANALYSIS_RECEIPT_DOMAIN, recorder.ledger.log_id,
+                    explained.to_json(),
                 ),
             )],
             refused=[drawn["dropped_reason"]],
@@ -378,6 +385,12 @@ def _record_every_kind(recorder: _Recorder, drawn: dict[str, Any]) -> None:
     )  # fmt: skip
     recorder.root_event(
         TokenRevoked(token_id=h[7][:16], name=drawn["requester"], requested_by="alice")
+    )
+    recorder.root_event(ModelDownloaded(model_hash=h[0], requested_by=drawn["requester"]))
+    recorder.root_event(
+        InferenceBudgetSet(
+            model_hash=h[0], requester=drawn["requester"], budget=31, requested_by="alice"
+        )
     )
 
 

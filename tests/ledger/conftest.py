@@ -20,7 +20,7 @@ from veracity.crypto.keys import SigningKey
 from veracity.ledger.entry import Entry
 from veracity.ledger.ledger import Ledger
 from veracity.ledger.possession import sign_enrolment, sign_rotation
-from veracity.ledger.statement import RECEIPT_DOMAIN, sign_document, sign_statement
+from veracity.ledger.statement import RECEIPT_DOMAIN, sign_bound, sign_statement
 
 VECTORS = Path(__file__).resolve().parents[1] / "vectors"
 T0 = datetime(2026, 11, 27, 15, 47, 52, 123456, tzinfo=UTC)
@@ -91,7 +91,9 @@ class World:
 
     def dataset(self, site: str, dataset_id: str = "d1") -> Entry:
         payload = dataset_payload(site, dataset_id, signed_at=format_timestamp(self.now()))
-        signature = sign_statement(self.keys[site], "dataset.registered", site, payload)
+        signature = sign_statement(
+            self.keys[site], "dataset.registered", site, payload, log_id=self.ledger.log_id
+        )
         return self.ledger.append(
             "dataset.registered", site, payload, signature=signature, now=self.now()
         )
@@ -99,7 +101,9 @@ class World:
     def round(
         self, run_id: str, study_hash: str, number: int, sites: list[str], model: str
     ) -> Entry:
-        payload = round_payload(self.keys, run_id, study_hash, number, sites, model)
+        payload = round_payload(
+            self.keys, run_id, study_hash, number, sites, model, log_id=self.ledger.log_id
+        )
         return self.ledger.append(
             "round.completed", ROOT_ACTOR, payload, signer=self.root, now=self.now()
         )
@@ -189,12 +193,17 @@ def round_payload(
     number: int,
     sites: list[str],
     model: str,
+    *,
+    log_id: str,
 ) -> dict[str, Any]:
     receipts = []
     for site in sites:
         receipt = receipt_for(site, run_id, study_hash, number)
         receipts.append(
-            {"receipt": receipt, "signature": sign_document(keys[site], RECEIPT_DOMAIN, receipt)}
+            {
+                "receipt": receipt,
+                "signature": sign_bound(keys[site], RECEIPT_DOMAIN, log_id, receipt),
+            }
         )
     return {
         "run_id": run_id,

@@ -299,7 +299,9 @@ def _workload_ledger(path: Path, *, count: int) -> Ledger:
     for i in range(count):
         if i % 4 == 1:
             payload = dataset_payload("hospital-a", f"d{i}", signed_at=format_timestamp(T0))
-            signature = sign_statement(SITE, "dataset.registered", "hospital-a", payload)
+            signature = sign_statement(
+                SITE, "dataset.registered", "hospital-a", payload, log_id=ledger.log_id
+            )
             requests.append(
                 EventRequest("dataset.registered", "hospital-a", payload, signature=signature)
             )

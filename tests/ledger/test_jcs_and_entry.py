@@ -133,16 +133,22 @@ def test_entry_body_is_the_canonical_entry_and_holds_the_signed_statement(
 
 def test_statement_message_is_what_sign_statement_signs() -> None:
     key = seeded_key("site")
+    log_id = bytes(range(1, 33))
     payload = {"text": "ethics approval REC-1", "n": 2}
     statement = statement_bytes("note.recorded", "hospital-a", payload)
-    signature = key.sign(statement_message(statement))
+    signature = key.sign(statement_message(statement, log_id))
     import base64
 
     verify_statement(
-        key.public, "note.recorded", "hospital-a", payload, base64.b64encode(signature).decode()
+        key.public,
+        "note.recorded",
+        "hospital-a",
+        payload,
+        base64.b64encode(signature).decode(),
+        log_id=log_id,
     )
     assert (
-        sign_statement(key, "note.recorded", "hospital-a", payload)
+        sign_statement(key, "note.recorded", "hospital-a", payload, log_id=log_id)
         == base64.b64encode(signature).decode()
     )
 

@@ -16,7 +16,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.factories import budget_refused_document, refused_reply
+from tests.factories import LOG_ID, budget_refused_document, refused_reply
 from tests.hypothesis_examples import examples
 from veracity.contracts.events import ROOT_ACTOR, validate_payload
 from veracity.core.canonical import canonical_hash
@@ -87,10 +87,10 @@ def test_a_sites_budget_refusal_with_a_huge_epsilon_is_refused_on_the_wire() -> 
         RecordDict({"config": ConfigRecord({"x": 1})}), dst_node_id=1, message_type="train"
     )
     payload = budget_refused_document(epsilon_left=1e20)
-    reply = refused_reply(request, key, payload)
+    reply = refused_reply(request, key, payload, log_id=LOG_ID)
     record = RefusalRecord.from_record(dict(reply.content.config_records[RefusalRecord.RECORD]))
     with pytest.raises(InputError, match="epsilon_left"):
-        check_refusal(record, site="hospital-a", site_key=key.public)
+        check_refusal(record, site="hospital-a", site_key=key.public, log_id=LOG_ID)
 
 
 def test_a_signed_statement_with_a_huge_number_is_refused_before_it_is_written(
@@ -98,7 +98,13 @@ def test_a_signed_statement_with_a_huge_number_is_refused_before_it_is_written(
 ) -> None:
     world = make_world(db_url)
     payload = budget_refused_document(site="hospital-a", epsilon_left=1e20)
-    signature = sign_statement(world.keys["hospital-a"], "budget.refused", "hospital-a", payload)
+    signature = sign_statement(
+        world.keys["hospital-a"],
+        "budget.refused",
+        "hospital-a",
+        payload,
+        log_id=world.ledger.log_id,
+    )
     size = world.ledger.size()
     with pytest.raises(InputError):
         world.ledger.append("budget.refused", "hospital-a", payload, signature=signature)

@@ -40,7 +40,9 @@ def record_study(world: World) -> None:
             "study.approved",
             site,
             approval,
-            signature=sign_statement(world.keys[site], "study.approved", site, approval),
+            signature=sign_statement(
+                world.keys[site], "study.approved", site, approval, log_id=ledger.log_id
+            ),
         )
     ledger.append(
         "run.started",

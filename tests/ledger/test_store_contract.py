@@ -68,8 +68,13 @@ def test_signature_made_elsewhere_is_checked_against_the_enrolled_key(
 ) -> None:
     world = make_world(db_url)
     payload = dataset_payload("hospital-a", "d1", signed_at="2026-11-27T15:47:52.123456Z")
-    good = sign_statement(world.keys["hospital-a"], "dataset.registered", "hospital-a", payload)
-    forged = sign_statement(seeded_key("mallory"), "dataset.registered", "hospital-a", payload)
+    log_id = world.ledger.log_id
+    good = sign_statement(
+        world.keys["hospital-a"], "dataset.registered", "hospital-a", payload, log_id=log_id
+    )
+    forged = sign_statement(
+        seeded_key("mallory"), "dataset.registered", "hospital-a", payload, log_id=log_id
+    )
     before = world.ledger.size()
     with pytest.raises(SignatureError):
         world.ledger.append("dataset.registered", "hospital-a", payload, signature=forged)
@@ -295,6 +300,7 @@ def test_forged_receipt_is_refused_when_appending(
         1,
         ["hospital-a", "hospital-b"],
         "b" * 64,
+        log_id=world.ledger.log_id,
     )
     with pytest.raises(SignatureError, match="receipt of 'hospital-b'"):
         world.ledger.append("round.completed", ROOT_ACTOR, payload, signer=world.root)

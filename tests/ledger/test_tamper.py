@@ -172,7 +172,7 @@ def forge_append(
     if actor == ROOT_ACTOR:
         signature = encode_signature(key.sign(entry_message(log_id, seq, prev, ts, statement)))
     else:
-        raw = key.sign(statement_message(statement))
+        raw = key.sign(statement_message(statement, log_id))
         signature = encode_signature(raw)
         root_signature = encode_signature(
             ROOT.sign(entry_message(log_id, seq, prev, ts, statement, raw))
@@ -431,7 +431,10 @@ def test_two_inconsistent_checkpoints_reveal_a_fork(copy: Path, tmp_path: Path) 
 
 def test_forged_receipt_recorded_behind_the_apis_back_is_caught(copy: Path) -> None:
     keys = {"hospital-a": seeded_key("hospital-a-0"), "hospital-b": seeded_key("mallory")}
-    payload = round_payload(keys, "42", STUDY_HASH, 2, ["hospital-a", "hospital-b"], "c" * 64)
+    log_id = row(copy, 0)[1].hex()
+    payload = round_payload(
+        keys, "42", STUDY_HASH, 2, ["hospital-a", "hospital-b"], "c" * 64, log_id=log_id
+    )
     seq = forge_append(copy, "round.completed", ROOT_ACTOR, payload, ROOT)
     error = verify(copy)
     assert error.seq == seq

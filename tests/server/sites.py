@@ -40,14 +40,21 @@ class Site:
     name: str
     key: SigningKey = field(default_factory=generate_signing_key)
     supernode_key: str = field(default_factory=supernode_public_key)
+    #: The log this site signs for: learnt when it enrols, as a site agent does (zeros before).
+    log_id: str = "00" * 32
+
+    def enrolment_proof(self, log_id: str) -> str:
+        """The proof of possession for the log ``log_id`` (the site signs for it from now)."""
+        self.log_id = log_id
+        return sign_enrolment(self.key, log_id=log_id, name=self.name, role="site")
 
     def enrolment(self, log_id: str) -> dict[str, str]:
-        """The body of ``POST /sites``, for the log ``log_id``."""
+        """The body of ``POST /sites``, for the log ``log_id`` (the site signs for it from now)."""
         return {
             "name": self.name,
             "public_key": self.key.public.pem(),
             "supernode_public_key": self.supernode_key,
-            "proof": sign_enrolment(self.key, log_id=log_id, name=self.name, role="site"),
+            "proof": self.enrolment_proof(log_id),
         }
 
     def handover(
@@ -71,8 +78,9 @@ class Site:
         ).to_json()
 
     def signed(self, kind: str, payload: dict[str, Any]) -> dict[str, Any]:
-        """``{"payload", "signature"}`` signed with this site's key."""
-        return {"payload": payload, "signature": sign_statement(self.key, kind, self.name, payload)}
+        """``{"payload", "signature"}`` signed with this site's key for its log."""
+        signature = sign_statement(self.key, kind, self.name, payload, log_id=self.log_id)
+        return {"payload": payload, "signature": signature}
 
     def dataset(self, dataset_id: str = "cohort-1", rows: int = 120) -> dict[str, Any]:
         """A ``dataset.registered`` payload of this site."""

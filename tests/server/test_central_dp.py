@@ -22,7 +22,13 @@ from flwr.serverapp import (
 from flwr.serverapp.strategy import DifferentialPrivacyServerSideFixedClipping, FedAvg
 from flwr.supercore.task_identity import TaskIdentity
 
-from tests.factories import budget_refused_document, receipt_document, refused_reply, trained_reply
+from tests.factories import (
+    LOG_ID,
+    budget_refused_document,
+    receipt_document,
+    refused_reply,
+    trained_reply,
+)
 from veracity.contracts.events import Dropped
 from veracity.crypto.keys import SigningKey, generate_signing_key
 from veracity.errors import ConfigError
@@ -93,6 +99,7 @@ def _stack(
         min_sites=2,
         sites_by_node=SITES,
         site_key=lambda site: KEYS[site].public,
+        log_id=LOG_ID,
         record_round=recorded.append,
         record_refusal=lambda *args: None,
     )
@@ -110,7 +117,7 @@ def _trained(
         update_hash=weights_hash(weights),
         num_examples=examples,
     )
-    return trained_reply(request, KEYS[site], weights, receipt, examples=examples, **extra)
+    return trained_reply(request, KEYS[site], weights, receipt, examples=examples, metrics=extra)
 
 
 def _refused(request: Message, key: SigningKey) -> Message:
@@ -238,6 +245,7 @@ def test_without_central_dp_the_same_replies_average_exactly() -> None:
         min_sites=2,
         sites_by_node=SITES,
         site_key=lambda site: KEYS[site].public,
+        log_id=LOG_ID,
         record_round=lambda outcome: None,
         record_refusal=lambda *args: None,
     )
@@ -389,6 +397,7 @@ def test_central_dp_without_an_accountant_or_equal_weights_is_refused(
             min_sites=2,
             sites_by_node=SITES,
             site_key=lambda site: KEYS[site].public,
+            log_id=LOG_ID,
             record_round=lambda outcome: None,
             record_refusal=lambda *args: None,
         )

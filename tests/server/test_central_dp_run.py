@@ -65,9 +65,11 @@ class _SitesGrid(Grid):
         study_hash: str,
         run_id: str = RUN,
         *,
+        log_id: str,
         gone_after_round: dict[int, int] | None = None,
     ) -> None:
         self.sites = sites
+        self.log_id = log_id
         self.study_hash = study_hash
         self.run_id = run_id
         self.replies: dict[str, Message] = {}
@@ -137,7 +139,7 @@ class _SitesGrid(Grid):
             epsilon=0.5 * server_round,
             history=[[1.7, 0.1, 10 * server_round]],
         )
-        return trained_reply(request, site.key, weights, receipt)
+        return trained_reply(request, site.key, weights, receipt, log_id=self.log_id)
 
 
 @dataclass
@@ -180,7 +182,9 @@ def enrol_sites(coordinator: CoordinatorService) -> _Network:
             "schema_hash": "ef" * 32, "rows": 100, "label": LABEL, "features": list(FEATURES),
             "signed_at": SIGNED_AT,
         }  # fmt: skip
-        signature = sign_statement(site.key, "dataset.registered", site.name, registered)
+        signature = sign_statement(
+            site.key, "dataset.registered", site.name, registered, log_id=coordinator.ledger.log_id
+        )
         coordinator.record_statement(SETUP, "dataset.registered", site.name, registered, signature)
     return _Network(coordinator, sites)
 
@@ -203,7 +207,9 @@ def _propose(network: _Network, *, max_epsilon: float, rounds: int, **terms: Any
             "study_hash": study.study_hash, "site": site.name, "dataset_id": "bc",
             "epsilon_cap": 3.0, "signed_at": SIGNED_AT,
         }  # fmt: skip
-        signature = sign_statement(site.key, "study.approved", site.name, approval)
+        signature = sign_statement(
+            site.key, "study.approved", site.name, approval, log_id=coordinator.ledger.log_id
+        )
         coordinator.record_statement(SETUP, "study.approved", site.name, approval, signature)
     return study
 
@@ -229,7 +235,13 @@ def _execute(network: _Network, study: Study, run_id: str = RUN, **grid_terms: A
         },
         signer=coordinator.root_key,
     )
-    sites_grid = _SitesGrid(network.sites, study.study_hash, run_id, **grid_terms)
+    sites_grid = _SitesGrid(
+        network.sites,
+        study.study_hash,
+        run_id,
+        log_id=network.coordinator.ledger.log_id,
+        **grid_terms,
+    )
     grid = PollingGrid(sites_grid, poll_interval=0.01)
     settings = RunSettings(
         run_id=run_id,

@@ -131,7 +131,9 @@ def test_a_study_flows_from_proposal_to_approvals_and_a_run_needs_enough_of_them
             supernode_public_key=site.supernode_public,
         )
         payload = _dataset_statement(site.name)
-        signature = sign_statement(site.key, "dataset.registered", site.name, payload)
+        signature = sign_statement(
+            site.key, "dataset.registered", site.name, payload, log_id=coordinator.ledger.log_id
+        )
         coordinator.record_statement(ALICE, "dataset.registered", site.name, payload, signature)
     study = coordinator.propose_study(ALICE, _study()).value.study
     assert study.code_hash == build_fab().fab_hash
@@ -149,7 +151,9 @@ def test_a_study_flows_from_proposal_to_approvals_and_a_run_needs_enough_of_them
         "study.approved",
         first.name,
         approval,
-        sign_statement(first.key, "study.approved", first.name, approval),
+        sign_statement(
+            first.key, "study.approved", first.name, approval, log_id=coordinator.ledger.log_id
+        ),
     )
     assert set(coordinator.reads.approvals(study.study_hash)) == {"hospital-a"}
     with pytest.raises(ApprovalMissing):
@@ -176,7 +180,13 @@ def test_statements_that_do_not_fit_are_refused(
             supernode_public_key=each.supernode_public,
         )
     payload = _dataset_statement(site.name)
-    forged = sign_statement(generate_signing_key(), "dataset.registered", site.name, payload)
+    forged = sign_statement(
+        generate_signing_key(),
+        "dataset.registered",
+        site.name,
+        payload,
+        log_id=coordinator.ledger.log_id,
+    )
     with pytest.raises(SignatureError):
         coordinator.record_statement(ALICE, "dataset.registered", site.name, payload, forged)
     with pytest.raises(InputError, match="names site"):
@@ -185,7 +195,13 @@ def test_statements_that_do_not_fit_are_refused(
             "dataset.registered",
             other.name,
             payload,
-            sign_statement(other.key, "dataset.registered", other.name, payload),
+            sign_statement(
+                other.key,
+                "dataset.registered",
+                other.name,
+                payload,
+                log_id=coordinator.ledger.log_id,
+            ),
         )
     study = coordinator.propose_study(ALICE, _study()).value.study
     too_much = {
@@ -201,7 +217,9 @@ def test_statements_that_do_not_fit_are_refused(
             "study.approved",
             site.name,
             too_much,
-            sign_statement(site.key, "study.approved", site.name, too_much),
+            sign_statement(
+                site.key, "study.approved", site.name, too_much, log_id=coordinator.ledger.log_id
+            ),
         )
     with pytest.raises(InputError, match="code_hash"):
         coordinator.propose_study(ALICE, _study(study_id="bc-2", code_hash="00" * 32))

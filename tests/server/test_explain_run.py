@@ -32,7 +32,6 @@ from veracity.contracts.events import ROOT_ACTOR
 from veracity.contracts.explanation import ExplanationTerms, ReleaseExplanation, terms_hash
 from veracity.core.canonical import canonical_hash, canonical_json
 from veracity.errors import VerificationError
-from veracity.ledger.possession import sign_enrolment
 from veracity.server.coordinator import InMemoryFederation, init_coordinator, package_versions
 from veracity.server.explanation import report_hash, verify_card_explanation
 from veracity.server.fab import build_fab
@@ -101,9 +100,7 @@ def sites(tmp_path: Path) -> Iterator[_RealSites]:
                     SETUP,
                     name,
                     public_key_pem=site.key.public.pem(),
-                    proof=sign_enrolment(
-                        site.key, log_id=coordinator.ledger.log_id, name=name, role="site"
-                    ),
+                    proof=site.enrolment_proof(coordinator.ledger.log_id),
                     supernode_public_key=identity.supernode_public,
                 )
                 csv = breast_cancer.write_csv(split.sites[index], tmp_path / f"{name}.csv")
@@ -161,7 +158,13 @@ def _explain(sites: _RealSites, study: Study, terms: ExplanationTerms) -> None:
         },
         signer=coordinator.root_key,
     )
-    grid = _ExplainingGrid(sites.network.sites, study.study_hash, EXPLAIN_RUN, site_dirs=sites.dirs)
+    grid = _ExplainingGrid(
+        sites.network.sites,
+        study.study_hash,
+        EXPLAIN_RUN,
+        log_id=coordinator.ledger.log_id,
+        site_dirs=sites.dirs,
+    )
     settings = RunSettings(
         run_id=EXPLAIN_RUN,
         study_hash=study.study_hash,
@@ -271,7 +274,13 @@ def _train_and_explain(sites: _RealSites, study: Study, asked: ReleaseExplanatio
         },
         signer=coordinator.root_key,
     )
-    grid = _ExplainingGrid(sites.network.sites, study.study_hash, TRAIN_RUN, site_dirs=sites.dirs)
+    grid = _ExplainingGrid(
+        sites.network.sites,
+        study.study_hash,
+        TRAIN_RUN,
+        log_id=coordinator.ledger.log_id,
+        site_dirs=sites.dirs,
+    )
     settings = RunSettings(
         run_id=TRAIN_RUN,
         study_hash=study.study_hash,

@@ -58,7 +58,9 @@ def _propose_plain(network: _Network, *, rounds: int, **options: Any) -> Study:
             "study_hash": study.study_hash, "site": site.name, "dataset_id": "bc",
             "epsilon_cap": 3.0, "signed_at": SIGNED_AT,
         }  # fmt: skip
-        signature = sign_statement(site.key, "study.approved", site.name, approval)
+        signature = sign_statement(
+            site.key, "study.approved", site.name, approval, log_id=coordinator.ledger.log_id
+        )
         coordinator.record_statement(SETUP, "study.approved", site.name, approval, signature)
     return study
 

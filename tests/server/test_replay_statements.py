@@ -84,7 +84,9 @@ def _item(receipt: dict[str, Any]) -> dict[str, Any]:
 
 def _record(network: _Network, kind: str, payload: dict[str, Any]) -> None:
     site = network.sites[SITE]
-    signature = sign_statement(site.key, kind, SITE, payload)
+    signature = sign_statement(
+        site.key, kind, SITE, payload, log_id=network.coordinator.ledger.log_id
+    )
     network.coordinator.record_statement(SETUP, kind, SITE, payload, signature)
 
 

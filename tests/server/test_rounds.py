@@ -5,11 +5,11 @@ from typing import Any
 
 import pytest
 
-from tests.factories import receipt_document
+from tests.factories import LOG_ID, receipt_document
 from veracity.contracts.messages import ReceiptRecord, RefusalRecord
 from veracity.crypto.keys import SigningKey, generate_signing_key
 from veracity.errors import InputError, SignatureError, VerificationError
-from veracity.ledger.statement import RECEIPT_DOMAIN, sign_document, sign_statement
+from veracity.ledger.statement import NO_LOG_ID, RECEIPT_DOMAIN, sign_bound, sign_statement
 from veracity.server.rounds import check_receipt, check_refusal
 
 STUDY = "ab" * 32
@@ -22,13 +22,20 @@ def _receipt(**changes: Any) -> dict[str, Any]:
     }
 
 
-def _check(receipt: dict[str, Any], key: SigningKey, *, signer: SigningKey | None = None) -> Any:
-    signature = sign_document(signer or key, RECEIPT_DOMAIN, receipt)
+def _check(
+    receipt: dict[str, Any],
+    key: SigningKey,
+    *,
+    signer: SigningKey | None = None,
+    signed_for: bytes = LOG_ID,
+) -> Any:
+    signature = sign_bound(signer or key, RECEIPT_DOMAIN, signed_for, receipt)
     record = ReceiptRecord(receipt_json=json.dumps(receipt), signature=signature)
     return check_receipt(
         record,
         site="hospital-a",
         site_key=key.public,
+        log_id=LOG_ID,
         study_hash=STUDY,
         run_id="1234567890123456789",
         server_round=2,
@@ -46,6 +53,22 @@ def test_a_genuine_receipt_is_accepted() -> None:
 def test_a_receipt_signed_by_another_key_is_rejected() -> None:
     with pytest.raises(SignatureError):
         _check(_receipt(), generate_signing_key(), signer=generate_signing_key())
+
+
+@pytest.mark.parametrize("signed_for", [bytes(range(2, 34)), NO_LOG_ID])
+def test_a_receipt_signed_for_another_log_or_none_is_rejected(signed_for: bytes) -> None:
+    # A dishonest coordinator cannot pass a receipt a site made for another log (or before
+    # it knew its log) off as one for this log.
+    key = generate_signing_key()
+    with pytest.raises(SignatureError, match=f"this log {LOG_ID.hex()}"):
+        _check(_receipt(), key, signed_for=signed_for)
+
+
+def test_a_refusal_signed_for_another_log_is_rejected() -> None:
+    key = generate_signing_key()
+    refusal = _refusal(_budget_refused(), key, signed_for=bytes(range(2, 34)))
+    with pytest.raises(SignatureError, match="signed for another log"):
+        check_refusal(refusal, site="hospital-a", site_key=key.public, log_id=LOG_ID)
 
 
 @pytest.mark.parametrize(
@@ -93,8 +116,10 @@ def test_a_receipt_the_ledger_would_refuse_is_refused_here(
         _check(_receipt(**changes), generate_signing_key())
 
 
-def _refusal(payload: dict[str, Any], key: SigningKey) -> RefusalRecord:
-    signature = sign_statement(key, "budget.refused", "hospital-a", payload)
+def _refusal(
+    payload: dict[str, Any], key: SigningKey, *, signed_for: bytes = LOG_ID
+) -> RefusalRecord:
+    signature = sign_statement(key, "budget.refused", "hospital-a", payload, log_id=signed_for)
     return RefusalRecord(
         kind="budget.refused", payload_json=json.dumps(payload), signature=signature, reason="cap"
     )
@@ -118,20 +143,27 @@ def _budget_refused(**changes: Any) -> dict[str, Any]:
 def test_a_signed_refusal_is_verified_and_a_forged_one_rejected() -> None:
     key = generate_signing_key()
     payload = _budget_refused()
-    got = check_refusal(_refusal(payload, key), site="hospital-a", site_key=key.public)
+    got = check_refusal(
+        _refusal(payload, key), site="hospital-a", site_key=key.public, log_id=LOG_ID
+    )
     assert got.to_json() == payload
     with pytest.raises(SignatureError):
         check_refusal(
-            _refusal(payload, key), site="hospital-a", site_key=generate_signing_key().public
+            _refusal(payload, key),
+            site="hospital-a",
+            site_key=generate_signing_key().public,
+            log_id=LOG_ID,
         )
     with pytest.raises(VerificationError):
-        check_refusal(_refusal(payload, key), site="hospital-b", site_key=key.public)
+        check_refusal(_refusal(payload, key), site="hospital-b", site_key=key.public, log_id=LOG_ID)
 
 
 def test_a_refusal_whose_round_has_no_bound_is_accepted_with_a_null_epsilon() -> None:
     key = generate_signing_key()
     payload = _budget_refused(epsilon_requested=None)
-    got = check_refusal(_refusal(payload, key), site="hospital-a", site_key=key.public)
+    got = check_refusal(
+        _refusal(payload, key), site="hospital-a", site_key=key.public, log_id=LOG_ID
+    )
     assert got.to_json()["epsilon_requested"] is None
 
 
@@ -142,4 +174,5 @@ def test_a_refusal_that_is_not_a_valid_statement_is_refused() -> None:
             _refusal(_budget_refused(epsilon_left=None), key),
             site="hospital-a",
             site_key=key.public,
+            log_id=LOG_ID,
         )

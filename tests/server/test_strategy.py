@@ -10,7 +10,13 @@ from flwr.app import ConfigRecord, Message, RecordDict
 from flwr.serverapp.strategy import FedAvg
 from flwr.supercore.task_identity import TaskIdentity
 
-from tests.factories import budget_refused_document, receipt_document, refused_reply, trained_reply
+from tests.factories import (
+    LOG_ID,
+    budget_refused_document,
+    receipt_document,
+    refused_reply,
+    trained_reply,
+)
 from veracity.contracts.events import Refused
 from veracity.crypto.keys import SigningKey, VerifyKey, generate_signing_key
 from veracity.flower_serde import weights_from_record, weights_to_record
@@ -62,6 +68,7 @@ def _strategy(
         min_sites=min_sites,
         sites_by_node=SITES,
         site_key=keys.__getitem__,
+        log_id=LOG_ID,
         record_round=rounds.append,
         record_refusal=lambda *args: refusals.append(args),
     )
@@ -137,6 +144,7 @@ def test_a_round_samples_the_connected_sites_and_stops_when_too_few_remain() -> 
         min_sites=2,
         sites_by_node=SITES,
         site_key=keys.__getitem__,
+        log_id=LOG_ID,
         record_round=lambda outcome: None,
         record_refusal=lambda *args: None,
         node_wait=0.2,

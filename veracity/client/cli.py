@@ -943,7 +943,11 @@ def enrolment_proof_command(
         typer.Option("--data-dir", envvar="VERACITY_DATA_DIR", help="The site's directory."),
     ] = None,
 ) -> None:
-    """Print this site key's proof of possession, for the admin's `sites enrol --proof`."""
+    """Print this site key's proof of possession, for the admin's `sites enrol --proof`.
+
+    The site signs for this log from now on (kept in DIR/log_id): statements queued before
+    are re-signed for it, and it refuses to sign for another log.
+    """
     from veracity.client.site import Site
     from veracity.core.fields import is_hex64
     from veracity.errors import InputError

@@ -8,6 +8,13 @@ Layout of ``DIR`` after ``veracity site init --name NAME --data-dir DIR``::
     DIR/keys/retired/             keys replaced by a completed rotation (kept, never used)
     DIR/keys/supernode(.pub)      the Flower SuperNode key, ECDSA P-384, OpenSSH format
     DIR/site.db                   the SQLite store (datasets, decisions, spends, outbox)
+    DIR/log_id                    the coordinator's log id (64 hex), kept from enrolment on
+
+Every signature the site makes for the coordinator's ledger (statements, training and
+analysis receipts) is bound to the log id (:mod:`veracity.ledger.statement`). The site
+learns it when it enrols (``veracity site enrolment-proof --log-id``) and keeps it: it never
+signs for another log afterwards. Before that it signs for no log (32 zero bytes, which no
+ledger accepts) and re-signs its queued statements once it learns the log.
 
 A directory is a site once ``site.json`` exists; ``init`` writes it last, and removes what
 it created if any earlier step fails.
@@ -22,7 +29,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -39,9 +46,16 @@ from veracity.crypto.keys import (
     write_key_pair,
 )
 from veracity.crypto.supernode import SUPERNODE_KEY_NAME, write_supernode_key_pair
-from veracity.errors import ConfigError, InputError
+from veracity.errors import ConfigError, InputError, SignatureError
 from veracity.ledger.possession import sign_enrolment, sign_rotation
-from veracity.ledger.statement import sign_statement
+from veracity.ledger.statement import (
+    NO_LOG_ID,
+    log_id_bytes,
+    sign_bound,
+    sign_statement,
+    verify_statement,
+)
+from veracity.ledger.witness import write_atomic
 
 __all__ = [
     "SITE_FORMAT",
@@ -148,6 +162,11 @@ class SitePaths:
         return self.keys / f"{SUPERNODE_KEY_NAME}.pub"
 
     @property
+    def log_id(self) -> Path:
+        """The log id of the coordinator's ledger this site signs for (absent before)."""
+        return self.root / "log_id"
+
+    @property
     def database(self) -> Path:
         """The SQLite store."""
         return self.root / "site.db"
@@ -189,6 +208,7 @@ class Site:
         self.key = key
         self.store = store
         self._clock = clock
+        self._log_id: bytes | None = None
 
     @classmethod
     def open(cls, root: Path, *, clock: Clock = utc_now, database_url: str | None = None) -> Site:
@@ -225,8 +245,76 @@ class Site:
         """The current time as an RFC 3339 UTC string."""
         return format_timestamp(self._clock())
 
+    @property
+    def log_id(self) -> bytes:
+        """The log id this site signs for (``DIR/log_id``; 32 zero bytes before enrolment).
+
+        Raises
+        ------
+        ConfigError
+            If ``DIR/log_id`` does not hold a log id.
+        """
+        if self._log_id is None:
+            try:
+                text = self.paths.log_id.read_text(encoding="ascii").strip()
+            except FileNotFoundError:
+                return NO_LOG_ID  # read again next time: enrolment may write it meanwhile
+            try:
+                self._log_id = log_id_bytes(text)
+            except InputError as err:
+                raise ConfigError(f"{self.paths.log_id} does not hold a log id: {err}") from err
+        return self._log_id
+
+    def bind_log(self, log_id: str) -> int:
+        """Sign for the log ``log_id`` from now on; returns how many statements were re-signed.
+
+        The first call keeps the log id in ``DIR/log_id``; every call re-signs for it the
+        statements still waiting in the outbox that were signed for no log (queued before
+        the site knew its log). Later calls for another log are refused.
+
+        Raises
+        ------
+        InputError
+            If ``log_id`` is not 64 lowercase hex characters.
+        ConfigError
+            If this site already signs for another log (a site belongs to one log; a
+            coordinator asking it to sign for another is refused).
+        """
+        wanted = log_id_bytes(log_id)
+        current = self.log_id
+        if current not in (NO_LOG_ID, wanted):
+            raise ConfigError(
+                f"site {self.name} signs for the log {current.hex()}, not {wanted.hex()}: "
+                "a site belongs to one log (initialise a new site for another network)"
+            )
+        if current == NO_LOG_ID:
+            write_atomic(self.paths.log_id, (wanted.hex() + "\n").encode("ascii"))
+            self._log_id = wanted
+            log.info("site %s signs for the log %s from now on", self.name, wanted.hex())
+
+        def resign(statement: SignedStatement) -> str | None:
+            try:
+                verify_statement(
+                    self.key.public,
+                    statement.kind,
+                    statement.actor,
+                    statement.payload,
+                    statement.signature,
+                    log_id=NO_LOG_ID,
+                )
+            except SignatureError:
+                return None  # signed for the log already (or not by this key): left as it is
+            return sign_statement(
+                self.key, statement.kind, statement.actor, statement.payload, log_id=wanted
+            )
+
+        resigned = self.store.resign_pending(resign)
+        if resigned:
+            log.info("site %s re-signed %d queued statements for its log", self.name, resigned)
+        return resigned
+
     def sign(self, statement: Payload) -> SignedStatement:
-        """Sign ``statement`` (a contract payload) for the coordinator's ledger.
+        """Sign ``statement`` (a contract payload) for the coordinator's ledger (its log).
 
         Raises
         ------
@@ -236,17 +324,28 @@ class Site:
         if isinstance(statement, SitePayload) and statement.site != self.name:
             raise InputError(f"site {self.name!r} cannot sign a statement about {statement.site!r}")
         body = statement.to_json()
-        signature = sign_statement(self.key, statement.KIND, self.name, body)
+        signature = sign_statement(self.key, statement.KIND, self.name, body, log_id=self.log_id)
         return SignedStatement(
             kind=statement.KIND, actor=self.name, payload=body, signature=signature
         )
+
+    def sign_receipt(self, domain: str, document: dict[str, Any]) -> str:
+        """Sign a receipt ``document`` under ``domain`` for the coordinator's log; base64."""
+        return sign_bound(self.key, domain, self.log_id, document)
 
     def enrolment_proof(self, log_id: str) -> str:
         """The site key's proof of possession for enrolling in the log ``log_id``.
 
         The coordinator's ``key.enrolled`` (or ``key.recovered``) carries it, so the ledger
-        shows that the site itself holds the enrolled key.
+        shows that the site itself holds the enrolled key. From here on the site signs for
+        this log (:meth:`bind_log`).
+
+        Raises
+        ------
+        InputError, ConfigError
+            As :meth:`bind_log` documents.
         """
+        self.bind_log(log_id)
         return sign_enrolment(self.key, log_id=log_id, name=self.name, role="site")
 
     def next_key(self) -> SigningKey | None:
@@ -269,6 +368,7 @@ class Site:
         command can be repeated until the admin records the rotation. The site keeps signing
         with its current key until :meth:`complete_rotation`.
         """
+        self.bind_log(log_id)
         incoming = self.next_key()
         if incoming is None:
             incoming = generate_signing_key()

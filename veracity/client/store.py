@@ -1088,6 +1088,23 @@ class SiteStore:
             session.add(row)
             return statement
 
+    def resign_pending(self, sign: Callable[[SignedStatement], str | None]) -> int:
+        """Replace the signature of each pending statement by ``sign(statement)`` (if not None).
+
+        A site does this when it learns its log (the statements queued before were signed
+        for no log); the statement ids stay (they hash the statement, not the signature).
+        Returns how many statements were re-signed.
+        """
+        with self._transaction() as session:
+            rows = session.scalars(sa.select(OutboxRow).where(OutboxRow.delivered_at.is_(None)))
+            changed = 0
+            for row in rows:
+                signature = sign(_statement(row))
+                if signature is not None and signature != row.signature:
+                    row.signature = signature
+                    changed += 1
+            return changed
+
     def outbox(self, *, include_delivered: bool = False) -> list[OutboxEntry]:
         """Queued statements, oldest first (pending ones only, unless asked)."""
         with self._sessions() as session:

@@ -45,6 +45,7 @@ from veracity.ledger.note import (
     CheckpointText,
     Note,
     NoteVerifier,
+    origin_log_id,
 )
 from veracity.ledger.witness import WITNESS_KEY_NAME, Witness, write_atomic
 from veracity.ledger.witnessed import witness_name
@@ -272,10 +273,14 @@ def open_site_witness(
 ) -> SiteWitness:
     """The witness of the site in ``site_dir`` against the coordinator at ``api_url``.
 
+    The site learns its log id from the log key's origin if it did not know it yet
+    (:meth:`~veracity.client.site.Site.bind_log`).
+
     Raises
     ------
     ConfigError
-        If ``site_dir`` is not a site, or ``log_vkey`` differs from the pinned one.
+        If ``site_dir`` is not a site, ``log_vkey`` differs from the pinned one, or the log
+        is not the one the site signs for.
     """
     with Site.open(site_dir) as site:
         name = site.name
@@ -299,6 +304,12 @@ def open_site_witness(
     verifier = NoteVerifier.parse(chosen)
     if verifier.sig_type != 0x01:
         raise ConfigError("the log key is an Ed25519 note key (type 0x01)")
+    log_id = origin_log_id(verifier.name)
+    if log_id is not None:
+        # The site signs for the log it witnesses: a site enrolled before it kept its log id
+        # learns it here; one that signs for another log refuses to witness this one.
+        with Site.open(site_dir) as site:
+            site.bind_log(log_id)
     witness = Witness(
         directory,
         site=name,

@@ -9,7 +9,18 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from veracity.core.fields import Name, Timestamp
 from veracity.errors import InputError
 
-__all__ = ["Contract", "Payload", "SitePayload", "SiteStatement", "describe_validation_error"]
+#: The signing domain of a site's (or any non-root actor's) ledger statements
+#: ``{actor, kind, payload}``; v2 binds the log id (``veracity.ledger.statement``).
+STATEMENT_DOMAIN = "veracity.statement.v2"
+
+__all__ = [
+    "STATEMENT_DOMAIN",
+    "Contract",
+    "Payload",
+    "SitePayload",
+    "SiteStatement",
+    "describe_validation_error",
+]
 
 
 def describe_validation_error(err: ValidationError) -> str:

@@ -1,8 +1,9 @@
 """A site's training receipt: its signed account of one round (docs/architecture.md).
 
 The site builds its receipt as a :class:`Receipt` and signs the canonical JSON of
-:meth:`Receipt.to_json` under :data:`RECEIPT_DOMAIN`; the coordinator validates what
-arrives with :meth:`Receipt.parse` before it checks who signed it, and the ledger validates
+:meth:`Receipt.to_json` under :data:`RECEIPT_DOMAIN` for its log (the log id is in the
+signed bytes); the coordinator validates what arrives with :meth:`Receipt.parse` before it
+checks who signed it, and the ledger validates
 the receipts inside ``round.completed`` with the same model. A receipt the coordinator
 accepts is therefore one the ledger records.
 """
@@ -23,12 +24,19 @@ __all__ = [
     "Base64Signature",
     "HistoryItem",
     "check_history",
+    "Accountant",
+    "Neighbouring",
+    "Delta",
+    "EpsilonSpent",
+    "History",
+    "NoiseGenerator",
     "Receipt",
     "SignedReceipt",
 ]
 
-#: The signing domain of receipts (``sign_document(key, RECEIPT_DOMAIN, receipt)``).
-RECEIPT_DOMAIN = "veracity.receipt.v1"
+#: The signing domain of receipts (``sign_bound(key, RECEIPT_DOMAIN, log_id, receipt)``);
+#: v2 binds the log id.
+RECEIPT_DOMAIN = "veracity.receipt.v2"
 
 #: An Ed25519 signature in standard base64 (64 bytes: 86 characters and ``==``).
 Base64Signature = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9+/]{86}==$")]
@@ -58,6 +66,22 @@ def check_history(value: list[HistoryItem]) -> list[HistoryItem]:
     return value
 
 
+# The privacy terms every site receipt states (training rounds, analysis queries and
+# explanations alike), defined once.
+#: The accountant that recomputes ``epsilon`` from ``history``: Google dp-accounting's PLD.
+Accountant = Literal["pld"]
+#: The neighbouring relation ``epsilon`` is stated for (the row count is public).
+Neighbouring = Literal["replace-one"]
+#: The delta ``epsilon`` is stated at.
+Delta = Annotated[Number, Field(gt=0, lt=1)]
+#: An epsilon spent (cumulative, or of one release).
+EpsilonSpent = Annotated[Number, Field(ge=0)]
+#: The dataset's accountant history (:func:`check_history`).
+History = Annotated[list[HistoryItem], AfterValidator(check_history)]
+#: Where the site drew its DP noise (and Poisson samples) from.
+NoiseGenerator = Annotated[str, StringConstraints(min_length=1, max_length=200)]
+
+
 class Receipt(Contract):
     """A site's signed account of one round of training.
 
@@ -79,15 +103,15 @@ class Receipt(Contract):
     dataset_id: Ident
     dataset_commitment: Hash
     update_hash: Hash
-    accountant: Literal["pld"]
-    neighbouring: Literal["replace-one"]
-    delta: Annotated[Number, Field(gt=0, lt=1)]
-    epsilon: Annotated[Number, Field(ge=0)]
-    epsilon_add_remove: Annotated[Number, Field(ge=0)]
-    history: Annotated[list[HistoryItem], AfterValidator(check_history)]
+    accountant: Accountant
+    neighbouring: Neighbouring
+    delta: Delta
+    epsilon: EpsilonSpent
+    epsilon_add_remove: EpsilonSpent
+    history: History
     max_grad_norm: Annotated[Number, Field(gt=0)]
     num_examples: Count
-    noise_generator: Annotated[str, StringConstraints(min_length=1, max_length=200)]
+    noise_generator: NoiseGenerator
     #: :func:`veracity.contracts.replay.seed_commitment` of the secret per-round seed the
     #: round's sampling and noise came from (absent on receipts signed before it existed).
     seed_commitment: Hash | None = None

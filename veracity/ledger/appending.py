@@ -52,7 +52,8 @@ from veracity.ledger.merkle import leaf_hash
 from veracity.ledger.statement import (
     decode_signature,
     encode_signature,
-    verify_document,
+    unbound_reason,
+    verify_bound,
 )
 from veracity.ledger.verify import MAX_ENTRY_BYTES
 
@@ -125,8 +126,11 @@ def check_readable(body: bytes, request: EventRequest) -> None:
         validate_payload(entry.kind, entry.payload, actor=entry.actor)
 
 
-def prepare(request: EventRequest) -> Prepared:
-    """Validate and canonicalise one event and sign it (outside the write lock)."""
+def prepare(request: EventRequest, *, log_id: bytes) -> Prepared:
+    """Validate and canonicalise one event and sign it (outside the write lock).
+
+    An actor's statement signed here (``signer=``) is bound to the log ``log_id``.
+    """
     validate_actor_name(request.actor)
     validate_payload(request.kind, request.payload, actor=request.actor)
     if (request.signer is None) == (request.signature is None):
@@ -139,7 +143,7 @@ def prepare(request: EventRequest) -> Prepared:
                 "the root's entries are signed at their position when appended: pass signer="
             )
     elif request.signer is not None:
-        signature = encode_signature(request.signer.sign(statement_message(statement)))
+        signature = encode_signature(request.signer.sign(statement_message(statement, log_id)))
     elif request.signature is not None:
         signature = request.signature
         decode_signature(signature)
@@ -193,6 +197,7 @@ def entry_signer(kind: str, actor: str, payload: dict[str, Any], record: KeyReco
 def check_event(keys: KeyView, seq: int, item: Prepared, *, log_id: str) -> KeyRecord | None:
     """Every check that needs the ledger's state; returns the key change, if any."""
     request = item.request
+    log = bytes.fromhex(log_id)
     record = keys.key_at(request.actor, seq)
     if record is None:
         raise SignatureError(
@@ -207,7 +212,18 @@ def check_event(keys: KeyView, seq: int, item: Prepared, *, log_id: str) -> KeyR
         ):
             raise SignatureError(f"the signer is not the key enrolled for {request.actor!r}")
     elif item.signature is not None:
-        record.key.verify(decode_signature(item.signature), statement_message(item.statement))
+        raw = decode_signature(item.signature)
+        try:
+            record.key.verify(raw, statement_message(item.statement, log))
+        except SignatureError as err:
+            reason = unbound_reason(
+                record.key,
+                raw,
+                lambda other: statement_message(item.statement, other),
+                log,
+                what=f"{request.actor}'s {request.kind} statement",
+            )
+            raise SignatureError(reason) from err
     payload = request.payload
     domain = RECEIPT_DOMAINS.get(request.kind)
     if domain is not None:
@@ -216,10 +232,14 @@ def check_event(keys: KeyView, seq: int, item: Prepared, *, log_id: str) -> KeyR
             site_record = keys.key_at(site, seq)
             if site_record is None or site_record.role is not Role.SITE:
                 raise SignatureError(f"receipt of {site!r}: the site holds no enrolled key")
-            try:
-                verify_document(site_record.key, domain, signed["receipt"], signed["signature"])
-            except SignatureError as err:
-                raise SignatureError(f"receipt of {site!r} is not signed by its key") from err
+            verify_bound(
+                site_record.key,
+                domain,
+                log,
+                signed["receipt"],
+                signed["signature"],
+                what=f"receipt of {site!r}",
+            )
     if request.kind in KEY_KINDS:
         name = payload["name"]
         try:

@@ -10,9 +10,10 @@ for the genesis entry). Every signature in an entry is bound to its position:
   (:func:`entry_message`), so a root entry cannot be moved, copied, re-dated or carried to
   another log without the root key;
 * any other actor signs the position-free *statement* (``signature``, under
-  ``veracity.statement.v1``: a site signs before it knows where its statement will sit),
-  and the root countersigns it at its position (``root_signature``: an entry signature
-  that also covers the actor's signature bytes).
+  ``veracity.statement.v2``: a site signs before it knows where its statement will sit),
+  bound to the log id (:func:`statement_message`: a site's statement for one log never
+  verifies in another), and the root countersigns it at its position (``root_signature``:
+  an entry signature that also covers the actor's signature bytes).
 
 The log id is the genesis entry's leaf hash; genesis itself, which defines it, binds 32
 zero bytes instead. Carrying the signatures inside the hashed bytes means the chain and the
@@ -35,7 +36,7 @@ from veracity.core.fields import is_hex64
 from veracity.core.jcs import decode_canonical, encode_canonical
 from veracity.errors import InputError
 from veracity.ledger.merkle import leaf_hash
-from veracity.ledger.statement import STATEMENT_DOMAIN
+from veracity.ledger.statement import NO_LOG_ID, STATEMENT_DOMAIN
 
 __all__ = [
     "GENESIS_PREV",
@@ -59,8 +60,6 @@ ENTRY_FIELDS = frozenset({"actor", "kind", "payload", "prev", "seq", "signature"
 COUNTERSIGNED_FIELDS = ENTRY_FIELDS | {"root_signature"}
 #: The signing domain of entry signatures (the root's, bound to the entry's position).
 ENTRY_DOMAIN = "veracity.entry.v1"
-#: The log id genesis binds (it has none yet: the log id is its own leaf hash).
-NO_LOG_ID = bytes(32)
 _ENTRY_PREFIX = ENTRY_DOMAIN.encode("ascii") + b"\x00"
 _TS_RE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}\.[0-9]{6}Z")
 _SUFFIX_MARK = b',"prev":"'
@@ -78,9 +77,14 @@ def statement_bytes(kind: str, actor: str, payload: Any) -> bytes:
     return encode_canonical({"actor": actor, "kind": kind, "payload": payload})
 
 
-def statement_message(statement: bytes) -> bytes:
-    """The bytes an Ed25519 key signs for a statement (same as ``sign_statement``)."""
-    return _DOMAIN_PREFIX + hashlib.sha256(statement).digest()
+def statement_message(statement: bytes, log_id: bytes) -> bytes:
+    """The bytes an actor's key signs for a statement in the log ``log_id`` (32 bytes).
+
+    The same bytes as ``sign_statement(..., log_id=log_id)`` signs:
+    ``veracity.statement.v2 || 0x00 || log_id || SHA-256(statement)``. (Genesis, which
+    defines the log id, binds :data:`NO_LOG_ID`; no site statement is ever bound to it.)
+    """
+    return _DOMAIN_PREFIX + log_id + hashlib.sha256(statement).digest()
 
 
 def entry_message(

@@ -370,7 +370,8 @@ class Ledger(EntryReader):
         InputError, SignatureError
             As for :meth:`append`; nothing is written.
         """
-        prepared = [prepare(request) for request in requests]
+        log_id = bytes.fromhex(self.log_id)
+        prepared = [prepare(request, log_id=log_id) for request in requests]
         if not prepared:
             return []
         ts = format_timestamp(now)

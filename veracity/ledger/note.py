@@ -45,6 +45,7 @@ __all__ = [
     "CheckpointText",
     "key_id",
     "log_origin",
+    "origin_log_id",
     "sign_note",
     "cosign",
     "verify_note",
@@ -114,6 +115,14 @@ def log_origin(name: str, log_id: str) -> str:
     origin = f"{name}/veracity/{log_id}"
     _check_name(origin, "origin")
     return origin
+
+
+def origin_log_id(origin: str) -> str | None:
+    """The log id of a Veracity origin ``<host or name>/veracity/<log id>`` (else ``None``)."""
+    _, marker, log_id = origin.rpartition("/veracity/")
+    if not marker or len(log_id) != 64 or any(c not in "0123456789abcdef" for c in log_id):
+        return None
+    return log_id
 
 
 @dataclass(frozen=True)

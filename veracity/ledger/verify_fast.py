@@ -131,7 +131,7 @@ def check_rows(rows: Iterable[Row], task: Task) -> Chunk:
                                     chunk.signatures += 1
                             else:
                                 raw = binascii.a2b_base64(signature_text)
-                                message = statement_message(statement)
+                                message = statement_message(statement, task.log_id)
                                 record.key.verify(raw, message)
                                 if check_root:
                                     if root_key is None or root_text is None:

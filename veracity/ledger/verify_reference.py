@@ -27,7 +27,7 @@ from veracity.ledger.entry import (
     statement_message,
     statement_of_body,
 )
-from veracity.ledger.statement import verify_document
+from veracity.ledger.statement import unbound_reason, verify_bound
 from veracity.ledger.verify_common import (
     ALLOWED_ROLES,
     ZERO_HASH,
@@ -143,12 +143,22 @@ def check_row_reference(
             raise Failure(
                 seq, "the entry lacks the root's countersignature binding it to its position"
             )
-        message = statement_message(statement)
+        message = statement_message(statement, task.log_id)
         try:
             raw = decode_raw_signature(entry.signature)
-            signer.verify(raw, message)
         except SignatureError as err:
             raise Failure(seq, f"signature does not verify under {actor!r}'s enrolled key") from err
+        try:
+            signer.verify(raw, message)
+        except SignatureError as err:
+            reason = unbound_reason(
+                signer,
+                raw,
+                lambda other: statement_message(statement, other),
+                task.log_id,
+                what=f"{actor!r}'s {kind} statement",
+            )
+            raise Failure(seq, reason) from err
         chunk.signatures += 1
         if kind in SITE_KINDS:
             chunk.site_statements.append((message, seq))
@@ -178,11 +188,16 @@ def check_row_reference(
             if site_record is None or site_record.role is not Role.SITE:
                 raise Failure(seq, f"receipt of {site!r}: no enrolled site key here")
             try:
-                verify_document(site_record.key, domain, signed["receipt"], signed["signature"])
+                verify_bound(
+                    site_record.key,
+                    domain,
+                    task.log_id,
+                    signed["receipt"],
+                    signed["signature"],
+                    what=f"receipt of {site!r}",
+                )
             except SignatureError as err:
-                raise Failure(
-                    seq, f"receipt of {site!r} is not signed by its enrolled key (forged)"
-                ) from err
+                raise Failure(seq, str(err)) from err
             chunk.receipts += 1
     elif kind == "checkpoint":
         if payload["tree_size"] > seq:

@@ -35,7 +35,7 @@ from veracity.contracts.messages import AnalysisInstruction, AnswersRecord
 from veracity.contracts.refusals import REFUSAL_KINDS
 from veracity.core.canonical import canonical_hash, canonical_json
 from veracity.errors import InputError, SignatureError, VeracityError
-from veracity.ledger.statement import verify_document
+from veracity.ledger.statement import verify_bound
 from veracity.server.coordinator.service import CoordinatorService
 from veracity.server.coordinator.unit_of_work import SERVER_APP
 from veracity.server.polling_grid import PollingGrid, replies_by_site, reply_record
@@ -75,7 +75,8 @@ def check_site_receipt(
     InputError
         If the receipt is of another site, another ``what``, or does not match the answer.
     SignatureError
-        If the site's signature does not verify.
+        If the site's signature does not verify for this ledger's log (forged, or signed
+        for another log or for none).
     """
     receipt = signed.receipt
     if receipt.site != site:
@@ -88,8 +89,13 @@ def check_site_receipt(
         raise InputError(f"{site}'s receipt is for another {what}")
     if answer_query_hash != expected_hash or receipt.answer_hash != canonical_hash(answer_json):
         raise InputError(f"{site}'s answer does not match its receipt")
-    verify_document(
-        coordinator.site_key(site), ANALYSIS_RECEIPT_DOMAIN, receipt.to_json(), signed.signature
+    verify_bound(
+        coordinator.site_key(site),
+        ANALYSIS_RECEIPT_DOMAIN,
+        coordinator.ledger.log_id,
+        receipt.to_json(),
+        signed.signature,
+        what=f"{site}'s {what} receipt",
     )
 
 

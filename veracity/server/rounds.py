@@ -20,7 +20,7 @@ from veracity.contracts.refusals import REFUSAL_KINDS
 from veracity.core.canonical import parse_json_object
 from veracity.crypto.keys import VerifyKey
 from veracity.errors import VerificationError
-from veracity.ledger.statement import verify_document, verify_statement
+from veracity.ledger.statement import verify_bound, verify_statement
 
 __all__ = ["AcceptedUpdate", "check_receipt", "check_refusal"]
 
@@ -48,12 +48,13 @@ def check_receipt(
     *,
     site: str,
     site_key: VerifyKey,
+    log_id: bytes,
     study_hash: str,
     run_id: str,
     server_round: int,
     update_hash: str,
 ) -> AcceptedUpdate:
-    """Verify a site's receipt for the update that arrived with it.
+    """Verify a site's receipt for the update that arrived with it, signed for ``log_id``.
 
     Raises
     ------
@@ -61,7 +62,8 @@ def check_receipt(
         If the receipt is not a JSON object that is a valid :class:`Receipt`.
     VerificationError
         If it names another site, study, run or round, its ``update_hash`` is not the hash
-        of the weights that arrived, or (``SignatureError``) its signature is not the site's.
+        of the weights that arrived, or (``SignatureError``) its signature is not the site's
+        for this log (forged, or signed for another log or for none).
     """
     receipt = Receipt.parse(parse_json_object(record.receipt_json, what="receipt"), what="receipt")
     expected = {"site": site, "study": study_hash, "run_id": run_id, "round": server_round}
@@ -72,12 +74,21 @@ def check_receipt(
             )
     if receipt.update_hash != update_hash:
         raise VerificationError("receipt update_hash does not match the weights received")
-    verify_document(site_key, RECEIPT_DOMAIN, receipt.to_json(), record.signature)
+    verify_bound(
+        site_key,
+        RECEIPT_DOMAIN,
+        log_id,
+        receipt.to_json(),
+        record.signature,
+        what=f"{site}'s receipt",
+    )
     return AcceptedUpdate(site=site, receipt=receipt, signature=record.signature)
 
 
-def check_refusal(record: RefusalRecord, *, site: str, site_key: VerifyKey) -> SiteStatement:
-    """Verify a site's signed refusal statement; returns its payload.
+def check_refusal(
+    record: RefusalRecord, *, site: str, site_key: VerifyKey, log_id: bytes
+) -> SiteStatement:
+    """Verify a site's signed refusal statement for ``log_id``; returns its payload.
 
     Raises
     ------
@@ -85,11 +96,13 @@ def check_refusal(record: RefusalRecord, *, site: str, site_key: VerifyKey) -> S
         If the payload is not a valid statement of the refusal's kind.
     VerificationError
         If the payload names another site, or (``SignatureError``) the signature is not
-        the site's.
+        the site's for this log.
     """
     model = REFUSAL_KINDS[record.kind]
     payload = model.parse(parse_json_object(record.payload_json, what="refusal"), what=record.kind)
     if payload.site != site:
         raise VerificationError(f"refusal names site {payload.site!r}, sent by {site!r}")
-    verify_statement(site_key, record.kind, site, payload.to_json(), record.signature)
+    verify_statement(
+        site_key, record.kind, site, payload.to_json(), record.signature, log_id=log_id
+    )
     return payload

@@ -338,6 +338,7 @@ class AuditedStrategy(Strategy):
         min_sites: int,
         sites_by_node: Mapping[int, str],
         site_key: Callable[[str], VerifyKey],
+        log_id: bytes,
         record_round: Callable[[RoundOutcome], None],
         record_refusal: RefusalRecorder,
         node_wait: float = 60.0,
@@ -349,6 +350,8 @@ class AuditedStrategy(Strategy):
         self.min_sites = min_sites
         self.sites_by_node = dict(sites_by_node)
         self.site_key = site_key
+        #: The log every site signature must be bound to (the ledger's log id).
+        self.log_id = log_id
         self.record_round = record_round
         self.record_refusal = record_refusal
         self.central_dp: DifferentialPrivacyServerSideFixedClipping | None = None
@@ -466,7 +469,9 @@ class AuditedStrategy(Strategy):
                 refusal = RefusalRecord.from_record(
                     dict(content.config_records[RefusalRecord.RECORD])
                 )
-                statement = check_refusal(refusal, site=site, site_key=self.site_key(site))
+                statement = check_refusal(
+                    refusal, site=site, site_key=self.site_key(site), log_id=self.log_id
+                )
                 self.record_refusal(site, statement, refusal.signature)
                 reason = str(getattr(statement, "reason", refusal.reason))
                 outcome.refused.append(Refused(site=site, kind=refusal.kind, reason=reason))
@@ -492,6 +497,7 @@ class AuditedStrategy(Strategy):
                 receipt,
                 site=site,
                 site_key=self.site_key(site),
+                log_id=self.log_id,
                 study_hash=self.study_hash,
                 run_id=self.run_id,
                 server_round=server_round,

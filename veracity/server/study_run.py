@@ -397,6 +397,7 @@ def execute_run(coordinator: CoordinatorService, grid: PollingGrid, settings: Ru
             min_sites=study.min_sites,
             sites_by_node=sites_by_node,
             site_key=coordinator.site_key,
+            log_id=bytes.fromhex(coordinator.ledger.log_id),
             record_round=record_round,
             record_refusal=record_refusal,
             node_wait=settings.node_wait,

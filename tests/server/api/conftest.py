@@ -26,7 +26,6 @@ from tests.ledger.conftest import seeded_key
 from tests.server.sites import Site, study_document, unique_site
 from veracity.client.witness import SiteWitness, WitnessApi
 from veracity.crypto.tls import create_tls_material
-from veracity.ledger.possession import sign_enrolment
 from veracity.ledger.witness import Witness
 from veracity.ledger.witnessed import WitnessedLog, witness_name
 from veracity.server.api.app import create_app
@@ -135,9 +134,7 @@ class Api:
             SETUP,
             site.name,
             public_key_pem=site.key.public.pem(),
-            proof=sign_enrolment(
-                site.key, log_id=self.service.ledger.log_id, name=site.name, role="site"
-            ),
+            proof=site.enrolment_proof(self.service.ledger.log_id),
             supernode_public_key=site.supernode_key,
         )
 

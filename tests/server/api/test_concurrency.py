@@ -21,7 +21,6 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from veracity.ledger.possession import sign_enrolment
 from veracity.server.api.db import ActionRow
 from veracity.server.api.serve import start_api
 from veracity.server.api.settings import ApiSettings
@@ -66,9 +65,7 @@ def served(tmp_path: Path, pg_url: str) -> Iterator[tuple[Harness, CoordinatorSe
             SETUP,
             site.name,
             public_key_pem=site.key.public.pem(),
-            proof=sign_enrolment(
-                site.key, log_id=coordinator.ledger.log_id, name=site.name, role="site"
-            ),
+            proof=site.enrolment_proof(coordinator.ledger.log_id),
             supernode_public_key=site.supernode_key,
         )
         signed = site.signed("dataset.registered", site.dataset())

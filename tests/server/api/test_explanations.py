@@ -18,7 +18,7 @@ from veracity.contracts.explanation import (
     terms_hash,
 )
 from veracity.core.canonical import canonical_hash
-from veracity.ledger.statement import sign_document
+from veracity.ledger.statement import sign_bound
 from veracity.server.coordinator import operator
 from veracity.server.explanation import explanation_report, report_svg
 from veracity.tasks.spec import ModelFamily, ModelSpec
@@ -49,7 +49,9 @@ def _explained(api: Api) -> tuple[str, str]:
         delta=1e-5, epsilon_query=1.0, epsilon=1.0, history=[[z, 1.0, 1]],
         suppression_threshold=0.0, repeated=False, noise_generator="test",
     )  # fmt: skip
-    signature = sign_document(api.site.key, ANALYSIS_RECEIPT_DOMAIN, receipt.to_json())
+    signature = sign_bound(
+        api.site.key, ANALYSIS_RECEIPT_DOMAIN, api.site.log_id, receipt.to_json()
+    )
     report = explanation_report(
         spec=spec, features=FEATURES, terms=terms, sums={api.site.name: answer}
     )

@@ -121,7 +121,9 @@ def test_a_site_rotates_its_key_through_its_handover_and_the_admin_command(
     payload = {"text": "signed with the old key"}
     old_note = {
         "payload": payload,
-        "signature": sign_statement(old_key, "note.recorded", "clinic-rotating", payload),
+        "signature": sign_statement(
+            old_key, "note.recorded", "clinic-rotating", payload, log_id=api.service.ledger.log_id
+        ),
     }
 
     accepted = _note(api, token, {"payload": new_note.payload, "signature": new_note.signature})

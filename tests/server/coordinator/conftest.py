@@ -16,8 +16,7 @@ from tests.server.faults import failing_at, failing_commit
 from tests.server.sites import Site, study_document
 from veracity.contracts.events import RoundCompleted
 from veracity.contracts.receipts import RECEIPT_DOMAIN, Receipt, SignedReceipt
-from veracity.ledger.possession import sign_enrolment
-from veracity.ledger.statement import sign_document
+from veracity.ledger.statement import sign_bound
 from veracity.server.coordinator import (
     CoordinatorService,
     InMemoryFederation,
@@ -67,7 +66,7 @@ def enrol(service: CoordinatorService, site: Site, *, dataset: bool = True) -> N
         SETUP,
         site.name,
         public_key_pem=site.key.public.pem(),
-        proof=sign_enrolment(site.key, log_id=service.ledger.log_id, name=site.name, role="site"),
+        proof=site.enrolment_proof(service.ledger.log_id),
         supernode_public_key=site.supernode_key,
     )
     if dataset:
@@ -107,7 +106,7 @@ def round_completed(site: Site, run_id: str, study_hash: str, number: int = 1) -
         receipts=[
             SignedReceipt(
                 receipt=Receipt.parse(receipt),
-                signature=sign_document(site.key, RECEIPT_DOMAIN, receipt),
+                signature=sign_bound(site.key, RECEIPT_DOMAIN, site.log_id, receipt),
             )
         ],
         dropped=[],

@@ -27,7 +27,7 @@ def _enrol(service: CoordinatorService, site: Site) -> Recorded[EnrolledSite]:
         ALICE,
         site.name,
         public_key_pem=site.key.public.pem(),
-        proof=sign_enrolment(site.key, log_id=service.ledger.log_id, name=site.name, role="site"),
+        proof=site.enrolment_proof(service.ledger.log_id),
         supernode_public_key=site.supernode_key,
     )
 
@@ -40,7 +40,7 @@ def test_enrolment_records_the_key_and_registers_the_supernode(
         ALICE,
         site.name,
         public_key_pem=site.key.public.pem(),
-        proof=sign_enrolment(site.key, log_id=service.ledger.log_id, name=site.name, role="site"),
+        proof=site.enrolment_proof(service.ledger.log_id),
         supernode_public_key=site.supernode_key,
     )
     assert recorded.entry.kind == "key.enrolled"

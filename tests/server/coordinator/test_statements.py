@@ -70,7 +70,9 @@ def test_a_statement_the_site_did_not_sign_is_refused(
     service: CoordinatorService, north: Site
 ) -> None:
     payload = north.dataset("cohort-3")
-    forged = sign_statement(generate_signing_key(), "dataset.registered", "north", payload)
+    forged = sign_statement(
+        generate_signing_key(), "dataset.registered", "north", payload, log_id=service.ledger.log_id
+    )
     size = service.ledger.size()
     with pytest.raises(SignatureError):
         service.record_statement(NORTH_OPS, "dataset.registered", "north", payload, forged)

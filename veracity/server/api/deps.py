@@ -40,6 +40,7 @@ __all__ = [
     "AdminOrSiteDep",
     "GlobalModelReaderDep",
     "ModelReaderDep",
+    "CardReaderDep",
     "InferenceDep",
     "AnalystDep",
     "forbid",
@@ -170,6 +171,9 @@ ADMIN_OR_SITE = Allow(Role.ADMIN, Role.SITE)
 #: A run's global models: its sites (for replay), its auditors and admins.
 GLOBAL_MODEL_READER = Allow(Role.ADMIN, Role.AUDITOR, Role.SITE)
 MODEL_READER = Allow(Role.ADMIN, Role.SITE, Role.RESEARCHER)
+#: A model's card and explanation reports: the model's readers and auditors, who check
+#: them against the ledger (``veracity ledger check-card``).
+CARD_READER = Allow(Role.ADMIN, Role.SITE, Role.RESEARCHER, Role.AUDITOR)
 INFERENCE = Allow(Role.ADMIN, Role.RESEARCHER)
 ANALYST = Allow(Role.ADMIN, Role.RESEARCHER)
 ANY_ROLE = Allow(*Role)
@@ -180,6 +184,7 @@ SiteDep = Annotated[Principal, Depends(SITE)]
 AdminOrSiteDep = Annotated[Principal, Depends(ADMIN_OR_SITE)]
 GlobalModelReaderDep = Annotated[Principal, Depends(GLOBAL_MODEL_READER)]
 ModelReaderDep = Annotated[Principal, Depends(MODEL_READER)]
+CardReaderDep = Annotated[Principal, Depends(CARD_READER)]
 AnyRoleDep = Annotated[Principal, Depends(ANY_ROLE)]
 InferenceDep = Annotated[Principal, Depends(INFERENCE)]
 AnalystDep = Annotated[Principal, Depends(ANALYST)]

@@ -35,8 +35,7 @@ from tests.server.sites import Site, study_document, unique_site
 from veracity.contracts.events import RoundCompleted
 from veracity.contracts.receipts import RECEIPT_DOMAIN, Receipt, SignedReceipt
 from veracity.ledger.checkpoint import cosign_checkpoint
-from veracity.ledger.possession import sign_enrolment
-from veracity.ledger.statement import sign_document
+from veracity.ledger.statement import sign_bound
 from veracity.server.api.app import create_app
 from veracity.server.api.serve import initialise
 from veracity.server.api.settings import ApiSettings
@@ -89,7 +88,7 @@ def signed_round(
         receipts.append(
             SignedReceipt(
                 receipt=Receipt.parse(receipt),
-                signature=sign_document(site.key, RECEIPT_DOMAIN, receipt),
+                signature=sign_bound(site.key, RECEIPT_DOMAIN, site.log_id, receipt),
             )
         )
     return RoundCompleted(
@@ -164,9 +163,7 @@ def scene(live: Live) -> Live:
             SETUP,
             site.name,
             public_key_pem=site.key.public.pem(),
-            proof=sign_enrolment(
-                site.key, log_id=service.ledger.log_id, name=site.name, role="site"
-            ),
+            proof=site.enrolment_proof(service.ledger.log_id),
             supernode_public_key=site.supernode_key,
         )
         _statement(service, site, "dataset.registered", site.dataset())

@@ -9,9 +9,10 @@ from fastapi.responses import Response
 
 from veracity.contracts.explanation import ExplanationTerms, terms_hash
 from veracity.errors import NotFound
-from veracity.server.api.budget import BudgetStore
+from veracity.server.api.budget import BudgetStore, set_budget_recorded
 from veracity.server.api.deps import (
     AdminDep,
+    CardReaderDep,
     ModelReaderDep,
     PageDep,
     ServiceDep,
@@ -62,9 +63,7 @@ def list_models(principal: ModelReaderDep, service: ServiceDep, page: PageDep) -
 
 
 @router.get("/{model_hash}", summary="A model's card", responses=responses(401, 403, 404, 409, 422))
-def get_model(
-    model_hash: ModelHashPath, principal: ModelReaderDep, service: ServiceDep
-) -> ModelOut:
+def get_model(model_hash: ModelHashPath, principal: CardReaderDep, service: ServiceDep) -> ModelOut:
     """Architecture, features, scaling and the model card (lineage, privacy, metrics)."""
     model, release = service.model(model_hash)
     return ModelOut(
@@ -159,7 +158,7 @@ def explain_model(
     responses=responses(401, 403, 404, 409, 422),
 )
 def list_explanations(
-    model_hash: ModelHashPath, principal: ModelReaderDep, service: ServiceDep, page: PageDep
+    model_hash: ModelHashPath, principal: CardReaderDep, service: ServiceDep, page: PageDep
 ) -> ExplanationListOut:
     """Every ``model.explained`` of the model, oldest first, with its report and SVG plot.
 
@@ -237,10 +236,13 @@ def set_budget(
     """Allow ``budget`` predictions in all; past it, inference answers 403.
 
     A logistic model is determined by d + 1 exact predictions (d features): a budget above
-    that lets the requester reconstruct it. The change is recorded in ``api_action``.
+    that lets the requester reconstruct it. The change is a ledger event
+    (``inference.budget_set``, naming who set it), committed with the budget itself.
     """
     service.model(model_hash)
-    budget = _budgets(request).set(principal, requester, model_hash, body.budget)
+    budget = set_budget_recorded(
+        service, _budgets(request), principal, requester, model_hash, body.budget
+    )
     return QueryBudgetOut(**budget.to_json())
 
 
