@@ -11,26 +11,36 @@ from typing import Any
 import pytest
 
 from tests.ledger.test_cli import run
+from tests.ledger.witness_helpers import CopyableDatabase, copyable_db
 from veracity.ledger.note import Note, NoteVerifier, verify_note
 from veracity.ledger.policy import Policy
 
+__all__ = ["copyable_db"]
 
-def _append_note(capsys: pytest.CaptureFixture[str], data_dir: Path, text: str) -> None:
-    payload = data_dir / "payload.json"
+
+Where = Path | list[str]
+
+
+def _args(where: Where) -> list[str]:
+    """``--data-dir DIR`` for a data directory, else the options given (``--db URL ...``)."""
+    return ["--data-dir", str(where)] if isinstance(where, Path) else where
+
+
+def _append_note(capsys: pytest.CaptureFixture[str], where: Where, text: str) -> None:
+    args = _args(where)
+    payload = Path(args[args.index("--data-dir") + 1]) / "payload.json"
     payload.write_text(json.dumps({"text": text}), encoding="utf-8")
     code, _, err = run(
         capsys, "ledger", "append", "--kind", "note.recorded", "--payload-file", str(payload),
-        "--data-dir", str(data_dir),
+        *args,
     )  # fmt: skip
     assert code == 0, err
 
 
-def _checkpoint(capsys: pytest.CaptureFixture[str], data_dir: Path) -> str:
-    code, _, err = run(capsys, "ledger", "checkpoint", "--data-dir", str(data_dir))
+def _checkpoint(capsys: pytest.CaptureFixture[str], where: Where) -> str:
+    code, _, err = run(capsys, "ledger", "checkpoint", *_args(where))
     assert code == 0, err
-    code, note, err = run(
-        capsys, "ledger", "checkpoint", "--data-dir", str(data_dir), "--format", "note"
-    )
+    code, note, err = run(capsys, "ledger", "checkpoint", *_args(where), "--format", "note")
     assert code == 0, err
     return str(note)
 
@@ -43,8 +53,8 @@ def data_dir(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Path:
     return directory
 
 
-def _vkey(capsys: pytest.CaptureFixture[str], data_dir: Path) -> str:
-    code, out, err = run(capsys, "ledger", "vkey", "--data-dir", str(data_dir))
+def _vkey(capsys: pytest.CaptureFixture[str], where: Where) -> str:
+    code, out, err = run(capsys, "ledger", "vkey", *_args(where))
     assert code == 0, err
     return str(out).strip()
 
@@ -129,6 +139,41 @@ def test_equivocation_at_different_sizes_uses_a_copy_of_the_log(
     db = f"sqlite:///{copy / 'veracity.db'}"
     code, evidence, err = run(
         capsys, "ledger", "equivocation", str(a), str(b), "--vkey", vkey, "--db", db
+    )
+    assert code == 0, err
+    assert evidence["consistency"]["proof"]
+
+
+def test_equivocation_on_copies_of_the_coordinator_database(
+    copyable_db: CopyableDatabase, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """Attack 6 on each backend: copies of one database (a file copy; on PostgreSQL
+    ``CREATE DATABASE ... TEMPLATE``) extended differently, proven by ``ledger equivocation``."""
+    keys = str(tmp_path / "coordinator")
+    original = ["--db", copyable_db.url, "--data-dir", keys]
+    code, _, err = run(capsys, "ledger", "init", *original)
+    assert code == 0, err
+    _checkpoint(capsys, original)
+    same_size, longer = ["--db", copyable_db.copy(), "--data-dir", keys], copyable_db.copy()
+    _append_note(capsys, original, "study X withdrawn")
+    _append_note(capsys, same_size, "study X approved")
+    for i in range(4):
+        _append_note(capsys, ["--db", longer, "--data-dir", keys], f"study X approved {i}")
+    notes = {}
+    for label, where in (
+        ("a", original), ("b", same_size), ("c", ["--db", longer, "--data-dir", keys])
+    ):  # fmt: skip
+        notes[label] = tmp_path / f"{label}.note"
+        notes[label].write_text(_checkpoint(capsys, where), encoding="utf-8")
+    vkey = _vkey(capsys, original)
+    a, b, c = (str(notes[k]) for k in "abc")
+    code, evidence, err = run(capsys, "ledger", "equivocation", a, b, "--vkey", vkey)
+    assert code == 0, err
+    assert "two roots" in evidence["reason"]
+    code, evidence, _ = run(capsys, "ledger", "equivocation", a, c, "--vkey", vkey)
+    assert (code, evidence["equivocation"]) == (1, False)
+    code, evidence, err = run(
+        capsys, "ledger", "equivocation", a, c, "--vkey", vkey, "--db", longer
     )
     assert code == 0, err
     assert evidence["consistency"]["proof"]

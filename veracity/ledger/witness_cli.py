@@ -383,7 +383,10 @@ def audit_verified(
         state_dir=state,
         relies_on=relies_on,
     )
-    return result.to_json()
+    document = result.to_json()
+    if tail:
+        document["tail_relies_on"] = relies_on
+    return document
 
 
 def register(app: typer.Typer) -> None:
