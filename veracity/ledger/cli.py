@@ -376,12 +376,8 @@ def verify(
     """Recompute everything and check it against the trusted root key (exit 1 if bad).
 
     ``--root-signatures tail`` trusts the checkpoint it relies on only when it meets
-    ``--policy`` (a witness quorum), or, with ``--no-witnesses``, on the log key's word.
-
-    Raises
-    ------
-    ConfigError
-        If tail mode is asked for with neither ``--policy`` nor ``--no-witnesses``.
+    ``--policy`` (a witness quorum), or, with ``--no-witnesses``, on the log key's word;
+    without either it exits 2.
     """
     from veracity.ledger.verify import verify_bundle_file
 
@@ -598,14 +594,8 @@ def checkpoint_now(
 
     ``--format note`` needs no private key when the newest checkpoint's note is stored (it
     is whenever this command, the API or a witness made or fetched it); otherwise the log
-    key in the key directory signs it.
-
-    Raises
-    ------
-    ConfigError
-        If the note was never signed and the log key is not at hand.
-    SignatureError
-        If the stored note's log signature does not verify (the database was edited).
+    key in the key directory signs it (exit 2 if it is not at hand; exit 1 if the stored
+    note's log signature does not verify).
     """
     from veracity.crypto.keys import load_signing_key
     from veracity.ledger.witnessed import WitnessedLog
