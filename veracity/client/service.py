@@ -50,7 +50,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 import numpy.typing as npt
 
-from veracity.client.approvals import approved_terms, refuse_budget
+from veracity.client.approvals import approved_terms, refuse_approval, refuse_budget
 from veracity.client.budget import (
     ACCOUNTANT,
     NEIGHBOURING,
@@ -65,9 +65,7 @@ from veracity.client.site import Clock, Site, utc_now
 from veracity.client.store import Dataset, Pool, SignedStatement
 from veracity.client.study_inputs import study_examples
 from veracity.contracts.receipts import RECEIPT_DOMAIN, RECEIPT_FIELDS, Receipt
-from veracity.contracts.refusals import ApprovalMissingStatement
 from veracity.contracts.replay import SEED_BYTES, seed_commitment
-from veracity.core.canonical import canonical_hash
 from veracity.core.fields import is_hex64
 from veracity.errors import ApprovalMissing, InputError, VerificationError
 from veracity.tasks.spec import check_weights
@@ -515,22 +513,13 @@ class SiteAgent:
     # ------------------------------------------------------------------ refusals
 
     def _refuse_approval(self, request: TrainRequest, reason: str) -> Refusal:
-        refused = ApprovalMissingStatement(
-            site=self.site.name,
+        # Stored and queued for the ledger like budget.refused, once per refused request.
+        statement = refuse_approval(
+            self.site,
             study_hash=request.study_hash,
             run_id=request.run_id,
-            round=request.round,
+            round_number=request.round,
             reason=reason,
-            signed_at=self.site.now(),
-        )
-        # Stored and queued for the ledger like budget.refused, once per refused request
-        # (the key leaves out signed_at: a repeated request is the same refusal).
-        key = refused.to_json()
-        del key["signed_at"]
-        statement = self.site.store.refusal(
-            canonical_hash({"kind": refused.KIND, **key}),
-            lambda: self.site.sign(refused),
-            now=self.site.now(),
         )
         log.warning("site %s refused round %s: %s", self.site.name, request.round, reason)
         return Refusal(kind="approval.missing", statement=statement, reason=reason)
