@@ -132,6 +132,7 @@ def init_command(
         torch_threads=torch_threads,
         secure_mode=secure_mode,
         default_epsilon_budget=default_epsilon_budget,
+        prompt_passphrase=True,
     )
     paths = SitePaths(root, name)
     shown = {

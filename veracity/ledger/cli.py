@@ -150,7 +150,7 @@ def init(
     created_key = not private_path.exists()
     if created_key:
         root = generate_signing_key()
-        write_key_pair(directory, _ROOT_KEY_NAME, root)
+        write_key_pair(directory, _ROOT_KEY_NAME, root, prompt=True)
     else:
         root = load_signing_key(private_path)
     try:
