@@ -57,6 +57,42 @@ def test_every_environment_variable_is_named_after_its_option() -> None:
     assert wrong == []
 
 
+#: Commands without ``--format``, and why. A daemon prints logs, not a result.
+FORMAT_EXEMPT = {
+    "site start": "a long-running agent: its output is logs on stderr, no document",
+}
+
+
+def _commands() -> dict[str, click.Command]:
+    found: dict[str, click.Command] = {}
+
+    def walk(command: click.Command, path: str) -> None:
+        if isinstance(command, click.Group):
+            for name, sub in command.commands.items():
+                walk(sub, f"{path} {name}".strip())
+            return
+        found[path] = command
+
+    walk(typer.main.get_command(app), "")
+    return found
+
+
+def test_every_command_takes_format_json_unless_exempt() -> None:
+    commands = _commands()
+    assert set(FORMAT_EXEMPT) <= set(commands)  # no stale exemption
+    lacking = []
+    for path, command in sorted(commands.items()):
+        formats = [
+            p for p in command.params if isinstance(p, click.Option) and "--format" in p.opts
+        ]
+        if path in FORMAT_EXEMPT:
+            assert formats == [], f"veracity {path} has --format now: drop its exemption"
+            continue
+        if not formats or "json" not in getattr(formats[0].type, "choices", ()):
+            lacking.append(f"veracity {path}")
+    assert lacking == []
+
+
 def test_coordinator_and_site_never_share_a_default_directory() -> None:
     defaults: dict[str, set[str]] = {"server": set(), "site": set()}
     for path, option in _options():

@@ -231,3 +231,45 @@ def test_policy_lists_the_log_and_site_witness_keys(
     assert [w.name for w in policy.witnesses] == ["east", "north", "south"]
     assert policy.required == "2 of 3 (witnesses)"
     assert policy.logs[0][0].vkey() == _vkey(capsys, data_dir)
+
+
+def test_key_and_policy_commands_answer_json_with_what_text_prints(
+    data_dir: Path, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """``--format json`` holds the same keys, proof and policy; text stays the C2SP form."""
+    vkey = _vkey(capsys, data_dir)
+    code, shown, err = run(capsys, "ledger", "vkey", *_args(data_dir), "--format", "json")
+    assert code == 0, err
+    assert shown == {"vkey": vkey, "origin": NoteVerifier.parse(vkey).name}
+    code, pem, _ = run(capsys, "ledger", "vkey", *_args(data_dir), "--identity")
+    code, shown, _ = run(
+        capsys, "ledger", "vkey", *_args(data_dir), "--identity", "--format", "json"
+    )
+    assert code == 0
+    assert shown == {"identity_public_key": pem}
+
+    site = tmp_path / "north"
+    assert run(capsys, "site", "init", "--name", "north", "--data-dir", str(site))[0] == 0
+    code, text, _ = run(capsys, "site", "witness-key", "--data-dir", str(site))
+    code, shown, _ = run(capsys, "site", "witness-key", "--data-dir", str(site), "--format", "json")
+    assert code == 0
+    assert shown == {"name": NoteVerifier.parse(text.strip()).name, "vkey": text.strip()}
+    log_id = "ab" * 32
+    proof_args = ["site", "enrolment-proof", "--log-id", log_id, "--data-dir", str(site)]
+    code, proof, _ = run(capsys, *proof_args)
+    code, shown, _ = run(capsys, *proof_args, "--format", "json")
+    assert code == 0
+    assert shown == {"site": "north", "log_id": log_id, "proof": proof.strip()}
+
+    policy_args = ["ledger", "policy", *_args(data_dir), "--quorum", "1", "--site-dir", str(site)]
+    code, text, _ = run(capsys, *policy_args)
+    assert code == 0
+    assert Policy.parse(text).required == "1 of 1 (witnesses)"
+    out = tmp_path / "policy.txt"
+    code, shown, _ = run(capsys, *policy_args, "--out", str(out), "--format", "json")
+    assert code == 0
+    assert shown == {
+        "policy": text, "log": NoteVerifier.parse(vkey).name, "quorum": 1,
+        "witnesses": ["north"], "out": str(out.absolute()),
+    }  # fmt: skip
+    assert out.read_text(encoding="utf-8") == text

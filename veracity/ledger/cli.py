@@ -22,7 +22,7 @@ from veracity.errors import (
     SignatureError,
     VerificationError,
 )
-from veracity.output import FormatOption, OutputFormat, emit_json, emit_table
+from veracity.output import FormatOption, OutputFormat, emit_json, emit_next, emit_table
 
 if TYPE_CHECKING:
     from veracity.crypto.keys import SigningKey
@@ -150,7 +150,7 @@ def init(
     created_key = not private_path.exists()
     if created_key:
         root = generate_signing_key()
-        write_key_pair(directory, _ROOT_KEY_NAME, root)
+        write_key_pair(directory, _ROOT_KEY_NAME, root, prompt=True)
     else:
         root = load_signing_key(private_path)
     try:
@@ -513,12 +513,19 @@ def export(
     output_format: FormatOption = OutputFormat.TEXT,
 ) -> None:
     """Write the whole ledger into one bundle an auditor verifies offline."""
+    import shlex
+
     with _open(_db_url(db, data_dir)) as ledger:
         info = ledger.export_bundle(out)
     if output_format is OutputFormat.JSON:
         emit_json(info)
     else:
         emit_table(None, ["field", "value"], list(info.items()))
+    bundle = shlex.quote(str(out))
+    emit_next(
+        f"veracity ledger verify --bundle {bundle} --trust root.pub",
+        f"veracity ledger provenance MODEL_HASH --bundle {bundle} --trust root.pub",
+    )
 
 
 def _emit_checkpoints(
