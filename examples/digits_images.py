@@ -92,7 +92,9 @@ HE_MODEL = {
     "activation": "square",
     "classes": 10,
 }
-HE_LEARNING_RATE = 1.0
+#: Same-split DP FedAvg at 6 rounds, batch 256, clip 0.5, seed 0 (the signals_bench trainer):
+#: lr 0.1 0.09, 0.25 0.09, 1 0.13, 4 0.39, 8 0.24 accuracy (chance 0.1).
+HE_LEARNING_RATE = 4.0
 
 
 def write_png_folder(folder: Path, images: np.ndarray, labels: np.ndarray) -> Path:
