@@ -8,7 +8,9 @@ authentication, three SuperNodes with the breast-cancer partitions, the same pol
   fresh ``flwr-clientapp`` process per message) and Flower's own Grid (3 s polling).
 * Veracity: a study with Opacus DP-SGD at every site, signed receipts verified every round,
   ``round.completed`` and a signed checkpoint per round, on Veracity's stack (warm ClientApp
-  worker, ServerApp poll loop, SuperNode idle poll shortened).
+  worker with its site agent and accountants loaded, ServerApp poll loop, SuperNode and
+  worker polling every 0.1 s / 0.05 s while a run is active, backing off to ``--idle-poll``
+  seconds when idle).
 
 Each round is split into ClientApp start-up, training (the slowest site's handler), the
 coordinator's aggregation and recording, and the rest (polling and transfers).
@@ -266,7 +268,7 @@ def _mean(rows: list[dict[str, float]], key: str) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--idle-poll", type=float, default=0.2)
+    parser.add_argument("--idle-poll", type=float, default=1.0)
     parser.add_argument(
         "--namespaces",
         action="store_true",

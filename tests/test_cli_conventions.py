@@ -11,6 +11,7 @@ import json
 import os
 import stat
 from pathlib import Path
+from typing import Any
 
 import click
 import pytest
@@ -54,6 +55,42 @@ def test_every_environment_variable_is_named_after_its_option() -> None:
         if option.envvar not in wanted:
             wrong.append(f"veracity {path} {longs[0]}: {option.envvar} (want one of {wanted})")
     assert wrong == []
+
+
+#: Commands without ``--format``, and why. A daemon prints logs, not a result.
+FORMAT_EXEMPT = {
+    "site start": "a long-running agent: its output is logs on stderr, no document",
+}
+
+
+def _commands() -> dict[str, click.Command]:
+    found: dict[str, click.Command] = {}
+
+    def walk(command: click.Command, path: str) -> None:
+        if isinstance(command, click.Group):
+            for name, sub in command.commands.items():
+                walk(sub, f"{path} {name}".strip())
+            return
+        found[path] = command
+
+    walk(typer.main.get_command(app), "")
+    return found
+
+
+def test_every_command_takes_format_json_unless_exempt() -> None:
+    commands = _commands()
+    assert set(FORMAT_EXEMPT) <= set(commands)  # no stale exemption
+    lacking = []
+    for path, command in sorted(commands.items()):
+        formats = [
+            p for p in command.params if isinstance(p, click.Option) and "--format" in p.opts
+        ]
+        if path in FORMAT_EXEMPT:
+            assert formats == [], f"veracity {path} has --format now: drop its exemption"
+            continue
+        if not formats or "json" not in getattr(formats[0].type, "choices", ()):
+            lacking.append(f"veracity {path}")
+    assert lacking == []
 
 
 def test_coordinator_and_site_never_share_a_default_directory() -> None:
@@ -244,11 +281,36 @@ def test_the_deploy_environment_files_set_only_options_of_their_command(
 def test_site_start_speaks_to_the_coordinators_api_with_one_pair_of_options() -> None:
     start = typer.main.get_command(app).commands["site"].commands["start"]  # type: ignore[attr-defined]
     shown = {
-        o for p in start.params if isinstance(p, click.Option) and not p.hidden for o in p.opts
+        o
+        for p in start.params
+        if isinstance(p, click.Option) and not p.hidden
+        for o in (*p.opts, *p.secondary_opts)
     }
     hidden = {o for p in start.params if isinstance(p, click.Option) and p.hidden for o in p.opts}
-    assert {"--server", "--token", "--witness"} <= shown
+    assert {"--server", "--token", "--witness", "--no-witness"} <= shown
     assert {"--api", "--api-token"} == hidden  # the older spellings, still accepted
+
+
+@pytest.mark.parametrize(
+    ("given", "witnesses"),
+    [
+        ({}, False),  # no API: nothing to witness
+        ({"server": "https://a:8443", "token": "t"}, True),  # every site agent witnesses
+        ({"server": "https://a:8443", "token": "t", "witness": True}, True),
+        ({"server": "https://a:8443", "token": "t", "witness": False}, False),  # --no-witness
+        ({"api": "https://a:8443", "api_token": "t"}, True),  # the older spellings
+        ({"api": "https://a:8443", "api_token": "t", "witness": False}, False),
+    ],
+)
+def test_site_start_witnesses_whenever_it_has_the_coordinators_api(
+    given: dict[str, Any], witnesses: bool
+) -> None:
+    from veracity.client.node_cli import site_api_options
+
+    options: dict[str, Any] = {"server": None, "token": None, "witness": None, **given}
+    server, token, witnessing = site_api_options(**options)
+    assert witnessing is witnesses
+    assert (server is None) == (token is None) == ("server" not in given and "api" not in given)
 
 
 @pytest.mark.parametrize(

@@ -18,7 +18,14 @@ import typer
 
 from veracity.api_options import CaCertOption, ServerOption, TokenOption
 from veracity.errors import InputError, VerificationError
-from veracity.output import FormatOption, OutputFormat, emit_json, emit_table, stderr_console
+from veracity.output import (
+    FormatOption,
+    OutputFormat,
+    emit_json,
+    emit_next,
+    emit_table,
+    stderr_console,
+)
 
 __all__ = ["app", "load_analysis", "summarise", "plot_answer"]
 
@@ -198,9 +205,13 @@ def run_command(
                     )
                 )
         emit_table(
-            f"analysis {study_hash[:12]} run {run_id}: {finished['status']}",
+            f"analysis {study_hash} run {run_id}: {finished['status']}",
             ["query", "figure", "value", "SE", "95% interval", "epsilon per site"],
             rows,
         )
     if finished["status"] != "completed" or len(queries) < len(document["queries"]):
         raise VerificationError(f"not every query was answered: {finished['reason']}")
+    emit_next(
+        "veracity admin ledger export --out ledger.jsonl   (the answers are analysis.answered)",
+        "veracity ledger verify --bundle ledger.jsonl --trust root.pub   (for the auditor)",
+    )

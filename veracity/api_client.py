@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import ssl
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import IO, Any, NoReturn, TypeVar
 
 import httpx
 from pydantic import BaseModel, ValidationError
@@ -142,17 +142,21 @@ class CoordinatorClient:
         except httpx.HTTPError as err:
             raise TransportError(f"{method} {path}: {err}") from err
         if response.status_code >= 400:
-            try:
-                problem = response.json()
-                code, detail = str(problem["code"]), str(problem["detail"])
-            except (ValueError, KeyError, TypeError):
-                code, detail = "", response.text[:500]
-            raise ApiError(
-                f"{method} {path} answered {response.status_code} {code}: {detail}",
-                status=response.status_code,
-                code=code,
-            )
+            self._raise_problem(method, path, response)
         return response
+
+    @staticmethod
+    def _raise_problem(method: str, path: str, response: httpx.Response) -> NoReturn:
+        try:
+            problem = response.json()
+            code, detail = str(problem["code"]), str(problem["detail"])
+        except (ValueError, KeyError, TypeError):
+            code, detail = "", response.text[:500]
+        raise ApiError(
+            f"{method} {path} answered {response.status_code} {code}: {detail}",
+            status=response.status_code,
+            code=code,
+        )
 
     def _parsed(
         self, model: type[_Model], method: str, path: str, token: str, **kwargs: Any
@@ -281,8 +285,37 @@ class CoordinatorClient:
         return self.send("GET", f"/models/{model_hash}/weights", token).content
 
     def run_archive(self, token: str, run_id: str) -> bytes:
-        """``GET /runs/{run_id}/archive`` (admin, auditor): the run archive, zipped."""
+        """``GET /runs/{run_id}/archive`` (admin, auditor): the run archive, zipped.
+
+        Holds the whole archive in memory; :meth:`download_run_archive` does not.
+        """
         return self.send("GET", f"/runs/{run_id}/archive", token).content
+
+    def download_run_archive(self, token: str, run_id: str, target: IO[bytes]) -> int:
+        """``GET /runs/{run_id}/archive`` written to ``target`` as it arrives; bytes written.
+
+        Raises
+        ------
+        ApiError
+            If the API answers 4xx or 5xx.
+        TransportError
+            If the API cannot be reached or the download breaks off.
+        """
+        path = f"/runs/{run_id}/archive"
+        written = 0
+        try:
+            with self._http.stream(
+                "GET", path, headers={"Authorization": f"Bearer {token}"}
+            ) as response:
+                if response.status_code >= 400:
+                    response.read()
+                    self._raise_problem("GET", path, response)
+                for chunk in response.iter_bytes(1 << 20):
+                    target.write(chunk)
+                    written += len(chunk)
+        except httpx.HTTPError as err:
+            raise TransportError(f"GET {path}: {err}") from err
+        return written
 
     def export_ledger(self, token: str) -> bytes:
         """``GET /ledger/export``: the ledger bundle (JSON lines)."""

@@ -37,6 +37,7 @@ import json
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -761,7 +762,10 @@ def replay_run(state: DemoState) -> None:
     bundle = directory / "ledger.jsonl"
     bundle.write_bytes(state.api.export_ledger(auditor))
     archive = directory / "archive"
-    extract_archive(state.api.run_archive(auditor, trained.run_id), archive)
+    with tempfile.TemporaryFile() as spool:
+        state.api.download_run_archive(auditor, trained.run_id, spool)
+        spool.seek(0)
+        extract_archive(spool, archive)
     report = replay_aggregation(
         bundle, archive, trusted_root=load_verify_key(audit.root_public_key)
     )

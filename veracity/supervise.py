@@ -35,6 +35,7 @@ __all__ = [
     "exit_with_parent",
     "task_process_parser",
     "log_task_process",
+    "PollBackoff",
 ]
 
 
@@ -62,6 +63,50 @@ def exit_with_parent(parent_pid: int, *, name: str) -> None:
                 os._exit(0)
 
     threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+
+
+class PollBackoff:
+    """How long a poll loop waits: ``active`` while busy, growing to ``idle`` when quiet.
+
+    For ``hot`` seconds after the last :meth:`activity` (a task, a message) every wait is
+    ``active``, so the next message of a running round is picked up at once; after that
+    each wait is ``factor`` times the previous one, up to ``idle``, so an idle process
+    asks its server a few times a second at most instead of many. ``idle`` below
+    ``active`` makes every wait ``idle``.
+    """
+
+    def __init__(
+        self,
+        *,
+        active: float,
+        idle: float,
+        hot: float = 5.0,
+        factor: float = 1.5,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if active <= 0 or idle <= 0 or hot < 0 or factor < 1:
+            raise ValueError("poll intervals must be positive, hot >= 0 and factor >= 1")
+        self.active, self.idle, self.hot, self.factor = min(active, idle), idle, hot, factor
+        self._clock = clock
+        self._last_activity = clock()
+        self._interval = self.active
+
+    def activity(self) -> None:
+        """Something happened: poll at ``active`` for the next ``hot`` seconds."""
+        self._last_activity = self._clock()
+        self._interval = self.active
+
+    def next_wait(self) -> float:
+        """The wait before the next poll (and the one after it grows, once cooled down)."""
+        if self._clock() - self._last_activity < self.hot:
+            return self.active
+        wait = self._interval
+        self._interval = min(self.idle, self._interval * self.factor)
+        return wait
+
+    def sleep(self) -> None:
+        """Sleep :meth:`next_wait` seconds."""
+        time.sleep(self.next_wait())
 
 
 def task_process_parser(doc: str | None, *, poll_interval: float) -> argparse.ArgumentParser:

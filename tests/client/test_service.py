@@ -492,3 +492,43 @@ def test_history_in_receipts_parses_back_to_the_store_history(
     replies = _train(agent_factory(), approved, range(1, 3))
     parsed = history_from_json(json.loads(canonical_json(replies[-1].receipt))["history"])
     assert parsed == merge_history(ready_site.store.dataset_history("bc-0"))
+
+
+def test_the_worker_agent_accounts_the_next_round_ahead_without_changing_a_figure(
+    approved: Study, site_dir: Path, clock: Any
+) -> None:
+    """#16: the accountants took most of a site's round; the next one is computed between rounds.
+
+    The warm caches change no figure (each receipt is what an auditor computes afresh from
+    its history), and nothing is computed after the study's last round.
+    """
+    from veracity.client import budget
+
+    agent = SiteAgent.open(site_dir, clock=clock, seed=7, account_ahead=True)
+    try:
+        replies = []
+        weights = None
+        for number in range(1, approved.rounds + 1):
+            outcome = agent.handle_train(request_for(approved, round=number, weights=weights))
+            assert isinstance(outcome, TrainReply)
+            replies.append(outcome)
+            weights = outcome.weights
+            if number == approved.rounds:
+                assert agent._ahead is None  # the study's last round: nothing ahead
+                continue
+            assert agent._ahead is not None
+            agent._ahead.join()
+            sigma, rate, steps = outcome.receipt["history"][-1]
+            after = ((sigma, rate, steps + STEPS_PER_ROUND),)
+            next_history = budget.history_from_json([list(s) for s in after])
+            misses = budget._replace_one_cached.cache_info().misses
+            budget.replace_one_epsilon(next_history, approved.dp.delta)
+            assert budget._replace_one_cached.cache_info().misses == misses  # found in cache
+    finally:
+        agent.close()
+    assert approved.rounds >= 2
+    for reply in replies:
+        assert reply.receipt["epsilon"] == pytest.approx(_auditor_epsilon(reply.receipt), abs=1e-9)
+        assert reply.receipt["epsilon_add_remove"] == pytest.approx(
+            _auditor_add_remove_epsilon(reply.receipt), abs=1e-9
+        )

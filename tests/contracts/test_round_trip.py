@@ -35,11 +35,13 @@ from veracity.contracts.events import (
     CheckpointCosigned,
     DatasetRegistered,
     Dropped,
+    InferenceBudgetSet,
     InferenceServed,
     KeyEnrolled,
     KeyRecovered,
     KeyRevoked,
     KeyRotated,
+    ModelDownloaded,
     ModelReleased,
     NoteRecorded,
     ReleasedDataset,
@@ -383,6 +385,12 @@ def _record_every_kind(recorder: _Recorder, drawn: dict[str, Any]) -> None:
     )  # fmt: skip
     recorder.root_event(
         TokenRevoked(token_id=h[7][:16], name=drawn["requester"], requested_by="alice")
+    )
+    recorder.root_event(ModelDownloaded(model_hash=h[0], requested_by=drawn["requester"]))
+    recorder.root_event(
+        InferenceBudgetSet(
+            model_hash=h[0], requester=drawn["requester"], budget=31, requested_by="alice"
+        )
     )
 
 

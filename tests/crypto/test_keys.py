@@ -1,7 +1,10 @@
 from __future__ import annotations
 
+import getpass
+import io
 import os
 import stat
+import sys
 from pathlib import Path
 
 import pytest
@@ -103,3 +106,73 @@ def test_the_cli_signs_with_a_passphrase_protected_root_key(
     capsys.readouterr()
     assert main(["ledger", "checkpoint", "--data-dir", str(tmp_path)]) == 2
     assert PASSPHRASE_ENV in capsys.readouterr().err
+
+
+class _Terminal(io.StringIO):
+    """stdin as a person's terminal (``isatty``); getpass is replaced, nothing is read."""
+
+    def isatty(self) -> bool:
+        return True
+
+
+def _answers(monkeypatch: pytest.MonkeyPatch, *answers: str) -> list[str]:
+    """A terminal on stdin whose getpass prompts get ``answers`` (the last one repeats)."""
+    asked: list[str] = []
+
+    def answer(prompt: str = "") -> str:
+        asked.append(prompt)
+        return answers[min(len(asked), len(answers)) - 1]
+
+    monkeypatch.delenv(PASSPHRASE_ENV, raising=False)
+    monkeypatch.setattr(sys, "stdin", _Terminal())
+    monkeypatch.setattr(getpass, "getpass", answer)
+    return asked
+
+
+@pytest.mark.parametrize(
+    ("argv", "written"),
+    [
+        (["keys", "new", "auditor", "--key-dir", "{d}"], "auditor.pem"),
+        (["ledger", "init", "--data-dir", "{d}"], "keys/root.pem"),
+        (["site", "init", "--name", "hospital-a", "--data-dir", "{d}"], "keys/hospital-a.pem"),
+    ],
+    ids=["keys-new", "ledger-init", "site-init"],
+)
+def test_a_new_key_is_passphrase_protected_when_a_person_at_a_terminal_gives_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, argv: list[str], written: str
+) -> None:
+    from veracity.cli import main
+
+    asked = _answers(monkeypatch, "correct horse", "correct horse")
+    assert main([a.format(d=tmp_path) for a in argv]) == 0
+    path = tmp_path / written
+    assert path.read_bytes().startswith(b"-----BEGIN ENCRYPTED PRIVATE KEY-----")
+    assert "again" in asked[1]  # asked twice: a typo does not lock the key away
+    monkeypatch.setenv(PASSPHRASE_ENV, "correct horse")
+    assert load_signing_key(path).public.key_id
+
+
+def test_two_different_passphrases_write_no_key(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from veracity.cli import main
+
+    _answers(monkeypatch, "correct horse", "correct hrose")
+    assert main(["keys", "new", "auditor", "--key-dir", str(tmp_path)]) == 2
+    assert "differ" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_an_empty_passphrase_or_no_terminal_leaves_the_key_unencrypted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from veracity.cli import main
+
+    asked = _answers(monkeypatch, "")
+    assert main(["keys", "new", "a", "--key-dir", str(tmp_path)]) == 0
+    assert len(asked) == 1
+    assert (tmp_path / "a.pem").read_bytes().startswith(b"-----BEGIN PRIVATE KEY-----")
+    monkeypatch.setattr(sys, "stdin", io.StringIO())  # a pipe, not a person: never asked
+    assert main(["keys", "new", "b", "--key-dir", str(tmp_path)]) == 0
+    assert len(asked) == 1
+    assert (tmp_path / "b.pem").read_bytes().startswith(b"-----BEGIN PRIVATE KEY-----")

@@ -20,11 +20,13 @@ coordinator itself. Each test is an attack that succeeded before the fix:
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
 import sqlalchemy as sa
 
+from tests.ledger.test_cli import run
 from veracity.contracts.events import ROOT_ACTOR
 from veracity.core.fields import format_timestamp
 from veracity.crypto.keys import SigningKey
@@ -148,6 +150,38 @@ def test_a_forged_root_entry_is_never_sealed_by_a_checkpoint(
         world.ledger.verify(world.root.public, root_signatures="all")
     with pytest.raises(LedgerIntegrityError):
         world.ledger.verify(world.root.public, root_signatures="tail")
+
+
+def test_tail_mode_refuses_a_forged_root_entry_through_the_cli_and_an_exported_bundle(
+    db_url: str,
+    make_world: Callable[..., World],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Attack 1 as an auditor meets it: ``veracity ledger verify`` on the database and on
+    a bundle exported from it, in tail mode (even trusting the log key alone)."""
+    world = make_world(db_url)
+    mallory = _enrol_mallory_behind_the_apis_back(world, ZERO_SIGNATURE)
+    _mallory_registers_a_dataset(world, mallory)
+    trust = tmp_path / "root.pub"
+    trust.write_text(world.root.public.pem(), encoding="utf-8")
+    tail = ["--trust", str(trust), "--root-signatures", "tail", "--no-witnesses"]
+
+    code, report, err = run(capsys, "ledger", "verify", "--db", db_url, *tail, "--format", "json")
+    assert code == 1, err
+    assert (report["ok"], report["first_bad_seq"]) == (False, 3)
+    code, _text, err = run(capsys, "ledger", "verify", "--db", db_url, *tail)
+    assert code == 1
+    assert "entry 3" in err
+
+    bundle = tmp_path / "ledger.jsonl"
+    code, _info, err = run(capsys, "ledger", "export", "--db", db_url, "--out", str(bundle))
+    assert code == 0, err
+    code, report, err = run(
+        capsys, "ledger", "verify", "--bundle", str(bundle), *tail, "--format", "json"
+    )
+    assert code == 1, err
+    assert (report["ok"], report["first_bad_seq"]) == (False, 3)
 
 
 def test_an_automatic_checkpoint_refuses_to_seal_a_forged_root_entry(

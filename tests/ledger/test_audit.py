@@ -7,6 +7,7 @@ alone; an auditor with a policy and a state directory refuses each.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Callable
 from datetime import timedelta
@@ -18,14 +19,21 @@ import pytest
 from tests.ledger.conftest import T0, World, seeded_key
 from tests.ledger.test_cli import run
 from tests.ledger.test_witness import _split
-from tests.ledger.witness_helpers import feed, make_witness, second_db_url
+from tests.ledger.witness_helpers import (
+    CopyableDatabase,
+    copyable_db,
+    feed,
+    make_witness,
+    second_db_url,
+)
 from veracity.contracts.events import ROOT_ACTOR
+from veracity.errors import ProofError
 from veracity.ledger.ledger import Ledger
 from veracity.ledger.note import CheckpointText, Note, NoteVerifier, verify_note
 from veracity.ledger.policy import Policy
 from veracity.ledger.witnessed import WitnessedLog, witness_name
 
-__all__ = ["second_db_url"]
+__all__ = ["copyable_db", "second_db_url"]
 
 SITES = ("hospital-a", "hospital-b", "hospital-c")
 
@@ -118,6 +126,44 @@ def test_tail_mode_needs_a_quorum_on_the_checkpoint_it_relies_on(
     _cosign(world, tmp_path, ("hospital-a", "hospital-b"))
     code, report = _verify(capsys, world, tmp_path, "--policy", policy, "--root-signatures", "tail")
     assert code == 0, report
+    assert report["root_signatures"] == "tail"
+    assert report["tail_trusted"]["witnesses"] is True
+    assert "2 of 3" in report["tail_trusted"]["trusted_on"]
+
+
+def test_tail_mode_without_a_policy_is_refused_unless_the_log_key_alone_is_asked_for(
+    make_world: Callable[..., World],
+    db_url: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A checkpoint signed only by the log key used to be trusted by tail mode silently."""
+    world = _world(make_world, db_url)
+    world.note(ROOT_ACTOR, "after the checkpoint")
+    _trust(world, tmp_path)
+    code, _report = _verify(capsys, world, tmp_path, "--root-signatures", "tail")
+    assert code == 2
+    assert "--policy" in str(_report)
+    bundle = tmp_path / "ledger.jsonl"
+    world.ledger.export_bundle(bundle)
+    code, _doc, err = run(
+        capsys, "ledger", "verify", "--bundle", str(bundle), "--trust", str(tmp_path / "root.pub"),
+        "--root-signatures", "tail",
+    )  # fmt: skip
+    assert code == 2
+    assert "needs a witness quorum" in err
+    code, report = _verify(capsys, world, tmp_path, "--root-signatures", "tail", "--no-witnesses")
+    assert code == 0, report
+    checkpoint = world.ledger.latest_checkpoint()
+    assert checkpoint is not None
+    assert report["tail_trusted"] == {
+        "checkpoint_size": checkpoint.tree_size,
+        "trusted_on": "the log key alone (--no-witnesses: no witness checked it)",
+        "witnesses": False,
+    }
+    code, report = _verify(capsys, world, tmp_path)
+    assert (code, report["root_signatures"]) == (0, "all")
+    assert "tail_trusted" not in report
 
 
 def test_split_view_is_refused_by_an_auditor_with_state(
@@ -323,3 +369,63 @@ def test_checkpoint_note_needs_no_private_key_and_carries_every_cosignature(
     assert [v.name for v in cosigned] == [witness_name(s) for s in ("hospital-a", "hospital-c")]
     assert CheckpointText.parse(note.text).tree_size == world.ledger.latest_checkpoint().tree_size  # type: ignore[union-attr]
     assert not (elsewhere / "veracity-coordinator").exists()
+
+
+def test_a_split_view_made_from_one_copied_database_is_caught_and_proven(
+    make_world: Callable[..., World],
+    copyable_db: CopyableDatabase,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Issue 18's "Done when": ONE coordinator database is copied (a file copy; on
+    PostgreSQL ``CREATE DATABASE ... TEMPLATE``) and each copy is extended differently.
+    Each verifies under the root key alone; the site witness that cosigned one refuses the
+    other and keeps both notes; an auditor with a state directory refuses the other; and
+    ``veracity ledger equivocation`` turns the witness's two evidence notes into proof."""
+    world = _world(make_world, copyable_db.url)
+    _trust(world, tmp_path)
+    witness = make_witness(tmp_path / "witness" / "hospital-a", world, "hospital-a")
+    feed(witness, world.ledger)  # the witness has cosigned the shared past
+    world.ledger.close()
+    copy_url = copyable_db.copy()
+    a = dataclasses.replace(world, ledger=Ledger.open(copyable_db.url, root_key=world.root))
+    b = dataclasses.replace(
+        world, ledger=Ledger.open(copy_url, root_key=world.root), keys=dict(world.keys)
+    )
+    try:
+        a.note(ROOT_ACTOR, "study X withdrawn")
+        b.note(ROOT_ACTOR, "study X approved by the board")
+        for side in (a, b):
+            side.ledger.checkpoint(now=T0)
+        assert a.ledger.size() == b.ledger.size()
+        assert a.ledger.root() != b.ledger.root()
+        for url in (a.ledger.url, b.ledger.url):  # the root key alone accepts either copy
+            assert _verify(capsys, url, tmp_path)[0] == 0
+
+        # The site witness: cosigns the view it is shown first, refuses the other.
+        feed(witness, a.ledger)
+        with pytest.raises(ProofError, match=r"two roots|inconsistent"):
+            feed(witness, b.ledger)
+        evidence = sorted((tmp_path / "witness" / "hospital-a" / "evidence").iterdir())
+        assert len(evidence) == 2
+
+        # The auditor with state: verifies one view, then refuses the other.
+        state = str(tmp_path / "auditor-state")
+        code, report = _verify(capsys, a.ledger.url, tmp_path, "--state", state)
+        assert code == 0, report
+        code, report = _verify(capsys, b.ledger.url, tmp_path, "--state", state)
+        assert code == 1
+        assert report["ok"] is False
+        assert "fork" in report["reason"]
+
+        # The evidence is transferable: anyone with the log's vkey checks it.
+        vkey = WitnessedLog(a.ledger).verifier.vkey()
+        code, proof, err = run(
+            capsys, "ledger", "equivocation", str(evidence[0]), str(evidence[1]), "--vkey", vkey
+        )
+        assert code == 0, err
+        assert proof["equivocation"] is True
+        assert "two roots" in proof["reason"]
+    finally:
+        a.ledger.close()
+        b.ledger.close()

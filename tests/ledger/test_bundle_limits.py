@@ -28,29 +28,21 @@ def _run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, Any]:
 
 
 @pytest.fixture
-def bundle(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Path:
-    assert _run(capsys, "ledger", "init", "--data-dir", str(tmp_path), "--format", "json")[0] == 0
+def bundle(tmp_path: Path, db_url: str, capsys: pytest.CaptureFixture[str]) -> Path:
+    """A bundle exported from a ledger on each backend (SQLite, PostgreSQL)."""
+    where = ["--db", db_url, "--data-dir", str(tmp_path)]
+    assert _run(capsys, "ledger", "init", *where, "--format", "json")[0] == 0
     note = tmp_path / "note.json"
     note.write_text(json.dumps({"text": "hello"}), encoding="utf-8")
     for _ in range(3):
         code, _shown = _run(
             capsys,
-            "ledger", "append", "--data-dir", str(tmp_path), "--kind", "note.recorded",
+            "ledger", "append", *where, "--kind", "note.recorded",
             "--payload-file", str(note), "--format", "json",
         )  # fmt: skip
         assert code == 0
     out = tmp_path / "ledger.bundle"
-    code, _shown = _run(
-        capsys,
-        "ledger",
-        "export",
-        "--data-dir",
-        str(tmp_path),
-        "--out",
-        str(out),
-        "--format",
-        "json",
-    )
+    code, _shown = _run(capsys, "ledger", "export", *where, "--out", str(out), "--format", "json")
     assert code == 0
     return out
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shlex
 import sqlite3
 import stat
 from pathlib import Path
@@ -157,11 +158,13 @@ def test_init_append_checkpoint_verify_prove_round_trip(
     code, shown, _ = run(capsys, "ledger", "show", "--since", "2", *common)
     assert [e["seq"] for e in shown] == [2, 3]
     out = data_dir / "ledger.bundle"
-    code, info, _ = run(capsys, "ledger", "export", "--out", str(out), *common)
+    code, info, err = run(capsys, "ledger", "export", "--out", str(out), *common)
     assert (code, info["entries"]) == (0, 4)
-    code, report, _ = run(
-        capsys, "ledger", "verify", "--bundle", str(out), "--trust", trust, "--format", "json"
-    )
+    # It ends with the next command to run: the auditor's verification of that bundle.
+    nexts = err[err.index("next:") :].splitlines()[1:]
+    verify = shlex.split(nexts[0].replace("root.pub", shlex.quote(trust)))
+    assert verify[:3] == ["veracity", "ledger", "verify"]
+    code, report, _ = run(capsys, *verify[1:], "--format", "json")
     assert (code, report["ok"]) == (0, True)
 
 

@@ -221,6 +221,13 @@ VALID: dict[str, dict[str, Any]] = {
         "requested_by": "alice",
     },
     "token.revoked": {"token_id": "9f2c4e1a7b3d5e60", "name": "hospital-a operator"},
+    "model.downloaded": {"model_hash": H, "requested_by": "alice"},
+    "inference.budget_set": {
+        "model_hash": H,
+        "requester": "clinic-1",
+        "budget": 31,
+        "requested_by": "alice",
+    },
     # Site-side replay (#19).
     "replay.confirmed": {
         "site": "hospital-a",

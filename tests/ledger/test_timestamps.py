@@ -23,7 +23,7 @@ import sqlalchemy as sa
 from veracity.contracts.events import ROOT_ACTOR
 from veracity.core.fields import format_timestamp
 from veracity.crypto.keys import SigningKey
-from veracity.errors import LedgerIntegrityError, StaleCheckpoint
+from veracity.errors import InputError, LedgerIntegrityError, StaleCheckpoint
 from veracity.ledger.checkpoint import sign_checkpoint
 from veracity.ledger.entry import build_body, entry_message, statement_bytes, statement_of_body
 from veracity.ledger.ledger import Ledger
@@ -314,3 +314,25 @@ def test_a_checkpoint_dated_in_the_past_is_refused(
     world.ledger.export_bundle(bundle)
     with pytest.raises(LedgerIntegrityError, match=r"is dated .*, before"):
         verify_bundle_file(bundle, trusted_root=world.root.public)
+
+
+def test_a_checkpoint_dated_before_its_last_entry_is_not_recorded(
+    db_url: str, make_world: Callable[..., World]
+) -> None:
+    world = make_world(db_url, checkpoint_every=0)
+    world.note(ROOT_ACTOR, "an entry")
+    size = world.ledger.size()
+    backdated = sign_checkpoint(
+        world.root,
+        log_id=world.ledger.log_id,
+        tree_size=size,
+        root_hash=world.ledger.root(size).hex(),
+        timestamp=_ts(0.5),
+    )
+    with (
+        pytest.raises(InputError, match="before its last entry"),
+        world.ledger.transaction() as session,
+    ):
+        world.ledger.record_checkpoint(session, backdated)
+    assert world.ledger.checkpoints() == []
+    world.ledger.verify(world.root.public)

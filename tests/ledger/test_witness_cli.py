@@ -11,26 +11,36 @@ from typing import Any
 import pytest
 
 from tests.ledger.test_cli import run
+from tests.ledger.witness_helpers import CopyableDatabase, copyable_db
 from veracity.ledger.note import Note, NoteVerifier, verify_note
 from veracity.ledger.policy import Policy
 
+__all__ = ["copyable_db"]
 
-def _append_note(capsys: pytest.CaptureFixture[str], data_dir: Path, text: str) -> None:
-    payload = data_dir / "payload.json"
+
+Where = Path | list[str]
+
+
+def _args(where: Where) -> list[str]:
+    """``--data-dir DIR`` for a data directory, else the options given (``--db URL ...``)."""
+    return ["--data-dir", str(where)] if isinstance(where, Path) else where
+
+
+def _append_note(capsys: pytest.CaptureFixture[str], where: Where, text: str) -> None:
+    args = _args(where)
+    payload = Path(args[args.index("--data-dir") + 1]) / "payload.json"
     payload.write_text(json.dumps({"text": text}), encoding="utf-8")
     code, _, err = run(
         capsys, "ledger", "append", "--kind", "note.recorded", "--payload-file", str(payload),
-        "--data-dir", str(data_dir),
+        *args,
     )  # fmt: skip
     assert code == 0, err
 
 
-def _checkpoint(capsys: pytest.CaptureFixture[str], data_dir: Path) -> str:
-    code, _, err = run(capsys, "ledger", "checkpoint", "--data-dir", str(data_dir))
+def _checkpoint(capsys: pytest.CaptureFixture[str], where: Where) -> str:
+    code, _, err = run(capsys, "ledger", "checkpoint", *_args(where))
     assert code == 0, err
-    code, note, err = run(
-        capsys, "ledger", "checkpoint", "--data-dir", str(data_dir), "--format", "note"
-    )
+    code, note, err = run(capsys, "ledger", "checkpoint", *_args(where), "--format", "note")
     assert code == 0, err
     return str(note)
 
@@ -43,8 +53,8 @@ def data_dir(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Path:
     return directory
 
 
-def _vkey(capsys: pytest.CaptureFixture[str], data_dir: Path) -> str:
-    code, out, err = run(capsys, "ledger", "vkey", "--data-dir", str(data_dir))
+def _vkey(capsys: pytest.CaptureFixture[str], where: Where) -> str:
+    code, out, err = run(capsys, "ledger", "vkey", *_args(where))
     assert code == 0, err
     return str(out).strip()
 
@@ -134,6 +144,41 @@ def test_equivocation_at_different_sizes_uses_a_copy_of_the_log(
     assert evidence["consistency"]["proof"]
 
 
+def test_equivocation_on_copies_of_the_coordinator_database(
+    copyable_db: CopyableDatabase, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """Attack 6 on each backend: copies of one database (a file copy; on PostgreSQL
+    ``CREATE DATABASE ... TEMPLATE``) extended differently, proven by ``ledger equivocation``."""
+    keys = str(tmp_path / "coordinator")
+    original = ["--db", copyable_db.url, "--data-dir", keys]
+    code, _, err = run(capsys, "ledger", "init", *original)
+    assert code == 0, err
+    _checkpoint(capsys, original)
+    same_size, longer = ["--db", copyable_db.copy(), "--data-dir", keys], copyable_db.copy()
+    _append_note(capsys, original, "study X withdrawn")
+    _append_note(capsys, same_size, "study X approved")
+    for i in range(4):
+        _append_note(capsys, ["--db", longer, "--data-dir", keys], f"study X approved {i}")
+    notes = {}
+    for label, where in (
+        ("a", original), ("b", same_size), ("c", ["--db", longer, "--data-dir", keys])
+    ):  # fmt: skip
+        notes[label] = tmp_path / f"{label}.note"
+        notes[label].write_text(_checkpoint(capsys, where), encoding="utf-8")
+    vkey = _vkey(capsys, original)
+    a, b, c = (str(notes[k]) for k in "abc")
+    code, evidence, err = run(capsys, "ledger", "equivocation", a, b, "--vkey", vkey)
+    assert code == 0, err
+    assert "two roots" in evidence["reason"]
+    code, evidence, _ = run(capsys, "ledger", "equivocation", a, c, "--vkey", vkey)
+    assert (code, evidence["equivocation"]) == (1, False)
+    code, evidence, err = run(
+        capsys, "ledger", "equivocation", a, c, "--vkey", vkey, "--db", longer
+    )
+    assert code == 0, err
+    assert evidence["consistency"]["proof"]
+
+
 def test_two_notes_of_one_history_are_no_equivocation(
     data_dir: Path, capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
@@ -186,3 +231,45 @@ def test_policy_lists_the_log_and_site_witness_keys(
     assert [w.name for w in policy.witnesses] == ["east", "north", "south"]
     assert policy.required == "2 of 3 (witnesses)"
     assert policy.logs[0][0].vkey() == _vkey(capsys, data_dir)
+
+
+def test_key_and_policy_commands_answer_json_with_what_text_prints(
+    data_dir: Path, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """``--format json`` holds the same keys, proof and policy; text stays the C2SP form."""
+    vkey = _vkey(capsys, data_dir)
+    code, shown, err = run(capsys, "ledger", "vkey", *_args(data_dir), "--format", "json")
+    assert code == 0, err
+    assert shown == {"vkey": vkey, "origin": NoteVerifier.parse(vkey).name}
+    code, pem, _ = run(capsys, "ledger", "vkey", *_args(data_dir), "--identity")
+    code, shown, _ = run(
+        capsys, "ledger", "vkey", *_args(data_dir), "--identity", "--format", "json"
+    )
+    assert code == 0
+    assert shown == {"identity_public_key": pem}
+
+    site = tmp_path / "north"
+    assert run(capsys, "site", "init", "--name", "north", "--data-dir", str(site))[0] == 0
+    code, text, _ = run(capsys, "site", "witness-key", "--data-dir", str(site))
+    code, shown, _ = run(capsys, "site", "witness-key", "--data-dir", str(site), "--format", "json")
+    assert code == 0
+    assert shown == {"name": NoteVerifier.parse(text.strip()).name, "vkey": text.strip()}
+    log_id = "ab" * 32
+    proof_args = ["site", "enrolment-proof", "--log-id", log_id, "--data-dir", str(site)]
+    code, proof, _ = run(capsys, *proof_args)
+    code, shown, _ = run(capsys, *proof_args, "--format", "json")
+    assert code == 0
+    assert shown == {"site": "north", "log_id": log_id, "proof": proof.strip()}
+
+    policy_args = ["ledger", "policy", *_args(data_dir), "--quorum", "1", "--site-dir", str(site)]
+    code, text, _ = run(capsys, *policy_args)
+    assert code == 0
+    assert Policy.parse(text).required == "1 of 1 (witnesses)"
+    out = tmp_path / "policy.txt"
+    code, shown, _ = run(capsys, *policy_args, "--out", str(out), "--format", "json")
+    assert code == 0
+    assert shown == {
+        "policy": text, "log": NoteVerifier.parse(vkey).name, "quorum": 1,
+        "witnesses": ["north"], "out": str(out.absolute()),
+    }  # fmt: skip
+    assert out.read_text(encoding="utf-8") == text

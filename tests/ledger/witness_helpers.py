@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import itertools
 import secrets
-from collections.abc import Iterator
+import shutil
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -62,4 +65,56 @@ def second_db_url(request: pytest.FixtureRequest, db_url: str, tmp_path: Path) -
     finally:
         with engine.connect() as conn:
             conn.execute(sa.text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
+        engine.dispose()
+
+
+@dataclass(frozen=True)
+class CopyableDatabase:
+    """A coordinator database and a way to copy it whole, as an attacker with the files would."""
+
+    url: str
+    copy: Callable[[], str]
+
+
+@pytest.fixture
+def copyable_db(
+    request: pytest.FixtureRequest, db_url: str, tmp_path: Path
+) -> Iterator[CopyableDatabase]:
+    """An empty database on ``db_url``'s backend that ``copy()`` duplicates (with its data).
+
+    SQLite: a file copy. PostgreSQL: a database of its own, copied with ``CREATE DATABASE
+    ... TEMPLATE`` (nothing may be connected to it then: close ledgers first).
+    """
+    counter = itertools.count()
+    if db_url.startswith("sqlite"):
+        source = Path(str(make_url(db_url).database))
+
+        def copy_file() -> str:
+            target = tmp_path / f"copy-{next(counter)}.db"
+            shutil.copyfile(source, target)
+            return f"sqlite:///{target}"
+
+        yield CopyableDatabase(db_url, copy_file)
+        return
+    base = make_url(request.getfixturevalue("pg_session_database"))
+    engine = sa.create_engine(base, isolation_level="AUTOCOMMIT")
+    names = [f"veracity_split_{secrets.token_hex(5)}"]
+    with engine.connect() as conn:
+        conn.execute(sa.text(f'CREATE DATABASE "{names[0]}"'))
+
+    def copy_database() -> str:
+        name = f"{names[0]}_{next(counter)}"
+        with engine.connect() as conn:
+            conn.execute(sa.text(f'CREATE DATABASE "{name}" TEMPLATE "{names[0]}"'))
+        names.append(name)
+        return base.set(database=name).render_as_string(hide_password=False)
+
+    try:
+        yield CopyableDatabase(
+            base.set(database=names[0]).render_as_string(hide_password=False), copy_database
+        )
+    finally:
+        with engine.connect() as conn:
+            for name in names:
+                conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         engine.dispose()

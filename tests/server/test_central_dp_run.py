@@ -67,9 +67,12 @@ class _SitesGrid(Grid):
         *,
         log_id: str,
         gone_after_round: dict[int, int] | None = None,
+        signed_for: dict[str, str] | None = None,
     ) -> None:
         self.sites = sites
         self.log_id = log_id
+        #: site -> the log its receipts are signed for, where not ``log_id`` (an attack).
+        self.signed_for = signed_for or {}
         self.study_hash = study_hash
         self.run_id = run_id
         self.replies: dict[str, Message] = {}
@@ -139,7 +142,8 @@ class _SitesGrid(Grid):
             epsilon=0.5 * server_round,
             history=[[1.7, 0.1, 10 * server_round]],
         )
-        return trained_reply(request, site.key, weights, receipt, log_id=self.log_id)
+        log_id = self.signed_for.get(site.name, self.log_id)
+        return trained_reply(request, site.key, weights, receipt, log_id=log_id)
 
 
 @dataclass
@@ -403,3 +407,23 @@ def test_an_unexpected_error_in_a_run_is_recorded_as_failed_with_its_reason(
     assert finished["status"] == "failed"
     assert finished["reason"] == "internal error: RuntimeError: the disk is full"
     assert finished["rounds_completed"] == 2
+
+
+def test_a_receipt_signed_for_another_log_is_dropped_naming_the_log(network: _Network) -> None:
+    # hospital-c's reply carries a receipt it signed for another log (a dishonest relay
+    # replaying a round of that log here): the coordinator's receipt check drops it.
+    coordinator = network.coordinator
+    study = _propose(network, max_epsilon=50.0, rounds=1)
+    other_log = "ab" * 32
+    _execute(network, study, RUN, signed_for={"hospital-c": other_log})
+    assert _rounds(coordinator, RUN) == []
+    finished = _run_finished(coordinator, RUN)
+    assert finished is not None
+    assert finished["status"] == "insufficient_sites"
+    assert "without update: hospital-c (hospital-c's receipt" in finished["reason"]
+    assert (
+        f"for this log {coordinator.ledger.log_id} (forged, or signed for another log)"
+        in (finished["reason"])
+    )
+    assert finished["model_hash"] is None
+    coordinator.ledger.verify(coordinator.ledger.identity_public_key)

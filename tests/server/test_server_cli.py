@@ -161,6 +161,12 @@ def test_budget_set_and_list_on_the_command_line(
     assert main(["server", "budget", "list", *common]) == 0
     listed = json.loads(capsys.readouterr().out)
     assert [(b["requester"], b["budget"], b["used"]) for b in listed] == [("clinic-7", 31, 0)]
+    with open_coordinator(tmp_path / "c") as coordinator:  # the operator's change is signed too
+        (entry,) = coordinator.ledger.entries(kind="inference.budget_set")
+    assert entry.payload["requester"] == "clinic-7"
+    assert entry.payload["budget"] == 31
+    assert entry.payload["model_hash"] == model
+    assert entry.payload["requested_by"]
     unknown = ["--model", "0" * 64, "--data-dir", str(tmp_path / "c")]
     assert main([*args, *unknown]) == 1  # no such model
 

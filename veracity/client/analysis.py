@@ -36,7 +36,12 @@ import numpy.typing as npt
 
 from veracity.analytics.calibration import calibrate_noise_multiplier, noise_std
 from veracity.analytics.mechanism import Columns, add_noise, exact_release
-from veracity.client.approvals import approved_terms, record_approval, refuse_budget
+from veracity.client.approvals import (
+    approved_terms,
+    record_approval,
+    refuse_approval,
+    refuse_budget,
+)
 from veracity.client.budget import (
     ACCOUNTANT,
     NEIGHBOURING,
@@ -57,7 +62,6 @@ from veracity.contracts.analysis import (
     SiteAnswer,
     query_hash,
 )
-from veracity.contracts.refusals import ApprovalMissingStatement
 from veracity.core.canonical import canonical_hash
 from veracity.core.fields import is_hex64
 from veracity.errors import ApprovalMissing, InputError
@@ -496,20 +500,12 @@ class AnalysisAgent:
 
     def refuse_approval(self, study_hash: str, query_id: str, reason: str) -> QueryRefusal:
         """Sign ``approval.missing`` for query ``query_id`` of ``study_hash`` (stored once)."""
-        refused = ApprovalMissingStatement(
-            site=self.site.name,
+        statement = refuse_approval(
+            self.site,
             study_hash=study_hash,
-            run_id=f"query:{query_id}"[:128],
-            round=QUERY_ROUND,
-            reason=reason[:10_000],
-            signed_at=self.site.now(),
-        )
-        key = refused.to_json()
-        del key["signed_at"]
-        statement = self.site.store.refusal(
-            canonical_hash({"kind": refused.KIND, **key}),
-            lambda: self.site.sign(refused),
-            now=self.site.now(),
+            run_id=f"query:{query_id}",
+            round_number=QUERY_ROUND,
+            reason=reason,
         )
         log.warning("site %s refused query %s: %s", self.site.name, query_id, reason)
         return QueryRefusal("approval.missing", statement, reason)

@@ -35,7 +35,8 @@ from veracity.client.site import Site
 from veracity.client.store import Dataset, Decision, Pool, SignedStatement
 from veracity.client.study_inputs import dataset_mismatch
 from veracity.contracts.events import StudyApproved, StudyRefused
-from veracity.contracts.refusals import BudgetRefused
+from veracity.contracts.refusals import ApprovalMissingStatement, BudgetRefused
+from veracity.core.canonical import canonical_hash
 from veracity.errors import ApprovalMissing, InputError
 from veracity.tasks.study import AnyStudy, Study, parse_any_study
 
@@ -476,3 +477,29 @@ def refuse_budget(
     )
     site.store.add_statement(statement, now=statement.payload["signed_at"])
     return statement, reason
+
+
+def refuse_approval(
+    site: Site, *, study_hash: str, run_id: str, round_number: int, reason: str
+) -> SignedStatement:
+    """Sign ``approval.missing`` for a request and keep it for the ledger, once.
+
+    A repeated request is the same refusal: the statement is stored under its content
+    without ``signed_at`` and the stored one comes back. ``run_id`` and ``reason`` are cut
+    to what the statement holds (128 and 10,000 characters).
+    """
+    refused = ApprovalMissingStatement(
+        site=site.name,
+        study_hash=study_hash,
+        run_id=run_id[:128],
+        round=round_number,
+        reason=reason[:10_000],
+        signed_at=site.now(),
+    )
+    key = refused.to_json()
+    del key["signed_at"]
+    return site.store.refusal(
+        canonical_hash({"kind": refused.KIND, **key}),
+        lambda: site.sign(refused),
+        now=site.now(),
+    )

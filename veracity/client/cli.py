@@ -132,6 +132,7 @@ def init_command(
         torch_threads=torch_threads,
         secure_mode=secure_mode,
         default_epsilon_budget=default_epsilon_budget,
+        prompt_passphrase=True,
     )
     paths = SitePaths(root, name)
     shown = {
@@ -942,6 +943,7 @@ def enrolment_proof_command(
         Path | None,
         typer.Option("--data-dir", envvar="VERACITY_DATA_DIR", help="The site's directory."),
     ] = None,
+    output_format: FormatOption = OutputFormat.TEXT,
 ) -> None:
     """Print this site key's proof of possession, for the admin's `sites enrol --proof`.
 
@@ -955,7 +957,12 @@ def enrolment_proof_command(
     if not is_hex64(log_id):
         raise InputError(f"--log-id must be 64 lowercase hex characters, not {log_id!r}")
     with Site.open(_root(data_dir)) as site:
-        sys.stdout.write(site.enrolment_proof(log_id) + "\n")
+        proof = site.enrolment_proof(log_id)
+        name = site.name
+    if output_format is OutputFormat.JSON:
+        emit_json({"site": name, "log_id": log_id, "proof": proof})
+    else:
+        sys.stdout.write(proof + "\n")
 
 
 @site_app.command("rotate-key")
@@ -986,11 +993,13 @@ def rotate_key_command(
         Path | None,
         typer.Option("--data-dir", envvar="VERACITY_DATA_DIR", help="The site's directory."),
     ] = None,
+    output_format: FormatOption = OutputFormat.TEXT,
 ) -> None:
     """Hand this site over to a new key: the hand-over (JSON) for `admin sites rotate`.
 
     The new key is made once and kept beside the current one, which signs until the
-    admin has recorded key.rotated and you run this again with --complete.
+    admin has recorded key.rotated and you run this again with --complete. With
+    `--format json`: `{"site", "handover", "out"}` (or `{"site", "key_id"}` on --complete).
     """
     import json
 
@@ -1004,7 +1013,9 @@ def rotate_key_command(
             if log_id is not None or out is not None:
                 raise ConfigError("--complete takes neither --log-id nor --out")
             key_id = site.complete_rotation()
-            stderr_console().print(f"site {site.name} signs with its new key {key_id[:16]}")
+            if output_format is OutputFormat.JSON:
+                emit_json({"site": site.name, "key_id": key_id})
+            stderr_console().print(f"site {site.name} signs with its new key {key_id}")
             return
         if log_id is None:
             raise ConfigError("give --log-id (or --complete once the rotation is recorded)")
@@ -1013,10 +1024,13 @@ def rotate_key_command(
         handover = site.rotation_handover(log_id)
         name = site.name
     text = json.dumps(handover.to_json(), indent=2, sort_keys=True) + "\n"
-    if out is None:
-        sys.stdout.write(text)
-    else:
+    if out is not None:
         out.write_text(text, encoding="utf-8")
+    if output_format is OutputFormat.JSON:
+        shown = None if out is None else str(out.absolute())
+        emit_json({"site": name, "handover": handover.to_json(), "out": shown})
+    elif out is None:
+        sys.stdout.write(text)
     emit_next(
         f"veracity admin sites rotate {name} --handover {out or 'HANDOVER.json'}   (the admin)",
         "veracity site rotate-key --complete   (here, once the rotation is recorded)",
@@ -1029,8 +1043,16 @@ def witness_key_command(
         Path | None,
         typer.Option("--data-dir", envvar="VERACITY_DATA_DIR", help="The site's directory."),
     ] = None,
+    output_format: FormatOption = OutputFormat.TEXT,
 ) -> None:
-    """Print this site's witness verifier key (made on first use; not the statement key)."""
+    """Print this site's witness verifier key (made on first use; not the statement key).
+
+    With `--format json`: `{"name", "vkey"}`.
+    """
     from veracity.client.witness import witness_verifier
 
-    sys.stdout.write(witness_verifier(_root(data_dir)).vkey() + "\n")
+    verifier = witness_verifier(_root(data_dir))
+    if output_format is OutputFormat.JSON:
+        emit_json({"name": verifier.name, "vkey": verifier.vkey()})
+    else:
+        sys.stdout.write(verifier.vkey() + "\n")

@@ -25,7 +25,6 @@ from veracity import __version__
 from veracity.client.analysis import AnalysisAgent, QueryRefusal, QueryRequest
 from veracity.client.explanation import ExplanationAgent, ExplanationRequest
 from veracity.client.service import Refusal, SiteAgent, TrainRequest
-from veracity.client.site import Site
 from veracity.contracts.analysis import (
     QueryRefusalItem,
     QueryReplies,
@@ -89,7 +88,7 @@ def agent_for(site_dir: Path) -> SiteAgent:
     with _AGENTS_LOCK:
         agent = _AGENTS.get(site_dir)
         if agent is None:
-            agent = _AGENTS[site_dir] = SiteAgent.open(site_dir)
+            agent = _AGENTS[site_dir] = SiteAgent.open(site_dir, account_ahead=True)
         return agent
 
 
@@ -116,8 +115,7 @@ def explainer_for(site_dir: Path) -> ExplanationAgent:
 @app.query("hello")
 def hello(msg: Message, context: Context) -> Message:
     """Tell the coordinator which site this node is (no data, no statistics)."""
-    with Site.open(_site_dir(context)) as site:
-        name = site.name
+    name = agent_for(_site_dir(context)).site.name
     hello_record = HelloRecord(site=name, version=__version__, code_hash=current_code_hash() or "")
     record = ConfigRecord(hello_record.to_record())
     return Message(RecordDict({HelloRecord.RECORD: record}), reply_to=msg)

@@ -12,7 +12,44 @@ import typer
 
 from veracity.errors import ConfigError
 
-__all__ = ["start"]
+__all__ = ["site_api_options", "start"]
+
+
+def site_api_options(
+    *,
+    server: str | None,
+    token: str | None,
+    witness: bool | None,
+    api: str | None = None,
+    api_token: str | None = None,
+) -> tuple[str | None, str | None, bool]:
+    """``site start``'s API options resolved: (server, token, whether to witness).
+
+    Every site agent given the coordinator's API witnesses its ledger: ``witness`` left
+    unset means on whenever there is a server; ``False`` (``--no-witness``) opts out.
+
+    Raises
+    ------
+    ConfigError
+        If the options contradict each other, or ``witness`` is asked for without an API.
+    """
+    from veracity.api_options import api_base
+
+    if api is not None:  # the older spelling of --server
+        if server is not None and api_base(server) != api_base(api):
+            raise ConfigError("--api is the older spelling of --server; give one of them")
+        server = server or api
+    if api_token is not None:
+        if token is not None and token != api_token:
+            raise ConfigError("--api-token is the older spelling of --token; give one of them")
+        token = token or api_token
+    if (server is None) != (token is None):
+        raise ConfigError(
+            "--server and --token go together (they deliver the outbox and witness the ledger)"
+        )
+    if witness and server is None:
+        raise ConfigError("--witness needs the coordinator's API: --server and --token")
+    return server, token, server is not None if witness is None else witness
 
 
 def start(
@@ -41,9 +78,10 @@ def start(
         typer.Option(
             "--idle-poll",
             envvar="VERACITY_IDLE_POLL",
-            help="Seconds an idle SuperNode waits between pulls (Flower's fixed default: 3).",
+            help="Longest wait between an idle SuperNode's pulls (Flower's fixed 3 s); for "
+            "5 s after a message it pulls every 0.1 s, then backs off to this.",
         ),
-    ] = 0.5,
+    ] = 1.0,
     log_vkey: Annotated[
         str | None,
         typer.Option(
@@ -58,8 +96,8 @@ def start(
             "--server",
             envvar="VERACITY_SERVER",
             help="The coordinator's admin API (https://HOST:PORT): with --token, the outbox "
-            "is delivered there while the site runs, and with --witness the site witnesses "
-            "its ledger there.",
+            "is delivered there while the site runs, and the site witnesses its ledger there "
+            "(unless --no-witness).",
         ),
     ] = None,
     token: Annotated[
@@ -67,20 +105,21 @@ def start(
         typer.Option("--token", envvar="VERACITY_TOKEN", help="This site's API token."),
     ] = None,
     witness: Annotated[
-        bool,
+        bool | None,
         typer.Option(
             "--witness/--no-witness",
             envvar="VERACITY_WITNESS",
-            help="Witness the coordinator's ledger at --server with the site's witness key.",
+            help="Witness the coordinator's ledger at --server with the site's witness key "
+            "(the default whenever --server and --token are given; --no-witness opts out).",
         ),
-    ] = False,
+    ] = None,
     api: Annotated[
         str | None,
         typer.Option(
             "--api",
             envvar="VERACITY_API",
             hidden=True,
-            help="Older spelling of --server with --witness.",
+            help="Older spelling of --server.",
         ),
     ] = None,
     api_token: Annotated[
@@ -102,14 +141,15 @@ def start(
         ),
     ] = 5.0,
 ) -> None:
-    """Run the SuperNode, the warm ClientApp worker and (with --witness) the ledger witness.
+    """Run the SuperNode, the warm ClientApp worker and (with an API) the ledger witness.
 
     The SuperNode speaks TLS with SuperNode authentication. With ``--server`` and
     ``--token`` (one pair for everything the site says to the coordinator's API) it
     delivers the site's outbox (approvals, refusals, registrations) every ``--sync-every``
-    seconds, and with ``--witness`` the witness cosigns the coordinator's checkpoints with
-    the site's witness key when they extend what it saw. The older spellings still work:
-    ``--api URL`` is ``--server URL --witness`` and ``--api-token`` is ``--token``.
+    seconds, and the witness cosigns the coordinator's checkpoints with the site's witness
+    key when they extend what it saw (every site agent witnesses; ``--no-witness`` opts
+    out). The older spellings still work: ``--api URL`` is ``--server URL`` and
+    ``--api-token`` is ``--token``.
     """
     from veracity.api_options import api_base
     from veracity.client.supernode import SuperNodeOptions, start_site_node
@@ -117,26 +157,15 @@ def start(
 
     if idle_poll <= 0:
         raise ConfigError("--idle-poll must be positive")
-    if api is not None:  # the older spelling: witness (and deliver to) this API
-        if server is not None and api_base(server) != api_base(api):
-            raise ConfigError("--api is the older spelling of --server; give one of them")
-        server, witness = server or api, True
-    if api_token is not None:
-        if token is not None and token != api_token:
-            raise ConfigError("--api-token is the older spelling of --token; give one of them")
-        token = token or api_token
-    if (server is None) != (token is None):
-        raise ConfigError(
-            "--server and --token go together (they deliver the outbox and witness the ledger)"
-        )
-    if witness and server is None:
-        raise ConfigError("--witness needs the coordinator's API: --server and --token")
+    server, token, witnessing = site_api_options(
+        server=server, token=token, witness=witness, api=api, api_token=api_token
+    )
     site_dir = Path("veracity-site") if data_dir is None else data_dir
     options = SuperNodeOptions(superlink=superlink, ca_cert=ca_cert, idle_poll=idle_poll)
     group = ProcessGroup()
     with stopping_on_signals(group):
         node = start_site_node(site_dir, options, group)
-        if witness and server is not None and token is not None:
+        if witnessing and server is not None and token is not None:
             from veracity.client.witness import start_site_witness
 
             api = api_base(server)

@@ -39,6 +39,7 @@ import logging
 import math
 import os
 import re
+import threading
 import time
 from collections import OrderedDict
 from collections.abc import Mapping
@@ -49,7 +50,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 import numpy.typing as npt
 
-from veracity.client.approvals import approved_terms, refuse_budget
+from veracity.client.approvals import approved_terms, refuse_approval, refuse_budget
 from veracity.client.budget import (
     ACCOUNTANT,
     NEIGHBOURING,
@@ -64,9 +65,7 @@ from veracity.client.site import Clock, Site, utc_now
 from veracity.client.store import Dataset, Pool, SignedStatement
 from veracity.client.study_inputs import study_examples
 from veracity.contracts.receipts import RECEIPT_DOMAIN, RECEIPT_FIELDS, Receipt
-from veracity.contracts.refusals import ApprovalMissingStatement
 from veracity.contracts.replay import SEED_BYTES, seed_commitment
-from veracity.core.canonical import canonical_hash
 from veracity.core.fields import is_hex64
 from veracity.errors import ApprovalMissing, InputError, VerificationError
 from veracity.tasks.spec import check_weights
@@ -212,13 +211,22 @@ class SiteAgent:
     seed
         Seeds each run's sampling and noise generators deterministically (tests only);
         ``None`` (production) draws them from the OS.
+    account_ahead
+        After each round that is not its study's last, compute in a background thread
+        what the accountants will be asked before the next one (the same planned segment
+        on the history just recorded), so that the next round finds it in their caches
+        (:mod:`veracity.client.budget` caches by exact history and delta). Nothing is
+        decided from it: the next round computes its own figures, from the store, and a
+        wrong guess only costs the CPU it used. The ClientApp worker's agents do this.
     """
 
-    def __init__(self, site: Site, *, seed: int | None = None) -> None:
+    def __init__(self, site: Site, *, seed: int | None = None, account_ahead: bool = False) -> None:
         from veracity.client.training import configure_threads
 
         self.site = site
         self._seed = seed
+        self._account_ahead = account_ahead
+        self._ahead: threading.Thread | None = None
         self._keeper = RoundKeeper(site.paths.root)
         # One trainer per (run, study, dataset, file hash); torch is imported lazily.
         self._trainers: OrderedDict[tuple[str, str, str, str], PrivateTrainer] = OrderedDict()
@@ -232,6 +240,7 @@ class SiteAgent:
         clock: Clock = utc_now,
         seed: int | None = None,
         database_url: str | None = None,
+        account_ahead: bool = False,
     ) -> SiteAgent:
         """Open the site in ``site_dir`` and start its agent.
 
@@ -241,10 +250,11 @@ class SiteAgent:
             If the directory is not an initialised site or its store cannot be opened.
         """
         site = Site.open(Path(site_dir), clock=clock, database_url=database_url)
-        return cls(site, seed=seed)
+        return cls(site, seed=seed, account_ahead=account_ahead)
 
     def close(self) -> None:
         """Drop cached trainers and close the store."""
+        self._wait_ahead()
         self._trainers.clear()
         self.site.close()
 
@@ -270,6 +280,7 @@ class SiteAgent:
         ConfigError
             If the site cannot provide what the study needs (e.g. secure mode).
         """
+        self._wait_ahead()  # one accountant computation at a time, never the same one twice
         study = _check_request(request)
         try:
             _decision, dataset, cap = approved_terms(
@@ -418,6 +429,8 @@ class SiteAgent:
             budget.dataset.epsilon,
             budget.study.epsilon,
         )
+        if self._account_ahead and request.round < study.rounds:
+            self._start_ahead(budget, study.dp.delta)
         return TrainReply(
             weights=result.weights,
             receipt=document,
@@ -425,6 +438,31 @@ class SiteAgent:
             metrics=metrics,
             noise_generator=trainer.noise_generator,
         )
+
+    def _start_ahead(self, budget: RoundBudget, delta: float) -> None:
+        """Warm the accountants' caches for the next round of the same study (see class doc)."""
+
+        def compute() -> None:
+            try:
+                ahead = evaluate_round(
+                    dataset_history=budget.dataset.history,
+                    study_history=budget.study.history,
+                    planned=budget.planned,
+                    delta=delta,
+                    dataset_budget=math.inf,
+                    study_cap=math.inf,
+                )
+                _ = ahead.dataset.add_remove  # the receipt's figure
+            except Exception as err:  # noqa: BLE001 - a cache warm-up; the round recomputes
+                log.debug("accounting ahead failed: %s", err)
+
+        self._ahead = threading.Thread(target=compute, name="account-ahead", daemon=True)
+        self._ahead.start()
+
+    def _wait_ahead(self) -> None:
+        if self._ahead is not None:
+            self._ahead.join()
+            self._ahead = None
 
     def _trainer(self, run_id: str, study: Study, dataset: Dataset) -> PrivateTrainer:
         """The trainer of a run, built on first use and reused while the file is unchanged.
@@ -475,22 +513,13 @@ class SiteAgent:
     # ------------------------------------------------------------------ refusals
 
     def _refuse_approval(self, request: TrainRequest, reason: str) -> Refusal:
-        refused = ApprovalMissingStatement(
-            site=self.site.name,
+        # Stored and queued for the ledger like budget.refused, once per refused request.
+        statement = refuse_approval(
+            self.site,
             study_hash=request.study_hash,
             run_id=request.run_id,
-            round=request.round,
+            round_number=request.round,
             reason=reason,
-            signed_at=self.site.now(),
-        )
-        # Stored and queued for the ledger like budget.refused, once per refused request
-        # (the key leaves out signed_at: a repeated request is the same refusal).
-        key = refused.to_json()
-        del key["signed_at"]
-        statement = self.site.store.refusal(
-            canonical_hash({"kind": refused.KIND, **key}),
-            lambda: self.site.sign(refused),
-            now=self.site.now(),
         )
         log.warning("site %s refused round %s: %s", self.site.name, request.round, reason)
         return Refusal(kind="approval.missing", statement=statement, reason=reason)

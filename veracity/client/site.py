@@ -437,8 +437,12 @@ def init_site(
     default_delta: float = 1e-5,
     min_rows: int = 50,
     clock: Clock = utc_now,
+    prompt_passphrase: bool = False,
 ) -> SiteConfig:
     """Create a site in ``root``: keys, store and ``site.json``.
+
+    With ``prompt_passphrase`` (``veracity site init``) a person at a terminal is asked
+    for the site key's passphrase when ``VERACITY_KEY_PASSPHRASE`` is not set.
 
     Raises
     ------
@@ -485,7 +489,9 @@ def init_site(
     keys_existed = paths.keys.exists()
     try:
         root.mkdir(parents=True, exist_ok=True, mode=0o700)
-        created += list(write_key_pair(paths.keys, name, generate_signing_key()))
+        created += list(
+            write_key_pair(paths.keys, name, generate_signing_key(), prompt=prompt_passphrase)
+        )
         created += list(write_supernode_key_pair(paths.keys, comment=name))
         # The store holds the commitment salts: readable by the site's user only.
         fd = os.open(paths.database, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)

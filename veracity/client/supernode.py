@@ -29,12 +29,18 @@ __all__ = ["SuperNodeOptions", "SiteNode", "start_site_node", "supernode_key_pat
 
 @dataclass(frozen=True)
 class SuperNodeOptions:
-    """How a site's SuperNode reaches the SuperLink and how often it polls."""
+    """How a site's SuperNode reaches the SuperLink and how often it polls.
+
+    The SuperNode pulls every ``active_poll`` seconds for a few seconds after a message,
+    backing off to ``idle_poll`` while none comes; the worker asks its SuperNode for a
+    task every ``worker_poll`` seconds likewise, backing off to ``idle_poll``.
+    """
 
     superlink: str
     ca_cert: Path
-    idle_poll: float = 0.5
-    worker_poll: float = 0.1
+    idle_poll: float = 1.0
+    active_poll: float = 0.1
+    worker_poll: float = 0.05
     runtime_port: int | None = None
 
 
@@ -111,6 +117,7 @@ def start_site_node(
             argv=python_module_argv(
                 "veracity.client.supernode_runner",
                 "--idle-poll", str(options.idle_poll),
+                "--active-poll", str(options.active_poll),
                 "--reply-poll", "0.05",
                 "--object-backoff", "0.05",
                 "--",
@@ -137,6 +144,8 @@ def start_site_node(
                 "veracity.client.worker",
                 "--runtime-api-address", f"127.0.0.1:{port}",
                 "--poll-interval", str(options.worker_poll),
+                "--idle-poll", str(options.idle_poll),
+                "--site-dir", str(site_dir),
                 "--ready-file", str(ready),
                 "--parent-pid", str(os.getpid()),
             ),

@@ -1,4 +1,4 @@
-"""``flower-supernode`` with a configurable idle poll (flwr 1.42 hard-codes 3 s).
+"""``flower-supernode`` with configurable polling (flwr 1.42 hard-codes 3 s).
 
 An idle SuperNode sleeps 3 s between pulls from the SuperLink, and 0.5 s while waiting for
 its ClientApp's reply; neither has a flag in flwr 1.42. A site agent that wants rounds
@@ -7,7 +7,13 @@ sleeps (and the 1 s initial back-off for not-yet-uploaded message objects) and t
 the stock ``flower-supernode`` entry point unchanged. The patch checks that the literals it
 replaces are still in flwr's source and refuses to start otherwise.
 
-Usage: ``python -m veracity.client.supernode_runner --idle-poll 0.2 -- <flower-supernode args>``
+The pull between messages waits ``--active-poll`` seconds for a few seconds after the node
+last received a message or waited for its ClientApp (so the next round's message is picked
+up at once), then backs off to ``--idle-poll`` (each pull costs the SuperLink a
+node-signature check and a few SQLite transactions).
+
+Usage: ``python -m veracity.client.supernode_runner --idle-poll 1 --active-poll 0.1 --
+<flower-supernode args>``
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from veracity.errors import ConfigError
+from veracity.supervise import PollBackoff
 
 __all__ = ["patch_supernode_polling", "main"]
 
@@ -31,23 +38,29 @@ _REPLY_SLEEP = "time.sleep(0.5)"
 class _TimeShim:
     """Stands in for the ``time`` module inside flwr's SuperNode loop only."""
 
-    def __init__(self, idle: float, reply: float) -> None:
-        self._idle, self._reply = idle, reply
+    def __init__(self, backoff: PollBackoff, reply: float) -> None:
+        self.backoff, self._reply = backoff, reply
 
     def __getattr__(self, name: str) -> Any:
         return getattr(_time, name)
 
     def sleep(self, seconds: float) -> None:
-        """Shorten the two hard-coded waits; pass any other sleep through."""
+        """Replace the two hard-coded waits; pass any other sleep through."""
         if seconds == 3:
-            seconds = self._idle
+            seconds = self.backoff.next_wait()
         elif seconds == 0.5:
+            self.backoff.activity()  # a message is being handled: the next comes soon
             seconds = self._reply
         _time.sleep(seconds)
 
 
-def patch_supernode_polling(*, idle_poll: float, reply_poll: float, object_backoff: float) -> None:
+def patch_supernode_polling(
+    *, idle_poll: float, reply_poll: float, object_backoff: float, active_poll: float | None = None
+) -> None:
     """Replace flwr's hard-coded SuperNode sleeps in this process.
+
+    Between messages the node waits ``active_poll`` (default: ``idle_poll``) seconds for a
+    few seconds after its last message, then backs off to ``idle_poll``.
 
     Raises
     ------
@@ -65,11 +78,17 @@ def patch_supernode_polling(*, idle_poll: float, reply_poll: float, object_backo
         raise ConfigError(
             "this flwr version's SuperNode loop differs from 1.42.0; run without --idle-poll"
         )
-    patched_pull = functools.partial(
+    backoff = PollBackoff(active=idle_poll if active_poll is None else active_poll, idle=idle_poll)
+    pull_objects = functools.partial(
         internal.pull_objects, initial_backoff=object_backoff, backoff_cap=1.0
     )
+
+    def patched_pull(*args: Any, **kwargs: Any) -> Any:
+        backoff.activity()  # a message arrived
+        return pull_objects(*args, **kwargs)
+
     # Patching flwr's module globals is the point of this function.
-    setattr(internal, "time", _TimeShim(idle_poll, reply_poll))  # noqa: B010
+    setattr(internal, "time", _TimeShim(backoff, reply_poll))  # noqa: B010
     setattr(internal, "pull_objects", patched_pull)  # noqa: B010
 
 
@@ -79,11 +98,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     split = args.index("--") if "--" in args else len(args)
     parser = argparse.ArgumentParser(prog="veracity-supernode")
     parser.add_argument("--idle-poll", type=float, default=3.0)
+    parser.add_argument("--active-poll", type=float, default=None)
     parser.add_argument("--reply-poll", type=float, default=0.5)
     parser.add_argument("--object-backoff", type=float, default=1.0)
     ours = parser.parse_args(args[:split])
     patch_supernode_polling(
-        idle_poll=ours.idle_poll, reply_poll=ours.reply_poll, object_backoff=ours.object_backoff
+        idle_poll=ours.idle_poll,
+        reply_poll=ours.reply_poll,
+        object_backoff=ours.object_backoff,
+        active_poll=ours.active_poll,
     )
     from flwr.supernode.cli.flower_supernode import flower_supernode
 

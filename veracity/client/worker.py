@@ -34,7 +34,12 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from veracity.supervise import exit_with_parent, log_task_process, task_process_parser
+from veracity.supervise import (
+    PollBackoff,
+    exit_with_parent,
+    log_task_process,
+    task_process_parser,
+)
 
 __all__ = ["WorkerOptions", "run_worker", "main", "fab_declares_veracity_clientapp"]
 
@@ -48,8 +53,10 @@ class WorkerOptions:
     """How the worker reaches its SuperNode and how it polls."""
 
     runtime_api_address: str
-    poll_interval: float = 0.1
+    poll_interval: float = 0.05
+    idle_poll: float = 1.0
     object_backoff: float = 0.05
+    site_dir: Path | None = None
     ready_file: Path | None = None
     max_tasks: int | None = None
     parent_pid: int | None = None
@@ -66,8 +73,13 @@ def fab_declares_veracity_clientapp(fab_content: bytes) -> bool:
     return bool(components.get("clientapp") == CLIENTAPP_REF)
 
 
-def _warm_up() -> None:
-    """Import torch and Opacus and take one optimiser step, so the first round is not cold."""
+def _warm_up(site_dir: Path | None) -> None:
+    """Import torch and Opacus, run one optimiser step and each accountant once, open the agent.
+
+    So that the first round is not cold: the accountants' first call pays for imports and
+    set-up (seconds on a busy machine), and the agent (its store, keys and migrations) is
+    what every message of the site's runs uses.
+    """
     import torch
 
     torch.set_num_threads(int(os.environ.get("VERACITY_TORCH_THREADS", "1")))
@@ -77,10 +89,23 @@ def _warm_up() -> None:
     optimiser.step()
     import opacus  # noqa: F401  (import cost paid once, here)
 
+    from veracity.client.budget import Segment, epsilon_report
+
+    _ = epsilon_report((Segment(1.0, 0.5, 1),), 1e-5).add_remove
+
+    if site_dir is not None:
+        from veracity.client import flower_app
+
+        flower_app.agent_for(site_dir.resolve())
+
 
 def run_worker(options: WorkerOptions) -> int:
-    """Serve ClientApp tasks until SIGTERM/SIGINT (or ``max_tasks``); returns tasks served."""
-    _warm_up()
+    """Serve ClientApp tasks until SIGTERM/SIGINT (or ``max_tasks``); returns tasks served.
+
+    Asks the SuperNode for a task every ``poll_interval`` seconds for a few seconds after
+    the last one, backing off to ``idle_poll`` seconds while none comes.
+    """
+    _warm_up(options.site_dir)
 
     from flwr.app import Message
     from flwr.app.error import Error
@@ -199,6 +224,7 @@ def run_worker(options: WorkerOptions) -> int:
     if options.ready_file is not None:
         options.ready_file.write_text(f"{os.getpid()}\n", encoding="ascii")
     log.info("worker %d ready, polling %s", os.getpid(), options.runtime_api_address)
+    backoff = PollBackoff(active=options.poll_interval, idle=options.idle_poll)
     served = 0
     while not stopping:
         try:
@@ -213,23 +239,29 @@ def run_worker(options: WorkerOptions) -> int:
                 serve(response.token)
             finally:
                 serving = False
+                backoff.activity()
             served += 1
             if options.max_tasks is not None and served >= options.max_tasks:
                 break
             continue
-        time.sleep(options.poll_interval)
+        backoff.sleep()
     return served
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point: ``python -m veracity.client.worker --runtime-api-address HOST:PORT``."""
-    args = task_process_parser(__doc__, poll_interval=0.1).parse_args(argv)
+    parser = task_process_parser(__doc__, poll_interval=0.05)
+    parser.add_argument("--idle-poll", type=float, default=1.0)
+    parser.add_argument("--site-dir", type=Path, default=None)
+    args = parser.parse_args(argv)
     log_task_process()
     run_worker(
         WorkerOptions(
             runtime_api_address=args.runtime_api_address,
             poll_interval=args.poll_interval,
+            idle_poll=args.idle_poll,
             object_backoff=args.object_backoff,
+            site_dir=args.site_dir,
             ready_file=args.ready_file,
             parent_pid=args.parent_pid,
         )

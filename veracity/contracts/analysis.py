@@ -21,10 +21,18 @@ import itertools
 import math
 from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import AfterValidator, Field, StringConstraints, model_validator
+from pydantic import Field, StringConstraints, model_validator
 
 from veracity.contracts.base import Contract, Payload
-from veracity.contracts.receipts import Base64Signature, HistoryItem, check_history
+from veracity.contracts.receipts import (
+    Accountant,
+    Base64Signature,
+    Delta,
+    EpsilonSpent,
+    History,
+    Neighbouring,
+    NoiseGenerator,
+)
 from veracity.core.canonical import canonical_hash
 from veracity.core.fields import Count, Hash, Ident, Name, Number, Text
 
@@ -291,15 +299,15 @@ class AnalysisReceipt(Contract):
     sensitivity: Annotated[Number, Field(gt=0)]
     noise_multiplier: Annotated[Number, Field(gt=0)]
     noise_std: Annotated[Number, Field(gt=0)]
-    accountant: Literal["pld"]
-    neighbouring: Literal["replace-one"]
-    delta: Annotated[Number, Field(gt=0, lt=1)]
-    epsilon_query: Annotated[Number, Field(ge=0)]
-    epsilon: Annotated[Number, Field(ge=0)]
-    history: Annotated[list[HistoryItem], AfterValidator(check_history)]
+    accountant: Accountant
+    neighbouring: Neighbouring
+    delta: Delta
+    epsilon_query: EpsilonSpent
+    epsilon: EpsilonSpent
+    history: History
     suppression_threshold: Annotated[Number, Field(ge=0)]
     repeated: bool
-    noise_generator: Annotated[str, StringConstraints(min_length=1, max_length=200)]
+    noise_generator: NoiseGenerator
 
 
 class SignedAnalysisReceipt(Contract):

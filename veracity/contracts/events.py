@@ -44,6 +44,8 @@ __all__ = [
     "RequestedPayload",
     "TokenIssued",
     "TokenRevoked",
+    "ModelDownloaded",
+    "InferenceBudgetSet",
     "Role",
     "KINDS",
     "ROOT_KINDS",
@@ -417,6 +419,24 @@ class TokenRevoked(RequestedPayload):
     name: Ident
 
 
+class ModelDownloaded(RequestedPayload):
+    """An administrator downloaded a released model's plaintext weights."""
+
+    KIND: ClassVar[str] = "model.downloaded"
+
+    model_hash: Hash
+
+
+class InferenceBudgetSet(RequestedPayload):
+    """An administrator set how many predictions ``requester`` may get from a model in all."""
+
+    KIND: ClassVar[str] = "inference.budget_set"
+
+    model_hash: Hash
+    requester: Ident
+    budget: Annotated[int, Field(ge=0, le=2**53 - 1)]
+
+
 class CheckpointRecorded(RequestedPayload):
     """A root-signed checkpoint of the first ``tree_size`` entries."""
 
@@ -495,6 +515,9 @@ PAYLOADS: dict[str, type[Payload]] = {
         NoteRecorded,
         TokenIssued,
         TokenRevoked,
+        # --- downloads and query budgets (#16)
+        ModelDownloaded,
+        InferenceBudgetSet,
         # Site-side replay (#19): site statements, recorded by SiteCommands.record_statement.
         ReplayConfirmed,
         ReplayFailed,
@@ -535,6 +558,8 @@ ROOT_KINDS: frozenset[str] = frozenset(
         "checkpoint",
         "token.issued",
         "token.revoked",
+        "model.downloaded",
+        "inference.budget_set",
         # --- explanations (#19)
         "model.explained",
         "updates.pruned",

@@ -24,6 +24,12 @@ __all__ = [
     "Base64Signature",
     "HistoryItem",
     "check_history",
+    "Accountant",
+    "Neighbouring",
+    "Delta",
+    "EpsilonSpent",
+    "History",
+    "NoiseGenerator",
     "Receipt",
     "SignedReceipt",
 ]
@@ -60,6 +66,22 @@ def check_history(value: list[HistoryItem]) -> list[HistoryItem]:
     return value
 
 
+# The privacy terms every site receipt states (training rounds, analysis queries and
+# explanations alike), defined once.
+#: The accountant that recomputes ``epsilon`` from ``history``: Google dp-accounting's PLD.
+Accountant = Literal["pld"]
+#: The neighbouring relation ``epsilon`` is stated for (the row count is public).
+Neighbouring = Literal["replace-one"]
+#: The delta ``epsilon`` is stated at.
+Delta = Annotated[Number, Field(gt=0, lt=1)]
+#: An epsilon spent (cumulative, or of one release).
+EpsilonSpent = Annotated[Number, Field(ge=0)]
+#: The dataset's accountant history (:func:`check_history`).
+History = Annotated[list[HistoryItem], AfterValidator(check_history)]
+#: Where the site drew its DP noise (and Poisson samples) from.
+NoiseGenerator = Annotated[str, StringConstraints(min_length=1, max_length=200)]
+
+
 class Receipt(Contract):
     """A site's signed account of one round of training.
 
@@ -81,15 +103,15 @@ class Receipt(Contract):
     dataset_id: Ident
     dataset_commitment: Hash
     update_hash: Hash
-    accountant: Literal["pld"]
-    neighbouring: Literal["replace-one"]
-    delta: Annotated[Number, Field(gt=0, lt=1)]
-    epsilon: Annotated[Number, Field(ge=0)]
-    epsilon_add_remove: Annotated[Number, Field(ge=0)]
-    history: Annotated[list[HistoryItem], AfterValidator(check_history)]
+    accountant: Accountant
+    neighbouring: Neighbouring
+    delta: Delta
+    epsilon: EpsilonSpent
+    epsilon_add_remove: EpsilonSpent
+    history: History
     max_grad_norm: Annotated[Number, Field(gt=0)]
     num_examples: Count
-    noise_generator: Annotated[str, StringConstraints(min_length=1, max_length=200)]
+    noise_generator: NoiseGenerator
     #: :func:`veracity.contracts.replay.seed_commitment` of the secret per-round seed the
     #: round's sampling and noise came from (absent on receipts signed before it existed).
     seed_commitment: Hash | None = None

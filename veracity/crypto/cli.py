@@ -41,7 +41,7 @@ def keys_new(
 
     directory = key_dir if key_dir is not None else load_settings(data_dir=data_dir).key_dir
     key = generate_signing_key()
-    private_path, public_path = write_key_pair(directory, name, key)
+    private_path, public_path = write_key_pair(directory, name, key, prompt=True)
     shown = {
         "name": name,
         "private_key": str(private_path),

@@ -44,6 +44,7 @@ __all__ = [
     "private_key_path",
     "public_key_path",
     "key_passphrase",
+    "new_key_passphrase",
     "PASSPHRASE_ENV",
     "SIGNATURE_SIZE",
 ]
@@ -249,18 +250,47 @@ def key_passphrase(*, prompt_for: Path | None = None) -> bytes | None:
     return None
 
 
-def write_key_pair(key_dir: Path, name: str, key: SigningKey) -> tuple[Path, Path]:
+def new_key_passphrase(path: Path) -> bytes | None:
+    """The passphrase to encrypt a new key file under: the variable, or asked at a terminal.
+
+    Without ``VERACITY_KEY_PASSPHRASE`` and with a terminal on stdin, it is asked twice
+    (an empty answer leaves the key unencrypted); without a terminal there is none.
+
+    Raises
+    ------
+    ConfigError
+        If the two answers differ.
+    """
+    value = os.environ.get(PASSPHRASE_ENV)
+    if value:
+        return value.encode("utf-8")
+    if sys.stdin is None or not sys.stdin.isatty():
+        return None
+    first = getpass.getpass(f"passphrase for the new key {path} (empty: none): ")
+    if not first:
+        return None
+    if getpass.getpass(f"the passphrase for {path} again: ") != first:
+        raise ConfigError(f"the two passphrases differ; {path} was not written")
+    return first.encode("utf-8")
+
+
+def write_key_pair(
+    key_dir: Path, name: str, key: SigningKey, *, prompt: bool = False
+) -> tuple[Path, Path]:
     """Write ``NAME.pem`` (mode 0600) and ``NAME.pub`` into ``key_dir``.
 
     The private key is created with 0600 from the start (never world-readable, even
     briefly) and an existing file is never overwritten. With ``VERACITY_KEY_PASSPHRASE``
     set, the private key is encrypted under it (PKCS#8, the best encryption
-    ``cryptography`` offers).
+    ``cryptography`` offers); with ``prompt`` and no variable, a person at a terminal is
+    asked for one, with confirmation (:func:`new_key_passphrase`), before anything is
+    written.
 
     Raises
     ------
     ConfigError
-        If the name is unusable or either file already exists.
+        If the name is unusable, either file already exists, or the prompted passphrases
+        differ.
     """
     _check_name(name)
     key_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -269,9 +299,10 @@ def write_key_pair(key_dir: Path, name: str, key: SigningKey) -> tuple[Path, Pat
     for path in (private_path, public_path):
         if path.exists():
             raise ConfigError(f"{path} already exists; refusing to overwrite a key")
+    passphrase = new_key_passphrase(private_path) if prompt else key_passphrase()
     fd = os.open(private_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "wb") as handle:
-        handle.write(key.pem(passphrase=key_passphrase()))
+        handle.write(key.pem(passphrase=passphrase))
     os.chmod(private_path, 0o600)
     public_path.write_text(key.public.pem(), encoding="ascii")
     return private_path, public_path

@@ -17,13 +17,14 @@ before any ciphertext reaches SEAL.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import re
 import struct
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from enum import StrEnum
+from enum import Enum, StrEnum
 from typing import Any
 
 from veracity.core.canonical import canonical_json
@@ -273,7 +274,10 @@ def _layout(header: Mapping[str, Any]) -> PackingLayout:
 
 
 def _exact_fields(
-    header: Mapping[str, Any], fields: set[str], what: str, optional: frozenset[str] = frozenset()
+    header: Mapping[str, Any],
+    fields: frozenset[str],
+    what: str,
+    optional: frozenset[str] = frozenset(),
 ) -> None:
     extra = set(header) - fields - optional
     if extra:
@@ -312,21 +316,29 @@ class RequestHeader:
 
     def to_header(self) -> dict[str, Any]:
         """The JSON header fields."""
-        header: dict[str, Any] = {
-            "model_hash": self.model_hash,
-            "parameter_set": self.parameter_set,
-            "context_hash": self.context_hash,
-            "layout": self.layout.value,
-            "batch_size": self.batch_size,
-        }
-        if self.query is not Query.PREDICTION:
-            header["query"] = self.query.value
-        return header
+        return _header_fields(self)
 
 
-_REQUEST_FIELDS = {"model_hash", "parameter_set", "context_hash", "layout", "batch_size"}
 #: Header fields a request or response may carry (left out: their default).
 _OPTIONAL_FIELDS = frozenset({"query"})
+
+
+def _header_fields(header: RequestHeader | ResponseHeader) -> dict[str, Any]:
+    """A header's fields as JSON: enums by value, ``query`` left out when it is the default."""
+    fields: dict[str, Any] = {}
+    for field in dataclasses.fields(header):
+        value = getattr(header, field.name)
+        if field.name in _OPTIONAL_FIELDS and value == field.default:
+            continue
+        fields[field.name] = value.value if isinstance(value, Enum) else value
+    return fields
+
+
+def _required(header: type[RequestHeader | ResponseHeader]) -> frozenset[str]:
+    return frozenset(f.name for f in dataclasses.fields(header)) - _OPTIONAL_FIELDS
+
+
+_REQUEST_FIELDS = _required(RequestHeader)
 
 
 def encode_request(
@@ -390,19 +402,10 @@ class ResponseHeader:
 
     def to_header(self) -> dict[str, Any]:
         """The JSON header fields."""
-        header: dict[str, Any] = {
-            "model_hash": self.model_hash,
-            "request_hash": self.request_hash,
-            "he_params_hash": self.he_params_hash,
-            "layout": self.layout.value,
-            "batch_size": self.batch_size,
-        }
-        if self.query is not Query.PREDICTION:
-            header["query"] = self.query.value
-        return header
+        return _header_fields(self)
 
 
-_RESPONSE_FIELDS = {"model_hash", "request_hash", "he_params_hash", "layout", "batch_size"}
+_RESPONSE_FIELDS = _required(ResponseHeader)
 
 
 def encode_response(header: ResponseHeader, ciphertexts: Sequence[bytes]) -> bytes:

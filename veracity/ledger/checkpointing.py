@@ -136,6 +136,8 @@ def record_checkpoint_entry(
 
     Raises
     ------
+    InputError
+        If ``signed`` is dated before the last entry it covers.
     StaleCheckpoint
         If a larger or later checkpoint was recorded since ``signed`` was signed.
     """
@@ -154,6 +156,14 @@ def record_checkpoint_entry(
                 return entry
         raise LedgerIntegrityError(
             f"the checkpoint of size {signed.tree_size} has no checkpoint entry"
+        )
+    last_ts = session.execute(
+        select(store.EntryRow.ts).where(store.EntryRow.seq == signed.tree_size - 1)
+    ).scalar_one_or_none()
+    if last_ts is not None and signed.timestamp < last_ts:
+        raise InputError(
+            f"the checkpoint of size {signed.tree_size} is dated {signed.timestamp}, before "
+            f"its last entry ({last_ts}): a checkpoint is never older than what it covers"
         )
     newest = session.execute(
         select(store.CheckpointRow.tree_size, store.CheckpointRow.timestamp)

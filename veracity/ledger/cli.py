@@ -22,7 +22,7 @@ from veracity.errors import (
     SignatureError,
     VerificationError,
 )
-from veracity.output import FormatOption, OutputFormat, emit_json, emit_table
+from veracity.output import FormatOption, OutputFormat, emit_json, emit_next, emit_table
 
 if TYPE_CHECKING:
     from veracity.crypto.keys import SigningKey
@@ -150,7 +150,7 @@ def init(
     created_key = not private_path.exists()
     if created_key:
         root = generate_signing_key()
-        write_key_pair(directory, _ROOT_KEY_NAME, root)
+        write_key_pair(directory, _ROOT_KEY_NAME, root, prompt=True)
     else:
         root = load_signing_key(private_path)
     try:
@@ -361,10 +361,24 @@ def verify(
             help="A checkpoint note with cosignatures (repeatable).",
         ),
     ] = None,
+    no_witnesses: Annotated[
+        bool,
+        typer.Option(
+            "--no-witnesses",
+            envvar="VERACITY_NO_WITNESSES",
+            help="With --root-signatures tail and no --policy: trust a checkpoint signed by "
+            "the log key alone, which no witness checked (the report says so).",
+        ),
+    ] = False,
     data_dir: DataDirOption = None,
     output_format: FormatOption = OutputFormat.TEXT,
 ) -> None:
-    """Recompute everything and check it against the trusted root key (exit 1 if bad)."""
+    """Recompute everything and check it against the trusted root key (exit 1 if bad).
+
+    ``--root-signatures tail`` trusts the checkpoint it relies on only when it meets
+    ``--policy`` (a witness quorum), or, with ``--no-witnesses``, on the log key's word;
+    without either it exits 2.
+    """
     from veracity.ledger.verify import verify_bundle_file
 
     if db is not None and bundle is not None:
@@ -372,6 +386,12 @@ def verify(
     if root_signatures not in ("all", "tail"):
         raise typer.BadParameter("--root-signatures is 'all' or 'tail'")
     policy: Literal["all", "tail"] = "all" if root_signatures == "all" else "tail"
+    if policy == "tail" and policy_file is None and not no_witnesses:
+        raise ConfigError(
+            "--root-signatures tail trusts a checkpoint instead of the signatures below it, "
+            "so it needs a witness quorum: give --policy FILE (veracity ledger policy writes "
+            "one), or --no-witnesses to trust the log key alone"
+        )
     trusted = _trusted_root(trust)
     known = _load_checkpoints(checkpoint or [])
     try:
@@ -414,12 +434,28 @@ def verify(
             )
             raise typer.Exit(1) from err
         raise
+    tail_trusted = None
+    if policy == "tail":
+        tail_trusted = _tail_trusted(
+            report,
+            witnessed,
+            db=None if bundle is not None else _db_url(db, data_dir),
+            bundle=bundle,
+        )
     if output_format is OutputFormat.JSON:
         document = report.to_json()
+        document["root_signatures"] = policy
+        if tail_trusted is not None:
+            document["tail_trusted"] = tail_trusted
         if witnessed is not None:
             document["witnesses"] = witnessed
         emit_json(document)
     else:
+        if tail_trusted is not None:
+            sys.stderr.write(
+                f"tail mode trusted the checkpoint of size {tail_trusted['checkpoint_size']} "
+                f"on the word of {tail_trusted['trusted_on']}\n"
+            )
         for seq, name, key_id in report.recoveries:
             sys.stdout.write(
                 f"note: entry {seq} recovered {name!r} to key {key_id[:16]} (key.recovered: "
@@ -440,6 +476,33 @@ def verify(
         )
 
 
+def _tail_trusted(
+    report: Any, witnessed: dict[str, Any] | None, *, db: str | None, bundle: Path | None
+) -> dict[str, Any]:
+    """What ``--root-signatures tail`` trusted: which checkpoint, and on whose word."""
+    if witnessed is not None and "tail_relies_on" in witnessed:
+        size = witnessed["tail_relies_on"]
+        return {
+            "checkpoint_size": size,
+            "trusted_on": f"the policy's witness quorum ({witnessed['quorum']})",
+            "witnesses": True,
+        }
+    if bundle is not None:
+        from veracity.ledger.audit import bundle_tree
+
+        sizes = bundle_tree(bundle)[1]
+    else:
+        assert db is not None  # noqa: S101 - one of the two is given by the caller
+        with _open(db) as ledger:
+            sizes = [c.tree_size for c in ledger.checkpoints()]
+    entries = int(report.entries)
+    return {
+        "checkpoint_size": max((s for s in sizes if s < entries), default=None),
+        "trusted_on": "the log key alone (--no-witnesses: no witness checked it)",
+        "witnesses": False,
+    }
+
+
 @app.command("export")
 def export(
     out: Annotated[
@@ -450,12 +513,19 @@ def export(
     output_format: FormatOption = OutputFormat.TEXT,
 ) -> None:
     """Write the whole ledger into one bundle an auditor verifies offline."""
+    import shlex
+
     with _open(_db_url(db, data_dir)) as ledger:
         info = ledger.export_bundle(out)
     if output_format is OutputFormat.JSON:
         emit_json(info)
     else:
         emit_table(None, ["field", "value"], list(info.items()))
+    bundle = shlex.quote(str(out))
+    emit_next(
+        f"veracity ledger verify --bundle {bundle} --trust root.pub",
+        f"veracity ledger provenance MODEL_HASH --bundle {bundle} --trust root.pub",
+    )
 
 
 def _emit_checkpoints(
@@ -524,14 +594,8 @@ def checkpoint_now(
 
     ``--format note`` needs no private key when the newest checkpoint's note is stored (it
     is whenever this command, the API or a witness made or fetched it); otherwise the log
-    key in the key directory signs it.
-
-    Raises
-    ------
-    ConfigError
-        If the note was never signed and the log key is not at hand.
-    SignatureError
-        If the stored note's log signature does not verify (the database was edited).
+    key in the key directory signs it (exit 2 if it is not at hand; exit 1 if the stored
+    note's log signature does not verify).
     """
     from veracity.crypto.keys import load_signing_key
     from veracity.ledger.witnessed import WitnessedLog

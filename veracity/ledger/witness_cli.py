@@ -55,21 +55,31 @@ def vkey(
             "as genesis names it.",
         ),
     ] = False,
+    output_format: FormatOption = OutputFormat.TEXT,
 ) -> None:
     """Print the current log key as a C2SP note verifier key (name = the checkpoint origin).
 
     The log key is the one the identity key enrolled last (genesis or a log key rotation),
     read from the entries; `--identity` prints the identity key instead. Nothing here is
-    verified: run `veracity ledger verify --trust root.pub` before relying on it.
+    verified: run `veracity ledger verify --trust root.pub` before relying on it. With
+    `--format json`: `{"origin", "vkey"}` (or `{"identity_public_key"}`).
     """
     from veracity.ledger.ledger import Ledger
     from veracity.ledger.witnessed import WitnessedLog
 
     with Ledger.open(_db_url(db, data_dir)) as ledger:
         if identity:
-            sys.stdout.write(ledger.identity_public_key.pem())
+            pem = ledger.identity_public_key.pem()
+            if output_format is OutputFormat.JSON:
+                emit_json({"identity_public_key": pem})
+            else:
+                sys.stdout.write(pem)
             return
-        sys.stdout.write(WitnessedLog(ledger).verifier.vkey() + "\n")
+        verifier = WitnessedLog(ledger).verifier
+    if output_format is OutputFormat.JSON:
+        emit_json({"origin": verifier.name, "vkey": verifier.vkey()})
+    else:
+        sys.stdout.write(verifier.vkey() + "\n")
 
 
 def consistency(
@@ -86,11 +96,13 @@ def consistency(
     db: DbOption = None,
     key_dir: KeyDirOption = None,
     data_dir: DataDirOption = None,
+    output_format: FormatOption = OutputFormat.TEXT,
 ) -> None:
     """Print a consistency proof from OLD to NEW entries (JSON), with both roots.
 
     Where checkpoints of those sizes exist and the log key is at hand, their signed notes
-    come with it, so `verify-consistency` needs only the log's vkey.
+    come with it, so `verify-consistency` needs only the log's vkey. The proof file is a
+    JSON document in either `--format`.
     """
     from veracity.errors import NotFound
     from veracity.ledger.cli import _root_key_if_present
@@ -113,7 +125,8 @@ def consistency(
                     document[label] = log.note(size).render()
                 except NotFound:
                     document[label] = None
-    emit_json(document)
+    emit_json(document)  # the proof file: JSON in either format
+    del output_format
 
 
 def verify_consistency_command(
@@ -200,11 +213,13 @@ def equivocation(
             help="A copy of the log holding the larger note's tree (different sizes).",
         ),
     ] = None,
+    output_format: FormatOption = OutputFormat.TEXT,
 ) -> None:
     """Exit 0 and print the evidence if the log signed two notes that cannot both be true.
 
-    Exit 1 (and say why) otherwise.
+    Exit 1 (and say why) otherwise. The evidence is a JSON document in either `--format`.
     """
+    del output_format  # the evidence is JSON either way
     from veracity.config import normalise_database_url
     from veracity.ledger.evidence import find_equivocation
     from veracity.ledger.ledger import Ledger
@@ -261,8 +276,13 @@ def policy_command(
     out: Annotated[
         Path | None, typer.Option("--out", envvar="VERACITY_OUT", help="Write the policy here.")
     ] = None,
+    output_format: FormatOption = OutputFormat.TEXT,
 ) -> None:
-    """Write a C2SP tlog-policy: the log key, the sites' witness keys, QUORUM of them."""
+    """Write a C2SP tlog-policy: the log key, the sites' witness keys, QUORUM of them.
+
+    Text: the policy itself (on stdout, or in `--out`). `--format json`: `{"policy",
+    "log", "quorum", "witnesses", "out"}` on stdout (the file is written as well).
+    """
     from veracity.ledger.ledger import Ledger
     from veracity.ledger.note import NoteVerifier
     from veracity.ledger.policy import Policy
@@ -283,14 +303,23 @@ def policy_command(
             raise InputError(f"two witnesses named {name!r}")
         witnesses[name] = key
     text = Policy.build(logs=[log], witnesses=witnesses, threshold=quorum).render()
-    if out is None:
+    if out is not None:
+        try:
+            out.write_text(text, encoding="utf-8")
+        except OSError as err:
+            raise InputError(f"cannot write {out}: {err.strerror}") from err
+    if output_format is OutputFormat.JSON:
+        emit_json(
+            {"policy": text, "log": log.name, "quorum": quorum, "witnesses": sorted(witnesses),
+             "out": None if out is None else str(out.absolute())}
+        )  # fmt: skip
+    elif out is None:
         sys.stdout.write(text)
         return
-    try:
-        out.write_text(text, encoding="utf-8")
-    except OSError as err:
-        raise InputError(f"cannot write {out}: {err.strerror}") from err
-    sys.stderr.write(f"policy for {log.name}: {quorum} of {len(witnesses)} witnesses -> {out}\n")
+    if out is not None:
+        sys.stderr.write(
+            f"policy for {log.name}: {quorum} of {len(witnesses)} witnesses -> {out}\n"
+        )
 
 
 def _bundle_log_keys(bundle: Path) -> list[VerifyKey]:
@@ -383,7 +412,10 @@ def audit_verified(
         state_dir=state,
         relies_on=relies_on,
     )
-    return result.to_json()
+    document = result.to_json()
+    if tail:
+        document["tail_relies_on"] = relies_on
+    return document
 
 
 def register(app: typer.Typer) -> None:

@@ -459,15 +459,15 @@ def budget_set(
     data_dir: DataDirOption = DEFAULT_DATA_DIR,
     output_format: FormatOption = OutputFormat.TEXT,
 ) -> None:
-    """Allow REQUESTER PREDICTIONS predictions from MODEL in all (recorded in api_action).
+    """Allow REQUESTER PREDICTIONS predictions from MODEL in all (a ledger event).
 
     A logistic model is determined by d + 1 exact predictions (d features).
     """
     from veracity.server.api import db
-    from veracity.server.api.budget import BudgetStore
+    from veracity.server.api.budget import BudgetStore, set_budget_recorded
     from veracity.server.api.settings import load_api_settings
     from veracity.server.api.tokens import Principal, Role
-    from veracity.server.coordinator import open_coordinator
+    from veracity.server.coordinator import open_coordinator, operator
     from veracity.server.registry import ModelRegistry
 
     settings = load_api_settings()
@@ -480,9 +480,8 @@ def budget_set(
             patients_per_minute=settings.inference_patients_per_minute,
             patient_burst=settings.inference_patient_burst,
         )
-        budget = store.set(
-            Principal(None, "veracity server budget", Role.ADMIN), requester, model, predictions
-        )
+        by = Principal(None, operator().name, Role.ADMIN)
+        budget = set_budget_recorded(coordinator, store, by, requester, model, predictions)
     if output_format is OutputFormat.JSON:
         emit_json(budget.to_json())
     else:

@@ -4,8 +4,10 @@ The coordinator keeps each verified site update it aggregated (DP-protected at t
 level at the site; under client-level DP, before the coordinator's noise, so an archive's
 reader is outside that guarantee) and each round's aggregated model in an :class:`UpdateStore` under
 ``DIR/updates/``, one ``.npz`` per weights hash (``veracity.tasks.weights``). An auditor gets
-a run's archive (:func:`write_archive`; the admin API serves it zipped, :func:`archive_zip`,
-and ``veracity admin runs archive RUN --out DIR`` unpacks it, :func:`extract_archive`)::
+a run's archive (:func:`write_archive`; the admin API serves it zipped,
+:func:`write_archive_zip`, streamed from a temporary file, and ``veracity admin runs
+archive RUN --out DIR`` downloads it to a file and unpacks it, :func:`extract_archive`);
+every step holds one weights file in memory at a time, whatever the archive's size::
 
     ARCHIVE/index.json             format, run_id, study_hash, rounds: [{round,
                                    aggregated_model_hash, updates: {site: update_hash}}]
@@ -21,13 +23,14 @@ from __future__ import annotations
 import io
 import json
 import os
+import shutil
 import tempfile
 import zipfile
-from collections.abc import Collection, Iterable
+from collections.abc import Collection, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Protocol
+from typing import IO, Any, Protocol
 
 from veracity.core.fields import is_hex64
 from veracity.errors import InputError, NotFound
@@ -41,12 +44,15 @@ __all__ = [
     "global_model",
     "plan_prune",
     "archive_files",
+    "archive_index",
     "archive_zip",
     "extract_archive",
     "write_archive",
+    "write_archive_zip",
 ]
 
 ARCHIVE_FORMAT = "veracity.run-archive.v1"
+_COPY_CHUNK = 1 << 20
 
 
 class _EntryLike(Protocol):
@@ -140,18 +146,12 @@ class UpdateStore:
         return weights
 
 
-def archive_files(
-    entries: _Entries, store: UpdateStore, run_id: str
-) -> tuple[dict[str, Any], dict[str, bytes]]:
-    """The index of ``run_id``'s archive and its files (``weights/<hash>.npz`` -> bytes).
+def archive_index(entries: _Entries, run_id: str) -> tuple[dict[str, Any], list[str]]:
+    """The index of ``run_id``'s archive and the weights hashes it holds, in archive order.
 
     ``entries`` is the coordinator's ledger (anything with ``iter_entries(kind=...)``); the
     rounds are its ``round.completed`` entries of the run (none: an archive with no round).
-
-    Raises
-    ------
-    NotFound
-        If an update or round model the ledger names is not in the store.
+    Nothing is read from the store here.
     """
     rounds = sorted(
         (
@@ -161,19 +161,12 @@ def archive_files(
         ),
         key=lambda payload: int(payload["round"]),
     )
-    files: dict[str, bytes] = {}
+    digests: dict[str, None] = {}
     index_rounds = []
     for payload in rounds:
         updates = {r["receipt"]["site"]: r["receipt"]["update_hash"] for r in payload["receipts"]}
         for digest in [*updates.values(), payload["aggregated_model_hash"]]:
-            try:
-                weights = store.get(digest)
-            except NotFound as err:
-                raise NotFound(
-                    f"{err} (run {run_id}'s archive is incomplete: see the ledger's "
-                    "updates.pruned entries)"
-                ) from err
-            files[f"weights/{digest}.npz"] = weights_to_bytes(weights)
+            digests[digest] = None
         index_rounds.append(
             {
                 "round": int(payload["round"]),
@@ -187,7 +180,32 @@ def archive_files(
         "study_hash": rounds[0]["study_hash"] if rounds else None,
         "rounds": index_rounds,
     }
-    return index, files
+    return index, sorted(digests)
+
+
+def archive_files(
+    entries: _Entries, store: UpdateStore, run_id: str
+) -> Iterator[tuple[str, bytes]]:
+    """``(name, content)`` of each ``weights/<hash>.npz`` of ``run_id``'s archive, one at a time.
+
+    Each file is read from ``store`` (and its hash checked) only when the iterator gets to
+    it, so at most one file is held at a time.
+
+    Raises
+    ------
+    NotFound
+        If an update or round model the ledger names is not in the store (pruned).
+    """
+    _index, digests = archive_index(entries, run_id)
+    for digest in digests:
+        try:
+            weights = store.get(digest)
+        except NotFound as err:
+            raise NotFound(
+                f"{err} (run {run_id}'s archive is incomplete: see the ledger's "
+                "updates.pruned entries)"
+            ) from err
+        yield f"weights/{digest}.npz", weights_to_bytes(weights)
 
 
 @dataclass(frozen=True)
@@ -325,14 +343,15 @@ def plan_prune(
     return PrunePlan(before, runs_with_files, kept_released, tuple(removed), sum(removed.values()))
 
 
-def _write_directory(out: Path, index: dict[str, Any], files: dict[str, bytes]) -> None:
+def _new_directory(out: Path) -> None:
     try:
         out.mkdir(parents=True, exist_ok=False)
         (out / "weights").mkdir()
     except FileExistsError as err:
         raise InputError(f"{out} exists; give a new directory for the archive") from err
-    for name, data in files.items():
-        (out / name).write_bytes(data)
+
+
+def _write_index(out: Path, index: dict[str, Any]) -> None:
     (out / "index.json").write_text(json.dumps(index, indent=2, sort_keys=True), encoding="utf-8")
 
 
@@ -346,28 +365,57 @@ def write_archive(entries: _Entries, store: UpdateStore, run_id: str, out: Path)
     InputError
         If ``out`` exists already.
     """
-    index, files = archive_files(entries, store, run_id)
-    _write_directory(out, index, files)
+    index, digests = archive_index(entries, run_id)
+    missing = [d for d in digests if not store.path(d).is_file()]
+    if missing:  # before anything is written (each file is re-hashed as it is copied)
+        raise NotFound(
+            f"no weights {missing[0]} in {store.root} (run {run_id}'s archive is incomplete: "
+            "see the ledger's updates.pruned entries)"
+        )
+    _new_directory(out)
+    for name, data in archive_files(entries, store, run_id):
+        (out / name).write_bytes(data)
+    _write_index(out, index)
     return index
 
 
-def archive_zip(entries: _Entries, store: UpdateStore, run_id: str) -> bytes:
-    """The archive of ``run_id`` as one zip file (what the admin API serves)."""
-    index, files = archive_files(entries, store, run_id)
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_STORED) as archive:
+def write_archive_zip(
+    entries: _Entries, store: UpdateStore, run_id: str, target: IO[bytes]
+) -> None:
+    """Write the archive of ``run_id`` as one zip file (what the admin API serves) to ``target``.
+
+    ``target`` is a file opened for binary writing (seekable or not); the weights are read
+    and written one file at a time, so memory does not grow with the archive.
+
+    Raises
+    ------
+    NotFound
+        As :func:`archive_files`.
+    """
+    index, _digests = archive_index(entries, run_id)
+    with zipfile.ZipFile(target, "w", compression=zipfile.ZIP_STORED) as archive:
         archive.writestr("index.json", json.dumps(index, indent=2, sort_keys=True))
-        for name, data in sorted(files.items()):
+        for name, data in archive_files(entries, store, run_id):
             archive.writestr(name, data)
+
+
+def archive_zip(entries: _Entries, store: UpdateStore, run_id: str) -> bytes:
+    """The archive of ``run_id`` as zip bytes, for small archives (:func:`write_archive_zip`)."""
+    buffer = io.BytesIO()
+    write_archive_zip(entries, store, run_id, buffer)
     return buffer.getvalue()
 
 
-def extract_archive(data: bytes, out: Path) -> dict[str, Any]:
-    """Unpack a zip from :func:`archive_zip` into the new directory ``out``; its index.
+def extract_archive(source: bytes | Path | IO[bytes], out: Path) -> dict[str, Any]:
+    """Unpack a zip from :func:`write_archive_zip` (bytes, a path or a file) into ``out``.
+
+    ``out`` must not exist yet.
 
     Only ``index.json`` and ``weights/<64 hex>.npz`` are accepted, so no name in the zip
     can write outside ``out``; only stored (uncompressed) members, as :func:`archive_zip`
     writes them, so what is unpacked is never larger than what was downloaded (no zip bomb).
+    Everything is checked before ``out`` is made; the files are then copied one at a time
+    (a zip file on disk is never read into memory whole). Returns the archive's index.
 
     Raises
     ------
@@ -375,8 +423,9 @@ def extract_archive(data: bytes, out: Path) -> dict[str, Any]:
         If the zip is unreadable, holds any other name, a compressed member or no readable
         index, or ``out`` exists already.
     """
+    opened = io.BytesIO(source) if isinstance(source, bytes) else source
     try:
-        with zipfile.ZipFile(io.BytesIO(data)) as archive:
+        with zipfile.ZipFile(opened) as archive:
             members = archive.infolist()
             for info in members:
                 if info.compress_type != zipfile.ZIP_STORED:
@@ -384,22 +433,32 @@ def extract_archive(data: bytes, out: Path) -> dict[str, Any]:
                         f"the run archive's {info.filename[:80]!r} is compressed; "
                         "a run archive stores its files uncompressed"
                     )
-            contents = {info.filename: archive.read(info) for info in members}
-    except (zipfile.BadZipFile, ValueError) as err:
+                if info.filename == "index.json":
+                    continue
+                folder, _, file = info.filename.partition("/")
+                if folder != "weights" or not file.endswith(".npz") or not is_hex64(file[:-4]):
+                    raise InputError(
+                        f"the run archive holds {info.filename!r}, which is not weights/<hash>.npz"
+                    )
+            try:
+                index = json.loads(archive.read("index.json"))
+            except (KeyError, ValueError) as err:
+                raise InputError("the run archive has no readable index.json") from err
+            if (
+                not isinstance(index, dict)
+                or index.get("format") != ARCHIVE_FORMAT
+                or not isinstance(index.get("rounds"), list)
+            ):
+                raise InputError(f"the run archive's index is not a {ARCHIVE_FORMAT} index")
+            _new_directory(out)
+            for info in members:
+                if info.filename == "index.json":
+                    continue
+                with archive.open(info) as member, (out / info.filename).open("wb") as copy:
+                    shutil.copyfileobj(member, copy, _COPY_CHUNK)
+    except (zipfile.BadZipFile, ValueError, OSError) as err:
+        if isinstance(err, InputError):
+            raise
         raise InputError(f"the run archive is not a readable zip: {err}") from err
-    try:
-        index = json.loads(contents.pop("index.json"))
-    except (KeyError, ValueError) as err:
-        raise InputError("the run archive has no readable index.json") from err
-    for name in contents:
-        folder, _, file = name.partition("/")
-        if folder != "weights" or not file.endswith(".npz") or not is_hex64(file[:-4]):
-            raise InputError(f"the run archive holds {name!r}, which is not weights/<hash>.npz")
-    if (
-        not isinstance(index, dict)
-        or index.get("format") != ARCHIVE_FORMAT
-        or not isinstance(index.get("rounds"), list)
-    ):
-        raise InputError(f"the run archive's index is not a {ARCHIVE_FORMAT} index")
-    _write_directory(out, index, contents)
+    _write_index(out, index)
     return index

@@ -9,7 +9,9 @@ a run's first message leaves, which dominated a short run such as an analysis st
 1. this process imports Flower's ``flwr-serverapp`` entry point and Veracity's ServerApp
    once, shortens the Grid's first back-off for reply objects not yet uploaded (1 s in
    Flower, ``object_backoff`` here), then polls ``AcquireTask`` for ServerApp tasks every
-   ``poll_interval`` seconds;
+   ``poll_interval`` seconds for a few seconds after a run started, backing off to
+   ``idle_poll`` seconds while none does (each ``AcquireTask`` costs the SuperLink a few
+   SQLite transactions: polling every 0.05 s made it the SuperLink's busiest request);
 2. for each task it forks; the child runs the stock entry point with the exact arguments
    the stock executor passes (``--runtime-api-address``, ``--token``,
    ``--root-certificates``, ``--parent-pid``), so each run still has its own process, its
@@ -39,7 +41,12 @@ from pathlib import Path
 from types import FrameType
 from typing import Any, NoReturn
 
-from veracity.supervise import exit_with_parent, log_task_process, task_process_parser
+from veracity.supervise import (
+    PollBackoff,
+    exit_with_parent,
+    log_task_process,
+    task_process_parser,
+)
 
 __all__ = ["ExecutorOptions", "run_executor", "main"]
 
@@ -53,6 +60,7 @@ class ExecutorOptions:
     runtime_api_address: str
     root_certificates: Path
     poll_interval: float = 0.05
+    idle_poll: float = 0.25
     object_backoff: float = 0.05
     ready_file: Path | None = None
     parent_pid: int | None = None
@@ -127,6 +135,7 @@ def run_executor(options: ExecutorOptions) -> NoReturn:
     if options.ready_file is not None:
         options.ready_file.write_text(f"{os.getpid()}\n", encoding="ascii")
     log.info("ServerApp executor %d ready, polling %s", os.getpid(), options.runtime_api_address)
+    backoff = PollBackoff(active=options.poll_interval, idle=options.idle_poll)
     while True:
         while children:
             pid, _status = os.waitpid(-1, os.WNOHANG)
@@ -145,14 +154,16 @@ def run_executor(options: ExecutorOptions) -> NoReturn:
                 _child(flwr_serverapp, options, response.token)
             children.add(pid)
             log.info("run task started in process %d", pid)
+            backoff.activity()
             continue
-        time.sleep(options.poll_interval)
+        backoff.sleep()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m veracity.server.serverapp_executor --runtime-api-address HOST:PORT ...``."""
     parser = task_process_parser(__doc__, poll_interval=0.05)
     parser.add_argument("--root-certificates", type=Path, required=True)
+    parser.add_argument("--idle-poll", type=float, default=0.25)
     args = parser.parse_args(argv)
     log_task_process()
     run_executor(  # returns only by SystemExit
@@ -160,6 +171,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             runtime_api_address=args.runtime_api_address,
             root_certificates=args.root_certificates,
             poll_interval=args.poll_interval,
+            idle_poll=args.idle_poll,
             object_backoff=args.object_backoff,
             ready_file=args.ready_file,
             parent_pid=args.parent_pid,

@@ -31,6 +31,7 @@ from .conftest import (
     Site,
     SuperLinkHandle,
     open_api,
+    release_model,
     study_document,
     unique_site,
 )
@@ -51,6 +52,7 @@ TABLES = (
     "coord_model",
     "api_action",
     "api_token",
+    "api_query_budget",
 )
 
 
@@ -180,3 +182,28 @@ def test_an_enrolment_whose_commit_fails_withdraws_its_supernode(coupled: Api) -
     states = {n.name: n.status for n in api.service.federation.list_nodes()}
     # Flower keeps a withdrawn registration as "unregistered": it can no longer connect.
     assert states[newcomer.name] == "unregistered"
+
+
+@pytest.mark.parametrize("point", FAILURE_POINTS)
+def test_a_download_or_budget_whose_entry_fails_hands_out_and_changes_nothing(
+    tmp_path: Path, db_url: str, point: str, trained_models: dict[str, Any], breast_cancer: Any
+) -> None:
+    """Weights leave, and a budget changes, only once their ledger entry is committed."""
+    for api in open_api(tmp_path / "coordinator", db_url):
+        spec, weights = trained_models["logistic"]
+        model = release_model(api, spec, weights, list(breast_cancer.feature_names), "malignant")
+        calls = {
+            "download": ("GET", f"/api/v1/models/{model}/weights", None),
+            "budget": ("PUT", f"/api/v1/models/{model}/budgets/clinic", {"budget": 7}),
+        }
+        for name, (method, path, body) in calls.items():
+            before = snapshot(api)
+            with failing_at(api.service.ledger.engine, point) as hits:
+                response = api.call(method, path, "admin", json=body)
+            assert hits, f"{name}: the failure point was never reached"
+            assert response.status_code == 503, f"{name}: {response.text}"
+            assert response.json()["code"] == "storage_unavailable"
+            assert snapshot(api).tables == before.tables, name
+            assert api.call(method, path, "admin", json=body).status_code == 200, name
+        kinds = [e.kind for e in api.service.ledger.entries()][-2:]
+        assert kinds == ["model.downloaded", "inference.budget_set"]

@@ -319,6 +319,27 @@ def test_verify_reports_the_first_tampered_entry(enrolled: Api) -> None:
     assert bad["first_bad_seq"] == 2
 
 
+def test_tail_verify_needs_an_explicit_no_witnesses(enrolled: Api) -> None:
+    """The server holds no witness policy: tail would trust its own log key's checkpoint."""
+    enrolled.service.ledger.checkpoint()
+    refused = enrolled.call("GET", "/api/v1/ledger/verify?root_signatures=tail", "auditor")
+    assert refused.status_code == 422
+    assert "witness quorum" in refused.json()["detail"]
+    job = enrolled.call(
+        "POST", "/api/v1/ledger/jobs", "auditor", json={"kind": "verify", "root_signatures": "tail"}
+    )
+    assert job.status_code == 422
+    report = enrolled.call(
+        "GET", "/api/v1/ledger/verify?root_signatures=tail&no_witnesses=true", "auditor"
+    ).json()
+    assert report["ok"] is True
+    assert report["root_signatures"] == "tail"
+    assert report["tail_trusted"]["witnesses"] is False
+    newest = enrolled.service.ledger.latest_checkpoint()
+    assert newest is not None
+    assert report["tail_trusted"]["checkpoint_size"] == newest.tree_size
+
+
 # ------------------------------------------------------------- models, inference
 @pytest.fixture
 def released(enrolled: Api, trained_models: dict[str, Any], breast_cancer: Any) -> str:

@@ -3,17 +3,23 @@
 from __future__ import annotations
 
 import io
+import json
+import tracemalloc
 import zipfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pytest
 
 from tests.server.test_central_dp_run import _execute, _task_identity, enrol_sites  # noqa: F401
 from tests.server.test_replay import RUN, _propose_plain
+from veracity.api_client import ApiError, CoordinatorClient
 from veracity.errors import InputError
 from veracity.server.api.tokens import Role
 from veracity.server.replay import replay_aggregation
-from veracity.server.round_archive import UpdateStore, extract_archive
+from veracity.server.round_archive import UpdateStore, extract_archive, write_archive_zip
 from veracity.tasks.weights import weights_from_bytes, weights_hash
 
 from .conftest import Api
@@ -214,3 +220,103 @@ def test_an_index_without_its_rounds_is_refused(tmp_path: Path) -> None:
     data = _zip({"index.json": b'{"format": "veracity.run-archive.v1"}'})
     with pytest.raises(InputError, match="index is not"):
         extract_archive(data, tmp_path / "out")
+
+
+# --------------------------------------------------------------- large archives (#16)
+class _Entry:
+    def __init__(self, payload: dict[str, Any]) -> None:
+        self.payload = payload
+
+
+class _Ledger:
+    """The ``round.completed`` entries of one run, naming weights kept in a store."""
+
+    def __init__(self, rounds: list[dict[str, Any]]) -> None:
+        self.rounds = rounds
+
+    def iter_entries(self, *, kind: str | None = None) -> Iterator[_Entry]:
+        assert kind == "round.completed"
+        return iter(_Entry(payload) for payload in self.rounds)
+
+
+#: One weights file of about 4 MiB; the archive holds ROUNDS * 4 of them (128 MiB).
+FILE_FLOATS, ROUNDS = 1 << 20, 8
+
+
+def _large_run(store: UpdateStore) -> _Ledger:
+    """A run of ROUNDS rounds, three site updates and one model each, all different."""
+    rng = np.random.default_rng(0)
+    rounds = []
+    for number in range(1, ROUNDS + 1):
+        digests = [
+            store.put({"w": rng.standard_normal(FILE_FLOATS).astype(np.float32)}) for _ in range(4)
+        ]
+        rounds.append(
+            {
+                "run_id": "7",
+                "study_hash": "b" * 64,
+                "round": number,
+                "receipts": [
+                    {"receipt": {"site": f"site-{i}", "update_hash": d}}
+                    for i, d in enumerate(digests[:3])
+                ],
+                "aggregated_model_hash": digests[3],
+            }
+        )
+    return _Ledger(rounds)
+
+
+def _peak_bytes(work: Callable[[], object]) -> int:
+    tracemalloc.start()
+    try:
+        work()
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+@pytest.mark.slow
+def test_a_large_archive_is_written_and_unpacked_in_bounded_memory(tmp_path: Path) -> None:
+    """#16: the archive was built in memory (every file, then the zip): 2x its size."""
+    store = UpdateStore(tmp_path / "updates")
+    ledger = _large_run(store)
+    one_file = FILE_FLOATS * 4
+    archive_size = ROUNDS * 4 * one_file
+    zipped = tmp_path / "run.zip"
+
+    def write() -> None:
+        with zipped.open("wb") as target:
+            write_archive_zip(ledger, store, "7", target)
+
+    written_peak = _peak_bytes(write)
+    assert zipped.stat().st_size > archive_size
+    unpacked_peak = _peak_bytes(lambda: extract_archive(zipped, tmp_path / "out"))
+
+    # One weights file at a time (read, parsed and re-hashed, written): a few copies of one
+    # file, not the archive (32 files; built in memory it peaked at twice the archive).
+    assert written_peak < 6 * one_file <= archive_size / 5, written_peak
+    assert unpacked_peak < 2 * one_file, unpacked_peak
+    index = json.loads((tmp_path / "out" / "index.json").read_text())
+    assert len(index["rounds"]) == ROUNDS
+    for payload in ledger.rounds:
+        kept = UpdateStore(tmp_path / "out" / "weights")
+        assert kept.get(payload["aggregated_model_hash"])["w"].shape == (FILE_FLOATS,)
+
+
+def test_the_api_streams_the_archive_with_its_length_and_the_cli_client_downloads_it(
+    api: Api, tmp_path: Path
+) -> None:
+    network = enrol_sites(api.service)
+    _execute(network, _propose_plain(network, rounds=2), RUN)
+    client = CoordinatorClient("http://testserver/api/v1", transport=api.client._transport)
+
+    with (tmp_path / "run.zip").open("wb") as target:
+        size = client.download_run_archive(api.tokens["auditor"], RUN, target)
+
+    response = api.call("GET", f"/api/v1/runs/{RUN}/archive", "auditor")
+    assert int(response.headers["content-length"]) == len(response.content) == size
+    index = extract_archive(tmp_path / "run.zip", tmp_path / "archive")
+    assert [r["round"] for r in index["rounds"]] == [1, 2]
+    with pytest.raises(ApiError) as refused:
+        client.download_run_archive(api.tokens["auditor"], "999", io.BytesIO())
+    assert refused.value.status == 404

@@ -20,19 +20,23 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 from sqlalchemy import case, func, insert, literal, select, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
+from veracity.contracts.events import InferenceBudgetSet
 from veracity.core.fields import format_timestamp
 from veracity.errors import ConfigError, InputError, QueryBudgetExceeded
 from veracity.server.api.db import ActionRow, QueryBudgetRow
 from veracity.server.api.tokens import Principal, utc_now
 
-__all__ = ["Budget", "BudgetStore", "StoreMeter"]
+if TYPE_CHECKING:
+    from veracity.server.coordinator import CoordinatorService
+
+__all__ = ["Budget", "BudgetStore", "StoreMeter", "set_budget_recorded"]
 
 _MAX_BUDGET = 2**53 - 1
 
@@ -169,11 +173,23 @@ class BudgetStore:
             "the query budget is busy; retry", retry_after=self.interval
         )
 
-    def set(self, principal: Principal, requester: str, model_hash: str, budget: int) -> Budget:
+    def set(
+        self,
+        principal: Principal,
+        requester: str,
+        model_hash: str,
+        budget: int,
+        *,
+        session: Session | None = None,
+        record_action: bool = True,
+    ) -> Budget:
         """Allow ``requester`` ``budget`` predictions from ``model_hash`` in all.
 
-        The change is recorded in ``api_action`` (``inference.budget``) in the same
-        transaction. Predictions already charged stay charged.
+        Written in ``session`` when given (the caller's transaction: the coordinator's
+        ``inference.budget_set`` entry commits with it), else in a transaction of its own.
+        ``record_action`` adds the ``api_action`` row (``inference.budget``); leave it out
+        when the coordinator's audit hook records the change. Predictions already charged
+        stay charged.
 
         Raises
         ------
@@ -184,23 +200,37 @@ class BudgetStore:
             raise InputError(f"a budget must be between 0 and {_MAX_BUDGET} predictions")
         if not requester or len(requester) > 128:
             raise InputError("a requester name has 1 to 128 characters")
+        if session is None:
+            with Session(self.engine) as own, own.begin():
+                return self._set(own, principal, requester, model_hash, budget, record_action)
+        return self._set(session, principal, requester, model_hash, budget, record_action)
+
+    def _set(
+        self,
+        session: Session,
+        principal: Principal,
+        requester: str,
+        model_hash: str,
+        budget: int,
+        record_action: bool,
+    ) -> Budget:
         stamp = format_timestamp(self.now())
         mine = (QueryBudgetRow.requester == requester, QueryBudgetRow.model_hash == model_hash)
-        with Session(self.engine) as session, session.begin():
-            row = session.scalars(select(QueryBudgetRow).where(*mine)).one_or_none()
-            if row is None:
-                row = QueryBudgetRow(
-                    requester=requester,
-                    model_hash=model_hash,
-                    budget=budget,
-                    used=0,
-                    tat=0.0,
-                    updated_at=stamp,
-                )
-                session.add(row)
-            else:
-                row.budget = budget
-                row.updated_at = stamp
+        row = session.scalars(select(QueryBudgetRow).where(*mine)).one_or_none()
+        if row is None:
+            row = QueryBudgetRow(
+                requester=requester,
+                model_hash=model_hash,
+                budget=budget,
+                used=0,
+                tat=0.0,
+                updated_at=stamp,
+            )
+            session.add(row)
+        else:
+            row.budget = budget
+            row.updated_at = stamp
+        if record_action:
             session.add(
                 ActionRow(
                     at=stamp,
@@ -212,8 +242,8 @@ class BudgetStore:
                     ledger_seq=None,
                 )
             )
-            session.flush()
-            return self._budget(row)
+        session.flush()
+        return self._budget(row)
 
     def list(self, model_hash: str) -> list[Budget]:
         """Every requester's budget for ``model_hash`` (those set or charged)."""
@@ -235,3 +265,36 @@ class StoreMeter:
     def charge(self, requester: str, model_hash: str, patients: int) -> int:
         """See :meth:`BudgetStore.charge`."""
         return self._store().charge(requester, model_hash, patients)
+
+
+def set_budget_recorded(
+    service: CoordinatorService,
+    store: BudgetStore,
+    by: Principal,
+    requester: str,
+    model_hash: str,
+    budget: int,
+) -> Budget:
+    """Set a budget and record ``inference.budget_set`` (naming who asked) in one transaction.
+
+    The ledger entry and the new budget commit together or not at all.
+
+    Raises
+    ------
+    InputError
+        If the budget or the requester's name is not acceptable (nothing is recorded).
+    """
+    payload = InferenceBudgetSet.parse(
+        {"model_hash": model_hash, "requester": requester, "budget": budget},
+        what="budget",
+    )
+    audited = service.audit_hook is not None
+
+    def write(session: Session) -> tuple[Budget, InferenceBudgetSet]:
+        value = store.set(
+            by, requester, model_hash, budget, session=session, record_action=not audited
+        )
+        return value, payload
+
+    target = f"{model_hash}/{requester}"[:200]
+    return service.record_change(by, "inference.budget", target, write).value

@@ -570,6 +570,9 @@ class VerifyOut(BaseModel):
     receipts_checked: int | None
     #: Every key recovery (the log key's included), so that none goes unnoticed.
     key_recoveries: list[KeyRecoveryOut] = []
+    #: ``all`` or ``tail``; with ``tail``, which checkpoint it trusted and on whose word.
+    root_signatures: Literal["all", "tail"] = "all"
+    tail_trusted: dict[str, Any] | None = None
 
 
 class CheckpointListOut(BaseModel):
@@ -666,6 +669,8 @@ class LedgerJobIn(_In):
 
     kind: Literal["verify", "export"]
     root_signatures: Literal["all", "tail"] = "all"
+    #: Needed with ``tail``: trust the log key's checkpoint with no witness quorum.
+    no_witnesses: bool = False
 
 
 class LedgerJobOut(BaseModel):

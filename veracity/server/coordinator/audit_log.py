@@ -12,12 +12,29 @@ from pathlib import Path
 from typing import Any, Literal
 
 from veracity.crypto.keys import VerifyKey
-from veracity.errors import LedgerIntegrityError, SignatureError
+from veracity.errors import InputError, LedgerIntegrityError, SignatureError
 from veracity.ledger.checkpoint import Checkpoint
 from veracity.ledger.entry import Entry
 from veracity.ledger.ledger import Ledger
 
-__all__ = ["AuditLog"]
+__all__ = ["AuditLog", "check_tail_request"]
+
+
+def check_tail_request(root_signatures: str, no_witnesses: bool) -> None:
+    """Refuse ``tail`` without ``no_witnesses``: the coordinator holds no witness policy.
+
+    Raises
+    ------
+    InputError
+        If ``tail`` is asked for without ``no_witnesses``.
+    """
+    if root_signatures == "tail" and not no_witnesses:
+        raise InputError(
+            "root_signatures=tail trusts a checkpoint instead of the signatures below it, "
+            "and only a witness quorum makes that safe: verify with `veracity ledger "
+            "verify --policy FILE --root-signatures tail` on a bundle, or ask for "
+            "no_witnesses=true to trust the log key alone"
+        )
 
 
 class AuditLog:
@@ -59,8 +76,21 @@ class AuditLog:
         following = page[limit].seq if len(page) > limit else None
         return page[:limit], following
 
-    def verify(self, *, root_signatures: Literal["all", "tail"]) -> dict[str, Any]:
-        """Verify the whole ledger against the root key; the report (``ok`` false on failure)."""
+    def verify(
+        self, *, root_signatures: Literal["all", "tail"], no_witnesses: bool = False
+    ) -> dict[str, Any]:
+        """Verify the whole ledger against the root key; the report (``ok`` false on failure).
+
+        The coordinator holds no witness policy, so ``tail`` (which trusts the newest
+        checkpoint below the head instead of the root signatures it covers) runs only when
+        ``no_witnesses`` says to trust the log key alone; the report says what it trusted.
+
+        Raises
+        ------
+        InputError
+            If ``tail`` is asked for without ``no_witnesses``.
+        """
+        check_tail_request(root_signatures, no_witnesses)
         with self._verify_lock:
             try:
                 report = self.ledger.verify(self.root, root_signatures=root_signatures)
@@ -77,6 +107,14 @@ class AuditLog:
                     "receipts_checked": None,
                 }
         document: dict[str, Any] = report.to_json()
+        document["root_signatures"] = root_signatures
+        if root_signatures == "tail":
+            sizes = [c.tree_size for c in self.ledger.checkpoints()]
+            document["tail_trusted"] = {
+                "checkpoint_size": max((s for s in sizes if s < report.entries), default=None),
+                "trusted_on": "the log key alone (no_witnesses: no witness checked it)",
+                "witnesses": False,
+            }
         return document
 
     def checkpoint_for(self, size: int) -> Checkpoint | None:

@@ -38,6 +38,7 @@ from typing import TypeVar
 from sqlalchemy.orm import Session
 
 from veracity.contracts.base import Payload
+from veracity.contracts.events import ModelDownloaded
 from veracity.errors import NotFound, StaleCheckpoint
 from veracity.ledger.checkpoint import Checkpoint
 from veracity.server.coordinator.core import package_versions
@@ -172,7 +173,10 @@ class CoordinatorService(SiteCommands, RunCommands):
         return self.registry.get(model_hash), release
 
     def weights(self, actor: Actor, model_hash: str) -> bytes:
-        """The plaintext weights (``weights_to_bytes``); the download is audited.
+        """The plaintext weights (``weights_to_bytes``); the download is a ledger event.
+
+        ``model.downloaded`` (naming who asked) commits before the weights are returned: a
+        download whose entry cannot be written hands nothing out.
 
         Raises
         ------
@@ -180,5 +184,10 @@ class CoordinatorService(SiteCommands, RunCommands):
             As :meth:`model`.
         """
         model, _ = self.model(model_hash)
-        self.note_read(actor, "model.weights", model_hash)
-        return weights_to_bytes(model.weights)
+        data = weights_to_bytes(model.weights)
+
+        def write(_session: Session) -> tuple[None, Payload]:
+            return None, ModelDownloaded(model_hash=model_hash)
+
+        self.record_change(actor, "model.weights", model_hash, write)
+        return data

@@ -42,6 +42,7 @@ from veracity.server.api.schemas import (
     LedgerJobOut,
     VerifyOut,
 )
+from veracity.server.coordinator.audit_log import check_tail_request
 
 __all__ = ["router"]
 
@@ -57,6 +58,10 @@ ActorFilter = Annotated[str | None, Query(pattern=NAME_PATTERN)]
 RootSignatures = Annotated[
     Literal["all", "tail"],
     Query(description="'tail' skips root signatures a checkpoint already covers."),
+]
+NoWitnesses = Annotated[
+    bool,
+    Query(description="With 'tail': trust the log key's checkpoint, which no witness checked."),
 ]
 JobIdPath = Annotated[str, Path(pattern=r"^[0-9a-f]{24}$")]
 
@@ -118,15 +123,19 @@ async def verify(
     service: ServiceDep,
     jobs: JobsDep,
     root_signatures: RootSignatures = "all",
+    no_witnesses: NoWitnesses = False,
 ) -> VerifyOut:
     """Recompute every hash, link, signature, receipt and checkpoint against the root key.
 
+    ``tail`` needs ``no_witnesses=true`` (the server holds no witness policy): 422 without.
     It waits for a free ledger job slot without holding a request thread; for a large ledger,
     ``POST /ledger/jobs`` answers at once instead.
     """
-    report: dict[str, Any] = await jobs.run_now(
-        functools.partial(service.audit_log.verify, root_signatures=root_signatures)
+    check = functools.partial(
+        service.audit_log.verify, root_signatures=root_signatures, no_witnesses=no_witnesses
     )
+    check_tail_request(root_signatures, no_witnesses)  # before taking a job slot
+    report: dict[str, Any] = await jobs.run_now(check)
     return VerifyOut(**report)
 
 
@@ -142,10 +151,14 @@ async def start_job(
     """Queue the job and answer at once; ``GET /ledger/jobs/{id}`` follows it."""
     audit_log = service.audit_log
     mode = body.root_signatures
+    if body.kind == "verify":
+        check_tail_request(mode, body.no_witnesses)  # refused at once, not in the job
 
     def work(directory: FilePath) -> dict[str, Any]:
         if body.kind == "verify":
-            report: dict[str, Any] = audit_log.verify(root_signatures=mode)
+            report: dict[str, Any] = audit_log.verify(
+                root_signatures=mode, no_witnesses=body.no_witnesses
+            )
             return report
         _path, summary = audit_log.export_bundle(directory)
         return {k: summary[k] for k in ("entries", "checkpoints", "bytes", "sha256")}

@@ -9,7 +9,7 @@ from fastapi.responses import Response
 
 from veracity.contracts.explanation import ExplanationTerms, terms_hash
 from veracity.errors import NotFound
-from veracity.server.api.budget import BudgetStore
+from veracity.server.api.budget import BudgetStore, set_budget_recorded
 from veracity.server.api.deps import (
     AdminDep,
     CardReaderDep,
@@ -236,10 +236,13 @@ def set_budget(
     """Allow ``budget`` predictions in all; past it, inference answers 403.
 
     A logistic model is determined by d + 1 exact predictions (d features): a budget above
-    that lets the requester reconstruct it. The change is recorded in ``api_action``.
+    that lets the requester reconstruct it. The change is a ledger event
+    (``inference.budget_set``, naming who set it), committed with the budget itself.
     """
     service.model(model_hash)
-    budget = _budgets(request).set(principal, requester, model_hash, body.budget)
+    budget = set_budget_recorded(
+        service, _budgets(request), principal, requester, model_hash, body.budget
+    )
     return QueryBudgetOut(**budget.to_json())
 
 

@@ -6,9 +6,12 @@ replay`` recomputes the aggregation from.
 
 from __future__ import annotations
 
-from typing import Annotated
+import tempfile
+from collections.abc import Iterator
+from typing import IO, Annotated
 
 from fastapi import APIRouter, Path, Query, Response
+from fastapi.responses import StreamingResponse
 
 from veracity.contracts.explanation import ReleaseExplanation
 from veracity.errors import InputError, NotFound
@@ -149,7 +152,7 @@ def run_logs(
 @router.get(
     "/{run_id}/archive",
     summary="A run's archive: every round's updates and model, by hash",
-    response_class=Response,
+    response_class=StreamingResponse,
     responses={
         200: {
             "description": "A zip of index.json and weights/<hash>.npz; replay it with "
@@ -159,17 +162,39 @@ def run_logs(
         **responses(401, 403, 404, 422),
     },
 )
-def run_archive(run_id: RunIdPath, principal: AuditDep, service: ServiceDep) -> Response:
-    """The updates each round aggregated (DP-protected at their site) and its model."""
-    from veracity.server.round_archive import UpdateStore, archive_zip
+def run_archive(run_id: RunIdPath, principal: AuditDep, service: ServiceDep) -> StreamingResponse:
+    """The updates each round aggregated (DP-protected at their site) and its model.
+
+    The zip is written to a temporary file (unlinked at once; this runs in the server's
+    thread pool, off the event loop), one weights file at a time, and streamed back from
+    it in chunks: memory stays at one weights file whatever the archive's size.
+    """
+    from veracity.server.round_archive import UpdateStore, write_archive_zip
 
     service.reads.run(run_id)  # 404 for a run this coordinator never started
-    data = archive_zip(service.ledger, UpdateStore(service.home.updates), run_id)
-    return Response(
-        data,
+    spool = tempfile.TemporaryFile(dir=service.home.data_dir)  # noqa: SIM115 - closed by _chunks
+    try:
+        write_archive_zip(service.ledger, UpdateStore(service.home.updates), run_id, spool)
+        size = spool.tell()
+        spool.seek(0)
+    except BaseException:
+        spool.close()
+        raise
+    return StreamingResponse(
+        _chunks(spool),
         media_type="application/zip",
-        headers={"Content-Disposition": f'attachment; filename="veracity-run-{run_id}.zip"'},
+        headers={
+            "Content-Disposition": f'attachment; filename="veracity-run-{run_id}.zip"',
+            "Content-Length": str(size),
+        },
     )
+
+
+def _chunks(spool: IO[bytes], size: int = 1 << 20) -> Iterator[bytes]:
+    """The file's content in chunks of ``size`` bytes; closes (and so frees) it at the end."""
+    with spool:
+        while chunk := spool.read(size):
+            yield chunk
 
 
 @router.get(
