@@ -179,7 +179,7 @@ def verify_with_policy(
     """2 of 3 witnesses cosign the newest checkpoint; time tail verification plus the audit."""
     from veracity.ledger.note import SIG_COSIGNATURE_V1, NoteVerifier, cosign
     from veracity.ledger.policy import Policy
-    from veracity.ledger.witness_cli import audit_verified
+    from veracity.ledger.verify_audit import audit_verified
     from veracity.ledger.witnessed import WitnessedLog, witness_name
 
     with Ledger.open(ledger.url, root_key=root) as signer:

@@ -83,15 +83,29 @@ def run_study(
     evaluation: tuple[np.ndarray, np.ndarray] | None = None,
     timeout: float = 1800.0,
 ) -> Outcome:
-    """Enrol the sites, hold out ``evaluation`` at the coordinator, propose, approve, run."""
-    me = operator()
+    """Enrol the sites, start their nodes, then :func:`run_another` for ``study``."""
     for site in sites:
         enrol(coordinator, site)
+    start_nodes(coordinator, sites, group, idle_poll=0.2)
+    return run_another(coordinator, sites, study, evaluation=evaluation, timeout=timeout)
+
+
+def run_another(
+    coordinator: CoordinatorService,
+    sites: list[LocalSite],
+    study: Study,
+    *,
+    evaluation: tuple[np.ndarray, np.ndarray] | None = None,
+    timeout: float = 1800.0,
+) -> Outcome:
+    """With the sites enrolled and their nodes up: hold out ``evaluation`` at the
+    coordinator, propose ``study``, have every site approve it, run it to its end.
+    """
+    me = operator()
     if evaluation is not None:
         folder = coordinator.home.data_dir / EVALUATION_DIR
         folder.mkdir(parents=True, exist_ok=True)
         np.savez(folder / f"{study.study_id}.npz", x=evaluation[0], y=evaluation[1])
-    start_nodes(coordinator, sites, group, idle_poll=0.2)
     coordinator.propose_study(me, study.to_document())
     for site in sites:
         statement = approve(site, study, epsilon_cap=study.epsilon_caps[site.name])

@@ -63,8 +63,10 @@ def test_freezing_of_gait_example_detects_freezes_under_dp_and_scores_real_daphn
 
 
 @pytest.mark.training
-def test_digits_example_trains_a_ten_class_cnn2d_under_dp(tmp_path: Path) -> None:
-    summary = _run_example("digits_images.py", tmp_path, "--rounds", "6")
+def test_digits_example_trains_a_ten_class_cnn2d_under_dp_then_infers_under_encryption(
+    tmp_path: Path,
+) -> None:
+    summary = _run_example("digits_images.py", tmp_path, "--rounds", "6", "--encrypted-images", "8")
     assert max(summary["epsilon_replace_one"].values()) <= 3.0
     # Ten classes, chance 0.1. The scattering-stem cnn2d reached 0.894 at these 6 rounds
     # (signals_bench: 0.942 at 10 rounds, 5 seeds); two trained convolutions 0.67 at 15.
@@ -72,6 +74,25 @@ def test_digits_example_trains_a_ten_class_cnn2d_under_dp(tmp_path: Path) -> Non
     assert summary["card_classes"] == [str(d) for d in range(10)]
     assert set(summary["per_class_recall"]) == {str(d) for d in range(10)}
     assert summary["card_inputs"]["kind"] == "images"
+    # Then the square-activation cnn2d, trained by the same sites in a second study and
+    # scored by a clinic under encryption through the admin API: every decrypted decision
+    # is the plaintext argmax of the released model.
+    encrypted = summary["encrypted_inference"]
+    assert encrypted["status"] == "completed"
+    assert encrypted["model_hash"] != summary["model_hash"]
+    assert encrypted["model"]["activation"] == "square"
+    both = encrypted["epsilon_replace_one_both_studies"]  # each dataset's composed spend
+    assert max(summary["epsilon_replace_one"].values()) < min(both.values()) <= 6.0
+    assert encrypted["images_scored"] == 8
+    assert len(encrypted["decisions"]) == 8
+    assert encrypted["decisions"] == encrypted["plaintext_argmax"]
+    assert encrypted["agree"] == 8
+    assert encrypted["max_logit_error"] < 0.25  # CKKS noise, not another model
+    assert 0.0 <= encrypted["accuracy"] <= 1.0
+    assert 0 <= encrypted["correct"] <= 8
+    assert encrypted["server_seconds_per_image"] > 0.0
+    assert encrypted["requests"] >= 1
+    assert encrypted["ledger_entries_verified"] > summary["ledger_entries_verified"]
 
 
 @pytest.mark.training

@@ -67,3 +67,23 @@ def test_an_auditors_ledger_verify_loads_no_torch(tmp_path: Path) -> None:
     )
 
     assert loaded == []
+
+
+def test_veracity_help_loads_neither_the_api_client_nor_the_heavy_packages() -> None:
+    # Load-independent stand-in for "veracity --help under 0.5 s": what it imports, not how
+    # long it takes. The admin commands open the API client (httpx, the API's schemas) only
+    # when one of them runs.
+    code = (
+        "from veracity.cli import main\n"
+        "try:\n    main(['--help'])\nexcept SystemExit as done:\n    assert not done.code\n"
+    )
+    unwanted = ("veracity.server.api.schemas", "httpx", "torch", "tenseal", "flwr")
+    probe = (
+        f"import json, sys\n{code}"
+        f"print(json.dumps(sorted(m for m in {unwanted!r} if m in sys.modules)))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, check=True
+    )
+    assert "Usage" in done.stdout  # the help was printed
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == []

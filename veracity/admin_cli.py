@@ -19,12 +19,11 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Annotated, Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, Protocol, TypeVar
 
 import click
 import typer
 
-from veracity.api_client import ApiSession
 from veracity.api_options import CaCertOption, ServerOption, TokenOption
 from veracity.errors import ConfigError, InputError, VerificationError
 from veracity.output import (
@@ -60,8 +59,26 @@ DEFAULT_SERVER = "https://127.0.0.1:8443"
 
 OutOption = Annotated[Path, typer.Option("--out", envvar="VERACITY_OUT", help="File to write.")]
 
-# The shared connection of veracity.api_client, under the name these commands use.
-_Api = ApiSession
+if TYPE_CHECKING:
+    from veracity.api_client import ApiSession
+
+
+def _Api(server: str, token: str | None, ca_cert: Path | None) -> ApiSession:  # noqa: N802
+    """The shared connection of veracity.api_client, opened for one command.
+
+    Imported here, not at the top: ``veracity --help`` and every command that does not
+    talk to the API then load neither httpx nor the API's schemas.
+
+    Raises
+    ------
+    ConfigError
+        If the credentials are missing or unreadable (see ``ApiSession``).
+    """
+    from veracity.api_client import ApiSession
+
+    return ApiSession(server, token, ca_cert)
+
+
 _Item = TypeVar("_Item", covariant=True)
 
 
@@ -615,7 +632,7 @@ def studies_show(
 
 
 # ------------------------------------------------------------------------------ runs
-def _watch(api: _Api, run_id: str, output_format: OutputFormat, *, interval: float) -> int:
+def _watch(api: ApiSession, run_id: str, output_format: OutputFormat, *, interval: float) -> int:
     """Follow ``run_id`` until it finishes; print each round once; the exit status."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
@@ -992,7 +1009,7 @@ def _write_explanation(item: Any, out: Path) -> dict[str, str]:
     return {"report": str(report_file.absolute()), "plot": str(plot_file.absolute())}
 
 
-def _latest_explanation(api: _Api, model_hash: str) -> Any:
+def _latest_explanation(api: ApiSession, model_hash: str) -> Any:
     items = api.client.explanations(api.token, model_hash).items
     if not items:
         raise InputError(

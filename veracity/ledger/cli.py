@@ -410,7 +410,7 @@ def verify(
                 )
         witnessed = None
         if policy_file is not None or state is not None:
-            from veracity.ledger.witness_cli import audit_verified
+            from veracity.ledger.verify_audit import audit_verified
 
             witnessed = audit_verified(
                 report,

@@ -13,14 +13,13 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from veracity.errors import ConfigError, InputError, SignatureError, VerificationError
+from veracity.errors import ConfigError, InputError, VerificationError
 from veracity.ledger.cli import DataDirOption, DbOption, KeyDirOption, _db_url, _key_dir, _read_json
-from veracity.ledger.merkle import MerkleTree, leaf_hash
+from veracity.ledger.verify_audit import read_text
 from veracity.output import FormatOption, OutputFormat, emit_json, emit_table
 
 if TYPE_CHECKING:
-    from veracity.crypto.keys import VerifyKey
-    from veracity.ledger.policy import Policy
+    pass
 
 __all__ = ["register"]
 
@@ -32,15 +31,6 @@ VkeyOption = Annotated[
         help="The log's note verifier key (from `veracity ledger vkey`).",
     ),
 ]
-
-
-def _read_text(path: Path, what: str) -> str:
-    try:
-        return sys.stdin.read() if str(path) == "-" else path.read_text(encoding="utf-8")
-    except OSError as err:
-        raise InputError(f"cannot read {what} {path}: {err.strerror}") from err
-    except UnicodeDecodeError as err:
-        raise InputError(f"{what} {path} is not UTF-8 text") from err
 
 
 def vkey(
@@ -164,7 +154,7 @@ def verify_consistency_command(
         raise InputError("a consistency proof file is a JSON object")
     texts = []
     for label, path in (("old_note", old_note), ("new_note", new_note)):
-        text = _read_text(path, "note") if path is not None else document.get(label)
+        text = read_text(path, "note") if path is not None else document.get(label)
         if not isinstance(text, str):
             raise InputError(f"no {label.replace('_', ' ')}: give --{label.replace('_', '-')}")
         texts.append(text)
@@ -230,10 +220,10 @@ def equivocation(
     if log_vkey:
         logs.append(NoteVerifier.parse(log_vkey))
     if policy is not None:
-        logs += [log for log, _url in Policy.parse(_read_text(policy, "policy")).logs]
+        logs += [log for log, _url in Policy.parse(read_text(policy, "policy")).logs]
     if not logs:
         raise ConfigError("give the log's key with --vkey or --policy")
-    texts = (_read_text(note_a, "note"), _read_text(note_b, "note"))
+    texts = (read_text(note_a, "note"), read_text(note_b, "note"))
     try:
         if db is None:
             evidence = find_equivocation(*texts, logs)
@@ -320,102 +310,6 @@ def policy_command(
         sys.stderr.write(
             f"policy for {log.name}: {quorum} of {len(witnesses)} witnesses -> {out}\n"
         )
-
-
-def _bundle_log_keys(bundle: Path) -> list[VerifyKey]:
-    """The log keys the identity enrolled, replayed from a (verified) bundle's key events."""
-    from veracity.ledger.verify_common import history_of
-    from veracity.ledger.verify_sources import read_bundle_layout
-
-    layout = read_bundle_layout(bundle, 1 << 20)
-    return history_of(layout.key_events, layout.log_id).log_keys()
-
-
-def _check_policy_log_keys(policy: Policy, log_id: str, enrolled: list[VerifyKey]) -> None:
-    """Refuse a policy that names, for this log, a log key its identity never enrolled.
-
-    Raises
-    ------
-    SignatureError
-        Naming the policy's vkey that no identity-signed log-key enrolment in the ledger
-        (genesis or a rotation) shows.
-    """
-    known = {key.raw for key in enrolled}
-    for log, _url in policy.logs:
-        if log.name.endswith(f"/{log_id}") and log.public_key not in known:
-            raise SignatureError(
-                f"the policy names the log key {log.vkey()} for this log, but the identity "
-                "(root.pub) never enrolled it as a log key of this ledger: the policy is "
-                "not about the log you verified (or is forged); refused"
-            )
-
-
-def audit_verified(
-    report: Any,
-    *,
-    db: str | None,
-    bundle: Path | None,
-    policy_file: Path | None,
-    state: Path | None,
-    notes: list[Path],
-    tail: bool,
-) -> dict[str, Any]:
-    """After ``verify``: the policy's quorum and the state's memory (see :mod:`..audit`).
-
-    Every log key the policy names for this log must be one the identity enrolled (genesis
-    or a rotation) in the verified ledger.
-
-    Raises
-    ------
-    SignatureError
-        If the policy names a log key the identity never enrolled, or a checkpoint that
-        must meet the policy does not.
-    LedgerIntegrityError
-        If the ledger rolled back or forked from the state's checkpoint.
-    """
-    from veracity.ledger.audit import audit, bundle_tree
-    from veracity.ledger.ledger import Ledger
-    from veracity.ledger.note import Note
-    from veracity.ledger.policy import Policy
-    from veracity.ledger.witnessed import WitnessedLog
-
-    policy = None if policy_file is None else Policy.parse(_read_text(policy_file, "policy"))
-    given = [Note.parse(_read_text(path, "note")) for path in notes]
-    size = int(report.entries)
-    if bundle is not None:
-        tree, sizes, stored = bundle_tree(bundle)
-        root_at = tree.root
-        if policy is not None:
-            _check_policy_log_keys(policy, report.log_id, _bundle_log_keys(bundle))
-    else:
-        assert db is not None  # noqa: S101 - one of the two is given by the caller
-        ledger = Ledger.open(db)
-        try:
-            if policy is not None:
-                _check_policy_log_keys(policy, report.log_id, ledger.log_keys())
-            sizes = [c.tree_size for c in ledger.checkpoints()]
-            log = WitnessedLog(ledger)
-            stored = [n for n in (log.stored_note(s) for s in sizes[-2:]) if n is not None]
-            leaves = MerkleTree()
-            for entry in ledger.iter_entries(limit=size):
-                leaves.append(leaf_hash(entry.body))
-            root_at = leaves.root
-        finally:
-            ledger.close()
-    relies_on = max((s for s in sizes if s < size), default=None) if tail else None
-    result = audit(
-        log_id=report.log_id,
-        checkpoint_sizes=sizes,
-        root_at=root_at,
-        notes=[*given, *stored],
-        policy=policy,
-        state_dir=state,
-        relies_on=relies_on,
-    )
-    document = result.to_json()
-    if tail:
-        document["tail_relies_on"] = relies_on
-    return document
 
 
 def register(app: typer.Typer) -> None:

@@ -19,15 +19,15 @@ the Merkle tree, then served as extra signature lines of the note.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Protocol
 
-from sqlalchemy import insert, select
+from sqlalchemy import Engine, insert, select
 from sqlalchemy.exc import IntegrityError
 
-from veracity.crypto.keys import SigningKey
+from veracity.crypto.keys import SigningKey, VerifyKey
 from veracity.errors import ConfigError, InputError, NotFound, SignatureError
 from veracity.ledger import store
 from veracity.ledger.checkpoint import Checkpoint
-from veracity.ledger.ledger import Ledger
 from veracity.ledger.note import (
     SIG_COSIGNATURE_V1,
     CheckpointText,
@@ -40,6 +40,7 @@ from veracity.ledger.note import (
 
 __all__ = [
     "ORIGIN_NAME",
+    "SignedLog",
     "WitnessedLog",
     "witness_name",
     "policy_witness_name",
@@ -60,11 +61,53 @@ def policy_witness_name(key_name: str) -> str:
     return key_name[: -len(suffix)] if key_name.endswith(suffix) else key_name
 
 
+class SignedLog(Protocol):
+    """What a :class:`WitnessedLog` reads of its ledger (a ``veracity.ledger.ledger.Ledger``).
+
+    A protocol, not the class: ``Ledger`` builds bundles from this module, so importing it
+    here would make the two modules import each other.
+    """
+
+    engine: Engine
+    root_key: SigningKey | None
+    overlap_keys: list[SigningKey]
+
+    @property
+    def log_id(self) -> str:
+        """The log's id (hex)."""
+        ...
+
+    @property
+    def root_public_key(self) -> VerifyKey:
+        """The current log key."""
+        ...
+
+    def log_keys(self) -> list[VerifyKey]:
+        """Every log key the identity enrolled, oldest first."""
+        ...
+
+    def log_keys_at(self, seq: int) -> list[VerifyKey]:
+        """The log keys that may sign at ``seq``."""
+        ...
+
+    def checkpoints(self) -> list[Checkpoint]:
+        """Every signed checkpoint, oldest first."""
+        ...
+
+    def root(self, size: int | None = None) -> bytes:
+        """The Merkle root of the first ``size`` entries (default: all)."""
+        ...
+
+    def size(self) -> int:
+        """Number of entries."""
+        ...
+
+
 @dataclass(frozen=True)
 class WitnessedLog:
     """A ledger's checkpoints as notes, and the cosignatures witnesses posted for them."""
 
-    ledger: Ledger
+    ledger: SignedLog
 
     @property
     def origin(self) -> str:
