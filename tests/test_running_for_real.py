@@ -5,7 +5,8 @@ working directory, every step a ``veracity`` command (no HTTP by hand): init and
 coordinator, enrol the sites, register data, write and propose a study, review and approve
 it at every site (the outbox delivered by ``site start`` and by ``site sync``), run it and
 watch it, download the model, predict under encryption, export the ledger and audit it
-offline (verify and provenance from the bundle and the root key only).
+offline (verify and provenance from the bundle and the root key only, and an inclusion
+proof of the release checked with ``ledger verify-proof``).
 """
 
 from __future__ import annotations
@@ -170,6 +171,17 @@ def _run_network(shell: Shell, files: dict[str, Path], *, superlink: int, api: i
         "ledger", "provenance", model, "--bundle", "ledger.jsonl", "--trust", "root.pub"
     )
     assert f"veracity:model/{model}" in json.dumps(provenance)
+    # The coordinator proves the release is in its log; the auditor checks the proof offline
+    # against a checkpoint signed under the log key root.pub enrolled.
+    (released,) = shell.json("ledger", "show", "--kind", "model.released", "--data-dir", "coord")
+    proof = shell.json("ledger", "prove", str(released["seq"]), "--data-dir", "coord")
+    (auditor.cwd / "proof.json").write_text(json.dumps(proof), encoding="utf-8")
+    (auditor.cwd / "checkpoint.json").write_text(json.dumps(proof["checkpoint"]), encoding="utf-8")
+    checked = auditor.json(
+        "ledger", "verify-proof", "--proof", "proof.json", "--checkpoint", "checkpoint.json",
+        "--trust", "root.pub",
+    )  # fmt: skip
+    assert checked["ok"] is True
     for site in SITES:
         pending = shell.json("site", "outbox", "--data-dir", f"site-{site[-1]}")
         assert pending["statements"] == [], site
