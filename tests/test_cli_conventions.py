@@ -121,6 +121,34 @@ def test_a_relative_data_dir_reaches_every_process_as_an_absolute_path(
     assert CoordinatorHome.load(Path("coord")).data_dir == tmp_path / "coord"
 
 
+def test_a_site_witness_started_from_a_relative_site_dir_gets_an_absolute_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The witness runs in the site directory: a relative --data-dir named site-a/site-a."""
+    from veracity.client.witness import start_site_witness
+
+    monkeypatch.chdir(tmp_path)
+    assert main(["site", "init", "--name", "north", "--data-dir", "site-a"]) == 0
+    capsys.readouterr()
+    started: list[Any] = []
+
+    class _Group:
+        def start(self, process: Any) -> Any:
+            started.append(process)
+            return process
+
+    start_site_witness(
+        Path("site-a"),
+        _Group(),  # type: ignore[arg-type]
+        api_url="https://127.0.0.1:1",
+        token="not-a-token",  # noqa: S106 - never sent anywhere
+    )
+    (process,) = started
+    given = Path(process.argv[process.argv.index("--data-dir") + 1])
+    assert given == tmp_path / "site-a"
+    assert (Path(process.cwd) / given / "site.json").is_file()
+
+
 def test_site_and_coordinator_accept_the_same_site_names(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

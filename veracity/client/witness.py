@@ -340,7 +340,8 @@ def start_site_witness(
         If ``site_dir`` is not a site, or the process cannot start.
     """
     witness_verifier(site_dir)  # a site, with its witness key, before the process starts
-    args = ["--data-dir", str(site_dir), "--api", api_url, "--interval", str(interval)]
+    # The process runs in the site directory: a relative --data-dir would name site-a/site-a.
+    args = ["--data-dir", str(site_dir.resolve()), "--api", api_url, "--interval", str(interval)]
     if ca_cert is not None:
         args += ["--ca-cert", str(ca_cert.resolve())]
     if log_vkey:
