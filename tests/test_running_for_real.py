@@ -141,6 +141,11 @@ def _run_network(shell: Shell, files: dict[str, Path], *, superlink: int, api: i
     admin.run("admin", "models", "download", model, "--out", "model.bin")
     downloaded = weights_from_bytes((shell.cwd / "model.bin").read_bytes())
     assert weights_hash(downloaded) == model
+    explained = admin.json(
+        "admin", "models", "explain", model, "--epsilon", "0.5", "--clip-norm", "1",
+        "--steps", "8", "--watch", timeout=900,
+    )  # fmt: skip
+    assert len(explained["report_hash"]) == 64
 
     # ---- a clinic predicts under encryption --------------------------------------------------
     clinic_token = admin.run(
