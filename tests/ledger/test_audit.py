@@ -98,6 +98,36 @@ def test_quorum_of_cosignatures_verifies(
     assert report["witnesses"]["quorum"] == "2 of 3 (witnesses)"
 
 
+def test_the_policy_audit_checks_the_tree_it_verified_without_reading_the_log_again(
+    make_world: Callable[..., World],
+    db_url: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A second pass over every entry after verifying doubled the audit's time at 10^6
+    entries, and what it read was not what the verifier had checked."""
+    world = _world(make_world, db_url)
+    _trust(world, tmp_path)
+    _cosign(world, tmp_path, ("hospital-a", "hospital-c"))
+    policy = str(_policy(world, tmp_path))
+    reads: list[int | None] = []
+    original = Ledger.iter_entries
+
+    def counted(self: Ledger, *args: Any, **kwargs: Any) -> Any:
+        reads.append(kwargs.get("limit"))
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(Ledger, "iter_entries", counted)
+    for mode in ("all", "tail"):
+        code, report = _verify(
+            capsys, world, tmp_path, "--policy", policy, "--root-signatures", mode
+        )
+        assert code == 0, report
+        assert report["witnesses"]["cosigned_by"] == ["hospital-a", "hospital-c"]
+    assert reads == []
+
+
 def test_too_few_cosignatures_fail_the_policy(
     make_world: Callable[..., World],
     db_url: str,

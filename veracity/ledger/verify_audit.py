@@ -111,10 +111,15 @@ def audit_verified(
             sizes = [c.tree_size for c in ledger.checkpoints()]
             log = WitnessedLog(ledger)
             stored = [n for n in (log.stored_note(s) for s in sizes[-2:]) if n is not None]
-            leaves = MerkleTree()
-            for entry in ledger.iter_entries(limit=size):
-                leaves.append(leaf_hash(entry.body))
-            root_at = leaves.root
+            verified = getattr(report, "tree", None)
+            if isinstance(verified, MerkleTree) and verified.size == size:
+                # The tree the verifier built from the entries it checked.
+                root_at = verified.root
+            else:
+                leaves = MerkleTree()
+                for entry in ledger.iter_entries(limit=size):
+                    leaves.append(leaf_hash(entry.body))
+                root_at = leaves.root
         finally:
             ledger.close()
     relies_on = max((s for s in sizes if s < size), default=None) if tail else None

@@ -384,4 +384,5 @@ def finish(
         signatures=sum(chunk.signatures for chunk in chunks),
         receipts=sum(chunk.receipts for chunk in chunks),
         recoveries=tuple(history.recoveries()),
+        tree=tree,
     )

@@ -21,6 +21,7 @@ from veracity.errors import (
 )
 from veracity.ledger.entry import NO_LOG_ID
 from veracity.ledger.keyring import KeyHistory
+from veracity.ledger.merkle import MerkleTree
 
 __all__ = [
     "RootSignatures",
@@ -76,6 +77,11 @@ class VerifyReport:
     #: Every ``key.recovered`` (a lost key replaced without its hand-over, the log key's
     #: included): (seq, name, new key id). Shown, so that no recovery goes unnoticed.
     recoveries: tuple[tuple[int, str, str], ...] = ()
+    #: The Merkle tree of the entries just verified (their leaf hashes): what the policy
+    #: and state audit checks notes against, so that it never reads the log a second time
+    #: (a second read costs a second pass over every entry, and could differ from the one
+    #: verified).
+    tree: MerkleTree | None = field(default=None, repr=False, compare=False)
 
     def to_json(self) -> dict[str, Any]:
         """The report in the CLI's JSON shape (plus details)."""
