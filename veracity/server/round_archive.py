@@ -233,12 +233,15 @@ def global_model(
 ) -> GlobalModel:
     """The global model ``model_hash`` of ``run_id``, if the ledger names it as one.
 
-    A run's global models are its initial model (``initial``: the study's
-    ``model_seed`` weights, which the first round starts from; named by ``run.started``)
-    and each round's ``aggregated_model_hash``. Nothing else is served (not the sites'
-    updates). With ``site``, only to a site that took part in one of the run's rounds or
-    is among ``approved`` (the sites whose approval of the study stands: each was to
-    receive these models).
+    A run's global models are what its rounds started from: its initial model
+    (``initial``: the study's ``model_seed`` weights, which the first round starts from;
+    named by ``run.started``) and the aggregate of every round that a later round of the
+    run started from. Nothing else is served: not the sites' updates, and not the last
+    round's aggregate or any released model (no round starts from those; they are the
+    model, whose plaintext weights only an administrator downloads, recorded as
+    ``model.downloaded``). With ``site``, only to a site that took part in one of the
+    run's rounds or is among ``approved`` (the sites that had approved the study when the
+    run started: each was to receive these models).
     The bytes are re-hashed as they are read.
 
     Raises
@@ -267,11 +270,24 @@ def global_model(
         )
         if started is not None:
             return GlobalModel(model_hash, weights_to_bytes(initial), 0, started.seq)
+    recorded = {int(e.payload["round"]) for e in rounds}
+    released = any(
+        e.payload.get("model_hash") == model_hash
+        for e in entries.iter_entries(kind="model.released")
+    )
     for entry in rounds:
-        if entry.payload["aggregated_model_hash"] == model_hash:
+        if (
+            entry.payload["aggregated_model_hash"] == model_hash
+            and int(entry.payload["round"]) + 1 in recorded
+            and not released
+        ):
             data = weights_to_bytes(store.get(model_hash))
             return GlobalModel(model_hash, data, int(entry.payload["round"]), entry.seq)
-    raise NotFound(f"the ledger names no global model {model_hash} of run {run_id}")
+    raise NotFound(
+        f"no round of run {run_id} started from a model {model_hash}: only the initial "
+        "model and the aggregates later rounds started from are served (a released model's "
+        "weights: GET /models/{hash}/weights, administrators)"
+    )
 
 
 @dataclass(frozen=True)

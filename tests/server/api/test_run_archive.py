@@ -13,13 +13,25 @@ from typing import Any
 import numpy as np
 import pytest
 
-from tests.server.test_central_dp_run import _execute, _task_identity, enrol_sites  # noqa: F401
+from tests.server.conftest import make_site_identity
+from tests.server.test_central_dp_run import (  # noqa: F401
+    NODES,
+    SETUP,
+    SIGNED_AT,
+    _execute,
+    _task_identity,
+    enrol_sites,
+)
 from tests.server.test_replay import RUN, _propose_plain
 from veracity.api_client import ApiError, CoordinatorClient
 from veracity.errors import InputError
+from veracity.ledger.possession import sign_enrolment
+from veracity.ledger.statement import sign_statement
 from veracity.server.api.tokens import Role
+from veracity.server.fab import build_fab
 from veracity.server.replay import replay_aggregation
 from veracity.server.round_archive import UpdateStore, extract_archive, write_archive_zip
+from veracity.tasks.breast_cancer import FEATURES, LABEL, breast_cancer_study
 from veracity.tasks.weights import weights_from_bytes, weights_hash
 
 from .conftest import Api
@@ -70,6 +82,91 @@ def test_a_site_fetches_its_runs_global_models_by_hash_and_nothing_else(api: Api
     assert api.call("GET", aggregate, "site").status_code == 404
     assert api.call("GET", aggregate, "researcher").status_code == 403
     assert api.call("GET", aggregate, "auditor").status_code == 200
+
+
+def test_the_last_rounds_aggregate_is_the_model_and_is_never_served_to_a_site(api: Api) -> None:
+    """The released model is the last round's aggregate: served by this route, a site (or
+    an auditor) would get its plaintext weights with no ``model.downloaded`` entry."""
+    network = enrol_sites(api.service)
+    study = _propose_plain(network, rounds=2)
+    _execute(network, study, RUN)
+    last = [e.payload for e in api.service.ledger.iter_entries(kind="round.completed")][-1]
+    (released,) = [e.payload for e in api.service.ledger.iter_entries(kind="model.released")]
+    assert last["aggregated_model_hash"] == released["model_hash"]
+    token = api.token_store.create(role=Role.SITE, name="replayer", site="hospital-a").token
+    path = f"/api/v1/runs/{RUN}/models/{released['model_hash']}"
+    size = api.service.ledger.size()
+
+    answer = api.client.get(path, headers={"Authorization": f"Bearer {token}"})
+
+    assert answer.status_code == 404, answer.text
+    assert "administrators" in answer.text
+    assert api.call("GET", path, "auditor").status_code == 404
+    assert api.service.ledger.size() == size
+    # The model's weights stay an administrator's recorded download.
+    download = api.call("GET", f"/api/v1/models/{released['model_hash']}/weights", "admin")
+    assert download.status_code == 200
+    assert api.service.ledger.get(api.service.ledger.size() - 1).kind in {
+        "model.downloaded",
+        "checkpoint",
+    }
+
+
+def test_a_site_that_approves_after_the_run_started_gets_none_of_its_models(api: Api) -> None:
+    """Approving a study later does not open the global models of a run it never joined."""
+    network = enrol_sites(api.service)
+    coordinator, log_id = api.service, api.service.ledger.log_id
+    # A study of four sites; three approve and train, the fourth approves afterwards.
+    late = make_site_identity("hospital-late")
+    coordinator.enrol_site(
+        SETUP,
+        late.name,
+        public_key_pem=late.key.public.pem(),
+        proof=sign_enrolment(late.key, log_id=log_id, name=late.name, role="site"),
+        supernode_public_key=late.supernode_public,
+    )
+    registered = {
+        "site": late.name, "dataset_id": "bc", "commitment": "cd" * 32,
+        "schema_hash": "ef" * 32, "rows": 100, "label": LABEL, "features": list(FEATURES),
+        "signed_at": SIGNED_AT,
+    }  # fmt: skip
+    signature = sign_statement(late.key, "dataset.registered", late.name, registered, log_id=log_id)
+    coordinator.record_statement(SETUP, "dataset.registered", late.name, registered, signature)
+    study = breast_cancer_study(
+        study_id="bc-late",
+        epsilon_caps={**dict.fromkeys(NODES.values(), 3.0), "hospital-late": 3.0},
+        noise_multiplier=1.7,
+        code_hash=build_fab().fab_hash,
+        rounds=2,
+        min_sites=3,
+    )
+    coordinator.propose_study(SETUP, study.to_document())
+    for site in network.sites.values():
+        approval = {
+            "study_hash": study.study_hash, "site": site.name, "dataset_id": "bc",
+            "epsilon_cap": 3.0, "signed_at": SIGNED_AT,
+        }  # fmt: skip
+        signature = sign_statement(site.key, "study.approved", site.name, approval, log_id=log_id)
+        coordinator.record_statement(SETUP, "study.approved", site.name, approval, signature)
+    _execute(network, study, RUN)
+    first = next(e.payload for e in api.service.ledger.iter_entries(kind="round.completed"))
+    approval = {
+        "study_hash": study.study_hash, "site": late.name, "dataset_id": "bc",
+        "epsilon_cap": 3.0, "signed_at": SIGNED_AT,
+    }  # fmt: skip
+    signature = sign_statement(late.key, "study.approved", late.name, approval, log_id=log_id)
+    coordinator.record_statement(SETUP, "study.approved", late.name, approval, signature)
+    assert late.name in api.service.reads.approvals(study.study_hash)
+    token = api.token_store.create(role=Role.SITE, name="late", site=late.name).token
+    path = f"/api/v1/runs/{RUN}/models/{first['aggregated_model_hash']}"
+
+    answer = api.client.get(path, headers={"Authorization": f"Bearer {token}"})
+
+    assert answer.status_code == 404, answer.text
+    # A site that took part still gets it.
+    member = api.token_store.create(role=Role.SITE, name="member", site="hospital-a").token
+    ok = api.client.get(path, headers={"Authorization": f"Bearer {member}"})
+    assert ok.status_code == 200, ok.text
 
 
 def _hashes(api: Api, run_id: str) -> set[str]:

@@ -220,8 +220,9 @@ def run_global_model(
     """A global model the run's rounds started from (the initial model or a round's aggregate).
 
     Only hashes the ledger names as the run's global models are served, never a site's
-    update; a site token gets them only for runs its site took part in or whose study it
-    approved. ``veracity site
+    update, nor the last round's aggregate (the model: its weights are an administrator's
+    recorded download); a site token gets them only for runs its site took part in or whose
+    study it had approved when the run started. ``veracity site
     replay --server URL --token T`` fetches a global model the site no longer keeps and
     checks it against the hash it recorded.
     """
@@ -238,7 +239,11 @@ def run_global_model(
         model_hash,
         initial=study.model_spec.initial_weights(study.model_seed),
         site=(principal.site or "") if principal.role is Role.SITE else None,
-        approved=set(service.reads.approvals(run.study_hash)),
+        approved={
+            site
+            for site, decision in service.reads.approvals(run.study_hash).items()
+            if decision.seq < run.started_seq
+        },
     )
     return Response(
         content=found.data,
