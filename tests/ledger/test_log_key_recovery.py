@@ -19,8 +19,9 @@ from tests.ledger.witness_helpers import feed, make_witness
 from veracity.cli import main
 from veracity.contracts.events import ROOT_ACTOR
 from veracity.crypto.keys import load_verify_key
-from veracity.errors import Conflict, LedgerIntegrityError, SignatureError
+from veracity.errors import ConfigError, Conflict, LedgerIntegrityError, SignatureError
 from veracity.ledger.checkpoint import sign_checkpoint
+from veracity.ledger.ledger import Ledger
 from veracity.ledger.log_key import recover_log_key, recovery_payload
 from veracity.ledger.note import Note, sign_note
 from veracity.ledger.verify import verify_bundle_file
@@ -131,3 +132,30 @@ def test_ledger_recover_log_key_command(tmp_path: Path, capsys: pytest.CaptureFi
     assert [r["seq"] for r in report["key_recoveries"]] == [shown["seq"]]
     assert main(verify) == 0
     assert "recovered 'coordinator'" in capsys.readouterr().out
+
+
+def test_a_coordinator_still_holding_the_replaced_log_key_records_nothing(
+    db_url: str, tmp_path: Path
+) -> None:
+    """After a recovery, a coordinator restarted on the old key file (the genesis key opens
+    the ledger) countersigned site statements with it: the verifiers check countersignatures
+    under the key in force, so the log failed verification at that entry for good."""
+    world = split_world(db_url)
+    ledger = world.ledger
+    recover_log_key(ledger, identity=IDENTITY, new_key=LOG_3, reason="the laptop was stolen")
+    ledger.close()
+    stale = Ledger.open(db_url, root_key=LOG_1)
+    world.ledger = stale
+    size = stale.size()
+
+    with pytest.raises(ConfigError, match="not the one in force"):
+        world.dataset("hospital-b", "d2")
+
+    assert stale.size() == size
+    stale.close()
+    reopened = Ledger.open(db_url, root_key=LOG_3)
+    world.ledger, world.root = reopened, LOG_3
+    world.dataset("hospital-b", "d2")
+    for mode in ("all", "tail"):
+        reopened.verify(IDENTITY.public, root_signatures=mode)
+    reopened.close()

@@ -182,6 +182,28 @@ def position_signatures(
     return item.signature, encode_signature(root_key.sign(message))
 
 
+def check_countersigner(keys: KeyView, seq: int, root_key: SigningKey) -> None:
+    """Refuse to countersign at ``seq`` with a log key that is not the one in force there.
+
+    Verifiers check a countersignature under the log key in force at its seq: one made by
+    a key rotated or recovered away would be written, and the log would fail verification
+    at that entry for good.
+
+    Raises
+    ------
+    ConfigError
+        Naming both keys: the coordinator runs with a log key it no longer holds.
+    """
+    current = keys.key_at(ROOT_ACTOR, seq)
+    if current is None or current.key != root_key.public:
+        in_force = "none" if current is None else current.key.key_id
+        raise ConfigError(
+            f"the log key this coordinator signs with ({root_key.public.key_id}) is not the "
+            f"one in force at entry {seq} ({in_force}): it was rotated or recovered away; "
+            "install the current log key (keys/log.pem) and start again; nothing was recorded"
+        )
+
+
 def entry_signer(kind: str, actor: str, payload: dict[str, Any], record: KeyRecord) -> VerifyKey:
     """The key that signs an entry of ``actor``, who holds ``record`` at its position.
 
@@ -356,6 +378,8 @@ def append_rows(
     for item in prepared:
         change = check_event(keys, seq, item, log_id=log_id)
         request = item.request
+        if item.signature is not None and root_key is not None:
+            check_countersigner(keys, seq, root_key)
         signature, root_signature = position_signatures(
             item, root_key=root_key, log_id=log_id_bytes, seq=seq, prev=prev, ts=ts
         )
