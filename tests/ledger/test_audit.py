@@ -191,6 +191,14 @@ def test_tail_mode_without_a_policy_is_refused_unless_the_log_key_alone_is_asked
         "trusted_on": "the log key alone (--no-witnesses: no witness checked it)",
         "witnesses": False,
     }
+    # With a state directory (and still no policy) nothing was witnessed either.
+    code, report = _verify(
+        capsys, world, tmp_path, "--root-signatures", "tail", "--no-witnesses",
+        "--state", str(tmp_path / "state"),
+    )  # fmt: skip
+    assert code == 0, report
+    assert report["tail_trusted"]["witnesses"] is False
+    assert "log key alone" in report["tail_trusted"]["trusted_on"]
     code, report = _verify(capsys, world, tmp_path)
     assert (code, report["root_signatures"]) == (0, "all")
     assert "tail_trusted" not in report
@@ -459,3 +467,29 @@ def test_a_split_view_made_from_one_copied_database_is_caught_and_proven(
     finally:
         a.ledger.close()
         b.ledger.close()
+
+
+def test_a_checkpoint_recorded_while_verifying_does_not_fail_the_audit(
+    make_world: Callable[..., World], db_url: str, tmp_path: Path
+) -> None:
+    """The audit looks at the checkpoints of the entries verified, not at one recorded
+    since (a busy coordinator checkpoints during a 7 s verification)."""
+    from veracity.ledger.verify_audit import audit_verified
+
+    world = _world(make_world, db_url)
+    _cosign(world, tmp_path, ("hospital-a", "hospital-c"))
+    policy = _policy(world, tmp_path)
+    report = world.ledger.verify(world.ledger.identity_public_key)
+    verified = world.ledger.latest_checkpoint()
+    assert verified is not None
+    world.note(ROOT_ACTOR, "recorded while the auditor verified")
+    world.ledger.checkpoint(now=T0 + timedelta(seconds=5))
+    assert world.ledger.size() > report.entries
+
+    witnessed = audit_verified(
+        report, db=world.ledger.url, bundle=None, policy_file=policy, state=None, notes=[],
+        tail=False,
+    )  # fmt: skip
+
+    assert witnessed["cosigned_by"] == ["hospital-a", "hospital-c"]
+    assert witnessed["tree_size"] == verified.tree_size

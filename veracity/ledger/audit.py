@@ -32,12 +32,16 @@ from veracity.ledger.policy import Policy
 from veracity.ledger.witness import write_atomic
 from veracity.ledger.witnessed import ORIGIN_NAME
 
-__all__ = ["AuditReport", "audit", "bundle_tree", "STATE_CHECKPOINT", "STATE_NOTE"]
+__all__ = ["NO_POLICY", "STATE_CHECKPOINT", "STATE_NOTE", "AuditReport", "audit", "bundle_tree"]
 
 #: The last verified checkpoint (origin, size, root), and its note with cosignatures.
 STATE_CHECKPOINT = "latest.checkpoint"
 _MAX_LINE = 64 * 1024 * 1024
 STATE_NOTE = "latest.note"
+
+
+#: The ``quorum`` of an audit made without a policy (a ``--state`` check alone).
+NO_POLICY = "no policy"
 
 
 @dataclass(frozen=True)
@@ -47,7 +51,7 @@ class AuditReport:
     origin: str | None
     tree_size: int | None
     cosigned: Mapping[str, int] = field(default_factory=dict)
-    quorum: str = "no policy"
+    quorum: str = NO_POLICY
     previous_size: int | None = None
 
     def to_json(self) -> dict[str, Any]:

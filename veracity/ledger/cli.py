@@ -480,7 +480,13 @@ def _tail_trusted(
     report: Any, witnessed: dict[str, Any] | None, *, db: str | None, bundle: Path | None
 ) -> dict[str, Any]:
     """What ``--root-signatures tail`` trusted: which checkpoint, and on whose word."""
-    if witnessed is not None and "tail_relies_on" in witnessed:
+    from veracity.ledger.audit import NO_POLICY
+
+    if (
+        witnessed is not None
+        and "tail_relies_on" in witnessed
+        and witnessed.get("quorum") != NO_POLICY
+    ):
         size = witnessed["tail_relies_on"]
         return {
             "checkpoint_size": size,

@@ -108,7 +108,8 @@ def audit_verified(
         try:
             if policy is not None:
                 check_policy_log_keys(policy, report.log_id, ledger.log_keys())
-            sizes = [c.tree_size for c in ledger.checkpoints()]
+            # Only the checkpoints of the entries verified: one recorded since is not theirs.
+            sizes = [c.tree_size for c in ledger.checkpoints() if c.tree_size <= size]
             log = WitnessedLog(ledger)
             stored = [n for n in (log.stored_note(s) for s in sizes[-2:]) if n is not None]
             verified = getattr(report, "tree", None)
