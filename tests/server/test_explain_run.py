@@ -410,3 +410,36 @@ def test_an_explanation_at_release_refused_everywhere_still_releases_and_says_wh
     assert _entries(sites, "model.explained") == []
     (finished,) = _entries(sites, "run.finished")
     assert "explanation at release not recorded" in finished["reason"]
+
+
+def test_a_site_answering_the_explanation_at_release_out_of_shape_cannot_stop_the_release(
+    sites: _RealSites, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A site's signed answer with one figure too many made the report raise, and the run
+    ended failed with no model after every round (and every site's budget) was spent."""
+    from veracity.client import explanation as site_explanation
+
+    honest = site_explanation._default_attribute
+    calls: list[int] = []
+
+    def one_rogue_site(*args: Any, **kwargs: Any) -> Any:
+        rows = honest(*args, **kwargs)
+        calls.append(rows.shape[1])
+        if len(calls) == 1:  # the first site to answer adds a figure, and signs it
+            return np.hstack([rows, rows[:, :1]])
+        return rows
+
+    monkeypatch.setattr(site_explanation, "_default_attribute", one_rogue_site)
+    study = _study(sites)
+
+    model = _train_and_explain(
+        sites, study, ReleaseExplanation(clip_norm=1.0, epsilon=0.5, delta=1e-5)
+    )
+
+    assert len(calls) == 3
+    card = sites.network.coordinator.registry.get(model).card
+    assert card["explanation"]["report_hash"] is None  # two answers; the study needs three
+    assert any("figures; the model has 30" in why for why in card["explanation"]["not_recorded"])
+    (finished,) = _entries(sites, "run.finished")
+    assert finished["status"] == "completed"
+    assert finished["model_hash"] == model

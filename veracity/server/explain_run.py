@@ -170,6 +170,15 @@ def gather_explanation(
             log.warning("explanation of %s dropped: %s", site, err)
             refused.append(f"{site}: dropped ({err})")
             continue
+        if len(parsed.explanation.values) != model.spec.n_features:
+            # Signed, but not an answer about this model: one site must not sink the rest.
+            reason = (
+                f"{site} sent {len(parsed.explanation.values)} figures; the model has "
+                f"{model.spec.n_features}"
+            )
+            log.warning("explanation of %s dropped: %s", site, reason)
+            refused.append(f"{site}: dropped ({reason})")
+            continue
         answers[site] = (parsed.explanation, parsed.receipt)
     sites = tuple(sorted(answers))
     receipts = tuple(receipt for _, (_, receipt) in sorted(answers.items()))
