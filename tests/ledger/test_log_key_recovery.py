@@ -22,7 +22,7 @@ from veracity.crypto.keys import load_verify_key
 from veracity.errors import ConfigError, Conflict, LedgerIntegrityError, SignatureError
 from veracity.ledger.checkpoint import sign_checkpoint
 from veracity.ledger.ledger import Ledger
-from veracity.ledger.log_key import recover_log_key, recovery_payload
+from veracity.ledger.log_key import recover_log_key, recovery_payload, retire_log_key
 from veracity.ledger.note import Note, sign_note
 from veracity.ledger.verify import verify_bundle_file
 from veracity.ledger.witnessed import WitnessedLog
@@ -159,3 +159,29 @@ def test_a_coordinator_still_holding_the_replaced_log_key_records_nothing(
     for mode in ("all", "tail"):
         reopened.verify(IDENTITY.public, root_signatures=mode)
     reopened.close()
+
+
+def test_retiring_the_overlap_after_a_recovery_does_not_stop_the_witnesses(
+    db_url: str, tmp_path: Path
+) -> None:
+    """The runbook ends a rotation's overlap with a retirement; after a recovery the
+    witness no longer listed the old key and refused that entry on every cycle for good."""
+    world = split_world(db_url)
+    ledger = world.ledger
+    witness = make_witness(tmp_path / "w", world, "hospital-a")
+    ledger.checkpoint()
+    feed(witness, ledger)
+    rotate(world)  # LOG_1 in its overlap; LOG_2 signs, then is lost
+    recover_log_key(ledger, identity=IDENTITY, new_key=LOG_3, reason="the disk died")
+    world.root = LOG_3
+
+    retire_log_key(ledger, identity=IDENTITY, key_id=LOG_1.public.key_id)
+    ledger.checkpoint()
+    feed(witness, ledger)
+
+    newest = ledger.latest_checkpoint()
+    assert newest is not None
+    assert witness.state().tree_size == newest.tree_size  # it cosigned past the retirement
+    assert witness.state().log_keys == [LOG_3.public.raw.hex()]
+    ledger.verify(IDENTITY.public, root_signatures="all")
+    ledger.close()

@@ -532,14 +532,19 @@ class Witness:
                     for k in keys.log_keys[:-1]
                     if VerifyKey.from_raw(bytes.fromhex(k)).key_id == key_id
                 ]
-                if not retired:
-                    raise InputError(f"the log key {key_id[:16]} is not one it may retire")
-                keys.log_keys.remove(retired[0])
+                current_id = VerifyKey.from_raw(bytes.fromhex(keys.log_keys[-1])).key_id
+                if key_id == current_id:
+                    raise InputError(f"the current log key {key_id[:16]} cannot be retired")
+                if retired:
+                    keys.log_keys.remove(retired[0])
+                # Not listed: a key a recovery already replaced (it signs nothing since),
+                # which the identity may still retire to close its overlap; nothing to do.
                 log.warning(
-                    "witness %s: the log's identity retired the log key %s at entry %d",
+                    "witness %s: the log's identity retired the log key %s at entry %d%s",
                     self.name,
                     key_id[:16],
                     seq,
+                    "" if retired else " (replaced by a recovery before: it signed nothing since)",
                 )
             else:
                 raise InputError(f"a {entry.kind} of the log key is never valid")
