@@ -290,3 +290,38 @@ def test_a_missing_global_model_without_a_coordinator_fails_at_round_one(
 
     assert (outcome.statement.kind, outcome.statement.payload["round"]) == ("replay.failed", 1)
     assert "missing" in outcome.statement.payload["reason"]
+
+
+def test_a_coordinator_that_cannot_be_reached_fails_no_replay(
+    ready_site: Site, trained: list[TrainReply]
+) -> None:
+    """A coordinator briefly down (or a mistyped token) became a signed, permanent
+    ``replay.failed`` in the ledger; it says nothing about the round, so nothing is signed."""
+    import httpx
+
+    from veracity.client.replay import coordinator_fetcher
+    from veracity.errors import TransportError
+
+    _drop_globals(ready_site)
+    outbox = [entry.statement for entry in ready_site.store.outbox()]
+    down = coordinator_fetcher(
+        "https://127.0.0.1:9",
+        "vrs_token",
+        None,
+        transport=httpx.MockTransport(lambda request: httpx.Response(503, text="restarting")),
+    )
+
+    with pytest.raises(TransportError, match="503"):
+        replay_run(ready_site, RUN, fetch=down)
+
+    assert [entry.statement for entry in ready_site.store.outbox()] == outbox
+    # The coordinator's "no such model" is an answer about the round: that one fails it.
+    gone = coordinator_fetcher(
+        "https://127.0.0.1:9",
+        "vrs_token",
+        None,
+        transport=httpx.MockTransport(lambda request: httpx.Response(404, text="pruned")),
+    )
+    outcome = replay_run(ready_site, RUN, fetch=gone)
+    assert (outcome.statement.kind, outcome.statement.payload["round"]) == ("replay.failed", 1)
+    assert "serves no such model" in outcome.statement.payload["reason"]

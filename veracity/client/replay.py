@@ -315,15 +315,17 @@ def coordinator_fetcher(
 ) -> FetchGlobal:
     """A :data:`FetchGlobal` over the coordinator's API with this site's token.
 
-    The returned function raises :class:`~veracity.errors.TransportError` when the API
-    cannot be reached or refuses (the status and its detail in the message).
+    The returned function raises :class:`~veracity.errors.NotFound` when the coordinator
+    answers that it serves no such model of the run (404), and
+    :class:`~veracity.errors.TransportError` when the API cannot be reached or refuses
+    otherwise (the status and its detail in the message).
     """
     import ssl
 
     import httpx
 
     from veracity.api_options import api_base
-    from veracity.errors import TransportError
+    from veracity.errors import NotFound, TransportError
 
     verify: ssl.SSLContext | bool = True
     if ca_cert is not None:
@@ -340,6 +342,8 @@ def coordinator_fetcher(
                 )
         except httpx.HTTPError as err:
             raise TransportError(f"cannot reach {server}: {err}") from err
+        if response.status_code == 404:
+            raise NotFound(f"the coordinator serves no such model: {response.text[:300]}")
         if response.status_code != 200:
             raise TransportError(
                 f"the coordinator answered {response.status_code}: {response.text[:300]}"
@@ -352,11 +356,20 @@ def coordinator_fetcher(
 def _fetched_global(
     keeper: RoundKeeper, fetch: FetchGlobal, run_id: str, model_hash: str
 ) -> tuple[Weights | None, str]:
-    """The global model fetched from the coordinator and kept again, or ``None`` and why."""
-    from veracity.errors import VeracityError
+    """The global model fetched from the coordinator and kept again, or ``None`` and why.
+
+    Raises
+    ------
+    TransportError
+        If the coordinator could not be asked (unreachable, a refused token, a server
+        error): that says nothing about the round, so nothing is signed; try again.
+    """
+    from veracity.errors import TransportError, VeracityError
 
     try:
         weights = weights_from_bytes(fetch(run_id, model_hash))
+    except TransportError:
+        raise
     except VeracityError as err:
         return None, f"the round's global model is missing and fetching it failed: {err}"
     if weights_hash(weights) != model_hash:
@@ -382,6 +395,9 @@ def replay_run(
     InputError
         If nothing of the run (or that round) was kept, or the data file no longer matches
         its commitment (nothing is signed then).
+    TransportError
+        If a missing global model could not be asked of the coordinator (nothing is
+        signed then).
     """
     from veracity.client.datasets import load_registered
     from veracity.client.study_inputs import study_examples
