@@ -93,9 +93,26 @@ def emit_table(title: str | None, columns: Sequence[str], rows: Sequence[Sequenc
     stdout_console().print(table)
 
 
+class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes each record to whatever ``sys.stderr`` is when it is emitted.
+
+    A handler holding the ``sys.stderr`` of the moment the CLI started writes into a
+    closed stream once a caller that swapped it (a test's capture, an embedding program)
+    has put it back.
+    """
+
+    @property
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value: Any) -> None:
+        pass
+
+
 def configure_logging(*, verbose: bool) -> None:
     """Send log records to stderr: warnings by default, everything with ``-v``."""
-    handler = logging.StreamHandler(sys.stderr)
+    handler = _StderrHandler()
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger()
     for existing in list(root.handlers):
