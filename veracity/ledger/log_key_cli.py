@@ -90,7 +90,7 @@ def rotate_log_key_command(
                 "the new log key file must end in .pem", param_hint="--new-log-key"
             )
         new = generate_signing_key()
-        write_key_pair(new_log_key.parent, new_log_key.stem, new)
+        write_key_pair(new_log_key.parent, new_log_key.stem, new, prompt=True)
     else:
         new = load_signing_key(new_log_key)
     with Ledger.open(_db_url(db, data_dir), root_key=outgoing, checkpoint_every=0) as ledger:
@@ -186,7 +186,7 @@ def recover_log_key_command(
                 "the new log key file must end in .pem", param_hint="--new-log-key"
             )
         new = generate_signing_key()
-        write_key_pair(new_log_key.parent, new_log_key.stem, new)
+        write_key_pair(new_log_key.parent, new_log_key.stem, new, prompt=True)
     else:
         new = load_signing_key(new_log_key)
     with Ledger.open(_db_url(db, data_dir), checkpoint_every=0) as ledger:
