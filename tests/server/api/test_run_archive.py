@@ -250,9 +250,9 @@ def test_a_prune_deletes_old_archives_but_keeps_a_released_models_unless_told(
 
 
 def _one_released_one_not(api: Api, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Run ``RUN`` (released, 2 rounds) and ``UNRELEASED`` (1 round recorded, no release)."""
+    """Run ``RUN`` (released, 1 round) and ``UNRELEASED`` (1 round recorded, no release)."""
     network = enrol_sites(api.service)
-    _execute(network, _propose_plain(network, rounds=2), RUN)
+    _execute(network, _propose_plain(network, rounds=1), RUN)
     monkeypatch.setattr(
         "veracity.server.study_run.release_model",
         lambda *_a, **_k: (_ for _ in ()).throw(RuntimeError("the disk is full")),
@@ -267,37 +267,17 @@ def _pruned_entries(api: Api) -> list[dict[str, Any]]:
     return [e.payload for e in api.service.ledger.iter_entries(kind="updates.pruned")]
 
 
-def test_a_file_an_earlier_prune_recorded_is_deleted_again_but_never_recorded_twice(
+def test_a_large_prune_takes_consecutive_entries_and_no_file_is_ever_recorded_twice(
     api: Api, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # A second prune (a concurrent one, or one after a deletion cut short) found the files
-    # the first had recorded but not yet deleted, and recorded them again.
+    # Before: one entry however many files (over 8 MiB, refused, from ~125,000), and a
+    # second prune (a concurrent one, or one after a deletion cut short) that found files
+    # the first had recorded but not yet deleted recorded them again.
     _one_released_one_not(api, monkeypatch)
     store = UpdateStore(api.service.home.updates)
     unreleased = sorted(_hashes(api, UNRELEASED))
-    kept = {h: store.path(h).read_bytes() for h in unreleased}
-    first = api.call("POST", "/api/v1/runs/prune", "admin", json={"older_than_days": 0})
-    assert first.json()["removed"] == len(unreleased)
-    for digest, data in kept.items():  # as if the first prune's deletion never happened
-        store.path(digest).write_bytes(data)
-
-    again = api.call("POST", "/api/v1/runs/prune", "admin", json={"older_than_days": 0})
-
-    assert again.status_code == 200, again.text
-    assert (again.json()["seq"], again.json()["removed"]) == (None, 0)
-    assert not any(store.path(h).exists() for h in unreleased)  # deleted, not recorded
-    assert [sorted(p["removed"]) for p in _pruned_entries(api)] == [unreleased]
-    api.service.ledger.verify(api.service.ledger.identity_public_key)
-
-
-def test_a_prune_of_more_files_than_one_entry_holds_is_recorded_in_consecutive_entries(
-    api: Api, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    _one_released_one_not(api, monkeypatch)
-    store = UpdateStore(api.service.home.updates)
-    unreleased = _hashes(api, UNRELEASED)
     assert len(unreleased) >= 3
-    sizes = sum(store.path(h).stat().st_size for h in unreleased)
+    kept = {h: store.path(h).read_bytes() for h in unreleased}
 
     plan, seq = api.service.prune_updates(operator(), older_than_days=0, per_entry=2)
 
@@ -309,11 +289,20 @@ def test_a_prune_of_more_files_than_one_entry_holds_is_recorded_in_consecutive_e
     assert [api.service.ledger.get(seq + i).kind for i in range(len(entries))] == [
         "updates.pruned"
     ] * len(entries)
-    assert {h for p in entries for h in p["removed"]} == unreleased == set(plan.removed)
-    assert sum(p["removed_bytes"] for p in entries) == sizes == plan.removed_bytes
+    assert sorted(h for p in entries for h in p["removed"]) == unreleased == sorted(plan.removed)
+    assert sum(p["removed_bytes"] for p in entries) == sum(map(len, kept.values()))
     assert all(p["runs"] == [UNRELEASED] for p in entries)
     assert [p["kept_released"] for p in entries] == [[RUN]] + [[]] * (len(entries) - 1)
     assert not any(store.path(h).exists() for h in unreleased)
+    for digest, data in kept.items():  # as if that prune's deletion had not happened yet
+        store.path(digest).write_bytes(data)
+
+    again = api.call("POST", "/api/v1/runs/prune", "admin", json={"older_than_days": 0})
+
+    assert again.status_code == 200, again.text
+    assert (again.json()["seq"], again.json()["removed"]) == (None, 0)
+    assert not any(store.path(h).exists() for h in unreleased)  # deleted, not recorded
+    assert _pruned_entries(api) == entries
     api.service.ledger.verify(api.service.ledger.identity_public_key)
 
 
