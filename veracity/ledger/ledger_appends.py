@@ -62,7 +62,9 @@ class LedgerAppends(LedgerCheckpoints):
             Append inside this session's transaction (from :meth:`transaction`); it is
             not committed here.
         now
-            The entry's timestamp (default: the current time).
+            The entry's timestamp (default: the current time); an entry is never dated
+            before the head entry or the newest checkpoint, so an earlier ``now`` (a
+            clock that stepped back) dates it at theirs.
 
         Raises
         ------
