@@ -10,6 +10,7 @@ CSV. Nothing here speaks HTTP: every step goes through the CLI.
 from __future__ import annotations
 
 import csv
+import itertools
 import json
 import os
 import signal
@@ -148,3 +149,85 @@ def wait_for(what: str, probe: Any, *, timeout: float = 120.0, interval: float =
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         time.sleep(interval)
+
+
+#: The analysis both network tests run: a count, a mean and a histogram (its plot).
+ANALYSIS_QUERIES = ("malignant", "mean-radius", "texture")
+_TEXTURE_BINS = [5.0, 15.0, 20.0, 25.0, 40.0]
+
+
+def analysis_study(study_id: str, *, code_hash: str) -> dict[str, Any]:
+    """A small analysis study of the hospital files, approved like a training study.
+
+    ``code_hash`` is the one ``veracity admin studies new`` prints (the installed app's).
+    """
+    return {
+        "kind": "analysis",
+        "study_id": study_id,
+        "title": f"{study_id}: malignant tumours, mean radius, texture",
+        "columns": {
+            "diagnosis": {"lower": 0.0, "upper": 1.0},
+            "mean_radius": {"lower": 5.0, "upper": 30.0},
+            "mean_texture": {"lower": 5.0, "upper": 40.0},
+        },
+        "queries": [
+            {"query_id": "malignant", "kind": "count", "epsilon": 0.5,
+             "cohort": [{"column": "diagnosis", "op": "==", "value": 1.0}]},
+            {"query_id": "mean-radius", "kind": "mean", "column": "mean_radius",
+             "epsilon": 0.5},
+            {"query_id": "texture", "kind": "histogram", "column": "mean_texture",
+             "bins": _TEXTURE_BINS, "epsilon": 0.5},
+        ],
+        "delta": 1e-5,
+        "epsilon_caps": dict.fromkeys(SITES, 8.0),
+        "min_sites": len(SITES),
+        "code_hash": code_hash,
+    }  # fmt: skip
+
+
+def check_analysis(result: dict[str, Any], files: dict[str, Path]) -> dict[str, float]:
+    """Check ``veracity analysis run --format json`` against the hospital files themselves.
+
+    Every query answered by every site; each figure within 5 standard errors (from the noise
+    the sites state) of the pooled truth: a miss is a one-in-a-million event. Returns each
+    site's epsilon after its last answer.
+    """
+    assert result["status"] == "completed", result
+    queries = {q["query_id"]: q for q in result["queries"]}
+    assert sorted(queries) == sorted(ANALYSIS_QUERIES)
+    rows: list[dict[str, str]] = []
+    for site in SITES:
+        with files[site].open(encoding="utf-8") as handle:
+            rows.extend(csv.DictReader(handle))
+    radius = [float(r["mean_radius"]) for r in rows]
+    texture = [float(r["mean_texture"]) for r in rows]
+    truth = {
+        "malignant": [float(sum(float(r["diagnosis"]) == 1.0 for r in rows))],
+        "mean-radius": [sum(radius) / len(radius)],
+        "texture": [
+            float(sum(low <= t < high for t in texture))
+            for low, high in itertools.pairwise(_TEXTURE_BINS)
+        ],
+    }
+    assert all(5.0 <= t < 40.0 for t in texture)  # inside the bounds: nothing clipped
+    assert all(5.0 <= r <= 30.0 for r in radius)
+    for query_id, expected in truth.items():
+        query = queries[query_id]
+        assert query["refused"] == [], query
+        assert query["repeated"] is False, query  # a first answer, charged at every site
+        assert sorted(query["epsilon"]) == list(SITES), query
+        assert len(query["value"]) == len(expected), query
+        for value, se, exact in zip(query["value"], query["se"], expected, strict=True):
+            assert 0 < se < 0.5 * exact, (query_id, se, exact)  # noisy, yet informative
+            assert abs(value - exact) <= 5 * se, (query_id, value, exact, se)
+    return {site: max(q["epsilon"][site] for q in queries.values()) for site in SITES}
+
+
+def answered_in_bundle(bundle: Path, run_id: str) -> dict[str, dict[str, Any]]:
+    """The ``analysis.answered`` payloads of run ``run_id`` in a ledger bundle, by query."""
+    found: dict[str, dict[str, Any]] = {}
+    for line in bundle.read_text(encoding="utf-8").splitlines():
+        entry = json.loads(line)
+        if entry.get("kind") == "analysis.answered" and entry["payload"]["run_id"] == run_id:
+            found[entry["payload"]["query_id"]] = entry["payload"]
+    return found

@@ -128,3 +128,53 @@ def test_an_analysis_run_without_a_token_is_a_configuration_error(
 
     assert status == 2
     assert "no API token" in capsys.readouterr().err
+
+
+def test_a_plot_the_study_cannot_draw_is_refused_before_the_run_spends_anything(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    counts_only = [q for q in study_document()["queries"] if q["kind"] == "count"]
+    path = tmp_path / "study.json"
+    path.write_text(json.dumps(study_document(queries=counts_only)), encoding="utf-8")
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Coordinator)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    _Coordinator.paths.clear()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}"
+        status = main(
+            ["analysis", "run", str(path), "--server", url, "--token", "t",
+             "--plot", str(tmp_path / "x.png")]
+        )  # fmt: skip
+    finally:
+        server.shutdown()
+        server.server_close()
+
+    assert status == 1
+    assert "--plot needs" in capsys.readouterr().err
+    assert _Coordinator.paths == []  # no run started: the sites spent nothing
+
+
+def test_a_run_that_answered_nothing_says_so_when_a_plot_was_asked_for(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "study.json"
+    path.write_text(json.dumps(study_document()), encoding="utf-8")
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Coordinator)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}"
+        status = main(
+            ["analysis", "run", str(path), "--server", url, "--token", "t",
+             "--plot", str(tmp_path / "km.png"), "--format", "json"]
+        )  # fmt: skip
+    finally:
+        server.shutdown()
+        server.server_close()
+
+    captured = capsys.readouterr()
+    assert status == 1
+    assert "not every query was answered: test" in captured.err
+    assert json.loads(captured.out)["status"] == "stopped"  # what the run did, still shown
+    assert not (tmp_path / "km.png").exists()

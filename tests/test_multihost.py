@@ -5,7 +5,10 @@ Linux network namespace (its own address, a veth pair to one bridge), every step
 What crosses the network is only what crosses it in a real deployment: SuperNodes reach the
 SuperLink, sites and the admin reach the admin API, the clinic sends encrypted queries; each
 host keeps its own directory, and the files people hand over (public keys, ``ca.crt``, the
-study document, the ledger bundle and ``root.pub``) are copied from one to another. The
+study documents, the ledger bundle and ``root.pub``) are copied from one to another. After
+the training run and its release, the clinic predicts under encryption, a researcher on the
+clinic's host runs an analysis study the sites approved, and an auditor there checks the
+bundle (the analysis's receipts in it) offline. The
 certificate names the coordinator's address (``server init --hostname``). The kernel here has
 no ``netem``, so links have no artificial delay.
 
@@ -27,7 +30,16 @@ from pathlib import Path
 
 import pytest
 
-from tests.network_cli import SITES, Shell, wait_for, write_hospital_files
+from tests.network_cli import (
+    ANALYSIS_QUERIES,
+    SITES,
+    Shell,
+    analysis_study,
+    answered_in_bundle,
+    check_analysis,
+    wait_for,
+    write_hospital_files,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(3600)]
 
@@ -186,7 +198,7 @@ def _run(
     # ---- the study: written, proposed, reviewed and approved at every site -----------------
     _hand_over(data["reference"], coord.cwd / "reference.csv")
     proposed_file = coord.cwd / "STUDY.json"
-    coord.run(
+    written = coord.json(
         "admin", "studies", "new", "--study-id", "bc-multihost",
         *[arg for site in SITES for arg in ("--site", site)],
         "--schema", "reference.csv", "--label", "diagnosis", "--epsilon-cap", "8",
@@ -224,6 +236,34 @@ def _run(
     with (clinic.cwd / "scores.csv").open(encoding="utf-8") as handle:
         assert len(list(csv.DictReader(handle))) == 8
 
+    # ---- a researcher on the clinic's host: an analysis study the sites approved -----------
+    analysis_file = coord.cwd / "ANALYSIS.json"
+    document = analysis_study("bc-analysis-multihost", code_hash=written["code_hash"])
+    analysis_file.write_text(json.dumps(document, indent=2), encoding="utf-8")
+    analysis_hash = coord.json("admin", "studies", "propose", str(analysis_file))["study_hash"]
+    for shell in sites.values():
+        _hand_over(analysis_file, shell.cwd / "ANALYSIS.json")
+        shell.run(
+            "site", "approve", "ANALYSIS.json", "--dataset", "cohort", "--epsilon-cap", "8",
+            "--yes", "--data-dir", "site",
+        )  # fmt: skip
+    wait_for(
+        "the analysis approvals, delivered by each site over the network",
+        lambda: coord.json("admin", "studies", "show", analysis_hash)["ready"],
+        timeout=120,
+    )
+    _hand_over(analysis_file, clinic.cwd / "ANALYSIS.json")
+    answered = clinic.json(
+        "analysis", "run", "ANALYSIS.json", "--server", f"{server}/api/v1",
+        "--token", clinic_token, "--ca-cert", "ca.crt", "--plot", "texture.png", timeout=900,
+    )  # fmt: skip
+    assert answered["study_hash"] == analysis_hash
+    spent = check_analysis(answered, data)
+    assert (clinic.cwd / "texture.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # The site's own store holds the spend its receipts state (one site: each command costs).
+    (dataset,) = sites["hospital-b"].json("site", "datasets", "--data-dir", "site")["datasets"]
+    assert dataset["epsilon_spent"] == pytest.approx(spent["hospital-b"], rel=1e-9)
+
     # ---- an audit: the bundle fetched over the API, then checked offline -------------------
     auditor_token = coord.run(
         "admin", "tokens", "create", "--role", "auditor", "--name", "ethics board"
@@ -235,6 +275,11 @@ def _run(
     _hand_over(coord.cwd / "coord" / "keys" / "root.pub", clinic.cwd / "root.pub")
     report = clinic.json("ledger", "verify", "--bundle", "ledger.jsonl", "--trust", "root.pub")
     assert report["ok"] is True
+    in_bundle = answered_in_bundle(clinic.cwd / "ledger.jsonl", answered["run_id"])
+    assert sorted(in_bundle) == sorted(ANALYSIS_QUERIES)
+    for query in answered["queries"]:  # every site's signed receipt, the epsilon it stated
+        receipts = [r["receipt"] for r in in_bundle[query["query_id"]]["receipts"]]
+        assert {r["site"]: r["epsilon"] for r in receipts} == query["epsilon"]
     provenance = clinic.json(
         "ledger", "provenance", model, "--bundle", "ledger.jsonl", "--trust", "root.pub"
     )

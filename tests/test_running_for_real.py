@@ -4,9 +4,11 @@ A coordinator, three hospitals, a clinic and an auditor, each in its own directo
 working directory, every step a ``veracity`` command (no HTTP by hand): init and start the
 coordinator, enrol the sites, register data, write and propose a study, review and approve
 it at every site (the outbox delivered by ``site start`` and by ``site sync``), run it and
-watch it, download the model, predict under encryption, export the ledger and audit it
-offline (verify and provenance from the bundle and the root key only, and an inclusion
-proof of the release checked with ``ledger verify-proof``).
+watch it, download the model, propose an analysis study that the sites approve and a
+researcher runs (its answers checked against the hospital files, its plot drawn), predict
+under encryption, export the ledger and audit it offline (verify and provenance from the
+bundle and the root key only, the analysis's signed receipts in it, and an inclusion proof
+of the release checked with ``ledger verify-proof``).
 """
 
 from __future__ import annotations
@@ -21,7 +23,16 @@ from typing import Any
 
 import pytest
 
-from tests.network_cli import SITES, Shell, wait_for, write_hospital_files
+from tests.network_cli import (
+    ANALYSIS_QUERIES,
+    SITES,
+    Shell,
+    analysis_study,
+    answered_in_bundle,
+    check_analysis,
+    wait_for,
+    write_hospital_files,
+)
 from veracity.supervise import free_port
 from veracity.tasks.weights import weights_from_bytes, weights_hash
 
@@ -147,6 +158,48 @@ def _run_network(shell: Shell, files: dict[str, Path], *, superlink: int, api: i
     )  # fmt: skip
     assert len(explained["report_hash"]) == 64
 
+    # ---- a researcher's analysis study: written, proposed, approved, answered ----------------
+    # Written by hand (its queries and bounds), with the code hash `studies new` printed.
+    document = analysis_study("bc-analysis-for-real", code_hash=written["code_hash"])
+    (shell.cwd / "ANALYSIS.json").write_text(json.dumps(document, indent=2), encoding="utf-8")
+    analysis_hash = admin.json("admin", "studies", "propose", "ANALYSIS.json")["study_hash"]
+    reviewed = shell.json(
+        "site", "review", "ANALYSIS.json", "--dataset", "cohort", "--data-dir", "site-a"
+    )  # fmt: skip
+    assert reviewed["problems"] == [], reviewed
+    for site in SITES:
+        shell.run(
+            "site", "approve", "ANALYSIS.json", "--dataset", "cohort", "--epsilon-cap", "8",
+            "--yes", "--data-dir", f"site-{site[-1]}",
+        )  # fmt: skip
+    synced = shell.json(
+        "site", "sync", "--server", f"https://127.0.0.1:{api}",
+        "--token", site_tokens["hospital-c"], "--ca-cert", "coord/tls/ca.crt",
+        "--data-dir", "site-c",
+    )  # fmt: skip
+    assert synced["pending"] == 0
+    wait_for(
+        "every approval of the analysis to reach the coordinator",
+        lambda: admin.json("admin", "studies", "show", analysis_hash)["ready"],
+        timeout=60,
+    )
+    researcher_token = admin.run(
+        "admin", "tokens", "create", "--role", "researcher", "--name", "epidemiologist"
+    ).stdout.strip()
+    researcher = Shell(cwd=shell.cwd)
+    answered = researcher.json(
+        "analysis", "run", "ANALYSIS.json", "--server", f"https://127.0.0.1:{api}/api/v1",
+        "--token", researcher_token, "--ca-cert", "coord/tls/ca.crt", "--plot", "texture.png",
+        timeout=900,
+    )  # fmt: skip
+    assert answered["study_hash"] == analysis_hash
+    spent = check_analysis(answered, files)
+    assert answered["plot"] == "texture.png"
+    assert (shell.cwd / "texture.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # The site's own store holds the spend its receipts state (one site: each command costs).
+    (dataset,) = shell.json("site", "datasets", "--data-dir", "site-c")["datasets"]
+    assert dataset["epsilon_spent"] == pytest.approx(spent["hospital-c"], rel=1e-9)
+
     # ---- a clinic predicts under encryption --------------------------------------------------
     clinic_token = admin.run(
         "admin", "tokens", "create", "--role", "researcher", "--name", "clinic"
@@ -172,6 +225,11 @@ def _run_network(shell: Shell, files: dict[str, Path], *, superlink: int, api: i
     auditor = Shell(cwd=shell.cwd / "auditor")
     report = auditor.json("ledger", "verify", "--bundle", "ledger.jsonl", "--trust", "root.pub")
     assert report["ok"] is True
+    in_bundle = answered_in_bundle(auditor.cwd / "ledger.jsonl", answered["run_id"])
+    assert sorted(in_bundle) == sorted(ANALYSIS_QUERIES)
+    for query in answered["queries"]:  # every site's signed receipt, the epsilon it stated
+        receipts = [r["receipt"] for r in in_bundle[query["query_id"]]["receipts"]]
+        assert {r["site"]: r["epsilon"] for r in receipts} == query["epsilon"]
     provenance = auditor.json(
         "ledger", "provenance", model, "--bundle", "ledger.jsonl", "--trust", "root.pub"
     )

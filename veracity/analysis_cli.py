@@ -27,11 +27,15 @@ from veracity.output import (
     stderr_console,
 )
 
-__all__ = ["app", "load_analysis", "summarise", "plot_answer"]
+__all__ = ["PLOTTABLE", "app", "load_analysis", "summarise", "plot_answer"]
 
 app = typer.Typer(
     help="Federated analytics under the sites' privacy budgets.", no_args_is_help=True
 )
+
+
+#: The kinds of answer ``--plot`` draws, in order of preference.
+PLOTTABLE = ("kaplan_meier", "histogram")
 
 
 def load_analysis(path: Path) -> dict[str, Any]:
@@ -90,9 +94,7 @@ def plot_answer(queries: list[dict[str, Any]], path: Path) -> str:
     InputError
         If no query is a survival curve or a histogram.
     """
-    chosen = next((q for q in queries if q["kind"] == "kaplan_meier"), None) or next(
-        (q for q in queries if q["kind"] == "histogram"), None
-    )
+    chosen = next((q for kind in PLOTTABLE for q in queries if q["kind"] == kind), None)
     if chosen is None:
         raise InputError("--plot needs a kaplan_meier or histogram query in the results")
     import matplotlib
@@ -150,13 +152,17 @@ def run_command(
 ) -> None:
     """Run an approved analysis study and print its combined, noisy answers.
 
-    Exit status 1 if the run ends without answering every query.
+    Exit status 1 if the run ends without answering every query, or (before any run
+    starts) if ``--plot`` is asked of a study with no survival curve or histogram.
     """
     from veracity.api_client import ApiSession
     from veracity.core.canonical import canonical_hash
     from veracity.errors import TransportError
 
     document = load_analysis(study_file)
+    if plot is not None and not any(q["kind"] in PLOTTABLE for q in document["queries"]):
+        # Refused before the run: the sites would spend their budget for nothing shown.
+        raise InputError("--plot needs a kaplan_meier or histogram query in the study")
     study_hash = canonical_hash(document)
     with ApiSession(server, token, ca_cert) as api:
         started = api.client.send(
@@ -175,7 +181,11 @@ def run_command(
             time.sleep(0.25)
     queries = summarise(results["answers"])
     finished = results["finished"]
-    plotted = plot_answer(queries, plot) if plot is not None else None
+    # A run that did not answer the plotted query still shows what it did answer, then
+    # fails below with its reason.
+    plotted = None
+    if plot is not None and any(q["kind"] in PLOTTABLE for q in queries):
+        plotted = plot_answer(queries, plot)
     if output_format is OutputFormat.JSON:
         emit_json(
             {

@@ -152,6 +152,36 @@ def test_a_new_key_is_passphrase_protected_when_a_person_at_a_terminal_gives_one
     assert load_signing_key(path).public.key_id
 
 
+@pytest.mark.parametrize("command", ["rotate-log-key", "recover-log-key"])
+def test_a_new_log_key_is_passphrase_protected_when_a_person_at_a_terminal_gives_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, command: str
+) -> None:
+    # Before, both commands wrote the new online log key unencrypted without asking,
+    # unlike every other command that makes a key.
+    from veracity.cli import main
+
+    monkeypatch.delenv(PASSPHRASE_ENV, raising=False)
+    monkeypatch.setattr(sys, "stdin", io.StringIO())  # set-up without a person
+    data_dir = tmp_path / "coordinator"
+    assert main(["ledger", "init", "--data-dir", str(data_dir)]) == 0
+    identity = next(
+        p for p in (data_dir / "identity" / "root.pem", data_dir / "keys" / "root.pem")
+        if p.exists()
+    )  # fmt: skip
+    new = tmp_path / "new-log.pem"
+    asked = _answers(monkeypatch, "battery staple", "battery staple")
+    extra = ["--reason", "the disk died"] if command == "recover-log-key" else []
+    argv = ["ledger", command, "--data-dir", str(data_dir), "--identity-key", str(identity),
+            "--new-log-key", str(new), *extra]  # fmt: skip
+
+    assert main(argv) == 0
+
+    assert new.read_bytes().startswith(b"-----BEGIN ENCRYPTED PRIVATE KEY-----")
+    assert [str(new) in prompt for prompt in asked] == [True, True]
+    monkeypatch.setenv(PASSPHRASE_ENV, "battery staple")
+    assert load_signing_key(new).public.key_id
+
+
 def test_two_different_passphrases_write_no_key(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -13,7 +13,7 @@ import pytest
 
 from veracity.errors import CryptoError, InputError
 from veracity.he.circuit import compile_circuit, compile_conv_circuit
-from veracity.he.contexts import PublicContext, SecretContext
+from veracity.he.contexts import SecretContext
 from veracity.he.layouts import ModelShape, circuit_shape, evaluate, layout_for
 from veracity.he.packing import ReplicatedGeometry, coefficients_from_slots
 from veracity.he.params import (
@@ -24,6 +24,7 @@ from veracity.he.params import (
     CKKSParameterSet,
     PackingLayout,
 )
+from veracity.he.public_context import PublicContext
 from veracity.he.seal import seal_primes
 from veracity.he.wire import KIND_CONTEXT, decode_envelope, encode_envelope
 from veracity.tasks.spec import predict_logits

@@ -20,7 +20,8 @@ from veracity.contracts.events import InferenceServed
 from veracity.errors import CryptoError, InputError
 from veracity.he.circuit import compile_circuit
 from veracity.he.contexts import SecretContext
-from veracity.he.layouts import IMAGE_FLOOD, ModelShape
+from veracity.he.layouts import ModelShape
+from veracity.he.layouts.im2col import IMAGE_FLOOD
 from veracity.he.packing import coefficients_from_slots
 from veracity.he.params import PackingLayout, parameter_set_for, parameter_set_named
 from veracity.he.seal import seal_primes

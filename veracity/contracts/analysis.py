@@ -40,6 +40,7 @@ __all__ = [
     "ANALYSIS_RECEIPT_DOMAIN",
     "QUERY_KINDS",
     "QueryKind",
+    "check_one_outcome",
     "ColumnBounds",
     "Condition",
     "Query",
@@ -373,6 +374,19 @@ class AnalysisAnswered(Payload):
         return self
 
 
+def check_one_outcome(result: object, receipt: object, refusal: object, *, what: str) -> None:
+    """A site's reply holds ``result`` with its ``receipt``, or else a ``refusal``.
+
+    Raises
+    ------
+    ValueError
+        If it holds both, neither, or a result without its receipt (or the reverse).
+    """
+    answered = result is not None and receipt is not None
+    if answered == (refusal is not None) or (result is None) != (receipt is None):
+        raise ValueError(f"a reply holds either {what} with its receipt or a refusal")
+
+
 class QueryRefusalItem(Contract):
     """A site's signed refusal of one query (``budget.refused`` or ``approval.missing``)."""
 
@@ -392,11 +406,7 @@ class QueryReplyItem(Contract):
 
     @model_validator(mode="after")
     def _one_outcome(self) -> QueryReplyItem:
-        answered = self.answer is not None and self.receipt is not None
-        if answered == (self.refusal is not None) or (self.answer is None) != (
-            self.receipt is None
-        ):
-            raise ValueError("a reply holds either an answer with its receipt or a refusal")
+        check_one_outcome(self.answer, self.receipt, self.refusal, what="an answer")
         return self
 
 

@@ -437,29 +437,29 @@ class InferenceBudgetSet(RequestedPayload):
     budget: Annotated[int, Field(ge=0, le=2**53 - 1)]
 
 
-class CheckpointRecorded(RequestedPayload):
-    """A root-signed checkpoint of the first ``tree_size`` entries."""
-
-    KIND: ClassVar[str] = "checkpoint"
+class CheckpointFields(Contract):
+    """What a checkpoint and a cosignature of it both carry: the tree signed, and the signature."""
 
     tree_size: TreeSize
     root_hash: Hash
     log_id: Hash
     signature: Base64Signature
+
+
+class CheckpointRecorded(CheckpointFields, RequestedPayload):
+    """A root-signed checkpoint of the first ``tree_size`` entries."""
+
+    KIND: ClassVar[str] = "checkpoint"
+
     #: The checkpoint's signed time, when entries appended between signing and recording
     #: made the entry's own ``ts`` later (absent: the entry's ``ts`` is the signed time).
     timestamp: Timestamp | None = None
 
 
-class CheckpointCosigned(SitePayload):
+class CheckpointCosigned(CheckpointFields, SitePayload):
     """A site's cosignature of a checkpoint it checked."""
 
     KIND: ClassVar[str] = "checkpoint.cosigned"
-
-    tree_size: TreeSize
-    root_hash: Hash
-    log_id: Hash
-    signature: Base64Signature
 
 
 class NoteRecorded(Payload):

@@ -27,7 +27,7 @@ from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import Field, model_validator
 
-from veracity.contracts.analysis import SignedAnalysisReceipt
+from veracity.contracts.analysis import SignedAnalysisReceipt, check_one_outcome
 from veracity.contracts.base import Contract, Payload
 from veracity.core.canonical import canonical_hash
 from veracity.core.fields import Count, Hash, Ident, Number, Text
@@ -141,11 +141,7 @@ class ExplanationReply(Contract):
 
     @model_validator(mode="after")
     def _one_outcome(self) -> ExplanationReply:
-        answered = self.explanation is not None and self.receipt is not None
-        if answered == (self.refusal is not None) or (self.explanation is None) != (
-            self.receipt is None
-        ):
-            raise ValueError("a reply holds either an explanation with its receipt or a refusal")
+        check_one_outcome(self.explanation, self.receipt, self.refusal, what="an explanation")
         return self
 
 

@@ -7,9 +7,10 @@ Pure modules (no TenSEAL): :mod:`~veracity.he.params` (parameter sets, 128-bit c
 
 TenSEAL adapters (the only modules that import ``tenseal``): :mod:`~veracity.he.seal`
 (SEAL runtimes, serialisation, :func:`~veracity.he.seal.seal_errors`),
-:mod:`~veracity.he.contexts` (``SecretContext`` for the requester, ``PublicContext`` and its
-admission checks for the server) and :mod:`~veracity.he.layouts` (the ``Layout`` protocol,
-one implementation per packing layout, and ``evaluate``).
+:mod:`~veracity.he.contexts` (``SecretContext``, the requester's),
+:mod:`~veracity.he.public_context` (``PublicContext`` and its admission checks, the server's)
+and :mod:`~veracity.he.layouts` (the ``Layout`` protocol, one implementation per packing
+layout, and ``evaluate``).
 
 This package's ``__init__`` imports nothing, so the pure modules load without TenSEAL.
 """

@@ -695,7 +695,10 @@ def verify_proof(
     The trusted root is the log's identity key (root.pub); the checkpoint is signed by a log
     key it enrolled, which the proof's `log_key_events` (from `veracity ledger prove`) show:
     the one valid at the checkpoint's size (or still in its rotation overlap), never a key
-    enrolled after it or retired before it.
+    enrolled after it or retired before it. Those events come from the prover: each is
+    checked against the identity key, but a prover holding a stolen log key could leave
+    out its later recovery. Where that matters, check the checkpoint's witness
+    cosignatures or verify the whole bundle (`veracity ledger verify --bundle`).
     """
     from veracity.ledger.log_key import log_keys_from_entries
     from veracity.ledger.proofs import InclusionProof

@@ -47,6 +47,29 @@ def _current_log_key(log_key: Path | None, key_dir: Path | None, data_dir: Path 
     )
 
 
+def _new_log_key(path: Path) -> tuple[Any, bool]:
+    """The key at ``path`` or a new one written there, and whether it was made now.
+
+    A new key's passphrase is asked of a person at a terminal (or taken from the variable).
+
+    Raises
+    ------
+    typer.BadParameter
+        If a new key's file name does not end in ``.pem``.
+    """
+    from veracity.crypto.keys import generate_signing_key, load_signing_key, write_key_pair
+
+    if path.exists():
+        return load_signing_key(path), False
+    if path.suffix != ".pem":
+        raise typer.BadParameter(
+            "the new log key file must end in .pem", param_hint="--new-log-key"
+        )
+    key = generate_signing_key()
+    write_key_pair(path.parent, path.stem, key, prompt=True)
+    return key, True
+
+
 def _emit(shown: dict[str, Any], output_format: OutputFormat) -> None:
     if output_format is OutputFormat.JSON:
         emit_json(shown)
@@ -77,22 +100,13 @@ def rotate_log_key_command(
     `veracity ledger retire-log-key` retires it. A coordinator running on the old key must
     be restarted with the new one (`veracity server rotate-log-key` moves the files).
     """
-    from veracity.crypto.keys import generate_signing_key, load_signing_key, write_key_pair
+    from veracity.crypto.keys import load_signing_key
     from veracity.ledger.ledger import Ledger
     from veracity.ledger.log_key import rotate_log_key
 
     identity = load_signing_key(identity_key)
     outgoing = _current_log_key(log_key, key_dir, data_dir)
-    created = not new_log_key.exists()
-    if created:
-        if new_log_key.suffix != ".pem":
-            raise typer.BadParameter(
-                "the new log key file must end in .pem", param_hint="--new-log-key"
-            )
-        new = generate_signing_key()
-        write_key_pair(new_log_key.parent, new_log_key.stem, new)
-    else:
-        new = load_signing_key(new_log_key)
+    new, created = _new_log_key(new_log_key)
     with Ledger.open(_db_url(db, data_dir), root_key=outgoing, checkpoint_every=0) as ledger:
         entry = rotate_log_key(ledger, identity=identity, new_key=new, requested_by="operator")
     _emit(
@@ -174,21 +188,12 @@ def recover_log_key_command(
     signs nothing after this entry. Site witnesses log the recovery loudly.
     """
     from veracity.contracts.events import ROOT_ACTOR
-    from veracity.crypto.keys import generate_signing_key, load_signing_key, write_key_pair
+    from veracity.crypto.keys import load_signing_key
     from veracity.ledger.ledger import Ledger
     from veracity.ledger.log_key import recover_log_key
 
     identity = load_signing_key(identity_key)
-    created = not new_log_key.exists()
-    if created:
-        if new_log_key.suffix != ".pem":
-            raise typer.BadParameter(
-                "the new log key file must end in .pem", param_hint="--new-log-key"
-            )
-        new = generate_signing_key()
-        write_key_pair(new_log_key.parent, new_log_key.stem, new)
-    else:
-        new = load_signing_key(new_log_key)
+    new, created = _new_log_key(new_log_key)
     with Ledger.open(_db_url(db, data_dir), checkpoint_every=0) as ledger:
         lost = ledger.key_at(ROOT_ACTOR)
         entry = recover_log_key(

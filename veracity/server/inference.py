@@ -33,12 +33,10 @@ from veracity.he.circuit import (
     compile_conv_circuit,
     contributions_circuit,
 )
-from veracity.he.contexts import PublicContext
 from veracity.he.layouts import (
     Im2colLayout,
     Layout,
     ModelShape,
-    RandomBytes,
     ReplicatedLayout,
     circuit_shape,
     evaluate_loaded,
@@ -51,7 +49,8 @@ from veracity.he.params import (
     parameter_set_for,
     small_batch_parameters,
 )
-from veracity.he.seal import seal_primes
+from veracity.he.public_context import PublicContext
+from veracity.he.seal import RandomBytes, seal_primes
 from veracity.he.wire import (
     CONTENT_TYPE,
     DEFAULT_LIMITS,

@@ -39,6 +39,7 @@ from veracity.tasks.weights import Weights, weights_from_bytes, weights_hash, we
 __all__ = [
     "ARCHIVE_FORMAT",
     "GlobalModel",
+    "PruneBatch",
     "PrunePlan",
     "UpdateStore",
     "global_model",
@@ -299,6 +300,32 @@ class PrunePlan:
     kept_released: tuple[str, ...]
     removed: tuple[str, ...]
     removed_bytes: int
+    #: Each run of ``runs`` and the files of ``removed`` it names.
+    removed_by_run: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    #: Each removed file's size in bytes, in ``removed`` order.
+    sizes: tuple[int, ...] = ()
+    #: Files an earlier ``updates.pruned`` already lists that are still there (its deletion
+    #: was interrupted): deleted again, never recorded twice.
+    leftover: tuple[str, ...] = ()
+
+    def batches(self, per_entry: int) -> list[PruneBatch]:
+        """``removed`` in batches of at most ``per_entry`` hashes, each with the runs naming them.
+
+        Raises
+        ------
+        InputError
+            If ``per_entry`` is below 1.
+        """
+        if per_entry < 1:
+            raise InputError("a prune entry lists at least one file")
+        batches: list[PruneBatch] = []
+        for start in range(0, len(self.removed), per_entry):
+            hashes = self.removed[start : start + per_entry]
+            chunk = frozenset(hashes)
+            runs = tuple(run for run, files in self.removed_by_run if not chunk.isdisjoint(files))
+            size = sum(self.sizes[start : start + per_entry])
+            batches.append(PruneBatch(runs, hashes, size))
+        return batches
 
     def to_json(self) -> dict[str, Any]:
         """JSON form (the command's and the API's answer)."""
@@ -309,6 +336,15 @@ class PrunePlan:
             "removed": len(self.removed),
             "removed_bytes": self.removed_bytes,
         }
+
+
+@dataclass(frozen=True)
+class PruneBatch:
+    """The files one ``updates.pruned`` entry lists, and the runs they were archived for."""
+
+    runs: tuple[str, ...]
+    removed: tuple[str, ...]
+    removed_bytes: int
 
 
 def _run_hashes(entries: _TimedEntries) -> dict[str, set[str]]:
@@ -333,7 +369,10 @@ def plan_prune(
     model needs its updates and every round's model, and a site's replay may fetch its
     global models. A file is removed only if no run that stays names it, and only if it
     is there (files the ledger never named, e.g. of a round that failed to record, are
-    left alone).
+    left alone). A file an earlier ``updates.pruned`` lists is never planned again: if it
+    is still there (that prune's deletion was cut short) it is in ``leftover``. Planned
+    under the ledger's write lock (:meth:`CoordinatorService.prune_updates`), two prunes
+    never record one file twice.
     """
     cutoff = datetime.fromisoformat(before)
     finished = {
@@ -349,14 +388,35 @@ def plan_prune(
     for run, hashes in named.items():
         if run not in runs:
             staying |= hashes
+    pruned: set[str] = set()
+    for entry in entries.iter_entries(kind="updates.pruned"):
+        pruned.update(entry.payload["removed"])
     removed: dict[str, int] = {}  # hash -> size, in the order first met
+    leftover: set[str] = set()
     for run in runs:
         for digest in sorted(named[run] - staying):
             path = store.path(digest)
-            if digest not in removed and path.is_file():
+            if digest in removed or not path.is_file():
+                continue
+            if digest in pruned:
+                leftover.add(digest)
+            else:
                 removed[digest] = path.stat().st_size
-    runs_with_files = tuple(run for run in runs if not named[run].isdisjoint(removed))
-    return PrunePlan(before, runs_with_files, kept_released, tuple(removed), sum(removed.values()))
+    by_run = tuple(
+        (run, tuple(h for h in sorted(named[run]) if h in removed))
+        for run in runs
+        if not named[run].isdisjoint(removed)
+    )
+    return PrunePlan(
+        before,
+        tuple(run for run, _ in by_run),
+        kept_released,
+        tuple(removed),
+        sum(removed.values()),
+        removed_by_run=by_run,
+        sizes=tuple(removed.values()),
+        leftover=tuple(sorted(leftover)),
+    )
 
 
 def _new_directory(out: Path) -> None:

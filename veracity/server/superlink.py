@@ -1,7 +1,9 @@
 """Running the coordinator's SuperLink.
 
-TLS on every API, SuperNode authentication on, state in a SQLite file so registrations and
-run history survive a restart, bound to loopback by default (its Control API has no
+TLS on every API, SuperNode authentication on, Flower's in-memory state with the SuperNode
+registrations kept in a SQLite file (:mod:`veracity.server.superlink_process`: they survive
+a restart, the runs it forgets are recorded failed by the coordinator), bound to loopback
+by default (its Control API has no
 authentication in open-source Flower). It runs with ``--isolation process`` beside
 Veracity's ServerApp executor (:mod:`veracity.server.serverapp_executor`), which starts
 each run's ServerApp process from an interpreter that has already imported it.
@@ -35,10 +37,14 @@ class SuperLinkOptions:
 
 
 def superlink_argv(home: CoordinatorHome, options: SuperLinkOptions) -> list[str]:
-    """The ``flower-superlink`` command line."""
+    """The SuperLink's command line (:mod:`veracity.server.superlink_process`)."""
     tls = home.tls
     return [
-        "flower-superlink",
+        *python_module_argv(
+            "veracity.server.superlink_process",
+            "--node-registry", str(home.superlink_nodes_db),
+            "--import-from", str(home.superlink_db),
+        ),
         "--ssl-ca-certfile", str(tls.ca_cert),
         "--ssl-certfile", str(tls.server_cert),
         "--ssl-keyfile", str(tls.server_key),
@@ -47,7 +53,6 @@ def superlink_argv(home: CoordinatorHome, options: SuperLinkOptions) -> list[str
         "--isolation", "process",
         "--host", options.host,
         "--port", str(options.port),
-        "--database", str(home.superlink_db),
     ]  # fmt: skip
 
 

@@ -24,10 +24,14 @@ from tests.server.test_central_dp_run import (  # noqa: F401
 )
 from tests.server.test_replay import RUN, _propose_plain
 from veracity.api_client import ApiError, CoordinatorClient
+from veracity.contracts.events import UpdatesPruned
 from veracity.errors import InputError
 from veracity.ledger.possession import sign_enrolment
 from veracity.ledger.statement import sign_statement
+from veracity.ledger.verify import MAX_ENTRY_BYTES
 from veracity.server.api.tokens import Role
+from veracity.server.coordinator import operator
+from veracity.server.coordinator.runs import PRUNED_PER_ENTRY
 from veracity.server.fab import build_fab
 from veracity.server.replay import replay_aggregation
 from veracity.server.round_archive import UpdateStore, extract_archive, write_archive_zip
@@ -243,6 +247,83 @@ def test_a_prune_deletes_old_archives_but_keeps_a_released_models_unless_told(
     assert api.service.ledger.get(told.json()["seq"]).payload["include_released"] is True
     assert not any(store.path(h).exists() for h in released)
     api.service.ledger.verify(api.service.ledger.identity_public_key)
+
+
+def _one_released_one_not(api: Api, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Run ``RUN`` (released, 1 round) and ``UNRELEASED`` (1 round recorded, no release)."""
+    network = enrol_sites(api.service)
+    _execute(network, _propose_plain(network, rounds=1), RUN)
+    monkeypatch.setattr(
+        "veracity.server.study_run.release_model",
+        lambda *_a, **_k: (_ for _ in ()).throw(RuntimeError("the disk is full")),
+    )
+    other = _propose_plain(network, rounds=1, study_id="bc-other", model_seed=1)
+    with pytest.raises(RuntimeError):
+        _execute(network, other, UNRELEASED)
+    monkeypatch.undo()
+
+
+def _pruned_entries(api: Api) -> list[dict[str, Any]]:
+    return [e.payload for e in api.service.ledger.iter_entries(kind="updates.pruned")]
+
+
+def test_a_large_prune_takes_consecutive_entries_and_no_file_is_ever_recorded_twice(
+    api: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Before: one entry however many files (over 8 MiB, refused, from ~125,000), and a
+    # second prune (a concurrent one, or one after a deletion cut short) that found files
+    # the first had recorded but not yet deleted recorded them again.
+    _one_released_one_not(api, monkeypatch)
+    store = UpdateStore(api.service.home.updates)
+    unreleased = sorted(_hashes(api, UNRELEASED))
+    assert len(unreleased) >= 3
+    kept = {h: store.path(h).read_bytes() for h in unreleased}
+
+    plan, seq = api.service.prune_updates(operator(), older_than_days=0, per_entry=2)
+
+    assert seq is not None
+    entries = _pruned_entries(api)
+    assert [len(p["removed"]) for p in entries] == [2] * (len(unreleased) // 2) + (
+        [1] if len(unreleased) % 2 else []
+    )
+    assert [api.service.ledger.get(seq + i).kind for i in range(len(entries))] == [
+        "updates.pruned"
+    ] * len(entries)
+    assert sorted(h for p in entries for h in p["removed"]) == unreleased == sorted(plan.removed)
+    assert sum(p["removed_bytes"] for p in entries) == sum(map(len, kept.values()))
+    assert all(p["runs"] == [UNRELEASED] for p in entries)
+    assert [p["kept_released"] for p in entries] == [[RUN]] + [[]] * (len(entries) - 1)
+    assert not any(store.path(h).exists() for h in unreleased)
+    for digest, data in kept.items():  # as if that prune's deletion had not happened yet
+        store.path(digest).write_bytes(data)
+
+    again = api.call("POST", "/api/v1/runs/prune", "admin", json={"older_than_days": 0})
+
+    assert again.status_code == 200, again.text
+    assert (again.json()["seq"], again.json()["removed"]) == (None, 0)
+    assert not any(store.path(h).exists() for h in unreleased)  # deleted, not recorded
+    assert _pruned_entries(api) == entries
+    api.service.ledger.verify(api.service.ledger.identity_public_key)
+
+
+def test_one_entry_of_the_default_prune_batch_fits_in_an_entry() -> None:
+    # Unbatched, a prune of ~125,000 files made one entry over 8 MiB that the ledger
+    # refused, so retention could never run again.
+    def size(files: int) -> int:
+        payload = UpdatesPruned(
+            requested_by="admin-user",
+            older_than_days=0,
+            before="2026-01-01T00:00:00Z",
+            include_released=False,
+            runs=["1"],
+            kept_released=[],
+            removed=[f"{n:064x}" for n in range(files)],
+            removed_bytes=files,
+        )
+        return len(json.dumps(payload.model_dump(mode="json")).encode())
+
+    assert size(PRUNED_PER_ENTRY) < MAX_ENTRY_BYTES // 2
+    assert size(130_000) > MAX_ENTRY_BYTES
 
 
 def test_a_file_an_unpruned_run_also_names_is_never_deleted(

@@ -20,7 +20,7 @@ Layout of ``DIR``::
     veracity.db        ledger, read model and API tables (unless db_url names PostgreSQL)
     models/            the model registry
     updates/           every round's received site updates and aggregate, by hash
-    flwr/              Flower's home and the SuperLink's state (superlink.db)
+    flwr/              Flower's home and the SuperLink's SuperNode registry (superlink-nodes.db)
     runs/              RUN.seeds.json (committed to in run.started), RUN.timing.json
     logs/              logs of the processes the coordinator runs
 """
@@ -178,8 +178,13 @@ class CoordinatorHome:
 
     @property
     def superlink_db(self) -> Path:
-        """The SuperLink's state (runs, SuperNode registrations)."""
+        """The SuperLink's SQLite state of earlier versions (its nodes are imported once)."""
         return self.flwr_home / "superlink.db"
+
+    @property
+    def superlink_nodes_db(self) -> Path:
+        """The SuperLink's SuperNode registrations and withdrawals."""
+        return self.flwr_home / "superlink-nodes.db"
 
     @property
     def models(self) -> Path:

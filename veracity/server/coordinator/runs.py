@@ -51,7 +51,11 @@ from veracity.server.fab import build_fab
 from veracity.server.round_archive import PrunePlan, UpdateStore, plan_prune
 from veracity.tasks.study import Study
 
-__all__ = ["RunCommands"]
+__all__ = ["PRUNED_PER_ENTRY", "RunCommands"]
+
+#: Hashes one ``updates.pruned`` entry lists at most: about 3.4 MB of JSON, inside the 8 MiB
+#: an entry may take (``veracity.ledger.verify.MAX_ENTRY_BYTES``).
+PRUNED_PER_ENTRY = 50_000
 
 
 class RunCommands(ServiceCore):
@@ -370,14 +374,18 @@ class RunCommands(ServiceCore):
         include_released: bool = False,
         dry_run: bool = False,
         now: datetime | None = None,
+        per_entry: int = PRUNED_PER_ENTRY,
     ) -> tuple[PrunePlan, int | None]:
         """Delete the archived round files of runs that finished ``older_than_days`` ago.
 
         See :func:`veracity.server.round_archive.plan_prune` for what is eligible (a
         released model's run is kept unless ``include_released``). Unless ``dry_run`` or
         nothing is eligible, ``updates.pruned`` (runs, hashes, bytes) is recorded first and
-        the files deleted after; returns the plan and the entry's seq (``None``: nothing
-        recorded).
+        the files deleted after; returns the plan and the seq of its first ``updates.pruned``
+        entry (``None``: nothing recorded). A prune of more than ``per_entry`` files is
+        recorded in consecutive entries of at most ``per_entry`` hashes each (an entry holds
+        at most 8 MiB). The plan is made under the ledger's write lock, so that a concurrent
+        prune (another thread or API worker) never records a file this one recorded.
 
         Raises
         ------
@@ -390,23 +398,27 @@ class RunCommands(ServiceCore):
         before = format_timestamp(moment)
         store = UpdateStore(self.home.updates)
         plan = plan_prune(self.ledger, store, before=before, include_released=include_released)
-        if dry_run or not plan.removed:
+        if dry_run or not (plan.removed or plan.leftover):
             return plan, None
-        with self._change(actor, "updates.prune", f"{len(plan.runs)} run(s)") as uow:
-            entry = uow.append_root(
-                UpdatesPruned(
-                    older_than_days=older_than_days,
-                    before=before,
-                    include_released=include_released,
-                    runs=list(plan.runs),
-                    kept_released=list(plan.kept_released),
-                    removed=list(plan.removed),
-                    removed_bytes=plan.removed_bytes,
+        seqs: list[int] = []
+        with self._change(actor, "updates.prune", f"before {before}") as uow:
+            plan = plan_prune(self.ledger, store, before=before, include_released=include_released)
+            for index, batch in enumerate(plan.batches(per_entry)):
+                entry = uow.append_root(
+                    UpdatesPruned(
+                        older_than_days=older_than_days,
+                        before=before,
+                        include_released=include_released,
+                        runs=list(batch.runs),
+                        kept_released=list(plan.kept_released) if index == 0 else [],
+                        removed=list(batch.removed),
+                        removed_bytes=batch.removed_bytes,
+                    )
                 )
-            )
-        for digest in plan.removed:  # recorded first: a deletion is never unrecorded
+                seqs.append(entry.seq)
+        for digest in (*plan.removed, *plan.leftover):  # recorded first: never unrecorded
             store.path(digest).unlink(missing_ok=True)
-        return plan, entry.seq
+        return plan, (seqs[0] if seqs else None)
 
     def release(
         self, actor: Actor, released: ModelReleased, *, explained: ModelExplained | None = None
