@@ -215,11 +215,14 @@ def wait_run(
     Raises
     ------
     TransportError
-        If it has not ended after ``timeout`` seconds (or the SuperLink does not answer).
+        If it has not ended after ``timeout`` seconds, the SuperLink does not answer, or
+        it no longer knows the run (it restarted).
     """
     deadline = time.monotonic() + timeout
     while True:
         summary = coordinator.run_status(run_id)
+        if summary is None:
+            raise TransportError(f"the SuperLink no longer knows run {run_id} (it restarted)")
         if summary.finished:
             return summary
         if time.monotonic() >= deadline:

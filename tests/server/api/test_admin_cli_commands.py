@@ -135,6 +135,33 @@ def test_runs_stop_then_watch_exits_1_on_a_stopped_or_failed_run(api: Api, admin
     assert watched["finished"]["reason"] == "ServerApp died"
 
 
+def test_a_run_a_restarted_superlink_forgot_is_shown_and_stopped_not_404(
+    api: Api, admin: Any
+) -> None:
+    # The SuperLink keeps runs in memory: after a restart, `runs show` answered 404 for
+    # every earlier run the ledger holds, and `runs stop` of one still running too.
+    api.enrol(api.site)
+    api.register(api.site)
+    study_hash = api.propose(study_document([api.site.name], "forgotten"))
+    api.approve(api.site, study_hash)
+    live = api.service.start_run(SETUP, study_hash).value.run_id
+    api.service.federation.forget_runs()  # type: ignore[attr-defined]
+
+    shown = api.call("GET", f"/api/v1/runs/{live}", "admin")
+    assert shown.status_code == 200, shown.text
+    assert (shown.json()["run_id"], shown.json()["superlink"]) == (live, None)
+    code, stopped = admin("runs", "stop", live)
+    assert code == 0
+    (finished,) = api.service.ledger.entries(kind="run.finished")
+    assert stopped["seq"] == finished.seq
+    assert finished.payload["status"] == "failed"
+    assert "no record of the run" in finished.payload["reason"]
+    assert "stop_run" not in api.service.federation.calls  # type: ignore[attr-defined]
+    code, watched = admin("runs", "watch", live, "--interval", "0.1")
+    assert code == 1
+    assert watched["finished"]["status"] == "failed"
+
+
 def test_runs_watch_exits_0_and_the_archive_replays(
     api: Api, admin: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -296,7 +296,9 @@ def test_logs_and_status_are_for_runs_started_here(
     run_id = service.start_run(ALICE, ready_study(service, Site("north"))).value.run_id
     federation.log(int(run_id), "round 1 done\n", at=10.0)
     assert service.run_logs(run_id, after=0.0) == ("round 1 done\n", 10.0)
-    assert service.run_status(run_id).status == "pending"
+    summary = service.run_status(run_id)
+    assert summary is not None
+    assert summary.status == "pending"
     other = federation.start_run(b"someone else's bundle", config={})
     for call in (service.run_logs, service.run_status):
         with pytest.raises(NotFound):

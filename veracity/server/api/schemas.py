@@ -365,7 +365,9 @@ class RunOut(RunSummaryOut):
     """A run: the ledger's record and the SuperLink's view."""
 
     rounds_completed: int
-    superlink: dict[str, Any]
+    #: What the SuperLink says of the run; null when it no longer knows it (a restarted
+    #: SuperLink keeps no runs: their state is in memory).
+    superlink: dict[str, Any] | None
 
 
 class RunLogsOut(BaseModel):

@@ -172,6 +172,17 @@ class InMemoryFederation:
             self._get(run_id)
             self._logs.setdefault(run_id, []).append((at, text))
 
+    def forget_runs(self) -> None:
+        """Drop every run, as a restarted SuperLink does.
+
+        Its runs are kept in memory, its SuperNode registrations on disk
+        (:mod:`veracity.server.superlink_process`).
+        """
+        with self._lock:
+            self._runs.clear()
+            self._submitted.clear()
+            self._logs.clear()
+
     def finish(self, run_id: int, state: str, details: str = "") -> None:
         """End a run as the SuperLink does when its ServerApp exits.
 

@@ -57,6 +57,10 @@ __all__ = ["PRUNED_PER_ENTRY", "RunCommands"]
 #: an entry may take (``veracity.ledger.verify.MAX_ENTRY_BYTES``).
 PRUNED_PER_ENTRY = 50_000
 
+#: Why a run the SuperLink no longer knows is recorded failed: its state is in memory, and a
+#: restarted SuperLink keeps only its SuperNode registrations (veracity.server.superlink_process).
+LOST_RUN_REASON = "the SuperLink has no record of the run (its state was lost on a restart)"
+
 
 class RunCommands(ServiceCore):
     """Starting, stopping and finishing runs; their rounds, release and inferences."""
@@ -180,9 +184,15 @@ class RunCommands(ServiceCore):
         """
         with self._change(actor, "run.stop", run_id) as uow:
             run = self._unfinished_run(uow, run_id)
-            summary = self.federation.run(int(run_id))
-            if summary.finished:
-                status: RunStatus = "stopped" if summary.sub_status == "stopped" else "failed"
+            try:
+                summary: RunSummary | None = self.federation.run(int(run_id))
+            except NotFound:  # a restarted SuperLink keeps no runs (in-memory state)
+                summary = None
+            status: RunStatus
+            if summary is None:
+                status, reason = "failed", LOST_RUN_REASON
+            elif summary.finished:
+                status = "stopped" if summary.sub_status == "stopped" else "failed"
                 reason = (
                     f"the SuperLink reports the run {summary.state} and no run.finished was "
                     "recorded; recorded when a stop was asked for"
@@ -191,8 +201,10 @@ class RunCommands(ServiceCore):
                 status, reason = "stopped", "stopped by the coordinator's admin"
             entry = self._append_finished(uow, run, status, reason, model_hash=None)
             uow.seal()
-            if not summary.finished and not uow.effect(
-                lambda: self.federation.stop_run(int(run_id))
+            if (
+                summary is not None
+                and not summary.finished
+                and not uow.effect(lambda: self.federation.stop_run(int(run_id)))
             ):
                 raise Conflict(f"the SuperLink did not stop run {run_id}; it has ended")
         return uow.recorded(self._finished_record(run, entry.seq, entry.ts, status, reason))
@@ -225,7 +237,7 @@ class RunCommands(ServiceCore):
                 continue
             if summary is None:
                 status: RunStatus = "failed"
-                reason = "the SuperLink has no record of the run (its state was lost)"
+                reason = LOST_RUN_REASON
             else:
                 status = "stopped" if summary.sub_status == "stopped" else "failed"
                 reason = f"the SuperLink reports the run {summary.state}" + (
@@ -461,8 +473,10 @@ class RunCommands(ServiceCore):
         return uow.recorded(None)
 
     # -------------------------------------------------------------- runs (read)
-    def run_status(self, run_id: str) -> RunSummary:
-        """What the SuperLink says of a run started here.
+    def run_status(self, run_id: str) -> RunSummary | None:
+        """What the SuperLink says of a run started here (None: it no longer knows it).
+
+        A SuperLink keeps runs in memory: after a restart it knows none of the runs before.
 
         Raises
         ------
@@ -472,7 +486,10 @@ class RunCommands(ServiceCore):
             If the SuperLink does not answer.
         """
         self.reads.run(run_id)
-        return self.federation.run(int(run_id))
+        try:
+            return self.federation.run(int(run_id))
+        except NotFound:
+            return None
 
     def run_logs(self, run_id: str, *, after: float = 0.0, wait: float = 2.0) -> tuple[str, float]:
         """Log text of a run started here since ``after``; returns ``(text, latest)``.

@@ -113,11 +113,16 @@ def list_runs(principal: AdminDep, service: ServiceDep, page: PageDep) -> RunLis
 
 @router.get("/{run_id}", summary="A run's status", responses=responses(401, 403, 404, 422, 503))
 def get_run(run_id: RunIdPath, principal: AdminDep, service: ServiceDep) -> RunOut:
-    """The ledger's record of the run and what the SuperLink says about it."""
+    """The ledger's record of the run and what the SuperLink says about it.
+
+    ``superlink`` is null once a restarted SuperLink no longer knows the run.
+    """
     run = service.reads.run(run_id)
     summary = service.run_status(run_id)
     return RunOut(
-        **run.summary(), rounds_completed=run.rounds_recorded, superlink=summary.to_dict()
+        **run.summary(),
+        rounds_completed=run.rounds_recorded,
+        superlink=None if summary is None else summary.to_dict(),
     )
 
 
