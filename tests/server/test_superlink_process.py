@@ -8,14 +8,16 @@ registrations and withdrawals are as they were, with the same node ids.
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
+import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from flwr.server.superlink.linkstate import SqlLinkState
-from flwr.supercore.constant import NodeStatus
+from flwr.supercore.constant import FLWR_IN_MEMORY_DB_NAME, NodeStatus
 from flwr.supercore.object_store import ObjectStore, ObjectStoreFactory
 from flwr.superlink.federation import NoOpFederationManager
 
@@ -24,7 +26,7 @@ from veracity.crypto.tls import create_tls_material
 from veracity.errors import Conflict
 from veracity.server.coordinator import CoordinatorHome, SuperLinkFederation
 from veracity.server.superlink import SuperLinkOptions, start_superlink
-from veracity.server.superlink_process import DurableNodesLinkState
+from veracity.server.superlink_process import DurableNodesLinkState, _Factory
 from veracity.supervise import ManagedProcess, ProcessGroup, free_port
 
 
@@ -116,6 +118,30 @@ def test_a_node_registered_and_withdrawn_in_memory_is_so_after_a_restart(tmp_pat
     assert again.acknowledge_node_heartbeat(kept, 10.0)  # its SuperNode comes back online
     assert not again.acknowledge_node_heartbeat(gone, 10.0)
     assert again.nodes[kept].status == NodeStatus.ONLINE
+
+
+def test_the_registry_is_private_and_an_unreadable_old_state_does_not_stop_the_superlink(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Before: the registry took the umask's 0644, and an old superlink.db without a node
+    # table made every start fail (the import was retried, and failed, at each start).
+    folder = tmp_path / "data?dir#1"  # characters a file: URI must escape
+    folder.mkdir()
+    broken = folder / "superlink.db"
+    sqlite3.connect(broken).execute("CREATE TABLE other (x)").connection.close()
+    registry = folder / "nodes.db"
+    monkeypatch.setattr(_Factory, "registry", registry)
+    monkeypatch.setattr(_Factory, "import_from", broken)
+    factory = _Factory(FLWR_IN_MEMORY_DB_NAME, NoOpFederationManager(), ObjectStoreFactory())
+
+    with caplog.at_level(logging.ERROR, logger="veracity.server.superlink_process"):
+        state = factory.state()
+
+    assert isinstance(state, DurableNodesLinkState)
+    assert str(broken) in caplog.text
+    assert registry.stat().st_mode & 0o777 == 0o600
+    with pytest.raises(sqlite3.OperationalError, match="no such table: node"):
+        state.import_nodes(broken)  # the file the URI names, not a path cut at "?"
 
 
 def _store() -> ObjectStore:

@@ -74,7 +74,7 @@ def start_superlink(
     """
     if not home.tls.exist():
         raise ConfigError(f"no TLS material in {home.data_dir / 'tls'}; run: veracity server init")
-    home.flwr_home.mkdir(parents=True, exist_ok=True)
+    home.flwr_home.mkdir(parents=True, exist_ok=True, mode=0o700)
     process = group.start(
         ManagedProcess(
             name="superlink",

@@ -22,6 +22,7 @@ Usage: ``python -m veracity.server.superlink_process --node-registry FILE
 from __future__ import annotations
 
 import argparse
+import logging
 import sqlite3
 import sys
 import threading
@@ -35,6 +36,8 @@ from flwr.supercore.constant import FLWR_IN_MEMORY_DB_NAME, NodeStatus
 from flwr.supercore.utils import int64_to_uint64, uint64_to_int64
 
 __all__ = ["DurableNodesLinkState", "main"]
+
+log = logging.getLogger(__name__)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS node (
@@ -64,6 +67,8 @@ class DurableNodesLinkState(InMemoryLinkState):
 
     def __init__(self, registry: Path, *args: Any) -> None:
         super().__init__(*args)
+        registry.touch(mode=0o600, exist_ok=True)  # its -wal and -shm files take its mode
+        registry.chmod(0o600)
         self._registry = sqlite3.connect(registry, check_same_thread=False, isolation_level=None)
         self._registry.execute("PRAGMA journal_mode=WAL")
         self._registry.execute("PRAGMA synchronous=FULL")
@@ -102,7 +107,7 @@ class DurableNodesLinkState(InMemoryLinkState):
         """
         if self._registry.execute("SELECT count(*) FROM node").fetchone()[0]:
             return 0
-        source = sqlite3.connect(f"file:{flower_db}?mode=ro", uri=True)
+        source = sqlite3.connect(f"{flower_db.resolve().as_uri()}?mode=ro", uri=True)
         try:
             rows = source.execute(
                 "SELECT node_id, public_key, owner_aid, owner_name, name, location, "
@@ -208,7 +213,16 @@ class _Factory(LinkStateFactory):
             registry, self.federation_manager, self.objectstore_factory.store()
         )
         if self.import_from is not None and self.import_from.is_file():
-            state.import_nodes(self.import_from)
+            try:
+                state.import_nodes(self.import_from)
+            except sqlite3.Error as err:  # start anyway: the coordinator stays up
+                log.error(
+                    "could not import the SuperNode registrations of %s (%s): start without "
+                    "them; sites whose SuperNodes cannot connect are enrolled again "
+                    "(veracity admin sites enrol), or restore that file and restart",
+                    self.import_from,
+                    err,
+                )
         return state
 
 
