@@ -74,7 +74,7 @@ class _SeqEntries(Protocol):
     def iter_entries(self, *, kind: str | None = None) -> Iterable[_SeqEntryLike]: ...
 
 
-class _TimedEntryLike(_EntryLike, Protocol):
+class _TimedEntryLike(_SeqEntryLike, Protocol):
     @property
     def ts(self) -> str: ...
 
@@ -347,15 +347,22 @@ class PruneBatch:
     removed_bytes: int
 
 
-def _run_hashes(entries: _TimedEntries) -> dict[str, set[str]]:
-    """Every weights hash each run's ``round.completed`` entries name (updates, aggregates)."""
+def _run_hashes(entries: _TimedEntries) -> tuple[dict[str, set[str]], dict[str, int]]:
+    """The weights hashes each run's ``round.completed`` entries name, and each one's newest.
+
+    Returns ``({run_id: hashes}, {hash: seq of the newest round.completed naming it})``;
+    the hashes are the sites' updates and the aggregates.
+    """
     named: dict[str, set[str]] = {}
+    newest: dict[str, int] = {}
     for entry in entries.iter_entries(kind="round.completed"):
         payload = entry.payload
-        hashes = named.setdefault(str(payload["run_id"]), set())
-        hashes.add(payload["aggregated_model_hash"])
+        hashes = {payload["aggregated_model_hash"]}
         hashes.update(r["receipt"]["update_hash"] for r in payload["receipts"])
-    return named
+        named.setdefault(str(payload["run_id"]), set()).update(hashes)
+        for digest in hashes:
+            newest[digest] = max(newest.get(digest, -1), entry.seq)
+    return named, newest
 
 
 def plan_prune(
@@ -369,8 +376,10 @@ def plan_prune(
     model needs its updates and every round's model, and a site's replay may fetch its
     global models. A file is removed only if no run that stays names it, and only if it
     is there (files the ledger never named, e.g. of a round that failed to record, are
-    left alone). A file an earlier ``updates.pruned`` lists is never planned again: if it
-    is still there (that prune's deletion was cut short) it is in ``leftover``. Planned
+    left alone). A file an ``updates.pruned`` lists after the newest round naming it is
+    never planned again: if it is still there (that prune's deletion was cut short) it is
+    in ``leftover``; a file archived again after it was pruned (a later run made the same
+    weights) is planned, and recorded, anew. Planned
     under the ledger's write lock (:meth:`CoordinatorService.prune_updates`), two prunes
     never record one file twice.
     """
@@ -380,7 +389,7 @@ def plan_prune(
         for e in entries.iter_entries(kind="run.finished")
     }
     released = {str(e.payload["run_id"]) for e in entries.iter_entries(kind="model.released")}
-    named = _run_hashes(entries)
+    named, named_at = _run_hashes(entries)
     old = sorted(run for run, at in finished.items() if at < cutoff and named.get(run))
     kept_released = tuple(run for run in old if run in released and not include_released)
     runs = [run for run in old if run not in kept_released]
@@ -388,9 +397,9 @@ def plan_prune(
     for run, hashes in named.items():
         if run not in runs:
             staying |= hashes
-    pruned: set[str] = set()
+    pruned_at: dict[str, int] = {}
     for entry in entries.iter_entries(kind="updates.pruned"):
-        pruned.update(entry.payload["removed"])
+        pruned_at.update(dict.fromkeys(entry.payload["removed"], entry.seq))
     removed: dict[str, int] = {}  # hash -> size, in the order first met
     leftover: set[str] = set()
     for run in runs:
@@ -398,7 +407,7 @@ def plan_prune(
             path = store.path(digest)
             if digest in removed or not path.is_file():
                 continue
-            if digest in pruned:
+            if pruned_at.get(digest, -1) > named_at[digest]:  # recorded since last named
                 leftover.add(digest)
             else:
                 removed[digest] = path.stat().st_size

@@ -306,6 +306,37 @@ def test_a_large_prune_takes_consecutive_entries_and_no_file_is_ever_recorded_tw
     api.service.ledger.verify(api.service.ledger.identity_public_key)
 
 
+def test_a_file_archived_again_after_its_prune_is_recorded_again_with_its_new_run(
+    api: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Before: a later run that made the same weights archived the pruned file again, and
+    # its prune deleted it as a leftover of the first, with no entry naming the new run.
+    network = enrol_sites(api.service)
+    study = _propose_plain(network, rounds=1)
+    monkeypatch.setattr(
+        "veracity.server.study_run.release_model",
+        lambda *_a, **_k: (_ for _ in ()).throw(RuntimeError("the disk is full")),
+    )
+    with pytest.raises(RuntimeError):
+        _execute(network, study, UNRELEASED)
+    first = api.call("POST", "/api/v1/runs/prune", "admin", json={"older_than_days": 0})
+    assert first.json()["runs"] == [UNRELEASED]
+    with pytest.raises(RuntimeError):
+        _execute(network, study, "9")  # the same deterministic round: the same files
+    store = UpdateStore(api.service.home.updates)
+    files = _hashes(api, "9")
+    assert files == _hashes(api, UNRELEASED)
+    assert all(store.path(h).is_file() for h in files)
+
+    again = api.call("POST", "/api/v1/runs/prune", "admin", json={"older_than_days": 0})
+
+    assert again.json()["seq"] is not None
+    entry = api.service.ledger.get(again.json()["seq"])
+    assert "9" in entry.payload["runs"]  # (and the first run, which names the same files)
+    assert set(entry.payload["removed"]) == files
+    assert not any(store.path(h).exists() for h in files)
+
+
 def test_one_entry_of_the_default_prune_batch_fits_in_an_entry() -> None:
     # Unbatched, a prune of ~125,000 files made one entry over 8 MiB that the ledger
     # refused, so retention could never run again.
