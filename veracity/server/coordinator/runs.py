@@ -212,12 +212,12 @@ class RunCommands(ServiceCore):
     def record_ended_runs(self, actor: Actor) -> list[str]:
         """Record ``run.finished`` for runs the SuperLink reports ended but nobody recorded.
 
-        A ServerApp killed with its host (or a SuperLink restarted without it) leaves its
-        run ``running`` in the ledger; the SuperLink marks it failed once the ServerApp's
-        heartbeat stops. Each such run is recorded ``failed`` (``stopped`` if it was
-        stopped) with the rounds the ledger holds, so its budget is neither lost nor
-        counted twice: only recorded rounds, with their receipts, are in the ledger. Runs
-        the SuperLink does not know at all (its state was lost) are recorded ``failed``.
+        A ServerApp killed without its SuperLink leaves its run ``running`` in the ledger;
+        the SuperLink marks it failed once the ServerApp's heartbeat stops. A restarted
+        SuperLink (with or without its host) no longer knows any earlier run: its state is
+        in memory. Each such run is recorded ``failed`` (``stopped`` if it was stopped)
+        with the rounds the ledger holds, so its budget is neither lost nor counted twice:
+        only recorded rounds, with their receipts, are in the ledger.
         Returns the run ids recorded now.
 
         Raises
