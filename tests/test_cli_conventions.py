@@ -114,8 +114,9 @@ def test_a_relative_data_dir_reaches_every_process_as_an_absolute_path(
     monkeypatch.chdir(tmp_path)
     home = CoordinatorHome.at(Path("coord"))
     argv = superlink_argv(home, SuperLinkOptions(host="127.0.0.1", port=9093))
-    files = [argv[i + 1] for i, a in enumerate(argv) if a.startswith("--ssl") or a == "--database"]
-    assert len(files) == 4
+    named = ("--node-registry", "--import-from")
+    files = [argv[i + 1] for i, a in enumerate(argv) if a.startswith("--ssl") or a in named]
+    assert len(files) == 5
     assert all(Path(f).is_absolute() and f.startswith(str(tmp_path)) for f in files)
     home.save()
     assert CoordinatorHome.load(Path("coord")).data_dir == tmp_path / "coord"
