@@ -184,10 +184,7 @@ class RunCommands(ServiceCore):
         """
         with self._change(actor, "run.stop", run_id) as uow:
             run = self._unfinished_run(uow, run_id)
-            try:
-                summary: RunSummary | None = self.federation.run(int(run_id))
-            except NotFound:  # a restarted SuperLink keeps no runs (in-memory state)
-                summary = None
+            summary = self._superlink_run(run_id)
             status: RunStatus
             if summary is None:
                 status, reason = "failed", LOST_RUN_REASON
@@ -229,10 +226,7 @@ class RunCommands(ServiceCore):
         for run in self.reads.runs():
             if run.finished is not None:
                 continue
-            try:
-                summary: RunSummary | None = self.federation.run(int(run.run_id))
-            except NotFound:
-                summary = None
+            summary = self._superlink_run(run.run_id)
             if summary is not None and not summary.finished:
                 continue
             if summary is None:
@@ -486,9 +480,19 @@ class RunCommands(ServiceCore):
             If the SuperLink does not answer.
         """
         self.reads.run(run_id)
+        return self._superlink_run(run_id)
+
+    def _superlink_run(self, run_id: str) -> RunSummary | None:
+        """What the SuperLink says of ``run_id``; None once a restart made it forget the run.
+
+        Raises
+        ------
+        TransportError
+            If the SuperLink does not answer.
+        """
         try:
             return self.federation.run(int(run_id))
-        except NotFound:
+        except NotFound:  # a restarted SuperLink keeps no runs (in-memory state)
             return None
 
     def run_logs(self, run_id: str, *, after: float = 0.0, wait: float = 2.0) -> tuple[str, float]:
