@@ -128,6 +128,26 @@ def _hand_over(source: Path, destination: Path) -> Path:
     return destination
 
 
+def _propose_and_approve(coord: Shell, sites: dict[str, Shell], document: Path) -> str:
+    """The admin proposes ``document`` and each site, handed it, approves it for its cohort.
+
+    Returns the study's hash once every approval has reached the coordinator.
+    """
+    study_hash = str(coord.json("admin", "studies", "propose", str(document))["study_hash"])
+    for shell in sites.values():
+        _hand_over(document, shell.cwd / document.name)
+        shell.run(
+            "site", "approve", document.name, "--dataset", "cohort", "--epsilon-cap", "8",
+            "--yes", "--data-dir", "site",
+        )  # fmt: skip
+    wait_for(
+        f"the approvals of {document.name}, delivered by each site over the network",
+        lambda: coord.json("admin", "studies", "show", study_hash)["ready"],
+        timeout=120,
+    )
+    return study_hash
+
+
 def test_a_study_across_five_hosts_through_the_cli(hosts: Hosts, tmp_path: Path) -> None:
     data = write_hospital_files(tmp_path / "source-data")
     coord = _in(hosts, "coord", tmp_path / "coordinator-host")
@@ -204,18 +224,7 @@ def _run(
         "--schema", "reference.csv", "--label", "diagnosis", "--epsilon-cap", "8",
         "--rounds", "2", "--out", str(proposed_file),
     )  # fmt: skip
-    study_hash = coord.json("admin", "studies", "propose", str(proposed_file))["study_hash"]
-    for shell in sites.values():
-        _hand_over(proposed_file, shell.cwd / "STUDY.json")
-        shell.run(
-            "site", "approve", "STUDY.json", "--dataset", "cohort", "--epsilon-cap", "8",
-            "--yes", "--data-dir", "site",
-        )  # fmt: skip
-    wait_for(
-        "the approvals, delivered by each site over the network",
-        lambda: coord.json("admin", "studies", "show", study_hash)["ready"],
-        timeout=120,
-    )
+    study_hash = _propose_and_approve(coord, sites, proposed_file)
 
     # ---- the run, watched from the coordinator host, and the release ----------------------
     watched = coord.json("admin", "runs", "start", study_hash, "--watch", timeout=900)
@@ -240,18 +249,7 @@ def _run(
     analysis_file = coord.cwd / "ANALYSIS.json"
     document = analysis_study("bc-analysis-multihost", code_hash=written["code_hash"])
     analysis_file.write_text(json.dumps(document, indent=2), encoding="utf-8")
-    analysis_hash = coord.json("admin", "studies", "propose", str(analysis_file))["study_hash"]
-    for shell in sites.values():
-        _hand_over(analysis_file, shell.cwd / "ANALYSIS.json")
-        shell.run(
-            "site", "approve", "ANALYSIS.json", "--dataset", "cohort", "--epsilon-cap", "8",
-            "--yes", "--data-dir", "site",
-        )  # fmt: skip
-    wait_for(
-        "the analysis approvals, delivered by each site over the network",
-        lambda: coord.json("admin", "studies", "show", analysis_hash)["ready"],
-        timeout=120,
-    )
+    analysis_hash = _propose_and_approve(coord, sites, analysis_file)
     _hand_over(analysis_file, clinic.cwd / "ANALYSIS.json")
     answered = clinic.json(
         "analysis", "run", "ANALYSIS.json", "--server", f"{server}/api/v1",
