@@ -4,11 +4,14 @@ Veracity keeps three schemas, each with its own Alembic history and version tabl
 they can share one database: the ledger (``ledger_alembic_version``), the admin API's
 tables (``api_alembic_version``) and a site's store (``site_alembic_version``). This module
 is what they share: configuration without an ini file, the head and current revisions, and
-running a command on a connection the caller holds (inside its lock).
+running a command on a connection the caller holds (inside its lock). Each history's
+revisions are read once per process (they ship with the package and do not change while it
+runs): Alembic's own commands read and compile every revision file on each call.
 """
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,6 +21,9 @@ from sqlalchemy import Connection, Engine
 from veracity.errors import ConfigError
 
 __all__ = ["MigrationHistory"]
+
+_SCRIPTS: dict[tuple[Path, str], Any] = {}
+_SCRIPTS_LOCK = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -42,6 +48,19 @@ class MigrationHistory:
             config.attributes["connection"] = connection
         return config
 
+    def script(self) -> Any:
+        """The Alembic ``ScriptDirectory`` of this history, its revisions read once per process."""
+        from alembic.script import ScriptDirectory
+
+        key = (self.script_location, self.version_table)
+        with _SCRIPTS_LOCK:
+            script = _SCRIPTS.get(key)
+            if script is None:
+                script = ScriptDirectory.from_config(self.config())
+                script.revision_map.heads  # noqa: B018 - reads the revisions, under the lock
+                _SCRIPTS[key] = script
+            return script
+
     def head(self) -> str:
         """The newest revision shipped with this package.
 
@@ -50,9 +69,7 @@ class MigrationHistory:
         ConfigError
             If the installation lacks the revisions.
         """
-        from alembic.script import ScriptDirectory
-
-        head = ScriptDirectory.from_config(self.config()).get_current_head()
+        head = self.script().get_current_head()
         if head is None:  # pragma: no cover - the package always ships revisions
             raise ConfigError(f"the {self.name} migrations are missing from this installation")
         return str(head)
@@ -71,16 +88,28 @@ class MigrationHistory:
 
     def knows(self, revision: str) -> bool:
         """Whether ``revision`` belongs to this history (a newer Veracity's does not)."""
-        from alembic.script import ScriptDirectory
         from alembic.util import CommandError
 
         try:
-            return ScriptDirectory.from_config(self.config()).get_revision(revision) is not None
+            return self.script().get_revision(revision) is not None
         except CommandError:
             return False
 
     def run(self, connection: Connection, action: str, revision: str) -> None:
-        """Run ``alembic upgrade|downgrade REVISION`` on ``connection``."""
-        from alembic import command
+        """Run ``alembic upgrade|downgrade REVISION`` on ``connection``.
 
-        getattr(command, action)(self.config(connection), revision)
+        As Alembic's ``command.upgrade`` and ``command.downgrade`` do, with the revisions
+        :meth:`script` read once.
+        """
+        from alembic.runtime.environment import EnvironmentContext
+
+        script = self.script()
+        steps = {"upgrade": script._upgrade_revs, "downgrade": script._downgrade_revs}[action]
+
+        def migrate(current: Any, _context: Any) -> Any:
+            return steps(revision, current)
+
+        with EnvironmentContext(
+            self.config(connection), script, fn=migrate, destination_rev=revision
+        ):
+            script.run_env()
