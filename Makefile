@@ -31,11 +31,15 @@ test: $(STAMP)
 # directories (each test's databases) go to tmpfs where there is one (/dev/shm, Linux):
 # SQLite syncs each commit to disk, which the loop spent a third of its wall time waiting
 # for, and no test there checks durability across a power cut. pytest keeps the last
-# three runs' directories (~100 MB each) there.
+# three runs' directories (~100 MB each) there. Python may write its bytecode caches
+# (__pycache__, ignored by git) even where the environment says not to
+# (PYTHONDONTWRITEBYTECODE=1, as in many containers): each worker otherwise compiles every
+# module of veracity and of the tests again, and pytest rewrites every test module's
+# asserts again (collection: 13 CPU-s per worker without the caches, 8 with them).
 FAST_TMPDIR := $(shell test -d /dev/shm && test -w /dev/shm && echo /dev/shm)
 
 test-fast: $(STAMP)
-	$(if $(FAST_TMPDIR),TMPDIR=$(FAST_TMPDIR) )VERACITY_FAST_EXAMPLES=1 $(VENV)/bin/python -m pytest -n auto -p no:schemathesis -m "not integration and not slow and not training" -q
+	$(if $(FAST_TMPDIR),TMPDIR=$(FAST_TMPDIR) )PYTHONDONTWRITEBYTECODE= VERACITY_FAST_EXAMPLES=1 $(VENV)/bin/python -m pytest -n auto -p no:schemathesis -m "not integration and not slow and not training" -q
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
