@@ -99,6 +99,20 @@ def _warm_up(site_dir: Path | None) -> None:
         flower_app.agent_for(site_dir.resolve())
 
 
+#: Seconds between two looks at the site's new approvals (see :func:`_prepare_approved`).
+_PREPARE_EVERY = 1.0
+
+
+def _prepare_approved(site_dir: Path) -> None:
+    """Warm the accountants for round 1 of studies the site approved (never fails the loop)."""
+    from veracity.client import flower_app
+
+    try:
+        flower_app.agent_for(site_dir.resolve()).prepare_approved()
+    except Exception as err:  # noqa: BLE001 - a warm-up: the round computes its own figures
+        log.warning("could not prepare the new approvals: %s", err)
+
+
 def run_worker(options: WorkerOptions) -> int:
     """Serve ClientApp tasks until SIGTERM/SIGINT (or ``max_tasks``); returns tasks served.
 
@@ -226,7 +240,11 @@ def run_worker(options: WorkerOptions) -> int:
     log.info("worker %d ready, polling %s", os.getpid(), options.runtime_api_address)
     backoff = PollBackoff(active=options.poll_interval, idle=options.idle_poll)
     served = 0
+    prepared_at = 0.0
     while not stopping:
+        if options.site_dir is not None and time.monotonic() - prepared_at >= _PREPARE_EVERY:
+            prepared_at = time.monotonic()
+            _prepare_approved(options.site_dir)
         try:
             response = acquirer.AcquireTask(request)
         except Exception as err:  # noqa: BLE001 - the SuperNode may be restarting; retry
