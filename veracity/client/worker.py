@@ -100,7 +100,7 @@ def _warm_up(site_dir: Path | None) -> None:
 
 
 #: Seconds between two looks at the site's new approvals (see :func:`_prepare_approved`).
-_PREPARE_EVERY = 1.0
+_PREPARE_EVERY = 0.25
 
 
 def _prepare_approved(site_dir: Path) -> None:
