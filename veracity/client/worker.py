@@ -35,6 +35,7 @@ from types import FrameType
 from typing import Any
 
 from veracity.supervise import (
+    OBJECT_BACKOFF_CAP,
     PollBackoff,
     exit_with_parent,
     log_task_process,
@@ -182,7 +183,7 @@ def run_worker(options: WorkerOptions) -> int:
             ),
             return_type=Message,
             initial_backoff=options.object_backoff,
-            backoff_cap=1.0,
+            backoff_cap=OBJECT_BACKOFF_CAP,
         )
         message.metadata.__dict__["_message_id"] = tree.object_id
         return message, context, run, fab
