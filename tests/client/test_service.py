@@ -541,8 +541,8 @@ def test_the_worker_agent_accounts_an_approved_studys_first_round_before_it_is_a
 
     The worker's agent computes them when it sees the approval, once per decision: the
     first round then finds every accountant's figure in the caches, and its receipt is
-    still what an auditor computes afresh. A refused study and an unchanged store start
-    nothing.
+    still what an auditor computes afresh. A refused study, an unchanged store and (after
+    a restart) a study that trained already start nothing.
     """
     from veracity.client import budget
 
@@ -571,6 +571,11 @@ def test_the_worker_agent_accounts_an_approved_studys_first_round_before_it_is_a
         assert [cache.cache_info().misses for cache in cached] == misses
     finally:
         agent.close()
+    restarted = SiteAgent.open(site_dir, clock=clock, seed=7, account_ahead=True)
+    try:
+        assert restarted.prepare_approved() == 0  # the study trained here already
+    finally:
+        restarted.close()
     assert outcome.receipt["epsilon"] == pytest.approx(_auditor_epsilon(outcome.receipt), abs=1e-9)
     assert outcome.receipt["epsilon_add_remove"] == pytest.approx(
         _auditor_add_remove_epsilon(outcome.receipt), abs=1e-9

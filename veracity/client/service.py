@@ -446,7 +446,8 @@ class SiteAgent:
     def prepare_approved(self) -> int:
         """Warm the accountants for round 1 of each study approved since the last call.
 
-        For an agent made with ``account_ahead``: the first round of a study otherwise
+        For an agent made with ``account_ahead``, and for studies that have not trained on
+        their dataset yet: the first round of a study otherwise
         computes its privacy figures (seconds of CPU) while the coordinator waits. Nothing
         is decided from the warm-up (see the class doc). Cheap when no decision is new.
         Returns the number of studies it started warming (at most one at a time: the
@@ -470,8 +471,10 @@ class SiteAgent:
             planned = poisson_sampling(dataset.rows, study.training.batch_size).segment(
                 study.dp.noise_multiplier, study.training.local_epochs
             )
-            dataset_history = self.site.store.dataset_history(dataset.dataset_id)
             study_history = self.site.store.study_history(dataset.dataset_id, study.study_hash)
+            if study_history:
+                continue  # it trained here already (the worker restarted): nothing is waiting
+            dataset_history = self.site.store.dataset_history(dataset.dataset_id)
             self._start_ahead_on(dataset_history, study_history, planned, study.dp.delta)
             return 1
         return 0
