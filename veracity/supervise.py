@@ -36,6 +36,7 @@ __all__ = [
     "task_process_parser",
     "log_task_process",
     "PollBackoff",
+    "OBJECT_BACKOFF_CAP",
 ]
 
 
@@ -63,6 +64,15 @@ def exit_with_parent(parent_pid: int, *, name: str) -> None:
                 os._exit(0)
 
     threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+
+
+#: The longest wait between two tries of a message object that is not there yet (Flower's
+#: is 10 s after a first 1 s). A message's objects trail it by a fraction of a second on
+#: every hop (ServerApp -> SuperLink -> SuperNode -> worker and back), so a reader doubling
+#: its wait up to a second arrived up to a second late on each; a try is one request on
+#: loopback or to the SuperLink, so ten a second while a round's objects are in flight cost
+#: little.
+OBJECT_BACKOFF_CAP = 0.1
 
 
 class PollBackoff:

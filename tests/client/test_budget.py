@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 from typing import Any
 
 import pytest
@@ -292,3 +293,52 @@ def test_invalid_segments_are_refused(terms: tuple[float, float, int]) -> None:
 def test_delta_must_be_a_probability() -> None:
     with pytest.raises(InputError, match="delta"):
         replace_one_epsilon((Segment(1.0, 0.2, 5),), 0.0)
+
+
+@pytest.mark.parametrize(
+    ("sigma", "rate", "steps"), [(1.0, 0.2, 15), (2.0, 0.01, 1234), (0.7, 0.5, 3), (5.0, 1.0, 7)]
+)
+def test_a_segments_rdp_is_opacus_compute_rdp_bit_for_bit(
+    sigma: float, rate: float, steps: int
+) -> None:
+    """The per-step RDP is computed once and scaled by the steps; the arrays do not change."""
+    import numpy as np
+    from opacus.accountants.analysis.rdp import compute_rdp
+
+    from veracity.client.budget import _RDP_ORDERS, _segment_rdp
+
+    orders = np.array(_RDP_ORDERS, dtype=np.float64)
+    removed, added = _segment_rdp(Segment(sigma, rate, steps))
+    for ours, at in ((removed, 2 * orders), (added, 2 * orders - 1)):
+        theirs = compute_rdp(q=rate, noise_multiplier=sigma, steps=steps, orders=list(at))
+        assert np.array_equal(ours, np.asarray(theirs))
+
+
+def test_opacus_rdp_memoised_changes_no_figure(monkeypatch: pytest.MonkeyPatch) -> None:
+    """PRV and RDP figures are the floats Opacus computes without the memo (#16's speed-up)."""
+    from opacus.accountants.analysis import rdp
+
+    histories = [
+        (Segment(1.0, 0.2, 15),),
+        (Segment(2.0, 0.01, 1234), Segment(0.8, 0.5, 3)),
+        (Segment(5.0, 1.0, 7),),
+    ]
+    delta = 1e-5
+    memoised = []
+    for history in histories:
+        budget._prv_epsilon_cached.cache_clear()
+        budget._rdp_add_remove_cached.cache_clear()
+        memoised.append(
+            (budget.prv_epsilon(history, delta), budget._rdp_add_remove_cached(history, delta))
+        )
+    assert hasattr(rdp._compute_rdp, "cache_info")  # the memo is in place
+    monkeypatch.setattr(rdp, "_compute_rdp", rdp._compute_rdp.__wrapped__)
+    for history, (prv, rdp_add_remove) in zip(histories, memoised, strict=True):
+        prv_accountant = PRVAccountant()
+        prv_accountant.history = [(s.noise_multiplier, s.sample_rate, s.steps) for s in history]
+        rdp_accountant = RDPAccountant()
+        rdp_accountant.history = list(prv_accountant.history)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # as budget.py computes them
+            assert prv == prv_accountant.get_epsilon(delta)
+            assert rdp_add_remove == rdp_accountant.get_epsilon(delta)

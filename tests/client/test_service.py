@@ -532,3 +532,63 @@ def test_the_worker_agent_accounts_the_next_round_ahead_without_changing_a_figur
         assert reply.receipt["epsilon_add_remove"] == pytest.approx(
             _auditor_add_remove_epsilon(reply.receipt), abs=1e-9
         )
+
+
+def test_the_worker_agent_accounts_an_approved_studys_first_round_before_it_is_asked(
+    ready_site: Site, site_dir: Path, clock: Any
+) -> None:
+    """#16: round 1 computed its privacy figures while the coordinator waited (seconds).
+
+    The worker's agent computes them when it sees the approval, once per decision: the
+    first round then finds every accountant's figure in the caches, and its receipt is
+    still what an auditor computes afresh. A refused study, an unchanged store and (after
+    a restart) a study that trained already start nothing.
+    """
+    from veracity.client import budget
+
+    cached = (
+        budget._replace_one_cached,
+        budget._rdp_replace_one_cached,
+        budget._prv_epsilon_cached,
+    )
+    for cache in cached:
+        cache.cache_clear()
+    study = make_study(rounds=1)  # no round after it: nothing accounted ahead of round 2
+    refused = make_study(study_id="refused-study")
+    agent = SiteAgent.open(site_dir, clock=clock, seed=7, account_ahead=True)
+    try:
+        assert agent.prepare_approved() == 0  # nothing approved yet
+        refuse_study(agent.site, refused, reason="not this one")
+        assert agent.prepare_approved() == 0
+        approve_study(agent.site, study, dataset_id="bc-0", epsilon_cap=5.0)
+        assert agent.prepare_approved() == 1
+        assert agent._ahead is not None
+        agent._ahead.join()
+        assert agent.prepare_approved() == 0  # the same decision is not prepared twice
+        misses = [cache.cache_info().misses for cache in cached]
+        outcome = agent.handle_train(request_for(study, round=1))
+        assert isinstance(outcome, TrainReply)
+        assert [cache.cache_info().misses for cache in cached] == misses
+    finally:
+        agent.close()
+    restarted = SiteAgent.open(site_dir, clock=clock, seed=7, account_ahead=True)
+    try:
+        assert restarted.prepare_approved() == 0  # the study trained here already
+    finally:
+        restarted.close()
+    assert outcome.receipt["epsilon"] == pytest.approx(_auditor_epsilon(outcome.receipt), abs=1e-9)
+    assert outcome.receipt["epsilon_add_remove"] == pytest.approx(
+        _auditor_add_remove_epsilon(outcome.receipt), abs=1e-9
+    )
+
+
+def test_an_agent_without_account_ahead_prepares_nothing(
+    approved: Study, site_dir: Path, clock: Any
+) -> None:
+    """The CLI's agents (``site train`` and the like) do not start accountant threads."""
+    agent = SiteAgent.open(site_dir, clock=clock, seed=7)
+    try:
+        assert agent.prepare_approved() == 0
+        assert agent._ahead is None
+    finally:
+        agent.close()

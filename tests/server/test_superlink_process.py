@@ -14,6 +14,7 @@ import signal
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from flwr.server.superlink.linkstate import SqlLinkState
@@ -23,10 +24,15 @@ from flwr.superlink.federation import NoOpFederationManager
 
 from tests.server.sites import supernode_public_key
 from veracity.crypto.tls import create_tls_material
-from veracity.errors import Conflict
+from veracity.errors import ConfigError, Conflict
 from veracity.server.coordinator import CoordinatorHome, SuperLinkFederation
 from veracity.server.superlink import SuperLinkOptions, start_superlink
-from veracity.server.superlink_process import DurableNodesLinkState, _Factory
+from veracity.server.superlink_process import (
+    DurableNodesLinkState,
+    PathScoped,
+    _Factory,
+    path_scoped_middleware,
+)
 from veracity.supervise import ManagedProcess, ProcessGroup, free_port
 
 
@@ -146,3 +152,77 @@ def test_the_registry_is_private_and_an_unreadable_old_state_does_not_stop_the_s
 
 def _store() -> ObjectStore:
     return ObjectStoreFactory().store()
+
+
+def _recording_app(calls: list[str]) -> Any:
+    """A Starlette app with one BaseHTTPMiddleware, scoped to ``/v1/control/``, that records."""
+    from starlette.applications import Starlette
+    from starlette.middleware import Middleware
+    from starlette.middleware.base import BaseHTTPMiddleware, RequestResponseEndpoint
+    from starlette.requests import Request
+    from starlette.responses import PlainTextResponse, Response
+    from starlette.routing import Route
+
+    class Recording(BaseHTTPMiddleware):
+        async def dispatch(self, request: Request, call_next: RequestResponseEndpoint) -> Response:
+            calls.append(request.url.path)
+            response = await call_next(request)
+            response.headers["x-seen"] = "1"
+            return response
+
+    async def ok(request: Request) -> Response:
+        return PlainTextResponse(request.url.path)
+
+    return Starlette(
+        routes=[Route("/v1/control/list-runs", ok), Route("/v1/runtime/pull-object", ok)],
+        middleware=[Middleware(PathScoped, prefix="/v1/control/", middleware=Recording)],
+    )
+
+
+def test_a_path_scoped_middleware_runs_for_its_prefix_only() -> None:
+    """#16: Flower's Control-API middlewares ran (and cost) on every ServerApp object request."""
+    from tests.server.api.conftest import TestClient
+
+    calls: list[str] = []
+    with TestClient(_recording_app(calls)) as client:
+        control = client.get("/v1/control/list-runs")
+        runtime = client.get("/v1/runtime/pull-object")
+    assert (control.status_code, control.text, control.headers.get("x-seen")) == (
+        200,
+        "/v1/control/list-runs",
+        "1",
+    )
+    assert (runtime.status_code, runtime.text, runtime.headers.get("x-seen")) == (
+        200,
+        "/v1/runtime/pull-object",
+        None,
+    )
+    assert calls == ["/v1/control/list-runs"]
+
+
+def test_flowers_one_api_middlewares_are_scoped_and_the_rest_kept_in_order() -> None:
+    """The SuperLink's own list: six wrapped with their prefixes, order and the others kept."""
+    from flwr.superlink import main as superlink_app
+
+    flower = superlink_app._get_middleware()
+    scoped = path_scoped_middleware(flower)
+    assert len(scoped) == len(flower)
+    prefixes = {}
+    for original, item in zip(flower, scoped, strict=True):
+        if item.cls is PathScoped:
+            assert item.kwargs["middleware"] is original.cls
+            prefixes[getattr(original.cls, "__name__", "")] = item.kwargs["prefix"]
+        else:
+            assert item is original
+    assert prefixes == {
+        "ControlSensitiveResponseMiddleware": "/v1/control/",
+        "ControlAuthenticationMiddleware": "/v1/control/",
+        "ControlLicenseMiddleware": "/v1/control/",
+        "ControlEventLogMiddleware": "/v1/control/",
+        "NodeAuthMiddleware": "/v1/fleet/",
+        "FleetEventLogMiddleware": "/v1/fleet/",
+    }
+    with pytest.raises(ConfigError, match="NodeAuthMiddleware"):
+        path_scoped_middleware(
+            [m for m in flower if getattr(m.cls, "__name__", "") != "NodeAuthMiddleware"]
+        )

@@ -58,6 +58,7 @@ from veracity.client.budget import (
     Segment,
     evaluate_round,
     history_to_json,
+    poisson_sampling,
 )
 from veracity.client.datasets import check_registered, load_registered
 from veracity.client.replay import KeptRound, RoundKeeper
@@ -69,7 +70,7 @@ from veracity.contracts.replay import SEED_BYTES, seed_commitment
 from veracity.core.fields import is_hex64
 from veracity.errors import ApprovalMissing, InputError, VerificationError
 from veracity.tasks.spec import check_weights
-from veracity.tasks.study import Study, parse_study
+from veracity.tasks.study import Study, parse_any_study, parse_study
 from veracity.tasks.weights import weights_hash
 
 if TYPE_CHECKING:
@@ -217,7 +218,9 @@ class SiteAgent:
         on the history just recorded), so that the next round finds it in their caches
         (:mod:`veracity.client.budget` caches by exact history and delta). Nothing is
         decided from it: the next round computes its own figures, from the store, and a
-        wrong guess only costs the CPU it used. The ClientApp worker's agents do this.
+        wrong guess only costs the CPU it used. The ClientApp worker's agents do this, and
+        also warm the caches for the first round of each study the site approves
+        (:meth:`prepare_approved`).
     """
 
     def __init__(self, site: Site, *, seed: int | None = None, account_ahead: bool = False) -> None:
@@ -227,6 +230,7 @@ class SiteAgent:
         self._seed = seed
         self._account_ahead = account_ahead
         self._ahead: threading.Thread | None = None
+        self._decisions_seen = 0
         self._keeper = RoundKeeper(site.paths.root)
         # One trainer per (run, study, dataset, file hash); torch is imported lazily.
         self._trainers: OrderedDict[tuple[str, str, str, str], PrivateTrainer] = OrderedDict()
@@ -439,15 +443,61 @@ class SiteAgent:
             noise_generator=trainer.noise_generator,
         )
 
+    def prepare_approved(self) -> int:
+        """Warm the accountants for round 1 of each study approved since the last call.
+
+        For an agent made with ``account_ahead``, and for studies that have not trained on
+        their dataset yet: the first round of a study otherwise
+        computes its privacy figures (seconds of CPU) while the coordinator waits. Nothing
+        is decided from the warm-up (see the class doc). Cheap when no decision is new.
+        Returns the number of studies it started warming (at most one at a time: the
+        others wait for the next call).
+        """
+        if not self._account_ahead or (self._ahead is not None and self._ahead.is_alive()):
+            return 0
+        for decision in self.site.store.decisions_after(self._decisions_seen):
+            self._decisions_seen = decision.id
+            if decision.decision != "approved" or decision.dataset_id is None:
+                continue
+            try:
+                study = parse_any_study(dict(decision.study_document))
+            except InputError:
+                continue
+            if not isinstance(study, Study):
+                continue  # an analysis study: its queries are accounted as they come
+            dataset = self.site.store.get_dataset(decision.dataset_id)
+            if dataset is None or dataset.rows < 1:
+                continue
+            planned = poisson_sampling(dataset.rows, study.training.batch_size).segment(
+                study.dp.noise_multiplier, study.training.local_epochs
+            )
+            study_history = self.site.store.study_history(dataset.dataset_id, study.study_hash)
+            if study_history:
+                continue  # it trained here already (the worker restarted): nothing is waiting
+            dataset_history = self.site.store.dataset_history(dataset.dataset_id)
+            self._start_ahead_on(dataset_history, study_history, planned, study.dp.delta)
+            return 1
+        return 0
+
     def _start_ahead(self, budget: RoundBudget, delta: float) -> None:
         """Warm the accountants' caches for the next round of the same study (see class doc)."""
+        self._start_ahead_on(budget.dataset.history, budget.study.history, budget.planned, delta)
+
+    def _start_ahead_on(
+        self,
+        dataset_history: tuple[Segment, ...],
+        study_history: tuple[Segment, ...],
+        planned: Segment,
+        delta: float,
+    ) -> None:
+        self._wait_ahead()
 
         def compute() -> None:
             try:
                 ahead = evaluate_round(
-                    dataset_history=budget.dataset.history,
-                    study_history=budget.study.history,
-                    planned=budget.planned,
+                    dataset_history=dataset_history,
+                    study_history=study_history,
+                    planned=planned,
                     delta=delta,
                     dataset_budget=math.inf,
                     study_cap=math.inf,

@@ -803,6 +803,14 @@ class SiteStore:
             )
             return _decision(row) if row is not None else None
 
+    def decisions_after(self, decision_id: int) -> list[Decision]:
+        """The decisions recorded after the one numbered ``decision_id``, oldest first."""
+        with self._sessions() as session:
+            rows = session.scalars(
+                sa.select(DecisionRow).where(DecisionRow.id > decision_id).order_by(DecisionRow.id)
+            )
+            return [_decision(row) for row in rows]
+
     def list_decisions(self) -> list[Decision]:
         """Every decision, oldest first."""
         with self._sessions() as session:

@@ -27,7 +27,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from veracity.errors import ConfigError
-from veracity.supervise import PollBackoff
+from veracity.supervise import OBJECT_BACKOFF_CAP, PollBackoff
 
 __all__ = ["patch_supernode_polling", "main"]
 
@@ -80,7 +80,7 @@ def patch_supernode_polling(
         )
     backoff = PollBackoff(active=idle_poll if active_poll is None else active_poll, idle=idle_poll)
     pull_objects = functools.partial(
-        internal.pull_objects, initial_backoff=object_backoff, backoff_cap=1.0
+        internal.pull_objects, initial_backoff=object_backoff, backoff_cap=OBJECT_BACKOFF_CAP
     )
 
     def patched_pull(*args: Any, **kwargs: Any) -> Any:

@@ -35,6 +35,7 @@ from types import FrameType
 from typing import Any
 
 from veracity.supervise import (
+    OBJECT_BACKOFF_CAP,
     PollBackoff,
     exit_with_parent,
     log_task_process,
@@ -97,6 +98,20 @@ def _warm_up(site_dir: Path | None) -> None:
         from veracity.client import flower_app
 
         flower_app.agent_for(site_dir.resolve())
+
+
+#: Seconds between two looks at the site's new approvals (see :func:`_prepare_approved`).
+_PREPARE_EVERY = 0.25
+
+
+def _prepare_approved(site_dir: Path) -> None:
+    """Warm the accountants for round 1 of studies the site approved (never fails the loop)."""
+    from veracity.client import flower_app
+
+    try:
+        flower_app.agent_for(site_dir.resolve()).prepare_approved()
+    except Exception as err:  # noqa: BLE001 - a warm-up: the round computes its own figures
+        log.warning("could not prepare the new approvals: %s", err)
 
 
 def run_worker(options: WorkerOptions) -> int:
@@ -168,7 +183,7 @@ def run_worker(options: WorkerOptions) -> int:
             ),
             return_type=Message,
             initial_backoff=options.object_backoff,
-            backoff_cap=1.0,
+            backoff_cap=OBJECT_BACKOFF_CAP,
         )
         message.metadata.__dict__["_message_id"] = tree.object_id
         return message, context, run, fab
@@ -226,7 +241,11 @@ def run_worker(options: WorkerOptions) -> int:
     log.info("worker %d ready, polling %s", os.getpid(), options.runtime_api_address)
     backoff = PollBackoff(active=options.poll_interval, idle=options.idle_poll)
     served = 0
+    prepared_at = 0.0
     while not stopping:
+        if options.site_dir is not None and time.monotonic() - prepared_at >= _PREPARE_EVERY:
+            prepared_at = time.monotonic()
+            _prepare_approved(options.site_dir)
         try:
             response = acquirer.AcquireTask(request)
         except Exception as err:  # noqa: BLE001 - the SuperNode may be restarting; retry

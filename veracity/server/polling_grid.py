@@ -29,15 +29,16 @@ from flwr.serverapp import Grid
 from flwr.supercore.run import Run
 
 from veracity.errors import InputError
+from veracity.supervise import OBJECT_BACKOFF_CAP
 
 __all__ = ["PollingGrid", "replies_by_site", "reply_record"]
 
 #: Seconds a pull may retry a reply's objects once the round's deadline has passed.
 LAST_PULL_SECONDS = 1.0
-#: First and longest wait between retries of a reply's objects not yet uploaded (Flower's
-#: defaults, 1 s and 10 s, put up to a second on every round whose objects trail their
-#: message).
-OBJECT_BACKOFF, OBJECT_BACKOFF_CAP = 0.05, 0.5
+#: First wait between retries of a reply's objects not yet uploaded (Flower's defaults, 1 s
+#: and then up to 10 s, put up to a second on every round whose objects trail their
+#: message); the longest is :data:`veracity.supervise.OBJECT_BACKOFF_CAP`.
+OBJECT_BACKOFF = 0.05
 
 
 @contextlib.contextmanager

@@ -42,6 +42,7 @@ from types import FrameType
 from typing import Any, NoReturn
 
 from veracity.supervise import (
+    OBJECT_BACKOFF_CAP,
     PollBackoff,
     exit_with_parent,
     log_task_process,
@@ -108,7 +109,7 @@ def run_executor(options: ExecutorOptions) -> NoReturn:
     # objects that are not uploaded yet (an internal default with no option): a reply
     # arriving a moment after the pull would cost a second. Start at object_backoff.
     patched = functools.partial(
-        pull_objects, initial_backoff=options.object_backoff, backoff_cap=1.0
+        pull_objects, initial_backoff=options.object_backoff, backoff_cap=OBJECT_BACKOFF_CAP
     )
     setattr(http_grid, "pull_objects", patched)  # noqa: B010
 

@@ -15,6 +15,15 @@ messages and objects stay in memory: the runs a restart forgets are recorded ``f
 by the coordinator (:meth:`RunCommands.record_ended_runs`). The first start beside a
 SuperLink SQLite file of the earlier layout (``--import-from``) imports its nodes.
 
+Each of Flower's eight request middlewares is a Starlette ``BaseHTTPMiddleware`` (an
+anyio task group and memory streams per request), and six of them act on one API only
+(the Control API's authentication, licence, sensitive-response and event-log checks under
+``/v1/control/``; node authentication and the Fleet event log under ``/v1/fleet/``) and
+pass every other request straight on. This process runs each of those six only for the
+requests under its prefix (:class:`PathScoped`), so that a ServerApp's object request
+crosses two middlewares instead of eight; what each middleware does to the requests it
+handles is unchanged.
+
 Usage: ``python -m veracity.server.superlink_process --node-registry FILE
 [--import-from OLD_DB] FLOWER_SUPERLINK_ARGS...`` (``--database`` is set here).
 """
@@ -26,6 +35,7 @@ import logging
 import sqlite3
 import sys
 import threading
+from collections.abc import Awaitable, Callable, MutableMapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -35,9 +45,15 @@ from flwr.server.superlink.linkstate import InMemoryLinkState, LinkState, LinkSt
 from flwr.supercore.constant import FLWR_IN_MEMORY_DB_NAME, NodeStatus
 from flwr.supercore.utils import int64_to_uint64, uint64_to_int64
 
-__all__ = ["DurableNodesLinkState", "main"]
+__all__ = ["DurableNodesLinkState", "PathScoped", "main", "path_scoped_middleware"]
 
 log = logging.getLogger(__name__)
+
+# ASGI's callable types (as Starlette spells them), without importing the web framework.
+Scope = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
+Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS node (
@@ -226,6 +242,67 @@ class _Factory(LinkStateFactory):
         return state
 
 
+#: Flower 1.42's middlewares that act only on requests under one prefix (and pass every
+#: other request on unchanged), by class name.
+_SCOPED_MIDDLEWARE: dict[str, str] = {
+    "ControlSensitiveResponseMiddleware": "/v1/control/",
+    "ControlAuthenticationMiddleware": "/v1/control/",
+    "ControlLicenseMiddleware": "/v1/control/",
+    "ControlEventLogMiddleware": "/v1/control/",
+    "NodeAuthMiddleware": "/v1/fleet/",
+    "FleetEventLogMiddleware": "/v1/fleet/",
+}
+
+
+class PathScoped:
+    """An ASGI middleware that runs ``middleware`` only for HTTP requests under ``prefix``.
+
+    Other requests (and non-HTTP scopes: lifespan, websockets go through ``middleware``)
+    go straight to the wrapped app, skipping the middleware's per-request machinery.
+    """
+
+    def __init__(self, app: ASGIApp, /, *, prefix: str, middleware: Any, **kwargs: Any) -> None:
+        self.app = app
+        self.prefix = prefix
+        self.scoped: ASGIApp = middleware(app, **kwargs)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Dispatch one ASGI call."""
+        if scope["type"] == "http" and not str(scope["path"]).startswith(self.prefix):
+            await self.app(scope, receive, send)
+        else:
+            await self.scoped(scope, receive, send)
+
+
+def path_scoped_middleware(middleware: list[Any]) -> list[Any]:
+    """Flower's middleware list with each one-API middleware wrapped in :class:`PathScoped`.
+
+    Raises
+    ------
+    ConfigError
+        If a middleware named in ``_SCOPED_MIDDLEWARE`` is missing (this flwr's SuperLink
+        differs from 1.42's, so its scoping cannot be assumed).
+    """
+    from veracity.errors import ConfigError
+
+    names = {getattr(m.cls, "__name__", "") for m in middleware}
+    missing = sorted(set(_SCOPED_MIDDLEWARE) - names)
+    if missing:
+        raise ConfigError(
+            f"this flwr's SuperLink has no {', '.join(missing)}: its middlewares differ "
+            "from flwr 1.42's"
+        )
+    scoped: list[Any] = []
+    for item in middleware:
+        prefix = _SCOPED_MIDDLEWARE.get(getattr(item.cls, "__name__", ""))
+        if prefix is None or item.args:
+            scoped.append(item)
+        else:
+            # The list's own Middleware class (Starlette's), so as not to import it here.
+            scoped.append(type(item)(PathScoped, prefix=prefix, middleware=item.cls, **item.kwargs))
+    return scoped
+
+
 def main(argv: list[str] | None = None) -> None:
     """Start Flower's SuperLink with :class:`DurableNodesLinkState`."""
     parser = argparse.ArgumentParser(add_help=False)
@@ -236,9 +313,12 @@ def main(argv: list[str] | None = None) -> None:
     _Factory.import_from = ours.import_from.resolve() if ours.import_from else None
 
     from flwr.superlink import config_loader
+    from flwr.superlink import main as superlink_app
     from flwr.superlink.cli import flower_superlink
 
     config_loader.LinkStateFactory = _Factory  # type: ignore[attr-defined]
+    flower_middleware = superlink_app._get_middleware
+    superlink_app._get_middleware = lambda: path_scoped_middleware(flower_middleware())
     sys.argv = ["flower-superlink", *flower_args, "--database", FLWR_IN_MEMORY_DB_NAME]
     flower_superlink()
 
