@@ -37,13 +37,14 @@ test: $(STAMP)
 # module of veracity and of the tests again, and pytest rewrites every test module's
 # asserts again (collection: 13 CPU-s per worker without the caches, 8 with them). Each
 # worker computes on one thread (OpenMP, OpenBLAS, MKL: torch, numpy, scipy): the workers
-# already fill the cores, and more threads only contend for them.
+# already fill the cores, and more threads only contend for them. Idle workers take tests
+# from busy ones' queues (--dist worksteal) so that both end together.
 FAST_TMPDIR := $(shell test -d /dev/shm && test -w /dev/shm && echo /dev/shm)
 
 test-fast: $(STAMP)
 	$(if $(FAST_TMPDIR),TMPDIR=$(FAST_TMPDIR) )PYTHONDONTWRITEBYTECODE= \
 	  OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 MKL_NUM_THREADS=1 VERACITY_FAST_EXAMPLES=1 \
-	  $(VENV)/bin/python -m pytest -n auto -p no:schemathesis -m "not integration and not slow and not training" -q
+	  $(VENV)/bin/python -m pytest -n auto --dist worksteal -p no:schemathesis -m "not integration and not slow and not training" -q
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -318,11 +318,7 @@ def test_opacus_rdp_memoised_changes_no_figure(monkeypatch: pytest.MonkeyPatch) 
     """PRV and RDP figures are the floats Opacus computes without the memo (#16's speed-up)."""
     from opacus.accountants.analysis import rdp
 
-    histories = [
-        (Segment(1.0, 0.2, 15),),
-        (Segment(2.0, 0.01, 1234), Segment(0.8, 0.5, 3)),
-        (Segment(5.0, 1.0, 7),),
-    ]
+    histories = [(Segment(1.0, 0.2, 15),), (Segment(2.0, 0.1, 40), Segment(0.8, 0.5, 3))]
     delta = 1e-5
     memoised = []
     for history in histories:
