@@ -39,7 +39,9 @@ test: $(STAMP)
 # worker computes on one thread (OpenMP, OpenBLAS, MKL: torch, numpy, scipy): the workers
 # already fill the cores, and more threads only contend for them. Idle workers take tests
 # from busy ones' queues (--dist worksteal) so that both end together.
-FAST_TMPDIR := $(shell test -d /dev/shm && test -w /dev/shm && echo /dev/shm)
+# /dev/shm must have 1 GiB free (containers often give it 64 MB); else the default TMPDIR.
+FAST_TMPDIR := $(shell test -d /dev/shm && test -w /dev/shm && \
+  test "$$(df -Pk /dev/shm | awk 'NR==2 {print $$4}')" -ge 1048576 2>/dev/null && echo /dev/shm)
 
 test-fast: $(STAMP)
 	$(if $(FAST_TMPDIR),TMPDIR=$(FAST_TMPDIR) )PYTHONDONTWRITEBYTECODE= \

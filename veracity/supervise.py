@@ -37,6 +37,7 @@ __all__ = [
     "log_task_process",
     "PollBackoff",
     "OBJECT_BACKOFF_CAP",
+    "OBJECT_PULL_TRIES",
 ]
 
 
@@ -73,6 +74,11 @@ def exit_with_parent(parent_pid: int, *, name: str) -> None:
 #: loopback or to the SuperLink, so ten a second while a round's objects are in flight cost
 #: little.
 OBJECT_BACKOFF_CAP = 0.1
+#: Tries of one object before a reader gives up, at :data:`OBJECT_BACKOFF_CAP` apart: about
+#: the 500 s that Flower's 500 tries allowed at its waits (a slow site's large reply must
+#: not be cut short by the shorter waits). The ServerApp's Grid is bounded by the round's
+#: deadline instead.
+OBJECT_PULL_TRIES = 5000
 
 
 class PollBackoff:

@@ -541,8 +541,8 @@ def test_the_worker_agent_accounts_an_approved_studys_first_round_before_it_is_a
 
     The worker's agent computes them when it sees the approval, once per decision: the
     first round then finds every accountant's figure in the caches, and its receipt is
-    still what an auditor computes afresh. A refused study, an unchanged store and (after
-    a restart) a study that trained already start nothing.
+    still what an auditor computes afresh. A refused or withdrawn study, an unchanged
+    store and (after a restart) a study that trained already start nothing.
     """
     from veracity.client import budget
 
@@ -560,6 +560,10 @@ def test_the_worker_agent_accounts_an_approved_studys_first_round_before_it_is_a
         assert agent.prepare_approved() == 0  # nothing approved yet
         refuse_study(agent.site, refused, reason="not this one")
         assert agent.prepare_approved() == 0
+        withdrawn = make_study(study_id="withdrawn-study")
+        approve_study(agent.site, withdrawn, dataset_id="bc-0", epsilon_cap=5.0)
+        refuse_study(agent.site, withdrawn, reason="withdrawn")
+        assert agent.prepare_approved() == 0  # its approval is no longer in force
         approve_study(agent.site, study, dataset_id="bc-0", epsilon_cap=5.0)
         assert agent.prepare_approved() == 1
         assert agent._ahead is not None

@@ -34,6 +34,7 @@ the site keeps the global model it received and the round's record, so that
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import math
@@ -42,7 +43,7 @@ import re
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -158,6 +159,22 @@ class Refusal:
 
 
 TrainOutcome = TrainReply | Refusal
+
+
+def _first_round_segment(study: Study, dataset: Dataset) -> Segment:
+    """The segment a first round of ``study`` on ``dataset`` plans, as its trainer counts it.
+
+    Raises
+    ------
+    ApprovalMissing
+        If the dataset file changed since registration (the round will refuse too).
+    InputError
+        If the dataset does not hold the study's examples.
+    """
+    x, _y = study_examples(study, load_registered(dataset))
+    return poisson_sampling(int(x.shape[0]), study.training.batch_size).segment(
+        study.dp.noise_multiplier, study.training.local_epochs
+    )
 
 
 def _check_request(request: TrainRequest) -> Study:
@@ -446,12 +463,14 @@ class SiteAgent:
     def prepare_approved(self) -> int:
         """Warm the accountants for round 1 of each study approved since the last call.
 
-        For an agent made with ``account_ahead``, and for studies that have not trained on
-        their dataset yet: the first round of a study otherwise
-        computes its privacy figures (seconds of CPU) while the coordinator waits. Nothing
-        is decided from the warm-up (see the class doc). Cheap when no decision is new.
-        Returns the number of studies it started warming (at most one at a time: the
-        others wait for the next call).
+        For an agent made with ``account_ahead``, and for studies whose approval is still
+        the decision in force and that have not trained on their dataset yet: the first
+        round of a study otherwise computes its privacy figures (seconds of CPU) while the
+        coordinator waits. The background thread reads the dataset and counts its examples
+        as training does (a recording gives windows, not rows), so that it plans the
+        segment round 1 will. Nothing is decided from the warm-up (see the class doc).
+        Cheap when no decision is new. Returns the number of studies it started warming
+        (at most one at a time: the others wait for the next call).
         """
         if not self._account_ahead or (self._ahead is not None and self._ahead.is_alive()):
             return 0
@@ -465,29 +484,35 @@ class SiteAgent:
                 continue
             if not isinstance(study, Study):
                 continue  # an analysis study: its queries are accounted as they come
+            latest = self.site.store.latest_decision(study.study_hash)
+            if latest is None or latest.id != decision.id:
+                continue  # refused or approved again since: that decision is in force
             dataset = self.site.store.get_dataset(decision.dataset_id)
-            if dataset is None or dataset.rows < 1:
+            if dataset is None:
                 continue
-            planned = poisson_sampling(dataset.rows, study.training.batch_size).segment(
-                study.dp.noise_multiplier, study.training.local_epochs
-            )
             study_history = self.site.store.study_history(dataset.dataset_id, study.study_hash)
             if study_history:
                 continue  # it trained here already (the worker restarted): nothing is waiting
             dataset_history = self.site.store.dataset_history(dataset.dataset_id)
-            self._start_ahead_on(dataset_history, study_history, planned, study.dp.delta)
+            self._start_ahead_on(
+                dataset_history,
+                study_history,
+                functools.partial(_first_round_segment, study, dataset),
+                study.dp.delta,
+            )
             return 1
         return 0
 
     def _start_ahead(self, budget: RoundBudget, delta: float) -> None:
         """Warm the accountants' caches for the next round of the same study (see class doc)."""
-        self._start_ahead_on(budget.dataset.history, budget.study.history, budget.planned, delta)
+        planned = budget.planned
+        self._start_ahead_on(budget.dataset.history, budget.study.history, lambda: planned, delta)
 
     def _start_ahead_on(
         self,
         dataset_history: tuple[Segment, ...],
         study_history: tuple[Segment, ...],
-        planned: Segment,
+        plan: Callable[[], Segment],
         delta: float,
     ) -> None:
         self._wait_ahead()
@@ -497,7 +522,7 @@ class SiteAgent:
                 ahead = evaluate_round(
                     dataset_history=dataset_history,
                     study_history=study_history,
-                    planned=planned,
+                    planned=plan(),
                     delta=delta,
                     dataset_budget=math.inf,
                     study_cap=math.inf,

@@ -27,7 +27,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from veracity.errors import ConfigError
-from veracity.supervise import OBJECT_BACKOFF_CAP, PollBackoff
+from veracity.supervise import OBJECT_BACKOFF_CAP, OBJECT_PULL_TRIES, PollBackoff
 
 __all__ = ["patch_supernode_polling", "main"]
 
@@ -80,7 +80,10 @@ def patch_supernode_polling(
         )
     backoff = PollBackoff(active=idle_poll if active_poll is None else active_poll, idle=idle_poll)
     pull_objects = functools.partial(
-        internal.pull_objects, initial_backoff=object_backoff, backoff_cap=OBJECT_BACKOFF_CAP
+        internal.pull_objects,
+        initial_backoff=object_backoff,
+        backoff_cap=OBJECT_BACKOFF_CAP,
+        max_tries_per_object=OBJECT_PULL_TRIES,
     )
 
     def patched_pull(*args: Any, **kwargs: Any) -> Any:
@@ -100,7 +103,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--idle-poll", type=float, default=3.0)
     parser.add_argument("--active-poll", type=float, default=None)
     parser.add_argument("--reply-poll", type=float, default=0.5)
-    parser.add_argument("--object-backoff", type=float, default=1.0)
+    parser.add_argument("--object-backoff", type=float, default=0.05)
     ours = parser.parse_args(args[:split])
     patch_supernode_polling(
         idle_poll=ours.idle_poll,

@@ -36,6 +36,7 @@ from typing import Any
 
 from veracity.supervise import (
     OBJECT_BACKOFF_CAP,
+    OBJECT_PULL_TRIES,
     PollBackoff,
     exit_with_parent,
     log_task_process,
@@ -184,6 +185,7 @@ def run_worker(options: WorkerOptions) -> int:
             return_type=Message,
             initial_backoff=options.object_backoff,
             backoff_cap=OBJECT_BACKOFF_CAP,
+            max_tries_per_object=OBJECT_PULL_TRIES,
         )
         message.metadata.__dict__["_message_id"] = tree.object_id
         return message, context, run, fab

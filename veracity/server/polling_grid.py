@@ -57,6 +57,7 @@ def _object_pulls_bounded(seconds: float) -> Iterator[None]:
         max_time=max(seconds, LAST_PULL_SECONDS),
         initial_backoff=OBJECT_BACKOFF,
         backoff_cap=OBJECT_BACKOFF_CAP,
+        max_tries_per_object=None,  # the deadline bounds the retries, not a count
     )
     setattr(http_grid, "pull_objects", bounded)  # noqa: B010 - see above
     try:

@@ -43,6 +43,7 @@ from typing import Any, NoReturn
 
 from veracity.supervise import (
     OBJECT_BACKOFF_CAP,
+    OBJECT_PULL_TRIES,
     PollBackoff,
     exit_with_parent,
     log_task_process,
@@ -109,7 +110,10 @@ def run_executor(options: ExecutorOptions) -> NoReturn:
     # objects that are not uploaded yet (an internal default with no option): a reply
     # arriving a moment after the pull would cost a second. Start at object_backoff.
     patched = functools.partial(
-        pull_objects, initial_backoff=options.object_backoff, backoff_cap=OBJECT_BACKOFF_CAP
+        pull_objects,
+        initial_backoff=options.object_backoff,
+        backoff_cap=OBJECT_BACKOFF_CAP,
+        max_tries_per_object=OBJECT_PULL_TRIES,
     )
     setattr(http_grid, "pull_objects", patched)  # noqa: B010
 

@@ -257,8 +257,9 @@ _SCOPED_MIDDLEWARE: dict[str, str] = {
 class PathScoped:
     """An ASGI middleware that runs ``middleware`` only for HTTP requests under ``prefix``.
 
-    Other requests (and non-HTTP scopes: lifespan, websockets go through ``middleware``)
-    go straight to the wrapped app, skipping the middleware's per-request machinery.
+    Other HTTP requests go straight to the wrapped app, skipping the middleware's
+    per-request machinery; non-HTTP scopes (lifespan, websockets) go through
+    ``middleware``, which passes them on as before.
     """
 
     def __init__(self, app: ASGIApp, /, *, prefix: str, middleware: Any, **kwargs: Any) -> None:
