@@ -86,6 +86,14 @@ def _auditor_add_remove_epsilon(receipt: dict[str, Any]) -> float:
     return float(accountant.get_epsilon(parsed["delta"]))
 
 
+def _assert_an_auditor_computes_the_same(receipt: dict[str, Any]) -> None:
+    """Both epsilons of ``receipt`` are what an auditor computes afresh from its history."""
+    assert receipt["epsilon"] == pytest.approx(_auditor_epsilon(receipt), abs=1e-9)
+    assert receipt["epsilon_add_remove"] == pytest.approx(
+        _auditor_add_remove_epsilon(receipt), abs=1e-9
+    )
+
+
 def _site_public_key(site: Site) -> Any:
     return load_verify_key(site.paths.public_key)
 
@@ -528,10 +536,7 @@ def test_the_worker_agent_accounts_the_next_round_ahead_without_changing_a_figur
         agent.close()
     assert approved.rounds >= 2
     for reply in replies:
-        assert reply.receipt["epsilon"] == pytest.approx(_auditor_epsilon(reply.receipt), abs=1e-9)
-        assert reply.receipt["epsilon_add_remove"] == pytest.approx(
-            _auditor_add_remove_epsilon(reply.receipt), abs=1e-9
-        )
+        _assert_an_auditor_computes_the_same(reply.receipt)
 
 
 def test_the_worker_agent_accounts_an_approved_studys_first_round_before_it_is_asked(
@@ -580,10 +585,7 @@ def test_the_worker_agent_accounts_an_approved_studys_first_round_before_it_is_a
         assert restarted.prepare_approved() == 0  # the study trained here already
     finally:
         restarted.close()
-    assert outcome.receipt["epsilon"] == pytest.approx(_auditor_epsilon(outcome.receipt), abs=1e-9)
-    assert outcome.receipt["epsilon_add_remove"] == pytest.approx(
-        _auditor_add_remove_epsilon(outcome.receipt), abs=1e-9
-    )
+    _assert_an_auditor_computes_the_same(outcome.receipt)
 
 
 def test_an_agent_without_account_ahead_prepares_nothing(

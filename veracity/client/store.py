@@ -813,9 +813,7 @@ class SiteStore:
 
     def list_decisions(self) -> list[Decision]:
         """Every decision, oldest first."""
-        with self._sessions() as session:
-            rows = session.scalars(sa.select(DecisionRow).order_by(DecisionRow.id))
-            return [_decision(row) for row in rows]
+        return self.decisions_after(0)
 
     # ------------------------------------------------------------------ privacy ledger
 
