@@ -18,6 +18,7 @@ import json
 import os
 import shutil
 import signal
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -74,6 +75,7 @@ def _run_network(shell: Shell, files: dict[str, Path], *, superlink: int, api: i
 
     # ---- each site operator, with the admin enrolling them ----------------------------------
     site_tokens: dict[str, str] = {}
+    site_processes: list[subprocess.Popen[bytes]] = []
     for index, site in enumerate(SITES):
         where = f"site-{site[-1]}"
         made = shell.json("site", "init", "--name", site, "--data-dir", where)
@@ -97,12 +99,13 @@ def _run_network(shell: Shell, files: dict[str, Path], *, superlink: int, api: i
         )  # fmt: skip
         # Two sites deliver their outbox while they run; the third on demand.
         sync = ["--server", f"https://127.0.0.1:{api}", "--token", site_tokens[site]]
-        shell.start(
+        started = shell.start(
             "site", "start", "--superlink", f"127.0.0.1:{superlink}",
             "--ca-cert", "coord/tls/ca.crt", "--data-dir", where,
             *([*sync, "--sync-every", "1"] if index < 2 else []),
             log=shell.cwd / "logs" / f"{site}.log", ready="Ctrl-C stops",
         )  # fmt: skip
+        site_processes.append(started)
     listed = admin.json("admin", "sites", "list")
     assert sorted(s["name"] for s in listed["items"]) == list(SITES)
 
@@ -250,6 +253,12 @@ def _run_network(shell: Shell, files: dict[str, Path], *, superlink: int, api: i
         assert pending["statements"] == [], site
 
     # ---- a run whose ServerApp process dies: `server start` records its end by itself ------
+    # The sites stop first: each would refuse a second run of this one-run study at once,
+    # and the run could end by itself (insufficient_sites) before its ServerApp is found
+    # and killed. Without them the ServerApp waits for their nodes.
+    for process in site_processes:
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=60) == 0
     crashed = admin.json("admin", "runs", "start", study_hash)["run_id"]
     serverapp = wait_for(
         "the run's ServerApp process", lambda: _serverapp_process(shell.cwd / "coord"), timeout=120
