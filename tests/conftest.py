@@ -336,6 +336,23 @@ def digits_cnn(digits: DigitsSplit) -> tuple[Any, dict[str, Any]]:
     return spec, train_plaintext(spec, digits.train_x, digits.train_y, epochs=150, lr=1e-2)
 
 
+@pytest.fixture(scope="session")
+def digits_cnn_one(digits: DigitsSplit) -> tuple[Any, dict[str, Any]]:
+    """The issue's digits CNN: one convolution (4x3x3), a square, a 2x2 pool, a dense layer."""
+    from veracity.tasks.spec import ModelFamily, ModelSpec
+
+    spec = ModelSpec(
+        ModelFamily.CNN2D,
+        64,
+        classes=10,
+        input_shape=(1, 8, 8),
+        filters=(4,),
+        kernel=3,
+        conv_activation="square",
+    )
+    return spec, train_plaintext(spec, digits.train_x, digits.train_y, epochs=150, lr=1e-2)
+
+
 # ---- A research network on loopback --------------------------------------------------
 
 #: The hospitals of :func:`network`.

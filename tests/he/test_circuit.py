@@ -17,7 +17,12 @@ from veracity.he.circuit import (
     compile_circuit,
     compile_conv_circuit,
 )
-from veracity.he.params import CNN_PARAMETERS, LOGISTIC_PARAMETERS, POLY_MLP_PARAMETERS
+from veracity.he.params import (
+    CNN_IMAGE_PARAMETERS,
+    CNN_PARAMETERS,
+    LOGISTIC_PARAMETERS,
+    POLY_MLP_PARAMETERS,
+)
 from veracity.tasks.spec import ModelFamily, ModelSpec, predict_logits
 from veracity.tasks.torch_models import build_model, model_weights
 
@@ -25,6 +30,8 @@ from veracity.tasks.torch_models import build_model, model_weights
 LR_PRIMES = (2**60 - 93,)
 MLP_PRIMES = (2**60 - 93, 2**60 - 173, 2**30 - 35, 2**60 - 257)
 CNN_PRIMES = (2**60 - 93, 2**60 - 173, 2**40 - 87, 2**45 - 55, 2**30 - 35, 2**60 - 257)
+#: Stand-ins of the image set's sizes (49, 49, 48, 22; special 49 bits).
+IMAGE_PRIMES = (2**49 - 1, 2**49 - 3, 2**48 - 5, 2**22 - 3, 2**49 - 7)
 
 
 @settings(max_examples=examples(25), deadline=None)
@@ -187,10 +194,11 @@ def test_a_k_class_circuit_computes_every_class_logit(family: str) -> None:
 @given(
     shape=st.sampled_from([(1, 8, 8), (2, 6, 9), (3, 5, 4)]),
     kernel=st.sampled_from([1, 3, 5]),
+    filters=st.sampled_from([(2, 3), (3,)]),
     seed=st.integers(0, 2**31 - 1),
 )
 def test_the_conv_circuit_computes_the_square_cnn2d_logits(
-    shape: tuple[int, int, int], kernel: int, seed: int
+    shape: tuple[int, int, int], kernel: int, filters: tuple[int, ...], seed: int
 ) -> None:
     # im2col matrices, pools as sums of squares with their 1/4 folded forward: the same
     # logits as the NumPy forward pass (odd sizes drop a trailing row as torch does).
@@ -199,7 +207,7 @@ def test_the_conv_circuit_computes_the_square_cnn2d_logits(
         math.prod(shape),
         classes=3,
         input_shape=shape,
-        filters=(2, 3),
+        filters=filters,
         kernel=kernel,
         conv_activation="square",
     )
@@ -209,7 +217,7 @@ def test_the_conv_circuit_computes_the_square_cnn2d_logits(
         parameter_set=CNN_PARAMETERS,
         primes=CNN_PRIMES,
         input_shape=shape,
-        filters=(2, 3),
+        filters=filters,
         kernel=kernel,
         outputs=3,
     )
@@ -244,6 +252,50 @@ def test_conv_circuit_scales_keep_every_level_below_its_modulus() -> None:
     # The logits, at their worst, fit what is left once the selector's prime is rescaled away.
     assert level2 * level2 * circuit.fc_scale * circuit.logit_bound < q[0] * q[1] / 2
     assert circuit.fc_scale >= 2**CNN_PARAMETERS.min_weight_scale_bits
+
+
+def test_one_convolution_scales_keep_every_level_below_its_modulus() -> None:
+    spec = ModelSpec(
+        ModelFamily.CNN2D,
+        64,
+        classes=10,
+        input_shape=(1, 8, 8),
+        filters=(4,),
+        kernel=3,
+        conv_activation="square",
+    )
+    weights = spec.initial_weights(3)
+    column = compile_conv_circuit(
+        weights,
+        parameter_set=CNN_PARAMETERS,
+        primes=CNN_PRIMES,
+        input_shape=(1, 8, 8),
+        filters=(4,),
+        kernel=3,
+        outputs=10,
+    )
+    assert column.conv2 is None
+    assert column.filters == (4,)
+    q = [float(p) for p in CNN_PRIMES[:-1]]
+    # Inputs lose q4; squares and dense products at their scale under q0..q3, no rescale.
+    square = (CNN_PARAMETERS.input_scale * column.conv1_scale) ** 2
+    assert square * 2**3 < q[0] * q[1] * q[2] * q[3]
+    # The logits, at their worst, fit what is left once the selector's prime is rescaled away.
+    assert square * column.fc_scale * column.logit_bound < q[0] * q[1] * q[2] / 2
+    assert column.fc_scale >= 2**CNN_PARAMETERS.min_weight_scale_bits
+    image_primes = [float(p) for p in IMAGE_PRIMES[:-1]]
+    image = compile_conv_circuit(
+        weights,
+        parameter_set=CNN_IMAGE_PARAMETERS,
+        primes=IMAGE_PRIMES,
+        input_shape=(1, 8, 8),
+        filters=(4,),
+        kernel=3,
+        outputs=10,
+    )
+    level1 = CNN_IMAGE_PARAMETERS.input_scale * image.conv1_scale / image_primes[3]
+    # After the dense rescale by q2 the logits fit q0 alone (the reply keeps one prime).
+    assert level1**2 * image.fc_scale / image_primes[2] * image.logit_bound < image_primes[0] / 2
 
 
 def test_a_cnn_too_large_for_the_parameter_set_is_refused() -> None:

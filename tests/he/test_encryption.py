@@ -166,11 +166,19 @@ def test_ten_class_replicated_scores_match_plaintext_on_three_ciphertexts(
     assert np.array_equal(logits.argmax(axis=1), expected.argmax(axis=1))
 
 
+@pytest.fixture(scope="module", params=["two convolutions", "one convolution"])
+def cnn(request: pytest.FixtureRequest) -> tuple[Any, dict[str, Any]]:
+    """Each digits CNN: conv, conv, dense (``digits_cnn``) and conv, dense (``digits_cnn_one``)."""
+    name = "digits_cnn" if request.param == "two convolutions" else "digits_cnn_one"
+    found: tuple[Any, dict[str, Any]] = request.getfixturevalue(name)
+    return found
+
+
 @pytest.mark.slow  # ~0.1 CPU-s per image, 450 images: in `make test`, not the edit loop
 def test_the_digits_cnn_one_image_per_ciphertext_agrees_with_plaintext_on_every_test_image(
-    digits: Any, digits_cnn: tuple[Any, dict[str, Any]]
+    digits: Any, cnn: tuple[Any, dict[str, Any]]
 ) -> None:
-    spec, weights = digits_cnn
+    spec, weights = cnn
     x = digits.test_x
     expected = predict_logits(spec, weights, x)
     ps = CNN_IMAGE_PARAMETERS
@@ -221,9 +229,9 @@ def test_the_im2col_layout_refuses_an_image_of_another_shape(
 
 @pytest.mark.slow  # ~10 CPU-s at N=16384: in `make test`, not the edit loop
 def test_the_digits_cnn_under_encryption_agrees_with_plaintext_on_every_test_image(
-    digits: Any, digits_cnn: tuple[Any, dict[str, Any]]
+    digits: Any, cnn: tuple[Any, dict[str, Any]]
 ) -> None:
-    spec, weights = digits_cnn
+    spec, weights = cnn
     x = digits.test_x  # 450 images, one request of the column layout
     expected = predict_logits(spec, weights, x)
     secret = SecretContext.generate(CNN_PARAMETERS)

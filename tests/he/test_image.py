@@ -13,19 +13,28 @@ from veracity.he.seal import seal_primes
 
 
 def _random_cnn(
-    shape: tuple[int, int, int], filters: tuple[int, int], classes: int, seed: int
+    shape: tuple[int, int, int], filters: tuple[int, ...], classes: int, seed: int
 ) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(seed)
     channels, height, width = shape
-    first, second = filters
-    return {
+    first = filters[0]
+    weights = {
         "conv1.weight": rng.normal(size=(first, channels, 3, 3)) * 0.3,
         "conv1.bias": rng.normal(size=first) * 0.1,
+        "fc.bias": rng.normal(size=classes),
+    }
+    if len(filters) == 1:
+        weights["fc.weight"] = (
+            rng.normal(size=(classes, first * (height // 2) * (width // 2))) * 0.1
+        )
+        return weights
+    second = filters[1]
+    weights |= {
         "conv2.weight": rng.normal(size=(second, first, 3, 3)) * 0.1,
         "conv2.bias": rng.normal(size=second) * 0.1,
         "fc.weight": rng.normal(size=(classes, second * (height // 4) * (width // 4))) * 0.1,
-        "fc.bias": rng.normal(size=classes),
     }
+    return weights
 
 
 @pytest.mark.parametrize(
@@ -35,10 +44,13 @@ def _random_cnn(
         ((2, 8, 8), (2, 4), 3),
         ((1, 8, 8), (3, 5), 2),
         ((1, 4, 8), (4, 8), 7),
+        ((1, 8, 8), (4,), 10),
+        ((3, 6, 6), (2,), 2),
+        ((1, 4, 8), (5,), 3),
     ],
 )
 def test_the_slot_program_computes_the_circuit_and_nothing_else(
-    shape: tuple[int, int, int], filters: tuple[int, int], classes: int
+    shape: tuple[int, int, int], filters: tuple[int, ...], classes: int
 ) -> None:
     weights = _random_cnn(shape, filters, classes, seed=sum(filters))
     outputs = 1 if classes == 2 else classes

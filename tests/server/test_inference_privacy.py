@@ -389,12 +389,20 @@ def _ten_class_weight_scale(family: str, digits_models: dict[str, Any]) -> float
 # ---- images (issue 13, "images under encryption"): the square-activation CNN ----
 
 
+@pytest.fixture(scope="module", params=["two convolutions", "one convolution"])
+def cnn(request: pytest.FixtureRequest) -> tuple[Any, dict[str, Any]]:
+    """Each digits CNN: conv, conv, dense (``digits_cnn``) and conv, dense (``digits_cnn_one``)."""
+    name = "digits_cnn" if request.param == "two convolutions" else "digits_cnn_one"
+    found: tuple[Any, dict[str, Any]] = request.getfixturevalue(name)
+    return found
+
+
 @pytest.fixture(scope="module")
 def served_cnn(
-    tmp_path_factory: pytest.TempPathFactory, digits_cnn: tuple[Any, dict[str, Any]]
+    tmp_path_factory: pytest.TempPathFactory, cnn: tuple[Any, dict[str, Any]]
 ) -> tuple[InferenceService, str, list[dict[str, Any]]]:
     registry = ModelRegistry(tmp_path_factory.mktemp("cnn-models"))
-    spec, weights = digits_cnn
+    spec, weights = cnn
     model_hash = registry.put(
         spec,
         weights,
@@ -414,7 +422,7 @@ def test_a_one_image_cnn_request_with_chosen_inputs_learns_only_that_images_logi
     kind: str,
     served_cnn: tuple[InferenceService, str, list[dict[str, Any]]],
     digits: Any,
-    digits_cnn: tuple[Any, dict[str, Any]],
+    cnn: tuple[Any, dict[str, Any]],
 ) -> None:
     service, model_hash, entries = served_cnn
     description = service.describe(model_hash)
@@ -430,7 +438,7 @@ def test_a_one_image_cnn_request_with_chosen_inputs_learns_only_that_images_logi
         x[np.arange(1, count), np.arange(count - 1) % 64] = 1.0
     else:
         x = digits.train_x[np.arange(count) % len(digits.train_x)]
-    spec, weights = digits_cnn
+    spec, weights = cnn
     truth = predict_logits(spec, weights, x)
     secret = SecretContext.generate(parameter_set)
     context = secret.public_context()
@@ -484,7 +492,7 @@ def test_a_one_image_im2col_request_with_chosen_inputs_learns_only_that_images_l
     kind: str,
     served_cnn: tuple[InferenceService, str, list[dict[str, Any]]],
     digits: Any,
-    digits_cnn: tuple[Any, dict[str, Any]],
+    cnn: tuple[Any, dict[str, Any]],
 ) -> None:
     service, model_hash, entries = served_cnn
     small = service.describe(model_hash)["he"]["layouts"]["small"]
@@ -501,11 +509,11 @@ def test_a_one_image_im2col_request_with_chosen_inputs_learns_only_that_images_l
         x = np.full((1, 64), parameter_set.input_bound)
     else:
         x = digits.test_x[:1]
-    spec, weights = digits_cnn
+    spec, weights = cnn
     truth = predict_logits(spec, weights, x)[0]
     secret = SecretContext.generate(parameter_set)
     context_hash = service.upload_context(secret.public_context(rotation_steps=steps))
-    shape = ModelShape(64, outputs=10, input_shape=(1, 8, 8), filters=(4, 8), kernel=3)
+    shape = ModelShape(64, outputs=10, input_shape=(1, 8, 8), filters=spec.filters, kernel=3)
     ciphertexts = secret.encrypt(PackingLayout.IM2COL, x, shape=shape)
     header = RequestHeader(model_hash, parameter_set.name, context_hash, PackingLayout.IM2COL, 1)
 
@@ -533,13 +541,15 @@ def test_a_one_image_im2col_request_with_chosen_inputs_learns_only_that_images_l
 
 def test_an_im2col_request_carries_exactly_its_declared_images(
     served_cnn: tuple[InferenceService, str, list[dict[str, Any]]],
+    cnn: tuple[Any, dict[str, Any]],
 ) -> None:
     service, model_hash, entries = served_cnn
+    filters = cnn[0].filters
     small = service.describe(model_hash)["he"]["layouts"]["small"]
     parameter_set = parameter_set_named(small["parameter_set"]["name"])
     secret = SecretContext.generate(parameter_set)
     context = secret.public_context()  # no Galois keys: only the parameters
-    shape = ModelShape(64, outputs=10, input_shape=(1, 8, 8), filters=(4, 8), kernel=3)
+    shape = ModelShape(64, outputs=10, input_shape=(1, 8, 8), filters=filters, kernel=3)
     two = secret.encrypt(PackingLayout.IM2COL, np.zeros((2, 64)), shape=shape)
     before = len(entries)
     header = RequestHeader(

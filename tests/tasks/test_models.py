@@ -29,6 +29,21 @@ SPECS = {
     "cnn2d-square-rgb": ModelSpec(
         ModelFamily.CNN2D, n_features=3 * 81, input_shape=(3, 9, 9), conv_activation="square"
     ),
+    "cnn2d-one-conv-square-digits": ModelSpec(
+        ModelFamily.CNN2D,
+        n_features=64,
+        input_shape=(1, 8, 8),
+        classes=10,
+        filters=(4,),
+        kernel=3,
+        conv_activation="square",
+    ),
+    "cnn2d-one-conv-relu-odd": ModelSpec(
+        ModelFamily.CNN2D, n_features=2 * 35, input_shape=(2, 5, 7), filters=(6,), kernel=3
+    ),
+    "cnn1d-one-conv": ModelSpec(
+        ModelFamily.CNN1D, n_features=33, input_shape=(3, 11), classes=3, filters=(5,)
+    ),
     "cnn2d-scattering-digits": ModelSpec(
         ModelFamily.CNN2D, n_features=64, input_shape=(1, 8, 8), classes=10, stem="scattering"
     ),
@@ -71,8 +86,40 @@ def test_no_model_uses_batch_norm(spec: ModelSpec) -> None:
     modules = list(build_model(spec).modules())
     assert not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in modules)
     if spec.family.convolutional and spec.conv_activation == "relu":
-        expected = 1 if spec.scattering else 2
+        expected = 1 if spec.scattering else len(spec.filters)
         assert sum(isinstance(m, torch.nn.GroupNorm) for m in modules) == expected
+
+
+def test_one_convolution_networks_have_one_layer_and_a_dense_head() -> None:
+    # Conv -> square -> average pool -> dense: a polynomial of degree 2 in the pixels.
+    spec = SPECS["cnn2d-one-conv-square-digits"]
+    assert spec.to_dict()["filters"] == [4]
+    assert spec.weight_shapes() == {
+        "conv1.weight": (4, 1, 3, 3),
+        "conv1.bias": (4,),
+        "fc.weight": (10, 4 * 4 * 4),
+        "fc.bias": (10,),
+    }
+    convolutions = [m for m in build_model(spec).modules() if isinstance(m, torch.nn.Conv2d)]
+    assert len(convolutions) == 1
+    assert SPECS["cnn1d-one-conv"].weight_shapes()["fc.weight"] == (3, 5)
+
+
+def test_two_convolution_models_list_their_tensors_in_the_same_order() -> None:
+    # The order state_dict gives (and every hash over it) is what it was.
+    model = build_model(SPECS["cnn2d-10-classes"])
+    assert list(model.state_dict()) == [
+        "conv1.weight",
+        "conv1.bias",
+        "conv2.weight",
+        "conv2.bias",
+        "norm1.weight",
+        "norm1.bias",
+        "norm2.weight",
+        "norm2.bias",
+        "fc.weight",
+        "fc.bias",
+    ]
 
 
 def test_square_variant_is_a_polynomial_network() -> None:
@@ -115,6 +162,10 @@ def test_two_class_specs_describe_themselves_as_before() -> None:
             "1 to 32",
         ),
         ({"family": "cnn2d", "input_shape": [1, 1, 8], "stem": "scattering"}, "too small"),
+        ({"family": "cnn2d", "input_shape": [1, 8, 8], "filters": [2, 4, 8]}, "one or two"),
+        ({"family": "cnn2d", "input_shape": [1, 8, 8], "filters": []}, "one or two"),
+        ({"family": "cnn2d", "input_shape": [1, 3, 8], "filters": [4, 8]}, "pool twice"),
+        ({"family": "cnn2d", "input_shape": [1, 1, 8], "filters": [4]}, "pool once"),
     ],
 )
 def test_malformed_specs_are_refused(described: dict[str, object], problem: str) -> None:

@@ -44,6 +44,10 @@ IntArray = npt.NDArray[np.int64]
 _HEADROOM_BITS = 3
 #: The dense layer's weight scale the CNN's second level is sized for (bits).
 _DENSE_BITS = 20
+#: A one-convolution network's integer weights (``|w| * scale``) sum below ``2**31`` per
+#: unit, so each unit's products with 30-bit halves of residues sum exactly in 64 bits
+#: (the residue kernels of ``veracity.he.residues``).
+EXACT_SUM_BITS = 31
 
 
 @dataclass(frozen=True)
@@ -155,7 +159,7 @@ class QuadraticCircuit:
 
 @dataclass(frozen=True)
 class ConvCircuit:
-    """``cnn2d`` with square activations as three linear maps on flat vectors.
+    """``cnn2d`` with square activations as linear maps on flat vectors.
 
     ``conv1`` and ``conv2`` are the convolutions as matrices (im2col unrolled: output unit
     ``f*h*w + i*w + j`` takes input ``c*h*w + ii*w + jj`` with the kernel's weight, zero where
@@ -165,7 +169,9 @@ class ConvCircuit:
         z2 = conv2 @ p1 + bias2; p2[g] = sum(z2[pool2[g]]**2)
         logits = fc @ p2 + fc_bias
 
-    Average pooling is a sum of four squares; its 1/4 is folded into ``conv2`` and ``fc``.
+    A network with one convolution (``filters`` of one count) has no second layer
+    (``conv2``, ``bias2`` and ``pool2`` are ``None``) and ``logits = fc @ p1 + fc_bias``.
+    Average pooling is a sum of four squares; its 1/4 is folded into the next layer.
     Units that no pooling window covers (a trailing odd row or column) are never computed.
 
     Attributes
@@ -180,9 +186,9 @@ class ConvCircuit:
     conv1: FloatArray
     bias1: FloatArray
     pool1: IntArray
-    conv2: FloatArray
-    bias2: FloatArray
-    pool2: IntArray
+    conv2: FloatArray | None
+    bias2: FloatArray | None
+    pool2: IntArray | None
     fc: FloatArray
     fc_bias: FloatArray
     conv1_scale: float
@@ -192,11 +198,13 @@ class ConvCircuit:
     kernel: int = 3
 
     @property
-    def filters(self) -> tuple[int, int]:
-        """Filters of the two convolutions."""
+    def filters(self) -> tuple[int, ...]:
+        """Filters of each convolution (one or two counts)."""
         _, height, width = self.input_shape
-        area = height * width
-        return (len(self.bias1) // area, len(self.bias2) // ((height // 2) * (width // 2)))
+        first = len(self.bias1) // (height * width)
+        if self.bias2 is None:
+            return (first,)
+        return (first, len(self.bias2) // ((height // 2) * (width // 2)))
 
     @property
     def n_features(self) -> int:
@@ -212,10 +220,11 @@ class ConvCircuit:
         """The circuit in plain arithmetic, ``(n, outputs)``: what CKKS evaluates."""
         x = np.asarray(features, dtype=np.float64)
         z1 = x @ self.conv1.T + self.bias1
-        p1 = (z1 * z1)[:, self.pool1].sum(axis=2)
-        z2 = p1 @ self.conv2.T + self.bias2
-        p2 = (z2 * z2)[:, self.pool2].sum(axis=2)
-        return np.asarray(p2 @ self.fc.T + self.fc_bias, dtype=np.float64)
+        pooled = (z1 * z1)[:, self.pool1].sum(axis=2)
+        if self.conv2 is not None and self.bias2 is not None and self.pool2 is not None:
+            z2 = pooled @ self.conv2.T + self.bias2
+            pooled = (z2 * z2)[:, self.pool2].sum(axis=2)
+        return np.asarray(pooled @ self.fc.T + self.fc_bias, dtype=np.float64)
 
 
 Circuit = LinearCircuit | QuadraticCircuit | ConvCircuit
@@ -261,11 +270,14 @@ def compile_conv_circuit(
     parameter_set: CKKSParameterSet,
     primes: Sequence[int],
     input_shape: tuple[int, ...],
-    filters: tuple[int, int],
+    filters: tuple[int, ...],
     kernel: int,
     outputs: int,
 ) -> ConvCircuit:
     """Fold a square-activation ``cnn2d`` into a :class:`ConvCircuit` and choose its scales.
+
+    ``filters`` has one count per convolution: two, or one (see :func:`_one_conv_scales`
+    for the levels of a network with one convolution).
 
     Levels (data primes ``q_0 .. q_{L-1}``, inputs at ``2**input_scale_bits``): the first
     convolution's products are rescaled once by ``q_{L-1}``; the squares are summed (the
@@ -286,12 +298,25 @@ def compile_conv_circuit(
     if len(input_shape) != 3:
         raise CryptoError("cnn2d takes (channels, height, width) inputs")
     channels, height, width = (int(d) for d in input_shape)
-    first, second = filters
+    if len(filters) not in (1, 2):
+        raise CryptoError("cnn2d has one or two convolutions")
+    first = int(filters[0])
     data_primes = [float(q) for q in primes[:-1]]
     if len(data_primes) != len(parameter_set.data_prime_bits) or len(data_primes) < 4:
         raise CryptoError(f"primes do not match parameter set {parameter_set.name}")
     w1 = _as_float(weights, "conv1.weight", (first, channels, kernel, kernel))
     b1 = _as_float(weights, "conv1.bias", (first,))
+    if len(filters) == 1:
+        return _one_conv_circuit(
+            weights,
+            parameter_set,
+            data_primes,
+            (channels, height, width),
+            (w1, b1),
+            kernel,
+            outputs,
+        )
+    second = int(filters[1])
     w2 = _as_float(weights, "conv2.weight", (second, first, kernel, kernel))
     b2 = _as_float(weights, "conv2.bias", (second,))
     h2, v2 = height // 2, width // 2
@@ -357,6 +382,133 @@ def compile_conv_circuit(
         (conv1, bias1, pool1, conv2, bias2, pool2, fc, bfc),
         (s1, s2, float(2**bits3)),
         logit_bound,
+    )
+
+
+def _one_conv_circuit(
+    weights: Mapping[str, npt.ArrayLike],
+    parameter_set: CKKSParameterSet,
+    data_primes: Sequence[float],
+    input_shape: tuple[int, int, int],
+    first_layer: tuple[FloatArray, FloatArray],
+    kernel: int,
+    outputs: int,
+) -> ConvCircuit:
+    """:func:`compile_conv_circuit` for a network with one convolution."""
+    channels, height, width = input_shape
+    w1, b1 = first_layer
+    first = len(b1)
+    wfc = _as_float(weights, "fc.weight", (outputs, first * (height // 2) * (width // 2)))
+    bfc = _as_float(weights, "fc.bias", (outputs,))
+    conv1 = conv_matrix(w1, height, width)
+    bias1 = np.repeat(b1, height * width)
+    pool1 = pool_groups(first, height, width)
+    fc = wfc / 4.0
+    bound = parameter_set.input_bound
+    z1 = np.abs(bias1) + bound * np.abs(conv1).sum(axis=1)
+    p1 = (z1 * z1)[pool1].sum(axis=1)
+    logit_bound = float((np.abs(bfc) + np.abs(fc) @ p1).max())
+    s1 = float(2 ** _exact_sum_bits(conv1, parameter_set.hidden_weight_scale_bits, parameter_set))
+    product_scale = parameter_set.input_scale * s1
+    bits3 = _one_conv_scales(
+        parameter_set,
+        data_primes,
+        product_scale,
+        float(z1[pool1].max()),
+        float(p1.max()),
+        logit_bound,
+    )
+    bits3 = _exact_sum_bits(fc, bits3, parameter_set)
+    fc = _drop_unrepresentable(fc, float(2**bits3))
+    conv1 = _drop_unrepresentable(conv1, s1)
+    if not np.all(np.any(conv1[np.unique(pool1)], axis=1)):
+        raise CryptoError("cnn2d: a unit of the first convolution has only zero weights")
+    if not np.all(np.any(fc, axis=1)):
+        raise CryptoError("cnn2d: a unit of the dense layer has only zero weights")
+    return ConvCircuit(
+        input_shape=(channels, height, width),
+        conv1=conv1,
+        bias1=bias1,
+        pool1=pool1,
+        conv2=None,
+        bias2=None,
+        pool2=None,
+        fc=fc,
+        fc_bias=bfc,
+        conv1_scale=s1,
+        conv2_scale=1.0,
+        fc_scale=float(2**bits3),
+        logit_bound=logit_bound,
+        kernel=kernel,
+    )
+
+
+def _exact_sum_bits(matrix: FloatArray, bits: int, parameter_set: CKKSParameterSet) -> int:
+    """``bits``, lowered until every row's integer weights sum below ``2**EXACT_SUM_BITS``.
+
+    Raises
+    ------
+    CryptoError
+        If that leaves less than the parameter set's minimum weight scale.
+    """
+    largest = float(np.abs(matrix).sum(axis=1).max())
+    if largest > 0.0:
+        # One bit of margin for the rounding of each weight to an integer.
+        bits = min(bits, EXACT_SUM_BITS - 2 - math.floor(math.log2(largest)))
+    if bits < parameter_set.min_weight_scale_bits:
+        raise CryptoError(
+            f"cnn2d: weights as large as {largest:.3g} per unit leave a scale of 2**{bits}, below "
+            f"the 2**{parameter_set.min_weight_scale_bits} {parameter_set.name} needs"
+        )
+    return bits
+
+
+def _one_conv_scales(
+    parameter_set: CKKSParameterSet,
+    data_primes: Sequence[float],
+    product_scale: float,
+    z1_bound: float,
+    p1_bound: float,
+    logit_bound: float,
+) -> int:
+    """The dense layer's weight scale (bits) of a one-convolution network, levels checked.
+
+    Data primes ``q_0 .. q_{L-1}``, the convolution's products at ``product_scale``.
+
+    * ``column`` (the batch layout): the server first drops ``q_{L-1}`` from the inputs
+      (exact: the message fits the rest), so everything runs on ``L - 1`` primes; the
+      units are squared without a rescale (scale ``product_scale**2``), pooled, and the
+      dense products left at their scale, so until the output no step needs a number
+      theoretic transform (every step is a product or a sum of residues); the output
+      selector is encoded at ``q_{L-2}`` and rescaled away: the logits sit under
+      ``q_0 ... q_{L-3}``.
+    * ``im2col``: the convolution is rescaled by ``q_{L-1}``, squared and pooled; the dense
+      layer is rescaled by ``q_{L-2}`` and the logits are moved down to ``q_0`` alone.
+
+    Raises
+    ------
+    CryptoError
+        If the worst-case values do not fit the parameter set.
+    """
+    headroom = 2.0**_HEADROOM_BITS
+    name = parameter_set.name
+    if parameter_set.batch_layout is PackingLayout.IM2COL:
+        q0, _, q2, q3 = data_primes[:4]
+        if product_scale * max(z1_bound, 1.0) * headroom > math.prod(data_primes):
+            raise CryptoError(f"cnn2d: the convolution overflows {name}")
+        square = (product_scale / q3) ** 2
+        if square * max(p1_bound, 1.0) * headroom > math.prod(data_primes[:-1]):
+            raise CryptoError(f"cnn2d: the squares overflow {name}")
+        before = math.prod(data_primes[:-1]) / headroom / (square * max(logit_bound, 1.0))
+        after = q0 * q2 / headroom / (square * max(logit_bound, 1.0))
+        return _scale_bits(min(before, after), parameter_set, "cnn2d dense layer")
+    kept = data_primes[:-1]  # q_{L-1} is dropped from the inputs
+    square = product_scale * product_scale
+    if square * max(p1_bound, 1.0) * headroom > math.prod(kept):
+        raise CryptoError(f"cnn2d: the convolution's squares overflow {name}")
+    rest = math.prod(kept[:-1])  # q_{L-2} is the output selector's (see layouts)
+    return _scale_bits(
+        rest / headroom / (square * max(logit_bound, 1.0)), parameter_set, "cnn2d dense"
     )
 
 

@@ -26,6 +26,9 @@ value per first-layer unit (filter f at sub-block ``f * H * W``); there are
    zero outside the pooled values, so no other slot contributes), then every slot sums its
    residue class with rotations by m, 2m, ..., slots/2.
 
+A network with one convolution (``filters`` of one count) skips step 2: the dense layer
+reads the pooled first-layer maps of block 0 (every block holds a copy).
+
 The result: slot s holds logit ``s mod m`` (plus the dense bias) when ``s mod m < outputs``,
 and zero otherwise. Every slot is a copy of a declared logit or zero; nothing else about
 the image or the model is in the response.
@@ -33,6 +36,7 @@ the image or the model is in the response.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -53,6 +57,19 @@ def _pow2(value: int) -> int:
     return 1 << max(0, (int(value) - 1).bit_length())
 
 
+def _second_layer(circuit: ConvCircuit) -> tuple[FloatArray, FloatArray]:
+    """The second convolution's matrix and bias.
+
+    Raises
+    ------
+    InputError
+        If the network has one convolution.
+    """
+    if circuit.conv2 is None or circuit.bias2 is None:
+        raise InputError("the network has one convolution: it has no second layer")
+    return circuit.conv2, circuit.bias2
+
+
 @dataclass(frozen=True)
 class ImageGeometry:
     """Where one image and the network's units sit among ``slots`` slots.
@@ -64,16 +81,19 @@ class ImageGeometry:
     """
 
     input_shape: tuple[int, int, int]
-    filters: tuple[int, int]
+    filters: tuple[int, ...]
     kernel: int
     outputs: int
     slots: int
 
     def __post_init__(self) -> None:
         channels, height, width = self.input_shape
-        second = self.filters[1]
-        if self.kernel % 2 != 1 or height % 4 or width % 4:
-            raise InputError("the im2col layout needs an odd kernel and sides divisible by 4")
+        if len(self.filters) not in (1, 2):
+            raise InputError("the im2col layout serves cnn2d with one or two convolutions")
+        second = self.filters[-1] if self.two_layers else 0
+        side = 4 if self.two_layers else 2
+        if self.kernel % 2 != 1 or height % side or width % side:
+            raise InputError(f"the im2col layout needs an odd kernel and sides divisible by {side}")
         if self.block * 2 > self.slots or self.blocks < max(channels * self.kernel**2, second):
             raise InputError(
                 f"a {self.input_shape} image with {self.filters} filters does not fit "
@@ -81,6 +101,11 @@ class ImageGeometry:
             )
         if self.modulus > self.block:
             raise InputError("too many classes for the im2col layout")
+
+    @property
+    def two_layers(self) -> bool:
+        """Whether the network has a second convolution."""
+        return len(self.filters) == 2
 
     @property
     def area(self) -> int:
@@ -127,21 +152,27 @@ class ImageGeometry:
 
     def conv2_baby_steps(self) -> tuple[int, ...]:
         """Column offsets of the second convolution's taps."""
+        if not self.two_layers:
+            return ()
         pad = self.kernel // 2
         return tuple(2 * dj for dj in range(-pad, pad + 1) if dj)
 
     def conv2_giant_steps(self) -> tuple[int, ...]:
         """Row offsets of the second convolution's taps."""
+        if not self.two_layers:
+            return ()
         pad = self.kernel // 2
         return tuple(2 * self.input_shape[2] * di for di in range(-pad, pad + 1) if di)
 
     def channel_sum_steps(self) -> tuple[int, ...]:
         """Sum the first layer's sub-blocks (input channels of the second convolution)."""
+        if not self.two_layers:
+            return ()
         return tuple(self.area << i for i in range(_pow2(self.filters[0]).bit_length() - 1))
 
     def pool2_steps(self) -> tuple[int, ...]:
         """2x2 pooling of the second layer's squares."""
-        return (2, 2 * self.input_shape[2])
+        return (2, 2 * self.input_shape[2]) if self.two_layers else ()
 
     @property
     def baby(self) -> int:
@@ -239,6 +270,7 @@ class ImageGeometry:
         _, height, width = self.input_shape
         h2, v2 = height // 2, width // 2
         first, second = self.filters
+        conv2, _ = _second_layer(circuit)
         a, b = self._grid2()
         pos = 2 * a * width + 2 * b
         pad = self.kernel // 2
@@ -251,7 +283,7 @@ class ImageGeometry:
                 for o in range(second):
                     for c in range(first):
                         source = c * h2 * v2 + np.clip(sa, 0, h2 - 1) * v2 + np.clip(sb, 0, v2 - 1)
-                        weights = circuit.conv2[o * h2 * v2 + a * v2 + b, source] * valid
+                        weights = conv2[o * h2 * v2 + a * v2 + b, source] * valid
                         values[o * self.block + c * self.area + pos] = weights
                 # The giant step rotates left by 2*W*di after the product: pre-rotate right.
                 out[(di, dj)] = np.roll(values, 2 * width * di)
@@ -264,13 +296,22 @@ class ImageGeometry:
         pos = 2 * a * width + 2 * b
         values = np.zeros(self.slots, dtype=np.float64)
         count = len(pos)
+        _, bias2 = _second_layer(circuit)
         for o in range(self.filters[1]):
-            values[o * self.block + pos] = circuit.bias2[o * count : (o + 1) * count]
+            values[o * self.block + pos] = bias2[o * count : (o + 1) * count]
         return values
 
-    def _pooled2(self) -> npt.NDArray[np.int64]:
-        """Slot of each dense input (flat (channel, row, column) order)."""
+    def _dense_inputs(self) -> npt.NDArray[np.int64]:
+        """Slot of each dense input (flat (channel, row, column) order).
+
+        Two convolutions: output channel o's pooled map in block o (stride 4). One: the
+        pooled first-layer maps of block 0 (channel f at sub-block f, stride 2).
+        """
         _, height, width = self.input_shape
+        if not self.two_layers:
+            a, b = np.meshgrid(np.arange(height // 2), np.arange(width // 2), indexing="ij")
+            pos = (2 * a * width + 2 * b).reshape(-1)
+            return np.concatenate([f * self.area + pos for f in range(self.filters[0])])
         a, b = np.meshgrid(np.arange(height // 4), np.arange(width // 4), indexing="ij")
         pos = (4 * a * width + 4 * b).reshape(-1)
         return np.concatenate([o * self.block + pos for o in range(self.filters[1])])
@@ -278,7 +319,7 @@ class ImageGeometry:
     def dense_weights(self, circuit: ConvCircuit) -> dict[tuple[int, int], FloatArray]:
         """Per (giant g, baby b): the plaintext multiplying the input rotated right by b."""
         slots, m = self.slots, self.modulus
-        inputs = self._pooled2()
+        inputs = self._dense_inputs()
         residues = inputs % m
         out: dict[tuple[int, int], FloatArray] = {}
         for j in range(m):
@@ -314,16 +355,8 @@ class ImageGeometry:
         v = self.pack(image) * self.first_weights(circuit)
         v = summed(v, self.first_sum_steps()) + self.first_bias(circuit)
         v = summed(v * v, self.pool1_steps())
-        conv2 = self.conv2_weights(circuit)
-        pad = self.kernel // 2
-        rotated = {dj: rot(v, 2 * dj) for dj in range(-pad, pad + 1)}
-        s = np.zeros(self.slots)
-        width = self.input_shape[2]
-        for di in range(-pad, pad + 1):
-            inner = sum(rotated[dj] * conv2[(di, dj)] for dj in range(-pad, pad + 1))
-            s = s + rot(np.asarray(inner), 2 * width * di)
-        v = summed(s, self.channel_sum_steps()) + self.second_bias(circuit)
-        v = summed(v * v, self.pool2_steps())
+        if self.two_layers:
+            v = self._simulate_second(circuit, v, rot, summed)
         dense = self.dense_weights(circuit)
         moved = [v]
         for _ in range(1, self._baby):
@@ -333,3 +366,22 @@ class ImageGeometry:
             inner = sum(moved[b] * dense[(giant, b)] for b in range(self._baby))
             z = rot(z, -self._baby) + np.asarray(inner)
         return np.asarray(summed(z, self.class_sum_steps()) + self.dense_bias(circuit))
+
+    def _simulate_second(
+        self,
+        circuit: ConvCircuit,
+        v: FloatArray,
+        rot: Callable[[FloatArray, int], FloatArray],
+        summed: Callable[[FloatArray, tuple[int, ...]], FloatArray],
+    ) -> FloatArray:
+        """Step 2 of :meth:`simulate`: the second convolution, its squares and pool."""
+        conv2 = self.conv2_weights(circuit)
+        pad = self.kernel // 2
+        rotated = {dj: rot(v, 2 * dj) for dj in range(-pad, pad + 1)}
+        s = np.zeros(self.slots)
+        width = self.input_shape[2]
+        for di in range(-pad, pad + 1):
+            inner = sum(rotated[dj] * conv2[(di, dj)] for dj in range(-pad, pad + 1))
+            s = s + rot(np.asarray(inner), 2 * width * di)
+        v = summed(s, self.channel_sum_steps()) + self.second_bias(circuit)
+        return summed(v * v, self.pool2_steps())

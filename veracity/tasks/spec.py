@@ -27,6 +27,12 @@ inference (CKKS, column packing) evaluates:
     standard deviation is not a polynomial), so the whole network is a polynomial of
     degree 4 in the pixels.
 
+    ``filters`` lists one feature-map count per convolutional layer: two (the default) or
+    one. With one, ``cnn2d`` is ``Conv2d(k) -> activation -> pool(2) -> flatten -> Linear``
+    (a convolution, a square activation and a dense layer in the ``square`` variant: a
+    polynomial of degree 2, the network issue "Encrypted inference" measures on the 8x8
+    digits) and ``cnn1d`` is ``Conv1d(k) -> activation -> mean over time -> Linear``.
+
     With ``stem: "scattering"`` the first layers are fixed, not learned: each input channel
     is convolved with a data-independent filter bank (a Gaussian low-pass and ``L``
     complex Morlet wavelets at orientations ``pi * l / L``, :func:`scattering_bank`), the
@@ -135,7 +141,7 @@ class ModelSpec:
     activation: tuple[float, float, float] = field(default=(0.125, 0.5, 0.0))
     classes: int = 2
     input_shape: tuple[int, ...] = ()
-    filters: tuple[int, int] = (8, 16)
+    filters: tuple[int, ...] = (8, 16)
     kernel: int = 5
     conv_activation: ConvActivation = "relu"
     stem: ConvStem = "learned"
@@ -163,8 +169,8 @@ class ModelSpec:
                 f"input_shape {list(self.input_shape)} holds {math.prod(self.input_shape)} "
                 f"values, not n_features {self.n_features}"
             )
-        if any(f < 1 or f > 1024 for f in self.filters):
-            raise InputError("filters must be two feature-map counts between 1 and 1024")
+        if len(self.filters) not in (1, 2) or any(f < 1 or f > 1024 for f in self.filters):
+            raise InputError("filters must be one or two feature-map counts between 1 and 1024")
         if self.kernel < 1 or self.kernel % 2 == 0 or self.kernel > 63:
             raise InputError("kernel must be an odd size between 1 and 63")
         if self.conv_activation not in ("relu", "square"):
@@ -183,8 +189,10 @@ class ModelSpec:
             if any(d < 2 for d in spatial):
                 raise InputError(f"input_shape {list(self.input_shape)} is too small to pool")
             return
-        if any(d < 4 for d in spatial):
-            raise InputError(f"input_shape {list(self.input_shape)} is too small to pool twice")
+        pooled = 2 ** len(self.filters) if self.family is ModelFamily.CNN2D else 2
+        if any(d < pooled for d in spatial):
+            times = "once" if pooled == 2 else "twice"
+            raise InputError(f"input_shape {list(self.input_shape)} is too small to pool {times}")
 
     @property
     def outputs(self) -> int:
@@ -264,7 +272,7 @@ class ModelSpec:
                 )
             if family.convolutional:
                 shape = tuple(int(d) for d in data["input_shape"])
-                first, second = (int(f) for f in data.get("filters", (8, 16)))
+                filters = tuple(int(f) for f in data.get("filters", (8, 16)))
                 activation = str(data.get("activation", "relu"))
                 if activation not in ("relu", "square"):
                     raise InputError("activation of a convolutional model is 'relu' or 'square'")
@@ -274,7 +282,7 @@ class ModelSpec:
                     int(data.get("n_features", math.prod(shape))),
                     classes=classes,
                     input_shape=shape,
-                    filters=(first, second),
+                    filters=filters,
                     kernel=int(data.get("kernel", 5)),
                     conv_activation=conv,
                 )
@@ -296,23 +304,19 @@ class ModelSpec:
                 "fc.weight": (self.outputs, fc_in),
                 "fc.bias": (self.outputs,),
             }
-        channels = self.input_shape[0]
-        first, second = self.filters
         window = (self.kernel,) * (len(self.input_shape) - 1)
-        shapes: dict[str, tuple[int, ...]] = {
-            "conv1.weight": (first, channels, *window),
-            "conv1.bias": (first,),
-        }
-        if self.normalised:
-            shapes |= {"norm1.weight": (first,), "norm1.bias": (first,)}
-        shapes |= {"conv2.weight": (second, first, *window), "conv2.bias": (second,)}
-        if self.normalised:
-            shapes |= {"norm2.weight": (second,), "norm2.bias": (second,)}
-        if self.family is ModelFamily.CNN1D:
-            fc_in = second
-        else:
+        shapes: dict[str, tuple[int, ...]] = {}
+        inputs = self.input_shape[0]
+        for index, maps in enumerate(self.filters, start=1):
+            shapes |= {f"conv{index}.weight": (maps, inputs, *window), f"conv{index}.bias": (maps,)}
+            if self.normalised:
+                shapes |= {f"norm{index}.weight": (maps,), f"norm{index}.bias": (maps,)}
+            inputs = maps
+        fc_in = inputs
+        if self.family is ModelFamily.CNN2D:
             _, height, width = self.input_shape
-            fc_in = second * (height // 4) * (width // 4)
+            shrink = 2 ** len(self.filters)
+            fc_in = inputs * (height // shrink) * (width // shrink)
         shapes |= {"fc.weight": (self.outputs, fc_in), "fc.bias": (self.outputs,)}
         return shapes
 
@@ -486,14 +490,15 @@ def _conv_logits(
     h = x.reshape(x.shape[0], *spec.input_shape)
     if spec.family is ModelFamily.CNN1D:
         h = h - h.mean(axis=2, keepdims=True)
-    for index in (1, 2):
+    layers = len(spec.filters)
+    for index in range(1, layers + 1):
         h = _conv(h, w[f"conv{index}.weight"], w[f"conv{index}.bias"])
         if spec.normalised:
             h = _group_norm(h, w[f"norm{index}.weight"], w[f"norm{index}.bias"])
             h = np.maximum(h, 0.0)
         else:
             h = h * h
-        if index == 1 or spec.family is ModelFamily.CNN2D:
+        if index < layers or spec.family is ModelFamily.CNN2D:
             h = _pool(h, average=not spec.normalised)
     flat = h.mean(axis=2) if spec.family is ModelFamily.CNN1D else h.reshape(h.shape[0], -1)
     return np.asarray(flat @ w["fc.weight"].T + w["fc.bias"], dtype=np.float64)

@@ -104,25 +104,27 @@ class ConvNet(nn.Module):
             pool = nn.MaxPool2d if two_d else nn.MaxPool1d
         else:
             pool = nn.AvgPool2d if two_d else nn.AvgPool1d
-        channels = spec.input_shape[0]
-        first, second = spec.filters
         padding = spec.kernel // 2
         self.input_shape = spec.input_shape
         self.two_d = two_d
         self.outputs = spec.outputs
-        self.conv1 = conv(channels, first, spec.kernel, padding=padding)
-        self.conv2 = conv(first, second, spec.kernel, padding=padding)
-        self.norm1: nn.Module | None = None
-        self.norm2: nn.Module | None = None
+        self.layers = len(spec.filters)
+        inputs = spec.input_shape[0]
+        # conv1, conv2, ... then norm1, norm2, ...: the names weight_shapes() gives, in the
+        # order state_dict has always listed them.
+        for index, maps in enumerate(spec.filters, start=1):
+            self.add_module(f"conv{index}", conv(inputs, maps, spec.kernel, padding=padding))
+            inputs = maps
         if spec.normalised:
-            self.norm1 = nn.GroupNorm(math.gcd(first, 4), first)
-            self.norm2 = nn.GroupNorm(math.gcd(second, 4), second)
+            for index, maps in enumerate(spec.filters, start=1):
+                self.add_module(f"norm{index}", nn.GroupNorm(math.gcd(maps, 4), maps))
         self.act: nn.Module = nn.ReLU() if spec.normalised else _Square()
         self.pool = pool(2)
-        fc_in = second
+        fc_in = inputs
         if two_d:
             _, height, width = spec.input_shape
-            fc_in = second * (height // 4) * (width // 4)
+            shrink = 2 ** len(spec.filters)
+            fc_in = inputs * (height // shrink) * (width // shrink)
         self.fc = nn.Linear(fc_in, spec.outputs)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -130,14 +132,14 @@ class ConvNet(nn.Module):
         h = x.reshape(x.shape[0], *self.input_shape)
         if not self.two_d:
             h = h - h.mean(dim=2, keepdim=True)  # each channel's offset (gravity) removed
-        h = self.conv1(h)
-        if self.norm1 is not None:
-            h = self.norm1(h)
-        h = self.pool(self.act(h))
-        h = self.conv2(h)
-        if self.norm2 is not None:
-            h = self.norm2(h)
-        h = self.act(h)
+        modules = dict(self.named_children())
+        for index in range(1, self.layers + 1):
+            h = modules[f"conv{index}"](h)
+            if f"norm{index}" in modules:
+                h = modules[f"norm{index}"](h)
+            h = self.act(h)
+            if index < self.layers:
+                h = self.pool(h)
         flat = self.pool(h).flatten(1) if self.two_d else h.mean(dim=2)
         return _logits(self.fc(flat), self.outputs)
 

@@ -64,13 +64,12 @@ class Im2colLayout:
     def geometry(self) -> ImageGeometry:
         """Where the image and the units sit among the slots."""
         shape = self.shape
-        if len(shape.input_shape) != 3 or len(shape.filters) != 2 or shape.kernel < 1:
+        if len(shape.input_shape) != 3 or len(shape.filters) not in (1, 2) or shape.kernel < 1:
             raise InputError("the im2col layout serves cnn2d models only")
         channels, height, width = (int(d) for d in shape.input_shape)
-        first, second = (int(f) for f in shape.filters)
         return ImageGeometry(
             (channels, height, width),
-            (first, second),
+            tuple(int(f) for f in shape.filters),
             shape.kernel,
             shape.outputs,
             self.parameter_set.slots,
@@ -144,8 +143,6 @@ class Im2colLayout:
             evaluator.square_inplace(value)
             evaluator.relinearize_inplace(value, relin_keys)
 
-        pad = circuit.kernel // 2
-        width = circuit.input_shape[2]
         baby = geometry.baby
         results = []
         for value in inputs:
@@ -160,43 +157,11 @@ class Im2colLayout:
             evaluator.rescale_to_next_inplace(value)
             square(value)
             summed(value, geometry.pool1_steps())
-            shifted = {
-                dj: (value if dj == 0 else rotate(value, 2 * dj)) for dj in range(-pad, pad + 1)
-            }
-            layer = None
-            for di in range(-pad, pad + 1):
-                inner = products(
-                    runtime,
-                    [
-                        (
-                            shifted[dj],
-                            plain(
-                                f"w2-{di}-{dj}",
-                                partial(_entry, geometry.conv2_weights, circuit, (di, dj)),
-                                value,
-                                circuit.conv2_scale,
-                            ),
-                        )
-                        for dj in range(-pad, pad + 1)
-                    ],
-                )
-                if inner is None:
-                    continue
-                if di:
-                    evaluator.rotate_vector_inplace(inner, 2 * width * di, galois_keys)
-                if layer is None:
-                    layer = inner
-                else:
-                    evaluator.add_inplace(layer, inner)
-            if layer is None:
-                raise CryptoError("the second convolution has only zero weights")
-            summed(layer, geometry.channel_sum_steps())
-            evaluator.add_plain_inplace(
-                layer, plain("b2", lambda: geometry.second_bias(circuit), layer, layer.scale)
+            layer = (
+                self._second_layer(runtime, circuit, geometry, value, plain, galois_keys, square)
+                if geometry.two_layers
+                else value
             )
-            evaluator.rescale_to_next_inplace(layer)
-            square(layer)
-            summed(layer, geometry.pool2_steps())
             moved = [layer]
             for _ in range(1, baby):
                 moved.append(rotate(moved[-1], -1))
@@ -230,9 +195,74 @@ class Im2colLayout:
                 output, plain("fc-b", lambda: geometry.dense_bias(circuit), output, output.scale)
             )
             evaluator.rescale_to_next_inplace(output)
+            if not geometry.two_layers:
+                # One convolution leaves a level unused: the logits move down to q_0 alone
+                # (exact: _one_conv_scales sized them to fit), a reply as small as two give.
+                evaluator.mod_switch_to_next_inplace(output)
             slot_flood(runtime, output, random_bytes, IMAGE_FLOOD)
             results.append(output)
         return results
+
+    def _second_layer(
+        self,
+        runtime: Runtime,
+        circuit: ConvCircuit,
+        geometry: ImageGeometry,
+        value: Any,
+        plain: _PlaintextCache,
+        galois_keys: Any,
+        square: Callable[[Any], None],
+    ) -> Any:
+        """Step 2 of the slot program: the second convolution, its squares and pool."""
+        evaluator = runtime.evaluator
+        pad = circuit.kernel // 2
+        width = circuit.input_shape[2]
+        rotated = sa.Ciphertext()
+
+        def summed(target: Any, steps: Sequence[int]) -> None:
+            rotate_and_add(runtime, target, steps, galois_keys, rotated)
+
+        def rotate(target: Any, step: int) -> Any:
+            out = sa.Ciphertext()
+            evaluator.rotate_vector(target, step, galois_keys, out)
+            return out
+
+        shifted = {dj: (value if dj == 0 else rotate(value, 2 * dj)) for dj in range(-pad, pad + 1)}
+        layer = None
+        for di in range(-pad, pad + 1):
+            inner = products(
+                runtime,
+                [
+                    (
+                        shifted[dj],
+                        plain(
+                            f"w2-{di}-{dj}",
+                            partial(_entry, geometry.conv2_weights, circuit, (di, dj)),
+                            value,
+                            circuit.conv2_scale,
+                        ),
+                    )
+                    for dj in range(-pad, pad + 1)
+                ],
+            )
+            if inner is None:
+                continue
+            if di:
+                evaluator.rotate_vector_inplace(inner, 2 * width * di, galois_keys)
+            if layer is None:
+                layer = inner
+            else:
+                evaluator.add_inplace(layer, inner)
+        if layer is None:
+            raise CryptoError("the second convolution has only zero weights")
+        summed(layer, geometry.channel_sum_steps())
+        evaluator.add_plain_inplace(
+            layer, plain("b2", lambda: geometry.second_bias(circuit), layer, layer.scale)
+        )
+        evaluator.rescale_to_next_inplace(layer)
+        square(layer)
+        summed(layer, geometry.pool2_steps())
+        return layer
 
 
 def _entry(

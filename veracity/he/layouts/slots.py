@@ -78,12 +78,11 @@ def _evaluate_conv(
 
     Pools are sums of squared units computed window by window (a unit is used by one
     window only), so at most one window's units and the pooled maps are held at a time.
-    Each output is finally multiplied by a 0/1 selector of the ``live`` declared images,
-    encoded at the scale of the next prime and rescaled by it, so its encoding error is
-    ~2**-40 of a logit (a selector folded into the dense weights would be encoded at their
-    small scale instead).
+    A network with one convolution goes to :func:`_evaluate_one_conv`.
     """
-    evaluator = runtime.evaluator
+    if conv.conv2 is None or conv.bias2 is None or conv.pool2 is None:
+        return _evaluate_one_conv(runtime, conv, inputs, live)
+    conv2, bias2, pool2 = conv.conv2, conv.bias2, conv.pool2
     pooled1 = [
         _sum_of_squares(
             runtime,
@@ -100,22 +99,65 @@ def _evaluate_conv(
         _sum_of_squares(
             runtime,
             [
-                _squared_unit(
-                    runtime, pooled1, conv.conv2[u], conv.conv2_scale, float(conv.bias2[u])
-                )
+                _squared_unit(runtime, pooled1, conv2[u], conv.conv2_scale, float(bias2[u]))
                 for u in window
             ],
         )
-        for window in conv.pool2
+        for window in pool2
     ]
     del pooled1
+    return _dense_outputs(runtime, conv, pooled2, live)
+
+
+def _evaluate_one_conv(
+    runtime: Runtime, conv: ConvCircuit, inputs: Sequence[Any], live: int
+) -> list[Any]:
+    """One convolution, squares, pool and the dense layer (levels: ``_one_conv_scales``).
+
+    The inputs first lose their top data prime (exact: SEAL drops the prime, the message
+    fits the rest), so the convolution's products, by far the most work, run on one prime
+    fewer. Nothing is rescaled before the output selector: the units are squared at the
+    product scale, the four squares of a pooling window summed, and the dense layer reads
+    the sums as they are.
+    """
+    evaluator = runtime.evaluator
+    lowered = []
+    for value in inputs:
+        lower = sa.Ciphertext()
+        evaluator.mod_switch_to_next(value, lower)
+        lowered.append(lower)
+    pooled = []
+    for window in conv.pool1:
+        units = []
+        for u in window:
+            unit = multiply_accumulate(runtime, lowered, conv.conv1[u], conv.conv1_scale)
+            bias = encode(runtime, float(conv.bias1[u]), unit.parms_id(), unit.scale)
+            evaluator.add_plain_inplace(unit, bias)
+            evaluator.square_inplace(unit)  # three parts, not relinearised
+            units.append(unit)
+        pooled.append(_sum_of_squares(runtime, units))
+    del lowered
+    return _dense_outputs(runtime, conv, pooled, live)
+
+
+def _dense_outputs(
+    runtime: Runtime, conv: ConvCircuit, pooled: Sequence[Any], live: int
+) -> list[Any]:
+    """The dense layer on the last pooled maps, each logit masked to the declared images.
+
+    Each output is finally multiplied by a 0/1 selector of the ``live`` declared images,
+    encoded at the scale of the next prime and rescaled by it, so its encoding error is
+    ~2**-40 of a logit (a selector folded into the dense weights would be encoded at their
+    small scale instead).
+    """
+    evaluator = runtime.evaluator
     slots = runtime.parameter_set.slots
     selector = np.zeros(slots, dtype=np.float64)
     selector[:live] = 1.0
     mask = None
     results = []
     for weights, bias in zip(conv.fc, conv.fc_bias, strict=True):
-        output = multiply_accumulate(runtime, pooled2, weights, conv.fc_scale)
+        output = multiply_accumulate(runtime, pooled, weights, conv.fc_scale)
         evaluator.add_plain_inplace(
             output, encode(runtime, float(bias), output.parms_id(), output.scale)
         )
