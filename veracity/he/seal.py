@@ -50,6 +50,10 @@ __all__ = [
     "bounded_integers",
     "residues_of",
     "add_coefficients",
+    "ciphertext_residues",
+    "ciphertext_from_residues",
+    "seal_integer",
+    "seal_integers",
 ]
 
 #: Source of uniformly random bytes (masks, flooding); injectable for deterministic tests.
@@ -306,6 +310,26 @@ def seal_primes(parameter_set: CKKSParameterSet) -> tuple[int, ...]:
     return runtime(parameter_set.name).primes
 
 
+def seal_integer(value: float, scale: float) -> int:
+    """The integer SEAL's CKKS encoder makes of the scalar ``value`` at ``scale``.
+
+    ``value * scale`` in double precision, rounded half away from zero (C's ``round``),
+    exactly: a plaintext scalar is this integer modulo each prime.
+    """
+    scaled = float(value) * float(scale)
+    whole = math.floor(abs(scaled))
+    rounded = whole + (1 if abs(scaled) - whole >= 0.5 else 0)
+    return -rounded if scaled < 0 else rounded
+
+
+def seal_integers(values: npt.NDArray[np.float64], scale: float) -> npt.NDArray[np.int64]:
+    """:func:`seal_integer` of each of ``values`` (each must fit 63 bits)."""
+    scaled = np.asarray(values, dtype=np.float64) * float(scale)
+    whole = np.floor(np.abs(scaled))
+    rounded = whole + (np.abs(scaled) - whole >= 0.5)
+    return np.asarray(np.where(scaled < 0, -rounded, rounded), dtype=np.int64)
+
+
 def encode(runtime: Runtime, values: Any, parms_id: Any, scale: float) -> Any:
     """A plaintext of ``values`` (a scalar or slot values) at ``parms_id`` and ``scale``.
 
@@ -383,19 +407,9 @@ def add_coefficients(runtime: Runtime, ciphertext: Any, residues: npt.NDArray[np
     primes = ciphertext.coeff_modulus_size()
     if residues.shape != (primes, degree):
         raise CryptoError(f"residues of shape {residues.shape} do not fit ({primes}, {degree})")
-    major, minor = _seal_version()
     polynomials = np.zeros((2, primes, degree), dtype="<u8")
     polynomials[0] = residues
-    array = struct.pack("<Q", polynomials.size) + polynomials.tobytes()
-    array_header = SEAL_HEADER.pack(
-        SEAL_MAGIC, SEAL_HEADER.size, major, minor, 0, 0, 16 + len(array)
-    )
-    body = (
-        _CIPHERTEXT_FIELDS.pack(*ciphertext.parms_id(), 0, 2, degree, primes, ciphertext.scale, 1)
-        + array_header
-        + array
-    )
-    blob = SEAL_HEADER.pack(SEAL_MAGIC, SEAL_HEADER.size, major, minor, 0, 0, 16 + len(body)) + body
+    blob = _ciphertext_blob(polynomials, ciphertext.parms_id(), ciphertext.scale, ntt_form=False)
     addend = sa.Ciphertext()
     evaluator = runtime.evaluator
     with seal_errors("cannot add a coefficient polynomial"):
@@ -405,3 +419,69 @@ def add_coefficients(runtime: Runtime, ciphertext: Any, residues: npt.NDArray[np
         evaluator.transform_from_ntt_inplace(ciphertext)
         evaluator.add_inplace(ciphertext, addend)
         evaluator.transform_to_ntt_inplace(ciphertext)
+
+
+def _ciphertext_blob(
+    polynomials: npt.NDArray[np.uint64], parms_id: Sequence[int], scale: float, *, ntt_form: bool
+) -> bytes:
+    """A serialised, uncompressed SEAL ciphertext of ``(parts, primes, N)`` residues."""
+    parts, primes, degree = polynomials.shape
+    major, minor = _seal_version()
+    array = struct.pack("<Q", polynomials.size) + np.ascontiguousarray(polynomials, "<u8").tobytes()
+    array_header = SEAL_HEADER.pack(
+        SEAL_MAGIC, SEAL_HEADER.size, major, minor, 0, 0, 16 + len(array)
+    )
+    fields = _CIPHERTEXT_FIELDS.pack(
+        *parms_id, int(ntt_form), parts, degree, primes, float(scale), 1
+    )
+    body = fields + array_header + array
+    return SEAL_HEADER.pack(SEAL_MAGIC, SEAL_HEADER.size, major, minor, 0, 0, 16 + len(body)) + body
+
+
+def ciphertext_residues(runtime: Runtime, ciphertext: Any) -> npt.NDArray[np.uint64]:
+    """The residues of ``ciphertext``, shape ``(parts, primes, N)`` (a copy).
+
+    SEAL's bindings give no view of a ciphertext's memory: it is saved (SEAL compresses it)
+    and read back.
+
+    Raises
+    ------
+    CryptoError
+        If SEAL cannot save it or the saved object is not a ciphertext of that shape.
+    """
+    with seal_errors("cannot read a ciphertext's residues"):
+        saved = scratch().save(ciphertext)
+        parts, primes = ciphertext.size(), ciphertext.coeff_modulus_size()
+    degree = runtime.parameter_set.poly_modulus_degree
+    count = parts * primes * degree
+    limit = 1024 + 8 * count
+    try:
+        data = inflate(saved, "a saved ciphertext", max_bytes=limit, max_inflated=limit)
+    except InputError as err:
+        raise CryptoError(f"cannot read a ciphertext's residues: {err}") from err
+    offset = SEAL_HEADER.size + _CIPHERTEXT_FIELDS.size + SEAL_HEADER.size + 8
+    if len(data) != offset + 8 * count:
+        raise CryptoError(f"a saved ciphertext of {len(data)} bytes does not hold {count} residues")
+    return (
+        np.frombuffer(data, dtype="<u8", count=count, offset=offset)
+        .reshape(parts, primes, degree)
+        .astype(np.uint64)
+    )
+
+
+def ciphertext_from_residues(
+    runtime: Runtime, residues: npt.NDArray[np.uint64], parms_id: Sequence[int], scale: float
+) -> Any:
+    """A SEAL ciphertext in NTT form of ``(parts, primes, N)`` ``residues`` at ``parms_id``.
+
+    Raises
+    ------
+    CryptoError
+        If SEAL refuses it (a residue not below its prime, a level or shape that does not
+        match ``parms_id``).
+    """
+    blob = _ciphertext_blob(residues, parms_id, scale, ntt_form=True)
+    ciphertext = sa.Ciphertext()
+    with seal_errors("residues do not make a ciphertext"):
+        ciphertext.load(runtime.context, scratch().stage(blob))
+    return ciphertext

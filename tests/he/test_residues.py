@@ -1,0 +1,205 @@
+"""The residue kernels: exact against Python integers, and the same residues SEAL gives."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tests.hypothesis_examples import examples
+from veracity.errors import CryptoError
+from veracity.he import residues
+from veracity.he.circuit import compile_conv_circuit
+from veracity.he.contexts import SecretContext
+from veracity.he.layouts.slots import _evaluate_one_conv
+from veracity.he.params import CNN_PARAMETERS, PackingLayout
+from veracity.he.seal import (
+    ciphertext_from_residues,
+    ciphertext_residues,
+    runtime,
+    seal_integer,
+    seal_integers,
+)
+from veracity.tasks.spec import ModelFamily, ModelSpec
+
+#: Primes of the sizes SEAL uses (60, 45, 40 and 30 bits).
+PRIMES = (2**60 - 93, 2**45 - 55, 2**40 - 87, 2**30 - 35)
+
+
+def test_the_kernels_are_built_in_this_install() -> None:
+    # `pip install` compiles them (a C compiler is a documented requirement): without them
+    # the batch CNN falls back to SEAL's calls, correct but several times slower.
+    assert residues.available()
+    assert residues.vector_kernel() in ("avx2", "portable")
+
+
+def _residues_of(
+    rng: np.random.Generator, shape: tuple[int, ...], primes: tuple[int, ...]
+) -> np.ndarray:
+    values = np.empty(shape, dtype=np.uint64)
+    for p, q in enumerate(primes):
+        values[:, :, p] = rng.integers(0, q, size=values[:, :, p].shape, dtype=np.uint64)
+        values[:, :, p].flat[:: max(1, values[:, :, p].size // 7)] = q - 1  # the largest
+    return values
+
+
+@settings(max_examples=examples(25), deadline=None)
+@given(
+    n_in=st.integers(1, 7),
+    n_out=st.integers(1, 5),
+    parts=st.integers(1, 3),
+    primes=st.lists(st.sampled_from(PRIMES), min_size=1, max_size=4).map(tuple),
+    extreme=st.booleans(),
+    seed=st.integers(0, 2**31 - 1),
+)
+def test_linear_is_the_exact_sum_of_products_modulo_each_prime(
+    n_in: int, n_out: int, parts: int, primes: tuple[int, ...], extreme: bool, seed: int
+) -> None:
+    rng = np.random.default_rng(seed)
+    x = _residues_of(rng, (n_in, parts, len(primes), 32), primes)
+    if extreme:  # one weight at the bound, the rest of its row zero
+        weights = np.zeros((n_out, n_in), dtype=np.int64)
+        weights[:, 0] = rng.choice([-1, 1], size=n_out) * (residues.MAX_WEIGHT_SUM - 1)
+    else:
+        weights = rng.integers(-(2**27), 2**27, size=(n_out, n_in))
+        weights[rng.random(weights.shape) < 0.3] = 0
+
+    got = residues.linear(x, weights, primes)
+
+    for o in range(n_out):
+        for part in range(parts):
+            for p, q in enumerate(primes):
+                for j in (0, 1, 17, 31):
+                    expected = sum(int(weights[o, i]) * int(x[i, part, p, j]) for i in range(n_in))
+                    assert int(got[o, part, p, j]) == expected % q
+
+
+@settings(max_examples=examples(15), deadline=None)
+@given(
+    units=st.integers(1, 9),
+    windows=st.integers(1, 4),
+    primes=st.lists(st.sampled_from(PRIMES), min_size=1, max_size=3).map(tuple),
+    seed=st.integers(0, 2**31 - 1),
+)
+def test_pooled_squares_are_sums_of_seal_squares(
+    units: int, windows: int, primes: tuple[int, ...], seed: int
+) -> None:
+    rng = np.random.default_rng(seed)
+    z = _residues_of(rng, (units, 2, len(primes), 16), primes)
+    index = rng.integers(0, units, size=(windows, 4))
+
+    got = residues.pooled_squares(z, index, primes)
+
+    for w in range(windows):
+        for p, q in enumerate(primes):
+            for j in (0, 5, 15):
+                c0 = [int(z[u, 0, p, j]) for u in index[w]]
+                c1 = [int(z[u, 1, p, j]) for u in index[w]]
+                assert int(got[w, 0, p, j]) == sum(a * a for a in c0) % q
+                assert (
+                    int(got[w, 1, p, j]) == sum(2 * a * b for a, b in zip(c0, c1, strict=True)) % q
+                )
+                assert int(got[w, 2, p, j]) == sum(b * b for b in c1) % q
+
+
+def test_add_constants_adds_each_constant_modulo_each_prime() -> None:
+    rng = np.random.default_rng(0)
+    parts = _residues_of(rng, (3, 1, 2, 16), PRIMES[:2])[:, 0]
+    before = parts.copy()
+    constants = [-(2**100) - 5, 0, 2**70 + 3]
+
+    residues.add_constants(parts, constants, PRIMES[:2])
+
+    for k, constant in enumerate(constants):
+        for p, q in enumerate(PRIMES[:2]):
+            assert [int(v) for v in parts[k, p]] == [(int(v) + constant) % q for v in before[k, p]]
+
+
+@pytest.mark.parametrize(
+    ("weights", "moduli", "problem"),
+    [
+        (np.array([[2**30, 2**30]]), PRIMES[:1], "2\\*\\*31"),
+        (np.array([[-(2**31), 0]]), PRIMES[:1], "2\\*\\*31"),
+        (np.array([[0.5, 1.0]]), PRIMES[:1], "integers"),
+        (np.array([[1, 2, 3]]), PRIMES[:1], "shape"),
+        (np.array([[1, 2]]), (2**61 - 1,), "below 2\\*\\*60"),
+        (np.array([[1, 2]]), (2**40,), "odd"),
+        (np.array([[1, 2]]), PRIMES[:2], "moduli for 1 primes"),
+    ],
+)
+def test_linear_refuses_what_it_cannot_compute_exactly(
+    weights: np.ndarray, moduli: tuple[int, ...], problem: str
+) -> None:
+    x = np.zeros((2, 2, 1, 16), dtype=np.uint64)
+    with pytest.raises(CryptoError, match=problem):
+        residues.linear(x, weights, moduli)
+
+
+def test_a_pool_window_outside_the_units_is_refused() -> None:
+    z = np.zeros((2, 2, 1, 16), dtype=np.uint64)
+    with pytest.raises(CryptoError, match="out of range"):
+        residues.pooled_squares(z, np.array([[0, 1, 1, 2]]), PRIMES[:1])
+
+
+def test_seal_integers_round_half_away_from_zero_as_seal_does() -> None:
+    values = np.array([0.5, -0.5, 1.5, -2.5, 0.49999999999999994, 2.0**60 + 4096.0])
+    assert seal_integers(values, 1.0).tolist() == [1, -1, 2, -3, 0, 2**60 + 4096]
+    assert [seal_integer(float(v), 1.0) for v in values] == [1, -1, 2, -3, 0, 2**60 + 4096]
+    assert seal_integer(-1.25, 2.0**100) == -(5 * 2**98)
+
+
+def test_ciphertext_residues_round_trip_through_seal_and_a_residue_above_its_prime_is_refused() -> (
+    None
+):
+    rt = runtime(CNN_PARAMETERS.name)
+    secret = SecretContext.generate(CNN_PARAMETERS)
+    public = secret.public()
+    ciphertext = public.load_inputs(secret.encrypt(PackingLayout.COLUMN, np.ones((3, 1))))[0]
+    values = ciphertext_residues(rt, ciphertext)
+    assert values.shape == (2, len(CNN_PARAMETERS.data_prime_bits), 16384)
+
+    again = ciphertext_from_residues(rt, values, ciphertext.parms_id(), ciphertext.scale)
+    assert np.array_equal(ciphertext_residues(rt, again), values)
+    assert again.scale == ciphertext.scale
+    values[1, 0, 7] = rt.primes[0]  # not a residue modulo its prime
+    with pytest.raises(CryptoError, match="do not make a ciphertext"):
+        ciphertext_from_residues(rt, values, ciphertext.parms_id(), ciphertext.scale)
+
+
+def test_a_one_convolution_network_on_residues_gives_the_residues_seal_gives() -> None:
+    # Small images (16 ciphertexts) keep this in the edit loop: the layers, biases, squares,
+    # pools, scales and the selector's rescale are those of the digits CNN.
+    spec = ModelSpec(
+        ModelFamily.CNN2D,
+        16,
+        classes=3,
+        input_shape=(1, 4, 4),
+        filters=(2,),
+        kernel=3,
+        conv_activation="square",
+    )
+    weights = spec.initial_weights(11)
+    rt = runtime(CNN_PARAMETERS.name)
+    circuit = compile_conv_circuit(
+        weights,
+        parameter_set=CNN_PARAMETERS,
+        primes=rt.primes,
+        input_shape=(1, 4, 4),
+        filters=(2,),
+        kernel=3,
+        outputs=3,
+    )
+    secret = SecretContext.generate(CNN_PARAMETERS)
+    public = secret.public()
+    x = np.random.default_rng(2).uniform(-1.0, 1.0, size=(40, 16))
+    blobs = secret.encrypt(PackingLayout.COLUMN, x)
+
+    on_residues = _evaluate_one_conv(rt, circuit, public.load_inputs(blobs), 25, kernels=True)
+    through_seal = _evaluate_one_conv(rt, circuit, public.load_inputs(blobs), 25, kernels=False)
+
+    assert len(on_residues) == len(through_seal) == 3
+    for a, b in zip(on_residues, through_seal, strict=True):
+        assert a.scale == b.scale
+        assert a.parms_id() == b.parms_id()
+        assert np.array_equal(ciphertext_residues(rt, a), ciphertext_residues(rt, b))

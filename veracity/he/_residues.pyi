@@ -1,0 +1,27 @@
+"""Type stubs of the C kernels in ``_residues.c`` (see ``veracity.he.residues``)."""
+
+from typing_extensions import Buffer
+
+def linear(
+    inputs: Buffer,
+    n_in: int,
+    rows: int,
+    degree: int,
+    weights: Buffer,
+    columns: Buffer,
+    starts: Buffer,
+    moduli: Buffer,
+    out: Buffer,
+    /,
+) -> None: ...
+def pooled_squares(
+    units: Buffer,
+    count: int,
+    primes: int,
+    degree: int,
+    windows: Buffer,
+    moduli: Buffer,
+    out: Buffer,
+    /,
+) -> None: ...
+def vector_kernel() -> str: ...

@@ -1,0 +1,187 @@
+"""Whole layers on the RNS residues of CKKS ciphertexts, exactly, in one call each.
+
+A ciphertext in NTT form is, per part (polynomial) and prime ``q``, ``N`` residues modulo
+``q``: an array of shape ``(parts, primes, N)``. A product by an integer constant and a sum
+act on each residue alone, and so does the square of a two-part ciphertext (three
+coefficient-wise products), so a layer of a network needs no transform: SEAL's evaluator
+does it one product or sum per call, each a pass over a whole ciphertext (about a
+millisecond at N = 16384), while :func:`linear` and :func:`pooled_squares` run the layer in
+one call of the C kernels in ``veracity/he/_residues.c``, reducing each result once. The
+residues are exactly the ones SEAL's sequence of calls gives (``tests/he/test_residues.py``
+compares both).
+
+Pure NumPy around the compiled module; :func:`available` says whether it was built (it is
+by ``pip install``, which needs a C compiler). Getting residues out of SEAL and back is the
+adapter's (:func:`veracity.he.seal.ciphertext_residues`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from types import ModuleType
+
+import numpy as np
+import numpy.typing as npt
+
+from veracity.errors import CryptoError
+
+__all__ = [
+    "MAX_WEIGHT_SUM",
+    "available",
+    "vector_kernel",
+    "linear",
+    "pooled_squares",
+    "add_constants",
+]
+
+UInt64Array = npt.NDArray[np.uint64]
+IntArray = npt.NDArray[np.int64]
+
+#: Each output's integer weights sum, in absolute value, below this (the kernel sums each
+#: half of a 60-bit residue's products exactly in 64 bits).
+MAX_WEIGHT_SUM = 2**31
+#: Largest prime the kernels take (SEAL's primes have at most 60 bits).
+_MAX_MODULUS = 2**60
+#: The kernels work on groups of this many residues.
+_LANES = 16
+
+_native: ModuleType | None
+try:
+    from veracity.he import _residues as _native
+except ImportError:  # pragma: no cover - an install without a C compiler
+    _native = None
+
+
+def available() -> bool:
+    """Whether the compiled kernels are installed."""
+    return _native is not None
+
+
+def vector_kernel() -> str:
+    """``"avx2"`` or ``"portable"``: the inner loop this machine runs.
+
+    Raises
+    ------
+    CryptoError
+        If the kernels are not installed.
+    """
+    return str(_module().vector_kernel())
+
+
+def _module() -> ModuleType:
+    if _native is None:
+        raise CryptoError("the residue kernels are not built (install with a C compiler)")
+    return _native
+
+
+def _moduli(moduli: Sequence[int], degree: int) -> UInt64Array:
+    values = [int(q) for q in moduli]
+    if any(q < 3 or q >= _MAX_MODULUS or q % 2 == 0 for q in values):
+        raise CryptoError("residue kernels take odd moduli below 2**60")
+    if degree % _LANES:
+        raise CryptoError(f"residue kernels take a multiple of {_LANES} residues per row")
+    return np.asarray(values, dtype=np.uint64)
+
+
+def _residue_array(values: UInt64Array, what: str, parts: int | None = None) -> UInt64Array:
+    if values.dtype != np.uint64 or values.ndim != 4:
+        raise CryptoError(f"{what} must be uint64 residues of shape (count, parts, primes, N)")
+    if parts is not None and values.shape[1] != parts:
+        raise CryptoError(f"{what} must have {parts} parts, not {values.shape[1]}")
+    return np.ascontiguousarray(values)
+
+
+def linear(inputs: UInt64Array, weights: IntArray, moduli: Sequence[int]) -> UInt64Array:
+    """``out[o] = sum_i weights[o, i] * inputs[i]`` modulo each prime, for every part.
+
+    ``inputs`` has shape ``(n_in, parts, primes, N)`` (residues below their prime),
+    ``weights`` ``(n_out, n_in)`` integers (a ciphertext times a constant encoded at a scale:
+    the constant's rounded integer), ``moduli`` one prime per row of ``primes``.
+
+    Raises
+    ------
+    CryptoError
+        If the shapes do not match, the kernels are not built, or a weight or an output's
+        weight sum is ``2**31`` or more in absolute value.
+    """
+    module = _module()
+    x = _residue_array(inputs, "inputs")
+    n_in, parts, primes, degree = x.shape
+    q = _moduli(moduli, degree)
+    w = np.asarray(weights)
+    if w.ndim != 2 or w.shape[1] != n_in or not np.issubdtype(w.dtype, np.integer):
+        raise CryptoError(f"weights must be integers of shape (outputs, {n_in})")
+    if len(q) != primes:
+        raise CryptoError(f"{len(q)} moduli for {primes} primes")
+    w = w.astype(np.int64)
+    if np.any(np.abs(w).sum(axis=1) >= MAX_WEIGHT_SUM):
+        raise CryptoError("an output's integer weights sum to 2**31 or more")
+    rows, cols = np.nonzero(w)
+    starts = np.zeros(w.shape[0] + 1, dtype=np.int32)
+    starts[1:] = np.cumsum(np.count_nonzero(w, axis=1))
+    out = np.empty((w.shape[0], parts, primes, degree), dtype=np.uint64)
+    module.linear(
+        x,
+        n_in,
+        parts * primes,
+        degree,
+        np.ascontiguousarray(w[rows, cols], dtype=np.int32),
+        np.ascontiguousarray(cols, dtype=np.int32),
+        starts,
+        np.tile(q, parts),
+        out,
+    )
+    return out
+
+
+def pooled_squares(
+    units: UInt64Array, windows: npt.NDArray[np.int64], moduli: Sequence[int]
+) -> UInt64Array:
+    """Per window of four units: the sum of their squares as three-part ciphertexts.
+
+    ``units`` has shape ``(count, 2, primes, N)`` (two-part ciphertexts); ``windows``
+    ``(n_windows, 4)`` indices into them. Part 0 of a square is ``c0*c0``, part 1
+    ``2*c0*c1``, part 2 ``c1*c1`` (SEAL's square, not relinearised).
+
+    Raises
+    ------
+    CryptoError
+        If the shapes do not match, an index is out of range or the kernels are not built.
+    """
+    module = _module()
+    z = _residue_array(units, "units", parts=2)
+    count, _, primes, degree = z.shape
+    q = _moduli(moduli, degree)
+    index = np.asarray(windows)
+    if index.ndim != 2 or index.shape[1] != 4:
+        raise CryptoError("windows must have shape (count, 4)")
+    if len(q) != primes:
+        raise CryptoError(f"{len(q)} moduli for {primes} primes")
+    if index.size and (index.min() < 0 or index.max() >= count):
+        raise CryptoError("a window's unit index is out of range")
+    out = np.empty((index.shape[0], 3, primes, degree), dtype=np.uint64)
+    module.pooled_squares(
+        z, count, primes, degree, np.ascontiguousarray(index, dtype=np.int32), q, out
+    )
+    return out
+
+
+def add_constants(parts: UInt64Array, constants: Sequence[int], moduli: Sequence[int]) -> None:
+    """Add ``constants[k]`` to every residue of ``parts[k]`` (``(count, primes, N)``), in place.
+
+    In NTT form a constant polynomial is the same constant at every position: this adds a
+    plaintext scalar (a bias encoded at the ciphertext's scale: its integer) to part 0 of
+    each of ``count`` ciphertexts.
+
+    Raises
+    ------
+    CryptoError
+        If there is not one constant per ciphertext or one modulus per prime.
+    """
+    if parts.ndim != 3 or len(constants) != parts.shape[0] or len(moduli) != parts.shape[1]:
+        raise CryptoError("one constant per ciphertext and one modulus per prime are needed")
+    q = np.asarray([int(m) for m in moduli], dtype=np.uint64)
+    residues = np.asarray([[int(c) % int(m) for m in moduli] for c in constants], dtype=np.uint64)
+    total = parts + residues[:, :, None]  # both below q < 2**60: no overflow
+    np.subtract(total, q[None, :, None], out=total, where=total >= q[None, :, None])
+    parts[...] = total
