@@ -64,14 +64,17 @@ def test_linear_is_the_exact_sum_of_products_modulo_each_prime(
     else:
         weights = rng.integers(-(2**27), 2**27, size=(n_out, n_in))
         weights[rng.random(weights.shape) < 0.3] = 0
+    # Biases at large scales: integers far beyond 64 bits, of either sign.
+    constants = [int(c) * 2**70 + 3 for c in rng.integers(-(2**40), 2**40, size=n_out)]
 
-    got = residues.linear(x, weights, primes)
+    got = residues.linear(x, weights, primes, constants)
 
     for o in range(n_out):
         for part in range(parts):
             for p, q in enumerate(primes):
                 for j in (0, 1, 17, 31):
                     expected = sum(int(weights[o, i]) * int(x[i, part, p, j]) for i in range(n_in))
+                    expected += constants[o] if part == 0 else 0  # a plaintext scalar: part 0
                     assert int(got[o, part, p, j]) == expected % q
 
 
@@ -101,19 +104,6 @@ def test_pooled_squares_are_sums_of_seal_squares(
                     int(got[w, 1, p, j]) == sum(2 * a * b for a, b in zip(c0, c1, strict=True)) % q
                 )
                 assert int(got[w, 2, p, j]) == sum(b * b for b in c1) % q
-
-
-def test_add_constants_adds_each_constant_modulo_each_prime() -> None:
-    rng = np.random.default_rng(0)
-    parts = _residues_of(rng, (3, 1, 2, 16), PRIMES[:2])[:, 0]
-    before = parts.copy()
-    constants = [-(2**100) - 5, 0, 2**70 + 3]
-
-    residues.add_constants(parts, constants, PRIMES[:2])
-
-    for k, constant in enumerate(constants):
-        for p, q in enumerate(PRIMES[:2]):
-            assert [int(v) for v in parts[k, p]] == [(int(v) + constant) % q for v in before[k, p]]
 
 
 @pytest.mark.parametrize(

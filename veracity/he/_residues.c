@@ -104,14 +104,15 @@ static void lanes_avx2(const uint64_t *buf, size_t stride, const int32_t *w, con
 
 static lanes_fn lanes_kernel = lanes_portable;
 
-/* out[o][row][j] = sum_k w[k] * x[cols[k]][row][j] mod q[row] over k in [starts[o],
- * starts[o+1]): residues split in 30-bit halves, each half's products summed exactly in
+/* out[o][row][j] = constants[o][row] + sum_k w[k] * x[cols[k]][row][j] mod q[row] over k in
+ * [starts[o], starts[o+1]): residues split in 30-bit halves, each half's products summed exactly in
  * 64 bits, the halves joined and reduced once. The rows' chunks are copied side by side
  * (buf, padded by CHUNK + 8 words against cache-set conflicts), and n is a multiple of
  * LANES (checked by the caller). */
 static void linear_rows(const uint64_t *x, size_t n_in, size_t rows, size_t n,
                         const int32_t *w, const int32_t *cols, const int32_t *starts,
-                        size_t n_out, const Modulus *mod, uint64_t *out, uint64_t *buf) {
+                        size_t n_out, const Modulus *mod, const uint64_t *constants, uint64_t *out,
+                        uint64_t *buf) {
   const size_t stride = CHUNK + 8;
   int64_t lo[LANES], hi[LANES];
   for (size_t row = 0; row < rows; row++) {
@@ -122,12 +123,13 @@ static void linear_rows(const uint64_t *x, size_t n_in, size_t rows, size_t n,
         memcpy(buf + i * stride, x + (i * rows + row) * n + c0, len * sizeof(uint64_t));
       for (size_t o = 0; o < n_out; o++) {
         uint64_t *y = out + (o * rows + row) * n + c0;
+        const u128 constant = constants[o * rows + row];
         for (size_t j0 = 0; j0 < len; j0 += LANES) {
           lanes_kernel(buf, stride, w, cols, starts[o], starts[o + 1], j0, lo, hi);
           for (int jj = 0; jj < LANES; jj++) {
             /* |hi * 2**30 + lo| < 2**92: shifted up by a multiple of q, never negative */
             i128 v = ((i128)hi[jj] << 30) + lo[jj];
-            y[j0 + jj] = reduce128((u128)(v + (i128)m->offset), m);
+            y[j0 + jj] = reduce128((u128)(v + (i128)m->offset) + constant, m);
           }
         }
       }
@@ -185,9 +187,10 @@ static int moduli_of(Py_buffer *buffer, size_t count, Modulus *mod) {
 
 static PyObject *linear(PyObject *self, PyObject *args) {
   (void)self;
-  Py_buffer x, w, cols, starts, q, out;
+  Py_buffer x, w, cols, starts, q, constants, out;
   Py_ssize_t n_in, rows, n;
-  if (!PyArg_ParseTuple(args, "y*nnny*y*y*y*w*", &x, &n_in, &rows, &n, &w, &cols, &starts, &q, &out))
+  if (!PyArg_ParseTuple(args, "y*nnny*y*y*y*y*w*", &x, &n_in, &rows, &n, &w, &cols, &starts, &q,
+                        &constants, &out))
     return NULL;
   PyObject *result = NULL;
   Modulus *mod = NULL;
@@ -198,7 +201,8 @@ static PyObject *linear(PyObject *self, PyObject *args) {
   if (n_in < 1 || rows < 1 || n < 1 || n % LANES || starts.len < (Py_ssize_t)(2 * sizeof(int32_t)) ||
       (size_t)x.len != (size_t)(n_in * rows * n) * sizeof(uint64_t) ||
       (size_t)out.len != n_out * (size_t)(rows * n) * sizeof(uint64_t) ||
-      (size_t)cols.len != nnz * sizeof(int32_t) || start[0] != 0 || (size_t)start[n_out] != nnz) {
+      (size_t)cols.len != nnz * sizeof(int32_t) || start[0] != 0 || (size_t)start[n_out] != nnz ||
+      (size_t)constants.len != n_out * (size_t)rows * sizeof(uint64_t)) {
     PyErr_SetString(PyExc_ValueError, "buffer sizes do not match the shapes");
     goto done;
   }
@@ -216,9 +220,15 @@ static PyObject *linear(PyObject *self, PyObject *args) {
   buf = PyMem_Malloc((size_t)n_in * (CHUNK + 8) * sizeof(uint64_t));
   if (!mod || !buf) { PyErr_NoMemory(); goto done; }
   if (moduli_of(&q, (size_t)rows, mod) < 0) goto done;
+  for (size_t k = 0; k < n_out * (size_t)rows; k++) {
+    if (((const uint64_t *)constants.buf)[k] >= mod[k % (size_t)rows].q) {
+      PyErr_SetString(PyExc_ValueError, "a constant is not a residue of its row's modulus");
+      goto done;
+    }
+  }
   Py_BEGIN_ALLOW_THREADS
   linear_rows((const uint64_t *)x.buf, (size_t)n_in, (size_t)rows, (size_t)n, (const int32_t *)w.buf,
-              col, start, n_out, mod, (uint64_t *)out.buf, buf);
+              col, start, n_out, mod, (const uint64_t *)constants.buf, (uint64_t *)out.buf, buf);
   Py_END_ALLOW_THREADS
   result = Py_None;
   Py_INCREF(result);
@@ -226,7 +236,8 @@ done:
   PyMem_Free(mod);
   PyMem_Free(buf);
   PyBuffer_Release(&x); PyBuffer_Release(&w); PyBuffer_Release(&cols);
-  PyBuffer_Release(&starts); PyBuffer_Release(&q); PyBuffer_Release(&out);
+  PyBuffer_Release(&starts); PyBuffer_Release(&q); PyBuffer_Release(&constants);
+  PyBuffer_Release(&out);
   return result;
 }
 

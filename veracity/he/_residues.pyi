@@ -11,6 +11,7 @@ def linear(
     columns: Buffer,
     starts: Buffer,
     moduli: Buffer,
+    constants: Buffer,
     out: Buffer,
     /,
 ) -> None: ...

@@ -31,7 +31,6 @@ __all__ = [
     "vector_kernel",
     "linear",
     "pooled_squares",
-    "add_constants",
 ]
 
 UInt64Array = npt.NDArray[np.uint64]
@@ -91,12 +90,19 @@ def _residue_array(values: UInt64Array, what: str, parts: int | None = None) -> 
     return np.ascontiguousarray(values)
 
 
-def linear(inputs: UInt64Array, weights: IntArray, moduli: Sequence[int]) -> UInt64Array:
+def linear(
+    inputs: UInt64Array,
+    weights: IntArray,
+    moduli: Sequence[int],
+    constants: Sequence[int] | None = None,
+) -> UInt64Array:
     """``out[o] = sum_i weights[o, i] * inputs[i]`` modulo each prime, for every part.
 
     ``inputs`` has shape ``(n_in, parts, primes, N)`` (residues below their prime),
     ``weights`` ``(n_out, n_in)`` integers (a ciphertext times a constant encoded at a scale:
-    the constant's rounded integer), ``moduli`` one prime per row of ``primes``.
+    the constant's rounded integer), ``moduli`` one prime per row of ``primes``. Output o's
+    part 0 also gets the integer ``constants[o]`` at every residue (a plaintext scalar: a
+    bias encoded at the output's scale), folded into the one reduction.
 
     Raises
     ------
@@ -113,6 +119,11 @@ def linear(inputs: UInt64Array, weights: IntArray, moduli: Sequence[int]) -> UIn
         raise CryptoError(f"weights must be integers of shape (outputs, {n_in})")
     if len(q) != primes:
         raise CryptoError(f"{len(q)} moduli for {primes} primes")
+    added = np.zeros((w.shape[0], parts, primes), dtype=np.uint64)
+    if constants is not None:
+        if len(constants) != w.shape[0]:
+            raise CryptoError(f"{len(constants)} constants for {w.shape[0]} outputs")
+        added[:, 0] = [[int(c) % int(m) for m in q] for c in constants]
     w = w.astype(np.int64)
     if np.any(np.abs(w).sum(axis=1) >= MAX_WEIGHT_SUM):
         raise CryptoError("an output's integer weights sum to 2**31 or more")
@@ -129,6 +140,7 @@ def linear(inputs: UInt64Array, weights: IntArray, moduli: Sequence[int]) -> UIn
         np.ascontiguousarray(cols, dtype=np.int32),
         starts,
         np.tile(q, parts),
+        added,
         out,
     )
     return out
@@ -164,24 +176,3 @@ def pooled_squares(
         z, count, primes, degree, np.ascontiguousarray(index, dtype=np.int32), q, out
     )
     return out
-
-
-def add_constants(parts: UInt64Array, constants: Sequence[int], moduli: Sequence[int]) -> None:
-    """Add ``constants[k]`` to every residue of ``parts[k]`` (``(count, primes, N)``), in place.
-
-    In NTT form a constant polynomial is the same constant at every position: this adds a
-    plaintext scalar (a bias encoded at the ciphertext's scale: its integer) to part 0 of
-    each of ``count`` ciphertexts.
-
-    Raises
-    ------
-    CryptoError
-        If there is not one constant per ciphertext or one modulus per prime.
-    """
-    if parts.ndim != 3 or len(constants) != parts.shape[0] or len(moduli) != parts.shape[1]:
-        raise CryptoError("one constant per ciphertext and one modulus per prime are needed")
-    q = np.asarray([int(m) for m in moduli], dtype=np.uint64)
-    residues = np.asarray([[int(c) % int(m) for m in moduli] for c in constants], dtype=np.uint64)
-    total = parts + residues[:, :, None]  # both below q < 2**60: no overflow
-    np.subtract(total, q[None, :, None], out=total, where=total >= q[None, :, None])
-    parts[...] = total

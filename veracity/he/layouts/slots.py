@@ -179,18 +179,17 @@ def _one_conv_on_residues(runtime: Runtime, conv: ConvCircuit, inputs: Sequence[
     for start in range(0, len(conv.pool1), _WINDOWS_PER_PASS):
         windows = conv.pool1[start : start + _WINDOWS_PER_PASS]
         units = windows.reshape(-1)
-        z = residues.linear(x, seal_integers(conv.conv1[units], conv.conv1_scale), primes)
         biases = [seal_integer(float(conv.bias1[u]), unit_scale) for u in units]
-        residues.add_constants(z[:, 0], biases, primes)
+        weights = seal_integers(conv.conv1[units], conv.conv1_scale)
+        z = residues.linear(x, weights, primes, biases)
         local = np.arange(len(units), dtype=np.int64).reshape(-1, 4)
         pooled_parts.append(residues.pooled_squares(z, local, primes))
     del x
     pooled = np.concatenate(pooled_parts)
     del pooled_parts
-    dense = residues.linear(pooled, seal_integers(conv.fc, conv.fc_scale), primes)
     output_scale = unit_scale * unit_scale * conv.fc_scale
     biases = [seal_integer(float(bias), output_scale) for bias in conv.fc_bias]
-    residues.add_constants(dense[:, 0], biases, primes)
+    dense = residues.linear(pooled, seal_integers(conv.fc, conv.fc_scale), primes, biases)
     return [
         ciphertext_from_residues(runtime, output, first.parms_id(), output_scale)
         for output in dense
