@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.installed
 
 .PHONY: demo test test-fast install lint clean
 
-$(STAMP): pyproject.toml constraints.txt veracity/he/_residues.c
+$(STAMP): pyproject.toml constraints.txt veracity/he/_residues.c $(wildcard veracity/he/blake2/*)
 	@test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/python -m pip install -q --upgrade pip
 	$(VENV)/bin/python -m pip install -q -c constraints.txt -e '.[dev,dicom]'

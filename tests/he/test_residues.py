@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import struct
+
 import numpy as np
 import pytest
+import tenseal.sealapi as sa
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -17,6 +20,7 @@ from veracity.he.params import CNN_PARAMETERS, PackingLayout
 from veracity.he.seal import (
     ciphertext_from_residues,
     ciphertext_residues,
+    loaded_ciphertext_residues,
     runtime,
     seal_integer,
     seal_integers,
@@ -185,11 +189,41 @@ def test_a_one_convolution_network_on_residues_gives_the_residues_seal_gives() -
     x = np.random.default_rng(2).uniform(-1.0, 1.0, size=(40, 16))
     blobs = secret.encrypt(PackingLayout.COLUMN, x)
 
+    # Read from the request's bytes (seeds expanded), read back through SEAL, and SEAL's calls.
     on_residues = _evaluate_one_conv(rt, circuit, public.load_inputs(blobs), 25, kernels=True)
+    read_by_seal = list(public.load_inputs(blobs))  # a plain list: no bytes to read
+    through_seal_reads = _evaluate_one_conv(rt, circuit, read_by_seal, 25, kernels=True)
     through_seal = _evaluate_one_conv(rt, circuit, public.load_inputs(blobs), 25, kernels=False)
 
-    assert len(on_residues) == len(through_seal) == 3
-    for a, b in zip(on_residues, through_seal, strict=True):
-        assert a.scale == b.scale
-        assert a.parms_id() == b.parms_id()
-        assert np.array_equal(ciphertext_residues(rt, a), ciphertext_residues(rt, b))
+    assert len(on_residues) == len(through_seal_reads) == len(through_seal) == 3
+    for a, b, c in zip(on_residues, through_seal_reads, through_seal, strict=True):
+        assert a.scale == b.scale == c.scale
+        assert a.parms_id() == b.parms_id() == c.parms_id()
+        assert np.array_equal(ciphertext_residues(rt, a), ciphertext_residues(rt, c))
+        assert np.array_equal(ciphertext_residues(rt, b), ciphertext_residues(rt, c))
+
+
+def test_the_prng_stream_is_seals_blake2xb_prng() -> None:
+    seed = [(0x0123456789ABCDEF * (i + 1)) % 2**64 for i in range(8)]
+    stream = residues.seal_prng_stream(struct.pack("<8Q", *seed), 3 * 4096 + 100)
+    prng = sa.Blake2xbPRNG(seed)  # SEAL's generate() gives 32-bit words
+    assert list(struct.unpack("<3097I", stream[: 3097 * 4])) == [
+        prng.generate() for _ in range(3097)
+    ]
+
+
+def test_a_requests_seeded_ciphertexts_read_as_residues_are_what_seal_loads() -> None:
+    rt = runtime(CNN_PARAMETERS.name)
+    secret = SecretContext.generate(CNN_PARAMETERS)
+    public = secret.public()
+    blobs = secret.encrypt(PackingLayout.COLUMN, np.random.default_rng(3).normal(size=(9, 2)))
+    loaded = public.load_inputs(blobs)
+    assert len(loaded.blobs) == 2
+    for value, blob in zip(loaded, loaded.blobs, strict=True):
+        assert len(blob) < 8 * 2 * 5 * 16384  # seeded: the second part is a seed
+        lowered = sa.Ciphertext()
+        rt.evaluator.mod_switch_to_next(value, lowered)
+        read = loaded_ciphertext_residues(rt, blob, 4)
+        assert read is not None
+        assert np.array_equal(read, ciphertext_residues(rt, lowered))
+    assert loaded_ciphertext_residues(rt, loaded.blobs[0][:-1], 4) is None  # not that shape

@@ -16,6 +16,8 @@
 #include <stdint.h>
 #include <string.h>
 
+#include "blake2.h"
+
 typedef unsigned __int128 u128;
 typedef __int128 i128;
 
@@ -273,6 +275,42 @@ done:
   return result;
 }
 
+/* SEAL's Blake2xbPRNG stream for a 64-byte seed: blake2xb(4096 bytes, input = the counter as
+ * 8 bytes little-endian, key = the seed) for counter 0, 1, 2, ..., concatenated; the first
+ * `length` bytes (a multiple of 4096). */
+static PyObject *blake2xb_stream(PyObject *self, PyObject *args) {
+  (void)self;
+  Py_buffer seed;
+  Py_ssize_t length;
+  if (!PyArg_ParseTuple(args, "y*n", &seed, &length)) return NULL;
+  PyObject *result = NULL;
+  if (seed.len != 64 || length < 0 || length % 4096) {
+    PyErr_SetString(PyExc_ValueError, "a 64-byte seed and a multiple of 4096 bytes are needed");
+    goto done;
+  }
+  result = PyBytes_FromStringAndSize(NULL, length);
+  if (!result) goto done;
+  uint8_t *out = (uint8_t *)PyBytes_AS_STRING(result);
+  int failed = 0;
+  Py_BEGIN_ALLOW_THREADS
+  for (uint64_t counter = 0; (Py_ssize_t)(counter * 4096) < length; counter++) {
+    uint8_t input[8];
+    for (int b = 0; b < 8; b++) input[b] = (uint8_t)(counter >> (8 * b));
+    if (blake2xb(out + counter * 4096, 4096, input, sizeof input, seed.buf, 64) != 0) {
+      failed = 1;
+      break;
+    }
+  }
+  Py_END_ALLOW_THREADS
+  if (failed) {
+    Py_CLEAR(result);
+    PyErr_SetString(PyExc_RuntimeError, "blake2xb failed");
+  }
+done:
+  PyBuffer_Release(&seed);
+  return result;
+}
+
 static PyObject *vector_kernel(PyObject *self, PyObject *args) {
   (void)self; (void)args;
   return PyUnicode_FromString(lanes_kernel == lanes_portable ? "portable" : "avx2");
@@ -280,6 +318,7 @@ static PyObject *vector_kernel(PyObject *self, PyObject *args) {
 
 static PyMethodDef methods[] = {
   {"vector_kernel", vector_kernel, METH_NOARGS, "Which inner kernel this machine runs."},
+  {"blake2xb_stream", blake2xb_stream, METH_VARARGS, "SEAL's Blake2xbPRNG output for a seed."},
   {"linear", linear, METH_VARARGS, "Sparse integer matrix times residue rows, mod q per row."},
   {"pooled_squares", pooled_squares, METH_VARARGS, "Sums of four ciphertext squares, mod q."},
   {NULL, NULL, 0, NULL},

@@ -163,6 +163,18 @@ def _refuse_foreign_secret(data: bytes, max_bytes: int) -> None:
     raise CryptoError("TenSEAL contexts are not accepted; send a Veracity public context")
 
 
+class LoadedInputs(list[Any]):
+    """A request's ciphertexts as SEAL loaded them, with the uncompressed bytes of each.
+
+    A list of SEAL ciphertexts; ``blobs[i]`` is what ``self[i]`` was loaded from (layouts
+    that compute on residues read them there: ``seal.loaded_ciphertext_residues``).
+    """
+
+    def __init__(self, ciphertexts: Sequence[Any], blobs: Sequence[bytes]) -> None:
+        super().__init__(ciphertexts)
+        self.blobs = tuple(blobs)
+
+
 class PublicContext:
     """The server's CKKS context: parameters and, at most, Galois and relinearisation keys.
 
@@ -278,7 +290,7 @@ class PublicContext:
             raise CryptoError(f"the public context lacks Galois keys for rotations {missing}")
         return self._galois_keys, self._relin_keys
 
-    def load_inputs(self, ciphertexts: Sequence[bytes]) -> list[Any]:
+    def load_inputs(self, ciphertexts: Sequence[bytes]) -> LoadedInputs:
         """Load a request's ciphertexts: fresh, two-part, top level, at the input scale.
 
         Raises
@@ -295,8 +307,10 @@ class PublicContext:
         limit = max_ciphertext_bytes(shared, 2)
         name = shared.parameter_set.name
         loaded = []
+        blobs = []
         for index, data in enumerate(ciphertexts):
             data = inflate(data, f"ciphertext {index}", max_bytes=limit, max_inflated=limit)
+            blobs.append(data)
             ciphertext = sa.Ciphertext()
             with seal_errors(f"ciphertext {index} is not valid for {name}"):
                 ciphertext.load(shared.context, scratch().stage(data))
@@ -314,7 +328,7 @@ class PublicContext:
                     f"{name} encodes inputs at 2**{shared.parameter_set.input_scale_bits}"
                 )
             loaded.append(ciphertext)
-        return loaded
+        return LoadedInputs(loaded, blobs)
 
 
 def _check_parameters(shared: Runtime, data: bytes) -> None:

@@ -31,6 +31,8 @@ __all__ = [
     "vector_kernel",
     "linear",
     "pooled_squares",
+    "seal_prng_stream",
+    "uniform_residues_from",
 ]
 
 UInt64Array = npt.NDArray[np.uint64]
@@ -176,3 +178,55 @@ def pooled_squares(
         z, count, primes, degree, np.ascontiguousarray(index, dtype=np.int32), q, out
     )
     return out
+
+
+def seal_prng_stream(seed: bytes, length: int) -> bytes:
+    """The first ``length`` bytes SEAL's ``Blake2xbPRNG`` gives for the 64-byte ``seed``.
+
+    ``blake2xb`` (4,096 bytes, input the counter as 8 bytes little-endian, keyed by the
+    seed) for counter 0, 1, 2, ..., concatenated; ``length`` is rounded up to 4,096.
+
+    Raises
+    ------
+    CryptoError
+        If the seed is not 64 bytes or the kernels are not built.
+    """
+    if len(seed) != 64:
+        raise CryptoError(f"a SEAL PRNG seed has 64 bytes, not {len(seed)}")
+    rounded = -(-max(0, length) // 4096) * 4096
+    return bytes(_module().blake2xb_stream(seed, rounded))[:length]
+
+
+def uniform_residues_from(seed: bytes, moduli: Sequence[int], degree: int) -> UInt64Array:
+    """SEAL's ``sample_poly_uniform`` from a seeded PRNG: ``(len(moduli), degree)`` residues.
+
+    SEAL draws ``len(moduli) * degree`` 64-bit words at once, then, prime by prime and in
+    order, replaces each word at or above the largest multiple of the prime below 2**64
+    (minus one) by the next word of the stream, and reduces it modulo the prime. A seeded
+    ciphertext's second part is this, for its level's primes.
+
+    Raises
+    ------
+    CryptoError
+        As :func:`seal_prng_stream`.
+    """
+    count = len(moduli) * degree
+    spare = 1024  # words for rejected draws; each is rejected with probability < q / 2**64
+    stream = seal_prng_stream(seed, 8 * (count + spare))
+    words = np.frombuffer(stream, dtype="<u8").astype(np.uint64)
+    values = words[:count].reshape(len(moduli), degree).copy()
+    cursor = count
+    for row, modulus in enumerate(int(m) for m in moduli):
+        limit = np.uint64(2**64 - 1 - ((2**64 - 1) % modulus) - 1)
+        for position in np.flatnonzero(values[row] >= limit):
+            while True:
+                if cursor == len(words):  # more rejections than ever seen: draw further
+                    stream = seal_prng_stream(seed, 2 * 8 * len(words))
+                    words = np.frombuffer(stream, dtype="<u8").astype(np.uint64)
+                draw = words[cursor]
+                cursor += 1
+                if draw < limit:
+                    values[row, position] = draw
+                    break
+        values[row] %= np.uint64(modulus)
+    return values

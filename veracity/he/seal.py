@@ -29,6 +29,7 @@ import tenseal.sealapi as sa
 import zstandard
 
 from veracity.errors import CryptoError, InputError, VeracityError
+from veracity.he import residues as residue_kernels
 from veracity.he.params import CKKSParameterSet, check_security, he_params_hash, parameter_set_named
 
 __all__ = [
@@ -52,6 +53,7 @@ __all__ = [
     "add_coefficients",
     "ciphertext_residues",
     "ciphertext_from_residues",
+    "loaded_ciphertext_residues",
     "seal_integer",
     "seal_integers",
 ]
@@ -485,3 +487,52 @@ def ciphertext_from_residues(
     with seal_errors("residues do not make a ciphertext"):
         ciphertext.load(runtime.context, scratch().stage(blob))
     return ciphertext
+
+
+#: ``prng_type::blake2xb`` in a saved ``UniformRandomGeneratorInfo``.
+_BLAKE2XB = 1
+
+
+def loaded_ciphertext_residues(
+    runtime: Runtime, data: bytes, primes: int
+) -> npt.NDArray[np.uint64] | None:
+    """The residues of a two-part ciphertext from the uncompressed bytes SEAL loaded it from.
+
+    ``(2, primes, N)``: its first ``primes`` primes (what dropping the others gives). A
+    seeded ciphertext (the requester's, at the top level) holds its first part and the seed
+    of its second: the second is expanded as SEAL expands it (SEAL's ``Blake2xbPRNG`` and
+    ``sample_poly_uniform``), without SEAL serialising it again. ``None`` where the bytes
+    are not that (another PRNG, another shape): read the loaded ciphertext instead.
+
+    Call it only on bytes SEAL has loaded (``PublicContext.load_inputs``): SEAL validated
+    them; this only reads them.
+    """
+    degree = runtime.parameter_set.poly_modulus_degree
+    fields_at = SEAL_HEADER.size
+    try:
+        fields = _CIPHERTEXT_FIELDS.unpack_from(data, fields_at)
+    except struct.error:
+        return None
+    size, ciphertext_degree, level_primes = fields[5], fields[6], fields[7]
+    if size != 2 or ciphertext_degree != degree or not 0 < primes <= level_primes:
+        return None
+    array_at = fields_at + _CIPHERTEXT_FIELDS.size + SEAL_HEADER.size
+    (count,) = struct.unpack_from("<Q", data, array_at)
+    words_at = array_at + 8
+    polynomial = level_primes * degree
+    if count == 2 * polynomial and len(data) >= words_at + 8 * count:
+        full = np.frombuffer(data, dtype="<u8", count=count, offset=words_at)
+        return full.reshape(2, level_primes, degree)[:, :primes].astype(np.uint64)
+    info_at = words_at + 8 * polynomial + SEAL_HEADER.size
+    if count != polynomial or len(data) != info_at + 1 + 64 or data[info_at] != _BLAKE2XB:
+        return None
+    level = runtime.context.get_context_data(list(fields[:4]))
+    if level is None:
+        return None
+    moduli = [int(q.value()) for q in level.parms().coeff_modulus()]
+    values = np.empty((2, primes, degree), dtype=np.uint64)
+    first = np.frombuffer(data, dtype="<u8", count=polynomial, offset=words_at)
+    values[0] = first.reshape(level_primes, degree)[:primes]
+    seed = bytes(data[info_at + 1 : info_at + 65])
+    values[1] = residue_kernels.uniform_residues_from(seed, moduli, degree)[:primes]
+    return values

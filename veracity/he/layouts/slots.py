@@ -33,13 +33,14 @@ from veracity.he.packing import (
     unpack_column,
 )
 from veracity.he.params import PackingLayout
-from veracity.he.public_context import PublicContext
+from veracity.he.public_context import LoadedInputs, PublicContext
 from veracity.he.seal import (
     RandomBytes,
     Runtime,
     ciphertext_from_residues,
     ciphertext_residues,
     encode,
+    loaded_ciphertext_residues,
     seal_integer,
     seal_integers,
 )
@@ -138,13 +139,13 @@ def _evaluate_one_conv(
     call per product and sum; both give the same residues.
     """
     evaluator = runtime.evaluator
+    if residues.available() if kernels is None else kernels:
+        return _masked(runtime, _one_conv_on_residues(runtime, conv, inputs), live)
     lowered = []
     for value in inputs:
         lower = sa.Ciphertext()
         evaluator.mod_switch_to_next(value, lower)
         lowered.append(lower)
-    if residues.available() if kernels is None else kernels:
-        return _masked(runtime, _one_conv_on_residues(runtime, conv, lowered), live)
     pooled = []
     for window in conv.pool1:
         units = []
@@ -169,11 +170,25 @@ def _one_conv_on_residues(runtime: Runtime, conv: ConvCircuit, inputs: Sequence[
 
     The same residues as SEAL's calls in :func:`_evaluate_one_conv`: every weight and bias
     is the integer SEAL's encoder makes of it at the same scale, products and sums are
-    exact modulo each prime, and the outputs' scales are the same products of scales.
+    exact modulo each prime, and the outputs' scales are the same products of scales. The
+    inputs are read without their top prime (what SEAL's drop of it leaves), from the bytes
+    they were loaded from where the request's ciphertexts are seeded (their second part
+    expanded from its seed as SEAL does), else through SEAL.
     """
-    first = inputs[0]
-    primes = runtime.primes[: first.coeff_modulus_size()]
-    x = np.stack([ciphertext_residues(runtime, value) for value in inputs])
+    evaluator = runtime.evaluator
+    first = sa.Ciphertext()
+    evaluator.mod_switch_to_next(inputs[0], first)  # the level the layers run at
+    count = first.coeff_modulus_size()
+    primes = runtime.primes[:count]
+    blobs = inputs.blobs if isinstance(inputs, LoadedInputs) else [None] * len(inputs)
+    x = np.empty((len(inputs), 2, count, runtime.parameter_set.poly_modulus_degree), np.uint64)
+    for index, (value, blob) in enumerate(zip(inputs, blobs, strict=True)):
+        read = None if blob is None else loaded_ciphertext_residues(runtime, blob, count)
+        if read is None:
+            lower = sa.Ciphertext()
+            evaluator.mod_switch_to_next(value, lower)
+            read = ciphertext_residues(runtime, lower)
+        x[index] = read
     unit_scale = first.scale * conv.conv1_scale
     pooled_parts = []
     for start in range(0, len(conv.pool1), _WINDOWS_PER_PASS):
