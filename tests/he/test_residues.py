@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import struct
+from collections.abc import Iterator
 
 import numpy as np
 import pytest
 import tenseal.sealapi as sa
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.hypothesis_examples import examples
@@ -15,13 +16,16 @@ from veracity.errors import CryptoError
 from veracity.he import residues
 from veracity.he.circuit import compile_conv_circuit
 from veracity.he.contexts import SecretContext
+from veracity.he.layouts import slots
 from veracity.he.layouts.slots import _evaluate_one_conv
 from veracity.he.params import CNN_PARAMETERS, PackingLayout
 from veracity.he.seal import (
     ciphertext_from_residues,
     ciphertext_residues,
+    inflate,
     loaded_ciphertext_residues,
     runtime,
+    scratch,
     seal_integer,
     seal_integers,
 )
@@ -29,6 +33,17 @@ from veracity.tasks.spec import ModelFamily, ModelSpec
 
 #: Primes of the sizes SEAL uses (60, 45, 40 and 30 bits).
 PRIMES = (2**60 - 93, 2**45 - 55, 2**40 - 87, 2**30 - 35)
+#: The inner kernels this machine runs: the portable one, and AVX2 where the CPU has it.
+KERNELS = ["portable"] + (["avx2"] if residues.vector_kernel() == "avx2" else [])
+
+
+@pytest.fixture(params=KERNELS)
+def kernel(request: pytest.FixtureRequest) -> Iterator[str]:
+    """Each inner kernel in turn; the one the module chose is restored after."""
+    chosen = residues.vector_kernel()
+    residues.use_vector_kernel(request.param)
+    yield str(request.param)
+    residues.use_vector_kernel(chosen)
 
 
 def test_the_kernels_are_built_in_this_install() -> None:
@@ -48,7 +63,11 @@ def _residues_of(
     return values
 
 
-@settings(max_examples=examples(25), deadline=None)
+@settings(
+    max_examples=examples(25),
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],  # the kernel: not per example
+)
 @given(
     n_in=st.integers(1, 7),
     n_out=st.integers(1, 5),
@@ -58,7 +77,13 @@ def _residues_of(
     seed=st.integers(0, 2**31 - 1),
 )
 def test_linear_is_the_exact_sum_of_products_modulo_each_prime(
-    n_in: int, n_out: int, parts: int, primes: tuple[int, ...], extreme: bool, seed: int
+    kernel: str,
+    n_in: int,
+    n_out: int,
+    parts: int,
+    primes: tuple[int, ...],
+    extreme: bool,
+    seed: int,
 ) -> None:
     rng = np.random.default_rng(seed)
     x = _residues_of(rng, (n_in, parts, len(primes), 32), primes)
@@ -130,6 +155,24 @@ def test_linear_refuses_what_it_cannot_compute_exactly(
         residues.linear(x, weights, moduli)
 
 
+def test_the_compiled_kernel_checks_its_arguments_before_reading_them() -> None:
+    # Row starts that jump past the weights (the private module called directly): refused
+    # before any weight is read, not an out-of-bounds read.
+    from veracity.he import _residues
+
+    x = np.zeros((2, 1, 1, 16), dtype=np.uint64)
+    out = np.zeros((2, 1, 1, 16), dtype=np.uint64)
+    weights = np.ones(5, dtype=np.int32)
+    columns = np.zeros(5, dtype=np.int32)
+    starts = np.array([0, 2**31 - 1, 5], dtype=np.int32)
+    moduli = np.array([PRIMES[0]], dtype=np.uint64)
+    constants = np.zeros(2, dtype=np.uint64)
+    with pytest.raises(ValueError, match="row starts"):
+        _residues.linear(x, 2, 1, 16, weights, columns, starts, moduli, constants, out)
+    with pytest.raises(ValueError, match="buffer sizes"):
+        _residues.linear(x, 2**40, 2**40, 2**40, weights, columns, starts, moduli, constants, out)
+
+
 def test_a_pool_window_outside_the_units_is_refused() -> None:
     z = np.zeros((2, 2, 1, 16), dtype=np.uint64)
     with pytest.raises(CryptoError, match="out of range"):
@@ -161,7 +204,9 @@ def test_ciphertext_residues_round_trip_through_seal_and_a_residue_above_its_pri
         ciphertext_from_residues(rt, values, ciphertext.parms_id(), ciphertext.scale)
 
 
-def test_a_one_convolution_network_on_residues_gives_the_residues_seal_gives() -> None:
+def test_a_one_convolution_network_on_residues_gives_the_residues_seal_gives(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     # Small images (16 ciphertexts) keep this in the edit loop: the layers, biases, squares,
     # pools, scales and the selector's rescale are those of the digits CNN.
     spec = ModelSpec(
@@ -188,6 +233,7 @@ def test_a_one_convolution_network_on_residues_gives_the_residues_seal_gives() -
     public = secret.public()
     x = np.random.default_rng(2).uniform(-1.0, 1.0, size=(40, 16))
     blobs = secret.encrypt(PackingLayout.COLUMN, x)
+    monkeypatch.setattr(slots, "_WINDOWS_PER_PASS", 3)  # 8 windows: passes of 3, 3 and 2
 
     # Read from the request's bytes (seeds expanded), read back through SEAL, and SEAL's calls.
     on_residues = _evaluate_one_conv(rt, circuit, public.load_inputs(blobs), 25, kernels=True)
@@ -227,3 +273,46 @@ def test_a_requests_seeded_ciphertexts_read_as_residues_are_what_seal_loads() ->
         assert read is not None
         assert np.array_equal(read, ciphertext_residues(rt, lowered))
     assert loaded_ciphertext_residues(rt, loaded.blobs[0][:-1], 4) is None  # not that shape
+
+
+def _sample_as_seal_does(seed: bytes, moduli: tuple[int, ...], degree: int) -> list[list[int]]:
+    """SEAL's sample_poly_uniform, word by word, as a reference."""
+    words = struct.unpack(f"<{2**16}Q", residues.seal_prng_stream(seed, 8 * 2**16))
+    cursor = len(moduli) * degree
+    out = []
+    for row, q in enumerate(moduli):
+        limit = 2**64 - 1 - ((2**64 - 1) % q) - 1
+        values = []
+        for i in range(degree):
+            word = words[row * degree + i]
+            while word >= limit:
+                word = words[cursor]
+                cursor += 1
+            values.append(word % q)
+        out.append(values)
+    return out
+
+
+def test_uniform_residues_redraw_rejected_words_as_seal_does() -> None:
+    # SEAL's primes almost never reject a word; these moduli reject a third to a half of them
+    # (2**64 mod q close to q), so the redraws and their order are exercised.
+    seed = bytes(range(64))
+    moduli = (2**62 + 1, 2**63 + 5, 97)
+    got = residues.uniform_residues_from(seed, moduli, 512)
+    assert got.tolist() == _sample_as_seal_does(seed, moduli, 512)
+
+
+def test_unseeded_and_unknown_ciphertext_bytes_are_read_or_left_to_seal() -> None:
+    rt = runtime(CNN_PARAMETERS.name)
+    secret = SecretContext.generate(CNN_PARAMETERS)
+    public = secret.public()
+    loaded = public.load_inputs(secret.encrypt(PackingLayout.COLUMN, np.ones((5, 1))))
+    # A ciphertext SEAL saved in full (both parts, no seed): read as it is.
+    full = inflate(scratch().save(loaded[0]), "saved", max_bytes=2**24, max_inflated=2**24)
+    read = loaded_ciphertext_residues(rt, full, 5)
+    assert read is not None
+    assert np.array_equal(read, ciphertext_residues(rt, loaded[0]))
+    # A seed of another PRNG type (SHAKE256): left to SEAL.
+    seeded = bytearray(loaded.blobs[0])
+    seeded[-65] = 2
+    assert loaded_ciphertext_residues(rt, bytes(seeded), 4) is None

@@ -18,6 +18,10 @@
 
 #include "blake2.h"
 
+#ifndef __SIZEOF_INT128__
+#error "the residue kernels need 128-bit integers (gcc or clang on a 64-bit target)"
+#endif
+
 typedef unsigned __int128 u128;
 typedef __int128 i128;
 
@@ -171,6 +175,15 @@ static void pooled_squares_rows(const uint64_t *z, size_t primes, size_t n, cons
   }
 }
 
+/* The product of four sizes, or SIZE_MAX where it overflows (no buffer is that large). */
+static size_t product_of(size_t a, size_t b, size_t c, size_t d) {
+  size_t ab, abc, abcd;
+  if (__builtin_mul_overflow(a, b, &ab) || __builtin_mul_overflow(ab, c, &abc) ||
+      __builtin_mul_overflow(abc, d, &abcd))
+    return SIZE_MAX;
+  return abcd;
+}
+
 static int moduli_of(Py_buffer *buffer, size_t count, Modulus *mod) {
   if ((size_t)buffer->len != count * sizeof(uint64_t)) {
     PyErr_SetString(PyExc_ValueError, "one modulus per row is needed");
@@ -200,16 +213,28 @@ static PyObject *linear(PyObject *self, PyObject *args) {
   size_t n_out = (size_t)starts.len / sizeof(int32_t) - 1;
   size_t nnz = (size_t)w.len / sizeof(int32_t);
   const int32_t *col = (const int32_t *)cols.buf, *start = (const int32_t *)starts.buf;
-  if (n_in < 1 || rows < 1 || n < 1 || n % LANES || starts.len < (Py_ssize_t)(2 * sizeof(int32_t)) ||
-      (size_t)x.len != (size_t)(n_in * rows * n) * sizeof(uint64_t) ||
-      (size_t)out.len != n_out * (size_t)(rows * n) * sizeof(uint64_t) ||
-      (size_t)cols.len != nnz * sizeof(int32_t) || start[0] != 0 || (size_t)start[n_out] != nnz ||
-      (size_t)constants.len != n_out * (size_t)rows * sizeof(uint64_t)) {
+  if (n_in < 1 || rows < 1 || n < 1 || n % LANES || starts.len % sizeof(int32_t) ||
+      starts.len < (Py_ssize_t)(2 * sizeof(int32_t)) || w.len % sizeof(int32_t) ||
+      nnz > INT32_MAX ||
+      (size_t)x.len != product_of((size_t)n_in, (size_t)rows, (size_t)n, sizeof(uint64_t)) ||
+      (size_t)out.len != product_of(n_out, (size_t)rows, (size_t)n, sizeof(uint64_t)) ||
+      (size_t)cols.len != nnz * sizeof(int32_t) ||
+      (size_t)constants.len != product_of(n_out, (size_t)rows, 1, sizeof(uint64_t))) {
     PyErr_SetString(PyExc_ValueError, "buffer sizes do not match the shapes");
     goto done;
   }
+  /* Every row's range of weights within [0, nnz], before any weight is read. */
+  if (start[0] != 0 || (size_t)start[n_out] != nnz) {
+    PyErr_SetString(PyExc_ValueError, "row starts must run from 0 to the number of weights");
+    goto done;
+  }
   for (size_t o = 0; o < n_out; o++) {
-    if (start[o + 1] < start[o]) { PyErr_SetString(PyExc_ValueError, "row starts must not decrease"); goto done; }
+    if (start[o + 1] < start[o] || (size_t)start[o + 1] > nnz) {
+      PyErr_SetString(PyExc_ValueError, "row starts must not decrease");
+      goto done;
+    }
+  }
+  for (size_t o = 0; o < n_out; o++) {
     int64_t total = 0;
     for (int32_t k = start[o]; k < start[o + 1]; k++) {
       int64_t v = ((const int32_t *)w.buf)[k];
@@ -252,9 +277,10 @@ static PyObject *pooled_squares(PyObject *self, PyObject *args) {
   Modulus *mod = NULL;
   size_t n_windows = (size_t)windows.len / (4 * sizeof(int32_t));
   const int32_t *index = (const int32_t *)windows.buf;
-  if (units < 1 || primes < 1 || n < 1 || (size_t)windows.len != n_windows * 4 * sizeof(int32_t) ||
-      (size_t)z.len != (size_t)(units * 2 * primes * n) * sizeof(uint64_t) ||
-      (size_t)out.len != n_windows * 3 * (size_t)(primes * n) * sizeof(uint64_t)) {
+  if (units < 1 || primes < 1 || n < 1 ||
+      windows.len % (Py_ssize_t)(4 * sizeof(int32_t)) ||
+      (size_t)z.len != product_of((size_t)units * 2, (size_t)primes, (size_t)n, sizeof(uint64_t)) ||
+      (size_t)out.len != product_of(n_windows * 3, (size_t)primes, (size_t)n, sizeof(uint64_t))) {
     PyErr_SetString(PyExc_ValueError, "buffer sizes do not match the shapes");
     goto done;
   }
@@ -311,6 +337,25 @@ done:
   return result;
 }
 
+/* Tests run the exactness checks on both inner kernels: "portable" or (where the CPU has it)
+ * "avx2". */
+static PyObject *use_vector_kernel(PyObject *self, PyObject *args) {
+  (void)self;
+  const char *name;
+  if (!PyArg_ParseTuple(args, "s", &name)) return NULL;
+  if (strcmp(name, "portable") == 0) {
+    lanes_kernel = lanes_portable;
+#if defined(__x86_64__)
+  } else if (strcmp(name, "avx2") == 0 && __builtin_cpu_supports("avx2")) {
+    lanes_kernel = lanes_avx2;
+#endif
+  } else {
+    PyErr_SetString(PyExc_ValueError, "no such kernel on this machine");
+    return NULL;
+  }
+  Py_RETURN_NONE;
+}
+
 static PyObject *vector_kernel(PyObject *self, PyObject *args) {
   (void)self; (void)args;
   return PyUnicode_FromString(lanes_kernel == lanes_portable ? "portable" : "avx2");
@@ -319,6 +364,7 @@ static PyObject *vector_kernel(PyObject *self, PyObject *args) {
 static PyMethodDef methods[] = {
   {"vector_kernel", vector_kernel, METH_NOARGS, "Which inner kernel this machine runs."},
   {"blake2xb_stream", blake2xb_stream, METH_VARARGS, "SEAL's Blake2xbPRNG output for a seed."},
+  {"use_vector_kernel", use_vector_kernel, METH_VARARGS, "Choose the inner kernel (tests)."},
   {"linear", linear, METH_VARARGS, "Sparse integer matrix times residue rows, mod q per row."},
   {"pooled_squares", pooled_squares, METH_VARARGS, "Sums of four ciphertext squares, mod q."},
   {NULL, NULL, 0, NULL},

@@ -408,7 +408,11 @@ def _one_conv_circuit(
     z1 = np.abs(bias1) + bound * np.abs(conv1).sum(axis=1)
     p1 = (z1 * z1)[pool1].sum(axis=1)
     logit_bound = float((np.abs(bfc) + np.abs(fc) @ p1).max())
-    s1 = float(2 ** _exact_sum_bits(conv1, parameter_set.hidden_weight_scale_bits, parameter_set))
+    # The column layout computes on residues (veracity.he.residues): its integer weights
+    # must sum below 2**EXACT_SUM_BITS per unit; im2col encodes vectors and needs no bound.
+    column = parameter_set.batch_layout is PackingLayout.COLUMN
+    bits1 = parameter_set.hidden_weight_scale_bits
+    s1 = float(2 ** (_exact_sum_bits(conv1, bits1, parameter_set) if column else bits1))
     product_scale = parameter_set.input_scale * s1
     bits3 = _one_conv_scales(
         parameter_set,
@@ -418,7 +422,8 @@ def _one_conv_circuit(
         float(p1.max()),
         logit_bound,
     )
-    bits3 = _exact_sum_bits(fc, bits3, parameter_set)
+    if column:
+        bits3 = _exact_sum_bits(fc, bits3, parameter_set)
     fc = _drop_unrepresentable(fc, float(2**bits3))
     conv1 = _drop_unrepresentable(conv1, s1)
     if not np.all(np.any(conv1[np.unique(pool1)], axis=1)):

@@ -269,8 +269,8 @@ class ImageGeometry:
         """Per tap (di, dj): the plaintext for the baby-step (dj) rotation, pre-rotated by di."""
         _, height, width = self.input_shape
         h2, v2 = height // 2, width // 2
-        first, second = self.filters
         conv2, _ = _second_layer(circuit)
+        first, second = self.filters
         a, b = self._grid2()
         pos = 2 * a * width + 2 * b
         pad = self.kernel // 2

@@ -163,16 +163,27 @@ def _refuse_foreign_secret(data: bytes, max_bytes: int) -> None:
     raise CryptoError("TenSEAL contexts are not accepted; send a Veracity public context")
 
 
-class LoadedInputs(list[Any]):
+class LoadedInputs(tuple[Any, ...]):
     """A request's ciphertexts as SEAL loaded them, with the uncompressed bytes of each.
 
-    A list of SEAL ciphertexts; ``blobs[i]`` is what ``self[i]`` was loaded from (layouts
-    that compute on residues read them there: ``seal.loaded_ciphertext_residues``).
+    A tuple of SEAL ciphertexts (fixed: the bytes stay paired with them); ``blobs[i]`` is
+    what ``self[i]`` was loaded from (layouts that compute on residues read them there:
+    ``seal.loaded_ciphertext_residues``).
+
+    Raises
+    ------
+    CryptoError
+        On construction, if there is not one blob per ciphertext.
     """
 
-    def __init__(self, ciphertexts: Sequence[Any], blobs: Sequence[bytes]) -> None:
-        super().__init__(ciphertexts)
-        self.blobs = tuple(blobs)
+    blobs: tuple[bytes, ...]
+
+    def __new__(cls, ciphertexts: Sequence[Any], blobs: Sequence[bytes]) -> LoadedInputs:
+        if len(ciphertexts) != len(blobs):
+            raise CryptoError(f"{len(blobs)} blobs for {len(ciphertexts)} ciphertexts")
+        loaded = super().__new__(cls, ciphertexts)
+        loaded.blobs = tuple(blobs)
+        return loaded
 
 
 class PublicContext:

@@ -17,7 +17,7 @@ adapter's (:func:`veracity.he.seal.ciphertext_residues`).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from types import ModuleType
 
 import numpy as np
@@ -28,6 +28,7 @@ from veracity.errors import CryptoError
 __all__ = [
     "MAX_WEIGHT_SUM",
     "available",
+    "use_vector_kernel",
     "vector_kernel",
     "linear",
     "pooled_squares",
@@ -75,6 +76,28 @@ def _module() -> ModuleType:
     return _native
 
 
+def use_vector_kernel(name: str) -> None:
+    """Run ``"portable"`` or ``"avx2"`` from now on (tests check both give the same).
+
+    Raises
+    ------
+    CryptoError
+        If this machine has no such kernel or the kernels are not built.
+    """
+    try:
+        _module().use_vector_kernel(name)
+    except ValueError as err:
+        raise CryptoError(f"no {name!r} residue kernel here: {err}") from err
+
+
+def _native_call(what: str, call: Callable[[], object]) -> None:
+    """Run a kernel, its refusals (``ValueError``, ``RuntimeError``) as ``CryptoError``."""
+    try:
+        call()
+    except (ValueError, RuntimeError) as err:
+        raise CryptoError(f"{what}: {err}") from err
+
+
 def _moduli(moduli: Sequence[int], degree: int) -> UInt64Array:
     values = [int(q) for q in moduli]
     if any(q < 3 or q >= _MAX_MODULUS or q % 2 == 0 for q in values):
@@ -117,8 +140,13 @@ def linear(
     n_in, parts, primes, degree = x.shape
     q = _moduli(moduli, degree)
     w = np.asarray(weights)
-    if w.ndim != 2 or w.shape[1] != n_in or not np.issubdtype(w.dtype, np.integer):
-        raise CryptoError(f"weights must be integers of shape (outputs, {n_in})")
+    if (
+        w.ndim != 2
+        or w.shape[0] < 1
+        or w.shape[1] != n_in
+        or not np.issubdtype(w.dtype, np.integer)
+    ):
+        raise CryptoError(f"weights must be integers of shape (outputs >= 1, {n_in})")
     if len(q) != primes:
         raise CryptoError(f"{len(q)} moduli for {primes} primes")
     added = np.zeros((w.shape[0], parts, primes), dtype=np.uint64)
@@ -126,6 +154,8 @@ def linear(
         if len(constants) != w.shape[0]:
             raise CryptoError(f"{len(constants)} constants for {w.shape[0]} outputs")
         added[:, 0] = [[int(c) % int(m) for m in q] for c in constants]
+    if int(w.min()) <= -MAX_WEIGHT_SUM or int(w.max()) >= MAX_WEIGHT_SUM:
+        raise CryptoError("a weight is 2**31 or more in absolute value")
     w = w.astype(np.int64)
     if np.any(np.abs(w).sum(axis=1) >= MAX_WEIGHT_SUM):
         raise CryptoError("an output's integer weights sum to 2**31 or more")
@@ -133,17 +163,20 @@ def linear(
     starts = np.zeros(w.shape[0] + 1, dtype=np.int32)
     starts[1:] = np.cumsum(np.count_nonzero(w, axis=1))
     out = np.empty((w.shape[0], parts, primes, degree), dtype=np.uint64)
-    module.linear(
-        x,
-        n_in,
-        parts * primes,
-        degree,
-        np.ascontiguousarray(w[rows, cols], dtype=np.int32),
-        np.ascontiguousarray(cols, dtype=np.int32),
-        starts,
-        np.tile(q, parts),
-        added,
-        out,
+    _native_call(
+        "the linear kernel refused its arguments",
+        lambda: module.linear(
+            x,
+            n_in,
+            parts * primes,
+            degree,
+            np.ascontiguousarray(w[rows, cols], dtype=np.int32),
+            np.ascontiguousarray(cols, dtype=np.int32),
+            starts,
+            np.tile(q, parts),
+            added,
+            out,
+        ),
     )
     return out
 
@@ -173,9 +206,14 @@ def pooled_squares(
         raise CryptoError(f"{len(q)} moduli for {primes} primes")
     if index.size and (index.min() < 0 or index.max() >= count):
         raise CryptoError("a window's unit index is out of range")
+    if index.shape[0] < 1:
+        raise CryptoError("at least one window is needed")
     out = np.empty((index.shape[0], 3, primes, degree), dtype=np.uint64)
-    module.pooled_squares(
-        z, count, primes, degree, np.ascontiguousarray(index, dtype=np.int32), q, out
+    _native_call(
+        "the squares kernel refused its arguments",
+        lambda: module.pooled_squares(
+            z, count, primes, degree, np.ascontiguousarray(index, dtype=np.int32), q, out
+        ),
     )
     return out
 
@@ -194,7 +232,13 @@ def seal_prng_stream(seed: bytes, length: int) -> bytes:
     if len(seed) != 64:
         raise CryptoError(f"a SEAL PRNG seed has 64 bytes, not {len(seed)}")
     rounded = -(-max(0, length) // 4096) * 4096
-    return bytes(_module().blake2xb_stream(seed, rounded))[:length]
+    module = _module()
+    produced: list[bytes] = []
+    _native_call(
+        "the PRNG kernel failed",
+        lambda: produced.append(bytes(module.blake2xb_stream(seed, rounded))),
+    )
+    return produced[0][:length]
 
 
 def uniform_residues_from(seed: bytes, moduli: Sequence[int], degree: int) -> UInt64Array:

@@ -325,8 +325,16 @@ def seal_integer(value: float, scale: float) -> int:
 
 
 def seal_integers(values: npt.NDArray[np.float64], scale: float) -> npt.NDArray[np.int64]:
-    """:func:`seal_integer` of each of ``values`` (each must fit 63 bits)."""
+    """:func:`seal_integer` of each of ``values``.
+
+    Raises
+    ------
+    CryptoError
+        If a value times ``scale`` is not finite or does not fit 63 bits.
+    """
     scaled = np.asarray(values, dtype=np.float64) * float(scale)
+    if scaled.size and not float(np.abs(scaled).max()) < 2.0**63:
+        raise CryptoError("a weight times its scale does not fit 63 bits")
     whole = np.floor(np.abs(scaled))
     rounded = whole + (np.abs(scaled) - whole >= 0.5)
     return np.asarray(np.where(scaled < 0, -rounded, rounded), dtype=np.int64)
@@ -493,6 +501,22 @@ def ciphertext_from_residues(
 _BLAKE2XB = 1
 
 
+def _uncompressed_header(data: bytes, at: int, body: int) -> bool:
+    """Whether an uncompressed SEAL object of ``body`` bytes after its header starts at ``at``."""
+    if len(data) < at + SEAL_HEADER.size:
+        return False
+    magic, header_size, major, _minor, compression, _reserved, size = SEAL_HEADER.unpack_from(
+        data, at
+    )
+    return bool(
+        magic == SEAL_MAGIC
+        and header_size == SEAL_HEADER.size
+        and major == 4
+        and compression == _NONE
+        and size == SEAL_HEADER.size + body
+    )
+
+
 def loaded_ciphertext_residues(
     runtime: Runtime, data: bytes, primes: int
 ) -> npt.NDArray[np.uint64] | None:
@@ -505,26 +529,38 @@ def loaded_ciphertext_residues(
     are not that (another PRNG, another shape): read the loaded ciphertext instead.
 
     Call it only on bytes SEAL has loaded (``PublicContext.load_inputs``): SEAL validated
-    them; this only reads them.
+    them; this only reads them, and checks the layout it reads.
+
+    Raises
+    ------
+    CryptoError
+        If the seed cannot be expanded (the kernels are not built).
     """
     degree = runtime.parameter_set.poly_modulus_degree
     fields_at = SEAL_HEADER.size
-    try:
-        fields = _CIPHERTEXT_FIELDS.unpack_from(data, fields_at)
-    except struct.error:
+    array_at = fields_at + _CIPHERTEXT_FIELDS.size
+    words_at = array_at + SEAL_HEADER.size + 8
+    if len(data) < words_at:
         return None
+    fields = _CIPHERTEXT_FIELDS.unpack_from(data, fields_at)
     size, ciphertext_degree, level_primes = fields[5], fields[6], fields[7]
     if size != 2 or ciphertext_degree != degree or not 0 < primes <= level_primes:
         return None
-    array_at = fields_at + _CIPHERTEXT_FIELDS.size + SEAL_HEADER.size
-    (count,) = struct.unpack_from("<Q", data, array_at)
-    words_at = array_at + 8
     polynomial = level_primes * degree
-    if count == 2 * polynomial and len(data) >= words_at + 8 * count:
+    (count,) = struct.unpack_from("<Q", data, words_at - 8)
+    if not _uncompressed_header(data, array_at, 8 + 8 * count):
+        return None
+    if count == 2 * polynomial and len(data) == words_at + 8 * count:
         full = np.frombuffer(data, dtype="<u8", count=count, offset=words_at)
         return full.reshape(2, level_primes, degree)[:, :primes].astype(np.uint64)
-    info_at = words_at + 8 * polynomial + SEAL_HEADER.size
-    if count != polynomial or len(data) != info_at + 1 + 64 or data[info_at] != _BLAKE2XB:
+    info_header_at = words_at + 8 * polynomial
+    info_at = info_header_at + SEAL_HEADER.size
+    if (
+        count != polynomial
+        or len(data) != info_at + 1 + 64
+        or not _uncompressed_header(data, info_header_at, 1 + 64)
+        or data[info_at] != _BLAKE2XB
+    ):
         return None
     level = runtime.context.get_context_data(list(fields[:4]))
     if level is None:

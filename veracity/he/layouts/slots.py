@@ -176,6 +176,9 @@ def _one_conv_on_residues(runtime: Runtime, conv: ConvCircuit, inputs: Sequence[
     expanded from its seed as SEAL does), else through SEAL.
     """
     evaluator = runtime.evaluator
+    if any(value.scale != inputs[0].scale for value in inputs):
+        # SEAL's additions refuse unequal scales; so do the residues, which carry one.
+        raise CryptoError("the request's ciphertexts are not all at the same scale")
     first = sa.Ciphertext()
     evaluator.mod_switch_to_next(inputs[0], first)  # the level the layers run at
     count = first.coeff_modulus_size()
