@@ -1,6 +1,10 @@
 """Type stubs of the C kernels in ``_residues.c`` (see ``veracity.he.residues``)."""
 
-from typing_extensions import Buffer
+from typing import Any
+
+# Any object with the buffer protocol (bytes, C-contiguous NumPy arrays); typing's Buffer
+# (3.12) does not accept NumPy arrays under this NumPy's stubs.
+Buffer = Any
 
 def linear(
     inputs: Buffer,
