@@ -102,6 +102,36 @@ def test_replace_one_epsilon_is_google_pld_with_replace_one_neighbours() -> None
     )
 
 
+@pytest.mark.parametrize(
+    ("sigma", "rate"), [(5.0, 1 / 7), (7.734, 0.2), (3.7104592360073014, 0.1031), (14.06, 1.0)]
+)
+def test_a_steps_pld_is_dp_accountings_bit_for_bit(sigma: float, rate: float) -> None:
+    """One step's replace-one PLD, its divergences computed at once: dp-accounting's floats."""
+    import numpy as np
+    from dp_accounting.pld.privacy_loss_distribution import from_gaussian_mechanism
+
+    ours = budget._gaussian_pld.__wrapped__(sigma, rate)
+    theirs = from_gaussian_mechanism(
+        standard_deviation=sigma,
+        value_discretization_interval=1e-4,
+        sampling_prob=rate,
+        neighboring_relation=NeighboringRelation.REPLACE_ONE,
+    )
+    assert isinstance(ours, PrivacyLossDistribution)
+    assert ours._symmetric == theirs._symmetric
+    for mine, reference in (
+        (ours._pmf_remove, theirs._pmf_remove),
+        (ours._pmf_add, theirs._pmf_add),
+    ):
+        assert type(mine) is type(reference)
+        assert mine._discretization == reference._discretization
+        assert mine._lower_loss == reference._lower_loss
+        assert mine._infinity_mass == reference._infinity_mass
+        assert mine._pessimistic_estimate == reference._pessimistic_estimate
+        assert np.array_equal(mine._probs, reference._probs)
+    assert ours.get_epsilon_for_delta(DELTA) == theirs.get_epsilon_for_delta(DELTA)
+
+
 def _pld_afresh(history: tuple[Segment, ...]) -> float:
     accountant = PLDAccountant(neighboring_relation=NeighboringRelation.REPLACE_ONE)
     accountant.compose(budget.replace_one_event(history))

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import json
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -74,14 +75,22 @@ class _RealSites:
         self.network, self.dirs = network, dirs
 
 
-@pytest.fixture
-def sites(tmp_path: Path) -> Iterator[_RealSites]:
+@pytest.fixture(scope="module")
+def sites_template(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> tuple[Path, dict[str, SiteIdentity]]:
+    """A coordinator and three sites with the study approved, built once per module.
+
+    Each test gets its own copy (:func:`sites`): the same files, so the same keys and
+    ledger, and no test sees another's runs. The copies' site stores name this template's
+    CSV files, which no test changes.
+    """
+    root = tmp_path_factory.mktemp("explain-sites")
     coordinator = init_coordinator(
-        tmp_path / "coordinator", superlink_port=free_port(), federation=InMemoryFederation()
+        root / "coordinator", superlink_port=free_port(), federation=InMemoryFederation()
     )
     split = breast_cancer.federated_split(3, seed=0)
     identities: dict[str, SiteIdentity] = {}
-    dirs: dict[str, Path] = {}
     study = breast_cancer.breast_cancer_study(
         study_id="bc-explain",
         epsilon_caps=dict.fromkeys(NODES.values(), 3.0),
@@ -91,9 +100,8 @@ def sites(tmp_path: Path) -> Iterator[_RealSites]:
     )
     try:
         for index, name in enumerate(NODES.values()):
-            root = dirs[name] = tmp_path / name
-            init_site(root, name)
-            with Site.open(root) as site:
+            init_site(root / name, name)
+            with Site.open(root / name) as site:
                 identity = make_site_identity(name)
                 identities[name] = SiteIdentity(name, site.key, identity.supernode_public)
                 coordinator.enrol_site(
@@ -103,7 +111,7 @@ def sites(tmp_path: Path) -> Iterator[_RealSites]:
                     proof=site.enrolment_proof(coordinator.ledger.log_id),
                     supernode_public_key=identity.supernode_public,
                 )
-                csv = breast_cancer.write_csv(split.sites[index], tmp_path / f"{name}.csv")
+                csv = breast_cancer.write_csv(split.sites[index], root / f"{name}.csv")
                 _, registered = register_dataset(
                     site, dataset_id="bc", path=csv, label=breast_cancer.LABEL
                 )
@@ -112,12 +120,28 @@ def sites(tmp_path: Path) -> Iterator[_RealSites]:
                 )
         coordinator.propose_study(SETUP, study.to_document())
         for name in NODES.values():
-            with Site.open(dirs[name]) as site:
+            with Site.open(root / name) as site:
                 _, approval, _ = approve_study(site, study, dataset_id="bc", epsilon_cap=3.0)
                 coordinator.record_statement(
                     SETUP, approval.kind, name, approval.payload, approval.signature
                 )
-        yield _RealSites(_Network(coordinator, identities), dirs)
+    finally:
+        coordinator.close()
+    return root, identities
+
+
+@pytest.fixture
+def sites(
+    tmp_path: Path, sites_template: tuple[Path, dict[str, SiteIdentity]]
+) -> Iterator[_RealSites]:
+    template, identities = sites_template
+    shutil.copytree(template, tmp_path, dirs_exist_ok=True)
+    coordinator = init_coordinator(
+        tmp_path / "coordinator", superlink_port=free_port(), federation=InMemoryFederation()
+    )
+    dirs = {name: tmp_path / name for name in NODES.values()}
+    try:
+        yield _RealSites(_Network(coordinator, dict(identities)), dirs)
     finally:
         with client_app._AGENTS_LOCK:
             for site_dir in dirs.values():

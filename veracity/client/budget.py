@@ -203,16 +203,67 @@ _PLD_INTERVAL: Final = 1e-4
 
 @functools.lru_cache(maxsize=64)
 def _gaussian_pld(noise_multiplier: float, sample_rate: float) -> Any:
-    """The replace-one PLD of one Poisson-subsampled Gaussian step."""
-    from dp_accounting import NeighboringRelation
-    from dp_accounting.pld import privacy_loss_distribution
+    """The replace-one PLD of one Poisson-subsampled Gaussian step.
 
-    return privacy_loss_distribution.from_gaussian_mechanism(
-        standard_deviation=noise_multiplier,
-        value_discretization_interval=_PLD_INTERVAL,
+    What ``privacy_loss_distribution.from_gaussian_mechanism(standard_deviation=
+    noise_multiplier, value_discretization_interval=1e-4, sampling_prob=sample_rate,
+    neighboring_relation=REPLACE_ONE)`` returns, bit for bit (the test suite compares
+    the two): the same connect-the-dots construction from dp-accounting's own
+    ``GaussianPrivacyLoss``, whose hockey-stick divergences dp-accounting computes with
+    one Python call per discretised epsilon (100,000-700,000 of them, 85% of the time);
+    here :func:`_inverse_replace_losses` computes the same floats for all of them at once.
+    """
+    import numpy as np
+    from dp_accounting.pld import pld_pmf, privacy_loss_distribution, privacy_loss_mechanism
+
+    loss = privacy_loss_mechanism.GaussianPrivacyLoss(
+        noise_multiplier,
+        sensitivity=1,
+        pessimistic_estimate=True,
+        log_mass_truncation_bound=-50,
         sampling_prob=sample_rate,
-        neighboring_relation=NeighboringRelation.REPLACE_ONE,
+        adjacency_type=privacy_loss_mechanism.AdjacencyType.REPLACE,
     )
+    bounds = loss.connect_dots_bounds()
+    upper = math.ceil(bounds.epsilon_upper / _PLD_INTERVAL)
+    lower = math.floor(bounds.epsilon_lower / _PLD_INTERVAL)
+    epsilons = np.arange(lower, upper + 1) * _PLD_INTERVAL
+    # AdditiveNoisePrivacyLoss.get_delta_for_epsilon for the replace relation.
+    cutoffs = _inverse_replace_losses(noise_multiplier, sample_rate, epsilons)
+    deltas = np.clip(
+        loss.mu_upper_cdf(cutoffs) - np.exp(epsilons + loss.mu_lower_log_cdf(cutoffs)), 0, 1
+    )
+    pmf = pld_pmf.create_pmf_pessimistic_connect_dots_fixed_gap(_PLD_INTERVAL, lower, upper, deltas)
+    return privacy_loss_distribution.PrivacyLossDistribution(pmf)
+
+
+def _inverse_replace_losses(noise_multiplier: float, sample_rate: float, losses: Any) -> Any:
+    """``GaussianPrivacyLoss.inverse_privacy_loss`` (replace, sensitivity 1) of each loss.
+
+    The same operations on the same floats, in the same order, as dp-accounting's
+    ``_inverse_privacy_loss_replace``, ``common.log_sinh`` and ``common.asinh_exp``:
+    arithmetic and ``np.logaddexp`` on arrays (exactly what they give on each element),
+    ``exp`` and ``log1p`` from ``math`` as dp-accounting calls them (NumPy's vectorised
+    ``exp`` may round differently on some CPUs).
+    """
+    import numpy as np
+
+    sigma_squared = noise_multiplier**2
+    if sample_rate == 1.0:
+        inverse = -losses * sigma_squared / 1 / 2
+    else:
+        log_alpha = (
+            0.5 * (1 / noise_multiplier) ** 2 + math.log1p(-sample_rate) - math.log(sample_rate)
+        )
+        halves = np.abs(losses) / 2
+        log_one_minus = [math.log1p(-math.exp(-2 * a)) if a else 0.0 for a in halves.tolist()]
+        log_sinh = halves + np.array(log_one_minus, dtype=np.float64) - math.log(2)
+        # asinh_exp(log_alpha + log_sinh, -sign(loss)): log|b| + a with |b| = 1.
+        exponent = math.log(1.0) + (log_alpha + log_sinh)
+        magnitude = np.logaddexp(0.5 * np.logaddexp(0, 2 * exponent), exponent)
+        asinh = np.where(losses >= 0, -1.0, 1.0) * magnitude
+        inverse = sigma_squared / 1 * (asinh - losses / 2)
+    return np.where(losses == 0, 0.0, inverse)
 
 
 @functools.lru_cache(maxsize=64)

@@ -53,6 +53,7 @@ from veracity.server.api.routes import (
 )
 from veracity.server.api.schemas import HealthOut, ReadyOut
 from veracity.server.api.settings import ApiSettings, load_api_settings
+from veracity.server.api.shared_routes import include_shared
 from veracity.server.api.tokens import Clock, Role, TokenStore, utc_now
 from veracity.server.coordinator.bootstrap import open_coordinator, superlink_federation
 from veracity.server.coordinator.federation import Federation
@@ -213,12 +214,12 @@ def create_app(
 
     app.add_middleware(BodySizeLimit, limit_for=limit_for)
 
-    routers = (sites, datasets, studies, statements, runs, analyses, models, ledger, witness)
-    for module in (*routers, access):
-        # declare_roles refuses a route without roles: every route under API_PREFIX comes
-        # from these routers and the inference router (``route_roles`` lists them all, but
-        # builds every route's dependencies again, which the first requests do not need).
-        app.include_router(declare_roles(module.router), prefix=API_PREFIX)
+    # declare_roles refuses a route without roles: every route under API_PREFIX comes
+    # from these routers and the inference router (``route_roles`` lists them all). The
+    # resource routers are module-level: their routes are built once per process.
+    modules = (sites, datasets, studies, statements, runs, analyses, models, ledger, witness)
+    resources = tuple(declare_roles(module.router) for module in (*modules, access))
+    include_shared(app, resources, prefix=API_PREFIX)
     app.include_router(_inference_routes(inference), prefix=API_PREFIX)
 
     @app.get("/health", tags=["system"], summary="Liveness (no token needed)")

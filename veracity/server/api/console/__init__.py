@@ -26,6 +26,7 @@ from veracity.server.api.console.session import (
     ScreenForbidden,
     SignInRequired,
 )
+from veracity.server.api.shared_routes import include_shared
 
 __all__ = ["install_console"]
 
@@ -39,8 +40,7 @@ def _is_console(request: Request) -> bool:
 def install_console(app: FastAPI) -> None:
     """Add the console's pages, its static files and its error pages to ``app``."""
     app.mount("/static", StaticFiles(directory=static_dir()), name="console-static")
-    for module in (pages, access, ledger_pages):
-        app.include_router(module.router)
+    include_shared(app, (pages.router, access.router, ledger_pages.router))
 
     previous = app.exception_handlers.get(VeracityError)
 
