@@ -294,8 +294,10 @@ def test_one_convolution_scales_keep_every_level_below_its_modulus() -> None:
         outputs=10,
     )
     level1 = CNN_IMAGE_PARAMETERS.input_scale * image.conv1_scale / image_primes[3]
-    # After the dense rescale by q2 the logits fit q0 alone (the reply keeps one prime).
-    assert level1**2 * image.fc_scale / image_primes[2] * image.logit_bound < image_primes[0] / 2
+    # The pooled maps fit q0 q1 (q2 is dropped before the dense rotations); after the dense
+    # rescale by q1 the logits fit q0 alone (the reply keeps one prime).
+    assert level1**2 * image.fc_scale * image.logit_bound < image_primes[0] * image_primes[1] / 2
+    assert level1**2 * image.fc_scale / image_primes[1] * image.logit_bound < image_primes[0] / 2
 
 
 def test_a_cnn_too_large_for_the_parameter_set_is_refused() -> None:

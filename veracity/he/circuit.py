@@ -487,8 +487,10 @@ def _one_conv_scales(
       theoretic transform (every step is a product or a sum of residues); the output
       selector is encoded at ``q_{L-2}`` and rescaled away: the logits sit under
       ``q_0 ... q_{L-3}``.
-    * ``im2col``: the convolution is rescaled by ``q_{L-1}``, squared and pooled; the dense
-      layer is rescaled by ``q_{L-2}`` and the logits are moved down to ``q_0`` alone.
+    * ``im2col`` (four data primes): the convolution is rescaled by ``q_3``, squared and
+      pooled; the pooled maps lose ``q_2`` (exact: they fit ``q_0 q_1``), so the dense
+      layer's rotations act on two primes; it is rescaled by ``q_1`` and the logits sit
+      under ``q_0`` alone.
 
     Raises
     ------
@@ -498,15 +500,16 @@ def _one_conv_scales(
     headroom = 2.0**_HEADROOM_BITS
     name = parameter_set.name
     if parameter_set.batch_layout is PackingLayout.IM2COL:
-        q0, _, q2, q3 = data_primes[:4]
+        q0, q1, _, q3 = data_primes[:4]
         if product_scale * max(z1_bound, 1.0) * headroom > math.prod(data_primes):
             raise CryptoError(f"cnn2d: the convolution overflows {name}")
         square = (product_scale / q3) ** 2
-        if square * max(p1_bound, 1.0) * headroom > math.prod(data_primes[:-1]):
+        # The pooled squares lose q2 (so the dense layer's rotations run on two primes).
+        if square * max(p1_bound, 1.0) * headroom > q0 * q1:
             raise CryptoError(f"cnn2d: the squares overflow {name}")
-        before = math.prod(data_primes[:-1]) / headroom / (square * max(logit_bound, 1.0))
-        after = q0 * q2 / headroom / (square * max(logit_bound, 1.0))
-        return _scale_bits(min(before, after), parameter_set, "cnn2d dense layer")
+        # The dense products fit q0 q1, and after the rescale by q1 the logits fit q0.
+        fit = q0 * q1 / headroom / (square * max(logit_bound, 1.0))
+        return _scale_bits(fit, parameter_set, "cnn2d dense layer")
     kept = data_primes[:-1]  # q_{L-1} is dropped from the inputs
     square = product_scale * product_scale
     if square * max(p1_bound, 1.0) * headroom > math.prod(kept):

@@ -157,11 +157,16 @@ class Im2colLayout:
             evaluator.rescale_to_next_inplace(value)
             square(value)
             summed(value, geometry.pool1_steps())
-            layer = (
-                self._second_layer(runtime, circuit, geometry, value, plain, galois_keys, square)
-                if geometry.two_layers
-                else value
-            )
+            if geometry.two_layers:
+                layer = self._second_layer(
+                    runtime, circuit, geometry, value, plain, galois_keys, square
+                )
+            else:
+                # One convolution leaves a level unused: the pooled maps lose it now (exact:
+                # _one_conv_scales sized them to fit), so the dense rotations act on two
+                # primes, and the logits end under one, as after two convolutions.
+                evaluator.mod_switch_to_next_inplace(value)
+                layer = value
             moved = [layer]
             for _ in range(1, baby):
                 moved.append(rotate(moved[-1], -1))
@@ -195,10 +200,6 @@ class Im2colLayout:
                 output, plain("fc-b", lambda: geometry.dense_bias(circuit), output, output.scale)
             )
             evaluator.rescale_to_next_inplace(output)
-            if not geometry.two_layers:
-                # One convolution leaves a level unused: the logits move down to q_0 alone
-                # (exact: _one_conv_scales sized them to fit), a reply as small as two give.
-                evaluator.mod_switch_to_next_inplace(output)
             slot_flood(runtime, output, random_bytes, IMAGE_FLOOD)
             results.append(output)
         return results
