@@ -14,11 +14,11 @@ from hypothesis import strategies as st
 from tests.hypothesis_examples import examples
 from veracity.errors import CryptoError
 from veracity.he import residues
-from veracity.he.circuit import compile_conv_circuit
+from veracity.he.circuit import QuadraticCircuit, compile_circuit, compile_conv_circuit
 from veracity.he.contexts import SecretContext
-from veracity.he.layouts import slots
+from veracity.he.layouts import evaluate, slots
 from veracity.he.layouts.slots import _evaluate_one_conv
-from veracity.he.params import CNN_PARAMETERS, PackingLayout
+from veracity.he.params import CNN_PARAMETERS, POLY_MLP_PARAMETERS, PackingLayout
 from veracity.he.seal import (
     ciphertext_from_residues,
     ciphertext_residues,
@@ -29,7 +29,7 @@ from veracity.he.seal import (
     seal_integer,
     seal_integers,
 )
-from veracity.tasks.spec import ModelFamily, ModelSpec
+from veracity.tasks.spec import ModelFamily, ModelSpec, predict_logits
 
 #: Primes of the sizes SEAL uses (60, 45, 40 and 30 bits).
 PRIMES = (2**60 - 93, 2**45 - 55, 2**40 - 87, 2**30 - 35)
@@ -87,9 +87,11 @@ def test_linear_is_the_exact_sum_of_products_modulo_each_prime(
 ) -> None:
     rng = np.random.default_rng(seed)
     x = _residues_of(rng, (n_in, parts, len(primes), 32), primes)
-    if extreme:  # one weight at the bound, the rest of its row zero
+    if extreme:  # weights at the bound, up to four a row (a row sum up to 2**33 - 4)
         weights = np.zeros((n_out, n_in), dtype=np.int64)
-        weights[:, 0] = rng.choice([-1, 1], size=n_out) * (residues.MAX_WEIGHT_SUM - 1)
+        at_bound = min(n_in, 4)
+        signs = rng.choice([-1, 1], size=(n_out, at_bound))
+        weights[:, :at_bound] = signs * (residues.MAX_WEIGHT - 1)
     else:
         weights = rng.integers(-(2**27), 2**27, size=(n_out, n_in))
         weights[rng.random(weights.shape) < 0.3] = 0
@@ -138,19 +140,20 @@ def test_pooled_squares_are_sums_of_seal_squares(
 @pytest.mark.parametrize(
     ("weights", "moduli", "problem"),
     [
-        (np.array([[2**30, 2**30]]), PRIMES[:1], "2\\*\\*31"),
-        (np.array([[-(2**31), 0]]), PRIMES[:1], "2\\*\\*31"),
-        (np.array([[0.5, 1.0]]), PRIMES[:1], "integers"),
+        (np.array([[2**31 - 1] * 4 + [4]]), PRIMES[:1], "2\\*\\*33"),
+        (np.array([[-(2**31), 0, 0, 0, 0]]), PRIMES[:1], "2\\*\\*31"),
+        (np.array([[0.5, 1.0, 0.0, 0.0, 0.0]]), PRIMES[:1], "integers"),
         (np.array([[1, 2, 3]]), PRIMES[:1], "shape"),
-        (np.array([[1, 2]]), (2**61 - 1,), "below 2\\*\\*60"),
-        (np.array([[1, 2]]), (2**40,), "odd"),
-        (np.array([[1, 2]]), PRIMES[:2], "moduli for 1 primes"),
+        (np.zeros((0, 5), dtype=np.int64), PRIMES[:1], "outputs >= 1"),
+        (np.array([[1, 2, 0, 0, 0]]), (2**61 - 1,), "below 2\\*\\*60"),
+        (np.array([[1, 2, 0, 0, 0]]), (2**40,), "odd"),
+        (np.array([[1, 2, 0, 0, 0]]), PRIMES[:2], "moduli for 1 primes"),
     ],
 )
 def test_linear_refuses_what_it_cannot_compute_exactly(
     weights: np.ndarray, moduli: tuple[int, ...], problem: str
 ) -> None:
-    x = np.zeros((2, 2, 1, 16), dtype=np.uint64)
+    x = np.zeros((5, 2, 1, 16), dtype=np.uint64)
     with pytest.raises(CryptoError, match=problem):
         residues.linear(x, weights, moduli)
 
@@ -316,3 +319,50 @@ def test_unseeded_and_unknown_ciphertext_bytes_are_read_or_left_to_seal() -> Non
     seeded = bytearray(loaded.blobs[0])
     seeded[-65] = 2
     assert loaded_ciphertext_residues(rt, bytes(seeded), 4) is None
+
+
+def test_an_mlp_hidden_layer_on_residues_gives_the_response_seal_calls_give(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The whole column request, flood included (the same random bytes): byte for byte.
+    spec = ModelSpec(ModelFamily.POLY_MLP, 30, hidden=16)
+    weights = {k: v * 1.5 for k, v in spec.initial_weights(4).items()}  # row sums near 2**32
+    ps = POLY_MLP_PARAMETERS
+    circuit = compile_circuit(
+        "poly_mlp",
+        weights,
+        parameter_set=ps,
+        primes=runtime(ps.name).primes,
+        n_features=30,
+        hidden=16,
+        activation=spec.activation,
+    )
+    assert isinstance(circuit, QuadraticCircuit)
+    hidden = seal_integers(circuit.hidden_weights, circuit.hidden_weight_scale)
+    assert residues.fits(hidden)  # the kernel computes this layer: rows beyond 2**31 too
+    assert np.abs(hidden).sum(axis=1).max() >= 2**31
+    secret = SecretContext.generate(ps)
+    public = secret.public()
+    blobs = secret.encrypt(PackingLayout.COLUMN, np.random.default_rng(5).normal(size=(300, 30)))
+
+    def answer() -> list[bytes]:
+        stream = np.random.default_rng(9)
+        return evaluate(
+            public,
+            circuit,
+            PackingLayout.COLUMN,
+            blobs,
+            batch_size=300,
+            random_bytes=lambda n: stream.bytes(n),
+        )
+
+    on_residues = answer()
+    monkeypatch.setattr(residues, "available", lambda: False)
+    through_seal = answer()
+
+    assert on_residues == through_seal
+    logits = secret.decrypt(
+        PackingLayout.COLUMN, on_residues, batch_size=300, n_features=30, hidden=16
+    )
+    x = np.random.default_rng(5).normal(size=(300, 30))
+    np.testing.assert_allclose(logits, predict_logits(spec, weights, x), atol=1e-3)

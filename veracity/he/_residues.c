@@ -10,7 +10,7 @@
  * and bounds, tests/he/test_residues.py compares with Python integers and with SEAL).
  *
  * Bounds the caller keeps: moduli odd and below 2**60; integer weights |w| < 2**31 with
- * sum |w| < 2**31 per output row; N a multiple of 16. */
+ * sum |w| < 2**33 per output row; N a multiple of 16. */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <stdint.h>
@@ -25,14 +25,14 @@
 typedef unsigned __int128 u128;
 typedef __int128 i128;
 
-/* r = floor(2**128 / q); offset: a multiple of q above 2**92 (makes signed sums positive) */
+/* r = floor(2**128 / q); offset: a multiple of q above 2**94 (makes signed sums positive) */
 typedef struct { uint64_t q, r0, r1; u128 offset; } Modulus;
 
 static Modulus modulus_of(uint64_t q) {
   Modulus m;
   u128 ratio = ((u128)0 - 1) / q; /* floor((2**128 - 1) / q) == floor(2**128 / q): q odd */
   m.q = q; m.r0 = (uint64_t)ratio; m.r1 = (uint64_t)(ratio >> 64);
-  m.offset = (((u128)1 << 92) / q + 1) * q;
+  m.offset = (((u128)1 << 94) / q + 1) * q;
   return m;
 }
 
@@ -62,7 +62,7 @@ static inline uint64_t reduce128(u128 x, const Modulus *m) {
 #endif
 
 /* lo[j] = sum_k w[k] * (x_k[j] mod 2**30), hi[j] = sum_k w[k] * (x_k[j] >> 30), j < LANES:
- * exact in 64 bits for |w| < 2**31, residues below 2**60 and sum |w| < 2**31. */
+ * exact in 64 bits for |w| < 2**31, residues below 2**60 and sum |w| < 2**33. */
 typedef void (*lanes_fn)(const uint64_t *buf, size_t stride, const int32_t *w, const int32_t *cols,
                          int32_t begin, int32_t end, size_t j0, int64_t *lo, int64_t *hi);
 
@@ -133,7 +133,7 @@ static void linear_rows(const uint64_t *x, size_t n_in, size_t rows, size_t n,
         for (size_t j0 = 0; j0 < len; j0 += LANES) {
           lanes_kernel(buf, stride, w, cols, starts[o], starts[o + 1], j0, lo, hi);
           for (int jj = 0; jj < LANES; jj++) {
-            /* |hi * 2**30 + lo| < 2**92: shifted up by a multiple of q, never negative */
+            /* |hi * 2**30 + lo| < 2**94: shifted up by a multiple of q, never negative */
             i128 v = ((i128)hi[jj] << 30) + lo[jj];
             y[j0 + jj] = reduce128((u128)(v + (i128)m->offset) + constant, m);
           }
@@ -238,10 +238,11 @@ static PyObject *linear(PyObject *self, PyObject *args) {
     int64_t total = 0;
     for (int32_t k = start[o]; k < start[o + 1]; k++) {
       int64_t v = ((const int32_t *)w.buf)[k];
+      if (v == INT32_MIN) { PyErr_SetString(PyExc_ValueError, "a weight is -2**31"); goto done; }
       total += v < 0 ? -v : v;
       if (col[k] < 0 || col[k] >= n_in) { PyErr_SetString(PyExc_ValueError, "input index out of range"); goto done; }
     }
-    if (total >= (1LL << 31)) { PyErr_SetString(PyExc_ValueError, "a row's weights sum to 2**31 or more"); goto done; }
+    if (total >= (1LL << 33)) { PyErr_SetString(PyExc_ValueError, "a row's weights sum to 2**33 or more"); goto done; }
   }
   mod = PyMem_Malloc((size_t)rows * sizeof(Modulus));
   buf = PyMem_Malloc((size_t)n_in * (CHUNK + 8) * sizeof(uint64_t));

@@ -26,7 +26,9 @@ import numpy.typing as npt
 from veracity.errors import CryptoError
 
 __all__ = [
+    "MAX_WEIGHT",
     "MAX_WEIGHT_SUM",
+    "fits",
     "available",
     "use_vector_kernel",
     "vector_kernel",
@@ -39,9 +41,11 @@ __all__ = [
 UInt64Array = npt.NDArray[np.uint64]
 IntArray = npt.NDArray[np.int64]
 
+#: Each integer weight is below this in absolute value (a signed 32-bit product operand).
+MAX_WEIGHT = 2**31
 #: Each output's integer weights sum, in absolute value, below this (the kernel sums each
-#: half of a 60-bit residue's products exactly in 64 bits).
-MAX_WEIGHT_SUM = 2**31
+#: 30-bit half of a 60-bit residue's products exactly in 64 bits).
+MAX_WEIGHT_SUM = 2**33
 #: Largest prime the kernels take (SEAL's primes have at most 60 bits).
 _MAX_MODULUS = 2**60
 #: The kernels work on groups of this many residues.
@@ -115,6 +119,16 @@ def _residue_array(values: UInt64Array, what: str, parts: int | None = None) -> 
     return np.ascontiguousarray(values)
 
 
+def fits(weights: IntArray) -> bool:
+    """Whether :func:`linear` computes with these integer weights (see the bounds above)."""
+    w = np.asarray(weights)
+    if w.size == 0:
+        return True
+    if int(w.min()) <= -MAX_WEIGHT or int(w.max()) >= MAX_WEIGHT:
+        return False
+    return bool(np.all(np.abs(w.astype(np.int64)).sum(axis=-1) < MAX_WEIGHT_SUM))
+
+
 def linear(
     inputs: UInt64Array,
     weights: IntArray,
@@ -133,7 +147,7 @@ def linear(
     ------
     CryptoError
         If the shapes do not match, the kernels are not built, or a weight or an output's
-        weight sum is ``2**31`` or more in absolute value.
+        weight is ``2**31`` or more in absolute value or an output's weights sum to ``2**33``.
     """
     module = _module()
     x = _residue_array(inputs, "inputs")
@@ -154,11 +168,11 @@ def linear(
         if len(constants) != w.shape[0]:
             raise CryptoError(f"{len(constants)} constants for {w.shape[0]} outputs")
         added[:, 0] = [[int(c) % int(m) for m in q] for c in constants]
-    if int(w.min()) <= -MAX_WEIGHT_SUM or int(w.max()) >= MAX_WEIGHT_SUM:
-        raise CryptoError("a weight is 2**31 or more in absolute value")
+    if not fits(w):
+        raise CryptoError(
+            "a weight is 2**31 or more in absolute value, or an output's weights sum to 2**33"
+        )
     w = w.astype(np.int64)
-    if np.any(np.abs(w).sum(axis=1) >= MAX_WEIGHT_SUM):
-        raise CryptoError("an output's integer weights sum to 2**31 or more")
     rows, cols = np.nonzero(w)
     starts = np.zeros(w.shape[0] + 1, dtype=np.int32)
     starts[1:] = np.cumsum(np.count_nonzero(w, axis=1))

@@ -12,6 +12,7 @@ from functools import partial
 from typing import Any, ClassVar
 
 import numpy as np
+import numpy.typing as npt
 import tenseal.sealapi as sa
 
 from veracity.errors import CryptoError, InputError
@@ -46,6 +47,9 @@ from veracity.he.seal import (
 )
 
 __all__ = ["ColumnLayout", "ReplicatedLayout"]
+
+UInt64Array = npt.NDArray[np.uint64]
+IntArray = npt.NDArray[np.int64]
 
 #: Bits the replicated layout moves from the first-layer weights to the inputs before its
 #: replication rotations (measured on the breast-cancer MLP: 0 bits, max logit error 4e-4;
@@ -175,23 +179,11 @@ def _one_conv_on_residues(runtime: Runtime, conv: ConvCircuit, inputs: Sequence[
     they were loaded from where the request's ciphertexts are seeded (their second part
     expanded from its seed as SEAL does), else through SEAL.
     """
-    evaluator = runtime.evaluator
-    if any(value.scale != inputs[0].scale for value in inputs):
-        # SEAL's additions refuse unequal scales; so do the residues, which carry one.
-        raise CryptoError("the request's ciphertexts are not all at the same scale")
     first = sa.Ciphertext()
-    evaluator.mod_switch_to_next(inputs[0], first)  # the level the layers run at
+    runtime.evaluator.mod_switch_to_next(inputs[0], first)  # the level the layers run at
     count = first.coeff_modulus_size()
     primes = runtime.primes[:count]
-    blobs = inputs.blobs if isinstance(inputs, LoadedInputs) else [None] * len(inputs)
-    x = np.empty((len(inputs), 2, count, runtime.parameter_set.poly_modulus_degree), np.uint64)
-    for index, (value, blob) in enumerate(zip(inputs, blobs, strict=True)):
-        read = None if blob is None else loaded_ciphertext_residues(runtime, blob, count)
-        if read is None:
-            lower = sa.Ciphertext()
-            evaluator.mod_switch_to_next(value, lower)
-            read = ciphertext_residues(runtime, lower)
-        x[index] = read
+    x = _input_residues(runtime, inputs, count)
     unit_scale = first.scale * conv.conv1_scale
     pooled_parts = []
     for start in range(0, len(conv.pool1), _WINDOWS_PER_PASS):
@@ -212,6 +204,55 @@ def _one_conv_on_residues(runtime: Runtime, conv: ConvCircuit, inputs: Sequence[
         ciphertext_from_residues(runtime, output, first.parms_id(), output_scale)
         for output in dense
     ]
+
+
+def _input_residues(runtime: Runtime, inputs: Sequence[Any], count: int) -> UInt64Array:
+    """The request's ciphertexts as residues on their first ``count`` primes.
+
+    ``(len(inputs), 2, count, N)``: read from the bytes they were loaded from where they are
+    seeded (their second part expanded from its seed as SEAL does), else through SEAL
+    (dropping primes as SEAL's ``mod_switch_to_next`` does).
+
+    Raises
+    ------
+    CryptoError
+        If the ciphertexts are not all at the same scale (SEAL's additions refuse that).
+    """
+    if any(value.scale != inputs[0].scale for value in inputs):
+        raise CryptoError("the request's ciphertexts are not all at the same scale")
+    blobs = inputs.blobs if isinstance(inputs, LoadedInputs) else [None] * len(inputs)
+    x = np.empty((len(inputs), 2, count, runtime.parameter_set.poly_modulus_degree), np.uint64)
+    for index, (value, blob) in enumerate(zip(inputs, blobs, strict=True)):
+        read = None if blob is None else loaded_ciphertext_residues(runtime, blob, count)
+        if read is None:
+            lower = value
+            while lower.coeff_modulus_size() > count:
+                dropped = sa.Ciphertext()
+                runtime.evaluator.mod_switch_to_next(lower, dropped)
+                lower = dropped
+            read = ciphertext_residues(runtime, lower)
+        x[index] = read
+    return x
+
+
+def _hidden_units(
+    runtime: Runtime, inputs: Sequence[Any], quadratic: QuadraticCircuit, units: IntArray
+) -> list[Any] | None:
+    """``W1 x + b1'`` for each of ``units``, on residues (None: the weights exceed the kernels).
+
+    The same ciphertexts as ``multiply_accumulate`` and the bias's ``add_plain``: one
+    kernel call for the whole hidden layer instead of one SEAL call per product and sum.
+    """
+    weights = seal_integers(quadratic.hidden_weights[units], quadratic.hidden_weight_scale)
+    if not residues.available() or not residues.fits(weights):
+        return None
+    first = inputs[0]
+    count = first.coeff_modulus_size()
+    scale = first.scale * quadratic.hidden_weight_scale
+    biases = [seal_integer(float(quadratic.hidden_bias[u]), scale) for u in units]
+    x = _input_residues(runtime, inputs, count)
+    hidden = residues.linear(x, weights, runtime.primes[:count], biases)
+    return [ciphertext_from_residues(runtime, h, first.parms_id(), scale) for h in hidden]
 
 
 def _dense_outputs(
@@ -312,14 +353,21 @@ class ColumnLayout(ColumnOf):
         quadratic = _quadratic(circuit, self.name)
         outputs: list[Any] = [None] * quadratic.outputs
         product = sa.Ciphertext()
-        for unit in np.flatnonzero(np.any(quadratic.output_weights, axis=0)):
-            hidden = multiply_accumulate(
-                runtime, inputs, quadratic.hidden_weights[unit], quadratic.hidden_weight_scale
-            )
-            bias = encode(
-                runtime, float(quadratic.hidden_bias[unit]), hidden.parms_id(), hidden.scale
-            )
-            evaluator.add_plain_inplace(hidden, bias)
+        units = np.flatnonzero(np.any(quadratic.output_weights, axis=0))
+        # The hidden layer is one kernel call on the inputs' residues where the residue
+        # kernels are built and its weights fit them, else SEAL calls; the same ciphertexts.
+        computed = _hidden_units(runtime, inputs, quadratic, units)
+        for index, unit in enumerate(units):
+            if computed is not None:
+                hidden = computed[index]
+            else:
+                hidden = multiply_accumulate(
+                    runtime, inputs, quadratic.hidden_weights[unit], quadratic.hidden_weight_scale
+                )
+                bias = encode(
+                    runtime, float(quadratic.hidden_bias[unit]), hidden.parms_id(), hidden.scale
+                )
+                evaluator.add_plain_inplace(hidden, bias)
             evaluator.rescale_to_next_inplace(hidden)  # one rescale per unit: lazy rescaling
             evaluator.square_inplace(hidden)  # three parts; relinearised by the decryptor
             for c, alpha in enumerate(quadratic.output_weights[:, unit]):
