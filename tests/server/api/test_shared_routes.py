@@ -8,26 +8,13 @@ from fastapi.routing import iter_route_contexts
 from fastapi.testclient import TestClient
 
 from veracity.errors import ConfigError
-from veracity.server.api.app import API_PREFIX
+from veracity.server.api.app import API_PREFIX, RESOURCE_MODULES
 from veracity.server.api.console import access as console_access
 from veracity.server.api.console import ledger_pages, pages
 from veracity.server.api.deps import declare_roles
-from veracity.server.api.routes import (
-    access,
-    analyses,
-    datasets,
-    ledger,
-    models,
-    runs,
-    sites,
-    statements,
-    studies,
-    witness,
-)
 from veracity.server.api.shared_routes import include_shared
 
-MODULES = (sites, datasets, studies, statements, runs, analyses, models, ledger, witness, access)
-RESOURCES = tuple(declare_roles(module.router) for module in MODULES)  # as create_app has them
+RESOURCES = tuple(declare_roles(module.router) for module in RESOURCE_MODULES)  # as create_app
 CONSOLE = (pages.router, console_access.router, ledger_pages.router)
 
 

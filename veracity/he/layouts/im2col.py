@@ -159,7 +159,7 @@ class Im2colLayout:
             summed(value, geometry.pool1_steps())
             if geometry.two_layers:
                 layer = self._second_layer(
-                    runtime, circuit, geometry, value, plain, galois_keys, square
+                    runtime, circuit, geometry, value, plain, galois_keys, (summed, rotate, square)
                 )
             else:
                 # One convolution leaves a level unused: the pooled maps lose it now (exact:
@@ -212,21 +212,20 @@ class Im2colLayout:
         value: Any,
         plain: _PlaintextCache,
         galois_keys: Any,
-        square: Callable[[Any], None],
+        steps: tuple[
+            Callable[[Any, Sequence[int]], None],
+            Callable[[Any, int], Any],
+            Callable[[Any], None],
+        ],
     ) -> Any:
-        """Step 2 of the slot program: the second convolution, its squares and pool."""
+        """Step 2 of the slot program: the second convolution, its squares and pool.
+
+        ``steps`` are :meth:`evaluate`'s rotate-and-sum, rotation and relinearised square.
+        """
+        summed, rotate, square = steps
         evaluator = runtime.evaluator
         pad = circuit.kernel // 2
         width = circuit.input_shape[2]
-        rotated = sa.Ciphertext()
-
-        def summed(target: Any, steps: Sequence[int]) -> None:
-            rotate_and_add(runtime, target, steps, galois_keys, rotated)
-
-        def rotate(target: Any, step: int) -> Any:
-            out = sa.Ciphertext()
-            evaluator.rotate_vector(target, step, galois_keys, out)
-            return out
 
         shifted = {dj: (value if dj == 0 else rotate(value, 2 * dj)) for dj in range(-pad, pad + 1)}
         layer = None

@@ -67,6 +67,20 @@ __all__ = ["create_app", "app_from_environment", "API_PREFIX", "route_roles"]
 log = logging.getLogger("veracity.server.api")
 
 API_PREFIX = "/api/v1"
+#: The modules whose routers make the admin API's resources (under ``API_PREFIX``, with the
+#: inference router); their routers are module-level and shared by every app.
+RESOURCE_MODULES = (
+    sites,
+    datasets,
+    studies,
+    statements,
+    runs,
+    analyses,
+    models,
+    ledger,
+    witness,
+    access,
+)
 #: How long a configured bootstrap admin token stays valid once adopted.
 BOOTSTRAP_LIFETIME = timedelta(days=3650)
 
@@ -217,8 +231,7 @@ def create_app(
     # declare_roles refuses a route without roles: every route under API_PREFIX comes
     # from these routers and the inference router (``route_roles`` lists them all). The
     # resource routers are module-level: their routes are built once per process.
-    modules = (sites, datasets, studies, statements, runs, analyses, models, ledger, witness)
-    resources = tuple(declare_roles(module.router) for module in (*modules, access))
+    resources = tuple(declare_roles(module.router) for module in RESOURCE_MODULES)
     include_shared(app, resources, prefix=API_PREFIX)
     app.include_router(_inference_routes(inference), prefix=API_PREFIX)
 
